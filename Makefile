@@ -1,0 +1,37 @@
+# Thin wrapper over CMake. Run as root on a fresh Debian machine:
+#   make demo   installs what is missing, builds, runs the tour of examples
+#   make test   installs what is missing, builds and runs the whole suite
+#               (plain -Werror build, ASan+UBSan build, TSan build)
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+PREFIX ?= /usr/local
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build test test-plain test-asan test-tsan demo bench install clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh build
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake --build build -j $(JOBS)
+
+test: deps
+	@sh scripts/test.sh
+
+test-plain test-asan test-tsan: deps
+	@sh scripts/test.sh $(subst test-,,$@)
+
+demo: build
+	@sh scripts/demo.sh build/examples
+
+bench: build
+	@sh scripts/deps.sh bench
+	@sh scripts/bench.sh build/bench
+
+install: build
+	cmake --install build --prefix $(PREFIX)
+
+clean:
+	rm -rf build build-asan build-tsan

@@ -1,0 +1,735 @@
+/*
+ * benchlib.c - the benchmark harness: options, timing, results, peers.
+ * See benchlib.h.
+ */
+#include "benchlib.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CONC_BENCH_PEERS
+#define CONC_BENCH_PEERS "bench/peers"
+#endif
+
+#define DEFAULT_PYTHON "/usr/bin/python3"
+#define DEFAULT_REPS 5
+#define QUICK_REPS 2
+
+/* ---------------------------------------------------------------- state */
+
+enum rec_status { REC_OK, REC_SKIPPED, REC_FAILED };
+
+typedef struct record {
+    char metric[64];
+    char system[32];
+    char unit[16];
+    double value;
+    enum rec_status status;
+    char reason[192];
+} record;
+
+static struct {
+    const char *prog;
+    const char *title;
+    const bench_metric *metrics;
+    size_t n_metrics;
+    bool tsv;
+    bool quick;
+    const char *python;
+    const char *only_metrics;   /* comma-separated, NULL: all */
+    const char *only_systems;
+    int reps;
+    double scale;
+    record *recs;
+    size_t n_recs, cap_recs;
+    bool failed;
+} B = { .python = DEFAULT_PYTHON, .scale = 1.0 };
+
+/* -------------------------------------------------------------- options */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: %s [options]\n"
+        "  --tsv          print METRIC<TAB>SYSTEM<TAB>VALUE<TAB>UNIT lines instead of a table\n"
+        "  --quick        few iterations (smoke test)\n"
+        "  --python PATH  Python interpreter for the Python peer (default %s)\n"
+        "  --metric A,B   run only these metrics\n"
+        "  --system A,B   run only these systems (conc, pthread, python, ...)\n"
+        "  --reps N       repetitions per measurement (default %d, --quick %d)\n"
+        "  --scale F      multiply every iteration count by F\n"
+        "  --help         this text\n",
+        B.prog, DEFAULT_PYTHON, DEFAULT_REPS, QUICK_REPS);
+    if (B.n_metrics) {
+        fprintf(f, "metrics:\n");
+        for (size_t i = 0; i < B.n_metrics; i++)
+            fprintf(f, "  %-20s %-6s %s\n", B.metrics[i].name, B.metrics[i].unit,
+                    B.metrics[i].help ? B.metrics[i].help : "");
+    }
+}
+
+static void bad_arg(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s: ", B.prog);
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    usage(stderr);
+    exit(2);
+}
+
+/* The value of an option given as "--opt VALUE" or "--opt=VALUE", or NULL
+ * when argv[*i] is not that option. */
+static const char *opt_value(int argc, char **argv, int *i, const char *opt)
+{
+    size_t n = strlen(opt);
+    const char *a = argv[*i];
+    if (strncmp(a, opt, n) != 0)
+        return NULL;
+    if (a[n] == '=')
+        return a + n + 1;
+    if (a[n] != '\0')
+        return NULL;
+    if (*i + 1 >= argc)
+        bad_arg("option %s needs a value", opt);
+    return argv[++*i];
+}
+
+void bench_init(int argc, char **argv, const char *title,
+                const bench_metric *metrics, size_t n_metrics)
+{
+    const char *slash = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
+    B.prog = slash ? slash + 1 : (argc > 0 && argv[0] ? argv[0] : title);
+    B.title = title;
+    B.metrics = metrics;
+    B.n_metrics = n_metrics;
+    bool reps_given = false;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (strcmp(a, "--tsv") == 0) {
+            B.tsv = true;
+        } else if (strcmp(a, "--quick") == 0) {
+            B.quick = true;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if ((v = opt_value(argc, argv, &i, "--python"))) {
+            if (!*v)
+                bad_arg("%s: empty interpreter path", "--python");
+            B.python = v;
+        } else if ((v = opt_value(argc, argv, &i, "--metric"))) {
+            B.only_metrics = v;
+        } else if ((v = opt_value(argc, argv, &i, "--system"))) {
+            B.only_systems = v;
+        } else if ((v = opt_value(argc, argv, &i, "--reps"))) {
+            char *end;
+            long r = strtol(v, &end, 10);
+            if (*end || r < 1 || r > 1000)
+                bad_arg("bad --reps value '%s'", v);
+            B.reps = (int)r;
+            reps_given = true;
+        } else if ((v = opt_value(argc, argv, &i, "--scale"))) {
+            char *end;
+            double s = strtod(v, &end);
+            if (*end || !(s > 0) || !isfinite(s))
+                bad_arg("bad --scale value '%s'", v);
+            B.scale = s;
+        } else {
+            bad_arg("unknown argument '%s'", a);
+        }
+    }
+    if (!reps_given)
+        B.reps = B.quick ? QUICK_REPS : DEFAULT_REPS;
+    if (B.only_metrics) {
+        /* Catch typos: every name asked for must be a metric. */
+        const char *p = B.only_metrics;
+        while (*p) {
+            size_t n = strcspn(p, ",");
+            bool known = n == 0;
+            for (size_t k = 0; k < n_metrics && !known; k++)
+                known = strlen(metrics[k].name) == n && strncmp(metrics[k].name, p, n) == 0;
+            if (!known) {
+                char name[64];
+                snprintf(name, sizeof name, "%.*s", (int)(n < 63 ? n : 63), p);
+                bad_arg("unknown metric '%s'", name);
+            }
+            p += n;
+            if (*p == ',')
+                p++;
+        }
+    }
+    /* A peer killed by SIGPIPE must not take us with it. */
+    signal(SIGPIPE, SIG_IGN);
+}
+
+bool bench_tsv(void) { return B.tsv; }
+bool bench_quick(void) { return B.quick; }
+const char *bench_python(void) { return B.python; }
+int bench_reps(void) { return B.reps > 0 ? B.reps : DEFAULT_REPS; }
+double bench_scale(void) { return B.scale; }
+
+long bench_iters(long full, long quick)
+{
+    double n = (double)(B.quick ? quick : full) * B.scale;
+    if (n < 1)
+        return 1;
+    if (n > 1e15)
+        return (long)1e15;
+    return (long)n;
+}
+
+/* Whether `name` is one of the comma-separated tokens of `list`. */
+static bool in_list(const char *list, const char *name)
+{
+    size_t len = strlen(name);
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n == len && strncmp(p, name, n) == 0)
+            return true;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
+bool bench_enabled(const char *metric, const char *system)
+{
+    if (metric && B.only_metrics && !in_list(B.only_metrics, metric))
+        return false;
+    if (system && B.only_systems && !in_list(B.only_systems, system))
+        return false;
+    return true;
+}
+
+const char *bench_metric_unit(const char *metric)
+{
+    for (size_t i = 0; i < B.n_metrics; i++)
+        if (strcmp(B.metrics[i].name, metric) == 0)
+            return B.metrics[i].unit;
+    return "";
+}
+
+/* --------------------------------------------------------------- timing */
+
+int64_t bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int bench_measure(bench_body body, void *arg, long iters, int reps,
+                  bench_pick pick, double *ns_per_op)
+{
+    if (iters < 1)
+        iters = 1;
+    if (reps <= 0)
+        reps = bench_reps();
+    int64_t warm = body(arg, iters / 10 > 0 ? iters / 10 : 1);
+    if (warm < 0)
+        return (int)(warm < -4095 ? -EIO : warm);
+    int64_t *t = calloc((size_t)reps, sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    for (int r = 0; r < reps; r++) {
+        t[r] = body(arg, iters);
+        if (t[r] < 0) {
+            int err = (int)(t[r] < -4095 ? -EIO : t[r]);
+            free(t);
+            return err;
+        }
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_i64);
+    int64_t chosen = pick == BENCH_BEST ? t[0] : t[reps / 2];
+    if (pick == BENCH_MEDIAN && reps % 2 == 0)
+        chosen = (t[reps / 2 - 1] + t[reps / 2]) / 2;
+    free(t);
+    *ns_per_op = (double)chosen / (double)iters;
+    return 0;
+}
+
+/* 1: higher is better (a rate), -1: lower is better (time, size), 0: unknown. */
+static int unit_direction(const char *unit)
+{
+    size_t n = strlen(unit);
+    if (n >= 2 && strcmp(unit + n - 2, "/s") == 0)
+        return 1;
+    static const char *const lower[] = { "ns", "us", "ms", "s", "bytes", "B", "KiB", "MiB" };
+    for (size_t i = 0; i < BENCH_ARRAY_LEN(lower); i++)
+        if (strcmp(unit, lower[i]) == 0)
+            return -1;
+    return 0;
+}
+
+/* The watchdog: a measurement that makes no progress (a lost wake-up in the
+ * code under test) would hang the run; SIGALRM ends it with a message. */
+static char watchdog_msg[256];
+
+static void watchdog_fired(int sig)
+{
+    (void)sig;
+    ssize_t w = write(STDERR_FILENO, watchdog_msg, strlen(watchdog_msg));
+    (void)w;
+    _exit(3);
+}
+
+static void watchdog_arm(const char *metric, const char *system, unsigned seconds)
+{
+    snprintf(watchdog_msg, sizeof watchdog_msg,
+             "%s: %s/%s did not finish within %u s (hung?); giving up\n",
+             B.prog, metric, system, seconds);
+    signal(SIGALRM, watchdog_fired);
+    alarm(seconds);
+}
+
+int bench_run(const char *metric, const char *system, bench_body body,
+              void *arg, long iters, bench_pick pick)
+{
+    if (!bench_enabled(metric, system))
+        return 0;
+    const char *unit = bench_metric_unit(metric);
+    double ns = 0;
+    double limit = 30.0 * (bench_reps() + 1) * (B.scale > 1 ? B.scale : 1);
+    watchdog_arm(metric, system, limit > 86400 ? 86400u : (unsigned)limit);
+    int err = bench_measure(body, arg, iters, 0, pick, &ns);
+    alarm(0);
+    if (err < 0) {
+        bench_fail(metric, system, "error %d (%s)", err, strerror(-err));
+        return err;
+    }
+    double value;
+    if (strcmp(unit, "ns") == 0)
+        value = ns;
+    else if (strcmp(unit, "us") == 0)
+        value = ns / 1e3;
+    else if (strcmp(unit, "ms") == 0)
+        value = ns / 1e6;
+    else if (unit_direction(unit) > 0)
+        value = ns > 0 ? 1e9 / ns : INFINITY;
+    else {
+        bench_fail(metric, system, "bench_run cannot convert into unit '%s'", unit);
+        return -EINVAL;
+    }
+    bench_record(metric, system, value, unit);
+    return 0;
+}
+
+/* -------------------------------------------------------------- records */
+
+static void fmt_tsv_value(char *buf, size_t n, double v)
+{
+    if (!isfinite(v))
+        snprintf(buf, n, "%s", v > 0 ? "inf" : "nan");
+    else if (fabs(v) >= 1000)
+        snprintf(buf, n, "%.0f", v);
+    else
+        snprintf(buf, n, "%.4g", v);
+}
+
+static void emit_tsv(const record *r)
+{
+    char val[64];
+    if (r->status == REC_SKIPPED)
+        snprintf(val, sizeof val, "skipped");
+    else if (r->status == REC_FAILED)
+        snprintf(val, sizeof val, "failed");
+    else
+        fmt_tsv_value(val, sizeof val, r->value);
+    printf("%s\t%s\t%s\t%s\n", r->metric, r->system, val, r->unit);
+    fflush(stdout);
+    if (r->status != REC_OK)
+        fprintf(stderr, "%s: %s/%s %s: %s\n", B.prog, r->metric, r->system,
+                r->status == REC_SKIPPED ? "skipped" : "FAILED", r->reason);
+}
+
+static record *find_rec(const char *metric, const char *system)
+{
+    for (size_t i = 0; i < B.n_recs; i++)
+        if (strcmp(B.recs[i].metric, metric) == 0 && strcmp(B.recs[i].system, system) == 0)
+            return &B.recs[i];
+    return NULL;
+}
+
+static void add_rec(const char *metric, const char *system, double value,
+                    const char *unit, enum rec_status st, const char *reason)
+{
+    if (!unit || !*unit)
+        unit = bench_metric_unit(metric);
+    record *r = find_rec(metric, system);
+    if (!r) {
+        if (B.n_recs == B.cap_recs) {
+            size_t cap = B.cap_recs ? 2 * B.cap_recs : 32;
+            record *p = realloc(B.recs, cap * sizeof *p);
+            if (!p) {
+                fprintf(stderr, "%s: out of memory\n", B.prog);
+                exit(1);
+            }
+            B.recs = p;
+            B.cap_recs = cap;
+        }
+        r = &B.recs[B.n_recs++];
+    }
+    /* A later record for the same pair replaces the earlier one. */
+    memset(r, 0, sizeof *r);
+    snprintf(r->metric, sizeof r->metric, "%s", metric);
+    snprintf(r->system, sizeof r->system, "%s", system);
+    snprintf(r->unit, sizeof r->unit, "%s", unit);
+    r->value = value;
+    r->status = st;
+    snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "");
+    if (st == REC_FAILED)
+        B.failed = true;
+    if (B.tsv)
+        emit_tsv(r);
+}
+
+void bench_record(const char *metric, const char *system, double value, const char *unit)
+{
+    add_rec(metric, system, value, unit, REC_OK, NULL);
+}
+
+void bench_skip(const char *metric, const char *system, const char *unit, const char *reason)
+{
+    add_rec(metric, system, 0, unit, REC_SKIPPED, reason);
+}
+
+void bench_fail(const char *metric, const char *system, const char *fmt, ...)
+{
+    char why[192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    if (!B.tsv)
+        fprintf(stderr, "%s: %s/%s FAILED: %s\n", B.prog, metric, system, why);
+    add_rec(metric, system, 0, NULL, REC_FAILED, why);
+}
+
+/* ---------------------------------------------------------------- peers */
+
+const char *bench_peer_path(const char *file)
+{
+    static char buf[4096];
+    const char *dir = getenv("CONC_BENCH_PEERS");
+    if (!dir || !*dir)
+        dir = CONC_BENCH_PEERS;
+    snprintf(buf, sizeof buf, "%s/%s", dir, file);
+    return buf;
+}
+
+/* Parse one line of a peer's output; returns true when it was a result. */
+static bool parse_peer_line(char *line)
+{
+    size_t len = strlen(line);
+    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        line[--len] = '\0';
+    if (len == 0 || line[0] == '#')
+        return false;
+    char *f[4];
+    char *p = line;
+    for (int i = 0; i < 4; i++) {
+        f[i] = p;
+        char *tab = strchr(p, '\t');
+        if (i < 3) {
+            if (!tab)
+                goto bad;
+            *tab = '\0';
+            p = tab + 1;
+        } else if (tab) {
+            goto bad;
+        }
+    }
+    if (!*f[0] || !*f[1] || !bench_enabled(f[0], f[1]))
+        return false;
+    if (strcmp(f[2], "skipped") == 0) {
+        bench_skip(f[0], f[1], f[3], "the peer skipped it");
+    } else if (strcmp(f[2], "failed") == 0) {
+        bench_fail(f[0], f[1], "the peer reported a failure");
+    } else {
+        char *end;
+        double v = strtod(f[2], &end);
+        if (end == f[2] || *end)
+            goto bad;
+        bench_record(f[0], f[1], v, f[3]);
+    }
+    return true;
+bad:
+    fprintf(stderr, "%s: ignoring peer output line: %s\n", B.prog, line);
+    return false;
+}
+
+/* Feed buffered peer output to the parser, one complete line at a time;
+ * returns how many bytes were consumed. */
+static size_t consume_lines(char *buf, size_t len, bool final)
+{
+    size_t done = 0;
+    for (;;) {
+        char *nl = memchr(buf + done, '\n', len - done);
+        if (!nl) {
+            if (final && done < len) {
+                buf[len] = '\0';
+                parse_peer_line(buf + done);
+                done = len;
+            }
+            return done;
+        }
+        *nl = '\0';
+        parse_peer_line(buf + done);
+        done = (size_t)(nl - buf) + 1;
+    }
+}
+
+/* Record a skip for every registered, enabled metric `system` lacks. */
+static void skip_missing(const char *system, const char *reason)
+{
+    for (size_t i = 0; i < B.n_metrics; i++) {
+        const char *m = B.metrics[i].name;
+        if (bench_enabled(m, system) && !find_rec(m, system))
+            bench_skip(m, system, B.metrics[i].unit, reason);
+    }
+}
+
+int bench_peer_run(const char *system, char *const argv[], double timeout_s)
+{
+    char reason[192];
+    int out[2], st[2];
+
+    if (!argv || !argv[0]) {
+        skip_missing(system, "no peer command");
+        return -1;
+    }
+    if (strchr(argv[0], '/') && access(argv[0], X_OK) != 0) {
+        snprintf(reason, sizeof reason, "%s not found (%s)", argv[0], strerror(errno));
+        skip_missing(system, reason);
+        return -1;
+    }
+    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(st, O_CLOEXEC) != 0) {
+        snprintf(reason, sizeof reason, "pipe: %s", strerror(errno));
+        skip_missing(system, reason);
+        return -1;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(reason, sizeof reason, "fork: %s", strerror(errno));
+        close(out[0]); close(out[1]); close(st[0]); close(st[1]);
+        skip_missing(system, reason);
+        return -1;
+    }
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        if (dup2(out[1], STDOUT_FILENO) < 0)
+            _exit(127);
+        execvp(argv[0], argv);
+        int e = errno;
+        ssize_t w = write(st[1], &e, sizeof e);
+        (void)w;
+        _exit(127);
+    }
+    close(out[1]);
+    close(st[1]);
+
+    int exec_err = 0;
+    ssize_t got = read(st[0], &exec_err, sizeof exec_err);
+    close(st[0]);
+    if (got == (ssize_t)sizeof exec_err) {
+        waitpid(pid, NULL, 0);
+        close(out[0]);
+        snprintf(reason, sizeof reason, "cannot run %s: %s", argv[0], strerror(exec_err));
+        skip_missing(system, reason);
+        return -1;
+    }
+
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap + 1);
+    bool timed_out = false;
+    int64_t deadline = bench_now() + (int64_t)(timeout_s * 1e9);
+    for (;;) {
+        int64_t left = deadline - bench_now();
+        if (left <= 0) {
+            timed_out = true;
+            break;
+        }
+        struct pollfd pfd = { .fd = out[0], .events = POLLIN };
+        int ms = (int)(left / 1000000) + 1;
+        int pr = poll(&pfd, 1, ms);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr == 0)
+            continue;
+        if (pr < 0)
+            break;
+        if (len == cap) {
+            /* A single line longer than the buffer: drop what we have. */
+            len = 0;
+        }
+        ssize_t n = buf ? read(out[0], buf + len, cap - len) : -1;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        size_t used = consume_lines(buf, len, false);
+        memmove(buf, buf + used, len - used);
+        len -= used;
+    }
+    if (buf && !timed_out)
+        consume_lines(buf, len, true);
+    free(buf);
+    close(out[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+
+    int rc = 0;
+    if (timed_out) {
+        snprintf(reason, sizeof reason, "%s timed out after %.0f s", argv[0], timeout_s);
+        rc = -1;
+    } else if (WIFSIGNALED(status)) {
+        snprintf(reason, sizeof reason, "%s killed by signal %d", argv[0], WTERMSIG(status));
+        rc = -1;
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+        snprintf(reason, sizeof reason, "%s exited with status %d", argv[0], WEXITSTATUS(status));
+        rc = -1;
+    } else {
+        snprintf(reason, sizeof reason, "the peer reported no result");
+    }
+    skip_missing(system, reason);
+    return rc;
+}
+
+/* --------------------------------------------------------------- report */
+
+static void fmt_table_value(char *buf, size_t n, double v, const char *unit)
+{
+    if (!isfinite(v)) {
+        snprintf(buf, n, "%s", v > 0 ? "inf" : "nan");
+        return;
+    }
+    if (unit_direction(unit) > 0) {
+        if (v >= 1e9)
+            snprintf(buf, n, "%.2f G", v / 1e9);
+        else if (v >= 1e6)
+            snprintf(buf, n, "%.2f M", v / 1e6);
+        else if (v >= 1e4)
+            snprintf(buf, n, "%.1f k", v / 1e3);
+        else
+            snprintf(buf, n, "%.1f", v);
+    } else if (fabs(v) >= 100) {
+        snprintf(buf, n, "%.0f", v);
+    } else {
+        snprintf(buf, n, "%.2f", v);
+    }
+}
+
+/* The record conc is compared against for a metric: "conc", else the first
+ * "conc-MODEL" that ran. */
+static const record *conc_rec(const char *metric)
+{
+    const record *r = find_rec(metric, "conc");
+    if (r && r->status == REC_OK)
+        return r;
+    for (size_t i = 0; i < B.n_recs; i++)
+        if (strcmp(B.recs[i].metric, metric) == 0 && strncmp(B.recs[i].system, "conc-", 5) == 0
+            && B.recs[i].status == REC_OK)
+            return &B.recs[i];
+    return NULL;
+}
+
+static bool is_conc(const char *system)
+{
+    return strcmp(system, "conc") == 0 || strncmp(system, "conc-", 5) == 0;
+}
+
+static void print_row(const record *r, const record *c)
+{
+    char val[48], ratio[48] = "";
+    if (r->status == REC_SKIPPED) {
+        printf("  %-12s %-12s %s\n", r->system, "skipped", r->reason);
+        return;
+    }
+    if (r->status == REC_FAILED) {
+        printf("  %-12s %-12s %s\n", r->system, "FAILED", r->reason);
+        return;
+    }
+    fmt_table_value(val, sizeof val, r->value, r->unit);
+    if (c && c != r && !is_conc(r->system) && strcmp(c->unit, r->unit) == 0
+        && r->value > 0 && c->value > 0) {
+        int dir = unit_direction(r->unit);
+        if (dir > 0)
+            snprintf(ratio, sizeof ratio, "%.2fx", c->value / r->value);
+        else if (dir < 0)
+            snprintf(ratio, sizeof ratio, "%.2fx", r->value / c->value);
+    }
+    printf("  %-12s %12s %-6s %8s\n", r->system, val, r->unit, ratio);
+}
+
+/* Print every record of one metric: conc first, then the others in the
+ * order they were recorded. */
+static void print_metric(const char *metric, const char *help)
+{
+    const record *c = conc_rec(metric);
+    const char *unit = NULL;
+    for (size_t i = 0; i < B.n_recs && !unit; i++)
+        if (strcmp(B.recs[i].metric, metric) == 0)
+            unit = B.recs[i].unit;
+    if (!unit)
+        return;
+    int dir = unit_direction(unit);
+    printf("%s  [%s, %s]%s%s\n", metric, unit,
+           dir > 0 ? "higher is better" : dir < 0 ? "lower is better" : "?",
+           help && *help ? "  " : "", help ? help : "");
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < B.n_recs; i++) {
+            const record *r = &B.recs[i];
+            if (strcmp(r->metric, metric) == 0 && is_conc(r->system) == (pass == 0))
+                print_row(r, c);
+        }
+}
+
+int bench_report(void)
+{
+    if (B.tsv) {
+        fflush(stdout);
+        return B.failed ? 1 : 0;
+    }
+    printf("%s%s\n", B.title ? B.title : B.prog, B.quick ? " (--quick: few iterations, rough figures)" : "");
+    printf("conc/peer = conc's advantage over that peer (>1.00x: conc is better):\n"
+           "  value_conc/value_peer for rates (X/s), value_peer/value_conc for ns/us/bytes\n\n");
+    printf("  %-12s %12s %-6s %8s\n", "SYSTEM", "VALUE", "UNIT", "conc/peer");
+    /* Registered metrics in their order, then any others a peer reported. */
+    for (size_t i = 0; i < B.n_metrics; i++)
+        print_metric(B.metrics[i].name, B.metrics[i].help);
+    for (size_t i = 0; i < B.n_recs; i++) {
+        bool known = false, seen = false;
+        for (size_t k = 0; k < B.n_metrics && !known; k++)
+            known = strcmp(B.metrics[k].name, B.recs[i].metric) == 0;
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = strcmp(B.recs[k].metric, B.recs[i].metric) == 0;
+        if (!known && !seen)
+            print_metric(B.recs[i].metric, NULL);
+    }
+    fflush(stdout);
+    return B.failed ? 1 : 0;
+}

@@ -1,0 +1,166 @@
+/*
+ * benchlib.h - the small harness every conc benchmark is built on.
+ *
+ * A benchmark program:
+ *
+ *   static const bench_metric metrics[] = {
+ *       { "lock_uncontended", "ns", "per acquire+release pair, one thread" },
+ *       ...
+ *   };
+ *   int main(int argc, char **argv) {
+ *       bench_init(argc, argv, "bench_sync", metrics, ARRAY_LEN(metrics));
+ *       bench_run("lock_uncontended", "conc", body, &state,
+ *                 bench_iters(2000000, 200000), BENCH_BEST);
+ *       ...
+ *       bench_peer_run("python", argv_of_the_peer, 120.0);
+ *       return bench_report();
+ *   }
+ *
+ * Command line (parsed by bench_init, shared by every benchmark):
+ *   --tsv            print METRIC<TAB>SYSTEM<TAB>VALUE<TAB>UNIT lines, no table
+ *   --quick          few iterations and repetitions (smoke test, ~seconds)
+ *   --python PATH    the Python interpreter for Python peers (/usr/bin/python3)
+ *   --metric A,B     run only these metrics
+ *   --system A,B     run only these systems (conc, pthread, python, ...)
+ *   --reps N         repetitions per measurement (default 5, quick 2)
+ *   --scale F        multiply every iteration count by F
+ *   --help
+ *
+ * Units: "ops/s", "msg/s", "req/s" (any unit ending in "/s": higher is
+ * better) or "ns", "us", "ms", "s", "bytes" (lower is better).  The table
+ * shows, for each peer, conc's advantage: value_conc / value_peer for a rate,
+ * value_peer / value_conc for a time or a size, so > 1.00x always means that
+ * conc is better.
+ *
+ * A system that cannot run (a missing interpreter or package, a peer program
+ * that fails) is recorded with bench_skip: the table says "skipped (why)" and
+ * the TSV output has the line METRIC<TAB>SYSTEM<TAB>skipped<TAB>UNIT.  A
+ * measurement whose self-check fails is recorded with bench_fail: it shows as
+ * "FAILED (why)" / VALUE "failed" and makes bench_report return 1.
+ */
+#ifndef CONC_BENCHLIB_H
+#define CONC_BENCHLIB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BENCH_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A metric a benchmark reports: its name, unit and a one-line description. */
+typedef struct bench_metric {
+    const char *name;
+    const char *unit;
+    const char *help;
+} bench_metric;
+
+/* How bench_measure condenses its repetitions into one figure. */
+typedef enum bench_pick {
+    BENCH_BEST,     /* the fastest repetition (single-thread micro-benchmarks) */
+    BENCH_MEDIAN    /* the median repetition (anything with threads) */
+} bench_pick;
+
+/*
+ * bench_init - parse the command line and register the program's metrics
+ * (their order is the table's order).  Prints usage and exits 0 for --help,
+ * exits 2 for a bad argument.  Call once, first.
+ */
+void bench_init(int argc, char **argv, const char *title,
+                const bench_metric *metrics, size_t n_metrics);
+
+bool bench_tsv(void);           /* --tsv given */
+bool bench_quick(void);         /* --quick given */
+const char *bench_python(void); /* --python PATH, default /usr/bin/python3 */
+int bench_reps(void);           /* repetitions per measurement */
+double bench_scale(void);       /* --scale, 1.0 by default */
+
+/* bench_iters - the iteration count to use: `full`, or `quick` under
+ * --quick, times --scale (at least 1). */
+long bench_iters(long full, long quick);
+
+/* bench_enabled - whether --metric/--system select this pair (either may be
+ * NULL to ask about only the other). */
+bool bench_enabled(const char *metric, const char *system);
+
+/* bench_metric_unit - the registered unit of a metric ("" when unknown). */
+const char *bench_metric_unit(const char *metric);
+
+/* bench_now - CLOCK_MONOTONIC in nanoseconds. */
+int64_t bench_now(void);
+
+/*
+ * A timed body: perform `iters` operations (however it splits them among
+ * threads) and return the nanoseconds they took, measured by the body itself
+ * so that set-up (creating threads, filling buffers) stays outside the
+ * timing.  A negative return is a failure: -errno, or any negative value
+ * after the body printed why on stderr.
+ */
+typedef int64_t (*bench_body)(void *arg, long iters);
+
+/*
+ * bench_measure - run body once as a warm-up (iters/10 operations), then
+ * `reps` times with `iters` operations, and store the best or median
+ * nanoseconds per operation in *ns_per_op.  reps <= 0 means bench_reps().
+ * Returns 0, or the body's negative return value.
+ */
+int bench_measure(bench_body body, void *arg, long iters, int reps,
+                  bench_pick pick, double *ns_per_op);
+
+/*
+ * bench_run - measure and record one metric for one system, converting
+ * ns/operation into the metric's registered unit ("ns", "us", or a rate
+ * "X/s" = operations per second).  Does nothing when the pair is not
+ * enabled; records a failure when the body fails.  Returns 0 or the body's
+ * error.
+ */
+int bench_run(const char *metric, const char *system, bench_body body,
+              void *arg, long iters, bench_pick pick);
+
+/* bench_record - record a measurement. */
+void bench_record(const char *metric, const char *system, double value,
+                  const char *unit);
+
+/* bench_skip - record that a system could not run a metric, and why.
+ * unit NULL means the metric's registered unit. */
+void bench_skip(const char *metric, const char *system, const char *unit,
+                const char *reason);
+
+/* bench_fail - record that a measurement ran but failed (wrong result,
+ * error); printf-style reason.  Makes bench_report return 1. */
+void bench_fail(const char *metric, const char *system, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* bench_peer_path - the absolute path of a file in bench/peers/ (the
+ * CONC_BENCH_PEERS directory, or the environment variable of that name).
+ * Returns a static buffer, valid until the next call. */
+const char *bench_peer_path(const char *file);
+
+/*
+ * bench_peer_run - run an external peer program and record what it prints.
+ *
+ * argv[0] is the program (a path, or a name looked up in PATH).  Every line
+ * of its standard output of the form METRIC<TAB>SYSTEM<TAB>VALUE<TAB>UNIT is
+ * recorded (VALUE may be "skipped"); lines starting with '#' and blank lines
+ * are ignored; its standard error passes through.  When the program cannot
+ * be started, fails, or runs past timeout_s seconds (it is then killed),
+ * every registered and enabled metric it did not report for `system` is
+ * recorded as skipped with the reason.  Returns 0 when the peer ran and
+ * exited 0, else -1.
+ */
+int bench_peer_run(const char *system, char *const argv[], double timeout_s);
+
+/*
+ * bench_report - print the table (unless --tsv: TSV lines are printed as
+ * they are recorded).  Returns the process exit status: 0, or 1 when a
+ * measurement failed.
+ */
+int bench_report(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CONC_BENCHLIB_H */

@@ -1,0 +1,18 @@
+/*
+ * conc.h - the umbrella header: Python's concurrency toolkit for C on Linux.
+ * See docs/ for one page per concept and docs/python.md for the map from
+ * Python calls to conc calls.
+ */
+#ifndef CONC_H
+#define CONC_H
+
+#include "conc/errors.h"
+#include "conc/time.h"
+#include "conc/sync.h"
+#include "conc/thread.h"
+
+#define CONC_VERSION_MAJOR 0
+#define CONC_VERSION_MINOR 1
+#define CONC_VERSION_PATCH 0
+
+#endif /* CONC_H */

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages conc needs for a task, only when some are missing.
+#   deps.sh build   compiler, CMake, pkg-config, Criterion, python3 (example tests)
+#   deps.sh bench   the benchmark peers' packages
+set -e
+what=${1:-build}
+case "$what" in
+  build) pkgs="gcc make cmake pkg-config libcriterion-dev python3 libasan8 libubsan1 libtsan2" ;;
+  bench) pkgs="python3" ;;
+  *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
+esac
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "conc: missing packages:$missing (run as root, or install them)" >&2
+  exit 1
+fi
+echo "conc: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends $missing

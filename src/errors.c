@@ -1,0 +1,39 @@
+/* errors.c - names and descriptions of the error codes conc returns. */
+#include <string.h>
+#include "conc/errors.h"
+
+const char *conc_strerror(int err)
+{
+    if (err < 0)
+        err = -err;
+    switch (err) {
+    case 0:          return "success";
+    case ETIMEDOUT:  return "timed out";
+    case EAGAIN:     return "would block (empty, full or busy; non-blocking call)";
+    case EPIPE:      return "closed, shut down or broken";
+    case EOWNERDEAD: return "previous owner died; state may be inconsistent";
+    case ECANCELED:  return "cancelled";
+    case EINVAL:     return "invalid argument";
+    case EPERM:      return "not permitted (not the owner, or not locked)";
+    case EOVERFLOW:  return "count would overflow its bound";
+    case EDEADLK:    return "would deadlock (waiting for itself)";
+    case EALREADY:   return "already started";
+    case EBUSY:      return "not finished yet";
+    case EMSGSIZE:   return "message too large";
+    case ENOMEM:     return "out of memory";
+    default: {
+        const char *d = strerrordesc_np(err);
+        return d ? d : "unknown error";
+    }
+    }
+}
+
+const char *conc_errname(int err)
+{
+    if (err < 0)
+        err = -err;
+    if (err == 0)
+        return "0";
+    const char *n = strerrorname_np(err);
+    return n ? n : "E?";
+}

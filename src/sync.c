@@ -1,0 +1,783 @@
+/*
+ * sync.c - Lock, RLock, Semaphore, Event, Condition, Barrier on futexes.
+ *
+ * Lock word (Lock and RLock): 0 when free, else the owner's kernel thread id
+ * (bits 0..29) with LK_WAITERS (bit 31) set when a thread may sleep on it.
+ * This is the kernel's robust-futex word format, so owner-death detection
+ * between processes can be layered on without changing the struct.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include "conc/sync.h"
+#include "internal.h"
+#include "sys/wait.h"
+
+#define LK_WAITERS    0x80000000u
+#define LK_OWNER_DIED 0x40000000u
+#define LK_TID_MASK   0x3fffffffu
+
+#define EV_SET     0x1u
+#define EV_WAITERS 0x2u
+
+/* Busy-wait iterations before sleeping in the kernel. */
+#define SPIN_LOCK  200
+#define SPIN_EVENT 200
+
+static inline unsigned wflags(uint32_t flags)
+{
+    return (flags & CONC_SYNC_SHARED) ? CONC__WAIT_SHARED : 0;
+}
+
+/*
+ * Timeout argument of the public calls: 0 means "poll" (-EAGAIN), else a
+ * deadline.  Returns 0, or -EINVAL for a bad timeout.
+ */
+static inline int parse_timeout(double timeout, int64_t *deadline, bool *poll)
+{
+    if (timeout == CONC_FOREVER) {
+        *deadline = CONC_NO_DEADLINE;
+        *poll = false;
+        return 0;
+    }
+    if (timeout == 0) {
+        *deadline = 0;
+        *poll = true;
+        return 0;
+    }
+    *poll = false;
+    return conc__timeout_deadline(timeout, deadline);
+}
+
+static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t desired, int mo)
+{
+    return __atomic_compare_exchange_n(p, expect, desired, false, mo, __ATOMIC_RELAXED);
+}
+
+/* --------------------------------------------------------- lock word */
+
+/* Slow path of taking a lock word for thread `me`.  Returns 0, -EAGAIN (poll),
+ * -ETIMEDOUT, or -ECANCELED (only when `cancellable`). */
+static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
+                                 int64_t deadline, bool poll, bool cancellable)
+{
+    uint32_t v;
+    for (int i = 0; i < SPIN_LOCK; i++) {
+        v = ld_relaxed(w);
+        if (v == 0) {
+            if (cas32(w, &v, me, __ATOMIC_ACQUIRE))
+                return 0;
+        } else if (v & LK_WAITERS) {
+            break;              /* others already sleep: queue up behind them */
+        }
+        if (poll)
+            return -EAGAIN;
+        conc__spin_pause();
+    }
+    if (poll)
+        return -EAGAIN;
+    unsigned wf = wflags(flags);
+    for (;;) {
+        v = ld_relaxed(w);
+        if (v == 0) {
+            /* We were contending: others may sleep, so keep the bit set. */
+            if (cas32(w, &v, me | LK_WAITERS, __ATOMIC_ACQUIRE))
+                return 0;
+            continue;
+        }
+        if (!(v & LK_WAITERS)) {
+            if (!cas32(w, &v, v | LK_WAITERS, __ATOMIC_RELAXED))
+                continue;
+            v |= LK_WAITERS;
+        }
+        int r = conc__wait(w, v, deadline, wf);
+        if (r == -ETIMEDOUT) {
+            v = 0;
+            if (cas32(w, &v, me | LK_WAITERS, __ATOMIC_ACQUIRE))
+                return 0;
+            return -ETIMEDOUT;
+        }
+        if (r == -ECANCELED && cancellable)
+            return r;
+    }
+}
+
+static inline int lockword_acquire(uint32_t *w, uint32_t flags, int64_t deadline,
+                                   bool poll)
+{
+    uint32_t me = (uint32_t)conc__tid();
+    uint32_t z = 0;
+    if (likely(cas32(w, &z, me, __ATOMIC_ACQUIRE)))
+        return 0;
+    return lockword_acquire_slow(w, flags, me, deadline, poll, true);
+}
+
+/* Takes the lock word without a deadline and without cancellation: used to
+ * get a Condition's lock back. */
+static inline void lockword_reacquire(uint32_t *w, uint32_t flags)
+{
+    uint32_t me = (uint32_t)conc__tid();
+    uint32_t z = 0;
+    if (!cas32(w, &z, me, __ATOMIC_ACQUIRE))
+        (void)lockword_acquire_slow(w, flags, me, CONC_NO_DEADLINE, false, false);
+}
+
+static inline int lockword_release(uint32_t *w, uint32_t flags)
+{
+    uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
+    if (unlikely(v == 0))
+        return -EPERM;
+    if (unlikely(v & LK_WAITERS))
+        conc__wake(w, 1, wflags(flags));
+    return 0;
+}
+
+static inline bool lockword_mine(const uint32_t *w)
+{
+    uint32_t v = ld_relaxed(w);
+    return v != 0 && (v & LK_TID_MASK) == ((uint32_t)conc__tid() & LK_TID_MASK);
+}
+
+static inline int check_flags(unsigned flags, unsigned allowed)
+{
+    return (flags & ~allowed) ? -EINVAL : 0;
+}
+
+/* -------------------------------------------------------------- Lock */
+
+int conc_lock_init(conc_lock *lock, unsigned flags)
+{
+    if (!lock || check_flags(flags, CONC_SYNC_SHARED))
+        return -EINVAL;
+    *lock = (conc_lock)CONC_LOCK_INIT;
+    lock->_flags = flags;
+    return 0;
+}
+
+int conc_lock_acquire(conc_lock *lock, double timeout)
+{
+    if (unlikely(!lock))
+        return -EINVAL;
+    int64_t deadline;
+    bool poll;
+    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+        return -EINVAL;
+    return lockword_acquire(&lock->_word, lock->_flags, deadline, poll);
+}
+
+int conc_lock_acquire_until(conc_lock *lock, int64_t deadline)
+{
+    if (unlikely(!lock))
+        return -EINVAL;
+    return lockword_acquire(&lock->_word, lock->_flags, deadline, false);
+}
+
+int conc_lock_release(conc_lock *lock)
+{
+    if (unlikely(!lock))
+        return -EINVAL;
+    return lockword_release(&lock->_word, lock->_flags);
+}
+
+bool conc_lock_locked(const conc_lock *lock)
+{
+    return lock && ld_relaxed(&lock->_word) != 0;
+}
+
+bool conc_lock_held(const conc_lock *lock)
+{
+    return lock && lockword_mine(&lock->_word);
+}
+
+/* ------------------------------------------------------------- RLock */
+
+int conc_rlock_init(conc_rlock *lock, unsigned flags)
+{
+    if (!lock || check_flags(flags, CONC_SYNC_SHARED))
+        return -EINVAL;
+    *lock = (conc_rlock)CONC_RLOCK_INIT;
+    lock->_flags = flags;
+    return 0;
+}
+
+static int rlock_acquire(conc_rlock *lock, int64_t deadline, bool poll)
+{
+    if (lockword_mine(&lock->_word)) {
+        if (unlikely(lock->_count == UINT32_MAX))
+            return -EOVERFLOW;
+        lock->_count++;
+        return 0;
+    }
+    int r = lockword_acquire(&lock->_word, lock->_flags, deadline, poll);
+    if (r == 0)
+        lock->_count = 1;
+    return r;
+}
+
+int conc_rlock_acquire(conc_rlock *lock, double timeout)
+{
+    if (unlikely(!lock))
+        return -EINVAL;
+    int64_t deadline;
+    bool poll;
+    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+        return -EINVAL;
+    return rlock_acquire(lock, deadline, poll);
+}
+
+int conc_rlock_acquire_until(conc_rlock *lock, int64_t deadline)
+{
+    if (unlikely(!lock))
+        return -EINVAL;
+    return rlock_acquire(lock, deadline, false);
+}
+
+int conc_rlock_release(conc_rlock *lock)
+{
+    if (unlikely(!lock))
+        return -EINVAL;
+    if (!lockword_mine(&lock->_word))
+        return -EPERM;
+    if (--lock->_count > 0)
+        return 0;
+    return lockword_release(&lock->_word, lock->_flags);
+}
+
+bool conc_rlock_is_owned(const conc_rlock *lock)
+{
+    return lock && lockword_mine(&lock->_word);
+}
+
+unsigned conc_rlock_depth(const conc_rlock *lock)
+{
+    return conc_rlock_is_owned(lock) ? lock->_count : 0;
+}
+
+/* --------------------------------------------------------- Semaphore */
+
+int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
+{
+    if (!sem || check_flags(flags, CONC_SYNC_SHARED | CONC_SEM_BOUNDED) ||
+        value > CONC_SEM_VALUE_MAX)
+        return -EINVAL;
+    sem->_value = value;
+    sem->_waiters = 0;
+    sem->_flags = flags;
+    sem->_bound = (flags & CONC_SEM_BOUNDED) ? value : 0;
+    return 0;
+}
+
+static inline bool sem_trydown(conc_sem *sem)
+{
+    uint32_t v = __atomic_load_n(&sem->_value, __ATOMIC_SEQ_CST);
+    while (v > 0) {
+        if (cas32(&sem->_value, &v, v - 1, __ATOMIC_SEQ_CST))
+            return true;
+    }
+    return false;
+}
+
+static int sem_acquire(conc_sem *sem, int64_t deadline, bool poll)
+{
+    if (sem_trydown(sem))
+        return 0;
+    if (poll)
+        return -EAGAIN;
+    for (int i = 0; i < SPIN_EVENT; i++) {
+        conc__spin_pause();
+        if (ld_relaxed(&sem->_value) && sem_trydown(sem))
+            return 0;
+    }
+    unsigned wf = wflags(sem->_flags);
+    int r;
+    __atomic_fetch_add(&sem->_waiters, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        if (sem_trydown(sem)) {
+            r = 0;
+            break;
+        }
+        r = conc__wait(&sem->_value, 0, deadline, wf);
+        if (r == -ETIMEDOUT || r == -ECANCELED) {
+            if (sem_trydown(sem))
+                r = 0;
+            break;
+        }
+    }
+    __atomic_fetch_sub(&sem->_waiters, 1, __ATOMIC_SEQ_CST);
+    return r;
+}
+
+int conc_sem_acquire(conc_sem *sem, double timeout)
+{
+    if (unlikely(!sem))
+        return -EINVAL;
+    int64_t deadline;
+    bool poll;
+    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+        return -EINVAL;
+    return sem_acquire(sem, deadline, poll);
+}
+
+int conc_sem_acquire_until(conc_sem *sem, int64_t deadline)
+{
+    if (unlikely(!sem))
+        return -EINVAL;
+    return sem_acquire(sem, deadline, false);
+}
+
+int conc_sem_release(conc_sem *sem, unsigned n)
+{
+    if (unlikely(!sem || n == 0))
+        return -EINVAL;
+    uint32_t limit = (sem->_flags & CONC_SEM_BOUNDED) ? sem->_bound : CONC_SEM_VALUE_MAX;
+    uint32_t v = ld_relaxed(&sem->_value);
+    do {
+        if (n > limit || v > limit - n)
+            return -EOVERFLOW;
+    } while (!cas32(&sem->_value, &v, v + n, __ATOMIC_SEQ_CST));
+    if (__atomic_load_n(&sem->_waiters, __ATOMIC_SEQ_CST))
+        conc__wake(&sem->_value, n > INT_MAX ? INT_MAX : (int)n, wflags(sem->_flags));
+    return 0;
+}
+
+unsigned conc_sem_value(const conc_sem *sem)
+{
+    return sem ? ld_relaxed(&sem->_value) : 0;
+}
+
+/* ------------------------------------------------------------- Event */
+
+int conc_event_init(conc_event *ev, unsigned flags)
+{
+    if (!ev || check_flags(flags, CONC_SYNC_SHARED))
+        return -EINVAL;
+    ev->_word = 0;
+    ev->_flags = flags;
+    return 0;
+}
+
+int conc_event_set(conc_event *ev)
+{
+    if (unlikely(!ev))
+        return -EINVAL;
+    if (ld_relaxed(&ev->_word) == EV_SET)
+        return 0;               /* already set, nobody waits */
+    uint32_t old = __atomic_exchange_n(&ev->_word, EV_SET, __ATOMIC_RELEASE);
+    if (old & EV_WAITERS)
+        conc__wake(&ev->_word, INT_MAX, wflags(ev->_flags));
+    return 0;
+}
+
+int conc_event_clear(conc_event *ev)
+{
+    if (unlikely(!ev))
+        return -EINVAL;
+    __atomic_fetch_and(&ev->_word, ~EV_SET, __ATOMIC_RELAXED);
+    return 0;
+}
+
+bool conc_event_is_set(const conc_event *ev)
+{
+    return ev && (ld_acquire(&ev->_word) & EV_SET);
+}
+
+static int event_wait(conc_event *ev, int64_t deadline, bool poll)
+{
+    uint32_t v = ld_acquire(&ev->_word);
+    if (v & EV_SET)
+        return 0;
+    if (poll)
+        return -EAGAIN;
+    for (int i = 0; i < SPIN_EVENT; i++) {
+        conc__spin_pause();
+        if (ld_acquire(&ev->_word) & EV_SET)
+            return 0;
+    }
+    unsigned wf = wflags(ev->_flags);
+    for (;;) {
+        v = ld_acquire(&ev->_word);
+        if (v & EV_SET)
+            return 0;
+        if (!(v & EV_WAITERS)) {
+            if (!cas32(&ev->_word, &v, v | EV_WAITERS, __ATOMIC_ACQUIRE))
+                continue;
+            v |= EV_WAITERS;
+        }
+        int r = conc__wait(&ev->_word, v, deadline, wf);
+        if (r == -ETIMEDOUT || r == -ECANCELED)
+            return (ld_acquire(&ev->_word) & EV_SET) ? 0 : r;
+    }
+}
+
+int conc_event_wait(conc_event *ev, double timeout)
+{
+    if (unlikely(!ev))
+        return -EINVAL;
+    int64_t deadline;
+    bool poll;
+    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+        return -EINVAL;
+    return event_wait(ev, deadline, poll);
+}
+
+int conc_event_wait_until(conc_event *ev, int64_t deadline)
+{
+    if (unlikely(!ev))
+        return -EINVAL;
+    return event_wait(ev, deadline, false);
+}
+
+/* --------------------------------------------------------- Condition */
+
+#define CV_ONE_SIGNAL (UINT64_C(1) << 32)
+#define CV_WAITING(c) ((uint32_t)(c))
+#define CV_SIGNALS(c) ((uint32_t)((c) >> 32))
+
+int conc_cond_init(conc_cond *cond, unsigned flags)
+{
+    if (!cond || check_flags(flags, CONC_SYNC_SHARED))
+        return -EINVAL;
+    cond->_seq = 0;
+    cond->_flags = flags;
+    cond->_counts = 0;
+    return 0;
+}
+
+/* Takes one pending wake-up, if any. */
+static inline bool cond_consume(conc_cond *cond)
+{
+    uint64_t c = __atomic_load_n(&cond->_counts, __ATOMIC_SEQ_CST);
+    while (CV_SIGNALS(c)) {
+        if (__atomic_compare_exchange_n(&cond->_counts, &c, c - CV_ONE_SIGNAL, false,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return true;
+    }
+    return false;
+}
+
+/* A waiter gives up: takes a pending wake-up if one is there (then it was
+ * notified after all), else stops counting as waiting. */
+static inline bool cond_withdraw(conc_cond *cond)
+{
+    uint64_t c = __atomic_load_n(&cond->_counts, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint64_t n = CV_SIGNALS(c) ? c - CV_ONE_SIGNAL : c - 1;
+        if (__atomic_compare_exchange_n(&cond->_counts, &c, n, false,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return CV_SIGNALS(c) != 0;
+    }
+}
+
+/* The lock a condition waits with: a Lock (depth unused) or an RLock. */
+struct cv_lock {
+    uint32_t *word;
+    uint32_t flags;
+    uint32_t *depth;        /* RLock recursion count, or NULL */
+};
+
+static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t deadline)
+{
+    if (!lockword_mine(lk->word))
+        return -EPERM;
+    /* Under the lock: snapshot the sequence and count ourselves. */
+    uint32_t seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&cond->_counts, 1, __ATOMIC_SEQ_CST);
+    uint32_t depth = 0;
+    if (lk->depth) {
+        depth = *lk->depth;
+        *lk->depth = 0;
+    }
+    lockword_release(lk->word, lk->flags);
+
+    unsigned wf = wflags(cond->_flags);
+    int rc;
+    for (;;) {
+        int r = conc__wait(&cond->_seq, seq, deadline, wf);
+        seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
+        if (cond_consume(cond)) {
+            rc = 0;
+            break;
+        }
+        if (r == -ETIMEDOUT || r == -ECANCELED) {
+            rc = cond_withdraw(cond) ? 0 : r;
+            break;
+        }
+    }
+    lockword_reacquire(lk->word, lk->flags);
+    if (lk->depth)
+        *lk->depth = depth;
+    return rc;
+}
+
+static int cond_wait_for_core(conc_cond *cond, const struct cv_lock *lk,
+                              conc_predicate pred, void *arg, int64_t deadline)
+{
+    if (!lockword_mine(lk->word))
+        return -EPERM;
+    while (!pred(arg)) {
+        int r = cond_wait_core(cond, lk, deadline);
+        if (r == -ETIMEDOUT)
+            return pred(arg) ? 0 : -ETIMEDOUT;
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static inline int timeout_deadline(double timeout, int64_t *deadline)
+{
+    return timeout == 0 ? (*deadline = 0, 0) : conc__timeout_deadline(timeout, deadline);
+}
+
+#define LK_OF_LOCK(l)  { &(l)->_word, (l)->_flags, NULL }
+#define LK_OF_RLOCK(l) { &(l)->_word, (l)->_flags, &(l)->_count }
+
+int conc_cond_wait_until(conc_cond *cond, conc_lock *lock, int64_t deadline)
+{
+    if (!cond || !lock)
+        return -EINVAL;
+    struct cv_lock lk = LK_OF_LOCK(lock);
+    return cond_wait_core(cond, &lk, deadline);
+}
+
+int conc_cond_wait(conc_cond *cond, conc_lock *lock, double timeout)
+{
+    int64_t deadline;
+    if (timeout_deadline(timeout, &deadline))
+        return -EINVAL;
+    return conc_cond_wait_until(cond, lock, deadline);
+}
+
+int conc_cond_wait_until_r(conc_cond *cond, conc_rlock *lock, int64_t deadline)
+{
+    if (!cond || !lock)
+        return -EINVAL;
+    struct cv_lock lk = LK_OF_RLOCK(lock);
+    return cond_wait_core(cond, &lk, deadline);
+}
+
+int conc_cond_wait_r(conc_cond *cond, conc_rlock *lock, double timeout)
+{
+    int64_t deadline;
+    if (timeout_deadline(timeout, &deadline))
+        return -EINVAL;
+    return conc_cond_wait_until_r(cond, lock, deadline);
+}
+
+int conc_cond_wait_for_until(conc_cond *cond, conc_lock *lock, conc_predicate pred,
+                             void *arg, int64_t deadline)
+{
+    if (!cond || !lock || !pred)
+        return -EINVAL;
+    struct cv_lock lk = LK_OF_LOCK(lock);
+    return cond_wait_for_core(cond, &lk, pred, arg, deadline);
+}
+
+int conc_cond_wait_for(conc_cond *cond, conc_lock *lock, conc_predicate pred,
+                       void *arg, double timeout)
+{
+    int64_t deadline;
+    if (timeout_deadline(timeout, &deadline))
+        return -EINVAL;
+    return conc_cond_wait_for_until(cond, lock, pred, arg, deadline);
+}
+
+int conc_cond_wait_for_until_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
+                               void *arg, int64_t deadline)
+{
+    if (!cond || !lock || !pred)
+        return -EINVAL;
+    struct cv_lock lk = LK_OF_RLOCK(lock);
+    return cond_wait_for_core(cond, &lk, pred, arg, deadline);
+}
+
+int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
+                         void *arg, double timeout)
+{
+    int64_t deadline;
+    if (timeout_deadline(timeout, &deadline))
+        return -EINVAL;
+    return conc_cond_wait_for_until_r(cond, lock, pred, arg, deadline);
+}
+
+static int cond_notify(conc_cond *cond, uint32_t n)
+{
+    uint64_t c = __atomic_load_n(&cond->_counts, __ATOMIC_SEQ_CST);
+    uint32_t k;
+    do {
+        k = CV_WAITING(c) < n ? CV_WAITING(c) : n;
+        if (k == 0)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&cond->_counts, &c,
+                                          c - k + (uint64_t)k * CV_ONE_SIGNAL, false,
+                                          __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+    __atomic_fetch_add(&cond->_seq, 1, __ATOMIC_SEQ_CST);
+    conc__wake(&cond->_seq, k > INT_MAX ? INT_MAX : (int)k, wflags(cond->_flags));
+    return (int)(k > INT_MAX ? INT_MAX : k);
+}
+
+int conc_cond_notify(conc_cond *cond, unsigned n)
+{
+    if (unlikely(!cond))
+        return -EINVAL;
+    return cond_notify(cond, n);
+}
+
+int conc_cond_notify_all(conc_cond *cond)
+{
+    if (unlikely(!cond))
+        return -EINVAL;
+    return cond_notify(cond, UINT32_MAX);
+}
+
+/* ----------------------------------------------------------- Barrier */
+
+enum { BR_FILLING = 0, BR_DRAINING = 1, BR_RESETTING = -1, BR_BROKEN = -2 };
+
+int conc_barrier_init(conc_barrier *b, unsigned parties, unsigned flags)
+{
+    if (!b || parties == 0 || check_flags(flags, CONC_SYNC_SHARED))
+        return -EINVAL;
+    conc_lock_init(&b->_lock, flags);
+    conc_cond_init(&b->_cond, flags);
+    b->_parties = parties;
+    b->_count = 0;
+    b->_state = BR_FILLING;
+    b->_flags = flags;
+    return 0;
+}
+
+static void barrier_break(conc_barrier *b)
+{
+    st_relaxed(&b->_state, BR_BROKEN);
+    conc_cond_notify_all(&b->_cond);
+}
+
+static int state_not_draining(void *arg)
+{
+    conc_barrier *b = arg;
+    return b->_state != BR_DRAINING && b->_state != BR_RESETTING;
+}
+
+static int state_not_filling(void *arg)
+{
+    conc_barrier *b = arg;
+    return b->_state != BR_FILLING;
+}
+
+static int barrier_wait(conc_barrier *b, int64_t deadline, int (*action)(void *), void *arg)
+{
+    if (!b)
+        return -EINVAL;
+    if (b->_parties == 0)
+        return -EINVAL;
+    lockword_reacquire(&b->_lock._word, b->_lock._flags);
+    /* Wait while the previous round drains or a reset is under way. */
+    int r = conc_cond_wait_for_until(&b->_cond, &b->_lock, state_not_draining, b, deadline);
+    if (r < 0) {
+        barrier_break(b);
+        conc_lock_release(&b->_lock);
+        return r;
+    }
+    if (b->_state < 0) {
+        conc_lock_release(&b->_lock);
+        return -EPIPE;
+    }
+    uint32_t index = b->_count;
+    st_relaxed(&b->_count, index + 1);
+    int rc = (int)index;
+    if (index + 1 == b->_parties) {
+        if (action && action(arg) != 0) {
+            barrier_break(b);
+            rc = -EPIPE;
+        } else {
+            st_relaxed(&b->_state, BR_DRAINING);
+            conc_cond_notify_all(&b->_cond);
+        }
+    } else {
+        r = conc_cond_wait_for_until(&b->_cond, &b->_lock, state_not_filling, b, deadline);
+        if (r < 0) {
+            barrier_break(b);
+            rc = r;
+        } else if (b->_state < 0) {
+            rc = -EPIPE;
+        }
+    }
+    /* Leave; the last one out of a drained or reset round reopens it. */
+    st_relaxed(&b->_count, b->_count - 1);
+    if (b->_count == 0 && (b->_state == BR_DRAINING || b->_state == BR_RESETTING)) {
+        st_relaxed(&b->_state, BR_FILLING);
+        conc_cond_notify_all(&b->_cond);
+    }
+    conc_lock_release(&b->_lock);
+    return rc;
+}
+
+int conc_barrier_wait_action_until(conc_barrier *b, int64_t deadline,
+                                   int (*action)(void *), void *arg)
+{
+    return barrier_wait(b, deadline, action, arg);
+}
+
+int conc_barrier_wait_action(conc_barrier *b, double timeout,
+                             int (*action)(void *), void *arg)
+{
+    int64_t deadline;
+    if (timeout_deadline(timeout, &deadline))
+        return -EINVAL;
+    return barrier_wait(b, deadline, action, arg);
+}
+
+int conc_barrier_wait_until(conc_barrier *b, int64_t deadline)
+{
+    return barrier_wait(b, deadline, NULL, NULL);
+}
+
+int conc_barrier_wait(conc_barrier *b, double timeout)
+{
+    return conc_barrier_wait_action(b, timeout, NULL, NULL);
+}
+
+int conc_barrier_abort(conc_barrier *b)
+{
+    if (!b)
+        return -EINVAL;
+    lockword_reacquire(&b->_lock._word, b->_lock._flags);
+    barrier_break(b);
+    conc_lock_release(&b->_lock);
+    return 0;
+}
+
+int conc_barrier_reset(conc_barrier *b)
+{
+    if (!b)
+        return -EINVAL;
+    lockword_reacquire(&b->_lock._word, b->_lock._flags);
+    if (b->_count > 0) {
+        if (b->_state == BR_FILLING || b->_state == BR_BROKEN)
+            st_relaxed(&b->_state, BR_RESETTING);
+    } else {
+        st_relaxed(&b->_state, BR_FILLING);
+    }
+    conc_cond_notify_all(&b->_cond);
+    conc_lock_release(&b->_lock);
+    return 0;
+}
+
+bool conc_barrier_broken(const conc_barrier *b)
+{
+    return b && ld_relaxed(&b->_state) == BR_BROKEN;
+}
+
+unsigned conc_barrier_parties(const conc_barrier *b)
+{
+    return b ? b->_parties : 0;
+}
+
+unsigned conc_barrier_n_waiting(const conc_barrier *b)
+{
+    if (!b)
+        return 0;
+    return ld_relaxed(&b->_state) == BR_FILLING ? ld_relaxed(&b->_count) : 0;
+}

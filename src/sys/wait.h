@@ -1,0 +1,64 @@
+/*
+ * wait.h - the one way conc waits.
+ *
+ * Every blocking call of the library ends up here: wait on a futex word until
+ * a deadline, sleep until a deadline, yield.  This is the single place where
+ * coroutine-awareness (a hub that parks the calling coroutine instead of the
+ * thread), cancellation and owner-death checks hook in.
+ */
+#ifndef CONC_SYS_WAIT_H
+#define CONC_SYS_WAIT_H
+
+#include <stdint.h>
+#include "../internal.h"
+
+/* Flags: the word lives in memory shared between processes. */
+#define CONC__WAIT_SHARED 0x1u
+
+/*
+ * A thread running a coroutine hub installs its wait operations here; a NULL
+ * pointer (plain threads) blocks the thread in the kernel.
+ */
+struct conc__wait_ops {
+    int (*wait)(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags);
+    int (*sleep_until)(int64_t deadline);
+    void (*yield)(void);
+};
+extern __thread const struct conc__wait_ops *conc__wait_ops
+    __attribute__((tls_model("initial-exec")));
+
+/*
+ * conc__wait - sleep while *word == expect, until deadline (CONC_NO_DEADLINE:
+ * no limit).  Returns 0 when woken or interrupted (the caller re-checks its
+ * condition: wake-ups may be spurious), -EAGAIN when *word != expect,
+ * -ETIMEDOUT when the deadline has passed, -ECANCELED when the waiting
+ * coroutine was killed.
+ */
+CONC_HIDDEN int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline,
+                           unsigned flags);
+
+/* conc__wake - wake up to n waiters of word (INT_MAX: all).  Returns how
+ * many were woken (threads only; coroutines are counted as woken too). */
+CONC_HIDDEN int conc__wake(uint32_t *word, int n, unsigned flags);
+
+/* conc__sleep_until - sleep until the monotonic clock reaches deadline.
+ * Returns 0, or -ECANCELED when the sleeping coroutine was killed. */
+CONC_HIDDEN int conc__sleep_until(int64_t deadline);
+
+/* conc__yield - give up the CPU once (sched_yield, or let other coroutines
+ * run). */
+CONC_HIDDEN void conc__yield(void);
+
+/* conc__spin_pause - one iteration of a busy-wait loop. */
+static inline void conc__spin_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+#endif
