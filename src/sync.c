@@ -22,8 +22,9 @@
 #define EV_WAITERS 0x2u
 
 /* Busy-wait iterations before sleeping in the kernel. */
+#ifndef SPIN_LOCK
 #define SPIN_LOCK  200
-#define SPIN_EVENT 200
+#endif
 
 static inline unsigned wflags(uint32_t flags)
 {
@@ -284,11 +285,9 @@ static int sem_acquire(conc_sem *sem, int64_t deadline, bool poll)
         return 0;
     if (poll)
         return -EAGAIN;
-    for (int i = 0; i < SPIN_EVENT; i++) {
-        conc__spin_pause();
-        if (ld_relaxed(&sem->_value) && sem_trydown(sem))
-            return 0;
-    }
+    if (deadline != 0 && conc__spin_while(&sem->_value, 0, CONC__SPIN_NS) != 0 &&
+        sem_trydown(sem))
+        return 0;
     unsigned wf = wflags(sem->_flags);
     int r;
     __atomic_fetch_add(&sem->_waiters, 1, __ATOMIC_SEQ_CST);
@@ -389,11 +388,8 @@ static int event_wait(conc_event *ev, int64_t deadline, bool poll)
         return 0;
     if (poll)
         return -EAGAIN;
-    for (int i = 0; i < SPIN_EVENT; i++) {
-        conc__spin_pause();
-        if (ld_acquire(&ev->_word) & EV_SET)
-            return 0;
-    }
+    if (deadline != 0 && (conc__spin_while(&ev->_word, v, CONC__SPIN_NS) & EV_SET))
+        return 0;
     unsigned wf = wflags(ev->_flags);
     for (;;) {
         v = ld_acquire(&ev->_word);
@@ -430,6 +426,10 @@ int conc_event_wait_until(conc_event *ev, int64_t deadline)
 
 /* --------------------------------------------------------- Condition */
 
+/* _seq: bit 0 is set while a waiter may sleep in the kernel; every notify
+ * adds CV_STEP. */
+#define CV_SLEEPERS 1u
+#define CV_STEP     2u
 #define CV_ONE_SIGNAL (UINT64_C(1) << 32)
 #define CV_WAITING(c) ((uint32_t)(c))
 #define CV_SIGNALS(c) ((uint32_t)((c) >> 32))
@@ -493,7 +493,14 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
     unsigned wf = wflags(cond->_flags);
     int rc;
     for (;;) {
-        int r = conc__wait(&cond->_seq, seq, deadline, wf);
+        int r = 0;
+        if (deadline == 0 || conc__spin_while(&cond->_seq, seq, CONC__SPIN_NS) == seq) {
+            /* Announce a sleeper so that notify makes the system call. */
+            if ((seq & CV_SLEEPERS) ||
+                __atomic_compare_exchange_n(&cond->_seq, &seq, seq | CV_SLEEPERS, false,
+                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                r = conc__wait(&cond->_seq, seq | CV_SLEEPERS, deadline, wf);
+        }
         seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
         if (cond_consume(cond)) {
             rc = 0;
@@ -612,8 +619,20 @@ static int cond_notify(conc_cond *cond, uint32_t n)
     } while (!__atomic_compare_exchange_n(&cond->_counts, &c,
                                           c - k + (uint64_t)k * CV_ONE_SIGNAL, false,
                                           __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    __atomic_fetch_add(&cond->_seq, 1, __ATOMIC_SEQ_CST);
-    conc__wake(&cond->_seq, k > INT_MAX ? INT_MAX : (int)k, wflags(cond->_flags));
+    /* Bump the sequence.  The sleepers bit stays while unsignalled waiters
+     * remain (some may sleep); when none remain it is cleared and every
+     * sleeper is woken, so nobody can sleep on a word without the bit. */
+    bool drained = CV_WAITING(c) == k;
+    uint32_t old = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST), next;
+    do {
+        next = old + CV_STEP;
+        if (drained)
+            next &= ~CV_SLEEPERS;
+    } while (!__atomic_compare_exchange_n(&cond->_seq, &old, next, false,
+                                          __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+    if (old & CV_SLEEPERS)
+        conc__wake(&cond->_seq, drained || k > INT_MAX ? INT_MAX : (int)k,
+                   wflags(cond->_flags));
     return (int)(k > INT_MAX ? INT_MAX : k);
 }
 

@@ -29,6 +29,7 @@ struct conc_thread {
     int kind;
     bool daemon;
     bool named;                 /* the user chose the name: tell the kernel */
+    conc_lock name_lock;        /* guards name and named */
     conc_event done;            /* set when the function has returned */
     conc_event cancel;          /* Timer.cancel() */
     double interval;            /* Timer */
@@ -345,8 +346,10 @@ static void *trampoline(void *p)
     self = t;
     st_relaxed(&t->ident, (uint64_t)pthread_self());
     __atomic_store_n(&t->tid, (uint32_t)conc__tid_slow(), __ATOMIC_RELEASE);
+    conc_lock_acquire_until(&t->name_lock, CONC_NO_DEADLINE);
     if (t->named)
         set_os_name(pthread_self(), t->name);
+    conc_lock_release(&t->name_lock);
     /* exit_key's destructor finishes the thread if the body calls
      * pthread_exit instead of returning. */
     pthread_setspecific(exit_key, t);
@@ -442,14 +445,16 @@ int conc_thread_set_name(conc_thread *t, const char *name)
 {
     if (!t || !name)
         return -EINVAL;
+    conc_lock_acquire_until(&t->name_lock, CONC_NO_DEADLINE);
     set_name_buf(t, name);
     t->named = true;
     if (t == self)
         set_os_name(pthread_self(), t->name);
-    else if (t->kind == KIND_NORMAL || t->kind == KIND_TIMER) {
-        if (ld_acquire(&t->state) == ST_STARTED && !ld_acquire(&t->reaped))
-            set_os_name(t->pt, t->name);
-    }
+    else if ((t->kind == KIND_NORMAL || t->kind == KIND_TIMER) &&
+             ld_acquire(&t->state) == ST_STARTED && ld_acquire(&t->tid) != 0 &&
+             !ld_acquire(&t->reaped))
+        set_os_name(t->pt, t->name);
+    conc_lock_release(&t->name_lock);
     return 0;
 }
 
