@@ -46,8 +46,8 @@ double conc_remaining(int64_t deadline)
 {
     if (deadline == CONC_NO_DEADLINE)
         return CONC_FOREVER;
-    int64_t left = deadline - conc_now();
-    return left > 0 ? (double)left / 1e9 : 0.0;
+    int64_t now = conc_now();
+    return deadline > now ? (double)(deadline - now) / 1e9 : 0.0;
 }
 
 int conc_sleep(double seconds)

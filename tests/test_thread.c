@@ -166,7 +166,6 @@ Test(thread, start_twice, .timeout = 30)
 
 struct self_join {
     _Atomic int rc_self;
-    _Atomic int rc_main_ok;
 };
 
 static void *join_self_fn(void *arg)
@@ -192,7 +191,7 @@ Test(thread, join_errors, .timeout = 30)
     conc_thread_free(r);
 
     /* A thread joining itself. */
-    struct self_join s = { 1, 1 };
+    struct self_join s = { 1 };
     conc_thread *self = spawn(join_self_fn, &s, NULL);
     join_ok(self);
     cr_assert_eq(atomic_load(&s.rc_self), -EDEADLK);
@@ -1163,17 +1162,22 @@ Test(timer, errors, .timeout = 30)
 
 /* -------------------------------------------------- exit-time joining */
 
-static void child_quick_exit(void)
-{
-    /* Registered before conc's handler, so it runs after it: leave without
-     * running the test framework's own exit handlers in this forked copy. */
-    _exit(0);
-}
+/*
+ * Each scenario runs in a fresh process: the test forks and executes this
+ * very binary again with CONC_TEST_EXIT_CHILD=<scenario>:<fd> in its
+ * environment; the constructor below sees it before Criterion's main, starts
+ * the threads, returns, and calls exit(0).  The threads report through the
+ * pipe <fd>.  (A plain fork of the test process would not do: the Criterion
+ * worker is multi-threaded, and TSan refuses new threads after such a fork.)
+ */
+#define EXIT_CHILD_ENV "CONC_TEST_EXIT_CHILD"
 
 struct exit_arg {
     int fd;
     conc_event started;
 };
+
+static struct exit_arg child_arg;
 
 static void *nondaemon_writer(void *arg)
 {
@@ -1195,16 +1199,12 @@ static void *daemon_blocker(void *arg)
     return NULL;
 }
 
-static struct exit_arg child_arg;
-
-/* Starts the requested threads and returns; the caller then exits. */
+/* Starts the requested threads, frees their handles and returns. */
 static void child_start(int fd, bool with_daemon, bool with_nondaemon)
 {
     conc_thread *t;
     child_arg.fd = fd;
     conc_event_init(&child_arg.started, 0);
-    if (atexit(child_quick_exit) != 0)
-        _exit(4);
     if (with_daemon) {
         conc_thread_opts o = { .daemon = CONC_DAEMON };
         if (conc_thread_new(&t, daemon_blocker, &child_arg, &o) || conc_thread_start(t))
@@ -1217,6 +1217,21 @@ static void child_start(int fd, bool with_daemon, bool with_nondaemon)
             _exit(6);
         conc_thread_free(t);
     }
+}
+
+__attribute__((constructor)) static void exit_child_main(void)
+{
+    const char *spec = getenv(EXIT_CHILD_ENV);
+    if (!spec)
+        return;
+    char kind[16];
+    int fd;
+    if (sscanf(spec, "%15[^:]:%d", kind, &fd) != 2)
+        _exit(7);
+    bool d = strcmp(kind, "daemon") == 0 || strcmp(kind, "both") == 0;
+    bool n = strcmp(kind, "nondaemon") == 0 || strcmp(kind, "both") == 0;
+    child_start(fd, d, n);
+    exit(0); /* conc must join the non-daemon thread here */
 }
 
 /* Reads one byte with a hang guard: 1 and the byte, 0 at EOF, -1 on timeout. */
@@ -1246,17 +1261,32 @@ static int wait_child(pid_t pid)
     return status;
 }
 
-static pid_t fork_child(int fds[2], bool with_daemon, bool with_nondaemon)
+extern char **environ;
+
+static pid_t spawn_child(int fds[2], const char *kind)
 {
     cr_assert_eq(pipe(fds), 0);
+    /* The environment of the child, built before fork. */
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **envp = calloc(n + 2, sizeof *envp);
+    cr_assert_not_null(envp);
+    static char spec[64];
+    snprintf(spec, sizeof spec, EXIT_CHILD_ENV "=%s:%d", kind, fds[1]);
+    envp[0] = spec;
+    memcpy(envp + 1, environ, n * sizeof *envp);
+    char *argv[] = { "test_thread-exit-child", NULL };
+
     fflush(NULL);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         close(fds[0]);
-        child_start(fds[1], with_daemon, with_nondaemon);
-        exit(0);
+        execve("/proc/self/exe", argv, envp);
+        _exit(127);
     }
+    free(envp);
     close(fds[1]);
     return pid;
 }
@@ -1264,7 +1294,7 @@ static pid_t fork_child(int fds[2], bool with_daemon, bool with_nondaemon)
 Test(exit, joins_non_daemon_threads, .timeout = 30)
 {
     int fds[2];
-    pid_t pid = fork_child(fds, false, true);
+    pid_t pid = spawn_child(fds, "nondaemon");
     char c = 0;
     cr_assert_eq(read_byte(fds[0], &c), 1, "the non-daemon thread was killed at exit");
     cr_assert_eq(c, 'J');
@@ -1278,7 +1308,7 @@ Test(exit, joins_non_daemon_threads, .timeout = 30)
 Test(exit, does_not_wait_for_daemon_threads, .timeout = 30)
 {
     int fds[2];
-    pid_t pid = fork_child(fds, true, false);
+    pid_t pid = spawn_child(fds, "daemon");
     char c = 0;
     cr_assert_eq(read_byte(fds[0], &c), 1);
     cr_assert_eq(c, 'S', "the daemon thread ran");
@@ -1292,7 +1322,7 @@ Test(exit, does_not_wait_for_daemon_threads, .timeout = 30)
 Test(exit, joins_only_non_daemon_threads, .timeout = 30)
 {
     int fds[2];
-    pid_t pid = fork_child(fds, true, true);
+    pid_t pid = spawn_child(fds, "both");
     char c = 0;
     cr_assert_eq(read_byte(fds[0], &c), 1);
     cr_assert_eq(c, 'S');
@@ -1301,6 +1331,7 @@ Test(exit, joins_only_non_daemon_threads, .timeout = 30)
     int st = wait_child(pid);
     cr_assert(WIFEXITED(st), "child status %#x", st);
     cr_assert_eq(WEXITSTATUS(st), 0);
+    cr_assert_eq(read_byte(fds[0], &c), 0);
     close(fds[0]);
 }
 

@@ -1,0 +1,231 @@
+/*
+ * condition-notify - threading.Condition: notify(n) lets exactly n waiting
+ * threads go.
+ *
+ * --threads N threads wait on a Condition.  For each batch size K of
+ * --batches, main prints "notify K", calls notify(K) and waits (on a second
+ * Condition over the same lock) until K threads have reported
+ * "thread I runs" before it starts the next batch.  No thread runs twice.
+ * Threads that no batch woke are sent home at the end without running.
+ *
+ *   condition-notify [--threads N] [--batches 1,2,3]
+ *
+ * Python original: threads call con.acquire(); con.wait(); print(i);
+ * con.release(), and the main thread reads a number n and calls
+ * con.notify(n).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conc.h"
+
+static const char *prog = "condition-notify";
+
+#define MAX_THREADS 1000
+#define MAX_BATCHES 1000
+
+struct stage {
+    conc_lock lock;
+    conc_cond go;           /* the workers wait here for notify(K) */
+    conc_cond reported;     /* main waits here for the workers' reports */
+    long waiting;           /* workers inside go's wait */
+    long tickets;           /* wake-ups granted and not yet taken */
+    long ran;               /* workers that ran */
+    bool closing;           /* the batches are over */
+};
+
+struct worker {
+    struct stage *st;
+    long index;             /* 0-based */
+};
+
+static void *worker_fn(void *arg)
+{
+    struct worker *w = arg;
+    struct stage *st = w->st;
+    conc_lock_acquire(&st->lock, CONC_FOREVER);
+    st->waiting++;
+    conc_cond_notify_all(&st->reported); /* main waits until all wait */
+    while (st->tickets == 0 && !st->closing)
+        conc_cond_wait(&st->go, &st->lock, CONC_FOREVER);
+    st->waiting--;
+    if (st->tickets > 0) {
+        st->tickets--;
+        printf("thread %ld runs\n", w->index);
+        st->ran++;
+        conc_cond_notify_all(&st->reported);
+    }
+    conc_lock_release(&st->lock);
+    return NULL;
+}
+
+struct target {
+    struct stage *st;
+    long count;
+};
+
+static int reached_waiting(void *arg)
+{
+    struct target *t = arg;
+    return t->st->waiting >= t->count;
+}
+
+static int reached_ran(void *arg)
+{
+    struct target *t = arg;
+    return t->st->ran >= t->count;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: %s [--threads N] [--batches K1,K2,...]\n"
+               "  --threads N    waiting threads (default 6)\n"
+               "  --batches LIST how many to notify each time (default 1,2,3;\n"
+               "                 each >= 1, the sum at most N)\n", prog);
+}
+
+static bool parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Parses "1,2,3" into batches[]; returns the count, or -1. */
+static int parse_batches(const char *s, long *batches)
+{
+    int n = 0;
+    const char *p = s;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char item[32];
+        if (len == 0 || len >= sizeof item || n == MAX_BATCHES)
+            return -1;
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (!parse_long(item, 1, MAX_THREADS, &batches[n]))
+            return -1;
+        n++;
+        if (!comma)
+            return n;
+        p = comma + 1;
+    }
+}
+
+static int fail(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s: ", prog);
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    return 2;
+}
+
+static int die(const char *what, int err)
+{
+    fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "threads", required_argument, NULL, 't' },
+        { "batches", required_argument, NULL, 'b' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    static long batches[MAX_BATCHES] = { 1, 2, 3 };
+    int nbatches = 3;
+    long nthreads = 6;
+    int opt;
+
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":t:b:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 't':
+            if (!parse_long(optarg, 1, MAX_THREADS, &nthreads))
+                return fail("--threads wants a number from 1 to 1000, not '%s'", optarg);
+            break;
+        case 'b':
+            if ((nbatches = parse_batches(optarg, batches)) < 0)
+                return fail("--batches wants a comma-separated list of numbers >= 1, not '%s'",
+                            optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case ':':
+            return fail("option '%s' needs a value", argv[optind - 1]);
+        default:
+            if (optopt) {
+                char shortopt[3] = { '-', (char)optopt, '\0' };
+                return fail("unknown option '%s' (try --help)", shortopt);
+            }
+            return fail("unknown option '%s' (try --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    long sum = 0;
+    for (int i = 0; i < nbatches; i++)
+        sum += batches[i];
+    if (sum > nthreads) {
+        fprintf(stderr, "%s: the batches notify %ld threads but only %ld wait\n",
+                prog, sum, nthreads);
+        return 2;
+    }
+
+    struct stage st = {
+        .lock = CONC_LOCK_INIT, .go = CONC_COND_INIT, .reported = CONC_COND_INIT,
+    };
+    struct worker *workers = calloc((size_t)nthreads, sizeof *workers);
+    conc_thread **threads = calloc((size_t)nthreads, sizeof *threads);
+    if (!workers || !threads)
+        return die("calloc", -ENOMEM);
+    int rc;
+    for (long i = 0; i < nthreads; i++) {
+        workers[i].st = &st;
+        workers[i].index = i;
+        /* Daemons, so that exit never waits for a worker left behind on an
+         * error path. */
+        conc_thread_opts o = { .daemon = CONC_DAEMON };
+        if ((rc = conc_thread_new(&threads[i], worker_fn, &workers[i], &o)) < 0 ||
+            (rc = conc_thread_start(threads[i])) < 0)
+            return die("worker thread", rc);
+    }
+
+    conc_lock_acquire(&st.lock, CONC_FOREVER);
+    /* Wait until every worker sits in the Condition, so that each notify
+     * finds them all there. */
+    struct target t = { &st, nthreads };
+    conc_cond_wait_for(&st.reported, &st.lock, reached_waiting, &t, CONC_FOREVER);
+    for (int b = 0; b < nbatches; b++) {
+        printf("notify %ld\n", batches[b]);
+        st.tickets += batches[b];
+        conc_cond_notify(&st.go, (unsigned)batches[b]);
+        t.count = st.ran + batches[b];
+        conc_cond_wait_for(&st.reported, &st.lock, reached_ran, &t, CONC_FOREVER);
+    }
+    st.closing = true;
+    long left = st.waiting;
+    conc_cond_notify_all(&st.go);
+    conc_lock_release(&st.lock);
+
+    for (long i = 0; i < nthreads; i++) {
+        conc_thread_join(threads[i], CONC_FOREVER);
+        conc_thread_free(threads[i]);
+    }
+    printf("done: %ld threads ran, %ld never notified\n", st.ran, left);
+    free(threads);
+    free(workers);
+    return 0;
+}
