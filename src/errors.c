@@ -2,10 +2,18 @@
 #include <string.h>
 #include "conc/errors.h"
 
+/* |err| without overflow; INT_MIN maps to 0x80000000, which is no errno. */
+static unsigned magnitude(int err)
+{
+    return err < 0 ? 0u - (unsigned)err : (unsigned)err;
+}
+
 const char *conc_strerror(int err)
 {
-    if (err < 0)
-        err = -err;
+    unsigned e = magnitude(err);
+    if (e > 4095)
+        return "unknown error";
+    err = (int)e;
     switch (err) {
     case 0:          return "success";
     case ETIMEDOUT:  return "timed out";
@@ -30,8 +38,10 @@ const char *conc_strerror(int err)
 
 const char *conc_errname(int err)
 {
-    if (err < 0)
-        err = -err;
+    unsigned e = magnitude(err);
+    if (e > 4095)
+        return "E?";
+    err = (int)e;
     if (err == 0)
         return "0";
     const char *n = strerrorname_np(err);

@@ -22,8 +22,13 @@
 #define EV_WAITERS 0x2u
 
 /* Busy-wait iterations before sleeping in the kernel. */
-#ifndef SPIN_LOCK
-#define SPIN_LOCK  200
+/* Lock contenders: pauses spent spinning before sleeping, and the longest
+ * single backoff. */
+#ifndef SPIN_LOCK_PAUSES
+#define SPIN_LOCK_PAUSES 8000
+#endif
+#ifndef SPIN_LOCK_MAX_BACKOFF
+#define SPIN_LOCK_MAX_BACKOFF 2048
 #endif
 
 static inline unsigned wflags(uint32_t flags)
@@ -59,25 +64,37 @@ static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t desired, int mo
 /* --------------------------------------------------------- lock word */
 
 /* Slow path of taking a lock word for thread `me`.  Returns 0, -EAGAIN (poll),
- * -ETIMEDOUT, or -ECANCELED (only when `cancellable`). */
+ * -ETIMEDOUT, or -ECANCELED (only when `cancellable`).
+ *
+ * A contender first spins with exponential backoff: polling the word on
+ * every pause would take the lock the moment it is free and bounce it (and
+ * its cache line) between CPUs on every hand-off; backing off lets the owner
+ * run several critical sections in a row, as a sleeping waiter would, without
+ * paying for the sleep.  It stops spinning when others already sleep. */
 static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
                                  int64_t deadline, bool poll, bool cancellable)
 {
     uint32_t v;
-    for (int i = 0; i < SPIN_LOCK; i++) {
-        v = ld_relaxed(w);
-        if (v == 0) {
-            if (cas32(w, &v, me, __ATOMIC_ACQUIRE))
-                return 0;
-        } else if (v & LK_WAITERS) {
-            break;              /* others already sleep: queue up behind them */
-        }
-        if (poll)
-            return -EAGAIN;
-        conc__spin_pause();
+    if (poll) {
+        v = 0;
+        return cas32(w, &v, me, __ATOMIC_ACQUIRE) ? 0 : -EAGAIN;
     }
-    if (poll)
-        return -EAGAIN;
+    if (conc__may_spin()) {
+        unsigned backoff = 4;
+        for (unsigned spent = 0; spent < SPIN_LOCK_PAUSES; spent += backoff) {
+            for (unsigned i = 0; i < backoff; i++)
+                conc__spin_pause();
+            v = ld_relaxed(w);
+            if (v == 0) {
+                if (cas32(w, &v, me, __ATOMIC_ACQUIRE))
+                    return 0;
+            } else if (v & LK_WAITERS) {
+                break;          /* others already sleep: queue up behind them */
+            }
+            if (backoff < SPIN_LOCK_MAX_BACKOFF)
+                backoff *= 2;
+        }
+    }
     unsigned wf = wflags(flags);
     for (;;) {
         v = ld_relaxed(w);
@@ -156,15 +173,31 @@ int conc_lock_init(conc_lock *lock, unsigned flags)
     return 0;
 }
 
+/* A timeout the fast path may ignore: valid, so a free lock is just taken. */
+static inline bool timeout_valid(double timeout)
+{
+    return timeout >= 0 || timeout == CONC_FOREVER;
+}
+
+__attribute__((noinline)) static int lock_acquire_timed(conc_lock *lock, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (parse_timeout(timeout, &deadline, &poll))
+        return -EINVAL;
+    return lockword_acquire_slow(&lock->_word, lock->_flags, (uint32_t)conc__tid(),
+                                 deadline, poll, true);
+}
+
 int conc_lock_acquire(conc_lock *lock, double timeout)
 {
     if (unlikely(!lock))
         return -EINVAL;
-    int64_t deadline;
-    bool poll;
-    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
-        return -EINVAL;
-    return lockword_acquire(&lock->_word, lock->_flags, deadline, poll);
+    uint32_t z = 0;
+    if (likely(timeout_valid(timeout)) &&
+        likely(cas32(&lock->_word, &z, (uint32_t)conc__tid(), __ATOMIC_ACQUIRE)))
+        return 0;
+    return lock_acquire_timed(lock, timeout);
 }
 
 int conc_lock_acquire_until(conc_lock *lock, int64_t deadline)
@@ -285,7 +318,7 @@ static int sem_acquire(conc_sem *sem, int64_t deadline, bool poll)
         return 0;
     if (poll)
         return -EAGAIN;
-    if (deadline != 0 && conc__spin_while(&sem->_value, 0, CONC__SPIN_NS) != 0 &&
+    if (deadline != 0 && conc__spin_while(&sem->_value, 0, deadline) != 0 &&
         sem_trydown(sem))
         return 0;
     unsigned wf = wflags(sem->_flags);
@@ -388,7 +421,7 @@ static int event_wait(conc_event *ev, int64_t deadline, bool poll)
         return 0;
     if (poll)
         return -EAGAIN;
-    if (deadline != 0 && (conc__spin_while(&ev->_word, v, CONC__SPIN_NS) & EV_SET))
+    if (deadline != 0 && (conc__spin_while(&ev->_word, v, deadline) & EV_SET))
         return 0;
     unsigned wf = wflags(ev->_flags);
     for (;;) {
@@ -410,6 +443,8 @@ int conc_event_wait(conc_event *ev, double timeout)
 {
     if (unlikely(!ev))
         return -EINVAL;
+    if (likely(timeout_valid(timeout)) && (ld_acquire(&ev->_word) & EV_SET))
+        return 0;
     int64_t deadline;
     bool poll;
     if (unlikely(parse_timeout(timeout, &deadline, &poll)))
@@ -456,16 +491,25 @@ static inline bool cond_consume(conc_cond *cond)
     return false;
 }
 
-/* A waiter gives up: takes a pending wake-up if one is there (then it was
- * notified after all), else stops counting as waiting. */
-static inline bool cond_withdraw(conc_cond *cond)
+/*
+ * A waiter that timed out (or was cancelled) gives up, with the lock held
+ * again.  If a notify counted it (it is eligible: the sequence moved since it
+ * started waiting) and a wake-up is pending, it takes that wake-up and counts
+ * as notified.  Otherwise it stops counting as waiting; when no waiting count
+ * is left, its count was moved to the pending wake-ups by a notify running
+ * without the lock, so it takes one of those instead.
+ */
+static inline bool cond_withdraw(conc_cond *cond, bool eligible)
 {
     uint64_t c = __atomic_load_n(&cond->_counts, __ATOMIC_SEQ_CST);
     for (;;) {
-        uint64_t n = CV_SIGNALS(c) ? c - CV_ONE_SIGNAL : c - 1;
+        bool take = CV_SIGNALS(c) && (eligible || CV_WAITING(c) == 0);
+        if (!take && CV_WAITING(c) == 0)
+            return false;       /* cannot happen while the counts are sound */
+        uint64_t n = take ? c - CV_ONE_SIGNAL : c - 1;
         if (__atomic_compare_exchange_n(&cond->_counts, &c, n, false,
                                         __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-            return CV_SIGNALS(c) != 0;
+            return take;
     }
 }
 
@@ -476,12 +520,21 @@ struct cv_lock {
     uint32_t *depth;        /* RLock recursion count, or NULL */
 };
 
+/*
+ * The waiting protocol.  _counts holds how many threads wait without a
+ * wake-up (low half) and how many wake-ups are pending (high half); notify
+ * moves up to n from the first to the second and bumps _seq.  A waiter may
+ * only take a pending wake-up once _seq moved after it started waiting, so a
+ * thread that starts waiting after a notify never takes the wake-up of one
+ * that was already waiting.
+ */
 static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t deadline)
 {
     if (!lockword_mine(lk->word))
         return -EPERM;
     /* Under the lock: snapshot the sequence and count ourselves. */
     uint32_t seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
+    const uint32_t start = seq & ~CV_SLEEPERS;
     __atomic_fetch_add(&cond->_counts, 1, __ATOMIC_SEQ_CST);
     uint32_t depth = 0;
     if (lk->depth) {
@@ -491,10 +544,11 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
     lockword_release(lk->word, lk->flags);
 
     unsigned wf = wflags(cond->_flags);
-    int rc;
+    int rc = 0;
+    bool notified = false;
     for (;;) {
         int r = 0;
-        if (deadline == 0 || conc__spin_while(&cond->_seq, seq, CONC__SPIN_NS) == seq) {
+        if (deadline == 0 || conc__spin_while(&cond->_seq, seq, deadline) == seq) {
             /* Announce a sleeper so that notify makes the system call. */
             if ((seq & CV_SLEEPERS) ||
                 __atomic_compare_exchange_n(&cond->_seq, &seq, seq | CV_SLEEPERS, false,
@@ -502,19 +556,23 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
                 r = conc__wait(&cond->_seq, seq | CV_SLEEPERS, deadline, wf);
         }
         seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
-        if (cond_consume(cond)) {
-            rc = 0;
+        if ((seq & ~CV_SLEEPERS) != start && cond_consume(cond)) {
+            notified = true;
             break;
         }
         if (r == -ETIMEDOUT || r == -ECANCELED) {
-            rc = cond_withdraw(cond) ? 0 : r;
+            rc = r;
             break;
         }
     }
     lockword_reacquire(lk->word, lk->flags);
+    if (!notified) {
+        bool eligible = (__atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST) & ~CV_SLEEPERS) != start;
+        notified = cond_withdraw(cond, eligible);
+    }
     if (lk->depth)
         *lk->depth = depth;
-    return rc;
+    return notified ? 0 : rc;
 }
 
 static int cond_wait_for_core(conc_cond *cond, const struct cv_lock *lk,

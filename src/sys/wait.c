@@ -1,6 +1,7 @@
 /* wait.c - the single wait primitive (futex or coroutine hub). */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <time.h>
 #include "sys/futex.h"
@@ -8,6 +9,49 @@
 
 __thread const struct conc__wait_ops *conc__wait_ops
     __attribute__((tls_model("initial-exec")));
+
+int conc__spin_ok = 1;
+
+/* Spinning only pays when the peer we wait for can run at the same time. */
+static void spin_setup(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        conc__spin_ok = CPU_COUNT(&set) > 1;
+}
+
+__attribute__((constructor)) static void wait_module_init(void)
+{
+    spin_setup();
+    pthread_atfork(NULL, NULL, spin_setup);
+}
+
+#define SPIN_PURE_NS 2000
+
+uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline)
+{
+    if (!conc__may_spin())
+        return v;
+    int64_t now = conc_now();
+    int64_t end = now + CONC__SPIN_NS;
+    int64_t pure_end = now + SPIN_PURE_NS;
+    if (deadline < end)
+        end = deadline;
+    bool yielding = false;
+    for (unsigned i = 1; now < end; i++) {
+        conc__spin_pause();
+        uint32_t cur = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (cur != v)
+            return cur;
+        if ((i & 15) == 0) {
+            if (yielding)
+                sched_yield();
+            now = conc_now();
+            yielding = now >= pure_end;
+        }
+    }
+    return v;
+}
 
 static inline void to_timespec(int64_t ns, struct timespec *ts)
 {

@@ -9,6 +9,7 @@
 #ifndef CONC_SYS_WAIT_H
 #define CONC_SYS_WAIT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "../internal.h"
 
@@ -58,71 +59,29 @@ static inline void conc__spin_pause(void)
     __asm__ __volatile__("yield" ::: "memory");
 #else
     __asm__ __volatile__("" ::: "memory");
-/* How long a waiter busy-waits before it sleeps in the kernel.  A sleeping
- * thread costs its waker a system call and costs itself a wake-up latency of
- * several microseconds (much more on virtual machines, where an idle CPU
- * halts), so short hand-offs are far faster when caught by spinning. */
-#define CONC__SPIN_NS 30000
-
-/*
- * conc__spin_while - busy-wait while *word == v, for at most about budget_ns.
- * Returns the value that ended the wait (== v when the budget ran out).
- * Never spins on a coroutine hub: a coroutine parks at once and lets the
- * others run.
- */
-static inline uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t budget_ns)
-{
-    if (conc__wait_ops)
-        return v;
-    int64_t start = 0;
-    for (unsigned i = 1;; i++) {
-        conc__spin_pause();
-        uint32_t now = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-        if (now != v)
-            return now;
-        if ((i & 63) == 0) {
-            int64_t t = conc_now();
-            if (!start)
-                start = t;
-            else if (t - start > budget_ns)
-                return v;
-        }
-    }
-}
-
 #endif
 }
 
 /* How long a waiter busy-waits before it sleeps in the kernel.  A sleeping
  * thread costs its waker a system call and costs itself a wake-up latency of
- * several microseconds (much more on virtual machines, where an idle CPU
- * halts), so short hand-offs are far faster when caught by spinning. */
+ * several microseconds (tens on virtual machines, where an idle CPU halts),
+ * so short hand-offs are far faster when caught by spinning. */
 #define CONC__SPIN_NS 30000
 
-/*
- * conc__spin_while - busy-wait while *word == v, for at most about budget_ns.
- * Returns the value that ended the wait (== v when the budget ran out).
- * Never spins on a coroutine hub: a coroutine parks at once and lets the
- * others run.
- */
-static inline uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t budget_ns)
+/* True when spinning can help: more than one CPU is usable and the caller is
+ * a plain thread (a coroutine parks at once and lets the others run). */
+extern int conc__spin_ok;
+static inline bool conc__may_spin(void)
 {
-    if (conc__wait_ops)
-        return v;
-    int64_t start = 0;
-    for (unsigned i = 1;; i++) {
-        conc__spin_pause();
-        uint32_t now = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-        if (now != v)
-            return now;
-        if ((i & 63) == 0) {
-            int64_t t = conc_now();
-            if (!start)
-                start = t;
-            else if (t - start > budget_ns)
-                return v;
-        }
-    }
+    return conc__spin_ok && !conc__wait_ops;
 }
+
+/*
+ * conc__spin_while - busy-wait while *word == v, for at most CONC__SPIN_NS
+ * and never past deadline.  Pure pausing for the first microseconds, then
+ * yielding the CPU between checks so that a peer on the same CPU can run.
+ * Returns the value that ended the wait (== v when the budget ran out).
+ */
+CONC_HIDDEN uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline);
 
 #endif
