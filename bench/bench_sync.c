@@ -9,9 +9,14 @@
  *   thread_start_join  threads/s started (empty function) and joined
  *
  * The harness threads are plain pthreads for every system, so only the
- * primitive under test differs.  Every multi-threaded measurement checks its
- * result (the counter, the sum of the items) and reports FAILED when it is
- * wrong.  Python runs as bench/peers/sync_threading.py.
+ * primitive under test differs; the two workers of a two-thread metric are
+ * pinned to two different CPUs (see bench_cpu; --no-pin turns that off).
+ * lock_contended and cond_prodcons check their result (the counter, the sum
+ * of the items), thread_start_join the thread's return value: a wrong one
+ * is reported as FAILED.  A lost wake-up shows as a hang, which benchlib's
+ * watchdog turns into an error exit.  An error returned by a conc call in a
+ * worker ends the program with a message.  Python runs as
+ * bench/peers/sync_threading.py.
  */
 #include <errno.h>
 #include <linux/futex.h>
@@ -54,6 +59,9 @@ typedef struct side_arg {
 static void *side_main(void *p)
 {
     side_arg *a = p;
+    int e = bench_pin_self(a->side);
+    if (e < 0)
+        fprintf(stderr, "bench_sync: cannot pin to CPU %d: %s\n", bench_cpu(a->side), strerror(-e));
     pthread_barrier_wait(a->start);
     a->t0 = bench_now();
     a->fn(a->ctx, a->side, a->iters);
@@ -467,12 +475,18 @@ static void run_python(void)
     char scale[32], reps[16];
     snprintf(scale, sizeof scale, "%g", bench_scale() * (bench_quick() ? 0.05 : 1.0));
     snprintf(reps, sizeof reps, "%d", (bench_reps() + 1) / 2);
-    char *argv[8 + BENCH_ARRAY_LEN(metrics)];
+    char cpus[256];
+    snprintf(cpus, sizeof cpus, "%s", bench_cpu_list(2));
+    char *argv[10 + BENCH_ARRAY_LEN(metrics)];
     size_t n = 0;
     argv[n++] = (char *)bench_python();
     argv[n++] = (char *)bench_peer_path("sync_threading.py");
     argv[n++] = "--reps";
     argv[n++] = reps;
+    if (cpus[0]) {
+        argv[n++] = "--cpus";
+        argv[n++] = cpus;
+    }
     argv[n++] = scale;
     for (size_t i = 0; i < BENCH_ARRAY_LEN(metrics); i++)
         if (bench_enabled(metrics[i].name, "python"))
@@ -481,31 +495,63 @@ static void run_python(void)
     bench_peer_run("python", argv, 600.0);
 }
 
+static void *nothing(void *arg)
+{
+    return arg;
+}
+
+/* glibc locks a private mutex without an atomic instruction while the
+ * process has never had a second thread (__libc_single_threaded), which no
+ * program that needs a lock ever sees.  Start and join one thread first so
+ * every measurement runs in a multi-threaded process, as in real use. */
+static void become_multithreaded(void)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, nothing, NULL) == 0)
+        pthread_join(t, NULL);
+}
+
 int main(int argc, char **argv)
 {
     bench_init(argc, argv, "bench_sync: conc Lock/Event/Condition/Thread vs pthread, futex, Python threading",
                metrics, BENCH_ARRAY_LEN(metrics));
+    become_multithreaded();
 
-    long n = bench_iters(5000000, 200000);
-    bench_run("lock_uncontended", "conc", lock_unc_conc, NULL, n, BENCH_BEST);
-    bench_run("lock_uncontended", "pthread", lock_unc_pthread, NULL, n, BENCH_BEST);
+    static const bench_case lock_unc[] = {
+        { "conc", lock_unc_conc, NULL },
+        { "pthread", lock_unc_pthread, NULL },
+    };
+    bench_compare("lock_uncontended", lock_unc, BENCH_ARRAY_LEN(lock_unc),
+                  bench_iters(20000000, 2000000), BENCH_BEST);
 
-    n = bench_iters(2000000, 100000);
-    bench_run("lock_contended", "conc", contended_conc, NULL, n, BENCH_MEDIAN);
-    bench_run("lock_contended", "pthread", contended_pthread, NULL, n, BENCH_MEDIAN);
+    static const bench_case lock_cont[] = {
+        { "conc", contended_conc, NULL },
+        { "pthread", contended_pthread, NULL },
+    };
+    bench_compare("lock_contended", lock_cont, BENCH_ARRAY_LEN(lock_cont),
+                  bench_iters(10000000, 1000000), BENCH_MEDIAN);
 
-    n = bench_iters(20000, 1000);
-    bench_run("event_pingpong", "conc", pingpong_conc_body, NULL, n, BENCH_MEDIAN);
-    bench_run("event_pingpong", "futex", pingpong_futex_body, NULL, n, BENCH_MEDIAN);
-    bench_run("event_pingpong", "pthread", pingpong_pthread_body, NULL, n, BENCH_MEDIAN);
+    static const bench_case pingpong[] = {
+        { "conc", pingpong_conc_body, NULL },
+        { "futex", pingpong_futex_body, NULL },
+        { "pthread", pingpong_pthread_body, NULL },
+    };
+    bench_compare("event_pingpong", pingpong, BENCH_ARRAY_LEN(pingpong),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
 
-    n = bench_iters(1000000, 50000);
-    bench_run("cond_prodcons", "conc", prodcons_conc, NULL, n, BENCH_MEDIAN);
-    bench_run("cond_prodcons", "pthread", prodcons_pthread, NULL, n, BENCH_MEDIAN);
+    static const bench_case prodcons[] = {
+        { "conc", prodcons_conc, NULL },
+        { "pthread", prodcons_pthread, NULL },
+    };
+    bench_compare("cond_prodcons", prodcons, BENCH_ARRAY_LEN(prodcons),
+                  bench_iters(5000000, 500000), BENCH_MEDIAN);
 
-    n = bench_iters(10000, 500);
-    bench_run("thread_start_join", "conc", thread_conc, NULL, n, BENCH_MEDIAN);
-    bench_run("thread_start_join", "pthread", thread_pthread, NULL, n, BENCH_MEDIAN);
+    static const bench_case threads[] = {
+        { "conc", thread_conc, NULL },
+        { "pthread", thread_pthread, NULL },
+    };
+    bench_compare("thread_start_join", threads, BENCH_ARRAY_LEN(threads),
+                  bench_iters(100000, 10000), BENCH_MEDIAN);
 
     run_python();
     return bench_report();

@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,6 +26,9 @@
 #define DEFAULT_PYTHON "/usr/bin/python3"
 #define DEFAULT_REPS 5
 #define QUICK_REPS 2
+/* bench_compare's time budget per repetition and system. */
+#define BUDGET_NS 150e6
+#define QUICK_BUDGET_NS 15e6
 
 /* ---------------------------------------------------------------- state */
 
@@ -50,6 +55,10 @@ static struct {
     const char *only_systems;
     int reps;
     double scale;
+    bool no_pin;
+    bool verbose;
+    int cpus[CPU_SETSIZE];      /* CPUs the process may run on */
+    int n_cpus;
     record *recs;
     size_t n_recs, cap_recs;
     bool failed;
@@ -68,6 +77,8 @@ static void usage(FILE *f)
         "  --system A,B   run only these systems (conc, pthread, python, ...)\n"
         "  --reps N       repetitions per measurement (default %d, --quick %d)\n"
         "  --scale F      multiply every iteration count by F\n"
+        "  --no-pin       do not pin the threads of multi-threaded measurements to CPUs\n"
+        "  --verbose      print every repetition's ns/operation on stderr\n"
         "  --help         this text\n",
         B.prog, DEFAULT_PYTHON, DEFAULT_REPS, QUICK_REPS);
     if (B.n_metrics) {
@@ -120,6 +131,10 @@ void bench_init(int argc, char **argv, const char *title,
             B.tsv = true;
         } else if (strcmp(a, "--quick") == 0) {
             B.quick = true;
+        } else if (strcmp(a, "--no-pin") == 0) {
+            B.no_pin = true;
+        } else if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+            B.verbose = true;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             exit(0);
@@ -168,6 +183,12 @@ void bench_init(int argc, char **argv, const char *title,
                 p++;
         }
     }
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &set))
+                B.cpus[B.n_cpus++] = c;
     /* A peer killed by SIGPIPE must not take us with it. */
     signal(SIGPIPE, SIG_IGN);
 }
@@ -186,6 +207,35 @@ long bench_iters(long full, long quick)
     if (n > 1e15)
         return (long)1e15;
     return (long)n;
+}
+
+int bench_cpu(int slot)
+{
+    if (B.no_pin || B.n_cpus < 2 || slot < 0)
+        return -1;
+    return B.cpus[slot % B.n_cpus];
+}
+
+int bench_pin_self(int slot)
+{
+    int cpu = bench_cpu(slot);
+    if (cpu < 0)
+        return 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    int e = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    return -e;
+}
+
+const char *bench_cpu_list(int n)
+{
+    static char buf[256];
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && bench_cpu(i) >= 0 && len < sizeof buf - 16; i++)
+        len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%d", i ? "," : "", bench_cpu(i));
+    return buf;
 }
 
 /* Whether `name` is one of the comma-separated tokens of `list`. */
@@ -236,6 +286,36 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The figure a set of repetitions (sorted in place) condenses into. */
+static int64_t pick_of(int64_t *t, int reps, bench_pick pick)
+{
+    qsort(t, (size_t)reps, sizeof *t, cmp_i64);
+    if (pick == BENCH_BEST)
+        return t[0];
+    if (reps % 2)
+        return t[reps / 2];
+    return (t[reps / 2 - 1] + t[reps / 2]) / 2;
+}
+
+static int body_error(int64_t r)
+{
+    return (int)(r < -4095 ? -EIO : r);
+}
+
+static long warm_iters(long iters)
+{
+    return iters / 10 > 0 ? iters / 10 : 1;
+}
+
+static void print_reps(const char *metric, const char *system, double warm_ns,
+                       const int64_t *t, int reps, long iters)
+{
+    fprintf(stderr, "%s: %s/%s: warm-up %.2f, reps", B.prog, metric, system, warm_ns);
+    for (int r = 0; r < reps; r++)
+        fprintf(stderr, " %.2f", (double)t[r] / (double)iters);
+    fprintf(stderr, " ns/op (%ld ops each)\n", iters);
+}
+
 int bench_measure(bench_body body, void *arg, long iters, int reps,
                   bench_pick pick, double *ns_per_op)
 {
@@ -243,26 +323,24 @@ int bench_measure(bench_body body, void *arg, long iters, int reps,
         iters = 1;
     if (reps <= 0)
         reps = bench_reps();
-    int64_t warm = body(arg, iters / 10 > 0 ? iters / 10 : 1);
+    int64_t warm = body(arg, warm_iters(iters));
     if (warm < 0)
-        return (int)(warm < -4095 ? -EIO : warm);
+        return body_error(warm);
     int64_t *t = calloc((size_t)reps, sizeof *t);
     if (!t)
         return -ENOMEM;
     for (int r = 0; r < reps; r++) {
         t[r] = body(arg, iters);
         if (t[r] < 0) {
-            int err = (int)(t[r] < -4095 ? -EIO : t[r]);
+            int err = body_error(t[r]);
             free(t);
             return err;
         }
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_i64);
-    int64_t chosen = pick == BENCH_BEST ? t[0] : t[reps / 2];
-    if (pick == BENCH_MEDIAN && reps % 2 == 0)
-        chosen = (t[reps / 2 - 1] + t[reps / 2]) / 2;
+    if (B.verbose)
+        print_reps("-", "-", (double)warm / (double)warm_iters(iters), t, reps, iters);
+    *ns_per_op = (double)pick_of(t, reps, pick) / (double)iters;
     free(t);
-    *ns_per_op = (double)chosen / (double)iters;
     return 0;
 }
 
@@ -300,36 +378,104 @@ static void watchdog_arm(const char *metric, const char *system, unsigned second
     alarm(seconds);
 }
 
+/* Record ns/operation in the metric's unit. */
+static void record_ns(const char *metric, const char *system, double ns)
+{
+    const char *unit = bench_metric_unit(metric);
+    if (strcmp(unit, "ns") == 0)
+        bench_record(metric, system, ns, unit);
+    else if (strcmp(unit, "us") == 0)
+        bench_record(metric, system, ns / 1e3, unit);
+    else if (strcmp(unit, "ms") == 0)
+        bench_record(metric, system, ns / 1e6, unit);
+    else if (unit_direction(unit) > 0)
+        bench_record(metric, system, ns > 0 ? 1e9 / ns : INFINITY, unit);
+    else
+        bench_fail(metric, system, "cannot convert ns/operation into unit '%s'", unit);
+}
+
+int bench_compare(const char *metric, const bench_case *cases, size_t n_cases,
+                  long iters, bench_pick pick)
+{
+    int reps = bench_reps(), rc = 0;
+    if (iters < 1)
+        iters = 1;
+    size_t n = 0;
+    for (size_t c = 0; c < n_cases; c++)
+        n += bench_enabled(metric, cases[c].system);
+    if (n == 0)
+        return 0;
+    int64_t *t = calloc(n_cases * (size_t)reps, sizeof *t);
+    double *warm = calloc(n_cases, sizeof *warm);
+    bool *live = calloc(n_cases, sizeof *live);
+    long *n_iters = calloc(n_cases, sizeof *n_iters);
+    if (!t || !warm || !live || !n_iters) {
+        free(t); free(warm); free(live); free(n_iters);
+        return -ENOMEM;
+    }
+    for (size_t c = 0; c < n_cases; c++)
+        live[c] = bench_enabled(metric, cases[c].system);
+
+    double limit = 30.0 * (reps + 1) * (B.scale > 1 ? B.scale : 1);
+    unsigned secs = limit > 86400 ? 86400u : (unsigned)limit;
+    /* Round 0 warms every system up and calibrates it: a system gets as
+     * many operations per repetition as fit in the time budget, between the
+     * warm-up's count and `iters`.  Rounds 1..reps are measured.  The
+     * systems take turns (starting with a different one each round), so a
+     * machine that drifts (frequency, host load, vCPU placement) affects
+     * all of them alike. */
+    double budget = (B.quick ? QUICK_BUDGET_NS : BUDGET_NS) * B.scale;
+    for (int r = 0; r <= reps; r++) {
+        for (size_t k = 0; k < n_cases; k++) {
+            size_t c = (k + (size_t)r) % n_cases;
+            if (!live[c])
+                continue;
+            long it = r == 0 ? (iters / 1000 > 0 ? iters / 1000 : 1) : n_iters[c];
+            watchdog_arm(metric, cases[c].system, secs);
+            int64_t ns = cases[c].body(cases[c].arg, it);
+            /* Warm-up: grow the count tenfold until a run takes a tenth
+             * of the budget (or reaches iters). */
+            while (r == 0 && ns >= 0 && (double)ns < budget / 10 && it < iters) {
+                it = it > iters / 10 ? iters : it * 10;
+                ns = cases[c].body(cases[c].arg, it);
+            }
+            alarm(0);
+            if (ns < 0) {
+                int err = body_error(ns);
+                bench_fail(metric, cases[c].system, "error %d (%s)", err, strerror(-err));
+                live[c] = false;
+                rc = err;
+                continue;
+            }
+            if (r == 0) {
+                warm[c] = (double)ns / (double)it;
+                double fit = warm[c] > 0 ? budget / warm[c] : (double)iters;
+                n_iters[c] = fit >= (double)iters ? iters : fit < 1 ? 1 : (long)fit;
+            } else {
+                t[c * (size_t)reps + (size_t)(r - 1)] = ns;
+            }
+        }
+    }
+    for (size_t c = 0; c < n_cases; c++) {
+        if (!live[c])
+            continue;
+        int64_t *tc = t + c * (size_t)reps;
+        if (B.verbose)
+            print_reps(metric, cases[c].system, warm[c], tc, reps, n_iters[c]);
+        record_ns(metric, cases[c].system, (double)pick_of(tc, reps, pick) / (double)n_iters[c]);
+    }
+    free(n_iters);
+    free(t);
+    free(warm);
+    free(live);
+    return rc;
+}
+
 int bench_run(const char *metric, const char *system, bench_body body,
               void *arg, long iters, bench_pick pick)
 {
-    if (!bench_enabled(metric, system))
-        return 0;
-    const char *unit = bench_metric_unit(metric);
-    double ns = 0;
-    double limit = 30.0 * (bench_reps() + 1) * (B.scale > 1 ? B.scale : 1);
-    watchdog_arm(metric, system, limit > 86400 ? 86400u : (unsigned)limit);
-    int err = bench_measure(body, arg, iters, 0, pick, &ns);
-    alarm(0);
-    if (err < 0) {
-        bench_fail(metric, system, "error %d (%s)", err, strerror(-err));
-        return err;
-    }
-    double value;
-    if (strcmp(unit, "ns") == 0)
-        value = ns;
-    else if (strcmp(unit, "us") == 0)
-        value = ns / 1e3;
-    else if (strcmp(unit, "ms") == 0)
-        value = ns / 1e6;
-    else if (unit_direction(unit) > 0)
-        value = ns > 0 ? 1e9 / ns : INFINITY;
-    else {
-        bench_fail(metric, system, "bench_run cannot convert into unit '%s'", unit);
-        return -EINVAL;
-    }
-    bench_record(metric, system, value, unit);
-    return 0;
+    bench_case c = { system, body, arg };
+    return bench_compare(metric, &c, 1, iters, pick);
 }
 
 /* -------------------------------------------------------------- records */
@@ -682,7 +828,10 @@ static void print_row(const record *r, const record *c)
         else if (dir < 0)
             snprintf(ratio, sizeof ratio, "%.2fx", r->value / c->value);
     }
-    printf("  %-12s %12s %-6s %8s\n", r->system, val, r->unit, ratio);
+    if (ratio[0])
+        printf("  %-12s %12s %-6s %9s\n", r->system, val, r->unit, ratio);
+    else
+        printf("  %-12s %12s %s\n", r->system, val, r->unit);
 }
 
 /* Print every record of one metric: conc first, then the others in the
@@ -697,7 +846,7 @@ static void print_metric(const char *metric, const char *help)
     if (!unit)
         return;
     int dir = unit_direction(unit);
-    printf("%s  [%s, %s]%s%s\n", metric, unit,
+    printf("\n%s  [%s, %s]%s%s\n", metric, unit,
            dir > 0 ? "higher is better" : dir < 0 ? "lower is better" : "?",
            help && *help ? "  " : "", help ? help : "");
     for (int pass = 0; pass < 2; pass++)
@@ -715,9 +864,9 @@ int bench_report(void)
         return B.failed ? 1 : 0;
     }
     printf("%s%s\n", B.title ? B.title : B.prog, B.quick ? " (--quick: few iterations, rough figures)" : "");
-    printf("conc/peer = conc's advantage over that peer (>1.00x: conc is better):\n"
+    printf("conc/peer = conc's advantage over that peer, >1.00x means conc is better:\n"
            "  value_conc/value_peer for rates (X/s), value_peer/value_conc for ns/us/bytes\n\n");
-    printf("  %-12s %12s %-6s %8s\n", "SYSTEM", "VALUE", "UNIT", "conc/peer");
+    printf("  %-12s %12s %-6s %9s\n", "SYSTEM", "VALUE", "UNIT", "conc/peer");
     /* Registered metrics in their order, then any others a peer reported. */
     for (size_t i = 0; i < B.n_metrics; i++)
         print_metric(B.metrics[i].name, B.metrics[i].help);

@@ -4,15 +4,22 @@
  * A benchmark program:
  *
  *   static const bench_metric metrics[] = {
- *       { "lock_uncontended", "ns", "per acquire+release pair, one thread" },
+ *       { "lock_uncontended", "ns", "acquire+release pair, one thread" },
  *       ...
  *   };
+ *   static int64_t lock_conc(void *arg, long iters) { ...time iters ops... }
+ *
  *   int main(int argc, char **argv) {
- *       bench_init(argc, argv, "bench_sync", metrics, ARRAY_LEN(metrics));
- *       bench_run("lock_uncontended", "conc", body, &state,
- *                 bench_iters(2000000, 200000), BENCH_BEST);
+ *       bench_init(argc, argv, "bench_sync", metrics, BENCH_ARRAY_LEN(metrics));
+ *       static const bench_case lock[] = {
+ *           { "conc", lock_conc, NULL }, { "pthread", lock_pthread, NULL },
+ *       };
+ *       bench_compare("lock_uncontended", lock, BENCH_ARRAY_LEN(lock),
+ *                     bench_iters(20000000, 2000000), BENCH_BEST);
  *       ...
- *       bench_peer_run("python", argv_of_the_peer, 120.0);
+ *       char *peer[] = { (char *)bench_python(),
+ *                        (char *)bench_peer_path("sync_threading.py"), NULL };
+ *       bench_peer_run("python", peer, 600.0);
  *       return bench_report();
  *   }
  *
@@ -24,6 +31,8 @@
  *   --system A,B     run only these systems (conc, pthread, python, ...)
  *   --reps N         repetitions per measurement (default 5, quick 2)
  *   --scale F        multiply every iteration count by F
+ *   --no-pin         do not pin the threads of multi-threaded measurements
+ *   --verbose        print every repetition's ns/operation on stderr
  *   --help
  *
  * Units: "ops/s", "msg/s", "req/s" (any unit ending in "/s": higher is
@@ -34,9 +43,10 @@
  *
  * A system that cannot run (a missing interpreter or package, a peer program
  * that fails) is recorded with bench_skip: the table says "skipped (why)" and
- * the TSV output has the line METRIC<TAB>SYSTEM<TAB>skipped<TAB>UNIT.  A
- * measurement whose self-check fails is recorded with bench_fail: it shows as
- * "FAILED (why)" / VALUE "failed" and makes bench_report return 1.
+ * the TSV output has the line METRIC<TAB>SYSTEM<TAB>skipped<TAB>UNIT (the
+ * reason goes to stderr).  A measurement whose self-check fails is recorded
+ * with bench_fail: it shows as "FAILED why" / VALUE "failed" and makes
+ * bench_report return 1.
  */
 #ifndef CONC_BENCHLIB_H
 #define CONC_BENCHLIB_H
@@ -58,7 +68,7 @@ typedef struct bench_metric {
     const char *help;
 } bench_metric;
 
-/* How bench_measure condenses its repetitions into one figure. */
+/* How repetitions are condensed into one figure. */
 typedef enum bench_pick {
     BENCH_BEST,     /* the fastest repetition (single-thread micro-benchmarks) */
     BENCH_MEDIAN    /* the median repetition (anything with threads) */
@@ -86,6 +96,23 @@ long bench_iters(long full, long quick);
  * NULL to ask about only the other). */
 bool bench_enabled(const char *metric, const char *system);
 
+/*
+ * CPU pinning.  On a small (virtual) machine the scheduler sometimes puts two
+ * busy threads on one CPU, where they take turns instead of contending, and
+ * results swing by 10x from run to run.  Multi-threaded measurements
+ * therefore pin their worker n to the n-th CPU the process may use (wrapping
+ * around), unless --no-pin was given or only one CPU is available.
+ *
+ * bench_cpu - the CPU worker `slot` is pinned to, or -1 for no pinning.
+ * bench_pin_self - pin the calling thread to bench_cpu(slot); returns 0, or
+ * -errno (nothing happens and 0 is returned when pinning is off).
+ * bench_cpu_list - the CPUs of slots 0..n-1 as "a,b,...", or "" when
+ * pinning is off (for passing to peers); a static buffer.
+ */
+int bench_cpu(int slot);
+int bench_pin_self(int slot);
+const char *bench_cpu_list(int n);
+
 /* bench_metric_unit - the registered unit of a metric ("" when unknown). */
 const char *bench_metric_unit(const char *metric);
 
@@ -102,21 +129,42 @@ int64_t bench_now(void);
 typedef int64_t (*bench_body)(void *arg, long iters);
 
 /*
- * bench_measure - run body once as a warm-up (iters/10 operations), then
- * `reps` times with `iters` operations, and store the best or median
- * nanoseconds per operation in *ns_per_op.  reps <= 0 means bench_reps().
- * Returns 0, or the body's negative return value.
+ * bench_measure - the plain timing helper, for a body outside any
+ * comparison: run it once as a warm-up (iters/10 operations), then `reps`
+ * times with `iters` operations, and store the best or median nanoseconds
+ * per operation in *ns_per_op (nothing is recorded).  reps <= 0 means
+ * bench_reps().  Returns 0, or the body's negative return value.
  */
 int bench_measure(bench_body body, void *arg, long iters, int reps,
                   bench_pick pick, double *ns_per_op);
 
+/* One system's entry in a comparison. */
+typedef struct bench_case {
+    const char *system;
+    bench_body body;
+    void *arg;
+} bench_case;
+
 /*
- * bench_run - measure and record one metric for one system, converting
- * ns/operation into the metric's registered unit ("ns", "us", or a rate
- * "X/s" = operations per second).  Does nothing when the pair is not
- * enabled; records a failure when the body fails.  Returns 0 or the body's
- * error.
+ * bench_compare - measure one metric for several systems and record each.
+ * A warm-up round runs each enabled system with iters/1000 operations,
+ * then ten times as many, until a run takes a tenth of the time budget;
+ * from that speed each system gets the number of operations that fits in
+ * the budget (~150 ms, 15 ms with --quick, times --scale), at most `iters`.
+ * Then bench_reps() rounds run every system once each, the systems taking
+ * turns (a different one first each round) so that a machine whose speed
+ * drifts treats them alike.  `iters` is thus a cap: make it large enough
+ * for the fastest system to fill the budget.  Each system's best or median
+ * becomes ns/operation, recorded in the metric's registered unit ("ns",
+ * "us", "ms", or a rate "X/s" = operations/second).
+ * A system whose body fails is recorded as failed.  A watchdog ends the
+ * program (exit 3) when one run takes more than 30 s x (reps + 1).
+ * Returns 0 or the last body error.
  */
+int bench_compare(const char *metric, const bench_case *cases, size_t n_cases,
+                  long iters, bench_pick pick);
+
+/* bench_run - bench_compare for a single system. */
 int bench_run(const char *metric, const char *system, bench_body body,
               void *arg, long iters, bench_pick pick);
 

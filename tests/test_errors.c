@@ -2,6 +2,7 @@
 #include <criterion/criterion.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include "conc/errors.h"
 
@@ -23,7 +24,7 @@ static const struct {
 };
 #define N_KNOWN (sizeof known / sizeof known[0])
 
-Test(errors, strerror_known_codes_have_real_descriptions)
+Test(errors, strerror_known_codes_have_real_descriptions, .timeout = 30)
 {
     for (size_t i = 0; i < N_KNOWN; i++) {
         const char *neg = conc_strerror(-known[i].code);
@@ -38,7 +39,7 @@ Test(errors, strerror_known_codes_have_real_descriptions)
     }
 }
 
-Test(errors, strerror_descriptions_are_distinct)
+Test(errors, strerror_descriptions_are_distinct, .timeout = 30)
 {
     for (size_t i = 0; i < N_KNOWN; i++)
         for (size_t j = i + 1; j < N_KNOWN; j++)
@@ -46,19 +47,19 @@ Test(errors, strerror_descriptions_are_distinct)
                               "%s and %s share a description", known[i].name, known[j].name);
 }
 
-Test(errors, strerror_timeout_mentions_time)
+Test(errors, strerror_timeout_mentions_time, .timeout = 30)
 {
     /* Not an exact wording check: the description of a timeout says so. */
     const char *s = conc_strerror(-ETIMEDOUT);
     cr_assert(strstr(s, "time") != NULL || strstr(s, "Time") != NULL, "got \"%s\"", s);
 }
 
-Test(errors, strerror_zero_is_success)
+Test(errors, strerror_zero_is_success, .timeout = 30)
 {
     cr_assert_str_eq(conc_strerror(0), "success");
 }
 
-Test(errors, strerror_unknown_codes)
+Test(errors, strerror_unknown_codes, .timeout = 30)
 {
     const int unknown[] = { 99999, -99999, 4095, -4095, 1 << 20, -(1 << 20),
                             INT_MAX, -INT_MAX, INT_MIN };
@@ -69,7 +70,7 @@ Test(errors, strerror_unknown_codes)
     }
 }
 
-Test(errors, errname_known_codes)
+Test(errors, errname_known_codes, .timeout = 30)
 {
     for (size_t i = 0; i < N_KNOWN; i++) {
         const char *neg = conc_errname(-known[i].code);
@@ -81,12 +82,12 @@ Test(errors, errname_known_codes)
     }
 }
 
-Test(errors, errname_zero_is_0)
+Test(errors, errname_zero_is_0, .timeout = 30)
 {
     cr_assert_str_eq(conc_errname(0), "0");
 }
 
-Test(errors, errname_unknown_codes)
+Test(errors, errname_unknown_codes, .timeout = 30)
 {
     const int unknown[] = { 99999, -99999, 4095, -4095, 1 << 20, -(1 << 20),
                             INT_MAX, -INT_MAX, INT_MIN };
@@ -97,7 +98,7 @@ Test(errors, errname_unknown_codes)
     }
 }
 
-Test(errors, results_are_static_and_stable)
+Test(errors, results_are_static_and_stable, .timeout = 30)
 {
     /* Static strings: the same pointer each time, unaffected by other calls. */
     const char *a = conc_strerror(-EPIPE);
@@ -136,7 +137,7 @@ static void *hammer(void *arg)
     return NULL;
 }
 
-Test(errors, thread_safe)
+Test(errors, thread_safe, .timeout = 30)
 {
     pthread_t t[NTHREADS];
     for (int i = 0; i < NTHREADS; i++)

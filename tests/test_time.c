@@ -18,7 +18,7 @@ static int64_t raw_monotonic(void)
 
 /* ---------------------------------------------------------- conc_now */
 
-Test(time, now_is_monotonic_clock)
+Test(time, now_is_monotonic_clock, .timeout = 30)
 {
     int64_t before = raw_monotonic();
     int64_t now = conc_now();
@@ -28,7 +28,7 @@ Test(time, now_is_monotonic_clock)
     cr_assert_gt(now, 0);
 }
 
-Test(time, now_never_goes_back)
+Test(time, now_never_goes_back, .timeout = 30)
 {
     int64_t prev = conc_now();
     for (int i = 0; i < 100000; i++) {
@@ -38,7 +38,7 @@ Test(time, now_never_goes_back)
     }
 }
 
-Test(time, monotonic_is_now_in_seconds)
+Test(time, monotonic_is_now_in_seconds, .timeout = 30)
 {
     int64_t a = conc_now();
     double m = conc_monotonic();
@@ -49,7 +49,7 @@ Test(time, monotonic_is_now_in_seconds)
 
 /* ----------------------------------------------------- conc_deadline */
 
-Test(time, deadline_forever)
+Test(time, deadline_forever, .timeout = 30)
 {
     int64_t d = 0;
     cr_assert_eq(conc_deadline(CONC_FOREVER, &d), 0);
@@ -62,7 +62,7 @@ Test(time, deadline_forever)
     cr_assert_eq(d, CONC_NO_DEADLINE);
 }
 
-Test(time, deadline_zero_is_now)
+Test(time, deadline_zero_is_now, .timeout = 30)
 {
     int64_t d = -1;
     int64_t before = conc_now();
@@ -72,7 +72,7 @@ Test(time, deadline_zero_is_now)
     cr_assert_leq(d, after);
 }
 
-Test(time, deadline_positive)
+Test(time, deadline_positive, .timeout = 30)
 {
     int64_t d = -1;
     int64_t before = conc_now();
@@ -87,7 +87,7 @@ Test(time, deadline_positive)
     cr_assert_lt(d, CONC_NO_DEADLINE);
 }
 
-Test(time, deadline_saturates)
+Test(time, deadline_saturates, .timeout = 30)
 {
     int64_t d = 0;
     cr_assert_eq(conc_deadline(1e300, &d), 0);
@@ -100,7 +100,7 @@ Test(time, deadline_saturates)
     cr_assert_eq(d, CONC_NO_DEADLINE);
 }
 
-Test(time, deadline_rejects_bad_timeouts)
+Test(time, deadline_rejects_bad_timeouts, .timeout = 30)
 {
     const double bad[] = { -2.0, -0.5, -1e-9, -1.0000001, -INFINITY, NAN, -NAN };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -109,7 +109,7 @@ Test(time, deadline_rejects_bad_timeouts)
     }
 }
 
-Test(time, deadline_rejects_null)
+Test(time, deadline_rejects_null, .timeout = 30)
 {
     cr_assert_eq(conc_deadline(1.0, NULL), -EINVAL);
     cr_assert_eq(conc_deadline(0.0, NULL), -EINVAL);
@@ -118,12 +118,12 @@ Test(time, deadline_rejects_null)
 
 /* ---------------------------------------------------- conc_remaining */
 
-Test(time, remaining_no_deadline_is_forever)
+Test(time, remaining_no_deadline_is_forever, .timeout = 30)
 {
     cr_assert_eq(conc_remaining(CONC_NO_DEADLINE), CONC_FOREVER);
 }
 
-Test(time, remaining_past_is_zero)
+Test(time, remaining_past_is_zero, .timeout = 30)
 {
     int64_t now = conc_now();
     cr_assert_eq(conc_remaining(now - 1), 0.0);
@@ -132,7 +132,7 @@ Test(time, remaining_past_is_zero)
     cr_assert_eq(conc_remaining(INT64_MIN), 0.0);
 }
 
-Test(time, remaining_future)
+Test(time, remaining_future, .timeout = 30)
 {
     int64_t d;
     cr_assert_eq(conc_deadline(2.0, &d), 0);
@@ -145,7 +145,7 @@ Test(time, remaining_future)
     cr_assert_leq(r, 0.5);
 }
 
-Test(time, remaining_shrinks)
+Test(time, remaining_shrinks, .timeout = 30)
 {
     int64_t d = conc_now() + 10 * NS;
     double a = conc_remaining(d);
@@ -169,13 +169,13 @@ Test(time, sleep_at_least, .timeout = 30)
     }
 }
 
-Test(time, sleep_zero_returns)
+Test(time, sleep_zero_returns, .timeout = 30)
 {
     for (int i = 0; i < 100; i++)
         cr_assert_eq(conc_sleep(0), 0);
 }
 
-Test(time, sleep_rejects_bad_durations)
+Test(time, sleep_rejects_bad_durations, .timeout = 30)
 {
     cr_assert_eq(conc_sleep(-0.1), -EINVAL);
     cr_assert_eq(conc_sleep(-1.0), -EINVAL); /* CONC_FOREVER is not a duration */
@@ -234,7 +234,7 @@ Test(time, sleep_until_future, .timeout = 30)
     cr_assert_geq(conc_now(), d);
 }
 
-Test(time, sleep_until_past_returns)
+Test(time, sleep_until_past_returns, .timeout = 30)
 {
     int64_t now = conc_now();
     cr_assert_eq(conc_sleep_until(now - NS), 0);
@@ -244,7 +244,7 @@ Test(time, sleep_until_past_returns)
     cr_assert_lt(conc_now() - now, 20 * NS);
 }
 
-Test(time, sleep_until_no_deadline_is_einval)
+Test(time, sleep_until_no_deadline_is_einval, .timeout = 30)
 {
     cr_assert_eq(conc_sleep_until(CONC_NO_DEADLINE), -EINVAL);
 }

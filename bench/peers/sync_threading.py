@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Python peer of bench_sync: the same five metrics with the threading module.
 
-usage: sync_threading.py [--reps N] [SCALE] [METRIC ...]
+usage: sync_threading.py [--reps N] [--cpus A,B] [SCALE] [METRIC ...]
 
 SCALE multiplies every iteration count (default 1.0); METRICs select a subset
-(default: all).  Prints one line per metric, METRIC<TAB>python<TAB>VALUE<TAB>UNIT,
+(default: all).  --cpus pins the two workers of the two-thread metrics to
+CPUs A and B, as bench_sync does with its own workers.  Prints one line per metric, METRIC<TAB>python<TAB>VALUE<TAB>UNIT,
 with the same units and definitions as bench_sync.c:
 
   lock_uncontended   ns per acquire+release pair, one thread       (best of reps)
@@ -18,12 +19,14 @@ with the same units and definitions as bench_sync.c:
 Multi-threaded metrics take the median of the repetitions.  A result that is
 wrong (mutual exclusion broken, items lost) prints VALUE "failed".
 """
+import os
 import sys
 import threading
 import time
 
 SYSTEM = "python"
 SLOTS = 64
+PIN = []            # CPUs for worker 0, 1 of run_pair (empty: no pinning)
 
 
 def now():
@@ -37,6 +40,9 @@ def run_pair(side_a, side_b):
     times = [None, None]
 
     def wrap(i, fn):
+        if PIN:
+            # On Linux, pid 0 means the calling thread.
+            os.sched_setaffinity(0, {PIN[i % len(PIN)]})
         start.wait()
         t0 = now()
         fn()
@@ -183,6 +189,8 @@ def main(argv):
         a = args.pop(0)
         if a == "--reps":
             reps = int(args.pop(0))
+        elif a == "--cpus":
+            PIN[:] = [int(c) for c in args.pop(0).split(",") if c]
         elif a in ("-h", "--help"):
             print(__doc__)
             return 0
