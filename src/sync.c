@@ -176,26 +176,29 @@ int conc_lock_init(conc_lock *lock, unsigned flags)
 /* A timeout the fast path may ignore: valid, so a free lock is just taken. */
 static inline bool timeout_valid(double timeout)
 {
-    return timeout >= 0 || timeout == CONC_FOREVER;
+    return timeout == CONC_FOREVER || timeout >= 0;
 }
 
 __attribute__((noinline)) static int lock_acquire_timed(conc_lock *lock, double timeout)
 {
+    if (!lock)
+        return -EINVAL;
     int64_t deadline;
     bool poll;
     if (parse_timeout(timeout, &deadline, &poll))
         return -EINVAL;
-    return lockword_acquire_slow(&lock->_word, lock->_flags, (uint32_t)conc__tid(),
-                                 deadline, poll, true);
+    uint32_t me = (uint32_t)conc__tid(), z = 0;
+    if (cas32(&lock->_word, &z, me, __ATOMIC_ACQUIRE))
+        return 0;
+    return lockword_acquire_slow(&lock->_word, lock->_flags, me, deadline, poll, true);
 }
 
 int conc_lock_acquire(conc_lock *lock, double timeout)
 {
-    if (unlikely(!lock))
-        return -EINVAL;
-    uint32_t z = 0;
-    if (likely(timeout_valid(timeout)) &&
-        likely(cas32(&lock->_word, &z, (uint32_t)conc__tid(), __ATOMIC_ACQUIRE)))
+    /* The fast path: a valid timeout, a known thread id, a free lock. */
+    uint32_t me = (uint32_t)conc__tid_cache, z = 0;
+    if (likely(lock && me && timeout_valid(timeout)) &&
+        likely(cas32(&lock->_word, &z, me, __ATOMIC_ACQUIRE)))
         return 0;
     return lock_acquire_timed(lock, timeout);
 }

@@ -211,10 +211,12 @@ CONC_API int conc_event_wait_until(conc_event *ev, int64_t deadline);
  * it is used with, so several conditions can share one lock, like Python's
  * Condition(lock).  Use one condition with one lock at a time.
  *
- * notify(n) wakes exactly min(n, waiting) threads: a waiter returns 0 only
- * when a notify counted it, never spuriously.  notify should be called with
- * the lock held (Python requires it); conc does not enforce that, but a
- * notify without the lock may miss a thread that is about to wait.
+ * notify(n) wakes exactly min(n, waiting) threads, chosen among those that
+ * were waiting when it was called: a thread that starts waiting later never
+ * takes their wake-up, and a waiter returns 0 only when a notify counted it,
+ * never spuriously.  Call notify with the lock held, as Python requires; conc
+ * cannot check it (notify does not name the lock), and a notify without the
+ * lock may miss a thread that is about to wait, or wake a later one instead.
  */
 typedef struct conc_cond {
     uint32_t _seq;          /* futex word, bumped by every notify */
