@@ -2,9 +2,9 @@
  * sync.c - Lock, RLock, Semaphore, Event, Condition, Barrier on futexes.
  *
  * Lock word (Lock and RLock): 0 when free, else the owner's kernel thread id
- * (bits 0..29) with LK_WAITERS (bit 31) set when a thread may sleep on it.
- * This is the kernel's robust-futex word format, so owner-death detection
- * between processes can be layered on without changing the struct.
+ * (bits 0..29) with LK_WAITERS (bit 31) set when a thread may sleep on it and
+ * LK_OWNER_DIED (bit 30) set by the kernel when the owner of a shared lock
+ * died: the kernel's robust-futex word format (see sys/robust.h).
  */
 #include <limits.h>
 #include <math.h>
@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include "conc/sync.h"
 #include "internal.h"
+#include "sys/robust.h"
 #include "sys/wait.h"
 
 #define LK_WAITERS    0x80000000u
@@ -21,7 +22,6 @@
 #define EV_SET     0x1u
 #define EV_WAITERS 0x2u
 
-/* Busy-wait iterations before sleeping in the kernel. */
 /* Lock contenders: pauses spent spinning before sleeping, and the longest
  * single backoff. */
 #ifndef SPIN_LOCK_PAUSES
@@ -63,7 +63,8 @@ static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t desired, int mo
 
 /* --------------------------------------------------------- lock word */
 
-/* Slow path of taking a lock word for thread `me`.  Returns 0, -EAGAIN (poll),
+/* Slow path of taking a lock word for thread `me`.  Returns 0, -EOWNERDEAD
+ * (the word said its owner died: the caller owns it now), -EAGAIN (poll),
  * -ETIMEDOUT, or -ECANCELED (only when `cancellable`).
  *
  * A contender first spins with exponential backoff: polling the word on
@@ -76,8 +77,13 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
 {
     uint32_t v;
     if (poll) {
-        v = 0;
-        return cas32(w, &v, me, __ATOMIC_ACQUIRE) ? 0 : -EAGAIN;
+        v = ld_relaxed(w);
+        if (v == 0)
+            return cas32(w, &v, me, __ATOMIC_ACQUIRE) ? 0 : -EAGAIN;
+        if ((v & LK_OWNER_DIED) && !(v & LK_TID_MASK))
+            return cas32(w, &v, me | (v & LK_WAITERS), __ATOMIC_ACQUIRE) ? -EOWNERDEAD
+                                                                         : -EAGAIN;
+        return -EAGAIN;
     }
     if (conc__may_spin()) {
         unsigned backoff = 4;
@@ -88,8 +94,8 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
             if (v == 0) {
                 if (cas32(w, &v, me, __ATOMIC_ACQUIRE))
                     return 0;
-            } else if (v & LK_WAITERS) {
-                break;          /* others already sleep: queue up behind them */
+            } else if (v & (LK_WAITERS | LK_OWNER_DIED)) {
+                break;          /* others sleep, or the owner died */
             }
             if (backoff < SPIN_LOCK_MAX_BACKOFF)
                 backoff *= 2;
@@ -102,6 +108,12 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
             /* We were contending: others may sleep, so keep the bit set. */
             if (cas32(w, &v, me | LK_WAITERS, __ATOMIC_ACQUIRE))
                 return 0;
+            continue;
+        }
+        if ((v & LK_OWNER_DIED) && !(v & LK_TID_MASK)) {
+            /* The kernel released it for a dead owner: take it over. */
+            if (cas32(w, &v, me | (v & LK_WAITERS), __ATOMIC_ACQUIRE))
+                return -EOWNERDEAD;
             continue;
         }
         if (!(v & LK_WAITERS)) {
@@ -121,45 +133,96 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
     }
 }
 
-static inline int lockword_acquire(uint32_t *w, uint32_t flags, int64_t deadline,
-                                   bool poll)
-{
-    uint32_t me = (uint32_t)conc__tid();
-    uint32_t z = 0;
-    if (likely(cas32(w, &z, me, __ATOMIC_ACQUIRE)))
-        return 0;
-    return lockword_acquire_slow(w, flags, me, deadline, poll, true);
-}
-
-/* Takes the lock word without a deadline and without cancellation: used to
- * get a Condition's lock back. */
-static inline void lockword_reacquire(uint32_t *w, uint32_t flags)
-{
-    uint32_t me = (uint32_t)conc__tid();
-    uint32_t z = 0;
-    if (!cas32(w, &z, me, __ATOMIC_ACQUIRE))
-        (void)lockword_acquire_slow(w, flags, me, CONC_NO_DEADLINE, false, false);
-}
-
-static inline int lockword_release(uint32_t *w, uint32_t flags)
-{
-    uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
-    if (unlikely(v == 0))
-        return -EPERM;
-    if (unlikely(v & LK_WAITERS))
-        conc__wake(w, 1, wflags(flags));
-    return 0;
-}
-
 static inline bool lockword_mine(const uint32_t *w)
 {
     uint32_t v = ld_relaxed(w);
-    return v != 0 && (v & LK_TID_MASK) == ((uint32_t)conc__tid() & LK_TID_MASK);
+    return (v & LK_TID_MASK) != 0 &&
+           (v & LK_TID_MASK) == ((uint32_t)conc__tid() & LK_TID_MASK);
 }
 
 static inline int check_flags(unsigned flags, unsigned allowed)
 {
     return (flags & ~allowed) ? -EINVAL : 0;
+}
+
+/* ------------------------------------------- Lock and RLock internals */
+
+/*
+ * Takes a lock (Lock or the lock inside an RLock) until deadline.  A shared
+ * lock is linked into the thread's robust list while held; taking one whose
+ * previous owner died, or that is still marked inconsistent, returns
+ * -EOWNERDEAD with the lock held.
+ */
+static int lock_take(conc_lock *l, int64_t deadline, bool poll, bool cancellable)
+{
+    uint32_t me = (uint32_t)conc__tid(), z = 0;
+    if (!(l->_flags & CONC_SYNC_SHARED)) {
+        if (likely(cas32(&l->_word, &z, me, __ATOMIC_ACQUIRE)))
+            return 0;
+        return lockword_acquire_slow(&l->_word, l->_flags, me, deadline, poll, cancellable);
+    }
+    struct conc__robust_head *h = conc__robust_head();
+    if (h)
+        conc__robust_pending(h, &l->_links[1]);
+    int r = cas32(&l->_word, &z, me, __ATOMIC_ACQUIRE)
+                ? 0
+                : lockword_acquire_slow(&l->_word, l->_flags, me, deadline, poll, cancellable);
+    if (r == 0 || r == -EOWNERDEAD) {
+        if (h)
+            conc__robust_link(h, l->_links);
+        if (r == -EOWNERDEAD)
+            st_relaxed(&l->_state, 1);
+        else if (unlikely(ld_relaxed(&l->_state)))
+            r = -EOWNERDEAD;    /* nobody repaired it since an owner died */
+    }
+    if (h)
+        conc__robust_pending(h, NULL);
+    return r;
+}
+
+/* Releases a lock: -EPERM when it is not locked, or is shared and not held
+ * by the caller. */
+static int lock_give(conc_lock *l)
+{
+    uint32_t *w = &l->_word;
+    if (l->_flags & CONC_SYNC_SHARED) {
+        if (!lockword_mine(w))
+            return -EPERM;
+        struct conc__robust_head *h = conc__robust_head();
+        if (h) {
+            conc__robust_pending(h, &l->_links[1]);
+            conc__robust_unlink(l->_links);
+        }
+        uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
+        if (v & LK_WAITERS)
+            conc__wake(w, 1, CONC__WAIT_SHARED);
+        if (h)
+            conc__robust_pending(h, NULL);
+        return 0;
+    }
+    uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
+    if (unlikely(v == 0))
+        return -EPERM;
+    if (unlikely(v & LK_WAITERS))
+        conc__wake(w, 1, 0);
+    return 0;
+}
+
+/* Takes a lock back with no deadline and no cancellation (a Condition's
+ * lock after the wait).  Returns 0 or -EOWNERDEAD. */
+static inline int lock_retake(conc_lock *l)
+{
+    return lock_take(l, CONC_NO_DEADLINE, false, false);
+}
+
+static int lock_mark_consistent(conc_lock *l)
+{
+    if (!lockword_mine(&l->_word))
+        return -EPERM;
+    if (!ld_relaxed(&l->_state))
+        return -EINVAL;
+    st_relaxed(&l->_state, 0);
+    return 0;
 }
 
 /* -------------------------------------------------------------- Lock */
@@ -187,17 +250,15 @@ __attribute__((noinline)) static int lock_acquire_timed(conc_lock *lock, double 
     bool poll;
     if (parse_timeout(timeout, &deadline, &poll))
         return -EINVAL;
-    uint32_t me = (uint32_t)conc__tid(), z = 0;
-    if (cas32(&lock->_word, &z, me, __ATOMIC_ACQUIRE))
-        return 0;
-    return lockword_acquire_slow(&lock->_word, lock->_flags, me, deadline, poll, true);
+    return lock_take(lock, deadline, poll, true);
 }
 
 int conc_lock_acquire(conc_lock *lock, double timeout)
 {
-    /* The fast path: a valid timeout, a known thread id, a free lock. */
+    /* The fast path: a private lock, a valid timeout, a known thread id, a
+     * free lock. */
     uint32_t me = (uint32_t)conc__tid_cache, z = 0;
-    if (likely(lock && me && timeout_valid(timeout)) &&
+    if (likely(lock && me && !(lock->_flags & CONC_SYNC_SHARED) && timeout_valid(timeout)) &&
         likely(cas32(&lock->_word, &z, me, __ATOMIC_ACQUIRE)))
         return 0;
     return lock_acquire_timed(lock, timeout);
@@ -207,19 +268,19 @@ int conc_lock_acquire_until(conc_lock *lock, int64_t deadline)
 {
     if (unlikely(!lock))
         return -EINVAL;
-    return lockword_acquire(&lock->_word, lock->_flags, deadline, false);
+    return lock_take(lock, deadline, false, true);
 }
 
 int conc_lock_release(conc_lock *lock)
 {
     if (unlikely(!lock))
         return -EINVAL;
-    return lockword_release(&lock->_word, lock->_flags);
+    return lock_give(lock);
 }
 
 bool conc_lock_locked(const conc_lock *lock)
 {
-    return lock && ld_relaxed(&lock->_word) != 0;
+    return lock && (ld_relaxed(&lock->_word) & LK_TID_MASK) != 0;
 }
 
 bool conc_lock_held(const conc_lock *lock)
@@ -227,28 +288,34 @@ bool conc_lock_held(const conc_lock *lock)
     return lock && lockword_mine(&lock->_word);
 }
 
+int conc_lock_consistent(conc_lock *lock)
+{
+    if (!lock)
+        return -EINVAL;
+    return lock_mark_consistent(lock);
+}
+
 /* ------------------------------------------------------------- RLock */
 
 int conc_rlock_init(conc_rlock *lock, unsigned flags)
 {
-    if (!lock || check_flags(flags, CONC_SYNC_SHARED))
+    if (!lock)
         return -EINVAL;
-    *lock = (conc_rlock)CONC_RLOCK_INIT;
-    lock->_flags = flags;
-    return 0;
+    return conc_lock_init(&lock->_lock, flags);
 }
 
-static int rlock_acquire(conc_rlock *lock, int64_t deadline, bool poll)
+static int rlock_acquire(conc_rlock *rl, int64_t deadline, bool poll)
 {
-    if (lockword_mine(&lock->_word)) {
-        if (unlikely(lock->_count == UINT32_MAX))
+    conc_lock *l = &rl->_lock;
+    if (lockword_mine(&l->_word)) {
+        if (unlikely(l->_count == UINT32_MAX))
             return -EOVERFLOW;
-        lock->_count++;
+        l->_count++;
         return 0;
     }
-    int r = lockword_acquire(&lock->_word, lock->_flags, deadline, poll);
-    if (r == 0)
-        lock->_count = 1;
+    int r = lock_take(l, deadline, poll, true);
+    if (r == 0 || r == -EOWNERDEAD)
+        l->_count = 1;
     return r;
 }
 
@@ -274,21 +341,29 @@ int conc_rlock_release(conc_rlock *lock)
 {
     if (unlikely(!lock))
         return -EINVAL;
-    if (!lockword_mine(&lock->_word))
+    conc_lock *l = &lock->_lock;
+    if (!lockword_mine(&l->_word))
         return -EPERM;
-    if (--lock->_count > 0)
+    if (--l->_count > 0)
         return 0;
-    return lockword_release(&lock->_word, lock->_flags);
+    return lock_give(l);
 }
 
 bool conc_rlock_is_owned(const conc_rlock *lock)
 {
-    return lock && lockword_mine(&lock->_word);
+    return lock && lockword_mine(&lock->_lock._word);
 }
 
 unsigned conc_rlock_depth(const conc_rlock *lock)
 {
-    return conc_rlock_is_owned(lock) ? lock->_count : 0;
+    return conc_rlock_is_owned(lock) ? lock->_lock._count : 0;
+}
+
+int conc_rlock_consistent(conc_rlock *lock)
+{
+    if (!lock)
+        return -EINVAL;
+    return lock_mark_consistent(&lock->_lock);
 }
 
 /* --------------------------------------------------------- Semaphore */
@@ -516,11 +591,11 @@ static inline bool cond_withdraw(conc_cond *cond, bool eligible)
     }
 }
 
-/* The lock a condition waits with: a Lock (depth unused) or an RLock. */
+/* The lock a condition waits with: a Lock, or the lock inside an RLock
+ * (whose whole recursion depth is released while waiting). */
 struct cv_lock {
-    uint32_t *word;
-    uint32_t flags;
-    uint32_t *depth;        /* RLock recursion count, or NULL */
+    conc_lock *lock;
+    bool recursive;
 };
 
 /*
@@ -533,18 +608,18 @@ struct cv_lock {
  */
 static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t deadline)
 {
-    if (!lockword_mine(lk->word))
+    if (!lockword_mine(&lk->lock->_word))
         return -EPERM;
     /* Under the lock: snapshot the sequence and count ourselves. */
     uint32_t seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
     const uint32_t start = seq & ~CV_SLEEPERS;
     __atomic_fetch_add(&cond->_counts, 1, __ATOMIC_SEQ_CST);
     uint32_t depth = 0;
-    if (lk->depth) {
-        depth = *lk->depth;
-        *lk->depth = 0;
+    if (lk->recursive) {
+        depth = lk->lock->_count;
+        lk->lock->_count = 0;
     }
-    lockword_release(lk->word, lk->flags);
+    lock_give(lk->lock);
 
     unsigned wf = wflags(cond->_flags);
     int rc = 0;
@@ -568,20 +643,22 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
             break;
         }
     }
-    lockword_reacquire(lk->word, lk->flags);
+    int taken = lock_retake(lk->lock);
     if (!notified) {
         bool eligible = (__atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST) & ~CV_SLEEPERS) != start;
         notified = cond_withdraw(cond, eligible);
     }
-    if (lk->depth)
-        *lk->depth = depth;
+    if (lk->recursive)
+        lk->lock->_count = depth;
+    if (taken == -EOWNERDEAD)
+        return -EOWNERDEAD;
     return notified ? 0 : rc;
 }
 
 static int cond_wait_for_core(conc_cond *cond, const struct cv_lock *lk,
                               conc_predicate pred, void *arg, int64_t deadline)
 {
-    if (!lockword_mine(lk->word))
+    if (!lockword_mine(&lk->lock->_word))
         return -EPERM;
     while (!pred(arg)) {
         int r = cond_wait_core(cond, lk, deadline);
@@ -598,8 +675,8 @@ static inline int timeout_deadline(double timeout, int64_t *deadline)
     return timeout == 0 ? (*deadline = 0, 0) : conc__timeout_deadline(timeout, deadline);
 }
 
-#define LK_OF_LOCK(l)  { &(l)->_word, (l)->_flags, NULL }
-#define LK_OF_RLOCK(l) { &(l)->_word, (l)->_flags, &(l)->_count }
+#define LK_OF_LOCK(l)  { (l), false }
+#define LK_OF_RLOCK(l) { &(l)->_lock, true }
 
 int conc_cond_wait_until(conc_cond *cond, conc_lock *lock, int64_t deadline)
 {
@@ -734,6 +811,18 @@ static void barrier_break(conc_barrier *b)
     conc_cond_notify_all(&b->_cond);
 }
 
+/* Takes the barrier's own lock.  A party of a shared barrier that died
+ * holding it may have left the state half-updated: the barrier is broken
+ * then, and this returns -EOWNERDEAD (the lock is held). */
+static int barrier_lock(conc_barrier *b)
+{
+    if (lock_retake(&b->_lock) == 0)
+        return 0;
+    lock_mark_consistent(&b->_lock);
+    barrier_break(b);
+    return -EOWNERDEAD;
+}
+
 static int state_not_draining(void *arg)
 {
     conc_barrier *b = arg;
@@ -752,10 +841,17 @@ static int barrier_wait(conc_barrier *b, int64_t deadline, int (*action)(void *)
         return -EINVAL;
     if (b->_parties == 0)
         return -EINVAL;
-    lockword_reacquire(&b->_lock._word, b->_lock._flags);
+    if (barrier_lock(b)) {
+        conc_lock_release(&b->_lock);
+        return -EPIPE;
+    }
     /* Wait while the previous round drains or a reset is under way. */
     int r = conc_cond_wait_for_until(&b->_cond, &b->_lock, state_not_draining, b, deadline);
     if (r < 0) {
+        if (r == -EOWNERDEAD) {
+            lock_mark_consistent(&b->_lock);
+            r = -EPIPE;
+        }
         barrier_break(b);
         conc_lock_release(&b->_lock);
         return r;
@@ -777,6 +873,10 @@ static int barrier_wait(conc_barrier *b, int64_t deadline, int (*action)(void *)
         }
     } else {
         r = conc_cond_wait_for_until(&b->_cond, &b->_lock, state_not_filling, b, deadline);
+        if (r == -EOWNERDEAD) {
+            lock_mark_consistent(&b->_lock);
+            r = -EPIPE;
+        }
         if (r < 0) {
             barrier_break(b);
             rc = r;
@@ -823,7 +923,7 @@ int conc_barrier_abort(conc_barrier *b)
 {
     if (!b)
         return -EINVAL;
-    lockword_reacquire(&b->_lock._word, b->_lock._flags);
+    barrier_lock(b);
     barrier_break(b);
     conc_lock_release(&b->_lock);
     return 0;
@@ -833,7 +933,7 @@ int conc_barrier_reset(conc_barrier *b)
 {
     if (!b)
         return -EINVAL;
-    lockword_reacquire(&b->_lock._word, b->_lock._flags);
+    barrier_lock(b);
     if (b->_count > 0) {
         if (b->_state == BR_FILLING || b->_state == BR_BROKEN)
             st_relaxed(&b->_state, BR_RESETTING);

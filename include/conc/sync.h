@@ -38,18 +38,34 @@ extern "C" {
 
 /*
  * conc_lock - threading.Lock / multiprocessing.Lock: a non-recursive mutex.
- * As in Python, any thread may release a locked Lock, not only the one that
- * acquired it.  The lock word records the acquiring thread's id; the spare
- * words are reserved for owner-death tracking between processes.
+ *
+ * A private Lock (the default) behaves exactly like Python's: any thread may
+ * release a locked Lock, not only the one that acquired it.
+ *
+ * A shared Lock (CONC_SYNC_SHARED, for use between processes) is robust:
+ * while it is held it is linked into the holding thread's kernel robust
+ * list, so when that thread or its process dies holding it, the kernel marks
+ * it and the next acquirer gets -EOWNERDEAD while owning the lock.  The data
+ * it protects may be half-updated: repair it and call conc_lock_consistent,
+ * else every later acquirer gets -EOWNERDEAD too.  A shared Lock must be
+ * released by the thread that acquired it (-EPERM otherwise), and the memory
+ * holding it must stay mapped while it is held.
+ *
+ * Layout: the lock word holds the owner's kernel thread id, the format of
+ * the kernel's robust futexes; _links is the robust-list node (addresses in
+ * the holder's own address space, meaningless to other processes).
  */
 typedef struct conc_lock {
-    uint32_t _word;         /* 0 unlocked, else owner tid | waiters bit */
+    uint32_t _word;         /* 0 free, else owner tid | waiters | owner died */
     uint32_t _flags;
-    uint32_t _reserved[6];
+    uint32_t _count;        /* RLock recursion depth */
+    uint32_t _state;        /* 0 consistent, 1 an owner died */
+    uint32_t _reserved[2];
+    uint64_t _links[2];     /* robust-list node while held (shared locks) */
 } conc_lock;
 
-#define CONC_LOCK_INIT        { 0, 0, { 0 } }
-#define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, { 0 } }
+#define CONC_LOCK_INIT        { 0, 0, 0, 0, { 0, 0 }, { 0, 0 } }
+#define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, { 0, 0 }, { 0, 0 } }
 
 /* conc_lock_init - initialise an unlocked Lock.  flags: 0 or CONC_SYNC_SHARED.
  * Returns 0, or -EINVAL for a NULL lock or an unknown flag. */
@@ -57,9 +73,10 @@ CONC_API int conc_lock_init(conc_lock *lock, unsigned flags);
 
 /*
  * conc_lock_acquire - Lock.acquire(blocking, timeout).
- * Returns 0 once the caller holds the lock; -EAGAIN when timeout is 0 and the
- * lock is held; -ETIMEDOUT when the timeout passed; -EINVAL for a NULL lock
- * or a bad timeout.  Acquiring a Lock the caller already holds blocks (as in
+ * Returns 0 once the caller holds the lock; -EOWNERDEAD when the caller now
+ * holds a shared lock whose previous owner died holding it (see above);
+ * -EAGAIN when timeout is 0 and the lock is held; -ETIMEDOUT when the
+ * timeout passed; -EINVAL for a NULL lock or a bad timeout.  Acquiring a Lock the caller already holds blocks (as in
  * Python) until another thread releases it or the timeout passes.
  */
 CONC_API int conc_lock_acquire(conc_lock *lock, double timeout);
@@ -69,7 +86,8 @@ CONC_API int conc_lock_acquire_until(conc_lock *lock, int64_t deadline);
 
 /*
  * conc_lock_release - Lock.release().  Returns 0, -EPERM when the lock is
- * not locked (Python's RuntimeError), -EINVAL for NULL.
+ * not locked (Python's RuntimeError) or, for a shared lock, not held by the
+ * calling thread; -EINVAL for NULL.
  */
 CONC_API int conc_lock_release(conc_lock *lock);
 
@@ -80,21 +98,28 @@ CONC_API bool conc_lock_locked(const conc_lock *lock);
  * the lock (and it is still locked). */
 CONC_API bool conc_lock_held(const conc_lock *lock);
 
+/*
+ * conc_lock_consistent - like pthread_mutex_consistent: after -EOWNERDEAD,
+ * the new owner declares the protected state repaired.  Returns 0; -EPERM
+ * when the caller does not hold the lock; -EINVAL for NULL or when the lock
+ * is not marked (no owner died).
+ */
+CONC_API int conc_lock_consistent(conc_lock *lock);
+
 /* ----------------------------------------------------------------- RLock */
 
 /*
- * conc_rlock - threading.RLock: a recursive lock owned by one thread.  The
- * owner may acquire it again; it is free after as many releases as acquires.
+ * conc_rlock - threading.RLock / multiprocessing.RLock: a recursive lock
+ * owned by one thread.  The owner may acquire it again; it is free after as
+ * many releases as acquires.  A shared RLock is robust like a shared Lock:
+ * acquiring it after its owner died gives -EOWNERDEAD with depth 1.
  */
 typedef struct conc_rlock {
-    uint32_t _word;         /* same layout as conc_lock's word */
-    uint32_t _flags;
-    uint32_t _count;        /* recursion depth, owner only */
-    uint32_t _reserved[5];
+    conc_lock _lock;        /* the depth lives in _lock._count */
 } conc_rlock;
 
-#define CONC_RLOCK_INIT        { 0, 0, 0, { 0 } }
-#define CONC_RLOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, { 0 } }
+#define CONC_RLOCK_INIT        { CONC_LOCK_INIT }
+#define CONC_RLOCK_INIT_SHARED { CONC_LOCK_INIT_SHARED }
 
 /* conc_rlock_init - initialise a free RLock.  flags: 0 or CONC_SYNC_SHARED.
  * Returns 0, or -EINVAL. */
@@ -102,9 +127,10 @@ CONC_API int conc_rlock_init(conc_rlock *lock, unsigned flags);
 
 /*
  * conc_rlock_acquire - RLock.acquire(blocking, timeout).  Returns 0 (the
- * recursion depth grew by one), -EAGAIN when timeout is 0 and another thread
- * holds it, -ETIMEDOUT, -EOVERFLOW when the depth would pass UINT32_MAX,
- * -EINVAL for NULL or a bad timeout.
+ * recursion depth grew by one), -EOWNERDEAD (shared: the previous owner
+ * died; the caller owns it with depth 1), -EAGAIN when timeout is 0 and
+ * another thread holds it, -ETIMEDOUT, -EOVERFLOW when the depth would pass
+ * UINT32_MAX, -EINVAL for NULL or a bad timeout.
  */
 CONC_API int conc_rlock_acquire(conc_rlock *lock, double timeout);
 CONC_API int conc_rlock_acquire_until(conc_rlock *lock, int64_t deadline);
@@ -121,6 +147,9 @@ CONC_API bool conc_rlock_is_owned(const conc_rlock *lock);
 
 /* conc_rlock_depth - the recursion depth when the caller owns it, else 0. */
 CONC_API unsigned conc_rlock_depth(const conc_rlock *lock);
+
+/* conc_rlock_consistent - as conc_lock_consistent for an RLock. */
+CONC_API int conc_rlock_consistent(conc_rlock *lock);
 
 /* ------------------------------------------ Semaphore, BoundedSemaphore */
 
@@ -235,6 +264,8 @@ CONC_API int conc_cond_init(conc_cond *cond, unsigned flags);
  * Releases the lock, waits for a notify, reacquires the lock (always, even
  * on timeout) and returns.  Returns 0 when notified; -ETIMEDOUT when the
  * timeout passed first (also for timeout 0: Python returns False);
+ * -EOWNERDEAD when, getting a shared lock back, its previous owner had died
+ * (the caller holds it; whether it was notified is lost);
  * -EPERM when the caller does not hold the lock (nothing is released);
  * -EINVAL for NULL arguments or a bad timeout.
  */
@@ -312,6 +343,10 @@ CONC_API int conc_barrier_init(conc_barrier *b, unsigned parties, unsigned flags
  * passed (the barrier is then broken, so the other waiters get -EPIPE);
  * -EINVAL for NULL or a bad timeout.  A timeout of 0 is a real (zero-length)
  * wait, so it breaks the barrier unless this call completes the round.
+ * Shared barriers: a party that dies inside wait breaks the barrier when it
+ * dies holding its internal lock, and otherwise counts as arrived; a party
+ * that dies before arriving is missed like in Python: use a timeout, or let
+ * a supervisor abort the barrier when it sees the death.
  */
 CONC_API int conc_barrier_wait(conc_barrier *b, double timeout);
 CONC_API int conc_barrier_wait_until(conc_barrier *b, int64_t deadline);
