@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "conc.h"
+#include "cli.h"
 
 static const char *prog = "condition-notify";
 
@@ -86,17 +87,6 @@ static void usage(FILE *f)
                "  --threads N    waiting threads (default 6)\n"
                "  --batches LIST how many to notify each time (default 1,2,3;\n"
                "                 each >= 1, the sum at most N)\n", prog);
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
 }
 
 /* Parses "1,2,3" into batches[]; returns the count, or -1. */

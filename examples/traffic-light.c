@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "conc.h"
+#include "cli.h"
 
 static const char *prog = "traffic-light";
 
@@ -109,28 +110,6 @@ static void usage(FILE *f)
                "  --cycles N  green/red cycles (default 3)\n"
                "  --period S  seconds each colour lasts (default 0.2)\n"
                "  --cars N    car threads (default 5)\n", prog);
-}
-
-static bool parse_long(const char *s, long min, long max, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_seconds(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end != '\0' || !isfinite(v) || v <= 0 || v > 3600)
-        return false;
-    *out = v;
-    return true;
 }
 
 static int fail(const char *fmt, const char *arg)
