@@ -10,6 +10,7 @@
 #include "conc/time.h"
 #include "conc/sync.h"
 #include "conc/thread.h"
+#include "conc/queue.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1
