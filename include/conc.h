@@ -11,6 +11,7 @@
 #include "conc/sync.h"
 #include "conc/thread.h"
 #include "conc/queue.h"
+#include "conc/shm.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1
