@@ -643,33 +643,51 @@ static size_t consume_lines(char *buf, size_t len, bool final)
     }
 }
 
-/* Record a skip for every registered, enabled metric `system` lacks. */
-static void skip_missing(const char *system, const char *reason)
+/* Whether `name` is one of the NULL-terminated `names` (NULL: all). */
+static bool in_names(const char *const *names, const char *name)
+{
+    if (!names)
+        return true;
+    for (; *names; names++)
+        if (strcmp(*names, name) == 0)
+            return true;
+    return false;
+}
+
+/* Record a skip for every registered, enabled metric `system` lacks (only
+ * those among `expect` when it is not NULL). */
+static void skip_missing(const char *system, const char *const *expect, const char *reason)
 {
     for (size_t i = 0; i < B.n_metrics; i++) {
         const char *m = B.metrics[i].name;
-        if (bench_enabled(m, system) && !find_rec(m, system))
+        if (in_names(expect, m) && bench_enabled(m, system) && !find_rec(m, system))
             bench_skip(m, system, B.metrics[i].unit, reason);
     }
 }
 
 int bench_peer_run(const char *system, char *const argv[], double timeout_s)
 {
+    return bench_peer_run_for(system, NULL, argv, timeout_s);
+}
+
+int bench_peer_run_for(const char *system, const char *const expect[],
+                       char *const argv[], double timeout_s)
+{
     char reason[192];
     int out[2], st[2];
 
     if (!argv || !argv[0]) {
-        skip_missing(system, "no peer command");
+        skip_missing(system, expect, "no peer command");
         return -1;
     }
     if (strchr(argv[0], '/') && access(argv[0], X_OK) != 0) {
         snprintf(reason, sizeof reason, "%s not found (%s)", argv[0], strerror(errno));
-        skip_missing(system, reason);
+        skip_missing(system, expect, reason);
         return -1;
     }
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(st, O_CLOEXEC) != 0) {
         snprintf(reason, sizeof reason, "pipe: %s", strerror(errno));
-        skip_missing(system, reason);
+        skip_missing(system, expect, reason);
         return -1;
     }
     fflush(stdout);
@@ -678,7 +696,7 @@ int bench_peer_run(const char *system, char *const argv[], double timeout_s)
     if (pid < 0) {
         snprintf(reason, sizeof reason, "fork: %s", strerror(errno));
         close(out[0]); close(out[1]); close(st[0]); close(st[1]);
-        skip_missing(system, reason);
+        skip_missing(system, expect, reason);
         return -1;
     }
     if (pid == 0) {
@@ -701,7 +719,7 @@ int bench_peer_run(const char *system, char *const argv[], double timeout_s)
         waitpid(pid, NULL, 0);
         close(out[0]);
         snprintf(reason, sizeof reason, "cannot run %s: %s", argv[0], strerror(exec_err));
-        skip_missing(system, reason);
+        skip_missing(system, expect, reason);
         return -1;
     }
 
@@ -761,7 +779,7 @@ int bench_peer_run(const char *system, char *const argv[], double timeout_s)
     } else {
         snprintf(reason, sizeof reason, "the peer reported no result");
     }
-    skip_missing(system, reason);
+    skip_missing(system, expect, reason);
     return rc;
 }
 
@@ -808,18 +826,50 @@ static bool is_conc(const char *system)
     return strcmp(system, "conc") == 0 || strncmp(system, "conc-", 5) == 0;
 }
 
+/* The width of the table's SYSTEM column: the longest system name, >= 12. */
+static int sys_width(void)
+{
+    size_t w = 12;
+    for (size_t i = 0; i < B.n_recs; i++)
+        if (strlen(B.recs[i].system) > w)
+            w = strlen(B.recs[i].system);
+    return (int)w;
+}
+
+/* The conc record a peer is compared against: "conc-MODEL" when the peer is
+ * named MODEL or ends in "-MODEL" (python-forkserver against
+ * conc-forkserver), else conc_rec's choice `c`. */
+static const record *conc_match(const record *r, const record *c)
+{
+    size_t len = strlen(r->system);
+    for (size_t i = 0; i < B.n_recs; i++) {
+        const record *q = &B.recs[i];
+        if (strcmp(q->metric, r->metric) != 0 || strncmp(q->system, "conc-", 5) != 0
+            || q->status != REC_OK)
+            continue;
+        const char *model = q->system + 5;
+        size_t m = strlen(model);
+        if (strcmp(r->system, model) == 0
+            || (len > m + 1 && r->system[len - m - 1] == '-' && strcmp(r->system + len - m, model) == 0))
+            return q;
+    }
+    return c;
+}
+
 static void print_row(const record *r, const record *c)
 {
     char val[48], ratio[48] = "";
     if (r->status == REC_SKIPPED) {
-        printf("  %-12s %-12s %s\n", r->system, "skipped", r->reason);
+        printf("  %-*s %-12s %s\n", sys_width(), r->system, "skipped", r->reason);
         return;
     }
     if (r->status == REC_FAILED) {
-        printf("  %-12s %-12s %s\n", r->system, "FAILED", r->reason);
+        printf("  %-*s %-12s %s\n", sys_width(), r->system, "FAILED", r->reason);
         return;
     }
     fmt_table_value(val, sizeof val, r->value, r->unit);
+    if (c && !is_conc(r->system))
+        c = conc_match(r, c);
     if (c && c != r && !is_conc(r->system) && strcmp(c->unit, r->unit) == 0
         && r->value > 0 && c->value > 0) {
         int dir = unit_direction(r->unit);
@@ -829,9 +879,9 @@ static void print_row(const record *r, const record *c)
             snprintf(ratio, sizeof ratio, "%.2fx", r->value / c->value);
     }
     if (ratio[0])
-        printf("  %-12s %12s %-6s %9s\n", r->system, val, r->unit, ratio);
+        printf("  %-*s %12s %-6s %9s\n", sys_width(), r->system, val, r->unit, ratio);
     else
-        printf("  %-12s %12s %s\n", r->system, val, r->unit);
+        printf("  %-*s %12s %s\n", sys_width(), r->system, val, r->unit);
 }
 
 /* Print every record of one metric: conc first, then the others in the
@@ -866,7 +916,7 @@ int bench_report(void)
     printf("%s%s\n", B.title ? B.title : B.prog, B.quick ? " (--quick: few iterations, rough figures)" : "");
     printf("conc/peer = conc's advantage over that peer, >1.00x means conc is better:\n"
            "  value_conc/value_peer for rates (X/s), value_peer/value_conc for ns/us/bytes\n\n");
-    printf("  %-12s %12s %-6s %9s\n", "SYSTEM", "VALUE", "UNIT", "conc/peer");
+    printf("  %-*s %12s %-6s %9s\n", sys_width(), "SYSTEM", "VALUE", "UNIT", "conc/peer");
     /* Registered metrics in their order, then any others a peer reported. */
     for (size_t i = 0; i < B.n_metrics; i++)
         print_metric(B.metrics[i].name, B.metrics[i].help);

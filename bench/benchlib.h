@@ -39,7 +39,9 @@
  * better) or "ns", "us", "ms", "s", "bytes" (lower is better).  The table
  * shows, for each peer, conc's advantage: value_conc / value_peer for a rate,
  * value_peer / value_conc for a time or a size, so > 1.00x always means that
- * conc is better.
+ * conc is better.  The conc figure is the system "conc", else the first
+ * "conc-MODEL"; a peer named MODEL or ending in "-MODEL" is compared against
+ * "conc-MODEL" instead (fork and python-fork against conc-fork).
  *
  * A system that cannot run (a missing interpreter or package, a peer program
  * that fails) is recorded with bench_skip: the table says "skipped (why)" and
@@ -200,6 +202,15 @@ const char *bench_peer_path(const char *file);
  * exited 0, else -1.
  */
 int bench_peer_run(const char *system, char *const argv[], double timeout_s);
+
+/*
+ * bench_peer_run_for - bench_peer_run for a system that takes part in only
+ * some metrics: `expect` is the NULL-terminated list of the metrics the peer
+ * should report for `system` (NULL: every registered metric), and only those
+ * are recorded as skipped when it does not report them.
+ */
+int bench_peer_run_for(const char *system, const char *const expect[],
+                       char *const argv[], double timeout_s);
 
 /*
  * bench_report - print the table (unless --tsv: TSV lines are printed as

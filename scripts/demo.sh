@@ -54,6 +54,27 @@ show condition-notify "threading.Condition: notify(n) wakes exactly n waiters" \
     "Six threads wait; main notifies 1, then 2, then 3 of them, and exactly that many run each time." \
     --threads 6 --batches 1,2,3
 
+# ticket-grab's database: a JSON file made here and removed at the end.
+db=$(mktemp "${TMPDIR:-/tmp}/conc-tickets.XXXXXX") || exit 1
+trap 'rm -f "$db"' EXIT
+
+printf '{"count": 3}\n' >"$db"
+show ticket-grab "multiprocessing.Lock guards a ticket database shared by processes" \
+    "Five buyer processes race for 3 tickets in a JSON file; the process-shared Lock makes exactly 3 of them get one." \
+    --db "$db" --buyers 5
+
+printf '{"count": 1}\n' >"$db"
+show ticket-grab "the same race without the Lock" \
+    "Four buyers read the last ticket at the same time, and each of them buys it: the ticket is oversold." \
+    --db "$db" --buyers 4 --no-lock
+
+show shared-counter "multiprocessing.Value and get_lock()" \
+    "Four processes add 1 to a shared Value 20000 times each under the Value's lock: the total is exact." \
+    --procs 4 --iters 20000
+
+show process-basics "multiprocessing.Process: start methods, exit codes, daemons, zombies and orphans" \
+    "Each step explains one call of conc/process.h; lines in [brackets] are printed by the child processes."
+
 echo
 echo "=== tour done: $ran ran, $skipped skipped${failed:+, failed:$failed}"
 [ -z "$failed" ]

@@ -11,6 +11,14 @@
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
+/* Constructor priorities: the order holds however the objects are linked
+ * (a static archive links them in symbol order, not source order).  The
+ * core (thread registry, wait layer) first, then the modules, and last the
+ * forkserver's, which may turn the process into a server before main. */
+#define CONC__CTOR_CORE   101
+#define CONC__CTOR_MODULE 102
+#define CONC__CTOR_LAST   103
+
 /* Relaxed/acquire/release shorthands over the GCC atomic builtins, which work
  * on the plain integer fields of the public structs. */
 #define ld_relaxed(p)    __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -29,5 +37,11 @@ static inline pid_t conc__tid(void)
 
 /* Converts a timeout (seconds) into a deadline; see conc_deadline. */
 CONC_HIDDEN int conc__timeout_deadline(double timeout, int64_t *deadline);
+
+/* Thread registry hooks for the process module: join the non-daemon
+ * threads (what exit does first), and repair the registry in a child made
+ * without fork() (a forkserver child), as the fork handler would. */
+CONC_HIDDEN void conc__threads_join_nondaemon(void);
+CONC_HIDDEN void conc__threads_after_fork(void);
 
 #endif

@@ -393,7 +393,7 @@ static void reg_child(void)
     pthread_mutex_unlock(&reg_mu);
 }
 
-__attribute__((constructor)) static void shm_module_init(void)
+__attribute__((constructor(CONC__CTOR_MODULE))) static void shm_module_init(void)
 {
     pthread_atfork(reg_prepare, reg_parent, reg_child);
 }

@@ -155,7 +155,7 @@ void conc_thread_free(conc_thread *t)
 
 /* ------------------------------------------------ process-level hooks */
 
-static void join_nondaemon_at_exit(void)
+void conc__threads_join_nondaemon(void)
 {
     conc_thread *me = self;
     for (;;) {
@@ -178,7 +178,7 @@ static void join_nondaemon_at_exit(void)
 
 static void register_atexit(void)
 {
-    atexit(join_nondaemon_at_exit);
+    atexit(conc__threads_join_nondaemon);
 }
 
 static void atfork_prepare(void)
@@ -193,7 +193,7 @@ static void atfork_parent(void)
 
 /* In the child only the forking thread survives: it becomes the main thread,
  * every other thread is gone (their handles now report "ended"). */
-static void atfork_child(void)
+void conc__threads_after_fork(void)
 {
     conc__tid_cache = 0;
     conc_thread *me = self;
@@ -240,7 +240,7 @@ static void dummy_destroy(void *p)
 
 static void thread_finish(void *p);
 
-__attribute__((constructor)) static void thread_module_init(void)
+__attribute__((constructor(CONC__CTOR_CORE))) static void thread_module_init(void)
 {
     main_thread.refs = 1;
     main_thread.kind = KIND_MAIN;
@@ -255,7 +255,7 @@ __attribute__((constructor)) static void thread_module_init(void)
     reg_add_locked(&main_thread);
     pthread_key_create(&dummy_key, dummy_destroy);
     pthread_key_create(&exit_key, thread_finish);
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    pthread_atfork(atfork_prepare, atfork_parent, conc__threads_after_fork);
 }
 
 /* ------------------------------------------------------------ threads */

@@ -1,6 +1,7 @@
 /* wait.c - the single wait primitive (futex or coroutine hub). */
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
@@ -20,7 +21,7 @@ static void spin_setup(void)
         conc__spin_ok = CPU_COUNT(&set) > 1;
 }
 
-__attribute__((constructor)) static void wait_module_init(void)
+__attribute__((constructor(CONC__CTOR_CORE))) static void wait_module_init(void)
 {
     spin_setup();
     pthread_atfork(NULL, NULL, spin_setup);
@@ -95,6 +96,26 @@ int conc__sleep_until(int64_t deadline)
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
     return 0;
+}
+
+int conc__wait_fd(int fd, short events, int64_t deadline)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->wait_fd)
+        return ops->wait_fd(fd, events, deadline);
+    struct pollfd pfd = { .fd = fd, .events = events, .revents = 0 };
+    struct timespec ts, *rel = NULL;
+    if (deadline != CONC_NO_DEADLINE) {
+        int64_t left = deadline - conc_now();
+        to_timespec(left > 0 ? left : 0, &ts);
+        rel = &ts;
+    }
+    int r = ppoll(&pfd, 1, rel, NULL);
+    if (r > 0)
+        return (pfd.revents & POLLNVAL) ? -EBADF : 0;
+    if (r == 0)
+        return -ETIMEDOUT;
+    return errno == EINTR ? 0 : -errno;
 }
 
 void conc__yield(void)

@@ -2,7 +2,8 @@
  * wait.h - the one way conc waits.
  *
  * Every blocking call of the library ends up here: wait on a futex word until
- * a deadline, sleep until a deadline, yield.  This is the single place where
+ * a deadline, wait for a descriptor (a pidfd, a socket) until a deadline,
+ * sleep until a deadline, yield.  This is the single place where
  * coroutine-awareness (a hub that parks the calling coroutine instead of the
  * thread), cancellation and owner-death checks hook in.
  */
@@ -24,6 +25,7 @@ struct conc__wait_ops {
     int (*wait)(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags);
     int (*sleep_until)(int64_t deadline);
     void (*yield)(void);
+    int (*wait_fd)(int fd, short events, int64_t deadline);  /* NULL: poll() */
 };
 extern __thread const struct conc__wait_ops *conc__wait_ops
     __attribute__((tls_model("initial-exec")));
@@ -37,6 +39,16 @@ extern __thread const struct conc__wait_ops *conc__wait_ops
  */
 CONC_HIDDEN int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline,
                            unsigned flags);
+
+/*
+ * conc__wait_fd - wait until fd reports one of the poll() events (POLLIN,
+ * POLLOUT...), or an error or hang-up, until deadline.  Returns 0 when fd is
+ * ready or the wait was interrupted (the caller re-checks: wake-ups may be
+ * spurious), -ETIMEDOUT when the deadline passed first (a ready fd wins over
+ * a passed deadline), -EBADF when fd is not open, -ECANCELED when the waiting
+ * coroutine was killed, another -errno from poll.
+ */
+CONC_HIDDEN int conc__wait_fd(int fd, short events, int64_t deadline);
 
 /* conc__wake - wake up to n waiters of word (INT_MAX: all).  Returns how
  * many were woken (threads only; coroutines are counted as woken too). */

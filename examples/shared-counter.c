@@ -1,0 +1,178 @@
+/*
+ * shared-counter - multiprocessing.Value and its lock.
+ *
+ * --procs N processes (conc_process, fork method) each add 1 to a shared
+ * Value('l', 0) --iters M times, every addition under the Value's own lock
+ * (get_lock(), a process-shared RLock).  The parent joins them and prints
+ *
+ *   counter=TOTAL
+ *   expected=N*M
+ *
+ * With the lock TOTAL is exactly N*M.  With --no-lock the read-add-write
+ * steps of different processes interleave and additions are lost: TOTAL may
+ * be less (a third line then says how many were lost).
+ *
+ *   shared-counter --procs N --iters M [--no-lock]
+ *
+ * Python original: v = Value('i', 0); each Process runs
+ * `with v.get_lock(): v.value += 1` in a loop; the parent prints v.value.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "conc.h"
+#include "conc/process.h"
+#include "cli.h"
+
+static const char *prog = "shared-counter";
+
+#define MAX_PROCS 256
+#define MAX_ITERS 100000000L
+
+static conc_value *counter;
+static long iters;
+static bool use_lock = true;
+
+/* The body of each process: the Value is inherited through fork. */
+static int adder(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    volatile long *n = conc_value_ptr(counter);
+    conc_rlock *lock = conc_value_get_lock(counter);
+    for (long i = 0; i < iters; i++) {
+        if (use_lock) {
+            int rc = conc_rlock_acquire(lock, CONC_FOREVER);
+            if (rc == -EOWNERDEAD) {
+                conc_rlock_consistent(lock);    /* a process died mid-addition */
+            } else if (rc < 0) {
+                fprintf(stderr, "%s: lock: %s\n", prog, conc_strerror(rc));
+                return 1;
+            }
+        }
+        *n = *n + 1;                            /* v.value += 1 */
+        if (use_lock)
+            conc_rlock_release(lock);
+    }
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: %s --procs N --iters M [--no-lock]\n"
+               "  --procs N   processes, 1 to %d\n"
+               "  --iters M   additions per process, 1 to %ld\n"
+               "  --no-lock   add without the Value's lock (loses updates)\n",
+            prog, MAX_PROCS, MAX_ITERS);
+}
+
+static int fail(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s: ", prog);
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    return 2;
+}
+
+static int die(const char *what, int err)
+{
+    fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "procs", required_argument, NULL, 'p' },
+        { "iters", required_argument, NULL, 'i' },
+        { "no-lock", no_argument, NULL, 'L' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    long nprocs = 0;
+    int opt;
+
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":p:i:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'p':
+            if (!parse_long(optarg, 1, MAX_PROCS, &nprocs))
+                return fail("--procs wants a number from 1 to 256, not '%s'", optarg);
+            break;
+        case 'i':
+            if (!parse_long(optarg, 1, MAX_ITERS, &iters))
+                return fail("--iters wants a number from 1 to 100000000, not '%s'", optarg);
+            break;
+        case 'L':
+            use_lock = false;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case ':':
+            return fail("option '%s' needs a value", argv[optind - 1]);
+        default:
+            if (optopt) {
+                char shortopt[3] = { '-', (char)optopt, '\0' };
+                return fail("unknown option '%s' (try --help)", shortopt);
+            }
+            return fail("unknown option '%s' (try --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    if (nprocs == 0)
+        return fail("%s", "--procs N is required (try --help)");
+    if (iters == 0)
+        return fail("%s", "--iters M is required (try --help)");
+
+    int rc = conc_value_new(&counter, 'l', &(long){ 0 }, 0);   /* Value('l', 0) */
+    if (rc < 0)
+        return die("Value", rc);
+
+    conc_process **procs = calloc((size_t)nprocs, sizeof *procs);
+    if (!procs)
+        return die("calloc", -ENOMEM);
+    fflush(stdout);
+    int failed = 0;
+    long started = 0;
+    conc_process_opts po = { .method = CONC_START_FORK };
+    for (long i = 0; i < nprocs; i++) {
+        if ((rc = conc_process_new(&procs[i], adder, NULL, 0, &po)) < 0 ||
+            (rc = conc_process_start(procs[i])) < 0) {
+            fprintf(stderr, "%s: process %ld: %s\n", prog, i + 1, conc_strerror(rc));
+            conc_process_free(procs[i]);
+            failed = 1;
+            break;
+        }
+        started++;
+    }
+    for (long i = 0; i < started; i++) {
+        int code = 0;
+        if ((rc = conc_process_join(procs[i], CONC_FOREVER)) < 0 ||
+            (rc = conc_process_exitcode(procs[i], &code)) < 0) {
+            fprintf(stderr, "%s: process %ld: %s\n", prog, i + 1, conc_strerror(rc));
+            failed = 1;
+        } else if (code != 0) {
+            fprintf(stderr, "%s: process %ld exited with %d\n", prog, i + 1, code);
+            failed = 1;
+        }
+        conc_process_free(procs[i]);
+    }
+    free(procs);
+
+    long total = *(long *)conc_value_ptr(counter);
+    long expected = started * iters;
+    printf("counter=%ld\n", total);
+    printf("expected=%ld\n", expected);
+    if (total != expected) {
+        printf("lost %ld updates%s\n", expected - total, use_lock ? "" : " without the lock");
+        if (use_lock)
+            failed = 1;                         /* cannot happen: the lock is exact */
+    }
+    conc_value_free(counter);
+    return failed;
+}

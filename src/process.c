@@ -1,0 +1,852 @@
+/*
+ * process.c - multiprocessing.Process: process objects, the fork start
+ * method, supervision with pidfds, the registry behind active_children and
+ * the exit-time cleanup, current_process / parent_process, cpu_count.
+ * The forkserver and spawn methods and the launcher thread live in
+ * forkserver.c.
+ *
+ * A handle is reference-counted: the creator holds one reference and the
+ * registry of children holds one from start until the child is reaped, so a
+ * freed handle of a running child is still reaped (by active_children, a
+ * later join through another reference, or at exit).  Reaping is
+ * waitid(P_PIDFD) on the child's own pidfd: conc never waits for "any
+ * child", so it never reaps a process it did not start.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdio_ext.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include "conc/process.h"
+#include "conc/sync.h"
+#include "forkserver.h"
+#include "internal.h"
+#include "sys/pidfd.h"
+#include "sys/wait.h"
+
+enum { P_NEW = 0, P_STARTING, P_STARTED, P_ENDED, P_CLOSED };
+enum { K_CHILD = 0, K_CURRENT, K_PARENT };
+
+/* Identities ("1", "1:3", ...) longer than this are truncated. */
+#define IDENT_MAX 47
+/* How long daemon children get to end after SIGTERM at exit before they are
+ * killed (Python waits forever; a daemon that ignores SIGTERM would hang the
+ * exit). */
+#define DAEMON_GRACE_NS (5 * 1000000000LL)
+/* The exit code reported for a child that something else reaped. */
+#define CODE_LOST 255
+
+struct conc_process {
+    uint32_t refs;
+    uint32_t state;             /* P_* */
+    int kind;                   /* K_* */
+    conc_start_method method;
+    bool daemon;
+    bool is_def;
+    bool in_registry;           /* guarded by reg_lock */
+    bool code_known;
+    pid_t owner;                /* the process that started it */
+    pid_t pid;
+    int pidfd;
+    int exitcode;
+    conc_lock lock;             /* serializes reaping */
+    conc_process_fn fn;
+    void *data;                 /* argument bytes, or the def struct */
+    size_t len;
+    int *fds;                   /* pass_fds */
+    size_t nfds;
+    struct conc_process *prev, *next;   /* registry of unreaped children */
+    char ident[IDENT_MAX + 1];
+    char name[CONC_PROCESS_NAME_MAX + 1];
+};
+
+static pid_t self_pid;
+static uint32_t global_method = CONC_START_FORK;
+static uint32_t child_counter;
+static conc_process current_proc = {
+    .refs = 1, .state = P_STARTED, .kind = K_CURRENT, .pidfd = -1, .name = "MainProcess",
+};
+static conc_process parent_proc = { .refs = 1, .state = P_NEW, .kind = K_PARENT, .pidfd = -1 };
+
+static conc_lock reg_lock = CONC_LOCK_INIT;
+static conc_process *reg_head, *reg_tail;
+/* Handles inherited across fork() that the child cannot supervise; kept
+ * reachable (leak checkers) but never used. */
+static conc_process *reg_inherited;
+static bool exit_hook_set;      /* guarded by reg_lock */
+/* The running child's spec (keeps its argument reachable). */
+static struct conc__child_spec child_spec;
+
+pid_t conc__self_pid(void)
+{
+    pid_t p = ld_relaxed(&self_pid);
+    if (unlikely(!p)) {
+        p = getpid();
+        st_relaxed(&self_pid, p);
+    }
+    return p;
+}
+
+static void lock_take(conc_lock *l)
+{
+    conc_lock_acquire_until(l, CONC_NO_DEADLINE);
+}
+
+/* ------------------------------------------------------------ registry */
+
+static void reg_add(conc_process *p)
+{
+    lock_take(&reg_lock);
+    p->prev = reg_tail;
+    p->next = NULL;
+    if (reg_tail)
+        reg_tail->next = p;
+    else
+        reg_head = p;
+    reg_tail = p;
+    p->in_registry = true;
+    conc_lock_release(&reg_lock);
+}
+
+/* Removes p; returns true when it was registered (its reference is then the
+ * caller's to drop). */
+static bool reg_remove(conc_process *p)
+{
+    lock_take(&reg_lock);
+    bool was = p->in_registry;
+    if (was) {
+        if (p->prev)
+            p->prev->next = p->next;
+        else
+            reg_head = p->next;
+        if (p->next)
+            p->next->prev = p->prev;
+        else
+            reg_tail = p->prev;
+        p->prev = p->next = NULL;
+        p->in_registry = false;
+    }
+    conc_lock_release(&reg_lock);
+    return was;
+}
+
+/* A snapshot of the registry (each with a reference), oldest first; filter:
+ * -1 all, 0 non-daemon, 1 daemon.  Returns the count, or -ENOMEM. */
+static int reg_snapshot(conc_process ***out, int filter)
+{
+    conc_process **v = NULL;
+    size_t n = 0, cap = 0;
+    lock_take(&reg_lock);
+    for (conc_process *p = reg_head; p; p = p->next) {
+        if (filter >= 0 && p->daemon != (filter == 1))
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            conc_process **nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                conc_lock_release(&reg_lock);
+                for (size_t i = 0; i < n; i++)
+                    conc_process_free(v[i]);
+                free(v);
+                return -ENOMEM;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[n++] = conc_process_ref(p);
+    }
+    conc_lock_release(&reg_lock);
+    *out = v;
+    return (int)n;
+}
+
+/* --------------------------------------------------------- life cycle */
+
+static void release_resources(conc_process *p)
+{
+    if (p->pidfd >= 0) {
+        close(p->pidfd);
+        p->pidfd = -1;
+    }
+    free(p->data);
+    p->data = NULL;
+    free(p->fds);
+    p->fds = NULL;
+}
+
+conc_process *conc_process_ref(conc_process *p)
+{
+    if (p && p->kind == K_CHILD)
+        __atomic_fetch_add(&p->refs, 1, __ATOMIC_RELAXED);
+    return p;
+}
+
+void conc_process_free(conc_process *p)
+{
+    if (!p || p->kind != K_CHILD)
+        return;
+    if (__atomic_fetch_sub(&p->refs, 1, __ATOMIC_ACQ_REL) != 1)
+        return;
+    release_resources(p);
+    free(p);
+}
+
+/* True when the calling process started p and so may wait for it. */
+static bool mine(const conc_process *p)
+{
+    return p->owner == conc__self_pid();
+}
+
+/*
+ * Reaps p when it has ended (waitid WNOHANG on its pidfd).  Returns 1 when
+ * it has ended (now or before), 0 while it runs.  The first reaper stores
+ * the exit code and drops the registry's reference.
+ */
+static int try_reap(conc_process *p)
+{
+    if (ld_acquire(&p->state) != P_STARTED)
+        return 1;
+    lock_take(&p->lock);
+    if (ld_acquire(&p->state) != P_STARTED) {
+        conc_lock_release(&p->lock);
+        return 1;
+    }
+    int code = 0;
+    int r = conc__reap(p->pidfd, p->pid, WNOHANG, &code);
+    if (r == 0) {
+        conc_lock_release(&p->lock);
+        return 0;
+    }
+    p->exitcode = r == 1 ? code : CODE_LOST;    /* error: reaped elsewhere */
+    p->code_known = true;
+    st_release(&p->state, P_ENDED);
+    conc_lock_release(&p->lock);
+    if (reg_remove(p))
+        conc_process_free(p);           /* the registry's reference */
+    return 1;
+}
+
+static void set_name(conc_process *p, const char *name)
+{
+    size_t n = strnlen(name, sizeof p->name - 1);
+    memcpy(p->name, name, n);
+    p->name[n] = 0;
+}
+
+static int check_opts(const conc_process_opts *opts)
+{
+    if (!opts)
+        return 0;
+    if (opts->daemon != 0 && opts->daemon != CONC_DAEMON && opts->daemon != CONC_NOT_DAEMON)
+        return -EINVAL;
+    if ((unsigned)opts->method > CONC_START_SPAWN)
+        return -EINVAL;
+    if (opts->npass_fds > CONC_PROCESS_PASS_FDS_MAX || (opts->npass_fds && !opts->pass_fds))
+        return -EINVAL;
+    for (size_t i = 0; i < opts->npass_fds; i++)
+        if (opts->pass_fds[i] < 0)
+            return -EINVAL;
+    return 0;
+}
+
+static int process_alloc(conc_process **out, const void *data, size_t len, bool is_def,
+                         const conc_process_opts *opts)
+{
+    conc_process *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->refs = 1;
+    p->kind = K_CHILD;
+    p->pidfd = -1;
+    p->is_def = is_def;
+    p->method = opts ? opts->method : CONC_START_DEFAULT;
+    int daemon = opts ? opts->daemon : 0;
+    p->daemon = daemon == 0 ? current_proc.daemon : daemon == CONC_DAEMON;
+    if (len) {
+        p->data = malloc(len);
+        if (!p->data)
+            goto nomem;
+        memcpy(p->data, data, len);
+        p->len = len;
+    }
+    if (opts && opts->npass_fds) {
+        p->fds = malloc(opts->npass_fds * sizeof *p->fds);
+        if (!p->fds)
+            goto nomem;
+        memcpy(p->fds, opts->pass_fds, opts->npass_fds * sizeof *p->fds);
+        p->nfds = opts->npass_fds;
+    }
+    unsigned n = __atomic_add_fetch(&child_counter, 1, __ATOMIC_RELAXED);
+    if (current_proc.ident[0])
+        snprintf(p->ident, sizeof p->ident, "%.*s:%u", IDENT_MAX - 11, current_proc.ident, n);
+    else
+        snprintf(p->ident, sizeof p->ident, "%u", n);
+    if (opts && opts->name)
+        set_name(p, opts->name);
+    else
+        snprintf(p->name, sizeof p->name, "Process-%s", p->ident);
+    *out = p;
+    return 0;
+nomem:
+    release_resources(p);
+    free(p);
+    return -ENOMEM;
+}
+
+int conc_process_new(conc_process **out, conc_process_fn fn, const void *arg, size_t len,
+                     const conc_process_opts *opts)
+{
+    if (!out || !fn || len > CONC_PROCESS_ARG_MAX || (!arg && len))
+        return -EINVAL;
+    int r = check_opts(opts);
+    if (r)
+        return r;
+    r = process_alloc(out, arg, len, false, opts);
+    if (r == 0)
+        (*out)->fn = fn;
+    return r;
+}
+
+int conc_process_new_def(conc_process **out, const conc_process_def *def, size_t size,
+                         const conc_process_opts *opts)
+{
+    if (!out || !def || !def->run || size < sizeof *def || size > CONC_PROCESS_ARG_MAX)
+        return -EINVAL;
+    int r = check_opts(opts);
+    if (r)
+        return r;
+    return process_alloc(out, def, size, true, opts);
+}
+
+/* ------------------------------------------------------------- start */
+
+/* Whether this kernel has pidfds (Linux 5.3); conc supervises with them. */
+static int pidfd_support(void)
+{
+    static int state;           /* 0 unknown, 1 yes, -1 no */
+    int s = ld_relaxed(&state);
+    if (!s) {
+        int fd = conc__pidfd_open(conc__self_pid());
+        s = fd >= 0 || fd != -ENOSYS ? 1 : -1;
+        if (fd >= 0)
+            close(fd);
+        st_relaxed(&state, s);
+    }
+    return s > 0;
+}
+
+struct fork_job {
+    struct conc__child_spec spec;
+    pid_t pid;
+    int pidfd;
+};
+
+/* Runs on the launcher (see conc__launch): fork, and watch the child. */
+static int fork_job_run(void *ctx)
+{
+    struct fork_job *j = ctx;
+    pid_t pid = fork();
+    if (pid < 0)
+        return errno == ENOMEM ? -ENOMEM : -EAGAIN;
+    if (pid == 0)
+        conc__child_main(&j->spec);
+    int fd = conc__pidfd_open(pid);
+    if (fd < 0) {
+        /* Cannot supervise it (out of descriptors): undo. */
+        kill(pid, SIGKILL);
+        conc__reap_pid(pid);
+        return fd;
+    }
+    j->pid = pid;
+    j->pidfd = fd;
+    return 0;
+}
+
+static void fill_spec(struct conc__child_spec *s, conc_process *p, const sigset_t *mask)
+{
+    memset(s, 0, sizeof *s);
+    if (p->is_def)
+        s->def = p->data;
+    else
+        s->fn = p->fn;
+    s->arg = p->len ? p->data : NULL;
+    s->len = p->len;
+    s->name = p->name;
+    s->ident = p->ident;
+    s->parent_name = current_proc.name;
+    s->ppid = conc__self_pid();
+    s->daemon = p->daemon;
+    s->sigmask = *mask;
+}
+
+static int start_fork(conc_process *p, const sigset_t *mask)
+{
+    struct fork_job j;
+    fill_spec(&j.spec, p, mask);
+    j.pid = 0;
+    j.pidfd = -1;
+    int r = conc__launch(fork_job_run, &j);
+    if (r == 0) {
+        p->pid = j.pid;
+        p->pidfd = j.pidfd;
+    }
+    return r;
+}
+
+static int start_remote(conc_process *p, conc_start_method method, const sigset_t *mask)
+{
+    struct conc__remote_req r = {
+        .method = method,
+        .target = p->is_def ? (void *)((conc_process_def *)p->data)->run : (void *)p->fn,
+        .is_def = p->is_def,
+        .data = p->data,
+        .len = p->len,
+        .name = p->name,
+        .ident = p->ident,
+        .parent_name = current_proc.name,
+        .daemon = p->daemon,
+        .fds = p->fds,
+        .nfds = p->nfds,
+        .sigmask = mask,
+    };
+    return conc__remote_start(&r, &p->pid, &p->pidfd);
+}
+
+static void exit_children(void);
+
+int conc_process_start(conc_process *p)
+{
+    if (!p)
+        return -EINVAL;
+    if (p->kind != K_CHILD)
+        return -EALREADY;               /* a running process */
+    uint32_t expect = P_NEW;
+    if (!__atomic_compare_exchange_n(&p->state, &expect, P_STARTING, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        return expect == P_CLOSED ? -EINVAL : -EALREADY;
+    int r;
+    if (current_proc.daemon) {
+        r = -EPERM;                     /* daemons may not have children */
+        goto fail;
+    }
+    if (!pidfd_support()) {
+        r = -ENOSYS;
+        goto fail;
+    }
+    conc_start_method method = p->method ? p->method
+                                         : (conc_start_method)ld_relaxed(&global_method);
+    sigset_t mask;
+    pthread_sigmask(SIG_SETMASK, NULL, &mask);
+    /* The exit hook first: it must exist before any child does. */
+    lock_take(&reg_lock);
+    if (!exit_hook_set && atexit(exit_children) == 0)
+        exit_hook_set = true;
+    bool hooked = exit_hook_set;
+    conc_lock_release(&reg_lock);
+    if (!hooked) {
+        r = -ENOMEM;
+        goto fail;
+    }
+    r = method == CONC_START_FORK ? start_fork(p, &mask) : start_remote(p, method, &mask);
+    if (r)
+        goto fail;
+    p->owner = conc__self_pid();
+    conc_process_ref(p);                /* the registry's reference */
+    reg_add(p);
+    st_release(&p->state, P_STARTED);
+    return 0;
+fail:
+    st_release(&p->state, P_NEW);
+    return r;
+}
+
+/* -------------------------------------------------------------- join */
+
+static int join_parent(conc_process *p, int64_t deadline)
+{
+    for (;;) {
+        int r = conc__wait_fd(p->pidfd, POLLIN, deadline);
+        if (r == 0) {
+            struct pollfd pfd = { .fd = p->pidfd, .events = POLLIN };
+            if (poll(&pfd, 1, 0) == 1)
+                return 0;
+            continue;
+        }
+        return r;
+    }
+}
+
+int conc_process_join_until(conc_process *p, int64_t deadline)
+{
+    if (!p || p->kind == K_CURRENT)
+        return -EINVAL;
+    if (p->kind == K_PARENT)
+        return join_parent(p, deadline);
+    uint32_t st = ld_acquire(&p->state);
+    if (st == P_NEW || st == P_STARTING || st == P_CLOSED || !mine(p))
+        return -EINVAL;
+    for (;;) {
+        if (try_reap(p))
+            return 0;
+        int r = conc__wait_fd(p->pidfd, POLLIN, deadline);
+        if (r == -ETIMEDOUT)
+            return try_reap(p) ? 0 : -ETIMEDOUT;
+        if (r < 0)
+            return r;
+    }
+}
+
+int conc_process_join(conc_process *p, double timeout)
+{
+    int64_t deadline;
+    if (conc_deadline(timeout, &deadline))
+        return -EINVAL;
+    int r = conc_process_join_until(p, deadline);
+    return r == -ETIMEDOUT && timeout == 0 ? -EAGAIN : r;
+}
+
+bool conc_process_is_alive(conc_process *p)
+{
+    if (!p)
+        return false;
+    if (p->kind == K_CURRENT)
+        return true;
+    if (p->kind == K_PARENT) {
+        struct pollfd pfd = { .fd = p->pidfd, .events = POLLIN };
+        return p->pidfd >= 0 && poll(&pfd, 1, 0) == 0;
+    }
+    if (ld_acquire(&p->state) != P_STARTED || !mine(p))
+        return false;
+    return try_reap(p) == 0;
+}
+
+int conc_process_exitcode(const conc_process *p, int *code)
+{
+    if (!p || !code)
+        return -EINVAL;
+    uint32_t st = ld_acquire(&p->state);
+    if (p->kind != K_CHILD || (st != P_ENDED && st != P_CLOSED) || !p->code_known)
+        return -EBUSY;
+    *code = p->exitcode;
+    return 0;
+}
+
+/* ------------------------------------------------------- attributes */
+
+pid_t conc_process_pid(const conc_process *p)
+{
+    if (!p)
+        return 0;
+    if (p->kind == K_CURRENT)
+        return conc__self_pid();
+    return p->pid;
+}
+
+const char *conc_process_name(const conc_process *p)
+{
+    return p ? p->name : NULL;
+}
+
+int conc_process_set_name(conc_process *p, const char *name)
+{
+    if (!p || !name || p->kind == K_PARENT)
+        return -EINVAL;
+    set_name(p, name);
+    return 0;
+}
+
+bool conc_process_daemon(const conc_process *p)
+{
+    return p && p->daemon;
+}
+
+int conc_process_set_daemon(conc_process *p, bool daemon)
+{
+    if (!p || p->kind == K_PARENT)
+        return -EINVAL;
+    if (p->kind == K_CHILD && ld_acquire(&p->state) != P_NEW)
+        return ld_acquire(&p->state) == P_CLOSED ? -EINVAL : -EALREADY;
+    p->daemon = daemon;
+    return 0;
+}
+
+int conc_process_sentinel(const conc_process *p)
+{
+    if (!p || p->kind == K_CURRENT)
+        return -EINVAL;
+    uint32_t st = ld_acquire(&p->state);
+    if (st != P_STARTED && st != P_ENDED)
+        return -EINVAL;
+    if (p->kind == K_CHILD && !mine(p))
+        return -EINVAL;
+    return p->pidfd >= 0 ? p->pidfd : -EINVAL;
+}
+
+static int send_signal(conc_process *p, int sig)
+{
+    if (!p || p->kind != K_CHILD)
+        return -EINVAL;
+    uint32_t st = ld_acquire(&p->state);
+    if (st == P_ENDED)
+        return 0;
+    if (st != P_STARTED || !mine(p))
+        return -EINVAL;
+    int r = conc__pidfd_send_signal(p->pidfd, sig);
+    return r == -ESRCH ? 0 : r;
+}
+
+int conc_process_terminate(conc_process *p)
+{
+    return send_signal(p, SIGTERM);
+}
+
+int conc_process_kill(conc_process *p)
+{
+    return send_signal(p, SIGKILL);
+}
+
+int conc_process_close(conc_process *p)
+{
+    if (!p || p->kind != K_CHILD)
+        return -EINVAL;
+    for (;;) {
+        uint32_t st = ld_acquire(&p->state);
+        if (st == P_CLOSED)
+            return 0;
+        if (st == P_STARTING)
+            return -EBUSY;
+        if (st == P_STARTED && mine(p) && !try_reap(p))
+            return -EBUSY;
+        if (__atomic_compare_exchange_n(&p->state, &st, P_CLOSED, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED))
+            break;
+    }
+    if (reg_remove(p))                  /* a handle inherited across fork */
+        conc_process_free(p);
+    release_resources(p);
+    return 0;
+}
+
+/* ---------------------------------------------- current and parent */
+
+conc_process *conc_process_current(void)
+{
+    return &current_proc;
+}
+
+conc_process *conc_process_parent(void)
+{
+    return ld_acquire(&parent_proc.state) == P_STARTED ? &parent_proc : NULL;
+}
+
+int conc_process_active_children(conc_process **out, size_t cap)
+{
+    if (!out && cap > 0)
+        return -EINVAL;
+    conc_process **v;
+    int n = reg_snapshot(&v, -1);
+    if (n < 0)
+        return n;
+    int alive = 0;
+    for (int i = 0; i < n; i++) {
+        if (try_reap(v[i]) == 0) {
+            if ((size_t)alive < cap)
+                out[alive] = conc_process_ref(v[i]);
+            alive++;
+        }
+        conc_process_free(v[i]);
+    }
+    free(v);
+    return alive;
+}
+
+int conc_cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        return n > 0 ? n : 1;
+    }
+    /* More CPUs than a cpu_set_t holds. */
+    for (int ncpu = 2 * CPU_SETSIZE; ncpu <= (1 << 20); ncpu *= 2) {
+        cpu_set_t *s = CPU_ALLOC(ncpu);
+        if (!s)
+            break;
+        size_t sz = CPU_ALLOC_SIZE(ncpu);
+        if (sched_getaffinity(0, sz, s) == 0) {
+            int n = CPU_COUNT_S(sz, s);
+            CPU_FREE(s);
+            return n > 0 ? n : 1;
+        }
+        CPU_FREE(s);
+        if (errno != EINVAL)
+            break;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int conc_set_start_method(conc_start_method method)
+{
+    if (method != CONC_START_FORK && method != CONC_START_FORKSERVER &&
+        method != CONC_START_SPAWN)
+        return -EINVAL;
+    st_relaxed(&global_method, (uint32_t)method);
+    return 0;
+}
+
+conc_start_method conc_get_start_method(void)
+{
+    return (conc_start_method)ld_relaxed(&global_method);
+}
+
+/* ------------------------------------------------------------ exit */
+
+/*
+ * At normal exit (atexit, registered before the first child exists): join
+ * the non-daemon children, then SIGTERM the daemon children and join them,
+ * killing those still running after DAEMON_GRACE_NS.  Nothing is left
+ * running or unreaped.
+ */
+static void exit_children(void)
+{
+    conc_process **v;
+    int n;
+    /* Non-daemon children (they may start more while we wait). */
+    while ((n = reg_snapshot(&v, 0)) > 0) {
+        for (int i = 0; i < n; i++) {
+            if (conc_process_join_until(v[i], CONC_NO_DEADLINE) != 0 && reg_remove(v[i]))
+                conc_process_free(v[i]);        /* cannot wait for it: give up */
+            conc_process_free(v[i]);
+        }
+        free(v);
+    }
+    n = reg_snapshot(&v, 1);
+    if (n <= 0)
+        return;
+    for (int i = 0; i < n; i++)
+        conc_process_terminate(v[i]);
+    int64_t deadline = conc_now() + DAEMON_GRACE_NS;
+    for (int i = 0; i < n; i++) {
+        if (conc_process_join_until(v[i], deadline) != 0) {
+            conc_process_kill(v[i]);
+            conc_process_join_until(v[i], CONC_NO_DEADLINE);
+        }
+        conc_process_free(v[i]);
+    }
+    free(v);
+}
+
+/* ------------------------------------------------------------- fork */
+
+static void atfork_prepare(void)
+{
+    lock_take(&reg_lock);
+}
+
+static void atfork_parent(void)
+{
+    conc_lock_release(&reg_lock);
+}
+
+/* Resets what belongs to the parent: its children (this process cannot
+ * wait for them; their pidfds are closed here), its forkserver, its
+ * launcher thread. */
+static void reset_after_fork(void)
+{
+    st_relaxed(&self_pid, getpid());
+    conc_lock_init(&reg_lock, 0);
+    for (conc_process *p = reg_head; p; p = p->next) {
+        if (p->pidfd >= 0)
+            close(p->pidfd);
+        p->pidfd = -1;
+        p->in_registry = false;
+    }
+    if (reg_head)
+        reg_inherited = reg_head;
+    reg_head = reg_tail = NULL;
+    conc__forkserver_after_fork();
+}
+
+static void atfork_child(void)
+{
+    reset_after_fork();
+}
+
+void conc__process_fresh(void)
+{
+    conc__tid_cache = 0;
+    conc__threads_after_fork();
+    reset_after_fork();
+}
+
+__attribute__((constructor(CONC__CTOR_MODULE))) static void process_module_init(void)
+{
+    conc__self_pid();
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* ------------------------------------------------------------ child */
+
+/* A descriptor that always polls readable: the sentinel of a parent that
+ * ended before the child could watch it. */
+static int ended_sentinel(void)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return -1;
+    close(p[1]);
+    return p[0];
+}
+
+_Noreturn void conc__child_main(const struct conc__child_spec *spec)
+{
+    child_spec = *spec;
+    const struct conc__child_spec *s = &child_spec;
+    conc__wait_ops = NULL;              /* not inside the parent's hub */
+    /* Output the parent had buffered is the parent's to write. */
+    if (__fpending(stdout))
+        __fpurge(stdout);
+    if (__fpending(stderr))
+        __fpurge(stderr);
+    /* A daemon dies with its parent: the signal is armed now and the parent
+     * checked after, so a parent that died in between is noticed too. */
+    if (s->daemon)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int pfd = conc__pidfd_open(s->ppid);
+    if (getppid() != s->ppid) {
+        if (s->daemon) {
+            kill(getpid(), SIGKILL);
+            _exit(128 + SIGKILL);
+        }
+        if (pfd >= 0)
+            close(pfd);
+        pfd = ended_sentinel();
+    }
+    parent_proc.pid = s->ppid;
+    parent_proc.pidfd = pfd;
+    set_name(&parent_proc, s->parent_name ? s->parent_name : "MainProcess");
+    st_release(&parent_proc.state, pfd >= 0 ? P_STARTED : P_NEW);
+    set_name(&current_proc, s->name);
+    size_t idn = strnlen(s->ident, sizeof current_proc.ident - 1);
+    memcpy(current_proc.ident, s->ident, idn);
+    current_proc.ident[idn] = 0;
+    current_proc.daemon = s->daemon;
+    st_relaxed(&child_counter, 0);
+    pthread_sigmask(SIG_SETMASK, &s->sigmask, NULL);
+    int code = s->def ? s->def->run(s->def) : s->fn(s->arg, s->len);
+    /* Like Python's child: flush the streams, do conc's own exit work (join
+     * the child's non-daemon threads, then its children), and leave without
+     * running the atexit handlers inherited from the parent. */
+    fflush(NULL);
+    conc__threads_join_nondaemon();
+    exit_children();
+    _exit(code & 0xff);
+}

@@ -1,0 +1,118 @@
+/* pidfd.h - thin wrappers over pidfd_open, pidfd_send_signal, waitid(P_PIDFD)
+ * and clone3, through the system calls (any C library). */
+#ifndef CONC_SYS_PIDFD_H
+#define CONC_SYS_PIDFD_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>             /* WEXITED, WNOHANG (not <sys/wait.h>: conc's
+                                   src/sys/wait.h shadows it here) */
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#define CONC__P_PID 1
+#define CONC__P_PIDFD 3
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+/* pidfd_open(pid, 0): a close-on-exec descriptor that refers to process pid
+ * and becomes readable when it ends.  Returns the fd or -errno. */
+static inline int conc__pidfd_open(pid_t pid)
+{
+    long r = syscall(SYS_pidfd_open, pid, 0);
+    return r >= 0 ? (int)r : -errno;
+}
+
+/* Sends sig to the process of pidfd (never to a recycled pid).  Returns 0,
+ * -ESRCH when it has ended, or -errno. */
+static inline int conc__pidfd_send_signal(int pidfd, int sig)
+{
+    long r = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+    return r == 0 ? 0 : -errno;
+}
+
+/* waitid(2) through the system call. */
+static inline int conc__waitid(int idtype, int id, siginfo_t *si, int options)
+{
+    return (int)syscall(SYS_waitid, idtype, id, si, options, NULL);
+}
+
+/*
+ * Reaps the child of pidfd (pid is its pid, for kernels before 5.4 that lack
+ * P_PIDFD: safe because only the parent reaps, and conc is the only reaper of
+ * its children) with waitid(WEXITED | flags).  Returns 1 and stores the
+ * Python-style exit code (status, or minus the signal) when it was reaped, 0
+ * when it still runs (WNOHANG), or -errno (-ECHILD: reaped by somebody else).
+ */
+static inline int conc__reap(int pidfd, pid_t pid, int flags, int *code)
+{
+    static int no_p_pidfd;
+    siginfo_t si;
+    for (;;) {
+        memset(&si, 0, sizeof si);
+        int r;
+        if (!__atomic_load_n(&no_p_pidfd, __ATOMIC_RELAXED)) {
+            r = conc__waitid(CONC__P_PIDFD, pidfd, &si, WEXITED | flags);
+            if (r != 0 && errno == EINVAL) {
+                __atomic_store_n(&no_p_pidfd, 1, __ATOMIC_RELAXED);
+                continue;
+            }
+        } else {
+            r = conc__waitid(CONC__P_PID, pid, &si, WEXITED | flags);
+        }
+        if (r != 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        break;
+    }
+    if (si.si_pid == 0)
+        return 0;
+    *code = si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
+    return 1;
+}
+
+/* Reaps child pid, waiting for it (used before a pidfd exists). */
+static inline void conc__reap_pid(pid_t pid)
+{
+    siginfo_t si;
+    while (conc__waitid(CONC__P_PID, pid, &si, WEXITED) != 0 && errno == EINTR)
+        ;
+}
+
+/* The kernel's struct clone_args (version 0, 64 bytes). */
+struct conc__clone_args {
+    uint64_t flags;
+    uint64_t pidfd;
+    uint64_t child_tid;
+    uint64_t parent_tid;
+    uint64_t exit_signal;
+    uint64_t stack;
+    uint64_t stack_size;
+    uint64_t tls;
+};
+
+/* clone3 without a new stack: returns 0 in the child, the child's pid in the
+ * caller, or -errno.  The child is not known to the C library (no fork
+ * handlers ran): the caller must restore what it needs. */
+static inline pid_t conc__clone3(struct conc__clone_args *args)
+{
+    long r = syscall(SYS_clone3, args, sizeof *args);
+    return r >= 0 ? (pid_t)r : -errno;
+}
+
+#endif
