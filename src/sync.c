@@ -153,17 +153,14 @@ static inline int check_flags(unsigned flags, unsigned allowed)
  * previous owner died, or that is still marked inconsistent, returns
  * -EOWNERDEAD with the lock held.
  */
-static int lock_take(conc_lock *l, int64_t deadline, bool poll, bool cancellable)
+static __attribute__((noinline)) int lock_take_shared_slow(conc_lock *l, uint32_t me,
+                                                          int64_t deadline, bool poll,
+                                                          bool cancellable)
 {
-    uint32_t me = (uint32_t)conc__tid(), z = 0;
-    if (!(l->_flags & CONC_SYNC_SHARED)) {
-        if (likely(cas32(&l->_word, &z, me, __ATOMIC_ACQUIRE)))
-            return 0;
-        return lockword_acquire_slow(&l->_word, l->_flags, me, deadline, poll, cancellable);
-    }
     struct conc__robust_head *h = conc__robust_head();
     if (h)
         conc__robust_pending(h, &l->_links[1]);
+    uint32_t z = 0;
     int r = cas32(&l->_word, &z, me, __ATOMIC_ACQUIRE)
                 ? 0
                 : lockword_acquire_slow(&l->_word, l->_flags, me, deadline, poll, cancellable);
@@ -180,31 +177,65 @@ static int lock_take(conc_lock *l, int64_t deadline, bool poll, bool cancellable
     return r;
 }
 
-/* Releases a lock: -EPERM when it is not locked, or is shared and not held
- * by the caller. */
-static int lock_give(conc_lock *l)
+static inline int lock_take(conc_lock *l, int64_t deadline, bool poll, bool cancellable)
+{
+    uint32_t me = (uint32_t)conc__tid(), z = 0;
+    if (!(l->_flags & CONC_SYNC_SHARED)) {
+        if (likely(cas32(&l->_word, &z, me, __ATOMIC_ACQUIRE)))
+            return 0;
+        return lockword_acquire_slow(&l->_word, l->_flags, me, deadline, poll, cancellable);
+    }
+    /* Shared and free, with the robust list known: link it and go. */
+    struct conc__robust_head *h = conc__robust_head_cache;
+    if (likely(h && h != CONC__ROBUST_NONE)) {
+        conc__robust_pending(h, &l->_links[1]);
+        if (likely(cas32(&l->_word, &z, me, __ATOMIC_ACQUIRE))) {
+            conc__robust_link(h, l->_links);
+            conc__robust_pending(h, NULL);
+            return unlikely(ld_relaxed(&l->_state)) ? -EOWNERDEAD : 0;
+        }
+        conc__robust_pending(h, NULL);
+    }
+    return lock_take_shared_slow(l, me, deadline, poll, cancellable);
+}
+
+/* Releases a lock the caller holds (checked by the caller). */
+static inline void lock_give_owned(conc_lock *l)
 {
     uint32_t *w = &l->_word;
     if (l->_flags & CONC_SYNC_SHARED) {
-        if (!lockword_mine(w))
-            return -EPERM;
         struct conc__robust_head *h = conc__robust_head();
         if (h) {
             conc__robust_pending(h, &l->_links[1]);
             conc__robust_unlink(l->_links);
         }
         uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
-        if (v & LK_WAITERS)
+        if (unlikely(v & LK_WAITERS))
             conc__wake(w, 1, CONC__WAIT_SHARED);
         if (h)
             conc__robust_pending(h, NULL);
-        return 0;
+        return;
     }
     uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
+    if (unlikely(v & LK_WAITERS))
+        conc__wake(w, 1, 0);
+}
+
+/* Releases a lock: -EPERM when it is not locked, or is shared and not held
+ * by the caller. */
+static inline int lock_give(conc_lock *l)
+{
+    if (l->_flags & CONC_SYNC_SHARED) {
+        if (!lockword_mine(&l->_word))
+            return -EPERM;
+        lock_give_owned(l);
+        return 0;
+    }
+    uint32_t v = __atomic_exchange_n(&l->_word, 0, __ATOMIC_RELEASE);
     if (unlikely(v == 0))
         return -EPERM;
     if (unlikely(v & LK_WAITERS))
-        conc__wake(w, 1, 0);
+        conc__wake(&l->_word, 1, 0);
     return 0;
 }
 
@@ -323,6 +354,8 @@ int conc_rlock_acquire(conc_rlock *lock, double timeout)
 {
     if (unlikely(!lock))
         return -EINVAL;
+    if (likely(timeout == CONC_FOREVER))
+        return rlock_acquire(lock, CONC_NO_DEADLINE, false);
     int64_t deadline;
     bool poll;
     if (unlikely(parse_timeout(timeout, &deadline, &poll)))
@@ -346,7 +379,8 @@ int conc_rlock_release(conc_rlock *lock)
         return -EPERM;
     if (--l->_count > 0)
         return 0;
-    return lock_give(l);
+    lock_give_owned(l);
+    return 0;
 }
 
 bool conc_rlock_is_owned(const conc_rlock *lock)
