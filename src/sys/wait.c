@@ -11,20 +11,29 @@
 __thread const struct conc__wait_ops *conc__wait_ops
     __attribute__((tls_model("initial-exec")));
 
-int conc__spin_ok = 1;
+int conc__spin_ok = -1;
 
-/* Spinning only pays when the peer we wait for can run at the same time. */
-static void spin_setup(void)
+/* Spinning only pays when the peer we wait for can run at the same time:
+ * decided on first need (a forked child decides again, lazily, so fork
+ * costs no extra system call). */
+int conc__spin_setup(void)
 {
     cpu_set_t set;
+    int ok = 1;
     if (sched_getaffinity(0, sizeof set, &set) == 0)
-        conc__spin_ok = CPU_COUNT(&set) > 1;
+        ok = CPU_COUNT(&set) > 1;
+    __atomic_store_n(&conc__spin_ok, ok, __ATOMIC_RELAXED);
+    return ok;
+}
+
+static void spin_forget(void)
+{
+    conc__spin_ok = -1;
 }
 
 __attribute__((constructor(CONC__CTOR_CORE))) static void wait_module_init(void)
 {
-    spin_setup();
-    pthread_atfork(NULL, NULL, spin_setup);
+    pthread_atfork(NULL, NULL, spin_forget);
 }
 
 #define SPIN_PURE_NS 2000

@@ -82,10 +82,14 @@ static inline void conc__spin_pause(void)
 
 /* True when spinning can help: more than one CPU is usable and the caller is
  * a plain thread (a coroutine parks at once and lets the others run). */
-extern int conc__spin_ok;
+extern int conc__spin_ok;       /* -1 until decided */
+CONC_HIDDEN int conc__spin_setup(void);
 static inline bool conc__may_spin(void)
 {
-    return conc__spin_ok && !conc__wait_ops;
+    if (conc__wait_ops)
+        return false;
+    int ok = __atomic_load_n(&conc__spin_ok, __ATOMIC_RELAXED);
+    return ok < 0 ? conc__spin_setup() : ok;
 }
 
 /*
