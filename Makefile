@@ -26,8 +26,11 @@ test-plain test-asan test-tsan: deps
 demo: build
 	@sh scripts/demo.sh build/examples
 
-bench: build
+# The peers' packages come first: CMake builds a peer (Boost.Context's) only
+# when its package is there at configure time.
+bench: deps
 	@sh scripts/deps.sh bench
+	@$(MAKE) --no-print-directory build
 	@sh scripts/bench.sh build/bench
 
 install: build

@@ -10,6 +10,7 @@
 #include "conc/time.h"
 #include "conc/sync.h"
 #include "conc/thread.h"
+#include "conc/coro.h"
 #include "conc/process.h"
 #include "conc/queue.h"
 #include "conc/shm.h"

@@ -1,0 +1,204 @@
+/*
+ * switch_x86_64.S - coroutine context switch, x86-64 System V ABI.
+ *
+ * int conc__ctx_switch(conc__ctx *from, conc__ctx *to, void *value,
+ *                      void **out)
+ *   rdi = from, rsi = to, rdx = value, rcx = out.  Saves the caller in
+ *   *from and continues *to, which receives value: a context suspended in
+ *   conc__ctx_switch stores it in its own pending *out (unless NULL) and
+ *   returns 0; a fresh context calls conc__coro_entry(value).
+ *
+ * A suspended context is its stack pointer; the stack holds, upwards:
+ *
+ *   sp+0   MXCSR (4 bytes), x87 control word (2 bytes), 2 unused bytes
+ *   sp+8   out
+ *   sp+16  r15
+ *   sp+24  r14
+ *   sp+32  r13
+ *   sp+40  r12
+ *   sp+48  rbx
+ *   sp+56  rbp
+ *   sp+64  return address
+ *
+ * Only the callee-saved registers of the ABI are kept: the caller of
+ * conc__ctx_switch has saved everything else, as for any call.  MXCSR's
+ * control bits (6-15) and the x87 control word are callee-saved too, while
+ * MXCSR's status flags (0-5) are not: when the target's control state
+ * differs from the current one, its control bits are loaded and the current
+ * status flags are kept.  Equal control state (the common case) costs no
+ * ldmxcsr/fldcw, which are slow instructions.
+ *
+ * The switch continues the target with an indirect jump to its return
+ * address, not with ret: the return-stack predictor always guesses the
+ * caller of the current context and would miss on every switch, while the
+ * indirect-branch predictor learns where switches go.  The C side calls
+ * this as a tail call, so a loop of switches executes no ret at all.
+ *
+ * A fresh context (conc__ctx_make) is the same frame with zeroed registers,
+ * out = NULL, the creator's floating-point control state and
+ * conc__ctx_start as return address: the first switch to it continues in
+ * conc__ctx_start, which calls conc__coro_entry(value) with a 16-byte
+ * aligned stack.  The CFI marks conc__ctx_start as the outermost frame (rip
+ * undefined) and rbp is 0, so debuggers and unwinders stop there.
+ */
+
+#if defined(__CET__) && (__CET__ & 1)
+/* Indirect-branch tracking: entry points start with endbr64, and the switch
+ * continues with ret (the return sites it reaches have no endbr64). */
+#define ENDBR endbr64
+#define CONTINUE_AT_R11 pushq %r11; ret
+#else
+#define ENDBR
+#define CONTINUE_AT_R11 jmp *%r11
+#endif
+
+	.text
+
+	.p2align 4
+	.globl	conc__ctx_switch
+	.hidden	conc__ctx_switch
+	.type	conc__ctx_switch, @function
+conc__ctx_switch:
+	.cfi_startproc
+	ENDBR
+	pushq	%rbp
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset %rbp, 0
+	pushq	%rbx
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset %rbx, 0
+	pushq	%r12
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset %r12, 0
+	pushq	%r13
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset %r13, 0
+	pushq	%r14
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset %r14, 0
+	pushq	%r15
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset %r15, 0
+	pushq	%rcx			/* out */
+	.cfi_adjust_cfa_offset 8
+	subq	$8, %rsp
+	.cfi_adjust_cfa_offset 8
+	stmxcsr	(%rsp)
+	fnstcw	4(%rsp)
+	/* Read back with loads of the stores' own sizes (a wider load would
+	 * wait for both stores to retire instead of forwarding from them). */
+	movl	(%rsp), %r8d		/* r8d: our MXCSR */
+	movzwl	4(%rsp), %r9d		/* r9d: our x87 control word */
+	movq	%rsp, (%rdi)		/* from->sp */
+	movq	(%rsi), %rsp		/* continue on the target's stack; its
+					   frame has the layout described above,
+					   so the CFI stays valid */
+	movl	(%rsp), %eax
+	xorl	%r8d, %eax
+	testl	$0xffc0, %eax		/* MXCSR control bits differ? */
+	jnz	.Lload_fp
+	cmpw	4(%rsp), %r9w		/* x87 control word differs? */
+	jne	.Lload_fp
+.Lfp_done:
+	.cfi_remember_state
+	movq	8(%rsp), %rcx		/* the target's out */
+	addq	$16, %rsp
+	.cfi_adjust_cfa_offset -16
+	popq	%r15
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore %r15
+	popq	%r14
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore %r14
+	popq	%r13
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore %r13
+	popq	%r12
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore %r12
+	popq	%rbx
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore %rbx
+	popq	%rbp
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore %rbp
+	popq	%r11			/* where the target continues */
+	.cfi_adjust_cfa_offset -8
+	.cfi_register %rip, %r11
+	testq	%rcx, %rcx
+	jz	1f
+	movq	%rdx, (%rcx)		/* *out = value */
+1:	xorl	%eax, %eax		/* returns 0 */
+	CONTINUE_AT_R11
+	.cfi_restore_state
+.Lload_fp:
+	movl	(%rsp), %eax
+	andl	$-64, %eax		/* the target's control bits */
+	andl	$0x3f, %r8d		/* the current status flags */
+	orl	%r8d, %eax
+	movl	%eax, (%rsp)
+	ldmxcsr	(%rsp)
+	fldcw	4(%rsp)
+	jmp	.Lfp_done
+	.cfi_endproc
+	.size	conc__ctx_switch, .-conc__ctx_switch
+
+/* conc__ctx_make(conc__ctx *c, void *lo, void *hi): rdi = c, rdx = hi. */
+	.p2align 4
+	.globl	conc__ctx_make
+	.hidden	conc__ctx_make
+	.type	conc__ctx_make, @function
+conc__ctx_make:
+	.cfi_startproc
+	ENDBR
+	andq	$-16, %rdx
+	leaq	-72(%rdx), %rax		/* the frame; after the switch's pops,
+					   rsp = hi (16-byte aligned) */
+	stmxcsr	(%rax)
+	fnstcw	4(%rax)
+	movw	$0, 6(%rax)
+	xorl	%ecx, %ecx
+	movq	%rcx, 8(%rax)		/* out */
+	movq	%rcx, 16(%rax)		/* r15 */
+	movq	%rcx, 24(%rax)		/* r14 */
+	movq	%rcx, 32(%rax)		/* r13 */
+	movq	%rcx, 40(%rax)		/* r12 */
+	movq	%rcx, 48(%rax)		/* rbx */
+	movq	%rcx, 56(%rax)		/* rbp: end of the frame-pointer chain */
+	leaq	conc__ctx_start(%rip), %rcx
+	movq	%rcx, 64(%rax)		/* return address */
+	movq	%rax, (%rdi)
+	ret
+	.cfi_endproc
+	.size	conc__ctx_make, .-conc__ctx_make
+
+/* The first code of a fresh context: rdx holds the value of the switch. */
+	.p2align 4
+	.type	conc__ctx_start, @function
+conc__ctx_start:
+	.cfi_startproc
+	.cfi_undefined %rip
+	ENDBR
+	movq	%rdx, %rdi
+	call	conc__coro_entry@PLT
+	ud2				/* conc__coro_entry never returns */
+	.cfi_endproc
+	.size	conc__ctx_start, .-conc__ctx_start
+
+#if defined(__CET__) && (__CET__ & 1)
+/* Indirect-branch tracking compatible (every entry point has endbr64).  Not
+ * shadow-stack compatible: a context switch returns on another stack. */
+	.section .note.gnu.property, "a"
+	.p2align 3
+	.long	4			/* name size */
+	.long	16			/* descriptor size */
+	.long	5			/* NT_GNU_PROPERTY_TYPE_0 */
+	.asciz	"GNU"
+	.long	0xc0000002		/* GNU_PROPERTY_X86_FEATURE_1_AND */
+	.long	4
+	.long	1			/* GNU_PROPERTY_X86_FEATURE_1_IBT */
+	.p2align 3
+#endif
+
+/* The stacks stay non-executable. */
+	.section .note.GNU-stack, "", @progbits

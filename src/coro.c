@@ -1,0 +1,667 @@
+/*
+ * coro.c - greenlet-style coroutines: per-thread state, switching, parents,
+ * stack overflow reports.  The stacks come from coro_stack.c, the machine
+ * context switch from src/arch/.
+ *
+ * Life of a coroutine: NEW (stack allocated, context made) -> RUNNING (it is
+ * its thread's current coroutine) <-> SUSPENDED -> DEAD.  A coroutine whose
+ * function returns switches to its parent for the last time and becomes the
+ * thread's "zombie": the thread's next conc_coro call gives its stack back to
+ * the pool (nothing may run on a stack while it is released; by then nothing
+ * does).  A coroutine freed while NEW or SUSPENDED loses its stack at once.
+ *
+ * Lifetime of the objects: each coroutine object is reference-counted: one
+ * reference for the user's handle (for a main coroutine: the thread itself)
+ * and one for each coroutine whose parent it is.  So a parent outlives its
+ * children even when its handle was freed, and a thread's state (which holds
+ * its main coroutine) outlives the thread while coroutines created there
+ * remain.  The object of a coroutine of thread T therefore never moves while
+ * a coroutine points to it, and "c->thread == the caller's state" is a safe
+ * ownership test.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "conc/coro.h"
+#include "arch/ctx.h"
+#include "coro_stack.h"
+#include "sys/san.h"
+
+enum { CORO_NEW, CORO_RUNNING, CORO_SUSPENDED, CORO_DEAD };
+
+/* Instrumented frames are larger: scale every stack under the sanitizers. */
+#if CONC_SAN_ADDRESS
+#define STACK_SCALE 4
+#elif CONC_SAN_THREAD
+#define STACK_SCALE 2
+#else
+#define STACK_SCALE 1
+#endif
+
+struct coro_thread;
+
+struct conc_coro {
+    conc__ctx ctx;              /* saved context while not running */
+    struct coro_thread *thread; /* owner */
+    conc__stack *stack;         /* NULL: a main coroutine, or released */
+    uint8_t state;              /* CORO_*, accessed atomically (relaxed) */
+    uint8_t unguarded;          /* the stack's zone is a canary, not a guard */
+    uint8_t is_main;
+    uint32_t refs;
+    conc_coro *parent;          /* holds a reference; NULL for main */
+    conc_coro_fn fn;
+    void *arg;
+    void *result;
+    size_t stack_size;
+#if CONC_SAN_ADDRESS
+    void *asan_fake;            /* ASan's fake stack while suspended */
+    const void *asan_bottom;    /* the stack's bounds, for switching to it */
+    size_t asan_size;
+#endif
+#if CONC_SAN_THREAD
+    void *tsan_fiber;
+#endif
+    char name[CONC_CORO_NAME_MAX + 1];
+};
+
+struct coro_thread {
+    conc_coro main;             /* first: freeing main frees the thread state */
+    conc_coro *current;
+    conc__stack *zombie;        /* the stack of a coroutine that died on this
+                                   thread, not yet given back */
+    const void *zombie_sp;      /* how deep that stack was at the end */
+#if CONC_SAN_THREAD
+    void *zombie_fiber;
+#endif
+#if CONC_SAN_ADDRESS
+    conc_coro *prev;            /* the coroutine the last switch came from */
+#endif
+    unsigned long seq, seq_end; /* numbers for default names, taken in blocks */
+    void *altstack;             /* our signal stack, if we installed one */
+    size_t altstack_len;
+    bool altstack_tried;
+};
+
+static __thread struct coro_thread *tls_thread __attribute__((tls_model("initial-exec")));
+
+static pthread_key_t thread_key;
+static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
+static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
+static struct sigaction old_segv;
+static unsigned long coro_seq;
+static size_t coro_count;
+
+static inline uint8_t state_of(const conc_coro *c)
+{
+    return __atomic_load_n(&c->state, __ATOMIC_RELAXED);
+}
+
+static inline void set_state(conc_coro *c, uint8_t s)
+{
+    __atomic_store_n(&c->state, s, __ATOMIC_RELAXED);
+}
+
+static inline void coro_ref(conc_coro *c)
+{
+    __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+}
+
+/* Drop a reference; an object without references drops its parent's.  The
+ * last reference needs no atomic write: nobody else can take one then. */
+static void coro_unref(conc_coro *c)
+{
+    while (c) {
+        if (__atomic_load_n(&c->refs, __ATOMIC_ACQUIRE) != 1
+            && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) != 0)
+            return;
+        conc_coro *parent = c->parent;
+        if (c->is_main) {
+            free(c->thread);        /* main is the first member */
+            return;
+        }
+        free(c);
+        c = parent;
+    }
+}
+
+/* ------------------------------------------------------ overflow reports */
+
+/* Async-signal-safe message building. */
+typedef struct msgbuf {
+    char b[512];
+    size_t n;
+} msgbuf;
+
+static void put_str(msgbuf *m, const char *s)
+{
+    while (*s && m->n < sizeof m->b - 1)
+        m->b[m->n++] = *s++;
+}
+
+static void put_num(msgbuf *m, uintptr_t v, unsigned base)
+{
+    char tmp[24];
+    size_t i = 0;
+    do {
+        tmp[i++] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v && i < sizeof tmp);
+    if (base == 16)
+        put_str(m, "0x");
+    while (i && m->n < sizeof m->b - 1)
+        m->b[m->n++] = tmp[--i];
+}
+
+static __attribute__((noreturn, cold)) void overflow_abort(const conc_coro *c, const char *what,
+                                                            const void *addr, const void *sp)
+{
+    msgbuf m = { .n = 0 };
+    put_str(&m, "conc: stack overflow in coroutine '");
+    put_str(&m, c->name);
+    put_str(&m, "': ");
+    put_str(&m, what);
+    put_str(&m, " (usable stack ");
+    put_num(&m, c->stack_size, 10);
+    put_str(&m, " bytes at ");
+    put_num(&m, (uintptr_t)conc__stack_base(c->stack), 16);
+    put_str(&m, "-");
+    put_num(&m, (uintptr_t)c->stack->hi, 16);
+    if (addr) {
+        put_str(&m, ", fault address ");
+        put_num(&m, (uintptr_t)addr, 16);
+    }
+    if (sp) {
+        put_str(&m, ", stack pointer ");
+        put_num(&m, (uintptr_t)sp, 16);
+    }
+    put_str(&m, "); give it a larger stack_size. Aborting.\n");
+    ssize_t unused = write(STDERR_FILENO, m.b, m.n);
+    (void)unused;
+    abort();
+}
+
+/* An unguarded stack's canary zone, checked whenever its coroutine
+ * switches away (or returns): an overflow is reported before any other
+ * coroutine runs, so before a neighbouring stack it may have damaged is
+ * used again. */
+static __attribute__((noinline)) void check_stack(const conc_coro *c)
+{
+    const char *sp = __builtin_frame_address(0);
+    if (sp < conc__stack_base(c->stack))
+        overflow_abort(c, "its stack pointer is below the stack's limit", NULL, sp);
+    if (!conc__stack_zone_ok(c->stack))
+        overflow_abort(c, "the canary zone below its stack was overwritten", NULL, NULL);
+}
+
+static uintptr_t fault_sp(const void *uc)
+{
+#if defined(__x86_64__)
+    return (uintptr_t)((const ucontext_t *)uc)->uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+    return (uintptr_t)((const ucontext_t *)uc)->uc_mcontext.sp;
+#else
+    (void)uc;
+    return 0;
+#endif
+}
+
+/* SIGSEGV: a fault of the running coroutine in the zone below its stack, or
+ * while its stack pointer is below the stack (a frame that jumped over the
+ * zone), is its overflow; anything else goes to the handler installed
+ * before ours, or to the default action. */
+static void segv_handler(int sig, siginfo_t *si, void *uc)
+{
+    struct coro_thread *t = tls_thread;
+    conc_coro *c = t ? t->current : NULL;
+    if (c && c->stack) {
+        const char *lo = c->stack->lo, *base = conc__stack_base(c->stack);
+        const char *addr = si->si_addr;
+        uintptr_t sp = fault_sp(uc);
+        bool in_zone = addr >= lo && addr < base;
+        bool sp_below = sp && sp < (uintptr_t)base && (uintptr_t)base - sp < ((uintptr_t)64 << 20);
+        if (in_zone || sp_below)
+            overflow_abort(c, in_zone ? "it touched the guard page below its stack"
+                                      : "its stack pointer went below the stack's limit",
+                           addr, (const void *)sp);
+    }
+    if (old_segv.sa_flags & SA_SIGINFO) {
+        if (old_segv.sa_sigaction) {
+            old_segv.sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (old_segv.sa_handler != SIG_DFL && old_segv.sa_handler != SIG_IGN) {
+        old_segv.sa_handler(sig);
+        return;
+    }
+    /* The default action: restore it; the faulting instruction faults again
+     * on return (a signal sent with kill is raised again). */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGSEGV, &dfl, NULL);
+    if (si->si_code <= 0)
+        raise(SIGSEGV);
+}
+
+static void segv_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+}
+
+/* A thread that runs coroutines needs a signal stack: an overflow's SIGSEGV
+ * arrives with the stack pointer in a guard page.  Installed unless the
+ * thread has one already (sanitizers install their own). */
+static void altstack_setup(struct coro_thread *t)
+{
+    t->altstack_tried = true;
+    stack_t old;
+    if (sigaltstack(NULL, &old) != 0 || !(old.ss_flags & SS_DISABLE))
+        return;
+    size_t len = 64 * 1024;
+    if ((size_t)SIGSTKSZ * 4 > len)
+        len = (size_t)SIGSTKSZ * 4;
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED)
+        return;
+    stack_t ss = { .ss_sp = m, .ss_size = len, .ss_flags = 0 };
+    if (sigaltstack(&ss, NULL) != 0) {
+        munmap(m, len);
+        return;
+    }
+    t->altstack = m;
+    t->altstack_len = len;
+}
+
+/* ------------------------------------------------------- stack release */
+
+static void release_stack(conc_coro *c)
+{
+    conc__stack *s = c->stack;
+    if (!s)
+        return;
+    c->stack = NULL;
+#if CONC_SAN_THREAD
+    if (c->tsan_fiber) {
+        __tsan_destroy_fiber(c->tsan_fiber);
+        c->tsan_fiber = NULL;
+    }
+#endif
+    conc__stack_put(s, conc__ctx_sp(&c->ctx));
+}
+
+/* A coroutine that died on this thread gives its stack back at the thread's
+ * next conc_coro call (nothing can run on that stack any more by then).
+ * The thread keeps the stack meanwhile, not the coroutine object, which may
+ * be freed at once. */
+static __attribute__((noinline)) void reap_zombie(struct coro_thread *t)
+{
+    conc__stack *s = t->zombie;
+    t->zombie = NULL;
+#if CONC_SAN_THREAD
+    __tsan_destroy_fiber(t->zombie_fiber);
+    t->zombie_fiber = NULL;
+#endif
+    conc__stack_put(s, t->zombie_sp);
+}
+
+static inline void reap(struct coro_thread *t)
+{
+    if (unlikely(t->zombie != NULL))
+        reap_zombie(t);
+}
+
+/* ------------------------------------------------------ per-thread state */
+
+static void thread_end(void *p)
+{
+    struct coro_thread *t = p;
+    reap(t);
+    tls_thread = NULL;
+    if (t->altstack) {
+        stack_t cur;
+        if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == t->altstack) {
+            stack_t off = { .ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE };
+            sigaltstack(&off, NULL);
+        }
+        munmap(t->altstack, t->altstack_len);
+        t->altstack = NULL;
+    }
+    coro_unref(&t->main);
+}
+
+static void thread_key_make(void)
+{
+    pthread_key_create(&thread_key, thread_end);
+}
+
+static __attribute__((noinline)) struct coro_thread *thread_init(void)
+{
+    pthread_once(&thread_key_once, thread_key_make);
+    struct coro_thread *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    conc_coro *m = &t->main;
+    m->thread = t;
+    m->state = CORO_RUNNING;
+    m->is_main = 1;
+    m->refs = 1;
+    strcpy(m->name, "main");
+#if CONC_SAN_THREAD
+    m->tsan_fiber = __tsan_get_current_fiber();
+#endif
+    t->current = m;
+    if (pthread_setspecific(thread_key, t) != 0) {
+        free(t);
+        return NULL;
+    }
+    tls_thread = t;
+    return t;
+}
+
+static inline struct coro_thread *thread_get(void)
+{
+    struct coro_thread *t = tls_thread;
+    return likely(t != NULL) ? t : thread_init();
+}
+
+/* -------------------------------------------------------------- switching */
+
+/* Everything before the machine switch from self (which becomes
+ * self_state) to `to`.  Always inlined: under TSan, the function that calls
+ * __tsan_switch_to_fiber must be the one that switches, or its
+ * function-exit hook would run on the other fiber's shadow stack. */
+static inline __attribute__((always_inline)) void before_switch(struct coro_thread *t, conc_coro *self, conc_coro *to,
+                                 uint8_t self_state)
+{
+    if (unlikely(self->unguarded))
+        check_stack(self);
+    set_state(self, self_state);
+    set_state(to, CORO_RUNNING);
+    t->current = to;
+#if CONC_SAN_ADDRESS
+    t->prev = self;
+    __sanitizer_start_switch_fiber(self_state == CORO_DEAD ? NULL : &self->asan_fake,
+                                   to->asan_bottom, to->asan_size);
+#endif
+#if CONC_SAN_THREAD
+    /* TSan counts fibers as threads (at most ~8000 at once): a coroutine
+     * gets its fiber when it starts, and loses it when it dies. */
+    if (unlikely(!to->tsan_fiber)) {
+        to->tsan_fiber = __tsan_create_fiber(0);
+        __tsan_set_fiber_name(to->tsan_fiber, to->name);
+    }
+    __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
+}
+
+#if CONC_SAN_ADDRESS
+/* Runs first in every context that a switch continues (ASan builds). */
+static inline __attribute__((always_inline)) void after_switch(struct coro_thread *t, conc_coro *self)
+{
+    const void *bottom;
+    size_t size;
+    __sanitizer_finish_switch_fiber(self->asan_fake, &bottom, &size);
+    if (t->prev->is_main) {     /* how ASan learns the main stack's bounds */
+        t->prev->asan_bottom = bottom;
+        t->prev->asan_size = size;
+    }
+}
+#endif
+
+void conc__coro_entry(void *value)
+{
+    struct coro_thread *t = tls_thread;
+    conc_coro *self = t->current;
+#if CONC_SAN_ADDRESS
+    after_switch(t, self);
+#endif
+    void *r = self->fn(self->arg, value);
+    self->result = r;
+    conc_coro *p = self->parent;
+    while (state_of(p) == CORO_DEAD)
+        p = p->parent;              /* main is never dead */
+    reap(t);
+    before_switch(t, self, p, CORO_DEAD);
+    t->zombie = self->stack;
+    t->zombie_sp = __builtin_frame_address(0);
+    self->stack = NULL;
+#if CONC_SAN_THREAD
+    t->zombie_fiber = self->tsan_fiber;
+    self->tsan_fiber = NULL;
+#endif
+    conc__ctx_switch(&self->ctx, &p->ctx, r, NULL);
+    abort();                        /* nothing switches to a dead coroutine */
+}
+
+int conc_coro_switch(conc_coro *target, void *value, void **out)
+{
+    struct coro_thread *t = thread_get();
+    if (unlikely(!t))
+        return -ENOMEM;
+    if (unlikely(!target))
+        return -EINVAL;
+    if (unlikely(target->thread != t))
+        return -EPERM;
+    conc_coro *self = t->current;
+    if (unlikely(target == self)) {
+        if (out)
+            *out = value;
+        return 0;
+    }
+    if (unlikely(state_of(target) == CORO_DEAD))
+        return -EPIPE;
+    reap(t);
+    before_switch(t, self, target, CORO_SUSPENDED);
+#if CONC_SAN_ADDRESS || CONC_SAN_THREAD
+    /* Not a tail call: the sanitizers' bookkeeping (ASan's finishing call,
+     * TSan's function-exit hook) must run in the continued context. */
+    void *v = NULL;
+    conc__ctx_switch(&self->ctx, &target->ctx, value, &v);
+#if CONC_SAN_ADDRESS
+    after_switch(t, self);
+#endif
+    if (out)
+        *out = v;
+    return 0;
+#else
+    /* A tail call: the switch continues the target at its own call site. */
+    return conc__ctx_switch(&self->ctx, &target->ctx, value, out);
+#endif
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+/* "Coro-N" (snprintf would cost more than the rest of conc_coro_new).  The
+ * numbers are unique; each thread takes them in blocks of 1024, so they
+ * follow the order of creation only within a thread. */
+static void default_name(char *out, unsigned long n)
+{
+    char digits[24];
+    size_t k = 0;
+    do {
+        digits[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    memcpy(out, "Coro-", 5);
+    size_t i = 5;
+    while (k && i < CONC_CORO_NAME_MAX)
+        out[i++] = digits[--k];
+    out[i] = '\0';
+}
+
+int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_opts *opts)
+{
+    if (!out || !fn)
+        return -EINVAL;
+    size_t size = opts && opts->stack_size ? opts->stack_size : CONC_CORO_STACK_DEFAULT;
+    if (size < CONC_CORO_STACK_MIN || size > CONC_CORO_STACK_MAX)
+        return -EINVAL;
+    size_t page = conc__stack_zone();
+    size = (size * STACK_SCALE + page - 1) & ~(page - 1);
+    struct coro_thread *t = thread_get();
+    if (!t)
+        return -ENOMEM;
+    reap(t);
+    pthread_once(&segv_once, segv_install);
+    if (!t->altstack_tried)
+        altstack_setup(t);
+    conc_coro *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    int rc = conc__stack_get(size, &c->stack);
+    if (rc < 0) {
+        free(c);
+        return rc;
+    }
+    char *base = conc__stack_base(c->stack);
+    c->thread = t;
+    c->state = CORO_NEW;
+    c->unguarded = !c->stack->guarded;
+    c->refs = 1;
+    c->fn = fn;
+    c->arg = arg;
+    c->stack_size = size;
+    c->parent = t->current;
+    coro_ref(c->parent);
+    if (opts && opts->name) {
+        strncpy(c->name, opts->name, CONC_CORO_NAME_MAX);
+        c->name[CONC_CORO_NAME_MAX] = '\0';
+    } else {
+        if (t->seq == t->seq_end) {
+            t->seq = __atomic_fetch_add(&coro_seq, 1024, __ATOMIC_RELAXED) + 1;
+            t->seq_end = t->seq + 1024;
+        }
+        default_name(c->name, t->seq++);
+    }
+    conc__ctx_make(&c->ctx, base, c->stack->hi);
+#if CONC_SAN_ADDRESS
+    c->asan_bottom = base;
+    c->asan_size = size;
+#endif
+    __atomic_add_fetch(&coro_count, 1, __ATOMIC_RELAXED);
+    *out = c;
+    return 0;
+}
+
+int conc_coro_free(conc_coro *c)
+{
+    if (!c)
+        return 0;
+    if (c->is_main)
+        return -EINVAL;
+    uint8_t st = state_of(c);
+    if (st == CORO_RUNNING)
+        return -EBUSY;
+    if (st != CORO_DEAD) {          /* never started, or suspended: discard */
+        set_state(c, CORO_DEAD);
+        release_stack(c);
+    }
+    __atomic_sub_fetch(&coro_count, 1, __ATOMIC_RELAXED);
+    coro_unref(c);
+    return 0;
+}
+
+/* ------------------------------------------------------------ inspection */
+
+conc_coro *conc_coro_current(void)
+{
+    struct coro_thread *t = thread_get();
+    return t ? t->current : NULL;
+}
+
+conc_coro *conc_coro_main(void)
+{
+    struct coro_thread *t = thread_get();
+    return t ? &t->main : NULL;
+}
+
+conc_coro *conc_coro_parent(const conc_coro *c)
+{
+    return c ? c->parent : NULL;
+}
+
+int conc_coro_set_parent(conc_coro *c, conc_coro *parent)
+{
+    if (!c || !parent)
+        return -EINVAL;
+    struct coro_thread *t = thread_get();
+    if (!t || c->thread != t || parent->thread != t)
+        return -EPERM;
+    if (c->is_main)
+        return -EINVAL;
+    for (conc_coro *p = parent; p; p = p->parent)
+        if (p == c)
+            return -EINVAL;
+    coro_ref(parent);
+    conc_coro *old = c->parent;
+    c->parent = parent;
+    coro_unref(old);
+    return 0;
+}
+
+bool conc_coro_started(const conc_coro *c)
+{
+    return c && state_of(c) != CORO_NEW;
+}
+
+bool conc_coro_dead(const conc_coro *c)
+{
+    return c && state_of(c) == CORO_DEAD;
+}
+
+int conc_coro_result(const conc_coro *c, void **out)
+{
+    if (!c || !out)
+        return -EINVAL;
+    if (state_of(c) != CORO_DEAD)
+        return -EBUSY;
+    *out = c->result;
+    return 0;
+}
+
+const char *conc_coro_name(const conc_coro *c)
+{
+    return c ? c->name : "";
+}
+
+size_t conc_coro_stack_size(const conc_coro *c)
+{
+    return c ? c->stack_size : 0;
+}
+
+long conc_coro_guard_limit(long n)
+{
+    return conc__stack_guard_limit(n);
+}
+
+void conc_coro_trim(void)
+{
+    if (tls_thread)
+        reap(tls_thread);
+    conc__stack_trim();
+}
+
+int conc_coro_get_stats(conc_coro_stats *out)
+{
+    if (!out)
+        return -EINVAL;
+    if (tls_thread)
+        reap(tls_thread);
+    memset(out, 0, sizeof *out);
+    out->coros = __atomic_load_n(&coro_count, __ATOMIC_RELAXED);
+    conc__stack_stats(out);
+    return 0;
+}
