@@ -87,6 +87,7 @@ struct obj {
     bool raw;
 };
 
+/* Both handles are exactly a struct obj (obj_open allocates them as one). */
 struct conc_value {
     struct obj o;
 };
@@ -212,21 +213,29 @@ static conc_rlock *obj_lock(const struct obj *o)
     return o->raw ? NULL : &o->hdr->lock;
 }
 
-int conc_value_new(conc_value **out, char typecode, const void *init, unsigned flags)
+/* Allocates a handle (a conc_value or conc_array: both are just a struct
+ * obj) around a new object, or around the one behind fd when attaching. */
+static int obj_open(void **out, int kind, bool attach, int fd, char typecode, size_t n,
+                    const void *init, unsigned flags)
 {
     if (!out)
         return -EINVAL;
     *out = NULL;
-    conc_value *v = malloc(sizeof *v);
-    if (!v)
+    struct obj *o = malloc(sizeof *o);
+    if (!o)
         return -ENOMEM;
-    int r = obj_create(&v->o, KIND_VALUE, typecode, 1, init, flags);
+    int r = attach ? obj_attach(o, fd, kind) : obj_create(o, kind, typecode, n, init, flags);
     if (r < 0) {
-        free(v);
+        free(o);
         return r;
     }
-    *out = v;
+    *out = o;
     return 0;
+}
+
+int conc_value_new(conc_value **out, char typecode, const void *init, unsigned flags)
+{
+    return obj_open((void **)out, KIND_VALUE, false, -1, typecode, 1, init, flags);
 }
 
 void *conc_value_ptr(const conc_value *v)
@@ -256,19 +265,7 @@ int conc_value_fd(const conc_value *v)
 
 int conc_value_attach(conc_value **out, int fd)
 {
-    if (!out)
-        return -EINVAL;
-    *out = NULL;
-    conc_value *v = malloc(sizeof *v);
-    if (!v)
-        return -ENOMEM;
-    int r = obj_attach(&v->o, fd, KIND_VALUE);
-    if (r < 0) {
-        free(v);
-        return r;
-    }
-    *out = v;
-    return 0;
+    return obj_open((void **)out, KIND_VALUE, true, fd, 0, 0, NULL, 0);
 }
 
 void conc_value_free(conc_value *v)
@@ -281,19 +278,7 @@ void conc_value_free(conc_value *v)
 
 int conc_array_new(conc_array **out, char typecode, size_t n, const void *init, unsigned flags)
 {
-    if (!out)
-        return -EINVAL;
-    *out = NULL;
-    conc_array *a = malloc(sizeof *a);
-    if (!a)
-        return -ENOMEM;
-    int r = obj_create(&a->o, KIND_ARRAY, typecode, n, init, flags);
-    if (r < 0) {
-        free(a);
-        return r;
-    }
-    *out = a;
-    return 0;
+    return obj_open((void **)out, KIND_ARRAY, false, -1, typecode, n, init, flags);
 }
 
 void *conc_array_ptr(const conc_array *a)
@@ -328,19 +313,7 @@ int conc_array_fd(const conc_array *a)
 
 int conc_array_attach(conc_array **out, int fd)
 {
-    if (!out)
-        return -EINVAL;
-    *out = NULL;
-    conc_array *a = malloc(sizeof *a);
-    if (!a)
-        return -ENOMEM;
-    int r = obj_attach(&a->o, fd, KIND_ARRAY);
-    if (r < 0) {
-        free(a);
-        return r;
-    }
-    *out = a;
-    return 0;
+    return obj_open((void **)out, KIND_ARRAY, true, fd, 0, 0, NULL, 0);
 }
 
 void conc_array_free(conc_array *a)
