@@ -14,6 +14,7 @@
 #include "conc/process.h"
 #include "conc/queue.h"
 #include "conc/shm.h"
+#include "conc/pipe.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

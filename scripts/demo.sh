@@ -75,6 +75,14 @@ show shared-counter "multiprocessing.Value and get_lock()" \
 show process-basics "multiprocessing.Process: start methods, exit codes, daemons, zombies and orphans" \
     "Each step explains one call of conc/process.h; lines in [brackets] are printed by the child processes."
 
+show pipe-ping "multiprocessing.Pipe: a parent and its child bounce messages" \
+    "The parent sends 1000 messages of 4096 bytes over a duplex Pipe; a fork child echoes each back; every byte is checked both ways." \
+    --messages 1000 --size 4096
+
+show coro-sleepers "gevent: spawn, sleep, joinall on a hub" \
+    "100000 greenlets each sleep 0.1 s in one thread; the sleeps overlap, so joining them all takes a fraction of a second plus the time to create them, not 10000 s." \
+    --count 100000 --sleep 0.1
+
 echo
 echo "=== tour done: $ran ran, $skipped skipped${failed:+, failed:$failed}"
 [ -z "$failed" ]

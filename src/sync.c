@@ -65,7 +65,8 @@ static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t desired, int mo
 
 /* Slow path of taking a lock word for thread `me`.  Returns 0, -EOWNERDEAD
  * (the word said its owner died: the caller owns it now), -EAGAIN (poll),
- * -ETIMEDOUT, or -ECANCELED (only when `cancellable`).
+ * -ETIMEDOUT, -ECANCELED (only when `cancellable`), or -EDEADLK (a hub found
+ * that nothing can ever wake the caller).
  *
  * A contender first spins with exponential backoff: polling the word on
  * every pause would take the lock the moment it is free and bounce it (and
@@ -128,7 +129,7 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
                 return 0;
             return -ETIMEDOUT;
         }
-        if (r == -ECANCELED && cancellable)
+        if ((r == -ECANCELED && cancellable) || r == -EDEADLK)
             return r;
     }
 }
@@ -442,7 +443,7 @@ static int sem_acquire(conc_sem *sem, int64_t deadline, bool poll)
             break;
         }
         r = conc__wait(&sem->_value, 0, deadline, wf);
-        if (r == -ETIMEDOUT || r == -ECANCELED) {
+        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK) {
             if (sem_trydown(sem))
                 r = 0;
             break;
@@ -546,7 +547,7 @@ static int event_wait(conc_event *ev, int64_t deadline, bool poll)
             v |= EV_WAITERS;
         }
         int r = conc__wait(&ev->_word, v, deadline, wf);
-        if (r == -ETIMEDOUT || r == -ECANCELED)
+        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK)
             return (ld_acquire(&ev->_word) & EV_SET) ? 0 : r;
     }
 }
@@ -672,7 +673,7 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
             notified = true;
             break;
         }
-        if (r == -ETIMEDOUT || r == -ECANCELED) {
+        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK) {
             rc = r;
             break;
         }
@@ -682,6 +683,8 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
         bool eligible = (__atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST) & ~CV_SLEEPERS) != start;
         notified = cond_withdraw(cond, eligible);
     }
+    if (taken == -EDEADLK)
+        return -EDEADLK;        /* a hub found the lock can never come back */
     if (lk->recursive)
         lk->lock->_count = depth;
     if (taken == -EOWNERDEAD)
@@ -850,8 +853,9 @@ static void barrier_break(conc_barrier *b)
  * then, and this returns -EOWNERDEAD (the lock is held). */
 static int barrier_lock(conc_barrier *b)
 {
-    if (lock_retake(&b->_lock) == 0)
-        return 0;
+    int r = lock_retake(&b->_lock);
+    if (r != -EOWNERDEAD)
+        return r;               /* 0, or -EDEADLK (not held) */
     lock_mark_consistent(&b->_lock);
     barrier_break(b);
     return -EOWNERDEAD;
@@ -875,7 +879,10 @@ static int barrier_wait(conc_barrier *b, int64_t deadline, int (*action)(void *)
         return -EINVAL;
     if (b->_parties == 0)
         return -EINVAL;
-    if (barrier_lock(b)) {
+    int lr = barrier_lock(b);
+    if (lr == -EDEADLK)
+        return lr;
+    if (lr) {
         conc_lock_release(&b->_lock);
         return -EPIPE;
     }
@@ -957,7 +964,8 @@ int conc_barrier_abort(conc_barrier *b)
 {
     if (!b)
         return -EINVAL;
-    barrier_lock(b);
+    if (barrier_lock(b) == -EDEADLK)
+        return -EDEADLK;
     barrier_break(b);
     conc_lock_release(&b->_lock);
     return 0;
@@ -967,7 +975,8 @@ int conc_barrier_reset(conc_barrier *b)
 {
     if (!b)
         return -EINVAL;
-    barrier_lock(b);
+    if (barrier_lock(b) == -EDEADLK)
+        return -EDEADLK;
     if (b->_count > 0) {
         if (b->_state == BR_FILLING || b->_state == BR_BROKEN)
             st_relaxed(&b->_state, BR_RESETTING);

@@ -14,7 +14,9 @@
  * call cannot succeed at once), t > 0 gives -ETIMEDOUT after t seconds; a
  * negative timeout other than CONC_FOREVER, or NaN, is -EINVAL.  Each waiting
  * call has an _until form taking an absolute CLOCK_MONOTONIC deadline in ns.
- * Called from a conc coroutine, every waiting call parks only the coroutine.
+ * Called from a conc coroutine, every waiting call parks only the coroutine;
+ * it then may also return -ECANCELED (the coroutine was killed) or -EDEADLK
+ * (its hub found that nothing can ever wake it), see conc/coro.h.
  * Signals never interrupt a wait (it resumes with the time that is left).
  *
  * Python reference: threading.Lock etc.; differences are noted per call.
@@ -265,7 +267,9 @@ CONC_API int conc_cond_init(conc_cond *cond, unsigned flags);
  * on timeout) and returns.  Returns 0 when notified; -ETIMEDOUT when the
  * timeout passed first (also for timeout 0: Python returns False);
  * -EOWNERDEAD when, getting a shared lock back, its previous owner had died
- * (the caller holds it; whether it was notified is lost);
+ * (the caller holds it; whether it was notified is lost); -EDEADLK, from a
+ * coroutine only, when its hub found that nothing can ever wake it (then
+ * the lock is NOT held);
  * -EPERM when the caller does not hold the lock (nothing is released);
  * -EINVAL for NULL arguments or a bad timeout.
  */

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <time.h>
 #include "sys/futex.h"
+#include "sys/san.h"
 #include "sys/wait.h"
 
 __thread const struct conc__wait_ops *conc__wait_ops
@@ -90,7 +91,19 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
 int conc__wake(uint32_t *word, int n, unsigned flags)
 {
     int r = conc__futex_wake(word, n, !(flags & CONC__WAIT_SHARED));
-    return r < 0 ? 0 : r;
+    if (r < 0)
+        r = 0;
+    /* Coroutines parked by a hub (src/hub.c) are not in the kernel: the
+     * word was changed before this fence, the hub's count is read after. */
+#if CONC_SAN_THREAD
+    uint32_t parked = __atomic_fetch_add(&conc__hub_parked, 0, __ATOMIC_SEQ_CST);
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint32_t parked = __atomic_load_n(&conc__hub_parked, __ATOMIC_RELAXED);
+#endif
+    if (unlikely(parked != 0) && r < n)
+        r += conc__hub_wake(word, n - r);
+    return r;
 }
 
 int conc__sleep_until(int64_t deadline)
@@ -122,6 +135,25 @@ int conc__wait_fd(int fd, short events, int64_t deadline)
     int r = ppoll(&pfd, 1, rel, NULL);
     if (r > 0)
         return (pfd.revents & POLLNVAL) ? -EBADF : 0;
+    if (r == 0)
+        return -ETIMEDOUT;
+    return errno == EINTR ? 0 : -errno;
+}
+
+int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->wait_fds)
+        return ops->wait_fds(fds, n, deadline);
+    struct timespec ts, *rel = NULL;
+    if (deadline != CONC_NO_DEADLINE) {
+        int64_t left = deadline - conc_now();
+        to_timespec(left > 0 ? left : 0, &ts);
+        rel = &ts;
+    }
+    int r = ppoll(fds, (nfds_t)n, rel, NULL);
+    if (r > 0)
+        return r;
     if (r == 0)
         return -ETIMEDOUT;
     return errno == EINTR ? 0 : -errno;

@@ -10,6 +10,7 @@
 #ifndef CONC_SYS_WAIT_H
 #define CONC_SYS_WAIT_H
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include "../internal.h"
@@ -26,6 +27,8 @@ struct conc__wait_ops {
     int (*sleep_until)(int64_t deadline);
     void (*yield)(void);
     int (*wait_fd)(int fd, short events, int64_t deadline);  /* NULL: poll() */
+    /* NULL: ppoll() */
+    int (*wait_fds)(struct pollfd *fds, unsigned long n, int64_t deadline);
 };
 extern __thread const struct conc__wait_ops *conc__wait_ops
     __attribute__((tls_model("initial-exec")));
@@ -35,7 +38,8 @@ extern __thread const struct conc__wait_ops *conc__wait_ops
  * no limit).  Returns 0 when woken or interrupted (the caller re-checks its
  * condition: wake-ups may be spurious), -EAGAIN when *word != expect,
  * -ETIMEDOUT when the deadline has passed, -ECANCELED when the waiting
- * coroutine was killed.
+ * coroutine was killed, -EDEADLK when a hub found that nothing can ever wake
+ * the waiting (main) coroutine (src/hub.c).
  */
 CONC_HIDDEN int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline,
                            unsigned flags);
@@ -50,9 +54,24 @@ CONC_HIDDEN int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline,
  */
 CONC_HIDDEN int conc__wait_fd(int fd, short events, int64_t deadline);
 
+/*
+ * conc__wait_fds - wait until one of the n descriptors reports one of its
+ * events (or an error or hang-up), until deadline; revents is set as by
+ * poll().  Returns how many are ready (> 0), 0 when the wait was
+ * interrupted (the caller re-checks), -ETIMEDOUT when the deadline passed
+ * with none ready, -ECANCELED when the waiting coroutine was killed,
+ * another -errno from poll (-EINVAL for too many descriptors).
+ */
+CONC_HIDDEN int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline);
+
 /* conc__wake - wake up to n waiters of word (INT_MAX: all).  Returns how
  * many were woken (threads only; coroutines are counted as woken too). */
 CONC_HIDDEN int conc__wake(uint32_t *word, int n, unsigned flags);
+
+/* The hub's half of conc__wake (src/hub.c): how many coroutines are parked
+ * on words process-wide, and waking up to n of those parked on word. */
+extern uint32_t conc__hub_parked;
+CONC_HIDDEN int conc__hub_wake(uint32_t *word, int n);
 
 /* conc__sleep_until - sleep until the monotonic clock reaches deadline.
  * Returns 0, or -ECANCELED when the sleeping coroutine was killed. */

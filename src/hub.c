@@ -1,0 +1,987 @@
+/*
+ * hub.c - the gevent-style hub: one per thread, an epoll loop with a timer
+ * heap running in a coroutine of its own, and the wait operations
+ * (src/sys/wait.h) that park the calling coroutine instead of its thread.
+ *
+ * Parking.  A coroutine that blocks records what it waits for (a word, a
+ * descriptor, a timer), marks itself PARKED and switches to the hub
+ * coroutine; the hub switches to the next READY coroutine, or waits in
+ * epoll_wait until a descriptor, a timer or another thread's wake-up makes
+ * one ready.  Whoever makes a coroutine ready stores the value its blocking
+ * call returns (0, -ETIMEDOUT, -ECANCELED, -EDEADLK).
+ *
+ * Word waits.  Coroutines parked on a futex word sit in one process-wide
+ * table of word address -> waiters (BUCKETS buckets, each with a mutex), so
+ * that conc__wake, called by any thread, finds them.  The rule that keeps
+ * races simple: whoever unlinks a waiter from the table owns its wake-up.
+ * A waker in the waiter's own thread makes it ready at once; a waker in
+ * another thread pushes it on the hub's remote list and writes the hub's
+ * eventfd, and the hub makes it ready when it drains the list.  A timer or a
+ * kill that finds the waiter already unlinked leaves it to that wake-up (a
+ * kill then stays pending for the next blocking call).
+ *
+ * No lost wake-up: the waiter counts itself in conc__hub_parked, links
+ * itself under the bucket's mutex and only then compares the word; a waker
+ * changes the word before it reads the count (with a full fence) and takes
+ * the bucket's mutex.  So either the waker finds the waiter linked, or the
+ * waiter sees the changed word and returns -EAGAIN.
+ *
+ * Other processes: a waker in another process cannot see this table, so a
+ * wait on a process-shared word (CONC__WAIT_SHARED) also arms a timer of
+ * CONC_HUB_SHARED_POLL_NS after which the wait returns 0 (a spurious
+ * wake-up: the primitive re-checks its word and waits again).  A helper
+ * thread doing the real futex wait would wake sooner but costs a thread per
+ * hub and races with kills; polling was chosen for simplicity.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "conc/coro.h"
+#include "conc/thread.h"
+#include "internal.h"
+#include "sys/wait.h"
+
+enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
+enum { W_NONE, W_WORD, W_FD, W_SLEEP };
+
+#define NO_INDEX ((size_t)-1)
+#define HUB_STACK (256u * 1024u)
+
+struct hub;
+
+struct conc_greenlet {
+    struct hub *hub;
+    conc_coro *coro;            /* NULL for the main record, or once dead */
+    conc_greenlet_fn fn;
+    void *arg;
+    void *result;
+    uint32_t done;              /* futex word: 1 once finished */
+    uint32_t refs;              /* handle + running */
+    uint8_t state;              /* G_*, owner thread only */
+    uint8_t wait_kind;          /* W_* while PARKED */
+    uint8_t is_main;
+    uint8_t killed;             /* killed before it started */
+    uint8_t cancel_pending;     /* kill to deliver at the next blocking call */
+    uint8_t in_table;           /* linked in the word table (bucket lock) */
+    int wake_rc;                /* what the parked call returns */
+    int timer_rc;               /* what the timer makes it return */
+    struct conc_greenlet *rnext;            /* ready queue */
+    struct conc_greenlet *aprev, *anext;    /* the hub's live list */
+    int64_t deadline;           /* timer, when heap_idx != NO_INDEX */
+    size_t heap_idx;
+    uint32_t *word;             /* W_WORD */
+    struct conc_greenlet *wprev, *wnext;    /* bucket chain */
+    struct conc_greenlet *remote_next;      /* hub's remote list */
+    int fd, regfd;              /* W_FD: the fd, and the one in epoll */
+    short events;
+    int ntimeouts;
+    int64_t timeouts[CONC_TIMEOUT_DEPTH];   /* each: min with the outer */
+    char name[CONC_CORO_NAME_MAX + 1];
+};
+
+struct hub {
+    conc_coro *loop;
+    conc_greenlet main;         /* the record of the thread's main coroutine */
+    conc_greenlet *current;     /* NULL while the loop itself runs */
+    conc_greenlet *rhead, *rtail;
+    conc_greenlet **heap;
+    size_t nheap, capheap;
+    int epfd, evfd;
+    size_t nfd;                 /* descriptors registered for waiters */
+    pthread_mutex_t rmu;
+    conc_greenlet *remote;      /* under rmu */
+    uint32_t remote_flag;       /* atomic: remote list not empty */
+    uint32_t live;              /* futex word: spawned greenlets not finished */
+    conc_greenlet *all;         /* live spawned greenlets */
+};
+
+static __thread struct hub *tls_hub;
+
+/* --------------------------------------------------------- word table */
+
+#define BUCKETS 1024
+
+static struct bucket {
+    pthread_mutex_t mu;
+    conc_greenlet *head, *tail;     /* oldest first: wake-ups are FIFO */
+} table[BUCKETS];
+
+uint32_t conc__hub_parked;      /* waiters linked in the table, process-wide */
+static int hub_ever;            /* a hub was made: the fork handler has work */
+
+static inline struct bucket *bucket_of(const uint32_t *word)
+{
+    uintptr_t a = (uintptr_t)word >> 2;
+    a *= (uintptr_t)0x9E3779B97F4A7C15ull;
+    return &table[(a >> 20) & (BUCKETS - 1)];
+}
+
+static void bucket_unlink(struct bucket *b, conc_greenlet *g)
+{
+    if (g->wprev)
+        g->wprev->wnext = g->wnext;
+    else
+        b->head = g->wnext;
+    if (g->wnext)
+        g->wnext->wprev = g->wprev;
+    else
+        b->tail = g->wprev;
+    g->wprev = g->wnext = NULL;
+    g->in_table = 0;
+    __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
+}
+
+/* --------------------------------------------------------- timer heap */
+
+static inline void heap_set(struct hub *h, size_t i, conc_greenlet *g)
+{
+    h->heap[i] = g;
+    g->heap_idx = i;
+}
+
+static void heap_up(struct hub *h, size_t i)
+{
+    conc_greenlet *g = h->heap[i];
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (h->heap[p]->deadline <= g->deadline)
+            break;
+        heap_set(h, i, h->heap[p]);
+        i = p;
+    }
+    heap_set(h, i, g);
+}
+
+static void heap_down(struct hub *h, size_t i)
+{
+    conc_greenlet *g = h->heap[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->nheap)
+            break;
+        if (c + 1 < h->nheap && h->heap[c + 1]->deadline < h->heap[c]->deadline)
+            c++;
+        if (g->deadline <= h->heap[c]->deadline)
+            break;
+        heap_set(h, i, h->heap[c]);
+        i = c;
+    }
+    heap_set(h, i, g);
+}
+
+/* Room for one more timer, so that arming it cannot fail. */
+static int heap_reserve(struct hub *h)
+{
+    if (h->nheap == h->capheap) {
+        size_t cap = h->capheap ? h->capheap * 2 : 64;
+        conc_greenlet **n = realloc(h->heap, cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        h->heap = n;
+        h->capheap = cap;
+    }
+    return 0;
+}
+
+static void timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int rc)
+{
+    g->deadline = deadline;
+    g->timer_rc = rc;
+    heap_set(h, h->nheap++, g);
+    heap_up(h, h->nheap - 1);
+}
+
+static void timer_cancel(struct hub *h, conc_greenlet *g)
+{
+    size_t i = g->heap_idx;
+    if (i == NO_INDEX)
+        return;
+    g->heap_idx = NO_INDEX;
+    conc_greenlet *last = h->heap[--h->nheap];
+    if (i == h->nheap)
+        return;
+    heap_set(h, i, last);
+    heap_up(h, i);
+    heap_down(h, last->heap_idx);
+}
+
+/* ------------------------------------------------------------ readiness */
+
+static void enqueue(struct hub *h, conc_greenlet *g)
+{
+    g->rnext = NULL;
+    if (h->rtail)
+        h->rtail->rnext = g;
+    else
+        h->rhead = g;
+    h->rtail = g;
+}
+
+/* Makes a parked g ready; its blocking call will return rc. */
+static void make_ready(struct hub *h, conc_greenlet *g, int rc)
+{
+    timer_cancel(h, g);
+    if (g->wait_kind == W_FD) {
+        epoll_ctl(h->epfd, EPOLL_CTL_DEL, g->regfd, NULL);
+        if (g->regfd != g->fd)
+            close(g->regfd);
+        h->nfd--;
+    }
+    g->wait_kind = W_NONE;
+    g->wake_rc = rc;
+    g->state = G_READY;
+    enqueue(h, g);
+}
+
+/* Ends a parked g's wait with rc (a timer, a kill, a deadlock).  A word
+ * waiter already unlinked by a waker is left to that wake-up. */
+static void interrupt(struct hub *h, conc_greenlet *g, int rc)
+{
+    if (g->wait_kind == W_WORD) {
+        struct bucket *b = bucket_of(g->word);
+        pthread_mutex_lock(&b->mu);
+        bool mine = g->in_table;
+        if (mine)
+            bucket_unlink(b, g);
+        pthread_mutex_unlock(&b->mu);
+        if (!mine) {
+            timer_cancel(h, g);
+            if (rc == -ECANCELED)
+                g->cancel_pending = 1;
+            return;
+        }
+    }
+    make_ready(h, g, rc);
+}
+
+static void remote_push(struct hub *h, conc_greenlet *g)
+{
+    pthread_mutex_lock(&h->rmu);
+    g->remote_next = h->remote;
+    h->remote = g;
+    __atomic_store_n(&h->remote_flag, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&h->rmu);
+    uint64_t one = 1;
+    ssize_t w = write(h->evfd, &one, sizeof one);
+    (void)w;
+}
+
+static void remote_drain(struct hub *h)
+{
+    if (!__atomic_load_n(&h->remote_flag, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&h->rmu);
+    conc_greenlet *g = h->remote;
+    h->remote = NULL;
+    __atomic_store_n(&h->remote_flag, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&h->rmu);
+    while (g) {
+        conc_greenlet *next = g->remote_next;
+        g->remote_next = NULL;
+        if (g->state == G_PARKED && g->wait_kind == W_WORD && !g->in_table)
+            make_ready(h, g, 0);
+        g = next;
+    }
+}
+
+/* conc__wake's second half: wake up to n coroutines parked on word. */
+int conc__hub_wake(uint32_t *word, int n)
+{
+    struct bucket *b = bucket_of(word);
+    conc_greenlet *woken = NULL, **tail = &woken;
+    int k = 0;
+    pthread_mutex_lock(&b->mu);
+    for (conc_greenlet *g = b->head, *next; g && k < n; g = next) {
+        next = g->wnext;
+        if (g->word != word)
+            continue;
+        bucket_unlink(b, g);
+        g->remote_next = NULL;
+        *tail = g;
+        tail = &g->remote_next;
+        k++;
+    }
+    pthread_mutex_unlock(&b->mu);
+    struct hub *me = tls_hub;
+    while (woken) {
+        conc_greenlet *g = woken;
+        woken = g->remote_next;
+        g->remote_next = NULL;
+        if (g->hub == me)
+            make_ready(me, g, 0);
+        else
+            remote_push(g->hub, g);
+    }
+    return k;
+}
+
+/* ------------------------------------------------------------ greenlets */
+
+static void gl_unref(conc_greenlet *g)
+{
+    if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        free(g);
+}
+
+static inline conc_coro *gl_coro(conc_greenlet *g)
+{
+    return g->is_main ? conc_coro_main() : g->coro;
+}
+
+/* The greenlet the hub believes runs, if the running coroutine is it (not
+ * the loop, not a coroutine switched to by hand). */
+static inline conc_greenlet *gl_self(struct hub *h)
+{
+    conc_coro *cur = conc_coro_current();
+    conc_greenlet *g = h->current;
+    if (likely(g && cur == gl_coro(g)))
+        return g;
+    if (cur == conc_coro_main() && h->main.state == G_RUNNING) {
+        h->current = &h->main;  /* the hub was made in another coroutine */
+        return &h->main;
+    }
+    return NULL;
+}
+
+/* Bookkeeping of a greenlet that has finished (on the hub's thread). */
+static void gl_finish(struct hub *h, conc_greenlet *g)
+{
+    g->state = G_DEAD;
+    if (g->aprev)
+        g->aprev->anext = g->anext;
+    else
+        h->all = g->anext;
+    if (g->anext)
+        g->anext->aprev = g->aprev;
+    __atomic_store_n(&g->done, 1, __ATOMIC_RELEASE);
+    conc__wake(&g->done, INT_MAX, 0);
+    if (__atomic_sub_fetch(&h->live, 1, __ATOMIC_RELEASE) == 0)
+        conc__wake(&h->live, INT_MAX, 0);
+}
+
+static void *gl_entry(void *arg, void *value)
+{
+    (void)value;
+    conc_greenlet *g = arg;
+    g->result = g->fn(g->arg);
+    gl_finish(g->hub, g);
+    return NULL;                /* to the parent: the hub loop */
+}
+
+static void run_one(struct hub *h, conc_greenlet *g)
+{
+    if (g->state == G_NEW && g->killed) {
+        gl_finish(h, g);
+        conc_coro_free(g->coro);
+        g->coro = NULL;
+        gl_unref(g);
+        return;
+    }
+    h->current = g;
+    g->state = G_RUNNING;
+    conc_coro_switch(gl_coro(g), NULL, NULL);
+    h->current = NULL;
+    if (!g->is_main && g->state == G_DEAD) {
+        conc_coro_free(g->coro);
+        g->coro = NULL;
+        gl_unref(g);
+    }
+}
+
+/* ------------------------------------------------------------ the loop */
+
+static bool nothing_can_wake(struct hub *h)
+{
+    if (h->rhead || h->nheap || h->nfd || __atomic_load_n(&h->remote_flag, __ATOMIC_ACQUIRE))
+        return false;
+    if (h->main.state != G_PARKED || (h->main.wait_kind == W_WORD && !h->main.in_table))
+        return false;
+    /* Another thread could wake a word: ask the thread registry, blocking
+     * the thread (not parking) should its lock be contended. */
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    conc__wait_ops = NULL;
+    int n = conc_thread_active_count();
+    conc__wait_ops = ops;
+    return n <= 1;
+}
+
+static void expire_timers(struct hub *h)
+{
+    if (!h->nheap)
+        return;
+    int64_t now = conc_now();
+    while (h->nheap && h->heap[0]->deadline <= now) {
+        conc_greenlet *g = h->heap[0];
+        timer_cancel(h, g);
+        interrupt(h, g, g->timer_rc);
+    }
+}
+
+static void poll_events(struct hub *h, int timeout_ms)
+{
+    struct epoll_event ev[64];
+    int n = epoll_wait(h->epfd, ev, 64, timeout_ms);
+    for (int i = 0; i < n; i++) {
+        conc_greenlet *g = ev[i].data.ptr;
+        if (!g) {
+            uint64_t v;
+            ssize_t r = read(h->evfd, &v, sizeof v);
+            (void)r;
+            continue;
+        }
+        if (g->state == G_PARKED && g->wait_kind == W_FD)
+            make_ready(h, g, 0);
+    }
+    remote_drain(h);
+}
+
+static void *hub_loop(void *arg, void *value)
+{
+    (void)value;
+    struct hub *h = arg;
+    for (;;) {
+        remote_drain(h);
+        expire_timers(h);
+        if (h->rhead) {
+            /* One pass over what is ready now, then look for events. */
+            conc_greenlet *last = h->rtail;
+            for (;;) {
+                conc_greenlet *g = h->rhead;
+                h->rhead = g->rnext;
+                if (!h->rhead)
+                    h->rtail = NULL;
+                bool end = g == last;
+                run_one(h, g);
+                if (end || !h->rhead)
+                    break;
+            }
+            if (h->nfd || __atomic_load_n(&h->remote_flag, __ATOMIC_RELAXED))
+                poll_events(h, 0);
+            continue;
+        }
+        int timeout = -1;
+        if (h->nheap) {
+            int64_t left = h->heap[0]->deadline - conc_now();
+            if (left <= 0)
+                continue;
+            int64_t ms = (left + 999999) / 1000000;
+            timeout = ms > INT_MAX ? INT_MAX : (int)ms;
+        } else if (nothing_can_wake(h)) {
+            interrupt(h, &h->main, -EDEADLK);
+            continue;
+        }
+        poll_events(h, timeout);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------- wait operations */
+
+static int64_t eff_deadline(const conc_greenlet *g, int64_t deadline)
+{
+    if (g->ntimeouts) {
+        int64_t s = g->timeouts[g->ntimeouts - 1];
+        if (s < deadline)
+            return s;
+    }
+    return deadline;
+}
+
+static int park(struct hub *h, conc_greenlet *g)
+{
+    g->state = G_PARKED;
+    conc_coro_switch(h->loop, NULL, NULL);
+    return g->wake_rc;
+}
+
+/* The plain (thread-blocking) path, for code that the hub does not run. */
+#define PLAIN(call)                                     \
+    do {                                                \
+        const struct conc__wait_ops *saved = conc__wait_ops; \
+        conc__wait_ops = NULL;                          \
+        __typeof__(call) r_ = call;                     \
+        conc__wait_ops = saved;                         \
+        return r_;                                      \
+    } while (0)
+
+static int hub_wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        PLAIN(conc__wait(word, expect, deadline, flags));
+    if (g->cancel_pending) {
+        g->cancel_pending = 0;
+        return -ECANCELED;
+    }
+    deadline = eff_deadline(g, deadline);
+    int64_t now = 0;
+    if (deadline != CONC_NO_DEADLINE || (flags & CONC__WAIT_SHARED)) {
+        now = conc_now();
+        if (deadline <= now)
+            return __atomic_load_n(word, __ATOMIC_ACQUIRE) != expect ? -EAGAIN : -ETIMEDOUT;
+    }
+    if (heap_reserve(h) < 0)
+        return 0;               /* a spurious wake-up: the caller re-checks */
+    __atomic_add_fetch(&conc__hub_parked, 1, __ATOMIC_SEQ_CST);
+    struct bucket *b = bucket_of(word);
+    pthread_mutex_lock(&b->mu);
+    if (__atomic_load_n(word, __ATOMIC_SEQ_CST) != expect) {
+        pthread_mutex_unlock(&b->mu);
+        __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
+        return -EAGAIN;
+    }
+    g->word = word;
+    g->wnext = NULL;
+    g->wprev = b->tail;
+    if (b->tail)
+        b->tail->wnext = g;
+    else
+        b->head = g;
+    b->tail = g;
+    g->in_table = 1;
+    pthread_mutex_unlock(&b->mu);
+    g->wait_kind = W_WORD;
+    if (flags & CONC__WAIT_SHARED) {
+        int64_t poll = now + CONC_HUB_SHARED_POLL_NS;
+        if (poll < deadline)
+            timer_arm(h, g, poll, 0);
+        else
+            timer_arm(h, g, deadline, -ETIMEDOUT);
+    } else if (deadline != CONC_NO_DEADLINE) {
+        timer_arm(h, g, deadline, -ETIMEDOUT);
+    }
+    return park(h, g);
+}
+
+static int hub_sleep_until(int64_t deadline)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        PLAIN(conc__sleep_until(deadline));
+    if (g->cancel_pending) {
+        g->cancel_pending = 0;
+        return -ECANCELED;
+    }
+    int64_t d = eff_deadline(g, deadline);
+    int rc = d < deadline ? -ETIMEDOUT : 0;
+    if (d <= conc_now()) {
+        g->wait_kind = W_NONE;
+        g->wake_rc = rc;
+        g->state = G_READY;
+        enqueue(h, g);
+        conc_coro_switch(h->loop, NULL, NULL);
+        return g->wake_rc;
+    }
+    if (heap_reserve(h) < 0)
+        PLAIN(conc__sleep_until(deadline));
+    g->wait_kind = W_SLEEP;
+    timer_arm(h, g, d, rc);
+    return park(h, g);
+}
+
+static void hub_yield(void)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g) {
+        sched_yield();
+        return;
+    }
+    g->wait_kind = W_NONE;
+    g->wake_rc = 0;
+    g->state = G_READY;
+    enqueue(h, g);
+    conc_coro_switch(h->loop, NULL, NULL);
+}
+
+static int hub_wait_fd(int fd, short events, int64_t deadline)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        PLAIN(conc__wait_fd(fd, events, deadline));
+    if (g->cancel_pending) {
+        g->cancel_pending = 0;
+        return -ECANCELED;
+    }
+    deadline = eff_deadline(g, deadline);
+    if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
+        PLAIN(conc__wait_fd(fd, events, deadline));  /* a ready fd wins */
+    if (deadline != CONC_NO_DEADLINE && heap_reserve(h) < 0)
+        return -ENOMEM;
+    struct epoll_event ev = { .events = (uint32_t)(uint16_t)events | EPOLLONESHOT,
+                              .data.ptr = g };
+    int reg = fd;
+    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, reg, &ev) != 0) {
+        int e = errno;
+        if (e == EEXIST) {      /* another coroutine waits on fd: use a copy */
+            reg = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+            if (reg < 0)
+                return -errno;
+            if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, reg, &ev) != 0) {
+                e = errno;
+                close(reg);
+                return -e;
+            }
+        } else if (e == EPERM) {
+            return 0;           /* a regular file: always ready */
+        } else {
+            return e == EBADF ? -EBADF : -e;
+        }
+    }
+    g->fd = fd;
+    g->regfd = reg;
+    g->events = events;
+    g->wait_kind = W_FD;
+    h->nfd++;
+    if (deadline != CONC_NO_DEADLINE)
+        timer_arm(h, g, deadline, -ETIMEDOUT);
+    return park(h, g);
+}
+
+static const struct conc__wait_ops hub_ops = {
+    .wait = hub_wait,
+    .sleep_until = hub_sleep_until,
+    .yield = hub_yield,
+    .wait_fd = hub_wait_fd,
+};
+
+/* ------------------------------------------------------------- the hub */
+
+static void hub_atfork_child(void)
+{
+    /* Only the forking thread lives on, outside any hub: drop every hub
+     * (leaked: its coroutines belong to the parent) and the table. */
+    tls_hub = NULL;
+    conc__wait_ops = NULL;
+    if (!hub_ever)
+        return;
+    for (size_t i = 0; i < BUCKETS; i++) {
+        pthread_mutex_init(&table[i].mu, NULL);
+        table[i].head = table[i].tail = NULL;
+    }
+    conc__hub_parked = 0;
+}
+
+__attribute__((constructor(CONC__CTOR_MODULE))) static void hub_module_init(void)
+{
+    for (size_t i = 0; i < BUCKETS; i++)
+        pthread_mutex_init(&table[i].mu, NULL);
+    pthread_atfork(NULL, NULL, hub_atfork_child);
+}
+
+static void gl_init(conc_greenlet *g, struct hub *h)
+{
+    g->hub = h;
+    g->heap_idx = NO_INDEX;
+    g->fd = g->regfd = -1;
+}
+
+static struct hub *hub_get(void)
+{
+    struct hub *h = tls_hub;
+    if (likely(h != NULL))
+        return h;
+    conc_coro *main = conc_coro_main();
+    if (!main)
+        return NULL;
+    h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->epfd = epoll_create1(EPOLL_CLOEXEC);
+    h->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+    conc_coro_opts o = { .stack_size = HUB_STACK, .name = "hub" };
+    if (h->epfd < 0 || h->evfd < 0 || epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->evfd, &ev) != 0 ||
+        conc_coro_new(&h->loop, hub_loop, h, &o) != 0) {
+        if (h->epfd >= 0)
+            close(h->epfd);
+        if (h->evfd >= 0)
+            close(h->evfd);
+        free(h);
+        return NULL;
+    }
+    conc_coro_set_parent(h->loop, main);
+    pthread_mutex_init(&h->rmu, NULL);
+    gl_init(&h->main, h);
+    h->main.is_main = 1;
+    h->main.refs = 1;
+    h->main.state = G_RUNNING;
+    strcpy(h->main.name, "main");
+    h->current = conc_coro_current() == main ? &h->main : NULL;
+    __atomic_store_n(&hub_ever, 1, __ATOMIC_RELAXED);
+    tls_hub = h;
+    conc__wait_ops = &hub_ops;
+    return h;
+}
+
+int conc_hub_destroy(void)
+{
+    struct hub *h = tls_hub;
+    if (!h)
+        return 0;
+    if (gl_self(h) != &h->main)
+        return -EPERM;
+    if (__atomic_load_n(&h->live, __ATOMIC_ACQUIRE) || h->rhead)
+        return -EBUSY;
+    conc__wait_ops = NULL;
+    tls_hub = NULL;
+    conc_coro_free(h->loop);
+    close(h->epfd);
+    close(h->evfd);
+    pthread_mutex_destroy(&h->rmu);
+    free(h->heap);
+    free(h);
+    return 0;
+}
+
+/* --------------------------------------------------------------- API */
+
+int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_spawn_opts *opts)
+{
+    if (!out || !fn)
+        return -EINVAL;
+    struct hub *h = hub_get();
+    if (!h)
+        return -ENOMEM;
+    if (!gl_self(h))
+        return -EPERM;
+    conc_greenlet *g = calloc(1, sizeof *g);
+    if (!g)
+        return -ENOMEM;
+    gl_init(g, h);
+    conc_coro_opts co = { 0 };
+    if (opts) {
+        co.stack_size = opts->stack_size;
+        co.name = opts->name;
+    }
+    int rc = conc_coro_new(&g->coro, gl_entry, g, &co);
+    if (rc < 0) {
+        free(g);
+        return rc;
+    }
+    conc_coro_set_parent(g->coro, h->loop);
+    memcpy(g->name, conc_coro_name(g->coro), sizeof g->name);
+    g->fn = fn;
+    g->arg = arg;
+    g->refs = 2;                /* the handle, and running */
+    g->state = G_NEW;
+    g->anext = h->all;
+    if (h->all)
+        h->all->aprev = g;
+    h->all = g;
+    __atomic_add_fetch(&h->live, 1, __ATOMIC_RELAXED);
+    enqueue(h, g);
+    *out = g;
+    return 0;
+}
+
+int conc_join_until(conc_greenlet *g, int64_t deadline)
+{
+    if (!g)
+        return -EINVAL;
+    for (;;) {
+        if (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE))
+            return 0;
+        struct hub *h = tls_hub;
+        if (h && g->hub == h && gl_self(h) == g)
+            return -EDEADLK;
+        int r = conc__wait(&g->done, 0, deadline, 0);
+        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK)
+            return __atomic_load_n(&g->done, __ATOMIC_ACQUIRE) ? 0 : r;
+    }
+}
+
+int conc_join(conc_greenlet *g, double timeout)
+{
+    int64_t deadline;
+    int rc = conc__timeout_deadline(timeout, &deadline);
+    if (rc)
+        return rc;
+    return conc_join_until(g, deadline);
+}
+
+int conc_joinall(conc_greenlet *const *list, size_t n, double timeout)
+{
+    if (!list && n)
+        return -EINVAL;
+    int64_t deadline;
+    int rc = conc__timeout_deadline(timeout, &deadline);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (!list[i])
+            continue;
+        rc = conc_join_until(list[i], deadline);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int conc_kill(conc_greenlet *g)
+{
+    if (!g)
+        return -EINVAL;
+    struct hub *h = tls_hub;
+    if (!h || g->hub != h)
+        return -EPERM;
+    switch (g->state) {
+    case G_DEAD:
+        return 0;
+    case G_NEW:
+        g->killed = 1;
+        return 0;
+    case G_PARKED:
+        interrupt(h, g, -ECANCELED);
+        return 0;
+    default:                    /* running (itself) or ready */
+        g->cancel_pending = 1;
+        return 0;
+    }
+}
+
+bool conc_greenlet_dead(const conc_greenlet *g)
+{
+    return g && __atomic_load_n(&g->done, __ATOMIC_ACQUIRE);
+}
+
+int conc_greenlet_result(const conc_greenlet *g, void **out)
+{
+    if (!g || !out)
+        return -EINVAL;
+    if (!__atomic_load_n(&g->done, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    *out = g->result;
+    return g->killed ? -ECANCELED : 0;
+}
+
+const char *conc_greenlet_name(const conc_greenlet *g)
+{
+    return g ? g->name : "";
+}
+
+conc_greenlet *conc_greenlet_current(void)
+{
+    struct hub *h = tls_hub;
+    if (!h)
+        return NULL;
+    conc_greenlet *g = gl_self(h);
+    return g && !g->is_main ? g : NULL;
+}
+
+void conc_greenlet_free(conc_greenlet *g)
+{
+    if (g)
+        gl_unref(g);
+}
+
+int conc_timeout_push(int64_t deadline)
+{
+    struct hub *h = hub_get();
+    if (!h)
+        return -ENOMEM;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        return -EPERM;
+    if (g->ntimeouts == CONC_TIMEOUT_DEPTH)
+        return -EOVERFLOW;
+    int64_t d = eff_deadline(g, deadline);
+    g->timeouts[g->ntimeouts++] = d;
+    return 0;
+}
+
+int conc_timeout_pop(void)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = h ? gl_self(h) : NULL;
+    if (!g || !g->ntimeouts)
+        return -EINVAL;
+    g->ntimeouts--;
+    return 0;
+}
+
+int conc_hub_run(void)
+{
+    struct hub *h = tls_hub;
+    if (!h)
+        return 0;
+    if (gl_self(h) != &h->main)
+        return -EPERM;
+    for (;;) {
+        uint32_t n = __atomic_load_n(&h->live, __ATOMIC_ACQUIRE);
+        if (!n)
+            return 0;
+        int r = conc__wait(&h->live, n, CONC_NO_DEADLINE, 0);
+        if (r == -EDEADLK || r == -ECANCELED || r == -ETIMEDOUT)
+            return r;
+    }
+}
+
+static void dump_one(FILE *f, struct hub *h, conc_greenlet *g, int64_t now)
+{
+    fprintf(f, "%-16s ", g->name);
+    switch (g->state) {
+    case G_NEW:
+        fprintf(f, "new");
+        break;
+    case G_READY:
+        fprintf(f, "ready");
+        break;
+    case G_RUNNING:
+        fprintf(f, "running");
+        break;
+    case G_DEAD:
+        fprintf(f, "dead");
+        break;
+    default:
+        if (g->wait_kind == W_WORD)
+            fprintf(f, "word %p", (void *)g->word);
+        else if (g->wait_kind == W_FD)
+            fprintf(f, "fd %d events 0x%x", g->fd, (unsigned)g->events);
+        else
+            fprintf(f, "sleep");
+        break;
+    }
+    if (g->heap_idx != NO_INDEX)
+        fprintf(f, " until +%.6fs", (double)(g->deadline - now) / 1e9);
+    fputc('\n', f);
+    (void)h;
+}
+
+int conc_hub_dump(FILE *f)
+{
+    if (!f)
+        return -EINVAL;
+    struct hub *h = tls_hub;
+    if (!h)
+        return 0;
+    int64_t now = conc_now();
+    int n = 1;
+    dump_one(f, h, &h->main, now);
+    for (conc_greenlet *g = h->all; g; g = g->anext, n++)
+        dump_one(f, h, g, now);
+    return n;
+}
+
+int conc_wait_fd(int fd, short events, double timeout)
+{
+    int64_t deadline;
+    int rc = conc__timeout_deadline(timeout, &deadline);
+    if (rc)
+        return rc;
+    if (fd < 0)
+        return -EBADF;
+    return conc__wait_fd(fd, events, deadline);
+}

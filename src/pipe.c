@@ -1,0 +1,754 @@
+/*
+ * pipe.c - multiprocessing.Pipe, Connection and connection.wait.
+ *
+ * A connection is a descriptor (one end of a socketpair, or of a pipe) plus
+ * a read-ahead buffer.  Each message is an 8-byte little-endian length and
+ * the bytes.  Receiving reads as much as the buffer holds, so a small
+ * message (or several) costs one read(); a message larger than the buffer
+ * is read straight into the caller's memory.  A receive that times out in
+ * the middle of a large message keeps what arrived (the buffer grows to
+ * hold it), so nothing is ever lost or delivered in part.
+ *
+ * Sockets are left blocking: calls with a deadline use MSG_DONTWAIT and
+ * wait for readiness through the wait layer; a plain thread without a
+ * deadline blocks in recv()/sendmsg() itself, which is what the wait layer
+ * would do for it anyway, at one system call instead of three.  Pipes have
+ * no per-call flag and are made O_NONBLOCK.  SIGPIPE is never raised:
+ * MSG_NOSIGNAL on sockets; on pipes it is blocked in the writing thread
+ * around the write and, when the write fails with EPIPE, taken back with
+ * sigtimedwait.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "conc/pipe.h"
+#include "conc/process.h"
+#include "conc/queue.h"
+#include "internal.h"
+#include "sys/wait.h"
+
+#define HDR 8
+#define RBUF_DEFAULT ((size_t)64 * 1024)
+#define SMALL_MSG 248
+
+struct conc_conn {
+    int fd;                 /* -1 once closed */
+    unsigned flags;         /* CONC_CONN_READABLE | CONC_CONN_WRITABLE */
+    bool sock;              /* a socket (MSG_DONTWAIT / MSG_NOSIGNAL) */
+    bool eof;               /* the peer closed: read gave 0 */
+    bool rbroken;           /* a partial message could not be kept */
+    bool wbroken;           /* a timed-out send cut a message */
+    size_t max;             /* largest message sent or accepted */
+    unsigned char *rbuf;    /* read-ahead; NULL until first needed */
+    size_t rcap, rstart, rend;
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static int timeout_to_deadline(double timeout, int64_t *deadline)
+{
+    if (timeout == 0) {
+        *deadline = 0;
+        return 0;
+    }
+    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
+}
+
+/* The public timeout forms report a passed deadline of a poll as -EAGAIN. */
+static inline ssize_t poll_code(double timeout, ssize_t r)
+{
+    return (timeout == 0 && r == -ETIMEDOUT) ? -EAGAIN : r;
+}
+
+static inline bool passed(int64_t deadline)
+{
+    return deadline != CONC_NO_DEADLINE && conc_now() >= deadline;
+}
+
+/* A plain thread without a deadline may block in the kernel's own call. */
+static inline bool may_block(const conc_conn *c, int64_t deadline)
+{
+    return c->sock && deadline == CONC_NO_DEADLINE && !conc__wait_ops;
+}
+
+static void put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock)
+{
+    conc_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->fd = fd;
+    c->flags = flags;
+    c->sock = sock;
+    c->max = CONC_PIPE_MSG_MAX;
+    *out = c;
+    return 0;
+}
+
+static int check_recv(const conc_conn *c)
+{
+    if (!c)
+        return -EINVAL;
+    if (c->fd < 0)
+        return -EBADF;
+    if (!(c->flags & CONC_CONN_READABLE))
+        return -EPERM;
+    if (c->rbroken)
+        return -EPIPE;
+    return 0;
+}
+
+/* ------------------------------------------------------------ creation */
+
+int conc_pipe(conc_conn **a, conc_conn **b, bool duplex)
+{
+    if (!a || !b)
+        return -EINVAL;
+    int fds[2];
+    unsigned fa, fb;
+    if (duplex) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+            return -errno;
+        fa = fb = CONC_CONN_READABLE | CONC_CONN_WRITABLE;
+    } else {
+        if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+            return -errno;
+        fa = CONC_CONN_READABLE;
+        fb = CONC_CONN_WRITABLE;
+    }
+    conc_conn *ca, *cb;
+    if (conn_new(&ca, fds[0], fa, duplex) < 0)
+        goto fail;
+    if (conn_new(&cb, fds[1], fb, duplex) < 0) {
+        free(ca);
+        goto fail;
+    }
+    *a = ca;
+    *b = cb;
+    return 0;
+fail:
+    close(fds[0]);
+    close(fds[1]);
+    return -ENOMEM;
+}
+
+int conc_conn_from_fd(conc_conn **out, int fd, unsigned flags)
+{
+    if (!out || fd < 0 || (flags & ~(CONC_CONN_READABLE | CONC_CONN_WRITABLE)))
+        return -EINVAL;
+    if (flags == 0)
+        flags = CONC_CONN_READABLE | CONC_CONN_WRITABLE;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return errno == EBADF ? -EBADF : -errno;
+    bool sock = S_ISSOCK(st.st_mode);
+    if (!sock) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+            return -errno;
+    }
+    return conn_new(out, fd, flags, sock);
+}
+
+int conc_conn_fd(const conc_conn *c)
+{
+    if (!c)
+        return -EINVAL;
+    return c->fd < 0 ? -EBADF : c->fd;
+}
+
+bool conc_conn_readable(const conc_conn *c)
+{
+    return c && (c->flags & CONC_CONN_READABLE);
+}
+
+bool conc_conn_writable(const conc_conn *c)
+{
+    return c && (c->flags & CONC_CONN_WRITABLE);
+}
+
+bool conc_conn_closed(const conc_conn *c)
+{
+    return !c || c->fd < 0;
+}
+
+int conc_conn_set_max_size(conc_conn *c, size_t max)
+{
+    if (!c || max == 0 || max > CONC_PIPE_MSG_MAX)
+        return -EINVAL;
+    c->max = max;
+    return 0;
+}
+
+int conc_conn_close(conc_conn *c)
+{
+    if (!c)
+        return -EINVAL;
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rcap = c->rstart = c->rend = 0;
+    return 0;
+}
+
+void conc_conn_free(conc_conn *c)
+{
+    if (!c)
+        return;
+    conc_conn_close(c);
+    free(c);
+}
+
+/* ------------------------------------------------------------ sending */
+
+/* writev on a pipe without SIGPIPE: blocked in this thread for the call,
+ * and taken back when the write raised it. */
+static ssize_t pipe_writev(int fd, const struct iovec *iov, int cnt)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t r;
+    do
+        r = writev(fd, iov, cnt);
+    while (r < 0 && errno == EINTR);
+    int err = errno;
+    /* Unblocked before, so a SIGPIPE pending now is the one just raised. */
+    if (r < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+        static const struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return r;
+}
+
+/* One write attempt of the iovecs.  Returns bytes written (> 0), -EAGAIN,
+ * or a negative errno (EPIPE and ECONNRESET as -EPIPE). */
+static ssize_t write_once(conc_conn *c, struct iovec *iov, int cnt, bool block)
+{
+    ssize_t r;
+    if (c->sock) {
+        struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
+        int fl = MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT);
+        do
+            r = cnt == 1 ? send(c->fd, iov->iov_base, iov->iov_len, fl)
+                         : sendmsg(c->fd, &m, fl);
+        while (r < 0 && errno == EINTR);
+    } else {
+        r = pipe_writev(c->fd, iov, cnt);
+    }
+    if (r >= 0)
+        return r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return -EAGAIN;
+    if (errno == ECONNRESET)
+        return -EPIPE;
+    return -errno;
+}
+
+int conc_conn_send_bytes_until(conc_conn *c, const void *buf, size_t len, int64_t deadline)
+{
+    if (!c || (!buf && len > 0))
+        return -EINVAL;
+    if (c->fd < 0)
+        return -EBADF;
+    if (!(c->flags & CONC_CONN_WRITABLE))
+        return -EPERM;
+    if (c->wbroken)
+        return -EPIPE;
+    if (len > c->max)
+        return -EMSGSIZE;
+
+    /* A small message is copied behind its header and goes out in one
+     * plain send()/write(); a larger one is gathered from two iovecs. */
+    unsigned char hdr[HDR + SMALL_MSG];
+    put_le64(hdr, len);
+    struct iovec iov[2] = {
+        { .iov_base = hdr, .iov_len = HDR },
+        { .iov_base = (void *)buf, .iov_len = len },
+    };
+    int cnt = len ? 2 : 1;
+    if (len > 0 && len <= SMALL_MSG) {
+        memcpy(hdr + HDR, buf, len);
+        iov[0].iov_len = HDR + len;
+        cnt = 1;
+    }
+    struct iovec *cur = iov;
+    size_t done = 0, total = HDR + len;
+    bool block = may_block(c, deadline);
+
+    while (done < total) {
+        ssize_t r = write_once(c, cur, cnt, block);
+        if (r > 0) {
+            done += (size_t)r;
+            size_t n = (size_t)r;
+            while (cnt > 0 && n >= cur->iov_len) {
+                n -= cur->iov_len;
+                cur++;
+                cnt--;
+            }
+            if (cnt > 0) {
+                cur->iov_base = (char *)cur->iov_base + n;
+                cur->iov_len -= n;
+            }
+            continue;
+        }
+        if (r == -EAGAIN) {
+            r = passed(deadline) ? -ETIMEDOUT : conc__wait_fd(c->fd, POLLOUT, deadline);
+            if (r == 0)
+                continue;
+        }
+        if (done > 0) {
+            /* Part of the message went out: the stream can't carry another
+             * one.  Make the peer see the cut now where we can. */
+            c->wbroken = true;
+            if (c->sock)
+                shutdown(c->fd, SHUT_WR);
+        }
+        return (int)r;
+    }
+    return 0;
+}
+
+int conc_conn_send_bytes_timeout(conc_conn *c, const void *buf, size_t len, double timeout)
+{
+    int64_t deadline;
+    if (timeout_to_deadline(timeout, &deadline) < 0)
+        return -EINVAL;
+    return (int)poll_code(timeout, conc_conn_send_bytes_until(c, buf, len, deadline));
+}
+
+int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len)
+{
+    return conc_conn_send_bytes_until(c, buf, len, CONC_NO_DEADLINE);
+}
+
+/* ------------------------------------------------------------ receiving */
+
+/* One read attempt.  Returns bytes (> 0), 0 at end of file (a reset
+ * connection counts as closed), -EAGAIN, or a negative errno. */
+static ssize_t read_once(conc_conn *c, void *p, size_t n, bool block)
+{
+    ssize_t r;
+    do {
+        if (c->sock)
+            r = recv(c->fd, p, n, block ? 0 : MSG_DONTWAIT);
+        else
+            r = read(c->fd, p, n);
+    } while (r < 0 && errno == EINTR);
+    if (r >= 0)
+        return r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return -EAGAIN;
+    if (errno == ECONNRESET)
+        return 0;
+    return -errno;
+}
+
+/* Reads at most n bytes into p, waiting until some arrive or the deadline
+ * passes.  Returns bytes (> 0), 0 at end of file, or a negative code. */
+static ssize_t read_some(conc_conn *c, void *p, size_t n, int64_t deadline)
+{
+    bool block = may_block(c, deadline);
+    for (;;) {
+        ssize_t r = read_once(c, p, n, block);
+        if (r != -EAGAIN)
+            return r;
+        if (passed(deadline))
+            return -ETIMEDOUT;
+        int w = conc__wait_fd(c->fd, POLLIN, deadline);
+        if (w < 0)
+            return w;
+    }
+}
+
+static int rbuf_ready(conc_conn *c)
+{
+    if (!c->rbuf) {
+        c->rbuf = malloc(RBUF_DEFAULT);
+        if (!c->rbuf)
+            return -ENOMEM;
+        c->rcap = RBUF_DEFAULT;
+        c->rstart = c->rend = 0;
+    }
+    return 0;
+}
+
+static inline size_t buffered(const conc_conn *c)
+{
+    return c->rend - c->rstart;
+}
+
+static void consume(conc_conn *c, size_t n)
+{
+    c->rstart += n;
+    if (c->rstart == c->rend) {
+        c->rstart = c->rend = 0;
+        if (c->rcap > RBUF_DEFAULT) {       /* grown for a large message */
+            free(c->rbuf);
+            c->rbuf = NULL;
+            c->rcap = 0;
+        }
+    }
+}
+
+/* Drops a message cut by the peer's close, and reports the close. */
+static int cut(conc_conn *c)
+{
+    c->rstart = c->rend = 0;
+    return -EPIPE;
+}
+
+/* Makes at least need (<= rcap) bytes buffered.  Returns 0, -EPIPE at end
+ * of file before that, or another negative code. */
+static int fill(conc_conn *c, size_t need, int64_t deadline)
+{
+    while (buffered(c) < need) {
+        if (c->eof)
+            return cut(c);
+        if (c->rstart + need > c->rcap) {
+            memmove(c->rbuf, c->rbuf + c->rstart, buffered(c));
+            c->rend -= c->rstart;
+            c->rstart = 0;
+        }
+        ssize_t r = read_some(c, c->rbuf + c->rend, c->rcap - c->rend, deadline);
+        if (r == 0) {
+            c->eof = true;
+            return cut(c);
+        }
+        if (r < 0)
+            return (int)r;
+        c->rend += (size_t)r;
+    }
+    return 0;
+}
+
+/* Waits for the next message's header; stores its length. */
+static int next_header(conc_conn *c, int64_t deadline, size_t *len)
+{
+    int r = rbuf_ready(c);
+    if (r < 0)
+        return r;
+    r = fill(c, HDR, deadline);
+    if (r < 0)
+        return r;
+    uint64_t n = get_le64(c->rbuf + c->rstart);
+    if (n > c->max)
+        return -EMSGSIZE;
+    *len = (size_t)n;
+    return 0;
+}
+
+/* Keeps got bytes of a large message (at buf) after its header, for the
+ * next receive.  Returns 0 or -ENOMEM. */
+static int keep_partial(conc_conn *c, const void *buf, size_t got)
+{
+    unsigned char hdr[HDR];
+    memcpy(hdr, c->rbuf + c->rstart, HDR);
+    size_t need = HDR + got;
+    if (need > c->rcap) {
+        unsigned char *nb = malloc(need);
+        if (!nb)
+            return -ENOMEM;
+        free(c->rbuf);
+        c->rbuf = nb;
+        c->rcap = need;
+    }
+    memcpy(c->rbuf, hdr, HDR);
+    memcpy(c->rbuf + HDR, buf, got);
+    c->rstart = 0;
+    c->rend = need;
+    return 0;
+}
+
+ssize_t conc_conn_recv_bytes_until(conc_conn *c, void *buf, size_t cap, int64_t deadline)
+{
+    int r = check_recv(c);
+    if (r < 0)
+        return r;
+    if (!buf && cap > 0)
+        return -EINVAL;
+    size_t len;
+    r = next_header(c, deadline, &len);
+    if (r < 0)
+        return r;
+    if (len > cap)
+        return -EMSGSIZE;
+    size_t total = HDR + len;
+    if (total <= c->rcap) {
+        r = fill(c, total, deadline);
+        if (r < 0)
+            return r;
+        if (len)
+            memcpy(buf, c->rbuf + c->rstart + HDR, len);
+        consume(c, total);
+        return (ssize_t)len;
+    }
+    /* Larger than the buffer: everything buffered belongs to this
+     * message; the rest goes straight to the caller's memory. */
+    size_t got = buffered(c) - HDR;
+    memcpy(buf, c->rbuf + c->rstart + HDR, got);
+    while (got < len) {
+        ssize_t n = c->eof ? 0 : read_some(c, (char *)buf + got, len - got, deadline);
+        if (n > 0) {
+            got += (size_t)n;
+            continue;
+        }
+        if (n == 0) {
+            c->eof = true;
+            return cut(c);
+        }
+        if (keep_partial(c, buf, got) < 0) {
+            c->rbroken = true;
+            return -ENOMEM;
+        }
+        return n;
+    }
+    consume(c, buffered(c));
+    return (ssize_t)len;
+}
+
+ssize_t conc_conn_recv_bytes(conc_conn *c, void *buf, size_t cap, double timeout)
+{
+    int64_t deadline;
+    if (timeout_to_deadline(timeout, &deadline) < 0)
+        return -EINVAL;
+    return poll_code(timeout, conc_conn_recv_bytes_until(c, buf, cap, deadline));
+}
+
+ssize_t conc_conn_recv_size_until(conc_conn *c, int64_t deadline)
+{
+    int r = check_recv(c);
+    if (r < 0)
+        return r;
+    size_t len;
+    r = next_header(c, deadline, &len);
+    return r < 0 ? r : (ssize_t)len;
+}
+
+ssize_t conc_conn_recv_size(conc_conn *c, double timeout)
+{
+    int64_t deadline;
+    if (timeout_to_deadline(timeout, &deadline) < 0)
+        return -EINVAL;
+    return poll_code(timeout, conc_conn_recv_size_until(c, deadline));
+}
+
+int conc_conn_recv_alloc_until(conc_conn *c, void **out, size_t *len, int64_t deadline)
+{
+    if (!out || !len)
+        return -EINVAL;
+    ssize_t n = conc_conn_recv_size_until(c, deadline);
+    if (n < 0)
+        return (int)n;
+    void *p = malloc(n ? (size_t)n : 1);
+    if (!p)
+        return -ENOMEM;
+    ssize_t r = conc_conn_recv_bytes_until(c, p, (size_t)n, deadline);
+    if (r < 0) {
+        free(p);
+        return (int)r;
+    }
+    *out = p;
+    *len = (size_t)r;
+    return 0;
+}
+
+int conc_conn_recv_alloc(conc_conn *c, void **out, size_t *len, double timeout)
+{
+    int64_t deadline;
+    if (timeout_to_deadline(timeout, &deadline) < 0)
+        return -EINVAL;
+    return (int)poll_code(timeout, conc_conn_recv_alloc_until(c, out, len, deadline));
+}
+
+/* True when a receive would not wait: data or the peer's close is known.
+ * Reads ahead what is there (never waits). */
+static int has_input(conc_conn *c)
+{
+    if (buffered(c) > 0 || c->eof)
+        return 1;
+    int r = rbuf_ready(c);
+    if (r < 0)
+        return r;
+    if (c->rend == c->rcap)         /* cannot happen while empty */
+        c->rstart = c->rend = 0;
+    ssize_t n = read_once(c, c->rbuf + c->rend, c->rcap - c->rend, false);
+    if (n > 0) {
+        c->rend += (size_t)n;
+        return 1;
+    }
+    if (n == 0) {
+        c->eof = true;
+        return 1;
+    }
+    return n == -EAGAIN ? 0 : (int)n;
+}
+
+int conc_conn_poll_until(conc_conn *c, int64_t deadline)
+{
+    int r = check_recv(c);
+    if (r < 0)
+        return r;
+    for (;;) {
+        r = has_input(c);
+        if (r != 0)
+            return r > 0 ? 0 : r;
+        if (passed(deadline))
+            return -ETIMEDOUT;
+        r = conc__wait_fd(c->fd, POLLIN, deadline);
+        if (r < 0)
+            return r;
+    }
+}
+
+int conc_conn_poll(conc_conn *c, double timeout)
+{
+    int64_t deadline;
+    if (timeout_to_deadline(timeout, &deadline) < 0)
+        return -EINVAL;
+    return (int)poll_code(timeout, conc_conn_poll_until(c, deadline));
+}
+
+/* ------------------------------------------------------------ wait */
+
+#define WAIT_STACK 32
+
+int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
+{
+    if (n == 0) {
+        if (deadline == CONC_NO_DEADLINE)
+            return -EINVAL;
+        conc__sleep_until(deadline);
+        return -ETIMEDOUT;
+    }
+    if (!objs || n > (size_t)INT32_MAX)
+        return -EINVAL;
+    struct pollfd stack[WAIT_STACK], *fds = stack;
+    int count = 0, r = 0;
+
+    /* Check every entry before allocating anything. */
+    for (size_t i = 0; i < n; i++) {
+        conc_waitable *w = &objs[i];
+        w->ready = false;
+        switch (w->kind) {
+        case CONC_WAIT_CONN:
+            r = check_recv(w->u.conn);
+            if (r == -EPIPE)        /* broken: a receive fails at once */
+                r = 0;
+            break;
+        case CONC_WAIT_QUEUE:
+        case CONC_WAIT_PROCESS:
+            r = w->u.queue ? 0 : -EINVAL;
+            break;
+        case CONC_WAIT_FD:
+            r = w->u.fd >= 0 ? 0 : -EINVAL;
+            break;
+        default:
+            r = -EINVAL;
+        }
+        if (r < 0)
+            return r;
+    }
+    if (n > WAIT_STACK) {
+        fds = malloc(n * sizeof *fds);
+        if (!fds)
+            return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        conc_waitable *w = &objs[i];
+        fds[i].events = POLLIN;
+        fds[i].revents = 0;
+        switch (w->kind) {
+        case CONC_WAIT_CONN:
+            r = w->u.conn->rbroken ? 1 : has_input(w->u.conn);
+            if (r > 0) {
+                w->ready = true;
+                count++;
+            }
+            fds[i].fd = w->u.conn->fd;
+            break;
+        case CONC_WAIT_QUEUE:
+            r = conc_queue_fd(w->u.queue);
+            fds[i].fd = r;
+            break;
+        case CONC_WAIT_PROCESS:
+            r = conc_process_sentinel(w->u.process);
+            fds[i].fd = r;
+            break;
+        default:
+            fds[i].fd = w->u.fd;
+            if (w->events)
+                fds[i].events = w->events;
+            r = 0;
+            break;
+        }
+        if (r < 0)
+            goto out;
+    }
+
+    for (;;) {
+        r = conc__wait_fds(fds, n, count ? 0 : deadline);
+        if (r == -ETIMEDOUT)
+            break;
+        if (r < 0)
+            goto out;
+        if (r == 0)
+            continue;               /* interrupted: wait again */
+        for (size_t i = 0; i < n; i++) {
+            short re = fds[i].revents;
+            if (re & POLLNVAL) {
+                r = -EBADF;
+                goto out;
+            }
+            if (!objs[i].ready && (re & (fds[i].events | POLLERR | POLLHUP))) {
+                objs[i].ready = true;
+                count++;
+            }
+        }
+        if (count)
+            break;
+    }
+    r = count ? count : -ETIMEDOUT;
+out:
+    if (fds != stack)
+        free(fds);
+    return r;
+}
+
+int conc_wait(conc_waitable *objs, size_t n, double timeout)
+{
+    int64_t deadline;
+    if (timeout_to_deadline(timeout, &deadline) < 0)
+        return -EINVAL;
+    return (int)poll_code(timeout, conc_wait_until(objs, n, deadline));
+}

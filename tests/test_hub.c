@@ -1,0 +1,743 @@
+/*
+ * test_hub.c - the gevent-style hub of conc/coro.h: spawn, join, joinall
+ * and their order with sleeps (an event log checked exactly), sleep(0)
+ * yields, kill at every kind of blocking point, join timeouts, timeout
+ * scopes, locks between coroutines of one thread, wake-ups from other
+ * threads (event, queue), the deadlock diagnosis, many sleepers, and the
+ * coro-sleepers example.
+ *
+ * Criterion runs every test in its own process.  Coroutines only record
+ * what they saw; assertions are made by the test's main coroutine.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conc.h"
+
+#ifndef CONC_EXAMPLES_DIR
+#error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define MANY 2000
+#elif defined(__SANITIZE_ADDRESS__)
+#define MANY 20000
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MANY 2000
+#elif __has_feature(address_sanitizer)
+#define MANY 20000
+#endif
+#endif
+#ifndef MANY
+#define MANY 100000
+#endif
+
+/* ------------------------------------------------------------ event log */
+
+static char logbuf[256];
+static size_t loglen;
+
+static void logc(char c)
+{
+    if (loglen + 1 < sizeof logbuf)
+        logbuf[loglen++] = c;
+    logbuf[loglen] = '\0';
+}
+
+/* ----------------------------------------------------------- interleave */
+
+struct step {
+    char name;
+    int n;
+    double pause;
+};
+
+static void *stepper(void *arg)
+{
+    struct step *s = arg;
+    for (int i = 0; i < s->n; i++) {
+        logc(s->name);
+        conc_sleep(s->pause);
+    }
+    return (void *)(intptr_t)s->name;
+}
+
+Test(hub, spawn_join_order, .timeout = 30)
+{
+    /* a logs at 0, 30, 60 ms; b at 0, 45, 90 ms. */
+    struct step a = { 'a', 3, 0.030 }, b = { 'b', 3, 0.045 };
+    conc_greenlet *ga, *gb;
+    cr_assert_eq(conc_spawn(&ga, stepper, &a, NULL), 0);
+    cr_assert_eq(conc_spawn(&gb, stepper, &b, NULL), 0);
+    logc('m');                      /* nothing runs before main blocks */
+    cr_assert_eq(conc_join(gb, CONC_FOREVER), 0);
+    logc('j');
+    cr_assert_str_eq(logbuf, "mababab" "j");
+    cr_assert(conc_greenlet_dead(ga));
+    void *r;
+    cr_assert_eq(conc_greenlet_result(gb, &r), 0);
+    cr_assert_eq((intptr_t)r, 'b');
+    cr_assert_eq(conc_join(ga, 0), 0);
+    conc_greenlet_free(ga);
+    conc_greenlet_free(gb);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+Test(hub, joinall_and_run, .timeout = 30)
+{
+    struct step s[3] = { { 'x', 2, 0.02 }, { 'y', 1, 0.01 }, { 'z', 2, 0.005 } };
+    conc_greenlet *g[4] = { NULL };
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(conc_spawn(&g[i], stepper, &s[i], NULL), 0);
+    cr_assert_eq(conc_joinall(g, 4, 5.0), 0);   /* the NULL entry is skipped */
+    cr_assert_str_eq(logbuf, "xyzzx");
+    for (int i = 0; i < 3; i++) {
+        cr_assert(conc_greenlet_dead(g[i]));
+        conc_greenlet_free(g[i]);
+    }
+    cr_assert_eq(conc_hub_run(), 0);            /* nothing left */
+    cr_assert_eq(conc_spawn(&g[0], stepper, &s[1], NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert(conc_greenlet_dead(g[0]));
+    conc_greenlet_free(g[0]);
+}
+
+static void *yielder(void *arg)
+{
+    char c = (char)(intptr_t)arg;
+    for (int i = 0; i < 3; i++) {
+        logc(c);
+        cr_assert_eq(conc_sleep(0), 0);
+    }
+    return NULL;
+}
+
+Test(hub, sleep_zero_yields, .timeout = 30)
+{
+    conc_greenlet *a, *b;
+    cr_assert_eq(conc_spawn(&a, yielder, (void *)'a', NULL), 0);
+    cr_assert_eq(conc_spawn(&b, yielder, (void *)'b', NULL), 0);
+    cr_assert_eq(conc_sleep(0), 0);         /* main yields: both run once */
+    logc('m');
+    cr_assert_eq(conc_join(a, CONC_FOREVER), 0);
+    cr_assert_eq(conc_join(b, CONC_FOREVER), 0);
+    cr_assert_str_eq(logbuf, "abmabab");
+    conc_greenlet_free(a);
+    conc_greenlet_free(b);
+}
+
+/* ---------------------------------------------------------------- kill */
+
+static conc_lock klock = CONC_LOCK_INIT;
+static conc_event kevent = CONC_EVENT_INIT;
+static conc_cond kcond = CONC_COND_INIT;
+static conc_lock kcond_lock = CONC_LOCK_INIT;
+static conc_queue *kqueue;
+static int kpipe[2];
+static int krc[8];
+
+static void *blocker(void *arg)
+{
+    int kind = (int)(intptr_t)arg;
+    int r = -1;
+    void *item;
+    char c;
+    switch (kind) {
+    case 0:
+        r = conc_sleep(10);
+        break;
+    case 1:
+        r = conc_lock_acquire(&klock, CONC_FOREVER);
+        break;
+    case 2:
+        r = conc_event_wait(&kevent, CONC_FOREVER);
+        break;
+    case 3:
+        conc_lock_acquire(&kcond_lock, CONC_FOREVER);
+        r = conc_cond_wait(&kcond, &kcond_lock, CONC_FOREVER);
+        conc_lock_release(&kcond_lock);
+        break;
+    case 4:
+        r = conc_queue_get(kqueue, &item, CONC_FOREVER);
+        break;
+    case 5:
+        (void)c;
+        r = conc_wait_fd(kpipe[0], POLLIN, CONC_FOREVER);
+        break;
+    }
+    krc[kind] = r;
+    return NULL;
+}
+
+static void kill_at(int kind)
+{
+    krc[kind] = 1;
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(&g, blocker, (void *)(intptr_t)kind, NULL), 0);
+    cr_assert_eq(conc_sleep(0.02), 0);       /* it runs and parks */
+    cr_assert_eq(krc[kind], 1, "kind %d did not block", kind);
+    cr_assert_not(conc_greenlet_dead(g));
+    cr_assert_eq(conc_kill(g), 0);
+    cr_assert_eq(conc_join(g, 5.0), 0);
+    cr_assert_eq(krc[kind], -ECANCELED, "kind %d returned %d", kind, krc[kind]);
+    cr_assert_eq(conc_kill(g), 0);           /* finished: nothing happens */
+    conc_greenlet_free(g);
+}
+
+Test(hub, kill_sleep, .timeout = 30)
+{
+    kill_at(0);
+}
+
+Test(hub, kill_lock_acquire, .timeout = 30)
+{
+    cr_assert_eq(conc_lock_acquire(&klock, CONC_FOREVER), 0);
+    kill_at(1);
+    cr_assert_eq(conc_lock_release(&klock), 0);
+}
+
+Test(hub, kill_event_wait, .timeout = 30)
+{
+    kill_at(2);
+}
+
+Test(hub, kill_condition_wait, .timeout = 30)
+{
+    kill_at(3);
+}
+
+Test(hub, kill_queue_get, .timeout = 30)
+{
+    cr_assert_eq(conc_queue_new(&kqueue, NULL), 0);
+    kill_at(4);
+    conc_queue_free(kqueue);
+}
+
+Test(hub, kill_fd_wait, .timeout = 30)
+{
+    cr_assert_eq(pipe(kpipe), 0);
+    kill_at(5);
+    close(kpipe[0]);
+    close(kpipe[1]);
+}
+
+static void *logger(void *arg)
+{
+    logc((char)(intptr_t)arg);
+    return arg;
+}
+
+Test(hub, kill_before_start, .timeout = 30)
+{
+    conc_greenlet *a, *b;
+    cr_assert_eq(conc_spawn(&a, logger, (void *)'a', NULL), 0);
+    cr_assert_eq(conc_spawn(&b, logger, (void *)'b', NULL), 0);
+    cr_assert_eq(conc_kill(a), 0);
+    cr_assert_eq(conc_joinall((conc_greenlet *[]){ a, b }, 2, 5.0), 0);
+    cr_assert_str_eq(logbuf, "b");
+    void *r = (void *)1;
+    cr_assert_eq(conc_greenlet_result(a, &r), -ECANCELED);
+    cr_assert_eq(conc_greenlet_result(b, &r), 0);
+    cr_assert_eq((intptr_t)r, 'b');
+    conc_greenlet_free(a);
+    conc_greenlet_free(b);
+}
+
+static void *fd_reader(void *arg)
+{
+    int *fds = arg;
+    int r = conc_wait_fd(fds[0], POLLIN, 5.0);
+    char c = 0;
+    if (r == 0 && read(fds[0], &c, 1) == 1)
+        logc(c);
+    return (void *)(intptr_t)r;
+}
+
+static void *fd_writer(void *arg)
+{
+    int *fds = arg;
+    conc_sleep(0.01);
+    logc('w');
+    ssize_t n = write(fds[1], "r", 1);
+    (void)n;
+    return NULL;
+}
+
+Test(hub, fd_wait_wakes, .timeout = 30)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    conc_greenlet *a, *b;
+    cr_assert_eq(conc_spawn(&a, fd_reader, fds, NULL), 0);
+    cr_assert_eq(conc_spawn(&b, fd_writer, fds, NULL), 0);
+    cr_assert_eq(conc_joinall((conc_greenlet *[]){ a, b }, 2, 5.0), 0);
+    cr_assert_str_eq(logbuf, "wr");
+    void *r;
+    cr_assert_eq(conc_greenlet_result(a, &r), 0);
+    cr_assert_eq((intptr_t)r, 0);
+    cr_assert_eq(conc_wait_fd(fds[0], POLLIN, 0.02), -ETIMEDOUT);
+    cr_assert_eq(conc_wait_fd(-1, POLLIN, 0), -EBADF);
+    conc_greenlet_free(a);
+    conc_greenlet_free(b);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+/* ------------------------------------------------------------ timeouts */
+
+static void *long_sleeper(void *arg)
+{
+    (void)arg;
+    conc_sleep(0.3);
+    return NULL;
+}
+
+Test(hub, join_timeout, .timeout = 30)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(&g, long_sleeper, NULL, NULL), 0);
+    int64_t t0 = conc_now();
+    cr_assert_eq(conc_join(g, 0.05), -ETIMEDOUT);
+    cr_assert_geq(conc_now() - t0, 40000000);
+    cr_assert_eq(conc_join(g, 0), -ETIMEDOUT);
+    cr_assert_not(conc_greenlet_dead(g));
+    cr_assert_eq(conc_joinall(&g, 1, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_join(NULL, 1), -EINVAL);
+    cr_assert_eq(conc_join(g, -2), -EINVAL);
+    conc_greenlet_free(g);
+}
+
+static int scope_rc[4];
+
+static void *scoped(void *arg)
+{
+    (void)arg;
+    conc_event ev = CONC_EVENT_INIT;
+    cr_assert_eq(conc_timeout_push(conc_now() + 30000000), 0);
+    scope_rc[0] = conc_event_wait(&ev, CONC_FOREVER);
+    scope_rc[1] = conc_sleep(1.0);
+    cr_assert_eq(conc_timeout_pop(), 0);
+    scope_rc[2] = conc_sleep(0.001);
+    scope_rc[3] = conc_timeout_pop();
+    return NULL;
+}
+
+Test(hub, timeout_scope, .timeout = 30)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(&g, scoped, NULL, NULL), 0);
+    int64_t t0 = conc_now();
+    cr_assert_eq(conc_join(g, 5.0), 0);
+    cr_assert_lt(conc_now() - t0, 900000000);   /* the 1 s sleep was cut */
+    cr_assert_eq(scope_rc[0], -ETIMEDOUT);
+    cr_assert_eq(scope_rc[1], -ETIMEDOUT);
+    cr_assert_eq(scope_rc[2], 0);
+    cr_assert_eq(scope_rc[3], -EINVAL);
+    conc_greenlet_free(g);
+    /* In the main coroutine too. */
+    conc_lock l = CONC_LOCK_INIT;
+    cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
+    cr_assert_eq(conc_timeout_push(conc_now() + 20000000), 0);
+    cr_assert_eq(conc_timeout_push(CONC_NO_DEADLINE), 0);  /* outer still wins */
+    cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), -ETIMEDOUT);
+    cr_assert_eq(conc_timeout_pop(), 0);
+    cr_assert_eq(conc_timeout_pop(), 0);
+    cr_assert_eq(conc_timeout_pop(), -EINVAL);
+}
+
+/* ------------------------------------------- lock between coroutines */
+
+static conc_lock shared_lock = CONC_LOCK_INIT;
+
+static void *locker(void *arg)
+{
+    char c = (char)(intptr_t)arg;
+    cr_assert_eq(conc_lock_acquire(&shared_lock, CONC_FOREVER), 0);
+    logc(c);
+    conc_sleep(0.02);                  /* holds it while sleeping */
+    logc((char)(c - 'a' + 'A'));
+    conc_lock_release(&shared_lock);
+    return NULL;
+}
+
+Test(hub, lock_between_coroutines, .timeout = 30)
+{
+    conc_greenlet *g[3];
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(conc_spawn(&g[i], locker, (void *)(intptr_t)('a' + i), NULL), 0);
+    cr_assert_eq(conc_joinall(g, 3, 5.0), 0);
+    cr_assert_str_eq(logbuf, "aAbBcC");
+    for (int i = 0; i < 3; i++)
+        conc_greenlet_free(g[i]);
+}
+
+/* ------------------------------------------------------ other threads */
+
+static conc_event xevent = CONC_EVENT_INIT;
+
+static void *event_setter(void *arg)
+{
+    (void)arg;
+    conc_sleep(0.05);
+    conc_event_set(&xevent);
+    return NULL;
+}
+
+static void *event_waiter(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)conc_event_wait(&xevent, 10.0);
+}
+
+static void *ticker(void *arg)
+{
+    int *ticks = arg;
+    while (!conc_event_is_set(&xevent)) {
+        (*ticks)++;
+        conc_sleep(0.005);
+    }
+    return NULL;
+}
+
+Test(hub, event_set_by_other_thread, .timeout = 30)
+{
+    int ticks = 0;
+    conc_greenlet *w, *t;
+    cr_assert_eq(conc_spawn(&w, event_waiter, NULL, NULL), 0);
+    cr_assert_eq(conc_spawn(&t, ticker, &ticks, NULL), 0);
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, event_setter, NULL, NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    cr_assert_eq(conc_join(w, 10.0), 0);
+    void *r;
+    cr_assert_eq(conc_greenlet_result(w, &r), 0);
+    cr_assert_eq((intptr_t)r, 0);
+    cr_assert_gt(ticks, 1);            /* the thread's coroutines kept running */
+    cr_assert_eq(conc_join(t, 10.0), 0);
+    cr_assert_eq(conc_thread_join(th, CONC_FOREVER), 0);
+    conc_thread_free(th);
+    conc_greenlet_free(w);
+    conc_greenlet_free(t);
+}
+
+static conc_queue *xqueue;
+
+static void *feeder(void *arg)
+{
+    (void)arg;
+    for (intptr_t i = 1; i <= 50; i++) {
+        conc_queue_put(xqueue, (void *)i, CONC_FOREVER);
+        if (i % 10 == 0)
+            conc_sleep(0.005);
+    }
+    return NULL;
+}
+
+static void *consumer(void *arg)
+{
+    intptr_t *sum = arg;
+    for (int i = 0; i < 25; i++) {
+        void *item;
+        if (conc_queue_get(xqueue, &item, 10.0) != 0)
+            return (void *)1;
+        *sum += (intptr_t)item;
+    }
+    return NULL;
+}
+
+Test(hub, queue_fed_by_other_thread, .timeout = 30)
+{
+    cr_assert_eq(conc_queue_new(&xqueue, NULL), 0);
+    intptr_t sum[2] = { 0, 0 };
+    conc_greenlet *c[2];
+    cr_assert_eq(conc_spawn(&c[0], consumer, &sum[0], NULL), 0);
+    cr_assert_eq(conc_spawn(&c[1], consumer, &sum[1], NULL), 0);
+    cr_assert_eq(conc_sleep(0.01), 0);          /* both park on the queue */
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, feeder, NULL, NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    cr_assert_eq(conc_joinall(c, 2, 10.0), 0);
+    cr_assert_eq(sum[0] + sum[1], 50 * 51 / 2);
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        cr_assert_eq(conc_greenlet_result(c[i], &r), 0);
+        cr_assert_null(r);
+        conc_greenlet_free(c[i]);
+    }
+    cr_assert_eq(conc_thread_join(th, CONC_FOREVER), 0);
+    conc_thread_free(th);
+    conc_queue_free(xqueue);
+}
+
+/* Two hub threads and two plain threads pass items through one queue
+ * while the consumers time out and get killed: nothing is lost or
+ * duplicated. */
+#define STRESS_ITEMS 4000
+static conc_queue *squeue;
+static intptr_t stress_got[2];
+
+static void *stress_consumer(void *arg)
+{
+    intptr_t *got = arg;
+    for (;;) {
+        void *item;
+        int r = conc_queue_get(squeue, &item, 0.002);
+        if (r == -ETIMEDOUT)
+            continue;
+        if (r != 0) {
+            return (void *)(intptr_t)r;       /* killed */
+        }
+        if ((intptr_t)item < 0)
+            return NULL;                     /* the end */
+        __atomic_add_fetch(got, (intptr_t)item, __ATOMIC_RELAXED);
+    }
+}
+
+static void *stress_hub_thread(void *arg)
+{
+    intptr_t *got = arg;
+    conc_greenlet *g[8];
+    for (int i = 0; i < 8; i++)
+        if (conc_spawn(&g[i], stress_consumer, got, NULL) != 0)
+            return (void *)1;
+    conc_sleep(0.02);
+    conc_kill(g[0]);                        /* one leaves early */
+    for (int i = 0; i < 8; i++) {
+        if (conc_join(g[i], 20.0) != 0) {
+            conc_hub_dump(stderr);
+            return (void *)2;
+        }
+        conc_greenlet_free(g[i]);
+    }
+    return (void *)(intptr_t)conc_hub_destroy();
+}
+
+static void *stress_producer(void *arg)
+{
+    intptr_t base = (intptr_t)arg;
+    for (intptr_t i = 1; i <= STRESS_ITEMS; i++) {
+        conc_queue_put(squeue, (void *)(base + i), CONC_FOREVER);
+        if (i % 500 == 0)
+            conc_sleep(0.001);
+    }
+    return NULL;
+}
+
+Test(hub, cross_thread_stress, .timeout = 30)
+{
+    cr_assert_eq(conc_queue_new(&squeue, NULL), 0);
+    conc_thread *hubs[2], *prods[2];
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(conc_thread_new(&hubs[i], stress_hub_thread, &stress_got[i], NULL), 0);
+        cr_assert_eq(conc_thread_start(hubs[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(conc_thread_new(&prods[i], stress_producer, (void *)(intptr_t)(i * 100000), NULL), 0);
+        cr_assert_eq(conc_thread_start(prods[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(conc_thread_join(prods[i], CONC_FOREVER), 0);
+        conc_thread_free(prods[i]);
+    }
+    /* One end marker per consumer: the killed ones may or may not have
+     * left before (a kill reaches a woken greenlet at its next wait). */
+    for (int i = 0; i < 16; i++)
+        cr_assert_eq(conc_queue_put(squeue, (void *)(intptr_t)-1, CONC_FOREVER), 0);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(conc_thread_join(hubs[i], CONC_FOREVER), 0);
+        void *r;
+        cr_assert_eq(conc_thread_result(hubs[i], &r), 0);
+        cr_assert_null(r, "hub thread %d: %ld", i, (long)(intptr_t)r);
+        conc_thread_free(hubs[i]);
+    }
+    intptr_t want = 2 * (STRESS_ITEMS * (STRESS_ITEMS + 1) / 2) + (intptr_t)STRESS_ITEMS * 100000;
+    cr_assert_eq(stress_got[0] + stress_got[1], want);
+    conc_queue_free(squeue);
+}
+
+/* A plain thread joins a greenlet: it blocks the thread, the hub's
+ * finishing greenlet wakes it. */
+static void *thread_joiner(void *arg)
+{
+    return (void *)(intptr_t)conc_join(arg, 10.0);
+}
+
+Test(hub, join_from_other_thread, .timeout = 30)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(&g, long_sleeper, NULL, NULL), 0);
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, thread_joiner, g, NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert_eq(conc_thread_join(th, CONC_FOREVER), 0);
+    void *r = (void *)1;
+    cr_assert_eq(conc_thread_result(th, &r), 0);
+    cr_assert_eq((intptr_t)r, 0);
+    conc_thread_free(th);
+    conc_greenlet_free(g);
+}
+
+/* A process-shared event set by another process: the parked coroutine
+ * notices it by re-checking the word (the other process cannot see the
+ * hub's table). */
+static void *shared_waiter(void *arg)
+{
+    return (void *)(intptr_t)conc_event_wait(arg, 10.0);
+}
+
+Test(hub, shared_event_set_by_other_process, .timeout = 30)
+{
+    conc_event *ev = mmap(NULL, sizeof *ev, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                          -1, 0);
+    cr_assert_neq(ev, MAP_FAILED);
+    cr_assert_eq(conc_event_init(ev, CONC_SYNC_SHARED), 0);
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(&g, shared_waiter, ev, NULL), 0);
+    cr_assert_eq(conc_sleep(0.01), 0);          /* it parks */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        /* The child has no hub: this sleep blocks the thread. */
+        conc_sleep(0.05);
+        conc_event_set(ev);
+        _exit(0);
+    }
+    cr_assert_eq(conc_join(g, 10.0), 0);
+    void *r;
+    cr_assert_eq(conc_greenlet_result(g, &r), 0);
+    cr_assert_eq((intptr_t)r, 0);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    conc_greenlet_free(g);
+    munmap(ev, sizeof *ev);
+}
+
+/* ------------------------------------------------------------ deadlock */
+
+static conc_event never = CONC_EVENT_INIT;
+
+static void *never_waiter(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)conc_event_wait(&never, CONC_FOREVER);
+}
+
+Test(hub, deadlock_diagnosis, .timeout = 30)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(&g, never_waiter, NULL, NULL), 0);
+    cr_assert_eq(conc_join(g, CONC_FOREVER), -EDEADLK);
+    cr_assert_eq(conc_hub_run(), -EDEADLK);
+    conc_event ev = CONC_EVENT_INIT;
+    cr_assert_eq(conc_event_wait(&ev, CONC_FOREVER), -EDEADLK);
+    /* The dump names both waits. */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_eq(conc_hub_dump(f), 2);
+    fclose(f);
+    char want[64];
+    snprintf(want, sizeof want, "word %p", (void *)&never);
+    cr_assert(strstr(text, want), "dump: %s", text);
+    cr_assert(strstr(text, "main"), "dump: %s", text);
+    free(text);
+    cr_assert_eq(conc_hub_destroy(), -EBUSY);
+    /* A timeout is not a deadlock. */
+    cr_assert_eq(conc_join(g, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_kill(g), 0);
+    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    void *r;
+    cr_assert_eq(conc_greenlet_result(g, &r), 0);
+    cr_assert_eq((intptr_t)r, -ECANCELED);
+    conc_greenlet_free(g);
+    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_dump(stderr), 0);
+}
+
+/* -------------------------------------------------------------- errors */
+
+Test(hub, errors, .timeout = 30)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_spawn(NULL, logger, NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_spawn(&g, NULL, NULL, NULL), -EINVAL);
+    conc_spawn_opts o = { .stack_size = 1 };
+    cr_assert_eq(conc_spawn(&g, logger, NULL, &o), -EINVAL);
+    cr_assert_eq(conc_kill(NULL), -EINVAL);
+    cr_assert_eq(conc_greenlet_result(NULL, NULL), -EINVAL);
+    cr_assert_not(conc_greenlet_dead(NULL));
+    cr_assert_str_eq(conc_greenlet_name(NULL), "");
+    cr_assert_null(conc_greenlet_current());
+    cr_assert_eq(conc_timeout_pop(), -EINVAL);
+    o = (conc_spawn_opts){ .name = "worker" };
+    cr_assert_eq(conc_spawn(&g, logger, (void *)'w', &o), 0);
+    cr_assert_str_eq(conc_greenlet_name(g), "worker");
+    void *r;
+    cr_assert_eq(conc_greenlet_result(g, &r), -EBUSY);
+    cr_assert_eq(conc_hub_destroy(), -EBUSY);
+    cr_assert_eq(conc_hub_run(), 0);
+    conc_greenlet_free(g);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+/* ----------------------------------------------------------- at scale */
+
+static void *brief(void *arg)
+{
+    int *count = arg;
+    conc_sleep(0.01);
+    (*count)++;
+    return NULL;
+}
+
+Test(hub, many_sleepers, .timeout = 30)
+{
+    conc_greenlet **g = calloc(MANY, sizeof *g);
+    cr_assert_not_null(g);
+    int count = 0;
+    for (int i = 0; i < MANY; i++)
+        cr_assert_eq(conc_spawn(&g[i], brief, &count, NULL), 0);
+    cr_assert_eq(conc_joinall(g, MANY, CONC_FOREVER), 0);
+    cr_assert_eq(count, MANY);
+    for (int i = 0; i < MANY; i++)
+        conc_greenlet_free(g[i]);
+    free(g);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+/* ------------------------------------------------------------- example */
+
+Test(hub, example_coro_sleepers, .timeout = 30)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s/coro-sleepers --count 1000 --sleep 0.05", CONC_EXAMPLES_DIR);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char out[256] = "";
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+    cr_assert(strncmp(out, "joined 1000 ", 12) == 0, "output: %s", out);
+
+    snprintf(cmd, sizeof cmd, "%s/coro-sleepers --count nope 2>&1", CONC_EXAMPLES_DIR);
+    p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    st = pclose(p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+    cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "one line: %s", out);
+}
