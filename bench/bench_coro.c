@@ -12,6 +12,27 @@
  *            conc (pooled stacks), ucontext and boost (64 KiB stacks from
  *            malloc, as Boost's fixedsize_stack does), greenlet
  *
+ * The hub (gevent's model), against gevent:
+ *
+ *   spawn_join        ns per conc_spawn + conc_join + conc_greenlet_free of
+ *                     a greenlet that returns at once (gevent.spawn(f).join());
+ *                     conc's target is <= 60 ns
+ *   yield             ns per conc_sleep(0) while two greenlets take turns
+ *                     (each call hands the thread to the other one);
+ *                     gevent.sleep(0)
+ *   queue_pingpong    round trips per second: two greenlets of one thread
+ *                     pass a value back and forth through two conc_queue of
+ *                     maxsize 1 (gevent.queue.Queue(1)); Go's unbuffered
+ *                     channels between two goroutines (GOMAXPROCS=1) when
+ *                     `go` is installed, not under --quick (go run compiles)
+ *   rss_per_sleeping  bytes of resident memory per sleeping greenlet: spawn N
+ *                     greenlets that each sleep an hour, let them all start,
+ *                     divide the growth of the RSS (/proc/self/statm) by N,
+ *                     then kill and join them.  N = 100000 (10000 under
+ *                     --quick); rss_per_sleeping_1m is N = 1000000, not run
+ *                     under --quick, with gevent capped at N = 100000.
+ *                     Measured first, in a fresh process for gevent.
+ *
  * Self-checks, reported as FAILED: the values that come back (switch: the
  * last value echoed; create: the sum of the return values).  Boost runs as
  * the C++ program bench/peers/coro_boost.cpp, built by CMake when
@@ -22,9 +43,12 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include "conc.h"
 #include "benchlib.h"
@@ -36,6 +60,11 @@
 static const bench_metric metrics[] = {
     { "switch", "ns", "one switch (a round trip main -> coroutine -> main is two), with a value" },
     { "create", "ns", "create a coroutine, switch in, it returns a value, free it" },
+    { "spawn_join", "ns", "spawn + join + free a greenlet that returns at once (target: conc <= 60 ns)" },
+    { "yield", "ns", "one conc_sleep(0) / gevent.sleep(0), two greenlets taking turns" },
+    { "queue_pingpong", "ops/s", "round trips between two greenlets through two queues of maxsize 1 (go: unbuffered channels)" },
+    { "rss_per_sleeping", "bytes", "resident memory per sleeping greenlet, N = 100000 (--quick: 10000)" },
+    { "rss_per_sleeping_1m", "bytes", "resident memory per sleeping greenlet, N = 1000000 (gevent: N capped at 100000)" },
 };
 
 #define WRONG_RESULT (-EPROTO)
@@ -172,65 +201,398 @@ static int64_t create_ucontext(void *arg, long iters)
     return ns;
 }
 
-/* ------------------------------------------------------------------ peers */
+/* -------------------------------------------------------------- the hub */
 
-/* The metrics enabled for a peer, as arguments; 0 when none. */
-static size_t peer_metrics(const char *system, char **argv, size_t n)
+static void *plus_one(void *arg)
 {
-    size_t k = 0;
-    for (size_t i = 0; i < BENCH_ARRAY_LEN(metrics); i++)
-        if (bench_enabled(metrics[i].name, system))
-            argv[n + k++] = (char *)metrics[i].name;
-    return k;
+    return (void *)((uintptr_t)arg + 1);
 }
 
-static void run_peer(const char *system, const char *prog, const char *script, double scale)
+static int64_t spawn_join_conc(void *arg, long iters)
 {
-    if (!bench_enabled(NULL, system))
+    (void)arg;
+    uintptr_t sum = 0;
+    int64_t t0 = bench_now();
+    for (long i = 0; i < iters; i++) {
+        conc_greenlet *g;
+        int rc = conc_spawn(&g, plus_one, (void *)(uintptr_t)i, NULL);
+        if (rc < 0)
+            return rc;
+        rc = conc_join(g, CONC_FOREVER);
+        void *v = NULL;
+        if (rc == 0)
+            rc = conc_greenlet_result(g, &v);
+        conc_greenlet_free(g);
+        if (rc < 0)
+            return rc;
+        sum += (uintptr_t)v;
+    }
+    int64_t ns = bench_now() - t0;
+    if (sum != (uintptr_t)iters * (uintptr_t)(iters + 1) / 2) {
+        fprintf(stderr, "bench_coro: spawn_join: conc sum %lu\n", (unsigned long)sum);
+        return WRONG_RESULT;
+    }
+    return ns;
+}
+
+struct yielder {
+    long rounds;
+    long done;
+    int rc;
+};
+
+static void *yield_loop(void *arg)
+{
+    struct yielder *y = arg;
+    for (long i = 0; i < y->rounds; i++) {
+        int rc = conc_sleep(0);
+        if (rc < 0) {
+            y->rc = rc;
+            break;
+        }
+        y->done++;
+    }
+    return NULL;
+}
+
+static int64_t yield_conc(void *arg, long iters)
+{
+    (void)arg;
+    long half = iters / 2 > 0 ? iters / 2 : 1;
+    struct yielder y[2] = { { half, 0, 0 }, { half, 0, 0 } };
+    conc_greenlet *g[2] = { NULL, NULL };
+    int64_t t0 = bench_now();
+    int rc = conc_spawn(&g[0], yield_loop, &y[0], NULL);
+    if (rc == 0)
+        rc = conc_spawn(&g[1], yield_loop, &y[1], NULL);
+    if (rc == 0)
+        rc = conc_joinall(g, 2, CONC_FOREVER);
+    int64_t ns = bench_now() - t0;
+    if (rc < 0) {       /* a spawn failed: the other one ends on its own */
+        if (g[0])
+            conc_join(g[0], CONC_FOREVER);
+        conc_greenlet_free(g[0]);
+        conc_greenlet_free(g[1]);
+        return rc;
+    }
+    conc_greenlet_free(g[0]);
+    conc_greenlet_free(g[1]);
+    if (y[0].rc < 0 || y[1].rc < 0)
+        return y[0].rc < 0 ? y[0].rc : y[1].rc;
+    if (y[0].done + y[1].done != 2 * half) {
+        fprintf(stderr, "bench_coro: yield: conc made %ld yields, expected %ld\n",
+                y[0].done + y[1].done, 2 * half);
+        return WRONG_RESULT;
+    }
+    return (int64_t)((double)ns * (double)iters / (double)(2 * half));
+}
+
+struct pingpong {
+    conc_queue *ping, *pong;
+    long rounds;
+    long bad;           /* wrong values seen by the pinger */
+    int rc;
+};
+
+static void *pinger(void *arg)
+{
+    struct pingpong *p = arg;
+    for (long i = 0; i < p->rounds; i++) {
+        void *v = NULL;
+        int rc = conc_queue_put(p->ping, (void *)(uintptr_t)(i + 1), CONC_FOREVER);
+        if (rc == 0)
+            rc = conc_queue_get(p->pong, &v, CONC_FOREVER);
+        if (rc < 0) {
+            p->rc = rc;
+            break;
+        }
+        if ((uintptr_t)v != (uintptr_t)(i + 1))
+            p->bad++;
+    }
+    conc_queue_put(p->ping, NULL, CONC_FOREVER);    /* tells the ponger to end */
+    return NULL;
+}
+
+static void *ponger(void *arg)
+{
+    struct pingpong *p = arg;
+    for (;;) {
+        void *v = NULL;
+        if (conc_queue_get(p->ping, &v, CONC_FOREVER) < 0 || v == NULL)
+            break;
+        if (conc_queue_put(p->pong, v, CONC_FOREVER) < 0)
+            break;
+    }
+    return NULL;
+}
+
+static int64_t pingpong_conc(void *arg, long iters)
+{
+    (void)arg;
+    struct pingpong p = { NULL, NULL, iters, 0, 0 };
+    conc_queue_opts o = { 0 };
+    o.maxsize = 1;
+    int rc = conc_queue_new(&p.ping, &o);
+    if (rc == 0)
+        rc = conc_queue_new(&p.pong, &o);
+    if (rc < 0) {
+        conc_queue_free(p.ping);
+        return rc;
+    }
+    conc_greenlet *g[2] = { NULL, NULL };
+    int64_t t0 = bench_now();
+    rc = conc_spawn(&g[0], ponger, &p, NULL);
+    if (rc == 0)
+        rc = conc_spawn(&g[1], pinger, &p, NULL);
+    if (rc == 0)
+        rc = conc_joinall(g, 2, CONC_FOREVER);
+    int64_t ns = bench_now() - t0;
+    if (rc < 0 && g[0] && !g[1]) {      /* the ponger waits for nothing else */
+        conc_kill(g[0]);
+        conc_join(g[0], CONC_FOREVER);
+    }
+    conc_greenlet_free(g[0]);
+    conc_greenlet_free(g[1]);
+    conc_queue_free(p.ping);
+    conc_queue_free(p.pong);
+    if (rc < 0)
+        return rc;
+    if (p.rc < 0)
+        return p.rc;
+    if (p.bad) {
+        fprintf(stderr, "bench_coro: queue_pingpong: conc echoed %ld wrong values\n", p.bad);
+        return WRONG_RESULT;
+    }
+    return ns;
+}
+
+/* The resident set size of this process in bytes, or -1. */
+static long rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return -1;
+    long size, resident;
+    int n = fscanf(f, "%ld %ld", &size, &resident);
+    fclose(f);
+    return n == 2 ? resident * sysconf(_SC_PAGESIZE) : -1;
+}
+
+/* MemAvailable from /proc/meminfo in bytes, or -1. */
+static long mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+static long sleepers_started;
+
+static void *sleeper(void *arg)
+{
+    (void)arg;
+    sleepers_started++;
+    conc_sleep(3600.0);         /* -ECANCELED when killed */
+    return NULL;
+}
+
+/* Spawn n sleeping greenlets, record the RSS growth per greenlet, kill and
+ * join them. */
+static void rss_conc(const char *metric, long n)
+{
+    if (!bench_enabled(metric, "conc"))
         return;
+    /* ~4.5 KiB each (a stack page, the objects, the timer): ask for 6. */
+    long want = n * 6144L + (256L << 20), avail = mem_available();
+    if (avail >= 0 && avail < want) {
+        char why[128];
+        snprintf(why, sizeof why, "%ld MiB available, %ld greenlets want about %ld MiB",
+                 avail >> 20, n, want >> 20);
+        bench_skip(metric, "conc", NULL, why);
+        return;
+    }
+    conc_greenlet **g = calloc((size_t)n, sizeof *g);
+    if (!g) {
+        bench_skip(metric, "conc", NULL, "no memory for the handles");
+        return;
+    }
+    conc_coro_trim();
+    malloc_trim(0);
+    sleepers_started = 0;
+    long before = rss_bytes(), after = -1, spawned = 0;
+    int rc = 0;
+    for (; spawned < n; spawned++) {
+        rc = conc_spawn(&g[spawned], sleeper, NULL, NULL);
+        if (rc < 0)
+            break;
+    }
+    while (sleepers_started < spawned && rc == 0)
+        rc = conc_sleep(0);
+    if (rc == 0)
+        after = rss_bytes();
+    for (long i = 0; i < spawned; i++)
+        conc_kill(g[i]);
+    int jrc = conc_joinall(g, (size_t)spawned, CONC_FOREVER);
+    for (long i = 0; i < spawned; i++)
+        conc_greenlet_free(g[i]);
+    free(g);
+    conc_coro_trim();
+    malloc_trim(0);
+    if (rc < 0 || jrc < 0) {
+        bench_fail(metric, "conc", "%s after %ld greenlets", strerror(rc < 0 ? -rc : -jrc), spawned);
+        return;
+    }
+    if (before < 0 || after < 0) {
+        bench_skip(metric, "conc", NULL, "cannot read /proc/self/statm");
+        return;
+    }
+    bench_record(metric, "conc", (double)(after - before) / (double)n, "bytes");
+}
+
+/* ------------------------------------------------------------------ peers */
+
+static const char *const coro_metrics[] = { "switch", "create", NULL };
+static const char *const hub_metrics[] = { "spawn_join", "yield", "queue_pingpong", NULL };
+
+/*
+ * Run a peer for those of `which` (NULL-terminated) that are enabled for
+ * `system`: PROG [SCRIPT] --reps N [extra...] SCALE METRIC...  Metrics the
+ * peer does not report are recorded as skipped.
+ */
+static void run_peer(const char *system, const char *prog, const char *script,
+                     const char *const extra[], double scale, const char *const which[])
+{
     char scale_s[32], reps[16];
     snprintf(scale_s, sizeof scale_s, "%g", scale);
     snprintf(reps, sizeof reps, "%d", bench_reps());
-    char *argv[8 + BENCH_ARRAY_LEN(metrics)];
-    size_t n = 0;
+    char *argv[32];
+    const char *expect[16];
+    size_t n = 0, k = 0;
     argv[n++] = (char *)prog;
     if (script)
         argv[n++] = (char *)script;
     argv[n++] = "--reps";
     argv[n++] = reps;
+    for (size_t i = 0; extra && extra[i]; i++)
+        argv[n++] = (char *)extra[i];
     argv[n++] = scale_s;
-    size_t k = peer_metrics(system, argv, n);
+    for (size_t i = 0; which[i]; i++)
+        if (bench_enabled(which[i], system)) {
+            argv[n++] = (char *)which[i];
+            expect[k++] = which[i];
+        }
     if (k == 0)
         return;
-    argv[n + k] = NULL;
-    bench_peer_run(system, argv, 600.0);
+    argv[n] = NULL;
+    expect[k] = NULL;
+    bench_peer_run_for(system, expect, argv, 600.0);
+}
+
+static void skip_all(const char *system, const char *const which[], const char *why)
+{
+    for (size_t i = 0; which[i]; i++)
+        if (bench_enabled(which[i], system))
+            bench_skip(which[i], system, NULL, why);
 }
 
 static void run_boost(void)
 {
     if (CONC_BOOST_PEER[0] == '\0') {
-        for (size_t i = 0; i < BENCH_ARRAY_LEN(metrics); i++)
-            if (bench_enabled(metrics[i].name, "boost"))
-                bench_skip(metrics[i].name, "boost", NULL,
-                           "Boost.Context was not found when configuring "
-                           "(install libboost-context-dev, or run make bench)");
+        skip_all("boost", coro_metrics,
+                 "Boost.Context was not found when configuring "
+                 "(install libboost-context-dev, or run make bench)");
         return;
     }
-    run_peer("boost", CONC_BOOST_PEER, NULL, bench_scale() * (bench_quick() ? 0.1 : 1.0));
+    run_peer("boost", CONC_BOOST_PEER, NULL, NULL,
+             bench_scale() * (bench_quick() ? 0.1 : 1.0), coro_metrics);
 }
 
 static void run_greenlet(void)
 {
     /* Python is ~50x slower per switch: the script has its own, smaller
      * iteration counts. */
-    run_peer("greenlet", bench_python(), bench_peer_path("coro_greenlet.py"),
-             bench_scale() * (bench_quick() ? 0.05 : 1.0));
+    run_peer("greenlet", bench_python(), bench_peer_path("coro_greenlet.py"), NULL,
+             bench_scale() * (bench_quick() ? 0.05 : 1.0), coro_metrics);
+}
+
+/* gevent's RSS measurement, alone in a fresh interpreter. */
+static void run_gevent_rss(const char *metric, long n)
+{
+    const char *const which[] = { metric, NULL };
+    char n_s[32];
+    snprintf(n_s, sizeof n_s, "%ld", n);
+    const char *const extra[] = { "--n", n_s, NULL };
+    run_peer("gevent", bench_python(), bench_peer_path("coro_gevent.py"), extra, 1.0, which);
+}
+
+static void run_gevent_timed(void)
+{
+    run_peer("gevent", bench_python(), bench_peer_path("coro_gevent.py"), NULL,
+             bench_scale() * (bench_quick() ? 0.05 : 1.0), hub_metrics);
+}
+
+/* Whether `name` is an executable in PATH (command -v). */
+static bool in_path(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t len = end ? (size_t)(end - path) : strlen(path);
+        char buf[4096];
+        if (len > 0 && len + strlen(name) + 2 < sizeof buf) {
+            snprintf(buf, sizeof buf, "%.*s/%s", (int)len, path, name);
+            struct stat st;
+            if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
+                return true;
+        }
+        if (!end)
+            break;
+        path = end + 1;
+    }
+    return false;
+}
+
+static void run_go(void)
+{
+    static const char *const which[] = { "queue_pingpong", NULL };
+    if (!bench_enabled("queue_pingpong", "go"))
+        return;
+    if (!in_path("go")) {
+        skip_all("go", which, "go is not installed");
+        return;
+    }
+    if (bench_quick()) {
+        skip_all("go", which, "not under --quick (go run compiles the peer)");
+        return;
+    }
+    char reps[16], scale_s[32];
+    snprintf(reps, sizeof reps, "%d", bench_reps());
+    snprintf(scale_s, sizeof scale_s, "%g", bench_scale());
+    char *argv[] = { "go", "run", (char *)bench_peer_path("coro_go.go"), "--reps", reps,
+                     scale_s, "queue_pingpong", NULL };
+    bench_peer_run_for("go", which, argv, 600.0);
 }
 
 int main(int argc, char **argv)
 {
-    bench_init(argc, argv, "bench_coro: conc coroutines vs ucontext, Boost.Context, greenlet",
+    bench_init(argc, argv, "bench_coro: conc coroutines and hub vs ucontext, Boost.Context, "
+               "greenlet, gevent, Go",
                metrics, BENCH_ARRAY_LEN(metrics));
+
+    /* Memory first, while the heap is fresh. */
+    long n_rss = bench_quick() ? 10000 : 100000;
+    rss_conc("rss_per_sleeping", n_rss);
+    if (!bench_quick())
+        rss_conc("rss_per_sleeping_1m", 1000000);
 
     static const bench_case sw[] = {
         { "conc", switch_conc, NULL },
@@ -244,7 +606,16 @@ int main(int argc, char **argv)
     };
     bench_compare("create", cr, BENCH_ARRAY_LEN(cr), bench_iters(10000000, 200000), BENCH_BEST);
 
+    bench_run("spawn_join", "conc", spawn_join_conc, NULL, bench_iters(20000000, 500000), BENCH_BEST);
+    bench_run("yield", "conc", yield_conc, NULL, bench_iters(50000000, 1000000), BENCH_BEST);
+    bench_run("queue_pingpong", "conc", pingpong_conc, NULL, bench_iters(20000000, 500000), BENCH_BEST);
+
     run_boost();
     run_greenlet();
+    run_gevent_rss("rss_per_sleeping", n_rss);
+    if (!bench_quick())
+        run_gevent_rss("rss_per_sleeping_1m", 100000);  /* capped: see the metric */
+    run_gevent_timed();
+    run_go();
     return bench_report();
 }

@@ -6,7 +6,7 @@ set -e
 what=${1:-build}
 case "$what" in
   build) pkgs="gcc make cmake pkg-config libcriterion-dev python3 libasan8 libubsan1 libtsan2" ;;
-  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet" ;;
+  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac
 missing=""

@@ -58,13 +58,20 @@ enum { W_NONE, W_WORD, W_FD, W_SLEEP };
 
 struct hub;
 
+/* Bits of a greenlet's `done` word: finished; a plain thread may sleep on
+ * it in the kernel; a coroutine may be parked on it by a hub. */
+#define GL_DONE        1u
+#define GL_WAITED      2u
+#define GL_WAITED_CORO 4u
+
 struct conc_greenlet {
     struct hub *hub;
     conc_coro *coro;            /* NULL for the main record, or once dead */
     conc_greenlet_fn fn;
     void *arg;
     void *result;
-    uint32_t done;              /* futex word: 1 once finished */
+    uint32_t done;              /* futex word: DONE once finished, WAITED
+                                   while somebody may wait for it */
     uint32_t refs;              /* handle + running */
     uint8_t state;              /* G_*, owner thread only */
     uint8_t wait_kind;          /* W_* while PARKED */
@@ -101,6 +108,7 @@ struct hub {
     conc_greenlet *remote;      /* under rmu */
     uint32_t remote_flag;       /* atomic: remote list not empty */
     uint32_t live;              /* futex word: spawned greenlets not finished */
+    bool live_waited;           /* conc_hub_run waits for live to reach 0 */
     conc_greenlet *all;         /* live spawned greenlets */
 };
 
@@ -362,9 +370,14 @@ static void gl_finish(struct hub *h, conc_greenlet *g)
         h->all = g->anext;
     if (g->anext)
         g->anext->aprev = g->aprev;
-    __atomic_store_n(&g->done, 1, __ATOMIC_RELEASE);
-    conc__wake(&g->done, INT_MAX, 0);
-    if (__atomic_sub_fetch(&h->live, 1, __ATOMIC_RELEASE) == 0)
+    /* Wake joiners only when one announced itself: most greenlets finish
+     * before anybody joins them, and a wake is a system call. */
+    uint32_t was = __atomic_exchange_n(&g->done, GL_DONE, __ATOMIC_ACQ_REL);
+    if (was & GL_WAITED)
+        conc__wake(&g->done, INT_MAX, 0);
+    else if (was & GL_WAITED_CORO)
+        conc__hub_wake(&g->done, INT_MAX);     /* no thread sleeps: no system call */
+    if (__atomic_sub_fetch(&h->live, 1, __ATOMIC_RELEASE) == 0 && h->live_waited)
         conc__wake(&h->live, INT_MAX, 0);
 }
 
@@ -792,14 +805,20 @@ int conc_join_until(conc_greenlet *g, int64_t deadline)
     if (!g)
         return -EINVAL;
     for (;;) {
-        if (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE))
+        uint32_t v = __atomic_load_n(&g->done, __ATOMIC_ACQUIRE);
+        if (v & GL_DONE)
             return 0;
         struct hub *h = tls_hub;
         if (h && g->hub == h && gl_self(h) == g)
             return -EDEADLK;
-        int r = conc__wait(&g->done, 0, deadline, 0);
+        uint32_t bit = conc__wait_ops ? GL_WAITED_CORO : GL_WAITED;
+        if (!(v & bit) &&
+            !__atomic_compare_exchange_n(&g->done, &v, v | bit, false,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue;           /* it changed: look again */
+        int r = conc__wait(&g->done, v | bit, deadline, 0);
         if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK)
-            return __atomic_load_n(&g->done, __ATOMIC_ACQUIRE) ? 0 : r;
+            return (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE) ? 0 : r;
     }
 }
 
@@ -854,14 +873,14 @@ int conc_kill(conc_greenlet *g)
 
 bool conc_greenlet_dead(const conc_greenlet *g)
 {
-    return g && __atomic_load_n(&g->done, __ATOMIC_ACQUIRE);
+    return g && (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE);
 }
 
 int conc_greenlet_result(const conc_greenlet *g, void **out)
 {
     if (!g || !out)
         return -EINVAL;
-    if (!__atomic_load_n(&g->done, __ATOMIC_ACQUIRE))
+    if (!(__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE))
         return -EBUSY;
     *out = g->result;
     return g->killed ? -ECANCELED : 0;
@@ -919,14 +938,21 @@ int conc_hub_run(void)
         return 0;
     if (gl_self(h) != &h->main)
         return -EPERM;
+    /* Only this hub's own coroutines finish greenlets and wait here, so
+     * the flag needs no atomics: it spares every finish a wake call. */
+    int r = 0;
+    h->live_waited = true;
     for (;;) {
         uint32_t n = __atomic_load_n(&h->live, __ATOMIC_ACQUIRE);
         if (!n)
-            return 0;
-        int r = conc__wait(&h->live, n, CONC_NO_DEADLINE, 0);
+            break;
+        r = conc__wait(&h->live, n, CONC_NO_DEADLINE, 0);
         if (r == -EDEADLK || r == -ECANCELED || r == -ETIMEDOUT)
-            return r;
+            break;
+        r = 0;
     }
+    h->live_waited = false;
+    return r;
 }
 
 static void dump_one(FILE *f, struct hub *h, conc_greenlet *g, int64_t now)
