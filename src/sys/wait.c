@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
+#include <unistd.h>
 #include "sys/futex.h"
 #include "sys/san.h"
 #include "sys/wait.h"
@@ -21,7 +22,10 @@ int conc__spin_setup(void)
 {
     cpu_set_t set;
     int ok = 1;
-    if (sched_getaffinity(0, sizeof set, &set) == 0)
+    /* The process's CPUs (its main thread's mask), not the calling
+     * thread's: a thread pinned to one CPU may still wait for a peer that
+     * runs on another. */
+    if (sched_getaffinity(getpid(), sizeof set, &set) == 0)
         ok = CPU_COUNT(&set) > 1;
     __atomic_store_n(&conc__spin_ok, ok, __ATOMIC_RELAXED);
     return ok;
