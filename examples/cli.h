@@ -1,14 +1,21 @@
 /*
- * cli.h - small command-line helpers shared by the example programs:
- * strict number parsing for their flags.
+ * cli.h - small command-line helpers shared by the example programs: strict
+ * number parsing for their flags, and their one-line error messages (exit
+ * status 2 for bad input, 1 for a failed call).  Each example defines
+ * `static const char *prog = "name";` after including this file.
  */
 #ifndef CONC_EXAMPLES_CLI_H
 #define CONC_EXAMPLES_CLI_H
 
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include "conc.h"
+
+static const char *prog;        /* defined by each example */
 
 /* Parses a whole decimal integer in [min, max]. */
 static inline bool parse_long(const char *s, long min, long max, long *out)
@@ -32,6 +39,57 @@ static inline bool parse_seconds(const char *s, double *out)
         return false;
     *out = v;
     return true;
+}
+
+/* Bad input: "prog: <message>" on stderr; returns the exit status 2. */
+static inline int fail(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s: ", prog);
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    return 2;
+}
+
+/* A conc call failed: "prog: what: reason" on stderr; returns 1. */
+static inline int die(const char *what, int err)
+{
+    fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
+    return 1;
+}
+
+/* A conc call that must not fail in a walk-through: report it and exit 1. */
+static inline void check(int rc, const char *what)
+{
+    if (rc < 0)
+        exit(die(what, rc));
+}
+
+/* The walk-through examples number and explain their steps. */
+static int step_no;
+
+static inline void step(const char *title, const char *explanation)
+{
+    if (step_no++)
+        putchar('\n');
+    printf("== %d. %s: %s\n", step_no, title, explanation);
+}
+
+static inline const char *yes_no(bool b)
+{
+    return b ? "yes" : "no";
+}
+
+/* getopt_long (called with a leading ':' in its option string) returned
+ * ':' (an option without its value) or '?' (an unknown option). */
+static inline int bad_option(int opt, char **argv)
+{
+    if (opt == ':')
+        return fail("option '%s' needs a value", argv[optind - 1]);
+    if (optopt) {
+        char shortopt[3] = { '-', (char)optopt, '\0' };
+        return fail("unknown option '%s' (try --help)", shortopt);
+    }
+    return fail("unknown option '%s' (try --help)", argv[optind - 1]);
 }
 
 #endif

@@ -111,20 +111,6 @@ static int parse_batches(const char *s, long *batches)
     }
 }
 
-static int fail(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "%s: ", prog);
-    fprintf(stderr, fmt, arg);
-    fputc('\n', stderr);
-    return 2;
-}
-
-static int die(const char *what, int err)
-{
-    fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
-    return 1;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -153,14 +139,8 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
-        case ':':
-            return fail("option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt) {
-                char shortopt[3] = { '-', (char)optopt, '\0' };
-                return fail("unknown option '%s' (try --help)", shortopt);
-            }
-            return fail("unknown option '%s' (try --help)", argv[optind - 1]);
+            return bad_option(opt, argv);
         }
     }
     if (optind < argc)

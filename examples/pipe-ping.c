@@ -44,7 +44,7 @@ static void fill(unsigned char *p, long msg)
         p[i] = pat(msg, i);
 }
 
-static int check(const unsigned char *p, long msg)
+static int pattern_ok(const unsigned char *p, long msg)
 {
     for (long i = 0; i < size; i++)
         if (p[i] != pat(msg, i))
@@ -64,7 +64,7 @@ static int echo(const void *arg, size_t len)
         return 1;
     for (long m = 0; m < messages; m++) {
         ssize_t n = conc_conn_recv_bytes(child_end, buf, (size_t)size, CONC_FOREVER);
-        if (n != size || !check(buf, m)) {
+        if (n != size || !pattern_ok(buf, m)) {
             fprintf(stderr, "%s: child: message %ld: %s\n", prog, m,
                     n < 0 ? conc_strerror((int)n) : "wrong bytes");
             free(buf);
@@ -79,20 +79,6 @@ static int echo(const void *arg, size_t len)
     }
     free(buf);
     return 0;
-}
-
-static int fail(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "%s: ", prog);
-    fprintf(stderr, fmt, arg);
-    fputc('\n', stderr);
-    return 2;
-}
-
-static int die(const char *what, int err)
-{
-    fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
-    return 1;
 }
 
 static void usage(FILE *f)
@@ -126,14 +112,8 @@ int main(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
-        case ':':
-            return fail("option '%s' needs a value", argv[optind - 1]);
         default:
-            if (optopt) {
-                char shortopt[3] = { '-', (char)optopt, '\0' };
-                return fail("unknown option '%s' (try --help)", shortopt);
-            }
-            return fail("unknown option '%s' (try --help)", argv[optind - 1]);
+            return bad_option(opt, argv);
         }
     }
     if (optind < argc)
@@ -169,7 +149,7 @@ int main(int argc, char **argv)
         ssize_t n = conc_conn_recv_bytes(parent_end, in, (size_t)size, CONC_FOREVER);
         if (n < 0) {
             status = die("recv", (int)n);
-        } else if (n != size || !check(in, m)) {
+        } else if (n != size || !pattern_ok(in, m)) {
             fprintf(stderr, "%s: message %ld came back wrong\n", prog, m);
             status = 1;
         }

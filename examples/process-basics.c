@@ -20,29 +20,9 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "cli.h"
 
 static const char *prog = "process-basics";
-static int step_no;
-
-static void step(const char *title, const char *explanation)
-{
-    if (step_no++)
-        putchar('\n');
-    printf("== %d. %s: %s\n", step_no, title, explanation);
-}
-
-static const char *yes_no(bool b)
-{
-    return b ? "yes" : "no";
-}
-
-static void check(int rc, const char *what)
-{
-    if (rc < 0) {
-        fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(rc));
-        exit(1);
-    }
-}
 
 static conc_process *start(conc_process_fn fn, const void *arg, size_t len,
                            const conc_process_opts *o)

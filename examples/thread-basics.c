@@ -15,29 +15,9 @@
 #include <string.h>
 
 #include "conc.h"
+#include "cli.h"
 
 static const char *prog = "thread-basics";
-static int step_no;
-
-static void step(const char *title, const char *explanation)
-{
-    if (step_no++)
-        putchar('\n');
-    printf("== %d. %s: %s\n", step_no, title, explanation);
-}
-
-static const char *yes_no(bool b)
-{
-    return b ? "yes" : "no";
-}
-
-static void check(int rc, const char *what)
-{
-    if (rc < 0) {
-        fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(rc));
-        exit(1);
-    }
-}
 
 static conc_thread *new_thread(conc_thread_fn fn, void *arg, const conc_thread_opts *o)
 {
