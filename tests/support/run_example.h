@@ -1,0 +1,178 @@
+/*
+ * run_example.h - for the example tests: run build/examples/NAME with
+ * arguments, capture its output, and check how it exited.
+ */
+#ifndef CONC_TESTS_RUN_EXAMPLE_H
+#define CONC_TESTS_RUN_EXAMPLE_H
+
+#include <criterion/criterion.h>
+
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conc.h"
+
+#ifndef CONC_EXAMPLES_DIR
+#error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
+#endif
+
+struct run {
+    int status;             /* as from waitpid */
+    char *out;              /* NUL-terminated stdout */
+    char *err;              /* NUL-terminated stderr */
+};
+
+struct buf {
+    char *data;
+    size_t len, cap;
+};
+
+static void buf_add(struct buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->data = realloc(b->data, b->cap);
+        cr_assert_not_null(b->data);
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+/* Runs CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated),
+ * capturing stdout and stderr.  A program still running after 60 s is
+ * killed and the test fails (a hang guard, not a speed limit). */
+static struct run run_example(const char *name, const char *const *args)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
+    cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
+
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = path;
+    for (int i = 0; args && args[i]; i++) {
+        cr_assert_lt(argc, 31);
+        argv[argc++] = args[i];
+    }
+    argv[argc] = NULL;
+
+    int out[2], err[2];
+    cr_assert_eq(pipe(out), 0);
+    cr_assert_eq(pipe(err), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        dup2(err[1], STDERR_FILENO);
+        close(out[0]);
+        close(out[1]);
+        close(err[0]);
+        close(err[1]);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(out[1]);
+    close(err[1]);
+
+    struct buf bo = { 0 }, be = { 0 };
+    buf_add(&bo, "", 0);
+    buf_add(&be, "", 0);
+    struct pollfd pfd[2] = { { .fd = out[0], .events = POLLIN }, { .fd = err[0], .events = POLLIN } };
+    int open_fds = 2;
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    bool hung = false;
+    while (open_fds > 0) {
+        int64_t left_ms = (deadline - conc_now()) / 1000000;
+        if (left_ms <= 0) {
+            hung = true;
+            break;
+        }
+        int r = poll(pfd, 2, (int)left_ms);
+        if (r < 0)
+            continue;
+        for (int i = 0; i < 2; i++) {
+            if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char chunk[4096];
+            ssize_t n = read(pfd[i].fd, chunk, sizeof chunk);
+            if (n > 0) {
+                buf_add(i == 0 ? &bo : &be, chunk, (size_t)n);
+            } else {
+                close(pfd[i].fd);
+                pfd[i].fd = -1;
+                open_fds--;
+            }
+        }
+    }
+    if (hung)
+        kill(pid, SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    for (int i = 0; i < 2; i++)
+        if (pfd[i].fd >= 0)
+            close(pfd[i].fd);
+    cr_assert_not(hung, "%s hung; output so far:\n%s", name, bo.data);
+    return (struct run){ status, bo.data, be.data };
+}
+
+static void run_free(struct run *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+static bool exited_with(const struct run *r, int code)
+{
+    return WIFEXITED(r->status) && WEXITSTATUS(r->status) == code;
+}
+
+static void assert_success(const struct run *r, const char *what)
+{
+    cr_assert(exited_with(r, 0), "%s: status %#x\nstdout:\n%s\nstderr:\n%s", what, r->status,
+              r->out, r->err);
+    cr_assert_str_empty(r->err, "%s wrote to stderr:\n%s", what, r->err);
+}
+
+/* A refused command line: exit 2, one line on stderr, nothing on stdout. */
+static void assert_refused(const char *name, const char *const *args)
+{
+    struct run r = run_example(name, args);
+    char cmd[256] = "";
+    for (int i = 0; args[i]; i++) {
+        strncat(cmd, " ", sizeof cmd - strlen(cmd) - 1);
+        strncat(cmd, args[i], sizeof cmd - strlen(cmd) - 1);
+    }
+    cr_assert(exited_with(&r, 2), "%s%s: status %#x, want exit 2", name, cmd, r.status);
+    size_t len = strlen(r.err);
+    cr_assert_gt(len, 0, "%s%s: no message on stderr", name, cmd);
+    cr_assert_eq(r.err[len - 1], '\n', "%s%s: message not a full line", name, cmd);
+    cr_assert_null(memchr(r.err, '\n', len - 1), "%s%s: more than one line:\n%s", name, cmd,
+                   r.err);
+    cr_assert_str_empty(r.out, "%s%s: printed on stdout:\n%s", name, cmd, r.out);
+    run_free(&r);
+}
+
+/* Splits text into lines in place; returns the count. */
+static int split_lines(char *text, char **lines, int cap)
+{
+    int n = 0;
+    for (char *p = text; *p;) {
+        char *nl = strchr(p, '\n');
+        cr_assert_not_null(nl, "last line not terminated: '%s'", p);
+        *nl = '\0';
+        cr_assert_lt(n, cap, "too many lines");
+        lines[n++] = p;
+        p = nl + 1;
+    }
+    return n;
+}
+
+#endif
