@@ -428,28 +428,12 @@ static void run_python(void)
     }
 }
 
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* glibc's fork() and locks take cheaper paths while the process has never
- * had a second thread (__libc_single_threaded).  Whether conc starts a
- * thread of its own must not change the state the other systems run in, so
- * every measurement runs in a multi-threaded process, as in real use. */
-static void become_multithreaded(void)
-{
-    pthread_t t;
-    if (pthread_create(&t, NULL, nothing, NULL) == 0)
-        pthread_join(t, NULL);
-}
-
 int main(int argc, char **argv)
 {
     bench_init(argc, argv,
                "bench_process: conc Process/shared Lock/Value vs fork, robust pthread mutex, Python multiprocessing",
                metrics, BENCH_ARRAY_LEN(metrics));
-    become_multithreaded();
+    bench_become_multithreaded();
     map_area();
 
     static const conc_process_opts via_fork = { .method = CONC_START_FORK };

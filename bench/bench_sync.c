@@ -495,27 +495,11 @@ static void run_python(void)
     bench_peer_run("python", argv, 600.0);
 }
 
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* glibc locks a private mutex without an atomic instruction while the
- * process has never had a second thread (__libc_single_threaded), which no
- * program that needs a lock ever sees.  Start and join one thread first so
- * every measurement runs in a multi-threaded process, as in real use. */
-static void become_multithreaded(void)
-{
-    pthread_t t;
-    if (pthread_create(&t, NULL, nothing, NULL) == 0)
-        pthread_join(t, NULL);
-}
-
 int main(int argc, char **argv)
 {
     bench_init(argc, argv, "bench_sync: conc Lock/Event/Condition/Thread vs pthread, futex, Python threading",
                metrics, BENCH_ARRAY_LEN(metrics));
-    become_multithreaded();
+    bench_become_multithreaded();
 
     static const bench_case lock_unc[] = {
         { "conc", lock_unc_conc, NULL },

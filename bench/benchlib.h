@@ -81,6 +81,13 @@ typedef enum bench_pick {
  * (their order is the table's order).  Prints usage and exits 0 for --help,
  * exits 2 for a bad argument.  Call once, first.
  */
+/* glibc takes cheaper paths (no atomic instruction for a private mutex, a
+ * lighter fork) while a process has never had a second thread
+ * (__libc_single_threaded).  No program that needs locks runs like that, and
+ * whether conc starts a thread of its own must not change the state the
+ * peers run in: start and join one thread before measuring. */
+void bench_become_multithreaded(void);
+
 void bench_init(int argc, char **argv, const char *title,
                 const bench_metric *metrics, size_t n_metrics);
 

@@ -1,0 +1,47 @@
+/*
+ * wait_helpers.h - shared by the thread-level tests: the invalid timeouts
+ * every waiting call must refuse, a settle pause, a polling hang guard, and
+ * a checked pthread start.
+ */
+#ifndef CONC_TESTS_WAIT_HELPERS_H
+#define CONC_TESTS_WAIT_HELPERS_H
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <unistd.h>
+#include "conc/time.h"
+
+#define NS 1000000000LL
+/* How long to let threads run into (or out of) their waits before checking. */
+#define SETTLE 0.1
+/* Hang guard for polling loops on the main thread. */
+#define GUARD_NS (20 * NS)
+
+static const double bad_timeouts[] = { -2.0, -0.5, -1e-9, -1.0000001, -INFINITY, NAN };
+#define N_BAD_TIMEOUTS (sizeof bad_timeouts / sizeof bad_timeouts[0])
+
+static inline void settle(void)
+{
+    cr_assert_eq(conc_sleep(SETTLE), 0);
+}
+
+/* Poll until cond holds; fail (rather than hang) after GUARD_NS. */
+#define WAIT_FOR(cond)                                                          \
+    do {                                                                        \
+        int64_t wf_end_ = conc_now() + GUARD_NS;                                \
+        while (!(cond)) {                                                       \
+            cr_assert_lt(conc_now(), wf_end_, "gave up waiting for: %s", #cond); \
+            usleep(1000);                                                       \
+        }                                                                       \
+    } while (0)
+
+static inline pthread_t spawn(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, fn, arg), 0);
+    return t;
+}
+
+#endif
