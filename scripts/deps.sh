@@ -1,12 +1,13 @@
 #!/bin/sh
 # Installs the Debian packages conc needs for a task, only when some are missing.
-#   deps.sh build   compiler, CMake, pkg-config, Criterion, python3 (example tests)
+#   deps.sh build   compiler, CMake, pkg-config, Criterion, python3 (example tests),
+#                   libcurl (the coro-tour example)
 #   deps.sh bench   the benchmark peers' packages
 set -e
 what=${1:-build}
 case "$what" in
-  build) pkgs="gcc make cmake pkg-config libcriterion-dev python3 libasan8 libubsan1 libtsan2" ;;
-  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent" ;;
+  build) pkgs="gcc make cmake pkg-config libcriterion-dev python3 libasan8 libubsan1 libtsan2 libcurl4-openssl-dev" ;;
+  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac
 missing=""

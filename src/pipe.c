@@ -642,6 +642,10 @@ int conc_conn_poll(conc_conn *c, double timeout)
 /* ------------------------------------------------------------ wait */
 
 #define WAIT_STACK 32
+#define MPQ_RECHECK_NS 50000000
+
+/* src/mpqueue.c: true when a get could succeed now (resets a stale fd). */
+CONC_HIDDEN bool conc__mpqueue_ready(conc_mpqueue *q);
 
 int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
 {
@@ -655,6 +659,7 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
         return -EINVAL;
     struct pollfd stack[WAIT_STACK], *fds = stack;
     int count = 0, r = 0;
+    bool mpq = false;
 
     /* Check every entry before allocating anything. */
     for (size_t i = 0; i < n; i++) {
@@ -672,6 +677,9 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             break;
         case CONC_WAIT_FD:
             r = w->u.fd >= 0 ? 0 : -EINVAL;
+            break;
+        case CONC_WAIT_MPQUEUE:
+            r = w->u.mpqueue ? 0 : -EINVAL;
             break;
         default:
             r = -EINVAL;
@@ -705,6 +713,15 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             r = conc_process_sentinel(w->u.process);
             fds[i].fd = r;
             break;
+        case CONC_WAIT_MPQUEUE:
+            r = conc_mpqueue_fd(w->u.mpqueue, POLLIN);
+            fds[i].fd = r;
+            mpq = true;
+            if (r >= 0 && conc__mpqueue_ready(w->u.mpqueue)) {
+                w->ready = true;
+                count++;
+            }
+            break;
         default:
             fds[i].fd = w->u.fd;
             if (w->events)
@@ -717,20 +734,36 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
     }
 
     for (;;) {
-        r = conc__wait_fds(fds, n, count ? 0 : deadline);
-        if (r == -ETIMEDOUT)
+        /* A process queue's eventfd may be readable with nothing to get
+         * (re-checked below), and a producer killed at the wrong instant
+         * may leave it unreadable: such waits look again now and then. */
+        int64_t until = count ? 0 : deadline;
+        if (mpq && !count) {
+            int64_t slice = conc_now() + MPQ_RECHECK_NS;
+            if (slice < until)
+                until = slice;
+        }
+        r = conc__wait_fds(fds, n, until);
+        if (r == -ETIMEDOUT && until == deadline)
             break;
-        if (r < 0)
+        if (r < 0 && r != -ETIMEDOUT)
             goto out;
         if (r == 0)
             continue;               /* interrupted: wait again */
         for (size_t i = 0; i < n; i++) {
-            short re = fds[i].revents;
+            short re = r > 0 ? fds[i].revents : 0;
             if (re & POLLNVAL) {
                 r = -EBADF;
                 goto out;
             }
-            if (!objs[i].ready && (re & (fds[i].events | POLLERR | POLLHUP))) {
+            if (objs[i].ready)
+                continue;
+            if (objs[i].kind == CONC_WAIT_MPQUEUE) {
+                if ((re || r < 0) && conc__mpqueue_ready(objs[i].u.mpqueue)) {
+                    objs[i].ready = true;
+                    count++;
+                }
+            } else if (re & (fds[i].events | POLLERR | POLLHUP)) {
                 objs[i].ready = true;
                 count++;
             }

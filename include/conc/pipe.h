@@ -201,8 +201,11 @@ typedef enum conc_wait_kind {
                                items or is shut down (conc_queue_fd) */
     CONC_WAIT_PROCESS = 3,  /* .process: a started process, ready once it
                                ended (its sentinel) */
-    CONC_WAIT_FD = 4        /* .fd: any descriptor, ready on .events (0:
+    CONC_WAIT_FD = 4,       /* .fd: any descriptor, ready on .events (0:
                                POLLIN), an error or a hang-up */
+    CONC_WAIT_MPQUEUE = 5   /* .mpqueue: a process queue, ready while a get
+                               could succeed (a message is queued, or it is
+                               shut down) */
 } conc_wait_kind;
 
 /* One entry of conc_wait's list: set kind and the matching member; conc_wait
@@ -213,6 +216,7 @@ typedef struct conc_waitable {
         conc_conn *conn;
         struct conc_queue *queue;
         struct conc_process *process;
+        struct conc_mpqueue *mpqueue;
         int fd;
     } u;
     short events;           /* CONC_WAIT_FD only: poll() events, 0 = POLLIN */

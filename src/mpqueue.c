@@ -1,0 +1,858 @@
+/*
+ * mpqueue.c - multiprocessing.Queue / JoinableQueue / SimpleQueue: byte
+ * messages in a ring of shared memory (a sealed memfd).
+ *
+ * The ring holds records one after another at absolute byte positions
+ * (64-bit counters that never wrap; the offset in the ring is pos & mask):
+ *
+ *     [stamp u64][len u32][seq u32][payload, padded to 16 bytes]
+ *
+ * Producers serialize on `plock`, consumers on `clock`, both robust shared
+ * locks.  Only the holder of plock ever writes into the ring, between tail
+ * and head + capacity.  A record is published by one release store of its
+ * stamp (pos + 1): a consumer at `head` sees a message when the stamp there
+ * equals head + 1.  Before publishing, the producer clears the stamp of the
+ * next record's slot, so stale bytes (an old payload) can never pass for a
+ * stamp.  A consumer takes a message by one release store of head.
+ *
+ * So a process dying anywhere leaves either the whole message or none of it,
+ * and the only state to repair is the producers' bookkeeping (tail and the
+ * count of messages put, updated after the stamp): the next producer that
+ * takes plock and is told the holder died rolls them forward from the
+ * record at tail (repair_producers).  Consumers have nothing to repair.
+ *
+ * Sleeping: a consumer that found no message sets `getters` and sleeps on
+ * the futex word `data_seq`; a producer that published checks `getters`
+ * (after a full fence, against the consumer's fence before its last check)
+ * and bumps data_seq and wakes them all.  Likewise `putters`/`space_seq`
+ * and `joiners`/`join_seq`.  The flags are cleared by the waker, so a waiter
+ * that dies costs one extra wake-up, never a hang.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "conc/queue.h"
+#include "conc/sync.h"
+#include "internal.h"
+#include "sys/memfd.h"
+#include "sys/wait.h"
+
+#define MPQ_MAGIC 0x31515057434e4f43ull     /* "CONCWPQ1" */
+#define MPQ_VERSION 1u
+#define HDR 16u
+#define CAP_MIN ((size_t)4096)
+#define LINE 64
+
+struct rec_hdr {
+    uint64_t stamp;     /* pos + 1 once the record is complete, else anything */
+    uint32_t len;
+    uint32_t seq;       /* low 32 bits of the message's number */
+};
+
+/* A readiness eventfd's shared state. */
+struct sig {
+    uint32_t armed;     /* some process asked for the fd: keep it up to date */
+    uint32_t set;       /* the eventfd was written and not drained since */
+};
+
+struct mpq_shared {
+    /* Read-only after creation. */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t kind;
+    uint64_t capacity;
+    uint64_t max_msg;
+    uint64_t maxsize;
+    uint64_t ring_off;
+    uint64_t total;
+    uint32_t shutdown;  /* 0, 1 = shut down, 2 = immediate */
+    uint32_t pad0;
+    struct sig sig_in, sig_out;
+    char pad1[LINE - 8];
+    /* Producers' line. */
+    conc_lock plock;
+    uint64_t tail;
+    uint64_t puts;      /* messages published (may lag by one, see above) */
+    uint64_t hcache;    /* a recent head, to spare reading the consumers' line */
+    char pad2[LINE - 24 - sizeof(conc_lock) % LINE];
+    /* Consumers' line. */
+    conc_lock clock;
+    uint64_t head;
+    char pad3[LINE - 8 - sizeof(conc_lock) % LINE];
+    /* Sleepers. */
+    uint32_t data_seq, getters;
+    uint32_t space_seq, putters;
+    uint32_t join_seq, joiners;
+    char pad4[LINE - 24];
+    uint64_t done;      /* task_done calls */
+};
+
+struct conc_mpqueue {
+    struct mpq_shared *sh;
+    uint8_t *ring;
+    uint64_t cap, mask, max_msg;
+    size_t map_len;
+    int fd, efd_in, efd_out;
+};
+
+static inline uint64_t rec_size(uint64_t len)
+{
+    return HDR + ((len + 15) & ~(uint64_t)15);
+}
+
+static inline struct rec_hdr *hdr_at(const conc_mpqueue *q, uint64_t pos)
+{
+    return (struct rec_hdr *)(q->ring + (pos & q->mask));
+}
+
+static void ring_write(conc_mpqueue *q, uint64_t pos, const void *src, size_t n)
+{
+    size_t off = (size_t)(pos & q->mask);
+    size_t first = n < q->cap - off ? n : (size_t)(q->cap - off);
+    memcpy(q->ring + off, src, first);
+    if (n > first)
+        memcpy(q->ring, (const uint8_t *)src + first, n - first);
+}
+
+static void ring_read(const conc_mpqueue *q, uint64_t pos, void *dst, size_t n)
+{
+    size_t off = (size_t)(pos & q->mask);
+    size_t first = n < q->cap - off ? n : (size_t)(q->cap - off);
+    memcpy(dst, q->ring + off, first);
+    if (n > first)
+        memcpy((uint8_t *)dst + first, q->ring, n - first);
+}
+
+static inline void full_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* The message at head, if any: its length, else -1. */
+static inline int64_t msg_at(const conc_mpqueue *q, uint64_t head)
+{
+    struct rec_hdr *h = hdr_at(q, head);
+    if (ld_acquire(&h->stamp) != head + 1)
+        return -1;
+    return ld_relaxed(&h->len);
+}
+
+static bool has_msg(const conc_mpqueue *q)
+{
+    return msg_at(q, ld_acquire(&q->sh->head)) >= 0;
+}
+
+/* ------------------------------------------------------------ readiness */
+
+static void sig_raise(struct sig *s, int efd)
+{
+    if (!ld_relaxed(&s->armed) || ld_relaxed(&s->set))
+        return;
+    uint64_t one = 1;
+    ssize_t w = write(efd, &one, sizeof one);
+    (void)w;
+    __atomic_store_n(&s->set, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Called by whoever saw that the condition no longer holds; `holds` is
+ * re-checked after draining so that a raise racing with us is not lost. */
+static void sig_reset(conc_mpqueue *q, struct sig *s, int efd, bool (*holds)(conc_mpqueue *))
+{
+    if (!ld_relaxed(&s->armed))
+        return;
+    __atomic_store_n(&s->set, 0, __ATOMIC_SEQ_CST);
+    uint64_t v;
+    ssize_t r = read(efd, &v, sizeof v);
+    (void)r;
+    full_fence();
+    if (holds(q))
+        sig_raise(s, efd);
+}
+
+static bool can_get(conc_mpqueue *q)
+{
+    return ld_relaxed(&q->sh->shutdown) || has_msg(q);
+}
+
+static bool can_put(conc_mpqueue *q)
+{
+    return ld_relaxed(&q->sh->shutdown) || !conc_mpqueue_full(q);
+}
+
+/* ------------------------------------------------------------- sleeping */
+
+static void wake_flagged(uint32_t *flag, uint32_t *seq)
+{
+    full_fence();
+    if (unlikely(ld_relaxed(flag)) && __atomic_exchange_n(flag, 0, __ATOMIC_ACQ_REL)) {
+        __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
+        conc__wake(seq, INT_MAX, CONC__WAIT_SHARED);
+    }
+}
+
+/*
+ * Waits until ready(q) may hold: spins a little when that can help, then
+ * sleeps on seq with the flag set.  Returns 0 to re-check, -EAGAIN for a
+ * poll, -ETIMEDOUT, -ECANCELED.
+ */
+static int wait_for(conc_mpqueue *q, bool (*ready)(conc_mpqueue *, uint64_t), uint64_t arg,
+                    uint32_t *flag, uint32_t *seq, int64_t deadline, bool poll)
+{
+    if (poll)
+        return -EAGAIN;
+    if (conc__may_spin()) {
+        int64_t end = conc_now() + CONC__SPIN_NS;
+        if (end > deadline)
+            end = deadline;
+        for (unsigned i = 1;; i++) {
+            conc__spin_pause();
+            if (ready(q, arg))
+                return 0;
+            if ((i & 63) == 0) {
+                if (conc_now() >= end)
+                    break;
+                if (i > 1024)
+                    sched_yield();
+            }
+        }
+    }
+    uint32_t s = ld_acquire(seq);
+    __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
+    full_fence();
+    if (ready(q, arg))
+        return 0;
+    int r = conc__wait(seq, s, deadline, CONC__WAIT_SHARED);
+    return r == -EAGAIN ? 0 : r;
+}
+
+/* ------------------------------------------------------------ producers */
+
+/* Rolls forward what a producer that died holding plock had published. */
+static void repair_producers(conc_mpqueue *q)
+{
+    struct mpq_shared *sh = q->sh;
+    uint64_t tail = sh->tail;
+    struct rec_hdr *h = hdr_at(q, tail);
+    if (ld_acquire(&h->stamp) == tail + 1 && h->len <= q->max_msg) {
+        uint64_t puts = ld_acquire(&sh->puts);
+        if ((uint32_t)puts == h->seq)
+            st_release(&sh->puts, puts + 1);
+        st_release(&sh->tail, tail + rec_size(h->len));
+    }
+    conc_lock_consistent(&sh->plock);
+}
+
+static int lock_producers(conc_mpqueue *q)
+{
+    int r = conc_lock_acquire(&q->sh->plock, CONC_FOREVER);
+    if (unlikely(r == -EOWNERDEAD)) {
+        repair_producers(q);
+        r = 0;
+    }
+    return r;
+}
+
+static int lock_consumers(conc_mpqueue *q)
+{
+    int r = conc_lock_acquire(&q->sh->clock, CONC_FOREVER);
+    if (unlikely(r == -EOWNERDEAD)) {
+        conc_lock_consistent(&q->sh->clock);
+        r = 0;
+    }
+    return r;
+}
+
+/* Messages queued as seen from a head position (plock held: the records
+ * between head and tail cannot change under us). */
+static uint64_t count_from(conc_mpqueue *q, uint64_t head)
+{
+    struct mpq_shared *sh = q->sh;
+    if (head == sh->tail)
+        return 0;
+    return (uint32_t)((uint32_t)ld_acquire(&sh->puts) - hdr_at(q, head)->seq);
+}
+
+/* With plock held: true when a record of rs bytes fits now. */
+static bool fits(conc_mpqueue *q, uint64_t rs)
+{
+    struct mpq_shared *sh = q->sh;
+    uint64_t need = rs + HDR;   /* the next record's stamp slot stays free */
+    uint64_t head = sh->hcache;
+    if (q->cap - (sh->tail - head) < need ||
+        (sh->maxsize && count_from(q, head) >= sh->maxsize)) {
+        head = ld_acquire(&sh->head);
+        sh->hcache = head;
+        if (q->cap - (sh->tail - head) < need)
+            return false;
+        if (sh->maxsize && count_from(q, head) >= sh->maxsize)
+            return false;
+    }
+    return true;
+}
+
+/* For the sleeping producer: may a record of rs bytes fit now? */
+static bool put_ready(conc_mpqueue *q, uint64_t rs)
+{
+    struct mpq_shared *sh = q->sh;
+    if (ld_relaxed(&sh->shutdown))
+        return true;
+    uint64_t head = ld_acquire(&sh->head), tail = ld_acquire(&sh->tail);
+    uint64_t used = tail - head;
+    if (used <= q->cap && q->cap - used < rs + HDR)
+        return false;
+    return !sh->maxsize || conc_mpqueue_qsize(q) < sh->maxsize;
+}
+
+static int check_timeout(double timeout, int64_t *deadline, bool *poll)
+{
+    *poll = timeout == 0;
+    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
+}
+
+static int put_impl(conc_mpqueue *q, const void *data, size_t len, int64_t deadline, bool poll)
+{
+    if (!q || (!data && len))
+        return -EINVAL;
+    if (len > q->max_msg)
+        return -EMSGSIZE;
+    struct mpq_shared *sh = q->sh;
+    uint64_t rs = rec_size(len);
+    for (;;) {
+        int r = lock_producers(q);
+        if (r)
+            return r;
+        if (ld_relaxed(&sh->shutdown)) {
+            conc_lock_release(&sh->plock);
+            return -EPIPE;
+        }
+        if (fits(q, rs))
+            break;
+        conc_lock_release(&sh->plock);
+        sig_reset(q, &sh->sig_out, q->efd_out, can_put);
+        r = wait_for(q, put_ready, rs, &sh->putters, &sh->space_seq, deadline, poll);
+        if (r)
+            return r;
+    }
+    uint64_t tail = sh->tail;
+    uint64_t puts = ld_acquire(&sh->puts);
+    struct rec_hdr *h = hdr_at(q, tail);
+    st_relaxed(&hdr_at(q, tail + rs)->stamp, 0);
+    if (len)
+        ring_write(q, tail + HDR, data, len);
+    st_relaxed(&h->len, (uint32_t)len);
+    st_relaxed(&h->seq, (uint32_t)puts);
+    st_release(&h->stamp, tail + 1);            /* published */
+    st_release(&sh->puts, puts + 1);
+    st_release(&sh->tail, tail + rs);
+    conc_lock_release(&sh->plock);
+    wake_flagged(&sh->getters, &sh->data_seq);
+    sig_raise(&sh->sig_in, q->efd_in);
+    return 0;
+}
+
+int conc_mpqueue_put(conc_mpqueue *q, const void *data, size_t len, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (check_timeout(timeout, &deadline, &poll))
+        return -EINVAL;
+    return put_impl(q, data, len, deadline, poll);
+}
+
+int conc_mpqueue_put_until(conc_mpqueue *q, const void *data, size_t len, int64_t deadline)
+{
+    return put_impl(q, data, len, deadline, false);
+}
+
+/* ------------------------------------------------------------ consumers */
+
+/* Raises the producers' count of puts to cover message seq (a producer
+ * that died after publishing it may have left it behind): task_done must
+ * never find more done than put. */
+static void cover_seq(struct mpq_shared *sh, uint32_t seq)
+{
+    uint64_t p = ld_acquire(&sh->puts);
+    while ((int32_t)((uint32_t)p - (seq + 1)) < 0) {
+        uint64_t want = p + (uint32_t)(seq + 1 - (uint32_t)p);
+        if (__atomic_compare_exchange_n(&sh->puts, &p, want, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            break;
+    }
+}
+
+static bool get_ready(conc_mpqueue *q, uint64_t unused)
+{
+    (void)unused;
+    return can_get(q);
+}
+
+/*
+ * Takes the next message.  mode 0: copy into buf/cap; mode 1: malloc it
+ * into *out.  Returns the length, or a negative code.
+ */
+static ssize_t get_impl(conc_mpqueue *q, void *buf, size_t cap, void **out, int64_t deadline,
+                        bool poll)
+{
+    struct mpq_shared *sh = q->sh;
+    for (;;) {
+        int r = lock_consumers(q);
+        if (r)
+            return r;
+        uint32_t sd = ld_acquire(&sh->shutdown);
+        uint64_t head = sh->head;
+        int64_t len = sd == 2 ? -1 : msg_at(q, head);
+        if (len >= 0) {
+            void *dst = buf;
+            if (out) {
+                dst = malloc(len ? (size_t)len : 1);
+                if (!dst) {
+                    conc_lock_release(&sh->clock);
+                    return -ENOMEM;
+                }
+            } else if ((size_t)len > cap) {
+                conc_lock_release(&sh->clock);
+                return -EMSGSIZE;
+            }
+            if (len)
+                ring_read(q, head + HDR, dst, (size_t)len);
+            uint32_t seq = hdr_at(q, head)->seq;
+            st_release(&sh->head, head + rec_size((uint64_t)len));     /* taken */
+            conc_lock_release(&sh->clock);
+            if (sh->kind == CONC_MPQUEUE_JOINABLE)
+                cover_seq(sh, seq);
+            wake_flagged(&sh->putters, &sh->space_seq);
+            sig_raise(&sh->sig_out, q->efd_out);
+            if (out)
+                *out = dst;
+            return (ssize_t)len;
+        }
+        conc_lock_release(&sh->clock);
+        if (sd)
+            return -EPIPE;
+        sig_reset(q, &sh->sig_in, q->efd_in, can_get);
+        r = wait_for(q, get_ready, 0, &sh->getters, &sh->data_seq, deadline, poll);
+        if (r)
+            return r;
+    }
+}
+
+ssize_t conc_mpqueue_get(conc_mpqueue *q, void *buf, size_t cap, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (!q || (!buf && cap) || check_timeout(timeout, &deadline, &poll))
+        return -EINVAL;
+    return get_impl(q, buf, cap, NULL, deadline, poll);
+}
+
+ssize_t conc_mpqueue_get_until(conc_mpqueue *q, void *buf, size_t cap, int64_t deadline)
+{
+    if (!q || (!buf && cap))
+        return -EINVAL;
+    return get_impl(q, buf, cap, NULL, deadline, false);
+}
+
+static int alloc_result(ssize_t r, void *p, void **out, size_t *len)
+{
+    if (r < 0)
+        return (int)r;
+    *out = p;
+    *len = (size_t)r;
+    return 0;
+}
+
+int conc_mpqueue_get_alloc(conc_mpqueue *q, void **out, size_t *len, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    void *p = NULL;
+    if (!q || !out || !len || check_timeout(timeout, &deadline, &poll))
+        return -EINVAL;
+    return alloc_result(get_impl(q, NULL, 0, &p, deadline, poll), p, out, len);
+}
+
+int conc_mpqueue_get_alloc_until(conc_mpqueue *q, void **out, size_t *len, int64_t deadline)
+{
+    void *p = NULL;
+    if (!q || !out || !len)
+        return -EINVAL;
+    return alloc_result(get_impl(q, NULL, 0, &p, deadline, false), p, out, len);
+}
+
+ssize_t conc_mpqueue_next_size(conc_mpqueue *q)
+{
+    if (!q)
+        return -EINVAL;
+    struct mpq_shared *sh = q->sh;
+    for (;;) {
+        uint32_t sd = ld_acquire(&sh->shutdown);
+        uint64_t head = ld_acquire(&sh->head);
+        int64_t len = sd == 2 ? -1 : msg_at(q, head);
+        if (ld_acquire(&sh->head) != head)
+            continue;           /* taken meanwhile: the length may be stale */
+        if (len >= 0)
+            return (ssize_t)len;
+        return sd ? -EPIPE : -EAGAIN;
+    }
+}
+
+/* ------------------------------------------------------------ snapshots */
+
+size_t conc_mpqueue_qsize(const conc_mpqueue *q)
+{
+    if (!q)
+        return 0;
+    struct mpq_shared *sh = q->sh;
+    for (;;) {
+        uint64_t head = ld_acquire(&sh->head);
+        struct rec_hdr *h = hdr_at(q, head);
+        if (ld_acquire(&h->stamp) != head + 1)
+            return 0;
+        uint32_t seq = ld_relaxed(&h->seq);
+        uint32_t puts = (uint32_t)ld_acquire(&sh->puts);
+        if (ld_acquire(&sh->head) != head)
+            continue;
+        int32_t n = (int32_t)(puts - seq);
+        return n > 0 ? (size_t)n : 1;   /* a message is there */
+    }
+}
+
+bool conc_mpqueue_empty(const conc_mpqueue *q)
+{
+    return !q || !has_msg(q);
+}
+
+bool conc_mpqueue_full(const conc_mpqueue *q)
+{
+    if (!q)
+        return false;
+    struct mpq_shared *sh = q->sh;
+    uint64_t head = ld_acquire(&sh->head);
+    uint64_t used = ld_acquire(&sh->tail) - head;
+    /* (head passes tail for a moment when a producer died after publishing) */
+    if (used <= q->cap && q->cap - used < 2 * HDR)
+        return true;
+    return sh->maxsize && conc_mpqueue_qsize(q) >= sh->maxsize;
+}
+
+size_t conc_mpqueue_maxsize(const conc_mpqueue *q)
+{
+    return q ? (size_t)q->sh->maxsize : 0;
+}
+
+size_t conc_mpqueue_max_msg(const conc_mpqueue *q)
+{
+    return q ? (size_t)q->max_msg : 0;
+}
+
+size_t conc_mpqueue_capacity(const conc_mpqueue *q)
+{
+    return q ? (size_t)q->cap : 0;
+}
+
+/* ------------------------------------------------------------ join */
+
+int conc_mpqueue_task_done(conc_mpqueue *q)
+{
+    if (!q || q->sh->kind != CONC_MPQUEUE_JOINABLE)
+        return -EINVAL;
+    struct mpq_shared *sh = q->sh;
+    uint64_t d = ld_acquire(&sh->done);
+    for (;;) {
+        uint64_t p = ld_acquire(&sh->puts);
+        if (d >= p)
+            return -EOVERFLOW;
+        if (__atomic_compare_exchange_n(&sh->done, &d, d + 1, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            break;
+    }
+    wake_flagged(&sh->joiners, &sh->join_seq);
+    return 0;
+}
+
+size_t conc_mpqueue_unfinished(const conc_mpqueue *q)
+{
+    if (!q || q->sh->kind != CONC_MPQUEUE_JOINABLE)
+        return 0;
+    uint64_t d = ld_acquire(&q->sh->done);
+    uint64_t p = ld_acquire(&q->sh->puts);
+    return p > d ? (size_t)(p - d) : 0;
+}
+
+static bool all_done(conc_mpqueue *q, uint64_t unused)
+{
+    (void)unused;
+    return conc_mpqueue_unfinished(q) == 0;
+}
+
+static int join_impl(conc_mpqueue *q, int64_t deadline, bool poll)
+{
+    if (!q || q->sh->kind != CONC_MPQUEUE_JOINABLE)
+        return -EINVAL;
+    while (!all_done(q, 0)) {
+        int r = wait_for(q, all_done, 0, &q->sh->joiners, &q->sh->join_seq, deadline, poll);
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+int conc_mpqueue_join(conc_mpqueue *q, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (check_timeout(timeout, &deadline, &poll))
+        return -EINVAL;
+    return join_impl(q, deadline, poll);
+}
+
+int conc_mpqueue_join_until(conc_mpqueue *q, int64_t deadline)
+{
+    return join_impl(q, deadline, false);
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+static void wake_all(uint32_t *flag, uint32_t *seq)
+{
+    __atomic_store_n(flag, 0, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
+    conc__wake(seq, INT_MAX, CONC__WAIT_SHARED);
+}
+
+int conc_mpqueue_shutdown(conc_mpqueue *q, bool immediate)
+{
+    if (!q)
+        return -EINVAL;
+    struct mpq_shared *sh = q->sh;
+    int r = lock_producers(q);
+    if (r)
+        return r;
+    r = lock_consumers(q);
+    if (r) {
+        conc_lock_release(&sh->plock);
+        return r;
+    }
+    uint32_t want = immediate ? 2 : 1;
+    if (ld_relaxed(&sh->shutdown) < want)
+        __atomic_store_n(&sh->shutdown, want, __ATOMIC_SEQ_CST);
+    if (immediate && sh->head != sh->tail) {
+        uint64_t n = count_from(q, sh->head);
+        st_release(&sh->head, sh->tail);
+        if (sh->kind == CONC_MPQUEUE_JOINABLE) {
+            uint64_t d = ld_acquire(&sh->done), p = ld_acquire(&sh->puts);
+            if (d + n > p)
+                n = p - d;
+            __atomic_fetch_add(&sh->done, n, __ATOMIC_ACQ_REL);
+        }
+    }
+    conc_lock_release(&sh->clock);
+    conc_lock_release(&sh->plock);
+    wake_all(&sh->getters, &sh->data_seq);
+    wake_all(&sh->putters, &sh->space_seq);
+    wake_all(&sh->joiners, &sh->join_seq);
+    sig_raise(&sh->sig_in, q->efd_in);
+    sig_raise(&sh->sig_out, q->efd_out);
+    return 0;
+}
+
+bool conc_mpqueue_is_shutdown(const conc_mpqueue *q)
+{
+    return q && ld_acquire(&q->sh->shutdown) != 0;
+}
+
+int conc_mpqueue_fd(conc_mpqueue *q, short events)
+{
+    if (!q || (events != POLLIN && events != POLLOUT))
+        return -EINVAL;
+    struct mpq_shared *sh = q->sh;
+    bool in = events == POLLIN;
+    struct sig *s = in ? &sh->sig_in : &sh->sig_out;
+    int efd = in ? q->efd_in : q->efd_out;
+    if (!ld_acquire(&s->armed)) {
+        __atomic_store_n(&s->armed, 1, __ATOMIC_SEQ_CST);
+        full_fence();
+        if (in ? can_get(q) : can_put(q))
+            sig_raise(s, efd);
+    }
+    return efd;
+}
+
+/* conc_wait's view (src/pipe.c): ready now?  (Resets a stale fd.) */
+CONC_HIDDEN bool conc__mpqueue_ready(conc_mpqueue *q);
+bool conc__mpqueue_ready(conc_mpqueue *q)
+{
+    if (can_get(q))
+        return true;
+    sig_reset(q, &q->sh->sig_in, q->efd_in, can_get);
+    return false;
+}
+
+/* ------------------------------------------------------------ life */
+
+static int map_error(int e)
+{
+    return e == ENOMEM || e == EOVERFLOW || e == EINVAL ? -ENOMEM : -e;
+}
+
+static size_t pow2_at_least(size_t n)
+{
+    size_t c = CAP_MIN;
+    while (c < n)
+        c <<= 1;
+    return c;
+}
+
+static size_t ring_offset(void)
+{
+    return (sizeof(struct mpq_shared) + 4095) & ~(size_t)4095;
+}
+
+static void handle_init(conc_mpqueue *q, struct mpq_shared *sh, size_t total, int fd, int in,
+                        int out)
+{
+    *q = (conc_mpqueue){ .sh = sh, .ring = (uint8_t *)sh + sh->ring_off, .cap = sh->capacity,
+                         .mask = sh->capacity - 1, .max_msg = sh->max_msg, .map_len = total,
+                         .fd = fd, .efd_in = in, .efd_out = out };
+}
+
+int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
+{
+    conc_mpqueue_opts o = opts ? *opts : (conc_mpqueue_opts){ 0 };
+    if (!out || (unsigned)o.kind > CONC_MPQUEUE_SIMPLE ||
+        (o.kind == CONC_MPQUEUE_SIMPLE && o.maxsize) || o.capacity > CONC_MPQUEUE_CAPACITY_MAX ||
+        o.max_msg > CONC_MPQUEUE_CAPACITY_MAX / 2 - 2 * HDR || o.maxsize > (size_t)INT32_MAX)
+        return -EINVAL;
+    size_t cap = pow2_at_least(o.capacity ? o.capacity : CONC_MPQUEUE_CAPACITY_DEFAULT);
+    size_t max_msg = o.max_msg;
+    if (!max_msg)
+        max_msg = cap / 4;
+    /* Room for two of the largest messages (with headers) and a slot. */
+    size_t need = pow2_at_least(2 * (size_t)rec_size(max_msg) + HDR);
+    if (need > cap) {
+        if (o.capacity || need > CONC_MPQUEUE_CAPACITY_MAX)
+            return -EINVAL;
+        cap = need;
+    }
+    conc_mpqueue *q = malloc(sizeof *q);
+    if (!q)
+        return -ENOMEM;
+    size_t off = ring_offset(), total = off + cap;
+    int fd = conc__memfd_sized("conc-mpqueue", total);
+    if (fd < 0) {
+        free(q);
+        return fd == -EOVERFLOW ? -ENOMEM : fd;
+    }
+    int in = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int outfd = in >= 0 ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    void *base = MAP_FAILED;
+    int e = 0;
+    if (in < 0 || outfd < 0)
+        e = -errno;
+    else if ((base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+        e = map_error(errno);
+    if (e) {
+        if (in >= 0)
+            close(in);
+        if (outfd >= 0)
+            close(outfd);
+        close(fd);
+        free(q);
+        return e;
+    }
+    struct mpq_shared *sh = base;
+    sh->version = MPQ_VERSION;
+    sh->kind = (uint32_t)o.kind;
+    sh->capacity = cap;
+    sh->max_msg = max_msg;
+    sh->maxsize = o.maxsize;
+    sh->ring_off = off;
+    sh->total = total;
+    conc_lock_init(&sh->plock, CONC_SYNC_SHARED);
+    conc_lock_init(&sh->clock, CONC_SYNC_SHARED);
+    st_release(&sh->magic, MPQ_MAGIC);
+    handle_init(q, sh, total, fd, in, outfd);
+    *out = q;
+    return 0;
+}
+
+int conc_mpqueue_fds(const conc_mpqueue *q, int fds[CONC_MPQUEUE_NFDS])
+{
+    if (!q || !fds)
+        return -EINVAL;
+    fds[0] = q->fd;
+    fds[1] = q->efd_in;
+    fds[2] = q->efd_out;
+    return 0;
+}
+
+/* 0 when fd is an open eventfd, -EBADF when not open, -EINVAL otherwise. */
+static int check_eventfd(int fd)
+{
+    if (fd < 0)
+        return -EINVAL;
+    if (fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    char path[64], link[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n < 0)
+        return -EINVAL;
+    link[n] = 0;
+    return strcmp(link, "anon_inode:[eventfd]") == 0 ? 0 : -EINVAL;
+}
+
+int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS])
+{
+    if (!out || !fds || fds[0] < 0 || fds[1] < 0 || fds[2] < 0)
+        return -EINVAL;
+    struct stat st;
+    if (fstat(fds[0], &st) != 0)
+        return -errno;
+    int r = check_eventfd(fds[1]);
+    if (!r)
+        r = check_eventfd(fds[2]);
+    if (r)
+        return r;
+    size_t off = ring_offset();
+    if (!S_ISREG(st.st_mode) || st.st_size < (off_t)(off + CAP_MIN) ||
+        (uint64_t)st.st_size > off + CONC_MPQUEUE_CAPACITY_MAX || !conc__memfd_size_sealed(fds[0]))
+        return -EINVAL;
+    size_t total = (size_t)st.st_size;
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    if (base == MAP_FAILED)
+        return errno == EACCES ? -EINVAL : map_error(errno);
+    struct mpq_shared *sh = base;
+    uint64_t cap = ld_acquire(&sh->magic) == MPQ_MAGIC ? sh->capacity : 0;
+    bool ok = cap >= CAP_MIN && (cap & (cap - 1)) == 0 && sh->version == MPQ_VERSION &&
+              sh->kind <= CONC_MPQUEUE_SIMPLE && sh->ring_off == off && sh->total == total &&
+              off + cap == total && sh->max_msg <= cap / 2 && sh->maxsize <= INT32_MAX;
+    conc_mpqueue *q = ok ? malloc(sizeof *q) : NULL;
+    if (!q) {
+        munmap(base, total);
+        return ok ? -ENOMEM : -EINVAL;
+    }
+    handle_init(q, sh, total, fds[0], fds[1], fds[2]);
+    *out = q;
+    return 0;
+}
+
+void conc_mpqueue_free(conc_mpqueue *q)
+{
+    if (!q)
+        return;
+    munmap(q->sh, q->map_len);
+    close(q->fd);
+    close(q->efd_in);
+    close(q->efd_out);
+    free(q);
+}
