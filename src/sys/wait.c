@@ -15,6 +15,9 @@ __thread const struct conc__wait_ops *conc__wait_ops
 
 int conc__spin_ok = -1;
 
+/* Threads of this process asleep in the kernel on a private futex word. */
+static uint32_t kernel_sleepers;
+
 /* Spinning only pays when the peer we wait for can run at the same time:
  * decided on first need (a forked child decides again, lazily, so fork
  * costs no extra system call). */
@@ -86,7 +89,12 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
         to_timespec(deadline, &ts);
         abs = &ts;
     }
-    int r = conc__futex_wait_abs(word, expect, abs, !(flags & CONC__WAIT_SHARED));
+    bool private = !(flags & CONC__WAIT_SHARED);
+    if (private)
+        __atomic_fetch_add(&kernel_sleepers, 1, __ATOMIC_SEQ_CST);
+    int r = conc__futex_wait_abs(word, expect, abs, private);
+    if (private)
+        __atomic_fetch_sub(&kernel_sleepers, 1, __ATOMIC_RELEASE);
     if (r == -EINTR)
         return 0;
     return r;
@@ -94,20 +102,29 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
 
 int conc__wake(uint32_t *word, int n, unsigned flags)
 {
-    int r = conc__futex_wake(word, n, !(flags & CONC__WAIT_SHARED));
-    if (r < 0)
-        r = 0;
     /* Coroutines parked by a hub (src/hub.c) are not in the kernel: the
-     * word was changed before this fence, the hub's count is read after. */
+     * word was changed before this fence, the hub's count is read after.
+     * They are woken first: when they are enough, the system call is
+     * spared (any n waiters may be woken, whatever they are). */
 #if CONC_SAN_THREAD
     uint32_t parked = __atomic_fetch_add(&conc__hub_parked, 0, __ATOMIC_SEQ_CST);
 #else
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint32_t parked = __atomic_load_n(&conc__hub_parked, __ATOMIC_RELAXED);
 #endif
-    if (unlikely(parked != 0) && r < n)
-        r += conc__hub_wake(word, n - r);
-    return r;
+    int r = 0;
+    if (unlikely(parked != 0)) {
+        r = conc__hub_wake(word, n);
+        if (r >= n)
+            return r;
+    }
+    /* No thread of this process sleeps on a private word: no system call.
+     * (A sleeper counts itself before the kernel compares the word, and
+     * this load comes after the fence above that follows the change.) */
+    if (!(flags & CONC__WAIT_SHARED) && __atomic_load_n(&kernel_sleepers, __ATOMIC_RELAXED) == 0)
+        return r;
+    int k = conc__futex_wake(word, n - r, !(flags & CONC__WAIT_SHARED));
+    return k > 0 ? r + k : r;
 }
 
 int conc__sleep_until(int64_t deadline)
