@@ -79,6 +79,14 @@ show pipe-ping "multiprocessing.Pipe: a parent and its child bounce messages" \
     "The parent sends 1000 messages of 4096 bytes over a duplex Pipe; a fork child echoes each back; every byte is checked both ways." \
     --messages 1000 --size 4096
 
+show producer-consumer "multiprocessing.Queue: producer and consumer processes" \
+    "Three producer processes put 20000 items each; two consumer processes take them until each gets a sentinel; main checks that every item was consumed exactly once." \
+    --producers 3 --consumers 2 --items 20000
+
+show producer-consumer "queue.Queue as a JoinableQueue between threads" \
+    "The same with threads: consumers call task_done per item, main waits in join() and then shuts the queue down to stop them." \
+    --producers 3 --consumers 2 --items 20000 --joinable --threads
+
 show coro-sleepers "gevent: spawn, sleep, joinall on a hub" \
     "100000 greenlets each sleep 0.1 s in one thread; the sleeps overlap, so joining them all takes a fraction of a second plus the time to create them, not 10000 s." \
     --count 100000 --sleep 0.1
