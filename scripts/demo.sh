@@ -91,6 +91,10 @@ show coro-sleepers "gevent: spawn, sleep, joinall on a hub" \
     "100000 greenlets each sleep 0.1 s in one thread; the sleeps overlap, so joining them all takes a fraction of a second plus the time to create them, not 10000 s." \
     --count 100000 --sleep 0.1
 
+show coro-tour "greenlet switch, gevent spawn/joinall, and a crawler on libcurl" \
+    "The tutorials' coroutine programs: test1/test2 switch back and forth; greenlets interleave by sleep length; one greenlet per URL fetches from a local server that waits 0.2 s per answer, all at once (the server counts the connections it had open together)." \
+    --urls 5 --delay 0.2
+
 echo
 echo "=== tour done: $ran ran, $skipped skipped${failed:+, failed:$failed}"
 [ -z "$failed" ]
