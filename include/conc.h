@@ -15,6 +15,7 @@
 #include "conc/queue.h"
 #include "conc/shm.h"
 #include "conc/pipe.h"
+#include "conc/offload.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1
