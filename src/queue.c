@@ -19,6 +19,7 @@
  * unfinished, shutdown) are written with relaxed atomic stores under it.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -27,6 +28,7 @@
 #include "conc/sync.h"
 #include "internal.h"
 #include "ring.h"
+#include "sys/wait.h"
 
 #define DEFAULT_CAP 16u
 /* A bounded queue up to this size gets all its slots at creation. */
@@ -72,10 +74,12 @@ struct limit {
     double timeout;
     bool poll;
     bool resolved;          /* deadline is set */
+    bool spun;              /* spin_unlocked was tried */
 };
 
 static inline int limit_timeout(struct limit *l, double timeout)
 {
+    l->spun = false;
     l->poll = false;
     l->resolved = true;
     if (timeout == CONC_FOREVER) {
@@ -96,6 +100,7 @@ static inline int limit_timeout(struct limit *l, double timeout)
 
 static inline void limit_until(struct limit *l, int64_t deadline)
 {
+    l->spun = false;
     l->deadline = deadline;
     l->poll = false;
     l->resolved = true;
@@ -108,6 +113,43 @@ static inline void limit_until(struct limit *l, int64_t deadline)
  * deadline passed, or another negative code from the wait (a cancelled
  * coroutine).
  */
+static inline int qlock(conc_queue *q);
+static inline void qunlock(conc_queue *q);
+
+/*
+ * Before a put or get sleeps: a plain thread of a process with several CPUs
+ * first watches the queue for a few microseconds with the lock released.
+ * The peer usually makes the wait unnecessary by then, and sleeping would
+ * cost both sides a system call and the sleeper a wake-up latency.  Returns
+ * true when it spun (the lock is held again; the caller re-checks).
+ */
+static bool spin_unlocked(conc_queue *q, conc_cond *cond, struct limit *l)
+{
+    if (l->spun || cond == &q->all_done || !conc__may_spin())
+        return false;
+    l->spun = true;
+    bool want_items = cond == &q->not_empty;
+    const size_t *count = q->kind == CONC_QUEUE_PRIORITY ? &q->hcount : &q->ring.count;
+    int64_t end = conc_now() + CONC__SPIN_NS;
+    if (end > l->deadline)
+        end = l->deadline;
+    qunlock(q);
+    for (unsigned i = 1;; i++) {
+        conc__spin_pause();
+        size_t n = ld_relaxed(count);
+        if ((want_items ? n > 0 : n < q->maxsize) || ld_relaxed(&q->shutdown))
+            break;
+        if ((i & 63) == 0) {
+            if (conc_now() >= end)
+                break;
+            if (i > 1024)
+                sched_yield();
+        }
+    }
+    (void)qlock(q);     /* a plain thread: waits for ever, never fails */
+    return true;
+}
+
 static int wait_once(conc_queue *q, conc_cond *cond, struct limit *l)
 {
     if (l->poll)
@@ -117,6 +159,8 @@ static int wait_once(conc_queue *q, conc_cond *cond, struct limit *l)
             return -EINVAL;
         l->resolved = true;
     }
+    if (spin_unlocked(q, cond, l))
+        return 0;
     return conc_cond_wait_until(cond, &q->lock, l->deadline);
 }
 
