@@ -44,7 +44,6 @@
 #include "conc/sync.h"
 #include "internal.h"
 #include "sys/memfd.h"
-#include "sys/san.h"
 #include "sys/wait.h"
 
 #define MPQ_MAGIC 0x31515057434e4f43ull     /* "CONCWPQ1" */
@@ -132,27 +131,10 @@ static void ring_read(const conc_mpqueue *q, uint64_t pos, void *dst, size_t n)
         memcpy((uint8_t *)dst + first, q->ring, n - first);
 }
 
-#if CONC_SAN_THREAD
-/* TSan does not take fences: a locked no-op read-modify-write is one on
- * x86-64 and aarch64 alike. */
-static uint32_t fence_word;
 static inline void full_fence(void)
 {
-    __atomic_fetch_add(&fence_word, 0, __ATOMIC_SEQ_CST);
+    conc__full_fence();
 }
-#elif defined(__x86_64__)
-/* A locked add to the stack orders like mfence for ordinary memory and
- * costs about half as much. */
-static inline void full_fence(void)
-{
-    __asm__ __volatile__("lock; addl $0, (%%rsp)" ::: "memory", "cc");
-}
-#else
-static inline void full_fence(void)
-{
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-}
-#endif
 
 /* The message at head, if any: its length, else -1. */
 static inline int64_t msg_at(const conc_mpqueue *q, uint64_t head)

@@ -2,6 +2,10 @@
  * queue.c - queue.Queue, LifoQueue, PriorityQueue and SimpleQueue between
  * threads.
  *
+ * queue.Queue and SimpleQueue (FIFO) run on a two-lock ring of their own
+ * (src/queue_fifo.c): producers and consumers never take turns on one lock.
+ * LifoQueue and PriorityQueue, below, keep Python's shape.
+ *
  * The shape is Python's queue.Queue: one mutex (a conc_lock) and three
  * conditions over it, not_empty (getters wait), not_full (putters of a
  * bounded queue wait) and all_done (joiners wait).  Every change of state
@@ -27,6 +31,7 @@
 #include "conc/queue.h"
 #include "conc/sync.h"
 #include "internal.h"
+#include "queue_fifo.h"
 #include "ring.h"
 #include "sys/wait.h"
 
@@ -41,6 +46,7 @@ struct pq_entry {
 };
 
 struct conc_queue {
+    struct conc__fifo *fifo;    /* FIFO and SimpleQueue: all the state */
     conc_lock lock;
     conc_cond not_empty;
     conc_cond not_full;
@@ -62,57 +68,8 @@ struct conc_queue {
     void *drop_arg;
 };
 
-/* ------------------------------------------------------------ limits */
+/* ------------------------------------------------------------ waiting */
 
-/*
- * How long a call may wait: never (poll), until a deadline, or for a
- * timeout that is turned into a deadline only when the call has to wait, so
- * a call that succeeds at once never reads the clock.
- */
-struct limit {
-    int64_t deadline;
-    double timeout;
-    bool poll;
-    bool resolved;          /* deadline is set */
-    bool spun;              /* spin_unlocked was tried */
-};
-
-static inline int limit_timeout(struct limit *l, double timeout)
-{
-    l->spun = false;
-    l->poll = false;
-    l->resolved = true;
-    if (timeout == CONC_FOREVER) {
-        l->deadline = CONC_NO_DEADLINE;
-        return 0;
-    }
-    if (timeout == 0) {
-        l->poll = true;
-        l->deadline = 0;
-        return 0;
-    }
-    if (!(timeout > 0))
-        return -EINVAL;     /* negative or NaN */
-    l->timeout = timeout;
-    l->resolved = false;
-    return 0;
-}
-
-static inline void limit_until(struct limit *l, int64_t deadline)
-{
-    l->spun = false;
-    l->deadline = deadline;
-    l->poll = false;
-    l->resolved = true;
-}
-
-/*
- * Waits once on cond with the queue's lock held (released while waiting,
- * held again on return).  Returns 0 after a wake-up (the caller re-checks
- * its predicate), -EAGAIN for a poll (nothing waited), -ETIMEDOUT when the
- * deadline passed, or another negative code from the wait (a cancelled
- * coroutine).
- */
 static inline int qlock(conc_queue *q);
 static inline void qunlock(conc_queue *q);
 
@@ -123,7 +80,7 @@ static inline void qunlock(conc_queue *q);
  * cost both sides a system call and the sleeper a wake-up latency.  Returns
  * true when it spun (the lock is held again; the caller re-checks).
  */
-static bool spin_unlocked(conc_queue *q, conc_cond *cond, struct limit *l)
+static bool spin_unlocked(conc_queue *q, conc_cond *cond, struct conc__limit *l)
 {
     if (l->spun || cond == &q->all_done || !conc__may_spin())
         return false;
@@ -150,15 +107,19 @@ static bool spin_unlocked(conc_queue *q, conc_cond *cond, struct limit *l)
     return true;
 }
 
-static int wait_once(conc_queue *q, conc_cond *cond, struct limit *l)
+/*
+ * Waits once on cond with the queue's lock held (released while waiting,
+ * held again on return).  Returns 0 after a wake-up (the caller re-checks
+ * its predicate), -EAGAIN for a poll (nothing waited), -ETIMEDOUT when the
+ * deadline passed, or another negative code from the wait (a cancelled
+ * coroutine).
+ */
+static int wait_once(conc_queue *q, conc_cond *cond, struct conc__limit *l)
 {
     if (l->poll)
         return -EAGAIN;
-    if (!l->resolved) {
-        if (conc__timeout_deadline(l->timeout, &l->deadline))
-            return -EINVAL;
-        l->resolved = true;
-    }
+    if (conc__limit_resolve(l))
+        return -EINVAL;
     if (spin_unlocked(q, cond, l))
         return 0;
     return conc_cond_wait_until(cond, &q->lock, l->deadline);
@@ -317,6 +278,8 @@ int conc_queue_fd(conc_queue *q)
 {
     if (unlikely(!q))
         return -EINVAL;
+    if (q->fifo)
+        return conc__fifo_fd(q->fifo);
     int r = qlock(q);
     if (r)
         return r;
@@ -374,8 +337,14 @@ int conc_queue_new(conc_queue **out, const conc_queue_opts *opts)
     q->cmp_arg = opts->cmp_arg;
     q->drop = opts->drop;
     q->drop_arg = opts->drop_arg;
-    int r = q->kind == CONC_QUEUE_PRIORITY ? heap_reserve(q, cap)
-                                            : ring_init(&q->ring, cap);
+    int r;
+    if (q->kind == CONC_QUEUE_FIFO || q->kind == CONC_QUEUE_SIMPLE) {
+        q->fifo = conc__fifo_new(q->maxsize, cap, q->kind == CONC_QUEUE_SIMPLE, q->drop,
+                                 q->drop_arg);
+        r = q->fifo ? 0 : -ENOMEM;
+    } else {
+        r = q->kind == CONC_QUEUE_PRIORITY ? heap_reserve(q, cap) : ring_init(&q->ring, cap);
+    }
     if (r) {
         free(q);
         return r;
@@ -402,6 +371,11 @@ void conc_queue_free(conc_queue *q)
 {
     if (!q)
         return;
+    if (q->fifo) {
+        conc__fifo_free(q->fifo);
+        free(q);
+        return;
+    }
     discard_all(q);
     if (q->efd >= 0)
         close(q->efd);
@@ -414,8 +388,10 @@ void conc_queue_free(conc_queue *q)
 
 /* ---------------------------------------------------------- put / get */
 
-static int queue_put(conc_queue *q, void *item, int64_t prio, struct limit *l)
+static int queue_put(conc_queue *q, void *item, int64_t prio, struct conc__limit *l)
 {
+    if (q->fifo)
+        return conc__fifo_put(q->fifo, item, l);
     int r = qlock(q);
     if (unlikely(r))
         return r;
@@ -463,8 +439,13 @@ out:
     return r;
 }
 
-static int queue_get(conc_queue *q, void **out, int64_t *prio, struct limit *l)
+static int queue_get(conc_queue *q, void **out, int64_t *prio, struct conc__limit *l)
 {
+    if (q->fifo) {
+        if (prio)
+            *prio = 0;
+        return conc__fifo_get(q->fifo, out, l);
+    }
     int r = qlock(q);
     if (unlikely(r))
         return r;
@@ -500,8 +481,8 @@ out:
 
 int conc_queue_put(conc_queue *q, void *item, double timeout)
 {
-    struct limit l;
-    if (unlikely(!q || limit_timeout(&l, timeout)))
+    struct conc__limit l;
+    if (unlikely(!q || conc__limit_timeout(&l, timeout)))
         return -EINVAL;
     return queue_put(q, item, 0, &l);
 }
@@ -510,8 +491,8 @@ int conc_queue_put_until(conc_queue *q, void *item, int64_t deadline)
 {
     if (unlikely(!q))
         return -EINVAL;
-    struct limit l;
-    limit_until(&l, deadline);
+    struct conc__limit l;
+    conc__limit_until(&l, deadline);
     return queue_put(q, item, 0, &l);
 }
 
@@ -522,8 +503,8 @@ int conc_queue_put_nowait(conc_queue *q, void *item)
 
 int conc_queue_put_prio(conc_queue *q, void *item, int64_t priority, double timeout)
 {
-    struct limit l;
-    if (unlikely(!q || q->kind != CONC_QUEUE_PRIORITY || limit_timeout(&l, timeout)))
+    struct conc__limit l;
+    if (unlikely(!q || q->kind != CONC_QUEUE_PRIORITY || conc__limit_timeout(&l, timeout)))
         return -EINVAL;
     return queue_put(q, item, priority, &l);
 }
@@ -533,15 +514,15 @@ int conc_queue_put_prio_until(conc_queue *q, void *item, int64_t priority,
 {
     if (unlikely(!q || q->kind != CONC_QUEUE_PRIORITY))
         return -EINVAL;
-    struct limit l;
-    limit_until(&l, deadline);
+    struct conc__limit l;
+    conc__limit_until(&l, deadline);
     return queue_put(q, item, priority, &l);
 }
 
 int conc_queue_get(conc_queue *q, void **out, double timeout)
 {
-    struct limit l;
-    if (unlikely(!q || !out || limit_timeout(&l, timeout)))
+    struct conc__limit l;
+    if (unlikely(!q || !out || conc__limit_timeout(&l, timeout)))
         return -EINVAL;
     return queue_get(q, out, NULL, &l);
 }
@@ -550,8 +531,8 @@ int conc_queue_get_until(conc_queue *q, void **out, int64_t deadline)
 {
     if (unlikely(!q || !out))
         return -EINVAL;
-    struct limit l;
-    limit_until(&l, deadline);
+    struct conc__limit l;
+    conc__limit_until(&l, deadline);
     return queue_get(q, out, NULL, &l);
 }
 
@@ -562,8 +543,8 @@ int conc_queue_get_nowait(conc_queue *q, void **out)
 
 int conc_queue_get_prio(conc_queue *q, void **out, int64_t *priority, double timeout)
 {
-    struct limit l;
-    if (unlikely(!q || !out || limit_timeout(&l, timeout)))
+    struct conc__limit l;
+    if (unlikely(!q || !out || conc__limit_timeout(&l, timeout)))
         return -EINVAL;
     return queue_get(q, out, priority, &l);
 }
@@ -573,8 +554,8 @@ int conc_queue_get_prio_until(conc_queue *q, void **out, int64_t *priority,
 {
     if (unlikely(!q || !out))
         return -EINVAL;
-    struct limit l;
-    limit_until(&l, deadline);
+    struct conc__limit l;
+    conc__limit_until(&l, deadline);
     return queue_get(q, out, priority, &l);
 }
 
@@ -584,6 +565,8 @@ size_t conc_queue_qsize(const conc_queue *q)
 {
     if (!q)
         return 0;
+    if (q->fifo)
+        return conc__fifo_qsize(q->fifo);
     return q->kind == CONC_QUEUE_PRIORITY ? ld_relaxed(&q->hcount) : ring_len(&q->ring);
 }
 
@@ -604,11 +587,15 @@ size_t conc_queue_maxsize(const conc_queue *q)
 
 size_t conc_queue_unfinished(const conc_queue *q)
 {
+    if (q && q->fifo)
+        return conc__fifo_unfinished(q->fifo);
     return q ? ld_relaxed(&q->unfinished) : 0;
 }
 
 bool conc_queue_is_shutdown(const conc_queue *q)
 {
+    if (q && q->fifo)
+        return conc__fifo_is_shutdown(q->fifo);
     return q && ld_relaxed(&q->shutdown);
 }
 
@@ -618,6 +605,8 @@ int conc_queue_task_done(conc_queue *q)
 {
     if (unlikely(!q || q->kind == CONC_QUEUE_SIMPLE))
         return -EINVAL;
+    if (q->fifo)
+        return conc__fifo_task_done(q->fifo);
     int r = qlock(q);
     if (unlikely(r))
         return r;
@@ -632,8 +621,10 @@ int conc_queue_task_done(conc_queue *q)
     return r;
 }
 
-static int queue_join(conc_queue *q, struct limit *l)
+static int queue_join(conc_queue *q, struct conc__limit *l)
 {
+    if (q->fifo)
+        return conc__fifo_join(q->fifo, l);
     int r = qlock(q);
     if (unlikely(r))
         return r;
@@ -657,8 +648,8 @@ out:
 
 int conc_queue_join(conc_queue *q, double timeout)
 {
-    struct limit l;
-    if (unlikely(!q || q->kind == CONC_QUEUE_SIMPLE || limit_timeout(&l, timeout)))
+    struct conc__limit l;
+    if (unlikely(!q || q->kind == CONC_QUEUE_SIMPLE || conc__limit_timeout(&l, timeout)))
         return -EINVAL;
     return queue_join(q, &l);
 }
@@ -667,8 +658,8 @@ int conc_queue_join_until(conc_queue *q, int64_t deadline)
 {
     if (unlikely(!q || q->kind == CONC_QUEUE_SIMPLE))
         return -EINVAL;
-    struct limit l;
-    limit_until(&l, deadline);
+    struct conc__limit l;
+    conc__limit_until(&l, deadline);
     return queue_join(q, &l);
 }
 
@@ -678,6 +669,8 @@ int conc_queue_shutdown(conc_queue *q, bool immediate)
 {
     if (unlikely(!q))
         return -EINVAL;
+    if (q->fifo)
+        return conc__fifo_shutdown(q->fifo, immediate);
     int r = qlock(q);
     if (unlikely(r))
         return r;

@@ -24,10 +24,12 @@
  *   ValueError from task_done()    -EOVERFLOW
  *   IndexError from deque.pop()    -EAGAIN
  *
- * Each queue is guarded by one conc_lock with conditions sharing it, like
- * Python's Queue (mutex, not_empty, not_full, all_tasks_done), so every wait
- * goes through conc's one wait primitive.  Storage is a ring buffer (FIFO,
- * LIFO, SimpleQueue, deque) or a binary heap (priority): it grows by
+ * A FIFO Queue and a SimpleQueue have one lock for producers and another
+ * for consumers, so the two sides never take turns; a LifoQueue and a
+ * PriorityQueue are guarded by one conc_lock with conditions sharing it,
+ * like Python's Queue (mutex, not_empty, not_full, all_tasks_done).  Every
+ * wait goes through conc's one wait primitive.  Storage is a ring buffer
+ * (FIFO, LIFO, SimpleQueue, deque) or a binary heap (priority): it grows by
  * doubling when needed and never shrinks, so a queue in its steady state
  * allocates nothing per item.
  */

@@ -15,6 +15,10 @@ __thread const struct conc__wait_ops *conc__wait_ops
 
 int conc__spin_ok = -1;
 
+#if CONC_SAN_THREAD
+uint32_t conc__fence_word;
+#endif
+
 /* Threads of this process asleep in the kernel on a private futex word. */
 static uint32_t kernel_sleepers;
 

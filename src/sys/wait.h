@@ -119,4 +119,30 @@ static inline bool conc__may_spin(void)
  */
 CONC_HIDDEN uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline);
 
+/*
+ * conc__full_fence - a full memory barrier, for the "publish, fence, check
+ * the sleepers' flag" / "set the flag, fence, re-check" pairs of the queues.
+ * TSan does not take fences, so under it a locked no-op read-modify-write
+ * stands in (one on x86-64 and aarch64 alike).  On x86-64 a locked add to
+ * the stack orders like mfence for ordinary memory at about half the cost.
+ */
+#include "san.h"
+#if CONC_SAN_THREAD
+extern uint32_t conc__fence_word;
+static inline void conc__full_fence(void)
+{
+    __atomic_fetch_add(&conc__fence_word, 0, __ATOMIC_SEQ_CST);
+}
+#elif defined(__x86_64__)
+static inline void conc__full_fence(void)
+{
+    __asm__ __volatile__("lock; addl $0, (%%rsp)" ::: "memory", "cc");
+}
+#else
+static inline void conc__full_fence(void)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+#endif
+
 #endif
