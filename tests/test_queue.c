@@ -892,6 +892,83 @@ static void run_mpmc(conc_queue_kind kind, size_t maxsize)
     free(m);
 }
 
+/* Getters that give up (timeout) while others keep waiting: a wake-up a
+ * waker meant for a getter that is leaving must reach one that stays, so
+ * every item put is received, by a waiting getter, exactly once. */
+struct giveup {
+    conc_queue *q;
+    double timeout;
+    atomic_int stop;        /* quick getters leave at their next timeout */
+    atomic_long got;
+    atomic_long sum;
+    atomic_int errors;
+};
+
+static void *giveup_getter(void *p)
+{
+    struct giveup *g = p;
+    for (;;) {
+        void *v;
+        int r = conc_queue_get(g->q, &v, g->timeout);
+        if (r == -ETIMEDOUT) {
+            if (atomic_load(&g->stop))
+                return NULL;
+            continue;           /* give up, come back at once */
+        }
+        if (r == -EPIPE)
+            return NULL;
+        if (r != 0) {
+            atomic_fetch_add(&g->errors, 1);
+            return NULL;
+        }
+        atomic_fetch_add(&g->got, 1);
+        atomic_fetch_add(&g->sum, I(v));
+    }
+}
+
+Test(queue, getters_giving_up_lose_no_wakeup, .timeout = 30)
+{
+    conc_queue_kind kinds[] = { CONC_QUEUE_FIFO, CONC_QUEUE_SIMPLE, CONC_QUEUE_LIFO };
+    for (size_t k = 0; k < 3; k++) {
+        struct giveup quick = { .q = mkq(kinds[k], 0), .timeout = 0.0005 };
+        struct giveup slow = { .q = quick.q, .timeout = CONC_FOREVER };
+        pthread_t t[6];
+        for (int i = 0; i < 3; i++)
+            t[i] = spawn(giveup_getter, &quick);
+        for (int i = 3; i < 6; i++)
+            t[i] = spawn(giveup_getter, &slow);
+        long n = 3000, want = 0;
+        for (long i = 1; i <= n; i++) {
+            cr_assert_eq(conc_queue_put(quick.q, P(i), 0), 0);
+            want += i;
+            if (i % 50 == 0)
+                usleep(200);    /* let getters sleep and give up */
+        }
+        /* The quick getters leave; the slow ones, asleep, must still be
+         * woken for each item (a sleeper count gone wrong would leave them
+         * asleep with items queued). */
+        atomic_store(&quick.stop, 1);
+        for (int i = 0; i < 3; i++)
+            join(t[i]);
+        for (int round = 0; round < 200; round++) {
+            usleep(100);
+            n++;
+            cr_assert_eq(conc_queue_put(quick.q, P(n), 0), 0);
+            want += n;
+        }
+        for (int spins = 0; conc_queue_qsize(quick.q) != 0 && spins < 20000; spins++)
+            usleep(500);
+        cr_assert_eq(conc_queue_qsize(quick.q), 0, "items left with getters waiting");
+        cr_assert_eq(conc_queue_shutdown(quick.q, false), 0);
+        for (int i = 3; i < 6; i++)
+            join(t[i]);
+        cr_assert_eq(atomic_load(&quick.errors) + atomic_load(&slow.errors), 0);
+        cr_assert_eq(atomic_load(&quick.got) + atomic_load(&slow.got), n);
+        cr_assert_eq(atomic_load(&quick.sum) + atomic_load(&slow.sum), want);
+        conc_queue_free(quick.q);
+    }
+}
+
 Test(queue, mpmc_fifo_unbounded, .timeout = 30)
 {
     run_mpmc(CONC_QUEUE_FIFO, 0);
