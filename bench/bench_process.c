@@ -37,7 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,17 +82,11 @@ typedef struct shared_area {
 
 static shared_area *area;
 
-static void die(const char *what, int err)
-{
-    fprintf(stderr, "bench_process: %s failed: %d (%s)\n", what, err, strerror(err < 0 ? -err : err));
-    exit(1);
-}
-
 static void map_area(void)
 {
     void *p = mmap(NULL, sizeof *area, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
-        die("mmap(MAP_SHARED)", -errno);
+        bench_die("mmap(MAP_SHARED)", -errno);
     area = p;
 }
 
@@ -216,10 +209,10 @@ static void contended_conc_worker(long iters)
     for (long i = 0; i < iters; i++) {
         int e = conc_lock_acquire(&s->lock, CONC_FOREVER);
         if (e != 0)
-            die("conc_lock_acquire", e);
+            bench_die("conc_lock_acquire", e);
         s->counter++;
         if ((e = conc_lock_release(&s->lock)) != 0)
-            die("conc_lock_release", e);
+            bench_die("conc_lock_release", e);
     }
 }
 
@@ -229,10 +222,10 @@ static void contended_pthread_worker(long iters)
     for (long i = 0; i < iters; i++) {
         int e = pthread_mutex_lock(&s->mutex);
         if (e != 0)
-            die("pthread_mutex_lock", e);
+            bench_die("pthread_mutex_lock", e);
         s->counter++;
         if ((e = pthread_mutex_unlock(&s->mutex)) != 0)
-            die("pthread_mutex_unlock", e);
+            bench_die("pthread_mutex_unlock", e);
     }
 }
 
@@ -240,12 +233,7 @@ static void contended_pthread_worker(long iters)
  * worker, time its share; it never returns. */
 static void worker_main(worker_fn fn, int side, long iters, pid_t parent)
 {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(1);
-    int e = bench_pin_self(side);
-    if (e < 0)
-        fprintf(stderr, "bench_process: cannot pin to CPU %d: %s\n", bench_cpu(side), strerror(-e));
+    bench_worker_enter(side, parent);
     pthread_barrier_wait(&area->start);
     area->t0[side] = bench_now();
     fn(iters);
@@ -286,7 +274,7 @@ static int64_t run_pair(worker_fn fn, long iters)
         int st;
         while (waitpid(pid[i], &st, 0) < 0)
             if (errno != EINTR)
-                die("waitpid", -errno);
+                bench_die("waitpid", -errno);
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             fprintf(stderr, "bench_process: worker %d ended with status %#x\n", i, st);
             rc = -EIO;
@@ -398,34 +386,11 @@ static void run_python(void)
 {
     /* Python is ~100x slower per operation: its script has its own, smaller
      * iteration counts; we pass the scale and the repetitions. */
-    char scale[32], reps[16], cpus[256];
-    snprintf(scale, sizeof scale, "%g", bench_scale() * (bench_quick() ? 0.05 : 1.0));
-    snprintf(reps, sizeof reps, "%d", (bench_reps() + 1) / 2);
-    snprintf(cpus, sizeof cpus, "%s", bench_cpu_list(2));
-    for (size_t s = 0; s < BENCH_ARRAY_LEN(py_systems); s++) {
-        const char *system = py_systems[s].system;
-        char *argv[16 + BENCH_ARRAY_LEN(metrics)];
-        size_t n = 0, wanted = 0;
-        argv[n++] = (char *)bench_python();
-        argv[n++] = (char *)bench_peer_path("process_mp.py");
-        argv[n++] = "--system";
-        argv[n++] = (char *)system;
-        argv[n++] = "--reps";
-        argv[n++] = reps;
-        if (cpus[0]) {
-            argv[n++] = "--cpus";
-            argv[n++] = cpus;
-        }
-        argv[n++] = scale;
-        for (const char *const *m = py_systems[s].metrics; *m; m++)
-            if (bench_enabled(*m, system)) {
-                argv[n++] = (char *)*m;
-                wanted++;
-            }
-        argv[n] = NULL;
-        if (wanted)
-            bench_peer_run_for(system, py_systems[s].metrics, argv, 600.0);
-    }
+    for (size_t s = 0; s < BENCH_ARRAY_LEN(py_systems); s++)
+        bench_peer_run_metrics(py_systems[s].system, true, bench_python(),
+                               bench_peer_path("process_mp.py"), (bench_reps() + 1) / 2,
+                               bench_cpu_list(2), bench_scale() * (bench_quick() ? 0.05 : 1.0),
+                               py_systems[s].metrics);
 }
 
 int main(int argc, char **argv)
@@ -446,19 +411,11 @@ int main(int argc, char **argv)
     bench_compare("process_start_join", starts, BENCH_ARRAY_LEN(starts),
                   bench_iters(20000, 2000), BENCH_MEDIAN);
 
-    static const bench_case unc[] = {
-        { "conc", unc_conc, NULL },
-        { "pthread", unc_pthread, NULL },
-    };
-    bench_compare("shared_lock_uncontended", unc, BENCH_ARRAY_LEN(unc),
-                  bench_iters(20000000, 2000000), BENCH_BEST);
+    bench_compare_pthread("shared_lock_uncontended", unc_conc, unc_pthread,
+                          bench_iters(20000000, 2000000), BENCH_BEST);
 
-    static const bench_case cont[] = {
-        { "conc", contended_conc, NULL },
-        { "pthread", contended_pthread, NULL },
-    };
-    bench_compare("shared_lock_contended", cont, BENCH_ARRAY_LEN(cont),
-                  bench_iters(10000000, 1000000), BENCH_MEDIAN);
+    bench_compare_pthread("shared_lock_contended", contended_conc, contended_pthread,
+                          bench_iters(10000000, 1000000), BENCH_MEDIAN);
 
     static const bench_case value[] = {
         { "conc", value_conc, NULL },

@@ -71,7 +71,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -97,60 +96,7 @@ static const bench_metric metrics[] = {
 /* The thread queues' maxsize (Go: the channel's capacity). */
 #define MAXSIZE 1024
 
-static void die(const char *what, int err)
-{
-    fprintf(stderr, "bench_queue: %s failed: %d (%s)\n", what, err, strerror(err < 0 ? -err : err));
-    exit(1);
-}
-
 /* ============================================================ threads */
-
-/* One side of a two-thread run: does its share of the operations. */
-typedef void (*side_fn)(void *ctx, int side, long iters);
-
-typedef struct side_arg {
-    side_fn fn;
-    void *ctx;
-    int side;
-    long iters;
-    pthread_barrier_t *start;
-    int64_t t0, t1;
-} side_arg;
-
-static void *side_main(void *p)
-{
-    side_arg *a = p;
-    int e = bench_pin_self(a->side);
-    if (e < 0)
-        fprintf(stderr, "bench_queue: cannot pin to CPU %d: %s\n", bench_cpu(a->side), strerror(-e));
-    pthread_barrier_wait(a->start);
-    a->t0 = bench_now();
-    a->fn(a->ctx, a->side, a->iters);
-    a->t1 = bench_now();
-    return NULL;
-}
-
-/* Run fn(ctx, 0, iters) and fn(ctx, 1, iters) in two new threads released
- * together; return the nanoseconds from the first start to the last end. */
-static int64_t run_threads(side_fn fn, void *ctx, long iters)
-{
-    pthread_barrier_t start;
-    pthread_t th[2];
-    side_arg a[2];
-    pthread_barrier_init(&start, NULL, 2);
-    for (int i = 0; i < 2; i++) {
-        a[i] = (side_arg){ .fn = fn, .ctx = ctx, .side = i, .iters = iters, .start = &start };
-        int e = pthread_create(&th[i], NULL, side_main, &a[i]);
-        if (e)
-            die("pthread_create", e);
-    }
-    pthread_join(th[0], NULL);
-    pthread_join(th[1], NULL);
-    pthread_barrier_destroy(&start);
-    int64_t t0 = a[0].t0 < a[1].t0 ? a[0].t0 : a[1].t0;
-    int64_t t1 = a[0].t1 > a[1].t1 ? a[0].t1 : a[1].t1;
-    return t1 - t0;
-}
 
 /* The pthread peer: queue.Queue(maxsize) as a C programmer writes it, a
  * ring under a mutex with two condition variables. */
@@ -213,7 +159,7 @@ static void tq_put(tq *t, int which, void *item)
     if (t->c[which]) {
         int e = conc_queue_put(t->c[which], item, CONC_FOREVER);
         if (e != 0)
-            die("conc_queue_put", e);
+            bench_die("conc_queue_put", e);
     } else {
         pqueue_put(t->p[which], item);
     }
@@ -226,7 +172,7 @@ static void *tq_get(tq *t, int which)
     void *item = NULL;
     int e = conc_queue_get(t->c[which], &item, CONC_FOREVER);
     if (e != 0)
-        die("conc_queue_get", e);
+        bench_die("conc_queue_get", e);
     return item;
 }
 
@@ -263,7 +209,7 @@ static void pingpong_side(void *ctx, int side, long iters)
 /* Whether a measurement runs on conc's queues or the pthread ones. */
 enum { SYS_CONC, SYS_PTHREAD };
 
-static int64_t thread_run(side_fn fn, int sys, long iters, const char *metric)
+static int64_t thread_run(bench_side_fn fn, int sys, long iters, const char *metric)
 {
     tq t = { { NULL, NULL }, { NULL, NULL }, -1 };
     static pqueue pq[2];
@@ -281,7 +227,7 @@ static int64_t thread_run(side_fn fn, int sys, long iters, const char *metric)
             t.p[i] = &pq[i];
         }
     }
-    ns = run_threads(fn, &t, iters);
+    ns = bench_run_pair(fn, &t, iters);
     size_t left = 0;
     for (int i = 0; i < 2; i++) {
         if (sys == SYS_CONC) {
@@ -351,7 +297,7 @@ static void map_area(void)
 {
     void *p = mmap(NULL, sizeof *area, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
-        die("mmap(MAP_SHARED)", -errno);
+        bench_die("mmap(MAP_SHARED)", -errno);
     area = p;
 }
 
@@ -549,12 +495,7 @@ typedef struct stream_cfg {
 
 static void worker_start(int slot, pid_t parent)
 {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent)
-        _exit(1);
-    int e = bench_pin_self(slot);
-    if (e < 0)
-        fprintf(stderr, "bench_queue: cannot pin to CPU %d: %s\n", bench_cpu(slot), strerror(-e));
+    bench_worker_enter(slot, parent);
     pthread_barrier_wait(&area->start);
     area->t0[slot] = bench_now();
 }
@@ -638,7 +579,7 @@ static int reap(pid_t *pid, int n, const char *metric)
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            die("waitpid", -errno);
+            bench_die("waitpid", -errno);
         }
         int i = 0;
         while (i < n && pid[i] != w)
@@ -988,47 +929,6 @@ static int64_t pingpong_body(void *arg, long iters)
 
 /* ============================================================== peers */
 
-/*
- * Run a peer for those of `which` (NULL-terminated) that are enabled for
- * `system`: PROG [SCRIPT] [--system SYSTEM] --reps N [--cpus LIST] SCALE
- * METRIC...  (--system when `pick_system`).  Metrics the peer does not report
- * are recorded as skipped.
- */
-static void run_peer(const char *system, bool pick_system, const char *prog, const char *script,
-                     int reps, const char *cpus, double scale, const char *const which[])
-{
-    char scale_s[32], reps_s[16];
-    snprintf(scale_s, sizeof scale_s, "%g", scale);
-    snprintf(reps_s, sizeof reps_s, "%d", reps);
-    char *argv[32];
-    const char *expect[16];
-    size_t n = 0, k = 0;
-    argv[n++] = (char *)prog;
-    if (script)
-        argv[n++] = (char *)script;
-    if (pick_system) {
-        argv[n++] = "--system";
-        argv[n++] = (char *)system;
-    }
-    argv[n++] = "--reps";
-    argv[n++] = reps_s;
-    if (cpus && cpus[0]) {
-        argv[n++] = "--cpus";
-        argv[n++] = (char *)cpus;
-    }
-    argv[n++] = scale_s;
-    for (size_t i = 0; which[i]; i++)
-        if (bench_enabled(which[i], system)) {
-            argv[n++] = (char *)which[i];
-            expect[k++] = which[i];
-        }
-    if (k == 0)
-        return;
-    argv[n] = NULL;
-    expect[k] = NULL;
-    bench_peer_run_for(system, expect, argv, 600.0);
-}
-
 static void skip_all(const char *system, const char *const which[], const char *why)
 {
     for (size_t i = 0; which[i]; i++)
@@ -1060,11 +960,11 @@ static void run_python(void)
     int reps = (bench_reps() + 1) / 2;
     char cpus[256];
     snprintf(cpus, sizeof cpus, "%s", bench_cpu_list(2));
-    run_peer("python", false, bench_python(), bench_peer_path("queue_threading.py"), reps, cpus,
-             scale, thread_metrics);
+    bench_peer_run_metrics("python", false, bench_python(), bench_peer_path("queue_threading.py"),
+                           reps, cpus, scale, thread_metrics);
     snprintf(cpus, sizeof cpus, "%s", bench_cpu_list(MAX_WORKERS));
-    run_peer("python", false, bench_python(), bench_peer_path("queue_mp.py"), reps, cpus,
-             scale, proc_metrics);
+    bench_peer_run_metrics("python", false, bench_python(), bench_peer_path("queue_mp.py"),
+                           reps, cpus, scale, proc_metrics);
 }
 
 /* Whether `name` is an executable in PATH (command -v). */
@@ -1183,7 +1083,7 @@ static void run_go(void)
     }
     double scale = bench_scale() * (bench_quick() ? 0.05 : 1.0);
     for (size_t s = 0; s < BENCH_ARRAY_LEN(systems); s++)
-        run_peer(systems[s], true, prog, NULL, bench_reps(), NULL, scale, thread_metrics);
+        bench_peer_run_metrics(systems[s], true, prog, NULL, bench_reps(), NULL, scale, thread_metrics);
 }
 
 /* ================================================================ main */
@@ -1196,19 +1096,10 @@ int main(int argc, char **argv)
     bench_become_multithreaded();
     map_area();
 
-    static const bench_case stream[] = {
-        { "conc", stream_conc, NULL },
-        { "pthread", stream_pthread, NULL },
-    };
-    bench_compare("thread_queue_stream", stream, BENCH_ARRAY_LEN(stream),
-                  bench_iters(50000000, 2000000), BENCH_MEDIAN);
-
-    static const bench_case pingpong[] = {
-        { "conc", pingpong_conc, NULL },
-        { "pthread", pingpong_pthread, NULL },
-    };
-    bench_compare("thread_queue_pingpong", pingpong, BENCH_ARRAY_LEN(pingpong),
-                  bench_iters(5000000, 500000), BENCH_MEDIAN);
+    bench_compare_pthread("thread_queue_stream", stream_conc, stream_pthread,
+                          bench_iters(50000000, 2000000), BENCH_MEDIAN);
+    bench_compare_pthread("thread_queue_pingpong", pingpong_conc, pingpong_pthread,
+                          bench_iters(5000000, 500000), BENCH_MEDIAN);
 
     /* Each stream metric: conc, then the pipe (none for 4k_2x2). */
     static const stream_case sc[][2] = {

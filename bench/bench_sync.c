@@ -42,63 +42,10 @@ static const bench_metric metrics[] = {
 /* A body that finds a wrong result says why on stderr and returns this. */
 #define WRONG_RESULT (-EPROTO)
 
-/* ------------------------------------------------------- two-thread runs */
-
-/* One side of a two-thread run: does its share of the operations. */
-typedef void (*side_fn)(void *ctx, int side, long iters);
-
-typedef struct side_arg {
-    side_fn fn;
-    void *ctx;
-    int side;
-    long iters;
-    pthread_barrier_t *start;
-    int64_t t0, t1;
-} side_arg;
-
-static void *side_main(void *p)
-{
-    side_arg *a = p;
-    int e = bench_pin_self(a->side);
-    if (e < 0)
-        fprintf(stderr, "bench_sync: cannot pin to CPU %d: %s\n", bench_cpu(a->side), strerror(-e));
-    pthread_barrier_wait(a->start);
-    a->t0 = bench_now();
-    a->fn(a->ctx, a->side, a->iters);
-    a->t1 = bench_now();
-    return NULL;
-}
-
-/* Run fn(ctx, 0, iters) and fn(ctx, 1, iters) in two new threads released
- * together; return the nanoseconds from the first start to the last end. */
-static int64_t run_pair(side_fn fn, void *ctx, long iters)
-{
-    pthread_barrier_t start;
-    pthread_t th[2];
-    side_arg a[2];
-    pthread_barrier_init(&start, NULL, 2);
-    for (int i = 0; i < 2; i++) {
-        a[i] = (side_arg){ .fn = fn, .ctx = ctx, .side = i, .iters = iters, .start = &start };
-        int e = pthread_create(&th[i], NULL, side_main, &a[i]);
-        if (e) {
-            fprintf(stderr, "bench_sync: pthread_create: %s\n", strerror(e));
-            exit(1);
-        }
-    }
-    pthread_join(th[0], NULL);
-    pthread_join(th[1], NULL);
-    pthread_barrier_destroy(&start);
-    int64_t t0 = a[0].t0 < a[1].t0 ? a[0].t0 : a[1].t0;
-    int64_t t1 = a[0].t1 > a[1].t1 ? a[0].t1 : a[1].t1;
-    return t1 - t0;
-}
-
 static void die_on(int err, const char *what)
 {
-    if (err) {
-        fprintf(stderr, "bench_sync: %s failed: %d (%s)\n", what, err, strerror(err < 0 ? -err : err));
-        exit(1);
-    }
+    if (err)
+        bench_die(what, err);
 }
 
 /* ------------------------------------------------------ lock_uncontended */
@@ -157,12 +104,12 @@ static void contended_pthread_side(void *ctx, int side, long iters)
     }
 }
 
-static int64_t contended_run(side_fn fn, long iters)
+static int64_t contended_run(bench_side_fn fn, long iters)
 {
     static contended c = { CONC_LOCK_INIT, PTHREAD_MUTEX_INITIALIZER, 0 };
     long half = iters / 2 > 0 ? iters / 2 : 1;
     c.counter = 0;
-    int64_t ns = run_pair(fn, &c, half);
+    int64_t ns = bench_run_pair(fn, &c, half);
     if (c.counter != 2 * half) {
         fprintf(stderr, "bench_sync: lock_contended: counter %ld, expected %ld (mutual exclusion broken)\n",
                 c.counter, 2 * half);
@@ -210,7 +157,7 @@ static int64_t pingpong_conc_body(void *arg, long iters)
 {
     (void)arg;
     pingpong_conc p = { CONC_EVENT_INIT, CONC_EVENT_INIT };
-    return run_pair(pingpong_conc_side, &p, iters);
+    return bench_run_pair(pingpong_conc_side, &p, iters);
 }
 
 /* The floor: one futex word, each side sleeps in FUTEX_WAIT until the other
@@ -244,7 +191,7 @@ static int64_t pingpong_futex_body(void *arg, long iters)
 {
     (void)arg;
     atomic_uint w = 0;
-    return run_pair(pingpong_futex_side, &w, iters);
+    return bench_run_pair(pingpong_futex_side, &w, iters);
 }
 
 /* threading.Event the pthread way: a flag under a mutex, a condvar. */
@@ -304,7 +251,7 @@ static int64_t pingpong_pthread_body(void *arg, long iters)
         { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 },
         { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 },
     };
-    return run_pair(pingpong_pthread_side, &p, iters);
+    return bench_run_pair(pingpong_pthread_side, &p, iters);
 }
 
 /* --------------------------------------------------------- cond_prodcons */
@@ -379,7 +326,7 @@ static void prodcons_pthread_side(void *ctx, int side, long iters)
     }
 }
 
-static int64_t prodcons_run(side_fn fn, long iters)
+static int64_t prodcons_run(bench_side_fn fn, long iters)
 {
     static prodcons q = {
         .cl = CONC_LOCK_INIT, .c_not_full = CONC_COND_INIT, .c_not_empty = CONC_COND_INIT,
@@ -388,7 +335,7 @@ static int64_t prodcons_run(side_fn fn, long iters)
     };
     q.head = q.count = 0;
     q.sum = -1;
-    int64_t ns = run_pair(fn, &q, iters);
+    int64_t ns = bench_run_pair(fn, &q, iters);
     long want = iters * (iters + 1) / 2;
     if (q.sum != want || q.count != 0) {
         fprintf(stderr, "bench_sync: cond_prodcons: sum %ld (expected %ld), %u left in the buffer\n",
@@ -463,36 +410,15 @@ static int64_t thread_pthread(void *arg, long iters)
 
 static void run_python(void)
 {
-    if (!bench_enabled(NULL, "python"))
-        return;
-    bool any = false;
+    const char *which[BENCH_ARRAY_LEN(metrics) + 1];
     for (size_t i = 0; i < BENCH_ARRAY_LEN(metrics); i++)
-        any |= bench_enabled(metrics[i].name, "python");
-    if (!any)
-        return;
+        which[i] = metrics[i].name;
+    which[BENCH_ARRAY_LEN(metrics)] = NULL;
     /* Python is ~100x slower per operation: its script has its own, smaller
      * iteration counts; we pass the scale and the repetitions. */
-    char scale[32], reps[16];
-    snprintf(scale, sizeof scale, "%g", bench_scale() * (bench_quick() ? 0.05 : 1.0));
-    snprintf(reps, sizeof reps, "%d", (bench_reps() + 1) / 2);
-    char cpus[256];
-    snprintf(cpus, sizeof cpus, "%s", bench_cpu_list(2));
-    char *argv[10 + BENCH_ARRAY_LEN(metrics)];
-    size_t n = 0;
-    argv[n++] = (char *)bench_python();
-    argv[n++] = (char *)bench_peer_path("sync_threading.py");
-    argv[n++] = "--reps";
-    argv[n++] = reps;
-    if (cpus[0]) {
-        argv[n++] = "--cpus";
-        argv[n++] = cpus;
-    }
-    argv[n++] = scale;
-    for (size_t i = 0; i < BENCH_ARRAY_LEN(metrics); i++)
-        if (bench_enabled(metrics[i].name, "python"))
-            argv[n++] = (char *)metrics[i].name;
-    argv[n] = NULL;
-    bench_peer_run("python", argv, 600.0);
+    bench_peer_run_metrics("python", false, bench_python(), bench_peer_path("sync_threading.py"),
+                           (bench_reps() + 1) / 2, bench_cpu_list(2),
+                           bench_scale() * (bench_quick() ? 0.05 : 1.0), which);
 }
 
 int main(int argc, char **argv)
@@ -501,19 +427,11 @@ int main(int argc, char **argv)
                metrics, BENCH_ARRAY_LEN(metrics));
     bench_become_multithreaded();
 
-    static const bench_case lock_unc[] = {
-        { "conc", lock_unc_conc, NULL },
-        { "pthread", lock_unc_pthread, NULL },
-    };
-    bench_compare("lock_uncontended", lock_unc, BENCH_ARRAY_LEN(lock_unc),
-                  bench_iters(20000000, 2000000), BENCH_BEST);
+    bench_compare_pthread("lock_uncontended", lock_unc_conc, lock_unc_pthread,
+                          bench_iters(20000000, 2000000), BENCH_BEST);
 
-    static const bench_case lock_cont[] = {
-        { "conc", contended_conc, NULL },
-        { "pthread", contended_pthread, NULL },
-    };
-    bench_compare("lock_contended", lock_cont, BENCH_ARRAY_LEN(lock_cont),
-                  bench_iters(10000000, 1000000), BENCH_MEDIAN);
+    bench_compare_pthread("lock_contended", contended_conc, contended_pthread,
+                          bench_iters(10000000, 1000000), BENCH_MEDIAN);
 
     static const bench_case pingpong[] = {
         { "conc", pingpong_conc_body, NULL },
@@ -523,19 +441,11 @@ int main(int argc, char **argv)
     bench_compare("event_pingpong", pingpong, BENCH_ARRAY_LEN(pingpong),
                   bench_iters(2000000, 200000), BENCH_MEDIAN);
 
-    static const bench_case prodcons[] = {
-        { "conc", prodcons_conc, NULL },
-        { "pthread", prodcons_pthread, NULL },
-    };
-    bench_compare("cond_prodcons", prodcons, BENCH_ARRAY_LEN(prodcons),
-                  bench_iters(5000000, 500000), BENCH_MEDIAN);
+    bench_compare_pthread("cond_prodcons", prodcons_conc, prodcons_pthread,
+                          bench_iters(5000000, 500000), BENCH_MEDIAN);
 
-    static const bench_case threads[] = {
-        { "conc", thread_conc, NULL },
-        { "pthread", thread_pthread, NULL },
-    };
-    bench_compare("thread_start_join", threads, BENCH_ARRAY_LEN(threads),
-                  bench_iters(100000, 10000), BENCH_MEDIAN);
+    bench_compare_pthread("thread_start_join", thread_conc, thread_pthread,
+                          bench_iters(100000, 10000), BENCH_MEDIAN);
 
     run_python();
     return bench_report();

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -226,6 +227,27 @@ int bench_pin_self(int slot)
     CPU_SET(cpu, &set);
     int e = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
     return -e;
+}
+
+void bench_pin_worker(int slot)
+{
+    int e = bench_pin_self(slot);
+    if (e < 0)
+        fprintf(stderr, "%s: cannot pin to CPU %d: %s\n", B.prog, bench_cpu(slot), strerror(-e));
+}
+
+void bench_worker_enter(int slot, pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+    bench_pin_worker(slot);
+}
+
+void bench_die(const char *what, int err)
+{
+    fprintf(stderr, "%s: %s failed: %d (%s)\n", B.prog, what, err, strerror(err < 0 ? -err : err));
+    exit(1);
 }
 
 const char *bench_cpu_list(int n)
@@ -469,6 +491,57 @@ int bench_compare(const char *metric, const bench_case *cases, size_t n_cases,
     free(warm);
     free(live);
     return rc;
+}
+
+int bench_compare_pthread(const char *metric, bench_body conc_body, bench_body pthread_body,
+                          long iters, bench_pick pick)
+{
+    const bench_case cases[] = {
+        { "conc", conc_body, NULL },
+        { "pthread", pthread_body, NULL },
+    };
+    return bench_compare(metric, cases, BENCH_ARRAY_LEN(cases), iters, pick);
+}
+
+/* One side of a two-thread run. */
+typedef struct side_arg {
+    bench_side_fn fn;
+    void *ctx;
+    int side;
+    long iters;
+    pthread_barrier_t *start;
+    int64_t t0, t1;
+} side_arg;
+
+static void *side_main(void *p)
+{
+    side_arg *a = p;
+    bench_pin_worker(a->side);
+    pthread_barrier_wait(a->start);
+    a->t0 = bench_now();
+    a->fn(a->ctx, a->side, a->iters);
+    a->t1 = bench_now();
+    return NULL;
+}
+
+int64_t bench_run_pair(bench_side_fn fn, void *ctx, long iters)
+{
+    pthread_barrier_t start;
+    pthread_t th[2];
+    side_arg a[2];
+    pthread_barrier_init(&start, NULL, 2);
+    for (int i = 0; i < 2; i++) {
+        a[i] = (side_arg){ .fn = fn, .ctx = ctx, .side = i, .iters = iters, .start = &start };
+        int e = pthread_create(&th[i], NULL, side_main, &a[i]);
+        if (e)
+            bench_die("pthread_create", e);
+    }
+    pthread_join(th[0], NULL);
+    pthread_join(th[1], NULL);
+    pthread_barrier_destroy(&start);
+    int64_t t0 = a[0].t0 < a[1].t0 ? a[0].t0 : a[1].t0;
+    int64_t t1 = a[0].t1 > a[1].t1 ? a[0].t1 : a[1].t1;
+    return t1 - t0;
 }
 
 int bench_run(const char *metric, const char *system, bench_body body,
@@ -781,6 +854,42 @@ int bench_peer_run_for(const char *system, const char *const expect[],
     }
     skip_missing(system, expect, reason);
     return rc;
+}
+
+void bench_peer_run_metrics(const char *system, bool pick_system, const char *prog,
+                            const char *script, int reps, const char *cpus, double scale,
+                            const char *const which[])
+{
+    char scale_s[32], reps_s[16];
+    snprintf(scale_s, sizeof scale_s, "%g", scale);
+    snprintf(reps_s, sizeof reps_s, "%d", reps);
+    char *argv[32];
+    const char *expect[16];
+    size_t n = 0, k = 0;
+    argv[n++] = (char *)prog;
+    if (script)
+        argv[n++] = (char *)script;
+    if (pick_system) {
+        argv[n++] = "--system";
+        argv[n++] = (char *)system;
+    }
+    argv[n++] = "--reps";
+    argv[n++] = reps_s;
+    if (cpus && cpus[0]) {
+        argv[n++] = "--cpus";
+        argv[n++] = (char *)cpus;
+    }
+    argv[n++] = scale_s;
+    for (size_t i = 0; which[i] && k < BENCH_ARRAY_LEN(expect) - 1; i++)
+        if (bench_enabled(which[i], system)) {
+            argv[n++] = (char *)which[i];
+            expect[k++] = which[i];
+        }
+    if (k == 0)
+        return;
+    argv[n] = NULL;
+    expect[k] = NULL;
+    bench_peer_run_for(system, expect, argv, 600.0);
 }
 
 /* --------------------------------------------------------------- report */

@@ -56,6 +56,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -122,6 +123,19 @@ int bench_cpu(int slot);
 int bench_pin_self(int slot);
 const char *bench_cpu_list(int n);
 
+/* bench_pin_worker - bench_pin_self(slot), saying on stderr when pinning
+ * fails (the measurement goes on unpinned). */
+void bench_pin_worker(int slot);
+
+/* bench_worker_enter - the first step of a fork()ed worker process: die
+ * with the parent (PR_SET_PDEATHSIG), _exit(1) at once when `parent` has
+ * already gone, and pin to worker slot `slot` (bench_pin_worker). */
+void bench_worker_enter(int slot, pid_t parent);
+
+/* bench_die - "PROG: what failed: err (reason)" on stderr, exit 1; err is an
+ * errno value, negative or not. */
+void bench_die(const char *what, int err) __attribute__((noreturn));
+
 /* bench_metric_unit - the registered unit of a metric ("" when unknown). */
 const char *bench_metric_unit(const char *metric);
 
@@ -173,6 +187,21 @@ typedef struct bench_case {
 int bench_compare(const char *metric, const bench_case *cases, size_t n_cases,
                   long iters, bench_pick pick);
 
+/* bench_compare_pthread - bench_compare for the usual pair of systems:
+ * "conc" running conc_body and "pthread" running pthread_body (both with a
+ * NULL arg). */
+int bench_compare_pthread(const char *metric, bench_body conc_body, bench_body pthread_body,
+                          long iters, bench_pick pick);
+
+/*
+ * A two-thread run: bench_run_pair runs fn(ctx, 0, iters) and
+ * fn(ctx, 1, iters) in two new threads, each pinned to its worker slot
+ * (0 and 1) and released together by a barrier, and returns the nanoseconds
+ * from the first start to the last end.  Exits when a thread cannot start.
+ */
+typedef void (*bench_side_fn)(void *ctx, int side, long iters);
+int64_t bench_run_pair(bench_side_fn fn, void *ctx, long iters);
+
 /* bench_run - bench_compare for a single system. */
 int bench_run(const char *metric, const char *system, bench_body body,
               void *arg, long iters, bench_pick pick);
@@ -218,6 +247,18 @@ int bench_peer_run(const char *system, char *const argv[], double timeout_s);
  */
 int bench_peer_run_for(const char *system, const char *const expect[],
                        char *const argv[], double timeout_s);
+
+/*
+ * bench_peer_run_metrics - run a peer that takes the common peer command
+ * line, PROG [SCRIPT] [--system SYSTEM] --reps N [--cpus LIST] SCALE
+ * METRIC..., for those of `which` (NULL-terminated) that are enabled for
+ * `system` (nothing runs when none is).  --system is passed when
+ * `pick_system`, --cpus when `cpus` is neither NULL nor "".  Metrics the peer
+ * does not report are recorded as skipped.
+ */
+void bench_peer_run_metrics(const char *system, bool pick_system, const char *prog,
+                            const char *script, int reps, const char *cpus, double scale,
+                            const char *const which[]);
 
 /*
  * bench_report - print the table (unless --tsv: TSV lines are printed as

@@ -79,6 +79,15 @@ static inline const char *yes_no(bool b)
     return b ? "yes" : "no";
 }
 
+/* getopt_long without its own error messages: the examples report a bad
+ * option with bad_option (or help_or_bad_option). */
+static inline int next_option(int argc, char **argv, const char *shortopts,
+                              const struct option *longopts)
+{
+    opterr = 0;
+    return getopt_long(argc, argv, shortopts, longopts, NULL);
+}
+
 /* getopt_long (called with a leading ':' in its option string) returned
  * ':' (an option without its value) or '?' (an unknown option). */
 static inline int bad_option(int opt, char **argv)
@@ -90,6 +99,48 @@ static inline int bad_option(int opt, char **argv)
         return fail("unknown option '%s' (try --help)", shortopt);
     }
     return fail("unknown option '%s' (try --help)", argv[optind - 1]);
+}
+
+/* The option loop's last cases: -h/--help prints the usage and ends the
+ * program well (0); anything else is a bad option (2). */
+static inline int help_or_bad_option(int opt, char **argv, void (*usage)(FILE *))
+{
+    if (opt == 'h') {
+        usage(stdout);
+        return 0;
+    }
+    return bad_option(opt, argv);
+}
+
+/* Creates and starts (forking) process number `no` of the kind `name`
+ * ("buyer", ...), running fn(arg, len).  On failure says
+ * "prog: name no: reason", frees it and returns the error (< 0). */
+static inline int start_process(conc_process **p, conc_process_fn fn, const void *arg,
+                                size_t len, const char *name, long no)
+{
+    conc_process_opts po = { .method = CONC_START_FORK };
+    int rc;
+    if ((rc = conc_process_new(p, fn, arg, len, &po)) < 0 ||
+        (rc = conc_process_start(*p)) < 0) {
+        fprintf(stderr, "%s: %s %ld: %s\n", prog, name, no, conc_strerror(rc));
+        conc_process_free(*p);
+        *p = NULL;
+    }
+    return rc;
+}
+
+/* Joins process number `no` started by start_process and frees it.
+ * Returns its exit code, or -1 after saying "prog: name no: reason". */
+static inline int join_process(conc_process *p, const char *name, long no)
+{
+    int code = 0, rc;
+    if ((rc = conc_process_join(p, CONC_FOREVER)) < 0 ||
+        (rc = conc_process_exitcode(p, &code)) < 0) {
+        fprintf(stderr, "%s: %s %ld: %s\n", prog, name, no, conc_strerror(rc));
+        code = -1;
+    }
+    conc_process_free(p);
+    return code;
 }
 
 #endif

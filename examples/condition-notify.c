@@ -124,8 +124,7 @@ int main(int argc, char **argv)
     long nthreads = 6;
     int opt;
 
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":t:b:h", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":t:b:h", opts)) != -1) {
         switch (opt) {
         case 't':
             if (!parse_long(optarg, 1, MAX_THREADS, &nthreads))
@@ -136,11 +135,8 @@ int main(int argc, char **argv)
                 return fail("--batches wants a comma-separated list of numbers >= 1, not '%s'",
                             optarg);
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)

@@ -689,8 +689,7 @@ int main(int argc, char **argv)
     };
     long part = 0;
     int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":p:u:d:h", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":p:u:d:h", opts)) != -1) {
         switch (opt) {
         case 'p':
             if (!parse_long(optarg, 1, 3, &part))
@@ -706,11 +705,8 @@ int main(int argc, char **argv)
             else if (!parse_seconds(optarg, &delay_s) || delay_s > MAX_DELAY)
                 return fail("--delay wants seconds from 0 to 60, not '%s'", optarg);
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)

@@ -98,8 +98,7 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":n:s:h", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":n:s:h", opts)) != -1) {
         switch (opt) {
         case 'n':
             if (!parse_long(optarg, 1, MAX_MESSAGES, &messages))
@@ -109,11 +108,8 @@ int main(int argc, char **argv)
             if (!parse_long(optarg, 0, MAX_SIZE, &size))
                 return fail("--size wants a number from 0 to 67108864, not '%s'", optarg);
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)

@@ -619,8 +619,7 @@ int main(int argc, char **argv)
     };
     bool have_items = false;
     int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":p:c:n:jth", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":p:c:n:jth", opts)) != -1) {
         switch (opt) {
         case 'p':
             if (!parse_long(optarg, 1, MAX_WORKERS, &nproducers))
@@ -641,11 +640,8 @@ int main(int argc, char **argv)
         case 't':
             use_threads = true;
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)

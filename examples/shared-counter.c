@@ -81,8 +81,7 @@ int main(int argc, char **argv)
     long nprocs = 0;
     int opt;
 
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":p:i:h", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":p:i:h", opts)) != -1) {
         switch (opt) {
         case 'p':
             if (!parse_long(optarg, 1, MAX_PROCS, &nprocs))
@@ -95,11 +94,8 @@ int main(int argc, char **argv)
         case 'L':
             use_lock = false;
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)
@@ -119,28 +115,19 @@ int main(int argc, char **argv)
     fflush(stdout);
     int failed = 0;
     long started = 0;
-    conc_process_opts po = { .method = CONC_START_FORK };
     for (long i = 0; i < nprocs; i++) {
-        if ((rc = conc_process_new(&procs[i], adder, NULL, 0, &po)) < 0 ||
-            (rc = conc_process_start(procs[i])) < 0) {
-            fprintf(stderr, "%s: process %ld: %s\n", prog, i + 1, conc_strerror(rc));
-            conc_process_free(procs[i]);
+        if (start_process(&procs[i], adder, NULL, 0, "process", i + 1) < 0) {
             failed = 1;
             break;
         }
         started++;
     }
     for (long i = 0; i < started; i++) {
-        int code = 0;
-        if ((rc = conc_process_join(procs[i], CONC_FOREVER)) < 0 ||
-            (rc = conc_process_exitcode(procs[i], &code)) < 0) {
-            fprintf(stderr, "%s: process %ld: %s\n", prog, i + 1, conc_strerror(rc));
-            failed = 1;
-        } else if (code != 0) {
+        int code = join_process(procs[i], "process", i + 1);
+        if (code > 0)
             fprintf(stderr, "%s: process %ld exited with %d\n", prog, i + 1, code);
+        if (code != 0)
             failed = 1;
-        }
-        conc_process_free(procs[i]);
     }
     free(procs);
 

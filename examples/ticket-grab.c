@@ -246,8 +246,7 @@ int main(int argc, char **argv)
     long nbuyers = 0;
     int opt;
 
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":d:n:h", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":d:n:h", opts)) != -1) {
         switch (opt) {
         case 'd':
             db_path = optarg;
@@ -259,11 +258,8 @@ int main(int argc, char **argv)
         case 'L':
             use_lock = false;
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)
@@ -296,28 +292,17 @@ int main(int argc, char **argv)
     fflush(stdout);
     int failed = 0;
     long started = 0;
-    conc_process_opts po = { .method = CONC_START_FORK };
     for (long i = 0; i < nbuyers; i++) {
         int id = (int)i + 1;
-        if ((rc = conc_process_new(&buyers[i], buyer, &id, sizeof id, &po)) < 0 ||
-            (rc = conc_process_start(buyers[i])) < 0) {
-            fprintf(stderr, "%s: buyer %d: %s\n", prog, id, conc_strerror(rc));
-            conc_process_free(buyers[i]);
+        if (start_process(&buyers[i], buyer, &id, sizeof id, "buyer", id) < 0) {
             failed = 1;
             break;
         }
         started++;
     }
     for (long i = 0; i < started; i++) {
-        int code = 0;
-        if ((rc = conc_process_join(buyers[i], CONC_FOREVER)) < 0 ||
-            (rc = conc_process_exitcode(buyers[i], &code)) < 0) {
-            fprintf(stderr, "%s: buyer %ld: %s\n", prog, i + 1, conc_strerror(rc));
+        if (join_process(buyers[i], "buyer", i + 1) != 0)
             failed = 1;
-        } else if (code != 0) {
-            failed = 1;
-        }
-        conc_process_free(buyers[i]);
     }
     free(buyers);
 

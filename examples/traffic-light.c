@@ -128,8 +128,7 @@ int main(int argc, char **argv)
     long ncars = 5;
     int opt;
 
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":c:p:n:h", opts, NULL)) != -1) {
+    while ((opt = next_option(argc, argv, ":c:p:n:h", opts)) != -1) {
         switch (opt) {
         case 'c':
             if (!parse_long(optarg, 1, 1000000, &road.cycles))
@@ -143,11 +142,8 @@ int main(int argc, char **argv)
             if (!parse_long(optarg, 1, 1000, &ncars))
                 return fail("--cars wants a number from 1 to 1000, not '%s'", optarg);
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
         default:
-            return bad_option(opt, argv);
+            return help_or_bad_option(opt, argv, usage);
         }
     }
     if (optind < argc)

@@ -27,17 +27,15 @@ prints VALUE "skipped" (the reason goes to stderr).
 import gc
 import os
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import best_of, now, parse_loose, skip_all  # noqa: E402
 
 SYSTEM = "gevent"
 ITERS = {"spawn_join": 30000, "yield": 300000, "queue_pingpong": 100000}
 UNITS = {"spawn_join": "ns", "yield": "ns", "queue_pingpong": "ops/s",
          "rss_per_sleeping": "bytes", "rss_per_sleeping_1m": "bytes"}
 TIMED = ["spawn_join", "yield", "queue_pingpong"]
-
-
-def now():
-    return time.perf_counter_ns()
 
 
 def spawn_join_run(n):
@@ -139,46 +137,23 @@ def rss_run(n):
 
 
 def main(argv):
-    reps, scale, rss_n, want = 5, 1.0, 100000, []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--reps" and i + 1 < len(argv):
-            reps = max(1, int(argv[i + 1]))
-            i += 1
-        elif a == "--n" and i + 1 < len(argv):
-            rss_n = max(1, int(argv[i + 1]))
-            i += 1
-        elif a[:1].isdigit() or a[:1] == ".":
-            scale = float(a)
-        else:
-            want.append(a)
-        i += 1
+    counts, scale, want = parse_loose(argv, {"reps": 5, "n": 100000})
     names = [m for m in UNITS if (m in want if want else m in TIMED)]
     try:
         import gevent  # noqa: F401
         import gevent.queue  # noqa: F401
     except ImportError as e:
-        print(f"coro_gevent.py: {e} (install python3-gevent)", file=sys.stderr)
-        for m in names:
-            print(f"{m}\t{SYSTEM}\tskipped\t{UNITS[m]}")
+        skip_all(e, "python3-gevent", SYSTEM, {m: UNITS[m] for m in names})
         return 0
     for m in names:
         if m.startswith("rss_"):
-            v = rss_run(rss_n)
+            v = rss_run(counts["n"])
             print(f"{m}\t{SYSTEM}\t{'failed' if v is None else f'{v:.1f}'}\tbytes",
                   flush=True)
             continue
         n = max(1000, int(ITERS[m] * scale))
-        RUNS[m](max(100, n // 10))      # warm-up
-        best, failed = None, False
-        for _ in range(reps):
-            v = RUNS[m](n)
-            if v is None:
-                failed = True
-            elif best is None or v < best:
-                best = v
-        if failed:
+        best = best_of(RUNS[m], n, counts["reps"])
+        if best is None:
             out = "failed"
         elif UNITS[m] == "ops/s":
             out = f"{1e9 / best:.1f}"

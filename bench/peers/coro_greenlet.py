@@ -15,15 +15,14 @@ the best of N repetitions:
 A wrong echoed value or sum prints VALUE "failed"; without the greenlet
 module every metric prints VALUE "skipped" (the reason goes to stderr).
 """
+import os
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import best_of, now, parse_loose, skip_all  # noqa: E402
 
 SYSTEM = "greenlet"
 ITERS = {"switch": 2000000, "create": 300000}
-
-
-def now():
-    return time.perf_counter_ns()
 
 
 def switch_run(n):
@@ -68,37 +67,17 @@ RUNS = {"switch": switch_run, "create": create_run}
 
 
 def main(argv):
-    reps, scale, want = 5, 1.0, []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--reps" and i + 1 < len(argv):
-            reps = max(1, int(argv[i + 1]))
-            i += 1
-        elif a[:1].isdigit() or a[:1] == ".":
-            scale = float(a)
-        else:
-            want.append(a)
-        i += 1
+    counts, scale, want = parse_loose(argv, {"reps": 5})
     names = [m for m in RUNS if not want or m in want]
     try:
         import greenlet  # noqa: F401
     except ImportError as e:
-        print(f"coro_greenlet.py: {e} (install python3-greenlet)", file=sys.stderr)
-        for m in names:
-            print(f"{m}\t{SYSTEM}\tskipped\tns")
+        skip_all(e, "python3-greenlet", SYSTEM, {m: "ns" for m in names})
         return 0
     for m in names:
         n = max(1000, int(ITERS[m] * scale))
-        RUNS[m](max(100, n // 10))      # warm-up
-        best, failed = None, False
-        for _ in range(reps):
-            v = RUNS[m](n)
-            if v is None:
-                failed = True
-            elif best is None or v < best:
-                best = v
-        print(f"{m}\t{SYSTEM}\t{'failed' if failed else f'{best:.3f}'}\tns", flush=True)
+        best = best_of(RUNS[m], n, counts["reps"])
+        print(f"{m}\t{SYSTEM}\t{'failed' if best is None else f'{best:.3f}'}\tns", flush=True)
     return 0
 
 

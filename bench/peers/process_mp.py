@@ -27,21 +27,10 @@ A result that is wrong (a child's exit code, a lost increment) prints VALUE
 import multiprocessing
 import os
 import sys
-import time
 
-PIN = []            # CPUs for worker 0, 1 of shared_lock_contended (empty: no pinning)
-
-
-def now():
-    return time.perf_counter_ns()   # CLOCK_MONOTONIC: comparable between processes
-
-
-class WrongResult(Exception):
-    pass
-
-
-class Unavailable(Exception):
-    pass
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import Unavailable, WrongResult, now, pin  # noqa: E402
+import peerlib  # noqa: E402
 
 
 def empty():
@@ -52,12 +41,11 @@ def empty():
 # many operations.
 
 def start_join(method):
-    try:
-        ctx = multiprocessing.get_context(method)
-    except ValueError as e:
-        raise Unavailable(str(e))
-
     def body(n):
+        try:
+            ctx = multiprocessing.get_context(method)
+        except ValueError as e:
+            raise Unavailable(str(e))
         Process = ctx.Process
         t0 = now()
         for _ in range(n):
@@ -71,18 +59,11 @@ def start_join(method):
 
 
 def shared_lock_uncontended(n):
-    lock = multiprocessing.Lock()
-    acquire, release = lock.acquire, lock.release
-    t0 = now()
-    for _ in range(n):
-        acquire()
-        release()
-    return now() - t0
+    return peerlib.time_acquire_release(multiprocessing.Lock(), n)
 
 
 def contended_worker(side, half, lock, counter, barrier, times):
-    if PIN:
-        os.sched_setaffinity(0, {PIN[side % len(PIN)]})
+    pin(side)
     acquire, release = lock.acquire, lock.release
     barrier.wait()
     t0 = now()
@@ -130,87 +111,15 @@ def value_incr_locked(n):
     return ns
 
 
-# system, metric, body factory, unit, base iteration count, pick
+# system, metric, body, unit, base iteration count, pick
 METRICS = [
-    ("python-fork", "process_start_join", lambda: start_join("fork"), "ops/s", 200, "median"),
-    ("python-forkserver", "process_start_join", lambda: start_join("forkserver"), "ops/s", 100, "median"),
-    ("python", "shared_lock_uncontended", lambda: shared_lock_uncontended, "ns", 1000000, "best"),
-    ("python", "shared_lock_contended", lambda: shared_lock_contended, "ops/s", 200000, "median"),
-    ("python", "value_incr_locked", lambda: value_incr_locked, "ops/s", 500000, "best"),
+    ("python-fork", "process_start_join", start_join("fork"), "ops/s", 200, "median"),
+    ("python-forkserver", "process_start_join", start_join("forkserver"), "ops/s", 100, "median"),
+    ("python", "shared_lock_uncontended", shared_lock_uncontended, "ns", 1000000, "best"),
+    ("python", "shared_lock_contended", shared_lock_contended, "ops/s", 200000, "median"),
+    ("python", "value_incr_locked", value_incr_locked, "ops/s", 500000, "best"),
 ]
-SYSTEMS = ["python-fork", "python-forkserver", "python"]
-
-
-def measure(body, n, reps, pick):
-    body(max(n // 10, 1))                      # warm-up (starts a forkserver)
-    times = sorted(body(n) for _ in range(reps))
-    if pick == "best":
-        chosen = times[0]
-    elif reps % 2:
-        chosen = times[reps // 2]
-    else:
-        chosen = (times[reps // 2 - 1] + times[reps // 2]) / 2
-    return chosen / n                          # ns per operation
-
-
-def main(argv):
-    reps = 3
-    scale = 1.0
-    systems = []
-    wanted = []
-    args = list(argv)
-    try:
-        while args:
-            a = args.pop(0)
-            if a == "--reps":
-                reps = int(args.pop(0))
-            elif a == "--cpus":
-                PIN[:] = [int(c) for c in args.pop(0).split(",") if c]
-            elif a == "--system":
-                systems.append(args.pop(0))
-            elif a in ("-h", "--help"):
-                print(__doc__)
-                return 0
-            elif a[0].isdigit() or a[0] == ".":
-                scale = float(a)
-            else:
-                wanted.append(a)
-    except (IndexError, ValueError):
-        print("process_mp.py: bad arguments %r" % (argv,), file=sys.stderr)
-        return 2
-    for s in systems:
-        if s not in SYSTEMS:
-            print("process_mp.py: unknown system %r" % s, file=sys.stderr)
-            return 2
-    for w in wanted:
-        if not any(m[1] == w and (not systems or m[0] in systems) for m in METRICS):
-            print("process_mp.py: unknown metric %r for %s" % (w, systems or "any system"),
-                  file=sys.stderr)
-            return 2
-    if reps < 1 or not scale > 0:
-        print("process_mp.py: bad --reps or SCALE", file=sys.stderr)
-        return 2
-
-    status = 0
-    for system, name, factory, unit, base, pick in METRICS:
-        if (systems and system not in systems) or (wanted and name not in wanted):
-            continue
-        n = max(int(base * scale), 1)
-        try:
-            ns = measure(factory(), n, reps, pick)
-        except Unavailable as e:
-            print("process_mp.py: %s/%s: %s" % (name, system, e), file=sys.stderr)
-            print("%s\t%s\tskipped\t%s" % (name, system, unit), flush=True)
-            continue
-        except WrongResult as e:
-            print("process_mp.py: %s/%s: %s" % (name, system, e), file=sys.stderr)
-            print("%s\t%s\tfailed\t%s" % (name, system, unit), flush=True)
-            status = 1
-            continue
-        value = ns if unit == "ns" else 1e9 / ns
-        print("%s\t%s\t%.6g\t%s" % (name, system, value, unit), flush=True)
-    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(peerlib.main(sys.argv[1:], __doc__, METRICS))

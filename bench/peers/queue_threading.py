@@ -19,45 +19,13 @@ A value that arrives wrong prints VALUE "failed".
 import os
 import queue
 import sys
-import threading
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import WrongResult, run_pair  # noqa: E402
+import peerlib  # noqa: E402
 
 SYSTEM = "python"
 MAXSIZE = 1024
-PIN = []            # CPUs for thread 0, 1 (empty: no pinning)
-
-
-def now():
-    return time.perf_counter_ns()
-
-
-class WrongResult(Exception):
-    pass
-
-
-def run_pair(side_a, side_b):
-    """Run side_a() and side_b() in two threads released together; return
-    the ns from the first start to the last end."""
-    start = threading.Barrier(2)
-    times = [None, None]
-
-    def wrap(i, fn):
-        if PIN:
-            os.sched_setaffinity(0, {PIN[i % len(PIN)]})   # 0: this thread
-        start.wait()
-        t0 = now()
-        fn()
-        times[i] = (t0, now())
-
-    threads = [threading.Thread(target=wrap, args=(0, side_a)),
-               threading.Thread(target=wrap, args=(1, side_b))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if None in times:
-        raise WrongResult("a thread failed")
-    return max(t[1] for t in times) - min(t[0] for t in times)
 
 
 def thread_queue_stream(n):
@@ -114,61 +82,7 @@ METRICS = [
 ]
 
 
-def measure(body, n, reps):
-    body(max(n // 10, 1))                      # warm-up
-    times = sorted(body(n) for _ in range(reps))
-    if reps % 2:
-        chosen = times[reps // 2]
-    else:
-        chosen = (times[reps // 2 - 1] + times[reps // 2]) / 2
-    return chosen / n                          # ns per operation
-
-
-def main(argv):
-    reps = 3
-    scale = 1.0
-    wanted = []
-    args = list(argv)
-    try:
-        while args:
-            a = args.pop(0)
-            if a == "--reps":
-                reps = int(args.pop(0))
-            elif a == "--cpus":
-                PIN[:] = [int(c) for c in args.pop(0).split(",") if c]
-            elif a in ("-h", "--help"):
-                print(__doc__)
-                return 0
-            elif a[0].isdigit() or a[0] == ".":
-                scale = float(a)
-            else:
-                wanted.append(a)
-    except (IndexError, ValueError):
-        print("queue_threading.py: bad arguments %r" % (argv,), file=sys.stderr)
-        return 2
-    for w in wanted:
-        if not any(m[0] == w for m in METRICS):
-            print("queue_threading.py: unknown metric %r" % w, file=sys.stderr)
-            return 2
-    if reps < 1 or not scale > 0:
-        print("queue_threading.py: bad --reps or SCALE", file=sys.stderr)
-        return 2
-
-    status = 0
-    for name, body, unit, base in METRICS:
-        if wanted and name not in wanted:
-            continue
-        n = max(int(base * scale), 100)
-        try:
-            ns = measure(body, n, reps)
-        except WrongResult as e:
-            print("queue_threading.py: %s: %s" % (name, e), file=sys.stderr)
-            print("%s\t%s\tfailed\t%s" % (name, SYSTEM, unit), flush=True)
-            status = 1
-            continue
-        print("%s\t%s\t%.6g\t%s" % (name, SYSTEM, 1e9 / ns, unit), flush=True)
-    return status
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(peerlib.main(sys.argv[1:], __doc__,
+                          [(SYSTEM, name, body, unit, base, "median")
+                           for name, body, unit, base in METRICS], min_iters=100))

@@ -22,56 +22,20 @@ wrong (mutual exclusion broken, items lost) prints VALUE "failed".
 import os
 import sys
 import threading
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import WrongResult, now, run_pair  # noqa: E402
+import peerlib  # noqa: E402
 
 SYSTEM = "python"
 SLOTS = 64
-PIN = []            # CPUs for worker 0, 1 of run_pair (empty: no pinning)
-
-
-def now():
-    return time.perf_counter_ns()
-
-
-def run_pair(side_a, side_b):
-    """Run side_a() and side_b() in two threads released together; return
-    the ns from the first start to the last end."""
-    start = threading.Barrier(2)
-    times = [None, None]
-
-    def wrap(i, fn):
-        if PIN:
-            # On Linux, pid 0 means the calling thread.
-            os.sched_setaffinity(0, {PIN[i % len(PIN)]})
-        start.wait()
-        t0 = now()
-        fn()
-        times[i] = (t0, now())
-
-    threads = [threading.Thread(target=wrap, args=(0, side_a)),
-               threading.Thread(target=wrap, args=(1, side_b))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return max(t[1] for t in times) - min(t[0] for t in times)
-
-
-class WrongResult(Exception):
-    pass
 
 
 # Each body takes an iteration count and returns the elapsed ns for that
 # many operations.
 
 def lock_uncontended(n):
-    lock = threading.Lock()
-    acquire, release = lock.acquire, lock.release
-    t0 = now()
-    for _ in range(n):
-        acquire()
-        release()
-    return now() - t0
+    return peerlib.time_acquire_release(threading.Lock(), n)
 
 
 def lock_contended(n):
@@ -168,61 +132,7 @@ METRICS = [
 ]
 
 
-def measure(body, n, reps, pick):
-    body(max(n // 10, 1))                      # warm-up
-    times = sorted(body(n) for _ in range(reps))
-    if pick == "best":
-        chosen = times[0]
-    elif reps % 2:
-        chosen = times[reps // 2]
-    else:
-        chosen = (times[reps // 2 - 1] + times[reps // 2]) / 2
-    return chosen / n                          # ns per operation
-
-
-def main(argv):
-    reps = 3
-    scale = 1.0
-    wanted = []
-    args = list(argv)
-    while args:
-        a = args.pop(0)
-        if a == "--reps":
-            reps = int(args.pop(0))
-        elif a == "--cpus":
-            PIN[:] = [int(c) for c in args.pop(0).split(",") if c]
-        elif a in ("-h", "--help"):
-            print(__doc__)
-            return 0
-        elif a[0].isdigit() or a[0] == ".":
-            scale = float(a)
-        else:
-            wanted.append(a)
-    names = [m[0] for m in METRICS]
-    for w in wanted:
-        if w not in names:
-            print("sync_threading.py: unknown metric %r" % w, file=sys.stderr)
-            return 2
-    if reps < 1 or not scale > 0:
-        print("sync_threading.py: bad --reps or SCALE", file=sys.stderr)
-        return 2
-
-    status = 0
-    for name, body, unit, base, pick in METRICS:
-        if wanted and name not in wanted:
-            continue
-        n = max(int(base * scale), 1)
-        try:
-            ns = measure(body, n, reps, pick)
-        except WrongResult as e:
-            print("sync_threading.py: %s: %s" % (name, e), file=sys.stderr)
-            print("%s\t%s\tfailed\t%s" % (name, SYSTEM, unit), flush=True)
-            status = 1
-            continue
-        value = ns if unit == "ns" else 1e9 / ns
-        print("%s\t%s\t%.6g\t%s" % (name, SYSTEM, value, unit), flush=True)
-    return status
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(peerlib.main(sys.argv[1:], __doc__,
+                          [(SYSTEM, name, body, unit, base, pick)
+                           for name, body, unit, base, pick in METRICS]))
