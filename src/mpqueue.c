@@ -145,9 +145,37 @@ static inline int64_t msg_at(const conc_mpqueue *q, uint64_t head)
     return ld_relaxed(&h->len);
 }
 
+/*
+ * Looks at a record header without the consumers' lock (has_msg,
+ * next_size, qsize).  The head such a look starts from may be stale by the
+ * time it reads the header, and the bytes there may be in the middle of
+ * being rewritten as another message's payload.  Whatever it reads is
+ * checked (the stamp against head + 1, head read again afterwards) and only
+ * steers a decision that the lock-holding code makes again, so a torn value
+ * does no harm; ThreadSanitizer, which would call the overlap a race, is
+ * told not to watch these loads.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define NO_TSAN __attribute__((no_sanitize("thread"), noinline))
+#else
+#define NO_TSAN
+#endif
+
+NO_TSAN static bool peek_hdr(const conc_mpqueue *q, uint64_t head, uint32_t *len, uint32_t *seq)
+{
+    const struct rec_hdr *h = hdr_at(q, head);
+    if (__atomic_load_n(&h->stamp, __ATOMIC_ACQUIRE) != head + 1)
+        return false;
+    if (len)
+        *len = __atomic_load_n(&h->len, __ATOMIC_RELAXED);
+    if (seq)
+        *seq = __atomic_load_n(&h->seq, __ATOMIC_RELAXED);
+    return true;
+}
+
 static bool has_msg(const conc_mpqueue *q)
 {
-    return msg_at(q, ld_acquire(&q->sh->head)) >= 0;
+    return peek_hdr(q, ld_acquire(&q->sh->head), NULL, NULL);
 }
 
 /* ------------------------------------------------------------ readiness */
@@ -495,7 +523,8 @@ ssize_t conc_mpqueue_next_size(conc_mpqueue *q)
     for (;;) {
         uint32_t sd = ld_acquire(&sh->shutdown);
         uint64_t head = ld_acquire(&sh->head);
-        int64_t len = sd == 2 ? -1 : msg_at(q, head);
+        uint32_t n;
+        int64_t len = sd != 2 && peek_hdr(q, head, &n, NULL) ? (int64_t)n : -1;
         if (ld_acquire(&sh->head) != head)
             continue;           /* taken meanwhile: the length may be stale */
         if (len >= 0)
@@ -513,10 +542,9 @@ size_t conc_mpqueue_qsize(const conc_mpqueue *q)
     struct mpq_shared *sh = q->sh;
     for (;;) {
         uint64_t head = ld_acquire(&sh->head);
-        struct rec_hdr *h = hdr_at(q, head);
-        if (ld_acquire(&h->stamp) != head + 1)
+        uint32_t seq;
+        if (!peek_hdr(q, head, NULL, &seq))
             return 0;
-        uint32_t seq = ld_relaxed(&h->seq);
         uint32_t puts = (uint32_t)ld_acquire(&sh->puts);
         if (ld_acquire(&sh->head) != head)
             continue;
