@@ -409,7 +409,7 @@ static void rss_conc(const char *metric, long n)
 {
     if (!bench_enabled(metric, "conc"))
         return;
-    /* ~4.5 KiB each (a stack page, the objects, the timer): ask for 6. */
+    /* ~4 KiB each (a stack page, the greenlet's objects on it): ask for 6. */
     long want = n * 6144L + (256L << 20), avail = mem_available();
     if (avail >= 0 && avail < want) {
         char why[128];

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -49,12 +50,16 @@ struct coro_thread;
 struct conc_coro {
     conc__ctx ctx;              /* saved context while not running */
     struct coro_thread *thread; /* owner */
-    conc__stack *stack;         /* NULL: a main coroutine, or released */
+    conc__stack stack;          /* hi NULL: a main coroutine, or released */
     uint8_t state;              /* CORO_*, accessed atomically (relaxed) */
     uint8_t unguarded;          /* the stack's zone is a canary, not a guard */
     uint8_t is_main;
+    uint8_t embedded;           /* lives at the top of its own stack, which
+                                   it keeps until the object goes */
+    uint8_t weak_parent;        /* holds no reference to its parent */
     uint32_t refs;
-    conc_coro *parent;          /* holds a reference; NULL for main */
+    conc_coro *parent;          /* holds a reference (unless weak_parent);
+                                   NULL for main */
     conc_coro_fn fn;
     void *arg;
     void *result;
@@ -73,8 +78,9 @@ struct conc_coro {
 struct coro_thread {
     conc_coro main;             /* first: freeing main frees the thread state */
     conc_coro *current;
-    conc__stack *zombie;        /* the stack of a coroutine that died on this
-                                   thread, not yet given back */
+    conc__stack_cache cache;    /* free stacks, no lock */
+    conc__stack zombie;         /* hi not NULL: the stack of a coroutine that
+                                   died on this thread, not yet given back */
     const void *zombie_sp;      /* how deep that stack was at the end */
 #if CONC_SAN_THREAD
     void *zombie_fiber;
@@ -83,6 +89,8 @@ struct coro_thread {
     conc_coro *prev;            /* the coroutine the last switch came from */
 #endif
     unsigned long seq, seq_end; /* numbers for default names, taken in blocks */
+    char next_name[CONC_CORO_NAME_MAX + 1];    /* "Coro-<seq>" */
+    size_t next_name_len;
     void *altstack;             /* our signal stack, if we installed one */
     size_t altstack_len;
     bool altstack_tried;
@@ -95,7 +103,6 @@ static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
 static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
 static struct sigaction old_segv;
 static unsigned long coro_seq;
-static size_t coro_count;
 
 static inline uint8_t state_of(const conc_coro *c)
 {
@@ -105,6 +112,25 @@ static inline uint8_t state_of(const conc_coro *c)
 static inline void set_state(conc_coro *c, uint8_t s)
 {
     __atomic_store_n(&c->state, s, __ATOMIC_RELAXED);
+}
+
+static inline conc__stack_cache *my_cache(void)
+{
+    struct coro_thread *t = tls_thread;
+    return t ? &t->cache : NULL;
+}
+
+static void release_embedded(conc_coro *c);
+
+/* Count coroutines made (+1) and freed (-1): in the calling thread's own
+ * counter when it has one (no locked instruction), else process-wide. */
+static inline void count_coros(long d)
+{
+    struct coro_thread *t = tls_thread;
+    if (likely(t && t->cache.registered))
+        __atomic_store_n(&t->cache.coros, t->cache.coros + d, __ATOMIC_RELAXED);
+    else
+        __atomic_add_fetch(&conc__coros_global, d, __ATOMIC_RELAXED);
 }
 
 static inline void coro_ref(conc_coro *c)
@@ -125,8 +151,12 @@ static void coro_unref(conc_coro *c)
             free(c->thread);        /* main is the first member */
             return;
         }
-        free(c);
-        c = parent;
+        bool weak = c->weak_parent;
+        if (c->embedded)
+            release_embedded(c);
+        else
+            free(c);
+        c = weak ? NULL : parent;
     }
 }
 
@@ -169,9 +199,9 @@ static __attribute__((noreturn, cold)) void overflow_abort(const conc_coro *c, c
     put_str(&m, " (usable stack ");
     put_num(&m, c->stack_size, 10);
     put_str(&m, " bytes at ");
-    put_num(&m, (uintptr_t)conc__stack_base(c->stack), 16);
+    put_num(&m, (uintptr_t)conc__stack_base(&c->stack), 16);
     put_str(&m, "-");
-    put_num(&m, (uintptr_t)c->stack->hi, 16);
+    put_num(&m, (uintptr_t)c->stack.hi, 16);
     if (addr) {
         put_str(&m, ", fault address ");
         put_num(&m, (uintptr_t)addr, 16);
@@ -193,9 +223,9 @@ static __attribute__((noreturn, cold)) void overflow_abort(const conc_coro *c, c
 static __attribute__((noinline)) void check_stack(const conc_coro *c)
 {
     const char *sp = __builtin_frame_address(0);
-    if (sp < conc__stack_base(c->stack))
+    if (sp < conc__stack_base(&c->stack))
         overflow_abort(c, "its stack pointer is below the stack's limit", NULL, sp);
-    if (!conc__stack_zone_ok(c->stack))
+    if (!conc__stack_zone_ok(&c->stack))
         overflow_abort(c, "the canary zone below its stack was overwritten", NULL, NULL);
 }
 
@@ -219,8 +249,8 @@ static void segv_handler(int sig, siginfo_t *si, void *uc)
 {
     struct coro_thread *t = tls_thread;
     conc_coro *c = t ? t->current : NULL;
-    if (c && c->stack) {
-        const char *lo = c->stack->lo, *base = conc__stack_base(c->stack);
+    if (c && c->stack.hi) {
+        const char *lo = c->stack.lo, *base = conc__stack_base(&c->stack);
         const char *addr = si->si_addr;
         uintptr_t sp = fault_sp(uc);
         bool in_zone = addr >= lo && addr < base;
@@ -289,17 +319,30 @@ static void altstack_setup(struct coro_thread *t)
 
 static void release_stack(conc_coro *c)
 {
-    conc__stack *s = c->stack;
-    if (!s)
+    if (!c->stack.hi)
         return;
-    c->stack = NULL;
+    conc__stack s = c->stack;
+    c->stack.hi = NULL;
 #if CONC_SAN_THREAD
     if (c->tsan_fiber) {
         __tsan_destroy_fiber(c->tsan_fiber);
         c->tsan_fiber = NULL;
     }
 #endif
-    conc__stack_put(s, conc__ctx_sp(&c->ctx));
+    conc__stack_put(my_cache(), &s, conc__ctx_sp(&c->ctx));
+}
+
+/* The last reference to an embedded coroutine is gone: its object goes
+ * with its stack.  Nothing runs on that stack (the coroutine is dead, or
+ * was discarded, and has switched away). */
+static void release_embedded(conc_coro *c)
+{
+#if CONC_SAN_THREAD
+    if (c->tsan_fiber)
+        __tsan_destroy_fiber(c->tsan_fiber);
+#endif
+    /* conc__stack_put copies *s before it writes on the stack (c is there) */
+    conc__stack_put(my_cache(), &c->stack, conc__ctx_sp(&c->ctx));
 }
 
 /* A coroutine that died on this thread gives its stack back at the thread's
@@ -308,18 +351,24 @@ static void release_stack(conc_coro *c)
  * be freed at once. */
 static __attribute__((noinline)) void reap_zombie(struct coro_thread *t)
 {
-    conc__stack *s = t->zombie;
-    t->zombie = NULL;
+    conc__stack s = t->zombie;
+    t->zombie.hi = NULL;
 #if CONC_SAN_THREAD
     __tsan_destroy_fiber(t->zombie_fiber);
     t->zombie_fiber = NULL;
 #endif
-    conc__stack_put(s, t->zombie_sp);
+    conc__stack_put(&t->cache, &s, t->zombie_sp);
 }
 
 static inline void reap(struct coro_thread *t)
 {
-    if (unlikely(t->zombie != NULL))
+#if CONC_SAN_THREAD
+    if (unlikely(t->zombie_fiber != NULL) && !t->zombie.hi) {
+        __tsan_destroy_fiber(t->zombie_fiber);
+        t->zombie_fiber = NULL;
+    }
+#endif
+    if (unlikely(t->zombie.hi != NULL))
         reap_zombie(t);
 }
 
@@ -329,6 +378,7 @@ static void thread_end(void *p)
 {
     struct coro_thread *t = p;
     reap(t);
+    conc__stack_cache_drain(&t->cache);
     tls_thread = NULL;
     if (t->altstack) {
         stack_t cur;
@@ -435,9 +485,12 @@ void conc__coro_entry(void *value)
         p = p->parent;              /* main is never dead */
     reap(t);
     before_switch(t, self, p, CORO_DEAD);
+    if (self->embedded)         /* the stack goes with the object */
+        goto gone;
     t->zombie = self->stack;
     t->zombie_sp = __builtin_frame_address(0);
-    self->stack = NULL;
+    self->stack.hi = NULL;
+gone:
 #if CONC_SAN_THREAD
     t->zombie_fiber = self->tsan_fiber;
     self->tsan_fiber = NULL;
@@ -446,7 +499,8 @@ void conc__coro_entry(void *value)
     abort();                        /* nothing switches to a dead coroutine */
 }
 
-int conc_coro_switch(conc_coro *target, void *value, void **out)
+static inline __attribute__((always_inline)) int coro_switch(conc_coro *target, void *value,
+                                                             void **out, bool same_site)
 {
     struct coro_thread *t = thread_get();
     if (unlikely(!t))
@@ -469,7 +523,10 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
     /* Not a tail call: the sanitizers' bookkeeping (ASan's finishing call,
      * TSan's function-exit hook) must run in the continued context. */
     void *v = NULL;
-    conc__ctx_switch(&self->ctx, &target->ctx, value, &v);
+    if (same_site)
+        conc__ctx_switch_same_site(&self->ctx, &target->ctx, value, &v);
+    else
+        conc__ctx_switch(&self->ctx, &target->ctx, value, &v);
 #if CONC_SAN_ADDRESS
     after_switch(t, self);
 #endif
@@ -478,8 +535,20 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
     return 0;
 #else
     /* A tail call: the switch continues the target at its own call site. */
+    if (same_site)
+        return conc__ctx_switch_same_site(&self->ctx, &target->ctx, value, out);
     return conc__ctx_switch(&self->ctx, &target->ctx, value, out);
 #endif
+}
+
+int conc_coro_switch(conc_coro *target, void *value, void **out)
+{
+    return coro_switch(target, value, out, false);
+}
+
+int conc__coro_switch_same_site(conc_coro *target)
+{
+    return coro_switch(target, NULL, NULL, true);
 }
 
 /* ------------------------------------------------------------- lifecycle */
@@ -502,58 +571,158 @@ static void default_name(char *out, unsigned long n)
     out[i] = '\0';
 }
 
-int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_opts *opts)
+/* Checks and rounds a requested stack size (0: the default). */
+static inline int stack_bytes(size_t req, size_t *out)
 {
-    if (!out || !fn)
-        return -EINVAL;
-    size_t size = opts && opts->stack_size ? opts->stack_size : CONC_CORO_STACK_DEFAULT;
+    size_t size = req ? req : CONC_CORO_STACK_DEFAULT;
     if (size < CONC_CORO_STACK_MIN || size > CONC_CORO_STACK_MAX)
         return -EINVAL;
     size_t page = conc__stack_zone();
-    size = (size * STACK_SCALE + page - 1) & ~(page - 1);
+    *out = (size * STACK_SCALE + page - 1) & ~(page - 1);
+    return 0;
+}
+
+/* The thread's state, set up for running coroutines. */
+static inline struct coro_thread *thread_ready(void)
+{
     struct coro_thread *t = thread_get();
-    if (!t)
-        return -ENOMEM;
+    if (unlikely(!t))
+        return NULL;
     reap(t);
-    pthread_once(&segv_once, segv_install);
-    if (!t->altstack_tried)
+    if (unlikely(!t->altstack_tried)) {
+        pthread_once(&segv_once, segv_install);
         altstack_setup(t);
-    conc_coro *c = calloc(1, sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    int rc = conc__stack_get(size, &c->stack);
-    if (rc < 0) {
-        free(c);
-        return rc;
     }
-    char *base = conc__stack_base(c->stack);
+    return t;
+}
+
+/* The name after `buf` ("Coro-N" -> "Coro-N+1"), in place. */
+static void name_next(char *buf, size_t *len)
+{
+    size_t i = *len;
+    while (i > 5) {
+        i--;
+        if (buf[i] != '9') {
+            buf[i]++;
+            return;
+        }
+        buf[i] = '0';
+    }
+    if (*len < CONC_CORO_NAME_MAX) {   /* 99 -> 100 */
+        buf[5] = '1';
+        buf[*len] = '0';
+        buf[++*len] = '\0';
+    }
+}
+
+/* Fills in a fresh coroutine whose context runs below `top`. */
+static inline __attribute__((always_inline)) void
+coro_init(struct coro_thread *t, conc_coro *c, const conc__stack *s, char *top, size_t size,
+          conc_coro_fn fn, void *arg, conc_coro *parent, const char *name)
+{
+    char *base = conc__stack_base(s);
     c->thread = t;
+    c->stack = *s;
     c->state = CORO_NEW;
-    c->unguarded = !c->stack->guarded;
+    c->unguarded = !s->guarded;
     c->refs = 1;
     c->fn = fn;
     c->arg = arg;
     c->stack_size = size;
-    c->parent = t->current;
-    coro_ref(c->parent);
-    if (opts && opts->name) {
-        strncpy(c->name, opts->name, CONC_CORO_NAME_MAX);
+    c->parent = parent;
+    if (!c->weak_parent)
+        coro_ref(parent);
+    if (name) {
+        strncpy(c->name, name, CONC_CORO_NAME_MAX);
         c->name[CONC_CORO_NAME_MAX] = '\0';
     } else {
-        if (t->seq == t->seq_end) {
+        if (unlikely(t->seq == t->seq_end)) {
             t->seq = __atomic_fetch_add(&coro_seq, 1024, __ATOMIC_RELAXED) + 1;
             t->seq_end = t->seq + 1024;
+            default_name(t->next_name, t->seq);
+            t->next_name_len = strlen(t->next_name);
         }
-        default_name(c->name, t->seq++);
+        memcpy(c->name, t->next_name, sizeof c->name);
+        t->seq++;
+        name_next(t->next_name, &t->next_name_len);
     }
-    conc__ctx_make(&c->ctx, base, c->stack->hi);
+    conc__ctx_make(&c->ctx, base, top);
 #if CONC_SAN_ADDRESS
     c->asan_bottom = base;
-    c->asan_size = size;
+    c->asan_size = (size_t)(top - base);
 #endif
-    __atomic_add_fetch(&coro_count, 1, __ATOMIC_RELAXED);
+    count_coros(1);
+}
+
+int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_opts *opts)
+{
+    if (!out || !fn)
+        return -EINVAL;
+    size_t size;
+    if (stack_bytes(opts ? opts->stack_size : 0, &size) < 0)
+        return -EINVAL;
+    struct coro_thread *t = thread_ready();
+    if (!t)
+        return -ENOMEM;
+    conc_coro *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    conc__stack s;
+    int rc = conc__stack_get(&t->cache, size, &s);
+    if (rc < 0) {
+        free(c);
+        return rc;
+    }
+    coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, t->current,
+              opts ? opts->name : NULL);
     *out = c;
     return 0;
+}
+
+int conc__coro_new_embedded(conc_coro **out, conc_coro_fn fn, size_t stack_size,
+                            const char *name, conc_coro *parent, size_t extra, void **extra_out)
+{
+    size_t size;
+    if (stack_bytes(stack_size, &size) < 0)
+        return -EINVAL;
+    struct coro_thread *t = thread_ready();
+    if (!t)
+        return -ENOMEM;
+    if (parent && parent->thread != t)
+        return -EPERM;
+    conc__stack s;
+    int rc = conc__stack_get(&t->cache, size, &s);
+    if (rc < 0)
+        return rc;
+    /* [top: the context's frames go below | conc_coro | extra ... | hi) */
+    size_t head = (sizeof(conc_coro) + 15) & ~(size_t)15;
+    size_t block = (head + extra + 63) & ~(size_t)63;
+    char *top = s.hi - block;
+    conc_coro *c = (conc_coro *)top;
+#if CONC_SAN_ADDRESS
+    __asan_unpoison_memory_region(top, block);
+#endif
+    /* Field by field (coro_init sets the others): a memset costs more. */
+    c->is_main = 0;
+    c->embedded = 1;
+    c->weak_parent = parent != NULL;
+    c->result = NULL;
+#if CONC_SAN_ADDRESS
+    c->asan_fake = NULL;
+#endif
+#if CONC_SAN_THREAD
+    c->tsan_fiber = NULL;
+#endif
+    coro_init(t, c, &s, top, (size_t)(top - conc__stack_base(&s)), fn, top + head,
+              parent ? parent : t->current, name);
+    *extra_out = top + head;
+    *out = c;
+    return 0;
+}
+
+void conc__coro_set_next(conc_coro *c, conc_coro *next)
+{
+    c->parent = next;
 }
 
 int conc_coro_free(conc_coro *c)
@@ -567,9 +736,10 @@ int conc_coro_free(conc_coro *c)
         return -EBUSY;
     if (st != CORO_DEAD) {          /* never started, or suspended: discard */
         set_state(c, CORO_DEAD);
-        release_stack(c);
+        if (!c->embedded)
+            release_stack(c);
     }
-    __atomic_sub_fetch(&coro_count, 1, __ATOMIC_RELAXED);
+    count_coros(-1);
     coro_unref(c);
     return 0;
 }
@@ -608,7 +778,9 @@ int conc_coro_set_parent(conc_coro *c, conc_coro *parent)
     coro_ref(parent);
     conc_coro *old = c->parent;
     c->parent = parent;
-    coro_unref(old);
+    if (!c->weak_parent)
+        coro_unref(old);
+    c->weak_parent = 0;
     return 0;
 }
 
@@ -651,7 +823,7 @@ void conc_coro_trim(void)
 {
     if (tls_thread)
         reap(tls_thread);
-    conc__stack_trim();
+    conc__stack_trim(my_cache());
 }
 
 int conc_coro_get_stats(conc_coro_stats *out)
@@ -661,7 +833,6 @@ int conc_coro_get_stats(conc_coro_stats *out)
     if (tls_thread)
         reap(tls_thread);
     memset(out, 0, sizeof *out);
-    out->coros = __atomic_load_n(&coro_count, __ATOMIC_RELAXED);
     conc__stack_stats(out);
     return 0;
 }

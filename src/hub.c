@@ -38,35 +38,58 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/membarrier.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "conc/coro.h"
 #include "conc/thread.h"
 #include "internal.h"
 #include "sys/wait.h"
+#include "coro_stack.h"
 
 enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
 enum { W_NONE, W_WORD, W_FD, W_SLEEP };
+enum { W_JOIN = 16 };           /* in conc_join, for a greenlet of its hub */
 
 #define NO_INDEX ((size_t)-1)
+#define IN_LIST ((size_t)-2)    /* heap_idx of a timer in the hub's list */
 #define HUB_STACK (256u * 1024u)
 
 struct hub;
 
-/* Bits of a greenlet's `done` word: finished; a plain thread may sleep on
- * it in the kernel; a coroutine may be parked on it by a hub. */
+/* A greenlet's `done` word is 0, then GL_DONE once finished; its `waiters`
+ * word says who may wait on `done`: a plain thread sleeping in the kernel,
+ * a coroutine parked by another hub.  (Coroutines of its own hub wait in
+ * its list of joiners.)
+ *
+ * No lost wake-up, and no locked instruction when a greenlet finishes: the
+ * finisher stores DONE then reads `waiters`; a waiter sets its bit in
+ * `waiters`, then makes every thread of the process execute a full barrier
+ * (membarrier), then reads `done` before it sleeps.  Either the finisher's
+ * store is visible to the waiter, or the finisher's read comes after the
+ * barrier and sees the bit.  Without membarrier (old kernels), the finisher
+ * puts a full fence between its store and its read. */
 #define GL_DONE        1u
 #define GL_WAITED      2u
 #define GL_WAITED_CORO 4u
 
+/* membarrier: 0 not registered yet, 1 registered, -1 unavailable. */
+static int barrier_state;
+
+/* A spawned greenlet's record lives at the top of its coroutine's stack;
+ * conc_spawn sets every field (a new field needs a line there). */
 struct conc_greenlet {
     struct hub *hub;
-    conc_coro *coro;            /* NULL for the main record, or once dead */
+    conc_coro *coro;            /* the thread's main coroutine for the main
+                                   record; else this record lives at the
+                                   top of this coroutine's stack */
     conc_greenlet_fn fn;
     void *arg;
     void *result;
@@ -84,15 +107,18 @@ struct conc_greenlet {
     struct conc_greenlet *rnext;            /* ready queue */
     struct conc_greenlet *aprev, *anext;    /* the hub's live list */
     int64_t deadline;           /* timer, when heap_idx != NO_INDEX */
-    size_t heap_idx;
-    uint32_t *word;             /* W_WORD */
+    size_t heap_idx;            /* or IN_LIST */
+    struct conc_greenlet *tprev, *tnext;    /* the hub's timer list */
+    struct conc_greenlet *joiners;          /* parked in conc_join on it */
+    uint32_t waiters;                       /* GL_WAITED* bits */
+    struct conc_greenlet *jnext, **jpprev;  /* W_JOIN: in the target's joiners */
+    uint32_t *word;             /* W_WORD; W_JOIN: the target's done word */
     struct conc_greenlet *wprev, *wnext;    /* bucket chain */
     struct conc_greenlet *remote_next;      /* hub's remote list */
     int fd, regfd;              /* W_FD: the fd, and the one in epoll */
     short events;
     int ntimeouts;
     int64_t timeouts[CONC_TIMEOUT_DEPTH];   /* each: min with the outer */
-    char name[CONC_CORO_NAME_MAX + 1];
 };
 
 struct hub {
@@ -100,8 +126,16 @@ struct hub {
     conc_greenlet main;         /* the record of the thread's main coroutine */
     conc_greenlet *current;     /* NULL while the loop itself runs */
     conc_greenlet *rhead, *rtail;
-    conc_greenlet **heap;
+    size_t nready;              /* in the ready queue */
+    conc_greenlet *dead;        /* finished, its running reference not yet
+                                   dropped: by the next one to finish, the
+                                   loop, or its handle's free in this thread
+                                   (then without a locked instruction) */
+    conc_greenlet **heap;       /* timers armed out of order */
     size_t nheap, capheap;
+    conc_greenlet *thead, *ttail;   /* timers armed in deadline order (the
+                                   common case: sleeps and timeouts of one
+                                   length): a list, O(1) each way */
     int epfd, evfd;
     size_t nfd;                 /* descriptors registered for waiters */
     pthread_mutex_t rmu;
@@ -144,7 +178,7 @@ static void bucket_unlink(struct bucket *b, conc_greenlet *g)
     else
         b->tail = g->wprev;
     g->wprev = g->wnext = NULL;
-    g->in_table = 0;
+    st_relaxed(&g->in_table, 0);
     __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
 }
 
@@ -200,12 +234,35 @@ static int heap_reserve(struct hub *h)
     return 0;
 }
 
+/* A timer whose deadline is not before the last one in the list joins the
+ * list (a million sleepers of one length never touch the heap, which would
+ * also cost a pointer each); the others go to the heap. */
 static void timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int rc)
 {
     g->deadline = deadline;
     g->timer_rc = rc;
+    if (!h->ttail || h->ttail->deadline <= deadline) {
+        g->heap_idx = IN_LIST;
+        g->tnext = NULL;
+        g->tprev = h->ttail;
+        if (h->ttail)
+            h->ttail->tnext = g;
+        else
+            h->thead = g;
+        h->ttail = g;
+        return;
+    }
     heap_set(h, h->nheap++, g);
     heap_up(h, h->nheap - 1);
+}
+
+/* The armed timer with the earliest deadline, or NULL. */
+static inline conc_greenlet *timer_first(const struct hub *h)
+{
+    conc_greenlet *a = h->thead, *b = h->nheap ? h->heap[0] : NULL;
+    if (!a || (b && b->deadline < a->deadline))
+        return b;
+    return a;
 }
 
 static void timer_cancel(struct hub *h, conc_greenlet *g)
@@ -214,6 +271,17 @@ static void timer_cancel(struct hub *h, conc_greenlet *g)
     if (i == NO_INDEX)
         return;
     g->heap_idx = NO_INDEX;
+    if (i == IN_LIST) {
+        if (g->tprev)
+            g->tprev->tnext = g->tnext;
+        else
+            h->thead = g->tnext;
+        if (g->tnext)
+            g->tnext->tprev = g->tprev;
+        else
+            h->ttail = g->tprev;
+        return;
+    }
     conc_greenlet *last = h->heap[--h->nheap];
     if (i == h->nheap)
         return;
@@ -232,13 +300,51 @@ static void enqueue(struct hub *h, conc_greenlet *g)
     else
         h->rhead = g;
     h->rtail = g;
+    h->nready++;
+}
+
+static inline conc_greenlet *dequeue(struct hub *h)
+{
+    conc_greenlet *g = h->rhead;
+    h->rhead = g->rnext;
+    if (!h->rhead)
+        h->rtail = NULL;
+    h->nready--;
+    return g;
+}
+
+/*
+ * Hand-off: when the loop would only run the next ready greenlet (no
+ * descriptor waited for, no timer armed, no wake-up from another thread
+ * queued), a greenlet that parks, yields or finishes switches to that
+ * greenlet directly, not through the loop: one switch instead of two, in
+ * the same order.  Returns it, taken off the queue and marked running, or
+ * NULL: go through the loop.
+ */
+static inline conc_greenlet *handoff_take(struct hub *h)
+{
+    conc_greenlet *n = h->rhead;
+    if (!n || h->nfd || h->thead || h->nheap
+        || __atomic_load_n(&h->remote_flag, __ATOMIC_RELAXED)
+        || (n->state == G_NEW && n->killed))
+        return NULL;
+    dequeue(h);
+    h->current = n;
+    n->state = G_RUNNING;
+    return n;
 }
 
 /* Makes a parked g ready; its blocking call will return rc. */
 static void make_ready(struct hub *h, conc_greenlet *g, int rc)
 {
     timer_cancel(h, g);
-    if (g->wait_kind == W_FD) {
+    if (g->wait_kind == W_JOIN && g->jpprev) {
+        *g->jpprev = g->jnext;
+        if (g->jnext)
+            g->jnext->jpprev = g->jpprev;
+        g->jpprev = NULL;
+        g->jnext = NULL;
+    } else if (g->wait_kind == W_FD) {
         epoll_ctl(h->epfd, EPOLL_CTL_DEL, g->regfd, NULL);
         if (g->regfd != g->fd)
             close(g->regfd);
@@ -257,7 +363,7 @@ static void interrupt(struct hub *h, conc_greenlet *g, int rc)
     if (g->wait_kind == W_WORD) {
         struct bucket *b = bucket_of(g->word);
         pthread_mutex_lock(&b->mu);
-        bool mine = g->in_table;
+        bool mine = ld_relaxed(&g->in_table);
         if (mine)
             bucket_unlink(b, g);
         pthread_mutex_unlock(&b->mu);
@@ -295,7 +401,7 @@ static void remote_drain(struct hub *h)
     while (g) {
         conc_greenlet *next = g->remote_next;
         g->remote_next = NULL;
-        if (g->state == G_PARKED && g->wait_kind == W_WORD && !g->in_table)
+        if (g->state == G_PARKED && g->wait_kind == W_WORD && !ld_relaxed(&g->in_table))
             make_ready(h, g, 0);
         g = next;
     }
@@ -334,15 +440,23 @@ int conc__hub_wake(uint32_t *word, int n)
 
 /* ------------------------------------------------------------ greenlets */
 
+/* The last reference frees the coroutine, and with its stack the record. */
 static void gl_unref(conc_greenlet *g)
 {
-    if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        free(g);
+    if (__atomic_load_n(&g->refs, __ATOMIC_ACQUIRE) == 1
+        || __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        conc_coro_free(g->coro);
 }
 
 static inline conc_coro *gl_coro(conc_greenlet *g)
 {
-    return g->is_main ? conc_coro_main() : g->coro;
+    return g->coro;
+}
+
+/* A greenlet's name is its coroutine's (which lives as long as it). */
+static inline const char *gl_name(const conc_greenlet *g)
+{
+    return g->is_main ? "main" : conc_coro_name(g->coro);
 }
 
 /* The greenlet the hub believes runs, if the running coroutine is it (not
@@ -371,31 +485,71 @@ static void gl_finish(struct hub *h, conc_greenlet *g)
     if (g->anext)
         g->anext->aprev = g->aprev;
     /* Wake joiners only when one announced itself: most greenlets finish
-     * before anybody joins them, and a wake is a system call. */
-    uint32_t was = __atomic_exchange_n(&g->done, GL_DONE, __ATOMIC_ACQ_REL);
-    if (was & GL_WAITED)
+     * before anybody joins them, and a wake is a system call.  (See GL_DONE
+     * for why no fence is needed between the store and the read.) */
+    __atomic_store_n(&g->done, GL_DONE, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);   /* the store, then the read */
+    uint32_t waiters = __atomic_load_n(&barrier_state, __ATOMIC_RELAXED) == 1
+                           ? __atomic_load_n(&g->waiters, __ATOMIC_RELAXED)
+                           : __atomic_fetch_add(&g->waiters, 0, __ATOMIC_SEQ_CST);
+    if (waiters & GL_WAITED)
         conc__wake(&g->done, INT_MAX, 0);
-    else if (was & GL_WAITED_CORO)
+    else if (waiters & GL_WAITED_CORO)
         conc__hub_wake(&g->done, INT_MAX);     /* no thread sleeps: no system call */
-    if (__atomic_sub_fetch(&h->live, 1, __ATOMIC_RELEASE) == 0 && h->live_waited)
+    if (g->joiners) {           /* coroutines of this hub, first come first */
+        conc_greenlet *j = g->joiners, *fifo = NULL;
+        g->joiners = NULL;
+        while (j) {
+            conc_greenlet *next = j->jnext;
+            j->jnext = fifo;
+            fifo = j;
+            j = next;
+        }
+        while (fifo) {
+            j = fifo;
+            fifo = j->jnext;
+            j->jnext = NULL;
+            j->jpprev = NULL;
+            make_ready(h, j, 0);
+        }
+    }
+    /* live changes only in the hub's thread: no locked instruction. */
+    uint32_t left = h->live - 1;
+    __atomic_store_n(&h->live, left, __ATOMIC_RELEASE);
+    if (left == 0 && h->live_waited)
         conc__wake(&h->live, INT_MAX, 0);
+}
+
+/* Drops the running reference of the greenlet that finished last: it has
+ * switched away for good once anything else runs in the hub's thread. */
+static inline void hub_reap(struct hub *h)
+{
+    conc_greenlet *d = h->dead;
+    if (d) {
+        h->dead = NULL;
+        gl_unref(d);
+    }
 }
 
 static void *gl_entry(void *arg, void *value)
 {
     (void)value;
     conc_greenlet *g = arg;
+    struct hub *h = g->hub;
     g->result = g->fn(g->arg);
-    gl_finish(g->hub, g);
-    return NULL;                /* to the parent: the hub loop */
+    gl_finish(h, g);
+    hub_reap(h);
+    h->dead = g;
+    conc_greenlet *next = handoff_take(h);
+    if (next)
+        conc__coro_set_next(g->coro, gl_coro(next));
+    return NULL;                /* to the next greenlet, or to the loop */
 }
 
 static void run_one(struct hub *h, conc_greenlet *g)
 {
     if (g->state == G_NEW && g->killed) {
         gl_finish(h, g);
-        conc_coro_free(g->coro);
-        g->coro = NULL;
         gl_unref(g);
         return;
     }
@@ -403,20 +557,17 @@ static void run_one(struct hub *h, conc_greenlet *g)
     g->state = G_RUNNING;
     conc_coro_switch(gl_coro(g), NULL, NULL);
     h->current = NULL;
-    if (!g->is_main && g->state == G_DEAD) {
-        conc_coro_free(g->coro);
-        g->coro = NULL;
-        gl_unref(g);
-    }
+    hub_reap(h);
 }
 
 /* ------------------------------------------------------------ the loop */
 
 static bool nothing_can_wake(struct hub *h)
 {
-    if (h->rhead || h->nheap || h->nfd || __atomic_load_n(&h->remote_flag, __ATOMIC_ACQUIRE))
+    if (h->rhead || h->nheap || h->thead || h->nfd
+        || __atomic_load_n(&h->remote_flag, __ATOMIC_ACQUIRE))
         return false;
-    if (h->main.state != G_PARKED || (h->main.wait_kind == W_WORD && !h->main.in_table))
+    if (h->main.state != G_PARKED || (h->main.wait_kind == W_WORD && !ld_relaxed(&h->main.in_table)))
         return false;
     /* Another thread could wake a word: ask the thread registry, blocking
      * the thread (not parking) should its lock be contended. */
@@ -429,11 +580,11 @@ static bool nothing_can_wake(struct hub *h)
 
 static void expire_timers(struct hub *h)
 {
-    if (!h->nheap)
+    conc_greenlet *g = timer_first(h);
+    if (!g)
         return;
     int64_t now = conc_now();
-    while (h->nheap && h->heap[0]->deadline <= now) {
-        conc_greenlet *g = h->heap[0];
+    for (; g && g->deadline <= now; g = timer_first(h)) {
         timer_cancel(h, g);
         interrupt(h, g, g->timer_rc);
     }
@@ -466,24 +617,16 @@ static void *hub_loop(void *arg, void *value)
         expire_timers(h);
         if (h->rhead) {
             /* One pass over what is ready now, then look for events. */
-            conc_greenlet *last = h->rtail;
-            for (;;) {
-                conc_greenlet *g = h->rhead;
-                h->rhead = g->rnext;
-                if (!h->rhead)
-                    h->rtail = NULL;
-                bool end = g == last;
-                run_one(h, g);
-                if (end || !h->rhead)
-                    break;
-            }
+            for (size_t n = h->nready; n > 0 && h->rhead; n--)
+                run_one(h, dequeue(h));
             if (h->nfd || __atomic_load_n(&h->remote_flag, __ATOMIC_RELAXED))
                 poll_events(h, 0);
             continue;
         }
         int timeout = -1;
-        if (h->nheap) {
-            int64_t left = h->heap[0]->deadline - conc_now();
+        conc_greenlet *first = timer_first(h);
+        if (first) {
+            int64_t left = first->deadline - conc_now();
             if (left <= 0)
                 continue;
             int64_t ms = (left + 999999) / 1000000;
@@ -492,6 +635,7 @@ static void *hub_loop(void *arg, void *value)
             interrupt(h, &h->main, -EDEADLK);
             continue;
         }
+        hub_reap(h);
         poll_events(h, timeout);
     }
     return NULL;
@@ -509,10 +653,21 @@ static int64_t eff_deadline(const conc_greenlet *g, int64_t deadline)
     return deadline;
 }
 
-static int park(struct hub *h, conc_greenlet *g)
+/* The running greenlet g (parked, or queued again) lets the next one run.
+ * Inlined, as park and the join path are: every return after a switch
+ * mispredicts (the return stack holds the other context's calls). */
+static inline __attribute__((always_inline)) void hub_leave(struct hub *h, conc_greenlet *g)
+{
+    conc_greenlet *next = handoff_take(h);
+    if (next == g)
+        return;                 /* nothing else to run: go on */
+    conc__coro_switch_same_site(next ? gl_coro(next) : h->loop);
+}
+
+static inline __attribute__((always_inline)) int park(struct hub *h, conc_greenlet *g)
 {
     g->state = G_PARKED;
-    conc_coro_switch(h->loop, NULL, NULL);
+    hub_leave(h, g);
     return g->wake_rc;
 }
 
@@ -561,7 +716,7 @@ static int hub_wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned 
     else
         b->head = g;
     b->tail = g;
-    g->in_table = 1;
+    st_relaxed(&g->in_table, 1);
     pthread_mutex_unlock(&b->mu);
     g->wait_kind = W_WORD;
     if (flags & CONC__WAIT_SHARED) {
@@ -593,7 +748,7 @@ static int hub_sleep_until(int64_t deadline)
         g->wake_rc = rc;
         g->state = G_READY;
         enqueue(h, g);
-        conc_coro_switch(h->loop, NULL, NULL);
+        hub_leave(h, g);
         return g->wake_rc;
     }
     if (heap_reserve(h) < 0)
@@ -615,7 +770,7 @@ static void hub_yield(void)
     g->wake_rc = 0;
     g->state = G_READY;
     enqueue(h, g);
-    conc_coro_switch(h->loop, NULL, NULL);
+    hub_leave(h, g);
 }
 
 static int hub_wait_fd(int fd, short events, int64_t deadline)
@@ -663,11 +818,98 @@ static int hub_wait_fd(int fd, short events, int64_t deadline)
     return park(h, g);
 }
 
+/* poll() without waiting.  Returns how many entries are ready, 0 (also
+ * when interrupted), or -errno. */
+static int poll_now(struct pollfd *fds, unsigned long n)
+{
+    int r = poll(fds, (nfds_t)n, 0);
+    if (r >= 0)
+        return r;
+    return errno == EINTR ? 0 : -errno;
+}
+
+/*
+ * Several descriptors: they are gathered in an epoll instance of the
+ * waiter's own, which the hub's epoll watches like one descriptor (a W_FD
+ * wait with fd -1 whose regfd, that instance, make_ready closes).  Being
+ * private, it takes descriptors that other coroutines wait on (the hub's
+ * epoll holds each fd once) and a descriptor listed twice (its events are
+ * merged).  revents come from poll() itself, run without waiting before
+ * and after the wait, so they are exactly poll()'s: POLLNVAL for a closed
+ * descriptor, negative fds ignored, regular files always ready.
+ */
+static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        PLAIN(conc__wait_fds(fds, n, deadline));
+    /* Ready ones win over a deadline; a kill is for a call that has to
+     * wait (conc_wait polls with a passed deadline when entries it knows
+     * of are ready). */
+    int r = poll_now(fds, n);
+    if (r != 0)
+        return r;
+    deadline = eff_deadline(g, deadline);
+    if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
+        return -ETIMEDOUT;
+    if (g->cancel_pending) {
+        g->cancel_pending = 0;
+        return -ECANCELED;
+    }
+    if (deadline != CONC_NO_DEADLINE && heap_reserve(h) < 0)
+        return -ENOMEM;
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        return -errno;
+    for (unsigned long i = 0; i < n; i++) {
+        if (fds[i].fd < 0)
+            continue;
+        struct epoll_event ev = { .events = (uint32_t)(uint16_t)fds[i].events,
+                                  .data.u64 = i };
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i].fd, &ev) == 0)
+            continue;
+        int e = errno;
+        if (e == EEXIST) {              /* listed before: the union of events */
+            for (unsigned long j = 0; j < i; j++)
+                if (fds[j].fd == fds[i].fd)
+                    ev.events |= (uint32_t)(uint16_t)fds[j].events;
+            if (epoll_ctl(ep, EPOLL_CTL_MOD, fds[i].fd, &ev) == 0)
+                continue;
+            e = errno;
+        }
+        if (e == EPERM)                 /* a regular file that poll() found */
+            continue;                   /* not ready for these events: never */
+        close(ep);
+        /* Closed since poll(): the caller's next try reports POLLNVAL. */
+        return e == EBADF ? 0 : -e;
+    }
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.ptr = g };
+    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, ep, &ev) != 0) {
+        int e = errno;
+        close(ep);
+        return -e;
+    }
+    g->fd = -1;
+    g->regfd = ep;
+    g->events = 0;
+    g->wait_kind = W_FD;
+    h->nfd++;
+    if (deadline != CONC_NO_DEADLINE)
+        timer_arm(h, g, deadline, -ETIMEDOUT);
+    r = park(h, g);
+    if (r != 0 && r != -ETIMEDOUT)
+        return r;                       /* -ECANCELED */
+    int ready = poll_now(fds, n);
+    return ready != 0 ? ready : r;      /* 0: a spurious wake-up, re-check */
+}
+
 static const struct conc__wait_ops hub_ops = {
     .wait = hub_wait,
     .sleep_until = hub_sleep_until,
     .yield = hub_yield,
     .wait_fd = hub_wait_fd,
+    .wait_fds = hub_wait_fds,
 };
 
 /* ------------------------------------------------------------- the hub */
@@ -678,6 +920,7 @@ static void hub_atfork_child(void)
      * (leaked: its coroutines belong to the parent) and the table. */
     tls_hub = NULL;
     conc__wait_ops = NULL;
+    __atomic_store_n(&barrier_state, 0, __ATOMIC_RELAXED);    /* again with the next hub */
     if (!hub_ever)
         return;
     for (size_t i = 0; i < BUCKETS; i++) {
@@ -709,6 +952,12 @@ static struct hub *hub_get(void)
     conc_coro *main = conc_coro_main();
     if (!main)
         return NULL;
+    if (__atomic_load_n(&barrier_state, __ATOMIC_ACQUIRE) == 0) {
+        /* Before the first greenlet can finish (see GL_DONE).  Threads
+         * racing here all register: harmless. */
+        long r = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0);
+        __atomic_store_n(&barrier_state, r == 0 ? 1 : -1, __ATOMIC_RELEASE);
+    }
     h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
@@ -728,10 +977,10 @@ static struct hub *hub_get(void)
     conc_coro_set_parent(h->loop, main);
     pthread_mutex_init(&h->rmu, NULL);
     gl_init(&h->main, h);
+    h->main.coro = main;
     h->main.is_main = 1;
     h->main.refs = 1;
     h->main.state = G_RUNNING;
-    strcpy(h->main.name, "main");
     h->current = conc_coro_current() == main ? &h->main : NULL;
     __atomic_store_n(&hub_ever, 1, __ATOMIC_RELAXED);
     tls_hub = h;
@@ -748,6 +997,7 @@ int conc_hub_destroy(void)
         return -EPERM;
     if (__atomic_load_n(&h->live, __ATOMIC_ACQUIRE) || h->rhead)
         return -EBUSY;
+    hub_reap(h);
     conc__wait_ops = NULL;
     tls_hub = NULL;
     conc_coro_free(h->loop);
@@ -770,22 +1020,38 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
         return -ENOMEM;
     if (!gl_self(h))
         return -EPERM;
-    conc_greenlet *g = calloc(1, sizeof *g);
-    if (!g)
-        return -ENOMEM;
-    gl_init(g, h);
-    conc_coro_opts co = { 0 };
-    if (opts) {
-        co.stack_size = opts->stack_size;
-        co.name = opts->name;
-    }
-    int rc = conc_coro_new(&g->coro, gl_entry, g, &co);
-    if (rc < 0) {
-        free(g);
+    /* The record lives at the top of the coroutine's stack: one page holds
+     * a sleeping greenlet, and a finished one's stack is reused warm. */
+    conc_greenlet *g;
+    conc_coro *c;
+    int rc = conc__coro_new_embedded(&c, gl_entry, opts ? opts->stack_size : 0,
+                                     opts ? opts->name : NULL, h->loop, sizeof *g, (void **)&g);
+    if (rc < 0)
         return rc;
-    }
-    conc_coro_set_parent(g->coro, h->loop);
-    memcpy(g->name, conc_coro_name(g->coro), sizeof g->name);
+    /* Field by field: a memset of the record costs more than the rest. */
+    g->coro = c;
+    g->result = NULL;
+    g->done = 0;
+    g->wait_kind = W_NONE;
+    g->is_main = 0;
+    g->killed = 0;
+    g->cancel_pending = 0;
+    st_relaxed(&g->in_table, 0);
+    g->wake_rc = 0;
+    g->timer_rc = 0;
+    g->aprev = NULL;
+    g->deadline = 0;
+    g->tprev = g->tnext = NULL;
+    g->joiners = NULL;
+    g->waiters = 0;
+    g->jnext = NULL;
+    g->jpprev = NULL;
+    g->word = NULL;
+    g->wprev = g->wnext = NULL;
+    g->remote_next = NULL;
+    g->events = 0;
+    g->ntimeouts = 0;
+    gl_init(g, h);
     g->fn = fn;
     g->arg = arg;
     g->refs = 2;                /* the handle, and running */
@@ -794,16 +1060,59 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
     if (h->all)
         h->all->aprev = g;
     h->all = g;
-    __atomic_add_fetch(&h->live, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->live, h->live + 1, __ATOMIC_RELAXED);
     enqueue(h, g);
     *out = g;
     return 0;
 }
 
-int conc_join_until(conc_greenlet *g, int64_t deadline)
+/* conc_join of a greenlet of the caller's hub by a coroutine it runs: the
+ * caller parks in g's list of joiners, which gl_finish wakes (no word
+ * table, no lock). */
+static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_greenlet *self,
+                                                            conc_greenlet *g, int64_t deadline)
+{
+    for (;;) {
+        if (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE)
+            return 0;
+        if (self == g)
+            return -EDEADLK;
+        if (self->cancel_pending) {
+            self->cancel_pending = 0;
+            return -ECANCELED;
+        }
+        int64_t d = eff_deadline(self, deadline);
+        if (d != CONC_NO_DEADLINE) {
+            if (d <= conc_now())
+                return -ETIMEDOUT;
+            if (heap_reserve(h) < 0)
+                return -ENOMEM;
+        }
+        self->word = &g->done;
+        self->jnext = g->joiners;
+        if (g->joiners)
+            g->joiners->jpprev = &self->jnext;
+        self->jpprev = &g->joiners;
+        g->joiners = self;
+        self->wait_kind = W_JOIN;
+        if (d != CONC_NO_DEADLINE)
+            timer_arm(h, self, d, -ETIMEDOUT);
+        int r = park(h, self);
+        if (r != 0)
+            return (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE) ? 0 : r;
+    }
+}
+
+static inline __attribute__((always_inline)) int join_until(conc_greenlet *g, int64_t deadline)
 {
     if (!g)
         return -EINVAL;
+    struct hub *me = tls_hub;
+    if (me && g->hub == me && conc__wait_ops == &hub_ops) {
+        conc_greenlet *self = gl_self(me);
+        if (self)
+            return join_here(me, self, g, deadline);
+    }
     for (;;) {
         uint32_t v = __atomic_load_n(&g->done, __ATOMIC_ACQUIRE);
         if (v & GL_DONE)
@@ -812,23 +1121,33 @@ int conc_join_until(conc_greenlet *g, int64_t deadline)
         if (h && g->hub == h && gl_self(h) == g)
             return -EDEADLK;
         uint32_t bit = conc__wait_ops ? GL_WAITED_CORO : GL_WAITED;
-        if (!(v & bit) &&
-            !__atomic_compare_exchange_n(&g->done, &v, v | bit, false,
-                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-            continue;           /* it changed: look again */
-        int r = conc__wait(&g->done, v | bit, deadline, 0);
+        if (!(__atomic_load_n(&g->waiters, __ATOMIC_ACQUIRE) & bit)) {
+            __atomic_fetch_or(&g->waiters, bit, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&barrier_state, __ATOMIC_ACQUIRE) == 1
+                && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+                __atomic_store_n(&barrier_state, -1, __ATOMIC_SEQ_CST);   /* fence */
+            continue;           /* look again before sleeping */
+        }
+        int r = conc__wait(&g->done, v, deadline, 0);
         if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK)
             return (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE) ? 0 : r;
     }
 }
 
+int conc_join_until(conc_greenlet *g, int64_t deadline)
+{
+    return join_until(g, deadline);
+}
+
 int conc_join(conc_greenlet *g, double timeout)
 {
-    int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
-    return conc_join_until(g, deadline);
+    int64_t deadline = CONC_NO_DEADLINE;
+    if (timeout != CONC_FOREVER) {
+        int rc = conc__timeout_deadline(timeout, &deadline);
+        if (rc)
+            return rc;
+    }
+    return join_until(g, deadline);
 }
 
 int conc_joinall(conc_greenlet *const *list, size_t n, double timeout)
@@ -888,7 +1207,7 @@ int conc_greenlet_result(const conc_greenlet *g, void **out)
 
 const char *conc_greenlet_name(const conc_greenlet *g)
 {
-    return g ? g->name : "";
+    return g ? gl_name(g) : "";
 }
 
 conc_greenlet *conc_greenlet_current(void)
@@ -902,8 +1221,15 @@ conc_greenlet *conc_greenlet_current(void)
 
 void conc_greenlet_free(conc_greenlet *g)
 {
-    if (g)
-        gl_unref(g);
+    if (!g)
+        return;
+    struct hub *h = tls_hub;
+    if (h && h->dead == g) {    /* both references are ours: no atomics */
+        h->dead = NULL;
+        conc_coro_free(g->coro);
+        return;
+    }
+    gl_unref(g);
 }
 
 int conc_timeout_push(int64_t deadline)
@@ -957,7 +1283,7 @@ int conc_hub_run(void)
 
 static void dump_one(FILE *f, struct hub *h, conc_greenlet *g, int64_t now)
 {
-    fprintf(f, "%-16s ", g->name);
+    fprintf(f, "%-16s ", gl_name(g));
     switch (g->state) {
     case G_NEW:
         fprintf(f, "new");
@@ -972,8 +1298,10 @@ static void dump_one(FILE *f, struct hub *h, conc_greenlet *g, int64_t now)
         fprintf(f, "dead");
         break;
     default:
-        if (g->wait_kind == W_WORD)
+        if (g->wait_kind == W_WORD || g->wait_kind == W_JOIN)
             fprintf(f, "word %p", (void *)g->word);
+        else if (g->wait_kind == W_FD && g->fd < 0)
+            fprintf(f, "fds");          /* conc__wait_fds: several */
         else if (g->wait_kind == W_FD)
             fprintf(f, "fd %d events 0x%x", g->fd, (unsigned)g->events);
         else

@@ -652,8 +652,8 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
     if (n == 0) {
         if (deadline == CONC_NO_DEADLINE)
             return -EINVAL;
-        conc__sleep_until(deadline);
-        return -ETIMEDOUT;
+        int r = conc__sleep_until(deadline);
+        return r == -ECANCELED ? r : -ETIMEDOUT;
     }
     if (!objs || n > (size_t)INT32_MAX)
         return -EINVAL;

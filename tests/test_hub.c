@@ -3,8 +3,9 @@
  * and their order with sleeps (an event log checked exactly), sleep(0)
  * yields, kill at every kind of blocking point, join timeouts, timeout
  * scopes, locks between coroutines of one thread, wake-ups from other
- * threads (event, queue), the deadlock diagnosis, many sleepers, and the
- * coro-sleepers example.
+ * threads (event, queue), the deadlock diagnosis, many sleepers, the
+ * coro-sleepers example, joiners of one greenlet, hand-off between yielding
+ * greenlets next to a descriptor waiter, and memory per greenlet.
  *
  * Criterion runs every test in its own process.  Coroutines only record
  * what they saw; assertions are made by the test's main coroutine.
@@ -740,4 +741,203 @@ Test(hub, example_coro_sleepers, .timeout = 30)
     st = pclose(p);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
     cr_assert_eq(strchr(out, '\n'), out + strlen(out) - 1, "one line: %s", out);
+}
+
+/* ------------------------------------- joins, hand-off, memory per greenlet */
+
+struct joiner {
+    conc_greenlet *target;
+    double timeout;
+    char name;
+    int rc;
+};
+
+static void *join_and_log(void *arg)
+{
+    struct joiner *j = arg;
+    j->rc = conc_join(j->target, j->timeout);
+    logc(j->name);
+    return NULL;
+}
+
+static void *nap_ms(void *arg)
+{
+    conc_sleep((double)(uintptr_t)arg / 1000.0);
+    return (void *)7;
+}
+
+/* Coroutines joining a greenlet of their hub wake in the order they came,
+ * one whose timeout passes first leaves alone, a killed one sees
+ * -ECANCELED, and the greenlet's end wakes the rest. */
+Test(hub, joiners_of_one_greenlet, .timeout = 30)
+{
+    loglen = 0;
+    conc_greenlet *t, *j[4];
+    cr_assert_eq(conc_spawn(&t, nap_ms, (void *)(uintptr_t)60, NULL), 0);
+    struct joiner js[4] = {
+        { t, CONC_FOREVER, 'a', 1 }, { t, 0.01, 'b', 1 },
+        { t, CONC_FOREVER, 'c', 1 }, { t, CONC_FOREVER, 'd', 1 },
+    };
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(conc_spawn(&j[i], join_and_log, &js[i], NULL), 0);
+    cr_assert_eq(conc_sleep(0.02), 0);
+    cr_assert_eq(conc_kill(j[2]), 0);
+    cr_assert_eq(conc_join(t, CONC_FOREVER), 0);
+    cr_assert_eq(conc_joinall(j, 4, CONC_FOREVER), 0);
+    cr_assert_str_eq(logbuf, "bcad");
+    cr_assert_eq(js[0].rc, 0);
+    cr_assert_eq(js[1].rc, -ETIMEDOUT);
+    cr_assert_eq(js[2].rc, -ECANCELED);
+    cr_assert_eq(js[3].rc, 0);
+    void *v = NULL;
+    cr_assert_eq(conc_greenlet_result(t, &v), 0);
+    cr_assert_eq((uintptr_t)v, 7);
+    conc_greenlet_free(t);
+    for (int i = 0; i < 4; i++)
+        conc_greenlet_free(j[i]);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+struct spinner {
+    long rounds;
+    volatile int *stop;
+};
+
+static void *yield_until_stopped(void *arg)
+{
+    struct spinner *s = arg;
+    while (!*s->stop) {
+        conc_sleep(0);
+        s->rounds++;
+    }
+    return NULL;
+}
+
+static void *wait_readable(void *arg)
+{
+    int *fd = arg;
+    return (void *)(intptr_t)conc_wait_fd(*fd, POLLIN, 10.0);
+}
+
+static void *write_later(void *arg)
+{
+    int *fd = arg;
+    usleep(20000);
+    ssize_t w = write(*fd, "x", 1);
+    (void)w;
+    return NULL;
+}
+
+/* Greenlets that only yield to each other hand the thread over directly;
+ * a descriptor waiter is still served (the loop polls while one waits). */
+Test(hub, yielders_do_not_starve_fd_waiter, .timeout = 30)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    volatile int stop = 0;
+    struct spinner s[2] = { { 0, &stop }, { 0, &stop } };
+    conc_greenlet *y[2], *w;
+    cr_assert_eq(conc_spawn(&y[0], yield_until_stopped, &s[0], NULL), 0);
+    cr_assert_eq(conc_spawn(&y[1], yield_until_stopped, &s[1], NULL), 0);
+    cr_assert_eq(conc_spawn(&w, wait_readable, &p[0], NULL), 0);
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, write_later, &p[1], NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    cr_assert_eq(conc_join(w, 10.0), 0);
+    void *v = (void *)1;
+    cr_assert_eq(conc_greenlet_result(w, &v), 0);
+    cr_assert_eq((intptr_t)v, 0, "the descriptor wait returned %d", (int)(intptr_t)v);
+    stop = 1;
+    cr_assert_eq(conc_joinall(y, 2, CONC_FOREVER), 0);
+    cr_assert_gt(s[0].rounds + s[1].rounds, 0);
+    cr_assert_eq(conc_thread_join(th, CONC_FOREVER), 0);
+    conc_thread_free(th);
+    conc_greenlet_free(w);
+    conc_greenlet_free(y[0]);
+    conc_greenlet_free(y[1]);
+    close(p[0]);
+    close(p[1]);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+static void *return_arg(void *arg)
+{
+    return arg;
+}
+
+/* A finished greenlet's record lives on its stack: the stack is given back
+ * when the handle is freed, not before. */
+Test(hub, finished_greenlet_keeps_stack_until_freed, .timeout = 30)
+{
+    conc_greenlet *g[8];
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(conc_spawn(&g[i], return_arg, (void *)(uintptr_t)i, NULL), 0);
+    cr_assert_eq(conc_joinall(g, 8, CONC_FOREVER), 0);
+    conc_coro_stats a, b;
+    cr_assert_eq(conc_coro_get_stats(&a), 0);
+    for (int i = 0; i < 8; i++) {
+        void *v = NULL;
+        cr_assert_eq(conc_greenlet_result(g[i], &v), 0);
+        cr_assert_eq((uintptr_t)v, (uintptr_t)i);
+        cr_assert_str_neq(conc_greenlet_name(g[i]), "");
+        conc_greenlet_free(g[i]);
+    }
+    cr_assert_eq(conc_coro_get_stats(&b), 0);
+    cr_assert_geq(a.stacks_used, 8 + 1, "the 8 finished ones and the hub's");
+    cr_assert_eq(b.stacks_used, a.stacks_used - 8);
+    cr_assert_eq(b.coros, a.coros - 8);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+static long started_sleepers;
+
+static void *sleep_long(void *arg)
+{
+    (void)arg;
+    started_sleepers++;
+    conc_sleep(3600.0);
+    return NULL;
+}
+
+static long rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, resident = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &size, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return resident * sysconf(_SC_PAGESIZE);
+}
+
+/* A sleeping greenlet costs the page of its stack it touched and nothing
+ * else: its objects live on that page, its timer is in a list. */
+Test(hub, sleeping_greenlet_costs_one_page, .timeout = 30)
+{
+    long n = MANY / 5;
+    conc_greenlet **g = calloc((size_t)n, sizeof *g);
+    cr_assert_not_null(g);
+    memset(g, 0, (size_t)n * sizeof *g);   /* resident before measuring */
+    started_sleepers = 0;
+    long before = rss_bytes();
+    for (long i = 0; i < n; i++)
+        cr_assert_eq(conc_spawn(&g[i], sleep_long, NULL, NULL), 0);
+    while (started_sleepers < n)
+        conc_sleep(0);
+    long per = (rss_bytes() - before) / n;
+    cr_log_info("%ld sleeping greenlets: %ld bytes resident each\n", n, per);
+    long page = sysconf(_SC_PAGESIZE);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    cr_assert_leq(per, page + 64, "%ld bytes per sleeping greenlet", per);
+#else
+    (void)page;
+#endif
+    for (long i = 0; i < n; i++)
+        conc_kill(g[i]);
+    cr_assert_eq(conc_joinall(g, (size_t)n, CONC_FOREVER), 0);
+    for (long i = 0; i < n; i++)
+        conc_greenlet_free(g[i]);
+    free(g);
+    cr_assert_eq(conc_hub_destroy(), 0);
 }

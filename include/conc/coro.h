@@ -35,27 +35,34 @@
  *
  * Memory model.  Each coroutine has a fixed-size stack of `stack_size`
  * usable bytes (default CONC_CORO_STACK_DEFAULT, 64 KiB) plus one page
- * below it (the zone, see overflow below).  Stacks are virtual memory from
- * a pool: large MAP_NORESERVE mappings ("slabs") of up to 1024 stacks, so a
- * million coroutines need about a thousand mappings (Linux allows 65530 per
- * process by default) and untouched stack pages cost no memory and no swap
- * reservation.  A coroutine's stack costs what it touches, rounded up to
- * pages: a coroutine sleeping a few calls deep typically holds one 4 KiB
- * page, plus ~130 bytes for the coroutine object; a million such coroutines
- * need about 65 GiB of address space (64 KiB + 4 KiB each) and 4-5 GiB of
- * memory.  A stack that once went deep keeps those pages while its
- * coroutine lives.  A dead coroutine's stack returns to the pool at its
+ * below it (the zone, see overflow below; past the guard budget the zone is
+ * 1 KiB at the top of the stack below and the stack gets the rest of that
+ * page: conc_coro_stack_size tells the exact size).  Stacks are virtual
+ * memory from a pool: large MAP_NORESERVE mappings ("slabs") of up to 1024
+ * stacks, so a million coroutines need about a thousand mappings (Linux
+ * allows 65530 per process by default) and untouched stack pages cost no
+ * memory and no swap reservation.  A coroutine's stack costs what it
+ * touches, rounded up to pages: a coroutine sleeping a few calls deep
+ * typically holds one 4 KiB page, plus ~150 bytes for the coroutine object (a greenlet of the hub
+ * keeps its objects at the top of its stack: one page in all); a million
+ * such coroutines need about 65 GiB of address space (64 KiB + 4 KiB each)
+ * and 4 GiB of memory.  A stack that once went deep keeps those pages while
+ * its coroutine lives.  A dead coroutine's stack returns to the pool at its
  * thread's next conc_coro_* call, whether or not its handle has been freed
- * (the handle stays valid until conc_coro_free); the most recently freed
- * stacks (up to 256 per stack size) are reused as they are, and beyond that
- * their pages are handed back to the kernel (madvise MADV_DONTNEED), as are
- * all free stacks' pages on conc_coro_trim.  Mappings are never unmapped.
+ * (the handle stays valid until conc_coro_free; a greenlet's stack waits for
+ * conc_greenlet_free); the most recently freed stacks (up to 16 in a cache
+ * of the thread's own, up to 256 in all per stack size) are reused as they
+ * are, and beyond that their pages are handed back to the kernel (madvise
+ * MADV_DONTNEED), as are all free stacks' pages on conc_coro_trim.
+ * Mappings are never unmapped.
  *
  * Choosing a stack size: the stack does not grow.  64 KiB suits code that
  * keeps big buffers off the stack; code that calls deep library stacks
  * (getaddrinfo, printf of long doubles, regex, recursion) wants 256 KiB or
- * more.  Larger sizes cost address space only, not memory, until used.
- * Under AddressSanitizer every size is multiplied by 4 and under
+ * more.  Larger sizes cost address space only, not memory, until used; a
+ * coroutine's memory is the deepest page it reached, so keep big buffers
+ * off the stacks of coroutines run by the hundred thousand.  Under
+ * AddressSanitizer every size is multiplied by 4 and under
  * ThreadSanitizer by 2 (instrumented frames are larger);
  * conc_coro_stack_size tells the effective size.
  *
@@ -63,14 +70,17 @@
  * "conc: stack overflow in coroutine 'NAME' ..." on stderr and aborts
  * (SIGABRT).  This is memory corruption, not bad input, so it is the one
  * place where conc prints and aborts.  The zone below each stack is a guard
- * page (PROT_NONE) for as many stacks as the map budget allows
- * (conc_coro_guard_limit: by default vm.max_map_count / 8, 8191 on a stock
- * kernel, since each guard page costs two map entries), plus the lowest
- * stack of every slab.  Touching a guard page raises SIGSEGV, which conc's
- * handler (installed with the first coroutine, on an alternate signal stack
- * per thread, chaining to any handler installed before it) reports as the
- * overflow of the running coroutine.  Past the budget the zone is a canary:
- * it is never written, so it reads as zeros and costs no memory; every
+ * page for as many stacks as the budget allows (conc_coro_guard_limit: by
+ * default vm.max_map_count / 8, 8191 on a stock kernel, since a PROT_NONE
+ * guard page costs two map entries; on Linux 6.13 and later guard pages are
+ * page-table markers, MADV_GUARD_INSTALL, which cost no map entry, so the
+ * budget may be raised freely), plus the lowest stack of every slab.
+ * Touching a guard page raises SIGSEGV, which conc's handler (installed
+ * with the first coroutine, on an alternate signal stack per thread,
+ * chaining to any handler installed before it) reports as the overflow of
+ * the running coroutine.  Past the budget the zone is a canary
+ * (1 KiB in the top page of the stack below, for stacks carved once the
+ * budget is spent): it is never written, so it reads as zeros; every
  * switch away from such a coroutine (and its return) checks the zone and the
  * stack pointer, so an overflow is reported before any other coroutine runs.
  * An overflow that jumps over the whole zone with one huge frame, without
@@ -213,8 +223,9 @@ CONC_API int conc_coro_free(conc_coro *c);
 /*
  * conc_coro_guard_limit - how many stacks may have a guard page (see stack
  * overflow above).  n >= 0 sets the limit for stacks handed out from now on
- * (stacks that have a guard page keep it); n < 0 only asks.  Returns the
- * limit in force before the call.
+ * (stacks that have a guard page keep it; where guard markers install a
+ * slab's guard pages at once, for the stacks of slabs made from now on);
+ * n < 0 only asks.  Returns the limit in force before the call.
  */
 CONC_API long conc_coro_guard_limit(long n);
 
@@ -368,8 +379,10 @@ CONC_API conc_greenlet *conc_greenlet_current(void);
 
 /*
  * conc_greenlet_free - release the handle.  A greenlet that has not
- * finished keeps running and releases itself when it does.  May be called
- * from any thread.  NULL is ignored.
+ * finished keeps running and releases itself when it does.  A finished
+ * greenlet keeps its stack (the pages it touched) until its handle is
+ * freed: free handles once the result is read.  May be called from any
+ * thread.  NULL is ignored.
  */
 CONC_API void conc_greenlet_free(conc_greenlet *g);
 

@@ -53,6 +53,15 @@ CONC_HIDDEN void conc__ctx_make(conc__ctx *c, void *lo, void *hi);
  */
 CONC_HIDDEN int conc__ctx_switch(conc__ctx *from, conc__ctx *to, void *value, void **out);
 
+/* conc__ctx_switch_same_site - conc__ctx_switch tuned for targets that
+ * usually continue where the caller would return (see switch_x86_64.S). */
+#if defined(__x86_64__) && !defined(CONC_CTX_UCONTEXT)
+CONC_HIDDEN int conc__ctx_switch_same_site(conc__ctx *from, conc__ctx *to, void *value,
+                                           void **out);
+#else
+#define conc__ctx_switch_same_site conc__ctx_switch
+#endif
+
 /* conc__coro_entry - the first function a fresh context runs (coro.c); it
  * never returns. */
 CONC_HIDDEN __attribute__((noreturn)) void conc__coro_entry(void *value);

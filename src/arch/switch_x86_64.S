@@ -34,6 +34,14 @@
  * indirect-branch predictor learns where switches go.  The C side calls
  * this as a tail call, so a loop of switches executes no ret at all.
  *
+ * conc__ctx_switch_same_site (the hub's switches between greenlets) is the
+ * same but for one case: when the target continues where the caller would
+ * return (two greenlets yielding to each other from the same call site),
+ * it continues with ret, which is then predicted right and keeps the return
+ * stack in step, so the returns that follow in the target are predicted
+ * too (after the jump they would all miss, the return stack being one entry
+ * off).
+ *
  * A fresh context (conc__ctx_make) is the same frame with zeroed registers,
  * out = NULL, the creator's floating-point control state and
  * conc__ctx_start as return address: the first switch to it continues in
@@ -47,20 +55,29 @@
  * continues with ret (the return sites it reaches have no endbr64). */
 #define ENDBR endbr64
 #define CONTINUE_AT_R11 pushq %r11; ret
+#define SAME_SITE_CONTINUE
 #else
 #define ENDBR
 #define CONTINUE_AT_R11 jmp *%r11
+/* r10: the caller's return address, loaded on entry. */
+#define SAME_SITE_CONTINUE cmpq %r10, %r11; jne 2f; pushq %r11; ret; 2:
 #endif
 
 	.text
 
+/* The switch; same_site 1 makes the variant for switches between
+ * coroutines that usually continue where the caller would return. */
+.macro	CTX_SWITCH name, same_site
 	.p2align 4
-	.globl	conc__ctx_switch
-	.hidden	conc__ctx_switch
-	.type	conc__ctx_switch, @function
-conc__ctx_switch:
+	.globl	\name
+	.hidden	\name
+	.type	\name, @function
+\name:
 	.cfi_startproc
 	ENDBR
+	.if \same_site
+	movq	(%rsp), %r10		/* our return address */
+	.endif
 	pushq	%rbp
 	.cfi_adjust_cfa_offset 8
 	.cfi_rel_offset %rbp, 0
@@ -96,10 +113,10 @@ conc__ctx_switch:
 	movl	(%rsp), %eax
 	xorl	%r8d, %eax
 	testl	$0xffc0, %eax		/* MXCSR control bits differ? */
-	jnz	.Lload_fp
+	jnz	.Lload_fp\@
 	cmpw	4(%rsp), %r9w		/* x87 control word differs? */
-	jne	.Lload_fp
-.Lfp_done:
+	jne	.Lload_fp\@
+.Lfp_done\@:
 	.cfi_remember_state
 	movq	8(%rsp), %rcx		/* the target's out */
 	addq	$16, %rsp
@@ -129,9 +146,12 @@ conc__ctx_switch:
 	jz	1f
 	movq	%rdx, (%rcx)		/* *out = value */
 1:	xorl	%eax, %eax		/* returns 0 */
+	.if \same_site
+	SAME_SITE_CONTINUE
+	.endif
 	CONTINUE_AT_R11
 	.cfi_restore_state
-.Lload_fp:
+.Lload_fp\@:
 	movl	(%rsp), %eax
 	andl	$-64, %eax		/* the target's control bits */
 	andl	$0x3f, %r8d		/* the current status flags */
@@ -139,9 +159,14 @@ conc__ctx_switch:
 	movl	%eax, (%rsp)
 	ldmxcsr	(%rsp)
 	fldcw	4(%rsp)
-	jmp	.Lfp_done
+	jmp	.Lfp_done\@
 	.cfi_endproc
-	.size	conc__ctx_switch, .-conc__ctx_switch
+	.size	\name, .-\name
+
+.endm
+
+	CTX_SWITCH conc__ctx_switch, 0
+	CTX_SWITCH conc__ctx_switch_same_site, 1
 
 /* conc__ctx_make(conc__ctx *c, void *lo, void *hi): rdi = c, rdx = hi. */
 	.p2align 4
