@@ -314,8 +314,9 @@ static bool fits(conc_mpqueue *q, uint64_t rs)
     struct mpq_shared *sh = q->sh;
     uint64_t need = rs + HDR;   /* the next record's stamp slot stays free */
     uint64_t head = sh->hcache;
-    if (q->cap - (sh->tail - head) < need ||
-        (sh->maxsize && count_from(q, head) >= sh->maxsize)) {
+    /* The count needs the real head: below it, the ring may already hold
+     * newer bytes where a stale head's header was. */
+    if (sh->maxsize || q->cap - (sh->tail - head) < need) {
         head = ld_acquire(&sh->head);
         sh->hcache = head;
         if (q->cap - (sh->tail - head) < need)
