@@ -31,9 +31,8 @@
 #include "sys/wait.h"
 
 #define SIDE _Alignas(128)
-/* The longest pause (in pause instructions) between two checks of a
- * spinning waiter. */
-#define SPIN_MAX_BACKOFF 256u
+/* How often a spinning waiter looks whether it was woken. */
+#define SPIN_LOOK_NS 4000
 
 struct waiters {
     uint32_t count;         /* sleeping (or about to) */
@@ -157,38 +156,42 @@ static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct
         return -EAGAIN;
     if (conc__limit_resolve(l))
         return -EINVAL;
-    if (!l->spun && conc__may_spin()) {
-        /* Checking with a growing pause in between: polling the other
-         * side's position on every pause would pull its line away on every
-         * item, while a short pause lets a few items gather first. */
-        l->spun = true;
-        int64_t end = conc_now() + CONC__SPIN_NS;
-        if (end > l->deadline)
-            end = l->deadline;
-        unsigned backoff = 8;
-        for (unsigned round = 1;; round++) {
-            for (unsigned i = 0; i < backoff; i++)
-                conc__spin_pause();
-            if (ready(f))
-                return 0;
-            if (backoff < SPIN_MAX_BACKOFF)
-                backoff *= 2;
-            if ((round & 7) == 0) {
-                if (conc_now() >= end)
-                    break;
-                if (round > 64)
-                    sched_yield();
-            }
-        }
-    }
     uint32_t s = ld_acquire(&w->seq);
     __atomic_fetch_add(&w->count, 1, __ATOMIC_SEQ_CST);
     int r = 0;
     bool claimed = false;
     if (!ready(f)) {
-        r = conc__wait(&w->seq, s, l->deadline, 0);
-        if (r == -EAGAIN)
-            r = 0;
+        /* Counted as a sleeper, first spin (a plain thread with other CPUs
+         * to run the peer) watching only the word a waker bumps: the other
+         * side's lines stay where they are, and a waker finds no thread in
+         * the kernel and makes no system call (conc__wake). */
+        if (!l->spun && conc__may_spin()) {
+            /* Looked at every SPIN_LOOK_NS only: a waiter that left at the
+             * first item would take items one at a time, each paying the
+             * hand-over, where a moment later it finds a batch. */
+            l->spun = true;
+            int64_t now = conc_now(), end = now + CONC__SPIN_NS, look = now + SPIN_LOOK_NS;
+            if (end > l->deadline)
+                end = l->deadline;
+            for (unsigned i = 1;; i++) {
+                conc__spin_pause();
+                if ((i & 7) != 0)
+                    continue;
+                now = conc_now();
+                if (now < look)
+                    continue;
+                if (ld_acquire(&w->seq) != s || now >= end)
+                    break;
+                look = now + SPIN_LOOK_NS;
+                if (i > 4096)
+                    sched_yield();
+            }
+        }
+        if (ld_acquire(&w->seq) == s) {
+            r = conc__wait(&w->seq, s, l->deadline, 0);
+            if (r == -EAGAIN)
+                r = 0;
+        }
         claimed = ld_acquire(&w->seq) != s;
     }
     if (!claimed)
