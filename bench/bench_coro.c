@@ -542,35 +542,12 @@ static void run_gevent_timed(void)
              bench_scale() * (bench_quick() ? 0.05 : 1.0), hub_metrics);
 }
 
-/* Whether `name` is an executable in PATH (command -v). */
-static bool in_path(const char *name)
-{
-    const char *path = getenv("PATH");
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t len = end ? (size_t)(end - path) : strlen(path);
-        char buf[4096];
-        if (len > 0 && len + strlen(name) + 2 < sizeof buf) {
-            snprintf(buf, sizeof buf, "%.*s/%s", (int)len, path, name);
-            struct stat st;
-            if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
-                return true;
-        }
-        if (!end)
-            break;
-        path = end + 1;
-    }
-    return false;
-}
-
 static void run_go(void)
 {
     static const char *const which[] = { "queue_pingpong", NULL };
     if (!bench_enabled("queue_pingpong", "go"))
         return;
-    if (!in_path("go")) {
+    if (!bench_in_path("go")) {
         skip_all("go", which, "go is not installed");
         return;
     }

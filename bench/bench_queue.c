@@ -967,29 +967,6 @@ static void run_python(void)
                            reps, cpus, scale, proc_metrics);
 }
 
-/* Whether `name` is an executable in PATH (command -v). */
-static bool in_path(const char *name)
-{
-    const char *path = getenv("PATH");
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        const char *end = strchr(path, ':');
-        size_t len = end ? (size_t)(end - path) : strlen(path);
-        char buf[4096];
-        if (len > 0 && len + strlen(name) + 2 < sizeof buf) {
-            snprintf(buf, sizeof buf, "%.*s/%s", (int)len, path, name);
-            struct stat st;
-            if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
-                return true;
-        }
-        if (!end)
-            break;
-        path = end + 1;
-    }
-    return false;
-}
-
 /* Run argv (its output to our stderr) for at most timeout_s seconds; returns
  * its exit status, or -1 when it could not run, died or timed out. */
 static int run_tool(char *const argv[], double timeout_s, const char *gocache)
@@ -1072,7 +1049,7 @@ static void run_go(void)
         return;
     char why[256];
     const char *prog = NULL;
-    if (!in_path("go"))
+    if (!bench_in_path("go"))
         snprintf(why, sizeof why, "go is not installed (golang-go; make bench installs it)");
     else
         prog = build_go_peer(why, sizeof why);

@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef CONC_BENCH_PEERS
@@ -1053,3 +1054,27 @@ void bench_become_multithreaded(void)
     if (pthread_create(&t, NULL, bench_nothing, NULL) == 0)
         pthread_join(t, NULL);
 }
+
+/* Whether `name` is an executable in PATH (command -v). */
+bool bench_in_path(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t len = end ? (size_t)(end - path) : strlen(path);
+        char buf[4096];
+        if (len > 0 && len + strlen(name) + 2 < sizeof buf) {
+            snprintf(buf, sizeof buf, "%.*s/%s", (int)len, path, name);
+            struct stat st;
+            if (stat(buf, &st) == 0 && S_ISREG(st.st_mode) && access(buf, X_OK) == 0)
+                return true;
+        }
+        if (!end)
+            break;
+        path = end + 1;
+    }
+    return false;
+}
+

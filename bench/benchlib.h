@@ -267,6 +267,9 @@ void bench_peer_run_metrics(const char *system, bool pick_system, const char *pr
  */
 int bench_report(void);
 
+/* bench_in_path - whether `name` is an executable in PATH (command -v). */
+bool bench_in_path(const char *name);
+
 #ifdef __cplusplus
 }
 #endif
