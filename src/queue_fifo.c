@@ -31,12 +31,16 @@
 #include "sys/wait.h"
 
 #define SIDE _Alignas(128)
-/* How often a spinning waiter looks whether it was woken. */
-#define SPIN_LOOK_NS 4000
+/* How often a spinning waiter looks whether it was woken: adapted between
+ * these bounds to what the waits see (see wait_on). */
+#define SPIN_LOOK_MIN_NS 125u
+#define SPIN_LOOK_MAX_NS 4000u
 
 struct waiters {
     uint32_t count;         /* sleeping (or about to) */
     uint32_t seq;           /* futex word */
+    uint32_t look_ns;       /* how often a spinning waiter looks (adapted) */
+    size_t last_pos;        /* the side's position at the last wait */
 };
 
 struct conc__fifo {
@@ -150,7 +154,7 @@ static bool all_done(struct conc__fifo *f)
  * costs both sides a system call and the sleeper a wake-up latency.
  */
 static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct conc__fifo *),
-                   struct conc__limit *l)
+                   struct conc__limit *l, size_t pos)
 {
     if (l->poll)
         return -EAGAIN;
@@ -166,11 +170,22 @@ static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct
          * side's lines stay where they are, and a waker finds no thread in
          * the kernel and makes no system call (conc__wake). */
         if (!l->spun && conc__may_spin()) {
-            /* Looked at every SPIN_LOOK_NS only: a waiter that left at the
-             * first item would take items one at a time, each paying the
-             * hand-over, where a moment later it finds a batch. */
+            /* How often to look adapts to the traffic.  When this side
+             * moved by one item since its last wait, the other side hands
+             * items over one at a time (a ping-pong): look often, latency is
+             * all.  When it moved by more, items come in a stream: look
+             * seldom, so that a batch gathers instead of each item paying
+             * the hand-over.  (A heuristic shared by the side's waiters.) */
             l->spun = true;
-            int64_t now = conc_now(), end = now + CONC__SPIN_NS, look = now + SPIN_LOOK_NS;
+            size_t moved = pos - ld_relaxed(&w->last_pos);
+            st_relaxed(&w->last_pos, pos);
+            uint32_t every = ld_relaxed(&w->look_ns);
+            if (moved <= 1)
+                every = every / 2 < SPIN_LOOK_MIN_NS ? SPIN_LOOK_MIN_NS : every / 2;
+            else
+                every = every * 2 > SPIN_LOOK_MAX_NS ? SPIN_LOOK_MAX_NS : every * 2;
+            st_relaxed(&w->look_ns, every);
+            int64_t now = conc_now(), end = now + CONC__SPIN_NS, look = now + every;
             if (end > l->deadline)
                 end = l->deadline;
             for (unsigned i = 1;; i++) {
@@ -182,7 +197,7 @@ static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct
                     continue;
                 if (ld_acquire(&w->seq) != s || now >= end)
                     break;
-                look = now + SPIN_LOOK_NS;
+                look = now + every;
                 if (i > 4096)
                     sched_yield();
             }
@@ -296,6 +311,7 @@ struct conc__fifo *conc__fifo_new(size_t maxsize, size_t cap, bool simple, conc_
     conc_lock_init(&f->plock, 0);
     conc_lock_init(&f->clock, 0);
     conc_lock_init(&f->efd_lock, 0);
+    f->getters.look_ns = f->putters.look_ns = f->joiners.look_ns = SPIN_LOOK_MAX_NS;
     return f;
 }
 
@@ -359,7 +375,7 @@ int conc__fifo_put(struct conc__fifo *f, void *item, struct conc__limit *l)
             return 0;
         }
         conc_lock_release(&f->plock);
-        r = wait_on(f, &f->putters, can_put, l);
+        r = wait_on(f, &f->putters, can_put, l, ld_relaxed(&f->tail));
         if (r)
             return r;
     }
@@ -387,7 +403,7 @@ int conc__fifo_get(struct conc__fifo *f, void **out, struct conc__limit *l)
         conc_lock_release(&f->clock);
         if (ld_acquire(&f->shutdown))
             return -EPIPE;
-        r = wait_on(f, &f->getters, can_get, l);
+        r = wait_on(f, &f->getters, can_get, l, ld_relaxed(&f->head));
         if (r)
             return r;
     }
@@ -426,7 +442,7 @@ int conc__fifo_task_done(struct conc__fifo *f)
 int conc__fifo_join(struct conc__fifo *f, struct conc__limit *l)
 {
     while (!all_done(f)) {
-        int r = wait_on(f, &f->joiners, all_done, l);
+        int r = wait_on(f, &f->joiners, all_done, l, 0);
         if (r)
             return r;
     }
