@@ -131,11 +131,6 @@ static void ring_read(const conc_mpqueue *q, uint64_t pos, void *dst, size_t n)
         memcpy((uint8_t *)dst + first, q->ring, n - first);
 }
 
-static inline void full_fence(void)
-{
-    conc__full_fence();
-}
-
 /* The message at head, if any: its length, else -1. */
 static inline int64_t msg_at(const conc_mpqueue *q, uint64_t head)
 {
@@ -200,7 +195,7 @@ static void sig_reset(conc_mpqueue *q, struct sig *s, int efd, bool (*holds)(con
     uint64_t v;
     ssize_t r = read(efd, &v, sizeof v);
     (void)r;
-    full_fence();
+    conc__full_fence();
     if (holds(q))
         sig_raise(s, efd);
 }
@@ -219,7 +214,7 @@ static bool can_put(conc_mpqueue *q)
 
 static void wake_flagged(uint32_t *flag, uint32_t *seq)
 {
-    full_fence();
+    conc__full_fence();
     if (unlikely(ld_relaxed(flag)) && __atomic_exchange_n(flag, 0, __ATOMIC_ACQ_REL)) {
         __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
         conc__wake(seq, INT_MAX, CONC__WAIT_SHARED);
@@ -254,7 +249,7 @@ static int wait_for(conc_mpqueue *q, bool (*ready)(conc_mpqueue *, uint64_t), ui
     }
     uint32_t s = ld_acquire(seq);
     __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
-    full_fence();
+    conc__full_fence();
     if (ready(q, arg))
         return 0;
     int r = conc__wait(seq, s, deadline, CONC__WAIT_SHARED);
@@ -708,7 +703,7 @@ int conc_mpqueue_fd(conc_mpqueue *q, short events)
     int efd = in ? q->efd_in : q->efd_out;
     if (!ld_acquire(&s->armed)) {
         __atomic_store_n(&s->armed, 1, __ATOMIC_SEQ_CST);
-        full_fence();
+        conc__full_fence();
         if (in ? can_get(q) : can_put(q))
             sig_raise(s, efd);
     }

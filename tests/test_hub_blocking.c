@@ -37,26 +37,7 @@
 
 #include "conc.h"
 
-/* LeakSanitizer in a forked child sees only the forking thread: check leaks
- * in the test process only (see test_process.c). */
-static pid_t test_pid;
-
-__attribute__((constructor)) static void remember_test_pid(void)
-{
-    test_pid = getpid();
-}
-
-int __lsan_is_turned_off(void);
-int __lsan_is_turned_off(void)
-{
-    return getpid() != test_pid;
-}
-
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "atexit_sleep_ms=0";
-}
+#include "support/fork_sanitizers.h"
 
 /* How long a parked call waits at most: reached only when the call blocked
  * its thread (nothing could release it). */

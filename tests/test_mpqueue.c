@@ -39,27 +39,7 @@
 
 #include "conc.h"
 
-/* LeakSanitizer in a forked child sees only the forking thread: check leaks
- * in the test process only (see test_process.c). */
-static pid_t test_pid;
-
-__attribute__((constructor)) static void remember_test_pid(void)
-{
-    test_pid = getpid();
-}
-
-int __lsan_is_turned_off(void);
-int __lsan_is_turned_off(void)
-{
-    return getpid() != test_pid;
-}
-
-/* TSan sleeps at exit in a process it believes has threads: skip it. */
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "atexit_sleep_ms=0";
-}
+#include "support/fork_sanitizers.h"
 
 #define NS 1000000000LL
 /* Hang guard for the waits of the test and of its children (seconds). */

@@ -30,26 +30,7 @@
 #error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
 #endif
 
-/* LeakSanitizer in a forked child sees only the forking thread: check leaks
- * in the test process only (see test_process.c). */
-static pid_t test_pid;
-
-__attribute__((constructor)) static void remember_test_pid(void)
-{
-    test_pid = getpid();
-}
-
-int __lsan_is_turned_off(void);
-int __lsan_is_turned_off(void)
-{
-    return getpid() != test_pid;
-}
-
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "atexit_sleep_ms=0";
-}
+#include "support/fork_sanitizers.h"
 
 /* ------------------------------------------------------------ helpers */
 

@@ -44,34 +44,7 @@ static const conc_start_method all_methods[] = {
 };
 static const char *const method_names[] = { "default", "fork", "forkserver", "spawn" };
 
-/*
- * LeakSanitizer (ASan builds) in a forked child sees only the thread that
- * forked: what the parent's other threads referenced (their stacks, their
- * thread-specific data, such as libcrypto's per-thread state that Criterion's
- * main thread holds) looks leaked there.  So leaks are checked in the test
- * process itself, not in its children.  The sanitizer calls this hook.
- */
-static pid_t test_pid;
-
-__attribute__((constructor)) static void remember_test_pid(void)
-{
-    test_pid = getpid();
-}
-
-int __lsan_is_turned_off(void);
-int __lsan_is_turned_off(void)
-{
-    return getpid() != test_pid;
-}
-
-/* ThreadSanitizer (TSan builds) sleeps 1 s at exit in a process it believes
- * has other threads, which every fork child of a threaded parent believes:
- * skip that sleep (it only costs time). */
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "atexit_sleep_ms=0";
-}
+#include "support/fork_sanitizers.h"
 
 /* ---------------------------------------------------- child bodies */
 
