@@ -36,9 +36,12 @@
 #define SPIN_LOOK_MIN_NS 125u
 #define SPIN_LOOK_MAX_NS 4000u
 
+/* A side's sleepers: one 64-bit word holds their count (low half) and the
+ * futex word they sleep on (high half), so that a waker takes one off the
+ * count and bumps the futex word in one step, and a sleeper counts itself
+ * and learns the word's value in one step (see wake and wait_on). */
 struct waiters {
-    uint32_t count;         /* sleeping (or about to) */
-    uint32_t seq;           /* futex word */
+    uint64_t word;
     uint32_t look_ns;       /* how often a spinning waiter looks (adapted) */
     size_t last_pos;        /* the side's position at the last wait */
 };
@@ -102,32 +105,68 @@ static inline size_t count_of(const struct conc__fifo *f)
  * the sleeper's seq_cst count-then-check (wait_on), one of the two sees the
  * other.
  */
-static void wake(struct waiters *w, int n)
+#define W_ONE ((uint64_t)1)
+#define W_SEQ ((uint64_t)1 << 32)
+
+static inline uint32_t w_count(uint64_t v)
 {
-    uint32_t c = __atomic_load_n(&w->count, __ATOMIC_SEQ_CST);
-    if (likely(c == 0))
-        return;
-    if (n == 1) {
-        do {
-            if (c == 0)
-                return;
-        } while (!__atomic_compare_exchange_n(&w->count, &c, c - 1, false, __ATOMIC_SEQ_CST,
-                                              __ATOMIC_SEQ_CST));
-    } else if (__atomic_exchange_n(&w->count, 0, __ATOMIC_SEQ_CST) == 0) {
-        return;
-    }
-    __atomic_fetch_add(&w->seq, 1, __ATOMIC_SEQ_CST);
-    conc__wake(&w->seq, n, 0);
+    return (uint32_t)v;
 }
 
-/* A sleeper leaving without having been claimed takes itself off the
- * count; when a waker got there first (the count is 0), it counts as
- * claimed. */
-static void unclaim(struct waiters *w)
+static inline uint32_t w_seq(uint64_t v)
 {
-    uint32_t c = __atomic_load_n(&w->count, __ATOMIC_RELAXED);
-    while (c && !__atomic_compare_exchange_n(&w->count, &c, c - 1, false, __ATOMIC_SEQ_CST,
-                                             __ATOMIC_RELAXED))
+    return (uint32_t)(v >> 32);
+}
+
+/* The futex word: the high half of w->word. */
+static inline uint32_t *w_futex(struct waiters *w)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (uint32_t *)&w->word + 1;
+#else
+    return (uint32_t *)&w->word;
+#endif
+}
+
+static inline uint32_t w_load_seq(struct waiters *w)
+{
+    return w_seq(__atomic_load_n(&w->word, __ATOMIC_ACQUIRE));
+}
+
+/*
+ * Wakes one sleeper of w (n == 1) or all of them.  A waker claims the
+ * sleeper it wakes by taking it off the count (and bumping the futex word,
+ * in the same step), so that while the woken one is on its way (a wake-up
+ * takes microseconds) later wakers do not call the kernel again for it.
+ * The change that may let sleepers go on was a seq_cst store (or
+ * read-modify-write) and the word is read seq_cst: with the sleeper's
+ * seq_cst count-then-check (wait_on), one of the two sees the other.
+ */
+static void wake(struct waiters *w, int n)
+{
+    uint64_t v = __atomic_load_n(&w->word, __ATOMIC_SEQ_CST), next;
+    do {
+        if (likely(w_count(v) == 0))
+            return;
+        next = n == 1 ? v - W_ONE + W_SEQ : (v & ~(W_SEQ - 1)) + W_SEQ;
+    } while (!__atomic_compare_exchange_n(&w->word, &v, next, false, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_SEQ_CST));
+    conc__wake(w_futex(w), n, 0);
+}
+
+/*
+ * A sleeper that registered when the futex word was s and leaves: when the
+ * word still reads s, nobody claimed anybody since, and it takes itself off
+ * the count (in the same step as that check).  When the word moved, a waker
+ * claimed a sleeper since; it counts that claim as its own, which at worst
+ * leaves the count one too high (a later waker wakes nobody), never too low
+ * (a sleeper nobody would wake).
+ */
+static void unclaim(struct waiters *w, uint32_t s)
+{
+    uint64_t v = __atomic_load_n(&w->word, __ATOMIC_RELAXED);
+    while (w_seq(v) == s && !__atomic_compare_exchange_n(&w->word, &v, v - W_ONE, false,
+                                                         __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
         ;
 }
 
@@ -160,8 +199,7 @@ static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct
         return -EAGAIN;
     if (conc__limit_resolve(l))
         return -EINVAL;
-    uint32_t s = ld_acquire(&w->seq);
-    __atomic_fetch_add(&w->count, 1, __ATOMIC_SEQ_CST);
+    uint32_t s = w_seq(__atomic_fetch_add(&w->word, W_ONE, __ATOMIC_SEQ_CST));
     int r = 0;
     bool claimed = false;
     if (!ready(f)) {
@@ -195,22 +233,22 @@ static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct
                 now = conc_now();
                 if (now < look)
                     continue;
-                if (ld_acquire(&w->seq) != s || now >= end)
+                if (w_load_seq(w) != s || now >= end)
                     break;
                 look = now + every;
                 if (i > 4096)
                     sched_yield();
             }
         }
-        if (ld_acquire(&w->seq) == s) {
-            r = conc__wait(&w->seq, s, l->deadline, 0);
+        if (w_load_seq(w) == s) {
+            r = conc__wait(w_futex(w), s, l->deadline, 0);
             if (r == -EAGAIN)
                 r = 0;
         }
-        claimed = ld_acquire(&w->seq) != s;
+        claimed = w_load_seq(w) != s;
     }
     if (!claimed)
-        unclaim(w);
+        unclaim(w, s);
     /* Leaving for good: a wake-up meant for us goes to another sleeper. */
     if (r < 0 && ready(f))
         wake(w, 1);
