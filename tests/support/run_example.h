@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +21,118 @@
 
 #ifndef CONC_EXAMPLES_DIR
 #error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
+/* ------------------------------------------- running one in the background */
+
+/* A program started by start_example: its pid and the files that take its
+ * stdout and stderr. */
+struct bg {
+    pid_t pid;
+    FILE *out, *err;
+};
+
+/* Starts CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated)
+ * in the background, stdout and stderr going to temporary files.  The
+ * child starts with the default dispositions and no blocked signals, as
+ * from a shell's foreground. */
+static inline struct bg start_example(const char *name, const char *const *args)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
+    cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = path;
+    for (int i = 0; args && args[i]; i++) {
+        cr_assert_lt(argc, 31);
+        argv[argc++] = args[i];
+    }
+    argv[argc] = NULL;
+    struct bg b = { .out = tmpfile(), .err = tmpfile() };
+    cr_assert(b.out && b.err);
+    fflush(NULL);
+    b.pid = fork();
+    cr_assert_geq(b.pid, 0);
+    if (b.pid == 0) {
+        dup2(fileno(b.out), STDOUT_FILENO);
+        dup2(fileno(b.err), STDERR_FILENO);
+        int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD };
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            signal(sigs[i], SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    return b;
+}
+
+/* Reads the children of process pid (its main thread's list, where a
+ * single-threaded program's children are); returns how many (at most cap),
+ * 0 when the process is gone. */
+static inline int children_of(pid_t pid, pid_t *kids, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0;
+    long k;
+    while (n < cap && fscanf(f, "%ld", &k) == 1)
+        kids[n++] = (pid_t)k;
+    fclose(f);
+    return n;
+}
+
+/* Waits (a 60 s hang guard) until process pid has at least want children
+ * and returns their pids (creation order), or fails the test when pid
+ * ended first. */
+static inline int wait_for_children(pid_t pid, int want, pid_t *kids, int cap)
+{
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    for (;;) {
+        int n = children_of(pid, kids, cap);
+        if (n >= want)
+            return n;
+        int status;
+        cr_assert_eq(waitpid(pid, &status, WNOHANG), 0,
+                     "the program ended (status %#x) before it had %d children", status, want);
+        cr_assert_lt(conc_now(), deadline, "no %d children after 60 s", want);
+        usleep(1000);
+    }
+}
+
+/* Waits for the program (a 60 s hang guard: then it is killed and the test
+ * fails) and returns its status; fills *out and *err (free them) with what
+ * it wrote. */
+static inline int finish_example(struct bg *b, char **out, char **err)
+{
+    int status;
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    pid_t r;
+    while ((r = waitpid(b->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
+        usleep(2000);
+    if (r == 0) {
+        kill(b->pid, SIGKILL);
+        waitpid(b->pid, &status, 0);
+    }
+    FILE *files[2] = { b->out, b->err };
+    char **texts[2] = { out, err };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        cr_assert_eq(fstat(fileno(files[i]), &st), 0);
+        char *t = malloc((size_t)st.st_size + 1);
+        cr_assert_not_null(t);
+        ssize_t got = pread(fileno(files[i]), t, (size_t)st.st_size, 0);
+        t[got > 0 ? got : 0] = '\0';
+        fclose(files[i]);
+        *texts[i] = t;
+    }
+    cr_assert_neq(r, 0, "the program hung; stderr:\n%s", *err);
+    return status;
+}
+
 #endif
 
 struct run {
@@ -173,6 +286,118 @@ static int split_lines(char *text, char **lines, int cap)
         p = nl + 1;
     }
     return n;
+}
+
+/* ------------------------------------------- running one in the background */
+
+/* A program started by start_example: its pid and the files that take its
+ * stdout and stderr. */
+struct bg {
+    pid_t pid;
+    FILE *out, *err;
+};
+
+/* Starts CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated)
+ * in the background, stdout and stderr going to temporary files.  The
+ * child starts with the default dispositions and no blocked signals, as
+ * from a shell's foreground. */
+static inline struct bg start_example(const char *name, const char *const *args)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
+    cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = path;
+    for (int i = 0; args && args[i]; i++) {
+        cr_assert_lt(argc, 31);
+        argv[argc++] = args[i];
+    }
+    argv[argc] = NULL;
+    struct bg b = { .out = tmpfile(), .err = tmpfile() };
+    cr_assert(b.out && b.err);
+    fflush(NULL);
+    b.pid = fork();
+    cr_assert_geq(b.pid, 0);
+    if (b.pid == 0) {
+        dup2(fileno(b.out), STDOUT_FILENO);
+        dup2(fileno(b.err), STDERR_FILENO);
+        int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD };
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            signal(sigs[i], SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    return b;
+}
+
+/* Reads the children of process pid (its main thread's list, where a
+ * single-threaded program's children are); returns how many (at most cap),
+ * 0 when the process is gone. */
+static inline int children_of(pid_t pid, pid_t *kids, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0;
+    long k;
+    while (n < cap && fscanf(f, "%ld", &k) == 1)
+        kids[n++] = (pid_t)k;
+    fclose(f);
+    return n;
+}
+
+/* Waits (a 60 s hang guard) until process pid has at least want children
+ * and returns their pids (creation order), or fails the test when pid
+ * ended first. */
+static inline int wait_for_children(pid_t pid, int want, pid_t *kids, int cap)
+{
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    for (;;) {
+        int n = children_of(pid, kids, cap);
+        if (n >= want)
+            return n;
+        int status;
+        cr_assert_eq(waitpid(pid, &status, WNOHANG), 0,
+                     "the program ended (status %#x) before it had %d children", status, want);
+        cr_assert_lt(conc_now(), deadline, "no %d children after 60 s", want);
+        usleep(1000);
+    }
+}
+
+/* Waits for the program (a 60 s hang guard: then it is killed and the test
+ * fails) and returns its status; fills *out and *err (free them) with what
+ * it wrote. */
+static inline int finish_example(struct bg *b, char **out, char **err)
+{
+    int status;
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    pid_t r;
+    while ((r = waitpid(b->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
+        usleep(2000);
+    if (r == 0) {
+        kill(b->pid, SIGKILL);
+        waitpid(b->pid, &status, 0);
+    }
+    FILE *files[2] = { b->out, b->err };
+    char **texts[2] = { out, err };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        cr_assert_eq(fstat(fileno(files[i]), &st), 0);
+        char *t = malloc((size_t)st.st_size + 1);
+        cr_assert_not_null(t);
+        ssize_t got = pread(fileno(files[i]), t, (size_t)st.st_size, 0);
+        t[got > 0 ? got : 0] = '\0';
+        fclose(files[i]);
+        *texts[i] = t;
+    }
+    cr_assert_neq(r, 0, "the program hung; stderr:\n%s", *err);
+    return status;
 }
 
 #endif
