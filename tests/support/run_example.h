@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -135,6 +136,10 @@ static inline int finish_example(struct bg *b, char **out, char **err)
 
 #endif
 
+/* When >= 0, run_example runs the program as this user and group (no
+ * supplementary groups): tests of what an unprivileged user sees. */
+static int run_example_uid = -1;
+
 struct run {
     int status;             /* as from waitpid */
     char *out;              /* NUL-terminated stdout */
@@ -189,6 +194,10 @@ static struct run run_example(const char *name, const char *const *args)
         close(out[1]);
         close(err[0]);
         close(err[1]);
+        if (run_example_uid >= 0 &&
+            (setgroups(0, NULL) != 0 || setgid((gid_t)run_example_uid) != 0 ||
+             setuid((uid_t)run_example_uid) != 0))
+            _exit(126);
         execv(path, (char *const *)argv);
         _exit(127);
     }
