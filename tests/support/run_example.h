@@ -283,7 +283,7 @@ static void assert_refused(const char *name, const char *const *args)
 }
 
 /* Splits text into lines in place; returns the count. */
-static int split_lines(char *text, char **lines, int cap)
+static inline int split_lines(char *text, char **lines, int cap)
 {
     int n = 0;
     for (char *p = text; *p;) {
