@@ -31,18 +31,6 @@ static inline bool parse_long(const char *s, long min, long max, long *out)
     return true;
 }
 
-/* Parses a finite number of seconds in (0, 3600]. */
-static inline bool parse_seconds(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end != '\0' || !isfinite(v) || v <= 0 || v > 3600)
-        return false;
-    *out = v;
-    return true;
-}
-
 /* Bad input: "prog: <message>" on stderr; returns the exit status 2. */
 static inline int fail(const char *fmt, const char *arg)
 {

@@ -364,7 +364,7 @@ static long check_summary(const char *out, long stock, const char *db)
     return sold;
 }
 
-Test(ticket_grab, a_killed_buyer_is_named_and_the_summary_stays_true, .timeout = 90)
+Test(ticket_grab, a_killed_buyer_is_named_and_the_summary_stays_true, .timeout = 30)
 {
     char dir[PATH_MAX], db[PATH_MAX + 16];
     tmp_dir(dir, sizeof dir);
@@ -389,7 +389,7 @@ Test(ticket_grab, a_killed_buyer_is_named_and_the_summary_stays_true, .timeout =
     free(err);
 }
 
-Test(ticket_grab, a_killed_buyers_temporary_file_is_removed, .timeout = 90)
+Test(ticket_grab, a_killed_buyers_temporary_file_is_removed, .timeout = 30)
 {
     char dir[PATH_MAX], db[PATH_MAX + 16], tmp[PATH_MAX + 64];
     tmp_dir(dir, sizeof dir);
@@ -421,7 +421,7 @@ Test(ticket_grab, a_killed_buyers_temporary_file_is_removed, .timeout = 90)
 }
 
 Test(ticket_grab, a_symlinked_database_updates_its_target_and_keeps_mode_and_owner,
-     .timeout = 60)
+     .timeout = 30)
 {
     char dir[PATH_MAX], target[PATH_MAX + 16], link[PATH_MAX + 16];
     tmp_dir(dir, sizeof dir);
@@ -453,7 +453,7 @@ Test(ticket_grab, a_symlinked_database_updates_its_target_and_keeps_mode_and_own
     run_free(&r);
 }
 
-Test(ticket_grab, an_unwritable_directory_is_named, .timeout = 60)
+Test(ticket_grab, an_unwritable_directory_is_named, .timeout = 30)
 {
     if (geteuid() != 0)
         cr_skip_test("needs root to run the program as another user");
@@ -480,7 +480,7 @@ Test(ticket_grab, an_unwritable_directory_is_named, .timeout = 60)
     run_free(&r);
 }
 
-Test(shared_counter, a_killed_process_is_named_not_blamed_on_the_lock, .timeout = 90)
+Test(shared_counter, a_killed_process_is_named_not_blamed_on_the_lock, .timeout = 30)
 {
     const char *args[] = { "--procs", "2", "--iters", "100000000", NULL };
     struct bg b = start_example("shared-counter", args);

@@ -272,17 +272,17 @@ static void pc_interrupt(int sig, bool joinable)
     free(err);
 }
 
-Test(producer_consumer, sigterm_to_the_parent_stops_the_children, .timeout = 90)
+Test(producer_consumer, sigterm_to_the_parent_stops_the_children, .timeout = 30)
 {
     pc_interrupt(SIGTERM, false);
 }
 
-Test(producer_consumer, sigint_to_the_parent_stops_the_children, .timeout = 90)
+Test(producer_consumer, sigint_to_the_parent_stops_the_children, .timeout = 30)
 {
     pc_interrupt(SIGINT, false);
 }
 
-Test(producer_consumer, sighup_to_the_joinable_parent_stops_the_children, .timeout = 90)
+Test(producer_consumer, sighup_to_the_joinable_parent_stops_the_children, .timeout = 30)
 {
     pc_interrupt(SIGHUP, true);
 }
