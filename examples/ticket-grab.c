@@ -22,7 +22,8 @@
  * renamed), so a reader never sees half a file; a symlinked --db updates
  * its target, the file keeps its mode and owner, and a buyer killed
  * between the write and the rename leaves no temporary file (the main
- * process removes it).  A buyer that fails is named on stderr with how it
+ * process removes it; a run also removes those that processes that no
+ * longer exist left).  A buyer that fails is named on stderr with how it
  * ended ("buyer 3 killed by SIGKILL (exit code -9)"), exit status 1; the
  * summary counts what the file lost, so a ticket taken by a buyer killed
  * before it could say so is still counted (and said to be).  A buyer killed while holding the
@@ -36,6 +37,7 @@
  * then get() between lock.acquire() and lock.release(), in one Process per
  * client.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -217,6 +219,32 @@ static int write_db(long count, enum write_step *step)
     return -e;
 }
 
+/* Removes the temporary files "DB.tmp.PID" of processes that no longer
+ * exist: what a run whose main process was killed by SIGKILL (which no
+ * handler sees) may have left.  A live process's file is left alone. */
+static void remove_stale_tmp(void)
+{
+    const char *slash = strrchr(db_path, '/');
+    const char *base = slash ? slash + 1 : db_path;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - db_path) + 1 : 1,
+             slash ? db_path : ".");
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    size_t blen = strlen(base);
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, base, blen) != 0 || strncmp(e->d_name + blen, ".tmp.", 5) != 0)
+            continue;
+        long pid;
+        if (!parse_long(e->d_name + blen + 5, 1, INT_MAX, &pid))
+            continue;
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
 /* The directory of db_path, for messages. */
 static void db_dir(char *buf, size_t cap)
 {
@@ -345,6 +373,7 @@ int main(int argc, char **argv)
         return 2;
     }
     db_path = real;
+    remove_stale_tmp();
 
     /* Interrupted (SIGINT, SIGTERM, SIGHUP), the program stops its buyers
      * before it ends; a buyer finishes a rename it has begun first. */

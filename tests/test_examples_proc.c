@@ -500,3 +500,30 @@ Test(shared_counter, a_killed_process_is_named_not_blamed_on_the_lock, .timeout 
     free(out);
     free(err);
 }
+
+Test(ticket_grab, stale_temporary_files_of_dead_processes_are_removed, .timeout = 30)
+{
+    char dir[PATH_MAX], db[PATH_MAX + 16], dead_tmp[PATH_MAX + 64], live_tmp[PATH_MAX + 64];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 2}\n");
+    pid_t dead = fork();                    /* a pid that no longer exists */
+    cr_assert_geq(dead, 0);
+    if (dead == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(dead, NULL, 0), dead);
+    snprintf(dead_tmp, sizeof dead_tmp, "%s.tmp.%d", db, (int)dead);
+    snprintf(live_tmp, sizeof live_tmp, "%s.tmp.%d", db, (int)getpid());
+    write_file(dead_tmp, "{\"count\": 1}\n");
+    write_file(live_tmp, "{\"count\": 1}\n");
+    const char *args[] = { "--db", db, "--buyers", "1", NULL };
+    struct run r = run_example("ticket-grab", args);
+    assert_success(&r, "ticket-grab");
+    cr_assert_neq(access(dead_tmp, F_OK), 0, "a dead process's temporary file is removed");
+    cr_assert_eq(access(live_tmp, F_OK), 0, "a live process's temporary file is kept");
+    cr_assert_eq(count_at(db), 1);
+    unlink(live_tmp);
+    const char *keep[] = { "db.json", NULL };
+    remove_dir(dir, keep);
+    run_free(&r);
+}
