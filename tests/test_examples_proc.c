@@ -1,7 +1,8 @@
 /*
  * test_examples_proc.c - runs the process examples (ticket-grab,
- * shared-counter) from CONC_EXAMPLES_DIR and checks what they print, what
- * they leave in their files and how they exit.
+ * shared-counter, pipe-ping) from CONC_EXAMPLES_DIR and checks what they
+ * print, what they leave in their files and how they exit, also when a
+ * worker is killed or the main process alone is interrupted.
  */
 #include <criterion/criterion.h>
 
@@ -526,4 +527,34 @@ Test(ticket_grab, stale_temporary_files_of_dead_processes_are_removed, .timeout 
     const char *keep[] = { "db.json", NULL };
     remove_dir(dir, keep);
     run_free(&r);
+}
+
+/* ------------------------------------------------------- interrupted */
+
+Test(shared_counter, sigterm_to_the_parent_stops_the_adders, .timeout = 30)
+{
+    const char *args[] = { "--procs", "3", "--iters", "100000000", NULL };
+    interrupt_example("shared-counter", args, 3, SIGTERM);
+}
+
+Test(ticket_grab, sigint_to_the_parent_stops_the_buyers_and_leaves_a_valid_file, .timeout = 30)
+{
+    char dir[PATH_MAX], db[PATH_MAX + 16];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 8}\n");
+    const char *args[] = { "--db", db, "--buyers", "8", NULL };
+    interrupt_example("ticket-grab", args, 8, SIGINT);
+    long left = count_at(db);
+    cr_assert(left >= 0 && left <= 8, "count=%ld", left);
+    const char *keep[] = { "db.json", NULL };
+    char extra[512];
+    cr_assert_eq(extra_entries(dir, keep, extra, sizeof extra), 0, "left behind: %s", extra);
+    remove_dir(dir, keep);
+}
+
+Test(pipe_ping, sighup_to_the_parent_stops_the_child, .timeout = 30)
+{
+    const char *args[] = { "--messages", "1000000", NULL };
+    interrupt_example("pipe-ping", args, 1, SIGHUP);
 }

@@ -217,59 +217,13 @@ Test(producer_consumer, help, .timeout = 30)
 
 /* ------------------------------------------------------ interrupted */
 
-#include <dirent.h>
-#include <errno.h>
-#include <sys/prctl.h>
-
-/* How many entries /dev/shm has that conc made for process pid (the
- * names it gives unnamed segments: "conc-PID-N"). */
-static int shm_entries_of(pid_t pid)
-{
-    DIR *d = opendir("/dev/shm");
-    if (!d)
-        return 0;
-    char prefix[32];
-    int len = snprintf(prefix, sizeof prefix, "conc-%d-", (int)pid);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += strncmp(e->d_name, prefix, (size_t)len) == 0;
-    closedir(d);
-    return n;
-}
-
-/* Starts producer-consumer with processes, waits until its 2 consumers and
- * 2 producers exist, sends sig to the main process alone, and checks that
- * it ends killed by sig, that none of its children is left, and that
- * none of them left a segment in /dev/shm. */
+/* Interrupting the main process alone stops its producers and consumers:
+ * none is left, nothing in /dev/shm, and it ends killed by the signal. */
 static void pc_interrupt(int sig, bool joinable)
 {
-    /* Orphans come to this process rather than init: left-overs of a
-     * failing run are killed and reaped here. */
-    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
     const char *args[] = { "--producers", "2", "--consumers", "2", "--items", "1000000",
                            joinable ? "--joinable" : NULL, NULL };
-    struct bg b = start_example("producer-consumer", args);
-    pid_t kids[8];
-    int n = wait_for_children(b.pid, 4, kids, 8);
-    cr_assert_eq(kill(b.pid, sig), 0);
-    char *out, *err;
-    int status = finish_example(&b, &out, &err);
-    int left = 0;
-    for (int i = 0; i < n; i++)
-        if (kill(kids[i], 0) == 0) {
-            left++;
-            kill(kids[i], SIGKILL);
-            waitpid(kids[i], NULL, 0);
-        }
-    cr_assert_eq(left, 0, "%d of the %d children left behind after %s", left, n, strsignal(sig));
-    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == sig,
-              "status %#x: want killed by %s\nstderr:\n%s", status, strsignal(sig), err);
-    int shm_left = shm_entries_of(b.pid);
-    for (int i = 0; i < n; i++)
-        shm_left += shm_entries_of(kids[i]);
-    cr_assert_eq(shm_left, 0, "segments left in /dev/shm");
-    free(out);
-    free(err);
+    interrupt_example("producer-consumer", args, 4, sig);
 }
 
 Test(producer_consumer, sigterm_to_the_parent_stops_the_children, .timeout = 30)

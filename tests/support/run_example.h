@@ -7,6 +7,7 @@
 
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -132,6 +134,57 @@ static inline int finish_example(struct bg *b, char **out, char **err)
     }
     cr_assert_neq(r, 0, "the program hung; stderr:\n%s", *err);
     return status;
+}
+
+/* How many entries /dev/shm has that conc made for process pid (the names
+ * it gives unnamed segments: "conc-PID-N"). */
+static inline int shm_entries_of(pid_t pid)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return 0;
+    char prefix[32];
+    int len = snprintf(prefix, sizeof prefix, "conc-%d-", (int)pid);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strncmp(e->d_name, prefix, (size_t)len) == 0;
+    closedir(d);
+    return n;
+}
+
+/* Starts the example, waits until it has nkids children, sends sig to the
+ * main process alone, and checks that it ends killed by sig, that none of
+ * its children is left (their pids are gone as it ends: it reaped them),
+ * and that none of them left a segment in /dev/shm.  The test process
+ * becomes a subreaper: children a failing run leaves behind come to it and
+ * are killed and reaped here rather than left to init. */
+static inline void interrupt_example(const char *name, const char *const *args, int nkids,
+                                     int sig)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    struct bg b = start_example(name, args);
+    pid_t kids[64];
+    int n = wait_for_children(b.pid, nkids, kids, 64);
+    cr_assert_eq(kill(b.pid, sig), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        if (kill(kids[i], 0) == 0) {
+            left++;
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+        }
+    cr_assert_eq(left, 0, "%s: %d of the %d children left behind after %s", name, left, n,
+                 strsignal(sig));
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == sig,
+              "%s: status %#x: want killed by %s\nstderr:\n%s", name, status, strsignal(sig), err);
+    int shm_left = shm_entries_of(b.pid);
+    for (int i = 0; i < n; i++)
+        shm_left += shm_entries_of(kids[i]);
+    cr_assert_eq(shm_left, 0, "%s: segments left in /dev/shm", name);
+    free(out);
+    free(err);
 }
 
 #endif
@@ -407,6 +460,57 @@ static inline int finish_example(struct bg *b, char **out, char **err)
     }
     cr_assert_neq(r, 0, "the program hung; stderr:\n%s", *err);
     return status;
+}
+
+/* How many entries /dev/shm has that conc made for process pid (the names
+ * it gives unnamed segments: "conc-PID-N"). */
+static inline int shm_entries_of(pid_t pid)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return 0;
+    char prefix[32];
+    int len = snprintf(prefix, sizeof prefix, "conc-%d-", (int)pid);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strncmp(e->d_name, prefix, (size_t)len) == 0;
+    closedir(d);
+    return n;
+}
+
+/* Starts the example, waits until it has nkids children, sends sig to the
+ * main process alone, and checks that it ends killed by sig, that none of
+ * its children is left (their pids are gone as it ends: it reaped them),
+ * and that none of them left a segment in /dev/shm.  The test process
+ * becomes a subreaper: children a failing run leaves behind come to it and
+ * are killed and reaped here rather than left to init. */
+static inline void interrupt_example(const char *name, const char *const *args, int nkids,
+                                     int sig)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    struct bg b = start_example(name, args);
+    pid_t kids[64];
+    int n = wait_for_children(b.pid, nkids, kids, 64);
+    cr_assert_eq(kill(b.pid, sig), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        if (kill(kids[i], 0) == 0) {
+            left++;
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+        }
+    cr_assert_eq(left, 0, "%s: %d of the %d children left behind after %s", name, left, n,
+                 strsignal(sig));
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == sig,
+              "%s: status %#x: want killed by %s\nstderr:\n%s", name, status, strsignal(sig), err);
+    int shm_left = shm_entries_of(b.pid);
+    for (int i = 0; i < n; i++)
+        shm_left += shm_entries_of(kids[i]);
+    cr_assert_eq(shm_left, 0, "%s: segments left in /dev/shm", name);
+    free(out);
+    free(err);
 }
 
 #endif
