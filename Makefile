@@ -5,6 +5,8 @@
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 PREFIX ?= /usr/local
 CMAKE_FLAGS ?=
+# No "Entering/Leaving directory" lines from the makes CMake generates.
+MAKEFLAGS += --no-print-directory
 
 .PHONY: all deps build test test-plain test-asan test-tsan demo bench install clean
 
@@ -23,7 +25,14 @@ test: deps
 test-plain test-asan test-tsan: deps
 	@sh scripts/test.sh $(subst test-,,$@)
 
-demo: build
+# The tour: the build's output goes to build/build.log (shown only when the
+# build fails), so the tour is what the screen shows.
+demo: deps
+	@mkdir -p build
+	@echo "building conc and its examples (output in build/build.log) ..."
+	@{ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) && \
+	   cmake --build build -j $(JOBS); } >build/build.log 2>&1 || \
+	 { cat build/build.log; echo "make demo: the build failed (its output is above)" >&2; exit 1; }
 	@sh scripts/demo.sh build/examples
 
 # The peers' packages come first: CMake builds a peer (Boost.Context's) only

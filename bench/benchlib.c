@@ -994,8 +994,37 @@ static void print_row(const record *r, const record *c)
         printf("  %-*s %12s %s\n", sys_width(), r->system, val, r->unit);
 }
 
+/* A metric whose help states a target, "(target: conc <= 60 ns)" or
+ * "(target: conc >= 3000000 ops/s)", gets a line that says whether conc's
+ * measurement met it: "target conc <= 60 ns: MISSED (measured 143)". */
+static void print_target(const char *help, const record *c)
+{
+    const char *t = help ? strstr(help, "(target: conc ") : NULL;
+    if (!t)
+        return;
+    t += strlen("(target: conc ");
+    bool at_most = strncmp(t, "<=", 2) == 0;
+    if (!at_most && strncmp(t, ">=", 2) != 0)
+        return;
+    char *end;
+    double goal = strtod(t + 2, &end);
+    if (end == t + 2)
+        return;
+    const char *close = strchr(t, ')');
+    int len = close ? (int)(close - t) : (int)strlen(t);
+    if (!c || c->status != REC_OK) {
+        printf("  target conc %.*s: not measured\n", len, t);
+        return;
+    }
+    bool met = at_most ? c->value <= goal : c->value >= goal;
+    char val[48];
+    fmt_table_value(val, sizeof val, c->value, c->unit);
+    printf("  target conc %.*s: %s (measured %s %s)\n", len, t, met ? "met" : "MISSED", val,
+           c->unit);
+}
+
 /* Print every record of one metric: conc first, then the others in the
- * order they were recorded. */
+ * order they were recorded; then whether conc met the stated target. */
 static void print_metric(const char *metric, const char *help)
 {
     const record *c = conc_rec(metric);
@@ -1015,6 +1044,7 @@ static void print_metric(const char *metric, const char *help)
             if (strcmp(r->metric, metric) == 0 && is_conc(r->system) == (pass == 0))
                 print_row(r, c);
         }
+    print_target(help, c);
 }
 
 int bench_report(void)

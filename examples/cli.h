@@ -1,18 +1,20 @@
 /*
  * cli.h - small command-line helpers shared by the example programs: strict
- * number parsing for their flags, and their one-line error messages (exit
- * status 2 for bad input, 1 for a failed call).  Each example defines
+ * option parsing (parse_options) and number parsing for their flags, their
+ * one-line error messages (exit status 2 for bad input, 1 for a failed
+ * call), and starting and joining worker processes.  Each example defines
  * `static const char *prog = "name";` after including this file.
  */
 #ifndef CONC_EXAMPLES_CLI_H
 #define CONC_EXAMPLES_CLI_H
 
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "conc.h"
 
 static const char *prog;        /* defined by each example */
@@ -24,18 +26,6 @@ static inline bool parse_long(const char *s, long min, long max, long *out)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end != '\0' || v < min || v > max)
-        return false;
-    *out = v;
-    return true;
-}
-
-/* Parses a finite number of seconds in (0, 3600]. */
-static inline bool parse_seconds(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end != '\0' || !isfinite(v) || v <= 0 || v > 3600)
         return false;
     *out = v;
     return true;
@@ -79,38 +69,136 @@ static inline const char *yes_no(bool b)
     return b ? "yes" : "no";
 }
 
-/* getopt_long without its own error messages: the examples report a bad
- * option with bad_option (or help_or_bad_option). */
-static inline int next_option(int argc, char **argv, const char *shortopts,
-                              const struct option *longopts)
+/*
+ * The option parser every example uses.  An example describes its options
+ * in a table and calls parse_options, which accepts
+ *
+ *   --name VALUE   --name=VALUE   (options with a value)
+ *   --name                        (flags; "--name=VALUE" is refused)
+ *   --help, -h                    (prints the usage on stdout, exit 0)
+ *   --                            (ends the options)
+ *
+ * and refuses anything else with one line on stderr that names the option
+ * as it was written (exit 2): an unknown option, a flag given a value, a
+ * missing value, a value outside the option's real limits (the message
+ * says what they are), or a stray argument.  Names are matched whole (no
+ * abbreviations).  The last of several copies of an option wins.
+ */
+enum opt_kind {
+    OPT_FLAG,           /* bool: set to true */
+    OPT_INT,            /* long in [min, max] */
+    OPT_SECONDS,        /* double seconds: min 0 allows 0, else > 0; at most max */
+    OPT_TEXT,           /* const char *: any text (the example checks it) */
+};
+
+struct opt {
+    const char *name;   /* without the dashes */
+    enum opt_kind kind;
+    void *value;        /* bool *, long *, double *, const char ** */
+    long min, max;      /* OPT_INT, OPT_SECONDS (see above) */
+    bool *given;        /* optional: set when the option is given */
+};
+
+/* Parses one value of o; returns 0, or 2 after saying what it wants. */
+static inline int parse_value(const struct opt *o, const char *v)
 {
-    opterr = 0;
-    return getopt_long(argc, argv, shortopts, longopts, NULL);
+    switch (o->kind) {
+    case OPT_INT:
+        if (!parse_long(v, o->min, o->max, o->value)) {
+            fprintf(stderr, "%s: --%s wants a whole number from %ld to %ld, not '%s'\n", prog,
+                    o->name, o->min, o->max, v);
+            return 2;
+        }
+        break;
+    case OPT_SECONDS: {
+        double d;
+        char *end;
+        errno = 0;
+        d = strtod(v, &end);
+        bool ok = !errno && end != v && *end == '\0' && isfinite(d) && d <= (double)o->max &&
+                  (o->min == 0 ? d >= 0 : d > 0);
+        if (!ok) {
+            if (o->min == 0)
+                fprintf(stderr, "%s: --%s wants seconds from 0 to %ld, not '%s'\n", prog,
+                        o->name, o->max, v);
+            else
+                fprintf(stderr, "%s: --%s wants seconds > 0 (at most %ld), not '%s'\n", prog,
+                        o->name, o->max, v);
+            return 2;
+        }
+        *(double *)o->value = d;
+        break;
+    }
+    case OPT_TEXT:
+        *(const char **)o->value = v;
+        break;
+    case OPT_FLAG:
+        *(bool *)o->value = true;
+        break;
+    }
+    if (o->given)
+        *o->given = true;
+    return 0;
 }
 
-/* getopt_long (called with a leading ':' in its option string) returned
- * ':' (an option without its value) or '?' (an unknown option). */
-static inline int bad_option(int opt, char **argv)
+/* Parses argv against the table opts (n entries).  Returns -1 when the
+ * program should go on, 0 after printing the usage for --help, or 2 after
+ * one line on stderr for a bad command line. */
+static inline int parse_options(int argc, char **argv, const struct opt *opts, size_t n,
+                                void (*usage)(FILE *))
 {
-    if (opt == ':')
-        return fail("option '%s' needs a value", argv[optind - 1]);
-    if (optopt) {
-        char shortopt[3] = { '-', (char)optopt, '\0' };
-        return fail("unknown option '%s' (try --help)", shortopt);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            if (i + 1 < argc)
+                return fail("unexpected argument '%s' (try --help)", argv[i + 1]);
+            break;
+        }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strncmp(a, "--help=", 7) == 0)
+            return fail("option '--help' takes no value (not '%s')", a);
+        if (a[0] != '-' || a[1] == '\0')
+            return fail("unexpected argument '%s' (try --help)", a);
+        if (a[1] != '-')
+            return fail("unknown option '%s' (try --help)", a);
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt *o = NULL;
+        for (size_t k = 0; k < n && !o; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
+                o = &opts[k];
+        if (!o) {
+            fprintf(stderr, "%s: unknown option '--%.*s' (try --help)\n", prog, (int)len, name);
+            return 2;
+        }
+        if (o->kind == OPT_FLAG) {
+            if (eq) {
+                fprintf(stderr, "%s: option '--%s' takes no value (not '%s')\n", prog, o->name,
+                        a);
+                return 2;
+            }
+            parse_value(o, NULL);
+            continue;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "%s: option '--%s' needs a value\n", prog, o->name);
+                return 2;
+            }
+            v = argv[++i];
+        }
+        int rc = parse_value(o, v);
+        if (rc)
+            return rc;
     }
-    return fail("unknown option '%s' (try --help)", argv[optind - 1]);
+    return -1;
 }
 
-/* The option loop's last cases: -h/--help prints the usage and ends the
- * program well (0); anything else is a bad option (2). */
-static inline int help_or_bad_option(int opt, char **argv, void (*usage)(FILE *))
-{
-    if (opt == 'h') {
-        usage(stdout);
-        return 0;
-    }
-    return bad_option(opt, argv);
-}
+#define OPTS_COUNT(table) (sizeof(table) / sizeof((table)[0]))
 
 /* Creates and starts (forking) process number `no` of the kind `name`
  * ("buyer", ...), running fn(arg, len).  On failure says
@@ -129,8 +217,27 @@ static inline int start_process(conc_process **p, conc_process_fn fn, const void
     return rc;
 }
 
+/* Says on stderr how worker `name no` ended when a signal killed it
+ * (code < 0: "prog: buyer 3 killed by SIGKILL (exit code -9)"; no < 0:
+ * the worker has no number). */
+static inline void say_killed(const char *name, long no, int code)
+{
+    char who[96], how[32];
+    if (no >= 0)
+        snprintf(who, sizeof who, "%s %ld", name, no);
+    else
+        snprintf(who, sizeof who, "%s", name);
+    const char *abbrev = sigabbrev_np(-code);
+    if (abbrev)
+        snprintf(how, sizeof how, "SIG%s", abbrev);
+    else
+        snprintf(how, sizeof how, "signal %d", -code);
+    fprintf(stderr, "%s: %s killed by %s (exit code %d)\n", prog, who, how, code);
+}
+
 /* Joins process number `no` started by start_process and frees it.
- * Returns its exit code, or -1 after saying "prog: name no: reason". */
+ * Returns its exit code (after saying on stderr which signal killed it
+ * when one did), or -1 after saying "prog: name no: reason". */
 static inline int join_process(conc_process *p, const char *name, long no)
 {
     int code = 0, rc;
@@ -138,6 +245,8 @@ static inline int join_process(conc_process *p, const char *name, long no)
         (rc = conc_process_exitcode(p, &code)) < 0) {
         fprintf(stderr, "%s: %s %ld: %s\n", prog, name, no, conc_strerror(rc));
         code = -1;
+    } else if (code < 0) {
+        say_killed(name, no, code);
     }
     conc_process_free(p);
     return code;

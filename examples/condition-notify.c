@@ -15,7 +15,6 @@
  * con.notify(n).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,12 +83,14 @@ static int reached_ran(void *arg)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: %s [--threads N] [--batches K1,K2,...]\n"
-               "  --threads N    waiting threads (default 6)\n"
+               "  --threads N    waiting threads, 1 to %d (default 6)\n"
                "  --batches LIST how many to notify each time (default 1,2,3;\n"
-               "                 each >= 1, the sum at most N)\n", prog);
+               "                 at most %d numbers, each >= 1, the sum at most N)\n",
+            prog, MAX_THREADS, MAX_BATCHES);
 }
 
-/* Parses "1,2,3" into batches[]; returns the count, or -1. */
+/* Parses "1,2,3" into batches[]; returns the count, -1 for a bad list, or
+ * -2 for more than MAX_BATCHES numbers. */
 static int parse_batches(const char *s, long *batches)
 {
     int n = 0;
@@ -98,7 +99,9 @@ static int parse_batches(const char *s, long *batches)
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         char item[32];
-        if (len == 0 || len >= sizeof item || n == MAX_BATCHES)
+        if (n == MAX_BATCHES)
+            return -2;
+        if (len == 0 || len >= sizeof item)
             return -1;
         memcpy(item, p, len);
         item[len] = '\0';
@@ -113,34 +116,24 @@ static int parse_batches(const char *s, long *batches)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "threads", required_argument, NULL, 't' },
-        { "batches", required_argument, NULL, 'b' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     static long batches[MAX_BATCHES] = { 1, 2, 3 };
     int nbatches = 3;
     long nthreads = 6;
-    int opt;
-
-    while ((opt = next_option(argc, argv, ":t:b:h", opts)) != -1) {
-        switch (opt) {
-        case 't':
-            if (!parse_long(optarg, 1, MAX_THREADS, &nthreads))
-                return fail("--threads wants a number from 1 to 1000, not '%s'", optarg);
-            break;
-        case 'b':
-            if ((nbatches = parse_batches(optarg, batches)) < 0)
-                return fail("--batches wants a comma-separated list of numbers >= 1, not '%s'",
-                            optarg);
-            break;
-        default:
-            return help_or_bad_option(opt, argv, usage);
-        }
+    const char *batch_list = NULL;
+    const struct opt opts[] = {
+        { "threads", OPT_INT, &nthreads, 1, MAX_THREADS, NULL },
+        { "batches", OPT_TEXT, &batch_list, 0, 0, NULL },
+    };
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
+    if (batch_list && (nbatches = parse_batches(batch_list, batches)) == -2) {
+        fprintf(stderr, "%s: --batches takes at most %d numbers\n", prog, MAX_BATCHES);
+        return 2;
     }
-    if (optind < argc)
-        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    if (batch_list && nbatches < 0)
+        return fail("--batches wants a comma-separated list of whole numbers from 1 to 1000, "
+                    "not '%.200s'", batch_list);
     long sum = 0;
     for (int i = 0; i < nbatches; i++)
         sum += batches[i];
@@ -157,7 +150,6 @@ int main(int argc, char **argv)
     conc_thread **threads = calloc((size_t)nthreads, sizeof *threads);
     if (!workers || !threads)
         return die("calloc", -ENOMEM);
-    int rc;
     for (long i = 0; i < nthreads; i++) {
         workers[i].st = &st;
         workers[i].index = i;

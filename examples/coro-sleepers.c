@@ -6,15 +6,23 @@
  *
  *   coro-sleepers --count N [--sleep S]
  *
- * Prints "joined N in T s" (T: elapsed seconds).  Bad input: one line on
- * stderr, exit status 2.
+ * Prints "joined N in T s" (T: elapsed seconds).  Bad input (N outside 1 to
+ * 1,000,000, S outside 0 to 3600 s): one line on stderr, exit status 2.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "conc.h"
 #include "cli.h"
+
+static const char *prog = "coro-sleepers";
+
+/* A sleeping greenlet costs about 4 KiB (its stack page and its record):
+ * a million of them is 4 GB, what a big machine can give; more would only
+ * end in "out of memory" after a long wait. */
+#define MAX_COUNT 1000000L
 
 static double pause_s = 0.1;
 
@@ -26,48 +34,43 @@ static void *sleeper(void *arg)
     return NULL;
 }
 
-static int usage(const char *msg)
+static void usage(FILE *f)
 {
-    fprintf(stderr, "coro-sleepers: %s (usage: coro-sleepers --count N [--sleep S])\n", msg);
-    return 2;
+    fprintf(f, "usage: %s --count N [--sleep S]\n"
+               "  --count N   greenlets, 1 to %ld (each takes about 4 KiB while it sleeps)\n"
+               "  --sleep S   seconds each sleeps, 0 to 3600 (default 0.1)\n",
+            prog, MAX_COUNT);
 }
 
 int main(int argc, char **argv)
 {
-    long count = -1;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
-            if (!parse_long(argv[++i], 1, 100000000, &count))
-                return usage("--count wants an integer from 1 to 100000000");
-        } else if (strcmp(argv[i], "--sleep") == 0 && i + 1 < argc) {
-            const char *s = argv[++i];
-            if (strcmp(s, "0") != 0 && !parse_seconds(s, &pause_s))
-                return usage("--sleep wants seconds, 0 to 3600");
-            if (strcmp(s, "0") == 0)
-                pause_s = 0;
-        } else {
-            return usage("unknown or incomplete argument");
-        }
-    }
-    if (count < 0)
-        return usage("--count is required");
+    long count = 0;
+    const struct opt opts[] = {
+        { "count", OPT_INT, &count, 1, MAX_COUNT, NULL },
+        { "sleep", OPT_SECONDS, &pause_s, 0, 3600, NULL },
+    };
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
+    if (count == 0)
+        return fail("%s", "--count N is required (try --help)");
 
     conc_greenlet **g = malloc((size_t)count * sizeof *g);
     if (!g)
-        return usage("out of memory");
+        return die("malloc", -ENOMEM);
     long done = 0;
     int64_t t0 = conc_now();
     for (long i = 0; i < count; i++) {
         int rc = conc_spawn(&g[i], sleeper, &done, NULL);
         if (rc < 0) {
-            fprintf(stderr, "coro-sleepers: spawn %ld: %s\n", i, conc_strerror(rc));
+            fprintf(stderr, "%s: spawn %ld: %s\n", prog, i, conc_strerror(rc));
             return 1;
         }
     }
-    int rc = conc_joinall(g, (size_t)count, CONC_FOREVER);
+    rc = conc_joinall(g, (size_t)count, CONC_FOREVER);
     double elapsed = (double)(conc_now() - t0) / 1e9;
     if (rc < 0 || done != count) {
-        fprintf(stderr, "coro-sleepers: join: %s\n", conc_strerror(rc));
+        fprintf(stderr, "%s: join: %s\n", prog, conc_strerror(rc));
         return 1;
     }
     printf("joined %ld in %.3f s\n", done, elapsed);

@@ -44,7 +44,6 @@
  * conc_wait_fd, which is what gevent's patched sockets do inside requests.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -65,7 +64,7 @@
 static const char *prog = "coro-tour";
 
 #define MAX_URLS 64
-#define MAX_DELAY 60.0
+#define MAX_DELAY 60
 
 static long nurls = 5;
 static double delay_s = 0.2;
@@ -680,37 +679,15 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "part", required_argument, NULL, 'p' },
-        { "urls", required_argument, NULL, 'u' },
-        { "delay", required_argument, NULL, 'd' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     long part = 0;
-    int opt;
-    while ((opt = next_option(argc, argv, ":p:u:d:h", opts)) != -1) {
-        switch (opt) {
-        case 'p':
-            if (!parse_long(optarg, 1, 3, &part))
-                return fail("--part wants 1, 2 or 3, not '%s'", optarg);
-            break;
-        case 'u':
-            if (!parse_long(optarg, 1, MAX_URLS, &nurls))
-                return fail("--urls wants a number from 1 to 64, not '%s'", optarg);
-            break;
-        case 'd':
-            if (strcmp(optarg, "0") == 0)
-                delay_s = 0;
-            else if (!parse_seconds(optarg, &delay_s) || delay_s > MAX_DELAY)
-                return fail("--delay wants seconds from 0 to 60, not '%s'", optarg);
-            break;
-        default:
-            return help_or_bad_option(opt, argv, usage);
-        }
-    }
-    if (optind < argc)
-        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    const struct opt opts[] = {
+        { "part", OPT_INT, &part, 1, 3, NULL },
+        { "urls", OPT_INT, &nurls, 1, MAX_URLS, NULL },
+        { "delay", OPT_SECONDS, &delay_s, 0, MAX_DELAY, NULL },
+    };
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
 
     int status = 0;
     if (part == 0 || part == 1)
@@ -720,8 +697,7 @@ int main(int argc, char **argv)
     if (part == 0 || part == 3)
         status = part_crawler();
     fflush(stdout);
-    int rc = conc_hub_destroy();
-    if (rc < 0)
+    if ((rc = conc_hub_destroy()) < 0)
         return die("hub_destroy", rc);
     return status;
 }

@@ -16,7 +16,6 @@
  *   for i in range(n): a.send_bytes(msg(i)); assert a.recv_bytes() == msg(i)
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +25,11 @@
 
 static const char *prog = "pipe-ping";
 
-#define MAX_MESSAGES 100000000L
+/* What one run can really do: about 30,000 round trips a second on a
+ * small machine make a million messages half a minute; the bytes of all
+ * the messages together are capped as well (each crosses the pipe twice). */
+#define MAX_MESSAGES 1000000L
+#define MAX_TOTAL (4L << 30)
 #define MAX_SIZE (64L << 20)
 
 static conc_conn *parent_end, *child_end;
@@ -85,39 +88,32 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: %s --messages N [--size B]\n"
                "  --messages N   messages to bounce, 1 to %ld\n"
-               "  --size B       bytes per message, 0 to %ld (default 64)\n",
-            prog, MAX_MESSAGES, MAX_SIZE);
+               "  --size B       bytes per message, 0 to %ld (default 64)\n"
+               "  (N times B at most %ld bytes)\n",
+            prog, MAX_MESSAGES, MAX_SIZE, MAX_TOTAL);
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "messages", required_argument, NULL, 'n' },
-        { "size", required_argument, NULL, 's' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+    const struct opt opts[] = {
+        { "messages", OPT_INT, &messages, 1, MAX_MESSAGES, NULL },
+        { "size", OPT_INT, &size, 0, MAX_SIZE, NULL },
     };
-    int opt;
-    while ((opt = next_option(argc, argv, ":n:s:h", opts)) != -1) {
-        switch (opt) {
-        case 'n':
-            if (!parse_long(optarg, 1, MAX_MESSAGES, &messages))
-                return fail("--messages wants a number from 1 to 100000000, not '%s'", optarg);
-            break;
-        case 's':
-            if (!parse_long(optarg, 0, MAX_SIZE, &size))
-                return fail("--size wants a number from 0 to 67108864, not '%s'", optarg);
-            break;
-        default:
-            return help_or_bad_option(opt, argv, usage);
-        }
-    }
-    if (optind < argc)
-        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
     if (messages == 0)
         return fail("%s", "--messages is required (try --help)");
+    if (messages * size > MAX_TOTAL) {
+        fprintf(stderr, "%s: --messages times --size is at most %ld bytes (%ld MiB), not %ld\n",
+                prog, MAX_TOTAL, MAX_TOTAL >> 20, messages * size);
+        return 2;
+    }
 
-    int rc = conc_pipe(&parent_end, &child_end, true);
+    /* Interrupted, the program stops its child before it ends. */
+    if ((rc = conc_process_cleanup_on_signals(1.0)) < 0)
+        return die("cleanup on signals", rc);
+    rc = conc_pipe(&parent_end, &child_end, true);
     if (rc < 0)
         return die("Pipe", rc);
     conc_process *p;
@@ -155,7 +151,10 @@ int main(int argc, char **argv)
     int code = 1;
     if (rc == 0)
         conc_process_exitcode(p, &code);
-    if (status == 0 && code != 0) {
+    if (code < 0) {
+        say_killed("the child", -1, code);
+        status = 1;
+    } else if (status == 0 && code != 0) {
         fprintf(stderr, "%s: the child failed (exit code %d)\n", prog, code);
         status = 1;
     }

@@ -9,7 +9,6 @@
  *   process-basics
  */
 #include <errno.h>
-#include <getopt.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -201,27 +200,19 @@ static int family_head(const void *arg, size_t len)
 
 /* --------------------------------------------------------------- tour */
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: %s\n  walks through conc's multiprocessing.Process API step by step\n",
+            prog);
+}
+
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (opt == 'h') {
-            printf("usage: %s\n  walks through conc's multiprocessing.Process API step by step\n",
-                   prog);
-            return 0;
-        }
-        fprintf(stderr, "%s: unknown option '%s' (try --help)\n", prog, argv[optind - 1]);
-        return 2;
-    }
-    if (optind < argc) {
-        fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog, argv[optind]);
-        return 2;
-    }
+    int rc = parse_options(argc, argv, NULL, 0, usage);
+    if (rc >= 0)
+        return rc;
+    /* Interrupted, the tour stops its children before it ends. */
+    check(conc_process_cleanup_on_signals(1.0), "conc_process_cleanup_on_signals");
     /* Children print too: line buffering keeps the lines in order. */
     setvbuf(stdout, NULL, _IOLBF, 0);
 
@@ -269,7 +260,7 @@ int main(int argc, char **argv)
     step("join with a timeout", "join(timeout) gives up while the child runs; terminate "
                                 "sends SIGTERM; the sentinel is a pidfd to poll");
     p = start(sleep_forever, NULL, 0, NULL);
-    int rc = conc_process_join(p, 0.1);
+    rc = conc_process_join(p, 0.1);
     printf("   join(0.1) on a sleeping child: %s, alive %s\n", conc_errname(rc),
            yes_no(conc_process_is_alive(p)));
     int sentinel = conc_process_sentinel(p);

@@ -32,7 +32,10 @@
  * lost, taken twice or damaged, a worker that failed), one line on stderr
  * says what went wrong and the exit status is 1.  A producer or consumer
  * process killed on the way hangs nobody: the main process notices, shuts
- * the queue down (immediate) and says which one died.  Bad input (a missing
+ * the queue down (immediate) and says which one died ("consumer 1 killed
+ * by SIGKILL (exit code -9)").  Interrupting the main process alone
+ * (SIGINT, SIGTERM, SIGHUP) stops the producers and consumers as well
+ * (conc_process_cleanup_on_signals) and nothing is left behind.  Bad input (a missing
  * or invalid number, P or C outside 1..64, N outside 0..1000000, an unknown
  * option): one line on stderr, exit 2.
  *
@@ -47,7 +50,6 @@
  *   is the same between threads.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -263,6 +265,10 @@ static bool join_child(conc_process *p, const char *what, long id)
     }
     if (code == 1)
         return false;                       /* it said why on stderr */
+    if (code < 0) {
+        say_killed(what, id, code);
+        return false;
+    }
     if (code != 0) {
         fprintf(stderr, "%s: %s %ld failed (exit code %d)\n", prog, what, id, code);
         return false;
@@ -285,8 +291,14 @@ static bool consumer_ended(conc_process *const *consumers)
  * nothing).  Returns 0, or 1 when something failed (already reported). */
 static int run_processes(struct tally **tallies)
 {
+    /* Interrupted (SIGINT, SIGTERM, SIGHUP to this process alone), the
+     * program stops its producers and consumers before it ends: a consumer
+     * would otherwise wait for ever for items nobody will put. */
+    int rc = conc_process_cleanup_on_signals(1.0);
+    if (rc < 0)
+        return die("cleanup on signals", rc);
     conc_mpqueue_opts qo = { .kind = joinable ? CONC_MPQUEUE_JOINABLE : CONC_MPQUEUE_QUEUE };
-    int rc = conc_mpqueue_new(&mpq, &qo);
+    rc = conc_mpqueue_new(&mpq, &qo);
     if (rc < 0)
         return die("Queue", rc);
     for (long i = 0; i < nconsumers; i++)
@@ -608,44 +620,17 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "producers", required_argument, NULL, 'p' },
-        { "consumers", required_argument, NULL, 'c' },
-        { "items", required_argument, NULL, 'n' },
-        { "joinable", no_argument, NULL, 'j' },
-        { "threads", no_argument, NULL, 't' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     bool have_items = false;
-    int opt;
-    while ((opt = next_option(argc, argv, ":p:c:n:jth", opts)) != -1) {
-        switch (opt) {
-        case 'p':
-            if (!parse_long(optarg, 1, MAX_WORKERS, &nproducers))
-                return fail("--producers wants a number from 1 to 64, not '%s'", optarg);
-            break;
-        case 'c':
-            if (!parse_long(optarg, 1, MAX_WORKERS, &nconsumers))
-                return fail("--consumers wants a number from 1 to 64, not '%s'", optarg);
-            break;
-        case 'n':
-            if (!parse_long(optarg, 0, MAX_ITEMS, &nitems))
-                return fail("--items wants a number from 0 to 1000000, not '%s'", optarg);
-            have_items = true;
-            break;
-        case 'j':
-            joinable = true;
-            break;
-        case 't':
-            use_threads = true;
-            break;
-        default:
-            return help_or_bad_option(opt, argv, usage);
-        }
-    }
-    if (optind < argc)
-        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    const struct opt opts[] = {
+        { "producers", OPT_INT, &nproducers, 1, MAX_WORKERS, NULL },
+        { "consumers", OPT_INT, &nconsumers, 1, MAX_WORKERS, NULL },
+        { "items", OPT_INT, &nitems, 0, MAX_ITEMS, &have_items },
+        { "joinable", OPT_FLAG, &joinable, 0, 0, NULL },
+        { "threads", OPT_FLAG, &use_threads, 0, 0, NULL },
+    };
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
     if (nproducers == 0)
         return fail("%s", "--producers P is required (try --help)");
     if (nconsumers == 0)

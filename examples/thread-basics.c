@@ -7,7 +7,6 @@
  *   thread-basics
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -105,26 +104,16 @@ static int by_name(const void *a, const void *b)
 
 /* --------------------------------------------------------------- tour */
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: %s\n  walks through conc's threading API step by step\n", prog);
+}
+
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (opt == 'h') {
-            printf("usage: %s\n  walks through conc's threading API step by step\n", prog);
-            return 0;
-        }
-        fprintf(stderr, "%s: unknown option '%s' (try --help)\n", prog, argv[optind - 1]);
-        return 2;
-    }
-    if (optind < argc) {
-        fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog, argv[optind]);
-        return 2;
-    }
+    int rc = parse_options(argc, argv, NULL, 0, usage);
+    if (rc >= 0)
+        return rc;
 
     /* 1. start and join */
     step("start and join", "a thread runs fn(arg) once started; join waits for its end "
@@ -218,7 +207,7 @@ int main(int argc, char **argv)
     /* 6. join with a timeout */
     step("join with a timeout", "join(timeout) gives up while the thread still runs; "
                                 "is_alive tells which happened");
-    int rc = conc_thread_join(waiting[0], 0.05);
+    rc = conc_thread_join(waiting[0], 0.05);
     printf("   join(0.05) on a waiting thread: %s, alive=%s\n", conc_errname(rc),
            yes_no(conc_thread_is_alive(waiting[0])));
     conc_event_set(&gate);

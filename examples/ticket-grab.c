@@ -18,8 +18,15 @@
  *
  *   ticket-grab --db FILE --buyers N [--no-lock]
  *
- * The file is replaced atomically (written to FILE.tmp.PID, then renamed),
- * so a reader never sees half a file.  A buyer killed while holding the
+ * The file is replaced atomically (written to FILE.tmp.PID beside it, then
+ * renamed), so a reader never sees half a file; a symlinked --db updates
+ * its target, the file keeps its mode and owner, and a buyer killed
+ * between the write and the rename leaves no temporary file (the main
+ * process removes it; a run also removes those that processes that no
+ * longer exist left).  A buyer that fails is named on stderr with how it
+ * ended ("buyer 3 killed by SIGKILL (exit code -9)"), exit status 1; the
+ * summary counts what the file lost, so a ticket taken by a buyer killed
+ * before it could say so is still counted (and said to be).  A buyer killed while holding the
  * Lock does not hang the others: the next one gets -EOWNERDEAD, and since
  * the file is always whole it just marks the lock consistent and goes on.
  * Bad input (missing or unreadable file, anything but {"count": <int>},
@@ -30,15 +37,19 @@
  * then get() between lock.acquire() and lock.release(), in one Process per
  * client.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "conc.h"
@@ -139,27 +150,111 @@ static int read_db(long *count)
     return 0;
 }
 
-/* Replaces the file with {"count": count}: a temporary file renamed over
- * it, so readers see the old or the new contents, never a torn one. */
-static int write_db(long count)
+/* The temporary file of process pid: "DB.tmp.PID" beside the database
+ * (db_path is the real path: a symlinked --db updates its target). */
+static int tmp_name(char *buf, size_t cap, pid_t pid)
+{
+    if (snprintf(buf, cap, "%s.tmp.%ld", db_path, (long)pid) >= (int)cap)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* What write_db could not do, for the message. */
+enum write_step { W_NONE, W_CREATE, W_WRITE, W_RENAME };
+
+/*
+ * Replaces the file with {"count": count}: a temporary file beside it,
+ * given the file's mode and owner, then renamed over it, so readers see
+ * the old or the new contents, never a torn one, and the file stays what
+ * it was (a symlink's target, its permissions).  The signals that would
+ * interrupt the program are blocked from creating the temporary file to
+ * the rename, so that only SIGKILL can leave one behind (the main process
+ * removes that one).  Returns 0, or -errno with *step saying which step
+ * failed.
+ */
+static int write_db(long count, enum write_step *step)
 {
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", db_path, (long)getpid()) >= (int)sizeof tmp)
-        return -ENAMETOOLONG;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
+    int e = tmp_name(tmp, sizeof tmp, getpid());
+    *step = W_CREATE;
+    if (e < 0)
+        return e;
+    struct stat st;
+    if (stat(db_path, &st) != 0)
         return -errno;
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        e = errno;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return -e;
+    }
+    *step = W_WRITE;
     char text[64];
     int len = snprintf(text, sizeof text, "{\"count\": %ld}\n", count);
     ssize_t n = write(fd, text, (size_t)len);
-    int e = n == len ? 0 : n < 0 ? errno : EIO;
+    e = n == len ? 0 : n < 0 ? errno : EIO;
+    /* The owner first (a chown clears set-id bits), then the mode.  Only
+     * root may give a file away: another user keeps the file as theirs. */
+    if (!e && (st.st_uid != geteuid() || st.st_gid != getegid()) &&
+        fchown(fd, st.st_uid, st.st_gid) != 0 && errno != EPERM)
+        e = errno;
+    if (!e && fchmod(fd, st.st_mode & 07777) != 0)
+        e = errno;
     if (close(fd) != 0 && !e)
         e = errno;
-    if (!e && rename(tmp, db_path) != 0)
-        e = errno;
+    if (!e) {
+        *step = W_RENAME;
+        if (rename(tmp, db_path) != 0)
+            e = errno;
+    }
     if (e)
         unlink(tmp);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     return -e;
+}
+
+/* Removes the temporary files "DB.tmp.PID" of processes that no longer
+ * exist: what a run whose main process was killed by SIGKILL (which no
+ * handler sees) may have left.  A live process's file is left alone. */
+static void remove_stale_tmp(void)
+{
+    const char *slash = strrchr(db_path, '/');
+    const char *base = slash ? slash + 1 : db_path;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - db_path) + 1 : 1,
+             slash ? db_path : ".");
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    size_t blen = strlen(base);
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strncmp(e->d_name, base, blen) != 0 || strncmp(e->d_name + blen, ".tmp.", 5) != 0)
+            continue;
+        long pid;
+        if (!parse_long(e->d_name + blen + 5, 1, INT_MAX, &pid))
+            continue;
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
+/* The directory of db_path, for messages. */
+static void db_dir(char *buf, size_t cap)
+{
+    const char *slash = strrchr(db_path, '/');
+    if (!slash)
+        snprintf(buf, cap, ".");
+    else if (slash == db_path)
+        snprintf(buf, cap, "/");
+    else
+        snprintf(buf, cap, "%.*s", (int)(slash - db_path), db_path);
 }
 
 /* --------------------------------------------------------------- buyers */
@@ -191,12 +286,22 @@ static int buy(int id)
         say("buyer %d: sold out\n", id);
         return 0;
     }
-    if ((rc = write_db(count - 1)) < 0) {
-        fprintf(stderr, "%s: buyer %d: cannot write %s: %s\n", prog, id, db_path,
-                conc_strerror(rc));
+    enum write_step step;
+    if ((rc = write_db(count - 1, &step)) < 0) {
+        char dir[4096];
+        db_dir(dir, sizeof dir);
+        if (step == W_CREATE)
+            fprintf(stderr, "%s: buyer %d: cannot create a temporary file in %s: %s\n", prog,
+                    id, dir, conc_strerror(rc));
+        else if (step == W_WRITE)
+            fprintf(stderr, "%s: buyer %d: cannot write a temporary file in %s: %s\n", prog, id,
+                    dir, conc_strerror(rc));
+        else
+            fprintf(stderr, "%s: buyer %d: cannot replace %s: %s\n", prog, id, db_path,
+                    conc_strerror(rc));
         return 1;
     }
-    __atomic_fetch_add(&shared->sold, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&shared->sold, 1, __ATOMIC_RELAXED);    /* counted as said */
     say("buyer %d: got a ticket\n", id);
     return 0;
 }
@@ -236,47 +341,44 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "db", required_argument, NULL, 'd' },
-        { "buyers", required_argument, NULL, 'n' },
-        { "no-lock", no_argument, NULL, 'L' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     long nbuyers = 0;
-    int opt;
-
-    while ((opt = next_option(argc, argv, ":d:n:h", opts)) != -1) {
-        switch (opt) {
-        case 'd':
-            db_path = optarg;
-            break;
-        case 'n':
-            if (!parse_long(optarg, 1, MAX_BUYERS, &nbuyers))
-                return fail("--buyers wants a number from 1 to 1000, not '%s'", optarg);
-            break;
-        case 'L':
-            use_lock = false;
-            break;
-        default:
-            return help_or_bad_option(opt, argv, usage);
-        }
-    }
-    if (optind < argc)
-        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    bool no_lock = false;
+    const struct opt opts[] = {
+        { "db", OPT_TEXT, &db_path, 0, 0, NULL },
+        { "buyers", OPT_INT, &nbuyers, 1, MAX_BUYERS, NULL },
+        { "no-lock", OPT_FLAG, &no_lock, 0, 0, NULL },
+    };
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
+    use_lock = !no_lock;
     if (!db_path)
         return fail("%s", "--db FILE is required (try --help)");
     if (nbuyers == 0)
         return fail("%s", "--buyers N is required (try --help)");
 
     long stock;
-    int rc = read_db(&stock);
+    rc = read_db(&stock);
     if (rc == -EINVAL)
         return fail("%s: not a ticket database (want {\"count\": N})", db_path);
     if (rc < 0) {
         fprintf(stderr, "%s: cannot read %s: %s\n", prog, db_path, conc_strerror(rc));
         return 2;
     }
+    /* From here on the file itself: a symlink's target is what gets
+     * replaced (the link stays a link). */
+    char *real = realpath(db_path, NULL);
+    if (!real) {
+        fprintf(stderr, "%s: cannot read %s: %s\n", prog, db_path, conc_strerror(-errno));
+        return 2;
+    }
+    db_path = real;
+    remove_stale_tmp();
+
+    /* Interrupted (SIGINT, SIGTERM, SIGHUP), the program stops its buyers
+     * before it ends; a buyer finishes a rename it has begun first. */
+    if ((rc = conc_process_cleanup_on_signals(1.0)) < 0)
+        return die("cleanup on signals", rc);
 
     /* multiprocessing.Lock(): a shared Lock in anonymous shared memory,
      * inherited by the forked buyers. */
@@ -301,8 +403,17 @@ int main(int argc, char **argv)
         started++;
     }
     for (long i = 0; i < started; i++) {
-        if (join_process(buyers[i], "buyer", i + 1) != 0)
+        pid_t pid = conc_process_pid(buyers[i]);
+        int code = join_process(buyers[i], "buyer", i + 1);     /* names a signal */
+        if (code != 0)
             failed = 1;
+        if (code < 0) {
+            /* Killed (SIGKILL) between writing its temporary file and the
+             * rename, it left that file: nobody else will use it. */
+            char tmp[4096];
+            if (tmp_name(tmp, sizeof tmp, pid) == 0)
+                unlink(tmp);
+        }
     }
     free(buyers);
 
@@ -313,13 +424,17 @@ int main(int argc, char **argv)
         conc_shm_close(seg);
         return 1;
     }
-    long sold = (long)__atomic_load_n(&shared->sold, __ATOMIC_RELAXED);
+    long said = (long)__atomic_load_n(&shared->sold, __ATOMIC_RELAXED);
     long lost = stock - left;               /* what the file really lost */
-    if (sold > lost)
+    if (said > lost)
         printf("sold %ld of %ld tickets; the database says count=%ld (oversold by %ld)\n",
-               sold, stock, left, sold - lost);
+               said, stock, left, said - lost);
+    else if (said < lost)                   /* killed after its rename, before its count */
+        printf("sold %ld of %ld tickets; the database says count=%ld (%ld of them to buyers "
+               "killed before they were counted)\n", lost, stock, left, lost - said);
     else
-        printf("sold %ld of %ld tickets; the database says count=%ld\n", sold, stock, left);
+        printf("sold %ld of %ld tickets; the database says count=%ld\n", said, stock, left);
     conc_shm_close(seg);
+    free(real);
     return failed;
 }

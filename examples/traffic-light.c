@@ -15,7 +15,6 @@
  * threads call event.wait() and print "car [n] is running".
  */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -107,47 +106,26 @@ static void *car_fn(void *arg)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: %s [--cycles N] [--period S] [--cars N]\n"
-               "  --cycles N  green/red cycles (default 3)\n"
-               "  --period S  seconds each colour lasts (default 0.2)\n"
-               "  --cars N    car threads (default 5)\n", prog);
+               "  --cycles N  green/red cycles, 1 to 1000000 (default 3)\n"
+               "  --period S  seconds each colour lasts, > 0 and at most 3600 (default 0.2)\n"
+               "  --cars N    car threads, 1 to 1000 (default 5)\n", prog);
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "cycles", required_argument, NULL, 'c' },
-        { "period", required_argument, NULL, 'p' },
-        { "cars", required_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     struct road road = {
         .green = CONC_EVENT_INIT, .lock = CONC_LOCK_INIT, .changed = CONC_COND_INIT,
         .cycles = 3, .period = 0.2,
     };
     long ncars = 5;
-    int opt;
-
-    while ((opt = next_option(argc, argv, ":c:p:n:h", opts)) != -1) {
-        switch (opt) {
-        case 'c':
-            if (!parse_long(optarg, 1, 1000000, &road.cycles))
-                return fail("--cycles wants a whole number >= 1, not '%s'", optarg);
-            break;
-        case 'p':
-            if (!parse_seconds(optarg, &road.period))
-                return fail("--period wants seconds > 0 (at most 3600), not '%s'", optarg);
-            break;
-        case 'n':
-            if (!parse_long(optarg, 1, 1000, &ncars))
-                return fail("--cars wants a number from 1 to 1000, not '%s'", optarg);
-            break;
-        default:
-            return help_or_bad_option(opt, argv, usage);
-        }
-    }
-    if (optind < argc)
-        return fail("unexpected argument '%s' (try --help)", argv[optind]);
+    const struct opt opts[] = {
+        { "cycles", OPT_INT, &road.cycles, 1, 1000000, NULL },
+        { "period", OPT_SECONDS, &road.period, 1, 3600, NULL },
+        { "cars", OPT_INT, &ncars, 1, 1000, NULL },
+    };
+    int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
+    if (rc >= 0)
+        return rc;
 
     struct car *cars = calloc((size_t)ncars, sizeof *cars);
     conc_thread **threads = calloc((size_t)ncars, sizeof *threads);
@@ -155,7 +133,6 @@ int main(int argc, char **argv)
     if (!cars || !threads)
         return die("calloc", -ENOMEM);
 
-    int rc;
     conc_thread_opts lo = { .name = "light" };
     if ((rc = conc_thread_new(&light, light_fn, &road, &lo)) < 0)
         return die("conc_thread_new", rc);

@@ -850,3 +850,239 @@ _Noreturn void conc__child_main(const struct conc__child_spec *spec)
     exit_children();
     _exit(code & 0xff);
 }
+
+/* ------------------------------------------ stopping children on a signal */
+
+/*
+ * conc_process_cleanup_on_signals: a SIGINT/SIGTERM/SIGHUP handler that
+ * stops the process's children, then lets the signal end the process.
+ *
+ * Everything the handler does is a system call: the children are read from
+ * /proc/self/task/TID/children (every thread's list: a child belongs to the
+ * thread that made it), each is opened as a pidfd and kept only when
+ * waitid(P_PIDFD, WNOWAIT) accepts it as our child (a pid reaped and
+ * recycled between the read and the open is someone else's), then
+ * signalled, polled and reaped through that pidfd.  The pidfds live in a
+ * static array; rounds of at most CLEANUP_BATCH children repeat until a
+ * round finds none (children started meanwhile are caught by the next).
+ */
+#include <time.h>
+
+#ifndef __WALL
+#define __WALL 0x40000000
+#endif
+
+#define CLEANUP_BATCH 1024
+#define CLEANUP_ROUNDS 16
+/* How long the handler waits for children killed with SIGKILL (a bound for
+ * a child stuck in the kernel; the process ends anyway). */
+#define CLEANUP_KILL_WAIT_NS (5 * 1000000000LL)
+
+static const int cleanup_signals[] = { SIGINT, SIGTERM, SIGHUP };
+static int64_t cleanup_grace_ns;
+static int cleanup_running;
+static struct pollfd cleanup_fds[CLEANUP_BATCH];
+static int cleanup_nfds;
+static char cleanup_buf[4096];
+
+struct cleanup_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static int64_t cleanup_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Appends the string s at *p (inside end); returns false when it does not
+ * fit. */
+static bool cleanup_cat(char **p, char *end, const char *s)
+{
+    while (*s) {
+        if (*p >= end)
+            return false;
+        *(*p)++ = *s++;
+    }
+    return true;
+}
+
+/* Opens pid as a pidfd and keeps it when it is our child. */
+static void cleanup_take(pid_t pid, pid_t *pids)
+{
+    for (int i = 0; i < cleanup_nfds; i++)
+        if (pids[i] == pid)
+            return;
+    if (cleanup_nfds == CLEANUP_BATCH)
+        return;
+    int fd = conc__pidfd_open(pid);
+    if (fd < 0)
+        return;
+    siginfo_t si;
+    int r;
+    while ((r = conc__waitid(CONC__P_PIDFD, fd, &si, WEXITED | WNOHANG | WNOWAIT | __WALL)) != 0 &&
+           errno == EINTR)
+        ;
+    if (r != 0 && errno != EINVAL) {    /* ECHILD: not ours (EINVAL: no P_PIDFD) */
+        close(fd);
+        return;
+    }
+    pids[cleanup_nfds] = pid;
+    cleanup_fds[cleanup_nfds].fd = fd;
+    cleanup_fds[cleanup_nfds].events = POLLIN;
+    cleanup_fds[cleanup_nfds].revents = 0;
+    cleanup_nfds++;
+}
+
+/* Reads one thread's list of children ("pid pid ... ") into the batch. */
+static void cleanup_read_children(const char *tid, pid_t *pids)
+{
+    char path[64], *p = path;
+    if (!cleanup_cat(&p, path + sizeof path - 1, "/proc/self/task/") ||
+        !cleanup_cat(&p, path + sizeof path - 1, tid) ||
+        !cleanup_cat(&p, path + sizeof path - 1, "/children"))
+        return;
+    *p = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    long pid = -1;
+    for (;;) {
+        ssize_t n = read(fd, cleanup_buf, sizeof cleanup_buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        for (ssize_t i = 0; i < n; i++) {
+            char c = cleanup_buf[i];
+            if (c >= '0' && c <= '9') {
+                pid = (pid < 0 ? 0 : pid * 10) + (c - '0');
+            } else if (pid >= 0) {
+                cleanup_take((pid_t)pid, pids);
+                pid = -1;
+            }
+        }
+    }
+    if (pid >= 0)
+        cleanup_take((pid_t)pid, pids);
+    close(fd);
+}
+
+/* Fills the batch with children of this process; returns how many. */
+static int cleanup_collect(pid_t *pids)
+{
+    cleanup_nfds = 0;
+    int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return 0;
+    char ents[2048];
+    for (;;) {
+        long n = syscall(SYS_getdents64, dir, ents, sizeof ents);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct cleanup_dirent64 *d = (struct cleanup_dirent64 *)(ents + off);
+            if (d->d_name[0] >= '0' && d->d_name[0] <= '9')
+                cleanup_read_children(d->d_name, pids);
+            off += d->d_reclen;
+        }
+    }
+    close(dir);
+    return cleanup_nfds;
+}
+
+/* Polls the batch until every child has ended or the deadline passes;
+ * returns true when all have ended. */
+static bool cleanup_wait(int64_t deadline)
+{
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < cleanup_nfds; i++)
+            if (cleanup_fds[i].fd >= 0 && !(cleanup_fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                left++;
+        if (left == 0)
+            return true;
+        int64_t ms = (deadline - cleanup_now() + 999999) / 1000000;
+        if (ms <= 0)
+            return false;
+        if (poll(cleanup_fds, (nfds_t)cleanup_nfds, ms > 1000 ? 1000 : (int)ms) < 0 &&
+            errno != EINTR)
+            return false;
+    }
+}
+
+static void cleanup_signal_all(int sig)
+{
+    for (int i = 0; i < cleanup_nfds; i++)
+        if (!(cleanup_fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+            conc__pidfd_send_signal(cleanup_fds[i].fd, sig);
+}
+
+static void cleanup_handler(int sig)
+{
+    int saved = errno;
+    if (__atomic_exchange_n(&cleanup_running, 1, __ATOMIC_ACQ_REL)) {
+        errno = saved;                  /* another thread is at it already */
+        return;
+    }
+    static pid_t pids[CLEANUP_BATCH];
+    int64_t grace = __atomic_load_n(&cleanup_grace_ns, __ATOMIC_RELAXED);
+    for (int round = 0; round < CLEANUP_ROUNDS && cleanup_collect(pids) > 0; round++) {
+        cleanup_signal_all(grace > 0 ? SIGTERM : SIGKILL);
+        if (grace <= 0 || !cleanup_wait(cleanup_now() + grace)) {
+            cleanup_signal_all(SIGKILL);
+            cleanup_wait(cleanup_now() + CLEANUP_KILL_WAIT_NS);
+        }
+        for (int i = 0; i < cleanup_nfds; i++) {
+            siginfo_t si;
+            conc__waitid(CONC__P_PIDFD, cleanup_fds[i].fd, &si, WEXITED | WNOHANG | __WALL);
+            close(cleanup_fds[i].fd);
+        }
+    }
+    /* Let the signal do what it would have done. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    raise(sig);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    errno = saved;
+}
+
+int conc_process_cleanup_on_signals(double grace)
+{
+    if (!(grace >= 0 && grace <= 3600))
+        return -EINVAL;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/children", (long)syscall(SYS_gettid));
+    if (access(path, R_OK) != 0)
+        return -ENOTSUP;
+    if (!pidfd_support())
+        return -ENOTSUP;
+    __atomic_store_n(&cleanup_grace_ns, (int64_t)(grace * 1e9), __ATOMIC_RELAXED);
+    for (size_t i = 0; i < sizeof cleanup_signals / sizeof cleanup_signals[0]; i++) {
+        struct sigaction old, sa;
+        if (sigaction(cleanup_signals[i], NULL, &old) != 0)
+            return -errno;
+        if (old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO))
+            continue;                   /* ignored, handled, or ours already */
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = cleanup_handler;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        for (size_t j = 0; j < sizeof cleanup_signals / sizeof cleanup_signals[0]; j++)
+            sigaddset(&sa.sa_mask, cleanup_signals[j]);
+        if (sigaction(cleanup_signals[i], &sa, NULL) != 0)
+            return -errno;
+    }
+    return 0;
+}

@@ -1,7 +1,8 @@
 /*
  * test_examples_proc.c - runs the process examples (ticket-grab,
- * shared-counter) from CONC_EXAMPLES_DIR and checks what they print, what
- * they leave in their files and how they exit.
+ * shared-counter, pipe-ping) from CONC_EXAMPLES_DIR and checks what they
+ * print, what they leave in their files and how they exit, also when a
+ * worker is killed or the main process alone is interrupted.
  */
 #include <criterion/criterion.h>
 
@@ -275,4 +276,287 @@ Test(shared_counter, bad_input, .timeout = 30)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         assert_refused("shared-counter", cases[i]);
+}
+
+/* -------------------------------------------- failures and careful files */
+
+#include <dirent.h>
+#include <limits.h>
+#include <sys/stat.h>
+
+/* A fresh directory under /tmp; *dir gets its real path. */
+static void tmp_dir(char *dir, size_t cap)
+{
+    char tmpl[] = "/tmp/conc-tg-XXXXXX";
+    cr_assert_not_null(mkdtemp(tmpl));
+    cr_assert_not_null(realpath(tmpl, dir));
+    cr_assert_lt(strlen(dir), cap);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* The count in the ticket database at path. */
+static long count_at(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char text[128] = "";
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    long count;
+    char tail;
+    cr_assert_eq(sscanf(text, "{\"count\": %ld}%c", &count, &tail), 2, "file: '%s'", text);
+    return count;
+}
+
+/* How many entries dir has besides the ones named keep (NULL-terminated). */
+static int extra_entries(const char *dir, const char *const *keep, char *names, size_t cap)
+{
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    int n = 0;
+    names[0] = '\0';
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2])))
+            continue;
+        bool kept = false;
+        for (int i = 0; keep[i]; i++)
+            kept |= strcmp(e->d_name, keep[i]) == 0;
+        if (!kept) {
+            n++;
+            strncat(names, e->d_name, cap - strlen(names) - 1);
+            strncat(names, " ", cap - strlen(names) - 1);
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static void remove_dir(const char *dir, const char *const *names)
+{
+    char path[PATH_MAX + 64];
+    for (int i = 0; names[i]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* The summary line of a ticket-grab run ("sold S of K tickets; the database
+ * says count=X..."): checks that it agrees with the file (S + X = K and X
+ * is what the file says) and returns S. */
+static long check_summary(const char *out, long stock, const char *db)
+{
+    const char *line = strstr(out, "sold ");
+    cr_assert_not_null(line, "no summary in:\n%s", out);
+    long sold, of, left;
+    cr_assert_eq(sscanf(line, "sold %ld of %ld tickets; the database says count=%ld", &sold,
+                        &of, &left), 3, "summary '%s'", line);
+    cr_assert_eq(of, stock);
+    cr_assert_eq(left, count_at(db), "the summary quotes the file");
+    cr_assert_eq(sold + left, stock, "the tickets sold are what the file lost: '%s'", line);
+    return sold;
+}
+
+Test(ticket_grab, a_killed_buyer_is_named_and_the_summary_stays_true, .timeout = 30)
+{
+    char dir[PATH_MAX], db[PATH_MAX + 16];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 8}\n");
+    const char *args[] = { "--db", db, "--buyers", "8", NULL };
+    struct bg b = start_example("ticket-grab", args);
+    pid_t kids[16];
+    wait_for_children(b.pid, 8, kids, 16);
+    /* Buyer 8, the last one started: it cannot have finished its 0.1 s
+     * purchase yet. */
+    cr_assert_eq(kill(kids[7], SIGKILL), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %#x", status);
+    cr_assert_not_null(strstr(err, "ticket-grab: buyer 8 killed by SIGKILL (exit code -9)\n"),
+                       "stderr names the buyer and the signal:\n%s", err);
+    check_summary(out, 8, db);
+    const char *keep[] = { "db.json", NULL };
+    char extra[512];
+    cr_assert_eq(extra_entries(dir, keep, extra, sizeof extra), 0, "left behind: %s", extra);
+    remove_dir(dir, keep);
+    free(out);
+    free(err);
+}
+
+Test(ticket_grab, a_killed_buyers_temporary_file_is_removed, .timeout = 30)
+{
+    char dir[PATH_MAX], db[PATH_MAX + 16], tmp[PATH_MAX + 64];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 8}\n");
+    const char *args[] = { "--db", db, "--buyers", "8", NULL };
+    struct bg b = start_example("ticket-grab", args);
+    pid_t kids[16];
+    wait_for_children(b.pid, 8, kids, 16);
+    /* Buyer 8, just started, cannot have reached its write yet: give it the
+     * temporary file it would have written, then kill it, as if SIGKILL
+     * had come between its write and its rename. */
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", db, (int)kids[7]);
+    write_file(tmp, "{\"count\": 7}\n");
+    cr_assert_eq(kill(kids[7], SIGKILL), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %#x\n%s", status, err);
+    cr_assert_not_null(strstr(err, "buyer 8 killed by SIGKILL"), "stderr:\n%s", err);
+    check_summary(out, 8, db);
+    const char *keep[] = { "db.json", NULL };
+    char extra[512];
+    int n = extra_entries(dir, keep, extra, sizeof extra);
+    unlink(tmp);
+    cr_assert_eq(n, 0, "left behind: %s", extra);
+    remove_dir(dir, keep);
+    free(out);
+    free(err);
+}
+
+Test(ticket_grab, a_symlinked_database_updates_its_target_and_keeps_mode_and_owner,
+     .timeout = 30)
+{
+    char dir[PATH_MAX], target[PATH_MAX + 16], link[PATH_MAX + 16];
+    tmp_dir(dir, sizeof dir);
+    snprintf(target, sizeof target, "%s/target.json", dir);
+    snprintf(link, sizeof link, "%s/link.json", dir);
+    write_file(target, "{\"count\": 5}\n");
+    cr_assert_eq(chmod(target, 0640), 0);
+    bool root = geteuid() == 0;
+    if (root)
+        cr_assert_eq(chown(target, 1, 2), 0);
+    cr_assert_eq(symlink("target.json", link), 0);
+    const char *args[] = { "--db", link, "--buyers", "2", NULL };
+    struct run r = run_example("ticket-grab", args);
+    assert_success(&r, "ticket-grab on a symlink");
+    struct stat st;
+    cr_assert_eq(lstat(link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode), "the link was replaced by a regular file");
+    cr_assert_eq(count_at(target), 3, "the target has the new count");
+    cr_assert_eq(stat(target, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 0640, "mode %o, want 0640", st.st_mode & 07777);
+    if (root) {
+        cr_assert_eq(st.st_uid, 1, "owner %d, want 1", (int)st.st_uid);
+        cr_assert_eq(st.st_gid, 2, "group %d, want 2", (int)st.st_gid);
+    }
+    const char *keep[] = { "target.json", "link.json", NULL };
+    char extra[512];
+    cr_assert_eq(extra_entries(dir, keep, extra, sizeof extra), 0, "left behind: %s", extra);
+    remove_dir(dir, keep);
+    run_free(&r);
+}
+
+Test(ticket_grab, an_unwritable_directory_is_named, .timeout = 30)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to run the program as another user");
+    char dir[PATH_MAX], db[PATH_MAX + 16];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 5}\n");
+    cr_assert_eq(chmod(db, 0666), 0);
+    cr_assert_eq(chmod(dir, 0555), 0);      /* the file writable, the directory not */
+    run_example_uid = 65534;
+    const char *args[] = { "--db", db, "--buyers", "1", NULL };
+    struct run r = run_example("ticket-grab", args);
+    run_example_uid = -1;
+    char want[PATH_MAX + 128];
+    snprintf(want, sizeof want,
+             "ticket-grab: buyer 1: cannot create a temporary file in %s: Permission denied\n",
+             dir);
+    cr_assert(exited_with(&r, 1), "status %#x\n%s", r.status, r.err);
+    cr_assert_str_eq(r.err, want);
+    cr_assert_eq(count_at(db), 5);
+    chmod(dir, 0755);
+    const char *keep[] = { "db.json", NULL };
+    remove_dir(dir, keep);
+    run_free(&r);
+}
+
+Test(shared_counter, a_killed_process_is_named_not_blamed_on_the_lock, .timeout = 30)
+{
+    const char *args[] = { "--procs", "2", "--iters", "100000000", NULL };
+    struct bg b = start_example("shared-counter", args);
+    pid_t kids[4];
+    wait_for_children(b.pid, 2, kids, 4);
+    cr_assert_eq(kill(kids[1], SIGKILL), 0);
+    cr_assert_eq(kill(kids[0], SIGTERM), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %#x", status);
+    cr_assert_not_null(strstr(err, "shared-counter: process 1 killed by SIGTERM (exit code -15)\n"),
+                       "stderr:\n%s", err);
+    cr_assert_not_null(strstr(err, "shared-counter: process 2 killed by SIGKILL (exit code -9)\n"),
+                       "stderr:\n%s", err);
+    cr_assert_null(strstr(out, "lost"), "a killed process is not a lost update:\n%s", out);
+    cr_assert_not_null(strstr(out, "additions missing: not every process finished\n"), "%s", out);
+    free(out);
+    free(err);
+}
+
+Test(ticket_grab, stale_temporary_files_of_dead_processes_are_removed, .timeout = 30)
+{
+    char dir[PATH_MAX], db[PATH_MAX + 16], dead_tmp[PATH_MAX + 64], live_tmp[PATH_MAX + 64];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 2}\n");
+    pid_t dead = fork();                    /* a pid that no longer exists */
+    cr_assert_geq(dead, 0);
+    if (dead == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(dead, NULL, 0), dead);
+    snprintf(dead_tmp, sizeof dead_tmp, "%s.tmp.%d", db, (int)dead);
+    snprintf(live_tmp, sizeof live_tmp, "%s.tmp.%d", db, (int)getpid());
+    write_file(dead_tmp, "{\"count\": 1}\n");
+    write_file(live_tmp, "{\"count\": 1}\n");
+    const char *args[] = { "--db", db, "--buyers", "1", NULL };
+    struct run r = run_example("ticket-grab", args);
+    assert_success(&r, "ticket-grab");
+    cr_assert_neq(access(dead_tmp, F_OK), 0, "a dead process's temporary file is removed");
+    cr_assert_eq(access(live_tmp, F_OK), 0, "a live process's temporary file is kept");
+    cr_assert_eq(count_at(db), 1);
+    unlink(live_tmp);
+    const char *keep[] = { "db.json", NULL };
+    remove_dir(dir, keep);
+    run_free(&r);
+}
+
+/* ------------------------------------------------------- interrupted */
+
+Test(shared_counter, sigterm_to_the_parent_stops_the_adders, .timeout = 30)
+{
+    const char *args[] = { "--procs", "3", "--iters", "100000000", NULL };
+    interrupt_example("shared-counter", args, 3, SIGTERM);
+}
+
+Test(ticket_grab, sigint_to_the_parent_stops_the_buyers_and_leaves_a_valid_file, .timeout = 30)
+{
+    char dir[PATH_MAX], db[PATH_MAX + 16];
+    tmp_dir(dir, sizeof dir);
+    snprintf(db, sizeof db, "%s/db.json", dir);
+    write_file(db, "{\"count\": 8}\n");
+    const char *args[] = { "--db", db, "--buyers", "8", NULL };
+    interrupt_example("ticket-grab", args, 8, SIGINT);
+    long left = count_at(db);
+    cr_assert(left >= 0 && left <= 8, "count=%ld", left);
+    const char *keep[] = { "db.json", NULL };
+    char extra[512];
+    cr_assert_eq(extra_entries(dir, keep, extra, sizeof extra), 0, "left behind: %s", extra);
+    remove_dir(dir, keep);
+}
+
+Test(pipe_ping, sighup_to_the_parent_stops_the_child, .timeout = 30)
+{
+    const char *args[] = { "--messages", "1000000", NULL };
+    interrupt_example("pipe-ping", args, 1, SIGHUP);
 }

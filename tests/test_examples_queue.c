@@ -214,3 +214,29 @@ Test(producer_consumer, help, .timeout = 30)
     cr_assert_not_null(strstr(r.out, "usage: producer-consumer --producers P"), "%s", r.out);
     run_free(&r);
 }
+
+/* ------------------------------------------------------ interrupted */
+
+/* Interrupting the main process alone stops its producers and consumers:
+ * none is left, nothing in /dev/shm, and it ends killed by the signal. */
+static void pc_interrupt(int sig, bool joinable)
+{
+    const char *args[] = { "--producers", "2", "--consumers", "2", "--items", "1000000",
+                           joinable ? "--joinable" : NULL, NULL };
+    interrupt_example("producer-consumer", args, 4, sig);
+}
+
+Test(producer_consumer, sigterm_to_the_parent_stops_the_children, .timeout = 30)
+{
+    pc_interrupt(SIGTERM, false);
+}
+
+Test(producer_consumer, sigint_to_the_parent_stops_the_children, .timeout = 30)
+{
+    pc_interrupt(SIGINT, false);
+}
+
+Test(producer_consumer, sighup_to_the_joinable_parent_stops_the_children, .timeout = 30)
+{
+    pc_interrupt(SIGHUP, true);
+}

@@ -264,3 +264,55 @@ CONC_API conc_start_method conc_get_start_method(void);
 }
 #endif
 #endif /* CONC_PROCESS_H */
+
+/* ------------------------------------------- stopping children on a signal */
+#ifndef CONC_PROCESS_CLEANUP_H
+#define CONC_PROCESS_CLEANUP_H
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * conc_process_cleanup_on_signals - make SIGINT, SIGTERM and SIGHUP stop the
+ * children before the process ends.
+ *
+ * By default (as in Python) a parent killed by one of these signals leaves
+ * its children running: a consumer blocked on a queue that nobody will ever
+ * feed again stays blocked for good, re-parented to init.  After this call,
+ * each of the three signals whose disposition is still the default
+ * (SIG_DFL) gets a handler that:
+ *   1. sends SIGTERM to every child process of the calling process (those of
+ *      every start method, and any other child it has, such as one made by
+ *      popen: the kernel's list of the process's children is what is read);
+ *   2. waits up to `grace` seconds for them to end, then sends SIGKILL to
+ *      those still running (grace 0: SIGKILL at once) and waits for them;
+ *   3. reaps them, restores the default disposition and raises the signal
+ *      again, so the process still ends "killed by SIGINT" (shell status
+ *      130), as it would have without the handler.
+ * The handler is async-signal-safe: it uses system calls only (pidfds,
+ * poll, waitid; no lock, no allocation), so it works whatever the
+ * interrupted thread was doing.  Every child is signalled through a pidfd
+ * that is first checked to be a child of this process, so a recycled pid
+ * is never signalled.
+ *
+ * Only this call installs anything, and only for the signals left at their
+ * default: a signal the program ignores (SIG_IGN, e.g. SIGHUP under nohup)
+ * or handles itself is left as it is.  Calling it again is allowed and only
+ * changes the grace.  Children started with the fork method inherit the
+ * handler (a forked child that gets one of the signals stops its own
+ * children first); forkserver and spawn children start with the default
+ * dispositions.  A child that ends on its own is not affected; a parent
+ * killed by SIGKILL runs no handler at all (daemon children die with it
+ * anyway, see above).
+ *
+ * Returns 0; -EINVAL when grace is negative, not a number or over 3600;
+ * -ENOTSUP when the kernel does not list a process's children
+ * (/proc/PID/task/TID/children, CONFIG_PROC_CHILDREN) or has no pidfds;
+ * -errno when sigaction fails.
+ */
+CONC_API int conc_process_cleanup_on_signals(double grace);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CONC_PROCESS_CLEANUP_H */

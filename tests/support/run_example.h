@@ -7,12 +7,16 @@
 
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,7 +24,174 @@
 
 #ifndef CONC_EXAMPLES_DIR
 #error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
+/* ------------------------------------------- running one in the background */
+
+/* A program started by start_example: its pid and the files that take its
+ * stdout and stderr. */
+struct bg {
+    pid_t pid;
+    FILE *out, *err;
+};
+
+/* Starts CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated)
+ * in the background, stdout and stderr going to temporary files.  The
+ * child starts with the default dispositions and no blocked signals, as
+ * from a shell's foreground. */
+static inline struct bg start_example(const char *name, const char *const *args)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
+    cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = path;
+    for (int i = 0; args && args[i]; i++) {
+        cr_assert_lt(argc, 31);
+        argv[argc++] = args[i];
+    }
+    argv[argc] = NULL;
+    struct bg b = { .out = tmpfile(), .err = tmpfile() };
+    cr_assert(b.out && b.err);
+    fflush(NULL);
+    b.pid = fork();
+    cr_assert_geq(b.pid, 0);
+    if (b.pid == 0) {
+        dup2(fileno(b.out), STDOUT_FILENO);
+        dup2(fileno(b.err), STDERR_FILENO);
+        int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD };
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            signal(sigs[i], SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    return b;
+}
+
+/* Reads the children of process pid (its main thread's list, where a
+ * single-threaded program's children are); returns how many (at most cap),
+ * 0 when the process is gone. */
+static inline int children_of(pid_t pid, pid_t *kids, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0;
+    long k;
+    while (n < cap && fscanf(f, "%ld", &k) == 1)
+        kids[n++] = (pid_t)k;
+    fclose(f);
+    return n;
+}
+
+/* Waits (a 60 s hang guard) until process pid has at least want children
+ * and returns their pids (creation order), or fails the test when pid
+ * ended first. */
+static inline int wait_for_children(pid_t pid, int want, pid_t *kids, int cap)
+{
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    for (;;) {
+        int n = children_of(pid, kids, cap);
+        if (n >= want)
+            return n;
+        int status;
+        cr_assert_eq(waitpid(pid, &status, WNOHANG), 0,
+                     "the program ended (status %#x) before it had %d children", status, want);
+        cr_assert_lt(conc_now(), deadline, "no %d children after 60 s", want);
+        usleep(1000);
+    }
+}
+
+/* Waits for the program (a 60 s hang guard: then it is killed and the test
+ * fails) and returns its status; fills *out and *err (free them) with what
+ * it wrote. */
+static inline int finish_example(struct bg *b, char **out, char **err)
+{
+    int status;
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    pid_t r;
+    while ((r = waitpid(b->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
+        usleep(2000);
+    if (r == 0) {
+        kill(b->pid, SIGKILL);
+        waitpid(b->pid, &status, 0);
+    }
+    FILE *files[2] = { b->out, b->err };
+    char **texts[2] = { out, err };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        cr_assert_eq(fstat(fileno(files[i]), &st), 0);
+        char *t = malloc((size_t)st.st_size + 1);
+        cr_assert_not_null(t);
+        ssize_t got = pread(fileno(files[i]), t, (size_t)st.st_size, 0);
+        t[got > 0 ? got : 0] = '\0';
+        fclose(files[i]);
+        *texts[i] = t;
+    }
+    cr_assert_neq(r, 0, "the program hung; stderr:\n%s", *err);
+    return status;
+}
+
+/* How many entries /dev/shm has that conc made for process pid (the names
+ * it gives unnamed segments: "conc-PID-N"). */
+static inline int shm_entries_of(pid_t pid)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return 0;
+    char prefix[32];
+    int len = snprintf(prefix, sizeof prefix, "conc-%d-", (int)pid);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strncmp(e->d_name, prefix, (size_t)len) == 0;
+    closedir(d);
+    return n;
+}
+
+/* Starts the example, waits until it has nkids children, sends sig to the
+ * main process alone, and checks that it ends killed by sig, that none of
+ * its children is left (their pids are gone as it ends: it reaped them),
+ * and that none of them left a segment in /dev/shm.  The test process
+ * becomes a subreaper: children a failing run leaves behind come to it and
+ * are killed and reaped here rather than left to init. */
+static inline void interrupt_example(const char *name, const char *const *args, int nkids,
+                                     int sig)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    struct bg b = start_example(name, args);
+    pid_t kids[64];
+    int n = wait_for_children(b.pid, nkids, kids, 64);
+    cr_assert_eq(kill(b.pid, sig), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        if (kill(kids[i], 0) == 0) {
+            left++;
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+        }
+    cr_assert_eq(left, 0, "%s: %d of the %d children left behind after %s", name, left, n,
+                 strsignal(sig));
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == sig,
+              "%s: status %#x: want killed by %s\nstderr:\n%s", name, status, strsignal(sig), err);
+    int shm_left = shm_entries_of(b.pid);
+    for (int i = 0; i < n; i++)
+        shm_left += shm_entries_of(kids[i]);
+    cr_assert_eq(shm_left, 0, "%s: segments left in /dev/shm", name);
+    free(out);
+    free(err);
+}
+
 #endif
+
+/* When >= 0, run_example runs the program as this user and group (no
+ * supplementary groups): tests of what an unprivileged user sees. */
+static int run_example_uid = -1;
 
 struct run {
     int status;             /* as from waitpid */
@@ -76,6 +247,10 @@ static struct run run_example(const char *name, const char *const *args)
         close(out[1]);
         close(err[0]);
         close(err[1]);
+        if (run_example_uid >= 0 &&
+            (setgroups(0, NULL) != 0 || setgid((gid_t)run_example_uid) != 0 ||
+             setuid((uid_t)run_example_uid) != 0))
+            _exit(126);
         execv(path, (char *const *)argv);
         _exit(127);
     }
@@ -161,7 +336,7 @@ static void assert_refused(const char *name, const char *const *args)
 }
 
 /* Splits text into lines in place; returns the count. */
-static int split_lines(char *text, char **lines, int cap)
+static inline int split_lines(char *text, char **lines, int cap)
 {
     int n = 0;
     for (char *p = text; *p;) {
@@ -173,6 +348,169 @@ static int split_lines(char *text, char **lines, int cap)
         p = nl + 1;
     }
     return n;
+}
+
+/* ------------------------------------------- running one in the background */
+
+/* A program started by start_example: its pid and the files that take its
+ * stdout and stderr. */
+struct bg {
+    pid_t pid;
+    FILE *out, *err;
+};
+
+/* Starts CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated)
+ * in the background, stdout and stderr going to temporary files.  The
+ * child starts with the default dispositions and no blocked signals, as
+ * from a shell's foreground. */
+static inline struct bg start_example(const char *name, const char *const *args)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
+    cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
+    const char *argv[32];
+    int argc = 0;
+    argv[argc++] = path;
+    for (int i = 0; args && args[i]; i++) {
+        cr_assert_lt(argc, 31);
+        argv[argc++] = args[i];
+    }
+    argv[argc] = NULL;
+    struct bg b = { .out = tmpfile(), .err = tmpfile() };
+    cr_assert(b.out && b.err);
+    fflush(NULL);
+    b.pid = fork();
+    cr_assert_geq(b.pid, 0);
+    if (b.pid == 0) {
+        dup2(fileno(b.out), STDOUT_FILENO);
+        dup2(fileno(b.err), STDERR_FILENO);
+        int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD };
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            signal(sigs[i], SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    return b;
+}
+
+/* Reads the children of process pid (its main thread's list, where a
+ * single-threaded program's children are); returns how many (at most cap),
+ * 0 when the process is gone. */
+static inline int children_of(pid_t pid, pid_t *kids, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = 0;
+    long k;
+    while (n < cap && fscanf(f, "%ld", &k) == 1)
+        kids[n++] = (pid_t)k;
+    fclose(f);
+    return n;
+}
+
+/* Waits (a 60 s hang guard) until process pid has at least want children
+ * and returns their pids (creation order), or fails the test when pid
+ * ended first. */
+static inline int wait_for_children(pid_t pid, int want, pid_t *kids, int cap)
+{
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    for (;;) {
+        int n = children_of(pid, kids, cap);
+        if (n >= want)
+            return n;
+        int status;
+        cr_assert_eq(waitpid(pid, &status, WNOHANG), 0,
+                     "the program ended (status %#x) before it had %d children", status, want);
+        cr_assert_lt(conc_now(), deadline, "no %d children after 60 s", want);
+        usleep(1000);
+    }
+}
+
+/* Waits for the program (a 60 s hang guard: then it is killed and the test
+ * fails) and returns its status; fills *out and *err (free them) with what
+ * it wrote. */
+static inline int finish_example(struct bg *b, char **out, char **err)
+{
+    int status;
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    pid_t r;
+    while ((r = waitpid(b->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
+        usleep(2000);
+    if (r == 0) {
+        kill(b->pid, SIGKILL);
+        waitpid(b->pid, &status, 0);
+    }
+    FILE *files[2] = { b->out, b->err };
+    char **texts[2] = { out, err };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        cr_assert_eq(fstat(fileno(files[i]), &st), 0);
+        char *t = malloc((size_t)st.st_size + 1);
+        cr_assert_not_null(t);
+        ssize_t got = pread(fileno(files[i]), t, (size_t)st.st_size, 0);
+        t[got > 0 ? got : 0] = '\0';
+        fclose(files[i]);
+        *texts[i] = t;
+    }
+    cr_assert_neq(r, 0, "the program hung; stderr:\n%s", *err);
+    return status;
+}
+
+/* How many entries /dev/shm has that conc made for process pid (the names
+ * it gives unnamed segments: "conc-PID-N"). */
+static inline int shm_entries_of(pid_t pid)
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return 0;
+    char prefix[32];
+    int len = snprintf(prefix, sizeof prefix, "conc-%d-", (int)pid);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strncmp(e->d_name, prefix, (size_t)len) == 0;
+    closedir(d);
+    return n;
+}
+
+/* Starts the example, waits until it has nkids children, sends sig to the
+ * main process alone, and checks that it ends killed by sig, that none of
+ * its children is left (their pids are gone as it ends: it reaped them),
+ * and that none of them left a segment in /dev/shm.  The test process
+ * becomes a subreaper: children a failing run leaves behind come to it and
+ * are killed and reaped here rather than left to init. */
+static inline void interrupt_example(const char *name, const char *const *args, int nkids,
+                                     int sig)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    struct bg b = start_example(name, args);
+    pid_t kids[64];
+    int n = wait_for_children(b.pid, nkids, kids, 64);
+    cr_assert_eq(kill(b.pid, sig), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        if (kill(kids[i], 0) == 0) {
+            left++;
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+        }
+    cr_assert_eq(left, 0, "%s: %d of the %d children left behind after %s", name, left, n,
+                 strsignal(sig));
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == sig,
+              "%s: status %#x: want killed by %s\nstderr:\n%s", name, status, strsignal(sig), err);
+    int shm_left = shm_entries_of(b.pid);
+    for (int i = 0; i < n; i++)
+        shm_left += shm_entries_of(kids[i]);
+    cr_assert_eq(shm_left, 0, "%s: segments left in /dev/shm", name);
+    free(out);
+    free(err);
 }
 
 #endif
