@@ -31,6 +31,7 @@
 #endif
 
 #include "support/fork_sanitizers.h"
+#include "support/task_state.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -534,6 +535,83 @@ Test(pipe, poll_and_timeouts, .timeout = 30)
         cr_assert_eq(conc_conn_poll(a, 0), -EAGAIN);
         conc_conn_free(a);
         conc_conn_free(b);
+    }
+}
+
+/* Python's _TestPoll.test_boundaries: poll() never takes bytes out of the
+ * descriptor, so another holder of the same receive end gets every message
+ * whole.  Here a second handle on a dup of the descriptor. */
+Test(pipe, poll_leaves_bytes_to_another_holder, .timeout = 30)
+{
+    for (int duplex = 0; duplex < 2; duplex++) {
+        conc_conn *a, *b, *other;
+        char buf[64];
+        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        int fd2 = dup(conc_conn_fd(a));
+        cr_assert_geq(fd2, 0);
+        cr_assert_eq(conc_conn_from_fd(&other, fd2, CONC_CONN_READABLE), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "first", 5), 0);
+        cr_assert_eq(conc_conn_poll(a, 5.0), 0);
+        cr_assert_eq(conc_conn_poll(a, 0), 0, "still there");
+        cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), 5,
+                     "the other holder gets the whole first message");
+        cr_assert_eq(memcmp(buf, "first", 5), 0);
+
+        /* conc_wait does not take them either. */
+        cr_assert_eq(conc_conn_send_bytes(b, "second", 6), 0);
+        conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = a };
+        cr_assert_eq(conc_wait(&w, 1, 5.0), 1);
+        cr_assert(w.ready);
+        struct pollfd pfd = { .fd = fd2, .events = POLLIN };
+        cr_assert_eq(poll(&pfd, 1, 0), 1, "the bytes are still in the descriptor");
+        cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), 6);
+        cr_assert_eq(memcmp(buf, "second", 6), 0);
+
+        /* Nothing left for anybody: both report it. */
+        cr_assert_eq(conc_conn_poll(a, 0), -EAGAIN);
+        cr_assert_eq(conc_wait(&w, 1, 0), -EAGAIN);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 0), -EAGAIN);
+
+        /* The peer's close is seen by poll and wait, and taken by nobody. */
+        conc_conn_free(b);
+        cr_assert_eq(conc_conn_poll(a, 5.0), 0);
+        cr_assert_eq(conc_wait(&w, 1, 5.0), 1);
+        cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), -EPIPE);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 0), -EPIPE);
+        conc_conn_free(other);
+        conc_conn_free(a);
+    }
+}
+
+/* The same with a forked child that polls while the parent sends: the
+ * parent then receives both messages, whole and in order. */
+Test(pipe, poll_in_child_leaves_messages_to_parent, .timeout = 30)
+{
+    for (int duplex = 0; duplex < 2; duplex++) {
+        conc_conn *a, *b;
+        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            conc_conn_free(b);
+            int rc = conc_conn_poll(a, 20.0);
+            _exit(rc == 0 ? 0 : 1);
+        }
+        /* The child is asleep in its poll before anything is sent. */
+        wait_proc_blocked(pid, BLOCKED_GUARD);
+        cr_assert_eq(conc_conn_send_bytes(b, "first", 5), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "second", 6), 0);
+        conc_conn_free(b);
+        int st = wait_child(pid);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+        char buf[64];
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 5.0), 5);
+        cr_assert_eq(memcmp(buf, "first", 5), 0);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 5.0), 6);
+        cr_assert_eq(memcmp(buf, "second", 6), 0);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 5.0), -EPIPE);
+        conc_conn_free(a);
     }
 }
 

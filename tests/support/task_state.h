@@ -9,8 +9,8 @@
  * may spin briefly first; they show 'R' until they sleep.
  *
  * Usable from any test file (it defines nothing that clashes with a test's
- * own helpers): task_state, task_blocked, wait_thread_blocked,
- * wait_proc_blocked, spawn_tid.
+ * own helpers): task_state, task_blocked, await_task_blocked,
+ * wait_task_blocked, wait_thread_blocked, wait_proc_blocked, spawn_tid.
  */
 #ifndef CONC_TESTS_TASK_STATE_H
 #define CONC_TESTS_TASK_STATE_H
@@ -54,20 +54,28 @@ static inline bool task_blocked(pid_t pid, pid_t tid)
     return s == 'S' || s == 'D';
 }
 
-/* Waits until the task sleeps; fails the test after guard seconds (or when
- * the task is gone).  Call it from the test's own thread. */
-static inline void wait_task_blocked(pid_t pid, pid_t tid, double guard)
+/* Waits until the task sleeps.  Returns its state letter ('S' or 'D'), the
+ * last state seen when guard seconds passed first, or 0 when the task is
+ * gone.  Asserts nothing: usable from helper threads and children. */
+static inline char await_task_blocked(pid_t pid, pid_t tid, double guard)
 {
     int64_t end = conc_now() + (int64_t)(guard * 1e9);
     for (;;) {
         char s = task_state(pid, tid);
-        if (s == 'S' || s == 'D')
-            return;
-        cr_assert_neq(s, 0, "task %d/%d is gone", (int)pid, (int)tid);
-        cr_assert_lt(conc_now(), end, "task %d/%d never blocked (state %c)", (int)pid,
-                     (int)tid, s);
+        if (s == 'S' || s == 'D' || s == 0 || conc_now() >= end)
+            return s;
         usleep(200);
     }
+}
+
+/* As await_task_blocked, failing the test when the task never blocked.
+ * Call it from the test's own thread. */
+static inline void wait_task_blocked(pid_t pid, pid_t tid, double guard)
+{
+    char s = await_task_blocked(pid, tid, guard);
+    cr_assert_neq(s, 0, "task %d/%d is gone", (int)pid, (int)tid);
+    cr_assert(s == 'S' || s == 'D', "task %d/%d never blocked (state %c)", (int)pid, (int)tid,
+              s);
 }
 
 /* Waits until thread tid (a gettid() value) of this process sleeps. */
