@@ -124,8 +124,7 @@ static pid_t test_tid;
 /* True once the test's thread (in process pid) sleeps; false after GUARD. */
 static bool test_thread_blocked(pid_t pid)
 {
-    char st = await_task_blocked(pid, test_tid, GUARD);
-    return st == 'S' || st == 'D';
+    return await_task_blocked(pid, test_tid, GUARD);
 }
 
 static pid_t fork_child(int (*body)(void *), void *arg)

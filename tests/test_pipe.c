@@ -615,10 +615,16 @@ Test(pipe, poll_in_child_leaves_messages_to_parent, .timeout = 30)
     }
 }
 
+/* The test's thread, for helpers that act only once it sleeps in its wait. */
+static pid_t test_tid;
+
 static void *send_later(void *arg)
 {
     struct sender *s = arg;
-    conc_sleep(0.1);
+    if (!await_task_blocked(getpid(), test_tid, BLOCKED_GUARD)) {
+        s->rc = -ETIMEDOUT;
+        return NULL;
+    }
     s->rc = conc_conn_send_bytes(s->c, "late", 4);
     return NULL;
 }
@@ -630,9 +636,11 @@ Test(pipe, blocking_recv_and_poll_wake_up, .timeout = 30)
     struct sender s = { .c = b };
     pthread_t t;
     char buf[8];
+    test_tid = gettid();
     cr_assert_eq(pthread_create(&t, NULL, send_later, &s), 0);
     cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, CONC_FOREVER), 4);
     pthread_join(t, NULL);
+    cr_assert_eq(s.rc, 0);
     cr_assert_eq(pthread_create(&t, NULL, send_later, &s), 0);
     cr_assert_eq(conc_conn_poll(a, 10.0), 0);
     cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 10.0), 4);
@@ -783,12 +791,30 @@ Test(pipe, peer_killed_mid_message_gives_epipe, .timeout = 30)
 
 /* ------------------------------------------------- conc_wait */
 
-static int sleep_then_exit(const void *arg, size_t len)
+/* Exits with 7 once a byte (or EOF) arrives on the descriptor in arg. */
+static int exit_when_told(const void *arg, size_t len)
 {
-    (void)arg;
     (void)len;
-    conc_sleep(0.3);
+    int fd;
+    memcpy(&fd, arg, sizeof fd);
+    char c;
+    while (read(fd, &c, 1) < 0 && errno == EINTR)
+        ;
     return 7;
+}
+
+/* Writes one byte to fd once the test's thread sleeps. */
+struct teller {
+    int fd;
+    int rc;
+};
+
+static void *tell_when_blocked(void *arg)
+{
+    struct teller *t = arg;
+    t->rc = await_task_blocked(getpid(), test_tid, BLOCKED_GUARD) &&
+            write(t->fd, "x", 1) == 1 ? 0 : -1;
+    return NULL;
 }
 
 static int ready_mask(const conc_waitable *w, size_t n)
@@ -809,8 +835,10 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
     cr_assert_eq(conc_queue_new(&q, NULL), 0);
     int pfd[2];
     cr_assert_eq(pipe(pfd), 0);
+    int go[2];
+    cr_assert_eq(pipe(go), 0);
     conc_process *p;
-    cr_assert_eq(conc_process_new(&p, sleep_then_exit, NULL, 0,
+    cr_assert_eq(conc_process_new(&p, exit_when_told, &go[0], sizeof go[0],
                                   &(conc_process_opts){ .method = CONC_START_FORK }), 0);
     cr_assert_eq(conc_process_start(p), 0);
 
@@ -845,8 +873,16 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
     cr_assert_eq(conc_conn_recv_bytes(a2, &c, 1, 0), 1);
     cr_assert_eq(conc_queue_get(q, &item, 0), 0);
     cr_assert_eq(read(pfd[0], &c, 1), 1);
+    struct teller tell = { .fd = go[1], .rc = 1 };
+    pthread_t tt;
+    test_tid = gettid();
+    cr_assert_eq(pthread_create(&tt, NULL, tell_when_blocked, &tell), 0);
     cr_assert_eq(conc_wait(w, 5, 20.0), 1);
     cr_assert_eq(ready_mask(w, 5), 1 << 3);
+    cr_assert_eq(pthread_join(tt, NULL), 0);
+    cr_assert_eq(tell.rc, 0, "the process ended before the wait slept");
+    close(go[0]);
+    close(go[1]);
     int code;
     cr_assert_eq(conc_process_join(p, 5.0), 0);
     cr_assert_eq(conc_process_exitcode(p, &code), 0);
@@ -891,7 +927,8 @@ Test(wait, buffered_data_counts_as_ready, .timeout = 30)
 
 static void *put_later(void *arg)
 {
-    conc_sleep(0.1);
+    if (!await_task_blocked(getpid(), test_tid, BLOCKED_GUARD))
+        return (void *)1;
     conc_queue_put(arg, (void *)2, CONC_FOREVER);
     return NULL;
 }
@@ -902,10 +939,13 @@ Test(wait, blocks_until_a_thread_puts, .timeout = 30)
     cr_assert_eq(conc_queue_new(&q, NULL), 0);
     conc_waitable w = { .kind = CONC_WAIT_QUEUE, .u.queue = q };
     pthread_t t;
+    test_tid = gettid();
     cr_assert_eq(pthread_create(&t, NULL, put_later, q), 0);
     cr_assert_eq(conc_wait(&w, 1, CONC_FOREVER), 1);
     cr_assert(w.ready);
-    pthread_join(t, NULL);
+    void *late = NULL;
+    pthread_join(t, &late);
+    cr_assert_null(late, "the wait never slept");
     conc_queue_free(q);
 }
 
@@ -938,7 +978,8 @@ Test(wait, errors, .timeout = 30)
     cr_assert_eq(conc_wait(&w, 1, 0), -EBADF);
     /* A process not started. */
     conc_process *p;
-    cr_assert_eq(conc_process_new(&p, sleep_then_exit, NULL, 0, NULL), 0);
+    int zero = 0;
+    cr_assert_eq(conc_process_new(&p, exit_when_told, &zero, sizeof zero, NULL), 0);
     w = (conc_waitable){ .kind = CONC_WAIT_PROCESS, .u.process = p };
     cr_assert_eq(conc_wait(&w, 1, 0), -EINVAL);
     conc_process_free(p);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/task_state.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -1213,11 +1214,6 @@ static int dtor_count(void)
     return n;
 }
 
-static bool dtor_count_is(void *arg)
-{
-    return dtor_count() == *(int *)arg;
-}
-
 struct tls_probe {
     int index;
     conc_barrier *all_set;
@@ -1270,11 +1266,10 @@ Test(thread, local_storage, .timeout = 30)
     for (int i = 0; i < TLS_N; i++)
         join_ok(t[i]);
 
+    /* The joins reaped the OS threads: their key destructors have all run. */
     int setters = TLS_N - 2;
-    cr_assert(settle(dtor_count_is, &setters), "destructor ran %d times, want %d",
-              dtor_count(), setters);
-    conc_sleep(0.05);
-    cr_assert_eq(dtor_count(), setters, "no extra destructor calls");
+    cr_assert_eq(dtor_count(), setters, "destructor ran %d times, want %d", dtor_count(),
+                 setters);
 
     for (int i = 0; i < TLS_N; i++) {
         cr_assert_null(p[i].initial, "thread %d saw another thread's value", i);
@@ -1324,9 +1319,7 @@ Test(thread, local_destructor_per_thread, .timeout = 30)
         join_ok(t);
         conc_thread_free(t);
     }
-    for (int i = 0; i < 2000 && atomic_load(&nodtor_seen) < N; i++)
-        conc_sleep(0.005);
-    conc_sleep(0.02);
+    /* Each join reaped the OS thread, after its key destructors ran. */
     cr_assert_eq(atomic_load(&nodtor_seen), N);
     /* A slot without destructor is fine too. */
     conc_local *plain;
@@ -1425,8 +1418,7 @@ Test(timer, cancel_before_start, .timeout = 30)
     cr_assert_eq(conc_timer_new(&t, 0.01, timer_fn, &p, NULL), 0);
     cr_assert_eq(conc_timer_cancel(t), 0);
     cr_assert_eq(conc_thread_start(t), 0);
-    join_ok(t);
-    conc_sleep(0.03);
+    join_ok(t);     /* the thread is gone: it would have called fn by now */
     cr_assert_eq(atomic_load(&p.calls), 0);
     void *res = (void *)1;
     cr_assert_eq(conc_thread_result(t, &res), 0);
@@ -1470,10 +1462,13 @@ struct exit_arg {
 
 static struct exit_arg child_arg;
 
+/* Reports only once the main thread sleeps (in the exit-time join), so the
+ * test cannot pass with a thread that ended before exit. */
 static void *nondaemon_writer(void *arg)
 {
     struct exit_arg *a = arg;
-    conc_sleep(0.3);
+    if (!await_task_blocked(getpid(), getpid(), BLOCKED_GUARD))
+        _exit(4);
     if (write(a->fd, "J", 1) != 1)
         _exit(3);
     return NULL;

@@ -54,16 +54,18 @@ static inline bool task_blocked(pid_t pid, pid_t tid)
     return s == 'S' || s == 'D';
 }
 
-/* Waits until the task sleeps.  Returns its state letter ('S' or 'D'), the
- * last state seen when guard seconds passed first, or 0 when the task is
- * gone.  Asserts nothing: usable from helper threads and children. */
-static inline char await_task_blocked(pid_t pid, pid_t tid, double guard)
+/* Waits until the task sleeps.  Returns true once it does; false when it is
+ * gone or guard seconds passed first.  Asserts nothing: usable from helper
+ * threads and children. */
+static inline bool await_task_blocked(pid_t pid, pid_t tid, double guard)
 {
     int64_t end = conc_now() + (int64_t)(guard * 1e9);
     for (;;) {
         char s = task_state(pid, tid);
-        if (s == 'S' || s == 'D' || s == 0 || conc_now() >= end)
-            return s;
+        if (s == 'S' || s == 'D')
+            return true;
+        if (s == 0 || conc_now() >= end)
+            return false;
         usleep(200);
     }
 }
@@ -72,10 +74,11 @@ static inline char await_task_blocked(pid_t pid, pid_t tid, double guard)
  * Call it from the test's own thread. */
 static inline void wait_task_blocked(pid_t pid, pid_t tid, double guard)
 {
-    char s = await_task_blocked(pid, tid, guard);
-    cr_assert_neq(s, 0, "task %d/%d is gone", (int)pid, (int)tid);
-    cr_assert(s == 'S' || s == 'D', "task %d/%d never blocked (state %c)", (int)pid, (int)tid,
-              s);
+    if (!await_task_blocked(pid, tid, guard)) {
+        char s = task_state(pid, tid);
+        cr_assert_fail("task %d/%d never blocked (state %c)", (int)pid, (int)tid,
+                       s ? s : '-');
+    }
 }
 
 /* Waits until thread tid (a gettid() value) of this process sleeps. */
