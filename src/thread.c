@@ -281,6 +281,8 @@ void conc__threads_after_fork(void)
         me->daemon = false;
         snprintf(me->name, sizeof me->name, "MainThread");
     }
+    if (me->kind == KIND_MAIN)
+        pthread_setspecific(exit_key, me);  /* finished by pthread_exit too */
     if (me != old_main) {
         st_release(&old_main->state, ST_FINISHED);
         conc_event_set(&old_main->done);

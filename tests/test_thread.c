@@ -1668,6 +1668,39 @@ Test(exit, thread_joining_main_does_not_hang_exit, .timeout = 60)
     close(fds[0]);
 }
 
+/* A main thread that ends with pthread_exit ends the joins of it too.  It
+ * runs in a fork child, whose forking thread is its main thread (a
+ * constructor cannot call pthread_exit); TSan does not allow new threads in
+ * such a child, so the TSan build skips it. */
+#if defined(__SANITIZE_THREAD__)
+#define NO_THREADS_AFTER_FORK true
+#else
+#define NO_THREADS_AFTER_FORK false
+#endif
+
+Test(exit, main_ending_with_pthread_exit_ends_joins_of_it, .timeout = 60,
+     .disabled = NO_THREADS_AFTER_FORK)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(fds[0]);
+        child_join_main(fds[1]);
+        pthread_exit(NULL); /* the process lives on until the joiner ends */
+    }
+    close(fds[1]);
+    int st = wait_child(pid);
+    cr_assert(WIFEXITED(st), "child status %#x", st);
+    cr_assert_eq(WEXITSTATUS(st), 0);
+    char c = 0;
+    cr_assert_eq(read_byte(fds[0], &c), 1, "the joiner never reported");
+    cr_assert_eq(c, 'M', "join(main) failed or main still alive");
+    close(fds[0]);
+}
+
 /* ------------------------------------------------------------- no leak */
 
 struct task_goal {
