@@ -45,7 +45,7 @@ static void *who_am_i(void *arg)
 {
     struct who *w = arg;
     conc_thread *me = conc_thread_current();
-    snprintf(w->name, sizeof w->name, "%s", conc_thread_name(me));
+    conc_thread_name(me, w->name, sizeof w->name);
     w->is_main = me == conc_thread_main();
     w->native_id = conc_thread_get_native_id();
     return NULL;
@@ -98,8 +98,10 @@ static void *use_local(void *arg)
 
 static int by_name(const void *a, const void *b)
 {
-    return strcmp(conc_thread_name(*(conc_thread *const *)a),
-                  conc_thread_name(*(conc_thread *const *)b));
+    char na[CONC_THREAD_NAME_MAX + 1], nb[CONC_THREAD_NAME_MAX + 1];
+    conc_thread_name(*(conc_thread *const *)a, na, sizeof na);
+    conc_thread_name(*(conc_thread *const *)b, nb, sizeof nb);
+    return strcmp(na, nb);
 }
 
 /* --------------------------------------------------------------- tour */
@@ -134,14 +136,18 @@ int main(int argc, char **argv)
     /* 2. names */
     step("names", "threads are called Thread-N unless given a name; a name can change "
                   "at any time");
+    char name[CONC_THREAD_NAME_MAX + 1];    /* holds any name */
     t = new_thread(sum_to, (void *)1, NULL);
-    printf("   default name: %s\n", conc_thread_name(t));
+    conc_thread_name(t, name, sizeof name);
+    printf("   default name: %s\n", name);
     conc_thread_free(t);
     conc_thread_opts named = { .name = "downloader" };
     t = new_thread(sum_to, (void *)1, &named);
-    printf("   given name: %s\n", conc_thread_name(t));
+    conc_thread_name(t, name, sizeof name);
+    printf("   given name: %s\n", name);
     check(conc_thread_set_name(t, "uploader"), "set_name");
-    printf("   renamed: %s\n", conc_thread_name(t));
+    conc_thread_name(t, name, sizeof name);
+    printf("   renamed: %s\n", name);
     conc_thread_free(t);
 
     /* 3. current_thread and main_thread */
@@ -153,8 +159,8 @@ int main(int argc, char **argv)
     check(conc_thread_start(t), "start");
     pid_t tid = conc_thread_native_id(t);
     check(conc_thread_join(t, CONC_FOREVER), "join");
-    printf("   in main: current_thread() is %s (main_thread(): %s)\n",
-           conc_thread_name(conc_thread_current()),
+    conc_thread_name(conc_thread_current(), name, sizeof name);
+    printf("   in main: current_thread() is %s (main_thread(): %s)\n", name,
            yes_no(conc_thread_current() == conc_thread_main()));
     printf("   in the thread: current_thread() is %s (main_thread(): %s), "
            "its native id matches: %s\n",
@@ -185,9 +191,9 @@ int main(int argc, char **argv)
     conc_thread *waiting[N];
     printf("   alive before: %d\n", conc_thread_active_count());
     for (int i = 0; i < N; i++) {
-        char name[16];
-        snprintf(name, sizeof name, "waiter-%d", i + 1);
-        conc_thread_opts o = { .name = name };
+        char wname[16];
+        snprintf(wname, sizeof wname, "waiter-%d", i + 1);
+        conc_thread_opts o = { .name = wname };
         waiting[i] = new_thread(wait_for, &gate, &o);
         check(conc_thread_start(waiting[i]), "start");
     }
@@ -199,7 +205,8 @@ int main(int argc, char **argv)
     qsort(all, (size_t)n, sizeof all[0], by_name);
     printf("   alive with %d waiting threads: %d:", N, conc_thread_active_count());
     for (int i = 0; i < n; i++) {
-        printf(" %s", conc_thread_name(all[i]));
+        conc_thread_name(all[i], name, sizeof name);
+        printf(" %s", name);
         conc_thread_free(all[i]);
     }
     printf("\n");

@@ -5,7 +5,9 @@
  * a read-ahead buffer.  Each message is an 8-byte little-endian length and
  * the bytes.  Receiving reads as much as the buffer holds, so a small
  * message (or several) costs one read(); a message larger than the buffer
- * is read straight into the caller's memory.  A receive that times out in
+ * is read straight into the caller's memory.  Only a receive reads: poll
+ * and wait look at the descriptor with poll(), leaving the bytes to
+ * whichever holder of the end receives them.  A receive that times out in
  * the middle of a large message keeps what arrived (the buffer grows to
  * hold it), so nothing is ever lost or delivered in part.
  *
@@ -591,27 +593,24 @@ int conc_conn_recv_alloc(conc_conn *c, void **out, size_t *len, double timeout)
     return (int)poll_code(timeout, conc_conn_recv_alloc_until(c, out, len, deadline));
 }
 
-/* True when a receive would not wait: data or the peer's close is known.
- * Reads ahead what is there (never waits). */
-static int has_input(conc_conn *c)
+/* True when a receive would not wait: bytes read ahead, or the descriptor
+ * is readable (data, the peer's close or an error).  Never takes bytes out
+ * of the descriptor, so another holder of this end (a forked process, a
+ * dup) still receives them, as with Python's poll(). */
+static int has_input(const conc_conn *c)
 {
     if (buffered(c) > 0 || c->eof)
         return 1;
-    int r = rbuf_ready(c);
+    struct pollfd p = { .fd = c->fd, .events = POLLIN, .revents = 0 };
+    int r;
+    do
+        r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
     if (r < 0)
-        return r;
-    if (c->rend == c->rcap)         /* cannot happen while empty */
-        c->rstart = c->rend = 0;
-    ssize_t n = read_once(c, c->rbuf + c->rend, c->rcap - c->rend, false);
-    if (n > 0) {
-        c->rend += (size_t)n;
-        return 1;
-    }
-    if (n == 0) {
-        c->eof = true;
-        return 1;
-    }
-    return n == -EAGAIN ? 0 : (int)n;
+        return -errno;
+    if (r > 0 && (p.revents & POLLNVAL))
+        return -EBADF;
+    return r > 0;
 }
 
 int conc_conn_poll_until(conc_conn *c, int64_t deadline)
@@ -698,12 +697,14 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
         fds[i].revents = 0;
         switch (w->kind) {
         case CONC_WAIT_CONN:
-            r = w->u.conn->rbroken ? 1 : has_input(w->u.conn);
-            if (r > 0) {
+            /* Bytes read ahead make it ready now; the descriptor itself is
+             * polled with the others (nothing is read out of it here). */
+            if (w->u.conn->rbroken || buffered(w->u.conn) > 0 || w->u.conn->eof) {
                 w->ready = true;
                 count++;
             }
             fds[i].fd = w->u.conn->fd;
+            r = 0;
             break;
         case CONC_WAIT_QUEUE:
             r = conc_queue_fd(w->u.queue);

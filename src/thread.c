@@ -23,13 +23,15 @@ enum { ST_NEW = 0, ST_STARTED = 1, ST_FINISHED = 2 };
 enum { KIND_NORMAL = 0, KIND_TIMER, KIND_MAIN, KIND_DUMMY };
 
 struct conc_thread {
-    uint32_t refs;
+    uint32_t refs;              /* a Dummy's own reference is DUMMY_OWN */
     uint32_t state;             /* ST_* */
     uint32_t reaped;            /* the OS thread was joined or detached */
     int kind;
     bool daemon;
     bool named;                 /* the user chose the name: tell the kernel */
-    conc_lock name_lock;        /* guards name and named */
+    conc_lock name_lock;        /* guards name and named, and the claim to
+                                   reap (so set_name never names a reaped
+                                   OS thread) */
     conc_event done;            /* set when the function has returned */
     conc_event cancel;          /* Timer.cancel() */
     double interval;            /* Timer */
@@ -64,6 +66,10 @@ static uint32_t name_counter;
 static uint32_t dummy_counter;
 static size_t default_stack_size;
 static conc_thread main_thread;
+/* The process's main thread: main_thread, or after a fork from another
+ * thread the handle of the thread that forked (changed only in the child,
+ * while it has one thread). */
+static conc_thread *main_ptr = &main_thread;
 static __thread conc_thread *self __attribute__((tls_model("initial-exec")));
 static pthread_key_t dummy_key;
 static pthread_key_t exit_key;
@@ -114,15 +120,31 @@ static void reg_remove(conc_thread *t)
 
 /* ------------------------------------------------------- ref counting */
 
-static void reap(conc_thread *t, bool from_self)
+/* A Dummy handle's own reference, held until its thread ends.  Kept apart
+ * from the counted ones so that freeing the borrowed handle (which the
+ * header forbids) is ignored instead of freeing it under the thread. */
+#define DUMMY_OWN (1u << 31)
+
+/* Wins the one right to reap t's OS thread (pthread_join or _detach).  Taken
+ * under name_lock: conc_thread_set_name names the OS thread only while
+ * nobody has won it, so it never touches a reaped thread. */
+static bool claim_reap(conc_thread *t)
 {
     uint32_t z = 0;
+    conc_lock_acquire_until(&t->name_lock, CONC_NO_DEADLINE);
+    bool won = __atomic_compare_exchange_n(&t->reaped, &z, 1, false, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_RELAXED);
+    conc_lock_release(&t->name_lock);
+    return won;
+}
+
+static void reap(conc_thread *t, bool from_self)
+{
     if (t->kind == KIND_MAIN || t->kind == KIND_DUMMY)
         return;
     if (ld_acquire(&t->state) == ST_NEW)
         return;
-    if (!__atomic_compare_exchange_n(&t->reaped, &z, 1, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_RELAXED))
+    if (ld_acquire(&t->reaped) || !claim_reap(t))
         return;
     if (from_self)
         pthread_detach(pthread_self());
@@ -130,10 +152,33 @@ static void reap(conc_thread *t, bool from_self)
         pthread_join(t->pt, NULL);
 }
 
+/* own: the Dummy thread's own reference (its end), else a counted one. */
+static void dummy_unref(conc_thread *t, bool own)
+{
+    uint32_t left;
+    if (own) {
+        left = __atomic_sub_fetch(&t->refs, DUMMY_OWN, __ATOMIC_ACQ_REL);
+    } else {
+        uint32_t r = __atomic_load_n(&t->refs, __ATOMIC_RELAXED);
+        do {
+            if (!(r & ~DUMMY_OWN))
+                return;         /* the borrowed handle: ignored */
+        } while (!__atomic_compare_exchange_n(&t->refs, &r, r - 1, false, __ATOMIC_ACQ_REL,
+                                              __ATOMIC_RELAXED));
+        left = r - 1;
+    }
+    if (left == 0)
+        free(t);
+}
+
 static void thread_unref(conc_thread *t, bool from_self)
 {
     if (t->kind == KIND_MAIN)
         return;
+    if (t->kind == KIND_DUMMY) {
+        dummy_unref(t, from_self);
+        return;
+    }
     if (__atomic_fetch_sub(&t->refs, 1, __ATOMIC_ACQ_REL) != 1)
         return;
     reap(t, from_self);
@@ -155,9 +200,22 @@ void conc_thread_free(conc_thread *t)
 
 /* ------------------------------------------------ process-level hooks */
 
+/* The main thread has finished (it returned from main or called exit, or
+ * called pthread_exit): joins of it return from now on. */
+static void main_finished(conc_thread *m)
+{
+    reg_remove(m);
+    st_release(&m->state, ST_FINISHED);
+    conc_event_set(&m->done);
+}
+
 void conc__threads_join_nondaemon(void)
 {
     conc_thread *me = self;
+    /* As Python's shutdown: the main thread is done before the others are
+     * joined, so a thread that joins it can end. */
+    if (me && me == main_ptr && ld_acquire(&me->state) == ST_STARTED)
+        main_finished(me);
     for (;;) {
         conc_thread *victim = NULL;
         reg_lock_take();
@@ -192,11 +250,14 @@ static void atfork_parent(void)
 }
 
 /* In the child only the forking thread survives: it becomes the main thread,
- * every other thread is gone (their handles now report "ended"). */
+ * every other thread is gone (their handles now report "ended").  A Dummy
+ * becomes a "MainThread" (Python's _DummyThread becomes a _MainThread); a
+ * thread conc never saw takes the main thread's handle. */
 void conc__threads_after_fork(void)
 {
     conc__tid_cache = 0;
     conc_thread *me = self;
+    conc_thread *old_main = main_ptr;
     conc_lock_init(&reg_lock, 0);
     conc_thread *t = reg_head;
     reg_head = NULL;
@@ -204,6 +265,7 @@ void conc__threads_after_fork(void)
     while (t) {
         conc_thread *next = t->next;
         t->prev = t->next = NULL;
+        conc_lock_init(&t->name_lock, 0);   /* a vanished thread may have held it */
         if (t != me && t->kind != KIND_MAIN) {
             st_release(&t->state, ST_FINISHED);
             st_relaxed(&t->reaped, 1);      /* no OS thread left to reap */
@@ -211,13 +273,21 @@ void conc__threads_after_fork(void)
         }
         t = next;
     }
-    if (me && me != &main_thread) {
-        /* The forking thread is the child's main thread now. */
-        st_release(&main_thread.state, ST_FINISHED);
-        conc_event_set(&main_thread.done);
-    }
-    if (!me)
+    if (!me) {
         me = &main_thread;
+        self = me;
+    } else if (me->kind == KIND_DUMMY) {
+        me->kind = KIND_MAIN;
+        me->daemon = false;
+        snprintf(me->name, sizeof me->name, "MainThread");
+    }
+    if (me->kind == KIND_MAIN)
+        pthread_setspecific(exit_key, me);  /* finished by pthread_exit too */
+    if (me != old_main) {
+        st_release(&old_main->state, ST_FINISHED);
+        conc_event_set(&old_main->done);
+    }
+    main_ptr = me;
     st_relaxed(&me->tid, (uint32_t)conc__tid_slow());
     st_relaxed(&me->ident, (uint64_t)pthread_self());
     reg_add_locked(me);
@@ -255,6 +325,9 @@ __attribute__((constructor(CONC__CTOR_CORE))) static void thread_module_init(voi
     reg_add_locked(&main_thread);
     pthread_key_create(&dummy_key, dummy_destroy);
     pthread_key_create(&exit_key, thread_finish);
+    /* A main thread that ends with pthread_exit finishes like any thread
+     * (returning from main or exit() runs no key destructor). */
+    pthread_setspecific(exit_key, &main_thread);
     pthread_atfork(atfork_prepare, atfork_parent, conc__threads_after_fork);
 }
 
@@ -405,9 +478,7 @@ static int join_direct(conc_thread *t, int64_t deadline)
     if (deadline != CONC_NO_DEADLINE || conc__wait_ops ||
         (t->kind != KIND_NORMAL && t->kind != KIND_TIMER))
         return 1;
-    uint32_t z = 0;
-    if (!__atomic_compare_exchange_n(&t->reaped, &z, 1, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_RELAXED))
+    if (ld_acquire(&t->reaped) || !claim_reap(t))
         return 1;
     pthread_join(t->pt, NULL);
     return 0;
@@ -415,7 +486,8 @@ static int join_direct(conc_thread *t, int64_t deadline)
 
 static int join_checks(const conc_thread *t)
 {
-    if (!t || ld_acquire(&t->state) == ST_NEW)
+    /* A Dummy cannot be joined (Python: "cannot join a dummy thread"). */
+    if (!t || ld_acquire(&t->state) == ST_NEW || t->kind == KIND_DUMMY)
         return -EINVAL;
     if (t == self)
         return -EDEADLK;
@@ -473,9 +545,20 @@ int conc_thread_result(const conc_thread *t, void **out)
     return 0;
 }
 
-const char *conc_thread_name(const conc_thread *t)
+int conc_thread_name(const conc_thread *t, char *buf, size_t size)
 {
-    return t ? t->name : NULL;
+    if (!t || (!buf && size > 0))
+        return -EINVAL;
+    conc_thread *m = (conc_thread *)t;  /* the lock is not part of the value */
+    conc_lock_acquire_until(&m->name_lock, CONC_NO_DEADLINE);
+    size_t n = strlen(m->name);
+    if (size > 0) {
+        size_t k = n < size - 1 ? n : size - 1;
+        memcpy(buf, m->name, k);
+        buf[k] = 0;
+    }
+    conc_lock_release(&m->name_lock);
+    return (int)n;
 }
 
 int conc_thread_set_name(conc_thread *t, const char *name)
@@ -485,12 +568,15 @@ int conc_thread_set_name(conc_thread *t, const char *name)
     conc_lock_acquire_until(&t->name_lock, CONC_NO_DEADLINE);
     set_name_buf(t, name);
     t->named = true;
+    /* Another running thread is named through its pthread id, which stays
+     * valid while nobody has claimed to reap it (claim_reap takes this
+     * lock).  Its id is read from ident, which it published before tid. */
     if (t == self)
         set_os_name(pthread_self(), t->name);
     else if ((t->kind == KIND_NORMAL || t->kind == KIND_TIMER) &&
              ld_acquire(&t->state) == ST_STARTED && ld_acquire(&t->tid) != 0 &&
              !ld_acquire(&t->reaped))
-        set_os_name(t->pt, t->name);
+        set_os_name((pthread_t)ld_acquire(&t->ident), t->name);
     conc_lock_release(&t->name_lock);
     return 0;
 }
@@ -545,7 +631,7 @@ conc_thread *conc_thread_current(void)
     t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
-    t->refs = 1;
+    t->refs = DUMMY_OWN;
     t->kind = KIND_DUMMY;
     t->daemon = true;
     t->state = ST_STARTED;
@@ -567,7 +653,7 @@ conc_thread *conc_thread_current(void)
 
 conc_thread *conc_thread_main(void)
 {
-    return &main_thread;
+    return main_ptr;
 }
 
 uint64_t conc_thread_get_ident(void)

@@ -40,12 +40,11 @@
 #include "conc.h"
 
 #include "support/fork_sanitizers.h"
+#include "support/task_state.h"
 
 #define NS 1000000000LL
 /* Hang guard for the waits of the test and of its children (seconds). */
 #define GUARD 20.0
-/* How long to let threads and children run into their waits. */
-#define SETTLE 0.1
 
 static const double bad_timeouts[] = { -2.0, -0.5, -1e-9, -1.0000001, -INFINITY, NAN };
 #define N_BAD_TIMEOUTS (sizeof bad_timeouts / sizeof bad_timeouts[0])
@@ -89,11 +88,6 @@ static unsigned char *xmalloc(size_t n)
     return p;
 }
 
-static void settle(void)
-{
-    cr_assert_eq(conc_sleep(SETTLE), 0);
-}
-
 static int count_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");
@@ -123,8 +117,19 @@ static bool readable(int fd, int ms)
 }
 
 /* A raw fork() child running body(arg); it never returns into the test. */
+/* The test's thread, for children and helper threads that must act only once
+ * it sleeps in its wait (set by fork_child, or by the test). */
+static pid_t test_tid;
+
+/* True once the test's thread (in process pid) sleeps; false after GUARD. */
+static bool test_thread_blocked(pid_t pid)
+{
+    return await_task_blocked(pid, test_tid, GUARD);
+}
+
 static pid_t fork_child(int (*body)(void *), void *arg)
 {
+    test_tid = gettid();
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0)
@@ -856,9 +861,9 @@ Test(mpqueue, ring_full_blocks_put, .timeout = 30)
     struct blocked_put b = { .q = q, .data = in, .len = max, .timeout = GUARD };
     fill(in, max, (uint32_t)n);
     atomic_store(&b.rc, 1);
-    pthread_t t;
-    cr_assert_eq(pthread_create(&t, NULL, put_thread, &b), 0);
-    settle();
+    pid_t tid;
+    pthread_t t = spawn_tid(put_thread, &b, &tid);
+    wait_thread_blocked(tid, GUARD);
     cr_assert_eq(atomic_load(&b.rc), 1, "put did not wait for room");
     cr_assert_eq(conc_mpqueue_get(q, out, max, 0), (ssize_t)max);
     cr_assert(check(out, max, 0));
@@ -964,7 +969,7 @@ Test(mpqueue, join_in_child, .timeout = 30)
     unsigned char buf[8];
     cr_assert_eq(conc_mpqueue_put(q, "j", 1, 0), 0);
     pid_t pid = fork_child(join_child, q);
-    settle();
+    wait_proc_blocked(pid, GUARD);
     cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the child's join did not wait");
     cr_assert_eq(conc_mpqueue_get(q, buf, sizeof buf, 0), 1);
     cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "join returned before task_done");
@@ -994,13 +999,16 @@ Test(mpqueue, shutdown_releases_getters, .timeout = 30)
     pid_t pid = fork_child(get_child, q);       /* before any thread exists */
     struct blocked_get g[2];
     pthread_t t[2];
+    pid_t tid[2];
     for (int i = 0; i < 2; i++) {
         g[i].q = q;
         g[i].timeout = i ? GUARD : CONC_FOREVER;
         atomic_store(&g[i].rc, 1000);
-        cr_assert_eq(pthread_create(&t[i], NULL, get_thread, &g[i]), 0);
+        t[i] = spawn_tid(get_thread, &g[i], &tid[i]);
     }
-    settle();
+    for (int i = 0; i < 2; i++)
+        wait_thread_blocked(tid[i], GUARD);
+    wait_proc_blocked(pid, GUARD);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(atomic_load(&g[i].rc), 1000, "getter %d did not wait", i);
     cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the child's get did not wait");
@@ -1025,13 +1033,16 @@ Test(mpqueue, shutdown_releases_putters, .timeout = 30)
     pid_t pid = fork_child(put_child, q);
     struct blocked_put b[2];
     pthread_t t[2];
+    pid_t tid[2];
     for (int i = 0; i < 2; i++) {
         b[i] = (struct blocked_put){ .q = q, .data = "thread", .len = 6,
                                      .timeout = i ? GUARD : CONC_FOREVER };
         atomic_store(&b[i].rc, 1);
-        cr_assert_eq(pthread_create(&t[i], NULL, put_thread, &b[i]), 0);
+        t[i] = spawn_tid(put_thread, &b[i], &tid[i]);
     }
-    settle();
+    for (int i = 0; i < 2; i++)
+        wait_thread_blocked(tid[i], GUARD);
+    wait_proc_blocked(pid, GUARD);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(atomic_load(&b[i].rc), 1, "putter %d did not wait", i);
     cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the child's put did not wait");
@@ -1060,12 +1071,13 @@ static int wake_child(void *arg)
     ssize_t n = conc_mpqueue_get_until(q, buf, sizeof buf, conc_now() + (int64_t)(GUARD * NS));
     if (n != 4 || memcmp(buf, "wake", 4) != 0)
         return 1;
-    /* the parent fills the queue and waits in put: make room later */
+    /* the parent fills the queue and waits in put: make room once it sleeps */
     int64_t end = conc_now() + (int64_t)(GUARD * NS);
     while (!conc_mpqueue_full(q))
         if (conc_now() > end || conc_sleep(0.001) != 0)
             return 2;
-    conc_sleep(SETTLE);
+    if (!test_thread_blocked(getppid()))
+        return 4;
     n = conc_mpqueue_get(q, buf, sizeof buf, 0);
     if (n != 5 || memcmp(buf, "full1", 5) != 0)
         return 3;
@@ -1076,7 +1088,7 @@ Test(mpqueue, wakeups_across_processes, .timeout = 30)
 {
     conc_mpqueue *q = mkq(CONC_MPQUEUE_QUEUE, 2, 0, 0);
     pid_t pid = fork_child(wake_child, q);
-    settle();
+    wait_proc_blocked(pid, GUARD);
     cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the child's get did not wait");
     cr_assert_eq(conc_mpqueue_put_until(q, "wake", 4, conc_now() + NS), 0);
     int64_t end = conc_now() + (int64_t)(GUARD * NS);
@@ -1098,9 +1110,11 @@ Test(mpqueue, wakeups_across_processes, .timeout = 30)
     conc_mpqueue_free(q);
 }
 
+/* Shuts the queue down once the parent sleeps in its get. */
 static int shutdown_child(void *arg)
 {
-    conc_sleep(SETTLE);
+    if (!test_thread_blocked(getppid()))
+        return 2;
     return conc_mpqueue_shutdown(arg, false) == 0 ? 0 : 1;
 }
 
@@ -1170,7 +1184,7 @@ Test(mpqueue, shutdown_immediate, .timeout = 30)
     for (int i = 0; i < 5; i++)
         cr_assert_eq(conc_mpqueue_put(q, "m", 1, 0), 0);
     pid_t pid = fork_child(join_child, q);
-    settle();
+    wait_proc_blocked(pid, GUARD);
     cr_assert_eq(waitpid(pid, NULL, WNOHANG), 0, "the child's join did not wait");
     cr_assert_eq(conc_mpqueue_shutdown(q, true), 0);
     cr_assert_eq(reap(pid), 0, "immediate shutdown did not settle the joiner");
@@ -1736,16 +1750,19 @@ Test(mpqueue_robust, killed_mixed, .timeout = 30)
 
 /* ===================================================== readiness */
 
+/* Put and get once the parent sleeps (in poll, a get or a hub). */
 static int delayed_put(void *arg)
 {
-    conc_sleep(SETTLE);
+    if (!test_thread_blocked(getppid()))
+        return 2;
     return conc_mpqueue_put(arg, "ready", 5, GUARD) == 0 ? 0 : 1;
 }
 
 static int delayed_get(void *arg)
 {
     unsigned char buf[16];
-    conc_sleep(SETTLE);
+    if (!test_thread_blocked(getppid()))
+        return 2;
     return conc_mpqueue_get(arg, buf, sizeof buf, GUARD) >= 0 ? 0 : 1;
 }
 
@@ -2014,9 +2031,11 @@ static void *greenlet_put(void *arg)
     return (void *)(intptr_t)r;
 }
 
+/* Puts once the test's thread (running the hub) sleeps. */
 static void *thread_put(void *arg)
 {
-    conc_sleep(SETTLE);
+    if (!test_thread_blocked(getpid()))
+        return (void *)(intptr_t)-ETIMEDOUT;
     return (void *)(intptr_t)conc_mpqueue_put(arg, "from-thread", 11, GUARD);
 }
 
@@ -2040,6 +2059,7 @@ Test(mpqueue_coro, get_woken_by_thread, .timeout = 30)
     cr_assert_eq(atomic_load(&grc), 1000, "the greenlet did not wait");
     cr_assert_not(conc_greenlet_dead(g));
     conc_thread *t;
+    test_tid = gettid();
     cr_assert_eq(conc_thread_new(&t, thread_put, gq, NULL), 0);
     cr_assert_eq(conc_thread_start(t), 0);
     check_woken(g, buf, "from-thread");

@@ -31,6 +31,7 @@
 #endif
 
 #include "support/fork_sanitizers.h"
+#include "support/task_state.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -537,10 +538,93 @@ Test(pipe, poll_and_timeouts, .timeout = 30)
     }
 }
 
+/* Python's _TestPoll.test_boundaries: poll() never takes bytes out of the
+ * descriptor, so another holder of the same receive end gets every message
+ * whole.  Here a second handle on a dup of the descriptor. */
+Test(pipe, poll_leaves_bytes_to_another_holder, .timeout = 30)
+{
+    for (int duplex = 0; duplex < 2; duplex++) {
+        conc_conn *a, *b, *other;
+        char buf[64];
+        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        int fd2 = dup(conc_conn_fd(a));
+        cr_assert_geq(fd2, 0);
+        cr_assert_eq(conc_conn_from_fd(&other, fd2, CONC_CONN_READABLE), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "first", 5), 0);
+        cr_assert_eq(conc_conn_poll(a, 5.0), 0);
+        cr_assert_eq(conc_conn_poll(a, 0), 0, "still there");
+        cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), 5,
+                     "the other holder gets the whole first message");
+        cr_assert_eq(memcmp(buf, "first", 5), 0);
+
+        /* conc_wait does not take them either. */
+        cr_assert_eq(conc_conn_send_bytes(b, "second", 6), 0);
+        conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = a };
+        cr_assert_eq(conc_wait(&w, 1, 5.0), 1);
+        cr_assert(w.ready);
+        struct pollfd pfd = { .fd = fd2, .events = POLLIN };
+        cr_assert_eq(poll(&pfd, 1, 0), 1, "the bytes are still in the descriptor");
+        cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), 6);
+        cr_assert_eq(memcmp(buf, "second", 6), 0);
+
+        /* Nothing left for anybody: both report it. */
+        cr_assert_eq(conc_conn_poll(a, 0), -EAGAIN);
+        cr_assert_eq(conc_wait(&w, 1, 0), -EAGAIN);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 0), -EAGAIN);
+
+        /* The peer's close is seen by poll and wait, and taken by nobody. */
+        conc_conn_free(b);
+        cr_assert_eq(conc_conn_poll(a, 5.0), 0);
+        cr_assert_eq(conc_wait(&w, 1, 5.0), 1);
+        cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), -EPIPE);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 0), -EPIPE);
+        conc_conn_free(other);
+        conc_conn_free(a);
+    }
+}
+
+/* The same with a forked child that polls while the parent sends: the
+ * parent then receives both messages, whole and in order. */
+Test(pipe, poll_in_child_leaves_messages_to_parent, .timeout = 30)
+{
+    for (int duplex = 0; duplex < 2; duplex++) {
+        conc_conn *a, *b;
+        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            conc_conn_free(b);
+            int rc = conc_conn_poll(a, 20.0);
+            _exit(rc == 0 ? 0 : 1);
+        }
+        /* The child is asleep in its poll before anything is sent. */
+        wait_proc_blocked(pid, BLOCKED_GUARD);
+        cr_assert_eq(conc_conn_send_bytes(b, "first", 5), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "second", 6), 0);
+        conc_conn_free(b);
+        int st = wait_child(pid);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+        char buf[64];
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 5.0), 5);
+        cr_assert_eq(memcmp(buf, "first", 5), 0);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 5.0), 6);
+        cr_assert_eq(memcmp(buf, "second", 6), 0);
+        cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 5.0), -EPIPE);
+        conc_conn_free(a);
+    }
+}
+
+/* The test's thread, for helpers that act only once it sleeps in its wait. */
+static pid_t test_tid;
+
 static void *send_later(void *arg)
 {
     struct sender *s = arg;
-    conc_sleep(0.1);
+    if (!await_task_blocked(getpid(), test_tid, BLOCKED_GUARD)) {
+        s->rc = -ETIMEDOUT;
+        return NULL;
+    }
     s->rc = conc_conn_send_bytes(s->c, "late", 4);
     return NULL;
 }
@@ -552,9 +636,11 @@ Test(pipe, blocking_recv_and_poll_wake_up, .timeout = 30)
     struct sender s = { .c = b };
     pthread_t t;
     char buf[8];
+    test_tid = gettid();
     cr_assert_eq(pthread_create(&t, NULL, send_later, &s), 0);
     cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, CONC_FOREVER), 4);
     pthread_join(t, NULL);
+    cr_assert_eq(s.rc, 0);
     cr_assert_eq(pthread_create(&t, NULL, send_later, &s), 0);
     cr_assert_eq(conc_conn_poll(a, 10.0), 0);
     cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 10.0), 4);
@@ -705,12 +791,30 @@ Test(pipe, peer_killed_mid_message_gives_epipe, .timeout = 30)
 
 /* ------------------------------------------------- conc_wait */
 
-static int sleep_then_exit(const void *arg, size_t len)
+/* Exits with 7 once a byte (or EOF) arrives on the descriptor in arg. */
+static int exit_when_told(const void *arg, size_t len)
 {
-    (void)arg;
     (void)len;
-    conc_sleep(0.3);
+    int fd;
+    memcpy(&fd, arg, sizeof fd);
+    char c;
+    while (read(fd, &c, 1) < 0 && errno == EINTR)
+        ;
     return 7;
+}
+
+/* Writes one byte to fd once the test's thread sleeps. */
+struct teller {
+    int fd;
+    int rc;
+};
+
+static void *tell_when_blocked(void *arg)
+{
+    struct teller *t = arg;
+    t->rc = await_task_blocked(getpid(), test_tid, BLOCKED_GUARD) &&
+            write(t->fd, "x", 1) == 1 ? 0 : -1;
+    return NULL;
 }
 
 static int ready_mask(const conc_waitable *w, size_t n)
@@ -731,8 +835,10 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
     cr_assert_eq(conc_queue_new(&q, NULL), 0);
     int pfd[2];
     cr_assert_eq(pipe(pfd), 0);
+    int go[2];
+    cr_assert_eq(pipe(go), 0);
     conc_process *p;
-    cr_assert_eq(conc_process_new(&p, sleep_then_exit, NULL, 0,
+    cr_assert_eq(conc_process_new(&p, exit_when_told, &go[0], sizeof go[0],
                                   &(conc_process_opts){ .method = CONC_START_FORK }), 0);
     cr_assert_eq(conc_process_start(p), 0);
 
@@ -767,8 +873,16 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
     cr_assert_eq(conc_conn_recv_bytes(a2, &c, 1, 0), 1);
     cr_assert_eq(conc_queue_get(q, &item, 0), 0);
     cr_assert_eq(read(pfd[0], &c, 1), 1);
+    struct teller tell = { .fd = go[1], .rc = 1 };
+    pthread_t tt;
+    test_tid = gettid();
+    cr_assert_eq(pthread_create(&tt, NULL, tell_when_blocked, &tell), 0);
     cr_assert_eq(conc_wait(w, 5, 20.0), 1);
     cr_assert_eq(ready_mask(w, 5), 1 << 3);
+    cr_assert_eq(pthread_join(tt, NULL), 0);
+    cr_assert_eq(tell.rc, 0, "the process ended before the wait slept");
+    close(go[0]);
+    close(go[1]);
     int code;
     cr_assert_eq(conc_process_join(p, 5.0), 0);
     cr_assert_eq(conc_process_exitcode(p, &code), 0);
@@ -813,7 +927,8 @@ Test(wait, buffered_data_counts_as_ready, .timeout = 30)
 
 static void *put_later(void *arg)
 {
-    conc_sleep(0.1);
+    if (!await_task_blocked(getpid(), test_tid, BLOCKED_GUARD))
+        return (void *)1;
     conc_queue_put(arg, (void *)2, CONC_FOREVER);
     return NULL;
 }
@@ -824,10 +939,13 @@ Test(wait, blocks_until_a_thread_puts, .timeout = 30)
     cr_assert_eq(conc_queue_new(&q, NULL), 0);
     conc_waitable w = { .kind = CONC_WAIT_QUEUE, .u.queue = q };
     pthread_t t;
+    test_tid = gettid();
     cr_assert_eq(pthread_create(&t, NULL, put_later, q), 0);
     cr_assert_eq(conc_wait(&w, 1, CONC_FOREVER), 1);
     cr_assert(w.ready);
-    pthread_join(t, NULL);
+    void *late = NULL;
+    pthread_join(t, &late);
+    cr_assert_null(late, "the wait never slept");
     conc_queue_free(q);
 }
 
@@ -860,7 +978,8 @@ Test(wait, errors, .timeout = 30)
     cr_assert_eq(conc_wait(&w, 1, 0), -EBADF);
     /* A process not started. */
     conc_process *p;
-    cr_assert_eq(conc_process_new(&p, sleep_then_exit, NULL, 0, NULL), 0);
+    int zero = 0;
+    cr_assert_eq(conc_process_new(&p, exit_when_told, &zero, sizeof zero, NULL), 0);
     w = (conc_waitable){ .kind = CONC_WAIT_PROCESS, .u.process = p };
     cr_assert_eq(conc_wait(&w, 1, 0), -EINVAL);
     conc_process_free(p);

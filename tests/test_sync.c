@@ -1096,9 +1096,11 @@ Test(event, signals_do_not_interrupt_wait, .timeout = 30)
     atomic_int returned = 0;
 
     struct ev_waiter forever = { .e = &e, .timeout = CONC_FOREVER, .returned = &returned };
-    pthread_t t = spawn(ev_waiter_fn, &forever);
-    usleep(10000);
+    pid_t tid;
+    pthread_t t = spawn_tid(ev_waiter_fn, &forever, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     pester(t, 20);
+    wait_thread_blocked(tid, BLOCKED_GUARD);      /* asleep again, not returned */
     cr_assert_eq(atomic_load(&returned), 0, "a signal ended the wait (rc %d)", forever.rc);
     cr_assert_eq(conc_event_set(&e), 0);
     join(t);
@@ -1120,9 +1122,11 @@ Test(lock, signals_do_not_interrupt_acquire, .timeout = 30)
     conc_lock l = CONC_LOCK_INIT;
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
     struct lock_blocker a = { .l = &l, .timeout = CONC_FOREVER };
-    pthread_t t = spawn(lock_blocker_fn, &a);
-    usleep(10000);
+    pid_t tid;
+    pthread_t t = spawn_tid(lock_blocker_fn, &a, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     pester(t, 20);
+    wait_thread_blocked(tid, BLOCKED_GUARD);      /* asleep again, not returned */
     cr_assert_eq(atomic_load(&a.done), 0, "a signal ended the acquire (rc %d)", a.rc);
     cr_assert_eq(conc_lock_release(&l), 0);
     join(t);
@@ -1145,9 +1149,11 @@ Test(sem, signals_do_not_interrupt_acquire, .timeout = 30)
     conc_sem s = CONC_SEM_INIT(0);
     atomic_int acquired = 0;
     struct sem_waiter a = { .s = &s, .timeout = CONC_FOREVER, .acquired = &acquired };
-    pthread_t t = spawn(sem_waiter_fn, &a);
-    usleep(10000);
+    pid_t tid;
+    pthread_t t = spawn_tid(sem_waiter_fn, &a, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     pester(t, 20);
+    wait_thread_blocked(tid, BLOCKED_GUARD);      /* asleep again, not returned */
     cr_assert_eq(atomic_load(&acquired), 0);
     cr_assert_eq(conc_sem_release(&s, 1), 0);
     join(t);
@@ -2721,7 +2727,7 @@ Test(shared, primitives_between_processes, .timeout = 30)
     if (pid == 0)
         _exit(xproc_child(x));
 
-    usleep(20000); /* let the child block on the event */
+    wait_proc_blocked(pid, BLOCKED_GUARD); /* the child sleeps on the event */
     cr_assert_eq(conc_event_set(&x->go), 0);
     for (int i = 0; i < XP_INCR; i++) {
         cr_assert_eq(conc_lock_acquire(&x->lock, CONC_FOREVER), 0);

@@ -33,6 +33,12 @@
  * may receive from it (a duplex connection may send in one thread while it
  * receives in another).  Closing or freeing a connection another thread is
  * using is undefined, as for a file descriptor.
+ *
+ * Several holders of one end (a forked child and its parent, a dup of the
+ * descriptor): conc_conn_poll and conc_wait never take bytes out of the
+ * descriptor, so whichever holder receives next gets the message whole.  A
+ * receive reads ahead (up to 64 KiB): messages it read ahead belong to that
+ * handle, and the other holders do not see them.
  */
 #ifndef CONC_PIPE_H
 #define CONC_PIPE_H
@@ -172,7 +178,9 @@ CONC_API int conc_conn_recv_alloc_until(conc_conn *c, void **out, size_t *len,
 /*
  * conc_conn_poll - Connection.poll(timeout): wait until there is something
  * to receive: a message (or part of one) or the peer's close (after which
- * recv gives -EPIPE).  Returns 0 when there is; -EAGAIN (timeout 0) or
+ * recv gives -EPIPE).  It reads nothing: the bytes stay in the descriptor
+ * for whichever holder of this end receives them.  Returns 0 when there
+ * is; -EAGAIN (timeout 0) or
  * -ETIMEDOUT when not; -EPERM on a send-only end; -EBADF when closed;
  * -EINVAL for NULL or a bad timeout.  Python's poll() with no argument is
  * conc_conn_poll(c, 0); poll(None) is CONC_FOREVER.
@@ -227,7 +235,8 @@ typedef struct conc_waitable {
  * conc_wait - multiprocessing.connection.wait(object_list, timeout): wait
  * until at least one of the n entries is ready (see conc_wait_kind),
  * then mark every ready one (ready = true, the others false).  A connection
- * with read-ahead data is ready without waiting.  Returns how many are
+ * with read-ahead data is ready without waiting; nothing is read from a
+ * connection (as conc_conn_poll).  Returns how many are
  * ready (> 0); -EAGAIN (timeout 0) or -ETIMEDOUT when none became ready in
  * time (Python's empty list); -EINVAL for NULL objs with n > 0, an unknown
  * kind, NULL handles, a negative fd, a process not started, a bad timeout,

@@ -70,8 +70,13 @@ CONC_API int conc_thread_start(conc_thread *t);
 /*
  * conc_thread_join - Thread.join(timeout): wait until the thread ends.
  * Returns 0 when it has ended; -ETIMEDOUT (or -EAGAIN for timeout 0) while
- * it still runs; -EINVAL when not started or a bad timeout; -EDEADLK when a
+ * it still runs; -EINVAL when not started, a bad timeout, or a thread conc
+ * did not start (a "Dummy-N" handle from conc_thread_current: Python's
+ * RuntimeError "cannot join a dummy thread", at once); -EDEADLK when a
  * thread joins itself.  Any number of threads may join the same thread.
+ * The main thread can be joined: the join returns once main has returned
+ * or called exit() (conc marks it ended before it joins the non-daemon
+ * threads at exit) or pthread_exit().
  */
 CONC_API int conc_thread_join(conc_thread *t, double timeout);
 CONC_API int conc_thread_join_until(conc_thread *t, int64_t deadline);
@@ -80,7 +85,8 @@ CONC_API int conc_thread_join_until(conc_thread *t, int64_t deadline);
  * conc_thread_free - drop the caller's reference (del thread).  The thread
  * is not stopped; it releases its own reference when it ends.  NULL is fine.
  * Handles from conc_thread_current() and conc_thread_main() are borrowed:
- * do not free them (freeing the main thread's handle is ignored).
+ * do not free them (freeing the main thread's handle, or the borrowed
+ * handle of a thread conc did not start, is ignored).
  */
 CONC_API void conc_thread_free(conc_thread *t);
 
@@ -101,13 +107,20 @@ CONC_API bool conc_thread_started(const conc_thread *t);
  */
 CONC_API int conc_thread_result(const conc_thread *t, void **out);
 
-/* conc_thread_name - Thread.name; valid until the name changes or the
- * handle is freed. */
-CONC_API const char *conc_thread_name(const conc_thread *t);
+/*
+ * conc_thread_name - Thread.name: copy the name into buf (size bytes,
+ * always NUL-terminated when size > 0; CONC_THREAD_NAME_MAX + 1 bytes hold
+ * any name), as snprintf does.  The copy is taken whole: a concurrent
+ * conc_thread_set_name gives either the old or the new name, never a mix.
+ * Returns the name's length (a result >= size means it was truncated);
+ * -EINVAL for NULL t, or NULL buf with size > 0.
+ */
+CONC_API int conc_thread_name(const conc_thread *t, char *buf, size_t size);
 
 /* conc_thread_set_name - set Thread.name (copied, truncated to
  * CONC_THREAD_NAME_MAX bytes; a running thread's OS name, shown by ps and
- * gdb, gets the first 15 bytes).  Returns 0, -EINVAL for NULL. */
+ * gdb, gets the first 15 bytes).  Safe while other threads read the name,
+ * set it or join the thread.  Returns 0, -EINVAL for NULL. */
 CONC_API int conc_thread_set_name(conc_thread *t, const char *name);
 
 /* conc_thread_daemon - Thread.daemon. */
@@ -131,7 +144,9 @@ CONC_API pid_t conc_thread_native_id(conc_thread *t);
  * Python.  Returns NULL only when out of memory. */
 CONC_API conc_thread *conc_thread_current(void);
 
-/* conc_thread_main - threading.main_thread() (borrowed handle). */
+/* conc_thread_main - threading.main_thread() (borrowed handle).  In a
+ * child made by fork() from another thread, the thread that forked is the
+ * child's main thread (a thread conc did not start becomes "MainThread"). */
 CONC_API conc_thread *conc_thread_main(void);
 
 /* conc_thread_get_ident - threading.get_ident() of the calling thread. */

@@ -1,7 +1,9 @@
 /*
  * wait_helpers.h - shared by the thread-level tests: the invalid timeouts
- * every waiting call must refuse, a settle pause, a polling hang guard, and
- * a checked pthread start.
+ * every waiting call must refuse, a polling hang guard, a checked pthread
+ * start, and (task_state.h) waiting until a peer is blocked in the kernel.
+ * settle() is a fixed pause: prefer wait_thread_blocked / wait_proc_blocked,
+ * which cannot pass without the peer having reached its wait.
  */
 #ifndef CONC_TESTS_WAIT_HELPERS_H
 #define CONC_TESTS_WAIT_HELPERS_H
@@ -12,6 +14,7 @@
 #include <stdint.h>
 #include <unistd.h>
 #include "conc/time.h"
+#include "task_state.h"
 
 #define NS 1000000000LL
 /* How long to let threads run into (or out of) their waits before checking. */
