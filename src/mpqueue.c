@@ -859,7 +859,11 @@ int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
         e = -errno;
     else if ((base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
         e = map_error(errno);
+    else if ((e = conc_lock_init(&((struct mpq_shared *)base)->plock, CONC_SYNC_SHARED)) == 0)
+        e = conc_lock_init(&((struct mpq_shared *)base)->clock, CONC_SYNC_SHARED);
     if (e) {
+        if (base != MAP_FAILED)
+            munmap(base, total);
         if (in >= 0)
             close(in);
         if (outfd >= 0)
@@ -876,8 +880,6 @@ int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
     sh->maxsize = o.maxsize;
     sh->ring_off = off;
     sh->total = total;
-    conc_lock_init(&sh->plock, CONC_SYNC_SHARED);
-    conc_lock_init(&sh->clock, CONC_SYNC_SHARED);
     st_release(&sh->magic, MPQ_MAGIC);
     struct mpq_settings set = { .cap = cap, .max_msg = max_msg, .maxsize = o.maxsize,
                                 .kind = (uint32_t)o.kind };

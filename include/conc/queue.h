@@ -426,7 +426,8 @@ typedef struct conc_mpqueue_opts {
  * conc_mpqueue_new - create an empty queue in shared memory.  Returns 0 and
  * stores the handle; -EINVAL for a NULL out, an unknown kind, a SimpleQueue
  * with a maxsize, a capacity over CONC_MPQUEUE_CAPACITY_MAX or a max_msg
- * that needs a larger ring; -EMFILE / -ENFILE; -ENOMEM.
+ * that needs a larger ring; -EMFILE / -ENFILE; -ENOMEM; -ENOTSUP where
+ * its shared locks cannot be robust (conc_lock_init).
  */
 CONC_API int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts);
 
