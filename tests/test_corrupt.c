@@ -122,16 +122,27 @@ static int attach_dup(conc_mpqueue *q, conc_mpqueue **a)
  */
 static conc_mpqueue *attach_guarded(conc_mpqueue *q, struct view *v, ino_t ino)
 {
-    uint8_t *res = mmap(NULL, v->size + 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    cr_assert_neq(res, MAP_FAILED);
-    cr_assert_eq(munmap(res, v->size), 0);
-    conc_mpqueue *a = NULL;
-    cr_assert_eq(attach_dup(q, &a), 0);
-    if (mapped_at(res, ino)) {
-        v->guard = res + v->size;
-    } else {
-        munmap(res + v->size, 4096);
+    conc_mpqueue *a = NULL, *filler[16];
+    int nfill = 0;
+    while (!v->guard && nfill < 16) {
+        uint8_t *res = mmap(NULL, v->size + 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        cr_assert_neq(res, MAP_FAILED);
+        cr_assert_eq(munmap(res, v->size), 0);
+        cr_assert_eq(attach_dup(q, &a), 0);
+        if (mapped_at(res, ino)) {
+            v->guard = res + v->size;
+        } else {
+            /* It went into a higher hole just its size: keep that hole
+             * filled for the next try. */
+            filler[nfill++] = a;
+            munmap(res + v->size, 4096);
+        }
+    }
+    while (nfill > 0)
+        conc_mpqueue_free(filler[--nfill]);
+    if (!v->guard) {
         cr_log_warn("no guard page after the attached mapping");
+        cr_assert_eq(attach_dup(q, &a), 0);
     }
     return a;
 }
