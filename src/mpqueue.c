@@ -304,8 +304,8 @@ static void repair_producers(conc_mpqueue *q)
     struct mpq_shared *sh = q->sh;
     uint64_t tail = sh->tail;
     struct rec_hdr *h = hdr_at(q, tail);
-    uint32_t len = ld_relaxed(&h->len);
-    if (ld_acquire(&h->stamp) == tail + 1 && len <= q->max_msg) {
+    uint32_t len = ld_acquire(&h->stamp) == tail + 1 ? ld_relaxed(&h->len) : UINT32_MAX;
+    if (len <= q->max_msg) {
         uint64_t puts = ld_acquire(&sh->puts);
         if ((uint32_t)puts == h->seq)
             st_release(&sh->puts, puts + 1);
