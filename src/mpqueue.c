@@ -27,6 +27,17 @@
  * and bumps data_seq and wakes them all.  Likewise `putters`/`space_seq`
  * and `joiners`/`join_seq`.  The flags are cleared by the waker, so a waiter
  * that dies costs one extra wake-up, never a hang.
+ *
+ * Nothing read from the shared mapping is trusted: another process may be
+ * broken or hostile and write anything there.  The settings (capacity,
+ * max_msg, maxsize, kind) are read once at attach, checked, and kept in the
+ * handle; ring offsets are masked to 16-byte slots inside the ring, so a
+ * record header read at any position lies inside the mapping; a length is
+ * used only once it is at most max_msg (so no copy passes the ring's end);
+ * and positions, lengths and counts that no correct peer could have written
+ * (a misaligned head or tail, more bytes queued than the ring holds, a
+ * message missing where tail says one is, more messages than bytes) make
+ * the call fail with -EPROTO instead of reading garbage or waiting forever.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -95,13 +106,19 @@ struct mpq_shared {
     SIDE uint64_t done; /* task_done calls */
 };
 
+/* What this process knows about the queue: the settings are checked once
+ * and kept here, never read again from the shared header. */
 struct conc_mpqueue {
     struct mpq_shared *sh;
     uint8_t *ring;
-    uint64_t cap, mask, max_msg;
+    uint64_t cap, max_msg, maxsize;
+    uint64_t mask;      /* (cap - 1) & ~15: a 16-byte slot inside the ring */
+    uint32_t kind;
     size_t map_len;
     int fd, efd_in, efd_out;
 };
+
+#define POS_ALIGN ((uint64_t)HDR - 1)
 
 static inline uint64_t rec_size(uint64_t len)
 {
@@ -131,13 +148,36 @@ static void ring_read(const conc_mpqueue *q, uint64_t pos, void *dst, size_t n)
         memcpy((uint8_t *)dst + first, q->ring, n - first);
 }
 
-/* The message at head, if any: its length, else -1. */
+/* The message at head, if any: its length, else -1; -EPROTO for a length
+ * over max_msg (no producer writes one). */
 static inline int64_t msg_at(const conc_mpqueue *q, uint64_t head)
 {
     struct rec_hdr *h = hdr_at(q, head);
     if (ld_acquire(&h->stamp) != head + 1)
         return -1;
-    return ld_relaxed(&h->len);
+    uint32_t len = ld_relaxed(&h->len);
+    return len <= q->max_msg ? (int64_t)len : -EPROTO;
+}
+
+/*
+ * Called by a consumer (clock held, so head cannot move) that found no
+ * message at head: looks again after reading tail.  Producers publish a
+ * record's stamp before they move tail past it, so with tail read first, a
+ * record must be at head whenever head < tail.  head may pass tail by one
+ * record for a moment (a producer died between the two stores), never by
+ * more.  Returns the message's length after all, -1 for none, or -EPROTO
+ * when the positions cannot be right.
+ */
+static int64_t recheck_empty(const conc_mpqueue *q, uint64_t head)
+{
+    uint64_t tail = ld_acquire(&q->sh->tail);
+    int64_t len = msg_at(q, head);
+    if (len != -1)
+        return len;
+    int64_t queued = (int64_t)(tail - head);
+    if (((head | tail) & POS_ALIGN) || queued > 0 || queued < -(int64_t)rec_size(q->max_msg))
+        return -EPROTO;
+    return -1;
 }
 
 /*
@@ -264,11 +304,12 @@ static void repair_producers(conc_mpqueue *q)
     struct mpq_shared *sh = q->sh;
     uint64_t tail = sh->tail;
     struct rec_hdr *h = hdr_at(q, tail);
-    if (ld_acquire(&h->stamp) == tail + 1 && h->len <= q->max_msg) {
+    uint32_t len = ld_acquire(&h->stamp) == tail + 1 ? ld_relaxed(&h->len) : UINT32_MAX;
+    if (len <= q->max_msg) {
         uint64_t puts = ld_acquire(&sh->puts);
         if ((uint32_t)puts == h->seq)
             st_release(&sh->puts, puts + 1);
-        st_release(&sh->tail, tail + rec_size(h->len));
+        st_release(&sh->tail, tail + rec_size(len));
     }
     conc_lock_consistent(&sh->plock);
 }
@@ -295,31 +336,45 @@ static int lock_consumers(conc_mpqueue *q)
 
 /* Messages queued as seen from a head position (plock held: the records
  * between head and tail cannot change under us). */
-static uint64_t count_from(conc_mpqueue *q, uint64_t head)
+static uint64_t count_from(conc_mpqueue *q, uint64_t head, uint64_t tail)
 {
-    struct mpq_shared *sh = q->sh;
-    if (head == sh->tail)
+    if (head == tail)
         return 0;
-    return (uint32_t)((uint32_t)ld_acquire(&sh->puts) - hdr_at(q, head)->seq);
+    return (uint32_t)((uint32_t)ld_acquire(&q->sh->puts) - hdr_at(q, head)->seq);
 }
 
-/* With plock held: true when a record of rs bytes fits now. */
-static bool fits(conc_mpqueue *q, uint64_t rs)
+/*
+ * With plock held (and a dead holder's state repaired): 1 when a record of
+ * rs bytes fits now, 0 when not, -EPROTO when head and tail cannot be
+ * right.  Here every published record lies below tail, so head is at most
+ * tail, at most a ring behind it, and the records between them hold at
+ * least one message per 16 bytes.
+ */
+static int fits(conc_mpqueue *q, uint64_t rs)
 {
     struct mpq_shared *sh = q->sh;
     uint64_t need = rs + HDR;   /* the next record's stamp slot stays free */
-    uint64_t head = sh->hcache;
+    uint64_t tail = sh->tail, head = sh->hcache;
+    if (unlikely(tail & POS_ALIGN))
+        return -EPROTO;
     /* The count needs the real head: below it, the ring may already hold
      * newer bytes where a stale head's header was. */
-    if (sh->maxsize || q->cap - (sh->tail - head) < need) {
+    if (q->maxsize || tail - head > q->cap || q->cap - (tail - head) < need) {
         head = ld_acquire(&sh->head);
         sh->hcache = head;
-        if (q->cap - (sh->tail - head) < need)
-            return false;
-        if (sh->maxsize && count_from(q, head) >= sh->maxsize)
-            return false;
+        if (unlikely((head & POS_ALIGN) || tail - head > q->cap))
+            return -EPROTO;
+        if (q->cap - (tail - head) < need)
+            return 0;
+        if (q->maxsize) {
+            uint64_t n = count_from(q, head, tail);
+            if (unlikely(n > (tail - head) / HDR))
+                return -EPROTO;
+            if (n >= q->maxsize)
+                return 0;
+        }
     }
-    return true;
+    return 1;
 }
 
 /* For the sleeping producer: may a record of rs bytes fit now? */
@@ -332,7 +387,7 @@ static bool put_ready(conc_mpqueue *q, uint64_t rs)
     uint64_t used = tail - head;
     if (used <= q->cap && q->cap - used < rs + HDR)
         return false;
-    return !sh->maxsize || conc_mpqueue_qsize(q) < sh->maxsize;
+    return !q->maxsize || conc_mpqueue_qsize(q) < q->maxsize;
 }
 
 static int check_timeout(double timeout, int64_t *deadline, bool *poll)
@@ -357,9 +412,12 @@ static int put_impl(conc_mpqueue *q, const void *data, size_t len, int64_t deadl
             conc_lock_release(&sh->plock);
             return -EPIPE;
         }
-        if (fits(q, rs))
+        int f = fits(q, rs);
+        if (f > 0)
             break;
         conc_lock_release(&sh->plock);
+        if (f < 0)
+            return f;
         sig_reset(q, &sh->sig_out, q->efd_out, can_put);
         r = wait_for(q, put_ready, rs, &sh->putters, &sh->space_seq, deadline, poll);
         if (r)
@@ -433,6 +491,12 @@ static ssize_t get_impl(conc_mpqueue *q, void *buf, size_t cap, void **out, int6
         uint32_t sd = ld_acquire(&sh->shutdown);
         uint64_t head = sh->head;
         int64_t len = sd == 2 ? -1 : msg_at(q, head);
+        if (len == -1 && sd != 2)
+            len = recheck_empty(q, head);
+        if (unlikely(len == -EPROTO)) {
+            conc_lock_release(&sh->clock);
+            return -EPROTO;
+        }
         if (len >= 0) {
             void *dst = buf;
             if (out) {
@@ -450,7 +514,7 @@ static ssize_t get_impl(conc_mpqueue *q, void *buf, size_t cap, void **out, int6
             uint32_t seq = hdr_at(q, head)->seq;
             st_release(&sh->head, head + rec_size((uint64_t)len));     /* taken */
             conc_lock_release(&sh->clock);
-            if (sh->kind == CONC_MPQUEUE_JOINABLE)
+            if (q->kind == CONC_MPQUEUE_JOINABLE)
                 cover_seq(sh, seq);
             wake_flagged(&sh->putters, &sh->space_seq);
             sig_raise(&sh->sig_out, q->efd_out);
@@ -523,6 +587,8 @@ ssize_t conc_mpqueue_next_size(conc_mpqueue *q)
         int64_t len = sd != 2 && peek_hdr(q, head, &n, NULL) ? (int64_t)n : -1;
         if (ld_acquire(&sh->head) != head)
             continue;           /* taken meanwhile: the length may be stale */
+        if (len > (int64_t)q->max_msg)
+            return -EPROTO;
         if (len >= 0)
             return (ssize_t)len;
         return sd ? -EPIPE : -EAGAIN;
@@ -545,7 +611,10 @@ size_t conc_mpqueue_qsize(const conc_mpqueue *q)
         if (ld_acquire(&sh->head) != head)
             continue;
         int32_t n = (int32_t)(puts - seq);
-        return n > 0 ? (size_t)n : 1;   /* a message is there */
+        if (n <= 0)
+            return 1;                   /* a message is there */
+        /* No more than the ring can hold, whatever the counts say. */
+        return (uint64_t)n <= q->cap / HDR ? (size_t)n : (size_t)(q->cap / HDR);
     }
 }
 
@@ -564,12 +633,12 @@ bool conc_mpqueue_full(const conc_mpqueue *q)
     /* (head passes tail for a moment when a producer died after publishing) */
     if (used <= q->cap && q->cap - used < 2 * HDR)
         return true;
-    return sh->maxsize && conc_mpqueue_qsize(q) >= sh->maxsize;
+    return q->maxsize && conc_mpqueue_qsize(q) >= q->maxsize;
 }
 
 size_t conc_mpqueue_maxsize(const conc_mpqueue *q)
 {
-    return q ? (size_t)q->sh->maxsize : 0;
+    return q ? (size_t)q->maxsize : 0;
 }
 
 size_t conc_mpqueue_max_msg(const conc_mpqueue *q)
@@ -586,7 +655,7 @@ size_t conc_mpqueue_capacity(const conc_mpqueue *q)
 
 int conc_mpqueue_task_done(conc_mpqueue *q)
 {
-    if (!q || q->sh->kind != CONC_MPQUEUE_JOINABLE)
+    if (!q || q->kind != CONC_MPQUEUE_JOINABLE)
         return -EINVAL;
     struct mpq_shared *sh = q->sh;
     uint64_t d = ld_acquire(&sh->done);
@@ -604,7 +673,7 @@ int conc_mpqueue_task_done(conc_mpqueue *q)
 
 size_t conc_mpqueue_unfinished(const conc_mpqueue *q)
 {
-    if (!q || q->sh->kind != CONC_MPQUEUE_JOINABLE)
+    if (!q || q->kind != CONC_MPQUEUE_JOINABLE)
         return 0;
     uint64_t d = ld_acquire(&q->sh->done);
     uint64_t p = ld_acquire(&q->sh->puts);
@@ -619,7 +688,7 @@ static bool all_done(conc_mpqueue *q, uint64_t unused)
 
 static int join_impl(conc_mpqueue *q, int64_t deadline, bool poll)
 {
-    if (!q || q->sh->kind != CONC_MPQUEUE_JOINABLE)
+    if (!q || q->kind != CONC_MPQUEUE_JOINABLE)
         return -EINVAL;
     while (!all_done(q, 0)) {
         int r = wait_for(q, all_done, 0, &q->sh->joiners, &q->sh->join_seq, deadline, poll);
@@ -669,9 +738,9 @@ int conc_mpqueue_shutdown(conc_mpqueue *q, bool immediate)
     if (ld_relaxed(&sh->shutdown) < want)
         __atomic_store_n(&sh->shutdown, want, __ATOMIC_SEQ_CST);
     if (immediate && sh->head != sh->tail) {
-        uint64_t n = count_from(q, sh->head);
+        uint64_t n = count_from(q, sh->head, sh->tail);
         st_release(&sh->head, sh->tail);
-        if (sh->kind == CONC_MPQUEUE_JOINABLE) {
+        if (q->kind == CONC_MPQUEUE_JOINABLE) {
             uint64_t d = ld_acquire(&sh->done), p = ld_acquire(&sh->puts);
             if (d + n > p)
                 n = p - d;
@@ -740,11 +809,18 @@ static size_t ring_offset(void)
     return (sizeof(struct mpq_shared) + 4095) & ~(size_t)4095;
 }
 
-static void handle_init(conc_mpqueue *q, struct mpq_shared *sh, size_t total, int fd, int in,
-                        int out)
+/* The settings of a queue, as created or as read (once) at attach. */
+struct mpq_settings {
+    uint64_t cap, max_msg, maxsize;
+    uint32_t kind;
+};
+
+static void handle_init(conc_mpqueue *q, struct mpq_shared *sh, const struct mpq_settings *st,
+                        size_t total, int fd, int in, int out)
 {
-    *q = (conc_mpqueue){ .sh = sh, .ring = (uint8_t *)sh + sh->ring_off, .cap = sh->capacity,
-                         .mask = sh->capacity - 1, .max_msg = sh->max_msg, .map_len = total,
+    *q = (conc_mpqueue){ .sh = sh, .ring = (uint8_t *)sh + ring_offset(), .cap = st->cap,
+                         .mask = (st->cap - 1) & ~POS_ALIGN, .max_msg = st->max_msg,
+                         .maxsize = st->maxsize, .kind = st->kind, .map_len = total,
                          .fd = fd, .efd_in = in, .efd_out = out };
 }
 
@@ -783,7 +859,11 @@ int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
         e = -errno;
     else if ((base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
         e = map_error(errno);
+    else if ((e = conc_lock_init(&((struct mpq_shared *)base)->plock, CONC_SYNC_SHARED)) == 0)
+        e = conc_lock_init(&((struct mpq_shared *)base)->clock, CONC_SYNC_SHARED);
     if (e) {
+        if (base != MAP_FAILED)
+            munmap(base, total);
         if (in >= 0)
             close(in);
         if (outfd >= 0)
@@ -800,10 +880,10 @@ int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
     sh->maxsize = o.maxsize;
     sh->ring_off = off;
     sh->total = total;
-    conc_lock_init(&sh->plock, CONC_SYNC_SHARED);
-    conc_lock_init(&sh->clock, CONC_SYNC_SHARED);
     st_release(&sh->magic, MPQ_MAGIC);
-    handle_init(q, sh, total, fd, in, outfd);
+    struct mpq_settings set = { .cap = cap, .max_msg = max_msg, .maxsize = o.maxsize,
+                                .kind = (uint32_t)o.kind };
+    handle_init(q, sh, &set, total, fd, in, outfd);
     *out = q;
     return 0;
 }
@@ -818,13 +898,17 @@ int conc_mpqueue_fds(const conc_mpqueue *q, int fds[CONC_MPQUEUE_NFDS])
     return 0;
 }
 
-/* 0 when fd is an open eventfd, -EBADF when not open, -EINVAL otherwise. */
+/* 0 when fd is an open, non-blocking eventfd (a blocking one could hang
+ * sig_reset's read), -EBADF when not open, -EINVAL otherwise. */
 static int check_eventfd(int fd)
 {
     if (fd < 0)
         return -EINVAL;
-    if (fcntl(fd, F_GETFD) < 0)
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
         return -EBADF;
+    if (!(fl & O_NONBLOCK))
+        return -EINVAL;
     char path[64], link[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(path, link, sizeof link - 1);
@@ -854,17 +938,33 @@ int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS])
     void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
     if (base == MAP_FAILED)
         return errno == EACCES ? -EINVAL : map_error(errno);
+    /* Each field is read once, checked, and used only from this copy: the
+     * header stays writable by every process that has the memfd. */
     struct mpq_shared *sh = base;
-    uint64_t cap = ld_acquire(&sh->magic) == MPQ_MAGIC ? sh->capacity : 0;
-    bool ok = cap >= CAP_MIN && (cap & (cap - 1)) == 0 && sh->version == MPQ_VERSION &&
-              sh->kind <= CONC_MPQUEUE_SIMPLE && sh->ring_off == off && sh->total == total &&
-              off + cap == total && sh->max_msg <= cap / 2 && sh->maxsize <= INT32_MAX;
+    bool ok = ld_acquire(&sh->magic) == MPQ_MAGIC;
+    struct mpq_settings set = { 0 };
+    if (ok) {
+        uint32_t version = ld_relaxed(&sh->version);
+        uint64_t ring_off = ld_relaxed(&sh->ring_off), stotal = ld_relaxed(&sh->total);
+        set = (struct mpq_settings){ .cap = ld_relaxed(&sh->capacity),
+                                     .max_msg = ld_relaxed(&sh->max_msg),
+                                     .maxsize = ld_relaxed(&sh->maxsize),
+                                     .kind = ld_relaxed(&sh->kind) };
+        /* As conc_mpqueue_new makes them: a power-of-two ring filling the
+         * file after the header, room for two of the largest records and
+         * a slot, a maxsize only where one is allowed. */
+        ok = version == MPQ_VERSION && set.cap >= CAP_MIN && (set.cap & (set.cap - 1)) == 0 &&
+             set.cap <= CONC_MPQUEUE_CAPACITY_MAX && ring_off == off && stotal == total &&
+             off + set.cap == total && set.max_msg <= set.cap / 2 &&
+             2 * rec_size(set.max_msg) + HDR <= set.cap && set.kind <= CONC_MPQUEUE_SIMPLE &&
+             set.maxsize <= INT32_MAX && (set.kind != CONC_MPQUEUE_SIMPLE || set.maxsize == 0);
+    }
     conc_mpqueue *q = ok ? malloc(sizeof *q) : NULL;
     if (!q) {
         munmap(base, total);
         return ok ? -ENOMEM : -EINVAL;
     }
-    handle_init(q, sh, total, fds[0], fds[1], fds[2]);
+    handle_init(q, sh, &set, total, fds[0], fds[1], fds[2]);
     *out = q;
     return 0;
 }

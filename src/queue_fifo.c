@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -39,12 +40,28 @@
 /* A side's sleepers: one 64-bit word holds their count (low half) and the
  * futex word they sleep on (high half), so that a waker takes one off the
  * count and bumps the futex word in one step, and a sleeper counts itself
- * and learns the word's value in one step (see wake and wait_on). */
+ * and learns the word's value in one step (see wake and wait_on).  The
+ * union names the two halves as the uint32_t objects they are, so the futex
+ * calls (and a hub's 32-bit load of the futex word) reach a real uint32_t
+ * rather than a uint64_t through a punned pointer. */
 struct waiters {
-    uint64_t word;
+    union {
+        uint64_t word;      /* every read-modify-write goes through this */
+        struct {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            uint32_t count, futex;
+#else
+            uint32_t futex, count;
+#endif
+        } half;
+    };
     uint32_t look_ns;       /* how often a spinning waiter looks (adapted) */
     size_t last_pos;        /* the side's position at the last wait */
 };
+
+_Static_assert(sizeof(((struct waiters *)0)->half) == sizeof(uint64_t) &&
+               offsetof(struct waiters, half) == offsetof(struct waiters, word),
+               "the halves overlay the whole word exactly");
 
 struct conc__fifo {
     /* Read-only after creation. */
@@ -121,11 +138,7 @@ static inline uint32_t w_seq(uint64_t v)
 /* The futex word: the high half of w->word. */
 static inline uint32_t *w_futex(struct waiters *w)
 {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return (uint32_t *)&w->word + 1;
-#else
-    return (uint32_t *)&w->word;
-#endif
+    return &w->half.futex;
 }
 
 static inline uint32_t w_load_seq(struct waiters *w)
@@ -331,9 +344,10 @@ struct conc__fifo *conc__fifo_new(size_t maxsize, size_t cap, bool simple, conc_
     size_t c = 4;
     while (c < cap && c <= SIZE_MAX / 4 / sizeof(void *))
         c *= 2;
-    struct conc__fifo *f;
-    if (posix_memalign((void **)&f, 128, sizeof *f))
+    void *mem;
+    if (posix_memalign(&mem, 128, sizeof(struct conc__fifo)))
         return NULL;
+    struct conc__fifo *f = mem;
     memset(f, 0, sizeof *f);
     f->pbuf = f->cbuf = malloc(c * sizeof *f->pbuf);
     if (!f->pbuf) {

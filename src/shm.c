@@ -143,8 +143,12 @@ static int obj_create(struct obj *o, int kind, char typecode, size_t n, const vo
     }
     struct obj_header *h = base;
     bool raw = flags & CONC_SHM_RAW;
-    if (!raw)
-        conc_rlock_init(&h->lock, CONC_SYNC_SHARED);
+    int r = raw ? 0 : conc_rlock_init(&h->lock, CONC_SYNC_SHARED);
+    if (r < 0) {
+        munmap(base, total);
+        close(fd);
+        return r;
+    }
     char *data = (char *)base + DATA_OFFSET;
     if (init)
         memcpy(data, init, n * elem);   /* else the memfd is zero-filled */

@@ -263,6 +263,8 @@ int conc_lock_init(conc_lock *lock, unsigned flags)
 {
     if (!lock || check_flags(flags, CONC_SYNC_SHARED))
         return -EINVAL;
+    if ((flags & CONC_SYNC_SHARED) && !conc__robust_head())
+        return -ENOTSUP;        /* no robust list to link it into */
     *lock = (conc_lock)CONC_LOCK_INIT;
     lock->_flags = flags;
     return 0;

@@ -16,6 +16,10 @@
  *   -EOVERFLOW   a count would exceed its bound (BoundedSemaphore over-release)
  *   -EDEADLK     the call would wait for itself (a thread joining itself)
  *   -ENOMEM      memory could not be allocated
+ *   -EPROTO      memory shared with other processes holds what no correct
+ *                process writes there (a broken or hostile peer)
+ *   -ENOTSUP     the platform lacks what the call needs (a robust list conc
+ *                can share, for a process-shared lock)
  *
  * No conc function prints, aborts or exits on bad input.
  */

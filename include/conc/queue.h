@@ -366,6 +366,13 @@ CONC_API size_t conc_deque_maxlen(const conc_deque *d);
  *   parks itself only; a timeout works as for the thread queues.
  * - Readiness is pollable: conc_mpqueue_fd gives eventfds for "can get" and
  *   "can put".
+ * - Nothing read from the shared memory is trusted.  The settings are
+ *   checked at attach and kept in the handle; a length, position or count
+ *   in the ring that no correct process could have written (another process
+ *   is broken, or hostile, and wrote over the memory) makes put, get,
+ *   get_alloc and next_size return -EPROTO, never read or write outside the
+ *   mapping and never wait for a message that cannot come.  The queue's
+ *   contents are then lost: drop the queue.
  *
  * Sharing: a queue created before fork() works in the child as it is (the
  * mapping and descriptors are inherited).  For forkserver/spawn children
@@ -419,7 +426,8 @@ typedef struct conc_mpqueue_opts {
  * conc_mpqueue_new - create an empty queue in shared memory.  Returns 0 and
  * stores the handle; -EINVAL for a NULL out, an unknown kind, a SimpleQueue
  * with a maxsize, a capacity over CONC_MPQUEUE_CAPACITY_MAX or a max_msg
- * that needs a larger ring; -EMFILE / -ENFILE; -ENOMEM.
+ * that needs a larger ring; -EMFILE / -ENFILE; -ENOMEM; -ENOTSUP where
+ * its shared locks cannot be robust (conc_lock_init).
  */
 CONC_API int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts);
 
@@ -434,9 +442,11 @@ CONC_API int conc_mpqueue_fds(const conc_mpqueue *q, int fds[CONC_MPQUEUE_NFDS])
  * conc_mpqueue_attach - in another process: open the queue whose
  * descriptors (from conc_mpqueue_fds) are fds.  The new handle owns them
  * (conc_mpqueue_free closes them).  Returns 0; -EINVAL for NULL, a
- * negative fd, or an fd that is not a conc queue's memfd (the memory is
- * checked before use); -EBADF when one is not open; -ENOMEM.  On failure
- * the descriptors stay the caller's.
+ * negative fd, an fd that is not a conc queue's memfd (the memory is
+ * checked before use: every header field must be one conc_mpqueue_new
+ * writes) or a readiness fd that is not a non-blocking eventfd; -EBADF
+ * when one is not open; -ENOMEM.  On failure the descriptors stay the
+ * caller's.
  */
 CONC_API int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS]);
 
@@ -455,7 +465,8 @@ CONC_API void conc_mpqueue_free(conc_mpqueue *q);
  * -EAGAIN (timeout 0) or -ETIMEDOUT when it stayed full (Full); -EPIPE once
  * the queue is shut down; -EMSGSIZE when len is over max_msg; -EINVAL for
  * NULL q, NULL data with len > 0, or a bad timeout; -ECANCELED when the
- * calling coroutine was killed.  On any error nothing was added.
+ * calling coroutine was killed; -EPROTO when the shared memory is corrupt
+ * (see above).  On any error nothing was added.
  */
 CONC_API int conc_mpqueue_put(conc_mpqueue *q, const void *data, size_t len, double timeout);
 CONC_API int conc_mpqueue_put_until(conc_mpqueue *q, const void *data, size_t len,
@@ -469,7 +480,8 @@ CONC_API int conc_mpqueue_put_until(conc_mpqueue *q, const void *data, size_t le
  * (or use conc_mpqueue_get_alloc); -EAGAIN (timeout 0) or -ETIMEDOUT when it
  * stayed empty (Empty); -EPIPE when the queue is shut down and empty (or shut
  * down with immediate); -EINVAL for NULL q, NULL buf with cap > 0, or a bad
- * timeout; -ECANCELED when the calling coroutine was killed.
+ * timeout; -ECANCELED when the calling coroutine was killed; -EPROTO when
+ * the shared memory is corrupt (see above; nothing is taken).
  */
 CONC_API ssize_t conc_mpqueue_get(conc_mpqueue *q, void *buf, size_t cap, double timeout);
 CONC_API ssize_t conc_mpqueue_get_until(conc_mpqueue *q, void *buf, size_t cap,
@@ -489,13 +501,14 @@ CONC_API int conc_mpqueue_get_alloc_until(conc_mpqueue *q, void **out, size_t *l
  * conc_mpqueue_next_size - the length of the oldest message, without
  * taking it (another consumer may take it first).  Returns the length;
  * -EAGAIN when the queue is empty; -EPIPE when shut down and empty;
- * -EINVAL for NULL.
+ * -EINVAL for NULL; -EPROTO for a length over max_msg (corrupt memory).
  */
 CONC_API ssize_t conc_mpqueue_next_size(conc_mpqueue *q);
 
 /* conc_mpqueue_qsize / _empty / _full - Queue.qsize(), empty(), full(): a
  * snapshot (0 / true / false for NULL).  full() is true when maxsize
- * messages are queued or the ring has no room for even an empty message. */
+ * messages are queued or the ring has no room for even an empty message.
+ * qsize() never exceeds capacity / 16, whatever the shared counts say. */
 CONC_API size_t conc_mpqueue_qsize(const conc_mpqueue *q);
 CONC_API bool conc_mpqueue_empty(const conc_mpqueue *q);
 CONC_API bool conc_mpqueue_full(const conc_mpqueue *q);

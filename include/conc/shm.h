@@ -62,7 +62,9 @@ typedef struct conc_array conc_array;
  * conc_value_new - Value(typecode, init) / RawValue with CONC_SHM_RAW.
  * init points to one element of the type (NULL: zero).  The value is 64-byte
  * aligned in its own sealed memfd (close-on-exec).  Returns 0; -EINVAL (NULL
- * out, unknown typecode or flag); -ENOMEM; -EMFILE / -ENFILE (no descriptor).
+ * out, unknown typecode or flag); -ENOMEM; -EMFILE / -ENFILE (no descriptor);
+ * -ENOTSUP without CONC_SHM_RAW where the shared lock cannot be robust
+ * (conc_lock_init).
  */
 CONC_API int conc_value_new(conc_value **out, char typecode, const void *init, unsigned flags);
 
@@ -96,7 +98,7 @@ CONC_API void conc_value_free(conc_value *v);
  * conc_array_new - Array(typecode, n, init) / RawArray with CONC_SHM_RAW.
  * init points to n elements (NULL: zeros).  Returns 0; -EINVAL (n == 0,
  * unknown typecode or flag, NULL out); -EOVERFLOW (size too large); -ENOMEM;
- * -EMFILE / -ENFILE.
+ * -EMFILE / -ENFILE; -ENOTSUP as conc_value_new.
  */
 CONC_API int conc_array_new(conc_array **out, char typecode, size_t n, const void *init,
                             unsigned flags);

@@ -70,7 +70,8 @@ typedef struct conc_lock {
 #define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, { 0, 0 }, { 0, 0 } }
 
 /* conc_lock_init - initialise an unlocked Lock.  flags: 0 or CONC_SYNC_SHARED.
- * Returns 0, or -EINVAL for a NULL lock or an unknown flag. */
+ * Returns 0, or -EINVAL for a NULL lock or an unknown flag; -ENOTSUP for a
+ * shared lock where owner deaths could not be seen (docs/building.md). */
 CONC_API int conc_lock_init(conc_lock *lock, unsigned flags);
 
 /*
@@ -124,7 +125,7 @@ typedef struct conc_rlock {
 #define CONC_RLOCK_INIT_SHARED { CONC_LOCK_INIT_SHARED }
 
 /* conc_rlock_init - initialise a free RLock.  flags: 0 or CONC_SYNC_SHARED.
- * Returns 0, or -EINVAL. */
+ * Returns 0, -EINVAL, or -ENOTSUP as conc_lock_init. */
 CONC_API int conc_rlock_init(conc_rlock *lock, unsigned flags);
 
 /*

@@ -14,6 +14,9 @@
 #ifndef MFD_ALLOW_SEALING
 #define MFD_ALLOW_SEALING 0x0002u
 #endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008u
+#endif
 #ifndef F_ADD_SEALS
 #define F_ADD_SEALS   (1024 + 9)
 #define F_GET_SEALS   (1024 + 10)
@@ -36,6 +39,25 @@ static inline int conc__memfd_create(const char *name, unsigned flags)
 }
 
 /*
+ * A memfd for data, never for code: MFD_NOEXEC_SEAL (Linux 6.3) makes it
+ * non-executable for good, and kernels that know the flag log a warning for
+ * a memfd created without it (or MFD_EXEC).  Older kernels refuse the flag
+ * with EINVAL: then the memfd is made without it, and the flag is not tried
+ * again.  MFD_NOEXEC_SEAL implies MFD_ALLOW_SEALING.
+ */
+static inline int conc__memfd_data(const char *name, unsigned flags)
+{
+    static int no_noexec;   /* the kernel refused MFD_NOEXEC_SEAL */
+    if (!__atomic_load_n(&no_noexec, __ATOMIC_RELAXED)) {
+        int fd = conc__memfd_create(name, flags | MFD_NOEXEC_SEAL);
+        if (fd != -EINVAL)
+            return fd;
+        __atomic_store_n(&no_noexec, 1, __ATOMIC_RELAXED);
+    }
+    return conc__memfd_create(name, flags);
+}
+
+/*
  * A close-on-exec, sealable memfd of `size` bytes (zero-filled), sealed
  * against resizing.  Returns the descriptor, or -errno: -EMFILE / -ENFILE,
  * -ENOMEM (no memory for the size), -EOVERFLOW (size beyond off_t).
@@ -44,7 +66,7 @@ static inline int conc__memfd_sized(const char *name, unsigned long long size)
 {
     if (size > (unsigned long long)INT64_MAX)
         return -EOVERFLOW;
-    int fd = conc__memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int fd = conc__memfd_data(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return fd;
     if (ftruncate(fd, (off_t)size) != 0) {
