@@ -13,8 +13,11 @@
 #include "conc/coro.h"
 #include "conc/process.h"
 #include "conc/queue.h"
+#include "conc/deque.h"
+#include "conc/mpqueue.h"
 #include "conc/shm.h"
 #include "conc/pipe.h"
+#include "conc/wait.h"
 #include "conc/offload.h"
 
 #define CONC_VERSION_MAJOR 0

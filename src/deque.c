@@ -10,7 +10,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include "conc/queue.h"
+#include "conc/deque.h"
 #include "conc/sync.h"
 #include "internal.h"
 #include "ring.h"

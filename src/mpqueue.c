@@ -51,9 +51,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "conc/queue.h"
+#include "conc/mpqueue.h"
 #include "conc/sync.h"
 #include "internal.h"
+#include "mpqueue.h"
 #include "sys/memfd.h"
 #include "sys/wait.h"
 
@@ -779,8 +780,7 @@ int conc_mpqueue_fd(conc_mpqueue *q, short events)
     return efd;
 }
 
-/* conc_wait's view (src/pipe.c): ready now?  (Resets a stale fd.) */
-CONC_HIDDEN bool conc__mpqueue_ready(conc_mpqueue *q);
+/* conc_wait's view (wait_objects.c): ready now?  (Resets a stale fd.) */
 bool conc__mpqueue_ready(conc_mpqueue *q)
 {
     if (can_get(q))

@@ -1,12 +1,13 @@
 /*
- * pipe.c - multiprocessing.Pipe, Connection and connection.wait.
+ * pipe.c - multiprocessing.Pipe and Connection (connection.wait is in
+ * wait_objects.c).
  *
  * A connection is a descriptor (one end of a socketpair, or of a pipe) plus
  * a read-ahead buffer.  Each message is an 8-byte little-endian length and
  * the bytes.  Receiving reads as much as the buffer holds, so a small
  * message (or several) costs one read(); a message larger than the buffer
  * is read straight into the caller's memory.  Only a receive reads: poll
- * and wait look at the descriptor with poll(), leaving the bytes to
+ * and conc_wait look at the descriptor with poll(), leaving the bytes to
  * whichever holder of the end receives them.  A receive that times out in
  * the middle of a large message keeps what arrived (the buffer grows to
  * hold it), so nothing is ever lost or delivered in part.
@@ -34,43 +35,15 @@
 #include <unistd.h>
 
 #include "conc/pipe.h"
-#include "conc/process.h"
-#include "conc/queue.h"
 #include "internal.h"
+#include "pipe.h"
 #include "sys/wait.h"
 
 #define HDR 8
 #define RBUF_DEFAULT ((size_t)64 * 1024)
 #define SMALL_MSG 248
 
-struct conc_conn {
-    int fd;                 /* -1 once closed */
-    unsigned flags;         /* CONC_CONN_READABLE | CONC_CONN_WRITABLE */
-    bool sock;              /* a socket (MSG_DONTWAIT / MSG_NOSIGNAL) */
-    bool eof;               /* the peer closed: read gave 0 */
-    bool rbroken;           /* a partial message could not be kept */
-    bool wbroken;           /* a timed-out send cut a message */
-    size_t max;             /* largest message sent or accepted */
-    unsigned char *rbuf;    /* read-ahead; NULL until first needed */
-    size_t rcap, rstart, rend;
-};
-
 /* ------------------------------------------------------------ helpers */
-
-static int timeout_to_deadline(double timeout, int64_t *deadline)
-{
-    if (timeout == 0) {
-        *deadline = 0;
-        return 0;
-    }
-    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
-}
-
-/* The public timeout forms report a passed deadline of a poll as -EAGAIN. */
-static inline ssize_t poll_code(double timeout, ssize_t r)
-{
-    return (timeout == 0 && r == -ETIMEDOUT) ? -EAGAIN : r;
-}
 
 static inline bool passed(int64_t deadline)
 {
@@ -107,19 +80,6 @@ static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock)
     c->sock = sock;
     c->max = CONC_PIPE_MSG_MAX;
     *out = c;
-    return 0;
-}
-
-static int check_recv(const conc_conn *c)
-{
-    if (!c)
-        return -EINVAL;
-    if (c->fd < 0)
-        return -EBADF;
-    if (!(c->flags & CONC_CONN_READABLE))
-        return -EPERM;
-    if (c->rbroken)
-        return -EPIPE;
     return 0;
 }
 
@@ -405,11 +365,6 @@ static int rbuf_ready(conc_conn *c)
     return 0;
 }
 
-static inline size_t buffered(const conc_conn *c)
-{
-    return c->rend - c->rstart;
-}
-
 static void consume(conc_conn *c, size_t n)
 {
     c->rstart += n;
@@ -636,153 +591,4 @@ int conc_conn_poll(conc_conn *c, double timeout)
     if (timeout_to_deadline(timeout, &deadline) < 0)
         return -EINVAL;
     return (int)poll_code(timeout, conc_conn_poll_until(c, deadline));
-}
-
-/* ------------------------------------------------------------ wait */
-
-#define WAIT_STACK 32
-#define MPQ_RECHECK_NS 50000000
-
-/* src/mpqueue.c: true when a get could succeed now (resets a stale fd). */
-CONC_HIDDEN bool conc__mpqueue_ready(conc_mpqueue *q);
-
-int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
-{
-    if (n == 0) {
-        if (deadline == CONC_NO_DEADLINE)
-            return -EINVAL;
-        int r = conc__sleep_until(deadline);
-        return r == -ECANCELED ? r : -ETIMEDOUT;
-    }
-    if (!objs || n > (size_t)INT32_MAX)
-        return -EINVAL;
-    struct pollfd stack[WAIT_STACK], *fds = stack;
-    int count = 0, r = 0;
-    bool mpq = false;
-
-    /* Check every entry before allocating anything. */
-    for (size_t i = 0; i < n; i++) {
-        conc_waitable *w = &objs[i];
-        w->ready = false;
-        switch (w->kind) {
-        case CONC_WAIT_CONN:
-            r = check_recv(w->u.conn);
-            if (r == -EPIPE)        /* broken: a receive fails at once */
-                r = 0;
-            break;
-        case CONC_WAIT_QUEUE:
-        case CONC_WAIT_PROCESS:
-            r = w->u.queue ? 0 : -EINVAL;
-            break;
-        case CONC_WAIT_FD:
-            r = w->u.fd >= 0 ? 0 : -EINVAL;
-            break;
-        case CONC_WAIT_MPQUEUE:
-            r = w->u.mpqueue ? 0 : -EINVAL;
-            break;
-        default:
-            r = -EINVAL;
-        }
-        if (r < 0)
-            return r;
-    }
-    if (n > WAIT_STACK) {
-        fds = malloc(n * sizeof *fds);
-        if (!fds)
-            return -ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        conc_waitable *w = &objs[i];
-        fds[i].events = POLLIN;
-        fds[i].revents = 0;
-        switch (w->kind) {
-        case CONC_WAIT_CONN:
-            /* Bytes read ahead make it ready now; the descriptor itself is
-             * polled with the others (nothing is read out of it here). */
-            if (w->u.conn->rbroken || buffered(w->u.conn) > 0 || w->u.conn->eof) {
-                w->ready = true;
-                count++;
-            }
-            fds[i].fd = w->u.conn->fd;
-            r = 0;
-            break;
-        case CONC_WAIT_QUEUE:
-            r = conc_queue_fd(w->u.queue);
-            fds[i].fd = r;
-            break;
-        case CONC_WAIT_PROCESS:
-            r = conc_process_sentinel(w->u.process);
-            fds[i].fd = r;
-            break;
-        case CONC_WAIT_MPQUEUE:
-            r = conc_mpqueue_fd(w->u.mpqueue, POLLIN);
-            fds[i].fd = r;
-            mpq = true;
-            if (r >= 0 && conc__mpqueue_ready(w->u.mpqueue)) {
-                w->ready = true;
-                count++;
-            }
-            break;
-        default:
-            fds[i].fd = w->u.fd;
-            if (w->events)
-                fds[i].events = w->events;
-            r = 0;
-            break;
-        }
-        if (r < 0)
-            goto out;
-    }
-
-    for (;;) {
-        /* A process queue's eventfd may be readable with nothing to get
-         * (re-checked below), and a producer killed at the wrong instant
-         * may leave it unreadable: such waits look again now and then. */
-        int64_t until = count ? 0 : deadline;
-        if (mpq && !count) {
-            int64_t slice = conc_now() + MPQ_RECHECK_NS;
-            if (slice < until)
-                until = slice;
-        }
-        r = conc__wait_fds(fds, n, until);
-        if (r == -ETIMEDOUT && until == deadline)
-            break;
-        if (r < 0 && r != -ETIMEDOUT)
-            goto out;
-        if (r == 0)
-            continue;               /* interrupted: wait again */
-        for (size_t i = 0; i < n; i++) {
-            short re = r > 0 ? fds[i].revents : 0;
-            if (re & POLLNVAL) {
-                r = -EBADF;
-                goto out;
-            }
-            if (objs[i].ready)
-                continue;
-            if (objs[i].kind == CONC_WAIT_MPQUEUE) {
-                if ((re || r < 0) && conc__mpqueue_ready(objs[i].u.mpqueue)) {
-                    objs[i].ready = true;
-                    count++;
-                }
-            } else if (re & (fds[i].events | POLLERR | POLLHUP)) {
-                objs[i].ready = true;
-                count++;
-            }
-        }
-        if (count)
-            break;
-    }
-    r = count ? count : -ETIMEDOUT;
-out:
-    if (fds != stack)
-        free(fds);
-    return r;
-}
-
-int conc_wait(conc_waitable *objs, size_t n, double timeout)
-{
-    int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
-        return -EINVAL;
-    return (int)poll_code(timeout, conc_wait_until(objs, n, deadline));
 }

@@ -4,20 +4,23 @@
  *
  * queue.Queue and SimpleQueue (FIFO) run on a two-lock ring of their own
  * (src/queue_fifo.c): producers and consumers never take turns on one lock.
- * LifoQueue and PriorityQueue, below, keep Python's shape.
+ * For them this file only checks the arguments and hands each call over.
  *
- * The shape is Python's queue.Queue: one mutex (a conc_lock) and three
- * conditions over it, not_empty (getters wait), not_full (putters of a
- * bounded queue wait) and all_done (joiners wait).  Every change of state
- * happens under the mutex and notifies the condition whose predicate it may
- * have made true.  A conc_cond only costs a notify a system call when a
- * thread actually sleeps on it, so the uncontended path is: take the lock,
- * store or fetch a pointer, one atomic load per notify, release the lock.
+ * LifoQueue and PriorityQueue, below, keep the shape of Python's
+ * queue.Queue: one mutex (a conc_lock) and three conditions over it,
+ * not_empty (getters wait), not_full (putters of a bounded queue wait) and
+ * all_done (joiners wait).  Every change of state happens under the mutex
+ * and notifies the condition whose predicate it may have made true.  A
+ * conc_cond only costs a notify a system call when a thread actually sleeps
+ * on it, so the uncontended path is: take the lock, store or fetch a
+ * pointer, one atomic load per notify, release the lock.
  *
- * Storage: a ring buffer (ring.h) for FIFO, LIFO and SimpleQueue; a binary
- * min-heap of (priority, sequence, item) for the priority queue, where the
- * sequence number makes equal ranks come out in insertion order.  Both grow
- * by doubling and never shrink, so the steady state allocates nothing.
+ * Storage: FIFO and SimpleQueue keep their items in queue_fifo.c's own
+ * ring; the LIFO queue uses a ring buffer (ring.h), popped at the back; the
+ * priority queue a binary min-heap of (priority, sequence, item), where the
+ * sequence number makes equal ranks come out in insertion order.  Each
+ * grows by doubling and never shrinks, so the steady state allocates
+ * nothing.
  *
  * Fields read without the lock by the snapshot queries (the item count,
  * unfinished, shutdown) are written with relaxed atomic stores under it.
@@ -57,7 +60,7 @@ struct conc_queue {
     int efd;                /* readiness eventfd, -1 until conc_queue_fd */
     size_t maxsize;
     size_t unfinished;
-    struct conc__ring ring; /* FIFO, LIFO, SIMPLE */
+    struct conc__ring ring; /* LIFO */
     struct pq_entry *heap;  /* PRIORITY */
     size_t hcap;
     size_t hcount;

@@ -113,15 +113,6 @@ static inline size_t count_of(const struct conc__fifo *f)
 
 /* ------------------------------------------------------------ waiting */
 
-/*
- * Wakes one sleeper of w (n == 1) or all of them.  A waker claims the
- * sleeper it wakes by taking it off the count, so that while the woken one
- * is on its way (a wake-up takes microseconds) later wakers do not call
- * the kernel again for it.  The change that may let sleepers go on was a
- * seq_cst store (or read-modify-write) and the count is read seq_cst: with
- * the sleeper's seq_cst count-then-check (wait_on), one of the two sees the
- * other.
- */
 #define W_ONE ((uint64_t)1)
 #define W_SEQ ((uint64_t)1 << 32)
 

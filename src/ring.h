@@ -1,6 +1,6 @@
 /*
- * ring.h - a growable ring buffer of void * (the storage behind FIFO/LIFO
- * queues and the deque); not installed.
+ * ring.h - a growable ring buffer of void * (the storage behind the LIFO
+ * queue and the deque); not installed.
  *
  * The capacity is a power of two, so positions wrap with a mask.  Items sit
  * at head, head+1, ..., head+count-1 (mod cap).  The ring itself does no

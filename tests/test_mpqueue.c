@@ -1,5 +1,5 @@
 /*
- * test_mpqueue.c - conc/queue.h, queues between processes (conc_mpqueue):
+ * test_mpqueue.c - conc/mpqueue.h, queues between processes (conc_mpqueue):
  * byte messages of every size in FIFO order (wrapping the ring end),
  * -EMSGSIZE without loss, maxsize and ring-bytes limits, bad arguments,
  * JoinableQueue task_done/join across processes, shutdown (plain and

@@ -1,10 +1,10 @@
 /*
- * test_pipe.c - conc/pipe.h: Pipe and Connection (duplex socketpairs and
- * one-way pipes) between threads and between processes, message framing of
- * every size, -EMSGSIZE without loss, recv_size/recv_alloc, poll and
- * timeouts, the peer's close and death (never half a message), conc_wait
- * over connections, queues, process sentinels and plain descriptors, no
- * descriptor leaks, and the pipe-ping example.
+ * test_pipe.c - conc/pipe.h and conc/wait.h: Pipe and Connection (duplex
+ * socketpairs and one-way pipes) between threads and between processes,
+ * message framing of every size, -EMSGSIZE without loss,
+ * recv_size/recv_alloc, poll and timeouts, the peer's close and death (never
+ * half a message), conc_wait over connections, queues, process sentinels
+ * and plain descriptors, no descriptor leaks, and the pipe-ping example.
  *
  * Criterion runs every test in its own process.  Child processes never
  * assert: they report through their exit code, and the test checks it.

@@ -1,6 +1,6 @@
 /*
- * test_queue.c - conc/queue.h: Queue, LifoQueue, PriorityQueue, SimpleQueue
- * and deque between threads.
+ * test_queue.c - conc/queue.h and conc/deque.h: Queue, LifoQueue,
+ * PriorityQueue, SimpleQueue and deque between threads.
  *
  * Threads are plain pthreads; assertions run on the test's main thread only
  * (worker threads record what they saw and the main thread checks it).
@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "conc/deque.h"
 #include "conc/queue.h"
 #include "conc/sync.h"
 

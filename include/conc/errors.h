@@ -1,9 +1,12 @@
 /*
  * conc/errors.h - error codes and their names.
  *
- * Every conc function reports failure by returning a negative errno value
- * (success is 0, or a non-negative count/size/index).  The codes carry the
- * same meaning everywhere in the library:
+ * A conc function that can fail returns an int (or an ssize_t): 0, or a
+ * non-negative count/size/index, on success and a negative errno value on
+ * failure.  Functions that return anything else (void, a bool, a size_t, a
+ * pointer, a time) report no error code: each header says what they give
+ * for a NULL or unusable handle.  The codes carry the same meaning
+ * everywhere in the library:
  *
  *   -ETIMEDOUT   a timeout or deadline passed before the call could succeed
  *   -EAGAIN      a non-blocking call (timeout 0) could not succeed at once;

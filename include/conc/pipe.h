@@ -1,5 +1,7 @@
 /*
- * conc/pipe.h - multiprocessing.Pipe, Connection and connection.wait.
+ * conc/pipe.h - Python's multiprocessing.Pipe and Connection.
+ * (multiprocessing.connection.wait, over connections and other objects, is
+ * in conc/wait.h.)
  *
  * conc_pipe makes two connected conc_conn handles that carry messages of
  * bytes, between the threads of one process or between processes (a fork
@@ -53,9 +55,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-struct conc_queue;
-struct conc_process;
 
 /* conc_conn - one end of a pipe (multiprocessing.connection.Connection). */
 typedef struct conc_conn conc_conn;
@@ -199,53 +198,6 @@ CONC_API int conc_conn_close(conc_conn *c);
 
 /* conc_conn_free - close (if needed) and free the handle.  NULL is fine. */
 CONC_API void conc_conn_free(conc_conn *c);
-
-/* ============================================ multiprocessing.connection.wait */
-
-/* What a conc_waitable refers to. */
-typedef enum conc_wait_kind {
-    CONC_WAIT_CONN = 1,     /* .conn: ready when conc_conn_poll would be */
-    CONC_WAIT_QUEUE = 2,    /* .queue: a thread queue, ready while it has
-                               items or is shut down (conc_queue_fd) */
-    CONC_WAIT_PROCESS = 3,  /* .process: a started process, ready once it
-                               ended (its sentinel) */
-    CONC_WAIT_FD = 4,       /* .fd: any descriptor, ready on .events (0:
-                               POLLIN), an error or a hang-up */
-    CONC_WAIT_MPQUEUE = 5   /* .mpqueue: a process queue, ready while a get
-                               could succeed (a message is queued, or it is
-                               shut down) */
-} conc_wait_kind;
-
-/* One entry of conc_wait's list: set kind and the matching member; conc_wait
- * sets ready. */
-typedef struct conc_waitable {
-    conc_wait_kind kind;
-    union {
-        conc_conn *conn;
-        struct conc_queue *queue;
-        struct conc_process *process;
-        struct conc_mpqueue *mpqueue;
-        int fd;
-    } u;
-    short events;           /* CONC_WAIT_FD only: poll() events, 0 = POLLIN */
-    bool ready;             /* out: true when this entry is ready */
-} conc_waitable;
-
-/*
- * conc_wait - multiprocessing.connection.wait(object_list, timeout): wait
- * until at least one of the n entries is ready (see conc_wait_kind),
- * then mark every ready one (ready = true, the others false).  A connection
- * with read-ahead data is ready without waiting; nothing is read from a
- * connection (as conc_conn_poll).  Returns how many are
- * ready (> 0); -EAGAIN (timeout 0) or -ETIMEDOUT when none became ready in
- * time (Python's empty list); -EINVAL for NULL objs with n > 0, an unknown
- * kind, NULL handles, a negative fd, a process not started, a bad timeout,
- * or n == 0 with no time limit; -EBADF for a closed connection or a
- * descriptor that is not open; -EPERM for a send-only connection; -ENOMEM;
- * an error of conc_queue_fd.  With n == 0 it sleeps until the timeout.
- */
-CONC_API int conc_wait(conc_waitable *objs, size_t n, double timeout);
-CONC_API int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,66 @@
+/*
+ * pipe.h - a connection's inside, shared by pipe.c (Pipe, Connection) and
+ * wait_objects.c (connection.wait, which looks at a connection's read-ahead
+ * without reading); not installed.
+ */
+#ifndef CONC_PIPE_INTERNAL_H
+#define CONC_PIPE_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "conc/pipe.h"
+#include "internal.h"
+
+struct conc_conn {
+    int fd;                 /* -1 once closed */
+    unsigned flags;         /* CONC_CONN_READABLE | CONC_CONN_WRITABLE */
+    bool sock;              /* a socket (MSG_DONTWAIT / MSG_NOSIGNAL) */
+    bool eof;               /* the peer closed: read gave 0 */
+    bool rbroken;           /* a partial message could not be kept */
+    bool wbroken;           /* a timed-out send cut a message */
+    size_t max;             /* largest message sent or accepted */
+    unsigned char *rbuf;    /* read-ahead; NULL until first needed */
+    size_t rcap, rstart, rend;
+};
+
+/* The timeout forms of the connection calls and of conc_wait: timeout 0 is
+ * the deadline 0 (try once), anything else goes through the common parser. */
+static inline int timeout_to_deadline(double timeout, int64_t *deadline)
+{
+    if (timeout == 0) {
+        *deadline = 0;
+        return 0;
+    }
+    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
+}
+
+/* The public timeout forms report a passed deadline of a poll as -EAGAIN. */
+static inline ssize_t poll_code(double timeout, ssize_t r)
+{
+    return (timeout == 0 && r == -ETIMEDOUT) ? -EAGAIN : r;
+}
+
+/* 0 when c may receive; the error a receive gives at once otherwise. */
+static inline int check_recv(const conc_conn *c)
+{
+    if (!c)
+        return -EINVAL;
+    if (c->fd < 0)
+        return -EBADF;
+    if (!(c->flags & CONC_CONN_READABLE))
+        return -EPERM;
+    if (c->rbroken)
+        return -EPIPE;
+    return 0;
+}
+
+/* Bytes read ahead and not yet received. */
+static inline size_t buffered(const conc_conn *c)
+{
+    return c->rend - c->rstart;
+}
+
+#endif
