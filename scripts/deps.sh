@@ -1,12 +1,18 @@
 #!/bin/sh
 # Installs the Debian packages conc needs for a task, only when some are missing.
-#   deps.sh build   compiler, CMake, pkg-config, Criterion, python3 (example tests),
-#                   libcurl (the coro-tour example)
+#   deps.sh build   compiler and C library headers, CMake, pkg-config, Criterion,
+#                   python3 (example tests), libcurl (the coro-tour example)
 #   deps.sh bench   the benchmark peers' packages
+# Only the README's one-command paths (make demo, make test, make bench) run
+# it; make build and make install never do.  The names carry no version: the
+# sanitizer runtimes (libasan, libubsan, libtsan) come with gcc itself
+# (gcc -> gcc-N -> libgcc-N-dev), and binutils (nm, readelf) too;
+# libcurl4-openssl-dev is the development package's name in every Debian
+# release (libcurl-dev is virtual and cannot be installed by that name).
 set -e
 what=${1:-build}
 case "$what" in
-  build) pkgs="gcc make cmake pkg-config libcriterion-dev python3 libasan8 libubsan1 libtsan2 libcurl4-openssl-dev" ;;
+  build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev" ;;
   bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac

@@ -1,0 +1,127 @@
+# check-abi.cmake - the library_abi test (cmake -P): checks what libconc.so
+# shows the dynamic linker.
+#   -DSHARED=libconc.so.X.Y.Z -DSTATIC=libconc.a -DSONAME=libconc.so.N -DNODE=CONC_N
+#   -DNM=nm -DREADELF=readelf -DOBJDUMP=objdump
+# 1. Its SONAME is SONAME.
+# 2. Its defined dynamic symbols are exactly the global conc_<name> symbols
+#    of the static library (no internal conc__ name, nothing from elsewhere,
+#    no public call left unexported), each versioned NODE.
+# 3. When every C object carries the x86 IBT (or AArch64 BTI) property, so
+#    does every other object (the assembly): it was built with the same
+#    hardening flags.  (Whether the linked library is marked also depends on
+#    the C library's start files, crti.o and crtn.o: docs/building.md.)
+cmake_minimum_required(VERSION 3.16)
+set(fail "")
+
+foreach(tool NM READELF OBJDUMP)
+  if(NOT ${tool} OR NOT EXISTS "${${tool}}")
+    message(FATAL_ERROR "library_abi: no ${tool} tool ('${${tool}}')")
+  endif()
+endforeach()
+
+# 1. SONAME
+execute_process(COMMAND ${OBJDUMP} -p ${SHARED} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "library_abi: ${OBJDUMP} -p ${SHARED} failed")
+endif()
+if(NOT out MATCHES "SONAME +([^\n ]+)")
+  string(APPEND fail "no SONAME\n")
+elseif(NOT CMAKE_MATCH_1 STREQUAL SONAME)
+  string(APPEND fail "SONAME is ${CMAKE_MATCH_1}, expected ${SONAME}\n")
+endif()
+
+# 2. exported symbols
+execute_process(COMMAND ${NM} -D --defined-only --with-symbol-versions ${SHARED}
+  OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "library_abi: ${NM} -D ${SHARED} failed")
+endif()
+string(REPLACE "\n" ";" lines "${out}")
+set(exported "")
+foreach(line IN LISTS lines)
+  if(NOT line MATCHES "^[0-9a-fA-F]* *([A-Za-z]) +([^ ]+)$")
+    continue()
+  endif()
+  set(type ${CMAKE_MATCH_1})
+  set(sym ${CMAKE_MATCH_2})
+  if(type STREQUAL "A" AND sym STREQUAL NODE)
+    continue()                      # the version node's own definition
+  endif()
+  set(version "")
+  if(sym MATCHES "^([^@]+)@@?(.*)$")
+    set(sym ${CMAKE_MATCH_1})
+    set(version ${CMAKE_MATCH_2})
+  endif()
+  if(NOT sym MATCHES "^conc_[a-z0-9]")
+    string(APPEND fail "exports ${sym}, which is not a public conc_ call\n")
+  elseif(NOT version STREQUAL NODE)
+    string(APPEND fail "exports ${sym} with version '${version}', expected ${NODE}\n")
+  endif()
+  list(APPEND exported ${sym})
+endforeach()
+list(LENGTH exported n_exported)
+if(n_exported EQUAL 0)
+  string(APPEND fail "exports nothing\n")
+endif()
+
+execute_process(COMMAND ${NM} -g --defined-only ${STATIC} OUTPUT_VARIABLE out
+  ERROR_QUIET RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "library_abi: ${NM} -g ${STATIC} failed")
+endif()
+string(REPLACE "\n" ";" lines "${out}")
+set(public "")
+foreach(line IN LISTS lines)
+  if(line MATCHES "^[0-9a-fA-F]+ [A-Z] (conc_[a-z0-9][^ ]*)$")
+    list(APPEND public ${CMAKE_MATCH_1})
+  endif()
+endforeach()
+list(REMOVE_DUPLICATES public)
+foreach(sym IN LISTS public)
+  if(NOT sym IN_LIST exported)
+    string(APPEND fail "does not export ${sym} (missing CONC_API?)\n")
+  endif()
+endforeach()
+
+# 3. control-flow protection marking
+execute_process(COMMAND ${READELF} -n ${STATIC} OUTPUT_VARIABLE text ERROR_QUIET)
+string(REPLACE ";" "," text "${text}")
+string(REGEX REPLACE "\nFile: [^\n]*\\(" ";" blocks "${text}")
+foreach(pair "x86;IBT" "AArch64;BTI")
+  list(GET pair 0 kind)
+  list(GET pair 1 bit)
+  set(c_all ON)
+  set(c_any OFF)
+  set(unmarked "")
+  foreach(block IN LISTS blocks)
+    if(NOT block MATCHES "^([^)\n]+)\\)")
+      continue()
+    endif()
+    set(member ${CMAKE_MATCH_1})
+    set(marked OFF)
+    if(block MATCHES "${kind} feature: [^\n]*${bit}")
+      set(marked ON)
+    endif()
+    if(member MATCHES "\\.c\\.o$")
+      set(c_any ON)
+      if(NOT marked)
+        set(c_all OFF)
+      endif()
+    elseif(NOT marked)
+      list(APPEND unmarked ${member})
+    endif()
+  endforeach()
+  if(c_any AND c_all)
+    if(unmarked)
+      string(APPEND fail "the C objects are marked ${kind} ${bit} but not ${unmarked}: "
+        "the assembly was built without the C flags\n")
+    else()
+      message(STATUS "library_abi: every object is marked ${kind} ${bit}")
+    endif()
+  endif()
+endforeach()
+
+if(fail)
+  message(FATAL_ERROR "library_abi: ${SHARED}:\n${fail}")
+endif()
+message(STATUS "library_abi: ${SONAME}, ${n_exported} symbols, all conc_ and versioned ${NODE}")
