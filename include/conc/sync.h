@@ -62,12 +62,12 @@ typedef struct conc_lock {
     uint32_t _flags;
     uint32_t _count;        /* RLock recursion depth */
     uint32_t _state;        /* 0 consistent, 1 an owner died */
-    uint32_t _reserved[2];
+    uint64_t _owner;        /* which coroutine of the owning thread holds it */
     uint64_t _links[2];     /* robust-list node while held (shared locks) */
 } conc_lock;
 
-#define CONC_LOCK_INIT        { 0, 0, 0, 0, { 0, 0 }, { 0, 0 } }
-#define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, { 0, 0 }, { 0, 0 } }
+#define CONC_LOCK_INIT        { 0, 0, 0, 0, 0, { 0, 0 } }
+#define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, 0, { 0, 0 } }
 
 /* conc_lock_init - initialise an unlocked Lock.  flags: 0 or CONC_SYNC_SHARED.
  * Returns 0, or -EINVAL for a NULL lock or an unknown flag. */
