@@ -505,6 +505,14 @@ int conc_rlock_consistent(conc_rlock *lock)
 
 /* --------------------------------------------------------- Semaphore */
 
+/* Deaths (shared): release(n) wakes n sleepers; one killed before it takes
+ * its unit leaves the unit in _value while another sleeper may sleep on 0.
+ * No kernel mechanism reports that death, and waking every sleeper on each
+ * release would cost every release a herd; the bounded shared sleep
+ * (sys/wait.c) finds the unit within a second instead.  A waiter killed
+ * while counted in _waiters leaves it counted: releases then make a wake-up
+ * call that finds nobody, nothing worse. */
+
 int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
 {
     if (!sem || check_flags(flags, CONC_SYNC_SHARED | CONC_SEM_BOUNDED) ||
@@ -604,6 +612,8 @@ int conc_event_init(conc_event *ev, unsigned flags)
     return 0;
 }
 
+/* Deaths (shared): set() wakes every sleeper, so a waiter killed after its
+ * wake-up takes nothing from the others. */
 int conc_event_set(conc_event *ev)
 {
     if (unlikely(!ev))
@@ -896,6 +906,12 @@ int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
     return conc_cond_wait_for_until_r(cond, lock, pred, arg, deadline);
 }
 
+/* Deaths (shared): notify(n) moves n waiters to pending wake-ups and wakes
+ * n sleepers; one killed before it takes its wake-up leaves it pending.
+ * Any waiter that was waiting before that notify may take it (they are
+ * interchangeable), and the bounded shared sleep (sys/wait.c) makes one
+ * look within a second.  The Barrier is a Lock and a Condition: it inherits
+ * both arguments. */
 static int cond_notify(conc_cond *cond, uint32_t n)
 {
     uint64_t c = __atomic_load_n(&cond->_counts, __ATOMIC_SEQ_CST);
