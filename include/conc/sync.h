@@ -105,7 +105,9 @@ CONC_API int conc_lock_acquire_until(conc_lock *lock, int64_t deadline);
  */
 CONC_API int conc_lock_release(conc_lock *lock);
 
-/* conc_lock_locked - Lock.locked(): true while somebody holds the lock. */
+/* conc_lock_locked - Lock.locked(): true while somebody holds the lock.  A
+ * shared lock whose holder died reads as unlocked (the kernel freed it; the
+ * next acquirer gets -EOWNERDEAD), where Python's stays locked. */
 CONC_API bool conc_lock_locked(const conc_lock *lock);
 
 /* conc_lock_held - true when the calling coroutine (or thread, outside
