@@ -2790,7 +2790,7 @@ static void *gen_waiter_fn(void *arg)
 /* Python's gh-57711: every thread waiting when set() ran returns True, even
  * when clear() follows at once (before the woken threads look at the
  * flag).  The waiters are asleep in the kernel before set() runs. */
-Test(event, set_then_clear_releases_every_waiter, .timeout = 60)
+Test(event, set_then_clear_releases_every_waiter, .timeout = 30)
 {
     enum { N = 4, ROUNDS = 40 };
     conc_event e = CONC_EVENT_INIT;
@@ -2818,7 +2818,7 @@ Test(event, set_then_clear_releases_every_waiter, .timeout = 60)
 }
 
 /* The same between processes, on a shared Event. */
-Test(event, set_then_clear_releases_every_process, .timeout = 60)
+Test(event, set_then_clear_releases_every_process, .timeout = 30)
 {
     enum { N = 3, ROUNDS = 15 };
     conc_event *e = mmap(NULL, sizeof *e, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
@@ -3005,14 +3005,14 @@ static void *own_hub_thread(void *arg)
         if (conc_spawn(&g[i], own_worker, (void *)(intptr_t)(base + i + 1), NULL) != 0)
             return RET(1);
     for (int i = 0; i < OWN_GREENLETS; i++) {
-        if (conc_join(g[i], 30.0) != 0)
+        if (conc_join(g[i], 20.0) != 0)
             return RET(2);
         conc_greenlet_free(g[i]);
     }
     return RET(conc_hub_destroy());
 }
 
-Test(owner, greenlets_of_several_hubs, .timeout = 60)
+Test(owner, greenlets_of_several_hubs, .timeout = 30)
 {
     conc_thread *t[OWN_THREADS];
     for (int i = 0; i < OWN_THREADS; i++) {
