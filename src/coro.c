@@ -58,6 +58,7 @@ struct conc_coro {
                                    it keeps until the object goes */
     uint8_t weak_parent;        /* holds no reference to its parent */
     uint32_t refs;
+    uint64_t owner;             /* lock-owner identity; 0 for main */
     conc_coro *parent;          /* holds a reference (unless weak_parent);
                                    NULL for main */
     conc_coro_fn fn;
@@ -89,6 +90,7 @@ struct coro_thread {
     conc_coro *prev;            /* the coroutine the last switch came from */
 #endif
     unsigned long seq, seq_end; /* numbers for default names, taken in blocks */
+    uint64_t owner, owner_end;  /* lock-owner identities, taken in blocks */
     char next_name[CONC_CORO_NAME_MAX + 1];    /* "Coro-<seq>" */
     size_t next_name_len;
     void *altstack;             /* our signal stack, if we installed one */
@@ -103,6 +105,9 @@ static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
 static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
 static struct sigaction old_segv;
 static unsigned long coro_seq;
+static uint64_t coro_owner_seq;
+
+__thread uint64_t conc__owner_cache __attribute__((tls_model("initial-exec")));
 
 static inline uint8_t state_of(const conc_coro *c)
 {
@@ -441,6 +446,7 @@ static inline __attribute__((always_inline)) void before_switch(struct coro_thre
     set_state(self, self_state);
     set_state(to, CORO_RUNNING);
     t->current = to;
+    conc__owner_cache = to->owner;
 #if CONC_SAN_ADDRESS
     t->prev = self;
     __sanitizer_start_switch_fiber(self_state == CORO_DEAD ? NULL : &self->asan_fake,
@@ -630,6 +636,11 @@ coro_init(struct coro_thread *t, conc_coro *c, const conc__stack *s, char *top, 
     c->arg = arg;
     c->stack_size = size;
     c->parent = parent;
+    if (unlikely(t->owner == t->owner_end)) {
+        t->owner = __atomic_fetch_add(&coro_owner_seq, 1024, __ATOMIC_RELAXED) + 1;
+        t->owner_end = t->owner + 1024;
+    }
+    c->owner = t->owner++;
     if (!c->weak_parent)
         coro_ref(parent);
     if (name) {

@@ -35,6 +35,16 @@ static inline pid_t conc__tid(void)
     return likely(t) ? t : conc__tid_slow();
 }
 
+/* Who owns the locks the calling code takes (src/sync.c): 0 for a thread's
+ * own stack (a plain thread, or a thread's main coroutine), else the running
+ * coroutine's serial number, unique in the process.  Kept current by every
+ * coroutine switch (src/coro.c). */
+extern __thread uint64_t conc__owner_cache __attribute__((tls_model("initial-exec")));
+static inline uint64_t conc__owner_id(void)
+{
+    return conc__owner_cache;
+}
+
 /* Converts a timeout (seconds) into a deadline; see conc_deadline. */
 CONC_HIDDEN int conc__timeout_deadline(double timeout, int64_t *deadline);
 

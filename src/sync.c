@@ -19,8 +19,16 @@
 #define LK_OWNER_DIED 0x40000000u
 #define LK_TID_MASK   0x3fffffffu
 
+/* Event word: EV_SET, EV_WAITERS, and in the bits above a generation that
+ * every set() of a clear event advances (EV_GEN), so that a waiter that
+ * slept through a set() followed at once by clear() still sees that it
+ * happened (Python's rule: every thread waiting when set() ran returns
+ * True).  30 bits: a waiter would miss a set() only if 2^30 set()s ran
+ * while it slept. */
 #define EV_SET     0x1u
 #define EV_WAITERS 0x2u
+#define EV_GEN     0x4u
+#define EV_GEN_MASK (~(EV_SET | EV_WAITERS))
 
 /* Lock contenders: pauses spent spinning before sleeping, and the longest
  * single backoff. */
@@ -63,6 +71,66 @@ static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t desired, int mo
 
 /* --------------------------------------------------------- lock word */
 
+/*
+ * Waiters, wake-ups and deaths (shared locks).
+ *
+ * A contender that sleeps first sets LK_WAITERS, and sleeps only while the
+ * word holds an owner with that bit.  A release that finds the bit wakes ONE
+ * sleeper.  In the classic protocol the release stores 0 and the woken
+ * sleeper, when it retakes the lock, puts the bit back: until then the
+ * knowledge "others sleep" lives only in the woken one.  Between processes
+ * that one may be killed right after its wake-up; meanwhile a third process
+ * takes the free word (0 -> its id, no bit), and the kernel's death handling
+ * does nothing (it wakes a waiter for a dying waiter only while the owner
+ * part is 0, see the robust-list pending slot below).  That third process
+ * releases without waking anybody, and the remaining sleepers sleep forever
+ * on a free lock (seen with 3+ processes and SIGKILL).
+ *
+ * So for a shared lock the bit is back in the word before any sleeper is
+ * woken, and stays while a sleeper may remain:
+ *  - a release that finds LK_WAITERS (it exchanged the word for 0) ORs the
+ *    bit back at once, onto the free word (owner 0) or onto whoever took it
+ *    in between, and only then wakes one sleeper; when that wake found no
+ *    sleeper at all it clears the bit again (nobody sleeps on an owner-less
+ *    word, so no sleeper can come between);
+ *  - any taker of a word with owner 0 keeps LK_WAITERS (lockword_take_free),
+ *    so the next release wakes the next sleeper; only a word that is exactly
+ *    0 is taken without it (fast paths, spinners).
+ * Deaths then lose nothing:
+ *  - a woken sleeper killed before it retakes the lock: either the word's
+ *    owner part is still 0 and the kernel, finding the lock in the dead
+ *    thread's pending slot (set for the whole wait), wakes the next sleeper;
+ *    or somebody took it since, with the bit, and wakes it on release;
+ *  - an owner killed holding the lock: the kernel stores OWNER_DIED with the
+ *    bit and wakes one sleeper; if that one dies too, the owner part is 0 and
+ *    its pending slot wakes the next;
+ *  - a releaser killed after its exchange and before its wake: its pending
+ *    slot makes the kernel wake one while the owner part is 0, and a taker
+ *    after the OR wakes on release.
+ * What remains: a releaser killed between the exchange and the OR (two
+ * instructions) while another process takes the word in that instant, or
+ * two deaths in one short window.  For those, and for the primitives that
+ * have no kernel help at all (Semaphore, Condition), every sleep on a
+ * shared word is bounded (sys/wait.c): a lost wake-up costs a stall of at
+ * most about a second, never a hang.  (A compare-and-swap release that
+ * keeps the bit without the window measured ~10-20% slower on a contended
+ * shared lock than the exchange.)  Private locks keep the classic protocol:
+ * their waiters die only with the whole process.
+ */
+
+/* Takes a word whose owner part is 0 (free, maybe with LK_WAITERS, maybe
+ * freed by the kernel for a dead owner) seen as v, keeping LK_WAITERS, or
+ * setting it when `contended` (the caller slept or may have sleeping peers).
+ * Returns 0, -EOWNERDEAD (the caller owns it now), or -EAGAIN when the word
+ * changed. */
+static inline int lockword_take_free(uint32_t *w, uint32_t v, uint32_t me, bool contended)
+{
+    uint32_t nv = me | (v & LK_WAITERS) | (contended ? LK_WAITERS : 0);
+    if (!cas32(w, &v, nv, __ATOMIC_ACQUIRE))
+        return -EAGAIN;
+    return (v & LK_OWNER_DIED) ? -EOWNERDEAD : 0;
+}
+
 /* Slow path of taking a lock word for thread `me`.  Returns 0, -EOWNERDEAD
  * (the word said its owner died: the caller owns it now), -EAGAIN (poll),
  * -ETIMEDOUT, -ECANCELED (only when `cancellable`), or -EDEADLK (a hub found
@@ -79,12 +147,9 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
     uint32_t v;
     if (poll) {
         v = ld_relaxed(w);
-        if (v == 0)
-            return cas32(w, &v, me, __ATOMIC_ACQUIRE) ? 0 : -EAGAIN;
-        if ((v & LK_OWNER_DIED) && !(v & LK_TID_MASK))
-            return cas32(w, &v, me | (v & LK_WAITERS), __ATOMIC_ACQUIRE) ? -EOWNERDEAD
-                                                                         : -EAGAIN;
-        return -EAGAIN;
+        if (v & LK_TID_MASK)
+            return -EAGAIN;
+        return lockword_take_free(w, v, me, false);
     }
     if (conc__may_spin()) {
         unsigned backoff = 4;
@@ -105,16 +170,12 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
     unsigned wf = wflags(flags);
     for (;;) {
         v = ld_relaxed(w);
-        if (v == 0) {
-            /* We were contending: others may sleep, so keep the bit set. */
-            if (cas32(w, &v, me | LK_WAITERS, __ATOMIC_ACQUIRE))
-                return 0;
-            continue;
-        }
-        if ((v & LK_OWNER_DIED) && !(v & LK_TID_MASK)) {
-            /* The kernel released it for a dead owner: take it over. */
-            if (cas32(w, &v, me | (v & LK_WAITERS), __ATOMIC_ACQUIRE))
-                return -EOWNERDEAD;
+        if (!(v & LK_TID_MASK)) {
+            /* Free, or released by the kernel for a dead owner.  We were
+             * contending: others may sleep, so keep the bit set. */
+            int r = lockword_take_free(w, v, me, true);
+            if (r != -EAGAIN)
+                return r;
             continue;
         }
         if (!(v & LK_WAITERS)) {
@@ -124,9 +185,9 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
         }
         int r = conc__wait(w, v, deadline, wf);
         if (r == -ETIMEDOUT) {
-            v = 0;
-            if (cas32(w, &v, me | LK_WAITERS, __ATOMIC_ACQUIRE))
-                return 0;
+            v = ld_relaxed(w);
+            if (!(v & LK_TID_MASK) && (r = lockword_take_free(w, v, me, true)) != -EAGAIN)
+                return r;
             return -ETIMEDOUT;
         }
         if ((r == -ECANCELED && cancellable) || r == -EDEADLK)
@@ -134,6 +195,7 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
     }
 }
 
+/* True when the word's owner is the calling thread. */
 static inline bool lockword_mine(const uint32_t *w)
 {
     uint32_t v = ld_relaxed(w);
@@ -149,10 +211,31 @@ static inline int check_flags(unsigned flags, unsigned allowed)
 /* ------------------------------------------- Lock and RLock internals */
 
 /*
+ * Owners.  The word holds the owning thread's id (the kernel needs it for a
+ * shared lock's owner-death handling); _owner says which coroutine of that
+ * thread took it (conc__owner_id: 0 for the thread's own stack), so that
+ * coroutines of one thread own locks apart, as greenlets do in gevent.  It
+ * is written by the owner right after taking the word and read only by a
+ * caller whose thread id matches the word: its own thread, where no other
+ * coroutine runs in between.
+ */
+static inline void lock_set_owner(conc_lock *l)
+{
+    st_relaxed(&l->_owner, conc__owner_id());
+}
+
+/* True when the calling coroutine (or thread) holds the lock. */
+static inline bool lock_mine(const conc_lock *l)
+{
+    return lockword_mine(&l->_word) && ld_relaxed(&l->_owner) == conc__owner_id();
+}
+
+/*
  * Takes a lock (Lock or the lock inside an RLock) until deadline.  A shared
  * lock is linked into the thread's robust list while held; taking one whose
  * previous owner died, or that is still marked inconsistent, returns
- * -EOWNERDEAD with the lock held.
+ * -EOWNERDEAD with the lock held.  The robust list's pending slot names the
+ * lock for the whole wait (see "Waiters, wake-ups and deaths").
  */
 static __attribute__((noinline)) int lock_take_shared_slow(conc_lock *l, uint32_t me,
                                                           int64_t deadline, bool poll,
@@ -178,7 +261,7 @@ static __attribute__((noinline)) int lock_take_shared_slow(conc_lock *l, uint32_
     return r;
 }
 
-static inline int lock_take(conc_lock *l, int64_t deadline, bool poll, bool cancellable)
+static inline int lock_take_word(conc_lock *l, int64_t deadline, bool poll, bool cancellable)
 {
     uint32_t me = (uint32_t)conc__tid(), z = 0;
     if (!(l->_flags & CONC_SYNC_SHARED)) {
@@ -200,7 +283,16 @@ static inline int lock_take(conc_lock *l, int64_t deadline, bool poll, bool canc
     return lock_take_shared_slow(l, me, deadline, poll, cancellable);
 }
 
-/* Releases a lock the caller holds (checked by the caller). */
+/* Takes a lock for the calling coroutine. */
+static inline int lock_take(conc_lock *l, int64_t deadline, bool poll, bool cancellable)
+{
+    int r = lock_take_word(l, deadline, poll, cancellable);
+    if (likely(r == 0) || r == -EOWNERDEAD)
+        lock_set_owner(l);
+    return r;
+}
+
+/* Releases a lock the caller's thread holds (checked by the caller). */
 static inline void lock_give_owned(conc_lock *l)
 {
     uint32_t *w = &l->_word;
@@ -210,9 +302,16 @@ static inline void lock_give_owned(conc_lock *l)
             conc__robust_pending(h, &l->_links[1]);
             conc__robust_unlink(l->_links);
         }
+        /* Free; with waiters, the bit goes back at once, on whoever took
+         * the word meanwhile (see "Waiters, wake-ups and deaths"). */
         uint32_t v = __atomic_exchange_n(w, 0, __ATOMIC_RELEASE);
-        if (unlikely(v & LK_WAITERS))
-            conc__wake(w, 1, CONC__WAIT_SHARED);
+        if (unlikely(v & LK_WAITERS)) {
+            __atomic_fetch_or(w, LK_WAITERS, __ATOMIC_RELAXED);
+            if (conc__wake(w, 1, CONC__WAIT_SHARED) <= 0) {
+                uint32_t bit = LK_WAITERS;  /* nobody slept: drop the bit */
+                cas32(w, &bit, 0, __ATOMIC_RELAXED);
+            }
+        }
         if (h)
             conc__robust_pending(h, NULL);
         return;
@@ -223,7 +322,8 @@ static inline void lock_give_owned(conc_lock *l)
 }
 
 /* Releases a lock: -EPERM when it is not locked, or is shared and not held
- * by the caller. */
+ * by the caller's thread (any coroutine of the owning thread may release a
+ * Lock, as any thread may release a private one). */
 static inline int lock_give(conc_lock *l)
 {
     if (l->_flags & CONC_SYNC_SHARED) {
@@ -249,7 +349,7 @@ static inline int lock_retake(conc_lock *l)
 
 static int lock_mark_consistent(conc_lock *l)
 {
-    if (!lockword_mine(&l->_word))
+    if (!lock_mine(l))
         return -EPERM;
     if (!ld_relaxed(&l->_state))
         return -EINVAL;
@@ -293,8 +393,10 @@ int conc_lock_acquire(conc_lock *lock, double timeout)
      * free lock. */
     uint32_t me = (uint32_t)conc__tid_cache, z = 0;
     if (likely(lock && me && !(lock->_flags & CONC_SYNC_SHARED) && timeout_valid(timeout)) &&
-        likely(cas32(&lock->_word, &z, me, __ATOMIC_ACQUIRE)))
+        likely(cas32(&lock->_word, &z, me, __ATOMIC_ACQUIRE))) {
+        lock_set_owner(lock);
         return 0;
+    }
     return lock_acquire_timed(lock, timeout);
 }
 
@@ -319,7 +421,7 @@ bool conc_lock_locked(const conc_lock *lock)
 
 bool conc_lock_held(const conc_lock *lock)
 {
-    return lock && lockword_mine(&lock->_word);
+    return lock && lock_mine(lock);
 }
 
 int conc_lock_consistent(conc_lock *lock)
@@ -341,7 +443,7 @@ int conc_rlock_init(conc_rlock *lock, unsigned flags)
 static int rlock_acquire(conc_rlock *rl, int64_t deadline, bool poll)
 {
     conc_lock *l = &rl->_lock;
-    if (lockword_mine(&l->_word)) {
+    if (lock_mine(l)) {
         if (unlikely(l->_count == UINT32_MAX))
             return -EOVERFLOW;
         l->_count++;
@@ -378,7 +480,7 @@ int conc_rlock_release(conc_rlock *lock)
     if (unlikely(!lock))
         return -EINVAL;
     conc_lock *l = &lock->_lock;
-    if (!lockword_mine(&l->_word))
+    if (!lock_mine(l))
         return -EPERM;
     if (--l->_count > 0)
         return 0;
@@ -388,7 +490,7 @@ int conc_rlock_release(conc_rlock *lock)
 
 bool conc_rlock_is_owned(const conc_rlock *lock)
 {
-    return lock && lockword_mine(&lock->_lock._word);
+    return lock && lock_mine(&lock->_lock);
 }
 
 unsigned conc_rlock_depth(const conc_rlock *lock)
@@ -404,6 +506,14 @@ int conc_rlock_consistent(conc_rlock *lock)
 }
 
 /* --------------------------------------------------------- Semaphore */
+
+/* Deaths (shared): release(n) wakes n sleepers; one killed before it takes
+ * its unit leaves the unit in _value while another sleeper may sleep on 0.
+ * No kernel mechanism reports that death, and waking every sleeper on each
+ * release would cost every release a herd; the bounded shared sleep
+ * (sys/wait.c) finds the unit within a second instead.  A waiter killed
+ * while counted in _waiters leaves it counted: releases then make a wake-up
+ * call that finds nobody, nothing worse. */
 
 int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
 {
@@ -504,14 +614,19 @@ int conc_event_init(conc_event *ev, unsigned flags)
     return 0;
 }
 
+/* Deaths (shared): set() wakes every sleeper, so a waiter killed after its
+ * wake-up takes nothing from the others. */
 int conc_event_set(conc_event *ev)
 {
     if (unlikely(!ev))
         return -EINVAL;
-    if (ld_relaxed(&ev->_word) == EV_SET)
-        return 0;               /* already set, nobody waits */
-    uint32_t old = __atomic_exchange_n(&ev->_word, EV_SET, __ATOMIC_RELEASE);
-    if (old & EV_WAITERS)
+    uint32_t v = ld_relaxed(&ev->_word), next;
+    do {
+        if (v & EV_SET)
+            return 0;           /* already set: nobody sleeps on a set word */
+        next = ((v & EV_GEN_MASK) + EV_GEN) | EV_SET;
+    } while (!cas32(&ev->_word, &v, next, __ATOMIC_RELEASE));
+    if (v & EV_WAITERS)
         conc__wake(&ev->_word, INT_MAX, wflags(ev->_flags));
     return 0;
 }
@@ -529,6 +644,13 @@ bool conc_event_is_set(const conc_event *ev)
     return ev && (ld_acquire(&ev->_word) & EV_SET);
 }
 
+/* The event was set since a waiter saw it clear as `seen`: it is set, or
+ * its generation moved. */
+static inline bool event_fired(uint32_t now, uint32_t seen)
+{
+    return (now & EV_SET) || ((now ^ seen) & EV_GEN_MASK);
+}
+
 static int event_wait(conc_event *ev, int64_t deadline, bool poll)
 {
     uint32_t v = ld_acquire(&ev->_word);
@@ -536,12 +658,13 @@ static int event_wait(conc_event *ev, int64_t deadline, bool poll)
         return 0;
     if (poll)
         return -EAGAIN;
-    if (deadline != 0 && (conc__spin_while(&ev->_word, v, deadline) & EV_SET))
+    const uint32_t seen = v;
+    if (deadline != 0 && event_fired(conc__spin_while(&ev->_word, v, deadline), seen))
         return 0;
     unsigned wf = wflags(ev->_flags);
     for (;;) {
         v = ld_acquire(&ev->_word);
-        if (v & EV_SET)
+        if (event_fired(v, seen))
             return 0;
         if (!(v & EV_WAITERS)) {
             if (!cas32(&ev->_word, &v, v | EV_WAITERS, __ATOMIC_ACQUIRE))
@@ -550,7 +673,7 @@ static int event_wait(conc_event *ev, int64_t deadline, bool poll)
         }
         int r = conc__wait(&ev->_word, v, deadline, wf);
         if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK)
-            return (ld_acquire(&ev->_word) & EV_SET) ? 0 : r;
+            return event_fired(ld_acquire(&ev->_word), seen) ? 0 : r;
     }
 }
 
@@ -645,7 +768,7 @@ struct cv_lock {
  */
 static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t deadline)
 {
-    if (!lockword_mine(&lk->lock->_word))
+    if (!lock_mine(lk->lock))
         return -EPERM;
     /* Under the lock: snapshot the sequence and count ourselves. */
     uint32_t seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
@@ -697,7 +820,7 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
 static int cond_wait_for_core(conc_cond *cond, const struct cv_lock *lk,
                               conc_predicate pred, void *arg, int64_t deadline)
 {
-    if (!lockword_mine(&lk->lock->_word))
+    if (!lock_mine(lk->lock))
         return -EPERM;
     while (!pred(arg)) {
         int r = cond_wait_core(cond, lk, deadline);
@@ -785,6 +908,12 @@ int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
     return conc_cond_wait_for_until_r(cond, lock, pred, arg, deadline);
 }
 
+/* Deaths (shared): notify(n) moves n waiters to pending wake-ups and wakes
+ * n sleepers; one killed before it takes its wake-up leaves it pending.
+ * Any waiter that was waiting before that notify may take it (they are
+ * interchangeable), and the bounded shared sleep (sys/wait.c) makes one
+ * look within a second.  The Barrier is a Lock and a Condition: it inherits
+ * both arguments. */
 static int cond_notify(conc_cond *cond, uint32_t n)
 {
     uint64_t c = __atomic_load_n(&cond->_counts, __ATOMIC_SEQ_CST);

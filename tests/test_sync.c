@@ -20,12 +20,16 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "conc/coro.h"
 #include "conc/sync.h"
+#include "conc/thread.h"
 
 #include "support/wait_helpers.h"
 
@@ -2752,4 +2756,283 @@ Test(shared, primitives_between_processes, .timeout = 30)
     cr_assert_eq(WEXITSTATUS(status), 0, "child failed at step %d", WEXITSTATUS(status));
     cr_assert_eq(conc_sem_value(&x->sem), 0);
     munmap(x, sizeof *x);
+}
+
+/* ====================================================== Event generations */
+
+/* The scheduler state ('R', 'S'...) of a thread of this process or of a
+ * process (tid = its pid), 0 when it is gone. */
+static char task_state(pid_t tid, bool process)
+{
+    char path[64], buf[512];
+    if (process)
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+    else
+        snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : 0;
+}
+
+struct gen_waiter {
+    conc_event *e;
+    atomic_int tid;
+    int rc;
+};
+
+static void *gen_waiter_fn(void *arg)
+{
+    struct gen_waiter *w = arg;
+    atomic_store(&w->tid, (int)syscall(SYS_gettid));
+    w->rc = conc_event_wait(w->e, 10.0);
+    return NULL;
+}
+
+/* Python's gh-57711: every thread waiting when set() ran returns True, even
+ * when clear() follows at once (before the woken threads look at the
+ * flag).  The waiters are asleep in the kernel before set() runs. */
+Test(event, set_then_clear_releases_every_waiter, .timeout = 30)
+{
+    enum { N = 4, ROUNDS = 40 };
+    conc_event e = CONC_EVENT_INIT;
+    for (int round = 0; round < ROUNDS; round++) {
+        struct gen_waiter w[N];
+        pthread_t t[N];
+        for (int i = 0; i < N; i++) {
+            w[i] = (struct gen_waiter){ .e = &e, .rc = 1 };
+            atomic_init(&w[i].tid, 0);
+            t[i] = spawn(gen_waiter_fn, &w[i]);
+        }
+        for (int i = 0; i < N; i++)
+            WAIT_FOR(atomic_load(&w[i].tid) != 0 &&
+                     task_state(atomic_load(&w[i].tid), false) == 'S');
+        cr_assert(__atomic_load_n(&e._word, __ATOMIC_RELAXED) & 2, "waiters bit set");
+        cr_assert_eq(conc_event_set(&e), 0);
+        cr_assert_eq(conc_event_clear(&e), 0);
+        for (int i = 0; i < N; i++) {
+            join(t[i]);
+            cr_assert_eq(w[i].rc, 0, "round %d, waiter %d: %s", round, i, conc_errname(w[i].rc));
+        }
+        cr_assert_not(conc_event_is_set(&e));
+        cr_assert_eq(conc_event_wait(&e, 0), -EAGAIN);
+    }
+}
+
+/* The same between processes, on a shared Event. */
+Test(event, set_then_clear_releases_every_process, .timeout = 30)
+{
+    enum { N = 3, ROUNDS = 15 };
+    conc_event *e = mmap(NULL, sizeof *e, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                         -1, 0);
+    cr_assert_neq(e, MAP_FAILED);
+    cr_assert_eq(conc_event_init(e, CONC_SYNC_SHARED), 0);
+    for (int round = 0; round < ROUNDS; round++) {
+        pid_t pid[N];
+        for (int i = 0; i < N; i++) {
+            pid[i] = fork();
+            cr_assert_geq(pid[i], 0);
+            if (pid[i] == 0)
+                _exit(conc_event_wait(e, 10.0) == 0 ? 0 : 1);
+        }
+        for (int i = 0; i < N; i++)
+            WAIT_FOR(task_state(pid[i], true) == 'S');
+        cr_assert_eq(conc_event_set(e), 0);
+        cr_assert_eq(conc_event_clear(e), 0);
+        for (int i = 0; i < N; i++) {
+            int st;
+            cr_assert_eq(waitpid(pid[i], &st, 0), pid[i]);
+            cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "round %d, process %d", round, i);
+        }
+        cr_assert_eq(conc_event_wait(e, 0), -EAGAIN);
+    }
+    munmap(e, sizeof *e);
+}
+
+/* ============================================== owners are coroutines */
+
+struct owner_probe {
+    conc_rlock rl, main_rl;
+    conc_lock lk;
+    conc_cond cv;
+    conc_event a_holds, b_done;
+    int a_depth, a_owned, a_held, a_rel_lk, a_rel_rl;
+    int b_try, b_owned, b_depth, b_held, b_wait, b_locked, b_wait_r, b_release;
+    int b_consistent, b_timed, b_main_try, b_main_owned, b_later, b_later_depth;
+};
+
+static void *owner_a(void *arg)
+{
+    struct owner_probe *p = arg;
+    if (conc_rlock_acquire(&p->rl, CONC_FOREVER) != 0 ||
+        conc_lock_acquire(&p->lk, CONC_FOREVER) != 0)
+        return RET(1);
+    conc_event_set(&p->a_holds);
+    conc_event_wait(&p->b_done, CONC_FOREVER);
+    p->a_depth = (int)conc_rlock_depth(&p->rl);
+    p->a_owned = conc_rlock_is_owned(&p->rl);
+    p->a_held = conc_lock_held(&p->lk);
+    p->a_rel_lk = conc_lock_release(&p->lk);
+    p->a_rel_rl = conc_rlock_release(&p->rl);
+    return RET(0);
+}
+
+static void *owner_b(void *arg)
+{
+    struct owner_probe *p = arg;
+    conc_event_wait(&p->a_holds, CONC_FOREVER);
+    p->b_try = conc_rlock_acquire(&p->rl, 0);
+    p->b_owned = conc_rlock_is_owned(&p->rl);
+    p->b_depth = (int)conc_rlock_depth(&p->rl);
+    p->b_held = conc_lock_held(&p->lk);
+    p->b_wait = conc_cond_wait(&p->cv, &p->lk, 0.01);
+    p->b_locked = conc_lock_locked(&p->lk);
+    p->b_wait_r = conc_cond_wait_r(&p->cv, &p->rl, 0.01);
+    p->b_release = conc_rlock_release(&p->rl);
+    p->b_consistent = conc_rlock_consistent(&p->rl);
+    p->b_timed = conc_rlock_acquire(&p->rl, 0.02);
+    p->b_main_try = conc_rlock_acquire(&p->main_rl, 0);
+    p->b_main_owned = conc_rlock_is_owned(&p->main_rl);
+    conc_event_set(&p->b_done);
+    p->b_later = conc_rlock_acquire(&p->rl, CONC_FOREVER);     /* once A released */
+    p->b_later_depth = (int)conc_rlock_depth(&p->rl);
+    conc_rlock_release(&p->rl);
+    return RET(0);
+}
+
+/* gevent's rule: a lock belongs to the greenlet that acquired it, not to
+ * its thread.  A holds an RLock and a Lock; B, on the same hub, neither
+ * owns nor may release them, and its condition waits over them fail
+ * without releasing them.  The main coroutine's RLock is its own too. */
+Test(owner, greenlets_of_one_hub, .timeout = 30)
+{
+    struct owner_probe p;
+    memset(&p, 0, sizeof p);
+    cr_assert_eq(conc_rlock_init(&p.rl, 0), 0);
+    cr_assert_eq(conc_rlock_init(&p.main_rl, 0), 0);
+    cr_assert_eq(conc_lock_init(&p.lk, 0), 0);
+    cr_assert_eq(conc_cond_init(&p.cv, 0), 0);
+    cr_assert_eq(conc_event_init(&p.a_holds, 0), 0);
+    cr_assert_eq(conc_event_init(&p.b_done, 0), 0);
+    cr_assert_eq(conc_rlock_acquire(&p.main_rl, CONC_FOREVER), 0);
+    conc_greenlet *a, *b;
+    cr_assert_eq(conc_spawn(&a, owner_a, &p, NULL), 0);
+    cr_assert_eq(conc_spawn(&b, owner_b, &p, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    void *ra, *rb;
+    cr_assert_eq(conc_greenlet_result(a, &ra), 0);
+    cr_assert_eq(conc_greenlet_result(b, &rb), 0);
+    cr_assert_null(ra);
+    cr_assert_null(rb);
+    cr_assert_eq(p.b_try, -EAGAIN, "B's poll of A's RLock: %s", conc_errname(p.b_try));
+    cr_assert_eq(p.b_owned, 0);
+    cr_assert_eq(p.b_depth, 0);
+    cr_assert_eq(p.b_held, 0, "B does not hold A's Lock");
+    cr_assert_eq(p.b_wait, -EPERM, "B's wait over A's Lock: %s", conc_errname(p.b_wait));
+    cr_assert(p.b_locked, "A's Lock stayed locked");
+    cr_assert_eq(p.b_wait_r, -EPERM, "B's wait over A's RLock: %s", conc_errname(p.b_wait_r));
+    cr_assert_eq(p.b_release, -EPERM);
+    cr_assert_eq(p.b_consistent, -EPERM);
+    cr_assert_eq(p.b_timed, -ETIMEDOUT);
+    cr_assert_eq(p.b_main_try, -EAGAIN, "main's RLock is not B's");
+    cr_assert_eq(p.b_main_owned, 0);
+    cr_assert_eq(p.a_depth, 1, "A's depth untouched by B");
+    cr_assert(p.a_owned);
+    cr_assert(p.a_held);
+    cr_assert_eq(p.a_rel_lk, 0);
+    cr_assert_eq(p.a_rel_rl, 0);
+    cr_assert_eq(p.b_later, 0);
+    cr_assert_eq(p.b_later_depth, 1);
+    cr_assert(conc_rlock_is_owned(&p.main_rl));
+    cr_assert_eq(conc_rlock_depth(&p.main_rl), 1);
+    cr_assert_eq(conc_rlock_release(&p.main_rl), 0);
+    cr_assert_not(conc_rlock_is_owned(&p.rl));
+    cr_assert_not(conc_lock_locked(&p.lk));
+    conc_greenlet_free(a);
+    conc_greenlet_free(b);
+    cr_assert_eq(conc_hub_destroy(), 0);
+}
+
+/* Several hubs: greenlets of two threads take one RLock (two levels deep)
+ * and yield inside; a Condition over it is waited on with the depth kept.
+ * Nobody else may be inside while one is. */
+enum { OWN_THREADS = 2, OWN_GREENLETS = 3, OWN_ITERS = 200 };
+
+static struct {
+    conc_rlock rl;
+    conc_cond cv;
+    int inside;
+    long count;
+    atomic_int bad;
+} own = { CONC_RLOCK_INIT, CONC_COND_INIT, 0, 0, 0 };
+
+static void *own_worker(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    for (int i = 0; i < OWN_ITERS; i++) {
+        conc_sleep(0);          /* the greenlets of a hub take turns here */
+        if (conc_rlock_acquire(&own.rl, CONC_FOREVER) != 0 ||
+            conc_rlock_acquire(&own.rl, CONC_FOREVER) != 0) {
+            atomic_fetch_add(&own.bad, 1);
+            return NULL;
+        }
+        if (i % 16 == 5) {
+            int r = conc_cond_wait_r(&own.cv, &own.rl, 0.001);
+            if ((r != 0 && r != -ETIMEDOUT) || conc_rlock_depth(&own.rl) != 2)
+                atomic_fetch_add(&own.bad, 1);
+        }
+        if (own.inside != 0)
+            atomic_fetch_add(&own.bad, 1);
+        own.inside = me;
+        conc_sleep(0);          /* the other greenlets of this hub run */
+        if (own.inside != me)
+            atomic_fetch_add(&own.bad, 1);
+        own.inside = 0;
+        own.count++;
+        if (i % 16 == 8)
+            conc_cond_notify_all(&own.cv);
+        if (conc_rlock_release(&own.rl) != 0 || conc_rlock_release(&own.rl) != 0)
+            atomic_fetch_add(&own.bad, 1);
+        if (conc_rlock_is_owned(&own.rl))
+            atomic_fetch_add(&own.bad, 1);
+    }
+    return NULL;
+}
+
+static void *own_hub_thread(void *arg)
+{
+    int base = (int)(intptr_t)arg;
+    conc_greenlet *g[OWN_GREENLETS];
+    for (int i = 0; i < OWN_GREENLETS; i++)
+        if (conc_spawn(&g[i], own_worker, (void *)(intptr_t)(base + i + 1), NULL) != 0)
+            return RET(1);
+    for (int i = 0; i < OWN_GREENLETS; i++) {
+        if (conc_join(g[i], 20.0) != 0)
+            return RET(2);
+        conc_greenlet_free(g[i]);
+    }
+    return RET(conc_hub_destroy());
+}
+
+Test(owner, greenlets_of_several_hubs, .timeout = 30)
+{
+    conc_thread *t[OWN_THREADS];
+    for (int i = 0; i < OWN_THREADS; i++) {
+        cr_assert_eq(conc_thread_new(&t[i], own_hub_thread, (void *)(intptr_t)(i * 10), NULL), 0);
+        cr_assert_eq(conc_thread_start(t[i]), 0);
+    }
+    for (int i = 0; i < OWN_THREADS; i++) {
+        cr_assert_eq(conc_thread_join(t[i], CONC_FOREVER), 0);
+        void *r;
+        cr_assert_eq(conc_thread_result(t[i], &r), 0);
+        cr_assert_null(r, "hub thread %d: %d", i, (int)(intptr_t)r);
+        conc_thread_free(t[i]);
+    }
+    cr_assert_eq(atomic_load(&own.bad), 0);
+    cr_assert_eq(own.count, (long)OWN_THREADS * OWN_GREENLETS * OWN_ITERS);
+    cr_assert_not(conc_rlock_is_owned(&own.rl));
 }

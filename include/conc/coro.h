@@ -290,8 +290,9 @@ CONC_API int conc_coro_get_stats(conc_coro_stats *out);
  * and conc_kill is for that thread; conc_join, conc_greenlet_dead,
  * conc_greenlet_result and conc_greenlet_free may be called from any thread.
  * A forked child does not inherit the hub (its blocking calls block the
- * thread).  An RLock's owner is a thread: coroutines of one thread share
- * it (use a Lock between coroutines).
+ * thread).  Locks are owned by coroutines, as in gevent: an RLock taken by
+ * one greenlet is not owned by another greenlet of the same thread
+ * (conc/sync.h).
  * ====================================================================== */
 
 typedef struct conc_greenlet conc_greenlet;

@@ -19,6 +19,16 @@
  * (its hub found that nothing can ever wake it), see conc/coro.h.
  * Signals never interrupt a wait (it resumes with the time that is left).
  *
+ * Owners: a Lock or RLock is owned by the coroutine that acquired it (as
+ * greenlets own locks in gevent); a thread's own stack (a plain thread, or
+ * a thread's main coroutine) is one owner.  Wherever a comment below says
+ * "the caller" or "thread" about ownership, it means that owner.
+ *
+ * Shared primitives and deaths: a process killed while it waits (even right
+ * after being woken) never leaves the others asleep for good; the waiting
+ * calls on a shared primitive look at it again at least every second, so a
+ * wake-up lost with a killed process costs a bounded stall (docs/sync.md).
+ *
  * Python reference: threading.Lock etc.; differences are noted per call.
  */
 #ifndef CONC_SYNC_H
@@ -50,24 +60,26 @@ extern "C" {
  * it and the next acquirer gets -EOWNERDEAD while owning the lock.  The data
  * it protects may be half-updated: repair it and call conc_lock_consistent,
  * else every later acquirer gets -EOWNERDEAD too.  A shared Lock must be
- * released by the thread that acquired it (-EPERM otherwise), and the memory
- * holding it must stay mapped while it is held.
+ * released by the thread that acquired it, or another coroutine of that
+ * thread (-EPERM otherwise), and the memory holding it must stay mapped
+ * while it is held.
  *
- * Layout: the lock word holds the owner's kernel thread id, the format of
- * the kernel's robust futexes; _links is the robust-list node (addresses in
- * the holder's own address space, meaningless to other processes).
+ * Layout: the lock word holds the owning thread's kernel id, the format of
+ * the kernel's robust futexes; _owner says which coroutine of that thread
+ * owns it; _links is the robust-list node (addresses in the holder's own
+ * address space, meaningless to other processes).
  */
 typedef struct conc_lock {
     uint32_t _word;         /* 0 free, else owner tid | waiters | owner died */
     uint32_t _flags;
     uint32_t _count;        /* RLock recursion depth */
     uint32_t _state;        /* 0 consistent, 1 an owner died */
-    uint32_t _reserved[2];
+    uint64_t _owner;        /* which coroutine of the owning thread holds it */
     uint64_t _links[2];     /* robust-list node while held (shared locks) */
 } conc_lock;
 
-#define CONC_LOCK_INIT        { 0, 0, 0, 0, { 0, 0 }, { 0, 0 } }
-#define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, { 0, 0 }, { 0, 0 } }
+#define CONC_LOCK_INIT        { 0, 0, 0, 0, 0, { 0, 0 } }
+#define CONC_LOCK_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, 0, { 0, 0 } }
 
 /* conc_lock_init - initialise an unlocked Lock.  flags: 0 or CONC_SYNC_SHARED.
  * Returns 0, or -EINVAL for a NULL lock or an unknown flag; -ENOTSUP for a
@@ -94,18 +106,21 @@ CONC_API int conc_lock_acquire_until(conc_lock *lock, int64_t deadline);
  */
 CONC_API int conc_lock_release(conc_lock *lock);
 
-/* conc_lock_locked - Lock.locked(): true while somebody holds the lock. */
+/* conc_lock_locked - Lock.locked(): true while somebody holds the lock.  A
+ * shared lock whose holder died reads as unlocked (the kernel freed it; the
+ * next acquirer gets -EOWNERDEAD), where Python's stays locked. */
 CONC_API bool conc_lock_locked(const conc_lock *lock);
 
-/* conc_lock_held - true when the calling thread is the one that acquired
- * the lock (and it is still locked). */
+/* conc_lock_held - true when the calling coroutine (or thread, outside
+ * coroutines) is the one that acquired the lock and it is still locked;
+ * false in another coroutine of the same thread. */
 CONC_API bool conc_lock_held(const conc_lock *lock);
 
 /*
  * conc_lock_consistent - like pthread_mutex_consistent: after -EOWNERDEAD,
  * the new owner declares the protected state repaired.  Returns 0; -EPERM
- * when the caller does not hold the lock; -EINVAL for NULL or when the lock
- * is not marked (no owner died).
+ * when the caller (coroutine) does not hold the lock; -EINVAL for NULL or
+ * when the lock is not marked (no owner died).
  */
 CONC_API int conc_lock_consistent(conc_lock *lock);
 
@@ -113,8 +128,10 @@ CONC_API int conc_lock_consistent(conc_lock *lock);
 
 /*
  * conc_rlock - threading.RLock / multiprocessing.RLock: a recursive lock
- * owned by one thread.  The owner may acquire it again; it is free after as
- * many releases as acquires.  A shared RLock is robust like a shared Lock:
+ * owned by one thread, or by one coroutine (greenlet) of a thread: another
+ * coroutine of the same thread waits for it like another thread does.  The
+ * owner may acquire it again; it is free after as many releases as
+ * acquires.  A shared RLock is robust like a shared Lock:
  * acquiring it after its owner died gives -EOWNERDEAD with depth 1.
  */
 typedef struct conc_rlock {
@@ -132,7 +149,7 @@ CONC_API int conc_rlock_init(conc_rlock *lock, unsigned flags);
  * conc_rlock_acquire - RLock.acquire(blocking, timeout).  Returns 0 (the
  * recursion depth grew by one), -EOWNERDEAD (shared: the previous owner
  * died; the caller owns it with depth 1), -EAGAIN when timeout is 0 and
- * another thread holds it, -ETIMEDOUT, -EOVERFLOW when the depth would pass
+ * another thread or coroutine holds it, -ETIMEDOUT, -EOVERFLOW when the depth would pass
  * UINT32_MAX, -EINVAL for NULL or a bad timeout.
  */
 CONC_API int conc_rlock_acquire(conc_rlock *lock, double timeout);
@@ -141,11 +158,13 @@ CONC_API int conc_rlock_acquire_until(conc_rlock *lock, int64_t deadline);
 /*
  * conc_rlock_release - RLock.release(): drop one level; the lock is free
  * when the depth reaches 0.  Returns 0, -EPERM when the caller does not own
- * the lock (Python's RuntimeError), -EINVAL for NULL.
+ * the lock (Python's RuntimeError; also from another coroutine of the owning
+ * thread), -EINVAL for NULL.
  */
 CONC_API int conc_rlock_release(conc_rlock *lock);
 
-/* conc_rlock_is_owned - true when the calling thread owns the RLock. */
+/* conc_rlock_is_owned - true when the calling coroutine (or thread, outside
+ * coroutines) owns the RLock. */
 CONC_API bool conc_rlock_is_owned(const conc_rlock *lock);
 
 /* conc_rlock_depth - the recursion depth when the caller owns it, else 0. */
@@ -207,7 +226,8 @@ CONC_API unsigned conc_sem_value(const conc_sem *sem);
 
 /* conc_event - threading.Event: a flag that threads can wait for. */
 typedef struct conc_event {
-    uint32_t _word;         /* bit 0: set; bit 1: somebody may be waiting */
+    uint32_t _word;         /* bit 0: set; bit 1: somebody may be waiting;
+                               bits 2..31: how many times it was set */
     uint32_t _flags;
 } conc_event;
 
@@ -229,8 +249,10 @@ CONC_API bool conc_event_is_set(const conc_event *ev);
 
 /*
  * conc_event_wait - Event.wait(timeout): wait until the flag is set.
- * Returns 0 when it is (Python's True); -EAGAIN when timeout is 0 and it is
- * clear; -ETIMEDOUT (Python's False); -EINVAL.
+ * Returns 0 when it is (Python's True), also when it was set while the
+ * caller waited and cleared again at once, before the caller looked;
+ * -EAGAIN when timeout is 0 and it is clear; -ETIMEDOUT (Python's False);
+ * -EINVAL.
  */
 CONC_API int conc_event_wait(conc_event *ev, double timeout);
 CONC_API int conc_event_wait_until(conc_event *ev, int64_t deadline);
@@ -271,7 +293,8 @@ CONC_API int conc_cond_init(conc_cond *cond, unsigned flags);
  * (the caller holds it; whether it was notified is lost); -EDEADLK, from a
  * coroutine only, when its hub found that nothing can ever wake it (then
  * the lock is NOT held);
- * -EPERM when the caller does not hold the lock (nothing is released);
+ * -EPERM when the caller does not hold the lock (nothing is released; in a
+ * hub, a lock held by another coroutine of the thread is not held);
  * -EINVAL for NULL arguments or a bad timeout.
  */
 CONC_API int conc_cond_wait(conc_cond *cond, conc_lock *lock, double timeout);

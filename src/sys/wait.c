@@ -81,11 +81,46 @@ static inline void to_timespec(int64_t ns, struct timespec *ts)
     ts->tv_nsec = ns % 1000000000;
 }
 
+/*
+ * A word shared between processes is never slept on without a limit.  A
+ * futex wake-up goes to a chosen sleeper, and on a shared word that sleeper
+ * may be killed before it acts on it (takes the lock or the unit it was
+ * woken for, or wakes the next one): the wake-up dies with it while others
+ * sleep on.  The kernel repairs this for one case only (a robust lock's
+ * pending-operation slot, when the word's owner part is 0 at the death:
+ * see sync.c).  So a sleeper on a shared word looks again after a slice of
+ * SHARED_SLICE_MIN_NS, doubling up to SHARED_SLICE_MAX_NS: it returns to
+ * its caller (who re-checks its condition) as soon as the word changed, and
+ * sleeps on while it holds the value it slept on.  A lost wake-up then costs
+ * a stall of at most about a second, never a hang; an idle waiter costs one
+ * system call a second.
+ */
+#define SHARED_SLICE_MIN_NS 20000000
+#define SHARED_SLICE_MAX_NS 1000000000
+
+static int wait_shared(uint32_t *word, uint32_t expect, int64_t deadline)
+{
+    int64_t slice = SHARED_SLICE_MIN_NS;
+    for (;;) {
+        int64_t until = conc_now() + slice;
+        bool last = deadline <= until;
+        struct timespec ts;
+        to_timespec(last ? (deadline < 0 ? 0 : deadline) : until, &ts);
+        int r = conc__futex_wait_abs(word, expect, &ts, false);
+        if (r != -ETIMEDOUT || last)
+            return r == -EINTR ? 0 : r;
+        if (slice < SHARED_SLICE_MAX_NS)
+            slice = slice * 2 < SHARED_SLICE_MAX_NS ? slice * 2 : SHARED_SLICE_MAX_NS;
+    }
+}
+
 int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags)
 {
     const struct conc__wait_ops *ops = conc__wait_ops;
     if (unlikely(ops != NULL))
         return ops->wait(word, expect, deadline, flags);
+    if (flags & CONC__WAIT_SHARED)
+        return wait_shared(word, expect, deadline);
     struct timespec ts, *abs = NULL;
     if (deadline != CONC_NO_DEADLINE) {
         if (deadline < 0)
@@ -93,12 +128,9 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
         to_timespec(deadline, &ts);
         abs = &ts;
     }
-    bool private = !(flags & CONC__WAIT_SHARED);
-    if (private)
-        __atomic_fetch_add(&kernel_sleepers, 1, __ATOMIC_SEQ_CST);
-    int r = conc__futex_wait_abs(word, expect, abs, private);
-    if (private)
-        __atomic_fetch_sub(&kernel_sleepers, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&kernel_sleepers, 1, __ATOMIC_SEQ_CST);
+    int r = conc__futex_wait_abs(word, expect, abs, true);
+    __atomic_fetch_sub(&kernel_sleepers, 1, __ATOMIC_RELEASE);
     if (r == -EINTR)
         return 0;
     return r;
