@@ -2760,25 +2760,6 @@ Test(shared, primitives_between_processes, .timeout = 30)
 
 /* ====================================================== Event generations */
 
-/* The scheduler state ('R', 'S'...) of a thread of this process or of a
- * process (tid = its pid), 0 when it is gone. */
-static char task_state(pid_t tid, bool process)
-{
-    char path[64], buf[512];
-    if (process)
-        snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
-    else
-        snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' ? p[2] : 0;
-}
-
 struct gen_waiter {
     conc_event *e;
     atomic_int tid;
@@ -2810,7 +2791,7 @@ Test(event, set_then_clear_releases_every_waiter, .timeout = 30)
         }
         for (int i = 0; i < N; i++)
             WAIT_FOR(atomic_load(&w[i].tid) != 0 &&
-                     task_state(atomic_load(&w[i].tid), false) == 'S');
+                     task_state(getpid(), atomic_load(&w[i].tid)) == 'S');
         cr_assert(__atomic_load_n(&e._word, __ATOMIC_RELAXED) & 2, "waiters bit set");
         cr_assert_eq(conc_event_set(&e), 0);
         cr_assert_eq(conc_event_clear(&e), 0);
@@ -2840,7 +2821,7 @@ Test(event, set_then_clear_releases_every_process, .timeout = 30)
                 _exit(conc_event_wait(e, 10.0) == 0 ? 0 : 1);
         }
         for (int i = 0; i < N; i++)
-            WAIT_FOR(task_state(pid[i], true) == 'S');
+            WAIT_FOR(task_state(pid[i], pid[i]) == 'S');
         cr_assert_eq(conc_event_set(e), 0);
         cr_assert_eq(conc_event_clear(e), 0);
         for (int i = 0; i < N; i++) {
