@@ -839,6 +839,8 @@ _Noreturn void conc__child_main(const struct conc__child_spec *spec)
     memcpy(current_proc.ident, s->ident, idn);
     current_proc.ident[idn] = 0;
     current_proc.daemon = s->daemon;
+    if (s->method)
+        st_relaxed(&global_method, (uint32_t)s->method);
     st_relaxed(&child_counter, 0);
     pthread_sigmask(SIG_SETMASK, &s->sigmask, NULL);
     int code = s->def ? s->def->run(s->def) : s->fn(s->arg, s->len);
