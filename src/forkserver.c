@@ -1110,14 +1110,16 @@ static bool secret_matches(int sock, int key)
  * Runs before main in every program linked with conc.  In a process that
  * its conc starter made a helper (see "Who may make a program a conc child"
  * above) it becomes the forkserver or the spawn child and never returns to
- * main.  Anything else returns at once and main runs as usual, with the
- * descriptors untouched.  (Its priority, CONC__CTOR_LAST, makes it run after
+ * main.  Anything else returns at once and main runs as usual, with no
+ * descriptor closed.  (Its priority, CONC__CTOR_LAST, makes it run after
  * conc's other constructors.)
  */
 __attribute__((constructor(CONC__CTOR_LAST))) static void forkserver_module_init(void)
 {
-    if (getauxval(AT_SECURE) || getuid() != geteuid() || getgid() != getegid())
-        return;                         /* never in a privileged program */
+    if (getauxval(AT_SECURE) || getuid() != geteuid() || getgid() != getegid()) {
+        unsetenv(ENV_NAME);             /* never in a privileged program */
+        return;
+    }
     const char *v = secure_getenv(ENV_NAME);
     if (!v)
         return;
