@@ -224,7 +224,11 @@ static int try_reap(conc_process *p)
         conc_lock_release(&p->lock);
         return 0;
     }
-    p->exitcode = r == 1 ? code : CODE_LOST;    /* error: reaped elsewhere */
+    /* An error: reaped elsewhere (SIGCHLD ignored...); the kernel may still
+     * know the code. */
+    if (r < 0 && conc__pidfd_exit_code(p->pidfd, &code) == 0)
+        r = 1;
+    p->exitcode = r == 1 ? code : CODE_LOST;
     p->code_known = true;
     st_release(&p->state, P_ENDED);
     conc_lock_release(&p->lock);
@@ -348,22 +352,52 @@ struct fork_job {
     int pidfd;
 };
 
-/* Runs on the launcher (see conc__launch): fork, and watch the child. */
+/*
+ * Runs on the launcher (see conc__launch): fork, and watch the child.
+ *
+ * The child waits on a gate until the parent holds its pidfd: a child that
+ * ended before pidfd_open could be reaped at once (SIGCHLD ignored, or a
+ * waitpid(-1) elsewhere) and its pid reused, so the pidfd would name a
+ * stranger.  (clone3(CLONE_PIDFD) would give the pidfd directly, but a raw
+ * clone skips what fork() does for a multi-threaded program: the C
+ * library's malloc, stdio and loader locks, the sanitizers' hooks and the
+ * program's pthread_atfork handlers.  The forkserver can afford it only
+ * because it is single-threaded and runs no user code.)
+ */
 static int fork_job_run(void *ctx)
 {
     struct fork_job *j = ctx;
+    int gate[2];
+    if (pipe2(gate, O_CLOEXEC) != 0)
+        return errno == EMFILE || errno == ENFILE ? -errno : -ENOMEM;
     pid_t pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        close(gate[0]);
+        close(gate[1]);
         return errno == ENOMEM ? -ENOMEM : -EAGAIN;
-    if (pid == 0)
+    }
+    if (pid == 0) {
+        char c;
+        close(gate[1]);
+        while (read(gate[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        close(gate[0]);
         conc__child_main(&j->spec);
+    }
+    close(gate[0]);
     int fd = conc__pidfd_open(pid);
     if (fd < 0) {
-        /* Cannot supervise it (out of descriptors): undo. */
+        /* Cannot supervise it (out of descriptors): undo.  It is held at
+         * the gate, so pid is still the child. */
         kill(pid, SIGKILL);
+        close(gate[1]);
         conc__reap_pid(pid);
         return fd;
     }
+    /* A byte, not EOF: a sibling forked meanwhile may hold the write end. */
+    while (write(gate[1], "", 1) < 0 && errno == EINTR)
+        ;
+    close(gate[1]);
     j->pid = pid;
     j->pidfd = fd;
     return 0;

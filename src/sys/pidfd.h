@@ -1,5 +1,5 @@
-/* pidfd.h - thin wrappers over pidfd_open, pidfd_send_signal, waitid(P_PIDFD)
- * and clone3, through the system calls (any C library). */
+/* pidfd.h - thin wrappers over pidfd_open, pidfd_send_signal, waitid(P_PIDFD),
+ * PIDFD_GET_INFO and clone3, through the system calls (any C library). */
 #ifndef CONC_SYS_PIDFD_H
 #define CONC_SYS_PIDFD_H
 
@@ -9,6 +9,7 @@
 #include <stdlib.h>             /* WEXITED, WNOHANG (not <sys/wait.h>: conc's
                                    src/sys/wait.h shadows it here) */
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -84,6 +85,38 @@ static inline int conc__reap(int pidfd, pid_t pid, int flags, int *code)
         return 0;
     *code = si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
     return 1;
+}
+
+/* PIDFD_GET_INFO (Linux 6.15): among others, the wait status of a process
+ * that ended and was reaped, also by somebody else (SIGCHLD ignored, a
+ * waitpid(-1) elsewhere), as long as a pidfd of it was open at the time. */
+struct conc__pidfd_info {
+    uint64_t mask;
+    uint64_t cgroupid;
+    uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+    int32_t exit_code;
+};
+#define CONC__PIDFD_GET_INFO _IOWR(0xFF, 11, struct conc__pidfd_info)
+#define CONC__PIDFD_INFO_EXIT (1ull << 3)
+
+/* Stores the Python-style exit code of the ended process of pidfd after
+ * somebody else reaped it.  Returns 0, or -ENOSYS when the kernel cannot
+ * tell (older than 6.15, or the process has not ended). */
+static inline int conc__pidfd_exit_code(int pidfd, int *code)
+{
+    struct conc__pidfd_info in;
+    memset(&in, 0, sizeof in);
+    in.mask = CONC__PIDFD_INFO_EXIT;
+    if (ioctl(pidfd, CONC__PIDFD_GET_INFO, &in) != 0 || !(in.mask & CONC__PIDFD_INFO_EXIT))
+        return -ENOSYS;
+    int st = in.exit_code;
+    if (WIFEXITED(st))
+        *code = WEXITSTATUS(st);
+    else if (WIFSIGNALED(st))
+        *code = -WTERMSIG(st);
+    else
+        return -ENOSYS;
+    return 0;
 }
 
 /* Reaps child pid, waiting for it (used before a pidfd exists). */
