@@ -185,7 +185,8 @@ CONC_API bool conc_process_is_alive(conc_process *p);
  * was reaped (join, is_alive, active_children); -EBUSY while it runs,
  * before start, and for current_process / parent_process (unknown, None in
  * Python); -EINVAL for NULL.  A child that something else reaped (a
- * waitpid(-1) elsewhere, SIGCHLD set to SIG_IGN) reports 255.
+ * waitpid(-1) elsewhere, SIGCHLD set to SIG_IGN) reports its code on Linux
+ * 6.15 and later (PIDFD_GET_INFO), 255 on older kernels.
  */
 CONC_API int conc_process_exitcode(const conc_process *p, int *code);
 
