@@ -75,7 +75,10 @@ static conc_process current_proc = {
 };
 static conc_process parent_proc = { .refs = 1, .state = P_NEW, .kind = K_PARENT, .pidfd = -1 };
 
-static conc_lock reg_lock = CONC_LOCK_INIT;
+/* A plain mutex, never a coroutine-aware lock: the fork handlers take it,
+ * and a fork() from a coroutine must not park that coroutine and run others
+ * in the middle of the fork.  Its critical sections never wait. */
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static conc_process *reg_head, *reg_tail;
 /* Handles inherited across fork() that the child cannot supervise; kept
  * reachable (leak checkers) but never used. */
@@ -103,7 +106,7 @@ static void lock_take(conc_lock *l)
 
 static void reg_add(conc_process *p)
 {
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     p->prev = reg_tail;
     p->next = NULL;
     if (reg_tail)
@@ -112,14 +115,14 @@ static void reg_add(conc_process *p)
         reg_head = p;
     reg_tail = p;
     p->in_registry = true;
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
 }
 
 /* Removes p; returns true when it was registered (its reference is then the
  * caller's to drop). */
 static bool reg_remove(conc_process *p)
 {
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     bool was = p->in_registry;
     if (was) {
         if (p->prev)
@@ -133,7 +136,7 @@ static bool reg_remove(conc_process *p)
         p->prev = p->next = NULL;
         p->in_registry = false;
     }
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
     return was;
 }
 
@@ -143,7 +146,7 @@ static int reg_snapshot(conc_process ***out, int filter)
 {
     conc_process **v = NULL;
     size_t n = 0, cap = 0;
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     for (conc_process *p = reg_head; p; p = p->next) {
         if (filter >= 0 && p->daemon != (filter == 1))
             continue;
@@ -151,7 +154,7 @@ static int reg_snapshot(conc_process ***out, int filter)
             size_t ncap = cap ? cap * 2 : 16;
             conc_process **nv = realloc(v, ncap * sizeof *nv);
             if (!nv) {
-                conc_lock_release(&reg_lock);
+                pthread_mutex_unlock(&reg_lock);
                 for (size_t i = 0; i < n; i++)
                     conc_process_free(v[i]);
                 free(v);
@@ -162,7 +165,7 @@ static int reg_snapshot(conc_process ***out, int filter)
         }
         v[n++] = conc_process_ref(p);
     }
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
     *out = v;
     return (int)n;
 }
@@ -479,11 +482,11 @@ int conc_process_start(conc_process *p)
     sigset_t mask;
     pthread_sigmask(SIG_SETMASK, NULL, &mask);
     /* The exit hook first: it must exist before any child does. */
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     if (!exit_hook_set && atexit(exit_children) == 0)
         exit_hook_set = true;
     bool hooked = exit_hook_set;
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
     if (!hooked) {
         r = -ENOMEM;
         goto fail;
@@ -782,21 +785,20 @@ static void exit_children(void)
 
 static void atfork_prepare(void)
 {
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
 }
 
 static void atfork_parent(void)
 {
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
 }
 
 /* Resets what belongs to the parent: its children (this process cannot
  * wait for them; their pidfds are closed here), its forkserver, its
- * launcher thread. */
+ * launcher thread.  reg_lock is free. */
 static void reset_after_fork(void)
 {
     st_relaxed(&self_pid, getpid());
-    conc_lock_init(&reg_lock, 0);
     for (conc_process *p = reg_head; p; p = p->next) {
         if (p->pidfd >= 0)
             close(p->pidfd);
@@ -811,6 +813,7 @@ static void reset_after_fork(void)
 
 static void atfork_child(void)
 {
+    pthread_mutex_unlock(&reg_lock);    /* taken by atfork_prepare */
     reset_after_fork();
 }
 
@@ -818,6 +821,7 @@ void conc__process_fresh(void)
 {
     conc__tid_cache = 0;
     conc__threads_after_fork();
+    pthread_mutex_init(&reg_lock, NULL);
     reset_after_fork();
 }
 
