@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,10 +181,10 @@ Test(fork_child, stack_pool_pidfd_is_its_own, .timeout = 30)
  * test registers them after conc's, so they run before conc's prepare
  * handlers and after conc's parent handlers: the flag spans conc's part of
  * the fork. */
-static volatile int in_fork;
-static volatile int fork_done;
+static atomic_int in_fork;
+static atomic_int fork_done;
 static int ran_inside_fork;
-static volatile int hammer_stop;
+static atomic_int hammer_stop;
 
 static void mark_prepare(void)
 {
