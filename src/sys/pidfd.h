@@ -4,6 +4,7 @@
 #define CONC_SYS_PIDFD_H
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>             /* WEXITED, WNOHANG (not <sys/wait.h>: conc's
@@ -12,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -101,22 +103,43 @@ struct conc__pidfd_info {
 
 /* Stores the Python-style exit code of the ended process of pidfd after
  * somebody else reaped it.  Returns 0, or -ENOSYS when the kernel cannot
- * tell (older than 6.15, or the process has not ended). */
+ * tell (older than 6.15).  The reaper marks the child dead before it
+ * records the status, so a waitid can fail with ECHILD a moment before the
+ * status is there (even after the pidfd reports POLLHUP, and the request
+ * may fail with ESRCH meanwhile): this waits for it, yielding, then in 1 ms
+ * steps (a hang guard of 5 s; 20 ms of ESRCH). */
 static inline int conc__pidfd_exit_code(int pidfd, int *code)
 {
     struct conc__pidfd_info in;
-    memset(&in, 0, sizeof in);
-    in.mask = CONC__PIDFD_INFO_EXIT;
-    if (ioctl(pidfd, CONC__PIDFD_GET_INFO, &in) != 0 || !(in.mask & CONC__PIDFD_INFO_EXIT))
-        return -ENOSYS;
-    int st = in.exit_code;
-    if (WIFEXITED(st))
-        *code = WEXITSTATUS(st);
-    else if (WIFSIGNALED(st))
-        *code = -WTERMSIG(st);
-    else
-        return -ENOSYS;
-    return 0;
+    int esrch = 0;
+    for (int i = 0; i < 5100; i++) {
+        memset(&in, 0, sizeof in);
+        in.mask = CONC__PIDFD_INFO_EXIT;
+        if (ioctl(pidfd, CONC__PIDFD_GET_INFO, &in) != 0) {
+            /* ESRCH: half released, look again; but Linux 6.13 and 6.14
+             * answer a released process so for good. */
+            if (errno != ESRCH || ++esrch > 120)
+                return -ENOSYS;
+            in.mask = 0;
+        }
+        if (in.mask & CONC__PIDFD_INFO_EXIT) {
+            int st = in.exit_code;
+            if (WIFEXITED(st))
+                *code = WEXITSTATUS(st);
+            else if (WIFSIGNALED(st))
+                *code = -WTERMSIG(st);
+            else
+                return -ENOSYS;
+            return 0;
+        }
+        if (i < 100) {
+            sched_yield();
+        } else {
+            struct timespec ms = { 0, 1000000 };
+            nanosleep(&ms, NULL);
+        }
+    }
+    return -ENOSYS;
 }
 
 /* Reaps child pid, waiting for it (used before a pidfd exists). */
