@@ -91,6 +91,12 @@ static void pool_unlock(void)
  */
 static int markers = -1;
 
+#if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
+/* A pidfd of this process for process_madvise, opened on first need (under
+ * the pool's lock); -2 until then, -1 when it cannot be had. */
+static int self_pidfd = -2;
+#endif
+
 static bool markers_supported(void)
 {
     if (markers < 0) {
@@ -111,7 +117,6 @@ static bool install_markers(char *base, size_t n, size_t stride)
 {
     size_t page = conc__stack_zone();
 #if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
-    static int self_pidfd = -2;     /* under the pool's lock */
     if (self_pidfd == -2) {
         self_pidfd = -1;
 #if CONC_HAVE_VALGRIND
@@ -162,12 +167,25 @@ static long default_guard_limit(void)
     return max_maps / 8;
 }
 
+/* In a fork child: the cached pidfd names the parent.  Close it (nothing in
+ * the child can have closed or reused that number yet) and open the child's
+ * own on next use. */
+static void pool_after_fork(void)
+{
+#if defined(SYS_process_madvise) && defined(SYS_pidfd_open)
+    if (self_pidfd >= 0)
+        close(self_pidfd);
+    self_pidfd = -2;
+#endif
+    pool_unlock();
+}
+
 __attribute__((constructor(CONC__CTOR_MODULE))) static void stack_module_init(void)
 {
     long page = sysconf(_SC_PAGESIZE);
     if (page > 0)
         conc__stack_zone_bytes = (size_t)page;
-    pthread_atfork(pool_lock, pool_unlock, pool_unlock);
+    pthread_atfork(pool_lock, pool_unlock, pool_after_fork);
 }
 
 static struct stack_pool *find_pool(size_t size)

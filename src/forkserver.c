@@ -10,18 +10,38 @@
  *
  * Forkserver.  Started once per process (on first use) by posix_spawn of
  * /proc/self/exe, which never forks the possibly multi-threaded caller,
- * with CONC_FORKSERVER=server:<ppid>:3 in its environment and a socket on
- * fd 3.  A constructor below sees the variable before main runs and enters
- * the server loop, which never returns.  For each request the server makes
- * the child with clone3(CLONE_PARENT | CLONE_PIDFD), so the child is a child
- * of the requester, not of the server: the requester gets the pidfd over the
- * socket (SCM_RIGHTS), supervises and reaps it like a fork child.  The
- * server keeps the pidfds of daemon children, and when its socket reaches
- * EOF (the requester ended, however it ended) it kills those still running,
- * then exits: a backup to the children's PR_SET_PDEATHSIG.
+ * with CONC_FORKSERVER=server:<ppid>:3:4 in its environment, a socket on
+ * fd 3 and a key pipe on fd 4 (forkserver_wire.h).  A constructor below
+ * sees the variable before main runs and, once the starter is
+ * authenticated (below), enters the server loop, which never returns.  For
+ * each request the server makes the child with clone3(CLONE_PARENT |
+ * CLONE_PIDFD), so the child is a child of the requester, not of the
+ * server: the requester gets the pidfd over the socket (SCM_RIGHTS),
+ * supervises and reaps it like a fork child.  The server keeps the pidfds
+ * of daemon children, and when its socket reaches EOF (the requester ended,
+ * however it ended) it kills those still running, then exits: a backup to
+ * the children's PR_SET_PDEATHSIG.
  *
  * Spawn.  posix_spawn of /proc/self/exe per child, CONC_FORKSERVER=spawn:..:
  * the constructor reads one request from fd 3 and becomes that child.
+ *
+ * Who may make a program a conc child.  The variable alone never does: any
+ * program linked with conc runs this constructor, set-user-ID ones too, and
+ * whoever starts a program chooses its environment and descriptors.  The
+ * constructor enters child mode only when all of these hold, and otherwise
+ * leaves the descriptors alone and returns to main:
+ *   - the process is not secure-execution (AT_SECURE: set-user-ID,
+ *     set-group-ID, file capabilities), and its real and effective ids are
+ *     the same;
+ *   - fd 3 is a Unix stream socket whose peer (SO_PEERCRED) is the parent
+ *     process named in the variable, with the same uid and gid;
+ *   - fd 4 is a pipe that holds exactly a 128-bit secret (getrandom in the
+ *     starter, never in argv or the environment), and the socket already
+ *     holds a hello with the same secret.
+ * Then every request names the function's module by path *and* by file
+ * identity (st_dev, st_ino in the starter): the child uses the module only
+ * when the path names that same file, and never opens a module that fails
+ * the check.
  *
  * Requests carry the function as module + offset: dladdr1 gives the module
  * (its link-map name, "" for the main program) and load address in the
@@ -40,51 +60,29 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include "conc/sync.h"
 #include "forkserver.h"
+#include "forkserver_wire.h"
 #include "internal.h"
 #include "sys/pidfd.h"
 #include "sys/wait.h"
 
-#define ENV_NAME "CONC_FORKSERVER"
-#define CHILD_FD 3
+#define ENV_NAME CONC__ENV_NAME
+#define CHILD_FD CONC__CHILD_FD
+#define KEY_FD CONC__KEY_FD
 #define SELF_EXE "/proc/self/exe"
-#define WIRE_MAGIC 0x636f6e63u  /* "conc" */
-#define WIRE_VERSION 1u
-#define WIRE_DEF 0x1u
-#define WIRE_DAEMON 0x2u
+#define WIRE_DEF CONC__WIRE_DEF
+#define WIRE_DAEMON CONC__WIRE_DAEMON
 /* stdio plus pass_fds: the kernel's limit per message (SCM_MAX_FD) is 253 */
 #define WIRE_FDS_MAX (3 + CONC_PROCESS_PASS_FDS_MAX)
 #define WIRE_STR_MAX 4096
-
-/* A request: this header, then int32 targets[nfds], the module path, name,
- * ident and parent name (no terminators), then the data.  The starter's
- * stdio (bits of `stdio`) and pass_fds travel as SCM_RIGHTS with the
- * header. */
-struct wire_req {
-    uint32_t magic;
-    uint32_t version;
-    uint64_t offset;            /* the target's offset in its module */
-    uint64_t len;               /* bytes of data */
-    uint64_t sigmask;           /* signals 1..64 blocked by the starter */
-    int32_t ppid;
-    uint32_t flags;             /* WIRE_DEF, WIRE_DAEMON */
-    uint32_t nfds;
-    uint32_t stdio;
-    uint32_t path_len, name_len, ident_len, pname_len;
-};
-
-/* The answer: 0 and the child's pid (plus its pidfd from a forkserver), or
- * a negative errno. */
-struct wire_rep {
-    int32_t err;
-    int32_t pid;
-};
 
 /* --------------------------------------------------------- launcher */
 
@@ -304,7 +302,7 @@ static void mask_from_wire(uint64_t w, sigset_t *s)
 /* ------------------------------------------------ starter: requests */
 
 struct request {
-    struct wire_req h;
+    struct conc__wire_req h;
     const char *path, *name, *ident, *pname;
     int32_t targets[WIRE_FDS_MAX];
     int fds[WIRE_FDS_MAX];
@@ -320,17 +318,23 @@ static int build_request(struct request *q, const struct conc__remote_req *r)
         return -EINVAL;                 /* not code of a loaded module */
     memset(&q->h, 0, sizeof q->h);
     q->path = lm->l_name ? lm->l_name : "";
+    struct stat st;
+    if (stat(q->path[0] ? q->path : SELF_EXE, &st) != 0)
+        return q->path[0] ? -ENOENT : -ENOSYS;
     q->name = r->name;
     q->ident = r->ident;
     q->pname = r->parent_name ? r->parent_name : "";
     q->data = r->data;
-    q->h.magic = WIRE_MAGIC;
-    q->h.version = WIRE_VERSION;
+    q->h.magic = CONC__WIRE_MAGIC;
+    q->h.version = CONC__WIRE_VERSION;
     q->h.offset = (uint64_t)((uintptr_t)r->target - (uintptr_t)lm->l_addr);
     q->h.len = r->len;
     q->h.sigmask = mask_to_wire(r->sigmask);
     q->h.ppid = conc__self_pid();
     q->h.flags = (r->is_def ? WIRE_DEF : 0) | (r->daemon ? WIRE_DAEMON : 0);
+    q->h.method = (uint32_t)r->method;
+    q->h.module_dev = (uint64_t)st.st_dev;
+    q->h.module_ino = (uint64_t)st.st_ino;
     q->h.path_len = (uint32_t)strlen(q->path);
     q->h.name_len = (uint32_t)strlen(q->name);
     q->h.ident_len = (uint32_t)strlen(q->ident);
@@ -369,7 +373,7 @@ static int send_request(int sock, const struct request *q)
 }
 
 /* Sends the request, reads the answer (and a pidfd when want_fd). */
-static int transact(int sock, const struct request *q, struct wire_rep *rep, int *pidfd)
+static int transact(int sock, const struct request *q, struct conc__wire_rep *rep, int *pidfd)
 {
     int r = send_request(sock, q);
     if (r)
@@ -392,6 +396,7 @@ struct exec_job {
     char *const *envp;
     const sigset_t *mask;
     int sock;                   /* the child's end, becomes CHILD_FD */
+    int key;                    /* the key pipe's read end, becomes KEY_FD */
     bool reset_signals;
     pid_t pid;
 };
@@ -410,9 +415,11 @@ static int exec_job_run(void *ctx)
         return -r;
     }
     r = posix_spawn_file_actions_adddup2(&fa, j->sock, CHILD_FD);
+    if (!r)
+        r = posix_spawn_file_actions_adddup2(&fa, j->key, KEY_FD);
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
     if (!r)
-        r = posix_spawn_file_actions_addclosefrom_np(&fa, CHILD_FD + 1);
+        r = posix_spawn_file_actions_addclosefrom_np(&fa, KEY_FD + 1);
 #endif
     short flags = POSIX_SPAWN_SETSIGMASK;
     sigset_t all;
@@ -438,28 +445,75 @@ static int exec_job_run(void *ctx)
 
 extern char **environ;
 
+/* A descriptor above KEY_FD in place of *fd (adddup2 onto itself would keep
+ * it close-on-exec on older C libraries, and one target must not overwrite
+ * the other's source).  Returns 0 or -errno. */
+static int above_child_fds(int *fd)
+{
+    if (*fd > KEY_FD)
+        return 0;
+    int d = fcntl(*fd, F_DUPFD_CLOEXEC, KEY_FD + 1);
+    if (d < 0)
+        return -errno;
+    close(*fd);
+    *fd = d;
+    return 0;
+}
+
+/*
+ * Makes what authenticates this starter to the new image: a pipe holding a
+ * fresh random secret (its write end closed: nobody can add to it), and the
+ * hello with the same secret already queued on our end of the socket.
+ * Stores the pipe's read end in *key.  Returns 0 or -errno.
+ */
+static int make_key(int sock, int *key)
+{
+    struct conc__wire_hello h = { .magic = CONC__WIRE_MAGIC, .version = CONC__WIRE_VERSION };
+    size_t got = 0;
+    while (got < sizeof h.secret) {
+        ssize_t n = getrandom(h.secret + got, sizeof h.secret - got, 0);
+        if (n < 0 && errno != EINTR)
+            return errno == ENOSYS ? -ENOSYS : -EAGAIN;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    int kp[2];
+    if (pipe2(kp, O_CLOEXEC) != 0)
+        return errno == EMFILE || errno == ENFILE ? -errno : -ENOMEM;
+    /* Both fit in an empty pipe and an empty socket buffer at once. */
+    bool ok = write(kp[1], h.secret, sizeof h.secret) == (ssize_t)sizeof h.secret &&
+              send(sock, &h, sizeof h, MSG_NOSIGNAL) == (ssize_t)sizeof h;
+    close(kp[1]);
+    explicit_bzero(&h, sizeof h);
+    if (!ok) {
+        close(kp[0]);
+        return -EIO;
+    }
+    *key = kp[0];
+    return 0;
+}
+
 /*
  * Starts /proc/self/exe as a conc helper (mode "server" or "spawn") with a
- * socket to it on CHILD_FD.  Stores our end of the socket (close-on-exec,
- * non-blocking), the pid and a pidfd.
+ * socket to it on CHILD_FD and the key pipe on KEY_FD.  Stores our end of
+ * the socket (close-on-exec, non-blocking), the pid and a pidfd.
  */
 static int exec_helper(const char *mode, const sigset_t *mask, int *sock, pid_t *pid, int *pidfd)
 {
-    int sv[2];
+    int sv[2], key = -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
         return errno == EMFILE || errno == ENFILE ? -errno : -ENOMEM;
-    /* The child's end must not already be CHILD_FD (adddup2 onto itself
-     * would keep it close-on-exec on older C libraries). */
-    if (sv[1] == CHILD_FD) {
-        int d = fcntl(sv[1], F_DUPFD_CLOEXEC, CHILD_FD + 1);
-        if (d < 0) {
-            int e = -errno;
-            close(sv[0]);
-            close(sv[1]);
-            return e;
-        }
+    int e = make_key(sv[0], &key);
+    if (!e)
+        e = above_child_fds(&sv[1]);
+    if (!e)
+        e = above_child_fds(&key);
+    if (e) {
+        if (key >= 0)
+            close(key);
+        close(sv[0]);
         close(sv[1]);
-        sv[1] = d;
+        return e;
     }
     size_t n = 0;
     while (environ && environ[n])
@@ -469,9 +523,11 @@ static int exec_helper(const char *mode, const sigset_t *mask, int *sock, pid_t 
     if (!envp) {
         close(sv[0]);
         close(sv[1]);
+        close(key);
         return -ENOMEM;
     }
-    snprintf(var, sizeof var, ENV_NAME "=%s:%d:%d", mode, (int)conc__self_pid(), CHILD_FD);
+    snprintf(var, sizeof var, ENV_NAME "=%s:%d:%d:%d", mode, (int)conc__self_pid(), CHILD_FD,
+             KEY_FD);
     size_t k = 0;
     envp[k++] = var;
     for (size_t i = 0; i < n; i++)
@@ -481,12 +537,13 @@ static int exec_helper(const char *mode, const sigset_t *mask, int *sock, pid_t 
     sigset_t none;
     sigemptyset(&none);
     struct exec_job j = {
-        .envp = envp, .mask = mask ? mask : &none, .sock = sv[1],
+        .envp = envp, .mask = mask ? mask : &none, .sock = sv[1], .key = key,
         .reset_signals = mask == NULL, .pid = 0,
     };
     int r = conc__launch(exec_job_run, &j);
     free(envp);
     close(sv[1]);
+    close(key);
     if (r) {
         close(sv[0]);
         return r;
@@ -533,7 +590,7 @@ static void fs_drop(void)
 
 static int start_forkserver(const struct request *q, pid_t *pid, int *pidfd)
 {
-    struct wire_rep rep = { 0, 0 };
+    struct conc__wire_rep rep = { 0, 0 };
     int r = 0, fd = -1;
     conc_lock_acquire_until(&fs_lock, CONC_NO_DEADLINE);
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -570,7 +627,7 @@ static int start_spawn(const struct request *q, const sigset_t *mask, pid_t *pid
     int r = exec_helper("spawn", mask, &sock, &p, &fd);
     if (r)
         return r;
-    struct wire_rep rep = { 0, 0 };
+    struct conc__wire_rep rep = { 0, 0 };
     r = transact(sock, q, &rep, NULL);
     close(sock);
     if (r == 0)
@@ -588,6 +645,10 @@ static int start_spawn(const struct request *q, const sigset_t *mask, pid_t *pid
 
 int conc__remote_start(const struct conc__remote_req *r, pid_t *pid, int *pidfd)
 {
+    /* A fresh image of a set-id or capability program never acts as a conc
+     * child (see the constructor): do not start main in it for nothing. */
+    if (getauxval(AT_SECURE))
+        return -ENOSYS;
     struct request q;
     int e = build_request(&q, r);
     if (e)
@@ -615,7 +676,7 @@ void conc__forkserver_after_fork(void)
 
 /* A request as received (kept in statics: the child's memory holds them
  * for as long as it runs). */
-static struct wire_req in_h;
+static struct conc__wire_req in_h;
 static int in_fds[WIRE_FDS_MAX];
 static int in_nfds;
 static char *in_body;           /* targets and strings */
@@ -648,13 +709,14 @@ static int read_request(int sock)
         in_nfds = 0;
         return 0;
     }
-    if (in_h.magic != WIRE_MAGIC || in_h.version != WIRE_VERSION ||
+    if (in_h.magic != CONC__WIRE_MAGIC || in_h.version != CONC__WIRE_VERSION ||
         in_h.nfds > CONC_PROCESS_PASS_FDS_MAX || in_h.stdio > 7 ||
         (unsigned)in_nfds != in_h.nfds + popcount3(in_h.stdio) ||
         in_h.path_len > WIRE_STR_MAX || in_h.name_len > WIRE_STR_MAX ||
         in_h.ident_len > WIRE_STR_MAX || in_h.pname_len > WIRE_STR_MAX ||
         in_h.len > CONC_PROCESS_ARG_MAX ||
-        ((in_h.flags & WIRE_DEF) && in_h.len < sizeof(conc_process_def)))
+        ((in_h.flags & WIRE_DEF) && in_h.len < sizeof(conc_process_def)) ||
+        (in_h.method != CONC_START_FORKSERVER && in_h.method != CONC_START_SPAWN))
         return -EPROTO;
     size_t tlen = in_h.nfds * sizeof(int32_t);
     size_t blen = tlen + in_h.path_len + in_h.name_len + in_h.ident_len + in_h.pname_len + 4;
@@ -689,7 +751,7 @@ static int read_request(int sock)
 
 static int send_reply(int sock, int err, pid_t pid, int pidfd)
 {
-    struct wire_rep rep = { err, pid };
+    struct conc__wire_rep rep = { err, pid };
     struct iovec iov = { &rep, sizeof rep };
     return send_all(sock, &iov, 1, &pidfd, pidfd >= 0 ? 1 : 0);
 }
@@ -720,10 +782,22 @@ static int find_module(struct dl_phdr_info *info, size_t size, void *arg)
     return 1;
 }
 
+/* Whether path names the file the starter has the module from. */
+static bool same_module_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && (uint64_t)st.st_dev == in_h.module_dev &&
+           (uint64_t)st.st_ino == in_h.module_ino;
+}
+
 /* The address of the requested function in this process: its module is
- * found by name (dlopen'ed when it is not loaded yet). */
+ * found by name (dlopen'ed when it is not loaded yet), and used only when
+ * its path names the same file as in the starter (-EACCES otherwise; a
+ * module that fails the check is never opened). */
 static int resolve_target(void **out)
 {
+    if (!same_module_file(in_path[0] ? in_path : SELF_EXE))
+        return -EACCES;
     struct find_ctx f = { .path = in_path, .offset = in_h.offset };
     dl_iterate_phdr(find_module, &f);
     if (!f.found && in_path[0]) {
@@ -792,6 +866,7 @@ static _Noreturn void become_child(void *target)
     s.parent_name = in_pname;
     s.ppid = in_h.ppid;
     s.daemon = in_h.flags & WIRE_DAEMON;
+    s.method = (conc_start_method)in_h.method;
     mask_from_wire(in_h.sigmask, &s.sigmask);
     conc__child_main(&s);
 }
@@ -966,29 +1041,99 @@ static _Noreturn void spawn_main(int sock, pid_t ppid)
 
 /* ------------------------------------------------------ constructor */
 
+/* Reads the variable: "<mode>:<ppid>:<socket fd>:<key fd>". */
+static bool parse_entry(const char *v, char mode[8], pid_t *ppid, int *sock, int *key)
+{
+    int p, s, k, used = 0;
+    if (sscanf(v, "%7[a-z]:%d:%d:%d%n", mode, &p, &s, &k, &used) != 4 || v[used] != '\0')
+        return false;
+    if (p <= 0 || s < 0 || k < 0 || s == k)
+        return false;
+    *ppid = p;
+    *sock = s;
+    *key = k;
+    return strcmp(mode, "server") == 0 || strcmp(mode, "spawn") == 0;
+}
+
+/* Whether sock is a Unix stream socket whose peer is process ppid (our
+ * parent) running as our own user and group. */
+static bool peer_is_parent(int sock, pid_t ppid)
+{
+    struct stat st;
+    int v;
+    socklen_t len = sizeof v;
+    if (fstat(sock, &st) != 0 || !S_ISSOCK(st.st_mode))
+        return false;
+    if (getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &v, &len) != 0 || v != AF_UNIX)
+        return false;
+    len = sizeof v;
+    if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &v, &len) != 0 || v != SOCK_STREAM)
+        return false;
+    struct ucred cr;
+    len = sizeof cr;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || len != sizeof cr)
+        return false;
+    return cr.pid == ppid && getppid() == ppid && cr.uid == getuid() && cr.gid == getgid();
+}
+
+/* Whether the key pipe holds exactly the secret of the hello already
+ * waiting on the socket; consumes both then (nothing is read from either
+ * otherwise, but the pipe of a peer that passed every other check). */
+static bool secret_matches(int sock, int key)
+{
+    struct stat st;
+    if (fstat(key, &st) != 0 || !S_ISFIFO(st.st_mode))
+        return false;
+    struct pollfd pfd = { .fd = key, .events = POLLIN };
+    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLIN))
+        return false;
+    struct conc__wire_hello h;
+    uint8_t secret[CONC__WIRE_SECRET + 1];
+    ssize_t n = recv(sock, &h, sizeof h, MSG_PEEK | MSG_DONTWAIT);
+    if (n != (ssize_t)sizeof h || h.magic != CONC__WIRE_MAGIC || h.version != CONC__WIRE_VERSION)
+        return false;
+    n = read(key, secret, sizeof secret);
+    unsigned diff = n != CONC__WIRE_SECRET;
+    for (size_t i = 0; i < CONC__WIRE_SECRET; i++)
+        diff |= (unsigned)(secret[i] ^ h.secret[i]);
+    explicit_bzero(secret, sizeof secret);
+    if (diff) {
+        explicit_bzero(&h, sizeof h);
+        return false;
+    }
+    n = recv(sock, &h, sizeof h, MSG_DONTWAIT);
+    explicit_bzero(&h, sizeof h);
+    return n == (ssize_t)sizeof h;
+}
+
 /*
- * Runs before main in every program linked with conc.  In a process started
- * as a conc helper it becomes the forkserver or the spawn child and never
- * returns to main.  (Its priority, CONC__CTOR_LAST, makes it run after
+ * Runs before main in every program linked with conc.  In a process that
+ * its conc starter made a helper (see "Who may make a program a conc child"
+ * above) it becomes the forkserver or the spawn child and never returns to
+ * main.  Anything else returns at once and main runs as usual, with no
+ * descriptor closed.  (Its priority, CONC__CTOR_LAST, makes it run after
  * conc's other constructors.)
  */
 __attribute__((constructor(CONC__CTOR_LAST))) static void forkserver_module_init(void)
 {
-    const char *v = getenv(ENV_NAME);
+    if (getauxval(AT_SECURE) || getuid() != geteuid() || getgid() != getegid()) {
+        unsetenv(ENV_NAME);             /* never in a privileged program */
+        return;
+    }
+    const char *v = secure_getenv(ENV_NAME);
     if (!v)
         return;
     char mode[8];
-    int ppid, fd, used = 0;
-    int ok = sscanf(v, "%7[a-z]:%d:%d%n", mode, &ppid, &fd, &used) == 3 && v[used] == '\0';
+    pid_t ppid;
+    int sock, key;
+    bool ok = parse_entry(v, mode, &ppid, &sock, &key);
     unsetenv(ENV_NAME);                 /* not for the program's own children */
-    struct stat st;
-    if (!ok || fd < 0 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+    if (!ok || !peer_is_parent(sock, ppid) || !secret_matches(sock, key))
         return;
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    close(key);
+    fcntl(sock, F_SETFD, FD_CLOEXEC);
     if (strcmp(mode, "server") == 0)
-        server_main(fd, (pid_t)ppid);
-    if (strcmp(mode, "spawn") == 0) {
-        set_comm();
-        spawn_main(fd, (pid_t)ppid);
-    }
+        server_main(sock, ppid);
+    set_comm();
+    spawn_main(sock, ppid);
 }

@@ -24,14 +24,16 @@ struct conc__child_spec {
     const char *parent_name;
     pid_t ppid;                 /* the process that started it */
     bool daemon;
+    conc_start_method method;   /* forkserver, spawn: how it was started (its
+                                   own start method); 0 (fork): inherited */
     sigset_t sigmask;           /* the starting thread's signal mask */
 };
 
 /*
  * conc__child_main - become the child described by s: watch the parent
  * (PR_SET_PDEATHSIG for a daemon, checked against s->ppid), set up
- * current_process/parent_process, restore the signal mask, run the target
- * and exit() with its return value.  Never returns.
+ * current_process/parent_process and the start method, restore the signal
+ * mask, run the target and exit() with its return value.  Never returns.
  */
 CONC_HIDDEN _Noreturn void conc__child_main(const struct conc__child_spec *s);
 

@@ -75,7 +75,10 @@ static conc_process current_proc = {
 };
 static conc_process parent_proc = { .refs = 1, .state = P_NEW, .kind = K_PARENT, .pidfd = -1 };
 
-static conc_lock reg_lock = CONC_LOCK_INIT;
+/* A plain mutex, never a coroutine-aware lock: the fork handlers take it,
+ * and a fork() from a coroutine must not park that coroutine and run others
+ * in the middle of the fork.  Its critical sections never wait. */
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static conc_process *reg_head, *reg_tail;
 /* Handles inherited across fork() that the child cannot supervise; kept
  * reachable (leak checkers) but never used. */
@@ -103,7 +106,7 @@ static void lock_take(conc_lock *l)
 
 static void reg_add(conc_process *p)
 {
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     p->prev = reg_tail;
     p->next = NULL;
     if (reg_tail)
@@ -112,14 +115,14 @@ static void reg_add(conc_process *p)
         reg_head = p;
     reg_tail = p;
     p->in_registry = true;
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
 }
 
 /* Removes p; returns true when it was registered (its reference is then the
  * caller's to drop). */
 static bool reg_remove(conc_process *p)
 {
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     bool was = p->in_registry;
     if (was) {
         if (p->prev)
@@ -133,7 +136,7 @@ static bool reg_remove(conc_process *p)
         p->prev = p->next = NULL;
         p->in_registry = false;
     }
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
     return was;
 }
 
@@ -143,7 +146,7 @@ static int reg_snapshot(conc_process ***out, int filter)
 {
     conc_process **v = NULL;
     size_t n = 0, cap = 0;
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     for (conc_process *p = reg_head; p; p = p->next) {
         if (filter >= 0 && p->daemon != (filter == 1))
             continue;
@@ -151,7 +154,7 @@ static int reg_snapshot(conc_process ***out, int filter)
             size_t ncap = cap ? cap * 2 : 16;
             conc_process **nv = realloc(v, ncap * sizeof *nv);
             if (!nv) {
-                conc_lock_release(&reg_lock);
+                pthread_mutex_unlock(&reg_lock);
                 for (size_t i = 0; i < n; i++)
                     conc_process_free(v[i]);
                 free(v);
@@ -162,7 +165,7 @@ static int reg_snapshot(conc_process ***out, int filter)
         }
         v[n++] = conc_process_ref(p);
     }
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
     *out = v;
     return (int)n;
 }
@@ -224,7 +227,11 @@ static int try_reap(conc_process *p)
         conc_lock_release(&p->lock);
         return 0;
     }
-    p->exitcode = r == 1 ? code : CODE_LOST;    /* error: reaped elsewhere */
+    /* An error: reaped elsewhere (SIGCHLD ignored...); the kernel may still
+     * know the code. */
+    if (r < 0 && conc__pidfd_exit_code(p->pidfd, &code) == 0)
+        r = 1;
+    p->exitcode = r == 1 ? code : CODE_LOST;
     p->code_known = true;
     st_release(&p->state, P_ENDED);
     conc_lock_release(&p->lock);
@@ -348,22 +355,52 @@ struct fork_job {
     int pidfd;
 };
 
-/* Runs on the launcher (see conc__launch): fork, and watch the child. */
+/*
+ * Runs on the launcher (see conc__launch): fork, and watch the child.
+ *
+ * The child waits on a gate until the parent holds its pidfd: a child that
+ * ended before pidfd_open could be reaped at once (SIGCHLD ignored, or a
+ * waitpid(-1) elsewhere) and its pid reused, so the pidfd would name a
+ * stranger.  (clone3(CLONE_PIDFD) would give the pidfd directly, but a raw
+ * clone skips what fork() does for a multi-threaded program: the C
+ * library's malloc, stdio and loader locks, the sanitizers' hooks and the
+ * program's pthread_atfork handlers.  The forkserver can afford it only
+ * because it is single-threaded and runs no user code.)
+ */
 static int fork_job_run(void *ctx)
 {
     struct fork_job *j = ctx;
+    int gate[2];
+    if (pipe2(gate, O_CLOEXEC) != 0)
+        return errno == EMFILE || errno == ENFILE ? -errno : -ENOMEM;
     pid_t pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        close(gate[0]);
+        close(gate[1]);
         return errno == ENOMEM ? -ENOMEM : -EAGAIN;
-    if (pid == 0)
+    }
+    if (pid == 0) {
+        char c;
+        close(gate[1]);
+        while (read(gate[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        close(gate[0]);
         conc__child_main(&j->spec);
+    }
+    close(gate[0]);
     int fd = conc__pidfd_open(pid);
     if (fd < 0) {
-        /* Cannot supervise it (out of descriptors): undo. */
+        /* Cannot supervise it (out of descriptors): undo.  It is held at
+         * the gate, so pid is still the child. */
         kill(pid, SIGKILL);
+        close(gate[1]);
         conc__reap_pid(pid);
         return fd;
     }
+    /* A byte, not EOF: a sibling forked meanwhile may hold the write end. */
+    while (write(gate[1], "", 1) < 0 && errno == EINTR)
+        ;
+    close(gate[1]);
     j->pid = pid;
     j->pidfd = fd;
     return 0;
@@ -445,11 +482,11 @@ int conc_process_start(conc_process *p)
     sigset_t mask;
     pthread_sigmask(SIG_SETMASK, NULL, &mask);
     /* The exit hook first: it must exist before any child does. */
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
     if (!exit_hook_set && atexit(exit_children) == 0)
         exit_hook_set = true;
     bool hooked = exit_hook_set;
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
     if (!hooked) {
         r = -ENOMEM;
         goto fail;
@@ -748,21 +785,20 @@ static void exit_children(void)
 
 static void atfork_prepare(void)
 {
-    lock_take(&reg_lock);
+    pthread_mutex_lock(&reg_lock);
 }
 
 static void atfork_parent(void)
 {
-    conc_lock_release(&reg_lock);
+    pthread_mutex_unlock(&reg_lock);
 }
 
 /* Resets what belongs to the parent: its children (this process cannot
  * wait for them; their pidfds are closed here), its forkserver, its
- * launcher thread. */
+ * launcher thread.  reg_lock is free. */
 static void reset_after_fork(void)
 {
     st_relaxed(&self_pid, getpid());
-    conc_lock_init(&reg_lock, 0);
     for (conc_process *p = reg_head; p; p = p->next) {
         if (p->pidfd >= 0)
             close(p->pidfd);
@@ -777,6 +813,7 @@ static void reset_after_fork(void)
 
 static void atfork_child(void)
 {
+    pthread_mutex_unlock(&reg_lock);    /* taken by atfork_prepare */
     reset_after_fork();
 }
 
@@ -784,6 +821,7 @@ void conc__process_fresh(void)
 {
     conc__tid_cache = 0;
     conc__threads_after_fork();
+    pthread_mutex_init(&reg_lock, NULL);
     reset_after_fork();
 }
 
@@ -839,6 +877,8 @@ _Noreturn void conc__child_main(const struct conc__child_spec *spec)
     memcpy(current_proc.ident, s->ident, idn);
     current_proc.ident[idn] = 0;
     current_proc.daemon = s->daemon;
+    if (s->method)
+        st_relaxed(&global_method, (uint32_t)s->method);
     st_relaxed(&child_counter, 0);
     pthread_sigmask(SIG_SETMASK, &s->sigmask, NULL);
     int code = s->def ? s->def->run(s->def) : s->fn(s->arg, s->len);

@@ -75,9 +75,16 @@ static pthread_key_t dummy_key;
 static pthread_key_t exit_key;
 static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
 
+/* Blocks the thread, never parks a coroutine (no hub wait): the fork
+ * handler takes this lock, and a fork() from a coroutine must not run other
+ * coroutines in the middle of the fork.  Its critical sections never wait,
+ * so no coroutine of this thread can be holding it. */
 static void reg_lock_take(void)
 {
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    conc__wait_ops = NULL;
     conc_lock_acquire_until(&reg_lock, CONC_NO_DEADLINE);
+    conc__wait_ops = ops;
 }
 
 static void reg_add_locked(conc_thread *t)

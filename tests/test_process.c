@@ -1113,6 +1113,66 @@ Test(forkserver, global_method_is_used, .timeout = 30)
     cr_assert_eq(atomic_load(&forks_seen), before + 1);
 }
 
+/* Set by a child before it starts its own child: a fork grandchild sees it,
+ * a fresh image (forkserver, spawn) does not. */
+static int touched_before_start;
+
+static int report_method(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    return touched_before_start * 4 + (int)conc_get_start_method();
+}
+
+/* Reports its own start method, and how its child started with the default
+ * method was made (and what that one reports): method * 8 + grandchild. */
+static int report_methods(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    int m = (int)conc_get_start_method();
+    touched_before_start = 1;
+    conc_process *p = NULL;
+    if (conc_process_new(&p, report_method, NULL, 0, NULL) != 0 || conc_process_start(p) != 0)
+        return 99;
+    int code = 98;
+    if (conc_process_join(p, GUARD_S) != 0 || conc_process_exitcode(p, &code) != 0)
+        code = 97;
+    conc_process_free(p);
+    return m * 8 + code;
+}
+
+/* Python's TestStartMethod.test_context: a child reports the method that
+ * started it, and its own children default to that method. */
+static void check_child_start_method(int method)
+{
+    conc_process_opts o = { .method = method };
+    conc_process *p = NULL;
+    cr_assert_eq(conc_process_new(&p, report_methods, NULL, 0, &o), 0);
+    cr_assert_eq(conc_process_start(p), 0);
+    int code = join_code(p);
+    conc_process_free(p);
+    int grand = method == CONC_START_FORK ? 4 + CONC_START_FORK : method;
+    cr_assert_eq(code, method * 8 + grand,
+                 "%s child: reports %s, its child %s (touched %d)", method_names[method],
+                 method_names[code / 8 % 4], method_names[code % 4], code % 8 / 4);
+}
+
+Test(forkserver, child_reports_and_inherits_its_start_method, .timeout = 30)
+{
+    check_child_start_method(CONC_START_FORKSERVER);
+}
+
+Test(spawn, child_reports_and_inherits_its_start_method, .timeout = 30)
+{
+    check_child_start_method(CONC_START_SPAWN);
+}
+
+Test(fork, child_reports_and_inherits_its_start_method, .timeout = 30)
+{
+    check_child_start_method(CONC_START_FORK);
+}
+
 static void check_pass_fds(int method)
 {
     int out[2];

@@ -44,7 +44,17 @@
  * daemon process may not start children (-EPERM).
  *
  * Forkserver and spawn children run in a fresh image of the program
- * (/proc/self/exe) that entered conc's constructor instead of main: the
+ * (/proc/self/exe) that entered conc's constructor instead of main.  No
+ * call is needed for that, and it cannot be triggered from outside: the
+ * constructor enters child mode only for the conc starter that made the
+ * process (its parent, same user and group, proving a random secret passed
+ * outside argv and the environment), never in a set-user-ID, set-group-ID
+ * or file-capability program (AT_SECURE), and loads only a module file that
+ * the starter itself has (same device and inode).  Anything else, such as
+ * a CONC_FORKSERVER variable set by somebody else, is ignored and main runs
+ * as usual.  In a secure-execution program, forkserver and spawn are
+ * unavailable (-ENOSYS); fork works.  A forkserver or spawn child's own
+ * start method (conc_get_start_method) is the method that made it.  The
  * function sees the program's static data as initialised, not what the
  * parent changed since, and constructors that run after libconc's (the
  * executable's own, when conc is a shared library) have not run.  Their
@@ -140,11 +150,14 @@ CONC_API int conc_process_new_def(conc_process **out, const conc_process_def *de
  * calling process is a daemon; -EAGAIN / -ENOMEM when the system cannot
  * make a process; -EMFILE when out of descriptors; -ENOSYS when the start
  * method is unavailable (no pidfds: Linux < 5.3; no clone3 for forkserver:
- * Linux < 5.3; no /proc/self/exe, or a program that did not act as a conc
- * child, for forkserver/spawn); -EBADF when a pass_fds entry is not open;
- * -ENOENT when the module of the function cannot be loaded in the
- * forkserver or spawn child; -EINVAL for NULL, a closed object, or (forkserver/spawn) a
- * function that is not code of a loaded module.
+ * Linux < 5.3; no /proc/self/exe, a secure-execution program (set-id or
+ * file capabilities), or a program that did not act as a conc child, for
+ * forkserver/spawn); -EBADF when a pass_fds entry is not open; -ENOENT when
+ * the module of the function cannot be loaded in the forkserver or spawn
+ * child; -EACCES when the module's path names another file there than the
+ * one the caller has (it was replaced on disk); -EINVAL for NULL, a closed
+ * object, or (forkserver/spawn) a function that is not code of a loaded
+ * module.
  */
 CONC_API int conc_process_start(conc_process *p);
 
@@ -172,7 +185,8 @@ CONC_API bool conc_process_is_alive(conc_process *p);
  * was reaped (join, is_alive, active_children); -EBUSY while it runs,
  * before start, and for current_process / parent_process (unknown, None in
  * Python); -EINVAL for NULL.  A child that something else reaped (a
- * waitpid(-1) elsewhere, SIGCHLD set to SIG_IGN) reports 255.
+ * waitpid(-1) elsewhere, SIGCHLD set to SIG_IGN) reports its code on Linux
+ * 6.15 and later (PIDFD_GET_INFO), 255 on older kernels.
  */
 CONC_API int conc_process_exitcode(const conc_process *p, int *code);
 
@@ -257,7 +271,9 @@ CONC_API int conc_cpu_count(void);
  * Returns 0; -EINVAL for CONC_START_DEFAULT or an unknown value. */
 CONC_API int conc_set_start_method(conc_start_method method);
 
-/* conc_get_start_method - the global start method (fork unless set). */
+/* conc_get_start_method - the global start method: fork unless set, and in
+ * a forkserver or spawn child the method that made it (so its own children
+ * default to that method, as in Python). */
 CONC_API conc_start_method conc_get_start_method(void);
 
 #ifdef __cplusplus

@@ -1,16 +1,19 @@
-/* pidfd.h - thin wrappers over pidfd_open, pidfd_send_signal, waitid(P_PIDFD)
- * and clone3, through the system calls (any C library). */
+/* pidfd.h - thin wrappers over pidfd_open, pidfd_send_signal, waitid(P_PIDFD),
+ * PIDFD_GET_INFO and clone3, through the system calls (any C library). */
 #ifndef CONC_SYS_PIDFD_H
 #define CONC_SYS_PIDFD_H
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>             /* WEXITED, WNOHANG (not <sys/wait.h>: conc's
                                    src/sys/wait.h shadows it here) */
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -84,6 +87,59 @@ static inline int conc__reap(int pidfd, pid_t pid, int flags, int *code)
         return 0;
     *code = si.si_code == CLD_EXITED ? si.si_status : -si.si_status;
     return 1;
+}
+
+/* PIDFD_GET_INFO (Linux 6.15): among others, the wait status of a process
+ * that ended and was reaped, also by somebody else (SIGCHLD ignored, a
+ * waitpid(-1) elsewhere), as long as a pidfd of it was open at the time. */
+struct conc__pidfd_info {
+    uint64_t mask;
+    uint64_t cgroupid;
+    uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+    int32_t exit_code;
+};
+#define CONC__PIDFD_GET_INFO _IOWR(0xFF, 11, struct conc__pidfd_info)
+#define CONC__PIDFD_INFO_EXIT (1ull << 3)
+
+/* Stores the Python-style exit code of the ended process of pidfd after
+ * somebody else reaped it.  Returns 0, or -ENOSYS when the kernel cannot
+ * tell (older than 6.15).  The reaper marks the child dead before it
+ * records the status, so a waitid can fail with ECHILD a moment before the
+ * status is there (even after the pidfd reports POLLHUP, and the request
+ * may fail with ESRCH meanwhile): this waits for it, yielding, then in 1 ms
+ * steps (a hang guard of 5 s; 20 ms of ESRCH). */
+static inline int conc__pidfd_exit_code(int pidfd, int *code)
+{
+    struct conc__pidfd_info in;
+    int esrch = 0;
+    for (int i = 0; i < 5100; i++) {
+        memset(&in, 0, sizeof in);
+        in.mask = CONC__PIDFD_INFO_EXIT;
+        if (ioctl(pidfd, CONC__PIDFD_GET_INFO, &in) != 0) {
+            /* ESRCH: half released, look again; but Linux 6.13 and 6.14
+             * answer a released process so for good. */
+            if (errno != ESRCH || ++esrch > 120)
+                return -ENOSYS;
+            in.mask = 0;
+        }
+        if (in.mask & CONC__PIDFD_INFO_EXIT) {
+            int st = in.exit_code;
+            if (WIFEXITED(st))
+                *code = WEXITSTATUS(st);
+            else if (WIFSIGNALED(st))
+                *code = -WTERMSIG(st);
+            else
+                return -ENOSYS;
+            return 0;
+        }
+        if (i < 100) {
+            sched_yield();
+        } else {
+            struct timespec ms = { 0, 1000000 };
+            nanosleep(&ms, NULL);
+        }
+    }
+    return -ENOSYS;
 }
 
 /* Reaps child pid, waiting for it (used before a pidfd exists). */
