@@ -85,7 +85,7 @@ static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock)
 
 /* ------------------------------------------------------------ creation */
 
-int conc_pipe(conc_conn **a, conc_conn **b, bool duplex)
+int conc_conn_pipe(conc_conn **a, conc_conn **b, bool duplex)
 {
     if (!a || !b)
         return -EINVAL;
@@ -301,17 +301,12 @@ int conc_conn_send_bytes_until(conc_conn *c, const void *buf, size_t len, int64_
     return 0;
 }
 
-int conc_conn_send_bytes_timeout(conc_conn *c, const void *buf, size_t len, double timeout)
+int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len, double timeout)
 {
     int64_t deadline;
     if (timeout_to_deadline(timeout, &deadline) < 0)
         return -EINVAL;
     return (int)poll_code(timeout, conc_conn_send_bytes_until(c, buf, len, deadline));
-}
-
-int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len)
-{
-    return conc_conn_send_bytes_until(c, buf, len, CONC_NO_DEADLINE);
 }
 
 /* ------------------------------------------------------------ receiving */

@@ -704,7 +704,7 @@ int conc_process_active_children(conc_process **out, size_t cap)
     return alive;
 }
 
-int conc_cpu_count(void)
+int conc_process_cpu_count(void)
 {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
@@ -730,7 +730,7 @@ int conc_cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
-int conc_set_start_method(conc_start_method method)
+int conc_process_set_start_method(conc_start_method method)
 {
     if (method != CONC_START_FORK && method != CONC_START_FORKSERVER &&
         method != CONC_START_SPAWN)
@@ -739,7 +739,7 @@ int conc_set_start_method(conc_start_method method)
     return 0;
 }
 
-conc_start_method conc_get_start_method(void)
+conc_start_method conc_process_start_method(void)
 {
     return (conc_start_method)ld_relaxed(&global_method);
 }

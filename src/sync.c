@@ -856,7 +856,7 @@ int conc_cond_wait(conc_cond *cond, conc_lock *lock, double timeout)
     return conc_cond_wait_until(cond, lock, deadline);
 }
 
-int conc_cond_wait_until_r(conc_cond *cond, conc_rlock *lock, int64_t deadline)
+int conc_cond_wait_r_until(conc_cond *cond, conc_rlock *lock, int64_t deadline)
 {
     if (!cond || !lock)
         return -EINVAL;
@@ -869,7 +869,7 @@ int conc_cond_wait_r(conc_cond *cond, conc_rlock *lock, double timeout)
     int64_t deadline;
     if (timeout_deadline(timeout, &deadline))
         return -EINVAL;
-    return conc_cond_wait_until_r(cond, lock, deadline);
+    return conc_cond_wait_r_until(cond, lock, deadline);
 }
 
 int conc_cond_wait_for_until(conc_cond *cond, conc_lock *lock, conc_predicate pred,
@@ -890,7 +890,7 @@ int conc_cond_wait_for(conc_cond *cond, conc_lock *lock, conc_predicate pred,
     return conc_cond_wait_for_until(cond, lock, pred, arg, deadline);
 }
 
-int conc_cond_wait_for_until_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
+int conc_cond_wait_for_r_until(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
                                void *arg, int64_t deadline)
 {
     if (!cond || !lock || !pred)
@@ -905,7 +905,7 @@ int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
     int64_t deadline;
     if (timeout_deadline(timeout, &deadline))
         return -EINVAL;
-    return conc_cond_wait_for_until_r(cond, lock, pred, arg, deadline);
+    return conc_cond_wait_for_r_until(cond, lock, pred, arg, deadline);
 }
 
 /* Deaths (shared): notify(n) moves n waiters to pending wake-ups and wakes

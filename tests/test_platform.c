@@ -197,5 +197,5 @@ Test(platform, memfds_sealed_noexec)
     conc_shm *s = NULL;
     cr_assert_eq(conc_shm_open(&s, NULL, 4096, CONC_SHM_CREATE | CONC_SHM_ANON), 0);
     check_noexec(conc_shm_fd(s), "anonymous SharedMemory");
-    conc_shm_close(s);
+    conc_shm_free(s);
 }

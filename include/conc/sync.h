@@ -306,7 +306,7 @@ CONC_API int conc_cond_wait_until(conc_cond *cond, conc_lock *lock, int64_t dead
  * does not own the RLock.
  */
 CONC_API int conc_cond_wait_r(conc_cond *cond, conc_rlock *lock, double timeout);
-CONC_API int conc_cond_wait_until_r(conc_cond *cond, conc_rlock *lock, int64_t deadline);
+CONC_API int conc_cond_wait_r_until(conc_cond *cond, conc_rlock *lock, int64_t deadline);
 
 /* A predicate for wait_for: returns non-zero when the awaited state holds.
  * It is called with the lock held. */
@@ -324,7 +324,7 @@ CONC_API int conc_cond_wait_for_until(conc_cond *cond, conc_lock *lock,
                                       conc_predicate pred, void *arg, int64_t deadline);
 CONC_API int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock,
                                   conc_predicate pred, void *arg, double timeout);
-CONC_API int conc_cond_wait_for_until_r(conc_cond *cond, conc_rlock *lock,
+CONC_API int conc_cond_wait_for_r_until(conc_cond *cond, conc_rlock *lock,
                                         conc_predicate pred, void *arg, int64_t deadline);
 
 /*
