@@ -391,12 +391,6 @@ static bool put_ready(conc_mpqueue *q, uint64_t rs)
     return !q->maxsize || conc_mpqueue_qsize(q) < q->maxsize;
 }
 
-static int check_timeout(double timeout, int64_t *deadline, bool *poll)
-{
-    *poll = timeout == 0;
-    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
-}
-
 static int put_impl(conc_mpqueue *q, const void *data, size_t len, int64_t deadline, bool poll)
 {
     if (!q || (!data && len))
@@ -445,7 +439,7 @@ int conc_mpqueue_put(conc_mpqueue *q, const void *data, size_t len, double timeo
 {
     int64_t deadline;
     bool poll;
-    if (check_timeout(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return put_impl(q, data, len, deadline, poll);
 }
@@ -537,7 +531,7 @@ ssize_t conc_mpqueue_get(conc_mpqueue *q, void *buf, size_t cap, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (!q || (!buf && cap) || check_timeout(timeout, &deadline, &poll))
+    if (!q || (!buf && cap) || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return get_impl(q, buf, cap, NULL, deadline, poll);
 }
@@ -563,7 +557,7 @@ int conc_mpqueue_get_alloc(conc_mpqueue *q, void **out, size_t *len, double time
     int64_t deadline;
     bool poll;
     void *p = NULL;
-    if (!q || !out || !len || check_timeout(timeout, &deadline, &poll))
+    if (!q || !out || !len || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return alloc_result(get_impl(q, NULL, 0, &p, deadline, poll), &p, out, len);
 }
@@ -703,7 +697,7 @@ int conc_mpqueue_join(conc_mpqueue *q, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (check_timeout(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return join_impl(q, deadline, poll);
 }

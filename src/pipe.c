@@ -304,9 +304,10 @@ int conc_conn_send_bytes_until(conc_conn *c, const void *buf, size_t len, int64_
 int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_conn_send_bytes_until(c, buf, len, deadline));
+    return (int)conc__timeout_code(poll, conc_conn_send_bytes_until(c, buf, len, deadline));
 }
 
 /* ------------------------------------------------------------ receiving */
@@ -492,9 +493,10 @@ ssize_t conc_conn_recv_bytes_until(conc_conn *c, void *buf, size_t cap, int64_t 
 ssize_t conc_conn_recv_bytes(conc_conn *c, void *buf, size_t cap, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return poll_code(timeout, conc_conn_recv_bytes_until(c, buf, cap, deadline));
+    return (ssize_t)conc__timeout_code(poll, conc_conn_recv_bytes_until(c, buf, cap, deadline));
 }
 
 ssize_t conc_conn_recv_size_until(conc_conn *c, int64_t deadline)
@@ -510,9 +512,10 @@ ssize_t conc_conn_recv_size_until(conc_conn *c, int64_t deadline)
 ssize_t conc_conn_recv_size(conc_conn *c, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return poll_code(timeout, conc_conn_recv_size_until(c, deadline));
+    return (ssize_t)conc__timeout_code(poll, conc_conn_recv_size_until(c, deadline));
 }
 
 int conc_conn_recv_alloc_until(conc_conn *c, void **out, size_t *len, int64_t deadline)
@@ -538,9 +541,10 @@ int conc_conn_recv_alloc_until(conc_conn *c, void **out, size_t *len, int64_t de
 int conc_conn_recv_alloc(conc_conn *c, void **out, size_t *len, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_conn_recv_alloc_until(c, out, len, deadline));
+    return (int)conc__timeout_code(poll, conc_conn_recv_alloc_until(c, out, len, deadline));
 }
 
 /* True when a receive would not wait: bytes read ahead, or the descriptor
@@ -583,7 +587,8 @@ int conc_conn_poll_until(conc_conn *c, int64_t deadline)
 int conc_conn_poll(conc_conn *c, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_conn_poll_until(c, deadline));
+    return (int)conc__timeout_code(poll, conc_conn_poll_until(c, deadline));
 }

@@ -543,10 +543,10 @@ int conc_process_join_until(conc_process *p, int64_t deadline)
 int conc_process_join(conc_process *p, double timeout)
 {
     int64_t deadline;
-    if (conc_deadline(timeout, &deadline))
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    int r = conc_process_join_until(p, deadline);
-    return r == -ETIMEDOUT && timeout == 0 ? -EAGAIN : r;
+    return (int)conc__timeout_code(poll, conc_process_join_until(p, deadline));
 }
 
 bool conc_process_is_alive(conc_process *p)

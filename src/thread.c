@@ -520,15 +520,18 @@ int conc_thread_join(conc_thread *t, double timeout)
     int r = join_checks(t);
     if (r)
         return r;
-    if (timeout == 0) {
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    if (poll) {
+        /* Try once without joining the OS thread (which may still be
+         * finishing after its result was set). */
         if (!conc_event_is_set(&t->done))
             return -EAGAIN;
         reap(t, false);
         return 0;
     }
-    int64_t deadline;
-    if (conc_deadline(timeout, &deadline))
-        return -EINVAL;
     return conc_thread_join_until(t, deadline);
 }
 
