@@ -958,7 +958,20 @@ int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS])
         munmap(base, total);
         return ok ? -ENOMEM : -EINVAL;
     }
-    handle_init(q, sh, &set, total, fds[0], fds[1], fds[2]);
+    /* The handle gets descriptors of its own; the caller keeps its. */
+    int own[CONC_MPQUEUE_NFDS], n = 0;
+    for (; n < CONC_MPQUEUE_NFDS; n++) {
+        own[n] = fcntl(fds[n], F_DUPFD_CLOEXEC, 0);
+        if (own[n] < 0) {
+            r = -errno;
+            while (n-- > 0)
+                close(own[n]);
+            free(q);
+            munmap(base, total);
+            return r;
+        }
+    }
+    handle_init(q, sh, &set, total, own[0], own[1], own[2]);
     *out = q;
     return 0;
 }

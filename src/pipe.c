@@ -154,7 +154,7 @@ bool conc_conn_writable(const conc_conn *c)
 
 bool conc_conn_closed(const conc_conn *c)
 {
-    return !c || c->fd < 0;
+    return c && c->fd < 0;
 }
 
 int conc_conn_set_max_size(conc_conn *c, size_t max)

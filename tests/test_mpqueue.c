@@ -1383,14 +1383,10 @@ Test(mpqueue, attach_in_spawn_child, .timeout = 30)
 /* Two handles in one process: attach to duplicates of the descriptors. */
 static conc_mpqueue *attach_dup(conc_mpqueue *q)
 {
-    int fds[CONC_MPQUEUE_NFDS], dup_fds[CONC_MPQUEUE_NFDS];
+    int fds[CONC_MPQUEUE_NFDS];
     cr_assert_eq(conc_mpqueue_fds(q, fds), 0);
-    for (int k = 0; k < CONC_MPQUEUE_NFDS; k++) {
-        dup_fds[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 0);
-        cr_assert_geq(dup_fds[k], 0);
-    }
     conc_mpqueue *a = NULL;
-    int r = conc_mpqueue_attach(&a, dup_fds);
+    int r = conc_mpqueue_attach(&a, fds);      /* duplicates them */
     cr_assert_eq(r, 0, "attach: %s", conc_errname(r));
     cr_assert_not_null(a);
     return a;
@@ -1486,8 +1482,16 @@ Test(mpqueue, attach_errors, .timeout = 30)
     unsigned char buf[4];
     cr_assert_eq(conc_mpqueue_get(q, buf, sizeof buf, 0), 2);
     conc_mpqueue_free(a);
+    /* The handle had copies: the caller's descriptors stay open, and still
+     * name the queue. */
     for (int k = 0; k < CONC_MPQUEUE_NFDS; k++)
-        cr_assert_not(fd_open(dupd[k]), "free left fd %d open", dupd[k]);
+        cr_assert(fd_open(dupd[k]), "free closed the caller's fd %d", dupd[k]);
+    cr_assert_eq(conc_mpqueue_attach(&a, dupd), 0);
+    for (int k = 0; k < CONC_MPQUEUE_NFDS; k++)
+        close(dupd[k]);
+    cr_assert_eq(conc_mpqueue_put(a, "ok", 2, 0), 0);
+    cr_assert_eq(conc_mpqueue_get(q, buf, sizeof buf, 0), 2);
+    conc_mpqueue_free(a);
 
     close(mfd);
     close(e1);

@@ -323,7 +323,9 @@ Test(pipe, bad_arguments_and_closed, .timeout = 30)
     cr_assert_eq(conc_conn_fd(NULL), -EINVAL);
     cr_assert_eq(conc_conn_close(NULL), -EINVAL);
     conc_conn_free(NULL);
-    cr_assert(conc_conn_closed(NULL));
+    cr_assert_not(conc_conn_closed(NULL), "a predicate answers false for NULL");
+    cr_assert_not(conc_conn_readable(NULL));
+    cr_assert_not(conc_conn_writable(NULL));
 
     cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     cr_assert_eq(conc_conn_send_bytes(a, NULL, 1, CONC_FOREVER), -EINVAL);

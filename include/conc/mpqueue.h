@@ -118,13 +118,13 @@ CONC_API int conc_mpqueue_fds(const conc_mpqueue *q, int fds[CONC_MPQUEUE_NFDS])
 
 /*
  * conc_mpqueue_attach - in another process: open the queue whose
- * descriptors (from conc_mpqueue_fds) are fds.  The new handle owns them
- * (conc_mpqueue_free closes them).  Returns 0; -EINVAL for NULL, a
- * negative fd, an fd that is not a conc queue's memfd (the memory is
- * checked before use: every header field must be one conc_mpqueue_new
- * writes) or a readiness fd that is not a non-blocking eventfd; -EBADF
- * when one is not open; -ENOMEM.  On failure the descriptors stay the
- * caller's.
+ * descriptors (from conc_mpqueue_fds) are fds.  The descriptors are
+ * duplicated: the caller keeps its own (and closes them when it no longer
+ * needs them); the handle's copies are closed by conc_mpqueue_free.
+ * Returns 0; -EINVAL for NULL, a negative fd, an fd that is not a conc
+ * queue's memfd (the memory is checked before use: every header field must
+ * be one conc_mpqueue_new writes) or a readiness fd that is not a
+ * non-blocking eventfd; -EBADF when one is not open; -EMFILE; -ENOMEM.
  */
 CONC_API int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS]);
 

@@ -81,8 +81,9 @@ CONC_API int conc_conn_pipe(conc_conn **a, conc_conn **b, bool duplex);
  * conc_conn_from_fd - wrap an open descriptor (a socket or one end of a
  * pipe, e.g. passed to a forkserver child with pass_fds) as a connection
  * that sends and/or receives (flags: CONC_CONN_READABLE, CONC_CONN_WRITABLE;
- * 0 means both).  The connection owns fd from then on (conc_conn_close
- * closes it).  A descriptor that is not a socket is made O_NONBLOCK (shared
+ * 0 means both).  The connection takes fd over, as Python's
+ * Connection(handle) does: conc_conn_close (or conc_conn_free) closes it,
+ * and the caller must not.  (It is not an _attach: those duplicate.)  A descriptor that is not a socket is made O_NONBLOCK (shared
  * with every copy of it).  Returns 0; -EBADF when fd is not open; -EINVAL
  * for a NULL out, a negative fd or unknown flags; -ENOMEM (fd stays the
  * caller's on failure).
@@ -98,8 +99,8 @@ CONC_API int conc_conn_from_fd(conc_conn **out, int fd, unsigned flags);
 CONC_API int conc_conn_fd(const conc_conn *c);
 
 /* conc_conn_readable / conc_conn_writable / conc_conn_closed -
- * Connection.readable, .writable, .closed (false for NULL, except closed:
- * true). */
+ * Connection.readable, .writable, .closed (false for NULL, as every
+ * predicate of conc answers for NULL). */
 CONC_API bool conc_conn_readable(const conc_conn *c);
 CONC_API bool conc_conn_writable(const conc_conn *c);
 CONC_API bool conc_conn_closed(const conc_conn *c);

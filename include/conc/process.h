@@ -69,6 +69,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/time.h"
 
@@ -95,11 +96,6 @@ typedef enum conc_start_method {
     CONC_START_FORKSERVER = 2,
     CONC_START_SPAWN = 3
 } conc_start_method;
-
-#ifndef CONC_DAEMON
-#define CONC_DAEMON      1
-#define CONC_NOT_DAEMON (-1)
-#endif
 
 /* Options for conc_process_new; all-zero (or NULL) means the defaults. */
 typedef struct conc_process_opts {

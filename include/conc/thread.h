@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/time.h"
 
@@ -40,9 +41,6 @@ typedef struct conc_thread_opts {
                                default), CONC_DAEMON: daemon, CONC_NOT_DAEMON */
     size_t stack_size;      /* 0: conc_thread_stack_size() */
 } conc_thread_opts;
-
-#define CONC_DAEMON      1
-#define CONC_NOT_DAEMON (-1)
 
 /* The smallest stack size accepted (Python's 32 KiB minimum). */
 #define CONC_THREAD_STACK_MIN (32u * 1024u)
