@@ -3,7 +3,9 @@
 #define CONC_INTERNAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include "conc/errors.h"
 #include "conc/time.h"
@@ -95,6 +97,28 @@ static inline long conc__timeout_code(bool poll, long r)
 {
     return poll && r == -ETIMEDOUT ? -EAGAIN : r;
 }
+
+/*
+ * Options structs that can grow (docs/design.md, "Arguments, results,
+ * options") start with uint32_t size.  conc__opts_copy turns the caller's
+ * struct into this version's: NULL gives all zero (the defaults), size 0
+ * means the struct's first version (v1 bytes), any other size the first
+ * size bytes; the fields the caller's struct does not cover are zero.
+ * Entry points copy once and read only the copy.
+ */
+static inline void conc__opts_copy(void *dst, size_t dst_size, const void *src, size_t v1)
+{
+    memset(dst, 0, dst_size);
+    if (!src)
+        return;
+    uint32_t size;
+    memcpy(&size, src, sizeof size);
+    size_t len = size ? size : v1;
+    memcpy(dst, src, len < dst_size ? len : dst_size);
+}
+#define CONC__OPTS_COPY(dst, src, v1) conc__opts_copy((dst), sizeof *(dst), (src), (v1))
+/* The size of a struct's first version: up to the end of its last field. */
+#define CONC__OPTS_V1(type, last) (offsetof(type, last) + sizeof(((type *)0)->last))
 
 /* Thread registry hooks for the process module: join the non-daemon
  * threads (what exit does first), and repair the registry in a child made

@@ -820,7 +820,8 @@ static void handle_init(conc_mpqueue *q, struct mpq_shared *sh, const struct mpq
 
 int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
 {
-    conc_mpqueue_opts o = opts ? *opts : (conc_mpqueue_opts){ 0 };
+    conc_mpqueue_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_mpqueue_opts, max_msg));
     if (!out || (unsigned)o.kind > CONC_MPQUEUE_SIMPLE ||
         (o.kind == CONC_MPQUEUE_SIMPLE && o.maxsize) || o.capacity > CONC_MPQUEUE_CAPACITY_MAX ||
         o.max_msg > CONC_MPQUEUE_CAPACITY_MAX / 2 - 2 * HDR || o.maxsize > (size_t)INT32_MAX)

@@ -263,6 +263,8 @@ static int check_opts(const conc_process_opts *opts)
     return 0;
 }
 
+#define PROCESS_OPTS_V1 CONC__OPTS_V1(conc_process_opts, npass_fds)
+
 static int process_alloc(conc_process **out, const void *data, size_t len, bool is_def,
                          const conc_process_opts *opts)
 {
@@ -312,6 +314,9 @@ int conc_process_new(conc_process **out, conc_process_fn fn, const void *arg, si
 {
     if (!out || !fn || len > CONC_PROCESS_ARG_MAX || (!arg && len))
         return -EINVAL;
+    conc_process_opts o;
+    CONC__OPTS_COPY(&o, opts, PROCESS_OPTS_V1);
+    opts = &o;
     int r = check_opts(opts);
     if (r)
         return r;
@@ -326,6 +331,9 @@ int conc_process_new_def(conc_process **out, const conc_process_def *def, size_t
 {
     if (!out || !def || !def->run || size < sizeof *def || size > CONC_PROCESS_ARG_MAX)
         return -EINVAL;
+    conc_process_opts o;
+    CONC__OPTS_COPY(&o, opts, PROCESS_OPTS_V1);
+    opts = &o;
     int r = check_opts(opts);
     if (r)
         return r;

@@ -504,6 +504,7 @@ int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
     sem->_waiters = 0;
     sem->_flags = flags;
     sem->_bound = (flags & CONC_SEM_BOUNDED) ? value : 0;
+    memset(sem->_reserved, 0, sizeof sem->_reserved);
     return 0;
 }
 
@@ -591,6 +592,7 @@ int conc_event_init(conc_event *ev, unsigned flags)
         return -EINVAL;
     ev->_word = 0;
     ev->_flags = flags;
+    memset(ev->_reserved, 0, sizeof ev->_reserved);
     return 0;
 }
 
@@ -694,6 +696,7 @@ int conc_cond_init(conc_cond *cond, unsigned flags)
     cond->_seq = 0;
     cond->_flags = flags;
     cond->_counts = 0;
+    memset(cond->_reserved, 0, sizeof cond->_reserved);
     return 0;
 }
 

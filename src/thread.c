@@ -359,7 +359,10 @@ static int thread_alloc(conc_thread **out, conc_thread_fn fn, void *arg,
 {
     if (!out || !fn)
         return -EINVAL;
-    int daemon = opts ? opts->daemon : 0;
+    conc_thread_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_thread_opts, stack_size));
+    opts = &o;
+    int daemon = opts->daemon;
     if (daemon != 0 && daemon != CONC_DAEMON && daemon != CONC_NOT_DAEMON)
         return -EINVAL;
     if (opts && opts->stack_size && opts->stack_size < CONC_THREAD_STACK_MIN)

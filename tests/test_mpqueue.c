@@ -28,6 +28,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2156,4 +2157,23 @@ Test(mpqueue_coro, kill_parked_put, .timeout = 30)
     cr_assert_eq(memcmp(buf, "full", 4), 0);
     cr_assert_eq(conc_mpqueue_get(gq, buf, sizeof buf, 0), -EAGAIN);
     conc_mpqueue_free(gq);
+}
+
+/* The options struct can grow (see test_queue.c's options_size). */
+Test(mpqueue, options_size, .timeout = 30)
+{
+    conc_mpqueue *q;
+    conc_mpqueue_opts o = CONC_MPQUEUE_OPTS_INIT;
+    cr_assert_eq(o.size, sizeof(conc_mpqueue_opts));
+    o.maxsize = 7;
+    cr_assert_eq(conc_mpqueue_new(&q, &o), 0);
+    cr_assert_eq(conc_mpqueue_maxsize(q), 7);
+    conc_mpqueue_free(q);
+    o.size = (uint32_t)offsetof(conc_mpqueue_opts, maxsize);
+    cr_assert_eq(conc_mpqueue_new(&q, &o), 0);
+    cr_assert_eq(conc_mpqueue_maxsize(q), 0);
+    conc_mpqueue_free(q);
+    cr_assert_eq(conc_mpqueue_new(&q, &(conc_mpqueue_opts){ .maxsize = 9 }), 0);
+    cr_assert_eq(conc_mpqueue_maxsize(q), 9);
+    conc_mpqueue_free(q);
 }

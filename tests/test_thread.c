@@ -15,6 +15,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1759,4 +1760,35 @@ Test(thread, no_thread_leak, .timeout = 30)
     cr_assert(settle(tasks_back, &g), "%d OS threads left, %d before", count_tasks(), base_tasks);
     cr_assert_eq(count_tasks(), base_tasks);
     cr_assert(settle(active_is, &base_active));
+}
+
+static void *return_arg(void *arg)
+{
+    return arg;
+}
+
+/* The options struct can grow: size 0 is the first version, INIT fills
+ * size, and a size that stops before the name leaves the default name. */
+Test(thread, options_size, .timeout = 30)
+{
+    char name[64];
+    conc_thread *t;
+    cr_assert_eq(conc_thread_new(&t, return_arg, NULL, &(conc_thread_opts){ .name = "w" }), 0);
+    cr_assert_eq(conc_thread_name(t, name, sizeof name), 1);
+    cr_assert_str_eq(name, "w");
+    conc_thread_free(t);
+
+    conc_thread_opts o = CONC_THREAD_OPTS_INIT;
+    cr_assert_eq(o.size, sizeof(conc_thread_opts));
+    o.name = "v";
+    cr_assert_eq(conc_thread_new(&t, return_arg, NULL, &o), 0);
+    cr_assert_eq(conc_thread_name(t, name, sizeof name), 1);
+    cr_assert_str_eq(name, "v");
+    conc_thread_free(t);
+
+    o.size = (uint32_t)offsetof(conc_thread_opts, name);
+    cr_assert_eq(conc_thread_new(&t, return_arg, NULL, &o), 0);
+    cr_assert_gt(conc_thread_name(t, name, sizeof name), 7);
+    cr_assert_eq(strncmp(name, "Thread-", 7), 0, "got %s", name);
+    conc_thread_free(t);
 }

@@ -90,6 +90,8 @@ typedef enum conc_mpqueue_kind {
 /* Options for conc_mpqueue_new; all-zero (or NULL) gives a Queue with no
  * maxsize, a 1 MiB ring and messages up to 256 KiB. */
 typedef struct conc_mpqueue_opts {
+    uint32_t size;      /* sizeof(conc_mpqueue_opts), or 0: the first version
+                           (conc reads a field only when size covers it) */
     conc_mpqueue_kind kind;
     size_t maxsize;     /* at most this many messages (0: no count limit;
                            must be 0 for a SimpleQueue) */
@@ -99,6 +101,8 @@ typedef struct conc_mpqueue_opts {
     size_t max_msg;     /* largest message in bytes (0: a quarter of the
                            ring); the ring grows to hold two of them */
 } conc_mpqueue_opts;
+
+#define CONC_MPQUEUE_OPTS_INIT { .size = sizeof(conc_mpqueue_opts) }
 
 /*
  * conc_mpqueue_new - create an empty queue in shared memory.  Returns 0 and

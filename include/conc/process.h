@@ -99,6 +99,8 @@ typedef enum conc_start_method {
 
 /* Options for conc_process_new; all-zero (or NULL) means the defaults. */
 typedef struct conc_process_opts {
+    uint32_t size;              /* sizeof(conc_process_opts), or 0: the first
+                                   version (see conc_thread_opts) */
     const char *name;           /* NULL: "Process-N"; copied */
     int daemon;                 /* 0: inherit the current process's flag,
                                    CONC_DAEMON, CONC_NOT_DAEMON */
@@ -109,6 +111,8 @@ typedef struct conc_process_opts {
                                    CONC_PROCESS_PASS_FDS_MAX */
     size_t npass_fds;
 } conc_process_opts;
+
+#define CONC_PROCESS_OPTS_INIT { .size = sizeof(conc_process_opts) }
 
 /* The most descriptors pass_fds may list. */
 #define CONC_PROCESS_PASS_FDS_MAX 250
