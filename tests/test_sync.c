@@ -3017,3 +3017,30 @@ Test(owner, greenlets_of_several_hubs, .timeout = 30)
     cr_assert_eq(own.count, (long)OWN_THREADS * OWN_GREENLETS * OWN_ITERS);
     cr_assert_not(conc_rlock_is_owned(&own.rl));
 }
+
+/* The inline structs keep reserved words, so a field can be added without
+ * a layout change: _init and the static initializers leave them zero and
+ * agree byte for byte. */
+Test(layout, reserved_space_is_zero_and_inits_agree, .timeout = 30)
+{
+    conc_sem sem, sem0 = CONC_SEM_INIT(3);
+    memset(&sem, 0xff, sizeof sem);
+    cr_assert_eq(conc_sem_init(&sem, 3, 0), 0);
+    cr_assert_eq(memcmp(&sem, &sem0, sizeof sem), 0);
+    for (size_t i = 0; i < sizeof sem._reserved / sizeof sem._reserved[0]; i++)
+        cr_assert_eq(sem._reserved[i], 0);
+
+    conc_event ev, ev0 = CONC_EVENT_INIT_SHARED;
+    memset(&ev, 0xff, sizeof ev);
+    cr_assert_eq(conc_event_init(&ev, CONC_SYNC_SHARED), 0);
+    cr_assert_eq(memcmp(&ev, &ev0, sizeof ev), 0);
+    for (size_t i = 0; i < sizeof ev._reserved / sizeof ev._reserved[0]; i++)
+        cr_assert_eq(ev._reserved[i], 0);
+
+    conc_cond cond, cond0 = CONC_COND_INIT;
+    memset(&cond, 0xff, sizeof cond);
+    cr_assert_eq(conc_cond_init(&cond, 0), 0);
+    cr_assert_eq(memcmp(&cond, &cond0, sizeof cond), 0);
+    for (size_t i = 0; i < sizeof cond._reserved / sizeof cond._reserved[0]; i++)
+        cr_assert_eq(cond._reserved[i], 0);
+}
