@@ -25,7 +25,7 @@
  *   proc_queue_stream_4k        4096-byte messages, 1 -> 1
  *   proc_queue_stream_4k_2x2    4096-byte messages, 2 -> 2
  *   pipe_pingpong               round trips/s of a 64-byte message between
- *                               two processes: conc_pipe (duplex),
+ *                               two processes: conc_conn_pipe (duplex),
  *                               send_bytes + recv_bytes, echoed back
  *
  * Peers of the streams: pipe, a plain pipe: each message is a 4-byte length
@@ -733,7 +733,7 @@ typedef struct conn_chan {
 static int conn_open(void *ch)
 {
     conn_chan *c = ch;
-    return conc_pipe(&c->end[0], &c->end[1], true);
+    return conc_conn_pipe(&c->end[0], &c->end[1], true);
 }
 
 static void conn_role(void *ch, int side)
@@ -745,7 +745,7 @@ static void conn_role(void *ch, int side)
 
 static int conn_send(void *ch, int side, const void *msg, size_t len)
 {
-    return conc_conn_send_bytes(((conn_chan *)ch)->end[side], msg, len);
+    return conc_conn_send_bytes(((conn_chan *)ch)->end[side], msg, len, CONC_FOREVER);
 }
 
 static ssize_t conn_recv(void *ch, int side, void *buf, size_t cap)

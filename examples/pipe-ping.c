@@ -73,7 +73,7 @@ static int echo(const void *arg, size_t len)
             free(buf);
             return 1;
         }
-        int rc = conc_conn_send_bytes(child_end, buf, (size_t)n);
+        int rc = conc_conn_send_bytes(child_end, buf, (size_t)n, CONC_FOREVER);
         if (rc < 0) {
             fprintf(stderr, "%s: child: send: %s\n", prog, conc_strerror(rc));
             free(buf);
@@ -113,7 +113,7 @@ int main(int argc, char **argv)
     /* Interrupted, the program stops its child before it ends. */
     if ((rc = conc_process_cleanup_on_signals(1.0)) < 0)
         return die("cleanup on signals", rc);
-    rc = conc_pipe(&parent_end, &child_end, true);
+    rc = conc_conn_pipe(&parent_end, &child_end, true);
     if (rc < 0)
         return die("Pipe", rc);
     conc_process *p;
@@ -132,7 +132,7 @@ int main(int argc, char **argv)
     int status = 0;
     for (long m = 0; m < messages && status == 0; m++) {
         fill(out, m);
-        rc = conc_conn_send_bytes(parent_end, out, (size_t)size);
+        rc = conc_conn_send_bytes(parent_end, out, (size_t)size, CONC_FOREVER);
         if (rc < 0) {
             status = die("send", rc);
             break;

@@ -312,7 +312,7 @@ int main(int argc, char **argv)
         conc_process_free(p);
     }
     printf("   the default (set_start_method) is %s\n",
-           conc_get_start_method() == CONC_START_FORK ? "fork" : "not fork");
+           conc_process_start_method() == CONC_START_FORK ? "fork" : "not fork");
 
     /* 8. zombies */
     step("zombies", "a child that ended stays in the process table as a zombie until "
@@ -380,7 +380,7 @@ int main(int argc, char **argv)
     /* 10. exit */
     step("at exit", "a normal exit joins non-daemon children, then terminates and joins "
                     "daemon children, so none is left behind");
-    printf("   cpu_count (CPUs this process may use): %d\n", conc_cpu_count());
+    printf("   cpu_count (CPUs this process may use): %d\n", conc_process_cpu_count());
     conc_process_opts quiet_daemon = { .daemon = CONC_DAEMON, .name = "left-running" };
     p = start(sleep_forever, NULL, 0, &quiet_daemon);
     printf("   a daemon child (%d) still runs as main returns; active children: %d\n",

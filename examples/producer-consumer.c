@@ -227,7 +227,7 @@ static int consumer_process(const void *arg, size_t len)
         }
     }
     if (status == 0) {
-        int rc = conc_conn_send_bytes(report_w[id], t, tally_size());
+        int rc = conc_conn_send_bytes(report_w[id], t, tally_size(), CONC_FOREVER);
         if (rc < 0) {
             fprintf(stderr, "%s: consumer %ld: report: %s\n", prog, id, conc_strerror(rc));
             status = 1;
@@ -302,7 +302,7 @@ static int run_processes(struct tally **tallies)
     if (rc < 0)
         return die("Queue", rc);
     for (long i = 0; i < nconsumers; i++)
-        if ((rc = conc_pipe(&report_r[i], &report_w[i], false)) < 0)
+        if ((rc = conc_conn_pipe(&report_r[i], &report_w[i], false)) < 0)
             return die("Pipe", rc);
 
     conc_process *consumers[MAX_WORKERS] = { NULL }, *producers[MAX_WORKERS] = { NULL };

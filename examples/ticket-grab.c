@@ -421,7 +421,7 @@ int main(int argc, char **argv)
     if ((rc = read_db(&left)) < 0) {
         fprintf(stderr, "%s: cannot read %s at the end: %s\n", prog, db_path,
                 rc == -EINVAL ? "not a ticket database any more" : conc_strerror(rc));
-        conc_shm_close(seg);
+        conc_shm_free(seg);
         return 1;
     }
     long said = (long)__atomic_load_n(&shared->sold, __ATOMIC_RELAXED);
@@ -434,7 +434,7 @@ int main(int argc, char **argv)
                "killed before they were counted)\n", lost, stock, left, lost - said);
     else
         printf("sold %ld of %ld tickets; the database says count=%ld\n", said, stock, left);
-    conc_shm_close(seg);
+    conc_shm_free(seg);
     free(real);
     return failed;
 }

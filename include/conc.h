@@ -6,6 +6,7 @@
 #ifndef CONC_H
 #define CONC_H
 
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/time.h"
 #include "conc/sync.h"

@@ -43,11 +43,11 @@ static inline void dropped(conc_deque *d, void *item)
 
 int conc_deque_new(conc_deque **out, const conc_deque_opts *opts)
 {
-    static const conc_deque_opts defaults;
+    conc_deque_opts o;
     if (!out)
         return -EINVAL;
-    if (!opts)
-        opts = &defaults;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_deque_opts, capacity));
+    opts = &o;
     size_t cap = opts->capacity ? opts->capacity : DEFAULT_CAP;
     if (opts->maxlen && cap > opts->maxlen)
         cap = opts->maxlen;

@@ -25,9 +25,12 @@ const char *conc_strerror(int err)
     case EPERM:      return "not permitted (not the owner, or not locked)";
     case EOVERFLOW:  return "count would overflow its bound";
     case EDEADLK:    return "would deadlock (waiting for itself)";
-    case EALREADY:   return "already started";
-    case EBUSY:      return "not finished yet";
+    case EALREADY:   return "already started, set or done";
+    case EBUSY:      return "in use or not finished yet";
     case EMSGSIZE:   return "message too large";
+    case EPROTO:     return "shared memory holds what no correct process writes";
+    case ENOTSUP:    return "not supported by this platform";
+    case EBADF:      return "closed, or not an open descriptor";
     case ENOMEM:     return "out of memory";
     default: {
         const char *d = strerrordesc_np(err);
@@ -44,6 +47,8 @@ const char *conc_errname(int err)
     err = (int)e;
     if (err == 0)
         return "0";
+    if (err == ENOTSUP)                 /* the name conc documents */
+        return "ENOTSUP";
     const char *n = strerrorname_np(err);
     return n ? n : "E?";
 }

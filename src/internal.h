@@ -2,7 +2,10 @@
 #ifndef CONC_INTERNAL_H
 #define CONC_INTERNAL_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include "conc/errors.h"
 #include "conc/time.h"
@@ -47,6 +50,75 @@ static inline uint64_t conc__owner_id(void)
 
 /* Converts a timeout (seconds) into a deadline; see conc_deadline. */
 CONC_HIDDEN int conc__timeout_deadline(double timeout, int64_t *deadline);
+
+/*
+ * The one parser of the timeout argument of the public calls (docs/design.md,
+ * "Time").  Every seconds form is its _until form behind these helpers:
+ *
+ *     int64_t deadline;
+ *     bool poll;
+ *     if (conc__timeout_parse(timeout, &deadline, &poll))
+ *         return -EINVAL;
+ *     return conc__timeout_code(poll, conc_x_until(x, deadline));
+ *
+ * A timeout of 0 is a poll: the deadline 0 (long passed: try once) and a
+ * -ETIMEDOUT result reported as -EAGAIN.  Condition and Barrier, which
+ * follow Python, take the deadline and leave out conc__timeout_code.
+ */
+enum conc__timeout_kind { CONC__TIMEOUT_FOREVER, CONC__TIMEOUT_POLL, CONC__TIMEOUT_TIMED };
+
+/* What a timeout asks for, or -EINVAL (NaN, negative other than
+ * CONC_FOREVER, -INFINITY).  +INFINITY is forever. */
+static inline int conc__timeout_kind(double timeout)
+{
+    if (timeout == CONC_FOREVER || timeout == __builtin_inf())
+        return CONC__TIMEOUT_FOREVER;
+    if (timeout == 0)
+        return CONC__TIMEOUT_POLL;
+    return timeout > 0 ? CONC__TIMEOUT_TIMED : -EINVAL;
+}
+
+/* Sets *deadline and *poll from a timeout: 0, or -EINVAL. */
+static inline int conc__timeout_parse(double timeout, int64_t *deadline, bool *poll)
+{
+    int k = conc__timeout_kind(timeout);
+    *poll = k == CONC__TIMEOUT_POLL;
+    if (k == CONC__TIMEOUT_FOREVER)
+        *deadline = CONC_NO_DEADLINE;
+    else if (k == CONC__TIMEOUT_POLL)
+        *deadline = 0;
+    else if (k < 0 || conc__timeout_deadline(timeout, deadline))
+        return -EINVAL;
+    return 0;
+}
+
+/* The result of a seconds form: a poll that found nothing is -EAGAIN. */
+static inline long conc__timeout_code(bool poll, long r)
+{
+    return poll && r == -ETIMEDOUT ? -EAGAIN : r;
+}
+
+/*
+ * Options structs that can grow (docs/design.md, "Arguments, results,
+ * options") start with uint32_t size.  conc__opts_copy turns the caller's
+ * struct into this version's: NULL gives all zero (the defaults), size 0
+ * means the struct's first version (v1 bytes), any other size the first
+ * size bytes; the fields the caller's struct does not cover are zero.
+ * Entry points copy once and read only the copy.
+ */
+static inline void conc__opts_copy(void *dst, size_t dst_size, const void *src, size_t v1)
+{
+    memset(dst, 0, dst_size);
+    if (!src)
+        return;
+    uint32_t size;
+    memcpy(&size, src, sizeof size);
+    size_t len = size ? size : v1;
+    memcpy(dst, src, len < dst_size ? len : dst_size);
+}
+#define CONC__OPTS_COPY(dst, src, v1) conc__opts_copy((dst), sizeof *(dst), (src), (v1))
+/* The size of a struct's first version: up to the end of its last field. */
+#define CONC__OPTS_V1(type, last) (offsetof(type, last) + sizeof(((type *)0)->last))
 
 /* Thread registry hooks for the process module: join the non-daemon
  * threads (what exit does first), and repair the registry in a child made

@@ -391,12 +391,6 @@ static bool put_ready(conc_mpqueue *q, uint64_t rs)
     return !q->maxsize || conc_mpqueue_qsize(q) < q->maxsize;
 }
 
-static int check_timeout(double timeout, int64_t *deadline, bool *poll)
-{
-    *poll = timeout == 0;
-    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
-}
-
 static int put_impl(conc_mpqueue *q, const void *data, size_t len, int64_t deadline, bool poll)
 {
     if (!q || (!data && len))
@@ -445,7 +439,7 @@ int conc_mpqueue_put(conc_mpqueue *q, const void *data, size_t len, double timeo
 {
     int64_t deadline;
     bool poll;
-    if (check_timeout(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return put_impl(q, data, len, deadline, poll);
 }
@@ -537,7 +531,7 @@ ssize_t conc_mpqueue_get(conc_mpqueue *q, void *buf, size_t cap, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (!q || (!buf && cap) || check_timeout(timeout, &deadline, &poll))
+    if (!q || (!buf && cap) || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return get_impl(q, buf, cap, NULL, deadline, poll);
 }
@@ -563,7 +557,7 @@ int conc_mpqueue_get_alloc(conc_mpqueue *q, void **out, size_t *len, double time
     int64_t deadline;
     bool poll;
     void *p = NULL;
-    if (!q || !out || !len || check_timeout(timeout, &deadline, &poll))
+    if (!q || !out || !len || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return alloc_result(get_impl(q, NULL, 0, &p, deadline, poll), &p, out, len);
 }
@@ -703,7 +697,7 @@ int conc_mpqueue_join(conc_mpqueue *q, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (check_timeout(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return join_impl(q, deadline, poll);
 }
@@ -826,7 +820,8 @@ static void handle_init(conc_mpqueue *q, struct mpq_shared *sh, const struct mpq
 
 int conc_mpqueue_new(conc_mpqueue **out, const conc_mpqueue_opts *opts)
 {
-    conc_mpqueue_opts o = opts ? *opts : (conc_mpqueue_opts){ 0 };
+    conc_mpqueue_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_mpqueue_opts, max_msg));
     if (!out || (unsigned)o.kind > CONC_MPQUEUE_SIMPLE ||
         (o.kind == CONC_MPQUEUE_SIMPLE && o.maxsize) || o.capacity > CONC_MPQUEUE_CAPACITY_MAX ||
         o.max_msg > CONC_MPQUEUE_CAPACITY_MAX / 2 - 2 * HDR || o.maxsize > (size_t)INT32_MAX)
@@ -964,7 +959,20 @@ int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS])
         munmap(base, total);
         return ok ? -ENOMEM : -EINVAL;
     }
-    handle_init(q, sh, &set, total, fds[0], fds[1], fds[2]);
+    /* The handle gets descriptors of its own; the caller keeps its. */
+    int own[CONC_MPQUEUE_NFDS], n = 0;
+    for (; n < CONC_MPQUEUE_NFDS; n++) {
+        own[n] = fcntl(fds[n], F_DUPFD_CLOEXEC, 0);
+        if (own[n] < 0) {
+            r = -errno;
+            while (n-- > 0)
+                close(own[n]);
+            free(q);
+            munmap(base, total);
+            return r;
+        }
+    }
+    handle_init(q, sh, &set, total, own[0], own[1], own[2]);
     *out = q;
     return 0;
 }

@@ -85,7 +85,7 @@ static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock)
 
 /* ------------------------------------------------------------ creation */
 
-int conc_pipe(conc_conn **a, conc_conn **b, bool duplex)
+int conc_conn_pipe(conc_conn **a, conc_conn **b, bool duplex)
 {
     if (!a || !b)
         return -EINVAL;
@@ -154,7 +154,7 @@ bool conc_conn_writable(const conc_conn *c)
 
 bool conc_conn_closed(const conc_conn *c)
 {
-    return !c || c->fd < 0;
+    return c && c->fd < 0;
 }
 
 int conc_conn_set_max_size(conc_conn *c, size_t max)
@@ -301,17 +301,13 @@ int conc_conn_send_bytes_until(conc_conn *c, const void *buf, size_t len, int64_
     return 0;
 }
 
-int conc_conn_send_bytes_timeout(conc_conn *c, const void *buf, size_t len, double timeout)
+int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_conn_send_bytes_until(c, buf, len, deadline));
-}
-
-int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len)
-{
-    return conc_conn_send_bytes_until(c, buf, len, CONC_NO_DEADLINE);
+    return (int)conc__timeout_code(poll, conc_conn_send_bytes_until(c, buf, len, deadline));
 }
 
 /* ------------------------------------------------------------ receiving */
@@ -497,9 +493,10 @@ ssize_t conc_conn_recv_bytes_until(conc_conn *c, void *buf, size_t cap, int64_t 
 ssize_t conc_conn_recv_bytes(conc_conn *c, void *buf, size_t cap, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return poll_code(timeout, conc_conn_recv_bytes_until(c, buf, cap, deadline));
+    return (ssize_t)conc__timeout_code(poll, conc_conn_recv_bytes_until(c, buf, cap, deadline));
 }
 
 ssize_t conc_conn_recv_size_until(conc_conn *c, int64_t deadline)
@@ -515,9 +512,10 @@ ssize_t conc_conn_recv_size_until(conc_conn *c, int64_t deadline)
 ssize_t conc_conn_recv_size(conc_conn *c, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return poll_code(timeout, conc_conn_recv_size_until(c, deadline));
+    return (ssize_t)conc__timeout_code(poll, conc_conn_recv_size_until(c, deadline));
 }
 
 int conc_conn_recv_alloc_until(conc_conn *c, void **out, size_t *len, int64_t deadline)
@@ -543,9 +541,10 @@ int conc_conn_recv_alloc_until(conc_conn *c, void **out, size_t *len, int64_t de
 int conc_conn_recv_alloc(conc_conn *c, void **out, size_t *len, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_conn_recv_alloc_until(c, out, len, deadline));
+    return (int)conc__timeout_code(poll, conc_conn_recv_alloc_until(c, out, len, deadline));
 }
 
 /* True when a receive would not wait: bytes read ahead, or the descriptor
@@ -588,7 +587,8 @@ int conc_conn_poll_until(conc_conn *c, int64_t deadline)
 int conc_conn_poll(conc_conn *c, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_conn_poll_until(c, deadline));
+    return (int)conc__timeout_code(poll, conc_conn_poll_until(c, deadline));
 }

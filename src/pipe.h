@@ -26,23 +26,6 @@ struct conc_conn {
     size_t rcap, rstart, rend;
 };
 
-/* The timeout forms of the connection calls and of conc_wait: timeout 0 is
- * the deadline 0 (try once), anything else goes through the common parser. */
-static inline int timeout_to_deadline(double timeout, int64_t *deadline)
-{
-    if (timeout == 0) {
-        *deadline = 0;
-        return 0;
-    }
-    return conc__timeout_deadline(timeout, deadline) ? -EINVAL : 0;
-}
-
-/* The public timeout forms report a passed deadline of a poll as -EAGAIN. */
-static inline ssize_t poll_code(double timeout, ssize_t r)
-{
-    return (timeout == 0 && r == -ETIMEDOUT) ? -EAGAIN : r;
-}
-
 /* 0 when c may receive; the error a receive gives at once otherwise. */
 static inline int check_recv(const conc_conn *c)
 {

@@ -263,6 +263,8 @@ static int check_opts(const conc_process_opts *opts)
     return 0;
 }
 
+#define PROCESS_OPTS_V1 CONC__OPTS_V1(conc_process_opts, npass_fds)
+
 static int process_alloc(conc_process **out, const void *data, size_t len, bool is_def,
                          const conc_process_opts *opts)
 {
@@ -312,6 +314,9 @@ int conc_process_new(conc_process **out, conc_process_fn fn, const void *arg, si
 {
     if (!out || !fn || len > CONC_PROCESS_ARG_MAX || (!arg && len))
         return -EINVAL;
+    conc_process_opts o;
+    CONC__OPTS_COPY(&o, opts, PROCESS_OPTS_V1);
+    opts = &o;
     int r = check_opts(opts);
     if (r)
         return r;
@@ -326,6 +331,9 @@ int conc_process_new_def(conc_process **out, const conc_process_def *def, size_t
 {
     if (!out || !def || !def->run || size < sizeof *def || size > CONC_PROCESS_ARG_MAX)
         return -EINVAL;
+    conc_process_opts o;
+    CONC__OPTS_COPY(&o, opts, PROCESS_OPTS_V1);
+    opts = &o;
     int r = check_opts(opts);
     if (r)
         return r;
@@ -543,10 +551,10 @@ int conc_process_join_until(conc_process *p, int64_t deadline)
 int conc_process_join(conc_process *p, double timeout)
 {
     int64_t deadline;
-    if (conc_deadline(timeout, &deadline))
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    int r = conc_process_join_until(p, deadline);
-    return r == -ETIMEDOUT && timeout == 0 ? -EAGAIN : r;
+    return (int)conc__timeout_code(poll, conc_process_join_until(p, deadline));
 }
 
 bool conc_process_is_alive(conc_process *p)
@@ -704,7 +712,7 @@ int conc_process_active_children(conc_process **out, size_t cap)
     return alive;
 }
 
-int conc_cpu_count(void)
+int conc_process_cpu_count(void)
 {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
@@ -730,7 +738,7 @@ int conc_cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
-int conc_set_start_method(conc_start_method method)
+int conc_process_set_start_method(conc_start_method method)
 {
     if (method != CONC_START_FORK && method != CONC_START_FORKSERVER &&
         method != CONC_START_SPAWN)
@@ -739,7 +747,7 @@ int conc_set_start_method(conc_start_method method)
     return 0;
 }
 
-conc_start_method conc_get_start_method(void)
+conc_start_method conc_process_start_method(void)
 {
     return (conc_start_method)ld_relaxed(&global_method);
 }

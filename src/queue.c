@@ -307,11 +307,11 @@ int conc_queue_fd(conc_queue *q)
 
 int conc_queue_new(conc_queue **out, const conc_queue_opts *opts)
 {
-    static const conc_queue_opts defaults;
+    conc_queue_opts o;
     if (!out)
         return -EINVAL;
-    if (!opts)
-        opts = &defaults;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_queue_opts, capacity));
+    opts = &o;
     if ((unsigned)opts->kind > CONC_QUEUE_SIMPLE)
         return -EINVAL;
     if (opts->kind == CONC_QUEUE_SIMPLE && opts->maxsize)

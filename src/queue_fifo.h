@@ -25,26 +25,16 @@ struct conc__limit {
     bool spun;              /* the spin before sleeping was tried */
 };
 
-/* Sets l from a timeout in seconds: 0 or -EINVAL (negative, NaN). */
+/* Sets l from a timeout in seconds (conc__timeout_kind): 0 or -EINVAL. */
 static inline int conc__limit_timeout(struct conc__limit *l, double timeout)
 {
+    int k = conc__timeout_kind(timeout);
     l->spun = false;
-    l->poll = false;
-    l->resolved = true;
-    if (timeout == CONC_FOREVER) {
-        l->deadline = CONC_NO_DEADLINE;
-        return 0;
-    }
-    if (timeout == 0) {
-        l->poll = true;
-        l->deadline = 0;
-        return 0;
-    }
-    if (!(timeout > 0))
-        return -EINVAL;
+    l->poll = k == CONC__TIMEOUT_POLL;
+    l->resolved = k != CONC__TIMEOUT_TIMED;
+    l->deadline = k == CONC__TIMEOUT_FOREVER ? CONC_NO_DEADLINE : 0;
     l->timeout = timeout;
-    l->resolved = false;
-    return 0;
+    return k < 0 ? -EINVAL : 0;
 }
 
 static inline void conc__limit_until(struct conc__limit *l, int64_t deadline)

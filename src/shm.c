@@ -661,17 +661,16 @@ int conc_shm_attach_fd(conc_shm **out, int fd)
     return r == -EACCES ? -EINVAL : r;
 }
 
-int conc_shm_close(conc_shm *s)
+void conc_shm_free(conc_shm *s)
 {
     if (!s)
-        return 0;
+        return;
     if (s->creator == getpid() && !__atomic_load_n(&s->unlinked, __ATOMIC_ACQUIRE))
         unlink_if_same(s->name, s->dev, s->ino);
     reg_remove(s);
     munmap(s->buf, s->size);
     close(s->fd);
     free(s);
-    return 0;
 }
 
 int conc_shm_unlink(conc_shm *s)

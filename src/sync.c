@@ -44,26 +44,6 @@ static inline unsigned wflags(uint32_t flags)
     return (flags & CONC_SYNC_SHARED) ? CONC__WAIT_SHARED : 0;
 }
 
-/*
- * Timeout argument of the public calls: 0 means "poll" (-EAGAIN), else a
- * deadline.  Returns 0, or -EINVAL for a bad timeout.
- */
-static inline int parse_timeout(double timeout, int64_t *deadline, bool *poll)
-{
-    if (timeout == CONC_FOREVER) {
-        *deadline = CONC_NO_DEADLINE;
-        *poll = false;
-        return 0;
-    }
-    if (timeout == 0) {
-        *deadline = 0;
-        *poll = true;
-        return 0;
-    }
-    *poll = false;
-    return conc__timeout_deadline(timeout, deadline);
-}
-
 static inline bool cas32(uint32_t *p, uint32_t *expect, uint32_t desired, int mo)
 {
     return __atomic_compare_exchange_n(p, expect, desired, false, mo, __ATOMIC_RELAXED);
@@ -373,7 +353,7 @@ int conc_lock_init(conc_lock *lock, unsigned flags)
 /* A timeout the fast path may ignore: valid, so a free lock is just taken. */
 static inline bool timeout_valid(double timeout)
 {
-    return timeout == CONC_FOREVER || timeout >= 0;
+    return conc__timeout_kind(timeout) >= 0;
 }
 
 __attribute__((noinline)) static int lock_acquire_timed(conc_lock *lock, double timeout)
@@ -382,7 +362,7 @@ __attribute__((noinline)) static int lock_acquire_timed(conc_lock *lock, double 
         return -EINVAL;
     int64_t deadline;
     bool poll;
-    if (parse_timeout(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return lock_take(lock, deadline, poll, true);
 }
@@ -463,7 +443,7 @@ int conc_rlock_acquire(conc_rlock *lock, double timeout)
         return rlock_acquire(lock, CONC_NO_DEADLINE, false);
     int64_t deadline;
     bool poll;
-    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+    if (unlikely(conc__timeout_parse(timeout, &deadline, &poll)))
         return -EINVAL;
     return rlock_acquire(lock, deadline, poll);
 }
@@ -524,6 +504,7 @@ int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
     sem->_waiters = 0;
     sem->_flags = flags;
     sem->_bound = (flags & CONC_SEM_BOUNDED) ? value : 0;
+    memset(sem->_reserved, 0, sizeof sem->_reserved);
     return 0;
 }
 
@@ -571,7 +552,7 @@ int conc_sem_acquire(conc_sem *sem, double timeout)
         return -EINVAL;
     int64_t deadline;
     bool poll;
-    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+    if (unlikely(conc__timeout_parse(timeout, &deadline, &poll)))
         return -EINVAL;
     return sem_acquire(sem, deadline, poll);
 }
@@ -611,6 +592,7 @@ int conc_event_init(conc_event *ev, unsigned flags)
         return -EINVAL;
     ev->_word = 0;
     ev->_flags = flags;
+    memset(ev->_reserved, 0, sizeof ev->_reserved);
     return 0;
 }
 
@@ -685,7 +667,7 @@ int conc_event_wait(conc_event *ev, double timeout)
         return 0;
     int64_t deadline;
     bool poll;
-    if (unlikely(parse_timeout(timeout, &deadline, &poll)))
+    if (unlikely(conc__timeout_parse(timeout, &deadline, &poll)))
         return -EINVAL;
     return event_wait(ev, deadline, poll);
 }
@@ -714,6 +696,7 @@ int conc_cond_init(conc_cond *cond, unsigned flags)
     cond->_seq = 0;
     cond->_flags = flags;
     cond->_counts = 0;
+    memset(cond->_reserved, 0, sizeof cond->_reserved);
     return 0;
 }
 
@@ -832,9 +815,12 @@ static int cond_wait_for_core(conc_cond *cond, const struct cv_lock *lk,
     return 0;
 }
 
+/* Condition and Barrier follow Python: a timeout of 0 is a wait that times
+ * out (-ETIMEDOUT), so they use the deadline alone. */
 static inline int timeout_deadline(double timeout, int64_t *deadline)
 {
-    return timeout == 0 ? (*deadline = 0, 0) : conc__timeout_deadline(timeout, deadline);
+    bool poll;
+    return conc__timeout_parse(timeout, deadline, &poll);
 }
 
 #define LK_OF_LOCK(l)  { (l), false }
@@ -856,7 +842,7 @@ int conc_cond_wait(conc_cond *cond, conc_lock *lock, double timeout)
     return conc_cond_wait_until(cond, lock, deadline);
 }
 
-int conc_cond_wait_until_r(conc_cond *cond, conc_rlock *lock, int64_t deadline)
+int conc_cond_wait_r_until(conc_cond *cond, conc_rlock *lock, int64_t deadline)
 {
     if (!cond || !lock)
         return -EINVAL;
@@ -869,7 +855,7 @@ int conc_cond_wait_r(conc_cond *cond, conc_rlock *lock, double timeout)
     int64_t deadline;
     if (timeout_deadline(timeout, &deadline))
         return -EINVAL;
-    return conc_cond_wait_until_r(cond, lock, deadline);
+    return conc_cond_wait_r_until(cond, lock, deadline);
 }
 
 int conc_cond_wait_for_until(conc_cond *cond, conc_lock *lock, conc_predicate pred,
@@ -890,7 +876,7 @@ int conc_cond_wait_for(conc_cond *cond, conc_lock *lock, conc_predicate pred,
     return conc_cond_wait_for_until(cond, lock, pred, arg, deadline);
 }
 
-int conc_cond_wait_for_until_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
+int conc_cond_wait_for_r_until(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
                                void *arg, int64_t deadline)
 {
     if (!cond || !lock || !pred)
@@ -905,7 +891,7 @@ int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock, conc_predicate pred,
     int64_t deadline;
     if (timeout_deadline(timeout, &deadline))
         return -EINVAL;
-    return conc_cond_wait_for_until_r(cond, lock, pred, arg, deadline);
+    return conc_cond_wait_for_r_until(cond, lock, pred, arg, deadline);
 }
 
 /* Deaths (shared): notify(n) moves n waiters to pending wake-ups and wakes

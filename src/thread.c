@@ -359,7 +359,10 @@ static int thread_alloc(conc_thread **out, conc_thread_fn fn, void *arg,
 {
     if (!out || !fn)
         return -EINVAL;
-    int daemon = opts ? opts->daemon : 0;
+    conc_thread_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_thread_opts, stack_size));
+    opts = &o;
+    int daemon = opts->daemon;
     if (daemon != 0 && daemon != CONC_DAEMON && daemon != CONC_NOT_DAEMON)
         return -EINVAL;
     if (opts && opts->stack_size && opts->stack_size < CONC_THREAD_STACK_MIN)
@@ -520,15 +523,18 @@ int conc_thread_join(conc_thread *t, double timeout)
     int r = join_checks(t);
     if (r)
         return r;
-    if (timeout == 0) {
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    if (poll) {
+        /* Try once without joining the OS thread (which may still be
+         * finishing after its result was set). */
         if (!conc_event_is_set(&t->done))
             return -EAGAIN;
         reap(t, false);
         return 0;
     }
-    int64_t deadline;
-    if (conc_deadline(timeout, &deadline))
-        return -EINVAL;
     return conc_thread_join_until(t, deadline);
 }
 

@@ -166,7 +166,8 @@ out:
 int conc_wait(conc_waitable *objs, size_t n, double timeout)
 {
     int64_t deadline;
-    if (timeout_to_deadline(timeout, &deadline) < 0)
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return (int)poll_code(timeout, conc_wait_until(objs, n, deadline));
+    return (int)conc__timeout_code(poll, conc_wait_until(objs, n, deadline));
 }

@@ -99,18 +99,12 @@ static bool mapped_at(void *addr, ino_t ino)
     return found;
 }
 
-/* A second handle on q's queue, from duplicates of its descriptors. */
+/* A second handle on q's queue (attach duplicates the descriptors). */
 static int attach_dup(conc_mpqueue *q, conc_mpqueue **a)
 {
-    int fds[CONC_MPQUEUE_NFDS], dup[CONC_MPQUEUE_NFDS];
+    int fds[CONC_MPQUEUE_NFDS];
     cr_assert_eq(conc_mpqueue_fds(q, fds), 0);
-    for (int k = 0; k < CONC_MPQUEUE_NFDS; k++)
-        cr_assert_geq(dup[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 0), 0);
-    int r = conc_mpqueue_attach(a, dup);
-    if (r)
-        for (int k = 0; k < CONC_MPQUEUE_NFDS; k++)
-            close(dup[k]);
-    return r;
+    return conc_mpqueue_attach(a, fds);
 }
 
 /*

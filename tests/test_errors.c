@@ -6,7 +6,7 @@
 #include <string.h>
 #include "conc/errors.h"
 
-/* The codes every conc module documents, with their symbolic names. */
+/* Every code conc returns (conc/errors.h lists them), with its name. */
 static const struct {
     int code;
     const char *name;
@@ -20,7 +20,21 @@ static const struct {
     { EPERM, "EPERM" },
     { EOVERFLOW, "EOVERFLOW" },
     { EDEADLK, "EDEADLK" },
+    { EALREADY, "EALREADY" },
+    { EBUSY, "EBUSY" },
+    { EMSGSIZE, "EMSGSIZE" },
+    { EPROTO, "EPROTO" },
+    { ENOTSUP, "ENOTSUP" },
+    { EBADF, "EBADF" },
+    { ENOENT, "ENOENT" },
+    { EEXIST, "EEXIST" },
+    { EACCES, "EACCES" },
+    { ENOSYS, "ENOSYS" },
+    { ENAMETOOLONG, "ENAMETOOLONG" },
+    { EIO, "EIO" },
     { ENOMEM, "ENOMEM" },
+    { EMFILE, "EMFILE" },
+    { ENFILE, "ENFILE" },
 };
 #define N_KNOWN (sizeof known / sizeof known[0])
 

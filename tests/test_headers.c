@@ -190,10 +190,10 @@ static const struct {
       { "conc_queue_new", "conc_mpqueue_new" } },
     { "conc/mpqueue.h", { "conc_mpqueue_new", "conc_mpqueue_fd", "CONC_MPQUEUE_NFDS" },
       { "conc_queue_new", "conc_deque_new", "conc_wait" } },
-    { "conc/pipe.h", { "conc_pipe", "conc_conn_poll", "CONC_PIPE_MSG_MAX" },
+    { "conc/pipe.h", { "conc_conn_pipe", "conc_conn_poll", "CONC_PIPE_MSG_MAX" },
       { "conc_wait", "conc_wait_until", "conc_waitable", "CONC_WAIT_CONN", "conc_queue_new" } },
     { "conc/wait.h", { "conc_wait", "conc_wait_until", "conc_waitable", "CONC_WAIT_MPQUEUE" },
-      { "conc_pipe", "conc_queue_new", "conc_mpqueue_new", "conc_process_new",
+      { "conc_conn_pipe", "conc_queue_new", "conc_mpqueue_new", "conc_process_new",
         "conc_conn_poll" } },
 };
 

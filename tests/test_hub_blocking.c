@@ -232,12 +232,12 @@ static size_t filled;           /* messages put in the full pipe */
 
 static void pipe_setup(void)
 {
-    cr_assert_eq(conc_pipe(&ca, &cb, false), 0);
+    cr_assert_eq(conc_conn_pipe(&ca, &cb, false), 0);
 }
 
 static void duplex_setup(void)
 {
-    cr_assert_eq(conc_pipe(&ca, &cb, true), 0);
+    cr_assert_eq(conc_conn_pipe(&ca, &cb, true), 0);
 }
 
 static void pipes_teardown(void)
@@ -251,7 +251,7 @@ static void pipes_teardown(void)
 
 static void send_x(void)
 {
-    cr_assert_eq(conc_conn_send_bytes(cb, "x", 1), 0);
+    cr_assert_eq(conc_conn_send_bytes(cb, "x", 1, CONC_FOREVER), 0);
 }
 
 static int recv_block(double timeout)
@@ -287,7 +287,7 @@ static void fill(void)
     memset(msg, 'm', sizeof msg);
     filled = 0;
     int r;
-    while ((r = conc_conn_send_bytes_timeout(cb, msg, sizeof msg, 0)) == 0)
+    while ((r = conc_conn_send_bytes(cb, msg, sizeof msg, 0)) == 0)
         filled++;
     cr_assert_eq(r, -EAGAIN);
     cr_assert_gt(filled, 0);
@@ -307,7 +307,7 @@ static void full_duplex_setup(void)
 
 static int send_block(double timeout)
 {
-    return conc_conn_send_bytes_timeout(cb, msg, sizeof msg, timeout);
+    return conc_conn_send_bytes(cb, msg, sizeof msg, timeout);
 }
 
 /* Receives everything sent so far. */
@@ -327,7 +327,7 @@ static void full_teardown(void)
         drain();
     else
         cr_assert_eq(conc_conn_recv_bytes(ca, buf, sizeof buf, 0), MSG);
-    cr_assert_eq(conc_conn_send_bytes_timeout(cb, msg, sizeof msg, 0), 0);
+    cr_assert_eq(conc_conn_send_bytes(cb, msg, sizeof msg, 0), 0);
     cr_assert_eq(conc_conn_recv_bytes(ca, buf, sizeof buf, 0), MSG);
     pipes_teardown();
 }
@@ -351,7 +351,7 @@ static void *big_sender(void *arg)
 {
     (void)arg;
     logc('s');
-    big_send_rc = conc_conn_send_bytes_timeout(cb, big_out, BIG, PARK_TIMEOUT);
+    big_send_rc = conc_conn_send_bytes(cb, big_out, BIG, PARK_TIMEOUT);
     logc('S');
     return NULL;
 }
@@ -367,7 +367,7 @@ static void *big_receiver(void *arg)
 
 static void big_message(bool duplex)
 {
-    cr_assert_eq(conc_pipe(&ca, &cb, duplex), 0);
+    cr_assert_eq(conc_conn_pipe(&ca, &cb, duplex), 0);
     big_out = malloc(BIG);
     big_in = malloc(BIG);
     cr_assert(big_out && big_in);
@@ -403,13 +403,13 @@ Test(blocking, big_message_duplex, .timeout = 30)
 static void *big_sender_forever(void *arg)
 {
     (void)arg;
-    big_send_rc = conc_conn_send_bytes(cb, big_out, BIG);
+    big_send_rc = conc_conn_send_bytes(cb, big_out, BIG, CONC_FOREVER);
     return NULL;
 }
 
 Test(blocking, send_killed_midway, .timeout = 30)
 {
-    cr_assert_eq(conc_pipe(&ca, &cb, true), 0);
+    cr_assert_eq(conc_conn_pipe(&ca, &cb, true), 0);
     big_out = calloc(1, BIG);
     cr_assert_not_null(big_out);
     conc_greenlet *s;
@@ -419,7 +419,7 @@ Test(blocking, send_killed_midway, .timeout = 30)
     cr_assert_eq(conc_kill(s), 0);
     join_free(s);
     cr_assert_eq(big_send_rc, -ECANCELED);
-    cr_assert_eq(conc_conn_send_bytes(cb, "x", 1), -EPIPE);
+    cr_assert_eq(conc_conn_send_bytes(cb, "x", 1, CONC_FOREVER), -EPIPE);
     unsigned char buf[16];
     cr_assert_eq(conc_conn_recv_bytes(ca, buf, sizeof buf, 5.0), -EMSGSIZE);
     void *p;
@@ -437,8 +437,8 @@ static conc_waitable objs[4];
  * on the second makes exactly its two entries ready. */
 static void two_pipes_setup(void)
 {
-    cr_assert_eq(conc_pipe(&ca, &cb, false), 0);
-    cr_assert_eq(conc_pipe(&ca2, &cb2, false), 0);
+    cr_assert_eq(conc_conn_pipe(&ca, &cb, false), 0);
+    cr_assert_eq(conc_conn_pipe(&ca2, &cb2, false), 0);
 }
 
 static int wait_pipes_block(double timeout)
@@ -461,7 +461,7 @@ static int wait_pipes_block(double timeout)
 
 static void send_x2(void)
 {
-    cr_assert_eq(conc_conn_send_bytes(cb2, "x", 1), 0);
+    cr_assert_eq(conc_conn_send_bytes(cb2, "x", 1, CONC_FOREVER), 0);
 }
 
 static const struct kind wait_pipes = { two_pipes_setup, wait_pipes_block, send_x2, false,

@@ -28,6 +28,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1383,14 +1384,10 @@ Test(mpqueue, attach_in_spawn_child, .timeout = 30)
 /* Two handles in one process: attach to duplicates of the descriptors. */
 static conc_mpqueue *attach_dup(conc_mpqueue *q)
 {
-    int fds[CONC_MPQUEUE_NFDS], dup_fds[CONC_MPQUEUE_NFDS];
+    int fds[CONC_MPQUEUE_NFDS];
     cr_assert_eq(conc_mpqueue_fds(q, fds), 0);
-    for (int k = 0; k < CONC_MPQUEUE_NFDS; k++) {
-        dup_fds[k] = fcntl(fds[k], F_DUPFD_CLOEXEC, 0);
-        cr_assert_geq(dup_fds[k], 0);
-    }
     conc_mpqueue *a = NULL;
-    int r = conc_mpqueue_attach(&a, dup_fds);
+    int r = conc_mpqueue_attach(&a, fds);      /* duplicates them */
     cr_assert_eq(r, 0, "attach: %s", conc_errname(r));
     cr_assert_not_null(a);
     return a;
@@ -1486,8 +1483,16 @@ Test(mpqueue, attach_errors, .timeout = 30)
     unsigned char buf[4];
     cr_assert_eq(conc_mpqueue_get(q, buf, sizeof buf, 0), 2);
     conc_mpqueue_free(a);
+    /* The handle had copies: the caller's descriptors stay open, and still
+     * name the queue. */
     for (int k = 0; k < CONC_MPQUEUE_NFDS; k++)
-        cr_assert_not(fd_open(dupd[k]), "free left fd %d open", dupd[k]);
+        cr_assert(fd_open(dupd[k]), "free closed the caller's fd %d", dupd[k]);
+    cr_assert_eq(conc_mpqueue_attach(&a, dupd), 0);
+    for (int k = 0; k < CONC_MPQUEUE_NFDS; k++)
+        close(dupd[k]);
+    cr_assert_eq(conc_mpqueue_put(a, "ok", 2, 0), 0);
+    cr_assert_eq(conc_mpqueue_get(q, buf, sizeof buf, 0), 2);
+    conc_mpqueue_free(a);
 
     close(mfd);
     close(e1);
@@ -2152,4 +2157,23 @@ Test(mpqueue_coro, kill_parked_put, .timeout = 30)
     cr_assert_eq(memcmp(buf, "full", 4), 0);
     cr_assert_eq(conc_mpqueue_get(gq, buf, sizeof buf, 0), -EAGAIN);
     conc_mpqueue_free(gq);
+}
+
+/* The options struct can grow (see test_queue.c's options_size). */
+Test(mpqueue, options_size, .timeout = 30)
+{
+    conc_mpqueue *q;
+    conc_mpqueue_opts o = CONC_MPQUEUE_OPTS_INIT;
+    cr_assert_eq(o.size, sizeof(conc_mpqueue_opts));
+    o.maxsize = 7;
+    cr_assert_eq(conc_mpqueue_new(&q, &o), 0);
+    cr_assert_eq(conc_mpqueue_maxsize(q), 7);
+    conc_mpqueue_free(q);
+    o.size = (uint32_t)offsetof(conc_mpqueue_opts, maxsize);
+    cr_assert_eq(conc_mpqueue_new(&q, &o), 0);
+    cr_assert_eq(conc_mpqueue_maxsize(q), 0);
+    conc_mpqueue_free(q);
+    cr_assert_eq(conc_mpqueue_new(&q, &(conc_mpqueue_opts){ .maxsize = 9 }), 0);
+    cr_assert_eq(conc_mpqueue_maxsize(q), 9);
+    conc_mpqueue_free(q);
 }

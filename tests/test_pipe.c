@@ -122,7 +122,7 @@ static void *send_sizes(void *arg)
             break;
         }
         fill(p, sizes[k], (unsigned)k);
-        s->rc = conc_conn_send_bytes(s->c, p, sizes[k]);
+        s->rc = conc_conn_send_bytes(s->c, p, sizes[k], CONC_FOREVER);
         free(p);
     }
     return NULL;
@@ -131,7 +131,7 @@ static void *send_sizes(void *arg)
 static void round_trip_threads(bool duplex)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
     /* Sizes from b to a, received by recv_bytes into a roomy buffer ... */
     struct sender s = { .c = b };
     pthread_t t;
@@ -189,7 +189,7 @@ static void *send_many(void *arg)
 {
     struct sender *s = arg;
     for (uint32_t i = 0; i < MANY && s->rc == 0; i++)
-        s->rc = conc_conn_send_bytes(s->c, &i, (i % 3) ? sizeof i : 0);
+        s->rc = conc_conn_send_bytes(s->c, &i, (i % 3) ? sizeof i : 0, CONC_FOREVER);
     return NULL;
 }
 
@@ -197,7 +197,7 @@ Test(pipe, many_small_messages_in_order, .timeout = 30)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         struct sender s = { .c = b };
         pthread_t t;
         cr_assert_eq(pthread_create(&t, NULL, send_many, &s), 0);
@@ -231,7 +231,7 @@ static int echo_sizes(conc_conn *in, conc_conn *out)
             return 10 + (int)k;
         if (len != sizes[k] || !check(p, len, (unsigned)k))
             return 20 + (int)k;
-        int rc = conc_conn_send_bytes(out, p, len);
+        int rc = conc_conn_send_bytes(out, p, len, CONC_FOREVER);
         free(p);
         if (rc != 0)
             return 30 + (int)k;
@@ -242,9 +242,9 @@ static int echo_sizes(conc_conn *in, conc_conn *out)
 static void round_trip_fork(bool duplex)
 {
     conc_conn *a, *b, *a2 = NULL, *b2 = NULL;
-    cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
     if (!duplex)        /* the way back: a second one-way pipe */
-        cr_assert_eq(conc_pipe(&a2, &b2, false), 0);
+        cr_assert_eq(conc_conn_pipe(&a2, &b2, false), 0);
     fflush(NULL);
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
@@ -290,21 +290,21 @@ Test(pipe, one_way_directions, .timeout = 30)
 {
     conc_conn *a, *b;
     char c = 'x';
-    cr_assert_eq(conc_pipe(&a, &b, false), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, false), 0);
     cr_assert(conc_conn_readable(a));
     cr_assert_not(conc_conn_writable(a));
     cr_assert(conc_conn_writable(b));
     cr_assert_not(conc_conn_readable(b));
-    cr_assert_eq(conc_conn_send_bytes(a, &c, 1), -EPERM);
+    cr_assert_eq(conc_conn_send_bytes(a, &c, 1, CONC_FOREVER), -EPERM);
     cr_assert_eq(conc_conn_recv_bytes(b, &c, 1, 0), -EPERM);
     cr_assert_eq(conc_conn_poll(b, 0), -EPERM);
     cr_assert_eq(conc_conn_recv_size(b, 0), -EPERM);
-    cr_assert_eq(conc_conn_send_bytes(b, &c, 1), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, &c, 1, CONC_FOREVER), 0);
     cr_assert_eq(conc_conn_recv_bytes(a, &c, 1, 1.0), 1);
     conc_conn_free(a);
     conc_conn_free(b);
 
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     cr_assert(conc_conn_readable(a) && conc_conn_writable(a));
     cr_assert(conc_conn_readable(b) && conc_conn_writable(b));
     conc_conn_free(a);
@@ -315,24 +315,26 @@ Test(pipe, bad_arguments_and_closed, .timeout = 30)
 {
     conc_conn *a, *b;
     char buf[8];
-    cr_assert_eq(conc_pipe(NULL, &b, true), -EINVAL);
-    cr_assert_eq(conc_pipe(&a, NULL, false), -EINVAL);
-    cr_assert_eq(conc_conn_send_bytes(NULL, buf, 1), -EINVAL);
+    cr_assert_eq(conc_conn_pipe(NULL, &b, true), -EINVAL);
+    cr_assert_eq(conc_conn_pipe(&a, NULL, false), -EINVAL);
+    cr_assert_eq(conc_conn_send_bytes(NULL, buf, 1, CONC_FOREVER), -EINVAL);
     cr_assert_eq(conc_conn_recv_bytes(NULL, buf, 1, 0), -EINVAL);
     cr_assert_eq(conc_conn_poll(NULL, 0), -EINVAL);
     cr_assert_eq(conc_conn_fd(NULL), -EINVAL);
     cr_assert_eq(conc_conn_close(NULL), -EINVAL);
     conc_conn_free(NULL);
-    cr_assert(conc_conn_closed(NULL));
+    cr_assert_not(conc_conn_closed(NULL), "a predicate answers false for NULL");
+    cr_assert_not(conc_conn_readable(NULL));
+    cr_assert_not(conc_conn_writable(NULL));
 
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
-    cr_assert_eq(conc_conn_send_bytes(a, NULL, 1), -EINVAL);
-    cr_assert_eq(conc_conn_send_bytes(a, NULL, 0), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_send_bytes(a, NULL, 1, CONC_FOREVER), -EINVAL);
+    cr_assert_eq(conc_conn_send_bytes(a, NULL, 0, CONC_FOREVER), 0);
     cr_assert_eq(conc_conn_recv_bytes(b, NULL, 0, 1.0), 0);
     cr_assert_eq(conc_conn_recv_bytes(b, NULL, 4, 0), -EINVAL);
     cr_assert_eq(conc_conn_recv_bytes(b, buf, 8, -2.0), -EINVAL);
     cr_assert_eq(conc_conn_poll(b, -0.5), -EINVAL);
-    cr_assert_eq(conc_conn_send_bytes_timeout(a, buf, 1, -3.0), -EINVAL);
+    cr_assert_eq(conc_conn_send_bytes(a, buf, 1, -3.0), -EINVAL);
     void *p;
     size_t len;
     cr_assert_eq(conc_conn_recv_alloc(b, NULL, &len, 0), -EINVAL);
@@ -346,7 +348,7 @@ Test(pipe, bad_arguments_and_closed, .timeout = 30)
     cr_assert(conc_conn_closed(a));
     cr_assert_eq(conc_conn_close(a), 0);
     cr_assert_eq(conc_conn_fd(a), -EBADF);
-    cr_assert_eq(conc_conn_send_bytes(a, buf, 1), -EBADF);
+    cr_assert_eq(conc_conn_send_bytes(a, buf, 1, CONC_FOREVER), -EBADF);
     cr_assert_eq(conc_conn_recv_bytes(a, buf, 8, 0), -EBADF);
     cr_assert_eq(conc_conn_poll(a, 0), -EBADF);
     cr_assert_eq(conc_conn_recv_size(a, 0), -EBADF);
@@ -357,11 +359,11 @@ Test(pipe, bad_arguments_and_closed, .timeout = 30)
 Test(pipe, max_size_gives_emsgsize, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     char buf[200] = { 0 };
     cr_assert_eq(conc_conn_set_max_size(b, 100), 0);
-    cr_assert_eq(conc_conn_send_bytes(b, buf, 101), -EMSGSIZE);
-    cr_assert_eq(conc_conn_send_bytes(b, buf, 100), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, buf, 101, CONC_FOREVER), -EMSGSIZE);
+    cr_assert_eq(conc_conn_send_bytes(b, buf, 100, CONC_FOREVER), 0);
     /* The receiver refuses a message over its own maximum. */
     cr_assert_eq(conc_conn_set_max_size(a, 50), 0);
     cr_assert_eq(conc_conn_recv_size(a, 1.0), -EMSGSIZE);
@@ -378,10 +380,10 @@ Test(pipe, emsgsize_keeps_the_message, .timeout = 30)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         unsigned char *m = pattern(100, 1);
-        cr_assert_eq(conc_conn_send_bytes(b, m, 100), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "next", 4), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, m, 100, CONC_FOREVER), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "next", 4, CONC_FOREVER), 0);
         unsigned char small[10], big[100];
         cr_assert_eq(conc_conn_recv_bytes(a, small, sizeof small, 1.0), -EMSGSIZE);
         cr_assert_eq(conc_conn_recv_bytes(a, small, sizeof small, 0), -EMSGSIZE);
@@ -401,7 +403,7 @@ static void *send_one_big(void *arg)
 {
     struct sender *s = arg;
     unsigned char *p = pattern(3u << 20, 9);
-    s->rc = conc_conn_send_bytes(s->c, p, 3u << 20);
+    s->rc = conc_conn_send_bytes(s->c, p, 3u << 20, CONC_FOREVER);
     free(p);
     return NULL;
 }
@@ -409,7 +411,7 @@ static void *send_one_big(void *arg)
 Test(pipe, large_emsgsize_then_alloc, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     struct sender s = { .c = b };
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, send_one_big, &s), 0);
@@ -431,8 +433,8 @@ Test(pipe, large_emsgsize_then_alloc, .timeout = 30)
 Test(pipe, empty_message_alloc, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, false), 0);
-    cr_assert_eq(conc_conn_send_bytes(b, NULL, 0), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, false), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, NULL, 0, CONC_FOREVER), 0);
     cr_assert_eq(conc_conn_recv_size(a, 1.0), 0);
     void *p = NULL;
     size_t len = 99;
@@ -473,7 +475,7 @@ static void *write_in_two_parts(void *arg)
 static void timeout_mid_message(size_t len, size_t first)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     struct raw_writer w = { .fd = conc_conn_fd(b), .len = len, .first = first,
                             .go = CONC_EVENT_INIT };
     pthread_t t;
@@ -489,7 +491,7 @@ static void timeout_mid_message(size_t len, size_t first)
     pthread_join(t, NULL);
     cr_assert(w.ok);
     /* The connection is in step: the next message comes whole. */
-    cr_assert_eq(conc_conn_send_bytes(b, "after", 5), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, "after", 5, CONC_FOREVER), 0);
     char tail[8];
     cr_assert_eq(conc_conn_recv_bytes(a, tail, sizeof tail, 5.0), 5);
     cr_assert_eq(memcmp(tail, "after", 5), 0);
@@ -515,7 +517,7 @@ Test(pipe, poll_and_timeouts, .timeout = 30)
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
         char buf[16];
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         cr_assert_eq(conc_conn_poll(a, 0), -EAGAIN);
         int64_t t0 = conc_now();
         cr_assert_eq(conc_conn_poll(a, 0.1), -ETIMEDOUT);
@@ -527,7 +529,7 @@ Test(pipe, poll_and_timeouts, .timeout = 30)
         cr_assert_eq(conc_conn_recv_size(a, 0.05), -ETIMEDOUT);
         cr_assert_eq(conc_conn_recv_bytes_until(a, buf, sizeof buf, conc_now() + 50000000),
                      -ETIMEDOUT);
-        cr_assert_eq(conc_conn_send_bytes(b, "hello", 5), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "hello", 5, CONC_FOREVER), 0);
         cr_assert_eq(conc_conn_poll(a, 0), 0);
         cr_assert_eq(conc_conn_poll(a, CONC_FOREVER), 0);
         cr_assert_eq(conc_conn_poll_until(a, 0), 0);
@@ -546,11 +548,11 @@ Test(pipe, poll_leaves_bytes_to_another_holder, .timeout = 30)
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b, *other;
         char buf[64];
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         int fd2 = dup(conc_conn_fd(a));
         cr_assert_geq(fd2, 0);
         cr_assert_eq(conc_conn_from_fd(&other, fd2, CONC_CONN_READABLE), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "first", 5), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "first", 5, CONC_FOREVER), 0);
         cr_assert_eq(conc_conn_poll(a, 5.0), 0);
         cr_assert_eq(conc_conn_poll(a, 0), 0, "still there");
         cr_assert_eq(conc_conn_recv_bytes(other, buf, sizeof buf, 0), 5,
@@ -558,7 +560,7 @@ Test(pipe, poll_leaves_bytes_to_another_holder, .timeout = 30)
         cr_assert_eq(memcmp(buf, "first", 5), 0);
 
         /* conc_wait does not take them either. */
-        cr_assert_eq(conc_conn_send_bytes(b, "second", 6), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "second", 6, CONC_FOREVER), 0);
         conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = a };
         cr_assert_eq(conc_wait(&w, 1, 5.0), 1);
         cr_assert(w.ready);
@@ -589,7 +591,7 @@ Test(pipe, poll_in_child_leaves_messages_to_parent, .timeout = 30)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         fflush(NULL);
         pid_t pid = fork();
         cr_assert_geq(pid, 0);
@@ -600,8 +602,8 @@ Test(pipe, poll_in_child_leaves_messages_to_parent, .timeout = 30)
         }
         /* The child is asleep in its poll before anything is sent. */
         wait_proc_blocked(pid, BLOCKED_GUARD);
-        cr_assert_eq(conc_conn_send_bytes(b, "first", 5), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "second", 6), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "first", 5, CONC_FOREVER), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "second", 6, CONC_FOREVER), 0);
         conc_conn_free(b);
         int st = wait_child(pid);
         cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
@@ -625,14 +627,14 @@ static void *send_later(void *arg)
         s->rc = -ETIMEDOUT;
         return NULL;
     }
-    s->rc = conc_conn_send_bytes(s->c, "late", 4);
+    s->rc = conc_conn_send_bytes(s->c, "late", 4, CONC_FOREVER);
     return NULL;
 }
 
 Test(pipe, blocking_recv_and_poll_wake_up, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     struct sender s = { .c = b };
     pthread_t t;
     char buf[8];
@@ -654,14 +656,14 @@ Test(pipe, send_timeout_when_peer_does_not_read, .timeout = 30)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         size_t len = 16u << 20;
         unsigned char *p = pattern(len, 3);
         int64_t t0 = conc_now();
-        cr_assert_eq(conc_conn_send_bytes_timeout(b, p, len, 0.1), -ETIMEDOUT);
+        cr_assert_eq(conc_conn_send_bytes(b, p, len, 0.1), -ETIMEDOUT);
         cr_assert_geq(conc_now() - t0, 90000000);
         /* Part of it went out: the connection is broken for sending ... */
-        cr_assert_eq(conc_conn_send_bytes(b, "x", 1), -EPIPE);
+        cr_assert_eq(conc_conn_send_bytes(b, "x", 1, CONC_FOREVER), -EPIPE);
         /* ... and the receiver never gets half of it. */
         if (!duplex)
             conc_conn_close(b);
@@ -677,20 +679,20 @@ Test(pipe, send_timeout_when_peer_does_not_read, .timeout = 30)
 Test(pipe, send_timeout_zero_on_full_pipe, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, false), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, false), 0);
     char m[512] = { 0 };
     int rc, sent = 0;
     /* 512-byte messages fit the pipe whole (PIPE_BUF writes are atomic):
      * -EAGAIN once it is full, and nothing was cut. */
-    while ((rc = conc_conn_send_bytes_timeout(b, m, 500, 0)) == 0)
+    while ((rc = conc_conn_send_bytes(b, m, 500, 0)) == 0)
         sent++;
     cr_assert_eq(rc, -EAGAIN);
     cr_assert_gt(sent, 0);
-    cr_assert_eq(conc_conn_send_bytes_timeout(b, m, 500, 0.05), -ETIMEDOUT);
+    cr_assert_eq(conc_conn_send_bytes(b, m, 500, 0.05), -ETIMEDOUT);
     for (int i = 0; i < sent; i++)
         cr_assert_eq(conc_conn_recv_bytes(a, m, sizeof m, 1.0), 500);
     cr_assert_eq(conc_conn_recv_bytes(a, m, sizeof m, 0), -EAGAIN);
-    cr_assert_eq(conc_conn_send_bytes_timeout(b, m, 500, 0), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, m, 500, 0), 0);
     conc_conn_free(a);
     conc_conn_free(b);
 }
@@ -701,10 +703,10 @@ Test(pipe, peer_close_gives_epipe_after_draining, .timeout = 30)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "one", 3), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "two", 3), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "", 0), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "one", 3, CONC_FOREVER), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "two", 3, CONC_FOREVER), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "", 0, CONC_FOREVER), 0);
         conc_conn_free(b);
         char buf[8];
         cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 1.0), 3);
@@ -717,7 +719,7 @@ Test(pipe, peer_close_gives_epipe_after_draining, .timeout = 30)
         cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, CONC_FOREVER), -EPIPE);
         cr_assert_eq(conc_conn_recv_size(a, 0), -EPIPE);
         if (duplex)
-            cr_assert_eq(conc_conn_send_bytes(a, "x", 1), -EPIPE);
+            cr_assert_eq(conc_conn_send_bytes(a, "x", 1, CONC_FOREVER), -EPIPE);
         conc_conn_free(a);
     }
 }
@@ -726,10 +728,10 @@ Test(pipe, send_to_closed_reader_is_epipe_not_sigpipe, .timeout = 30)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
         conc_conn_free(a);
-        cr_assert_eq(conc_conn_send_bytes(b, "x", 1), -EPIPE);
-        cr_assert_eq(conc_conn_send_bytes_timeout(b, "x", 1, 0), -EPIPE);
+        cr_assert_eq(conc_conn_send_bytes(b, "x", 1, CONC_FOREVER), -EPIPE);
+        cr_assert_eq(conc_conn_send_bytes(b, "x", 1, 0), -EPIPE);
         /* No SIGPIPE is left pending for this thread either. */
         sigset_t pend;
         sigpending(&pend);
@@ -761,7 +763,7 @@ Test(pipe, peer_killed_mid_message_gives_epipe, .timeout = 30)
     for (int duplex = 0; duplex < 2; duplex++) {
         for (int alloc = 0; alloc < 2; alloc++) {
             conc_conn *a, *b;
-            cr_assert_eq(conc_pipe(&a, &b, duplex), 0);
+            cr_assert_eq(conc_conn_pipe(&a, &b, duplex), 0);
             fflush(NULL);
             pid_t pid = fork();
             cr_assert_geq(pid, 0);
@@ -829,8 +831,8 @@ static int ready_mask(const conc_waitable *w, size_t n)
 Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
 {
     conc_conn *a1, *b1, *a2, *b2;
-    cr_assert_eq(conc_pipe(&a1, &b1, true), 0);
-    cr_assert_eq(conc_pipe(&a2, &b2, false), 0);
+    cr_assert_eq(conc_conn_pipe(&a1, &b1, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a2, &b2, false), 0);
     conc_queue *q;
     cr_assert_eq(conc_queue_new(&q, NULL), 0);
     int pfd[2];
@@ -853,7 +855,7 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
     cr_assert_eq(ready_mask(w, 5), 0);
     cr_assert_eq(conc_wait(w, 5, 0.05), -ETIMEDOUT);
 
-    cr_assert_eq(conc_conn_send_bytes(b2, "m", 1), 0);
+    cr_assert_eq(conc_conn_send_bytes(b2, "m", 1, CONC_FOREVER), 0);
     cr_assert_eq(conc_wait(w, 5, 5.0), 1);
     cr_assert_eq(ready_mask(w, 5), 1 << 1);
 
@@ -862,7 +864,7 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
     cr_assert_eq(ready_mask(w, 5), (1 << 1) | (1 << 2));
 
     cr_assert_eq(write(pfd[1], "z", 1), 1);
-    cr_assert_eq(conc_conn_send_bytes(b1, "n", 1), 0);
+    cr_assert_eq(conc_conn_send_bytes(b1, "n", 1, CONC_FOREVER), 0);
     cr_assert_eq(conc_wait(w, 5, 5.0), 4);
     cr_assert_eq(ready_mask(w, 5), 0x17);
 
@@ -901,9 +903,9 @@ Test(wait, mix_of_connections_queue_process_fd, .timeout = 30)
 Test(wait, buffered_data_counts_as_ready, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
-    cr_assert_eq(conc_conn_send_bytes(b, "1", 1), 0);
-    cr_assert_eq(conc_conn_send_bytes(b, "2", 1), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, "1", 1, CONC_FOREVER), 0);
+    cr_assert_eq(conc_conn_send_bytes(b, "2", 1, CONC_FOREVER), 0);
     char c;
     /* The first receive reads both messages ahead. */
     cr_assert_eq(conc_conn_recv_bytes(a, &c, 1, 1.0), 1);
@@ -952,7 +954,7 @@ Test(wait, blocks_until_a_thread_puts, .timeout = 30)
 Test(wait, errors, .timeout = 30)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, false), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, false), 0);
     conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = b };
     cr_assert_eq(conc_wait(&w, 1, 0), -EPERM);          /* send-only */
     w.kind = 99;
@@ -993,7 +995,7 @@ Test(wait, many_entries_and_fd_events, .timeout = 30)
     conc_conn *a[N], *b[N];
     conc_waitable w[N + 1];
     for (int i = 0; i < N; i++) {
-        cr_assert_eq(conc_pipe(&a[i], &b[i], i % 2), 0);
+        cr_assert_eq(conc_conn_pipe(&a[i], &b[i], i % 2), 0);
         w[i] = (conc_waitable){ .kind = CONC_WAIT_CONN, .u.conn = a[i] };
     }
     /* An fd waited on for POLLOUT: an empty pipe's write end is ready. */
@@ -1003,7 +1005,7 @@ Test(wait, many_entries_and_fd_events, .timeout = 30)
     cr_assert_eq(conc_wait(w, N + 1, 0), 1);
     cr_assert(w[N].ready);
     for (int i = 3; i < N; i += 7)
-        cr_assert_eq(conc_conn_send_bytes(b[i], "x", 1), 0);
+        cr_assert_eq(conc_conn_send_bytes(b[i], "x", 1, CONC_FOREVER), 0);
     cr_assert_eq(conc_wait(w, N, 5.0), 6);
     for (int i = 0; i < N; i++)
         cr_assert_eq(w[i].ready, i >= 3 && (i - 3) % 7 == 0, "entry %d", i);
@@ -1028,11 +1030,11 @@ Test(pipe, from_fd, .timeout = 30)
     cr_assert_eq(conc_conn_from_fd(&r, fds[0], CONC_CONN_READABLE), 0);
     cr_assert_eq(conc_conn_from_fd(&w, fds[1], CONC_CONN_WRITABLE), 0);
     cr_assert_eq(conc_conn_fd(r), fds[0]);
-    cr_assert_eq(conc_conn_send_bytes(w, "fd", 2), 0);
+    cr_assert_eq(conc_conn_send_bytes(w, "fd", 2, CONC_FOREVER), 0);
     char buf[4];
     cr_assert_eq(conc_conn_recv_bytes(r, buf, sizeof buf, 1.0), 2);
     cr_assert_eq(conc_conn_recv_bytes(r, buf, sizeof buf, 0.05), -ETIMEDOUT);
-    cr_assert_eq(conc_conn_send_bytes(r, "x", 1), -EPERM);
+    cr_assert_eq(conc_conn_send_bytes(r, "x", 1, CONC_FOREVER), -EPERM);
     conc_conn_free(r);
     conc_conn_free(w);
     /* The connection owned the fds: both are closed now. */
@@ -1042,14 +1044,14 @@ Test(pipe, from_fd, .timeout = 30)
 
     /* A socket passed on (as to a forkserver child): both ways. */
     conc_conn *a, *b, *c;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     int dup_fd = dup(conc_conn_fd(b));
     cr_assert_geq(dup_fd, 0);
     conc_conn_free(b);
     cr_assert_eq(conc_conn_from_fd(&c, dup_fd, 0), 0);
-    cr_assert_eq(conc_conn_send_bytes(c, "via", 3), 0);
+    cr_assert_eq(conc_conn_send_bytes(c, "via", 3, CONC_FOREVER), 0);
     cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 1.0), 3);
-    cr_assert_eq(conc_conn_send_bytes(a, "back", 4), 0);
+    cr_assert_eq(conc_conn_send_bytes(a, "back", 4, CONC_FOREVER), 0);
     cr_assert_eq(conc_conn_recv_bytes(c, buf, sizeof buf, 1.0), 4);
     cr_assert_eq(memcmp(buf, "back", 4), 0);
     conc_conn_free(a);
@@ -1074,7 +1076,7 @@ static int echo_reversed(const void *arg, size_t len)
         buf[i] = buf[n - 1 - i];
         buf[n - 1 - i] = t;
     }
-    int rc = conc_conn_send_bytes(c, buf, (size_t)n) == 0 ? 0 : 13;
+    int rc = conc_conn_send_bytes(c, buf, (size_t)n, CONC_FOREVER) == 0 ? 0 : 13;
     conc_conn_free(c);
     return rc;
 }
@@ -1082,7 +1084,7 @@ static int echo_reversed(const void *arg, size_t len)
 static void pass_to_child(conc_start_method method)
 {
     conc_conn *a, *b;
-    cr_assert_eq(conc_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
     int fd = conc_conn_fd(b);
     conc_process *p;
     cr_assert_eq(conc_process_new(&p, echo_reversed, &fd, sizeof fd,
@@ -1090,7 +1092,7 @@ static void pass_to_child(conc_start_method method)
                                                         .pass_fds = &fd, .npass_fds = 1 }), 0);
     cr_assert_eq(conc_process_start(p), 0);
     conc_conn_free(b);
-    cr_assert_eq(conc_conn_send_bytes(a, "stressed", 8), 0);
+    cr_assert_eq(conc_conn_send_bytes(a, "stressed", 8, CONC_FOREVER), 0);
     char buf[16];
     cr_assert_eq(conc_conn_recv_bytes(a, buf, sizeof buf, 20.0), 8);
     cr_assert_eq(memcmp(buf, "desserts", 8), 0);
@@ -1119,8 +1121,8 @@ Test(pipe, no_descriptor_leak, .timeout = 30)
     int base = count_fds();
     for (int i = 0; i < 200; i++) {
         conc_conn *a, *b;
-        cr_assert_eq(conc_pipe(&a, &b, i % 2), 0);
-        cr_assert_eq(conc_conn_send_bytes(b, "x", 1), 0);
+        cr_assert_eq(conc_conn_pipe(&a, &b, i % 2), 0);
+        cr_assert_eq(conc_conn_send_bytes(b, "x", 1, CONC_FOREVER), 0);
         conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = a };
         cr_assert_eq(conc_wait(&w, 1, 1.0), 1);
         if (i % 3 == 0)

@@ -60,7 +60,7 @@ enum mode {
     M_SLEEP_WRITE,      /* sleep ms, then write text to fd */
     M_REPORT,           /* write a struct report to fd */
     M_TRY_START,        /* start a child; return the error as a positive code */
-    M_AFFINITY,         /* pin to one CPU, return conc_cpu_count() */
+    M_AFFINITY,         /* pin to one CPU, return conc_process_cpu_count() */
     M_FD_OPEN,          /* return 1 when fd (value) is open, 0 when not */
     M_SUPERVISE,        /* start daemon children of every method (and a
                            forkserver one without the parent-death signal),
@@ -223,7 +223,7 @@ static int job_main(const void *arg, size_t len)
         CPU_SET(first, &set);
         if (sched_setaffinity(0, sizeof set, &set) != 0)
             return 94;
-        return conc_cpu_count();
+        return conc_process_cpu_count();
     }
     case M_FD_OPEN:
         return fcntl(j->value, F_GETFD) >= 0;
@@ -496,13 +496,13 @@ Test(process, unstarted_object, .timeout = 30)
 
 Test(process, start_method_setting, .timeout = 30)
 {
-    cr_assert_eq(conc_get_start_method(), CONC_START_FORK);
-    cr_assert_eq(conc_set_start_method(CONC_START_DEFAULT), -EINVAL);
-    cr_assert_eq(conc_set_start_method((conc_start_method)9), -EINVAL);
-    cr_assert_eq(conc_get_start_method(), CONC_START_FORK);
+    cr_assert_eq(conc_process_start_method(), CONC_START_FORK);
+    cr_assert_eq(conc_process_set_start_method(CONC_START_DEFAULT), -EINVAL);
+    cr_assert_eq(conc_process_set_start_method((conc_start_method)9), -EINVAL);
+    cr_assert_eq(conc_process_start_method(), CONC_START_FORK);
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(conc_set_start_method(all_methods[i]), 0);
-        cr_assert_eq(conc_get_start_method(), all_methods[i]);
+        cr_assert_eq(conc_process_set_start_method(all_methods[i]), 0);
+        cr_assert_eq(conc_process_start_method(), all_methods[i]);
     }
 }
 
@@ -510,8 +510,8 @@ Test(process, cpu_count_matches_affinity, .timeout = 30)
 {
     cpu_set_t set;
     cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
-    cr_assert_eq(conc_cpu_count(), CPU_COUNT(&set));
-    cr_assert_geq(conc_cpu_count(), 1);
+    cr_assert_eq(conc_process_cpu_count(), CPU_COUNT(&set));
+    cr_assert_geq(conc_process_cpu_count(), 1);
     struct job j = { .mode = M_AFFINITY };
     cr_assert_eq(run_code(&j, CONC_START_FORK), 1, "a child pinned to one CPU counts one");
 }
@@ -1104,7 +1104,7 @@ Test(spawn, threaded_parent_is_never_forked, .timeout = 30)
 Test(forkserver, global_method_is_used, .timeout = 30)
 {
     pthread_atfork(count_fork, NULL, NULL);
-    cr_assert_eq(conc_set_start_method(CONC_START_FORKSERVER), 0);
+    cr_assert_eq(conc_process_set_start_method(CONC_START_FORKSERVER), 0);
     struct job j = { .mode = M_RETURN, .value = 21 };
     int before = atomic_load(&forks_seen);
     cr_assert_eq(run_code(&j, CONC_START_DEFAULT), 21);
@@ -1121,7 +1121,7 @@ static int report_method(const void *arg, size_t len)
 {
     (void)arg;
     (void)len;
-    return touched_before_start * 4 + (int)conc_get_start_method();
+    return touched_before_start * 4 + (int)conc_process_start_method();
 }
 
 /* Reports its own start method, and how its child started with the default
@@ -1130,7 +1130,7 @@ static int report_methods(const void *arg, size_t len)
 {
     (void)arg;
     (void)len;
-    int m = (int)conc_get_start_method();
+    int m = (int)conc_process_start_method();
     touched_before_start = 1;
     conc_process *p = NULL;
     if (conc_process_new(&p, report_method, NULL, 0, NULL) != 0 || conc_process_start(p) != 0)

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1520,4 +1521,48 @@ Test(deque, threads_exact_counts, .timeout = 30)
     cr_assert_eq(conc_deque_len(w->d), 0);
     conc_deque_free(w->d);
     free(w);
+}
+
+/* Options structs can grow: size 0 is the first version (every field read),
+ * CONC_X_OPTS_INIT fills size, and a size that stops before a field makes
+ * conc leave that field at its default (an older caller's struct). */
+Test(queue, options_size, .timeout = 30)
+{
+    conc_queue *q;
+    cr_assert_eq(conc_queue_new(&q, &(conc_queue_opts){ .maxsize = 3 }), 0);
+    cr_assert_eq(conc_queue_maxsize(q), 3);
+    conc_queue_free(q);
+
+    conc_queue_opts o = CONC_QUEUE_OPTS_INIT;
+    cr_assert_eq(o.size, sizeof(conc_queue_opts));
+    o.maxsize = 4;
+    cr_assert_eq(conc_queue_new(&q, &o), 0);
+    cr_assert_eq(conc_queue_maxsize(q), 4);
+    conc_queue_free(q);
+
+    o.size = (uint32_t)offsetof(conc_queue_opts, maxsize);
+    o.kind = CONC_QUEUE_LIFO;
+    cr_assert_eq(conc_queue_new(&q, &o), 0);
+    cr_assert_eq(conc_queue_maxsize(q), 0, "maxsize is past the caller's size");
+    cr_assert_eq(conc_queue_put(q, (void *)1, 0), 0);
+    cr_assert_eq(conc_queue_put(q, (void *)2, 0), 0);
+    void *out;
+    cr_assert_eq(conc_queue_get(q, &out, 0), 0);
+    cr_assert_eq(out, (void *)2, "kind is within the caller's size: a LIFO");
+    conc_queue_free(q);
+
+    conc_deque *d;
+    conc_deque_opts dopts = CONC_DEQUE_OPTS_INIT;
+    cr_assert_eq(dopts.size, sizeof(conc_deque_opts));
+    dopts.maxlen = 2;
+    cr_assert_eq(conc_deque_new(&d, &dopts), 0);
+    cr_assert_eq(conc_deque_maxlen(d), 2);
+    conc_deque_free(d);
+    dopts.size = (uint32_t)offsetof(conc_deque_opts, maxlen);
+    cr_assert_eq(conc_deque_new(&d, &dopts), 0);
+    cr_assert_eq(conc_deque_maxlen(d), 0);
+    conc_deque_free(d);
+    cr_assert_eq(conc_deque_new(&d, &(conc_deque_opts){ .maxlen = 5 }), 0);
+    cr_assert_eq(conc_deque_maxlen(d), 5);
+    conc_deque_free(d);
 }

@@ -591,7 +591,7 @@ Test(shm, create_attach_size_name, .timeout = 30)
     conc_shm *u;
     cr_assert_eq(conc_shm_open(&u, slash, 100, 0), 0);
     cr_assert_eq(conc_shm_size(u), 100);
-    conc_shm_close(u);
+    conc_shm_free(u);
     cr_assert_eq(conc_shm_open(&u, n, 10001, 0), -EINVAL, "larger than the segment");
     cr_assert_null(u);
 
@@ -602,16 +602,16 @@ Test(shm, create_attach_size_name, .timeout = 30)
         if (conc_shm_open(&c, n, 0, 0) != 0)
             _exit(1);
         ((char *)conc_shm_buf(c))[9999] = 'Z';
-        conc_shm_close(c);
+        conc_shm_free(c);
         _exit(0);
     }
     cr_assert_eq(reap(pid), 0);
     cr_assert_eq(buf[9999], 'Z');
     cr_assert_eq(((unsigned char *)conc_shm_buf(t))[9999], 'Z');
 
-    cr_assert_eq(conc_shm_close(t), 0, "an attacher's close keeps the name");
+    conc_shm_free(t);
     cr_assert(shm_exists(n));
-    cr_assert_eq(conc_shm_close(s), 0);
+    conc_shm_free(s);
     cr_assert_not(shm_exists(n), "the creator's close removes the name");
     cr_assert_eq(conc_shm_open(&t, n, 0, 0), -ENOENT);
     END_CHECKS;
@@ -627,7 +627,7 @@ Test(shm, create_twice_is_eexist, .timeout = 30)
     cr_assert_eq(conc_shm_open(&t, n, 64, CONC_SHM_CREATE), -EEXIST);
     cr_assert_null(t);
     cr_assert_eq(conc_shm_open(&t, n, 64, CONC_SHM_CREATE | CONC_SHM_KEEP), -EEXIST);
-    conc_shm_close(s);
+    conc_shm_free(s);
     cr_assert_not(shm_exists(n));
     END_CHECKS;
 }
@@ -665,7 +665,7 @@ Test(shm, mode_is_0600_whatever_the_umask, .timeout = 30)
         snprintf(path, sizeof path, "/dev/shm/%s", n);
         cr_assert_eq(stat(path, &st), 0);
         cr_assert_eq(st.st_mode & 07777, 0600);
-        conc_shm_close(s);
+        conc_shm_free(s);
     }
     END_CHECKS;
 }
@@ -678,11 +678,11 @@ Test(shm, keep_leaves_the_name, .timeout = 30)
     conc_shm *s;
     cr_assert_eq(conc_shm_open(&s, n, 128, CONC_SHM_CREATE | CONC_SHM_KEEP), 0);
     strcpy(conc_shm_buf(s), "kept");
-    cr_assert_eq(conc_shm_close(s), 0);
+    conc_shm_free(s);
     cr_assert(shm_exists(n));
     cr_assert_eq(conc_shm_open(&s, n, 0, 0), 0);
     cr_assert_str_eq(conc_shm_buf(s), "kept", "the contents survive without a mapping");
-    cr_assert_eq(conc_shm_close(s), 0);
+    conc_shm_free(s);
     cr_assert(shm_exists(n));
     cr_assert_eq(conc_shm_unlink_name(n), 0);
     cr_assert_not(shm_exists(n));
@@ -701,13 +701,13 @@ Test(shm, fork_child_close_keeps_the_name, .timeout = 30)
     if (pid == 0) {
         /* The inherited handle: the child is not the creator. */
         ((char *)conc_shm_buf(s))[0] = 'c';
-        conc_shm_close(s);
+        conc_shm_free(s);
         _exit(shm_exists(n) ? 0 : 1);
     }
     cr_assert_eq(reap(pid), 0);
     cr_assert(shm_exists(n), "a fork child's close does not unlink");
     cr_assert_eq(((char *)conc_shm_buf(s))[0], 'c');
-    conc_shm_close(s);
+    conc_shm_free(s);
     cr_assert_not(shm_exists(n));
     END_CHECKS;
 }
@@ -726,9 +726,9 @@ Test(shm, unlink_keeps_mappings, .timeout = 30)
     cr_assert_str_eq(conc_shm_buf(t), "still mapped");
     cr_assert_eq(conc_shm_unlink(t), -ENOENT);
     cr_assert_eq(conc_shm_unlink(s), -ENOENT);
-    conc_shm_close(t);
+    conc_shm_free(t);
     cr_assert_eq(conc_shm_open(&t, n, 0, 0), -ENOENT);
-    conc_shm_close(s);
+    conc_shm_free(s);
     END_CHECKS;
 }
 
@@ -741,9 +741,9 @@ Test(shm, close_never_removes_a_newer_segment, .timeout = 30)
     cr_assert_eq(conc_shm_open(&a, n, 4096, CONC_SHM_CREATE), 0);
     cr_assert_eq(conc_shm_unlink_name(n), 0);
     cr_assert_eq(conc_shm_open(&b, n, 8192, CONC_SHM_CREATE), 0, "the name is free again");
-    cr_assert_eq(conc_shm_close(a), 0);
+    conc_shm_free(a);
     cr_assert(shm_exists(n), "a's close left b's segment alone");
-    cr_assert_eq(conc_shm_close(b), 0);
+    conc_shm_free(b);
     cr_assert_not(shm_exists(n));
     END_CHECKS;
 }
@@ -773,11 +773,11 @@ Test(shm, generated_names, .timeout = 30)
     cr_assert_str_eq(conc_shm_name(b), want);
     cr_assert_eq(conc_shm_open(&c, NULL, 100, CONC_SHM_CREATE), 0);
     cr_assert_str_neq(conc_shm_name(c), conc_shm_name(b));
-    conc_shm_close(x1);
-    conc_shm_close(x2);
-    conc_shm_close(a);
-    conc_shm_close(b);
-    conc_shm_close(c);
+    conc_shm_free(x1);
+    conc_shm_free(x2);
+    conc_shm_free(a);
+    conc_shm_free(b);
+    conc_shm_free(c);
     END_CHECKS;
 }
 
@@ -802,7 +802,7 @@ Test(shm, anonymous_segments, .timeout = 30)
             strcmp(conc_shm_buf(t), "from the child") != 0)
             _exit(2);
         ((char *)conc_shm_buf(t))[4999] = 'E';
-        conc_shm_close(t);
+        conc_shm_free(t);
         _exit(0);
     }
     cr_assert_eq(reap(pid), 0);
@@ -815,7 +815,7 @@ Test(shm, anonymous_segments, .timeout = 30)
     cr_assert_eq(conc_lock_acquire(l, 0), 0);
     cr_assert_eq(conc_lock_release(l), 0);
 
-    cr_assert_eq(conc_shm_close(s), 0);
+    conc_shm_free(s);
     conc_shm *t = (conc_shm *)1;
     cr_assert_eq(conc_shm_open(&t, NULL, 10, CONC_SHM_ANON), -EINVAL, "ANON needs CREATE");
     cr_assert_null(t);
@@ -841,7 +841,7 @@ Test(shm, attach_fd_of_a_named_segment, .timeout = 30)
         if (conc_shm_size(t) != 3000 || strcmp(conc_shm_name(t), "") != 0)
             _exit(2);
         ((char *)conc_shm_buf(t))[0] = 'F';
-        conc_shm_close(t);
+        conc_shm_free(t);
         _exit(shm_exists(n) ? 0 : 3);
     }
     cr_assert_eq(reap(pid), 0);
@@ -859,7 +859,7 @@ Test(shm, attach_fd_of_a_named_segment, .timeout = 30)
     int empty = memfd_create("empty", MFD_CLOEXEC);
     cr_assert_eq(conc_shm_attach_fd(&t, empty), -EINVAL);
     close(empty);
-    conc_shm_close(s);
+    conc_shm_free(s);
     END_CHECKS;
 }
 
@@ -881,7 +881,7 @@ Test(shm, bad_names_sizes_flags, .timeout = 30)
     longest[CONC_SHM_NAME_MAX + 1] = '\0';      /* '/' + CONC_SHM_NAME_MAX bytes */
     cr_assert_eq(conc_shm_open(&s, longest, 64, CONC_SHM_CREATE), 0);
     cr_assert_eq(strlen(conc_shm_name(s)), CONC_SHM_NAME_MAX);
-    conc_shm_close(s);
+    conc_shm_free(s);
     longest[CONC_SHM_NAME_MAX + 1] = 'x';
     longest[CONC_SHM_NAME_MAX + 2] = '\0';
     cr_assert_eq(conc_shm_open(&s, longest, 64, CONC_SHM_CREATE), -EINVAL);
@@ -908,7 +908,7 @@ Test(shm, bad_names_sizes_flags, .timeout = 30)
     cr_assert_eq(conc_shm_unlink_name(n), 0);
 
     /* NULL handles */
-    cr_assert_eq(conc_shm_close(NULL), 0);
+    conc_shm_free(NULL);
     cr_assert_eq(conc_shm_unlink(NULL), -EINVAL);
     cr_assert_null(conc_shm_buf(NULL));
     cr_assert_eq(conc_shm_size(NULL), 0);
@@ -956,7 +956,7 @@ Test(shm, cleanup_removes_segments_of_dead_pids, .timeout = 30)
     cr_assert(shm_exists(mine), "the caller's own segments stay");
     cr_assert(shm_exists(zero), "only names as conc generates them");
     for (int i = 0; i < 5; i++)
-        conc_shm_close(s[i]);
+        conc_shm_free(s[i]);
     cr_assert_eq(conc_shm_unlink_name(zero), 0);
     cr_assert_eq(conc_shm_unlink_name(live), 0);
     cr_assert_eq(conc_shm_unlink_name(other), 0);
@@ -1042,11 +1042,11 @@ __attribute__((constructor)) static void shm_child_main(void)
     /* A second one that is closed explicitly before exit. */
     if (conc_shm_open(&child_segments[1], NULL, 4096, CONC_SHM_CREATE) != 0)
         _exit(9);
-    conc_shm_close(child_segments[1]);
+    conc_shm_free(child_segments[1]);
     child_segments[1] = NULL;
     if (dprintf(fd, "%s\n", conc_shm_name(child_segments[0])) < 0)
         _exit(10);
-    exit(0);                            /* without conc_shm_close */
+    exit(0);                            /* without conc_shm_free */
 }
 
 extern char **environ;
@@ -1105,7 +1105,7 @@ Test(shm, normal_exit_keeps_keep_names, .timeout = 30)
     cr_assert_eq(conc_shm_open(&s, name, 0, 0), 0);
     cr_assert_eq(conc_shm_size(s), 4096);
     cr_assert_eq(conc_shm_unlink(s), 0);
-    conc_shm_close(s);
+    conc_shm_free(s);
     cr_assert_not(shm_exists(name));
     END_CHECKS;
 }

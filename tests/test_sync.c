@@ -1177,7 +1177,7 @@ Test(cond, wait_without_lock_is_eperm, .timeout = 30)
     cr_assert_eq(conc_cond_wait_until(&c, &l, CONC_NO_DEADLINE), -EPERM);
     cr_assert(!conc_lock_locked(&l), "a failed wait left the lock locked");
     cr_assert_eq(conc_cond_wait_r(&c, &rl, CONC_FOREVER), -EPERM);
-    cr_assert_eq(conc_cond_wait_until_r(&c, &rl, CONC_NO_DEADLINE), -EPERM);
+    cr_assert_eq(conc_cond_wait_r_until(&c, &rl, CONC_NO_DEADLINE), -EPERM);
     cr_assert(!conc_rlock_is_owned(&rl));
     cr_assert_eq(conc_rlock_acquire(&rl, 0), 0, "a failed wait_r left the rlock taken");
     cr_assert_eq(conc_rlock_release(&rl), 0);
@@ -1205,7 +1205,7 @@ static void *cond_intruder_fn(void *p)
     if (a->rl) {
         a->rc_wait = conc_cond_wait_r(a->c, a->rl, CONC_FOREVER);
         a->rc_wait0 = conc_cond_wait_r(a->c, a->rl, 0);
-        a->rc_until = conc_cond_wait_until_r(a->c, a->rl, CONC_NO_DEADLINE);
+        a->rc_until = conc_cond_wait_r_until(a->c, a->rl, CONC_NO_DEADLINE);
         a->rc_wait_for = conc_cond_wait_for_r(a->c, a->rl, pred_true_counting, &a->pred_calls,
                                               CONC_FOREVER);
     } else {
@@ -1286,9 +1286,9 @@ Test(cond, bad_arguments, .timeout = 30)
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     cr_assert_eq(conc_cond_wait_r(NULL, &rl, 0), -EINVAL);
     cr_assert_eq(conc_cond_wait_r(&c, NULL, 0), -EINVAL);
-    cr_assert_eq(conc_cond_wait_until_r(&c, NULL, 0), -EINVAL);
+    cr_assert_eq(conc_cond_wait_r_until(&c, NULL, 0), -EINVAL);
     cr_assert_eq(conc_cond_wait_for_r(&c, &rl, NULL, NULL, 0), -EINVAL);
-    cr_assert_eq(conc_cond_wait_for_until_r(&c, &rl, NULL, NULL, 0), -EINVAL);
+    cr_assert_eq(conc_cond_wait_for_r_until(&c, &rl, NULL, NULL, 0), -EINVAL);
     for (size_t i = 0; i < N_BAD_TIMEOUTS; i++)
         cr_assert_eq(conc_cond_wait_r(&c, &rl, bad_timeouts[i]), -EINVAL, "timeout %g", bad_timeouts[i]);
     cr_assert_eq(conc_rlock_depth(&rl), 1);
@@ -1343,7 +1343,7 @@ Test(cond, wait_timeout_reacquires, .timeout = 30)
     cr_assert_eq(conc_rlock_depth(&rl), 3);
     cr_assert_eq(conc_cond_wait_r(&c, &rl, 0), -ETIMEDOUT);
     cr_assert_eq(conc_rlock_depth(&rl), 3);
-    cr_assert_eq(conc_cond_wait_until_r(&c, &rl, conc_now() - 1), -ETIMEDOUT);
+    cr_assert_eq(conc_cond_wait_r_until(&c, &rl, conc_now() - 1), -ETIMEDOUT);
     cr_assert_eq(conc_rlock_depth(&rl), 3);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(conc_rlock_release(&rl), 0);
@@ -1720,7 +1720,7 @@ Test(cond, wait_for_true_at_once, .timeout = 30)
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     cr_assert_eq(conc_cond_wait_for_r(&c, &rl, pred_value_reached, &r, 0), 0);
-    cr_assert_eq(conc_cond_wait_for_until_r(&c, &rl, pred_value_reached, &r, CONC_NO_DEADLINE), 0);
+    cr_assert_eq(conc_cond_wait_for_r_until(&c, &rl, pred_value_reached, &r, CONC_NO_DEADLINE), 0);
     cr_assert_eq(r.calls, 2);
     cr_assert(!r.bad);
     cr_assert_eq(conc_rlock_depth(&rl), 2);
@@ -1817,7 +1817,7 @@ Test(cond, wait_for_becomes_true_later, .timeout = 30)
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     t = spawn(stepper_fn, &rt);
-    cr_assert_eq(conc_cond_wait_for_until_r(&c, &rl, pred_value_reached, &r, CONC_NO_DEADLINE), 0);
+    cr_assert_eq(conc_cond_wait_for_r_until(&c, &rl, pred_value_reached, &r, CONC_NO_DEADLINE), 0);
     cr_assert_eq(r.value, 2);
     cr_assert_eq(conc_rlock_depth(&rl), 2);
     cr_assert(!r.bad);
@@ -1835,7 +1835,7 @@ Test(cond, wait_for_without_lock_is_eperm, .timeout = 30)
     cr_assert_eq(conc_cond_wait_for(&c, &l, pred_true_counting, &calls, CONC_FOREVER), -EPERM);
     cr_assert_eq(conc_cond_wait_for_until(&c, &l, pred_true_counting, &calls, 0), -EPERM);
     cr_assert_eq(conc_cond_wait_for_r(&c, &rl, pred_true_counting, &calls, 0), -EPERM);
-    cr_assert_eq(conc_cond_wait_for_until_r(&c, &rl, pred_true_counting, &calls, 0), -EPERM);
+    cr_assert_eq(conc_cond_wait_for_r_until(&c, &rl, pred_true_counting, &calls, 0), -EPERM);
     cr_assert_eq(calls, 0);
     cr_assert(!conc_lock_locked(&l));
     cr_assert(!conc_rlock_is_owned(&rl));
@@ -3016,4 +3016,31 @@ Test(owner, greenlets_of_several_hubs, .timeout = 30)
     cr_assert_eq(atomic_load(&own.bad), 0);
     cr_assert_eq(own.count, (long)OWN_THREADS * OWN_GREENLETS * OWN_ITERS);
     cr_assert_not(conc_rlock_is_owned(&own.rl));
+}
+
+/* The inline structs keep reserved words, so a field can be added without
+ * a layout change: _init and the static initializers leave them zero and
+ * agree byte for byte. */
+Test(layout, reserved_space_is_zero_and_inits_agree, .timeout = 30)
+{
+    conc_sem sem, sem0 = CONC_SEM_INIT(3);
+    memset(&sem, 0xff, sizeof sem);
+    cr_assert_eq(conc_sem_init(&sem, 3, 0), 0);
+    cr_assert_eq(memcmp(&sem, &sem0, sizeof sem), 0);
+    for (size_t i = 0; i < sizeof sem._reserved / sizeof sem._reserved[0]; i++)
+        cr_assert_eq(sem._reserved[i], 0);
+
+    conc_event ev, ev0 = CONC_EVENT_INIT_SHARED;
+    memset(&ev, 0xff, sizeof ev);
+    cr_assert_eq(conc_event_init(&ev, CONC_SYNC_SHARED), 0);
+    cr_assert_eq(memcmp(&ev, &ev0, sizeof ev), 0);
+    for (size_t i = 0; i < sizeof ev._reserved / sizeof ev._reserved[0]; i++)
+        cr_assert_eq(ev._reserved[i], 0);
+
+    conc_cond cond, cond0 = CONC_COND_INIT;
+    memset(&cond, 0xff, sizeof cond);
+    cr_assert_eq(conc_cond_init(&cond, 0), 0);
+    cr_assert_eq(memcmp(&cond, &cond0, sizeof cond), 0);
+    for (size_t i = 0; i < sizeof cond._reserved / sizeof cond._reserved[0]; i++)
+        cr_assert_eq(cond._reserved[i], 0);
 }

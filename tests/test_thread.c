@@ -5,6 +5,10 @@
  * Criterion runs every test in its own process.  Assertions are made in the
  * test's own thread only: helper threads record what they saw and the test
  * checks it after joining them.
+ *
+ * Every test has the same .timeout (see test_sync.c: Criterion leaks its
+ * queued timeouts when a later test has an earlier deadline, which
+ * LeakSanitizer reports).
  */
 #include <criterion/criterion.h>
 
@@ -15,6 +19,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,7 +124,7 @@ static void *double_after_gate(void *arg)
     return (void *)(g->in * 2);
 }
 
-Test(thread, start_join_result, .timeout = 30)
+Test(thread, start_join_result, .timeout = 60)
 {
     conc_event gate = CONC_EVENT_INIT;
     struct gated g = { &gate, 21 };
@@ -149,7 +154,7 @@ Test(thread, start_join_result, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(thread, bad_arguments, .timeout = 30)
+Test(thread, bad_arguments, .timeout = 60)
 {
     conc_thread *t = NULL;
     void *res;
@@ -164,7 +169,7 @@ Test(thread, bad_arguments, .timeout = 30)
     conc_thread_free(NULL); /* a no-op */
 }
 
-Test(thread, start_twice, .timeout = 30)
+Test(thread, start_twice, .timeout = 60)
 {
     conc_event gate = CONC_EVENT_INIT;
     conc_thread *t = spawn(wait_event_fn, &gate, NULL);
@@ -189,7 +194,7 @@ static void *join_self_fn(void *arg)
     return NULL;
 }
 
-Test(thread, join_errors, .timeout = 30)
+Test(thread, join_errors, .timeout = 60)
 {
     conc_thread *t = make(noop_fn, NULL, NULL);
     cr_assert_eq(conc_thread_join(t, CONC_FOREVER), -EINVAL, "join before start");
@@ -216,7 +221,7 @@ Test(thread, join_errors, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(thread, join_timeout, .timeout = 30)
+Test(thread, join_timeout, .timeout = 60)
 {
     conc_event gate = CONC_EVENT_INIT;
     conc_thread *t = spawn(wait_event_fn, &gate, NULL);
@@ -252,7 +257,7 @@ static void *joiner_fn(void *arg)
     return NULL;
 }
 
-Test(thread, many_joiners, .timeout = 30)
+Test(thread, many_joiners, .timeout = 60)
 {
     enum { N = 8 };
     conc_event gate = CONC_EVENT_INIT;
@@ -313,7 +318,7 @@ static void *record_name_fn(void *arg)
     return NULL;
 }
 
-Test(thread, names, .timeout = 30)
+Test(thread, names, .timeout = 60)
 {
     conc_thread *a = make(noop_fn, NULL, NULL);
     conc_thread *b = make(noop_fn, NULL, NULL);
@@ -362,7 +367,7 @@ Test(thread, names, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(thread, name_copies_like_snprintf, .timeout = 30)
+Test(thread, name_copies_like_snprintf, .timeout = 60)
 {
     conc_thread_opts o = { .name = "copied-name" };
     conc_thread *t = make(noop_fn, NULL, &o);
@@ -463,7 +468,7 @@ static void read_comm(pid_t tid, char *out, size_t cap)
     out[strcspn(out, "\n")] = '\0';
 }
 
-Test(thread, os_name_of_running_thread, .timeout = 30)
+Test(thread, os_name_of_running_thread, .timeout = 60)
 {
     conc_event gate = CONC_EVENT_INIT;
     conc_thread *t = spawn(wait_event_fn, &gate, NULL);
@@ -502,7 +507,7 @@ static void *ids_fn(void *arg)
     return NULL;
 }
 
-Test(thread, ident_and_native_id, .timeout = 30)
+Test(thread, ident_and_native_id, .timeout = 60)
 {
     enum { N = 4 };
     conc_event gate = CONC_EVENT_INIT;
@@ -588,7 +593,7 @@ static void *probe_children_fn(void *arg)
     return NULL;
 }
 
-Test(thread, daemon_flag, .timeout = 30)
+Test(thread, daemon_flag, .timeout = 60)
 {
     cr_assert_not(conc_thread_daemon(conc_thread_main()), "MainThread is not a daemon");
 
@@ -633,7 +638,7 @@ Test(thread, daemon_flag, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(thread, daemon_inherited_from_creator, .timeout = 30)
+Test(thread, daemon_inherited_from_creator, .timeout = 60)
 {
     struct daemon_probe pd = { -1, -1, -1, -1 }, pn = { -1, -1, -1, -1 };
     conc_thread_opts o = { .daemon = CONC_DAEMON };
@@ -665,7 +670,7 @@ static void *alive_fn(void *arg)
     return NULL;
 }
 
-Test(thread, is_alive, .timeout = 30)
+Test(thread, is_alive, .timeout = 60)
 {
     conc_event evs[2] = { CONC_EVENT_INIT, CONC_EVENT_INIT };
     conc_thread *t = make(alive_fn, evs, NULL);
@@ -701,7 +706,7 @@ static bool detached_finished(void *arg)
     return atomic_load(&detached_done) == *(int *)arg;
 }
 
-Test(thread, free_running_handle, .timeout = 30)
+Test(thread, free_running_handle, .timeout = 60)
 {
     static conc_event gate = CONC_EVENT_INIT;
     int base = conc_thread_active_count();
@@ -751,7 +756,7 @@ static void *current_fn(void *arg)
     return NULL;
 }
 
-Test(thread, current_and_main, .timeout = 30)
+Test(thread, current_and_main, .timeout = 60)
 {
     conc_thread *m = conc_thread_main();
     cr_assert_not_null(m);
@@ -828,7 +833,7 @@ static void *foreign_fn(void *arg)
     return NULL;
 }
 
-Test(thread, foreign_thread_gets_dummy_handle, .timeout = 30)
+Test(thread, foreign_thread_gets_dummy_handle, .timeout = 60)
 {
     struct foreign_probe p;
     memset(&p, 0, sizeof p);
@@ -875,7 +880,7 @@ static void *dummy_holder_fn(void *arg)
     return NULL;
 }
 
-Test(thread, join_dummy_fails_at_once, .timeout = 30)
+Test(thread, join_dummy_fails_at_once, .timeout = 60)
 {
     struct dummy_holder h = { .ready = CONC_EVENT_INIT, .go = CONC_EVENT_INIT };
     pthread_t pt;
@@ -893,7 +898,7 @@ Test(thread, join_dummy_fails_at_once, .timeout = 30)
     cr_assert_eq(pthread_join(pt, NULL), 0);
 }
 
-Test(thread, free_dummy_handle_is_ignored, .timeout = 30)
+Test(thread, free_dummy_handle_is_ignored, .timeout = 60)
 {
     struct dummy_holder h = { .ready = CONC_EVENT_INIT, .go = CONC_EVENT_INIT };
     int base = conc_thread_active_count();
@@ -1006,7 +1011,7 @@ static void check_fork_child(struct forker *f)
                  WEXITSTATUS(status));
 }
 
-Test(thread, fork_from_other_thread_makes_it_main, .timeout = 30)
+Test(thread, fork_from_other_thread_makes_it_main, .timeout = 60)
 {
     struct forker f = { .how = FORK_FROM_CONC, .old_main = conc_thread_main() };
     conc_thread_opts o = { .name = "forker" };
@@ -1018,7 +1023,7 @@ Test(thread, fork_from_other_thread_makes_it_main, .timeout = 30)
     cr_assert(conc_thread_is_alive(f.old_main));
 }
 
-Test(thread, fork_from_dummy_thread_makes_it_main, .timeout = 30)
+Test(thread, fork_from_dummy_thread_makes_it_main, .timeout = 60)
 {
     struct forker f = { .how = FORK_FROM_DUMMY, .old_main = conc_thread_main() };
     pthread_t pt;
@@ -1027,7 +1032,7 @@ Test(thread, fork_from_dummy_thread_makes_it_main, .timeout = 30)
     check_fork_child(&f);
 }
 
-Test(thread, fork_from_foreign_thread_makes_it_main, .timeout = 30)
+Test(thread, fork_from_foreign_thread_makes_it_main, .timeout = 60)
 {
     struct forker f = { .how = FORK_FROM_FOREIGN, .old_main = conc_thread_main() };
     pthread_t pt;
@@ -1038,7 +1043,7 @@ Test(thread, fork_from_foreign_thread_makes_it_main, .timeout = 30)
 
 /* ----------------------------------------------- active_count, enumerate */
 
-Test(thread, active_count_and_enumerate, .timeout = 30)
+Test(thread, active_count_and_enumerate, .timeout = 60)
 {
     enum { N = 5, CAP = 64 };
     int base = conc_thread_active_count();
@@ -1146,7 +1151,7 @@ static unsigned expected_sum(size_t n)
     return s;
 }
 
-Test(thread, stack_size, .timeout = 30)
+Test(thread, stack_size, .timeout = 60)
 {
     cr_assert_eq(conc_thread_stack_size(), 0u, "default: the system's");
     cr_assert_eq(conc_thread_set_stack_size(1000), -EINVAL);
@@ -1242,7 +1247,7 @@ static void *tls_fn(void *arg)
     return NULL;
 }
 
-Test(thread, local_storage, .timeout = 30)
+Test(thread, local_storage, .timeout = 60)
 {
     cr_assert_eq(conc_local_new(NULL, NULL), -EINVAL);
     cr_assert_eq(conc_local_set(NULL, NULL), -EINVAL);
@@ -1309,7 +1314,7 @@ static void count_dtor(void *v)
         atomic_fetch_add(&nodtor_seen, 1);
 }
 
-Test(thread, local_destructor_per_thread, .timeout = 30)
+Test(thread, local_destructor_per_thread, .timeout = 60)
 {
     enum { N = 10 };
     conc_local *l;
@@ -1346,7 +1351,7 @@ static void *timer_fn(void *arg)
     return (void *)0xbeef;
 }
 
-Test(timer, fires_after_interval, .timeout = 30)
+Test(timer, fires_after_interval, .timeout = 60)
 {
     struct timer_probe p = { 0, 0 };
     conc_thread *t;
@@ -1375,7 +1380,7 @@ Test(timer, fires_after_interval, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(timer, is_a_thread, .timeout = 30)
+Test(timer, is_a_thread, .timeout = 60)
 {
     struct timer_probe p = { 0, 0 };
     conc_thread_opts o = { .name = "alarm", .daemon = CONC_DAEMON };
@@ -1395,7 +1400,7 @@ Test(timer, is_a_thread, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(timer, cancel_before_fire, .timeout = 30)
+Test(timer, cancel_before_fire, .timeout = 60)
 {
     struct timer_probe p = { 0, 0 };
     conc_thread *t;
@@ -1411,7 +1416,7 @@ Test(timer, cancel_before_fire, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(timer, cancel_before_start, .timeout = 30)
+Test(timer, cancel_before_start, .timeout = 60)
 {
     struct timer_probe p = { 0, 0 };
     conc_thread *t;
@@ -1426,7 +1431,7 @@ Test(timer, cancel_before_start, .timeout = 30)
     conc_thread_free(t);
 }
 
-Test(timer, errors, .timeout = 30)
+Test(timer, errors, .timeout = 60)
 {
     conc_thread *t = NULL;
     struct timer_probe p = { 0, 0 };
@@ -1609,7 +1614,7 @@ static pid_t spawn_child(int fds[2], const char *kind)
     return pid;
 }
 
-Test(exit, joins_non_daemon_threads, .timeout = 30)
+Test(exit, joins_non_daemon_threads, .timeout = 60)
 {
     int fds[2];
     pid_t pid = spawn_child(fds, "nondaemon");
@@ -1623,7 +1628,7 @@ Test(exit, joins_non_daemon_threads, .timeout = 30)
     close(fds[0]);
 }
 
-Test(exit, does_not_wait_for_daemon_threads, .timeout = 30)
+Test(exit, does_not_wait_for_daemon_threads, .timeout = 60)
 {
     int fds[2];
     pid_t pid = spawn_child(fds, "daemon");
@@ -1637,7 +1642,7 @@ Test(exit, does_not_wait_for_daemon_threads, .timeout = 30)
     close(fds[0]);
 }
 
-Test(exit, joins_only_non_daemon_threads, .timeout = 30)
+Test(exit, joins_only_non_daemon_threads, .timeout = 60)
 {
     int fds[2];
     pid_t pid = spawn_child(fds, "both");
@@ -1721,7 +1726,7 @@ static bool tasks_stable(void *arg)
     return same;
 }
 
-Test(thread, no_thread_leak, .timeout = 30)
+Test(thread, no_thread_leak, .timeout = 60)
 {
     enum { BATCH = 16, ROUNDS = 4 };
     /* Warm up: the first thread may bring helpers of the runtime along
@@ -1759,4 +1764,35 @@ Test(thread, no_thread_leak, .timeout = 30)
     cr_assert(settle(tasks_back, &g), "%d OS threads left, %d before", count_tasks(), base_tasks);
     cr_assert_eq(count_tasks(), base_tasks);
     cr_assert(settle(active_is, &base_active));
+}
+
+static void *return_arg(void *arg)
+{
+    return arg;
+}
+
+/* The options struct can grow: size 0 is the first version, INIT fills
+ * size, and a size that stops before the name leaves the default name. */
+Test(thread, options_size, .timeout = 60)
+{
+    char name[64];
+    conc_thread *t;
+    cr_assert_eq(conc_thread_new(&t, return_arg, NULL, &(conc_thread_opts){ .name = "w" }), 0);
+    cr_assert_eq(conc_thread_name(t, name, sizeof name), 1);
+    cr_assert_str_eq(name, "w");
+    conc_thread_free(t);
+
+    conc_thread_opts o = CONC_THREAD_OPTS_INIT;
+    cr_assert_eq(o.size, sizeof(conc_thread_opts));
+    o.name = "v";
+    cr_assert_eq(conc_thread_new(&t, return_arg, NULL, &o), 0);
+    cr_assert_eq(conc_thread_name(t, name, sizeof name), 1);
+    cr_assert_str_eq(name, "v");
+    conc_thread_free(t);
+
+    o.size = (uint32_t)offsetof(conc_thread_opts, name);
+    cr_assert_eq(conc_thread_new(&t, return_arg, NULL, &o), 0);
+    cr_assert_gt(conc_thread_name(t, name, sizeof name), 7);
+    cr_assert_eq(strncmp(name, "Thread-", 7), 0, "got %s", name);
+    conc_thread_free(t);
 }

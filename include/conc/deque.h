@@ -42,6 +42,9 @@ typedef struct conc_deque conc_deque;
 
 /* Options for conc_deque_new; all-zero (or NULL) means unbounded. */
 typedef struct conc_deque_opts {
+    uint32_t size;          /* sizeof(conc_deque_opts), or 0: the first
+                               version (conc reads a field only when size
+                               covers it) */
     size_t maxlen;          /* deque(maxlen=n); 0 means unbounded (Python's
                                None; Python's maxlen=0 has no equivalent) */
     conc_drop_fn drop;      /* NULL, or called for each item the deque drops:
@@ -49,6 +52,8 @@ typedef struct conc_deque_opts {
     void *drop_arg;         /* passed to drop */
     size_t capacity;        /* slots to allocate up front (a hint) */
 } conc_deque_opts;
+
+#define CONC_DEQUE_OPTS_INIT { .size = sizeof(conc_deque_opts) }
 
 /* conc_deque_new - create an empty deque.  Returns 0 and stores the handle
  * in *out; -EINVAL for a NULL out; -ENOMEM. */

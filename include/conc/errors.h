@@ -5,24 +5,47 @@
  * non-negative count/size/index, on success and a negative errno value on
  * failure.  Functions that return anything else (void, a bool, a size_t, a
  * pointer, a time) report no error code: each header says what they give
- * for a NULL or unusable handle.  The codes carry the same meaning
- * everywhere in the library:
+ * for a NULL or unusable handle.  These are all the codes conc returns, and
+ * each carries the same meaning everywhere in the library:
  *
- *   -ETIMEDOUT   a timeout or deadline passed before the call could succeed
+ *   -ETIMEDOUT   a positive timeout or a deadline passed before the call
+ *                could succeed
  *   -EAGAIN      a non-blocking call (timeout 0) could not succeed at once;
- *                Python's queue.Empty / queue.Full and acquire(False) == False
- *   -EPIPE       the object is closed, shut down, or broken (a broken Barrier)
+ *                Python's queue.Empty / queue.Full and acquire(False) ==
+ *                False; also the kernel's "out of threads or processes"
+ *                (conc_thread_start, conc_process_start)
+ *   -EPIPE       the object is closed, shut down, or broken (a broken
+ *                Barrier, a peer that closed its end)
  *   -EOWNERDEAD  a process died holding a lock; the caller now owns it
- *   -ECANCELED   a coroutine or future was cancelled
- *   -EINVAL      a bad argument (NULL handle, negative timeout, zero parties...)
- *   -EPERM       the caller may not do this (release a lock it does not hold)
- *   -EOVERFLOW   a count would exceed its bound (BoundedSemaphore over-release)
+ *   -ECANCELED   the calling coroutine was killed, or a future cancelled
+ *   -EINVAL      a bad argument (NULL handle, out of range, NaN or negative
+ *                timeout, unknown flag) or an object not in a state the
+ *                call accepts (not started)
+ *   -EPERM       the caller does not own what it releases or waits on, or
+ *                the handle does not allow it (a receive-only connection)
  *   -EDEADLK     the call would wait for itself (a thread joining itself)
- *   -ENOMEM      memory could not be allocated
+ *   -EALREADY    started, set or done already
+ *   -EBUSY       in use or not finished: cannot be freed, changed or read
+ *                now
+ *   -EOVERFLOW   a count would pass its bound (BoundedSemaphore, task_done)
+ *   -EMSGSIZE    a message is larger than the object allows
  *   -EPROTO      memory shared with other processes holds what no correct
  *                process writes there (a broken or hostile peer)
  *   -ENOTSUP     the platform lacks what the call needs (a robust list conc
  *                can share, for a process-shared lock)
+ *   -EBADF       a closed connection, or a descriptor that is not open
+ *   -ENOENT      a named segment (or the program a child runs) is not there
+ *   -EEXIST      a named segment to create exists already
+ *   -EACCES      no permission on a named segment; a child's program is not
+ *                the starter's
+ *   -ENOSYS      the kernel or /proc lacks what starting a child needs
+ *   -ENAMETOOLONG, -EIO   starting a forkserver child: a path too long for
+ *                its socket, its channel failed
+ *   -ENOMEM, -EMFILE, -ENFILE   out of memory or descriptors
+ *
+ * A call that passes on the result of a system call (opening, mapping or
+ * truncating a segment, starting a child) may also return that call's code
+ * (-ENOSPC, -EFAULT...); its header says so.
  *
  * No conc function prints, aborts or exits on bad input.
  */

@@ -90,6 +90,8 @@ typedef enum conc_mpqueue_kind {
 /* Options for conc_mpqueue_new; all-zero (or NULL) gives a Queue with no
  * maxsize, a 1 MiB ring and messages up to 256 KiB. */
 typedef struct conc_mpqueue_opts {
+    uint32_t size;      /* sizeof(conc_mpqueue_opts), or 0: the first version
+                           (conc reads a field only when size covers it) */
     conc_mpqueue_kind kind;
     size_t maxsize;     /* at most this many messages (0: no count limit;
                            must be 0 for a SimpleQueue) */
@@ -99,6 +101,8 @@ typedef struct conc_mpqueue_opts {
     size_t max_msg;     /* largest message in bytes (0: a quarter of the
                            ring); the ring grows to hold two of them */
 } conc_mpqueue_opts;
+
+#define CONC_MPQUEUE_OPTS_INIT { .size = sizeof(conc_mpqueue_opts) }
 
 /*
  * conc_mpqueue_new - create an empty queue in shared memory.  Returns 0 and
@@ -118,13 +122,13 @@ CONC_API int conc_mpqueue_fds(const conc_mpqueue *q, int fds[CONC_MPQUEUE_NFDS])
 
 /*
  * conc_mpqueue_attach - in another process: open the queue whose
- * descriptors (from conc_mpqueue_fds) are fds.  The new handle owns them
- * (conc_mpqueue_free closes them).  Returns 0; -EINVAL for NULL, a
- * negative fd, an fd that is not a conc queue's memfd (the memory is
- * checked before use: every header field must be one conc_mpqueue_new
- * writes) or a readiness fd that is not a non-blocking eventfd; -EBADF
- * when one is not open; -ENOMEM.  On failure the descriptors stay the
- * caller's.
+ * descriptors (from conc_mpqueue_fds) are fds.  The descriptors are
+ * duplicated: the caller keeps its own (and closes them when it no longer
+ * needs them); the handle's copies are closed by conc_mpqueue_free.
+ * Returns 0; -EINVAL for NULL, a negative fd, an fd that is not a conc
+ * queue's memfd (the memory is checked before use: every header field must
+ * be one conc_mpqueue_new writes) or a readiness fd that is not a
+ * non-blocking eventfd; -EBADF when one is not open; -EMFILE; -ENOMEM.
  */
 CONC_API int conc_mpqueue_attach(conc_mpqueue **out, const int fds[CONC_MPQUEUE_NFDS]);
 

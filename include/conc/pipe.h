@@ -3,7 +3,7 @@
  * (multiprocessing.connection.wait, over connections and other objects, is
  * in conc/wait.h.)
  *
- * conc_pipe makes two connected conc_conn handles that carry messages of
+ * conc_conn_pipe makes two connected conc_conn handles that carry messages of
  * bytes, between the threads of one process or between processes (a fork
  * child inherits both; a forkserver or spawn child gets the descriptor
  * through pass_fds and wraps it with conc_conn_from_fd).
@@ -67,7 +67,7 @@ typedef struct conc_conn conc_conn;
 #define CONC_CONN_WRITABLE 0x2u
 
 /*
- * conc_pipe - multiprocessing.Pipe(duplex).  With duplex both ends send and
+ * conc_conn_pipe - multiprocessing.Pipe(duplex).  With duplex both ends send and
  * receive (a socketpair(AF_UNIX, SOCK_STREAM)); without it *a only
  * receives and *b only sends (a pipe), as in Python ("conn1 can only be
  * used for receiving, conn2 only for sending").  The descriptors are
@@ -75,14 +75,15 @@ typedef struct conc_conn conc_conn;
  * pointer; -EMFILE / -ENFILE when out of descriptors; -ENOMEM.  Nothing is
  * stored on failure.
  */
-CONC_API int conc_pipe(conc_conn **a, conc_conn **b, bool duplex);
+CONC_API int conc_conn_pipe(conc_conn **a, conc_conn **b, bool duplex);
 
 /*
  * conc_conn_from_fd - wrap an open descriptor (a socket or one end of a
  * pipe, e.g. passed to a forkserver child with pass_fds) as a connection
  * that sends and/or receives (flags: CONC_CONN_READABLE, CONC_CONN_WRITABLE;
- * 0 means both).  The connection owns fd from then on (conc_conn_close
- * closes it).  A descriptor that is not a socket is made O_NONBLOCK (shared
+ * 0 means both).  The connection takes fd over, as Python's
+ * Connection(handle) does: conc_conn_close (or conc_conn_free) closes it,
+ * and the caller must not.  (It is not an _attach: those duplicate.)  A descriptor that is not a socket is made O_NONBLOCK (shared
  * with every copy of it).  Returns 0; -EBADF when fd is not open; -EINVAL
  * for a NULL out, a negative fd or unknown flags; -ENOMEM (fd stays the
  * caller's on failure).
@@ -98,8 +99,8 @@ CONC_API int conc_conn_from_fd(conc_conn **out, int fd, unsigned flags);
 CONC_API int conc_conn_fd(const conc_conn *c);
 
 /* conc_conn_readable / conc_conn_writable / conc_conn_closed -
- * Connection.readable, .writable, .closed (false for NULL, except closed:
- * true). */
+ * Connection.readable, .writable, .closed (false for NULL, as every
+ * predicate of conc answers for NULL). */
 CONC_API bool conc_conn_readable(const conc_conn *c);
 CONC_API bool conc_conn_writable(const conc_conn *c);
 CONC_API bool conc_conn_closed(const conc_conn *c);
@@ -111,27 +112,22 @@ CONC_API bool conc_conn_closed(const conc_conn *c);
 CONC_API int conc_conn_set_max_size(conc_conn *c, size_t max);
 
 /*
- * conc_conn_send_bytes - Connection.send_bytes(buf): send len bytes as one
- * message, blocking while the peer does not read.  Returns 0 once the whole
- * message is written; -EPIPE when the peer has closed its end (or an
- * earlier send broke the connection, see below); -EMSGSIZE when len is over
- * the maximum size; -EPERM on a receive-only end; -EBADF when closed;
- * -EINVAL for NULL c, or NULL buf with len > 0.
- */
-CONC_API int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len);
-
-/*
- * conc_conn_send_bytes_timeout / _until - as conc_conn_send_bytes, giving
- * up when the peer does not read in time: -EAGAIN (timeout 0) or
- * -ETIMEDOUT.  When nothing of the message was written, nothing changes.
- * When the time runs out with part of it written, the sending direction is
- * broken: later sends give -EPIPE, and the receiver gets -EPIPE at the cut
- * message (at once on a duplex connection, which is shut down for
+ * conc_conn_send_bytes / _until - Connection.send_bytes(buf): send len bytes
+ * as one message, blocking while the peer does not read, at most timeout
+ * seconds (CONC_FOREVER: no limit) or until the deadline.  Returns 0 once
+ * the whole message is written; -EAGAIN (timeout 0) or -ETIMEDOUT when the
+ * peer does not read in time; -EPIPE when the peer has closed its end (or
+ * an earlier send broke the connection, see below); -EMSGSIZE when len is
+ * over the maximum size; -EPERM on a receive-only end; -EBADF when closed;
+ * -EINVAL for NULL c, NULL buf with len > 0, or a bad timeout.
+ * When the time runs out with nothing of the message written, nothing
+ * changes.  When it runs out with part of it written, the sending direction
+ * is broken: later sends give -EPIPE, and the receiver gets -EPIPE at the
+ * cut message (at once on a duplex connection, which is shut down for
  * writing; on a one-way pipe once this end is closed) - it never gets half
  * a message.
  */
-CONC_API int conc_conn_send_bytes_timeout(conc_conn *c, const void *buf, size_t len,
-                                          double timeout);
+CONC_API int conc_conn_send_bytes(conc_conn *c, const void *buf, size_t len, double timeout);
 CONC_API int conc_conn_send_bytes_until(conc_conn *c, const void *buf, size_t len,
                                         int64_t deadline);
 

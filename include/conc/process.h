@@ -54,7 +54,7 @@
  * a CONC_FORKSERVER variable set by somebody else, is ignored and main runs
  * as usual.  In a secure-execution program, forkserver and spawn are
  * unavailable (-ENOSYS); fork works.  A forkserver or spawn child's own
- * start method (conc_get_start_method) is the method that made it.  The
+ * start method (conc_process_start_method) is the method that made it.  The
  * function sees the program's static data as initialised, not what the
  * parent changed since, and constructors that run after libconc's (the
  * executable's own, when conc is a shared library) have not run.  Their
@@ -69,6 +69,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/time.h"
 
@@ -90,19 +91,16 @@ typedef struct conc_process_def {
 } conc_process_def;
 
 typedef enum conc_start_method {
-    CONC_START_DEFAULT = 0,     /* the global method (conc_set_start_method) */
+    CONC_START_DEFAULT = 0,     /* the global method (conc_process_set_start_method) */
     CONC_START_FORK = 1,
     CONC_START_FORKSERVER = 2,
     CONC_START_SPAWN = 3
 } conc_start_method;
 
-#ifndef CONC_DAEMON
-#define CONC_DAEMON      1
-#define CONC_NOT_DAEMON (-1)
-#endif
-
 /* Options for conc_process_new; all-zero (or NULL) means the defaults. */
 typedef struct conc_process_opts {
+    uint32_t size;              /* sizeof(conc_process_opts), or 0: the first
+                                   version (see conc_thread_opts) */
     const char *name;           /* NULL: "Process-N"; copied */
     int daemon;                 /* 0: inherit the current process's flag,
                                    CONC_DAEMON, CONC_NOT_DAEMON */
@@ -113,6 +111,8 @@ typedef struct conc_process_opts {
                                    CONC_PROCESS_PASS_FDS_MAX */
     size_t npass_fds;
 } conc_process_opts;
+
+#define CONC_PROCESS_OPTS_INIT { .size = sizeof(conc_process_opts) }
 
 /* The most descriptors pass_fds may list. */
 #define CONC_PROCESS_PASS_FDS_MAX 250
@@ -263,18 +263,18 @@ CONC_API int conc_process_active_children(conc_process **out, size_t cap);
 /* conc_process_ref - take another reference to a handle; returns p. */
 CONC_API conc_process *conc_process_ref(conc_process *p);
 
-/* conc_cpu_count - CPUs the calling thread may run on (its affinity mask,
+/* conc_process_cpu_count - CPUs the calling thread may run on (its affinity mask,
  * sched_getaffinity), >= 1 (os.process_cpu_count). */
-CONC_API int conc_cpu_count(void);
+CONC_API int conc_process_cpu_count(void);
 
-/* conc_set_start_method - set the global start method (set_start_method).
+/* conc_process_set_start_method - set the global start method (set_start_method).
  * Returns 0; -EINVAL for CONC_START_DEFAULT or an unknown value. */
-CONC_API int conc_set_start_method(conc_start_method method);
+CONC_API int conc_process_set_start_method(conc_start_method method);
 
-/* conc_get_start_method - the global start method: fork unless set, and in
+/* conc_process_start_method - the global start method: fork unless set, and in
  * a forkserver or spawn child the method that made it (so its own children
  * default to that method, as in Python). */
-CONC_API conc_start_method conc_get_start_method(void);
+CONC_API conc_start_method conc_process_start_method(void);
 
 #ifdef __cplusplus
 }

@@ -79,6 +79,9 @@ typedef void (*conc_drop_fn)(void *item, void *arg);
 
 /* Options for conc_queue_new; all-zero (or NULL) means an unbounded FIFO. */
 typedef struct conc_queue_opts {
+    uint32_t size;          /* sizeof(conc_queue_opts), or 0: the first
+                               version (conc reads a field only when size
+                               covers it) */
     conc_queue_kind kind;   /* CONC_QUEUE_FIFO (0), _LIFO, _PRIORITY, _SIMPLE */
     size_t maxsize;         /* Queue(maxsize): at most this many items; 0 means
                                unbounded (must be 0 for a SimpleQueue) */
@@ -92,6 +95,8 @@ typedef struct conc_queue_opts {
     size_t capacity;        /* slots to allocate up front (a hint; 0: a
                                small default, or maxsize when that is small) */
 } conc_queue_opts;
+
+#define CONC_QUEUE_OPTS_INIT { .size = sizeof(conc_queue_opts) }
 
 /*
  * conc_queue_new - create an empty queue (Queue(maxsize), LifoQueue(maxsize),

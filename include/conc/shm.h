@@ -171,12 +171,13 @@ CONC_API int conc_shm_fd(const conc_shm *s);
 CONC_API int conc_shm_attach_fd(conc_shm **out, int fd);
 
 /*
- * conc_shm_close - SharedMemory.close(): unmap and free the handle; the
- * creator (the process that created it, not a fork child holding a copy of
- * the handle) also unlinks the name unless it was created with
- * CONC_SHM_KEEP or already unlinked.  Returns 0 (NULL is fine).
+ * conc_shm_free - SharedMemory.close() and the end of the handle: unmap,
+ * close the descriptor and free the handle; the creator (the process that
+ * created it, not a fork child holding a copy of the handle) also unlinks
+ * the name unless it was created with CONC_SHM_KEEP or already unlinked.
+ * NULL is a no-op.
  */
-CONC_API int conc_shm_close(conc_shm *s);
+CONC_API void conc_shm_free(conc_shm *s);
 
 /* conc_shm_unlink - SharedMemory.unlink(): remove the name now (mappings
  * stay valid); any process may call it.  Returns 0; -ENOENT when the name

@@ -188,13 +188,15 @@ typedef struct conc_sem {
     uint32_t _waiters;
     uint32_t _flags;
     uint32_t _bound;        /* initial value of a BoundedSemaphore */
+    uint32_t _reserved[4];  /* room to grow without a layout change; zero */
 } conc_sem;
 
 #define CONC_SEM_VALUE_MAX 0x7fffffffu
-#define CONC_SEM_INIT(value)         { (value), 0, 0, 0 }
-#define CONC_BSEM_INIT(value)        { (value), 0, CONC_SEM_BOUNDED, (value) }
-#define CONC_SEM_INIT_SHARED(value)  { (value), 0, CONC_SYNC_SHARED, 0 }
-#define CONC_BSEM_INIT_SHARED(value) { (value), 0, CONC_SYNC_SHARED | CONC_SEM_BOUNDED, (value) }
+#define CONC_SEM_INIT(value)         { (value), 0, 0, 0, { 0, 0, 0, 0 } }
+#define CONC_BSEM_INIT(value)        { (value), 0, CONC_SEM_BOUNDED, (value), { 0, 0, 0, 0 } }
+#define CONC_SEM_INIT_SHARED(value)  { (value), 0, CONC_SYNC_SHARED, 0, { 0, 0, 0, 0 } }
+#define CONC_BSEM_INIT_SHARED(value) \
+    { (value), 0, CONC_SYNC_SHARED | CONC_SEM_BOUNDED, (value), { 0, 0, 0, 0 } }
 
 /*
  * conc_sem_init - initialise a Semaphore with the given value.
@@ -229,10 +231,11 @@ typedef struct conc_event {
     uint32_t _word;         /* bit 0: set; bit 1: somebody may be waiting;
                                bits 2..31: how many times it was set */
     uint32_t _flags;
+    uint32_t _reserved[2];  /* room to grow without a layout change; zero */
 } conc_event;
 
-#define CONC_EVENT_INIT        { 0, 0 }
-#define CONC_EVENT_INIT_SHARED { 0, CONC_SYNC_SHARED }
+#define CONC_EVENT_INIT        { 0, 0, { 0, 0 } }
+#define CONC_EVENT_INIT_SHARED { 0, CONC_SYNC_SHARED, { 0, 0 } }
 
 /* conc_event_init - initialise a clear Event.  Returns 0 or -EINVAL. */
 CONC_API int conc_event_init(conc_event *ev, unsigned flags);
@@ -276,10 +279,11 @@ typedef struct conc_cond {
     uint32_t _seq;          /* futex word, bumped by every notify */
     uint32_t _flags;
     uint64_t _counts;       /* low 32: waiting, high 32: pending wake-ups */
+    uint64_t _reserved[2];  /* room to grow without a layout change; zero */
 } conc_cond;
 
-#define CONC_COND_INIT        { 0, 0, 0 }
-#define CONC_COND_INIT_SHARED { 0, CONC_SYNC_SHARED, 0 }
+#define CONC_COND_INIT        { 0, 0, 0, { 0, 0 } }
+#define CONC_COND_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, { 0, 0 } }
 
 /* conc_cond_init - initialise a Condition.  Returns 0 or -EINVAL. */
 CONC_API int conc_cond_init(conc_cond *cond, unsigned flags);
@@ -306,7 +310,7 @@ CONC_API int conc_cond_wait_until(conc_cond *cond, conc_lock *lock, int64_t dead
  * does not own the RLock.
  */
 CONC_API int conc_cond_wait_r(conc_cond *cond, conc_rlock *lock, double timeout);
-CONC_API int conc_cond_wait_until_r(conc_cond *cond, conc_rlock *lock, int64_t deadline);
+CONC_API int conc_cond_wait_r_until(conc_cond *cond, conc_rlock *lock, int64_t deadline);
 
 /* A predicate for wait_for: returns non-zero when the awaited state holds.
  * It is called with the lock held. */
@@ -324,7 +328,7 @@ CONC_API int conc_cond_wait_for_until(conc_cond *cond, conc_lock *lock,
                                       conc_predicate pred, void *arg, int64_t deadline);
 CONC_API int conc_cond_wait_for_r(conc_cond *cond, conc_rlock *lock,
                                   conc_predicate pred, void *arg, double timeout);
-CONC_API int conc_cond_wait_for_until_r(conc_cond *cond, conc_rlock *lock,
+CONC_API int conc_cond_wait_for_r_until(conc_cond *cond, conc_rlock *lock,
                                         conc_predicate pred, void *arg, int64_t deadline);
 
 /*

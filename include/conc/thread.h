@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/time.h"
 
@@ -35,14 +36,18 @@ typedef void *(*conc_thread_fn)(void *arg);
 
 /* Options for conc_thread_new; all-zero (or NULL) means the defaults. */
 typedef struct conc_thread_opts {
+    uint32_t size;          /* sizeof(conc_thread_opts), or 0 (see below) */
     const char *name;       /* NULL: "Thread-N"; copied */
     int daemon;             /* 0: inherit the creating thread's flag (Python's
                                default), CONC_DAEMON: daemon, CONC_NOT_DAEMON */
     size_t stack_size;      /* 0: conc_thread_stack_size() */
 } conc_thread_opts;
 
-#define CONC_DAEMON      1
-#define CONC_NOT_DAEMON (-1)
+/* An options struct can grow: conc reads a field only when size covers it,
+ * and size 0 means this first version (every field above), so
+ * &(conc_thread_opts){ .name = "w" } keeps working.  CONC_THREAD_OPTS_INIT
+ * fills size. */
+#define CONC_THREAD_OPTS_INIT { .size = sizeof(conc_thread_opts) }
 
 /* The smallest stack size accepted (Python's 32 KiB minimum). */
 #define CONC_THREAD_STACK_MIN (32u * 1024u)

@@ -12,6 +12,9 @@
  * the library everything is a deadline, so nested waits never stretch a
  * timeout.  A deadline that has already passed gives -ETIMEDOUT unless the
  * call can succeed at once.
+ *
+ * The exceptions follow Python: Condition waits and Barrier waits give
+ * -ETIMEDOUT for a timeout of 0 (docs/time.md lists them).
  */
 #ifndef CONC_TIME_H
 #define CONC_TIME_H

@@ -1,0 +1,298 @@
+/*
+ * test_timeouts.c - the one timeout rule, call by call, for every blocking
+ * call of conc/sync.h, thread.h, process.h, pipe.h, wait.h, queue.h and
+ * mpqueue.h: on an object that is not ready, a timeout of 0 tries once and
+ * gives -EAGAIN, a small positive timeout gives -ETIMEDOUT, and the _until
+ * form given a deadline that has passed (just now, or 0) gives -ETIMEDOUT.
+ * Condition and Barrier follow Python instead (a zero timeout is a wait that
+ * times out): they give -ETIMEDOUT for 0 too.  A NaN or a negative timeout
+ * other than CONC_FOREVER is -EINVAL everywhere.
+ *
+ * Every test has the same .timeout (see test_sync.c for why).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include "conc/mpqueue.h"
+#include "conc/pipe.h"
+#include "conc/process.h"
+#include "conc/queue.h"
+#include "conc/sync.h"
+#include "conc/thread.h"
+#include "conc/wait.h"
+
+#define GUARD 60.0
+
+/* Runs the seconds form (call_t, using t) and the deadline form (call_d,
+ * using d) on an object that cannot be ready, and checks the codes. */
+#define PROBE(zero_rc, call_t, call_d)                                              \
+    do {                                                                            \
+        double t;                                                                   \
+        int64_t d;                                                                  \
+        t = 0;                                                                      \
+        cr_expect_eq((long)(call_t), (long)(zero_rc), "%s, timeout 0", #call_t);    \
+        t = 0.001;                                                                  \
+        cr_expect_eq((long)(call_t), -ETIMEDOUT, "%s, timeout 0.001", #call_t);     \
+        t = -2.0;                                                                   \
+        cr_expect_eq((long)(call_t), -EINVAL, "%s, timeout -2", #call_t);           \
+        t = NAN;                                                                    \
+        cr_expect_eq((long)(call_t), -EINVAL, "%s, timeout NaN", #call_t);          \
+        d = conc_now() - 1;                                                         \
+        cr_expect_eq((long)(call_d), -ETIMEDOUT, "%s, deadline passed", #call_d);   \
+        d = 0;                                                                      \
+        cr_expect_eq((long)(call_d), -ETIMEDOUT, "%s, deadline 0", #call_d);        \
+    } while (0)
+
+/* A thread that holds a lock (or an RLock) until told to let go. */
+struct holder {
+    conc_lock *lock;
+    conc_rlock *rlock;
+    conc_event taken, release;
+};
+
+static void *hold(void *arg)
+{
+    struct holder *h = arg;
+    if (h->lock)
+        conc_lock_acquire(h->lock, CONC_FOREVER);
+    else
+        conc_rlock_acquire(h->rlock, CONC_FOREVER);
+    conc_event_set(&h->taken);
+    conc_event_wait(&h->release, GUARD);
+    if (h->lock)
+        conc_lock_release(h->lock);
+    else
+        conc_rlock_release(h->rlock);
+    return NULL;
+}
+
+static conc_thread *start_holder(struct holder *h)
+{
+    conc_event_init(&h->taken, 0);
+    conc_event_init(&h->release, 0);
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, hold, h, NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    cr_assert_eq(conc_event_wait(&h->taken, GUARD), 0);
+    return th;
+}
+
+static void stop_holder(struct holder *h, conc_thread *th)
+{
+    conc_event_set(&h->release);
+    cr_assert_eq(conc_thread_join(th, GUARD), 0);
+    conc_thread_free(th);
+}
+
+TestSuite(timeouts, .timeout = 60);
+
+Test(timeouts, lock)
+{
+    conc_lock lock;
+    cr_assert_eq(conc_lock_init(&lock, 0), 0);
+    struct holder h = { .lock = &lock };
+    conc_thread *th = start_holder(&h);
+    PROBE(-EAGAIN, conc_lock_acquire(&lock, t), conc_lock_acquire_until(&lock, d));
+    stop_holder(&h, th);
+}
+
+Test(timeouts, shared_lock)
+{
+    conc_lock lock;
+    cr_assert_eq(conc_lock_init(&lock, CONC_SYNC_SHARED), 0);
+    struct holder h = { .lock = &lock };
+    conc_thread *th = start_holder(&h);
+    PROBE(-EAGAIN, conc_lock_acquire(&lock, t), conc_lock_acquire_until(&lock, d));
+    stop_holder(&h, th);
+}
+
+Test(timeouts, rlock)
+{
+    conc_rlock lock;
+    cr_assert_eq(conc_rlock_init(&lock, 0), 0);
+    struct holder h = { .rlock = &lock };
+    conc_thread *th = start_holder(&h);
+    PROBE(-EAGAIN, conc_rlock_acquire(&lock, t), conc_rlock_acquire_until(&lock, d));
+    stop_holder(&h, th);
+}
+
+Test(timeouts, semaphore)
+{
+    conc_sem sem;
+    cr_assert_eq(conc_sem_init(&sem, 0, 0), 0);
+    PROBE(-EAGAIN, conc_sem_acquire(&sem, t), conc_sem_acquire_until(&sem, d));
+    cr_assert_eq(conc_sem_init(&sem, 0, CONC_SYNC_SHARED), 0);
+    PROBE(-EAGAIN, conc_sem_acquire(&sem, t), conc_sem_acquire_until(&sem, d));
+}
+
+Test(timeouts, event)
+{
+    conc_event ev;
+    cr_assert_eq(conc_event_init(&ev, 0), 0);
+    PROBE(-EAGAIN, conc_event_wait(&ev, t), conc_event_wait_until(&ev, d));
+}
+
+static int never(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+/* Python's Condition.wait(0) is a wait that times out: -ETIMEDOUT for 0. */
+Test(timeouts, condition_follows_python)
+{
+    conc_cond cond;
+    conc_lock lock;
+    conc_rlock rlock;
+    cr_assert_eq(conc_cond_init(&cond, 0), 0);
+    cr_assert_eq(conc_lock_init(&lock, 0), 0);
+    cr_assert_eq(conc_rlock_init(&rlock, 0), 0);
+    cr_assert_eq(conc_lock_acquire(&lock, CONC_FOREVER), 0);
+    cr_assert_eq(conc_rlock_acquire(&rlock, CONC_FOREVER), 0);
+    PROBE(-ETIMEDOUT, conc_cond_wait(&cond, &lock, t), conc_cond_wait_until(&cond, &lock, d));
+    PROBE(-ETIMEDOUT, conc_cond_wait_r(&cond, &rlock, t),
+          conc_cond_wait_r_until(&cond, &rlock, d));
+    PROBE(-ETIMEDOUT, conc_cond_wait_for(&cond, &lock, never, NULL, t),
+          conc_cond_wait_for_until(&cond, &lock, never, NULL, d));
+    PROBE(-ETIMEDOUT, conc_cond_wait_for_r(&cond, &rlock, never, NULL, t),
+          conc_cond_wait_for_r_until(&cond, &rlock, never, NULL, d));
+    cr_assert(conc_lock_held(&lock));
+    cr_assert_eq(conc_lock_release(&lock), 0);
+    cr_assert_eq(conc_rlock_release(&rlock), 0);
+}
+
+/* Python's Barrier.wait(0) times out and breaks the barrier; every probe
+ * here starts from a reset barrier. */
+static int barrier_probe(conc_barrier *b, double t, int64_t d, bool until, bool action)
+{
+    cr_assert_eq(conc_barrier_reset(b), 0);
+    if (action)
+        return until ? conc_barrier_wait_action_until(b, d, NULL, NULL)
+                     : conc_barrier_wait_action(b, t, NULL, NULL);
+    return until ? conc_barrier_wait_until(b, d) : conc_barrier_wait(b, t);
+}
+
+Test(timeouts, barrier_follows_python)
+{
+    conc_barrier b;
+    cr_assert_eq(conc_barrier_init(&b, 2, 0), 0);
+    PROBE(-ETIMEDOUT, barrier_probe(&b, t, 0, false, false), barrier_probe(&b, 0, d, true, false));
+    PROBE(-ETIMEDOUT, barrier_probe(&b, t, 0, false, true), barrier_probe(&b, 0, d, true, true));
+    cr_assert(conc_barrier_broken(&b));
+}
+
+static void *wait_event(void *arg)
+{
+    conc_event_wait(arg, GUARD);
+    return NULL;
+}
+
+Test(timeouts, thread_join)
+{
+    conc_event ev;
+    conc_event_init(&ev, 0);
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, wait_event, &ev, NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    PROBE(-EAGAIN, conc_thread_join(th, t), conc_thread_join_until(th, d));
+    conc_event_set(&ev);
+    cr_assert_eq(conc_thread_join(th, GUARD), 0);
+    conc_thread_free(th);
+}
+
+static int sleep_forever(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    for (;;)
+        pause();
+    return 0;
+}
+
+Test(timeouts, process_join)
+{
+    conc_process *p;
+    cr_assert_eq(conc_process_new(&p, sleep_forever, NULL, 0,
+                                  &(conc_process_opts){ .method = CONC_START_FORK }), 0);
+    cr_assert_eq(conc_process_start(p), 0);
+    PROBE(-EAGAIN, conc_process_join(p, t), conc_process_join_until(p, d));
+    cr_assert_eq(conc_process_kill(p), 0);
+    cr_assert_eq(conc_process_join(p, GUARD), 0);
+    conc_process_free(p);
+}
+
+Test(timeouts, connection)
+{
+    conc_conn *a, *b;
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    char buf[64];
+    void *m = NULL;
+    size_t len;
+    PROBE(-EAGAIN, conc_conn_recv_bytes(a, buf, sizeof buf, t),
+          conc_conn_recv_bytes_until(a, buf, sizeof buf, d));
+    PROBE(-EAGAIN, conc_conn_recv_size(a, t), conc_conn_recv_size_until(a, d));
+    PROBE(-EAGAIN, conc_conn_recv_alloc(a, &m, &len, t), conc_conn_recv_alloc_until(a, &m, &len, d));
+    PROBE(-EAGAIN, conc_conn_poll(a, t), conc_conn_poll_until(a, d));
+    conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = a };
+    PROBE(-EAGAIN, conc_wait(&w, 1, t), conc_wait_until(&w, 1, d));
+    cr_assert_null(m);
+
+    /* Fill b's direction until a send of 4 KiB cannot go through at once. */
+    static char big[4096];
+    int r;
+    while ((r = conc_conn_send_bytes(b, big, sizeof big, 0)) == 0)
+        ;
+    cr_assert_eq(r, -EAGAIN);
+    PROBE(-EAGAIN, conc_conn_send_bytes(b, big, sizeof big, t),
+          conc_conn_send_bytes_until(b, big, sizeof big, d));
+    conc_conn_free(a);
+    conc_conn_free(b);
+}
+
+Test(timeouts, queue)
+{
+    static const conc_queue_kind kinds[] = { CONC_QUEUE_FIFO, CONC_QUEUE_LIFO,
+                                             CONC_QUEUE_PRIORITY };
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        conc_queue *q;
+        cr_assert_eq(conc_queue_new(&q, &(conc_queue_opts){ .kind = kinds[k], .maxsize = 1 }), 0);
+        void *out;
+        int64_t prio;
+        PROBE(-EAGAIN, conc_queue_get(q, &out, t), conc_queue_get_until(q, &out, d));
+        if (kinds[k] == CONC_QUEUE_PRIORITY)
+            PROBE(-EAGAIN, conc_queue_get_prio(q, &out, &prio, t),
+                  conc_queue_get_prio_until(q, &out, &prio, d));
+        cr_assert_eq(conc_queue_put(q, q, 0), 0);
+        PROBE(-EAGAIN, conc_queue_put(q, q, t), conc_queue_put_until(q, q, d));
+        if (kinds[k] == CONC_QUEUE_PRIORITY)
+            PROBE(-EAGAIN, conc_queue_put_prio(q, q, 1, t), conc_queue_put_prio_until(q, q, 1, d));
+        PROBE(-EAGAIN, conc_queue_join(q, t), conc_queue_join_until(q, d));
+        conc_queue_free(q);
+    }
+    conc_queue *s;
+    cr_assert_eq(conc_queue_new(&s, &(conc_queue_opts){ .kind = CONC_QUEUE_SIMPLE }), 0);
+    void *out;
+    PROBE(-EAGAIN, conc_queue_get(s, &out, t), conc_queue_get_until(s, &out, d));
+    conc_queue_free(s);
+}
+
+Test(timeouts, mpqueue)
+{
+    conc_mpqueue *q;
+    cr_assert_eq(conc_mpqueue_new(&q, &(conc_mpqueue_opts){ .kind = CONC_MPQUEUE_JOINABLE,
+                                                           .maxsize = 1 }), 0);
+    char buf[64];
+    void *m = NULL;
+    size_t len;
+    PROBE(-EAGAIN, conc_mpqueue_get(q, buf, sizeof buf, t),
+          conc_mpqueue_get_until(q, buf, sizeof buf, d));
+    PROBE(-EAGAIN, conc_mpqueue_get_alloc(q, &m, &len, t),
+          conc_mpqueue_get_alloc_until(q, &m, &len, d));
+    cr_assert_null(m);
+    cr_assert_eq(conc_mpqueue_put(q, "x", 1, 0), 0);
+    PROBE(-EAGAIN, conc_mpqueue_put(q, "y", 1, t), conc_mpqueue_put_until(q, "y", 1, d));
+    PROBE(-EAGAIN, conc_mpqueue_join(q, t), conc_mpqueue_join_until(q, d));
+    conc_mpqueue_free(q);
+}
