@@ -162,10 +162,11 @@ static int quick_body(const void *arg, size_t len)
     return 5;
 }
 
-/* Starts a fork-method child running fn; code on failure. */
-static conc_process *start_child(conc_process_fn fn, int code)
+/* Starts a child running fn (fork method unless a method is given); code
+ * on failure. */
+static conc_process *start_child_with(conc_process_fn fn, conc_start_method method, int code)
 {
-    conc_process_opts o = { .size = sizeof o, .method = CONC_START_FORK,
+    conc_process_opts o = { .size = sizeof o, .method = method,
                             .daemon = CONC_NOT_DAEMON };
     conc_process *p;
     if (conc_process_new(&p, fn, NULL, 0, &o) != 0 || conc_process_start(p) != 0)
@@ -173,11 +174,17 @@ static conc_process *start_child(conc_process_fn fn, int code)
     return p;
 }
 
-/* A thread that starts a quick child, joins it and checks its exit code. */
+static conc_process *start_child(conc_process_fn fn, int code)
+{
+    return start_child_with(fn, CONC_START_FORK, code);
+}
+
+/* A thread that starts a quick child (fork method, or the method *arg),
+ * joins it and checks its exit code. */
 static void *starter_body(void *arg)
 {
-    (void)arg;
-    conc_process *p = start_child(quick_body, 40);
+    conc_start_method m = arg ? *(const conc_start_method *)arg : CONC_START_FORK;
+    conc_process *p = start_child_with(quick_body, m, 40);
     int code = -1;
     if (conc_process_join(p, CONC_FOREVER) != 0 || conc_process_exitcode(p, &code) != 0 ||
         code != 5)
@@ -186,13 +193,18 @@ static void *starter_body(void *arg)
     return NULL;
 }
 
-static void run_thread(void *(*fn)(void *), int code)
+static void run_thread_arg(void *(*fn)(void *), void *arg, int code)
 {
     conc_thread *t;
-    if (conc_thread_new(&t, fn, NULL, NULL) != 0 || conc_thread_start(t) != 0 ||
+    if (conc_thread_new(&t, fn, arg, NULL) != 0 || conc_thread_start(t) != 0 ||
         conc_thread_join(t, CONC_FOREVER) != 0)
         _exit(code);
     conc_thread_free(t);
+}
+
+static void run_thread(void *(*fn)(void *), int code)
+{
+    run_thread_arg(fn, NULL, code);
 }
 
 /* Threads, queues, locks and a child started from the main thread install
@@ -286,11 +298,14 @@ static void scenario_overflow_off_fault(void)
 
 /* A non-daemon thread blocked for good does not hold up exit when the
  * exit join is off. */
+static conc_event reported = CONC_EVENT_INIT;
+
 static void *blocked_forever(void *arg)
 {
     (void)arg;
     static conc_event never = CONC_EVENT_INIT;
     report('S');
+    conc_event_set(&reported);
     conc_event_wait(&never, CONC_FOREVER);
     return NULL;
 }
@@ -303,6 +318,8 @@ static void scenario_exit_join_off(void)
     if (conc_thread_new(&t, blocked_forever, NULL, NULL) != 0 || conc_thread_start(t) != 0)
         _exit(11);
     conc_thread_free(t);
+    if (conc_event_wait(&reported, CONC_FOREVER) != 0)    /* it runs, and blocks */
+        _exit(12);
     exit(0);
 }
 
@@ -382,8 +399,14 @@ static void scenario_launcher_off(void)
     run_thread(starter_body, 12);
     if (launcher_running())
         _exit(13);
+    /* The forkserver too is started (and its children made) on the thread. */
+    static const conc_start_method fs = CONC_START_FORKSERVER;
+    run_thread_arg(starter_body, (void *)&fs, 14);
+    run_thread_arg(starter_body, (void *)&fs, 15);
+    if (launcher_running())
+        _exit(16);
     if (conc_process_set_launcher(true) != 0)
-        _exit(14);
+        _exit(17);
     exit(0);
 }
 
