@@ -12,6 +12,7 @@
 #include "conc/sync.h"
 #include "conc/thread.h"
 #include "conc/coro.h"
+#include "conc/coro_overflow.h"
 #include "conc/process.h"
 #include "conc/queue.h"
 #include "conc/deque.h"

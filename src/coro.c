@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "conc/coro.h"
+#include "conc/coro_overflow.h"
 #include "arch/ctx.h"
 #include "coro_stack.h"
 #include "sys/san.h"
@@ -102,8 +103,12 @@ static __thread struct coro_thread *tls_thread __attribute__((tls_model("initial
 
 static pthread_key_t thread_key;
 static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
-static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
 static struct sigaction old_segv;
+/* The overflow reporter (conc_coro_set_overflow_report): REPORT_ON until the
+ * first coroutine installs it (REPORT_INSTALLING, then REPORT_INSTALLED),
+ * or REPORT_OFF.  Changed by compare-and-swap only. */
+enum { REPORT_ON = 0, REPORT_OFF = 1, REPORT_INSTALLING = 2, REPORT_INSTALLED = 3 };
+static int report_state;
 static unsigned long coro_seq;
 static uint64_t coro_owner_seq;
 
@@ -285,14 +290,34 @@ static void segv_handler(int sig, siginfo_t *si, void *uc)
         raise(SIGSEGV);
 }
 
-static void segv_install(void)
+/* Installs the handler unless the reporter is off (the first caller does;
+ * the others see it installed or being installed).  Returns whether the
+ * reporter is on.  No lock: fork() may come at any point. */
+static bool segv_install(void)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = segv_handler;
-    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &old_segv);
+    int st = REPORT_ON;
+    if (__atomic_compare_exchange_n(&report_state, &st, REPORT_INSTALLING, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = segv_handler;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &old_segv);
+        __atomic_store_n(&report_state, REPORT_INSTALLED, __ATOMIC_RELEASE);
+        return true;
+    }
+    return st != REPORT_OFF;
+}
+
+int conc_coro_set_overflow_report(bool on)
+{
+    int from = on ? REPORT_OFF : REPORT_ON, to = on ? REPORT_ON : REPORT_OFF;
+    if (__atomic_compare_exchange_n(&report_state, &from, to, false, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE))
+        return 0;
+    /* from: what it is; on and installed (or being installed) is fine */
+    return from == to || on ? 0 : -EBUSY;
 }
 
 /* A thread that runs coroutines needs a signal stack: an overflow's SIGSEGV
@@ -595,10 +620,12 @@ static inline struct coro_thread *thread_ready(void)
     if (unlikely(!t))
         return NULL;
     reap(t);
-    if (unlikely(!t->altstack_tried)) {
-        pthread_once(&segv_once, segv_install);
+    /* The reporter's handler and this thread's signal stack, unless the
+     * reporter is off (then checked again at each new coroutine, so turning
+     * it on later reaches this thread too). */
+    if (unlikely(!t->altstack_tried) &&
+        __atomic_load_n(&report_state, __ATOMIC_ACQUIRE) != REPORT_OFF && segv_install())
         altstack_setup(t);
-    }
     return t;
 }
 

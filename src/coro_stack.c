@@ -77,6 +77,19 @@ static void pool_unlock(void)
     pthread_mutex_unlock(&P.lock);
 }
 
+static void pool_atfork_register(void);
+
+/* The pool's lock, as every call takes it: the fork handlers are
+ * registered before the lock is first taken, so a fork can never copy it
+ * held, and a program that never uses coroutines registers none. */
+static pthread_once_t pool_atfork_once = PTHREAD_ONCE_INIT;
+
+static void pool_enter(void)
+{
+    pthread_once(&pool_atfork_once, pool_atfork_register);
+    pool_lock();
+}
+
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #define MADV_GUARD_REMOVE 103
@@ -180,12 +193,16 @@ static void pool_after_fork(void)
     pool_unlock();
 }
 
+static void pool_atfork_register(void)
+{
+    pthread_atfork(pool_lock, pool_unlock, pool_after_fork);
+}
+
 __attribute__((constructor(CONC__CTOR_MODULE))) static void stack_module_init(void)
 {
     long page = sysconf(_SC_PAGESIZE);
     if (page > 0)
         conc__stack_zone_bytes = (size_t)page;
-    pthread_atfork(pool_lock, pool_unlock, pool_after_fork);
 }
 
 static struct stack_pool *find_pool(size_t size)
@@ -318,7 +335,7 @@ static void cache_adopt(conc__stack_cache *c, struct stack_pool *p)
 
 int conc__stack_get_slow(conc__stack_cache *cache, size_t size, conc__stack *out)
 {
-    pool_lock();
+    pool_enter();
     if (P.guard_limit < 0)
         P.guard_limit = default_guard_limit();
     struct stack_pool *p = find_pool(size);
@@ -432,7 +449,7 @@ static void flush_batch(struct stack_pool *p)
         }
         i = j;
     }
-    pool_lock();
+    pool_enter();
     p->n_inflight -= n;
     for (size_t i = 0; i < n_ok; i++)
         p->clean[p->n_clean++] = e[i];
@@ -494,7 +511,7 @@ static void cache_spill(conc__stack_cache *c, size_t keep)
 
 void conc__stack_put_slow(conc__stack_cache *c, const conc__stack *s)
 {
-    pool_lock();
+    pool_enter();
     if (c && c->registered && (c->pool == s->pool || !c->head)) {
         if (c->head)
             cache_spill(c, CONC__STACK_CACHE_MAX / 2);
@@ -515,7 +532,7 @@ void conc__stack_cache_drain(conc__stack_cache *c)
 {
     if (!c || !c->registered)
         return;
-    pool_lock();
+    pool_enter();
     cache_spill(c, 0);
     if (c->prev)
         c->prev->next = c->next;
@@ -533,7 +550,7 @@ void conc__stack_cache_drain(conc__stack_cache *c)
 
 void conc__stack_trim(conc__stack_cache *c)
 {
-    pool_lock();
+    pool_enter();
     if (c && c->registered)
         cache_spill(c, 0);
     for (struct stack_pool *p = P.pools; p; p = p->next) {
@@ -553,7 +570,7 @@ void conc__stack_trim(conc__stack_cache *c)
 
 long conc__stack_guard_limit(long n)
 {
-    pool_lock();
+    pool_enter();
     if (P.guard_limit < 0)
         P.guard_limit = default_guard_limit();
     long old = P.guard_limit;
@@ -565,7 +582,7 @@ long conc__stack_guard_limit(long n)
 
 void conc__stack_stats(conc_coro_stats *st)
 {
-    pool_lock();
+    pool_enter();
     if (P.guard_limit < 0)
         P.guard_limit = default_guard_limit();
     for (struct stack_pool *p = P.pools; p; p = p->next) {

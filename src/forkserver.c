@@ -98,6 +98,7 @@ static conc_lock launch_lock = CONC_LOCK_INIT;
 static struct launch_job *launch_head, *launch_tail;
 static uint32_t launch_seq;
 static bool launcher_up;
+static bool launcher_on = true;     /* conc_process_set_launcher */
 
 static void *launcher_main(void *unused)
 {
@@ -149,6 +150,10 @@ int conc__launch(int (*fn)(void *), void *ctx)
         return fn(ctx);                 /* the main thread */
     struct launch_job j = { .fn = fn, .ctx = ctx };
     conc_lock_acquire_until(&launch_lock, CONC_NO_DEADLINE);
+    if (!launcher_up && !launcher_on) {
+        conc_lock_release(&launch_lock);
+        return fn(ctx);                 /* the caller's choice: this thread */
+    }
     if (!launcher_up) {
         int r = launcher_start();
         if (r) {
@@ -168,6 +173,18 @@ int conc__launch(int (*fn)(void *), void *ctx)
     while (!ld_acquire(&j.done))
         conc__wait(&j.done, 0, CONC_NO_DEADLINE, 0);
     return j.result;
+}
+
+int conc_process_set_launcher(bool on)
+{
+    int r = 0;
+    conc_lock_acquire_until(&launch_lock, CONC_NO_DEADLINE);
+    if (!on && launcher_up)
+        r = -EBUSY;
+    else
+        launcher_on = on;
+    conc_lock_release(&launch_lock);
+    return r;
 }
 
 /* ----------------------------------------------------- socket helpers */

@@ -84,6 +84,8 @@ static conc_process *reg_head, *reg_tail;
  * reachable (leak checkers) but never used. */
 static conc_process *reg_inherited;
 static bool exit_hook_set;      /* guarded by reg_lock */
+static bool ever_started;       /* a child was started; guarded by reg_lock */
+static int exit_cleanup = 1;    /* conc_process_set_exit_cleanup */
 /* The running child's spec (keeps its argument reachable). */
 static struct conc__child_spec child_spec;
 
@@ -489,11 +491,13 @@ int conc_process_start(conc_process *p)
                                          : (conc_start_method)ld_relaxed(&global_method);
     sigset_t mask;
     pthread_sigmask(SIG_SETMASK, NULL, &mask);
-    /* The exit hook first: it must exist before any child does. */
+    /* The exit hook first: it must exist before any child does (unless the
+     * exit cleanup is off; turning it on registers it then). */
     pthread_mutex_lock(&reg_lock);
-    if (!exit_hook_set && atexit(exit_children) == 0)
+    ever_started = true;
+    if (!exit_hook_set && ld_relaxed(&exit_cleanup) && atexit(exit_children) == 0)
         exit_hook_set = true;
-    bool hooked = exit_hook_set;
+    bool hooked = exit_hook_set || !ld_relaxed(&exit_cleanup);
     pthread_mutex_unlock(&reg_lock);
     if (!hooked) {
         r = -ENOMEM;
@@ -764,6 +768,8 @@ static void exit_children(void)
 {
     conc_process **v;
     int n;
+    if (!ld_relaxed(&exit_cleanup))
+        return;
     /* Non-daemon children (they may start more while we wait). */
     while ((n = reg_snapshot(&v, 0)) > 0) {
         for (int i = 0; i < n; i++) {
@@ -787,6 +793,22 @@ static void exit_children(void)
         conc_process_free(v[i]);
     }
     free(v);
+}
+
+int conc_process_set_exit_cleanup(bool on)
+{
+    int r = 0;
+    pthread_mutex_lock(&reg_lock);
+    if (on && ever_started && !exit_hook_set) {
+        if (atexit(exit_children) == 0)
+            exit_hook_set = true;
+        else
+            r = -ENOMEM;
+    }
+    if (r == 0)
+        st_relaxed(&exit_cleanup, on ? 1 : 0);
+    pthread_mutex_unlock(&reg_lock);
+    return r;
 }
 
 /* ------------------------------------------------------------- fork */

@@ -370,13 +370,21 @@ static void reg_child(void)
     pthread_mutex_unlock(&reg_mu);
 }
 
-__attribute__((constructor(CONC__CTOR_MODULE))) static void shm_module_init(void)
+/* The fork handlers are registered before reg_mu is first taken (so a fork
+ * never copies it held), at the first named segment; a program that makes
+ * none registers nothing. */
+static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
+static bool reg_used;
+
+static void reg_register(void)
 {
     pthread_atfork(reg_prepare, reg_parent, reg_child);
+    __atomic_store_n(&reg_used, true, __ATOMIC_RELEASE);
 }
 
 static void reg_add(conc_shm *s)
 {
+    pthread_once(&reg_once, reg_register);
     pthread_mutex_lock(&reg_mu);
     s->prev = NULL;
     s->next = reg_head;
@@ -389,6 +397,8 @@ static void reg_add(conc_shm *s)
 
 static void reg_remove(conc_shm *s)
 {
+    if (!__atomic_load_n(&reg_used, __ATOMIC_ACQUIRE))
+        return;                 /* nothing was ever registered */
     pthread_mutex_lock(&reg_mu);
     if (s->registered) {
         if (s->prev)
@@ -440,8 +450,13 @@ static int unlink_if_same(const char *bare, dev_t dev, ino_t ino)
     return unlink(path) == 0 ? 0 : -errno;
 }
 
+/* At normal exit, after every atexit handler (so after conc's joins of
+ * threads and children, which may still use the names).  Does nothing in a
+ * process that never created a named segment. */
 __attribute__((destructor)) static void shm_module_exit(void)
 {
+    if (!__atomic_load_n(&reg_used, __ATOMIC_ACQUIRE))
+        return;
     pid_t self = getpid();
     pthread_mutex_lock(&reg_mu);
     for (conc_shm *s = reg_head; s; s = s->next) {

@@ -74,6 +74,12 @@ static __thread conc_thread *self __attribute__((tls_model("initial-exec")));
 static pthread_key_t dummy_key;
 static pthread_key_t exit_key;
 static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
+/* conc_thread_set_exit_join, and whether a thread was ever started: the
+ * atexit handler is registered at the first start while the join is on,
+ * or when it is turned on after a start (each side writes its flag, then
+ * reads the other's, sequentially consistent: at least one registers). */
+static int exit_join = 1;
+static int ever_started;
 
 /* Blocks the thread, never parks a coroutine (no hub wait): the fork
  * handler takes this lock, and a fork() from a coroutine must not run other
@@ -218,6 +224,8 @@ static void main_finished(conc_thread *m)
 
 void conc__threads_join_nondaemon(void)
 {
+    if (!__atomic_load_n(&exit_join, __ATOMIC_SEQ_CST))
+        return;
     conc_thread *me = self;
     /* As Python's shutdown: the main thread is done before the others are
      * joined, so a thread that joins it can end. */
@@ -244,6 +252,14 @@ void conc__threads_join_nondaemon(void)
 static void register_atexit(void)
 {
     atexit(conc__threads_join_nondaemon);
+}
+
+int conc_thread_set_exit_join(bool on)
+{
+    __atomic_store_n(&exit_join, on ? 1 : 0, __ATOMIC_SEQ_CST);
+    if (on && __atomic_load_n(&ever_started, __ATOMIC_SEQ_CST))
+        pthread_once(&atexit_once, register_atexit);
+    return 0;
 }
 
 static void atfork_prepare(void)
@@ -452,7 +468,9 @@ int conc_thread_start(conc_thread *t)
     if (!__atomic_compare_exchange_n(&t->state, &expect, ST_STARTED, false,
                                      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         return -EALREADY;
-    pthread_once(&atexit_once, register_atexit);
+    __atomic_store_n(&ever_started, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&exit_join, __ATOMIC_SEQ_CST))
+        pthread_once(&atexit_once, register_atexit);
     conc_thread_ref(t);             /* the thread's own reference */
     reg_add(t);
     pthread_attr_t attr, *pattr = NULL;

@@ -38,10 +38,13 @@
  * lives as long as the process: the main thread when it is the caller, else
  * a "conc-launcher" thread started on first use (a main thread that ends
  * with pthread_exit while the process lives on takes the daemon children it
- * started with it).  At normal exit (an atexit handler registered at the
- * first start) the parent first joins its non-daemon children, then sends
- * SIGTERM to its daemon children and joins them (SIGKILL after 5 s).  A
- * daemon process may not start children (-EPERM).
+ * started with it; conc_process_set_launcher(false) trades the launcher for
+ * that).  At normal exit (an atexit handler registered at the first start,
+ * see conc_process_set_exit_cleanup) the parent first joins its non-daemon
+ * children, then sends SIGTERM to its daemon children and joins them
+ * (SIGKILL after 5 s).  A daemon process may not start children (-EPERM).
+ * docs/building.md, "Process-wide effects", lists everything conc installs
+ * in a process and when.
  *
  * Forkserver and spawn children run in a fresh image of the program
  * (/proc/self/exe) that entered conc's constructor instead of main.  No
@@ -275,6 +278,39 @@ CONC_API int conc_process_set_start_method(conc_start_method method);
  * a forkserver or spawn child the method that made it (so its own children
  * default to that method, as in Python). */
 CONC_API conc_start_method conc_process_start_method(void);
+
+/*
+ * conc_process_set_exit_cleanup - whether a normal exit (return from main,
+ * exit(), and a child's return from its function) first joins the
+ * non-daemon children and terminates the daemon ones (true, the default:
+ * multiprocessing's exit function).  Off: no atexit handler is registered
+ * at the first start, and one registered already does nothing; at exit,
+ * non-daemon children keep running (re-parented to init) and daemon
+ * children are still killed by PR_SET_PDEATHSIG when the process ends, but
+ * not waited for.  It may be changed at any time; the value at exit
+ * decides.  Fork children inherit the value; forkserver and spawn children
+ * start with the default.  Python has no public equivalent.
+ * Returns 0; -ENOMEM when turning it on after a start must register the
+ * atexit handler and the C library has no room for it (it stays off).
+ */
+CONC_API int conc_process_set_exit_cleanup(bool on);
+
+/*
+ * conc_process_set_launcher - whether children started from a thread other
+ * than the main thread are created on conc's "conc-launcher" thread (true,
+ * the default; the thread is started on the first such start, every method
+ * and the forkserver's own start included).  Off: they are created on the
+ * calling thread itself and no launcher thread is started.  The kernel ties
+ * a child's PR_SET_PDEATHSIG to the thread that created it, so with the
+ * launcher off a daemon child started from another thread is killed as
+ * soon as that thread ends, and so is every daemon child of a forkserver
+ * that such a thread started; non-daemon children are not affected.  Starting
+ * processes only from the main thread never starts the launcher either.
+ * Fork children inherit the value (never the launcher itself).  No Python
+ * equivalent.  Returns 0; -EBUSY when `on` is false and the launcher is
+ * running already.
+ */
+CONC_API int conc_process_set_launcher(bool on);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,8 @@
  * shutdown; daemon threads are not waited for.  The join runs as an atexit
  * handler registered when the first thread starts, so it runs before the
  * atexit handlers registered earlier and after those registered later.
+ * conc_thread_set_exit_join(false) turns it off (docs/building.md,
+ * "Process-wide effects", lists everything conc installs).
  */
 #ifndef CONC_THREAD_H
 #define CONC_THREAD_H
@@ -183,6 +185,20 @@ CONC_API size_t conc_thread_stack_size(void);
 /* conc_thread_set_stack_size - threading.stack_size(size): 0 restores the
  * default.  Returns 0, or -EINVAL for a size below CONC_THREAD_STACK_MIN. */
 CONC_API int conc_thread_set_stack_size(size_t size);
+
+/*
+ * conc_thread_set_exit_join - whether a normal exit (return from main,
+ * exit()) first joins the non-daemon threads (true, the default: Python's
+ * interpreter shutdown).  Off: no atexit handler is registered when
+ * threads start, and one registered already does nothing, so the process
+ * exits at once and its remaining threads end with it, daemon or not (as
+ * with os._exit in Python).  It may be changed at any time; the value at
+ * exit decides.  In a child process started with CONC_START_FORK the
+ * parent's value is inherited; the join a child does when its function
+ * returns follows the child's own value.  Python has no public equivalent
+ * (threading._register_atexit is private).  Returns 0.
+ */
+CONC_API int conc_thread_set_exit_join(bool on);
 
 /* ----------------------------------------------------------------- Timer */
 
