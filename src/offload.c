@@ -72,7 +72,8 @@ static void cond_init(void)
 static void offload_atfork_child(void)
 {
     /* Only the forking thread lives on: no workers, nobody waits for the
-     * queued tasks (leaked: they belong to the parent's callers). */
+     * queued tasks (leaked: they belong to the parent's callers).  Memory
+     * only: the handler never waits, parks or takes a lock. */
     pthread_mutex_init(&S.mu, NULL);
     cond_init();
     S.head = S.tail = NULL;
