@@ -487,7 +487,11 @@ Test(offload, calls_run_in_parallel, .timeout = 30)
     conc_offload_stats st;
     cr_assert_eq(conc_offload_get_stats(&st), 0);
     cr_assert_eq(st.workers, NPAR);
-    cr_assert_eq(st.queued, 0);
+    /* Each worker takes its call when it gets to run. */
+    WAIT_FOR(({
+        conc_offload_get_stats(&st);
+        st.queued == 0;
+    }));
     pthread_barrier_wait(&barrier);     /* the ninth party: release them */
     cr_assert_eq(conc_joinall(g, NPAR, CONC_FOREVER), 0);
     parallel_done = 1;

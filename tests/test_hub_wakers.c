@@ -258,13 +258,18 @@ Test(wakers, wait_that_others_can_end_is_no_deadlock, .timeout = 60)
 static conc_sem rel_sem = CONC_SEM_INIT(0);
 static atomic_long consumed, released, reclaimed;
 static atomic_int stop, enough, loop_done;
+/* quiet: handlers release no more (a signal generated before the timer
+ * was deleted may still be delivered); in_handler: handlers under way. */
+static atomic_int quiet, in_handler;
 
 static void rel_handler(int sig)
 {
     (void)sig;
     int e = errno;
-    if (conc_sem_release(&rel_sem, 1) == 0)
+    atomic_fetch_add(&in_handler, 1);
+    if (!atomic_load(&quiet) && conc_sem_release(&rel_sem, 1) == 0)
         atomic_fetch_add(&handled, 1);
+    atomic_fetch_sub(&in_handler, 1);
     errno = e;
 }
 
@@ -378,6 +383,9 @@ static void drive(pid_t tid, conc_thread *hub, struct hub_thread *h)
         usleep(1000);
     }
     cr_assert_eq(timer_delete(tm), 0);
+    atomic_store(&quiet, 1);
+    while (atomic_load(&in_handler))
+        usleep(100);
     long total = atomic_load(&released) + atomic_load(&handled) - atomic_load(&reclaimed);
     while (atomic_load(&consumed) < total) {
         cr_assert_lt(conc_now(), end, "consumed %ld of %ld", atomic_load(&consumed), total);
