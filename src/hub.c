@@ -974,18 +974,12 @@ static int hub_sleep_until(int64_t deadline)
     }
     int64_t d = eff_deadline(g, deadline);
     int rc = d < deadline ? -ETIMEDOUT : 0;
+    /* A deadline already passed is a timer too (not a yield): sleeps end
+     * in the order of their deadlines, whenever they were armed. */
     busy_enter();
-    if (d <= conc_now()) {
-        g->wait_kind = W_NONE;
-        g->wake_rc = rc;
-        g->state = G_READY;
-        enqueue(h, g);
-        hub_leave(h, g);
-    } else {
-        g->wait_kind = W_SLEEP;
-        timer_arm(h, g, d, rc);
-        park(h, g);
-    }
+    g->wait_kind = W_SLEEP;
+    timer_arm(h, g, d, rc);
+    park(h, g);
     busy_leave();
     return g->wake_rc;
 }

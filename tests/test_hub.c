@@ -63,9 +63,10 @@ struct step {
 };
 
 /* The steppers sleep until fixed times after one common start, not for a
- * pause after each step: their order is then decided by those deadlines
- * alone (the hub expires timers in deadline order), never by how late a
- * loaded machine let one of them run. */
+ * pause after each step, and are spawned in the order of their first
+ * deadlines: the hub ends sleeps in deadline order (also those already
+ * passed when armed), so the log is decided by the deadlines alone, never by
+ * how late a loaded machine let one of them run. */
 static int64_t step_base;
 
 static void *stepper(void *arg)
@@ -102,13 +103,13 @@ Test(hub, spawn_join_order, .timeout = 30)
 
 Test(hub, joinall_and_run, .timeout = 30)
 {
-    struct step s[3] = { { 'x', 2, 0.02 }, { 'y', 1, 0.01 }, { 'z', 2, 0.005 } };
+    struct step s[3] = { { 'z', 2, 0.005 }, { 'y', 1, 0.01 }, { 'x', 2, 0.02 } };
     conc_greenlet *g[4] = { NULL };
     step_base = conc_now();
     for (int i = 0; i < 3; i++)
         cr_assert_eq(conc_spawn(&g[i], stepper, &s[i], NULL), 0);
     cr_assert_eq(conc_joinall(g, 4, 5.0), 0);   /* the NULL entry is skipped */
-    cr_assert_str_eq(logbuf, "xyzzx");
+    cr_assert_str_eq(logbuf, "zyxzx");
     for (int i = 0; i < 3; i++) {
         cr_assert(conc_greenlet_dead(g[i]));
         conc_greenlet_free(g[i]);
