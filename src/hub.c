@@ -11,20 +11,31 @@
  * call returns (0, -ETIMEDOUT, -ECANCELED, -EDEADLK).
  *
  * Word waits.  Coroutines parked on a futex word sit in one process-wide
- * table of word address -> waiters (BUCKETS buckets, each with a mutex), so
- * that conc__wake, called by any thread, finds them.  The rule that keeps
- * races simple: whoever unlinks a waiter from the table owns its wake-up.
- * A waker in the waiter's own thread makes it ready at once; a waker in
- * another thread pushes it on the hub's remote list and writes the hub's
- * eventfd, and the hub makes it ready when it drains the list.  A timer or a
- * kill that finds the waiter already unlinked leaves it to that wake-up (a
- * kill then stays pending for the next blocking call).
+ * table of word address -> waiters (BUCKETS buckets, each with a small
+ * futex lock), so that conc__wake, called by any thread, finds them.  The
+ * rule that keeps races simple: whoever unlinks a waiter from the table owns
+ * its wake-up.  A waker in the waiter's own thread makes it ready at once; a
+ * waker in another thread pushes it on the hub's remote list (lock-free) and
+ * writes the hub's eventfd, and the hub makes it ready when it drains the
+ * list.  A timer or a kill that finds the waiter already unlinked leaves it
+ * to that wake-up (a kill then stays pending for the next blocking call).
  *
  * No lost wake-up: the waiter counts itself in conc__hub_parked, links
- * itself under the bucket's mutex and only then compares the word; a waker
+ * itself under the bucket's lock and only then compares the word; a waker
  * changes the word before it reads the count (with a full fence) and takes
- * the bucket's mutex.  So either the waker finds the waiter linked, or the
+ * the bucket's lock.  So either the waker finds the waiter linked, or the
  * waiter sees the changed word and returns -EAGAIN.
+ *
+ * Signal handlers: conc__hub_wake is async-signal-safe (conc_sem_release
+ * and conc_event_set are, as sem_post is).  See "signal safety" below.
+ *
+ * Deadlocks: the loop ends the main coroutine's wait with -EDEADLK only
+ * when it is certain, that is when the main coroutine and every greenlet of
+ * the hub wait for a greenlet of this hub to finish (conc_join,
+ * conc_hub_run) and nothing is ready, timed or watched: greenlets finish
+ * only in this thread.  Any other wait (a word, a descriptor) could be ended
+ * by a thread that conc does not know, a signal handler or another process,
+ * so it blocks as a thread's would.
  *
  * Other processes: a waker in another process cannot see this table, so a
  * wait on a process-shared word (CONC__WAIT_SHARED) also arms a timer of
@@ -49,8 +60,8 @@
 #include <unistd.h>
 
 #include "conc/coro.h"
-#include "conc/thread.h"
 #include "internal.h"
+#include "sys/futex.h"
 #include "sys/wait.h"
 #include "coro_stack.h"
 
@@ -138,22 +149,26 @@ struct hub {
                                    length): a list, O(1) each way */
     int epfd, evfd;
     size_t nfd;                 /* descriptors registered for waiters */
-    pthread_mutex_t rmu;
-    conc_greenlet *remote;      /* under rmu */
-    uint32_t remote_flag;       /* atomic: remote list not empty */
+    conc_greenlet *remote;      /* atomic: woken by other threads, newest
+                                   first (pushed with a compare-and-swap,
+                                   taken whole with an exchange) */
+    uint32_t pushers;           /* atomic: wakers between their push and
+                                   their eventfd write (the hub outlives
+                                   them) */
     uint32_t live;              /* futex word: spawned greenlets not finished */
+    uint32_t njoin;             /* spawned greenlets parked in join_here */
     bool live_waited;           /* conc_hub_run waits for live to reach 0 */
     conc_greenlet *all;         /* live spawned greenlets */
 };
 
-static __thread struct hub *tls_hub;
+static __thread struct hub *tls_hub __attribute__((tls_model("initial-exec")));
 
 /* --------------------------------------------------------- word table */
 
 #define BUCKETS 1024
 
 static struct bucket {
-    pthread_mutex_t mu;
+    uint32_t lock;                  /* 0 free, 1 taken, 2 taken and waited for */
     conc_greenlet *head, *tail;     /* oldest first: wake-ups are FIFO */
 } table[BUCKETS];
 
@@ -165,6 +180,29 @@ static inline struct bucket *bucket_of(const uint32_t *word)
     uintptr_t a = (uintptr_t)word >> 2;
     a *= (uintptr_t)0x9E3779B97F4A7C15ull;
     return &table[(a >> 20) & (BUCKETS - 1)];
+}
+
+/* A bucket's lock: a futex lock of three states (as glibc's), made of
+ * atomics and system calls only, so that a signal handler may take it
+ * (never in a thread that holds one: see "signal safety"). */
+static void bucket_lock(struct bucket *b)
+{
+    uint32_t c = 0;
+    if (likely(__atomic_compare_exchange_n(&b->lock, &c, 1, false, __ATOMIC_ACQUIRE,
+                                           __ATOMIC_RELAXED)))
+        return;
+    if (c != 2)
+        c = __atomic_exchange_n(&b->lock, 2, __ATOMIC_ACQUIRE);
+    while (c != 0) {
+        conc__futex_wait_abs(&b->lock, 2, NULL, 1);
+        c = __atomic_exchange_n(&b->lock, 2, __ATOMIC_ACQUIRE);
+    }
+}
+
+static void bucket_unlock(struct bucket *b)
+{
+    if (__atomic_exchange_n(&b->lock, 0, __ATOMIC_RELEASE) == 2)
+        conc__futex_wake(&b->lock, 1, 1);
 }
 
 static void bucket_unlink(struct bucket *b, conc_greenlet *g)
@@ -220,11 +258,16 @@ static void heap_down(struct hub *h, size_t i)
     heap_set(h, i, g);
 }
 
-/* Room for one more timer, so that arming it cannot fail. */
-static int heap_reserve(struct hub *h)
+/* Room for need timers.  Each coroutine of a hub arms at most one timer at
+ * a time, so conc_spawn makes room for every live greenlet and the main
+ * coroutine: arming a timer in a blocking call never allocates (and never
+ * fails). */
+static int heap_reserve(struct hub *h, size_t need)
 {
-    if (h->nheap == h->capheap) {
-        size_t cap = h->capheap ? h->capheap * 2 : 64;
+    if (need > h->capheap) {
+        size_t cap = h->capheap ? h->capheap : 64;
+        while (cap < need)
+            cap *= 2;
         conc_greenlet **n = realloc(h->heap, cap * sizeof *n);
         if (!n)
             return -ENOMEM;
@@ -325,7 +368,7 @@ static inline conc_greenlet *handoff_take(struct hub *h)
 {
     conc_greenlet *n = h->rhead;
     if (!n || h->nfd || h->thead || h->nheap
-        || __atomic_load_n(&h->remote_flag, __ATOMIC_RELAXED)
+        || __atomic_load_n(&h->remote, __ATOMIC_RELAXED)
         || (n->state == G_NEW && n->killed))
         return NULL;
     dequeue(h);
@@ -338,6 +381,8 @@ static inline conc_greenlet *handoff_take(struct hub *h)
 static void make_ready(struct hub *h, conc_greenlet *g, int rc)
 {
     timer_cancel(h, g);
+    if (g->wait_kind == W_JOIN && !g->is_main)
+        h->njoin--;
     if (g->wait_kind == W_JOIN && g->jpprev) {
         *g->jpprev = g->jnext;
         if (g->jnext)
@@ -362,11 +407,11 @@ static void interrupt(struct hub *h, conc_greenlet *g, int rc)
 {
     if (g->wait_kind == W_WORD) {
         struct bucket *b = bucket_of(g->word);
-        pthread_mutex_lock(&b->mu);
+        bucket_lock(b);
         bool mine = ld_relaxed(&g->in_table);
         if (mine)
             bucket_unlink(b, g);
-        pthread_mutex_unlock(&b->mu);
+        bucket_unlock(b);
         if (!mine) {
             timer_cancel(h, g);
             if (rc == -ECANCELED)
@@ -377,46 +422,52 @@ static void interrupt(struct hub *h, conc_greenlet *g, int rc)
     make_ready(h, g, rc);
 }
 
+/* Hands g, unlinked from the table, to its hub in another thread (or to
+ * this thread's hub from a signal handler's deferred wake-up). */
 static void remote_push(struct hub *h, conc_greenlet *g)
 {
-    pthread_mutex_lock(&h->rmu);
-    g->remote_next = h->remote;
-    h->remote = g;
-    __atomic_store_n(&h->remote_flag, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&h->rmu);
+    __atomic_add_fetch(&h->pushers, 1, __ATOMIC_RELAXED);
+    conc_greenlet *head = __atomic_load_n(&h->remote, __ATOMIC_RELAXED);
+    do
+        g->remote_next = head;
+    while (!__atomic_compare_exchange_n(&h->remote, &head, g, true, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED));
     uint64_t one = 1;
     ssize_t w = write(h->evfd, &one, sizeof one);
     (void)w;
+    __atomic_sub_fetch(&h->pushers, 1, __ATOMIC_RELEASE);
 }
 
 static void remote_drain(struct hub *h)
 {
-    if (!__atomic_load_n(&h->remote_flag, __ATOMIC_ACQUIRE))
+    if (!__atomic_load_n(&h->remote, __ATOMIC_RELAXED))
         return;
-    pthread_mutex_lock(&h->rmu);
-    conc_greenlet *g = h->remote;
-    h->remote = NULL;
-    __atomic_store_n(&h->remote_flag, 0, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&h->rmu);
-    while (g) {
+    conc_greenlet *g = __atomic_exchange_n(&h->remote, NULL, __ATOMIC_ACQUIRE), *fifo = NULL;
+    while (g) {                 /* oldest first */
         conc_greenlet *next = g->remote_next;
+        g->remote_next = fifo;
+        fifo = g;
+        g = next;
+    }
+    while (fifo) {
+        g = fifo;
+        fifo = g->remote_next;
         g->remote_next = NULL;
         if (g->state == G_PARKED && g->wait_kind == W_WORD && !ld_relaxed(&g->in_table))
             make_ready(h, g, 0);
-        g = next;
     }
 }
 
-/* conc__wake's second half: wake up to n coroutines parked on word. */
-int conc__hub_wake(uint32_t *word, int n)
+/* Wakes up to n coroutines parked on word (NULL: on any word) in bucket b;
+ * the caller is busy (see "signal safety"). */
+static int bucket_wake(struct bucket *b, uint32_t *word, int n)
 {
-    struct bucket *b = bucket_of(word);
     conc_greenlet *woken = NULL, **tail = &woken;
     int k = 0;
-    pthread_mutex_lock(&b->mu);
+    bucket_lock(b);
     for (conc_greenlet *g = b->head, *next; g && k < n; g = next) {
         next = g->wnext;
-        if (g->word != word)
+        if (word && g->word != word)
             continue;
         bucket_unlink(b, g);
         g->remote_next = NULL;
@@ -424,7 +475,7 @@ int conc__hub_wake(uint32_t *word, int n)
         tail = &g->remote_next;
         k++;
     }
-    pthread_mutex_unlock(&b->mu);
+    bucket_unlock(b);
     struct hub *me = tls_hub;
     while (woken) {
         conc_greenlet *g = woken;
@@ -435,6 +486,162 @@ int conc__hub_wake(uint32_t *word, int n)
         else
             remote_push(g->hub, g);
     }
+    return k;
+}
+
+static inline int hub_wake(uint32_t *word, int n)
+{
+    return bucket_wake(bucket_of(word), word, n);
+}
+
+/* Every coroutine parked on a word anywhere: a spurious wake-up for most
+ * (deferred wake-ups that found no room, see below). */
+static void hub_wake_everything(void)
+{
+    for (size_t i = 0; i < BUCKETS; i++)
+        bucket_wake(&table[i], NULL, INT_MAX);
+}
+
+/* --------------------------------------------------------- signal safety */
+
+/*
+ * conc_sem_release and conc_event_set may be called from a signal handler,
+ * even while coroutines are parked (as sem_post may): their wake-up,
+ * conc__hub_wake, is async-signal-safe.  It uses atomics and system calls
+ * only (the bucket lock is a futex, the remote list lock-free, the eventfd
+ * a write), and two rules keep a handler from touching what the thread it
+ * interrupted was in the middle of changing:
+ *
+ * - A thread is "busy" while it changes a hub's bookkeeping (its ready
+ *   queue, timers, descriptors) or holds a bucket's lock: tls_busy counts
+ *   the nesting.  A handler that finds its thread busy does not wake
+ *   anything itself: it records the word in the thread's deferred list
+ *   (tls_deferred: a compare-and-swap claims a slot; when the list is full
+ *   a flag asks for a wake-up of every parked coroutine, spurious for most)
+ *   and writes the eventfd of the thread's hub, if any.  The thread wakes
+ *   them when it stops being busy, and a hub's loop (always busy) on each
+ *   turn: the eventfd ends its epoll_wait.
+ * - A handler that finds its thread not busy wakes as any thread would: it
+ *   may wait for a bucket's lock held by another thread, which never waits
+ *   for it.
+ *
+ * Coroutine switches keep each coroutine's count: hub_leave saves it and
+ * sets it back when the coroutine runs again; a new greenlet starts its
+ * body with 0, the loop runs with 1.
+ */
+#define DEFER_MAX 8
+
+struct deferred {
+    uint32_t n;                 /* slots in use */
+    uint32_t all;               /* overflowed: wake every parked coroutine */
+    struct {
+        uint32_t *word;
+        int n;
+    } e[DEFER_MAX];
+};
+
+static __thread uint32_t tls_busy __attribute__((tls_model("initial-exec")));
+static __thread struct deferred tls_deferred __attribute__((tls_model("initial-exec")));
+
+static inline bool deferred_pending(void)
+{
+    return (__atomic_load_n(&tls_deferred.n, __ATOMIC_RELAXED)
+            | __atomic_load_n(&tls_deferred.all, __ATOMIC_RELAXED)) != 0;
+}
+
+/* Wakes what handlers deferred; the caller is busy.  Handlers may add more
+ * meanwhile (a slot is taken back with a compare-and-swap). */
+static void deferred_run(void)
+{
+    for (;;) {
+        if (__atomic_exchange_n(&tls_deferred.all, 0, __ATOMIC_RELAXED))
+            hub_wake_everything();
+        uint32_t i = __atomic_load_n(&tls_deferred.n, __ATOMIC_RELAXED);
+        if (i == 0) {
+            if (!__atomic_load_n(&tls_deferred.all, __ATOMIC_RELAXED))
+                return;
+            continue;
+        }
+        uint32_t *word = __atomic_load_n(&tls_deferred.e[i - 1].word, __ATOMIC_RELAXED);
+        int n = __atomic_load_n(&tls_deferred.e[i - 1].n, __ATOMIC_RELAXED);
+        if (__atomic_compare_exchange_n(&tls_deferred.n, &i, i - 1, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+            hub_wake(word, n);
+    }
+}
+
+static inline void busy_set(uint32_t v)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&tls_busy, v, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+static inline void busy_enter(void)
+{
+    busy_set(__atomic_load_n(&tls_busy, __ATOMIC_RELAXED) + 1);
+}
+
+/* Not busy, with wake-ups deferred: wake them. */
+static void __attribute__((noinline)) busy_leave_deferred(void)
+{
+    while (deferred_pending()) {
+        busy_set(1);
+        deferred_run();
+        busy_set(0);
+    }
+}
+
+/* Leaves one level; the last one wakes what handlers deferred meanwhile
+ * (first not busy, then look: a handler that comes after the look acts
+ * itself). */
+static inline void busy_leave(void)
+{
+    uint32_t b = __atomic_load_n(&tls_busy, __ATOMIC_RELAXED) - 1;
+    busy_set(b);
+    if (unlikely(b == 0 && deferred_pending()))
+        busy_leave_deferred();
+}
+
+/* In a handler that interrupted a busy thread: leave word to the thread. */
+static void defer(uint32_t *word, int n)
+{
+    uint32_t i = __atomic_load_n(&tls_deferred.n, __ATOMIC_RELAXED);
+    for (;;) {
+        if (i >= DEFER_MAX) {
+            __atomic_store_n(&tls_deferred.all, 1, __ATOMIC_RELAXED);
+            break;
+        }
+        if (__atomic_compare_exchange_n(&tls_deferred.n, &i, i + 1, false, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED)) {
+            /* Nobody takes it before this handler returns. */
+            __atomic_store_n(&tls_deferred.e[i].word, word, __ATOMIC_RELAXED);
+            __atomic_store_n(&tls_deferred.e[i].n, n, __ATOMIC_RELAXED);
+            break;
+        }
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    struct hub *h = tls_hub;
+    if (h) {                    /* its loop may be about to sleep */
+        uint64_t one = 1;
+        ssize_t w = write(h->evfd, &one, sizeof one);
+        (void)w;
+    }
+}
+
+/* conc__wake's second half: wake up to n coroutines parked on word. */
+int conc__hub_wake(uint32_t *word, int n)
+{
+    int saved = errno;
+    int k = 0;
+    if (__atomic_load_n(&tls_busy, __ATOMIC_RELAXED)) {
+        defer(word, n);         /* a handler: the thread will wake them */
+    } else {
+        busy_enter();
+        k = hub_wake(word, n);
+        busy_leave();
+    }
+    errno = saved;
     return k;
 }
 
@@ -492,10 +699,10 @@ static void gl_finish(struct hub *h, conc_greenlet *g)
     uint32_t waiters = __atomic_load_n(&barrier_state, __ATOMIC_RELAXED) == 1
                            ? __atomic_load_n(&g->waiters, __ATOMIC_RELAXED)
                            : __atomic_fetch_add(&g->waiters, 0, __ATOMIC_SEQ_CST);
-    if (waiters & GL_WAITED)
-        conc__wake(&g->done, INT_MAX, 0);
-    else if (waiters & GL_WAITED_CORO)
-        conc__hub_wake(&g->done, INT_MAX);     /* no thread sleeps: no system call */
+    if (waiters & (GL_WAITED | GL_WAITED_CORO))
+        hub_wake(&g->done, INT_MAX);
+    if (waiters & GL_WAITED)    /* else no thread sleeps: no system call */
+        conc__futex_wake(&g->done, INT_MAX, 1);
     if (g->joiners) {           /* coroutines of this hub, first come first */
         conc_greenlet *j = g->joiners, *fifo = NULL;
         g->joiners = NULL;
@@ -517,7 +724,7 @@ static void gl_finish(struct hub *h, conc_greenlet *g)
     uint32_t left = h->live - 1;
     __atomic_store_n(&h->live, left, __ATOMIC_RELEASE);
     if (left == 0 && h->live_waited)
-        conc__wake(&h->live, INT_MAX, 0);
+        hub_wake(&h->live, INT_MAX);    /* only the main coroutine, parked */
 }
 
 /* Drops the running reference of the greenlet that finished last: it has
@@ -536,7 +743,11 @@ static void *gl_entry(void *arg, void *value)
     (void)value;
     conc_greenlet *g = arg;
     struct hub *h = g->hub;
+    busy_set(0);                /* the body is not the hub's bookkeeping */
+    if (unlikely(deferred_pending()))
+        busy_leave_deferred();
     g->result = g->fn(g->arg);
+    busy_enter();
     gl_finish(h, g);
     hub_reap(h);
     h->dead = g;
@@ -556,26 +767,31 @@ static void run_one(struct hub *h, conc_greenlet *g)
     h->current = g;
     g->state = G_RUNNING;
     conc_coro_switch(gl_coro(g), NULL, NULL);
+    busy_set(1);
     h->current = NULL;
     hub_reap(h);
 }
 
 /* ------------------------------------------------------------ the loop */
 
-static bool nothing_can_wake(struct hub *h)
+/* Nothing but this hub can end the main coroutine's wait, and nothing in
+ * it can run: the main coroutine and every live greenlet wait for a
+ * greenlet of this hub to finish (see the top of this file). */
+static bool certain_deadlock(struct hub *h)
 {
     if (h->rhead || h->nheap || h->thead || h->nfd
-        || __atomic_load_n(&h->remote_flag, __ATOMIC_ACQUIRE))
+        || __atomic_load_n(&h->remote, __ATOMIC_ACQUIRE) || deferred_pending())
         return false;
-    if (h->main.state != G_PARKED || (h->main.wait_kind == W_WORD && !ld_relaxed(&h->main.in_table)))
+    const conc_greenlet *m = &h->main;
+    if (m->state != G_PARKED)
         return false;
-    /* Another thread could wake a word: ask the thread registry, blocking
-     * the thread (not parking) should its lock be contended. */
-    const struct conc__wait_ops *ops = conc__wait_ops;
-    conc__wait_ops = NULL;
-    int n = conc_thread_active_count();
-    conc__wait_ops = ops;
-    return n <= 1;
+    if (m->wait_kind == W_WORD) {       /* conc_hub_run */
+        if (m->word != &h->live || !ld_relaxed(&m->in_table))
+            return false;
+    } else if (m->wait_kind != W_JOIN) {
+        return false;
+    }
+    return h->njoin == __atomic_load_n(&h->live, __ATOMIC_RELAXED);
 }
 
 static void expire_timers(struct hub *h)
@@ -612,14 +828,17 @@ static void *hub_loop(void *arg, void *value)
 {
     (void)value;
     struct hub *h = arg;
+    busy_set(1);                /* always, in the loop */
     for (;;) {
+        if (unlikely(deferred_pending()))
+            deferred_run();
         remote_drain(h);
         expire_timers(h);
         if (h->rhead) {
             /* One pass over what is ready now, then look for events. */
             for (size_t n = h->nready; n > 0 && h->rhead; n--)
                 run_one(h, dequeue(h));
-            if (h->nfd || __atomic_load_n(&h->remote_flag, __ATOMIC_RELAXED))
+            if (h->nfd || __atomic_load_n(&h->remote, __ATOMIC_RELAXED))
                 poll_events(h, 0);
             continue;
         }
@@ -631,7 +850,7 @@ static void *hub_loop(void *arg, void *value)
                 continue;
             int64_t ms = (left + 999999) / 1000000;
             timeout = ms > INT_MAX ? INT_MAX : (int)ms;
-        } else if (nothing_can_wake(h)) {
+        } else if (certain_deadlock(h)) {
             interrupt(h, &h->main, -EDEADLK);
             continue;
         }
@@ -661,7 +880,9 @@ static inline __attribute__((always_inline)) void hub_leave(struct hub *h, conc_
     conc_greenlet *next = handoff_take(h);
     if (next == g)
         return;                 /* nothing else to run: go on */
+    uint32_t busy = __atomic_load_n(&tls_busy, __ATOMIC_RELAXED);
     conc__coro_switch_same_site(next ? gl_coro(next) : h->loop);
+    busy_set(busy);             /* ours again (see "signal safety") */
 }
 
 static inline __attribute__((always_inline)) int park(struct hub *h, conc_greenlet *g)
@@ -681,12 +902,24 @@ static inline __attribute__((always_inline)) int park(struct hub *h, conc_greenl
         return r_;                                      \
     } while (0)
 
+static inline int hub_wait_busy(struct hub *h, conc_greenlet *g, uint32_t *word,
+                                uint32_t expect, int64_t deadline, unsigned flags);
+
 static int hub_wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags)
 {
     struct hub *h = tls_hub;
     conc_greenlet *g = gl_self(h);
     if (!g)
         PLAIN(conc__wait(word, expect, deadline, flags));
+    busy_enter();
+    int r = hub_wait_busy(h, g, word, expect, deadline, flags);
+    busy_leave();
+    return r;
+}
+
+static inline int hub_wait_busy(struct hub *h, conc_greenlet *g, uint32_t *word,
+                                uint32_t expect, int64_t deadline, unsigned flags)
+{
     if (g->cancel_pending) {
         g->cancel_pending = 0;
         return -ECANCELED;
@@ -698,13 +931,11 @@ static int hub_wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned 
         if (deadline <= now)
             return __atomic_load_n(word, __ATOMIC_ACQUIRE) != expect ? -EAGAIN : -ETIMEDOUT;
     }
-    if (heap_reserve(h) < 0)
-        return 0;               /* a spurious wake-up: the caller re-checks */
     __atomic_add_fetch(&conc__hub_parked, 1, __ATOMIC_SEQ_CST);
     struct bucket *b = bucket_of(word);
-    pthread_mutex_lock(&b->mu);
+    bucket_lock(b);
     if (__atomic_load_n(word, __ATOMIC_SEQ_CST) != expect) {
-        pthread_mutex_unlock(&b->mu);
+        bucket_unlock(b);
         __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
         return -EAGAIN;
     }
@@ -717,7 +948,7 @@ static int hub_wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned 
         b->head = g;
     b->tail = g;
     st_relaxed(&g->in_table, 1);
-    pthread_mutex_unlock(&b->mu);
+    bucket_unlock(b);
     g->wait_kind = W_WORD;
     if (flags & CONC__WAIT_SHARED) {
         int64_t poll = now + CONC_HUB_SHARED_POLL_NS;
@@ -743,19 +974,14 @@ static int hub_sleep_until(int64_t deadline)
     }
     int64_t d = eff_deadline(g, deadline);
     int rc = d < deadline ? -ETIMEDOUT : 0;
-    if (d <= conc_now()) {
-        g->wait_kind = W_NONE;
-        g->wake_rc = rc;
-        g->state = G_READY;
-        enqueue(h, g);
-        hub_leave(h, g);
-        return g->wake_rc;
-    }
-    if (heap_reserve(h) < 0)
-        PLAIN(conc__sleep_until(deadline));
+    /* A deadline already passed is a timer too (not a yield): sleeps end
+     * in the order of their deadlines, whenever they were armed. */
+    busy_enter();
     g->wait_kind = W_SLEEP;
     timer_arm(h, g, d, rc);
-    return park(h, g);
+    park(h, g);
+    busy_leave();
+    return g->wake_rc;
 }
 
 static void hub_yield(void)
@@ -766,12 +992,17 @@ static void hub_yield(void)
         sched_yield();
         return;
     }
+    busy_enter();
     g->wait_kind = W_NONE;
     g->wake_rc = 0;
     g->state = G_READY;
     enqueue(h, g);
     hub_leave(h, g);
+    busy_leave();
 }
+
+static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short events,
+                            int64_t deadline);
 
 static int hub_wait_fd(int fd, short events, int64_t deadline)
 {
@@ -786,8 +1017,15 @@ static int hub_wait_fd(int fd, short events, int64_t deadline)
     deadline = eff_deadline(g, deadline);
     if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
         PLAIN(conc__wait_fd(fd, events, deadline));  /* a ready fd wins */
-    if (deadline != CONC_NO_DEADLINE && heap_reserve(h) < 0)
-        return -ENOMEM;
+    busy_enter();
+    int r = hub_wait_fd_busy(h, g, fd, events, deadline);
+    busy_leave();
+    return r;
+}
+
+static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short events,
+                            int64_t deadline)
+{
     struct epoll_event ev = { .events = (uint32_t)(uint16_t)events | EPOLLONESHOT,
                               .data.ptr = g };
     int reg = fd;
@@ -857,8 +1095,6 @@ static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
         g->cancel_pending = 0;
         return -ECANCELED;
     }
-    if (deadline != CONC_NO_DEADLINE && heap_reserve(h) < 0)
-        return -ENOMEM;
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
         return -errno;
@@ -890,6 +1126,7 @@ static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
         close(ep);
         return -e;
     }
+    busy_enter();
     g->fd = -1;
     g->regfd = ep;
     g->events = 0;
@@ -898,6 +1135,7 @@ static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
     if (deadline != CONC_NO_DEADLINE)
         timer_arm(h, g, deadline, -ETIMEDOUT);
     r = park(h, g);
+    busy_leave();
     if (r != 0 && r != -ETIMEDOUT)
         return r;                       /* -ECANCELED */
     int ready = poll_now(fds, n);
@@ -921,19 +1159,21 @@ static void hub_atfork_child(void)
     tls_hub = NULL;
     conc__wait_ops = NULL;
     __atomic_store_n(&barrier_state, 0, __ATOMIC_RELAXED);    /* again with the next hub */
+    tls_busy = 0;
+    memset(&tls_deferred, 0, sizeof tls_deferred);
     if (!hub_ever)
         return;
     for (size_t i = 0; i < BUCKETS; i++) {
-        pthread_mutex_init(&table[i].mu, NULL);
+        table[i].lock = 0;
         table[i].head = table[i].tail = NULL;
     }
     conc__hub_parked = 0;
 }
 
+/* The fork handler only resets memory: it never parks, waits or takes a
+ * lock (a fork may come from any coroutine, or from a signal handler). */
 __attribute__((constructor(CONC__CTOR_MODULE))) static void hub_module_init(void)
 {
-    for (size_t i = 0; i < BUCKETS; i++)
-        pthread_mutex_init(&table[i].mu, NULL);
     pthread_atfork(NULL, NULL, hub_atfork_child);
 }
 
@@ -961,6 +1201,10 @@ static struct hub *hub_get(void)
     h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
+    if (heap_reserve(h, 64) < 0) {
+        free(h);
+        return NULL;
+    }
     h->epfd = epoll_create1(EPOLL_CLOEXEC);
     h->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
@@ -971,11 +1215,11 @@ static struct hub *hub_get(void)
             close(h->epfd);
         if (h->evfd >= 0)
             close(h->evfd);
+        free(h->heap);
         free(h);
         return NULL;
     }
     conc_coro_set_parent(h->loop, main);
-    pthread_mutex_init(&h->rmu, NULL);
     gl_init(&h->main, h);
     h->main.coro = main;
     h->main.is_main = 1;
@@ -997,15 +1241,21 @@ int conc_hub_destroy(void)
         return -EPERM;
     if (__atomic_load_n(&h->live, __ATOMIC_ACQUIRE) || h->rhead)
         return -EBUSY;
+    busy_enter();
     hub_reap(h);
     conc__wait_ops = NULL;
     tls_hub = NULL;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);   /* a handler sees no hub now */
+    /* A waker of another thread that pushed our main coroutine may still
+     * be about to write the eventfd. */
+    while (__atomic_load_n(&h->pushers, __ATOMIC_ACQUIRE))
+        sched_yield();
     conc_coro_free(h->loop);
     close(h->epfd);
     close(h->evfd);
-    pthread_mutex_destroy(&h->rmu);
     free(h->heap);
     free(h);
+    busy_leave();
     return 0;
 }
 
@@ -1020,6 +1270,9 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
         return -ENOMEM;
     if (!gl_self(h))
         return -EPERM;
+    /* A timer for it and for every other coroutine of the hub. */
+    if (heap_reserve(h, (size_t)h->live + 2) < 0)
+        return -ENOMEM;
     /* The record lives at the top of the coroutine's stack: one page holds
      * a sleeping greenlet, and a finished one's stack is reused warm. */
     conc_greenlet *g;
@@ -1028,6 +1281,7 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
                                      opts ? opts->name : NULL, h->loop, sizeof *g, (void **)&g);
     if (rc < 0)
         return rc;
+    busy_enter();
     /* Field by field: a memset of the record costs more than the rest. */
     g->coro = c;
     g->result = NULL;
@@ -1062,6 +1316,7 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
     h->all = g;
     __atomic_store_n(&h->live, h->live + 1, __ATOMIC_RELAXED);
     enqueue(h, g);
+    busy_leave();
     *out = g;
     return 0;
 }
@@ -1082,12 +1337,9 @@ static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_g
             return -ECANCELED;
         }
         int64_t d = eff_deadline(self, deadline);
-        if (d != CONC_NO_DEADLINE) {
-            if (d <= conc_now())
-                return -ETIMEDOUT;
-            if (heap_reserve(h) < 0)
-                return -ENOMEM;
-        }
+        if (d != CONC_NO_DEADLINE && d <= conc_now())
+            return -ETIMEDOUT;
+        busy_enter();
         self->word = &g->done;
         self->jnext = g->joiners;
         if (g->joiners)
@@ -1095,9 +1347,12 @@ static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_g
         self->jpprev = &g->joiners;
         g->joiners = self;
         self->wait_kind = W_JOIN;
+        if (!self->is_main)
+            h->njoin++;
         if (d != CONC_NO_DEADLINE)
             timer_arm(h, self, d, -ETIMEDOUT);
         int r = park(h, self);
+        busy_leave();
         if (r != 0)
             return (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE) ? 0 : r;
     }
@@ -1175,19 +1430,22 @@ int conc_kill(conc_greenlet *g)
     struct hub *h = tls_hub;
     if (!h || g->hub != h)
         return -EPERM;
+    busy_enter();
     switch (g->state) {
     case G_DEAD:
-        return 0;
+        break;
     case G_NEW:
         g->killed = 1;
-        return 0;
+        break;
     case G_PARKED:
         interrupt(h, g, -ECANCELED);
-        return 0;
+        break;
     default:                    /* running (itself) or ready */
         g->cancel_pending = 1;
-        return 0;
+        break;
     }
+    busy_leave();
+    return 0;
 }
 
 bool conc_greenlet_dead(const conc_greenlet *g)

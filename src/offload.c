@@ -11,9 +11,9 @@
  * ABANDONED instead, and then the worker hands arg and result to the
  * abandon callback.  Whichever side drops the last reference frees the task.
  *
- * Waiting in a hub thread arms a timer (the wait is cut into chunks of
- * TICK_NS): the hub sees a pending timer and does not mistake a coroutine
- * waiting for a worker for a deadlock (the workers are not conc threads).
+ * A coroutine waiting for a worker is never taken for a deadlock (a hub
+ * reports one only when its coroutines all wait for each other), so the
+ * wait needs no timer of its own.
  *
  * Workers are made on demand (when more tasks are queued than workers are
  * idle) up to max_workers, run with every signal blocked, and exit after
@@ -35,8 +35,6 @@
 #include "sys/wait.h"
 
 enum { T_PENDING, T_DONE, T_ABANDONED };
-
-#define TICK_NS 1000000000LL
 
 struct task {
     conc_offload_fn fn;
@@ -74,7 +72,8 @@ static void cond_init(void)
 static void offload_atfork_child(void)
 {
     /* Only the forking thread lives on: no workers, nobody waits for the
-     * queued tasks (leaked: they belong to the parent's callers). */
+     * queued tasks (leaked: they belong to the parent's callers).  Memory
+     * only: the handler never waits, parks or takes a lock. */
     pthread_mutex_init(&S.mu, NULL);
     cond_init();
     S.head = S.tail = NULL;
@@ -247,18 +246,7 @@ int conc_offload_ex(conc_offload_fn fn, void *arg, void **result, int64_t deadli
             rc = 0;
             break;
         }
-        int64_t d = deadline;
-        bool chunk = false;
-        if (conc__wait_ops) {
-            int64_t tick = conc_now() + TICK_NS;
-            if (tick < d) {
-                d = tick;
-                chunk = true;
-            }
-        }
-        int r = conc__wait(&t->state, T_PENDING, d, 0);
-        if (r == -ETIMEDOUT && chunk && conc_now() >= d)
-            continue;           /* our own tick: wait on */
+        int r = conc__wait(&t->state, T_PENDING, deadline, 0);
         if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK) {
             uint32_t expect = T_PENDING;
             if (__atomic_compare_exchange_n(&t->state, &expect, T_ABANDONED, false,

@@ -62,12 +62,19 @@ struct step {
     double pause;
 };
 
+/* The steppers sleep until fixed times after one common start, not for a
+ * pause after each step, and are spawned in the order of their first
+ * deadlines: the hub ends sleeps in deadline order (also those already
+ * passed when armed), so the log is decided by the deadlines alone, never by
+ * how late a loaded machine let one of them run. */
+static int64_t step_base;
+
 static void *stepper(void *arg)
 {
     struct step *s = arg;
     for (int i = 0; i < s->n; i++) {
         logc(s->name);
-        conc_sleep(s->pause);
+        conc_sleep_until(step_base + (int64_t)((i + 1) * s->pause * 1e9));
     }
     return (void *)(intptr_t)s->name;
 }
@@ -77,6 +84,7 @@ Test(hub, spawn_join_order, .timeout = 30)
     /* a logs at 0, 30, 60 ms; b at 0, 45, 90 ms. */
     struct step a = { 'a', 3, 0.030 }, b = { 'b', 3, 0.045 };
     conc_greenlet *ga, *gb;
+    step_base = conc_now();
     cr_assert_eq(conc_spawn(&ga, stepper, &a, NULL), 0);
     cr_assert_eq(conc_spawn(&gb, stepper, &b, NULL), 0);
     logc('m');                      /* nothing runs before main blocks */
@@ -95,12 +103,13 @@ Test(hub, spawn_join_order, .timeout = 30)
 
 Test(hub, joinall_and_run, .timeout = 30)
 {
-    struct step s[3] = { { 'x', 2, 0.02 }, { 'y', 1, 0.01 }, { 'z', 2, 0.005 } };
+    struct step s[3] = { { 'z', 2, 0.005 }, { 'y', 1, 0.01 }, { 'x', 2, 0.02 } };
     conc_greenlet *g[4] = { NULL };
+    step_base = conc_now();
     for (int i = 0; i < 3; i++)
         cr_assert_eq(conc_spawn(&g[i], stepper, &s[i], NULL), 0);
     cr_assert_eq(conc_joinall(g, 4, 5.0), 0);   /* the NULL entry is skipped */
-    cr_assert_str_eq(logbuf, "xyzzx");
+    cr_assert_str_eq(logbuf, "zyxzx");
     for (int i = 0; i < 3; i++) {
         cr_assert(conc_greenlet_dead(g[i]));
         conc_greenlet_free(g[i]);
@@ -302,16 +311,25 @@ static void *long_sleeper(void *arg)
     return NULL;
 }
 
+/* Runs until its event is set (no sleep whose length races the joins). */
+static void *held_by_event(void *arg)
+{
+    conc_event_wait(arg, CONC_FOREVER);
+    return NULL;
+}
+
 Test(hub, join_timeout, .timeout = 30)
 {
+    conc_event hold = CONC_EVENT_INIT;
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, long_sleeper, NULL, NULL), 0);
+    cr_assert_eq(conc_spawn(&g, held_by_event, &hold, NULL), 0);
     int64_t t0 = conc_now();
     cr_assert_eq(conc_join(g, 0.05), -ETIMEDOUT);
     cr_assert_geq(conc_now() - t0, 40000000);
     cr_assert_eq(conc_join(g, 0), -ETIMEDOUT);
     cr_assert_not(conc_greenlet_dead(g));
     cr_assert_eq(conc_joinall(&g, 1, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_event_set(&hold), 0);
     cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
     cr_assert_eq(conc_join(NULL, 1), -EINVAL);
     cr_assert_eq(conc_join(g, -2), -EINVAL);
@@ -386,10 +404,13 @@ Test(hub, lock_between_coroutines, .timeout = 30)
 
 static conc_event xevent = CONC_EVENT_INIT;
 
+/* Sets the event once the ticker has ticked twice while the waiter waits
+ * (not after a pause that a slow ticker could outlast). */
 static void *event_setter(void *arg)
 {
-    (void)arg;
-    conc_sleep(0.05);
+    int *ticks = arg;
+    while (__atomic_load_n(ticks, __ATOMIC_ACQUIRE) < 2)
+        usleep(1000);
     conc_event_set(&xevent);
     return NULL;
 }
@@ -404,7 +425,7 @@ static void *ticker(void *arg)
 {
     int *ticks = arg;
     while (!conc_event_is_set(&xevent)) {
-        (*ticks)++;
+        __atomic_store_n(ticks, *ticks + 1, __ATOMIC_RELEASE);
         conc_sleep(0.005);
     }
     return NULL;
@@ -417,7 +438,7 @@ Test(hub, event_set_by_other_thread, .timeout = 30)
     cr_assert_eq(conc_spawn(&w, event_waiter, NULL, NULL), 0);
     cr_assert_eq(conc_spawn(&t, ticker, &ticks, NULL), 0);
     conc_thread *th;
-    cr_assert_eq(conc_thread_new(&th, event_setter, NULL, NULL), 0);
+    cr_assert_eq(conc_thread_new(&th, event_setter, &ticks, NULL), 0);
     cr_assert_eq(conc_thread_start(th), 0);
     cr_assert_eq(conc_join(w, 10.0), 0);
     void *r;
@@ -627,42 +648,50 @@ Test(hub, shared_event_set_by_other_process, .timeout = 30)
 
 /* ------------------------------------------------------------ deadlock */
 
-static conc_event never = CONC_EVENT_INIT;
+static conc_greenlet *cycle[2];
 
-static void *never_waiter(void *arg)
+static void *join_partner(void *arg)
 {
-    (void)arg;
-    return (void *)(intptr_t)conc_event_wait(&never, CONC_FOREVER);
+    intptr_t i = (intptr_t)arg;
+    return (void *)(intptr_t)conc_join(cycle[1 - i], CONC_FOREVER);
 }
 
+/* Greenlets joining each other can never finish: the main coroutine's join
+ * and conc_hub_run say -EDEADLK (the diagnosis is certain: only this hub
+ * finishes its greenlets), the dump names every wait, a timeout is not a
+ * deadlock, and killing one ends it.  (A wait that something outside the
+ * hub could end is no deadlock: tests/test_hub_wakers.c.) */
 Test(hub, deadlock_diagnosis, .timeout = 30)
 {
-    conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, never_waiter, NULL, NULL), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), -EDEADLK);
+    cr_assert_eq(conc_spawn(&cycle[0], join_partner, (void *)0, NULL), 0);
+    cr_assert_eq(conc_spawn(&cycle[1], join_partner, (void *)1, NULL), 0);
+    cr_assert_eq(conc_join(cycle[0], CONC_FOREVER), -EDEADLK);
     cr_assert_eq(conc_hub_run(), -EDEADLK);
-    conc_event ev = CONC_EVENT_INIT;
-    cr_assert_eq(conc_event_wait(&ev, CONC_FOREVER), -EDEADLK);
-    /* The dump names both waits. */
+    cr_assert_eq(conc_joinall(cycle, 2, CONC_FOREVER), -EDEADLK);
+    /* The dump names the three waits. */
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    cr_assert_eq(conc_hub_dump(f), 2);
+    cr_assert_eq(conc_hub_dump(f), 3);
     fclose(f);
-    char want[64];
-    snprintf(want, sizeof want, "word %p", (void *)&never);
-    cr_assert(strstr(text, want), "dump: %s", text);
+    int words = 0;
+    for (const char *p = text; (p = strstr(p, "word 0x")); p++)
+        words++;
+    cr_assert_eq(words, 2, "dump: %s", text);
     cr_assert(strstr(text, "main"), "dump: %s", text);
     free(text);
     cr_assert_eq(conc_hub_destroy(), -EBUSY);
     /* A timeout is not a deadlock. */
-    cr_assert_eq(conc_join(g, 0.01), -ETIMEDOUT);
-    cr_assert_eq(conc_kill(g), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_join(cycle[0], 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_kill(cycle[0]), 0);
+    cr_assert_eq(conc_hub_run(), 0);
     void *r;
-    cr_assert_eq(conc_greenlet_result(g, &r), 0);
+    cr_assert_eq(conc_greenlet_result(cycle[0], &r), 0);
     cr_assert_eq((intptr_t)r, -ECANCELED);
-    conc_greenlet_free(g);
+    cr_assert_eq(conc_greenlet_result(cycle[1], &r), 0);
+    cr_assert_eq((intptr_t)r, 0);
+    conc_greenlet_free(cycle[0]);
+    conc_greenlet_free(cycle[1]);
     cr_assert_eq(conc_hub_destroy(), 0);
     cr_assert_eq(conc_hub_dump(stderr), 0);
 }
@@ -760,28 +789,33 @@ static void *join_and_log(void *arg)
     return NULL;
 }
 
-static void *nap_ms(void *arg)
+static void *wait_then_7(void *arg)
 {
-    conc_sleep((double)(uintptr_t)arg / 1000.0);
+    conc_event_wait(arg, CONC_FOREVER);
     return (void *)7;
 }
 
 /* Coroutines joining a greenlet of their hub wake in the order they came,
  * one whose timeout passes first leaves alone, a killed one sees
- * -ECANCELED, and the greenlet's end wakes the rest. */
+ * -ECANCELED, and the greenlet's end wakes the rest.  Each step waits for
+ * the one before (b's log, then the kill, then t's release), so the order
+ * does not hang on how long b's timeout takes to pass. */
 Test(hub, joiners_of_one_greenlet, .timeout = 30)
 {
     loglen = 0;
+    conc_event t_go = CONC_EVENT_INIT;
     conc_greenlet *t, *j[4];
-    cr_assert_eq(conc_spawn(&t, nap_ms, (void *)(uintptr_t)60, NULL), 0);
+    cr_assert_eq(conc_spawn(&t, wait_then_7, &t_go, NULL), 0);
     struct joiner js[4] = {
         { t, CONC_FOREVER, 'a', 1 }, { t, 0.01, 'b', 1 },
         { t, CONC_FOREVER, 'c', 1 }, { t, CONC_FOREVER, 'd', 1 },
     };
     for (int i = 0; i < 4; i++)
         cr_assert_eq(conc_spawn(&j[i], join_and_log, &js[i], NULL), 0);
-    cr_assert_eq(conc_sleep(0.02), 0);
+    cr_assert_eq(conc_join(j[1], CONC_FOREVER), 0);     /* b timed out */
+    cr_assert_str_eq(logbuf, "b");
     cr_assert_eq(conc_kill(j[2]), 0);
+    cr_assert_eq(conc_event_set(&t_go), 0);
     cr_assert_eq(conc_join(t, CONC_FOREVER), 0);
     cr_assert_eq(conc_joinall(j, 4, CONC_FOREVER), 0);
     cr_assert_str_eq(logbuf, "bcad");

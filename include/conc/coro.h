@@ -279,12 +279,28 @@ CONC_API int conc_coro_get_stats(conc_coro_stats *out);
  * Errors common to every blocking call made in a hub thread: -ECANCELED
  * when the coroutine was killed (conc_kill) while it waited, -ETIMEDOUT
  * when the deadline of the call or of an enclosing timeout scope
- * (conc_timeout_push) passed, -EDEADLK (main coroutine only) when nothing
- * can ever wake it: no coroutine is ready, no timer is armed, no descriptor
- * is waited for and conc knows of no other thread in the process
- * (conc_thread_active_count() <= 1; threads made with pthread_create
- * directly are not seen).  gevent raises LoopExit there; conc writes
- * nothing, and conc_hub_dump tells who waits for what.
+ * (conc_timeout_push) passed.
+ *
+ * Deadlocks: -EDEADLK is reported only when it is certain.  A greenlet
+ * joining itself gets it at once.  Otherwise the main coroutine's
+ * conc_join, conc_joinall or conc_hub_run returns -EDEADLK when nothing in
+ * the hub is ready, no timer is armed, no descriptor is watched, and the
+ * main coroutine and every unfinished greenlet of the hub are waiting for
+ * a greenlet of this same hub to finish (greenlets joining each other):
+ * only this hub could end those waits.  Every other wait (a lock, an
+ * event, a semaphore, a queue, a descriptor...) could be ended by another
+ * thread, including one made with pthread_create, by a signal handler or
+ * by another process, so it blocks as it would in a plain thread, for as
+ * long as it takes, even when nobody ever ends it.  gevent raises LoopExit
+ * in more cases; conc writes nothing, and conc_hub_dump tells who waits for
+ * what.
+ *
+ * Signal handlers: conc_sem_release and conc_event_set are
+ * async-signal-safe, also while coroutines of any hub are parked on the
+ * semaphore or event (their wake-up uses atomics, a futex and an eventfd
+ * write; a handler that interrupts its thread inside the hub's bookkeeping
+ * leaves the wake-up to the thread, which does it as soon as it leaves).
+ * Nothing else in this header is async-signal-safe.
  *
  * The hub is per thread: greenlets run only in the thread that spawned them,
  * and conc_kill is for that thread; conc_join, conc_greenlet_dead,
@@ -331,8 +347,9 @@ CONC_API int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
  * caller and runs the other coroutines; from another thread it blocks the
  * thread.  timeout in seconds, CONC_FOREVER for none, 0 to poll.  Returns 0;
  * -ETIMEDOUT; -EINVAL for NULL g or a bad timeout; -EDEADLK when g is the
- * calling greenlet, or as for every blocking call (see above); -ECANCELED
- * when the caller was killed while it waited.
+ * calling greenlet, or when the hub's greenlets wait for each other (see
+ * "Deadlocks" above); -ECANCELED when the caller was killed while it
+ * waited.
  */
 CONC_API int conc_join(conc_greenlet *g, double timeout);
 /* conc_join_until - conc_join with an absolute CLOCK_MONOTONIC deadline. */
@@ -419,7 +436,8 @@ CONC_API int conc_wait_fd(int fd, short events, double timeout);
 /*
  * conc_hub_run - gevent.wait(): run the hub until every greenlet spawned in
  * this thread has finished.  Returns 0 (at once when there are none);
- * -EDEADLK when the rest can never finish (see above); -EPERM from a
+ * -EDEADLK when the rest wait for each other and can never finish (see
+ * "Deadlocks" above); -EPERM from a
  * greenlet (only the main coroutine runs the loop this way).
  */
 CONC_API int conc_hub_run(void);
@@ -510,7 +528,7 @@ CONC_API int conc_cpool_free(conc_cpool *p);
  * full (gevent's PoolFull); -ETIMEDOUT when the pool stayed full until the
  * deadline; -ECANCELED when the caller was killed while it waited; -EINVAL
  * for NULL p or fn, a bad timeout or bad options; -EPERM (see above);
- * -ENOMEM; other errors of conc_spawn and of blocking calls (-EDEADLK).
+ * -ENOMEM; other errors of conc_spawn.
  */
 CONC_API int conc_cpool_spawn(conc_cpool *p, conc_greenlet **out, conc_greenlet_fn fn,
                               void *arg, const conc_spawn_opts *opts, double timeout);
@@ -526,8 +544,9 @@ CONC_API int conc_cpool_spawn_until(conc_cpool *p, conc_greenlet **out, conc_gre
  * member calling this is left out).  Like gevent's, it returns once the
  * pool was empty at some point: members may have been added before the
  * caller runs again.  Returns 0; -ETIMEDOUT; -ECANCELED when the caller was
- * killed; -EINVAL for NULL p or a bad timeout; -EPERM (see above);
- * -EDEADLK as for every blocking call.
+ * killed; -EINVAL for NULL p or a bad timeout; -EPERM (see above).
+ * Members that never finish make it wait for as long as it takes (see
+ * "Deadlocks" above).
  */
 CONC_API int conc_cpool_join(conc_cpool *p, double timeout);
 CONC_API int conc_cpool_join_until(conc_cpool *p, int64_t deadline);

@@ -217,7 +217,8 @@ CONC_API int conc_sem_acquire_until(conc_sem *sem, int64_t deadline);
  * waiters.  Returns 0; -EINVAL for NULL or n == 0 (Python's ValueError);
  * -EOVERFLOW when a BoundedSemaphore would pass its initial value (Python's
  * ValueError) or any semaphore would pass CONC_SEM_VALUE_MAX; on -EOVERFLOW
- * nothing was added.
+ * nothing was added.  Async-signal-safe (as sem_post), also while
+ * coroutines are parked on sem (see conc/coro.h).
  */
 CONC_API int conc_sem_release(conc_sem *sem, unsigned n);
 
@@ -241,7 +242,8 @@ typedef struct conc_event {
 CONC_API int conc_event_init(conc_event *ev, unsigned flags);
 
 /* conc_event_set - Event.set(): set the flag, wake every waiter.
- * Returns 0, -EINVAL for NULL. */
+ * Returns 0, -EINVAL for NULL.  Async-signal-safe, also while coroutines
+ * are parked on ev (see conc/coro.h). */
 CONC_API int conc_event_set(conc_event *ev);
 
 /* conc_event_clear - Event.clear().  Returns 0, -EINVAL for NULL. */

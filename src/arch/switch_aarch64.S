@@ -186,10 +186,21 @@ conc__ctx_start:
 	.cfi_endproc
 	.size	conc__ctx_start, .-conc__ctx_start
 
-#if (defined(__ARM_FEATURE_BTI_DEFAULT) && __ARM_FEATURE_BTI_DEFAULT) || \
-    (defined(__ARM_FEATURE_PAC_DEFAULT) && __ARM_FEATURE_PAC_DEFAULT)
-/* Compatible with branch target identification (entry points begin with
- * "bti c") and with return-address signing (no signed pointer is stored). */
+/* The note claims what this object was built for: BTI only when the entry
+ * points begin with "bti c", PAC only when return addresses are signed (no
+ * signed pointer is stored here, so signing elsewhere is compatible). */
+#if defined(__ARM_FEATURE_BTI_DEFAULT) && __ARM_FEATURE_BTI_DEFAULT
+#define NOTE_BTI 1
+#else
+#define NOTE_BTI 0
+#endif
+#if defined(__ARM_FEATURE_PAC_DEFAULT) && __ARM_FEATURE_PAC_DEFAULT
+#define NOTE_PAC 2
+#else
+#define NOTE_PAC 0
+#endif
+
+#if NOTE_BTI || NOTE_PAC
 	.section .note.gnu.property, "a"
 	.p2align 3
 	.word	4			/* name size */
@@ -198,7 +209,7 @@ conc__ctx_start:
 	.asciz	"GNU"
 	.word	0xc0000000		/* GNU_PROPERTY_AARCH64_FEATURE_1_AND */
 	.word	4
-	.word	3			/* BTI | PAC */
+	.word	NOTE_BTI | NOTE_PAC	/* GNU_PROPERTY_AARCH64_FEATURE_1_BTI, _PAC */
 	.word	0
 #endif
 

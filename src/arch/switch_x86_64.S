@@ -50,17 +50,24 @@
  * undefined) and rbp is 0, so debuggers and unwinders stop there.
  */
 
+/* Continues at r11 with ret: r11 goes back where the return address was
+ * (the CFA is rsp + 0 after the frame's pops), which the CFI says for the
+ * push's one-instruction window, so that an unwinder that stops there
+ * (perf, a profiler's signal) still finds the return address. */
+#define RET_TO_R11 .cfi_remember_state; pushq %r11; .cfi_adjust_cfa_offset 8; \
+	.cfi_offset %rip, -8; ret; .cfi_restore_state
+
 #if defined(__CET__) && (__CET__ & 1)
 /* Indirect-branch tracking: entry points start with endbr64, and the switch
  * continues with ret (the return sites it reaches have no endbr64). */
 #define ENDBR endbr64
-#define CONTINUE_AT_R11 pushq %r11; ret
+#define CONTINUE_AT_R11 RET_TO_R11
 #define SAME_SITE_CONTINUE
 #else
 #define ENDBR
 #define CONTINUE_AT_R11 jmp *%r11
 /* r10: the caller's return address, loaded on entry. */
-#define SAME_SITE_CONTINUE cmpq %r10, %r11; jne 2f; pushq %r11; ret; 2:
+#define SAME_SITE_CONTINUE cmpq %r10, %r11; jne 2f; RET_TO_R11; 2:
 #endif
 
 	.text

@@ -38,14 +38,18 @@ int conc__spin_setup(void)
     return ok;
 }
 
-static void spin_forget(void)
+/* In a forked child only the forking thread lives, and it is not asleep:
+ * the sleepers counted in the parent are not the child's.  (Memory only:
+ * the handler never waits or takes a lock.) */
+static void wait_atfork_child(void)
 {
     conc__spin_ok = -1;
+    __atomic_store_n(&kernel_sleepers, 0, __ATOMIC_RELAXED);
 }
 
 __attribute__((constructor(CONC__CTOR_CORE))) static void wait_module_init(void)
 {
-    pthread_atfork(NULL, NULL, spin_forget);
+    pthread_atfork(NULL, NULL, wait_atfork_child);
 }
 
 #define SPIN_PURE_NS 2000

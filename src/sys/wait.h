@@ -38,8 +38,9 @@ extern __thread const struct conc__wait_ops *conc__wait_ops
  * no limit).  Returns 0 when woken or interrupted (the caller re-checks its
  * condition: wake-ups may be spurious), -EAGAIN when *word != expect,
  * -ETIMEDOUT when the deadline has passed, -ECANCELED when the waiting
- * coroutine was killed, -EDEADLK when a hub found that nothing can ever wake
- * the waiting (main) coroutine (src/hub.c).
+ * coroutine was killed, -EDEADLK when the waiting main coroutine is in
+ * conc_hub_run and the hub's greenlets all wait for each other (src/hub.c:
+ * a word that anything else could change never gives it).
  */
 CONC_HIDDEN int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline,
                            unsigned flags);
@@ -65,11 +66,16 @@ CONC_HIDDEN int conc__wait_fd(int fd, short events, int64_t deadline);
 CONC_HIDDEN int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline);
 
 /* conc__wake - wake up to n waiters of word (INT_MAX: all).  Returns how
- * many were woken (threads only; coroutines are counted as woken too). */
+ * many were woken (threads only; coroutines are counted as woken too).
+ * Async-signal-safe (atomics, futex and eventfd system calls; see
+ * conc__hub_wake). */
 CONC_HIDDEN int conc__wake(uint32_t *word, int n, unsigned flags);
 
 /* The hub's half of conc__wake (src/hub.c): how many coroutines are parked
- * on words process-wide, and waking up to n of those parked on word. */
+ * on words process-wide, and waking up to n of those parked on word.
+ * Async-signal-safe, and keeps errno: called in a signal handler that
+ * interrupted its thread inside a hub's bookkeeping, it leaves the wake-up
+ * to that thread and returns 0. */
 extern uint32_t conc__hub_parked;
 CONC_HIDDEN int conc__hub_wake(uint32_t *word, int n);
 
