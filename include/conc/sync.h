@@ -15,8 +15,10 @@
  * negative timeout other than CONC_FOREVER, or NaN, is -EINVAL.  Each waiting
  * call has an _until form taking an absolute CLOCK_MONOTONIC deadline in ns.
  * Called from a conc coroutine, every waiting call parks only the coroutine;
- * it then may also return -ECANCELED (the coroutine was killed) or -EDEADLK
- * (its hub found that nothing can ever wake it), see conc/coro.h.
+ * it then may also return -ECANCELED (the coroutine was killed), see
+ * conc/coro.h.  These waits never report -EDEADLK: something outside the
+ * hub (another thread, a signal handler, another process) may always end
+ * them, so they block as a thread's wait would.
  * Signals never interrupt a wait (it resumes with the time that is left).
  *
  * Owners: a Lock or RLock is owned by the coroutine that acquired it (as
@@ -296,9 +298,7 @@ CONC_API int conc_cond_init(conc_cond *cond, unsigned flags);
  * on timeout) and returns.  Returns 0 when notified; -ETIMEDOUT when the
  * timeout passed first (also for timeout 0: Python returns False);
  * -EOWNERDEAD when, getting a shared lock back, its previous owner had died
- * (the caller holds it; whether it was notified is lost); -EDEADLK, from a
- * coroutine only, when its hub found that nothing can ever wake it (then
- * the lock is NOT held);
+ * (the caller holds it; whether it was notified is lost);
  * -EPERM when the caller does not hold the lock (nothing is released; in a
  * hub, a lock held by another coroutine of the thread is not held);
  * -EINVAL for NULL arguments or a bad timeout.
