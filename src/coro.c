@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #include "conc/coro.h"
-#include "conc/coro_overflow.h"
 #include "arch/ctx.h"
 #include "coro_stack.h"
 #include "sys/san.h"

@@ -24,7 +24,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "conc/coro.h"
+#include "conc/cpool.h"
 #include "internal.h"
 #include "sys/wait.h"
 

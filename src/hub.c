@@ -59,7 +59,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "conc/coro.h"
+#include "conc/hub.h"
+#include "conc/wait.h"
 #include "internal.h"
 #include "sys/futex.h"
 #include "sys/wait.h"
@@ -1539,52 +1540,55 @@ int conc_hub_run(void)
     return r;
 }
 
-static void dump_one(FILE *f, struct hub *h, conc_greenlet *g, int64_t now)
+/* One line of conc_hub_dump; 0 or -errno of the write. */
+static int dump_one(int fd, conc_greenlet *g, int64_t now)
 {
-    fprintf(f, "%-16s ", gl_name(g));
+    char what[64];
     switch (g->state) {
     case G_NEW:
-        fprintf(f, "new");
+        snprintf(what, sizeof what, "new");
         break;
     case G_READY:
-        fprintf(f, "ready");
+        snprintf(what, sizeof what, "ready");
         break;
     case G_RUNNING:
-        fprintf(f, "running");
+        snprintf(what, sizeof what, "running");
         break;
     case G_DEAD:
-        fprintf(f, "dead");
+        snprintf(what, sizeof what, "dead");
         break;
     default:
         if (g->wait_kind == W_WORD || g->wait_kind == W_JOIN)
-            fprintf(f, "word %p", (void *)g->word);
+            snprintf(what, sizeof what, "word %p", (void *)g->word);
         else if (g->wait_kind == W_FD && g->fd < 0)
-            fprintf(f, "fds");          /* conc__wait_fds: several */
+            snprintf(what, sizeof what, "fds");         /* conc__wait_fds: several */
         else if (g->wait_kind == W_FD)
-            fprintf(f, "fd %d events 0x%x", g->fd, (unsigned)g->events);
+            snprintf(what, sizeof what, "fd %d events 0x%x", g->fd, (unsigned)g->events);
         else
-            fprintf(f, "sleep");
+            snprintf(what, sizeof what, "sleep");
         break;
     }
+    char until[48] = "";
     if (g->heap_idx != NO_INDEX)
-        fprintf(f, " until +%.6fs", (double)(g->deadline - now) / 1e9);
-    fputc('\n', f);
-    (void)h;
+        snprintf(until, sizeof until, " until +%.6fs", (double)(g->deadline - now) / 1e9);
+    if (dprintf(fd, "%-16s %s%s\n", gl_name(g), what, until) < 0)
+        return errno ? -errno : -EIO;
+    return 0;
 }
 
-int conc_hub_dump(FILE *f)
+int conc_hub_dump(int fd)
 {
-    if (!f)
-        return -EINVAL;
+    if (fd < 0)
+        return -EBADF;
     struct hub *h = tls_hub;
     if (!h)
         return 0;
     int64_t now = conc_now();
     int n = 1;
-    dump_one(f, h, &h->main, now);
-    for (conc_greenlet *g = h->all; g; g = g->anext, n++)
-        dump_one(f, h, g, now);
-    return n;
+    int rc = dump_one(fd, &h->main, now);
+    for (conc_greenlet *g = h->all; g && rc == 0; g = g->anext, n++)
+        rc = dump_one(fd, g, now);
+    return rc ? rc : n;
 }
 
 int conc_wait_fd(int fd, short events, double timeout)

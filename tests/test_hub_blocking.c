@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/hub_dump.h"
 
 #include "support/fork_sanitizers.h"
 
@@ -909,11 +910,10 @@ Test(blocking, wait_shares_fds, .timeout = 30)
     cr_assert_eq(conc_sleep(0), 0);          /* all three park */
     cr_assert_str_eq(logbuf, "fww");
     /* The dump tells a list wait from a single one. */
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    cr_assert_eq(conc_hub_dump(f), 4);
-    fclose(f);
+    int lines;
+    char *text = hub_dump_text(&lines);
+    cr_assert_not_null(text);
+    cr_assert_eq(lines, 4);
     cr_assert(strstr(text, "fds"), "dump: %s", text);
     cr_assert(strstr(text, "events 0x1"), "dump: %s", text);
     free(text);

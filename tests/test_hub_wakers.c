@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/hub_dump.h"
 
 #include "support/fork_sanitizers.h"
 
@@ -456,9 +457,12 @@ static void *offloaded(void *arg)
 static void *dump_then_release(void *arg)
 {
     (void)arg;
-    FILE *f = fmemopen(dump_text, sizeof dump_text - 1, "w");
-    int n = conc_hub_dump(f);
-    fclose(f);
+    int n = -1;
+    char *text = hub_dump_text(&n);
+    if (text) {
+        snprintf(dump_text, sizeof dump_text, "%s", text);
+        free(text);
+    }
     atomic_store(&offload_go, 1);
     return (void *)(intptr_t)n;
 }

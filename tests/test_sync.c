@@ -27,7 +27,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "conc/coro.h"
+#include "conc/hub.h"
 #include "conc/sync.h"
 #include "conc/thread.h"
 

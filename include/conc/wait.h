@@ -81,6 +81,18 @@ typedef struct conc_waitable {
 CONC_API int conc_wait(conc_waitable *objs, size_t n, double timeout);
 CONC_API int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline);
 
+/*
+ * conc_wait_fd - gevent.socket.wait(fd, event, timeout): wait until fd
+ * reports one of the poll() events (POLLIN, POLLOUT...), an error or a
+ * hang-up.  In a hub thread the calling coroutine parks (the descriptor is
+ * watched by the hub's epoll); elsewhere the thread blocks in ppoll.
+ * Returns 0 when fd is ready (or the wait was interrupted: re-check);
+ * -ETIMEDOUT; -EBADF when fd is not open; -ECANCELED when the coroutine
+ * was killed; -EINVAL for a bad timeout; -ENOMEM; another -errno from
+ * epoll_ctl or ppoll.  A regular file is always ready.
+ */
+CONC_API int conc_wait_fd(int fd, short events, double timeout);
+
 #ifdef __cplusplus
 }
 #endif
