@@ -31,7 +31,7 @@
  *
  * Deadlocks: the loop ends the main coroutine's wait with -EDEADLK only
  * when it is certain, that is when the main coroutine and every greenlet of
- * the hub wait for a greenlet of this hub to finish (conc_join,
+ * the hub wait for a greenlet of this hub to finish (conc_greenlet_join,
  * conc_hub_run) and nothing is ready, timed or watched: greenlets finish
  * only in this thread.  Any other wait (a word, a descriptor) could be ended
  * by a thread that conc does not know, a signal handler or another process,
@@ -68,7 +68,7 @@
 
 enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
 enum { W_NONE, W_WORD, W_FD, W_SLEEP };
-enum { W_JOIN = 16 };           /* in conc_join, for a greenlet of its hub */
+enum { W_JOIN = 16 };           /* in conc_greenlet_join, for a greenlet of its hub */
 
 #define NO_INDEX ((size_t)-1)
 #define IN_LIST ((size_t)-2)    /* heap_idx of a timer in the hub's list */
@@ -96,7 +96,7 @@ struct hub;
 static int barrier_state;
 
 /* A spawned greenlet's record lives at the top of its coroutine's stack;
- * conc_spawn sets every field (a new field needs a line there). */
+ * conc_greenlet_spawn sets every field (a new field needs a line there). */
 struct conc_greenlet {
     struct hub *hub;
     conc_coro *coro;            /* the thread's main coroutine for the main
@@ -121,7 +121,7 @@ struct conc_greenlet {
     int64_t deadline;           /* timer, when heap_idx != NO_INDEX */
     size_t heap_idx;            /* or IN_LIST */
     struct conc_greenlet *tprev, *tnext;    /* the hub's timer list */
-    struct conc_greenlet *joiners;          /* parked in conc_join on it */
+    struct conc_greenlet *joiners;          /* parked in conc_greenlet_join on it */
     uint32_t waiters;                       /* GL_WAITED* bits */
     struct conc_greenlet *jnext, **jpprev;  /* W_JOIN: in the target's joiners */
     uint32_t *word;             /* W_WORD; W_JOIN: the target's done word */
@@ -260,7 +260,7 @@ static void heap_down(struct hub *h, size_t i)
 }
 
 /* Room for need timers.  Each coroutine of a hub arms at most one timer at
- * a time, so conc_spawn makes room for every live greenlet and the main
+ * a time, so conc_greenlet_spawn makes room for every live greenlet and the main
  * coroutine: arming a timer in a blocking call never allocates (and never
  * fails). */
 static int heap_reserve(struct hub *h, size_t need)
@@ -1233,7 +1233,7 @@ static struct hub *hub_get(void)
     return h;
 }
 
-int conc_hub_destroy(void)
+int conc_hub_free(void)
 {
     struct hub *h = tls_hub;
     if (!h)
@@ -1262,7 +1262,7 @@ int conc_hub_destroy(void)
 
 /* --------------------------------------------------------------- API */
 
-int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_spawn_opts *opts)
+int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_spawn_opts *opts)
 {
     if (!out || !fn)
         return -EINVAL;
@@ -1322,7 +1322,7 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
     return 0;
 }
 
-/* conc_join of a greenlet of the caller's hub by a coroutine it runs: the
+/* conc_greenlet_join of a greenlet of the caller's hub by a coroutine it runs: the
  * caller parks in g's list of joiners, which gl_finish wakes (no word
  * table, no lock). */
 static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_greenlet *self,
@@ -1390,41 +1390,44 @@ static inline __attribute__((always_inline)) int join_until(conc_greenlet *g, in
     }
 }
 
-int conc_join_until(conc_greenlet *g, int64_t deadline)
+int conc_greenlet_join_until(conc_greenlet *g, int64_t deadline)
 {
     return join_until(g, deadline);
 }
 
-int conc_join(conc_greenlet *g, double timeout)
+int conc_greenlet_join(conc_greenlet *g, double timeout)
 {
-    int64_t deadline = CONC_NO_DEADLINE;
-    if (timeout != CONC_FOREVER) {
-        int rc = conc__timeout_deadline(timeout, &deadline);
-        if (rc)
-            return rc;
-    }
-    return join_until(g, deadline);
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, join_until(g, deadline));
 }
 
-int conc_joinall(conc_greenlet *const *list, size_t n, double timeout)
+int conc_greenlet_joinall_until(conc_greenlet *const *list, size_t n, int64_t deadline)
 {
     if (!list && n)
         return -EINVAL;
-    int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
     for (size_t i = 0; i < n; i++) {
         if (!list[i])
             continue;
-        rc = conc_join_until(list[i], deadline);
+        int rc = join_until(list[i], deadline);
         if (rc)
             return rc;
     }
     return 0;
 }
 
-int conc_kill(conc_greenlet *g)
+int conc_greenlet_joinall(conc_greenlet *const *list, size_t n, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_greenlet_joinall_until(list, n, deadline));
+}
+
+int conc_greenlet_kill(conc_greenlet *g)
 {
     if (!g)
         return -EINVAL;
@@ -1491,7 +1494,7 @@ void conc_greenlet_free(conc_greenlet *g)
     gl_unref(g);
 }
 
-int conc_timeout_push(int64_t deadline)
+int conc_hub_timeout_push_until(int64_t deadline)
 {
     struct hub *h = hub_get();
     if (!h)
@@ -1506,7 +1509,16 @@ int conc_timeout_push(int64_t deadline)
     return 0;
 }
 
-int conc_timeout_pop(void)
+int conc_hub_timeout_push(double seconds)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(seconds, &deadline, &poll))
+        return -EINVAL;
+    return conc_hub_timeout_push_until(deadline);
+}
+
+int conc_hub_timeout_pop(void)
 {
     struct hub *h = tls_hub;
     conc_greenlet *g = h ? gl_self(h) : NULL;
@@ -1591,13 +1603,18 @@ int conc_hub_dump(int fd)
     return rc ? rc : n;
 }
 
-int conc_wait_fd(int fd, short events, double timeout)
+int conc_fd_wait_until(int fd, short events, int64_t deadline)
 {
-    int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
     if (fd < 0)
         return -EBADF;
     return conc__wait_fd(fd, events, deadline);
+}
+
+int conc_fd_wait(int fd, short events, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_fd_wait_until(fd, events, deadline));
 }

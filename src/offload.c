@@ -223,7 +223,7 @@ static int submit(struct task *t)
     return 0;
 }
 
-int conc_offload_ex(conc_offload_fn fn, void *arg, void **result, int64_t deadline,
+int conc_offload_opts_until(conc_offload_fn fn, void *arg, void **result, int64_t deadline,
                     const conc_offload_opts *opts)
 {
     if (!fn)
@@ -266,7 +266,7 @@ int conc_offload_ex(conc_offload_fn fn, void *arg, void **result, int64_t deadli
 
 int conc_offload_until(conc_offload_fn fn, void *arg, void **result, int64_t deadline)
 {
-    return conc_offload_ex(fn, arg, result, deadline, NULL);
+    return conc_offload_opts_until(fn, arg, result, deadline, NULL);
 }
 
 int conc_offload(conc_offload_fn fn, void *arg, void **result, double timeout)
@@ -275,7 +275,7 @@ int conc_offload(conc_offload_fn fn, void *arg, void **result, double timeout)
     int rc = conc__timeout_deadline(timeout, &deadline);
     if (rc)
         return rc;
-    return conc_offload_ex(fn, arg, result, deadline, NULL);
+    return conc_offload_opts_until(fn, arg, result, deadline, NULL);
 }
 
 long conc_offload_max_workers(long n)

@@ -146,11 +146,11 @@ Test(cpool, spawn_parks_while_full, .timeout = 30)
     cr_assert(conc_cpool_full(shared_pool));
     cr_assert_eq(conc_cpool_free_count(shared_pool), 0);
     cr_assert(conc_cpool_contains(shared_pool, a));
-    cr_assert_eq(conc_spawn(&x, spawner, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&s, stopper, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&x, spawner, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&s, stopper, NULL, NULL), 0);
     /* A starts and polls; the spawner parks (pool full); the stopper lets A
      * end, which makes room: only then does the spawner go on and B run. */
-    cr_assert_eq(conc_join(x, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(x, CONC_FOREVER), 0);
     cr_assert_eq(conc_cpool_join(shared_pool, CONC_FOREVER), 0);
     cr_assert_str_eq(logbuf, "A1sa2B");
     cr_assert_not(conc_cpool_contains(shared_pool, a));
@@ -176,11 +176,13 @@ Test(cpool, timeouts_when_full, .timeout = 30)
     cr_assert_eq(conc_cpool_spawn(p, &g, quick_member, (void *)'C', NULL, 0), -EAGAIN);
     cr_assert_null(g);
     cr_assert_eq(conc_cpool_spawn_until(p, &g, quick_member, (void *)'C', NULL, conc_now()),
-                 -EAGAIN);
+                 -ETIMEDOUT);
     cr_assert_eq(conc_cpool_spawn(p, &g, quick_member, (void *)'C', NULL, 0.02), -ETIMEDOUT);
-    cr_assert_eq(conc_cpool_wait_available(p, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_cpool_wait_available(p, 0), -EAGAIN);
+    cr_assert_eq(conc_cpool_wait_available_until(p, conc_now()), -ETIMEDOUT);
     cr_assert_eq(conc_cpool_wait_available(p, 0.02), -ETIMEDOUT);
-    cr_assert_eq(conc_cpool_join(p, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_cpool_join(p, 0), -EAGAIN);
+    cr_assert_eq(conc_cpool_join_until(p, conc_now()), -ETIMEDOUT);
     cr_assert_eq(conc_cpool_join(p, 0.02), -ETIMEDOUT);
     cr_assert_eq(conc_cpool_free(p), -EBUSY);
     /* The members ran while we waited. */
@@ -251,7 +253,7 @@ Test(cpool, kill_without_waiting, .timeout = 30)
     for (intptr_t i = 0; i < 2; i++)
         cr_assert_eq(conc_cpool_spawn(p, NULL, sleeper_member, (void *)i, NULL, 0), 0);
     cr_assert_eq(conc_sleep(0), 0);
-    cr_assert_eq(conc_cpool_kill(p, 0), -ETIMEDOUT);    /* block=False */
+    cr_assert_eq(conc_cpool_kill(p, 0), -EAGAIN);       /* block=False */
     cr_assert_eq(conc_cpool_len(p), 2);
     cr_assert_eq(conc_cpool_join(p, CONC_FOREVER), 0);
     cr_assert_eq(sleep_rc[0], -ECANCELED);
@@ -265,7 +267,7 @@ Test(cpool, member_killed_before_start_leaves, .timeout = 30)
     cr_assert_eq(conc_cpool_new(&p, 1), 0);
     conc_greenlet *g;
     cr_assert_eq(conc_cpool_spawn(p, &g, never_member, NULL, NULL, 0), 0);
-    cr_assert_eq(conc_kill(g), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
     conc_greenlet_free(g);                      /* allowed: the pool does not need it */
     /* The slot frees once the pool waits. */
     cr_assert_eq(conc_cpool_spawn(p, NULL, quick_member, (void *)'Q', NULL, CONC_FOREVER), 0);
@@ -424,11 +426,11 @@ Test(offload, blocking_reads_park_only_their_coroutine, .timeout = 30)
     conc_greenlet *g[NREAD], *w;
     for (intptr_t i = 0; i < NREAD; i++) {
         cr_assert_eq(pipe(rfd[i]), 0);
-        cr_assert_eq(conc_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
     }
-    cr_assert_eq(conc_spawn(&w, pipe_writer, NULL, NULL), 0);
-    cr_assert_eq(conc_joinall(g, NREAD, CONC_FOREVER), 0);
-    cr_assert_eq(conc_join(w, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&w, pipe_writer, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, NREAD, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(w, CONC_FOREVER), 0);
     for (int i = 0; i < NREAD; i++) {
         cr_assert_eq(read_rc[i], 0);
         cr_assert_eq(read_result[i], (void *)(intptr_t)(10 + i));
@@ -479,8 +481,8 @@ Test(offload, calls_run_in_parallel, .timeout = 30)
     cr_assert_eq(pthread_barrier_init(&barrier, NULL, NPAR + 1), 0);
     conc_greenlet *g[NPAR], *t;
     for (intptr_t i = 0; i < NPAR; i++)
-        cr_assert_eq(conc_spawn(&g[i], offload_barrier, (void *)i, NULL), 0);
-    cr_assert_eq(conc_spawn(&t, ticker, NULL, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], offload_barrier, (void *)i, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, ticker, NULL, NULL), 0);
     /* Let them all park, then see the ticker run while they are held. */
     while (ticks < 5)
         cr_assert_eq(conc_sleep(0.001), 0);
@@ -493,9 +495,9 @@ Test(offload, calls_run_in_parallel, .timeout = 30)
         st.queued == 0;
     }));
     pthread_barrier_wait(&barrier);     /* the ninth party: release them */
-    cr_assert_eq(conc_joinall(g, NPAR, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, NPAR, CONC_FOREVER), 0);
     parallel_done = 1;
-    cr_assert_eq(conc_join(t, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(t, CONC_FOREVER), 0);
     for (intptr_t i = 0; i < NPAR; i++) {
         void *r;
         cr_assert_eq(conc_greenlet_result(g[i], &r), 0);
@@ -521,8 +523,8 @@ Test(offload, main_coroutine_and_plain_thread, .timeout = 30)
     /* The main coroutine of a hub thread with nothing else to run: a
      * pending call is not mistaken for a deadlock. */
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, quick_member, (void *)'x', NULL), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, quick_member, (void *)'x', NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     conc_greenlet_free(g);
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
@@ -556,7 +558,7 @@ static void *offload_then_log(void *arg)
     conc_offload_opts o = { .abandon = on_abandon };
     void *r = (void *)-5;
     logc('o');
-    killed_rc = conc_offload_ex(blocking_read, (void *)(intptr_t)kill_fds[0], &r,
+    killed_rc = conc_offload_opts_until(blocking_read, (void *)(intptr_t)kill_fds[0], &r,
                                 CONC_NO_DEADLINE, &o);
     logc(r == (void *)-5 ? 'r' : 'R');  /* the result is not stored */
     return NULL;
@@ -566,11 +568,11 @@ Test(offload, kill_while_waiting, .timeout = 30)
 {
     cr_assert_eq(pipe(kill_fds), 0);
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, offload_then_log, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, offload_then_log, NULL, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);     /* it starts and parks */
     cr_assert_str_eq(logbuf, "o");
-    cr_assert_eq(conc_kill(g), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     cr_assert_eq(killed_rc, -ECANCELED);
     cr_assert_str_eq(logbuf, "or");
     cr_assert_eq(__atomic_load_n(&abandoned, __ATOMIC_ACQUIRE), 0);  /* still reading */
@@ -593,13 +595,13 @@ Test(offload, timeouts, .timeout = 30)
     cr_assert_eq(r, (void *)-5);
     /* A coroutine, with a deadline and with a timeout scope. */
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, quick_member, (void *)'x', NULL), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, quick_member, (void *)'x', NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     conc_greenlet_free(g);
     cr_assert_eq(conc_offload_until(blocking_read, arg, &r, conc_now() + 20000000), -ETIMEDOUT);
-    cr_assert_eq(conc_timeout_push(conc_now() + 20000000), 0);
+    cr_assert_eq(conc_hub_timeout_push_until(conc_now() + 20000000), 0);
     cr_assert_eq(conc_offload(blocking_read, arg, &r, CONC_FOREVER), -ETIMEDOUT);
-    cr_assert_eq(conc_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
     cr_assert_eq(r, (void *)-5);
     /* Three reads are still pending on workers: feed them. */
     unsigned char c[3] = { 1, 2, 3 };
@@ -618,7 +620,7 @@ Test(offload, bad_arguments, .timeout = 30)
     void *r;
     cr_assert_eq(conc_offload(NULL, NULL, &r, CONC_FOREVER), -EINVAL);
     cr_assert_eq(conc_offload_until(NULL, NULL, &r, CONC_NO_DEADLINE), -EINVAL);
-    cr_assert_eq(conc_offload_ex(NULL, NULL, &r, CONC_NO_DEADLINE, NULL), -EINVAL);
+    cr_assert_eq(conc_offload_opts_until(NULL, NULL, &r, CONC_NO_DEADLINE, NULL), -EINVAL);
     for (size_t i = 0; i < N_BAD_TIMEOUTS; i++)
         cr_assert_eq(conc_offload(add_one, NULL, &r, bad_timeouts[i]), -EINVAL);
     cr_assert_eq(conc_offload_get_stats(NULL), -EINVAL);
@@ -641,7 +643,7 @@ Test(offload, idle_workers_exit_and_limit, .timeout = 30)
     conc_greenlet *g[4];
     for (intptr_t i = 0; i < 4; i++) {
         rfd[i][0] = fds[0];
-        cr_assert_eq(conc_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
     }
     cr_assert_eq(conc_sleep(0), 0);     /* each submits its call and parks */
     conc_offload_stats st;

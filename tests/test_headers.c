@@ -183,15 +183,15 @@ static const struct {
       { "conc_queue_new", "conc_deque_new", "conc_wait" } },
     { "conc/pipe.h", { "conc_conn_pipe", "conc_conn_poll", "CONC_PIPE_MSG_MAX" },
       { "conc_wait", "conc_wait_until", "conc_waitable", "CONC_WAIT_CONN", "conc_queue_new" } },
-    { "conc/wait.h", { "conc_wait", "conc_wait_until", "conc_waitable", "conc_wait_fd" },
+    { "conc/wait.h", { "conc_wait", "conc_wait_until", "conc_waitable", "conc_fd_wait" },
       { "conc_conn_pipe", "conc_queue_new", "conc_mpqueue_new", "conc_process_new",
         "conc_conn_poll" } },
     { "conc/coro.h", { "conc_coro_new", "conc_coro_switch", "conc_coro_set_overflow_report" },
-      { "conc_spawn", "conc_hub_run", "conc_cpool_new", "conc_wait_fd", "conc_greenlet" } },
-    { "conc/hub.h", { "conc_spawn", "conc_join", "conc_hub_run", "conc_hub_dump" },
-      { "conc_cpool_new", "conc_cpool_spawn", "conc_wait_fd", "conc_wait", "conc_offload" } },
+      { "conc_greenlet_spawn", "conc_hub_run", "conc_cpool_new", "conc_fd_wait", "conc_greenlet" } },
+    { "conc/hub.h", { "conc_greenlet_spawn", "conc_greenlet_join", "conc_hub_run", "conc_hub_dump" },
+      { "conc_cpool_new", "conc_cpool_spawn", "conc_fd_wait", "conc_wait", "conc_offload" } },
     { "conc/cpool.h", { "conc_cpool_new", "conc_cpool_spawn", "conc_cpool_join", "conc_cpool_full" },
-      { "conc_wait_fd", "conc_wait", "conc_offload" } },
+      { "conc_fd_wait", "conc_wait", "conc_offload" } },
 };
 
 Test(headers, one_concept_each, .timeout = 120)

@@ -31,7 +31,7 @@
  * -ETIMEDOUT, and fn runs (or keeps running) to completion on its worker;
  * its result is then dropped.  So arg must stay valid until fn returns, not
  * only until conc_offload returns: when the caller may give up, let fn own
- * arg, or pass an abandon callback (conc_offload_ex) that receives arg and
+ * arg, or pass an abandon callback (conc_offload_opts_until) that receives arg and
  * the result on the worker once fn has returned, to release them.  A call
  * that completes at the same moment as a kill or timeout returns 0 with its
  * result: a result is never lost.
@@ -55,7 +55,7 @@ extern "C" {
 /* The call to run on a worker; its return value is the call's result. */
 typedef void *(*conc_offload_fn)(void *arg);
 
-/* Options for conc_offload_ex; all-zero (or NULL) means the defaults. */
+/* Options for conc_offload_opts_until; all-zero (or NULL) means the defaults. */
 typedef struct conc_offload_opts {
     /* Called on the worker, once fn has returned, when the caller stopped
      * waiting (killed, timed out): release arg and the result here.  NULL:
@@ -73,7 +73,7 @@ typedef struct conc_offload_opts {
  * in a coroutine of a hub thread only that coroutine parks; elsewhere the
  * thread blocks.  timeout in seconds (CONC_FOREVER: no limit; 0: hand the
  * call over and do not wait).  Honours the enclosing timeout scopes
- * (conc_timeout_push) of the calling coroutine.  Returns 0 and stores fn's
+ * (conc_hub_timeout_push) of the calling coroutine.  Returns 0 and stores fn's
  * return value in *result (unless result is NULL); -ETIMEDOUT when the
  * deadline passed first, -ECANCELED when the calling coroutine was killed
  * while it waited (in both cases fn runs to completion anyway, see above);
@@ -87,8 +87,8 @@ CONC_API int conc_offload(conc_offload_fn fn, void *arg, void **result, double t
 CONC_API int conc_offload_until(conc_offload_fn fn, void *arg, void **result,
                                 int64_t deadline);
 
-/* conc_offload_ex - conc_offload_until with options (an abandon callback). */
-CONC_API int conc_offload_ex(conc_offload_fn fn, void *arg, void **result, int64_t deadline,
+/* conc_offload_opts_until - conc_offload_until with options (an abandon callback). */
+CONC_API int conc_offload_opts_until(conc_offload_fn fn, void *arg, void **result, int64_t deadline,
                              const conc_offload_opts *opts);
 
 /*
