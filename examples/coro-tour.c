@@ -619,7 +619,10 @@ static int part_crawler(void)
         snprintf(f[i].url, sizeof f[i].url, "http://127.0.0.1:%d/page/%ld", srv.port, i + 1);
 
     /* libcurl's frames are deep: give the fetchers 256 KiB stacks. */
-    conc_spawn_opts opts = { .stack_size = 256 * 1024 };
+    conc_coro_opts stack = CONC_CORO_OPTS_INIT;
+    stack.stack_size = 256 * 1024;
+    conc_spawn_opts opts = CONC_SPAWN_OPTS_INIT;
+    opts.coro = &stack;
     int64_t t0 = conc_now();
     for (long i = 0; i < nurls; i++)
         check(conc_greenlet_spawn(&g[i], fetch_url, &f[i], &opts), "spawn");

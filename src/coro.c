@@ -695,8 +695,10 @@ int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_o
 {
     if (!out || !fn)
         return -EINVAL;
+    conc_coro_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_coro_opts, name));
     size_t size;
-    if (stack_bytes(opts ? opts->stack_size : 0, &size) < 0)
+    if (stack_bytes(o.stack_size, &size) < 0)
         return -EINVAL;
     struct coro_thread *t = thread_ready();
     if (!t)
@@ -711,7 +713,7 @@ int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_o
         return rc;
     }
     coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, t->current,
-              opts ? opts->name : NULL);
+              o.name);
     *out = c;
     return 0;
 }

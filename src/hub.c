@@ -1262,10 +1262,15 @@ int conc_hub_free(void)
 
 /* --------------------------------------------------------------- API */
 
-int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_spawn_opts *opts)
+int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
+                        const conc_spawn_opts *opts)
 {
     if (!out || !fn)
         return -EINVAL;
+    conc_spawn_opts so;
+    conc_coro_opts co;
+    CONC__OPTS_COPY(&so, opts, CONC__OPTS_V1(conc_spawn_opts, coro));
+    CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
     struct hub *h = hub_get();
     if (!h)
         return -ENOMEM;
@@ -1278,8 +1283,8 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, con
      * a sleeping greenlet, and a finished one's stack is reused warm. */
     conc_greenlet *g;
     conc_coro *c;
-    int rc = conc__coro_new_embedded(&c, gl_entry, opts ? opts->stack_size : 0,
-                                     opts ? opts->name : NULL, h->loop, sizeof *g, (void **)&g);
+    int rc = conc__coro_new_embedded(&c, gl_entry, co.stack_size, co.name, h->loop,
+                                     sizeof *g, (void **)&g);
     if (rc < 0)
         return rc;
     busy_enter();

@@ -15,6 +15,7 @@
 #include <fenv.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +170,17 @@ Test(coro, current_main_parent_name, .timeout = 30)
     conc_coro *c = make(self_fn, &seen, &o);
     cr_assert_str_eq(conc_coro_name(c), "worker-with-a-rather-long-name-");
     cr_assert_eq(strlen(conc_coro_name(c)), CONC_CORO_NAME_MAX);
+    /* The options can grow: a size that does not cover the name leaves
+     * the default name; CONC_CORO_OPTS_INIT covers every field. */
+    conc_coro_opts part = CONC_CORO_OPTS_INIT;
+    part.name = "named";
+    conc_coro *whole = make(self_fn, &seen, &part);
+    cr_assert_str_eq(conc_coro_name(whole), "named");
+    part.size = offsetof(conc_coro_opts, name);
+    conc_coro *cut = make(self_fn, &seen, &part);
+    cr_assert(strncmp(conc_coro_name(cut), "Coro-", 5) == 0, "%s", conc_coro_name(cut));
+    cr_assert_eq(conc_coro_free(whole), 0);
+    cr_assert_eq(conc_coro_free(cut), 0);
     cr_assert_str_eq(conc_coro_name(conc_coro_main()), "main");
     cr_assert_eq(conc_coro_parent(c), conc_coro_main());
     cr_assert_null(conc_coro_parent(conc_coro_main()));

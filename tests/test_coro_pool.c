@@ -369,7 +369,7 @@ Test(cpool, bad_arguments, .timeout = 30)
     cr_assert_not(conc_cpool_full(NULL));
     cr_assert_not(conc_cpool_contains(NULL, NULL));
     cr_assert_eq(conc_cpool_free(NULL), 0);
-    conc_spawn_opts tiny = { .stack_size = 1 };
+    conc_spawn_opts tiny = { .coro = &(conc_coro_opts){ .stack_size = 1 } };
     cr_assert_eq(conc_cpool_spawn(p, NULL, quick_member, NULL, &tiny, 0), -EINVAL);
     cr_assert_eq(conc_cpool_len(p), 0);
     void *bad;

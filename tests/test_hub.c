@@ -13,6 +13,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -707,15 +708,28 @@ Test(hub, errors, .timeout = 30)
     conc_greenlet *g;
     cr_assert_eq(conc_greenlet_spawn(NULL, logger, NULL, NULL), -EINVAL);
     cr_assert_eq(conc_greenlet_spawn(&g, NULL, NULL, NULL), -EINVAL);
-    conc_spawn_opts o = { .stack_size = 1 };
+    conc_coro_opts co = { .stack_size = 1 };
+    conc_spawn_opts o = { .coro = &co };
     cr_assert_eq(conc_greenlet_spawn(&g, logger, NULL, &o), -EINVAL);
+    /* A size that does not cover a field leaves it at its default. */
+    o.size = offsetof(conc_spawn_opts, coro);
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, (void *)'d', &o), 0);
+    conc_greenlet_free(g);
+    o = (conc_spawn_opts)CONC_SPAWN_OPTS_INIT;
+    o.coro = &co;
+    co = (conc_coro_opts)CONC_CORO_OPTS_INIT;
+    co.stack_size = 1;
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, NULL, &o), -EINVAL);
+    co.size = offsetof(conc_coro_opts, stack_size);
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, (void *)'e', &o), 0);
+    conc_greenlet_free(g);
     cr_assert_eq(conc_greenlet_kill(NULL), -EINVAL);
     cr_assert_eq(conc_greenlet_result(NULL, NULL), -EINVAL);
     cr_assert_not(conc_greenlet_dead(NULL));
     cr_assert_str_eq(conc_greenlet_name(NULL), "");
     cr_assert_null(conc_greenlet_current());
     cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
-    o = (conc_spawn_opts){ .name = "worker" };
+    o = (conc_spawn_opts){ .coro = &(conc_coro_opts){ .name = "worker" } };
     cr_assert_eq(conc_greenlet_spawn(&g, logger, (void *)'w', &o), 0);
     cr_assert_str_eq(conc_greenlet_name(g), "worker");
     void *r;

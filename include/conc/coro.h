@@ -119,11 +119,17 @@ typedef void *(*conc_coro_fn)(void *arg, void *value);
 
 /* Options for conc_coro_new; all-zero (or NULL) means the defaults. */
 typedef struct conc_coro_opts {
+    uint32_t size;          /* sizeof(conc_coro_opts), or 0: this first
+                               version (every field here) */
     size_t stack_size;      /* usable stack bytes; 0: CONC_CORO_STACK_DEFAULT.
                                Rounded up to the page size. */
     const char *name;       /* NULL: "Coro-N"; copied, truncated to
                                CONC_CORO_NAME_MAX bytes */
 } conc_coro_opts;
+
+/* conc reads a field only when size covers it, so the struct can grow;
+ * CONC_CORO_OPTS_INIT fills size. */
+#define CONC_CORO_OPTS_INIT { .size = sizeof(conc_coro_opts) }
 
 #define CONC_CORO_STACK_DEFAULT (64u * 1024u)
 #define CONC_CORO_STACK_MIN     (16u * 1024u)

@@ -79,9 +79,17 @@ typedef void *(*conc_greenlet_fn)(void *arg);
 
 /* Options for conc_greenlet_spawn; all-zero (or NULL) means the defaults. */
 typedef struct conc_spawn_opts {
-    size_t stack_size;      /* as conc_coro_opts.stack_size */
-    const char *name;       /* as conc_coro_opts.name */
+    uint32_t size;          /* sizeof(conc_spawn_opts), or 0: this first
+                               version (every field here) */
+    const conc_coro_opts *coro; /* the greenlet's coroutine: stack size and
+                               name (conc_coro_new); NULL: the defaults */
 } conc_spawn_opts;
+
+/* conc reads a field only when size covers it, so the struct can grow;
+ * CONC_SPAWN_OPTS_INIT fills size.  The coroutine options are referenced,
+ * not embedded: an embedded conc_coro_opts that grew would move every
+ * field added here after it. */
+#define CONC_SPAWN_OPTS_INIT { .size = sizeof(conc_spawn_opts) }
 
 /* How often a wait on a process-shared word re-checks it (see above). */
 #define CONC_HUB_SHARED_POLL_NS 2000000
