@@ -853,9 +853,17 @@ size_t conc_coro_stack_size(const conc_coro *c)
     return c ? c->stack_size : 0;
 }
 
-long conc_coro_guard_limit(long n)
+long conc_coro_guard_limit(void)
 {
-    return conc__stack_guard_limit(n);
+    return conc__stack_guard_limit(-1);
+}
+
+int conc_coro_set_guard_limit(long n)
+{
+    if (n < 0)
+        return -EINVAL;
+    conc__stack_guard_limit(n);
+    return 0;
 }
 
 void conc_coro_trim(void)

@@ -70,7 +70,8 @@
  * "conc: stack overflow in coroutine 'NAME' ..." on stderr and aborts
  * (SIGABRT).  This is memory corruption, not bad input, so it is the one
  * place where conc prints and aborts.  The zone below each stack is a guard
- * page for as many stacks as the budget allows (conc_coro_guard_limit: by
+ * page for as many stacks as the budget allows (conc_coro_guard_limit, set
+ * with conc_coro_set_guard_limit: by
  * default vm.max_map_count / 8, 8191 on a stock kernel, since a PROT_NONE
  * guard page costs two map entries; on Linux 6.13 and later guard pages are
  * page-table markers, MADV_GUARD_INSTALL, which cost no map entry, so the
@@ -225,14 +226,17 @@ CONC_API size_t conc_coro_stack_size(const conc_coro *c);
  */
 CONC_API int conc_coro_free(conc_coro *c);
 
+/* conc_coro_guard_limit - how many stacks may have a guard page (see
+ * stack overflow above). */
+CONC_API long conc_coro_guard_limit(void);
+
 /*
- * conc_coro_guard_limit - how many stacks may have a guard page (see stack
- * overflow above).  n >= 0 sets the limit for stacks handed out from now on
- * (stacks that have a guard page keep it; where guard markers install a
- * slab's guard pages at once, for the stacks of slabs made from now on);
- * n < 0 only asks.  Returns the limit in force before the call.
+ * conc_coro_set_guard_limit - set that limit, for stacks handed out from
+ * now on (stacks that have a guard page keep it; where guard markers
+ * install a slab's guard pages at once, for the stacks of slabs made from
+ * now on).  Returns 0; -EINVAL for n < 0.
  */
-CONC_API long conc_coro_guard_limit(long n);
+CONC_API int conc_coro_set_guard_limit(long n);
 
 /* conc_coro_trim - hand the pages of every free stack back to the kernel
  * (after a burst of coroutines has ended).  Thread-safe. */
