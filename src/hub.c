@@ -1172,8 +1172,12 @@ static void hub_atfork_child(void)
 }
 
 /* The fork handler only resets memory: it never parks, waits or takes a
- * lock (a fork may come from any coroutine, or from a signal handler). */
-__attribute__((constructor(CONC__CTOR_MODULE))) static void hub_module_init(void)
+ * lock (a fork may come from any coroutine, or from a signal handler).  It
+ * is registered when the first hub is being made, before any hub state
+ * exists (docs/building.md, "Process-wide effects"). */
+static pthread_once_t hub_atfork_once = PTHREAD_ONCE_INIT;
+
+static void hub_atfork_install(void)
 {
     pthread_atfork(NULL, NULL, hub_atfork_child);
 }
@@ -1190,6 +1194,7 @@ static struct hub *hub_get(void)
     struct hub *h = tls_hub;
     if (likely(h != NULL))
         return h;
+    pthread_once(&hub_atfork_once, hub_atfork_install);
     conc_coro *main = conc_coro_main();
     if (!main)
         return NULL;
