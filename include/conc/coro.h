@@ -68,7 +68,9 @@
  *
  * Stack overflow is detected and reported, never silent: the process prints
  * "conc: stack overflow in coroutine 'NAME' ..." on stderr and aborts
- * (SIGABRT).  This is memory corruption, not bad input, so it is the one
+ * (SIGABRT); with the reporter turned off (conc_coro_set_overflow_report
+ * (false), before the first coroutine, see below) an overflow into a guard
+ * page is a plain SIGSEGV instead, while canary zones are still checked.  This is memory corruption, not bad input, so it is the one
  * place where conc prints and aborts.  The zone below each stack is a guard
  * page for as many stacks as the budget allows (conc_coro_guard_limit, set
  * with conc_coro_set_guard_limit: by
