@@ -1,7 +1,8 @@
 /*
- * hub.c - the gevent-style hub: one per thread, an epoll loop with a timer
- * heap running in a coroutine of its own, and the wait operations
- * (src/sys/wait.h) that park the calling coroutine instead of its thread.
+ * hub.c - the gevent-style hub: one per thread, an epoll loop with timers
+ * (src/hub_timers.c) running in a coroutine of its own, and the wait
+ * operations (src/sys/wait.h) that park the calling coroutine instead of its
+ * thread.  The greenlet record and the hub are in src/hub_internal.h.
  *
  * Parking.  A coroutine that blocks records what it waits for (a word, a
  * descriptor, a timer), marks itself PARKED and switches to the hub
@@ -65,102 +66,10 @@
 #include "sys/futex.h"
 #include "sys/wait.h"
 #include "coro_stack.h"
-
-enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
-enum { W_NONE, W_WORD, W_FD, W_SLEEP };
-enum { W_JOIN = 16 };           /* in conc_greenlet_join, for a greenlet of its hub */
-
-#define NO_INDEX ((size_t)-1)
-#define IN_LIST ((size_t)-2)    /* heap_idx of a timer in the hub's list */
-#define HUB_STACK (256u * 1024u)
-
-struct hub;
-
-/* A greenlet's `done` word is 0, then GL_DONE once finished; its `waiters`
- * word says who may wait on `done`: a plain thread sleeping in the kernel,
- * a coroutine parked by another hub.  (Coroutines of its own hub wait in
- * its list of joiners.)
- *
- * No lost wake-up, and no locked instruction when a greenlet finishes: the
- * finisher stores DONE then reads `waiters`; a waiter sets its bit in
- * `waiters`, then makes every thread of the process execute a full barrier
- * (membarrier), then reads `done` before it sleeps.  Either the finisher's
- * store is visible to the waiter, or the finisher's read comes after the
- * barrier and sees the bit.  Without membarrier (old kernels), the finisher
- * puts a full fence between its store and its read. */
-#define GL_DONE        1u
-#define GL_WAITED      2u
-#define GL_WAITED_CORO 4u
+#include "hub_internal.h"
 
 /* membarrier: 0 not registered yet, 1 registered, -1 unavailable. */
 static int barrier_state;
-
-/* A spawned greenlet's record lives at the top of its coroutine's stack;
- * conc_greenlet_spawn sets every field (a new field needs a line there). */
-struct conc_greenlet {
-    struct hub *hub;
-    conc_coro *coro;            /* the thread's main coroutine for the main
-                                   record; else this record lives at the
-                                   top of this coroutine's stack */
-    conc_greenlet_fn fn;
-    void *arg;
-    void *result;
-    uint32_t done;              /* futex word: DONE once finished, WAITED
-                                   while somebody may wait for it */
-    uint32_t refs;              /* handle + running */
-    uint8_t state;              /* G_*, owner thread only */
-    uint8_t wait_kind;          /* W_* while PARKED */
-    uint8_t is_main;
-    uint8_t killed;             /* killed before it started */
-    uint8_t cancel_pending;     /* kill to deliver at the next blocking call */
-    uint8_t in_table;           /* linked in the word table (bucket lock) */
-    int wake_rc;                /* what the parked call returns */
-    int timer_rc;               /* what the timer makes it return */
-    struct conc_greenlet *rnext;            /* ready queue */
-    struct conc_greenlet *aprev, *anext;    /* the hub's live list */
-    int64_t deadline;           /* timer, when heap_idx != NO_INDEX */
-    size_t heap_idx;            /* or IN_LIST */
-    struct conc_greenlet *tprev, *tnext;    /* the hub's timer list */
-    struct conc_greenlet *joiners;          /* parked in conc_greenlet_join on it */
-    uint32_t waiters;                       /* GL_WAITED* bits */
-    struct conc_greenlet *jnext, **jpprev;  /* W_JOIN: in the target's joiners */
-    uint32_t *word;             /* W_WORD; W_JOIN: the target's done word */
-    struct conc_greenlet *wprev, *wnext;    /* bucket chain */
-    struct conc_greenlet *remote_next;      /* hub's remote list */
-    int fd, regfd;              /* W_FD: the fd, and the one in epoll */
-    short events;
-    int ntimeouts;
-    int64_t timeouts[CONC_TIMEOUT_DEPTH];   /* each: min with the outer */
-};
-
-struct hub {
-    conc_coro *loop;
-    conc_greenlet main;         /* the record of the thread's main coroutine */
-    conc_greenlet *current;     /* NULL while the loop itself runs */
-    conc_greenlet *rhead, *rtail;
-    size_t nready;              /* in the ready queue */
-    conc_greenlet *dead;        /* finished, its running reference not yet
-                                   dropped: by the next one to finish, the
-                                   loop, or its handle's free in this thread
-                                   (then without a locked instruction) */
-    conc_greenlet **heap;       /* timers armed out of order */
-    size_t nheap, capheap;
-    conc_greenlet *thead, *ttail;   /* timers armed in deadline order (the
-                                   common case: sleeps and timeouts of one
-                                   length): a list, O(1) each way */
-    int epfd, evfd;
-    size_t nfd;                 /* descriptors registered for waiters */
-    conc_greenlet *remote;      /* atomic: woken by other threads, newest
-                                   first (pushed with a compare-and-swap,
-                                   taken whole with an exchange) */
-    uint32_t pushers;           /* atomic: wakers between their push and
-                                   their eventfd write (the hub outlives
-                                   them) */
-    uint32_t live;              /* futex word: spawned greenlets not finished */
-    uint32_t njoin;             /* spawned greenlets parked in join_here */
-    bool live_waited;           /* conc_hub_run waits for live to reach 0 */
-    conc_greenlet *all;         /* live spawned greenlets */
-};
 
 static __thread struct hub *tls_hub __attribute__((tls_model("initial-exec")));
 
@@ -221,119 +130,6 @@ static void bucket_unlink(struct bucket *b, conc_greenlet *g)
     __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
 }
 
-/* --------------------------------------------------------- timer heap */
-
-static inline void heap_set(struct hub *h, size_t i, conc_greenlet *g)
-{
-    h->heap[i] = g;
-    g->heap_idx = i;
-}
-
-static void heap_up(struct hub *h, size_t i)
-{
-    conc_greenlet *g = h->heap[i];
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (h->heap[p]->deadline <= g->deadline)
-            break;
-        heap_set(h, i, h->heap[p]);
-        i = p;
-    }
-    heap_set(h, i, g);
-}
-
-static void heap_down(struct hub *h, size_t i)
-{
-    conc_greenlet *g = h->heap[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->nheap)
-            break;
-        if (c + 1 < h->nheap && h->heap[c + 1]->deadline < h->heap[c]->deadline)
-            c++;
-        if (g->deadline <= h->heap[c]->deadline)
-            break;
-        heap_set(h, i, h->heap[c]);
-        i = c;
-    }
-    heap_set(h, i, g);
-}
-
-/* Room for need timers.  Each coroutine of a hub arms at most one timer at
- * a time, so conc_greenlet_spawn makes room for every live greenlet and the main
- * coroutine: arming a timer in a blocking call never allocates (and never
- * fails). */
-static int heap_reserve(struct hub *h, size_t need)
-{
-    if (need > h->capheap) {
-        size_t cap = h->capheap ? h->capheap : 64;
-        while (cap < need)
-            cap *= 2;
-        conc_greenlet **n = realloc(h->heap, cap * sizeof *n);
-        if (!n)
-            return -ENOMEM;
-        h->heap = n;
-        h->capheap = cap;
-    }
-    return 0;
-}
-
-/* A timer whose deadline is not before the last one in the list joins the
- * list (a million sleepers of one length never touch the heap, which would
- * also cost a pointer each); the others go to the heap. */
-static void timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int rc)
-{
-    g->deadline = deadline;
-    g->timer_rc = rc;
-    if (!h->ttail || h->ttail->deadline <= deadline) {
-        g->heap_idx = IN_LIST;
-        g->tnext = NULL;
-        g->tprev = h->ttail;
-        if (h->ttail)
-            h->ttail->tnext = g;
-        else
-            h->thead = g;
-        h->ttail = g;
-        return;
-    }
-    heap_set(h, h->nheap++, g);
-    heap_up(h, h->nheap - 1);
-}
-
-/* The armed timer with the earliest deadline, or NULL. */
-static inline conc_greenlet *timer_first(const struct hub *h)
-{
-    conc_greenlet *a = h->thead, *b = h->nheap ? h->heap[0] : NULL;
-    if (!a || (b && b->deadline < a->deadline))
-        return b;
-    return a;
-}
-
-static void timer_cancel(struct hub *h, conc_greenlet *g)
-{
-    size_t i = g->heap_idx;
-    if (i == NO_INDEX)
-        return;
-    g->heap_idx = NO_INDEX;
-    if (i == IN_LIST) {
-        if (g->tprev)
-            g->tprev->tnext = g->tnext;
-        else
-            h->thead = g->tnext;
-        if (g->tnext)
-            g->tnext->tprev = g->tprev;
-        else
-            h->ttail = g->tprev;
-        return;
-    }
-    conc_greenlet *last = h->heap[--h->nheap];
-    if (i == h->nheap)
-        return;
-    heap_set(h, i, last);
-    heap_up(h, i);
-    heap_down(h, last->heap_idx);
-}
-
 /* ------------------------------------------------------------ readiness */
 
 static void enqueue(struct hub *h, conc_greenlet *g)
@@ -381,7 +177,7 @@ static inline conc_greenlet *handoff_take(struct hub *h)
 /* Makes a parked g ready; its blocking call will return rc. */
 static void make_ready(struct hub *h, conc_greenlet *g, int rc)
 {
-    timer_cancel(h, g);
+    conc__hub_timer_cancel(h, g);
     if (g->wait_kind == W_JOIN && !g->is_main)
         h->njoin--;
     if (g->wait_kind == W_JOIN && g->jpprev) {
@@ -414,7 +210,7 @@ static void interrupt(struct hub *h, conc_greenlet *g, int rc)
             bucket_unlink(b, g);
         bucket_unlock(b);
         if (!mine) {
-            timer_cancel(h, g);
+            conc__hub_timer_cancel(h, g);
             if (rc == -ECANCELED)
                 g->cancel_pending = 1;
             return;
@@ -802,7 +598,7 @@ static void expire_timers(struct hub *h)
         return;
     int64_t now = conc_now();
     for (; g && g->deadline <= now; g = timer_first(h)) {
-        timer_cancel(h, g);
+        conc__hub_timer_cancel(h, g);
         interrupt(h, g, g->timer_rc);
     }
 }
@@ -954,11 +750,11 @@ static inline int hub_wait_busy(struct hub *h, conc_greenlet *g, uint32_t *word,
     if (flags & CONC__WAIT_SHARED) {
         int64_t poll = now + CONC_HUB_SHARED_POLL_NS;
         if (poll < deadline)
-            timer_arm(h, g, poll, 0);
+            conc__hub_timer_arm(h, g, poll, 0);
         else
-            timer_arm(h, g, deadline, -ETIMEDOUT);
+            conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     } else if (deadline != CONC_NO_DEADLINE) {
-        timer_arm(h, g, deadline, -ETIMEDOUT);
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     }
     return park(h, g);
 }
@@ -979,7 +775,7 @@ static int hub_sleep_until(int64_t deadline)
      * in the order of their deadlines, whenever they were armed. */
     busy_enter();
     g->wait_kind = W_SLEEP;
-    timer_arm(h, g, d, rc);
+    conc__hub_timer_arm(h, g, d, rc);
     park(h, g);
     busy_leave();
     return g->wake_rc;
@@ -1053,7 +849,7 @@ static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short event
     g->wait_kind = W_FD;
     h->nfd++;
     if (deadline != CONC_NO_DEADLINE)
-        timer_arm(h, g, deadline, -ETIMEDOUT);
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     return park(h, g);
 }
 
@@ -1134,7 +930,7 @@ static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
     g->wait_kind = W_FD;
     h->nfd++;
     if (deadline != CONC_NO_DEADLINE)
-        timer_arm(h, g, deadline, -ETIMEDOUT);
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     r = park(h, g);
     busy_leave();
     if (r != 0 && r != -ETIMEDOUT)
@@ -1207,7 +1003,7 @@ static struct hub *hub_get(void)
     h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
-    if (heap_reserve(h, 64) < 0) {
+    if (conc__hub_heap_reserve(h, 64) < 0) {
         free(h);
         return NULL;
     }
@@ -1282,7 +1078,7 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
     if (!gl_self(h))
         return -EPERM;
     /* A timer for it and for every other coroutine of the hub. */
-    if (heap_reserve(h, (size_t)h->live + 2) < 0)
+    if (conc__hub_heap_reserve(h, (size_t)h->live + 2) < 0)
         return -ENOMEM;
     /* The record lives at the top of the coroutine's stack: one page holds
      * a sleeping greenlet, and a finished one's stack is reused warm. */
@@ -1361,7 +1157,7 @@ static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_g
         if (!self->is_main)
             h->njoin++;
         if (d != CONC_NO_DEADLINE)
-            timer_arm(h, self, d, -ETIMEDOUT);
+            conc__hub_timer_arm(h, self, d, -ETIMEDOUT);
         int r = park(h, self);
         busy_leave();
         if (r != 0)
