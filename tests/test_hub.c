@@ -13,6 +13,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
@@ -377,6 +378,19 @@ Test(hub, timeout_scope, .timeout = 30)
     cr_assert_eq(conc_hub_timeout_pop(), 0);
     cr_assert_eq(conc_hub_timeout_pop(), 0);
     cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    /* The seconds form: 0 is a scope already over, CONC_FOREVER has no
+     * deadline, a bad timeout opens nothing. */
+    cr_assert_eq(conc_hub_timeout_push(NAN), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_push(-2.0), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_push(CONC_FOREVER), 0);
+    cr_assert_eq(conc_lock_acquire(&l, 0), -EAGAIN);
+    cr_assert_eq(conc_hub_timeout_push(0), 0);
+    cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), -ETIMEDOUT);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    cr_assert_eq(conc_lock_release(&l), 0);
 }
 
 /* ------------------------------------------- lock between coroutines */
