@@ -14,7 +14,7 @@
  *
  * The hub (gevent's model), against gevent:
  *
- *   spawn_join        ns per conc_spawn + conc_join + conc_greenlet_free of
+ *   spawn_join        ns per conc_greenlet_spawn + conc_greenlet_join + conc_greenlet_free of
  *                     a greenlet that returns at once (gevent.spawn(f).join());
  *                     conc's target is <= 60 ns
  *   yield             ns per conc_sleep(0) while two greenlets take turns
@@ -215,10 +215,10 @@ static int64_t spawn_join_conc(void *arg, long iters)
     int64_t t0 = bench_now();
     for (long i = 0; i < iters; i++) {
         conc_greenlet *g;
-        int rc = conc_spawn(&g, plus_one, (void *)(uintptr_t)i, NULL);
+        int rc = conc_greenlet_spawn(&g, plus_one, (void *)(uintptr_t)i, NULL);
         if (rc < 0)
             return rc;
-        rc = conc_join(g, CONC_FOREVER);
+        rc = conc_greenlet_join(g, CONC_FOREVER);
         void *v = NULL;
         if (rc == 0)
             rc = conc_greenlet_result(g, &v);
@@ -262,15 +262,15 @@ static int64_t yield_conc(void *arg, long iters)
     struct yielder y[2] = { { half, 0, 0 }, { half, 0, 0 } };
     conc_greenlet *g[2] = { NULL, NULL };
     int64_t t0 = bench_now();
-    int rc = conc_spawn(&g[0], yield_loop, &y[0], NULL);
+    int rc = conc_greenlet_spawn(&g[0], yield_loop, &y[0], NULL);
     if (rc == 0)
-        rc = conc_spawn(&g[1], yield_loop, &y[1], NULL);
+        rc = conc_greenlet_spawn(&g[1], yield_loop, &y[1], NULL);
     if (rc == 0)
-        rc = conc_joinall(g, 2, CONC_FOREVER);
+        rc = conc_greenlet_joinall(g, 2, CONC_FOREVER);
     int64_t ns = bench_now() - t0;
     if (rc < 0) {       /* a spawn failed: the other one ends on its own */
         if (g[0])
-            conc_join(g[0], CONC_FOREVER);
+            conc_greenlet_join(g[0], CONC_FOREVER);
         conc_greenlet_free(g[0]);
         conc_greenlet_free(g[1]);
         return rc;
@@ -341,15 +341,15 @@ static int64_t pingpong_conc(void *arg, long iters)
     }
     conc_greenlet *g[2] = { NULL, NULL };
     int64_t t0 = bench_now();
-    rc = conc_spawn(&g[0], ponger, &p, NULL);
+    rc = conc_greenlet_spawn(&g[0], ponger, &p, NULL);
     if (rc == 0)
-        rc = conc_spawn(&g[1], pinger, &p, NULL);
+        rc = conc_greenlet_spawn(&g[1], pinger, &p, NULL);
     if (rc == 0)
-        rc = conc_joinall(g, 2, CONC_FOREVER);
+        rc = conc_greenlet_joinall(g, 2, CONC_FOREVER);
     int64_t ns = bench_now() - t0;
     if (rc < 0 && g[0] && !g[1]) {      /* the ponger waits for nothing else */
-        conc_kill(g[0]);
-        conc_join(g[0], CONC_FOREVER);
+        conc_greenlet_kill(g[0]);
+        conc_greenlet_join(g[0], CONC_FOREVER);
     }
     conc_greenlet_free(g[0]);
     conc_greenlet_free(g[1]);
@@ -433,7 +433,7 @@ static void rss_conc(const char *metric, long n)
     long before = rss_bytes(), after = -1, spawned = 0;
     int rc = 0;
     for (; spawned < n; spawned++) {
-        rc = conc_spawn(&g[spawned], sleeper, NULL, NULL);
+        rc = conc_greenlet_spawn(&g[spawned], sleeper, NULL, NULL);
         if (rc < 0)
             break;
     }
@@ -442,8 +442,8 @@ static void rss_conc(const char *metric, long n)
     if (rc == 0)
         after = rss_bytes();
     for (long i = 0; i < spawned; i++)
-        conc_kill(g[i]);
-    int jrc = conc_joinall(g, (size_t)spawned, CONC_FOREVER);
+        conc_greenlet_kill(g[i]);
+    int jrc = conc_greenlet_joinall(g, (size_t)spawned, CONC_FOREVER);
     for (long i = 0; i < spawned; i++)
         conc_greenlet_free(g[i]);
     free(g);

@@ -61,13 +61,13 @@ int main(int argc, char **argv)
     long done = 0;
     int64_t t0 = conc_now();
     for (long i = 0; i < count; i++) {
-        int rc = conc_spawn(&g[i], sleeper, &done, NULL);
+        int rc = conc_greenlet_spawn(&g[i], sleeper, &done, NULL);
         if (rc < 0) {
             fprintf(stderr, "%s: spawn %ld: %s\n", prog, i, conc_strerror(rc));
             return 1;
         }
     }
-    rc = conc_joinall(g, (size_t)count, CONC_FOREVER);
+    rc = conc_greenlet_joinall(g, (size_t)count, CONC_FOREVER);
     double elapsed = (double)(conc_now() - t0) / 1e9;
     if (rc < 0 || done != count) {
         fprintf(stderr, "%s: join: %s\n", prog, conc_strerror(rc));
@@ -77,5 +77,5 @@ int main(int argc, char **argv)
     for (long i = 0; i < count; i++)
         conc_greenlet_free(g[i]);
     free(g);
-    return conc_hub_destroy() == 0 ? 0 : 1;
+    return conc_hub_free() == 0 ? 0 : 1;
 }

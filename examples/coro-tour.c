@@ -41,7 +41,7 @@
  * A C library cannot be monkey-patched: its blocking calls block the whole
  * thread.  libcurl's multi interface does not block, and tells which
  * descriptors it waits for and for how long; a greenlet parks on them with
- * conc_wait_fd, which is what gevent's patched sockets do inside requests.
+ * conc_fd_wait, which is what gevent's patched sockets do inside requests.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -168,9 +168,9 @@ static void part_spawn(void)
                  "greenlets take turns whenever the running one sleeps");
     printf("-- foo and bar yield with sleep(0):\n");
     conc_greenlet *fb[2];
-    check(conc_spawn(&fb[0], foo, NULL, NULL), "spawn(foo)");
-    check(conc_spawn(&fb[1], bar, NULL, NULL), "spawn(bar)");
-    check(conc_joinall(fb, 2, CONC_FOREVER), "joinall");
+    check(conc_greenlet_spawn(&fb[0], foo, NULL, NULL), "spawn(foo)");
+    check(conc_greenlet_spawn(&fb[1], bar, NULL, NULL), "spawn(bar)");
+    check(conc_greenlet_joinall(fb, 2, CONC_FOREVER), "joinall");
     conc_greenlet_free(fb[0]);
     conc_greenlet_free(fb[1]);
 
@@ -195,8 +195,8 @@ static void part_spawn(void)
         t[i].t0 = t0;
     conc_greenlet *g[3];
     for (int i = 0; i < 3; i++)
-        check(conc_spawn(&g[i], tick, &t[i], NULL), "spawn(tick)");
-    check(conc_joinall(g, 3, CONC_FOREVER), "joinall");
+        check(conc_greenlet_spawn(&g[i], tick, &t[i], NULL), "spawn(tick)");
+    check(conc_greenlet_joinall(g, 3, CONC_FOREVER), "joinall");
     double took = (double)(conc_now() - t0) / 1e9;
     for (int i = 0; i < 3; i++)
         conc_greenlet_free(g[i]);
@@ -267,7 +267,7 @@ static int send_all(int fd, const char *buf, size_t len)
             buf += n;
             len -= (size_t)n;
         } else if (errno == EAGAIN) {
-            int rc = conc_wait_fd(fd, POLLOUT, 10.0);
+            int rc = conc_fd_wait(fd, POLLOUT, 10.0);
             if (rc < 0)
                 return rc;
         } else if (errno != EINTR) {
@@ -292,7 +292,7 @@ static int read_request(int fd, char *req, size_t cap)
         } else if (n == 0) {
             return -ECONNRESET;
         } else if (errno == EAGAIN) {
-            int rc = conc_wait_fd(fd, POLLIN, 10.0);
+            int rc = conc_fd_wait(fd, POLLIN, 10.0);
             if (rc < 0)
                 return rc;
         } else if (errno != EINTR) {
@@ -379,7 +379,7 @@ static void *accept_loop(void *arg)
                 server_error(srv, -errno);
                 return NULL;
             }
-            int rc = conc_wait_fd(srv->lfd, POLLIN, CONC_FOREVER);
+            int rc = conc_fd_wait(srv->lfd, POLLIN, CONC_FOREVER);
             if (rc == -ECANCELED)   /* killed: the server stops */
                 return NULL;
             if (rc < 0) {
@@ -393,7 +393,7 @@ static void *accept_loop(void *arg)
         int rc = c ? 0 : -ENOMEM;
         if (c) {
             *c = (struct client){ srv, fd };
-            rc = conc_spawn(&g, serve_client, c, NULL);
+            rc = conc_greenlet_spawn(&g, serve_client, c, NULL);
         }
         if (rc < 0) {
             server_error(srv, rc);
@@ -411,7 +411,7 @@ static void *stop_watch(void *arg)
     int rc = conc_event_wait(&srv->stop, CONC_FOREVER);    /* set by main */
     if (rc < 0)
         server_error(srv, rc);
-    conc_kill(srv->acceptor);
+    conc_greenlet_kill(srv->acceptor);
     return NULL;
 }
 
@@ -419,11 +419,11 @@ static void *server_thread(void *arg)
 {
     struct server *srv = arg;
     conc_greenlet *watch = NULL;
-    int rc = conc_spawn(&srv->acceptor, accept_loop, srv, NULL);
+    int rc = conc_greenlet_spawn(&srv->acceptor, accept_loop, srv, NULL);
     if (rc == 0) {
-        rc = conc_spawn(&watch, stop_watch, srv, NULL);
+        rc = conc_greenlet_spawn(&watch, stop_watch, srv, NULL);
         if (rc < 0)
-            conc_kill(srv->acceptor);
+            conc_greenlet_kill(srv->acceptor);
     }
     if (rc < 0)
         server_error(srv, rc);
@@ -432,7 +432,7 @@ static void *server_thread(void *arg)
         server_error(srv, rc);
     conc_greenlet_free(watch);
     conc_greenlet_free(srv->acceptor);
-    rc = conc_hub_destroy();
+    rc = conc_hub_free();
     if (rc < 0)
         server_error(srv, rc);
     close(srv->lfd);
@@ -517,12 +517,8 @@ static int drive(struct fetch *f, CURLM *multi)
 {
     int running = 1;
     while (running) {
-        double wait = CONC_FOREVER;
-        if (f->timer >= 0) {
-            int64_t left = f->timer - conc_now();
-            wait = left > 0 ? (double)left / 1e9 : 0;
-        }
-        int rc = conc_wait_fd(f->epfd, POLLIN, wait);   /* parks this greenlet */
+        int64_t until = f->timer >= 0 ? f->timer : CONC_NO_DEADLINE;
+        int rc = conc_fd_wait_until(f->epfd, POLLIN, until);   /* parks this greenlet */
         if (rc < 0 && rc != -ETIMEDOUT)
             return rc;
         struct epoll_event ev[8];
@@ -596,7 +592,7 @@ static void *fetch_url(void *arg)
 static int part_crawler(void)
 {
     part_heading(3, "gevent + monkey.patch_all + requests.get",
-                 "one greenlet per URL, libcurl's sockets parked on with conc_wait_fd");
+                 "one greenlet per URL, libcurl's sockets parked on with conc_fd_wait");
 
     CURLcode cc = curl_global_init(CURL_GLOBAL_DEFAULT);
     if (cc != CURLE_OK) {
@@ -623,11 +619,14 @@ static int part_crawler(void)
         snprintf(f[i].url, sizeof f[i].url, "http://127.0.0.1:%d/page/%ld", srv.port, i + 1);
 
     /* libcurl's frames are deep: give the fetchers 256 KiB stacks. */
-    conc_spawn_opts opts = { .stack_size = 256 * 1024 };
+    conc_coro_opts stack = CONC_CORO_OPTS_INIT;
+    stack.stack_size = 256 * 1024;
+    conc_spawn_opts opts = CONC_SPAWN_OPTS_INIT;
+    opts.coro = &stack;
     int64_t t0 = conc_now();
     for (long i = 0; i < nurls; i++)
-        check(conc_spawn(&g[i], fetch_url, &f[i], &opts), "spawn");
-    check(conc_joinall(g, (size_t)nurls, CONC_FOREVER), "joinall");
+        check(conc_greenlet_spawn(&g[i], fetch_url, &f[i], &opts), "spawn");
+    check(conc_greenlet_joinall(g, (size_t)nurls, CONC_FOREVER), "joinall");
     double took = (double)(conc_now() - t0) / 1e9;
 
     int status = 0;
@@ -697,7 +696,7 @@ int main(int argc, char **argv)
     if (part == 0 || part == 3)
         status = part_crawler();
     fflush(stdout);
-    if ((rc = conc_hub_destroy()) < 0)
+    if ((rc = conc_hub_free()) < 0)
         return die("hub_destroy", rc);
     return status;
 }

@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #include "conc/coro.h"
-#include "conc/coro_overflow.h"
 #include "arch/ctx.h"
 #include "coro_stack.h"
 #include "sys/san.h"
@@ -696,8 +695,10 @@ int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_o
 {
     if (!out || !fn)
         return -EINVAL;
+    conc_coro_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_coro_opts, name));
     size_t size;
-    if (stack_bytes(opts ? opts->stack_size : 0, &size) < 0)
+    if (stack_bytes(o.stack_size, &size) < 0)
         return -EINVAL;
     struct coro_thread *t = thread_ready();
     if (!t)
@@ -712,7 +713,7 @@ int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_o
         return rc;
     }
     coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, t->current,
-              opts ? opts->name : NULL);
+              o.name);
     *out = c;
     return 0;
 }
@@ -852,9 +853,17 @@ size_t conc_coro_stack_size(const conc_coro *c)
     return c ? c->stack_size : 0;
 }
 
-long conc_coro_guard_limit(long n)
+long conc_coro_guard_limit(void)
 {
-    return conc__stack_guard_limit(n);
+    return conc__stack_guard_limit(-1);
+}
+
+int conc_coro_set_guard_limit(long n)
+{
+    if (n < 0)
+        return -EINVAL;
+    conc__stack_guard_limit(n);
+    return 0;
 }
 
 void conc_coro_trim(void)

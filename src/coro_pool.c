@@ -7,7 +7,7 @@
  * and wakes the coroutines waiting for room or for the pool to empty.
  *
  * The one way a member finishes without running its trampoline is a
- * conc_kill on it before it started (the hub then finishes it at its next
+ * conc_greenlet_kill on it before it started (the hub then finishes it at its next
  * turn).  The pool never reads a member's greenlet once that may have
  * happened (the handle may be freed by then); instead a waiting call lets
  * the hub run once (conc__yield): the hub runs coroutines in the order they
@@ -24,7 +24,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "conc/coro.h"
+#include "conc/cpool.h"
 #include "internal.h"
 #include "sys/wait.h"
 
@@ -198,8 +198,6 @@ int conc_cpool_spawn_until(conc_cpool *p, conc_greenlet **out, conc_greenlet_fn 
     if (!fn)
         return -EINVAL;
     if (!has_room(p)) {
-        if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
-            return -EAGAIN;
         rc = pool_wait(p, false, deadline);
         if (rc)
             return rc;
@@ -210,7 +208,7 @@ int conc_cpool_spawn_until(conc_cpool *p, conc_greenlet **out, conc_greenlet_fn 
     m->pool = p;
     m->fn = fn;
     m->arg = arg;
-    rc = conc_spawn(&m->g, member_entry, m, opts);
+    rc = conc_greenlet_spawn(&m->g, member_entry, m, opts);
     if (rc) {
         free(m);
         return rc;
@@ -235,10 +233,10 @@ int conc_cpool_spawn(conc_cpool *p, conc_greenlet **out, conc_greenlet_fn fn, vo
                      const conc_spawn_opts *opts, double timeout)
 {
     int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
-    return conc_cpool_spawn_until(p, out, fn, arg, opts, deadline);
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_cpool_spawn_until(p, out, fn, arg, opts, deadline));
 }
 
 int conc_cpool_join_until(conc_cpool *p, int64_t deadline)
@@ -252,10 +250,10 @@ int conc_cpool_join_until(conc_cpool *p, int64_t deadline)
 int conc_cpool_join(conc_cpool *p, double timeout)
 {
     int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
-    return conc_cpool_join_until(p, deadline);
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_cpool_join_until(p, deadline));
 }
 
 int conc_cpool_kill_until(conc_cpool *p, int64_t deadline)
@@ -270,7 +268,7 @@ int conc_cpool_kill_until(conc_cpool *p, int64_t deadline)
                 continue;
             m->killed = 1;
             if (m->started)
-                conc_kill(m->g);        /* alive: its trampoline has not returned */
+                conc_greenlet_kill(m->g);        /* alive: its trampoline has not returned */
             else
                 m->cancel = 1;          /* its function will not run */
         }
@@ -284,10 +282,10 @@ int conc_cpool_kill_until(conc_cpool *p, int64_t deadline)
 int conc_cpool_kill(conc_cpool *p, double timeout)
 {
     int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
-    return conc_cpool_kill_until(p, deadline);
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_cpool_kill_until(p, deadline));
 }
 
 int conc_cpool_wait_available_until(conc_cpool *p, int64_t deadline)
@@ -305,10 +303,10 @@ int conc_cpool_wait_available_until(conc_cpool *p, int64_t deadline)
 int conc_cpool_wait_available(conc_cpool *p, double timeout)
 {
     int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
-    return conc_cpool_wait_available_until(p, deadline);
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_cpool_wait_available_until(p, deadline));
 }
 
 size_t conc_cpool_size(const conc_cpool *p)

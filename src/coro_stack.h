@@ -189,7 +189,9 @@ static inline bool conc__stack_zone_ok(const conc__stack *s)
     return acc == 0;
 }
 
-/* conc__stack_guard_limit - see conc_coro_guard_limit. */
+/* conc__stack_guard_limit - see conc_coro_guard_limit and
+ * conc_coro_set_guard_limit: n >= 0 sets the limit, n < 0 leaves it; returns
+ * the limit in force before the call. */
 CONC_HIDDEN long conc__stack_guard_limit(long n);
 
 /* conc__stack_trim - see conc_coro_trim; c: the calling thread's cache

@@ -1,7 +1,8 @@
 /*
- * hub.c - the gevent-style hub: one per thread, an epoll loop with a timer
- * heap running in a coroutine of its own, and the wait operations
- * (src/sys/wait.h) that park the calling coroutine instead of its thread.
+ * hub.c - the gevent-style hub: one per thread, an epoll loop with timers
+ * (src/hub_timers.c) running in a coroutine of its own, and the wait
+ * operations (src/sys/wait.h) that park the calling coroutine instead of its
+ * thread.  The greenlet record and the hub are in src/hub_internal.h.
  *
  * Parking.  A coroutine that blocks records what it waits for (a word, a
  * descriptor, a timer), marks itself PARKED and switches to the hub
@@ -31,7 +32,7 @@
  *
  * Deadlocks: the loop ends the main coroutine's wait with -EDEADLK only
  * when it is certain, that is when the main coroutine and every greenlet of
- * the hub wait for a greenlet of this hub to finish (conc_join,
+ * the hub wait for a greenlet of this hub to finish (conc_greenlet_join,
  * conc_hub_run) and nothing is ready, timed or watched: greenlets finish
  * only in this thread.  Any other wait (a word, a descriptor) could be ended
  * by a thread that conc does not know, a signal handler or another process,
@@ -59,107 +60,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "conc/coro.h"
+#include "conc/hub.h"
+#include "conc/wait.h"
 #include "internal.h"
 #include "sys/futex.h"
 #include "sys/wait.h"
 #include "coro_stack.h"
-
-enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
-enum { W_NONE, W_WORD, W_FD, W_SLEEP };
-enum { W_JOIN = 16 };           /* in conc_join, for a greenlet of its hub */
-
-#define NO_INDEX ((size_t)-1)
-#define IN_LIST ((size_t)-2)    /* heap_idx of a timer in the hub's list */
-#define HUB_STACK (256u * 1024u)
-
-struct hub;
-
-/* A greenlet's `done` word is 0, then GL_DONE once finished; its `waiters`
- * word says who may wait on `done`: a plain thread sleeping in the kernel,
- * a coroutine parked by another hub.  (Coroutines of its own hub wait in
- * its list of joiners.)
- *
- * No lost wake-up, and no locked instruction when a greenlet finishes: the
- * finisher stores DONE then reads `waiters`; a waiter sets its bit in
- * `waiters`, then makes every thread of the process execute a full barrier
- * (membarrier), then reads `done` before it sleeps.  Either the finisher's
- * store is visible to the waiter, or the finisher's read comes after the
- * barrier and sees the bit.  Without membarrier (old kernels), the finisher
- * puts a full fence between its store and its read. */
-#define GL_DONE        1u
-#define GL_WAITED      2u
-#define GL_WAITED_CORO 4u
+#include "hub_internal.h"
 
 /* membarrier: 0 not registered yet, 1 registered, -1 unavailable. */
 static int barrier_state;
-
-/* A spawned greenlet's record lives at the top of its coroutine's stack;
- * conc_spawn sets every field (a new field needs a line there). */
-struct conc_greenlet {
-    struct hub *hub;
-    conc_coro *coro;            /* the thread's main coroutine for the main
-                                   record; else this record lives at the
-                                   top of this coroutine's stack */
-    conc_greenlet_fn fn;
-    void *arg;
-    void *result;
-    uint32_t done;              /* futex word: DONE once finished, WAITED
-                                   while somebody may wait for it */
-    uint32_t refs;              /* handle + running */
-    uint8_t state;              /* G_*, owner thread only */
-    uint8_t wait_kind;          /* W_* while PARKED */
-    uint8_t is_main;
-    uint8_t killed;             /* killed before it started */
-    uint8_t cancel_pending;     /* kill to deliver at the next blocking call */
-    uint8_t in_table;           /* linked in the word table (bucket lock) */
-    int wake_rc;                /* what the parked call returns */
-    int timer_rc;               /* what the timer makes it return */
-    struct conc_greenlet *rnext;            /* ready queue */
-    struct conc_greenlet *aprev, *anext;    /* the hub's live list */
-    int64_t deadline;           /* timer, when heap_idx != NO_INDEX */
-    size_t heap_idx;            /* or IN_LIST */
-    struct conc_greenlet *tprev, *tnext;    /* the hub's timer list */
-    struct conc_greenlet *joiners;          /* parked in conc_join on it */
-    uint32_t waiters;                       /* GL_WAITED* bits */
-    struct conc_greenlet *jnext, **jpprev;  /* W_JOIN: in the target's joiners */
-    uint32_t *word;             /* W_WORD; W_JOIN: the target's done word */
-    struct conc_greenlet *wprev, *wnext;    /* bucket chain */
-    struct conc_greenlet *remote_next;      /* hub's remote list */
-    int fd, regfd;              /* W_FD: the fd, and the one in epoll */
-    short events;
-    int ntimeouts;
-    int64_t timeouts[CONC_TIMEOUT_DEPTH];   /* each: min with the outer */
-};
-
-struct hub {
-    conc_coro *loop;
-    conc_greenlet main;         /* the record of the thread's main coroutine */
-    conc_greenlet *current;     /* NULL while the loop itself runs */
-    conc_greenlet *rhead, *rtail;
-    size_t nready;              /* in the ready queue */
-    conc_greenlet *dead;        /* finished, its running reference not yet
-                                   dropped: by the next one to finish, the
-                                   loop, or its handle's free in this thread
-                                   (then without a locked instruction) */
-    conc_greenlet **heap;       /* timers armed out of order */
-    size_t nheap, capheap;
-    conc_greenlet *thead, *ttail;   /* timers armed in deadline order (the
-                                   common case: sleeps and timeouts of one
-                                   length): a list, O(1) each way */
-    int epfd, evfd;
-    size_t nfd;                 /* descriptors registered for waiters */
-    conc_greenlet *remote;      /* atomic: woken by other threads, newest
-                                   first (pushed with a compare-and-swap,
-                                   taken whole with an exchange) */
-    uint32_t pushers;           /* atomic: wakers between their push and
-                                   their eventfd write (the hub outlives
-                                   them) */
-    uint32_t live;              /* futex word: spawned greenlets not finished */
-    uint32_t njoin;             /* spawned greenlets parked in join_here */
-    bool live_waited;           /* conc_hub_run waits for live to reach 0 */
-    conc_greenlet *all;         /* live spawned greenlets */
-};
 
 static __thread struct hub *tls_hub __attribute__((tls_model("initial-exec")));
 
@@ -220,119 +130,6 @@ static void bucket_unlink(struct bucket *b, conc_greenlet *g)
     __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
 }
 
-/* --------------------------------------------------------- timer heap */
-
-static inline void heap_set(struct hub *h, size_t i, conc_greenlet *g)
-{
-    h->heap[i] = g;
-    g->heap_idx = i;
-}
-
-static void heap_up(struct hub *h, size_t i)
-{
-    conc_greenlet *g = h->heap[i];
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (h->heap[p]->deadline <= g->deadline)
-            break;
-        heap_set(h, i, h->heap[p]);
-        i = p;
-    }
-    heap_set(h, i, g);
-}
-
-static void heap_down(struct hub *h, size_t i)
-{
-    conc_greenlet *g = h->heap[i];
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->nheap)
-            break;
-        if (c + 1 < h->nheap && h->heap[c + 1]->deadline < h->heap[c]->deadline)
-            c++;
-        if (g->deadline <= h->heap[c]->deadline)
-            break;
-        heap_set(h, i, h->heap[c]);
-        i = c;
-    }
-    heap_set(h, i, g);
-}
-
-/* Room for need timers.  Each coroutine of a hub arms at most one timer at
- * a time, so conc_spawn makes room for every live greenlet and the main
- * coroutine: arming a timer in a blocking call never allocates (and never
- * fails). */
-static int heap_reserve(struct hub *h, size_t need)
-{
-    if (need > h->capheap) {
-        size_t cap = h->capheap ? h->capheap : 64;
-        while (cap < need)
-            cap *= 2;
-        conc_greenlet **n = realloc(h->heap, cap * sizeof *n);
-        if (!n)
-            return -ENOMEM;
-        h->heap = n;
-        h->capheap = cap;
-    }
-    return 0;
-}
-
-/* A timer whose deadline is not before the last one in the list joins the
- * list (a million sleepers of one length never touch the heap, which would
- * also cost a pointer each); the others go to the heap. */
-static void timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int rc)
-{
-    g->deadline = deadline;
-    g->timer_rc = rc;
-    if (!h->ttail || h->ttail->deadline <= deadline) {
-        g->heap_idx = IN_LIST;
-        g->tnext = NULL;
-        g->tprev = h->ttail;
-        if (h->ttail)
-            h->ttail->tnext = g;
-        else
-            h->thead = g;
-        h->ttail = g;
-        return;
-    }
-    heap_set(h, h->nheap++, g);
-    heap_up(h, h->nheap - 1);
-}
-
-/* The armed timer with the earliest deadline, or NULL. */
-static inline conc_greenlet *timer_first(const struct hub *h)
-{
-    conc_greenlet *a = h->thead, *b = h->nheap ? h->heap[0] : NULL;
-    if (!a || (b && b->deadline < a->deadline))
-        return b;
-    return a;
-}
-
-static void timer_cancel(struct hub *h, conc_greenlet *g)
-{
-    size_t i = g->heap_idx;
-    if (i == NO_INDEX)
-        return;
-    g->heap_idx = NO_INDEX;
-    if (i == IN_LIST) {
-        if (g->tprev)
-            g->tprev->tnext = g->tnext;
-        else
-            h->thead = g->tnext;
-        if (g->tnext)
-            g->tnext->tprev = g->tprev;
-        else
-            h->ttail = g->tprev;
-        return;
-    }
-    conc_greenlet *last = h->heap[--h->nheap];
-    if (i == h->nheap)
-        return;
-    heap_set(h, i, last);
-    heap_up(h, i);
-    heap_down(h, last->heap_idx);
-}
-
 /* ------------------------------------------------------------ readiness */
 
 static void enqueue(struct hub *h, conc_greenlet *g)
@@ -380,7 +177,7 @@ static inline conc_greenlet *handoff_take(struct hub *h)
 /* Makes a parked g ready; its blocking call will return rc. */
 static void make_ready(struct hub *h, conc_greenlet *g, int rc)
 {
-    timer_cancel(h, g);
+    conc__hub_timer_cancel(h, g);
     if (g->wait_kind == W_JOIN && !g->is_main)
         h->njoin--;
     if (g->wait_kind == W_JOIN && g->jpprev) {
@@ -413,7 +210,7 @@ static void interrupt(struct hub *h, conc_greenlet *g, int rc)
             bucket_unlink(b, g);
         bucket_unlock(b);
         if (!mine) {
-            timer_cancel(h, g);
+            conc__hub_timer_cancel(h, g);
             if (rc == -ECANCELED)
                 g->cancel_pending = 1;
             return;
@@ -801,7 +598,7 @@ static void expire_timers(struct hub *h)
         return;
     int64_t now = conc_now();
     for (; g && g->deadline <= now; g = timer_first(h)) {
-        timer_cancel(h, g);
+        conc__hub_timer_cancel(h, g);
         interrupt(h, g, g->timer_rc);
     }
 }
@@ -953,11 +750,11 @@ static inline int hub_wait_busy(struct hub *h, conc_greenlet *g, uint32_t *word,
     if (flags & CONC__WAIT_SHARED) {
         int64_t poll = now + CONC_HUB_SHARED_POLL_NS;
         if (poll < deadline)
-            timer_arm(h, g, poll, 0);
+            conc__hub_timer_arm(h, g, poll, 0);
         else
-            timer_arm(h, g, deadline, -ETIMEDOUT);
+            conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     } else if (deadline != CONC_NO_DEADLINE) {
-        timer_arm(h, g, deadline, -ETIMEDOUT);
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     }
     return park(h, g);
 }
@@ -978,7 +775,7 @@ static int hub_sleep_until(int64_t deadline)
      * in the order of their deadlines, whenever they were armed. */
     busy_enter();
     g->wait_kind = W_SLEEP;
-    timer_arm(h, g, d, rc);
+    conc__hub_timer_arm(h, g, d, rc);
     park(h, g);
     busy_leave();
     return g->wake_rc;
@@ -1052,7 +849,7 @@ static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short event
     g->wait_kind = W_FD;
     h->nfd++;
     if (deadline != CONC_NO_DEADLINE)
-        timer_arm(h, g, deadline, -ETIMEDOUT);
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     return park(h, g);
 }
 
@@ -1133,7 +930,7 @@ static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
     g->wait_kind = W_FD;
     h->nfd++;
     if (deadline != CONC_NO_DEADLINE)
-        timer_arm(h, g, deadline, -ETIMEDOUT);
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     r = park(h, g);
     busy_leave();
     if (r != 0 && r != -ETIMEDOUT)
@@ -1171,8 +968,12 @@ static void hub_atfork_child(void)
 }
 
 /* The fork handler only resets memory: it never parks, waits or takes a
- * lock (a fork may come from any coroutine, or from a signal handler). */
-__attribute__((constructor(CONC__CTOR_MODULE))) static void hub_module_init(void)
+ * lock (a fork may come from any coroutine, or from a signal handler).  It
+ * is registered when the first hub is being made, before any hub state
+ * exists (docs/building.md, "Process-wide effects"). */
+static pthread_once_t hub_atfork_once = PTHREAD_ONCE_INIT;
+
+static void hub_atfork_install(void)
 {
     pthread_atfork(NULL, NULL, hub_atfork_child);
 }
@@ -1189,6 +990,7 @@ static struct hub *hub_get(void)
     struct hub *h = tls_hub;
     if (likely(h != NULL))
         return h;
+    pthread_once(&hub_atfork_once, hub_atfork_install);
     conc_coro *main = conc_coro_main();
     if (!main)
         return NULL;
@@ -1201,7 +1003,7 @@ static struct hub *hub_get(void)
     h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
-    if (heap_reserve(h, 64) < 0) {
+    if (conc__hub_heap_reserve(h, 64) < 0) {
         free(h);
         return NULL;
     }
@@ -1232,7 +1034,7 @@ static struct hub *hub_get(void)
     return h;
 }
 
-int conc_hub_destroy(void)
+int conc_hub_free(void)
 {
     struct hub *h = tls_hub;
     if (!h)
@@ -1261,24 +1063,29 @@ int conc_hub_destroy(void)
 
 /* --------------------------------------------------------------- API */
 
-int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_spawn_opts *opts)
+int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
+                        const conc_spawn_opts *opts)
 {
     if (!out || !fn)
         return -EINVAL;
+    conc_spawn_opts so;
+    conc_coro_opts co;
+    CONC__OPTS_COPY(&so, opts, CONC__OPTS_V1(conc_spawn_opts, coro));
+    CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
     struct hub *h = hub_get();
     if (!h)
         return -ENOMEM;
     if (!gl_self(h))
         return -EPERM;
     /* A timer for it and for every other coroutine of the hub. */
-    if (heap_reserve(h, (size_t)h->live + 2) < 0)
+    if (conc__hub_heap_reserve(h, (size_t)h->live + 2) < 0)
         return -ENOMEM;
     /* The record lives at the top of the coroutine's stack: one page holds
      * a sleeping greenlet, and a finished one's stack is reused warm. */
     conc_greenlet *g;
     conc_coro *c;
-    int rc = conc__coro_new_embedded(&c, gl_entry, opts ? opts->stack_size : 0,
-                                     opts ? opts->name : NULL, h->loop, sizeof *g, (void **)&g);
+    int rc = conc__coro_new_embedded(&c, gl_entry, co.stack_size, co.name, h->loop,
+                                     sizeof *g, (void **)&g);
     if (rc < 0)
         return rc;
     busy_enter();
@@ -1321,7 +1128,7 @@ int conc_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg, const conc_s
     return 0;
 }
 
-/* conc_join of a greenlet of the caller's hub by a coroutine it runs: the
+/* conc_greenlet_join of a greenlet of the caller's hub by a coroutine it runs: the
  * caller parks in g's list of joiners, which gl_finish wakes (no word
  * table, no lock). */
 static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_greenlet *self,
@@ -1350,7 +1157,7 @@ static inline __attribute__((always_inline)) int join_here(struct hub *h, conc_g
         if (!self->is_main)
             h->njoin++;
         if (d != CONC_NO_DEADLINE)
-            timer_arm(h, self, d, -ETIMEDOUT);
+            conc__hub_timer_arm(h, self, d, -ETIMEDOUT);
         int r = park(h, self);
         busy_leave();
         if (r != 0)
@@ -1389,41 +1196,44 @@ static inline __attribute__((always_inline)) int join_until(conc_greenlet *g, in
     }
 }
 
-int conc_join_until(conc_greenlet *g, int64_t deadline)
+int conc_greenlet_join_until(conc_greenlet *g, int64_t deadline)
 {
     return join_until(g, deadline);
 }
 
-int conc_join(conc_greenlet *g, double timeout)
+int conc_greenlet_join(conc_greenlet *g, double timeout)
 {
-    int64_t deadline = CONC_NO_DEADLINE;
-    if (timeout != CONC_FOREVER) {
-        int rc = conc__timeout_deadline(timeout, &deadline);
-        if (rc)
-            return rc;
-    }
-    return join_until(g, deadline);
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, join_until(g, deadline));
 }
 
-int conc_joinall(conc_greenlet *const *list, size_t n, double timeout)
+int conc_greenlet_joinall_until(conc_greenlet *const *list, size_t n, int64_t deadline)
 {
     if (!list && n)
         return -EINVAL;
-    int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
     for (size_t i = 0; i < n; i++) {
         if (!list[i])
             continue;
-        rc = conc_join_until(list[i], deadline);
+        int rc = join_until(list[i], deadline);
         if (rc)
             return rc;
     }
     return 0;
 }
 
-int conc_kill(conc_greenlet *g)
+int conc_greenlet_joinall(conc_greenlet *const *list, size_t n, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_greenlet_joinall_until(list, n, deadline));
+}
+
+int conc_greenlet_kill(conc_greenlet *g)
 {
     if (!g)
         return -EINVAL;
@@ -1490,7 +1300,7 @@ void conc_greenlet_free(conc_greenlet *g)
     gl_unref(g);
 }
 
-int conc_timeout_push(int64_t deadline)
+int conc_hub_timeout_push_until(int64_t deadline)
 {
     struct hub *h = hub_get();
     if (!h)
@@ -1505,7 +1315,16 @@ int conc_timeout_push(int64_t deadline)
     return 0;
 }
 
-int conc_timeout_pop(void)
+int conc_hub_timeout_push(double seconds)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(seconds, &deadline, &poll))
+        return -EINVAL;
+    return conc_hub_timeout_push_until(deadline);
+}
+
+int conc_hub_timeout_pop(void)
 {
     struct hub *h = tls_hub;
     conc_greenlet *g = h ? gl_self(h) : NULL;
@@ -1539,61 +1358,69 @@ int conc_hub_run(void)
     return r;
 }
 
-static void dump_one(FILE *f, struct hub *h, conc_greenlet *g, int64_t now)
+/* One line of conc_hub_dump; 0 or -errno of the write. */
+static int dump_one(int fd, conc_greenlet *g, int64_t now)
 {
-    fprintf(f, "%-16s ", gl_name(g));
+    char what[64];
     switch (g->state) {
     case G_NEW:
-        fprintf(f, "new");
+        snprintf(what, sizeof what, "new");
         break;
     case G_READY:
-        fprintf(f, "ready");
+        snprintf(what, sizeof what, "ready");
         break;
     case G_RUNNING:
-        fprintf(f, "running");
+        snprintf(what, sizeof what, "running");
         break;
     case G_DEAD:
-        fprintf(f, "dead");
+        snprintf(what, sizeof what, "dead");
         break;
     default:
         if (g->wait_kind == W_WORD || g->wait_kind == W_JOIN)
-            fprintf(f, "word %p", (void *)g->word);
+            snprintf(what, sizeof what, "word %p", (void *)g->word);
         else if (g->wait_kind == W_FD && g->fd < 0)
-            fprintf(f, "fds");          /* conc__wait_fds: several */
+            snprintf(what, sizeof what, "fds");         /* conc__wait_fds: several */
         else if (g->wait_kind == W_FD)
-            fprintf(f, "fd %d events 0x%x", g->fd, (unsigned)g->events);
+            snprintf(what, sizeof what, "fd %d events 0x%x", g->fd, (unsigned)g->events);
         else
-            fprintf(f, "sleep");
+            snprintf(what, sizeof what, "sleep");
         break;
     }
+    char until[48] = "";
     if (g->heap_idx != NO_INDEX)
-        fprintf(f, " until +%.6fs", (double)(g->deadline - now) / 1e9);
-    fputc('\n', f);
-    (void)h;
+        snprintf(until, sizeof until, " until +%.6fs", (double)(g->deadline - now) / 1e9);
+    if (dprintf(fd, "%-16s %s%s\n", gl_name(g), what, until) < 0)
+        return errno ? -errno : -EIO;
+    return 0;
 }
 
-int conc_hub_dump(FILE *f)
+int conc_hub_dump(int fd)
 {
-    if (!f)
-        return -EINVAL;
+    if (fd < 0)
+        return -EBADF;
     struct hub *h = tls_hub;
     if (!h)
         return 0;
     int64_t now = conc_now();
     int n = 1;
-    dump_one(f, h, &h->main, now);
-    for (conc_greenlet *g = h->all; g; g = g->anext, n++)
-        dump_one(f, h, g, now);
-    return n;
+    int rc = dump_one(fd, &h->main, now);
+    for (conc_greenlet *g = h->all; g && rc == 0; g = g->anext, n++)
+        rc = dump_one(fd, g, now);
+    return rc ? rc : n;
 }
 
-int conc_wait_fd(int fd, short events, double timeout)
+int conc_fd_wait_until(int fd, short events, int64_t deadline)
 {
-    int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
     if (fd < 0)
         return -EBADF;
     return conc__wait_fd(fd, events, deadline);
+}
+
+int conc_fd_wait(int fd, short events, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_fd_wait_until(fd, events, deadline));
 }

@@ -83,6 +83,15 @@ static void offload_atfork_child(void)
 __attribute__((constructor(CONC__CTOR_MODULE))) static void offload_module_init(void)
 {
     cond_init();
+}
+
+/* The fork handler is registered by the first call that queues work
+ * (docs/building.md, "Process-wide effects"): a program that never
+ * offloads has none. */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
     pthread_atfork(NULL, NULL, offload_atfork_child);
 }
 
@@ -223,17 +232,20 @@ static int submit(struct task *t)
     return 0;
 }
 
-int conc_offload_ex(conc_offload_fn fn, void *arg, void **result, int64_t deadline,
-                    const conc_offload_opts *opts)
+int conc_offload_opts_until(conc_offload_fn fn, void *arg, void **result, int64_t deadline,
+                            const conc_offload_opts *opts)
 {
     if (!fn)
         return -EINVAL;
+    conc_offload_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_offload_opts, abandon));
+    pthread_once(&atfork_once, atfork_register);
     struct task *t = calloc(1, sizeof *t);
     if (!t)
         return -ENOMEM;
     t->fn = fn;
     t->arg = arg;
-    t->abandon = opts ? opts->abandon : NULL;
+    t->abandon = o.abandon;
     t->state = T_PENDING;
     t->refs = 2;
     int rc = submit(t);
@@ -266,42 +278,57 @@ int conc_offload_ex(conc_offload_fn fn, void *arg, void **result, int64_t deadli
 
 int conc_offload_until(conc_offload_fn fn, void *arg, void **result, int64_t deadline)
 {
-    return conc_offload_ex(fn, arg, result, deadline, NULL);
+    return conc_offload_opts_until(fn, arg, result, deadline, NULL);
 }
 
 int conc_offload(conc_offload_fn fn, void *arg, void **result, double timeout)
 {
     int64_t deadline;
-    int rc = conc__timeout_deadline(timeout, &deadline);
-    if (rc)
-        return rc;
-    return conc_offload_ex(fn, arg, result, deadline, NULL);
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_offload_opts_until(fn, arg, result, deadline,
+                                                                 NULL));
 }
 
-long conc_offload_max_workers(long n)
+long conc_offload_max_workers(void)
 {
     pthread_mutex_lock(&S.mu);
-    long was = (long)max_workers_locked();
-    if (n > 0) {
-        S.max_workers = (size_t)n;
-        if (S.idle)
-            pthread_cond_broadcast(&S.cond);    /* let extra idle workers go */
-    }
+    long n = (long)max_workers_locked();
     pthread_mutex_unlock(&S.mu);
-    return was;
+    return n;
 }
 
-double conc_offload_idle_timeout(double seconds)
+int conc_offload_set_max_workers(long n)
+{
+    if (n <= 0)
+        return -EINVAL;
+    pthread_mutex_lock(&S.mu);
+    S.max_workers = (size_t)n;
+    if (S.idle)
+        pthread_cond_broadcast(&S.cond);    /* let extra idle workers go */
+    pthread_mutex_unlock(&S.mu);
+    return 0;
+}
+
+double conc_offload_idle_timeout(void)
 {
     pthread_mutex_lock(&S.mu);
-    double was = (double)S.idle_ns / 1e9;
-    if (seconds >= 0 && !isnan(seconds)) {
-        S.idle_ns = seconds >= 1e9 ? (int64_t)1e18 : (int64_t)(seconds * 1e9);
-        if (S.idle)
-            pthread_cond_broadcast(&S.cond);    /* re-arm with the new time */
-    }
+    double seconds = (double)S.idle_ns / 1e9;
     pthread_mutex_unlock(&S.mu);
-    return was;
+    return seconds;
+}
+
+int conc_offload_set_idle_timeout(double seconds)
+{
+    if (!(seconds >= 0))                        /* negative or NaN */
+        return -EINVAL;
+    pthread_mutex_lock(&S.mu);
+    S.idle_ns = seconds >= 1e9 ? (int64_t)1e18 : (int64_t)(seconds * 1e9);
+    if (S.idle)
+        pthread_cond_broadcast(&S.cond);        /* re-arm with the new time */
+    pthread_mutex_unlock(&S.mu);
+    return 0;
 }
 
 int conc_offload_get_stats(conc_offload_stats *out)

@@ -15,6 +15,7 @@
 #include <fenv.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +170,17 @@ Test(coro, current_main_parent_name, .timeout = 30)
     conc_coro *c = make(self_fn, &seen, &o);
     cr_assert_str_eq(conc_coro_name(c), "worker-with-a-rather-long-name-");
     cr_assert_eq(strlen(conc_coro_name(c)), CONC_CORO_NAME_MAX);
+    /* The options can grow: a size that does not cover the name leaves
+     * the default name; CONC_CORO_OPTS_INIT covers every field. */
+    conc_coro_opts part = CONC_CORO_OPTS_INIT;
+    part.name = "named";
+    conc_coro *whole = make(self_fn, &seen, &part);
+    cr_assert_str_eq(conc_coro_name(whole), "named");
+    part.size = offsetof(conc_coro_opts, name);
+    conc_coro *cut = make(self_fn, &seen, &part);
+    cr_assert(strncmp(conc_coro_name(cut), "Coro-", 5) == 0, "%s", conc_coro_name(cut));
+    cr_assert_eq(conc_coro_free(whole), 0);
+    cr_assert_eq(conc_coro_free(cut), 0);
     cr_assert_str_eq(conc_coro_name(conc_coro_main()), "main");
     cr_assert_eq(conc_coro_parent(c), conc_coro_main());
     cr_assert_null(conc_coro_parent(conc_coro_main()));
@@ -619,6 +631,9 @@ Test(coro, two_hundred_thousand_suspended, .timeout = 30)
     cr_assert_eq(st.coros, (size_t)n);
     cr_assert_eq(st.stacks_used, (size_t)n);
     cr_assert_leq(st.guarded, (size_t)st.guard_limit + st.slabs);
+    cr_assert_eq(st.guard_limit, conc_coro_guard_limit());
+    cr_assert_eq(conc_coro_set_guard_limit(-1), -EINVAL);    /* asks nothing */
+    cr_assert_eq(conc_coro_guard_limit(), st.guard_limit);
     cr_assert_lt(st.slabs, (size_t)n / 100);
     double per = (double)(rss1 - rss0) * 1024.0 / (double)n;
     cr_log_info("%ld suspended coroutines: %.0f bytes resident each, %zu slabs, %zu guarded, "
@@ -774,7 +789,8 @@ Test(coro, overflow_hits_guard_page, .timeout = 30)
  * second one has a canary zone. */
 static conc_coro *unguarded_coroutine(conc_coro_fn fn, void *arg, const char *name, conc_coro **first)
 {
-    conc_coro_guard_limit(0);
+    if (conc_coro_set_guard_limit(0) != 0 || conc_coro_guard_limit() != 0)
+        _exit(3);
     conc_coro_opts o = { .stack_size = CONC_CORO_STACK_MIN, .name = name };
     conc_coro *c;
     if (conc_coro_new(first, ret_value, NULL, &o) != 0 || conc_coro_new(&c, fn, arg, &o) != 0)

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -146,11 +147,11 @@ Test(cpool, spawn_parks_while_full, .timeout = 30)
     cr_assert(conc_cpool_full(shared_pool));
     cr_assert_eq(conc_cpool_free_count(shared_pool), 0);
     cr_assert(conc_cpool_contains(shared_pool, a));
-    cr_assert_eq(conc_spawn(&x, spawner, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&s, stopper, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&x, spawner, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&s, stopper, NULL, NULL), 0);
     /* A starts and polls; the spawner parks (pool full); the stopper lets A
      * end, which makes room: only then does the spawner go on and B run. */
-    cr_assert_eq(conc_join(x, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(x, CONC_FOREVER), 0);
     cr_assert_eq(conc_cpool_join(shared_pool, CONC_FOREVER), 0);
     cr_assert_str_eq(logbuf, "A1sa2B");
     cr_assert_not(conc_cpool_contains(shared_pool, a));
@@ -176,11 +177,13 @@ Test(cpool, timeouts_when_full, .timeout = 30)
     cr_assert_eq(conc_cpool_spawn(p, &g, quick_member, (void *)'C', NULL, 0), -EAGAIN);
     cr_assert_null(g);
     cr_assert_eq(conc_cpool_spawn_until(p, &g, quick_member, (void *)'C', NULL, conc_now()),
-                 -EAGAIN);
+                 -ETIMEDOUT);
     cr_assert_eq(conc_cpool_spawn(p, &g, quick_member, (void *)'C', NULL, 0.02), -ETIMEDOUT);
-    cr_assert_eq(conc_cpool_wait_available(p, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_cpool_wait_available(p, 0), -EAGAIN);
+    cr_assert_eq(conc_cpool_wait_available_until(p, conc_now()), -ETIMEDOUT);
     cr_assert_eq(conc_cpool_wait_available(p, 0.02), -ETIMEDOUT);
-    cr_assert_eq(conc_cpool_join(p, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_cpool_join(p, 0), -EAGAIN);
+    cr_assert_eq(conc_cpool_join_until(p, conc_now()), -ETIMEDOUT);
     cr_assert_eq(conc_cpool_join(p, 0.02), -ETIMEDOUT);
     cr_assert_eq(conc_cpool_free(p), -EBUSY);
     /* The members ran while we waited. */
@@ -251,7 +254,7 @@ Test(cpool, kill_without_waiting, .timeout = 30)
     for (intptr_t i = 0; i < 2; i++)
         cr_assert_eq(conc_cpool_spawn(p, NULL, sleeper_member, (void *)i, NULL, 0), 0);
     cr_assert_eq(conc_sleep(0), 0);
-    cr_assert_eq(conc_cpool_kill(p, 0), -ETIMEDOUT);    /* block=False */
+    cr_assert_eq(conc_cpool_kill(p, 0), -EAGAIN);       /* block=False */
     cr_assert_eq(conc_cpool_len(p), 2);
     cr_assert_eq(conc_cpool_join(p, CONC_FOREVER), 0);
     cr_assert_eq(sleep_rc[0], -ECANCELED);
@@ -265,7 +268,7 @@ Test(cpool, member_killed_before_start_leaves, .timeout = 30)
     cr_assert_eq(conc_cpool_new(&p, 1), 0);
     conc_greenlet *g;
     cr_assert_eq(conc_cpool_spawn(p, &g, never_member, NULL, NULL, 0), 0);
-    cr_assert_eq(conc_kill(g), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
     conc_greenlet_free(g);                      /* allowed: the pool does not need it */
     /* The slot frees once the pool waits. */
     cr_assert_eq(conc_cpool_spawn(p, NULL, quick_member, (void *)'Q', NULL, CONC_FOREVER), 0);
@@ -366,7 +369,7 @@ Test(cpool, bad_arguments, .timeout = 30)
     cr_assert_not(conc_cpool_full(NULL));
     cr_assert_not(conc_cpool_contains(NULL, NULL));
     cr_assert_eq(conc_cpool_free(NULL), 0);
-    conc_spawn_opts tiny = { .stack_size = 1 };
+    conc_spawn_opts tiny = { .coro = &(conc_coro_opts){ .stack_size = 1 } };
     cr_assert_eq(conc_cpool_spawn(p, NULL, quick_member, NULL, &tiny, 0), -EINVAL);
     cr_assert_eq(conc_cpool_len(p), 0);
     void *bad;
@@ -424,11 +427,11 @@ Test(offload, blocking_reads_park_only_their_coroutine, .timeout = 30)
     conc_greenlet *g[NREAD], *w;
     for (intptr_t i = 0; i < NREAD; i++) {
         cr_assert_eq(pipe(rfd[i]), 0);
-        cr_assert_eq(conc_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
     }
-    cr_assert_eq(conc_spawn(&w, pipe_writer, NULL, NULL), 0);
-    cr_assert_eq(conc_joinall(g, NREAD, CONC_FOREVER), 0);
-    cr_assert_eq(conc_join(w, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&w, pipe_writer, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, NREAD, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(w, CONC_FOREVER), 0);
     for (int i = 0; i < NREAD; i++) {
         cr_assert_eq(read_rc[i], 0);
         cr_assert_eq(read_result[i], (void *)(intptr_t)(10 + i));
@@ -475,12 +478,12 @@ static void *ticker(void *arg)
 
 Test(offload, calls_run_in_parallel, .timeout = 30)
 {
-    cr_assert_geq(conc_offload_max_workers(0), NPAR);
+    cr_assert_geq(conc_offload_max_workers(), NPAR);
     cr_assert_eq(pthread_barrier_init(&barrier, NULL, NPAR + 1), 0);
     conc_greenlet *g[NPAR], *t;
     for (intptr_t i = 0; i < NPAR; i++)
-        cr_assert_eq(conc_spawn(&g[i], offload_barrier, (void *)i, NULL), 0);
-    cr_assert_eq(conc_spawn(&t, ticker, NULL, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], offload_barrier, (void *)i, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, ticker, NULL, NULL), 0);
     /* Let them all park, then see the ticker run while they are held. */
     while (ticks < 5)
         cr_assert_eq(conc_sleep(0.001), 0);
@@ -493,9 +496,9 @@ Test(offload, calls_run_in_parallel, .timeout = 30)
         st.queued == 0;
     }));
     pthread_barrier_wait(&barrier);     /* the ninth party: release them */
-    cr_assert_eq(conc_joinall(g, NPAR, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, NPAR, CONC_FOREVER), 0);
     parallel_done = 1;
-    cr_assert_eq(conc_join(t, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(t, CONC_FOREVER), 0);
     for (intptr_t i = 0; i < NPAR; i++) {
         void *r;
         cr_assert_eq(conc_greenlet_result(g[i], &r), 0);
@@ -521,8 +524,8 @@ Test(offload, main_coroutine_and_plain_thread, .timeout = 30)
     /* The main coroutine of a hub thread with nothing else to run: a
      * pending call is not mistaken for a deadlock. */
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, quick_member, (void *)'x', NULL), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, quick_member, (void *)'x', NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     conc_greenlet_free(g);
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
@@ -553,10 +556,11 @@ static void on_abandon(void *arg, void *result)
 static void *offload_then_log(void *arg)
 {
     (void)arg;
-    conc_offload_opts o = { .abandon = on_abandon };
+    conc_offload_opts o = CONC_OFFLOAD_OPTS_INIT;
+    o.abandon = on_abandon;
     void *r = (void *)-5;
     logc('o');
-    killed_rc = conc_offload_ex(blocking_read, (void *)(intptr_t)kill_fds[0], &r,
+    killed_rc = conc_offload_opts_until(blocking_read, (void *)(intptr_t)kill_fds[0], &r,
                                 CONC_NO_DEADLINE, &o);
     logc(r == (void *)-5 ? 'r' : 'R');  /* the result is not stored */
     return NULL;
@@ -566,11 +570,11 @@ Test(offload, kill_while_waiting, .timeout = 30)
 {
     cr_assert_eq(pipe(kill_fds), 0);
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, offload_then_log, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, offload_then_log, NULL, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);     /* it starts and parks */
     cr_assert_str_eq(logbuf, "o");
-    cr_assert_eq(conc_kill(g), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     cr_assert_eq(killed_rc, -ECANCELED);
     cr_assert_str_eq(logbuf, "or");
     cr_assert_eq(__atomic_load_n(&abandoned, __ATOMIC_ACQUIRE), 0);  /* still reading */
@@ -593,13 +597,13 @@ Test(offload, timeouts, .timeout = 30)
     cr_assert_eq(r, (void *)-5);
     /* A coroutine, with a deadline and with a timeout scope. */
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, quick_member, (void *)'x', NULL), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, quick_member, (void *)'x', NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     conc_greenlet_free(g);
     cr_assert_eq(conc_offload_until(blocking_read, arg, &r, conc_now() + 20000000), -ETIMEDOUT);
-    cr_assert_eq(conc_timeout_push(conc_now() + 20000000), 0);
+    cr_assert_eq(conc_hub_timeout_push_until(conc_now() + 20000000), 0);
     cr_assert_eq(conc_offload(blocking_read, arg, &r, CONC_FOREVER), -ETIMEDOUT);
-    cr_assert_eq(conc_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
     cr_assert_eq(r, (void *)-5);
     /* Three reads are still pending on workers: feed them. */
     unsigned char c[3] = { 1, 2, 3 };
@@ -618,7 +622,7 @@ Test(offload, bad_arguments, .timeout = 30)
     void *r;
     cr_assert_eq(conc_offload(NULL, NULL, &r, CONC_FOREVER), -EINVAL);
     cr_assert_eq(conc_offload_until(NULL, NULL, &r, CONC_NO_DEADLINE), -EINVAL);
-    cr_assert_eq(conc_offload_ex(NULL, NULL, &r, CONC_NO_DEADLINE, NULL), -EINVAL);
+    cr_assert_eq(conc_offload_opts_until(NULL, NULL, &r, CONC_NO_DEADLINE, NULL), -EINVAL);
     for (size_t i = 0; i < N_BAD_TIMEOUTS; i++)
         cr_assert_eq(conc_offload(add_one, NULL, &r, bad_timeouts[i]), -EINVAL);
     cr_assert_eq(conc_offload_get_stats(NULL), -EINVAL);
@@ -629,11 +633,19 @@ Test(offload, bad_arguments, .timeout = 30)
 
 Test(offload, idle_workers_exit_and_limit, .timeout = 30)
 {
-    cr_assert_eq(conc_offload_idle_timeout(-1), CONC_OFFLOAD_IDLE_DEFAULT);
-    cr_assert_eq(conc_offload_idle_timeout(0.05), CONC_OFFLOAD_IDLE_DEFAULT);
-    long was = conc_offload_max_workers(2);
+    cr_assert_eq(conc_offload_idle_timeout(), CONC_OFFLOAD_IDLE_DEFAULT);
+    cr_assert_eq(conc_offload_set_idle_timeout(-1), -EINVAL);
+    cr_assert_eq(conc_offload_set_idle_timeout(NAN), -EINVAL);
+    cr_assert_eq(conc_offload_idle_timeout(), CONC_OFFLOAD_IDLE_DEFAULT);
+    cr_assert_eq(conc_offload_set_idle_timeout(0.05), 0);
+    cr_assert_eq(conc_offload_idle_timeout(), 0.05);
+    long was = conc_offload_max_workers();
     cr_assert_geq(was, CONC_OFFLOAD_MIN_DEFAULT);
-    cr_assert_eq(conc_offload_max_workers(-1), 2);
+    cr_assert_eq(conc_offload_set_max_workers(0), -EINVAL);
+    cr_assert_eq(conc_offload_set_max_workers(-1), -EINVAL);
+    cr_assert_eq(conc_offload_max_workers(), was);
+    cr_assert_eq(conc_offload_set_max_workers(2), 0);
+    cr_assert_eq(conc_offload_max_workers(), 2);
     /* Four blocked calls from four coroutines, two workers: two wait in
      * the queue. */
     int fds[2];
@@ -641,7 +653,7 @@ Test(offload, idle_workers_exit_and_limit, .timeout = 30)
     conc_greenlet *g[4];
     for (intptr_t i = 0; i < 4; i++) {
         rfd[i][0] = fds[0];
-        cr_assert_eq(conc_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], offloading_reader, (void *)i, NULL), 0);
     }
     cr_assert_eq(conc_sleep(0), 0);     /* each submits its call and parks */
     conc_offload_stats st;
@@ -715,7 +727,7 @@ Test(offload, exit_while_a_call_runs, .timeout = 30)
         int rc = conc_offload(long_call, NULL, NULL, 0);
         while (!__atomic_load_n(&long_call_in, __ATOMIC_ACQUIRE))
             usleep(1000);
-        exit(rc == -ETIMEDOUT ? 0 : 1);
+        exit(rc == -EAGAIN ? 0 : 1);
     }
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);

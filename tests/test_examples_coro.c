@@ -48,7 +48,7 @@
 
 #define PART3_HEADING                                                                      \
     "== 3. gevent + monkey.patch_all + requests.get: one greenlet per URL, libcurl's "     \
-    "sockets parked on with conc_wait_fd\n"
+    "sockets parked on with conc_fd_wait\n"
 
 /* What the server sends for /page/I: 10000 * I bytes, byte J being
  * 'a' + (I + J) % 26; its FNV-1a (32 bits). */

@@ -257,10 +257,10 @@ Test(fork_child, fork_from_a_coroutine_is_not_parked)
     pthread_t h;
     cr_assert_eq(pthread_create(&h, NULL, hammer, NULL), 0);
     conc_greenlet *f, *w;
-    cr_assert_eq(conc_spawn(&w, watcher, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&f, forker, NULL, NULL), 0);
-    cr_assert_eq(conc_join(f, CONC_FOREVER), 0);
-    cr_assert_eq(conc_join(w, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_spawn(&w, watcher, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&f, forker, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(f, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(w, CONC_FOREVER), 0);
     hammer_stop = 1;
     pthread_join(h, NULL);
     conc_greenlet_free(f);

@@ -13,6 +13,8 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <math.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/hub_dump.h"
 
 #ifndef CONC_EXAMPLES_DIR
 #error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
@@ -85,20 +88,20 @@ Test(hub, spawn_join_order, .timeout = 30)
     struct step a = { 'a', 3, 0.030 }, b = { 'b', 3, 0.045 };
     conc_greenlet *ga, *gb;
     step_base = conc_now();
-    cr_assert_eq(conc_spawn(&ga, stepper, &a, NULL), 0);
-    cr_assert_eq(conc_spawn(&gb, stepper, &b, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&ga, stepper, &a, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gb, stepper, &b, NULL), 0);
     logc('m');                      /* nothing runs before main blocks */
-    cr_assert_eq(conc_join(gb, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(gb, CONC_FOREVER), 0);
     logc('j');
     cr_assert_str_eq(logbuf, "mababab" "j");
     cr_assert(conc_greenlet_dead(ga));
     void *r;
     cr_assert_eq(conc_greenlet_result(gb, &r), 0);
     cr_assert_eq((intptr_t)r, 'b');
-    cr_assert_eq(conc_join(ga, 0), 0);
+    cr_assert_eq(conc_greenlet_join(ga, 0), 0);
     conc_greenlet_free(ga);
     conc_greenlet_free(gb);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 Test(hub, joinall_and_run, .timeout = 30)
@@ -107,15 +110,15 @@ Test(hub, joinall_and_run, .timeout = 30)
     conc_greenlet *g[4] = { NULL };
     step_base = conc_now();
     for (int i = 0; i < 3; i++)
-        cr_assert_eq(conc_spawn(&g[i], stepper, &s[i], NULL), 0);
-    cr_assert_eq(conc_joinall(g, 4, 5.0), 0);   /* the NULL entry is skipped */
+        cr_assert_eq(conc_greenlet_spawn(&g[i], stepper, &s[i], NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, 4, 5.0), 0);   /* the NULL entry is skipped */
     cr_assert_str_eq(logbuf, "zyxzx");
     for (int i = 0; i < 3; i++) {
         cr_assert(conc_greenlet_dead(g[i]));
         conc_greenlet_free(g[i]);
     }
     cr_assert_eq(conc_hub_run(), 0);            /* nothing left */
-    cr_assert_eq(conc_spawn(&g[0], stepper, &s[1], NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g[0], stepper, &s[1], NULL), 0);
     cr_assert_eq(conc_hub_run(), 0);
     cr_assert(conc_greenlet_dead(g[0]));
     conc_greenlet_free(g[0]);
@@ -134,12 +137,12 @@ static void *yielder(void *arg)
 Test(hub, sleep_zero_yields, .timeout = 30)
 {
     conc_greenlet *a, *b;
-    cr_assert_eq(conc_spawn(&a, yielder, (void *)'a', NULL), 0);
-    cr_assert_eq(conc_spawn(&b, yielder, (void *)'b', NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&a, yielder, (void *)'a', NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, yielder, (void *)'b', NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);         /* main yields: both run once */
     logc('m');
-    cr_assert_eq(conc_join(a, CONC_FOREVER), 0);
-    cr_assert_eq(conc_join(b, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(a, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(b, CONC_FOREVER), 0);
     cr_assert_str_eq(logbuf, "abmabab");
     conc_greenlet_free(a);
     conc_greenlet_free(b);
@@ -181,7 +184,7 @@ static void *blocker(void *arg)
         break;
     case 5:
         (void)c;
-        r = conc_wait_fd(kpipe[0], POLLIN, CONC_FOREVER);
+        r = conc_fd_wait(kpipe[0], POLLIN, CONC_FOREVER);
         break;
     }
     krc[kind] = r;
@@ -192,14 +195,14 @@ static void kill_at(int kind)
 {
     krc[kind] = 1;
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, blocker, (void *)(intptr_t)kind, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, blocker, (void *)(intptr_t)kind, NULL), 0);
     cr_assert_eq(conc_sleep(0.02), 0);       /* it runs and parks */
     cr_assert_eq(krc[kind], 1, "kind %d did not block", kind);
     cr_assert_not(conc_greenlet_dead(g));
-    cr_assert_eq(conc_kill(g), 0);
-    cr_assert_eq(conc_join(g, 5.0), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, 5.0), 0);
     cr_assert_eq(krc[kind], -ECANCELED, "kind %d returned %d", kind, krc[kind]);
-    cr_assert_eq(conc_kill(g), 0);           /* finished: nothing happens */
+    cr_assert_eq(conc_greenlet_kill(g), 0);           /* finished: nothing happens */
     conc_greenlet_free(g);
 }
 
@@ -249,10 +252,10 @@ static void *logger(void *arg)
 Test(hub, kill_before_start, .timeout = 30)
 {
     conc_greenlet *a, *b;
-    cr_assert_eq(conc_spawn(&a, logger, (void *)'a', NULL), 0);
-    cr_assert_eq(conc_spawn(&b, logger, (void *)'b', NULL), 0);
-    cr_assert_eq(conc_kill(a), 0);
-    cr_assert_eq(conc_joinall((conc_greenlet *[]){ a, b }, 2, 5.0), 0);
+    cr_assert_eq(conc_greenlet_spawn(&a, logger, (void *)'a', NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, logger, (void *)'b', NULL), 0);
+    cr_assert_eq(conc_greenlet_kill(a), 0);
+    cr_assert_eq(conc_greenlet_joinall((conc_greenlet *[]){ a, b }, 2, 5.0), 0);
     cr_assert_str_eq(logbuf, "b");
     void *r = (void *)1;
     cr_assert_eq(conc_greenlet_result(a, &r), -ECANCELED);
@@ -265,7 +268,7 @@ Test(hub, kill_before_start, .timeout = 30)
 static void *fd_reader(void *arg)
 {
     int *fds = arg;
-    int r = conc_wait_fd(fds[0], POLLIN, 5.0);
+    int r = conc_fd_wait(fds[0], POLLIN, 5.0);
     char c = 0;
     if (r == 0 && read(fds[0], &c, 1) == 1)
         logc(c);
@@ -287,15 +290,15 @@ Test(hub, fd_wait_wakes, .timeout = 30)
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     conc_greenlet *a, *b;
-    cr_assert_eq(conc_spawn(&a, fd_reader, fds, NULL), 0);
-    cr_assert_eq(conc_spawn(&b, fd_writer, fds, NULL), 0);
-    cr_assert_eq(conc_joinall((conc_greenlet *[]){ a, b }, 2, 5.0), 0);
+    cr_assert_eq(conc_greenlet_spawn(&a, fd_reader, fds, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, fd_writer, fds, NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall((conc_greenlet *[]){ a, b }, 2, 5.0), 0);
     cr_assert_str_eq(logbuf, "wr");
     void *r;
     cr_assert_eq(conc_greenlet_result(a, &r), 0);
     cr_assert_eq((intptr_t)r, 0);
-    cr_assert_eq(conc_wait_fd(fds[0], POLLIN, 0.02), -ETIMEDOUT);
-    cr_assert_eq(conc_wait_fd(-1, POLLIN, 0), -EBADF);
+    cr_assert_eq(conc_fd_wait(fds[0], POLLIN, 0.02), -ETIMEDOUT);
+    cr_assert_eq(conc_fd_wait(-1, POLLIN, 0), -EBADF);
     conc_greenlet_free(a);
     conc_greenlet_free(b);
     close(fds[0]);
@@ -322,17 +325,20 @@ Test(hub, join_timeout, .timeout = 30)
 {
     conc_event hold = CONC_EVENT_INIT;
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, held_by_event, &hold, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, held_by_event, &hold, NULL), 0);
     int64_t t0 = conc_now();
-    cr_assert_eq(conc_join(g, 0.05), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_join(g, 0.05), -ETIMEDOUT);
     cr_assert_geq(conc_now() - t0, 40000000);
-    cr_assert_eq(conc_join(g, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_join(g, 0), -EAGAIN);
     cr_assert_not(conc_greenlet_dead(g));
-    cr_assert_eq(conc_joinall(&g, 1, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_join_until(g, conc_now() - 1), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_joinall(&g, 1, 0), -EAGAIN);
+    cr_assert_eq(conc_greenlet_joinall_until(&g, 1, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_joinall(&g, 1, 0.01), -ETIMEDOUT);
     cr_assert_eq(conc_event_set(&hold), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
-    cr_assert_eq(conc_join(NULL, 1), -EINVAL);
-    cr_assert_eq(conc_join(g, -2), -EINVAL);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(NULL, 1), -EINVAL);
+    cr_assert_eq(conc_greenlet_join(g, -2), -EINVAL);
     conc_greenlet_free(g);
 }
 
@@ -342,21 +348,21 @@ static void *scoped(void *arg)
 {
     (void)arg;
     conc_event ev = CONC_EVENT_INIT;
-    cr_assert_eq(conc_timeout_push(conc_now() + 30000000), 0);
+    cr_assert_eq(conc_hub_timeout_push_until(conc_now() + 30000000), 0);
     scope_rc[0] = conc_event_wait(&ev, CONC_FOREVER);
     scope_rc[1] = conc_sleep(1.0);
-    cr_assert_eq(conc_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
     scope_rc[2] = conc_sleep(0.001);
-    scope_rc[3] = conc_timeout_pop();
+    scope_rc[3] = conc_hub_timeout_pop();
     return NULL;
 }
 
 Test(hub, timeout_scope, .timeout = 30)
 {
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, scoped, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, scoped, NULL, NULL), 0);
     int64_t t0 = conc_now();
-    cr_assert_eq(conc_join(g, 5.0), 0);
+    cr_assert_eq(conc_greenlet_join(g, 5.0), 0);
     cr_assert_lt(conc_now() - t0, 900000000);   /* the 1 s sleep was cut */
     cr_assert_eq(scope_rc[0], -ETIMEDOUT);
     cr_assert_eq(scope_rc[1], -ETIMEDOUT);
@@ -366,12 +372,25 @@ Test(hub, timeout_scope, .timeout = 30)
     /* In the main coroutine too. */
     conc_lock l = CONC_LOCK_INIT;
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
-    cr_assert_eq(conc_timeout_push(conc_now() + 20000000), 0);
-    cr_assert_eq(conc_timeout_push(CONC_NO_DEADLINE), 0);  /* outer still wins */
+    cr_assert_eq(conc_hub_timeout_push_until(conc_now() + 20000000), 0);
+    cr_assert_eq(conc_hub_timeout_push_until(CONC_NO_DEADLINE), 0);  /* outer still wins */
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), -ETIMEDOUT);
-    cr_assert_eq(conc_timeout_pop(), 0);
-    cr_assert_eq(conc_timeout_pop(), 0);
-    cr_assert_eq(conc_timeout_pop(), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    /* The seconds form: 0 is a scope already over, CONC_FOREVER has no
+     * deadline, a bad timeout opens nothing. */
+    cr_assert_eq(conc_hub_timeout_push(NAN), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_push(-2.0), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    cr_assert_eq(conc_hub_timeout_push(CONC_FOREVER), 0);
+    cr_assert_eq(conc_lock_acquire(&l, 0), -EAGAIN);
+    cr_assert_eq(conc_hub_timeout_push(0), 0);
+    cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), -ETIMEDOUT);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    cr_assert_eq(conc_lock_release(&l), 0);
 }
 
 /* ------------------------------------------- lock between coroutines */
@@ -393,8 +412,8 @@ Test(hub, lock_between_coroutines, .timeout = 30)
 {
     conc_greenlet *g[3];
     for (int i = 0; i < 3; i++)
-        cr_assert_eq(conc_spawn(&g[i], locker, (void *)(intptr_t)('a' + i), NULL), 0);
-    cr_assert_eq(conc_joinall(g, 3, 5.0), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], locker, (void *)(intptr_t)('a' + i), NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, 3, 5.0), 0);
     cr_assert_str_eq(logbuf, "aAbBcC");
     for (int i = 0; i < 3; i++)
         conc_greenlet_free(g[i]);
@@ -435,17 +454,17 @@ Test(hub, event_set_by_other_thread, .timeout = 30)
 {
     int ticks = 0;
     conc_greenlet *w, *t;
-    cr_assert_eq(conc_spawn(&w, event_waiter, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&t, ticker, &ticks, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&w, event_waiter, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, ticker, &ticks, NULL), 0);
     conc_thread *th;
     cr_assert_eq(conc_thread_new(&th, event_setter, &ticks, NULL), 0);
     cr_assert_eq(conc_thread_start(th), 0);
-    cr_assert_eq(conc_join(w, 10.0), 0);
+    cr_assert_eq(conc_greenlet_join(w, 10.0), 0);
     void *r;
     cr_assert_eq(conc_greenlet_result(w, &r), 0);
     cr_assert_eq((intptr_t)r, 0);
     cr_assert_gt(ticks, 1);            /* the thread's coroutines kept running */
-    cr_assert_eq(conc_join(t, 10.0), 0);
+    cr_assert_eq(conc_greenlet_join(t, 10.0), 0);
     cr_assert_eq(conc_thread_join(th, CONC_FOREVER), 0);
     conc_thread_free(th);
     conc_greenlet_free(w);
@@ -482,13 +501,13 @@ Test(hub, queue_fed_by_other_thread, .timeout = 30)
     cr_assert_eq(conc_queue_new(&xqueue, NULL), 0);
     intptr_t sum[2] = { 0, 0 };
     conc_greenlet *c[2];
-    cr_assert_eq(conc_spawn(&c[0], consumer, &sum[0], NULL), 0);
-    cr_assert_eq(conc_spawn(&c[1], consumer, &sum[1], NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&c[0], consumer, &sum[0], NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&c[1], consumer, &sum[1], NULL), 0);
     cr_assert_eq(conc_sleep(0.01), 0);          /* both park on the queue */
     conc_thread *th;
     cr_assert_eq(conc_thread_new(&th, feeder, NULL, NULL), 0);
     cr_assert_eq(conc_thread_start(th), 0);
-    cr_assert_eq(conc_joinall(c, 2, 10.0), 0);
+    cr_assert_eq(conc_greenlet_joinall(c, 2, 10.0), 0);
     cr_assert_eq(sum[0] + sum[1], 50 * 51 / 2);
     for (int i = 0; i < 2; i++) {
         void *r;
@@ -530,18 +549,18 @@ static void *stress_hub_thread(void *arg)
     intptr_t *got = arg;
     conc_greenlet *g[8];
     for (int i = 0; i < 8; i++)
-        if (conc_spawn(&g[i], stress_consumer, got, NULL) != 0)
+        if (conc_greenlet_spawn(&g[i], stress_consumer, got, NULL) != 0)
             return (void *)1;
     conc_sleep(0.02);
-    conc_kill(g[0]);                        /* one leaves early */
+    conc_greenlet_kill(g[0]);                        /* one leaves early */
     for (int i = 0; i < 8; i++) {
-        if (conc_join(g[i], 20.0) != 0) {
-            conc_hub_dump(stderr);
+        if (conc_greenlet_join(g[i], 20.0) != 0) {
+            conc_hub_dump(STDERR_FILENO);
             return (void *)2;
         }
         conc_greenlet_free(g[i]);
     }
-    return (void *)(intptr_t)conc_hub_destroy();
+    return (void *)(intptr_t)conc_hub_free();
 }
 
 static void *stress_producer(void *arg)
@@ -591,13 +610,13 @@ Test(hub, cross_thread_stress, .timeout = 30)
  * finishing greenlet wakes it. */
 static void *thread_joiner(void *arg)
 {
-    return (void *)(intptr_t)conc_join(arg, 10.0);
+    return (void *)(intptr_t)conc_greenlet_join(arg, 10.0);
 }
 
 Test(hub, join_from_other_thread, .timeout = 30)
 {
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, long_sleeper, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, long_sleeper, NULL, NULL), 0);
     conc_thread *th;
     cr_assert_eq(conc_thread_new(&th, thread_joiner, g, NULL), 0);
     cr_assert_eq(conc_thread_start(th), 0);
@@ -625,7 +644,7 @@ Test(hub, shared_event_set_by_other_process, .timeout = 30)
     cr_assert_neq(ev, MAP_FAILED);
     cr_assert_eq(conc_event_init(ev, CONC_SYNC_SHARED), 0);
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, shared_waiter, ev, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, shared_waiter, ev, NULL), 0);
     cr_assert_eq(conc_sleep(0.01), 0);          /* it parks */
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
@@ -635,7 +654,7 @@ Test(hub, shared_event_set_by_other_process, .timeout = 30)
         conc_event_set(ev);
         _exit(0);
     }
-    cr_assert_eq(conc_join(g, 10.0), 0);
+    cr_assert_eq(conc_greenlet_join(g, 10.0), 0);
     void *r;
     cr_assert_eq(conc_greenlet_result(g, &r), 0);
     cr_assert_eq((intptr_t)r, 0);
@@ -653,7 +672,7 @@ static conc_greenlet *cycle[2];
 static void *join_partner(void *arg)
 {
     intptr_t i = (intptr_t)arg;
-    return (void *)(intptr_t)conc_join(cycle[1 - i], CONC_FOREVER);
+    return (void *)(intptr_t)conc_greenlet_join(cycle[1 - i], CONC_FOREVER);
 }
 
 /* Greenlets joining each other can never finish: the main coroutine's join
@@ -663,27 +682,26 @@ static void *join_partner(void *arg)
  * hub could end is no deadlock: tests/test_hub_wakers.c.) */
 Test(hub, deadlock_diagnosis, .timeout = 30)
 {
-    cr_assert_eq(conc_spawn(&cycle[0], join_partner, (void *)0, NULL), 0);
-    cr_assert_eq(conc_spawn(&cycle[1], join_partner, (void *)1, NULL), 0);
-    cr_assert_eq(conc_join(cycle[0], CONC_FOREVER), -EDEADLK);
+    cr_assert_eq(conc_greenlet_spawn(&cycle[0], join_partner, (void *)0, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&cycle[1], join_partner, (void *)1, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(cycle[0], CONC_FOREVER), -EDEADLK);
     cr_assert_eq(conc_hub_run(), -EDEADLK);
-    cr_assert_eq(conc_joinall(cycle, 2, CONC_FOREVER), -EDEADLK);
+    cr_assert_eq(conc_greenlet_joinall(cycle, 2, CONC_FOREVER), -EDEADLK);
     /* The dump names the three waits. */
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    cr_assert_eq(conc_hub_dump(f), 3);
-    fclose(f);
+    int lines;
+    char *text = hub_dump_text(&lines);
+    cr_assert_not_null(text);
+    cr_assert_eq(lines, 3);
     int words = 0;
     for (const char *p = text; (p = strstr(p, "word 0x")); p++)
         words++;
     cr_assert_eq(words, 2, "dump: %s", text);
     cr_assert(strstr(text, "main"), "dump: %s", text);
     free(text);
-    cr_assert_eq(conc_hub_destroy(), -EBUSY);
+    cr_assert_eq(conc_hub_free(), -EBUSY);
     /* A timeout is not a deadlock. */
-    cr_assert_eq(conc_join(cycle[0], 0.01), -ETIMEDOUT);
-    cr_assert_eq(conc_kill(cycle[0]), 0);
+    cr_assert_eq(conc_greenlet_join(cycle[0], 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_kill(cycle[0]), 0);
     cr_assert_eq(conc_hub_run(), 0);
     void *r;
     cr_assert_eq(conc_greenlet_result(cycle[0], &r), 0);
@@ -692,8 +710,9 @@ Test(hub, deadlock_diagnosis, .timeout = 30)
     cr_assert_eq((intptr_t)r, 0);
     conc_greenlet_free(cycle[0]);
     conc_greenlet_free(cycle[1]);
-    cr_assert_eq(conc_hub_destroy(), 0);
-    cr_assert_eq(conc_hub_dump(stderr), 0);
+    cr_assert_eq(conc_hub_free(), 0);
+    cr_assert_eq(conc_hub_dump(STDERR_FILENO), 0);
+    cr_assert_eq(conc_hub_dump(-1), -EBADF);
 }
 
 /* -------------------------------------------------------------- errors */
@@ -701,25 +720,38 @@ Test(hub, deadlock_diagnosis, .timeout = 30)
 Test(hub, errors, .timeout = 30)
 {
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(NULL, logger, NULL, NULL), -EINVAL);
-    cr_assert_eq(conc_spawn(&g, NULL, NULL, NULL), -EINVAL);
-    conc_spawn_opts o = { .stack_size = 1 };
-    cr_assert_eq(conc_spawn(&g, logger, NULL, &o), -EINVAL);
-    cr_assert_eq(conc_kill(NULL), -EINVAL);
+    cr_assert_eq(conc_greenlet_spawn(NULL, logger, NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_greenlet_spawn(&g, NULL, NULL, NULL), -EINVAL);
+    conc_coro_opts co = { .stack_size = 1 };
+    conc_spawn_opts o = { .coro = &co };
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, NULL, &o), -EINVAL);
+    /* A size that does not cover a field leaves it at its default. */
+    o.size = offsetof(conc_spawn_opts, coro);
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, (void *)'d', &o), 0);
+    conc_greenlet_free(g);
+    o = (conc_spawn_opts)CONC_SPAWN_OPTS_INIT;
+    o.coro = &co;
+    co = (conc_coro_opts)CONC_CORO_OPTS_INIT;
+    co.stack_size = 1;
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, NULL, &o), -EINVAL);
+    co.size = offsetof(conc_coro_opts, stack_size);
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, (void *)'e', &o), 0);
+    conc_greenlet_free(g);
+    cr_assert_eq(conc_greenlet_kill(NULL), -EINVAL);
     cr_assert_eq(conc_greenlet_result(NULL, NULL), -EINVAL);
     cr_assert_not(conc_greenlet_dead(NULL));
     cr_assert_str_eq(conc_greenlet_name(NULL), "");
     cr_assert_null(conc_greenlet_current());
-    cr_assert_eq(conc_timeout_pop(), -EINVAL);
-    o = (conc_spawn_opts){ .name = "worker" };
-    cr_assert_eq(conc_spawn(&g, logger, (void *)'w', &o), 0);
+    cr_assert_eq(conc_hub_timeout_pop(), -EINVAL);
+    o = (conc_spawn_opts){ .coro = &(conc_coro_opts){ .name = "worker" } };
+    cr_assert_eq(conc_greenlet_spawn(&g, logger, (void *)'w', &o), 0);
     cr_assert_str_eq(conc_greenlet_name(g), "worker");
     void *r;
     cr_assert_eq(conc_greenlet_result(g, &r), -EBUSY);
-    cr_assert_eq(conc_hub_destroy(), -EBUSY);
+    cr_assert_eq(conc_hub_free(), -EBUSY);
     cr_assert_eq(conc_hub_run(), 0);
     conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* ----------------------------------------------------------- at scale */
@@ -738,13 +770,13 @@ Test(hub, many_sleepers, .timeout = 30)
     cr_assert_not_null(g);
     int count = 0;
     for (int i = 0; i < MANY; i++)
-        cr_assert_eq(conc_spawn(&g[i], brief, &count, NULL), 0);
-    cr_assert_eq(conc_joinall(g, MANY, CONC_FOREVER), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], brief, &count, NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, MANY, CONC_FOREVER), 0);
     cr_assert_eq(count, MANY);
     for (int i = 0; i < MANY; i++)
         conc_greenlet_free(g[i]);
     free(g);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* ------------------------------------------------------------- example */
@@ -784,7 +816,7 @@ struct joiner {
 static void *join_and_log(void *arg)
 {
     struct joiner *j = arg;
-    j->rc = conc_join(j->target, j->timeout);
+    j->rc = conc_greenlet_join(j->target, j->timeout);
     logc(j->name);
     return NULL;
 }
@@ -805,19 +837,19 @@ Test(hub, joiners_of_one_greenlet, .timeout = 30)
     loglen = 0;
     conc_event t_go = CONC_EVENT_INIT;
     conc_greenlet *t, *j[4];
-    cr_assert_eq(conc_spawn(&t, wait_then_7, &t_go, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, wait_then_7, &t_go, NULL), 0);
     struct joiner js[4] = {
         { t, CONC_FOREVER, 'a', 1 }, { t, 0.01, 'b', 1 },
         { t, CONC_FOREVER, 'c', 1 }, { t, CONC_FOREVER, 'd', 1 },
     };
     for (int i = 0; i < 4; i++)
-        cr_assert_eq(conc_spawn(&j[i], join_and_log, &js[i], NULL), 0);
-    cr_assert_eq(conc_join(j[1], CONC_FOREVER), 0);     /* b timed out */
+        cr_assert_eq(conc_greenlet_spawn(&j[i], join_and_log, &js[i], NULL), 0);
+    cr_assert_eq(conc_greenlet_join(j[1], CONC_FOREVER), 0);     /* b timed out */
     cr_assert_str_eq(logbuf, "b");
-    cr_assert_eq(conc_kill(j[2]), 0);
+    cr_assert_eq(conc_greenlet_kill(j[2]), 0);
     cr_assert_eq(conc_event_set(&t_go), 0);
-    cr_assert_eq(conc_join(t, CONC_FOREVER), 0);
-    cr_assert_eq(conc_joinall(j, 4, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(t, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_joinall(j, 4, CONC_FOREVER), 0);
     cr_assert_str_eq(logbuf, "bcad");
     cr_assert_eq(js[0].rc, 0);
     cr_assert_eq(js[1].rc, -ETIMEDOUT);
@@ -829,7 +861,7 @@ Test(hub, joiners_of_one_greenlet, .timeout = 30)
     conc_greenlet_free(t);
     for (int i = 0; i < 4; i++)
         conc_greenlet_free(j[i]);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 struct spinner {
@@ -850,7 +882,7 @@ static void *yield_until_stopped(void *arg)
 static void *wait_readable(void *arg)
 {
     int *fd = arg;
-    return (void *)(intptr_t)conc_wait_fd(*fd, POLLIN, 10.0);
+    return (void *)(intptr_t)conc_fd_wait(*fd, POLLIN, 10.0);
 }
 
 static void *write_later(void *arg)
@@ -871,18 +903,18 @@ Test(hub, yielders_do_not_starve_fd_waiter, .timeout = 30)
     volatile int stop = 0;
     struct spinner s[2] = { { 0, &stop }, { 0, &stop } };
     conc_greenlet *y[2], *w;
-    cr_assert_eq(conc_spawn(&y[0], yield_until_stopped, &s[0], NULL), 0);
-    cr_assert_eq(conc_spawn(&y[1], yield_until_stopped, &s[1], NULL), 0);
-    cr_assert_eq(conc_spawn(&w, wait_readable, &p[0], NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&y[0], yield_until_stopped, &s[0], NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&y[1], yield_until_stopped, &s[1], NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&w, wait_readable, &p[0], NULL), 0);
     conc_thread *th;
     cr_assert_eq(conc_thread_new(&th, write_later, &p[1], NULL), 0);
     cr_assert_eq(conc_thread_start(th), 0);
-    cr_assert_eq(conc_join(w, 10.0), 0);
+    cr_assert_eq(conc_greenlet_join(w, 10.0), 0);
     void *v = (void *)1;
     cr_assert_eq(conc_greenlet_result(w, &v), 0);
     cr_assert_eq((intptr_t)v, 0, "the descriptor wait returned %d", (int)(intptr_t)v);
     stop = 1;
-    cr_assert_eq(conc_joinall(y, 2, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_joinall(y, 2, CONC_FOREVER), 0);
     cr_assert_gt(s[0].rounds + s[1].rounds, 0);
     cr_assert_eq(conc_thread_join(th, CONC_FOREVER), 0);
     conc_thread_free(th);
@@ -891,7 +923,7 @@ Test(hub, yielders_do_not_starve_fd_waiter, .timeout = 30)
     conc_greenlet_free(y[1]);
     close(p[0]);
     close(p[1]);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 static void *return_arg(void *arg)
@@ -905,8 +937,8 @@ Test(hub, finished_greenlet_keeps_stack_until_freed, .timeout = 30)
 {
     conc_greenlet *g[8];
     for (int i = 0; i < 8; i++)
-        cr_assert_eq(conc_spawn(&g[i], return_arg, (void *)(uintptr_t)i, NULL), 0);
-    cr_assert_eq(conc_joinall(g, 8, CONC_FOREVER), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], return_arg, (void *)(uintptr_t)i, NULL), 0);
+    cr_assert_eq(conc_greenlet_joinall(g, 8, CONC_FOREVER), 0);
     conc_coro_stats a, b;
     cr_assert_eq(conc_coro_get_stats(&a), 0);
     for (int i = 0; i < 8; i++) {
@@ -920,7 +952,7 @@ Test(hub, finished_greenlet_keeps_stack_until_freed, .timeout = 30)
     cr_assert_geq(a.stacks_used, 8 + 1, "the 8 finished ones and the hub's");
     cr_assert_eq(b.stacks_used, a.stacks_used - 8);
     cr_assert_eq(b.coros, a.coros - 8);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 static long started_sleepers;
@@ -956,7 +988,7 @@ Test(hub, sleeping_greenlet_costs_one_page, .timeout = 30)
     started_sleepers = 0;
     long before = rss_bytes();
     for (long i = 0; i < n; i++)
-        cr_assert_eq(conc_spawn(&g[i], sleep_long, NULL, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&g[i], sleep_long, NULL, NULL), 0);
     while (started_sleepers < n)
         conc_sleep(0);
     long per = (rss_bytes() - before) / n;
@@ -968,10 +1000,10 @@ Test(hub, sleeping_greenlet_costs_one_page, .timeout = 30)
     (void)page;
 #endif
     for (long i = 0; i < n; i++)
-        conc_kill(g[i]);
-    cr_assert_eq(conc_joinall(g, (size_t)n, CONC_FOREVER), 0);
+        conc_greenlet_kill(g[i]);
+    cr_assert_eq(conc_greenlet_joinall(g, (size_t)n, CONC_FOREVER), 0);
     for (long i = 0; i < n; i++)
         conc_greenlet_free(g[i]);
     free(g);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }

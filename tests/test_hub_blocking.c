@@ -2,8 +2,8 @@
  * test_hub_blocking.c - every kind of blocking call of conc, made from a
  * greenlet, parks only that greenlet: the others keep running while it
  * waits, it is woken by whoever releases it (a coroutine of its thread or
- * another thread), conc_kill ends its wait with -ECANCELED and an
- * enclosing timeout scope (conc_timeout_push) with -ETIMEDOUT.
+ * another thread), conc_greenlet_kill ends its wait with -ECANCELED and an
+ * enclosing timeout scope (conc_hub_timeout_push) with -ETIMEDOUT.
  *
  * Covered here: conc_wait over pipes, duplicated entries, descriptors
  * another greenlet waits on, process sentinels, thread queues and an empty
@@ -14,7 +14,7 @@
  * conc_conn_poll; conc_process_join of a forked child; thread queue put on
  * a full queue, get and join; Lock, Condition, Semaphore and Barrier woken
  * by another thread; conc_thread_join.  What tests/test_hub.c already
- * covers (sleep, events, lock kills, queue get fed by a thread, conc_wait_fd)
+ * covers (sleep, events, lock kills, queue get fed by a thread, conc_fd_wait)
  * is not repeated.
  *
  * Assertions check order and progress, never durations: a blocking call
@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/hub_dump.h"
 
 #include "support/fork_sanitizers.h"
 
@@ -83,10 +84,10 @@ static void *blocker(void *arg)
 {
     (void)arg;
     logc('b');
-    if (b_scope && conc_timeout_push(conc_now() + SCOPE_NS) != 0)
+    if (b_scope && conc_hub_timeout_push_until(conc_now() + SCOPE_NS) != 0)
         return (void *)1;
     brc = K->block(b_timeout);
-    if (b_scope && conc_timeout_pop() != 0)
+    if (b_scope && conc_hub_timeout_pop() != 0)
         return (void *)2;
     logc('B');
     __atomic_store_n(&b_done, 1, __ATOMIC_RELEASE);
@@ -134,7 +135,7 @@ static void *waker_thread(void *arg)
 
 static void join_free(conc_greenlet *g)
 {
-    cr_assert_eq(conc_join(g, 20.0), 0);
+    cr_assert_eq(conc_greenlet_join(g, 20.0), 0);
     void *r = (void *)-1;
     cr_assert_eq(conc_greenlet_result(g, &r), 0);
     cr_assert_null(r);
@@ -150,8 +151,8 @@ static void run_parks(const struct kind *k)
     b_timeout = PARK_TIMEOUT;
     brc = 1;
     conc_greenlet *b, *t;
-    cr_assert_eq(conc_spawn(&b, blocker, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&t, ticker, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, blocker, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, ticker, NULL, NULL), 0);
     conc_thread *th = NULL;
     if (k->by_thread) {
         cr_assert_eq(conc_thread_new(&th, waker_thread, NULL, NULL), 0);
@@ -166,10 +167,10 @@ static void run_parks(const struct kind *k)
     cr_assert_eq(brc, 0, "returned %d", brc);
     cr_assert_str_eq(logbuf, k->by_thread ? "btttB" : "btttrB");
     k->teardown();
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
-/* conc_kill ends the wait with -ECANCELED. */
+/* conc_greenlet_kill ends the wait with -ECANCELED. */
 static void run_kill(const struct kind *k)
 {
     K = k;
@@ -177,16 +178,16 @@ static void run_kill(const struct kind *k)
     b_timeout = CONC_FOREVER;
     brc = 1;
     conc_greenlet *b;
-    cr_assert_eq(conc_spawn(&b, blocker, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, blocker, NULL, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);          /* it runs and parks */
     cr_assert_str_eq(logbuf, "b");
     cr_assert_not(conc_greenlet_dead(b));
-    cr_assert_eq(conc_kill(b), 0);
+    cr_assert_eq(conc_greenlet_kill(b), 0);
     join_free(b);
     cr_assert_eq(brc, -ECANCELED, "returned %d", brc);
     cr_assert_str_eq(logbuf, "bB");
     k->teardown();
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* A timeout scope around a call without a timeout ends it with -ETIMEDOUT,
@@ -199,14 +200,14 @@ static void run_scope(const struct kind *k)
     b_scope = true;
     brc = 1;
     conc_greenlet *b, *w;
-    cr_assert_eq(conc_spawn(&b, blocker, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&w, witness, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, blocker, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&w, witness, NULL, NULL), 0);
     join_free(b);
     join_free(w);
     cr_assert_eq(brc, -ETIMEDOUT, "returned %d", brc);
     cr_assert_str_eq(logbuf, "btB");
     k->teardown();
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 #define PARKS(k) \
@@ -374,8 +375,8 @@ static void big_message(bool duplex)
     for (size_t i = 0; i < BIG; i++)
         big_out[i] = (unsigned char)(i * 7 + (i >> 12));
     conc_greenlet *s, *r;
-    cr_assert_eq(conc_spawn(&s, big_sender, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&r, big_receiver, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&s, big_sender, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&r, big_receiver, NULL, NULL), 0);
     join_free(s);
     join_free(r);
     cr_assert_eq(big_send_rc, 0);
@@ -413,10 +414,10 @@ Test(blocking, send_killed_midway, .timeout = 30)
     big_out = calloc(1, BIG);
     cr_assert_not_null(big_out);
     conc_greenlet *s;
-    cr_assert_eq(conc_spawn(&s, big_sender_forever, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&s, big_sender_forever, NULL, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);          /* it writes what fits, parks */
     cr_assert_not(conc_greenlet_dead(s));
-    cr_assert_eq(conc_kill(s), 0);
+    cr_assert_eq(conc_greenlet_kill(s), 0);
     join_free(s);
     cr_assert_eq(big_send_rc, -ECANCELED);
     cr_assert_eq(conc_conn_send_bytes(cb, "x", 1, CONC_FOREVER), -EPIPE);
@@ -523,7 +524,7 @@ static int pend_rc[3];
 static void *self_killer(void *arg)
 {
     (void)arg;
-    conc_kill(conc_greenlet_current());
+    conc_greenlet_kill(conc_greenlet_current());
     conc_waitable o[2] = {
         { .kind = CONC_WAIT_CONN, .u.conn = ca },
         { .kind = CONC_WAIT_CONN, .u.conn = ca2 },
@@ -539,13 +540,13 @@ Test(blocking, wait_ready_before_kill, .timeout = 30)
     two_pipes_setup();
     send_x();
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, self_killer, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, self_killer, NULL, NULL), 0);
     join_free(g);
     cr_assert_eq(pend_rc[0], 1);
     cr_assert_eq(pend_rc[1], 1);
     cr_assert_eq(pend_rc[2], -ECANCELED);
     pipes_teardown();
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* --------------------------------------------------------- a child */
@@ -861,7 +862,7 @@ ALL3(thread_join)
 
 /* ------------------------------------------- conc_wait's fine print */
 
-/* A descriptor that one greenlet waits on with conc_wait_fd (the hub's
+/* A descriptor that one greenlet waits on with conc_fd_wait (the hub's
  * epoll holds it) is waited on by conc_wait in others, and in the main
  * coroutine: one write wakes them all. */
 static int fdw_rc[3] = { 1, 1, 1 };
@@ -871,7 +872,7 @@ static void *fd_waiter(void *arg)
 {
     (void)arg;
     logc('f');
-    fdw_rc[0] = conc_wait_fd(pfd[0], POLLIN, PARK_TIMEOUT);
+    fdw_rc[0] = conc_fd_wait(pfd[0], POLLIN, PARK_TIMEOUT);
     logc('F');
     return NULL;
 }
@@ -903,21 +904,20 @@ Test(blocking, wait_shares_fds, .timeout = 30)
 {
     cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
     conc_greenlet *g[4];
-    cr_assert_eq(conc_spawn(&g[0], fd_waiter, NULL, NULL), 0);
-    cr_assert_eq(conc_spawn(&g[1], list_waiter, (void *)1, NULL), 0);
-    cr_assert_eq(conc_spawn(&g[2], list_waiter, (void *)2, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g[0], fd_waiter, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g[1], list_waiter, (void *)1, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g[2], list_waiter, (void *)2, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);          /* all three park */
     cr_assert_str_eq(logbuf, "fww");
     /* The dump tells a list wait from a single one. */
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    cr_assert_eq(conc_hub_dump(f), 4);
-    fclose(f);
+    int lines;
+    char *text = hub_dump_text(&lines);
+    cr_assert_not_null(text);
+    cr_assert_eq(lines, 4);
     cr_assert(strstr(text, "fds"), "dump: %s", text);
     cr_assert(strstr(text, "events 0x1"), "dump: %s", text);
     free(text);
-    cr_assert_eq(conc_spawn(&g[3], fd_writer, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g[3], fd_writer, NULL, NULL), 0);
     /* The main coroutine waits too; the writer runs meanwhile. */
     conc_waitable o = { .kind = CONC_WAIT_FD, .u.fd = pfd[0] };
     cr_assert_eq(conc_wait(&o, 1, PARK_TIMEOUT), 1);
@@ -931,7 +931,7 @@ Test(blocking, wait_shares_fds, .timeout = 30)
     cr_assert_eq(loglen, 7);
     close(pfd[0]);
     close(pfd[1]);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* What poll() says, a greenlet's conc_wait says: closed descriptors,
@@ -980,7 +980,7 @@ static void *edge_cases(void *arg)
 Test(blocking, wait_edge_cases, .timeout = 30)
 {
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, edge_cases, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, edge_cases, NULL, NULL), 0);
     join_free(g);
     cr_assert_eq(errs[0], -EBADF);
     cr_assert_eq(errs[1], 1);
@@ -990,7 +990,7 @@ Test(blocking, wait_edge_cases, .timeout = 30)
     cr_assert_eq(errs[5], -ETIMEDOUT);
     cr_assert_eq(errs[6], 1);
     cr_assert_eq(errs[7], 1);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* A descriptor closed while a greenlet waits for it in a list: the wait
@@ -1015,7 +1015,7 @@ Test(blocking, wait_after_close, .timeout = 30)
     cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
     cr_assert_eq(pipe2(p + 2, O_CLOEXEC), 0);
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, closing_waiter, p, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, closing_waiter, p, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);          /* it parks */
     close(p[0]);
     close(p[1]);
@@ -1024,5 +1024,5 @@ Test(blocking, wait_after_close, .timeout = 30)
     cr_assert_eq(closed_rc, -EBADF);
     close(p[2]);
     close(p[3]);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/hub_dump.h"
 
 #include "support/fork_sanitizers.h"
 
@@ -69,7 +70,7 @@ static void *nothing(void *arg)
 static void make_hub(void)
 {
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, nothing, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, nothing, NULL, NULL), 0);
     cr_assert_eq(conc_hub_run(), 0);
     conc_greenlet_free(g);
 }
@@ -104,7 +105,7 @@ Test(wakers, foreign_thread_ends_main_wait, .timeout = 60)
     cr_assert_eq(conc_event_wait(&ev, CONC_FOREVER), 0);
     pthread_join(t, NULL);
     cr_assert(f.asleep, "the main thread never slept in its wait");
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 static void *wait_event(void *arg)
@@ -116,7 +117,7 @@ Test(wakers, foreign_thread_ends_hub_run, .timeout = 60)
 {
     conc_event ev = CONC_EVENT_INIT;
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, wait_event, &ev, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, wait_event, &ev, NULL), 0);
     struct foreign f = { .tid = (pid_t)syscall(SYS_gettid), .ev = &ev };
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, foreign_setter, &f), 0);
@@ -128,7 +129,7 @@ Test(wakers, foreign_thread_ends_hub_run, .timeout = 60)
     pthread_join(t, NULL);
     cr_assert(f.asleep);
     conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* ----------------------------------------------------------- a signal handler */
@@ -198,7 +199,7 @@ Test(wakers, signal_handler_ends_main_wait, .timeout = 60)
     cr_assert(a.asleep);
     cr_assert_eq(atomic_load(&handled), 1);
     cr_assert_eq(conc_sem_value(&sig_sem), 0);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* ----------------------------------------------------------- another process */
@@ -222,7 +223,7 @@ Test(wakers, other_process_ends_main_wait, .timeout = 60)
     int st;
     cr_assert_eq(waitpid(pid, &st, 0), pid);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
     munmap(sem, sizeof *sem);
 }
 
@@ -235,12 +236,12 @@ Test(wakers, wait_that_others_can_end_is_no_deadlock, .timeout = 60)
 {
     conc_event ev = CONC_EVENT_INIT;
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, wait_event, &ev, NULL), 0);
-    cr_assert_eq(conc_join(g, 0.05), -ETIMEDOUT);
+    cr_assert_eq(conc_greenlet_spawn(&g, wait_event, &ev, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, 0.05), -ETIMEDOUT);
     cr_assert_eq(conc_event_set(&ev), 0);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* --------------------------------------------- releases from signal handlers */
@@ -332,10 +333,10 @@ static void *hub_thread(void *arg)
     struct hub_thread *h = arg;
     conc_greenlet *g[CONSUMERS + 1];
     for (int i = 0; i < CONSUMERS; i++)
-        if (conc_spawn(&g[i], consume, NULL, NULL) != 0)
+        if (conc_greenlet_spawn(&g[i], consume, NULL, NULL) != 0)
             abort();
     int n = CONSUMERS;
-    if (h->with_releaser && conc_spawn(&g[n++], releaser_greenlet, NULL, NULL) != 0)
+    if (h->with_releaser && conc_greenlet_spawn(&g[n++], releaser_greenlet, NULL, NULL) != 0)
         abort();
     atomic_store(&h->tid, (int)syscall(SYS_gettid));
     h->rc = conc_hub_run();
@@ -345,7 +346,7 @@ static void *hub_thread(void *arg)
             h->rc = -EPROTO;
         conc_greenlet_free(g[i]);
     }
-    if (conc_hub_destroy() != 0)
+    if (conc_hub_free() != 0)
         h->rc = -EBUSY;
     return NULL;
 }
@@ -456,9 +457,12 @@ static void *offloaded(void *arg)
 static void *dump_then_release(void *arg)
 {
     (void)arg;
-    FILE *f = fmemopen(dump_text, sizeof dump_text - 1, "w");
-    int n = conc_hub_dump(f);
-    fclose(f);
+    int n = -1;
+    char *text = hub_dump_text(&n);
+    if (text) {
+        snprintf(dump_text, sizeof dump_text, "%s", text);
+        free(text);
+    }
     atomic_store(&offload_go, 1);
     return (void *)(intptr_t)n;
 }
@@ -468,11 +472,11 @@ static void *dump_then_release(void *arg)
 Test(wakers, offload_wait_arms_no_timer, .timeout = 60)
 {
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, dump_then_release, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, dump_then_release, NULL, NULL), 0);
     void *r = NULL;
     cr_assert_eq(conc_offload(offloaded, (void *)5, &r, CONC_FOREVER), 0);
     cr_assert_eq((intptr_t)r, 5);
-    cr_assert_eq(conc_join(g, CONC_FOREVER), 0);
+    cr_assert_eq(conc_greenlet_join(g, CONC_FOREVER), 0);
     cr_assert_eq(conc_greenlet_result(g, &r), 0);
     cr_assert_eq((intptr_t)r, 2);
     char *main_line = strstr(dump_text, "main");
@@ -483,5 +487,5 @@ Test(wakers, offload_wait_arms_no_timer, .timeout = 60)
     cr_assert(strstr(main_line, "word 0x"), "main: %s", main_line);
     cr_assert_null(strstr(main_line, "until"), "main: %s", main_line);
     conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }

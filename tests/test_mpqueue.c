@@ -2046,7 +2046,7 @@ static void *thread_put(void *arg)
 
 static void check_woken(conc_greenlet *g, const unsigned char *buf, const char *want)
 {
-    cr_assert_eq(conc_join(g, GUARD), 0);
+    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
     void *r;
     cr_assert_eq(conc_greenlet_result(g, &r), 0);
     cr_assert_eq((intptr_t)r, (intptr_t)strlen(want), "get returned %ld", (long)(intptr_t)r);
@@ -2059,7 +2059,7 @@ Test(mpqueue_coro, get_woken_by_thread, .timeout = 30)
     gq = mkq(CONC_MPQUEUE_QUEUE, 0, 0, 0);
     unsigned char buf[64];
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, greenlet_get, buf, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, greenlet_get, buf, NULL), 0);
     cr_assert_eq(conc_sleep(0.02), 0);          /* it runs and parks */
     cr_assert_eq(atomic_load(&grc), 1000, "the greenlet did not wait");
     cr_assert_not(conc_greenlet_dead(g));
@@ -2081,7 +2081,7 @@ Test(mpqueue_coro, get_woken_by_process, .timeout = 30)
     gq = mkq(CONC_MPQUEUE_QUEUE, 0, 0, 0);
     unsigned char buf[64];
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, greenlet_get, buf, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, greenlet_get, buf, NULL), 0);
     cr_assert_eq(conc_sleep(0.02), 0);
     cr_assert_eq(atomic_load(&grc), 1000, "the greenlet did not wait");
     pid_t pid = fork_child(delayed_put, gq);
@@ -2108,9 +2108,9 @@ Test(mpqueue_coro, get_parks_only_the_greenlet, .timeout = 30)
     gq = mkq(CONC_MPQUEUE_QUEUE, 0, 0, 0);
     unsigned char buf[64];
     conc_greenlet *g, *t;
-    cr_assert_eq(conc_spawn(&g, greenlet_get, buf, NULL), 0);
-    cr_assert_eq(conc_spawn(&t, ticker, NULL, NULL), 0);
-    cr_assert_eq(conc_join(t, GUARD), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, greenlet_get, buf, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, ticker, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(t, GUARD), 0);
     cr_assert_eq(atomic_load(&ticks), 5);
     cr_assert_not(conc_greenlet_dead(g));
     conc_greenlet_free(t);
@@ -2124,11 +2124,11 @@ Test(mpqueue_coro, kill_parked_get, .timeout = 30)
     gq = mkq(CONC_MPQUEUE_QUEUE, 0, 0, 0);
     unsigned char buf[64];
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, greenlet_get, buf, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, greenlet_get, buf, NULL), 0);
     cr_assert_eq(conc_sleep(0.02), 0);
     cr_assert_eq(atomic_load(&grc), 1000, "the greenlet did not wait");
-    cr_assert_eq(conc_kill(g), 0);
-    cr_assert_eq(conc_join(g, GUARD), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
     cr_assert_eq(atomic_load(&grc), -ECANCELED);
     conc_greenlet_free(g);
     /* the queue is unharmed, and nothing waits on it any more */
@@ -2144,11 +2144,11 @@ Test(mpqueue_coro, kill_parked_put, .timeout = 30)
     gq = mkq(CONC_MPQUEUE_QUEUE, 1, 0, 0);
     cr_assert_eq(conc_mpqueue_put(gq, "full", 4, 0), 0);
     conc_greenlet *g;
-    cr_assert_eq(conc_spawn(&g, greenlet_put, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g, greenlet_put, NULL, NULL), 0);
     cr_assert_eq(conc_sleep(0.02), 0);
     cr_assert_eq(atomic_load(&grc), 1000, "the greenlet did not wait");
-    cr_assert_eq(conc_kill(g), 0);
-    cr_assert_eq(conc_join(g, GUARD), 0);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
     cr_assert_eq(atomic_load(&grc), -ECANCELED);
     conc_greenlet_free(g);
     cr_assert_eq(conc_mpqueue_qsize(gq), 1, "the killed put added its message");

@@ -27,7 +27,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "conc/coro.h"
+#include "conc/hub.h"
 #include "conc/sync.h"
 #include "conc/thread.h"
 
@@ -2901,8 +2901,8 @@ Test(owner, greenlets_of_one_hub, .timeout = 30)
     cr_assert_eq(conc_event_init(&p.b_done, 0), 0);
     cr_assert_eq(conc_rlock_acquire(&p.main_rl, CONC_FOREVER), 0);
     conc_greenlet *a, *b;
-    cr_assert_eq(conc_spawn(&a, owner_a, &p, NULL), 0);
-    cr_assert_eq(conc_spawn(&b, owner_b, &p, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&a, owner_a, &p, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, owner_b, &p, NULL), 0);
     cr_assert_eq(conc_hub_run(), 0);
     void *ra, *rb;
     cr_assert_eq(conc_greenlet_result(a, &ra), 0);
@@ -2935,7 +2935,7 @@ Test(owner, greenlets_of_one_hub, .timeout = 30)
     cr_assert_not(conc_lock_locked(&p.lk));
     conc_greenlet_free(a);
     conc_greenlet_free(b);
-    cr_assert_eq(conc_hub_destroy(), 0);
+    cr_assert_eq(conc_hub_free(), 0);
 }
 
 /* Several hubs: greenlets of two threads take one RLock (two levels deep)
@@ -2989,14 +2989,14 @@ static void *own_hub_thread(void *arg)
     int base = (int)(intptr_t)arg;
     conc_greenlet *g[OWN_GREENLETS];
     for (int i = 0; i < OWN_GREENLETS; i++)
-        if (conc_spawn(&g[i], own_worker, (void *)(intptr_t)(base + i + 1), NULL) != 0)
+        if (conc_greenlet_spawn(&g[i], own_worker, (void *)(intptr_t)(base + i + 1), NULL) != 0)
             return RET(1);
     for (int i = 0; i < OWN_GREENLETS; i++) {
-        if (conc_join(g[i], 20.0) != 0)
+        if (conc_greenlet_join(g[i], 20.0) != 0)
             return RET(2);
         conc_greenlet_free(g[i]);
     }
-    return RET(conc_hub_destroy());
+    return RET(conc_hub_free());
 }
 
 Test(owner, greenlets_of_several_hubs, .timeout = 30)

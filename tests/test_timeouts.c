@@ -1,7 +1,8 @@
 /*
  * test_timeouts.c - the one timeout rule, call by call, for every blocking
- * call of conc/sync.h, thread.h, process.h, pipe.h, wait.h, queue.h and
- * mpqueue.h: on an object that is not ready, a timeout of 0 tries once and
+ * call of conc/sync.h, thread.h, process.h, pipe.h, wait.h, queue.h,
+ * mpqueue.h, hub.h, cpool.h and offload.h (the coroutine calls from a
+ * greenlet of a hub, and from a plain thread where they may be): on an object that is not ready, a timeout of 0 tries once and
  * gives -EAGAIN, a small positive timeout gives -ETIMEDOUT, and the _until
  * form given a deadline that has passed (just now, or 0) gives -ETIMEDOUT.
  * Condition and Barrier follow Python instead (a zero timeout is a wait that
@@ -13,8 +14,12 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include "conc/cpool.h"
+#include "conc/hub.h"
+#include "conc/offload.h"
 #include "conc/mpqueue.h"
 #include "conc/pipe.h"
 #include "conc/process.h"
@@ -295,4 +300,99 @@ Test(timeouts, mpqueue)
     PROBE(-EAGAIN, conc_mpqueue_put(q, "y", 1, t), conc_mpqueue_put_until(q, "y", 1, d));
     PROBE(-EAGAIN, conc_mpqueue_join(q, t), conc_mpqueue_join_until(q, d));
     conc_mpqueue_free(q);
+}
+
+/* ------------------------------------------------------------ coroutines */
+
+/* The greenlets and offloaded calls below wait on this until the end. */
+static conc_event co_release = CONC_EVENT_INIT;
+static int co_fds[2];
+static conc_greenlet *co_held;
+static unsigned offload_done;
+
+static void *held_greenlet(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)conc_event_wait(&co_release, GUARD);
+}
+
+static void *held_call(void *arg)
+{
+    conc_event_wait(&co_release, GUARD);
+    __atomic_fetch_add(&offload_done, 1, __ATOMIC_RELEASE);
+    return arg;
+}
+
+/* The calls that may come from any thread: a greenlet join, an fd wait and
+ * an offloaded call (4 accepted calls: timeout 0, 0.001, two deadlines). */
+static void probe_any_thread(void)
+{
+    PROBE(-EAGAIN, conc_greenlet_join(co_held, t), conc_greenlet_join_until(co_held, d));
+    PROBE(-EAGAIN, conc_greenlet_joinall(&co_held, 1, t),
+          conc_greenlet_joinall_until(&co_held, 1, d));
+    PROBE(-EAGAIN, conc_fd_wait(co_fds[0], POLLIN, t),
+          conc_fd_wait_until(co_fds[0], POLLIN, d));
+    PROBE(-EAGAIN, conc_offload(held_call, NULL, NULL, t),
+          conc_offload_until(held_call, NULL, NULL, d));
+}
+
+static void *probe_in_greenlet(void *arg)
+{
+    conc_cpool *pool = arg;
+    probe_any_thread();
+    /* A full pool: spawn, wait_available and join cannot succeed. */
+    PROBE(-EAGAIN, conc_cpool_spawn(pool, NULL, held_greenlet, NULL, NULL, t),
+          conc_cpool_spawn_until(pool, NULL, held_greenlet, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_cpool_wait_available(pool, t),
+          conc_cpool_wait_available_until(pool, d));
+    PROBE(-EAGAIN, conc_cpool_join(pool, t), conc_cpool_join_until(pool, d));
+    /* Kill: the member is killed each time but finishes only when the hub
+     * runs it, after this greenlet blocks. */
+    cr_expect_eq(conc_cpool_kill(pool, NAN), -EINVAL);
+    cr_expect_eq(conc_cpool_kill(pool, -2.0), -EINVAL);
+    cr_expect_eq(conc_cpool_kill(pool, 0), -EAGAIN);
+    cr_expect_eq(conc_cpool_kill_until(pool, conc_now() - 1), -ETIMEDOUT);
+    cr_expect_eq(conc_cpool_kill_until(pool, 0), -ETIMEDOUT);
+    return NULL;
+}
+
+static void *probe_in_thread(void *arg)
+{
+    (void)arg;
+    probe_any_thread();
+    return NULL;
+}
+
+Test(timeouts, coroutines)
+{
+    cr_assert_eq(pipe(co_fds), 0);
+    cr_assert_eq(conc_greenlet_spawn(&co_held, held_greenlet, NULL, NULL), 0);
+    conc_cpool *pool;
+    cr_assert_eq(conc_cpool_new(&pool, 1), 0);
+    conc_greenlet *member, *prober;
+    cr_assert_eq(conc_cpool_spawn(pool, &member, held_greenlet, NULL, NULL, 0), 0);
+    cr_assert_eq(conc_greenlet_spawn(&prober, probe_in_greenlet, pool, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(prober, GUARD), 0);
+    /* From a plain thread (the hub's greenlets run while this one waits). */
+    conc_thread *th;
+    cr_assert_eq(conc_thread_new(&th, probe_in_thread, NULL, NULL), 0);
+    cr_assert_eq(conc_thread_start(th), 0);
+    cr_assert_eq(conc_thread_join(th, GUARD), 0);
+    conc_thread_free(th);
+    conc_event_set(&co_release);
+    cr_assert_eq(conc_cpool_join(pool, GUARD), 0);
+    cr_assert_eq(conc_greenlet_join(co_held, GUARD), 0);
+    void *r;
+    cr_assert_eq(conc_greenlet_result(member, &r), 0);
+    cr_assert_eq(r, (void *)(intptr_t)-ECANCELED);
+    for (int i = 0; i < 60000 && __atomic_load_n(&offload_done, __ATOMIC_ACQUIRE) < 8; i++)
+        usleep(1000);
+    cr_assert_eq(__atomic_load_n(&offload_done, __ATOMIC_ACQUIRE), 8);
+    conc_greenlet_free(member);
+    conc_greenlet_free(prober);
+    conc_greenlet_free(co_held);
+    cr_assert_eq(conc_cpool_free(pool), 0);
+    cr_assert_eq(conc_hub_free(), 0);
+    close(co_fds[0]);
+    close(co_fds[1]);
 }

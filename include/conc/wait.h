@@ -81,6 +81,24 @@ typedef struct conc_waitable {
 CONC_API int conc_wait(conc_waitable *objs, size_t n, double timeout);
 CONC_API int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline);
 
+/*
+ * conc_fd_wait - gevent.socket.wait(fd, event, timeout): wait until fd
+ * reports one of the poll() events (POLLIN, POLLOUT...), an error or a
+ * hang-up.  In a hub thread the calling coroutine parks (the descriptor is
+ * watched by the hub's epoll); elsewhere the thread blocks in ppoll.
+ * Returns 0 when fd is ready (or the wait was interrupted: re-check);
+ * -EAGAIN when timeout is 0 and fd is not ready; -ETIMEDOUT when the
+ * timeout passed first; -EBADF when fd is negative or not open;
+ * -ECANCELED when the coroutine was killed; -EINVAL for a bad timeout;
+ * -ENOMEM; another -errno from epoll_ctl or ppoll.  A regular file is
+ * always ready.
+ */
+CONC_API int conc_fd_wait(int fd, short events, double timeout);
+/* conc_fd_wait_until - conc_fd_wait with an absolute CLOCK_MONOTONIC
+ * deadline in ns (CONC_NO_DEADLINE for none); a passed deadline still
+ * looks once, and gives -ETIMEDOUT when fd is not ready. */
+CONC_API int conc_fd_wait_until(int fd, short events, int64_t deadline);
+
 #ifdef __cplusplus
 }
 #endif

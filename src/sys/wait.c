@@ -22,11 +22,14 @@ uint32_t conc__fence_word;
 /* Threads of this process asleep in the kernel on a private futex word. */
 static uint32_t kernel_sleepers;
 
+static void wait_atfork_register(void);
+
 /* Spinning only pays when the peer we wait for can run at the same time:
  * decided on first need (a forked child decides again, lazily, so fork
  * costs no extra system call). */
 int conc__spin_setup(void)
 {
+    wait_atfork_register();
     cpu_set_t set;
     int ok = 1;
     /* The process's CPUs (its main thread's mask), not the calling
@@ -47,9 +50,20 @@ static void wait_atfork_child(void)
     __atomic_store_n(&kernel_sleepers, 0, __ATOMIC_RELAXED);
 }
 
-__attribute__((constructor(CONC__CTOR_CORE))) static void wait_module_init(void)
+/* The handler is registered by the first spin decision or the first
+ * thread that sleeps on a private word, before either leaves state behind
+ * (docs/building.md, "Process-wide effects"): until then the child has
+ * nothing to reset. */
+static pthread_once_t wait_atfork_once = PTHREAD_ONCE_INIT;
+
+static void wait_atfork_install(void)
 {
     pthread_atfork(NULL, NULL, wait_atfork_child);
+}
+
+static void wait_atfork_register(void)
+{
+    pthread_once(&wait_atfork_once, wait_atfork_install);
 }
 
 #define SPIN_PURE_NS 2000
@@ -132,6 +146,7 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
         to_timespec(deadline, &ts);
         abs = &ts;
     }
+    wait_atfork_register();
     __atomic_fetch_add(&kernel_sleepers, 1, __ATOMIC_SEQ_CST);
     int r = conc__futex_wait_abs(word, expect, abs, true);
     __atomic_fetch_sub(&kernel_sleepers, 1, __ATOMIC_RELEASE);
