@@ -30,7 +30,8 @@
  * Differences from greenlet: switching to a dead coroutine is the error
  * -EPIPE (greenlet silently continues its parent instead); there are no
  * exceptions, so greenlet.throw and GreenletExit have no counterpart here
- * (the hub will provide kill with -ECANCELED); freeing a suspended coroutine
+ * (conc/hub.h's conc_greenlet_kill makes a greenlet's blocking call return
+ * -ECANCELED instead); freeing a suspended coroutine
  * discards its stack without running any cleanup (see conc_coro_free).
  *
  * Memory model.  Each coroutine has a fixed-size stack of `stack_size`
