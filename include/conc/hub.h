@@ -6,8 +6,8 @@
  * conc_greenlet_spawn or conc_hub_timeout_push (conc_hub_run in a thread
  * without a hub returns 0 at once and creates none): an epoll loop with a
  * timer heap that runs in a coroutine of its own.  While a thread has a
- * hub, every blocking call of conc made in that thread (locks, events, conditions, semaphores, queues,
- * joins, sleeps, descriptor waits: everything that goes through conc's one
+ * hub, every blocking call of conc made in that thread (locks, events,
+ * conditions, semaphores, queues, joins, sleeps, descriptor waits: everything that goes through conc's one
  * wait primitive) parks only the calling coroutine and lets the hub run the
  * others ("monkey patching by design").  Threads without a hub keep
  * blocking in the kernel.
