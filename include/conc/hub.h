@@ -7,10 +7,10 @@
  * without a hub returns 0 at once and creates none): an epoll loop with a
  * timer heap that runs in a coroutine of its own.  While a thread has a
  * hub, every blocking call of conc made in that thread (locks, events,
- * conditions, semaphores, queues, joins, sleeps, descriptor waits: everything that goes through conc's one
- * wait primitive) parks only the calling coroutine and lets the hub run the
- * others ("monkey patching by design").  Threads without a hub keep
- * blocking in the kernel.
+ * conditions, semaphores, queues, joins, sleeps, descriptor waits:
+ * everything that goes through conc's one wait primitive) parks only the
+ * calling coroutine and lets the hub run the others ("monkey patching by
+ * design").  Threads without a hub keep blocking in the kernel.
  *
  * gevent's model: the thread's main coroutine is a coroutine like the
  * others.  When it blocks in a conc call (conc_greenlet_join, conc_sleep,
