@@ -30,6 +30,28 @@ static inline void settle(void)
     cr_assert_eq(conc_sleep(SETTLE), 0);
 }
 
+/* Waits until each of the n threads (gettid() values) is asleep or has
+ * exited, all at once: passes over them until one pass finds none running.
+ * After a wake-up meant for some of them, the ones not meant to return must
+ * be back asleep; a thread woken by mistake shows as running until it has
+ * returned and left (or woken the next one on its way out). */
+static inline void wait_threads_quiet(const pid_t *tid, int n)
+{
+    int64_t end = conc_now() + GUARD_NS;
+    for (bool clean = false; !clean;) {
+        clean = true;
+        for (int i = 0; i < n; i++) {
+            char s = task_state(getpid(), tid[i]);
+            if (s == 0 || s == 'S' || s == 'D')
+                continue;
+            clean = false;
+            cr_assert_lt(conc_now(), end, "thread %d neither slept nor exited (state %c)",
+                         (int)tid[i], s);
+            usleep(200);
+        }
+    }
+}
+
 /* Poll until cond holds; fail (rather than hang) after GUARD_NS. */
 #define WAIT_FOR(cond)                                                          \
     do {                                                                        \
