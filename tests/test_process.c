@@ -617,7 +617,7 @@ static void *join_thread(void *arg)
 {
     struct joiner *j = arg;
     __atomic_store_n(&j->tid, gettid(), __ATOMIC_RELEASE);
-    j->rc = conc_process_join(j->p, GUARD_S);
+    __atomic_store_n(&j->rc, conc_process_join(j->p, GUARD_S), __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -638,7 +638,8 @@ Test(process, many_joiners, .timeout = 30)
     for (int i = 0; i < 3; i++) {
         pid_t tid = await_tid(&js[i].tid);
         wait_thread_blocked(tid, BLOCKED_GUARD);
-        cr_assert_eq(js[i].rc, 1, "joiner %d returned early", i);
+        cr_assert_eq(__atomic_load_n(&js[i].rc, __ATOMIC_ACQUIRE), 1,
+                     "joiner %d returned early", i);
     }
     cr_assert_eq(write(gate[1], "x", 1), 1);
     for (int i = 0; i < 3; i++) {
