@@ -45,6 +45,7 @@ static const conc_start_method all_methods[] = {
 static const char *const method_names[] = { "default", "fork", "forkserver", "spawn" };
 
 #include "support/fork_sanitizers.h"
+#include "support/task_state.h"
 
 /* ---------------------------------------------------- child bodies */
 
@@ -594,15 +595,29 @@ Test(process, join_timeout_and_is_alive, .timeout = 30)
     close(gate[1]);
 }
 
+/* The kernel id a thread stored at *slot when it began. */
+static pid_t await_tid(pid_t *slot)
+{
+    int64_t end = conc_now() + (int64_t)(GUARD_S * 1e9);
+    pid_t tid;
+    while ((tid = __atomic_load_n(slot, __ATOMIC_ACQUIRE)) == 0) {
+        cr_assert_lt(conc_now(), end, "the thread never ran");
+        usleep(100);
+    }
+    return tid;
+}
+
 struct joiner {
     conc_process *p;
     int rc;
+    pid_t tid;              /* the joining thread's kernel id */
 };
 
 static void *join_thread(void *arg)
 {
     struct joiner *j = arg;
-    j->rc = conc_process_join(j->p, GUARD_S);
+    __atomic_store_n(&j->tid, gettid(), __ATOMIC_RELEASE);
+    __atomic_store_n(&j->rc, conc_process_join(j->p, GUARD_S), __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -615,11 +630,17 @@ Test(process, many_joiners, .timeout = 30)
     struct joiner js[3];
     conc_thread *t[3];
     for (int i = 0; i < 3; i++) {
-        js[i] = (struct joiner){ p, 1 };
+        js[i] = (struct joiner){ p, 1, 0 };
         cr_assert_eq(conc_thread_new(&t[i], join_thread, &js[i], NULL), 0);
         cr_assert_eq(conc_thread_start(t[i]), 0);
     }
-    conc_sleep(0.05);
+    /* every joiner asleep in its join before the child may end */
+    for (int i = 0; i < 3; i++) {
+        pid_t tid = await_tid(&js[i].tid);
+        wait_thread_blocked(tid, BLOCKED_GUARD);
+        cr_assert_eq(__atomic_load_n(&js[i].rc, __ATOMIC_ACQUIRE), 1,
+                     "joiner %d returned early", i);
+    }
     cr_assert_eq(write(gate[1], "x", 1), 1);
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(conc_thread_join(t[i], CONC_FOREVER), 0);
@@ -995,11 +1016,13 @@ struct thread_start {
     int method;
     conc_process *p;
     int rc;
+    pid_t tid;              /* the starting thread's kernel id */
 };
 
 static void *start_from_thread(void *arg)
 {
     struct thread_start *t = arg;
+    __atomic_store_n(&t->tid, gettid(), __ATOMIC_RELEASE);
     conc_process_opts o = { .method = t->method, .daemon = CONC_DAEMON,
                             .pass_fds = &t->job.fd, .npass_fds = 1 };
     t->rc = conc_process_new(&t->p, job_main, &t->job, sizeof t->job, &o);
@@ -1023,7 +1046,16 @@ Test(daemon, outlives_the_thread_that_started_it, .timeout = 30)
         cr_assert_eq(conc_thread_join(t, CONC_FOREVER), 0);
         conc_thread_free(t);
         cr_assert_eq(ts.rc, 0, "%s: %s", method_names[i + 1], conc_errname(ts.rc));
-        conc_sleep(0.1);
+        /* Once the thread is gone from the kernel, a death signal tied to it
+         * has been sent; the daemon, which would be woken to die by it, must
+         * be asleep at its gate. */
+        pid_t tid = await_tid(&ts.tid);
+        int64_t end = conc_now() + (int64_t)(GUARD_S * 1e9);
+        while (task_state(getpid(), tid) != 0) {
+            cr_assert_lt(conc_now(), end, "the starting thread never left");
+            usleep(200);
+        }
+        wait_proc_blocked(conc_process_pid(ts.p), BLOCKED_GUARD);
         cr_assert(conc_process_is_alive(ts.p), "%s: the daemon died with its thread",
                   method_names[i + 1]);
         cr_assert_eq(write(gate[1], "x", 1), 1);

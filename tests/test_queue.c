@@ -452,8 +452,10 @@ Test(queue, get_blocks_until_put, .timeout = 30)
         conc_queue *q = mkq(kinds[k], 0);
         struct waiter w = { .q = q, .timeout = CONC_FOREVER };
         struct waiter w2 = { .q = q, .timeout = 10.0 };
-        pthread_t t = spawn(getter_fn, &w), t2 = spawn(getter_fn, &w2);
-        settle();
+        pid_t tid, tid2;
+        pthread_t t = spawn_tid(getter_fn, &w, &tid), t2 = spawn_tid(getter_fn, &w2, &tid2);
+        wait_thread_blocked(tid, BLOCKED_GUARD);
+        wait_thread_blocked(tid2, BLOCKED_GUARD);
         cr_assert_eq(atomic_load(&w.done), 0);
         cr_assert_eq(atomic_load(&w2.done), 0);
         cr_assert_eq(conc_queue_put(q, P(41), 0), 0);
@@ -475,10 +477,11 @@ Test(queue, put_blocks_while_full, .timeout = 30)
     cr_assert_eq(conc_queue_put(q, P(1), 0), 0);
     struct waiter w = { .q = q, .timeout = CONC_FOREVER, .item = P(2) };
     struct waiter w2 = { .q = q, .timeout = 10.0, .item = P(3) };
-    pthread_t t = spawn(putter_fn, &w);
-    settle();
-    pthread_t t2 = spawn(putter_fn, &w2);
-    settle();
+    pid_t tid, tid2;
+    pthread_t t = spawn_tid(putter_fn, &w, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
+    pthread_t t2 = spawn_tid(putter_fn, &w2, &tid2);
+    wait_thread_blocked(tid2, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&w.done), 0);
     cr_assert_eq(atomic_load(&w2.done), 0);
     cr_assert_eq(conc_queue_qsize(q), 1);
@@ -542,12 +545,17 @@ Test(queue, task_done_and_join, .timeout = 30)
 
     struct waiter j1 = { .q = q, .timeout = CONC_FOREVER };
     struct waiter j2 = { .q = q, .timeout = 20.0 };
-    pthread_t t1 = spawn(joiner_fn, &j1), t2 = spawn(joiner_fn, &j2);
-    settle();
+    pid_t tid1, tid2;
+    pthread_t t1 = spawn_tid(joiner_fn, &j1, &tid1), t2 = spawn_tid(joiner_fn, &j2, &tid2);
+    wait_thread_blocked(tid1, BLOCKED_GUARD);
+    wait_thread_blocked(tid2, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&j1.done), 0);
     cr_assert_eq(atomic_load(&j2.done), 0);
     cr_assert_eq(conc_queue_task_done(q), 0);
-    settle();
+    /* A joiner woken by that task_done is running (or gone) at once; one that
+     * is asleep again after it re-checked the count has not returned. */
+    wait_thread_blocked(tid1, BLOCKED_GUARD);
+    wait_thread_blocked(tid2, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&j1.done), 0, "join returned with a task unfinished");
     cr_assert_eq(conc_queue_task_done(q), 0);
     join(t1);
@@ -643,11 +651,13 @@ Test(queue, shutdown_releases_getters, .timeout = 30)
     enum { N = 4 };
     struct waiter w[N];
     pthread_t t[N];
+    pid_t tid[N];
     for (int i = 0; i < N; i++) {
         w[i] = (struct waiter){ .q = q, .timeout = i % 2 ? CONC_FOREVER : 20.0 };
-        t[i] = spawn(getter_fn, &w[i]);
+        t[i] = spawn_tid(getter_fn, &w[i], &tid[i]);
     }
-    settle();
+    for (int i = 0; i < N; i++)
+        wait_thread_blocked(tid[i], BLOCKED_GUARD);
     for (int i = 0; i < N; i++)
         cr_assert_eq(atomic_load(&w[i].done), 0);
     cr_assert_eq(conc_queue_shutdown(q, false), 0);
@@ -666,12 +676,14 @@ Test(queue, shutdown_releases_putters, .timeout = 30)
     enum { N = 4 };
     struct waiter w[N];
     pthread_t t[N];
+    pid_t tid[N];
     for (int i = 0; i < N; i++) {
         w[i] = (struct waiter){ .q = q, .timeout = i % 2 ? CONC_FOREVER : 20.0,
                                 .item = P(100 + i) };
-        t[i] = spawn(putter_fn, &w[i]);
+        t[i] = spawn_tid(putter_fn, &w[i], &tid[i]);
     }
-    settle();
+    for (int i = 0; i < N; i++)
+        wait_thread_blocked(tid[i], BLOCKED_GUARD);
     for (int i = 0; i < N; i++)
         cr_assert_eq(atomic_load(&w[i].done), 0);
     cr_assert_eq(conc_queue_shutdown(q, false), 0);
@@ -706,8 +718,9 @@ Test(queue, shutdown_immediate, .timeout = 30)
 
     /* a joiner waits for the taken item's task_done even after shutdown */
     struct waiter j = { .q = q, .timeout = CONC_FOREVER };
-    pthread_t t = spawn(joiner_fn, &j);
-    settle();
+    pid_t tid;
+    pthread_t t = spawn_tid(joiner_fn, &j, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&j.done), 0);
 
     cr_assert_eq(conc_queue_shutdown(q, true), 0);
@@ -719,7 +732,8 @@ Test(queue, shutdown_immediate, .timeout = 30)
     cr_assert_eq(conc_queue_get(q, &v, 0), -EPIPE);
     cr_assert_eq(conc_queue_get(q, &v, CONC_FOREVER), -EPIPE);
     cr_assert_eq(conc_queue_put(q, P(9), 0), -EPIPE);
-    settle();
+    /* woken by the shutdown, the joiner must have gone back to sleep */
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&j.done), 0);
     cr_assert_eq(conc_queue_task_done(q), 0);
     join(t);
@@ -736,9 +750,12 @@ Test(queue, shutdown_immediate_settles_join, .timeout = 30)
         cr_assert_eq(conc_queue_put(q, P(i), 0), 0);
     struct waiter j[2] = { { .q = q, .timeout = CONC_FOREVER }, { .q = q, .timeout = 20.0 } };
     struct waiter p = { .q = q, .timeout = CONC_FOREVER, .item = P(7) };
-    pthread_t tj0 = spawn(joiner_fn, &j[0]), tj1 = spawn(joiner_fn, &j[1]);
-    pthread_t tp = spawn(putter_fn, &p);
-    settle();
+    pid_t tid[3];
+    pthread_t tj0 = spawn_tid(joiner_fn, &j[0], &tid[0]);
+    pthread_t tj1 = spawn_tid(joiner_fn, &j[1], &tid[1]);
+    pthread_t tp = spawn_tid(putter_fn, &p, &tid[2]);
+    for (int i = 0; i < 3; i++)
+        wait_thread_blocked(tid[i], BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&j[0].done) + atomic_load(&j[1].done) + atomic_load(&p.done), 0);
     cr_assert_eq(conc_queue_shutdown(q, true), 0);
     join(tj0);
@@ -1043,8 +1060,9 @@ Test(queue, readiness_fd, .timeout = 30)
 
     /* a thread blocked in poll wakes up on put */
     struct poller pl = { .fd = fd };
-    pthread_t t = spawn(poller_fn, &pl);
-    settle();
+    pid_t tid;
+    pthread_t t = spawn_tid(poller_fn, &pl, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&pl.done), 0);
     cr_assert_eq(conc_queue_put(q, P(3), 0), 0);
     join(t);

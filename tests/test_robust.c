@@ -26,6 +26,7 @@
 #include "conc/time.h"
 
 #include "support/fork_sanitizers.h"
+#include "support/task_state.h"
 
 struct shared {
     conc_lock lock;
@@ -137,15 +138,19 @@ Test(robust, sleeping_waiter_wakes_on_death, .timeout = 300)
 {
     struct shared *s = shared_new();
     pid_t pid = holder(s, 0);
+    pid_t parent = getpid(), me = gettid();
     pid_t killer = fork();
     cr_assert_geq(killer, 0);
     if (killer == 0) {
-        conc_sleep(0.2);        /* let the parent fall asleep on the lock */
+        /* the holder dies once this test thread sleeps on the lock */
+        bool asleep = await_task_blocked(parent, me, BLOCKED_GUARD);
         kill(pid, SIGKILL);
-        _exit(0);
+        _exit(asleep ? 0 : 1);
     }
     cr_assert_eq(conc_lock_acquire(&s->lock, 20.0), -EOWNERDEAD);
-    reap(killer, NULL);
+    int st;
+    reap(killer, &st);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the holder was killed before the waiter slept");
     reap(pid, NULL);
     cr_assert_eq(conc_lock_consistent(&s->lock), 0);
     cr_assert_eq(conc_lock_release(&s->lock), 0);

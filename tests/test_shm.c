@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/task_state.h"
 
 /* ------------------------------------------------------------- helpers */
 
@@ -263,12 +264,15 @@ Test(value, lock_held_in_child_blocks_parent, .timeout = 30)
     conc_event *ready = conc_array_ptr(evmem);
     cr_assert_eq(conc_event_init(ready, CONC_SYNC_SHARED), 0);
     conc_rlock *l = conc_value_get_lock(v);
+    pid_t parent = getpid(), me = gettid();
     pid_t pid = fork_child();
     if (pid == 0) {
         if (conc_rlock_acquire(l, 5.0) != 0)
             _exit(1);
         conc_event_set(ready);
-        usleep(200000);
+        /* keep it until the parent sleeps on it */
+        if (!await_task_blocked(parent, me, BLOCKED_GUARD))
+            _exit(2);
         *(int *)conc_value_ptr(v) = 7;
         conc_rlock_release(l);
         _exit(0);

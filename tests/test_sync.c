@@ -234,8 +234,9 @@ Test(lock, waiter_blocks_until_release, .timeout = 30)
         conc_lock l = CONC_LOCK_INIT;
         cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
         struct lock_blocker a = { .l = &l, .timeout = timeouts[i] };
-        pthread_t t = spawn(lock_blocker_fn, &a);
-        settle();
+        pid_t tid;
+        pthread_t t = spawn_tid(lock_blocker_fn, &a, &tid);
+        wait_thread_blocked(tid, BLOCKED_GUARD);
         cr_assert_eq(atomic_load(&a.done), 0, "acquire returned while the lock was held");
         cr_assert_eq(conc_lock_release(&l), 0);
         join(t);
@@ -245,10 +246,17 @@ Test(lock, waiter_blocks_until_release, .timeout = 30)
     }
 }
 
-static void *delayed_release_fn(void *p)
+struct late_release {
+    conc_lock *l;
+    pid_t owner_tid;        /* released once this thread sleeps on the lock */
+};
+
+static void *late_release_fn(void *p)
 {
-    usleep(50000);
-    return RET(conc_lock_release(p));
+    struct late_release *a = p;
+    if (!await_task_blocked(getpid(), a->owner_tid, BLOCKED_GUARD))
+        return RET(-ESRCH);
+    return RET(conc_lock_release(a->l));
 }
 
 Test(lock, owner_reacquire_blocks_until_another_thread_releases, .timeout = 30)
@@ -257,7 +265,8 @@ Test(lock, owner_reacquire_blocks_until_another_thread_releases, .timeout = 30)
      * somebody else (Lock is not recursive, but anyone may release it). */
     conc_lock l = CONC_LOCK_INIT;
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
-    pthread_t t = spawn(delayed_release_fn, &l);
+    struct late_release a = { .l = &l, .owner_tid = gettid() };
+    pthread_t t = spawn(late_release_fn, &a);
     cr_assert_eq(conc_lock_acquire(&l, 20.0), 0);
     cr_assert_eq(join(t), 0);
     cr_assert(conc_lock_held(&l));
@@ -551,12 +560,14 @@ Test(rlock, other_thread_blocked_until_last_release, .timeout = 30)
     for (int i = 0; i < 3; i++)
         cr_assert_eq(conc_rlock_acquire(&l, CONC_FOREVER), 0);
     struct rlock_blocker a = { .l = &l };
-    pthread_t t = spawn(rlock_blocker_fn, &a);
-    settle();
+    pid_t tid;
+    pthread_t t = spawn_tid(rlock_blocker_fn, &a, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&a.done), 0);
     cr_assert_eq(conc_rlock_release(&l), 0);
     cr_assert_eq(conc_rlock_release(&l), 0);
-    settle();
+    /* woken by those releases, it would be running or done; it must sleep */
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&a.done), 0, "acquired while the owner still had depth 1");
     cr_assert(conc_rlock_is_owned(&l));
     cr_assert_eq(conc_rlock_release(&l), 0);
@@ -778,8 +789,9 @@ Test(sem, acquire_blocks_at_zero, .timeout = 30)
     conc_sem s = CONC_SEM_INIT(0);
     atomic_int acquired = 0;
     struct sem_waiter a = { .s = &s, .timeout = CONC_FOREVER, .acquired = &acquired };
-    pthread_t t = spawn(sem_waiter_fn, &a);
-    settle();
+    pid_t tid;
+    pthread_t t = spawn_tid(sem_waiter_fn, &a, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&acquired), 0);
     cr_assert_eq(conc_sem_release(&s, 1), 0);
     join(t);
@@ -795,23 +807,27 @@ Test(sem, release_n_wakes_n_waiters, .timeout = 30)
     atomic_int acquired = 0;
     struct sem_waiter a[N];
     pthread_t t[N];
+    pid_t tid[N];
     for (int i = 0; i < N; i++) {
         a[i] = (struct sem_waiter){ .s = &s, .timeout = (i & 1) ? 60.0 : CONC_FOREVER,
                                     .acquired = &acquired };
-        t[i] = spawn(sem_waiter_fn, &a[i]);
+        t[i] = spawn_tid(sem_waiter_fn, &a[i], &tid[i]);
     }
-    settle();
+    for (int i = 0; i < N; i++)
+        wait_thread_blocked(tid[i], BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&acquired), 0);
 
+    /* A waiter that acquires counts itself and exits; each one that did not
+     * must be asleep again before the count is checked. */
     cr_assert_eq(conc_sem_release(&s, 4), 0);
     WAIT_FOR(atomic_load(&acquired) >= 4);
-    settle();
+    wait_threads_quiet(tid, N);
     cr_assert_eq(atomic_load(&acquired), 4);
     cr_assert_eq(conc_sem_value(&s), 0);
 
     cr_assert_eq(conc_sem_release(&s, 1), 0);
     WAIT_FOR(atomic_load(&acquired) >= 5);
-    settle();
+    wait_threads_quiet(tid, N);
     cr_assert_eq(atomic_load(&acquired), 5);
 
     /* more units than waiters: the rest stays in the counter */
@@ -830,8 +846,9 @@ Test(sem, timed_acquire_succeeds_when_released, .timeout = 30)
     cr_assert_eq(conc_sem_acquire(&s, 0), 0);
     atomic_int acquired = 0;
     struct sem_waiter a = { .s = &s, .timeout = 20.0, .acquired = &acquired };
-    pthread_t t = spawn(sem_waiter_fn, &a);
-    settle();
+    pid_t tid;
+    pthread_t t = spawn_tid(sem_waiter_fn, &a, &tid);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&acquired), 0);
     cr_assert_eq(conc_sem_release(&s, 1), 0);
     join(t);
@@ -994,12 +1011,14 @@ Test(event, set_wakes_all_waiters, .timeout = 30)
     atomic_int returned = 0;
     struct ev_waiter a[N];
     pthread_t t[N];
+    pid_t tid[N];
     for (int i = 0; i < N; i++) {
         a[i] = (struct ev_waiter){ .e = &e, .timeout = (i & 1) ? 60.0 : CONC_FOREVER,
                                    .returned = &returned };
-        t[i] = spawn(ev_waiter_fn, &a[i]);
+        t[i] = spawn_tid(ev_waiter_fn, &a[i], &tid[i]);
     }
-    settle();
+    for (int i = 0; i < N; i++)
+        wait_thread_blocked(tid[i], BLOCKED_GUARD);
     cr_assert_eq(atomic_load(&returned), 0);
     cr_assert_eq(conc_event_set(&e), 0);
     for (int i = 0; i < N; i++) {
@@ -1016,8 +1035,9 @@ Test(event, clear_after_set_then_wait_again, .timeout = 30)
     atomic_int returned = 0;
     for (int round = 0; round < 5; round++) {
         struct ev_waiter a = { .e = &e, .timeout = CONC_FOREVER, .returned = &returned };
-        pthread_t t = spawn(ev_waiter_fn, &a);
-        usleep(10000);
+        pid_t tid;
+        pthread_t t = spawn_tid(ev_waiter_fn, &a, &tid);
+        wait_thread_blocked(tid, BLOCKED_GUARD);
         cr_assert_eq(conc_event_set(&e), 0);
         join(t);
         cr_assert_eq(a.rc, 0);
@@ -1480,24 +1500,26 @@ static void run_notify_exact(bool use_rlock)
     atomic_int woken = 0;
     struct cwaiter a[N];
     pthread_t t[N];
+    pid_t tid[N];
     for (int i = 0; i < N; i++) {
         a[i] = (struct cwaiter){ .c = &c, .l = &l, .rl = rlp, .depth = 1 + i % 3,
                                  .ready = &ready, .woken = &woken };
-        t[i] = spawn(cwaiter_fn, &a[i]);
+        t[i] = spawn_tid(cwaiter_fn, &a[i], &tid[i]);
     }
     lock_when_ready(&l, rlp, &ready, N);
     cr_assert_eq(conc_cond_notify(&c, 3), 3);
     unlock_either(&l, rlp);
 
+    /* a woken waiter counts itself and exits; the others must sleep again */
     WAIT_FOR(atomic_load(&woken) >= 3);
-    settle();
+    wait_threads_quiet(tid, N);
     cr_assert_eq(atomic_load(&woken), 3, "notify(3) woke %d threads", atomic_load(&woken));
 
     lock_when_ready(&l, rlp, &ready, N);
     cr_assert_eq(conc_cond_notify(&c, 1), 1);
     unlock_either(&l, rlp);
     WAIT_FOR(atomic_load(&woken) >= 4);
-    settle();
+    wait_threads_quiet(tid, N);
     cr_assert_eq(atomic_load(&woken), 4, "notify(1) woke more than one");
 
     lock_when_ready(&l, rlp, &ready, N);
@@ -1568,9 +1590,10 @@ static void run_notify_not_stolen(unsigned nwaiters, unsigned n)
     atomic_int woken = 0;
     struct cwaiter a[8];
     pthread_t t[8];
+    pid_t tid[8];
     for (unsigned i = 0; i < nwaiters; i++) {
         a[i] = (struct cwaiter){ .c = &c, .l = &l, .ready = &ready, .woken = &woken };
-        t[i] = spawn(cwaiter_fn, &a[i]);
+        t[i] = spawn_tid(cwaiter_fn, &a[i], &tid[i]);
     }
     lock_when_ready(&l, NULL, &ready, (int)nwaiters);
     int k = n ? conc_cond_notify(&c, n) : conc_cond_notify_all(&c);
@@ -1584,7 +1607,7 @@ static void run_notify_not_stolen(unsigned nwaiters, unsigned n)
     cr_assert(conc_lock_held(&l));
     cr_assert_eq(conc_lock_release(&l), 0);
     WAIT_FOR(atomic_load(&woken) >= (int)expect);
-    settle();
+    wait_threads_quiet(tid, (int)nwaiters);
     cr_assert_eq(atomic_load(&woken), (int)expect);
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
     cr_assert_eq(conc_cond_notify_all(&c), (int)(nwaiters - expect));
@@ -1611,11 +1634,12 @@ Test(cond, notify_zero_wakes_nobody, .timeout = 30)
     int ready = 0;
     atomic_int woken = 0;
     struct cwaiter a = { .c = &c, .l = &l, .ready = &ready, .woken = &woken };
-    pthread_t t = spawn(cwaiter_fn, &a);
+    pid_t tid;
+    pthread_t t = spawn_tid(cwaiter_fn, &a, &tid);
     lock_when_ready(&l, NULL, &ready, 1);
     cr_assert_eq(conc_cond_notify(&c, 0), 0);
     cr_assert_eq(conc_lock_release(&l), 0);
-    settle();
+    wait_threads_quiet(&tid, 1);
     cr_assert_eq(atomic_load(&woken), 0);
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
     cr_assert_eq(conc_cond_notify(&c, 1), 1);
@@ -1767,6 +1791,8 @@ struct stepper {
     conc_cond *c;
     struct flag_state *s;
     int steps;
+    pid_t waiter_tid;       /* each step waits until this thread sleeps */
+    bool lost;              /* it never did */
 };
 
 /* Raise the value one step at a time, notifying after each step: the
@@ -1775,7 +1801,10 @@ static void *stepper_fn(void *p)
 {
     struct stepper *a = p;
     for (int i = 0; i < a->steps; i++) {
-        usleep(20000);
+        if (!await_task_blocked(getpid(), a->waiter_tid, BLOCKED_GUARD)) {
+            a->lost = true;
+            return NULL;
+        }
         if (a->s->rl) {
             conc_rlock_acquire(a->s->rl, CONC_FOREVER);
             a->s->value++;
@@ -1796,7 +1825,7 @@ Test(cond, wait_for_becomes_true_later, .timeout = 30)
     conc_cond c = CONC_COND_INIT;
     conc_lock l = CONC_LOCK_INIT;
     struct flag_state s = { .value = 0, .want = 3, .l = &l };
-    struct stepper st = { .c = &c, .s = &s, .steps = 5 };
+    struct stepper st = { .c = &c, .s = &s, .steps = 5, .waiter_tid = gettid() };
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
     pthread_t t = spawn(stepper_fn, &st);
     cr_assert_eq(conc_cond_wait_for(&c, &l, pred_value_reached, &s, CONC_FOREVER), 0);
@@ -1810,10 +1839,11 @@ Test(cond, wait_for_becomes_true_later, .timeout = 30)
     cr_assert_eq(s.value, 5);
     cr_assert_eq(conc_lock_release(&l), 0);
     join(t);
+    cr_assert(!st.lost, "the waiter never slept between steps");
 
     conc_rlock rl = CONC_RLOCK_INIT;
     struct flag_state r = { .value = 0, .want = 2, .rl = &rl };
-    struct stepper rt = { .c = &c, .s = &r, .steps = 2 };
+    struct stepper rt = { .c = &c, .s = &r, .steps = 2, .waiter_tid = gettid() };
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     cr_assert_eq(conc_rlock_acquire(&rl, CONC_FOREVER), 0);
     t = spawn(stepper_fn, &rt);
@@ -1824,6 +1854,7 @@ Test(cond, wait_for_becomes_true_later, .timeout = 30)
     cr_assert_eq(conc_rlock_release(&rl), 0);
     cr_assert_eq(conc_rlock_release(&rl), 0);
     join(t);
+    cr_assert(!rt.lost, "the waiter never slept between steps");
 }
 
 Test(cond, wait_for_without_lock_is_eperm, .timeout = 30)
@@ -1851,10 +1882,13 @@ Test(cond, signals_do_not_wake_waiter, .timeout = 30)
     int ready = 0;
     atomic_int woken = 0;
     struct cwaiter a = { .c = &c, .l = &l, .ready = &ready, .woken = &woken };
-    pthread_t t = spawn(cwaiter_fn, &a);
+    pid_t tid;
+    pthread_t t = spawn_tid(cwaiter_fn, &a, &tid);
     lock_when_ready(&l, NULL, &ready, 1);
     cr_assert_eq(conc_lock_release(&l), 0);
+    wait_thread_blocked(tid, BLOCKED_GUARD);
     pester(t, 20);
+    wait_thread_blocked(tid, BLOCKED_GUARD);      /* asleep again, not returned */
     cr_assert_eq(atomic_load(&woken), 0, "a signal woke a condition waiter (rc %d)", a.rc);
     cr_assert_eq(conc_lock_acquire(&l, CONC_FOREVER), 0);
     cr_assert_eq(conc_cond_notify(&c, 1), 1);
