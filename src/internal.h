@@ -51,6 +51,11 @@ static inline uint64_t conc__owner_id(void)
 /* Converts a timeout (seconds) into a deadline; see conc_deadline. */
 CONC_HIDDEN int conc__timeout_deadline(double timeout, int64_t *deadline);
 
+/* writev(2) that never raises SIGPIPE in the calling thread: a write to a
+ * pipe whose reader is gone fails with EPIPE (errno) instead (pipe.c). */
+struct iovec;
+CONC_HIDDEN ssize_t conc__writev_nosigpipe(int fd, const struct iovec *iov, int cnt);
+
 /*
  * The one parser of the timeout argument of the public calls (docs/design.md,
  * "Time").  Every seconds form is its _until form behind these helpers:

@@ -190,8 +190,9 @@ void conc_conn_free(conc_conn *c)
 /* ------------------------------------------------------------ sending */
 
 /* writev on a pipe without SIGPIPE: blocked in this thread for the call,
- * and taken back when the write raised it. */
-static ssize_t pipe_writev(int fd, const struct iovec *iov, int cnt)
+ * and taken back when the write raised it.  Also used by the fork start
+ * method's gate (process.c), whose reader may already be dead. */
+ssize_t conc__writev_nosigpipe(int fd, const struct iovec *iov, int cnt)
 {
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);
@@ -226,7 +227,7 @@ static ssize_t write_once(conc_conn *c, struct iovec *iov, int cnt, bool block)
                          : sendmsg(c->fd, &m, fl);
         while (r < 0 && errno == EINTR);
     } else {
-        r = pipe_writev(c->fd, iov, cnt);
+        r = conc__writev_nosigpipe(c->fd, iov, cnt);
     }
     if (r >= 0)
         return r;

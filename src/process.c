@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include "conc/process.h"
 #include "conc/sync.h"
@@ -407,9 +408,11 @@ static int fork_job_run(void *ctx)
         conc__reap_pid(pid);
         return fd;
     }
-    /* A byte, not EOF: a sibling forked meanwhile may hold the write end. */
-    while (write(gate[1], "", 1) < 0 && errno == EINTR)
-        ;
+    /* A byte, not EOF: a sibling forked meanwhile may hold the write end.
+     * The child may already be dead (killed at once by someone who saw it
+     * appear), so the write must not raise SIGPIPE in this process. */
+    struct iovec one = { .iov_base = (void *)"", .iov_len = 1 };
+    (void)conc__writev_nosigpipe(gate[1], &one, 1);
     close(gate[1]);
     j->pid = pid;
     j->pidfd = fd;

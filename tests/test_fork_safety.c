@@ -104,6 +104,68 @@ Test(sigchld_ignored, spawn_children_report_their_exit_codes, .timeout = 120)
     check_sigchld_ignored(CONC_START_SPAWN, 15);
 }
 
+/* ------------------------- a child killed before the parent lets it go */
+
+static atomic_int killer_stop;
+static atomic_int killed;
+
+/* Kills every child of this process as soon as /proc lists it: some die
+ * while they still wait at the fork method's gate. */
+static void *killer(void *arg)
+{
+    (void)arg;
+    char path[300], buf[4096];
+    while (!atomic_load(&killer_stop)) {
+        DIR *d = opendir("/proc/self/task");
+        if (!d)
+            break;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                continue;
+            snprintf(path, sizeof path, "/proc/self/task/%s/children", e->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                continue;
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n <= 0)
+                continue;
+            buf[n] = 0;
+            for (char *t = strtok(buf, " \n"); t; t = strtok(NULL, " \n"))
+                if (kill((pid_t)atol(t), SIGKILL) == 0)
+                    atomic_fetch_add(&killed, 1);
+        }
+        closedir(d);
+    }
+    return NULL;
+}
+
+/* The parent tells a fork child to go on by a byte in a pipe; a child
+ * killed before that byte is written must not take the parent down with a
+ * SIGPIPE (the default action kills the process). */
+Test(fork_method, child_killed_at_the_gate_does_not_kill_the_parent, .timeout = 120)
+{
+    cr_assert_neq(signal(SIGPIPE, SIG_DFL), SIG_ERR);
+    pthread_t k;
+    cr_assert_eq(pthread_create(&k, NULL, killer, NULL), 0);
+    for (int i = 0; i < 300; i++) {
+        int v = 0;
+        conc_process_opts o = { .method = CONC_START_FORK };
+        conc_process *p = NULL;
+        cr_assert_eq(conc_process_new(&p, exit_with, &v, sizeof v, &o), 0);
+        cr_assert_eq(conc_process_start(p), 0);
+        cr_assert_eq(conc_process_join(p, GUARD_S), 0);
+        int code = 12345;
+        cr_assert_eq(conc_process_exitcode(p, &code), 0);
+        cr_assert(code == 0 || code == -SIGKILL, "child %d: exit code %d", i, code);
+        conc_process_free(p);
+    }
+    atomic_store(&killer_stop, 1);
+    pthread_join(k, NULL);
+    cr_log_info("%d children killed", atomic_load(&killed));
+}
+
 /* ---------------------------------- the stack pool's pidfd after fork */
 
 /* How many of this process's descriptors are pidfds of process pid. */
