@@ -271,7 +271,10 @@ Test(robust, kill_while_waiting_rounds, .timeout = 300)
         cr_assert_eq(conc_sem_acquire(&s->sem, 5.0), 0);
         cr_assert_eq(conc_event_wait(&s->event, 0), -EAGAIN);
     }
-    /* A condition whose dead waiters were counted still wakes a live one. */
+    /* A condition whose dead waiters were counted still wakes a live one.
+     * (ready is cleared before the fork: the child may set it before the
+     * parent runs again.) */
+    conc_event_clear(&s->ready);
     pid_t pid = fork();
     if (pid == 0) {
         conc_lock_acquire(&s->lock, CONC_FOREVER);
@@ -282,7 +285,6 @@ Test(robust, kill_while_waiting_rounds, .timeout = 300)
         conc_lock_release(&s->lock);
         _exit(r == 0 ? 0 : 1);
     }
-    conc_event_clear(&s->ready);
     cr_assert_eq(conc_event_wait(&s->ready, 20.0), 0);
     cr_assert_eq(conc_lock_acquire(&s->lock, 5.0), 0);
     s->notified = 1;
