@@ -201,7 +201,12 @@ static inline int check_flags(unsigned flags, unsigned allowed)
  */
 static inline void lock_set_owner(conc_lock *l)
 {
-    st_relaxed(&l->_owner, conc__owner_id());
+    /* Stored only when it changes: a store right after the CAS would take
+     * the line back from the contenders that read it meanwhile, once more
+     * per hand-off (a lock passed between plain threads keeps owner 0). */
+    uint64_t id = conc__owner_id();
+    if (ld_relaxed(&l->_owner) != id)
+        st_relaxed(&l->_owner, id);
 }
 
 /* True when the calling coroutine (or thread) holds the lock. */
