@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/overflow.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SANITIZED 1
@@ -684,28 +685,6 @@ Test(coro, whole_stack_usable, .timeout = 30)
 }
 
 /* ------------------------------------------------------ stack overflow */
-
-static volatile long depth_sink;
-
-/* Recurses forever (each frame writes a little: an overflow, not an
- * optimisation). */
-static __attribute__((noinline)) long recurse_forever(long n)
-{
-    volatile char pad[96];
-    pad[0] = (char)n;
-    if (depth_sink == -12345)   /* never: depth_sink only grows */
-        return 0;
-    long r = recurse_forever(n + 1) + pad[0];
-    depth_sink = r;
-    return r;
-}
-
-static void *overflow_fn(void *arg, void *value)
-{
-    (void)arg;
-    (void)value;
-    return (void *)recurse_forever(0);
-}
 
 /* Recurses until `limit` bytes below the frame it started from, returns. */
 static __attribute__((noinline)) long recurse_until(const char *top, size_t limit)

@@ -31,6 +31,7 @@
 
 #include "conc.h"
 #include "support/task_state.h"
+#include "support/overflow.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SANITIZED 1
@@ -117,26 +118,6 @@ static void run_coroutine(int code)
         conc_coro_switch(c, (void *)7, &out) != 0 || out != (void *)7 ||
         conc_coro_free(c) != 0)
         _exit(code);
-}
-
-static volatile long depth_sink;
-
-static __attribute__((noinline)) long recurse_forever(long n)
-{
-    volatile char pad[96];
-    pad[0] = (char)n;
-    if (depth_sink == -12345)   /* never: depth_sink only grows */
-        return 0;
-    long r = recurse_forever(n + 1) + pad[0];
-    depth_sink = r;
-    return r;
-}
-
-static void *overflow_body(void *arg, void *value)
-{
-    (void)arg;
-    (void)value;
-    return (void *)recurse_forever(0);
 }
 
 static void *thread_body(void *arg)
@@ -290,7 +271,7 @@ static void scenario_overflow_off_fault(void)
         _exit(10);
     conc_coro_opts o = { .stack_size = CONC_CORO_STACK_MIN, .name = "deep" };
     conc_coro *c;
-    if (conc_coro_new(&c, overflow_body, NULL, &o) != 0)
+    if (conc_coro_new(&c, overflow_fn, NULL, &o) != 0)
         _exit(11);
     conc_coro_switch(c, NULL, NULL);
     _exit(12);

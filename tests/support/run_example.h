@@ -53,16 +53,13 @@ static void buf_add(struct buf *b, const char *s, size_t n)
     b->data[b->len] = '\0';
 }
 
-/* Runs CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated),
- * capturing stdout and stderr.  A program still running after 60 s is
- * killed and the test fails (a hang guard, not a speed limit). */
-static struct run run_example(const char *name, const char *const *args)
+/* The command line of CONC_EXAMPLES_DIR/name with the given arguments
+ * (NULL-terminated, at most 30): its path in path, argv NULL-terminated. */
+static inline void example_argv(const char *name, const char *const *args, char *path,
+                                size_t size, const char *argv[32])
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
+    snprintf(path, size, "%s/%s", CONC_EXAMPLES_DIR, name);
     cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
-
-    const char *argv[32];
     int argc = 0;
     argv[argc++] = path;
     for (int i = 0; args && args[i]; i++) {
@@ -70,6 +67,17 @@ static struct run run_example(const char *name, const char *const *args)
         argv[argc++] = args[i];
     }
     argv[argc] = NULL;
+}
+
+/* Runs CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated),
+ * capturing stdout and stderr.  A program still running after 60 s is
+ * killed and the test fails (a hang guard, not a speed limit). */
+static struct run run_example(const char *name, const char *const *args)
+{
+    char path[512];
+    const char *argv[32];
+    example_argv(name, args, path, sizeof path, argv);
+
 
     int out[2], err[2];
     cr_assert_eq(pipe(out), 0);
@@ -203,16 +211,8 @@ struct bg {
 static inline struct bg start_example(const char *name, const char *const *args)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", CONC_EXAMPLES_DIR, name);
-    cr_assert_eq(access(path, X_OK), 0, "example binary %s is missing", path);
     const char *argv[32];
-    int argc = 0;
-    argv[argc++] = path;
-    for (int i = 0; args && args[i]; i++) {
-        cr_assert_lt(argc, 31);
-        argv[argc++] = args[i];
-    }
-    argv[argc] = NULL;
+    example_argv(name, args, path, sizeof path, argv);
     struct bg b = { .out = tmpfile(), .err = tmpfile() };
     cr_assert(b.out && b.err);
     fflush(NULL);
