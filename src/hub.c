@@ -95,12 +95,8 @@ static inline struct bucket *bucket_of(const uint32_t *word)
 /* A bucket's lock: a futex lock of three states (as glibc's), made of
  * atomics and system calls only, so that a signal handler may take it
  * (never in a thread that holds one: see "signal safety"). */
-static void bucket_lock(struct bucket *b)
+static void __attribute__((noinline)) bucket_lock_slow(struct bucket *b, uint32_t c)
 {
-    uint32_t c = 0;
-    if (likely(__atomic_compare_exchange_n(&b->lock, &c, 1, false, __ATOMIC_ACQUIRE,
-                                           __ATOMIC_RELAXED)))
-        return;
     if (c != 2)
         c = __atomic_exchange_n(&b->lock, 2, __ATOMIC_ACQUIRE);
     while (c != 0) {
@@ -109,13 +105,22 @@ static void bucket_lock(struct bucket *b)
     }
 }
 
-static void bucket_unlock(struct bucket *b)
+static inline void bucket_lock(struct bucket *b)
 {
-    if (__atomic_exchange_n(&b->lock, 0, __ATOMIC_RELEASE) == 2)
+    uint32_t c = 0;
+    if (likely(__atomic_compare_exchange_n(&b->lock, &c, 1, false, __ATOMIC_ACQUIRE,
+                                           __ATOMIC_RELAXED)))
+        return;
+    bucket_lock_slow(b, c);
+}
+
+static inline void bucket_unlock(struct bucket *b)
+{
+    if (unlikely(__atomic_exchange_n(&b->lock, 0, __ATOMIC_RELEASE) == 2))
         conc__futex_wake(&b->lock, 1, 1);
 }
 
-static void bucket_unlink(struct bucket *b, conc_greenlet *g)
+static inline void bucket_unlink(struct bucket *b, conc_greenlet *g)
 {
     if (g->wprev)
         g->wprev->wnext = g->wnext;
@@ -429,7 +434,7 @@ static void defer(uint32_t *word, int n)
 /* Wakes up to n coroutines parked on word (hub_internal.h). */
 int conc__hub_wake(uint32_t *word, int n)
 {
-    int saved = errno;
+    int *err = &errno, saved = *err;
     int k = 0;
     if (__atomic_load_n(&tls_busy, __ATOMIC_RELAXED)) {
         defer(word, n);         /* a handler: the thread will wake them */
@@ -438,7 +443,7 @@ int conc__hub_wake(uint32_t *word, int n)
         k = hub_wake(word, n);
         busy_leave();
     }
-    errno = saved;
+    *err = saved;
     return k;
 }
 

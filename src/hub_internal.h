@@ -120,8 +120,15 @@ CONC_HIDDEN int conc__hub_heap_reserve(struct hub *h, size_t need);
 /* conc__hub_timer_arm - arm g's timer: at deadline its wait returns rc. */
 CONC_HIDDEN void conc__hub_timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int rc);
 
-/* conc__hub_timer_cancel - disarm g's timer, if armed. */
-CONC_HIDDEN void conc__hub_timer_cancel(struct hub *h, conc_greenlet *g);
+/* conc__hub_timer_remove - disarm g's timer, which is armed. */
+CONC_HIDDEN void conc__hub_timer_remove(struct hub *h, conc_greenlet *g);
+
+/* Disarms g's timer, if armed (most waits have none: no call). */
+static inline void conc__hub_timer_cancel(struct hub *h, conc_greenlet *g)
+{
+    if (g->heap_idx != NO_INDEX)
+        conc__hub_timer_remove(h, g);
+}
 
 /* The armed timer with the earliest deadline, or NULL. */
 static inline conc_greenlet *timer_first(const struct hub *h)
