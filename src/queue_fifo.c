@@ -11,13 +11,13 @@
  * the ring full grows it, holding both locks (plock first), so buf and mask
  * never change under either side.
  *
- * Sleeping: a getter that found nothing counts itself in `getters` and
- * sleeps on the word `data_seq` (after a full fence it re-checks first); a
- * putter that published checks `getters` after a fence and, when someone
- * sleeps, bumps data_seq and wakes one.  A sleeper that leaves without an
- * item (timeout, kill) while items wait passes the wake-up on.  Putters of
- * a bounded queue and joiners do the same with their own counts and words.
- * All of it goes through conc's wait primitive, so coroutines park.
+ * Sleeping: a getter that found nothing parks on the spot `getters`
+ * (sys/park.h: it counts itself, re-checks, spins, sleeps); a putter that
+ * published claims and wakes one sleeper when one is counted (wait_on has
+ * the lost-wake-up argument).  A sleeper that leaves without an item
+ * (timeout, kill) while items wait passes the wake-up on.  Putters of a
+ * bounded queue and joiners do the same on their own spots.  All of it goes
+ * through conc's wait primitive, so coroutines park.
  */
 #include <errno.h>
 #include <limits.h>
