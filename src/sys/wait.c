@@ -22,7 +22,8 @@ uint32_t conc__fence_word;
 /* Threads of this process asleep in the kernel on a private futex word. */
 static uint32_t kernel_sleepers;
 
-/* The wake half of the hub, once a hub was made (see wait.h). */
+/* The wake half of the backend the kernel does not know (a coroutine
+ * hub), once registered (see wait.h). */
 static const struct conc__wake_backend *wake_backend;
 
 void conc__wake_backend_register(const struct conc__wake_backend *b)
