@@ -8,7 +8,7 @@
  * once: a sleeping thread costs its waker a system call and itself a
  * wake-up latency of several microseconds (tens on virtual machines), so
  * short hand-offs are far faster when caught by spinning.  The spin is
- * pure pausing for its first 2 microseconds, then gives the CPU away
+ * pure pausing for the first half of the budget, then gives the CPU away
  * (sched_yield) between looks.
  *
  * The budget is one setting for the whole process.  It is never taken from

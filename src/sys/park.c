@@ -31,7 +31,7 @@ int conc__park_wait(struct conc__park *p, uint32_t key, int64_t deadline, unsign
     struct conc__spin s;
     if (!(flags & CONC__PARK_NOSPIN) && conc__spin_begin(&s, deadline)) {
         int64_t look = s.now + look_ns;
-        while (conc__spin_step(&s, 4)) {
+        while (conc__spin_step(&s, 1)) {
             if (look_ns && s.now < look)
                 continue;
             if (conc__park_seq(p) != key)

@@ -66,9 +66,11 @@
 /* The spin budget in nanoseconds (conc_park_set_spin); 0: never spin. */
 extern int64_t conc__park_spin_ns;
 
-/* Pure pausing lasts this long; later looks give the CPU away
- * (sched_yield) so that a peer on the same CPU can run. */
-#define CONC__SPIN_PURE_NS 2000
+/* Pure pausing lasts the first half of the budget; later looks give the
+ * CPU away (sched_yield) so that a peer on the same CPU can run.  (The Lock
+ * and the queues never yielded within their spin before the policy was
+ * one; a hand-over takes a few microseconds, and each yield is a system
+ * call.) */
 
 struct conc__spin {
     int64_t now;            /* the clock at the last look at it */
@@ -92,14 +94,14 @@ static inline bool conc__spin_begin(struct conc__spin *s, int64_t deadline)
     s->end = s->now + budget;
     if (deadline < s->end)
         s->end = deadline;
-    s->pure_end = s->now + CONC__SPIN_PURE_NS;
+    s->pure_end = s->now + budget / 2;
     s->pauses = 0;
     return s->now < s->end;
 }
 
 /*
  * conc__spin_step - one step of the spin: `pauses` pause instructions (a
- * caller that backs off passes more), then, every 16 pauses or so, a look
+ * caller that backs off passes more), then, every 8 pauses or so, a look
  * at the clock (s->now), and past the pure phase a sched_yield.  Returns
  * false once the spin is over: the caller stops spinning and sleeps.
  */
@@ -108,7 +110,7 @@ static inline bool conc__spin_step(struct conc__spin *s, unsigned pauses)
     for (unsigned i = 0; i < pauses; i++)
         conc__spin_pause();
     s->pauses += pauses;
-    if (s->pauses < 16)
+    if (s->pauses < 8)
         return true;
     s->pauses = 0;
     s->now = conc_now();
