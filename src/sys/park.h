@@ -121,15 +121,6 @@ static inline bool conc__spin_step(struct conc__spin *s, unsigned pauses)
     return true;
 }
 
-/*
- * conc__spin_while - busy-waits while *word == v, under the policy (one
- * look per pause) and never past deadline.  Returns the value that ended
- * the wait (== v when the spin ran out, or was not tried).  For the
- * primitives whose waiters announce themselves in the word itself (Lock,
- * Event): they spin before announcing.
- */
-CONC_HIDDEN uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline);
-
 /* ------------------------------------------------------ parking spot */
 
 struct conc__park {

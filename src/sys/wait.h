@@ -124,6 +124,15 @@ static inline bool conc__may_spin(void)
 }
 
 /*
+ * conc__spin_while - busy-waits while *word == v, under the parking layer's
+ * spin policy (src/sys/park.h: one look per pause) and never past deadline.
+ * Returns the value that ended the wait (== v when the spin ran out, or was
+ * not tried).  For waiters that announce themselves in the word itself
+ * (Lock, Event): they spin before announcing.
+ */
+CONC_HIDDEN uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline);
+
+/*
  * conc__full_fence - a full memory barrier, for the "publish, fence, check
  * the sleepers' flag" / "set the flag, fence, re-check" pairs of the queues.
  * TSan does not take fences, so under it a locked no-op read-modify-write
