@@ -405,8 +405,11 @@ Test(socket, pipelined_requests, .timeout = 60)
     pthread_create(&th, NULL, pipeline_server, s);
     enum { N = 2000 };
     static char req[N * 5];
-    for (int i = 0; i < N; i++)
-        snprintf(req + i * 5, 6, "%04d\n", i);
+    for (int i = 0; i < N; i++) {
+        char one[8];
+        snprintf(one, sizeof one, "%04d\n", i);
+        memcpy(req + i * 5, one, 5);
+    }
     cr_assert_eq(conc_socket_sendall(c, req, sizeof req, 0, NULL), 0);
     cr_assert_eq(conc_socket_shutdown(c, SHUT_WR), 0);
     static char resp[N * 8 + 1];
