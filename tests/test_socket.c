@@ -307,6 +307,9 @@ Test(socket, tcp_round_trip_and_addresses)
     cr_assert_gt(conc_sockaddr_str(&pa, t2, sizeof t2), 0);
     cr_expect_str_eq(t1, t2);
     cr_expect_eq(strncmp(t1, "127.0.0.1:", 10), 0, "%s", t1);
+    cr_expect_eq(conc_socket_family(s), AF_INET);   /* the listener's */
+    cr_expect_eq(conc_socket_type(s), SOCK_STREAM);
+    cr_expect_eq(conc_socket_proto(s), IPPROTO_TCP);
     cr_expect_eq(conc_socket_timeout(c), GUARD);   /* create_connection's */
     cr_expect_eq(conc_socket_timeout(s), CONC_FOREVER);
     cr_assert_eq(conc_socket_sendall(c, "hello", 5, 0, NULL), 0);
@@ -496,6 +499,19 @@ Test(socket, connect_errors_and_connect_ex)
     int ex = -conc_socket_connect(c, &a);        /* connect_ex */
     cr_expect_eq(ex, ECONNREFUSED);
     conc_socket_free(c);
+    /* Non-blocking connect: -EAGAIN while in progress, then -EISCONN. */
+    l = server(&port);
+    cr_assert_eq(conc_socket_new(&c, AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), 0);
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", port), 0);
+    int r = conc_socket_connect(c, &a);
+    cr_assert(r == 0 || r == -EAGAIN, "%d", r);
+    struct pollfd pw = { .fd = conc_socket_fd(c), .events = POLLOUT };
+    cr_assert_eq(conc_selector_poll_fds(&pw, 1, GUARD), 1);
+    r = conc_socket_connect(c, &a);
+    cr_expect(r == 0 || r == -EISCONN, "%d", r);
+    cr_expect_eq(conc_socket_connect(c, &a), -EISCONN);
+    conc_socket_free(c);
+    conc_socket_free(l);
     /* A Unix path that is not there. */
     cr_assert_eq(conc_socket_new(&c, AF_UNIX, SOCK_STREAM, 0), 0);
     cr_assert_eq(conc_sockaddr_unix(&a, "/nonexistent/conc.sock", 0), 0);
