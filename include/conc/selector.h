@@ -204,7 +204,11 @@ CONC_API int conc_selector_get_key(const conc_selector *sel, int fd, conc_select
  * none became ready in time (Python's empty list); -EINVAL for NULL sel
  * or out, cap 0, a bad timeout, or an empty selector with no time limit;
  * -EBADF when the selector is closed; -ECANCELED; -ENOMEM.  With no
- * descriptor registered it sleeps until the timeout.
+ * descriptor registered it sleeps until the timeout.  The events are
+ * copies taken when the call returned: a loop that unregisters or closes
+ * a descriptor while it handles one event of the array may still find
+ * that descriptor in a later event of the same array (as in Python), so
+ * it checks its own state before using one.
  */
 CONC_API int conc_selector_select(conc_selector *sel, conc_selector_event *out, size_t cap,
                                   double timeout);
