@@ -961,3 +961,31 @@ Test(socket, sockets_in_conc_wait)
     conc_socket_free(a);
     conc_socket_free(b);
 }
+
+Test(socket, seqpacket_and_raw)
+{
+    /* SOCK_SEQPACKET keeps message boundaries. */
+    conc_socket *a, *b;
+    cr_assert_eq(conc_socket_pair(&a, &b, AF_UNIX, SOCK_SEQPACKET, 0), 0);
+    cr_expect_eq(conc_socket_type(a), SOCK_SEQPACKET);
+    cr_assert_eq(conc_socket_send(a, "one", 3, 0), 3);
+    cr_assert_eq(conc_socket_send(a, "three", 5, 0), 5);
+    char buf[16];
+    cr_expect_eq(conc_socket_recv(b, buf, sizeof buf, 0), 3);
+    cr_expect_eq(conc_socket_recv(b, buf, sizeof buf, 0), 5);
+    conc_socket_free(a);
+    conc_socket_free(b);
+    cr_expect_eq(conc_socket_pair(&a, &b, AF_INET, SOCK_STREAM, 0), -EOPNOTSUPP);
+
+    /* SOCK_RAW where permitted: made, or refused with the kernel's code. */
+    conc_socket *r = NULL;
+    int rc = conc_socket_new(&r, AF_INET, SOCK_RAW, IPPROTO_ICMP);
+    cr_expect(rc == 0 || rc == -EPERM || rc == -EACCES, "%d", rc);
+    if (rc == 0) {
+        cr_expect_eq(conc_socket_type(r), SOCK_RAW);
+        cr_assert_eq(conc_socket_set_timeout(r, 0), 0);
+        ssize_t n = conc_socket_recv(r, buf, sizeof buf, 0);
+        cr_expect(n == -EAGAIN || n > 0, "%zd", n);     /* someone's ping may come */
+    }
+    conc_socket_free(r);
+}
