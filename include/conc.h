@@ -22,6 +22,8 @@
 #include "conc/pipe.h"
 #include "conc/wait.h"
 #include "conc/offload.h"
+#include "conc/socket.h"
+#include "conc/selector.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

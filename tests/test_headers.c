@@ -4,7 +4,8 @@
  * none pulls in <stdio.h>, the umbrella conc.h includes
  * every header, and each concept's calls are declared in its own header
  * (thread queues, deque, process queues, Pipe/Connection and
- * connection.wait apart; coroutines, the hub and coroutine pools apart).
+ * connection.wait apart; coroutines, the hub and coroutine pools apart;
+ * sockets and selectors apart).
  *
  * The C compiler that built conc is run on one-line programs read from its
  * standard input; the headers are taken from the source tree, and every
@@ -192,6 +193,13 @@ static const struct {
       { "conc_cpool_new", "conc_cpool_spawn", "conc_fd_wait", "conc_wait", "conc_offload" } },
     { "conc/cpool.h", { "conc_cpool_new", "conc_cpool_spawn", "conc_cpool_join", "conc_cpool_full" },
       { "conc_fd_wait", "conc_wait", "conc_offload" } },
+    { "conc/socket.h", { "conc_socket_new", "conc_socket_sendall", "conc_socket_getaddrinfo",
+                         "conc_sockaddr" },
+      { "conc_selector_new", "conc_selector_select_fds", "conc_wait", "conc_waitable",
+        "conc_conn_pipe" } },
+    { "conc/selector.h", { "conc_selector_new", "conc_selector_select", "conc_selector_poll_fds",
+                           "CONC_EVENT_READ" },
+      { "conc_socket_new", "conc_sockaddr", "conc_wait", "conc_fd_wait", "conc_hub_run" } },
 };
 
 Test(headers, one_concept_each, .timeout = 120)
