@@ -1,7 +1,7 @@
 /*
  * wait_objects.c - multiprocessing.connection.wait (conc/wait.h): wait until
- * one of several connections, thread queues, processes, process queues or
- * descriptors is ready.
+ * one of several connections, thread queues, processes, process queues,
+ * sockets or descriptors is ready.
  *
  * Every entry becomes one descriptor of a single poll set (a queue's
  * readiness eventfd, a process's pidfd sentinel, a connection's own
@@ -25,6 +25,7 @@
 #include "internal.h"
 #include "mpqueue.h"
 #include "pipe.h"
+#include "socket.h"
 #include "sys/wait.h"
 
 #define WAIT_STACK 32
@@ -63,6 +64,9 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             break;
         case CONC_WAIT_MPQUEUE:
             r = w->u.mpqueue ? 0 : -EINVAL;
+            break;
+        case CONC_WAIT_SOCKET:
+            r = !w->u.socket ? -EINVAL : w->u.socket->fd < 0 ? -EBADF : 0;
             break;
         default:
             r = -EINVAL;
@@ -106,6 +110,12 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
                 w->ready = true;
                 count++;
             }
+            break;
+        case CONC_WAIT_SOCKET:
+            fds[i].fd = w->u.socket->fd;
+            if (w->events)
+                fds[i].events = w->events;
+            r = 0;
             break;
         default:
             fds[i].fd = w->u.fd;
