@@ -120,7 +120,7 @@ serve() {
         return 0
     fi
     log=$(mktemp "${TMPDIR:-/tmp}/conc-serve.XXXXXX") || return 1
-    echo "    \$ $name $* 0 &"
+    echo "    \$ $name${*:+ $*} 0 &"
     "$dir/$name" "$@" 0 >"$log" &
     pid=$!
     port=""
