@@ -408,12 +408,17 @@ Test(selector, select_poll_epoll_functions)
 
 /* ---------------------------------------------------------------- EINTR */
 
-static volatile sig_atomic_t hits;
+static int hits;
 
 static void on_usr1(int sig)
 {
     (void)sig;
-    hits++;
+    __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED);
+}
+
+static int hits_now(void)
+{
+    return __atomic_load_n(&hits, __ATOMIC_RELAXED);
 }
 
 struct waiter {
@@ -448,11 +453,11 @@ Test(selector, eintr_is_retried, .timeout = 60)
         pthread_t th = spawn_tid(waiter_main, &w, &tid);
         for (int i = 0; i < 3; i++) {
             wait_thread_blocked(tid, GUARD);
-            int before = hits;
+            int before = hits_now();
             pthread_kill(th, SIGUSR1);
-            for (int k = 0; hits == before && k < 20000; k++)
+            for (int k = 0; hits_now() == before && k < 20000; k++)
                 usleep(100);
-            cr_assert_gt(hits, before);
+            cr_assert_gt(hits_now(), before);
         }
         wait_thread_blocked(tid, GUARD);
         cr_assert_eq(write(sv[1], "x", 1), 1);

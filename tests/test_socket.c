@@ -223,12 +223,17 @@ Test(socket, timeouts_and_blocking_mode)
 
 /* ------------------------------------------------------------- EINTR */
 
-static volatile sig_atomic_t hits;
+static int hits;
 
 static void on_usr1(int sig)
 {
     (void)sig;
-    hits++;
+    __atomic_fetch_add(&hits, 1, __ATOMIC_RELAXED);
+}
+
+static int hits_now(void)
+{
+    return __atomic_load_n(&hits, __ATOMIC_RELAXED);
 }
 
 struct reader {
@@ -260,11 +265,11 @@ Test(socket, eintr_is_retried, .timeout = 60)
     pthread_t th = spawn_tid(reader_main, &r, &tid);
     for (int i = 0; i < 5; i++) {
         wait_thread_blocked(tid, GUARD);
-        int before = hits;
+        int before = hits_now();
         pthread_kill(th, SIGUSR1);
-        for (int k = 0; hits == before && k < 20000; k++)
+        for (int k = 0; hits_now() == before && k < 20000; k++)
             usleep(100);
-        cr_assert_gt(hits, before);
+        cr_assert_gt(hits_now(), before);
     }
     wait_thread_blocked(tid, GUARD);
     cr_assert_eq(conc_socket_send(b, "data", 4, 0), 4);
@@ -405,8 +410,11 @@ Test(socket, pipelined_requests, .timeout = 60)
     pthread_create(&th, NULL, pipeline_server, s);
     enum { N = 2000 };
     static char req[N * 5];
-    for (int i = 0; i < N; i++)
-        snprintf(req + i * 5, 6, "%04d\n", i);
+    for (int i = 0; i < N; i++) {
+        char one[8];
+        snprintf(one, sizeof one, "%04d\n", i);
+        memcpy(req + i * 5, one, 5);
+    }
     cr_assert_eq(conc_socket_sendall(c, req, sizeof req, 0, NULL), 0);
     cr_assert_eq(conc_socket_shutdown(c, SHUT_WR), 0);
     static char resp[N * 8 + 1];
