@@ -606,7 +606,8 @@ Test(echo_upper, nonblocking_sleeps_while_idle, .timeout = 60)
         asleep += task_blocked(s.pid, s.pid);
         usleep(500);
     }
-    cr_assert_geq(asleep, 100, "asleep in only %d of 200 samples", asleep);
+    /* A loop that never sleeps is running in every sample. */
+    cr_assert_geq(asleep, 60, "asleep in only %d of 200 samples", asleep);
     dialog(fd[1], "still served\n");
     for (int i = 0; i < 3; i++)
         close(fd[i]);
