@@ -7,6 +7,12 @@
  *                                    connections
  *   echo_p50_c1000, echo_p99_c1000   the median and 99th percentile of the
  *                                    latency at 1000 connections, in us
+ *   echo_cpu_c100, echo_cpu_c1000    the server's CPU time per request (all
+ *                                    its threads, /proc/PID/task/ * /schedstat),
+ *                                    in ns: what the server itself costs,
+ *                                    which the request rate shows only when
+ *                                    the server, not the load generator, is
+ *                                    the bottleneck
  *
  * The load generator is this program: one thread, one epoll set, a closed
  * loop over C connections: each connection sends a 64-byte request (lower-
@@ -45,6 +51,7 @@
  * The peers that are not conc-MODEL are compared against conc-epoll.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -80,12 +87,15 @@ static const bench_metric metrics[] = {
     { "echo_c1000", "req/s", "64-byte requests, 1000 connections, closed loop" },
     { "echo_p50_c1000", "us", "median latency of a request at 1000 connections" },
     { "echo_p99_c1000", "us", "99th percentile latency of a request at 1000 connections" },
+    { "echo_cpu_c100", "ns", "server CPU time per request at 100 connections" },
+    { "echo_cpu_c1000", "ns", "server CPU time per request at 1000 connections" },
 };
 
 #define REQ 64                  /* request and reply size */
 #define STALL_NS (10LL * 1000000000LL)      /* no reply for this long: failed */
 #define START_NS (60LL * 1000000000LL)      /* a server's ready line, at most */
 #define MAX_SAMPLES (4u << 20)  /* latencies kept per run */
+#define MAX_WINDOW_NS (20LL * 1000000000LL)  /* a window stretched this far: give up */
 
 /* ---------------------------------------------------------------- servers */
 
@@ -310,6 +320,7 @@ struct client {
 struct result {
     double rate;                /* replies per second in the window */
     double p50_us, p99_us;
+    double cpu_ns;              /* server CPU per request; < 0: unknown */
     char why[192];              /* when the run failed */
 };
 
@@ -398,6 +409,31 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
     return 0;
 }
 
+/* The CPU time all threads of process pid have used, in ns, or -1. */
+static int64_t server_cpu_ns(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int64_t sum = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.')
+            continue;
+        char file[320];
+        snprintf(file, sizeof file, "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
+        FILE *f = fopen(file, "r");
+        long long ns = 0;
+        if (f && fscanf(f, "%lld", &ns) == 1)
+            sum += ns;
+        if (f)
+            fclose(f);
+    }
+    closedir(d);
+    return sum;
+}
+
 /* A run: n connections, warm_ns of warm-up, window_ns measured. */
 static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t window_ns,
                     struct result *res)
@@ -418,6 +454,12 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
     int64_t now = bench_now();
     int64_t t0 = now + warm_ns, t1 = t0 + window_ns, last_reply = now;
     int outstanding = 0;
+    int64_t cpu0 = -1, cpu1 = -1;
+    /* The window lasts window_ns, longer when fewer than min_done replies
+     * came in it (a busy machine can stall a short window): a figure is
+     * never made of a handful of replies. */
+    long min_done = n > 100 ? n : 100;
+    bool snap0 = false, snap1 = false;
     for (int i = 0; i < n && rc == 0; i++) {
         int e = send_request(&cl[i], now);
         if (e < 0) {
@@ -430,6 +472,16 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
     struct epoll_event evs[1024];
     while (rc == 0 && outstanding > 0) {
         now = bench_now();
+        while (now >= t1 && done_in_window < min_done && t1 - t0 < MAX_WINDOW_NS)
+            t1 += window_ns;
+        if (!snap0 && now >= t0) {
+            cpu0 = server_cpu_ns(s->pid);
+            snap0 = true;
+        }
+        if (!snap1 && now >= t1) {
+            cpu1 = server_cpu_ns(s->pid);
+            snap1 = true;
+        }
         int64_t until = now < t1 ? (now < t0 ? t0 : t1) : last_reply + STALL_NS;
         if (now >= t1 && now - last_reply >= STALL_NS) {
             snprintf(res->why, sizeof res->why,
@@ -486,6 +538,16 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
                 break;
             }
             int64_t t = bench_now();
+            while (t >= t1 && done_in_window < min_done && t1 - t0 < MAX_WINDOW_NS)
+                t1 += window_ns;
+            if (!snap0 && t >= t0) {
+                cpu0 = server_cpu_ns(s->pid);
+                snap0 = true;
+            }
+            if (!snap1 && t >= t1) {
+                cpu1 = server_cpu_ns(s->pid);
+                snap1 = true;
+            }
             last_reply = t;
             c->busy = false;
             outstanding--;
@@ -506,6 +568,8 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
             }
         }
     }
+    if (!snap1)
+        cpu1 = server_cpu_ns(s->pid);
     for (int i = 0; i < n; i++)
         if (cl[i].fd >= 0)
             close(cl[i].fd);
@@ -516,11 +580,13 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
         rc = -1;
     }
     if (rc == 0) {
-        res->rate = (double)done_in_window * 1e9 / (double)window_ns;
+        res->rate = (double)done_in_window * 1e9 / (double)(t1 - t0);
         qsort(lat, nlat, sizeof *lat, cmp_i64);
         res->p50_us = (double)lat[(nlat - 1) / 2] / 1000.0;
         size_t i99 = (size_t)((double)nlat * 0.99 + 0.999999);
         res->p99_us = (double)lat[(i99 ? i99 : 1) - 1] / 1000.0;
+        res->cpu_ns = cpu0 >= 0 && cpu1 >= cpu0 ? (double)(cpu1 - cpu0) / (double)done_in_window
+                                                : -1;
     }
     free(lat);
     return rc;
@@ -541,20 +607,20 @@ static double median(double *v, int n)
 
 struct level {
     int conns;
-    const char *rate, *p50, *p99;   /* metric names (NULL: not measured) */
+    const char *rate, *p50, *p99, *cpu;     /* metric names (NULL: not measured) */
 };
 
 static bool level_enabled(const struct level *l, const char *system)
 {
     return bench_enabled(l->rate, system) || (l->p50 && bench_enabled(l->p50, system)) ||
-           (l->p99 && bench_enabled(l->p99, system));
+           (l->p99 && bench_enabled(l->p99, system)) || (l->cpu && bench_enabled(l->cpu, system));
 }
 
 static void level_each(const struct level *l, const char *system,
                        void (*fn)(const char *metric, const char *system, const char *why))
 {
-    const char *m[] = { l->rate, l->p50, l->p99 };
-    for (int i = 0; i < 3; i++)
+    const char *m[] = { l->rate, l->p50, l->p99, l->cpu };
+    for (int i = 0; i < 4; i++)
         if (m[i] && bench_enabled(m[i], system))
             fn(m[i], system, NULL);
 }
@@ -581,9 +647,10 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
     double *rate = calloc((size_t)(nsv * reps), sizeof *rate);
     double *p50 = calloc((size_t)(nsv * reps), sizeof *p50);
     double *p99 = calloc((size_t)(nsv * reps), sizeof *p99);
+    double *cpu = calloc((size_t)(nsv * reps), sizeof *cpu);
     int *runs = calloc((size_t)nsv, sizeof *runs);
     char (*failed)[192] = calloc((size_t)nsv, sizeof *failed);
-    if (!rate || !p50 || !p99 || !runs || !failed)
+    if (!rate || !p50 || !p99 || !cpu || !runs || !failed)
         bench_die("calloc", ENOMEM);
 
     for (int r = 0; r < reps; r++)
@@ -601,6 +668,7 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
             rate[k * reps + runs[k]] = res.rate;
             p50[k * reps + runs[k]] = res.p50_us;
             p99[k * reps + runs[k]] = res.p99_us;
+            cpu[k * reps + runs[k]] = res.cpu_ns;
             runs[k]++;
         }
 
@@ -637,11 +705,23 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
                 bench_record(l->p50, s->system, median(p50 + k * reps, reps), "us");
             if (l->p99 && bench_enabled(l->p99, s->system))
                 bench_record(l->p99, s->system, median(p99 + k * reps, reps), "us");
+            if (l->cpu && bench_enabled(l->cpu, s->system)) {
+                int known = 0;          /* the runs whose reading worked */
+                for (int i = 0; i < reps; i++)
+                    if (cpu[k * reps + i] > 0)
+                        cpu[k * reps + known++] = cpu[k * reps + i];
+                double c = known ? median(cpu + k * reps, known) : -1;
+                if (c > 0)
+                    bench_record(l->cpu, s->system, c, "ns");
+                else
+                    bench_skip(l->cpu, s->system, NULL, "cannot read its /proc/PID/task/*/schedstat");
+            }
         }
     }
     free(rate);
     free(p50);
     free(p99);
+    free(cpu);
     free(runs);
     free(failed);
 }
@@ -743,9 +823,9 @@ int main(int argc, char **argv)
     bench_pin_worker(1);
 
     static const struct level levels[] = {
-        { 1, "echo_c1", NULL, NULL },
-        { 100, "echo_c100", NULL, NULL },
-        { 1000, "echo_c1000", "echo_p50_c1000", "echo_p99_c1000" },
+        { 1, "echo_c1", NULL, NULL, NULL },
+        { 100, "echo_c100", NULL, NULL, "echo_cpu_c100" },
+        { 1000, "echo_c1000", "echo_p50_c1000", "echo_p99_c1000", "echo_cpu_c1000" },
     };
     for (size_t i = 0; i < BENCH_ARRAY_LEN(levels); i++)
         run_level(&levels[i], sv, nsv, fd_room);
