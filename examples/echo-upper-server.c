@@ -47,8 +47,9 @@
  *
  * The descriptor limit (RLIMIT_NOFILE) is raised to its hard limit, for
  * servers with more than ~1000 clients; when descriptors run out anyway,
- * the loops stop accepting until a connection closes (the waiting clients
- * stay in the listen queue) rather than spinning on EMFILE.
+ * the loops stop accepting until a connection closes or a tenth of a
+ * second passed (the waiting clients stay in the listen queue) rather than
+ * spinning on EMFILE.
  *
  * Python original (the tutorial's sync server):
  *   server = socket.socket(); server.bind(("127.0.0.1", 8080)); server.listen(5)
@@ -362,7 +363,14 @@ static int run_selector(struct server *srv, conc_selector_backend backend)
     }
     conc_selector_event ev[256];
     while (rc >= 0 && !srv->stop_sig) {
-        int n = conc_selector_select(l.sel, ev, 256, CONC_FOREVER);
+        /* Not accepting (out of descriptors or memory): a close brings the
+         * listener back (loop_close), and so does a tenth of a second. */
+        int n = conc_selector_select(l.sel, ev, 256, srv->listener_paused ? 0.1 : CONC_FOREVER);
+        if (n == -ETIMEDOUT && srv->listener_paused) {
+            if (conc_selector_register(l.sel, srv->lfd, CONC_EVENT_READ, &listener_tag) == 0)
+                srv->listener_paused = false;
+            continue;
+        }
         if (n < 0) {
             rc = n;
             break;

@@ -523,6 +523,70 @@ Test(echo_upper, reset_mid_request_in_every_model, .timeout = 120)
     free(junk);
 }
 
+/* Out of descriptors: the server is left room for 3 more (prlimit on the
+ * running process); 8 clients connect and send at once.  The first ones
+ * are served; the rest wait in the listen queue (the server neither drops
+ * them nor dies) and are served as earlier ones close. */
+Test(echo_upper, out_of_descriptors_waits_for_a_close, .timeout = 120)
+{
+    for (size_t m = 0; m < NMODELS; m++) {
+        struct srv s = start_model(models[m]);
+        int probe = tcp_connect(s.port);
+        dialog(probe, "probe\n");
+        int before = fd_count(s.pid) - 1;
+        close(probe);
+        wait_fds_back(s.pid, before, models[m]);
+        /* The lowest descriptor numbers the server has free: room for 3. */
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/fd", (int)s.pid);
+        bool used[4096] = { false };
+        DIR *d = opendir(path);
+        cr_assert_not_null(d);
+        for (struct dirent *e; (e = readdir(d)) != NULL;) {
+            int fd = atoi(e->d_name);
+            if (e->d_name[0] != '.' && fd < 4096)
+                used[fd] = true;
+        }
+        closedir(d);
+        int room = 0, limit = 0;
+        for (int fd = 0; fd < 4096 && room < 3; fd++)
+            if (!used[fd] && ++room == 3)
+                limit = fd + 1;
+        struct rlimit rl = { (rlim_t)limit, (rlim_t)limit };
+        cr_assert_eq(prlimit(s.pid, RLIMIT_NOFILE, &rl, NULL), 0, "prlimit: %s", strerror(errno));
+        enum { N = 8 };
+        int fd[N];
+        for (int i = 0; i < N; i++) {
+            char msg[32];
+            fd[i] = tcp_connect(s.port);
+            snprintf(msg, sizeof msg, "client %d\n", i);
+            send_all(fd[i], msg, strlen(msg));
+        }
+        for (int i = 0; i < N; i++) {
+            char msg[32], want[32], got[32];
+            size_t n = (size_t)snprintf(msg, sizeof msg, "client %d\n", i);
+            upper_copy(want, msg, n);
+            recv_exact(fd[i], got, n);
+            cr_assert_arr_eq(got, want, n, "model %s, client %d", models[m], i);
+            close(fd[i]);
+        }
+        char *out, *err;
+        int status = stop_server(&s, SIGTERM, &out, &err);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: status %#x: %s",
+                  models[m], status, err);
+        char want[96];
+        snprintf(want, sizeof want, "echo-upper-server: stopped by SIGTERM after %d connections\n",
+                 N + 1);
+        cr_assert_str_eq(out, want, "model %s", models[m]);
+        /* The loops did run out (sync holds one client at a time). */
+        if (strcmp(models[m], "sync") != 0)
+            cr_assert_not_null(strstr(err, "(waiting for a connection to close)"),
+                               "model %s never ran out: %s", models[m], err);
+        free(out);
+        free(err);
+    }
+}
+
 /* ---------------------------------------------------------- stopping */
 
 Test(echo_upper, sigint_ends_it_with_exit_0, .timeout = 60)
