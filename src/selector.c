@@ -47,6 +47,7 @@ struct conc_selector {
     conc_selector_backend backend;
     int epfd;               /* epoll backend; -1 otherwise */
     bool closed;
+    bool trust;             /* conc_selector_set_check_files(false) */
     struct key *keys;
     size_t nkeys, cap;
     uint32_t *index;        /* fd -> position in keys + 1 (0: none) */
@@ -457,6 +458,21 @@ int conc_selector_keys(const conc_selector *s, conc_selector_key *out, size_t ca
     return s->nkeys > INT_MAX ? INT_MAX : (int)s->nkeys;
 }
 
+int conc_selector_set_check_files(conc_selector *s, bool check)
+{
+    if (!s)
+        return -EINVAL;
+    if (s->closed)
+        return -EBADF;
+    s->trust = !check;
+    return 0;
+}
+
+bool conc_selector_check_files(const conc_selector *s)
+{
+    return s && !s->trust;
+}
+
 conc_selector_backend conc_selector_backend_of(const conc_selector *s)
 {
     return s ? s->backend : CONC_SELECTOR_DEFAULT;
@@ -518,7 +534,7 @@ static int select_epoll(conc_selector *s, conc_selector_event *out, size_t cap,
                 stale = true;       /* a file the selector no longer wants */
                 continue;
             }
-            if (!same_file(k)) {
+            if (!s->trust && !same_file(k)) {
                 k->gone = true;
                 stale = true;
                 continue;
@@ -572,7 +588,7 @@ static int select_poll(conc_selector *s, conc_selector_event *out, size_t cap,
             if (!re || s->pfds[i].fd < 0)
                 continue;
             struct key *k = &s->keys[i];
-            if ((re & POLLNVAL) || !same_file(k)) {
+            if ((re & POLLNVAL) || (!s->trust && !same_file(k))) {
                 k->gone = true;
                 continue;
             }

@@ -452,11 +452,16 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
         socklen_t len = sizeof a.u;
         int fd = accept4(s->fd, &a.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            int r = conc__socket_wrap(out, fd);
-            if (r < 0) {
+            /* The connection has the listener's family, type and
+             * protocol: no need to ask the kernel. */
+            conc_socket *c = malloc(sizeof *c);
+            if (!c) {
                 close(fd);
-                return r;
+                return -ENOMEM;
             }
+            *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type,
+                                .proto = s->proto, .timeout = load_default() };
+            *out = c;
             if (peer) {
                 a.len = len < sizeof a.u ? len : sizeof a.u;
                 *peer = a;

@@ -131,6 +131,16 @@ Test(selector, keys_and_their_errors)
         close(sv[1]);
     }
     conc_selector *s = NULL;
+    cr_assert_eq(conc_selector_new(&s, CONC_SELECTOR_POLL), 0);
+    cr_expect(conc_selector_check_files(s));
+    cr_expect_eq(conc_selector_set_check_files(s, false), 0);
+    cr_expect_not(conc_selector_check_files(s));
+    cr_expect_eq(conc_selector_set_check_files(NULL, false), -EINVAL);
+    cr_expect_not(conc_selector_check_files(NULL));
+    conc_selector_close(s);
+    cr_expect_eq(conc_selector_set_check_files(s, true), -EBADF);
+    conc_selector_free(s);
+    s = NULL;
     cr_expect_eq(conc_selector_new(&s, 9), -EINVAL);
     cr_expect_eq(conc_selector_new(NULL, 0), -EINVAL);
     cr_expect_null(s);
@@ -292,6 +302,31 @@ Test(selector, closed_and_reused_descriptors_alike_on_every_backend)
         cr_expect_eq(fd_count(), before);
         conc_selector_free(s);
     }
+}
+
+/* With the check off, the kernel's way shows through: epoll goes on
+ * reporting a file that a copy of its closed descriptor keeps open. */
+Test(selector, check_files_off_is_the_kernel_s_way)
+{
+    conc_selector *s;
+    cr_assert_eq(conc_selector_new(&s, CONC_SELECTOR_EPOLL), 0);
+    cr_assert_eq(conc_selector_set_check_files(s, false), 0);
+    int sv[2];
+    pair(sv);
+    cr_assert_eq(write(sv[1], "x", 1), 1);
+    cr_assert_eq(conc_selector_register(s, sv[0], CONC_EVENT_READ, NULL), 0);
+    int copy = dup(sv[0]);
+    close(sv[0]);
+    conc_selector_event ev[2];
+    cr_expect_eq(conc_selector_select(s, ev, 2, 0), 1);
+    /* Back on: the stale key is found and dropped from the set. */
+    cr_assert_eq(conc_selector_set_check_files(s, true), 0);
+    cr_expect_eq(conc_selector_select(s, ev, 2, 0), -EAGAIN);
+    cr_expect_eq(conc_selector_select(s, ev, 2, 0), -EAGAIN);
+    cr_expect_eq(conc_selector_unregister(s, sv[0], NULL), 0);
+    conc_selector_free(s);
+    close(copy);
+    close(sv[1]);
 }
 
 /* --------------------------------------------------- the select limit */

@@ -307,6 +307,9 @@ Test(socket, tcp_round_trip_and_addresses)
     cr_assert_gt(conc_sockaddr_str(&pa, t2, sizeof t2), 0);
     cr_expect_str_eq(t1, t2);
     cr_expect_eq(strncmp(t1, "127.0.0.1:", 10), 0, "%s", t1);
+    cr_expect_eq(conc_socket_family(s), AF_INET);   /* the listener's */
+    cr_expect_eq(conc_socket_type(s), SOCK_STREAM);
+    cr_expect_eq(conc_socket_proto(s), IPPROTO_TCP);
     cr_expect_eq(conc_socket_timeout(c), GUARD);   /* create_connection's */
     cr_expect_eq(conc_socket_timeout(s), CONC_FOREVER);
     cr_assert_eq(conc_socket_sendall(c, "hello", 5, 0, NULL), 0);
@@ -496,6 +499,19 @@ Test(socket, connect_errors_and_connect_ex)
     int ex = -conc_socket_connect(c, &a);        /* connect_ex */
     cr_expect_eq(ex, ECONNREFUSED);
     conc_socket_free(c);
+    /* Non-blocking connect: -EAGAIN while in progress, then -EISCONN. */
+    l = server(&port);
+    cr_assert_eq(conc_socket_new(&c, AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), 0);
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", port), 0);
+    int r = conc_socket_connect(c, &a);
+    cr_assert(r == 0 || r == -EAGAIN, "%d", r);
+    struct pollfd pw = { .fd = conc_socket_fd(c), .events = POLLOUT };
+    cr_assert_eq(conc_selector_poll_fds(&pw, 1, GUARD), 1);
+    r = conc_socket_connect(c, &a);
+    cr_expect(r == 0 || r == -EISCONN, "%d", r);
+    cr_expect_eq(conc_socket_connect(c, &a), -EISCONN);
+    conc_socket_free(c);
+    conc_socket_free(l);
     /* A Unix path that is not there. */
     cr_assert_eq(conc_socket_new(&c, AF_UNIX, SOCK_STREAM, 0), 0);
     cr_assert_eq(conc_sockaddr_unix(&a, "/nonexistent/conc.sock", 0), 0);
@@ -506,21 +522,40 @@ Test(socket, connect_errors_and_connect_ex)
 
 Test(socket, create_connection_tries_every_address)
 {
-    /* "localhost" gives ::1 and 127.0.0.1 on most systems; only the IPv4
-     * one listens.  Whatever order the resolver gives, the call ends
-     * connected to it. */
+    /* No host: the loopback addresses, usually ::1 then 127.0.0.1.  The
+     * server listens on the second family only, so the first attempt is
+     * refused and the call goes on to the next address. */
     conc_addrinfo *ai = NULL;
-    int n = conc_socket_getaddrinfo("localhost", "80", 0, SOCK_STREAM, 0, 0, &ai);
+    int n = conc_socket_getaddrinfo(NULL, "80", 0, SOCK_STREAM, 0, 0, &ai);
     cr_assert_gt(n, 0, "%s", conc_strerror(n));
-    bool v6 = false, v4 = false;
-    for (int i = 0; i < n; i++) {
-        v6 |= ai[i].family == AF_INET6;
-        v4 |= ai[i].family == AF_INET;
-    }
+    int first = ai[0].family, second = 0;
+    for (int i = 1; i < n && !second; i++)
+        if (ai[i].family != first)
+            second = ai[i].family;
     free(ai);
-    cr_assert(v4);
     int port;
-    conc_socket *l = server(&port), *c, *s;
+    conc_socket *l, *c, *s;
+    if (second) {
+        conc_socket_server_opts so = CONC_SOCKET_SERVER_OPTS_INIT;
+        so.family = second;
+        cr_assert_eq(conc_socket_create_server(&l, second == AF_INET ? "127.0.0.1" : "::1", 0,
+                                               &so), 0);
+        conc_sockaddr la;
+        cr_assert_eq(conc_socket_getsockname(l, &la), 0);
+        port = conc_sockaddr_port(&la);
+        cr_assert_eq(conc_socket_create_connection(&c, NULL, port, GUARD, NULL), 0);
+        cr_expect_eq(conc_socket_family(c), second);
+        cr_assert_eq(conc_socket_accept(l, &s, NULL), 0);
+        conc_socket_free(c);
+        conc_socket_free(s);
+        conc_socket_free(l);
+        /* Nobody listens: the first address's error. */
+        cr_expect_eq(conc_socket_create_connection(&c, NULL, port, GUARD, NULL), -ECONNREFUSED);
+    } else {
+        cr_log_warn("one loopback family only: the fallback is not exercised");
+    }
+
+    l = server(&port);
     cr_assert_eq(conc_socket_create_connection(&c, "localhost", port, GUARD, NULL), 0);
     cr_assert_eq(conc_socket_accept(l, &s, NULL), 0);
     cr_expect_eq(conc_socket_family(c), AF_INET);
@@ -539,7 +574,6 @@ Test(socket, create_connection_tries_every_address)
     o.family = AF_UNIX;
     cr_expect_eq(conc_socket_create_connection(&c, "127.0.0.1", port, GUARD, &o), -EINVAL);
     conc_socket_free(l);
-    (void)v6;
 }
 
 Test(socket, create_server_options)

@@ -35,7 +35,9 @@
  * (Python's KeyError), also for the new file; conc_selector_modify of it
  * watches the new file from then on.  (Python's selectors differ by
  * backend here: epoll forgets the file silently, poll and select report
- * the number as ready or fail with EBADF.)
+ * the number as ready or fail with EBADF.)  The check costs one fstat per
+ * reported descriptor; a loop that always unregisters before it closes
+ * can turn it off with conc_selector_set_check_files.
  *
  * Timeouts follow conc/time.h: CONC_FOREVER blocks, 0 only looks (-EAGAIN
  * when nothing is ready), t > 0 gives -ETIMEDOUT after t seconds (Python
@@ -204,7 +206,11 @@ CONC_API int conc_selector_get_key(const conc_selector *sel, int fd, conc_select
  * none became ready in time (Python's empty list); -EINVAL for NULL sel
  * or out, cap 0, a bad timeout, or an empty selector with no time limit;
  * -EBADF when the selector is closed; -ECANCELED; -ENOMEM.  With no
- * descriptor registered it sleeps until the timeout.
+ * descriptor registered it sleeps until the timeout.  The events are
+ * copies taken when the call returned: a loop that unregisters or closes
+ * a descriptor while it handles one event of the array may still find
+ * that descriptor in a later event of the same array (as in Python), so
+ * it checks its own state before using one.
  */
 CONC_API int conc_selector_select(conc_selector *sel, conc_selector_event *out, size_t cap,
                                   double timeout);
@@ -222,6 +228,22 @@ CONC_API size_t conc_selector_count(const conc_selector *sel);
  * sel, or NULL out with cap > 0; -EBADF when closed.
  */
 CONC_API int conc_selector_keys(const conc_selector *sel, conc_selector_key *out, size_t cap);
+
+/*
+ * conc_selector_set_check_files - whether select checks each descriptor it
+ * is about to report against the file it was registered for (on, the
+ * default: see "Closing a registered descriptor").  Turning it off saves
+ * one fstat per reported descriptor; the caller then promises to
+ * unregister every descriptor before closing it, and a descriptor closed
+ * while registered behaves as the kernel makes it (epoll may go on
+ * reporting a file kept open by a copy, poll and select watch whatever
+ * the number names now).  Returns 0; -EINVAL for NULL; -EBADF when
+ * closed.
+ */
+CONC_API int conc_selector_set_check_files(conc_selector *sel, bool check);
+
+/* conc_selector_check_files - the setting above; false for NULL. */
+CONC_API bool conc_selector_check_files(const conc_selector *sel);
 
 /* conc_selector_backend_of - the backend of sel (CONC_SELECTOR_DEFAULT is
  * reported as CONC_SELECTOR_EPOLL); 0 for NULL. */

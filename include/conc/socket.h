@@ -315,9 +315,11 @@ CONC_API int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_so
  * 0; -ECONNREFUSED; -ENETUNREACH, -EHOSTUNREACH; -EADDRNOTAVAIL; -EISCONN
  * when connected already; -ENOENT, -EACCES for a Unix path; -EAGAIN,
  * -ETIMEDOUT, -ECANCELED: the attempt is then abandoned and the socket
- * cannot be used to connect again (close it), as in Python; -EALREADY when
- * an attempt of a non-blocking socket is still in progress (call again or
- * wait for POLLOUT: -EISCONN or 0 then tells it succeeded).
+ * cannot be used to connect again (close it), as in Python.  In
+ * non-blocking mode the attempt goes on after -EAGAIN: call again (it
+ * waits for the attempt once more, -EAGAIN while it is in progress, its
+ * error when it failed) or wait for POLLOUT; once connected, a further
+ * call gives -EISCONN.
  */
 CONC_API int conc_socket_connect(conc_socket *s, const conc_sockaddr *addr);
 CONC_API int conc_socket_connect_until(conc_socket *s, const conc_sockaddr *addr,
@@ -524,7 +526,10 @@ typedef struct conc_socket_connect_opts {
  * exceptions[0]: -ECONNREFUSED...); -ETIMEDOUT / -EAGAIN when time ran
  * out; -ECANCELED; a CONC_EAI_* code when the name could not be resolved;
  * -EINVAL for NULL out, a port outside 0..65535 or bad options.  Sockets
- * of failed attempts are closed.
+ * of failed attempts are closed.  A numeric host needs no lookup; a name
+ * is looked up on an offload worker (conc/offload.h) when the call has a
+ * time limit or comes from a hub thread, so that the limit holds and the
+ * thread is not blocked.
  */
 CONC_API int conc_socket_create_connection(conc_socket **out, const char *host, int port,
                                            double timeout,
