@@ -356,16 +356,19 @@ static int run_selector(struct server *srv, conc_selector_backend backend)
     int rc = conc_selector_new(&l.sel, backend);
     if (rc < 0)
         return rc;
+    /* Every client is unregistered before its socket closes (loop_close),
+     * so the selector need not check the files it reports (an fstat each). */
+    conc_selector_set_check_files(l.sel, false);
     if ((rc = conc_selector_register(l.sel, srv->lfd, CONC_EVENT_READ, &listener_tag)) < 0 ||
         (rc = conc_selector_register(l.sel, srv->sigfd, CONC_EVENT_READ, &signal_tag)) < 0) {
         conc_selector_free(l.sel);
         return rc;
     }
-    conc_selector_event ev[256];
+    conc_selector_event ev[1024];      /* as many as epoll-c takes per wait */
     while (rc >= 0 && !srv->stop_sig) {
         /* Not accepting (out of descriptors or memory): a close brings the
          * listener back (loop_close), and so does a tenth of a second. */
-        int n = conc_selector_select(l.sel, ev, 256, srv->listener_paused ? 0.1 : CONC_FOREVER);
+        int n = conc_selector_select(l.sel, ev, 1024, srv->listener_paused ? 0.1 : CONC_FOREVER);
         if (n == -ETIMEDOUT && srv->listener_paused) {
             if (conc_selector_register(l.sel, srv->lfd, CONC_EVENT_READ, &listener_tag) == 0)
                 srv->listener_paused = false;
