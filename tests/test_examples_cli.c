@@ -16,8 +16,9 @@
 #include "support/run_example.h"
 
 static const char *const examples[] = {
-    "condition-notify", "coro-sleepers", "coro-tour", "pipe-ping", "process-basics",
-    "producer-consumer", "shared-counter", "thread-basics", "ticket-grab", "traffic-light",
+    "condition-notify", "coro-sleepers", "coro-tour", "echo-upper-client", "echo-upper-server",
+    "pipe-ping", "process-basics", "producer-consumer", "shared-counter", "thread-basics",
+    "ticket-grab", "traffic-light", "udp-upper-server",
 };
 #define NEXAMPLES (sizeof examples / sizeof examples[0])
 
