@@ -22,6 +22,7 @@
 #include "conc/pipe.h"
 #include "conc/wait.h"
 #include "conc/offload.h"
+#include "conc/pool.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

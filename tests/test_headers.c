@@ -192,6 +192,9 @@ static const struct {
       { "conc_cpool_new", "conc_cpool_spawn", "conc_fd_wait", "conc_wait", "conc_offload" } },
     { "conc/cpool.h", { "conc_cpool_new", "conc_cpool_spawn", "conc_cpool_join", "conc_cpool_full" },
       { "conc_fd_wait", "conc_wait", "conc_offload" } },
+    { "conc/pool.h",
+      { "conc_pool_new", "conc_threadpool_new", "conc_pool_result_get", "conc_pool_iter_next" },
+      { "conc_wait", "conc_queue_new", "conc_mpqueue_new", "conc_conn_pipe", "conc_greenlet_spawn" } },
 };
 
 Test(headers, one_concept_each, .timeout = 120)
