@@ -801,42 +801,60 @@ static bool await_gone(pid_t pid, double guard)
     }
 }
 
-/* The parent's death takes the workers with it. */
+/* The owner of a pool (a spawned process, so that it starts threads in a
+ * fresh image): writes its workers' pids to the descriptor in arg, then
+ * waits to be killed. */
+static int pool_owner(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd)
+        return 1;
+    memcpy(&fd, arg, sizeof fd);
+    conc_pool *p;
+    if (conc_pool_new(&p, &(conc_pool_opts){ .size = sizeof(conc_pool_opts), .processes = 2,
+                                              .method = CONC_START_FORKSERVER }))
+        return 2;
+    conc_pool_result *r;
+    if (conc_pool_apply_async(p, block_forever, NULL, 0, NULL, &r))
+        return 3;
+    conc_process *kids[8];
+    int n = conc_process_active_children(kids, 8);
+    for (int i = 0; i < n && i < 8; i++) {
+        pid_t k = conc_process_pid(kids[i]);
+        if (write(fd, &k, sizeof k) != sizeof k)
+            return 4;
+    }
+    close(fd);
+    for (;;)
+        pause();
+}
+
+/* The parent's death (here by SIGINT) takes the workers with it. */
 Test(pool, workers_end_with_their_parent, .timeout = 120)
 {
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        conc_pool *p;
-        if (conc_pool_new(&p, &(conc_pool_opts){ .size = sizeof(conc_pool_opts), .processes = 2,
-                                                  .method = CONC_START_FORKSERVER }))
-            _exit(1);
-        conc_pool_result *r;
-        conc_pool_apply_async(p, block_forever, NULL, 0, NULL, &r);
-        conc_process *kids[8];
-        int n = conc_process_active_children(kids, 8);
-        for (int i = 0; i < n && i < 8; i++) {
-            pid_t k = conc_process_pid(kids[i]);
-            if (write(fds[1], &k, sizeof k) != sizeof k)
-                _exit(2);
-        }
-        close(fds[1]);
-        pause();
-        _exit(0);
-    }
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_SPAWN;
+    po.pass_fds = &fds[1];
+    po.npass_fds = 1;
+    conc_process *owner;
+    cr_assert_eq(conc_process_new(&owner, pool_owner, &fds[1], sizeof fds[1], &po), 0);
+    cr_assert_eq(conc_process_start(owner), 0);
     close(fds[1]);
     pid_t kids[8];
     int n = 0;
     while (n < 8 && read(fds[0], &kids[n], sizeof kids[n]) == sizeof kids[n])
         n++;
     close(fds[0]);
+    /* Two workers; with forkserver its server process is a child too. */
     cr_assert_geq(n, 2);
-    kill(pid, SIGINT);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status));
+    kill(conc_process_pid(owner), SIGINT);
+    cr_assert_eq(conc_process_join(owner, GUARD), 0);
+    int code = 0;
+    cr_assert_eq(conc_process_exitcode(owner, &code), 0);
+    cr_assert_eq(code, -SIGINT);
+    conc_process_free(owner);
     /* Each worker goes (they are not our children: they end, and init
      * reaps them). */
     for (int i = 0; i < n; i++)
