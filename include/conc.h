@@ -22,6 +22,7 @@
 #include "conc/pipe.h"
 #include "conc/wait.h"
 #include "conc/future.h"
+#include "conc/executor.h"
 #include "conc/offload.h"
 
 #define CONC_VERSION_MAJOR 0

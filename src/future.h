@@ -68,9 +68,10 @@ struct conc_future {
     /* The producer's own fields: conc_future never reads or writes them
      * (an executor queues its calls through them). */
     conc_future *p_next;
-    void *p_fn;
+    void (*p_fn)(void);
     void *p_arg;
-    void *p_owner;
+    size_t p_len;
+    int p_kind;
 };
 
 #endif
