@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include "conc/future.h"
 #include "conc/pool.h"
 #include "pool_internal.h"
 #include "sys/wait.h"
@@ -114,6 +115,9 @@ struct conc_pool_result {
     bool process;
     int status;                 /* the first failed item's, or 0 */
     size_t status_index;
+    pthread_mutex_t fmu;        /* guards fut and finished */
+    conc_future *fut;           /* made on the first conc_pool_result_future */
+    bool finished;
 };
 
 static __thread conc_pool_result *cb_result;
@@ -128,7 +132,26 @@ static void result_unref(conc_pool_result *r)
     }
     free(r->chunks);
     free(r->items);
+    conc_future_free(r->fut);
+    pthread_mutex_destroy(&r->fmu);
     free(r);
+}
+
+/* Finishes f as r ended: its value (apply: the item's bytes or pointer; map:
+ * none), or the first failed status with the worker's exit code. */
+static void future_settle(conc_pool_result *r, conc_future *f)
+{
+    if (r->status) {
+        int code = 0;
+        if (r->status == -ECHILD)
+            code = r->items[r->status_index].exitcode;
+        conc_future_set_exception(f, r->status, code);
+    } else if (r->n == 1 && r->process) {
+        if (conc_future_set_result_bytes(f, r->items[0].data, r->items[0].len) == -ENOMEM)
+            conc_future_set_exception(f, -ENOMEM, 0);
+    } else {
+        conc_future_set_result(f, r->n == 1 ? r->items[0].data : NULL);
+    }
 }
 
 static void result_finish(conc_pool_result *r)
@@ -152,6 +175,13 @@ static void result_finish(conc_pool_result *r)
         cb_result = saved;
     }
     st_release(&r->ready, 1);
+    /* The future is done only once r is ready (our reference keeps r). */
+    pthread_mutex_lock(&r->fmu);
+    r->finished = true;
+    conc_future *f = r->fut;
+    pthread_mutex_unlock(&r->fmu);
+    if (f)
+        future_settle(r, f);
     conc__wake(&r->ready, INT_MAX, 0);
     result_unref(r);
 }
@@ -189,6 +219,7 @@ static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
         return -ENOMEM;
     }
     r->refs = 2;
+    pthread_mutex_init(&r->fmu, NULL);
     r->remaining = r->nchunks;
     r->process = e->process;
     r->cb = o->callback;
@@ -366,6 +397,29 @@ int conc_pool_result_exitcode(const conc_pool_result *r, int *code)
         }
     }
     return -ENOENT;
+}
+
+conc_future *conc_pool_result_future(conc_pool_result *r)
+{
+    if (!r)
+        return NULL;
+    pthread_mutex_lock(&r->fmu);
+    if (!r->fut) {
+        conc_future *f;
+        if (conc_future_new(&f, NULL)) {
+            pthread_mutex_unlock(&r->fmu);
+            return NULL;
+        }
+        /* The task was handed to the pool already: it cannot be taken back
+         * through the future. */
+        conc_future_set_running(f);
+        if (r->finished)
+            future_settle(r, f);
+        r->fut = f;
+    }
+    conc_future *f = conc_future_ref(r->fut);
+    pthread_mutex_unlock(&r->fmu);
+    return f;
 }
 
 void conc_pool_result_free(conc_pool_result *r)

@@ -476,6 +476,65 @@ Test(pool, progress_ends_with_done_equal_total, .timeout = 120)
     endpool(p);
 }
 
+/* ============================================================ futures */
+
+Test(pool, results_as_futures, .timeout = 120)
+{
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    /* Asked for before the task ends, and after. */
+    int64_t v = 11;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_apply_async(p, square, &v, sizeof v, NULL, &r), 0);
+    conc_future *f = conc_pool_result_future(r);
+    cr_assert_not_null(f);
+    conc_waitable w = { .kind = CONC_WAIT_FUTURE, .u.future = f };
+    cr_assert_eq(conc_wait(&w, 1, GUARD), 1);
+    cr_assert(w.ready);
+    cr_assert(conc_pool_result_ready(r));
+    void *d;
+    size_t l;
+    cr_assert_eq(conc_future_result(f, &d, &l, 0), 0);
+    cr_assert_eq(arg_i64(d, l), 121);
+    cr_assert_eq(conc_future_cancel(f), -EALREADY);
+    conc_future *again = conc_pool_result_future(r);
+    cr_assert_eq(again, f);
+    conc_future_free(again);
+    conc_pool_result_free(r);
+    /* The future outlives the result. */
+    cr_assert_eq(conc_future_result(f, &d, &l, 0), 0);
+    cr_assert_eq(arg_i64(d, l), 121);
+    conc_future_free(f);
+    /* A failure: the code, and the worker's exit code as detail. */
+    int64_t how = 1;
+    cr_assert_eq(conc_pool_apply_async(p, die, &how, sizeof how, NULL, &r), 0);
+    cr_assert_eq(conc_pool_result_wait(r, GUARD), 0);
+    f = conc_pool_result_future(r);
+    int err, detail;
+    cr_assert_eq(conc_future_exception(f, &err, &detail, 0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    conc_future_free(f);
+    conc_pool_result_free(r);
+    /* map: done when every item is; the values stay in the result. */
+    int64_t vals[20];
+    conc_pool_item items[20];
+    for (int i = 0; i < 20; i++) {
+        vals[i] = i;
+        items[i] = (conc_pool_item){ &vals[i], sizeof vals[i] };
+    }
+    conc_pool_result *m;
+    cr_assert_eq(conc_pool_map_async(p, square, items, 20, NULL, &m), 0);
+    conc_future *mf = conc_pool_result_future(m);
+    conc_future *fs[1] = { mf };
+    cr_assert_eq(conc_future_wait_many(fs, 1, CONC_ALL_COMPLETED, NULL, GUARD), 1);
+    cr_assert_eq(conc_future_result(mf, &d, NULL, 0), 0);
+    cr_assert_null(d);
+    cr_assert_eq(result_i64(m, 19), 361);
+    conc_future_free(mf);
+    conc_pool_result_free(m);
+    endpool(p);
+}
+
 /* ============================================================ workers */
 
 Test(pool, initializer_runs_in_every_worker, .timeout = 120)

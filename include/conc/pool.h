@@ -371,6 +371,22 @@ CONC_API int conc_pool_result_item(const conc_pool_result *r, size_t i, void **o
  */
 CONC_API int conc_pool_result_exitcode(const conc_pool_result *r, int *code);
 
+/*
+ * conc_pool_result_future - the result as a concurrent.futures Future
+ * (conc/future.h), for conc_wait (CONC_WAIT_FUTURE), conc_future_wait_many,
+ * conc_as_completed and done callbacks beside executors' futures.  The
+ * future is RUNNING until r is done (after its callback ran), then
+ * FINISHED with: an apply's result (a process pool: a copy of its bytes; a
+ * thread pool: its pointer), nothing (NULL) for a map (read the items from
+ * r), or the exception (the first failed status; detail: the worker's exit
+ * code for -ECHILD).  Returns a new reference (conc_future_free it; the
+ * same future each call), or NULL for NULL r or when out of memory.  The
+ * future outlives r as long as you hold it; cancelling it does not stop the
+ * task (-EBUSY: it runs).
+ */
+struct conc_future;
+CONC_API struct conc_future *conc_pool_result_future(conc_pool_result *r);
+
 /* conc_pool_result_free - drop the result (a running task goes on; its
  * callbacks still run).  NULL is fine. */
 CONC_API void conc_pool_result_free(conc_pool_result *r);
