@@ -433,6 +433,49 @@ Test(pool, callbacks_and_error_callback, .timeout = 120)
     endpool(p);
 }
 
+/* Waiting on the same pool from its callback would wait for itself. */
+static conc_pool *cb_pool;
+static atomic_int cb_apply_rc, cb_join_rc, cb_wait_rc;
+static conc_pool_result *cb_other;
+
+static void on_ok_reenter(conc_pool_result *r, void *ctx)
+{
+    (void)r;
+    (void)ctx;
+    void *res;
+    size_t len;
+    int64_t v = 2;
+    atomic_store(&cb_apply_rc, conc_pool_apply(cb_pool, square, &v, sizeof v, &res, &len));
+    atomic_store(&cb_join_rc, conc_pool_join(cb_pool, GUARD));
+    atomic_store(&cb_wait_rc, conc_pool_result_wait(cb_other, GUARD));
+}
+
+Test(pool, callback_waiting_on_its_pool_gets_edeadlk, .timeout = 120)
+{
+    cb_pool = mkpool(1, CONC_START_FORK, NULL);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, block_forever, NULL, 0, NULL, &cb_other), 0);
+    /* The only worker is busy for good: this one waits in the queue. */
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.callback = on_ok_reenter;
+    int64_t v = 4;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_close(cb_pool), 0);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, square, &v, sizeof v, &o, &r), -EPIPE);
+    conc_pool_free(cb_pool);
+    conc_pool_result_free(cb_other);
+    cb_pool = mkpool(2, CONC_START_FORK, NULL);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, block_forever, NULL, 0, NULL, &cb_other), 0);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, square, &v, sizeof v, &o, &r), 0);
+    cr_assert_eq(conc_pool_result_wait(r, GUARD), 0);
+    cr_assert_eq(atomic_load(&cb_apply_rc), -EDEADLK);
+    cr_assert_eq(atomic_load(&cb_join_rc), -EBUSY);   /* not closed: checked first */
+    cr_assert_eq(atomic_load(&cb_wait_rc), -EDEADLK);
+    conc_pool_result_free(r);
+    conc_pool_free(cb_pool);
+    cr_assert_eq(conc_pool_result_get(cb_other, NULL, NULL, 0), -EPIPE);
+    conc_pool_result_free(cb_other);
+}
+
 struct prog {
     atomic_int calls;
     atomic_size_t last_done, last_total;
