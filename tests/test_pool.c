@@ -578,6 +578,55 @@ Test(pool, results_as_futures, .timeout = 120)
     endpool(p);
 }
 
+/* imap's progress: the total is unknown (SIZE_MAX) until the input ends,
+ * and the last report has done == total. */
+struct counted_prog {
+    struct counter c;
+    struct prog g;
+    atomic_int unknown_total;
+};
+
+static int cp_next(void *ctx, const void **arg, size_t *len)
+{
+    return count_next(&((struct counted_prog *)ctx)->c, arg, len);
+}
+
+static void cp_progress(void *ctx, size_t done, size_t total)
+{
+    struct counted_prog *cp = ctx;
+    if (total == SIZE_MAX)
+        atomic_fetch_add(&cp->unknown_total, 1);
+    on_progress(&cp->g, done, total);
+}
+
+Test(pool, imap_progress, .timeout = 120)
+{
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    for (int ordered = 0; ordered < 2; ordered++) {
+        struct counted_prog cp = { .c = { 0, 500, 0 } };
+        conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+        o.ctx = &cp;
+        o.progress = cp_progress;
+        o.chunksize = 3;
+        conc_pool_iter *it;
+        cr_assert_eq((ordered ? conc_pool_imap : conc_pool_imap_unordered)(p, square, cp_next, &o,
+                                                                           &it),
+                     0);
+        int st, n = 0;
+        while (conc_pool_iter_next(it, &st, NULL, NULL, NULL, GUARD) == 1) {
+            cr_assert_eq(st, 0);
+            n++;
+        }
+        cr_assert_eq(n, 500);
+        cr_assert_geq(atomic_load(&cp.g.calls), 1);
+        cr_assert_eq(atomic_load(&cp.g.last_done), 500);
+        cr_assert_eq(atomic_load(&cp.g.last_total), 500);
+        cr_assert_eq(atomic_load(&cp.g.backwards), 0);
+        conc_pool_iter_free(it);
+    }
+    endpool(p);
+}
+
 /* ============================================================ workers */
 
 Test(pool, initializer_runs_in_every_worker, .timeout = 120)
