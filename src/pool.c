@@ -1208,9 +1208,10 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
     worker_watch(w, EPOLL_CTL_ADD);
     __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
-    /* Tasks queued while we had it wait for the pool's thread. */
+    /* Tasks queued while we had it, or a close, wait for the pool's
+     * thread. */
     pthread_mutex_lock(&p->mu);
-    bool queued = p->qhead != NULL;
+    bool queued = p->qhead != NULL || p->closed;
     pthread_mutex_unlock(&p->mu);
     if (!idle || queued)
         wake_thread(p);

@@ -959,6 +959,66 @@ Test(pool, close_finishes_queued_tasks, .timeout = 120)
     cr_assert_eq(conc_process_active_children(NULL, 0), 0);
 }
 
+/* A close while a blocking apply talks to a worker directly: the pool
+ * still ends once that apply is answered. */
+static int gate_fds[2] = { -1, -1 }, running_fds[2] = { -1, -1 };
+
+static int wait_gate(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    char c = 'r';
+    if (write(running_fds[1], &c, 1) != 1 || read(gate_fds[0], &c, 1) != 1)
+        return -EIO;
+    return square(arg, len, result, rlen);
+}
+
+struct gated {
+    conc_pool *p;
+    int status;
+};
+
+static void *gated_apply(void *arg)
+{
+    struct gated *g = arg;
+    int64_t v = 8;
+    void *res;
+    size_t len;
+    g->status = conc_pool_apply(g->p, wait_gate, &v, sizeof v, &res, &len);
+    if (g->status == 0) {
+        if (arg_i64(res, len) != 64)
+            g->status = -EPROTO;
+        free(res);
+    }
+    return NULL;
+}
+
+Test(pool, close_during_a_direct_apply, .timeout = 120)
+{
+    cr_assert_eq(pipe(gate_fds), 0);
+    cr_assert_eq(pipe(running_fds), 0);
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t v = 1;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &v, sizeof v, &res, &len), 0);     /* ready */
+    free(res);
+    struct gated g = { p, 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, gated_apply, &g), 0);
+    char c;
+    cr_assert_eq(read(running_fds[0], &c, 1), 1);
+    cr_assert_eq(conc_pool_close(p), 0);
+    cr_assert_eq(write(gate_fds[1], "g", 1), 1);
+    pthread_join(t, NULL);
+    cr_assert_eq(g.status, 0);
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    conc_pool_free(p);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        close(gate_fds[i]);
+        close(running_fds[i]);
+    }
+}
+
 Test(pool, free_without_close_and_bad_arguments, .timeout = 120)
 {
     conc_pool *p = NULL;
