@@ -207,10 +207,12 @@ static void chunk_done(struct conc__pool_task *t, const struct conc__pool_outcom
     outcomes_store(r->process, r->items + c->first, t->nitems, o, n, &c->copy);
     size_t d = progress_add(&r->pg, t->nitems);
     conc__pool_task_release(t);
+    /* Before the count: once another finisher saw it reach zero, r may be
+     * gone (only the last finisher holds it). */
+    if (d < r->n)
+        progress_step(&r->pg, d, r->n);
     if (__atomic_sub_fetch(&r->remaining, 1, __ATOMIC_ACQ_REL) == 0)
         result_finish(r);
-    else
-        progress_step(&r->pg, d, r->n);
 }
 
 static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
