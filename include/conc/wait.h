@@ -2,7 +2,8 @@
  * conc/wait.h - Python's multiprocessing.connection.wait: wait until one of
  * several objects is ready.  The objects may be any mix of connections
  * (conc/pipe.h), thread queues (conc/queue.h), processes (conc/process.h),
- * process queues (conc/mpqueue.h), sockets (conc/socket.h) and plain file
+ * process queues (conc/mpqueue.h), sockets (conc/socket.h), futures
+ * (conc/future.h) and plain file
  * descriptors.
  *
  * Timeouts follow conc/time.h: CONC_FOREVER blocks, 0 never blocks (-EAGAIN
@@ -37,6 +38,7 @@ struct conc_queue;
 struct conc_process;
 struct conc_mpqueue;
 struct conc_socket;
+struct conc_future;
 
 /* What a conc_waitable refers to. */
 typedef enum conc_wait_kind {
@@ -50,9 +52,11 @@ typedef enum conc_wait_kind {
     CONC_WAIT_MPQUEUE = 5,  /* .mpqueue: a process queue, ready while a get
                                could succeed (a message is queued, or it is
                                shut down) */
-    CONC_WAIT_SOCKET = 6    /* .socket: a socket, ready on .events (0:
+    CONC_WAIT_SOCKET = 6,   /* .socket: a socket, ready on .events (0:
                                POLLIN: a recv or accept would not wait), an
                                error or a hang-up */
+    CONC_WAIT_FUTURE = 7    /* .future: a future, ready once it is done
+                               (finished or cancelled; conc_future_fd) */
 } conc_wait_kind;
 
 /* One entry of conc_wait's list: set kind and the matching member; conc_wait
@@ -65,6 +69,7 @@ typedef struct conc_waitable {
         struct conc_process *process;
         struct conc_mpqueue *mpqueue;
         struct conc_socket *socket;
+        struct conc_future *future;
         int fd;
     } u;
     short events;           /* CONC_WAIT_FD and CONC_WAIT_SOCKET only: poll()
@@ -83,7 +88,8 @@ typedef struct conc_waitable {
  * kind, NULL handles, a negative fd, a process not started, a bad timeout,
  * or n == 0 with no time limit; -EBADF for a closed connection or socket,
  * or a descriptor that is not open; -EPERM for a send-only connection; -ENOMEM;
- * an error of conc_queue_fd.  With n == 0 it sleeps until the timeout.
+ * an error of conc_queue_fd or conc_future_fd (-EMFILE, -ENFILE).  With n == 0
+ * it sleeps until the timeout.
  */
 CONC_API int conc_wait(conc_waitable *objs, size_t n, double timeout);
 CONC_API int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline);
