@@ -1088,3 +1088,82 @@ Test(executor, processes_futures_in_coroutines_and_conc_wait)
     cr_assert_eq(conc_executor_free(ex), 0);
     munmap(sh, sizeof *sh);
 }
+
+/* Squares its argument after some work, reporting its pid first. */
+static int busy_square(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    __atomic_store_n(&sh->pid, getpid(), __ATOMIC_SEQ_CST);
+    volatile long spin = 0;
+    for (int i = 0; i < 20000; i++)
+        spin += i;
+    return proc_square(arg, len, result, result_len);
+}
+
+struct killer {
+    int rounds;
+    int killed;
+    bool stop;
+};
+
+static void *kill_workers(void *arg)
+{
+    struct killer *k = arg;
+    for (int i = 0; i < k->rounds && !__atomic_load_n(&k->stop, __ATOMIC_SEQ_CST); i++) {
+        pid_t pid = __atomic_exchange_n(&sh->pid, 0, __ATOMIC_SEQ_CST);
+        if (pid > 0 && kill(pid, SIGKILL) == 0)
+            k->killed++;
+        /* The next kill waits until a call of a (maybe new) worker began. */
+        int64_t end = conc_now() + GUARD_NS;
+        while (__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) == 0 &&
+               !__atomic_load_n(&k->stop, __ATOMIC_SEQ_CST) && conc_now() < end)
+            usleep(500);
+    }
+    return NULL;
+}
+
+Test(executor, killing_workers_under_load_loses_nothing)
+{
+    enum { N = 1500 };
+    sh = shared_new();
+    conc_executor *ex = mk_procs(3);
+    conc_future **fs = malloc(N * sizeof *fs);
+    for (long i = 0; i < N; i++)
+        fs[i] = submit_long(ex, busy_square, i);
+    struct killer k = { 25, 0, false };
+    pthread_t t = spawn(kill_workers, &k);
+    int ok = 0, died = 0;
+    for (long i = 0; i < N; i++) {
+        void *v;
+        size_t len;
+        int r = conc_future_result(fs[i], &v, &len, 120.0);
+        if (r == 0) {
+            struct sq_out o;
+            cr_assert_eq(len, sizeof o);
+            memcpy(&o, v, sizeof o);
+            cr_assert_eq(o.square, i * i, "call %ld", i);
+            ok++;
+        } else {
+            cr_assert_eq(r, -ECHILD, "call %ld: %s", i, conc_errname(r));
+            int err, detail;
+            cr_assert_eq(conc_future_exception(fs[i], &err, &detail, 0), 0);
+            cr_assert_eq(detail, -SIGKILL);
+            died++;
+        }
+    }
+    __atomic_store_n(&k.stop, true, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    cr_log_info("killed %d workers, %d calls failed", k.killed, died);
+    cr_assert_eq(ok + died, N);
+    cr_assert_leq(died, k.killed, "more calls failed than workers were killed");
+    /* Still working afterwards. */
+    for (long i = 0; i < 5; i++) {
+        conc_future *f = submit_long(ex, proc_square, i);
+        cr_assert_eq(square_of(f), i * i);
+        conc_future_free(f);
+    }
+    for (long i = 0; i < N; i++)
+        conc_future_free(fs[i]);
+    free(fs);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(sh, sizeof *sh);
+}
