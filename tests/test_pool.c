@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -432,6 +433,49 @@ Test(pool, callbacks_and_error_callback, .timeout = 120)
     endpool(p);
 }
 
+/* Waiting on the same pool from its callback would wait for itself. */
+static conc_pool *cb_pool;
+static atomic_int cb_apply_rc, cb_join_rc, cb_wait_rc;
+static conc_pool_result *cb_other;
+
+static void on_ok_reenter(conc_pool_result *r, void *ctx)
+{
+    (void)r;
+    (void)ctx;
+    void *res;
+    size_t len;
+    int64_t v = 2;
+    atomic_store(&cb_apply_rc, conc_pool_apply(cb_pool, square, &v, sizeof v, &res, &len));
+    atomic_store(&cb_join_rc, conc_pool_join(cb_pool, GUARD));
+    atomic_store(&cb_wait_rc, conc_pool_result_wait(cb_other, GUARD));
+}
+
+Test(pool, callback_waiting_on_its_pool_gets_edeadlk, .timeout = 120)
+{
+    cb_pool = mkpool(1, CONC_START_FORK, NULL);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, block_forever, NULL, 0, NULL, &cb_other), 0);
+    /* The only worker is busy for good: this one waits in the queue. */
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.callback = on_ok_reenter;
+    int64_t v = 4;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_close(cb_pool), 0);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, square, &v, sizeof v, &o, &r), -EPIPE);
+    conc_pool_free(cb_pool);
+    conc_pool_result_free(cb_other);
+    cb_pool = mkpool(2, CONC_START_FORK, NULL);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, block_forever, NULL, 0, NULL, &cb_other), 0);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, square, &v, sizeof v, &o, &r), 0);
+    cr_assert_eq(conc_pool_result_wait(r, GUARD), 0);
+    cr_assert_eq(atomic_load(&cb_apply_rc), -EDEADLK);
+    cr_assert_eq(atomic_load(&cb_join_rc), -EBUSY);   /* not closed: checked first */
+    cr_assert_eq(atomic_load(&cb_wait_rc), -EDEADLK);
+    conc_pool_result_free(r);
+    conc_pool_free(cb_pool);
+    cr_assert_eq(conc_pool_result_get(cb_other, NULL, NULL, 0), -EPIPE);
+    conc_pool_result_free(cb_other);
+}
+
 struct prog {
     atomic_int calls;
     atomic_size_t last_done, last_total;
@@ -472,6 +516,114 @@ Test(pool, progress_ends_with_done_equal_total, .timeout = 120)
     conc_pool_result_free(r);
     free(v);
     free(items);
+    endpool(p);
+}
+
+/* ============================================================ futures */
+
+Test(pool, results_as_futures, .timeout = 120)
+{
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    /* Asked for before the task ends, and after. */
+    int64_t v = 11;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_apply_async(p, square, &v, sizeof v, NULL, &r), 0);
+    conc_future *f = conc_pool_result_future(r);
+    cr_assert_not_null(f);
+    conc_waitable w = { .kind = CONC_WAIT_FUTURE, .u.future = f };
+    cr_assert_eq(conc_wait(&w, 1, GUARD), 1);
+    cr_assert(w.ready);
+    cr_assert(conc_pool_result_ready(r));
+    void *d;
+    size_t l;
+    cr_assert_eq(conc_future_result(f, &d, &l, 0), 0);
+    cr_assert_eq(arg_i64(d, l), 121);
+    cr_assert_eq(conc_future_cancel(f), -EALREADY);
+    conc_future *again = conc_pool_result_future(r);
+    cr_assert_eq(again, f);
+    conc_future_free(again);
+    conc_pool_result_free(r);
+    /* The future outlives the result. */
+    cr_assert_eq(conc_future_result(f, &d, &l, 0), 0);
+    cr_assert_eq(arg_i64(d, l), 121);
+    conc_future_free(f);
+    /* A failure: the code, and the worker's exit code as detail. */
+    int64_t how = 1;
+    cr_assert_eq(conc_pool_apply_async(p, die, &how, sizeof how, NULL, &r), 0);
+    cr_assert_eq(conc_pool_result_wait(r, GUARD), 0);
+    f = conc_pool_result_future(r);
+    int err, detail;
+    cr_assert_eq(conc_future_exception(f, &err, &detail, 0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    conc_future_free(f);
+    conc_pool_result_free(r);
+    /* map: done when every item is; the values stay in the result. */
+    int64_t vals[20];
+    conc_pool_item items[20];
+    for (int i = 0; i < 20; i++) {
+        vals[i] = i;
+        items[i] = (conc_pool_item){ &vals[i], sizeof vals[i] };
+    }
+    conc_pool_result *m;
+    cr_assert_eq(conc_pool_map_async(p, square, items, 20, NULL, &m), 0);
+    conc_future *mf = conc_pool_result_future(m);
+    conc_future *fs[1] = { mf };
+    cr_assert_eq(conc_future_wait_many(fs, 1, CONC_ALL_COMPLETED, NULL, GUARD), 1);
+    cr_assert_eq(conc_future_result(mf, &d, NULL, 0), 0);
+    cr_assert_null(d);
+    cr_assert_eq(result_i64(m, 19), 361);
+    conc_future_free(mf);
+    conc_pool_result_free(m);
+    endpool(p);
+}
+
+/* imap's progress: the total is unknown (SIZE_MAX) until the input ends,
+ * and the last report has done == total. */
+struct counted_prog {
+    struct counter c;
+    struct prog g;
+    atomic_int unknown_total;
+};
+
+static int cp_next(void *ctx, const void **arg, size_t *len)
+{
+    return count_next(&((struct counted_prog *)ctx)->c, arg, len);
+}
+
+static void cp_progress(void *ctx, size_t done, size_t total)
+{
+    struct counted_prog *cp = ctx;
+    if (total == SIZE_MAX)
+        atomic_fetch_add(&cp->unknown_total, 1);
+    on_progress(&cp->g, done, total);
+}
+
+Test(pool, imap_progress, .timeout = 120)
+{
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    for (int ordered = 0; ordered < 2; ordered++) {
+        struct counted_prog cp = { .c = { 0, 500, 0 } };
+        conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+        o.ctx = &cp;
+        o.progress = cp_progress;
+        o.chunksize = 3;
+        conc_pool_iter *it;
+        cr_assert_eq((ordered ? conc_pool_imap : conc_pool_imap_unordered)(p, square, cp_next, &o,
+                                                                           &it),
+                     0);
+        int st, n = 0;
+        while (conc_pool_iter_next(it, &st, NULL, NULL, NULL, GUARD) == 1) {
+            cr_assert_eq(st, 0);
+            n++;
+        }
+        cr_assert_eq(n, 500);
+        cr_assert_geq(atomic_load(&cp.g.calls), 1);
+        cr_assert_eq(atomic_load(&cp.g.last_done), 500);
+        cr_assert_eq(atomic_load(&cp.g.last_total), 500);
+        cr_assert_eq(atomic_load(&cp.g.backwards), 0);
+        conc_pool_iter_free(it);
+    }
     endpool(p);
 }
 
@@ -675,6 +827,71 @@ Test(pool, random_kills_every_task_reported_once, .timeout = 600)
     cr_assert_eq(count_fds(), base, "descriptors leaked");
 }
 
+/* Blocking applies from several threads (the direct path, the calling
+ * thread talking to an idle worker) while workers are killed: each returns
+ * the right value or -ECHILD, never hangs. */
+struct applier {
+    conc_pool *p;
+    int n, ok, died, wrong;
+};
+
+static void *applier_main(void *arg)
+{
+    struct applier *a = arg;
+    for (int64_t i = 0; i < a->n; i++) {
+        void *res;
+        size_t len;
+        int st = conc_pool_apply(a->p, square, &i, sizeof i, &res, &len);
+        if (st == 0) {
+            if (len != sizeof(int64_t) || arg_i64(res, len) != i * i)
+                a->wrong++;
+            free(res);
+            a->ok++;
+        } else if (st == -ECHILD) {
+            a->died++;
+        } else {
+            a->wrong++;
+        }
+    }
+    return NULL;
+}
+
+Test(pool, blocking_apply_from_threads_with_kills, .timeout = 600)
+{
+    int base = count_fds();
+    conc_pool *p = mkpool(3, CONC_START_FORK, NULL);
+    enum { T = 4 };
+    struct applier a[T];
+    pthread_t th[T];
+    atomic_store(&killer_stop, false);
+    atomic_store(&kills, 0);
+    pthread_t kt;
+    cr_assert_eq(pthread_create(&kt, NULL, killer, NULL), 0);
+    for (int i = 0; i < T; i++) {
+        a[i] = (struct applier){ p, SANITIZED ? 1000 : 10000, 0, 0, 0 };
+        cr_assert_eq(pthread_create(&th[i], NULL, applier_main, &a[i]), 0);
+    }
+    int died = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(a[i].wrong, 0);
+        cr_assert_eq(a[i].ok + a[i].died, a[i].n);
+        died += a[i].died;
+    }
+    atomic_store(&killer_stop, true);
+    pthread_join(kt, NULL);
+    cr_assert_gt(atomic_load(&kills), 0);
+    cr_assert_leq(died, atomic_load(&kills));
+    int64_t v = 3;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &v, sizeof v, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 9);
+    free(res);
+    endpool(p);
+    cr_assert_eq(count_fds(), base, "descriptors leaked");
+}
+
 /* ============================================================ stopping */
 
 struct getter {
@@ -742,6 +959,66 @@ Test(pool, close_finishes_queued_tasks, .timeout = 120)
     cr_assert_eq(conc_process_active_children(NULL, 0), 0);
 }
 
+/* A close while a blocking apply talks to a worker directly: the pool
+ * still ends once that apply is answered. */
+static int gate_fds[2] = { -1, -1 }, running_fds[2] = { -1, -1 };
+
+static int wait_gate(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    char c = 'r';
+    if (write(running_fds[1], &c, 1) != 1 || read(gate_fds[0], &c, 1) != 1)
+        return -EIO;
+    return square(arg, len, result, rlen);
+}
+
+struct gated {
+    conc_pool *p;
+    int status;
+};
+
+static void *gated_apply(void *arg)
+{
+    struct gated *g = arg;
+    int64_t v = 8;
+    void *res;
+    size_t len;
+    g->status = conc_pool_apply(g->p, wait_gate, &v, sizeof v, &res, &len);
+    if (g->status == 0) {
+        if (arg_i64(res, len) != 64)
+            g->status = -EPROTO;
+        free(res);
+    }
+    return NULL;
+}
+
+Test(pool, close_during_a_direct_apply, .timeout = 120)
+{
+    cr_assert_eq(pipe(gate_fds), 0);
+    cr_assert_eq(pipe(running_fds), 0);
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t v = 1;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &v, sizeof v, &res, &len), 0);     /* ready */
+    free(res);
+    struct gated g = { p, 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, gated_apply, &g), 0);
+    char c;
+    cr_assert_eq(read(running_fds[0], &c, 1), 1);
+    cr_assert_eq(conc_pool_close(p), 0);
+    cr_assert_eq(write(gate_fds[1], "g", 1), 1);
+    pthread_join(t, NULL);
+    cr_assert_eq(g.status, 0);
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    conc_pool_free(p);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        close(gate_fds[i]);
+        close(running_fds[i]);
+    }
+}
+
 Test(pool, free_without_close_and_bad_arguments, .timeout = 120)
 {
     conc_pool *p = NULL;
@@ -801,42 +1078,60 @@ static bool await_gone(pid_t pid, double guard)
     }
 }
 
-/* The parent's death takes the workers with it. */
+/* The owner of a pool (a spawned process, so that it starts threads in a
+ * fresh image): writes its workers' pids to the descriptor in arg, then
+ * waits to be killed. */
+static int pool_owner(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd)
+        return 1;
+    memcpy(&fd, arg, sizeof fd);
+    conc_pool *p;
+    if (conc_pool_new(&p, &(conc_pool_opts){ .size = sizeof(conc_pool_opts), .processes = 2,
+                                              .method = CONC_START_FORKSERVER }))
+        return 2;
+    conc_pool_result *r;
+    if (conc_pool_apply_async(p, block_forever, NULL, 0, NULL, &r))
+        return 3;
+    conc_process *kids[8];
+    int n = conc_process_active_children(kids, 8);
+    for (int i = 0; i < n && i < 8; i++) {
+        pid_t k = conc_process_pid(kids[i]);
+        if (write(fd, &k, sizeof k) != sizeof k)
+            return 4;
+    }
+    close(fd);
+    for (;;)
+        pause();
+}
+
+/* The parent's death (here by SIGINT) takes the workers with it. */
 Test(pool, workers_end_with_their_parent, .timeout = 120)
 {
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        conc_pool *p;
-        if (conc_pool_new(&p, &(conc_pool_opts){ .size = sizeof(conc_pool_opts), .processes = 2,
-                                                  .method = CONC_START_FORKSERVER }))
-            _exit(1);
-        conc_pool_result *r;
-        conc_pool_apply_async(p, block_forever, NULL, 0, NULL, &r);
-        conc_process *kids[8];
-        int n = conc_process_active_children(kids, 8);
-        for (int i = 0; i < n && i < 8; i++) {
-            pid_t k = conc_process_pid(kids[i]);
-            if (write(fds[1], &k, sizeof k) != sizeof k)
-                _exit(2);
-        }
-        close(fds[1]);
-        pause();
-        _exit(0);
-    }
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_SPAWN;
+    po.pass_fds = &fds[1];
+    po.npass_fds = 1;
+    conc_process *owner;
+    cr_assert_eq(conc_process_new(&owner, pool_owner, &fds[1], sizeof fds[1], &po), 0);
+    cr_assert_eq(conc_process_start(owner), 0);
     close(fds[1]);
     pid_t kids[8];
     int n = 0;
     while (n < 8 && read(fds[0], &kids[n], sizeof kids[n]) == sizeof kids[n])
         n++;
     close(fds[0]);
+    /* Two workers; with forkserver its server process is a child too. */
     cr_assert_geq(n, 2);
-    kill(pid, SIGINT);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status));
+    kill(conc_process_pid(owner), SIGINT);
+    cr_assert_eq(conc_process_join(owner, GUARD), 0);
+    int code = 0;
+    cr_assert_eq(conc_process_exitcode(owner, &code), 0);
+    cr_assert_eq(code, -SIGINT);
+    conc_process_free(owner);
     /* Each worker goes (they are not our children: they end, and init
      * reaps them). */
     for (int i = 0; i < n; i++)
@@ -889,6 +1184,76 @@ Test(pool_coro, apply_parks_only_the_greenlet, .timeout = 120)
     cr_assert_eq(atomic_load(&coro_ticks), 5);
     conc_greenlet_free(t);
     endpool(cpool_shared);
+}
+
+/* A greenlet killed while it waits in apply on the direct path: apply
+ * gives -ECANCELED, the task goes on in its worker, and the pool still
+ * works and stops cleanly. */
+static int signal_fd = -1;
+
+static int signal_then_block(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    (void)arg;
+    (void)len;
+    (void)result;
+    (void)rlen;
+    char c = 'r';
+    if (write(signal_fd, &c, 1) != 1)
+        return -EIO;
+    for (;;)
+        pause();
+}
+
+static void *coro_apply_block(void *arg)
+{
+    (void)arg;
+    void *res;
+    size_t len;
+    int st = conc_pool_apply(cpool_shared, signal_then_block, NULL, 0, &res, &len);
+    return (void *)(intptr_t)st;
+}
+
+Test(pool_coro, killed_greenlet_in_apply, .timeout = 120)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    signal_fd = fds[1];
+    cpool_shared = mkpool(2, CONC_START_FORK, NULL);
+    /* Both workers ready (so the greenlet's apply takes the direct path). */
+    for (int i = 0; i < 4; i++) {
+        int64_t v = i;
+        void *res;
+        size_t len;
+        cr_assert_eq(conc_pool_apply(cpool_shared, square, &v, sizeof v, &res, &len), 0);
+        free(res);
+    }
+    conc_greenlet *g;
+    cr_assert_eq(conc_greenlet_spawn(&g, coro_apply_block, NULL, NULL), 0);
+    /* The greenlet runs once the main coroutine waits; a worker then
+     * holds its task and says so. */
+    struct pollfd pf = { fds[0], POLLIN, 0 };
+    cr_assert_eq(conc_fd_wait(pf.fd, POLLIN, GUARD), 0);
+    char c;
+    cr_assert_eq(read(fds[0], &c, 1), 1);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
+    void *r;
+    cr_assert_eq(conc_greenlet_result(g, &r), 0);
+    cr_assert_eq((intptr_t)r, -ECANCELED);
+    conc_greenlet_free(g);
+    /* The other worker still serves. */
+    int64_t v = 6;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(cpool_shared, square, &v, sizeof v, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 36);
+    free(res);
+    cr_assert_eq(conc_pool_terminate(cpool_shared), 0);
+    cr_assert_eq(conc_pool_join(cpool_shared, GUARD), 0);
+    conc_pool_free(cpool_shared);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    close(fds[0]);
+    close(fds[1]);
 }
 
 /* ============================================================ thread pool */
