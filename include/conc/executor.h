@@ -28,7 +28,11 @@
  * that dies while it runs a call (killed, OOM, abort, exit) fails that
  * call's future alone with -ECHILD (the detail is the worker's exit code,
  * or minus the signal); the executor replaces the worker and goes on, where
- * Python's ProcessPoolExecutor breaks for every caller.
+ * Python's ProcessPoolExecutor breaks for every caller.  A process
+ * executor's future is RUNNING once its call was handed to a worker, which
+ * may be before the worker begins it (the pool sends calls ahead while its
+ * queue is long, as Python's call queue holds one more than the workers):
+ * from then cancel fails with -EBUSY, as for a call that started.
  *
  * Lifecycle: conc_executor_new, any number of submits and maps,
  * conc_executor_shutdown (no more submits; optionally cancel what has not
