@@ -1,0 +1,203 @@
+/*
+ * bench_pool.c - conc's process Pool, ThreadPool and executors against
+ * Python's multiprocessing.Pool and concurrent.futures, and against the
+ * floor of a task round trip between two processes, in one run.
+ *
+ * The task is square(x) = x * x on a 64-bit integer (in a process pool its
+ * 8 bytes go in and 8 bytes come back); every pool and executor has
+ * WORKERS (2) workers, started and warmed up (each has answered a task)
+ * before the clock starts; Python's are made the same way, with the "fork"
+ * start method, as are conc's.  Metrics, all in tasks/s:
+ *
+ *   pool_map_chunk1              map(square, 0..n-1) with chunksize 1
+ *   pool_map_default             map(square, 0..n-1), the default chunksize
+ *   pool_apply_rtt               apply(square, i), one after another: round
+ *                                trips per second.  floor: a raw fork()ed
+ *                                child and its parent hand the argument and
+ *                                the result back and forth through a shared
+ *                                page, each side sleeping on a futex(2) word
+ *                                until the other wakes it: what a round trip
+ *                                between two processes costs at least
+ *   pool_apply_async             apply_async(square, i) n times, then get()
+ *                                each
+ *   threadpool_executor_submit   ThreadPoolExecutor: submit(square, i) n
+ *                                times, then result() each
+ *   processpool_executor_submit  ProcessPoolExecutor: the same
+ *
+ * Nothing is pinned: the pools' workers are scheduled as the kernel likes,
+ * for every system alike.  Self-checks, reported as FAILED: every result is
+ * compared with i * i.  The floor's child dies with the parent
+ * (PR_SET_PDEATHSIG); a lost wake-up shows as a hang, which benchlib's
+ * watchdog turns into an error exit.  Python runs as bench/peers/pool_mp.py.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conc.h"
+#include "benchlib.h"
+
+#define WORKERS 2
+
+static const bench_metric metrics[] = {
+    { "pool_map_chunk1", "tasks/s", "Pool map(square, 0..n-1), chunksize 1" },
+    { "pool_map_default", "tasks/s", "Pool map(square, 0..n-1), the default chunksize" },
+    { "pool_apply_rtt", "tasks/s", "Pool apply(square, i) one after another (round trips/s)" },
+    { "pool_apply_async", "tasks/s", "Pool apply_async(square, i) n times, then get() each" },
+    { "threadpool_executor_submit", "tasks/s", "ThreadPoolExecutor submit(square, i) n times, then result() each" },
+    { "processpool_executor_submit", "tasks/s", "ProcessPoolExecutor submit(square, i) n times, then result() each" },
+};
+
+/* A body that finds a wrong result says why on stderr and returns this. */
+#define WRONG_RESULT (-EPROTO)
+
+static int64_t square(int64_t x)
+{
+    return x * x;
+}
+
+/* ------------------------------------------------------------------ floor */
+
+/* The page the floor's two processes share: the request and the answer,
+ * each with its own futex word (a sequence number) on its own cache line. */
+typedef struct floor_area {
+    alignas(64) _Atomic uint32_t req_seq;
+    int64_t arg;
+    alignas(64) _Atomic uint32_t resp_seq;
+    int64_t result;
+} floor_area;
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t old)
+{
+    /* Shared futex (no FUTEX_PRIVATE_FLAG): the word is in MAP_SHARED memory. */
+    syscall(SYS_futex, word, FUTEX_WAIT, old, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Waits until *word differs from old; returns its new value. */
+static uint32_t wait_change(_Atomic uint32_t *word, uint32_t old)
+{
+    uint32_t v;
+    while ((v = atomic_load_explicit(word, memory_order_acquire)) == old)
+        futex_wait(word, old);
+    return v;
+}
+
+/* The child: answer every request; arg INT64_MIN ends it. */
+static void floor_child(floor_area *a, pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+    uint32_t seen = 0;
+    for (;;) {
+        seen = wait_change(&a->req_seq, seen);
+        int64_t x = a->arg;
+        if (x == INT64_MIN)
+            _exit(0);
+        a->result = square(x);
+        atomic_fetch_add_explicit(&a->resp_seq, 1, memory_order_release);
+        futex_wake(&a->resp_seq);
+    }
+}
+
+/* One round trip: hand x to the child, wait for its answer. */
+static int64_t floor_call(floor_area *a, int64_t x)
+{
+    uint32_t before = atomic_load_explicit(&a->resp_seq, memory_order_relaxed);
+    a->arg = x;
+    atomic_fetch_add_explicit(&a->req_seq, 1, memory_order_release);
+    futex_wake(&a->req_seq);
+    wait_change(&a->resp_seq, before);
+    return a->result;
+}
+
+static int64_t rtt_floor(void *arg, long iters)
+{
+    (void)arg;
+    floor_area *a = mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                         -1, 0);
+    if (a == MAP_FAILED)
+        return -errno;
+    pid_t self = getpid();
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = -errno;
+        munmap(a, sizeof *a);
+        return e;
+    }
+    if (pid == 0)
+        floor_child(a, self);
+    int64_t rc = 0;
+    for (int64_t i = 0; i < WORKERS * 4; i++)       /* warm-up, as for the pools */
+        if (floor_call(a, i) != i * i)
+            rc = WRONG_RESULT;
+    int64_t t0 = bench_now();
+    for (long i = 0; i < iters && rc == 0; i++)
+        if (floor_call(a, i) != square(i)) {
+            fprintf(stderr, "bench_pool: pool_apply_rtt/floor: result %lld for %ld\n",
+                    (long long)a->result, i);
+            rc = WRONG_RESULT;
+        }
+    int64_t ns = bench_now() - t0;
+    a->arg = INT64_MIN;
+    atomic_fetch_add_explicit(&a->req_seq, 1, memory_order_release);
+    futex_wake(&a->req_seq);
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            bench_die("waitpid", -errno);
+    munmap(a, sizeof *a);
+    if (rc == 0 && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
+        fprintf(stderr, "bench_pool: floor child ended with status %#x\n", st);
+        rc = -EIO;
+    }
+    return rc < 0 ? rc : ns;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static const char *const py_metrics[] = {
+    "pool_map_chunk1", "pool_map_default", "pool_apply_rtt", "pool_apply_async",
+    "threadpool_executor_submit", "processpool_executor_submit", NULL,
+};
+
+int main(int argc, char **argv)
+{
+    bench_init(argc, argv,
+               "bench_pool: conc Pool, ThreadPool and executors vs Python multiprocessing.Pool "
+               "and concurrent.futures, and a raw futex round trip",
+               metrics, BENCH_ARRAY_LEN(metrics));
+    bench_become_multithreaded();
+
+    const bench_case rtt[] = {
+        { "floor", rtt_floor, NULL },
+    };
+    bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
+                  BENCH_MEDIAN);
+
+    /* Python is 10-1000x slower per task: its script has its own, smaller
+     * iteration counts; we pass the scale and the repetitions. */
+    bench_peer_run_metrics("python", false, bench_python(), bench_peer_path("pool_mp.py"),
+                           (bench_reps() + 1) / 2, NULL, bench_scale() * (bench_quick() ? 0.05 : 1.0),
+                           py_metrics);
+    return bench_report();
+}
