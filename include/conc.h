@@ -21,6 +21,8 @@
 #include "conc/shm.h"
 #include "conc/pipe.h"
 #include "conc/wait.h"
+#include "conc/future.h"
+#include "conc/executor.h"
 #include "conc/offload.h"
 
 #define CONC_VERSION_MAJOR 0

@@ -21,6 +21,7 @@ const char *conc_strerror(int err)
     case EPIPE:      return "closed, shut down or broken";
     case EOWNERDEAD: return "previous owner died; state may be inconsistent";
     case ECANCELED:  return "cancelled";
+    case ECHILD:     return "the worker process running the call died";
     case EINVAL:     return "invalid argument";
     case EPERM:      return "not permitted (not the owner, or not locked)";
     case EOVERFLOW:  return "count would overflow its bound";

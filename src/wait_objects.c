@@ -1,11 +1,11 @@
 /*
  * wait_objects.c - multiprocessing.connection.wait (conc/wait.h): wait until
- * one of several connections, thread queues, processes, process queues or
- * descriptors is ready.
+ * one of several connections, thread queues, processes, process queues,
+ * futures or descriptors is ready.
  *
  * Every entry becomes one descriptor of a single poll set (a queue's
  * readiness eventfd, a process's pidfd sentinel, a connection's own
- * descriptor), waited on through the wait layer, so a coroutine parks.  A
+ * descriptor, a future's eventfd), waited on through the wait layer, so a coroutine parks.  A
  * connection with bytes read ahead is ready without its descriptor; nothing
  * is read from it.  A process queue is asked directly whether a get could
  * succeed, because its eventfd may say yes after another consumer took the
@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "conc/future.h"
 #include "conc/mpqueue.h"
 #include "conc/process.h"
 #include "conc/queue.h"
@@ -64,6 +65,9 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
         case CONC_WAIT_MPQUEUE:
             r = w->u.mpqueue ? 0 : -EINVAL;
             break;
+        case CONC_WAIT_FUTURE:
+            r = w->u.future ? 0 : -EINVAL;
+            break;
         default:
             r = -EINVAL;
         }
@@ -103,6 +107,14 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             fds[i].fd = r;
             mpq = true;
             if (r >= 0 && conc__mpqueue_ready(w->u.mpqueue)) {
+                w->ready = true;
+                count++;
+            }
+            break;
+        case CONC_WAIT_FUTURE:
+            r = conc_future_fd(w->u.future);
+            fds[i].fd = r;
+            if (r >= 0 && conc_future_done(w->u.future)) {
                 w->ready = true;
                 count++;
             }

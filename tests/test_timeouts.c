@@ -1,7 +1,7 @@
 /*
  * test_timeouts.c - the one timeout rule, call by call, for every blocking
  * call of conc/sync.h, thread.h, process.h, pipe.h, wait.h, queue.h,
- * mpqueue.h, hub.h, cpool.h and offload.h (the coroutine calls from a
+ * mpqueue.h, hub.h, cpool.h, offload.h, future.h and executor.h (the coroutine calls from a
  * greenlet of a hub, and from a plain thread where they may be): on an object that is not ready, a timeout of 0 tries once and
  * gives -EAGAIN, a small positive timeout gives -ETIMEDOUT, and the _until
  * form given a deadline that has passed (just now, or 0) gives -ETIMEDOUT.
@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include "conc/cpool.h"
+#include "conc/executor.h"
+#include "conc/future.h"
 #include "conc/hub.h"
 #include "conc/offload.h"
 #include "conc/mpqueue.h"
@@ -395,4 +397,43 @@ Test(timeouts, coroutines)
     cr_assert_eq(conc_hub_free(), 0);
     close(co_fds[0]);
     close(co_fds[1]);
+}
+
+static int wait_gate(void *arg, void **result)
+{
+    (void)result;
+    conc_event_wait(arg, CONC_FOREVER);
+    return 0;
+}
+
+Test(timeouts, future_and_executor)
+{
+    conc_future *f;
+    cr_assert_eq(conc_future_new(&f, NULL), 0);
+    PROBE(-EAGAIN, conc_future_result(f, NULL, NULL, t), conc_future_result_until(f, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_future_result_take(f, NULL, NULL, t),
+          conc_future_result_take_until(f, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_future_exception(f, NULL, NULL, t),
+          conc_future_exception_until(f, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_future_wait(f, t), conc_future_wait_until(f, d));
+    PROBE(-EAGAIN, conc_future_wait_many(&f, 1, CONC_FIRST_COMPLETED, NULL, t),
+          conc_future_wait_many_until(&f, 1, CONC_FIRST_COMPLETED, NULL, d));
+    conc_as_completed *it;
+    cr_assert_eq(conc_as_completed_new(&it, &f, 1), 0);
+    conc_future *got;
+    PROBE(-EAGAIN, conc_as_completed_next(it, &got, t), conc_as_completed_next_until(it, &got, d));
+    conc_as_completed_free(it);
+
+    conc_event gate;
+    conc_event_init(&gate, 0);
+    conc_executor *ex;
+    cr_assert_eq(conc_executor_new(&ex, &(conc_executor_opts){ .max_workers = 1 }), 0);
+    conc_future *call;
+    cr_assert_eq(conc_executor_submit(ex, wait_gate, &gate, &call), 0);
+    cr_assert_eq(conc_executor_shutdown(ex, false, false), 0);
+    PROBE(-EAGAIN, conc_executor_join(ex, t), conc_executor_join_until(ex, d));
+    conc_event_set(&gate);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    conc_future_free(call);
+    conc_future_free(f);
 }

@@ -18,6 +18,8 @@
  *                Barrier, a peer that closed its end)
  *   -EOWNERDEAD  a process died holding a lock; the caller now owns it
  *   -ECANCELED   the calling coroutine was killed, or a future cancelled
+ *   -ECHILD      the worker process running a call died (a future's
+ *                exception; its detail says how the worker ended)
  *   -EINVAL      a bad argument (NULL handle, out of range, NaN or negative
  *                timeout, unknown flag) or an object not in a state the
  *                call accepts (not started)
