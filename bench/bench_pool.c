@@ -173,6 +173,62 @@ static int64_t rtt_floor(void *arg, long iters)
     return rc < 0 ? rc : ns;
 }
 
+/* ------------------------------------------------------- conc: the task */
+
+/* A thread executor's square: the integer travels in the pointer. */
+static int square_ptr(void *arg, void **result)
+{
+    *result = (void *)(intptr_t)square((int64_t)(intptr_t)arg);
+    return 0;
+}
+
+/* ---------------------------------------------- threadpool_executor_submit */
+
+static int64_t tpe_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_executor_opts eo = CONC_EXECUTOR_OPTS_INIT;
+    eo.kind = CONC_EXECUTOR_THREADS;
+    eo.max_workers = WORKERS;
+    conc_executor *ex;
+    int e = conc_executor_new(&ex, &eo);
+    if (e < 0)
+        return e;
+    conc_future **fs = calloc((size_t)iters + WORKERS * 4, sizeof *fs);
+    if (!fs) {
+        conc_executor_free(ex);
+        return -ENOMEM;
+    }
+    int64_t rc = 0, t0 = 0, ns = 0;
+    /* Warm-up: every worker thread is started and has run a call. */
+    for (long pass = 0; pass < 2 && rc == 0; pass++) {
+        long n = pass == 0 ? WORKERS * 4 : iters;
+        if (pass == 1)
+            t0 = bench_now();
+        long submitted = 0;
+        for (long i = 0; i < n; i++, submitted++)
+            if ((e = conc_executor_submit(ex, square_ptr, (void *)(intptr_t)i, &fs[i])) < 0) {
+                rc = e;
+                break;
+            }
+        for (long i = 0; i < submitted; i++) {
+            void *v = NULL;
+            e = conc_future_result(fs[i], &v, NULL, CONC_FOREVER);
+            if (rc == 0 && (e != 0 || (int64_t)(intptr_t)v != square(i))) {
+                fprintf(stderr, "bench_pool: threadpool_executor_submit: call %ld: %d, %lld\n",
+                        i, e, (long long)(intptr_t)v);
+                rc = e < 0 ? e : WRONG_RESULT;
+            }
+            conc_future_free(fs[i]);
+        }
+        if (pass == 1)
+            ns = bench_now() - t0;
+    }
+    free(fs);
+    conc_executor_free(ex);
+    return rc < 0 ? rc : ns;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static const char *const py_metrics[] = {
@@ -191,6 +247,11 @@ int main(int argc, char **argv)
     const bench_case rtt[] = {
         { "floor", rtt_floor, NULL },
     };
+    const bench_case tpe[] = {
+        { "conc", tpe_conc, NULL },
+    };
+    bench_compare("threadpool_executor_submit", tpe, BENCH_ARRAY_LEN(tpe),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
     bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
                   BENCH_MEDIAN);
 
