@@ -24,6 +24,7 @@
 #include "conc/future.h"
 #include "conc/executor.h"
 #include "conc/offload.h"
+#include "conc/pool.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

@@ -11,7 +11,10 @@
  *   - conc__pool_cancel returns 0: the task never reached a worker, done is
  *     never called;
  *   - done(t, items, n) is called once, on the pool's thread (process pool)
- *     or the worker thread (thread pool), with no lock of the engine held.
+ *     or the worker thread (thread pool; the terminating thread for tasks
+ *     terminate drops), with no lock of the engine held.  n is the task's
+ *     number of items, or 1 when every item has that same outcome (a task
+ *     that failed as a whole: -ECHILD, -EPIPE).
  * started(t), when set, is called (same threads, before done) when the task
  * is handed to a worker; after it, cancel gives -EBUSY.  A task that runs
  * again after its worker died (retries) is not reported started twice.
@@ -112,5 +115,6 @@ CONC_HIDDEN struct conc__pool_engine *conc__threadpool_engine(conc_threadpool *p
  * thread or a thread pool worker): a wait for that pool from there would
  * wait for itself. */
 CONC_HIDDEN bool conc__pool_in_callback(const struct conc__pool_engine *e);
+extern __thread const struct conc__pool_engine *conc__pool_cb_engine;
 
 #endif

@@ -199,6 +199,9 @@ static const struct {
     { "conc/executor.h", { "conc_executor_new", "conc_executor_submit", "conc_executor_map_new",
                            "conc_future_result" },
       { "conc_wait", "conc_waitable", "conc_queue_new" } },
+    { "conc/pool.h",
+      { "conc_pool_new", "conc_threadpool_new", "conc_pool_result_get", "conc_pool_iter_next" },
+      { "conc_wait", "conc_queue_new", "conc_mpqueue_new", "conc_conn_pipe", "conc_greenlet_spawn" } },
 };
 
 Test(headers, one_concept_each, .timeout = 120)
