@@ -16,6 +16,11 @@
  *   join()                    waits for the workers (the tutorial's join
  *                             polled qsize; here the threads are joined)
  *
+ * The same job on conc's ThreadPool (multiprocessing.pool.ThreadPool) is
+ * conc_threadpool_apply_async per task with a callback and an
+ * error_callback (they run on the worker, as the hand-made pool's do), then
+ * close() or terminate() and join().
+ *
  * The job: task i (i = 0..N-1) computes i*i and fails (the tutorial's
  * exception: callback(false, ...)) when i % 10 == 9; the callbacks count the
  * tasks done and failed and add up the squares.  Each pool prints one line,
@@ -51,6 +56,7 @@
 #include <stdlib.h>
 
 #include "conc.h"
+#include "conc/pool.h"
 #include "cli.h"
 
 static const char *prog = "custom-thread-pool";
@@ -278,6 +284,82 @@ static int run_handmade(void)
     return 0;
 }
 
+/* ------------------------------------------------------ on ThreadPool */
+
+/* The task: the argument is i; a failure is the task's own code. */
+static int threadpool_action(void *arg, void **result)
+{
+    unsigned long long x = 0;
+    if (!action((long)(intptr_t)arg, &x))
+        return -EDOM;
+    *result = (void *)(uintptr_t)x;
+    return 0;
+}
+
+/* callback and error_callback run on the worker that finished the task.
+ * A task that terminate() dropped fails with -EPIPE: it never ran, so it
+ * is not counted as done (the hand-made pool never calls back for those). */
+static void threadpool_done(conc_pool_result *r, void *ctx)
+{
+    void *v = NULL;
+    int status = conc_pool_result_get(r, &v, NULL, 0);
+    if (status == -EPIPE)
+        return;
+    callback(ctx, status == 0, (unsigned long long)(uintptr_t)v);
+}
+
+static int run_threadpool(void)
+{
+    struct tally tally = { 0 };
+    conc_threadpool_opts o = CONC_THREADPOOL_OPTS_INIT;
+    o.threads = (int)nworkers;
+    conc_threadpool *pool;
+    int rc = conc_threadpool_new(&pool, &o);
+    if (rc < 0)
+        return die("ThreadPool", rc);
+    conc_pool_result **results = calloc((size_t)ntasks + 1, sizeof *results);
+    if (!results) {
+        conc_threadpool_free(pool);
+        return die("ThreadPool", -ENOMEM);
+    }
+    conc_event_clear(&gate);
+    conc_pool_task_opts to = CONC_POOL_TASK_OPTS_INIT;
+    to.callback = threadpool_done;
+    to.error_callback = threadpool_done;
+    to.ctx = &tally;
+    long submitted = 0;
+    for (; submitted < ntasks; submitted++)
+        if ((rc = conc_threadpool_apply_async(pool, threadpool_action,
+                                              (void *)(intptr_t)submitted, &to,
+                                              &results[submitted])) < 0)
+            break;
+    if (terminate_mode || rc < 0)
+        conc_threadpool_terminate(pool);
+    else
+        conc_threadpool_close(pool);
+    conc_event_set(&gate);
+    int jrc = conc_threadpool_join(pool, CONC_FOREVER);
+    /* terminate: the tasks that never ran failed with -EPIPE, without a
+     * callback (Python never calls back for them either). */
+    long dropped = 0;
+    for (long i = 0; i < submitted; i++) {
+        if (conc_pool_result_get(results[i], NULL, NULL, CONC_FOREVER) == -EPIPE)
+            dropped++;
+        conc_pool_result_free(results[i]);
+    }
+    free(results);
+    conc_threadpool_free(pool);
+    if (rc < 0)
+        return die("ThreadPool: apply_async", rc);
+    if (jrc < 0)
+        return die("ThreadPool: join", jrc);
+    print_tally("ThreadPool:", &tally);
+    if (terminate_mode)
+        printf("%-15s terminated, dropped=%ld (done+dropped=%ld)\n", "ThreadPool:", dropped,
+               atomic_load(&tally.done) + dropped);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void usage(FILE *f)
@@ -306,5 +388,6 @@ int main(int argc, char **argv)
         return rc;
     if ((rc = run_handmade()) != 0)
         return rc;
-    return 0;
+    fflush(stdout);
+    return run_threadpool();
 }
