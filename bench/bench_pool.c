@@ -47,6 +47,8 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "conc/executor.h"
+#include "conc/pool.h"
 #include "benchlib.h"
 
 #define WORKERS 2
@@ -175,10 +177,43 @@ static int64_t rtt_floor(void *arg, long iters)
 
 /* ------------------------------------------------------- conc: the task */
 
+/* A process pool's square: 8 bytes in, 8 bytes out. */
+static int square_bytes(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    int64_t x;
+    if (len != sizeof x)
+        return -EINVAL;
+    memcpy(&x, arg, sizeof x);
+    int64_t *out = malloc(sizeof *out);
+    if (!out)
+        return -ENOMEM;
+    *out = square(x);
+    *result = out;
+    *result_len = sizeof *out;
+    return 0;
+}
+
 /* A thread executor's square: the integer travels in the pointer. */
 static int square_ptr(void *arg, void **result)
 {
     *result = (void *)(intptr_t)square((int64_t)(intptr_t)arg);
+    return 0;
+}
+
+/* Checks one bytes result of task i. */
+static int check_bytes(const char *metric, long i, int status, const void *v, size_t len)
+{
+    int64_t got;
+    if (status != 0 || len != sizeof got) {
+        fprintf(stderr, "bench_pool: %s: task %ld: status %d, %zu bytes\n", metric, i, status,
+                len);
+        return WRONG_RESULT;
+    }
+    memcpy(&got, v, sizeof got);
+    if (got != square(i)) {
+        fprintf(stderr, "bench_pool: %s: task %ld gave %lld\n", metric, i, (long long)got);
+        return WRONG_RESULT;
+    }
     return 0;
 }
 
@@ -229,6 +264,198 @@ static int64_t tpe_conc(void *arg, long iters)
     return rc < 0 ? rc : ns;
 }
 
+/* --------------------------------------------------------- process Pool */
+
+/* A process pool of WORKERS workers (fork), warmed up: every worker has
+ * answered a task. */
+static int pool_ready(conc_pool **out)
+{
+    conc_pool_opts po = CONC_POOL_OPTS_INIT;
+    po.processes = WORKERS;
+    po.method = CONC_START_FORK;
+    int e = conc_pool_new(out, &po);
+    if (e < 0)
+        return e;
+    int64_t args[WORKERS * 4];
+    conc_pool_item items[WORKERS * 4];
+    for (int i = 0; i < WORKERS * 4; i++) {
+        args[i] = i;
+        items[i] = (conc_pool_item){ &args[i], sizeof args[i] };
+    }
+    conc_pool_task_opts to = CONC_POOL_TASK_OPTS_INIT;
+    to.chunksize = 1;
+    conc_pool_result *r = NULL;
+    e = conc_pool_map(*out, square_bytes, items, WORKERS * 4, &to, &r);
+    conc_pool_result_free(r);
+    if (e < 0)
+        conc_pool_free(*out);
+    return e;
+}
+
+/* The arguments 0..n-1 as map items (args holds their bytes). */
+static conc_pool_item *items_new(long n, int64_t **args)
+{
+    *args = malloc((size_t)n * sizeof **args);
+    conc_pool_item *items = malloc((size_t)n * sizeof *items);
+    if (!*args || !items) {
+        free(*args);
+        free(items);
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        (*args)[i] = i;
+        items[i] = (conc_pool_item){ &(*args)[i], sizeof (*args)[i] };
+    }
+    return items;
+}
+
+/* arg: the chunksize (0: the default). */
+static int64_t map_conc(void *arg, long iters)
+{
+    size_t chunksize = (size_t)(uintptr_t)arg;
+    const char *metric = chunksize == 1 ? "pool_map_chunk1" : "pool_map_default";
+    int64_t *args;
+    conc_pool_item *items = items_new(iters, &args);
+    if (!items)
+        return -ENOMEM;
+    conc_pool *p;
+    int e = pool_ready(&p);
+    if (e < 0) {
+        free(items);
+        free(args);
+        return e;
+    }
+    conc_pool_task_opts to = CONC_POOL_TASK_OPTS_INIT;
+    to.chunksize = chunksize;
+    conc_pool_result *r = NULL;
+    int64_t t0 = bench_now();
+    e = conc_pool_map(p, square_bytes, items, (size_t)iters, &to, &r);
+    int64_t ns = bench_now() - t0;
+    int64_t rc = e;
+    for (long i = 0; i < iters && rc == 0; i++) {
+        void *v = NULL;
+        size_t len = 0;
+        int st = conc_pool_result_item(r, (size_t)i, &v, &len);
+        rc = check_bytes(metric, i, st, v, len);
+    }
+    conc_pool_result_free(r);
+    conc_pool_free(p);
+    free(items);
+    free(args);
+    return rc < 0 ? rc : ns;
+}
+
+static int64_t rtt_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_pool *p;
+    int e = pool_ready(&p);
+    if (e < 0)
+        return e;
+    int64_t rc = 0;
+    int64_t t0 = bench_now();
+    for (long i = 0; i < iters && rc == 0; i++) {
+        int64_t x = i;
+        void *v = NULL;
+        size_t len = 0;
+        int st = conc_pool_apply(p, square_bytes, &x, sizeof x, &v, &len);
+        rc = check_bytes("pool_apply_rtt", i, st, v, len);
+        free(v);
+    }
+    int64_t ns = bench_now() - t0;
+    conc_pool_free(p);
+    return rc < 0 ? rc : ns;
+}
+
+static int64_t async_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_pool_result **rs = calloc((size_t)iters, sizeof *rs);
+    if (!rs)
+        return -ENOMEM;
+    conc_pool *p;
+    int e = pool_ready(&p);
+    if (e < 0) {
+        free(rs);
+        return e;
+    }
+    int64_t rc = 0;
+    long submitted = 0;
+    int64_t t0 = bench_now();
+    for (; submitted < iters; submitted++) {
+        int64_t x = submitted;
+        if ((e = conc_pool_apply_async(p, square_bytes, &x, sizeof x, NULL, &rs[submitted])) < 0) {
+            rc = e;
+            break;
+        }
+    }
+    for (long i = 0; i < submitted; i++) {
+        void *v = NULL;
+        size_t len = 0;
+        int st = conc_pool_result_get(rs[i], &v, &len, CONC_FOREVER);
+        if (rc == 0)
+            rc = check_bytes("pool_apply_async", i, st, v, len);
+    }
+    int64_t ns = bench_now() - t0;
+    for (long i = 0; i < submitted; i++)
+        conc_pool_result_free(rs[i]);
+    free(rs);
+    conc_pool_free(p);
+    return rc < 0 ? rc : ns;
+}
+
+/* --------------------------------------------- processpool_executor_submit */
+
+static int ppe_new(conc_executor **ex)
+{
+    conc_executor_opts eo = CONC_EXECUTOR_OPTS_INIT;
+    eo.kind = CONC_EXECUTOR_PROCESSES;
+    eo.max_workers = WORKERS;
+    eo.method = CONC_START_FORK;
+    return conc_executor_new(ex, &eo);
+}
+
+static int64_t ppe_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_executor *ex;
+    int e = ppe_new(&ex);
+    if (e < 0)
+        return e;
+    conc_future **fs = calloc((size_t)iters + WORKERS * 4, sizeof *fs);
+    if (!fs) {
+        conc_executor_free(ex);
+        return -ENOMEM;
+    }
+    int64_t rc = 0, t0 = 0, ns = 0;
+    for (long pass = 0; pass < 2 && rc == 0; pass++) {
+        long n = pass == 0 ? WORKERS * 4 : iters;      /* pass 0: the warm-up */
+        if (pass == 1)
+            t0 = bench_now();
+        long submitted = 0;
+        for (long i = 0; i < n; i++, submitted++) {
+            int64_t x = i;
+            if ((e = conc_executor_submit_bytes(ex, square_bytes, &x, sizeof x, &fs[i])) < 0) {
+                rc = e;
+                break;
+            }
+        }
+        for (long i = 0; i < submitted; i++) {
+            void *v = NULL;
+            size_t len = 0;
+            e = conc_future_result(fs[i], &v, &len, CONC_FOREVER);
+            if (rc == 0)
+                rc = check_bytes("processpool_executor_submit", i, e, v, len);
+            conc_future_free(fs[i]);
+        }
+        if (pass == 1)
+            ns = bench_now() - t0;
+    }
+    free(fs);
+    conc_executor_free(ex);
+    return rc < 0 ? rc : ns;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static const char *const py_metrics[] = {
@@ -244,7 +471,18 @@ int main(int argc, char **argv)
                metrics, BENCH_ARRAY_LEN(metrics));
     bench_become_multithreaded();
 
+    const bench_case chunk1[] = {
+        { "conc", map_conc, (void *)(uintptr_t)1 },
+    };
+    bench_compare("pool_map_chunk1", chunk1, BENCH_ARRAY_LEN(chunk1),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
+    const bench_case chunkdef[] = {
+        { "conc", map_conc, (void *)(uintptr_t)0 },
+    };
+    bench_compare("pool_map_default", chunkdef, BENCH_ARRAY_LEN(chunkdef),
+                  bench_iters(20000000, 2000000), BENCH_MEDIAN);
     const bench_case rtt[] = {
+        { "conc", rtt_conc, NULL },
         { "floor", rtt_floor, NULL },
     };
     const bench_case tpe[] = {
@@ -252,8 +490,31 @@ int main(int argc, char **argv)
     };
     bench_compare("threadpool_executor_submit", tpe, BENCH_ARRAY_LEN(tpe),
                   bench_iters(2000000, 200000), BENCH_MEDIAN);
+
+    /* The process executor may be missing from a build: then it is skipped. */
+    if (bench_enabled("processpool_executor_submit", "conc")) {
+        conc_executor *probe;
+        int e = ppe_new(&probe);
+        if (e == -ENOTSUP || e == -ENOSYS) {
+            bench_skip("processpool_executor_submit", "conc", NULL,
+                       "this build has no process executor");
+        } else {
+            if (e == 0)
+                conc_executor_free(probe);
+            const bench_case ppe[] = {
+                { "conc", ppe_conc, NULL },
+            };
+            bench_compare("processpool_executor_submit", ppe, BENCH_ARRAY_LEN(ppe),
+                          bench_iters(2000000, 200000), BENCH_MEDIAN);
+        }
+    }
     bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
                   BENCH_MEDIAN);
+    const bench_case async[] = {
+        { "conc", async_conc, NULL },
+    };
+    bench_compare("pool_apply_async", async, BENCH_ARRAY_LEN(async),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
 
     /* Python is 10-1000x slower per task: its script has its own, smaller
      * iteration counts; we pass the scale and the repetitions. */
