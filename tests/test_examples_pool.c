@@ -438,6 +438,82 @@ Test(crawler, only_failures_still_exit_0, .timeout = 60)
     run_free(&r);
 }
 
+/* The children of process pid, from every one of its threads' lists. */
+static int all_children_of(pid_t pid, pid_t *kids, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.')
+            continue;
+        char file[320];
+        snprintf(file, sizeof file, "/proc/%d/task/%s/children", (int)pid, e->d_name);
+        FILE *f = fopen(file, "r");
+        if (!f)
+            continue;
+        long k;
+        while (n < cap && fscanf(f, "%ld", &k) == 1)
+            kids[n++] = (pid_t)k;
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+Test(crawler, a_worker_killed_mid_fetch_fails_only_its_url, .timeout = 120)
+{
+    /* A server that accepts and never answers: the worker's fetch hangs
+     * until the worker is killed. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 8), 0);
+    socklen_t alen = sizeof a;
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hang", ntohs(a.sin_port));
+    int hold;
+    int dead = refused_port(&hold);
+    char refused[64];
+    snprintf(refused, sizeof refused, "http://127.0.0.1:%d/", dead);
+
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    const char *args[] = { "--procs", "1", url, refused, NULL };
+    struct bg b = start_example("crawler", args);
+    struct pollfd p = { .fd = lfd, .events = POLLIN };
+    cr_assert_eq(poll(&p, 1, 60000), 1, "the worker never connected");
+    int conn = accept(lfd, NULL, NULL);
+    cr_assert_geq(conn, 0);
+    /* The one worker holds the hanging fetch: kill it. */
+    pid_t kids[16];
+    int n = all_children_of(b.pid, kids, 16);
+    cr_assert_eq(n, 1, "want the one worker, found %d children", n);
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    close(conn);
+    close(lfd);
+    close(hold);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x, stderr:\n%s", status,
+              err);
+    char *lines[8];
+    char *copy = strdup(out);
+    cr_assert_eq(split_lines(copy, lines, 8), 2, "output:\n%s", out);
+    bool used[8] = { false };
+    cr_assert_str_eq(line_of(lines, 2, url, used), "error=the worker was killed by signal 9");
+    const char *e = line_of(lines, 2, refused, used);
+    cr_assert_eq(strncmp(e, "error=Failed to connect", 23), 0,
+                 "the replacement worker fetched the next URL: '%s'", e);
+    free(copy);
+    free(out);
+    free(err);
+}
+
 Test(crawler, bad_input, .timeout = 60)
 {
     const char *a1[] = { NULL };
