@@ -6,7 +6,10 @@
  * frames to it without blocking (a worker that does not read never stops
  * the others) and reads the worker's answers, which come in the order of
  * the tasks, so the pool knows which task a worker runs: the oldest it has
- * not answered.  At most PIPELINE tasks are handed to a worker at once.
+ * not answered.  A worker holds at most PIPELINE tasks while the queue is
+ * short, so that a long task delays few others; up to PIPELINE_MAX while
+ * the queue is long, so that short tasks stream without a round trip
+ * each.
  *
  * Frames: struct frame, then len bytes.
  *   pool -> worker  FN      n = index; body: the function (fork: its
@@ -32,6 +35,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -50,6 +54,7 @@ struct frame {
 };
 
 #define PIPELINE 2
+#define PIPELINE_MAX 64
 #define NONE UINT32_MAX
 #define FN_TABLE_MAX 4096
 #define FRAME_MAX ((uint64_t)CONC_POOL_ARG_MAX * 2 + (uint64_t)CONC__POOL_CHUNK_MAX * 16 + 64)
@@ -162,17 +167,38 @@ static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
     return f.addr;
 }
 
-static int read_full(int fd, void *buf, size_t len)
+/* The worker's reads, through a buffer: a burst of small tasks costs one
+ * read(2), not two per task. */
+struct wreader {
+    int fd;
+    size_t pos, end;
+    unsigned char buf[65536];
+};
+
+static int wr_read(struct wreader *r, void *dst, size_t len)
 {
-    unsigned char *p = buf;
+    unsigned char *d = dst;
     while (len) {
-        ssize_t r = read(fd, p, len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        p += r;
-        len -= (size_t)r;
+        if (r->pos == r->end) {
+            bool direct = len >= sizeof r->buf;
+            ssize_t n = read(r->fd, direct ? d : r->buf, direct ? len : sizeof r->buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                return -1;
+            if (direct) {
+                d += n;
+                len -= (size_t)n;
+                continue;
+            }
+            r->pos = 0;
+            r->end = (size_t)n;
+        }
+        size_t k = r->end - r->pos < len ? r->end - r->pos : len;
+        memcpy(d, r->buf + r->pos, k);
+        r->pos += k;
+        d += k;
+        len -= k;
     }
     return 0;
 }
@@ -191,6 +217,9 @@ static int write_full(int fd, const void *buf, size_t len)
     }
     return 0;
 }
+
+struct worker;
+static bool worker_has_output_(const struct worker *w);
 
 /* Appends to a growing buffer; false when out of memory. */
 struct obuf {
@@ -265,6 +294,11 @@ static int worker_main(const void *arg, size_t alen)
     if (c.close_fd >= 0)
         close(c.close_fd);
     int fd = c.fd;
+    struct wreader *rd = malloc(sizeof *rd);
+    if (!rd)
+        return 71;
+    rd->fd = fd;
+    rd->pos = rd->end = 0;
     void **fns = NULL;
     uint32_t nfns = 0;
     struct obuf o = { 0 };
@@ -272,7 +306,7 @@ static int worker_main(const void *arg, size_t alen)
     int code = 0;
     for (;;) {
         struct frame fr;
-        if (read_full(fd, &fr, sizeof fr))
+        if (wr_read(rd, &fr, sizeof fr))
             break;                      /* the pool is gone */
         if (fr.len > FRAME_MAX) {
             code = 71;
@@ -280,7 +314,7 @@ static int worker_main(const void *arg, size_t alen)
         }
         free(b);
         b = malloc(fr.len ? fr.len : 1);
-        if (!b || read_full(fd, b, fr.len)) {
+        if (!b || wr_read(rd, b, fr.len)) {
             code = 71;
             break;
         }
@@ -331,13 +365,26 @@ static int worker_main(const void *arg, size_t alen)
     free(b);
     free(o.p);
     free(fns);
+    free(rd);
     close(fd);
     return code;
 }
 
 /* ----------------------------------------------------------- the parent */
 
+/* Who may touch a worker's fields: the pool's thread, nobody (FREE: the
+ * pool's thread takes it back when it needs it, a caller of apply may
+ * take it when it is idle), or one caller of apply that talks to it
+ * directly (conc__pool_run_direct). */
+#define W_THREAD 0u
+#define W_FREE 1u
+#define W_CALLER 2u
+
 struct worker {
+    uint32_t owner;
+    int idx;
+    int epfd;                   /* the pool's epoll set */
+    bool ep_out;                /* registered for EPOLLOUT too */
     conc_process *proc;
     int fd, pidfd;
     bool ready, want_exit, exit_sent;
@@ -361,12 +408,14 @@ struct conc_pool {
     pthread_mutex_t mu;
     /* under mu */
     struct conc__pool_task *qhead, *qtail;
+    size_t qlen;
     struct fnent *fns;
     uint32_t nfns, capfns;
     uint32_t init_idx;
     bool closed, terminating;
     /* */
     int evfd;
+    int epfd;                   /* the pool's thread waits on it */
     uint32_t wake_pending;
     uint32_t finished;          /* futex word: the pool's thread ended */
     pthread_t thread;
@@ -374,8 +423,6 @@ struct conc_pool {
     struct worker *w;           /* the pool's thread's */
     int nw;
     int start_err;
-    struct pollfd *pf;
-    int *pfmap;
 };
 
 __thread const struct conc__pool_engine *conc__pool_cb_engine;
@@ -481,6 +528,7 @@ void conc__pool_task_release(struct conc__pool_task *t)
 
 static void q_push_back(conc_pool *p, struct conc__pool_task *t)
 {
+    p->qlen++;
     t->next = NULL;
     t->prev = p->qtail;
     if (p->qtail)
@@ -492,6 +540,7 @@ static void q_push_back(conc_pool *p, struct conc__pool_task *t)
 
 static void q_push_front(conc_pool *p, struct conc__pool_task *t)
 {
+    p->qlen++;
     t->prev = NULL;
     t->next = p->qhead;
     if (p->qhead)
@@ -503,6 +552,7 @@ static void q_push_front(conc_pool *p, struct conc__pool_task *t)
 
 static void q_unlink(conc_pool *p, struct conc__pool_task *t)
 {
+    p->qlen--;
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -573,6 +623,32 @@ static void task_fail(struct conc__pool_task *t, int status, int exitcode)
 
 /* --------------------------------------------------------- the pool thread */
 
+/* Registers (op EPOLL_CTL_ADD / MOD) or removes (DEL) w's descriptors in
+ * the pool's epoll set; the pidfd only with ADD and DEL. */
+static void worker_watch(struct worker *w, int op)
+{
+    if (w->fd < 0)
+        return;
+    bool out = op != EPOLL_CTL_DEL && worker_has_output_(w);
+    struct epoll_event ev = { .events = EPOLLIN | (out ? EPOLLOUT : 0),
+                              .data.u64 = (uint64_t)w->idx * 2 };
+    epoll_ctl(w->epfd, op, w->fd, &ev);
+    w->ep_out = out;
+    if (op != EPOLL_CTL_MOD) {
+        struct epoll_event pe = { .events = EPOLLIN, .data.u64 = (uint64_t)w->idx * 2 + 1 };
+        epoll_ctl(w->epfd, op, w->pidfd, &pe);
+    }
+}
+
+/* Takes w for the pool's thread: false while a caller has it. */
+static bool worker_acquire(struct worker *w)
+{
+    uint32_t o = W_FREE;
+    return __atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) == W_THREAD ||
+           __atomic_compare_exchange_n(&w->owner, &o, W_THREAD, false, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
 static int worker_start(conc_pool *p, struct worker *w)
 {
     int sv[2];
@@ -598,7 +674,10 @@ static int worker_start(conc_pool *p, struct worker *w)
         close(sv[0]);
         return r;
     }
+    int idx = w->idx;
     memset(w, 0, sizeof *w);
+    w->idx = idx;
+    w->epfd = p->epfd;
     w->proc = proc;
     w->fd = sv[0];
     w->pidfd = conc_process_sentinel(proc);
@@ -622,8 +701,12 @@ static int worker_start(conc_pool *p, struct worker *w)
         close(w->fd);
         free(w->ctl.p);
         memset(w, 0, sizeof *w);
+        w->idx = idx;
+        w->epfd = p->epfd;
+        w->fd = w->pidfd = -1;
         return -ENOMEM;
     }
+    worker_watch(w, EPOLL_CTL_ADD);
     return 0;
 }
 
@@ -631,7 +714,9 @@ static int worker_start(conc_pool *p, struct worker *w)
  * started go on *started. */
 static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **started)
 {
-    while (w->proc && !w->want_exit && w->nout < PIPELINE && w->quota > 0 && p->qhead) {
+    size_t depth = p->qlen / (size_t)p->nw;
+    depth = depth < PIPELINE ? PIPELINE : depth > PIPELINE_MAX ? PIPELINE_MAX : depth;
+    while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
         struct conc__pool_task *t = p->qhead;
         uint32_t idx;
         memcpy(&idx, t->buf + sizeof(struct frame), sizeof idx);
@@ -711,6 +796,11 @@ static bool worker_flush(struct worker *w)
 static bool worker_has_output(const struct worker *w)
 {
     return w->ctl_off < w->ctl.len || w->wtask || (w->want_exit && !w->exit_sent);
+}
+
+static bool worker_has_output_(const struct worker *w)
+{
+    return worker_has_output(w);
 }
 
 /* Handles the frames in w's read buffer; false on a protocol error. */
@@ -820,12 +910,18 @@ static bool worker_read(struct worker *w)
 
 static void worker_release(struct worker *w)
 {
-    if (w->fd >= 0)
+    if (w->fd >= 0) {
+        /* Explicitly: a fork worker's copy of the socket keeps it open. */
+        worker_watch(w, EPOLL_CTL_DEL);
         close(w->fd);
+    }
     free(w->ctl.p);
     free(w->rbuf);
     conc_process_free(w->proc);
+    int idx = w->idx, epfd = w->epfd;
     memset(w, 0, sizeof *w);
+    w->idx = idx;
+    w->epfd = epfd;
     w->fd = -1;
     w->pidfd = -1;
 }
@@ -901,6 +997,7 @@ static void fail_queue(conc_pool *p, int status)
     pthread_mutex_lock(&p->mu);
     struct conc__pool_task *q = p->qhead;
     p->qhead = p->qtail = NULL;
+    p->qlen = 0;
     pthread_mutex_unlock(&p->mu);
     for (struct conc__pool_task *t = q, *nx; t; t = nx) {
         nx = t->next;
@@ -909,12 +1006,13 @@ static void fail_queue(conc_pool *p, int status)
     }
 }
 
+#define EVENTS_MAX 64
+
 static void *pool_thread(void *arg)
 {
     conc_pool *p = arg;
     conc__pool_cb_engine = &p->e;
-    struct pollfd *pf = p->pf;
-    int *map = p->pfmap;
+    struct epoll_event evs[EVENTS_MAX];
     int64_t retry_at = CONC_NO_DEADLINE;
     int start_failures = 0;
     for (;;) {
@@ -922,10 +1020,10 @@ static void *pool_thread(void *arg)
         pthread_mutex_lock(&p->mu);
         bool term = p->terminating, closed = p->closed;
         struct conc__pool_task *started = NULL;
-        if (!term) {
-            for (int i = 0; i < p->nw; i++)
-                if (p->w[i].proc)
-                    dispatch(p, &p->w[i], &started);
+        for (int i = 0; i < p->nw; i++) {
+            struct worker *w = &p->w[i];
+            if (worker_acquire(w) && w->proc && !term)
+                dispatch(p, w, &started);
         }
         bool queue_empty = p->qhead == NULL;
         pthread_mutex_unlock(&p->mu);
@@ -938,13 +1036,17 @@ static void *pool_thread(void *arg)
             break;
         /* Replace missing workers (unless closing with nothing left). */
         int alive = 0;
+        int64_t now = conc_now();
         for (int i = 0; i < p->nw; i++) {
             struct worker *w = &p->w[i];
-            if (!w->proc && !(closed && queue_empty) && conc_now() >= (retry_at == CONC_NO_DEADLINE ? 0 : retry_at)) {
+            if (__atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) != W_THREAD) {
+                alive++;        /* a caller has it */
+                continue;
+            }
+            if (!w->proc && !(closed && queue_empty) &&
+                (retry_at == CONC_NO_DEADLINE || now >= retry_at)) {
                 int r = worker_start(p, w);
                 if (r) {
-                    w->proc = NULL;
-                    w->fd = w->pidfd = -1;
                     start_failures++;
                     retry_at = conc_now() + 100000000;
                     p->start_err = r;
@@ -953,11 +1055,17 @@ static void *pool_thread(void *arg)
                     retry_at = CONC_NO_DEADLINE;
                 }
             }
-            if (w->proc) {
-                alive++;
-                if (closed && queue_empty && w->nout == 0)
-                    w->want_exit = true;
+            if (!w->proc)
+                continue;
+            alive++;
+            if (closed && queue_empty && w->nout == 0)
+                w->want_exit = true;
+            if (worker_has_output(w) && !worker_flush(w)) {
+                worker_end(p, w, -ECHILD);
+                continue;
             }
+            if (worker_has_output(w) != w->ep_out)
+                worker_watch(w, EPOLL_CTL_MOD);
         }
         if (!alive && closed && queue_empty)
             break;
@@ -965,53 +1073,143 @@ static void *pool_thread(void *arg)
             fail_queue(p, p->start_err ? p->start_err : -ECHILD);
             start_failures = 0;
         }
-        size_t n = 0;
-        pf[n] = (struct pollfd){ p->evfd, POLLIN, 0 };
-        map[n++] = -1;
-        for (int i = 0; i < p->nw; i++) {
-            struct worker *w = &p->w[i];
-            if (!w->proc)
-                continue;
-            if (worker_has_output(w) && !worker_flush(w)) {
-                worker_end(p, w, -ECHILD);
+        /* Idle workers are free for callers of apply while we sleep. */
+        for (int i = 0; i < p->nw; i++)
+            if (__atomic_load_n(&p->w[i].owner, __ATOMIC_RELAXED) == W_THREAD)
+                __atomic_store_n(&p->w[i].owner, W_FREE, __ATOMIC_RELEASE);
+        int r = conc__wait_fd(p->epfd, POLLIN, retry_at);
+        if (r < 0 && r != -ETIMEDOUT)
+            continue;
+        int n = epoll_wait(p->epfd, evs, EVENTS_MAX, 0);
+        for (int k = 0; k < n; k++) {
+            uint64_t d = evs[k].data.u64;
+            if (d == UINT64_MAX) {
+                uint64_t v;
+                ssize_t rr = read(p->evfd, &v, sizeof v);
+                (void)rr;
                 continue;
             }
-            pf[n] = (struct pollfd){ w->fd, (short)(POLLIN | (worker_has_output(w) ? POLLOUT : 0)), 0 };
-            map[n++] = i;
-            pf[n] = (struct pollfd){ w->pidfd, POLLIN, 0 };
-            map[n++] = i;
-        }
-        int r = conc__wait_fds(pf, n, retry_at);
-        if (r <= 0)
-            continue;
-        if (pf[0].revents) {
-            uint64_t v;
-            ssize_t rr = read(p->evfd, &v, sizeof v);
-            (void)rr;
-        }
-        for (size_t k = 1; k < n; k += 2) {
-            struct worker *w = &p->w[map[k]];
-            if (!w->proc)
+            struct worker *w = &p->w[d / 2];
+            if (!worker_acquire(w) || !w->proc)
                 continue;
-            bool dead = pf[k + 1].revents != 0;
-            if (!dead && (pf[k].revents & POLLIN) && !worker_read(w))
+            bool dead = (d & 1) != 0;
+            uint32_t ev = evs[k].events;
+            if (!dead && (ev & EPOLLIN) && !worker_read(w))
                 dead = true;
-            if (!dead && (pf[k].revents & POLLOUT) && !worker_flush(w))
+            if (!dead && (ev & EPOLLOUT) && !worker_flush(w))
                 dead = true;
-            if (!dead && (pf[k].revents & (POLLERR | POLLHUP)) && !(pf[k].revents & POLLIN))
+            if (!dead && (ev & (EPOLLERR | EPOLLHUP)) && !(ev & EPOLLIN))
                 dead = true;
             if (dead)
                 worker_end(p, w, -ECHILD);
         }
     }
-    /* Terminated or closed: stop every worker, fail what is left. */
-    for (int i = 0; i < p->nw; i++)
-        if (p->w[i].proc)
-            worker_end(p, &p->w[i], -EPIPE);
+    /* Terminated or closed: stop every worker, fail what is left.  A
+     * worker a caller has is killed first; the caller gives it back once it
+     * sees it end. */
+    for (int i = 0; i < p->nw; i++) {
+        struct worker *w = &p->w[i];
+        while (!worker_acquire(w)) {
+            conc_process_kill(w->proc);
+            conc__sleep_until(conc_now() + 1000000);
+        }
+        if (w->proc)
+            worker_end(p, w, -EPIPE);
+    }
     fail_queue(p, -EPIPE);
     st_release(&p->finished, 1);
     conc__wake(&p->finished, INT_MAX, 0);
     return NULL;
+}
+
+int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    if (!e || !e->process || !t || !t->buf || !t->done ||
+        ld_relaxed(&t->state) != CONC__TASK_NEW)
+        return -EAGAIN;
+    conc_pool *p = (conc_pool *)e;
+    pthread_mutex_lock(&p->mu);
+    if (p->closed || p->qhead) {
+        pthread_mutex_unlock(&p->mu);
+        return -EAGAIN;
+    }
+    struct worker *w = NULL;
+    for (int i = 0; i < p->nw && !w; i++) {
+        struct worker *c = &p->w[i];
+        uint32_t o = W_FREE;
+        if (!__atomic_compare_exchange_n(&c->owner, &o, W_CALLER, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;
+        if (c->proc && c->ready && c->nout == 0 && !worker_has_output(c) && !c->want_exit &&
+            c->quota > 0)
+            w = c;
+        else
+            __atomic_store_n(&c->owner, W_FREE, __ATOMIC_RELEASE);
+    }
+    if (!w) {
+        pthread_mutex_unlock(&p->mu);
+        return -EAGAIN;
+    }
+    uint32_t idx;
+    int r = fn_index(p, t->fn, &idx);
+    bool ok = r == 0;
+    for (; ok && w->known <= idx; w->known++) {
+        struct frame fr = { F_FN, w->known, p->fns[w->known].deflen };
+        ok = obuf_put(&w->ctl, &fr, sizeof fr) &&
+             obuf_put(&w->ctl, p->fns[w->known].def, p->fns[w->known].deflen);
+    }
+    if (!ok) {
+        __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&p->mu);
+        wake_thread(p);         /* it may have FN frames to send now */
+        return r ? r : -EAGAIN;
+    }
+    memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
+    st_relaxed(&t->state, CONC__TASK_SENT);
+    t->worker = w;
+    t->next = t->prev = NULL;
+    w->head = w->tail = w->wtask = t;
+    w->woff = 0;
+    w->nout = 1;
+    if (--w->quota == 0)
+        w->want_exit = true;
+    pthread_mutex_unlock(&p->mu);
+    /* The pool's thread does not watch it while we talk to it. */
+    worker_watch(w, EPOLL_CTL_DEL);
+    int ret = 0;
+    if (t->started)
+        t->started(t);
+    for (;;) {
+        if (worker_has_output(w) && !worker_flush(w))
+            break;
+        if (!w->head)
+            break;              /* answered: done ran */
+        struct pollfd pf[2] = { { w->fd, (short)(POLLIN | (worker_has_output(w) ? POLLOUT : 0)), 0 },
+                                { w->pidfd, POLLIN, 0 } };
+        int n = conc__wait_fds(pf, 2, CONC_NO_DEADLINE);
+        if (n < 0 && n != -EINTR) {
+            ret = n;            /* cancelled: the pool's thread takes over */
+            break;
+        }
+        if (n == 0)
+            continue;
+        if (pf[1].revents)
+            break;              /* ended: the pool's thread settles it */
+        if ((pf[0].revents & POLLIN) && !worker_read(w))
+            break;
+        if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
+            break;
+    }
+    bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
+    worker_watch(w, EPOLL_CTL_ADD);
+    __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
+    /* Tasks queued while we had it wait for the pool's thread. */
+    pthread_mutex_lock(&p->mu);
+    bool queued = p->qhead != NULL;
+    pthread_mutex_unlock(&p->mu);
+    if (!idle || queued)
+        wake_thread(p);
+    return ret;
 }
 
 /* ------------------------------------------------------------- public API */
@@ -1025,11 +1223,11 @@ static void pool_destroy(conc_pool *p)
         free(p->fns[i].def);
     free(p->fns);
     free(p->w);
-    free(p->pf);
-    free(p->pfmap);
     free(p->initarg);
     if (p->evfd >= 0)
         close(p->evfd);
+    if (p->epfd >= 0)
+        close(p->epfd);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -1052,6 +1250,7 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     if (!p)
         return -ENOMEM;
     p->evfd = -1;
+    p->epfd = -1;
     pthread_mutex_init(&p->mu, NULL);
     p->o = o;
     p->e.submit = pool_submit;
@@ -1065,9 +1264,7 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     p->init_idx = NONE;
     int r = -ENOMEM;
     p->w = calloc((size_t)p->nw, sizeof *p->w);
-    p->pf = calloc((size_t)p->nw * 2 + 1, sizeof *p->pf);
-    p->pfmap = calloc((size_t)p->nw * 2 + 1, sizeof *p->pfmap);
-    if (!p->w || !p->pf || !p->pfmap)
+    if (!p->w)
         goto fail;
     if (o.initializer && o.initarg_len) {
         if (!(p->initarg = malloc(o.initarg_len)))
@@ -1081,7 +1278,15 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
         r = -errno;
         goto fail;
     }
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = UINT64_MAX };
+    if (p->epfd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->evfd, &ev)) {
+        r = -errno;
+        goto fail;
+    }
     for (int i = 0; i < p->nw; i++) {
+        p->w[i].idx = i;
+        p->w[i].epfd = p->epfd;
         p->w[i].fd = p->w[i].pidfd = -1;
         if ((r = worker_start(p, &p->w[i])))
             goto fail_workers;

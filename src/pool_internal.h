@@ -102,6 +102,18 @@ CONC_HIDDEN void conc__pool_task_release(struct conc__pool_task *t);
 CONC_HIDDEN int conc__pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t);
 
 /*
+ * conc__pool_run_direct - run a prepared task on an idle worker, talking to
+ * it from the calling thread (no hop through the pool's thread: the
+ * round trip of a blocking apply).  Returns 0 once done ran (or, when the
+ * worker died, once the pool's thread took the task over: done runs
+ * there); -ECANCELED when the calling coroutine was killed while it waited
+ * (the pool's thread took the task over); -EAGAIN when no worker is idle or
+ * the engine has no such path (nothing happened: submit it); -EINVAL for a
+ * function that cannot reach the workers.
+ */
+CONC_HIDDEN int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
  * conc__pool_cancel - take a task back if no worker has it yet.  Returns 0
  * (done will never be called), -EBUSY when a worker has it or it is done.
  */

@@ -204,7 +204,7 @@ static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
 /* Submits fn over items in chunks of chunksize; the submission errors
  * leave nothing behind (chunks already sent finish on their own). */
 static int submit_map(struct conc__pool_engine *e, void *fn, const conc_pool_item *items,
-                      size_t n, size_t chunksize, const conc_pool_task_opts *o,
+                      size_t n, size_t chunksize, const conc_pool_task_opts *o, bool direct,
                       conc_pool_result **out)
 {
     if (chunksize > CONC__POOL_CHUNK_MAX)
@@ -225,7 +225,14 @@ static int submit_map(struct conc__pool_engine *e, void *fn, const conc_pool_ite
         if (err)
             break;
         c->t.done = chunk_done;
-        err = conc__pool_submit(e, &c->t);
+        err = direct ? conc__pool_run_direct(e, &c->t) : -EAGAIN;
+        if (err == -ECANCELED) {
+            /* Handed over; the caller's wait was cancelled. */
+            *out = r;
+            return err;
+        }
+        if (err == -EAGAIN)
+            err = conc__pool_submit(e, &c->t);
         if (err) {
             conc__pool_task_release(&c->t);
             break;
@@ -378,14 +385,14 @@ static int opts_read(const conc_pool_task_opts *in, conc_pool_task_opts *o)
 }
 
 static int do_apply_async(struct conc__pool_engine *e, void *fn, const void *arg, size_t len,
-                          const conc_pool_task_opts *opts, conc_pool_result **out)
+                          const conc_pool_task_opts *opts, bool direct, conc_pool_result **out)
 {
     if (!e || !fn || !out || (e->process && ((!arg && len) || len > CONC_POOL_ARG_MAX)))
         return -EINVAL;
     conc_pool_task_opts o;
     opts_read(opts, &o);
     conc_pool_item it = { arg, len };
-    return submit_map(e, fn, &it, 1, 1, &o, out);
+    return submit_map(e, fn, &it, 1, 1, &o, direct, out);
 }
 
 static size_t default_chunksize(struct conc__pool_engine *e, size_t n)
@@ -403,7 +410,7 @@ static int do_map_async(struct conc__pool_engine *e, void *fn, const conc_pool_i
     conc_pool_task_opts o;
     opts_read(opts, &o);
     size_t cs = o.chunksize ? o.chunksize : default_chunksize(e, n);
-    return submit_map(e, fn, items, n, cs, &o, out);
+    return submit_map(e, fn, items, n, cs, &o, false, out);
 }
 
 static int do_map(struct conc__pool_engine *e, void *fn, const conc_pool_item *items, size_t n,
@@ -427,7 +434,7 @@ static int do_map(struct conc__pool_engine *e, void *fn, const conc_pool_item *i
 int conc_pool_apply_async(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len,
                           const conc_pool_task_opts *opts, conc_pool_result **out)
 {
-    return do_apply_async(conc__pool_engine(p), (void *)fn, arg, len, opts, out);
+    return do_apply_async(conc__pool_engine(p), (void *)fn, arg, len, opts, false, out);
 }
 
 int conc_pool_apply(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len, void **result,
@@ -439,7 +446,9 @@ int conc_pool_apply(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len, 
     if (e && conc__pool_in_callback(e))
         return -EDEADLK;
     conc_pool_result *r;
-    int err = do_apply_async(e, (void *)fn, arg, len, &no_opts, &r);
+    int err = do_apply_async(e, (void *)fn, arg, len, &no_opts, true, &r);
+    if (err == -ECANCELED)
+        conc_pool_result_free(r);
     if (err)
         return err;
     void *data;
@@ -475,7 +484,7 @@ int conc_pool_map(conc_pool *p, conc_pool_fn fn, const conc_pool_item *items, si
 int conc_threadpool_apply_async(conc_threadpool *p, conc_threadpool_fn fn, void *arg,
                                 const conc_pool_task_opts *opts, conc_pool_result **out)
 {
-    return do_apply_async(conc__threadpool_engine(p), (void *)fn, arg, 0, opts, out);
+    return do_apply_async(conc__threadpool_engine(p), (void *)fn, arg, 0, opts, false, out);
 }
 
 int conc_threadpool_apply(conc_threadpool *p, conc_threadpool_fn fn, void *arg, void **result)
@@ -486,7 +495,7 @@ int conc_threadpool_apply(conc_threadpool *p, conc_threadpool_fn fn, void *arg, 
     if (e && conc__pool_in_callback(e))
         return -EDEADLK;
     conc_pool_result *r;
-    int err = do_apply_async(e, (void *)fn, arg, 0, &no_opts, &r);
+    int err = do_apply_async(e, (void *)fn, arg, 0, &no_opts, false, &r);
     if (err)
         return err;
     void *data;

@@ -19,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -675,6 +676,71 @@ Test(pool, random_kills_every_task_reported_once, .timeout = 600)
     cr_assert_eq(count_fds(), base, "descriptors leaked");
 }
 
+/* Blocking applies from several threads (the direct path, the calling
+ * thread talking to an idle worker) while workers are killed: each returns
+ * the right value or -ECHILD, never hangs. */
+struct applier {
+    conc_pool *p;
+    int n, ok, died, wrong;
+};
+
+static void *applier_main(void *arg)
+{
+    struct applier *a = arg;
+    for (int64_t i = 0; i < a->n; i++) {
+        void *res;
+        size_t len;
+        int st = conc_pool_apply(a->p, square, &i, sizeof i, &res, &len);
+        if (st == 0) {
+            if (len != sizeof(int64_t) || arg_i64(res, len) != i * i)
+                a->wrong++;
+            free(res);
+            a->ok++;
+        } else if (st == -ECHILD) {
+            a->died++;
+        } else {
+            a->wrong++;
+        }
+    }
+    return NULL;
+}
+
+Test(pool, blocking_apply_from_threads_with_kills, .timeout = 600)
+{
+    int base = count_fds();
+    conc_pool *p = mkpool(3, CONC_START_FORK, NULL);
+    enum { T = 4 };
+    struct applier a[T];
+    pthread_t th[T];
+    atomic_store(&killer_stop, false);
+    atomic_store(&kills, 0);
+    pthread_t kt;
+    cr_assert_eq(pthread_create(&kt, NULL, killer, NULL), 0);
+    for (int i = 0; i < T; i++) {
+        a[i] = (struct applier){ p, SANITIZED ? 1000 : 10000, 0, 0, 0 };
+        cr_assert_eq(pthread_create(&th[i], NULL, applier_main, &a[i]), 0);
+    }
+    int died = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(a[i].wrong, 0);
+        cr_assert_eq(a[i].ok + a[i].died, a[i].n);
+        died += a[i].died;
+    }
+    atomic_store(&killer_stop, true);
+    pthread_join(kt, NULL);
+    cr_assert_gt(atomic_load(&kills), 0);
+    cr_assert_leq(died, atomic_load(&kills));
+    int64_t v = 3;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &v, sizeof v, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 9);
+    free(res);
+    endpool(p);
+    cr_assert_eq(count_fds(), base, "descriptors leaked");
+}
+
 /* ============================================================ stopping */
 
 struct getter {
@@ -907,6 +973,76 @@ Test(pool_coro, apply_parks_only_the_greenlet, .timeout = 120)
     cr_assert_eq(atomic_load(&coro_ticks), 5);
     conc_greenlet_free(t);
     endpool(cpool_shared);
+}
+
+/* A greenlet killed while it waits in apply on the direct path: apply
+ * gives -ECANCELED, the task goes on in its worker, and the pool still
+ * works and stops cleanly. */
+static int signal_fd = -1;
+
+static int signal_then_block(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    (void)arg;
+    (void)len;
+    (void)result;
+    (void)rlen;
+    char c = 'r';
+    if (write(signal_fd, &c, 1) != 1)
+        return -EIO;
+    for (;;)
+        pause();
+}
+
+static void *coro_apply_block(void *arg)
+{
+    (void)arg;
+    void *res;
+    size_t len;
+    int st = conc_pool_apply(cpool_shared, signal_then_block, NULL, 0, &res, &len);
+    return (void *)(intptr_t)st;
+}
+
+Test(pool_coro, killed_greenlet_in_apply, .timeout = 120)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    signal_fd = fds[1];
+    cpool_shared = mkpool(2, CONC_START_FORK, NULL);
+    /* Both workers ready (so the greenlet's apply takes the direct path). */
+    for (int i = 0; i < 4; i++) {
+        int64_t v = i;
+        void *res;
+        size_t len;
+        cr_assert_eq(conc_pool_apply(cpool_shared, square, &v, sizeof v, &res, &len), 0);
+        free(res);
+    }
+    conc_greenlet *g;
+    cr_assert_eq(conc_greenlet_spawn(&g, coro_apply_block, NULL, NULL), 0);
+    /* The greenlet runs once the main coroutine waits; a worker then
+     * holds its task and says so. */
+    struct pollfd pf = { fds[0], POLLIN, 0 };
+    cr_assert_eq(conc_fd_wait(pf.fd, POLLIN, GUARD), 0);
+    char c;
+    cr_assert_eq(read(fds[0], &c, 1), 1);
+    cr_assert_eq(conc_greenlet_kill(g), 0);
+    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
+    void *r;
+    cr_assert_eq(conc_greenlet_result(g, &r), 0);
+    cr_assert_eq((intptr_t)r, -ECANCELED);
+    conc_greenlet_free(g);
+    /* The other worker still serves. */
+    int64_t v = 6;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(cpool_shared, square, &v, sizeof v, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 36);
+    free(res);
+    cr_assert_eq(conc_pool_terminate(cpool_shared), 0);
+    cr_assert_eq(conc_pool_join(cpool_shared, GUARD), 0);
+    conc_pool_free(cpool_shared);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    close(fds[0]);
+    close(fds[1]);
 }
 
 /* ============================================================ thread pool */
