@@ -485,6 +485,13 @@ int main(int argc, char **argv)
         { "conc", rtt_conc, NULL },
         { "floor", rtt_floor, NULL },
     };
+    bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
+                  BENCH_MEDIAN);
+    const bench_case async[] = {
+        { "conc", async_conc, NULL },
+    };
+    bench_compare("pool_apply_async", async, BENCH_ARRAY_LEN(async),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
     const bench_case tpe[] = {
         { "conc", tpe_conc, NULL },
     };
@@ -508,13 +515,6 @@ int main(int argc, char **argv)
                           bench_iters(2000000, 200000), BENCH_MEDIAN);
         }
     }
-    bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
-                  BENCH_MEDIAN);
-    const bench_case async[] = {
-        { "conc", async_conc, NULL },
-    };
-    bench_compare("pool_apply_async", async, BENCH_ARRAY_LEN(async),
-                  bench_iters(2000000, 200000), BENCH_MEDIAN);
 
     /* Python is 10-1000x slower per task: its script has its own, smaller
      * iteration counts; we pass the scale and the repetitions. */
