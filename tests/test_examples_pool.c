@@ -1,6 +1,7 @@
 /*
  * test_examples_pool.c - runs the pool examples from CONC_EXAMPLES_DIR:
- * parallel-map's sums against the closed form and its progress lines,
+ * parallel-map's sums against the closed form and its progress (plain
+ * lines on a pipe, a bar redrawn in place on a terminal),
  * custom-thread-pool's figures for both pools (closed and terminated), and
  * crawler against a local HTTP server (python3 -m http.server in a
  * temporary directory) with pages of known sizes, a 404, a refused port
@@ -124,6 +125,90 @@ Test(parallel_map, progress_lines_when_not_a_terminal, .timeout = 60)
     check_progress_phase(lines, count, &k, "imap_unordered", 20000);
     cr_assert_eq(k, count, "stray line on stderr: '%s'", k < count ? lines[k] : "");
     run_free(&r);
+}
+
+/* Runs parallel-map with stderr on a terminal (a pseudo-terminal this test
+ * reads) and stdout on a pipe; returns the exit status and fills out/err. */
+static int run_on_terminal(const char *const *args, struct buf *out, struct buf *err)
+{
+    char path[512];
+    const char *argv[32];
+    example_argv("parallel-map", args, path, sizeof path, argv);
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    cr_assert_geq(master, 0);
+    cr_assert_eq(grantpt(master), 0);
+    cr_assert_eq(unlockpt(master), 0);
+    const char *name = ptsname(master);
+    cr_assert_not_null(name);
+    char slave_name[128];
+    snprintf(slave_name, sizeof slave_name, "%s", name);
+    int po[2];
+    cr_assert_eq(pipe(po), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int slave = open(slave_name, O_RDWR | O_NOCTTY);
+        if (slave < 0)
+            _exit(126);
+        dup2(slave, STDERR_FILENO);
+        dup2(po[1], STDOUT_FILENO);
+        close(slave);
+        close(master);
+        close(po[0]);
+        close(po[1]);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(po[1]);
+    buf_add(out, "", 0);
+    buf_add(err, "", 0);
+    struct pollfd pfd[2] = { { .fd = po[0], .events = POLLIN }, { .fd = master, .events = POLLIN } };
+    int64_t deadline = conc_now() + 60LL * 1000000000LL;
+    while (pfd[0].fd >= 0 || pfd[1].fd >= 0) {
+        cr_assert_lt(conc_now(), deadline, "parallel-map hung on a terminal");
+        if (poll(pfd, 2, 1000) < 0)
+            continue;
+        for (int i = 0; i < 2; i++) {
+            if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char chunk[4096];
+            ssize_t n = read(pfd[i].fd, chunk, sizeof chunk);
+            if (n > 0) {
+                buf_add(i == 0 ? out : err, chunk, (size_t)n);
+            } else {
+                close(pfd[i].fd);       /* the pipe's end, or EIO once the slave closed */
+                pfd[i].fd = -1;
+            }
+        }
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
+Test(parallel_map, progress_bar_on_a_terminal, .timeout = 90)
+{
+    const char *args[] = { "--tasks", "20000", "--workers", "2", "--chunksize", "10",
+                           "--progress", NULL };
+    struct buf out = { 0 }, err = { 0 };
+    int status = run_on_terminal(args, &out, &err);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x:\n%s", status,
+              err.data);
+    check_sums(out.data, 20000);
+    /* Each bar is redrawn in place ("\r") and ends full, with a newline
+     * (the terminal shows it as "\r\n"). */
+    const char *ends[] = { "map             [########################################] 100% "
+                           "20000/20000\r\n",
+                           "imap_unordered  [########################################] 100% "
+                           "20000/20000\r\n" };
+    for (int i = 0; i < 2; i++)
+        cr_assert_not_null(strstr(err.data, ends[i]), "no full bar '%.30s...' in:\n%s", ends[i],
+                           err.data);
+    cr_assert_null(strstr(err.data, "map: "), "plain lines on a terminal:\n%s", err.data);
+    cr_assert_eq(err.data[0], '\r', "the bar is drawn in place: '%.40s'", err.data);
+    free(out.data);
+    free(err.data);
 }
 
 Test(parallel_map, progress_with_no_tasks, .timeout = 60)
