@@ -141,7 +141,14 @@ static void *worker_main(void *arg)
             break;
         uint32_t seen = ld_relaxed(&ex->work);
         pthread_mutex_unlock(&ex->mu);
-        conc__wait(&ex->work, seen, CONC_NO_DEADLINE, 0);
+        /* A burst of submits is caught by spinning a little; only a
+         * worker that really sleeps costs its waker a system call. */
+        if (conc__spin_while(&ex->work, seen, CONC_NO_DEADLINE) == seen) {
+            __atomic_fetch_add(&ex->sleepers, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&ex->work, __ATOMIC_SEQ_CST) == seen)
+                conc__wait(&ex->work, seen, CONC_NO_DEADLINE, 0);
+            __atomic_fetch_sub(&ex->sleepers, 1, __ATOMIC_SEQ_CST);
+        }
         pthread_mutex_lock(&ex->mu);
     }
     ex->idle--;
@@ -200,8 +207,8 @@ static int enqueue(conc_executor *ex, conc_future *f)
             return r == -ENOMEM ? r : -EAGAIN;
         }
     }
-    bool wake = ex->idle > 0;
-    __atomic_fetch_add(&ex->work, 1, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&ex->work, 1, __ATOMIC_SEQ_CST);
+    bool wake = __atomic_load_n(&ex->sleepers, __ATOMIC_SEQ_CST) > 0;
     pthread_mutex_unlock(&ex->mu);
     if (wake)
         conc__wake(&ex->work, 1, 0);

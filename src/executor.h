@@ -33,6 +33,7 @@ struct conc_executor {
     size_t idle;                /* workers looking for work or asleep */
     size_t nthreads;            /* started */
     uint32_t work;              /* futex word: bumped by submit, shutdown */
+    uint32_t sleepers;          /* workers asleep on work */
     uint32_t alive;             /* futex word: workers not yet ended */
     bool shutdown;
     bool broken;                /* a thread initializer failed */

@@ -322,6 +322,10 @@ static int wait_done(conc_future *f, int64_t deadline)
         uint32_t s = ld_acquire(&f->state);
         if (s >= CONC_FUTURE_FINISHED)
             return 0;
+        /* A call about to finish is caught by spinning a little (threads
+         * only, and never past the deadline). */
+        if (deadline != 0 && conc__spin_while(&f->state, s, deadline) != s)
+            continue;
         __atomic_fetch_add(&f->sleepers, 1, __ATOMIC_SEQ_CST);
         int r = 0;
         if (__atomic_load_n(&f->state, __ATOMIC_SEQ_CST) == s)

@@ -6,16 +6,19 @@
  * waits over executor futures, coroutines, and killed process workers.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include "conc/executor.h"
 #include "conc/future.h"
 #include "conc/hub.h"
 #include "conc/sync.h"
+#include "conc/wait.h"
 #include "support/wait_helpers.h"
 
 static conc_executor *mk_threads(int max_workers)
@@ -700,4 +703,467 @@ Test(executor, concurrent_submitters)
     long n = 2000, want = (n - 1) * n * (2 * n - 1) / 6;
     cr_assert_eq(total, want);
     cr_assert_eq(conc_executor_free(ex), 0);
+}
+
+/* ---------------------------------------------------- process executor */
+
+static conc_executor *mk_procs(int max_workers)
+{
+    conc_executor_opts o = CONC_EXECUTOR_OPTS_INIT;
+    o.kind = CONC_EXECUTOR_PROCESSES;
+    o.max_workers = max_workers;
+    conc_executor *ex = NULL;
+    cr_assert_eq(conc_executor_new(&ex, &o), 0);
+    cr_assert_eq(conc_executor_kind_of(ex), CONC_EXECUTOR_PROCESSES);
+    return ex;
+}
+
+/* The argument is a long; the result its square and the worker's pid. */
+struct sq_out {
+    long square;
+    pid_t pid;
+};
+
+static int proc_square(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    long x;
+    if (len != sizeof x)
+        return -EMSGSIZE;
+    memcpy(&x, arg, sizeof x);
+    if (x < 0)
+        return (int)x;
+    struct sq_out *o = malloc(sizeof *o);
+    o->square = x * x;
+    o->pid = getpid();
+    *result = o;
+    *result_len = sizeof *o;
+    return 0;
+}
+
+static conc_future *submit_long(conc_executor *ex, conc_executor_bytes_fn fn, long x)
+{
+    conc_future *f = NULL;
+    cr_assert_eq(conc_executor_submit_bytes(ex, fn, &x, sizeof x, &f), 0);
+    return f;
+}
+
+static long square_of(conc_future *f)
+{
+    void *v;
+    size_t len;
+    int r = conc_future_result(f, &v, &len, 60.0);
+    cr_assert_eq(r, 0, "result: %s", conc_errname(r));
+    cr_assert(conc_future_has_bytes(f));
+    cr_assert_eq(len, sizeof(struct sq_out));
+    struct sq_out o;
+    memcpy(&o, v, sizeof o);
+    cr_assert_neq(o.pid, getpid(), "the call ran in the parent");
+    return o.square;
+}
+
+static int count_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        n += fcntl(fd, F_GETFD) != -1;
+    return n;
+}
+
+Test(executor, processes_run_bytes_calls)
+{
+    int fds = count_fds();
+    conc_executor *ex = mk_procs(2);
+    cr_assert_eq(conc_executor_max_workers(ex), 2);
+    conc_future *g = (conc_future *)1;
+    cr_assert_eq(conc_executor_submit(ex, square, NULL, &g), -EINVAL, "pointers to processes");
+    conc_executor_map *m;
+    struct counter_input in = { 0, 3, 0 };
+    cr_assert_eq(conc_executor_map_new(&m, ex, square, count_input, &in, NULL), -EINVAL);
+    cr_assert_eq(g, (conc_future *)1);
+    enum { N = 40 };
+    conc_future *fs[N];
+    for (long i = 0; i < N; i++)
+        fs[i] = submit_long(ex, proc_square, i);
+    for (long i = 0; i < N; i++) {
+        cr_assert_eq(square_of(fs[i]), i * i);
+        conc_future_free(fs[i]);
+    }
+    conc_future *bad = submit_long(ex, proc_square, -EDOM);
+    cr_assert_eq(conc_future_result(bad, NULL, NULL, 60.0), -EDOM);
+    int err = 0, detail = 1;
+    cr_assert_eq(conc_future_exception(bad, &err, &detail, 0), 0);
+    cr_assert_eq(err, -EDOM);
+    cr_assert_eq(detail, 0);
+    conc_future_free(bad);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    cr_assert_eq(count_fds(), fds, "descriptors left behind");
+}
+
+static int kill_self(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    (void)result;
+    (void)result_len;
+    int how;
+    cr_assert_eq(len, sizeof how);
+    memcpy(&how, arg, sizeof how);
+    if (how > 0)
+        raise(how);
+    _exit(-how);
+}
+
+/* Memory the parent shares with the workers (made before the executor, so
+ * the fork of each worker maps it too): a worker reports its pid there and
+ * waits at the gate.  Workers do not inherit the parent's other
+ * descriptors, so no pipe would do. */
+struct shared {
+    conc_event gate;
+    pid_t pid;
+};
+
+static struct shared *shared_new(void)
+{
+    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    cr_assert_neq(sh, MAP_FAILED);
+    cr_assert_eq(conc_event_init(&sh->gate, CONC_SYNC_SHARED), 0);
+    return sh;
+}
+
+static struct shared *sh;
+
+/* Reports its pid, then waits at the gate (or to be killed); gives the
+ * byte it was sent. */
+static int report_and_wait(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    __atomic_store_n(&sh->pid, getpid(), __ATOMIC_SEQ_CST);
+    conc_event_wait(&sh->gate, CONC_FOREVER);
+    if (len) {
+        *result = malloc(len);
+        memcpy(*result, arg, len);
+        *result_len = len;
+    }
+    return 0;
+}
+
+Test(executor, a_killed_worker_fails_only_its_call)
+{
+    sh = shared_new();
+    conc_executor *ex = mk_procs(2);
+    conc_future *victim;
+    cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, NULL, 0, &victim), 0);
+    conc_future *others[10];
+    for (long i = 0; i < 10; i++)
+        others[i] = submit_long(ex, proc_square, i);
+    WAIT_FOR(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) != 0);
+    pid_t pid = sh->pid;
+    wait_proc_blocked(pid, BLOCKED_GUARD);
+    cr_assert(conc_future_running(victim));
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    cr_assert_eq(conc_future_result(victim, NULL, NULL, 60.0), -ECHILD);
+    int err, detail;
+    cr_assert_eq(conc_future_exception(victim, &err, &detail, 0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    for (long i = 0; i < 10; i++) {
+        cr_assert_eq(square_of(others[i]), i * i);
+        conc_future_free(others[i]);
+    }
+    /* Calls that end their own worker: a signal, an exit. */
+    int how[2] = { SIGKILL, -3 };
+    conc_future *self[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(conc_executor_submit_bytes(ex, kill_self, &how[i], sizeof how[i], &self[i]), 0);
+    cr_assert_eq(conc_future_exception(self[0], &err, &detail, 60.0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    cr_assert_eq(conc_future_exception(self[1], &err, &detail, 60.0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, 3);
+    /* The executor goes on, with both workers. */
+    conc_future *after[6];
+    for (long i = 0; i < 6; i++)
+        after[i] = submit_long(ex, proc_square, i + 100);
+    for (long i = 0; i < 6; i++) {
+        cr_assert_eq(square_of(after[i]), (i + 100) * (i + 100));
+        conc_future_free(after[i]);
+    }
+    conc_future_free(victim);
+    conc_future_free(self[0]);
+    conc_future_free(self[1]);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(sh, sizeof *sh);
+}
+
+Test(executor, processes_cancel_and_shutdown)
+{
+    sh = shared_new();
+    conc_executor *ex = mk_procs(1);
+    conc_future *first;
+    cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, "z", 1, &first), 0);
+    WAIT_FOR(conc_future_running(first));
+    cr_assert_eq(conc_future_cancel(first), -EBUSY);
+    /* The pool hands a worker the next call before the last one ended
+     * (Python's call queue does the same): such a call is RUNNING and
+     * cannot be cancelled; the ones behind it are PENDING and can. */
+    enum { Q = 6 };
+    conc_future *queued[Q];
+    for (long i = 0; i < Q; i++)
+        queued[i] = submit_long(ex, proc_square, i);
+    WAIT_FOR(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) != 0);
+    cr_assert_eq(conc_future_state(queued[Q - 1]), CONC_FUTURE_PENDING);
+    cr_assert_eq(conc_future_cancel(queued[Q - 1]), 0);
+    cr_assert(conc_future_cancelled(queued[Q - 1]));
+    cr_assert_eq(conc_future_result(queued[Q - 1], NULL, NULL, 0), -ECANCELED);
+    int pending = 0;
+    for (int i = 0; i < Q - 1; i++)
+        pending += conc_future_state(queued[i]) == CONC_FUTURE_PENDING;
+    cr_assert_geq(pending, 2, "the pool took more than one call ahead");
+    /* shutdown(cancel_futures) cancels what has not started. */
+    cr_assert_eq(conc_executor_shutdown(ex, false, true), 0);
+    int cancelled = 0;
+    for (int i = 0; i < Q - 1; i++) {
+        cr_assert_neq(conc_future_state(queued[i]), CONC_FUTURE_PENDING, "call %d", i);
+        cancelled += conc_future_cancelled(queued[i]);
+    }
+    cr_assert_eq(cancelled, pending);
+    conc_future *g = (conc_future *)1;
+    long x = 1;
+    cr_assert_eq(conc_executor_submit_bytes(ex, proc_square, &x, sizeof x, &g), -EPIPE);
+    cr_assert_eq(g, (conc_future *)1);
+    cr_assert_eq(conc_executor_join(ex, 0), -EAGAIN);
+    cr_assert_eq(conc_event_set(&sh->gate), 0);
+    cr_assert_eq(conc_executor_join(ex, 60.0), 0);
+    void *v;
+    size_t len;
+    cr_assert_eq(conc_future_result(first, &v, &len, 0), 0);
+    cr_assert_eq(len, 1);
+    cr_assert_eq(*(char *)v, 'z');
+    for (int i = 0; i < Q; i++) {
+        cr_assert(conc_future_done(queued[i]));
+        if (!conc_future_cancelled(queued[i]))
+            cr_assert_eq(square_of(queued[i]), (long)i * i);
+        conc_future_free(queued[i]);
+    }
+    conc_future_free(first);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(sh, sizeof *sh);
+}
+
+Test(executor, processes_shutdown_wait_runs_everything)
+{
+    conc_executor *ex = mk_procs(2);
+    conc_future *fs[20];
+    for (long i = 0; i < 20; i++)
+        fs[i] = submit_long(ex, proc_square, i);
+    cr_assert_eq(conc_executor_shutdown(ex, true, false), 0);
+    for (long i = 0; i < 20; i++) {
+        cr_assert(conc_future_done(fs[i]), "call %ld not done after shutdown(wait)", i);
+        cr_assert_eq(square_of(fs[i]), i * i);
+        conc_future_free(fs[i]);
+    }
+    cr_assert_eq(conc_executor_free(ex), 0);
+}
+
+static long init_value;
+static int set_init_value(const void *arg, size_t len)
+{
+    cr_assert_eq(len, sizeof init_value);
+    memcpy(&init_value, arg, sizeof init_value);
+    return 0;
+}
+
+static int give_init_value(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    (void)arg;
+    (void)len;
+    long *o = malloc(sizeof *o);
+    *o = init_value;
+    *result = o;
+    *result_len = sizeof *o;
+    return 0;
+}
+
+Test(executor, processes_initializer_and_map)
+{
+    long seed = 4242;
+    conc_executor_opts o = CONC_EXECUTOR_OPTS_INIT;
+    o.kind = CONC_EXECUTOR_PROCESSES;
+    o.max_workers = 2;
+    o.initializer = set_init_value;
+    o.initarg = &seed;
+    o.initarg_len = sizeof seed;
+    conc_executor *ex;
+    cr_assert_eq(conc_executor_new(&ex, &o), 0);
+    seed = 0;                   /* copied by new */
+    conc_future *f;
+    cr_assert_eq(conc_executor_submit_bytes(ex, give_init_value, NULL, 0, &f), 0);
+    void *v;
+    size_t len;
+    cr_assert_eq(conc_future_result(f, &v, &len, 60.0), 0);
+    cr_assert_eq(len, sizeof(long));
+    cr_assert_eq(*(long *)v, 4242);
+    cr_assert_eq(init_value, 0, "the initializer ran in the parent");
+    conc_future_free(f);
+
+    struct byte_input in = { 0, 25, { 0 } };
+    conc_executor_map *m;
+    cr_assert_eq(conc_executor_map_bytes_new(&m, ex, reverse_bytes, bytes_input, &in,
+                                             &(conc_executor_map_opts){ .read_ahead = 3 }), 0);
+    cr_assert_eq(in.i, 3);
+    for (int k = 0; k < 25; k++) {
+        int err;
+        cr_assert_eq(conc_executor_map_next(m, &v, &len, &err, 60.0), 1);
+        cr_assert_eq(err, 0);
+        cr_assert_eq(len, (size_t)(k % 7) + 1);
+        for (size_t j = 0; j < len; j++)
+            cr_assert_eq(((char *)v)[j], 'a' + (int)(len - 1 - j));
+        free(v);
+        cr_assert_leq(in.i, k + 1 + 3);
+    }
+    int err;
+    cr_assert_eq(conc_executor_map_next(m, &v, &len, &err, 60.0), 0);
+    conc_executor_map_free(m);
+    cr_assert_eq(conc_executor_free(ex), 0);
+}
+
+static void *co_proc_waiter(void *arg)
+{
+    conc_future *f = arg;
+    co_append('w');
+    void *v;
+    size_t len;
+    cr_assert_eq(conc_future_result(f, &v, &len, 60.0), 0);   /* parks */
+    cr_assert_eq(len, 1);
+    co_append('W');
+    return NULL;
+}
+
+static void *co_opener_proc(void *arg)
+{
+    (void)arg;
+    co_append('o');
+    /* Runs only because the waiter parked: the call waits at the gate. */
+    cr_assert_eq(conc_event_set(&sh->gate), 0);
+    co_append('O');
+    return NULL;
+}
+
+Test(executor, processes_futures_in_coroutines_and_conc_wait)
+{
+    sh = shared_new();
+    conc_executor *ex = mk_procs(1);
+    conc_future *f;
+    cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, "c", 1, &f), 0);
+    conc_greenlet *a, *b;
+    cr_assert_eq(conc_greenlet_spawn(&a, co_proc_waiter, f, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&b, co_opener_proc, NULL, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert_str_eq(co_log, "woOW");
+    conc_greenlet_free(a);
+    conc_greenlet_free(b);
+    cr_assert_eq(conc_hub_free(), 0);
+    conc_future_free(f);
+
+    /* conc_wait: the future beside a descriptor that never becomes ready. */
+    cr_assert_eq(conc_event_clear(&sh->gate), 0);
+    sh->pid = 0;
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    conc_future *slow;
+    cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, "q", 1, &slow), 0);
+    conc_waitable ws[2] = {
+        { .kind = CONC_WAIT_FD, .u.fd = p[0] },
+        { .kind = CONC_WAIT_FUTURE, .u.future = slow },
+    };
+    cr_assert_eq(conc_wait(ws, 2, 0), -EAGAIN);
+    WAIT_FOR(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) != 0);
+    cr_assert_eq(conc_wait(ws, 2, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_event_set(&sh->gate), 0);
+    cr_assert_eq(conc_wait(ws, 2, 60.0), 1);
+    cr_assert(!ws[0].ready && ws[1].ready);
+    cr_assert(conc_future_done(slow));
+    conc_future_free(slow);
+    close(p[0]);
+    close(p[1]);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(sh, sizeof *sh);
+}
+
+/* Squares its argument after some work, reporting its pid first. */
+static int busy_square(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    __atomic_store_n(&sh->pid, getpid(), __ATOMIC_SEQ_CST);
+    volatile long spin = 0;
+    for (int i = 0; i < 20000; i++)
+        spin += i;
+    return proc_square(arg, len, result, result_len);
+}
+
+struct killer {
+    int rounds;
+    int killed;
+    bool stop;
+};
+
+static void *kill_workers(void *arg)
+{
+    struct killer *k = arg;
+    for (int i = 0; i < k->rounds && !__atomic_load_n(&k->stop, __ATOMIC_SEQ_CST); i++) {
+        pid_t pid = __atomic_exchange_n(&sh->pid, 0, __ATOMIC_SEQ_CST);
+        if (pid > 0 && kill(pid, SIGKILL) == 0)
+            k->killed++;
+        /* The next kill waits until a call of a (maybe new) worker began. */
+        int64_t end = conc_now() + GUARD_NS;
+        while (__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) == 0 &&
+               !__atomic_load_n(&k->stop, __ATOMIC_SEQ_CST) && conc_now() < end)
+            usleep(500);
+    }
+    return NULL;
+}
+
+Test(executor, killing_workers_under_load_loses_nothing)
+{
+    enum { N = 1500 };
+    sh = shared_new();
+    conc_executor *ex = mk_procs(3);
+    conc_future **fs = malloc(N * sizeof *fs);
+    for (long i = 0; i < N; i++)
+        fs[i] = submit_long(ex, busy_square, i);
+    struct killer k = { 25, 0, false };
+    pthread_t t = spawn(kill_workers, &k);
+    int ok = 0, died = 0;
+    for (long i = 0; i < N; i++) {
+        void *v;
+        size_t len;
+        int r = conc_future_result(fs[i], &v, &len, 120.0);
+        if (r == 0) {
+            struct sq_out o;
+            cr_assert_eq(len, sizeof o);
+            memcpy(&o, v, sizeof o);
+            cr_assert_eq(o.square, i * i, "call %ld", i);
+            ok++;
+        } else {
+            cr_assert_eq(r, -ECHILD, "call %ld: %s", i, conc_errname(r));
+            int err, detail;
+            cr_assert_eq(conc_future_exception(fs[i], &err, &detail, 0), 0);
+            cr_assert_eq(detail, -SIGKILL);
+            died++;
+        }
+    }
+    __atomic_store_n(&k.stop, true, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    cr_log_info("killed %d workers, %d calls failed", k.killed, died);
+    cr_assert_eq(ok + died, N);
+    cr_assert_leq(died, k.killed, "more calls failed than workers were killed");
+    /* Still working afterwards. */
+    for (long i = 0; i < 5; i++) {
+        conc_future *f = submit_long(ex, proc_square, i);
+        cr_assert_eq(square_of(f), i * i);
+        conc_future_free(f);
+    }
+    for (long i = 0; i < N; i++)
+        conc_future_free(fs[i]);
+    free(fs);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(sh, sizeof *sh);
 }
