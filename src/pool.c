@@ -6,10 +6,10 @@
  * frames to it without blocking (a worker that does not read never stops
  * the others) and reads the worker's answers, which come in the order of
  * the tasks, so the pool knows which task a worker runs: the oldest it has
- * not answered.  A worker holds at most PIPELINE tasks while the queue is
- * short, so that a long task delays few others; up to PIPELINE_MAX while
- * the queue is long, so that short tasks stream without a round trip
- * each.
+ * not answered.  While the queue is short a worker holds one task at a
+ * time, so that a long task delays no other; while it is long, up to
+ * PIPELINE_MAX (a share of the queue), so that short tasks stream without
+ * a round trip each.  Idle workers are served first.
  *
  * Frames: struct frame, then len bytes.
  *   pool -> worker  FN      n = index; body: the function (fork: its
@@ -53,7 +53,7 @@ struct frame {
     uint64_t len;
 };
 
-#define PIPELINE 2
+#define PIPELINE 1
 #define PIPELINE_MAX 64
 #define NONE UINT32_MAX
 #define FN_TABLE_MAX 4096
@@ -712,10 +712,9 @@ static int worker_start(conc_pool *p, struct worker *w)
 
 /* Hands queued tasks to w while it has room; under mu.  Tasks reported
  * started go on *started. */
-static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **started)
+static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **started,
+                     size_t depth)
 {
-    size_t depth = p->qlen / (size_t)p->nw;
-    depth = depth < PIPELINE ? PIPELINE : depth > PIPELINE_MAX ? PIPELINE_MAX : depth;
     while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
         struct conc__pool_task *t = p->qhead;
         uint32_t idx;
@@ -1020,11 +1019,17 @@ static void *pool_thread(void *arg)
         pthread_mutex_lock(&p->mu);
         bool term = p->terminating, closed = p->closed;
         struct conc__pool_task *started = NULL;
-        for (int i = 0; i < p->nw; i++) {
-            struct worker *w = &p->w[i];
-            if (worker_acquire(w) && w->proc && !term)
-                dispatch(p, w, &started);
-        }
+        bool owned[CONC_POOL_MAX_WORKERS];
+        for (int i = 0; i < p->nw; i++)
+            owned[i] = worker_acquire(&p->w[i]);
+        /* Level by level: every idle worker gets a task before any gets a
+         * second one. */
+        size_t depth = p->qlen / (size_t)p->nw;
+        depth = depth < PIPELINE ? PIPELINE : depth > PIPELINE_MAX ? PIPELINE_MAX : depth;
+        for (size_t level = 1; level <= depth && p->qhead && !term; level++)
+            for (int i = 0; i < p->nw; i++)
+                if (owned[i] && p->w[i].proc)
+                    dispatch(p, &p->w[i], &started, level);
         bool queue_empty = p->qhead == NULL;
         pthread_mutex_unlock(&p->mu);
         for (struct conc__pool_task *t = started, *nx; t; t = nx) {
@@ -1203,9 +1208,10 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
     worker_watch(w, EPOLL_CTL_ADD);
     __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
-    /* Tasks queued while we had it wait for the pool's thread. */
+    /* Tasks queued while we had it, or a close, wait for the pool's
+     * thread. */
     pthread_mutex_lock(&p->mu);
-    bool queued = p->qhead != NULL;
+    bool queued = p->qhead != NULL || p->closed;
     pthread_mutex_unlock(&p->mu);
     if (!idle || queued)
         wake_thread(p);

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include "conc/future.h"
 #include "conc/pool.h"
 #include "pool_internal.h"
 #include "sys/wait.h"
@@ -22,36 +23,51 @@ struct ritem {
 };
 
 /* Progress reports: at most one at a time, at most every PROGRESS_NS, and
- * the last one always. */
+ * the last one always, after which no other is made. */
 struct progress {
     conc_pool_progress_fn fn;
     void *ctx;
     int64_t last;
     uint32_t busy;
+    bool ended;                 /* under busy */
     size_t done;
 };
 
-static void progress_report(struct progress *pg, size_t add, size_t total, bool final)
+/* Counts add finished items; returns the count. */
+static size_t progress_add(struct progress *pg, size_t add)
 {
-    size_t d = __atomic_add_fetch(&pg->done, add, __ATOMIC_ACQ_REL);
+    return __atomic_add_fetch(&pg->done, add, __ATOMIC_ACQ_REL);
+}
+
+/* A report of d done, unless one was made less than PROGRESS_NS ago, one is
+ * being made, or the last one was. */
+static void progress_step(struct progress *pg, size_t d, size_t total)
+{
     if (!pg->fn)
         return;
-    if (final) {
-        while (__atomic_exchange_n(&pg->busy, 1, __ATOMIC_ACQUIRE))
-            conc__yield();
-        pg->fn(pg->ctx, d, total);
-        __atomic_store_n(&pg->busy, 0, __ATOMIC_RELEASE);
-        return;
-    }
     int64_t now = conc_now();
     if (now - __atomic_load_n(&pg->last, __ATOMIC_RELAXED) < PROGRESS_NS)
         return;
     if (__atomic_exchange_n(&pg->busy, 1, __ATOMIC_ACQUIRE))
         return;
-    if (now - __atomic_load_n(&pg->last, __ATOMIC_RELAXED) >= PROGRESS_NS) {
+    if (!pg->ended && now - __atomic_load_n(&pg->last, __ATOMIC_RELAXED) >= PROGRESS_NS &&
+        d < total) {
         __atomic_store_n(&pg->last, now, __ATOMIC_RELAXED);
-        if (d < total)
-            pg->fn(pg->ctx, d, total);
+        pg->fn(pg->ctx, d, total);
+    }
+    __atomic_store_n(&pg->busy, 0, __ATOMIC_RELEASE);
+}
+
+/* The last report: everything is done. */
+static void progress_final(struct progress *pg, size_t total)
+{
+    if (!pg->fn)
+        return;
+    while (__atomic_exchange_n(&pg->busy, 1, __ATOMIC_ACQUIRE))
+        conc__yield();
+    if (!pg->ended) {
+        pg->ended = true;
+        pg->fn(pg->ctx, total, total);
     }
     __atomic_store_n(&pg->busy, 0, __ATOMIC_RELEASE);
 }
@@ -114,6 +130,9 @@ struct conc_pool_result {
     bool process;
     int status;                 /* the first failed item's, or 0 */
     size_t status_index;
+    pthread_mutex_t fmu;        /* guards fut and finished */
+    conc_future *fut;           /* made on the first conc_pool_result_future */
+    bool finished;
 };
 
 static __thread conc_pool_result *cb_result;
@@ -128,7 +147,26 @@ static void result_unref(conc_pool_result *r)
     }
     free(r->chunks);
     free(r->items);
+    conc_future_free(r->fut);
+    pthread_mutex_destroy(&r->fmu);
     free(r);
+}
+
+/* Finishes f as r ended: its value (apply: the item's bytes or pointer; map:
+ * none), or the first failed status with the worker's exit code. */
+static void future_settle(conc_pool_result *r, conc_future *f)
+{
+    if (r->status) {
+        int code = 0;
+        if (r->status == -ECHILD)
+            code = r->items[r->status_index].exitcode;
+        conc_future_set_exception(f, r->status, code);
+    } else if (r->n == 1 && r->process) {
+        if (conc_future_set_result_bytes(f, r->items[0].data, r->items[0].len) == -ENOMEM)
+            conc_future_set_exception(f, -ENOMEM, 0);
+    } else {
+        conc_future_set_result(f, r->n == 1 ? r->items[0].data : NULL);
+    }
 }
 
 static void result_finish(conc_pool_result *r)
@@ -142,8 +180,7 @@ static void result_finish(conc_pool_result *r)
         }
     }
     st_release(&r->settled, 1);
-    if (r->pg.fn)
-        progress_report(&r->pg, 0, r->n, true);
+    progress_final(&r->pg, r->n);
     conc_pool_callback cb = r->status ? r->ecb : r->cb;
     if (cb) {
         conc_pool_result *saved = cb_result;
@@ -152,6 +189,13 @@ static void result_finish(conc_pool_result *r)
         cb_result = saved;
     }
     st_release(&r->ready, 1);
+    /* The future is done only once r is ready (our reference keeps r). */
+    pthread_mutex_lock(&r->fmu);
+    r->finished = true;
+    conc_future *f = r->fut;
+    pthread_mutex_unlock(&r->fmu);
+    if (f)
+        future_settle(r, f);
     conc__wake(&r->ready, INT_MAX, 0);
     result_unref(r);
 }
@@ -161,14 +205,12 @@ static void chunk_done(struct conc__pool_task *t, const struct conc__pool_outcom
     struct rchunk *c = (struct rchunk *)t;
     conc_pool_result *r = c->r;
     outcomes_store(r->process, r->items + c->first, t->nitems, o, n, &c->copy);
-    uint32_t count = t->nitems;
+    size_t d = progress_add(&r->pg, t->nitems);
     conc__pool_task_release(t);
-    if (__atomic_sub_fetch(&r->remaining, 1, __ATOMIC_ACQ_REL) == 0) {
-        __atomic_add_fetch(&r->pg.done, count, __ATOMIC_ACQ_REL);
+    if (__atomic_sub_fetch(&r->remaining, 1, __ATOMIC_ACQ_REL) == 0)
         result_finish(r);
-    } else {
-        progress_report(&r->pg, count, r->n, false);
-    }
+    else
+        progress_step(&r->pg, d, r->n);
 }
 
 static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
@@ -189,6 +231,7 @@ static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
         return -ENOMEM;
     }
     r->refs = 2;
+    pthread_mutex_init(&r->fmu, NULL);
     r->remaining = r->nchunks;
     r->process = e->process;
     r->cb = o->callback;
@@ -240,9 +283,12 @@ static int submit_map(struct conc__pool_engine *e, void *fn, const conc_pool_ite
     }
     if (err) {
         /* Take back what no worker has yet; the rest finishes alone. */
-        __atomic_store_n(&r->cb, NULL, __ATOMIC_RELAXED);
+        r->cb = NULL;
         r->ecb = NULL;
-        r->pg.fn = NULL;
+        while (__atomic_exchange_n(&r->pg.busy, 1, __ATOMIC_ACQUIRE))
+            conc__yield();
+        r->pg.ended = true;     /* no report for a call that failed */
+        __atomic_store_n(&r->pg.busy, 0, __ATOMIC_RELEASE);
         size_t unsent = r->nchunks - k;
         for (size_t i = 0; i < k; i++) {
             if (conc__pool_cancel(e, &r->chunks[i].t) == 0) {
@@ -366,6 +412,29 @@ int conc_pool_result_exitcode(const conc_pool_result *r, int *code)
         }
     }
     return -ENOENT;
+}
+
+conc_future *conc_pool_result_future(conc_pool_result *r)
+{
+    if (!r)
+        return NULL;
+    pthread_mutex_lock(&r->fmu);
+    if (!r->fut) {
+        conc_future *f;
+        if (conc_future_new(&f, NULL)) {
+            pthread_mutex_unlock(&r->fmu);
+            return NULL;
+        }
+        /* The task was handed to the pool already: it cannot be taken back
+         * through the future. */
+        conc_future_set_running(f);
+        if (r->finished)
+            future_settle(r, f);
+        r->fut = f;
+    }
+    conc_future *f = conc_future_ref(r->fut);
+    pthread_mutex_unlock(&r->fmu);
+    return f;
 }
 
 void conc_pool_result_free(conc_pool_result *r)
@@ -579,7 +648,12 @@ static void islot_done(struct conc__pool_task *t, const struct conc__pool_outcom
     conc_pool_iter *it = s->it;
     void *copy;
     outcomes_store(it->e->process, s->items, t->nitems, o, n, &copy);
-    uint32_t count = t->nitems;
+    /* Reported before the result is visible: the iterator's last report
+     * comes after every other. */
+    size_t d = progress_add(&it->pg, t->nitems);
+    size_t consumed = __atomic_load_n(&it->consumed, __ATOMIC_ACQUIRE);
+    bool ended = __atomic_load_n(&it->input_end, __ATOMIC_ACQUIRE);
+    progress_step(&it->pg, d, ended ? consumed : SIZE_MAX);
     conc__pool_task_release(t);
     pthread_mutex_lock(&it->mu);
     bool gone = it->abandoned;
@@ -592,9 +666,6 @@ static void islot_done(struct conc__pool_task *t, const struct conc__pool_outcom
     }
     pthread_mutex_unlock(&it->mu);
     if (!gone) {
-        size_t consumed = __atomic_load_n(&it->consumed, __ATOMIC_ACQUIRE);
-        bool ended = __atomic_load_n(&it->input_end, __ATOMIC_ACQUIRE);
-        progress_report(&it->pg, count, ended ? consumed : SIZE_MAX, false);
         __atomic_add_fetch(&it->word, 1, __ATOMIC_RELEASE);
         conc__wake(&it->word, INT_MAX, 0);
     }
@@ -744,7 +815,7 @@ int conc_pool_iter_next_until(conc_pool_iter *it, int *status, void **out, size_
         if (inflight == 0 && it->input_end) {
             if (!it->end_reported) {
                 it->end_reported = true;
-                progress_report(&it->pg, 0, it->consumed, true);
+                progress_final(&it->pg, it->consumed);
                 if (it->input_err)
                     return it->input_err;
             }
@@ -781,6 +852,11 @@ void conc_pool_iter_free(conc_pool_iter *it)
 {
     if (!it)
         return;
+    /* No report after this (one being made is waited for). */
+    while (__atomic_exchange_n(&it->pg.busy, 1, __ATOMIC_ACQUIRE))
+        conc__yield();
+    it->pg.ended = true;
+    __atomic_store_n(&it->pg.busy, 0, __ATOMIC_RELEASE);
     pthread_mutex_lock(&it->mu);
     it->abandoned = true;
     size_t dropped = 0;

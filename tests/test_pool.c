@@ -433,6 +433,49 @@ Test(pool, callbacks_and_error_callback, .timeout = 120)
     endpool(p);
 }
 
+/* Waiting on the same pool from its callback would wait for itself. */
+static conc_pool *cb_pool;
+static atomic_int cb_apply_rc, cb_join_rc, cb_wait_rc;
+static conc_pool_result *cb_other;
+
+static void on_ok_reenter(conc_pool_result *r, void *ctx)
+{
+    (void)r;
+    (void)ctx;
+    void *res;
+    size_t len;
+    int64_t v = 2;
+    atomic_store(&cb_apply_rc, conc_pool_apply(cb_pool, square, &v, sizeof v, &res, &len));
+    atomic_store(&cb_join_rc, conc_pool_join(cb_pool, GUARD));
+    atomic_store(&cb_wait_rc, conc_pool_result_wait(cb_other, GUARD));
+}
+
+Test(pool, callback_waiting_on_its_pool_gets_edeadlk, .timeout = 120)
+{
+    cb_pool = mkpool(1, CONC_START_FORK, NULL);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, block_forever, NULL, 0, NULL, &cb_other), 0);
+    /* The only worker is busy for good: this one waits in the queue. */
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.callback = on_ok_reenter;
+    int64_t v = 4;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_close(cb_pool), 0);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, square, &v, sizeof v, &o, &r), -EPIPE);
+    conc_pool_free(cb_pool);
+    conc_pool_result_free(cb_other);
+    cb_pool = mkpool(2, CONC_START_FORK, NULL);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, block_forever, NULL, 0, NULL, &cb_other), 0);
+    cr_assert_eq(conc_pool_apply_async(cb_pool, square, &v, sizeof v, &o, &r), 0);
+    cr_assert_eq(conc_pool_result_wait(r, GUARD), 0);
+    cr_assert_eq(atomic_load(&cb_apply_rc), -EDEADLK);
+    cr_assert_eq(atomic_load(&cb_join_rc), -EBUSY);   /* not closed: checked first */
+    cr_assert_eq(atomic_load(&cb_wait_rc), -EDEADLK);
+    conc_pool_result_free(r);
+    conc_pool_free(cb_pool);
+    cr_assert_eq(conc_pool_result_get(cb_other, NULL, NULL, 0), -EPIPE);
+    conc_pool_result_free(cb_other);
+}
+
 struct prog {
     atomic_int calls;
     atomic_size_t last_done, last_total;
@@ -473,6 +516,114 @@ Test(pool, progress_ends_with_done_equal_total, .timeout = 120)
     conc_pool_result_free(r);
     free(v);
     free(items);
+    endpool(p);
+}
+
+/* ============================================================ futures */
+
+Test(pool, results_as_futures, .timeout = 120)
+{
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    /* Asked for before the task ends, and after. */
+    int64_t v = 11;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_apply_async(p, square, &v, sizeof v, NULL, &r), 0);
+    conc_future *f = conc_pool_result_future(r);
+    cr_assert_not_null(f);
+    conc_waitable w = { .kind = CONC_WAIT_FUTURE, .u.future = f };
+    cr_assert_eq(conc_wait(&w, 1, GUARD), 1);
+    cr_assert(w.ready);
+    cr_assert(conc_pool_result_ready(r));
+    void *d;
+    size_t l;
+    cr_assert_eq(conc_future_result(f, &d, &l, 0), 0);
+    cr_assert_eq(arg_i64(d, l), 121);
+    cr_assert_eq(conc_future_cancel(f), -EALREADY);
+    conc_future *again = conc_pool_result_future(r);
+    cr_assert_eq(again, f);
+    conc_future_free(again);
+    conc_pool_result_free(r);
+    /* The future outlives the result. */
+    cr_assert_eq(conc_future_result(f, &d, &l, 0), 0);
+    cr_assert_eq(arg_i64(d, l), 121);
+    conc_future_free(f);
+    /* A failure: the code, and the worker's exit code as detail. */
+    int64_t how = 1;
+    cr_assert_eq(conc_pool_apply_async(p, die, &how, sizeof how, NULL, &r), 0);
+    cr_assert_eq(conc_pool_result_wait(r, GUARD), 0);
+    f = conc_pool_result_future(r);
+    int err, detail;
+    cr_assert_eq(conc_future_exception(f, &err, &detail, 0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    conc_future_free(f);
+    conc_pool_result_free(r);
+    /* map: done when every item is; the values stay in the result. */
+    int64_t vals[20];
+    conc_pool_item items[20];
+    for (int i = 0; i < 20; i++) {
+        vals[i] = i;
+        items[i] = (conc_pool_item){ &vals[i], sizeof vals[i] };
+    }
+    conc_pool_result *m;
+    cr_assert_eq(conc_pool_map_async(p, square, items, 20, NULL, &m), 0);
+    conc_future *mf = conc_pool_result_future(m);
+    conc_future *fs[1] = { mf };
+    cr_assert_eq(conc_future_wait_many(fs, 1, CONC_ALL_COMPLETED, NULL, GUARD), 1);
+    cr_assert_eq(conc_future_result(mf, &d, NULL, 0), 0);
+    cr_assert_null(d);
+    cr_assert_eq(result_i64(m, 19), 361);
+    conc_future_free(mf);
+    conc_pool_result_free(m);
+    endpool(p);
+}
+
+/* imap's progress: the total is unknown (SIZE_MAX) until the input ends,
+ * and the last report has done == total. */
+struct counted_prog {
+    struct counter c;
+    struct prog g;
+    atomic_int unknown_total;
+};
+
+static int cp_next(void *ctx, const void **arg, size_t *len)
+{
+    return count_next(&((struct counted_prog *)ctx)->c, arg, len);
+}
+
+static void cp_progress(void *ctx, size_t done, size_t total)
+{
+    struct counted_prog *cp = ctx;
+    if (total == SIZE_MAX)
+        atomic_fetch_add(&cp->unknown_total, 1);
+    on_progress(&cp->g, done, total);
+}
+
+Test(pool, imap_progress, .timeout = 120)
+{
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    for (int ordered = 0; ordered < 2; ordered++) {
+        struct counted_prog cp = { .c = { 0, 500, 0 } };
+        conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+        o.ctx = &cp;
+        o.progress = cp_progress;
+        o.chunksize = 3;
+        conc_pool_iter *it;
+        cr_assert_eq((ordered ? conc_pool_imap : conc_pool_imap_unordered)(p, square, cp_next, &o,
+                                                                           &it),
+                     0);
+        int st, n = 0;
+        while (conc_pool_iter_next(it, &st, NULL, NULL, NULL, GUARD) == 1) {
+            cr_assert_eq(st, 0);
+            n++;
+        }
+        cr_assert_eq(n, 500);
+        cr_assert_geq(atomic_load(&cp.g.calls), 1);
+        cr_assert_eq(atomic_load(&cp.g.last_done), 500);
+        cr_assert_eq(atomic_load(&cp.g.last_total), 500);
+        cr_assert_eq(atomic_load(&cp.g.backwards), 0);
+        conc_pool_iter_free(it);
+    }
     endpool(p);
 }
 
@@ -806,6 +957,66 @@ Test(pool, close_finishes_queued_tasks, .timeout = 120)
     }
     conc_pool_free(p);
     cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+}
+
+/* A close while a blocking apply talks to a worker directly: the pool
+ * still ends once that apply is answered. */
+static int gate_fds[2] = { -1, -1 }, running_fds[2] = { -1, -1 };
+
+static int wait_gate(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    char c = 'r';
+    if (write(running_fds[1], &c, 1) != 1 || read(gate_fds[0], &c, 1) != 1)
+        return -EIO;
+    return square(arg, len, result, rlen);
+}
+
+struct gated {
+    conc_pool *p;
+    int status;
+};
+
+static void *gated_apply(void *arg)
+{
+    struct gated *g = arg;
+    int64_t v = 8;
+    void *res;
+    size_t len;
+    g->status = conc_pool_apply(g->p, wait_gate, &v, sizeof v, &res, &len);
+    if (g->status == 0) {
+        if (arg_i64(res, len) != 64)
+            g->status = -EPROTO;
+        free(res);
+    }
+    return NULL;
+}
+
+Test(pool, close_during_a_direct_apply, .timeout = 120)
+{
+    cr_assert_eq(pipe(gate_fds), 0);
+    cr_assert_eq(pipe(running_fds), 0);
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t v = 1;
+    void *res;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &v, sizeof v, &res, &len), 0);     /* ready */
+    free(res);
+    struct gated g = { p, 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, gated_apply, &g), 0);
+    char c;
+    cr_assert_eq(read(running_fds[0], &c, 1), 1);
+    cr_assert_eq(conc_pool_close(p), 0);
+    cr_assert_eq(write(gate_fds[1], "g", 1), 1);
+    pthread_join(t, NULL);
+    cr_assert_eq(g.status, 0);
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    conc_pool_free(p);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        close(gate_fds[i]);
+        close(running_fds[i]);
+    }
 }
 
 Test(pool, free_without_close_and_bad_arguments, .timeout = 120)

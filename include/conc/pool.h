@@ -190,7 +190,10 @@ CONC_API int conc_pool_processes(const conc_pool *p);
  * or result_len; arg NULL with len > 0; len > CONC_POOL_ARG_MAX; with
  * forkserver/spawn a function that is not code of a loaded module); -EPIPE
  * when the pool is closed or terminated; -ECANCELED when the calling
- * coroutine was killed (the task still runs); -ENOMEM.
+ * coroutine was killed (the task still runs); -EDEADLK from a callback of
+ * the same pool (it would wait for itself); -ENOMEM.  When a worker is
+ * idle the calling thread talks to it directly (the round trip of one
+ * task), else the task is queued.
  */
 CONC_API int conc_pool_apply(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len,
                              void **result, size_t *result_len);
@@ -221,7 +224,8 @@ CONC_API int conc_pool_map_async(conc_pool *p, conc_pool_fn fn, const conc_pool_
  * Returns 0 when every item succeeded, else the status of the first failed
  * item (Python raises it); in both cases *out holds the result, whose
  * items (conc_pool_result_item) give every value and status.  Other errors
- * (submission, -ECANCELED) leave *out untouched.  starmap: C has no
+ * (submission, -ECANCELED, -EDEADLK from a callback of the same pool) leave
+ * *out untouched.  starmap: C has no
  * argument tuples; put the arguments in a struct and map over those
  * (docs/pool.md).
  */
@@ -234,7 +238,8 @@ CONC_API int conc_pool_map(conc_pool *p, conc_pool_fn fn, const conc_pool_item *
  * gives, read lazily by conc_pool_iter_next.  Results come in the order of
  * the input (imap) or as they finish (imap_unordered).  Returns 0 and
  * stores a new iterator (conc_pool_iter_free it); -EINVAL (NULL p, fn,
- * next or out); -EPIPE when closed or terminated; -ENOMEM.
+ * next or out, chunksize * window over 2^26); -ENOMEM.  A pool closed or
+ * terminated makes conc_pool_iter_next end with -EPIPE.
  * opts: chunksize, window, progress, ctx (also next's ctx).
  */
 CONC_API int conc_pool_imap(conc_pool *p, conc_pool_fn fn, conc_pool_next_fn next,
@@ -325,8 +330,9 @@ CONC_API void conc_threadpool_free(conc_threadpool *p);
 /*
  * conc_pool_result_wait - AsyncResult.wait(timeout): wait until every item
  * is done (and its callback ran).  Returns 0; -ETIMEDOUT / -EAGAIN;
- * -ECANCELED when the calling coroutine was killed; -EINVAL for NULL or a
- * bad timeout.
+ * -ECANCELED when the calling coroutine was killed; -EDEADLK when called
+ * from a callback of the same pool on another result that is not done
+ * (a timeout of 0 gives -EAGAIN there); -EINVAL for NULL or a bad timeout.
  */
 CONC_API int conc_pool_result_wait(conc_pool_result *r, double timeout);
 CONC_API int conc_pool_result_wait_until(conc_pool_result *r, int64_t deadline);
@@ -371,6 +377,22 @@ CONC_API int conc_pool_result_item(const conc_pool_result *r, size_t i, void **o
  */
 CONC_API int conc_pool_result_exitcode(const conc_pool_result *r, int *code);
 
+/*
+ * conc_pool_result_future - the result as a concurrent.futures Future
+ * (conc/future.h), for conc_wait (CONC_WAIT_FUTURE), conc_future_wait_many,
+ * conc_as_completed and done callbacks beside executors' futures.  The
+ * future is RUNNING until r is done (after its callback ran), then
+ * FINISHED with: an apply's result (a process pool: a copy of its bytes; a
+ * thread pool: its pointer), nothing (NULL) for a map (read the items from
+ * r), or the exception (the first failed status; detail: the worker's exit
+ * code for -ECHILD).  Returns a new reference (conc_future_free it; the
+ * same future each call), or NULL for NULL r or when out of memory.  The
+ * future outlives r as long as you hold it; cancelling it does not stop the
+ * task (-EBUSY: it runs).
+ */
+struct conc_future;
+CONC_API struct conc_future *conc_pool_result_future(conc_pool_result *r);
+
 /* conc_pool_result_free - drop the result (a running task goes on; its
  * callbacks still run).  NULL is fine. */
 CONC_API void conc_pool_result_free(conc_pool_result *r);
@@ -380,9 +402,12 @@ CONC_API void conc_pool_result_free(conc_pool_result *r);
  * status (0 or the task's failure), its value (*out / *len, owned by the
  * iterator until the next call or free; either may be NULL) and its index
  * in the input; 0 when the input ended and every result was given
- * (StopIteration); the negative code next() returned, once the results
- * before it were given; -ETIMEDOUT / -EAGAIN; -EPIPE when the pool was
- * terminated; -ECANCELED; -EINVAL (NULL it or status, a bad timeout).
+ * (StopIteration); once, after the results before it: the negative code
+ * next() returned, -EPIPE when the pool was closed or terminated before
+ * every argument was submitted (tasks cut by a termination give results
+ * with status -EPIPE), -EINVAL for an argument NULL with a length or over
+ * CONC_POOL_ARG_MAX (each of these ends the input); -ETIMEDOUT / -EAGAIN;
+ * -ECANCELED; -EINVAL (NULL it or status, a bad timeout).
  * One thread at a time per iterator.
  */
 CONC_API int conc_pool_iter_next(conc_pool_iter *it, int *status, void **out, size_t *len,
