@@ -525,6 +525,19 @@ Test(crawler, only_failures_still_exit_0, .timeout = 60)
     run_free(&r);
 }
 
+/* A server that accepts connections and never answers; its port. */
+static int silent_server(int *lfd)
+{
+    *lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(*lfd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    cr_assert_eq(bind(*lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(*lfd, 64), 0);
+    socklen_t alen = sizeof a;
+    cr_assert_eq(getsockname(*lfd, (struct sockaddr *)&a, &alen), 0);
+    return ntohs(a.sin_port);
+}
+
 /* The children of process pid, from every one of its threads' lists. */
 static int all_children_of(pid_t pid, pid_t *kids, int cap)
 {
@@ -553,17 +566,11 @@ static int all_children_of(pid_t pid, pid_t *kids, int cap)
 
 Test(crawler, a_worker_killed_mid_fetch_fails_only_its_url, .timeout = 120)
 {
-    /* A server that accepts and never answers: the worker's fetch hangs
-     * until the worker is killed. */
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(lfd, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(listen(lfd, 8), 0);
-    socklen_t alen = sizeof a;
-    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+    /* The worker's fetch hangs until the worker is killed. */
+    int lfd;
+    int port = silent_server(&lfd);
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/hang", ntohs(a.sin_port));
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hang", port);
     int hold;
     int dead = refused_port(&hold);
     char refused[64];
@@ -597,6 +604,58 @@ Test(crawler, a_worker_killed_mid_fetch_fails_only_its_url, .timeout = 120)
     cr_assert_eq(strncmp(e, "error=Failed to connect", 23), 0,
                  "the replacement worker fetched the next URL: '%s'", e);
     free(copy);
+    free(out);
+    free(err);
+}
+
+Test(crawler, sigint_stops_the_workers_too, .timeout = 120)
+{
+    int lfd;
+    int port = silent_server(&lfd);
+    char u1[64], u2[64], u3[64];
+    snprintf(u1, sizeof u1, "http://127.0.0.1:%d/a", port);
+    snprintf(u2, sizeof u2, "http://127.0.0.1:%d/b", port);
+    snprintf(u3, sizeof u3, "http://127.0.0.1:%d/c", port);
+    /* The workers come back to this process when the crawler dies, so it
+     * can see that they end (and reap them). */
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    const char *args[] = { "--procs", "3", u1, u2, u3, NULL };
+    struct bg b = start_example("crawler", args);
+    int conns[3];
+    for (int i = 0; i < 3; i++) {
+        struct pollfd p = { .fd = lfd, .events = POLLIN };
+        cr_assert_eq(poll(&p, 1, 60000), 1, "worker %d never connected", i);
+        conns[i] = accept(lfd, NULL, NULL);
+        cr_assert_geq(conns[i], 0);
+    }
+    pid_t kids[16];
+    int n = all_children_of(b.pid, kids, 16);
+    cr_assert_eq(n, 3, "want the 3 workers, found %d children", n);
+    cr_assert_eq(kill(b.pid, SIGINT), 0);
+    char *out, *err;
+    int status = finish_example(&b, &out, &err);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT, "status %#x, stderr:\n%s",
+              status, err);
+    /* Every worker ends with the crawler: well before its fetch (30 s at
+     * most, and the server never answers) could have ended it. */
+    int64_t deadline = conc_now() + 20LL * 1000000000LL;
+    for (int i = 0; i < n; i++) {
+        int st;
+        pid_t r;
+        while ((r = waitpid(kids[i], &st, WNOHANG)) != kids[i]) {
+            if (conc_now() > deadline) {
+                for (int k = i; k < n; k++)
+                    kill(kids[k], SIGKILL);
+                cr_assert_fail("worker %d (pid %d) still runs 20 s after the crawler died", i,
+                               (int)kids[i]);
+            }
+            usleep(2000);
+        }
+        cr_assert(WIFSIGNALED(st), "worker %d: status %#x", i, st);
+    }
+    for (int i = 0; i < 3; i++)
+        close(conns[i]);
+    close(lfd);
     free(out);
     free(err);
 }
