@@ -1167,3 +1167,40 @@ Test(executor, killing_workers_under_load_loses_nothing)
     cr_assert_eq(conc_executor_free(ex), 0);
     munmap(sh, sizeof *sh);
 }
+
+static int drop_count;
+static void *drop_last;
+static void drop_result(void *item, void *arg)
+{
+    cr_assert_eq(arg, &drop_count);
+    drop_last = item;
+    __atomic_add_fetch(&drop_count, 1, __ATOMIC_SEQ_CST);
+}
+
+Test(executor, unread_pointer_results_go_to_drop)
+{
+    conc_executor_opts o = CONC_EXECUTOR_OPTS_INIT;
+    o.max_workers = 1;
+    o.drop = drop_result;
+    o.drop_arg = &drop_count;
+    conc_executor *ex;
+    cr_assert_eq(conc_executor_new(&ex, &o), 0);
+    conc_future *read, *unread, *taken;
+    cr_assert_eq(conc_executor_submit(ex, square, (void *)3, &read), 0);
+    cr_assert_eq(conc_executor_submit(ex, square, (void *)4, &unread), 0);
+    cr_assert_eq(conc_executor_submit(ex, square, (void *)5, &taken), 0);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    void *v;
+    cr_assert_eq(conc_future_result(read, &v, NULL, 0), 0);
+    cr_assert_eq(conc_future_result_take(taken, &v, NULL, 0), 0);
+    cr_assert_eq((intptr_t)v, 25);
+    cr_assert_eq(drop_count, 0, "dropped while referenced");
+    conc_future_free(unread);
+    cr_assert_eq(drop_count, 1);
+    cr_assert_eq((intptr_t)drop_last, 16);
+    conc_future_free(read);         /* lent, not taken: dropped */
+    cr_assert_eq(drop_count, 2);
+    cr_assert_eq((intptr_t)drop_last, 9);
+    conc_future_free(taken);
+    cr_assert_eq(drop_count, 2, "a taken result was dropped");
+}
