@@ -173,6 +173,44 @@ serve udp-upper-server "socket over UDP: one datagram in, one datagram out" \
     "Each line goes as a datagram; the server sends it back upper-cased to its sender." \
     "datagram one
 datagram two" --udp --
+show custom-thread-pool "the tutorial's hand-made thread pool, and multiprocessing.pool.ThreadPool" \
+    "A task queue, worker threads made on demand, a StopEvent sentinel and close/terminate, built on conc's Queue and threads; then the same 200 tasks (every tenth fails) on ThreadPool: both print the same figures." \
+    --workers 5 --tasks 200
+
+show parallel-map "multiprocessing.Pool: map and imap_unordered, with progress" \
+    "Sums i*i for i = 0..99999 on 4 worker processes, with map and with imap_unordered reading its input lazily; both give n(n-1)(2n-1)/6. The progress goes to stderr." \
+    --tasks 100000 --workers 4 --chunksize 100 --progress
+
+# crawler's web: python3's http.server on a free port, serving a temporary
+# directory with two pages; port 1 on 127.0.0.1 refuses connections.
+web=$(mktemp -d "${TMPDIR:-/tmp}/conc-web.XXXXXX") || exit 1
+server_pid=""
+trap 'rm -f "$db"; [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$web"' EXIT
+if command -v python3 >/dev/null 2>&1; then
+    printf '<html><body>conc crawler demo</body></html>\n' >"$web/index.html"
+    head -c 100000 /dev/zero | tr '\0' x >"$web/big.txt"
+    python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$web" \
+        >"$web/server.out" 2>/dev/null &
+    server_pid=$!
+    port=""
+    tries=0
+    while [ -z "$port" ] && [ $tries -lt 100 ]; do
+        port=$(sed -n 's/^Serving HTTP on 127\.0\.0\.1 port \([0-9]*\).*/\1/p' "$web/server.out")
+        [ -n "$port" ] || sleep 0.1
+        tries=$((tries + 1))
+    done
+fi
+if [ -n "${port:-}" ]; then
+    show crawler "multiprocessing.Pool.apply_async with a callback: a crawler" \
+        "Three worker processes fetch five URLs from a local server with libcurl; the callback in the parent prints each status (a 404 too) as it arrives, and an error when nothing answered." \
+        --procs 3 "http://127.0.0.1:$port/index.html" "http://127.0.0.1:$port/big.txt" \
+        "http://127.0.0.1:$port/missing.html" "http://127.0.0.1:1/" "http://127.0.0.1:$port/"
+else
+    echo
+    echo "=== crawler: multiprocessing.Pool.apply_async with a callback: a crawler"
+    echo "    (skipped: no local HTTP server: python3 -m http.server did not start)"
+    skipped=$((skipped + 1))
+fi
 
 echo
 echo "=== tour done: $ran ran, $skipped skipped${failed:+, failed:$failed}"
