@@ -10,6 +10,9 @@
 #    does every other object (the assembly): it was built with the same
 #    hardening flags.  (Whether the linked library is marked also depends on
 #    the C library's start files, crti.o and crtn.o: docs/building.md.)
+# 4. Every exported name is conc_<concept>_<verb> for a concept that
+#    docs/design.md lists (-DDESIGN=docs/design.md), or one of the written
+#    exceptions listed there: the naming rule is checked, not just stated.
 cmake_minimum_required(VERSION 3.16)
 set(fail "")
 
@@ -82,6 +85,42 @@ foreach(sym IN LISTS public)
     string(APPEND fail "does not export ${sym} (missing CONC_API?)\n")
   endif()
 endforeach()
+
+# 4. names follow docs/design.md
+if(DESIGN)
+  file(READ ${DESIGN} design)
+  string(FIND "${design}" "- Concepts are the header names" c0)
+  string(FIND "${design}" "- Written exceptions:" c1)
+  string(FIND "${design}" "- Macros are" c2)
+  if(c0 LESS 0 OR c1 LESS c0 OR c2 LESS c1)
+    string(APPEND fail "${DESIGN}: no concept list / written exceptions to check names against\n")
+  else()
+    math(EXPR n "${c1} - ${c0}")
+    string(SUBSTRING "${design}" ${c0} ${n} concepts_text)
+    math(EXPR n "${c2} - ${c1}")
+    string(SUBSTRING "${design}" ${c1} ${n} except_text)
+    string(REGEX MATCHALL "`[a-z0-9]+`" concepts "${concepts_text}")
+    string(REPLACE "`" "" concepts "${concepts}")
+    string(REGEX MATCHALL "`conc_[a-z0-9_]+`" exceptions "${except_text}")
+    string(REPLACE "`" "" exceptions "${exceptions}")
+    foreach(sym IN LISTS exported)
+      if(sym IN_LIST exceptions)
+        continue()
+      endif()
+      set(ok OFF)
+      foreach(c IN LISTS concepts)
+        if(sym MATCHES "^conc_${c}_[a-z0-9]")
+          set(ok ON)
+          break()
+        endif()
+      endforeach()
+      if(NOT ok)
+        string(APPEND fail "exports ${sym}: not conc_<concept>_<verb> for a concept "
+          "docs/design.md lists, nor a written exception there\n")
+      endif()
+    endforeach()
+  endif()
+endif()
 
 # 3. control-flow protection marking
 execute_process(COMMAND ${READELF} -n ${STATIC} OUTPUT_VARIABLE text ERROR_QUIET)

@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 #include "conc.h"
 
 static const char *prog;        /* defined by each example */
@@ -77,6 +79,7 @@ static inline const char *yes_no(bool b)
  *   --name                        (flags; "--name=VALUE" is refused)
  *   --help, -h                    (prints the usage on stdout, exit 0)
  *   --                            (ends the options)
+ *   ARG                           (positional, through parse_args: a PORT...)
  *
  * and refuses anything else with one line on stderr that names the option
  * as it was written (exit 2): an unknown option, a flag given a value, a
@@ -141,18 +144,40 @@ static inline int parse_value(const struct opt *o, const char *v)
     return 0;
 }
 
-/* Parses argv against the table opts (n entries).  Returns -1 when the
- * program should go on, 0 after printing the usage for --help, or 2 after
- * one line on stderr for a bad command line. */
-static inline int parse_options(int argc, char **argv, const struct opt *opts, size_t n,
-                                void (*usage)(FILE *))
+/* The positional arguments a program takes (parse_args): up to max of
+ * them go to args[0..], their number to *n; fewer than min is refused with
+ * "missing NAME" (names[count] is the first one missing). */
+struct positionals {
+    const char **args;
+    size_t min, max;
+    const char *const *names;
+    size_t *n;
+};
+
+/* Parses argv against the table opts (n entries) and, when pos is not
+ * NULL, takes the positional arguments it describes (an argument that does
+ * not start with '-', "-" alone, a negative number such as "-1", or
+ * anything after "--").  Returns -1 when the program should go on, 0 after
+ * printing the usage for --help, or 2 after one line on stderr for a bad
+ * command line. */
+static inline int parse_args(int argc, char **argv, const struct opt *opts, size_t n,
+                             void (*usage)(FILE *), const struct positionals *pos)
 {
+    size_t npos = 0;
+    bool rest = false;              /* after "--": positionals only */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--") == 0) {
-            if (i + 1 < argc)
-                return fail("unexpected argument '%s' (try --help)", argv[i + 1]);
-            break;
+        if (!rest && strcmp(a, "--") == 0) {
+            rest = true;
+            continue;
+        }
+        bool positional = rest || a[0] != '-' || a[1] == '\0' ||
+                          (a[1] >= '0' && a[1] <= '9');
+        if (positional) {
+            if (!pos || npos >= pos->max)
+                return fail("unexpected argument '%s' (try --help)", a);
+            pos->args[npos++] = a;
+            continue;
         }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
@@ -160,8 +185,6 @@ static inline int parse_options(int argc, char **argv, const struct opt *opts, s
         }
         if (strncmp(a, "--help=", 7) == 0)
             return fail("option '--help' takes no value (not '%s')", a);
-        if (a[0] != '-' || a[1] == '\0')
-            return fail("unexpected argument '%s' (try --help)", a);
         if (a[1] != '-')
             return fail("unknown option '%s' (try --help)", a);
         const char *name = a + 2, *eq = strchr(name, '=');
@@ -195,10 +218,61 @@ static inline int parse_options(int argc, char **argv, const struct opt *opts, s
         if (rc)
             return rc;
     }
+    if (pos) {
+        if (npos < pos->min)
+            return fail("missing %s (try --help)", pos->names[npos]);
+        *pos->n = npos;
+    }
     return -1;
 }
 
+/* parse_args for a program without positional arguments. */
+static inline int parse_options(int argc, char **argv, const struct opt *opts, size_t n,
+                                void (*usage)(FILE *))
+{
+    return parse_args(argc, argv, opts, n, usage, NULL);
+}
+
 #define OPTS_COUNT(table) (sizeof(table) / sizeof((table)[0]))
+
+/*
+ * SIGINT and SIGTERM as a descriptor, for the servers: stop_signals_fd
+ * blocks both (they no longer end the process) and returns a non-blocking
+ * signalfd that becomes readable when one arrives, so that a server waits
+ * for it in the same wait as its sockets and ends cleanly, and the waits
+ * themselves never see a signal.  Returns the descriptor, or -errno.
+ * stop_signal_take reads one pending signal from it: its number, or 0 when
+ * none is pending.
+ */
+static inline int stop_signals_fd(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return -errno;
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+static inline int stop_signal_take(int fd)
+{
+    struct signalfd_siginfo si;
+    ssize_t n = read(fd, &si, sizeof si);
+    return n == (ssize_t)sizeof si ? (int)si.ssi_signo : 0;
+}
+
+/* The name of a signal: "SIGTERM". */
+static inline const char *signal_name(int sig, char *buf, size_t n)
+{
+    const char *abbrev = sigabbrev_np(sig);
+    if (abbrev)
+        snprintf(buf, n, "SIG%s", abbrev);
+    else
+        snprintf(buf, n, "signal %d", sig);
+    return buf;
+}
 
 /* Creates and starts (forking) process number `no` of the kind `name`
  * ("buyer", ...), running fn(arg, len).  On failure says

@@ -107,11 +107,14 @@ static int who_am_i(const void *arg, size_t len)
     (void)arg;
     (void)len;
     conc_process *me = conc_process_current(), *parent = conc_process_parent();
+    char name[CONC_PROCESS_NAME_MAX + 1], pname[CONC_PROCESS_NAME_MAX + 1] = "none";
+    conc_process_name(me, name, sizeof name);
+    if (parent)
+        conc_process_name(parent, pname, sizeof pname);
     printf("   [child] current_process: %s, pid %d (getpid %d); parent_process: %s, pid %d "
            "(getppid %d)\n",
-           conc_process_name(me), (int)conc_process_pid(me), (int)getpid(),
-           parent ? conc_process_name(parent) : "none", parent ? (int)conc_process_pid(parent) : 0,
-           (int)getppid());
+           name, (int)conc_process_pid(me), (int)getpid(), pname,
+           parent ? (int)conc_process_pid(parent) : 0, (int)getppid());
     return 0;
 }
 
@@ -172,8 +175,10 @@ struct greeter {
 static int greeter_run(conc_process_def *self)
 {
     struct greeter *g = (struct greeter *)self;
+    char name[CONC_PROCESS_NAME_MAX + 1];
+    conc_process_name(conc_process_current(), name, sizeof name);
     for (int i = 0; i < g->times; i++)
-        printf("   [%s] %s #%d\n", conc_process_name(conc_process_current()), g->greeting, i + 1);
+        printf("   [%s] %s #%d\n", name, g->greeting, i + 1);
     g->times = 0;               /* changes the child's copy only */
     return 0;
 }
@@ -237,12 +242,15 @@ int main(int argc, char **argv)
     conc_process_opts named = { .name = "inspector" };
     p = start(who_am_i, NULL, 0, &named);
     join_code(p);
+    char name[CONC_PROCESS_NAME_MAX + 1];
+    conc_process_name(conc_process_current(), name, sizeof name);
     printf("   in main: current_process is %s, pid %d; parent_process: %s\n",
-           conc_process_name(conc_process_current()), (int)conc_process_pid(conc_process_current()),
+           name, (int)conc_process_pid(conc_process_current()),
            conc_process_parent() ? "set" : "none (conc did not start this process)");
     conc_process_free(p);
     check(conc_process_new(&p, who_am_i, NULL, 0, NULL), "conc_process_new");
-    printf("   an unnamed process object: %s\n", conc_process_name(p));
+    conc_process_name(p, name, sizeof name);
+    printf("   an unnamed process object: %s\n", name);
     conc_process_free(p);
 
     /* 3. exit codes */

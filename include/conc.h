@@ -22,7 +22,12 @@
 #include "conc/shm.h"
 #include "conc/pipe.h"
 #include "conc/wait.h"
+#include "conc/future.h"
+#include "conc/executor.h"
 #include "conc/offload.h"
+#include "conc/socket.h"
+#include "conc/selector.h"
+#include "conc/pool.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

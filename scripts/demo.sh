@@ -95,6 +95,123 @@ show coro-tour "greenlet switch, gevent spawn/joinall, and a crawler on libcurl"
     "The tutorials' coroutine programs: test1/test2 switch back and forth; greenlets interleave by sleep length; one greenlet per URL fetches from a local server that waits 0.2 s per answer, all at once (the server counts the connections it had open together)." \
     --urls 5 --delay 0.2
 
+# serve NAME "HEADING" "WHAT IT SHOWS" "CLIENT INPUT" [CLIENT OPTIONS --] [SERVER ARGS...]
+# Starts the server NAME on a free port (it prints "listening on HOST:PORT"),
+# runs echo-upper-client against it with the input, then stops the server
+# with SIGTERM and shows what it printed.
+serve() {
+    name=$1
+    heading=$2
+    what=$3
+    input=$4
+    shift 4
+    copts=""
+    case " $* " in
+        *" -- "*)
+            while [ "$1" != "--" ]; do copts="$copts $1"; shift; done
+            shift ;;
+    esac
+    echo
+    echo "=== $name: $heading"
+    echo "    $what"
+    if [ ! -x "$dir/$name" ] || [ ! -x "$dir/echo-upper-client" ]; then
+        echo "    (skipped: $dir/$name or $dir/echo-upper-client is not built)"
+        skipped=$((skipped + 1))
+        return 0
+    fi
+    log=$(mktemp "${TMPDIR:-/tmp}/conc-serve.XXXXXX") || return 1
+    echo "    \$ $name${*:+ $*} 0 &"
+    "$dir/$name" "$@" 0 >"$log" &
+    pid=$!
+    port=""
+    tries=0
+    while [ -z "$port" ] && [ $tries -lt 200 ] && kill -0 "$pid" 2>/dev/null; do
+        port=$(sed -n 's/.*listening on [^ ]*:\([0-9][0-9]*\).*/\1/p' "$log")
+        [ -n "$port" ] || { sleep 0.05; tries=$((tries + 1)); }
+    done
+    sed 's/^/    /' "$log"
+    if [ -z "$port" ]; then
+        echo "demo.sh: $name did not start" >&2
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        failed="$failed $name"
+        rm -f "$log"
+        return 0
+    fi
+    echo "    \$ echo-upper-client$copts 127.0.0.1 $port      (its input: the lines after >)"
+    printf '%s\n' "$input" | sed 's/^/    > /'
+    ok=1
+    replies=$(printf '%s\n' "$input" | "$dir/echo-upper-client" $copts 127.0.0.1 "$port") || ok=0
+    [ -z "$replies" ] || printf '%s\n' "$replies" | sed 's/^/    /'
+    kill -TERM "$pid"
+    wait "$pid" || ok=0
+    echo "    \$ kill -TERM %1"
+    sed '1d; s/^/    /' "$log"
+    rm -f "$log"
+    if [ $ok = 1 ]; then
+        ran=$((ran + 1))
+    else
+        echo "demo.sh: $name failed" >&2
+        failed="$failed $name"
+    fi
+}
+
+serve echo-upper-server "socket: a TCP server that upper-cases what it gets" \
+    "One thread, a selector on epoll (conc/selector.h) over conc's sockets; the client sends each line and prints each reply." \
+    "hello, world
+sockets and selectors" --model epoll
+
+serve echo-upper-server "the same server, one client at a time" \
+    "The tutorials' first server: blocking calls, one client until it closes (the others wait in the listen queue)." \
+    "sync model" --model sync
+
+serve echo-upper-server "the same server as a loop over non-blocking sockets" \
+    "No readiness call: it tries every socket in turn and sleeps, a little longer each time, when a pass found nothing to do." \
+    "nonblocking model" --model nonblocking
+
+serve udp-upper-server "socket over UDP: one datagram in, one datagram out" \
+    "Each line goes as a datagram; the server sends it back upper-cased to its sender." \
+    "datagram one
+datagram two" --udp --
+show custom-thread-pool "the tutorial's hand-made thread pool, and multiprocessing.pool.ThreadPool" \
+    "A task queue, worker threads made on demand, a StopEvent sentinel and close/terminate, built on conc's Queue and threads; then the same 200 tasks (every tenth fails) on ThreadPool: both print the same figures." \
+    --workers 5 --tasks 200
+
+show parallel-map "multiprocessing.Pool: map and imap_unordered, with progress" \
+    "Sums i*i for i = 0..99999 on 4 worker processes, with map and with imap_unordered reading its input lazily; both give n(n-1)(2n-1)/6. The progress goes to stderr." \
+    --tasks 100000 --workers 4 --chunksize 100 --progress
+
+# crawler's web: python3's http.server on a free port, serving a temporary
+# directory with two pages; port 1 on 127.0.0.1 refuses connections.
+web=$(mktemp -d "${TMPDIR:-/tmp}/conc-web.XXXXXX") || exit 1
+server_pid=""
+trap 'rm -f "$db"; [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$web"' EXIT
+if command -v python3 >/dev/null 2>&1; then
+    printf '<html><body>conc crawler demo</body></html>\n' >"$web/index.html"
+    head -c 100000 /dev/zero | tr '\0' x >"$web/big.txt"
+    python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$web" \
+        >"$web/server.out" 2>/dev/null &
+    server_pid=$!
+    port=""
+    tries=0
+    while [ -z "$port" ] && [ $tries -lt 100 ]; do
+        port=$(sed -n 's/^Serving HTTP on 127\.0\.0\.1 port \([0-9]*\).*/\1/p' "$web/server.out")
+        [ -n "$port" ] || sleep 0.1
+        tries=$((tries + 1))
+    done
+fi
+if [ -n "${port:-}" ]; then
+    show crawler "multiprocessing.Pool.apply_async with a callback: a crawler" \
+        "Three worker processes fetch five URLs from a local server with libcurl; the callback in the parent prints each status (a 404 too) as it arrives, and an error when nothing answered." \
+        --procs 3 "http://127.0.0.1:$port/index.html" "http://127.0.0.1:$port/big.txt" \
+        "http://127.0.0.1:$port/missing.html" "http://127.0.0.1:1/" "http://127.0.0.1:$port/"
+else
+    echo
+    echo "=== crawler: multiprocessing.Pool.apply_async with a callback: a crawler"
+    echo "    (skipped: no local HTTP server: python3 -m http.server did not start)"
+    skipped=$((skipped + 1))
+fi
+
 echo
 echo "=== tour done: $ran ran, $skipped skipped${failed:+, failed:$failed}"
 [ -z "$failed" ]

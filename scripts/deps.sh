@@ -13,7 +13,7 @@ set -e
 what=${1:-build}
 case "$what" in
   build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev" ;;
-  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go" ;;
+  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go libuv1-dev" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac
 missing=""

@@ -80,6 +80,9 @@ static conc_process parent_proc = { .refs = 1, .state = P_NEW, .kind = K_PARENT,
  * and a fork() from a coroutine must not park that coroutine and run others
  * in the middle of the fork.  Its critical sections never wait. */
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Names are read and set whole under this one (a plain mutex for the same
+ * reason; taken after reg_lock when both are held). */
+static pthread_mutex_t name_lock = PTHREAD_MUTEX_INITIALIZER;
 static conc_process *reg_head, *reg_tail;
 /* Handles inherited across fork() that the child cannot supervise; kept
  * reachable (leak checkers) but never used. */
@@ -419,7 +422,8 @@ static int fork_job_run(void *ctx)
     return 0;
 }
 
-static void fill_spec(struct conc__child_spec *s, conc_process *p, const sigset_t *mask)
+static void fill_spec(struct conc__child_spec *s, conc_process *p, const sigset_t *mask,
+                      const char *name, const char *parent_name)
 {
     memset(s, 0, sizeof *s);
     if (p->is_def)
@@ -428,18 +432,19 @@ static void fill_spec(struct conc__child_spec *s, conc_process *p, const sigset_
         s->fn = p->fn;
     s->arg = p->len ? p->data : NULL;
     s->len = p->len;
-    s->name = p->name;
+    s->name = name;
     s->ident = p->ident;
-    s->parent_name = current_proc.name;
+    s->parent_name = parent_name;
     s->ppid = conc__self_pid();
     s->daemon = p->daemon;
     s->sigmask = *mask;
 }
 
-static int start_fork(conc_process *p, const sigset_t *mask)
+static int start_fork(conc_process *p, const sigset_t *mask, const char *name,
+                      const char *parent_name)
 {
     struct fork_job j;
-    fill_spec(&j.spec, p, mask);
+    fill_spec(&j.spec, p, mask, name, parent_name);
     j.pid = 0;
     j.pidfd = -1;
     int r = conc__launch(fork_job_run, &j);
@@ -450,7 +455,8 @@ static int start_fork(conc_process *p, const sigset_t *mask)
     return r;
 }
 
-static int start_remote(conc_process *p, conc_start_method method, const sigset_t *mask)
+static int start_remote(conc_process *p, conc_start_method method, const sigset_t *mask,
+                        const char *name, const char *parent_name)
 {
     struct conc__remote_req r = {
         .method = method,
@@ -458,9 +464,9 @@ static int start_remote(conc_process *p, conc_start_method method, const sigset_
         .is_def = p->is_def,
         .data = p->data,
         .len = p->len,
-        .name = p->name,
+        .name = name,
         .ident = p->ident,
-        .parent_name = current_proc.name,
+        .parent_name = parent_name,
         .daemon = p->daemon,
         .fds = p->fds,
         .nfds = p->nfds,
@@ -506,7 +512,13 @@ int conc_process_start(conc_process *p)
         r = -ENOMEM;
         goto fail;
     }
-    r = method == CONC_START_FORK ? start_fork(p, &mask) : start_remote(p, method, &mask);
+    /* The child gets both names as they are now, whole, even while another
+     * thread renames the handle or the current process. */
+    char name[CONC_PROCESS_NAME_MAX + 1], parent_name[CONC_PROCESS_NAME_MAX + 1];
+    conc_process_name(p, name, sizeof name);
+    conc_process_name(&current_proc, parent_name, sizeof parent_name);
+    r = method == CONC_START_FORK ? start_fork(p, &mask, name, parent_name)
+                                  : start_remote(p, method, &mask, name, parent_name);
     if (r)
         goto fail;
     p->owner = conc__self_pid();
@@ -601,16 +613,28 @@ pid_t conc_process_pid(const conc_process *p)
     return p->pid;
 }
 
-const char *conc_process_name(const conc_process *p)
+int conc_process_name(const conc_process *p, char *buf, size_t size)
 {
-    return p ? p->name : NULL;
+    if (!p || (!buf && size > 0))
+        return -EINVAL;
+    pthread_mutex_lock(&name_lock);
+    size_t n = strlen(p->name);
+    if (size > 0) {
+        size_t k = n < size - 1 ? n : size - 1;
+        memcpy(buf, p->name, k);
+        buf[k] = 0;
+    }
+    pthread_mutex_unlock(&name_lock);
+    return (int)n;
 }
 
 int conc_process_set_name(conc_process *p, const char *name)
 {
     if (!p || !name || p->kind == K_PARENT)
         return -EINVAL;
+    pthread_mutex_lock(&name_lock);
     set_name(p, name);
+    pthread_mutex_unlock(&name_lock);
     return 0;
 }
 
@@ -819,10 +843,12 @@ int conc_process_set_exit_cleanup(bool on)
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&reg_lock);
+    pthread_mutex_lock(&name_lock);
 }
 
 static void atfork_parent(void)
 {
+    pthread_mutex_unlock(&name_lock);
     pthread_mutex_unlock(&reg_lock);
 }
 
@@ -846,7 +872,8 @@ static void reset_after_fork(void)
 
 static void atfork_child(void)
 {
-    pthread_mutex_unlock(&reg_lock);    /* taken by atfork_prepare */
+    pthread_mutex_unlock(&name_lock);   /* both taken by atfork_prepare */
+    pthread_mutex_unlock(&reg_lock);
     reset_after_fork();
 }
 
@@ -855,6 +882,7 @@ void conc__process_fresh(void)
     conc__tid_cache = 0;
     conc__threads_after_fork();
     pthread_mutex_init(&reg_lock, NULL);
+    pthread_mutex_init(&name_lock, NULL);
     reset_after_fork();
 }
 

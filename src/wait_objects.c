@@ -1,11 +1,11 @@
 /*
  * wait_objects.c - multiprocessing.connection.wait (conc/wait.h): wait until
- * one of several connections, thread queues, processes, process queues or
- * descriptors is ready.
+ * one of several connections, thread queues, processes, process queues,
+ * sockets, futures or descriptors is ready.
  *
  * Every entry becomes one descriptor of a single poll set (a queue's
  * readiness eventfd, a process's pidfd sentinel, a connection's own
- * descriptor), waited on through the wait layer, so a coroutine parks.  A
+ * descriptor, a future's eventfd), waited on through the wait layer, so a coroutine parks.  A
  * connection with bytes read ahead is ready without its descriptor; nothing
  * is read from it.  A process queue is asked directly whether a get could
  * succeed, because its eventfd may say yes after another consumer took the
@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "conc/future.h"
 #include "conc/mpqueue.h"
 #include "conc/process.h"
 #include "conc/queue.h"
@@ -25,6 +26,7 @@
 #include "internal.h"
 #include "mpqueue.h"
 #include "pipe.h"
+#include "socket.h"
 #include "sys/wait.h"
 
 #define WAIT_STACK 32
@@ -63,6 +65,12 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             break;
         case CONC_WAIT_MPQUEUE:
             r = w->u.mpqueue ? 0 : -EINVAL;
+            break;
+        case CONC_WAIT_SOCKET:
+            r = !w->u.socket ? -EINVAL : w->u.socket->fd < 0 ? -EBADF : 0;
+            break;
+        case CONC_WAIT_FUTURE:
+            r = w->u.future ? 0 : -EINVAL;
             break;
         default:
             r = -EINVAL;
@@ -103,6 +111,20 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             fds[i].fd = r;
             mpq = true;
             if (r >= 0 && conc__mpqueue_ready(w->u.mpqueue)) {
+                w->ready = true;
+                count++;
+            }
+            break;
+        case CONC_WAIT_SOCKET:
+            fds[i].fd = w->u.socket->fd;
+            if (w->events)
+                fds[i].events = w->events;
+            r = 0;
+            break;
+        case CONC_WAIT_FUTURE:
+            r = conc_future_fd(w->u.future);
+            fds[i].fd = r;
+            if (r >= 0 && conc_future_done(w->u.future)) {
                 w->ready = true;
                 count++;
             }

@@ -561,7 +561,7 @@ static void round_of(conc_coro **cs, long n, long *sum)
     }
 }
 
-Test(coro, hundred_thousand_and_stack_reuse, .timeout = 30)
+Test(coro, hundred_thousand_and_stack_reuse, .timeout = 120)
 {
     long n = TSAN ? 10000 : 100000;     /* a TSan fiber takes ~100 us to make */
     conc_coro **cs = calloc((size_t)n, sizeof *cs);

@@ -16,6 +16,7 @@ static const struct {
     { EPIPE, "EPIPE" },
     { EOWNERDEAD, "EOWNERDEAD" },
     { ECANCELED, "ECANCELED" },
+    { ECHILD, "ECHILD" },
     { EINVAL, "EINVAL" },
     { EPERM, "EPERM" },
     { EOVERFLOW, "EOVERFLOW" },

@@ -16,8 +16,10 @@
 #include "support/run_example.h"
 
 static const char *const examples[] = {
-    "condition-notify", "coro-sleepers", "coro-tour", "pipe-ping", "process-basics",
+    "condition-notify", "coro-sleepers", "coro-tour", "crawler", "custom-thread-pool",
+    "echo-upper-client", "echo-upper-server", "parallel-map", "pipe-ping", "process-basics",
     "producer-consumer", "shared-counter", "thread-basics", "ticket-grab", "traffic-light",
+    "udp-upper-server",
 };
 #define NEXAMPLES (sizeof examples / sizeof examples[0])
 
@@ -142,6 +144,12 @@ Test(examples_cli, limits_are_real_and_named, .timeout = 120)
     refused_naming("traffic-light", tl, "--period wants seconds > 0 (at most 3600)");
     const char *ct[] = { "--delay=61", NULL };
     refused_naming("coro-tour", ct, "--delay wants seconds from 0 to 60");
+    const char *pm[] = { "--tasks", "3000001", NULL };
+    refused_naming("parallel-map", pm, "--tasks wants a whole number from 0 to 3000000");
+    const char *cr[] = { "--procs=65", "http://127.0.0.1:1/", NULL };
+    refused_naming("crawler", cr, "--procs wants a whole number from 1 to 64");
+    const char *ctp[] = { "--workers", "65", NULL };
+    refused_naming("custom-thread-pool", ctp, "--workers wants a whole number from 1 to 64");
 
     /* 1001 batches of 1: the real limit is 1000 numbers. */
     size_t cap = 1001 * 2 + 16;

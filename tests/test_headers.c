@@ -4,7 +4,8 @@
  * none pulls in <stdio.h>, the umbrella conc.h includes
  * every header, and each concept's calls are declared in its own header
  * (thread queues, deque, process queues, Pipe/Connection and
- * connection.wait apart; coroutines, the hub and coroutine pools apart).
+ * connection.wait apart; coroutines, the hub and coroutine pools apart;
+ * sockets, selectors, futures, executors and pools apart).
  *
  * The C compiler that built conc is run on one-line programs read from its
  * standard input; the headers are taken from the source tree, and every
@@ -194,6 +195,22 @@ static const struct {
       { "conc_cpool_new", "conc_cpool_spawn", "conc_fd_wait", "conc_wait", "conc_offload" } },
     { "conc/cpool.h", { "conc_cpool_new", "conc_cpool_spawn", "conc_cpool_join", "conc_cpool_full" },
       { "conc_fd_wait", "conc_wait", "conc_offload" } },
+    { "conc/socket.h", { "conc_socket_new", "conc_socket_sendall", "conc_socket_getaddrinfo",
+                         "conc_sockaddr" },
+      { "conc_selector_new", "conc_selector_select_fds", "conc_wait", "conc_waitable",
+        "conc_conn_pipe" } },
+    { "conc/selector.h", { "conc_selector_new", "conc_selector_select", "conc_selector_poll_fds",
+                           "CONC_EVENT_READ" },
+      { "conc_socket_new", "conc_sockaddr", "conc_wait", "conc_fd_wait", "conc_hub_run" } },
+    { "conc/future.h", { "conc_future_new", "conc_future_wait_many", "conc_as_completed_new",
+                         "conc_future_fd" },
+      { "conc_executor_new", "conc_wait", "conc_waitable", "conc_queue_new" } },
+    { "conc/executor.h", { "conc_executor_new", "conc_executor_submit", "conc_executor_map_new",
+                           "conc_future_result" },
+      { "conc_wait", "conc_waitable", "conc_queue_new" } },
+    { "conc/pool.h",
+      { "conc_pool_new", "conc_threadpool_new", "conc_pool_result_get", "conc_pool_iter_next" },
+      { "conc_wait", "conc_queue_new", "conc_mpqueue_new", "conc_conn_pipe", "conc_greenlet_spawn" } },
 };
 
 Test(headers, one_concept_each, .timeout = 120)

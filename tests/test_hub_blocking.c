@@ -13,7 +13,10 @@
  * socketpair, a large message between two greenlets of one thread;
  * conc_conn_poll; conc_process_join of a forked child; thread queue put on
  * a full queue, get and join; Lock, Condition, Semaphore and Barrier woken
- * by another thread; conc_thread_join.  What tests/test_hub.c already
+ * by another thread; conc_thread_join; socket recv, accept and sendall on
+ * a full socket, a selector's select on each backend, a megabyte between
+ * two greenlets over one socket pair, getaddrinfo on its worker.  What
+ * tests/test_hub.c already
  * covers (sleep, events, lock kills, queue get fed by a thread, conc_fd_wait)
  * is not repeated.
  *
@@ -1024,5 +1027,265 @@ Test(blocking, wait_after_close, .timeout = 30)
     cr_assert_eq(closed_rc, -EBADF);
     close(p[2]);
     close(p[3]);
+    cr_assert_eq(conc_hub_free(), 0);
+}
+
+/* -------------------------------------------------------------- sockets */
+
+static conc_socket *sa, *sb;        /* sa receives, sb sends */
+
+static void sock_setup(void)
+{
+    cr_assert_eq(conc_socket_pair(&sa, &sb, AF_UNIX, SOCK_STREAM, 0), 0);
+}
+
+static void sock_teardown(void)
+{
+    conc_socket_free(sa);
+    conc_socket_free(sb);
+    sa = sb = NULL;
+}
+
+static void sock_send_x(void)
+{
+    cr_assert_eq(conc_socket_send(sb, "x", 1, 0), 1);
+}
+
+static int sock_recv_block(double timeout)
+{
+    char c = 0;
+    int r = conc_socket_set_timeout(sa, timeout);
+    if (r < 0)
+        return r;
+    ssize_t n = conc_socket_recv(sa, &c, 1, 0);
+    if (n < 0)
+        return (int)n;
+    return n == 1 && c == 'x' ? 0 : -1000;
+}
+
+static const struct kind socket_recv = { sock_setup, sock_recv_block, sock_send_x, false,
+                                         sock_teardown };
+static const struct kind socket_recv_thread = { sock_setup, sock_recv_block, sock_send_x, true,
+                                                sock_teardown };
+ALL3(socket_recv)
+PARKS(socket_recv_thread)
+
+/* sendall on a full socket: parks until the peer drains it. */
+static size_t sock_filled;
+
+static void sock_full_setup(void)
+{
+    sock_setup();
+    cr_assert_eq(conc_socket_set_timeout(sb, 0), 0);
+    memset(msg, 'm', sizeof msg);
+    sock_filled = 0;
+    ssize_t n;
+    while ((n = conc_socket_send(sb, msg, sizeof msg, 0)) > 0)
+        sock_filled += (size_t)n;
+    cr_assert_eq(n, -EAGAIN);
+}
+
+static int sock_sendall_block(double timeout)
+{
+    int r = conc_socket_set_timeout(sb, timeout);
+    if (r < 0)
+        return r;
+    size_t sent = 0;
+    r = conc_socket_sendall(sb, msg, sizeof msg, 0, &sent);
+    return r == 0 && sent != sizeof msg ? -1000 : r;
+}
+
+static void sock_drain(void)
+{
+    unsigned char buf[4096];
+    cr_assert_eq(conc_socket_set_timeout(sa, 0), 0);
+    size_t got = 0;
+    while (got < sock_filled) {
+        ssize_t n = conc_socket_recv(sa, buf, sizeof buf, 0);
+        cr_assert_gt(n, 0);
+        got += (size_t)n;
+    }
+}
+
+static const struct kind socket_sendall_full = { sock_full_setup, sock_sendall_block, sock_drain,
+                                                 false, sock_teardown };
+ALL3(socket_sendall_full)
+
+/* accept, released by a client that connects. */
+static conc_socket *lsn;
+static int lsn_port;
+
+static void accept_setup(void)
+{
+    cr_assert_eq(conc_socket_create_server(&lsn, "127.0.0.1", 0, NULL), 0);
+    conc_sockaddr a;
+    cr_assert_eq(conc_socket_getsockname(lsn, &a), 0);
+    lsn_port = conc_sockaddr_port(&a);
+}
+
+static int accept_block(double timeout)
+{
+    int r = conc_socket_set_timeout(lsn, timeout);
+    if (r < 0)
+        return r;
+    conc_socket *c = NULL;
+    r = conc_socket_accept(lsn, &c, NULL);
+    conc_socket_free(c);
+    return r;
+}
+
+static void accept_release(void)
+{
+    cr_assert_eq(conc_socket_create_connection(&sb, "127.0.0.1", lsn_port, PARK_TIMEOUT, NULL), 0);
+}
+
+static void accept_teardown(void)
+{
+    conc_socket_free(lsn);
+    lsn = NULL;
+    sock_teardown();
+}
+
+static const struct kind socket_accept = { accept_setup, accept_block, accept_release, false,
+                                           accept_teardown };
+static const struct kind socket_accept_thread = { accept_setup, accept_block, accept_release,
+                                                  true, accept_teardown };
+ALL3(socket_accept)
+PARKS(socket_accept_thread)
+
+/* A selector's select, on each backend. */
+static conc_selector *sel;
+
+static void sel_setup(conc_selector_backend b)
+{
+    sock_setup();
+    cr_assert_eq(conc_selector_new(&sel, b), 0);
+    cr_assert_eq(conc_selector_register(sel, conc_socket_fd(sa), CONC_EVENT_READ, sa), 0);
+}
+
+static void sel_epoll_setup(void)
+{
+    sel_setup(CONC_SELECTOR_EPOLL);
+}
+
+static void sel_poll_setup(void)
+{
+    sel_setup(CONC_SELECTOR_POLL);
+}
+
+static void sel_select_setup(void)
+{
+    sel_setup(CONC_SELECTOR_SELECT);
+}
+
+static int sel_block(double timeout)
+{
+    conc_selector_event ev[2];
+    int n = conc_selector_select(sel, ev, 2, timeout);
+    if (n < 0)
+        return n;
+    return n == 1 && ev[0].key.data == sa && ev[0].events == CONC_EVENT_READ ? 0 : -1000;
+}
+
+static void sel_teardown(void)
+{
+    conc_selector_free(sel);
+    sel = NULL;
+    sock_teardown();
+}
+
+static const struct kind selector_epoll = { sel_epoll_setup, sel_block, sock_send_x, false,
+                                            sel_teardown };
+static const struct kind selector_poll = { sel_poll_setup, sel_block, sock_send_x, false,
+                                           sel_teardown };
+static const struct kind selector_select = { sel_select_setup, sel_block, sock_send_x, true,
+                                             sel_teardown };
+ALL3(selector_epoll)
+ALL3(selector_poll)
+ALL3(selector_select)
+
+/* A megabyte between two greenlets of one thread over one socket pair:
+ * each parks when its side is full or empty (the two wait on the two
+ * ends at once, and both ends of the pair are watched by one hub). */
+static int sbig_send_rc = 1;
+static ssize_t sbig_recv_rc;
+
+static void *sbig_sender(void *arg)
+{
+    (void)arg;
+    logc('s');
+    size_t sent = 0;
+    sbig_send_rc = conc_socket_sendall(sb, big_out, BIG, 0, &sent);
+    logc('S');
+    return NULL;
+}
+
+static void *sbig_receiver(void *arg)
+{
+    (void)arg;
+    logc('r');
+    sbig_recv_rc = conc_socket_recv(sa, big_in, BIG, MSG_WAITALL);
+    logc('R');
+    return NULL;
+}
+
+Test(blocking, socket_big_message, .timeout = 30)
+{
+    sock_setup();
+    big_out = malloc(BIG);
+    big_in = malloc(BIG);
+    cr_assert(big_out && big_in);
+    for (size_t i = 0; i < BIG; i++)
+        big_out[i] = (unsigned char)(i * 7 + (i >> 12));
+    conc_greenlet *s, *r;
+    cr_assert_eq(conc_greenlet_spawn(&s, sbig_sender, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&r, sbig_receiver, NULL, NULL), 0);
+    join_free(s);
+    join_free(r);
+    cr_assert_eq(sbig_send_rc, 0);
+    cr_assert_eq(sbig_recv_rc, (ssize_t)BIG);
+    cr_assert_eq(memcmp(big_out, big_in, BIG), 0);
+    cr_assert_eq(strncmp(logbuf, "sr", 2), 0, "log %s", logbuf);
+    free(big_out);
+    free(big_in);
+    sock_teardown();
+    cr_assert_eq(conc_hub_free(), 0);
+}
+
+/* The resolver from a greenlet runs on an offload worker (one was started
+ * for it), so the thread is free for the others while it looks up. */
+static int gai_rc;
+
+static void *gai_main(void *arg)
+{
+    (void)arg;
+    logc('g');
+    conc_addrinfo *ai = NULL;
+    gai_rc = conc_socket_getaddrinfo("localhost", "80", AF_INET, SOCK_STREAM, 0, 0, &ai);
+    if (gai_rc > 0 && conc_sockaddr_port(&ai[0].addr) != 80)
+        gai_rc = -1000;
+    free(ai);
+    logc('G');
+    __atomic_store_n(&b_done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+Test(blocking, getaddrinfo_from_a_greenlet, .timeout = 30)
+{
+    conc_offload_stats st;
+    cr_assert_eq(conc_offload_get_stats(&st), 0);
+    cr_assert_eq(st.workers, 0);
+    conc_greenlet *g, *t;
+    b_done = 0;
+    cr_assert_eq(conc_greenlet_spawn(&g, gai_main, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&t, witness, NULL, NULL), 0);
+    join_free(g);
+    join_free(t);
+    cr_assert_gt(gai_rc, 0, "%d", gai_rc);
+    cr_assert_eq(conc_offload_get_stats(&st), 0);
+    cr_assert_geq(st.workers, 1);
+    /* The witness ran, whether the lookup was still on its worker then
+     * ("gtG") or had already returned ("gGt"). */
+    cr_assert(strcmp(logbuf, "gtG") == 0 || strcmp(logbuf, "gGt") == 0, "log %s", logbuf);
     cr_assert_eq(conc_hub_free(), 0);
 }

@@ -190,7 +190,7 @@ static int finish_proc(conc_process *p)
         conc_process_kill(p);
         conc_process_join(p, CONC_FOREVER);
     }
-    cr_assert_eq(r, 0, "join %s: %s", conc_process_name(p), conc_errname(r));
+    cr_assert_eq(r, 0, "join pid %d: %s", (int)conc_process_pid(p), conc_errname(r));
     int code = 12345;
     cr_assert_eq(conc_process_exitcode(p, &code), 0);
     conc_process_free(p);

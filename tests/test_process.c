@@ -39,6 +39,16 @@
  * below CHILD_GUARD_MS, so a child that survives fails the test. */
 #define DEATH_GUARD_MS 8000
 
+/* The name of p, in a buffer of the calling thread's (a few calls may be
+ * alive in one expression). */
+static const char *pname(const conc_process *p)
+{
+    static __thread char bufs[4][CONC_PROCESS_NAME_MAX + 1];
+    static __thread unsigned next;
+    char *b = bufs[next++ % 4];
+    return conc_process_name(p, b, CONC_PROCESS_NAME_MAX + 1) < 0 ? "(error)" : b;
+}
+
 static const conc_start_method all_methods[] = {
     CONC_START_FORK, CONC_START_FORKSERVER, CONC_START_SPAWN,
 };
@@ -182,14 +192,14 @@ static int job_main(const void *arg, size_t len)
         struct report r;
         memset(&r, 0, sizeof r);
         conc_process *me = conc_process_current(), *parent = conc_process_parent();
-        snprintf(r.name, sizeof r.name, "%s", conc_process_name(me));
+        snprintf(r.name, sizeof r.name, "%s", pname(me));
         r.pid = conc_process_pid(me);
         r.getpid = getpid();
         r.getppid = getppid();
         r.daemon = conc_process_daemon(me);
         r.has_parent = parent != NULL;
         if (parent) {
-            snprintf(r.parent_name, sizeof r.parent_name, "%s", conc_process_name(parent));
+            snprintf(r.parent_name, sizeof r.parent_name, "%s", pname(parent));
             r.parent_pid = conc_process_pid(parent);
             r.parent_alive = conc_process_is_alive(parent);
             int s = conc_process_sentinel(parent);
@@ -197,7 +207,7 @@ static int job_main(const void *arg, size_t len)
         }
         conc_process *kid;
         if (conc_process_new(&kid, job_main, j, sizeof *j, NULL) == 0) {
-            snprintf(r.kid_name, sizeof r.kid_name, "%s", conc_process_name(kid));
+            snprintf(r.kid_name, sizeof r.kid_name, "%s", pname(kid));
             conc_process_free(kid);
         }
         return write_all(j->fd, &r, sizeof r) ? 0 : 96;
@@ -337,7 +347,7 @@ static int join_code(conc_process *p)
         conc_process_kill(p);
         conc_process_join(p, CONC_FOREVER);
     }
-    cr_assert_eq(r, 0, "join %s: %s", conc_process_name(p), conc_errname(r));
+    cr_assert_eq(r, 0, "join %s: %s", pname(p), conc_errname(r));
     int code = 12345;
     r = conc_process_exitcode(p, &code);
     cr_assert_eq(r, 0, "exitcode: %s", conc_errname(r));
@@ -443,22 +453,29 @@ Test(process, unstarted_object, .timeout = 30)
     struct job j = { .mode = M_RETURN };
     conc_process *a = make(&j, 0, 0, NULL, 0), *b = make(&j, 0, 0, NULL, 0);
     int na, nb;
-    cr_assert_eq(sscanf(conc_process_name(a), "Process-%d", &na), 1, "%s", conc_process_name(a));
-    cr_assert_eq(sscanf(conc_process_name(b), "Process-%d", &nb), 1);
-    cr_assert_eq(nb, na + 1, "names count up: %s, %s", conc_process_name(a),
-                 conc_process_name(b));
+    cr_assert_eq(sscanf(pname(a), "Process-%d", &na), 1, "%s", pname(a));
+    cr_assert_eq(sscanf(pname(b), "Process-%d", &nb), 1);
+    cr_assert_eq(nb, na + 1, "names count up: %s, %s", pname(a),
+                 pname(b));
     cr_assert_eq(conc_process_set_name(a, "worker"), 0);
-    cr_assert_str_eq(conc_process_name(a), "worker");
+    cr_assert_str_eq(pname(a), "worker");
     cr_assert_eq(conc_process_set_name(a, NULL), -EINVAL);
     char longname[200];
     memset(longname, 'x', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
     cr_assert_eq(conc_process_set_name(a, longname), 0);
-    cr_assert_eq(strlen(conc_process_name(a)), CONC_PROCESS_NAME_MAX);
+    cr_assert_eq(strlen(pname(a)), CONC_PROCESS_NAME_MAX);
+    /* The copy is cut as snprintf cuts; the result is the whole length. */
+    char small[4] = "zzz";
+    cr_assert_eq(conc_process_name(a, small, sizeof small), CONC_PROCESS_NAME_MAX);
+    cr_assert_str_eq(small, "xxx");
+    cr_assert_eq(conc_process_name(a, NULL, 0), CONC_PROCESS_NAME_MAX);
+    cr_assert_eq(conc_process_name(a, NULL, 5), -EINVAL);
+    cr_assert_eq(conc_process_name(NULL, small, sizeof small), -EINVAL);
     conc_process_opts named = { .name = "given" };
     conc_process *c;
     cr_assert_eq(conc_process_new(&c, job_main, &j, sizeof j, &named), 0);
-    cr_assert_str_eq(conc_process_name(c), "given");
+    cr_assert_str_eq(pname(c), "given");
     conc_process_free(c);
 
     int code = 777;
@@ -780,11 +797,46 @@ Test(process, active_children_reaps, .timeout = 30)
 
 /* ------------------------------------ current and parent process */
 
+struct renamer {
+    conc_process *p;
+    atomic_int stop;
+};
+
+static void *rename_loop(void *arg)
+{
+    struct renamer *r = arg;
+    static const char *names[] = { "a", "a-much-longer-name-of-a-worker-process" };
+    for (unsigned i = 0; !atomic_load(&r->stop); i++)
+        conc_process_set_name(r->p, names[i % 2]);
+    return NULL;
+}
+
+/* A name read while another thread renames is one name or the other, whole
+ * (the old pointer getter handed out a buffer being rewritten). */
+Test(process, name_read_whole_while_renamed, .timeout = 60)
+{
+    struct job j = { .mode = M_RETURN };
+    struct renamer r = { .p = make(&j, 0, 0, NULL, 0) };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, rename_loop, &r), 0);
+    for (int i = 0; i < 200000; i++) {
+        char b[CONC_PROCESS_NAME_MAX + 1];
+        int n = conc_process_name(r.p, b, sizeof b);
+        cr_assert(n >= 0 && (size_t)n == strlen(b));
+        cr_assert(strcmp(b, "a") == 0 || strcmp(b, "a-much-longer-name-of-a-worker-process") == 0 ||
+                      strncmp(b, "Process-", 8) == 0,
+                  "torn name '%s'", b);
+    }
+    atomic_store(&r.stop, 1);
+    pthread_join(t, NULL);
+    conc_process_free(r.p);
+}
+
 Test(process, current_and_parent_in_main, .timeout = 30)
 {
     conc_process *me = conc_process_current();
     cr_assert_not_null(me);
-    cr_assert_str_eq(conc_process_name(me), "MainProcess");
+    cr_assert_str_eq(pname(me), "MainProcess");
     cr_assert_eq(conc_process_pid(me), getpid());
     cr_assert_not(conc_process_daemon(me));
     cr_assert(conc_process_is_alive(me));
@@ -797,7 +849,7 @@ Test(process, current_and_parent_in_main, .timeout = 30)
     cr_assert_eq(conc_process_exitcode(me, &code), -EBUSY);
     cr_assert_eq(conc_process_ref(me), me);
     conc_process_free(me);              /* borrowed: ignored */
-    cr_assert_str_eq(conc_process_name(conc_process_current()), "MainProcess");
+    cr_assert_str_eq(pname(conc_process_current()), "MainProcess");
     cr_assert_null(conc_process_parent(), "conc did not start this process");
 }
 
@@ -814,7 +866,7 @@ static void check_child_identity(int method)
     conc_process *probe = make(&j, method, 0, NULL, 0);
     /* "Process-N": the reporter is number N - 1. */
     int n = 0;
-    cr_assert_eq(sscanf(conc_process_name(probe), "Process-%d", &n), 1);
+    cr_assert_eq(sscanf(pname(probe), "Process-%d", &n), 1);
     snprintf(ident, sizeof ident, "Process-%d:1", n - 1);
     conc_process_free(probe);
     cr_assert_eq(conc_process_set_name(conc_process_current(), "Boss"), 0);

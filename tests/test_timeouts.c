@@ -1,8 +1,9 @@
 /*
  * test_timeouts.c - the one timeout rule, call by call, for every blocking
  * call of conc/sync.h, thread.h, process.h, pipe.h, wait.h, queue.h,
- * mpqueue.h, hub.h, cpool.h and offload.h (the coroutine calls from a
- * greenlet of a hub, and from a plain thread where they may be): on an object that is not ready, a timeout of 0 tries once and
+ * mpqueue.h, hub.h, cpool.h, offload.h, socket.h, selector.h, future.h and
+ * executor.h (the coroutine calls from a greenlet of a hub, and from a plain
+ * thread where they may be): on an object that is not ready, a timeout of 0 tries once and
  * gives -EAGAIN, a small positive timeout gives -ETIMEDOUT, and the _until
  * form given a deadline that has passed (just now, or 0) gives -ETIMEDOUT.
  * Condition and Barrier follow Python instead (a zero timeout is a wait that
@@ -16,14 +17,21 @@
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include "conc/cpool.h"
+#include "conc/executor.h"
+#include "conc/future.h"
 #include "conc/hub.h"
 #include "conc/offload.h"
 #include "conc/mpqueue.h"
 #include "conc/pipe.h"
 #include "conc/process.h"
 #include "conc/queue.h"
+#include "conc/selector.h"
+#include "conc/socket.h"
 #include "conc/sync.h"
 #include "conc/thread.h"
 #include "conc/wait.h"
@@ -256,6 +264,83 @@ Test(timeouts, connection)
     conc_conn_free(b);
 }
 
+/* A socket's seconds form takes the socket's timeout (settimeout). */
+#define WITH_T(s, call) (conc_socket_set_timeout((s), t) < 0 ? -EINVAL : (long)(call))
+
+Test(timeouts, socket)
+{
+    conc_socket *a, *b, *l;
+    cr_assert_eq(conc_socket_pair(&a, &b, 0, 0, 0), 0);
+    cr_assert_eq(conc_socket_create_server(&l, "127.0.0.1", 0, NULL), 0);
+    char buf[64];
+    conc_sockaddr from;
+    conc_socket *c = NULL;
+    int fds[2];
+    size_t nfds;
+    PROBE(-EAGAIN, WITH_T(a, conc_socket_recv(a, buf, sizeof buf, 0)),
+          conc_socket_recv_until(a, buf, sizeof buf, 0, d));
+    PROBE(-EAGAIN, WITH_T(a, conc_socket_recvfrom(a, buf, sizeof buf, 0, &from)),
+          conc_socket_recvfrom_until(a, buf, sizeof buf, 0, &from, d));
+    PROBE(-EAGAIN, WITH_T(a, conc_socket_recv_fds(a, buf, sizeof buf, fds, 2, &nfds, 0)),
+          conc_socket_recv_fds_until(a, buf, sizeof buf, fds, 2, &nfds, 0, d));
+    PROBE(-EAGAIN, WITH_T(l, conc_socket_accept(l, &c, NULL)),
+          conc_socket_accept_until(l, &c, NULL, d));
+    cr_assert_null(c);
+    conc_waitable w = { .kind = CONC_WAIT_SOCKET, .u.socket = a };
+    PROBE(-EAGAIN, conc_wait(&w, 1, t), conc_wait_until(&w, 1, d));
+
+    /* A full socket: sends cannot go through at once. */
+    static char big[65536];
+    ssize_t n;
+    cr_assert_eq(conc_socket_set_timeout(b, 0), 0);
+    while ((n = conc_socket_send(b, big, sizeof big, 0)) > 0)
+        ;
+    cr_assert_eq(n, -EAGAIN);
+    PROBE(-EAGAIN, WITH_T(b, conc_socket_send(b, big, sizeof big, 0)),
+          conc_socket_send_until(b, big, sizeof big, 0, d));
+    PROBE(-EAGAIN, WITH_T(b, conc_socket_sendall(b, big, sizeof big, 0, NULL)),
+          conc_socket_sendall_until(b, big, sizeof big, 0, NULL, d));
+    int f = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(f, 0);
+    PROBE(-EAGAIN, WITH_T(b, conc_socket_sendfile(b, f, 0, 4096, NULL)),
+          conc_socket_sendfile_until(b, f, 0, 4096, NULL, d));
+    close(f);
+    conc_socket_free(a);
+    conc_socket_free(b);
+    conc_socket_free(l);
+}
+
+Test(timeouts, selector)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    static const conc_selector_backend bk[] = { CONC_SELECTOR_EPOLL, CONC_SELECTOR_POLL,
+                                                CONC_SELECTOR_SELECT };
+    for (size_t i = 0; i < 3; i++) {
+        conc_selector *s;
+        cr_assert_eq(conc_selector_new(&s, bk[i]), 0);
+        cr_assert_eq(conc_selector_register(s, sv[0], CONC_EVENT_READ, NULL), 0);
+        conc_selector_event ev[2];
+        PROBE(-EAGAIN, conc_selector_select(s, ev, 2, t), conc_selector_select_until(s, ev, 2, d));
+        conc_selector_free(s);
+    }
+    int r[1] = { sv[0] };
+    size_t nr = 1;
+    PROBE(-EAGAIN, conc_selector_select_fds(r, &nr, NULL, NULL, NULL, NULL, t),
+          conc_selector_select_fds_until(r, &nr, NULL, NULL, NULL, NULL, d));
+    struct pollfd p = { .fd = sv[0], .events = POLLIN };
+    PROBE(-EAGAIN, conc_selector_poll_fds(&p, 1, t), conc_selector_poll_fds_until(&p, 1, d));
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event e = { .events = EPOLLIN };
+    cr_assert_eq(epoll_ctl(ep, EPOLL_CTL_ADD, sv[0], &e), 0);
+    struct epoll_event out[2];
+    PROBE(-EAGAIN, conc_selector_epoll_wait(ep, out, 2, t),
+          conc_selector_epoll_wait_until(ep, out, 2, d));
+    close(ep);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 Test(timeouts, queue)
 {
     static const conc_queue_kind kinds[] = { CONC_QUEUE_FIFO, CONC_QUEUE_LIFO,
@@ -395,4 +480,43 @@ Test(timeouts, coroutines)
     cr_assert_eq(conc_hub_free(), 0);
     close(co_fds[0]);
     close(co_fds[1]);
+}
+
+static int wait_gate(void *arg, void **result)
+{
+    (void)result;
+    conc_event_wait(arg, CONC_FOREVER);
+    return 0;
+}
+
+Test(timeouts, future_and_executor)
+{
+    conc_future *f;
+    cr_assert_eq(conc_future_new(&f, NULL), 0);
+    PROBE(-EAGAIN, conc_future_result(f, NULL, NULL, t), conc_future_result_until(f, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_future_result_take(f, NULL, NULL, t),
+          conc_future_result_take_until(f, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_future_exception(f, NULL, NULL, t),
+          conc_future_exception_until(f, NULL, NULL, d));
+    PROBE(-EAGAIN, conc_future_wait(f, t), conc_future_wait_until(f, d));
+    PROBE(-EAGAIN, conc_future_wait_many(&f, 1, CONC_FIRST_COMPLETED, NULL, t),
+          conc_future_wait_many_until(&f, 1, CONC_FIRST_COMPLETED, NULL, d));
+    conc_as_completed *it;
+    cr_assert_eq(conc_as_completed_new(&it, &f, 1), 0);
+    conc_future *got;
+    PROBE(-EAGAIN, conc_as_completed_next(it, &got, t), conc_as_completed_next_until(it, &got, d));
+    conc_as_completed_free(it);
+
+    conc_event gate;
+    conc_event_init(&gate, 0);
+    conc_executor *ex;
+    cr_assert_eq(conc_executor_new(&ex, &(conc_executor_opts){ .max_workers = 1 }), 0);
+    conc_future *call;
+    cr_assert_eq(conc_executor_submit(ex, wait_gate, &gate, &call), 0);
+    cr_assert_eq(conc_executor_shutdown(ex, false, false), 0);
+    PROBE(-EAGAIN, conc_executor_join(ex, t), conc_executor_join_until(ex, d));
+    conc_event_set(&gate);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    conc_future_free(call);
+    conc_future_free(f);
 }

@@ -18,6 +18,8 @@
  *                Barrier, a peer that closed its end)
  *   -EOWNERDEAD  a process died holding a lock; the caller now owns it
  *   -ECANCELED   the calling coroutine was killed, or a future cancelled
+ *   -ECHILD      the worker process running a call died (a future's
+ *                exception; its detail says how the worker ended)
  *   -EINVAL      a bad argument (NULL handle, out of range, NaN or negative
  *                timeout, unknown flag) or an object not in a state the
  *                call accepts (not started)
@@ -43,6 +45,13 @@
  *                its socket, its channel failed
  *   -ENOMEM, -EMFILE, -ENFILE   out of memory or descriptors
  *
+ * Sockets (conc/socket.h) also return the kernel's network codes
+ * (-ECONNREFUSED, -ECONNRESET, -EADDRINUSE, -ENOTCONN, -ENOTSOCK...), and
+ * the resolver calls (conc_socket_getaddrinfo, conc_socket_getnameinfo)
+ * their own codes, CONC_EAI_* below: negative like the others but outside
+ * the range of errno values, so CONC_IS_EAI tells them apart, and
+ * conc_strerror and conc_errname name them.
+ *
  * A call that passes on the result of a system call (opening, mapping or
  * truncating a segment, starting a child) may also return that call's code
  * (-ENOSPC, -EFAULT...); its header says so.
@@ -65,6 +74,28 @@ extern "C" {
 #endif
 
 /*
+ * The resolver's errors (getaddrinfo(3)'s EAI_* codes, Python's
+ * socket.gaierror): -(CONC_EAI_BASE + n), never an errno value.  The
+ * resolver's EAI_MEMORY is returned as -ENOMEM and EAI_SYSTEM as the
+ * errno it carries.
+ */
+#define CONC_EAI_BASE       5000
+#define CONC_EAI_BADFLAGS   (-(CONC_EAI_BASE + 1))  /* bad flags */
+#define CONC_EAI_NONAME     (-(CONC_EAI_BASE + 2))  /* name or service not known */
+#define CONC_EAI_AGAIN      (-(CONC_EAI_BASE + 3))  /* temporary failure: try again */
+#define CONC_EAI_FAIL       (-(CONC_EAI_BASE + 4))  /* non-recoverable failure */
+#define CONC_EAI_NODATA     (-(CONC_EAI_BASE + 5))  /* the name has no address */
+#define CONC_EAI_FAMILY     (-(CONC_EAI_BASE + 6))  /* family not supported */
+#define CONC_EAI_SOCKTYPE   (-(CONC_EAI_BASE + 7))  /* socket type not supported */
+#define CONC_EAI_SERVICE    (-(CONC_EAI_BASE + 8))  /* service not known for the type */
+#define CONC_EAI_ADDRFAMILY (-(CONC_EAI_BASE + 9))  /* the name has no address of the family */
+#define CONC_EAI_OVERFLOW   (-(CONC_EAI_BASE + 12)) /* a result buffer is too small */
+#define CONC_EAI_OTHER      (-(CONC_EAI_BASE + 99)) /* any other resolver failure */
+
+/* True when err (as a conc call returned it) is a CONC_EAI_* code. */
+#define CONC_IS_EAI(err) ((err) <= -(CONC_EAI_BASE + 1) && (err) >= -(CONC_EAI_BASE + 99))
+
+/*
  * conc_strerror - a short English description of an error code.
  *
  * Accepts the negative value a conc call returned (or the positive errno).
@@ -72,12 +103,14 @@ extern "C" {
  * 0 gives "success"; an unknown code gives "unknown error".
  */
 CONC_API const char *conc_strerror(int err);
+/* (A CONC_EAI_* code, negative or positive, gives the resolver's message.) */
 
 /*
  * conc_errname - the symbolic name of an error code ("ETIMEDOUT", "EPIPE"...).
  *
  * Accepts a negative or positive errno; returns a static string, never NULL
- * ("0" for success, "E?" for an unknown code).
+ * ("0" for success, "EAI_NONAME"... for a CONC_EAI_* code, "E?" for an
+ * unknown code).
  */
 CONC_API const char *conc_errname(int err);
 

@@ -197,11 +197,19 @@ CONC_API int conc_process_exitcode(const conc_process *p, int *code);
  * caller's pid for current_process). */
 CONC_API pid_t conc_process_pid(const conc_process *p);
 
-/* conc_process_name / conc_process_set_name - Process.name (truncated to
- * CONC_PROCESS_NAME_MAX bytes).  set_name returns 0, or -EINVAL for NULL
- * arguments or parent_process.  Not synchronized with readers in other
- * threads. */
-CONC_API const char *conc_process_name(const conc_process *p);
+/*
+ * conc_process_name - Process.name: copy the name into buf (size bytes,
+ * always NUL-terminated when size > 0; CONC_PROCESS_NAME_MAX + 1 bytes hold
+ * any name), as snprintf does.  The copy is taken whole: a concurrent
+ * conc_process_set_name gives either the old or the new name, never a mix.
+ * Returns the name's length (a result >= size means it was truncated);
+ * -EINVAL for NULL p, or NULL buf with size > 0.
+ *
+ * conc_process_set_name - set Process.name (copied, truncated to
+ * CONC_PROCESS_NAME_MAX bytes).  Safe while other threads read or set it.
+ * Returns 0, or -EINVAL for NULL arguments or parent_process.
+ */
+CONC_API int conc_process_name(const conc_process *p, char *buf, size_t size);
 CONC_API int conc_process_set_name(conc_process *p, const char *name);
 
 /* conc_process_daemon / conc_process_set_daemon - Process.daemon; setting it

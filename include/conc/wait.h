@@ -2,7 +2,9 @@
  * conc/wait.h - Python's multiprocessing.connection.wait: wait until one of
  * several objects is ready.  The objects may be any mix of connections
  * (conc/pipe.h), thread queues (conc/queue.h), processes (conc/process.h),
- * process queues (conc/mpqueue.h) and plain file descriptors.
+ * process queues (conc/mpqueue.h), sockets (conc/socket.h), futures
+ * (conc/future.h) and plain file
+ * descriptors.
  *
  * Timeouts follow conc/time.h: CONC_FOREVER blocks, 0 never blocks (-EAGAIN
  * when nothing is ready at once), t > 0 gives -ETIMEDOUT after t seconds; a
@@ -35,6 +37,8 @@ struct conc_conn;
 struct conc_queue;
 struct conc_process;
 struct conc_mpqueue;
+struct conc_socket;
+struct conc_future;
 
 /* What a conc_waitable refers to. */
 typedef enum conc_wait_kind {
@@ -45,9 +49,14 @@ typedef enum conc_wait_kind {
                                ended (its sentinel) */
     CONC_WAIT_FD = 4,       /* .fd: any descriptor, ready on .events (0:
                                POLLIN), an error or a hang-up */
-    CONC_WAIT_MPQUEUE = 5   /* .mpqueue: a process queue, ready while a get
+    CONC_WAIT_MPQUEUE = 5,  /* .mpqueue: a process queue, ready while a get
                                could succeed (a message is queued, or it is
                                shut down) */
+    CONC_WAIT_SOCKET = 6,   /* .socket: a socket, ready on .events (0:
+                               POLLIN: a recv or accept would not wait), an
+                               error or a hang-up */
+    CONC_WAIT_FUTURE = 7    /* .future: a future, ready once it is done
+                               (finished or cancelled; conc_future_fd) */
 } conc_wait_kind;
 
 /* One entry of conc_wait's list: set kind and the matching member; conc_wait
@@ -59,9 +68,12 @@ typedef struct conc_waitable {
         struct conc_queue *queue;
         struct conc_process *process;
         struct conc_mpqueue *mpqueue;
+        struct conc_socket *socket;
+        struct conc_future *future;
         int fd;
     } u;
-    short events;           /* CONC_WAIT_FD only: poll() events, 0 = POLLIN */
+    short events;           /* CONC_WAIT_FD and CONC_WAIT_SOCKET only: poll()
+                               events, 0 = POLLIN */
     bool ready;             /* out: true when this entry is ready */
 } conc_waitable;
 
@@ -74,9 +86,10 @@ typedef struct conc_waitable {
  * ready (> 0); -EAGAIN (timeout 0) or -ETIMEDOUT when none became ready in
  * time (Python's empty list); -EINVAL for NULL objs with n > 0, an unknown
  * kind, NULL handles, a negative fd, a process not started, a bad timeout,
- * or n == 0 with no time limit; -EBADF for a closed connection or a
- * descriptor that is not open; -EPERM for a send-only connection; -ENOMEM;
- * an error of conc_queue_fd.  With n == 0 it sleeps until the timeout.
+ * or n == 0 with no time limit; -EBADF for a closed connection or socket,
+ * or a descriptor that is not open; -EPERM for a send-only connection; -ENOMEM;
+ * an error of conc_queue_fd or conc_future_fd (-EMFILE, -ENFILE).  With n == 0
+ * it sleeps until the timeout.
  */
 CONC_API int conc_wait(conc_waitable *objs, size_t n, double timeout);
 CONC_API int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline);

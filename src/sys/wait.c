@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 #include "sys/futex.h"
@@ -225,6 +226,53 @@ int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
     if (r == 0)
         return -ETIMEDOUT;
     return errno == EINTR ? 0 : -errno;
+}
+
+/* epoll_wait's result as conc__wait_epoll's. */
+static int epoll_rc(int r)
+{
+    if (r >= 0)
+        return r;
+    return errno == EINTR ? 0 : -errno;
+}
+
+int conc__wait_epoll(int epfd, struct epoll_event *ev, int n, int64_t deadline)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->wait_fd) {
+        int r = epoll_wait(epfd, ev, n, 0);
+        if (r != 0)
+            return epoll_rc(r);
+        r = ops->wait_fd(epfd, POLLIN, deadline);
+        if (r < 0)
+            return r;
+        return epoll_rc(epoll_wait(epfd, ev, n, 0));
+    }
+    struct timespec ts, *rel = NULL;
+    if (deadline != CONC_NO_DEADLINE) {
+        int64_t left = deadline - conc_now();
+        to_timespec(left > 0 ? left : 0, &ts);
+        rel = &ts;
+    }
+    /* TSan does not know epoll_pwait2: a signal would wait for the call
+     * to end before its handler runs.  It gets epoll_wait. */
+    int r = CONC_SAN_THREAD ? -1 : epoll_pwait2(epfd, ev, n, rel, NULL);
+    if (CONC_SAN_THREAD)
+        errno = ENOSYS;
+    if (r < 0 && errno == ENOSYS) {
+        /* Before Linux 5.11: milliseconds, rounded up so that a wait never
+         * ends before its deadline. */
+        int ms = -1;
+        if (rel) {
+            int64_t left = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+            int64_t m = (left + 999999) / 1000000;
+            ms = m > INT_MAX ? INT_MAX : (int)m;
+        }
+        r = epoll_wait(epfd, ev, n, ms);
+    }
+    if (r == 0)
+        return -ETIMEDOUT;
+    return epoll_rc(r);
 }
 
 void conc__yield(void)

@@ -68,6 +68,19 @@ CONC_HIDDEN int conc__wait_fd(int fd, short events, int64_t deadline);
  */
 CONC_HIDDEN int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline);
 
+/*
+ * conc__wait_epoll - wait until the epoll instance epfd has events, until
+ * deadline, and take up to n of them into ev (epoll_wait).  A hub thread
+ * waits for epfd itself to turn readable (it parks the coroutine), a plain
+ * thread sleeps in epoll_pwait2.  Returns how many events were taken
+ * (> 0); 0 when the wait was interrupted or woke with nothing (the caller
+ * waits again); -ETIMEDOUT when the deadline passed with none (a passed
+ * deadline still looks once); -ECANCELED when the waiting coroutine was
+ * killed; another -errno from epoll_wait (-EBADF, -EINVAL).
+ */
+struct epoll_event;
+CONC_HIDDEN int conc__wait_epoll(int epfd, struct epoll_event *ev, int n, int64_t deadline);
+
 /* conc__wake - wake up to n waiters of word (INT_MAX: all; with
  * CONC__WAKE_EACH up to n in each backend).  Returns how many were woken
  * (threads only; coroutines are counted as woken too).  Async-signal-safe

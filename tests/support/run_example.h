@@ -70,14 +70,24 @@ static inline void example_argv(const char *name, const char *const *args, char 
 }
 
 /* Runs CONC_EXAMPLES_DIR/name with the given arguments (NULL-terminated),
- * capturing stdout and stderr.  A program still running after 60 s is
- * killed and the test fails (a hang guard, not a speed limit). */
-static struct run run_example(const char *name, const char *const *args)
+ * capturing stdout and stderr, with `input` (unless NULL) as its standard
+ * input.  A program still running after 60 s is killed and the test fails
+ * (a hang guard, not a speed limit). */
+static struct run run_example_input(const char *name, const char *const *args,
+                                    const char *input)
 {
     char path[512];
     const char *argv[32];
     example_argv(name, args, path, sizeof path, argv);
-
+    FILE *in = NULL;
+    if (input) {
+        in = tmpfile();
+        cr_assert_not_null(in);
+        size_t len = strlen(input);
+        cr_assert_eq(fwrite(input, 1, len, in), len);
+        cr_assert_eq(fflush(in), 0);
+        rewind(in);
+    }
 
     int out[2], err[2];
     cr_assert_eq(pipe(out), 0);
@@ -92,6 +102,8 @@ static struct run run_example(const char *name, const char *const *args)
         close(out[1]);
         close(err[0]);
         close(err[1]);
+        if (in)
+            dup2(fileno(in), STDIN_FILENO);
         if (run_example_uid >= 0 &&
             (setgroups(0, NULL) != 0 || setgid((gid_t)run_example_uid) != 0 ||
              setuid((uid_t)run_example_uid) != 0))
@@ -101,6 +113,8 @@ static struct run run_example(const char *name, const char *const *args)
     }
     close(out[1]);
     close(err[1]);
+    if (in)
+        fclose(in);
 
     struct buf bo = { 0 }, be = { 0 };
     buf_add(&bo, "", 0);
@@ -141,6 +155,11 @@ static struct run run_example(const char *name, const char *const *args)
             close(pfd[i].fd);
     cr_assert_not(hung, "%s hung; output so far:\n%s", name, bo.data);
     return (struct run){ status, bo.data, be.data };
+}
+
+static inline struct run run_example(const char *name, const char *const *args)
+{
+    return run_example_input(name, args, NULL);
 }
 
 static void run_free(struct run *r)

@@ -1,0 +1,525 @@
+/*
+ * bench_pool.c - conc's process Pool, ThreadPool and executors against
+ * Python's multiprocessing.Pool and concurrent.futures, and against the
+ * floor of a task round trip between two processes, in one run.
+ *
+ * The task is square(x) = x * x on a 64-bit integer (in a process pool its
+ * 8 bytes go in and 8 bytes come back); every pool and executor has
+ * WORKERS (2) workers, started and warmed up (each has answered a task)
+ * before the clock starts; Python's are made the same way, with the "fork"
+ * start method, as are conc's.  Metrics, all in tasks/s:
+ *
+ *   pool_map_chunk1              map(square, 0..n-1) with chunksize 1
+ *   pool_map_default             map(square, 0..n-1), the default chunksize
+ *   pool_apply_rtt               apply(square, i), one after another: round
+ *                                trips per second.  floor: a raw fork()ed
+ *                                child and its parent hand the argument and
+ *                                the result back and forth through a shared
+ *                                page, each side sleeping on a futex(2) word
+ *                                until the other wakes it: what a round trip
+ *                                between two processes costs at least
+ *   pool_apply_async             apply_async(square, i) n times, then get()
+ *                                each
+ *   threadpool_executor_submit   ThreadPoolExecutor: submit(square, i) n
+ *                                times, then result() each
+ *   processpool_executor_submit  ProcessPoolExecutor: the same
+ *
+ * Nothing is pinned: the pools' workers are scheduled as the kernel likes,
+ * for every system alike.  Self-checks, reported as FAILED: every result is
+ * compared with i * i.  The floor's child dies with the parent
+ * (PR_SET_PDEATHSIG); a lost wake-up shows as a hang, which benchlib's
+ * watchdog turns into an error exit.  Python runs as bench/peers/pool_mp.py.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conc.h"
+#include "conc/executor.h"
+#include "conc/pool.h"
+#include "benchlib.h"
+
+#define WORKERS 2
+
+static const bench_metric metrics[] = {
+    { "pool_map_chunk1", "tasks/s", "Pool map(square, 0..n-1), chunksize 1" },
+    { "pool_map_default", "tasks/s", "Pool map(square, 0..n-1), the default chunksize" },
+    { "pool_apply_rtt", "tasks/s", "Pool apply(square, i) one after another (round trips/s)" },
+    { "pool_apply_async", "tasks/s", "Pool apply_async(square, i) n times, then get() each" },
+    { "threadpool_executor_submit", "tasks/s", "ThreadPoolExecutor submit(square, i) n times, then result() each" },
+    { "processpool_executor_submit", "tasks/s", "ProcessPoolExecutor submit(square, i) n times, then result() each" },
+};
+
+/* A body that finds a wrong result says why on stderr and returns this. */
+#define WRONG_RESULT (-EPROTO)
+
+static int64_t square(int64_t x)
+{
+    return x * x;
+}
+
+/* ------------------------------------------------------------------ floor */
+
+/* The page the floor's two processes share: the request and the answer,
+ * each with its own futex word (a sequence number) on its own cache line. */
+typedef struct floor_area {
+    alignas(64) _Atomic uint32_t req_seq;
+    int64_t arg;
+    alignas(64) _Atomic uint32_t resp_seq;
+    int64_t result;
+} floor_area;
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t old)
+{
+    /* Shared futex (no FUTEX_PRIVATE_FLAG): the word is in MAP_SHARED memory. */
+    syscall(SYS_futex, word, FUTEX_WAIT, old, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+/* Waits until *word differs from old; returns its new value. */
+static uint32_t wait_change(_Atomic uint32_t *word, uint32_t old)
+{
+    uint32_t v;
+    while ((v = atomic_load_explicit(word, memory_order_acquire)) == old)
+        futex_wait(word, old);
+    return v;
+}
+
+/* The child: answer every request; arg INT64_MIN ends it. */
+static void floor_child(floor_area *a, pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+    uint32_t seen = 0;
+    for (;;) {
+        seen = wait_change(&a->req_seq, seen);
+        int64_t x = a->arg;
+        if (x == INT64_MIN)
+            _exit(0);
+        a->result = square(x);
+        atomic_fetch_add_explicit(&a->resp_seq, 1, memory_order_release);
+        futex_wake(&a->resp_seq);
+    }
+}
+
+/* One round trip: hand x to the child, wait for its answer. */
+static int64_t floor_call(floor_area *a, int64_t x)
+{
+    uint32_t before = atomic_load_explicit(&a->resp_seq, memory_order_relaxed);
+    a->arg = x;
+    atomic_fetch_add_explicit(&a->req_seq, 1, memory_order_release);
+    futex_wake(&a->req_seq);
+    wait_change(&a->resp_seq, before);
+    return a->result;
+}
+
+static int64_t rtt_floor(void *arg, long iters)
+{
+    (void)arg;
+    floor_area *a = mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                         -1, 0);
+    if (a == MAP_FAILED)
+        return -errno;
+    pid_t self = getpid();
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = -errno;
+        munmap(a, sizeof *a);
+        return e;
+    }
+    if (pid == 0)
+        floor_child(a, self);
+    int64_t rc = 0;
+    for (int64_t i = 0; i < WORKERS * 4; i++)       /* warm-up, as for the pools */
+        if (floor_call(a, i) != i * i)
+            rc = WRONG_RESULT;
+    int64_t t0 = bench_now();
+    for (long i = 0; i < iters && rc == 0; i++)
+        if (floor_call(a, i) != square(i)) {
+            fprintf(stderr, "bench_pool: pool_apply_rtt/floor: result %lld for %ld\n",
+                    (long long)a->result, i);
+            rc = WRONG_RESULT;
+        }
+    int64_t ns = bench_now() - t0;
+    a->arg = INT64_MIN;
+    atomic_fetch_add_explicit(&a->req_seq, 1, memory_order_release);
+    futex_wake(&a->req_seq);
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            bench_die("waitpid", -errno);
+    munmap(a, sizeof *a);
+    if (rc == 0 && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
+        fprintf(stderr, "bench_pool: floor child ended with status %#x\n", st);
+        rc = -EIO;
+    }
+    return rc < 0 ? rc : ns;
+}
+
+/* ------------------------------------------------------- conc: the task */
+
+/* A process pool's square: 8 bytes in, 8 bytes out. */
+static int square_bytes(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    int64_t x;
+    if (len != sizeof x)
+        return -EINVAL;
+    memcpy(&x, arg, sizeof x);
+    int64_t *out = malloc(sizeof *out);
+    if (!out)
+        return -ENOMEM;
+    *out = square(x);
+    *result = out;
+    *result_len = sizeof *out;
+    return 0;
+}
+
+/* A thread executor's square: the integer travels in the pointer. */
+static int square_ptr(void *arg, void **result)
+{
+    *result = (void *)(intptr_t)square((int64_t)(intptr_t)arg);
+    return 0;
+}
+
+/* Checks one bytes result of task i. */
+static int check_bytes(const char *metric, long i, int status, const void *v, size_t len)
+{
+    int64_t got;
+    if (status != 0 || len != sizeof got) {
+        fprintf(stderr, "bench_pool: %s: task %ld: status %d, %zu bytes\n", metric, i, status,
+                len);
+        return WRONG_RESULT;
+    }
+    memcpy(&got, v, sizeof got);
+    if (got != square(i)) {
+        fprintf(stderr, "bench_pool: %s: task %ld gave %lld\n", metric, i, (long long)got);
+        return WRONG_RESULT;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------- threadpool_executor_submit */
+
+static int64_t tpe_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_executor_opts eo = CONC_EXECUTOR_OPTS_INIT;
+    eo.kind = CONC_EXECUTOR_THREADS;
+    eo.max_workers = WORKERS;
+    conc_executor *ex;
+    int e = conc_executor_new(&ex, &eo);
+    if (e < 0)
+        return e;
+    conc_future **fs = calloc((size_t)iters + WORKERS * 4, sizeof *fs);
+    if (!fs) {
+        conc_executor_free(ex);
+        return -ENOMEM;
+    }
+    int64_t rc = 0, t0 = 0, ns = 0;
+    /* Warm-up: every worker thread is started and has run a call. */
+    for (long pass = 0; pass < 2 && rc == 0; pass++) {
+        long n = pass == 0 ? WORKERS * 4 : iters;
+        if (pass == 1)
+            t0 = bench_now();
+        long submitted = 0;
+        for (long i = 0; i < n; i++, submitted++)
+            if ((e = conc_executor_submit(ex, square_ptr, (void *)(intptr_t)i, &fs[i])) < 0) {
+                rc = e;
+                break;
+            }
+        for (long i = 0; i < submitted; i++) {
+            void *v = NULL;
+            e = conc_future_result(fs[i], &v, NULL, CONC_FOREVER);
+            if (rc == 0 && (e != 0 || (int64_t)(intptr_t)v != square(i))) {
+                fprintf(stderr, "bench_pool: threadpool_executor_submit: call %ld: %d, %lld\n",
+                        i, e, (long long)(intptr_t)v);
+                rc = e < 0 ? e : WRONG_RESULT;
+            }
+            conc_future_free(fs[i]);
+        }
+        if (pass == 1)
+            ns = bench_now() - t0;
+    }
+    free(fs);
+    conc_executor_free(ex);
+    return rc < 0 ? rc : ns;
+}
+
+/* --------------------------------------------------------- process Pool */
+
+/* A process pool of WORKERS workers (fork), warmed up: every worker has
+ * answered a task. */
+static int pool_ready(conc_pool **out)
+{
+    conc_pool_opts po = CONC_POOL_OPTS_INIT;
+    po.processes = WORKERS;
+    po.method = CONC_START_FORK;
+    int e = conc_pool_new(out, &po);
+    if (e < 0)
+        return e;
+    int64_t args[WORKERS * 4];
+    conc_pool_item items[WORKERS * 4];
+    for (int i = 0; i < WORKERS * 4; i++) {
+        args[i] = i;
+        items[i] = (conc_pool_item){ &args[i], sizeof args[i] };
+    }
+    conc_pool_task_opts to = CONC_POOL_TASK_OPTS_INIT;
+    to.chunksize = 1;
+    conc_pool_result *r = NULL;
+    e = conc_pool_map(*out, square_bytes, items, WORKERS * 4, &to, &r);
+    conc_pool_result_free(r);
+    if (e < 0)
+        conc_pool_free(*out);
+    return e;
+}
+
+/* The arguments 0..n-1 as map items (args holds their bytes). */
+static conc_pool_item *items_new(long n, int64_t **args)
+{
+    *args = malloc((size_t)n * sizeof **args);
+    conc_pool_item *items = malloc((size_t)n * sizeof *items);
+    if (!*args || !items) {
+        free(*args);
+        free(items);
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        (*args)[i] = i;
+        items[i] = (conc_pool_item){ &(*args)[i], sizeof (*args)[i] };
+    }
+    return items;
+}
+
+/* arg: the chunksize (0: the default). */
+static int64_t map_conc(void *arg, long iters)
+{
+    size_t chunksize = (size_t)(uintptr_t)arg;
+    const char *metric = chunksize == 1 ? "pool_map_chunk1" : "pool_map_default";
+    int64_t *args;
+    conc_pool_item *items = items_new(iters, &args);
+    if (!items)
+        return -ENOMEM;
+    conc_pool *p;
+    int e = pool_ready(&p);
+    if (e < 0) {
+        free(items);
+        free(args);
+        return e;
+    }
+    conc_pool_task_opts to = CONC_POOL_TASK_OPTS_INIT;
+    to.chunksize = chunksize;
+    conc_pool_result *r = NULL;
+    int64_t t0 = bench_now();
+    e = conc_pool_map(p, square_bytes, items, (size_t)iters, &to, &r);
+    int64_t ns = bench_now() - t0;
+    int64_t rc = e;
+    for (long i = 0; i < iters && rc == 0; i++) {
+        void *v = NULL;
+        size_t len = 0;
+        int st = conc_pool_result_item(r, (size_t)i, &v, &len);
+        rc = check_bytes(metric, i, st, v, len);
+    }
+    conc_pool_result_free(r);
+    conc_pool_free(p);
+    free(items);
+    free(args);
+    return rc < 0 ? rc : ns;
+}
+
+static int64_t rtt_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_pool *p;
+    int e = pool_ready(&p);
+    if (e < 0)
+        return e;
+    int64_t rc = 0;
+    int64_t t0 = bench_now();
+    for (long i = 0; i < iters && rc == 0; i++) {
+        int64_t x = i;
+        void *v = NULL;
+        size_t len = 0;
+        int st = conc_pool_apply(p, square_bytes, &x, sizeof x, &v, &len);
+        rc = check_bytes("pool_apply_rtt", i, st, v, len);
+        free(v);
+    }
+    int64_t ns = bench_now() - t0;
+    conc_pool_free(p);
+    return rc < 0 ? rc : ns;
+}
+
+static int64_t async_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_pool_result **rs = calloc((size_t)iters, sizeof *rs);
+    if (!rs)
+        return -ENOMEM;
+    conc_pool *p;
+    int e = pool_ready(&p);
+    if (e < 0) {
+        free(rs);
+        return e;
+    }
+    int64_t rc = 0;
+    long submitted = 0;
+    int64_t t0 = bench_now();
+    for (; submitted < iters; submitted++) {
+        int64_t x = submitted;
+        if ((e = conc_pool_apply_async(p, square_bytes, &x, sizeof x, NULL, &rs[submitted])) < 0) {
+            rc = e;
+            break;
+        }
+    }
+    for (long i = 0; i < submitted; i++) {
+        void *v = NULL;
+        size_t len = 0;
+        int st = conc_pool_result_get(rs[i], &v, &len, CONC_FOREVER);
+        if (rc == 0)
+            rc = check_bytes("pool_apply_async", i, st, v, len);
+    }
+    int64_t ns = bench_now() - t0;
+    for (long i = 0; i < submitted; i++)
+        conc_pool_result_free(rs[i]);
+    free(rs);
+    conc_pool_free(p);
+    return rc < 0 ? rc : ns;
+}
+
+/* --------------------------------------------- processpool_executor_submit */
+
+static int ppe_new(conc_executor **ex)
+{
+    conc_executor_opts eo = CONC_EXECUTOR_OPTS_INIT;
+    eo.kind = CONC_EXECUTOR_PROCESSES;
+    eo.max_workers = WORKERS;
+    eo.method = CONC_START_FORK;
+    return conc_executor_new(ex, &eo);
+}
+
+static int64_t ppe_conc(void *arg, long iters)
+{
+    (void)arg;
+    conc_executor *ex;
+    int e = ppe_new(&ex);
+    if (e < 0)
+        return e;
+    conc_future **fs = calloc((size_t)iters + WORKERS * 4, sizeof *fs);
+    if (!fs) {
+        conc_executor_free(ex);
+        return -ENOMEM;
+    }
+    int64_t rc = 0, t0 = 0, ns = 0;
+    for (long pass = 0; pass < 2 && rc == 0; pass++) {
+        long n = pass == 0 ? WORKERS * 4 : iters;      /* pass 0: the warm-up */
+        if (pass == 1)
+            t0 = bench_now();
+        long submitted = 0;
+        for (long i = 0; i < n; i++, submitted++) {
+            int64_t x = i;
+            if ((e = conc_executor_submit_bytes(ex, square_bytes, &x, sizeof x, &fs[i])) < 0) {
+                rc = e;
+                break;
+            }
+        }
+        for (long i = 0; i < submitted; i++) {
+            void *v = NULL;
+            size_t len = 0;
+            e = conc_future_result(fs[i], &v, &len, CONC_FOREVER);
+            if (rc == 0)
+                rc = check_bytes("processpool_executor_submit", i, e, v, len);
+            conc_future_free(fs[i]);
+        }
+        if (pass == 1)
+            ns = bench_now() - t0;
+    }
+    free(fs);
+    conc_executor_free(ex);
+    return rc < 0 ? rc : ns;
+}
+
+/* ------------------------------------------------------------------ main */
+
+static const char *const py_metrics[] = {
+    "pool_map_chunk1", "pool_map_default", "pool_apply_rtt", "pool_apply_async",
+    "threadpool_executor_submit", "processpool_executor_submit", NULL,
+};
+
+int main(int argc, char **argv)
+{
+    bench_init(argc, argv,
+               "bench_pool: conc Pool, ThreadPool and executors vs Python multiprocessing.Pool "
+               "and concurrent.futures, and a raw futex round trip",
+               metrics, BENCH_ARRAY_LEN(metrics));
+    bench_become_multithreaded();
+
+    const bench_case chunk1[] = {
+        { "conc", map_conc, (void *)(uintptr_t)1 },
+    };
+    bench_compare("pool_map_chunk1", chunk1, BENCH_ARRAY_LEN(chunk1),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
+    const bench_case chunkdef[] = {
+        { "conc", map_conc, (void *)(uintptr_t)0 },
+    };
+    bench_compare("pool_map_default", chunkdef, BENCH_ARRAY_LEN(chunkdef),
+                  bench_iters(20000000, 2000000), BENCH_MEDIAN);
+    const bench_case rtt[] = {
+        { "conc", rtt_conc, NULL },
+        { "floor", rtt_floor, NULL },
+    };
+    bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
+                  BENCH_MEDIAN);
+    const bench_case async[] = {
+        { "conc", async_conc, NULL },
+    };
+    bench_compare("pool_apply_async", async, BENCH_ARRAY_LEN(async),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
+    const bench_case tpe[] = {
+        { "conc", tpe_conc, NULL },
+    };
+    bench_compare("threadpool_executor_submit", tpe, BENCH_ARRAY_LEN(tpe),
+                  bench_iters(2000000, 200000), BENCH_MEDIAN);
+
+    /* The process executor may be missing from a build: then it is skipped. */
+    if (bench_enabled("processpool_executor_submit", "conc")) {
+        conc_executor *probe;
+        int e = ppe_new(&probe);
+        if (e == -ENOTSUP || e == -ENOSYS) {
+            bench_skip("processpool_executor_submit", "conc", NULL,
+                       "this build has no process executor");
+        } else {
+            if (e == 0)
+                conc_executor_free(probe);
+            const bench_case ppe[] = {
+                { "conc", ppe_conc, NULL },
+            };
+            bench_compare("processpool_executor_submit", ppe, BENCH_ARRAY_LEN(ppe),
+                          bench_iters(2000000, 200000), BENCH_MEDIAN);
+        }
+    }
+
+    /* Python is 10-1000x slower per task: its script has its own, smaller
+     * iteration counts; we pass the scale and the repetitions. */
+    bench_peer_run_metrics("python", false, bench_python(), bench_peer_path("pool_mp.py"),
+                           (bench_reps() + 1) / 2, NULL, bench_scale() * (bench_quick() ? 0.05 : 1.0),
+                           py_metrics);
+    return bench_report();
+}

@@ -1,0 +1,149 @@
+/*
+ * udp-upper-server - the tutorials' UDP server: each datagram that comes
+ * in goes back to its sender upper-cased (ASCII letters; every other byte
+ * unchanged), one datagram out for one datagram in.
+ *
+ *   udp-upper-server [--host H] PORT
+ *
+ * Listens on H (default 127.0.0.1; a name or an address, IPv4 or IPv6)
+ * and PORT (0: the kernel picks one) and says where once it does:
+ *
+ *   udp-upper-server: listening on 127.0.0.1:PORT (UDP)
+ *
+ * A datagram of any size up to 65535 bytes comes back whole (an empty one
+ * too).  A reply that cannot be sent (the sender's port is gone) is
+ * dropped, as UDP does, and the server goes on.  SIGINT or SIGTERM ends it
+ * cleanly:
+ *
+ *   udp-upper-server: stopped by SIGINT after N datagrams
+ *
+ * and exit status 0.  It waits on its socket and on a signalfd together
+ * (conc_wait), so a signal ends the wait at once.
+ *
+ * Python original:
+ *   server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+ *   server.bind(("127.0.0.1", 8080))
+ *   while True:
+ *       data, addr = server.recvfrom(1024)
+ *       server.sendto(data.upper(), addr)
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conc.h"
+#include "conc/socket.h"
+#include "cli.h"
+
+static const char *prog = "udp-upper-server";
+
+#define MAX_DATAGRAM 65535
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: %s [--host H] PORT\n"
+               "Sends each datagram back to its sender, upper-cased.\n"
+               "  PORT          the UDP port, 0 to 65535 (0: any free one)\n"
+               "  --host H      the address or name to listen on (default 127.0.0.1)\n"
+               "SIGINT or SIGTERM stops it (exit status 0).\n",
+               prog);
+}
+
+int main(int argc, char **argv)
+{
+    const char *host = "127.0.0.1", *pos[1] = { NULL };
+    size_t npos = 0;
+    static const char *const pos_names[] = { "PORT" };
+    const struct opt opts[] = {
+        { "host", OPT_TEXT, &host, 0, 0, NULL },
+    };
+    const struct positionals p = { pos, 1, 1, pos_names, &npos };
+    int rc = parse_args(argc, argv, opts, OPTS_COUNT(opts), usage, &p);
+    if (rc >= 0)
+        return rc;
+    long port;
+    if (!parse_long(pos[0], 0, 65535, &port))
+        return fail("PORT wants a whole number from 0 to 65535, not '%s'", pos[0]);
+    if (!*host)
+        return fail("--host wants an address or a name, not '%s'", host);
+
+    int sigfd = stop_signals_fd();
+    if (sigfd < 0)
+        return die("signalfd", sigfd);
+    char service[16];
+    snprintf(service, sizeof service, "%ld", port);
+    conc_addrinfo *ai;
+    int n = conc_socket_getaddrinfo(host, service, AF_UNSPEC, SOCK_DGRAM, 0,
+                                    AI_PASSIVE | AI_NUMERICSERV, &ai);
+    if (n < 0) {
+        fprintf(stderr, "%s: --host '%s': %s\n", prog, host, conc_strerror(n));
+        return 1;
+    }
+    char where[CONC_SOCKADDR_STRLEN];
+    if (conc_sockaddr_str(&ai[0].addr, where, sizeof where) < 0)
+        snprintf(where, sizeof where, "%s:%ld", host, port);
+    conc_socket *s;
+    rc = conc_socket_new(&s, ai[0].family, SOCK_DGRAM, 0);
+    if (rc == 0 && (rc = conc_socket_bind(s, &ai[0].addr)) < 0)
+        conc_socket_free(s);
+    free(ai);
+    if (rc < 0) {
+        fprintf(stderr, "%s: bind %s: %s\n", prog, where, conc_strerror(rc));
+        return 1;
+    }
+    conc_sockaddr at;
+    if (conc_socket_getsockname(s, &at) == 0)
+        conc_sockaddr_str(&at, where, sizeof where);
+    printf("%s: listening on %s (UDP)\n", prog, where);
+    fflush(stdout);
+
+    char *buf = malloc(MAX_DATAGRAM);
+    if (!buf) {
+        conc_socket_free(s);
+        return die("malloc", -ENOMEM);
+    }
+    conc_socket_set_blocking(s, false);
+    long datagrams = 0;
+    int sig = 0;
+    rc = 0;
+    while (!sig) {
+        conc_waitable w[2] = {
+            { .kind = CONC_WAIT_SOCKET, .u.socket = s, .events = POLLIN },
+            { .kind = CONC_WAIT_FD, .u.fd = sigfd },
+        };
+        rc = conc_wait(w, 2, CONC_FOREVER);
+        if (rc < 0)
+            break;
+        if (w[1].ready && (sig = stop_signal_take(sigfd)) != 0)
+            break;
+        /* Every datagram that is there, then wait again. */
+        for (;;) {
+            conc_sockaddr from;
+            ssize_t got = conc_socket_recvfrom(s, buf, MAX_DATAGRAM, 0, &from);
+            if (got == -EAGAIN)
+                break;
+            if (got == -ECONNREFUSED || got == -EHOSTUNREACH || got == -ENETUNREACH)
+                continue;           /* an ICMP error for an earlier reply */
+            if (got < 0)
+                break;
+            datagrams++;
+            for (ssize_t i = 0; i < got; i++)
+                if (buf[i] >= 'a' && buf[i] <= 'z')
+                    buf[i] = (char)(buf[i] - 'a' + 'A');
+            conc_socket_sendto(s, buf, (size_t)got, 0, &from);  /* lost: as UDP */
+        }
+    }
+    free(buf);
+    conc_socket_free(s);
+    close(sigfd);
+    if (rc < 0)
+        return die("wait", rc);
+    char name[32];
+    printf("%s: stopped by %s after %ld datagram%s\n", prog, signal_name(sig, name, sizeof name),
+           datagrams, datagrams == 1 ? "" : "s");
+    return 0;
+}

@@ -1,0 +1,1386 @@
+/*
+ * pool.c - the process pool's engine: workers, their channels, the pool's
+ * thread that sends tasks, collects results and replaces dead workers.
+ *
+ * Every worker has a socket pair of its own.  The pool's thread writes
+ * frames to it without blocking (a worker that does not read never stops
+ * the others) and reads the worker's answers, which come in the order of
+ * the tasks, so the pool knows which task a worker runs: the oldest it has
+ * not answered.  While the queue is short a worker holds one task at a
+ * time, so that a long task delays no other; while it is long, up to
+ * PIPELINE_MAX (a share of the queue), so that short tasks stream without
+ * a round trip each.  Idle workers are served first.
+ *
+ * Frames: struct frame, then len bytes.
+ *   pool -> worker  FN      n = index; body: the function (fork: its
+ *                           address; else module offset, st_dev, st_ino,
+ *                           path)
+ *                   INIT    n = initializer's index or NONE; body: initarg
+ *                   TASK    n = items; body: u32 function index, u32 0,
+ *                           then per item u64 length + bytes
+ *                   EXIT    end once everything before was answered
+ *   worker -> pool  READY   after the initializer
+ *                   RESULT  n = items; per item i32 status, u32 0,
+ *                           u64 length + bytes
+ * Everything a worker sends is checked before use; a worker that breaks
+ * the protocol is killed (its task fails with -ECHILD).
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <link.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "conc/pool.h"
+#include "conc/process.h"
+#include "pool_internal.h"
+#include "sys/wait.h"
+
+enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11 };
+
+struct frame {
+    uint32_t kind;
+    uint32_t n;
+    uint64_t len;
+};
+
+#define PIPELINE 1
+#define PIPELINE_MAX 64
+#define NONE UINT32_MAX
+#define FN_TABLE_MAX 4096
+#define FRAME_MAX ((uint64_t)CONC_POOL_ARG_MAX * 2 + (uint64_t)CONC__POOL_CHUNK_MAX * 16 + 64)
+
+/* ------------------------------------------------------------- functions */
+
+struct fnent {
+    void *fn;
+    unsigned char *def;         /* the FN frame's body */
+    size_t deflen;
+};
+
+/* The body of an FN frame for fn: its address (fork), or module + offset. */
+static int fn_describe(void *fn, bool fork_method, unsigned char **out, size_t *len)
+{
+    if (fork_method) {
+        uint64_t a = (uint64_t)(uintptr_t)fn;
+        unsigned char *b = malloc(sizeof a);
+        if (!b)
+            return -ENOMEM;
+        memcpy(b, &a, sizeof a);
+        *out = b;
+        *len = sizeof a;
+        return 0;
+    }
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1(fn, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+        return -EINVAL;
+    const char *path = lm->l_name ? lm->l_name : "";
+    struct stat st;
+    if (stat(path[0] ? path : "/proc/self/exe", &st) != 0)
+        return -EINVAL;
+    size_t pl = strlen(path);
+    if (pl > 4096)
+        return -EINVAL;
+    uint64_t h[3] = { (uint64_t)((uintptr_t)fn - (uintptr_t)lm->l_addr), (uint64_t)st.st_dev,
+                      (uint64_t)st.st_ino };
+    unsigned char *b = malloc(sizeof h + pl);
+    if (!b)
+        return -ENOMEM;
+    memcpy(b, h, sizeof h);
+    memcpy(b + sizeof h, path, pl);
+    *out = b;
+    *len = sizeof h + pl;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the worker */
+
+struct wconf {
+    int32_t fd;                 /* the worker's end */
+    int32_t close_fd;           /* fork: the pool's end, inherited */
+    int32_t fork_method;
+};
+
+struct find_ctx {
+    const char *path;
+    uint64_t offset;
+    void *addr;
+    bool found;
+};
+
+static int find_module(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct find_ctx *f = arg;
+    if (strcmp(info->dlpi_name ? info->dlpi_name : "", f->path) != 0)
+        return 0;
+    f->found = true;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && f->offset >= ph->p_vaddr &&
+            f->offset - ph->p_vaddr < ph->p_memsz) {
+            f->addr = (void *)(info->dlpi_addr + (uintptr_t)f->offset);
+            break;
+        }
+    }
+    return 1;
+}
+
+/* The worker's address of a function the pool described (NULL: unknown). */
+static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
+{
+    if (fork_method) {
+        uint64_t a;
+        if (len != sizeof a)
+            return NULL;
+        memcpy(&a, b, sizeof a);
+        return (void *)(uintptr_t)a;
+    }
+    uint64_t h[3];
+    if (len < sizeof h || len - sizeof h > 4096)
+        return NULL;
+    memcpy(h, b, sizeof h);
+    char path[4097];
+    memcpy(path, b + sizeof h, len - sizeof h);
+    path[len - sizeof h] = 0;
+    struct stat st;
+    if (stat(path[0] ? path : "/proc/self/exe", &st) != 0 || (uint64_t)st.st_dev != h[1] ||
+        (uint64_t)st.st_ino != h[2])
+        return NULL;
+    struct find_ctx f = { .path = path, .offset = h[0] };
+    dl_iterate_phdr(find_module, &f);
+    if (!f.found && path[0]) {
+        if (!dlopen(path, RTLD_NOW | RTLD_GLOBAL))
+            return NULL;
+        dl_iterate_phdr(find_module, &f);
+    }
+    return f.addr;
+}
+
+/* The worker's reads, through a buffer: a burst of small tasks costs one
+ * read(2), not two per task. */
+struct wreader {
+    int fd;
+    size_t pos, end;
+    unsigned char buf[65536];
+};
+
+static int wr_read(struct wreader *r, void *dst, size_t len)
+{
+    unsigned char *d = dst;
+    while (len) {
+        if (r->pos == r->end) {
+            bool direct = len >= sizeof r->buf;
+            ssize_t n = read(r->fd, direct ? d : r->buf, direct ? len : sizeof r->buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                return -1;
+            if (direct) {
+                d += n;
+                len -= (size_t)n;
+                continue;
+            }
+            r->pos = 0;
+            r->end = (size_t)n;
+        }
+        size_t k = r->end - r->pos < len ? r->end - r->pos : len;
+        memcpy(d, r->buf + r->pos, k);
+        r->pos += k;
+        d += k;
+        len -= k;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    while (len) {
+        ssize_t r = send(fd, p, len, MSG_NOSIGNAL);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        p += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+struct worker;
+static bool worker_has_output_(const struct worker *w);
+
+/* Appends to a growing buffer; false when out of memory. */
+struct obuf {
+    unsigned char *p;
+    size_t len, cap;
+};
+
+static bool obuf_put(struct obuf *o, const void *src, size_t len)
+{
+    if (o->cap - o->len < len) {
+        size_t cap = o->cap ? o->cap : 256;
+        while (cap - o->len < len)
+            cap *= 2;
+        unsigned char *np = realloc(o->p, cap);
+        if (!np)
+            return false;
+        o->p = np;
+        o->cap = cap;
+    }
+    memcpy(o->p + o->len, src, len);
+    o->len += len;
+    return true;
+}
+
+/* Runs the items of a TASK frame and sends the RESULT. */
+static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, size_t len,
+                       struct obuf *o)
+{
+    o->len = 0;
+    struct frame fr = { F_RESULT, n, 0 };
+    obuf_put(o, &fr, sizeof fr);
+    size_t off = 8;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t il;
+        if (len - off < sizeof il)
+            return -1;
+        memcpy(&il, b + off, sizeof il);
+        off += sizeof il;
+        if (il > len - off)
+            return -1;
+        const void *arg = il ? b + off : NULL;
+        off += il;
+        void *res = NULL;
+        size_t rlen = 0;
+        int st = fn ? ((conc_pool_fn)fn)(arg, (size_t)il, &res, &rlen) : -ENOENT;
+        if (st > 0)
+            st = -EPROTO;
+        if (st == 0 && (rlen > CONC_POOL_ARG_MAX || (!res && rlen)))
+            st = -EMSGSIZE;
+        if (st != 0)
+            rlen = 0;
+        int32_t hs[2] = { st, 0 };
+        uint64_t l64 = rlen;
+        if (!obuf_put(o, hs, sizeof hs) || !obuf_put(o, &l64, sizeof l64) ||
+            (rlen && !obuf_put(o, res, rlen))) {
+            free(res);
+            return -1;
+        }
+        free(res);
+    }
+    fr.len = o->len - sizeof fr;
+    memcpy(o->p, &fr, sizeof fr);
+    return write_full(fd, o->p, o->len);
+}
+
+static int worker_main(const void *arg, size_t alen)
+{
+    struct wconf c;
+    if (alen != sizeof c)
+        return 70;
+    memcpy(&c, arg, sizeof c);
+    if (c.close_fd >= 0)
+        close(c.close_fd);
+    int fd = c.fd;
+    struct wreader *rd = malloc(sizeof *rd);
+    if (!rd)
+        return 71;
+    rd->fd = fd;
+    rd->pos = rd->end = 0;
+    void **fns = NULL;
+    uint32_t nfns = 0;
+    struct obuf o = { 0 };
+    unsigned char *b = NULL;
+    int code = 0;
+    for (;;) {
+        struct frame fr;
+        if (wr_read(rd, &fr, sizeof fr))
+            break;                      /* the pool is gone */
+        if (fr.len > FRAME_MAX) {
+            code = 71;
+            break;
+        }
+        free(b);
+        b = malloc(fr.len ? fr.len : 1);
+        if (!b || wr_read(rd, b, fr.len)) {
+            code = 71;
+            break;
+        }
+        if (fr.kind == F_FN) {
+            if (fr.n != nfns || nfns >= FN_TABLE_MAX) {
+                code = 71;
+                break;
+            }
+            void **nf = realloc(fns, (nfns + 1) * sizeof *fns);
+            if (!nf) {
+                code = 71;
+                break;
+            }
+            fns = nf;
+            fns[nfns++] = fn_resolve(b, fr.len, c.fork_method);
+        } else if (fr.kind == F_INIT) {
+            if (fr.n != NONE) {
+                if (fr.n >= nfns || !fns[fr.n]) {
+                    code = 72;
+                    break;
+                }
+                int r = ((conc_pool_init_fn)fns[fr.n])(fr.len ? b : NULL, fr.len);
+                if (r != 0) {
+                    code = r & 0xff;
+                    break;
+                }
+            }
+            struct frame rd = { F_READY, 0, 0 };
+            if (write_full(fd, &rd, sizeof rd))
+                break;
+        } else if (fr.kind == F_TASK) {
+            uint32_t idx;
+            if (fr.len < 8 || fr.n == 0 || fr.n > CONC__POOL_CHUNK_MAX) {
+                code = 71;
+                break;
+            }
+            memcpy(&idx, b, sizeof idx);
+            void *fn = idx < nfns ? fns[idx] : NULL;
+            if (worker_task(fd, fn, fr.n, b, fr.len, &o))
+                break;
+        } else if (fr.kind == F_EXIT) {
+            break;
+        } else {
+            code = 71;
+            break;
+        }
+    }
+    free(b);
+    free(o.p);
+    free(fns);
+    free(rd);
+    close(fd);
+    return code;
+}
+
+/* ----------------------------------------------------------- the parent */
+
+/* Who may touch a worker's fields: the pool's thread, nobody (FREE: the
+ * pool's thread takes it back when it needs it, a caller of apply may
+ * take it when it is idle), or one caller of apply that talks to it
+ * directly (conc__pool_run_direct). */
+#define W_THREAD 0u
+#define W_FREE 1u
+#define W_CALLER 2u
+
+struct worker {
+    uint32_t owner;
+    int idx;
+    int epfd;                   /* the pool's epoll set */
+    bool ep_out;                /* registered for EPOLLOUT too */
+    conc_process *proc;
+    int fd, pidfd;
+    bool ready, want_exit, exit_sent;
+    unsigned quota;             /* tasks it may still be given */
+    uint32_t known;             /* FN frames sent */
+    struct conc__pool_task *head, *tail;    /* handed to it, oldest first */
+    unsigned nout;
+    struct conc__pool_task *wtask;          /* next to write */
+    size_t woff;
+    struct obuf ctl;            /* control frames to write first */
+    size_t ctl_off;
+    unsigned char *rbuf;
+    size_t rlen, rcap;
+};
+
+struct conc_pool {
+    struct conc__pool_engine e;
+    conc_pool_opts o;
+    unsigned char *initarg;
+    bool fork_method;
+    pthread_mutex_t mu;
+    /* under mu */
+    struct conc__pool_task *qhead, *qtail;
+    size_t qlen;
+    struct fnent *fns;
+    uint32_t nfns, capfns;
+    uint32_t init_idx;
+    bool closed, terminating;
+    /* */
+    int evfd;
+    int epfd;                   /* the pool's thread waits on it */
+    uint32_t wake_pending;
+    uint32_t finished;          /* futex word: the pool's thread ended */
+    pthread_t thread;
+    bool thread_started, joined;
+    struct worker *w;           /* the pool's thread's */
+    int nw;
+    int start_err;
+};
+
+__thread const struct conc__pool_engine *conc__pool_cb_engine;
+
+bool conc__pool_in_callback(const struct conc__pool_engine *e)
+{
+    return e && conc__pool_cb_engine == e;
+}
+
+struct conc__pool_engine *conc__pool_engine(conc_pool *p)
+{
+    return p ? &p->e : NULL;
+}
+
+int conc_pool_processes(const conc_pool *p)
+{
+    return p ? p->e.workers : 0;
+}
+
+static void wake_thread(conc_pool *p)
+{
+    if (!__atomic_exchange_n(&p->wake_pending, 1, __ATOMIC_SEQ_CST)) {
+        uint64_t one = 1;
+        ssize_t r = write(p->evfd, &one, sizeof one);
+        (void)r;
+    }
+}
+
+/* Index of fn in the table (added when new); under mu. */
+static int fn_index(conc_pool *p, void *fn, uint32_t *idx)
+{
+    for (uint32_t i = 0; i < p->nfns; i++) {
+        if (p->fns[i].fn == fn) {
+            *idx = i;
+            return 0;
+        }
+    }
+    if (p->nfns >= FN_TABLE_MAX)
+        return -ENOMEM;
+    if (p->nfns == p->capfns) {
+        uint32_t cap = p->capfns ? p->capfns * 2 : 8;
+        struct fnent *nf = realloc(p->fns, cap * sizeof *nf);
+        if (!nf)
+            return -ENOMEM;
+        p->fns = nf;
+        p->capfns = cap;
+    }
+    struct fnent *f = &p->fns[p->nfns];
+    int r = fn_describe(fn, p->fork_method, &f->def, &f->deflen);
+    if (r)
+        return r;
+    f->fn = fn;
+    *idx = p->nfns++;
+    return 0;
+}
+
+int conc__pool_task_prepare(struct conc__pool_task *t, conc_pool_fn fn,
+                            const conc_pool_item *items, size_t n)
+{
+    if (!t || !fn || !items || n == 0 || n > CONC__POOL_CHUNK_MAX)
+        return -EINVAL;
+    size_t total = sizeof(struct frame) + 8;
+    for (size_t i = 0; i < n; i++) {
+        if ((!items[i].arg && items[i].len) || items[i].len > CONC_POOL_ARG_MAX)
+            return -EINVAL;
+        total += 8 + items[i].len;
+    }
+    if (total - sizeof(struct frame) > FRAME_MAX)
+        return -EINVAL;
+    unsigned char *b = malloc(total);
+    if (!b)
+        return -ENOMEM;
+    struct frame fr = { F_TASK, (uint32_t)n, total - sizeof fr };
+    memcpy(b, &fr, sizeof fr);
+    memset(b + sizeof fr, 0, 8);
+    size_t off = sizeof fr + 8;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t l = items[i].len;
+        memcpy(b + off, &l, sizeof l);
+        off += sizeof l;
+        if (l)
+            memcpy(b + off, items[i].arg, l);
+        off += l;
+    }
+    t->fn = (void *)fn;
+    t->buf = b;
+    t->buflen = total;
+    t->nitems = (uint32_t)n;
+    t->state = CONC__TASK_NEW;
+    t->tries = 0;
+    t->next = t->prev = NULL;
+    t->worker = NULL;
+    return 0;
+}
+
+void conc__pool_task_release(struct conc__pool_task *t)
+{
+    if (!t)
+        return;
+    free(t->buf);
+    t->buf = NULL;
+}
+
+static void q_push_back(conc_pool *p, struct conc__pool_task *t)
+{
+    p->qlen++;
+    t->next = NULL;
+    t->prev = p->qtail;
+    if (p->qtail)
+        p->qtail->next = t;
+    else
+        p->qhead = t;
+    p->qtail = t;
+}
+
+static void q_push_front(conc_pool *p, struct conc__pool_task *t)
+{
+    p->qlen++;
+    t->prev = NULL;
+    t->next = p->qhead;
+    if (p->qhead)
+        p->qhead->prev = t;
+    else
+        p->qtail = t;
+    p->qhead = t;
+}
+
+static void q_unlink(conc_pool *p, struct conc__pool_task *t)
+{
+    p->qlen--;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        p->qhead = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    else
+        p->qtail = t->prev;
+    t->next = t->prev = NULL;
+}
+
+static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    conc_pool *p = (conc_pool *)e;
+    if (!t || !t->buf || !t->done || ld_relaxed(&t->state) != CONC__TASK_NEW)
+        return -EINVAL;
+    pthread_mutex_lock(&p->mu);
+    if (p->closed || p->terminating) {
+        pthread_mutex_unlock(&p->mu);
+        return -EPIPE;
+    }
+    uint32_t idx;
+    int r = fn_index(p, t->fn, &idx);
+    if (r) {
+        pthread_mutex_unlock(&p->mu);
+        return r;
+    }
+    memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
+    st_relaxed(&t->state, CONC__TASK_QUEUED);
+    q_push_back(p, t);
+    pthread_mutex_unlock(&p->mu);
+    wake_thread(p);
+    return 0;
+}
+
+static int pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    conc_pool *p = (conc_pool *)e;
+    int r = -EBUSY;
+    pthread_mutex_lock(&p->mu);
+    if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
+        q_unlink(p, t);
+        st_relaxed(&t->state, CONC__TASK_CANCELLED);
+        r = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return r;
+}
+
+int conc__pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    return e ? e->submit(e, t) : -EINVAL;
+}
+
+int conc__pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    return e && t ? e->cancel(e, t) : -EINVAL;
+}
+
+/* Reports t done with the same status for every item (n == 1 stands for
+ * all of them, see pool_internal.h). */
+static void task_fail(struct conc__pool_task *t, int status, int exitcode)
+{
+    struct conc__pool_outcome one = { status, exitcode, NULL, 0 };
+    st_release(&t->state, CONC__TASK_DONE);
+    t->done(t, &one, 1);
+}
+
+/* --------------------------------------------------------- the pool thread */
+
+/* Registers (op EPOLL_CTL_ADD / MOD) or removes (DEL) w's descriptors in
+ * the pool's epoll set; the pidfd only with ADD and DEL. */
+static void worker_watch(struct worker *w, int op)
+{
+    if (w->fd < 0)
+        return;
+    bool out = op != EPOLL_CTL_DEL && worker_has_output_(w);
+    struct epoll_event ev = { .events = EPOLLIN | (out ? EPOLLOUT : 0),
+                              .data.u64 = (uint64_t)w->idx * 2 };
+    epoll_ctl(w->epfd, op, w->fd, &ev);
+    w->ep_out = out;
+    if (op != EPOLL_CTL_MOD) {
+        struct epoll_event pe = { .events = EPOLLIN, .data.u64 = (uint64_t)w->idx * 2 + 1 };
+        epoll_ctl(w->epfd, op, w->pidfd, &pe);
+    }
+}
+
+/* Takes w for the pool's thread: false while a caller has it. */
+static bool worker_acquire(struct worker *w)
+{
+    uint32_t o = W_FREE;
+    return __atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) == W_THREAD ||
+           __atomic_compare_exchange_n(&w->owner, &o, W_THREAD, false, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+static int worker_start(conc_pool *p, struct worker *w)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+        return -errno;
+    int fl = fcntl(sv[0], F_GETFL);
+    fcntl(sv[0], F_SETFL, fl | O_NONBLOCK);
+    struct wconf c = { sv[1], p->fork_method ? sv[0] : -1, p->fork_method };
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.daemon = CONC_DAEMON;
+    po.method = p->o.method;
+    po.pass_fds = &sv[1];
+    po.npass_fds = 1;
+    conc_process *proc;
+    int r = conc_process_new(&proc, worker_main, &c, sizeof c, &po);
+    if (r == 0) {
+        r = conc_process_start(proc);
+        if (r)
+            conc_process_free(proc);
+    }
+    close(sv[1]);
+    if (r) {
+        close(sv[0]);
+        return r;
+    }
+    int idx = w->idx;
+    memset(w, 0, sizeof *w);
+    w->idx = idx;
+    w->epfd = p->epfd;
+    w->proc = proc;
+    w->fd = sv[0];
+    w->pidfd = conc_process_sentinel(proc);
+    w->quota = p->o.maxtasksperchild ? p->o.maxtasksperchild : UINT_MAX;
+    /* The initializer goes first. */
+    pthread_mutex_lock(&p->mu);
+    bool ok = true;
+    for (; w->known < p->nfns && ok; w->known++) {
+        struct frame fr = { F_FN, w->known, p->fns[w->known].deflen };
+        ok = obuf_put(&w->ctl, &fr, sizeof fr) &&
+             obuf_put(&w->ctl, p->fns[w->known].def, p->fns[w->known].deflen);
+    }
+    struct frame in = { F_INIT, p->init_idx, p->o.initializer ? p->o.initarg_len : 0 };
+    ok = ok && obuf_put(&w->ctl, &in, sizeof in) &&
+         (!in.len || obuf_put(&w->ctl, p->initarg, in.len));
+    pthread_mutex_unlock(&p->mu);
+    if (!ok) {
+        conc_process_kill(proc);
+        conc_process_join(proc, CONC_FOREVER);
+        conc_process_free(proc);
+        close(w->fd);
+        free(w->ctl.p);
+        memset(w, 0, sizeof *w);
+        w->idx = idx;
+        w->epfd = p->epfd;
+        w->fd = w->pidfd = -1;
+        return -ENOMEM;
+    }
+    worker_watch(w, EPOLL_CTL_ADD);
+    return 0;
+}
+
+/* Hands queued tasks to w while it has room; under mu.  Tasks reported
+ * started go on *started. */
+static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **started,
+                     size_t depth)
+{
+    while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
+        struct conc__pool_task *t = p->qhead;
+        uint32_t idx;
+        memcpy(&idx, t->buf + sizeof(struct frame), sizeof idx);
+        bool ok = true;
+        for (; w->known <= idx && ok; w->known++) {
+            struct frame fr = { F_FN, w->known, p->fns[w->known].deflen };
+            ok = obuf_put(&w->ctl, &fr, sizeof fr) &&
+                 obuf_put(&w->ctl, p->fns[w->known].def, p->fns[w->known].deflen);
+        }
+        if (!ok)
+            return;             /* out of memory: try again later */
+        q_unlink(p, t);
+        bool first = ld_relaxed(&t->state) == CONC__TASK_QUEUED;
+        st_relaxed(&t->state, CONC__TASK_SENT);
+        t->worker = w;
+        t->next = NULL;
+        if (w->tail)
+            w->tail->next = t;
+        else
+            w->head = t;
+        w->tail = t;
+        if (!w->wtask)
+            w->wtask = t;
+        w->nout++;
+        if (--w->quota == 0)
+            w->want_exit = true;
+        if (first && t->started) {
+            t->prev = *started;     /* borrowed link: the started list */
+            *started = t;
+        }
+    }
+}
+
+/* Writes what w has pending; false when the worker's channel broke. */
+static bool worker_flush(struct worker *w)
+{
+    for (;;) {
+        const unsigned char *src;
+        size_t left;
+        bool is_ctl = false;
+        if (w->woff == 0 && w->ctl_off < w->ctl.len) {
+            src = w->ctl.p + w->ctl_off;
+            left = w->ctl.len - w->ctl_off;
+            is_ctl = true;
+        } else if (w->wtask) {
+            src = w->wtask->buf + w->woff;
+            left = w->wtask->buflen - w->woff;
+        } else if (w->want_exit && !w->exit_sent) {
+            struct frame fr = { F_EXIT, 0, 0 };
+            if (!obuf_put(&w->ctl, &fr, sizeof fr))
+                return true;
+            w->exit_sent = true;
+            continue;
+        } else {
+            return true;
+        }
+        ssize_t r = send(w->fd, src, left, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK;
+        }
+        if (is_ctl) {
+            w->ctl_off += (size_t)r;
+            if (w->ctl_off == w->ctl.len)
+                w->ctl_off = w->ctl.len = 0;
+        } else {
+            w->woff += (size_t)r;
+            if (w->woff == w->wtask->buflen) {
+                w->wtask = w->wtask->next;
+                w->woff = 0;
+            }
+        }
+    }
+}
+
+static bool worker_has_output(const struct worker *w)
+{
+    return w->ctl_off < w->ctl.len || w->wtask || (w->want_exit && !w->exit_sent);
+}
+
+static bool worker_has_output_(const struct worker *w)
+{
+    return worker_has_output(w);
+}
+
+/* Handles the frames in w's read buffer; false on a protocol error. */
+static bool worker_parse(struct worker *w)
+{
+    size_t off = 0;
+    bool ok = true;
+    while (w->rlen - off >= sizeof(struct frame)) {
+        struct frame fr;
+        memcpy(&fr, w->rbuf + off, sizeof fr);
+        if (fr.len > FRAME_MAX) {
+            ok = false;
+            break;
+        }
+        if (w->rlen - off - sizeof fr < fr.len)
+            break;
+        const unsigned char *b = w->rbuf + off + sizeof fr;
+        if (fr.kind == F_READY) {
+            w->ready = true;
+        } else if (fr.kind == F_RESULT) {
+            struct conc__pool_task *t = w->head;
+            if (!t || fr.n != t->nitems || t == w->wtask) {
+                ok = false;
+                break;
+            }
+            struct conc__pool_outcome one, *o = &one;
+            if (fr.n > 1 && !(o = calloc(fr.n, sizeof *o))) {
+                ok = false;     /* cannot keep it: treated as a broken worker */
+                break;
+            }
+            size_t pos = 0;
+            for (uint32_t i = 0; i < fr.n && ok; i++) {
+                int32_t hs[2];
+                uint64_t l;
+                if (fr.len - pos < sizeof hs + sizeof l) {
+                    ok = false;
+                    break;
+                }
+                memcpy(hs, b + pos, sizeof hs);
+                memcpy(&l, b + pos + sizeof hs, sizeof l);
+                pos += sizeof hs + sizeof l;
+                if (l > fr.len - pos || l > CONC_POOL_ARG_MAX || hs[0] > 0 ||
+                    (hs[0] != 0 && l != 0)) {
+                    ok = false;
+                    break;
+                }
+                o[i] = (struct conc__pool_outcome){ hs[0], 0, (void *)(b + pos), (size_t)l };
+                pos += l;
+            }
+            if (ok && pos != fr.len)
+                ok = false;
+            if (!ok) {
+                if (o != &one)
+                    free(o);
+                break;
+            }
+            w->head = t->next;
+            if (!w->head)
+                w->tail = NULL;
+            w->nout--;
+            t->next = NULL;
+            st_release(&t->state, CONC__TASK_DONE);
+            t->done(t, o, fr.n);
+            if (o != &one)
+                free(o);
+        } else {
+            ok = false;
+            break;
+        }
+        off += sizeof fr + fr.len;
+    }
+    memmove(w->rbuf, w->rbuf + off, w->rlen - off);
+    w->rlen -= off;
+    return ok;
+}
+
+/* Reads what w sent; false when the channel is at its end or broke. */
+static bool worker_read(struct worker *w)
+{
+    for (;;) {
+        if (w->rcap - w->rlen < 65536) {
+            size_t cap = w->rcap ? w->rcap * 2 : 131072;
+            unsigned char *nb = realloc(w->rbuf, cap);
+            if (!nb)
+                return false;
+            w->rbuf = nb;
+            w->rcap = cap;
+        }
+        ssize_t r = recv(w->fd, w->rbuf + w->rlen, w->rcap - w->rlen, MSG_DONTWAIT);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK;
+        if (r == 0)
+            return false;
+        w->rlen += (size_t)r;
+        if (!worker_parse(w))
+            return false;
+        /* Keep the buffer small when idle. */
+        if (w->rlen == 0 && w->rcap > (1u << 20)) {
+            free(w->rbuf);
+            w->rbuf = NULL;
+            w->rcap = 0;
+        }
+    }
+}
+
+static void worker_release(struct worker *w)
+{
+    if (w->fd >= 0) {
+        /* Explicitly: a fork worker's copy of the socket keeps it open. */
+        worker_watch(w, EPOLL_CTL_DEL);
+        close(w->fd);
+    }
+    free(w->ctl.p);
+    free(w->rbuf);
+    conc_process_free(w->proc);
+    int idx = w->idx, epfd = w->epfd;
+    memset(w, 0, sizeof *w);
+    w->idx = idx;
+    w->epfd = epfd;
+    w->fd = -1;
+    w->pidfd = -1;
+}
+
+/* w ended (or must end): kill and reap it, settle its tasks. */
+static void worker_end(conc_pool *p, struct worker *w, int fail_status)
+{
+    /* Whatever it answered before it ended counts. */
+    worker_read(w);
+    conc_process_kill(w->proc);
+    conc_process_join(w->proc, CONC_FOREVER);
+    int code = 0;
+    conc_process_exitcode(w->proc, &code);
+    struct conc__pool_task *t = w->head, *rest = t ? t->next : NULL;
+    struct conc__pool_task *again = NULL, *again_tail = NULL;
+    if (t) {
+        if (fail_status == -ECHILD && t->tries < p->o.retries) {
+            t->tries++;
+            again = again_tail = t;
+            t->next = NULL;
+        } else {
+            task_fail(t, fail_status, code);
+        }
+    }
+    /* Tasks it had not started go back to the front of the queue, in order
+     * (all fail when the pool is being terminated). */
+    for (struct conc__pool_task *u = rest, *nx; u; u = nx) {
+        nx = u->next;
+        u->next = NULL;
+        if (fail_status == -EPIPE) {
+            task_fail(u, -EPIPE, 0);
+            continue;
+        }
+        if (again_tail)
+            again_tail->next = u;
+        else
+            again = u;
+        again_tail = u;
+    }
+    worker_release(w);
+    if (again) {
+        pthread_mutex_lock(&p->mu);
+        struct conc__pool_task *list[64], **arr = list;
+        size_t n = 0, cap = 64;
+        for (struct conc__pool_task *u = again; u; u = u->next)
+            n++;
+        if (n > cap && !(arr = malloc(n * sizeof *arr)))
+            arr = NULL;
+        if (arr) {
+            n = 0;
+            for (struct conc__pool_task *u = again; u; u = u->next)
+                arr[n++] = u;
+            for (size_t i = n; i-- > 0;) {
+                arr[i]->worker = NULL;
+                q_push_front(p, arr[i]);
+            }
+            if (arr != list)
+                free(arr);
+        } else {
+            for (struct conc__pool_task *u = again, *nx; u; u = nx) {
+                nx = u->next;
+                u->worker = NULL;
+                q_push_back(p, u);
+            }
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* Fails every queued task (terminate, or no worker can be started). */
+static void fail_queue(conc_pool *p, int status)
+{
+    pthread_mutex_lock(&p->mu);
+    struct conc__pool_task *q = p->qhead;
+    p->qhead = p->qtail = NULL;
+    p->qlen = 0;
+    pthread_mutex_unlock(&p->mu);
+    for (struct conc__pool_task *t = q, *nx; t; t = nx) {
+        nx = t->next;
+        t->next = t->prev = NULL;
+        task_fail(t, status, 0);
+    }
+}
+
+#define EVENTS_MAX 64
+
+static void *pool_thread(void *arg)
+{
+    conc_pool *p = arg;
+    conc__pool_cb_engine = &p->e;
+    struct epoll_event evs[EVENTS_MAX];
+    int64_t retry_at = CONC_NO_DEADLINE;
+    int start_failures = 0;
+    for (;;) {
+        __atomic_store_n(&p->wake_pending, 0, __ATOMIC_SEQ_CST);
+        pthread_mutex_lock(&p->mu);
+        bool term = p->terminating, closed = p->closed;
+        struct conc__pool_task *started = NULL;
+        bool owned[CONC_POOL_MAX_WORKERS];
+        for (int i = 0; i < p->nw; i++)
+            owned[i] = worker_acquire(&p->w[i]);
+        /* Level by level: every idle worker gets a task before any gets a
+         * second one. */
+        size_t depth = p->qlen / (size_t)p->nw;
+        depth = depth < PIPELINE ? PIPELINE : depth > PIPELINE_MAX ? PIPELINE_MAX : depth;
+        for (size_t level = 1; level <= depth && p->qhead && !term; level++)
+            for (int i = 0; i < p->nw; i++)
+                if (owned[i] && p->w[i].proc)
+                    dispatch(p, &p->w[i], &started, level);
+        bool queue_empty = p->qhead == NULL;
+        pthread_mutex_unlock(&p->mu);
+        for (struct conc__pool_task *t = started, *nx; t; t = nx) {
+            nx = t->prev;
+            t->prev = NULL;
+            t->started(t);
+        }
+        if (term)
+            break;
+        /* Replace missing workers (unless closing with nothing left). */
+        int alive = 0;
+        int64_t now = conc_now();
+        for (int i = 0; i < p->nw; i++) {
+            struct worker *w = &p->w[i];
+            if (__atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) != W_THREAD) {
+                alive++;        /* a caller has it */
+                continue;
+            }
+            if (!w->proc && !(closed && queue_empty) &&
+                (retry_at == CONC_NO_DEADLINE || now >= retry_at)) {
+                int r = worker_start(p, w);
+                if (r) {
+                    start_failures++;
+                    retry_at = conc_now() + 100000000;
+                    p->start_err = r;
+                } else {
+                    start_failures = 0;
+                    retry_at = CONC_NO_DEADLINE;
+                }
+            }
+            if (!w->proc)
+                continue;
+            alive++;
+            if (closed && queue_empty && w->nout == 0)
+                w->want_exit = true;
+            if (worker_has_output(w) && !worker_flush(w)) {
+                worker_end(p, w, -ECHILD);
+                continue;
+            }
+            if (worker_has_output(w) != w->ep_out)
+                worker_watch(w, EPOLL_CTL_MOD);
+        }
+        if (!alive && closed && queue_empty)
+            break;
+        if (!alive && start_failures >= 20) {
+            fail_queue(p, p->start_err ? p->start_err : -ECHILD);
+            start_failures = 0;
+        }
+        /* Idle workers are free for callers of apply while we sleep. */
+        for (int i = 0; i < p->nw; i++)
+            if (__atomic_load_n(&p->w[i].owner, __ATOMIC_RELAXED) == W_THREAD)
+                __atomic_store_n(&p->w[i].owner, W_FREE, __ATOMIC_RELEASE);
+        int r = conc__wait_fd(p->epfd, POLLIN, retry_at);
+        if (r < 0 && r != -ETIMEDOUT)
+            continue;
+        int n = epoll_wait(p->epfd, evs, EVENTS_MAX, 0);
+        for (int k = 0; k < n; k++) {
+            uint64_t d = evs[k].data.u64;
+            if (d == UINT64_MAX) {
+                uint64_t v;
+                ssize_t rr = read(p->evfd, &v, sizeof v);
+                (void)rr;
+                continue;
+            }
+            struct worker *w = &p->w[d / 2];
+            if (!worker_acquire(w) || !w->proc)
+                continue;
+            bool dead = (d & 1) != 0;
+            uint32_t ev = evs[k].events;
+            if (!dead && (ev & EPOLLIN) && !worker_read(w))
+                dead = true;
+            if (!dead && (ev & EPOLLOUT) && !worker_flush(w))
+                dead = true;
+            if (!dead && (ev & (EPOLLERR | EPOLLHUP)) && !(ev & EPOLLIN))
+                dead = true;
+            if (dead)
+                worker_end(p, w, -ECHILD);
+        }
+    }
+    /* Terminated or closed: stop every worker, fail what is left.  A
+     * worker a caller has is killed first; the caller gives it back once it
+     * sees it end. */
+    for (int i = 0; i < p->nw; i++) {
+        struct worker *w = &p->w[i];
+        while (!worker_acquire(w)) {
+            conc_process_kill(w->proc);
+            conc__sleep_until(conc_now() + 1000000);
+        }
+        if (w->proc)
+            worker_end(p, w, -EPIPE);
+    }
+    fail_queue(p, -EPIPE);
+    st_release(&p->finished, 1);
+    conc__wake(&p->finished, INT_MAX, 0);
+    return NULL;
+}
+
+int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    if (!e || !e->process || !t || !t->buf || !t->done ||
+        ld_relaxed(&t->state) != CONC__TASK_NEW)
+        return -EAGAIN;
+    conc_pool *p = (conc_pool *)e;
+    pthread_mutex_lock(&p->mu);
+    if (p->closed || p->qhead) {
+        pthread_mutex_unlock(&p->mu);
+        return -EAGAIN;
+    }
+    struct worker *w = NULL;
+    for (int i = 0; i < p->nw && !w; i++) {
+        struct worker *c = &p->w[i];
+        uint32_t o = W_FREE;
+        if (!__atomic_compare_exchange_n(&c->owner, &o, W_CALLER, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;
+        if (c->proc && c->ready && c->nout == 0 && !worker_has_output(c) && !c->want_exit &&
+            c->quota > 0)
+            w = c;
+        else
+            __atomic_store_n(&c->owner, W_FREE, __ATOMIC_RELEASE);
+    }
+    if (!w) {
+        pthread_mutex_unlock(&p->mu);
+        return -EAGAIN;
+    }
+    uint32_t idx;
+    int r = fn_index(p, t->fn, &idx);
+    bool ok = r == 0;
+    for (; ok && w->known <= idx; w->known++) {
+        struct frame fr = { F_FN, w->known, p->fns[w->known].deflen };
+        ok = obuf_put(&w->ctl, &fr, sizeof fr) &&
+             obuf_put(&w->ctl, p->fns[w->known].def, p->fns[w->known].deflen);
+    }
+    if (!ok) {
+        __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&p->mu);
+        wake_thread(p);         /* it may have FN frames to send now */
+        return r ? r : -EAGAIN;
+    }
+    memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
+    st_relaxed(&t->state, CONC__TASK_SENT);
+    t->worker = w;
+    t->next = t->prev = NULL;
+    w->head = w->tail = w->wtask = t;
+    w->woff = 0;
+    w->nout = 1;
+    if (--w->quota == 0)
+        w->want_exit = true;
+    pthread_mutex_unlock(&p->mu);
+    /* The pool's thread does not watch it while we talk to it. */
+    worker_watch(w, EPOLL_CTL_DEL);
+    int ret = 0;
+    if (t->started)
+        t->started(t);
+    for (;;) {
+        if (worker_has_output(w) && !worker_flush(w))
+            break;
+        if (!w->head)
+            break;              /* answered: done ran */
+        struct pollfd pf[2] = { { w->fd, (short)(POLLIN | (worker_has_output(w) ? POLLOUT : 0)), 0 },
+                                { w->pidfd, POLLIN, 0 } };
+        int n = conc__wait_fds(pf, 2, CONC_NO_DEADLINE);
+        if (n < 0 && n != -EINTR) {
+            ret = n;            /* cancelled: the pool's thread takes over */
+            break;
+        }
+        if (n == 0)
+            continue;
+        if (pf[1].revents)
+            break;              /* ended: the pool's thread settles it */
+        if ((pf[0].revents & POLLIN) && !worker_read(w))
+            break;
+        if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
+            break;
+    }
+    bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
+    worker_watch(w, EPOLL_CTL_ADD);
+    __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
+    /* Tasks queued while we had it, or a close, wait for the pool's
+     * thread. */
+    pthread_mutex_lock(&p->mu);
+    bool queued = p->qhead != NULL || p->closed;
+    pthread_mutex_unlock(&p->mu);
+    if (!idle || queued)
+        wake_thread(p);
+    return ret;
+}
+
+/* ------------------------------------------------------------- public API */
+
+static void pool_destroy(conc_pool *p)
+{
+    for (int i = 0; i < p->nw; i++)
+        if (p->w && p->w[i].proc)
+            worker_release(&p->w[i]);
+    for (uint32_t i = 0; i < p->nfns; i++)
+        free(p->fns[i].def);
+    free(p->fns);
+    free(p->w);
+    free(p->initarg);
+    if (p->evfd >= 0)
+        close(p->evfd);
+    if (p->epfd >= 0)
+        close(p->epfd);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
+{
+    conc_pool_opts o;
+    CONC__OPTS_COPY(&o, opts, sizeof(conc_pool_opts));
+    if (!out || o.processes < 0 || o.processes > CONC_POOL_MAX_WORKERS ||
+        (int)o.method < 0 || o.method > CONC_START_SPAWN ||
+        (o.initializer && !o.initarg && o.initarg_len) || o.initarg_len > CONC_POOL_ARG_MAX)
+        return -EINVAL;
+    if (o.processes == 0)
+        o.processes = conc_process_cpu_count();
+    if (o.processes > CONC_POOL_MAX_WORKERS)
+        o.processes = CONC_POOL_MAX_WORKERS;
+    if (conc_process_daemon(conc_process_current()))
+        return -EPERM;
+    conc_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->evfd = -1;
+    p->epfd = -1;
+    pthread_mutex_init(&p->mu, NULL);
+    p->o = o;
+    p->e.submit = pool_submit;
+    p->e.cancel = pool_cancel;
+    p->e.workers = o.processes;
+    p->e.process = true;
+    conc_start_method m = o.method ? o.method : conc_process_start_method();
+    p->o.method = m;
+    p->fork_method = m == CONC_START_FORK;
+    p->nw = o.processes;
+    p->init_idx = NONE;
+    int r = -ENOMEM;
+    p->w = calloc((size_t)p->nw, sizeof *p->w);
+    if (!p->w)
+        goto fail;
+    if (o.initializer && o.initarg_len) {
+        if (!(p->initarg = malloc(o.initarg_len)))
+            goto fail;
+        memcpy(p->initarg, o.initarg, o.initarg_len);
+    }
+    if (o.initializer && (r = fn_index(p, (void *)o.initializer, &p->init_idx)))
+        goto fail;
+    p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->evfd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN, .data.u64 = UINT64_MAX };
+    if (p->epfd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->evfd, &ev)) {
+        r = -errno;
+        goto fail;
+    }
+    for (int i = 0; i < p->nw; i++) {
+        p->w[i].idx = i;
+        p->w[i].epfd = p->epfd;
+        p->w[i].fd = p->w[i].pidfd = -1;
+        if ((r = worker_start(p, &p->w[i])))
+            goto fail_workers;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int e = pthread_create(&p->thread, NULL, pool_thread, p);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e) {
+        r = -e;
+        goto fail_workers;
+    }
+    p->thread_started = true;
+    *out = p;
+    return 0;
+fail_workers:
+    for (int i = 0; i < p->nw; i++) {
+        if (p->w[i].proc) {
+            conc_process_kill(p->w[i].proc);
+            conc_process_join(p->w[i].proc, CONC_FOREVER);
+            worker_release(&p->w[i]);
+        }
+    }
+fail:
+    pool_destroy(p);
+    return r;
+}
+
+int conc_pool_close(conc_pool *p)
+{
+    if (!p)
+        return -EINVAL;
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    pthread_mutex_unlock(&p->mu);
+    wake_thread(p);
+    return 0;
+}
+
+int conc_pool_terminate(conc_pool *p)
+{
+    if (!p)
+        return -EINVAL;
+    pthread_mutex_lock(&p->mu);
+    p->terminating = true;
+    p->closed = true;
+    pthread_mutex_unlock(&p->mu);
+    wake_thread(p);
+    return 0;
+}
+
+int conc_pool_join_until(conc_pool *p, int64_t deadline)
+{
+    if (!p)
+        return -EINVAL;
+    pthread_mutex_lock(&p->mu);
+    bool stopping = p->closed;
+    pthread_mutex_unlock(&p->mu);
+    if (!stopping)
+        return -EBUSY;
+    if (conc__pool_in_callback(&p->e))
+        return -EDEADLK;
+    while (!ld_acquire(&p->finished)) {
+        int r = conc__wait(&p->finished, 0, deadline, 0);
+        if (r < 0 && r != -EAGAIN)
+            return ld_acquire(&p->finished) ? 0 : r;
+    }
+    return 0;
+}
+
+int conc_pool_join(conc_pool *p, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_pool_join_until(p, deadline));
+}
+
+void conc_pool_free(conc_pool *p)
+{
+    if (!p)
+        return;
+    conc_pool_terminate(p);
+    while (!ld_acquire(&p->finished))
+        conc__wait(&p->finished, 0, CONC_NO_DEADLINE, 0);
+    if (p->thread_started)
+        pthread_join(p->thread, NULL);
+    pool_destroy(p);
+}

@@ -1,0 +1,132 @@
+/*
+ * pool_internal.h - the task engine under conc/pool.h, for the pools'
+ * results, map and imap (pool_result.c) and for executors built on the same
+ * workers.  Not installed.
+ *
+ * An engine (a process pool or a thread pool) runs tasks.  A task is a
+ * struct conc__pool_task that the submitter owns (embed it in your own
+ * object): fill it with conc__pool_task_prepare (process pool) or
+ * conc__pool_task_prepare_ptr (thread pool), set done (and started, ctx),
+ * and submit it.  Then exactly one of these happens:
+ *   - conc__pool_cancel returns 0: the task never reached a worker, done is
+ *     never called;
+ *   - done(t, items, n) is called once, on the pool's thread (process pool)
+ *     or the worker thread (thread pool; the terminating thread for tasks
+ *     terminate drops), with no lock of the engine held.  n is the task's
+ *     number of items, or 1 when every item has that same outcome (a task
+ *     that failed as a whole: -ECHILD, -EPIPE).
+ * started(t), when set, is called (same threads, before done) when the task
+ * is handed to a worker; after it, cancel gives -EBUSY.  A task that runs
+ * again after its worker died (retries) is not reported started twice.
+ * The submitter may free its task memory only after done returned or
+ * cancel gave 0; call conc__pool_task_release (frees what prepare
+ * allocated) then.
+ */
+#ifndef CONC_POOL_INTERNAL_H
+#define CONC_POOL_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "conc/pool.h"
+#include "internal.h"
+
+/* One item's outcome.  status: 0, the task's failure, -ECHILD (exitcode
+ * tells how the worker ended), -EPIPE (terminated).  data/len: the result
+ * (process pool: bytes valid only during the done call, copy them; thread
+ * pool: the task's pointer, len 0). */
+struct conc__pool_outcome {
+    int status;
+    int exitcode;
+    void *data;
+    size_t len;
+};
+
+struct conc__pool_task;
+typedef void (*conc__pool_done_fn)(struct conc__pool_task *t,
+                                   const struct conc__pool_outcome *items, uint32_t n);
+
+struct conc__pool_task {
+    /* the submitter's */
+    conc__pool_done_fn done;
+    void (*started)(struct conc__pool_task *t);     /* may be NULL */
+    void *ctx;
+    /* the engine's (set by prepare and submit) */
+    void *fn;
+    unsigned char *buf;         /* process: the wire frame; thread: void *[n] */
+    size_t buflen;
+    uint32_t nitems;
+    int state;
+    unsigned tries;
+    struct conc__pool_task *next, *prev;
+    void *worker;
+};
+
+/* Task states. */
+#define CONC__TASK_NEW 0
+#define CONC__TASK_QUEUED 1
+#define CONC__TASK_SENT 2
+#define CONC__TASK_DONE 3
+#define CONC__TASK_CANCELLED 4
+
+/* The largest number of items in one task (a chunk). */
+#define CONC__POOL_CHUNK_MAX (1u << 20)
+
+/* The two engines behind one interface. */
+struct conc__pool_engine {
+    int (*submit)(struct conc__pool_engine *e, struct conc__pool_task *t);
+    int (*cancel)(struct conc__pool_engine *e, struct conc__pool_task *t);
+    int workers;
+    bool process;               /* conc_pool: items are bytes */
+};
+
+/*
+ * conc__pool_task_prepare - fill t for a process pool: fn on the n items
+ * (a chunk; n >= 1).  The bytes are copied.  Returns 0; -EINVAL (n == 0 or
+ * over CONC__POOL_CHUNK_MAX, an item NULL with a length or over
+ * CONC_POOL_ARG_MAX); -ENOMEM.  conc__pool_task_prepare_ptr is the thread
+ * pool's: fn is a conc_threadpool_fn, items' arg pointers are kept.
+ */
+CONC_HIDDEN int conc__pool_task_prepare(struct conc__pool_task *t, conc_pool_fn fn,
+                                        const conc_pool_item *items, size_t n);
+CONC_HIDDEN int conc__pool_task_prepare_ptr(struct conc__pool_task *t, conc_threadpool_fn fn,
+                                            const conc_pool_item *items, size_t n);
+CONC_HIDDEN void conc__pool_task_release(struct conc__pool_task *t);
+
+/*
+ * conc__pool_submit - queue a prepared task.  Returns 0; -EPIPE when the
+ * pool is closed or terminated; -EINVAL for NULL or a task that is not
+ * prepared or already submitted; with forkserver/spawn, -EINVAL for a
+ * function that is not code of a loaded module.
+ */
+CONC_HIDDEN int conc__pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
+ * conc__pool_run_direct - run a prepared task on an idle worker, talking to
+ * it from the calling thread (no hop through the pool's thread: the
+ * round trip of a blocking apply).  Returns 0 once done ran (or, when the
+ * worker died, once the pool's thread took the task over: done runs
+ * there); -ECANCELED when the calling coroutine was killed while it waited
+ * (the pool's thread took the task over); -EAGAIN when no worker is idle or
+ * the engine has no such path (nothing happened: submit it); -EINVAL for a
+ * function that cannot reach the workers.
+ */
+CONC_HIDDEN int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
+ * conc__pool_cancel - take a task back if no worker has it yet.  Returns 0
+ * (done will never be called), -EBUSY when a worker has it or it is done.
+ */
+CONC_HIDDEN int conc__pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/* The engine of each pool kind (NULL for NULL). */
+CONC_HIDDEN struct conc__pool_engine *conc__pool_engine(conc_pool *p);
+CONC_HIDDEN struct conc__pool_engine *conc__threadpool_engine(conc_threadpool *p);
+
+/* Whether the calling thread is one the engine runs callbacks on (the pool's
+ * thread or a thread pool worker): a wait for that pool from there would
+ * wait for itself. */
+CONC_HIDDEN bool conc__pool_in_callback(const struct conc__pool_engine *e);
+extern __thread const struct conc__pool_engine *conc__pool_cb_engine;
+
+#endif
