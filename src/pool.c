@@ -1200,8 +1200,13 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
             continue;
         if (pf[1].revents)
             break;              /* ended: the pool's thread settles it */
-        if ((pf[0].revents & POLLIN) && !worker_read(w))
+        if ((pf[0].revents & POLLIN) && !worker_read(w)) {
+            /* A bad frame (or no memory for it) leaves nothing for the
+             * pool's thread to see on the socket: end the worker, so that
+             * its pidfd tells the thread to settle the task. */
+            conc_process_kill(w->proc);
             break;
+        }
         if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
             break;
     }

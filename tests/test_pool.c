@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "conc.h"
@@ -1017,6 +1018,67 @@ Test(pool, close_during_a_direct_apply, .timeout = 120)
         close(gate_fds[i]);
         close(running_fds[i]);
     }
+}
+
+/* ============================================================ corrupt worker */
+
+/* A fork worker's channel to its pool: the Unix socket its parent made. */
+static int worker_channel(void)
+{
+    for (int fd = 3; fd < 1024; fd++) {
+        struct ucred cr;
+        socklen_t cl = sizeof cr;
+        int dom = 0;
+        socklen_t dl = sizeof dom;
+        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &dl) == 0 && dom == AF_UNIX &&
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0 && cr.pid == getppid())
+            return fd;
+    }
+    return -1;
+}
+
+/* Sends the pool a frame of an unknown kind, then sleeps until killed: a
+ * broken worker that stays alive. */
+static int forge_frame(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    (void)arg;
+    (void)len;
+    (void)result;
+    (void)rlen;
+    int fd = worker_channel();
+    if (fd < 0)
+        return -ENOTSOCK;
+    struct {
+        uint32_t kind, n;
+        uint64_t len;
+    } fr = { 99, 0, 0 };
+    if (write(fd, &fr, sizeof fr) != (ssize_t)sizeof fr)
+        return -EIO;
+    for (;;)
+        pause();
+}
+
+Test(pool, corrupt_frame_ends_its_worker, .timeout = 120)
+{
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t i = 9;
+    void *res = NULL;
+    size_t len;
+    for (int round = 0; round < 2; round++) {
+        /* An idle, ready worker: the blocking apply talks to it directly. */
+        cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+        cr_assert_eq(arg_i64(res, len), 81);
+        free(res);
+        res = NULL;
+        cr_assert_eq(conc_pool_apply(p, forge_frame, NULL, 0, &res, &len), -ECHILD);
+        cr_assert_null(res);
+        /* Through the pool's thread. */
+        conc_pool_result *r;
+        cr_assert_eq(conc_pool_apply_async(p, forge_frame, NULL, 0, NULL, &r), 0);
+        cr_assert_eq(conc_pool_result_get(r, NULL, NULL, GUARD), -ECHILD);
+        conc_pool_result_free(r);
+    }
+    endpool(p);
 }
 
 Test(pool, free_without_close_and_bad_arguments, .timeout = 120)
