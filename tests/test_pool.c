@@ -1020,6 +1020,47 @@ Test(pool, close_during_a_direct_apply, .timeout = 120)
     }
 }
 
+/* A result of arg MiB, every byte 0x5a. */
+static int big_result(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    size_t n = (size_t)arg_i64(arg, len) << 20;
+    void *b = malloc(n);
+    if (!b)
+        return -ENOMEM;
+    memset(b, 0x5a, n);
+    *result = b;
+    *rlen = n;
+    return 0;
+}
+
+Test(pool, chunk_results_over_the_frame_limit, .timeout = 120)
+{
+    /* Three results of 48 MiB in one chunk: each is under
+     * CONC_POOL_ARG_MAX, together they are more than one answer may carry.
+     * The one that does not fit fails with -EMSGSIZE; the worker is not
+     * taken for a broken one (-ECHILD for all three). */
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t mib[3] = { 48, 48, 48 };
+    conc_pool_item items[3];
+    for (int i = 0; i < 3; i++)
+        items[i] = (conc_pool_item){ &mib[i], sizeof mib[i] };
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 3;
+    conc_pool_result *r = NULL;
+    cr_assert_eq(conc_pool_map(p, big_result, items, 3, &o, &r), -EMSGSIZE);
+    for (size_t i = 0; i < 2; i++) {
+        void *d;
+        size_t l;
+        cr_assert_eq(conc_pool_result_item(r, i, &d, &l), 0, "item %zu", i);
+        cr_assert_eq(l, (size_t)48 << 20);
+        cr_assert_eq(((unsigned char *)d)[0], 0x5a);
+        cr_assert_eq(((unsigned char *)d)[l - 1], 0x5a);
+    }
+    cr_assert_eq(conc_pool_result_item(r, 2, NULL, NULL), -EMSGSIZE);
+    conc_pool_result_free(r);
+    endpool(p);
+}
+
 /* ============================================================ corrupt worker */
 
 /* A fork worker's channel to its pool: the Unix socket its parent made. */

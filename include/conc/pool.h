@@ -75,6 +75,8 @@ typedef struct conc_pool_iter conc_pool_iter;
  * it once sent; leaving *result NULL gives an empty result).  Return 0 on
  * success or a negative code for failure (Python's exception), delivered
  * to get and error_callback; the result bytes of a failed task are dropped.
+ * A result longer than CONC_POOL_ARG_MAX, or one that takes the results of
+ * its chunk (map, imap) over twice that, fails with -EMSGSIZE.
  */
 typedef int (*conc_pool_fn)(const void *arg, size_t len, void **result, size_t *result_len);
 
