@@ -1061,6 +1061,44 @@ Test(pool, chunk_results_over_the_frame_limit, .timeout = 120)
     endpool(p);
 }
 
+/* The length of its argument and its last byte. */
+static int arg_len(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    int64_t v = (int64_t)len * 256 + (len ? ((const unsigned char *)arg)[len - 1] : 0);
+    return give_i64(v, result, rlen);
+}
+
+Test(pool, map_chunk_args_over_the_frame_limit, .timeout = 120)
+{
+    /* Three arguments of 60 MiB, each under CONC_POOL_ARG_MAX, asked for
+     * as one chunk: map splits what one task cannot carry instead of
+     * refusing the call. */
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    size_t big = (size_t)60 << 20;
+    conc_pool_item items[4];
+    unsigned char *bufs[3];
+    for (int i = 0; i < 3; i++) {
+        bufs[i] = malloc(big);
+        cr_assert_not_null(bufs[i]);
+        memset(bufs[i], i + 1, big);
+        items[i] = (conc_pool_item){ bufs[i], big };
+    }
+    unsigned char small = 9;
+    items[3] = (conc_pool_item){ &small, 1 };
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 4;
+    conc_pool_result *r = NULL;
+    cr_assert_eq(conc_pool_map(p, arg_len, items, 4, &o, &r), 0);
+    cr_assert_eq(conc_pool_result_count(r), 4);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(result_i64(r, i), (int64_t)big * 256 + (int64_t)i + 1, "item %zu", i);
+    cr_assert_eq(result_i64(r, 3), 256 + 9);
+    conc_pool_result_free(r);
+    for (int i = 0; i < 3; i++)
+        free(bufs[i]);
+    endpool(p);
+}
+
 /* ============================================================ corrupt worker */
 
 /* A fork worker's channel to its pool: the Unix socket its parent made. */

@@ -211,7 +211,8 @@ CONC_API int conc_pool_apply_async(conc_pool *p, conc_pool_fn fn, const void *ar
 
 /*
  * conc_pool_map_async - Pool.map_async(fn, items, chunksize, callback,
- * error_callback): fn on each of the n items, chunksize items per task.
+ * error_callback): fn on each of the n items, chunksize items per task
+ * (fewer where a task's arguments would pass twice CONC_POOL_ARG_MAX bytes).
  * Returns 0 and stores a result of n items (n == 0: done at once); -EINVAL
  * (NULL p, fn or out; items NULL with n > 0; an item over the size limit
  * or NULL with a length); -EPIPE when closed or terminated; -ENOMEM.
