@@ -73,9 +73,11 @@ static void on_done(struct conc__pool_task *t, const struct conc__pool_outcome *
     struct ptask *pt = t->ctx;
     if (n < 1)
         conc_future_set_exception(pt->f, -EPROTO, 0);
-    else if (items[0].status == 0)
-        conc_future_set_result_bytes(pt->f, items[0].data, items[0].len);
-    else
+    else if (items[0].status == 0) {
+        /* No memory for the copy: the future must still finish. */
+        if (conc_future_set_result_bytes(pt->f, items[0].data, items[0].len) == -ENOMEM)
+            conc_future_set_exception(pt->f, -ENOMEM, 0);
+    } else
         conc_future_set_exception(pt->f, items[0].status,
                                   items[0].status == -ECHILD ? items[0].exitcode : 0);
     ptask_unref(pt, 1);

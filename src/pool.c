@@ -252,6 +252,7 @@ static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, siz
     struct frame fr = { F_RESULT, n, 0 };
     obuf_put(o, &fr, sizeof fr);
     size_t off = 8;
+    uint64_t data = 0;          /* result bytes so far: the frame stays under FRAME_MAX */
     for (uint32_t i = 0; i < n; i++) {
         uint64_t il;
         if (len - off < sizeof il)
@@ -267,10 +268,12 @@ static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, siz
         int st = fn ? ((conc_pool_fn)fn)(arg, (size_t)il, &res, &rlen) : -ENOENT;
         if (st > 0)
             st = -EPROTO;
-        if (st == 0 && (rlen > CONC_POOL_ARG_MAX || (!res && rlen)))
+        if (st == 0 && (rlen > CONC_POOL_ARG_MAX || (!res && rlen) ||
+                        data + rlen > (uint64_t)CONC_POOL_ARG_MAX * 2))
             st = -EMSGSIZE;
         if (st != 0)
             rlen = 0;
+        data += rlen;
         int32_t hs[2] = { st, 0 };
         uint64_t l64 = rlen;
         if (!obuf_put(o, hs, sizeof hs) || !obuf_put(o, &l64, sizeof l64) ||
@@ -1200,8 +1203,13 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
             continue;
         if (pf[1].revents)
             break;              /* ended: the pool's thread settles it */
-        if ((pf[0].revents & POLLIN) && !worker_read(w))
+        if ((pf[0].revents & POLLIN) && !worker_read(w)) {
+            /* A bad frame (or no memory for it) leaves nothing for the
+             * pool's thread to see on the socket: end the worker, so that
+             * its pidfd tells the thread to settle the task. */
+            conc_process_kill(w->proc);
             break;
+        }
         if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
             break;
     }

@@ -72,6 +72,10 @@ struct conc__pool_task {
 /* The largest number of items in one task (a chunk). */
 #define CONC__POOL_CHUNK_MAX (1u << 20)
 
+/* The most argument bytes one process task carries: map cuts a chunk
+ * before the item that would take it over. */
+#define CONC__POOL_CHUNK_BYTES ((uint64_t)CONC_POOL_ARG_MAX * 2)
+
 /* The two engines behind one interface. */
 struct conc__pool_engine {
     int (*submit)(struct conc__pool_engine *e, struct conc__pool_task *t);

@@ -215,7 +215,7 @@ static void chunk_done(struct conc__pool_task *t, const struct conc__pool_outcom
         result_finish(r);
 }
 
-static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
+static int result_new(struct conc__pool_engine *e, size_t n, size_t nchunks,
                       const conc_pool_task_opts *o, conc_pool_result **out)
 {
     conc_pool_result *r = calloc(1, sizeof *r);
@@ -223,7 +223,7 @@ static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
         return -ENOMEM;
     r->e = e;
     r->n = n;
-    r->nchunks = n ? (n + chunksize - 1) / chunksize : 0;
+    r->nchunks = nchunks;
     r->items = calloc(n ? n : 1, sizeof *r->items);
     r->chunks = calloc(r->nchunks ? r->nchunks : 1, sizeof *r->chunks);
     if (!r->items || !r->chunks) {
@@ -246,6 +246,25 @@ static int result_new(struct conc__pool_engine *e, size_t n, size_t chunksize,
     return 0;
 }
 
+/* The number of items of the chunk that starts at first: chunksize, fewer
+ * at the end, and for a process pool fewer where the arguments' bytes
+ * would pass CONC__POOL_CHUNK_BYTES (an item is never alone over it). */
+static size_t chunk_len(bool process, const conc_pool_item *items, size_t first, size_t n,
+                        size_t chunksize)
+{
+    size_t cn = n - first < chunksize ? n - first : chunksize;
+    if (!process)
+        return cn;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < cn; i++) {
+        uint64_t l = items[first + i].len;
+        if (i > 0 && (bytes > CONC__POOL_CHUNK_BYTES || l > CONC__POOL_CHUNK_BYTES - bytes))
+            return i;
+        bytes += l;
+    }
+    return cn;
+}
+
 /* Submits fn over items in chunks of chunksize; the submission errors
  * leave nothing behind (chunks already sent finish on their own). */
 static int submit_map(struct conc__pool_engine *e, void *fn, const conc_pool_item *items,
@@ -254,16 +273,20 @@ static int submit_map(struct conc__pool_engine *e, void *fn, const conc_pool_ite
 {
     if (chunksize > CONC__POOL_CHUNK_MAX)
         chunksize = CONC__POOL_CHUNK_MAX;
+    size_t nchunks = 0;
+    for (size_t first = 0; first < n; nchunks++)
+        first += chunk_len(e->process, items, first, n, chunksize);
     conc_pool_result *r;
-    int err = result_new(e, n, chunksize, o, &r);
+    int err = result_new(e, n, nchunks, o, &r);
     if (err)
         return err;
-    size_t k = 0;
+    size_t k = 0, first = 0;
     for (; k < r->nchunks; k++) {
         struct rchunk *c = &r->chunks[k];
         c->r = r;
-        c->first = k * chunksize;
-        size_t cn = n - c->first < chunksize ? n - c->first : chunksize;
+        c->first = first;
+        size_t cn = chunk_len(e->process, items, first, n, chunksize);
+        first += cn;
         err = e->process ? conc__pool_task_prepare(&c->t, (conc_pool_fn)fn, items + c->first, cn)
                          : conc__pool_task_prepare_ptr(&c->t, (conc_threadpool_fn)fn,
                                                        items + c->first, cn);

@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "conc.h"
@@ -1017,6 +1018,146 @@ Test(pool, close_during_a_direct_apply, .timeout = 120)
         close(gate_fds[i]);
         close(running_fds[i]);
     }
+}
+
+/* A result of arg MiB, every byte 0x5a. */
+static int big_result(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    size_t n = (size_t)arg_i64(arg, len) << 20;
+    void *b = malloc(n);
+    if (!b)
+        return -ENOMEM;
+    memset(b, 0x5a, n);
+    *result = b;
+    *rlen = n;
+    return 0;
+}
+
+Test(pool, chunk_results_over_the_frame_limit, .timeout = 120)
+{
+    /* Three results of 48 MiB in one chunk: each is under
+     * CONC_POOL_ARG_MAX, together they are more than one answer may carry.
+     * The one that does not fit fails with -EMSGSIZE; the worker is not
+     * taken for a broken one (-ECHILD for all three). */
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t mib[3] = { 48, 48, 48 };
+    conc_pool_item items[3];
+    for (int i = 0; i < 3; i++)
+        items[i] = (conc_pool_item){ &mib[i], sizeof mib[i] };
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 3;
+    conc_pool_result *r = NULL;
+    cr_assert_eq(conc_pool_map(p, big_result, items, 3, &o, &r), -EMSGSIZE);
+    for (size_t i = 0; i < 2; i++) {
+        void *d;
+        size_t l;
+        cr_assert_eq(conc_pool_result_item(r, i, &d, &l), 0, "item %zu", i);
+        cr_assert_eq(l, (size_t)48 << 20);
+        cr_assert_eq(((unsigned char *)d)[0], 0x5a);
+        cr_assert_eq(((unsigned char *)d)[l - 1], 0x5a);
+    }
+    cr_assert_eq(conc_pool_result_item(r, 2, NULL, NULL), -EMSGSIZE);
+    conc_pool_result_free(r);
+    endpool(p);
+}
+
+/* The length of its argument and its last byte. */
+static int arg_len(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    int64_t v = (int64_t)len * 256 + (len ? ((const unsigned char *)arg)[len - 1] : 0);
+    return give_i64(v, result, rlen);
+}
+
+Test(pool, map_chunk_args_over_the_frame_limit, .timeout = 120)
+{
+    /* Three arguments of 60 MiB, each under CONC_POOL_ARG_MAX, asked for
+     * as one chunk: map splits what one task cannot carry instead of
+     * refusing the call. */
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    size_t big = (size_t)60 << 20;
+    conc_pool_item items[4];
+    unsigned char *bufs[3];
+    for (int i = 0; i < 3; i++) {
+        bufs[i] = malloc(big);
+        cr_assert_not_null(bufs[i]);
+        memset(bufs[i], i + 1, big);
+        items[i] = (conc_pool_item){ bufs[i], big };
+    }
+    unsigned char small = 9;
+    items[3] = (conc_pool_item){ &small, 1 };
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 4;
+    conc_pool_result *r = NULL;
+    cr_assert_eq(conc_pool_map(p, arg_len, items, 4, &o, &r), 0);
+    cr_assert_eq(conc_pool_result_count(r), 4);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(result_i64(r, i), (int64_t)big * 256 + (int64_t)i + 1, "item %zu", i);
+    cr_assert_eq(result_i64(r, 3), 256 + 9);
+    conc_pool_result_free(r);
+    for (int i = 0; i < 3; i++)
+        free(bufs[i]);
+    endpool(p);
+}
+
+/* ============================================================ corrupt worker */
+
+/* A fork worker's channel to its pool: the Unix socket its parent made. */
+static int worker_channel(void)
+{
+    for (int fd = 3; fd < 1024; fd++) {
+        struct ucred cr;
+        socklen_t cl = sizeof cr;
+        int dom = 0;
+        socklen_t dl = sizeof dom;
+        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &dl) == 0 && dom == AF_UNIX &&
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0 && cr.pid == getppid())
+            return fd;
+    }
+    return -1;
+}
+
+/* Sends the pool a frame of an unknown kind, then sleeps until killed: a
+ * broken worker that stays alive. */
+static int forge_frame(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    (void)arg;
+    (void)len;
+    (void)result;
+    (void)rlen;
+    int fd = worker_channel();
+    if (fd < 0)
+        return -ENOTSOCK;
+    struct {
+        uint32_t kind, n;
+        uint64_t len;
+    } fr = { 99, 0, 0 };
+    if (write(fd, &fr, sizeof fr) != (ssize_t)sizeof fr)
+        return -EIO;
+    for (;;)
+        pause();
+}
+
+Test(pool, corrupt_frame_ends_its_worker, .timeout = 120)
+{
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t i = 9;
+    void *res = NULL;
+    size_t len;
+    for (int round = 0; round < 2; round++) {
+        /* An idle, ready worker: the blocking apply talks to it directly. */
+        cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+        cr_assert_eq(arg_i64(res, len), 81);
+        free(res);
+        res = NULL;
+        cr_assert_eq(conc_pool_apply(p, forge_frame, NULL, 0, &res, &len), -ECHILD);
+        cr_assert_null(res);
+        /* Through the pool's thread. */
+        conc_pool_result *r;
+        cr_assert_eq(conc_pool_apply_async(p, forge_frame, NULL, 0, NULL, &r), 0);
+        cr_assert_eq(conc_pool_result_get(r, NULL, NULL, GUARD), -ECHILD);
+        conc_pool_result_free(r);
+    }
+    endpool(p);
 }
 
 Test(pool, free_without_close_and_bad_arguments, .timeout = 120)

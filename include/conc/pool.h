@@ -75,6 +75,8 @@ typedef struct conc_pool_iter conc_pool_iter;
  * it once sent; leaving *result NULL gives an empty result).  Return 0 on
  * success or a negative code for failure (Python's exception), delivered
  * to get and error_callback; the result bytes of a failed task are dropped.
+ * A result longer than CONC_POOL_ARG_MAX, or one that takes the results of
+ * its chunk (map, imap) over twice that, fails with -EMSGSIZE.
  */
 typedef int (*conc_pool_fn)(const void *arg, size_t len, void **result, size_t *result_len);
 
@@ -209,7 +211,8 @@ CONC_API int conc_pool_apply_async(conc_pool *p, conc_pool_fn fn, const void *ar
 
 /*
  * conc_pool_map_async - Pool.map_async(fn, items, chunksize, callback,
- * error_callback): fn on each of the n items, chunksize items per task.
+ * error_callback): fn on each of the n items, chunksize items per task
+ * (fewer where a task's arguments would pass twice CONC_POOL_ARG_MAX bytes).
  * Returns 0 and stores a result of n items (n == 0: done at once); -EINVAL
  * (NULL p, fn or out; items NULL with n > 0; an item over the size limit
  * or NULL with a length); -EPIPE when closed or terminated; -ENOMEM.
