@@ -318,6 +318,71 @@ static void mask_from_wire(uint64_t w, sigset_t *s)
 
 /* ------------------------------------------------ starter: requests */
 
+/* ------------------------------------------- functions across processes */
+
+int conc__fn_locate(const void *fn, struct conc__fn_loc *loc)
+{
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!fn || !dladdr1(fn, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+        return -EINVAL;                 /* not code of a loaded module */
+    loc->path = lm->l_name ? lm->l_name : "";
+    struct stat st;
+    if (stat(loc->path[0] ? loc->path : SELF_EXE, &st) != 0)
+        return loc->path[0] ? -ENOENT : -ENOSYS;
+    loc->offset = (uint64_t)((uintptr_t)fn - (uintptr_t)lm->l_addr);
+    loc->dev = (uint64_t)st.st_dev;
+    loc->ino = (uint64_t)st.st_ino;
+    return 0;
+}
+
+struct find_ctx {
+    const char *path;
+    uint64_t offset;
+    void *addr;
+    bool found;
+};
+
+static int find_module(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct find_ctx *f = arg;
+    if (strcmp(info->dlpi_name ? info->dlpi_name : "", f->path) != 0)
+        return 0;
+    f->found = true;
+    /* The offset must fall in an executable segment of the module. */
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && f->offset >= ph->p_vaddr &&
+            f->offset - ph->p_vaddr < ph->p_memsz) {
+            f->addr = (void *)(info->dlpi_addr + (uintptr_t)f->offset);
+            break;
+        }
+    }
+    return 1;
+}
+
+int conc__fn_find(const struct conc__fn_loc *loc, void **out)
+{
+    struct stat st;
+    if (stat(loc->path[0] ? loc->path : SELF_EXE, &st) != 0 || (uint64_t)st.st_dev != loc->dev ||
+        (uint64_t)st.st_ino != loc->ino)
+        return -EACCES;
+    struct find_ctx f = { .path = loc->path, .offset = loc->offset };
+    dl_iterate_phdr(find_module, &f);
+    if (!f.found && loc->path[0]) {
+        if (!dlopen(loc->path, RTLD_NOW | RTLD_GLOBAL))
+            return -ENOENT;
+        dl_iterate_phdr(find_module, &f);
+    }
+    if (!f.found)
+        return -ENOENT;
+    if (!f.addr)
+        return -EINVAL;
+    *out = f.addr;
+    return 0;
+}
+
 struct request {
     struct conc__wire_req h;
     const char *path, *name, *ident, *pname;
@@ -329,29 +394,26 @@ struct request {
 
 static int build_request(struct request *q, const struct conc__remote_req *r)
 {
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(r->target, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
-        return -EINVAL;                 /* not code of a loaded module */
+    struct conc__fn_loc loc;
+    int rc = conc__fn_locate(r->target, &loc);
+    if (rc)
+        return rc;
     memset(&q->h, 0, sizeof q->h);
-    q->path = lm->l_name ? lm->l_name : "";
-    struct stat st;
-    if (stat(q->path[0] ? q->path : SELF_EXE, &st) != 0)
-        return q->path[0] ? -ENOENT : -ENOSYS;
+    q->path = loc.path;
     q->name = r->name;
     q->ident = r->ident;
     q->pname = r->parent_name ? r->parent_name : "";
     q->data = r->data;
     q->h.magic = CONC__WIRE_MAGIC;
     q->h.version = CONC__WIRE_VERSION;
-    q->h.offset = (uint64_t)((uintptr_t)r->target - (uintptr_t)lm->l_addr);
+    q->h.offset = loc.offset;
     q->h.len = r->len;
     q->h.sigmask = mask_to_wire(r->sigmask);
     q->h.ppid = conc__self_pid();
     q->h.flags = (r->is_def ? WIRE_DEF : 0) | (r->daemon ? WIRE_DAEMON : 0);
     q->h.method = (uint32_t)r->method;
-    q->h.module_dev = (uint64_t)st.st_dev;
-    q->h.module_ino = (uint64_t)st.st_ino;
+    q->h.module_dev = loc.dev;
+    q->h.module_ino = loc.ino;
     q->h.path_len = (uint32_t)strlen(q->path);
     q->h.name_len = (uint32_t)strlen(q->name);
     q->h.ident_len = (uint32_t)strlen(q->ident);
@@ -773,61 +835,13 @@ static int send_reply(int sock, int err, pid_t pid, int pidfd)
     return send_all(sock, &iov, 1, &pidfd, pidfd >= 0 ? 1 : 0);
 }
 
-struct find_ctx {
-    const char *path;
-    uint64_t offset;
-    void *addr;
-    bool found;
-};
-
-static int find_module(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)size;
-    struct find_ctx *f = arg;
-    if (strcmp(info->dlpi_name ? info->dlpi_name : "", f->path) != 0)
-        return 0;
-    f->found = true;
-    /* The offset must fall in an executable segment of the module. */
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && f->offset >= ph->p_vaddr &&
-            f->offset - ph->p_vaddr < ph->p_memsz) {
-            f->addr = (void *)(info->dlpi_addr + (uintptr_t)f->offset);
-            break;
-        }
-    }
-    return 1;
-}
-
-/* Whether path names the file the starter has the module from. */
-static bool same_module_file(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && (uint64_t)st.st_dev == in_h.module_dev &&
-           (uint64_t)st.st_ino == in_h.module_ino;
-}
-
-/* The address of the requested function in this process: its module is
- * found by name (dlopen'ed when it is not loaded yet), and used only when
- * its path names the same file as in the starter (-EACCES otherwise; a
- * module that fails the check is never opened). */
+/* The address of the requested function in this process (-EACCES when
+ * its module's path no longer names the file the starter has it from). */
 static int resolve_target(void **out)
 {
-    if (!same_module_file(in_path[0] ? in_path : SELF_EXE))
-        return -EACCES;
-    struct find_ctx f = { .path = in_path, .offset = in_h.offset };
-    dl_iterate_phdr(find_module, &f);
-    if (!f.found && in_path[0]) {
-        if (!dlopen(in_path, RTLD_NOW | RTLD_GLOBAL))
-            return -ENOENT;
-        dl_iterate_phdr(find_module, &f);
-    }
-    if (!f.found)
-        return -ENOENT;
-    if (!f.addr)
-        return -EINVAL;
-    *out = f.addr;
-    return 0;
+    struct conc__fn_loc loc = { .path = in_path, .offset = in_h.offset,
+                                .dev = in_h.module_dev, .ino = in_h.module_ino };
+    return conc__fn_find(&loc, out);
 }
 
 /* Puts the received descriptors on their numbers (stdio on 0..2, pass_fds

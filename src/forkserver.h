@@ -80,4 +80,29 @@ CONC_HIDDEN int conc__remote_start(const struct conc__remote_req *r, pid_t *pid,
  * the parent; drop them (fork handler of process.c). */
 CONC_HIDDEN void conc__forkserver_after_fork(void);
 
+/*
+ * Where a function lives, so that another process running the same files
+ * can find it: its module's path as the dynamic linker names it ("" for the
+ * program itself), the function's offset in it, and the module file's
+ * device and inode (the other side uses the module only when its path
+ * still names that same file).
+ */
+struct conc__fn_loc {
+    const char *path;           /* borrowed from the link map */
+    uint64_t offset, dev, ino;
+};
+
+/* conc__fn_locate - fills loc for fn.  Returns 0; -EINVAL when fn is not
+ * code of a loaded module; -ENOENT when the module's file is gone; -ENOSYS
+ * for the program when /proc/self/exe cannot be read. */
+CONC_HIDDEN int conc__fn_locate(const void *fn, struct conc__fn_loc *loc);
+
+/* conc__fn_find - the address in this process of the function loc
+ * describes: its module is found by name (dlopen'ed when it is not loaded
+ * yet, and only after its path was checked to name the same file).
+ * Returns 0; -EACCES when the path names another file (the module is then
+ * never opened); -ENOENT when the module cannot be found or loaded;
+ * -EINVAL when the offset is not in an executable segment of it. */
+CONC_HIDDEN int conc__fn_find(const struct conc__fn_loc *loc, void **out);
+
 #endif

@@ -42,6 +42,7 @@
 #include <unistd.h>
 #include "conc/pool.h"
 #include "conc/process.h"
+#include "forkserver.h"
 #include "pool_internal.h"
 #include "sys/wait.h"
 
@@ -80,24 +81,18 @@ static int fn_describe(void *fn, bool fork_method, unsigned char **out, size_t *
         *len = sizeof a;
         return 0;
     }
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(fn, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+    struct conc__fn_loc loc;
+    if (conc__fn_locate(fn, &loc) != 0)
         return -EINVAL;
-    const char *path = lm->l_name ? lm->l_name : "";
-    struct stat st;
-    if (stat(path[0] ? path : "/proc/self/exe", &st) != 0)
-        return -EINVAL;
-    size_t pl = strlen(path);
+    size_t pl = strlen(loc.path);
     if (pl > 4096)
         return -EINVAL;
-    uint64_t h[3] = { (uint64_t)((uintptr_t)fn - (uintptr_t)lm->l_addr), (uint64_t)st.st_dev,
-                      (uint64_t)st.st_ino };
+    uint64_t h[3] = { loc.offset, loc.dev, loc.ino };
     unsigned char *b = malloc(sizeof h + pl);
     if (!b)
         return -ENOMEM;
     memcpy(b, h, sizeof h);
-    memcpy(b + sizeof h, path, pl);
+    memcpy(b + sizeof h, loc.path, pl);
     *out = b;
     *len = sizeof h + pl;
     return 0;
@@ -110,31 +105,6 @@ struct wconf {
     int32_t close_fd;           /* fork: the pool's end, inherited */
     int32_t fork_method;
 };
-
-struct find_ctx {
-    const char *path;
-    uint64_t offset;
-    void *addr;
-    bool found;
-};
-
-static int find_module(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)size;
-    struct find_ctx *f = arg;
-    if (strcmp(info->dlpi_name ? info->dlpi_name : "", f->path) != 0)
-        return 0;
-    f->found = true;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && f->offset >= ph->p_vaddr &&
-            f->offset - ph->p_vaddr < ph->p_memsz) {
-            f->addr = (void *)(info->dlpi_addr + (uintptr_t)f->offset);
-            break;
-        }
-    }
-    return 1;
-}
 
 /* The worker's address of a function the pool described (NULL: unknown). */
 static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
@@ -153,18 +123,9 @@ static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
     char path[4097];
     memcpy(path, b + sizeof h, len - sizeof h);
     path[len - sizeof h] = 0;
-    struct stat st;
-    if (stat(path[0] ? path : "/proc/self/exe", &st) != 0 || (uint64_t)st.st_dev != h[1] ||
-        (uint64_t)st.st_ino != h[2])
-        return NULL;
-    struct find_ctx f = { .path = path, .offset = h[0] };
-    dl_iterate_phdr(find_module, &f);
-    if (!f.found && path[0]) {
-        if (!dlopen(path, RTLD_NOW | RTLD_GLOBAL))
-            return NULL;
-        dl_iterate_phdr(find_module, &f);
-    }
-    return f.addr;
+    struct conc__fn_loc loc = { .path = path, .offset = h[0], .dev = h[1], .ino = h[2] };
+    void *addr;
+    return conc__fn_find(&loc, &addr) == 0 ? addr : NULL;
 }
 
 /* The worker's reads, through a buffer: a burst of small tasks costs one
