@@ -20,6 +20,7 @@
 #include "conc/sync.h"
 #include "conc/wait.h"
 #include "support/wait_helpers.h"
+#include "support/fd_count.h"
 
 static conc_executor *mk_threads(int max_workers)
 {
@@ -763,14 +764,6 @@ static long square_of(conc_future *f)
     memcpy(&o, v, sizeof o);
     cr_assert_neq(o.pid, getpid(), "the call ran in the parent");
     return o.square;
-}
-
-static int count_fds(void)
-{
-    int n = 0;
-    for (int fd = 0; fd < 1024; fd++)
-        n += fcntl(fd, F_GETFD) != -1;
-    return n;
 }
 
 Test(executor, processes_run_bytes_calls)

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 
 #include "support/fork_sanitizers.h"
 #include "support/task_state.h"
@@ -87,19 +88,6 @@ static unsigned char *xmalloc(size_t n)
     unsigned char *p = malloc(n ? n : 1);
     cr_assert_not_null(p);
     return p;
-}
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
 }
 
 static bool fd_open(int fd)

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 
 #ifndef CONC_EXAMPLES_DIR
 #error "CONC_EXAMPLES_DIR must name the directory of the example binaries"
@@ -63,19 +64,6 @@ static unsigned char *pattern(size_t n, unsigned seed)
     cr_assert_not_null(p);
     fill(p, n, seed);
     return p;
-}
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
 }
 
 static bool write_all(int fd, const void *buf, size_t len)

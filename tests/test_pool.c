@@ -33,20 +33,12 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 
 #include "support/fork_sanitizers.h"
 #include "support/task_state.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifndef SANITIZED
-#define SANITIZED 0
-#endif
+#include "support/sanitized.h"
 
 #define GUARD 60.0
 
@@ -160,19 +152,6 @@ static int echo(const void *arg, size_t len, void **result, size_t *rlen)
 }
 
 /* ============================================================ helpers */
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;
-}
 
 static conc_pool *mkpool(int procs, conc_start_method m, const conc_pool_opts *base)
 {

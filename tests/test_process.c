@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 
 /* How long a waiting child waits before it gives up (a hang guard). */
 #define CHILD_GUARD_MS 20000
@@ -381,19 +382,6 @@ static bool reaped(pid_t pid)
     siginfo_t si;
     memset(&si, 0, sizeof si);
     return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == -1 && errno == ECHILD;
-}
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;                       /* the directory's own descriptor */
 }
 
 static int pidfd_of(pid_t pid)

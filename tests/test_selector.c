@@ -27,22 +27,10 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 #include "support/task_state.h"
 
 #define GUARD 20.0
-
-static int fd_count(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;
-}
 
 static const conc_selector_backend backends[] = { CONC_SELECTOR_EPOLL, CONC_SELECTOR_POLL,
                                                   CONC_SELECTOR_SELECT };
@@ -246,7 +234,7 @@ Test(selector, closed_and_reused_descriptors_alike_on_every_backend)
     for (size_t b = 0; b < NB; b++) {
         conc_selector *s;
         cr_assert_eq(conc_selector_new(&s, backends[b]), 0);
-        int before = fd_count();
+        int before = count_fds();
         int sv[2];
         pair(sv);
         cr_assert_eq(write(sv[1], "old", 3), 3);        /* sv[0] readable */
@@ -299,7 +287,7 @@ Test(selector, closed_and_reused_descriptors_alike_on_every_backend)
         cr_assert_eq(conc_selector_unregister(s, num, NULL), 0);
         close(sv[1]);
         close(nv[1]);
-        cr_expect_eq(fd_count(), before);
+        cr_expect_eq(count_fds(), before);
         conc_selector_free(s);
     }
 }
@@ -520,7 +508,7 @@ static void serve_many(conc_selector_backend backend, int n)
         cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
     }
     cr_assert_geq(rl.rlim_cur, (rlim_t)(2 * n + 64), "descriptor limit too low");
-    int before = fd_count();
+    int before = count_fds();
     conc_socket *l;
     conc_socket_server_opts so = CONC_SOCKET_SERVER_OPTS_INIT;
     so.backlog = n;
@@ -597,7 +585,7 @@ static void serve_many(conc_selector_backend backend, int n)
     free(cl);
     free(sv);
     free(got);
-    cr_expect_eq(fd_count(), before);
+    cr_expect_eq(count_fds(), before);
 }
 
 Test(selector, thousand_connections_epoll, .timeout = 120)

@@ -24,22 +24,10 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 #include "support/task_state.h"
 
 /* ------------------------------------------------------------- helpers */
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n;
-}
 
 static bool shm_exists(const char *bare)
 {

@@ -31,23 +31,10 @@
 #include <netinet/tcp.h>
 
 #include "conc.h"
+#include "support/fd_count.h"
 #include "support/task_state.h"
 
 #define GUARD 20.0
-
-/* Open descriptors of this process. */
-static int fd_count(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;               /* the directory's own */
-}
 
 /* A listening TCP socket on 127.0.0.1 and a port the kernel picked. */
 static conc_socket *server(int *port)
@@ -296,7 +283,7 @@ Test(socket, eintr_is_retried, .timeout = 60)
 
 Test(socket, tcp_round_trip_and_addresses)
 {
-    int before = fd_count();
+    int before = count_fds();
     conc_socket *c, *s;
     tcp_pair(&c, &s);
     conc_sockaddr la, pa;
@@ -320,7 +307,7 @@ Test(socket, tcp_round_trip_and_addresses)
     cr_expect_eq(conc_socket_recv(s, buf, sizeof buf, 0), 0);     /* end of stream */
     conc_socket_free(c);
     conc_socket_free(s);
-    cr_expect_eq(fd_count(), before);
+    cr_expect_eq(count_fds(), before);
 }
 
 struct mb {
@@ -485,11 +472,11 @@ Test(socket, connect_errors_and_connect_ex)
     conc_socket *l = server(&port);
     conc_socket_free(l);                /* nobody listens there now */
     conc_socket *c = NULL;
-    int before = fd_count();
+    int before = count_fds();
     cr_expect_eq(conc_socket_create_connection(&c, "127.0.0.1", port, GUARD, NULL),
                  -ECONNREFUSED);
     cr_expect_null(c);
-    cr_expect_eq(fd_count(), before);
+    cr_expect_eq(count_fds(), before);
     cr_expect_eq(conc_socket_create_connection(&c, "127.0.0.1", 70000, GUARD, NULL), -EINVAL);
     cr_expect_eq(conc_socket_create_connection(NULL, "127.0.0.1", 1, GUARD, NULL), -EINVAL);
     cr_expect_eq(conc_socket_create_connection(&c, "127.0.0.1", 1, NAN, NULL), -EINVAL);
@@ -780,15 +767,15 @@ Test(socket, from_fd_attach_detach_dup)
 {
     int sv[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    int before = fd_count();
+    int before = count_fds();
     conc_socket *a, *b;
     /* attach duplicates: the caller's descriptor stays open after free. */
     cr_assert_eq(conc_socket_attach(&a, sv[0]), 0);
     cr_expect_neq(conc_socket_fd(a), sv[0]);
-    cr_expect_eq(fd_count(), before + 1);
+    cr_expect_eq(count_fds(), before + 1);
     cr_expect(fcntl(sv[0], F_GETFL) & O_NONBLOCK);       /* shared mode */
     conc_socket_free(a);
-    cr_expect_eq(fd_count(), before);
+    cr_expect_eq(count_fds(), before);
     cr_expect_geq(fcntl(sv[0], F_GETFD), 0);
     /* from_fd takes over: freeing closes it. */
     cr_assert_eq(conc_socket_from_fd(&b, sv[1]), 0);
@@ -816,14 +803,14 @@ Test(socket, passing_descriptors)
     cr_assert_eq(conc_socket_pair(&a, &b, AF_UNIX, SOCK_STREAM, 0), 0);
     int p[2];
     cr_assert_eq(pipe(p), 0);
-    int before = fd_count();
+    int before = count_fds();
     cr_assert_eq(conc_socket_send_fds(a, "f", 1, p, 2, 0), 1);
     int got[4] = { -1, -1, -1, -1 };
     size_t n = 9;
     char c;
     cr_assert_eq(conc_socket_recv_fds(b, &c, 1, got, 4, &n, 0), 1);
     cr_assert_eq(n, 2);
-    cr_expect_eq(fd_count(), before + 2);
+    cr_expect_eq(count_fds(), before + 2);
     cr_expect(fcntl(got[0], F_GETFD) & FD_CLOEXEC);
     /* They are the pipe's ends. */
     cr_assert_eq(write(got[1], "z", 1), 1);
@@ -838,7 +825,7 @@ Test(socket, passing_descriptors)
     cr_expect_eq(conc_socket_recv_fds(b, &c, 1, got, 1, &n, 0), -EMSGSIZE);
     cr_expect_eq(n, 1);
     close(got[0]);
-    cr_expect_eq(fd_count(), before);
+    cr_expect_eq(count_fds(), before);
     cr_expect_eq(conc_socket_send_fds(a, "g", 0, p, 1, 0), -EINVAL);
     cr_expect_eq(conc_socket_send_fds(a, "g", 1, p, 0, 0), -EINVAL);
     cr_expect_eq(conc_socket_send_fds(a, "g", 1, p, CONC_SOCKET_MAX_FDS + 1, 0), -EINVAL);
