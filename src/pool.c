@@ -38,6 +38,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "conc/pool.h"
@@ -749,45 +750,59 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
     }
 }
 
-/* Writes what w has pending; false when the worker's channel broke. */
+/* Writes what w has pending, control frames first, then the tasks it
+ * was handed, as many as fit in one sendmsg(2); false when the worker's
+ * channel broke. */
+#define FLUSH_IOV 64
 static bool worker_flush(struct worker *w)
 {
     for (;;) {
-        const unsigned char *src;
-        size_t left;
-        bool is_ctl = false;
-        if (w->woff == 0 && w->ctl_off < w->ctl.len) {
-            src = w->ctl.p + w->ctl_off;
-            left = w->ctl.len - w->ctl_off;
-            is_ctl = true;
-        } else if (w->wtask) {
-            src = w->wtask->buf + w->woff;
-            left = w->wtask->buflen - w->woff;
-        } else if (w->want_exit && !w->exit_sent) {
+        if (!w->wtask && w->ctl_off == w->ctl.len && w->want_exit && !w->exit_sent) {
             struct frame fr = { F_EXIT, 0, 0 };
             if (!obuf_put(&w->ctl, &fr, sizeof fr))
                 return true;
             w->exit_sent = true;
-            continue;
-        } else {
-            return true;
         }
-        ssize_t r = send(w->fd, src, left, MSG_NOSIGNAL | MSG_DONTWAIT);
+        struct iovec iov[FLUSH_IOV];
+        int n = 0;
+        if (w->woff == 0 && w->ctl_off < w->ctl.len)
+            iov[n++] = (struct iovec){ w->ctl.p + w->ctl_off, w->ctl.len - w->ctl_off };
+        /* A task half written ends before pending control frames go. */
+        int max = w->woff && w->ctl_off < w->ctl.len ? 1 : FLUSH_IOV;
+        size_t off = w->woff;
+        for (struct conc__pool_task *t = w->wtask; t && n < max; t = t->next) {
+            iov[n++] = (struct iovec){ t->buf + off, t->buflen - off };
+            off = 0;
+        }
+        if (n == 0)
+            return true;
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        ssize_t r = sendmsg(w->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK;
         }
-        if (is_ctl) {
-            w->ctl_off += (size_t)r;
-            if (w->ctl_off == w->ctl.len)
-                w->ctl_off = w->ctl.len = 0;
-        } else {
-            w->woff += (size_t)r;
-            if (w->woff == w->wtask->buflen) {
-                w->wtask = w->wtask->next;
-                w->woff = 0;
+        size_t left = (size_t)r;
+        if (w->woff == 0 && w->ctl_off < w->ctl.len) {
+            size_t k = w->ctl.len - w->ctl_off;
+            if (left < k) {
+                w->ctl_off += left;
+                continue;
             }
+            left -= k;
+            w->ctl_off = w->ctl.len = 0;
+        }
+        while (left && w->wtask) {
+            size_t k = w->wtask->buflen - w->woff;
+            if (left < k) {
+                w->woff += left;
+                left = 0;
+                break;
+            }
+            left -= k;
+            w->wtask = w->wtask->next;
+            w->woff = 0;
         }
     }
 }
