@@ -245,13 +245,14 @@ static bool obuf_put(struct obuf *o, const void *src, size_t len)
     return true;
 }
 
-/* Runs the items of a TASK frame and sends the RESULT. */
-static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, size_t len,
-                       struct obuf *o)
+/* Runs the items of a TASK frame and appends its RESULT frame to o (the
+ * caller sends it). */
+static int worker_task(void *fn, uint32_t n, const unsigned char *b, size_t len, struct obuf *o)
 {
-    o->len = 0;
+    size_t start = o->len;
     struct frame fr = { F_RESULT, n, 0 };
-    obuf_put(o, &fr, sizeof fr);
+    if (!obuf_put(o, &fr, sizeof fr))
+        return -1;
     size_t off = 8;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t il;
@@ -281,10 +282,27 @@ static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, siz
         }
         free(res);
     }
-    fr.len = o->len - sizeof fr;
-    memcpy(o->p, &fr, sizeof fr);
-    return write_full(fd, o->p, o->len);
+    fr.len = o->len - start - sizeof fr;
+    memcpy(o->p + start, &fr, sizeof fr);
+    return 0;
 }
+
+/* True when r holds a whole frame, so that the next one needs no read. */
+static bool wr_has_frame(const struct wreader *r)
+{
+    struct frame fr;
+    if (r->end - r->pos < sizeof fr)
+        return false;
+    memcpy(&fr, r->buf + r->pos, sizeof fr);
+    return fr.len <= r->end - r->pos - sizeof fr;
+}
+
+/* Results wait in o while more tasks are already here, up to this much:
+ * one write then carries several (a result not yet sent when the worker
+ * dies is that task's failure or retry, as if it had not run). */
+#define RESULTS_BATCH (256u * 1024u)
+/* ... and for at most this long before the next task starts. */
+#define RESULTS_HOLD_NS 1000000
 
 static int worker_main(const void *arg, size_t alen)
 {
@@ -305,8 +323,15 @@ static int worker_main(const void *arg, size_t alen)
     struct obuf o = { 0 };
     unsigned char *b = NULL;
     int code = 0;
+    int64_t held_since = 0;
     for (;;) {
         struct frame fr;
+        if (o.len && (o.len >= RESULTS_BATCH || !wr_has_frame(rd) ||
+                      conc_now() - held_since >= RESULTS_HOLD_NS)) {
+            if (write_full(fd, o.p, o.len))
+                break;                  /* the pool is gone */
+            o.len = 0;
+        }
         if (wr_read(rd, &fr, sizeof fr))
             break;                      /* the pool is gone */
         if (fr.len > FRAME_MAX) {
@@ -344,7 +369,7 @@ static int worker_main(const void *arg, size_t alen)
                 }
             }
             struct frame rd = { F_READY, 0, 0 };
-            if (write_full(fd, &rd, sizeof rd))
+            if (!obuf_put(&o, &rd, sizeof rd))
                 break;
         } else if (fr.kind == F_TASK) {
             uint32_t idx;
@@ -354,9 +379,14 @@ static int worker_main(const void *arg, size_t alen)
             }
             memcpy(&idx, b, sizeof idx);
             void *fn = idx < nfns ? fns[idx] : NULL;
-            if (worker_task(fd, fn, fr.n, b, fr.len, &o))
+            bool first = o.len == 0;
+            if (worker_task(fn, fr.n, b, fr.len, &o))
                 break;
+            if (first)
+                held_since = conc_now();
         } else if (fr.kind == F_EXIT) {
+            if (o.len && write_full(fd, o.p, o.len))
+                break;
             break;
         } else {
             code = 71;
