@@ -22,6 +22,11 @@
  *   worker -> pool  READY   after the initializer
  *                   RESULT  n = items; per item i32 status, u32 0,
  *                           u64 length + bytes
+ * A worker sends the results it has in hand together while its next task
+ * is already read, and counts the TASK frames it starts in a page it
+ * shares with the pool: when it dies, the pool knows which task it was
+ * running (that one fails, or is retried); the others it held go back to
+ * the queue.
  * Everything a worker sends is checked before use; a worker that breaks
  * the protocol is killed (its task fails with -ECHILD).
  */
@@ -36,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -44,6 +50,7 @@
 #include "conc/pool.h"
 #include "conc/process.h"
 #include "pool_internal.h"
+#include "sys/memfd.h"
 #include "sys/wait.h"
 
 enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11 };
@@ -110,7 +117,11 @@ struct wconf {
     int32_t fd;                 /* the worker's end */
     int32_t close_fd;           /* fork: the pool's end, inherited */
     int32_t fork_method;
+    int32_t started_fd;         /* a page: the TASK frames it started */
 };
+
+/* The size of the shared "TASK frames started" counter's mapping. */
+#define STARTED_MAP 4096
 
 struct find_ctx {
     const char *path;
@@ -313,6 +324,11 @@ static int worker_main(const void *arg, size_t alen)
     if (c.close_fd >= 0)
         close(c.close_fd);
     int fd = c.fd;
+    void *pg = mmap(NULL, STARTED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, c.started_fd, 0);
+    close(c.started_fd);
+    if (pg == MAP_FAILED)
+        return 71;
+    uint32_t *started = pg, nstarted = 0;
     struct wreader *rd = malloc(sizeof *rd);
     if (!rd)
         return 71;
@@ -380,6 +396,9 @@ static int worker_main(const void *arg, size_t alen)
             memcpy(&idx, b, sizeof idx);
             void *fn = idx < nfns ? fns[idx] : NULL;
             bool first = o.len == 0;
+            /* Before it runs: the pool knows which of its tasks ran when
+             * it dies with their results in hand. */
+            __atomic_store_n(started, ++nstarted, __ATOMIC_RELEASE);
             if (worker_task(fn, fr.n, b, fr.len, &o))
                 break;
             if (first)
@@ -429,6 +448,8 @@ struct worker {
     size_t ctl_off;
     unsigned char *rbuf;
     size_t rlen, rcap;
+    uint32_t *started;          /* shared: TASK frames the worker started */
+    uint32_t answered;          /* RESULT frames read from it */
 };
 
 struct conc_pool {
@@ -687,12 +708,25 @@ static int worker_start(conc_pool *p, struct worker *w)
         return -errno;
     int fl = fcntl(sv[0], F_GETFL);
     fcntl(sv[0], F_SETFL, fl | O_NONBLOCK);
-    struct wconf c = { sv[1], p->fork_method ? sv[0] : -1, p->fork_method };
+    int mfd = conc__memfd_data("conc-pool-worker", MFD_CLOEXEC);
+    void *pg = MAP_FAILED;
+    if (mfd < 0 || ftruncate(mfd, STARTED_MAP) ||
+        (pg = mmap(NULL, STARTED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
+            MAP_FAILED) {
+        int e = mfd < 0 ? mfd : -errno;
+        if (mfd >= 0)
+            close(mfd);
+        close(sv[0]);
+        close(sv[1]);
+        return e;
+    }
+    struct wconf c = { sv[1], p->fork_method ? sv[0] : -1, p->fork_method, mfd };
+    int pass[2] = { sv[1], mfd };
     conc_process_opts po = CONC_PROCESS_OPTS_INIT;
     po.daemon = CONC_DAEMON;
     po.method = p->o.method;
-    po.pass_fds = &sv[1];
-    po.npass_fds = 1;
+    po.pass_fds = pass;
+    po.npass_fds = 2;
     conc_process *proc;
     int r = conc_process_new(&proc, worker_main, &c, sizeof c, &po);
     if (r == 0) {
@@ -701,7 +735,9 @@ static int worker_start(conc_pool *p, struct worker *w)
             conc_process_free(proc);
     }
     close(sv[1]);
+    close(mfd);
     if (r) {
+        munmap(pg, STARTED_MAP);
         close(sv[0]);
         return r;
     }
@@ -711,6 +747,7 @@ static int worker_start(conc_pool *p, struct worker *w)
     w->epfd = p->epfd;
     w->proc = proc;
     w->fd = sv[0];
+    w->started = pg;
     w->pidfd = conc_process_sentinel(proc);
     w->quota = p->o.maxtasksperchild ? p->o.maxtasksperchild : UINT_MAX;
     /* The initializer goes first. */
@@ -730,6 +767,7 @@ static int worker_start(conc_pool *p, struct worker *w)
         conc_process_join(proc, CONC_FOREVER);
         conc_process_free(proc);
         close(w->fd);
+        munmap(w->started, STARTED_MAP);
         free(w->ctl.p);
         memset(w, 0, sizeof *w);
         w->idx = idx;
@@ -905,6 +943,7 @@ static bool worker_parse(struct worker *w)
             if (!w->head)
                 w->tail = NULL;
             w->nout--;
+            w->answered++;
             t->next = NULL;
             st_release(&t->state, CONC__TASK_DONE);
             t->done(t, o, fr.n);
@@ -961,6 +1000,8 @@ static void worker_release(struct worker *w)
     }
     free(w->ctl.p);
     free(w->rbuf);
+    if (w->started)
+        munmap(w->started, STARTED_MAP);
     conc_process_free(w->proc);
     int idx = w->idx, epfd = w->epfd;
     memset(w, 0, sizeof *w);
@@ -979,26 +1020,29 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
     conc_process_join(w->proc, CONC_FOREVER);
     int code = 0;
     conc_process_exitcode(w->proc, &code);
-    struct conc__pool_task *t = w->head, *rest = t ? t->next : NULL;
+    /* Of the tasks it started and did not answer, the last one is the one
+     * it was running when it ended: that one fails (or runs again, with
+     * retries).  The others had finished, their results still in hand
+     * (sent in one write with the next ones): they go back to the queue
+     * with the tasks it never started, so that a dead worker fails only the
+     * task it was running.  Its count is checked: it cannot exceed what it
+     * held. */
+    uint32_t ran = __atomic_load_n(w->started, __ATOMIC_ACQUIRE) - w->answered;
+    if (ran > w->nout)
+        ran = w->nout;
     struct conc__pool_task *again = NULL, *again_tail = NULL;
-    if (t) {
-        if (fail_status == -ECHILD && t->tries < p->o.retries) {
-            t->tries++;
-            again = again_tail = t;
-            t->next = NULL;
-        } else {
-            task_fail(t, fail_status, code);
-        }
-    }
-    /* Tasks it had not started go back to the front of the queue, in order
-     * (all fail when the pool is being terminated). */
-    for (struct conc__pool_task *u = rest, *nx; u; u = nx) {
+    uint32_t k = 0;
+    for (struct conc__pool_task *u = w->head, *nx; u; u = nx) {
         nx = u->next;
         u->next = NULL;
-        if (fail_status == -EPIPE) {
-            task_fail(u, -EPIPE, 0);
+        bool running = ++k == ran;
+        if (fail_status == -EPIPE ||
+            (running && (fail_status != -ECHILD || u->tries >= p->o.retries))) {
+            task_fail(u, fail_status, running ? code : 0);
             continue;
         }
+        if (running)
+            u->tries++;
         if (again_tail)
             again_tail->next = u;
         else
