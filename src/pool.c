@@ -120,8 +120,11 @@ struct wconf {
     int32_t started_fd;         /* a page: the TASK frames it started */
 };
 
-/* The size of the shared "TASK frames started" counter's mapping. */
+/* The page a worker shares with the pool: [SH_STARTED] the TASK frames
+ * the worker started (the pool trusts it only within what the worker
+ * held). */
 #define STARTED_MAP 4096
+#define SH_STARTED 0
 
 struct find_ctx {
     const char *path;
@@ -398,7 +401,7 @@ static int worker_main(const void *arg, size_t alen)
             bool first = o.len == 0;
             /* Before it runs: the pool knows which of its tasks ran when
              * it dies with their results in hand. */
-            __atomic_store_n(started, ++nstarted, __ATOMIC_RELEASE);
+            __atomic_store_n(&started[SH_STARTED], ++nstarted, __ATOMIC_RELEASE);
             if (worker_task(fn, fr.n, b, fr.len, &o))
                 break;
             if (first)
@@ -448,7 +451,8 @@ struct worker {
     size_t ctl_off;
     unsigned char *rbuf;
     size_t rlen, rcap;
-    uint32_t *started;          /* shared: TASK frames the worker started */
+    uint32_t *started;          /* the page it shares with the pool (SH_*) */
+    bool parked;                /* its socket is not watched (worker_park) */
     uint32_t answered;          /* RESULT frames read from it */
 };
 
@@ -692,13 +696,35 @@ static void worker_watch(struct worker *w, int op)
     }
 }
 
+/* Stops (park) and resumes (unpark) the watch for what w sends; epoll
+ * still reports its end (EPOLLHUP), and its pidfd stays watched. */
+static void worker_park(struct worker *w)
+{
+    struct epoll_event ev = { .events = 0, .data.u64 = (uint64_t)w->idx * 2 };
+    epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->fd, &ev);
+    w->parked = true;
+    w->ep_out = false;
+}
+
+static void worker_unpark(struct worker *w)
+{
+    if (w->parked && w->fd >= 0) {
+        w->parked = false;
+        worker_watch(w, EPOLL_CTL_MOD);
+    }
+}
+
 /* Takes w for the pool's thread: false while a caller has it. */
 static bool worker_acquire(struct worker *w)
 {
     uint32_t o = W_FREE;
-    return __atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) == W_THREAD ||
-           __atomic_compare_exchange_n(&w->owner, &o, W_THREAD, false, __ATOMIC_ACQ_REL,
-                                       __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) == W_THREAD)
+        return true;
+    if (!__atomic_compare_exchange_n(&w->owner, &o, W_THREAD, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return false;
+    worker_unpark(w);
+    return true;
 }
 
 static int worker_start(conc_pool *p, struct worker *w)
@@ -1027,7 +1053,7 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
      * with the tasks it never started, so that a dead worker fails only the
      * task it was running.  Its count is checked: it cannot exceed what it
      * held. */
-    uint32_t ran = __atomic_load_n(w->started, __ATOMIC_ACQUIRE) - w->answered;
+    uint32_t ran = __atomic_load_n(&w->started[SH_STARTED], __ATOMIC_ACQUIRE) - w->answered;
     if (ran > w->nout)
         ran = w->nout;
     struct conc__pool_task *again = NULL, *again_tail = NULL;
@@ -1175,6 +1201,7 @@ static void *pool_thread(void *arg)
         if (r < 0 && r != -ETIMEDOUT)
             continue;
         int n = epoll_wait(p->epfd, evs, EVENTS_MAX, 0);
+        int skipped = 0;
         for (int k = 0; k < n; k++) {
             uint64_t d = evs[k].data.u64;
             if (d == UINT64_MAX) {
@@ -1184,7 +1211,11 @@ static void *pool_thread(void *arg)
                 continue;
             }
             struct worker *w = &p->w[d / 2];
-            if (!worker_acquire(w) || !w->proc)
+            if (!worker_acquire(w)) {
+                skipped++;      /* a caller of apply has it */
+                continue;
+            }
+            if (!w->proc)
                 continue;
             bool dead = (d & 1) != 0;
             uint32_t ev = evs[k].events;
@@ -1197,6 +1228,11 @@ static void *pool_thread(void *arg)
             if (dead)
                 worker_end(p, w, -ECHILD);
         }
+        /* Only the end of a worker that a caller of apply talks to: the
+         * caller sees it too and gives the worker back; do not spin on
+         * it meanwhile. */
+        if (n > 0 && skipped == n)
+            conc__sleep_until(conc_now() + 200000);
     }
     /* Terminated or closed: stop every worker, fail what is left.  A
      * worker a caller has is killed first; the caller gives it back once it
@@ -1268,8 +1304,12 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     if (--w->quota == 0)
         w->want_exit = true;
     pthread_mutex_unlock(&p->mu);
-    /* The pool's thread does not watch it while we talk to it. */
-    worker_watch(w, EPOLL_CTL_DEL);
+    /* The pool's thread does not watch its socket while callers talk to
+     * it (its end still wakes the pool's thread); left so while it idles
+     * between calls of apply, so that a stream of them costs no
+     * epoll_ctl(2). */
+    if (!w->parked)
+        worker_park(w);
     int ret = 0;
     if (t->started)
         t->started(t);
@@ -1295,7 +1335,8 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
             break;
     }
     bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
-    worker_watch(w, EPOLL_CTL_ADD);
+    if (!idle)
+        worker_unpark(w);
     __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
     /* Tasks queued while we had it, or a close, wait for the pool's
      * thread. */
