@@ -986,8 +986,10 @@ static bool worker_parse(struct worker *w)
     return ok;
 }
 
-/* Reads what w sent; false when the channel is at its end or broke. */
-static bool worker_read(struct worker *w)
+/* Reads what w sent (until it has nothing more, or with answered_only
+ * until it owes no answer); false when the channel is at its end or
+ * broke. */
+static bool worker_read_(struct worker *w, bool answered_only)
 {
     for (;;) {
         if (w->rcap - w->rlen < 65536) {
@@ -1014,7 +1016,14 @@ static bool worker_read(struct worker *w)
             w->rbuf = NULL;
             w->rcap = 0;
         }
+        if (answered_only && !w->head)
+            return true;
     }
+}
+
+static bool worker_read(struct worker *w)
+{
+    return worker_read_(w, false);
 }
 
 static void worker_release(struct worker *w)
@@ -1329,7 +1338,8 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
             continue;
         if (pf[1].revents)
             break;              /* ended: the pool's thread settles it */
-        if ((pf[0].revents & POLLIN) && !worker_read(w))
+        /* Its answer is all it sends: no second recv(2) to find that. */
+        if ((pf[0].revents & POLLIN) && !worker_read_(w, true))
             break;
         if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
             break;
