@@ -9,6 +9,7 @@
 #include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/time.h"
+#include "conc/park.h"
 #include "conc/sync.h"
 #include "conc/thread.h"
 #include "conc/coro.h"

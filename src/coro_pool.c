@@ -27,6 +27,7 @@
 #include "conc/cpool.h"
 #include "internal.h"
 #include "sys/wait.h"
+#include "hub_internal.h"
 
 struct member {
     struct conc_cpool *pool;

@@ -21,13 +21,13 @@
  * list.  A timer or a kill that finds the waiter already unlinked leaves it
  * to that wake-up (a kill then stays pending for the next blocking call).
  *
- * No lost wake-up: the waiter counts itself in conc__hub_parked, links
+ * No lost wake-up: the waiter counts itself in table_parked, links
  * itself under the bucket's lock and only then compares the word; a waker
  * changes the word before it reads the count (with a full fence) and takes
  * the bucket's lock.  So either the waker finds the waiter linked, or the
  * waiter sees the changed word and returns -EAGAIN.
  *
- * Signal handlers: conc__hub_wake is async-signal-safe (conc_sem_release
+ * Signal handlers: the hub's wake-up is async-signal-safe (conc_sem_release
  * and conc_event_set are, as sem_post is).  See "signal safety" below.
  *
  * Deadlocks: the loop ends the main coroutine's wait with -EDEADLK only
@@ -82,7 +82,7 @@ static struct bucket {
     conc_greenlet *head, *tail;     /* oldest first: wake-ups are FIFO */
 } table[BUCKETS];
 
-uint32_t conc__hub_parked;      /* waiters linked in the table, process-wide */
+static uint32_t table_parked;   /* waiters linked in the table, process-wide */
 static int hub_ever;            /* a hub was made: the fork handler has work */
 
 static inline struct bucket *bucket_of(const uint32_t *word)
@@ -95,12 +95,8 @@ static inline struct bucket *bucket_of(const uint32_t *word)
 /* A bucket's lock: a futex lock of three states (as glibc's), made of
  * atomics and system calls only, so that a signal handler may take it
  * (never in a thread that holds one: see "signal safety"). */
-static void bucket_lock(struct bucket *b)
+static void __attribute__((noinline)) bucket_lock_slow(struct bucket *b, uint32_t c)
 {
-    uint32_t c = 0;
-    if (likely(__atomic_compare_exchange_n(&b->lock, &c, 1, false, __ATOMIC_ACQUIRE,
-                                           __ATOMIC_RELAXED)))
-        return;
     if (c != 2)
         c = __atomic_exchange_n(&b->lock, 2, __ATOMIC_ACQUIRE);
     while (c != 0) {
@@ -109,13 +105,22 @@ static void bucket_lock(struct bucket *b)
     }
 }
 
-static void bucket_unlock(struct bucket *b)
+static inline void bucket_lock(struct bucket *b)
 {
-    if (__atomic_exchange_n(&b->lock, 0, __ATOMIC_RELEASE) == 2)
+    uint32_t c = 0;
+    if (likely(__atomic_compare_exchange_n(&b->lock, &c, 1, false, __ATOMIC_ACQUIRE,
+                                           __ATOMIC_RELAXED)))
+        return;
+    bucket_lock_slow(b, c);
+}
+
+static inline void bucket_unlock(struct bucket *b)
+{
+    if (unlikely(__atomic_exchange_n(&b->lock, 0, __ATOMIC_RELEASE) == 2))
         conc__futex_wake(&b->lock, 1, 1);
 }
 
-static void bucket_unlink(struct bucket *b, conc_greenlet *g)
+static inline void bucket_unlink(struct bucket *b, conc_greenlet *g)
 {
     if (g->wprev)
         g->wprev->wnext = g->wnext;
@@ -127,7 +132,7 @@ static void bucket_unlink(struct bucket *b, conc_greenlet *g)
         b->tail = g->wprev;
     g->wprev = g->wnext = NULL;
     st_relaxed(&g->in_table, 0);
-    __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&table_parked, 1, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------ readiness */
@@ -426,10 +431,10 @@ static void defer(uint32_t *word, int n)
     }
 }
 
-/* conc__wake's second half: wake up to n coroutines parked on word. */
+/* Wakes up to n coroutines parked on word (hub_internal.h). */
 int conc__hub_wake(uint32_t *word, int n)
 {
-    int saved = errno;
+    int *err = &errno, saved = *err;
     int k = 0;
     if (__atomic_load_n(&tls_busy, __ATOMIC_RELAXED)) {
         defer(word, n);         /* a handler: the thread will wake them */
@@ -438,8 +443,18 @@ int conc__hub_wake(uint32_t *word, int n)
         k = hub_wake(word, n);
         busy_leave();
     }
-    errno = saved;
+    *err = saved;
     return k;
+}
+
+/* conc__wake's second half (the hub's wake backend, src/sys/wait.h).
+ * Called after the waker's fence: a count of 0 read here means no
+ * coroutine can be parked on the word (see "No lost wake-up" above). */
+static int hub_backend_wake(uint32_t *word, int n)
+{
+    if (likely(__atomic_load_n(&table_parked, __ATOMIC_RELAXED) == 0))
+        return 0;
+    return conc__hub_wake(word, n);
 }
 
 /* ------------------------------------------------------------ greenlets */
@@ -488,18 +503,22 @@ static void gl_finish(struct hub *h, conc_greenlet *g)
         h->all = g->anext;
     if (g->anext)
         g->anext->aprev = g->aprev;
-    /* Wake joiners only when one announced itself: most greenlets finish
-     * before anybody joins them, and a wake is a system call.  (See GL_DONE
-     * for why no fence is needed between the store and the read.) */
+    /* Wake joiners from outside only when one counted itself: most
+     * greenlets finish before anybody joins them.  (See GL_DONE for why no
+     * fence is needed between the store and the read.) */
     __atomic_store_n(&g->done, GL_DONE, __ATOMIC_RELEASE);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);   /* the store, then the read */
-    uint32_t waiters = __atomic_load_n(&barrier_state, __ATOMIC_RELAXED) == 1
-                           ? __atomic_load_n(&g->waiters, __ATOMIC_RELAXED)
-                           : __atomic_fetch_add(&g->waiters, 0, __ATOMIC_SEQ_CST);
-    if (waiters & (GL_WAITED | GL_WAITED_CORO))
-        hub_wake(&g->done, INT_MAX);
-    if (waiters & GL_WAITED)    /* else no thread sleeps: no system call */
-        conc__futex_wake(&g->done, INT_MAX, 1);
+    if (__atomic_load_n(&barrier_state, __ATOMIC_RELAXED) != 1)
+        conc__full_fence();
+    if (unlikely((uint32_t)__atomic_load_n(&g->joined.word, __ATOMIC_RELAXED) != 0)) {
+        /* Not busy for the wake-up: the hub's wake half would take this
+         * thread for a signal handler and defer it.  The bookkeeping is
+         * whole here (see "signal safety"). */
+        uint32_t busy = __atomic_load_n(&tls_busy, __ATOMIC_RELAXED);
+        busy_set(0);
+        conc__park_wake(&g->joined, INT_MAX, 0);
+        busy_set(busy);
+    }
     if (g->joiners) {           /* coroutines of this hub, first come first */
         conc_greenlet *j = g->joiners, *fifo = NULL;
         g->joiners = NULL;
@@ -728,12 +747,12 @@ static inline int hub_wait_busy(struct hub *h, conc_greenlet *g, uint32_t *word,
         if (deadline <= now)
             return __atomic_load_n(word, __ATOMIC_ACQUIRE) != expect ? -EAGAIN : -ETIMEDOUT;
     }
-    __atomic_add_fetch(&conc__hub_parked, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&table_parked, 1, __ATOMIC_SEQ_CST);
     struct bucket *b = bucket_of(word);
     bucket_lock(b);
     if (__atomic_load_n(word, __ATOMIC_SEQ_CST) != expect) {
         bucket_unlock(b);
-        __atomic_sub_fetch(&conc__hub_parked, 1, __ATOMIC_RELAXED);
+        __atomic_sub_fetch(&table_parked, 1, __ATOMIC_RELAXED);
         return -EAGAIN;
     }
     g->word = word;
@@ -939,6 +958,8 @@ static int hub_wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
     return ready != 0 ? ready : r;      /* 0: a spurious wake-up, re-check */
 }
 
+static const struct conc__wake_backend hub_wake_backend = { .wake = hub_backend_wake };
+
 static const struct conc__wait_ops hub_ops = {
     .wait = hub_wait,
     .sleep_until = hub_sleep_until,
@@ -964,7 +985,7 @@ static void hub_atfork_child(void)
         table[i].lock = 0;
         table[i].head = table[i].tail = NULL;
     }
-    conc__hub_parked = 0;
+    table_parked = 0;
 }
 
 /* The fork handler only resets memory: it never parks, waits or takes a
@@ -1029,6 +1050,9 @@ static struct hub *hub_get(void)
     h->main.state = G_RUNNING;
     h->current = conc_coro_current() == main ? &h->main : NULL;
     __atomic_store_n(&hub_ever, 1, __ATOMIC_RELAXED);
+    /* Before any coroutine of this hub can park (see conc__wake). */
+    if (!conc__wake_backend())
+        conc__wake_backend_register(&hub_wake_backend);
     tls_hub = h;
     conc__wait_ops = &hub_ops;
     return h;
@@ -1104,7 +1128,7 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
     g->deadline = 0;
     g->tprev = g->tnext = NULL;
     g->joiners = NULL;
-    g->waiters = 0;
+    g->joined.word = 0;
     g->jnext = NULL;
     g->jpprev = NULL;
     g->word = NULL;
@@ -1175,23 +1199,23 @@ static inline __attribute__((always_inline)) int join_until(conc_greenlet *g, in
         if (self)
             return join_here(me, self, g, deadline);
     }
+    /* From outside g's hub: park on g's spot (see GL_DONE). */
     for (;;) {
-        uint32_t v = __atomic_load_n(&g->done, __ATOMIC_ACQUIRE);
-        if (v & GL_DONE)
+        if (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE)
             return 0;
         struct hub *h = tls_hub;
         if (h && g->hub == h && gl_self(h) == g)
             return -EDEADLK;
-        uint32_t bit = conc__wait_ops ? GL_WAITED_CORO : GL_WAITED;
-        if (!(__atomic_load_n(&g->waiters, __ATOMIC_ACQUIRE) & bit)) {
-            __atomic_fetch_or(&g->waiters, bit, __ATOMIC_SEQ_CST);
-            if (__atomic_load_n(&barrier_state, __ATOMIC_ACQUIRE) == 1
-                && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
-                __atomic_store_n(&barrier_state, -1, __ATOMIC_SEQ_CST);   /* fence */
-            continue;           /* look again before sleeping */
+        uint32_t key = conc__park_prepare(&g->joined);
+        if (__atomic_load_n(&barrier_state, __ATOMIC_ACQUIRE) == 1
+            && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+            __atomic_store_n(&barrier_state, -1, __ATOMIC_SEQ_CST);   /* fence */
+        if (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE) {
+            conc__park_cancel(&g->joined, key);
+            return 0;
         }
-        int r = conc__wait(&g->done, v, deadline, 0);
-        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK)
+        int r = conc__park_wait(&g->joined, key, deadline, 0, 0);
+        if (r < 0)
             return (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE) & GL_DONE) ? 0 : r;
     }
 }

@@ -12,6 +12,7 @@
 
 #include "conc/hub.h"
 #include "internal.h"
+#include "sys/park.h"
 
 enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
 enum { W_NONE, W_WORD, W_FD, W_SLEEP };
@@ -23,21 +24,19 @@ enum { W_JOIN = 16 };           /* in conc_greenlet_join, for a greenlet of its 
 
 struct hub;
 
-/* A greenlet's `done` word is 0, then GL_DONE once finished; its `waiters`
- * word says who may wait on `done`: a plain thread sleeping in the kernel,
- * a coroutine parked by another hub.  (Coroutines of its own hub wait in
- * its list of joiners.)
+/* A greenlet's `done` word is 0, then GL_DONE once finished.  Whoever waits
+ * for it from outside its hub (a plain thread, a coroutine of another hub)
+ * parks on its spot `joined` (sys/park.h); coroutines of its own hub wait
+ * in its list of joiners.
  *
  * No lost wake-up, and no locked instruction when a greenlet finishes: the
- * finisher stores DONE then reads `waiters`; a waiter sets its bit in
- * `waiters`, then makes every thread of the process execute a full barrier
- * (membarrier), then reads `done` before it sleeps.  Either the finisher's
- * store is visible to the waiter, or the finisher's read comes after the
- * barrier and sees the bit.  Without membarrier (old kernels), the finisher
- * puts a full fence between its store and its read. */
+ * finisher stores DONE then reads the spot's count; a waiter counts itself
+ * on the spot, then makes every thread of the process execute a full
+ * barrier (membarrier), then reads `done` before it sleeps.  Either the
+ * finisher's store is visible to the waiter, or the finisher's read comes
+ * after the barrier and sees the count.  Without membarrier (old kernels),
+ * the finisher puts a full fence between its store and its read. */
 #define GL_DONE        1u
-#define GL_WAITED      2u
-#define GL_WAITED_CORO 4u
 
 /* A spawned greenlet's record lives at the top of its coroutine's stack;
  * conc_greenlet_spawn sets every field (a new field needs a line there). */
@@ -49,8 +48,7 @@ struct conc_greenlet {
     conc_greenlet_fn fn;
     void *arg;
     void *result;
-    uint32_t done;              /* futex word: DONE once finished, WAITED
-                                   while somebody may wait for it */
+    uint32_t done;              /* DONE once finished */
     uint32_t refs;              /* handle + running */
     uint8_t state;              /* G_*, owner thread only */
     uint8_t wait_kind;          /* W_* while PARKED */
@@ -66,7 +64,7 @@ struct conc_greenlet {
     size_t heap_idx;            /* or IN_LIST */
     struct conc_greenlet *tprev, *tnext;    /* the hub's timer list */
     struct conc_greenlet *joiners;          /* parked in conc_greenlet_join on it */
-    uint32_t waiters;                       /* GL_WAITED* bits */
+    struct conc__park joined;               /* joiners from outside the hub */
     struct conc_greenlet *jnext, **jpprev;  /* W_JOIN: in the target's joiners */
     uint32_t *word;             /* W_WORD; W_JOIN: the target's done word */
     struct conc_greenlet *wprev, *wnext;    /* bucket chain */
@@ -106,6 +104,13 @@ struct hub {
     conc_greenlet *all;         /* live spawned greenlets */
 };
 
+/* conc__hub_wake - wakes up to n coroutines parked on word, whatever the
+ * count of parked ones (conc__wake's hub half reads it first).
+ * Async-signal-safe, keeps errno: called in a signal handler that
+ * interrupted its thread inside a hub's bookkeeping, it leaves the wake-up
+ * to that thread and returns 0.  Returns how many were woken. */
+CONC_HIDDEN int conc__hub_wake(uint32_t *word, int n);
+
 /* ------------------------------------------------------------- timers */
 
 /* conc__hub_heap_reserve - room for need timers (see src/hub_timers.c).
@@ -115,8 +120,15 @@ CONC_HIDDEN int conc__hub_heap_reserve(struct hub *h, size_t need);
 /* conc__hub_timer_arm - arm g's timer: at deadline its wait returns rc. */
 CONC_HIDDEN void conc__hub_timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int rc);
 
-/* conc__hub_timer_cancel - disarm g's timer, if armed. */
-CONC_HIDDEN void conc__hub_timer_cancel(struct hub *h, conc_greenlet *g);
+/* conc__hub_timer_remove - disarm g's timer, which is armed. */
+CONC_HIDDEN void conc__hub_timer_remove(struct hub *h, conc_greenlet *g);
+
+/* Disarms g's timer, if armed (most waits have none: no call). */
+static inline void conc__hub_timer_cancel(struct hub *h, conc_greenlet *g)
+{
+    if (g->heap_idx != NO_INDEX)
+        conc__hub_timer_remove(h, g);
+}
 
 /* The armed timer with the earliest deadline, or NULL. */
 static inline conc_greenlet *timer_first(const struct hub *h)

@@ -88,11 +88,9 @@ void conc__hub_timer_arm(struct hub *h, conc_greenlet *g, int64_t deadline, int 
     heap_up(h, h->nheap - 1);
 }
 
-void conc__hub_timer_cancel(struct hub *h, conc_greenlet *g)
+void conc__hub_timer_remove(struct hub *h, conc_greenlet *g)
 {
     size_t i = g->heap_idx;
-    if (i == NO_INDEX)
-        return;
     g->heap_idx = NO_INDEX;
     if (i == IN_LIST) {
         if (g->tprev)

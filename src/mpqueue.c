@@ -21,12 +21,14 @@
  * takes plock and is told the holder died rolls them forward from the
  * record at tail (repair_producers).  Consumers have nothing to repair.
  *
- * Sleeping: a consumer that found no message sets `getters` and sleeps on
- * the futex word `data_seq`; a producer that published checks `getters`
- * (after a full fence, against the consumer's fence before its last check)
- * and bumps data_seq and wakes them all.  Likewise `putters`/`space_seq`
- * and `joiners`/`join_seq`.  The flags are cleared by the waker, so a waiter
- * that dies costs one extra wake-up, never a hang.
+ * Sleeping: a consumer that found no message parks on the spot `getters`
+ * (sys/park.h): it counts itself, fences, checks again and sleeps; a
+ * producer that published fences and, when the count is not 0, claims and
+ * wakes every sleeper (see wait_for for the lost-wake-up argument).
+ * Likewise `putters` and `joiners`.  A wake-up claims every sleeper, so a
+ * waiter that dies counted costs one extra wake-up; one that dies claimed
+ * takes nothing from the others (they all were woken), and a shared sleep
+ * ends after a slice anyway.
  *
  * Nothing read from the shared mapping is trusted: another process may be
  * broken or hostile and write anything there.  The settings (capacity,
@@ -56,10 +58,11 @@
 #include "internal.h"
 #include "mpqueue.h"
 #include "sys/memfd.h"
+#include "sys/park.h"
 #include "sys/wait.h"
 
 #define MPQ_MAGIC 0x31515057434e4f43ull     /* "CONCWPQ1" */
-#define MPQ_VERSION 1u
+#define MPQ_VERSION 2u
 #define HDR 16u
 #define CAP_MIN ((size_t)4096)
 
@@ -102,8 +105,7 @@ struct mpq_shared {
     SIDE conc_lock clock;
     uint64_t head;
     /* Sleepers' flags (read after every message) and words. */
-    SIDE uint32_t getters, putters, joiners;
-    SIDE uint32_t data_seq, space_seq, join_seq;
+    SIDE struct conc__park getters, putters, joiners;
     SIDE uint64_t done; /* task_done calls */
 };
 
@@ -253,48 +255,43 @@ static bool can_put(conc_mpqueue *q)
 
 /* ------------------------------------------------------------- sleeping */
 
-static void wake_flagged(uint32_t *flag, uint32_t *seq)
+/* After a change that may let p's sleepers go on: wakes them all. */
+static void wake_parked(struct conc__park *p)
 {
     conc__full_fence();
-    if (unlikely(ld_relaxed(flag)) && __atomic_exchange_n(flag, 0, __ATOMIC_ACQ_REL)) {
-        __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
-        conc__wake(seq, INT_MAX, CONC__WAIT_SHARED);
-    }
+    conc__park_wake(p, INT_MAX, CONC__WAIT_SHARED);
 }
 
 /*
- * Waits until ready(q) may hold: spins a little when that can help, then
- * sleeps on seq with the flag set.  Returns 0 to re-check, -EAGAIN for a
- * poll, -ETIMEDOUT, -ECANCELED.
+ * Waits until ready(q) may hold: spins a little when that can help
+ * (watching the queue itself: a waker finds nobody counted and makes no
+ * call), then parks on p.  Returns 0 to re-check, -EAGAIN for a poll,
+ * -ETIMEDOUT, -ECANCELED.
+ *
+ * No lost wake-up: the waiter counts itself (a seq_cst read-modify-write)
+ * and fences before its last look at the queue; a waker changes the queue,
+ * fences (wake_parked) and reads the count.  Either the look sees the
+ * change, or the waker sees the count and wakes.
  */
 static int wait_for(conc_mpqueue *q, bool (*ready)(conc_mpqueue *, uint64_t), uint64_t arg,
-                    uint32_t *flag, uint32_t *seq, int64_t deadline, bool poll)
+                    struct conc__park *p, int64_t deadline, bool poll)
 {
     if (poll)
         return -EAGAIN;
-    if (conc__may_spin()) {
-        int64_t end = conc_now() + CONC__SPIN_NS;
-        if (end > deadline)
-            end = deadline;
-        for (unsigned i = 1;; i++) {
-            conc__spin_pause();
+    struct conc__spin s;
+    if (conc__spin_begin(&s, deadline)) {
+        while (conc__spin_step(&s, 1))
             if (ready(q, arg))
                 return 0;
-            if ((i & 63) == 0) {
-                if (conc_now() >= end)
-                    break;
-                if (i > 1024)
-                    sched_yield();
-            }
-        }
     }
-    uint32_t s = ld_acquire(seq);
-    __atomic_store_n(flag, 1, __ATOMIC_SEQ_CST);
+    uint32_t key = conc__park_prepare(p);
     conc__full_fence();
-    if (ready(q, arg))
+    if (ready(q, arg)) {
+        conc__park_cancel(p, key);
         return 0;
-    int r = conc__wait(seq, s, deadline, CONC__WAIT_SHARED);
-    return r == -EAGAIN ? 0 : r;
+    }
+    int r = conc__park_wait(p, key, deadline, CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
+    return r > 0 ? 0 : r;
 }
 
 /* ------------------------------------------------------------ producers */
@@ -414,7 +411,7 @@ static int put_impl(conc_mpqueue *q, const void *data, size_t len, int64_t deadl
         if (f < 0)
             return f;
         sig_reset(q, &sh->sig_out, q->efd_out, can_put);
-        r = wait_for(q, put_ready, rs, &sh->putters, &sh->space_seq, deadline, poll);
+        r = wait_for(q, put_ready, rs, &sh->putters, deadline, poll);
         if (r)
             return r;
     }
@@ -430,7 +427,7 @@ static int put_impl(conc_mpqueue *q, const void *data, size_t len, int64_t deadl
     st_release(&sh->puts, puts + 1);
     st_release(&sh->tail, tail + rs);
     conc_lock_release(&sh->plock);
-    wake_flagged(&sh->getters, &sh->data_seq);
+    wake_parked(&sh->getters);
     sig_raise(&sh->sig_in, q->efd_in);
     return 0;
 }
@@ -511,7 +508,7 @@ static ssize_t get_impl(conc_mpqueue *q, void *buf, size_t cap, void **out, int6
             conc_lock_release(&sh->clock);
             if (q->kind == CONC_MPQUEUE_JOINABLE)
                 cover_seq(sh, seq);
-            wake_flagged(&sh->putters, &sh->space_seq);
+            wake_parked(&sh->putters);
             sig_raise(&sh->sig_out, q->efd_out);
             if (out)
                 *out = dst;
@@ -521,7 +518,7 @@ static ssize_t get_impl(conc_mpqueue *q, void *buf, size_t cap, void **out, int6
         if (sd)
             return -EPIPE;
         sig_reset(q, &sh->sig_in, q->efd_in, can_get);
-        r = wait_for(q, get_ready, 0, &sh->getters, &sh->data_seq, deadline, poll);
+        r = wait_for(q, get_ready, 0, &sh->getters, deadline, poll);
         if (r)
             return r;
     }
@@ -662,7 +659,7 @@ int conc_mpqueue_task_done(conc_mpqueue *q)
                                         __ATOMIC_ACQUIRE))
             break;
     }
-    wake_flagged(&sh->joiners, &sh->join_seq);
+    wake_parked(&sh->joiners);
     return 0;
 }
 
@@ -686,7 +683,7 @@ static int join_impl(conc_mpqueue *q, int64_t deadline, bool poll)
     if (!q || q->kind != CONC_MPQUEUE_JOINABLE)
         return -EINVAL;
     while (!all_done(q, 0)) {
-        int r = wait_for(q, all_done, 0, &q->sh->joiners, &q->sh->join_seq, deadline, poll);
+        int r = wait_for(q, all_done, 0, &q->sh->joiners, deadline, poll);
         if (r)
             return r;
     }
@@ -708,13 +705,6 @@ int conc_mpqueue_join_until(conc_mpqueue *q, int64_t deadline)
 }
 
 /* ------------------------------------------------------------ shutdown */
-
-static void wake_all(uint32_t *flag, uint32_t *seq)
-{
-    __atomic_store_n(flag, 0, __ATOMIC_SEQ_CST);
-    __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
-    conc__wake(seq, INT_MAX, CONC__WAIT_SHARED);
-}
 
 int conc_mpqueue_shutdown(conc_mpqueue *q, bool immediate)
 {
@@ -744,9 +734,9 @@ int conc_mpqueue_shutdown(conc_mpqueue *q, bool immediate)
     }
     conc_lock_release(&sh->clock);
     conc_lock_release(&sh->plock);
-    wake_all(&sh->getters, &sh->data_seq);
-    wake_all(&sh->putters, &sh->space_seq);
-    wake_all(&sh->joiners, &sh->join_seq);
+    wake_parked(&sh->getters);
+    wake_parked(&sh->putters);
+    wake_parked(&sh->joiners);
     sig_raise(&sh->sig_in, q->efd_in);
     sig_raise(&sh->sig_out, q->efd_out);
     return 0;

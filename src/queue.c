@@ -36,6 +36,7 @@
 #include "internal.h"
 #include "queue_fifo.h"
 #include "ring.h"
+#include "sys/park.h"
 #include "sys/wait.h"
 
 #define DEFAULT_CAP 16u
@@ -85,26 +86,17 @@ static inline void qunlock(conc_queue *q);
  */
 static bool spin_unlocked(conc_queue *q, conc_cond *cond, struct conc__limit *l)
 {
-    if (l->spun || cond == &q->all_done || !conc__may_spin())
+    struct conc__spin s;
+    if (l->spun || cond == &q->all_done || !conc__spin_begin(&s, l->deadline))
         return false;
     l->spun = true;
     bool want_items = cond == &q->not_empty;
     const size_t *count = q->kind == CONC_QUEUE_PRIORITY ? &q->hcount : &q->ring.count;
-    int64_t end = conc_now() + CONC__SPIN_NS;
-    if (end > l->deadline)
-        end = l->deadline;
     qunlock(q);
-    for (unsigned i = 1;; i++) {
-        conc__spin_pause();
+    while (conc__spin_step(&s, 1)) {
         size_t n = ld_relaxed(count);
         if ((want_items ? n > 0 : n < q->maxsize) || ld_relaxed(&q->shutdown))
             break;
-        if ((i & 63) == 0) {
-            if (conc_now() >= end)
-                break;
-            if (i > 1024)
-                sched_yield();
-        }
     }
     (void)qlock(q);     /* a plain thread: waits for ever, never fails */
     return true;

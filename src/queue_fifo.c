@@ -11,13 +11,13 @@
  * the ring full grows it, holding both locks (plock first), so buf and mask
  * never change under either side.
  *
- * Sleeping: a getter that found nothing counts itself in `getters` and
- * sleeps on the word `data_seq` (after a full fence it re-checks first); a
- * putter that published checks `getters` after a fence and, when someone
- * sleeps, bumps data_seq and wakes one.  A sleeper that leaves without an
- * item (timeout, kill) while items wait passes the wake-up on.  Putters of
- * a bounded queue and joiners do the same with their own counts and words.
- * All of it goes through conc's wait primitive, so coroutines park.
+ * Sleeping: a getter that found nothing parks on the spot `getters`
+ * (sys/park.h: it counts itself, re-checks, spins, sleeps); a putter that
+ * published claims and wakes one sleeper when one is counted (wait_on has
+ * the lost-wake-up argument).  A sleeper that leaves without an item
+ * (timeout, kill) while items wait passes the wake-up on.  Putters of a
+ * bounded queue and joiners do the same on their own spots.  All of it goes
+ * through conc's wait primitive, so coroutines park.
  */
 #include <errno.h>
 #include <limits.h>
@@ -29,6 +29,7 @@
 #include <unistd.h>
 #include "conc/sync.h"
 #include "queue_fifo.h"
+#include "sys/park.h"
 #include "sys/wait.h"
 
 #define SIDE _Alignas(128)
@@ -37,31 +38,13 @@
 #define SPIN_LOOK_MIN_NS 125u
 #define SPIN_LOOK_MAX_NS 4000u
 
-/* A side's sleepers: one 64-bit word holds their count (low half) and the
- * futex word they sleep on (high half), so that a waker takes one off the
- * count and bumps the futex word in one step, and a sleeper counts itself
- * and learns the word's value in one step (see wake and wait_on).  The
- * union names the two halves as the uint32_t objects they are, so the futex
- * calls (and a hub's 32-bit load of the futex word) reach a real uint32_t
- * rather than a uint64_t through a punned pointer. */
+/* A side's sleepers: their parking spot (sys/park.h), and the side's
+ * spinning heuristic. */
 struct waiters {
-    union {
-        uint64_t word;      /* every read-modify-write goes through this */
-        struct {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            uint32_t count, futex;
-#else
-            uint32_t futex, count;
-#endif
-        } half;
-    };
+    struct conc__park park;
     uint32_t look_ns;       /* how often a spinning waiter looks (adapted) */
     size_t last_pos;        /* the side's position at the last wait */
 };
-
-_Static_assert(sizeof(((struct waiters *)0)->half) == sizeof(uint64_t) &&
-               offsetof(struct waiters, half) == offsetof(struct waiters, word),
-               "the halves overlay the whole word exactly");
 
 struct conc__fifo {
     /* Read-only after creation. */
@@ -113,65 +96,14 @@ static inline size_t count_of(const struct conc__fifo *f)
 
 /* ------------------------------------------------------------ waiting */
 
-#define W_ONE ((uint64_t)1)
-#define W_SEQ ((uint64_t)1 << 32)
-
-static inline uint32_t w_count(uint64_t v)
-{
-    return (uint32_t)v;
-}
-
-static inline uint32_t w_seq(uint64_t v)
-{
-    return (uint32_t)(v >> 32);
-}
-
-/* The futex word: the high half of w->word. */
-static inline uint32_t *w_futex(struct waiters *w)
-{
-    return &w->half.futex;
-}
-
-static inline uint32_t w_load_seq(struct waiters *w)
-{
-    return w_seq(__atomic_load_n(&w->word, __ATOMIC_ACQUIRE));
-}
-
 /*
- * Wakes one sleeper of w (n == 1) or all of them.  A waker claims the
- * sleeper it wakes by taking it off the count (and bumping the futex word,
- * in the same step), so that while the woken one is on its way (a wake-up
- * takes microseconds) later wakers do not call the kernel again for it.
- * The change that may let sleepers go on was a seq_cst store (or
- * read-modify-write) and the word is read seq_cst: with the sleeper's
- * seq_cst count-then-check (wait_on), one of the two sees the other.
+ * Wakes one sleeper of w (n == 1) or all of them: the parking layer's
+ * claim (sys/park.h).  The change that may let sleepers go on was a
+ * seq_cst store (or read-modify-write).
  */
-static void wake(struct waiters *w, int n)
+static inline void wake(struct waiters *w, int n)
 {
-    uint64_t v = __atomic_load_n(&w->word, __ATOMIC_SEQ_CST), next;
-    do {
-        if (likely(w_count(v) == 0))
-            return;
-        next = n == 1 ? v - W_ONE + W_SEQ : (v & ~(W_SEQ - 1)) + W_SEQ;
-    } while (!__atomic_compare_exchange_n(&w->word, &v, next, false, __ATOMIC_SEQ_CST,
-                                          __ATOMIC_SEQ_CST));
-    conc__wake(w_futex(w), n, 0);
-}
-
-/*
- * A sleeper that registered when the futex word was s and leaves: when the
- * word still reads s, nobody claimed anybody since, and it takes itself off
- * the count (in the same step as that check).  When the word moved, a waker
- * claimed a sleeper since; it counts that claim as its own, which at worst
- * leaves the count one too high (a later waker wakes nobody), never too low
- * (a sleeper nobody would wake).
- */
-static void unclaim(struct waiters *w, uint32_t s)
-{
-    uint64_t v = __atomic_load_n(&w->word, __ATOMIC_RELAXED);
-    while (w_seq(v) == s && !__atomic_compare_exchange_n(&w->word, &v, v - W_ONE, false,
-                                                         __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
-        ;
+    conc__park_wake(&w->park, n, 0);
 }
 
 static bool can_get(struct conc__fifo *f)
@@ -203,60 +135,38 @@ static int wait_on(struct conc__fifo *f, struct waiters *w, bool (*ready)(struct
         return -EAGAIN;
     if (conc__limit_resolve(l))
         return -EINVAL;
-    uint32_t s = w_seq(__atomic_fetch_add(&w->word, W_ONE, __ATOMIC_SEQ_CST));
-    int r = 0;
-    bool claimed = false;
-    if (!ready(f)) {
-        /* Counted as a sleeper, first spin (a plain thread with other CPUs
-         * to run the peer) watching only the word a waker bumps: the other
-         * side's lines stay where they are, and a waker finds no thread in
-         * the kernel and makes no system call (conc__wake). */
-        if (!l->spun && conc__may_spin()) {
-            /* How often to look adapts to the traffic.  When this side
-             * moved by one item since its last wait, the other side hands
-             * items over one at a time (a ping-pong): look often, latency is
-             * all.  When it moved by more, items come in a stream: look
-             * seldom, so that a batch gathers instead of each item paying
-             * the hand-over.  (A heuristic shared by the side's waiters.) */
-            l->spun = true;
-            size_t moved = pos - ld_relaxed(&w->last_pos);
-            st_relaxed(&w->last_pos, pos);
-            uint32_t every = ld_relaxed(&w->look_ns);
-            if (moved <= 1)
-                every = every / 2 < SPIN_LOOK_MIN_NS ? SPIN_LOOK_MIN_NS : every / 2;
-            else
-                every = every * 2 > SPIN_LOOK_MAX_NS ? SPIN_LOOK_MAX_NS : every * 2;
-            st_relaxed(&w->look_ns, every);
-            int64_t now = conc_now(), end = now + CONC__SPIN_NS, look = now + every;
-            if (end > l->deadline)
-                end = l->deadline;
-            for (unsigned i = 1;; i++) {
-                conc__spin_pause();
-                if ((i & 7) != 0)
-                    continue;
-                now = conc_now();
-                if (now < look)
-                    continue;
-                if (w_load_seq(w) != s || now >= end)
-                    break;
-                look = now + every;
-                if (i > 4096)
-                    sched_yield();
-            }
-        }
-        if (w_load_seq(w) == s) {
-            r = conc__wait(w_futex(w), s, l->deadline, 0);
-            if (r == -EAGAIN)
-                r = 0;
-        }
-        claimed = w_load_seq(w) != s;
+    /* No lost wake-up: counted (seq_cst) before ready() looks (seq_cst),
+     * against a change (seq_cst) before the waker's look at the count. */
+    uint32_t key = conc__park_prepare(&w->park);
+    if (ready(f)) {
+        conc__park_cancel(&w->park, key);
+        return 0;
     }
-    if (!claimed)
-        unclaim(w, s);
+    unsigned flags = CONC__PARK_NOSPIN;
+    uint32_t every = 0;
+    if (!l->spun && conc__may_spin()) {
+        /* How often a spinning waiter looks adapts to the traffic.  When
+         * this side moved by one item since its last wait, the other side
+         * hands items over one at a time (a ping-pong): look often, latency
+         * is all.  When it moved by more, items come in a stream: look
+         * seldom, so that a batch gathers instead of each item paying the
+         * hand-over.  (A heuristic shared by the side's waiters.) */
+        l->spun = true;
+        flags = 0;
+        size_t moved = pos - ld_relaxed(&w->last_pos);
+        st_relaxed(&w->last_pos, pos);
+        every = ld_relaxed(&w->look_ns);
+        if (moved <= 1)
+            every = every / 2 < SPIN_LOOK_MIN_NS ? SPIN_LOOK_MIN_NS : every / 2;
+        else
+            every = every * 2 > SPIN_LOOK_MAX_NS ? SPIN_LOOK_MAX_NS : every * 2;
+        st_relaxed(&w->look_ns, every);
+    }
+    int r = conc__park_wait(&w->park, key, l->deadline, flags, every);
     /* Leaving for good: a wake-up meant for us goes to another sleeper. */
     if (r < 0 && ready(f))
         wake(w, 1);
-    return r;
+    return r < 0 ? r : 0;
 }
 
 /* ------------------------------------------------------------ readiness */

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include "conc/sync.h"
 #include "internal.h"
+#include "sys/park.h"
 #include "sys/robust.h"
 #include "sys/wait.h"
 
@@ -30,11 +31,8 @@
 #define EV_GEN     0x4u
 #define EV_GEN_MASK (~(EV_SET | EV_WAITERS))
 
-/* Lock contenders: pauses spent spinning before sleeping, and the longest
- * single backoff. */
-#ifndef SPIN_LOCK_PAUSES
-#define SPIN_LOCK_PAUSES 8000
-#endif
+/* Lock contenders: the longest single backoff, in pauses (the spin's
+ * length is the parking layer's policy, sys/park.h). */
 #ifndef SPIN_LOCK_MAX_BACKOFF
 #define SPIN_LOCK_MAX_BACKOFF 2048
 #endif
@@ -131,11 +129,10 @@ static int lockword_acquire_slow(uint32_t *w, uint32_t flags, uint32_t me,
             return -EAGAIN;
         return lockword_take_free(w, v, me, false);
     }
-    if (conc__may_spin()) {
+    struct conc__spin sp;
+    if (conc__spin_begin(&sp, deadline)) {
         unsigned backoff = 4;
-        for (unsigned spent = 0; spent < SPIN_LOCK_PAUSES; spent += backoff) {
-            for (unsigned i = 0; i < backoff; i++)
-                conc__spin_pause();
+        while (conc__spin_step(&sp, backoff)) {
             v = ld_relaxed(w);
             if (v == 0) {
                 if (cas32(w, &v, me, __ATOMIC_ACQUIRE))
@@ -492,13 +489,28 @@ int conc_rlock_consistent(conc_rlock *lock)
 
 /* --------------------------------------------------------- Semaphore */
 
-/* Deaths (shared): release(n) wakes n sleepers; one killed before it takes
- * its unit leaves the unit in _value while another sleeper may sleep on 0.
- * No kernel mechanism reports that death, and waking every sleeper on each
- * release would cost every release a herd; the bounded shared sleep
- * (sys/wait.c) finds the unit within a second instead.  A waiter killed
- * while counted in _waiters leaves it counted: releases then make a wake-up
- * call that finds nobody, nothing worse. */
+/*
+ * Sleeping: the semaphore's waiters park on its spot (sys/park.h).  No lost
+ * wake-up: a waiter counts itself (conc__park_prepare) before it tries to
+ * take a unit, and a release adds its units with a seq_cst compare-and-swap
+ * before it reads the count (conc__park_wake): either the waiter's try
+ * finds the units, or the release finds the waiter counted and claims it.
+ * A claimed waiter that leaves without a unit (another took it first: it
+ * tries again; a timeout or a kill: it leaves) passes its wake-up on when
+ * units remain, so a release(n) never leaves a unit with a sleeper beside
+ * it.
+ *
+ * Deaths (shared): a waiter killed after its claim leaves its unit in
+ * _value while another may sleep on; the shared sleep ends after a slice
+ * (sys/park.c) and that one finds the unit.  A waiter killed while counted
+ * leaves the count one too high until a release claims it: one wake-up
+ * call that finds nobody, nothing worse.
+ */
+
+static inline struct conc__park *sem_park(conc_sem *sem)
+{
+    return (struct conc__park *)&sem->_park;
+}
 
 int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
 {
@@ -506,9 +518,10 @@ int conc_sem_init(conc_sem *sem, unsigned value, unsigned flags)
         value > CONC_SEM_VALUE_MAX)
         return -EINVAL;
     sem->_value = value;
-    sem->_waiters = 0;
     sem->_flags = flags;
     sem->_bound = (flags & CONC_SEM_BOUNDED) ? value : 0;
+    sem->_reserved0 = 0;
+    sem->_park = 0;
     memset(sem->_reserved, 0, sizeof sem->_reserved);
     return 0;
 }
@@ -529,26 +542,23 @@ static int sem_acquire(conc_sem *sem, int64_t deadline, bool poll)
         return 0;
     if (poll)
         return -EAGAIN;
-    if (deadline != 0 && conc__spin_while(&sem->_value, 0, deadline) != 0 &&
-        sem_trydown(sem))
-        return 0;
+    struct conc__park *p = sem_park(sem);
     unsigned wf = wflags(sem->_flags);
-    int r;
-    __atomic_fetch_add(&sem->_waiters, 1, __ATOMIC_SEQ_CST);
     for (;;) {
+        uint32_t key = conc__park_prepare(p);
         if (sem_trydown(sem)) {
-            r = 0;
-            break;
+            conc__park_cancel(p, key);
+            return 0;
         }
-        r = conc__wait(&sem->_value, 0, deadline, wf);
-        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK) {
-            if (sem_trydown(sem))
-                r = 0;
-            break;
+        int r = conc__park_wait(p, key, deadline, wf, 0);
+        if (sem_trydown(sem))
+            return 0;
+        if (r < 0) {
+            if (ld_relaxed(&sem->_value) > 0)
+                conc__park_wake(p, 1, wf);  /* ours goes to another */
+            return r;
         }
     }
-    __atomic_fetch_sub(&sem->_waiters, 1, __ATOMIC_SEQ_CST);
-    return r;
 }
 
 int conc_sem_acquire(conc_sem *sem, double timeout)
@@ -579,8 +589,7 @@ int conc_sem_release(conc_sem *sem, unsigned n)
         if (n > limit || v > limit - n)
             return -EOVERFLOW;
     } while (!cas32(&sem->_value, &v, v + n, __ATOMIC_SEQ_CST));
-    if (__atomic_load_n(&sem->_waiters, __ATOMIC_SEQ_CST))
-        conc__wake(&sem->_value, n > INT_MAX ? INT_MAX : (int)n, wflags(sem->_flags));
+    conc__park_wake(sem_park(sem), n > INT_MAX ? INT_MAX : (int)n, wflags(sem->_flags));
     return 0;
 }
 
@@ -686,10 +695,7 @@ int conc_event_wait_until(conc_event *ev, int64_t deadline)
 
 /* --------------------------------------------------------- Condition */
 
-/* _seq: bit 0 is set while a waiter may sleep in the kernel; every notify
- * adds CV_STEP. */
-#define CV_SLEEPERS 1u
-#define CV_STEP     2u
+/* _seq: every notify adds one. */
 #define CV_ONE_SIGNAL (UINT64_C(1) << 32)
 #define CV_WAITING(c) ((uint32_t)(c))
 #define CV_SIGNALS(c) ((uint32_t)((c) >> 32))
@@ -701,6 +707,7 @@ int conc_cond_init(conc_cond *cond, unsigned flags)
     cond->_seq = 0;
     cond->_flags = flags;
     cond->_counts = 0;
+    cond->_park = 0;
     memset(cond->_reserved, 0, sizeof cond->_reserved);
     return 0;
 }
@@ -746,6 +753,18 @@ struct cv_lock {
     bool recursive;
 };
 
+static inline struct conc__park *cond_park(conc_cond *cond)
+{
+    return (struct conc__park *)&cond->_park;
+}
+
+/* A pending wake-up the caller may take (the sequence moved since it
+ * started waiting at `start`), taken. */
+static inline bool cond_take(conc_cond *cond, uint32_t start)
+{
+    return __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST) != start && cond_consume(cond);
+}
+
 /*
  * The waiting protocol.  _counts holds how many threads wait without a
  * wake-up (low half) and how many wake-ups are pending (high half); notify
@@ -753,15 +772,25 @@ struct cv_lock {
  * only take a pending wake-up once _seq moved after it started waiting, so a
  * thread that starts waiting after a notify never takes the wake-up of one
  * that was already waiting.
+ *
+ * Sleeping: waiters park on the condition's spot (sys/park.h), counted
+ * there first under the lock.  No lost wake-up: a waiter counts itself on
+ * the spot (seq_cst) before it looks for a pending wake-up (seq_cst), and
+ * notify makes its wake-ups pending and bumps _seq (seq_cst) before it
+ * reads the spot's count: either the waiter finds the wake-up, or notify
+ * finds the waiter and claims it.  The waiters notify claims were counted
+ * before its bump, so they all started before it: each may take any of the
+ * pending wake-ups, and whichever wakes first takes one.
  */
 static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t deadline)
 {
     if (!lock_mine(lk->lock))
         return -EPERM;
+    struct conc__park *p = cond_park(cond);
     /* Under the lock: snapshot the sequence and count ourselves. */
-    uint32_t seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
-    const uint32_t start = seq & ~CV_SLEEPERS;
+    const uint32_t start = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
     __atomic_fetch_add(&cond->_counts, 1, __ATOMIC_SEQ_CST);
+    uint32_t key = conc__park_prepare(p);
     uint32_t depth = 0;
     if (lk->recursive) {
         depth = lk->lock->_count;
@@ -773,27 +802,25 @@ static int cond_wait_core(conc_cond *cond, const struct cv_lock *lk, int64_t dea
     int rc = 0;
     bool notified = false;
     for (;;) {
-        int r = 0;
-        if (deadline == 0 || conc__spin_while(&cond->_seq, seq, deadline) == seq) {
-            /* Announce a sleeper so that notify makes the system call. */
-            if ((seq & CV_SLEEPERS) ||
-                __atomic_compare_exchange_n(&cond->_seq, &seq, seq | CV_SLEEPERS, false,
-                                            __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-                r = conc__wait(&cond->_seq, seq | CV_SLEEPERS, deadline, wf);
-        }
-        seq = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST);
-        if ((seq & ~CV_SLEEPERS) != start && cond_consume(cond)) {
+        int r = conc__park_wait(p, key, deadline, wf, 0);
+        if (cond_take(cond, start)) {
             notified = true;
             break;
         }
-        if (r == -ETIMEDOUT || r == -ECANCELED || r == -EDEADLK) {
+        if (r < 0) {
             rc = r;
+            break;
+        }
+        key = conc__park_prepare(p);
+        if (cond_take(cond, start)) {
+            conc__park_cancel(p, key);
+            notified = true;
             break;
         }
     }
     int taken = lock_retake(lk->lock);
     if (!notified) {
-        bool eligible = (__atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST) & ~CV_SLEEPERS) != start;
+        bool eligible = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST) != start;
         notified = cond_withdraw(cond, eligible);
     }
     if (taken == -EDEADLK)
@@ -916,20 +943,13 @@ static int cond_notify(conc_cond *cond, uint32_t n)
     } while (!__atomic_compare_exchange_n(&cond->_counts, &c,
                                           c - k + (uint64_t)k * CV_ONE_SIGNAL, false,
                                           __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    /* Bump the sequence.  The sleepers bit stays while unsignalled waiters
-     * remain (some may sleep); when none remain it is cleared and every
-     * sleeper is woken, so nobody can sleep on a word without the bit. */
+    /* Bump the sequence, then claim and wake k sleepers; when no waiter
+     * is left without a wake-up, every sleeper (the spare ones look and
+     * sleep again). */
     bool drained = CV_WAITING(c) == k;
-    uint32_t old = __atomic_load_n(&cond->_seq, __ATOMIC_SEQ_CST), next;
-    do {
-        next = old + CV_STEP;
-        if (drained)
-            next &= ~CV_SLEEPERS;
-    } while (!__atomic_compare_exchange_n(&cond->_seq, &old, next, false,
-                                          __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    if (old & CV_SLEEPERS)
-        conc__wake(&cond->_seq, drained || k > INT_MAX ? INT_MAX : (int)k,
-                   wflags(cond->_flags));
+    __atomic_fetch_add(&cond->_seq, 1, __ATOMIC_SEQ_CST);
+    conc__park_wake(cond_park(cond), drained || k > INT_MAX ? INT_MAX : (int)k,
+                    wflags(cond->_flags));
     return (int)(k > INT_MAX ? INT_MAX : k);
 }
 

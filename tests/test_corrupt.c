@@ -31,7 +31,7 @@
 
 /* ============================================================ layout */
 
-/* The queue's shared header as src/mpqueue.c lays it out (version 1). */
+/* The queue's shared header as src/mpqueue.c lays it out (version 2). */
 #define MPQ_MAGIC UINT64_C(0x31515057434e4f43)
 #define SIDE _Alignas(128)
 struct mpq_layout {
@@ -52,8 +52,7 @@ struct mpq_layout {
     uint64_t hcache;
     SIDE conc_lock clock;
     uint64_t head;
-    SIDE uint32_t getters, putters, joiners;
-    SIDE uint32_t data_seq, space_seq, join_seq;
+    SIDE uint64_t getters, putters, joiners;   /* parking spots */
     SIDE uint64_t done;
 };
 
@@ -356,7 +355,7 @@ Test(corrupt, mpqueue_attach_bad_header, .timeout = 30)
     v.sh->maxsize = 3;
     cr_assert_eq(attach_dup(q, &a), -EINVAL, "SimpleQueue with a maxsize");
     *v.sh = saved;
-    v.sh->version = 2;
+    v.sh->version = saved.version + 1;
     cr_assert_eq(attach_dup(q, &a), -EINVAL, "version");
     *v.sh = saved;
     cr_assert_null(a);

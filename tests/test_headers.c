@@ -187,6 +187,8 @@ static const struct {
     { "conc/wait.h", { "conc_wait", "conc_wait_until", "conc_waitable", "conc_fd_wait" },
       { "conc_conn_pipe", "conc_queue_new", "conc_mpqueue_new", "conc_process_new",
         "conc_conn_poll" } },
+    { "conc/park.h", { "conc_park_set_spin", "conc_park_spin", "CONC_PARK_SPIN_DEFAULT" },
+      { "conc_lock_acquire", "conc_queue_new", "conc_wait" } },
     { "conc/coro.h", { "conc_coro_new", "conc_coro_switch", "conc_coro_set_overflow_report" },
       { "conc_greenlet_spawn", "conc_hub_run", "conc_cpool_new", "conc_fd_wait", "conc_greenlet" } },
     { "conc/hub.h", { "conc_greenlet_spawn", "conc_greenlet_join", "conc_hub_run", "conc_hub_dump" },

@@ -393,12 +393,29 @@ Test(robust, lock_waiter_woken_then_gone, .timeout = 300)
     munmap(s, sizeof *s);
 }
 
+/* A primitive's parking spot (src/sys/park.h): sleepers' count in the low
+ * half of a 64-bit word, the futex word they sleep on in the high half.
+ * Counts a sleeper, as conc__park_prepare does, and returns its futex word
+ * and the value to sleep on. */
+static uint32_t *park_count_sleeper(uint64_t *park, uint32_t *key)
+{
+    uint64_t v = __atomic_fetch_add(park, 1, __ATOMIC_SEQ_CST);
+    *key = (uint32_t)(v >> 32);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return (uint32_t *)park + 1;
+#else
+    return (uint32_t *)park;
+#endif
+}
+
 /* The same for a Semaphore: the unit released for the waiter that left
  * must reach the one still asleep. */
 Test(robust, sem_waiter_woken_then_gone, .timeout = 300)
 {
     struct shared *s = shared_new();
-    pid_t first = woken_then_gone(&s->sem._value, 0);
+    uint32_t key;
+    uint32_t *word = park_count_sleeper(&s->sem._park, &key);
+    pid_t first = woken_then_gone(word, key);
     pid_t second = fork();
     cr_assert_geq(second, 0);
     if (second == 0)
@@ -416,11 +433,12 @@ Test(robust, sem_waiter_woken_then_gone, .timeout = 300)
 Test(robust, cond_waiter_woken_then_gone, .timeout = 300)
 {
     struct shared *s = shared_new();
-    /* The first waiter counts itself and announces a sleeper, as
+    /* The first waiter counts itself as waiting and as a sleeper, as
      * conc_cond_wait does. */
     __atomic_fetch_add(&s->cond._counts, 1, __ATOMIC_SEQ_CST);
-    uint32_t seq = __atomic_or_fetch(&s->cond._seq, 1, __ATOMIC_SEQ_CST);
-    pid_t first = woken_then_gone(&s->cond._seq, seq);
+    uint32_t key;
+    uint32_t *word = park_count_sleeper(&s->cond._park, &key);
+    pid_t first = woken_then_gone(word, key);
     pid_t second = fork();
     cr_assert_geq(second, 0);
     if (second == 0) {

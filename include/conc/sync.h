@@ -187,18 +187,19 @@ CONC_API int conc_rlock_consistent(conc_rlock *lock);
  */
 typedef struct conc_sem {
     uint32_t _value;
-    uint32_t _waiters;
     uint32_t _flags;
     uint32_t _bound;        /* initial value of a BoundedSemaphore */
-    uint32_t _reserved[4];  /* room to grow without a layout change; zero */
+    uint32_t _reserved0;    /* zero */
+    uint64_t _park;         /* its sleepers: count and futex word */
+    uint64_t _reserved[1];  /* room to grow without a layout change; zero */
 } conc_sem;
 
 #define CONC_SEM_VALUE_MAX 0x7fffffffu
-#define CONC_SEM_INIT(value)         { (value), 0, 0, 0, { 0, 0, 0, 0 } }
-#define CONC_BSEM_INIT(value)        { (value), 0, CONC_SEM_BOUNDED, (value), { 0, 0, 0, 0 } }
-#define CONC_SEM_INIT_SHARED(value)  { (value), 0, CONC_SYNC_SHARED, 0, { 0, 0, 0, 0 } }
+#define CONC_SEM_INIT(value)         { (value), 0, 0, 0, 0, { 0 } }
+#define CONC_BSEM_INIT(value)        { (value), CONC_SEM_BOUNDED, (value), 0, 0, { 0 } }
+#define CONC_SEM_INIT_SHARED(value)  { (value), CONC_SYNC_SHARED, 0, 0, 0, { 0 } }
 #define CONC_BSEM_INIT_SHARED(value) \
-    { (value), 0, CONC_SYNC_SHARED | CONC_SEM_BOUNDED, (value), { 0, 0, 0, 0 } }
+    { (value), CONC_SYNC_SHARED | CONC_SEM_BOUNDED, (value), 0, 0, { 0 } }
 
 /*
  * conc_sem_init - initialise a Semaphore with the given value.
@@ -280,14 +281,15 @@ CONC_API int conc_event_wait_until(conc_event *ev, int64_t deadline);
  * lock may miss a thread that is about to wait, or wake a later one instead.
  */
 typedef struct conc_cond {
-    uint32_t _seq;          /* futex word, bumped by every notify */
+    uint32_t _seq;          /* bumped by every notify */
     uint32_t _flags;
     uint64_t _counts;       /* low 32: waiting, high 32: pending wake-ups */
-    uint64_t _reserved[2];  /* room to grow without a layout change; zero */
+    uint64_t _park;         /* its sleepers: count and futex word */
+    uint64_t _reserved[1];  /* room to grow without a layout change; zero */
 } conc_cond;
 
-#define CONC_COND_INIT        { 0, 0, 0, { 0, 0 } }
-#define CONC_COND_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, { 0, 0 } }
+#define CONC_COND_INIT        { 0, 0, 0, 0, { 0 } }
+#define CONC_COND_INIT_SHARED { 0, CONC_SYNC_SHARED, 0, 0, { 0 } }
 
 /* conc_cond_init - initialise a Condition.  Returns 0 or -EINVAL. */
 CONC_API int conc_cond_init(conc_cond *cond, unsigned flags);

@@ -23,6 +23,20 @@ uint32_t conc__fence_word;
 /* Threads of this process asleep in the kernel on a private futex word. */
 static uint32_t kernel_sleepers;
 
+/* The wake half of the backend the kernel does not know (a coroutine
+ * hub), once registered (see wait.h). */
+static const struct conc__wake_backend *wake_backend;
+
+void conc__wake_backend_register(const struct conc__wake_backend *b)
+{
+    __atomic_store_n(&wake_backend, b, __ATOMIC_SEQ_CST);
+}
+
+const struct conc__wake_backend *conc__wake_backend(void)
+{
+    return __atomic_load_n(&wake_backend, __ATOMIC_ACQUIRE);
+}
+
 static void wait_atfork_register(void);
 
 /* Spinning only pays when the peer we wait for can run at the same time:
@@ -65,33 +79,6 @@ static void wait_atfork_install(void)
 static void wait_atfork_register(void)
 {
     pthread_once(&wait_atfork_once, wait_atfork_install);
-}
-
-#define SPIN_PURE_NS 2000
-
-uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline)
-{
-    if (!conc__may_spin())
-        return v;
-    int64_t now = conc_now();
-    int64_t end = now + CONC__SPIN_NS;
-    int64_t pure_end = now + SPIN_PURE_NS;
-    if (deadline < end)
-        end = deadline;
-    bool yielding = false;
-    for (unsigned i = 1; now < end; i++) {
-        conc__spin_pause();
-        uint32_t cur = __atomic_load_n(word, __ATOMIC_ACQUIRE);
-        if (cur != v)
-            return cur;
-        if ((i & 15) == 0) {
-            if (yielding)
-                sched_yield();
-            now = conc_now();
-            yielding = now >= pure_end;
-        }
-    }
-    return v;
 }
 
 static inline void to_timespec(int64_t ns, struct timespec *ts)
@@ -156,30 +143,35 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
     return r;
 }
 
+/*
+ * No lost wake-up for either backend.  A waiter counts itself (a thread in
+ * kernel_sleepers, a coroutine in its hub's count) with a seq_cst
+ * read-modify-write before the word is compared (by the kernel, or by the
+ * hub under its bucket's lock); the waker changes the word, then a full
+ * fence, then reads the counts.  One of the two sees the other.  The
+ * backend pointer is stored (seq_cst) by the thread of the first hub before
+ * any of its coroutines counts itself: a waker whose fence comes after that
+ * store in the fence order sees the pointer, and one whose fence comes
+ * before it comes before every coroutine's count too, so the coroutine sees
+ * the changed word.
+ */
 int conc__wake(uint32_t *word, int n, unsigned flags)
 {
-    /* Coroutines parked by a hub (src/hub.c) are not in the kernel: the
-     * word was changed before this fence, the hub's count is read after.
-     * They are woken first: when they are enough, the system call is
-     * spared (any n waiters may be woken, whatever they are). */
-#if CONC_SAN_THREAD
-    uint32_t parked = __atomic_fetch_add(&conc__hub_parked, 0, __ATOMIC_SEQ_CST);
-#else
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    uint32_t parked = __atomic_load_n(&conc__hub_parked, __ATOMIC_RELAXED);
-#endif
+    conc__full_fence();
+    const struct conc__wake_backend *b = __atomic_load_n(&wake_backend, __ATOMIC_RELAXED);
     int r = 0;
-    if (unlikely(parked != 0)) {
-        r = conc__hub_wake(word, n);
-        if (r >= n)
+    if (unlikely(b != NULL)) {
+        /* Coroutines first: when they are enough, the system call is
+         * spared (any n waiters may be woken, whatever they are). */
+        r = b->wake(word, n);
+        if (r >= n && !(flags & CONC__WAKE_EACH))
             return r;
     }
-    /* No thread of this process sleeps on a private word: no system call.
-     * (A sleeper counts itself before the kernel compares the word, and
-     * this load comes after the fence above that follows the change.) */
+    /* No thread of this process sleeps on a private word: no system call. */
     if (!(flags & CONC__WAIT_SHARED) && __atomic_load_n(&kernel_sleepers, __ATOMIC_RELAXED) == 0)
         return r;
-    int k = conc__futex_wake(word, n - r, !(flags & CONC__WAIT_SHARED));
+    int k = conc__futex_wake(word, (flags & CONC__WAKE_EACH) ? n : n - r,
+                             !(flags & CONC__WAIT_SHARED));
     return k > 0 ? r + k : r;
 }
 

@@ -17,6 +17,9 @@
 
 /* Flags: the word lives in memory shared between processes. */
 #define CONC__WAIT_SHARED 0x1u
+/* conc__wake: wake up to n in each backend (threads in the kernel,
+ * coroutines parked by hubs), not n in all. */
+#define CONC__WAKE_EACH 0x2u
 
 /*
  * A thread running a coroutine hub installs its wait operations here; a NULL
@@ -78,19 +81,28 @@ CONC_HIDDEN int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t dead
 struct epoll_event;
 CONC_HIDDEN int conc__wait_epoll(int epfd, struct epoll_event *ev, int n, int64_t deadline);
 
-/* conc__wake - wake up to n waiters of word (INT_MAX: all).  Returns how
- * many were woken (threads only; coroutines are counted as woken too).
- * Async-signal-safe (atomics, futex and eventfd system calls; see
- * conc__hub_wake). */
+/* conc__wake - wake up to n waiters of word (INT_MAX: all; with
+ * CONC__WAKE_EACH up to n in each backend).  Returns how many were woken
+ * (threads only; coroutines are counted as woken too).  Async-signal-safe
+ * (atomics, futex and eventfd system calls; see src/hub.c). */
 CONC_HIDDEN int conc__wake(uint32_t *word, int n, unsigned flags);
 
-/* The hub's half of conc__wake (src/hub.c): how many coroutines are parked
- * on words process-wide, and waking up to n of those parked on word.
- * Async-signal-safe, and keeps errno: called in a signal handler that
- * interrupted its thread inside a hub's bookkeeping, it leaves the wake-up
- * to that thread and returns 0. */
-extern uint32_t conc__hub_parked;
-CONC_HIDDEN int conc__hub_wake(uint32_t *word, int n);
+/*
+ * A backend whose sleepers the kernel does not know (a coroutine hub: its
+ * parked coroutines sit in its own table) gives conc__wake its wake half:
+ * wake up to n of its sleepers on word, return how many.  It is called
+ * after a full fence that follows the caller's change of the word, and
+ * must be async-signal-safe and keep errno.  The hub registers it when the
+ * first hub is made (src/hub.c), before any coroutine can park; it is never
+ * removed.  Until then conc__wake pays one load of a pointer nobody writes:
+ * no fence, no shared counter for coroutines a program does not use.
+ */
+struct conc__wake_backend {
+    int (*wake)(uint32_t *word, int n);
+};
+CONC_HIDDEN void conc__wake_backend_register(const struct conc__wake_backend *b);
+/* The registered backend, or NULL (what a test looks at). */
+CONC_HIDDEN const struct conc__wake_backend *conc__wake_backend(void);
 
 /* conc__sleep_until - sleep until the monotonic clock reaches deadline.
  * Returns 0, or -ECANCELED when the sleeping coroutine was killed. */
@@ -112,12 +124,6 @@ static inline void conc__spin_pause(void)
 #endif
 }
 
-/* How long a waiter busy-waits before it sleeps in the kernel.  A sleeping
- * thread costs its waker a system call and costs itself a wake-up latency of
- * several microseconds (tens on virtual machines, where an idle CPU halts),
- * so short hand-offs are far faster when caught by spinning. */
-#define CONC__SPIN_NS 30000
-
 /* True when spinning can help: more than one CPU is usable and the caller is
  * a plain thread (a coroutine parks at once and lets the others run). */
 extern int conc__spin_ok;       /* -1 until decided */
@@ -131,10 +137,11 @@ static inline bool conc__may_spin(void)
 }
 
 /*
- * conc__spin_while - busy-wait while *word == v, for at most CONC__SPIN_NS
- * and never past deadline.  Pure pausing for the first microseconds, then
- * yielding the CPU between checks so that a peer on the same CPU can run.
- * Returns the value that ended the wait (== v when the budget ran out).
+ * conc__spin_while - busy-waits while *word == v, under the parking layer's
+ * spin policy (src/sys/park.h: one look per pause) and never past deadline.
+ * Returns the value that ended the wait (== v when the spin ran out, or was
+ * not tried).  For waiters that announce themselves in the word itself
+ * (Lock, Event): they spin before announcing.
  */
 CONC_HIDDEN uint32_t conc__spin_while(const uint32_t *word, uint32_t v, int64_t deadline);
 
