@@ -22,6 +22,11 @@
  *   worker -> pool  READY   after the initializer
  *                   RESULT  n = items; per item i32 status, u32 0,
  *                           u64 length + bytes
+ * A worker sends the results it has in hand together while its next task
+ * is already read, and counts the TASK frames it starts in a page it
+ * shares with the pool: when it dies, the pool knows which task it was
+ * running (that one fails, or is retried); the others it held go back to
+ * the queue.
  * Everything a worker sends is checked before use; a worker that breaks
  * the protocol is killed (its task fails with -ECHILD).
  */
@@ -36,14 +41,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "conc/pool.h"
 #include "conc/process.h"
 #include "forkserver.h"
 #include "pool_internal.h"
+#include "sys/memfd.h"
 #include "sys/wait.h"
 
 enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11 };
@@ -104,7 +112,14 @@ struct wconf {
     int32_t fd;                 /* the worker's end */
     int32_t close_fd;           /* fork: the pool's end, inherited */
     int32_t fork_method;
+    int32_t started_fd;         /* a page: the TASK frames it started */
 };
+
+/* The page a worker shares with the pool: [SH_STARTED] the TASK frames
+ * the worker started (the pool trusts it only within what the worker
+ * held). */
+#define STARTED_MAP 4096
+#define SH_STARTED 0
 
 /* The worker's address of a function the pool described (NULL: unknown). */
 static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
@@ -205,13 +220,14 @@ static bool obuf_put(struct obuf *o, const void *src, size_t len)
     return true;
 }
 
-/* Runs the items of a TASK frame and sends the RESULT. */
-static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, size_t len,
-                       struct obuf *o)
+/* Runs the items of a TASK frame and appends its RESULT frame to o (the
+ * caller sends it). */
+static int worker_task(void *fn, uint32_t n, const unsigned char *b, size_t len, struct obuf *o)
 {
-    o->len = 0;
+    size_t start = o->len;
     struct frame fr = { F_RESULT, n, 0 };
-    obuf_put(o, &fr, sizeof fr);
+    if (!obuf_put(o, &fr, sizeof fr))
+        return -1;
     size_t off = 8;
     uint64_t data = 0;          /* result bytes so far: the frame stays under FRAME_MAX */
     for (uint32_t i = 0; i < n; i++) {
@@ -244,10 +260,27 @@ static int worker_task(int fd, void *fn, uint32_t n, const unsigned char *b, siz
         }
         free(res);
     }
-    fr.len = o->len - sizeof fr;
-    memcpy(o->p, &fr, sizeof fr);
-    return write_full(fd, o->p, o->len);
+    fr.len = o->len - start - sizeof fr;
+    memcpy(o->p + start, &fr, sizeof fr);
+    return 0;
 }
+
+/* True when r holds a whole frame, so that the next one needs no read. */
+static bool wr_has_frame(const struct wreader *r)
+{
+    struct frame fr;
+    if (r->end - r->pos < sizeof fr)
+        return false;
+    memcpy(&fr, r->buf + r->pos, sizeof fr);
+    return fr.len <= r->end - r->pos - sizeof fr;
+}
+
+/* Results wait in o while more tasks are already here, up to this much:
+ * one write then carries several (a result not yet sent when the worker
+ * dies is that task's failure or retry, as if it had not run). */
+#define RESULTS_BATCH (256u * 1024u)
+/* ... and for at most this long before the next task starts. */
+#define RESULTS_HOLD_NS 1000000
 
 static int worker_main(const void *arg, size_t alen)
 {
@@ -258,6 +291,11 @@ static int worker_main(const void *arg, size_t alen)
     if (c.close_fd >= 0)
         close(c.close_fd);
     int fd = c.fd;
+    void *pg = mmap(NULL, STARTED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, c.started_fd, 0);
+    close(c.started_fd);
+    if (pg == MAP_FAILED)
+        return 71;
+    uint32_t *started = pg, nstarted = 0;
     struct wreader *rd = malloc(sizeof *rd);
     if (!rd)
         return 71;
@@ -268,8 +306,15 @@ static int worker_main(const void *arg, size_t alen)
     struct obuf o = { 0 };
     unsigned char *b = NULL;
     int code = 0;
+    int64_t held_since = 0;
     for (;;) {
         struct frame fr;
+        if (o.len && (o.len >= RESULTS_BATCH || !wr_has_frame(rd) ||
+                      conc_now() - held_since >= RESULTS_HOLD_NS)) {
+            if (write_full(fd, o.p, o.len))
+                break;                  /* the pool is gone */
+            o.len = 0;
+        }
         if (wr_read(rd, &fr, sizeof fr))
             break;                      /* the pool is gone */
         if (fr.len > FRAME_MAX) {
@@ -307,7 +352,7 @@ static int worker_main(const void *arg, size_t alen)
                 }
             }
             struct frame rd = { F_READY, 0, 0 };
-            if (write_full(fd, &rd, sizeof rd))
+            if (!obuf_put(&o, &rd, sizeof rd))
                 break;
         } else if (fr.kind == F_TASK) {
             uint32_t idx;
@@ -317,9 +362,17 @@ static int worker_main(const void *arg, size_t alen)
             }
             memcpy(&idx, b, sizeof idx);
             void *fn = idx < nfns ? fns[idx] : NULL;
-            if (worker_task(fd, fn, fr.n, b, fr.len, &o))
+            bool first = o.len == 0;
+            /* Before it runs: the pool knows which of its tasks ran when
+             * it dies with their results in hand. */
+            __atomic_store_n(&started[SH_STARTED], ++nstarted, __ATOMIC_RELEASE);
+            if (worker_task(fn, fr.n, b, fr.len, &o))
                 break;
+            if (first)
+                held_since = conc_now();
         } else if (fr.kind == F_EXIT) {
+            if (o.len && write_full(fd, o.p, o.len))
+                break;
             break;
         } else {
             code = 71;
@@ -362,6 +415,9 @@ struct worker {
     size_t ctl_off;
     unsigned char *rbuf;
     size_t rlen, rcap;
+    uint32_t *started;          /* the page it shares with the pool (SH_*) */
+    bool parked;                /* its socket is not watched (worker_park) */
+    uint32_t answered;          /* RESULT frames read from it */
 };
 
 struct conc_pool {
@@ -604,13 +660,35 @@ static void worker_watch(struct worker *w, int op)
     }
 }
 
+/* Stops (park) and resumes (unpark) the watch for what w sends; epoll
+ * still reports its end (EPOLLHUP), and its pidfd stays watched. */
+static void worker_park(struct worker *w)
+{
+    struct epoll_event ev = { .events = 0, .data.u64 = (uint64_t)w->idx * 2 };
+    epoll_ctl(w->epfd, EPOLL_CTL_MOD, w->fd, &ev);
+    w->parked = true;
+    w->ep_out = false;
+}
+
+static void worker_unpark(struct worker *w)
+{
+    if (w->parked && w->fd >= 0) {
+        w->parked = false;
+        worker_watch(w, EPOLL_CTL_MOD);
+    }
+}
+
 /* Takes w for the pool's thread: false while a caller has it. */
 static bool worker_acquire(struct worker *w)
 {
     uint32_t o = W_FREE;
-    return __atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) == W_THREAD ||
-           __atomic_compare_exchange_n(&w->owner, &o, W_THREAD, false, __ATOMIC_ACQ_REL,
-                                       __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&w->owner, __ATOMIC_ACQUIRE) == W_THREAD)
+        return true;
+    if (!__atomic_compare_exchange_n(&w->owner, &o, W_THREAD, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return false;
+    worker_unpark(w);
+    return true;
 }
 
 static int worker_start(conc_pool *p, struct worker *w)
@@ -620,12 +698,25 @@ static int worker_start(conc_pool *p, struct worker *w)
         return -errno;
     int fl = fcntl(sv[0], F_GETFL);
     fcntl(sv[0], F_SETFL, fl | O_NONBLOCK);
-    struct wconf c = { sv[1], p->fork_method ? sv[0] : -1, p->fork_method };
+    int mfd = conc__memfd_data("conc-pool-worker", MFD_CLOEXEC);
+    void *pg = MAP_FAILED;
+    if (mfd < 0 || ftruncate(mfd, STARTED_MAP) ||
+        (pg = mmap(NULL, STARTED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
+            MAP_FAILED) {
+        int e = mfd < 0 ? mfd : -errno;
+        if (mfd >= 0)
+            close(mfd);
+        close(sv[0]);
+        close(sv[1]);
+        return e;
+    }
+    struct wconf c = { sv[1], p->fork_method ? sv[0] : -1, p->fork_method, mfd };
+    int pass[2] = { sv[1], mfd };
     conc_process_opts po = CONC_PROCESS_OPTS_INIT;
     po.daemon = CONC_DAEMON;
     po.method = p->o.method;
-    po.pass_fds = &sv[1];
-    po.npass_fds = 1;
+    po.pass_fds = pass;
+    po.npass_fds = 2;
     conc_process *proc;
     int r = conc_process_new(&proc, worker_main, &c, sizeof c, &po);
     if (r == 0) {
@@ -634,7 +725,9 @@ static int worker_start(conc_pool *p, struct worker *w)
             conc_process_free(proc);
     }
     close(sv[1]);
+    close(mfd);
     if (r) {
+        munmap(pg, STARTED_MAP);
         close(sv[0]);
         return r;
     }
@@ -644,6 +737,7 @@ static int worker_start(conc_pool *p, struct worker *w)
     w->epfd = p->epfd;
     w->proc = proc;
     w->fd = sv[0];
+    w->started = pg;
     w->pidfd = conc_process_sentinel(proc);
     w->quota = p->o.maxtasksperchild ? p->o.maxtasksperchild : UINT_MAX;
     /* The initializer goes first. */
@@ -663,6 +757,7 @@ static int worker_start(conc_pool *p, struct worker *w)
         conc_process_join(proc, CONC_FOREVER);
         conc_process_free(proc);
         close(w->fd);
+        munmap(w->started, STARTED_MAP);
         free(w->ctl.p);
         memset(w, 0, sizeof *w);
         w->idx = idx;
@@ -713,45 +808,59 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
     }
 }
 
-/* Writes what w has pending; false when the worker's channel broke. */
+/* Writes what w has pending, control frames first, then the tasks it
+ * was handed, as many as fit in one sendmsg(2); false when the worker's
+ * channel broke. */
+#define FLUSH_IOV 64
 static bool worker_flush(struct worker *w)
 {
     for (;;) {
-        const unsigned char *src;
-        size_t left;
-        bool is_ctl = false;
-        if (w->woff == 0 && w->ctl_off < w->ctl.len) {
-            src = w->ctl.p + w->ctl_off;
-            left = w->ctl.len - w->ctl_off;
-            is_ctl = true;
-        } else if (w->wtask) {
-            src = w->wtask->buf + w->woff;
-            left = w->wtask->buflen - w->woff;
-        } else if (w->want_exit && !w->exit_sent) {
+        if (!w->wtask && w->ctl_off == w->ctl.len && w->want_exit && !w->exit_sent) {
             struct frame fr = { F_EXIT, 0, 0 };
             if (!obuf_put(&w->ctl, &fr, sizeof fr))
                 return true;
             w->exit_sent = true;
-            continue;
-        } else {
-            return true;
         }
-        ssize_t r = send(w->fd, src, left, MSG_NOSIGNAL | MSG_DONTWAIT);
+        struct iovec iov[FLUSH_IOV];
+        int n = 0;
+        if (w->woff == 0 && w->ctl_off < w->ctl.len)
+            iov[n++] = (struct iovec){ w->ctl.p + w->ctl_off, w->ctl.len - w->ctl_off };
+        /* A task half written ends before pending control frames go. */
+        int max = w->woff && w->ctl_off < w->ctl.len ? 1 : FLUSH_IOV;
+        size_t off = w->woff;
+        for (struct conc__pool_task *t = w->wtask; t && n < max; t = t->next) {
+            iov[n++] = (struct iovec){ t->buf + off, t->buflen - off };
+            off = 0;
+        }
+        if (n == 0)
+            return true;
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        ssize_t r = sendmsg(w->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK;
         }
-        if (is_ctl) {
-            w->ctl_off += (size_t)r;
-            if (w->ctl_off == w->ctl.len)
-                w->ctl_off = w->ctl.len = 0;
-        } else {
-            w->woff += (size_t)r;
-            if (w->woff == w->wtask->buflen) {
-                w->wtask = w->wtask->next;
-                w->woff = 0;
+        size_t left = (size_t)r;
+        if (w->woff == 0 && w->ctl_off < w->ctl.len) {
+            size_t k = w->ctl.len - w->ctl_off;
+            if (left < k) {
+                w->ctl_off += left;
+                continue;
             }
+            left -= k;
+            w->ctl_off = w->ctl.len = 0;
+        }
+        while (left && w->wtask) {
+            size_t k = w->wtask->buflen - w->woff;
+            if (left < k) {
+                w->woff += left;
+                left = 0;
+                break;
+            }
+            left -= k;
+            w->wtask = w->wtask->next;
+            w->woff = 0;
         }
     }
 }
@@ -824,6 +933,7 @@ static bool worker_parse(struct worker *w)
             if (!w->head)
                 w->tail = NULL;
             w->nout--;
+            w->answered++;
             t->next = NULL;
             st_release(&t->state, CONC__TASK_DONE);
             t->done(t, o, fr.n);
@@ -840,8 +950,10 @@ static bool worker_parse(struct worker *w)
     return ok;
 }
 
-/* Reads what w sent; false when the channel is at its end or broke. */
-static bool worker_read(struct worker *w)
+/* Reads what w sent (until it has nothing more, or with answered_only
+ * until it owes no answer); false when the channel is at its end or
+ * broke. */
+static bool worker_read_(struct worker *w, bool answered_only)
 {
     for (;;) {
         if (w->rcap - w->rlen < 65536) {
@@ -868,7 +980,14 @@ static bool worker_read(struct worker *w)
             w->rbuf = NULL;
             w->rcap = 0;
         }
+        if (answered_only && !w->head)
+            return true;
     }
+}
+
+static bool worker_read(struct worker *w)
+{
+    return worker_read_(w, false);
 }
 
 static void worker_release(struct worker *w)
@@ -880,6 +999,8 @@ static void worker_release(struct worker *w)
     }
     free(w->ctl.p);
     free(w->rbuf);
+    if (w->started)
+        munmap(w->started, STARTED_MAP);
     conc_process_free(w->proc);
     int idx = w->idx, epfd = w->epfd;
     memset(w, 0, sizeof *w);
@@ -898,26 +1019,29 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
     conc_process_join(w->proc, CONC_FOREVER);
     int code = 0;
     conc_process_exitcode(w->proc, &code);
-    struct conc__pool_task *t = w->head, *rest = t ? t->next : NULL;
+    /* Of the tasks it started and did not answer, the last one is the one
+     * it was running when it ended: that one fails (or runs again, with
+     * retries).  The others had finished, their results still in hand
+     * (sent in one write with the next ones): they go back to the queue
+     * with the tasks it never started, so that a dead worker fails only the
+     * task it was running.  Its count is checked: it cannot exceed what it
+     * held. */
+    uint32_t ran = __atomic_load_n(&w->started[SH_STARTED], __ATOMIC_ACQUIRE) - w->answered;
+    if (ran > w->nout)
+        ran = w->nout;
     struct conc__pool_task *again = NULL, *again_tail = NULL;
-    if (t) {
-        if (fail_status == -ECHILD && t->tries < p->o.retries) {
-            t->tries++;
-            again = again_tail = t;
-            t->next = NULL;
-        } else {
-            task_fail(t, fail_status, code);
-        }
-    }
-    /* Tasks it had not started go back to the front of the queue, in order
-     * (all fail when the pool is being terminated). */
-    for (struct conc__pool_task *u = rest, *nx; u; u = nx) {
+    uint32_t k = 0;
+    for (struct conc__pool_task *u = w->head, *nx; u; u = nx) {
         nx = u->next;
         u->next = NULL;
-        if (fail_status == -EPIPE) {
-            task_fail(u, -EPIPE, 0);
+        bool running = ++k == ran;
+        if (fail_status == -EPIPE ||
+            (running && (fail_status != -ECHILD || u->tries >= p->o.retries))) {
+            task_fail(u, fail_status, running ? code : 0);
             continue;
         }
+        if (running)
+            u->tries++;
         if (again_tail)
             again_tail->next = u;
         else
@@ -1050,6 +1174,7 @@ static void *pool_thread(void *arg)
         if (r < 0 && r != -ETIMEDOUT)
             continue;
         int n = epoll_wait(p->epfd, evs, EVENTS_MAX, 0);
+        int skipped = 0;
         for (int k = 0; k < n; k++) {
             uint64_t d = evs[k].data.u64;
             if (d == UINT64_MAX) {
@@ -1059,7 +1184,11 @@ static void *pool_thread(void *arg)
                 continue;
             }
             struct worker *w = &p->w[d / 2];
-            if (!worker_acquire(w) || !w->proc)
+            if (!worker_acquire(w)) {
+                skipped++;      /* a caller of apply has it */
+                continue;
+            }
+            if (!w->proc)
                 continue;
             bool dead = (d & 1) != 0;
             uint32_t ev = evs[k].events;
@@ -1072,6 +1201,11 @@ static void *pool_thread(void *arg)
             if (dead)
                 worker_end(p, w, -ECHILD);
         }
+        /* Only the end of a worker that a caller of apply talks to: the
+         * caller sees it too and gives the worker back; do not spin on
+         * it meanwhile. */
+        if (n > 0 && skipped == n)
+            conc__sleep_until(conc_now() + 200000);
     }
     /* Terminated or closed: stop every worker, fail what is left.  A
      * worker a caller has is killed first; the caller gives it back once it
@@ -1143,8 +1277,12 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     if (--w->quota == 0)
         w->want_exit = true;
     pthread_mutex_unlock(&p->mu);
-    /* The pool's thread does not watch it while we talk to it. */
-    worker_watch(w, EPOLL_CTL_DEL);
+    /* The pool's thread does not watch its socket while callers talk to
+     * it (its end still wakes the pool's thread); left so while it idles
+     * between calls of apply, so that a stream of them costs no
+     * epoll_ctl(2). */
+    if (!w->parked)
+        worker_park(w);
     int ret = 0;
     if (t->started)
         t->started(t);
@@ -1164,7 +1302,8 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
             continue;
         if (pf[1].revents)
             break;              /* ended: the pool's thread settles it */
-        if ((pf[0].revents & POLLIN) && !worker_read(w)) {
+        /* Its answer is all it sends: no second recv(2) to find that. */
+        if ((pf[0].revents & POLLIN) && !worker_read_(w, true)) {
             /* A bad frame (or no memory for it) leaves nothing for the
              * pool's thread to see on the socket: end the worker, so that
              * its pidfd tells the thread to settle the task. */
@@ -1175,7 +1314,8 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
             break;
     }
     bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
-    worker_watch(w, EPOLL_CTL_ADD);
+    if (!idle)
+        worker_unpark(w);
     __atomic_store_n(&w->owner, W_FREE, __ATOMIC_RELEASE);
     /* Tasks queued while we had it, or a close, wait for the pool's
      * thread. */

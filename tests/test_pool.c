@@ -709,6 +709,55 @@ Test(pool, retries_run_the_task_again, .timeout = 120)
     munmap(runs, 4096);
 }
 
+/* Counts its runs per item in a shared page; item 150 kills its worker on
+ * its first run. */
+static atomic_int *item_runs;
+
+static int count_runs(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    int64_t i = arg_i64(arg, len);
+    if (atomic_fetch_add(&item_runs[i], 1) == 0 && i == 150)
+        raise(SIGKILL);
+    return square(arg, len, result, rlen);
+}
+
+/* A worker streaming short tasks sends its results in batches: when it
+ * dies, only the task it was running fails; the results it still held and
+ * the tasks it had not started are produced by its successor. */
+Test(pool, dead_worker_streaming_fails_only_the_running_task, .timeout = 120)
+{
+    enum { N = 400 };
+    item_runs = mmap(NULL, N * sizeof *item_runs, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(item_runs, MAP_FAILED);
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    int64_t v[N];
+    conc_pool_item items[N];
+    for (int i = 0; i < N; i++) {
+        v[i] = i;
+        items[i] = (conc_pool_item){ &v[i], sizeof v[i] };
+    }
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 1;
+    conc_pool_result *r = NULL;
+    cr_assert_eq(conc_pool_map(p, count_runs, items, N, &o, &r), -ECHILD);
+    for (int i = 0; i < N; i++) {
+        cr_assert_geq(atomic_load(&item_runs[i]), 1, "item %d never ran", i);
+        if (i == 150)
+            continue;
+        cr_assert_eq(conc_pool_result_item(r, (size_t)i, NULL, NULL), 0, "item %d", i);
+        cr_assert_eq(result_i64(r, (size_t)i), (int64_t)i * i);
+    }
+    cr_assert_eq(conc_pool_result_item(r, 150, NULL, NULL), -ECHILD);
+    cr_assert_eq(atomic_load(&item_runs[150]), 1);
+    int code = 0;
+    cr_assert_eq(conc_pool_result_exitcode(r, &code), 0);
+    cr_assert_eq(code, -SIGKILL);
+    conc_pool_result_free(r);
+    endpool(p);
+    munmap(item_runs, N * sizeof *item_runs);
+}
+
 /* Kills a random worker every few milliseconds until told to stop. */
 static atomic_bool killer_stop;
 static atomic_int kills;
