@@ -30,11 +30,9 @@
  * Everything a worker sends is checked before use; a worker that breaks
  * the protocol is killed (its task fails with -ECHILD).
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <link.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -45,7 +43,6 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include "conc/pool.h"
 #include "conc/process.h"
