@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -234,6 +235,30 @@ static inline int parse_options(int argc, char **argv, const struct opt *opts, s
 }
 
 #define OPTS_COUNT(table) (sizeof(table) / sizeof((table)[0]))
+
+/* The address a server of the given socket type listens on: the first one
+ * host resolves to for port (AI_PASSIVE), with its family, and its text
+ * ("127.0.0.1:8080") in where.  Returns 0, or says what failed and
+ * returns 1. */
+static inline int server_address(const char *host, long port, int type, conc_addrinfo *out,
+                                 char *where, size_t wsize)
+{
+    char service[16];
+    snprintf(service, sizeof service, "%ld", port);
+    conc_addrinfo *ai;
+    int n = conc_socket_getaddrinfo(host, service, AF_UNSPEC, type, 0,
+                                    AI_PASSIVE | AI_NUMERICSERV, &ai);
+    if (n < 0) {
+        fprintf(stderr, "%s: --host '%s': %s\n", prog, host, conc_strerror(n));
+        return 1;
+    }
+    *out = ai[0];
+    out->canonname = "";                /* it pointed into the array */
+    free(ai);
+    if (conc_sockaddr_str(&out->addr, where, wsize) < 0)
+        snprintf(where, wsize, "%s:%ld", host, port);
+    return 0;
+}
 
 /*
  * SIGINT and SIGTERM as a descriptor, for the servers: stop_signals_fd

@@ -523,28 +523,19 @@ static void raise_nofile(void)
  * failed and returns 1. */
 static int open_listener(struct server *srv, const char *host, long port)
 {
-    char service[16];
-    snprintf(service, sizeof service, "%ld", port);
-    conc_addrinfo *ai;
-    int n = conc_socket_getaddrinfo(host, service, AF_UNSPEC, SOCK_STREAM, 0,
-                                    AI_PASSIVE | AI_NUMERICSERV, &ai);
-    if (n < 0) {
-        fprintf(stderr, "%s: --host '%s': %s\n", prog, host, conc_strerror(n));
-        return 1;
-    }
+    conc_addrinfo ai;
     char where[CONC_SOCKADDR_STRLEN];
-    if (conc_sockaddr_str(&ai[0].addr, where, sizeof where) < 0)
-        snprintf(where, sizeof where, "%s:%ld", host, port);
-    int rc = conc_socket_new(&srv->listener, ai[0].family, SOCK_STREAM, 0);
+    if (server_address(host, port, SOCK_STREAM, &ai, where, sizeof where))
+        return 1;
+    int rc = conc_socket_new(&srv->listener, ai.family, SOCK_STREAM, 0);
     if (rc == 0)
         rc = conc_socket_setsockopt_int(srv->listener, SOL_SOCKET, SO_REUSEADDR, 1);
     if (rc == 0)
-        rc = conc_socket_bind(srv->listener, &ai[0].addr);
+        rc = conc_socket_bind(srv->listener, &ai.addr);
     if (rc == 0)
         rc = conc_socket_listen(srv->listener, BACKLOG);
     if (rc == 0)
         rc = conc_socket_set_blocking(srv->listener, false);
-    free(ai);
     if (rc < 0) {
         fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
         conc_socket_free(srv->listener);

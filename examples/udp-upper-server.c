@@ -74,23 +74,14 @@ int main(int argc, char **argv)
     int sigfd = stop_signals_fd();
     if (sigfd < 0)
         return die("signalfd", sigfd);
-    char service[16];
-    snprintf(service, sizeof service, "%ld", port);
-    conc_addrinfo *ai;
-    int n = conc_socket_getaddrinfo(host, service, AF_UNSPEC, SOCK_DGRAM, 0,
-                                    AI_PASSIVE | AI_NUMERICSERV, &ai);
-    if (n < 0) {
-        fprintf(stderr, "%s: --host '%s': %s\n", prog, host, conc_strerror(n));
-        return 1;
-    }
+    conc_addrinfo ai;
     char where[CONC_SOCKADDR_STRLEN];
-    if (conc_sockaddr_str(&ai[0].addr, where, sizeof where) < 0)
-        snprintf(where, sizeof where, "%s:%ld", host, port);
+    if (server_address(host, port, SOCK_DGRAM, &ai, where, sizeof where))
+        return 1;
     conc_socket *s;
-    rc = conc_socket_new(&s, ai[0].family, SOCK_DGRAM, 0);
-    if (rc == 0 && (rc = conc_socket_bind(s, &ai[0].addr)) < 0)
+    rc = conc_socket_new(&s, ai.family, SOCK_DGRAM, 0);
+    if (rc == 0 && (rc = conc_socket_bind(s, &ai.addr)) < 0)
         conc_socket_free(s);
-    free(ai);
     if (rc < 0) {
         fprintf(stderr, "%s: bind %s: %s\n", prog, where, conc_strerror(rc));
         return 1;
