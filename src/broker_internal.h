@@ -48,7 +48,8 @@ struct conc_broker_queue {
     conc_broker_exchange_kind kind;
     char **patterns;
     size_t npatterns;
-    conc_broker_queue_opts opts;
+    conc_broker_queue_opts opts;            /* its strings are dlx and dlk */
+    char *dlx, *dlk;
     uint64_t declared_epoch;                /* connection epoch it was
                                                declared in */
     uint16_t channel;                       /* its channel, once opened */

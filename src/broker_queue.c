@@ -11,6 +11,8 @@
  * control channel (broker.c).
  */
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +111,32 @@ static void copy_bytes(char *dst, amqp_bytes_t src)
     dst[n] = '\0';
 }
 
+/* The x-delivery-count header of a quorum queue's message, or 0. */
+static uint32_t delivery_count(const amqp_table_t *h)
+{
+    for (int i = 0; i < h->num_entries; i++) {
+        const amqp_table_entry_t *e = &h->entries[i];
+        if (e->key.len != 16 || memcmp(e->key.bytes, "x-delivery-count", 16) != 0)
+            continue;
+        int64_t v;
+        switch (e->value.kind) {
+        case AMQP_FIELD_KIND_I8: v = e->value.value.i8; break;
+        case AMQP_FIELD_KIND_U8: v = e->value.value.u8; break;
+        case AMQP_FIELD_KIND_I16: v = e->value.value.i16; break;
+        case AMQP_FIELD_KIND_U16: v = e->value.value.u16; break;
+        case AMQP_FIELD_KIND_I32: v = e->value.value.i32; break;
+        case AMQP_FIELD_KIND_U32: v = e->value.value.u32; break;
+        case AMQP_FIELD_KIND_I64: v = e->value.value.i64; break;
+        case AMQP_FIELD_KIND_U64:
+            v = e->value.value.u64 > UINT32_MAX ? UINT32_MAX : (int64_t)e->value.value.u64;
+            break;
+        default: return 0;
+        }
+        return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+    }
+    return 0;
+}
+
 static void complete(conc_broker_queue *q)
 {
     struct bk_msg *m = q->partial;
@@ -171,6 +199,15 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
             msg_free(m);
             q->partial = NULL;
             return;
+        }
+        const amqp_basic_properties_t *p = f->payload.properties.decoded;
+        if (p) {
+            if (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG)
+                copy_bytes(m->m.correlation_id, p->correlation_id);
+            if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
+                copy_bytes(m->m.reply_to, p->reply_to);
+            if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
+                m->m.delivery_count = delivery_count(&p->headers);
         }
         m->want = (size_t)size;
         m->m.data = malloc(m->want + 1);
@@ -245,13 +282,46 @@ int bk_queue_declare(conc_broker_queue *q, int64_t deadline)
     int r = bk_ctl_ready(b, deadline);
     if (r < 0)
         return r;
+    amqp_table_entry_t args[6];
+    int nargs = 0;
+    const conc_broker_queue_opts *o = &q->opts;
+    if (o->delivery_limit) {
+        args[nargs].key = amqp_cstring_bytes("x-queue-type");
+        args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
+        args[nargs++].value.value.bytes = amqp_cstring_bytes("quorum");
+        args[nargs].key = amqp_cstring_bytes("x-delivery-limit");
+        args[nargs].value.kind = AMQP_FIELD_KIND_I64;
+        args[nargs++].value.value.i64 = o->delivery_limit;
+    }
+    if (o->dead_letter_exchange) {
+        args[nargs].key = amqp_cstring_bytes("x-dead-letter-exchange");
+        args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
+        args[nargs++].value.value.bytes = amqp_cstring_bytes(o->dead_letter_exchange);
+    }
+    if (o->dead_letter_key) {
+        args[nargs].key = amqp_cstring_bytes("x-dead-letter-routing-key");
+        args[nargs].value.kind = AMQP_FIELD_KIND_UTF8;
+        args[nargs++].value.value.bytes = amqp_cstring_bytes(o->dead_letter_key);
+    }
+    if (o->message_ttl > 0) {
+        args[nargs].key = amqp_cstring_bytes("x-message-ttl");
+        args[nargs].value.kind = AMQP_FIELD_KIND_I64;
+        args[nargs++].value.value.i64 = (int64_t)(o->message_ttl * 1000 + 0.5);
+    }
+    if (o->expires > 0) {
+        int64_t ms = (int64_t)(o->expires * 1000 + 0.5);
+        args[nargs].key = amqp_cstring_bytes("x-expires");
+        args[nargs].value.kind = AMQP_FIELD_KIND_I64;
+        args[nargs++].value.value.i64 = ms > 0 ? ms : 1;
+    }
+    amqp_table_t table = { .num_entries = nargs, .entries = args };
     amqp_queue_declare_t d = {
         .queue = amqp_cstring_bytes(q->server_named ? "" : q->name),
         .passive = q->opts.passive,
         .durable = !q->opts.transient && !q->server_named,
         .exclusive = q->opts.exclusive || q->server_named,
         .auto_delete = q->opts.auto_delete || q->server_named,
-        .arguments = amqp_empty_table,
+        .arguments = q->opts.passive ? amqp_empty_table : table,
     };
     r = bk_rpc(b, BK_CH_CTL, AMQP_QUEUE_DECLARE_METHOD, &d, AMQP_QUEUE_DECLARE_OK_METHOD,
                deadline);
@@ -301,6 +371,8 @@ static void queue_release(conc_broker_queue *q)
     free(q->patterns);
     free(q->taken);
     free(q->taken_epoch);
+    free(q->dlx);
+    free(q->dlk);
     free(q);
 }
 
@@ -309,11 +381,46 @@ static int queue_make(conc_broker_queue **out, conc_broker *b, const conc_broker
     conc_broker_queue *q = calloc(1, sizeof *q);
     if (!q)
         return -ENOMEM;
+    /* size 0 is the first version: the fields up to prefetch. */
+    size_t n = 0;
     if (opts) {
-        size_t n = opts->size && opts->size < sizeof q->opts ? opts->size : sizeof q->opts;
+        n = opts->size == 0 ? offsetof(conc_broker_queue_opts, delivery_limit)
+            : opts->size < sizeof q->opts ? opts->size : sizeof q->opts;
         memcpy(&q->opts, opts, n);
     }
     q->opts.size = sizeof q->opts;
+    q->opts.dead_letter_exchange = q->opts.dead_letter_key = NULL;
+    if (n >= sizeof q->opts) {
+        if ((opts->dead_letter_exchange && !name_ok(opts->dead_letter_exchange, true)) ||
+            (opts->dead_letter_key && !name_ok(opts->dead_letter_key, true)) ||
+            !(opts->message_ttl >= 0) || !(opts->expires >= 0) ||
+            opts->message_ttl > 1e9 || opts->expires > 1e9 ||
+            (opts->delivery_limit && (opts->transient || opts->exclusive || opts->auto_delete ||
+                                      opts->simple))) {
+            free(q);
+            return -EINVAL;
+        }
+        if (opts->dead_letter_exchange) {
+            q->dlx = strdup(opts->dead_letter_exchange);
+            if (!q->dlx) {
+                free(q);
+                return -ENOMEM;
+            }
+        }
+        if (opts->dead_letter_key) {
+            q->dlk = strdup(opts->dead_letter_key);
+            if (!q->dlk) {
+                free(q->dlx);
+                free(q);
+                return -ENOMEM;
+            }
+        }
+        q->opts.dead_letter_exchange = q->dlx;
+        q->opts.dead_letter_key = q->dlk;
+    } else {
+        q->opts.delivery_limit = 0;
+        q->opts.message_ttl = q->opts.expires = 0;
+    }
     if (q->opts.prefetch == 0)
         q->opts.prefetch = q->opts.simple ? SIMPLE_PREFETCH : DEFAULT_PREFETCH;
     q->ws = &queue_source;
@@ -461,9 +568,21 @@ static bool take_nack(conc_broker *b, uint64_t seq)
     return false;
 }
 
+static int publish_full(conc_broker *b, const char *exchange, const char *key,
+                        const void *data, size_t len, bool persistent,
+                        const conc_broker_props *props, bool wait, int64_t deadline);
+
 static int publish(conc_broker *b, const char *exchange, const char *key, const void *data,
                    size_t len, bool persistent, bool wait, int64_t deadline)
 {
+    return publish_full(b, exchange, key, data, len, persistent, NULL, wait, deadline);
+}
+
+static int publish_full(conc_broker *b, const char *exchange, const char *key,
+                        const void *data, size_t len, bool persistent,
+                        const conc_broker_props *props, bool wait, int64_t deadline)
+{
+    char expiration[32] = "";
     if (len > b->opts.max_message)
         return -EMSGSIZE;
     int64_t lim = setup_limit(b, deadline);
@@ -482,6 +601,20 @@ static int publish(conc_broker *b, const char *exchange, const char *key, const 
             continue;
         amqp_basic_properties_t p = { ._flags = AMQP_BASIC_DELIVERY_MODE_FLAG,
                                       .delivery_mode = persistent ? 2 : 1 };
+        if (props && props->correlation_id) {
+            p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+            p.correlation_id = amqp_cstring_bytes(props->correlation_id);
+        }
+        if (props && props->reply_to) {
+            p._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+            p.reply_to = amqp_cstring_bytes(props->reply_to);
+        }
+        if (props && props->expiration > 0) {
+            snprintf(expiration, sizeof expiration, "%lld",
+                     (long long)(props->expiration * 1000 + 0.5));
+            p._flags |= AMQP_BASIC_EXPIRATION_FLAG;
+            p.expiration = amqp_cstring_bytes(expiration);
+        }
         amqp_bytes_t body = { .len = len, .bytes = (void *)data };
         int st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
                                     amqp_cstring_bytes(key), 0, 0, &p, body);
@@ -594,6 +727,40 @@ int conc_broker_publish_async(conc_broker *b, const char *exchange, const char *
         return r;
     return bk_code(poll, publish(b, exchange, topic, data ? data : "", len, true, false,
                                  deadline));
+}
+
+static int props_call(conc_broker *b, const char *exchange, const char *topic,
+                      const void *data, size_t len, const conc_broker_props *props,
+                      double timeout, bool wait)
+{
+    int64_t deadline;
+    bool poll;
+    conc_broker_props pr = { 0 };
+    if (props) {
+        size_t n = props->size && props->size < sizeof pr ? props->size : sizeof pr;
+        memcpy(&pr, props, n);
+    }
+    if (!b || !name_ok(exchange, true) || !name_ok(topic, true) || (!data && len) ||
+        (pr.correlation_id && !name_ok(pr.correlation_id, true)) ||
+        (pr.reply_to && !name_ok(pr.reply_to, true)) || !(pr.expiration >= 0) ||
+        pr.expiration > 1e9 || bk_deadline(timeout, &deadline, &poll))
+        return -EINVAL;
+    return bk_code(poll, publish_full(b, exchange, topic, data ? data : "", len, !pr.transient,
+                                      &pr, wait, deadline));
+}
+
+int conc_broker_publish_props(conc_broker *b, const char *exchange, const char *topic,
+                              const void *data, size_t len, const conc_broker_props *props,
+                              double timeout)
+{
+    return props_call(b, exchange, topic, data, len, props, timeout, true);
+}
+
+int conc_broker_publish_props_async(conc_broker *b, const char *exchange, const char *topic,
+                                    const void *data, size_t len,
+                                    const conc_broker_props *props, double timeout)
+{
+    return props_call(b, exchange, topic, data, len, props, timeout, false);
 }
 
 /* ---- gets ---- */

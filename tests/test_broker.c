@@ -689,3 +689,114 @@ Test(broker, broker_stopped_under_load_nothing_confirmed_is_lost)
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }
+
+Test(broker, properties_for_request_reply)
+{
+    char name[128];
+    qname(name, sizeof name, "props");
+    conc_broker *b = connect_ok();
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    conc_broker_props p = CONC_BROKER_PROPS_INIT;
+    p.correlation_id = "task-42";
+    p.reply_to = "replies-7";
+    cr_assert_eq(conc_broker_publish_props(b, "", name, "req", 3, &p, HANG), 0);
+    cr_assert_eq(conc_broker_publish_props_async(b, "", name, "plain", 5, NULL, HANG), 0);
+    cr_assert_eq(conc_broker_flush(b, HANG), 0);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get(q, &m, HANG), 0);
+    cr_assert_str_eq((char *)m.data, "req");
+    cr_assert_str_eq(m.correlation_id, "task-42");
+    cr_assert_str_eq(m.reply_to, "replies-7");
+    cr_assert_eq(m.delivery_count, 0);
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_get(q, &m, HANG), 0);
+    cr_assert_str_eq((char *)m.data, "plain");
+    cr_assert_str_eq(m.correlation_id, "");
+    cr_assert_str_eq(m.reply_to, "");
+    conc_broker_msg_clear(&m);
+    char longp[300];
+    memset(longp, 'x', sizeof longp - 1);
+    longp[sizeof longp - 1] = '\0';
+    p.correlation_id = longp;
+    cr_assert_eq(conc_broker_publish_props(b, "", name, "x", 1, &p, HANG), -EINVAL);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    conc_broker_free(b);
+}
+
+Test(broker, delivery_limit_dead_letters_a_poison_message)
+{
+    char name[128], dead[140];
+    qname(name, sizeof name, "poison");
+    snprintf(dead, sizeof dead, "%s-dead", name);
+    conc_broker *b = connect_ok();
+    conc_broker_queue *dq = queue_ok(b, dead, NULL);
+    conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
+    o.delivery_limit = 2;
+    o.dead_letter_exchange = "";
+    o.dead_letter_key = dead;
+    conc_broker_queue *q = queue_ok(b, name, &o);
+    cr_assert_eq(conc_broker_queue_put(q, "poison", 6, HANG), 0);
+    /* Every delivery is given back (as a crashing worker would); the count
+     * grows until the broker stops delivering it. */
+    uint32_t last = 0;
+    int deliveries = 0;
+    for (;;) {
+        conc_broker_msg m = { 0 };
+        int r = conc_broker_queue_get(q, &m, deliveries == 0 ? HANG : 2.0);
+        if (r == -ETIMEDOUT)
+            break;
+        cr_assert_eq(r, 0, "get: %s", conc_strerror(r));
+        cr_assert_eq(m.delivery_count, (uint32_t)deliveries, "delivery %d counted %u",
+                     deliveries, m.delivery_count);
+        last = m.delivery_count;
+        deliveries++;
+        cr_assert_leq(deliveries, 3, "delivered past its limit");
+        cr_assert_eq(conc_broker_queue_reject(q, m.tag, true), 0);
+        conc_broker_msg_clear(&m);
+    }
+    cr_assert_eq(deliveries, 3);
+    cr_assert_eq(last, 2);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get(dq, &m, HANG), 0);
+    cr_assert_str_eq((char *)m.data, "poison");
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_task_done(dq), 0);
+    conc_broker_queue_opts bad = CONC_BROKER_QUEUE_OPTS_INIT;
+    bad.delivery_limit = 1;
+    bad.exclusive = true;
+    conc_broker_queue *x = NULL;
+    cr_assert_eq(conc_broker_queue_new(&x, b, "conc-test-bad", &bad, HANG), -EINVAL);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(dq, HANG), 0);
+    conc_broker_free(b);
+}
+
+Test(broker, expired_messages_are_dead_lettered)
+{
+    char name[128], dead[140];
+    qname(name, sizeof name, "ttl");
+    snprintf(dead, sizeof dead, "%s-dead", name);
+    conc_broker *b = connect_ok();
+    conc_broker_queue *dq = queue_ok(b, dead, NULL);
+    conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
+    o.message_ttl = 0.05;
+    o.dead_letter_exchange = "";
+    o.dead_letter_key = dead;
+    conc_broker_queue *q = queue_ok(b, name, &o);
+    cr_assert_eq(conc_broker_queue_put(q, "stale", 5, HANG), 0);
+    /* A per-message expiration (properties) dead-letters the same way. */
+    conc_broker_props p = CONC_BROKER_PROPS_INIT;
+    p.expiration = 0.05;
+    cr_assert_eq(conc_broker_publish_props(b, "", name, "stale-2", 7, &p, HANG), 0);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get(dq, &m, HANG), 0);
+    cr_assert_str_eq((char *)m.data, "stale");
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_get(dq, &m, HANG), 0);
+    cr_assert_str_eq((char *)m.data, "stale-2");
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_qsize(q, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(dq, HANG), 0);
+    conc_broker_free(b);
+}

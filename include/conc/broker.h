@@ -162,6 +162,22 @@ typedef struct conc_broker_queue_opts {
     uint16_t prefetch;      /* unacknowledged messages the broker sends
                                ahead to this consumer (0: 16; simple
                                queues: 64) */
+    /* Fields added after the first version (read when size covers them). */
+    uint32_t delivery_limit;    /* > 0: a quorum queue (replicated, always
+                                   durable, never exclusive) whose messages
+                                   delivered more than this many times
+                                   (their consumers died or rejected them)
+                                   are dead-lettered instead of delivered
+                                   again; get reports delivery_count */
+    const char *dead_letter_exchange; /* NULL: none; where dead messages go
+                                   ("" the default exchange, with
+                                   dead_letter_key naming a queue) */
+    const char *dead_letter_key;      /* NULL: the message's own key */
+    double message_ttl;         /* > 0: messages expire after this many
+                                   seconds in the queue (dead-lettered when
+                                   there is a dead-letter exchange) */
+    double expires;             /* > 0: the queue is deleted after this many
+                                   seconds without consumers or use */
 } conc_broker_queue_opts;
 
 #define CONC_BROKER_QUEUE_OPTS_INIT { .size = sizeof(conc_broker_queue_opts) }
@@ -244,6 +260,12 @@ typedef struct conc_broker_msg {
     char routing_key[256];  /* the key it was published with (the queue's
                                name for a put; the topic for a publish) */
     char exchange[256];     /* the exchange it came through ("" for a put) */
+    char correlation_id[256];   /* as published (conc_broker_publish_props),
+                                   or "" */
+    char reply_to[256];         /* as published, or "" */
+    uint32_t delivery_count;    /* quorum queues: how many times it was
+                                   delivered before (0 the first time);
+                                   other queues: 0 */
 } conc_broker_msg;
 
 /* conc_broker_msg_clear - free a message's data and zero it.  NULL and a
@@ -336,6 +358,36 @@ CONC_API int conc_broker_publish(conc_broker *b, const char *exchange, const cha
 CONC_API int conc_broker_publish_async(conc_broker *b, const char *exchange,
                                        const char *topic, const void *data, size_t len,
                                        double timeout);
+
+/* Message properties for conc_broker_publish_props; all-zero (or NULL)
+ * means none. */
+typedef struct conc_broker_props {
+    uint32_t size;              /* sizeof(conc_broker_props), or 0 */
+    const char *correlation_id; /* up to 255 bytes, or NULL */
+    const char *reply_to;       /* up to 255 bytes (a queue name), or NULL */
+    double expiration;          /* > 0: the broker drops (or dead-letters)
+                                   the message after this many seconds in a
+                                   queue */
+    bool transient;             /* not persistent (delivery mode 1) */
+} conc_broker_props;
+
+#define CONC_BROKER_PROPS_INIT { .size = sizeof(conc_broker_props) }
+
+/*
+ * conc_broker_publish_props - conc_broker_publish with message properties
+ * (a correlation id and a reply-to queue for request/reply, an expiration),
+ * to exchange ("" is the default exchange, which routes to the queue named
+ * by topic).  Returns what conc_broker_publish returns, and -EINVAL for a
+ * property over 255 bytes or a bad expiration.
+ */
+CONC_API int conc_broker_publish_props(conc_broker *b, const char *exchange, const char *topic,
+                                       const void *data, size_t len,
+                                       const conc_broker_props *props, double timeout);
+/* conc_broker_publish_props_async - the same without waiting for the
+ * confirmation (see conc_broker_flush). */
+CONC_API int conc_broker_publish_props_async(conc_broker *b, const char *exchange,
+                                             const char *topic, const void *data, size_t len,
+                                             const conc_broker_props *props, double timeout);
 
 /*
  * conc_broker_subscribe - subscribe to exchange (declaring it, of the given
