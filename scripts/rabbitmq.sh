@@ -9,6 +9,10 @@
 #   rabbitmq.sh stop DIR    stop the node, its epmd and everything they
 #                           started; safe after a failed or partial start
 #   rabbitmq.sh url DIR     print the URL of the node recorded in DIR
+#   rabbitmq.sh tls-url DIR print its amqps:// URL (a TLS listener whose
+#                           certificate, for host localhost, is signed by the
+#                           test CA DIR/tls/ca.pem; made when openssl is
+#                           there, else the command fails)
 #   rabbitmq.sh ctl DIR ARGS...   run rabbitmqctl ARGS against the node
 #
 # A start after a stop in the same DIR reuses the node name, the data and
@@ -127,14 +131,15 @@ start)
       print_url
       exit 0
     fi
-    ports_free "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT" "$CTL_PORT" || {
-      set -- $(free_ports 4)
-      AMQP_PORT=$1 DIST_PORT=$2 EPMD_PORT=$3 CTL_PORT=$4
+    ports_free "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT" "$CTL_PORT" ${TLS_PORT:-} || {
+      set -- $(free_ports 5)
+      AMQP_PORT=$1 DIST_PORT=$2 EPMD_PORT=$3 CTL_PORT=$4 TLS_PORT=$5
     }
+    [ -n "${TLS_PORT:-}" ] || TLS_PORT=$(free_ports 1)
   else
-    set -- $(free_ports 4)
+    set -- $(free_ports 5)
     NODE="conc$1@localhost"
-    AMQP_PORT=$1 DIST_PORT=$2 EPMD_PORT=$3 CTL_PORT=$4
+    AMQP_PORT=$1 DIST_PORT=$2 EPMD_PORT=$3 CTL_PORT=$4 TLS_PORT=$5
   fi
   cat > "$state" <<EOF
 NODE=$NODE
@@ -142,6 +147,7 @@ AMQP_PORT=$AMQP_PORT
 DIST_PORT=$DIST_PORT
 EPMD_PORT=$EPMD_PORT
 CTL_PORT=$CTL_PORT
+TLS_PORT=$TLS_PORT
 EOF
   mkdir -p "$dir/mnesia" "$dir/log"
   : > "$dir/rabbitmq-env.conf"
@@ -153,6 +159,33 @@ loopback_users = none
 log.file.level = warning
 log.console = false
 EOF
+  # A TLS listener, with a test CA and a certificate for localhost.
+  if command -v openssl >/dev/null 2>&1; then
+    t="$dir/tls"
+    if [ ! -s "$t/server.pem" ]; then
+      mkdir -p "$t"
+      (
+        cd "$t" &&
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+          -subj "/CN=conc test CA" &&
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+          -subj "/CN=localhost" &&
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > server.ext &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+          -out server.pem -days 3650 -extfile server.ext
+      ) > "$dir/log/tls.out" 2>&1 || rm -f "$t/server.pem"
+    fi
+    if [ -s "$t/server.pem" ]; then
+      cat >> "$dir/rabbitmq.conf" <<EOF
+listeners.ssl.default = 127.0.0.1:$TLS_PORT
+ssl_options.cacertfile = $t/ca.pem
+ssl_options.certfile = $t/server.pem
+ssl_options.keyfile = $t/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+    fi
+  fi
   # The cookie the node and the tools share: private to DIR.
   if [ ! -f "$dir/.erlang.cookie" ]; then
     python3 -c 'import secrets; print(secrets.token_hex(16).upper(), end="")' > "$dir/.erlang.cookie"
@@ -201,6 +234,12 @@ url)
   [ -f "$state" ] || { echo "rabbitmq.sh: no node in $dir" >&2; exit 1; }
   load_env
   print_url
+  ;;
+tls-url)
+  [ -f "$state" ] || { echo "rabbitmq.sh: no node in $dir" >&2; exit 1; }
+  [ -s "$dir/tls/server.pem" ] || { echo "rabbitmq.sh: no TLS listener in $dir" >&2; exit 1; }
+  load_env
+  echo "amqps://guest:guest@localhost:$TLS_PORT/%2f"
   ;;
 ctl)
   [ -f "$state" ] || { echo "rabbitmq.sh: no node in $dir" >&2; exit 1; }

@@ -800,3 +800,37 @@ Test(broker, expired_messages_are_dead_lettered)
     cr_assert_eq(conc_broker_queue_delete(dq, HANG), 0);
     conc_broker_free(b);
 }
+
+Test(broker, amqps_verifies_the_server_certificate)
+{
+    char tls[256];
+    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' tls-url '" CONC_RABBITMQ_DIR "' 2>/dev/null",
+                    "r");
+    cr_assert_not_null(p);
+    bool have = fgets(tls, sizeof tls, p) != NULL;
+    pclose(p);
+    if (!have)
+        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    tls[strcspn(tls, "\n")] = '\0';
+    /* Signed by the test CA: accepted with it, refused without it. */
+    conc_broker_opts o = CONC_BROKER_OPTS_INIT;
+    o.cacert = CONC_RABBITMQ_DIR "/tls/ca.pem";
+    conc_broker *b = NULL;
+    int r = conc_broker_new(&b, tls, &o);
+    cr_assert_eq(r, 0, "amqps with the CA: %s", conc_strerror(r));
+    char name[128];
+    qname(name, sizeof name, "tls");
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "secret", 6, HANG), 0);
+    get_str(q, "secret", name);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    conc_broker_free(b);
+    b = NULL;
+    o.cacert = NULL;        /* the system's CAs do not know the test CA */
+    cr_assert_eq(conc_broker_new(&b, tls, &o), -EKEYREJECTED);
+    cr_assert_null(b);
+    o.insecure = true;
+    cr_assert_eq(conc_broker_new(&b, tls, &o), 0);
+    conc_broker_free(b);
+}
