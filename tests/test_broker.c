@@ -486,6 +486,7 @@ Test(broker, conc_wait_on_a_broker_queue)
 /* Coroutines: a get parks only its coroutine. */
 struct coro_state {
     char name[128];
+    atomic_int getting;         /* the getter is about to call get */
     atomic_int putter_ran;      /* the putter ran while the getter waited */
     int get_result;
     int saw_putter;
@@ -503,6 +504,7 @@ static void *coro_getter(void *arg)
         return NULL;
     if (conc_broker_queue_new(&q, b, s->name, NULL, HANG) == 0) {
         conc_broker_msg m = { 0 };
+        atomic_store(&s->getting, 1);   /* no switch between this and get */
         s->get_result = conc_broker_queue_get(q, &m, HANG);
         s->saw_putter = atomic_load(&s->putter_ran);
         if (s->get_result == 0) {
@@ -525,9 +527,11 @@ static void *coro_putter(void *arg)
     if (conc_broker_new(&b, url, NULL))
         return NULL;
     if (conc_broker_queue_new(&q, b, s->name, NULL, HANG) == 0) {
-        /* Let the getter reach its wait first: a short pause of this
-         * coroutine only (the order is checked, not the time). */
-        conc_sleep(0.3);
+        /* Coroutines switch only where they wait: once the getter has
+         * said it is getting and this one runs again, the getter is parked
+         * inside its get. */
+        while (!atomic_load(&s->getting))
+            conc_sleep(0);
         atomic_store(&s->putter_ran, 1);
         s->put_result = conc_broker_queue_put(q, "from-coro", 9, HANG);
         conc_broker_queue_free(q);

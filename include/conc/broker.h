@@ -35,7 +35,10 @@
  * Coroutines: every wait for the broker goes through conc's wait layer:
  * called from a conc coroutine, a call parks only that coroutine.  (The
  * TCP connect and the AMQP login of a (re)connection run on a worker thread
- * through conc_offload, so they park the coroutine too.)
+ * through conc_offload, so they park the coroutine too.)  One exception: a
+ * send that finds the socket's buffer full (a large message, or a broker
+ * that throttles its publishers) waits for room inside rabbitmq-c, blocking
+ * the thread until the broker reads.
  *
  * Threads: a connection, and everything made from it, is used by one thread
  * (or one coroutine) at a time; use one connection per thread (connections
@@ -111,7 +114,8 @@ typedef struct conc_broker_opts {
  * 5671) for TLS with the server's certificate and host name verified.
  * Returns 0 and stores the handle in *out; -EINVAL for a NULL out or url, a
  * URL that does not parse, or bad options; -EPROTONOSUPPORT for amqps when
- * the TLS setup fails; -ECONNREFUSED (nothing listens), -EHOSTUNREACH,
+ * the TLS setup fails; -EKEYREJECTED when the server's certificate is not
+ * accepted (unknown CA, wrong host); -ECONNREFUSED (nothing listens), -EHOSTUNREACH,
  * -ENETUNREACH, -ETIMEDOUT (no answer within the timeout); -EACCES for a
  * wrong user or password, or a vhost the user may not open; -EPROTO when
  * the peer does not speak AMQP 0-9-1; -ENOMEM.
