@@ -460,7 +460,7 @@ static void channel_closed(conc_broker *b, uint16_t ch, int err)
         b->got = true;
         b->want_id = 0;
         b->got_count = 0;
-        b->ctl_err = err ? err : -EIO;
+        b->rpc_err = err ? err : -EIO;
     }
 }
 
@@ -600,8 +600,7 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
     b->want_ch = ch;
     b->want_id = reply;
     b->got = false;
-    if (ch == BK_CH_CTL)
-        b->ctl_err = 0;
+    b->rpc_err = 0;
     while (!b->got) {
         int r = bk_pump(b, deadline);
         if (r < 0) {
@@ -611,9 +610,7 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
         if (epoch != b->epoch)
             return -ECONNRESET;
     }
-    if (ch == BK_CH_CTL && b->ctl_err)
-        return b->ctl_err;
-    return 0;
+    return b->rpc_err;
 }
 
 int bk_channel_open(conc_broker *b, uint16_t ch, int64_t deadline)

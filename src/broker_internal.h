@@ -105,6 +105,7 @@ struct conc_broker {
     uint16_t want_ch;
     amqp_method_number_t want_id;
     bool got;
+    int rpc_err;                            /* the awaited channel closed */
     uint32_t got_count;                     /* queue.declare-ok's count */
     char got_name[256];                     /* queue.declare-ok's name */
     /* Declared things. */

@@ -496,11 +496,19 @@ int conc_broker_subscribe(conc_broker_queue **out, conc_broker *b, const char *e
     struct bk_exchange e = { .kind = kind };
     strcpy(e.name, exchange);
     int tries = 0;
-    do
-        r = bk_exchange_declare_one(b, &e, lim);
-    while (again(b, r, lim, &tries));
-    if (r == 0)
-        r = remember_exchange(b, exchange, kind, false);
+    /* An exchange this connection declared is used as it is (transient,
+     * say); another is declared durable, or checked to be so. */
+    bool known = false;
+    for (struct bk_exchange *k = b->exchanges; k; k = k->next)
+        known = known || strcmp(k->name, exchange) == 0;
+    r = 0;
+    if (!known) {
+        do
+            r = bk_exchange_declare_one(b, &e, lim);
+        while (again(b, r, lim, &tries));
+        if (r == 0)
+            r = remember_exchange(b, exchange, kind, false);
+    }
     if (r == 0) {
         do
             r = bk_queue_declare(q, lim);

@@ -77,6 +77,17 @@ static conc_broker_queue *queue_ok(conc_broker *b, const char *name,
     return q;
 }
 
+static void get_str(conc_broker_queue *q, const char *want_body, const char *want_key)
+{
+    conc_broker_msg m = { 0 };
+    int r = conc_broker_queue_get(q, &m, HANG);
+    cr_assert_eq(r, 0, "get: %s", conc_strerror(r));
+    cr_assert_str_eq((char *)m.data, want_body);
+    if (want_key)
+        cr_assert_str_eq(m.routing_key, want_key);
+    conc_broker_msg_clear(&m);
+}
+
 static void setup(void)
 {
     read_url();
@@ -366,16 +377,6 @@ Test(broker, oversized_message_emsgsize)
     conc_broker_free(b);
 }
 
-static void get_str(conc_broker_queue *q, const char *want_body, const char *want_key)
-{
-    conc_broker_msg m = { 0 };
-    int r = conc_broker_queue_get(q, &m, HANG);
-    cr_assert_eq(r, 0, "get: %s", conc_strerror(r));
-    cr_assert_str_eq((char *)m.data, want_body);
-    if (want_key)
-        cr_assert_str_eq(m.routing_key, want_key);
-    conc_broker_msg_clear(&m);
-}
 
 Test(broker, topic_subscriptions_match_patterns)
 {
@@ -577,6 +578,16 @@ Test(broker, durable_messages_survive_a_broker_restart)
     conc_broker_queue *tq = queue_ok(b, tname, &to);
     cr_assert_eq(conc_broker_queue_put(tq, "lost", 4, HANG), 0);
     conc_broker_queue_free(tq);
+    /* Kept across the restart: a transient queue, and a subscription to a
+     * transient exchange; the reconnection declares them again. */
+    char kname[140], ex[140];
+    snprintf(kname, sizeof kname, "%s-k", name);
+    snprintf(ex, sizeof ex, "%s-x", name);
+    conc_broker_queue *kq = queue_ok(b, kname, &to);
+    cr_assert_eq(conc_broker_exchange_declare(b, ex, CONC_BROKER_TOPIC, true, HANG), 0);
+    const char *pat[] = { "a.*" };
+    conc_broker_queue *sub;
+    cr_assert_eq(conc_broker_subscribe(&sub, b, ex, CONC_BROKER_TOPIC, pat, 1, NULL, HANG), 0);
     node("stop");
     /* While it is down: a clear error, quickly, not a hang. */
     conc_broker_msg m = { 0 };
@@ -595,6 +606,14 @@ Test(broker, durable_messages_survive_a_broker_restart)
     po.passive = true;
     cr_assert_eq(conc_broker_queue_new(&tq, b, tname, &po, HANG), -ENOENT,
                  "a transient queue does not survive a restart");
+    cr_assert_eq(conc_broker_queue_put(kq, "k", 1, HANG), 0);
+    get_str(kq, "k", kname);
+    cr_assert_eq(conc_broker_queue_task_done(kq), 0);
+    cr_assert_eq(conc_broker_publish(b, ex, "a.b", "routed", 6, HANG), 0);
+    get_str(sub, "routed", "a.b");
+    cr_assert_eq(conc_broker_queue_task_done(sub), 0);
+    conc_broker_queue_free(sub);
+    conc_broker_queue_free(kq);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }
