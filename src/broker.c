@@ -227,8 +227,18 @@ static void *connect_run(void *arg)
         tv.tv_usec = 1000;
     amqp_set_handshake_timeout(c, &tv);
     amqp_set_rpc_timeout(c, &tv);
-    amqp_rpc_reply_t r = amqp_login(c, j->vhost, 0, AMQP_DEFAULT_FRAME_SIZE, j->heartbeat,
-                                    AMQP_SASL_METHOD_PLAIN, j->user, j->pass);
+    /* Asks to be told when the broker cancels a consumer (its queue was
+     * deleted), besides rabbitmq-c's own capabilities. */
+    amqp_table_entry_t cap = { .key = amqp_cstring_bytes("consumer_cancel_notify"),
+                               .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
+                                          .value = { .boolean = 1 } } };
+    amqp_table_entry_t prop = { .key = amqp_cstring_bytes("capabilities"),
+                                .value = { .kind = AMQP_FIELD_KIND_TABLE,
+                                           .value = { .table = { 1, &cap } } } };
+    amqp_table_t props = { 1, &prop };
+    amqp_rpc_reply_t r = amqp_login_with_properties(c, j->vhost, 0, AMQP_DEFAULT_FRAME_SIZE,
+                                                    j->heartbeat, &props,
+                                                    AMQP_SASL_METHOD_PLAIN, j->user, j->pass);
     int err = login_err(r);
     if (err) {
         amqp_destroy_connection(c);

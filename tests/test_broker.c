@@ -857,3 +857,21 @@ Test(broker, amqps_verifies_the_server_certificate)
     cr_assert_eq(conc_broker_new(&b, tls, &o), 0);
     conc_broker_free(b);
 }
+
+Test(broker, queue_deleted_under_a_consumer_enoent)
+{
+    char name[128];
+    qname(name, sizeof name, "gone");
+    conc_broker *b = connect_ok();
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get(q, &m, 0.1), -ETIMEDOUT);    /* consuming now */
+    conc_broker *b2 = connect_ok();
+    conc_broker_queue *q2 = queue_ok(b2, name, NULL);
+    cr_assert_eq(conc_broker_queue_delete(q2, HANG), 0);
+    conc_broker_free(b2);
+    cr_assert_eq(conc_broker_queue_get(q, &m, HANG), -ENOENT);
+    cr_assert_eq(conc_broker_queue_get_nowait(q, &m), -ENOENT);
+    conc_broker_queue_free(q);
+    conc_broker_free(b);
+}
