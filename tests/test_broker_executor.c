@@ -578,33 +578,55 @@ Test(broker_executor, duplicate_and_malformed_results_dropped)
     delete_queues(q);
 }
 
+/* The client of client_gone_results_expire, when this program is run with
+ * BXTEST_CLIENT_* set: submit square(6) to the queue named, write the reply
+ * queue's name (and a NUL) to the descriptor named, wait to be killed. */
+__attribute__((constructor)) static void gone_client(void)
+{
+    const char *u = getenv("BXTEST_CLIENT_URL");
+    const char *q = getenv("BXTEST_CLIENT_QUEUE");
+    const char *fd = getenv("BXTEST_CLIENT_FD");
+    if (!u || !q || !fd)
+        return;
+    conc_broker_executor *ex;
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = q;
+    if (conc_broker_executor_new(&ex, u, &o))
+        _exit(2);
+    conc_future *f;
+    uint64_t x = 6;
+    if (conc_broker_executor_submit(ex, "square", &x, sizeof x, &f))
+        _exit(3);
+    const char *name = conc_broker_executor_reply_queue(ex);
+    if (write(atoi(fd), name, strlen(name) + 1) < 0)
+        _exit(4);
+    for (;;)
+        pause();
+}
+
 Test(broker_executor, client_gone_results_expire)
 {
     char q[128];
     qname(q, sizeof q, "gone");
     int p[2];
     cr_assert_eq(pipe(p), 0);
-    /* The client is a child that submits a task and dies before a worker
+    /* The client is another program (this one again, run afresh: a child
+     * forked from a process with threads must not start threads of its
+     * own under TSan) that submits a task and is killed before a worker
      * takes it. */
-    url();
+    char fdtext[16];
+    snprintf(fdtext, sizeof fdtext, "%d", p[1]);
+    const char *u = url();
     pid_t client = fork();
     cr_assert_geq(client, 0);
     if (client == 0) {
-        conc_broker_executor *ex;
-        conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
-        o.queue = q;
-        if (conc_broker_executor_new(&ex, url(), &o))
-            _exit(2);
-        conc_future *f;
-        uint64_t x = 6;
-        if (conc_broker_executor_submit(ex, "square", &x, sizeof x, &f))
-            _exit(3);
-        const char *name = conc_broker_executor_reply_queue(ex);
-        if (write(p[1], name, strlen(name) + 1) < 0)
-            _exit(4);
-        for (;;)
-            pause();
+        setenv("BXTEST_CLIENT_URL", u, 1);
+        setenv("BXTEST_CLIENT_QUEUE", q, 1);
+        setenv("BXTEST_CLIENT_FD", fdtext, 1);
+        execl("/proc/self/exe", "test_broker_executor", (char *)NULL);
+        _exit(127);
     }
+    close(p[1]);
     char name[256];
     size_t got = 0;
     while (got == 0 || name[got - 1] != '\0') {
@@ -631,7 +653,6 @@ Test(broker_executor, client_gone_results_expire)
     cr_assert_eq(raw_count(name), -1);
     conc_broker_executor_free(ex);
     close(p[0]);
-    close(p[1]);
     delete_queues(q);
 }
 
