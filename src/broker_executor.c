@@ -27,6 +27,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <amqp.h>
@@ -47,6 +50,9 @@
 #define BX_QUEUE_NAME_MAX 200
 /* The longest sleep between two looks at the connection's heartbeats. */
 #define BX_SLICE_NS (2 * 1000000000LL)
+/* The executor's AMQP heartbeat, in seconds: its result thread answers
+ * them.  A worker has none, since a task may run longer than the broker
+ * waits for a heartbeat; TCP keepalives stand in for them. */
 #define BX_HEARTBEAT 30
 #define BX_ERR_KEY "conc-error"
 #define BX_DETAIL_KEY "conc-detail"
@@ -112,8 +118,10 @@ static int bx_reply(amqp_rpc_reply_t r, bool login)
     }
 }
 
-/* Connects, logs in and opens the channel. */
-static int bx_connect(amqp_connection_state_t *out, const char *url, int64_t deadline)
+/* Connects, logs in (with AMQP heartbeats every `heartbeat` seconds, or
+ * none for 0) and opens the channel. */
+static int bx_connect(amqp_connection_state_t *out, const char *url, int heartbeat,
+                      int64_t deadline)
 {
     size_t ulen = strlen(url);
     char *copy = malloc(ulen + 1);
@@ -152,7 +160,15 @@ static int bx_connect(amqp_connection_state_t *out, const char *url, int64_t dea
     tv = bx_tv(deadline);
     amqp_set_handshake_timeout(c, &tv);
     amqp_set_rpc_timeout(c, &tv);
-    r = bx_reply(amqp_login(c, info.vhost, 0, 131072, BX_HEARTBEAT, AMQP_SASL_METHOD_PLAIN,
+    if (!heartbeat) {
+        /* No AMQP heartbeats: TCP keepalives find a peer that is gone. */
+        int fd = amqp_get_sockfd(c), on = 1, idle = 30, intvl = 10, cnt = 3;
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    }
+    r = bx_reply(amqp_login(c, info.vhost, 0, 131072, heartbeat, AMQP_SASL_METHOD_PLAIN,
                             info.user, info.password), true);
     if (r)
         goto out;
@@ -536,7 +552,7 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     }
     sigset_t old;
     bx_hold_signals(&old);
-    int r = bx_connect(&ex->conn, url, deadline);
+    int r = bx_connect(&ex->conn, url, BX_HEARTBEAT, deadline);
     if (r)
         goto fail;
     r = bx_declare(ex->conn, queue, o.max_deliveries ? o.max_deliveries : 3);
@@ -739,7 +755,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     }
     sigset_t old;
     bx_hold_signals(&old);
-    int r = bx_connect(&w->conn, url, deadline);
+    int r = bx_connect(&w->conn, url, 0, deadline);
     if (!r)
         r = bx_declare(w->conn, queue, w->max_deliveries);
     if (r)
@@ -902,7 +918,7 @@ static int bx_start_consumer(conc_broker_worker *w)
         conc_sleep(0.1 * attempt);
         int64_t deadline;
         conc_deadline(10.0, &deadline);
-        r = bx_connect(&w->conn, w->url, deadline);
+        r = bx_connect(&w->conn, w->url, 0, deadline);
         if (!r)
             r = bx_declare(w->conn, w->queue, w->max_deliveries);
         if (!r) {

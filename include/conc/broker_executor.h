@@ -55,7 +55,11 @@
  *
  * Connections.  Each executor and each worker has its own AMQP connection,
  * from a URL amqp://user:password@host:port/vhost (the defaults guest,
- * guest, localhost, 5672 and "/" as in rabbitmq-c's amqp_parse_url).  The
+ * guest, localhost, 5672 and "/" as in rabbitmq-c's amqp_parse_url; an
+ * empty vhost, "amqp://host/", is "/" too).  The executor's connection
+ * has AMQP heartbeats (30 s), answered by its result thread; a worker's
+ * has none, since a task may run longer than the broker waits for one,
+ * and TCP keepalives find a broker that is gone instead.  The
  * connection does not come back after a broker restart: the executor then
  * fails its unfinished futures with -EPIPE and later submits give -EPIPE;
  * a worker's run returns -EPIPE.  Make a new one.
