@@ -369,6 +369,21 @@ Test(broker, oversized_message_emsgsize)
     cr_assert_eq(m.len, n);
     cr_assert_eq(memcmp(m.data, huge, n), 0);
     conc_broker_msg_clear(&m);
+    /* Over the broker's own limit (the private node's max_message_size is
+     * 16 MiB) but within the client's: the broker refuses it. */
+    conc_broker_opts lo = CONC_BROKER_OPTS_INIT;
+    lo.max_message = 32 << 20;
+    conc_broker *b3 = NULL;
+    cr_assert_eq(conc_broker_new(&b3, url, &lo), 0);
+    conc_broker_queue *q3 = queue_ok(b3, name, NULL);
+    size_t over = (16 << 20) + 1;
+    char *obig = calloc(1, over);
+    cr_assert_not_null(obig);
+    cr_assert_eq(conc_broker_queue_put(q3, obig, over, HANG), -EMSGSIZE);
+    cr_assert_eq(conc_broker_queue_put(q3, "fits", 4, HANG), 0);    /* and goes on */
+    free(obig);
+    conc_broker_queue_free(q3);
+    conc_broker_free(b3);
     free(big);
     free(huge);
     cr_assert_eq(conc_broker_queue_delete(q2, HANG), 0);

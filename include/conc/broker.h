@@ -229,7 +229,8 @@ CONC_API const char *conc_broker_queue_name(const conc_broker_queue *q);
  * conc_broker_queue_put - Queue.put(item): put len bytes of data into the
  * queue and return once the broker confirmed it (it is then on disk for a
  * durable queue).  A broker queue is unbounded.  Returns 0; -EMSGSIZE when
- * len exceeds opts.max_message; -EIO when the broker rejected it;
+ * len exceeds opts.max_message or the broker's own limit (its
+ * max_message_size); -EIO when the broker rejected it;
  * -ECONNRESET when the connection was lost before the confirmation (the
  * message may or may not be in the queue); the connection's errors while
  * the broker stays unreachable; -ETIMEDOUT when no confirmation came in
