@@ -127,6 +127,11 @@ static void round_trip(const char *address, const conc_listener_opts *lo,
     client_start(&cl, l, co, 21);
     conc_conn *c;
     cr_assert_eq(conc_listener_accept(l, &c, GUARD), 0);
+    /* An accepted connection is a conc_conn like any: poll and wait work. */
+    cr_assert_eq(conc_conn_poll(c, GUARD), 0);
+    conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = c };
+    cr_assert_eq(conc_wait(&w, 1, GUARD), 1);
+    cr_assert(w.ready);
     serve(c, 0);
     pthread_join(cl.t, NULL);
     cr_assert_eq(cl.rc, 0);
@@ -586,6 +591,32 @@ Test(listener, stalled_handshake_dropped_others_served, .timeout = 60)
     cr_assert_eq(conc_listener_accept(l, &c, 0), -EAGAIN);
     conc_listener_free(l);
     cr_assert_eq(count_fds(), fds);
+}
+
+/* With every handshake slot taken by a stalled peer, the next client waits
+ * in the kernel's queue and is taken once the slot frees. */
+Test(listener, full_handshake_table_takes_the_next_when_a_slot_frees, .timeout = 60)
+{
+    conc_listener_opts o = keyed;
+    o.handshake_timeout = 0.5;
+    o.max_pending = 1;
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, NULL, &o), 0);
+    int stalled = raw_connect(l);
+    conc_conn *c = NULL;
+    /* The stalled peer takes the only slot (its challenge goes out). */
+    cr_assert_eq(conc_listener_accept(l, &c, 0), -EAGAIN);
+    struct client cl = { 0 };
+    client_start(&cl, l, &client_keyed, 12);
+    cr_assert_eq(conc_listener_accept(l, &c, GUARD), -ECONNABORTED);
+    cr_assert_eq(conc_listener_accept(l, &c, GUARD), 0);
+    serve(c, 0);
+    pthread_join(cl.t, NULL);
+    cr_assert_eq(cl.rc, 0);
+    cr_assert_eq(cl.rc_io, 0);
+    conc_conn_free(c);
+    close(stalled);
+    conc_listener_free(l);
 }
 
 Test(listener, oversized_handshake_message_dropped, .timeout = 60)
