@@ -693,6 +693,76 @@ Test(listener, many_clients_tcp, .timeout = 120)
     many("127.0.0.1:0");
 }
 
+/* Four threads accept on one listener at once: every client is taken by
+ * exactly one of them. */
+struct acceptor_thread {
+    conc_listener *l;
+    int served;
+    int error;
+    pthread_t t;
+};
+
+static int accepted_total;
+
+static void *acceptor_thread_main(void *arg)
+{
+    struct acceptor_thread *a = arg;
+    for (;;) {
+        if (__atomic_load_n(&accepted_total, __ATOMIC_ACQUIRE) >= NCLIENTS)
+            return NULL;
+        conc_conn *c;
+        int r = conc_listener_accept(a->l, &c, 0.05);
+        if (r == -ETIMEDOUT)
+            continue;
+        if (r) {
+            a->error = r;
+            return NULL;
+        }
+        __atomic_add_fetch(&accepted_total, 1, __ATOMIC_ACQ_REL);
+        uint32_t v;
+        if (conc_conn_recv_bytes(c, &v, sizeof v, GUARD) != (ssize_t)sizeof v) {
+            a->error = -EPROTO;
+        } else {
+            v *= 2;
+            if (conc_conn_send_bytes(c, &v, sizeof v, GUARD) != 0)
+                a->error = -EPROTO;
+        }
+        a->served++;
+        conc_conn_free(c);
+    }
+}
+
+Test(listener, several_threads_accept, .timeout = 120)
+{
+    int fds = count_fds();
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, "127.0.0.1:0", &keyed), 0);
+    struct acceptor_thread acc[4] = { { 0 } };
+    for (int i = 0; i < 4; i++) {
+        acc[i].l = l;
+        cr_assert_eq(pthread_create(&acc[i].t, NULL, acceptor_thread_main, &acc[i]), 0);
+    }
+    static struct client cl[NCLIENTS];
+    for (uint32_t i = 0; i < NCLIENTS; i++) {
+        cl[i] = (struct client){ 0 };
+        client_start(&cl[i], l, &client_keyed, 500 + i);
+    }
+    for (int i = 0; i < NCLIENTS; i++) {
+        pthread_join(cl[i].t, NULL);
+        cr_assert_eq(cl[i].rc, 0, "client %d: %d", i, cl[i].rc);
+        cr_assert_eq(cl[i].rc_io, 0, "client %d: %d", i, cl[i].rc_io);
+    }
+    int served = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(acc[i].t, NULL);
+        cr_assert_eq(acc[i].error, 0, "acceptor %d: %d", i, acc[i].error);
+        served += acc[i].served;
+    }
+    cr_assert_eq(served, NCLIENTS);
+    conc_listener_free(l);
+    cr_assert_eq(count_fds(), fds);
+}
+
 Test(listener, large_messages, .timeout = 120)
 {
     const char *addrs[] = { NULL, "127.0.0.1:0" };
