@@ -1082,3 +1082,134 @@ Test(manager, bad_arguments, .timeout = 60)
     conc_proxy_free(p);
     conc_manager_free(m);
 }
+
+/* ------------------------------------------------ malformed requests */
+
+/* A request as the wire carries it (src/manager_wire.h): a 48-byte head,
+ * then u32-length-prefixed strings. */
+static size_t raw_req(uint8_t *buf, uint8_t version, uint8_t op, uint16_t reserved,
+                      uint32_t nargs, uint64_t id, int64_t timeout)
+{
+    memset(buf, 0, 48);
+    buf[0] = version;
+    buf[1] = op;
+    memcpy(buf + 2, &reserved, 2);
+    memcpy(buf + 4, &nargs, 4);
+    memcpy(buf + 8, &id, 8);
+    memcpy(buf + 16, &timeout, 8);
+    return 48;
+}
+
+static size_t raw_str(uint8_t *buf, size_t pos, uint32_t len, const char *s, size_t have)
+{
+    memcpy(buf + pos, &len, 4);
+    memcpy(buf + pos + 4, s, have);
+    return pos + 4 + have;
+}
+
+/* Sends msg on a new raw connection; returns what the next receive gives
+ * (the connection closed: -EPIPE or -ECONNRESET). */
+static int send_raw(const char *addr, const void *msg, size_t len)
+{
+    conc_conn *c;
+    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    cr_assert_eq(conc_conn_send_bytes(c, msg, len, GUARD), 0);
+    void *ans;
+    size_t alen;
+    int e = conc_conn_recv_alloc(c, &ans, &alen, GUARD);
+    if (e == 0) {
+        free(ans);
+        e = (int)alen;                  /* an answer: the connection is open */
+    }
+    conc_conn_free(c);
+    return e;
+}
+
+Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
+{
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.max_message = 4096;
+    conc_manager *m = started(&o);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *d = make(m, CONC_PROXY_DICT, 0, 0);
+    cr_assert_eq(conc_proxy_dict_set(d, "k", 1, "v", 1), 0);
+    uint64_t id = conc_proxy_id(d);
+
+    uint8_t b[8192];
+    size_t n;
+    struct {
+        const char *what;
+        size_t len;
+        uint8_t msg[128];
+    } bad[16];
+    int nb = 0;
+#define BAD(w, expr)                                                                           \
+    do {                                                                                       \
+        bad[nb].what = w;                                                                      \
+        n = (expr);                                                                            \
+        memcpy(bad[nb].msg, b, n);                                                             \
+        bad[nb++].len = n;                                                                     \
+    } while (0)
+    BAD("empty", 0);
+    BAD("short head", raw_req(b, 1, 9, 0, 0, id, -1) - 1);
+    BAD("version 2", raw_req(b, 2, 9, 0, 0, id, -1));
+    BAD("version 0", raw_req(b, 0, 9, 0, 0, id, -1));
+    BAD("op 0", raw_req(b, 1, 0, 0, 0, id, -1));
+    BAD("op 255", raw_req(b, 1, 255, 0, 0, id, -1));
+    BAD("reserved set", raw_req(b, 1, 9, 7, 0, id, -1));
+    BAD("timeout -2", raw_req(b, 1, 9, 0, 0, id, -2));
+    BAD("string missing", raw_req(b, 1, 7, 0, 1, id, -1));
+    BAD("string past the end", raw_str(b, raw_req(b, 1, 7, 0, 1, id, -1), 10, "k", 1));
+    BAD("huge string", raw_str(b, raw_req(b, 1, 7, 0, 1, id, -1), UINT32_MAX, "k", 1));
+    BAD("bytes left over", raw_str(b, raw_req(b, 1, 7, 0, 1, id, -1), 1, "kk", 2));
+    BAD("huge count", raw_req(b, 1, 9, 0, UINT32_MAX, id, -1));
+#undef BAD
+    for (int i = 0; i < nb; i++) {
+        int e = send_raw(addr, bad[i].msg, bad[i].len);
+        cr_expect(e == -EPIPE || e == -ECONNRESET, "%s: %d", bad[i].what, e);
+        cr_expect_eq(conc_proxy_dict_len(d), 1, "after %s", bad[i].what);
+    }
+
+    /* Oversized: over the manager's message size. */
+    static char filler[5000];
+    n = raw_str(b, raw_req(b, 1, 7, 0, 1, id, -1), sizeof filler, filler, sizeof filler);
+    int e = send_raw(addr, b, n);
+    cr_expect(e == -EPIPE || e == -ECONNRESET, "oversized: %d", e);
+    /* A length prefix that promises a gigabyte, then nothing. */
+    conc_conn *c;
+    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    int fd = conc_conn_fd(c);
+    uint64_t huge = (uint64_t)1 << 30;
+    cr_assert_eq(write(fd, &huge, sizeof huge), (ssize_t)sizeof huge);
+    void *ans;
+    size_t alen;
+    e = conc_conn_recv_alloc(c, &ans, &alen, GUARD);
+    cr_expect(e == -EPIPE || e == -ECONNRESET, "gigabyte prefix: %d", e);
+    conc_conn_free(c);
+
+    /* Well-formed but wrong for the op or the object: an error answer, the
+     * connection stays. */
+    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    int32_t st;
+    n = raw_req(b, 1, 7, 0, 0, id, -1);                 /* dict get without a key */
+    cr_assert_eq(conc_conn_send_bytes(c, b, n, GUARD), 0);
+    cr_assert_eq(conc_conn_recv_alloc(c, &ans, &alen, GUARD), 0);
+    cr_assert_eq(alen, 16);
+    memcpy(&st, ans, 4);
+    free(ans);
+    cr_expect_eq(st, -EINVAL);
+    n = raw_req(b, 1, 9, 0, 0, id + 1000, -1);         /* no such object */
+    cr_assert_eq(conc_conn_send_bytes(c, b, n, GUARD), 0);
+    cr_assert_eq(conc_conn_recv_alloc(c, &ans, &alen, GUARD), 0);
+    memcpy(&st, ans, 4);
+    free(ans);
+    cr_expect_eq(st, -ENOENT);
+    conc_conn_free(c);
+
+    /* A proxy request over the size fails before it is sent. */
+    cr_expect_eq(conc_proxy_dict_set(d, "k", 1, b, 5000), -EMSGSIZE);
+    cr_expect_eq(conc_proxy_dict_len(d), 1);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}
