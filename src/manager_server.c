@@ -22,7 +22,9 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include "conc/pipe.h"
 #include "conc/sync.h"
 #include "conc/time.h"
@@ -34,6 +36,7 @@
 #define MAX_CONNS 1024              /* connections served at once */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
+#define STACK_SIZE ((size_t)1 << 20) /* a connection thread's stack, guard page included */
 
 struct item {
     uint8_t *p;                     /* malloc'd, at least 1 byte */
@@ -103,6 +106,7 @@ struct conn {
     int fd;
     uint64_t serial;
     pthread_t th;
+    void *stack;                    /* STACK_SIZE bytes, mapped here */
     struct conn *next;
     struct hold *holds;
     size_t nholds, capholds;
@@ -362,11 +366,13 @@ static struct obj *obj_alloc(int type, const struct conc__mgr_str *name)
     conc_lock_init(&o->mu, 0);
     conc_cond_init(&o->cv, 0);
     if (name->len) {
-        o->name = strndup((const char *)name->p, name->len);
+        o->name = malloc(name->len + 1);       /* not strndup: no NUL follows */
         if (!o->name) {
             free(o);
             return NULL;
         }
+        memcpy(o->name, name->p, name->len);
+        o->name[name->len] = 0;
     }
     return o;
 }
@@ -1200,6 +1206,7 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
             if (all)
                 shutdown(cn->fd, SHUT_RDWR);
             pthread_join(cn->th, NULL);
+            munmap(cn->stack, STACK_SIZE);
             conc_conn_free(cn->c);
             *pp = cn->next;
             s->nconns--;
@@ -1208,6 +1215,37 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
             pp = &cn->next;
         }
     }
+}
+
+/*
+ * Starts cn's thread on a stack of its own mapping.  A started server is a
+ * fork of its program, whose other threads' stacks glibc keeps for reuse in
+ * the child: a thread made on one of them has the pthread_t of a thread of
+ * the parent, which ThreadSanitizer takes for a thread that exists twice.
+ * A stack mapped here never has a parent thread's address.
+ */
+static int conn_thread(struct conn *cn)
+{
+    void *st = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+    if (st == MAP_FAILED)
+        return -ENOMEM;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    mprotect(st, page, PROT_NONE);                  /* the guard page */
+    pthread_attr_t at;
+    int e = pthread_attr_init(&at);
+    if (!e) {
+        e = pthread_attr_setstack(&at, (char *)st + page, STACK_SIZE - page);
+        if (!e)
+            e = pthread_create(&cn->th, &at, conn_main, cn);
+        pthread_attr_destroy(&at);
+    }
+    if (e) {
+        munmap(st, STACK_SIZE);
+        return -e;
+    }
+    cn->stack = st;
+    return 0;
 }
 
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
@@ -1250,7 +1288,7 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->c = c;
         cn->fd = conc_conn_fd(c);
         cn->serial = ++s->next_serial;
-        if (pthread_create(&cn->th, NULL, conn_main, cn)) {
+        if (conn_thread(cn)) {
             conc_conn_free(c);
             free(cn);
             continue;
