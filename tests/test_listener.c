@@ -548,6 +548,37 @@ Test(listener, accept_timeout, .timeout = 60)
     }
 }
 
+/* A client whose listener never runs the handshake (nobody accepts): the
+ * timeout rule of conc/time.h, and nothing left open. */
+Test(listener, client_timeouts, .timeout = 60)
+{
+    int fds = count_fds();
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, NULL, &keyed), 0);
+    char addr[CONC_SOCKADDR_STRLEN];
+    cr_assert_gt(conc_listener_address(l, addr, sizeof addr), 0);
+    conc_conn *c = NULL;
+    cr_assert_eq(conc_client_connect(&c, addr, &client_keyed, 0), -EAGAIN);
+    int64_t t0 = conc_now();
+    cr_assert_eq(conc_client_connect(&c, addr, &client_keyed, 0.05), -ETIMEDOUT);
+    cr_assert_geq(conc_now() - t0, 50000000);
+    cr_assert_eq(conc_client_connect_until(&c, addr, &client_keyed, conc_now() - 1), -ETIMEDOUT);
+    cr_assert_eq(conc_client_connect(&c, addr, &client_keyed, NAN), -EINVAL);
+    cr_assert_null(c);
+    conc_conn *a, *b;
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_deliver_challenge_until(a, KEY, KEYLEN, conc_now() - 1), -ETIMEDOUT);
+    cr_assert_eq(conc_conn_answer_challenge_until(b, KEY, KEYLEN, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_conn_answer_challenge(b, KEY, KEYLEN, NAN), -EINVAL);
+    conc_conn_free(a);
+    conc_conn_free(b);
+    /* The listener drops what those clients left behind. */
+    while (conc_listener_accept(l, &c, 0) == -ECONNABORTED)
+        ;
+    conc_listener_free(l);
+    cr_assert_eq(count_fds(), fds);
+}
+
 /* A raw connection to the listener's address (no handshake of its own). */
 static int raw_connect(const conc_listener *l)
 {
