@@ -529,8 +529,10 @@ gone:
     abort();                        /* nothing switches to a dead coroutine */
 }
 
-static inline __attribute__((always_inline)) int coro_switch(conc_coro *target, void *value,
-                                                             void **out, bool same_site)
+/* The switch with every check and every chore (a first call in this
+ * thread, a dead coroutine's stack to give back, a canary to check). */
+static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *target, void *value,
+                                                                  void **out, bool same_site)
 {
     struct coro_thread *t = thread_get();
     if (unlikely(!t))
@@ -571,14 +573,62 @@ static inline __attribute__((always_inline)) int coro_switch(conc_coro *target, 
 #endif
 }
 
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+static __attribute__((noinline)) int coro_switch_slow(conc_coro *target, void *value,
+                                                      void **out)
+{
+    return coro_switch_full(target, value, out, false);
+}
+
+static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *target)
+{
+    return coro_switch_full(target, NULL, NULL, true);
+}
+#endif
+
+/*
+ * The common switch (this thread's state made, a live target of this
+ * thread that is not the caller, nothing to reap, a guarded stack) calls
+ * nothing before the machine switch, which it reaches as a tail call: no
+ * callee-saved register to keep, so no frame at all.  Anything else takes
+ * the full path, out of line.
+ */
+static inline __attribute__((always_inline)) bool switch_is_plain(const struct coro_thread *t,
+                                                                  const conc_coro *target)
+{
+    return likely(t != NULL && target != NULL && target->thread == t && target != t->current
+                  && state_of(target) != CORO_DEAD && t->zombie.hi == NULL
+                  && !t->current->unguarded);
+}
+
 int conc_coro_switch(conc_coro *target, void *value, void **out)
 {
-    return coro_switch(target, value, out, false);
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+    struct coro_thread *t = tls_thread;
+    if (switch_is_plain(t, target)) {
+        conc_coro *self = t->current;
+        before_switch(t, self, target, CORO_SUSPENDED);
+        return conc__ctx_switch(&self->ctx, &target->ctx, value, out);
+    }
+    return coro_switch_slow(target, value, out);
+#else
+    return coro_switch_full(target, value, out, false);
+#endif
 }
 
 int conc__coro_switch_same_site(conc_coro *target)
 {
-    return coro_switch(target, NULL, NULL, true);
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+    struct coro_thread *t = tls_thread;
+    if (switch_is_plain(t, target)) {
+        conc_coro *self = t->current;
+        before_switch(t, self, target, CORO_SUSPENDED);
+        return conc__ctx_switch_same_site(&self->ctx, &target->ctx, NULL, NULL);
+    }
+    return coro_switch_same_site_slow(target);
+#else
+    return coro_switch_full(target, NULL, NULL, true);
+#endif
 }
 
 /* ------------------------------------------------------------- lifecycle */
