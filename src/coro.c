@@ -814,6 +814,11 @@ void conc__coro_set_next(conc_coro *c, conc_coro *next)
     c->parent = next;
 }
 
+uint64_t conc__coro_owner(const conc_coro *c)
+{
+    return c->owner;
+}
+
 int conc_coro_free(conc_coro *c)
 {
     if (!c)

@@ -231,4 +231,8 @@ CONC_HIDDEN int conc__coro_switch_same_site(conc_coro *target);
  * `next` must not be freed before that). */
 CONC_HIDDEN void conc__coro_set_next(conc_coro *c, conc_coro *next);
 
+/* conc__coro_owner - c's lock-owner identity: what conc__owner_id()
+ * (internal.h) reads while c runs; 0 for a thread's main coroutine. */
+CONC_HIDDEN uint64_t conc__coro_owner(const conc_coro *c);
+
 #endif

@@ -528,9 +528,13 @@ static inline const char *gl_name(const conc_greenlet *g)
  * the loop, not a coroutine switched to by hand). */
 static inline conc_greenlet *gl_self(struct hub *h)
 {
-    conc_coro *cur = conc_coro_current();
     conc_greenlet *g = h->current;
-    if (likely(g && cur == gl_coro(g)))
+    /* The running coroutine's identity, kept by every switch, answers
+     * without a call in the common case. */
+    if (likely(g && conc__owner_id() == g->owner))
+        return g;
+    conc_coro *cur = conc_coro_current();
+    if (g && cur == gl_coro(g))
         return g;
     if (cur == conc_coro_main() && h->main.state == G_RUNNING) {
         h->current = &h->main;  /* the hub was made in another coroutine */
@@ -1091,6 +1095,7 @@ static struct hub *hub_get(void)
     conc_coro_set_parent(h->loop, main);
     gl_init(&h->main, h);
     h->main.coro = main;
+    h->main.owner = conc__coro_owner(main);
     h->main.is_main = 1;
     h->main.refs = 1;
     h->main.state = G_RUNNING;
@@ -1138,29 +1143,38 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
 {
     if (!out || !fn)
         return -EINVAL;
-    conc_spawn_opts so;
-    conc_coro_opts co;
-    CONC__OPTS_COPY(&so, opts, CONC__OPTS_V1(conc_spawn_opts, coro));
-    CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
+    size_t stack_size = 0;
+    const char *name = NULL;
+    if (opts) {                 /* NULL (the common case): the defaults */
+        conc_spawn_opts so;
+        conc_coro_opts co;
+        CONC__OPTS_COPY(&so, opts, CONC__OPTS_V1(conc_spawn_opts, coro));
+        CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
+        stack_size = co.stack_size;
+        name = co.name;
+    }
     struct hub *h = hub_get();
     if (!h)
         return -ENOMEM;
     if (!gl_self(h))
         return -EPERM;
-    /* A timer for it and for every other coroutine of the hub. */
-    if (conc__hub_heap_reserve(h, (size_t)h->live + 2) < 0)
+    /* A timer for it and for every other coroutine of the hub (grown
+     * rarely: the call only when it must). */
+    size_t timers = (size_t)h->live + 2;
+    if (unlikely(timers > h->capheap) && conc__hub_heap_reserve(h, timers) < 0)
         return -ENOMEM;
     /* The record lives at the top of the coroutine's stack: one page holds
      * a sleeping greenlet, and a finished one's stack is reused warm. */
     conc_greenlet *g;
     conc_coro *c;
-    int rc = conc__coro_new_embedded(&c, gl_entry, co.stack_size, co.name, h->loop,
+    int rc = conc__coro_new_embedded(&c, gl_entry, stack_size, name, h->loop,
                                      sizeof *g, (void **)&g);
     if (rc < 0)
         return rc;
     busy_enter();
     /* Field by field: a memset of the record costs more than the rest. */
     g->coro = c;
+    g->owner = conc__coro_owner(c);
     g->result = NULL;
     g->done = 0;
     g->wait_kind = W_NONE;

@@ -45,6 +45,8 @@ struct conc_greenlet {
     conc_coro *coro;            /* the thread's main coroutine for the main
                                    record; else this record lives at the
                                    top of this coroutine's stack */
+    uint64_t owner;             /* coro's lock-owner identity (0 for main):
+                                   conc__owner_id() while it runs */
     conc_greenlet_fn fn;
     void *arg;
     void *result;
