@@ -217,8 +217,9 @@ static inline conc_greenlet *handoff_take(struct hub *h)
     conc_greenlet *n = h->rhead;
     if (!n || h->nfd || h->thead || h->nheap
         || __atomic_load_n(&h->remote, __ATOMIC_RELAXED)
-        || (n->state == G_NEW && n->killed))
-        return NULL;
+        || (n->state == G_NEW && n->killed)
+        || (n->copied && h->shared->owner != n->coro))
+        return NULL;            /* (a copy runs on the loop's stack) */
     dequeue(h);
     h->current = n;
     n->state = G_RUNNING;
@@ -632,7 +633,15 @@ static void run_one(struct hub *h, conc_greenlet *g)
     }
     h->current = g;
     g->state = G_RUNNING;
-    conc_coro_switch(gl_coro(g), NULL, NULL);
+    if (unlikely(conc_coro_switch(gl_coro(g), NULL, NULL) < 0)) {
+        /* No memory to copy the shared stack's frames out: g waits for
+         * the next turn (the owner keeps running meanwhile). */
+        h->current = NULL;
+        g->state = G_READY;
+        enqueue(h, g);
+        sched_yield();
+        return;
+    }
     busy_set(1);
     h->current = NULL;
     hub_reap(h);
@@ -1099,6 +1108,7 @@ static struct hub *hub_get(void)
     h->main.is_main = 1;
     h->main.refs = 1;
     h->main.state = G_RUNNING;
+    h->stacks = CONC_STACK_OWN;
     h->current = conc_coro_current() == main ? &h->main : NULL;
     __atomic_store_n(&hub_ever, 1, __ATOMIC_RELAXED);
     /* Before any coroutine of this hub can park (see conc__wake). */
@@ -1128,6 +1138,8 @@ int conc_hub_free(void)
     while (__atomic_load_n(&h->pushers, __ATOMIC_ACQUIRE))
         sched_yield();
     conc_coro_free(h->loop);
+    conc__shstack_unref(h->shared);     /* the copied greenlets' objects may
+                                           keep it a while */
     close(h->epfd);
     close(h->evfd);
     free(h->heap);
@@ -1138,6 +1150,32 @@ int conc_hub_free(void)
 
 /* --------------------------------------------------------------- API */
 
+/* The hub's shared stack for copied greenlets, made by the first one: 1
+ * when it can take a coroutine that asks for stack_size bytes (0: the
+ * default), 0 when that is more than it has, -EINVAL, -ENOMEM. */
+static int shared_stack(struct hub *h, size_t stack_size)
+{
+    if (!h->shared) {
+        size_t size = stack_size > CONC_CORO_STACK_DEFAULT ? stack_size : 0;
+        int rc = conc__shstack_new(&h->shared, size);
+        if (rc < 0)
+            return rc;
+    }
+    return stack_size <= conc__shstack_size(h->shared) ? 1 : 0;
+}
+
+int conc_hub_set_stacks(int mode)
+{
+    if (mode != CONC_STACK_OWN && mode != CONC_STACK_COPIED)
+        return -EINVAL;
+    struct hub *h = hub_get();
+    if (!h)
+        return -ENOMEM;
+    int old = h->stacks;
+    h->stacks = mode;
+    return old;
+}
+
 int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
                         const conc_spawn_opts *opts)
 {
@@ -1145,6 +1183,7 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
         return -EINVAL;
     size_t stack_size = 0;
     const char *name = NULL;
+    int mode = CONC_STACK_HUB;
     if (opts) {                 /* NULL (the common case): the defaults */
         conc_spawn_opts so;
         conc_coro_opts co;
@@ -1152,6 +1191,9 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
         CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
         stack_size = co.stack_size;
         name = co.name;
+        mode = so.stack;
+        if (mode != CONC_STACK_HUB && mode != CONC_STACK_OWN && mode != CONC_STACK_COPIED)
+            return -EINVAL;
     }
     struct hub *h = hub_get();
     if (!h)
@@ -1167,7 +1209,19 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
      * a sleeping greenlet, and a finished one's stack is reused warm. */
     conc_greenlet *g;
     conc_coro *c;
-    int rc = conc__coro_new_embedded(&c, gl_entry, stack_size, name, h->loop,
+    if (mode == CONC_STACK_HUB)
+        mode = h->stacks;
+    int rc;
+    if (unlikely(mode == CONC_STACK_COPIED) && (rc = shared_stack(h, stack_size)) <= 0) {
+        if (rc < 0)
+            return rc;
+        mode = CONC_STACK_OWN;  /* bigger than the shared stack */
+    }
+    if (unlikely(mode == CONC_STACK_COPIED))
+        rc = conc__coro_new_copied(&c, gl_entry, h->shared, name, h->loop, sizeof *g,
+                                   (void **)&g);
+    else
+        rc = conc__coro_new_embedded(&c, gl_entry, stack_size, name, h->loop,
                                      sizeof *g, (void **)&g);
     if (rc < 0)
         return rc;
@@ -1182,6 +1236,7 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
     g->killed = 0;
     g->cancel_pending = 0;
     st_relaxed(&g->in_table, 0);
+    g->copied = mode == CONC_STACK_COPIED;
     g->wake_rc = 0;
     g->timer_rc = 0;
     g->aprev = NULL;

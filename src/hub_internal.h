@@ -58,6 +58,7 @@ struct conc_greenlet {
     uint8_t killed;             /* killed before it started */
     uint8_t cancel_pending;     /* kill to deliver at the next blocking call */
     uint8_t in_table;           /* linked in the word table (bucket lock) */
+    uint8_t copied;             /* runs on the hub's shared stack */
     int wake_rc;                /* what the parked call returns */
     int timer_rc;               /* what the timer makes it return */
     struct conc_greenlet *rnext;            /* ready queue */
@@ -104,6 +105,9 @@ struct hub {
     uint32_t njoin;             /* spawned greenlets parked in join_here */
     bool live_waited;           /* conc_hub_run waits for live to reach 0 */
     conc_greenlet *all;         /* live spawned greenlets */
+    struct conc__shstack *shared;   /* copied greenlets' stack, or NULL */
+    int stacks;                 /* conc_hub_set_stacks: CONC_STACK_OWN or
+                                   CONC_STACK_COPIED */
 };
 
 /* conc__hub_wake - wakes up to n coroutines parked on word, whatever the
