@@ -398,6 +398,12 @@ static void release_copied(conc_coro *c)
 
 /* ------------------------------------------------------- copied stacks */
 
+bool conc__coro_stack_copied(void)
+{
+    struct coro_thread *t = tls_thread;
+    return t && t->current->shared != NULL;
+}
+
 size_t conc__coro_saved_bytes(const conc_coro *c)
 {
     return c && c->shared ? c->saved_len : 0;
