@@ -35,6 +35,8 @@
 #include "sys/san.h"
 
 enum { CORO_NEW, CORO_RUNNING, CORO_SUSPENDED, CORO_DEAD };
+_Static_assert(!(CORO_NEW & 1) && !(CORO_SUSPENDED & 1) && (CORO_RUNNING & 1) && (CORO_DEAD & 1),
+               "a switch's fast test: the states one may switch to are even");
 
 /* Instrumented frames are larger: scale every stack under the sanitizers. */
 #if CONC_SAN_ADDRESS
@@ -692,9 +694,11 @@ static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *targe
 static inline __attribute__((always_inline)) bool switch_is_plain(const struct coro_thread *t,
                                                                   const conc_coro *target)
 {
-    return likely(t != NULL && target != NULL && target->thread == t && target != t->current
-                  && state_of(target) != CORO_DEAD && t->zombie.hi == NULL
-                  && !t->current->unguarded
+    /* t NULL (no state yet) fails the thread test: a coroutine always has
+     * one.  New or suspended (even states) means neither dead nor the
+     * caller, the thread's only running coroutine. */
+    return likely(target != NULL && target->thread == t && !(state_of(target) & 1)
+                  && t->zombie.hi == NULL && !t->current->unguarded
                   && (target->shared == NULL || target->shared->owner == target));
 }
 
