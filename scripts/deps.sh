@@ -7,6 +7,8 @@
 #                   libclang-rt-14-dev is the Debian 12 package that holds
 #                   libFuzzer and clang's sanitizer runtimes)
 #   deps.sh bench   the benchmark peers' packages
+#   deps.sh cross   the AArch64 cross compiler and qemu-user
+#                   (scripts/cross-aarch64.sh)
 # Only the README's one-command paths (make demo, make test, make bench) run
 # it; make build and make install never do.  The names carry no version: the
 # sanitizer runtimes (libasan, libubsan, libtsan) come with gcc itself
@@ -18,6 +20,7 @@ what=${1:-build}
 case "$what" in
   build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev libsodium-dev clang libclang-rt-14-dev" ;;
   bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go libuv1-dev" ;;
+  cross) pkgs="gcc-aarch64-linux-gnu qemu-user" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac
 missing=""
