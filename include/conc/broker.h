@@ -5,7 +5,7 @@
  * persisted by it and is shared by processes on any machine.
  *
  * This header belongs to a library of its own, libconc_broker (pkg-config
- * conc_broker), which links libconc and rabbitmq-c; libconc itself depends
+ * conc-broker), which links libconc and rabbitmq-c; libconc itself depends
  * on nothing but the C library.
  *
  * Connections.  conc_broker_new connects to a URL
