@@ -28,6 +28,8 @@
 #include "conc/socket.h"
 #include "conc/selector.h"
 #include "conc/pool.h"
+#include "conc/listener.h"
+#include "conc/manager.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

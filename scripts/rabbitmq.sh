@@ -15,6 +15,8 @@
 #                           there, else the command fails)
 #   rabbitmq.sh ctl DIR ARGS...   run rabbitmqctl ARGS against the node
 #
+# The node takes messages up to 16 MiB (max_message_size), so tests can
+# meet the broker's own limit without huge buffers.
 # A start after a stop in the same DIR reuses the node name, the data and
 # (when they are still free) the ports, so durable queues survive a restart
 # and the URL stays the same.  CONC_RABBITMQ_TIMEOUT (seconds, default 90)
@@ -156,6 +158,7 @@ EOF
   cat > "$dir/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$AMQP_PORT
 loopback_users = none
+max_message_size = 16777216
 log.file.level = warning
 log.console = false
 EOF

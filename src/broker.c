@@ -448,6 +448,10 @@ static void confirm_settle(conc_broker *b, uint64_t tag, bool multiple, bool nac
 static void channel_closed(conc_broker *b, uint16_t ch, int err)
 {
     if (ch == BK_CH_PUB) {
+        /* A publish meets no precondition but the broker's own message
+         * size limit (max_message_size). */
+        if (err == -EEXIST)
+            err = -EMSGSIZE;
         b->pub_open = false;
         b->pub_err = err;
         if (b->pub_seq > b->pub_confirmed && b->async_pending) {

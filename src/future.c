@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -517,7 +518,11 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
         (when != CONC_FIRST_COMPLETED && when != CONC_FIRST_EXCEPTION &&
          when != CONC_ALL_COMPLETED))
         return -EINVAL;
-    struct conc__watcher w = { 0 };
+    /* The watcher lives with the nodes on the heap, not on this stack:
+     * futures finishing in other threads write to it while the caller is
+     * parked, and a parked coroutine's stack may be copied out and the
+     * memory used by another (CONC_STACK_COPIED). */
+    struct conc__watcher *wp = NULL;
     struct conc__watch_node *nodes = NULL;
     size_t ndone = 0, linked = 0;
     bool met = false;
@@ -533,12 +538,17 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
     }
     met = met || ndone == n || (when == CONC_FIRST_COMPLETED && ndone > 0);
     if (!met && deadline != 0) {
-        nodes = calloc(n, sizeof *nodes);
-        if (!nodes)
+        size_t head = (sizeof *wp + _Alignof(struct conc__watch_node) - 1)
+                      & ~(_Alignof(struct conc__watch_node) - 1);
+        if (n > (SIZE_MAX - head) / sizeof *nodes)
             return -ENOMEM;
+        wp = calloc(1, head + n * sizeof *nodes);
+        if (!wp)
+            return -ENOMEM;
+        nodes = (struct conc__watch_node *)((char *)wp + head);
         ndone = 0;
         for (size_t i = 0; i < n; i++) {
-            nodes[i].w = &w;
+            nodes[i].w = wp;
             nodes[i].f = fs[i];
             if (!conc__future_watch(&nodes[i])) {
                 ndone++;
@@ -548,8 +558,8 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
         }
         linked = n;
         for (;;) {
-            uint32_t seq = __atomic_load_n(&w.seq, __ATOMIC_SEQ_CST);
-            for (struct conc__watch_node *d = conc__watcher_take(&w); d; d = d->done_next) {
+            uint32_t seq = __atomic_load_n(&wp->seq, __ATOMIC_SEQ_CST);
+            for (struct conc__watch_node *d = conc__watcher_take(wp); d; d = d->done_next) {
                 ndone++;
                 if (when == CONC_FIRST_EXCEPTION && failed(d->f))
                     met = true;
@@ -557,14 +567,14 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
             met = met || ndone == n || (when == CONC_FIRST_COMPLETED && ndone > 0);
             if (met)
                 break;
-            r = conc__watcher_wait(&w, seq, deadline);
+            r = conc__watcher_wait(wp, seq, deadline);
             if (r < 0)
                 break;
         }
     }
     for (size_t i = 0; i < linked; i++)
         conc__future_unwatch(&nodes[i]);
-    free(nodes);
+    free(wp);
     size_t count = 0;
     for (size_t i = 0; i < n; i++) {
         bool d = conc_future_done(fs[i]);

@@ -369,6 +369,21 @@ Test(broker, oversized_message_emsgsize)
     cr_assert_eq(m.len, n);
     cr_assert_eq(memcmp(m.data, huge, n), 0);
     conc_broker_msg_clear(&m);
+    /* Over the broker's own limit (the private node's max_message_size is
+     * 16 MiB) but within the client's: the broker refuses it. */
+    conc_broker_opts lo = CONC_BROKER_OPTS_INIT;
+    lo.max_message = 32 << 20;
+    conc_broker *b3 = NULL;
+    cr_assert_eq(conc_broker_new(&b3, url, &lo), 0);
+    conc_broker_queue *q3 = queue_ok(b3, name, NULL);
+    size_t over = (16 << 20) + 1;
+    char *obig = calloc(1, over);
+    cr_assert_not_null(obig);
+    cr_assert_eq(conc_broker_queue_put(q3, obig, over, HANG), -EMSGSIZE);
+    cr_assert_eq(conc_broker_queue_put(q3, "fits", 4, HANG), 0);    /* and goes on */
+    free(obig);
+    conc_broker_queue_free(q3);
+    conc_broker_free(b3);
     free(big);
     free(huge);
     cr_assert_eq(conc_broker_queue_delete(q2, HANG), 0);
@@ -873,5 +888,44 @@ Test(broker, queue_deleted_under_a_consumer_enoent)
     cr_assert_eq(conc_broker_queue_get(q, &m, HANG), -ENOENT);
     cr_assert_eq(conc_broker_queue_get_nowait(q, &m), -ENOENT);
     conc_broker_queue_free(q);
+    conc_broker_free(b);
+}
+
+/* Signals the node's whole process group (the node, its epmd). */
+static void node_signal(int sig)
+{
+    FILE *f = fopen(CONC_RABBITMQ_DIR "/group.pid", "r");
+    cr_assert_not_null(f);
+    int pg = 0;
+    cr_assert_eq(fscanf(f, "%d", &pg), 1);
+    fclose(f);
+    cr_assert_gt(pg, 1);
+    cr_assert_eq(kill(-pg, sig), 0);
+}
+
+Test(broker, a_silent_broker_is_noticed_by_heartbeats)
+{
+    char name[128];
+    qname(name, sizeof name, "silent");
+    conc_broker_opts o = CONC_BROKER_OPTS_INIT;
+    o.heartbeat = 1;
+    o.connect_timeout = 2;
+    conc_broker *b = NULL;
+    cr_assert_eq(conc_broker_new(&b, url, &o), 0);
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "before", 6, HANG), 0);
+    /* The broker stops answering, as behind a lost network: no close, no
+     * reset.  The missing heartbeats end the put long before its own
+     * timeout would. */
+    node_signal(SIGSTOP);
+    int r = conc_broker_queue_put(q, "during", 6, 3 * HANG);
+    node_signal(SIGCONT);
+    cr_assert_eq(r, -ECONNRESET,
+              "put to a silent broker: %s", conc_strerror(r));
+    /* It answers again: the connection is made again. */
+    cr_assert_eq(conc_broker_queue_put(q, "after", 5, HANG), 0);
+    cr_assert_geq(conc_broker_reconnects(b), 1);
+    get_str(q, "before", NULL);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }

@@ -224,6 +224,10 @@ static const struct {
     { "conc/pool.h",
       { "conc_pool_new", "conc_threadpool_new", "conc_pool_result_get", "conc_pool_iter_next" },
       { "conc_wait", "conc_queue_new", "conc_mpqueue_new", "conc_conn_pipe", "conc_greenlet_spawn" } },
+    { "conc/listener.h",
+      { "conc_listener_new", "conc_client_connect", "conc_conn_deliver_challenge",
+        "conc_address_parse" },
+      { "conc_wait", "conc_queue_new", "conc_greenlet_spawn", "conc_selector_new" } },
 };
 
 Test(headers, one_concept_each, .timeout = 120)

@@ -5,7 +5,7 @@
  * persisted by it and is shared by processes on any machine.
  *
  * This header belongs to a library of its own, libconc_broker (pkg-config
- * conc_broker), which links libconc and rabbitmq-c; libconc itself depends
+ * conc-broker), which links libconc and rabbitmq-c; libconc itself depends
  * on nothing but the C library.
  *
  * Connections.  conc_broker_new connects to a URL
@@ -139,8 +139,9 @@ CONC_API void conc_broker_free(conc_broker *b);
  * connection.  Returns 0; -EIO when the broker rejected one or more of them
  * since the last flush (all the others were confirmed); -ECONNRESET when
  * the connection was lost before all were confirmed (the unconfirmed ones
- * may or may not be in the broker); -ETIMEDOUT (-EAGAIN for timeout 0);
- * -EINVAL.
+ * may or may not be in the broker); -ENOENT when one went to an exchange
+ * that does not exist (the broker then drops the rest of the stream's
+ * unconfirmed messages); -ETIMEDOUT (-EAGAIN for timeout 0); -EINVAL.
  */
 CONC_API int conc_broker_flush(conc_broker *b, double timeout);
 CONC_API int conc_broker_flush_until(conc_broker *b, int64_t deadline);
@@ -190,8 +191,9 @@ typedef struct conc_broker_queue_opts {
  * conc_broker_queue_new - declare the queue name in the broker (durable
  * unless opts.transient; created when it does not exist) and make a handle
  * for it on connection b.  name is 1 to 255 bytes.  The handle starts
- * consuming at its first get (or conc_wait), so a handle that only puts
- * takes nothing.  Returns 0 and stores the handle in *out; -EINVAL for a
+ * consuming at its first get that may wait (or conc_wait), so a handle
+ * that only puts, or only polls with get_nowait (a basic.get each),
+ * holds no messages.  Returns 0 and stores the handle in *out; -EINVAL for a
  * NULL argument, a bad name or options; -EEXIST when the queue exists with
  * other properties (durable or not, exclusive...); -ENOENT (opts.passive)
  * when it does not exist; -EBUSY when another connection owns it
@@ -227,7 +229,8 @@ CONC_API const char *conc_broker_queue_name(const conc_broker_queue *q);
  * conc_broker_queue_put - Queue.put(item): put len bytes of data into the
  * queue and return once the broker confirmed it (it is then on disk for a
  * durable queue).  A broker queue is unbounded.  Returns 0; -EMSGSIZE when
- * len exceeds opts.max_message; -EIO when the broker rejected it;
+ * len exceeds opts.max_message or the broker's own limit (its
+ * max_message_size); -EIO when the broker rejected it;
  * -ECONNRESET when the connection was lost before the confirmation (the
  * message may or may not be in the queue); the connection's errors while
  * the broker stays unreachable; -ETIMEDOUT when no confirmation came in
