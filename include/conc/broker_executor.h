@@ -152,7 +152,8 @@ CONC_API const char *conc_broker_executor_reply_queue(const conc_broker_executor
  * and fail every unfinished future with -EPIPE (their owners still hold
  * them).  Tasks already sent stay in the work queue and are still run.
  * Wait for the futures first (conc_future_wait_many) to have their results.
- * NULL is fine.
+ * Not from a done callback of its own futures (they run on the thread this
+ * call stops).  NULL is fine.
  */
 CONC_API void conc_broker_executor_free(conc_broker_executor *ex);
 
