@@ -28,6 +28,7 @@
 
 #include "conc/broker_executor.h"
 #include "conc/future.h"
+#include "conc/hub.h"
 
 #define GUARD 60.0
 
@@ -690,5 +691,72 @@ Test(broker_executor, worker_run_timeout_and_stop)
     conc_broker_worker_free(w);
     conc_broker_worker_free(NULL);
     conc_broker_executor_free(NULL);
+    delete_queues(q);
+}
+
+/* A worker and a client as two greenlets of one thread: the worker's waits
+ * park only its coroutine, so the client's greenlet runs, and its waits on
+ * futures park it while the worker runs the tasks. */
+struct coro_pair {
+    conc_broker_worker *w;
+    conc_broker_executor *ex;
+    int run_rc;
+    int client_rc;
+};
+
+static void *coro_worker(void *arg)
+{
+    struct coro_pair *cp = arg;
+    cp->run_rc = conc_broker_worker_run(cp->w, GUARD);
+    return NULL;
+}
+
+static void *coro_client(void *arg)
+{
+    struct coro_pair *cp = arg;
+    enum { N = 20 };
+    conc_future *fs[N];
+    int rc = 0;
+    for (uint64_t i = 0; i < N; i++)
+        if (conc_broker_executor_submit(cp->ex, "square", &i, sizeof i, &fs[i]))
+            return cp->client_rc = -1, NULL;
+    for (uint64_t i = 0; i < N; i++) {
+        void *v;
+        size_t len;
+        uint64_t y = 0;
+        if (conc_future_result(fs[i], &v, &len, GUARD) || len != sizeof y)
+            rc = -2;
+        else
+            memcpy(&y, v, sizeof y);
+        if (y != i * i)
+            rc = -3;
+        conc_future_free(fs[i]);
+    }
+    cp->client_rc = rc;
+    conc_broker_worker_stop(cp->w);
+    return NULL;
+}
+
+Test(broker_executor, worker_and_client_in_coroutines)
+{
+    char q[128];
+    qname(q, sizeof q, "coro");
+    struct coro_pair cp = { .run_rc = 1, .client_rc = 1 };
+    cr_assert_eq(conc_broker_worker_new(&cp.w, url(), &(conc_broker_worker_opts){ .queue = q }),
+                 0);
+    cr_assert_eq(conc_broker_worker_register(cp.w, "square", square, NULL), 0);
+    cp.ex = mk_executor(q, 0);
+    conc_greenlet *gw, *gc;
+    cr_assert_eq(conc_greenlet_spawn(&gw, coro_worker, &cp, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gc, coro_client, &cp, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert_eq(cp.client_rc, 0);
+    cr_assert_eq(cp.run_rc, 0);
+    cr_assert_eq(conc_broker_worker_tasks(cp.w), 20);
+    conc_greenlet_free(gw);
+    conc_greenlet_free(gc);
+    conc_hub_free();
+    conc_broker_executor_free(cp.ex);
+    conc_broker_worker_free(cp.w);
     delete_queues(q);
 }
