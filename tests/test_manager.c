@@ -1235,3 +1235,119 @@ Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
     conc_proxy_free(d);
     conc_manager_free(m);
 }
+
+/* ------------------------------------------------------- coroutines */
+
+struct gl {
+    conc_manager *m;
+    int r;
+    int order;                          /* when it finished: 1, 2 */
+};
+
+static int finished;
+
+static void *gl_getter(void *arg)
+{
+    struct gl *g = arg;
+    conc_proxy *q;
+    g->r = conc_manager_create(g->m, &q, CONC_PROXY_QUEUE, "cq", 0, 0);
+    if (g->r)
+        return NULL;
+    void *v;
+    size_t n;
+    g->r = conc_proxy_queue_get(q, &v, &n, GUARD);     /* parks this greenlet only */
+    if (!g->r) {
+        g->r = n == 2 && memcmp(v, "hi", 2) == 0 ? 0 : -EPROTO;
+        free(v);
+    }
+    g->order = ++finished;
+    conc_proxy_free(q);
+    return NULL;
+}
+
+static void *gl_putter(void *arg)
+{
+    struct gl *g = arg;
+    conc_proxy *q;
+    g->r = conc_manager_create(g->m, &q, CONC_PROXY_QUEUE, "cq", 0, 0);
+    if (!g->r)
+        g->r = conc_proxy_queue_put(q, "hi", 2, GUARD);
+    g->order = ++finished;
+    conc_proxy_free(q);
+    return NULL;
+}
+
+Test(manager, proxy_calls_park_only_the_coroutine, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    struct gl a = { .m = m, .r = 1 }, b = { .m = m, .r = 1 };
+    conc_greenlet *ga, *gb;
+    cr_assert_eq(conc_greenlet_spawn(&ga, gl_getter, &a, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gb, gl_putter, &b, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_expect_eq(a.r, 0);
+    cr_expect_eq(b.r, 0);
+    cr_expect_eq(b.order, 1, "the putter ran while the getter waited in the same thread");
+    cr_expect_eq(a.order, 2);
+    conc_greenlet_free(ga);
+    conc_greenlet_free(gb);
+    conc_manager_free(m);
+}
+
+/* ------------------------------------------ the manager dies with its parent */
+
+static int parent_main(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd)
+        return 90;
+    memcpy(&fd, arg, sizeof fd);
+    conc_manager *m;
+    if (conc_manager_new(&m, NULL) || conc_manager_start(m))
+        return 91;
+    pid_t pid = conc_manager_pid(m);
+    if (write(fd, &pid, sizeof pid) != (ssize_t)sizeof pid)
+        return 92;
+    pause();                            /* until killed */
+    return 0;
+}
+
+Test(manager, started_manager_dies_with_its_parent, .timeout = 60)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    conc_process *parent;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    cr_assert_eq(conc_process_new(&parent, parent_main, &p[1], sizeof p[1], &po), 0);
+    cr_assert_eq(conc_process_start(parent), 0);
+    pid_t server;
+    cr_assert_eq(read(p[0], &server, sizeof server), (ssize_t)sizeof server);
+    cr_assert_gt(server, 0);
+    cr_assert_eq(kill(server, 0), 0);
+    cr_assert_eq(conc_process_kill(parent), 0);
+    cr_assert_eq(conc_process_join(parent, GUARD), 0);
+    conc_process_free(parent);
+    /* The server got SIGKILL when its parent died; it was reparented to a
+     * reaper, so it goes away once reaped: wait for that (a hang guard). */
+    int64_t deadline = conc_now() + (int64_t)(GUARD * 1e9);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)server);
+    bool gone = false;
+    while (!gone && conc_now() < deadline) {
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            gone = true;
+            break;
+        }
+        char state = 0;
+        int r = fscanf(f, "%*d %*s %c", &state);
+        fclose(f);
+        gone = r == 1 && (state == 'Z' || state == 'X');   /* dead, not yet reaped */
+        if (!gone)
+            sched_yield();
+    }
+    cr_expect(gone, "the manager process %d outlived its parent", (int)server);
+    close(p[0]);
+    close(p[1]);
+}
