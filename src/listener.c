@@ -38,6 +38,7 @@
 
 #include <sodium.h>
 
+#include "conc/sync.h"
 #include "conc/wait.h"
 #include "internal.h"
 
@@ -295,6 +296,7 @@ struct hs {
 };
 
 struct conc_listener {
+    conc_lock lock;             /* one accept at a time (the pending table) */
     int fd;                     /* listening socket, -1 when closed */
     int epfd;
     bool closed;
@@ -587,10 +589,8 @@ static int accept_plain(conc_listener *l, conc_conn **out, int64_t deadline)
     }
 }
 
-CONC_API int conc_listener_accept_until(conc_listener *l, conc_conn **out, int64_t deadline)
+static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
 {
-    if (!l || !out)
-        return -EINVAL;
     if (l->closed)
         return -EPIPE;
     if (!l->key)
@@ -643,6 +643,23 @@ CONC_API int conc_listener_accept_until(conc_listener *l, conc_conn **out, int64
         if (r)
             return r;
     }
+}
+
+CONC_API int conc_listener_accept_until(conc_listener *l, conc_conn **out, int64_t deadline)
+{
+    if (!l || !out)
+        return -EINVAL;
+    if (l->closed)
+        return -EPIPE;
+    /* Accepts from several threads (or greenlets) take turns: the one
+     * inside runs every handshake in progress, and hands out what it
+     * finished first; the others wait here, parked, until their deadline. */
+    int r = conc_lock_acquire_until(&l->lock, deadline);
+    if (r)
+        return r;
+    r = accept_locked(l, out, deadline);
+    conc_lock_release(&l->lock);
+    return r;
 }
 
 CONC_API int conc_listener_accept(conc_listener *l, conc_conn **out, double timeout)
@@ -759,6 +776,7 @@ CONC_API int conc_listener_new(conc_listener **out, const char *address,
     if (!l)
         return -ENOMEM;
     l->fd = l->epfd = -1;
+    conc_lock_init(&l->lock, 0);
     l->owner = getpid();
     l->hs_timeout = hs_timeout;
     l->max_message = o.max_message;

@@ -127,6 +127,11 @@ static void round_trip(const char *address, const conc_listener_opts *lo,
     client_start(&cl, l, co, 21);
     conc_conn *c;
     cr_assert_eq(conc_listener_accept(l, &c, GUARD), 0);
+    /* An accepted connection is a conc_conn like any: poll and wait work. */
+    cr_assert_eq(conc_conn_poll(c, GUARD), 0);
+    conc_waitable w = { .kind = CONC_WAIT_CONN, .u.conn = c };
+    cr_assert_eq(conc_wait(&w, 1, GUARD), 1);
+    cr_assert(w.ready);
     serve(c, 0);
     pthread_join(cl.t, NULL);
     cr_assert_eq(cl.rc, 0);
@@ -588,6 +593,32 @@ Test(listener, stalled_handshake_dropped_others_served, .timeout = 60)
     cr_assert_eq(count_fds(), fds);
 }
 
+/* With every handshake slot taken by a stalled peer, the next client waits
+ * in the kernel's queue and is taken once the slot frees. */
+Test(listener, full_handshake_table_takes_the_next_when_a_slot_frees, .timeout = 60)
+{
+    conc_listener_opts o = keyed;
+    o.handshake_timeout = 0.5;
+    o.max_pending = 1;
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, NULL, &o), 0);
+    int stalled = raw_connect(l);
+    conc_conn *c = NULL;
+    /* The stalled peer takes the only slot (its challenge goes out). */
+    cr_assert_eq(conc_listener_accept(l, &c, 0), -EAGAIN);
+    struct client cl = { 0 };
+    client_start(&cl, l, &client_keyed, 12);
+    cr_assert_eq(conc_listener_accept(l, &c, GUARD), -ECONNABORTED);
+    cr_assert_eq(conc_listener_accept(l, &c, GUARD), 0);
+    serve(c, 0);
+    pthread_join(cl.t, NULL);
+    cr_assert_eq(cl.rc, 0);
+    cr_assert_eq(cl.rc_io, 0);
+    conc_conn_free(c);
+    close(stalled);
+    conc_listener_free(l);
+}
+
 Test(listener, oversized_handshake_message_dropped, .timeout = 60)
 {
     conc_listener *l;
@@ -660,6 +691,76 @@ Test(listener, many_clients_unix, .timeout = 120)
 Test(listener, many_clients_tcp, .timeout = 120)
 {
     many("127.0.0.1:0");
+}
+
+/* Four threads accept on one listener at once: every client is taken by
+ * exactly one of them. */
+struct acceptor_thread {
+    conc_listener *l;
+    int served;
+    int error;
+    pthread_t t;
+};
+
+static int accepted_total;
+
+static void *acceptor_thread_main(void *arg)
+{
+    struct acceptor_thread *a = arg;
+    for (;;) {
+        if (__atomic_load_n(&accepted_total, __ATOMIC_ACQUIRE) >= NCLIENTS)
+            return NULL;
+        conc_conn *c;
+        int r = conc_listener_accept(a->l, &c, 0.05);
+        if (r == -ETIMEDOUT)
+            continue;
+        if (r) {
+            a->error = r;
+            return NULL;
+        }
+        __atomic_add_fetch(&accepted_total, 1, __ATOMIC_ACQ_REL);
+        uint32_t v;
+        if (conc_conn_recv_bytes(c, &v, sizeof v, GUARD) != (ssize_t)sizeof v) {
+            a->error = -EPROTO;
+        } else {
+            v *= 2;
+            if (conc_conn_send_bytes(c, &v, sizeof v, GUARD) != 0)
+                a->error = -EPROTO;
+        }
+        a->served++;
+        conc_conn_free(c);
+    }
+}
+
+Test(listener, several_threads_accept, .timeout = 120)
+{
+    int fds = count_fds();
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, "127.0.0.1:0", &keyed), 0);
+    struct acceptor_thread acc[4] = { { 0 } };
+    for (int i = 0; i < 4; i++) {
+        acc[i].l = l;
+        cr_assert_eq(pthread_create(&acc[i].t, NULL, acceptor_thread_main, &acc[i]), 0);
+    }
+    static struct client cl[NCLIENTS];
+    for (uint32_t i = 0; i < NCLIENTS; i++) {
+        cl[i] = (struct client){ 0 };
+        client_start(&cl[i], l, &client_keyed, 500 + i);
+    }
+    for (int i = 0; i < NCLIENTS; i++) {
+        pthread_join(cl[i].t, NULL);
+        cr_assert_eq(cl[i].rc, 0, "client %d: %d", i, cl[i].rc);
+        cr_assert_eq(cl[i].rc_io, 0, "client %d: %d", i, cl[i].rc_io);
+    }
+    int served = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(acc[i].t, NULL);
+        cr_assert_eq(acc[i].error, 0, "acceptor %d: %d", i, acc[i].error);
+        served += acc[i].served;
+    }
+    cr_assert_eq(served, NCLIENTS);
+    conc_listener_free(l);
+    cr_assert_eq(count_fds(), fds);
 }
 
 Test(listener, large_messages, .timeout = 120)

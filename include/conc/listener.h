@@ -162,7 +162,10 @@ CONC_API int conc_listener_new(conc_listener **out, const char *address,
  * stalled it (its connection is closed; call again for the next);
  * -EPIPE after conc_listener_close; -ECANCELED (a killed greenlet);
  * -EINVAL for NULL or a bad timeout; -EMFILE, -ENFILE (the connection
- * stays queued); -ENOMEM.  One thread at a time may accept.
+ * stays queued); -ENOMEM.  Several threads or greenlets may accept on one
+ * listener: they take turns (each waits, within its own timeout, while
+ * another is inside accept), and each connection goes to one of them.
+ * Closing or freeing a listener another thread uses is undefined.
  */
 CONC_API int conc_listener_accept(conc_listener *l, conc_conn **out, double timeout);
 CONC_API int conc_listener_accept_until(conc_listener *l, conc_conn **out, int64_t deadline);
