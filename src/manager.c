@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
 #include <pthread.h>
@@ -61,7 +62,7 @@ struct conc_proxy {
     uint64_t id;
     conc_proxy_type type;
     conc_conn *c;
-    pid_t pid;
+    unsigned gen;                   /* fork_gen when c was opened */
     bool broken;
     conc_lock mu;
 };
@@ -110,7 +111,32 @@ static int dial(const conc_manager *m, conc_conn **out)
     o.authkey = m->authkey;
     o.authkey_len = m->authkey_len;
     o.max_message = m->max_message;
-    return conc_client_connect(out, m->addr, &o, CONNECT_TIMEOUT);
+    int e = conc_client_connect(out, m->addr, &o, CONNECT_TIMEOUT);
+    if (e)
+        return e;
+    /* A blocking socket: a plain thread then waits for its answer in recv()
+     * itself (one system call instead of three); a coroutine's receive
+     * still parks, conc_conn passing MSG_DONTWAIT where it must not block. */
+    int fd = conc_conn_fd(*out);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return 0;
+}
+
+/* The fork generation: bumped in the child of every fork, so a proxy sees
+ * that it was inherited without a getpid() per call. */
+static unsigned fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    fork_gen++;
+}
+
+static void fork_watch(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
 }
 
 static bool conn_fatal(int e)
@@ -140,7 +166,8 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
         e = -EPIPE;
         goto unlock;
     }
-    if (p->pid != getpid()) {           /* a forked child: a connection of its own */
+    if (p->gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED)) {
+        /* a forked child: a connection of its own */
         conc_conn_free(p->c);
         p->c = NULL;
         e = dial(p->m, &p->c);
@@ -149,7 +176,7 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
             e = e == -ENOENT || e == -ECONNREFUSED ? -ECONNRESET : e;
             goto unlock;
         }
-        p->pid = getpid();
+        p->gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     }
     e = conc_conn_send_bytes(p->c, buf, size, CONC_FOREVER);
     if (!e) {
@@ -310,6 +337,7 @@ int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
     }
     m->max_message = o.max_message ? o.max_message : CONC_MANAGER_MSG_MAX;
     m->owner = getpid();
+    pthread_once(&fork_once, fork_watch);
     pthread_mutex_init(&m->srv_mu, NULL);
     *out = m;
     return 0;
@@ -493,7 +521,7 @@ int conc_manager_connect(conc_manager *m)
         return -EINVAL;
     if (m->state != ST_NEW)
         return -EALREADY;
-    conc_proxy p = { .m = m, .pid = getpid() };
+    conc_proxy p = { .m = m, .gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED) };
     conc_lock_init(&p.mu, 0);
     int e = dial(m, &p.c);
     if (e)
@@ -527,7 +555,7 @@ pid_t conc_manager_pid(const conc_manager *m)
 /* Sends the server a shutdown request (errors are ignored: it may be gone). */
 static void ask_shutdown(conc_manager *m)
 {
-    conc_proxy p = { .m = m, .pid = getpid() };
+    conc_proxy p = { .m = m, .gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED) };
     conc_lock_init(&p.mu, 0);
     if (dial(m, &p.c))
         return;
@@ -602,7 +630,7 @@ static int proxy_new(conc_manager *m, conc_proxy **out)
     if (!p)
         return -ENOMEM;
     p->m = m;
-    p->pid = getpid();
+    p->gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     conc_lock_init(&p->mu, 0);
     int e = dial(m, &p->c);
     if (e) {

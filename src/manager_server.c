@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -1287,6 +1288,12 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
+        /* A blocking socket: the connection's thread then waits in recv()
+         * itself, one system call where a non-blocking one costs three
+         * (conc_conn uses MSG_DONTWAIT wherever it must not block). */
+        int fl = fcntl(cn->fd, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK))
+            fcntl(cn->fd, F_SETFL, fl & ~O_NONBLOCK);
         cn->serial = ++s->next_serial;
         if (conn_thread(cn)) {
             conc_conn_free(c);
