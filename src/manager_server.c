@@ -37,6 +37,7 @@
 #define MAX_CONNS 1024              /* connections served at once */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
+#define ARRAY_BYTES_MAX ((int64_t)64 << 20) /* an Array's bytes in all */
 #define STACK_SIZE ((size_t)1 << 20) /* a connection thread's stack, guard page included */
 
 struct item {
@@ -384,7 +385,10 @@ static int params_check(int64_t type, int64_t n, int64_t size)
     case CONC_PROXY_VALUE:
         return n >= 1 && n <= VALUE_MAX && size == 0 ? 0 : -EINVAL;
     case CONC_PROXY_ARRAY:
-        return n >= 1 && n <= ARRAY_MAX && size >= 1 && size <= VALUE_MAX ? 0 : -EINVAL;
+        return n >= 1 && n <= ARRAY_MAX && size >= 1 && size <= VALUE_MAX &&
+                       n * size <= ARRAY_BYTES_MAX
+                   ? 0
+                   : -EINVAL;
     case CONC_PROXY_QUEUE:
     case CONC_PROXY_JOINABLE_QUEUE:
         return n >= 0 && n <= INT32_MAX && size == 0 ? 0 : -EINVAL;

@@ -248,6 +248,8 @@ Test(manager, namespace_value_array, .timeout = 60)
     conc_proxy *bad;
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_VALUE, NULL, 0, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_ARRAY, NULL, 4, 0), -EINVAL);
+    cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_ARRAY, NULL, 1 << 20, 4096), -EINVAL);
+    cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_VALUE, NULL, 4097, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_BARRIER, NULL, 0, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_LOCK, NULL, 1, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, (conc_proxy_type)99, NULL, 0, 0), -EINVAL);

@@ -15,9 +15,11 @@
  *   - connected: conc_manager_connect reaches a server that runs already,
  *     by address (Python's BaseManager.connect).
  *
- * Addresses: a string with a '/' is a Unix socket path; "HOST:PORT" is TCP.
- * With no address a started manager listens on a Unix socket in a private
- * directory (mode 0700, the socket 0600) that conc_manager_shutdown
+ * Addresses are the texts of conc/listener.h (conc_address_parse):
+ * "HOST:PORT" or "[IPV6]:PORT" is TCP; a path ("/run/app.sock", any text
+ * with a '/') is a Unix socket (mode 0600); "@name" an abstract Unix
+ * socket.  With no address a started manager listens on a Unix socket in a
+ * private directory (mode 0700, the socket 0600) that conc_manager_shutdown
  * removes.  A TCP manager needs an authkey (it refuses to start without
  * one, -EINVAL); every connection to it passes the authkey handshake of
  * conc/listener.h (HMAC-SHA256 challenges both ways) before any request.
@@ -109,7 +111,7 @@ typedef struct conc_proxy conc_proxy;
 typedef struct conc_manager_opts {
     uint32_t size;           /* sizeof(conc_manager_opts), or 0 */
     const char *address;     /* NULL: a Unix socket in a private directory
-                                (start) ; required for serve_forever and
+                                (start); required for serve_forever and
                                 connect.  "/path" Unix, "HOST:PORT" TCP
                                 (PORT 0 picks a free port when serving) */
     const void *authkey;     /* the shared secret; NULL: none (Unix only) */
@@ -274,7 +276,8 @@ CONC_API void conc_manager_free(conc_manager *m);
  * registered with a shared callable in Python).  n is the size parameter
  * of the type (see conc_proxy_type: Value size, Array length, Queue
  * maxsize, Semaphore value, Barrier parties; 0 for the others), size the
- * Array's item size (1 to 4096; 0 for the others).  Returns 0; -EINVAL for
+ * Array's item size (1 to 4096, n * size at most 64 MiB; 0 for the
+ * others).  Returns 0; -EINVAL for
  * NULL m or out, an unknown type (or CONC_PROXY_USER), a bad name or n or
  * size out of range; -EEXIST when the named object exists with another
  * type or parameters; -ENOTCONN when m is not started or connected; the
