@@ -62,8 +62,10 @@ struct conc_proxy {
     uint64_t id;
     conc_proxy_type type;
     conc_conn *c;
+    int fd;                         /* c's descriptor, for the fork handler */
     unsigned gen;                   /* fork_gen when c was opened */
     bool broken;
+    conc_proxy *next, *prev;        /* the fork handler's list */
     conc_lock mu;
 };
 
@@ -124,19 +126,81 @@ static int dial(const conc_manager *m, conc_conn **out)
     return 0;
 }
 
-/* The fork generation: bumped in the child of every fork, so a proxy sees
- * that it was inherited without a getpid() per call. */
+/*
+ * Proxies and fork.  The child of a fork must not keep its parent's
+ * connections: the server tells that a client has gone (and releases its
+ * locks) by the end of its connection, which never comes while a child
+ * holds a copy of the socket.  So every proxy with a connection is in a
+ * list, and in the child of a fork each of their descriptors is replaced
+ * (dup3, atomically) by one of /dev/null: the parent's sockets lose the
+ * child's references at once, and the proxy, which sees that fork_gen
+ * changed, opens a connection of its own at its next call.  fork_gen spares
+ * a getpid() per call.  The handlers take and drop reg_mu around the fork,
+ * so the child finds the list whole.
+ */
 static unsigned fork_gen;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static conc_proxy *reg_head;            /* proxies with a connection */
 
-static void on_fork_child(void)
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&reg_mu);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void fork_child(void)
 {
     fork_gen++;
+    int inert = reg_head ? open("/dev/null", O_RDWR | O_CLOEXEC) : -1;
+    for (conc_proxy *p = reg_head; p && inert >= 0; p = p->next)
+        if (p->fd >= 0)
+            dup3(inert, p->fd, O_CLOEXEC);
+    if (inert >= 0)
+        close(inert);
+    pthread_mutex_unlock(&reg_mu);
 }
 
 static void fork_watch(void)
 {
-    pthread_atfork(NULL, NULL, on_fork_child);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void reg_add(conc_proxy *p)
+{
+    pthread_mutex_lock(&reg_mu);
+    p->next = reg_head;
+    p->prev = NULL;
+    if (reg_head)
+        reg_head->prev = p;
+    reg_head = p;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void reg_remove(conc_proxy *p)
+{
+    pthread_mutex_lock(&reg_mu);
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (reg_head == p)
+        reg_head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+/* Sets p->c (and the descriptor the fork handler sees). */
+static void proxy_set_conn(conc_proxy *p, conc_conn *c)
+{
+    pthread_mutex_lock(&reg_mu);
+    p->c = c;
+    p->fd = c ? conc_conn_fd(c) : -1;
+    pthread_mutex_unlock(&reg_mu);
 }
 
 static bool conn_fatal(int e)
@@ -168,9 +232,12 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
     }
     if (p->gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED)) {
         /* a forked child: a connection of its own */
-        conc_conn_free(p->c);
-        p->c = NULL;
-        e = dial(p->m, &p->c);
+        conc_conn *old = p->c, *c = NULL;
+        proxy_set_conn(p, NULL);
+        conc_conn_free(old);            /* the /dev/null copy, see fork_child */
+        e = dial(p->m, &c);
+        if (!e)
+            proxy_set_conn(p, c);
         if (e) {
             p->broken = true;
             e = e == -ENOENT || e == -ECONNREFUSED ? -ECONNRESET : e;
@@ -630,13 +697,17 @@ static int proxy_new(conc_manager *m, conc_proxy **out)
     if (!p)
         return -ENOMEM;
     p->m = m;
+    p->fd = -1;
     p->gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     conc_lock_init(&p->mu, 0);
-    int e = dial(m, &p->c);
+    conc_conn *c;
+    int e = dial(m, &c);
     if (e) {
         free(p);
         return e == -ENOENT || e == -ECONNREFUSED ? -ECONNRESET : e;
     }
+    reg_add(p);
+    proxy_set_conn(p, c);
     *out = p;
     return 0;
 }
@@ -749,6 +820,7 @@ void conc_proxy_free(conc_proxy *p)
 {
     if (!p)
         return;
+    reg_remove(p);
     conc_conn_free(p->c);
     free(p);
 }

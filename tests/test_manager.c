@@ -1353,3 +1353,61 @@ Test(manager, started_manager_dies_with_its_parent, .timeout = 60)
     close(p[0]);
     close(p[1]);
 }
+
+/* A holder's forked child that lives on does not keep the holder's
+ * connection (and so its lock) alive: the child drops its copies of the
+ * proxies' sockets at the fork. */
+struct forker {
+    conc_proxy *lk, *ev;
+    int fd;
+};
+
+static int forker_main(const void *arg, size_t len)
+{
+    const struct forker *f;
+    if (len != sizeof f)
+        return 90;
+    memcpy(&f, arg, sizeof f);
+    if (conc_proxy_acquire(f->lk, GUARD))
+        return 91;
+    pid_t g = fork();                   /* inherits the proxies */
+    if (g < 0)
+        return 92;
+    if (g == 0) {
+        pause();
+        _exit(0);
+    }
+    if (write(f->fd, &g, sizeof g) != (ssize_t)sizeof g || conc_proxy_event_set(f->ev))
+        return 93;
+    pause();
+    return 0;
+}
+
+Test(manager, forked_child_does_not_keep_a_dead_holders_lock, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    struct forker f = { make(m, CONC_PROXY_LOCK, 0, 0), make(m, CONC_PROXY_EVENT, 0, 0), p[1] };
+    const struct forker *fp = &f;
+    conc_process *h;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    cr_assert_eq(conc_process_new(&h, forker_main, &fp, sizeof fp, &po), 0);
+    cr_assert_eq(conc_process_start(h), 0);
+    cr_assert_eq(conc_proxy_event_wait(f.ev, GUARD), 0);
+    pid_t g;
+    cr_assert_eq(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
+    cr_expect_eq(conc_proxy_acquire(f.lk, 0), -EAGAIN);
+    cr_assert_eq(conc_process_kill(h), 0);
+    cr_assert_eq(conc_process_join(h, GUARD), 0);
+    conc_process_free(h);
+    cr_expect_eq(kill(g, 0), 0, "the holder's child lives on");
+    cr_expect_eq(conc_proxy_acquire(f.lk, GUARD), 0);
+    kill(g, SIGKILL);
+    conc_proxy_free(f.lk);
+    conc_proxy_free(f.ev);
+    close(p[0]);
+    close(p[1]);
+    conc_manager_free(m);
+}
