@@ -605,12 +605,15 @@ int conc_manager_address(const conc_manager *m, char *buf, size_t size)
 {
     if (!m || (!buf && size) || !m->has_addr)
         return -EINVAL;
+    conc_manager *w = (conc_manager *)m;    /* serve_forever may be setting it */
+    pthread_mutex_lock(&w->srv_mu);
     size_t n = strlen(m->addr);
     if (size) {
         size_t k = n < size - 1 ? n : size - 1;
         memcpy(buf, m->addr, k);
         buf[k] = 0;
     }
+    pthread_mutex_unlock(&w->srv_mu);
     return (int)n;
 }
 
