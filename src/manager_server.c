@@ -70,9 +70,12 @@ struct obj {
     void *uobj;
     conc_lock mu;
     conc_cond cv;
-    /* dict, namespace */
+    /* dict, namespace: entries in insertion order, and a hash index over
+     * them (open addressing: entry number + 1, 0 for an empty slot) */
     struct kv *kv;
     size_t nkv, capkv;
+    uint32_t *idx;
+    size_t icap;                    /* a power of two, or 0 */
     /* list */
     struct item *li;
     size_t nli, capli;
@@ -302,6 +305,7 @@ static void obj_free(struct obj *o)
         free(o->kv[i].v.p);
     }
     free(o->kv);
+    free(o->idx);
     for (size_t i = 0; i < o->nli; i++)
         free(o->li[i].p);
     free(o->li);
@@ -505,11 +509,46 @@ done:
 
 static ssize_t kv_find(const struct obj *o, const struct conc__mgr_str *k, uint64_t h)
 {
+    if (!o->icap)
+        return -1;
+    size_t mask = o->icap - 1;
+    for (size_t s = (size_t)h & mask;; s = (s + 1) & mask) {
+        uint32_t e = o->idx[s];
+        if (!e)
+            return -1;
+        const struct kv *x = &o->kv[e - 1];
+        if (x->h == h && x->k.len == k->len && (k->len == 0 || memcmp(x->k.p, k->p, k->len) == 0))
+            return (ssize_t)(e - 1);
+    }
+}
+
+/* Puts entry i into the index (which has a free slot). */
+static void idx_put(struct obj *o, size_t i)
+{
+    size_t mask = o->icap - 1, s = (size_t)o->kv[i].h & mask;
+    while (o->idx[s])
+        s = (s + 1) & mask;
+    o->idx[s] = (uint32_t)(i + 1);
+}
+
+/* Makes the index again with room for want entries at most half full. */
+static int idx_rebuild(struct obj *o, size_t want)
+{
+    size_t cap = o->icap ? o->icap : 16;
+    while (cap < want * 2)
+        cap *= 2;
+    if (cap != o->icap) {
+        uint32_t *t = malloc(cap * sizeof *t);
+        if (!t)
+            return -ENOMEM;
+        free(o->idx);
+        o->idx = t;
+        o->icap = cap;
+    }
+    memset(o->idx, 0, o->icap * sizeof *o->idx);
     for (size_t i = 0; i < o->nkv; i++)
-        if (o->kv[i].h == h && o->kv[i].k.len == k->len &&
-            (k->len == 0 || memcmp(o->kv[i].k.p, k->p, k->len) == 0))
-            return (ssize_t)i;
-    return -1;
+        idx_put(o, i);
+    return 0;
 }
 
 static int kv_set(struct obj *o, const struct conc__mgr_str *k, const struct conc__mgr_str *v)
@@ -523,6 +562,10 @@ static int kv_set(struct obj *o, const struct conc__mgr_str *k, const struct con
         free(o->kv[i].v.p);
         o->kv[i].v = nv;
         return 0;
+    }
+    if (o->nkv >= UINT32_MAX - 1 || ((o->nkv + 1) * 2 > o->icap && idx_rebuild(o, o->nkv + 1))) {
+        free(nv.p);
+        return -ENOMEM;
     }
     if (o->nkv == o->capkv) {
         size_t cap = o->capkv ? o->capkv * 2 : 8;
@@ -541,16 +584,22 @@ static int kv_set(struct obj *o, const struct conc__mgr_str *k, const struct con
     }
     e->h = h;
     e->v = nv;
+    idx_put(o, o->nkv);
     o->nkv++;
     return 0;
 }
 
+/* Removes entry i, keeping the order of the others; the index is made
+ * again (the entries after i moved), in place: it cannot fail. */
 static void kv_remove(struct obj *o, size_t i)
 {
     free(o->kv[i].k.p);
     free(o->kv[i].v.p);
     memmove(&o->kv[i], &o->kv[i + 1], (o->nkv - i - 1) * sizeof o->kv[0]);
     o->nkv--;
+    memset(o->idx, 0, o->icap * sizeof *o->idx);
+    for (size_t j = 0; j < o->nkv; j++)
+        idx_put(o, j);
 }
 
 static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out)

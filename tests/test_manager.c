@@ -1411,3 +1411,53 @@ Test(manager, forked_child_does_not_keep_a_dead_holders_lock, .timeout = 60)
     close(p[1]);
     conc_manager_free(m);
 }
+
+/* Many keys: every one found, deletions keep the others and their order. */
+Test(manager, dict_many_keys, .timeout = 120)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *d = make(m, CONC_PROXY_DICT, 0, 0);
+    enum { K = 3000 };
+    enum { PAIRS = 100 };
+    static conc_proxy_bytes kv[2 * PAIRS];
+    static char keys[K][16], vals[K][16];
+    for (int i = 0; i < K; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%d", i);
+        snprintf(vals[i], sizeof vals[i], "v%d", i * 7);
+    }
+    for (int i = 0; i < K; i += PAIRS) {        /* update() in batches */
+        for (int j = 0; j < PAIRS; j++) {
+            kv[2 * j] = (conc_proxy_bytes){ keys[i + j], strlen(keys[i + j]) };
+            kv[2 * j + 1] = (conc_proxy_bytes){ vals[i + j], strlen(vals[i + j]) };
+        }
+        cr_assert_eq(conc_proxy_dict_update(d, kv, PAIRS), 0);
+    }
+    cr_expect_eq(conc_proxy_dict_len(d), K);
+    for (int i = 0; i < K; i += 2)
+        cr_assert_eq(conc_proxy_dict_del(d, keys[i], strlen(keys[i])), 0);
+    cr_expect_eq(conc_proxy_dict_len(d), K / 2);
+    for (int i = 0; i < K; i++) {
+        void *v;
+        size_t n;
+        int e = conc_proxy_dict_get(d, keys[i], strlen(keys[i]), &v, &n);
+        if (i % 2 == 0) {
+            cr_assert_eq(e, -ENOENT, "key %d", i);
+        } else {
+            cr_assert_eq(e, 0, "key %d", i);
+            cr_assert(n == strlen(vals[i]) && memcmp(v, vals[i], n) == 0, "value of %d", i);
+            free(v);
+        }
+    }
+    conc_proxy_items *it;
+    cr_assert_eq(conc_proxy_dict_keys(d, &it), 0);
+    cr_assert_eq(it->count, K / 2);
+    for (size_t j = 0; j < it->count; j++)
+        cr_assert(item_is(it, j, keys[2 * j + 1]), "order at %zu", j);
+    free(it);
+    cr_expect_eq(conc_proxy_dict_set(d, keys[0], strlen(keys[0]), "back", 4), 0);
+    cr_assert_eq(conc_proxy_dict_keys(d, &it), 0);
+    cr_expect(item_is(it, it->count - 1, keys[0]), "a key set again goes last");
+    free(it);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}
