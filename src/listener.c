@@ -721,8 +721,19 @@ CONC_API int conc_listener_close(conc_listener *l)
     if (l->closed)
         return 0;
     l->closed = true;
-    while (l->npending)
-        hs_drop(l, l->npending - 1);
+    /* A forked copy shares the epoll set with its maker: it closes its
+     * descriptors without taking them out of the set. */
+    bool owner = l->owner == getpid();
+    while (l->npending) {
+        if (owner) {
+            hs_drop(l, l->npending - 1);
+        } else {
+            struct hs *h = l->pending[--l->npending];
+            close(h->fd);
+            sodium_memzero(h, sizeof *h);
+            free(h);
+        }
+    }
     if (l->fd >= 0)
         close(l->fd);
     if (l->epfd >= 0)

@@ -213,6 +213,46 @@ Test(listener, unix_path_mode_0600_and_existing_file_kept, .timeout = 60)
     cr_assert_eq(lstat(path, &st), -1);
 }
 
+/* A forked child that frees its copy of the listener leaves the socket file
+ * (and the private directory) to the process that made them, and the
+ * handshakes in progress to it too (the two share the epoll set). */
+static void *answer_main(void *arg);
+static int raw_connect(const conc_listener *l);
+
+Test(listener, forked_child_leaves_socket_file_and_handshakes, .timeout = 60)
+{
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, NULL, &keyed), 0);
+    char path[CONC_SOCKADDR_STRLEN];
+    cr_assert_gt(conc_listener_address(l, path, sizeof path), 0);
+    int fd = raw_connect(l);
+    conc_conn *c = NULL;
+    cr_assert_eq(conc_listener_accept(l, &c, 0), -EAGAIN);  /* handshake under way */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        conc_listener_free(l);
+        _exit(0);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    struct stat sb;
+    cr_assert_eq(lstat(path, &sb), 0, "the child removed the parent's socket");
+    conc_conn *peer;
+    cr_assert_eq(conc_conn_from_fd(&peer, fd, 0), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, answer_main, peer), 0);
+    cr_assert_eq(conc_listener_accept(l, &c, GUARD), 0);
+    void *rc;
+    pthread_join(t, &rc);
+    cr_assert_eq((intptr_t)rc, 0);
+    conc_conn_free(c);
+    conc_conn_free(peer);
+    conc_listener_free(l);
+    cr_assert_eq(lstat(path, &sb), -1);
+}
+
 Test(listener, abstract_address, .timeout = 60)
 {
     char name[64];
@@ -530,6 +570,16 @@ Test(listener, handshake_garbage_and_timeouts_on_a_pipe, .timeout = 60)
     conc_conn_free(b);
 }
 
+/* The client's side of the handshake on a raw connection. */
+static void *answer_main(void *arg)
+{
+    conc_conn *c = arg;
+    int r = conc_conn_answer_challenge(c, KEY, KEYLEN, GUARD);
+    if (!r)
+        r = conc_conn_deliver_challenge(c, KEY, KEYLEN, GUARD);
+    return (void *)(intptr_t)r;
+}
+
 /* ------------------------------------------------------ accept's time */
 
 Test(listener, accept_timeout, .timeout = 60)
@@ -546,6 +596,37 @@ Test(listener, accept_timeout, .timeout = 60)
         cr_assert_null(c);
         conc_listener_free(l);
     }
+}
+
+/* A client whose listener never runs the handshake (nobody accepts): the
+ * timeout rule of conc/time.h, and nothing left open. */
+Test(listener, client_timeouts, .timeout = 60)
+{
+    int fds = count_fds();
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, NULL, &keyed), 0);
+    char addr[CONC_SOCKADDR_STRLEN];
+    cr_assert_gt(conc_listener_address(l, addr, sizeof addr), 0);
+    conc_conn *c = NULL;
+    cr_assert_eq(conc_client_connect(&c, addr, &client_keyed, 0), -EAGAIN);
+    int64_t t0 = conc_now();
+    cr_assert_eq(conc_client_connect(&c, addr, &client_keyed, 0.05), -ETIMEDOUT);
+    cr_assert_geq(conc_now() - t0, 50000000);
+    cr_assert_eq(conc_client_connect_until(&c, addr, &client_keyed, conc_now() - 1), -ETIMEDOUT);
+    cr_assert_eq(conc_client_connect(&c, addr, &client_keyed, NAN), -EINVAL);
+    cr_assert_null(c);
+    conc_conn *a, *b;
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    cr_assert_eq(conc_conn_deliver_challenge_until(a, KEY, KEYLEN, conc_now() - 1), -ETIMEDOUT);
+    cr_assert_eq(conc_conn_answer_challenge_until(b, KEY, KEYLEN, 0), -ETIMEDOUT);
+    cr_assert_eq(conc_conn_answer_challenge(b, KEY, KEYLEN, NAN), -EINVAL);
+    conc_conn_free(a);
+    conc_conn_free(b);
+    /* The listener drops what those clients left behind. */
+    while (conc_listener_accept(l, &c, 0) == -ECONNABORTED)
+        ;
+    conc_listener_free(l);
+    cr_assert_eq(count_fds(), fds);
 }
 
 /* A raw connection to the listener's address (no handshake of its own). */

@@ -139,8 +139,8 @@ CONC_API int conc_address_parse(conc_sockaddr *out, const char *address);
 /*
  * conc_listener_new - Listener(address, authkey=...): bind and listen.
  * address as above (NULL: a private Unix socket).  A Unix path socket is
- * made mode 0600; an existing file at the path is not replaced
- * (-EADDRINUSE).  Returns 0 and stores the handle; -EINVAL for NULL out,
+ * made mode 0600 (right after bind, which creates it with the umask's
+ * mode); an existing file at the path is not replaced (-EADDRINUSE).  Returns 0 and stores the handle; -EINVAL for NULL out,
  * a bad address, an authkey_len of 0 or over CONC_AUTHKEY_MAX with a
  * non-NULL authkey, a bad handshake_timeout or max_message; -EPERM for
  * TCP without an authkey and without insecure; -EADDRINUSE, -EACCES,
