@@ -1461,3 +1461,57 @@ Test(manager, dict_many_keys, .timeout = 120)
     conc_proxy_free(d);
     conc_manager_free(m);
 }
+
+/* The fuzzer's seed corpus against a live server: each seed named bad_*,
+ * short_*, missing_*, huge_*, trailing_*, string_past_* or answer (not a
+ * request) ends its connection; every other seed is a well-formed request
+ * and gets an answer.  Either way the server goes on serving. */
+#include <dirent.h>
+
+static bool malformed_seed(const char *name)
+{
+    const char *bad[] = { "bad_", "short_", "missing_", "huge_", "trailing_", "string_past_",
+                          "answer" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (strncmp(name, bad[i], strlen(bad[i])) == 0)
+            return true;
+    return false;
+}
+
+Test(manager, fuzz_corpus_against_a_server, .timeout = 120)
+{
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    conc_manager *m = started(&o);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *d = make(m, CONC_PROXY_DICT, 0, 0);
+    DIR *dir = opendir(CONC_MANAGER_CORPUS);
+    cr_assert_not_null(dir);
+    struct dirent *e;
+    int seen = 0, bad = 0;
+    while ((e = readdir(dir)) != NULL) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "shutdown") == 0)
+            continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", CONC_MANAGER_CORPUS, e->d_name);
+        FILE *f = fopen(path, "rb");
+        cr_assert_not_null(f);
+        static uint8_t msg[65536];
+        size_t n = fread(msg, 1, sizeof msg, f);
+        fclose(f);
+        int r = send_raw(addr, msg, n);
+        if (malformed_seed(e->d_name)) {
+            cr_expect(r == -EPIPE || r == -ECONNRESET, "%s: %d", e->d_name, r);
+            bad++;
+        } else {
+            cr_expect_geq(r, 16, "%s: no answer (%d)", e->d_name, r);
+        }
+        cr_expect_geq(conc_proxy_dict_len(d), 0, "after %s", e->d_name);   /* still served */
+        seen++;
+    }
+    closedir(dir);
+    cr_expect_geq(seen, 20);
+    cr_expect_geq(bad, 8);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}
