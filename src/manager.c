@@ -33,7 +33,7 @@
 #include "manager_internal.h"
 #include "manager_wire.h"
 
-#define CONNECT_TIMEOUT 30.0        /* connect and handshake */
+#define CONNECT_TIMEOUT 10.0        /* connect and handshake */
 #define START_TIMEOUT 30.0          /* the child reports it listens */
 #define STOP_GRACE 1.0              /* a started server gets to exit by itself */
 
@@ -595,8 +595,12 @@ int conc_manager_connect(conc_manager *m)
         return e;
     e = rpc_simple(&p, CONC__MGR_PING, CONC_NO_DEADLINE, 0, NULL);
     conc_conn_free(p.c);
+    /* A server with a key sends a challenge where a keyless client expects
+     * its answer (or drops it): the key is missing on this side. */
+    if (e && !m->authkey && (e == -ECONNRESET || e == -EPIPE || e == -EPROTO))
+        return -EACCES;
     if (e)
-        return e == -ECONNRESET || e == -EMSGSIZE ? -EPROTO : e;
+        return e == -ECONNRESET || e == -EPIPE || e == -EMSGSIZE ? -EPROTO : e;
     m->state = ST_CONNECTED;
     return 0;
 }

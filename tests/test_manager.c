@@ -1515,3 +1515,25 @@ Test(manager, fuzz_corpus_against_a_server, .timeout = 120)
     conc_proxy_free(d);
     conc_manager_free(m);
 }
+
+/* A server with a key refuses a client without one (Unix socket too). */
+Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
+{
+    char path[128];
+    tmp_path(path, sizeof path, "onekey");
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.address = path;
+    o.authkey = "k1";
+    o.authkey_len = 2;
+    conc_manager *m = started(&o);
+    conc_manager_opts co = CONC_MANAGER_OPTS_INIT;
+    co.address = path;
+    conc_manager *c;
+    cr_assert_eq(conc_manager_new(&c, &co), 0);
+    cr_expect_eq(conc_manager_connect(c), -EACCES);
+    conc_manager_free(c);
+    cr_assert_eq(conc_manager_new(&c, &o), 0);
+    cr_expect_eq(conc_manager_connect(c), 0);
+    conc_manager_free(c);
+    conc_manager_free(m);
+}
