@@ -134,7 +134,8 @@ static int dial(const conc_manager *m, conc_conn **out)
  * list, and in the child of a fork each of their descriptors is replaced
  * (dup3, atomically) by one of /dev/null: the parent's sockets lose the
  * child's references at once, and the proxy, which sees that fork_gen
- * changed, opens a connection of its own at its next call.  fork_gen spares
+ * changed, opens a connection of its own at its next call (its call lock,
+ * which a thread of the parent may have held, is made free).  fork_gen spares
  * a getpid() per call.  The handlers take and drop reg_mu around the fork,
  * so the child finds the list whole.
  */
@@ -157,9 +158,11 @@ static void fork_child(void)
 {
     fork_gen++;
     int inert = reg_head ? open("/dev/null", O_RDWR | O_CLOEXEC) : -1;
-    for (conc_proxy *p = reg_head; p && inert >= 0; p = p->next)
-        if (p->fd >= 0)
+    for (conc_proxy *p = reg_head; p; p = p->next) {
+        if (p->fd >= 0 && inert >= 0)
             dup3(inert, p->fd, O_CLOEXEC);
+        conc_lock_init(&p->mu, 0);      /* another thread may have held it */
+    }
     if (inert >= 0)
         close(inert);
     pthread_mutex_unlock(&reg_mu);
