@@ -115,6 +115,7 @@ struct conn {
     struct conn *next;
     struct hold *holds;
     size_t nholds, capholds;
+    struct obj *last;               /* the object of the last request */
     int done;                       /* atomic: the thread ended */
 };
 
@@ -1157,9 +1158,12 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     case CONC__MGR_CREATE_USER:
         return op_create_user(s, r, out);
     }
-    struct obj *o = obj_find(s, r->id);
+    /* Objects live until the server ends, so a connection keeps the last
+     * one it used (a proxy's connection uses one) without the table lock. */
+    struct obj *o = cn->last && cn->last->id == r->id ? cn->last : obj_find(s, r->id);
     if (!o)
         return -ENOENT;
+    cn->last = o;
     if (r->op == CONC__MGR_OPEN) {
         out->value = (int64_t)o->id;
         return o->type;
