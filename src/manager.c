@@ -451,7 +451,9 @@ static int listen_on(conc_manager *m, conc_listener **l)
     return e == -EPERM ? -EINVAL : e;
 }
 
-/* The started child: listen, report the address (or the error), serve. */
+/* The started child: listen, report the address (or the error), serve.
+ * SIGINT is ignored (a Ctrl-C reaches the whole process group; the parent
+ * decides), SIGTERM ends the serving cleanly. */
 static int server_child(const void *arg, size_t len)
 {
     conc_manager *m;
@@ -476,6 +478,14 @@ static int server_child(const void *arg, size_t len)
     }
     if (!e)
         e = conc__mgr_server_new(&s, l, m->types, m->ntypes, m->max_message);
+    if (!e) {                           /* before the parent hears it listens */
+        signal(SIGINT, SIG_IGN);
+        sigset_t term;
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &term, NULL);   /* the server takes it (sigtimedwait) */
+        conc__mgr_server_take_sigterm(s);
+    }
     memcpy(rep, &e, 4);
     conc_conn_send_bytes(m->wr, rep, rlen, CONC_FOREVER);
     conc_conn_free(m->wr);

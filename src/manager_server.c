@@ -20,11 +20,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "conc/pipe.h"
 #include "conc/sync.h"
@@ -125,6 +127,7 @@ struct conc__mgr_server {
     size_t ntypes;
     size_t max_message;
     int stop;                       /* atomic */
+    bool take_sigterm;              /* a pending SIGTERM stops the server */
     conc_lock tmu;                  /* guards objs */
     struct obj **objs;              /* objs[id - 1] */
     size_t nobjs, capobjs;
@@ -1321,6 +1324,21 @@ int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
     return 0;
 }
 
+void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
+{
+    s->take_sigterm = true;
+}
+
+/* Whether a SIGTERM (blocked, pending) asks the server to stop: takes it. */
+static bool sigterm_pending(void)
+{
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    struct timespec zero = { 0, 0 };
+    return sigtimedwait(&term, NULL, &zero) == SIGTERM;
+}
+
 void conc__mgr_server_stop(struct conc__mgr_server *s)
 {
     __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
@@ -1329,6 +1347,10 @@ void conc__mgr_server_stop(struct conc__mgr_server *s)
 int conc__mgr_server_run(struct conc__mgr_server *s)
 {
     while (!stopping(s)) {
+        if (s->take_sigterm && sigterm_pending()) {
+            conc__mgr_server_stop(s);
+            break;
+        }
         conn_reap(s, false);
         conc_conn *c;
         int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);

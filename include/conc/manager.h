@@ -205,7 +205,8 @@ CONC_API int conc_manager_register(conc_manager *m, const char *typeid,
 /*
  * conc_manager_start - BaseManager.start(): start the server in a child
  * process and connect to it.  The child dies with its parent (also when the
- * parent is killed).  Returns once the server listens: 0; -EINVAL for
+ * parent is killed); it ignores SIGINT (a Ctrl-C is the parent's to
+ * handle), and SIGTERM makes it stop serving and remove its socket.  Returns once the server listens: 0; -EINVAL for
  * NULL; -EALREADY when started, served or connected before; -EADDRINUSE
  * when the address is taken; the errors of socket(2), bind(2) and of
  * starting a process; -ENOMEM.
