@@ -181,6 +181,58 @@ show parallel-map "multiprocessing.Pool: map and imap_unordered, with progress" 
     "Sums i*i for i = 0..99999 on 4 worker processes, with map and with imap_unordered reading its input lazily; both give n(n-1)(2n-1)/6. The progress goes to stderr." \
     --tasks 100000 --workers 4 --chunksize 100 --progress
 
+show manager-counter "multiprocessing.Manager: a dict in a manager process, under a manager Lock" \
+    "A manager holds {\"count\": 100}; 20 processes each take the manager Lock and take one off through their proxies: count=80." \
+    --procs 20 --start 100
+
+# The queue served across machines: queue-server on a free TCP port with a
+# key file, a queue-client that puts, one that gets, and one with the wrong
+# key (refused), then SIGTERM to the server.
+echo
+echo "=== queue-server, queue-client: a manager's queue shared over TCP, with an authkey"
+echo "    The server serves one named queue; each client proves it holds the key (an HMAC challenge both ways) before it may put or get."
+if [ ! -x "$dir/queue-server" ] || [ ! -x "$dir/queue-client" ]; then
+    echo "    (skipped: $dir/queue-server or $dir/queue-client is not built)"
+    skipped=$((skipped + 1))
+else
+    qdir=$(mktemp -d "${TMPDIR:-/tmp}/conc-queue.XXXXXX") || exit 1
+    printf 'abracadabra\n' >"$qdir/key"
+    printf 'not the key\n' >"$qdir/wrong"
+    echo "    \$ queue-server --address 127.0.0.1:0 --authkey-file key &"
+    "$dir/queue-server" --address 127.0.0.1:0 --authkey-file "$qdir/key" >"$qdir/log" &
+    qpid=$!
+    addr=""
+    tries=0
+    while [ -z "$addr" ] && [ $tries -lt 200 ] && kill -0 "$qpid" 2>/dev/null; do
+        addr=$(sed -n 's/^serving on //p' "$qdir/log")
+        [ -n "$addr" ] || { sleep 0.05; tries=$((tries + 1)); }
+    done
+    sed 's/^/    /' "$qdir/log"
+    ok=1
+    if [ -z "$addr" ]; then
+        echo "demo.sh: queue-server did not start" >&2
+        ok=0
+    else
+        q="$dir/queue-client --address $addr"
+        echo "    \$ queue-client --address $addr --authkey-file key put 'hello from afar'"
+        $q --authkey-file "$qdir/key" put 'hello from afar' || ok=0
+        echo "    \$ queue-client --address $addr --authkey-file key get"
+        $q --authkey-file "$qdir/key" get | sed 's/^/    /' || ok=0
+        echo "    \$ queue-client --address $addr --authkey-file wrong get"
+        if $q --authkey-file "$qdir/wrong" get 2>&1 | sed 's/^/    /'; then :; fi
+    fi
+    kill -TERM "$qpid" 2>/dev/null
+    wait "$qpid" || ok=0
+    echo "    \$ kill -TERM %1"
+    rm -rf "$qdir"
+    if [ $ok = 1 ]; then
+        ran=$((ran + 1))
+    else
+        echo "demo.sh: queue-server/queue-client failed" >&2
+        failed="$failed queue-server"
+    fi
+fi
+
 # crawler's web: python3's http.server on a free port, serving a temporary
 # directory with two pages; port 1 on 127.0.0.1 refuses connections.
 web=$(mktemp -d "${TMPDIR:-/tmp}/conc-web.XXXXXX") || exit 1
