@@ -264,6 +264,34 @@ else
     skipped=$((skipped + 1))
 fi
 
+# The broker examples: a queue in RabbitMQ.  CONC_BROKER_URL names an
+# existing broker to use; otherwise a private node is started under the
+# build tree (scripts/rabbitmq.sh; about 5-10 s) and stopped afterwards.
+node_dir=""
+broker_url=${CONC_BROKER_URL:-}
+if [ -x "$dir/broker-queue" ] && [ -z "$broker_url" ]; then
+    node_dir="$dir/../rabbitmq-demo"
+    trap 'rm -f "$db"; [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$web"; sh "$(dirname "$0")/rabbitmq.sh" stop "$node_dir" >/dev/null 2>&1' EXIT
+    echo
+    echo "=== starting a private RabbitMQ node for the broker examples (scripts/rabbitmq.sh)"
+    broker_url=$(sh "$(dirname "$0")/rabbitmq.sh" start "$node_dir") || broker_url=""
+fi
+if [ -x "$dir/broker-queue" ] && [ -z "$broker_url" ]; then
+    echo "demo.sh: no RabbitMQ node (scripts/rabbitmq.sh start failed)" >&2
+    failed="$failed broker-queue"
+else
+    q="conc-demo-$$"
+    show broker-queue "a queue on a RabbitMQ broker: the producer" \
+        "Three persistent messages go to a durable queue; each is printed once the broker confirmed it (it is on the broker's disk)." \
+        --url "$broker_url" --queue "$q" put "task one" "task two" "task three"
+    show broker-queue "the consumer, which may run on another machine" \
+        "It takes the messages in order and acknowledges each (task_done) after printing it; a consumer killed before that gives its message back." \
+        --url "$broker_url" --queue "$q" get --count 3
+fi
+if [ -n "$node_dir" ]; then
+    sh "$(dirname "$0")/rabbitmq.sh" stop "$node_dir" >/dev/null 2>&1
+fi
+
 echo
 echo "=== tour done: $ran ran, $skipped skipped${failed:+, failed:$failed}"
 [ -z "$failed" ]

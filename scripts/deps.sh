@@ -6,6 +6,8 @@
 #                   clang and its runtimes (the manager's libFuzzer target;
 #                   libclang-rt-14-dev is the Debian 12 package that holds
 #                   libFuzzer and clang's sanitizer runtimes)
+#                   rabbitmq-c and rabbitmq-server (the broker library and
+#                   the private node its tests and examples start)
 #   deps.sh bench   the benchmark peers' packages
 #   deps.sh cross   the AArch64 cross compiler and qemu-user
 #                   (scripts/cross-aarch64.sh)
@@ -18,7 +20,7 @@
 set -e
 what=${1:-build}
 case "$what" in
-  build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev libsodium-dev clang libclang-rt-14-dev" ;;
+  build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev libsodium-dev clang libclang-rt-14-dev librabbitmq-dev rabbitmq-server" ;;
   bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go libuv1-dev" ;;
   cross) pkgs="gcc-aarch64-linux-gnu qemu-user" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
