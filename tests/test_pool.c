@@ -1165,6 +1165,113 @@ static int forge_frame(const void *arg, size_t len, void **result, size_t *rlen)
         pause();
 }
 
+/* Sends the pool READY frames without end, 64 KiB per write: a worker
+ * that floods its channel with status frames. */
+static int flood_ready(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    (void)arg;
+    (void)len;
+    (void)result;
+    (void)rlen;
+    int fd = worker_channel();
+    if (fd < 0)
+        return -ENOTSOCK;
+    static struct {
+        uint32_t kind, n;
+        uint64_t len;
+    } frs[4096];
+    for (size_t i = 0; i < 4096; i++)
+        frs[i].kind = 10;
+    for (;;)
+        if (write(fd, frs, sizeof frs) < 0 && errno != EINTR)
+            pause();
+}
+
+Test(pool, worker_flooding_status_frames_is_ended, .timeout = 120)
+{
+    /* A second READY breaks the protocol: the worker is ended and its task
+     * fails, the pool's thread is not held reading the flood, and the pool
+     * goes on.  The flood too through a blocking apply, and at terminate. */
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_apply_async(p, flood_ready, NULL, 0, NULL, &r), 0);
+    cr_assert_eq(conc_pool_result_get(r, NULL, NULL, GUARD), -ECHILD);
+    conc_pool_result_free(r);
+    int64_t i = 7;
+    void *res = NULL;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 49);
+    free(res);
+    res = NULL;
+    cr_assert_eq(conc_pool_apply(p, flood_ready, NULL, 0, &res, &len), -ECHILD);
+    cr_assert_null(res);
+    cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 49);
+    free(res);
+    endpool(p);
+}
+
+/* A result of the size the argument gives (an int64), byte k = k * 7. */
+static int sized_result(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    size_t n = (size_t)arg_i64(arg, len);
+    unsigned char *b = malloc(n ? n : 1);
+    if (!b)
+        return -ENOMEM;
+    for (size_t k = 0; k < n; k++)
+        b[k] = (unsigned char)(k * 7);
+    *result = b;
+    *rlen = n;
+    return 0;
+}
+
+Test(pool, blocking_apply_sizes_and_dead_workers, .timeout = 120)
+{
+    /* Around the sizes a blocking apply carries in the page it shares with
+     * the worker (16 KiB each way) and well over them, both ways, for
+     * every start method; a worker that dies in a blocking apply gives
+     * -ECHILD and is replaced. */
+    static const size_t sizes[] = { 0, 1, 8, 16383, 16384, 16385, 65536, 1u << 20 };
+    for (size_t m = 0; m < 3; m++) {
+        conc_pool *p = mkpool(1, methods[m], NULL);
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            size_t n = sizes[k];
+            unsigned char *a = malloc(n ? n : 1);
+            cr_assert_not_null(a);
+            for (size_t j = 0; j < n; j++)
+                a[j] = (unsigned char)(j * 13 + k);
+            void *res = NULL;
+            size_t len = 1;
+            cr_assert_eq(conc_pool_apply(p, echo, a, n, &res, &len), 0, "echo %zu", n);
+            cr_assert_eq(len, n);
+            cr_assert(n == 0 || memcmp(res, a, n) == 0, "echo %zu: other bytes", n);
+            free(res);
+            free(a);
+            int64_t want = (int64_t)n;
+            res = NULL;
+            cr_assert_eq(conc_pool_apply(p, sized_result, &want, sizeof want, &res, &len), 0);
+            cr_assert_eq(len, n);
+            for (size_t j = 0; j < n; j++)
+                cr_assert_eq(((unsigned char *)res)[j], (unsigned char)(j * 7), "byte %zu of %zu", j, n);
+            free(res);
+        }
+        for (int64_t how = 1; how <= 3; how++) {
+            void *res = NULL;
+            size_t len;
+            cr_assert_eq(conc_pool_apply(p, die, &how, sizeof how, &res, &len), -ECHILD);
+            cr_assert_null(res);
+            int64_t i = -3;
+            cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), -EDOM);
+            i = 12;
+            cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+            cr_assert_eq(arg_i64(res, len), 144);
+            free(res);
+        }
+        endpool(p);
+    }
+}
+
 Test(pool, corrupt_frame_ends_its_worker, .timeout = 120)
 {
     conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
