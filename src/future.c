@@ -263,6 +263,11 @@ int conc_future_cancel(conc_future *f)
         pthread_mutex_unlock(&f->mu);
         return s == CONC_FUTURE_CANCELLED ? 0 : s == CONC_FUTURE_RUNNING ? -EBUSY : -EALREADY;
     }
+    if (f->p_veto && f->p_veto(f->p_veto_arg) != 0) {
+        __atomic_store_n(&f->state, CONC_FUTURE_RUNNING, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&f->mu);
+        return -EBUSY;
+    }
     finish_locked(f, CONC_FUTURE_CANCELLED);
     return 0;
 }

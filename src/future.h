@@ -65,6 +65,14 @@ struct conc_future {
     struct conc__cb_node *cbs, **cbs_tail;
     struct conc__watch_node *watchers;
 
+    /* The producer's say on a cancel (NULL: none): conc_future_cancel
+     * calls it under mu while the future is PENDING; 0 lets the cancel go
+     * on (the call will not run), anything else means the call began: the
+     * future turns RUNNING and cancel gives -EBUSY.  It must not take mu.
+     * Set before anyone else can reach the future. */
+    int (*p_veto)(void *arg);
+    void *p_veto_arg;
+
     /* The producer's own fields: conc_future never reads or writes them
      * (an executor queues its calls through them). */
     conc_future *p_next;

@@ -16,12 +16,14 @@
  *                           address; else module offset, st_dev, st_ino,
  *                           path)
  *                   INIT    n = initializer's index or NONE; body: initarg
- *                   TASK    n = items; body: u32 function index, u32 0,
- *                           then per item u64 length + bytes
+ *                   TASK    n = items; body: u32 function index, u32 flags
+ *                           (TASK_TELL), then per item u64 length + bytes
  *                   EXIT    end once everything before was answered
  *   worker -> pool  READY   after the initializer
  *                   RESULT  n = items; per item i32 status, u32 0,
  *                           u64 length + bytes
+ *                   STARTED n = the task's number at the worker: it begins
+ *                           a TASK_TELL task
  * A worker sends the results it has in hand together while its next task
  * is already read, and counts the TASK frames it starts in a page it
  * shares with the pool: when it dies, the pool knows which task it was
@@ -52,7 +54,11 @@
 #include "sys/park.h"
 #include "sys/wait.h"
 
-enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11 };
+enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11, F_STARTED = 12 };
+
+/* The TASK frame's flags (its second u32): TELL, the worker checks the
+ * task's gate before it begins it and says STARTED when it does. */
+#define TASK_TELL 1u
 
 struct frame {
     uint32_t kind;
@@ -122,6 +128,7 @@ struct wconf {
  *   answer   the caller of a slot call sleeps on it until the worker bumps
  *            ans (or the pool's thread sets alert: the worker sent
  *            something on its socket, or ended)
+ *   gate     whether a task the worker holds may begin (TASK_TELL tasks)
  *   slot     a blocking apply's call (one item, its argument up to
  *            SLOT_ARG bytes) and its answer: status and the result inline
  *            (up to SLOT_RES bytes), or RESULT frame on the socket
@@ -129,6 +136,13 @@ struct wconf {
  * Everything the worker writes here is checked before use. */
 #define SLOT_ARG 16384u
 #define SLOT_RES 16384u
+/* A TASK_TELL task's gate: gate[k % GATE_N] for the worker's k-th task
+ * (counted like started, 31 bits).  The worker takes it (k) before it
+ * begins the task, the pool closes it (k | GATE_CLOSED) to cancel a task the
+ * worker holds but has not begun; whoever changes it first wins.  A worker
+ * holds at most PIPELINE_MAX tasks. */
+#define GATE_N 128u
+#define GATE_CLOSED 0x80000000u
 #define SLOT_INLINE 1u
 #define SLOT_ON_SOCKET 2u
 struct wshared {
@@ -137,6 +151,7 @@ struct wshared {
     uint32_t req, sock;
     _Alignas(64) struct conc__park answer;
     uint32_t ans, alert;
+    _Alignas(64) uint32_t gate[GATE_N];
     _Alignas(64) uint32_t fn_idx, arg_len;
     int32_t status;
     uint32_t mode, res_len;
@@ -257,7 +272,8 @@ static bool obuf_put(struct obuf *o, const void *src, size_t len)
 
 /* Runs the items of a TASK frame and appends its RESULT frame to o (the
  * caller sends it). */
-static int worker_task(void *fn, uint32_t n, const unsigned char *b, size_t len, struct obuf *o)
+static int worker_task(void *fn, int skip, uint32_t n, const unsigned char *b, size_t len,
+                       struct obuf *o)
 {
     size_t start = o->len;
     struct frame fr = { F_RESULT, n, 0 };
@@ -277,7 +293,7 @@ static int worker_task(void *fn, uint32_t n, const unsigned char *b, size_t len,
         off += il;
         void *res = NULL;
         size_t rlen = 0;
-        int st = fn ? ((conc_pool_fn)fn)(arg, (size_t)il, &res, &rlen) : -ENOENT;
+        int st = skip ? skip : fn ? ((conc_pool_fn)fn)(arg, (size_t)il, &res, &rlen) : -ENOENT;
         if (st > 0)
             st = -EPROTO;
         if (st == 0 && (rlen > CONC_POOL_ARG_MAX || (!res && rlen) ||
@@ -486,18 +502,35 @@ static int worker_main(const void *arg, size_t alen)
             if (!obuf_put(&c.o, &rf, sizeof rf))
                 break;
         } else if (fr.kind == F_TASK) {
-            uint32_t idx;
+            uint32_t idx, flags;
             if (fr.len < 8 || fr.n == 0 || fr.n > CONC__POOL_CHUNK_MAX) {
                 c.code = 71;
                 break;
             }
             memcpy(&idx, b, sizeof idx);
+            memcpy(&flags, b + 4, sizeof flags);
             void *fn = idx < c.nfns ? c.fns[idx] : NULL;
             bool first = c.o.len == 0;
             /* Before it runs: the pool knows which of its tasks ran when
              * it dies with their results in hand. */
-            __atomic_store_n(&c.sh->started, ++c.nstarted, __ATOMIC_RELEASE);
-            if (worker_task(fn, fr.n, b, fr.len, &c.o))
+            uint32_t k = ++c.nstarted;
+            __atomic_store_n(&c.sh->started, k, __ATOMIC_RELEASE);
+            int skip = 0;
+            if (flags & TASK_TELL) {
+                /* Begin it only when the pool did not cancel it first. */
+                uint32_t ord = k & ~GATE_CLOSED, *g = &c.sh->gate[k % GATE_N];
+                uint32_t v = __atomic_load_n(g, __ATOMIC_ACQUIRE);
+                if (v == (ord | GATE_CLOSED) ||
+                    !__atomic_compare_exchange_n(g, &v, ord, false, __ATOMIC_SEQ_CST,
+                                                 __ATOMIC_ACQUIRE)) {
+                    skip = -ECANCELED;
+                } else {
+                    struct frame sf = { F_STARTED, ord, 0 };
+                    if (write_full(c.fd, &sf, sizeof sf))
+                        break;          /* the pool is gone */
+                }
+            }
+            if (worker_task(fn, skip, fr.n, b, fr.len, &c.o))
                 break;
             if (first)
                 held_since = conc_now();
@@ -548,6 +581,7 @@ struct worker {
     size_t rlen, rcap;
     struct wshared *sh;         /* the pages it shares with the pool */
     uint32_t req_seq;           /* slot calls posted */
+    uint32_t issued;            /* tasks given (TASK frames and slot calls) */
     bool parked;                /* its socket is not watched (worker_park) */
     uint32_t answered;          /* RESULT frames read from it */
 };
@@ -719,9 +753,15 @@ static void q_unlink(conc_pool *p, struct conc__pool_task *t)
 static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_pool *p = (conc_pool *)e;
-    if (!t || !t->buf || !t->done || ld_relaxed(&t->state) != CONC__TASK_NEW)
+    if (!t || !t->buf || !t->done)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
+    /* The state under mu: a cancel may come before the submit. */
+    int state = ld_relaxed(&t->state);
+    if (state != CONC__TASK_NEW) {
+        pthread_mutex_unlock(&p->mu);
+        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
+    }
     if (p->closed || p->terminating) {
         pthread_mutex_unlock(&p->mu);
         return -EPIPE;
@@ -745,10 +785,25 @@ static int pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
     conc_pool *p = (conc_pool *)e;
     int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
+    int state = ld_relaxed(&t->state);
+    struct worker *w = t->worker;
+    if (state == CONC__TASK_NEW) {
+        st_relaxed(&t->state, CONC__TASK_CANCELLED);    /* submit refuses it */
+        r = 0;
+    } else if (state == CONC__TASK_QUEUED) {
         q_unlink(p, t);
         st_relaxed(&t->state, CONC__TASK_CANCELLED);
         r = 0;
+    } else if (state == CONC__TASK_SENT && t->started && w && w->sh) {
+        /* A worker holds it: close its gate unless the worker took it.
+         * (The worker's pages stay mapped while it holds the task: its end
+         * takes mu before it lets the tasks go.) */
+        uint32_t *g = &w->sh->gate[t->ord % GATE_N];
+        uint32_t v = __atomic_load_n(g, __ATOMIC_ACQUIRE);
+        if (v != t->ord && v != (t->ord | GATE_CLOSED) &&
+            __atomic_compare_exchange_n(g, &v, t->ord | GATE_CLOSED, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_ACQUIRE))
+            r = 1;
     }
     pthread_mutex_unlock(&p->mu);
     return r;
@@ -901,10 +956,8 @@ static int worker_start(conc_pool *p, struct worker *w)
     return 0;
 }
 
-/* Hands queued tasks to w while it has room; under mu.  Tasks reported
- * started go on *started. */
-static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **started,
-                     size_t depth)
+/* Hands queued tasks to w while it has room; under mu. */
+static void dispatch(conc_pool *p, struct worker *w, size_t depth)
 {
     while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
         struct conc__pool_task *t = p->qhead;
@@ -919,8 +972,12 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
         if (!ok)
             return;             /* out of memory: try again later */
         q_unlink(p, t);
-        bool first = ld_relaxed(&t->state) == CONC__TASK_QUEUED;
         st_relaxed(&t->state, CONC__TASK_SENT);
+        /* A task whose start is reported waits at its gate (open: 0 or an
+         * older number) until the worker begins it. */
+        uint32_t flags = t->started ? TASK_TELL : 0;
+        memcpy(t->buf + sizeof(struct frame) + 4, &flags, sizeof flags);
+        t->ord = ++w->issued & ~GATE_CLOSED;
         t->worker = w;
         t->next = NULL;
         if (w->tail)
@@ -933,10 +990,6 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
         w->nout++;
         if (--w->quota == 0)
             w->want_exit = true;
-        if (first && t->started) {
-            t->prev = *started;     /* borrowed link: the started list */
-            *started = t;
-        }
     }
 }
 
@@ -1046,6 +1099,20 @@ static bool worker_parse(struct worker *w)
                 break;
             }
             w->ready = true;
+        } else if (fr.kind == F_STARTED) {
+            /* One of the tasks it holds and has not answered, which asked
+             * for it, once. */
+            struct conc__pool_task *t = w->head;
+            while (t && t != w->wtask && t->ord != fr.n)
+                t = t->next;
+            if (fr.len != 0 || !t || t == w->wtask || !t->started) {
+                ok = false;
+                break;
+            }
+            if (!t->told) {
+                t->told = true;
+                t->started(t);
+            }
         } else if (fr.kind == F_RESULT) {
             struct conc__pool_task *t = w->head;
             if (!t || fr.n != t->nitems || t == w->wtask) {
@@ -1187,6 +1254,10 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
      * with the tasks it never started, so that a dead worker fails only the
      * task it was running.  Its count is checked: it cannot exceed what it
      * held. */
+    pthread_mutex_lock(&p->mu);
+    for (struct conc__pool_task *u = w->head; u; u = u->next)
+        u->worker = NULL;       /* a cancel no longer looks at its gate */
+    pthread_mutex_unlock(&p->mu);
     uint32_t ran = __atomic_load_n(&w->sh->started, __ATOMIC_ACQUIRE) - w->answered;
     if (ran > w->nout)
         ran = w->nout;
@@ -1198,7 +1269,15 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
         bool running = ++k == ran;
         if (fail_status == -EPIPE ||
             (running && (fail_status != -ECHILD || u->tries >= p->o.retries))) {
-            task_fail(u, fail_status, running ? code : 0);
+            task_fail(u, fail_status,
+                      fail_status == -EPIPE ? CONC__POOL_TERMINATED : running ? code : 0);
+            continue;
+        }
+        if (u->started && !u->told &&
+            __atomic_load_n(&w->sh->gate[u->ord % GATE_N], __ATOMIC_ACQUIRE) ==
+                (u->ord | GATE_CLOSED)) {
+            /* Cancelled while it held it: it does not run elsewhere. */
+            task_fail(u, -ECANCELED, 0);
             continue;
         }
         if (running)
@@ -1250,7 +1329,7 @@ static void fail_queue(conc_pool *p, int status)
     for (struct conc__pool_task *t = q, *nx; t; t = nx) {
         nx = t->next;
         t->next = t->prev = NULL;
-        task_fail(t, status, 0);
+        task_fail(t, status, status == -EPIPE ? CONC__POOL_TERMINATED : 0);
     }
 }
 
@@ -1267,7 +1346,6 @@ static void *pool_thread(void *arg)
         __atomic_store_n(&p->wake_pending, 0, __ATOMIC_SEQ_CST);
         pthread_mutex_lock(&p->mu);
         bool term = p->terminating, closed = p->closed;
-        struct conc__pool_task *started = NULL;
         bool owned[CONC_POOL_MAX_WORKERS];
         for (int i = 0; i < p->nw; i++)
             owned[i] = worker_acquire(&p->w[i]);
@@ -1278,14 +1356,9 @@ static void *pool_thread(void *arg)
         for (size_t level = 1; level <= depth && p->qhead && !term; level++)
             for (int i = 0; i < p->nw; i++)
                 if (owned[i] && p->w[i].proc)
-                    dispatch(p, &p->w[i], &started, level);
+                    dispatch(p, &p->w[i], level);
         bool queue_empty = p->qhead == NULL;
         pthread_mutex_unlock(&p->mu);
-        for (struct conc__pool_task *t = started, *nx; t; t = nx) {
-            nx = t->prev;
-            t->prev = NULL;
-            t->started(t);
-        }
         if (term)
             break;
         /* Replace missing workers (unless closing with nothing left). */
@@ -1539,6 +1612,7 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
     st_relaxed(&t->state, CONC__TASK_SENT);
     t->worker = w;
+    t->ord = ++w->issued & ~GATE_CLOSED;
     t->next = t->prev = NULL;
     /* A call of one small item, from a thread (a coroutine's wait on a
      * word another process changes would be a poll), to a worker that has
@@ -1558,8 +1632,10 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
         /* Its socket stays watched: what the worker sends there, and its
          * end, make the pool's thread tell us (sh->alert). */
         worker_unpark(w);
-        if (t->started)
+        if (t->started && !t->told) {
+            t->told = true;
             t->started(t);
+        }
         ret = direct_slot(w, t);
     } else {
         /* The pool's thread does not watch its socket while callers talk
@@ -1568,8 +1644,10 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
          * epoll_ctl(2). */
         if (!w->parked)
             worker_park(w);
-        if (t->started)
+        if (t->started && !t->told) {
+            t->told = true;
             t->started(t);
+        }
         ret = direct_socket(w);
     }
     bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;

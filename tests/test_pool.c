@@ -966,6 +966,36 @@ Test(pool, terminate_releases_every_waiter, .timeout = 120)
     cr_assert_eq(count_fds(), base, "descriptors leaked");
 }
 
+Test(pool, terminate_runs_no_callback_for_dropped_tasks, .timeout = 120)
+{
+    /* As Python: the tasks terminate drops (the running one, killed, and
+     * the queued ones) get -EPIPE and run no callback. */
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    struct cbrec c = { 0 };
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.callback = on_ok;
+    o.error_callback = on_err;
+    o.ctx = &c;
+    int64_t i = 3;
+    conc_pool_result *done, *rs[4];
+    cr_assert_eq(conc_pool_apply_async(p, square, &i, sizeof i, &o, &done), 0);
+    cr_assert_eq(conc_pool_result_wait(done, GUARD), 0);
+    cr_assert_eq(atomic_load(&c.ok), 1);
+    cr_assert_eq(conc_pool_apply_async(p, block_forever, NULL, 0, &o, &rs[0]), 0);
+    for (int k = 1; k < 4; k++)
+        cr_assert_eq(conc_pool_apply_async(p, square, &i, sizeof i, &o, &rs[k]), 0);
+    cr_assert_eq(conc_pool_terminate(p), 0);
+    for (int k = 0; k < 4; k++) {
+        cr_assert_eq(conc_pool_result_get(rs[k], NULL, NULL, GUARD), -EPIPE, "task %d", k);
+        conc_pool_result_free(rs[k]);
+    }
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    cr_assert_eq(atomic_load(&c.err), 0, "error_callback ran for a dropped task");
+    cr_assert_eq(atomic_load(&c.ok), 1);
+    conc_pool_result_free(done);
+    conc_pool_free(p);
+}
+
 Test(pool, close_finishes_queued_tasks, .timeout = 120)
 {
     conc_pool *p = mkpool(2, CONC_START_FORKSERVER, NULL);
@@ -1679,6 +1709,42 @@ Test(threadpool, terminate_releases_queued_waiters, .timeout = 120)
         conc_pool_result_free(queued[i]);
     }
     cr_assert_eq(conc_threadpool_apply_async(p, tp_square, (void *)1, NULL, &queued[0]), -EPIPE);
+    atomic_store(&tp_gate, 1);
+    cr_assert_eq(conc_pool_result_get(running, NULL, NULL, GUARD), 0);
+    conc_pool_result_free(running);
+    cr_assert_eq(conc_threadpool_join(p, GUARD), 0);
+    conc_threadpool_free(p);
+}
+
+Test(threadpool, terminate_runs_no_callback_for_dropped_tasks, .timeout = 120)
+{
+    /* Python's terminate delivers nothing for the tasks it drops: neither
+     * callback nor error_callback runs (and its get waits forever; ours
+     * gives -EPIPE). */
+    conc_threadpool *p;
+    cr_assert_eq(conc_threadpool_new(&p, &(conc_threadpool_opts){
+                                             .size = sizeof(conc_threadpool_opts), .threads = 1 }),
+                 0);
+    atomic_store(&tp_gate, 0);
+    atomic_store(&tp_running, 0);
+    struct cbrec c = { 0 };
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.callback = on_ok;
+    o.error_callback = on_err;
+    o.ctx = &c;
+    conc_pool_result *running, *queued[5];
+    cr_assert_eq(conc_threadpool_apply_async(p, tp_block, NULL, NULL, &running), 0);
+    while (!atomic_load(&tp_running))
+        conc_sleep(0.001);              /* until the worker runs it */
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(conc_threadpool_apply_async(p, tp_square, (void *)1, &o, &queued[i]), 0);
+    cr_assert_eq(conc_threadpool_terminate(p), 0);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(conc_pool_result_get(queued[i], NULL, NULL, GUARD), -EPIPE);
+        conc_pool_result_free(queued[i]);
+    }
+    cr_assert_eq(atomic_load(&c.err), 0, "error_callback ran for a dropped task");
+    cr_assert_eq(atomic_load(&c.ok), 0);
     atomic_store(&tp_gate, 1);
     cr_assert_eq(conc_pool_result_get(running, NULL, NULL, GUARD), 0);
     conc_pool_result_free(running);
