@@ -661,6 +661,10 @@ struct conc_pool_iter {
     int input_err;
     struct islot *cur;
     struct progress pg;
+    /* An item read but left for the next chunk (this one had its bytes):
+     * next's bytes stay valid until its next call. */
+    conc_pool_item held;
+    bool has_held;
 };
 
 static void iter_unref(conc_pool_iter *it)
@@ -727,22 +731,37 @@ static void iter_refill(conc_pool_iter *it)
         if (!s)
             return;
         size_t k = 0, staged = 0;
+        uint64_t bytes = 0;
         int err = 0;
         bool ended = false;
         while (k < it->chunksize) {
             const void *a = NULL;
             size_t l = 0;
-            int r = it->next(it->ctx, &a, &l);
-            if (r <= 0) {
-                err = r;
-                ended = true;
-                break;
+            if (it->has_held) {
+                a = it->held.arg;
+                l = it->held.len;
+                it->has_held = false;
+            } else {
+                int r = it->next(it->ctx, &a, &l);
+                if (r <= 0) {
+                    err = r;
+                    ended = true;
+                    break;
+                }
             }
             if (it->e->process && ((!a && l) || l > CONC_POOL_ARG_MAX)) {
                 err = -EINVAL;
                 ended = true;
                 break;
             }
+            if (it->e->process && k > 0 && l > CONC__POOL_CHUNK_BYTES - bytes) {
+                /* One task carries so many bytes at most (as map cuts its
+                 * chunks): this item starts the next chunk. */
+                it->held = (conc_pool_item){ a, l };
+                it->has_held = true;
+                break;
+            }
+            bytes += l;
             if (it->e->process && k + 1 < it->chunksize) {
                 /* The bytes are valid only until the next call: keep a copy. */
                 if (it->stage_cap - staged < l) {

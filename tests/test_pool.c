@@ -1157,6 +1157,65 @@ Test(pool, map_chunk_args_over_the_frame_limit, .timeout = 120)
     endpool(p);
 }
 
+/* imap's input: n arguments of `big` bytes (one buffer, refilled with the
+ * byte i + 1 on each call: the bytes are valid until the next call only),
+ * then one byte 9. */
+struct big_input {
+    unsigned char *buf;
+    size_t big;
+    int i, n;
+    unsigned char small;
+};
+
+static int big_next(void *ctx, const void **arg, size_t *len)
+{
+    struct big_input *b = ctx;
+    if (b->i > b->n)
+        return 0;
+    if (b->i == b->n) {
+        b->small = 9;
+        *arg = &b->small;
+        *len = 1;
+    } else {
+        memset(b->buf, b->i + 1, b->big);
+        *arg = b->buf;
+        *len = b->big;
+    }
+    b->i++;
+    return 1;
+}
+
+Test(pool, imap_chunk_args_over_the_frame_limit, .timeout = 120)
+{
+    /* Three arguments of 50 MiB and a small one, chunksize 4: more bytes
+     * than one task carries.  imap starts a new chunk instead of failing
+     * with -EINVAL, and every result comes, in order. */
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    struct big_input in = { NULL, (size_t)50 << 20, 0, 3, 0 };
+    in.buf = malloc(in.big);
+    cr_assert_not_null(in.buf);
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 4;
+    conc_pool_iter *it;
+    o.ctx = &in;
+    cr_assert_eq(conc_pool_imap(p, arg_len, big_next, &o, &it), 0);
+    for (int64_t i = 0; i < 4; i++) {
+        int st = 1;
+        void *d = NULL;
+        size_t l = 0, idx = 99;
+        cr_assert_eq(conc_pool_iter_next(it, &st, &d, &l, &idx, GUARD), 1, "result %d", (int)i);
+        cr_assert_eq(st, 0, "result %d: %s", (int)i, conc_strerror(st));
+        cr_assert_eq(idx, (size_t)i);
+        int64_t want = i < 3 ? (int64_t)in.big * 256 + i + 1 : 256 + 9;
+        cr_assert_eq(arg_i64(d, l), want, "result %d", (int)i);
+    }
+    int st;
+    cr_assert_eq(conc_pool_iter_next(it, &st, NULL, NULL, NULL, GUARD), 0);
+    conc_pool_iter_free(it);
+    free(in.buf);
+    endpool(p);
+}
+
 /* ============================================================ corrupt worker */
 
 /* A fork worker's channel to its pool: the Unix socket its parent made. */
