@@ -3,8 +3,7 @@
  * process Pool's task engine (conc/executor.h, src/pool_internal.h).
  *
  * Each call is a `struct ptask`: the engine's task, embedded, and the
- * call's future.  The engine reports the task started when a worker begins
- * it (the future moves to RUNNING) and done (the future gets the bytes, the
+ * call's future.  The engine reports the task done (the future gets the bytes, the
  * call's code, or -ECHILD with the dead worker's exit code).
  *
  * A ptask has two references: the engine's (dropped after done, or when the
@@ -12,7 +11,9 @@
  * callback has run); submit holds a third until it returns.
  *
  * The future stays PENDING while the task waits in the queue or at a
- * worker that holds it ahead; the worker says when it begins it (RUNNING).
+ * worker that holds it ahead; it is RUNNING once the worker began it (the
+ * worker takes the task's gate, which the future's state queries look at:
+ * probe).
  * A cancel until then asks the engine first (veto), so a cancelled call
  * never runs and a call that began is never reported cancelled.  The last one releases the task, the executor's
  * reference to the future and the outstanding count that join waits on.
@@ -99,6 +100,14 @@ static int veto(void *arg)
     return r < 0 ? r : 0;
 }
 
+/* Whether a worker began the call (asked by the future's state queries:
+ * the worker does not tell). */
+static bool probe(void *arg)
+{
+    struct ptask *pt = arg;
+    return conc__pool_begun(pt->pe->eng, &pt->t);
+}
+
 /* The future is done: when the engine gave the task back, done will never
  * come, and its reference is ours. */
 static void on_future_done(conc_future *f, void *arg)
@@ -166,7 +175,8 @@ int conc__executor_proc_submit(conc_executor *ex, conc_executor_bytes_fn fn, con
     pt->t.started = on_started;
     pt->t.ctx = pt;
     f->p_veto = veto;
-    f->p_veto_arg = pt;
+    f->p_probe = probe;
+    f->p_hook_arg = pt;
     r = conc_future_add_done_callback(f, on_future_done, pt);
     if (r == 0) {
         pthread_mutex_lock(&pe->mu);

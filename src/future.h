@@ -71,7 +71,12 @@ struct conc_future {
      * future turns RUNNING and cancel gives -EBUSY.  It must not take mu.
      * Set before anyone else can reach the future. */
     int (*p_veto)(void *arg);
-    void *p_veto_arg;
+    /* ... and on its state (NULL: none): conc_future_state and
+     * conc_future_running call it under mu while the future is PENDING;
+     * true means the call began (the future turns RUNNING).  The same
+     * rules. */
+    bool (*p_probe)(void *arg);
+    void *p_hook_arg;           /* for both */
 
     /* The producer's own fields: conc_future never reads or writes them
      * (an executor queues its calls through them). */

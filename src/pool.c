@@ -22,8 +22,6 @@
  *   worker -> pool  READY   after the initializer
  *                   RESULT  n = items; per item i32 status, u32 0,
  *                           u64 length + bytes
- *                   STARTED n = the task's number at the worker: it begins
- *                           a TASK_TELL task
  * A worker sends the results it has in hand together while its next task
  * is already read, and counts the TASK frames it starts in a page it
  * shares with the pool: when it dies, the pool knows which task it was
@@ -54,10 +52,10 @@
 #include "sys/park.h"
 #include "sys/wait.h"
 
-enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11, F_STARTED = 12 };
+enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11 };
 
-/* The TASK frame's flags (its second u32): TELL, the worker checks the
- * task's gate before it begins it and says STARTED when it does. */
+/* The TASK frame's flags (its second u32): TELL, the worker takes the
+ * task's gate before it begins it (skips it when the pool closed it). */
 #define TASK_TELL 1u
 
 struct frame {
@@ -422,8 +420,10 @@ static int worker_idle(struct wctx *c)
             c->o.len = 0;
             continue;
         }
-        int r = conc__park_wait(&sh->door, key, conc_now() + IDLE_CHECK_NS, CONC__WAIT_SHARED,
-                                0);
+        /* No spin: an idle worker gives its CPU away at once (the caller
+         * it waits for may need it). */
+        int r = conc__park_wait(&sh->door, key, conc_now() + IDLE_CHECK_NS,
+                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
         if (r == -ETIMEDOUT) {
             /* Its end shows on the socket (readable: the read sees it). */
             struct pollfd pf = { c->fd, POLLIN, 0 };
@@ -524,10 +524,6 @@ static int worker_main(const void *arg, size_t alen)
                     !__atomic_compare_exchange_n(g, &v, ord, false, __ATOMIC_SEQ_CST,
                                                  __ATOMIC_ACQUIRE)) {
                     skip = -ECANCELED;
-                } else {
-                    struct frame sf = { F_STARTED, ord, 0 };
-                    if (write_full(c.fd, &sf, sizeof sf))
-                        break;          /* the pool is gone */
                 }
             }
             if (worker_task(fn, skip, fr.n, b, fr.len, &c.o))
@@ -807,6 +803,24 @@ static int pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
     }
     pthread_mutex_unlock(&p->mu);
     return r;
+}
+
+/* Whether a worker began t (its gate taken); a task waiting in the queue,
+ * or at a worker ahead, has not. */
+static bool pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    conc_pool *p = (conc_pool *)e;
+    pthread_mutex_lock(&p->mu);
+    struct worker *w = t->worker;
+    bool r = ld_relaxed(&t->state) == CONC__TASK_SENT && t->started && w && w->sh &&
+             __atomic_load_n(&w->sh->gate[t->ord % GATE_N], __ATOMIC_ACQUIRE) == t->ord;
+    pthread_mutex_unlock(&p->mu);
+    return r;
+}
+
+bool conc__pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    return e && t && e->begun ? e->begun(e, t) : false;
 }
 
 int conc__pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
@@ -1099,20 +1113,6 @@ static bool worker_parse(struct worker *w)
                 break;
             }
             w->ready = true;
-        } else if (fr.kind == F_STARTED) {
-            /* One of the tasks it holds and has not answered, which asked
-             * for it, once. */
-            struct conc__pool_task *t = w->head;
-            while (t && t != w->wtask && t->ord != fr.n)
-                t = t->next;
-            if (fr.len != 0 || !t || t == w->wtask || !t->started) {
-                ok = false;
-                break;
-            }
-            if (!t->told) {
-                t->told = true;
-                t->started(t);
-            }
         } else if (fr.kind == F_RESULT) {
             struct conc__pool_task *t = w->head;
             if (!t || fr.n != t->nitems || t == w->wtask) {
@@ -1543,8 +1543,11 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
                 return 0;
             continue;
         }
+        /* No spin either: two processes that spin for each other on a
+         * loaded machine often share one CPU, and each hand-over then waits
+         * for the spinner's slice to end. */
         int r = conc__park_wait(&sh->answer, key, conc_now() + SLOT_CHECK_NS,
-                                CONC__WAIT_SHARED, 0);
+                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
         if (r == -ETIMEDOUT)
             __atomic_store_n(&sh->alert, 1, __ATOMIC_RELAXED);
     }
@@ -1707,6 +1710,7 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     p->o = o;
     p->e.submit = pool_submit;
     p->e.cancel = pool_cancel;
+    p->e.begun = pool_begun;
     p->e.workers = o.processes;
     p->e.process = true;
     conc_start_method m = o.method ? o.method : conc_process_start_method();

@@ -16,13 +16,14 @@
  *     terminate drops), with no lock of the engine held.  n is the task's
  *     number of items, or 1 when every item has that same outcome (a task
  *     that failed as a whole: -ECHILD, -EPIPE).
- * started(t), when set, is called (same threads, before done, no lock of
- * the engine held) when a worker begins the task (a process pool's worker
- * says so; a thread pool's worker is the caller).  A task with started set
- * that a worker holds but has not begun can still be cancelled: cancel
- * returns 1, the worker skips it, and done comes with -ECANCELED for every
- * item.  Once a worker began it, cancel gives -EBUSY.  A task that runs
- * again after its worker died (retries) is not reported started twice.
+ * started(t), when set: a thread pool calls it when a worker thread begins
+ * the task, a process pool when a caller of apply hands it to a worker
+ * itself (conc__pool_run_direct); a process pool's worker begins tasks
+ * without telling (that would cost a write per task): ask
+ * conc__pool_begun.  A process task with started set that a worker holds
+ * but has not begun can still be cancelled: cancel returns 1, the worker
+ * skips it, and done comes with -ECANCELED for every item.  Once a worker
+ * began it, cancel gives -EBUSY.
  * The submitter may free its task memory only after done returned or
  * cancel gave 0; call conc__pool_task_release (frees what prepare
  * allocated) then.
@@ -92,6 +93,7 @@ struct conc__pool_task {
 struct conc__pool_engine {
     int (*submit)(struct conc__pool_engine *e, struct conc__pool_task *t);
     int (*cancel)(struct conc__pool_engine *e, struct conc__pool_task *t);
+    bool (*begun)(struct conc__pool_engine *e, struct conc__pool_task *t);  /* may be NULL */
     int workers;
     bool process;               /* conc_pool: items are bytes */
 };
@@ -136,6 +138,13 @@ CONC_HIDDEN int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__
  * -ECANCELED), -EBUSY when a worker began it or it is done.
  */
 CONC_HIDDEN int conc__pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
+ * conc__pool_begun - whether a worker of a process pool began t (a task
+ * with started set; its worker took its gate).  False for a task in the
+ * queue or held ahead, and for a thread pool's (it calls started).
+ */
+CONC_HIDDEN bool conc__pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t);
 
 /* The engine of each pool kind (NULL for NULL). */
 CONC_HIDDEN struct conc__pool_engine *conc__pool_engine(conc_pool *p);
