@@ -1466,6 +1466,28 @@ static void *pool_thread(void *arg)
     return NULL;
 }
 
+/* What a caller of apply does with what w's socket (pf[0]) and pidfd
+ * (pf[1]) report: 1 to wait on, 0 when it is over (answered on the socket:
+ * done ran; or ended: the pool's thread settles the task). */
+static int direct_look(struct worker *w, const struct pollfd *pf)
+{
+    if (pf[1].revents)
+        return 0;               /* ended: the pool's thread settles it */
+    /* Its answer is all it sends: no second recv(2) to find that. */
+    if ((pf[0].revents & POLLIN) && !worker_read_(w, true)) {
+        /* A bad frame (or no memory for it) leaves nothing for the pool's
+         * thread to see on the socket: end the worker, so that its pidfd
+         * tells the thread to settle the task. */
+        conc_process_kill(w->proc);
+        return 0;
+    }
+    if (!w->head)
+        return 0;               /* answered: done ran */
+    if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
+        return 0;
+    return 1;
+}
+
 /* Talks to w, which has t's frame to send, over its socket until t is
  * answered (done ran) or w ended (the pool's thread settles t).  0, or
  * -ECANCELED when the calling coroutine was killed. */
@@ -1481,19 +1503,7 @@ static int direct_socket(struct worker *w)
         int n = conc__wait_fds(pf, 2, CONC_NO_DEADLINE);
         if (n < 0 && n != -EINTR)
             return n;           /* cancelled: the pool's thread takes over */
-        if (n <= 0)
-            continue;
-        if (pf[1].revents)
-            return 0;           /* ended: the pool's thread settles it */
-        /* Its answer is all it sends: no second recv(2) to find that. */
-        if ((pf[0].revents & POLLIN) && !worker_read_(w, true)) {
-            /* A bad frame (or no memory for it) leaves nothing for the
-             * pool's thread to see on the socket: end the worker, so that
-             * its pidfd tells the thread to settle the task. */
-            conc_process_kill(w->proc);
-            return 0;
-        }
-        if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
+        if (n > 0 && !direct_look(w, pf))
             return 0;
     }
 }
@@ -1529,17 +1539,7 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
         if (__atomic_exchange_n(&sh->alert, 0, __ATOMIC_SEQ_CST)) {
             conc__park_cancel(&sh->answer, key);
             struct pollfd pf[2] = { { w->fd, POLLIN, 0 }, { w->pidfd, POLLIN, 0 } };
-            if (poll(pf, 2, 0) <= 0)
-                continue;
-            if (pf[1].revents)
-                return 0;       /* ended: the pool's thread settles it */
-            if ((pf[0].revents & POLLIN) && !worker_read_(w, true)) {
-                conc_process_kill(w->proc);
-                return 0;
-            }
-            if (!w->head)
-                return 0;       /* answered on the socket: done ran */
-            if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
+            if (poll(pf, 2, 0) > 0 && !direct_look(w, pf))
                 return 0;
             continue;
         }
