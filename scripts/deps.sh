@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages conc needs for a task, only when some are missing.
 #   deps.sh build   compiler and C library headers, CMake, pkg-config, Criterion,
-#                   python3 (example tests), libcurl (the coro-tour example)
+#                   python3 (example tests), libcurl (the coro-tour example),
+#                   libsodium (the ftp examples' SHA-256)
 #   deps.sh bench   the benchmark peers' packages
 # Only the README's one-command paths (make demo, make test, make bench) run
 # it; make build and make install never do.  The names carry no version: the
@@ -12,7 +13,7 @@
 set -e
 what=${1:-build}
 case "$what" in
-  build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev" ;;
+  build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev libsodium-dev" ;;
   bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go libuv1-dev" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac
