@@ -109,9 +109,13 @@ static __attribute__((noreturn)) void bad_reply(const char *line)
     exit(1);
 }
 
-/* A command failed: "prog: what: why" on stderr; returns 1. */
+/* A command failed: "prog: what: why" on stderr; returns 1.  A server's
+ * "ERR NAME: why" is said without its NAME, which the line names already. */
 static int failed(const char *cmd, const char *arg, const char *why)
 {
+    size_t n = strlen(arg);
+    if (strncmp(why, arg, n) == 0 && strncmp(why + n, ": ", 2) == 0)
+        why += n + 2;
     fprintf(stderr, "%s: %s %s: %s\n", prog, cmd, arg, why);
     return 1;
 }

@@ -16,6 +16,7 @@
 
 #define FTP_IDLE_NS (300LL * 1000000000LL)  /* a silent client is dropped after this */
 #define FTP_LS_MAX 10000                     /* the most entries a listing sends */
+#define FTP_DRAIN_NS 1000000000LL            /* reading what follows a line too long */
 
 /* What every session of a server shares (read-only while it serves). */
 struct ftp_conf {
@@ -216,14 +217,24 @@ static int ftp_session(conc_socket *c, const struct ftp_conf *conf)
     r->sock = c;
     int rc = ftp_send_line(c, "OK ftp-server ready");
     while (rc == 0) {
-        char *line;
+        char *line = NULL;
         int n = ftp_read_line(r, &line, conc_now() + FTP_IDLE_NS);
         if (n == -EPIPE) {
             rc = 0;             /* closed without QUIT */
             break;
         }
         if (n == -EMSGSIZE) {
-            ftp_err(c, NULL, "line too long");
+            /* The answer, then the end of the session: the rest of what the
+             * client sends is read and dropped until it closes (closing with
+             * unread bytes would reset the connection and could lose the
+             * answer), for at most FTP_DRAIN_NS. */
+            if (ftp_err(c, NULL, "line too long") == 0 &&
+                conc_socket_shutdown(c, SHUT_WR) == 0) {
+                int64_t until = conc_now() + FTP_DRAIN_NS;
+                char sink[4096];
+                while (conc_socket_recv_until(c, sink, sizeof sink, 0, until) > 0)
+                    ;
+            }
             rc = n;
             break;
         }
