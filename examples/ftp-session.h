@@ -22,7 +22,65 @@
 struct ftp_conf {
     int rootfd;                 /* the root directory, O_PATH | O_DIRECTORY */
     uint64_t max_size;          /* the largest PUT accepted */
+    bool offload_hash;          /* hash GET's files on an offload worker (the
+                                   coroutine model: the hub runs on meanwhile) */
 };
+
+/* A file to hash on an offload worker: the job owns its descriptor (a
+ * duplicate) and itself, so that a caller that stops waiting leaves
+ * nothing the worker still uses. */
+struct ftp_hash_job {
+    int fd;
+    int rc;
+    uint64_t size;
+    unsigned char h[crypto_hash_sha256_BYTES];
+};
+
+static void *ftp_hash_job_run(void *arg)
+{
+    struct ftp_hash_job *j = arg;
+    j->rc = ftp_hash_file(j->fd, j->h, &j->size);
+    close(j->fd);
+    return j;
+}
+
+static void ftp_hash_job_drop(void *arg, void *result)
+{
+    (void)result;
+    free(arg);
+}
+
+/* ftp_hash_file, on an offload worker when conf says so: the calling
+ * coroutine parks and its hub serves the other sessions meanwhile. */
+static int ftp_hash_maybe_offloaded(const struct ftp_conf *conf, int fd,
+                                    unsigned char h[crypto_hash_sha256_BYTES], uint64_t *size)
+{
+    if (!conf->offload_hash)
+        return ftp_hash_file(fd, h, size);
+    struct ftp_hash_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -ENOMEM;
+    j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (j->fd < 0) {
+        free(j);
+        return -errno;
+    }
+    conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
+    oo.abandon = ftp_hash_job_drop;
+    int rc = conc_offload_opts_until(ftp_hash_job_run, j, NULL, CONC_NO_DEADLINE, &oo);
+    if (rc == -EAGAIN || rc == -EINVAL || rc == -ENOMEM) {
+        close(j->fd);           /* not accepted: fn never runs */
+        free(j);
+        return rc;
+    }
+    if (rc < 0)
+        return rc;              /* it runs on, and the worker frees the job */
+    memcpy(h, j->h, sizeof j->h);
+    *size = j->size;
+    rc = j->rc;
+    free(j);
+    return rc;
+}
 
 /* "ERR NAME: why" */
 static int ftp_err(conc_socket *c, const char *name, const char *why)
@@ -134,8 +192,8 @@ static int ftp_do_get(conc_socket *c, const struct ftp_conf *conf, const char *n
         return ftp_err(c, name, "not a regular file");
     }
     unsigned char h[crypto_hash_sha256_BYTES];
-    uint64_t size;
-    int rc = ftp_hash_file(fd, h, &size);
+    uint64_t size = 0;
+    int rc = ftp_hash_maybe_offloaded(conf, fd, h, &size);
     if (rc < 0) {
         close(fd);
         return ftp_err(c, name, conc_strerror(rc));
