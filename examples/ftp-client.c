@@ -185,8 +185,21 @@ static int do_get(const char *name)
      * be a plain name (the server's word on it is not taken). */
     const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
     const char *problem = ftp_name_problem(base);
-    int rc = ftp_recv_file(&rd, dirfd_out, problem ? "" : base, size, hash,
+    struct ftp_part part;
+    int rc = ftp_part_open(&part, dirfd_out);
+    if (rc < 0) {                       /* the bytes come anyway: read them */
+        char sink[4096];
+        for (uint64_t left = size; left > 0;) {
+            ssize_t k = ftp_read_some(&rd, sink, left < sizeof sink ? left : sizeof sink,
+                                      deadline());
+            if (k <= 0)
+                lost("connection lost during the transfer", k < 0 ? (int)k : 0);
+            left -= (uint64_t)k;
+        }
+    } else {
+        rc = ftp_part_recv(&part, &rd, problem ? "" : base, size, hash,
                            (int64_t)(timeout * 1e9));
+    }
     if (rc == -EBADMSG)
         return failed("get", name, "checksum mismatch: the transfer was corrupted "
                       "(nothing saved)");

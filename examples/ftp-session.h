@@ -245,9 +245,20 @@ static int ftp_do_put(conc_socket *c, struct ftp_reader *r, const struct ftp_con
     int rc = ftp_open_parent(conf->rootfd, name, &dirfd, &base);
     if (rc < 0)
         return ftp_err(c, name, ftp_open_problem(rc));
+    /* The temporary file exists before the client is told to send. */
+    struct ftp_part part;
+    rc = ftp_part_open(&part, dirfd);
+    if (rc < 0) {
+        rc = ftp_err(c, name, ftp_open_problem(rc));
+        if (dirfd != conf->rootfd)
+            close(dirfd);
+        return rc;
+    }
     rc = ftp_send_line(c, "OK ready");
+    if (rc < 0)
+        ftp_part_drop(&part);
     if (rc == 0) {
-        rc = ftp_recv_file(r, dirfd, base, size, want, FTP_IDLE_NS);
+        rc = ftp_part_recv(&part, r, base, size, want, FTP_IDLE_NS);
         char line[FTP_LINE_MAX];
         if (rc == 0) {
             snprintf(line, sizeof line, "OK stored %llu", (unsigned long long)size);

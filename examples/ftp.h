@@ -4,7 +4,8 @@
  * the SHA-256 of a file (libsodium's crypto_hash_sha256), the check of a
  * name a client asks for, and the receiving side of a transfer: written
  * under a temporary name in the target directory, synced, and renamed to
- * its final name only once its size and hash match.
+ * its final name only once its size and hash match (ftp_part_open, then
+ * ftp_part_recv).
  */
 #ifndef CONC_EXAMPLES_FTP_H
 #define CONC_EXAMPLES_FTP_H
@@ -290,34 +291,49 @@ static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, cons
 
 /* ------------------------------------------------------ receiving files */
 
+/* A file being received: its temporary name in its directory. */
+struct ftp_part {
+    int dirfd, fd;
+    char tmp[32];
+};
+
 /*
- * Receives a file of `size` bytes from r into directory dirfd under the
- * name base: into a new temporary file (FTP_TMP_PREFIX and random
- * letters, mode 0644) that is hashed as it is written, synced, and renamed
- * to base only when every byte came and the SHA-256 equals want; in every
- * other case it is removed, so that a partial or corrupted transfer never
- * appears under base.  Each read waits until idle_ns after the last one
- * (< 0: forever).  A write that fails (-ENOSPC...) does not stop the
- * reading: the stream stays in step, at the end of the file's bytes.
- * Returns 0; -EBADMSG when the hash differs; -EPIPE when the stream ended
- * early; the socket's -errno (the stream is then out of step); the file
- * system's -errno (in step).
+ * Creates the temporary file of an incoming file in directory dirfd: a new
+ * hidden name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL, mode
+ * 0644) that nothing else uses.  Returns 0, or the open's -errno.
  */
-static inline int ftp_recv_file(struct ftp_reader *r, int dirfd, const char *base,
+static inline int ftp_part_open(struct ftp_part *p, int dirfd)
+{
+    p->dirfd = dirfd;
+    p->fd = -1;
+    for (int tries = 0; tries < 16; tries++) {
+        snprintf(p->tmp, sizeof p->tmp, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+        p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                       0644);
+        if (p->fd >= 0)
+            return 0;
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+/*
+ * Receives a file of `size` bytes from r into the temporary file p (which
+ * it closes), hashing the bytes as they are written, then syncs it and
+ * renames it to base (in the same directory) only when every byte came and
+ * the SHA-256 equals want; in every other case it is removed, so that a
+ * partial or corrupted transfer never appears under base.  Each read waits
+ * until idle_ns after the last one (< 0: forever).  A write that fails
+ * (-ENOSPC...) does not stop the reading: the stream stays in step, at the
+ * end of the file's bytes.  Returns 0; -EBADMSG when the hash differs;
+ * -EPIPE when the stream ended early; the socket's -errno (the stream is
+ * then out of step); the file system's -errno (in step).
+ */
+static inline int ftp_part_recv(struct ftp_part *p, struct ftp_reader *r, const char *base,
                                 uint64_t size, const unsigned char want[crypto_hash_sha256_BYTES],
                                 int64_t idle_ns)
 {
-    char tmp[64];
-    int fd = -1;
-    for (int tries = 0; fd < 0 && tries < 16; tries++) {
-        uint32_t rnd = randombytes_random();
-        snprintf(tmp, sizeof tmp, FTP_TMP_PREFIX "%08" PRIx32, rnd);
-        fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-        if (fd < 0 && errno != EEXIST)
-            return -errno;
-    }
-    if (fd < 0)
-        return -EEXIST;
     unsigned char *buf = malloc(FTP_CHUNK);
     int rc = buf ? 0 : -ENOMEM;
     crypto_hash_sha256_state hs;
@@ -338,7 +354,7 @@ static inline int ftp_recv_file(struct ftp_reader *r, int dirfd, const char *bas
         }
         crypto_hash_sha256_update(&hs, buf, (unsigned long long)k);
         for (ssize_t off = 0; off < k && write_rc == 0;) {
-            ssize_t w = write(fd, buf + off, (size_t)(k - off));
+            ssize_t w = write(p->fd, buf + off, (size_t)(k - off));
             if (w < 0 && errno == EINTR)
                 continue;
             if (w <= 0)
@@ -355,15 +371,25 @@ static inline int ftp_recv_file(struct ftp_reader *r, int dirfd, const char *bas
     crypto_hash_sha256_final(&hs, h);
     if (rc == 0 && sodium_memcmp(h, want, sizeof h) != 0)
         rc = -EBADMSG;
-    if (rc == 0 && fsync(fd) < 0)
+    if (rc == 0 && fsync(p->fd) < 0)
         rc = -errno;
-    if (close(fd) < 0 && rc == 0)
+    if (close(p->fd) < 0 && rc == 0)
         rc = -errno;
-    if (rc == 0 && renameat(dirfd, tmp, dirfd, base) < 0)
+    p->fd = -1;
+    if (rc == 0 && renameat(p->dirfd, p->tmp, p->dirfd, base) < 0)
         rc = -errno;
     if (rc < 0)
-        unlinkat(dirfd, tmp, 0);
+        unlinkat(p->dirfd, p->tmp, 0);
     return rc;
+}
+
+/* Removes a temporary file that will not be received (after
+ * ftp_part_open, instead of ftp_part_recv). */
+static inline void ftp_part_drop(struct ftp_part *p)
+{
+    close(p->fd);
+    p->fd = -1;
+    unlinkat(p->dirfd, p->tmp, 0);
 }
 
 #endif
