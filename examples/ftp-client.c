@@ -4,7 +4,7 @@
  *   ftp-client [--dir DIR] [--timeout S] HOST PORT
  *
  * Connects to ftp-server and runs the commands read from standard input,
- * one a line:
+ * one a line (with an "ftp> " prompt when it is a terminal):
  *
  *   ls          the server's files: one "SIZE NAME" line each
  *   get NAME    fetch NAME (a name under the server's root, "sub/x.txt")
@@ -312,8 +312,14 @@ int main(int argc, char **argv)
     char *in = NULL;
     size_t cap = 0;
     ssize_t len;
-    bool quit = false;
-    while (!quit && (len = getline(&in, &cap, stdin)) >= 0) {
+    bool quit = false, prompt = isatty(STDIN_FILENO);
+    while (!quit) {
+        if (prompt) {                   /* someone types the commands */
+            fputs("ftp> ", stdout);
+            fflush(stdout);
+        }
+        if ((len = getline(&in, &cap, stdin)) < 0)
+            break;
         while (len > 0 && (in[len - 1] == '\n' || in[len - 1] == '\r' || in[len - 1] == ' '))
             in[--len] = '\0';
         char *cmd = in;
