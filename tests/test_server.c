@@ -787,7 +787,7 @@ static void datagram_server(conc_server_model model, bool unix_family)
     guard(fd);
     char cpath[108];
     if (unix_family) {              /* a named client, to be answered */
-        snprintf(cpath, sizeof cpath, "%s.client", path);
+        snprintf(cpath, sizeof cpath, "%.90s.client", path);
         unlink(cpath);
         conc_sockaddr ca;
         conc_sockaddr_unix(&ca, cpath, 0);
