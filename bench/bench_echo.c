@@ -42,6 +42,11 @@
  *                                        backend, conc's sockets
  *   conc-nonblocking                     its non-blocking accept/recv loop
  *   conc-sync                            one client at a time (echo_c1 only)
+ *   conc-threading, conc-forking         a thread, a child process per
+ *                                        connection (conc/server.h)
+ *   conc-prefork, conc-coroutine,        one worker process with a greenlet
+ *   conc-reactor                         per connection, one hub, one
+ *                                        callback loop (--workers 1)
  *   epoll-c          bench/peers/echo_epoll.c, plain epoll and syscalls
  *   libuv            bench/peers/echo_libuv.c (built when libuv is found:
  *                    libuv1-dev)
@@ -788,18 +793,28 @@ int main(int argc, char **argv)
                metrics, BENCH_ARRAY_LEN(metrics));
     int fd_room = raise_nofile();
 
-    static const char *const models[] = { "epoll", "select", "poll", "nonblocking", "sync" };
-    struct server sv[32];
+    static const char *const models[] = { "epoll",     "select",  "poll",    "nonblocking",
+                                          "sync",      "threading", "forking", "prefork",
+                                          "coroutine", "reactor" };
+    struct server sv[24];
     int nsv = 0;
     memset(sv, 0, sizeof sv);
-    static char conc_systems[5][32];
+    static char conc_systems[BENCH_ARRAY_LEN(models)][32];
     for (size_t i = 0; i < BENCH_ARRAY_LEN(models); i++) {
         struct server *s = &sv[nsv++];
         snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s", models[i]);
         s->system = conc_systems[i];
         s->is_conc = true;
         s->max_conns = strcmp(models[i], "sync") == 0 ? 1 : 1000000;
-        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i], "0", NULL };
+        /* prefork, coroutine, reactor: one worker, the server has one CPU */
+        bool workers = strcmp(models[i], "prefork") == 0 || strcmp(models[i], "coroutine") == 0 ||
+                       strcmp(models[i], "reactor") == 0;
+        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i], "0", NULL, NULL, NULL };
+        if (workers) {
+            a[3] = "--workers";
+            a[4] = "1";
+            a[5] = "0";
+        }
         memcpy(s->argv, a, sizeof a);
         if (!CONC_ECHO_SERVER[0])
             set_skip(s, "%s", "the example echo-upper-server was not built "

@@ -27,6 +27,7 @@
 #include "conc/offload.h"
 #include "conc/socket.h"
 #include "conc/selector.h"
+#include "conc/server.h"
 #include "conc/pool.h"
 
 #define CONC_VERSION_MAJOR 0
