@@ -150,10 +150,11 @@ static conc_server *make(conc_server_model model, int type, int workers)
 
 /* ------------------------------------------------------------- clients */
 
-/* Clients run in a process of their own (client_proc): a forking server's
- * children would otherwise hold copies of the clients' sockets, made in
- * the same process, and never see them close.  There a failed check exits
- * with 3 instead of reporting to Criterion. */
+/* Clients run in a process of their own (client_proc), with one thread
+ * (TSan allows no thread in a child forked from a process with several): a
+ * forking server's children would otherwise hold copies of the clients'
+ * sockets, made in the same process, and never see them close.  There a
+ * failed check exits with 3 instead of reporting to Criterion. */
 static bool in_client_proc;
 
 #define CHECK(cond, ...)                                                     \
@@ -284,53 +285,73 @@ static void no_children(void)
     cr_assert(rc == -1 && errno == ECHILD, "a child is left (pid %d)", (int)si.si_pid);
 }
 
-struct client_arg {
+enum { N = 16, ROUNDS = 20 };
+
+struct clients_arg {
     conc_server *s;
-    int id;
-    int ok;
+    bool together;                  /* all connected at once, requests
+                                       interleaved; else one after another */
 };
 
-static void *client_main(void *arg)
+static void client_msg(char *msg, size_t cap, int id, int round)
 {
-    struct client_arg *c = arg;
-    int fd = dial(c->s);
-    char msg[256];
-    for (int round = 0; round < 20; round++) {
-        snprintf(msg, sizeof msg, "client %d round %d: hello, server of many models", c->id,
-                 round);
-        exchange(fd, msg, 1 + (size_t)(round % 7));
-    }
-    close(fd);
-    c->ok = 1;
-    return NULL;
+    snprintf(msg, cap, "client %d round %d: hello, server of many models", id, round);
 }
 
-enum { N = 16 };
-
+/* N clients, each ROUNDS exchanges split into pieces of 1 to 7 bytes. */
 static void many_clients(void *arg)
 {
-    pthread_t t[N];
-    struct client_arg ca[N];
-    for (int i = 0; i < N; i++) {
-        ca[i] = (struct client_arg){ .s = arg, .id = i };
-        CHECK(pthread_create(&t[i], NULL, client_main, &ca[i]) == 0, "pthread_create");
+    struct clients_arg *a = arg;
+    char msg[256];
+    if (!a->together) {
+        for (int i = 0; i < N; i++) {
+            int fd = dial(a->s);
+            for (int round = 0; round < ROUNDS; round++) {
+                client_msg(msg, sizeof msg, i, round);
+                exchange(fd, msg, 1 + (size_t)(round % 7));
+            }
+            close(fd);
+        }
+        return;
     }
-    for (int i = 0; i < N; i++) {
-        pthread_join(t[i], NULL);
-        CHECK(ca[i].ok == 1, "client %d", i);
+    int fd[N];
+    for (int i = 0; i < N; i++)
+        fd[i] = dial(a->s);
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < N; i++) {       /* every request first */
+            client_msg(msg, sizeof msg, i, round);
+            size_t n = strlen(msg), piece = 1 + (size_t)((round + i) % 7);
+            for (size_t off = 0; off < n; off += piece) {
+                size_t k = n - off < piece ? n - off : piece;
+                CHECK(send(fd[i], msg + off, k, MSG_NOSIGNAL) == (ssize_t)k, "send: %s",
+                      strerror(errno));
+            }
+        }
+        for (int i = N - 1; i >= 0; i--) {  /* then the replies */
+            client_msg(msg, sizeof msg, i, round);
+            size_t n = strlen(msg);
+            char got[256];
+            read_exact(fd[i], got, n);
+            upper(msg, n);
+            CHECK(memcmp(got, msg, n) == 0, "client %d round %d: wrong reply", i, round);
+        }
     }
+    for (int i = 0; i < N; i++)
+        close(fd[i]);
 }
 
-/* N clients at once, each 20 exchanges split into pieces. */
+/* N clients at once (SYNC: one after another), each ROUNDS exchanges. */
 static void concurrent_clients(conc_server_model model, int workers)
 {
     int fds = base_fds();
     atomic_store(&setups, 0);
     atomic_store(&finishes, 0);
     conc_server *s = make(model, SOCK_STREAM, workers);
+    struct clients_arg ca = { s, model != CONC_SERVER_SYNC };
+    pid_t clients = client_proc(many_clients, &ca);
     struct running r;
     start(&r, s);
-    client_proc_wait(client_proc(many_clients, s));
+    client_proc_wait(clients);
     stop(&r);
     conc_server_stats st;
     cr_assert_eq(conc_server_get_stats(s, &st), 0);
@@ -404,9 +425,10 @@ static void silent_client(conc_server_model model, int workers)
 {
     int fds = base_fds();
     conc_server *s = make(model, SOCK_STREAM, workers);
+    pid_t clients = client_proc(silent_clients, s);
     struct running r;
     start(&r, s);
-    client_proc_wait(client_proc(silent_clients, s));
+    client_proc_wait(clients);
     stop(&r);
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
@@ -461,9 +483,10 @@ static void resets(conc_server_model model, int workers)
 {
     int fds = base_fds();
     conc_server *s = make(model, SOCK_STREAM, workers);
+    pid_t clients = client_proc(resetting_clients, s);
     struct running r;
     start(&r, s);
-    client_proc_wait(client_proc(resetting_clients, s));
+    client_proc_wait(clients);
     stop(&r);
     conc_server_stats st;
     conc_server_get_stats(s, &st);
@@ -533,12 +556,12 @@ static void shutdown_while_busy(conc_server_model model, int workers)
 {
     int fds = base_fds();
     conc_server *s = make(model, SOCK_STREAM, workers);
-    struct running r;
-    start(&r, s);
     struct busy b = { .s = s };
     cr_assert_eq(pipe(b.up), 0);
     cr_assert_eq(pipe(b.down), 0);
     pid_t pid = client_proc(busy_client, &b);
+    struct running r;
+    start(&r, s);
     hs_recv(b.up[0]);               /* the request is in flight */
     struct stopper sp = { .s = s, .rc = 1 };
     pthread_t t;
@@ -620,12 +643,12 @@ Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
                          ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
                          : conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o),
                      0);
-        struct running r;
-        start(&r, s);
         struct busy b = { .s = s };
         cr_assert_eq(pipe(b.up), 0);
         cr_assert_eq(pipe(b.down), 0);
         pid_t pid = client_proc(cut_off_client, &b);
+        struct running r;
+        start(&r, s);
         hs_recv(b.up[0]);
         stop(&r);
         hs_send(b.down[1]);
