@@ -6,7 +6,8 @@
  * ftp-client (ls, get and put round trips with the contents compared,
  * names that leave the root refused while the server keeps serving, a
  * corrupted or cut upload never stored, a corrupted download never saved,
- * many clients at once), stopping by SIGTERM (exit 0, the stop line), the
+ * many clients at once), stopping by SIGTERM (exit 0, the stop line, also
+ * with a call or a session still open: it is cut after the grace), the
  * descriptors and child processes of a server back to where they started,
  * and bad command lines.
  *
@@ -1057,4 +1058,28 @@ Test(ftp, client_errors_and_refusals, .timeout = 60)
     for (size_t i = 0; i < sizeof sbad / sizeof sbad[0]; i++)
         assert_refused("ftp-server", sbad[i]);
     remove_tree(&t);
+}
+
+/* A session still open when the server stops is cut after the grace
+ * period (in the forking model its process is killed); the server ends
+ * cleanly in each model and leaves no process behind. */
+Test(ftp, stop_with_a_session_open, .timeout = 120)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    const char *models[] = { "threading", "forking", "coroutine" };
+    for (size_t m = 0; m < 3; m++) {
+        struct tree t;
+        make_tree(&t);
+        struct srv s = start_ftp(&t, models[m]);
+        int fd = ftp_raw(s.port);
+        pid_t kids[8];
+        int n = children_of(s.pid, kids, 8);
+        stop_ftp(&s, 1);
+        expect_eof(fd);
+        close(fd);
+        for (int i = 0; i < n; i++)
+            cr_assert_neq(kill(kids[i], 0), 0, "model %s: session process %d left", models[m],
+                          (int)kids[i]);
+        remove_tree(&t);
+    }
 }
