@@ -97,9 +97,10 @@ show coro-tour "greenlet switch, gevent spawn/joinall, and a crawler on libcurl"
 
 # serve NAME "HEADING" "WHAT IT SHOWS" "CLIENT INPUT" [CLIENT OPTIONS --] [SERVER ARGS...]
 # Starts the server NAME on a free port (it prints "listening on HOST:PORT"),
-# runs echo-upper-client against it with the input, then stops the server
-# with SIGTERM and shows what it printed.
+# runs the client ($client, default echo-upper-client) against it with the
+# input, then stops the server with SIGTERM and shows what it printed.
 serve() {
+    client=${client:-echo-upper-client}
     name=$1
     heading=$2
     what=$3
@@ -114,8 +115,8 @@ serve() {
     echo
     echo "=== $name: $heading"
     echo "    $what"
-    if [ ! -x "$dir/$name" ] || [ ! -x "$dir/echo-upper-client" ]; then
-        echo "    (skipped: $dir/$name or $dir/echo-upper-client is not built)"
+    if [ ! -x "$dir/$name" ] || [ ! -x "$dir/$client" ]; then
+        echo "    (skipped: $dir/$name or $dir/$client is not built)"
         skipped=$((skipped + 1))
         return 0
     fi
@@ -138,10 +139,10 @@ serve() {
         rm -f "$log"
         return 0
     fi
-    echo "    \$ echo-upper-client$copts 127.0.0.1 $port      (its input: the lines after >)"
+    echo "    \$ $client$copts 127.0.0.1 $port      (its input: the lines after >)"
     printf '%s\n' "$input" | sed 's/^/    > /'
     ok=1
-    replies=$(printf '%s\n' "$input" | "$dir/echo-upper-client" $copts 127.0.0.1 "$port") || ok=0
+    replies=$(printf '%s\n' "$input" | "$dir/$client" $copts 127.0.0.1 "$port") || ok=0
     [ -z "$replies" ] || printf '%s\n' "$replies" | sed 's/^/    /'
     kill -TERM "$pid"
     wait "$pid" || ok=0
@@ -173,6 +174,32 @@ serve udp-upper-server "socket over UDP: one datagram in, one datagram out" \
     "Each line goes as a datagram; the server sends it back upper-cased to its sender." \
     "datagram one
 datagram two" --udp --
+
+client=hotline-client
+serve hotline-server "socketserver.ThreadingTCPServer: the 10086 phone menu" \
+    "A thread per caller (conc/server.h's threading model): the greeting with the menu, 0 for the operator, anything else is asked again, exit hangs up." \
+    "0
+1001
+exit"
+
+# ftp-server's root and ftp-client's directory: made here, removed at the end.
+ftp=$(mktemp -d "${TMPDIR:-/tmp}/conc-ftp.XXXXXX") || exit 1
+mkdir "$ftp/root" "$ftp/local"
+printf 'conc ftp demo: notes\n' >"$ftp/root/notes.txt"
+seq 1 200000 >"$ftp/root/numbers.txt"
+printf 'sent by ftp-client\n' >"$ftp/upload.txt"
+client=ftp-client
+for model in threading forking coroutine; do
+    serve ftp-server "a file transfer on socketserver's $model model" \
+        "ls, get and put over a small line protocol; each file goes with its size and SHA-256 (libsodium), which the receiver checks before it renames the file from a temporary name to its own." \
+        "ls
+get numbers.txt
+put $ftp/upload.txt
+ls" --dir "$ftp/local" -- --root "$ftp/root" --model $model
+    rm -f "$ftp/root/upload.txt" "$ftp/local/numbers.txt"
+done
+rm -rf "$ftp"
+client=echo-upper-client
 show custom-thread-pool "the tutorial's hand-made thread pool, and multiprocessing.pool.ThreadPool" \
     "A task queue, worker threads made on demand, a StopEvent sentinel and close/terminate, built on conc's Queue and threads; then the same 200 tasks (every tenth fails) on ThreadPool: both print the same figures." \
     --workers 5 --tasks 200

@@ -17,9 +17,10 @@
 
 static const char *const examples[] = {
     "condition-notify", "coro-sleepers", "coro-tour", "crawler", "custom-thread-pool",
-    "echo-upper-client", "echo-upper-server", "manager-counter", "parallel-map", "pipe-ping",
-    "process-basics", "producer-consumer", "queue-client", "queue-server", "shared-counter",
-    "thread-basics", "ticket-grab", "traffic-light", "udp-upper-server",
+    "echo-upper-client", "echo-upper-server", "ftp-client", "ftp-server", "hotline-client",
+    "hotline-server", "manager-counter", "parallel-map", "pipe-ping", "process-basics",
+    "producer-consumer", "queue-client", "queue-server", "shared-counter", "thread-basics",
+    "ticket-grab", "traffic-light", "udp-upper-server",
 };
 #define NEXAMPLES (sizeof examples / sizeof examples[0])
 
@@ -162,6 +163,12 @@ Test(examples_cli, limits_are_real_and_named, .timeout = 120)
     refused_naming("queue-client", qc, "--timeout wants seconds from 0 to 86400");
     const char *ctp[] = { "--workers", "65", NULL };
     refused_naming("custom-thread-pool", ctp, "--workers wants a whole number from 1 to 64");
+    const char *fs[] = { "--max-size", "1099511627777", "0", NULL };
+    refused_naming("ftp-server", fs, "--max-size wants a whole number from 0 to 1099511627776");
+    const char *fc[] = { "--timeout=86401", "h", "1", NULL };
+    refused_naming("ftp-client", fc, "--timeout wants seconds > 0 (at most 86400)");
+    const char *hc[] = { "--timeout=86401", "h", "1", NULL };
+    refused_naming("hotline-client", hc, "--timeout wants seconds > 0 (at most 86400)");
 
     /* 1001 batches of 1: the real limit is 1000 numbers. */
     size_t cap = 1001 * 2 + 16;
