@@ -2,7 +2,7 @@
  * echo-upper-server - the tutorials' upper-casing echo server, one program
  * with a choice of server models.
  *
- *   echo-upper-server [--model MODEL] [--host H] PORT
+ *   echo-upper-server [--model MODEL] [--workers N] [--host H] PORT
  *
  * Each connection gets back whatever it sends, upper-cased (ASCII letters;
  * every other byte unchanged), for as long as the client keeps it open.
@@ -41,9 +41,21 @@
  *                10 ms, and goes back to no sleep as soon as a pass does
  *                work.  Idle, it wakes at most ~100 times a second; busy,
  *                it never sleeps.
- * More models (threads, processes, coroutines) fit the table `models` below:
- * each is one function that serves the listening socket until a stop
- * signal.
+ *   threading, forking, prefork, coroutine, reactor
+ *                the models of conc/server.h (Python's socketserver and
+ *                gevent's StreamServer): a thread per client, a child
+ *                process per client, --workers processes forked up front
+ *                (a greenlet per client in each), a greenlet per client on
+ *                --workers hubs (threads), callbacks on --workers readiness
+ *                loops.  A stop signal lets the clients' requests finish
+ *                and cuts the connections still open a fifth of a second
+ *                later.
+ * The first five models are one function each in the table `models`
+ * below, serving the listening socket until a stop signal; the others are
+ * a conc_server with that model.
+ *
+ *   --workers N  prefork: worker processes (default: one per CPU);
+ *                coroutine, reactor: loops, each in a thread (default 1)
  *
  * The descriptor limit (RLIMIT_NOFILE) is raised to its hard limit, for
  * servers with more than ~1000 clients; when descriptors run out anyway,
@@ -64,6 +76,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +87,7 @@
 #include "conc.h"
 #include "conc/socket.h"
 #include "conc/selector.h"
+#include "conc/server.h"
 #include "cli.h"
 
 static const char *prog = "echo-upper-server";
@@ -478,6 +492,123 @@ static int run_nonblocking(struct server *srv)
     return rc < 0 ? rc : 0;
 }
 
+/* ----------------------------------------------- the conc/server.h models */
+
+#define LIB_BUF 16384
+
+/* The stream handler: echo upper-cased until the client closes. */
+static int lib_handle(conc_server_request *req)
+{
+    char buf[LIB_BUF];
+    for (;;) {
+        ssize_t n = conc_socket_recv(req->sock, buf, sizeof buf, 0);
+        if (n <= 0)
+            return n == 0 || n == -ECONNRESET ? 0 : (int)n;
+        upper(buf, (size_t)n);
+        int rc = conc_socket_sendall(req->sock, buf, (size_t)n, 0, NULL);
+        if (rc < 0)
+            return rc == -EPIPE || rc == -ECONNRESET ? 0 : rc;
+    }
+}
+
+/* The reactor's: each chunk upper-cased into the connection's output. */
+static int lib_data(conc_server_conn *c, const void *data, size_t len, void *user)
+{
+    (void)user;
+    char buf[LIB_BUF];
+    while (len) {
+        size_t k = len < sizeof buf ? len : sizeof buf;
+        memcpy(buf, data, k);
+        upper(buf, k);
+        int rc = conc_server_conn_write(c, buf, k);
+        if (rc < 0)
+            return rc;
+        data = (const char *)data + k;
+        len -= k;
+    }
+    return 0;
+}
+
+struct lib_watch {
+    conc_server *server;
+    struct server *srv;
+};
+
+/* Waits for a stop signal and shuts the server down. */
+static void *lib_watch_main(void *arg)
+{
+    struct lib_watch *w = arg;
+    while (!w->srv->stop_sig) {
+        struct pollfd pf = { .fd = w->srv->sigfd, .events = POLLIN };
+        if (poll(&pf, 1, -1) > 0)
+            w->srv->stop_sig = stop_signal_take(w->srv->sigfd);
+    }
+    conc_server_shutdown(w->server);
+    return NULL;
+}
+
+/* Serves with a conc_server of that model until a stop signal. */
+static int run_library(struct server *srv, conc_server *server)
+{
+    struct lib_watch w = { server, srv };
+    pthread_t t;
+    int e = pthread_create(&t, NULL, lib_watch_main, &w);
+    if (e)
+        return -e;
+    int rc = conc_server_serve_forever(server, CONC_SERVER_POLL_INTERVAL);
+    if (rc < 0) {
+        pthread_cancel(t);
+        pthread_join(t, NULL);
+        return rc;
+    }
+    pthread_join(t, NULL);
+    conc_server_stats st;
+    conc_server_get_stats(server, &st);
+    srv->accepted = (long)st.accepted;
+    return 0;
+}
+
+static const char *const lib_models[][2] = {
+    { "threading", "a thread per client (Python's ThreadingTCPServer)" },
+    { "forking", "a child process per client (Python's ForkingTCPServer)" },
+    { "prefork", "--workers processes sharing the socket, a greenlet per client" },
+    { "coroutine", "a greenlet per client on --workers hubs (gevent's StreamServer)" },
+    { "reactor", "callbacks on --workers readiness loops, no stack per client" },
+};
+
+/* Opens a conc_server of model on host:port.  Returns 0, or says what
+ * failed and returns 1. */
+static int open_library(conc_server **out, conc_server_model model, const char *host,
+                        long port, long workers)
+{
+    conc_addrinfo ai;
+    char where[CONC_SOCKADDR_STRLEN];
+    if (server_address(host, port, SOCK_STREAM, &ai, where, sizeof where))
+        return 1;
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = model;
+    o.allow_reuse_address = true;
+    o.request_queue_size = BACKLOG;
+    o.workers = (int)workers;
+    o.max_children = 100000;
+    o.shutdown_timeout = 0.2;
+    o.stack_size = 64 * 1024 + LIB_BUF;
+    o.read_size = LIB_BUF;
+    int rc;
+    if (model == CONC_SERVER_REACTOR) {
+        const conc_server_reactor_handler h = { .on_data = lib_data };
+        rc = conc_server_new_reactor(out, &ai.addr, &h, &o);
+    } else {
+        const conc_server_handler h = { .handle = lib_handle };
+        rc = conc_server_new(out, SOCK_STREAM, &ai.addr, &h, &o);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 /* The models: a name, the function that serves until a stop signal, and a
@@ -497,13 +628,17 @@ static const struct model {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: %s [--model MODEL] [--host H] PORT\n"
+    fprintf(f, "usage: %s [--model MODEL] [--workers N] [--host H] PORT\n"
                "Sends back whatever each client sends, upper-cased, until it closes.\n"
                "  PORT          the port to listen on, 0 to 65535 (0: any free one)\n"
                "  --host H      the address or name to listen on (default 127.0.0.1)\n"
                "  --model MODEL how to serve clients (default epoll):\n", prog);
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
         fprintf(f, "      %-12s %s\n", models[i].name, models[i].what);
+    for (size_t i = 0; i < sizeof lib_models / sizeof lib_models[0]; i++)
+        fprintf(f, "      %-12s %s\n", lib_models[i][0], lib_models[i][1]);
+    fprintf(f, "  --workers N   prefork: processes (default: one per CPU);\n"
+               "                coroutine, reactor: loops in threads (default 1)\n");
     fprintf(f, "SIGINT or SIGTERM stops it (exit status 0).\n");
 }
 
@@ -549,11 +684,13 @@ static int open_listener(struct server *srv, const char *host, long port)
 int main(int argc, char **argv)
 {
     const char *model_name = "epoll", *host = "127.0.0.1", *pos[1] = { NULL };
+    long workers = 0;
     size_t npos = 0;
     static const char *const pos_names[] = { "PORT" };
     const struct opt opts[] = {
         { "model", OPT_TEXT, &model_name, 0, 0, NULL },
         { "host", OPT_TEXT, &host, 0, 0, NULL },
+        { "workers", OPT_INT, &workers, 1, 1024, NULL },
     };
     const struct positionals p = { pos, 1, 1, pos_names, &npos };
     int rc = parse_args(argc, argv, opts, OPTS_COUNT(opts), usage, &p);
@@ -566,8 +703,12 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof models / sizeof models[0] && !model; i++)
         if (strcmp(models[i].name, model_name) == 0)
             model = &models[i];
-    if (!model)
-        return fail("--model wants sync, select, poll, epoll or nonblocking, not '%s'",
+    conc_server_model lib_model = CONC_SERVER_SYNC;
+    bool lib = !model && strcmp(model_name, "sync") != 0 &&
+               conc_server_model_parse(model_name, &lib_model) == 0;
+    if (!model && !lib)
+        return fail("--model wants sync, select, poll, epoll, nonblocking, threading, forking, "
+                    "prefork, coroutine or reactor, not '%s'",
                     model_name);
     if (!*host)
         return fail("--host wants an address or a name, not '%s'", host);
@@ -576,6 +717,27 @@ int main(int argc, char **argv)
     struct server srv = { .sigfd = stop_signals_fd() };
     if (srv.sigfd < 0)
         return die("signalfd", srv.sigfd);
+    if (lib) {
+        conc_server *server;
+        if (open_library(&server, lib_model, host, port, workers) != 0)
+            return 1;
+        conc_sockaddr at;
+        char where[CONC_SOCKADDR_STRLEN] = "?";
+        if (conc_server_address(server, &at) == 0)
+            conc_sockaddr_str(&at, where, sizeof where);
+        printf("%s: listening on %s (model %s)\n", prog, where, model_name);
+        fflush(stdout);
+        rc = run_library(&srv, server);
+        conc_server_free(server);
+        close(srv.sigfd);
+        if (rc < 0)
+            return die(model_name, rc);
+        char sig[32];
+        printf("%s: stopped by %s after %ld connection%s\n", prog,
+               signal_name(srv.stop_sig, sig, sizeof sig), srv.accepted,
+               srv.accepted == 1 ? "" : "s");
+        return 0;
+    }
     if (open_listener(&srv, host, port) != 0)
         return 1;
     conc_sockaddr at;

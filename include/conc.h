@@ -27,6 +27,7 @@
 #include "conc/offload.h"
 #include "conc/socket.h"
 #include "conc/selector.h"
+#include "conc/server.h"
 #include "conc/pool.h"
 #include "conc/listener.h"
 #include "conc/manager.h"

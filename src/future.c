@@ -89,14 +89,31 @@ void conc_future_free(conc_future *f)
 
 /* -------------------------------------------------------------- queries */
 
-conc_future_status conc_future_state(const conc_future *f)
+/* The state as stored (PENDING may be stale for a producer that tells its
+ * starts only when asked: see p_probe). */
+static conc_future_status state_of(const conc_future *f)
 {
     return f ? (conc_future_status)ld_acquire(&f->state) : CONC_FUTURE_PENDING;
 }
 
+conc_future_status conc_future_state(const conc_future *f)
+{
+    conc_future_status s = state_of(f);
+    if (s == CONC_FUTURE_PENDING && f && f->p_probe) {
+        /* Heap memory the future owns; only the state moves. */
+        conc_future *m = (conc_future *)(uintptr_t)f;
+        pthread_mutex_lock(&m->mu);
+        if (m->state == CONC_FUTURE_PENDING && m->p_probe(m->p_hook_arg))
+            __atomic_store_n(&m->state, CONC_FUTURE_RUNNING, __ATOMIC_RELEASE);
+        s = (conc_future_status)m->state;
+        pthread_mutex_unlock(&m->mu);
+    }
+    return s;
+}
+
 bool conc_future_cancelled(const conc_future *f)
 {
-    return conc_future_state(f) == CONC_FUTURE_CANCELLED;
+    return state_of(f) == CONC_FUTURE_CANCELLED;
 }
 
 bool conc_future_running(const conc_future *f)
@@ -106,7 +123,7 @@ bool conc_future_running(const conc_future *f)
 
 bool conc_future_done(const conc_future *f)
 {
-    return conc_future_state(f) >= CONC_FUTURE_FINISHED;
+    return state_of(f) >= CONC_FUTURE_FINISHED;
 }
 
 bool conc_future_has_bytes(const conc_future *f)
@@ -263,6 +280,11 @@ int conc_future_cancel(conc_future *f)
     if (s != CONC_FUTURE_PENDING) {
         pthread_mutex_unlock(&f->mu);
         return s == CONC_FUTURE_CANCELLED ? 0 : s == CONC_FUTURE_RUNNING ? -EBUSY : -EALREADY;
+    }
+    if (f->p_veto && f->p_veto(f->p_hook_arg) != 0) {
+        __atomic_store_n(&f->state, CONC_FUTURE_RUNNING, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&f->mu);
+        return -EBUSY;
     }
     finish_locked(f, CONC_FUTURE_CANCELLED);
     return 0;

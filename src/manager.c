@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
 #include <pthread.h>
@@ -32,7 +33,7 @@
 #include "manager_internal.h"
 #include "manager_wire.h"
 
-#define CONNECT_TIMEOUT 30.0        /* connect and handshake */
+#define CONNECT_TIMEOUT 10.0        /* connect and handshake */
 #define START_TIMEOUT 30.0          /* the child reports it listens */
 #define STOP_GRACE 1.0              /* a started server gets to exit by itself */
 
@@ -61,8 +62,10 @@ struct conc_proxy {
     uint64_t id;
     conc_proxy_type type;
     conc_conn *c;
-    pid_t pid;
+    int fd;                         /* c's descriptor, for the fork handler */
+    unsigned gen;                   /* fork_gen when c was opened */
     bool broken;
+    conc_proxy *next, *prev;        /* the fork handler's list */
     conc_lock mu;
 };
 
@@ -110,7 +113,97 @@ static int dial(const conc_manager *m, conc_conn **out)
     o.authkey = m->authkey;
     o.authkey_len = m->authkey_len;
     o.max_message = m->max_message;
-    return conc_client_connect(out, m->addr, &o, CONNECT_TIMEOUT);
+    int e = conc_client_connect(out, m->addr, &o, CONNECT_TIMEOUT);
+    if (e)
+        return e;
+    /* A blocking socket: a plain thread then waits for its answer in recv()
+     * itself (one system call instead of three); a coroutine's receive
+     * still parks, conc_conn passing MSG_DONTWAIT where it must not block. */
+    int fd = conc_conn_fd(*out);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return 0;
+}
+
+/*
+ * Proxies and fork.  The child of a fork must not keep its parent's
+ * connections: the server tells that a client has gone (and releases its
+ * locks) by the end of its connection, which never comes while a child
+ * holds a copy of the socket.  So every proxy with a connection is in a
+ * list, and in the child of a fork each of their descriptors is replaced
+ * (dup3, atomically) by one of /dev/null: the parent's sockets lose the
+ * child's references at once, and the proxy, which sees that fork_gen
+ * changed, opens a connection of its own at its next call (its call lock,
+ * which a thread of the parent may have held, is made free).  fork_gen spares
+ * a getpid() per call.  The handlers take and drop reg_mu around the fork,
+ * so the child finds the list whole.
+ */
+static unsigned fork_gen;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static conc_proxy *reg_head;            /* proxies with a connection */
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&reg_mu);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void fork_child(void)
+{
+    fork_gen++;
+    int inert = reg_head ? open("/dev/null", O_RDWR | O_CLOEXEC) : -1;
+    for (conc_proxy *p = reg_head; p; p = p->next) {
+        if (p->fd >= 0 && inert >= 0)
+            dup3(inert, p->fd, O_CLOEXEC);
+        conc_lock_init(&p->mu, 0);      /* another thread may have held it */
+    }
+    if (inert >= 0)
+        close(inert);
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void fork_watch(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void reg_add(conc_proxy *p)
+{
+    pthread_mutex_lock(&reg_mu);
+    p->next = reg_head;
+    p->prev = NULL;
+    if (reg_head)
+        reg_head->prev = p;
+    reg_head = p;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void reg_remove(conc_proxy *p)
+{
+    pthread_mutex_lock(&reg_mu);
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (reg_head == p)
+        reg_head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+/* Sets p->c (and the descriptor the fork handler sees). */
+static void proxy_set_conn(conc_proxy *p, conc_conn *c)
+{
+    pthread_mutex_lock(&reg_mu);
+    p->c = c;
+    p->fd = c ? conc_conn_fd(c) : -1;
+    pthread_mutex_unlock(&reg_mu);
 }
 
 static bool conn_fatal(int e)
@@ -140,16 +233,20 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
         e = -EPIPE;
         goto unlock;
     }
-    if (p->pid != getpid()) {           /* a forked child: a connection of its own */
-        conc_conn_free(p->c);
-        p->c = NULL;
-        e = dial(p->m, &p->c);
+    if (p->gen != __atomic_load_n(&fork_gen, __ATOMIC_RELAXED)) {
+        /* a forked child: a connection of its own */
+        conc_conn *old = p->c, *c = NULL;
+        proxy_set_conn(p, NULL);
+        conc_conn_free(old);            /* the /dev/null copy, see fork_child */
+        e = dial(p->m, &c);
+        if (!e)
+            proxy_set_conn(p, c);
         if (e) {
             p->broken = true;
             e = e == -ENOENT || e == -ECONNREFUSED ? -ECONNRESET : e;
             goto unlock;
         }
-        p->pid = getpid();
+        p->gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     }
     e = conc_conn_send_bytes(p->c, buf, size, CONC_FOREVER);
     if (!e) {
@@ -310,6 +407,7 @@ int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
     }
     m->max_message = o.max_message ? o.max_message : CONC_MANAGER_MSG_MAX;
     m->owner = getpid();
+    pthread_once(&fork_once, fork_watch);
     pthread_mutex_init(&m->srv_mu, NULL);
     *out = m;
     return 0;
@@ -353,7 +451,9 @@ static int listen_on(conc_manager *m, conc_listener **l)
     return e == -EPERM ? -EINVAL : e;
 }
 
-/* The started child: listen, report the address (or the error), serve. */
+/* The started child: listen, report the address (or the error), serve.
+ * SIGINT is ignored (a Ctrl-C reaches the whole process group; the parent
+ * decides), SIGTERM ends the serving cleanly. */
 static int server_child(const void *arg, size_t len)
 {
     conc_manager *m;
@@ -378,6 +478,14 @@ static int server_child(const void *arg, size_t len)
     }
     if (!e)
         e = conc__mgr_server_new(&s, l, m->types, m->ntypes, m->max_message);
+    if (!e) {                           /* before the parent hears it listens */
+        signal(SIGINT, SIG_IGN);
+        sigset_t term;
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &term, NULL);   /* the server takes it (sigtimedwait) */
+        conc__mgr_server_take_sigterm(s);
+    }
     memcpy(rep, &e, 4);
     conc_conn_send_bytes(m->wr, rep, rlen, CONC_FOREVER);
     conc_conn_free(m->wr);
@@ -493,15 +601,19 @@ int conc_manager_connect(conc_manager *m)
         return -EINVAL;
     if (m->state != ST_NEW)
         return -EALREADY;
-    conc_proxy p = { .m = m, .pid = getpid() };
+    conc_proxy p = { .m = m, .gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED) };
     conc_lock_init(&p.mu, 0);
     int e = dial(m, &p.c);
     if (e)
         return e;
     e = rpc_simple(&p, CONC__MGR_PING, CONC_NO_DEADLINE, 0, NULL);
     conc_conn_free(p.c);
+    /* A server with a key sends a challenge where a keyless client expects
+     * its answer (or drops it): the key is missing on this side. */
+    if (e && !m->authkey && (e == -ECONNRESET || e == -EPIPE || e == -EPROTO))
+        return -EACCES;
     if (e)
-        return e == -ECONNRESET || e == -EMSGSIZE ? -EPROTO : e;
+        return e == -ECONNRESET || e == -EPIPE || e == -EMSGSIZE ? -EPROTO : e;
     m->state = ST_CONNECTED;
     return 0;
 }
@@ -510,12 +622,15 @@ int conc_manager_address(const conc_manager *m, char *buf, size_t size)
 {
     if (!m || (!buf && size) || !m->has_addr)
         return -EINVAL;
+    conc_manager *w = (conc_manager *)m;    /* serve_forever may be setting it */
+    pthread_mutex_lock(&w->srv_mu);
     size_t n = strlen(m->addr);
     if (size) {
         size_t k = n < size - 1 ? n : size - 1;
         memcpy(buf, m->addr, k);
         buf[k] = 0;
     }
+    pthread_mutex_unlock(&w->srv_mu);
     return (int)n;
 }
 
@@ -527,7 +642,7 @@ pid_t conc_manager_pid(const conc_manager *m)
 /* Sends the server a shutdown request (errors are ignored: it may be gone). */
 static void ask_shutdown(conc_manager *m)
 {
-    conc_proxy p = { .m = m, .pid = getpid() };
+    conc_proxy p = { .m = m, .gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED) };
     conc_lock_init(&p.mu, 0);
     if (dial(m, &p.c))
         return;
@@ -602,13 +717,17 @@ static int proxy_new(conc_manager *m, conc_proxy **out)
     if (!p)
         return -ENOMEM;
     p->m = m;
-    p->pid = getpid();
+    p->fd = -1;
+    p->gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
     conc_lock_init(&p->mu, 0);
-    int e = dial(m, &p->c);
+    conc_conn *c;
+    int e = dial(m, &c);
     if (e) {
         free(p);
         return e == -ENOENT || e == -ECONNREFUSED ? -ECONNRESET : e;
     }
+    reg_add(p);
+    proxy_set_conn(p, c);
     *out = p;
     return 0;
 }
@@ -721,6 +840,7 @@ void conc_proxy_free(conc_proxy *p)
 {
     if (!p)
         return;
+    reg_remove(p);
     conc_conn_free(p->c);
     free(p);
 }

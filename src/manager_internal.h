@@ -25,7 +25,13 @@ int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
  * Returns 0. */
 int conc__mgr_server_run(struct conc__mgr_server *s);
 
-/* Asks a running server to stop (any thread, async-signal-unsafe). */
+/* Makes the server stop, as for a shutdown request, when a SIGTERM is
+ * pending for the process: the caller blocks SIGTERM in every thread (the
+ * started child does, before the server's threads exist); the accept loop
+ * takes it with sigtimedwait between its waits. */
+void conc__mgr_server_take_sigterm(struct conc__mgr_server *s);
+
+/* Asks a running server to stop (any thread; an atomic store). */
 void conc__mgr_server_stop(struct conc__mgr_server *s);
 
 /* Frees a server that has returned from run (or never ran). */

@@ -18,12 +18,15 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "conc/pipe.h"
 #include "conc/sync.h"
@@ -36,6 +39,7 @@
 #define MAX_CONNS 1024              /* connections served at once */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
+#define ARRAY_BYTES_MAX ((int64_t)64 << 20) /* an Array's bytes in all */
 #define STACK_SIZE ((size_t)1 << 20) /* a connection thread's stack, guard page included */
 
 struct item {
@@ -68,9 +72,12 @@ struct obj {
     void *uobj;
     conc_lock mu;
     conc_cond cv;
-    /* dict, namespace */
+    /* dict, namespace: entries in insertion order, and a hash index over
+     * them (open addressing: entry number + 1, 0 for an empty slot) */
     struct kv *kv;
     size_t nkv, capkv;
+    uint32_t *idx;
+    size_t icap;                    /* a power of two, or 0 */
     /* list */
     struct item *li;
     size_t nli, capli;
@@ -110,6 +117,7 @@ struct conn {
     struct conn *next;
     struct hold *holds;
     size_t nholds, capholds;
+    struct obj *last;               /* the object of the last request */
     int done;                       /* atomic: the thread ended */
 };
 
@@ -119,6 +127,7 @@ struct conc__mgr_server {
     size_t ntypes;
     size_t max_message;
     int stop;                       /* atomic */
+    bool take_sigterm;              /* a pending SIGTERM stops the server */
     conc_lock tmu;                  /* guards objs */
     struct obj **objs;              /* objs[id - 1] */
     size_t nobjs, capobjs;
@@ -300,6 +309,7 @@ static void obj_free(struct obj *o)
         free(o->kv[i].v.p);
     }
     free(o->kv);
+    free(o->idx);
     for (size_t i = 0; i < o->nli; i++)
         free(o->li[i].p);
     free(o->li);
@@ -383,7 +393,10 @@ static int params_check(int64_t type, int64_t n, int64_t size)
     case CONC_PROXY_VALUE:
         return n >= 1 && n <= VALUE_MAX && size == 0 ? 0 : -EINVAL;
     case CONC_PROXY_ARRAY:
-        return n >= 1 && n <= ARRAY_MAX && size >= 1 && size <= VALUE_MAX ? 0 : -EINVAL;
+        return n >= 1 && n <= ARRAY_MAX && size >= 1 && size <= VALUE_MAX &&
+                       n * size <= ARRAY_BYTES_MAX
+                   ? 0
+                   : -EINVAL;
     case CONC_PROXY_QUEUE:
     case CONC_PROXY_JOINABLE_QUEUE:
         return n >= 0 && n <= INT32_MAX && size == 0 ? 0 : -EINVAL;
@@ -500,11 +513,46 @@ done:
 
 static ssize_t kv_find(const struct obj *o, const struct conc__mgr_str *k, uint64_t h)
 {
+    if (!o->icap)
+        return -1;
+    size_t mask = o->icap - 1;
+    for (size_t s = (size_t)h & mask;; s = (s + 1) & mask) {
+        uint32_t e = o->idx[s];
+        if (!e)
+            return -1;
+        const struct kv *x = &o->kv[e - 1];
+        if (x->h == h && x->k.len == k->len && (k->len == 0 || memcmp(x->k.p, k->p, k->len) == 0))
+            return (ssize_t)(e - 1);
+    }
+}
+
+/* Puts entry i into the index (which has a free slot). */
+static void idx_put(struct obj *o, size_t i)
+{
+    size_t mask = o->icap - 1, s = (size_t)o->kv[i].h & mask;
+    while (o->idx[s])
+        s = (s + 1) & mask;
+    o->idx[s] = (uint32_t)(i + 1);
+}
+
+/* Makes the index again with room for want entries at most half full. */
+static int idx_rebuild(struct obj *o, size_t want)
+{
+    size_t cap = o->icap ? o->icap : 16;
+    while (cap < want * 2)
+        cap *= 2;
+    if (cap != o->icap) {
+        uint32_t *t = malloc(cap * sizeof *t);
+        if (!t)
+            return -ENOMEM;
+        free(o->idx);
+        o->idx = t;
+        o->icap = cap;
+    }
+    memset(o->idx, 0, o->icap * sizeof *o->idx);
     for (size_t i = 0; i < o->nkv; i++)
-        if (o->kv[i].h == h && o->kv[i].k.len == k->len &&
-            (k->len == 0 || memcmp(o->kv[i].k.p, k->p, k->len) == 0))
-            return (ssize_t)i;
-    return -1;
+        idx_put(o, i);
+    return 0;
 }
 
 static int kv_set(struct obj *o, const struct conc__mgr_str *k, const struct conc__mgr_str *v)
@@ -518,6 +566,10 @@ static int kv_set(struct obj *o, const struct conc__mgr_str *k, const struct con
         free(o->kv[i].v.p);
         o->kv[i].v = nv;
         return 0;
+    }
+    if (o->nkv >= UINT32_MAX - 1 || ((o->nkv + 1) * 2 > o->icap && idx_rebuild(o, o->nkv + 1))) {
+        free(nv.p);
+        return -ENOMEM;
     }
     if (o->nkv == o->capkv) {
         size_t cap = o->capkv ? o->capkv * 2 : 8;
@@ -536,16 +588,22 @@ static int kv_set(struct obj *o, const struct conc__mgr_str *k, const struct con
     }
     e->h = h;
     e->v = nv;
+    idx_put(o, o->nkv);
     o->nkv++;
     return 0;
 }
 
+/* Removes entry i, keeping the order of the others; the index is made
+ * again (the entries after i moved), in place: it cannot fail. */
 static void kv_remove(struct obj *o, size_t i)
 {
     free(o->kv[i].k.p);
     free(o->kv[i].v.p);
     memmove(&o->kv[i], &o->kv[i + 1], (o->nkv - i - 1) * sizeof o->kv[0]);
     o->nkv--;
+    memset(o->idx, 0, o->icap * sizeof *o->idx);
+    for (size_t j = 0; j < o->nkv; j++)
+        idx_put(o, j);
 }
 
 static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out)
@@ -1103,9 +1161,12 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     case CONC__MGR_CREATE_USER:
         return op_create_user(s, r, out);
     }
-    struct obj *o = obj_find(s, r->id);
+    /* Objects live until the server ends, so a connection keeps the last
+     * one it used (a proxy's connection uses one) without the table lock. */
+    struct obj *o = cn->last && cn->last->id == r->id ? cn->last : obj_find(s, r->id);
     if (!o)
         return -ENOENT;
+    cn->last = o;
     if (r->op == CONC__MGR_OPEN) {
         out->value = (int64_t)o->id;
         return o->type;
@@ -1263,6 +1324,21 @@ int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
     return 0;
 }
 
+void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
+{
+    s->take_sigterm = true;
+}
+
+/* Whether a SIGTERM (blocked, pending) asks the server to stop: takes it. */
+static bool sigterm_pending(void)
+{
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    struct timespec zero = { 0, 0 };
+    return sigtimedwait(&term, NULL, &zero) == SIGTERM;
+}
+
 void conc__mgr_server_stop(struct conc__mgr_server *s)
 {
     __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
@@ -1271,6 +1347,10 @@ void conc__mgr_server_stop(struct conc__mgr_server *s)
 int conc__mgr_server_run(struct conc__mgr_server *s)
 {
     while (!stopping(s)) {
+        if (s->take_sigterm && sigterm_pending()) {
+            conc__mgr_server_stop(s);
+            break;
+        }
         conn_reap(s, false);
         conc_conn *c;
         int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);
@@ -1287,6 +1367,12 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
+        /* A blocking socket: the connection's thread then waits in recv()
+         * itself, one system call where a non-blocking one costs three
+         * (conc_conn uses MSG_DONTWAIT wherever it must not block). */
+        int fl = fcntl(cn->fd, F_GETFL);
+        if (fl >= 0 && (fl & O_NONBLOCK))
+            fcntl(cn->fd, F_SETFL, fl & ~O_NONBLOCK);
         cn->serial = ++s->next_serial;
         if (conn_thread(cn)) {
             conc_conn_free(c);

@@ -43,6 +43,12 @@ static const char *const models[] = { "sync", "select", "poll", "epoll", "nonblo
 static const char *const loop_models[] = { "select", "poll", "epoll", "nonblocking" };
 #define NMODELS (sizeof models / sizeof models[0])
 #define NLOOP (sizeof loop_models / sizeof loop_models[0])
+/* The models of conc/server.h, each with the --workers it is run with. */
+static const char *const lib_models[][2] = {
+    { "threading", NULL }, { "forking", NULL },  { "prefork", "2" },   { "prefork", "1" },
+    { "coroutine", "1" },  { "coroutine", "3" }, { "reactor", "1" },   { "reactor", "2" },
+};
+#define NLIB (sizeof lib_models / sizeof lib_models[0])
 
 /* ------------------------------------------------------------- servers */
 
@@ -697,7 +703,8 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
     const char *const needle[] = {
         "missing PORT", "PORT wants a whole number from 0 to 65535, not 'abc'",
         "not '70000'", "not '-1'", "unexpected argument '2'",
-        "--model wants sync, select, poll, epoll or nonblocking, not 'fork'",
+        "--model wants sync, select, poll, epoll, nonblocking, threading, forking, prefork, "
+        "coroutine or reactor, not 'fork'",
         "--model wants", "--host wants", "option '--model' needs a value",
         "unknown option '--port'",
     };
@@ -732,11 +739,13 @@ Test(echo_upper, help_lists_every_model, .timeout = 30)
     const char *args[] = { "--help", NULL };
     struct run r = run_example("echo-upper-server", args);
     assert_success(&r, "--help");
-    for (size_t m = 0; m < NMODELS; m++) {
+    for (size_t m = 0; m < NMODELS + NLIB; m++) {
+        const char *name = m < NMODELS ? models[m] : lib_models[m - NMODELS][0];
         char line[64];
-        snprintf(line, sizeof line, "\n      %s ", models[m]);
-        cr_assert_not_null(strstr(r.out, line), "%s missing from:\n%s", models[m], r.out);
+        snprintf(line, sizeof line, "\n      %s ", name);
+        cr_assert_not_null(strstr(r.out, line), "%s missing from:\n%s", name, r.out);
     }
+    cr_assert_not_null(strstr(r.out, "--workers N"), "%s", r.out);
     run_free(&r);
 }
 
@@ -1048,4 +1057,118 @@ Test(udp_upper, sigint_and_bad_command_lines, .timeout = 60)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_refused("udp-upper-server", bad[i]);
+}
+
+/* ------------------------------------------- the models of conc/server.h */
+
+static struct srv start_lib_model(size_t m)
+{
+    const char *args[6] = { "--model", lib_models[m][0], "0", NULL };
+    if (lib_models[m][1]) {
+        args[2] = "--workers";
+        args[3] = lib_models[m][1];
+        args[4] = "0";
+    }
+    struct srv s = start_server("echo-upper-server", args);
+    char want[128];
+    snprintf(want, sizeof want, "echo-upper-server: listening on 127.0.0.1:%d (model %s)",
+             s.port, lib_models[m][0]);
+    cr_assert_str_eq(s.ready, want);
+    return s;
+}
+
+/* Every library model: the client program, a large and pipelined
+ * exchange, 20 clients at once, a client that resets mid-request, and a
+ * clean stop with the number of connections. */
+Test(echo_upper, library_models_serve_clients, .timeout = 300)
+{
+    size_t n = 256 * 1024;
+    char *junk = malloc(n);
+    cr_assert_not_null(junk);
+    memset(junk, 'x', n);
+    for (size_t m = 0; m < NLIB; m++) {
+        struct srv s = start_lib_model(m);
+        char port[16];
+        snprintf(port, sizeof port, "%d", s.port);
+        const char *args[] = { "127.0.0.1", port, NULL };
+        struct run r = run_example_input("echo-upper-client", args, "hello\nMixed Case 123 ?!\n");
+        assert_success(&r, lib_models[m][0]);
+        cr_assert_str_eq(r.out, "HELLO\nMIXED CASE 123 ?!\n", "model %s", lib_models[m][0]);
+        run_free(&r);
+
+        int fd = tcp_connect(s.port);
+        big_and_pipelined(fd);
+        close(fd);
+
+        enum { N = 20 };
+        int c[N];
+        for (int i = 0; i < N; i++)
+            c[i] = tcp_connect(s.port);
+        for (int round = 0; round < 3; round++) {
+            char msg[N][64];
+            for (int i = 0; i < N; i++) {
+                snprintf(msg[i], sizeof msg[i], "client %d round %d\n", i, round);
+                send_all(c[i], msg[i], strlen(msg[i]));
+            }
+            for (int i = N - 1; i >= 0; i--) {
+                char want[64], got[64];
+                size_t k = strlen(msg[i]);
+                upper_copy(want, msg[i], k);
+                recv_exact(c[i], got, k);
+                cr_assert_arr_eq(got, want, k, "model %s client %d", lib_models[m][0], i);
+            }
+        }
+        for (int i = 0; i < N; i++)
+            close(c[i]);
+
+        int a = tcp_connect(s.port);
+        dialog(a, "before the reset\n");
+        int fl = fcntl(a, F_GETFL);
+        cr_assert_eq(fcntl(a, F_SETFL, fl | O_NONBLOCK), 0);
+        (void)send(a, junk, n, MSG_NOSIGNAL);
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        cr_assert_eq(setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+        close(a);
+        int b = tcp_connect(s.port);
+        dialog(b, "after the reset\n");
+        close(b);
+        stop_clean(&s, "echo-upper-server", 1 + 1 + N + 2);
+    }
+    free(junk);
+}
+
+/* A stop signal while one client is idle and another does not read its
+ * replies: every library model exits 0 and closes the idle one. */
+Test(echo_upper, library_models_stop_with_clients_connected, .timeout = 300)
+{
+    size_t n = 8 << 20;
+    char *junk = malloc(n);
+    cr_assert_not_null(junk);
+    memset(junk, 'q', n);
+    for (size_t m = 0; m < NLIB; m++) {
+        struct srv s = start_lib_model(m);
+        int idle = tcp_connect(s.port);
+        dialog(idle, "idle now\n");
+        int stuck = tcp_connect(s.port);
+        int fl = fcntl(stuck, F_GETFL);
+        cr_assert_eq(fcntl(stuck, F_SETFL, fl | O_NONBLOCK), 0);
+        size_t sent = 0;
+        for (;;) {
+            ssize_t k = send(stuck, junk, n, MSG_NOSIGNAL);
+            if (k > 0) {
+                sent += (size_t)k;
+                continue;
+            }
+            cr_assert(k < 0 && errno == EAGAIN, "send: %s", strerror(errno));
+            struct pollfd pf = { .fd = stuck, .events = POLLOUT };
+            if (poll(&pf, 1, 200) == 0)
+                break;
+        }
+        cr_assert_gt(sent, 0);
+        stop_clean(&s, "echo-upper-server", 2);
+        expect_eof(idle);
+        close(idle);
+        close(stuck);
+    }
+    free(junk);
 }

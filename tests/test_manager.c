@@ -248,6 +248,8 @@ Test(manager, namespace_value_array, .timeout = 60)
     conc_proxy *bad;
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_VALUE, NULL, 0, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_ARRAY, NULL, 4, 0), -EINVAL);
+    cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_ARRAY, NULL, 1 << 20, 4096), -EINVAL);
+    cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_VALUE, NULL, 4097, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_BARRIER, NULL, 0, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_LOCK, NULL, 1, 0), -EINVAL);
     cr_expect_eq(conc_manager_create(m, &bad, (conc_proxy_type)99, NULL, 0, 0), -EINVAL);
@@ -1233,5 +1235,350 @@ Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
     cr_expect_eq(conc_proxy_dict_set(d, "k", 1, b, 5000), -EMSGSIZE);
     cr_expect_eq(conc_proxy_dict_len(d), 1);
     conc_proxy_free(d);
+    conc_manager_free(m);
+}
+
+/* ------------------------------------------------------- coroutines */
+
+struct gl {
+    conc_manager *m;
+    int r;
+    int order;                          /* when it finished: 1, 2 */
+};
+
+static int finished;
+
+static void *gl_getter(void *arg)
+{
+    struct gl *g = arg;
+    conc_proxy *q;
+    g->r = conc_manager_create(g->m, &q, CONC_PROXY_QUEUE, "cq", 0, 0);
+    if (g->r)
+        return NULL;
+    void *v;
+    size_t n;
+    g->r = conc_proxy_queue_get(q, &v, &n, GUARD);     /* parks this greenlet only */
+    if (!g->r) {
+        g->r = n == 2 && memcmp(v, "hi", 2) == 0 ? 0 : -EPROTO;
+        free(v);
+    }
+    g->order = ++finished;
+    conc_proxy_free(q);
+    return NULL;
+}
+
+static void *gl_putter(void *arg)
+{
+    struct gl *g = arg;
+    conc_proxy *q;
+    g->r = conc_manager_create(g->m, &q, CONC_PROXY_QUEUE, "cq", 0, 0);
+    if (!g->r)
+        g->r = conc_proxy_queue_put(q, "hi", 2, GUARD);
+    g->order = ++finished;
+    conc_proxy_free(q);
+    return NULL;
+}
+
+Test(manager, proxy_calls_park_only_the_coroutine, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    struct gl a = { .m = m, .r = 1 }, b = { .m = m, .r = 1 };
+    conc_greenlet *ga, *gb;
+    cr_assert_eq(conc_greenlet_spawn(&ga, gl_getter, &a, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gb, gl_putter, &b, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    /* The getter got the message that only the putter, a greenlet of the
+     * same thread, sent: it ran while the getter waited.  (Had the get
+     * blocked the thread, the putter would never have run and the get
+     * would have timed out.)  Which finished first is the hub's choice. */
+    cr_expect_eq(a.r, 0);
+    cr_expect_eq(b.r, 0);
+    cr_expect(a.order >= 1 && b.order >= 1 && a.order != b.order);
+    conc_greenlet_free(ga);
+    conc_greenlet_free(gb);
+    conc_manager_free(m);
+}
+
+/* ------------------------------------------ the manager dies with its parent */
+
+static int parent_main(const void *arg, size_t len)
+{
+    int fd;
+    if (len != sizeof fd)
+        return 90;
+    memcpy(&fd, arg, sizeof fd);
+    conc_manager *m;
+    if (conc_manager_new(&m, NULL) || conc_manager_start(m))
+        return 91;
+    pid_t pid = conc_manager_pid(m);
+    if (write(fd, &pid, sizeof pid) != (ssize_t)sizeof pid)
+        return 92;
+    pause();                            /* until killed */
+    return 0;
+}
+
+Test(manager, started_manager_dies_with_its_parent, .timeout = 60)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    conc_process *parent;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    cr_assert_eq(conc_process_new(&parent, parent_main, &p[1], sizeof p[1], &po), 0);
+    cr_assert_eq(conc_process_start(parent), 0);
+    pid_t server;
+    cr_assert_eq(read(p[0], &server, sizeof server), (ssize_t)sizeof server);
+    cr_assert_gt(server, 0);
+    cr_assert_eq(kill(server, 0), 0);
+    cr_assert_eq(conc_process_kill(parent), 0);
+    cr_assert_eq(conc_process_join(parent, GUARD), 0);
+    conc_process_free(parent);
+    /* The server got SIGKILL when its parent died; it was reparented to a
+     * reaper, so it goes away once reaped: wait for that (a hang guard). */
+    int64_t deadline = conc_now() + (int64_t)(GUARD * 1e9);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)server);
+    bool gone = false;
+    while (!gone && conc_now() < deadline) {
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            gone = true;
+            break;
+        }
+        char state = 0;
+        int r = fscanf(f, "%*d %*s %c", &state);
+        fclose(f);
+        gone = r == 1 && (state == 'Z' || state == 'X');   /* dead, not yet reaped */
+        if (!gone)
+            sched_yield();
+    }
+    cr_expect(gone, "the manager process %d outlived its parent", (int)server);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* A holder's forked child that lives on does not keep the holder's
+ * connection (and so its lock) alive: the child drops its copies of the
+ * proxies' sockets at the fork. */
+struct forker {
+    conc_proxy *lk, *ev;
+    int fd;
+};
+
+static int forker_main(const void *arg, size_t len)
+{
+    const struct forker *f;
+    if (len != sizeof f)
+        return 90;
+    memcpy(&f, arg, sizeof f);
+    if (conc_proxy_acquire(f->lk, GUARD))
+        return 91;
+    pid_t g = fork();                   /* inherits the proxies */
+    if (g < 0)
+        return 92;
+    if (g == 0) {
+        pause();
+        _exit(0);
+    }
+    if (write(f->fd, &g, sizeof g) != (ssize_t)sizeof g || conc_proxy_event_set(f->ev))
+        return 93;
+    pause();
+    return 0;
+}
+
+Test(manager, forked_child_does_not_keep_a_dead_holders_lock, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    struct forker f = { make(m, CONC_PROXY_LOCK, 0, 0), make(m, CONC_PROXY_EVENT, 0, 0), p[1] };
+    const struct forker *fp = &f;
+    conc_process *h;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    cr_assert_eq(conc_process_new(&h, forker_main, &fp, sizeof fp, &po), 0);
+    cr_assert_eq(conc_process_start(h), 0);
+    cr_assert_eq(conc_proxy_event_wait(f.ev, GUARD), 0);
+    pid_t g;
+    cr_assert_eq(read(p[0], &g, sizeof g), (ssize_t)sizeof g);
+    cr_expect_eq(conc_proxy_acquire(f.lk, 0), -EAGAIN);
+    cr_assert_eq(conc_process_kill(h), 0);
+    cr_assert_eq(conc_process_join(h, GUARD), 0);
+    conc_process_free(h);
+    cr_expect_eq(kill(g, 0), 0, "the holder's child lives on");
+    cr_expect_eq(conc_proxy_acquire(f.lk, GUARD), 0);
+    kill(g, SIGKILL);
+    conc_proxy_free(f.lk);
+    conc_proxy_free(f.ev);
+    close(p[0]);
+    close(p[1]);
+    conc_manager_free(m);
+}
+
+/* Many keys: every one found, deletions keep the others and their order. */
+Test(manager, dict_many_keys, .timeout = 120)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *d = make(m, CONC_PROXY_DICT, 0, 0);
+    enum { K = 3000 };
+    enum { PAIRS = 100 };
+    static conc_proxy_bytes kv[2 * PAIRS];
+    static char keys[K][16], vals[K][16];
+    for (int i = 0; i < K; i++) {
+        snprintf(keys[i], sizeof keys[i], "k%d", i);
+        snprintf(vals[i], sizeof vals[i], "v%d", i * 7);
+    }
+    for (int i = 0; i < K; i += PAIRS) {        /* update() in batches */
+        for (int j = 0; j < PAIRS; j++) {
+            kv[2 * j] = (conc_proxy_bytes){ keys[i + j], strlen(keys[i + j]) };
+            kv[2 * j + 1] = (conc_proxy_bytes){ vals[i + j], strlen(vals[i + j]) };
+        }
+        cr_assert_eq(conc_proxy_dict_update(d, kv, PAIRS), 0);
+    }
+    cr_expect_eq(conc_proxy_dict_len(d), K);
+    for (int i = 0; i < K; i += 2)
+        cr_assert_eq(conc_proxy_dict_del(d, keys[i], strlen(keys[i])), 0);
+    cr_expect_eq(conc_proxy_dict_len(d), K / 2);
+    for (int i = 0; i < K; i++) {
+        void *v;
+        size_t n;
+        int e = conc_proxy_dict_get(d, keys[i], strlen(keys[i]), &v, &n);
+        if (i % 2 == 0) {
+            cr_assert_eq(e, -ENOENT, "key %d", i);
+        } else {
+            cr_assert_eq(e, 0, "key %d", i);
+            cr_assert(n == strlen(vals[i]) && memcmp(v, vals[i], n) == 0, "value of %d", i);
+            free(v);
+        }
+    }
+    conc_proxy_items *it;
+    cr_assert_eq(conc_proxy_dict_keys(d, &it), 0);
+    cr_assert_eq(it->count, K / 2);
+    for (size_t j = 0; j < it->count; j++)
+        cr_assert(item_is(it, j, keys[2 * j + 1]), "order at %zu", j);
+    free(it);
+    cr_expect_eq(conc_proxy_dict_set(d, keys[0], strlen(keys[0]), "back", 4), 0);
+    cr_assert_eq(conc_proxy_dict_keys(d, &it), 0);
+    cr_expect(item_is(it, it->count - 1, keys[0]), "a key set again goes last");
+    free(it);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}
+
+/* The fuzzer's seed corpus against a live server: each seed named bad_*,
+ * short_*, missing_*, huge_*, trailing_*, string_past_* or answer (not a
+ * request) ends its connection; every other seed is a well-formed request
+ * and gets an answer.  Either way the server goes on serving. */
+#include <dirent.h>
+
+static bool malformed_seed(const char *name)
+{
+    const char *bad[] = { "bad_", "short_", "missing_", "huge_", "trailing_", "string_past_",
+                          "answer" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (strncmp(name, bad[i], strlen(bad[i])) == 0)
+            return true;
+    return false;
+}
+
+Test(manager, fuzz_corpus_against_a_server, .timeout = 120)
+{
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    conc_manager *m = started(&o);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *d = make(m, CONC_PROXY_DICT, 0, 0);
+    DIR *dir = opendir(CONC_MANAGER_CORPUS);
+    cr_assert_not_null(dir);
+    struct dirent *e;
+    int seen = 0, bad = 0;
+    while ((e = readdir(dir)) != NULL) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "shutdown") == 0)
+            continue;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", CONC_MANAGER_CORPUS, e->d_name);
+        FILE *f = fopen(path, "rb");
+        cr_assert_not_null(f);
+        static uint8_t msg[65536];
+        size_t n = fread(msg, 1, sizeof msg, f);
+        fclose(f);
+        int r = send_raw(addr, msg, n);
+        if (malformed_seed(e->d_name)) {
+            cr_expect(r == -EPIPE || r == -ECONNRESET, "%s: %d", e->d_name, r);
+            bad++;
+        } else {
+            cr_expect_geq(r, 16, "%s: no answer (%d)", e->d_name, r);
+        }
+        cr_expect_geq(conc_proxy_dict_len(d), 0, "after %s", e->d_name);   /* still served */
+        seen++;
+    }
+    closedir(dir);
+    cr_expect_geq(seen, 20);
+    cr_expect_geq(bad, 8);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}
+
+/* A server with a key refuses a client without one (Unix socket too). */
+Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
+{
+    char path[128];
+    tmp_path(path, sizeof path, "onekey");
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.address = path;
+    o.authkey = "k1";
+    o.authkey_len = 2;
+    conc_manager *m = started(&o);
+    conc_manager_opts co = CONC_MANAGER_OPTS_INIT;
+    co.address = path;
+    conc_manager *c;
+    cr_assert_eq(conc_manager_new(&c, &co), 0);
+    cr_expect_eq(conc_manager_connect(c), -EACCES);
+    conc_manager_free(c);
+    cr_assert_eq(conc_manager_new(&c, &o), 0);
+    cr_expect_eq(conc_manager_connect(c), 0);
+    conc_manager_free(c);
+    conc_manager_free(m);
+}
+
+/* SIGTERM (what an exit-time cleanup sends a daemon child) ends a started
+ * server cleanly: it removes its socket and private directory itself. */
+Test(manager, sigterm_ends_the_server_cleanly, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    char addr[128], dir[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    strcpy(dir, addr);
+    *strrchr(dir, '/') = 0;
+    conc_proxy *q = make(m, CONC_PROXY_QUEUE, 0, 0), *d = make(m, CONC_PROXY_DICT, 0, 0);
+    struct q_arg qa = { .q = q };
+    pthread_t qt;
+    pthread_create(&qt, NULL, q_getter, &qa);          /* blocked in the server */
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, SIGINT), 0);                 /* ignored */
+    cr_expect_eq(conc_proxy_dict_len(d), 0);            /* still serving */
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    pthread_join(qt, NULL);
+    cr_expect(qa.r == -ECONNRESET || qa.r == -EPIPE, "%d", qa.r);
+    /* It exits (a zombie until conc_manager_free joins it). */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int64_t deadline = conc_now() + (int64_t)(GUARD * 1e9);
+    char state = 0;
+    while (conc_now() < deadline) {
+        FILE *f = fopen(path, "r");
+        cr_assert_not_null(f);
+        cr_assert_eq(fscanf(f, "%*d %*s %c", &state), 1);
+        fclose(f);
+        if (state == 'Z')
+            break;
+        sched_yield();
+    }
+    cr_assert_eq(state, 'Z');
+    struct stat st;
+    cr_expect_neq(stat(addr, &st), 0, "the server removed its socket");
+    cr_expect_neq(stat(dir, &st), 0, "and its directory");
+    conc_proxy_free(d);
+    conc_proxy_free(q);
     conc_manager_free(m);
 }

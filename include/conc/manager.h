@@ -15,9 +15,11 @@
  *   - connected: conc_manager_connect reaches a server that runs already,
  *     by address (Python's BaseManager.connect).
  *
- * Addresses: a string with a '/' is a Unix socket path; "HOST:PORT" is TCP.
- * With no address a started manager listens on a Unix socket in a private
- * directory (mode 0700, the socket 0600) that conc_manager_shutdown
+ * Addresses are the texts of conc/listener.h (conc_address_parse):
+ * "HOST:PORT" or "[IPV6]:PORT" is TCP; a path ("/run/app.sock", any text
+ * with a '/') is a Unix socket (mode 0600); "@name" an abstract Unix
+ * socket.  With no address a started manager listens on a Unix socket in a
+ * private directory (mode 0700, the socket 0600) that conc_manager_shutdown
  * removes.  A TCP manager needs an authkey (it refuses to start without
  * one, -EINVAL); every connection to it passes the authkey handshake of
  * conc/listener.h (HMAC-SHA256 challenges both ways) before any request.
@@ -109,7 +111,7 @@ typedef struct conc_proxy conc_proxy;
 typedef struct conc_manager_opts {
     uint32_t size;           /* sizeof(conc_manager_opts), or 0 */
     const char *address;     /* NULL: a Unix socket in a private directory
-                                (start) ; required for serve_forever and
+                                (start); required for serve_forever and
                                 connect.  "/path" Unix, "HOST:PORT" TCP
                                 (PORT 0 picks a free port when serving) */
     const void *authkey;     /* the shared secret; NULL: none (Unix only) */
@@ -203,7 +205,8 @@ CONC_API int conc_manager_register(conc_manager *m, const char *typeid,
 /*
  * conc_manager_start - BaseManager.start(): start the server in a child
  * process and connect to it.  The child dies with its parent (also when the
- * parent is killed).  Returns once the server listens: 0; -EINVAL for
+ * parent is killed); it ignores SIGINT (a Ctrl-C is the parent's to
+ * handle), and SIGTERM makes it stop serving and remove its socket.  Returns once the server listens: 0; -EINVAL for
  * NULL; -EALREADY when started, served or connected before; -EADDRINUSE
  * when the address is taken; the errors of socket(2), bind(2) and of
  * starting a process; -ENOMEM.
@@ -227,8 +230,11 @@ CONC_API int conc_manager_serve_forever(conc_manager *m);
  * the manager's address.  Returns 0; -EINVAL for NULL or no address;
  * -EALREADY when started, served or connected before; -ENOENT or
  * -ECONNREFUSED when nothing listens there; -EACCES when the authkey
- * handshake fails (wrong key, or a key on one side only); -EPROTO when the
- * peer does not speak this protocol or version; the errors of connect(2).
+ * handshake fails (a wrong key, or a server that has a key and this handle
+ * none: without a key, any peer that does not answer like a manager); -ETIMEDOUT when the server does not answer the handshake within
+ * 10 s (also when this handle has a key and the server none: it waits for
+ * a request while this side waits for a challenge); -EPROTO when the peer
+ * does not speak this protocol or version; the errors of connect(2).
  */
 CONC_API int conc_manager_connect(conc_manager *m);
 
@@ -274,7 +280,8 @@ CONC_API void conc_manager_free(conc_manager *m);
  * registered with a shared callable in Python).  n is the size parameter
  * of the type (see conc_proxy_type: Value size, Array length, Queue
  * maxsize, Semaphore value, Barrier parties; 0 for the others), size the
- * Array's item size (1 to 4096; 0 for the others).  Returns 0; -EINVAL for
+ * Array's item size (1 to 4096, n * size at most 64 MiB; 0 for the
+ * others).  Returns 0; -EINVAL for
  * NULL m or out, an unknown type (or CONC_PROXY_USER), a bad name or n or
  * size out of range; -EEXIST when the named object exists with another
  * type or parameters; -ENOTCONN when m is not started or connected; the

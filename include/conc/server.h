@@ -1,0 +1,404 @@
+/*
+ * conc/server.h - Python's socketserver: TCP, UDP, Unix stream and Unix
+ * datagram servers that hand each request to a handler, with a choice of
+ * server models, from one request at a time to a reactor.
+ *
+ * A server is a bound (and, for a stream socket, listening) socket, a
+ * handler and a model.  conc_server_serve_forever takes requests until
+ * conc_server_shutdown; conc_server_handle_request takes one.  A request is
+ * a connection (SOCK_STREAM: TCPServer, UnixStreamServer) or a datagram
+ * (SOCK_DGRAM: UDPServer, UnixDatagramServer).  The handler is Python's
+ * BaseRequestHandler: setup, then handle, then finish (finish runs when
+ * setup succeeded, whatever handle returned), each given the request: its
+ * socket, the client's address, the server and the handler's user pointer.
+ *
+ * Models (conc_server_opts.model), Python's mix-ins and the servers of the
+ * tutorials:
+ *   CONC_SERVER_SYNC       one request at a time in the serving thread
+ *                          (TCPServer): a slow client holds the others up,
+ *                          which is the model
+ *   CONC_SERVER_THREADING  a thread per request (ThreadingMixIn), with
+ *                          daemon_threads and block_on_close as in Python;
+ *                          the server counts its threads instead of keeping
+ *                          a list that grows with every request
+ *   CONC_SERVER_FORKING    a child process per request (ForkingMixIn), at
+ *                          most max_children at once (the next request waits
+ *                          in the backlog); children are supervised with
+ *                          pidfds and reaped as they end, none is left
+ *                          behind by conc_server_close
+ *   CONC_SERVER_PREFORK    `workers` processes started up front share the
+ *                          listening socket; each serves its connections
+ *                          with a coroutine per connection (as the coroutine
+ *                          model does in one hub).  A worker that dies is
+ *                          reported (conc_server_stats.worker_restarts, the
+ *                          on_worker_exit hook) and replaced.  Stream
+ *                          servers only.
+ *   CONC_SERVER_COROUTINE  a greenlet (conc/hub.h) per connection or
+ *                          datagram, `workers` hubs each in a thread of its
+ *                          own (gevent's StreamServer); the handler's conc
+ *                          calls park only its greenlet
+ *   CONC_SERVER_REACTOR    callbacks on a readiness loop, no stack per
+ *                          connection: see conc_server_new_reactor; stream
+ *                          servers only
+ * A model other than SYNC never lets a slow or silent client hold up the
+ * others.
+ *
+ * Stopping: conc_server_shutdown asks serve_forever to stop; it is
+ * async-signal-safe (an atomic store and an eventfd write), so a SIGTERM
+ * handler may call it, as may any thread.  serve_forever then stops
+ * taking requests and returns once the requests in flight have finished
+ * (a graceful stop), except threads that are not waited for
+ * (daemon_threads, block_on_close off).  With shutdown_timeout > 0 the
+ * requests still running that long after the shutdown have their
+ * connections shut down (SHUT_RDWR: the handler's reads see the end of the
+ * stream, its sends -EPIPE) and forked children are killed; with 0 they
+ * are waited for as long as they take, as in Python.  A handler that
+ * loops may ask conc_server_stopping.
+ *
+ * Connection limit: max_connections > 0 bounds the connections served at
+ * once (per process with PREFORK).  At the limit the server stops
+ * accepting: further clients wait in the listen backlog
+ * (request_queue_size) until a connection ends, and the kernel refuses or
+ * drops those beyond the backlog.  Nothing is accepted only to be closed.
+ *
+ * Errors: every call returns 0 (or a count) on success and a negative
+ * errno, as in conc/errors.h: -EINVAL for a NULL server or bad argument,
+ * -EPIPE for a server that was closed (conc_server_close), and the codes
+ * each call lists.
+ *
+ * Threads: shutdown and the getters may be called from any thread (and
+ * shutdown from a signal handler); serve_forever and handle_request from
+ * one thread at a time (-EBUSY otherwise); close and free once nothing
+ * serves.
+ */
+#ifndef CONC_SERVER_H
+#define CONC_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "conc/errors.h"
+#include "conc/socket.h"
+#include "conc/time.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* conc_server - one server (Python's socketserver.BaseServer). */
+typedef struct conc_server conc_server;
+
+/* The server models (see the top of this header). */
+typedef enum conc_server_model {
+    CONC_SERVER_SYNC = 0,
+    CONC_SERVER_THREADING = 1,
+    CONC_SERVER_FORKING = 2,
+    CONC_SERVER_PREFORK = 3,
+    CONC_SERVER_COROUTINE = 4,
+    CONC_SERVER_REACTOR = 5
+} conc_server_model;
+
+/*
+ * conc_server_request - what a handler is given (Python's
+ * BaseRequestHandler attributes).  Valid from setup to the end of finish.
+ */
+typedef struct conc_server_request {
+    conc_server *server;        /* self.server */
+    conc_socket *sock;          /* stream: the connection (self.request),
+                                   owned by the server, closed after finish;
+                                   datagram: the server's socket, to reply
+                                   with conc_socket_sendto(sock, ..., &peer) */
+    conc_sockaddr peer;         /* self.client_address (an unnamed Unix
+                                   client has len 2 or 0, as the kernel says) */
+    const void *data;           /* datagram: the datagram (self.request[0]);
+                                   stream: NULL */
+    size_t len;                 /* the datagram's length; stream: 0 */
+    void *user;                 /* the handler's user pointer */
+    void *state;                /* the handler's own, NULL at setup: what
+                                   setup leaves here handle and finish see */
+} conc_server_request;
+
+/*
+ * conc_server_handler - the request handler class.  Each hook may be NULL
+ * (it then does nothing), except handle.
+ *   setup    runs first; a negative return skips handle and finish (the
+ *            request counts as failed and its connection is closed)
+ *   handle   serves the request; a negative return counts it as failed
+ *            and is passed to handle_error
+ *   finish   runs after handle (also when handle failed)
+ *   handle_error  Python's server.handle_error: called with the error
+ *            setup or handle returned (nothing is printed by conc)
+ *   verify_request  Python's verify_request: false refuses the client
+ *            (its connection is closed at once, no hook runs; counted in
+ *            conc_server_stats.refused); NULL accepts everyone
+ * The hooks of one request run in one thread (or greenlet, or child
+ * process) one after the other; hooks of different requests run at the
+ * same time in every model but SYNC, so what they share needs a lock.
+ */
+typedef struct conc_server_handler {
+    int (*setup)(conc_server_request *req);
+    int (*handle)(conc_server_request *req);
+    void (*finish)(conc_server_request *req);
+    void (*handle_error)(conc_server_request *req, int err);
+    bool (*verify_request)(conc_server *server, const conc_sockaddr *peer, void *user);
+    void *user;                 /* given to every hook as req->user */
+} conc_server_handler;
+
+/* ----------------------------------------------------------- reactor */
+
+/* conc_server_conn - one connection of a reactor server.  Valid from
+ * on_accept to the end of on_close; used only from the callbacks of its
+ * loop (the thread that runs them). */
+typedef struct conc_server_conn conc_server_conn;
+
+/*
+ * conc_server_reactor_handler - the callbacks of CONC_SERVER_REACTOR.  They
+ * run in the loop's thread and must not block (a blocking conc call would
+ * hold up every connection of the loop).
+ *   on_accept  a new connection; a negative return closes it (no on_close)
+ *   on_data    len (> 0) bytes arrived; the bytes are valid during the
+ *              call only.  A negative return closes the connection
+ *              (after its pending output is sent)
+ *   on_drain   the write buffer emptied after it had passed
+ *              write_buffer_max (the back-pressure was lifted); may be NULL
+ *   on_close   the connection ended: err 0 when the peer closed or the
+ *              handler asked, else the error (-ECONNRESET...); may be NULL
+ * Back-pressure: conc_server_conn_write buffers what the socket does not
+ * take at once; while more than write_buffer_max bytes wait, the loop
+ * stops reading that connection (on_data is not called) until they drain.
+ */
+typedef struct conc_server_reactor_handler {
+    int (*on_accept)(conc_server_conn *c, void *user);
+    int (*on_data)(conc_server_conn *c, const void *data, size_t len, void *user);
+    void (*on_drain)(conc_server_conn *c, void *user);
+    void (*on_close)(conc_server_conn *c, int err, void *user);
+    void *user;
+} conc_server_reactor_handler;
+
+/*
+ * conc_server_conn_write - send len bytes on c: what the socket takes at
+ * once goes now, the rest is buffered and sent as the client reads.
+ * Returns 0; -EINVAL for NULL c or NULL data with len > 0; -EPIPE when the
+ * connection is closing or closed; -ENOMEM (the connection is then
+ * closed).
+ */
+CONC_API int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len);
+
+/* conc_server_conn_close - close c once its buffered output is sent
+ * (on_close follows).  Returns 0; -EINVAL for NULL. */
+CONC_API int conc_server_conn_close(conc_server_conn *c);
+
+/* conc_server_conn_pending - bytes buffered and not yet sent; 0 for NULL. */
+CONC_API size_t conc_server_conn_pending(const conc_server_conn *c);
+
+/* conc_server_conn_peer - the client's address; NULL for NULL. */
+CONC_API const conc_sockaddr *conc_server_conn_peer(const conc_server_conn *c);
+
+/* conc_server_conn_fd - the connection's descriptor (do not close it);
+ * -EINVAL for NULL. */
+CONC_API int conc_server_conn_fd(const conc_server_conn *c);
+
+/* conc_server_conn_set_data / conc_server_conn_data - a pointer of the
+ * handler's kept with the connection (NULL at on_accept). */
+CONC_API void conc_server_conn_set_data(conc_server_conn *c, void *data);
+CONC_API void *conc_server_conn_data(const conc_server_conn *c);
+
+/* conc_server_conn_server - the server c belongs to; NULL for NULL. */
+CONC_API conc_server *conc_server_conn_server(const conc_server_conn *c);
+
+/* ---------------------------------------------------------- options */
+
+/* Options of conc_server_new and conc_server_new_reactor; all-zero (or
+ * NULL) means the defaults. */
+typedef struct conc_server_opts {
+    uint32_t size;              /* sizeof(conc_server_opts), or 0: this
+                                   first version */
+    conc_server_model model;    /* CONC_SERVER_SYNC by default */
+    bool allow_reuse_address;   /* SO_REUSEADDR before bind (Python's
+                                   allow_reuse_address, off by default) */
+    bool reuse_port;            /* SO_REUSEPORT before bind (Python's
+                                   allow_reuse_port) */
+    int request_queue_size;     /* listen() backlog; 0: 5, Python's */
+    int workers;                /* PREFORK: processes; COROUTINE, REACTOR:
+                                   loops, each in a thread of its own;
+                                   0: one per CPU for PREFORK, 1 otherwise */
+    int max_children;           /* FORKING: children at once; 0: 40, Python's */
+    int max_connections;        /* connections served at once; 0: no limit
+                                   (FORKING: max_children) */
+    bool daemon_threads;        /* THREADING: do not wait for request threads
+                                   when stopping (Python's daemon_threads) */
+    bool no_block_on_close;     /* THREADING, FORKING: do not wait for
+                                   requests in flight when stopping or closing
+                                   (Python's block_on_close = False) */
+    double shutdown_timeout;    /* seconds in-flight requests get after a
+                                   shutdown before their connections are
+                                   shut down and children killed; 0: no
+                                   limit (Python) */
+    double request_timeout;     /* the timeout of each connection's socket
+                                   (StreamRequestHandler.timeout); 0: none */
+    size_t stack_size;          /* THREADING threads, COROUTINE and PREFORK
+                                   greenlets; 0: the defaults (the thread
+                                   default, CONC_CORO_STACK_DEFAULT) */
+    size_t read_size;           /* REACTOR: bytes read per call; 0: 64 KiB */
+    size_t write_buffer_max;    /* REACTOR: back-pressure mark; 0: 1 MiB */
+    size_t max_datagram;        /* datagram servers: the largest datagram
+                                   read, longer ones are cut; 0: 8192
+                                   (Python's max_packet_size) */
+    void (*service_actions)(conc_server *server, void *user);
+                                /* called by serve_forever at least every
+                                   poll_interval (Python's service_actions) */
+    void (*on_worker_exit)(conc_server *server, pid_t pid, int status, void *user);
+                                /* PREFORK: a worker ended while serving
+                                   (status as conc_process_exitcode: the exit
+                                   code, or -signal); it is replaced */
+    void *user;                 /* given to service_actions, on_worker_exit */
+} conc_server_opts;
+#define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
+
+/* Python's request_queue_size and ForkingMixIn.max_children. */
+#define CONC_SERVER_QUEUE_SIZE 5
+#define CONC_SERVER_MAX_CHILDREN 40
+/* Python's serve_forever(poll_interval=0.5). */
+#define CONC_SERVER_POLL_INTERVAL 0.5
+
+/* -------------------------------------------------------- lifecycle */
+
+/*
+ * conc_server_new - TCPServer / UDPServer / UnixStreamServer /
+ * UnixDatagramServer(server_address, RequestHandlerClass) with the model's
+ * mix-in: a socket of addr's family (AF_INET, AF_INET6, AF_UNIX) and of
+ * type (SOCK_STREAM or SOCK_DGRAM), bound to addr (port 0: the kernel
+ * picks one; conc_server_address tells it) and, for a stream socket,
+ * listening.  Nothing is served until serve_forever or handle_request.  A
+ * Unix socket file the server made is removed by conc_server_close.
+ * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
+ * handler, a handler without handle, another type, a negative count, a
+ * bad timeout or model, CONC_SERVER_REACTOR (conc_server_new_reactor takes
+ * it); -EOPNOTSUPP for a datagram server with the PREFORK model;
+ * -EAFNOSUPPORT; -EADDRINUSE; -EACCES; -EMFILE; -ENOMEM.  The handler
+ * struct is copied.
+ */
+CONC_API int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
+                             const conc_server_handler *handler, const conc_server_opts *opts);
+
+/*
+ * conc_server_new_reactor - a stream server of the CONC_SERVER_REACTOR
+ * model with the callbacks of handler (copied).  opts->model must be 0 or
+ * CONC_SERVER_REACTOR.  Returns as conc_server_new; -EINVAL also for a
+ * handler without on_data.
+ */
+CONC_API int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
+                                     const conc_server_reactor_handler *handler,
+                                     const conc_server_opts *opts);
+
+/*
+ * conc_server_close - server_close(): stop serving if still serving (as
+ * conc_server_shutdown_wait), wait for the requests in flight (unless
+ * daemon_threads or no_block_on_close; bounded by shutdown_timeout), close
+ * the socket and remove a Unix socket file.  Closing twice is allowed (0).
+ * Returns 0; -EINVAL for NULL.
+ */
+CONC_API int conc_server_close(conc_server *s);
+
+/* conc_server_free - close the server (when open) and free the handle.
+ * Request threads not waited for keep what they use until they end.  NULL
+ * is a no-op. */
+CONC_API void conc_server_free(conc_server *s);
+
+/* ----------------------------------------------------------- serving */
+
+/*
+ * conc_server_serve_forever - serve_forever(poll_interval): take and serve
+ * requests until conc_server_shutdown, then finish the requests in flight
+ * (see "Stopping" above) and return.  poll_interval (seconds, > 0) is how
+ * often service_actions runs at the least; the shutdown itself is seen at
+ * once.  A shutdown that came before the call makes it return at once
+ * (and clears it, so the server can be served again).  Returns 0 after a
+ * shutdown; -EINVAL for NULL or a poll_interval that is not > 0; -EBUSY
+ * when the server is being served already; -EPIPE when closed; an error
+ * that ended the server (-ENOMEM, or the error of its worker threads or
+ * processes failing to start).
+ */
+CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
+
+/*
+ * conc_server_handle_request - handle_request(): wait for one request and
+ * serve it with the server's model (the thread, child or greenlet is
+ * started and the call returns; SYNC serves it before returning).  timeout
+ * as in conc/time.h (CONC_FOREVER: none).  Returns 0 once a request was
+ * taken (also when verify_request refused it); -EAGAIN (timeout 0) or
+ * -ETIMEDOUT when none came (Python's handle_timeout); -EPIPE when closed;
+ * -EBUSY while serve_forever runs; -EOPNOTSUPP for the PREFORK and REACTOR
+ * models; -EINVAL.
+ */
+CONC_API int conc_server_handle_request(conc_server *s, double timeout);
+CONC_API int conc_server_handle_request_until(conc_server *s, int64_t deadline);
+
+/*
+ * conc_server_shutdown - ask serve_forever to stop and return at once.
+ * Async-signal-safe.  Returns 0; -EINVAL for NULL.
+ */
+CONC_API int conc_server_shutdown(conc_server *s);
+
+/*
+ * conc_server_shutdown_wait - Python's shutdown(): ask serve_forever to
+ * stop and wait until it has returned (0 at once when nothing serves).
+ * Not from the thread that serves (-EDEADLK) nor a signal handler.
+ * Returns 0; -ETIMEDOUT / -EAGAIN when it still serves when time is up;
+ * -EINVAL.
+ */
+CONC_API int conc_server_shutdown_wait(conc_server *s, double timeout);
+CONC_API int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline);
+
+/* conc_server_stopping - true from a shutdown until serve_forever returns
+ * (a handler that loops may end early); false for NULL. */
+CONC_API bool conc_server_stopping(const conc_server *s);
+
+/* --------------------------------------------------------- attributes */
+
+/*
+ * conc_server_address - server.server_address: the address the socket is
+ * bound to, with the port the kernel chose.  Returns 0; -EINVAL for NULL;
+ * -EPIPE when closed.
+ */
+CONC_API int conc_server_address(const conc_server *s, conc_sockaddr *out);
+
+/* conc_server_fd - server.fileno(): the bound socket's descriptor (do not
+ * close it); -EINVAL for NULL; -EPIPE when closed. */
+CONC_API int conc_server_fd(const conc_server *s);
+
+/* conc_server_get_model - the model; CONC_SERVER_SYNC for NULL. */
+CONC_API conc_server_model conc_server_get_model(const conc_server *s);
+
+/* conc_server_socket_type - SOCK_STREAM or SOCK_DGRAM; 0 for NULL. */
+CONC_API int conc_server_socket_type(const conc_server *s);
+
+/* Counters of a server (across its worker and child processes). */
+typedef struct conc_server_stats {
+    uint64_t accepted;          /* connections or datagrams taken */
+    uint64_t refused;           /* turned away by verify_request */
+    uint64_t finished;          /* requests whose handler ran to the end */
+    uint64_t failed;            /* setup or handle returned an error, or a
+                                   request's child died of a signal */
+    uint64_t active;            /* requests in flight now */
+    uint64_t workers;           /* PREFORK worker processes alive */
+    uint64_t worker_restarts;   /* PREFORK workers replaced after dying */
+} conc_server_stats;
+
+/* conc_server_get_stats - the counters into *out.  Returns 0; -EINVAL for
+ * NULL. */
+CONC_API int conc_server_get_stats(const conc_server *s, conc_server_stats *out);
+
+/* conc_server_model_name - "sync", "threading", "forking", "prefork",
+ * "coroutine", "reactor"; NULL for another value. */
+CONC_API const char *conc_server_model_name(conc_server_model model);
+
+/* conc_server_model_parse - the model named name (as model_name gives)
+ * into *out.  Returns 0; -EINVAL for NULL or an unknown name. */
+CONC_API int conc_server_model_parse(const char *name, conc_server_model *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CONC_SERVER_H */

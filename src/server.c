@@ -1,0 +1,923 @@
+/*
+ * server.c - Python's socketserver: the server object, the handler's run,
+ * stopping and draining, and the sync, threading and forking models.  The
+ * prefork model is in server_proc.c, the coroutine and reactor loops in
+ * server_coro.c.
+ */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conc/hub.h"
+#include "conc/process.h"
+#include "conc/wait.h"
+#include "server.h"
+
+#define DEFAULT_DATAGRAM 8192
+
+/* One request handed to a thread or a child process. */
+struct job {
+    conc_server *s;
+    conc_socket *c;                 /* stream: the connection */
+    conc_sockaddr peer;
+    struct conc__server_slot slot;
+    size_t len;                     /* datagram: its bytes follow */
+    unsigned char data[];
+};
+
+static struct conc__server_kids *kids_of(conc_server *s)
+{
+    return &s->kids;
+}
+
+/* ------------------------------------------------------------ counting */
+
+void conc__server_enter(conc_server *s, struct conc__server_slot *slot, int fd)
+{
+    slot->fd = fd;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    slot->next = s->slots.next;
+    slot->prev = &s->slots;
+    s->slots.next->prev = slot;
+    s->slots.next = slot;
+    s->inflight++;
+    conc_lock_release(&s->mu);
+    atomic_fetch_add(&s->st->active, 1);
+}
+
+static void unlink_slot(conc_server *s, struct conc__server_slot *slot)
+{
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    slot->prev->next = slot->next;
+    slot->next->prev = slot->prev;
+    slot->prev = slot->next = slot;
+    conc_lock_release(&s->mu);
+}
+
+/* The request's connection is closed by now: count it out and wake a
+ * drain and the accepting loop. */
+static void count_out(conc_server *s)
+{
+    atomic_fetch_sub(&s->st->active, 1);
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->inflight--;
+    conc_cond_notify_all(&s->cv);
+    conc_lock_release(&s->mu);
+    uint64_t one = 1;
+    ssize_t w = write(s->slotfd, &one, sizeof one);
+    (void)w;
+}
+
+void conc__server_leave(conc_server *s, struct conc__server_slot *slot)
+{
+    unlink_slot(s, slot);
+    count_out(s);
+}
+
+void conc__server_leave_close(conc_server *s, struct conc__server_slot *slot, int fd)
+{
+    unlink_slot(s, slot);
+    close(fd);
+    count_out(s);
+}
+
+static long inflight(conc_server *s)
+{
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    long n = s->inflight;
+    conc_lock_release(&s->mu);
+    return n;
+}
+
+/* ------------------------------------------------------------- handler */
+
+int conc__server_run_handler(conc_server *s, conc_server_request *req)
+{
+    int rc = s->h.setup ? s->h.setup(req) : 0;
+    if (rc >= 0) {
+        rc = s->h.handle(req);
+        if (rc < 0 && s->h.handle_error)
+            s->h.handle_error(req, rc);
+        if (s->h.finish)
+            s->h.finish(req);
+    } else if (s->h.handle_error) {
+        s->h.handle_error(req, rc);
+    }
+    if (rc < 0)
+        atomic_fetch_add(&s->st->failed, 1);
+    else
+        atomic_fetch_add(&s->st->finished, 1);
+    return rc < 0 ? rc : 0;
+}
+
+static void init_request(conc_server *s, conc_server_request *req, conc_socket *c,
+                         const conc_sockaddr *peer, const void *data, size_t len)
+{
+    memset(req, 0, sizeof *req);
+    req->server = s;
+    req->sock = c ? c : s->sock;
+    if (peer)
+        req->peer = *peer;
+    req->data = data;
+    req->len = len;
+    req->user = s->h.user;
+}
+
+void conc__server_serve_conn(conc_server *s, conc_socket *c, const conc_sockaddr *peer)
+{
+    struct conc__server_slot slot;
+    conc__server_enter(s, &slot, conc_socket_fd(c));
+    conc_server_request req;
+    init_request(s, &req, c, peer, NULL, 0);
+    conc__server_run_handler(s, &req);
+    unlink_slot(s, &slot);
+    conc_socket_free(c);
+    count_out(s);
+}
+
+void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer, const void *data,
+                           size_t len)
+{
+    struct conc__server_slot slot;
+    conc__server_enter(s, &slot, -1);
+    conc_server_request req;
+    init_request(s, &req, NULL, peer, data, len);
+    conc__server_run_handler(s, &req);
+    conc__server_leave(s, &slot);
+}
+
+/* -------------------------------------------------------------- refs */
+
+static void server_release(conc_server *s)
+{
+    if (atomic_fetch_sub(&s->refs, 1) != 1)
+        return;
+    close(s->stopfd);
+    close(s->slotfd);
+    if (s->st)
+        munmap(s->st, sizeof *s->st);
+    free(s->kids.p);
+    free(s);
+}
+
+/* ----------------------------------------------------------- threading */
+
+static void *thread_main(void *arg)
+{
+    struct job *j = arg;
+    conc_server *s = j->s;
+    conc_server_request req;
+    if (j->c) {
+        init_request(s, &req, j->c, &j->peer, NULL, 0);
+        conc__server_run_handler(s, &req);
+        unlink_slot(s, &j->slot);
+        conc_socket_free(j->c);
+        count_out(s);
+    } else {
+        init_request(s, &req, NULL, &j->peer, j->data, j->len);
+        conc__server_run_handler(s, &req);
+        conc__server_leave(s, &j->slot);
+    }
+    free(j);
+    server_release(s);
+    return NULL;
+}
+
+static struct job *job_new(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                           const void *data, size_t len)
+{
+    struct job *j = malloc(sizeof *j + len);
+    if (!j)
+        return NULL;
+    j->s = s;
+    j->c = c;
+    j->peer = *peer;
+    j->len = len;
+    if (len)
+        memcpy(j->data, data, len);
+    return j;
+}
+
+static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                        const void *data, size_t len)
+{
+    struct job *j = job_new(s, c, peer, data, len);
+    if (!j)
+        return -ENOMEM;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (s->o.stack_size)
+        pthread_attr_setstacksize(&attr, s->o.stack_size);
+    atomic_fetch_add(&s->refs, 1);
+    conc__server_enter(s, &j->slot, c ? conc_socket_fd(c) : -1);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, thread_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        unlink_slot(s, &j->slot);
+        count_out(s);
+        atomic_fetch_sub(&s->refs, 1);
+        free(j);
+        return -rc;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------- forking */
+
+static int child_main(const void *arg, size_t len)
+{
+    (void)len;
+    struct job *j;
+    memcpy(&j, arg, sizeof j);
+    conc_server *s = j->s;
+    /* The child serves one request: the listening socket is the parent's. */
+    if (s->fd >= 0 && (!j->c || conc_socket_fd(j->c) != s->fd) && s->type == SOCK_STREAM)
+        close(s->fd);
+    conc_server_request req;
+    init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
+    int rc = s->h.setup ? s->h.setup(&req) : 0;
+    if (rc >= 0) {
+        rc = s->h.handle(&req);
+        if (rc < 0 && s->h.handle_error)
+            s->h.handle_error(&req, rc);
+        if (s->h.finish)
+            s->h.finish(&req);
+    } else if (s->h.handle_error) {
+        s->h.handle_error(&req, rc);
+    }
+    if (j->c)
+        conc_socket_close(j->c);
+    return rc < 0 ? 1 : 0;
+}
+
+static int start_child(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                       const void *data, size_t len)
+{
+    struct conc__server_kids *k = kids_of(s);
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 16;
+        conc_process **p = realloc(k->p, cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        k->p = p;
+        k->cap = cap;
+    }
+    struct job *j = job_new(s, c, peer, data, len);
+    if (!j)
+        return -ENOMEM;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    po.daemon = CONC_NOT_DAEMON;
+    conc_process *p;
+    int rc = conc_process_new(&p, child_main, &j, sizeof j, &po);
+    if (rc == 0) {
+        rc = conc_process_start(p);
+        if (rc < 0)
+            conc_process_free(p);
+    }
+    free(j);                        /* the child has its copy */
+    if (rc < 0)
+        return rc;
+    k->p[k->n++] = p;
+    atomic_fetch_add(&s->st->active, 1);
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->inflight++;
+    conc_lock_release(&s->mu);
+    return 0;
+}
+
+/* Reaps child i (ended), counting it out. */
+static void reap_kid(conc_server *s, size_t i)
+{
+    struct conc__server_kids *k = kids_of(s);
+    conc_process *p = k->p[i];
+    conc_process_join(p, CONC_FOREVER);
+    int code = -1;
+    conc_process_exitcode(p, &code);
+    if (code == 0)
+        atomic_fetch_add(&s->st->finished, 1);
+    else
+        atomic_fetch_add(&s->st->failed, 1);
+    conc_process_free(p);
+    k->p[i] = k->p[--k->n];
+    count_out(s);
+}
+
+static void reap_ended(conc_server *s)
+{
+    struct conc__server_kids *k = kids_of(s);
+    for (size_t i = 0; i < k->n;) {
+        if (!conc_process_is_alive(k->p[i]))
+            reap_kid(s, i);
+        else
+            i++;
+    }
+}
+
+/* Waits for every child, killing those left when the shutdown timeout
+ * (from stop_at) passes. */
+static void drain_kids(conc_server *s, int64_t stop_at)
+{
+    struct conc__server_kids *k = kids_of(s);
+    int64_t deadline = s->o.shutdown_timeout > 0
+        ? stop_at + (int64_t)(s->o.shutdown_timeout * 1e9) : CONC_NO_DEADLINE;
+    while (k->n > 0) {
+        int rc = conc_process_join_until(k->p[0], deadline);
+        if (rc == -ETIMEDOUT) {
+            for (size_t i = 0; i < k->n; i++)
+                conc_process_kill(k->p[i]);
+            deadline = CONC_NO_DEADLINE;
+            continue;
+        }
+        reap_kid(s, 0);
+    }
+}
+
+/* -------------------------------------------------------------- drain */
+
+void conc__server_force(conc_server *s)
+{
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    for (struct conc__server_slot *p = s->slots.next; p != &s->slots; p = p->next)
+        if (p->fd >= 0)
+            shutdown(p->fd, SHUT_RDWR);
+    conc_lock_release(&s->mu);
+}
+
+void conc__server_drain(conc_server *s, int64_t stop_at)
+{
+    int64_t deadline = s->o.shutdown_timeout > 0
+        ? stop_at + (int64_t)(s->o.shutdown_timeout * 1e9) : CONC_NO_DEADLINE;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    while (s->inflight > 0) {
+        int rc = conc_cond_wait_until(&s->cv, &s->mu, deadline);
+        if (rc == -ETIMEDOUT) {
+            for (struct conc__server_slot *p = s->slots.next; p != &s->slots; p = p->next)
+                if (p->fd >= 0)
+                    shutdown(p->fd, SHUT_RDWR);
+            deadline = CONC_NO_DEADLINE;
+        }
+    }
+    conc_lock_release(&s->mu);
+}
+
+static bool waits_on_close(const conc_server *s)
+{
+    if (s->o.no_block_on_close)
+        return false;
+    if (s->o.model == CONC_SERVER_THREADING && s->o.daemon_threads)
+        return false;
+    return true;
+}
+
+/* ------------------------------------------------------------- taking */
+
+static long limit_of(const conc_server *s)
+{
+    long lim = s->o.max_connections > 0 ? s->o.max_connections : 0;
+    if (s->o.model == CONC_SERVER_FORKING) {
+        long mc = s->o.max_children > 0 ? s->o.max_children : CONC_SERVER_MAX_CHILDREN;
+        if (!lim || mc < lim)
+            lim = mc;
+    }
+    return lim;
+}
+
+static int dispatch(conc_server *s, conc_socket *c, const conc_sockaddr *peer, const void *data,
+                    size_t len)
+{
+    switch (s->o.model) {
+    case CONC_SERVER_THREADING:
+        return start_thread(s, c, peer, data, len);
+    case CONC_SERVER_FORKING: {
+        int rc = start_child(s, c, peer, data, len);
+        if (rc == 0 && c)
+            conc_socket_free(c);    /* the child has it */
+        return rc;
+    }
+    case CONC_SERVER_COROUTINE:
+        return conc__server_spawn(s, c, peer, data, len);
+    default:
+        if (c)
+            conc__server_serve_conn(s, c, peer);
+        else
+            conc__server_serve_datagram(s, peer, data, len);
+        return 0;
+    }
+}
+
+/* Takes one waiting request (non-blocking) and serves it.  Returns 1 when
+ * one was taken, 0 when none was waiting, or an error. */
+static int take_one(conc_server *s, unsigned char *buf)
+{
+    conc_sockaddr peer;
+    memset(&peer, 0, sizeof peer);
+    if (s->type == SOCK_STREAM) {
+        conc_socket *c;
+        int rc = conc_socket_accept(s->sock, &c, &peer);
+        if (rc == -EAGAIN || rc == -ECONNABORTED || rc == -EPROTO || rc == -EINTR)
+            return 0;
+        if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
+            conc_sleep(0.01);           /* the client stays in the backlog */
+            return 0;
+        }
+        if (rc < 0)
+            return rc;
+        atomic_fetch_add(&s->st->accepted, 1);
+        if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+            atomic_fetch_add(&s->st->refused, 1);
+            conc_socket_free(c);
+            return 1;
+        }
+        conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
+                                                             : CONC_FOREVER);
+        rc = dispatch(s, c, &peer, NULL, 0);
+        if (rc < 0) {
+            conc_socket_free(c);
+            atomic_fetch_add(&s->st->failed, 1);
+        }
+        return 1;
+    }
+    size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
+    ssize_t n = conc_socket_recvfrom(s->sock, buf, cap, 0, &peer);
+    if (n == -EAGAIN || n == -EINTR)
+        return 0;
+    if (n < 0)
+        return n == -ECONNREFUSED ? 0 : (int)n;
+    atomic_fetch_add(&s->st->accepted, 1);
+    if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+        atomic_fetch_add(&s->st->refused, 1);
+        return 1;
+    }
+    int rc = dispatch(s, NULL, &peer, buf, (size_t)n);
+    if (rc < 0)
+        atomic_fetch_add(&s->st->failed, 1);
+    return 1;
+}
+
+static void clear_fd(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) > 0) {
+    }
+}
+
+/* serve_forever of the sync, threading and forking models (and the
+ * datagram coroutine server's thread). */
+static int basic_loop(conc_server *s, double poll_interval)
+{
+    size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
+    unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
+    if (s->type == SOCK_DGRAM && !buf)
+        return -ENOMEM;
+    long lim = limit_of(s);
+    struct conc__server_kids *k = kids_of(s);
+    conc_waitable *w = NULL;
+    size_t wcap = 0;
+    int64_t step = (int64_t)(poll_interval * 1e9);
+    if (step <= 0)
+        step = 1;
+    int64_t next = conc_now() + step;
+    int rc = 0;
+    while (!conc__server_stop_asked(s)) {
+        size_t need = 2 + k->n;
+        if (need > wcap) {
+            conc_waitable *nw = realloc(w, (need + 16) * sizeof *w);
+            if (!nw) {
+                rc = -ENOMEM;
+                break;
+            }
+            w = nw;
+            wcap = need + 16;
+        }
+        bool full = lim > 0 && inflight(s) >= lim;
+        memset(w, 0, need * sizeof *w);
+        w[0].kind = CONC_WAIT_FD;
+        w[0].u.fd = s->stopfd;
+        w[1].kind = CONC_WAIT_FD;
+        w[1].u.fd = full ? s->slotfd : s->fd;
+        for (size_t i = 0; i < k->n; i++) {
+            w[2 + i].kind = CONC_WAIT_PROCESS;
+            w[2 + i].u.process = k->p[i];
+        }
+        int r = conc_wait_until(w, need, next);
+        if (r == -ETIMEDOUT) {
+            if (s->o.service_actions)
+                s->o.service_actions(s, s->o.user);
+            next = conc_now() + step;
+            continue;
+        }
+        if (r < 0) {
+            rc = r;
+            break;
+        }
+        if (w[0].ready)
+            break;
+        if (k->n)
+            reap_ended(s);
+        if (full) {
+            clear_fd(s->slotfd);
+            continue;
+        }
+        if (w[1].ready) {
+            r = take_one(s, buf);
+            if (r < 0) {
+                rc = r;
+                break;
+            }
+        }
+    }
+    free(w);
+    free(buf);
+    return rc;
+}
+
+/* ----------------------------------------------------------- the server */
+
+static void close_fds(int a, int b)
+{
+    if (a >= 0)
+        close(a);
+    if (b >= 0)
+        close(b);
+}
+
+static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
+                         const conc_server_opts *opts, bool reactor)
+{
+    conc_server_opts o;
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_server_opts, user));
+    if (!out || !addr || (type != SOCK_STREAM && type != SOCK_DGRAM))
+        return -EINVAL;
+    if ((unsigned)o.model > CONC_SERVER_REACTOR || o.request_queue_size < 0 || o.workers < 0 ||
+        o.max_children < 0 || o.max_connections < 0 || isnan(o.shutdown_timeout) ||
+        o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0)
+        return -EINVAL;
+    if (reactor) {
+        if (o.model != CONC_SERVER_SYNC && o.model != CONC_SERVER_REACTOR)
+            return -EINVAL;
+        o.model = CONC_SERVER_REACTOR;
+        if (type != SOCK_STREAM)
+            return -EOPNOTSUPP;
+    } else if (o.model == CONC_SERVER_REACTOR) {
+        return -EINVAL;
+    }
+    if (o.model == CONC_SERVER_PREFORK && type != SOCK_STREAM)
+        return -EOPNOTSUPP;
+    int family = addr->u.sa.sa_family;
+    if (addr->len < sizeof(sa_family_t))
+        return -EINVAL;
+    if (family != AF_INET && family != AF_INET6 && family != AF_UNIX)
+        return -EAFNOSUPPORT;
+
+    conc_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->o = o;
+    s->type = type;
+    s->reactor = reactor;
+    s->fd = -1;
+    s->stopfd = s->slotfd = -1;
+    atomic_init(&s->refs, 1);
+    s->owner = getpid();
+    conc_lock_init(&s->mu, 0);
+    conc_cond_init(&s->cv, 0);
+    conc_event_init(&s->idle, 0);
+    conc_event_set(&s->idle);
+    s->slots.next = s->slots.prev = &s->slots;
+    s->slots.fd = -1;
+    int rc = -ENOMEM;
+    s->st = mmap(NULL, sizeof *s->st, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (s->st == MAP_FAILED) {
+        s->st = NULL;
+        goto fail;
+    }
+    s->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    s->slotfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->stopfd < 0 || s->slotfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = conc_socket_new(&s->sock, family, type, 0);
+    if (rc < 0)
+        goto fail;
+    int one = 1;
+    if (o.allow_reuse_address &&
+        setsockopt(conc_socket_fd(s->sock), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if (o.reuse_port &&
+        setsockopt(conc_socket_fd(s->sock), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = conc_socket_bind(s->sock, addr);
+    if (rc < 0)
+        goto fail;
+    if (family == AF_UNIX && addr->len > sizeof(sa_family_t) && addr->u.un.sun_path[0])
+        s->unlink_path = true;
+    if (type == SOCK_STREAM) {
+        rc = conc_socket_listen(s->sock, o.request_queue_size ? o.request_queue_size
+                                                              : CONC_SERVER_QUEUE_SIZE);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = conc_socket_getsockname(s->sock, &s->addr);
+    if (rc < 0)
+        goto fail;
+    if (family == AF_UNIX && s->unlink_path && s->addr.len <= sizeof(sa_family_t))
+        s->addr = *addr;
+    conc_socket_set_timeout(s->sock, 0);
+    s->fd = conc_socket_fd(s->sock);
+    *out = s;
+    return 0;
+fail:
+    if (s->sock) {
+        if (s->unlink_path)
+            unlink(addr->u.un.sun_path);
+        conc_socket_free(s->sock);
+    }
+    close_fds(s->stopfd, s->slotfd);
+    if (s->st)
+        munmap(s->st, sizeof *s->st);
+    free(s);
+    return rc;
+}
+
+int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
+                    const conc_server_handler *handler, const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->handle)
+        return -EINVAL;
+    conc_server *s;
+    int rc = server_create(&s, type, addr, opts, false);
+    if (rc < 0)
+        return rc;
+    s->h = *handler;
+    *out = s;
+    return 0;
+}
+
+int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
+                            const conc_server_reactor_handler *handler,
+                            const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->on_data)
+        return -EINVAL;
+    conc_server *s;
+    int rc = server_create(&s, SOCK_STREAM, addr, opts, true);
+    if (rc < 0)
+        return rc;
+    s->rh = *handler;
+    *out = s;
+    return 0;
+}
+
+static bool bad_interval(double t)
+{
+    return isnan(t) || t <= 0;
+}
+
+int conc_server_serve_forever(conc_server *s, double poll_interval)
+{
+    if (!s || bad_interval(poll_interval))
+        return -EINVAL;
+    if (!s->sock)
+        return -EPIPE;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
+        return -EBUSY;
+    conc_event_clear(&s->idle);
+    int rc;
+    switch (s->o.model) {
+    case CONC_SERVER_COROUTINE:
+        /* A datagram server reads in the calling thread, whose hub runs
+         * a greenlet per datagram. */
+        if (s->type == SOCK_DGRAM)
+            rc = basic_loop(s, poll_interval);
+        else
+            rc = conc__server_run_loops(s, conc__server_coro_loop, -1);
+        break;
+    case CONC_SERVER_REACTOR:
+        rc = conc__server_run_loops(s, conc__server_reactor_loop, -1);
+        break;
+    case CONC_SERVER_PREFORK:
+        rc = conc__server_prefork(s, poll_interval);
+        break;
+    default:
+        rc = basic_loop(s, poll_interval);
+        break;
+    }
+    int64_t stop_at = conc_now();
+    if (waits_on_close(s)) {
+        if (s->o.model == CONC_SERVER_FORKING)
+            drain_kids(s, stop_at);
+        else
+            conc__server_drain(s, stop_at);
+    }
+    if (s->o.model == CONC_SERVER_COROUTINE && s->type == SOCK_DGRAM)
+        conc_hub_free();            /* the hub the datagrams' greenlets made */
+    clear_fd(s->stopfd);
+    atomic_store(&s->stop_req, 0);
+    atomic_store(&s->serving, 0);
+    conc_event_set(&s->idle);
+    return rc;
+}
+
+int conc_server_handle_request_until(conc_server *s, int64_t deadline)
+{
+    if (!s)
+        return -EINVAL;
+    if (!s->sock)
+        return -EPIPE;
+    if (s->o.model == CONC_SERVER_PREFORK || s->o.model == CONC_SERVER_REACTOR)
+        return -EOPNOTSUPP;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
+        return -EBUSY;
+    size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
+    unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
+    int rc = 0;
+    if (s->type == SOCK_DGRAM && !buf)
+        rc = -ENOMEM;
+    if (s->o.model == CONC_SERVER_FORKING)
+        reap_ended(s);
+    while (rc == 0) {
+        rc = conc_fd_wait_until(s->fd, POLLIN, deadline);
+        if (rc < 0)
+            break;
+        rc = take_one(s, buf);
+        if (rc == 1) {
+            rc = 0;
+            break;
+        }
+        if (rc == 0 && deadline != CONC_NO_DEADLINE && conc_now() >= deadline) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+    }
+    free(buf);
+    atomic_store(&s->serving, 0);
+    return rc;
+}
+
+int conc_server_handle_request(conc_server *s, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_server_handle_request_until(s, deadline));
+}
+
+int conc_server_shutdown(conc_server *s)
+{
+    if (!s)
+        return -EINVAL;
+    int saved = errno;
+    atomic_store_explicit(&s->stop_req, 1, memory_order_release);
+    uint64_t one = 1;
+    ssize_t w = write(s->stopfd, &one, sizeof one);
+    (void)w;
+    errno = saved;
+    return 0;
+}
+
+int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline)
+{
+    if (!s)
+        return -EINVAL;
+    if (!atomic_load(&s->serving))
+        return 0;
+    conc_server_shutdown(s);
+    return conc_event_wait_until(&s->idle, deadline);
+}
+
+int conc_server_shutdown_wait(conc_server *s, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc_server_shutdown_wait_until(s, deadline));
+}
+
+bool conc_server_stopping(const conc_server *s)
+{
+    return s && conc__server_stop_asked(s);
+}
+
+int conc_server_close(conc_server *s)
+{
+    if (!s)
+        return -EINVAL;
+    if (!s->sock)
+        return 0;
+    if (atomic_load(&s->serving))
+        conc_server_shutdown_wait_until(s, CONC_NO_DEADLINE);
+    if (s->owner == getpid() && waits_on_close(s)) {
+        int64_t now = conc_now();
+        if (kids_of(s)->n)
+            drain_kids(s, now);
+        conc__server_drain(s, now);
+    } else if (kids_of(s)->n) {
+        reap_ended(s);
+    }
+    if (s->unlink_path && s->owner == getpid())
+        unlink(s->addr.u.un.sun_path);
+    conc_socket_free(s->sock);
+    s->sock = NULL;
+    s->fd = -1;
+    return 0;
+}
+
+void conc_server_free(conc_server *s)
+{
+    if (!s)
+        return;
+    conc_server_close(s);
+    struct conc__server_kids *k = kids_of(s);
+    for (size_t i = 0; i < k->n; i++)     /* not waited for: let go */
+        conc_process_free(k->p[i]);
+    k->n = 0;
+    server_release(s);
+}
+
+/* --------------------------------------------------------- attributes */
+
+int conc_server_address(const conc_server *s, conc_sockaddr *out)
+{
+    if (!s || !out)
+        return -EINVAL;
+    if (!s->sock)
+        return -EPIPE;
+    *out = s->addr;
+    return 0;
+}
+
+int conc_server_fd(const conc_server *s)
+{
+    if (!s)
+        return -EINVAL;
+    return s->sock ? s->fd : -EPIPE;
+}
+
+conc_server_model conc_server_get_model(const conc_server *s)
+{
+    return s ? s->o.model : CONC_SERVER_SYNC;
+}
+
+int conc_server_socket_type(const conc_server *s)
+{
+    return s ? s->type : 0;
+}
+
+int conc_server_get_stats(const conc_server *s, conc_server_stats *out)
+{
+    if (!s || !out)
+        return -EINVAL;
+    out->accepted = atomic_load(&s->st->accepted);
+    out->refused = atomic_load(&s->st->refused);
+    out->finished = atomic_load(&s->st->finished);
+    out->failed = atomic_load(&s->st->failed);
+    out->active = atomic_load(&s->st->active);
+    out->workers = atomic_load(&s->st->workers);
+    out->worker_restarts = atomic_load(&s->st->restarts);
+    return 0;
+}
+
+static const char *const model_names[] = {
+    [CONC_SERVER_SYNC] = "sync",           [CONC_SERVER_THREADING] = "threading",
+    [CONC_SERVER_FORKING] = "forking",     [CONC_SERVER_PREFORK] = "prefork",
+    [CONC_SERVER_COROUTINE] = "coroutine", [CONC_SERVER_REACTOR] = "reactor",
+};
+
+const char *conc_server_model_name(conc_server_model model)
+{
+    if ((unsigned)model >= sizeof model_names / sizeof model_names[0])
+        return NULL;
+    return model_names[model];
+}
+
+int conc_server_model_parse(const char *name, conc_server_model *out)
+{
+    if (!name || !out)
+        return -EINVAL;
+    for (unsigned i = 0; i < sizeof model_names / sizeof model_names[0]; i++)
+        if (strcmp(model_names[i], name) == 0) {
+            *out = (conc_server_model)i;
+            return 0;
+        }
+    return -EINVAL;
+}

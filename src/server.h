@@ -1,0 +1,105 @@
+/*
+ * server.h - what the server's files share (src/server.c: the server, the
+ * sync, threading and forking models; src/server_proc.c: prefork;
+ * src/server_coro.c: the coroutine and reactor loops).
+ */
+#ifndef CONC_SRC_SERVER_H
+#define CONC_SRC_SERVER_H
+
+#include <stdatomic.h>
+#include "conc/server.h"
+#include "conc/sync.h"
+#include "internal.h"
+
+/* Counters in a shared mapping, so that worker and child processes add to
+ * the parent's. */
+struct conc__server_counters {
+    _Atomic uint64_t accepted, refused, finished, failed, active, workers, restarts;
+};
+
+/* A request in flight whose connection may have to be shut down when the
+ * shutdown timeout passes. */
+struct conc__server_slot {
+    int fd;                             /* the connection; -1: none */
+    struct conc__server_slot *prev, *next;
+};
+
+struct conc_server {
+    conc_server_opts o;
+    conc_server_handler h;
+    conc_server_reactor_handler rh;
+    bool reactor;
+    int type;
+    conc_socket *sock;                  /* NULL once closed */
+    int fd;
+    conc_sockaddr addr;
+    bool unlink_path;
+    int stopfd;                         /* eventfd: readable once shut down */
+    int slotfd;                         /* eventfd: a request ended */
+    _Atomic int stop_req;
+    _Atomic int serving;
+    _Atomic int refs;
+    pid_t owner;                        /* the process that made it */
+    conc_event idle;                    /* set while serve_forever does not run */
+    struct conc__server_counters *st;   /* shared mapping */
+    conc_lock mu;                       /* slots, nthreads */
+    conc_cond cv;                       /* a request ended */
+    struct conc__server_slot slots;     /* list head */
+    long inflight;                      /* requests of this process in flight */
+    struct conc__server_kids {          /* FORKING's children (the serving
+                                           thread's and close's) */
+        struct conc_process **p;
+        size_t n, cap;
+    } kids;
+};
+
+/* Counts a request in (slot linked, active + 1) and out. */
+CONC_HIDDEN void conc__server_enter(conc_server *s, struct conc__server_slot *slot, int fd);
+CONC_HIDDEN void conc__server_leave(conc_server *s, struct conc__server_slot *slot);
+/* The same, closing fd between (after the slot is unlinked, before the
+ * count goes down). */
+CONC_HIDDEN void conc__server_leave_close(conc_server *s, struct conc__server_slot *slot, int fd);
+
+/* Runs setup/handle/finish for one request; returns 0 or the error. */
+CONC_HIDDEN int conc__server_run_handler(conc_server *s, conc_server_request *req);
+
+/* Serves one accepted connection fd (owned, non-blocking) in the calling
+ * thread or greenlet, counting it in and out. */
+CONC_HIDDEN void conc__server_serve_conn(conc_server *s, conc_socket *c, const conc_sockaddr *peer);
+
+/* Serves one datagram in the calling thread or greenlet. */
+CONC_HIDDEN void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer,
+                                             const void *data, size_t len);
+
+/* Waits until no request of this process is in flight, shutting down the
+ * connections still open once the shutdown timeout (from stop_at) passes. */
+CONC_HIDDEN void conc__server_drain(conc_server *s, int64_t stop_at);
+
+/* Shuts down the connections of every request in flight. */
+CONC_HIDDEN void conc__server_force(conc_server *s);
+
+/* COROUTINE's dispatch outside the loops (handle_request, datagrams): a
+ * greenlet of the calling thread's hub serves the request (c, or the
+ * datagram data/len, copied).  Returns 0 or an error (c is then the
+ * caller's). */
+CONC_HIDDEN int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                                   const void *data, size_t len);
+
+/* The coroutine loop: serves the listener with greenlets in the calling
+ * thread until stopfd or extra_fd (>= 0; POLLIN or a hang-up) is ready. */
+CONC_HIDDEN int conc__server_coro_loop(conc_server *s, int extra_fd);
+/* The reactor loop, the same way. */
+CONC_HIDDEN int conc__server_reactor_loop(conc_server *s, int extra_fd);
+/* Runs loop in `workers` threads (the calling one among them). */
+CONC_HIDDEN int conc__server_run_loops(conc_server *s, int (*loop)(conc_server *, int),
+                                       int extra_fd);
+/* The prefork model's serve_forever. */
+CONC_HIDDEN int conc__server_prefork(conc_server *s, double poll_interval);
+
+/* True once a shutdown was asked. */
+static inline bool conc__server_stop_asked(const conc_server *s)
+{
+    return atomic_load_explicit(&s->stop_req, memory_order_acquire) != 0;
+}
+
+#endif

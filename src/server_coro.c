@@ -1,0 +1,606 @@
+/*
+ * server_coro.c - the loops of the coroutine and reactor models: a
+ * greenlet per connection on a hub (gevent's StreamServer), and callbacks
+ * on a readiness loop with a write buffer per connection (no stack per
+ * connection).  Each loop serves the shared listening socket in one
+ * thread; `workers` loops run in threads of their own.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conc/cpool.h"
+#include "conc/hub.h"
+#include "conc/selector.h"
+#include "conc/wait.h"
+#include "server.h"
+
+#define ACCEPT_BATCH 64
+
+/* ---------------------------------------------------------- coroutine */
+
+struct gjob {
+    conc_server *s;
+    conc_socket *c;
+    conc_sockaddr peer;
+    size_t len;
+    unsigned char data[];
+};
+
+static void *gjob_main(void *arg)
+{
+    struct gjob *j = arg;
+    if (j->c)
+        conc__server_serve_conn(j->s, j->c, &j->peer);
+    else
+        conc__server_serve_datagram(j->s, &j->peer, j->data, j->len);
+    free(j);
+    return NULL;
+}
+
+static struct gjob *gjob_new(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                             const void *data, size_t len)
+{
+    struct gjob *j = malloc(sizeof *j + len);
+    if (!j)
+        return NULL;
+    j->s = s;
+    j->c = c;
+    j->peer = *peer;
+    j->len = len;
+    if (len)
+        memcpy(j->data, data, len);
+    return j;
+}
+
+static void spawn_opts(conc_server *s, conc_spawn_opts *so, conc_coro_opts *co)
+{
+    *co = (conc_coro_opts)CONC_CORO_OPTS_INIT;
+    co->stack_size = s->o.stack_size;
+    *so = (conc_spawn_opts)CONC_SPAWN_OPTS_INIT;
+    so->coro = co;
+}
+
+int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                       const void *data, size_t len)
+{
+    struct gjob *j = gjob_new(s, c, peer, data, len);
+    if (!j)
+        return -ENOMEM;
+    conc_spawn_opts so;
+    conc_coro_opts co;
+    spawn_opts(s, &so, &co);
+    conc_greenlet *g;
+    int rc = conc_greenlet_spawn(&g, gjob_main, j, &so);
+    if (rc < 0) {
+        free(j);
+        return rc;
+    }
+    conc_greenlet_free(g);          /* it releases itself when done */
+    return 0;
+}
+
+struct cloop {
+    conc_server *s;
+    conc_cpool *pool;
+};
+
+/* The acceptor greenlet: takes connections and spawns a member of the
+ * pool for each (parking while the pool is full: max_connections). */
+static void *acceptor_main(void *arg)
+{
+    struct cloop *l = arg;
+    conc_server *s = l->s;
+    conc_spawn_opts so;
+    conc_coro_opts co;
+    spawn_opts(s, &so, &co);
+    for (;;) {
+        if (conc_cpool_full(l->pool) && conc_cpool_wait_available(l->pool, CONC_FOREVER) < 0)
+            break;
+        int rc = conc_fd_wait(s->fd, POLLIN, CONC_FOREVER);
+        if (rc == -ECANCELED || rc == -EBADF)
+            break;
+        for (int i = 0; i < ACCEPT_BATCH && !conc_cpool_full(l->pool); i++) {
+            conc_socket *c;
+            conc_sockaddr peer;
+            rc = conc_socket_accept(s->sock, &c, &peer);
+            if (rc == -EAGAIN)
+                break;
+            if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
+                if (conc_sleep(0.01) == -ECANCELED)
+                    return NULL;
+                break;
+            }
+            if (rc < 0)
+                continue;
+            atomic_fetch_add(&s->st->accepted, 1);
+            if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+                atomic_fetch_add(&s->st->refused, 1);
+                conc_socket_free(c);
+                continue;
+            }
+            conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
+                                                                 : CONC_FOREVER);
+            struct gjob *j = gjob_new(s, c, &peer, NULL, 0);
+            conc_greenlet *g;
+            rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
+            if (rc < 0) {
+                free(j);
+                conc_socket_free(c);
+                atomic_fetch_add(&s->st->failed, 1);
+                if (rc == -ECANCELED)
+                    return NULL;
+                continue;
+            }
+            conc_greenlet_free(g);
+        }
+    }
+    return NULL;
+}
+
+int conc__server_coro_loop(conc_server *s, int extra_fd)
+{
+    struct cloop l = { .s = s };
+    int rc = conc_cpool_new(&l.pool, s->o.max_connections > 0 ? (size_t)s->o.max_connections
+                                                               : CONC_CPOOL_UNBOUNDED);
+    if (rc < 0)
+        return rc;
+    conc_greenlet *acc;
+    rc = conc_greenlet_spawn(&acc, acceptor_main, &l, NULL);
+    if (rc < 0) {
+        conc_cpool_free(l.pool);
+        return rc;
+    }
+    conc_waitable w[2] = {
+        { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
+        { .kind = CONC_WAIT_FD, .u.fd = extra_fd },
+    };
+    while ((rc = conc_wait(w, extra_fd >= 0 ? 2 : 1, CONC_FOREVER)) < 0 && rc != -ENOMEM) {
+    }
+    rc = rc < 0 ? rc : 0;
+    int64_t stop_at = conc_now();
+    conc_greenlet_kill(acc);
+    conc_greenlet_join(acc, CONC_FOREVER);
+    conc_greenlet_free(acc);
+    /* Graceful: the members finish, up to the shutdown timeout. */
+    int64_t deadline = s->o.shutdown_timeout > 0
+        ? stop_at + (int64_t)(s->o.shutdown_timeout * 1e9) : CONC_NO_DEADLINE;
+    if (conc_cpool_join_until(l.pool, deadline) == -ETIMEDOUT) {
+        conc__server_force(s);
+        conc_cpool_join(l.pool, CONC_FOREVER);
+    }
+    conc_cpool_free(l.pool);
+    conc_hub_free();
+    return rc;
+}
+
+/* --------------------------------------------------------- run loops */
+
+struct loop_thread {
+    conc_server *s;
+    int (*loop)(conc_server *, int);
+    int extra_fd;
+    int rc;
+    pthread_t t;
+};
+
+static void *loop_thread_main(void *arg)
+{
+    struct loop_thread *lt = arg;
+    lt->rc = lt->loop(lt->s, lt->extra_fd);
+    return NULL;
+}
+
+int conc__server_run_loops(conc_server *s, int (*loop)(conc_server *, int), int extra_fd)
+{
+    int n = s->o.workers > 0 ? s->o.workers : 1;
+    if (n == 1)
+        return loop(s, extra_fd);
+    struct loop_thread *lt = calloc((size_t)n, sizeof *lt);
+    if (!lt)
+        return -ENOMEM;
+    int started = 0, rc = 0;
+    for (int i = 1; i < n; i++) {
+        lt[i] = (struct loop_thread){ .s = s, .loop = loop, .extra_fd = extra_fd };
+        int e = pthread_create(&lt[i].t, NULL, loop_thread_main, &lt[i]);
+        if (e) {
+            rc = -e;
+            conc_server_shutdown(s);
+            break;
+        }
+        started++;
+    }
+    int r0 = loop(s, extra_fd);
+    for (int i = 1; i <= started; i++) {
+        pthread_join(lt[i].t, NULL);
+        if (!rc && lt[i].rc < 0)
+            rc = lt[i].rc;
+    }
+    free(lt);
+    return rc ? rc : r0;
+}
+
+/* ------------------------------------------------------------ reactor */
+
+struct rloop;
+
+struct conc_server_conn {
+    conc_server *s;
+    struct rloop *l;
+    int fd;
+    conc_sockaddr peer;
+    void *data;
+    unsigned char *wbuf;
+    size_t woff, wlen, wcap;        /* wbuf[woff .. woff + wlen) to send */
+    unsigned events;                /* registered for */
+    bool closing, dead, paused;
+    int err;
+    struct conc__server_slot slot;
+    struct conc_server_conn *prev, *next;
+};
+
+struct rloop {
+    conc_server *s;
+    conc_selector *sel;
+    struct conc_server_conn conns;  /* list head */
+    size_t nconns;
+    size_t wmax;
+    bool listening;
+    struct conc_server_conn *dead;  /* freed after the batch */
+};
+
+static char listener_tag, stop_tag, extra_tag;
+
+static void conn_update(struct conc_server_conn *c)
+{
+    if (c->dead)
+        return;
+    unsigned want = 0;
+    if (!c->closing && !c->paused)
+        want |= CONC_EVENT_READ;
+    if (c->wlen)
+        want |= CONC_EVENT_WRITE;
+    if (want == c->events)
+        return;
+    if (want == 0) {
+        /* closing with nothing left to send: closed after the batch */
+        return;
+    }
+    if (conc_selector_modify(c->l->sel, c->fd, want, c) == 0)
+        c->events = want;
+}
+
+/* Ends c: on_close, unregister, close; the memory goes after the batch. */
+static void conn_end(struct conc_server_conn *c, int err)
+{
+    if (c->dead)
+        return;
+    c->dead = true;
+    conc_server *s = c->s;
+    struct rloop *l = c->l;
+    if (s->rh.on_close)
+        s->rh.on_close(c, err, s->rh.user);
+    conc_selector_unregister(l->sel, c->fd, NULL);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    l->nconns--;
+    conc__server_leave_close(s, &c->slot, c->fd);
+    c->fd = -1;
+    atomic_fetch_add(&s->st->finished, 1);
+    c->next = l->dead;
+    l->dead = c;
+}
+
+/* Sends what is buffered; returns 0, or an error that ends c. */
+static int conn_flush(struct conc_server_conn *c)
+{
+    while (c->wlen) {
+        ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        c->woff += (size_t)n;
+        c->wlen -= (size_t)n;
+    }
+    c->woff = 0;
+    return 0;
+}
+
+int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
+{
+    if (!c || (!data && len))
+        return -EINVAL;
+    if (c->dead || c->closing || c->err)
+        return -EPIPE;
+    const unsigned char *p = data;
+    if (!c->wlen) {
+        while (len) {
+            ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                c->err = -errno;
+                c->closing = true;
+                return -EPIPE;
+            }
+            p += n;
+            len -= (size_t)n;
+        }
+        if (!len)
+            return 0;
+    }
+    if (c->woff + c->wlen + len > c->wcap) {
+        if (c->woff) {
+            memmove(c->wbuf, c->wbuf + c->woff, c->wlen);
+            c->woff = 0;
+        }
+        if (c->wlen + len > c->wcap) {
+            size_t cap = c->wcap ? c->wcap : 4096;
+            while (cap < c->wlen + len)
+                cap *= 2;
+            unsigned char *nb = realloc(c->wbuf, cap);
+            if (!nb) {
+                c->err = -ENOMEM;
+                c->closing = true;
+                return -ENOMEM;
+            }
+            c->wbuf = nb;
+            c->wcap = cap;
+        }
+    }
+    memcpy(c->wbuf + c->woff + c->wlen, p, len);
+    c->wlen += len;
+    if (c->wlen > c->l->wmax)
+        c->paused = true;
+    conn_update(c);
+    return 0;
+}
+
+int conc_server_conn_close(conc_server_conn *c)
+{
+    if (!c)
+        return -EINVAL;
+    c->closing = true;
+    return 0;
+}
+
+size_t conc_server_conn_pending(const conc_server_conn *c)
+{
+    return c ? c->wlen : 0;
+}
+
+const conc_sockaddr *conc_server_conn_peer(const conc_server_conn *c)
+{
+    return c ? &c->peer : NULL;
+}
+
+int conc_server_conn_fd(const conc_server_conn *c)
+{
+    return c ? c->fd : -EINVAL;
+}
+
+void conc_server_conn_set_data(conc_server_conn *c, void *data)
+{
+    if (c)
+        c->data = data;
+}
+
+void *conc_server_conn_data(const conc_server_conn *c)
+{
+    return c ? c->data : NULL;
+}
+
+conc_server *conc_server_conn_server(const conc_server_conn *c)
+{
+    return c ? c->s : NULL;
+}
+
+/* After a callback: close c when it is done, or update its interest. */
+static void conn_settle(struct conc_server_conn *c)
+{
+    if (c->dead)
+        return;
+    if (c->err) {
+        conn_end(c, c->err == -EPIPE ? 0 : c->err);
+        return;
+    }
+    if (c->closing && !c->wlen) {
+        conn_end(c, 0);
+        return;
+    }
+    conn_update(c);
+}
+
+static void set_listening(struct rloop *l, bool on)
+{
+    if (on == l->listening)
+        return;
+    if (on)
+        conc_selector_register(l->sel, l->s->fd, CONC_EVENT_READ, &listener_tag);
+    else
+        conc_selector_unregister(l->sel, l->s->fd, NULL);
+    l->listening = on;
+}
+
+static void reactor_accept(struct rloop *l)
+{
+    conc_server *s = l->s;
+    size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        if (lim && l->nconns >= lim) {
+            set_listening(l, false);
+            return;
+        }
+        conc_sockaddr peer;
+        memset(&peer, 0, sizeof peer);
+        peer.len = sizeof peer.u;
+        int fd = accept4(s->fd, &peer.u.sa, &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                conc_sleep(0.001);
+            return;
+        }
+        atomic_fetch_add(&s->st->accepted, 1);
+        if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+            atomic_fetch_add(&s->st->refused, 1);
+            close(fd);
+            continue;
+        }
+        struct conc_server_conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            atomic_fetch_add(&s->st->failed, 1);
+            continue;
+        }
+        c->s = s;
+        c->l = l;
+        c->fd = fd;
+        c->peer = peer;
+        if (s->rh.on_accept && s->rh.on_accept(c, s->rh.user) < 0) {
+            close(fd);
+            free(c);
+            atomic_fetch_add(&s->st->refused, 1);
+            continue;
+        }
+        if (conc_selector_register(l->sel, fd, CONC_EVENT_READ, c) < 0) {
+            if (s->rh.on_close)
+                s->rh.on_close(c, -ENOMEM, s->rh.user);
+            close(fd);
+            free(c);
+            atomic_fetch_add(&s->st->failed, 1);
+            continue;
+        }
+        c->events = CONC_EVENT_READ;
+        conc__server_enter(s, &c->slot, fd);
+        c->next = l->conns.next;
+        c->prev = &l->conns;
+        l->conns.next->prev = c;
+        l->conns.next = c;
+        l->nconns++;
+        conn_settle(c);             /* on_accept may have written or closed */
+    }
+}
+
+static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned ev,
+                          unsigned char *buf, size_t bufsize)
+{
+    conc_server *s = l->s;
+    if (c->dead)
+        return;
+    if (ev & CONC_EVENT_WRITE) {
+        int rc = conn_flush(c);
+        if (rc < 0) {
+            conn_end(c, rc);
+            return;
+        }
+        if (!c->wlen && c->paused) {
+            c->paused = false;
+            if (s->rh.on_drain)
+                s->rh.on_drain(c, s->rh.user);
+        }
+    }
+    if ((ev & CONC_EVENT_READ) && !c->paused && !c->closing) {
+        ssize_t n = recv(c->fd, buf, bufsize, MSG_DONTWAIT);
+        if (n > 0) {
+            if (s->rh.on_data(c, buf, (size_t)n, s->rh.user) < 0)
+                c->closing = true;
+        } else if (n == 0) {
+            conn_flush(c);
+            conn_end(c, 0);
+            return;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            conn_end(c, -errno);
+            return;
+        }
+    }
+    conn_settle(c);
+}
+
+static void free_dead(struct rloop *l)
+{
+    while (l->dead) {
+        struct conc_server_conn *c = l->dead;
+        l->dead = c->next;
+        free(c->wbuf);
+        free(c);
+    }
+}
+
+int conc__server_reactor_loop(conc_server *s, int extra_fd)
+{
+    struct rloop l = { .s = s };
+    l.conns.next = l.conns.prev = &l.conns;
+    l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;
+    size_t bufsize = s->o.read_size ? s->o.read_size : 65536;
+    unsigned char *buf = malloc(bufsize);
+    conc_selector_event *ev = malloc(256 * sizeof *ev);
+    int rc = buf && ev ? conc_selector_new(&l.sel, CONC_SELECTOR_EPOLL) : -ENOMEM;
+    if (rc < 0) {
+        free(buf);
+        free(ev);
+        return rc;
+    }
+    set_listening(&l, true);
+    conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
+    if (extra_fd >= 0)
+        conc_selector_register(l.sel, extra_fd, CONC_EVENT_READ, &extra_tag);
+    bool stopping = false;
+    int64_t deadline = CONC_NO_DEADLINE;
+    size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
+    rc = 0;
+    for (;;) {
+        if (stopping && l.nconns == 0)
+            break;
+        int n = conc_selector_select_until(l.sel, ev, 256, deadline);
+        if (n == -ETIMEDOUT) {
+            /* the shutdown timeout passed: close what is left */
+            while (l.conns.next != &l.conns)
+                conn_end(l.conns.next, -ECANCELED);
+            free_dead(&l);
+            continue;
+        }
+        if (n < 0) {
+            rc = n;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            void *d = ev[i].key.data;
+            if (d == &listener_tag) {
+                if (!stopping)
+                    reactor_accept(&l);
+            } else if (d == &stop_tag || d == &extra_tag) {
+                if (!stopping) {
+                    stopping = true;
+                    set_listening(&l, false);
+                    conc_selector_unregister(l.sel, s->stopfd, NULL);
+                    if (extra_fd >= 0)
+                        conc_selector_unregister(l.sel, extra_fd, NULL);
+                    if (s->o.shutdown_timeout > 0)
+                        deadline = conc_now() + (int64_t)(s->o.shutdown_timeout * 1e9);
+                }
+            } else {
+                reactor_event(&l, d, ev[i].events, buf, bufsize);
+            }
+        }
+        free_dead(&l);
+        if (!stopping && !l.listening && (!lim || l.nconns < lim))
+            set_listening(&l, true);
+    }
+    while (l.conns.next != &l.conns)
+        conn_end(l.conns.next, -ECANCELED);
+    free_dead(&l);
+    conc_selector_free(l.sel);
+    free(buf);
+    free(ev);
+    return rc;
+}

@@ -1,0 +1,1071 @@
+/*
+ * test_server.c - conc/server.h: every model serves concurrent clients
+ * correctly (upper-cased echoes, byte for byte, with requests split into
+ * pieces); a silent client does not hold up the others; clients that reset
+ * mid-request; shutdown while busy lets the request in flight finish;
+ * shutdown from a signal handler and from another thread; a killed
+ * prefork worker is replaced; UDP, Unix stream and Unix datagram servers;
+ * handle_request and its timeout; bad arguments.  Every test checks that
+ * the descriptor count is back to its start and no child is left.
+ *
+ * Nothing waits a fixed time: a peer that must be blocked first is waited
+ * for through its state in /proc (support/task_state.h) or a counter.
+ */
+#include <criterion/criterion.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "conc.h"
+#include "support/fd_count.h"
+#include "support/task_state.h"
+
+#define GUARD 20.0
+
+/* ------------------------------------------------------------ handlers */
+
+static void upper(char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] >= 'a' && p[i] <= 'z')
+            p[i] = (char)(p[i] - 'a' + 'A');
+}
+
+static _Atomic int setups, finishes;
+
+static int echo_setup(conc_server_request *req)
+{
+    atomic_fetch_add(&setups, 1);
+    req->state = req;               /* handle and finish see it */
+    return 0;
+}
+
+/* Echoes upper-cased until the client closes. */
+static int echo_handle(conc_server_request *req)
+{
+    if (req->state != req)
+        return -EPROTO;
+    if (req->data) {                /* a datagram */
+        char buf[8192];
+        size_t n = req->len < sizeof buf ? req->len : sizeof buf;
+        memcpy(buf, req->data, n);
+        upper(buf, n);
+        ssize_t m = conc_socket_sendto(req->sock, buf, n, 0, &req->peer);
+        return m < 0 ? (int)m : 0;
+    }
+    char buf[4096];
+    for (;;) {
+        ssize_t n = conc_socket_recv(req->sock, buf, sizeof buf, 0);
+        if (n == 0)
+            return 0;
+        if (n < 0)
+            return (int)n;
+        upper(buf, (size_t)n);
+        int rc = conc_socket_sendall(req->sock, buf, (size_t)n, 0, NULL);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+static void echo_finish(conc_server_request *req)
+{
+    if (req->state == req)
+        atomic_fetch_add(&finishes, 1);
+}
+
+static const conc_server_handler echo_handler = {
+    .setup = echo_setup, .handle = echo_handle, .finish = echo_finish,
+};
+
+static int r_data(conc_server_conn *c, const void *data, size_t len, void *user)
+{
+    (void)user;
+    char buf[65536];
+    memcpy(buf, data, len);
+    upper(buf, len);
+    return conc_server_conn_write(c, buf, len);
+}
+
+static const conc_server_reactor_handler reactor_handler = { .on_data = r_data };
+
+/* ------------------------------------------------------------- serving */
+
+struct running {
+    conc_server *s;
+    pthread_t t;
+    pid_t tid;
+    int rc;
+    double poll;
+};
+
+static void *serve_main(void *arg)
+{
+    struct running *r = arg;
+    r->tid = conc_thread_get_native_id();
+    r->rc = conc_server_serve_forever(r->s, r->poll > 0 ? r->poll : 0.5);
+    return NULL;
+}
+
+static void start(struct running *r, conc_server *s)
+{
+    memset(r, 0, sizeof *r);
+    r->s = s;
+    r->rc = 1;
+    cr_assert_eq(pthread_create(&r->t, NULL, serve_main, r), 0);
+}
+
+static void stop(struct running *r)
+{
+    cr_assert_eq(conc_server_shutdown_wait(r->s, GUARD), 0);
+    pthread_join(r->t, NULL);
+    cr_assert_eq(r->rc, 0, "serve_forever: %s", conc_strerror(r->rc));
+}
+
+static conc_server *make(conc_server_model model, int type, int workers)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = model;
+    o.workers = workers;
+    o.request_queue_size = 64;
+    conc_server *s = NULL;
+    int rc = model == CONC_SERVER_REACTOR ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
+                                          : conc_server_new(&s, type, &a, &echo_handler, &o);
+    cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
+    return s;
+}
+
+/* ------------------------------------------------------------- clients */
+
+/* Clients run in a process of their own (client_proc), with one thread
+ * (TSan allows no thread in a child forked from a process with several): a
+ * forking server's children would otherwise hold copies of the clients'
+ * sockets, made in the same process, and never see them close.  There a
+ * failed check exits with 3 instead of reporting to Criterion. */
+static bool in_client_proc;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            if (in_client_proc) {                                            \
+                fprintf(stderr, "client line %d: ", __LINE__);               \
+                fprintf(stderr, __VA_ARGS__);                                \
+                fputc('\n', stderr);                                         \
+                _exit(3);                                                    \
+            }                                                                \
+            cr_assert_fail(__VA_ARGS__);                                     \
+        }                                                                    \
+    } while (0)
+
+static pid_t client_proc(void (*fn)(void *), void *arg)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        in_client_proc = true;
+        fn(arg);
+        _exit(0);
+    }
+    return pid;
+}
+
+static void client_proc_wait(pid_t pid)
+{
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the clients failed (status %#x)", st);
+}
+
+/* A one-byte handshake over a pipe between the test and its clients. */
+static void hs_send(int fd)
+{
+    CHECK(write(fd, "x", 1) == 1, "handshake write");
+}
+
+static void hs_recv(int fd)
+{
+    char c;
+    ssize_t n;
+    do
+        n = read(fd, &c, 1);
+    while (n < 0 && errno == EINTR);
+    CHECK(n == 1, "handshake read");
+}
+
+static void guard(int fd)
+{
+    struct timeval tv = { .tv_sec = (time_t)GUARD };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static int dial(conc_server *s)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_server_address(s, &a), 0);
+    int fd = socket(a.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0, "socket");
+    guard(fd);
+    CHECK(connect(fd, &a.u.sa, a.len) == 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+/* recv(2), again after a signal (the forking server's children end). */
+static ssize_t recv_retry(int fd, void *buf, size_t n, int flags)
+{
+    ssize_t m;
+    do
+        m = recv(fd, buf, n, flags);
+    while (m < 0 && errno == EINTR);
+    return m;
+}
+
+static void read_exact(int fd, char *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t m = recv_retry(fd, buf + got, n - got, 0);
+        CHECK(m > 0, "recv: %zd %s (got %zu of %zu)", m, strerror(errno), got, n);
+        got += (size_t)m;
+    }
+}
+
+/* Sends msg in pieces of `piece` bytes and checks the upper-cased echo. */
+static void exchange(int fd, const char *msg, size_t piece)
+{
+    size_t n = strlen(msg);
+    for (size_t off = 0; off < n; off += piece) {
+        size_t k = n - off < piece ? n - off : piece;
+        CHECK(send(fd, msg + off, k, MSG_NOSIGNAL) == (ssize_t)k, "send: %s", strerror(errno));
+    }
+    char *want = strdup(msg), *got = calloc(1, n + 1);
+    upper(want, n);
+    read_exact(fd, got, n);
+    CHECK(strcmp(got, want) == 0, "got '%s', want '%s'", got, want);
+    free(want);
+    free(got);
+}
+
+static void *nothing(void *arg)
+{
+    return arg;
+}
+
+/* The descriptor count to come back to, taken after the first coroutine
+ * stack of the process was made (its pidfd, opened once, is kept). */
+static int base_fds(void)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_greenlet_spawn(&g, nothing, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
+    conc_greenlet_free(g);
+    cr_assert_eq(conc_hub_free(), 0);
+    return count_fds();
+}
+
+static void no_children(void)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    int rc = waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT);
+    cr_assert(rc == -1 && errno == ECHILD, "a child is left (pid %d)", (int)si.si_pid);
+}
+
+enum { N = 16, ROUNDS = 20 };
+
+struct clients_arg {
+    conc_server *s;
+    bool together;                  /* all connected at once, requests
+                                       interleaved; else one after another */
+};
+
+static void client_msg(char *msg, size_t cap, int id, int round)
+{
+    snprintf(msg, cap, "client %d round %d: hello, server of many models", id, round);
+}
+
+/* N clients, each ROUNDS exchanges split into pieces of 1 to 7 bytes. */
+static void many_clients(void *arg)
+{
+    struct clients_arg *a = arg;
+    char msg[256];
+    if (!a->together) {
+        for (int i = 0; i < N; i++) {
+            int fd = dial(a->s);
+            for (int round = 0; round < ROUNDS; round++) {
+                client_msg(msg, sizeof msg, i, round);
+                exchange(fd, msg, 1 + (size_t)(round % 7));
+            }
+            close(fd);
+        }
+        return;
+    }
+    int fd[N];
+    for (int i = 0; i < N; i++)
+        fd[i] = dial(a->s);
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < N; i++) {       /* every request first */
+            client_msg(msg, sizeof msg, i, round);
+            size_t n = strlen(msg), piece = 1 + (size_t)((round + i) % 7);
+            for (size_t off = 0; off < n; off += piece) {
+                size_t k = n - off < piece ? n - off : piece;
+                CHECK(send(fd[i], msg + off, k, MSG_NOSIGNAL) == (ssize_t)k, "send: %s",
+                      strerror(errno));
+            }
+        }
+        for (int i = N - 1; i >= 0; i--) {  /* then the replies */
+            client_msg(msg, sizeof msg, i, round);
+            size_t n = strlen(msg);
+            char got[256];
+            read_exact(fd[i], got, n);
+            upper(msg, n);
+            CHECK(memcmp(got, msg, n) == 0, "client %d round %d: wrong reply", i, round);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        close(fd[i]);
+}
+
+/* N clients at once (SYNC: one after another), each ROUNDS exchanges. */
+static void concurrent_clients(conc_server_model model, int workers)
+{
+    int fds = base_fds();
+    atomic_store(&setups, 0);
+    atomic_store(&finishes, 0);
+    conc_server *s = make(model, SOCK_STREAM, workers);
+    struct clients_arg ca = { s, model != CONC_SERVER_SYNC };
+    pid_t clients = client_proc(many_clients, &ca);
+    struct running r;
+    start(&r, s);
+    client_proc_wait(clients);
+    stop(&r);
+    conc_server_stats st;
+    cr_assert_eq(conc_server_get_stats(s, &st), 0);
+    cr_assert_eq(st.accepted, (uint64_t)N, "accepted %llu", (unsigned long long)st.accepted);
+    cr_assert_eq(st.finished, (uint64_t)N, "finished %llu", (unsigned long long)st.finished);
+    cr_assert_eq(st.failed, 0);
+    cr_assert_eq(st.active, 0);
+    if (model != CONC_SERVER_REACTOR && model != CONC_SERVER_FORKING &&
+        model != CONC_SERVER_PREFORK) {
+        cr_assert_eq(atomic_load(&setups), N);
+        cr_assert_eq(atomic_load(&finishes), N);
+    }
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, sync_serves_clients_in_turn, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_SYNC, 0);
+}
+
+Test(server, threading_serves_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_THREADING, 0);
+}
+
+Test(server, forking_serves_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_FORKING, 0);
+}
+
+Test(server, prefork_serves_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_PREFORK, 2);
+}
+
+Test(server, coroutine_serves_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_COROUTINE, 1);
+}
+
+Test(server, coroutine_hubs_serve_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_COROUTINE, 3);
+}
+
+Test(server, reactor_serves_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_REACTOR, 1);
+}
+
+Test(server, reactor_loops_serve_concurrent_clients, .timeout = 60)
+{
+    concurrent_clients(CONC_SERVER_REACTOR, 2);
+}
+
+static void silent_clients(void *arg)
+{
+    conc_server *s = arg;
+    int silent = dial(s);
+    int other = dial(s);
+    exchange(other, "served while another client says nothing", 5);
+    close(other);
+    exchange(silent, "and the silent one is served when it speaks", 3);
+    close(silent);
+}
+
+/* A client that connects and says nothing does not hold the others up. */
+static void silent_client(conc_server_model model, int workers)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_STREAM, workers);
+    pid_t clients = client_proc(silent_clients, s);
+    struct running r;
+    start(&r, s);
+    client_proc_wait(clients);
+    stop(&r);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, threading_silent_client, .timeout = 60)
+{
+    silent_client(CONC_SERVER_THREADING, 0);
+}
+
+Test(server, forking_silent_client, .timeout = 60)
+{
+    silent_client(CONC_SERVER_FORKING, 0);
+}
+
+Test(server, prefork_silent_client, .timeout = 60)
+{
+    silent_client(CONC_SERVER_PREFORK, 1);
+}
+
+Test(server, coroutine_silent_client, .timeout = 60)
+{
+    silent_client(CONC_SERVER_COROUTINE, 1);
+}
+
+Test(server, reactor_silent_client, .timeout = 60)
+{
+    silent_client(CONC_SERVER_REACTOR, 1);
+}
+
+static void resetting_clients(void *arg)
+{
+    conc_server *s = arg;
+    for (int i = 0; i < 10; i++) {
+        int fd = dial(s);
+        exchange(fd, "first part", 4);
+        /* half a request, then a reset (RST, not FIN) */
+        CHECK(send(fd, "half a requ", 11, MSG_NOSIGNAL) == 11, "send");
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(fd);
+    }
+    int fd = dial(s);
+    exchange(fd, "still serving after ten resets", 2);
+    close(fd);
+}
+
+/* Clients that reset in the middle of a request: the server goes on,
+ * nothing leaks. */
+static void resets(conc_server_model model, int workers)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_STREAM, workers);
+    pid_t clients = client_proc(resetting_clients, s);
+    struct running r;
+    start(&r, s);
+    client_proc_wait(clients);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 11);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, sync_resets, .timeout = 60)
+{
+    resets(CONC_SERVER_SYNC, 0);
+}
+
+Test(server, threading_resets, .timeout = 60)
+{
+    resets(CONC_SERVER_THREADING, 0);
+}
+
+Test(server, forking_resets, .timeout = 60)
+{
+    resets(CONC_SERVER_FORKING, 0);
+}
+
+Test(server, coroutine_resets, .timeout = 60)
+{
+    resets(CONC_SERVER_COROUTINE, 1);
+}
+
+Test(server, reactor_resets, .timeout = 60)
+{
+    resets(CONC_SERVER_REACTOR, 1);
+}
+
+/* Shutdown while a request is in flight: serve_forever waits for it, and
+ * the client is still answered after the shutdown was asked. */
+struct stopper {
+    conc_server *s;
+    int rc;
+};
+
+static void *stopper_main(void *arg)
+{
+    struct stopper *st = arg;
+    st->rc = conc_server_shutdown_wait(st->s, GUARD);
+    return NULL;
+}
+
+struct busy {
+    conc_server *s;
+    int up[2], down[2];
+};
+
+static void busy_client(void *arg)
+{
+    struct busy *b = arg;
+    int fd = dial(b->s);
+    exchange(fd, "before the shutdown", 4);
+    hs_send(b->up[1]);
+    hs_recv(b->down[0]);
+    exchange(fd, "after the shutdown was asked: still answered", 3);
+    close(fd);
+}
+
+static void shutdown_while_busy(conc_server_model model, int workers)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_STREAM, workers);
+    struct busy b = { .s = s };
+    cr_assert_eq(pipe(b.up), 0);
+    cr_assert_eq(pipe(b.down), 0);
+    pid_t pid = client_proc(busy_client, &b);
+    struct running r;
+    start(&r, s);
+    hs_recv(b.up[0]);               /* the request is in flight */
+    struct stopper sp = { .s = s, .rc = 1 };
+    pthread_t t;
+    pid_t tid;
+    t = spawn_tid(stopper_main, &sp, &tid);
+    /* the shutdown is asked and waits for the request in flight */
+    while (!conc_server_stopping(s))
+        conc_sleep(0.001);
+    wait_thread_blocked(tid, GUARD);
+    hs_send(b.down[1]);
+    client_proc_wait(pid);
+    for (int i = 0; i < 2; i++) {
+        close(b.up[i]);
+        close(b.down[i]);
+    }
+    pthread_join(t, NULL);
+    cr_assert_eq(sp.rc, 0);
+    pthread_join(r.t, NULL);
+    cr_assert_eq(r.rc, 0);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, threading_shutdown_while_busy, .timeout = 60)
+{
+    shutdown_while_busy(CONC_SERVER_THREADING, 0);
+}
+
+Test(server, forking_shutdown_while_busy, .timeout = 60)
+{
+    shutdown_while_busy(CONC_SERVER_FORKING, 0);
+}
+
+Test(server, coroutine_shutdown_while_busy, .timeout = 60)
+{
+    shutdown_while_busy(CONC_SERVER_COROUTINE, 2);
+}
+
+Test(server, reactor_shutdown_while_busy, .timeout = 60)
+{
+    shutdown_while_busy(CONC_SERVER_REACTOR, 1);
+}
+
+Test(server, prefork_shutdown_while_busy, .timeout = 60)
+{
+    shutdown_while_busy(CONC_SERVER_PREFORK, 1);
+}
+
+static void cut_off_client(void *arg)
+{
+    struct busy *b = arg;
+    int fd = dial(b->s);
+    exchange(fd, "then silence", 2);
+    hs_send(b->up[1]);
+    hs_recv(b->down[0]);
+    char c;
+    CHECK(recv_retry(fd, &c, 1, 0) <= 0, "the connection was not ended");
+    close(fd);
+}
+
+/* With a shutdown timeout, a client that never closes is cut off. */
+Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
+                                   CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        conc_sockaddr a;
+        conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+        conc_server_opts o = CONC_SERVER_OPTS_INIT;
+        o.model = models[i];
+        o.shutdown_timeout = 0.05;
+        conc_server *s;
+        cr_assert_eq(models[i] == CONC_SERVER_REACTOR
+                         ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
+                         : conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o),
+                     0);
+        struct busy b = { .s = s };
+        cr_assert_eq(pipe(b.up), 0);
+        cr_assert_eq(pipe(b.down), 0);
+        pid_t pid = client_proc(cut_off_client, &b);
+        struct running r;
+        start(&r, s);
+        hs_recv(b.up[0]);
+        stop(&r);
+        hs_send(b.down[1]);
+        client_proc_wait(pid);
+        for (int k = 0; k < 2; k++) {
+            close(b.up[k]);
+            close(b.down[k]);
+        }
+        conc_server_free(s);
+    }
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* ------------------------------------------------------------- signals */
+
+static conc_server *sig_server;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    conc_server_shutdown(sig_server);
+}
+
+Test(server, shutdown_from_a_signal_handler, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server_model models[] = { CONC_SERVER_SYNC, CONC_SERVER_THREADING,
+                                   CONC_SERVER_COROUTINE, CONC_SERVER_REACTOR };
+    struct sigaction sa = { .sa_handler = on_usr1 }, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, &old);
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        sig_server = make(models[i], SOCK_STREAM, 1);
+        struct running r;
+        start(&r, sig_server);
+        int fd = dial(sig_server);
+        exchange(fd, "one request", 3);
+        close(fd);
+        while (r.tid == 0)
+            conc_sleep(0.001);
+        wait_thread_blocked(r.tid, GUARD);
+        pthread_kill(r.t, SIGUSR1);
+        pthread_join(r.t, NULL);
+        cr_assert_eq(r.rc, 0);
+        conc_server_free(sig_server);
+    }
+    sigaction(SIGUSR1, &old, NULL);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* ---------------------------------------------------------- prefork */
+
+static _Atomic int exits;
+static _Atomic pid_t exited_pid;
+
+static void on_exit_hook(conc_server *s, pid_t pid, int status, void *user)
+{
+    (void)s;
+    (void)user;
+    atomic_store(&exited_pid, pid);
+    if (status == -SIGKILL)
+        atomic_fetch_add(&exits, 1);
+}
+
+/* The pids of this process's children (from /proc). */
+static int children(pid_t *out, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)conc_thread_get_native_id());
+    int n = 0;
+    /* the server's thread forked them: look in every task */
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && n < cap) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%.16s/children", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        int pid;
+        while (n < cap && fscanf(f, "%d", &pid) == 1)
+            out[n++] = pid;
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+Test(server, prefork_killed_worker_is_replaced, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 2;
+    o.on_worker_exit = on_exit_hook;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    struct running r;
+    start(&r, s);
+    conc_server_stats st;
+    do {
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.workers < 2);
+    pid_t kids[8];
+    int n = children(kids, 8);
+    cr_assert_eq(n, 2, "%d children", n);
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    do {
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.worker_restarts < 1 || st.workers < 2);
+    cr_assert_eq(atomic_load(&exits), 1);
+    cr_assert_eq(atomic_load(&exited_pid), kids[0]);
+    pid_t now[8];
+    cr_assert_eq(children(now, 8), 2);
+    cr_assert(now[0] != kids[0] && now[1] != kids[0]);
+    for (int i = 0; i < 4; i++) {
+        int fd = dial(s);
+        exchange(fd, "served after a worker died", 4);
+        close(fd);
+    }
+    stop(&r);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.workers, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* -------------------------------------------------------- datagrams */
+
+static void datagram_server(conc_server_model model, bool unix_family)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    char path[108] = "";
+    if (unix_family) {
+        snprintf(path, sizeof path, "/tmp/conc-server-test-%d-%d.sock", (int)getpid(), (int)model);
+        unlink(path);
+        cr_assert_eq(conc_sockaddr_unix(&a, path, 0), 0);
+    } else {
+        cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    }
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = model;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), 0);
+    struct running r;
+    start(&r, s);
+    conc_sockaddr sa;
+    conc_server_address(s, &sa);
+    int fd = socket(sa.u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    char cpath[108];
+    if (unix_family) {              /* a named client, to be answered */
+        snprintf(cpath, sizeof cpath, "%.90s.client", path);
+        unlink(cpath);
+        conc_sockaddr ca;
+        conc_sockaddr_unix(&ca, cpath, 0);
+        cr_assert_eq(bind(fd, &ca.u.sa, ca.len), 0);
+    }
+    for (int i = 0; i < 10; i++) {
+        char msg[64], got[64], want[64];
+        int n = snprintf(msg, sizeof msg, "datagram number %d", i);
+        cr_assert_eq(sendto(fd, msg, (size_t)n, 0, &sa.u.sa, sa.len), n);
+        ssize_t m = recv_retry(fd, got, sizeof got, 0);
+        cr_assert_eq(m, n, "m %zd n %d: %s", m, n, strerror(errno));
+        memcpy(want, msg, (size_t)n);
+        upper(want, (size_t)n);
+        cr_assert_eq(memcmp(got, want, (size_t)n), 0);
+    }
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 10);
+    cr_assert_eq(st.finished, 10);
+    conc_server_free(s);
+    if (unix_family) {
+        cr_assert_eq(access(path, F_OK), -1, "the socket file was left");
+        unlink(cpath);
+    }
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, udp_sync, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_SYNC, false);
+}
+
+Test(server, udp_threading, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_THREADING, false);
+}
+
+Test(server, udp_forking, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_FORKING, false);
+}
+
+Test(server, udp_coroutine, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_COROUTINE, false);
+}
+
+Test(server, unix_datagram_threading, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_THREADING, true);
+}
+
+Test(server, unix_stream_server, .timeout = 60)
+{
+    int fds = base_fds();
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/conc-server-test-%d.sock", (int)getpid());
+    unlink(path);
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_unix(&a, path, 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    cr_assert_eq(access(path, F_OK), 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "over a unix stream socket", 4);
+    close(fd);
+    stop(&r);
+    conc_server_free(s);
+    cr_assert_eq(access(path, F_OK), -1);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* ---------------------------------------------------- handle_request */
+
+Test(server, handle_request_and_its_timeout, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make(CONC_SERVER_SYNC, SOCK_STREAM, 0);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    cr_assert_eq(conc_server_handle_request(s, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_server_handle_request_until(s, 0), -ETIMEDOUT);
+    int fd = dial(s);
+    cr_assert_eq(send(fd, "abc", 3, 0), 3);
+    shutdown(fd, SHUT_WR);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    char buf[8];
+    read_exact(fd, buf, 3);
+    cr_assert_eq(memcmp(buf, "ABC", 3), 0);
+    close(fd);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+static bool refuse_all(conc_server *s, const conc_sockaddr *peer, void *user)
+{
+    (void)s;
+    (void)user;
+    return peer->u.sa.sa_family != AF_INET;
+}
+
+Test(server, verify_request_false_closes_the_client, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server_handler h = echo_handler;
+    h.verify_request = refuse_all;
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &h, NULL), 0);
+    int fd = dial(s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    char c;
+    cr_assert_leq(recv_retry(fd, &c, 1, 0), 0);
+    close(fd);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.refused, 1);
+    cr_assert_eq(st.finished, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* ------------------------------------------------------------- errors */
+
+Test(server, bad_arguments, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server *s = NULL;
+    conc_server_handler none = { 0 };
+    cr_assert_eq(conc_server_new(NULL, SOCK_STREAM, &a, &echo_handler, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, NULL, &echo_handler, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &none, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new(&s, SOCK_RAW, &a, &echo_handler, NULL), -EINVAL);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = (conc_server_model)42;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.model = CONC_SERVER_REACTOR;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.model = CONC_SERVER_PREFORK;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EOPNOTSUPP);
+    o.model = CONC_SERVER_THREADING;
+    o.shutdown_timeout = -1;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.model = CONC_SERVER_THREADING;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    conc_server_reactor_handler rnone = { 0 };
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
+    cr_assert_null(s);
+
+    /* an address in use */
+    conc_server *s1, *s2;
+    cr_assert_eq(conc_server_new(&s1, SOCK_STREAM, &a, &echo_handler, NULL), 0);
+    conc_sockaddr used;
+    conc_server_address(s1, &used);
+    cr_assert_gt(conc_sockaddr_port(&used), 0);
+    cr_assert_eq(conc_server_new(&s2, SOCK_STREAM, &used, &echo_handler, NULL), -EADDRINUSE);
+
+    cr_assert_eq(conc_server_serve_forever(NULL, 0.5), -EINVAL);
+    cr_assert_eq(conc_server_serve_forever(s1, 0), -EINVAL);
+    cr_assert_eq(conc_server_handle_request(s1, -2), -EINVAL);
+    cr_assert_eq(conc_server_shutdown(NULL), -EINVAL);
+    cr_assert_eq(conc_server_fd(NULL), -EINVAL);
+    cr_assert_geq(conc_server_fd(s1), 0);
+    cr_assert_eq(conc_server_socket_type(s1), SOCK_STREAM);
+    cr_assert_eq(conc_server_get_model(s1), CONC_SERVER_SYNC);
+    /* a shutdown before serve_forever makes it return at once */
+    cr_assert_eq(conc_server_shutdown(s1), 0);
+    cr_assert_eq(conc_server_serve_forever(s1, 0.5), 0);
+    cr_assert_eq(conc_server_close(s1), 0);
+    cr_assert_eq(conc_server_close(s1), 0);
+    cr_assert_eq(conc_server_serve_forever(s1, 0.5), -EPIPE);
+    cr_assert_eq(conc_server_handle_request(s1, 0), -EPIPE);
+    cr_assert_eq(conc_server_address(s1, &used), -EPIPE);
+    cr_assert_eq(conc_server_fd(s1), -EPIPE);
+    conc_server_free(s1);
+    conc_server_free(NULL);
+
+    conc_server_model m;
+    cr_assert_eq(conc_server_model_parse("reactor", &m), 0);
+    cr_assert_eq(m, CONC_SERVER_REACTOR);
+    cr_assert_eq(conc_server_model_parse("nope", &m), -EINVAL);
+    cr_assert_str_eq(conc_server_model_name(CONC_SERVER_PREFORK), "prefork");
+    cr_assert_null(conc_server_model_name((conc_server_model)9));
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* service_actions runs while serve_forever idles */
+static _Atomic int actions;
+
+static void count_action(conc_server *s, void *user)
+{
+    (void)user;
+    if (atomic_fetch_add(&actions, 1) == 2)
+        conc_server_shutdown(s);
+}
+
+Test(server, service_actions_run_every_poll_interval, .timeout = 60)
+{
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.service_actions = count_action;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_serve_forever(s, 0.001), 0);
+    cr_assert_eq(atomic_load(&actions), 3);
+    conc_server_free(s);
+}
+
+/* max_connections: at the limit the next client waits in the backlog and
+ * is served once a connection ends. */
+Test(server, max_connections_makes_clients_wait, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
+                                   CONC_SERVER_REACTOR };
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        conc_sockaddr a;
+        conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+        conc_server_opts o = CONC_SERVER_OPTS_INIT;
+        o.model = models[i];
+        o.max_connections = 1;
+        conc_server *s;
+        cr_assert_eq(models[i] == CONC_SERVER_REACTOR
+                         ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
+                         : conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o),
+                     0);
+        struct running r;
+        start(&r, s);
+        int first = dial(s);
+        exchange(first, "first", 2);
+        int second = dial(s);
+        cr_assert_eq(send(second, "second", 6, 0), 6);
+        exchange(first, "the first is still served", 5);
+        conc_server_stats st;
+        conc_server_get_stats(s, &st);
+        cr_assert_eq(st.accepted, 1, "%s: %llu accepted", conc_server_model_name(models[i]),
+                     (unsigned long long)st.accepted);
+        close(first);
+        char buf[8];
+        read_exact(second, buf, 6);
+        cr_assert_eq(memcmp(buf, "SECOND", 6), 0);
+        close(second);
+        stop(&r);
+        conc_server_free(s);
+    }
+    cr_assert_eq(count_fds(), fds);
+}
