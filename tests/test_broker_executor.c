@@ -112,6 +112,19 @@ static long raw_count(const char *queue)
     return n;
 }
 
+/* Waits until a queue holds `want` messages (what a worker or client sent
+ * may reach the queue a moment after the call that sent it returned);
+ * returns the last count seen, after GUARD seconds at most. */
+static long wait_count(const char *queue, long want)
+{
+    long n = raw_count(queue);
+    for (int i = 0; n != want && i < (int)(GUARD * 20); i++) {
+        usleep(50 * 1000);
+        n = raw_count(queue);
+    }
+    return n;
+}
+
 static void raw_delete(const char *queue)
 {
     amqp_connection_state_t c = raw_open();
@@ -508,7 +521,8 @@ Test(broker_executor, poison_task_dead_lettered)
     conc_broker_executor_free(ex);
     close(p[0]);
     close(p[1]);
-    cr_assert_eq(raw_count(dead), 1);
+    /* The worker answers before it moves the task: wait for the move. */
+    cr_assert_eq(wait_count(dead, 1), 1);
     cr_assert_eq(raw_count(q), 0);
     delete_queues(q);
 }
@@ -526,8 +540,17 @@ Test(broker_executor, duplicate_and_malformed_results_dropped)
     amqp_connection_state_t c = raw_open();
     amqp_bytes_t ids[3], reply = amqp_empty_bytes;
     for (int i = 0; i < 3; i++) {
-        amqp_rpc_reply_t r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 1);
-        cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        /* A submit does not wait for the broker: the task may not be in
+         * the queue yet (get-empty); look again, for GUARD at most. */
+        amqp_rpc_reply_t r;
+        for (int tries = 0;; tries++) {
+            r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 1);
+            cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+            if (r.reply.id != AMQP_BASIC_GET_EMPTY_METHOD)
+                break;
+            cr_assert_lt(tries, (int)(GUARD * 100), "task %d never came", i);
+            usleep(10 * 1000);
+        }
         cr_assert_eq(r.reply.id, AMQP_BASIC_GET_OK_METHOD);
         amqp_message_t m;
         cr_assert_eq(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
@@ -668,7 +691,7 @@ Test(broker_executor, free_fails_unfinished_futures)
     expect_error(f, -EPIPE, 0);
     conc_future_free(f);
     /* The task stays queued for a worker. */
-    cr_assert_eq(raw_count(q), 1);
+    cr_assert_eq(wait_count(q, 1), 1);
     delete_queues(q);
 }
 
