@@ -903,19 +903,25 @@ static int bx_consume(conc_broker_worker *w)
 
 /*
  * Starts the worker's consumer.  RabbitMQ 3.10 may close the connection
- * with INTERNAL_ERROR when a consumer comes while the quorum queue another
- * client has just declared is still starting: then connect again and
- * retry, a few times, with a growing pause.
+ * with INTERNAL_ERROR when a consumer comes while a quorum queue just
+ * declared (by this client or another) is still starting: then connect
+ * again and retry, with a growing pause (0.1 s doubling to 1 s), for
+ * BX_CONSUME_RETRY_S seconds at most.
  */
+#define BX_CONSUME_RETRY_S 20.0
 static int bx_start_consumer(conc_broker_worker *w)
 {
     sigset_t old;
     bx_hold_signals(&old);
+    int64_t until;
+    conc_deadline(BX_CONSUME_RETRY_S, &until);
+    double pause = 0.1;
     int r = bx_consume(w);
-    for (int attempt = 1; r && r != -ENOMEM && attempt <= 5; attempt++) {
+    while (r && r != -ENOMEM && r != -EACCES && r != -EEXIST && bx_now() < until) {
         bx_close(w->conn);
         w->conn = NULL;
-        conc_sleep(0.1 * attempt);
+        conc_sleep(pause);
+        pause = pause * 2 > 1.0 ? 1.0 : pause * 2;
         int64_t deadline;
         conc_deadline(10.0, &deadline);
         r = bx_connect(&w->conn, w->url, 0, deadline);

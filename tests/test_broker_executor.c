@@ -659,6 +659,7 @@ Test(broker_executor, client_gone_results_expire)
         got += (size_t)n;
     }
     cr_assert_eq(raw_count(name), -2);  /* there, and the client's */
+    cr_assert_eq(wait_count(q, 1), 1);  /* its task is in the queue */
     kill_and_reap(client);
     /* The broker deletes the reply queue with the client's connection. */
     for (int i = 0; i < 200 && raw_count(name) != -1; i++)
