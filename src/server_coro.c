@@ -550,6 +550,8 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
         free(ev);
         return rc;
     }
+    /* every connection is unregistered before its descriptor is closed */
+    conc_selector_set_check_files(l.sel, false);
     set_listening(&l, true);
     conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
     if (extra_fd >= 0)

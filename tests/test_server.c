@@ -15,6 +15,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1067,5 +1068,139 @@ Test(server, max_connections_makes_clients_wait, .timeout = 60)
         stop(&r);
         conc_server_free(s);
     }
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* daemon_threads: serve_forever returns without waiting for the request
+ * threads, which go on serving their clients. */
+Test(server, daemon_threads_are_not_waited_for, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.daemon_threads = true;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "before the shutdown", 3);
+    stop(&r);                       /* returns with the client connected */
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.active, 1);
+    exchange(fd, "its thread still serves it", 4);
+    conc_server_free(s);            /* the thread keeps what it uses */
+    exchange(fd, "also after the server was freed", 5);
+    close(fd);
+    int n;
+    do {                            /* the thread ends with its client */
+        conc_sleep(0.001);
+        n = count_fds();
+    } while (n > fds);
+    cr_assert_eq(n, fds);
+}
+
+/* The reactor's back-pressure: a client that sends much and reads late
+ * makes the loop stop reading it while its output passes
+ * write_buffer_max; every byte comes back, in order. */
+static _Atomic size_t max_pending;
+static _Atomic int drains;
+
+static int bp_data(conc_server_conn *c, const void *data, size_t len, void *user)
+{
+    (void)user;
+    size_t p = conc_server_conn_pending(c);
+    if (p > atomic_load(&max_pending))
+        atomic_store(&max_pending, p);
+    return r_data(c, data, len, NULL);
+}
+
+static void bp_drain(conc_server_conn *c, void *user)
+{
+    (void)c;
+    (void)user;
+    atomic_fetch_add(&drains, 1);
+}
+
+/* small kernel buffers, so that the output piles up in the reactor */
+static int bp_accept(conc_server_conn *c, void *user)
+{
+    (void)user;
+    int small = 4096;
+    setsockopt(conc_server_conn_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    return 0;
+}
+
+struct bp_arg {
+    conc_server *s;
+    int go[2];
+};
+
+static void bp_client(void *arg)
+{
+    struct bp_arg *b = arg;
+    int fd = dial(b->s);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    size_t total = 4u << 20;
+    char *out = malloc(total), *in = malloc(total);
+    CHECK(out && in, "malloc");
+    for (size_t i = 0; i < total; i++)
+        out[i] = (char)('a' + (i * 7 + i / 977) % 26);
+    /* send everything before reading anything, from one thread: the
+     * socket is non-blocking, and reading starts when sending stalls */
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    size_t sent = 0, got = 0;
+    while (got < total) {
+        if (sent < total) {
+            ssize_t k = send(fd, out + sent, total - sent, MSG_NOSIGNAL);
+            if (k > 0) {
+                sent += (size_t)k;
+                continue;
+            }
+            CHECK(errno == EAGAIN, "send: %s", strerror(errno));
+        }
+        struct pollfd pf = { .fd = fd, .events = (short)(POLLIN | (sent < total ? POLLOUT : 0)) };
+        CHECK(poll(&pf, 1, (int)(GUARD * 1000)) == 1, "stalled at %zu sent, %zu back", sent, got);
+        if (pf.revents & POLLIN) {
+            ssize_t k = recv(fd, in + got, total - got, 0);
+            CHECK(k > 0, "recv: %zd %s", k, strerror(errno));
+            got += (size_t)k;
+        }
+    }
+    upper(out, total);
+    CHECK(memcmp(in, out, total) == 0, "the echo differs");
+    close(fd);
+    free(out);
+    free(in);
+}
+
+Test(server, reactor_back_pressure, .timeout = 120)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.write_buffer_max = 64 * 1024;
+    o.read_size = 16 * 1024;
+    const conc_server_reactor_handler h = { .on_accept = bp_accept, .on_data = bp_data,
+                                            .on_drain = bp_drain };
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    struct bp_arg b = { .s = s };
+    pid_t pid = client_proc(bp_client, &b);
+    struct running r;
+    start(&r, s);
+    client_proc_wait(pid);
+    stop(&r);
+    /* on_data never ran with more than the mark buffered */
+    cr_assert_leq(atomic_load(&max_pending), o.write_buffer_max, "%zu pending",
+                  atomic_load(&max_pending));
+    cr_assert_gt(atomic_load(&drains), 0, "the output never passed the mark");
+    conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
 }
