@@ -18,6 +18,7 @@
 
 #include "conc/hub.h"
 #include "conc/process.h"
+#include "conc/thread.h"
 #include "conc/wait.h"
 #include "server.h"
 
@@ -699,6 +700,7 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
     if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
         return -EBUSY;
     conc_event_clear(&s->idle);
+    atomic_store(&s->serving_tid, conc_thread_get_native_id());
     int rc;
     switch (s->o.model) {
     case CONC_SERVER_COROUTINE:
@@ -730,6 +732,7 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
         conc_hub_free();            /* the hub the datagrams' greenlets made */
     clear_fd(s->stopfd);
     atomic_store(&s->stop_req, 0);
+    atomic_store(&s->serving_tid, 0);
     atomic_store(&s->serving, 0);
     conc_event_set(&s->idle);
     return rc;
@@ -800,6 +803,8 @@ int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline)
         return -EINVAL;
     if (!atomic_load(&s->serving))
         return 0;
+    if (atomic_load(&s->serving_tid) == conc_thread_get_native_id())
+        return -EDEADLK;            /* it would wait for itself */
     conc_server_shutdown(s);
     return conc_event_wait_until(&s->idle, deadline);
 }

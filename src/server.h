@@ -38,6 +38,7 @@ struct conc_server {
     int slotfd;                         /* eventfd: a request ended */
     _Atomic int stop_req;
     _Atomic int serving;
+    _Atomic pid_t serving_tid;          /* the thread in serve_forever, or 0 */
     _Atomic int refs;
     pid_t owner;                        /* the process that made it */
     conc_event idle;                    /* set while serve_forever does not run */

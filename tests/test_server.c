@@ -1204,3 +1204,27 @@ Test(server, reactor_back_pressure, .timeout = 120)
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
 }
+
+/* shutdown_wait from the serving thread would wait for itself. */
+static void wait_from_inside(conc_server *s, void *user)
+{
+    int *rc = user;
+    *rc = conc_server_shutdown_wait(s, GUARD);
+    conc_server_shutdown(s);
+}
+
+Test(server, shutdown_wait_from_the_serving_thread_is_edeadlk, .timeout = 60)
+{
+    int rc = 1;
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.service_actions = wait_from_inside;
+    o.user = &rc;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_serve_forever(s, 0.001), 0);
+    cr_assert_eq(rc, -EDEADLK);
+    cr_assert_eq(conc_server_shutdown_wait(s, 0), 0);   /* nothing serves */
+    conc_server_free(s);
+}

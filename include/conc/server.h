@@ -344,9 +344,11 @@ CONC_API int conc_server_shutdown(conc_server *s);
 /*
  * conc_server_shutdown_wait - Python's shutdown(): ask serve_forever to
  * stop and wait until it has returned (0 at once when nothing serves).
- * Not from the thread that serves (-EDEADLK) nor a signal handler.
- * Returns 0; -ETIMEDOUT / -EAGAIN when it still serves when time is up;
- * -EINVAL.
+ * Not from a signal handler, nor from a handler (serve_forever waits for
+ * the request, which would wait for serve_forever, as in Python: a handler
+ * calls conc_server_shutdown).  Returns 0; -EDEADLK from the thread in
+ * serve_forever (a greenlet of its hub too); -ETIMEDOUT / -EAGAIN when it
+ * still serves when time is up; -EINVAL.
  */
 CONC_API int conc_server_shutdown_wait(conc_server *s, double timeout);
 CONC_API int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline);
