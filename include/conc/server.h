@@ -56,7 +56,8 @@
  * loops may ask conc_server_stopping.
  *
  * Connection limit: max_connections > 0 bounds the connections served at
- * once (per process with PREFORK).  At the limit the server stops
+ * once (with several workers: per worker process with PREFORK, per loop
+ * with COROUTINE and REACTOR).  At the limit the server stops
  * accepting: further clients wait in the listen backlog
  * (request_queue_size) until a connection ends, and the kernel refuses or
  * drops those beyond the backlog.  Nothing is accepted only to be closed.
