@@ -132,27 +132,31 @@ static void init_request(conc_server *s, conc_server_request *req, conc_socket *
     req->user = s->h.user;
 }
 
+void conc__server_serve_entered(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                                const void *data, size_t len, struct conc__server_slot *slot)
+{
+    conc_server_request req;
+    init_request(s, &req, c, peer, data, len);
+    conc__server_run_handler(s, &req);
+    unlink_slot(s, slot);
+    if (c)
+        conc_socket_free(c);
+    count_out(s);
+}
+
 void conc__server_serve_conn(conc_server *s, conc_socket *c, const conc_sockaddr *peer)
 {
     struct conc__server_slot slot;
     conc__server_enter(s, &slot, conc_socket_fd(c));
-    conc_server_request req;
-    init_request(s, &req, c, peer, NULL, 0);
-    conc__server_run_handler(s, &req);
-    unlink_slot(s, &slot);
-    conc_socket_free(c);
-    count_out(s);
+    conc__server_serve_entered(s, c, peer, NULL, 0, &slot);
 }
 
 void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer, const void *data,
-                           size_t len)
+                                 size_t len)
 {
     struct conc__server_slot slot;
     conc__server_enter(s, &slot, -1);
-    conc_server_request req;
-    init_request(s, &req, NULL, peer, data, len);
-    conc__server_run_handler(s, &req);
-    conc__server_leave(s, &slot);
+    conc__server_serve_entered(s, NULL, peer, data, len, &slot);
 }
 
 /* -------------------------------------------------------------- refs */
@@ -175,18 +179,7 @@ static void *thread_main(void *arg)
 {
     struct job *j = arg;
     conc_server *s = j->s;
-    conc_server_request req;
-    if (j->c) {
-        init_request(s, &req, j->c, &j->peer, NULL, 0);
-        conc__server_run_handler(s, &req);
-        unlink_slot(s, &j->slot);
-        conc_socket_free(j->c);
-        count_out(s);
-    } else {
-        init_request(s, &req, NULL, &j->peer, j->data, j->len);
-        conc__server_run_handler(s, &req);
-        conc__server_leave(s, &j->slot);
-    }
+    conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
     free(j);
     server_release(s);
     return NULL;

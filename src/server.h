@@ -68,6 +68,12 @@ CONC_HIDDEN int conc__server_run_handler(conc_server *s, conc_server_request *re
  * thread or greenlet, counting it in and out. */
 CONC_HIDDEN void conc__server_serve_conn(conc_server *s, conc_socket *c, const conc_sockaddr *peer);
 
+/* Serves a request counted in already (slot): the handler, then the
+ * connection c (unless NULL) is closed and the request counted out. */
+CONC_HIDDEN void conc__server_serve_entered(conc_server *s, conc_socket *c,
+                                            const conc_sockaddr *peer, const void *data,
+                                            size_t len, struct conc__server_slot *slot);
+
 /* Serves one datagram in the calling thread or greenlet. */
 CONC_HIDDEN void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer,
                                              const void *data, size_t len);

@@ -1228,3 +1228,53 @@ Test(server, shutdown_wait_from_the_serving_thread_is_edeadlk, .timeout = 60)
     cr_assert_eq(conc_server_shutdown_wait(s, 0), 0);   /* nothing serves */
     conc_server_free(s);
 }
+
+/* handle_request hands the request over and returns; close waits for it
+ * (a greenlet of the caller's hub, a child process). */
+static void handle_one_then_close(conc_server_model model)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_STREAM, 1);
+    struct busy b = { .s = s };
+    cr_assert_eq(pipe(b.up), 0);
+    cr_assert_eq(pipe(b.down), 0);
+    pid_t pid = client_proc(busy_client, &b);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    if (model == CONC_SERVER_FORKING) {
+        hs_recv(b.up[0]);
+        hs_send(b.down[1]);
+        client_proc_wait(pid);
+        cr_assert_eq(conc_server_close(s), 0);
+    } else {
+        /* the greenlet has not run yet: close must wait for it, and it
+         * runs while close waits */
+        conc_server_stats st;
+        conc_server_get_stats(s, &st);
+        cr_assert_eq(st.active, 1);
+        hs_send(b.down[1]);         /* the client goes on once it is answered */
+        cr_assert_eq(conc_server_close(s), 0);
+        client_proc_wait(pid);
+    }
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    conc_hub_free();
+    for (int i = 0; i < 2; i++) {
+        close(b.up[i]);
+        close(b.down[i]);
+    }
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, coroutine_handle_request_then_close, .timeout = 60)
+{
+    handle_one_then_close(CONC_SERVER_COROUTINE);
+}
+
+Test(server, forking_handle_request_then_close, .timeout = 60)
+{
+    handle_one_then_close(CONC_SERVER_FORKING);
+}
