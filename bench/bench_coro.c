@@ -19,7 +19,9 @@
  *                     conc's target is <= 60 ns
  *   yield             ns per conc_sleep(0) while two greenlets take turns
  *                     (each call hands the thread to the other one);
- *                     gevent.sleep(0)
+ *                     gevent.sleep(0); conc-copied: the two greenlets on
+ *                     the hub's shared stack (each turn copies one out and
+ *                     the other in: what a park and a resume cost then)
  *   queue_pingpong    round trips per second: two greenlets of one thread
  *                     pass a value back and forth through two conc_queue of
  *                     maxsize 1 (gevent.queue.Queue(1)); Go's unbuffered
@@ -31,7 +33,19 @@
  *                     then kill and join them.  N = 100000 (10000 under
  *                     --quick); rss_per_sleeping_1m is N = 1000000, not run
  *                     under --quick, with gevent capped at N = 100000.
- *                     Measured first, in a fresh process for gevent.
+ *                     Measured first, in a fresh process for gevent; Go
+ *                     (goroutines that sleep an hour) beside them.
+ *   sleepers_1m       seconds for examples/coro-sleepers' job: spawn
+ *                     1,000,000 greenlets that each sleep 1 s and join them
+ *                     all (10,000 under --quick), in a child process of its
+ *                     own; Go's goroutines (GOMAXPROCS=1, sync.WaitGroup)
+ *                     beside it, not under --quick
+ *   sleepers_1m_bytes that job's peak RSS (VmHWM) less the RSS before it,
+ *                     per sleeper
+ *
+ * The memory metrics and sleepers_1m run conc twice: "conc" (greenlets with
+ * stacks of their own, the default) and "conc-copied" (CONC_STACK_COPIED:
+ * the hub's shared stack, a parked greenlet's frames copied out).
  *
  * Self-checks, reported as FAILED: the values that come back (switch: the
  * last value echoed; create: the sum of the return values).  Boost runs as
@@ -47,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -65,6 +80,8 @@ static const bench_metric metrics[] = {
     { "queue_pingpong", "ops/s", "round trips between two greenlets through two queues of maxsize 1 (go: unbuffered channels)" },
     { "rss_per_sleeping", "bytes", "resident memory per sleeping greenlet, N = 100000 (--quick: 10000)" },
     { "rss_per_sleeping_1m", "bytes", "resident memory per sleeping greenlet, N = 1000000 (gevent: N capped at 100000)" },
+    { "sleepers_1m", "s", "spawn 1,000,000 greenlets that each sleep 1 s, join them all (coro-sleepers; --quick: 10,000)" },
+    { "sleepers_1m_bytes", "bytes", "peak RSS growth per sleeper in sleepers_1m" },
 };
 
 #define WRONG_RESULT (-EPROTO)
@@ -255,16 +272,17 @@ static void *yield_loop(void *arg)
     return NULL;
 }
 
+/* arg: NULL, or the conc_spawn_opts of both greenlets. */
 static int64_t yield_conc(void *arg, long iters)
 {
-    (void)arg;
+    const conc_spawn_opts *so = arg;
     long half = iters / 2 > 0 ? iters / 2 : 1;
     struct yielder y[2] = { { half, 0, 0 }, { half, 0, 0 } };
     conc_greenlet *g[2] = { NULL, NULL };
     int64_t t0 = bench_now();
-    int rc = conc_greenlet_spawn(&g[0], yield_loop, &y[0], NULL);
+    int rc = conc_greenlet_spawn(&g[0], yield_loop, &y[0], so);
     if (rc == 0)
-        rc = conc_greenlet_spawn(&g[1], yield_loop, &y[1], NULL);
+        rc = conc_greenlet_spawn(&g[1], yield_loop, &y[1], so);
     if (rc == 0)
         rc = conc_greenlet_joinall(g, 2, CONC_FOREVER);
     int64_t ns = bench_now() - t0;
@@ -404,23 +422,25 @@ static void *sleeper(void *arg)
 }
 
 /* Spawn n sleeping greenlets, record the RSS growth per greenlet, kill and
- * join them. */
-static void rss_conc(const char *metric, long n)
+ * join them.  system "conc": stacks of their own; "conc-copied": the hub's
+ * shared stack (CONC_STACK_COPIED). */
+static void rss_conc(const char *metric, const char *system, long n)
 {
-    if (!bench_enabled(metric, "conc"))
+    if (!bench_enabled(metric, system))
         return;
+    int mode = strcmp(system, "conc") == 0 ? CONC_STACK_OWN : CONC_STACK_COPIED;
     /* ~4 KiB each (a stack page, the greenlet's objects on it): ask for 6. */
     long want = n * 6144L + (256L << 20), avail = mem_available();
     if (avail >= 0 && avail < want) {
         char why[128];
         snprintf(why, sizeof why, "%ld MiB available, %ld greenlets want about %ld MiB",
                  avail >> 20, n, want >> 20);
-        bench_skip(metric, "conc", NULL, why);
+        bench_skip(metric, system, NULL, why);
         return;
     }
     conc_greenlet **g = calloc((size_t)n, sizeof *g);
     if (!g) {
-        bench_skip(metric, "conc", NULL, "no memory for the handles");
+        bench_skip(metric, system, NULL, "no memory for the handles");
         return;
     }
     /* The handle array is the benchmark's, not the greenlets': make it
@@ -430,9 +450,10 @@ static void rss_conc(const char *metric, long n)
     conc_coro_trim();
     malloc_trim(0);
     sleepers_started = 0;
+    int old_mode = conc_hub_set_stacks(mode);
     long before = rss_bytes(), after = -1, spawned = 0;
-    int rc = 0;
-    for (; spawned < n; spawned++) {
+    int rc = old_mode < 0 ? old_mode : 0;
+    for (; spawned < n && rc == 0; spawned++) {
         rc = conc_greenlet_spawn(&g[spawned], sleeper, NULL, NULL);
         if (rc < 0)
             break;
@@ -447,17 +468,134 @@ static void rss_conc(const char *metric, long n)
     for (long i = 0; i < spawned; i++)
         conc_greenlet_free(g[i]);
     free(g);
+    if (old_mode > 0)
+        conc_hub_set_stacks(old_mode);
     conc_coro_trim();
     malloc_trim(0);
     if (rc < 0 || jrc < 0) {
-        bench_fail(metric, "conc", "%s after %ld greenlets", strerror(rc < 0 ? -rc : -jrc), spawned);
+        bench_fail(metric, system, "%s after %ld greenlets", strerror(rc < 0 ? -rc : -jrc), spawned);
         return;
     }
     if (before < 0 || after < 0) {
-        bench_skip(metric, "conc", NULL, "cannot read /proc/self/statm");
+        bench_skip(metric, system, NULL, "cannot read /proc/self/statm");
         return;
     }
-    bench_record(metric, "conc", (double)(after - before) / (double)n, "bytes");
+    bench_record(metric, system, (double)(after - before) / (double)n, "bytes");
+}
+
+/* A "Name:   N kB" line of /proc/self/status in bytes, or -1. */
+static long status_bytes(const char *name)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long kb = -1;
+    size_t len = strlen(name);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, name, len) == 0 && line[len] == ':') {
+            if (sscanf(line + len + 1, "%ld", &kb) != 1)
+                kb = -1;
+            break;
+        }
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+static long sleepers_done;
+
+static void *sleep_one_second(void *arg)
+{
+    (void)arg;
+    if (conc_sleep(1.0) == 0)
+        sleepers_done++;
+    return NULL;
+}
+
+/* coro-sleepers' job in this (child) process, greenlets spawned with
+ * stacks `mode`: {seconds, peak bytes per sleeper}, or a negative errno in
+ * out[0]. */
+static void sleepers_job(long n, int mode, double out[2])
+{
+    if (conc_hub_set_stacks(mode) < 0) {
+        out[0] = -ENOMEM;
+        return;
+    }
+    long before = rss_bytes();
+    conc_greenlet **g = calloc((size_t)n, sizeof *g);
+    if (!g || before < 0) {
+        out[0] = -ENOMEM;
+        return;
+    }
+    int64_t t0 = bench_now();
+    long spawned = 0;
+    int rc = 0;
+    for (; spawned < n; spawned++) {
+        rc = conc_greenlet_spawn(&g[spawned], sleep_one_second, NULL, NULL);
+        if (rc < 0)
+            break;
+    }
+    int jrc = conc_greenlet_joinall(g, (size_t)spawned, CONC_FOREVER);
+    int64_t ns = bench_now() - t0;
+    long peak = status_bytes("VmHWM");
+    if (rc == 0)
+        rc = jrc;
+    if (rc == 0 && sleepers_done != n)
+        rc = WRONG_RESULT;
+    out[0] = rc < 0 ? rc : (double)ns / 1e9;
+    out[1] = peak < 0 ? -1 : (double)(peak - before) / (double)n;
+}
+
+/* Runs the job in a child, so that its memory is measured alone and given
+ * back whole. */
+static void sleepers_conc(const char *system, long n)
+{
+    int mode = strcmp(system, "conc") == 0 ? CONC_STACK_OWN : CONC_STACK_COPIED;
+    bool timed = bench_enabled("sleepers_1m", system);
+    bool sized = bench_enabled("sleepers_1m_bytes", system);
+    if (!timed && !sized)
+        return;
+    long want = n * 6144L + (256L << 20), avail = mem_available();
+    if (avail >= 0 && avail < want) {
+        char why[128];
+        snprintf(why, sizeof why, "%ld MiB available, %ld sleepers want about %ld MiB",
+                 avail >> 20, n, want >> 20);
+        if (timed)
+            bench_skip("sleepers_1m", system, NULL, why);
+        if (sized)
+            bench_skip("sleepers_1m_bytes", system, NULL, why);
+        return;
+    }
+    int fd[2];
+    if (pipe(fd) != 0) {
+        bench_fail("sleepers_1m", system, "pipe: %s", strerror(errno));
+        return;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        double out[2] = { -EPROTO, -1 };
+        sleepers_job(n, mode, out);
+        ssize_t w = write(fd[1], out, sizeof out);
+        _exit(w == (ssize_t)sizeof out ? 0 : 1);
+    }
+    close(fd[1]);
+    double out[2] = { -EPROTO, -1 };
+    ssize_t got = pid > 0 ? read(fd[0], out, sizeof out) : -1;
+    close(fd[0]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    if (got != (ssize_t)sizeof out || out[0] < 0) {
+        int err = got == (ssize_t)sizeof out ? (int)-out[0] : pid < 0 ? errno : EPROTO;
+        bench_fail("sleepers_1m", system, "%s", strerror(err));
+        return;
+    }
+    if (timed)
+        bench_record("sleepers_1m", system, out[0], "s");
+    if (sized && out[1] >= 0)
+        bench_record("sleepers_1m_bytes", system, out[1], "bytes");
 }
 
 /* ------------------------------------------------------------------ peers */
@@ -542,10 +680,14 @@ static void run_gevent_timed(void)
              bench_scale() * (bench_quick() ? 0.05 : 1.0), hub_metrics);
 }
 
-static void run_go(void)
+/* The Go peer for one group of its metrics (each group in a process of its
+ * own: the memory metrics measure the whole process); n: its --n. */
+static void run_go_metrics(const char *const which[], long n)
 {
-    static const char *const which[] = { "queue_pingpong", NULL };
-    if (!bench_enabled("queue_pingpong", "go"))
+    bool any = false;
+    for (size_t i = 0; which[i]; i++)
+        any = any || bench_enabled(which[i], "go");
+    if (!any)
         return;
     if (!bench_in_path("go")) {
         skip_all("go", which, "go is not installed");
@@ -555,12 +697,25 @@ static void run_go(void)
         skip_all("go", which, "not under --quick (go run compiles the peer)");
         return;
     }
-    char reps[16], scale_s[32];
+    char reps[16], scale_s[32], n_s[32];
     snprintf(reps, sizeof reps, "%d", bench_reps());
     snprintf(scale_s, sizeof scale_s, "%g", bench_scale());
+    snprintf(n_s, sizeof n_s, "%ld", n);
     char *argv[] = { "go", "run", (char *)bench_peer_path("coro_go.go"), "--reps", reps,
-                     scale_s, "queue_pingpong", NULL };
+                     "--n", n_s, scale_s, (char *)which[0], NULL };
     bench_peer_run_for("go", which, argv, 600.0);
+}
+
+static void run_go(long n_rss)
+{
+    static const char *const pingpong[] = { "queue_pingpong", NULL };
+    static const char *const rss[] = { "rss_per_sleeping", NULL };
+    static const char *const rss_1m[] = { "rss_per_sleeping_1m", NULL };
+    static const char *const sleepers[] = { "sleepers_1m", "sleepers_1m_bytes", NULL };
+    run_go_metrics(pingpong, 0);
+    run_go_metrics(rss, n_rss);
+    run_go_metrics(rss_1m, 1000000);
+    run_go_metrics(sleepers, 1000000);
 }
 
 int main(int argc, char **argv)
@@ -569,11 +724,18 @@ int main(int argc, char **argv)
                "greenlet, gevent, Go",
                metrics, BENCH_ARRAY_LEN(metrics));
 
-    /* Memory first, while the heap is fresh. */
+    /* Memory first, while the heap is fresh; the sleepers' job in a child
+     * made before this process has a hub. */
+    long n_sleepers = bench_quick() ? 10000 : 1000000;
+    sleepers_conc("conc", n_sleepers);
+    sleepers_conc("conc-copied", n_sleepers);
     long n_rss = bench_quick() ? 10000 : 100000;
-    rss_conc("rss_per_sleeping", n_rss);
-    if (!bench_quick())
-        rss_conc("rss_per_sleeping_1m", 1000000);
+    rss_conc("rss_per_sleeping", "conc", n_rss);
+    rss_conc("rss_per_sleeping", "conc-copied", n_rss);
+    if (!bench_quick()) {
+        rss_conc("rss_per_sleeping_1m", "conc", 1000000);
+        rss_conc("rss_per_sleeping_1m", "conc-copied", 1000000);
+    }
 
     static const bench_case sw[] = {
         { "conc", switch_conc, NULL },
@@ -588,7 +750,13 @@ int main(int argc, char **argv)
     bench_compare("create", cr, BENCH_ARRAY_LEN(cr), bench_iters(10000000, 200000), BENCH_BEST);
 
     bench_run("spawn_join", "conc", spawn_join_conc, NULL, bench_iters(20000000, 500000), BENCH_BEST);
-    bench_run("yield", "conc", yield_conc, NULL, bench_iters(50000000, 1000000), BENCH_BEST);
+    static conc_spawn_opts copied = CONC_SPAWN_OPTS_INIT;
+    copied.stack = CONC_STACK_COPIED;
+    const bench_case yl[] = {
+        { "conc", yield_conc, NULL },
+        { "conc-copied", yield_conc, &copied },
+    };
+    bench_compare("yield", yl, BENCH_ARRAY_LEN(yl), bench_iters(50000000, 1000000), BENCH_BEST);
     bench_run("queue_pingpong", "conc", pingpong_conc, NULL, bench_iters(20000000, 500000), BENCH_BEST);
 
     run_boost();
@@ -597,6 +765,6 @@ int main(int argc, char **argv)
     if (!bench_quick())
         run_gevent_rss("rss_per_sleeping_1m", 100000);  /* capped: see the metric */
     run_gevent_timed();
-    run_go();
+    run_go(n_rss);
     return bench_report();
 }

@@ -1,7 +1,8 @@
 /*
  * bench_echo.c - upper-casing echo servers under one load generator: each
  * model of conc's echo-upper-server against a hand-written epoll server in
- * C, libuv, Go's net package and two Python servers (selectors, asyncio).
+ * C, libuv, Go's net package, gevent and four Python servers (selectors,
+ * asyncio, socketserver's threading and forking servers).
  *
  *   echo_c1, echo_c100, echo_c1000   requests per second, 1, 100 and 1000
  *                                    connections
@@ -58,6 +59,13 @@
  *                    (go build at run time; not under --quick)
  *   python-selectors bench/peers/echo_selectors.py (DefaultSelector)
  *   python-asyncio   bench/peers/echo_asyncio.py (protocols)
+ *   gevent           bench/peers/echo_gevent.py (gevent's StreamServer, a
+ *                    greenlet per connection; skipped without python3-gevent)
+ *   python-threading bench/peers/echo_threading.py (socketserver's
+ *                    ThreadingTCPServer, request_queue_size 1024,
+ *                    daemon_threads)
+ *   python-forking   bench/peers/echo_forking.py (ForkingTCPServer,
+ *                    request_queue_size 1024, max_children 2000)
  * The peers that are not conc-MODEL are compared against conc-epoll.
  */
 #include <arpa/inet.h>
@@ -261,6 +269,31 @@ static int server_stop(struct server *s)
     close(s->out);
     s->pid = 0;
     return status;
+}
+
+/* Whether bench_python() can import module (it is asked, quietly). */
+static bool python_has(const char *module)
+{
+    char code[128];
+    snprintf(code, sizeof code, "import %s", module);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        bench_die("fork", errno);
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            dup2(null, STDOUT_FILENO);
+            dup2(null, STDERR_FILENO);
+        }
+        execl(bench_python(), bench_python(), "-c", code, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -761,7 +794,7 @@ static int raise_nofile(void)
 int main(int argc, char **argv)
 {
     bench_init(argc, argv, "bench_echo: echo-upper-server's models vs epoll in C, libuv, Go, "
-               "Python selectors and asyncio",
+               "gevent, Python selectors, asyncio and socketserver",
                metrics, BENCH_ARRAY_LEN(metrics));
     int fd_room = raise_nofile();
 
@@ -822,19 +855,30 @@ int main(int argc, char **argv)
     s->max_conns = 1000000;
     s->argv[1] = "0";
 
-    static char py_peers[2][512];
-    const char *py_files[] = { "echo_selectors.py", "echo_asyncio.py" };
-    const char *py_systems[] = { "python-selectors", "python-asyncio" };
-    for (int i = 0; i < 2; i++) {
+    /* The Python peers; `module` is one that is not in the standard
+     * library (its package in `package`): without it the peer is skipped. */
+    static const struct {
+        const char *file, *system, *module, *package;
+    } py[] = {
+        { "echo_selectors.py", "python-selectors", NULL, NULL },
+        { "echo_asyncio.py", "python-asyncio", NULL, NULL },
+        { "echo_gevent.py", "gevent", "gevent", "python3-gevent" },
+        { "echo_threading.py", "python-threading", NULL, NULL },
+        { "echo_forking.py", "python-forking", NULL, NULL },
+    };
+    static char py_peers[BENCH_ARRAY_LEN(py)][512];
+    for (size_t i = 0; i < BENCH_ARRAY_LEN(py); i++) {
         s = &sv[nsv++];
-        s->system = py_systems[i];
+        s->system = py[i].system;
         s->max_conns = 1000000;
-        snprintf(py_peers[i], sizeof py_peers[i], "%s", bench_peer_path(py_files[i]));
+        snprintf(py_peers[i], sizeof py_peers[i], "%s", bench_peer_path(py[i].file));
         s->argv[0] = (char *)bench_python();
         s->argv[1] = py_peers[i];
         s->argv[2] = "0";
         if (access(bench_python(), X_OK) != 0)
             set_skip(s, "cannot run %s", bench_python());
+        else if (py[i].module && server_wanted(s) && !python_has(py[i].module))
+            set_skip(s, "%s is not installed (make bench installs it)", py[i].package);
     }
 
     /* Start every server that takes part (the Go peer is built first). */

@@ -29,6 +29,8 @@
 #include "conc/selector.h"
 #include "conc/server.h"
 #include "conc/pool.h"
+#include "conc/listener.h"
+#include "conc/manager.h"
 
 #define CONC_VERSION_MAJOR 0
 #define CONC_VERSION_MINOR 1

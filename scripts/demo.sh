@@ -97,9 +97,10 @@ show coro-tour "greenlet switch, gevent spawn/joinall, and a crawler on libcurl"
 
 # serve NAME "HEADING" "WHAT IT SHOWS" "CLIENT INPUT" [CLIENT OPTIONS --] [SERVER ARGS...]
 # Starts the server NAME on a free port (it prints "listening on HOST:PORT"),
-# runs echo-upper-client against it with the input, then stops the server
-# with SIGTERM and shows what it printed.
+# runs the client ($client, default echo-upper-client) against it with the
+# input, then stops the server with SIGTERM and shows what it printed.
 serve() {
+    client=${client:-echo-upper-client}
     name=$1
     heading=$2
     what=$3
@@ -114,8 +115,8 @@ serve() {
     echo
     echo "=== $name: $heading"
     echo "    $what"
-    if [ ! -x "$dir/$name" ] || [ ! -x "$dir/echo-upper-client" ]; then
-        echo "    (skipped: $dir/$name or $dir/echo-upper-client is not built)"
+    if [ ! -x "$dir/$name" ] || [ ! -x "$dir/$client" ]; then
+        echo "    (skipped: $dir/$name or $dir/$client is not built)"
         skipped=$((skipped + 1))
         return 0
     fi
@@ -138,10 +139,10 @@ serve() {
         rm -f "$log"
         return 0
     fi
-    echo "    \$ echo-upper-client$copts 127.0.0.1 $port      (its input: the lines after >)"
+    echo "    \$ $client$copts 127.0.0.1 $port      (its input: the lines after >)"
     printf '%s\n' "$input" | sed 's/^/    > /'
     ok=1
-    replies=$(printf '%s\n' "$input" | "$dir/echo-upper-client" $copts 127.0.0.1 "$port") || ok=0
+    replies=$(printf '%s\n' "$input" | "$dir/$client" $copts 127.0.0.1 "$port") || ok=0
     [ -z "$replies" ] || printf '%s\n' "$replies" | sed 's/^/    /'
     kill -TERM "$pid"
     wait "$pid" || ok=0
@@ -173,6 +174,32 @@ serve udp-upper-server "socket over UDP: one datagram in, one datagram out" \
     "Each line goes as a datagram; the server sends it back upper-cased to its sender." \
     "datagram one
 datagram two" --udp --
+
+client=hotline-client
+serve hotline-server "socketserver.ThreadingTCPServer: the 10086 phone menu" \
+    "A thread per caller (conc/server.h's threading model): the greeting with the menu, 0 for the operator, anything else is asked again, exit hangs up." \
+    "0
+1001
+exit"
+
+# ftp-server's root and ftp-client's directory: made here, removed at the end.
+ftp=$(mktemp -d "${TMPDIR:-/tmp}/conc-ftp.XXXXXX") || exit 1
+mkdir "$ftp/root" "$ftp/local"
+printf 'conc ftp demo: notes\n' >"$ftp/root/notes.txt"
+seq 1 200000 >"$ftp/root/numbers.txt"
+printf 'sent by ftp-client\n' >"$ftp/upload.txt"
+client=ftp-client
+for model in threading forking coroutine; do
+    serve ftp-server "a file transfer on socketserver's $model model" \
+        "ls, get and put over a small line protocol; each file goes with its size and SHA-256 (libsodium), which the receiver checks before it renames the file from a temporary name to its own." \
+        "ls
+get numbers.txt
+put $ftp/upload.txt
+ls" --dir "$ftp/local" -- --root "$ftp/root" --model $model
+    rm -f "$ftp/root/upload.txt" "$ftp/local/numbers.txt"
+done
+rm -rf "$ftp"
+client=echo-upper-client
 show custom-thread-pool "the tutorial's hand-made thread pool, and multiprocessing.pool.ThreadPool" \
     "A task queue, worker threads made on demand, a StopEvent sentinel and close/terminate, built on conc's Queue and threads; then the same 200 tasks (every tenth fails) on ThreadPool: both print the same figures." \
     --workers 5 --tasks 200
@@ -180,6 +207,58 @@ show custom-thread-pool "the tutorial's hand-made thread pool, and multiprocessi
 show parallel-map "multiprocessing.Pool: map and imap_unordered, with progress" \
     "Sums i*i for i = 0..99999 on 4 worker processes, with map and with imap_unordered reading its input lazily; both give n(n-1)(2n-1)/6. The progress goes to stderr." \
     --tasks 100000 --workers 4 --chunksize 100 --progress
+
+show manager-counter "multiprocessing.Manager: a dict in a manager process, under a manager Lock" \
+    "A manager holds {\"count\": 100}; 20 processes each take the manager Lock and take one off through their proxies: count=80." \
+    --procs 20 --start 100
+
+# The queue served across machines: queue-server on a free TCP port with a
+# key file, a queue-client that puts, one that gets, and one with the wrong
+# key (refused), then SIGTERM to the server.
+echo
+echo "=== queue-server, queue-client: a manager's queue shared over TCP, with an authkey"
+echo "    The server serves one named queue; each client proves it holds the key (an HMAC challenge both ways) before it may put or get."
+if [ ! -x "$dir/queue-server" ] || [ ! -x "$dir/queue-client" ]; then
+    echo "    (skipped: $dir/queue-server or $dir/queue-client is not built)"
+    skipped=$((skipped + 1))
+else
+    qdir=$(mktemp -d "${TMPDIR:-/tmp}/conc-queue.XXXXXX") || exit 1
+    printf 'abracadabra\n' >"$qdir/key"
+    printf 'not the key\n' >"$qdir/wrong"
+    echo "    \$ queue-server --address 127.0.0.1:0 --authkey-file key &"
+    "$dir/queue-server" --address 127.0.0.1:0 --authkey-file "$qdir/key" >"$qdir/log" &
+    qpid=$!
+    addr=""
+    tries=0
+    while [ -z "$addr" ] && [ $tries -lt 200 ] && kill -0 "$qpid" 2>/dev/null; do
+        addr=$(sed -n 's/^serving on //p' "$qdir/log")
+        [ -n "$addr" ] || { sleep 0.05; tries=$((tries + 1)); }
+    done
+    sed 's/^/    /' "$qdir/log"
+    ok=1
+    if [ -z "$addr" ]; then
+        echo "demo.sh: queue-server did not start" >&2
+        ok=0
+    else
+        q="$dir/queue-client --address $addr"
+        echo "    \$ queue-client --address $addr --authkey-file key put 'hello from afar'"
+        $q --authkey-file "$qdir/key" put 'hello from afar' || ok=0
+        echo "    \$ queue-client --address $addr --authkey-file key get"
+        $q --authkey-file "$qdir/key" get | sed 's/^/    /' || ok=0
+        echo "    \$ queue-client --address $addr --authkey-file wrong get"
+        if $q --authkey-file "$qdir/wrong" get 2>&1 | sed 's/^/    /'; then :; fi
+    fi
+    kill -TERM "$qpid" 2>/dev/null
+    wait "$qpid" || ok=0
+    echo "    \$ kill -TERM %1"
+    rm -rf "$qdir"
+    if [ $ok = 1 ]; then
+        ran=$((ran + 1))
+    else
+        echo "demo.sh: queue-server/queue-client failed" >&2
+        failed="$failed queue-server"
+    fi
+fi
 
 # crawler's web: python3's http.server on a free port, serving a temporary
 # directory with two pages; port 1 on 127.0.0.1 refuses connections.
@@ -210,6 +289,34 @@ else
     echo "=== crawler: multiprocessing.Pool.apply_async with a callback: a crawler"
     echo "    (skipped: no local HTTP server: python3 -m http.server did not start)"
     skipped=$((skipped + 1))
+fi
+
+# The broker examples: a queue in RabbitMQ.  CONC_BROKER_URL names an
+# existing broker to use; otherwise a private node is started under the
+# build tree (scripts/rabbitmq.sh; about 5-10 s) and stopped afterwards.
+node_dir=""
+broker_url=${CONC_BROKER_URL:-}
+if [ -x "$dir/broker-queue" ] && [ -z "$broker_url" ]; then
+    node_dir="$dir/../rabbitmq-demo"
+    trap 'rm -f "$db"; [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$web"; sh "$(dirname "$0")/rabbitmq.sh" stop "$node_dir" >/dev/null 2>&1' EXIT
+    echo
+    echo "=== starting a private RabbitMQ node for the broker examples (scripts/rabbitmq.sh)"
+    broker_url=$(sh "$(dirname "$0")/rabbitmq.sh" start "$node_dir") || broker_url=""
+fi
+if [ -x "$dir/broker-queue" ] && [ -z "$broker_url" ]; then
+    echo "demo.sh: no RabbitMQ node (scripts/rabbitmq.sh start failed)" >&2
+    failed="$failed broker-queue"
+else
+    q="conc-demo-$$"
+    show broker-queue "a queue on a RabbitMQ broker: the producer" \
+        "Three persistent messages go to a durable queue; each is printed once the broker confirmed it (it is on the broker's disk)." \
+        --url "$broker_url" --queue "$q" put "task one" "task two" "task three"
+    show broker-queue "the consumer, which may run on another machine" \
+        "It takes the messages in order and acknowledges each (task_done) after printing it; a consumer killed before that gives its message back." \
+        --url "$broker_url" --queue "$q" get --count 3
+fi
+if [ -n "$node_dir" ]; then
+    sh "$(dirname "$0")/rabbitmq.sh" stop "$node_dir" >/dev/null 2>&1
 fi
 
 echo

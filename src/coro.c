@@ -35,6 +35,8 @@
 #include "sys/san.h"
 
 enum { CORO_NEW, CORO_RUNNING, CORO_SUSPENDED, CORO_DEAD };
+_Static_assert(!(CORO_NEW & 1) && !(CORO_SUSPENDED & 1) && (CORO_RUNNING & 1) && (CORO_DEAD & 1),
+               "a switch's fast test: the states one may switch to are even");
 
 /* Instrumented frames are larger: scale every stack under the sanitizers. */
 #if CONC_SAN_ADDRESS
@@ -57,7 +59,12 @@ struct conc_coro {
     uint8_t embedded;           /* lives at the top of its own stack, which
                                    it keeps until the object goes */
     uint8_t weak_parent;        /* holds no reference to its parent */
+    uint8_t fresh;              /* copied, its first frame not made yet */
     uint32_t refs;
+    struct conc__shstack *shared;   /* copied: the stack it runs on */
+    char *saved;                /* copied: its frames while another owns the
+                                   shared stack */
+    uint32_t saved_len, saved_cap;
     uint64_t owner;             /* lock-owner identity; 0 for main */
     conc_coro *parent;          /* holds a reference (unless weak_parent);
                                    NULL for main */
@@ -130,6 +137,7 @@ static inline conc__stack_cache *my_cache(void)
 }
 
 static void release_embedded(conc_coro *c);
+static void release_copied(conc_coro *c);
 
 /* Count coroutines made (+1) and freed (-1): in the calling thread's own
  * counter when it has one (no locked instruction), else process-wide. */
@@ -161,7 +169,9 @@ static void coro_unref(conc_coro *c)
             return;
         }
         bool weak = c->weak_parent;
-        if (c->embedded)
+        if (c->shared)
+            release_copied(c);
+        else if (c->embedded)
             release_embedded(c);
         else
             free(c);
@@ -374,6 +384,82 @@ static void release_embedded(conc_coro *c)
     conc__stack_put(my_cache(), &c->stack, conc__ctx_sp(&c->ctx));
 }
 
+/* The last reference to a copied coroutine is gone: its block and its
+ * buffer go; the shared stack stays with the hub. */
+static void release_copied(conc_coro *c)
+{
+#if CONC_SAN_THREAD
+    if (c->tsan_fiber)
+        __tsan_destroy_fiber(c->tsan_fiber);
+#endif
+    struct conc__shstack *ss = c->shared;
+    free(c->saved);
+    free(c);
+    conc__shstack_unref(ss);
+}
+
+/* ------------------------------------------------------- copied stacks */
+
+bool conc__coro_stack_copied(void)
+{
+    struct coro_thread *t = tls_thread;
+    return t && t->current->shared != NULL;
+}
+
+size_t conc__coro_saved_bytes(const conc_coro *c)
+{
+    return c && c->shared ? c->saved_len : 0;
+}
+
+/* Makes the shared stack hold `to`'s frames (called on another stack). */
+static __attribute__((noinline)) int shared_take(conc_coro *to)
+{
+    struct conc__shstack *ss = to->shared;
+    conc_coro *o = ss->owner;
+    if (o == to)
+        return 0;
+    char *hi = ss->s.hi;
+    if (o && state_of(o) != CORO_DEAD && !o->fresh) {
+        char *sp = conc__ctx_sp(&o->ctx);
+        size_t len = (size_t)(hi - sp);     /* a multiple of 8: sp is aligned */
+        if (len > o->saved_cap) {
+            size_t cap = (len + 15) & ~(size_t)15;
+            char *b = realloc(o->saved, cap);
+            if (!b)
+                return -ENOMEM;
+            o->saved = b;
+            o->saved_cap = (uint32_t)cap;
+        }
+#if CONC_SAN_ADDRESS
+        /* the redzones of frames that are not running: not an access */
+        __asan_unpoison_memory_region(sp, len);
+#endif
+        memcpy(o->saved, sp, len);
+        o->saved_len = (uint32_t)len;
+    }
+    ss->owner = NULL;
+    if (to->fresh) {
+        conc__ctx_make(&to->ctx, conc__stack_base(&ss->s), hi);
+        to->fresh = 0;
+    } else {
+        char *sp = hi - to->saved_len;
+#if CONC_SAN_ADDRESS
+        __asan_unpoison_memory_region(sp, to->saved_len);
+#endif
+        memcpy(sp, to->saved, to->saved_len);
+        /* A parked coroutine keeps only what it used: a big buffer left by
+         * a deep moment goes back (the next park allocates what it needs). */
+        if (to->saved_cap > 4096) {
+            free(to->saved);
+            to->saved = NULL;
+            to->saved_cap = 0;
+        }
+        to->saved_len = 0;
+    }
+    ss->owner = to;
+    return 0;
+}
+
 /* A coroutine that died on this thread gives its stack back at the thread's
  * next conc_coro call (nothing can run on that stack any more by then).
  * The thread keeps the stack meanwhile, not the coroutine object, which may
@@ -515,6 +601,11 @@ void conc__coro_entry(void *value)
         p = p->parent;              /* main is never dead */
     reap(t);
     before_switch(t, self, p, CORO_DEAD);
+    if (self->shared) {         /* its frames need no copy any more (the next
+                                   copy runs on another stack) */
+        self->shared->owner = NULL;
+        goto gone;
+    }
     if (self->embedded)         /* the stack goes with the object */
         goto gone;
     t->zombie = self->stack;
@@ -529,8 +620,10 @@ gone:
     abort();                        /* nothing switches to a dead coroutine */
 }
 
-static inline __attribute__((always_inline)) int coro_switch(conc_coro *target, void *value,
-                                                             void **out, bool same_site)
+/* The switch with every check and every chore (a first call in this
+ * thread, a dead coroutine's stack to give back, a canary to check). */
+static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *target, void *value,
+                                                                  void **out, bool same_site)
 {
     struct coro_thread *t = thread_get();
     if (unlikely(!t))
@@ -547,6 +640,13 @@ static inline __attribute__((always_inline)) int coro_switch(conc_coro *target, 
     }
     if (unlikely(state_of(target) == CORO_DEAD))
         return -EPIPE;
+    if (unlikely(target->shared != NULL) && target->shared->owner != target) {
+        if (self->shared == target->shared && target->shared->owner == self)
+            return -EBUSY;      /* the copy would overwrite the caller */
+        int rc = shared_take(target);
+        if (rc < 0)
+            return rc;
+    }
     reap(t);
     before_switch(t, self, target, CORO_SUSPENDED);
 #if CONC_SAN_ADDRESS || CONC_SAN_THREAD
@@ -571,14 +671,65 @@ static inline __attribute__((always_inline)) int coro_switch(conc_coro *target, 
 #endif
 }
 
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+static __attribute__((noinline)) int coro_switch_slow(conc_coro *target, void *value,
+                                                      void **out)
+{
+    return coro_switch_full(target, value, out, false);
+}
+
+static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *target)
+{
+    return coro_switch_full(target, NULL, NULL, true);
+}
+#endif
+
+/*
+ * The common switch (this thread's state made, a live target of this
+ * thread that is not the caller, nothing to reap, a guarded stack) calls
+ * nothing before the machine switch, which it reaches as a tail call: no
+ * callee-saved register to keep, so no frame at all.  Anything else takes
+ * the full path, out of line.
+ */
+static inline __attribute__((always_inline)) bool switch_is_plain(const struct coro_thread *t,
+                                                                  const conc_coro *target)
+{
+    /* t NULL (no state yet) fails the thread test: a coroutine always has
+     * one.  New or suspended (even states) means neither dead nor the
+     * caller, the thread's only running coroutine. */
+    return likely(target != NULL && target->thread == t && !(state_of(target) & 1)
+                  && t->zombie.hi == NULL && !t->current->unguarded
+                  && (target->shared == NULL || target->shared->owner == target));
+}
+
 int conc_coro_switch(conc_coro *target, void *value, void **out)
 {
-    return coro_switch(target, value, out, false);
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+    struct coro_thread *t = tls_thread;
+    if (switch_is_plain(t, target)) {
+        conc_coro *self = t->current;
+        before_switch(t, self, target, CORO_SUSPENDED);
+        return conc__ctx_switch(&self->ctx, &target->ctx, value, out);
+    }
+    return coro_switch_slow(target, value, out);
+#else
+    return coro_switch_full(target, value, out, false);
+#endif
 }
 
 int conc__coro_switch_same_site(conc_coro *target)
 {
-    return coro_switch(target, NULL, NULL, true);
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+    struct coro_thread *t = tls_thread;
+    if (switch_is_plain(t, target)) {
+        conc_coro *self = t->current;
+        before_switch(t, self, target, CORO_SUSPENDED);
+        return conc__ctx_switch_same_site(&self->ctx, &target->ctx, NULL, NULL);
+    }
+    return coro_switch_same_site_slow(target);
+#else
+    return coro_switch_full(target, NULL, NULL, true);
+#endif
 }
 
 /* ------------------------------------------------------------- lifecycle */
@@ -683,7 +834,8 @@ coro_init(struct coro_thread *t, conc_coro *c, const conc__stack *s, char *top, 
         t->seq++;
         name_next(t->next_name, &t->next_name_len);
     }
-    conc__ctx_make(&c->ctx, base, top);
+    if (!c->shared)
+        conc__ctx_make(&c->ctx, base, top);
 #if CONC_SAN_ADDRESS
     c->asan_bottom = base;
     c->asan_size = (size_t)(top - base);
@@ -744,6 +896,7 @@ int conc__coro_new_embedded(conc_coro **out, conc_coro_fn fn, size_t stack_size,
     /* Field by field (coro_init sets the others): a memset costs more. */
     c->is_main = 0;
     c->embedded = 1;
+    c->shared = NULL;
     c->weak_parent = parent != NULL;
     c->result = NULL;
 #if CONC_SAN_ADDRESS
@@ -759,9 +912,68 @@ int conc__coro_new_embedded(conc_coro **out, conc_coro_fn fn, size_t stack_size,
     return 0;
 }
 
+int conc__shstack_new(struct conc__shstack **out, size_t size)
+{
+    if (stack_bytes(size, &size) < 0)
+        return -EINVAL;
+    struct coro_thread *t = thread_ready();
+    if (!t)
+        return -ENOMEM;
+    struct conc__shstack *ss = calloc(1, sizeof *ss);
+    if (!ss)
+        return -ENOMEM;
+    int rc = conc__stack_get(NULL, size, &ss->s);
+    if (rc < 0) {
+        free(ss);
+        return rc;
+    }
+    ss->refs = 1;
+    *out = ss;
+    return 0;
+}
+
+void conc__shstack_unref(struct conc__shstack *ss)
+{
+    if (!ss || __atomic_sub_fetch(&ss->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    conc__stack_put(NULL, &ss->s, NULL);
+    free(ss);
+}
+
+int conc__coro_new_copied(conc_coro **out, conc_coro_fn fn, struct conc__shstack *ss,
+                          const char *name, conc_coro *parent, size_t extra, void **extra_out)
+{
+    struct coro_thread *t = thread_ready();
+    if (!t)
+        return -ENOMEM;
+    if (parent && parent->thread != t)
+        return -EPERM;
+    size_t head = (sizeof(conc_coro) + 15) & ~(size_t)15;
+    conc_coro *c = aligned_alloc(16, (head + extra + 15) & ~(size_t)15);
+    if (!c)
+        return -ENOMEM;
+    memset(c, 0, sizeof *c);
+    c->embedded = 1;
+    c->weak_parent = parent != NULL;
+    c->shared = ss;
+    c->fresh = 1;
+    __atomic_add_fetch(&ss->refs, 1, __ATOMIC_RELAXED);
+    char *top = ss->s.hi;
+    coro_init(t, c, &ss->s, top, (size_t)(top - conc__stack_base(&ss->s)), fn, (char *)c + head,
+              parent ? parent : t->current, name);
+    *extra_out = (char *)c + head;
+    *out = c;
+    return 0;
+}
+
 void conc__coro_set_next(conc_coro *c, conc_coro *next)
 {
     c->parent = next;
+}
+
+uint64_t conc__coro_owner(const conc_coro *c)
+{
+    return c->owner;
 }
 
 int conc_coro_free(conc_coro *c)
@@ -775,6 +987,8 @@ int conc_coro_free(conc_coro *c)
         return -EBUSY;
     if (st != CORO_DEAD) {          /* never started, or suspended: discard */
         set_state(c, CORO_DEAD);
+        if (c->shared && c->shared->owner == c)
+            c->shared->owner = NULL;    /* its frames are abandoned */
         if (!c->embedded)
             release_stack(c);
     }

@@ -231,4 +231,55 @@ CONC_HIDDEN int conc__coro_switch_same_site(conc_coro *target);
  * `next` must not be freed before that). */
 CONC_HIDDEN void conc__coro_set_next(conc_coro *c, conc_coro *next);
 
+/*
+ * Copied stacks (a hub's option, src/hub.c).  Coroutines made by
+ * conc__coro_new_copied run on one stack they share, their object and
+ * `extra` in a heap block of their own: the coroutine whose frames are on
+ * the shared stack is its `owner`; when another one is switched to, the
+ * owner's used part (from its saved stack pointer to the top) is copied to
+ * a buffer of that size, and the new one's copied back (or its first frame
+ * made), before the machine switch.  So a parked coroutine holds its
+ * object and the bytes it used, not a stack.  The copy runs on the stack
+ * of the coroutine that switches, which therefore must not be the shared
+ * stack's owner: such a switch gives -EBUSY (the hub switches to a copied
+ * coroutine from its loop, never from another copied one).
+ */
+struct conc__shstack {
+    conc__stack s;
+    conc_coro *owner;           /* whose frames are on it, or NULL (its
+                                   thread only) */
+    uint32_t refs;              /* atomic: its maker's, one per coroutine */
+};
+
+/* conc__shstack_new - a shared stack of at least `size` usable bytes, one
+ * reference held by the caller: 0 or -ENOMEM, -EINVAL (the size, as
+ * conc_coro_opts.stack_size). */
+CONC_HIDDEN int conc__shstack_new(struct conc__shstack **out, size_t size);
+/* conc__shstack_unref - drops the caller's reference; the stack goes back
+ * with the last one (each coroutine made on it holds one till its object
+ * goes). */
+CONC_HIDDEN void conc__shstack_unref(struct conc__shstack *ss);
+/* conc__shstack_size - its usable bytes. */
+static inline size_t conc__shstack_size(const struct conc__shstack *ss)
+{
+    return (size_t)(ss->s.hi - conc__stack_base(&ss->s));
+}
+
+/*
+ * conc__coro_new_copied - conc__coro_new_embedded for a coroutine on the
+ * shared stack ss: the object and `extra` bytes (16-byte aligned, not
+ * zeroed) in one heap block, freed with the last reference.
+ */
+CONC_HIDDEN int conc__coro_new_copied(conc_coro **out, conc_coro_fn fn, struct conc__shstack *ss,
+                                      const char *name, conc_coro *parent, size_t extra,
+                                      void **extra_out);
+
+/* conc__coro_saved_bytes - the stack bytes a suspended copied coroutine
+ * keeps in its buffer (0: none, or not copied). */
+CONC_HIDDEN size_t conc__coro_saved_bytes(const conc_coro *c);
+
+/* conc__coro_owner - c's lock-owner identity: what conc__owner_id()
+ * (internal.h) reads while c runs; 0 for a thread's main coroutine. */
+CONC_HIDDEN uint64_t conc__coro_owner(const conc_coro *c);
+
 #endif

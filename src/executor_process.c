@@ -3,16 +3,19 @@
  * process Pool's task engine (conc/executor.h, src/pool_internal.h).
  *
  * Each call is a `struct ptask`: the engine's task, embedded, and the
- * call's future.  The engine reports the task started (the future moves to
- * RUNNING; a cancelled future stays cancelled and its result is dropped)
- * and done (the future gets the bytes, the call's code, or -ECHILD with the
- * dead worker's exit code).  A future cancelled before its task reached a
- * worker takes the task back from the engine (a done callback registered
- * before the submit), so a cancelled call does not run.
+ * call's future.  The engine reports the task done (the future gets the bytes, the
+ * call's code, or -ECHILD with the dead worker's exit code).
  *
  * A ptask has two references: the engine's (dropped after done, or when the
  * engine gave the task back) and the future callback's (dropped when that
- * callback has run).  The last one releases the task, the executor's
+ * callback has run); submit holds a third until it returns.
+ *
+ * The future stays PENDING while the task waits in the queue or at a
+ * worker that holds it ahead; it is RUNNING once the worker began it (the
+ * worker takes the task's gate, which the future's state queries look at:
+ * probe).
+ * A cancel until then asks the engine first (veto), so a cancelled call
+ * never runs and a call that began is never reported cancelled.  The last one releases the task, the executor's
  * reference to the future and the outstanding count that join waits on.
  */
 #include <errno.h>
@@ -31,6 +34,7 @@ struct ptask {
     struct conc__executor_proc *pe;
     struct ptask *prev, *next;          /* the outstanding list */
     uint32_t refs;
+    bool taken_back;                    /* cancelled with no done to come */
 };
 
 struct conc__executor_proc {
@@ -83,15 +87,33 @@ static void on_done(struct conc__pool_task *t, const struct conc__pool_outcome *
     ptask_unref(pt, 1);
 }
 
-/* The future is done: when it was cancelled, take the task back if no
- * worker has it (then done will never come, and its reference is ours). */
+/* A cancel of the future asks the engine first (under the future's lock):
+ * a task no worker began is taken back (no done will come) or skipped by
+ * the worker that holds it (done comes with -ECANCELED); one that began
+ * stays, and the future turns RUNNING. */
+static int veto(void *arg)
+{
+    struct ptask *pt = arg;
+    int r = conc__pool_cancel(pt->pe->eng, &pt->t);
+    if (r == 0)
+        pt->taken_back = true;
+    return r < 0 ? r : 0;
+}
+
+/* Whether a worker began the call (asked by the future's state queries:
+ * the worker does not tell). */
+static bool probe(void *arg)
+{
+    struct ptask *pt = arg;
+    return conc__pool_begun(pt->pe->eng, &pt->t);
+}
+
+/* The future is done: when the engine gave the task back, done will never
+ * come, and its reference is ours. */
 static void on_future_done(conc_future *f, void *arg)
 {
     struct ptask *pt = arg;
-    uint32_t drop = 1;
-    if (conc_future_cancelled(f) && conc__pool_cancel(pt->pe->eng, &pt->t) == 0)
-        drop = 2;
-    ptask_unref(pt, drop);
+    ptask_unref(pt, conc_future_cancelled(f) && pt->taken_back ? 2 : 1);
 }
 
 int conc__executor_proc_new(conc_executor *ex, const conc_executor_opts *o)
@@ -148,10 +170,13 @@ int conc__executor_proc_submit(conc_executor *ex, conc_executor_bytes_fn fn, con
     }
     pt->f = f;
     pt->pe = pe;
-    pt->refs = 2;
+    pt->refs = 3;               /* the engine's, the future callback's, ours */
     pt->t.done = on_done;
     pt->t.started = on_started;
     pt->t.ctx = pt;
+    f->p_veto = veto;
+    f->p_probe = probe;
+    f->p_hook_arg = pt;
     r = conc_future_add_done_callback(f, on_future_done, pt);
     if (r == 0) {
         pthread_mutex_lock(&pe->mu);
@@ -162,7 +187,10 @@ int conc__executor_proc_submit(conc_executor *ex, conc_executor_bytes_fn fn, con
         __atomic_add_fetch(&pe->outstanding, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&pe->mu);
         r = conc__pool_submit(pe->eng, &pt->t);
-        if (r == 0) {
+        /* -ECANCELED: a shutdown(cancel_futures) cancelled the future
+         * between the listing and the submit (the engine refused it). */
+        if (r == 0 || r == -ECANCELED) {
+            ptask_unref(pt, 1);
             *out = f;
             return 0;
         }
@@ -170,7 +198,7 @@ int conc__executor_proc_submit(conc_executor *ex, conc_executor_bytes_fn fn, con
          * and drop the engine's. */
         conc_future_ref(f);
         conc_future_set_exception(f, r, 0);
-        ptask_unref(pt, 1);
+        ptask_unref(pt, 2);
         /* The caller gets the error, not the future. */
         conc_future_free(f);
         conc_future_free(f);

@@ -148,6 +148,9 @@ int conc__launch(int (*fn)(void *), void *ctx)
 {
     if (conc__tid() == conc__self_pid())
         return fn(ctx);                 /* the main thread */
+    if (conc__coro_stack_copied())
+        return fn(ctx);                 /* the job lives on a stack that may
+                                           be another's while we wait */
     struct launch_job j = { .fn = fn, .ctx = ctx };
     conc_lock_acquire_until(&launch_lock, CONC_NO_DEADLINE);
     if (!launcher_up && !launcher_on) {

@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -88,14 +89,31 @@ void conc_future_free(conc_future *f)
 
 /* -------------------------------------------------------------- queries */
 
-conc_future_status conc_future_state(const conc_future *f)
+/* The state as stored (PENDING may be stale for a producer that tells its
+ * starts only when asked: see p_probe). */
+static conc_future_status state_of(const conc_future *f)
 {
     return f ? (conc_future_status)ld_acquire(&f->state) : CONC_FUTURE_PENDING;
 }
 
+conc_future_status conc_future_state(const conc_future *f)
+{
+    conc_future_status s = state_of(f);
+    if (s == CONC_FUTURE_PENDING && f && f->p_probe) {
+        /* Heap memory the future owns; only the state moves. */
+        conc_future *m = (conc_future *)(uintptr_t)f;
+        pthread_mutex_lock(&m->mu);
+        if (m->state == CONC_FUTURE_PENDING && m->p_probe(m->p_hook_arg))
+            __atomic_store_n(&m->state, CONC_FUTURE_RUNNING, __ATOMIC_RELEASE);
+        s = (conc_future_status)m->state;
+        pthread_mutex_unlock(&m->mu);
+    }
+    return s;
+}
+
 bool conc_future_cancelled(const conc_future *f)
 {
-    return conc_future_state(f) == CONC_FUTURE_CANCELLED;
+    return state_of(f) == CONC_FUTURE_CANCELLED;
 }
 
 bool conc_future_running(const conc_future *f)
@@ -105,7 +123,7 @@ bool conc_future_running(const conc_future *f)
 
 bool conc_future_done(const conc_future *f)
 {
-    return conc_future_state(f) >= CONC_FUTURE_FINISHED;
+    return state_of(f) >= CONC_FUTURE_FINISHED;
 }
 
 bool conc_future_has_bytes(const conc_future *f)
@@ -262,6 +280,11 @@ int conc_future_cancel(conc_future *f)
     if (s != CONC_FUTURE_PENDING) {
         pthread_mutex_unlock(&f->mu);
         return s == CONC_FUTURE_CANCELLED ? 0 : s == CONC_FUTURE_RUNNING ? -EBUSY : -EALREADY;
+    }
+    if (f->p_veto && f->p_veto(f->p_hook_arg) != 0) {
+        __atomic_store_n(&f->state, CONC_FUTURE_RUNNING, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&f->mu);
+        return -EBUSY;
     }
     finish_locked(f, CONC_FUTURE_CANCELLED);
     return 0;
@@ -517,7 +540,11 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
         (when != CONC_FIRST_COMPLETED && when != CONC_FIRST_EXCEPTION &&
          when != CONC_ALL_COMPLETED))
         return -EINVAL;
-    struct conc__watcher w = { 0 };
+    /* The watcher lives with the nodes on the heap, not on this stack:
+     * futures finishing in other threads write to it while the caller is
+     * parked, and a parked coroutine's stack may be copied out and the
+     * memory used by another (CONC_STACK_COPIED). */
+    struct conc__watcher *wp = NULL;
     struct conc__watch_node *nodes = NULL;
     size_t ndone = 0, linked = 0;
     bool met = false;
@@ -533,12 +560,17 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
     }
     met = met || ndone == n || (when == CONC_FIRST_COMPLETED && ndone > 0);
     if (!met && deadline != 0) {
-        nodes = calloc(n, sizeof *nodes);
-        if (!nodes)
+        size_t head = (sizeof *wp + _Alignof(struct conc__watch_node) - 1)
+                      & ~(_Alignof(struct conc__watch_node) - 1);
+        if (n > (SIZE_MAX - head) / sizeof *nodes)
             return -ENOMEM;
+        wp = calloc(1, head + n * sizeof *nodes);
+        if (!wp)
+            return -ENOMEM;
+        nodes = (struct conc__watch_node *)((char *)wp + head);
         ndone = 0;
         for (size_t i = 0; i < n; i++) {
-            nodes[i].w = &w;
+            nodes[i].w = wp;
             nodes[i].f = fs[i];
             if (!conc__future_watch(&nodes[i])) {
                 ndone++;
@@ -548,8 +580,8 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
         }
         linked = n;
         for (;;) {
-            uint32_t seq = __atomic_load_n(&w.seq, __ATOMIC_SEQ_CST);
-            for (struct conc__watch_node *d = conc__watcher_take(&w); d; d = d->done_next) {
+            uint32_t seq = __atomic_load_n(&wp->seq, __ATOMIC_SEQ_CST);
+            for (struct conc__watch_node *d = conc__watcher_take(wp); d; d = d->done_next) {
                 ndone++;
                 if (when == CONC_FIRST_EXCEPTION && failed(d->f))
                     met = true;
@@ -557,14 +589,14 @@ int conc_future_wait_many_until(conc_future *const *fs, size_t n, conc_future_wh
             met = met || ndone == n || (when == CONC_FIRST_COMPLETED && ndone > 0);
             if (met)
                 break;
-            r = conc__watcher_wait(&w, seq, deadline);
+            r = conc__watcher_wait(wp, seq, deadline);
             if (r < 0)
                 break;
         }
     }
     for (size_t i = 0; i < linked; i++)
         conc__future_unwatch(&nodes[i]);
-    free(nodes);
+    free(wp);
     size_t count = 0;
     for (size_t i = 0; i < n; i++) {
         bool d = conc_future_done(fs[i]);

@@ -65,6 +65,19 @@ struct conc_future {
     struct conc__cb_node *cbs, **cbs_tail;
     struct conc__watch_node *watchers;
 
+    /* The producer's say on a cancel (NULL: none): conc_future_cancel
+     * calls it under mu while the future is PENDING; 0 lets the cancel go
+     * on (the call will not run), anything else means the call began: the
+     * future turns RUNNING and cancel gives -EBUSY.  It must not take mu.
+     * Set before anyone else can reach the future. */
+    int (*p_veto)(void *arg);
+    /* ... and on its state (NULL: none): conc_future_state and
+     * conc_future_running call it under mu while the future is PENDING;
+     * true means the call began (the future turns RUNNING).  The same
+     * rules. */
+    bool (*p_probe)(void *arg);
+    void *p_hook_arg;           /* for both */
+
     /* The producer's own fields: conc_future never reads or writes them
      * (an executor queues its calls through them). */
     conc_future *p_next;

@@ -92,6 +92,42 @@ static inline struct bucket *bucket_of(const uint32_t *word)
     return &table[(a >> 20) & (BUCKETS - 1)];
 }
 
+/*
+ * While the process has one thread (glibc's __libc_single_threaded), the
+ * buckets' locks and the count of parked waiters take plain loads and
+ * stores: nobody else can see them, and a signal handler of this thread
+ * never touches them while the thread is inside (see "signal safety").  A
+ * locked instruction costs about 5 ns here, and a park and its wake-up
+ * take five of them otherwise.  The switch to locked instructions is safe
+ * at any point between two of these sections: the first other thread is
+ * made by a call that no section makes, and that call publishes what the
+ * sections wrote (pthread_create orders the creator's writes before the new
+ * thread's start).
+ */
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define ONE_THREAD() (__libc_single_threaded != 0)
+#endif
+#endif
+#ifndef ONE_THREAD
+#define ONE_THREAD() 0
+#endif
+
+static inline void parked_add(int32_t d)
+{
+    if (ONE_THREAD()) {
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        __atomic_store_n(&table_parked, __atomic_load_n(&table_parked, __ATOMIC_RELAXED) + (uint32_t)d,
+                         __ATOMIC_RELAXED);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    } else if (d > 0) {
+        __atomic_add_fetch(&table_parked, (uint32_t)d, __ATOMIC_SEQ_CST);
+    } else {
+        __atomic_sub_fetch(&table_parked, (uint32_t)-d, __ATOMIC_RELAXED);
+    }
+}
+
 /* A bucket's lock: a futex lock of three states (as glibc's), made of
  * atomics and system calls only, so that a signal handler may take it
  * (never in a thread that holds one: see "signal safety"). */
@@ -108,6 +144,11 @@ static void __attribute__((noinline)) bucket_lock_slow(struct bucket *b, uint32_
 static inline void bucket_lock(struct bucket *b)
 {
     uint32_t c = 0;
+    if (ONE_THREAD() && likely(__atomic_load_n(&b->lock, __ATOMIC_RELAXED) == 0)) {
+        __atomic_store_n(&b->lock, 1, __ATOMIC_RELAXED);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        return;
+    }
     if (likely(__atomic_compare_exchange_n(&b->lock, &c, 1, false, __ATOMIC_ACQUIRE,
                                            __ATOMIC_RELAXED)))
         return;
@@ -116,6 +157,11 @@ static inline void bucket_lock(struct bucket *b)
 
 static inline void bucket_unlock(struct bucket *b)
 {
+    if (ONE_THREAD()) {         /* nobody can wait for it: it holds 1 */
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        __atomic_store_n(&b->lock, 0, __ATOMIC_RELAXED);
+        return;
+    }
     if (unlikely(__atomic_exchange_n(&b->lock, 0, __ATOMIC_RELEASE) == 2))
         conc__futex_wake(&b->lock, 1, 1);
 }
@@ -132,7 +178,7 @@ static inline void bucket_unlink(struct bucket *b, conc_greenlet *g)
         b->tail = g->wprev;
     g->wprev = g->wnext = NULL;
     st_relaxed(&g->in_table, 0);
-    __atomic_sub_fetch(&table_parked, 1, __ATOMIC_RELAXED);
+    parked_add(-1);
 }
 
 /* ------------------------------------------------------------ readiness */
@@ -171,8 +217,9 @@ static inline conc_greenlet *handoff_take(struct hub *h)
     conc_greenlet *n = h->rhead;
     if (!n || h->nfd || h->thead || h->nheap
         || __atomic_load_n(&h->remote, __ATOMIC_RELAXED)
-        || (n->state == G_NEW && n->killed))
-        return NULL;
+        || (n->state == G_NEW && n->killed)
+        || (n->copied && h->shared->owner != n->coro))
+        return NULL;            /* (a copy runs on the loop's stack) */
     dequeue(h);
     h->current = n;
     n->state = G_RUNNING;
@@ -482,9 +529,13 @@ static inline const char *gl_name(const conc_greenlet *g)
  * the loop, not a coroutine switched to by hand). */
 static inline conc_greenlet *gl_self(struct hub *h)
 {
-    conc_coro *cur = conc_coro_current();
     conc_greenlet *g = h->current;
-    if (likely(g && cur == gl_coro(g)))
+    /* The running coroutine's identity, kept by every switch, answers
+     * without a call in the common case. */
+    if (likely(g && conc__owner_id() == g->owner))
+        return g;
+    conc_coro *cur = conc_coro_current();
+    if (g && cur == gl_coro(g))
         return g;
     if (cur == conc_coro_main() && h->main.state == G_RUNNING) {
         h->current = &h->main;  /* the hub was made in another coroutine */
@@ -582,7 +633,15 @@ static void run_one(struct hub *h, conc_greenlet *g)
     }
     h->current = g;
     g->state = G_RUNNING;
-    conc_coro_switch(gl_coro(g), NULL, NULL);
+    if (unlikely(conc_coro_switch(gl_coro(g), NULL, NULL) < 0)) {
+        /* No memory to copy the shared stack's frames out: g waits for
+         * the next turn (the owner keeps running meanwhile). */
+        h->current = NULL;
+        g->state = G_READY;
+        enqueue(h, g);
+        sched_yield();
+        return;
+    }
     busy_set(1);
     h->current = NULL;
     hub_reap(h);
@@ -747,12 +806,12 @@ static inline int hub_wait_busy(struct hub *h, conc_greenlet *g, uint32_t *word,
         if (deadline <= now)
             return __atomic_load_n(word, __ATOMIC_ACQUIRE) != expect ? -EAGAIN : -ETIMEDOUT;
     }
-    __atomic_add_fetch(&table_parked, 1, __ATOMIC_SEQ_CST);
+    parked_add(1);
     struct bucket *b = bucket_of(word);
     bucket_lock(b);
     if (__atomic_load_n(word, __ATOMIC_SEQ_CST) != expect) {
         bucket_unlock(b);
-        __atomic_sub_fetch(&table_parked, 1, __ATOMIC_RELAXED);
+        parked_add(-1);
         return -EAGAIN;
     }
     g->word = word;
@@ -1045,9 +1104,11 @@ static struct hub *hub_get(void)
     conc_coro_set_parent(h->loop, main);
     gl_init(&h->main, h);
     h->main.coro = main;
+    h->main.owner = conc__coro_owner(main);
     h->main.is_main = 1;
     h->main.refs = 1;
     h->main.state = G_RUNNING;
+    h->stacks = CONC_STACK_OWN;
     h->current = conc_coro_current() == main ? &h->main : NULL;
     __atomic_store_n(&hub_ever, 1, __ATOMIC_RELAXED);
     /* Before any coroutine of this hub can park (see conc__wake). */
@@ -1077,6 +1138,8 @@ int conc_hub_free(void)
     while (__atomic_load_n(&h->pushers, __ATOMIC_ACQUIRE))
         sched_yield();
     conc_coro_free(h->loop);
+    conc__shstack_unref(h->shared);     /* the copied greenlets' objects may
+                                           keep it a while */
     close(h->epfd);
     close(h->evfd);
     free(h->heap);
@@ -1087,34 +1150,85 @@ int conc_hub_free(void)
 
 /* --------------------------------------------------------------- API */
 
+/* The hub's shared stack for copied greenlets, made by the first one: 1
+ * when it can take a coroutine that asks for stack_size bytes (0: the
+ * default), 0 when that is more than it has, -EINVAL, -ENOMEM. */
+static int shared_stack(struct hub *h, size_t stack_size)
+{
+    if (!h->shared) {
+        size_t size = stack_size > CONC_CORO_STACK_DEFAULT ? stack_size : 0;
+        int rc = conc__shstack_new(&h->shared, size);
+        if (rc < 0)
+            return rc;
+    }
+    return stack_size <= conc__shstack_size(h->shared) ? 1 : 0;
+}
+
+int conc_hub_set_stacks(int mode)
+{
+    if (mode != CONC_STACK_OWN && mode != CONC_STACK_COPIED)
+        return -EINVAL;
+    struct hub *h = hub_get();
+    if (!h)
+        return -ENOMEM;
+    int old = h->stacks;
+    h->stacks = mode;
+    return old;
+}
+
 int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
                         const conc_spawn_opts *opts)
 {
     if (!out || !fn)
         return -EINVAL;
-    conc_spawn_opts so;
-    conc_coro_opts co;
-    CONC__OPTS_COPY(&so, opts, CONC__OPTS_V1(conc_spawn_opts, coro));
-    CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
+    size_t stack_size = 0;
+    const char *name = NULL;
+    int mode = CONC_STACK_HUB;
+    if (opts) {                 /* NULL (the common case): the defaults */
+        conc_spawn_opts so;
+        conc_coro_opts co;
+        CONC__OPTS_COPY(&so, opts, CONC__OPTS_V1(conc_spawn_opts, coro));
+        CONC__OPTS_COPY(&co, so.coro, CONC__OPTS_V1(conc_coro_opts, name));
+        stack_size = co.stack_size;
+        name = co.name;
+        mode = so.stack;
+        if (mode != CONC_STACK_HUB && mode != CONC_STACK_OWN && mode != CONC_STACK_COPIED)
+            return -EINVAL;
+    }
     struct hub *h = hub_get();
     if (!h)
         return -ENOMEM;
     if (!gl_self(h))
         return -EPERM;
-    /* A timer for it and for every other coroutine of the hub. */
-    if (conc__hub_heap_reserve(h, (size_t)h->live + 2) < 0)
+    /* A timer for it and for every other coroutine of the hub (grown
+     * rarely: the call only when it must). */
+    size_t timers = (size_t)h->live + 2;
+    if (unlikely(timers > h->capheap) && conc__hub_heap_reserve(h, timers) < 0)
         return -ENOMEM;
     /* The record lives at the top of the coroutine's stack: one page holds
      * a sleeping greenlet, and a finished one's stack is reused warm. */
     conc_greenlet *g;
     conc_coro *c;
-    int rc = conc__coro_new_embedded(&c, gl_entry, co.stack_size, co.name, h->loop,
+    if (mode == CONC_STACK_HUB)
+        mode = h->stacks;
+    int rc;
+    if (unlikely(mode == CONC_STACK_COPIED) && (rc = shared_stack(h, stack_size)) <= 0) {
+        if (rc < 0)
+            return rc;
+        mode = CONC_STACK_OWN;  /* bigger than the shared stack */
+    }
+    if (unlikely(mode == CONC_STACK_COPIED))
+        rc = conc__coro_new_copied(&c, gl_entry, h->shared, name, h->loop, sizeof *g,
+                                   (void **)&g);
+    else
+        rc = conc__coro_new_embedded(&c, gl_entry, stack_size, name, h->loop,
                                      sizeof *g, (void **)&g);
     if (rc < 0)
         return rc;
     busy_enter();
     /* Field by field: a memset of the record costs more than the rest. */
     g->coro = c;
+    g->owner = conc__coro_owner(c);
     g->result = NULL;
     g->done = 0;
     g->wait_kind = W_NONE;
@@ -1122,6 +1236,7 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
     g->killed = 0;
     g->cancel_pending = 0;
     st_relaxed(&g->in_table, 0);
+    g->copied = mode == CONC_STACK_COPIED;
     g->wake_rc = 0;
     g->timer_rc = 0;
     g->aprev = NULL;

@@ -45,6 +45,8 @@ struct conc_greenlet {
     conc_coro *coro;            /* the thread's main coroutine for the main
                                    record; else this record lives at the
                                    top of this coroutine's stack */
+    uint64_t owner;             /* coro's lock-owner identity (0 for main):
+                                   conc__owner_id() while it runs */
     conc_greenlet_fn fn;
     void *arg;
     void *result;
@@ -56,6 +58,7 @@ struct conc_greenlet {
     uint8_t killed;             /* killed before it started */
     uint8_t cancel_pending;     /* kill to deliver at the next blocking call */
     uint8_t in_table;           /* linked in the word table (bucket lock) */
+    uint8_t copied;             /* runs on the hub's shared stack */
     int wake_rc;                /* what the parked call returns */
     int timer_rc;               /* what the timer makes it return */
     struct conc_greenlet *rnext;            /* ready queue */
@@ -102,6 +105,9 @@ struct hub {
     uint32_t njoin;             /* spawned greenlets parked in join_here */
     bool live_waited;           /* conc_hub_run waits for live to reach 0 */
     conc_greenlet *all;         /* live spawned greenlets */
+    struct conc__shstack *shared;   /* copied greenlets' stack, or NULL */
+    int stacks;                 /* conc_hub_set_stacks: CONC_STACK_OWN or
+                                   CONC_STACK_COPIED */
 };
 
 /* conc__hub_wake - wakes up to n coroutines parked on word, whatever the

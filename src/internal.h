@@ -48,6 +48,12 @@ static inline uint64_t conc__owner_id(void)
     return conc__owner_cache;
 }
 
+/* True when the calling code runs on a hub's shared stack (a greenlet
+ * spawned with CONC_STACK_COPIED, src/coro.c): while it is parked its
+ * stack's memory is another's, so no other thread may be handed pointers
+ * into it across a wait. */
+CONC_HIDDEN bool conc__coro_stack_copied(void);
+
 /* Converts a timeout (seconds) into a deadline; see conc_deadline. */
 CONC_HIDDEN int conc__timeout_deadline(double timeout, int64_t *deadline);
 

@@ -16,8 +16,8 @@
  *                           address; else module offset, st_dev, st_ino,
  *                           path)
  *                   INIT    n = initializer's index or NONE; body: initarg
- *                   TASK    n = items; body: u32 function index, u32 0,
- *                           then per item u64 length + bytes
+ *                   TASK    n = items; body: u32 function index, u32 flags
+ *                           (TASK_TELL), then per item u64 length + bytes
  *                   EXIT    end once everything before was answered
  *   worker -> pool  READY   after the initializer
  *                   RESULT  n = items; per item i32 status, u32 0,
@@ -49,9 +49,14 @@
 #include "forkserver.h"
 #include "pool_internal.h"
 #include "sys/memfd.h"
+#include "sys/park.h"
 #include "sys/wait.h"
 
 enum { F_FN = 1, F_INIT = 2, F_TASK = 3, F_EXIT = 4, F_READY = 10, F_RESULT = 11 };
+
+/* The TASK frame's flags (its second u32): TELL, the worker takes the
+ * task's gate before it begins it (skips it when the pool closed it). */
+#define TASK_TELL 1u
 
 struct frame {
     uint32_t kind;
@@ -112,11 +117,46 @@ struct wconf {
     int32_t started_fd;         /* a page: the TASK frames it started */
 };
 
-/* The page a worker shares with the pool: [SH_STARTED] the TASK frames
- * the worker started (the pool trusts it only within what the worker
- * held). */
-#define STARTED_MAP 4096
-#define SH_STARTED 0
+/* The pages a worker shares with the pool.
+ *   started  the TASK frames (and slot calls) the worker started; the pool
+ *            trusts it only within what the worker held
+ *   door     the worker sleeps on it when it has nothing to read; the pool
+ *            wakes it after it bumps req (a slot call) or sock (it wrote
+ *            to the socket)
+ *   answer   the caller of a slot call sleeps on it until the worker bumps
+ *            ans (or the pool's thread sets alert: the worker sent
+ *            something on its socket, or ended)
+ *   gate     whether a task the worker holds may begin (TASK_TELL tasks)
+ *   slot     a blocking apply's call (one item, its argument up to
+ *            SLOT_ARG bytes) and its answer: status and the result inline
+ *            (up to SLOT_RES bytes), or RESULT frame on the socket
+ *            (mode SLOT_ON_SOCKET) for a larger one
+ * Everything the worker writes here is checked before use. */
+#define SLOT_ARG 16384u
+#define SLOT_RES 16384u
+/* A TASK_TELL task's gate: gate[k % GATE_N] for the worker's k-th task
+ * (counted like started, 31 bits).  The worker takes it (k) before it
+ * begins the task, the pool closes it (k | GATE_CLOSED) to cancel a task the
+ * worker holds but has not begun; whoever changes it first wins.  A worker
+ * holds at most PIPELINE_MAX tasks. */
+#define GATE_N 128u
+#define GATE_CLOSED 0x80000000u
+#define SLOT_INLINE 1u
+#define SLOT_ON_SOCKET 2u
+struct wshared {
+    uint32_t started;
+    _Alignas(64) struct conc__park door;
+    uint32_t req, sock;
+    _Alignas(64) struct conc__park answer;
+    uint32_t ans, alert;
+    _Alignas(64) uint32_t gate[GATE_N];
+    _Alignas(64) uint32_t fn_idx, arg_len;
+    int32_t status;
+    uint32_t mode, res_len;
+    unsigned char arg[SLOT_ARG];
+    unsigned char res[SLOT_RES];
+};
+#define SHARED_MAP ((sizeof(struct wshared) + 4095) & ~(size_t)4095)
 
 /* The worker's address of a function the pool described (NULL: unknown). */
 static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
@@ -141,22 +181,33 @@ static void *fn_resolve(const unsigned char *b, size_t len, bool fork_method)
 }
 
 /* The worker's reads, through a buffer: a burst of small tasks costs one
- * read(2), not two per task. */
+ * read(2), not two per task.  The socket is read without blocking; when it
+ * has nothing, the worker sleeps on its door (worker_idle), where slot
+ * calls reach it too. */
 struct wreader {
     int fd;
     size_t pos, end;
     unsigned char buf[65536];
 };
 
-static int wr_read(struct wreader *r, void *dst, size_t len)
+struct wctx;
+static int worker_idle(struct wctx *c);
+
+static int wr_read(struct wctx *c, struct wreader *r, void *dst, size_t len)
 {
     unsigned char *d = dst;
     while (len) {
         if (r->pos == r->end) {
             bool direct = len >= sizeof r->buf;
-            ssize_t n = read(r->fd, direct ? d : r->buf, direct ? len : sizeof r->buf);
+            ssize_t n = recv(r->fd, direct ? d : r->buf, direct ? len : sizeof r->buf,
+                             MSG_DONTWAIT);
             if (n < 0 && errno == EINTR)
                 continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                if (worker_idle(c))
+                    return -1;
+                continue;
+            }
             if (n <= 0)
                 return -1;
             if (direct) {
@@ -219,7 +270,8 @@ static bool obuf_put(struct obuf *o, const void *src, size_t len)
 
 /* Runs the items of a TASK frame and appends its RESULT frame to o (the
  * caller sends it). */
-static int worker_task(void *fn, uint32_t n, const unsigned char *b, size_t len, struct obuf *o)
+static int worker_task(void *fn, int skip, uint32_t n, const unsigned char *b, size_t len,
+                       struct obuf *o)
 {
     size_t start = o->len;
     struct frame fr = { F_RESULT, n, 0 };
@@ -239,7 +291,7 @@ static int worker_task(void *fn, uint32_t n, const unsigned char *b, size_t len,
         off += il;
         void *res = NULL;
         size_t rlen = 0;
-        int st = fn ? ((conc_pool_fn)fn)(arg, (size_t)il, &res, &rlen) : -ENOENT;
+        int st = skip ? skip : fn ? ((conc_pool_fn)fn)(arg, (size_t)il, &res, &rlen) : -ENOENT;
         if (st > 0)
             st = -EPROTO;
         if (st == 0 && (rlen > CONC_POOL_ARG_MAX || (!res && rlen) ||
@@ -279,109 +331,220 @@ static bool wr_has_frame(const struct wreader *r)
 /* ... and for at most this long before the next task starts. */
 #define RESULTS_HOLD_NS 1000000
 
+/* What the worker's loop and its idle wait share. */
+struct wctx {
+    int fd;
+    struct wshared *sh;
+    uint32_t nstarted;
+    uint32_t seen_req, seen_sock;
+    void **fns;
+    uint32_t nfns;
+    struct obuf o;              /* results not sent yet */
+    int code;                   /* the exit code when it must end */
+};
+
+/* Serves the slot call the pool posted: runs it, answers inline (or, for a
+ * large result, with a RESULT frame on the socket), wakes the caller.
+ * -1 when the worker must end. */
+static int worker_slot(struct wctx *c)
+{
+    struct wshared *sh = c->sh;
+    uint32_t idx = ld_relaxed(&sh->fn_idx), alen = ld_relaxed(&sh->arg_len);
+    if (alen > SLOT_ARG) {
+        c->code = 71;
+        return -1;
+    }
+    void *fn = idx < c->nfns ? c->fns[idx] : NULL;
+    __atomic_store_n(&sh->started, ++c->nstarted, __ATOMIC_RELEASE);
+    void *res = NULL;
+    size_t rlen = 0;
+    int st = fn ? ((conc_pool_fn)fn)(alen ? sh->arg : NULL, alen, &res, &rlen) : -ENOENT;
+    if (st > 0)
+        st = -EPROTO;
+    if (st == 0 && (rlen > CONC_POOL_ARG_MAX || (!res && rlen)))
+        st = -EMSGSIZE;
+    if (st != 0)
+        rlen = 0;
+    uint32_t mode = SLOT_INLINE;
+    if (rlen > SLOT_RES) {
+        struct {
+            struct frame fr;
+            int32_t hs[2];
+            uint64_t len;
+        } h = { { F_RESULT, 1, 16 + rlen }, { 0, 0 }, rlen };
+        if (write_full(c->fd, &h, sizeof h) || write_full(c->fd, res, rlen)) {
+            free(res);
+            return -1;          /* the pool is gone */
+        }
+        mode = SLOT_ON_SOCKET;
+    } else if (rlen) {
+        memcpy(sh->res, res, rlen);
+    }
+    free(res);
+    st_relaxed(&sh->status, st);
+    st_relaxed(&sh->res_len, mode == SLOT_INLINE ? (uint32_t)rlen : 0);
+    st_relaxed(&sh->mode, mode);
+    __atomic_store_n(&sh->ans, c->seen_req, __ATOMIC_SEQ_CST);
+    conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
+    return 0;
+}
+
+/* How long the worker sleeps before it looks whether its pool is gone. */
+#define IDLE_CHECK_NS 1000000000
+
+/* Waits until the socket may have something to read, serving slot calls
+ * and sending held results meanwhile.  -1 when the worker must end. */
+static int worker_idle(struct wctx *c)
+{
+    struct wshared *sh = c->sh;
+    for (;;) {
+        uint32_t key = conc__park_prepare(&sh->door);
+        uint32_t req = __atomic_load_n(&sh->req, __ATOMIC_SEQ_CST);
+        uint32_t sock = __atomic_load_n(&sh->sock, __ATOMIC_SEQ_CST);
+        if (req != c->seen_req) {
+            conc__park_cancel(&sh->door, key);
+            c->seen_req = req;
+            if (worker_slot(c))
+                return -1;
+            continue;
+        }
+        if (sock != c->seen_sock) {
+            conc__park_cancel(&sh->door, key);
+            c->seen_sock = sock;
+            return 0;
+        }
+        if (c->o.len) {
+            conc__park_cancel(&sh->door, key);
+            if (write_full(c->fd, c->o.p, c->o.len))
+                return -1;
+            c->o.len = 0;
+            continue;
+        }
+        /* No spin: an idle worker gives its CPU away at once (the caller
+         * it waits for may need it). */
+        int r = conc__park_wait(&sh->door, key, conc_now() + IDLE_CHECK_NS,
+                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
+        if (r == -ETIMEDOUT) {
+            /* Its end shows on the socket (readable: the read sees it). */
+            struct pollfd pf = { c->fd, POLLIN, 0 };
+            if (poll(&pf, 1, 0) > 0)
+                return 0;
+        }
+    }
+}
+
 static int worker_main(const void *arg, size_t alen)
 {
-    struct wconf c;
-    if (alen != sizeof c)
+    struct wconf cf;
+    if (alen != sizeof cf)
         return 70;
-    memcpy(&c, arg, sizeof c);
-    if (c.close_fd >= 0)
-        close(c.close_fd);
-    int fd = c.fd;
-    void *pg = mmap(NULL, STARTED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, c.started_fd, 0);
-    close(c.started_fd);
+    memcpy(&cf, arg, sizeof cf);
+    if (cf.close_fd >= 0)
+        close(cf.close_fd);
+    void *pg = mmap(NULL, SHARED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, cf.started_fd, 0);
+    close(cf.started_fd);
     if (pg == MAP_FAILED)
         return 71;
-    uint32_t *started = pg, nstarted = 0;
+    struct wctx c = { .fd = cf.fd, .sh = pg };
     struct wreader *rd = malloc(sizeof *rd);
     if (!rd)
         return 71;
-    rd->fd = fd;
+    rd->fd = c.fd;
     rd->pos = rd->end = 0;
-    void **fns = NULL;
-    uint32_t nfns = 0;
-    struct obuf o = { 0 };
     unsigned char *b = NULL;
-    int code = 0;
     int64_t held_since = 0;
     for (;;) {
         struct frame fr;
-        if (o.len && (o.len >= RESULTS_BATCH || !wr_has_frame(rd) ||
-                      conc_now() - held_since >= RESULTS_HOLD_NS)) {
-            if (write_full(fd, o.p, o.len))
+        if (c.o.len && (c.o.len >= RESULTS_BATCH || !wr_has_frame(rd) ||
+                        conc_now() - held_since >= RESULTS_HOLD_NS)) {
+            if (write_full(c.fd, c.o.p, c.o.len))
                 break;                  /* the pool is gone */
-            o.len = 0;
+            c.o.len = 0;
         }
-        if (wr_read(rd, &fr, sizeof fr))
+        if (wr_read(&c, rd, &fr, sizeof fr))
             break;                      /* the pool is gone */
         if (fr.len > FRAME_MAX) {
-            code = 71;
+            c.code = 71;
             break;
         }
         free(b);
         b = malloc(fr.len ? fr.len : 1);
-        if (!b || wr_read(rd, b, fr.len)) {
-            code = 71;
+        if (!b || wr_read(&c, rd, b, fr.len)) {
+            if (!b)
+                c.code = 71;
             break;
         }
         if (fr.kind == F_FN) {
-            if (fr.n != nfns || nfns >= FN_TABLE_MAX) {
-                code = 71;
+            if (fr.n != c.nfns || c.nfns >= FN_TABLE_MAX) {
+                c.code = 71;
                 break;
             }
-            void **nf = realloc(fns, (nfns + 1) * sizeof *fns);
+            void **nf = realloc(c.fns, (c.nfns + 1) * sizeof *c.fns);
             if (!nf) {
-                code = 71;
+                c.code = 71;
                 break;
             }
-            fns = nf;
-            fns[nfns++] = fn_resolve(b, fr.len, c.fork_method);
+            c.fns = nf;
+            c.fns[c.nfns++] = fn_resolve(b, fr.len, cf.fork_method);
         } else if (fr.kind == F_INIT) {
             if (fr.n != NONE) {
-                if (fr.n >= nfns || !fns[fr.n]) {
-                    code = 72;
+                if (fr.n >= c.nfns || !c.fns[fr.n]) {
+                    c.code = 72;
                     break;
                 }
-                int r = ((conc_pool_init_fn)fns[fr.n])(fr.len ? b : NULL, fr.len);
+                int r = ((conc_pool_init_fn)c.fns[fr.n])(fr.len ? b : NULL, fr.len);
                 if (r != 0) {
-                    code = r & 0xff;
+                    c.code = r & 0xff;
                     break;
                 }
             }
-            struct frame rd = { F_READY, 0, 0 };
-            if (!obuf_put(&o, &rd, sizeof rd))
+            struct frame rf = { F_READY, 0, 0 };
+            if (!obuf_put(&c.o, &rf, sizeof rf))
                 break;
         } else if (fr.kind == F_TASK) {
-            uint32_t idx;
+            uint32_t idx, flags;
             if (fr.len < 8 || fr.n == 0 || fr.n > CONC__POOL_CHUNK_MAX) {
-                code = 71;
+                c.code = 71;
                 break;
             }
             memcpy(&idx, b, sizeof idx);
-            void *fn = idx < nfns ? fns[idx] : NULL;
-            bool first = o.len == 0;
+            memcpy(&flags, b + 4, sizeof flags);
+            void *fn = idx < c.nfns ? c.fns[idx] : NULL;
+            bool first = c.o.len == 0;
             /* Before it runs: the pool knows which of its tasks ran when
              * it dies with their results in hand. */
-            __atomic_store_n(&started[SH_STARTED], ++nstarted, __ATOMIC_RELEASE);
-            if (worker_task(fn, fr.n, b, fr.len, &o))
+            uint32_t k = ++c.nstarted;
+            __atomic_store_n(&c.sh->started, k, __ATOMIC_RELEASE);
+            int skip = 0;
+            if (flags & TASK_TELL) {
+                /* Begin it only when the pool did not cancel it first. */
+                uint32_t ord = k & ~GATE_CLOSED, *g = &c.sh->gate[k % GATE_N];
+                uint32_t v = __atomic_load_n(g, __ATOMIC_ACQUIRE);
+                if (v == (ord | GATE_CLOSED) ||
+                    !__atomic_compare_exchange_n(g, &v, ord, false, __ATOMIC_SEQ_CST,
+                                                 __ATOMIC_ACQUIRE)) {
+                    skip = -ECANCELED;
+                }
+            }
+            if (worker_task(fn, skip, fr.n, b, fr.len, &c.o))
                 break;
             if (first)
                 held_since = conc_now();
         } else if (fr.kind == F_EXIT) {
-            if (o.len && write_full(fd, o.p, o.len))
+            if (c.o.len && write_full(c.fd, c.o.p, c.o.len))
                 break;
             break;
         } else {
-            code = 71;
+            c.code = 71;
             break;
         }
     }
     free(b);
-    free(o.p);
-    free(fns);
+    free(c.o.p);
+    free(c.fns);
     free(rd);
-    close(fd);
-    return code;
+    close(c.fd);
+    return c.code;
 }
 
 /* ----------------------------------------------------------- the parent */
@@ -412,7 +575,9 @@ struct worker {
     size_t ctl_off;
     unsigned char *rbuf;
     size_t rlen, rcap;
-    uint32_t *started;          /* the page it shares with the pool (SH_*) */
+    struct wshared *sh;         /* the pages it shares with the pool */
+    uint32_t req_seq;           /* slot calls posted */
+    uint32_t issued;            /* tasks given (TASK frames and slot calls) */
     bool parked;                /* its socket is not watched (worker_park) */
     uint32_t answered;          /* RESULT frames read from it */
 };
@@ -584,9 +749,15 @@ static void q_unlink(conc_pool *p, struct conc__pool_task *t)
 static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_pool *p = (conc_pool *)e;
-    if (!t || !t->buf || !t->done || ld_relaxed(&t->state) != CONC__TASK_NEW)
+    if (!t || !t->buf || !t->done)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
+    /* The state under mu: a cancel may come before the submit. */
+    int state = ld_relaxed(&t->state);
+    if (state != CONC__TASK_NEW) {
+        pthread_mutex_unlock(&p->mu);
+        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
+    }
     if (p->closed || p->terminating) {
         pthread_mutex_unlock(&p->mu);
         return -EPIPE;
@@ -610,13 +781,46 @@ static int pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
     conc_pool *p = (conc_pool *)e;
     int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
+    int state = ld_relaxed(&t->state);
+    struct worker *w = t->worker;
+    if (state == CONC__TASK_NEW) {
+        st_relaxed(&t->state, CONC__TASK_CANCELLED);    /* submit refuses it */
+        r = 0;
+    } else if (state == CONC__TASK_QUEUED) {
         q_unlink(p, t);
         st_relaxed(&t->state, CONC__TASK_CANCELLED);
         r = 0;
+    } else if (state == CONC__TASK_SENT && t->started && w && w->sh) {
+        /* A worker holds it: close its gate unless the worker took it.
+         * (The worker's pages stay mapped while it holds the task: its end
+         * takes mu before it lets the tasks go.) */
+        uint32_t *g = &w->sh->gate[t->ord % GATE_N];
+        uint32_t v = __atomic_load_n(g, __ATOMIC_ACQUIRE);
+        if (v != t->ord && v != (t->ord | GATE_CLOSED) &&
+            __atomic_compare_exchange_n(g, &v, t->ord | GATE_CLOSED, false, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_ACQUIRE))
+            r = 1;
     }
     pthread_mutex_unlock(&p->mu);
     return r;
+}
+
+/* Whether a worker began t (its gate taken); a task waiting in the queue,
+ * or at a worker ahead, has not. */
+static bool pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    conc_pool *p = (conc_pool *)e;
+    pthread_mutex_lock(&p->mu);
+    struct worker *w = t->worker;
+    bool r = ld_relaxed(&t->state) == CONC__TASK_SENT && t->started && w && w->sh &&
+             __atomic_load_n(&w->sh->gate[t->ord % GATE_N], __ATOMIC_ACQUIRE) == t->ord;
+    pthread_mutex_unlock(&p->mu);
+    return r;
+}
+
+bool conc__pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t)
+{
+    return e && t && e->begun ? e->begun(e, t) : false;
 }
 
 int conc__pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
@@ -697,8 +901,8 @@ static int worker_start(conc_pool *p, struct worker *w)
     fcntl(sv[0], F_SETFL, fl | O_NONBLOCK);
     int mfd = conc__memfd_data("conc-pool-worker", MFD_CLOEXEC);
     void *pg = MAP_FAILED;
-    if (mfd < 0 || ftruncate(mfd, STARTED_MAP) ||
-        (pg = mmap(NULL, STARTED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
+    if (mfd < 0 || ftruncate(mfd, (off_t)SHARED_MAP) ||
+        (pg = mmap(NULL, SHARED_MAP, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
             MAP_FAILED) {
         int e = mfd < 0 ? mfd : -errno;
         if (mfd >= 0)
@@ -724,7 +928,7 @@ static int worker_start(conc_pool *p, struct worker *w)
     close(sv[1]);
     close(mfd);
     if (r) {
-        munmap(pg, STARTED_MAP);
+        munmap(pg, SHARED_MAP);
         close(sv[0]);
         return r;
     }
@@ -734,7 +938,7 @@ static int worker_start(conc_pool *p, struct worker *w)
     w->epfd = p->epfd;
     w->proc = proc;
     w->fd = sv[0];
-    w->started = pg;
+    w->sh = pg;
     w->pidfd = conc_process_sentinel(proc);
     w->quota = p->o.maxtasksperchild ? p->o.maxtasksperchild : UINT_MAX;
     /* The initializer goes first. */
@@ -754,7 +958,7 @@ static int worker_start(conc_pool *p, struct worker *w)
         conc_process_join(proc, CONC_FOREVER);
         conc_process_free(proc);
         close(w->fd);
-        munmap(w->started, STARTED_MAP);
+        munmap(w->sh, SHARED_MAP);
         free(w->ctl.p);
         memset(w, 0, sizeof *w);
         w->idx = idx;
@@ -766,10 +970,8 @@ static int worker_start(conc_pool *p, struct worker *w)
     return 0;
 }
 
-/* Hands queued tasks to w while it has room; under mu.  Tasks reported
- * started go on *started. */
-static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **started,
-                     size_t depth)
+/* Hands queued tasks to w while it has room; under mu. */
+static void dispatch(conc_pool *p, struct worker *w, size_t depth)
 {
     while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
         struct conc__pool_task *t = p->qhead;
@@ -784,8 +986,12 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
         if (!ok)
             return;             /* out of memory: try again later */
         q_unlink(p, t);
-        bool first = ld_relaxed(&t->state) == CONC__TASK_QUEUED;
         st_relaxed(&t->state, CONC__TASK_SENT);
+        /* A task whose start is reported waits at its gate (open: 0 or an
+         * older number) until the worker begins it. */
+        uint32_t flags = t->started ? TASK_TELL : 0;
+        memcpy(t->buf + sizeof(struct frame) + 4, &flags, sizeof flags);
+        t->ord = ++w->issued & ~GATE_CLOSED;
         t->worker = w;
         t->next = NULL;
         if (w->tail)
@@ -798,10 +1004,6 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
         w->nout++;
         if (--w->quota == 0)
             w->want_exit = true;
-        if (first && t->started) {
-            t->prev = *started;     /* borrowed link: the started list */
-            *started = t;
-        }
     }
 }
 
@@ -809,7 +1011,7 @@ static void dispatch(conc_pool *p, struct worker *w, struct conc__pool_task **st
  * was handed, as many as fit in one sendmsg(2); false when the worker's
  * channel broke. */
 #define FLUSH_IOV 64
-static bool worker_flush(struct worker *w)
+static bool worker_flush_(struct worker *w, bool *sent)
 {
     for (;;) {
         if (!w->wtask && w->ctl_off == w->ctl.len && w->want_exit && !w->exit_sent) {
@@ -839,6 +1041,7 @@ static bool worker_flush(struct worker *w)
             return errno == EAGAIN || errno == EWOULDBLOCK;
         }
         size_t left = (size_t)r;
+        *sent = true;
         if (w->woff == 0 && w->ctl_off < w->ctl.len) {
             size_t k = w->ctl.len - w->ctl_off;
             if (left < k) {
@@ -860,6 +1063,23 @@ static bool worker_flush(struct worker *w)
             w->woff = 0;
         }
     }
+}
+
+/* Tells w that its socket has something: it reads the socket only when
+ * told (it sleeps on its door, where slot calls reach it too). */
+static void worker_kick(struct worker *w)
+{
+    __atomic_fetch_add(&w->sh->sock, 1, __ATOMIC_SEQ_CST);
+    conc__park_wake(&w->sh->door, 1, CONC__WAIT_SHARED);
+}
+
+static bool worker_flush(struct worker *w)
+{
+    bool sent = false;
+    bool ok = worker_flush_(w, &sent);
+    if (sent)
+        worker_kick(w);
+    return ok;
 }
 
 static bool worker_has_output(const struct worker *w)
@@ -888,6 +1108,10 @@ static bool worker_parse(struct worker *w)
             break;
         const unsigned char *b = w->rbuf + off + sizeof fr;
         if (fr.kind == F_READY) {
+            if (w->ready) {
+                ok = false;     /* said once, after the initializer */
+                break;
+            }
             w->ready = true;
         } else if (fr.kind == F_RESULT) {
             struct conc__pool_task *t = w->head;
@@ -950,9 +1174,13 @@ static bool worker_parse(struct worker *w)
 /* Reads what w sent (until it has nothing more, or with answered_only
  * until it owes no answer); false when the channel is at its end or
  * broke. */
+/* The most one look at a worker reads: one that sends without end never
+ * holds the pool's thread (epoll reports it again). */
+#define READ_TURN (4u << 20)
+
 static bool worker_read_(struct worker *w, bool answered_only)
 {
-    for (;;) {
+    for (size_t turn = 0; turn < READ_TURN;) {
         if (w->rcap - w->rlen < 65536) {
             size_t cap = w->rcap ? w->rcap * 2 : 131072;
             unsigned char *nb = realloc(w->rbuf, cap);
@@ -969,6 +1197,7 @@ static bool worker_read_(struct worker *w, bool answered_only)
         if (r == 0)
             return false;
         w->rlen += (size_t)r;
+        turn += (size_t)r;
         if (!worker_parse(w))
             return false;
         /* Keep the buffer small when idle. */
@@ -980,6 +1209,7 @@ static bool worker_read_(struct worker *w, bool answered_only)
         if (answered_only && !w->head)
             return true;
     }
+    return true;
 }
 
 static bool worker_read(struct worker *w)
@@ -996,8 +1226,8 @@ static void worker_release(struct worker *w)
     }
     free(w->ctl.p);
     free(w->rbuf);
-    if (w->started)
-        munmap(w->started, STARTED_MAP);
+    if (w->sh)
+        munmap(w->sh, SHARED_MAP);
     conc_process_free(w->proc);
     int idx = w->idx, epfd = w->epfd;
     memset(w, 0, sizeof *w);
@@ -1010,10 +1240,11 @@ static void worker_release(struct worker *w)
 /* w ended (or must end): kill and reap it, settle its tasks. */
 static void worker_end(conc_pool *p, struct worker *w, int fail_status)
 {
-    /* Whatever it answered before it ended counts. */
-    worker_read(w);
+    /* Whatever it answered before it ended counts: read once it is gone,
+     * so that one that sends without end cannot hold us here. */
     conc_process_kill(w->proc);
     conc_process_join(w->proc, CONC_FOREVER);
+    worker_read(w);
     int code = 0;
     conc_process_exitcode(w->proc, &code);
     /* Of the tasks it started and did not answer, the last one is the one
@@ -1023,7 +1254,11 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
      * with the tasks it never started, so that a dead worker fails only the
      * task it was running.  Its count is checked: it cannot exceed what it
      * held. */
-    uint32_t ran = __atomic_load_n(&w->started[SH_STARTED], __ATOMIC_ACQUIRE) - w->answered;
+    pthread_mutex_lock(&p->mu);
+    for (struct conc__pool_task *u = w->head; u; u = u->next)
+        u->worker = NULL;       /* a cancel no longer looks at its gate */
+    pthread_mutex_unlock(&p->mu);
+    uint32_t ran = __atomic_load_n(&w->sh->started, __ATOMIC_ACQUIRE) - w->answered;
     if (ran > w->nout)
         ran = w->nout;
     struct conc__pool_task *again = NULL, *again_tail = NULL;
@@ -1034,7 +1269,15 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
         bool running = ++k == ran;
         if (fail_status == -EPIPE ||
             (running && (fail_status != -ECHILD || u->tries >= p->o.retries))) {
-            task_fail(u, fail_status, running ? code : 0);
+            task_fail(u, fail_status,
+                      fail_status == -EPIPE ? CONC__POOL_TERMINATED : running ? code : 0);
+            continue;
+        }
+        if (u->started && !u->told &&
+            __atomic_load_n(&w->sh->gate[u->ord % GATE_N], __ATOMIC_ACQUIRE) ==
+                (u->ord | GATE_CLOSED)) {
+            /* Cancelled while it held it: it does not run elsewhere. */
+            task_fail(u, -ECANCELED, 0);
             continue;
         }
         if (running)
@@ -1086,7 +1329,7 @@ static void fail_queue(conc_pool *p, int status)
     for (struct conc__pool_task *t = q, *nx; t; t = nx) {
         nx = t->next;
         t->next = t->prev = NULL;
-        task_fail(t, status, 0);
+        task_fail(t, status, status == -EPIPE ? CONC__POOL_TERMINATED : 0);
     }
 }
 
@@ -1103,7 +1346,6 @@ static void *pool_thread(void *arg)
         __atomic_store_n(&p->wake_pending, 0, __ATOMIC_SEQ_CST);
         pthread_mutex_lock(&p->mu);
         bool term = p->terminating, closed = p->closed;
-        struct conc__pool_task *started = NULL;
         bool owned[CONC_POOL_MAX_WORKERS];
         for (int i = 0; i < p->nw; i++)
             owned[i] = worker_acquire(&p->w[i]);
@@ -1114,14 +1356,9 @@ static void *pool_thread(void *arg)
         for (size_t level = 1; level <= depth && p->qhead && !term; level++)
             for (int i = 0; i < p->nw; i++)
                 if (owned[i] && p->w[i].proc)
-                    dispatch(p, &p->w[i], &started, level);
+                    dispatch(p, &p->w[i], level);
         bool queue_empty = p->qhead == NULL;
         pthread_mutex_unlock(&p->mu);
-        for (struct conc__pool_task *t = started, *nx; t; t = nx) {
-            nx = t->prev;
-            t->prev = NULL;
-            t->started(t);
-        }
         if (term)
             break;
         /* Replace missing workers (unless closing with nothing left). */
@@ -1182,7 +1419,14 @@ static void *pool_thread(void *arg)
             }
             struct worker *w = &p->w[d / 2];
             if (!worker_acquire(w)) {
-                skipped++;      /* a caller of apply has it */
+                /* A caller of apply has it: one that sleeps on its slot
+                 * looks at the socket and the pidfd when told. */
+                skipped++;
+                struct wshared *sh = w->sh;
+                if (sh) {
+                    __atomic_store_n(&sh->alert, 1, __ATOMIC_SEQ_CST);
+                    conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
+                }
                 continue;
             }
             if (!w->proc)
@@ -1220,6 +1464,110 @@ static void *pool_thread(void *arg)
     st_release(&p->finished, 1);
     conc__wake(&p->finished, INT_MAX, 0);
     return NULL;
+}
+
+/* What a caller of apply does with what w's socket (pf[0]) and pidfd
+ * (pf[1]) report: 1 to wait on, 0 when it is over (answered on the socket:
+ * done ran; or ended: the pool's thread settles the task). */
+static int direct_look(struct worker *w, const struct pollfd *pf)
+{
+    if (pf[1].revents)
+        return 0;               /* ended: the pool's thread settles it */
+    /* Its answer is all it sends: no second recv(2) to find that. */
+    if ((pf[0].revents & POLLIN) && !worker_read_(w, true)) {
+        /* A bad frame (or no memory for it) leaves nothing for the pool's
+         * thread to see on the socket: end the worker, so that its pidfd
+         * tells the thread to settle the task. */
+        conc_process_kill(w->proc);
+        return 0;
+    }
+    if (!w->head)
+        return 0;               /* answered: done ran */
+    if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
+        return 0;
+    return 1;
+}
+
+/* Talks to w, which has t's frame to send, over its socket until t is
+ * answered (done ran) or w ended (the pool's thread settles t).  0, or
+ * -ECANCELED when the calling coroutine was killed. */
+static int direct_socket(struct worker *w)
+{
+    for (;;) {
+        if (worker_has_output(w) && !worker_flush(w))
+            return 0;
+        if (!w->head)
+            return 0;           /* answered: done ran */
+        struct pollfd pf[2] = { { w->fd, (short)(POLLIN | (worker_has_output(w) ? POLLOUT : 0)), 0 },
+                                { w->pidfd, POLLIN, 0 } };
+        int n = conc__wait_fds(pf, 2, CONC_NO_DEADLINE);
+        if (n < 0 && n != -EINTR)
+            return n;           /* cancelled: the pool's thread takes over */
+        if (n > 0 && !direct_look(w, pf))
+            return 0;
+    }
+}
+
+/* How long a caller sleeps on the slot before it looks at the worker's
+ * pidfd itself (the pool's thread tells it sooner). */
+#define SLOT_CHECK_NS 100000000
+
+/* Posts t (one item, in w's slot) and sleeps until the worker answers
+ * (done ran) or ends (the pool's thread settles t).  Always 0: a thread
+ * is never cancelled. */
+static int direct_slot(struct worker *w, struct conc__pool_task *t)
+{
+    struct wshared *sh = w->sh;
+    uint32_t idx;
+    uint64_t alen;
+    memcpy(&idx, t->buf + sizeof(struct frame), sizeof idx);
+    memcpy(&alen, t->buf + sizeof(struct frame) + 8, sizeof alen);
+    st_relaxed(&sh->fn_idx, idx);
+    st_relaxed(&sh->arg_len, (uint32_t)alen);
+    if (alen)
+        memcpy(sh->arg, t->buf + sizeof(struct frame) + 16, alen);
+    __atomic_store_n(&sh->alert, 0, __ATOMIC_RELAXED);
+    uint32_t seq = ++w->req_seq;
+    __atomic_store_n(&sh->req, seq, __ATOMIC_SEQ_CST);
+    conc__park_wake(&sh->door, 1, CONC__WAIT_SHARED);
+    for (;;) {
+        uint32_t key = conc__park_prepare(&sh->answer);
+        if (__atomic_load_n(&sh->ans, __ATOMIC_SEQ_CST) == seq) {
+            conc__park_cancel(&sh->answer, key);
+            break;
+        }
+        if (__atomic_exchange_n(&sh->alert, 0, __ATOMIC_SEQ_CST)) {
+            conc__park_cancel(&sh->answer, key);
+            struct pollfd pf[2] = { { w->fd, POLLIN, 0 }, { w->pidfd, POLLIN, 0 } };
+            if (poll(pf, 2, 0) > 0 && !direct_look(w, pf))
+                return 0;
+            continue;
+        }
+        /* No spin either: two processes that spin for each other on a
+         * loaded machine often share one CPU, and each hand-over then waits
+         * for the spinner's slice to end. */
+        int r = conc__park_wait(&sh->answer, key, conc_now() + SLOT_CHECK_NS,
+                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
+        if (r == -ETIMEDOUT)
+            __atomic_store_n(&sh->alert, 1, __ATOMIC_RELAXED);
+    }
+    uint32_t mode = ld_relaxed(&sh->mode), rlen = ld_relaxed(&sh->res_len);
+    int32_t st = ld_relaxed(&sh->status);
+    if (mode == SLOT_ON_SOCKET && st == 0)
+        return direct_socket(w);
+    if (mode != SLOT_INLINE || st > 0 || rlen > SLOT_RES || (st != 0 && rlen != 0)) {
+        /* A broken answer: the worker ends, the pool's thread fails t. */
+        conc_process_kill(w->proc);
+        return 0;
+    }
+    w->head = w->tail = NULL;
+    w->nout--;
+    w->answered++;
+    t->next = NULL;
+    struct conc__pool_outcome one = { st, 0, rlen ? sh->res : NULL, rlen };
+    st_release(&t->state, CONC__TASK_DONE);
+    t->done(t, &one, 1);
+    return 0;
 }
 
 int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t)
@@ -1267,48 +1615,43 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
     st_relaxed(&t->state, CONC__TASK_SENT);
     t->worker = w;
+    t->ord = ++w->issued & ~GATE_CLOSED;
     t->next = t->prev = NULL;
-    w->head = w->tail = w->wtask = t;
+    /* A call of one small item, from a thread (a coroutine's wait on a
+     * word another process changes would be a poll), to a worker that has
+     * read everything sent to it, goes through the slot. */
+    uint64_t alen;
+    memcpy(&alen, t->buf + sizeof(struct frame) + 8, sizeof alen);
+    bool slot = t->nitems == 1 && alen <= SLOT_ARG && !conc__wait_ops && !worker_has_output(w);
+    w->head = w->tail = t;
+    w->wtask = slot ? NULL : t;
     w->woff = 0;
     w->nout = 1;
     if (--w->quota == 0)
         w->want_exit = true;
     pthread_mutex_unlock(&p->mu);
-    /* The pool's thread does not watch its socket while callers talk to
-     * it (its end still wakes the pool's thread); left so while it idles
-     * between calls of apply, so that a stream of them costs no
-     * epoll_ctl(2). */
-    if (!w->parked)
-        worker_park(w);
-    int ret = 0;
-    if (t->started)
-        t->started(t);
-    for (;;) {
-        if (worker_has_output(w) && !worker_flush(w))
-            break;
-        if (!w->head)
-            break;              /* answered: done ran */
-        struct pollfd pf[2] = { { w->fd, (short)(POLLIN | (worker_has_output(w) ? POLLOUT : 0)), 0 },
-                                { w->pidfd, POLLIN, 0 } };
-        int n = conc__wait_fds(pf, 2, CONC_NO_DEADLINE);
-        if (n < 0 && n != -EINTR) {
-            ret = n;            /* cancelled: the pool's thread takes over */
-            break;
+    int ret;
+    if (slot) {
+        /* Its socket stays watched: what the worker sends there, and its
+         * end, make the pool's thread tell us (sh->alert). */
+        worker_unpark(w);
+        if (t->started && !t->told) {
+            t->told = true;
+            t->started(t);
         }
-        if (n == 0)
-            continue;
-        if (pf[1].revents)
-            break;              /* ended: the pool's thread settles it */
-        /* Its answer is all it sends: no second recv(2) to find that. */
-        if ((pf[0].revents & POLLIN) && !worker_read_(w, true)) {
-            /* A bad frame (or no memory for it) leaves nothing for the
-             * pool's thread to see on the socket: end the worker, so that
-             * its pidfd tells the thread to settle the task. */
-            conc_process_kill(w->proc);
-            break;
+        ret = direct_slot(w, t);
+    } else {
+        /* The pool's thread does not watch its socket while callers talk
+         * to it (its end still wakes the pool's thread); left so while it
+         * idles between calls of apply, so that a stream of them costs no
+         * epoll_ctl(2). */
+        if (!w->parked)
+            worker_park(w);
+        if (t->started && !t->told) {
+            t->told = true;
+            t->started(t);
         }
-        if ((pf[0].revents & (POLLERR | POLLHUP)) && !(pf[0].revents & POLLIN))
-            break;
+        ret = direct_socket(w);
     }
     bool idle = w->nout == 0 && !worker_has_output(w) && !w->want_exit;
     if (!idle)
@@ -1367,6 +1710,7 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     p->o = o;
     p->e.submit = pool_submit;
     p->e.cancel = pool_cancel;
+    p->e.begun = pool_begun;
     p->e.workers = o.processes;
     p->e.process = true;
     conc_start_method m = o.method ? o.method : conc_process_start_method();

@@ -9,15 +9,21 @@
  * conc__pool_task_prepare_ptr (thread pool), set done (and started, ctx),
  * and submit it.  Then exactly one of these happens:
  *   - conc__pool_cancel returns 0: the task never reached a worker, done is
- *     never called;
+ *     never called (a task cancelled before it was submitted is refused by
+ *     submit with -ECANCELED);
  *   - done(t, items, n) is called once, on the pool's thread (process pool)
  *     or the worker thread (thread pool; the terminating thread for tasks
  *     terminate drops), with no lock of the engine held.  n is the task's
  *     number of items, or 1 when every item has that same outcome (a task
  *     that failed as a whole: -ECHILD, -EPIPE).
- * started(t), when set, is called (same threads, before done) when the task
- * is handed to a worker; after it, cancel gives -EBUSY.  A task that runs
- * again after its worker died (retries) is not reported started twice.
+ * started(t), when set: a thread pool calls it when a worker thread begins
+ * the task, a process pool when a caller of apply hands it to a worker
+ * itself (conc__pool_run_direct); a process pool's worker begins tasks
+ * without telling (that would cost a write per task): ask
+ * conc__pool_begun.  A process task with started set that a worker holds
+ * but has not begun can still be cancelled: cancel returns 1, the worker
+ * skips it, and done comes with -ECANCELED for every item.  Once a worker
+ * began it, cancel gives -EBUSY.
  * The submitter may free its task memory only after done returned or
  * cancel gave 0; call conc__pool_task_release (frees what prepare
  * allocated) then.
@@ -25,6 +31,7 @@
 #ifndef CONC_POOL_INTERNAL_H
 #define CONC_POOL_INTERNAL_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,7 +39,8 @@
 #include "internal.h"
 
 /* One item's outcome.  status: 0, the task's failure, -ECHILD (exitcode
- * tells how the worker ended), -EPIPE (terminated).  data/len: the result
+ * tells how the worker ended), -EPIPE (terminated: exitcode
+ * CONC__POOL_TERMINATED, and no callback runs for it, as in Python).  data/len: the result
  * (process pool: bytes valid only during the done call, copy them; thread
  * pool: the task's pointer, len 0). */
 struct conc__pool_outcome {
@@ -60,7 +68,12 @@ struct conc__pool_task {
     unsigned tries;
     struct conc__pool_task *next, *prev;
     void *worker;
+    uint32_t ord;               /* its number at its worker (process pool) */
+    bool told;                  /* started was called */
 };
+
+/* The exitcode of an outcome that terminate dropped. */
+#define CONC__POOL_TERMINATED INT_MIN
 
 /* Task states. */
 #define CONC__TASK_NEW 0
@@ -80,6 +93,7 @@ struct conc__pool_task {
 struct conc__pool_engine {
     int (*submit)(struct conc__pool_engine *e, struct conc__pool_task *t);
     int (*cancel)(struct conc__pool_engine *e, struct conc__pool_task *t);
+    bool (*begun)(struct conc__pool_engine *e, struct conc__pool_task *t);  /* may be NULL */
     int workers;
     bool process;               /* conc_pool: items are bytes */
 };
@@ -118,10 +132,19 @@ CONC_HIDDEN int conc__pool_submit(struct conc__pool_engine *e, struct conc__pool
 CONC_HIDDEN int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t);
 
 /*
- * conc__pool_cancel - take a task back if no worker has it yet.  Returns 0
- * (done will never be called), -EBUSY when a worker has it or it is done.
+ * conc__pool_cancel - take a task back if no worker began it.  Returns 0
+ * when no worker had it (done will never be called), 1 when a worker holds
+ * it and will skip it (a task with started set: done comes with
+ * -ECANCELED), -EBUSY when a worker began it or it is done.
  */
 CONC_HIDDEN int conc__pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
+ * conc__pool_begun - whether a worker of a process pool began t (a task
+ * with started set; its worker took its gate).  False for a task in the
+ * queue or held ahead, and for a thread pool's (it calls started).
+ */
+CONC_HIDDEN bool conc__pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t);
 
 /* The engine of each pool kind (NULL for NULL). */
 CONC_HIDDEN struct conc__pool_engine *conc__pool_engine(conc_pool *p);

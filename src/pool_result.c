@@ -74,18 +74,25 @@ static void progress_final(struct progress *pg, size_t total)
 
 /* Copies a task's outcomes into items[0..count) (the bytes into one new
  * buffer, stored in *copy); n == 1 < count: one outcome for all. */
+/* An outcome's exit code as the results keep it (terminate's mark is not
+ * one). */
+static int exitcode_of(const struct conc__pool_outcome *o)
+{
+    return o->exitcode == CONC__POOL_TERMINATED ? 0 : o->exitcode;
+}
+
 static void outcomes_store(bool process, struct ritem *items, uint32_t count,
                            const struct conc__pool_outcome *o, uint32_t n, void **copy)
 {
     *copy = NULL;
     if (n < count) {
         for (uint32_t i = 0; i < count; i++)
-            items[i] = (struct ritem){ o[0].status, o[0].exitcode, NULL, 0 };
+            items[i] = (struct ritem){ o[0].status, exitcode_of(&o[0]), NULL, 0 };
         return;
     }
     if (!process) {
         for (uint32_t i = 0; i < count; i++)
-            items[i] = (struct ritem){ o[i].status, o[i].exitcode, o[i].data, 0 };
+            items[i] = (struct ritem){ o[i].status, exitcode_of(&o[i]), o[i].data, 0 };
         return;
     }
     size_t total = 0;
@@ -98,7 +105,8 @@ static void outcomes_store(bool process, struct ritem *items, uint32_t count,
             items[i] = (struct ritem){ -ENOMEM, 0, NULL, 0 };
             continue;
         }
-        items[i] = (struct ritem){ o[i].status, o[i].exitcode, b ? b + off : NULL, o[i].len };
+        items[i] = (struct ritem){ o[i].status, exitcode_of(&o[i]), b ? b + off : NULL,
+                                   o[i].len };
         if (o[i].len)
             memcpy(b + off, o[i].data, o[i].len);
         off += o[i].len;
@@ -128,6 +136,7 @@ struct conc_pool_result {
     void *ctx;
     struct progress pg;
     bool process;
+    bool terminated;            /* a chunk was dropped by terminate */
     int status;                 /* the first failed item's, or 0 */
     size_t status_index;
     pthread_mutex_t fmu;        /* guards fut and finished */
@@ -182,7 +191,9 @@ static void result_finish(conc_pool_result *r)
     st_release(&r->settled, 1);
     progress_final(&r->pg, r->n);
     conc_pool_callback cb = r->status ? r->ecb : r->cb;
-    if (cb) {
+    /* Terminated: no callback, as Python's terminate runs none (its get
+     * would wait forever; ours gives -EPIPE). */
+    if (cb && !ld_relaxed(&r->terminated)) {
         conc_pool_result *saved = cb_result;
         cb_result = r;
         cb(r, r->ctx);
@@ -204,6 +215,8 @@ static void chunk_done(struct conc__pool_task *t, const struct conc__pool_outcom
 {
     struct rchunk *c = (struct rchunk *)t;
     conc_pool_result *r = c->r;
+    if (n >= 1 && o[0].status == -EPIPE && o[0].exitcode == CONC__POOL_TERMINATED)
+        st_relaxed(&r->terminated, true);   /* published by remaining */
     outcomes_store(r->process, r->items + c->first, t->nitems, o, n, &c->copy);
     size_t d = progress_add(&r->pg, t->nitems);
     conc__pool_task_release(t);
@@ -648,6 +661,10 @@ struct conc_pool_iter {
     int input_err;
     struct islot *cur;
     struct progress pg;
+    /* An item read but left for the next chunk (this one had its bytes):
+     * next's bytes stay valid until its next call. */
+    conc_pool_item held;
+    bool has_held;
 };
 
 static void iter_unref(conc_pool_iter *it)
@@ -714,22 +731,37 @@ static void iter_refill(conc_pool_iter *it)
         if (!s)
             return;
         size_t k = 0, staged = 0;
+        uint64_t bytes = 0;
         int err = 0;
         bool ended = false;
         while (k < it->chunksize) {
             const void *a = NULL;
             size_t l = 0;
-            int r = it->next(it->ctx, &a, &l);
-            if (r <= 0) {
-                err = r;
-                ended = true;
-                break;
+            if (it->has_held) {
+                a = it->held.arg;
+                l = it->held.len;
+                it->has_held = false;
+            } else {
+                int r = it->next(it->ctx, &a, &l);
+                if (r <= 0) {
+                    err = r;
+                    ended = true;
+                    break;
+                }
             }
             if (it->e->process && ((!a && l) || l > CONC_POOL_ARG_MAX)) {
                 err = -EINVAL;
                 ended = true;
                 break;
             }
+            if (it->e->process && k > 0 && l > CONC__POOL_CHUNK_BYTES - bytes) {
+                /* One task carries so many bytes at most (as map cuts its
+                 * chunks): this item starts the next chunk. */
+                it->held = (conc_pool_item){ a, l };
+                it->has_held = true;
+                break;
+            }
+            bytes += l;
             if (it->e->process && k + 1 < it->chunksize) {
                 /* The bytes are valid only until the next call: keep a copy. */
                 if (it->stage_cap - staged < l) {

@@ -63,9 +63,15 @@ int conc__pool_task_prepare_ptr(struct conc__pool_task *t, conc_threadpool_fn fn
 static int tp_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_threadpool *p = (conc_threadpool *)e;
-    if (!t || !t->buf || !t->done || ld_relaxed(&t->state) != CONC__TASK_NEW)
+    if (!t || !t->buf || !t->done)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
+    /* The state under mu: a cancel may come before the submit. */
+    int state = ld_relaxed(&t->state);
+    if (state != CONC__TASK_NEW) {
+        pthread_mutex_unlock(&p->mu);
+        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
+    }
     if (p->closed) {
         pthread_mutex_unlock(&p->mu);
         return -EPIPE;
@@ -92,7 +98,10 @@ static int tp_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
     conc_threadpool *p = (conc_threadpool *)e;
     int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
+    if (ld_relaxed(&t->state) == CONC__TASK_NEW) {
+        st_relaxed(&t->state, CONC__TASK_CANCELLED);
+        r = 0;
+    } else if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
         if (t->prev)
             t->prev->next = t->next;
         else
@@ -238,7 +247,7 @@ int conc_threadpool_terminate(conc_threadpool *p)
     for (struct conc__pool_task *t = q, *nx; t; t = nx) {
         nx = t->next;
         t->next = t->prev = NULL;
-        struct conc__pool_outcome one = { -EPIPE, 0, NULL, 0 };
+        struct conc__pool_outcome one = { -EPIPE, CONC__POOL_TERMINATED, NULL, 0 };
         st_release(&t->state, CONC__TASK_DONE);
         t->done(t, &one, 1);
     }

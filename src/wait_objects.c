@@ -1,7 +1,7 @@
 /*
  * wait_objects.c - multiprocessing.connection.wait (conc/wait.h): wait until
  * one of several connections, thread queues, processes, process queues,
- * sockets, futures or descriptors is ready.
+ * sockets, futures, broker queues or descriptors is ready.
  *
  * Every entry becomes one descriptor of a single poll set (a queue's
  * readiness eventfd, a process's pidfd sentinel, a connection's own
@@ -28,9 +28,19 @@
 #include "pipe.h"
 #include "socket.h"
 #include "sys/wait.h"
+#include "wait_source.h"
 
 #define WAIT_STACK 32
 #define MPQ_RECHECK_NS 50000000
+#define BROKER_RECHECK_NS 1000000000
+
+/* A broker queue's answer: 1 (or an error, which its get reports) when it
+ * is ready, 0 with *fd to poll when it is not. */
+static int broker_check(struct conc_broker_queue *bq, int *fd)
+{
+    const struct conc__wait_source *const *src = (const void *)bq;
+    return (*src)->check(bq, fd);
+}
 
 int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
 {
@@ -44,7 +54,7 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
         return -EINVAL;
     struct pollfd stack[WAIT_STACK], *fds = stack;
     int count = 0, r = 0;
-    bool mpq = false;
+    bool mpq = false, bkq = false;
 
     /* Check every entry before allocating anything. */
     for (size_t i = 0; i < n; i++) {
@@ -71,6 +81,9 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
             break;
         case CONC_WAIT_FUTURE:
             r = w->u.future ? 0 : -EINVAL;
+            break;
+        case CONC_WAIT_BROKER:
+            r = w->u.broker_queue ? 0 : -EINVAL;
             break;
         default:
             r = -EINVAL;
@@ -129,6 +142,17 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
                 count++;
             }
             break;
+        case CONC_WAIT_BROKER: {
+            int fd = -1;
+            bkq = true;
+            if (broker_check(w->u.broker_queue, &fd) != 0) {
+                w->ready = true;
+                count++;
+            }
+            fds[i].fd = fd;
+            r = 0;
+            break;
+        }
         default:
             fds[i].fd = w->u.fd;
             if (w->events)
@@ -145,8 +169,8 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
          * (re-checked below), and a producer killed at the wrong instant
          * may leave it unreadable: such waits look again now and then. */
         int64_t until = count ? 0 : deadline;
-        if (mpq && !count) {
-            int64_t slice = conc_now() + MPQ_RECHECK_NS;
+        if ((mpq || bkq) && !count) {
+            int64_t slice = conc_now() + (mpq ? MPQ_RECHECK_NS : BROKER_RECHECK_NS);
             if (slice < until)
                 until = slice;
         }
@@ -169,6 +193,18 @@ int conc_wait_until(conc_waitable *objs, size_t n, int64_t deadline)
                 if ((re || r < 0) && conc__mpqueue_ready(objs[i].u.mpqueue)) {
                     objs[i].ready = true;
                     count++;
+                }
+            } else if (objs[i].kind == CONC_WAIT_BROKER) {
+                /* Readable, or time to look again: frames came (perhaps a
+                 * heartbeat only); the queue says whether a get would wait,
+                 * and its descriptor may have changed (a reconnection). */
+                if (re || r < 0) {
+                    int fd = -1;
+                    if (broker_check(objs[i].u.broker_queue, &fd) != 0) {
+                        objs[i].ready = true;
+                        count++;
+                    }
+                    fds[i].fd = fd;
                 }
             } else if (re & (fds[i].events | POLLERR | POLLHUP)) {
                 objs[i].ready = true;

@@ -17,9 +17,10 @@
 
 static const char *const examples[] = {
     "condition-notify", "coro-sleepers", "coro-tour", "crawler", "custom-thread-pool",
-    "echo-upper-client", "echo-upper-server", "parallel-map", "pipe-ping", "process-basics",
-    "producer-consumer", "shared-counter", "thread-basics", "ticket-grab", "traffic-light",
-    "udp-upper-server",
+    "echo-upper-client", "echo-upper-server", "ftp-client", "ftp-server", "hotline-client",
+    "hotline-server", "manager-counter", "parallel-map", "pipe-ping", "process-basics",
+    "producer-consumer", "queue-client", "queue-server", "shared-counter", "thread-basics",
+    "ticket-grab", "traffic-light", "udp-upper-server",
 };
 #define NEXAMPLES (sizeof examples / sizeof examples[0])
 
@@ -109,6 +110,12 @@ Test(examples_cli, name_equals_value_works_everywhere, .timeout = 120)
     cr_assert_not_null(strstr(r.out, "done: 3 threads ran, 0 never notified"), "%s", r.out);
     run_free(&r);
 
+    const char *mc[] = { "--procs=3", "--start=5", NULL };
+    r = run_example("manager-counter", mc);
+    assert_success(&r, "manager-counter --procs=3 --start=5");
+    cr_assert_str_eq(r.out, "count=2\n");
+    run_free(&r);
+
     const char *ct[] = { "--part=1", NULL };
     r = run_example("coro-tour", ct);
     assert_success(&r, "coro-tour --part=1");
@@ -148,8 +155,20 @@ Test(examples_cli, limits_are_real_and_named, .timeout = 120)
     refused_naming("parallel-map", pm, "--tasks wants a whole number from 0 to 3000000");
     const char *cr[] = { "--procs=65", "http://127.0.0.1:1/", NULL };
     refused_naming("crawler", cr, "--procs wants a whole number from 1 to 64");
+    const char *mc[] = { "--procs", "257", NULL };
+    refused_naming("manager-counter", mc, "--procs wants a whole number from 1 to 256");
+    const char *mc2[] = { "--procs", "1", "--start", "-1", NULL };
+    refused_naming("manager-counter", mc2, "--start wants a whole number from 0 to 1000000000");
+    const char *qc[] = { "--timeout", "86401", "get", NULL };
+    refused_naming("queue-client", qc, "--timeout wants seconds from 0 to 86400");
     const char *ctp[] = { "--workers", "65", NULL };
     refused_naming("custom-thread-pool", ctp, "--workers wants a whole number from 1 to 64");
+    const char *fs[] = { "--max-size", "1099511627777", "0", NULL };
+    refused_naming("ftp-server", fs, "--max-size wants a whole number from 0 to 1099511627776");
+    const char *fc[] = { "--timeout=86401", "h", "1", NULL };
+    refused_naming("ftp-client", fc, "--timeout wants seconds > 0 (at most 86400)");
+    const char *hc[] = { "--timeout=86401", "h", "1", NULL };
+    refused_naming("hotline-client", hc, "--timeout wants seconds > 0 (at most 86400)");
 
     /* 1001 batches of 1: the real limit is 1000 numbers. */
     size_t cap = 1001 * 2 + 16;

@@ -899,10 +899,9 @@ Test(executor, processes_cancel_and_shutdown)
     cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, "z", 1, &first), 0);
     WAIT_FOR(conc_future_running(first));
     cr_assert_eq(conc_future_cancel(first), -EBUSY);
-    /* The pool hands a worker calls ahead of the one it runs (Python's call
-     * queue does the same, one ahead; the pool up to 64 while its queue is
-     * long): such calls are RUNNING and cannot be cancelled; the ones
-     * behind them are PENDING and can. */
+    /* The pool hands a worker calls ahead of the one it runs (up to 64
+     * while its queue is long); they stay PENDING until the worker begins
+     * them, and can be cancelled until then. */
     enum { Q = 200 };
     conc_future *queued[Q];
     for (long i = 0; i < Q; i++)
@@ -949,6 +948,126 @@ Test(executor, processes_cancel_and_shutdown)
     conc_future_free(first);
     cr_assert_eq(conc_executor_free(ex), 0);
     munmap(sh, sizeof *sh);
+}
+
+/* Marks made by the calls, in memory the fork workers share (made before
+ * the executor). */
+#define MARKS 4096
+static int *marks;
+
+static int *marks_new(void)
+{
+    int *m = mmap(NULL, MARKS * sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                  -1, 0);
+    cr_assert_neq(m, MAP_FAILED);
+    return m;
+}
+
+/* proc_square that marks its argument as run. */
+static int mark_square(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    long x;
+    if (len != sizeof x)
+        return -EMSGSIZE;
+    memcpy(&x, arg, sizeof x);
+    if (x >= 0 && x < MARKS)
+        __atomic_add_fetch(&marks[x], 1, __ATOMIC_SEQ_CST);
+    return proc_square(arg, len, result, result_len);
+}
+
+Test(executor, processes_cancel_calls_held_but_not_begun)
+{
+    /* The worker is busy with the first call; the pool hands it calls
+     * ahead (up to 64 while the queue is long).  None of them began: all
+     * are PENDING and each can be cancelled, and a cancelled one never
+     * runs (Python's call queue has them RUNNING already). */
+    sh = shared_new();
+    marks = marks_new();
+    conc_executor *ex = mk_procs(1);
+    conc_future *first;
+    cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, "z", 1, &first), 0);
+    enum { Q = 100 };
+    conc_future *queued[Q];
+    for (long i = 0; i < Q; i++)
+        queued[i] = submit_long(ex, mark_square, i);
+    WAIT_FOR(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) != 0);
+    wait_proc_blocked(sh->pid, BLOCKED_GUARD);
+    WAIT_FOR(conc_future_running(first));
+    cr_assert_eq(conc_future_cancel(first), -EBUSY);
+    for (int i = 0; i < Q; i++)
+        cr_assert_eq(conc_future_state(queued[i]), CONC_FUTURE_PENDING, "call %d", i);
+    for (int i = 0; i < Q; i += 2) {
+        cr_assert_eq(conc_future_cancel(queued[i]), 0, "call %d", i);
+        cr_assert(conc_future_cancelled(queued[i]));
+        cr_assert_eq(conc_future_result(queued[i], NULL, NULL, 0), -ECANCELED);
+    }
+    cr_assert_eq(conc_event_set(&sh->gate), 0);
+    cr_assert_eq(conc_executor_shutdown(ex, true, false), 0);
+    for (int i = 0; i < Q; i++) {
+        cr_assert(conc_future_done(queued[i]));
+        if (i % 2 == 0) {
+            cr_assert(conc_future_cancelled(queued[i]));
+            cr_assert_eq(__atomic_load_n(&marks[i], __ATOMIC_SEQ_CST), 0, "cancelled call %d ran", i);
+        } else {
+            cr_assert_eq(square_of(queued[i]), (long)i * i);
+            cr_assert_eq(__atomic_load_n(&marks[i], __ATOMIC_SEQ_CST), 1, "call %d", i);
+        }
+        conc_future_free(queued[i]);
+    }
+    conc_future_free(first);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(marks, MARKS * sizeof *marks);
+    munmap(sh, sizeof *sh);
+}
+
+struct racer {
+    conc_executor *ex;
+    conc_future *fs[64];
+    int n;
+};
+
+static void *submit_racer(void *arg)
+{
+    struct racer *rc = arg;
+    for (long i = 0; i < 64; i++) {
+        conc_future *f;
+        int r = conc_executor_submit_bytes(rc->ex, mark_square, &i, sizeof i, &f);
+        if (r == -EPIPE)
+            break;
+        cr_assert_eq(r, 0, "submit: %s", conc_errname(r));
+        rc->fs[i] = f;
+        __atomic_store_n(&rc->n, (int)i + 1, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+Test(executor, processes_shutdown_cancel_racing_submits, .timeout = 300)
+{
+    /* shutdown(cancel_futures) while another thread submits: every call
+     * ends either cancelled (and never ran) or with its result (ran once),
+     * whichever moment the shutdown caught it at. */
+    marks = marks_new();
+    for (int round = 0; round < 400; round++) {
+        memset(marks, 0, 64 * sizeof *marks);
+        struct racer rc = { mk_procs(1), { 0 }, 0 };
+        pthread_t t = spawn(submit_racer, &rc);
+        WAIT_FOR(__atomic_load_n(&rc.n, __ATOMIC_SEQ_CST) >= 1 + round % 8);
+        cr_assert_eq(conc_executor_shutdown(rc.ex, true, true), 0);
+        pthread_join(t, NULL);
+        for (int i = 0; i < rc.n; i++) {
+            cr_assert(conc_future_done(rc.fs[i]), "round %d call %d", round, i);
+            int ran = __atomic_load_n(&marks[i], __ATOMIC_SEQ_CST);
+            if (conc_future_cancelled(rc.fs[i])) {
+                cr_assert_eq(ran, 0, "round %d: cancelled call %d ran", round, i);
+            } else {
+                cr_assert_eq(square_of(rc.fs[i]), (long)i * i);
+                cr_assert_eq(ran, 1, "round %d call %d ran %d times", round, i, ran);
+            }
+            conc_future_free(rc.fs[i]);
+        }
+        cr_assert_eq(conc_executor_free(rc.ex), 0);
+    }
+    munmap(marks, MARKS * sizeof *marks);
 }
 
 Test(executor, processes_shutdown_wait_runs_everything)

@@ -794,6 +794,16 @@ Test(hub, example_coro_sleepers, .timeout = 30)
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
     cr_assert(strncmp(out, "joined 1000 ", 12) == 0, "output: %s", out);
 
+    snprintf(cmd, sizeof cmd, "%s/coro-sleepers --count 1000 --sleep 0.05 --own-stacks",
+             CONC_EXAMPLES_DIR);
+    p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    st = pclose(p);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+    cr_assert(strncmp(out, "joined 1000 ", 12) == 0, "output: %s", out);
+
     snprintf(cmd, sizeof cmd, "%s/coro-sleepers --count nope 2>&1", CONC_EXAMPLES_DIR);
     p = popen(cmd, "r");
     cr_assert_not_null(p);

@@ -377,14 +377,21 @@ static void on_err(conc_pool_result *r, void *ctx)
     atomic_fetch_add(&c->err, 1);
 }
 
+/* Options that count callbacks (on_ok) and error callbacks (on_err) in c. */
+static conc_pool_task_opts cb_opts(struct cbrec *c)
+{
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.callback = on_ok;
+    o.error_callback = on_err;
+    o.ctx = c;
+    return o;
+}
+
 Test(pool, callbacks_and_error_callback, .timeout = 120)
 {
     conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
     struct cbrec c = { 0 };
-    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
-    o.callback = on_ok;
-    o.error_callback = on_err;
-    o.ctx = &c;
+    conc_pool_task_opts o = cb_opts(&c);
     conc_pool_result *rs[21];
     for (int64_t i = 0; i < 20; i++)
         cr_assert_eq(conc_pool_apply_async(p, square, &i, sizeof i, &o, &rs[i]), 0);
@@ -966,6 +973,33 @@ Test(pool, terminate_releases_every_waiter, .timeout = 120)
     cr_assert_eq(count_fds(), base, "descriptors leaked");
 }
 
+Test(pool, terminate_runs_no_callback_for_dropped_tasks, .timeout = 120)
+{
+    /* As Python: the tasks terminate drops (the running one, killed, and
+     * the queued ones) get -EPIPE and run no callback. */
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    struct cbrec c = { 0 };
+    conc_pool_task_opts o = cb_opts(&c);
+    int64_t i = 3;
+    conc_pool_result *done, *rs[4];
+    cr_assert_eq(conc_pool_apply_async(p, square, &i, sizeof i, &o, &done), 0);
+    cr_assert_eq(conc_pool_result_wait(done, GUARD), 0);
+    cr_assert_eq(atomic_load(&c.ok), 1);
+    cr_assert_eq(conc_pool_apply_async(p, block_forever, NULL, 0, &o, &rs[0]), 0);
+    for (int k = 1; k < 4; k++)
+        cr_assert_eq(conc_pool_apply_async(p, square, &i, sizeof i, &o, &rs[k]), 0);
+    cr_assert_eq(conc_pool_terminate(p), 0);
+    for (int k = 0; k < 4; k++) {
+        cr_assert_eq(conc_pool_result_get(rs[k], NULL, NULL, GUARD), -EPIPE, "task %d", k);
+        conc_pool_result_free(rs[k]);
+    }
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    cr_assert_eq(atomic_load(&c.err), 0, "error_callback ran for a dropped task");
+    cr_assert_eq(atomic_load(&c.ok), 1);
+    conc_pool_result_free(done);
+    conc_pool_free(p);
+}
+
 Test(pool, close_finishes_queued_tasks, .timeout = 120)
 {
     conc_pool *p = mkpool(2, CONC_START_FORKSERVER, NULL);
@@ -1127,6 +1161,65 @@ Test(pool, map_chunk_args_over_the_frame_limit, .timeout = 120)
     endpool(p);
 }
 
+/* imap's input: n arguments of `big` bytes (one buffer, refilled with the
+ * byte i + 1 on each call: the bytes are valid until the next call only),
+ * then one byte 9. */
+struct big_input {
+    unsigned char *buf;
+    size_t big;
+    int i, n;
+    unsigned char small;
+};
+
+static int big_next(void *ctx, const void **arg, size_t *len)
+{
+    struct big_input *b = ctx;
+    if (b->i > b->n)
+        return 0;
+    if (b->i == b->n) {
+        b->small = 9;
+        *arg = &b->small;
+        *len = 1;
+    } else {
+        memset(b->buf, b->i + 1, b->big);
+        *arg = b->buf;
+        *len = b->big;
+    }
+    b->i++;
+    return 1;
+}
+
+Test(pool, imap_chunk_args_over_the_frame_limit, .timeout = 120)
+{
+    /* Three arguments of 50 MiB and a small one, chunksize 4: more bytes
+     * than one task carries.  imap starts a new chunk instead of failing
+     * with -EINVAL, and every result comes, in order. */
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    struct big_input in = { NULL, (size_t)50 << 20, 0, 3, 0 };
+    in.buf = malloc(in.big);
+    cr_assert_not_null(in.buf);
+    conc_pool_task_opts o = CONC_POOL_TASK_OPTS_INIT;
+    o.chunksize = 4;
+    conc_pool_iter *it;
+    o.ctx = &in;
+    cr_assert_eq(conc_pool_imap(p, arg_len, big_next, &o, &it), 0);
+    for (int64_t i = 0; i < 4; i++) {
+        int st = 1;
+        void *d = NULL;
+        size_t l = 0, idx = 99;
+        cr_assert_eq(conc_pool_iter_next(it, &st, &d, &l, &idx, GUARD), 1, "result %d", (int)i);
+        cr_assert_eq(st, 0, "result %d: %s", (int)i, conc_strerror(st));
+        cr_assert_eq(idx, (size_t)i);
+        int64_t want = i < 3 ? (int64_t)in.big * 256 + i + 1 : 256 + 9;
+        cr_assert_eq(arg_i64(d, l), want, "result %d", (int)i);
+    }
+    int st;
+    cr_assert_eq(conc_pool_iter_next(it, &st, NULL, NULL, NULL, GUARD), 0);
+    conc_pool_iter_free(it);
+    free(in.buf);
+    endpool(p);
+}
+
 /* ============================================================ corrupt worker */
 
 /* A fork worker's channel to its pool: the Unix socket its parent made. */
@@ -1144,25 +1237,118 @@ static int worker_channel(void)
     return -1;
 }
 
-/* Sends the pool a frame of an unknown kind, then sleeps until killed: a
+/* Sends the pool frames of the kind its argument names (an int64), 4096
+ * per write: kind 10 (READY) without end, a worker that floods its channel
+ * with status frames; any other kind once, then it sleeps until killed, a
  * broken worker that stays alive. */
-static int forge_frame(const void *arg, size_t len, void **result, size_t *rlen)
+static int forge_frames(const void *arg, size_t len, void **result, size_t *rlen)
 {
-    (void)arg;
-    (void)len;
     (void)result;
     (void)rlen;
+    int64_t kind = arg_i64(arg, len);
     int fd = worker_channel();
     if (fd < 0)
         return -ENOTSOCK;
-    struct {
+    static struct {
         uint32_t kind, n;
         uint64_t len;
-    } fr = { 99, 0, 0 };
-    if (write(fd, &fr, sizeof fr) != (ssize_t)sizeof fr)
+    } frs[4096];
+    for (size_t i = 0; i < 4096; i++)
+        frs[i].kind = (uint32_t)kind;
+    while (kind == 10)
+        if (write(fd, frs, sizeof frs) < 0 && errno != EINTR)
+            break;
+    if (kind != 10 && write(fd, frs, sizeof frs[0]) != (ssize_t)sizeof frs[0])
         return -EIO;
     for (;;)
         pause();
+}
+
+static const int64_t READY_KIND = 10, BAD_KIND = 99;
+
+Test(pool, worker_flooding_status_frames_is_ended, .timeout = 120)
+{
+    /* A second READY breaks the protocol: the worker is ended and its task
+     * fails, the pool's thread is not held reading the flood, and the pool
+     * goes on.  The flood too through a blocking apply, and at terminate. */
+    conc_pool *p = mkpool(1, CONC_START_FORK, NULL);
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_apply_async(p, forge_frames, &READY_KIND, sizeof READY_KIND, NULL, &r), 0);
+    cr_assert_eq(conc_pool_result_get(r, NULL, NULL, GUARD), -ECHILD);
+    conc_pool_result_free(r);
+    int64_t i = 7;
+    void *res = NULL;
+    size_t len;
+    cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 49);
+    free(res);
+    res = NULL;
+    cr_assert_eq(conc_pool_apply(p, forge_frames, &READY_KIND, sizeof READY_KIND, &res, &len), -ECHILD);
+    cr_assert_null(res);
+    cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+    cr_assert_eq(arg_i64(res, len), 49);
+    free(res);
+    endpool(p);
+}
+
+/* A result of the size the argument gives (an int64), byte k = k * 7. */
+static int sized_result(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    size_t n = (size_t)arg_i64(arg, len);
+    unsigned char *b = malloc(n ? n : 1);
+    if (!b)
+        return -ENOMEM;
+    for (size_t k = 0; k < n; k++)
+        b[k] = (unsigned char)(k * 7);
+    *result = b;
+    *rlen = n;
+    return 0;
+}
+
+Test(pool, blocking_apply_sizes_and_dead_workers, .timeout = 120)
+{
+    /* Around the sizes a blocking apply carries in the page it shares with
+     * the worker (16 KiB each way) and well over them, both ways, for
+     * every start method; a worker that dies in a blocking apply gives
+     * -ECHILD and is replaced. */
+    static const size_t sizes[] = { 0, 1, 8, 16383, 16384, 16385, 65536, 1u << 20 };
+    for (size_t m = 0; m < 3; m++) {
+        conc_pool *p = mkpool(1, methods[m], NULL);
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            size_t n = sizes[k];
+            unsigned char *a = malloc(n ? n : 1);
+            cr_assert_not_null(a);
+            for (size_t j = 0; j < n; j++)
+                a[j] = (unsigned char)(j * 13 + k);
+            void *res = NULL;
+            size_t len = 1;
+            cr_assert_eq(conc_pool_apply(p, echo, a, n, &res, &len), 0, "echo %zu", n);
+            cr_assert_eq(len, n);
+            cr_assert(n == 0 || memcmp(res, a, n) == 0, "echo %zu: other bytes", n);
+            free(res);
+            free(a);
+            int64_t want = (int64_t)n;
+            res = NULL;
+            cr_assert_eq(conc_pool_apply(p, sized_result, &want, sizeof want, &res, &len), 0);
+            cr_assert_eq(len, n);
+            for (size_t j = 0; j < n; j++)
+                cr_assert_eq(((unsigned char *)res)[j], (unsigned char)(j * 7), "byte %zu of %zu", j, n);
+            free(res);
+        }
+        for (int64_t how = 1; how <= 3; how++) {
+            void *res = NULL;
+            size_t len;
+            cr_assert_eq(conc_pool_apply(p, die, &how, sizeof how, &res, &len), -ECHILD);
+            cr_assert_null(res);
+            int64_t i = -3;
+            cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), -EDOM);
+            i = 12;
+            cr_assert_eq(conc_pool_apply(p, square, &i, sizeof i, &res, &len), 0);
+            cr_assert_eq(arg_i64(res, len), 144);
+            free(res);
+        }
+        endpool(p);
+    }
 }
 
 Test(pool, corrupt_frame_ends_its_worker, .timeout = 120)
@@ -1177,11 +1363,11 @@ Test(pool, corrupt_frame_ends_its_worker, .timeout = 120)
         cr_assert_eq(arg_i64(res, len), 81);
         free(res);
         res = NULL;
-        cr_assert_eq(conc_pool_apply(p, forge_frame, NULL, 0, &res, &len), -ECHILD);
+        cr_assert_eq(conc_pool_apply(p, forge_frames, &BAD_KIND, sizeof BAD_KIND, &res, &len), -ECHILD);
         cr_assert_null(res);
         /* Through the pool's thread. */
         conc_pool_result *r;
-        cr_assert_eq(conc_pool_apply_async(p, forge_frame, NULL, 0, NULL, &r), 0);
+        cr_assert_eq(conc_pool_apply_async(p, forge_frames, &BAD_KIND, sizeof BAD_KIND, NULL, &r), 0);
         cr_assert_eq(conc_pool_result_get(r, NULL, NULL, GUARD), -ECHILD);
         conc_pool_result_free(r);
     }
@@ -1557,20 +1743,28 @@ Test(threadpool, terminate_releases_queued_waiters, .timeout = 120)
                                              .size = sizeof(conc_threadpool_opts), .threads = 1 }),
                  0);
     atomic_store(&tp_gate, 0);
+    /* As Python's terminate, ours runs no callback or error_callback for
+     * the tasks it drops (its get waits forever; ours gives -EPIPE). */
+    struct cbrec c = { 0 };
+    conc_pool_task_opts o = cb_opts(&c);
     conc_pool_result *running, *queued[5];
     cr_assert_eq(conc_threadpool_apply_async(p, tp_block, NULL, NULL, &running), 0);
     while (!atomic_load(&tp_running))
         conc_sleep(0.001);              /* until the worker runs it */
     for (int i = 0; i < 5; i++)
-        cr_assert_eq(conc_threadpool_apply_async(p, tp_square, (void *)1, NULL, &queued[i]), 0);
+        cr_assert_eq(conc_threadpool_apply_async(p, tp_square, (void *)1, &o, &queued[i]), 0);
     cr_assert_eq(conc_threadpool_join(p, 0), -EBUSY);
     cr_assert_eq(conc_threadpool_terminate(p), 0);
+    int ran = 0;
     for (int i = 0; i < 5; i++) {
         /* Unless the worker took it before terminate. */
         int st = conc_pool_result_get(queued[i], NULL, NULL, GUARD);
         cr_assert(st == -EPIPE || st == 0);
+        ran += st == 0;
         conc_pool_result_free(queued[i]);
     }
+    cr_assert_eq(atomic_load(&c.err), 0, "error_callback ran for a dropped task");
+    cr_assert_eq(atomic_load(&c.ok), ran);
     cr_assert_eq(conc_threadpool_apply_async(p, tp_square, (void *)1, NULL, &queued[0]), -EPIPE);
     atomic_store(&tp_gate, 1);
     cr_assert_eq(conc_pool_result_get(running, NULL, NULL, GUARD), 0);

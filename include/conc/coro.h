@@ -161,7 +161,11 @@ CONC_API int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg,
  * value.  Errors (nothing happens): -EINVAL for a NULL target; -EPERM when
  * target belongs to another thread; -EPIPE when target is dead (its function
  * has returned); -ENOMEM when the calling thread's coroutine state cannot be
- * allocated.
+ * allocated, or when target is a greenlet's coroutine on a hub's shared
+ * stack (CONC_STACK_COPIED, conc/hub.h) and the buffer for the frames it
+ * displaces cannot be; -EBUSY when target is such a coroutine and the
+ * caller's own frames are on that shared stack (only the hub switches
+ * between them).
  */
 CONC_API int conc_coro_switch(conc_coro *target, void *value, void **out);
 

@@ -39,7 +39,8 @@
  *   -ENOENT      a named segment (or the program a child runs) is not there
  *   -EEXIST      a named segment to create exists already
  *   -EACCES      no permission on a named segment; a child's program is not
- *                the starter's
+ *                the starter's; a wrong authkey (conc/listener.h)
+ *   -ECONNABORTED  a peer broke the authkey handshake (conc/listener.h)
  *   -ENOSYS      the kernel or /proc lacks what starting a child needs
  *   -ENAMETOOLONG, -EIO   starting a forkserver child: a path too long for
  *                its socket, its channel failed

@@ -80,17 +80,56 @@ typedef void *(*conc_greenlet_fn)(void *arg);
 
 /* Options for conc_greenlet_spawn; all-zero (or NULL) means the defaults. */
 typedef struct conc_spawn_opts {
-    uint32_t size;          /* sizeof(conc_spawn_opts), or 0: this first
-                               version (every field here) */
+    uint32_t size;          /* sizeof(conc_spawn_opts), or 0: the first
+                               version (up to coro) */
     const conc_coro_opts *coro; /* the greenlet's coroutine: stack size and
                                name (conc_coro_new); NULL: the defaults */
+    int stack;              /* CONC_STACK_HUB (0): the hub's setting
+                               (conc_hub_set_stacks); CONC_STACK_OWN or
+                               CONC_STACK_COPIED */
 } conc_spawn_opts;
+
+/*
+ * Where a greenlet's stack lives (docs/coro.md, "Copied stacks"):
+ *
+ * CONC_STACK_OWN     a stack of its own (the default): a parked greenlet
+ *                    holds the pages it touched, about 4 KiB when it uses
+ *                    little stack; a park and a resume copy nothing.
+ * CONC_STACK_COPIED  the hub's one shared stack: when a copied greenlet
+ *                    parks and another copied one runs, the used part of its
+ *                    stack (from its stack pointer to the top: typically a
+ *                    few hundred bytes) is copied to a buffer of that size,
+ *                    and copied back before it resumes.  A parked greenlet
+ *                    then holds about 1 KiB in all; a park and a resume cost
+ *                    the two copies.  The rule for code that runs in it:
+ *                    while it is parked, nothing (another coroutine, a
+ *                    thread, a signal handler) may read or write its stack
+ *                    variables: hand other coroutines heap memory, not
+ *                    pointers to locals.  The library's own waits follow it.
+ *                    Its stack is the shared one (at least the default size,
+ *                    or the first copied spawn's stack_size), with the
+ *                    overflow detection of any coroutine stack; a copied
+ *                    spawn asking for a bigger stack than that gets a stack
+ *                    of its own.
+ */
+#define CONC_STACK_HUB    0
+#define CONC_STACK_OWN    1
+#define CONC_STACK_COPIED 2
 
 /* conc reads a field only when size covers it, so the struct can grow;
  * CONC_SPAWN_OPTS_INIT fills size.  The coroutine options are referenced,
  * not embedded: an embedded conc_coro_opts that grew would move every
  * field added here after it. */
 #define CONC_SPAWN_OPTS_INIT { .size = sizeof(conc_spawn_opts) }
+
+/*
+ * conc_hub_set_stacks - where the greenlets that the calling thread's hub
+ * (created if needed) spawns from now on with stack CONC_STACK_HUB get
+ * their stack: CONC_STACK_OWN (the default) or CONC_STACK_COPIED.  Returns
+ * the previous setting; -EINVAL for another mode; -ENOMEM when the hub
+ * cannot be made.
+ */
+CONC_API int conc_hub_set_stacks(int mode);
 
 /* How often a wait on a process-shared word re-checks it (see above). */
 #define CONC_HUB_SHARED_POLL_NS 2000000
@@ -104,7 +143,8 @@ typedef struct conc_spawn_opts {
  * is scheduled to start at the hub's next turn: it runs once the caller
  * blocks or yields (conc_sleep(0)).  Returns 0 and stores the handle in *out
  * (free it with conc_greenlet_free); -EINVAL for a NULL out or fn or bad
- * options (see conc_coro_new); -ENOMEM when memory, address space or the
+ * options (see conc_coro_new; a stack mode other than the CONC_STACK_*
+ * ones); -ENOMEM when memory, address space or the
  * hub's descriptors cannot be had; -EPERM when called from a coroutine that
  * the hub does not run (one made with conc_coro_new and switched to).
  */

@@ -260,7 +260,8 @@ CONC_API int conc_pool_close(conc_pool *p);
 /*
  * conc_pool_terminate - Pool.terminate(): kill the workers (SIGKILL) at
  * once; every task not finished fails with -EPIPE and every waiter is
- * released.  Returns 0 (also when terminated before), -EINVAL for NULL.
+ * released.  As in Python, no callback or error_callback runs for the
+ * tasks it drops.  Returns 0 (also when terminated before), -EINVAL for NULL.
  */
 CONC_API int conc_pool_terminate(conc_pool *p);
 
@@ -320,8 +321,9 @@ CONC_API int conc_threadpool_imap_unordered(conc_threadpool *p, conc_threadpool_
                                             conc_pool_iter **out);
 
 /* close: as conc_pool_close.  terminate: threads cannot be killed; the
- * queued tasks fail with -EPIPE at once (their waiters are released) and
- * the running ones finish.  join, free: as for the process pool. */
+ * queued tasks fail with -EPIPE at once (their waiters are released; no
+ * callback or error_callback runs for them, as in Python) and the running
+ * ones finish.  join, free: as for the process pool. */
 CONC_API int conc_threadpool_close(conc_threadpool *p);
 CONC_API int conc_threadpool_terminate(conc_threadpool *p);
 CONC_API int conc_threadpool_join(conc_threadpool *p, double timeout);

@@ -3,8 +3,8 @@
  * several objects is ready.  The objects may be any mix of connections
  * (conc/pipe.h), thread queues (conc/queue.h), processes (conc/process.h),
  * process queues (conc/mpqueue.h), sockets (conc/socket.h), futures
- * (conc/future.h) and plain file
- * descriptors.
+ * (conc/future.h), broker queues (conc/broker.h, in libconc_broker) and
+ * plain file descriptors.
  *
  * Timeouts follow conc/time.h: CONC_FOREVER blocks, 0 never blocks (-EAGAIN
  * when nothing is ready at once), t > 0 gives -ETIMEDOUT after t seconds; a
@@ -39,6 +39,7 @@ struct conc_process;
 struct conc_mpqueue;
 struct conc_socket;
 struct conc_future;
+struct conc_broker_queue;
 
 /* What a conc_waitable refers to. */
 typedef enum conc_wait_kind {
@@ -55,8 +56,12 @@ typedef enum conc_wait_kind {
     CONC_WAIT_SOCKET = 6,   /* .socket: a socket, ready on .events (0:
                                POLLIN: a recv or accept would not wait), an
                                error or a hang-up */
-    CONC_WAIT_FUTURE = 7    /* .future: a future, ready once it is done
+    CONC_WAIT_FUTURE = 7,   /* .future: a future, ready once it is done
                                (finished or cancelled; conc_future_fd) */
+    CONC_WAIT_BROKER = 8    /* .broker_queue: a broker queue, ready while
+                               a get would not wait (a message has arrived,
+                               or the connection failed: get reports it);
+                               it starts consuming if it did not yet */
 } conc_wait_kind;
 
 /* One entry of conc_wait's list: set kind and the matching member; conc_wait
@@ -70,6 +75,7 @@ typedef struct conc_waitable {
         struct conc_mpqueue *mpqueue;
         struct conc_socket *socket;
         struct conc_future *future;
+        struct conc_broker_queue *broker_queue;
         int fd;
     } u;
     short events;           /* CONC_WAIT_FD and CONC_WAIT_SOCKET only: poll()

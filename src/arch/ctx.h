@@ -12,12 +12,13 @@
  *
  * The assembly versions save exactly what the ABI makes callee-saved, on the
  * stack being left, and keep only the stack pointer in the conc__ctx:
- *   x86-64   rbx, rbp, r12-r15, rsp, the MXCSR control bits (rounding,
- *            flush-to-zero, denormals-are-zero, exception masks) and the x87
- *            control word.  The MXCSR status flags stay with the thread.
- *   aarch64  x19-x29, lr (x30), sp, d8-d15 and FPCR.
- * The floating-point control state is loaded only when it differs from the
- * one in force, since ldmxcsr/fldcw/msr fpcr are slow.
+ *   x86-64   rbx, rbp, r12-r15, rsp, MXCSR (its control bits: rounding,
+ *            flush-to-zero, denormals-are-zero, exception masks; and its
+ *            status flags, which go along) and the x87 control word, loaded
+ *            at every switch (reading them to compare costs more).
+ *   aarch64  x19-x29, lr (x30), sp, d8-d15 and FPCR, which is written only
+ *            when the target's differs from the current one (msr fpcr can
+ *            be slow; mrs reads it straight into a register).
  */
 #ifndef CONC_ARCH_CTX_H
 #define CONC_ARCH_CTX_H

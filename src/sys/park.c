@@ -21,8 +21,8 @@ int64_t conc_park_spin(void)
     return __atomic_load_n(&conc__park_spin_ns, __ATOMIC_RELAXED);
 }
 
-int conc__park_wait(struct conc__park *p, uint32_t key, int64_t deadline, unsigned flags,
-                    uint32_t look_ns)
+int conc__park_sleep(struct conc__park *p, uint32_t key, int64_t deadline, unsigned flags,
+                     uint32_t look_ns)
 {
     /* Counted as a sleeper, first spin, watching only the sequence a waker
      * bumps: the other side's lines stay where they are, and a waker that

@@ -54,6 +54,7 @@
 #ifndef CONC_SYS_PARK_H
 #define CONC_SYS_PARK_H
 
+#include <errno.h>
 #include <limits.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -189,8 +190,28 @@ static inline void conc__park_cancel(struct conc__park *p, uint32_t key)
  * when claimed, 0 when not (a spurious wake-up: re-check), -ETIMEDOUT,
  * -ECANCELED (a killed coroutine), -EDEADLK (a hub's certain deadlock).
  */
-CONC_HIDDEN int conc__park_wait(struct conc__park *p, uint32_t key, int64_t deadline,
-                                unsigned flags, uint32_t look_ns);
+CONC_HIDDEN int conc__park_sleep(struct conc__park *p, uint32_t key, int64_t deadline,
+                                 unsigned flags, uint32_t look_ns);
+
+static inline int conc__park_wait(struct conc__park *p, uint32_t key, int64_t deadline,
+                                  unsigned flags, uint32_t look_ns)
+{
+    /* A coroutine never spins (conc__may_spin): it goes straight to its
+     * hub's wait, with no call in between.  Every call level between a
+     * blocking call and the switch costs a mispredicted return when the
+     * coroutine resumes (the return stack holds the other context's calls),
+     * so this is worth inlining; threads and shared spots take the rest of
+     * conc__park_sleep. */
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (ops != NULL && !(flags & CONC__WAIT_SHARED)) {
+        int r = ops->wait(&p->half.seq, key, deadline, 0);
+        if (conc__park_seq(p) != key)
+            return r < 0 && r != -EAGAIN ? r : 1;
+        conc__park_cancel(p, key);
+        return r == -EAGAIN ? 0 : r;
+    }
+    return conc__park_sleep(p, key, deadline, flags, look_ns);
+}
 
 /*
  * conc__park_wake - claims up to n sleepers of p (INT_MAX: all) and wakes

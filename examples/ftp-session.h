@@ -1,0 +1,334 @@
+/*
+ * ftp-session.h - ftp-server's side of one connection: the commands of the
+ * line protocol (docs/ftp.md) on a connected conc socket, answered until
+ * the client quits, closes, breaks the protocol or stays silent too long.
+ * Every name is checked (ftp_name_problem) and opened beneath the root
+ * (ftp_open_beneath); a refused name or a failed command gets an "ERR"
+ * line and the session goes on.  The calls block in the conc way: in a
+ * coroutine they park only the coroutine.
+ */
+#ifndef CONC_EXAMPLES_FTP_SESSION_H
+#define CONC_EXAMPLES_FTP_SESSION_H
+
+#include <dirent.h>
+
+#include "ftp.h"
+
+#define FTP_IDLE_NS (300LL * 1000000000LL)  /* a silent client is dropped after this */
+#define FTP_LS_MAX 10000                     /* the most entries a listing sends */
+#define FTP_DRAIN_NS 1000000000LL            /* reading what follows a line too long */
+
+/* What every session of a server shares (read-only while it serves). */
+struct ftp_conf {
+    int rootfd;                 /* the root directory, O_PATH | O_DIRECTORY */
+    uint64_t max_size;          /* the largest PUT accepted */
+    bool offload_hash;          /* hash GET's files on an offload worker (the
+                                   coroutine model: the hub runs on meanwhile) */
+};
+
+/* A file to hash on an offload worker: the job owns its descriptor (a
+ * duplicate) and itself, so that a caller that stops waiting leaves
+ * nothing the worker still uses. */
+struct ftp_hash_job {
+    int fd;
+    int rc;
+    uint64_t size;
+    unsigned char h[crypto_hash_sha256_BYTES];
+};
+
+static void *ftp_hash_job_run(void *arg)
+{
+    struct ftp_hash_job *j = arg;
+    j->rc = ftp_hash_file(j->fd, j->h, &j->size);
+    close(j->fd);
+    return j;
+}
+
+static void ftp_hash_job_drop(void *arg, void *result)
+{
+    (void)result;
+    free(arg);
+}
+
+/* ftp_hash_file, on an offload worker when conf says so: the calling
+ * coroutine parks and its hub serves the other sessions meanwhile. */
+static int ftp_hash_maybe_offloaded(const struct ftp_conf *conf, int fd,
+                                    unsigned char h[crypto_hash_sha256_BYTES], uint64_t *size)
+{
+    if (!conf->offload_hash)
+        return ftp_hash_file(fd, h, size);
+    struct ftp_hash_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -ENOMEM;
+    j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (j->fd < 0) {
+        free(j);
+        return -errno;
+    }
+    conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
+    oo.abandon = ftp_hash_job_drop;
+    int rc = conc_offload_opts_until(ftp_hash_job_run, j, NULL, CONC_NO_DEADLINE, &oo);
+    if (rc == -EAGAIN || rc == -EINVAL || rc == -ENOMEM) {
+        close(j->fd);           /* not accepted: fn never runs */
+        free(j);
+        return rc;
+    }
+    if (rc < 0)
+        return rc;              /* it runs on, and the worker frees the job */
+    memcpy(h, j->h, sizeof j->h);
+    *size = j->size;
+    rc = j->rc;
+    free(j);
+    return rc;
+}
+
+/* "ERR NAME: why" */
+static int ftp_err(conc_socket *c, const char *name, const char *why)
+{
+    char line[FTP_LINE_MAX];
+    if (name)
+        snprintf(line, sizeof line, "ERR %.300s: %s", name, why);
+    else
+        snprintf(line, sizeof line, "ERR %s", why);
+    return ftp_send_line(c, line);
+}
+
+/* Why opening a name beneath the root failed, for its ERR line. */
+static const char *ftp_open_problem(int rc)
+{
+    switch (rc) {
+    case -EXDEV:
+        return "it leads out of the root";
+    case -ELOOP:
+    case -ENOTDIR:
+        return "no such file (or a symbolic link that is refused)";
+    case -ENOENT:
+        return "no such file";
+    case -EACCES:
+    case -EPERM:
+        return "permission denied";
+    case -EISDIR:
+        return "not a regular file";
+    default:
+        return conc_strerror(rc);
+    }
+}
+
+static int ftp_cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* LS: "OK N", then "SIZE NAME" for each regular, visible file of the root,
+ * sorted by name (at most FTP_LS_MAX). */
+static int ftp_do_ls(conc_socket *c, const struct ftp_conf *conf)
+{
+    int dfd = openat(conf->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!d) {
+        if (dfd >= 0)
+            close(dfd);
+        return ftp_err(c, NULL, "cannot read the root");
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    for (struct dirent *e; rc == 0 && n < FTP_LS_MAX && (e = readdir(d)) != NULL;) {
+        struct stat st;
+        if (ftp_name_problem(e->d_name) ||
+            fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (n == cap) {
+            char **nn = realloc(names, (cap ? cap * 2 : 64) * sizeof *nn);
+            if (!nn) {
+                rc = -ENOMEM;
+                break;
+            }
+            names = nn;
+            cap = cap ? cap * 2 : 64;
+        }
+        if (!(names[n] = strdup(e->d_name)))
+            rc = -ENOMEM;
+        else
+            n++;
+    }
+    closedir(d);
+    if (rc == 0)
+        qsort(names, n, sizeof *names, ftp_cmp_names);
+    char line[FTP_LINE_MAX];
+    if (rc == 0) {
+        snprintf(line, sizeof line, "OK %zu", n);
+        rc = ftp_send_line(c, line);
+    } else {
+        rc = ftp_err(c, NULL, "out of memory");
+    }
+    /* The sizes now, in name order (a file may have changed meanwhile). */
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct stat st;
+        long long size = 0;
+        if (fstatat(conf->rootfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0)
+            size = (long long)st.st_size;
+        snprintf(line, sizeof line, "%lld %s", size, names[i]);
+        rc = ftp_send_line(c, line);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* GET NAME: "OK SIZE HASH" and the file's bytes (sendfile), or ERR. */
+static int ftp_do_get(conc_socket *c, const struct ftp_conf *conf, const char *name)
+{
+    const char *problem = ftp_name_problem(name);
+    if (problem)
+        return ftp_err(c, name, problem);
+    int fd = ftp_open_beneath(conf->rootfd, name, O_RDONLY | O_NONBLOCK, 0);
+    if (fd < 0)
+        return ftp_err(c, name, ftp_open_problem(fd));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return ftp_err(c, name, "not a regular file");
+    }
+    unsigned char h[crypto_hash_sha256_BYTES];
+    uint64_t size = 0;
+    int rc = ftp_hash_maybe_offloaded(conf, fd, h, &size);
+    if (rc < 0) {
+        close(fd);
+        return ftp_err(c, name, conc_strerror(rc));
+    }
+    char hex[FTP_HASH_HEX + 1], line[FTP_LINE_MAX];
+    ftp_hash_hex(h, hex);
+    snprintf(line, sizeof line, "OK %llu %s", (unsigned long long)size, hex);
+    rc = ftp_send_line(c, line);
+    size_t sent = 0;
+    if (rc == 0 && size > 0)
+        rc = conc_socket_sendfile(c, fd, 0, (size_t)size, &sent);
+    close(fd);
+    if (rc == 0 && sent != size)
+        rc = -EPIPE;            /* it shrank: the stream is out of step, end it */
+    return rc;
+}
+
+/* PUT NAME SIZE HASH: "OK ready", the bytes, then "OK stored" or ERR. */
+static int ftp_do_put(conc_socket *c, struct ftp_reader *r, const struct ftp_conf *conf,
+                      char *args)
+{
+    /* From the right: the hash, the size; the name is what comes before. */
+    char *sp2 = strrchr(args, ' ');
+    if (!sp2)
+        return ftp_err(c, NULL, "usage: PUT NAME SIZE SHA256");
+    *sp2 = '\0';
+    char *sp1 = strrchr(args, ' ');
+    if (!sp1)
+        return ftp_err(c, NULL, "usage: PUT NAME SIZE SHA256");
+    *sp1 = '\0';
+    const char *name = args, *size_s = sp1 + 1, *hash_s = sp2 + 1;
+    const char *problem = ftp_name_problem(name);
+    if (problem)
+        return ftp_err(c, name, problem);
+    uint64_t size;
+    if (!ftp_parse_size(size_s, FTP_SIZE_MAX, &size))
+        return ftp_err(c, name, "the size is not a whole number of bytes");
+    if (size > conf->max_size) {
+        char why[96];
+        snprintf(why, sizeof why, "%llu bytes is over the limit of %llu",
+                 (unsigned long long)size, (unsigned long long)conf->max_size);
+        return ftp_err(c, name, why);
+    }
+    unsigned char want[crypto_hash_sha256_BYTES];
+    if (!ftp_parse_hash(hash_s, want))
+        return ftp_err(c, name, "the SHA-256 wants 64 lower-case hex digits");
+    int dirfd;
+    const char *base;
+    int rc = ftp_open_parent(conf->rootfd, name, &dirfd, &base);
+    if (rc < 0)
+        return ftp_err(c, name, ftp_open_problem(rc));
+    /* The temporary file exists before the client is told to send. */
+    struct ftp_part part;
+    rc = ftp_part_open(&part, dirfd);
+    if (rc < 0) {
+        rc = ftp_err(c, name, ftp_open_problem(rc));
+        if (dirfd != conf->rootfd)
+            close(dirfd);
+        return rc;
+    }
+    rc = ftp_send_line(c, "OK ready");
+    if (rc < 0)
+        ftp_part_drop(&part);
+    if (rc == 0) {
+        rc = ftp_part_recv(&part, r, base, size, want, FTP_IDLE_NS);
+        char line[FTP_LINE_MAX];
+        if (rc == 0) {
+            snprintf(line, sizeof line, "OK stored %llu", (unsigned long long)size);
+            rc = ftp_send_line(c, line);
+        } else if (rc == -EBADMSG) {
+            rc = ftp_err(c, name, "checksum mismatch: the upload was discarded");
+        } else if (rc != -EPIPE && rc != -ECONNRESET && rc != -ETIMEDOUT && rc != -EAGAIN &&
+                   rc != -ECANCELED) {
+            rc = ftp_err(c, name, conc_strerror(rc));   /* the file system's */
+        }
+    }
+    if (dirfd != conf->rootfd)
+        close(dirfd);
+    return rc;
+}
+
+/* Serves one connection until it ends.  Returns 0 when the client quit or
+ * closed, else why the session was cut (an error of the socket, a line too
+ * long, a silent client). */
+static int ftp_session(conc_socket *c, const struct ftp_conf *conf)
+{
+    struct ftp_reader *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->sock = c;
+    int rc = ftp_send_line(c, "OK ftp-server ready");
+    while (rc == 0) {
+        char *line = NULL;
+        int n = ftp_read_line(r, &line, conc_now() + FTP_IDLE_NS);
+        if (n == -EPIPE) {
+            rc = 0;             /* closed without QUIT */
+            break;
+        }
+        if (n == -EMSGSIZE) {
+            /* The answer, then the end of the session: the rest of what the
+             * client sends is read and dropped until it closes (closing with
+             * unread bytes would reset the connection and could lose the
+             * answer), for at most FTP_DRAIN_NS. */
+            if (ftp_err(c, NULL, "line too long") == 0 &&
+                conc_socket_shutdown(c, SHUT_WR) == 0) {
+                int64_t until = conc_now() + FTP_DRAIN_NS;
+                char sink[4096];
+                while (conc_socket_recv_until(c, sink, sizeof sink, 0, until) > 0)
+                    ;
+            }
+            rc = n;
+            break;
+        }
+        if (n < 0) {
+            rc = n;
+            break;
+        }
+        char *arg = strchr(line, ' ');
+        if (arg)
+            *arg++ = '\0';
+        if (strcmp(line, "LS") == 0 && !arg) {
+            rc = ftp_do_ls(c, conf);
+        } else if (strcmp(line, "GET") == 0 && arg) {
+            rc = ftp_do_get(c, conf, arg);
+        } else if (strcmp(line, "PUT") == 0 && arg) {
+            rc = ftp_do_put(c, r, conf, arg);
+        } else if (strcmp(line, "QUIT") == 0 && !arg) {
+            ftp_send_line(c, "OK bye");
+            break;
+        } else {
+            rc = ftp_err(c, NULL, "unknown command (LS, GET NAME, PUT NAME SIZE SHA256, QUIT)");
+        }
+    }
+    free(r);
+    return rc;
+}
+
+#endif

@@ -1,0 +1,395 @@
+/*
+ * ftp.h - what ftp-server and ftp-client share: the line protocol's limits
+ * (docs/ftp.md describes the protocol), a line reader over a conc socket,
+ * the SHA-256 of a file (libsodium's crypto_hash_sha256), the check of a
+ * name a client asks for, and the receiving side of a transfer: written
+ * under a temporary name in the target directory, synced, and renamed to
+ * its final name only once its size and hash match (ftp_part_open, then
+ * ftp_part_recv).
+ */
+#ifndef CONC_EXAMPLES_FTP_H
+#define CONC_EXAMPLES_FTP_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "conc.h"
+#include "conc/socket.h"
+
+#define FTP_LINE_MAX 1024           /* a protocol line, its newline included */
+#define FTP_NAME_MAX 255            /* a name in GET and PUT, in bytes */
+#define FTP_SIZE_MAX (1ULL << 40)   /* the largest size the protocol carries */
+#define FTP_CHUNK 65536             /* bytes per read and write of a transfer */
+#define FTP_HASH_HEX 64             /* a SHA-256 in lower-case hex */
+#define FTP_TMP_PREFIX ".ftp-part-" /* the temporary names of incoming files */
+
+/* --------------------------------------------------------- line reader */
+
+/* Reads lines (and then raw bytes) from a connected socket, buffered. */
+struct ftp_reader {
+    conc_socket *sock;
+    size_t start, end;              /* buf[start .. end) not yet taken */
+    char buf[2 * FTP_LINE_MAX];
+};
+
+/*
+ * Reads the next line, waiting until deadline (a conc_now() time, or -1
+ * for none).  On success the line (its '\n' and a '\r' before it removed,
+ * NUL-terminated) is at *line until the next call, and its length is
+ * returned.  -EPIPE when the stream ended before a line began; -EPROTO
+ * when it ended inside one; -EMSGSIZE when no newline came within
+ * FTP_LINE_MAX bytes; the socket's errors (-ECONNRESET, -ETIMEDOUT...).
+ */
+static inline int ftp_read_line(struct ftp_reader *r, char **line, int64_t deadline)
+{
+    for (;;) {
+        char *nl = memchr(r->buf + r->start, '\n', r->end - r->start);
+        if (nl) {
+            char *p = r->buf + r->start;
+            size_t n = (size_t)(nl - p);
+            *nl = '\0';
+            r->start += n + 1;
+            if (n > 0 && p[n - 1] == '\r')
+                p[--n] = '\0';
+            *line = p;
+            return (int)n;
+        }
+        if (r->end - r->start >= FTP_LINE_MAX)
+            return -EMSGSIZE;
+        if (r->start > 0) {                 /* room at the end for more */
+            memmove(r->buf, r->buf + r->start, r->end - r->start);
+            r->end -= r->start;
+            r->start = 0;
+        }
+        ssize_t k = deadline < 0
+                        ? conc_socket_recv(r->sock, r->buf + r->end, sizeof r->buf - r->end, 0)
+                        : conc_socket_recv_until(r->sock, r->buf + r->end,
+                                                 sizeof r->buf - r->end, 0, deadline);
+        if (k == 0)
+            return r->end > r->start ? -EPROTO : -EPIPE;
+        if (k < 0)
+            return (int)k;
+        r->end += (size_t)k;
+    }
+}
+
+/* Reads up to n raw bytes: what the buffer holds first, else one recv.
+ * Returns the count (> 0), 0 at the end of the stream, or an error. */
+static inline ssize_t ftp_read_some(struct ftp_reader *r, void *p, size_t n, int64_t deadline)
+{
+    if (r->end > r->start) {
+        size_t k = r->end - r->start < n ? r->end - r->start : n;
+        memcpy(p, r->buf + r->start, k);
+        r->start += k;
+        return (ssize_t)k;
+    }
+    return deadline < 0 ? conc_socket_recv(r->sock, p, n, 0)
+                        : conc_socket_recv_until(r->sock, p, n, 0, deadline);
+}
+
+/* Sends a whole line (text plus '\n'). */
+static inline int ftp_send_line(conc_socket *s, const char *text)
+{
+    char line[FTP_LINE_MAX];
+    int n = snprintf(line, sizeof line, "%s\n", text);
+    if (n < 0 || (size_t)n >= sizeof line)
+        return -EMSGSIZE;
+    return conc_socket_sendall(s, line, (size_t)n, 0, NULL);
+}
+
+/* ------------------------------------------------------------- numbers */
+
+/* Parses a decimal size in [0, max], digits only. */
+static inline bool ftp_parse_size(const char *s, uint64_t max, uint64_t *out)
+{
+    if (!*s || strlen(s) > 20)
+        return false;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        if (v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Parses a SHA-256 written as 64 lower-case hex digits. */
+static inline bool ftp_parse_hash(const char *s, unsigned char out[crypto_hash_sha256_BYTES])
+{
+    if (strlen(s) != FTP_HASH_HEX)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return sodium_hex2bin(out, crypto_hash_sha256_BYTES, s, FTP_HASH_HEX, NULL, NULL, NULL) == 0;
+}
+
+static inline void ftp_hash_hex(const unsigned char h[crypto_hash_sha256_BYTES],
+                                char hex[FTP_HASH_HEX + 1])
+{
+    sodium_bin2hex(hex, FTP_HASH_HEX + 1, h, crypto_hash_sha256_BYTES);
+}
+
+/* The SHA-256 of the open regular file fd (read with pread from offset 0
+ * to its size at the time of the call, which goes to *size).  Returns 0,
+ * or -errno of a failed read. */
+static inline int ftp_hash_file(int fd, unsigned char h[crypto_hash_sha256_BYTES],
+                                uint64_t *size)
+{
+    struct stat st;
+    *size = 0;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    unsigned char *buf = malloc(FTP_CHUNK);
+    if (!buf)
+        return -ENOMEM;
+    crypto_hash_sha256_state s;
+    crypto_hash_sha256_init(&s);
+    uint64_t off = 0, total = (uint64_t)st.st_size;
+    int rc = 0;
+    while (off < total) {
+        size_t want = total - off < FTP_CHUNK ? (size_t)(total - off) : FTP_CHUNK;
+        ssize_t k = pread(fd, buf, want, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            rc = k < 0 ? -errno : -EIO;     /* 0: it shrank meanwhile */
+            break;
+        }
+        crypto_hash_sha256_update(&s, buf, (unsigned long long)k);
+        off += (uint64_t)k;
+    }
+    free(buf);
+    crypto_hash_sha256_final(&s, h);
+    *size = total;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- names */
+
+/*
+ * Checks a name a peer gave (GET, PUT): 1..FTP_NAME_MAX bytes of
+ * components separated by single '/', none of them "." or "..", none
+ * hidden (starting with '.': the temporary names of incoming files are
+ * hidden), no control character, not absolute.  Returns NULL when it is
+ * acceptable, else why not.
+ */
+static inline const char *ftp_name_problem(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0)
+        return "an empty name";
+    if (n > FTP_NAME_MAX)
+        return "the name is too long";
+    if (name[0] == '/')
+        return "absolute names are refused";
+    for (const char *p = name; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return "control characters are refused";
+    for (const char *c = name; *c;) {
+        const char *e = strchr(c, '/');
+        size_t len = e ? (size_t)(e - c) : strlen(c);
+        if (len == 0)
+            return "empty path components are refused";
+        if (len == 2 && c[0] == '.' && c[1] == '.')
+            return "'..' leaves the root";
+        if (c[0] == '.')
+            return "hidden names are refused";
+        if (!e)
+            break;
+        c = e + 1;
+        if (!*c)
+            return "empty path components are refused";
+    }
+    return NULL;
+}
+
+/*
+ * Opens name (checked by ftp_name_problem) beneath the directory dirfd,
+ * refusing any path that resolves outside it: with openat2 and
+ * RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS where the kernel has it (a
+ * symbolic link that stays inside is followed), else walking the
+ * components with O_NOFOLLOW (then every symbolic link is refused).
+ * Returns the descriptor, or -EXDEV for a path that leaves the root,
+ * -ELOOP (a last component) or -ENOTDIR (a directory) for a symbolic link
+ * refused, or the open's -errno.
+ */
+static inline int ftp_open_beneath(int dirfd, const char *name, int flags, mode_t mode)
+{
+#ifdef SYS_openat2
+    struct {
+        uint64_t flags, mode, resolve;
+    } how = { (uint64_t)(flags | O_CLOEXEC), (flags & O_CREAT) ? mode : 0,
+              0x08 /* RESOLVE_BENEATH */ | 0x02 /* RESOLVE_NO_MAGICLINKS */ };
+    long r2 = syscall(SYS_openat2, dirfd, name, &how, sizeof how);
+    if (r2 >= 0)
+        return (int)r2;
+    if (errno != ENOSYS && errno != EPERM)  /* EPERM: a seccomp filter */
+        return -errno;
+#endif
+    char path[FTP_NAME_MAX + 1];
+    snprintf(path, sizeof path, "%s", name);
+    int cur = dirfd;
+    char *c = path;
+    for (;;) {
+        char *e = strchr(c, '/');
+        if (!e)
+            break;
+        *e = '\0';
+        int next = openat(cur, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int err = errno;
+        if (cur != dirfd)
+            close(cur);
+        if (next < 0)
+            return -err;            /* a link: -ENOTDIR (not followed) */
+        cur = next;
+        c = e + 1;
+    }
+    int fd = openat(cur, c, flags | O_NOFOLLOW | O_CLOEXEC, mode);
+    int err = errno;
+    if (cur != dirfd)
+        close(cur);
+    return fd < 0 ? -err : fd;
+}
+
+/* Splits name at its last '/': the directory part opened beneath rootfd
+ * (O_PATH) into *dirfd (rootfd itself when there is none: then not to be
+ * closed) and the last component.  Returns 0 or ftp_open_beneath's error. */
+static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, const char **base)
+{
+    const char *slash = strrchr(name, '/');
+    if (!slash) {
+        *dirfd = rootfd;
+        *base = name;
+        return 0;
+    }
+    char dir[FTP_NAME_MAX + 1];
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - name), name);
+    int fd = ftp_open_beneath(rootfd, dir, O_PATH | O_DIRECTORY, 0);
+    if (fd < 0)
+        return fd;
+    *dirfd = fd;
+    *base = slash + 1;
+    return 0;
+}
+
+/* ------------------------------------------------------ receiving files */
+
+/* A file being received: its temporary name in its directory. */
+struct ftp_part {
+    int dirfd, fd;
+    char tmp[32];
+};
+
+/*
+ * Creates the temporary file of an incoming file in directory dirfd: a new
+ * hidden name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL, mode
+ * 0644) that nothing else uses.  Returns 0, or the open's -errno.
+ */
+static inline int ftp_part_open(struct ftp_part *p, int dirfd)
+{
+    p->dirfd = dirfd;
+    p->fd = -1;
+    for (int tries = 0; tries < 16; tries++) {
+        snprintf(p->tmp, sizeof p->tmp, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+        p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                       0644);
+        if (p->fd >= 0)
+            return 0;
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+/*
+ * Receives a file of `size` bytes from r into the temporary file p (which
+ * it closes), hashing the bytes as they are written, then syncs it and
+ * renames it to base (in the same directory) only when every byte came and
+ * the SHA-256 equals want; in every other case it is removed, so that a
+ * partial or corrupted transfer never appears under base.  Each read waits
+ * until idle_ns after the last one (< 0: forever).  A write that fails
+ * (-ENOSPC...) does not stop the reading: the stream stays in step, at the
+ * end of the file's bytes.  Returns 0; -EBADMSG when the hash differs;
+ * -EPIPE when the stream ended early; the socket's -errno (the stream is
+ * then out of step); the file system's -errno (in step).
+ */
+static inline int ftp_part_recv(struct ftp_part *p, struct ftp_reader *r, const char *base,
+                                uint64_t size, const unsigned char want[crypto_hash_sha256_BYTES],
+                                int64_t idle_ns)
+{
+    unsigned char *buf = malloc(FTP_CHUNK);
+    int rc = buf ? 0 : -ENOMEM;
+    crypto_hash_sha256_state hs;
+    crypto_hash_sha256_init(&hs);
+    uint64_t got = 0;
+    int write_rc = 0;           /* a failed write: the rest is read and dropped */
+    while (rc == 0 && got < size) {
+        size_t want_n = size - got < FTP_CHUNK ? (size_t)(size - got) : FTP_CHUNK;
+        int64_t deadline = idle_ns < 0 ? -1 : conc_now() + idle_ns;
+        ssize_t k = ftp_read_some(r, buf, want_n, deadline);
+        if (k == 0) {
+            rc = -EPIPE;
+            break;
+        }
+        if (k < 0) {
+            rc = (int)k;
+            break;
+        }
+        crypto_hash_sha256_update(&hs, buf, (unsigned long long)k);
+        for (ssize_t off = 0; off < k && write_rc == 0;) {
+            ssize_t w = write(p->fd, buf + off, (size_t)(k - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                write_rc = w < 0 ? -errno : -EIO;
+            else
+                off += w;
+        }
+        got += (uint64_t)k;
+    }
+    free(buf);
+    if (rc == 0)
+        rc = write_rc;
+    unsigned char h[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_final(&hs, h);
+    if (rc == 0 && sodium_memcmp(h, want, sizeof h) != 0)
+        rc = -EBADMSG;
+    if (rc == 0 && fsync(p->fd) < 0)
+        rc = -errno;
+    if (close(p->fd) < 0 && rc == 0)
+        rc = -errno;
+    p->fd = -1;
+    if (rc == 0 && renameat(p->dirfd, p->tmp, p->dirfd, base) < 0)
+        rc = -errno;
+    if (rc < 0)
+        unlinkat(p->dirfd, p->tmp, 0);
+    return rc;
+}
+
+/* Removes a temporary file that will not be received (after
+ * ftp_part_open, instead of ftp_part_recv). */
+static inline void ftp_part_drop(struct ftp_part *p)
+{
+    close(p->fd);
+    p->fd = -1;
+    unlinkat(p->dirfd, p->tmp, 0);
+}
+
+#endif

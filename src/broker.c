@@ -1,0 +1,846 @@
+/*
+ * broker.c - a connection to a RabbitMQ broker (conc/broker.h): connecting
+ * and logging in through rabbitmq-c, reading and dispatching frames,
+ * waiting for replies and confirmations, and making the connection again
+ * after a loss, with a back-off and the client's declarations repeated.
+ *
+ * rabbitmq-c never waits here: a frame is read with a zero timeout, and
+ * when none is there the socket is waited on through conc's wait layer
+ * (conc_fd_wait_until), so a coroutine parks.  The wait wakes at half the
+ * heartbeat interval to let rabbitmq-c send its heartbeats and notice the
+ * broker's missing ones.  The connect and login, which rabbitmq-c does only
+ * blocking, run through conc_offload when called from a coroutine.
+ */
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "conc/hub.h"
+#include "conc/offload.h"
+#include "conc/wait.h"
+#include "broker_internal.h"
+
+#define NS 1000000000LL
+#define DEFAULT_CONNECT 10.0
+#define DEFAULT_HEARTBEAT 10.0
+#define DEFAULT_RETRY_MIN 0.1
+#define DEFAULT_RETRY_MAX 5.0
+#define DEFAULT_MAX_MESSAGE ((size_t)128 << 20)
+#define CLOSE_BOUND_NS (NS / 2)
+
+int bk_deadline(double timeout, int64_t *deadline, bool *poll)
+{
+    *poll = false;
+    if (timeout == CONC_FOREVER) {
+        *deadline = CONC_NO_DEADLINE;
+        return 0;
+    }
+    if (isnan(timeout) || timeout < 0)
+        return -EINVAL;
+    if (timeout == 0) {
+        *poll = true;
+        *deadline = 0;
+        return 0;
+    }
+    return conc_deadline(timeout, deadline) ? -EINVAL : 0;
+}
+
+int bk_code(bool poll, int r)
+{
+    return poll && r == -ETIMEDOUT ? -EAGAIN : r;
+}
+
+/* The errno for a rabbitmq-c status code. */
+int bk_status_err(int status)
+{
+    switch (status) {
+    case AMQP_STATUS_OK: return 0;
+    case AMQP_STATUS_NO_MEMORY: return -ENOMEM;
+    case AMQP_STATUS_BAD_URL: return -EINVAL;
+    case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED: return -EHOSTUNREACH;
+    case AMQP_STATUS_TIMEOUT: return -ETIMEDOUT;
+    case AMQP_STATUS_INCOMPATIBLE_AMQP_VERSION:
+    case AMQP_STATUS_BAD_AMQP_DATA:
+    case AMQP_STATUS_UNKNOWN_CLASS:
+    case AMQP_STATUS_UNKNOWN_METHOD:
+    case AMQP_STATUS_UNEXPECTED_STATE:
+    case AMQP_STATUS_INVALID_PARAMETER:
+        return -EPROTO;
+    case AMQP_STATUS_TABLE_TOO_BIG: return -EMSGSIZE;
+    case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
+    case AMQP_STATUS_SSL_PEER_VERIFY_FAILED:
+        return -EKEYREJECTED;
+    case AMQP_STATUS_SSL_ERROR:
+    case AMQP_STATUS_SSL_CONNECTION_FAILED:
+        return -ECONNREFUSED;
+    case AMQP_STATUS_HEARTBEAT_TIMEOUT:
+    case AMQP_STATUS_CONNECTION_CLOSED:
+    case AMQP_STATUS_SOCKET_CLOSED:
+    case AMQP_STATUS_SOCKET_ERROR:
+    case AMQP_STATUS_TCP_ERROR:
+    default:
+        return -ECONNRESET;
+    }
+}
+
+/* The errno for an AMQP reply code (channel.close, connection.close). */
+static int reply_err(uint16_t code)
+{
+    switch (code) {
+    case 200: return 0;
+    case 311: return -EMSGSIZE;     /* content-too-large */
+    case 320: return -ECONNRESET;   /* connection-forced: broker stopping */
+    case 402: return -EINVAL;       /* invalid-path */
+    case 403: return -EPERM;        /* access-refused */
+    case 404: return -ENOENT;       /* not-found */
+    case 405: return -EBUSY;        /* resource-locked */
+    case 406: return -EEXIST;       /* precondition-failed */
+    case 530: return -EACCES;       /* not-allowed (vhost) */
+    default: return -EIO;
+    }
+}
+
+static struct timeval tv_of(int64_t ns)
+{
+    if (ns < 0)
+        ns = 0;
+    struct timeval tv = { .tv_sec = (time_t)(ns / NS), .tv_usec = (suseconds_t)(ns % NS / 1000) };
+    return tv;
+}
+
+/* ---- connecting ---- */
+
+struct connect_job {
+    char *host, *user, *pass, *vhost, *cacert, *cert, *key;
+    int port;
+    bool ssl, insecure;
+    int heartbeat;
+    int64_t budget;                 /* ns for the connect plus login */
+    amqp_connection_state_t c;      /* out */
+    int err;                        /* out */
+};
+
+static void job_free(struct connect_job *j)
+{
+    if (!j)
+        return;
+    if (j->c)
+        amqp_destroy_connection(j->c);
+    free(j->host);
+    free(j->user);
+    free(j->pass);
+    free(j->vhost);
+    free(j->cacert);
+    free(j->cert);
+    free(j->key);
+    free(j);
+}
+
+static char *dup_or_null(const char *s, bool *fail)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *fail = true;
+    return d;
+}
+
+static int login_err(amqp_rpc_reply_t r)
+{
+    switch (r.reply_type) {
+    case AMQP_RESPONSE_NORMAL:
+        return 0;
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD && r.reply.decoded) {
+            uint16_t code = ((amqp_connection_close_t *)r.reply.decoded)->reply_code;
+            return code == 403 || code == 530 ? -EACCES : reply_err(code);
+        }
+        return -EPROTO;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        /* RabbitMQ closes the socket on a failed login when the client
+         * did not announce authentication_failure_close. */
+        if (r.library_error == AMQP_STATUS_CONNECTION_CLOSED ||
+            r.library_error == AMQP_STATUS_SOCKET_CLOSED)
+            return -EACCES;
+        return bk_status_err(r.library_error);
+    default:
+        return -EPROTO;
+    }
+}
+
+/* Connects and logs in (blocking, within j->budget); runs on the caller's
+ * thread or on an offload worker. */
+static void *connect_run(void *arg)
+{
+    struct connect_job *j = arg;
+    int64_t start = conc_now();
+    amqp_connection_state_t c = amqp_new_connection();
+    if (!c) {
+        j->err = -ENOMEM;
+        return j;
+    }
+    amqp_socket_t *s;
+    if (j->ssl) {
+        s = amqp_ssl_socket_new(c);
+        if (!s) {
+            amqp_destroy_connection(c);
+            j->err = -EPROTONOSUPPORT;
+            return j;
+        }
+        amqp_ssl_socket_set_verify_peer(s, !j->insecure);
+        amqp_ssl_socket_set_verify_hostname(s, !j->insecure);
+        if ((j->cacert && amqp_ssl_socket_set_cacert(s, j->cacert) != AMQP_STATUS_OK) ||
+            (j->cert && j->key && amqp_ssl_socket_set_key(s, j->cert, j->key) != AMQP_STATUS_OK)) {
+            amqp_destroy_connection(c);
+            j->err = -EPROTONOSUPPORT;
+            return j;
+        }
+    } else {
+        s = amqp_tcp_socket_new(c);
+        if (!s) {
+            amqp_destroy_connection(c);
+            j->err = -ENOMEM;
+            return j;
+        }
+    }
+    struct timeval tv = tv_of(j->budget);
+    errno = 0;
+    int st = amqp_socket_open_noblock(s, j->host, j->port, &tv);
+    if (st != AMQP_STATUS_OK) {
+        int e = errno;
+        amqp_destroy_connection(c);
+        if (st == AMQP_STATUS_SOCKET_ERROR || st == AMQP_STATUS_TCP_ERROR)
+            j->err = e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH ||
+                     e == ETIMEDOUT || e == EADDRNOTAVAIL ? -e : -ECONNREFUSED;
+        else
+            j->err = bk_status_err(st);
+        return j;
+    }
+    tv = tv_of(j->budget - (conc_now() - start));
+    if (tv.tv_sec == 0 && tv.tv_usec == 0)
+        tv.tv_usec = 1000;
+    amqp_set_handshake_timeout(c, &tv);
+    amqp_set_rpc_timeout(c, &tv);
+    /* Asks to be told when the broker cancels a consumer (its queue was
+     * deleted), besides rabbitmq-c's own capabilities. */
+    amqp_table_entry_t cap = { .key = amqp_cstring_bytes("consumer_cancel_notify"),
+                               .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
+                                          .value = { .boolean = 1 } } };
+    amqp_table_entry_t prop = { .key = amqp_cstring_bytes("capabilities"),
+                                .value = { .kind = AMQP_FIELD_KIND_TABLE,
+                                           .value = { .table = { 1, &cap } } } };
+    amqp_table_t props = { 1, &prop };
+    amqp_rpc_reply_t r = amqp_login_with_properties(c, j->vhost, 0, AMQP_DEFAULT_FRAME_SIZE,
+                                                    j->heartbeat, &props,
+                                                    AMQP_SASL_METHOD_PLAIN, j->user, j->pass);
+    int err = login_err(r);
+    if (err) {
+        amqp_destroy_connection(c);
+        j->err = err;
+        return j;
+    }
+    amqp_set_rpc_timeout(c, NULL);
+    j->c = c;
+    j->err = 0;
+    return j;
+}
+
+static void connect_abandon(void *arg, void *result)
+{
+    (void)result;
+    job_free(arg);
+}
+
+/* One attempt to connect, within deadline.  On success b->c is set. */
+static int connect_once(conc_broker *b, int64_t deadline)
+{
+    int64_t now = conc_now();
+    int64_t budget = (int64_t)(b->opts.connect_timeout * NS);
+    if (deadline != CONC_NO_DEADLINE && deadline - now < budget)
+        budget = deadline - now;
+    if (budget < NS / 1000)
+        budget = NS / 1000;
+    struct connect_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -ENOMEM;
+    bool fail = false;
+    j->host = dup_or_null(b->host, &fail);
+    j->user = dup_or_null(b->user, &fail);
+    j->pass = dup_or_null(b->pass, &fail);
+    j->vhost = dup_or_null(b->vhost, &fail);
+    j->cacert = dup_or_null(b->cacert, &fail);
+    j->cert = dup_or_null(b->cert, &fail);
+    j->key = dup_or_null(b->key, &fail);
+    if (fail) {
+        job_free(j);
+        return -ENOMEM;
+    }
+    j->port = b->port;
+    j->ssl = b->ssl;
+    j->insecure = b->opts.insecure;
+    j->heartbeat = b->heartbeat > 0 ? (int)ceil(b->heartbeat) : 0;
+    j->budget = budget;
+    if (conc_greenlet_current()) {
+        conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
+        oo.abandon = connect_abandon;
+        void *res = NULL;
+        int r = conc_offload_opts_until(connect_run, j, &res, now + budget + NS, &oo);
+        if (r < 0)
+            return r == -EAGAIN ? -ETIMEDOUT : r;   /* the worker frees j */
+    } else {
+        connect_run(j);
+    }
+    int err = j->err;
+    if (!err) {
+        b->c = j->c;
+        j->c = NULL;
+        b->fd = amqp_get_sockfd(b->c);
+    }
+    job_free(j);
+    return err;
+}
+
+/* Forgets the connection: local deliveries are dropped (the broker gives
+ * them again), waiting puts learn their confirmations are lost. */
+void bk_lost(conc_broker *b, int err)
+{
+    if (b->c) {
+        amqp_destroy_connection(b->c);
+        b->c = NULL;
+    }
+    b->fd = -1;
+    b->last_err = err ? err : -ECONNRESET;
+    b->pub_open = b->ctl_open = false;
+    b->pub_err = b->last_err;
+    if (b->pub_seq > b->pub_confirmed && b->async_pending) {
+        b->async_lost = true;
+        b->async_err = -ECONNRESET;
+    }
+    b->pub_gen++;
+    b->pub_seq = b->pub_confirmed = 0;
+    if (b->win)
+        memset(b->win, 0, b->win_cap);
+    b->nnacked = 0;
+    for (conc_broker_queue *q = b->queues; q; q = q->next)
+        bk_queue_reset(q);
+    b->got = false;
+    b->want_id = 0;
+}
+
+/* Declares again what the client declared, on a new connection. */
+static int redeclare(conc_broker *b, int64_t deadline)
+{
+    for (struct bk_exchange *e = b->exchanges; e; e = e->next) {
+        int r = bk_exchange_declare_one(b, e, deadline);
+        if (r < 0)
+            return r;
+    }
+    for (conc_broker_queue *q = b->queues; q; q = q->next) {
+        int r = bk_queue_declare(q, deadline);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int bk_ensure_up(conc_broker *b, int64_t deadline)
+{
+    while (!b->c) {
+        if (b->opts.no_reconnect && b->ever_up)
+            return -ENOTCONN;
+        int64_t now = conc_now();
+        if (now < b->next_try) {
+            if (b->poll_call || deadline < b->next_try)
+                return b->last_err;
+            int r = conc_sleep_until(b->next_try);
+            if (r == -ECANCELED)
+                return r;
+            now = conc_now();
+        }
+        int r = connect_once(b, deadline);
+        if (r == 0) {
+            b->epoch++;
+            if (b->ever_up)
+                b->reconnects++;
+            b->backoff = b->opts.retry_min;
+            b->next_try = 0;
+            b->next_channel = BK_CH_FIRST_QUEUE;
+            bool again = b->ever_up;
+            b->ever_up = true;
+            if (again) {
+                r = redeclare(b, deadline);
+                if (r < 0 && b->c)
+                    return r;       /* a declaration failed: say so */
+                if (r < 0)
+                    continue;       /* lost again: try again */
+            }
+            return 0;
+        }
+        if (r == -ENOMEM || r == -ECANCELED || r == -EINVAL)
+            return r;
+        b->last_err = r == -ETIMEDOUT && b->last_err ? b->last_err : r;
+        if (r == -EACCES || r == -EKEYREJECTED || r == -EPROTONOSUPPORT)
+            b->last_err = r;
+        b->next_try = conc_now() + (int64_t)(b->backoff * NS);
+        b->backoff *= 2;
+        if (b->backoff > b->opts.retry_max)
+            b->backoff = b->opts.retry_max;
+        if (!b->ever_up && (r == -EACCES || r == -EKEYREJECTED || r == -EPROTONOSUPPORT ||
+                            r == -EPROTO))
+            return r;               /* no point trying again */
+        if (b->poll_call || (deadline != CONC_NO_DEADLINE && conc_now() >= deadline))
+            return b->last_err;
+    }
+    return 0;
+}
+
+/* ---- frames ---- */
+
+static void confirm_settle(conc_broker *b, uint64_t tag, bool multiple, bool nack)
+{
+    if (tag <= b->pub_confirmed || tag > b->pub_seq)
+        return;
+    if (nack) {
+        uint64_t lo = multiple ? b->pub_confirmed + 1 : tag;
+        for (uint64_t t = lo; t <= tag; t++) {
+            if (b->nnacked == b->nacked_cap) {
+                size_t cap = b->nacked_cap ? 2 * b->nacked_cap : 16;
+                uint64_t *n = realloc(b->nacked, cap * sizeof *n);
+                if (!n)
+                    break;
+                b->nacked = n;
+                b->nacked_cap = cap;
+            }
+            b->nacked[b->nnacked++] = t;
+        }
+    }
+    if (multiple) {
+        uint64_t shift = tag - b->pub_confirmed;
+        if (shift >= b->win_cap) {
+            memset(b->win, 0, b->win_cap);
+        } else {
+            memmove(b->win, b->win + shift, b->win_cap - shift);
+            memset(b->win + b->win_cap - shift, 0, shift);
+        }
+        b->pub_confirmed = tag;
+    } else {
+        uint64_t off = tag - b->pub_confirmed - 1;
+        if (off < b->win_cap)
+            b->win[off] = 1;
+    }
+    /* Slide over what is settled. */
+    size_t k = 0;
+    while (k < b->win_cap && b->win[k])
+        k++;
+    if (k) {
+        memmove(b->win, b->win + k, b->win_cap - k);
+        memset(b->win + b->win_cap - k, 0, k);
+        b->pub_confirmed += k;
+    }
+}
+
+static void channel_closed(conc_broker *b, uint16_t ch, int err)
+{
+    if (ch == BK_CH_PUB) {
+        /* A publish meets no precondition but the broker's own message
+         * size limit (max_message_size). */
+        if (err == -EEXIST)
+            err = -EMSGSIZE;
+        b->pub_open = false;
+        b->pub_err = err;
+        if (b->pub_seq > b->pub_confirmed && b->async_pending) {
+            b->async_lost = true;
+            b->async_err = err;
+        }
+        b->pub_gen++;
+        b->pub_seq = b->pub_confirmed = 0;
+        if (b->win)
+            memset(b->win, 0, b->win_cap);
+    } else if (ch == BK_CH_CTL) {
+        b->ctl_open = false;
+        b->ctl_err = err;
+    } else {
+        for (conc_broker_queue *q = b->queues; q; q = q->next)
+            if (q->channel == ch && q->chan_epoch == b->epoch)
+                bk_queue_channel_closed(q, err);
+    }
+    if (b->want_id && b->want_ch == ch) {
+        b->got = true;
+        b->want_id = 0;
+        b->got_count = 0;
+        b->rpc_err = err ? err : -EIO;
+    }
+}
+
+static int dispatch(conc_broker *b, const amqp_frame_t *f)
+{
+    uint16_t ch = f->channel;
+    if (f->frame_type != AMQP_FRAME_METHOD) {
+        if (ch >= BK_CH_FIRST_QUEUE)
+            bk_queue_deliver(b, ch, f);
+        return 0;
+    }
+    amqp_method_number_t id = f->payload.method.id;
+    void *d = f->payload.method.decoded;
+    switch (id) {
+    case AMQP_BASIC_ACK_METHOD: {
+        amqp_basic_ack_t *a = d;
+        if (ch == BK_CH_PUB)
+            confirm_settle(b, a->delivery_tag, a->multiple, false);
+        return 0;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+        amqp_basic_nack_t *a = d;
+        if (ch == BK_CH_PUB)
+            confirm_settle(b, a->delivery_tag, a->multiple, true);
+        return 0;
+    }
+    case AMQP_BASIC_DELIVER_METHOD:
+    case AMQP_BASIC_CANCEL_METHOD:
+        bk_queue_deliver(b, ch, f);
+        return 0;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+        amqp_channel_close_t *c = d;
+        int err = reply_err(c->reply_code);
+        amqp_channel_close_ok_t ok = { 0 };
+        amqp_send_method(b->c, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+        channel_closed(b, ch, err ? err : -EIO);
+        return 0;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+        amqp_connection_close_t *c = d;
+        int err = reply_err(c->reply_code);
+        amqp_connection_close_ok_t ok = { 0 };
+        amqp_send_method(b->c, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        return err == -EACCES ? err : err == -EMSGSIZE ? err : -ECONNRESET;
+    }
+    default:
+        break;
+    }
+    if (id == AMQP_BASIC_GET_OK_METHOD || id == AMQP_BASIC_GET_EMPTY_METHOD)
+        bk_queue_deliver(b, ch, f);
+    if (b->want_id && ch == b->want_ch &&
+        (id == b->want_id ||
+         (b->want_id == AMQP_BASIC_GET_OK_METHOD && id == AMQP_BASIC_GET_EMPTY_METHOD))) {
+        if (id == AMQP_QUEUE_DECLARE_OK_METHOD) {
+            amqp_queue_declare_ok_t *ok = d;
+            b->got_count = ok->message_count;
+            size_t n = ok->queue.len < 255 ? ok->queue.len : 255;
+            memcpy(b->got_name, ok->queue.bytes, n);
+            b->got_name[n] = '\0';
+        } else if (id == AMQP_QUEUE_DELETE_OK_METHOD) {
+            b->got_count = ((amqp_queue_delete_ok_t *)d)->message_count;
+        }
+        b->got = true;
+        b->want_id = 0;
+    }
+    return 0;
+}
+
+/* Reads and handles the frames there are; waits for one until deadline
+ * when none is.  Returns 1 when frames were handled, -ETIMEDOUT, or the
+ * error that took the connection down (which is then forgotten). */
+int bk_pump(conc_broker *b, int64_t deadline)
+{
+    if (!b->c)
+        return b->last_err ? b->last_err : -ENOTCONN;
+    int handled = 0;
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval zero = { 0, 0 };
+        int st = amqp_simple_wait_frame_noblock(b->c, &f, &zero);
+        if (st == AMQP_STATUS_OK) {
+            int r = dispatch(b, &f);
+            amqp_maybe_release_buffers(b->c);
+            if (r < 0) {
+                bk_lost(b, r);
+                return r;
+            }
+            handled = 1;
+            if (!b->c)
+                return -ECONNRESET;
+            continue;
+        }
+        if (st != AMQP_STATUS_TIMEOUT) {
+            int r = bk_status_err(st);
+            if (r == -ETIMEDOUT)
+                r = -ECONNRESET;
+            bk_lost(b, r);
+            return r;
+        }
+        if (handled)
+            return 1;
+        int64_t now = conc_now();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        int64_t until = deadline;
+        if (b->heartbeat > 0) {
+            int64_t slice = now + (int64_t)(b->heartbeat * NS / 2);
+            if (slice < until)
+                until = slice;
+        }
+        int r = conc_fd_wait_until(b->fd, POLLIN, until);
+        if (r == -ECANCELED)
+            return r;
+        if (r < 0 && r != -ETIMEDOUT) {
+            bk_lost(b, -ECONNRESET);
+            return -ECONNRESET;
+        }
+    }
+}
+
+/* Sends method id on channel ch and waits for the reply (reply 0: none
+ * expected). */
+int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
+           amqp_method_number_t reply, int64_t deadline)
+{
+    if (!b->c)
+        return b->last_err ? b->last_err : -ENOTCONN;
+    int st = amqp_send_method(b->c, ch, id, args);
+    if (st != AMQP_STATUS_OK) {
+        int r = bk_status_err(st);
+        bk_lost(b, r);
+        return r;
+    }
+    if (!reply)
+        return 0;
+    uint64_t epoch = b->epoch;
+    b->want_ch = ch;
+    b->want_id = reply;
+    b->got = false;
+    b->rpc_err = 0;
+    while (!b->got) {
+        int r = bk_pump(b, deadline);
+        if (r < 0) {
+            b->want_id = 0;
+            return r;
+        }
+        if (epoch != b->epoch)
+            return -ECONNRESET;
+    }
+    return b->rpc_err;
+}
+
+int bk_channel_open(conc_broker *b, uint16_t ch, int64_t deadline)
+{
+    amqp_channel_open_t o = { .out_of_band = amqp_empty_bytes };
+    return bk_rpc(b, ch, AMQP_CHANNEL_OPEN_METHOD, &o, AMQP_CHANNEL_OPEN_OK_METHOD, deadline);
+}
+
+int bk_ctl_ready(conc_broker *b, int64_t deadline)
+{
+    int r = bk_ensure_up(b, deadline);
+    if (r < 0 || b->ctl_open)
+        return r;
+    r = bk_channel_open(b, BK_CH_CTL, deadline);
+    if (r == 0)
+        b->ctl_open = true;
+    return r;
+}
+
+int bk_pub_ready(conc_broker *b, int64_t deadline)
+{
+    int r = bk_ensure_up(b, deadline);
+    if (r < 0 || b->pub_open)
+        return r;
+    r = bk_channel_open(b, BK_CH_PUB, deadline);
+    if (r < 0)
+        return r;
+    amqp_confirm_select_t cs = { 0 };
+    r = bk_rpc(b, BK_CH_PUB, AMQP_CONFIRM_SELECT_METHOD, &cs, AMQP_CONFIRM_SELECT_OK_METHOD,
+               deadline);
+    if (r == 0) {
+        b->pub_open = true;
+        b->pub_err = 0;
+        b->pub_seq = b->pub_confirmed = 0;
+        if (b->win)
+            memset(b->win, 0, b->win_cap);
+    }
+    return r;
+}
+
+/* ---- the public connection calls ---- */
+
+static void broker_release(conc_broker *b)
+{
+    free(b->host);
+    free(b->user);
+    free(b->pass);
+    free(b->vhost);
+    free(b->cacert);
+    free(b->cert);
+    free(b->key);
+    free(b->win);
+    free(b->nacked);
+    struct bk_exchange *e = b->exchanges;
+    while (e) {
+        struct bk_exchange *n = e->next;
+        free(e);
+        e = n;
+    }
+    free(b);
+}
+
+int conc_broker_new_until(conc_broker **out, const char *url, const conc_broker_opts *opts,
+                          int64_t deadline)
+{
+    if (!out || !url)
+        return -EINVAL;
+    conc_broker_opts o = { 0 };
+    if (opts) {
+        size_t n = opts->size && opts->size < sizeof o ? opts->size : sizeof o;
+        memcpy(&o, opts, n);
+    }
+    if (isnan(o.connect_timeout) || o.connect_timeout < 0 || isnan(o.heartbeat) ||
+        isnan(o.retry_min) || o.retry_min < 0 || isnan(o.retry_max) || o.retry_max < 0 ||
+        o.heartbeat > 65535)
+        return -EINVAL;
+    if (o.connect_timeout == 0)
+        o.connect_timeout = DEFAULT_CONNECT;
+    if (o.retry_min == 0)
+        o.retry_min = DEFAULT_RETRY_MIN;
+    if (o.retry_max == 0)
+        o.retry_max = DEFAULT_RETRY_MAX;
+    if (o.retry_max < o.retry_min)
+        o.retry_max = o.retry_min;
+    if (o.max_message == 0)
+        o.max_message = DEFAULT_MAX_MESSAGE;
+    size_t ulen = strlen(url);
+    if (ulen == 0 || ulen > 4096)
+        return -EINVAL;
+    char *buf = strdup(url);
+    if (!buf)
+        return -ENOMEM;
+    struct amqp_connection_info info;
+    amqp_default_connection_info(&info);
+    if (amqp_parse_url(buf, &info) != AMQP_STATUS_OK || !info.host || !*info.host ||
+        info.port <= 0 || info.port > 65535) {
+        free(buf);
+        return -EINVAL;
+    }
+    conc_broker *b = calloc(1, sizeof *b);
+    if (!b) {
+        free(buf);
+        return -ENOMEM;
+    }
+    bool fail = false;
+    b->host = dup_or_null(info.host, &fail);
+    b->user = dup_or_null(info.user ? info.user : "guest", &fail);
+    b->pass = dup_or_null(info.password ? info.password : "guest", &fail);
+    b->vhost = dup_or_null(info.vhost && *info.vhost ? info.vhost : "/", &fail);
+    b->cacert = dup_or_null(o.cacert, &fail);
+    b->cert = dup_or_null(o.cert, &fail);
+    b->key = dup_or_null(o.key, &fail);
+    b->port = info.port;
+    b->ssl = info.ssl;
+    free(buf);
+    b->win_cap = 4096;
+    b->win = calloc(b->win_cap, 1);
+    if (fail || !b->win) {
+        broker_release(b);
+        return -ENOMEM;
+    }
+    o.cacert = o.cert = o.key = NULL;
+    o.size = sizeof o;
+    b->opts = o;
+    b->heartbeat = o.heartbeat == 0 ? DEFAULT_HEARTBEAT : o.heartbeat < 0 ? 0 : o.heartbeat;
+    b->fd = -1;
+    b->backoff = o.retry_min;
+    b->next_channel = BK_CH_FIRST_QUEUE;
+    int r = connect_once(b, deadline);
+    if (r < 0) {
+        broker_release(b);
+        return r;
+    }
+    b->epoch = 1;
+    b->ever_up = true;
+    *out = b;
+    return 0;
+}
+
+int conc_broker_new(conc_broker **out, const char *url, const conc_broker_opts *opts)
+{
+    return conc_broker_new_until(out, url, opts, CONC_NO_DEADLINE);
+}
+
+void conc_broker_free(conc_broker *b)
+{
+    if (!b)
+        return;
+    while (b->queues)
+        conc_broker_queue_free(b->queues);
+    if (b->c) {
+        /* A polite close, bounded: the reply is awaited briefly. */
+        amqp_connection_close_t cl = { .reply_code = 200,
+                                       .reply_text = amqp_cstring_bytes("bye") };
+        if (amqp_send_method(b->c, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl) == AMQP_STATUS_OK) {
+            int64_t until = conc_now() + CLOSE_BOUND_NS;
+            for (;;) {
+                amqp_frame_t f;
+                struct timeval zero = { 0, 0 };
+                int st = amqp_simple_wait_frame_noblock(b->c, &f, &zero);
+                if (st == AMQP_STATUS_OK) {
+                    bool done = f.frame_type == AMQP_FRAME_METHOD &&
+                                f.payload.method.id == AMQP_CONNECTION_CLOSE_OK_METHOD;
+                    amqp_maybe_release_buffers(b->c);
+                    if (done)
+                        break;
+                    continue;
+                }
+                if (st != AMQP_STATUS_TIMEOUT || conc_now() >= until)
+                    break;
+                if (conc_fd_wait_until(b->fd, POLLIN, until) == -ECANCELED)
+                    break;
+            }
+        }
+        amqp_destroy_connection(b->c);
+        b->c = NULL;
+    }
+    broker_release(b);
+}
+
+int conc_broker_flush_until(conc_broker *b, int64_t deadline)
+{
+    if (!b)
+        return -EINVAL;
+    for (;;) {
+        if (b->async_lost) {
+            int err = b->async_err ? b->async_err : -ECONNRESET;
+            b->async_lost = false;
+            b->async_pending = false;
+            b->nnacked = 0;
+            return err;
+        }
+        if (!b->async_pending || b->async_gen != b->pub_gen ||
+            b->pub_confirmed >= b->async_upto) {
+            bool lost = b->async_pending && b->async_gen != b->pub_gen;
+            bool nack = b->nnacked > 0;
+            b->async_pending = false;
+            b->nnacked = 0;
+            return lost ? -ECONNRESET : nack ? -EIO : 0;
+        }
+        int r = bk_pump(b, deadline);
+        if (r == -ETIMEDOUT || r == -ECANCELED)
+            return r;
+    }
+}
+
+int conc_broker_flush(conc_broker *b, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (bk_deadline(timeout, &deadline, &poll))
+        return -EINVAL;
+    return bk_code(poll, conc_broker_flush_until(b, deadline));
+}
+
+uint64_t conc_broker_reconnects(const conc_broker *b)
+{
+    return b ? b->reconnects : 0;
+}

@@ -1,0 +1,137 @@
+/*
+ * broker_internal.h - the connection and queue records of libconc_broker
+ * (conc/broker.h), shared by broker.c (connection, frames, reconnection)
+ * and broker_queue.c (queues, puts, gets, subscriptions).
+ */
+#ifndef CONC_BROKER_INTERNAL_H
+#define CONC_BROKER_INTERNAL_H
+
+#include <amqp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conc/broker.h"
+#include "wait_source.h"
+
+#define BK_HIDDEN __attribute__((visibility("hidden")))
+
+#define BK_CH_PUB 1             /* puts and publishes, in confirm mode */
+#define BK_CH_CTL 2             /* declarations, qsize, deletes */
+#define BK_CH_FIRST_QUEUE 3     /* one channel per consuming queue */
+
+/* A message delivered by the broker and not yet taken by get. */
+struct bk_msg {
+    struct bk_msg *next;
+    conc_broker_msg m;
+    size_t want;                /* body bytes announced by the header */
+    bool have_header;
+};
+
+/* An exchange declared through this connection (declared again after a
+ * reconnection). */
+struct bk_exchange {
+    struct bk_exchange *next;
+    char name[256];
+    conc_broker_exchange_kind kind;
+    bool transient;
+};
+
+struct conc_broker_queue {
+    const struct conc__wait_source *ws;     /* first: conc_wait's hook */
+    conc_broker *b;
+    struct conc_broker_queue *next;         /* b's list of queues */
+    char name[256];                         /* "" until a server-named one
+                                               is declared */
+    bool server_named;                      /* a subscription */
+    char exchange[256];                     /* subscriptions: the exchange */
+    conc_broker_exchange_kind kind;
+    char **patterns;
+    size_t npatterns;
+    conc_broker_queue_opts opts;            /* its strings are dlx and dlk */
+    char *dlx, *dlk;
+    uint64_t declared_epoch;                /* connection epoch it was
+                                               declared in */
+    uint16_t channel;                       /* its channel, once opened */
+    uint64_t chan_epoch;                    /* connection epoch of channel */
+    bool chan_open;
+    uint64_t cgen;                          /* +1 at each channel opening */
+    bool consuming;
+    bool get_empty;                         /* basic.get-empty came */
+    bool cancelled;                         /* the broker cancelled the
+                                               consumer (queue deleted) */
+    int chan_err;                           /* why its channel was closed */
+    struct bk_msg *head, *tail, *partial;   /* delivered, not yet taken */
+    size_t nlocal;
+    uint64_t *taken;                        /* delivery tags taken, not done */
+    uint64_t *taken_epoch;
+    size_t ntaken, taken_cap;
+};
+
+struct conc_broker {
+    amqp_connection_state_t c;              /* NULL while down */
+    int fd;
+    /* Where and how to connect. */
+    char *host, *user, *pass, *vhost, *cacert, *cert, *key;
+    int port;
+    bool ssl;
+    conc_broker_opts opts;
+    double heartbeat;                       /* seconds, 0: off */
+    /* State of the connection. */
+    bool ever_up;
+    int last_err;                           /* why it went down / failed */
+    uint64_t epoch;                         /* +1 at each connection made */
+    uint64_t reconnects;
+    int64_t next_try;                       /* back-off: no attempt before */
+    double backoff;
+    bool pub_open, ctl_open;
+    int pub_err, ctl_err;                   /* why the channel closed */
+    uint16_t next_channel;
+    /* Publisher confirms on BK_CH_PUB. */
+    uint64_t pub_gen;                       /* +1 whenever the channel resets */
+    uint64_t pub_seq;                       /* last sequence number sent */
+    uint64_t pub_confirmed;                 /* all <= this are settled */
+    uint8_t *win;                           /* settled flags above it */
+    size_t win_cap;
+    uint64_t *nacked;                       /* nacked seqs not yet reported */
+    size_t nnacked, nacked_cap;
+    bool async_lost;                        /* async puts lost with a reset */
+    int async_err;                          /* and why */
+    bool poll_call;                         /* the call has timeout 0: one
+                                               connection attempt at most */
+    uint64_t async_gen, async_upto;         /* the async puts to flush */
+    bool async_pending;
+    /* A reply awaited on some channel (one at a time). */
+    uint16_t want_ch;
+    amqp_method_number_t want_id;
+    bool got;
+    int rpc_err;                            /* the awaited channel closed */
+    uint32_t got_count;                     /* queue.declare-ok's count */
+    char got_name[256];                     /* queue.declare-ok's name */
+    /* Declared things. */
+    struct bk_exchange *exchanges;
+    struct conc_broker_queue *queues;
+};
+
+/* broker.c */
+BK_HIDDEN int bk_ensure_up(conc_broker *b, int64_t deadline);
+BK_HIDDEN int bk_pump(conc_broker *b, int64_t deadline);
+BK_HIDDEN int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
+                     amqp_method_number_t reply, int64_t deadline);
+BK_HIDDEN int bk_channel_open(conc_broker *b, uint16_t ch, int64_t deadline);
+BK_HIDDEN int bk_ctl_ready(conc_broker *b, int64_t deadline);
+BK_HIDDEN int bk_pub_ready(conc_broker *b, int64_t deadline);
+BK_HIDDEN void bk_lost(conc_broker *b, int err);
+BK_HIDDEN int bk_status_err(int status);
+BK_HIDDEN int bk_deadline(double timeout, int64_t *deadline, bool *poll);
+BK_HIDDEN int bk_code(bool poll, int r);
+
+/* broker_queue.c */
+BK_HIDDEN int bk_queue_declare(conc_broker_queue *q, int64_t deadline);
+BK_HIDDEN int bk_exchange_declare_one(conc_broker *b, const struct bk_exchange *e,
+                                      int64_t deadline);
+BK_HIDDEN void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f);
+BK_HIDDEN void bk_queue_channel_closed(conc_broker_queue *q, int err);
+BK_HIDDEN void bk_queue_reset(conc_broker_queue *q);
+
+#endif /* CONC_BROKER_INTERNAL_H */

@@ -1,0 +1,40 @@
+/* manager_internal.h - between the manager's client (manager.c) and its
+ * server (manager_server.c); not installed. */
+#ifndef CONC_MANAGER_INTERNAL_H
+#define CONC_MANAGER_INTERNAL_H
+
+#include <stddef.h>
+#include "conc/listener.h"
+#include "conc/manager.h"
+
+/* A registered type. */
+struct conc__mgr_type {
+    char *name;
+    conc_manager_type t;
+};
+
+struct conc__mgr_server;
+
+/* A server over a listening socket (taken over: the server closes it) and
+ * the registered types (borrowed; they outlive the server). */
+int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
+                         const struct conc__mgr_type *types, size_t ntypes, size_t max_message);
+
+/* Accepts and serves until conc__mgr_server_stop or a client's shutdown;
+ * then ends every connection, frees every object and closes the listener.
+ * Returns 0. */
+int conc__mgr_server_run(struct conc__mgr_server *s);
+
+/* Makes the server stop, as for a shutdown request, when a SIGTERM is
+ * pending for the process: the caller blocks SIGTERM in every thread (the
+ * started child does, before the server's threads exist); the accept loop
+ * takes it with sigtimedwait between its waits. */
+void conc__mgr_server_take_sigterm(struct conc__mgr_server *s);
+
+/* Asks a running server to stop (any thread; an atomic store). */
+void conc__mgr_server_stop(struct conc__mgr_server *s);
+
+/* Frees a server that has returned from run (or never ran). */
+void conc__mgr_server_free(struct conc__mgr_server *s);
+
+#endif

@@ -1,0 +1,1085 @@
+/*
+ * test_examples_server.c - the socketserver examples from
+ * CONC_EXAMPLES_DIR: hotline-server and hotline-client (the 10086 phone
+ * menu: the dialog end to end and byte by byte, callers served at once, a
+ * silent caller holding up no one), ftp-server in each of its models and
+ * ftp-client (ls, get and put round trips with the contents compared,
+ * names that leave the root refused while the server keeps serving, a
+ * corrupted or cut upload never stored, a corrupted download never saved,
+ * many clients at once), stopping by SIGTERM (exit 0, the stop line, also
+ * with a call or a session still open: it is cut after the grace), the
+ * descriptors and child processes of a server back to where they started,
+ * and bad command lines.
+ *
+ * Servers listen on port 0 and the port is read from their ready line, so
+ * tests never race for a port; no test sleeps to synchronise (waits for a
+ * condition poll it, with a hang guard).
+ */
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "conc.h"
+#include "support/run_example.h"
+
+#define GUARD_MS 60000          /* hang guard for every wait here */
+#define GUARD_NS (GUARD_MS * 1000000LL)
+
+/* ------------------------------------------------------------- servers */
+
+struct srv {
+    pid_t pid;
+    int out;                    /* its stdout, after the ready line */
+    FILE *err;
+    int port;
+    char ready[256];            /* the ready line, without its newline */
+};
+
+/* Starts a server example and reads its ready line ("... listening on
+ * HOST:PORT ..."), with the default signal dispositions. */
+static struct srv start_server(const char *name, const char *const *args)
+{
+    char path[512];
+    const char *argv[32];
+    example_argv(name, args, path, sizeof path, argv);
+    struct srv s = { .err = tmpfile() };
+    cr_assert_not_null(s.err);
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    fflush(NULL);
+    s.pid = fork();
+    cr_assert_geq(s.pid, 0);
+    if (s.pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);       /* a failed test leaves no server */
+        dup2(p[1], STDOUT_FILENO);
+        dup2(fileno(s.err), STDERR_FILENO);
+        int sigs[] = { SIGINT, SIGTERM, SIGPIPE, SIGCHLD };
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            signal(sigs[i], SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    s.out = p[0];
+    size_t len = 0;
+    while (!memchr(s.ready, '\n', len)) {
+        struct pollfd pf = { .fd = s.out, .events = POLLIN };
+        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "%s: no ready line", name);
+        cr_assert_lt(len, sizeof s.ready - 1, "%s: ready line too long", name);
+        ssize_t n = read(s.out, s.ready + len, 1);      /* the line only */
+        cr_assert_eq(n, 1, "%s ended before its ready line", name);
+        len++;
+    }
+    s.ready[len - 1] = '\0';
+    const char *at = strstr(s.ready, "listening on 127.0.0.1:");
+    cr_assert_not_null(at, "%s: ready line '%s'", name, s.ready);
+    s.port = atoi(at + strlen("listening on 127.0.0.1:"));
+    cr_assert(s.port > 0 && s.port < 65536, "%s: port in '%s'", name, s.ready);
+    return s;
+}
+
+/* Reads all that is left of fd (until EOF) into a new string. */
+static char *read_rest(int fd)
+{
+    struct buf b = { 0 };
+    buf_add(&b, "", 0);
+    for (;;) {
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "output never ended");
+        char chunk[4096];
+        ssize_t n = read(fd, chunk, sizeof chunk);
+        if (n <= 0)
+            break;
+        buf_add(&b, chunk, (size_t)n);
+    }
+    return b.data;
+}
+
+/* Stops the server with SIGTERM and checks the clean end: exit 0, the
+ * stop line `want`, nothing on stderr. */
+static void stop_clean(struct srv *s, const char *want)
+{
+    cr_assert_eq(kill(s->pid, SIGTERM), 0);
+    char *out = read_rest(s->out);
+    close(s->out);
+    int status;
+    int64_t deadline = conc_now() + GUARD_NS;
+    pid_t r;
+    while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
+        usleep(1000);
+    if (r == 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, &status, 0);
+    }
+    cr_assert_neq(r, 0, "the server did not end");
+    struct stat st;
+    cr_assert_eq(fstat(fileno(s->err), &st), 0);
+    char *e = calloc(1, (size_t)st.st_size + 1);
+    cr_assert_not_null(e);
+    if (st.st_size > 0)
+        cr_assert_eq(pread(fileno(s->err), e, (size_t)st.st_size, 0), st.st_size);
+    fclose(s->err);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x\nstderr:\n%s", status,
+              e);
+    cr_assert_str_eq(out, want);
+    cr_assert_str_empty(e, "the server wrote to stderr:\n%s", e);
+    free(out);
+    free(e);
+}
+
+/* The number of descriptors process pid has open. */
+static int fd_count_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Waits (hang guard) until pid has `fds` descriptors and no child. */
+static void wait_settled(pid_t pid, int fds)
+{
+    int64_t deadline = conc_now() + GUARD_NS;
+    pid_t kids[8];
+    int n, k;
+    while ((n = fd_count_of(pid)) != fds || (k = children_of(pid, kids, 8)) != 0) {
+        cr_assert_lt(conc_now(), deadline, "the server keeps %d descriptors (%d before) and %d "
+                     "children", n, fds, children_of(pid, kids, 8));
+        usleep(1000);
+    }
+}
+
+/* ------------------------------------------------- the test's own sockets */
+
+static int tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
+                 strerror(errno));
+    return fd;
+}
+
+static void send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+        cr_assert_gt(k, 0, "send: %s", strerror(errno));
+        c += k;
+        n -= (size_t)k;
+    }
+}
+
+static void send_str(int fd, const char *s)
+{
+    send_all(fd, s, strlen(s));
+}
+
+/* Receives exactly n bytes (hang guard). */
+static void recv_exact(int fd, void *p, size_t n)
+{
+    char *c = p;
+    while (n > 0) {
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "no reply (%zu bytes missing)", n);
+        ssize_t k = recv(fd, c, n, 0);
+        cr_assert_gt(k, 0, "recv: %s", k == 0 ? "end of stream" : strerror(errno));
+        c += k;
+        n -= (size_t)k;
+    }
+}
+
+/* Receives one line (byte by byte, so nothing after it is taken) into
+ * line, without its newline. */
+static void recv_line(int fd, char *line, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        char c;
+        recv_exact(fd, &c, 1);
+        if (c == '\n')
+            break;
+        cr_assert_lt(n + 1, cap, "line too long: '%.*s'", (int)n, line);
+        line[n++] = c;
+    }
+    line[n] = '\0';
+}
+
+static void expect_line(int fd, const char *want)
+{
+    char line[2048];
+    recv_line(fd, line, sizeof line);
+    cr_assert_str_eq(line, want);
+}
+
+/* Receives a line and checks that it starts with prefix. */
+static void expect_prefix(int fd, const char *prefix)
+{
+    char line[2048];
+    recv_line(fd, line, sizeof line);
+    cr_assert_eq(strncmp(line, prefix, strlen(prefix)), 0, "want '%s...', got '%s'", prefix,
+                 line);
+}
+
+/* Waits until fd's peer closed it: recv gives 0 (hang guard). */
+static void expect_eof(int fd)
+{
+    struct pollfd pf = { .fd = fd, .events = POLLIN };
+    cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "the connection was never closed");
+    char c;
+    ssize_t k = recv(fd, &c, 1, 0);
+    cr_assert(k == 0 || (k < 0 && errno == ECONNRESET), "recv gave %zd", k);
+}
+
+/* ------------------------------------------------------------- hotline */
+
+#define GREETING "Welcome to the 10086 hotline. Enter 0 for an operator, or exit to hang up."
+#define OPERATOR "Calls may be recorded. Please hold for the next free operator."
+#define GOODBYE "Thank you for calling 10086. Goodbye."
+#define AGAIN "Sorry, I did not understand that. Please try again."
+
+static struct srv start_hotline(void)
+{
+    const char *args[] = { "0", NULL };
+    struct srv s = start_server("hotline-server", args);
+    char want[96];
+    snprintf(want, sizeof want, "hotline-server: listening on 127.0.0.1:%d (model threading)",
+             s.port);
+    cr_assert_str_eq(s.ready, want);
+    return s;
+}
+
+Test(hotline, client_dialog, .timeout = 120)
+{
+    struct srv s = start_hotline();
+    char port[16];
+    snprintf(port, sizeof port, "%d", s.port);
+    const char *args[] = { "127.0.0.1", port, NULL };
+    struct run r = run_example_input("hotline-client", args, "0\nbalance\nexit\nnever sent\n");
+    assert_success(&r, "hotline-client");
+    cr_assert_str_eq(r.out, "receive: " GREETING "\n"
+                            "please input: 0\n"
+                            "receive: " OPERATOR "\n"
+                            "please input: balance\n"
+                            "receive: " AGAIN "\n"
+                            "please input: exit\n"
+                            "receive: " GOODBYE "\n");
+    run_free(&r);
+
+    /* The end of the input hangs up with "exit". */
+    r = run_example_input("hotline-client", args, "1001");
+    assert_success(&r, "hotline-client at the end of its input");
+    cr_assert_str_eq(r.out, "receive: " GREETING "\n"
+                            "please input: 1001\n"
+                            "receive: " AGAIN "\n"
+                            "please input: exit\n"
+                            "receive: " GOODBYE "\n");
+    run_free(&r);
+    stop_clean(&s, "hotline-server: stopped by SIGTERM after 2 calls\n");
+}
+
+Test(hotline, byte_by_byte, .timeout = 60)
+{
+    struct srv s = start_hotline();
+    int base = fd_count_of(s.pid);
+    int fd = tcp_connect(s.port);
+    expect_line(fd, GREETING);
+    send_str(fd, "0\r\n");                      /* a CRLF line */
+    expect_line(fd, OPERATOR);
+    send_str(fd, "e");                          /* a line in pieces */
+    send_str(fd, "xi");
+    send_str(fd, "t2\n");
+    expect_line(fd, AGAIN);
+    char longline[1000];
+    memset(longline, 'x', sizeof longline);     /* over the limit: one answer */
+    longline[sizeof longline - 1] = '\n';
+    send_all(fd, longline, sizeof longline);
+    expect_line(fd, AGAIN);
+    send_str(fd, "0\n0\n");                     /* two lines in one send */
+    expect_line(fd, OPERATOR);
+    expect_line(fd, OPERATOR);
+    send_str(fd, "exit\n");
+    expect_line(fd, GOODBYE);
+    expect_eof(fd);
+    close(fd);
+    /* A caller that hangs up without a word, and one that resets. */
+    fd = tcp_connect(s.port);
+    expect_line(fd, GREETING);
+    close(fd);
+    fd = tcp_connect(s.port);
+    expect_line(fd, GREETING);
+    struct linger lg = { 1, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+    wait_settled(s.pid, base);
+    stop_clean(&s, "hotline-server: stopped by SIGTERM after 3 calls\n");
+}
+
+/* 50 callers connected at once each get the greeting before any of them
+ * says a word (a thread per caller: none waits for another), and a silent
+ * one holds up no one. */
+Test(hotline, callers_at_once, .timeout = 120)
+{
+    struct srv s = start_hotline();
+    int base = fd_count_of(s.pid);
+    enum { N = 50 };
+    int fd[N];
+    for (int i = 0; i < N; i++)
+        fd[i] = tcp_connect(s.port);
+    for (int i = N - 1; i >= 0; i--)
+        expect_line(fd[i], GREETING);
+    for (int i = 1; i < N; i++) {               /* fd[0] stays silent */
+        send_str(fd[i], i % 2 ? "0\n" : "what\n");
+        expect_line(fd[i], i % 2 ? OPERATOR : AGAIN);
+    }
+    for (int i = 1; i < N; i++) {
+        send_str(fd[i], "exit\n");
+        expect_line(fd[i], GOODBYE);
+        expect_eof(fd[i]);
+        close(fd[i]);
+    }
+    send_str(fd[0], "exit\n");
+    expect_line(fd[0], GOODBYE);
+    close(fd[0]);
+    wait_settled(s.pid, base);
+    stop_clean(&s, "hotline-server: stopped by SIGTERM after 50 calls\n");
+}
+
+/* A caller still on the line when the server stops is cut off after the
+ * grace period; the server still ends cleanly. */
+Test(hotline, stop_with_a_caller_on_the_line, .timeout = 60)
+{
+    struct srv s = start_hotline();
+    int fd = tcp_connect(s.port);
+    expect_line(fd, GREETING);
+    stop_clean(&s, "hotline-server: stopped by SIGTERM after 1 call\n");
+    expect_eof(fd);
+    close(fd);
+}
+
+Test(hotline, client_errors, .timeout = 60)
+{
+    /* Nobody listening. */
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    cr_assert_eq(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)&a, &len), 0);
+    char port[16];
+    snprintf(port, sizeof port, "%d", ntohs(a.sin_port));
+    const char *args[] = { "127.0.0.1", port, NULL };
+    struct run r = run_example_input("hotline-client", args, "0\n");
+    cr_assert(exited_with(&r, 1), "status %#x", r.status);
+    cr_assert_not_null(strstr(r.err, "hotline-client: cannot connect to 127.0.0.1:"), "%s",
+                       r.err);
+    run_free(&r);
+    close(l);
+
+    const char *const bad[][5] = {
+        { NULL }, { "127.0.0.1", NULL }, { "127.0.0.1", "0", NULL }, { "", "80", NULL },
+        { "h", "1", "x", NULL }, { "--timeout", "0", "h", "1", NULL },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_refused("hotline-client", bad[i]);
+    const char *const sbad[][4] = { { NULL }, { "65536", NULL }, { "x", NULL },
+                                    { "1", "2", NULL }, { "--host", "", "0", NULL } };
+    for (size_t i = 0; i < sizeof sbad / sizeof sbad[0]; i++)
+        assert_refused("hotline-server", sbad[i]);
+}
+
+/* ----------------------------------------------------------------- ftp */
+
+/* A scratch directory: root/ (served), outside/ (beside it), local/ (the
+ * client's). */
+struct tree {
+    char top[64], root[96], outside[96], local[96];
+};
+
+static void write_file(const char *path, const void *data, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    cr_assert_eq(write(fd, data, n), (ssize_t)n);
+    close(fd);
+}
+
+/* Reads a whole file (NULL when it does not exist); *n gets its size. */
+static char *read_file(const char *path, size_t *n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    cr_assert_eq(fstat(fd, &st), 0);
+    char *p = malloc((size_t)st.st_size + 1);
+    cr_assert_not_null(p);
+    cr_assert_eq(pread(fd, p, (size_t)st.st_size, 0), st.st_size);
+    close(fd);
+    *n = (size_t)st.st_size;
+    return p;
+}
+
+static void assert_same_file(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *pa = read_file(a, &na), *pb = read_file(b, &nb);
+    cr_assert_not_null(pa, "%s is missing", a);
+    cr_assert_not_null(pb, "%s is missing", b);
+    cr_assert_eq(na, nb, "%s: %zu bytes, %s: %zu", a, na, b, nb);
+    cr_assert_eq(memcmp(pa, pb, na), 0, "%s and %s differ", a, b);
+    free(pa);
+    free(pb);
+}
+
+/* The entries of dir whose names start with prefix. */
+static int count_prefixed(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d, "%s", dir);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    closedir(d);
+    return n;
+}
+
+#define BIG (3u << 20)          /* bytes of big.bin: many chunks */
+
+static char *big_data(void)
+{
+    char *p = malloc(BIG);
+    cr_assert_not_null(p);
+    uint32_t x = 12345;
+    for (size_t i = 0; i < BIG; i++) {
+        x = x * 1103515245u + 12345u;
+        p[i] = (char)(x >> 24);
+    }
+    return p;
+}
+
+static void make_tree(struct tree *t)
+{
+    snprintf(t->top, sizeof t->top, "/tmp/conc-ftp-test-XXXXXX");
+    cr_assert_not_null(mkdtemp(t->top));
+    snprintf(t->root, sizeof t->root, "%s/root", t->top);
+    snprintf(t->outside, sizeof t->outside, "%s/outside", t->top);
+    snprintf(t->local, sizeof t->local, "%s/local", t->top);
+    cr_assert_eq(mkdir(t->root, 0755), 0);
+    cr_assert_eq(mkdir(t->outside, 0755), 0);
+    cr_assert_eq(mkdir(t->local, 0755), 0);
+    char p[256];
+    snprintf(p, sizeof p, "%s/hello.txt", t->root);
+    write_file(p, "hello, ftp\n", 11);
+    snprintf(p, sizeof p, "%s/empty", t->root);
+    write_file(p, "", 0);
+    char *big = big_data();
+    snprintf(p, sizeof p, "%s/big.bin", t->root);
+    write_file(p, big, BIG);
+    free(big);
+    snprintf(p, sizeof p, "%s/sub", t->root);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/sub/inner.txt", t->root);
+    write_file(p, "inside a directory\n", 19);
+    snprintf(p, sizeof p, "%s/.hidden", t->root);
+    write_file(p, "not listed\n", 11);
+    /* What must never be reached: a file beside the root, and links out. */
+    snprintf(p, sizeof p, "%s/secret.txt", t->outside);
+    write_file(p, "secret\n", 7);
+    char target[256];
+    snprintf(p, sizeof p, "%s/link-out", t->root);
+    snprintf(target, sizeof target, "%s/secret.txt", t->outside);
+    cr_assert_eq(symlink(target, p), 0);
+    snprintf(p, sizeof p, "%s/dir-out", t->root);
+    cr_assert_eq(symlink(t->outside, p), 0);
+    snprintf(p, sizeof p, "%s/rel-out", t->root);
+    cr_assert_eq(symlink("../outside/secret.txt", p), 0);
+}
+
+static int rm_tree_at(int dfd)
+{
+    DIR *d = fdopendir(dfd);
+    cr_assert_not_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            continue;
+        int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub >= 0)
+            rm_tree_at(sub);
+        unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR);
+    }
+    closedir(d);
+    return 0;
+}
+
+static void remove_tree(struct tree *t)
+{
+    int fd = open(t->top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    rm_tree_at(fd);
+    cr_assert_eq(rmdir(t->top), 0);
+}
+
+static struct srv start_ftp(const struct tree *t, const char *model)
+{
+    const char *args[] = { "--root", t->root, "--model", model, "--max-size", "4194304", "0",
+                           NULL };
+    struct srv s = start_server("ftp-server", args);
+    char want[96];
+    snprintf(want, sizeof want, "ftp-server: listening on 127.0.0.1:%d (model %s)", s.port,
+             model);
+    cr_assert_str_eq(s.ready, want);
+    return s;
+}
+
+/* The descriptors of a server once it served a first session (a model
+ * may make its loops and their descriptors at the first connection): the
+ * count every later check goes back to.  That session counts in the stop
+ * line. */
+static int ftp_settled_base(struct srv *s);
+
+static void stop_ftp(struct srv *s, int conns)
+{
+    char want[96];
+    snprintf(want, sizeof want, "ftp-server: stopped by SIGTERM after %d connection%s\n", conns,
+             conns == 1 ? "" : "s");
+    stop_clean(s, want);
+}
+
+/* The hex SHA-256 of data. */
+static void sha_hex(const void *data, size_t n, char hex[65])
+{
+    unsigned char h[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(h, data, n);
+    sodium_bin2hex(hex, 65, h, sizeof h);
+}
+
+/* A raw session: connected, greeting read. */
+static int ftp_raw(int port)
+{
+    int fd = tcp_connect(port);
+    expect_line(fd, "OK ftp-server ready");
+    return fd;
+}
+
+static void raw_quit(int fd)
+{
+    send_str(fd, "QUIT\n");
+    expect_line(fd, "OK bye");
+    expect_eof(fd);
+    close(fd);
+}
+
+static int ftp_settled_base(struct srv *s)
+{
+    int fd = ftp_raw(s->port);
+    raw_quit(fd);
+    int64_t deadline = conc_now() + GUARD_NS;
+    pid_t kids[8];
+    while (children_of(s->pid, kids, 8) != 0) {     /* a forked session ends */
+        cr_assert_lt(conc_now(), deadline, "the first session's process stays");
+        usleep(1000);
+    }
+    return fd_count_of(s->pid);
+}
+
+/* The round trips with ftp-client: ls, get (small, empty, 3 MB, in a
+ * directory), put, and the files compared byte for byte. */
+static void client_round_trips(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int base = ftp_settled_base(&s);
+    char port[16], up[256], input[1024];
+    snprintf(port, sizeof port, "%d", s.port);
+    snprintf(up, sizeof up, "%s/upload.bin", t.outside);
+    char *big = big_data();
+    for (size_t i = 0; i < 1000; i++)
+        big[i] ^= 0x5a;                         /* not big.bin's bytes */
+    write_file(up, big, BIG - 7);
+    char hex_up[65], hex_hello[65], hex_empty[65], hex_big[65];
+    sha_hex(big, BIG - 7, hex_up);
+    free(big);
+    big = big_data();
+    sha_hex(big, BIG, hex_big);
+    free(big);
+    sha_hex("hello, ftp\n", 11, hex_hello);
+    sha_hex("", 0, hex_empty);
+
+    snprintf(input, sizeof input,
+             "ls\nget hello.txt\nget empty\nget big.bin\nget sub/inner.txt\nput %s\nls\nquit\n",
+             up);
+    const char *args[] = { "--dir", t.local, "127.0.0.1", port, NULL };
+    struct run r = run_example_input("ftp-client", args, input);
+    assert_success(&r, model);
+    char want[2048];
+    snprintf(want, sizeof want,
+             "%u big.bin\n0 empty\n11 hello.txt\n"
+             "got hello.txt: 11 bytes, sha256 %s\n"
+             "got empty: 0 bytes, sha256 %s\n"
+             "got big.bin: %u bytes, sha256 %s\n"
+             "got sub/inner.txt: 19 bytes, sha256 ",
+             BIG, hex_hello, hex_empty, BIG, hex_big);
+    cr_assert_eq(strncmp(r.out, want, strlen(want)), 0, "model %s:\n%s", model, r.out);
+    snprintf(want, sizeof want,
+             "put upload.bin: %u bytes, sha256 %s\n"
+             "%u big.bin\n0 empty\n11 hello.txt\n%u upload.bin\n",
+             BIG - 7, hex_up, BIG, BIG - 7);
+    cr_assert_not_null(strstr(r.out, want), "model %s:\n%s", model, r.out);
+    run_free(&r);
+
+    const char *names[][2] = { { "hello.txt", "hello.txt" }, { "empty", "empty" },
+                               { "big.bin", "big.bin" }, { "sub/inner.txt", "inner.txt" } };
+    for (size_t i = 0; i < 4; i++) {
+        char a[256], b[256];
+        snprintf(a, sizeof a, "%s/%s", t.root, names[i][0]);
+        snprintf(b, sizeof b, "%s/%s", t.local, names[i][1]);
+        assert_same_file(a, b);
+    }
+    char stored[256];
+    snprintf(stored, sizeof stored, "%s/upload.bin", t.root);
+    assert_same_file(up, stored);
+    cr_assert_eq(count_prefixed(t.root, ".ftp-part-"), 0);
+    cr_assert_eq(count_prefixed(t.local, ".ftp-part-"), 0);
+    wait_settled(s.pid, base);
+    stop_ftp(&s, 2);
+    remove_tree(&t);
+}
+
+Test(ftp, client_round_trips_threading, .timeout = 120)
+{
+    client_round_trips("threading");
+}
+
+Test(ftp, client_round_trips_forking, .timeout = 120)
+{
+    client_round_trips("forking");
+}
+
+Test(ftp, client_round_trips_coroutine, .timeout = 120)
+{
+    client_round_trips("coroutine");
+}
+
+/* Every way out of the root is refused with an ERR line, nothing outside
+ * is read or written, and the same session (and the server) goes on. */
+static void traversal_refused(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int fd = ftp_raw(s.port);
+    char abs_secret[256];
+    snprintf(abs_secret, sizeof abs_secret, "GET %s/secret.txt\n", t.outside);
+    const char *const gets[][2] = {
+        { "GET ../outside/secret.txt\n", "ERR ../outside/secret.txt: '..' leaves the root" },
+        { "GET sub/../../outside/secret.txt\n", "ERR sub/../../outside/secret.txt: '..'" },
+        { "GET /etc/passwd\n", "ERR /etc/passwd: absolute names are refused" },
+        { abs_secret, "ERR /" },
+        { "GET link-out\n", "ERR link-out: " },
+        { "GET rel-out\n", "ERR rel-out: " },
+        { "GET dir-out/secret.txt\n", "ERR dir-out/secret.txt: " },
+        { "GET .hidden\n", "ERR .hidden: hidden names are refused" },
+        { "GET sub\n", "ERR sub: not a regular file" },
+        { "GET nope\n", "ERR nope: no such file" },
+        { "GET sub//inner.txt\n", "ERR sub//inner.txt: empty path components" },
+    };
+    for (size_t i = 0; i < sizeof gets / sizeof gets[0]; i++) {
+        send_str(fd, gets[i][0]);
+        expect_prefix(fd, gets[i][1]);
+    }
+    char hex[65];
+    sha_hex("x", 1, hex);
+    const char *const puts[] = { "../outside/evil", "/tmp/evil", "dir-out/evil", ".evil",
+                                 "sub/../../evil" };
+    for (size_t i = 0; i < sizeof puts / sizeof puts[0]; i++) {
+        char line[512];
+        snprintf(line, sizeof line, "PUT %s 1 %s\n", puts[i], hex);
+        send_str(fd, line);
+        char want[128];
+        snprintf(want, sizeof want, "ERR %s: ", puts[i]);
+        expect_prefix(fd, want);
+    }
+    /* Still serving, in the same session and in another. */
+    send_str(fd, "GET hello.txt\n");
+    char ok[128];
+    sha_hex("hello, ftp\n", 11, hex);
+    snprintf(ok, sizeof ok, "OK 11 %s", hex);
+    expect_line(fd, ok);
+    char got[11];
+    recv_exact(fd, got, 11);
+    cr_assert_arr_eq(got, "hello, ftp\n", 11);
+    int fd2 = ftp_raw(s.port);
+    send_str(fd2, "GET sub/inner.txt\n");
+    expect_prefix(fd2, "OK 19 ");
+    char inner[19];
+    recv_exact(fd2, inner, 19);
+    cr_assert_arr_eq(inner, "inside a directory\n", 19);
+    raw_quit(fd2);
+    raw_quit(fd);
+    /* Nothing was written outside. */
+    cr_assert_eq(count_prefixed(t.outside, "evil"), 0);
+    cr_assert_eq(count_prefixed(t.outside, "."), 2);    /* . and .. */
+    cr_assert_eq(access("/tmp/evil", F_OK), -1);
+    stop_ftp(&s, 2);
+    remove_tree(&t);
+}
+
+Test(ftp, traversal_refused_threading, .timeout = 60)
+{
+    traversal_refused("threading");
+}
+
+Test(ftp, traversal_refused_forking, .timeout = 60)
+{
+    traversal_refused("forking");
+}
+
+Test(ftp, traversal_refused_coroutine, .timeout = 60)
+{
+    traversal_refused("coroutine");
+}
+
+/* Waits (hang guard) until dir holds no temporary file. */
+static void wait_no_part(const char *dir)
+{
+    int64_t deadline = conc_now() + GUARD_NS;
+    while (count_prefixed(dir, ".ftp-part-") != 0) {
+        cr_assert_lt(conc_now(), deadline, "a temporary file stays in %s", dir);
+        usleep(1000);
+    }
+}
+
+/* An upload whose bytes do not match its SHA-256 is refused and never
+ * stored; one cut short is never stored either; limits and malformed
+ * commands are answered; the session goes on after each. */
+static void bad_uploads(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int base = ftp_settled_base(&s);
+    int fd = ftp_raw(s.port);
+    char hex[65], line[512];
+
+    /* The hash of "hello" with "hellp" sent: one byte flipped. */
+    sha_hex("hello", 5, hex);
+    snprintf(line, sizeof line, "PUT x.bin 5 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "OK ready");
+    send_str(fd, "hellp");
+    expect_line(fd, "ERR x.bin: checksum mismatch: the upload was discarded");
+    char p[256];
+    snprintf(p, sizeof p, "%s/x.bin", t.root);
+    cr_assert_eq(access(p, F_OK), -1, "a corrupted upload was stored");
+    cr_assert_eq(count_prefixed(t.root, ".ftp-part-"), 0);
+
+    /* The same name, right this time, over an existing file name. */
+    send_str(fd, line);
+    expect_line(fd, "OK ready");
+    send_str(fd, "hello");
+    expect_line(fd, "OK stored 5");
+    size_t n;
+    char *got = read_file(p, &n);
+    cr_assert(got && n == 5 && memcmp(got, "hello", 5) == 0);
+    free(got);
+    /* A bad upload does not touch the stored file. */
+    send_str(fd, line);
+    expect_line(fd, "OK ready");
+    send_str(fd, "HELLO");
+    expect_prefix(fd, "ERR x.bin: checksum mismatch");
+    got = read_file(p, &n);
+    cr_assert(got && n == 5 && memcmp(got, "hello", 5) == 0);
+    free(got);
+
+    /* Limits and malformed commands. */
+    snprintf(line, sizeof line, "PUT huge 4194305 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "ERR huge: 4194305 bytes is over the limit of 4194304");
+    send_str(fd, "PUT y 5 abc\n");
+    expect_line(fd, "ERR y: the SHA-256 wants 64 lower-case hex digits");
+    snprintf(line, sizeof line, "PUT y -5 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "ERR y: the size is not a whole number of bytes");
+    send_str(fd, "PUT y\n");
+    expect_line(fd, "ERR usage: PUT NAME SIZE SHA256");
+    send_str(fd, "DELETE hello.txt\n");
+    expect_prefix(fd, "ERR unknown command");
+    send_str(fd, "ls\n");
+    expect_prefix(fd, "ERR unknown command");
+    send_str(fd, "LS\n");
+    expect_line(fd, "OK 4");
+    expect_line(fd, "3145728 big.bin");
+    expect_line(fd, "0 empty");
+    expect_line(fd, "11 hello.txt");
+    expect_line(fd, "5 x.bin");
+
+    /* Cut short: the connection closes after 10 of 1000 bytes. */
+    int fd2 = ftp_raw(s.port);
+    snprintf(line, sizeof line, "PUT cut.bin 1000 %s\n", hex);
+    send_str(fd2, line);
+    expect_line(fd2, "OK ready");
+    cr_assert_eq(count_prefixed(t.root, ".ftp-part-"), 1, "no temporary file while it comes");
+    snprintf(p, sizeof p, "%s/cut.bin", t.root);
+    cr_assert_eq(access(p, F_OK), -1);
+    send_str(fd2, "0123456789");
+    close(fd2);
+    wait_no_part(t.root);
+    snprintf(p, sizeof p, "%s/cut.bin", t.root);
+    cr_assert_eq(access(p, F_OK), -1, "a partial upload was stored");
+
+    /* A line over 1024 bytes ends the session with an ERR line. */
+    char longl[2000];
+    memset(longl, 'A', sizeof longl);
+    send_all(fd, longl, sizeof longl);
+    expect_line(fd, "ERR line too long");
+    expect_eof(fd);
+    close(fd);
+    wait_settled(s.pid, base);
+    stop_ftp(&s, 3);
+    remove_tree(&t);
+}
+
+Test(ftp, bad_uploads_threading, .timeout = 120)
+{
+    bad_uploads("threading");
+}
+
+Test(ftp, bad_uploads_forking, .timeout = 120)
+{
+    bad_uploads("forking");
+}
+
+Test(ftp, bad_uploads_coroutine, .timeout = 120)
+{
+    bad_uploads("coroutine");
+}
+
+/* 20 clients connected at once each get the greeting before any sends a
+ * command, then fetch big.bin interleaved, read in turns. */
+static void many_clients(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int base = ftp_settled_base(&s);
+    enum { N = 20 };
+    int fd[N];
+    for (int i = 0; i < N; i++)
+        fd[i] = tcp_connect(s.port);
+    for (int i = N - 1; i >= 0; i--)
+        expect_line(fd[i], "OK ftp-server ready");
+    for (int i = 0; i < N; i++)
+        send_str(fd[i], "GET big.bin\n");
+    char *want = big_data();
+    char hex[65], ok[128];
+    sha_hex(want, BIG, hex);
+    snprintf(ok, sizeof ok, "OK %u %s", BIG, hex);
+    for (int i = 0; i < N; i++)
+        expect_line(fd[i], ok);
+    char *got[N];
+    size_t have[N];
+    for (int i = 0; i < N; i++) {
+        got[i] = malloc(BIG);
+        cr_assert_not_null(got[i]);
+        have[i] = 0;
+    }
+    /* Round-robin, 64 KiB at a time from each: every transfer progresses
+     * while the others wait. */
+    for (bool more = true; more;) {
+        more = false;
+        for (int i = 0; i < N; i++) {
+            size_t k = BIG - have[i] < 65536 ? BIG - have[i] : 65536;
+            if (k == 0)
+                continue;
+            recv_exact(fd[i], got[i] + have[i], k);
+            have[i] += k;
+            more = true;
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(memcmp(got[i], want, BIG), 0, "client %d got other bytes", i);
+        free(got[i]);
+        raw_quit(fd[i]);
+    }
+    free(want);
+    wait_settled(s.pid, base);
+    stop_ftp(&s, N + 1);
+    remove_tree(&t);
+}
+
+Test(ftp, many_clients_threading, .timeout = 120)
+{
+    many_clients("threading");
+}
+
+Test(ftp, many_clients_forking, .timeout = 120)
+{
+    many_clients("forking");
+}
+
+Test(ftp, many_clients_coroutine, .timeout = 120)
+{
+    many_clients("coroutine");
+}
+
+/* A server (in a thread of the test) that answers GET with a SHA-256 that
+ * does not match the bytes it sends: ftp-client must save nothing. */
+static int fake_lfd;
+
+static void *fake_ftp(void *arg)
+{
+    (void)arg;
+    int c = accept(fake_lfd, NULL, NULL);
+    cr_assert_geq(c, 0);
+    send_str(c, "OK ftp-server ready\n");
+    char line[512];
+    recv_line(c, line, sizeof line);
+    cr_assert_str_eq(line, "GET data.txt");
+    char hex[65], reply[128];
+    sha_hex("good data\n", 10, hex);
+    snprintf(reply, sizeof reply, "OK 10 %s\ngood dbta\n", hex);
+    send_str(c, reply);
+    recv_line(c, line, sizeof line);
+    cr_assert_str_eq(line, "GET data.txt");
+    snprintf(reply, sizeof reply, "OK 10 %s\ngood data\n", hex);
+    send_str(c, reply);
+    recv_line(c, line, sizeof line);
+    cr_assert_str_eq(line, "QUIT");
+    send_str(c, "OK bye\n");
+    close(c);
+    return NULL;
+}
+
+Test(ftp, client_detects_a_corrupted_download, .timeout = 60)
+{
+    struct tree t;
+    make_tree(&t);
+    fake_lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    cr_assert_eq(bind(fake_lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(fake_lfd, 4), 0);
+    cr_assert_eq(getsockname(fake_lfd, (struct sockaddr *)&a, &len), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, fake_ftp, NULL), 0);
+    char port[16];
+    snprintf(port, sizeof port, "%d", ntohs(a.sin_port));
+    const char *args[] = { "--dir", t.local, "127.0.0.1", port, NULL };
+    struct run r = run_example_input("ftp-client", args, "get data.txt\nget data.txt\n");
+    pthread_join(th, NULL);
+    close(fake_lfd);
+    cr_assert(exited_with(&r, 1), "status %#x\n%s", r.status, r.err);
+    cr_assert_str_eq(r.err, "ftp-client: get data.txt: checksum mismatch: the transfer was "
+                            "corrupted (nothing saved)\n");
+    cr_assert_eq(strncmp(r.out, "got data.txt: 10 bytes", 22), 0, "%s", r.out);
+    run_free(&r);
+    char p[256];
+    snprintf(p, sizeof p, "%s/data.txt", t.local);
+    size_t n;
+    char *got = read_file(p, &n);
+    cr_assert(got && n == 10 && memcmp(got, "good data\n", 10) == 0);
+    free(got);
+    cr_assert_eq(count_prefixed(t.local, ".ftp-part-"), 0);
+    remove_tree(&t);
+}
+
+Test(ftp, client_errors_and_refusals, .timeout = 60)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, "threading");
+    char port[16], input[512];
+    snprintf(port, sizeof port, "%d", s.port);
+    snprintf(input, sizeof input,
+             "get ../outside/secret.txt\nput %s/missing\nput %s\nfrobnicate\nget hello.txt\n",
+             t.outside, t.outside);
+    const char *args[] = { "--dir", t.local, "127.0.0.1", port, NULL };
+    struct run r = run_example_input("ftp-client", args, input);
+    cr_assert(exited_with(&r, 1), "status %#x\n%s", r.status, r.err);
+    char *lines[8];
+    int n = split_lines(r.err, lines, 8);
+    cr_assert_eq(n, 4, "%s", r.err);
+    cr_assert_str_eq(lines[0], "ftp-client: get ../outside/secret.txt: '..' leaves the root");
+    cr_assert_not_null(strstr(lines[1], "/missing: No such file or directory"), "%s", lines[1]);
+    cr_assert_not_null(strstr(lines[2], ": not a regular file"), "%s", lines[2]);
+    cr_assert_eq(strncmp(lines[3], "ftp-client: unknown command frobnicate", 38), 0, "%s",
+                 lines[3]);
+    cr_assert_eq(strncmp(r.out, "got hello.txt: 11 bytes", 23), 0, "%s", r.out);
+    run_free(&r);
+    stop_ftp(&s, 1);
+
+    const char *const bad[][6] = {
+        { NULL }, { "127.0.0.1", NULL }, { "127.0.0.1", "0", NULL }, { "", "21", NULL },
+        { "--dir", "/nonexistent/dir", "127.0.0.1", "21", NULL },
+        { "--timeout", "0", "h", "1", NULL },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_refused("ftp-client", bad[i]);
+    const char *const sbad[][6] = {
+        { NULL }, { "65536", NULL }, { "--model", "sync", "0", NULL },
+        { "--model", "prefork", "0", NULL }, { "--root", "/nonexistent/dir", "0", NULL },
+        { "--max-size", "-1", "0", NULL }, { "1", "2", NULL },
+    };
+    for (size_t i = 0; i < sizeof sbad / sizeof sbad[0]; i++)
+        assert_refused("ftp-server", sbad[i]);
+    remove_tree(&t);
+}
+
+/* A session still open when the server stops is cut after the grace
+ * period (in the forking model its process is killed); the server ends
+ * cleanly in each model and leaves no process behind. */
+Test(ftp, stop_with_a_session_open, .timeout = 120)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    const char *models[] = { "threading", "forking", "coroutine" };
+    for (size_t m = 0; m < 3; m++) {
+        struct tree t;
+        make_tree(&t);
+        struct srv s = start_ftp(&t, models[m]);
+        int fd = ftp_raw(s.port);
+        pid_t kids[8];
+        int n = children_of(s.pid, kids, 8);
+        stop_ftp(&s, 1);
+        expect_eof(fd);
+        close(fd);
+        for (int i = 0; i < n; i++)
+            cr_assert_neq(kill(kids[i], 0), 0, "model %s: session process %d left", models[m],
+                          (int)kids[i]);
+        remove_tree(&t);
+    }
+}
