@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include "conc/executor.h"
 #include "conc/future.h"
@@ -1285,6 +1287,66 @@ Test(executor, killing_workers_under_load_loses_nothing)
     for (long i = 0; i < N; i++)
         conc_future_free(fs[i]);
     free(fs);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(sh, sizeof *sh);
+}
+
+/* Shuts the read side of the worker's end of its channel to the pool (the
+ * unnamed stream socket whose peer is the pool's process), so the pool's
+ * next write to it fails while the worker lives, then waits at the gate:
+ * the pool meets the end of this worker only when it writes, after it
+ * looked at the events (what a worker that dies at that moment does). */
+static int cut_channel_and_wait(const void *arg, size_t len, void **result, size_t *result_len)
+{
+    (void)arg;
+    (void)len;
+    (void)result;
+    (void)result_len;
+    int cut = 0;
+    for (int fd = 3; fd < 1024; fd++) {
+        int type;
+        socklen_t tl = sizeof type;
+        struct ucred cred;
+        socklen_t cl = sizeof cred;
+        struct sockaddr_un a;
+        socklen_t al = sizeof a;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM ||
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) != 0 ||
+            cred.pid != getppid() || getsockname(fd, (struct sockaddr *)&a, &al) != 0 ||
+            a.sun_family != AF_UNIX || al != sizeof(sa_family_t))
+            continue;
+        if (shutdown(fd, SHUT_RD) == 0)
+            cut++;
+    }
+    __atomic_store_n(&sh->pid, cut == 1 ? getpid() : -1, __ATOMIC_SEQ_CST);
+    conc_event_wait(&sh->gate, CONC_FOREVER);
+    return 0;
+}
+
+Test(executor, a_worker_found_dead_when_written_to_is_replaced)
+{
+    /* The pool learns of this worker's end from a failed write of the next
+     * call it hands on.  Its calls went back to the queue; with no other
+     * worker to wake the pool, they waited there forever. */
+    sh = shared_new();
+    conc_executor *ex = mk_procs(1);
+    conc_future *cut;
+    cr_assert_eq(conc_executor_submit_bytes(ex, cut_channel_and_wait, NULL, 0, &cut), 0);
+    WAIT_FOR(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) != 0);
+    cr_assert_gt(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST), 0, "the channel was not found");
+    /* Two queued: the busy worker is handed the first ahead. */
+    conc_future *next[3];
+    for (long i = 0; i < 3; i++)
+        next[i] = submit_long(ex, proc_square, i + 2);
+    int err, detail;
+    cr_assert_eq(conc_future_exception(cut, &err, &detail, 60.0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    for (long i = 0; i < 3; i++) {
+        cr_assert_eq(square_of(next[i]), (i + 2) * (i + 2), "call %ld", i);
+        conc_future_free(next[i]);
+    }
+    conc_future_free(cut);
     cr_assert_eq(conc_executor_free(ex), 0);
     munmap(sh, sizeof *sh);
 }
