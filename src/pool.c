@@ -1363,6 +1363,7 @@ static void *pool_thread(void *arg)
             break;
         /* Replace missing workers (unless closing with nothing left). */
         int alive = 0;
+        bool ended = false;     /* a worker ended here: look again at once */
         int64_t now = conc_now();
         for (int i = 0; i < p->nw; i++) {
             struct worker *w = &p->w[i];
@@ -1388,12 +1389,24 @@ static void *pool_thread(void *arg)
             if (closed && queue_empty && w->nout == 0)
                 w->want_exit = true;
             if (worker_has_output(w) && !worker_flush(w)) {
+                /* It died after the last look at the events (under load the
+                 * write can come long after): its tasks went back to the
+                 * queue and its place is empty, but its descriptors left the
+                 * epoll set with it, so nothing would wake this thread to
+                 * hand them on or start its successor.  With the other
+                 * workers idle, the queue then waited forever (a call never
+                 * finished), and a closed pool with no worker left took the
+                 * queue for empty and failed those tasks with -EPIPE.  The
+                 * loop goes round again instead of sleeping. */
                 worker_end(p, w, -ECHILD);
+                ended = true;
                 continue;
             }
             if (worker_has_output(w) != w->ep_out)
                 worker_watch(w, EPOLL_CTL_MOD);
         }
+        if (ended)
+            continue;
         if (!alive && closed && queue_empty)
             break;
         if (!alive && start_failures >= 20) {
