@@ -740,7 +740,7 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
     if (switch_is_plain(t, target)) {
         conc_coro *self = t->current;
         switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
-        return conc__ctx_switch(&self->ctx, &target->ctx, value, out);
+        return conc__ctx_switch_to(&target->ctx, value, out, &self->ctx);
     }
     return coro_switch_slow(target, value, out);
 #else
