@@ -37,13 +37,6 @@
 enum { CORO_NEW, CORO_RUNNING, CORO_SUSPENDED, CORO_DEAD };
 _Static_assert(!(CORO_NEW & 1) && !(CORO_SUSPENDED & 1) && (CORO_RUNNING & 1) && (CORO_DEAD & 1),
                "a switch's fast test: the states one may switch to are even");
-/* The bits of conc_coro.gate that send a switch to the full path: the
- * state's low bit and every bit of detour. */
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define gate_mask 0xff01u
-#else
-#define gate_mask 0x01ffu
-#endif
 
 /* Instrumented frames are larger: scale every stack under the sanitizers. */
 #if CONC_SAN_ADDRESS
@@ -60,15 +53,10 @@ struct conc_coro {
     conc__ctx ctx;              /* saved context while not running */
     struct coro_thread *thread; /* owner */
     conc__stack stack;          /* hi NULL: a main coroutine, or released */
-    union {
-        struct {
-            uint8_t state;      /* CORO_*, accessed atomically (relaxed) */
-            uint8_t detour;     /* not 0: every switch to it takes the full
+    uint8_t state;              /* CORO_*, accessed atomically (relaxed) */
+    uint8_t detour;             /* not 0: every switch to it takes the full
                                    path (an unguarded or a copied stack);
                                    set once, when it is made */
-        };
-        uint16_t gate;          /* both, for the switch's one test */
-    };
     uint8_t unguarded;          /* the stack's zone is a canary, not a guard */
     uint8_t is_main;
     uint8_t embedded;           /* lives at the top of its own stack, which
@@ -726,11 +714,12 @@ static inline __attribute__((always_inline)) bool switch_is_plain(const struct c
     /* t NULL (no state yet) fails the thread test: a coroutine always has
      * one.  New or suspended (even states) means neither dead nor the
      * caller, the thread's only running coroutine; detour 0 means a guarded
-     * stack of its own, so t->slow stays 0 after the switch.  One 16-bit
-     * load tests both bytes. */
-    return likely(target != NULL && target->thread == t
-                  && !(__atomic_load_n(&target->gate, __ATOMIC_RELAXED) & gate_mask)
-                  && !t->slow);
+     * stack of its own, so t->slow stays 0 after the switch.  (Not one
+     * 16-bit load for state and detour: the state byte was often stored a
+     * moment ago, and a wider load than that store waits for it to reach
+     * the cache, which doubled the hub's yield.) */
+    return likely(target != NULL && target->thread == t && !(state_of(target) & 1)
+                  && !target->detour && !t->slow);
 }
 
 int conc_coro_switch(conc_coro *target, void *value, void **out)
