@@ -61,6 +61,11 @@
  *   conc-prefork, conc-coroutine,        one worker process with a greenlet
  *   conc-reactor                         per connection, one hub, one
  *                                        callback loop (--workers 1)
+ *   conc-prefork-w2, conc-coroutine-w2,  the same with --workers 2: pinned,
+ *   conc-reactor-w2                      the two share the server's CPU;
+ *                                        with --no-pin they spread over the
+ *                                        machine, which the load generator
+ *                                        then shares
  *   epoll-c          bench/peers/echo_epoll.c, plain epoll and syscalls
  *   libuv            bench/peers/echo_libuv.c (built when libuv is found:
  *                    libuv1-dev)
@@ -955,26 +960,34 @@ int main(int argc, char **argv)
                metrics, BENCH_ARRAY_LEN(metrics));
     int fd_room = raise_nofile();
 
-    static const char *const models[] = { "epoll",     "select",  "poll",    "nonblocking",
-                                          "sync",      "threading", "forking", "prefork",
-                                          "coroutine", "reactor" };
+    /* The models and their --workers (prefork, coroutine, reactor). */
+    static const struct {
+        const char *model, *workers;
+    } models[] = {
+        { "epoll", NULL },     { "select", NULL },    { "poll", NULL },
+        { "nonblocking", NULL }, { "sync", NULL },    { "threading", NULL },
+        { "forking", NULL },   { "prefork", "1" },    { "coroutine", "1" },
+        { "reactor", "1" },    { "prefork", "2" },    { "coroutine", "2" },
+        { "reactor", "2" },
+    };
     struct server sv[24];
     int nsv = 0;
     memset(sv, 0, sizeof sv);
     static char conc_systems[BENCH_ARRAY_LEN(models)][32];
     for (size_t i = 0; i < BENCH_ARRAY_LEN(models); i++) {
         struct server *s = &sv[nsv++];
-        snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s", models[i]);
+        const char *w = models[i].workers;
+        if (w && strcmp(w, "1") != 0)
+            snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s-w%s", models[i].model, w);
+        else
+            snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s", models[i].model);
         s->system = conc_systems[i];
         s->is_conc = true;
-        s->max_conns = strcmp(models[i], "sync") == 0 ? 1 : 1000000;
-        /* prefork, coroutine, reactor: one worker, the server has one CPU */
-        bool workers = strcmp(models[i], "prefork") == 0 || strcmp(models[i], "coroutine") == 0 ||
-                       strcmp(models[i], "reactor") == 0;
-        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i], "0", NULL, NULL, NULL };
-        if (workers) {
+        s->max_conns = strcmp(models[i].model, "sync") == 0 ? 1 : 1000000;
+        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i].model, "0", NULL, NULL, NULL };
+        if (w) {
             a[3] = "--workers";
-            a[4] = "1";
+            a[4] = (char *)w;
             a[5] = "0";
         }
         memcpy(s->argv, a, sizeof a);

@@ -314,6 +314,9 @@ else
     show broker-queue "the consumer, which may run on another machine" \
         "It takes the messages in order and acknowledges each (task_done) after printing it; a consumer killed before that gives its message back." \
         --url "$broker_url" --queue "$q" get --count 3
+    show distributed-map "concurrent.futures across machines: a distributed executor on RabbitMQ" \
+        "Three worker processes take the tasks f(i) = i*i for i < 1000 from a work queue; the results come back as futures and are summed. One worker is killed (kill -9) in the middle of a task: the broker gives the task to another and the sum is still right." \
+        --url "$broker_url" --queue "$q-map" --tasks 1000 --workers 3 --kill-one
 fi
 if [ -n "$node_dir" ]; then
     sh "$(dirname "$0")/rabbitmq.sh" stop "$node_dir" >/dev/null 2>&1

@@ -9,7 +9,7 @@
 #                   runtimes for the default clang)
 #                   rabbitmq-c and rabbitmq-server (the broker library and
 #                   the private node its tests and examples start)
-#   deps.sh bench   the benchmark peers' packages
+#   deps.sh bench   the benchmark peers' packages (python3-pika: bench_broker)
 #   deps.sh cross   the AArch64 cross compiler and qemu-user
 #                   (scripts/cross-aarch64.sh)
 # Only the README's one-command paths (make demo, make test, make bench) run
@@ -22,7 +22,7 @@ set -e
 what=${1:-build}
 case "$what" in
   build) pkgs="gcc libc6-dev make cmake pkgconf libcriterion-dev python3 libcurl4-openssl-dev libsodium-dev clang libclang-rt-dev librabbitmq-dev rabbitmq-server" ;;
-  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go libuv1-dev" ;;
+  bench) pkgs="python3 g++ libboost-context-dev python3-greenlet python3-gevent golang-go libuv1-dev python3-pika" ;;
   cross) pkgs="gcc-aarch64-linux-gnu qemu-user" ;;
   *) echo "deps.sh: unknown set '$what'" >&2; exit 2 ;;
 esac

@@ -18,6 +18,7 @@
 
 #include "conc/hub.h"
 #include "conc/process.h"
+#include "conc/thread.h"
 #include "conc/wait.h"
 #include "server.h"
 
@@ -131,27 +132,31 @@ static void init_request(conc_server *s, conc_server_request *req, conc_socket *
     req->user = s->h.user;
 }
 
+void conc__server_serve_entered(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                                const void *data, size_t len, struct conc__server_slot *slot)
+{
+    conc_server_request req;
+    init_request(s, &req, c, peer, data, len);
+    conc__server_run_handler(s, &req);
+    unlink_slot(s, slot);
+    if (c)
+        conc_socket_free(c);
+    count_out(s);
+}
+
 void conc__server_serve_conn(conc_server *s, conc_socket *c, const conc_sockaddr *peer)
 {
     struct conc__server_slot slot;
     conc__server_enter(s, &slot, conc_socket_fd(c));
-    conc_server_request req;
-    init_request(s, &req, c, peer, NULL, 0);
-    conc__server_run_handler(s, &req);
-    unlink_slot(s, &slot);
-    conc_socket_free(c);
-    count_out(s);
+    conc__server_serve_entered(s, c, peer, NULL, 0, &slot);
 }
 
 void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer, const void *data,
-                           size_t len)
+                                 size_t len)
 {
     struct conc__server_slot slot;
     conc__server_enter(s, &slot, -1);
-    conc_server_request req;
-    init_request(s, &req, NULL, peer, data, len);
-    conc__server_run_handler(s, &req);
-    conc__server_leave(s, &slot);
+    conc__server_serve_entered(s, NULL, peer, data, len, &slot);
 }
 
 /* -------------------------------------------------------------- refs */
@@ -174,18 +179,7 @@ static void *thread_main(void *arg)
 {
     struct job *j = arg;
     conc_server *s = j->s;
-    conc_server_request req;
-    if (j->c) {
-        init_request(s, &req, j->c, &j->peer, NULL, 0);
-        conc__server_run_handler(s, &req);
-        unlink_slot(s, &j->slot);
-        conc_socket_free(j->c);
-        count_out(s);
-    } else {
-        init_request(s, &req, NULL, &j->peer, j->data, j->len);
-        conc__server_run_handler(s, &req);
-        conc__server_leave(s, &j->slot);
-    }
+    conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
     free(j);
     server_release(s);
     return NULL;
@@ -699,6 +693,7 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
     if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
         return -EBUSY;
     conc_event_clear(&s->idle);
+    atomic_store(&s->serving_tid, conc_thread_get_native_id());
     int rc;
     switch (s->o.model) {
     case CONC_SERVER_COROUTINE:
@@ -730,6 +725,7 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
         conc_hub_free();            /* the hub the datagrams' greenlets made */
     clear_fd(s->stopfd);
     atomic_store(&s->stop_req, 0);
+    atomic_store(&s->serving_tid, 0);
     atomic_store(&s->serving, 0);
     conc_event_set(&s->idle);
     return rc;
@@ -800,6 +796,8 @@ int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline)
         return -EINVAL;
     if (!atomic_load(&s->serving))
         return 0;
+    if (atomic_load(&s->serving_tid) == conc_thread_get_native_id())
+        return -EDEADLK;            /* it would wait for itself */
     conc_server_shutdown(s);
     return conc_event_wait_until(&s->idle, deadline);
 }

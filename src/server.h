@@ -38,6 +38,7 @@ struct conc_server {
     int slotfd;                         /* eventfd: a request ended */
     _Atomic int stop_req;
     _Atomic int serving;
+    _Atomic pid_t serving_tid;          /* the thread in serve_forever, or 0 */
     _Atomic int refs;
     pid_t owner;                        /* the process that made it */
     conc_event idle;                    /* set while serve_forever does not run */
@@ -66,6 +67,12 @@ CONC_HIDDEN int conc__server_run_handler(conc_server *s, conc_server_request *re
 /* Serves one accepted connection fd (owned, non-blocking) in the calling
  * thread or greenlet, counting it in and out. */
 CONC_HIDDEN void conc__server_serve_conn(conc_server *s, conc_socket *c, const conc_sockaddr *peer);
+
+/* Serves a request counted in already (slot): the handler, then the
+ * connection c (unless NULL) is closed and the request counted out. */
+CONC_HIDDEN void conc__server_serve_entered(conc_server *s, conc_socket *c,
+                                            const conc_sockaddr *peer, const void *data,
+                                            size_t len, struct conc__server_slot *slot);
 
 /* Serves one datagram in the calling thread or greenlet. */
 CONC_HIDDEN void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer,

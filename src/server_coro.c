@@ -23,10 +23,13 @@
 
 /* ---------------------------------------------------------- coroutine */
 
+/* A request handed to a greenlet, counted in when it is handed over (a
+ * drain waits for it even before the greenlet first runs). */
 struct gjob {
     conc_server *s;
     conc_socket *c;
     conc_sockaddr peer;
+    struct conc__server_slot slot;
     size_t len;
     unsigned char data[];
 };
@@ -34,10 +37,7 @@ struct gjob {
 static void *gjob_main(void *arg)
 {
     struct gjob *j = arg;
-    if (j->c)
-        conc__server_serve_conn(j->s, j->c, &j->peer);
-    else
-        conc__server_serve_datagram(j->s, &j->peer, j->data, j->len);
+    conc__server_serve_entered(j->s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
     free(j);
     return NULL;
 }
@@ -54,7 +54,16 @@ static struct gjob *gjob_new(conc_server *s, conc_socket *c, const conc_sockaddr
     j->len = len;
     if (len)
         memcpy(j->data, data, len);
+    conc__server_enter(s, &j->slot, c ? conc_socket_fd(c) : -1);
     return j;
+}
+
+/* A job whose greenlet could not be spawned: counted out (c stays the
+ * caller's). */
+static void gjob_drop(struct gjob *j)
+{
+    conc__server_leave(j->s, &j->slot);
+    free(j);
 }
 
 static void spawn_opts(conc_server *s, conc_spawn_opts *so, conc_coro_opts *co)
@@ -77,7 +86,7 @@ int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer
     conc_greenlet *g;
     int rc = conc_greenlet_spawn(&g, gjob_main, j, &so);
     if (rc < 0) {
-        free(j);
+        gjob_drop(j);
         return rc;
     }
     conc_greenlet_free(g);          /* it releases itself when done */
@@ -129,7 +138,8 @@ static void *acceptor_main(void *arg)
             conc_greenlet *g;
             rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
             if (rc < 0) {
-                free(j);
+                if (j)
+                    gjob_drop(j);
                 conc_socket_free(c);
                 atomic_fetch_add(&s->st->failed, 1);
                 if (rc == -ECANCELED)
@@ -550,6 +560,8 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
         free(ev);
         return rc;
     }
+    /* every connection is unregistered before its descriptor is closed */
+    conc_selector_set_check_files(l.sel, false);
     set_listening(&l, true);
     conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
     if (extra_fd >= 0)

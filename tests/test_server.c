@@ -15,6 +15,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1068,4 +1069,212 @@ Test(server, max_connections_makes_clients_wait, .timeout = 60)
         conc_server_free(s);
     }
     cr_assert_eq(count_fds(), fds);
+}
+
+/* daemon_threads: serve_forever returns without waiting for the request
+ * threads, which go on serving their clients. */
+Test(server, daemon_threads_are_not_waited_for, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.daemon_threads = true;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "before the shutdown", 3);
+    stop(&r);                       /* returns with the client connected */
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.active, 1);
+    exchange(fd, "its thread still serves it", 4);
+    conc_server_free(s);            /* the thread keeps what it uses */
+    exchange(fd, "also after the server was freed", 5);
+    close(fd);
+    int n;
+    do {                            /* the thread ends with its client */
+        conc_sleep(0.001);
+        n = count_fds();
+    } while (n > fds);
+    cr_assert_eq(n, fds);
+}
+
+/* The reactor's back-pressure: a client that sends much and reads late
+ * makes the loop stop reading it while its output passes
+ * write_buffer_max; every byte comes back, in order. */
+static _Atomic size_t max_pending;
+static _Atomic int drains;
+
+static int bp_data(conc_server_conn *c, const void *data, size_t len, void *user)
+{
+    (void)user;
+    size_t p = conc_server_conn_pending(c);
+    if (p > atomic_load(&max_pending))
+        atomic_store(&max_pending, p);
+    return r_data(c, data, len, NULL);
+}
+
+static void bp_drain(conc_server_conn *c, void *user)
+{
+    (void)c;
+    (void)user;
+    atomic_fetch_add(&drains, 1);
+}
+
+/* small kernel buffers, so that the output piles up in the reactor */
+static int bp_accept(conc_server_conn *c, void *user)
+{
+    (void)user;
+    int small = 4096;
+    setsockopt(conc_server_conn_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    return 0;
+}
+
+struct bp_arg {
+    conc_server *s;
+    int go[2];
+};
+
+static void bp_client(void *arg)
+{
+    struct bp_arg *b = arg;
+    int fd = dial(b->s);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    size_t total = 4u << 20;
+    char *out = malloc(total), *in = malloc(total);
+    CHECK(out && in, "malloc");
+    for (size_t i = 0; i < total; i++)
+        out[i] = (char)('a' + (i * 7 + i / 977) % 26);
+    /* send everything before reading anything, from one thread: the
+     * socket is non-blocking, and reading starts when sending stalls */
+    int fl = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    size_t sent = 0, got = 0;
+    while (got < total) {
+        if (sent < total) {
+            ssize_t k = send(fd, out + sent, total - sent, MSG_NOSIGNAL);
+            if (k > 0) {
+                sent += (size_t)k;
+                continue;
+            }
+            CHECK(errno == EAGAIN, "send: %s", strerror(errno));
+        }
+        struct pollfd pf = { .fd = fd, .events = (short)(POLLIN | (sent < total ? POLLOUT : 0)) };
+        CHECK(poll(&pf, 1, (int)(GUARD * 1000)) == 1, "stalled at %zu sent, %zu back", sent, got);
+        if (pf.revents & POLLIN) {
+            ssize_t k = recv(fd, in + got, total - got, 0);
+            CHECK(k > 0, "recv: %zd %s", k, strerror(errno));
+            got += (size_t)k;
+        }
+    }
+    upper(out, total);
+    CHECK(memcmp(in, out, total) == 0, "the echo differs");
+    close(fd);
+    free(out);
+    free(in);
+}
+
+Test(server, reactor_back_pressure, .timeout = 120)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.write_buffer_max = 64 * 1024;
+    o.read_size = 16 * 1024;
+    const conc_server_reactor_handler h = { .on_accept = bp_accept, .on_data = bp_data,
+                                            .on_drain = bp_drain };
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    struct bp_arg b = { .s = s };
+    pid_t pid = client_proc(bp_client, &b);
+    struct running r;
+    start(&r, s);
+    client_proc_wait(pid);
+    stop(&r);
+    /* on_data never ran with more than the mark buffered */
+    cr_assert_leq(atomic_load(&max_pending), o.write_buffer_max, "%zu pending",
+                  atomic_load(&max_pending));
+    cr_assert_gt(atomic_load(&drains), 0, "the output never passed the mark");
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* shutdown_wait from the serving thread would wait for itself. */
+static void wait_from_inside(conc_server *s, void *user)
+{
+    int *rc = user;
+    *rc = conc_server_shutdown_wait(s, GUARD);
+    conc_server_shutdown(s);
+}
+
+Test(server, shutdown_wait_from_the_serving_thread_is_edeadlk, .timeout = 60)
+{
+    int rc = 1;
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.service_actions = wait_from_inside;
+    o.user = &rc;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_serve_forever(s, 0.001), 0);
+    cr_assert_eq(rc, -EDEADLK);
+    cr_assert_eq(conc_server_shutdown_wait(s, 0), 0);   /* nothing serves */
+    conc_server_free(s);
+}
+
+/* handle_request hands the request over and returns; close waits for it
+ * (a greenlet of the caller's hub, a child process). */
+static void handle_one_then_close(conc_server_model model)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_STREAM, 1);
+    struct busy b = { .s = s };
+    cr_assert_eq(pipe(b.up), 0);
+    cr_assert_eq(pipe(b.down), 0);
+    pid_t pid = client_proc(busy_client, &b);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    if (model == CONC_SERVER_FORKING) {
+        hs_recv(b.up[0]);
+        hs_send(b.down[1]);
+        client_proc_wait(pid);
+        cr_assert_eq(conc_server_close(s), 0);
+    } else {
+        /* the greenlet has not run yet: close must wait for it, and it
+         * runs while close waits */
+        conc_server_stats st;
+        conc_server_get_stats(s, &st);
+        cr_assert_eq(st.active, 1);
+        hs_send(b.down[1]);         /* the client goes on once it is answered */
+        cr_assert_eq(conc_server_close(s), 0);
+        client_proc_wait(pid);
+    }
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    conc_hub_free();
+    for (int i = 0; i < 2; i++) {
+        close(b.up[i]);
+        close(b.down[i]);
+    }
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, coroutine_handle_request_then_close, .timeout = 60)
+{
+    handle_one_then_close(CONC_SERVER_COROUTINE);
+}
+
+Test(server, forking_handle_request_then_close, .timeout = 60)
+{
+    handle_one_then_close(CONC_SERVER_FORKING);
 }

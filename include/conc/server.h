@@ -56,7 +56,8 @@
  * loops may ask conc_server_stopping.
  *
  * Connection limit: max_connections > 0 bounds the connections served at
- * once (per process with PREFORK).  At the limit the server stops
+ * once (with several workers: per worker process with PREFORK, per loop
+ * with COROUTINE and REACTOR).  At the limit the server stops
  * accepting: further clients wait in the listen backlog
  * (request_queue_size) until a connection ends, and the kernel refuses or
  * drops those beyond the backlog.  Nothing is accepted only to be closed.
@@ -344,9 +345,11 @@ CONC_API int conc_server_shutdown(conc_server *s);
 /*
  * conc_server_shutdown_wait - Python's shutdown(): ask serve_forever to
  * stop and wait until it has returned (0 at once when nothing serves).
- * Not from the thread that serves (-EDEADLK) nor a signal handler.
- * Returns 0; -ETIMEDOUT / -EAGAIN when it still serves when time is up;
- * -EINVAL.
+ * Not from a signal handler, nor from a handler (serve_forever waits for
+ * the request, which would wait for serve_forever, as in Python: a handler
+ * calls conc_server_shutdown).  Returns 0; -EDEADLK from the thread in
+ * serve_forever (a greenlet of its hub too); -ETIMEDOUT / -EAGAIN when it
+ * still serves when time is up; -EINVAL.
  */
 CONC_API int conc_server_shutdown_wait(conc_server *s, double timeout);
 CONC_API int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline);

@@ -1,0 +1,786 @@
+/*
+ * test_broker_executor.c - the distributed executor on a real RabbitMQ node
+ * (conc/broker_executor.h): round trips and their errors, many tasks each
+ * completed exactly once, a worker killed mid-task, a task that kills its
+ * workers going to the dead-letter queue, a duplicate or malformed result
+ * dropped, and a client that is gone.
+ *
+ * The node is the private one the ctest fixture starts
+ * (scripts/rabbitmq.sh), or the one CONC_TEST_BROKER_URL names.  Each test
+ * uses work queues of its own and deletes them.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+
+#include "conc/broker_executor.h"
+#include "conc/future.h"
+#include "conc/hub.h"
+
+#define GUARD 60.0
+
+#ifndef CONC_RABBITMQ_SCRIPT
+#error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
+#endif
+
+/* The node's URL: CONC_TEST_BROKER_URL, or the fixture's node. */
+static const char *url(void)
+{
+    static char buf[512];
+    if (buf[0])
+        return buf;
+    const char *u = getenv("CONC_TEST_BROKER_URL");
+    if (u && *u) {
+        snprintf(buf, sizeof buf, "%s", u);
+        return buf;
+    }
+    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' url '" CONC_RABBITMQ_DIR "'", "r");
+    cr_assert_not_null(p);
+    if (!fgets(buf, sizeof buf, p))
+        buf[0] = '\0';
+    pclose(p);
+    buf[strcspn(buf, "\n")] = '\0';
+    cr_assert(buf[0], "no node: run the rabbitmq_start fixture first");
+    return buf;
+}
+
+/* A queue name no other test (or run) uses. */
+static void qname(char *buf, size_t size, const char *what)
+{
+    snprintf(buf, size, "bxtest.%s.%d", what, (int)getpid());
+}
+
+/* ------------------------------------------------- a raw AMQP connection */
+
+static amqp_connection_state_t raw_open(void)
+{
+    char *copy = strdup(url());
+    struct amqp_connection_info info;
+    cr_assert_eq(amqp_parse_url(copy, &info), AMQP_STATUS_OK);
+    if (!*info.vhost)
+        info.vhost = "/";
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    cr_assert_eq(amqp_socket_open(s, info.host, info.port), AMQP_STATUS_OK);
+    amqp_rpc_reply_t r = amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN,
+                                    info.user, info.password);
+    cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_channel_open(c, 1);
+    cr_assert_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    free(copy);
+    return c;
+}
+
+static void raw_close(amqp_connection_state_t c)
+{
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+}
+
+/* Messages in a queue; -1 when it does not exist, -2 when it is another
+ * connection's exclusive queue (the channel is closed by the broker then:
+ * each look takes a fresh connection). */
+static long raw_count(const char *queue)
+{
+    amqp_connection_state_t c = raw_open();
+    amqp_queue_declare_ok_t *ok = amqp_queue_declare(c, 1, amqp_cstring_bytes(queue), 1, 0, 0,
+                                                     0, amqp_empty_table);
+    long n = -2;
+    if (ok) {
+        n = (long)ok->message_count;
+    } else {
+        amqp_rpc_reply_t r = amqp_get_rpc_reply(c);
+        if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+            r.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+            ((amqp_channel_close_t *)r.reply.decoded)->reply_code == AMQP_NOT_FOUND)
+            n = -1;
+    }
+    amqp_destroy_connection(c);
+    return n;
+}
+
+/* Waits until a queue holds `want` messages (what a worker or client sent
+ * may reach the queue a moment after the call that sent it returned);
+ * returns the last count seen, after GUARD seconds at most. */
+static long wait_count(const char *queue, long want)
+{
+    long n = raw_count(queue);
+    for (int i = 0; n != want && i < (int)(GUARD * 20); i++) {
+        usleep(50 * 1000);
+        n = raw_count(queue);
+    }
+    return n;
+}
+
+static void raw_delete(const char *queue)
+{
+    amqp_connection_state_t c = raw_open();
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(queue), 0, 0);
+    raw_close(c);
+}
+
+static void delete_queues(const char *queue)
+{
+    char dead[256];
+    snprintf(dead, sizeof dead, "%s.dead", queue);
+    raw_delete(queue);
+    raw_delete(dead);
+}
+
+/* ------------------------------------------------------- task functions */
+
+static int square(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)arg;
+    uint64_t x;
+    if (len != sizeof x)
+        return -EINVAL;
+    memcpy(&x, data, sizeof x);
+    uint64_t *y = malloc(sizeof *y);
+    if (!y)
+        return -ENOMEM;
+    *y = x * x;
+    *result = y;
+    *rlen = sizeof *y;
+    return 0;
+}
+
+static int echo(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)arg;
+    if (len) {
+        *result = malloc(len);
+        memcpy(*result, data, len);
+        *rlen = len;
+    }
+    return 0;
+}
+
+static int fails(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)result, (void)rlen, (void)arg;
+    return -EDOM;
+}
+
+static int positive(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)result, (void)rlen, (void)arg;
+    return 7;
+}
+
+/* ------------------------------------------------------ worker threads */
+
+struct wthread {
+    conc_broker_worker *w;
+    pthread_t t;
+    int rc;
+};
+
+static void *wthread_main(void *arg)
+{
+    struct wthread *wt = arg;
+    wt->rc = conc_broker_worker_run(wt->w, CONC_FOREVER);
+    return NULL;
+}
+
+static void wthread_start(struct wthread *wt, const char *queue, int max_deliveries)
+{
+    conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
+    o.queue = queue;
+    o.max_deliveries = max_deliveries;
+    cr_assert_eq(conc_broker_worker_new(&wt->w, url(), &o), 0);
+    cr_assert_eq(conc_broker_worker_register(wt->w, "square", square, NULL), 0);
+    cr_assert_eq(conc_broker_worker_register(wt->w, "echo", echo, NULL), 0);
+    cr_assert_eq(conc_broker_worker_register(wt->w, "fails", fails, NULL), 0);
+    cr_assert_eq(conc_broker_worker_register(wt->w, "positive", positive, NULL), 0);
+    wt->rc = 1;
+    cr_assert_eq(pthread_create(&wt->t, NULL, wthread_main, wt), 0);
+}
+
+static uint64_t wthread_stop(struct wthread *wt)
+{
+    cr_assert_eq(conc_broker_worker_stop(wt->w), 0);
+    cr_assert_eq(pthread_join(wt->t, NULL), 0);
+    cr_assert_eq(wt->rc, 0);
+    uint64_t n = conc_broker_worker_tasks(wt->w);
+    conc_broker_worker_free(wt->w);
+    return n;
+}
+
+static conc_broker_executor *mk_executor(const char *queue, int max_deliveries)
+{
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = queue;
+    o.max_deliveries = max_deliveries;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, url(), &o), 0);
+    return ex;
+}
+
+static conc_future *submit_u64(conc_broker_executor *ex, const char *fn, uint64_t x)
+{
+    conc_future *f = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, fn, &x, sizeof x, &f), 0);
+    return f;
+}
+
+static uint64_t result_u64(conc_future *f)
+{
+    void *v = NULL;
+    size_t len = 0;
+    int r = conc_future_result(f, &v, &len, GUARD);
+    cr_assert_eq(r, 0, "result: %d", r);
+    cr_assert_eq(len, sizeof(uint64_t));
+    uint64_t y;
+    memcpy(&y, v, sizeof y);
+    return y;
+}
+
+static void expect_error(conc_future *f, int code, int detail)
+{
+    int err = 0, det = -1;
+    cr_assert_eq(conc_future_exception(f, &err, &det, GUARD), 0);
+    cr_assert_eq(err, code, "error %d, wanted %d", err, code);
+    if (detail >= 0)
+        cr_assert_eq(det, detail, "detail %d, wanted %d", det, detail);
+    cr_assert_eq(conc_future_result(f, NULL, NULL, 0), code);
+}
+
+/* ------------------------------------------------------------- tests */
+
+Test(broker_executor, round_trips_and_errors)
+{
+    char q[128];
+    qname(q, sizeof q, "round");
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    cr_assert_str_neq(conc_broker_executor_reply_queue(ex), "");
+
+    conc_future *f = submit_u64(ex, "square", 12);
+    cr_assert_eq(result_u64(f), 144);
+    conc_future_free(f);
+
+    /* Bytes as they are, empty ones too. */
+    const char msg[] = "bytes \0 with a nul";
+    cr_assert_eq(conc_broker_executor_submit(ex, "echo", msg, sizeof msg, &f), 0);
+    void *v;
+    size_t len;
+    cr_assert_eq(conc_future_result(f, &v, &len, GUARD), 0);
+    cr_assert_eq(len, sizeof msg);
+    cr_assert_eq(memcmp(v, msg, len), 0);
+    conc_future_free(f);
+    cr_assert_eq(conc_broker_executor_submit(ex, "echo", NULL, 0, &f), 0);
+    cr_assert_eq(conc_future_result(f, &v, &len, GUARD), 0);
+    cr_assert_eq(len, 0);
+    conc_future_free(f);
+
+    /* The function's error, a positive return, a name nobody knows. */
+    f = submit_u64(ex, "fails", 1);
+    expect_error(f, -EDOM, 0);
+    conc_future_free(f);
+    f = submit_u64(ex, "positive", 1);
+    expect_error(f, -EPROTO, -1);
+    conc_future_free(f);
+    f = submit_u64(ex, "no-such-function", 1);
+    expect_error(f, -ENOENT, -1);
+    conc_future_free(f);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+
+    /* Bad arguments. */
+    cr_assert_eq(conc_broker_executor_submit(NULL, "echo", NULL, 0, &f), -EINVAL);
+    cr_assert_eq(conc_broker_executor_submit(ex, NULL, NULL, 0, &f), -EINVAL);
+    cr_assert_eq(conc_broker_executor_submit(ex, "", NULL, 0, &f), -EINVAL);
+    cr_assert_eq(conc_broker_executor_submit(ex, "echo", NULL, 1, &f), -EINVAL);
+    cr_assert_eq(conc_broker_executor_submit(ex, "echo", msg, 1, NULL), -EINVAL);
+    cr_assert_eq(conc_broker_executor_submit(ex, "echo", msg, CONC_BROKER_TASK_MAX + 1, &f),
+                 -EMSGSIZE);
+    char longname[CONC_BROKER_NAME_MAX + 2];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    cr_assert_eq(conc_broker_executor_submit(ex, longname, NULL, 0, &f), -EINVAL);
+    cr_assert_eq(conc_broker_worker_register(wt.w, "late", echo, NULL), -EBUSY);
+
+    cr_assert_eq(wthread_stop(&wt), 6);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+Test(broker_executor, bad_connections)
+{
+    conc_broker_executor *ex = NULL;
+    conc_broker_worker *w = NULL;
+    cr_assert_eq(conc_broker_executor_new(NULL, url(), NULL), -EINVAL);
+    cr_assert_eq(conc_broker_executor_new(&ex, NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_broker_executor_new(&ex, "http://nope", NULL), -EINVAL);
+    cr_assert_eq(conc_broker_worker_new(&w, url(), &(conc_broker_worker_opts){
+                     .prefetch = -1 }), -EINVAL);
+
+    /* A wrong password: a clear error, quickly. */
+    char bad[512];
+    const char *at = strchr(url(), '@');
+    const char *host = at ? at + 1 : url() + strlen("amqp://");
+    snprintf(bad, sizeof bad, "amqp://guest:wrong@%s", host);
+    cr_assert_eq(conc_broker_executor_new(&ex, bad, NULL), -EACCES);
+    cr_assert_eq(conc_broker_worker_new(&w, bad, NULL), -EACCES);
+    cr_assert_null(ex);
+    cr_assert_null(w);
+
+    /* Nothing listens: refused (a port of this process, just closed). */
+    cr_assert_eq(conc_broker_executor_new(&ex, "amqp://guest:guest@127.0.0.1:1/", NULL),
+                 -ECONNREFUSED);
+
+    /* The work queue with other arguments. */
+    char q[128];
+    qname(q, sizeof q, "args");
+    ex = mk_executor(q, 3);
+    conc_broker_executor *ex2 = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex2, url(), &(conc_broker_executor_opts){
+                     .queue = q, .max_deliveries = 5 }), -EEXIST);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+Test(broker_executor, many_tasks_exactly_once)
+{
+    char q[128];
+    qname(q, sizeof q, "many");
+    struct wthread a, b;
+    wthread_start(&a, q, 0);
+    wthread_start(&b, q, 0);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    enum { N = 400 };
+    static conc_future *fs[N];
+    for (uint64_t i = 0; i < N; i++)
+        fs[i] = submit_u64(ex, "square", i);
+    cr_assert_eq(conc_future_wait_many(fs, N, CONC_ALL_COMPLETED, NULL, GUARD), N);
+    for (uint64_t i = 0; i < N; i++) {
+        cr_assert_eq(result_u64(fs[i]), i * i);
+        conc_future_free(fs[i]);
+    }
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    uint64_t na = wthread_stop(&a), nb = wthread_stop(&b);
+    cr_assert_eq(na + nb, N, "ran %" PRIu64 " + %" PRIu64, na, nb);
+    conc_broker_executor_free(ex);
+    cr_assert_eq(raw_count(q), 0);
+    delete_queues(q);
+}
+
+/* --------------------------------------------------- worker processes */
+
+/* A worker in a child process: "square", plus "hang", which tells the
+ * parent through `started` and then waits to be killed. */
+static int started_fd = -1;
+
+static int hang(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)result, (void)rlen, (void)arg;
+    char c = 'h';
+    if (write(started_fd, &c, 1) != 1)
+        _exit(3);
+    for (;;)
+        pause();
+}
+
+static int suicide(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)result, (void)rlen, (void)arg;
+    char c = 'k';
+    if (write(started_fd, &c, 1) != 1)
+        _exit(3);
+    raise(SIGKILL);
+    return 0;
+}
+
+/* Reads the one-byte note a worker's task sends when it starts (a hang
+ * guard of GUARD seconds, in case the worker died before). */
+static char read_note(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    cr_assert_eq(poll(&p, 1, (int)(GUARD * 1000)), 1, "no worker started the task");
+    char c;
+    cr_assert_eq(read(fd, &c, 1), 1);
+    return c;
+}
+
+static pid_t fork_worker(const char *queue, int max_deliveries, int started_w)
+{
+    url();      /* looked up here: the child only connects */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        started_fd = started_w;
+        conc_broker_worker *w;
+        conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
+        o.queue = queue;
+        o.max_deliveries = max_deliveries;
+        if (conc_broker_worker_new(&w, url(), &o))
+            _exit(2);
+        conc_broker_worker_register(w, "square", square, NULL);
+        conc_broker_worker_register(w, "hang", hang, NULL);
+        conc_broker_worker_register(w, "suicide", suicide, NULL);
+        conc_broker_worker_run(w, GUARD);
+        _exit(4);
+    }
+    return pid;
+}
+
+static void kill_and_reap(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+}
+
+Test(broker_executor, worker_killed_mid_task)
+{
+    char q[128];
+    qname(q, sizeof q, "kill");
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    /* The victim starts before any thread of this process. */
+    pid_t victim = fork_worker(q, 0, p[1]);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *h = submit_u64(ex, "hang", 0);
+    cr_assert_eq(read_note(p[0]), 'h');
+    /* The victim holds "hang" (prefetch 1); these wait in the queue. */
+    enum { N = 50 };
+    conc_future *fs[N];
+    for (uint64_t i = 0; i < N; i++)
+        fs[i] = submit_u64(ex, "square", i + 1);
+    cr_assert_eq(conc_future_done(h), false);
+    kill_and_reap(victim);
+
+    /* The survivor gets "hang" again; its "hang" squares instead. */
+    conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
+    o.queue = q;
+    struct wthread wt;
+    cr_assert_eq(conc_broker_worker_new(&wt.w, url(), &o), 0);
+    cr_assert_eq(conc_broker_worker_register(wt.w, "square", square, NULL), 0);
+    cr_assert_eq(conc_broker_worker_register(wt.w, "hang", square, NULL), 0);
+    cr_assert_eq(pthread_create(&wt.t, NULL, wthread_main, &wt), 0);
+    cr_assert_eq(result_u64(h), 0);
+    for (uint64_t i = 0; i < N; i++) {
+        cr_assert_eq(result_u64(fs[i]), (i + 1) * (i + 1));
+        conc_future_free(fs[i]);
+    }
+    conc_future_free(h);
+    cr_assert_eq(wthread_stop(&wt), N + 1);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    conc_broker_executor_free(ex);
+    close(p[0]);
+    close(p[1]);
+    cr_assert_eq(raw_count(q), 0);
+    delete_queues(q);
+}
+
+Test(broker_executor, poison_task_dead_lettered)
+{
+    char q[128], dead[160];
+    qname(q, sizeof q, "poison");
+    snprintf(dead, sizeof dead, "%s.dead", q);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    /* A first worker, forked before this process has threads; later ones
+     * are forked while the executor's thread runs, and only connect and
+     * run. */
+    pid_t w = fork_worker(q, 2, p[1]);
+    conc_broker_executor *ex = mk_executor(q, 2);
+    conc_future *f = submit_u64(ex, "suicide", 0);
+    int kills = 0;
+    /* Each worker that takes it dies; a new one replaces it, until the
+     * third delivery, which is not run but dead-lettered. */
+    while (kills < 2) {
+        cr_assert_eq(read_note(p[0]), 'k');
+        int st;
+        cr_assert_eq(waitpid(w, &st, 0), w);
+        cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+        kills++;
+        w = fork_worker(q, 2, p[1]);
+    }
+    expect_error(f, -ECHILD, 2);
+    conc_future_free(f);
+    /* The worker that dead-lettered it goes on serving. */
+    f = submit_u64(ex, "square", 9);
+    cr_assert_eq(result_u64(f), 81);
+    conc_future_free(f);
+    kill_and_reap(w);
+    conc_broker_executor_free(ex);
+    close(p[0]);
+    close(p[1]);
+    /* The worker answers before it moves the task: wait for the move. */
+    cr_assert_eq(wait_count(dead, 1), 1);
+    cr_assert_eq(raw_count(q), 0);
+    delete_queues(q);
+}
+
+Test(broker_executor, duplicate_and_malformed_results_dropped)
+{
+    char q[128];
+    qname(q, sizeof q, "dup");
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *x = submit_u64(ex, "square", 3);
+    conc_future *y = submit_u64(ex, "square", 4);
+    conc_future *z = submit_u64(ex, "square", 5);
+
+    /* This test is the worker: it takes the three tasks itself. */
+    amqp_connection_state_t c = raw_open();
+    amqp_bytes_t ids[3], reply = amqp_empty_bytes;
+    for (int i = 0; i < 3; i++) {
+        /* A submit does not wait for the broker: the task may not be in
+         * the queue yet (get-empty); look again, for GUARD at most. */
+        amqp_rpc_reply_t r;
+        for (int tries = 0;; tries++) {
+            r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 1);
+            cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+            if (r.reply.id != AMQP_BASIC_GET_EMPTY_METHOD)
+                break;
+            cr_assert_lt(tries, (int)(GUARD * 100), "task %d never came", i);
+            usleep(10 * 1000);
+        }
+        cr_assert_eq(r.reply.id, AMQP_BASIC_GET_OK_METHOD);
+        amqp_message_t m;
+        cr_assert_eq(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+        cr_assert(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG);
+        cr_assert(m.properties._flags & AMQP_BASIC_REPLY_TO_FLAG);
+        cr_assert_eq(m.properties.type.len, strlen("square"));
+        ids[i] = amqp_bytes_malloc_dup(m.properties.correlation_id);
+        if (i == 0)
+            reply = amqp_bytes_malloc_dup(m.properties.reply_to);
+        amqp_destroy_message(&m);
+    }
+    cr_assert_eq(reply.len, strlen(conc_broker_executor_reply_queue(ex)));
+
+    /* Results sent in order on one connection arrive in order. */
+    struct { int id; int err; bool has_err; uint64_t v; const char *cid; } sends[] = {
+        { 0, 0, true, 111, NULL },          /* x: the first result wins */
+        { 0, 0, true, 222, NULL },          /* x again: dropped */
+        { 0, 0, true, 333, "abc" },         /* an id that does not parse */
+        { 0, 0, true, 444, "999999" },      /* nobody's id */
+        { 1, 5, true, 0, NULL },            /* y: an error out of range */
+        { 2, 0, false, 0, NULL },           /* z: no error field */
+    };
+    for (size_t i = 0; i < sizeof sends / sizeof sends[0]; i++) {
+        amqp_table_entry_t e;
+        e.key = amqp_cstring_bytes("conc-error");
+        e.value.kind = AMQP_FIELD_KIND_I32;
+        e.value.value.i32 = sends[i].err;
+        amqp_basic_properties_t p;
+        memset(&p, 0, sizeof p);
+        p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+        p.correlation_id = sends[i].cid ? amqp_cstring_bytes(sends[i].cid) : ids[sends[i].id];
+        p.headers.num_entries = sends[i].has_err ? 1 : 0;
+        p.headers.entries = &e;
+        amqp_bytes_t body = { .len = sizeof sends[i].v, .bytes = &sends[i].v };
+        cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, reply, 0, 0, &p, body), 0);
+    }
+    cr_assert_eq(result_u64(x), 111);
+    expect_error(y, -EPROTO, -1);
+    expect_error(z, -EPROTO, -1);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    conc_future_free(x);
+    conc_future_free(y);
+    conc_future_free(z);
+    for (int i = 0; i < 3; i++)
+        amqp_bytes_free(ids[i]);
+    amqp_bytes_free(reply);
+    raw_close(c);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* The client of client_gone_results_expire, when this program is run with
+ * BXTEST_CLIENT_* set: submit square(6) to the queue named, write the reply
+ * queue's name (and a NUL) to the descriptor named, wait to be killed. */
+__attribute__((constructor)) static void gone_client(void)
+{
+    const char *u = getenv("BXTEST_CLIENT_URL");
+    const char *q = getenv("BXTEST_CLIENT_QUEUE");
+    const char *fd = getenv("BXTEST_CLIENT_FD");
+    if (!u || !q || !fd)
+        return;
+    conc_broker_executor *ex;
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = q;
+    if (conc_broker_executor_new(&ex, u, &o))
+        _exit(2);
+    conc_future *f;
+    uint64_t x = 6;
+    if (conc_broker_executor_submit(ex, "square", &x, sizeof x, &f))
+        _exit(3);
+    const char *name = conc_broker_executor_reply_queue(ex);
+    if (write(atoi(fd), name, strlen(name) + 1) < 0)
+        _exit(4);
+    for (;;)
+        pause();
+}
+
+Test(broker_executor, client_gone_results_expire)
+{
+    char q[128];
+    qname(q, sizeof q, "gone");
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    /* The client is another program (this one again, run afresh: a child
+     * forked from a process with threads must not start threads of its
+     * own under TSan) that submits a task and is killed before a worker
+     * takes it. */
+    char fdtext[16];
+    snprintf(fdtext, sizeof fdtext, "%d", p[1]);
+    const char *u = url();
+    pid_t client = fork();
+    cr_assert_geq(client, 0);
+    if (client == 0) {
+        setenv("BXTEST_CLIENT_URL", u, 1);
+        setenv("BXTEST_CLIENT_QUEUE", q, 1);
+        setenv("BXTEST_CLIENT_FD", fdtext, 1);
+        execl("/proc/self/exe", "test_broker_executor", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    char name[256];
+    size_t got = 0;
+    while (got == 0 || name[got - 1] != '\0') {
+        ssize_t n = read(p[0], name + got, sizeof name - got);
+        cr_assert_gt(n, 0);
+        got += (size_t)n;
+    }
+    cr_assert_eq(raw_count(name), -2);  /* there, and the client's */
+    cr_assert_eq(wait_count(q, 1), 1);  /* its task is in the queue */
+    kill_and_reap(client);
+    /* The broker deletes the reply queue with the client's connection. */
+    for (int i = 0; i < 200 && raw_count(name) != -1; i++)
+        usleep(50 * 1000);
+    cr_assert_eq(raw_count(name), -1);
+
+    /* A worker runs the orphan task; its result goes nowhere, and the
+     * worker goes on. */
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *f = submit_u64(ex, "square", 7);
+    cr_assert_eq(result_u64(f), 49);
+    conc_future_free(f);
+    cr_assert_eq(wthread_stop(&wt), 2);
+    cr_assert_eq(raw_count(name), -1);
+    conc_broker_executor_free(ex);
+    close(p[0]);
+    delete_queues(q);
+}
+
+Test(broker_executor, free_fails_unfinished_futures)
+{
+    char q[128];
+    qname(q, sizeof q, "free");
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *f = submit_u64(ex, "square", 2);
+    cr_assert_eq(conc_broker_executor_pending(ex), 1);
+    conc_broker_executor_free(ex);
+    expect_error(f, -EPIPE, 0);
+    conc_future_free(f);
+    /* The task stays queued for a worker. */
+    cr_assert_eq(wait_count(q, 1), 1);
+    delete_queues(q);
+}
+
+Test(broker_executor, worker_run_timeout_and_stop)
+{
+    char q[128];
+    qname(q, sizeof q, "run");
+    conc_broker_worker *w;
+    cr_assert_eq(conc_broker_worker_new(&w, url(), &(conc_broker_worker_opts){ .queue = q }),
+                 0);
+    cr_assert_eq(conc_broker_worker_run(w, 0), -EAGAIN);
+    cr_assert_eq(conc_broker_worker_run(w, 0.05), -ETIMEDOUT);
+    cr_assert_eq(conc_broker_worker_run(w, -2), -EINVAL);
+    cr_assert_eq(conc_broker_worker_stop(w), 0);
+    cr_assert_eq(conc_broker_worker_run(w, GUARD), 0);   /* a stop asked before */
+    cr_assert_eq(conc_broker_worker_register(w, NULL, echo, NULL), -EINVAL);
+    cr_assert_eq(conc_broker_worker_register(w, "x", NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_broker_worker_stop(NULL), -EINVAL);
+    cr_assert_eq(conc_broker_worker_run(NULL, 0), -EINVAL);
+    conc_broker_worker_free(w);
+    conc_broker_worker_free(NULL);
+    conc_broker_executor_free(NULL);
+    delete_queues(q);
+}
+
+/* A worker and a client as two greenlets of one thread: the worker's waits
+ * park only its coroutine, so the client's greenlet runs, and its waits on
+ * futures park it while the worker runs the tasks. */
+struct coro_pair {
+    conc_broker_worker *w;
+    conc_broker_executor *ex;
+    int run_rc;
+    int client_rc;
+};
+
+static void *coro_worker(void *arg)
+{
+    struct coro_pair *cp = arg;
+    cp->run_rc = conc_broker_worker_run(cp->w, GUARD);
+    return NULL;
+}
+
+static void *coro_client(void *arg)
+{
+    struct coro_pair *cp = arg;
+    enum { N = 20 };
+    conc_future *fs[N];
+    int rc = 0;
+    for (uint64_t i = 0; i < N; i++)
+        if (conc_broker_executor_submit(cp->ex, "square", &i, sizeof i, &fs[i]))
+            return cp->client_rc = -1, NULL;
+    for (uint64_t i = 0; i < N; i++) {
+        void *v;
+        size_t len;
+        uint64_t y = 0;
+        if (conc_future_result(fs[i], &v, &len, GUARD) || len != sizeof y)
+            rc = -2;
+        else
+            memcpy(&y, v, sizeof y);
+        if (y != i * i)
+            rc = -3;
+        conc_future_free(fs[i]);
+    }
+    cp->client_rc = rc;
+    conc_broker_worker_stop(cp->w);
+    return NULL;
+}
+
+Test(broker_executor, worker_and_client_in_coroutines)
+{
+    char q[128];
+    qname(q, sizeof q, "coro");
+    struct coro_pair cp = { .run_rc = 1, .client_rc = 1 };
+    cr_assert_eq(conc_broker_worker_new(&cp.w, url(), &(conc_broker_worker_opts){ .queue = q }),
+                 0);
+    cr_assert_eq(conc_broker_worker_register(cp.w, "square", square, NULL), 0);
+    cp.ex = mk_executor(q, 0);
+    conc_greenlet *gw, *gc;
+    cr_assert_eq(conc_greenlet_spawn(&gw, coro_worker, &cp, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gc, coro_client, &cp, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert_eq(cp.client_rc, 0);
+    cr_assert_eq(cp.run_rc, 0);
+    cr_assert_eq(conc_broker_worker_tasks(cp.w), 20);
+    conc_greenlet_free(gw);
+    conc_greenlet_free(gc);
+    conc_hub_free();
+    conc_broker_executor_free(cp.ex);
+    conc_broker_worker_free(cp.w);
+    delete_queues(q);
+}
