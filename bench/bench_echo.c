@@ -14,6 +14,20 @@
  *                                    which the request rate shows only when
  *                                    the server, not the load generator, is
  *                                    the bottleneck
+ *   idle_conn_rss                    the server's resident memory per idle
+ *                                    connection, in bytes: VmRSS of
+ *                                    /proc/PID/status before connecting N
+ *                                    clients and after each has had one
+ *                                    request answered (so each is accepted
+ *                                    and parked in its next recv), divided
+ *                                    by N; N = 100000 (--quick: 1000), fewer
+ *                                    when RLIMIT_NOFILE's hard limit is lower
+ *                                    (said on stderr); run first, before the
+ *                                    load, for the servers that keep no
+ *                                    thread or process per connection
+ *                                    (conc-coroutine, the one conc is judged
+ *                                    by here, conc-epoll, conc-reactor,
+ *                                    epoll-c, libuv, go, gevent)
  *
  * The load generator is this program: one thread, one epoll set, a closed
  * loop over C connections: each connection sends a 64-byte request (lower-
@@ -107,6 +121,8 @@ static const bench_metric metrics[] = {
     { "echo_p99_c1000", "us", "99th percentile latency of a request at 1000 connections" },
     { "echo_cpu_c100", "ns", "server CPU time per request at 100 connections" },
     { "echo_cpu_c1000", "ns", "server CPU time per request at 1000 connections" },
+    { "idle_conn_rss", "bytes", "server RSS per idle connection parked in recv, N = 100000 "
+      "(--quick: 1000)" },
 };
 
 #define REQ 64                  /* request and reply size */
@@ -403,7 +419,13 @@ static int send_request(struct client *c, int64_t now)
     return 0;
 }
 
-/* Connects n sockets to 127.0.0.1:port (non-blocking, added to ep). */
+/* Connections per source address: fewer than the ephemeral ports. */
+#define PER_SOURCE 20000
+
+/* Connects n sockets to 127.0.0.1:port (non-blocking, added to ep).  Past
+ * PER_SOURCE connections each block of them comes from its own source
+ * address (127.0.0.2, 127.0.0.3, ...: one address has only ~28000
+ * ephemeral ports towards one server port). */
 static int connect_all(struct client *cl, int n, int port, int ep, char *why, size_t whylen)
 {
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
@@ -413,6 +435,14 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
         if (cl[i].fd < 0) {
             snprintf(why, whylen, "socket %d: %s", i, strerror(errno));
             return -1;
+        }
+        if (n > PER_SOURCE) {
+            struct sockaddr_in src = { .sin_family = AF_INET };
+            src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + (uint32_t)(i / PER_SOURCE));
+            if (bind(cl[i].fd, (struct sockaddr *)&src, sizeof src) < 0) {
+                snprintf(why, whylen, "bind %d: %s", i, strerror(errno));
+                return -1;
+            }
         }
         if (connect(cl[i].fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
             snprintf(why, whylen, "connect %d: %s", i, strerror(errno));
@@ -633,6 +663,138 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
     }
     free(lat);
     return rc;
+}
+
+/* VmRSS of process pid in bytes, or -1. */
+static long long server_rss(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* idle_conn_rss for one server: n connections, one request answered on
+ * each, then left idle.  Returns 0 with *bytes per connection, or -1 with
+ * why. */
+static int idle_run(const struct server *s, int n, double *bytes, char *why, size_t whylen)
+{
+    struct client *cl = calloc((size_t)n, sizeof *cl);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!cl || ep < 0)
+        bench_die("setting up a run", ENOMEM);
+    for (int i = 0; i < n; i++) {
+        cl[i].fd = -1;
+        cl[i].index = i;
+    }
+    long long before = server_rss(s->pid), after = -1;
+    int rc = before < 0 ? -1 : 0;
+    if (rc < 0)
+        snprintf(why, whylen, "cannot read /proc/%d/status", (int)s->pid);
+    if (rc == 0)
+        rc = connect_all(cl, n, s->port, ep, why, whylen);
+    int64_t now = bench_now();
+    for (int i = 0; i < n && rc == 0; i++) {
+        int e = send_request(&cl[i], now);
+        if (e < 0) {
+            snprintf(why, whylen, "send on connection %d: %s", i, strerror(-e));
+            rc = -1;
+        }
+    }
+    int left = n;
+    int64_t last = bench_now();
+    struct epoll_event evs[1024];
+    while (rc == 0 && left > 0) {
+        if (bench_now() - last >= STALL_NS) {
+            snprintf(why, whylen, "%d of %d requests unanswered after 10 s without a reply",
+                     left, n);
+            rc = -1;
+            break;
+        }
+        int k = epoll_wait(ep, evs, 1024, 100);
+        for (int i = 0; i < k && rc == 0; i++) {
+            struct client *c = evs[i].data.ptr;
+            ssize_t got = recv(c->fd, c->reply + c->got, sizeof c->reply - c->got, 0);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (got <= 0 || !c->busy) {
+                snprintf(why, whylen, "connection %d: %s", c->index,
+                         got == 0 ? "closed by the server"
+                         : got < 0 ? strerror(errno) : "bytes that no request asked for");
+                rc = -1;
+                break;
+            }
+            c->got += (size_t)got;
+            if (c->got < REQ)
+                continue;
+            if (c->got > REQ || memcmp(c->reply, c->want, REQ) != 0) {
+                snprintf(why, whylen, "connection %d: a wrong reply", c->index);
+                rc = -1;
+                break;
+            }
+            c->busy = false;
+            left--;
+            last = bench_now();
+        }
+    }
+    if (rc == 0) {
+        after = server_rss(s->pid);
+        if (after < 0) {
+            snprintf(why, whylen, "cannot read /proc/%d/status", (int)s->pid);
+            rc = -1;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (cl[i].fd >= 0)
+            close(cl[i].fd);
+    close(ep);
+    free(cl);
+    if (rc == 0)
+        *bytes = (double)(after - before) / n;
+    return rc;
+}
+
+/* idle_conn_rss for every server that keeps no thread or process per
+ * connection; conc-coroutine first (the others are compared against it). */
+static void run_idle(struct server *sv, int nsv, int fd_room)
+{
+    static const char *const systems[] = { "conc-coroutine", "conc-epoll", "conc-reactor",
+                                           "epoll-c", "libuv", "go", "gevent" };
+    int n = bench_quick() ? 1000 : 100000;
+    if (n > fd_room) {
+        fprintf(stderr, "bench_echo: idle_conn_rss with %d connections, not %d: "
+                "RLIMIT_NOFILE's hard limit leaves room for no more\n", fd_room, n);
+        n = fd_room;
+    }
+    for (size_t j = 0; j < BENCH_ARRAY_LEN(systems); j++)
+        for (int k = 0; k < nsv; k++) {
+            struct server *s = &sv[k];
+            if (strcmp(s->system, systems[j]) != 0 || !bench_enabled("idle_conn_rss", s->system))
+                continue;
+            char why[192];
+            double bytes = 0;
+            if (s->skip)
+                bench_skip("idle_conn_rss", s->system, NULL, s->skip);
+            else if (n <= 0)
+                bench_skip("idle_conn_rss", s->system, NULL, "RLIMIT_NOFILE leaves no room");
+            else if (!server_alive(s) || idle_run(s, n, &bytes, why, sizeof why) < 0) {
+                const char *w = s->dead ? s->why : why;
+                fprintf(stderr, "bench_echo: %s, idle_conn_rss: %s\n", s->system, w);
+                if (s->is_conc)
+                    bench_fail("idle_conn_rss", s->system, "%s", w);
+                else
+                    bench_skip("idle_conn_rss", s->system, NULL, w);
+            } else {
+                bench_record("idle_conn_rss", s->system, bytes, "bytes");
+            }
+        }
 }
 
 /* ------------------------------------------------------------ the rounds */
@@ -893,6 +1055,7 @@ int main(int argc, char **argv)
             set_skip(s, "the peer did not start: %s", s->why);
     }
     bench_pin_worker(1);
+    run_idle(sv, nsv, fd_room);
 
     static const struct level levels[] = {
         { 1, "echo_c1", NULL, NULL, NULL },

@@ -54,6 +54,9 @@ struct conc_coro {
     struct coro_thread *thread; /* owner */
     conc__stack stack;          /* hi NULL: a main coroutine, or released */
     uint8_t state;              /* CORO_*, accessed atomically (relaxed) */
+    uint8_t detour;             /* not 0: every switch to it takes the full
+                                   path (an unguarded or a copied stack);
+                                   set once, when it is made */
     uint8_t unguarded;          /* the stack's zone is a canary, not a guard */
     uint8_t is_main;
     uint8_t embedded;           /* lives at the top of its own stack, which
@@ -86,6 +89,10 @@ struct conc_coro {
 struct coro_thread {
     conc_coro main;             /* first: freeing main frees the thread state */
     conc_coro *current;
+    uint8_t slow;               /* not 0 (or more often than needed) while a
+                                   dead coroutine's stack waits to be given
+                                   back or the current coroutine's stack is
+                                   unguarded: its switches take the full path */
     conc__stack_cache cache;    /* free stacks, no lock */
     conc__stack zombie;         /* hi not NULL: the stack of a coroutine that
                                    died on this thread, not yet given back */
@@ -105,7 +112,6 @@ struct coro_thread {
     bool altstack_tried;
 };
 
-static __thread struct coro_thread *tls_thread __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t thread_key;
 static pthread_once_t thread_key_once = PTHREAD_ONCE_INIT;
@@ -118,7 +124,7 @@ static int report_state;
 static unsigned long coro_seq;
 static uint64_t coro_owner_seq;
 
-__thread uint64_t conc__owner_cache __attribute__((tls_model("initial-exec")));
+__thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec")));
 
 static inline uint8_t state_of(const conc_coro *c)
 {
@@ -132,7 +138,7 @@ static inline void set_state(conc_coro *c, uint8_t s)
 
 static inline conc__stack_cache *my_cache(void)
 {
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     return t ? &t->cache : NULL;
 }
 
@@ -143,7 +149,7 @@ static void release_copied(conc_coro *c);
  * counter when it has one (no locked instruction), else process-wide. */
 static inline void count_coros(long d)
 {
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     if (likely(t && t->cache.registered))
         __atomic_store_n(&t->cache.coros, t->cache.coros + d, __ATOMIC_RELAXED);
     else
@@ -266,7 +272,7 @@ static uintptr_t fault_sp(const void *uc)
  * before ours, or to the default action. */
 static void segv_handler(int sig, siginfo_t *si, void *uc)
 {
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     conc_coro *c = t ? t->current : NULL;
     if (c && c->stack.hi) {
         const char *lo = c->stack.lo, *base = conc__stack_base(&c->stack);
@@ -402,7 +408,7 @@ static void release_copied(conc_coro *c)
 
 bool conc__coro_stack_copied(void)
 {
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     return t && t->current->shared != NULL;
 }
 
@@ -494,7 +500,7 @@ static void thread_end(void *p)
     struct coro_thread *t = p;
     reap(t);
     conc__stack_cache_drain(&t->cache);
-    tls_thread = NULL;
+    conc__coro_tls.thread = NULL;
     if (t->altstack) {
         stack_t cur;
         if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == t->altstack) {
@@ -532,13 +538,13 @@ static __attribute__((noinline)) struct coro_thread *thread_init(void)
         free(t);
         return NULL;
     }
-    tls_thread = t;
+    conc__coro_tls.thread = t;
     return t;
 }
 
 static inline struct coro_thread *thread_get(void)
 {
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     return likely(t != NULL) ? t : thread_init();
 }
 
@@ -548,15 +554,13 @@ static inline struct coro_thread *thread_get(void)
  * self_state) to `to`.  Always inlined: under TSan, the function that calls
  * __tsan_switch_to_fiber must be the one that switches, or its
  * function-exit hook would run on the other fiber's shadow stack. */
-static inline __attribute__((always_inline)) void before_switch(struct coro_thread *t, conc_coro *self, conc_coro *to,
+static inline __attribute__((always_inline)) void switch_marks(struct coro_thread *t, conc_coro *self, conc_coro *to,
                                  uint8_t self_state)
 {
-    if (unlikely(self->unguarded))
-        check_stack(self);
     set_state(self, self_state);
     set_state(to, CORO_RUNNING);
     t->current = to;
-    conc__owner_cache = to->owner;
+    conc__coro_tls.owner = to->owner;
 #if CONC_SAN_ADDRESS
     t->prev = self;
     __sanitizer_start_switch_fiber(self_state == CORO_DEAD ? NULL : &self->asan_fake,
@@ -571,6 +575,15 @@ static inline __attribute__((always_inline)) void before_switch(struct coro_thre
     }
     __tsan_switch_to_fiber(to->tsan_fiber, 0);
 #endif
+}
+
+/* switch_marks, after checking the canary of an unguarded caller. */
+static inline __attribute__((always_inline)) void before_switch(struct coro_thread *t, conc_coro *self, conc_coro *to,
+                                 uint8_t self_state)
+{
+    if (unlikely(self->unguarded))
+        check_stack(self);
+    switch_marks(t, self, to, self_state);
 }
 
 #if CONC_SAN_ADDRESS
@@ -589,7 +602,7 @@ static inline __attribute__((always_inline)) void after_switch(struct coro_threa
 
 void conc__coro_entry(void *value)
 {
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     conc_coro *self = t->current;
 #if CONC_SAN_ADDRESS
     after_switch(t, self);
@@ -600,6 +613,8 @@ void conc__coro_entry(void *value)
     while (state_of(p) == CORO_DEAD)
         p = p->parent;              /* main is never dead */
     reap(t);
+    t->slow = 1;                /* set again below if this stack goes back
+                                   later; p's stack may be unguarded */
     before_switch(t, self, p, CORO_DEAD);
     if (self->shared) {         /* its frames need no copy any more (the next
                                    copy runs on another stack) */
@@ -609,6 +624,7 @@ void conc__coro_entry(void *value)
     if (self->embedded)         /* the stack goes with the object */
         goto gone;
     t->zombie = self->stack;
+    t->slow = 1;
     t->zombie_sp = __builtin_frame_address(0);
     self->stack.hi = NULL;
 gone:
@@ -648,6 +664,7 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
             return rc;
     }
     reap(t);
+    t->slow = target->unguarded;    /* the zombie went with reap */
     before_switch(t, self, target, CORO_SUSPENDED);
 #if CONC_SAN_ADDRESS || CONC_SAN_THREAD
     /* Not a tail call: the sanitizers' bookkeeping (ASan's finishing call,
@@ -696,20 +713,23 @@ static inline __attribute__((always_inline)) bool switch_is_plain(const struct c
 {
     /* t NULL (no state yet) fails the thread test: a coroutine always has
      * one.  New or suspended (even states) means neither dead nor the
-     * caller, the thread's only running coroutine. */
+     * caller, the thread's only running coroutine; detour 0 means a guarded
+     * stack of its own, so t->slow stays 0 after the switch.  (Not one
+     * 16-bit load for state and detour: the state byte was often stored a
+     * moment ago, and a wider load than that store waits for it to reach
+     * the cache, which doubled the hub's yield.) */
     return likely(target != NULL && target->thread == t && !(state_of(target) & 1)
-                  && t->zombie.hi == NULL && !t->current->unguarded
-                  && (target->shared == NULL || target->shared->owner == target));
+                  && !target->detour && !t->slow);
 }
 
 int conc_coro_switch(conc_coro *target, void *value, void **out)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     if (switch_is_plain(t, target)) {
         conc_coro *self = t->current;
-        before_switch(t, self, target, CORO_SUSPENDED);
-        return conc__ctx_switch(&self->ctx, &target->ctx, value, out);
+        switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
+        return conc__ctx_switch_to(&target->ctx, value, out, &self->ctx);
     }
     return coro_switch_slow(target, value, out);
 #else
@@ -720,10 +740,10 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
 int conc__coro_switch_same_site(conc_coro *target)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
-    struct coro_thread *t = tls_thread;
+    struct coro_thread *t = conc__coro_tls.thread;
     if (switch_is_plain(t, target)) {
         conc_coro *self = t->current;
-        before_switch(t, self, target, CORO_SUSPENDED);
+        switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
         return conc__ctx_switch_same_site(&self->ctx, &target->ctx, NULL, NULL);
     }
     return coro_switch_same_site_slow(target);
@@ -808,6 +828,7 @@ coro_init(struct coro_thread *t, conc_coro *c, const conc__stack *s, char *top, 
     c->stack = *s;
     c->state = CORO_NEW;
     c->unguarded = !s->guarded;
+    c->detour = c->unguarded;
     c->refs = 1;
     c->fn = fn;
     c->arg = arg;
@@ -961,6 +982,7 @@ int conc__coro_new_copied(conc_coro **out, conc_coro_fn fn, struct conc__shstack
     char *top = ss->s.hi;
     coro_init(t, c, &ss->s, top, (size_t)(top - conc__stack_base(&ss->s)), fn, (char *)c + head,
               parent ? parent : t->current, name);
+    c->detour = 1;              /* its switches may copy frames */
     *extra_out = (char *)c + head;
     *out = c;
     return 0;
@@ -1082,8 +1104,8 @@ int conc_coro_set_guard_limit(long n)
 
 void conc_coro_trim(void)
 {
-    if (tls_thread)
-        reap(tls_thread);
+    if (conc__coro_tls.thread)
+        reap(conc__coro_tls.thread);
     conc__stack_trim(my_cache());
 }
 
@@ -1091,8 +1113,8 @@ int conc_coro_get_stats(conc_coro_stats *out)
 {
     if (!out)
         return -EINVAL;
-    if (tls_thread)
-        reap(tls_thread);
+    if (conc__coro_tls.thread)
+        reap(conc__coro_tls.thread);
     memset(out, 0, sizeof *out);
     conc__stack_stats(out);
     return 0;

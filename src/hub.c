@@ -548,6 +548,11 @@ static inline conc_greenlet *gl_self(struct hub *h)
 static void gl_finish(struct hub *h, conc_greenlet *g)
 {
     g->state = G_DEAD;
+    if (g->timeouts) {          /* scopes left open go with it */
+        free(g->timeouts);
+        g->timeouts = NULL;
+        g->ntimeouts = 0;
+    }
     if (g->aprev)
         g->aprev->anext = g->anext;
     else
@@ -1143,6 +1148,7 @@ int conc_hub_free(void)
     close(h->epfd);
     close(h->evfd);
     free(h->heap);
+    free(h->main.timeouts);
     free(h);
     busy_leave();
     return 0;
@@ -1251,6 +1257,7 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
     g->remote_next = NULL;
     g->events = 0;
     g->ntimeouts = 0;
+    g->timeouts = NULL;
     gl_init(g, h);
     g->fn = fn;
     g->arg = arg;
@@ -1449,6 +1456,11 @@ int conc_hub_timeout_push_until(int64_t deadline)
         return -EPERM;
     if (g->ntimeouts == CONC_TIMEOUT_DEPTH)
         return -EOVERFLOW;
+    if (unlikely(!g->timeouts)) {
+        g->timeouts = malloc(CONC_TIMEOUT_DEPTH * sizeof *g->timeouts);
+        if (!g->timeouts)
+            return -ENOMEM;
+    }
     int64_t d = eff_deadline(g, deadline);
     g->timeouts[g->ntimeouts++] = d;
     return 0;

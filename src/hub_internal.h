@@ -75,7 +75,10 @@ struct conc_greenlet {
     int fd, regfd;              /* W_FD: the fd, and the one in epoll */
     short events;
     int ntimeouts;
-    int64_t timeouts[CONC_TIMEOUT_DEPTH];   /* each: min with the outer */
+    int64_t *timeouts;          /* CONC_TIMEOUT_DEPTH of them, each the min
+                                   with the outer; allocated at the first
+                                   push, freed when the greenlet finishes
+                                   (most greenlets never push one) */
 };
 
 struct hub {

@@ -42,10 +42,18 @@ static inline pid_t conc__tid(void)
  * own stack (a plain thread, or a thread's main coroutine), else the running
  * coroutine's serial number, unique in the process.  Kept current by every
  * coroutine switch (src/coro.c). */
-extern __thread uint64_t conc__owner_cache __attribute__((tls_model("initial-exec")));
+struct coro_thread;
+/* The coroutine layer's per-thread words, in one block so that a switch
+ * finds both through one thread-pointer offset. */
+struct conc__coro_tls {
+    uint64_t owner;             /* conc__owner_id() */
+    struct coro_thread *thread; /* src/coro.c's state, NULL before the
+                                   first coroutine call */
+};
+extern __thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec")));
 static inline uint64_t conc__owner_id(void)
 {
-    return conc__owner_cache;
+    return conc__coro_tls.owner;
 }
 
 /* True when the calling code runs on a hub's shared stack (a greenlet

@@ -806,6 +806,100 @@ Test(coro, runaway_overflow_without_guard, .timeout = 30)
     expect_overflow_report(&r, "runaway");
 }
 
+/* Guarded and unguarded coroutines passing a counter round a ring, one of
+ * them dying on the way (its stack waits to be given back): every hop is
+ * one switch between two coroutines, no return to main in between. */
+enum { RING = 4, LAPS = 1000 };
+static conc_coro *ring[RING];
+
+static void *ring_fn(void *arg, void *value)
+{
+    uintptr_t me = (uintptr_t)arg;
+    for (;;) {
+        uintptr_t n = (uintptr_t)value;
+        if (n % RING != me) {   /* each hop reaches the next in the ring */
+            fprintf(stderr, "ring: %lu reached %lu\n", (unsigned long)n, (unsigned long)me);
+            abort();
+        }
+        if (n == (uintptr_t)RING * LAPS)
+            return (void *)n;   /* back to main, its parent */
+        value = csw(ring[(me + 1) % RING], (void *)(n + 1));
+    }
+}
+
+static void *die_at_once(void *arg, void *value)
+{
+    (void)value;
+    return arg;
+}
+
+Test(coro, guarded_and_unguarded_mixed_ring, .timeout = 30)
+{
+    long limit = conc_coro_guard_limit();
+    cr_assert_eq(conc_coro_set_guard_limit(2), 0);
+    conc_coro_opts o = { .stack_size = CONC_CORO_STACK_MIN };
+    for (uintptr_t i = 0; i < RING; i++)
+        cr_assert_eq(conc_coro_new(&ring[i], ring_fn, (void *)i, &o), 0);
+    conc_coro_stats st;
+    conc_coro_get_stats(&st);
+    cr_assert_lt(st.guarded, (long)RING, "some stacks of the ring have canaries");
+    /* A coroutine that dies first leaves its stack for the next switch. */
+    conc_coro *d;
+    void *out = NULL;
+    cr_assert_eq(conc_coro_new(&d, die_at_once, (void *)7, &o), 0);
+    cr_assert_eq(conc_coro_switch(d, NULL, &out), 0);
+    cr_assert_eq((uintptr_t)out, 7);
+    cr_assert_eq(conc_coro_switch(ring[0], (void *)0, &out), 0);
+    cr_assert_eq((uintptr_t)out, (uintptr_t)RING * LAPS);
+    cr_assert_eq(conc_coro_free(d), 0);
+    for (int i = 0; i < RING; i++)
+        cr_assert_eq(conc_coro_free(ring[i]), 0);
+    cr_assert_eq(conc_coro_set_guard_limit(limit), 0);
+}
+
+/* An unguarded coroutine overflows into its canary, then switches to a
+ * guarded coroutine (not to main): that switch finds the overflow. */
+static conc_coro *canary_peer;
+
+static void *overflow_then_peer(void *arg, void *value)
+{
+    (void)value;
+    volatile char top = 0;
+    depth_sink = recurse_until((const char *)&top, *(size_t *)arg + 1024);
+    csw(canary_peer, NULL);
+    return NULL;
+}
+
+static void *peer_fn(void *arg, void *value)
+{
+    (void)value;
+    csw((conc_coro *)arg, NULL);   /* to the unguarded one */
+    _exit(6);                      /* its switch back must not get here */
+}
+
+static void child_canary_to_peer(void)
+{
+    static size_t size;
+    conc_coro *first;
+    long limit = conc_coro_guard_limit();
+    conc_coro *c = unguarded_coroutine(overflow_then_peer, &size, "canary-peer", &first);
+    size = conc_coro_stack_size(c);
+    /* The peer takes the guarded stack of first. */
+    conc_coro_opts o = { .stack_size = CONC_CORO_STACK_MIN, .name = "peer" };
+    if (conc_coro_free(first) != 0 || conc_coro_set_guard_limit(limit) != 0
+        || conc_coro_new(&canary_peer, peer_fn, c, &o) != 0)
+        _exit(3);
+    conc_coro_switch(canary_peer, NULL, NULL);
+    _exit(4);
+}
+
+Test(coro, canary_checked_on_switch_to_a_peer, .timeout = 30)
+{
+    struct child_result r;
+    in_child(child_canary_to_peer, &r);
+    expect_overflow_report(&r, "canary-peer");
+}
+
 /* An unrelated crash is not reported as an overflow. */
 static void *null_write(void *arg, void *value)
 {

@@ -393,6 +393,43 @@ Test(hub, timeout_scope, .timeout = 30)
     cr_assert_eq(conc_lock_release(&l), 0);
 }
 
+/* Every nesting level up to CONC_TIMEOUT_DEPTH, the innermost one already
+ * over, then one too many; the greenlet ends with its scopes still open
+ * (they go with it: the sanitizer build finds a leak). */
+static void *deep_scopes(void *arg)
+{
+    int *rc = arg;
+    for (int i = 0; i < CONC_TIMEOUT_DEPTH - 1; i++)
+        if (conc_hub_timeout_push(CONC_FOREVER) != 0)
+            return NULL;
+    rc[0] = conc_sleep(0.001);                  /* no deadline yet */
+    rc[1] = conc_hub_timeout_push(0);           /* the 16th */
+    rc[2] = conc_hub_timeout_push(CONC_FOREVER);
+    rc[3] = conc_sleep(1.0);
+    rc[4] = conc_hub_timeout_pop();
+    rc[5] = conc_sleep(0.001);
+    return NULL;
+}
+
+Test(hub, timeout_scopes_full_depth_own_and_copied, .timeout = 30)
+{
+    for (int copied = 0; copied < 2; copied++) {
+        int rc[6] = { 1, 1, 1, 1, 1, 1 };
+        conc_spawn_opts o = { .size = sizeof o,
+                              .stack = copied ? CONC_STACK_COPIED : CONC_STACK_OWN };
+        conc_greenlet *g;
+        cr_assert_eq(conc_greenlet_spawn(&g, deep_scopes, rc, &o), 0);
+        cr_assert_eq(conc_greenlet_join(g, 10.0), 0);
+        cr_assert_eq(rc[0], 0, "copied %d", copied);
+        cr_assert_eq(rc[1], 0);
+        cr_assert_eq(rc[2], -EOVERFLOW);
+        cr_assert_eq(rc[3], -ETIMEDOUT);
+        cr_assert_eq(rc[4], 0);
+        cr_assert_eq(rc[5], 0);
+        conc_greenlet_free(g);
+    }
+}
+
 /* ------------------------------------------- lock between coroutines */
 
 static conc_lock shared_lock = CONC_LOCK_INIT;

@@ -232,7 +232,8 @@ CONC_API void conc_greenlet_free(conc_greenlet *g);
  * coroutine and in greenlets; in a thread without a hub it makes one (its
  * blocking calls then go through the hub).  Returns 0; -EOVERFLOW past
  * CONC_TIMEOUT_DEPTH nested scopes; -EPERM from a coroutine the hub does not
- * run; -ENOMEM when the hub cannot be made; -EINVAL for a bad timeout.
+ * run; -ENOMEM when the hub, or at a coroutine's first scope the array of
+ * its scopes, cannot be made; -EINVAL for a bad timeout.
  */
 CONC_API int conc_hub_timeout_push(double seconds);
 /* conc_hub_timeout_push_until - conc_hub_timeout_push with an absolute

@@ -59,8 +59,16 @@ CONC_HIDDEN int conc__ctx_switch(conc__ctx *from, conc__ctx *to, void *value, vo
 #if defined(__x86_64__) && !defined(CONC_CTX_UCONTEXT)
 CONC_HIDDEN int conc__ctx_switch_same_site(conc__ctx *from, conc__ctx *to, void *value,
                                            void **out);
+/* conc__ctx_switch_to - conc__ctx_switch(from, to, value, out), its
+ * arguments in the order of conc_coro_switch's (whose tail call then moves
+ * one register, not four). */
+CONC_HIDDEN int conc__ctx_switch_to(conc__ctx *to, void *value, void **out, conc__ctx *from);
 #else
 #define conc__ctx_switch_same_site conc__ctx_switch
+static inline int conc__ctx_switch_to(conc__ctx *to, void *value, void **out, conc__ctx *from)
+{
+    return conc__ctx_switch(from, to, value, out);
+}
 #endif
 
 /* conc__coro_entry - the first function a fresh context runs (coro.c); it

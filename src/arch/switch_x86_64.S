@@ -76,8 +76,10 @@
 	.text
 
 /* The switch; same_site 1 makes the variant for switches between
- * coroutines that usually continue where the caller would return. */
-.macro	CTX_SWITCH name, same_site
+ * coroutines that usually continue where the caller would return.  from,
+ * to, value and out name the registers of the arguments (conc__ctx_switch_to
+ * takes them in another order); value reaches the target in rdx. */
+.macro	CTX_SWITCH name, same_site, from=%rdi, to=%rsi, value=%rdx, out=%rcx
 	.p2align 4
 	.globl	\name
 	.hidden	\name
@@ -106,14 +108,17 @@
 	pushq	%r15
 	.cfi_adjust_cfa_offset 8
 	.cfi_rel_offset %r15, 0
-	pushq	%rcx			/* out */
+	pushq	\out			/* out */
 	.cfi_adjust_cfa_offset 8
 	subq	$8, %rsp
 	.cfi_adjust_cfa_offset 8
 	stmxcsr	(%rsp)
 	fnstcw	4(%rsp)
-	movq	%rsp, (%rdi)		/* from->sp */
-	movq	(%rsi), %rsp		/* continue on the target's stack; its
+	.ifnc \value, %rdx
+	movq	\value, %rdx
+	.endif
+	movq	%rsp, (\from)		/* from->sp */
+	movq	(\to), %rsp		/* continue on the target's stack; its
 					   frame has the layout described above,
 					   so the CFI stays valid */
 	ldmxcsr	(%rsp)
@@ -157,6 +162,9 @@
 
 	CTX_SWITCH conc__ctx_switch, 0
 	CTX_SWITCH conc__ctx_switch_same_site, 1
+/* conc__ctx_switch_to(to, value, out, from): conc_coro_switch's own
+ * arguments (target, value, out) stay where they came, only from is added. */
+	CTX_SWITCH conc__ctx_switch_to, 0, %rcx, %rdi, %rsi, %rdx
 
 /* conc__ctx_make(conc__ctx *c, void *lo, void *hi): rdi = c, rdx = hi. */
 	.p2align 4
