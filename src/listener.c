@@ -21,12 +21,14 @@
  */
 #include "conc/listener.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -671,9 +673,135 @@ CONC_API int conc_listener_accept(conc_listener *l, conc_conn **out, double time
     return (int)conc__timeout_code(poll, conc_listener_accept_until(l, out, deadline));
 }
 
+/* The private directory's name carries its maker's pid and start time
+ * (clock ticks after boot, /proc/PID/stat's 22nd field):
+ * /tmp/conc-listener-PID-START-XXXXXX.  A process killed while it held one
+ * cannot remove it; the next default-address listener on the machine does,
+ * once it sees that its maker is gone. */
+#define PRIVATE_DIR "/tmp"
+#define PRIVATE_PREFIX "conc-listener-"
+
+/* The start time of a process, or 0 when it cannot be read. */
+static unsigned long long proc_start(pid_t pid)
+{
+    char path[48], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* The command name in parentheses may hold anything: fields count from
+     * the last ')'; the state is field 3, the start time field 22. */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    p++;
+    for (int field = 2; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return 0;
+        p++;
+    }
+    return strtoull(p, NULL, 10);
+}
+
+/* Reads PID-START-XXXXXX after the prefix; false for any other name
+ * (such as the pid-less directories of earlier versions). */
+static bool parse_private_name(const char *name, pid_t *pid, unsigned long long *start)
+{
+    if (strncmp(name, PRIVATE_PREFIX, sizeof PRIVATE_PREFIX - 1) != 0)
+        return false;
+    const char *p = name + sizeof PRIVATE_PREFIX - 1;
+    char *end;
+    if (*p < '1' || *p > '9')
+        return false;
+    unsigned long v = strtoul(p, &end, 10);
+    if (*end != '-' || v > 0x7fffffffUL)
+        return false;
+    p = end + 1;
+    if (*p < '0' || *p > '9')
+        return false;
+    unsigned long long s = strtoull(p, &end, 10);
+    if (*end != '-' || strlen(end + 1) != 6)
+        return false;
+    *pid = (pid_t)v;
+    *start = s;
+    return true;
+}
+
+/* True when the socket at dirfd/socket is one nobody listens on. */
+static bool socket_refuses(const char *name)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int n = snprintf(sa.sun_path, sizeof sa.sun_path, PRIVATE_DIR "/%s/socket", name);
+    if (n < 0 || (size_t)n >= sizeof sa.sun_path)
+        return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    close(fd);
+    return r < 0 && e == ECONNREFUSED;
+}
+
+/* Removes the private directories (and their sockets) whose makers are
+ * gone: only directories of this user, named as above, whose pid is not
+ * running or runs a later process (another start time), and whose socket,
+ * if there is one, refuses connections (so a live listener whose pid means
+ * nothing here, in another pid namespace sharing /tmp, keeps its own). */
+static void sweep_private_dirs(void)
+{
+    int dfd = open(PRIVATE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return;
+    }
+    uid_t me = geteuid();
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        pid_t pid;
+        unsigned long long start;
+        if (!parse_private_name(e->d_name, &pid, &start))
+            continue;
+        struct stat st;
+        if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+            !S_ISDIR(st.st_mode) || st.st_uid != me)
+            continue;
+        bool gone = kill(pid, 0) < 0 && errno == ESRCH;
+        if (!gone) {
+            unsigned long long now = proc_start(pid);
+            gone = now && start && now != start;
+        }
+        if (!gone)
+            continue;
+        int sub = openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0)
+            continue;
+        struct stat ss;
+        bool has_socket = fstatat(sub, "socket", &ss, AT_SYMLINK_NOFOLLOW) == 0;
+        if (has_socket && S_ISSOCK(ss.st_mode) && socket_refuses(e->d_name))
+            unlinkat(sub, "socket", 0);
+        close(sub);
+        unlinkat(dfd, e->d_name, AT_REMOVEDIR);   /* only if it is empty now */
+    }
+    closedir(d);
+}
+
 static int make_private_dir(char **dir, conc_sockaddr *addr, char **path)
 {
-    char tmpl[] = "/tmp/conc-listener-XXXXXX";
+    sweep_private_dirs();
+    pid_t self = getpid();
+    char tmpl[96];
+    snprintf(tmpl, sizeof tmpl, PRIVATE_DIR "/" PRIVATE_PREFIX "%d-%llu-XXXXXX",
+             (int)self, proc_start(self));
     if (!mkdtemp(tmpl))
         return -errno;
     size_t n = strlen(tmpl) + sizeof "/socket";

@@ -186,6 +186,107 @@ Test(listener, unix_default_is_private_and_removed, .timeout = 60)
     cr_assert_eq(count_fds(), fds);
 }
 
+/* The private directory of the listener made by a process killed with
+ * SIGKILL: its path, read from the child through a pipe. */
+static pid_t killed_listener(char *dir, size_t cap)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        conc_listener *l;
+        char path[CONC_SOCKADDR_STRLEN];
+        if (conc_listener_new(&l, NULL, &keyed) != 0 ||
+            conc_listener_address(l, path, sizeof path) <= 0)
+            _exit(1);
+        ssize_t n = write(p[1], path, strlen(path) + 1);
+        (void)n;
+        for (;;)
+            pause();
+    }
+    close(p[1]);
+    char path[CONC_SOCKADDR_STRLEN] = "";
+    size_t got = 0;
+    ssize_t n;
+    /* Up to the address's NUL: the child keeps its end open. */
+    while ((got == 0 || path[got - 1] != '\0') && got < sizeof path &&
+           (n = read(p[0], path + got, sizeof path - got)) > 0)
+        got += (size_t)n;
+    close(p[0]);
+    cr_assert_gt(got, 1, "the child made a listener");
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st));
+    cr_assert_lt(strlen(path), cap);
+    strcpy(dir, path);
+    *strrchr(dir, '/') = '\0';
+    return pid;
+}
+
+/* A process killed while it held a default-address listener leaves its
+ * directory; the next default-address listener removes it (its maker is
+ * gone), and keeps those of live processes. */
+Test(listener, killed_owner_directory_swept_by_next_listener, .timeout = 60)
+{
+    char dead[CONC_SOCKADDR_STRLEN];
+    pid_t gone = killed_listener(dead, sizeof dead);
+    struct stat st;
+    /* (Another test process making a listener now may remove it first.) */
+
+    /* Our own live listener: its name carries our pid and start time. */
+    conc_listener *mine;
+    cr_assert_eq(conc_listener_new(&mine, NULL, NULL), 0);
+    char minepath[CONC_SOCKADDR_STRLEN];
+    cr_assert_gt(conc_listener_address(mine, minepath, sizeof minepath), 0);
+    cr_assert_eq(lstat(dead, &st), -1, "the dead owner's directory was removed");
+    char mydir[CONC_SOCKADDR_STRLEN];
+    strcpy(mydir, minepath);
+    *strrchr(mydir, '/') = '\0';
+    pid_t self;
+    unsigned long long start;
+    char suffix[8];
+    cr_assert_eq(sscanf(mydir, "/tmp/conc-listener-%d-%llu-%6s", &self, &start, suffix), 3);
+    cr_assert_eq(self, getpid());
+
+    /* Our pid with another start time: a process that had our pid before. */
+    char reused[96], live[96], foreign[96], fsock[128], staging[64], ssock[96];
+    snprintf(reused, sizeof reused, "/tmp/conc-listener-%d-%llu-Tst001", (int)self, start + 1);
+    /* Our pid and start time: ours, kept. */
+    snprintf(live, sizeof live, "/tmp/conc-listener-%d-%llu-Tst002", (int)self, start);
+    /* A dead pid whose socket still listens (a pid from another pid
+     * namespace sharing /tmp): kept.  Its socket is bound before the
+     * directory takes that name, so no other process's sweep sees it
+     * empty. */
+    snprintf(foreign, sizeof foreign, "/tmp/conc-listener-%d-5-Tst003", (int)gone);
+    snprintf(fsock, sizeof fsock, "%s/socket", foreign);
+    snprintf(staging, sizeof staging, "/tmp/conc-test-staging-%d", (int)self);
+    snprintf(ssock, sizeof ssock, "%s/socket", staging);
+    cr_assert_eq(mkdir(reused, 0700), 0);
+    cr_assert_eq(mkdir(live, 0700), 0);
+    cr_assert_eq(mkdir(staging, 0700), 0);
+    conc_listener *fl;
+    cr_assert_eq(conc_listener_new(&fl, ssock, NULL), 0);
+    cr_assert_eq(rename(staging, foreign), 0);
+
+    conc_listener *l;
+    cr_assert_eq(conc_listener_new(&l, NULL, NULL), 0);
+    cr_assert_eq(lstat(reused, &st), -1, "the earlier holder of our pid is gone");
+    cr_assert_eq(lstat(live, &st), 0);
+    cr_assert_eq(lstat(fsock, &st), 0, "a socket that listens is kept");
+    cr_assert_eq(lstat(minepath, &st), 0);
+
+    conc_listener_free(fl);             /* its path moved: removed here */
+    cr_assert_eq(unlink(fsock), 0);
+    cr_assert_eq(rmdir(foreign), 0);
+    cr_assert_eq(rmdir(live), 0);
+    conc_listener_free(l);
+    conc_listener_free(mine);
+    cr_assert_eq(lstat(mydir, &st), -1);
+}
+
 Test(listener, unix_path_without_and_with_authkey, .timeout = 60)
 {
     char path[64];

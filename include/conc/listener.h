@@ -23,7 +23,11 @@
  *   NULL                (listener only) a Unix socket in a new private
  *                       directory (mode 0700; the socket 0600), both
  *                       removed by conc_listener_close.  The directory is
- *                       made in /tmp.
+ *                       made in /tmp, named after the process that made
+ *                       it (/tmp/conc-listener-PID-START-XXXXXX, START its
+ *                       start time): when that process was killed before
+ *                       it could remove them, the next default-address
+ *                       listener of the same user removes them.
  *
  * The authkey handshake (when both sides have an authkey; Python's
  * deliver_challenge then answer_challenge on the listener, the reverse on
