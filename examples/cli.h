@@ -300,6 +300,24 @@ static inline const char *signal_name(int sig, char *buf, size_t n)
     return buf;
 }
 
+/* A stream conc_server (conc_server_new with handler h and options so) on
+ * the first address host resolves to for port; where gets that address as
+ * text.  Returns 0, or says what failed and returns 1. */
+static inline int open_server(conc_server **out, const char *host, long port,
+                              const conc_server_handler *h, const conc_server_opts *so,
+                              char *where, size_t wsize)
+{
+    conc_addrinfo ai;
+    if (server_address(host, port, SOCK_STREAM, &ai, where, wsize))
+        return 1;
+    int rc = conc_server_new(out, SOCK_STREAM, &ai.addr, h, so);
+    if (rc < 0) {
+        fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
+
 /* A server's command line: its PORT argument (0 to 65535) into *port, and
  * a --host that must not be empty.  Returns 0, or says what is wrong and
  * returns the exit status 2. */

@@ -143,10 +143,6 @@ int main(int argc, char **argv)
     }
 
     raise_nofile();                     /* a descriptor per client */
-    conc_addrinfo ai;
-    char where[CONC_SOCKADDR_STRLEN];
-    if (server_address(host, port, SOCK_STREAM, &ai, where, sizeof where))
-        return 1;
     conc_server_handler h = { .handle = handle };
     conc_server_opts so = CONC_SERVER_OPTS_INIT;
     so.model = model;
@@ -154,11 +150,9 @@ int main(int argc, char **argv)
     so.request_queue_size = BACKLOG;
     so.max_children = 1000;
     so.shutdown_timeout = STOP_GRACE_S;
-    rc = conc_server_new(&server, SOCK_STREAM, &ai.addr, &h, &so);
-    if (rc < 0) {
-        fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
+    char where[CONC_SOCKADDR_STRLEN];
+    if (open_server(&server, host, port, &h, &so, where, sizeof where))
         return 1;
-    }
     main_pid = getpid();
     catch_stop_signals(on_stop);
 

@@ -143,21 +143,15 @@ int main(int argc, char **argv)
     if ((rc = server_port_host(pos[0], host, &port)) != 0)
         return rc;
 
-    conc_addrinfo ai;
-    char where[CONC_SOCKADDR_STRLEN];
-    if (server_address(host, port, SOCK_STREAM, &ai, where, sizeof where))
-        return 1;
     conc_server_handler h = { .handle = handle };
     conc_server_opts so = CONC_SERVER_OPTS_INIT;
     so.model = CONC_SERVER_THREADING;
     so.allow_reuse_address = true;
     so.request_queue_size = 128;
     so.shutdown_timeout = STOP_GRACE_S;
-    rc = conc_server_new(&server, SOCK_STREAM, &ai.addr, &h, &so);
-    if (rc < 0) {
-        fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
+    char where[CONC_SOCKADDR_STRLEN];
+    if (open_server(&server, host, port, &h, &so, where, sizeof where))
         return 1;
-    }
     catch_stop_signals(on_stop);
 
     conc_sockaddr at;
