@@ -24,35 +24,9 @@
 #include "conc/broker.h"
 #include "conc/hub.h"
 #include "conc/wait.h"
-
-#ifndef CONC_RABBITMQ_SCRIPT
-#error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
-#endif
-#ifndef CONC_RABBITMQ_DIR
-#error "CONC_RABBITMQ_DIR must name the private node's directory"
-#endif
+#include "support/rabbitmq_node.h"
 
 #define HANG 30.0       /* a hang guard, never a speed */
-
-static char url[256];
-
-static void read_url(void)
-{
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' url '" CONC_RABBITMQ_DIR "'", "r");
-    cr_assert_not_null(p);
-    cr_assert_not_null(fgets(url, sizeof url, p), "no node: run the tests through ctest");
-    pclose(p);
-    url[strcspn(url, "\n")] = '\0';
-    cr_assert(strncmp(url, "amqp://", 7) == 0, "odd url %s", url);
-}
-
-static void node(const char *what)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' %s '%s' >/dev/null", CONC_RABBITMQ_SCRIPT, what,
-             CONC_RABBITMQ_DIR);
-    cr_assert_eq(system(cmd), 0, "rabbitmq.sh %s failed", what);
-}
 
 /* A queue name of its own for each test (and run). */
 static void qname(char *buf, size_t cap, const char *what)
