@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 #include "conc.h"
@@ -297,6 +298,105 @@ static inline const char *signal_name(int sig, char *buf, size_t n)
     else
         snprintf(buf, n, "signal %d", sig);
     return buf;
+}
+
+/* A stream conc_server (conc_server_new with handler h and options so) on
+ * the first address host resolves to for port; where gets that address as
+ * text.  Returns 0, or says what failed and returns 1. */
+static inline int open_server(conc_server **out, const char *host, long port,
+                              const conc_server_handler *h, const conc_server_opts *so,
+                              char *where, size_t wsize)
+{
+    conc_addrinfo ai;
+    if (server_address(host, port, SOCK_STREAM, &ai, where, wsize))
+        return 1;
+    int rc = conc_server_new(out, SOCK_STREAM, &ai.addr, h, so);
+    if (rc < 0) {
+        fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
+
+/* A server's command line: its PORT argument (0 to 65535) into *port, and
+ * a --host that must not be empty.  Returns 0, or says what is wrong and
+ * returns the exit status 2. */
+static inline int server_port_host(const char *port_arg, const char *host, long *port)
+{
+    if (!parse_long(port_arg, 0, 65535, port))
+        return fail("PORT wants a whole number from 0 to 65535, not '%s'", port_arg);
+    if (!*host)
+        return fail("--host wants an address or a name, not '%s'", host);
+    return 0;
+}
+
+/* A client's command line: HOST (not empty) and PORT (1 to 65535).
+ * Returns 0, or says what is wrong and returns the exit status 2. */
+static inline int client_host_port(const char *host, const char *port_arg, long *port)
+{
+    if (!*host)
+        return fail("HOST wants a name or an address, not '%s'", host);
+    if (!parse_long(port_arg, 1, 65535, port))
+        return fail("PORT wants a whole number from 1 to 65535, not '%s'", port_arg);
+    return 0;
+}
+
+/* A client lost its connection or the server broke the protocol: one line
+ * on stderr ("prog: what: reason", or "prog: what" when err is 0), exit 1. */
+static inline __attribute__((noreturn)) void lost_exit(const char *what, int err)
+{
+    if (err)
+        fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
+    else
+        fprintf(stderr, "%s: %s\n", prog, what);
+    exit(1);
+}
+
+/* Raises the soft descriptor limit to the hard one (a server with many
+ * clients needs one descriptor each). */
+static inline void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* For a server that stops from a signal handler: on_stop runs on SIGINT and
+ * SIGTERM, and SIGPIPE is ignored (a client gone mid-reply is an error
+ * return, not the end of the server). */
+static inline void catch_stop_signals(void (*on_stop)(int))
+{
+    struct sigaction sa = { .sa_handler = on_stop };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* A server's ready line on stdout, flushed: "prog: listening on ADDRESS
+ * (DETAIL)", ADDRESS being `at` when got (the result of the call that
+ * filled it) is 0, else `where`; DETAIL is fmt with arg. */
+static inline void say_listening(int got, const conc_sockaddr *at, const char *where,
+                                 const char *fmt, const char *arg)
+{
+    char text[CONC_SOCKADDR_STRLEN];
+    snprintf(text, sizeof text, "%s", where);
+    if (got == 0)
+        conc_sockaddr_str(at, text, sizeof text);
+    printf("%s: listening on %s (", prog, text);
+    printf(fmt, arg);
+    printf(")\n");
+    fflush(stdout);
+}
+
+/* A server's last line: "prog: stopped by SIGNAL after N WHATs". */
+static inline void say_stopped(int sig, unsigned long long n, const char *what)
+{
+    char name[32];
+    printf("%s: stopped by %s after %llu %s%s\n", prog, signal_name(sig, name, sizeof name), n,
+           what, n == 1 ? "" : "s");
 }
 
 /* Creates and starts (forking) process number `no` of the kind `name`

@@ -202,9 +202,7 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     host = pos[0];
-    if (!*host)
-        return fail("HOST wants a name or an address, not '%s'", host);
-    if (!parse_long(pos[1], 1, 65535, &port))
-        return fail("PORT wants a whole number from 1 to 65535, not '%s'", pos[1]);
+    if ((rc = client_host_port(host, pos[1], &port)) != 0)
+        return rc;
     return udp ? run_udp() : run_tcp();
 }

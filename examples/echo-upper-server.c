@@ -642,17 +642,6 @@ static void usage(FILE *f)
     fprintf(f, "SIGINT or SIGTERM stops it (exit status 0).\n");
 }
 
-/* Raises the soft descriptor limit to the hard one (a server with many
- * clients needs one descriptor each). */
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 /* The listening socket on host:port: the first address host resolves to,
  * SO_REUSEADDR, bound, listening, non-blocking.  Returns 0, or says what
  * failed and returns 1. */
@@ -696,9 +685,9 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, opts, OPTS_COUNT(opts), usage, &p);
     if (rc >= 0)
         return rc;
-    long port;
-    if (!parse_long(pos[0], 0, 65535, &port))
-        return fail("PORT wants a whole number from 0 to 65535, not '%s'", pos[0]);
+    long port = 0;
+    if ((rc = server_port_host(pos[0], host, &port)) != 0)
+        return rc;
     const struct model *model = NULL;
     for (size_t i = 0; i < sizeof models / sizeof models[0] && !model; i++)
         if (strcmp(models[i].name, model_name) == 0)
@@ -710,8 +699,6 @@ int main(int argc, char **argv)
         return fail("--model wants sync, select, poll, epoll, nonblocking, threading, forking, "
                     "prefork, coroutine or reactor, not '%s'",
                     model_name);
-    if (!*host)
-        return fail("--host wants an address or a name, not '%s'", host);
 
     raise_nofile();
     struct server srv = { .sigfd = stop_signals_fd() };
@@ -722,39 +709,25 @@ int main(int argc, char **argv)
         if (open_library(&server, lib_model, host, port, workers) != 0)
             return 1;
         conc_sockaddr at;
-        char where[CONC_SOCKADDR_STRLEN] = "?";
-        if (conc_server_address(server, &at) == 0)
-            conc_sockaddr_str(&at, where, sizeof where);
-        printf("%s: listening on %s (model %s)\n", prog, where, model_name);
-        fflush(stdout);
+        say_listening(conc_server_address(server, &at), &at, "?", "model %s", model_name);
         rc = run_library(&srv, server);
         conc_server_free(server);
         close(srv.sigfd);
         if (rc < 0)
             return die(model_name, rc);
-        char sig[32];
-        printf("%s: stopped by %s after %ld connection%s\n", prog,
-               signal_name(srv.stop_sig, sig, sizeof sig), srv.accepted,
-               srv.accepted == 1 ? "" : "s");
+        say_stopped(srv.stop_sig, (unsigned long long)srv.accepted, "connection");
         return 0;
     }
     if (open_listener(&srv, host, port) != 0)
         return 1;
     conc_sockaddr at;
-    char where[CONC_SOCKADDR_STRLEN] = "?";
-    if (conc_socket_getsockname(srv.listener, &at) == 0)
-        conc_sockaddr_str(&at, where, sizeof where);
-    printf("%s: listening on %s (model %s)\n", prog, where, model->name);
-    fflush(stdout);
+    say_listening(conc_socket_getsockname(srv.listener, &at), &at, "?", "model %s", model->name);
 
     rc = model->run(&srv);
     conc_socket_free(srv.listener);
     close(srv.sigfd);
     if (rc < 0)
         return die(model->name, rc);
-    char sig[32];
-    printf("%s: stopped by %s after %ld connection%s\n", prog,
-           signal_name(srv.stop_sig, sig, sizeof sig), srv.accepted,
-           srv.accepted == 1 ? "" : "s");
+    say_stopped(srv.stop_sig, (unsigned long long)srv.accepted, "connection");
     return 0;
 }

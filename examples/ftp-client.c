@@ -69,29 +69,19 @@ static int64_t deadline(void)
     return conc_now() + (int64_t)(timeout * 1e9);
 }
 
-/* The connection is lost or the server broke the protocol: say so, exit 1. */
-static __attribute__((noreturn)) void lost(const char *what, int err)
-{
-    if (err)
-        fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
-    else
-        fprintf(stderr, "%s: %s\n", prog, what);
-    exit(1);
-}
-
 /* Reads the server's next line; a lost connection ends the client. */
 static char *reply(void)
 {
     char *line = NULL;
     int n = ftp_read_line(&rd, &line, deadline());
     if (n == -EPIPE)
-        lost("the server closed the connection", 0);
+        lost_exit("the server closed the connection", 0);
     if (n == -EMSGSIZE)
-        lost("the server sent a line too long", 0);
+        lost_exit("the server sent a line too long", 0);
     if (n == -ETIMEDOUT || n == -EAGAIN)
-        lost("no reply from the server in time", 0);
+        lost_exit("no reply from the server in time", 0);
     if (n < 0)
-        lost("connection lost", n);
+        lost_exit("connection lost", n);
     return line;
 }
 
@@ -99,7 +89,7 @@ static void send_line(const char *text)
 {
     int rc = ftp_send_line(sock, text);
     if (rc < 0)
-        lost("connection lost", rc);
+        lost_exit("connection lost", rc);
 }
 
 /* A reply that is neither "OK ..." nor "ERR ...". */
@@ -193,7 +183,7 @@ static int do_get(const char *name)
             ssize_t k = ftp_read_some(&rd, sink, left < sizeof sink ? left : sizeof sink,
                                       deadline());
             if (k <= 0)
-                lost("connection lost during the transfer", k < 0 ? (int)k : 0);
+                lost_exit("connection lost during the transfer", k < 0 ? (int)k : 0);
             left -= (uint64_t)k;
         }
     } else {
@@ -204,7 +194,7 @@ static int do_get(const char *name)
         return failed("get", name, "checksum mismatch: the transfer was corrupted "
                       "(nothing saved)");
     if (rc == -EPIPE || rc == -ECONNRESET || rc == -ETIMEDOUT || rc == -EAGAIN)
-        lost("connection lost during the transfer", rc == -EPIPE ? 0 : rc);
+        lost_exit("connection lost during the transfer", rc == -EPIPE ? 0 : rc);
     if (problem)
         return failed("get", name, problem);
     if (rc < 0) {
@@ -251,9 +241,9 @@ static int do_put(const char *path)
     rc = size ? conc_socket_sendfile(sock, fd, 0, (size_t)size, &sent) : 0;
     close(fd);
     if (rc < 0)
-        lost("connection lost during the transfer", rc);
+        lost_exit("connection lost during the transfer", rc);
     if (sent != size)
-        lost("the file shrank while it was sent", 0);
+        lost_exit("the file shrank while it was sent", 0);
     rest = ok_or_err(reply(), &err);
     if (!rest)
         return failed("put", path, err);
@@ -285,10 +275,8 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     host = pos[0];
-    if (!*host)
-        return fail("HOST wants a name or an address, not '%s'", host);
-    if (!parse_long(pos[1], 1, 65535, &port))
-        return fail("PORT wants a whole number from 1 to 65535, not '%s'", pos[1]);
+    if ((rc = client_host_port(host, pos[1], &port)) != 0)
+        return rc;
     if (sodium_init() < 0)
         return fail("%s", "libsodium cannot start");
     dirfd_out = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -301,12 +289,12 @@ int main(int argc, char **argv)
     snprintf(what, sizeof what, "cannot connect to %s:%ld", host, port);
     rc = conc_socket_create_connection(&sock, host, (int)port, timeout, NULL);
     if (rc < 0)
-        lost(what, rc);
+        lost_exit(what, rc);
     conc_socket_set_timeout(sock, timeout);
     rd.sock = sock;
     char *err, *greeting = ok_or_err(reply(), &err);
     if (!greeting)
-        lost(err, 0);
+        lost_exit(err, 0);
 
     int status = 0;
     char *in = NULL;

@@ -124,16 +124,14 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, opts, OPTS_COUNT(opts), usage, &p);
     if (rc >= 0)
         return rc;
-    long port;
-    if (!parse_long(pos[0], 0, 65535, &port))
-        return fail("PORT wants a whole number from 0 to 65535, not '%s'", pos[0]);
+    long port = 0;
+    if ((rc = server_port_host(pos[0], host, &port)) != 0)
+        return rc;
     conc_server_model model;
     if (conc_server_model_parse(model_name, &model) < 0 ||
         (model != CONC_SERVER_THREADING && model != CONC_SERVER_FORKING &&
          model != CONC_SERVER_COROUTINE))
         return fail("--model wants threading, forking or coroutine, not '%s'", model_name);
-    if (!*host)
-        return fail("--host wants an address or a name, not '%s'", host);
     if (sodium_init() < 0)
         return fail("%s", "libsodium cannot start");
     conf.max_size = (uint64_t)max_size;
@@ -144,15 +142,7 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    struct rlimit rl;                   /* a descriptor per client */
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    conc_addrinfo ai;
-    char where[CONC_SOCKADDR_STRLEN];
-    if (server_address(host, port, SOCK_STREAM, &ai, where, sizeof where))
-        return 1;
+    raise_nofile();                     /* a descriptor per client */
     conc_server_handler h = { .handle = handle };
     conc_server_opts so = CONC_SERVER_OPTS_INIT;
     so.model = model;
@@ -160,23 +150,15 @@ int main(int argc, char **argv)
     so.request_queue_size = BACKLOG;
     so.max_children = 1000;
     so.shutdown_timeout = STOP_GRACE_S;
-    rc = conc_server_new(&server, SOCK_STREAM, &ai.addr, &h, &so);
-    if (rc < 0) {
-        fprintf(stderr, "%s: listen on %s: %s\n", prog, where, conc_strerror(rc));
+    char where[CONC_SOCKADDR_STRLEN];
+    if (open_server(&server, host, port, &h, &so, where, sizeof where))
         return 1;
-    }
     main_pid = getpid();
-    struct sigaction sa = { .sa_handler = on_stop };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    catch_stop_signals(on_stop);
 
     conc_sockaddr at;
-    if (conc_server_address(server, &at) == 0)
-        conc_sockaddr_str(&at, where, sizeof where);
-    printf("%s: listening on %s (model %s)\n", prog, where, conc_server_model_name(model));
-    fflush(stdout);
+    say_listening(conc_server_address(server, &at), &at, where, "model %s",
+                  conc_server_model_name(model));
 
     rc = conc_server_serve_forever(server, CONC_SERVER_POLL_INTERVAL);
     conc_server_stats st = { 0 };
@@ -185,9 +167,6 @@ int main(int argc, char **argv)
     close(conf.rootfd);
     if (rc < 0)
         return die("serve_forever", rc);
-    char sig[32];
-    printf("%s: stopped by %s after %llu connection%s\n", prog,
-           signal_name(stop_sig, sig, sizeof sig), (unsigned long long)st.accepted,
-           st.accepted == 1 ? "" : "s");
+    say_stopped(stop_sig, st.accepted, "connection");
     return 0;
 }

@@ -52,15 +52,6 @@ static conc_socket *sock;
 static char buf[MSG_MAX + 1];
 static size_t have;
 
-static __attribute__((noreturn)) void lost(const char *what, int err)
-{
-    if (err)
-        fprintf(stderr, "%s: %s: %s\n", prog, what, conc_strerror(err));
-    else
-        fprintf(stderr, "%s: %s\n", prog, what);
-    exit(1);
-}
-
 /* The server's next message (one line) into msg (NUL-terminated, without
  * its newline).  Returns false when the server closed the connection
  * before a message began. */
@@ -79,16 +70,16 @@ static bool next_message(char *msg)
             return true;
         }
         if (have == MSG_MAX)
-            lost("the server sent a line longer than 1024 bytes", 0);
+            lost_exit("the server sent a line longer than 1024 bytes", 0);
         ssize_t n = conc_socket_recv(sock, buf + have, MSG_MAX - have, 0);
         if (n == 0 && have == 0)
             return false;
         if (n == 0)
-            lost("the server hung up in the middle of a message", 0);
+            lost_exit("the server hung up in the middle of a message", 0);
         if (n == -ETIMEDOUT || n == -EAGAIN)
-            lost("no message from the server in time", 0);
+            lost_exit("no message from the server in time", 0);
         if (n < 0)
-            lost("connection lost", (int)n);
+            lost_exit("connection lost", (int)n);
         have += (size_t)n;
     }
 }
@@ -113,17 +104,15 @@ int main(int argc, char **argv)
     if (rc >= 0)
         return rc;
     const char *host = pos[0];
-    long port;
-    if (!*host)
-        return fail("HOST wants a name or an address, not '%s'", host);
-    if (!parse_long(pos[1], 1, 65535, &port))
-        return fail("PORT wants a whole number from 1 to 65535, not '%s'", pos[1]);
+    long port = 0;
+    if ((rc = client_host_port(host, pos[1], &port)) != 0)
+        return rc;
 
     char what[160];
     snprintf(what, sizeof what, "cannot connect to %s:%ld", host, port);
     rc = conc_socket_create_connection(&sock, host, (int)port, timeout, NULL);
     if (rc < 0)
-        lost(what, rc);
+        lost_exit(what, rc);
     conc_socket_set_timeout(sock, timeout);
     bool echo = !isatty(STDIN_FILENO), hung_up = false;
     char msg[MSG_MAX + 1], *in = NULL;
@@ -132,7 +121,7 @@ int main(int argc, char **argv)
         if (!next_message(msg)) {
             if (hung_up)
                 break;
-            lost("the server ended the call", 0);
+            lost_exit("the server ended the call", 0);
         }
         printf("receive: %s\n", msg);
         fflush(stdout);
@@ -146,7 +135,7 @@ int main(int argc, char **argv)
             in = strdup("exit");
             cap = 5;
             if (!in)
-                lost("out of memory", 0);
+                lost_exit("out of memory", 0);
             len = 4;
             echo = true;
         }
@@ -159,7 +148,7 @@ int main(int argc, char **argv)
         in[len] = '\n';
         rc = conc_socket_sendall(sock, in, (size_t)len + 1, 0, NULL);
         if (rc < 0)
-            lost("connection lost", rc);
+            lost_exit("connection lost", rc);
     }
     free(in);
     conc_socket_free(sock);

@@ -1,6 +1,7 @@
 /*
  * queue-authkey.h - what queue-server and queue-client share: reading the
- * authkey file and the name of the queue they serve and use.
+ * authkey file, the name of the queue they serve and use, and making the
+ * manager and the queue's proxy from their command line.
  */
 #ifndef CONC_EXAMPLES_QUEUE_AUTHKEY_H
 #define CONC_EXAMPLES_QUEUE_AUTHKEY_H
@@ -10,6 +11,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "conc.h"
+#include "conc/manager.h"
+#include "cli.h"
 
 /* The name of the manager's queue (Python: QueueManager.register("get_queue")). */
 #define QUEUE_NAME "queue"
@@ -59,6 +64,48 @@ static inline size_t read_authkey(const char *prog, const char *path, unsigned c
         return 0;
     }
     return n;
+}
+
+/* The --address and --authkey-file both sides require: checks that they
+ * were given and reads the key into key (AUTHKEY_MAX + 1 bytes) and
+ * *keylen.  Returns 0, or says what is wrong and returns the exit status 2. */
+static inline int queue_address_key(const char *address, const char *keyfile, unsigned char *key,
+                                    size_t *keylen)
+{
+    if (!address || !*address)
+        return fail("%s", "--address ADDR is required (try --help)");
+    if (!keyfile)
+        return fail("%s", "--authkey-file F is required (try --help)");
+    *keylen = read_authkey(prog, keyfile, key);
+    return *keylen ? 0 : 2;
+}
+
+/* A manager for address with the key (not started or connected yet).
+ * Returns 0, or says what failed and returns the exit status (2 for a bad
+ * address). */
+static inline int queue_manager_new(conc_manager **m, const char *address,
+                                    const unsigned char *key, size_t keylen)
+{
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.address = address;
+    o.authkey = key;
+    o.authkey_len = keylen;
+    int rc = conc_manager_new(m, &o);
+    if (rc < 0)
+        return rc == -EINVAL ? fail("bad --address '%s'", address) : die("manager", rc);
+    return 0;
+}
+
+/* The proxy of the queue QUEUE_NAME (made in the server if it is not there
+ * yet).  Returns 0, or says what failed, frees m and returns 1. */
+static inline int queue_proxy(conc_manager *m, conc_proxy **q)
+{
+    int rc = conc_manager_create(m, q, CONC_PROXY_QUEUE, QUEUE_NAME, 0, 0);
+    if (rc < 0) {
+        conc_manager_free(m);
+        return die("queue", rc);
+    }
+    return 0;
 }
 
 #endif

@@ -62,22 +62,14 @@ int main(int argc, char **argv)
         return fail("%s", "put needs a MESSAGE");
     if (!put && nargs != 1)
         return fail("unexpected argument '%s' after get", args[1]);
-    if (!address || !*address)
-        return fail("%s", "--address ADDR is required (try --help)");
-    if (!keyfile)
-        return fail("%s", "--authkey-file F is required (try --help)");
     static unsigned char key[AUTHKEY_MAX + 1];
-    size_t keylen = read_authkey(prog, keyfile, key);
-    if (!keylen)
-        return 2;
+    size_t keylen = 0;
+    if ((rc = queue_address_key(address, keyfile, key, &keylen)) != 0)
+        return rc;
 
-    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
-    o.address = address;
-    o.authkey = key;
-    o.authkey_len = keylen;
     conc_manager *m;
-    if ((rc = conc_manager_new(&m, &o)) < 0)
-        return rc == -EINVAL ? fail("bad --address '%s'", address) : die("manager", rc);
+    if ((rc = queue_manager_new(&m, address, key, keylen)) != 0)
+        return rc;
     if ((rc = conc_manager_connect(m)) < 0) {
         if (rc == -EACCES)
             fprintf(stderr, "%s: %s: authentication failed (wrong authkey?)\n", prog, address);
@@ -87,10 +79,8 @@ int main(int argc, char **argv)
         return 1;
     }
     conc_proxy *q;
-    if ((rc = conc_manager_create(m, &q, CONC_PROXY_QUEUE, QUEUE_NAME, 0, 0)) < 0) {
-        conc_manager_free(m);
-        return die("queue", rc);
-    }
+    if ((rc = queue_proxy(m, &q)) != 0)
+        return rc;
     int status = 0;
     if (put) {
         rc = conc_proxy_queue_put(q, args[1], strlen(args[1]), CONC_FOREVER);

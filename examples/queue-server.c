@@ -52,25 +52,17 @@ int main(int argc, char **argv)
     int rc = parse_options(argc, argv, opts, OPTS_COUNT(opts), usage);
     if (rc >= 0)
         return rc;
-    if (!address || !*address)
-        return fail("%s", "--address ADDR is required (try --help)");
-    if (!keyfile)
-        return fail("%s", "--authkey-file F is required (try --help)");
     static unsigned char key[AUTHKEY_MAX + 1];
-    size_t keylen = read_authkey(prog, keyfile, key);
-    if (!keylen)
-        return 2;
+    size_t keylen = 0;
+    if ((rc = queue_address_key(address, keyfile, key, &keylen)) != 0)
+        return rc;
 
     int sfd = stop_signals_fd();            /* SIGINT, SIGTERM end the serving */
     if (sfd < 0)
         return die("signals", sfd);
-    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
-    o.address = address;
-    o.authkey = key;
-    o.authkey_len = keylen;
     conc_manager *m;
-    if ((rc = conc_manager_new(&m, &o)) < 0)
-        return rc == -EINVAL ? fail("bad --address '%s'", address) : die("manager", rc);
+    if ((rc = queue_manager_new(&m, address, key, keylen)) != 0)
+        return rc;
     if ((rc = conc_manager_start(m)) < 0) {
         fprintf(stderr, "%s: listen on %s: %s\n", prog, address, conc_strerror(rc));
         conc_manager_free(m);
@@ -78,10 +70,8 @@ int main(int argc, char **argv)
     }
     /* The queue exists from the start, so a client's get waits in it. */
     conc_proxy *q;
-    if ((rc = conc_manager_create(m, &q, CONC_PROXY_QUEUE, QUEUE_NAME, 0, 0)) < 0) {
-        conc_manager_free(m);
-        return die("queue", rc);
-    }
+    if ((rc = queue_proxy(m, &q)) != 0)
+        return rc;
     char where[CONC_MANAGER_ADDR_MAX + 1];
     conc_manager_address(m, where, sizeof where);
     printf("serving on %s\n", where);

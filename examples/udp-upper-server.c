@@ -65,11 +65,9 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, opts, OPTS_COUNT(opts), usage, &p);
     if (rc >= 0)
         return rc;
-    long port;
-    if (!parse_long(pos[0], 0, 65535, &port))
-        return fail("PORT wants a whole number from 0 to 65535, not '%s'", pos[0]);
-    if (!*host)
-        return fail("--host wants an address or a name, not '%s'", host);
+    long port = 0;
+    if ((rc = server_port_host(pos[0], host, &port)) != 0)
+        return rc;
 
     int sigfd = stop_signals_fd();
     if (sigfd < 0)
@@ -87,10 +85,7 @@ int main(int argc, char **argv)
         return 1;
     }
     conc_sockaddr at;
-    if (conc_socket_getsockname(s, &at) == 0)
-        conc_sockaddr_str(&at, where, sizeof where);
-    printf("%s: listening on %s (UDP)\n", prog, where);
-    fflush(stdout);
+    say_listening(conc_socket_getsockname(s, &at), &at, where, "%s", "UDP");
 
     char *buf = malloc(MAX_DATAGRAM);
     if (!buf) {
@@ -133,8 +128,6 @@ int main(int argc, char **argv)
     close(sigfd);
     if (rc < 0)
         return die("wait", rc);
-    char name[32];
-    printf("%s: stopped by %s after %ld datagram%s\n", prog, signal_name(sig, name, sizeof name),
-           datagrams, datagrams == 1 ? "" : "s");
+    say_stopped(sig, (unsigned long long)datagrams, "datagram");
     return 0;
 }

@@ -45,6 +45,7 @@
 
 #include "conc/broker_executor.h"
 #include "conc/wait.h"
+#include "internal.h"
 
 #define BX_CHANNEL 1
 #define BX_QUEUE_NAME_MAX 200
@@ -524,13 +525,7 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
                              const conc_broker_executor_opts *opts)
 {
     conc_broker_executor_opts o;
-    memset(&o, 0, sizeof o);
-    if (opts) {
-        uint32_t size;
-        memcpy(&size, opts, sizeof size);
-        size_t len = size ? size : sizeof o;
-        memcpy(&o, opts, len < sizeof o ? len : sizeof o);
-    }
+    CONC__OPTS_COPY(&o, opts, sizeof o);
     if (!out || !url)
         return -EINVAL;
     const char *queue = o.queue ? o.queue : CONC_BROKER_DEFAULT_QUEUE;
@@ -718,13 +713,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
                            const conc_broker_worker_opts *opts)
 {
     conc_broker_worker_opts o;
-    memset(&o, 0, sizeof o);
-    if (opts) {
-        uint32_t size;
-        memcpy(&size, opts, sizeof size);
-        size_t len = size ? size : sizeof o;
-        memcpy(&o, opts, len < sizeof o ? len : sizeof o);
-    }
+    CONC__OPTS_COPY(&o, opts, sizeof o);
     if (!out || !url)
         return -EINVAL;
     const char *queue = o.queue ? o.queue : CONC_BROKER_DEFAULT_QUEUE;

@@ -48,6 +48,20 @@ static bool again(conc_broker *b, int r, int64_t lim, int *tries)
            (*tries)++ < 3 && conc_now() < lim;
 }
 
+/* One method on the control channel and its reply (ok_id), tried again
+ * while again() says so.  Returns 0 or -errno. */
+static int ctl_rpc(conc_broker *b, amqp_method_number_t id, void *args,
+                   amqp_method_number_t ok_id, int64_t lim)
+{
+    int r, tries = 0;
+    do {
+        r = bk_ctl_ready(b, lim);
+        if (r == 0)
+            r = bk_rpc(b, BK_CH_CTL, id, args, ok_id, lim);
+    } while (again(b, r, lim, &tries));
+    return r;
+}
+
 static bool name_ok(const char *s, bool empty_ok)
 {
     if (!s)
@@ -545,16 +559,9 @@ int conc_broker_queue_delete(conc_broker_queue *q, double timeout)
     if (!q || bk_deadline(timeout, &deadline, &poll))
         return -EINVAL;
     conc_broker *b = q->b;
-    int64_t lim = setup_limit(b, deadline);
-    int r, tries = 0;
-    do {
-        r = bk_ctl_ready(b, lim);
-        if (r == 0) {
-            amqp_queue_delete_t d = { .queue = amqp_cstring_bytes(q->name) };
-            r = bk_rpc(b, BK_CH_CTL, AMQP_QUEUE_DELETE_METHOD, &d, AMQP_QUEUE_DELETE_OK_METHOD,
-                       lim);
-        }
-    } while (again(b, r, lim, &tries));
+    amqp_queue_delete_t d = { .queue = amqp_cstring_bytes(q->name) };
+    int r = ctl_rpc(b, AMQP_QUEUE_DELETE_METHOD, &d, AMQP_QUEUE_DELETE_OK_METHOD,
+                    setup_limit(b, deadline));
     conc_broker_queue_free(q);
     return bk_code(poll, r);
 }
@@ -997,20 +1004,13 @@ int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout)
     if (!q || bk_deadline(timeout, &deadline, &poll))
         return -EINVAL;
     conc_broker *b = q->b;
-    int64_t lim = setup_limit(b, deadline);
-    int r, tries = 0;
-    do {
-        r = bk_ctl_ready(b, lim);
-        if (r == 0) {
-            amqp_queue_declare_t d = {
-                .queue = amqp_cstring_bytes(q->name),
-                .passive = 1,
-                .arguments = amqp_empty_table,
-            };
-            r = bk_rpc(b, BK_CH_CTL, AMQP_QUEUE_DECLARE_METHOD, &d,
-                       AMQP_QUEUE_DECLARE_OK_METHOD, lim);
-        }
-    } while (again(b, r, lim, &tries));
+    amqp_queue_declare_t d = {
+        .queue = amqp_cstring_bytes(q->name),
+        .passive = 1,
+        .arguments = amqp_empty_table,
+    };
+    int r = ctl_rpc(b, AMQP_QUEUE_DECLARE_METHOD, &d, AMQP_QUEUE_DECLARE_OK_METHOD,
+                    setup_limit(b, deadline));
     if (r < 0)
         return bk_code(poll, r);
     return (int64_t)b->got_count;

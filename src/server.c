@@ -25,15 +25,6 @@
 #define DEFAULT_DATAGRAM 8192
 
 /* One request handed to a thread or a child process. */
-struct job {
-    conc_server *s;
-    conc_socket *c;                 /* stream: the connection */
-    conc_sockaddr peer;
-    struct conc__server_slot slot;
-    size_t len;                     /* datagram: its bytes follow */
-    unsigned char data[];
-};
-
 static struct conc__server_kids *kids_of(conc_server *s)
 {
     return &s->kids;
@@ -177,7 +168,7 @@ static void server_release(conc_server *s)
 
 static void *thread_main(void *arg)
 {
-    struct job *j = arg;
+    struct conc__server_job *j = arg;
     conc_server *s = j->s;
     conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
     free(j);
@@ -185,10 +176,11 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
-static struct job *job_new(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
-                           const void *data, size_t len)
+struct conc__server_job *conc__server_job_new(conc_server *s, conc_socket *c,
+                                              const conc_sockaddr *peer, const void *data,
+                                              size_t len)
 {
-    struct job *j = malloc(sizeof *j + len);
+    struct conc__server_job *j = malloc(sizeof *j + len);
     if (!j)
         return NULL;
     j->s = s;
@@ -203,7 +195,7 @@ static struct job *job_new(conc_server *s, conc_socket *c, const conc_sockaddr *
 static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
                         const void *data, size_t len)
 {
-    struct job *j = job_new(s, c, peer, data, len);
+    struct conc__server_job *j = conc__server_job_new(s, c, peer, data, len);
     if (!j)
         return -ENOMEM;
     pthread_attr_t attr;
@@ -231,7 +223,7 @@ static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *pee
 static int child_main(const void *arg, size_t len)
 {
     (void)len;
-    struct job *j;
+    struct conc__server_job *j;
     memcpy(&j, arg, sizeof j);
     conc_server *s = j->s;
     /* The child serves one request: the listening socket is the parent's. */
@@ -266,7 +258,7 @@ static int start_child(conc_server *s, conc_socket *c, const conc_sockaddr *peer
         k->p = p;
         k->cap = cap;
     }
-    struct job *j = job_new(s, c, peer, data, len);
+    struct conc__server_job *j = conc__server_job_new(s, c, peer, data, len);
     if (!j)
         return -ENOMEM;
     conc_process_opts po = CONC_PROCESS_OPTS_INIT;

@@ -74,6 +74,24 @@ CONC_HIDDEN void conc__server_serve_entered(conc_server *s, conc_socket *c,
                                             const conc_sockaddr *peer, const void *data,
                                             size_t len, struct conc__server_slot *slot);
 
+/* A request handed to a thread or a greenlet: a stream's connection c
+ * (NULL for a datagram) or a datagram's len bytes, which follow it in the
+ * same allocation.  Whoever runs it frees it. */
+struct conc__server_job {
+    conc_server *s;
+    conc_socket *c;                 /* stream: the connection */
+    conc_sockaddr peer;
+    struct conc__server_slot slot;
+    size_t len;                     /* datagram: its bytes follow */
+    unsigned char data[];
+};
+
+/* A new job for c or the datagram (data, len), not counted in yet; NULL
+ * when memory is short. */
+CONC_HIDDEN struct conc__server_job *conc__server_job_new(conc_server *s, conc_socket *c,
+                                                          const conc_sockaddr *peer,
+                                                          const void *data, size_t len);
+
 /* Serves one datagram in the calling thread or greenlet. */
 CONC_HIDDEN void conc__server_serve_datagram(conc_server *s, const conc_sockaddr *peer,
                                              const void *data, size_t len);

@@ -25,42 +25,28 @@
 
 /* A request handed to a greenlet, counted in when it is handed over (a
  * drain waits for it even before the greenlet first runs). */
-struct gjob {
-    conc_server *s;
-    conc_socket *c;
-    conc_sockaddr peer;
-    struct conc__server_slot slot;
-    size_t len;
-    unsigned char data[];
-};
-
 static void *gjob_main(void *arg)
 {
-    struct gjob *j = arg;
+    struct conc__server_job *j = arg;
     conc__server_serve_entered(j->s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
     free(j);
     return NULL;
 }
 
-static struct gjob *gjob_new(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
-                             const void *data, size_t len)
+/* A job counted in. */
+static struct conc__server_job *gjob_new(conc_server *s, conc_socket *c,
+                                         const conc_sockaddr *peer, const void *data, size_t len)
 {
-    struct gjob *j = malloc(sizeof *j + len);
+    struct conc__server_job *j = conc__server_job_new(s, c, peer, data, len);
     if (!j)
         return NULL;
-    j->s = s;
-    j->c = c;
-    j->peer = *peer;
-    j->len = len;
-    if (len)
-        memcpy(j->data, data, len);
     conc__server_enter(s, &j->slot, c ? conc_socket_fd(c) : -1);
     return j;
 }
 
 /* A job whose greenlet could not be spawned: counted out (c stays the
  * caller's). */
-static void gjob_drop(struct gjob *j)
+static void gjob_drop(struct conc__server_job *j)
 {
     conc__server_leave(j->s, &j->slot);
     free(j);
@@ -77,7 +63,7 @@ static void spawn_opts(conc_server *s, conc_spawn_opts *so, conc_coro_opts *co)
 int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
                        const void *data, size_t len)
 {
-    struct gjob *j = gjob_new(s, c, peer, data, len);
+    struct conc__server_job *j = gjob_new(s, c, peer, data, len);
     if (!j)
         return -ENOMEM;
     conc_spawn_opts so;
@@ -134,7 +120,7 @@ static void *acceptor_main(void *arg)
             }
             conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
                                                                  : CONC_FOREVER);
-            struct gjob *j = gjob_new(s, c, &peer, NULL, 0);
+            struct conc__server_job *j = gjob_new(s, c, &peer, NULL, 0);
             conc_greenlet *g;
             rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
             if (rc < 0) {

@@ -24,35 +24,9 @@
 #include "conc/broker.h"
 #include "conc/hub.h"
 #include "conc/wait.h"
-
-#ifndef CONC_RABBITMQ_SCRIPT
-#error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
-#endif
-#ifndef CONC_RABBITMQ_DIR
-#error "CONC_RABBITMQ_DIR must name the private node's directory"
-#endif
+#include "support/rabbitmq_node.h"
 
 #define HANG 30.0       /* a hang guard, never a speed */
-
-static char url[256];
-
-static void read_url(void)
-{
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' url '" CONC_RABBITMQ_DIR "'", "r");
-    cr_assert_not_null(p);
-    cr_assert_not_null(fgets(url, sizeof url, p), "no node: run the tests through ctest");
-    pclose(p);
-    url[strcspn(url, "\n")] = '\0';
-    cr_assert(strncmp(url, "amqp://", 7) == 0, "odd url %s", url);
-}
-
-static void node(const char *what)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' %s '%s' >/dev/null", CONC_RABBITMQ_SCRIPT, what,
-             CONC_RABBITMQ_DIR);
-    cr_assert_eq(system(cmd), 0, "rabbitmq.sh %s failed", what);
-}
 
 /* A queue name of its own for each test (and run). */
 static void qname(char *buf, size_t cap, const char *what)
@@ -86,6 +60,25 @@ static void get_str(conc_broker_queue *q, const char *want_body, const char *wan
     if (want_key)
         cr_assert_str_eq(m.routing_key, want_key);
     conc_broker_msg_clear(&m);
+}
+
+/* A queue of its own (qname(what)) whose dead letters go, through the
+ * default exchange, to a second queue "<name>-dead": o gets the
+ * dead-letter fields; both queues are made on b. */
+struct dead_pair {
+    char name[128], dead[140];
+    conc_broker_queue *q, *dq;
+};
+
+static void dead_pair_ok(struct dead_pair *d, conc_broker *b, const char *what,
+                         conc_broker_queue_opts *o)
+{
+    qname(d->name, sizeof d->name, what);
+    snprintf(d->dead, sizeof d->dead, "%s-dead", d->name);
+    d->dq = queue_ok(b, d->dead, NULL);
+    o->dead_letter_exchange = "";
+    o->dead_letter_key = d->dead;
+    d->q = queue_ok(b, d->name, o);
 }
 
 static void setup(void)
@@ -763,16 +756,12 @@ Test(broker, properties_for_request_reply)
 
 Test(broker, delivery_limit_dead_letters_a_poison_message)
 {
-    char name[128], dead[140];
-    qname(name, sizeof name, "poison");
-    snprintf(dead, sizeof dead, "%s-dead", name);
     conc_broker *b = connect_ok();
-    conc_broker_queue *dq = queue_ok(b, dead, NULL);
     conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
     o.delivery_limit = 2;
-    o.dead_letter_exchange = "";
-    o.dead_letter_key = dead;
-    conc_broker_queue *q = queue_ok(b, name, &o);
+    struct dead_pair d;
+    dead_pair_ok(&d, b, "poison", &o);
+    conc_broker_queue *q = d.q, *dq = d.dq;
     cr_assert_eq(conc_broker_queue_put(q, "poison", 6, HANG), 0);
     /* Every delivery is given back (as a crashing worker would); the count
      * grows until the broker stops delivering it. */
@@ -794,10 +783,7 @@ Test(broker, delivery_limit_dead_letters_a_poison_message)
     }
     cr_assert_eq(deliveries, 3);
     cr_assert_eq(last, 2);
-    conc_broker_msg m = { 0 };
-    cr_assert_eq(conc_broker_queue_get(dq, &m, HANG), 0);
-    cr_assert_str_eq((char *)m.data, "poison");
-    conc_broker_msg_clear(&m);
+    get_str(dq, "poison", NULL);
     cr_assert_eq(conc_broker_queue_task_done(dq), 0);
     conc_broker_queue_opts bad = CONC_BROKER_QUEUE_OPTS_INIT;
     bad.delivery_limit = 1;
@@ -811,28 +797,19 @@ Test(broker, delivery_limit_dead_letters_a_poison_message)
 
 Test(broker, expired_messages_are_dead_lettered)
 {
-    char name[128], dead[140];
-    qname(name, sizeof name, "ttl");
-    snprintf(dead, sizeof dead, "%s-dead", name);
     conc_broker *b = connect_ok();
-    conc_broker_queue *dq = queue_ok(b, dead, NULL);
     conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
     o.message_ttl = 0.05;
-    o.dead_letter_exchange = "";
-    o.dead_letter_key = dead;
-    conc_broker_queue *q = queue_ok(b, name, &o);
+    struct dead_pair d;
+    dead_pair_ok(&d, b, "ttl", &o);
+    conc_broker_queue *q = d.q, *dq = d.dq;
     cr_assert_eq(conc_broker_queue_put(q, "stale", 5, HANG), 0);
     /* A per-message expiration (properties) dead-letters the same way. */
     conc_broker_props p = CONC_BROKER_PROPS_INIT;
     p.expiration = 0.05;
-    cr_assert_eq(conc_broker_publish_props(b, "", name, "stale-2", 7, &p, HANG), 0);
-    conc_broker_msg m = { 0 };
-    cr_assert_eq(conc_broker_queue_get(dq, &m, HANG), 0);
-    cr_assert_str_eq((char *)m.data, "stale");
-    conc_broker_msg_clear(&m);
-    cr_assert_eq(conc_broker_queue_get(dq, &m, HANG), 0);
-    cr_assert_str_eq((char *)m.data, "stale-2");
-    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_publish_props(b, "", d.name, "stale-2", 7, &p, HANG), 0);
+    get_str(dq, "stale", NULL);
+    get_str(dq, "stale-2", NULL);
     cr_assert_eq(conc_broker_queue_qsize(q, HANG), 0);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     cr_assert_eq(conc_broker_queue_delete(dq, HANG), 0);

@@ -17,32 +17,12 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/rabbitmq_node.h"
 #include "support/run_example.h"
-
-#ifndef CONC_RABBITMQ_SCRIPT
-#error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
-#endif
-#ifndef CONC_RABBITMQ_DIR
-#error "CONC_RABBITMQ_DIR must name the private node's directory"
-#endif
-
-static char url[256];
 
 static void setup(void)
 {
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' url '" CONC_RABBITMQ_DIR "'", "r");
-    cr_assert_not_null(p);
-    cr_assert_not_null(fgets(url, sizeof url, p), "no node: run the tests through ctest");
-    pclose(p);
-    url[strcspn(url, "\n")] = '\0';
-}
-
-static void node(const char *what)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' %s '%s' >/dev/null", CONC_RABBITMQ_SCRIPT, what,
-             CONC_RABBITMQ_DIR);
-    cr_assert_eq(system(cmd), 0, "rabbitmq.sh %s failed", what);
+    read_url();
 }
 
 TestSuite(example_broker, .init = setup, .timeout = 240);

@@ -17,24 +17,12 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/rabbitmq_node.h"
 #include "support/run_example.h"
-
-#ifndef CONC_RABBITMQ_SCRIPT
-#error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
-#endif
-#ifndef CONC_RABBITMQ_DIR
-#error "CONC_RABBITMQ_DIR must name the private node's directory"
-#endif
-
-static char url[256];
 
 static void setup(void)
 {
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' url '" CONC_RABBITMQ_DIR "'", "r");
-    cr_assert_not_null(p);
-    cr_assert_not_null(fgets(url, sizeof url, p), "no node: run the tests through ctest");
-    pclose(p);
-    url[strcspn(url, "\n")] = '\0';
+    read_url();
 }
 
 TestSuite(example_distmap, .init = setup, .timeout = 240);

@@ -34,10 +34,10 @@
 #include <unistd.h>
 
 #include "conc.h"
-#include "support/run_example.h"
 #include "support/task_state.h"
 
 #define GUARD_MS 60000          /* hang guard for every wait here */
+#include "support/example_server.h"
 
 static const char *const models[] = { "sync", "select", "poll", "epoll", "nonblocking" };
 static const char *const loop_models[] = { "select", "poll", "epoll", "nonblocking" };
@@ -51,119 +51,6 @@ static const char *const lib_models[][2] = {
 #define NLIB (sizeof lib_models / sizeof lib_models[0])
 
 /* ------------------------------------------------------------- servers */
-
-struct srv {
-    pid_t pid;
-    int out;                    /* its stdout, after the ready line */
-    FILE *err;
-    int port;
-    char ready[256];            /* the ready line, without its newline */
-};
-
-/* Starts a server example and reads its ready line ("... listening on
- * HOST:PORT ..."), with the default signal dispositions. */
-static struct srv start_server(const char *name, const char *const *args)
-{
-    char path[512];
-    const char *argv[32];
-    example_argv(name, args, path, sizeof path, argv);
-    struct srv s = { .err = tmpfile() };
-    cr_assert_not_null(s.err);
-    int p[2];
-    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-    fflush(NULL);
-    s.pid = fork();
-    cr_assert_geq(s.pid, 0);
-    if (s.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);       /* a failed test leaves no server */
-        dup2(p[1], STDOUT_FILENO);
-        dup2(fileno(s.err), STDERR_FILENO);
-        int sigs[] = { SIGINT, SIGTERM, SIGPIPE };
-        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-            signal(sigs[i], SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    s.out = p[0];
-    size_t len = 0;
-    while (!memchr(s.ready, '\n', len)) {
-        struct pollfd pf = { .fd = s.out, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "%s: no ready line", name);
-        cr_assert_lt(len, sizeof s.ready - 1, "%s: ready line too long", name);
-        ssize_t n = read(s.out, s.ready + len, 1);      /* the line only */
-        cr_assert_eq(n, 1, "%s ended before its ready line", name);
-        len++;
-    }
-    s.ready[len - 1] = '\0';
-    const char *at = strstr(s.ready, "listening on ");
-    cr_assert_not_null(at, "%s: ready line '%s'", name, s.ready);
-    const char *end = strchr(at + 13, ' '), *colon = NULL;
-    for (const char *q = at + 13; *q && q != end; q++)
-        if (*q == ':')
-            colon = q;
-    cr_assert_not_null(colon, "%s: no port in '%s'", name, s.ready);
-    s.port = atoi(colon + 1);
-    cr_assert(s.port > 0 && s.port < 65536, "%s: port in '%s'", name, s.ready);
-    return s;
-}
-
-/* Reads all that is left of fd (until EOF) into a new string. */
-static char *read_rest(int fd)
-{
-    struct buf b = { 0 };
-    buf_add(&b, "", 0);
-    for (;;) {
-        struct pollfd pf = { .fd = fd, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "output never ended");
-        char chunk[4096];
-        ssize_t n = read(fd, chunk, sizeof chunk);
-        if (n <= 0)
-            break;
-        buf_add(&b, chunk, (size_t)n);
-    }
-    return b.data;
-}
-
-/* Sends sig to the server and waits for its end (hang guard).  Returns
- * the wait status; *out and *err (unless NULL; free them) get what it
- * wrote after its ready line. */
-static int stop_server(struct srv *s, int sig, char **out, char **err)
-{
-    if (sig)
-        cr_assert_eq(kill(s->pid, sig), 0);
-    char *o = read_rest(s->out);    /* EOF: it ended (or closed stdout) */
-    close(s->out);
-    int status;
-    int64_t deadline = conc_now() + (int64_t)GUARD_MS * 1000000;
-    pid_t r;
-    while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
-        usleep(1000);
-    if (r == 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, &status, 0);
-    }
-    cr_assert_neq(r, 0, "the server did not end");
-    struct stat st;
-    cr_assert_eq(fstat(fileno(s->err), &st), 0);
-    char *e = calloc(1, (size_t)st.st_size + 1);
-    cr_assert_not_null(e);
-    if (st.st_size > 0)
-        cr_assert_eq(pread(fileno(s->err), e, (size_t)st.st_size, 0), st.st_size);
-    fclose(s->err);
-    if (out)
-        *out = o;
-    else
-        free(o);
-    if (err)
-        *err = e;
-    else
-        free(e);
-    return status;
-}
 
 /* Stops it with SIGTERM and checks the clean end: exit 0, the stop line
  * with `conns` connections, nothing on stderr. */
@@ -193,57 +80,7 @@ static struct srv start_model(const char *model)
     return s;
 }
 
-/* The number of descriptors process pid has open. */
-static int fd_count(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    cr_assert_not_null(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
 /* ------------------------------------------------- the test's own sockets */
-
-static int tcp_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
-                 strerror(errno));
-    return fd;
-}
-
-static void send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        cr_assert_gt(k, 0, "send: %s", strerror(errno));
-        c += k;
-        n -= (size_t)k;
-    }
-}
-
-/* Receives exactly n bytes (hang guard). */
-static void recv_exact(int fd, void *p, size_t n)
-{
-    char *c = p;
-    while (n > 0) {
-        struct pollfd pf = { .fd = fd, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "no reply (%zu bytes missing)", n);
-        ssize_t k = recv(fd, c, n, 0);
-        cr_assert_gt(k, 0, "recv: %s", k == 0 ? "end of stream" : strerror(errno));
-        c += k;
-        n -= (size_t)k;
-    }
-}
 
 static void upper_copy(char *dst, const char *src, size_t n)
 {
@@ -261,16 +98,6 @@ static void dialog(int fd, const char *msg)
     send_all(fd, msg, n);
     recv_exact(fd, got, n);
     cr_assert_arr_eq(got, want, n, "reply to '%s'", msg);
-}
-
-/* Waits until fd's peer closed it: recv gives 0 (hang guard). */
-static void expect_eof(int fd)
-{
-    struct pollfd pf = { .fd = fd, .events = POLLIN };
-    cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "the connection was never closed");
-    char c;
-    ssize_t k = recv(fd, &c, 1, 0);
-    cr_assert(k == 0 || (k < 0 && errno == ECONNRESET), "recv gave %zd", k);
 }
 
 static void raise_nofile(void)

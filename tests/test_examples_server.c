@@ -39,128 +39,24 @@
 #include <sodium.h>
 
 #include "conc.h"
-#include "support/run_example.h"
-
 #define GUARD_MS 60000          /* hang guard for every wait here */
+#include "support/example_server.h"
 #define GUARD_NS (GUARD_MS * 1000000LL)
 
 /* ------------------------------------------------------------- servers */
-
-struct srv {
-    pid_t pid;
-    int out;                    /* its stdout, after the ready line */
-    FILE *err;
-    int port;
-    char ready[256];            /* the ready line, without its newline */
-};
-
-/* Starts a server example and reads its ready line ("... listening on
- * HOST:PORT ..."), with the default signal dispositions. */
-static struct srv start_server(const char *name, const char *const *args)
-{
-    char path[512];
-    const char *argv[32];
-    example_argv(name, args, path, sizeof path, argv);
-    struct srv s = { .err = tmpfile() };
-    cr_assert_not_null(s.err);
-    int p[2];
-    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-    fflush(NULL);
-    s.pid = fork();
-    cr_assert_geq(s.pid, 0);
-    if (s.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);       /* a failed test leaves no server */
-        dup2(p[1], STDOUT_FILENO);
-        dup2(fileno(s.err), STDERR_FILENO);
-        int sigs[] = { SIGINT, SIGTERM, SIGPIPE, SIGCHLD };
-        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-            signal(sigs[i], SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    s.out = p[0];
-    size_t len = 0;
-    while (!memchr(s.ready, '\n', len)) {
-        struct pollfd pf = { .fd = s.out, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "%s: no ready line", name);
-        cr_assert_lt(len, sizeof s.ready - 1, "%s: ready line too long", name);
-        ssize_t n = read(s.out, s.ready + len, 1);      /* the line only */
-        cr_assert_eq(n, 1, "%s ended before its ready line", name);
-        len++;
-    }
-    s.ready[len - 1] = '\0';
-    const char *at = strstr(s.ready, "listening on 127.0.0.1:");
-    cr_assert_not_null(at, "%s: ready line '%s'", name, s.ready);
-    s.port = atoi(at + strlen("listening on 127.0.0.1:"));
-    cr_assert(s.port > 0 && s.port < 65536, "%s: port in '%s'", name, s.ready);
-    return s;
-}
-
-/* Reads all that is left of fd (until EOF) into a new string. */
-static char *read_rest(int fd)
-{
-    struct buf b = { 0 };
-    buf_add(&b, "", 0);
-    for (;;) {
-        struct pollfd pf = { .fd = fd, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "output never ended");
-        char chunk[4096];
-        ssize_t n = read(fd, chunk, sizeof chunk);
-        if (n <= 0)
-            break;
-        buf_add(&b, chunk, (size_t)n);
-    }
-    return b.data;
-}
 
 /* Stops the server with SIGTERM and checks the clean end: exit 0, the
  * stop line `want`, nothing on stderr. */
 static void stop_clean(struct srv *s, const char *want)
 {
-    cr_assert_eq(kill(s->pid, SIGTERM), 0);
-    char *out = read_rest(s->out);
-    close(s->out);
-    int status;
-    int64_t deadline = conc_now() + GUARD_NS;
-    pid_t r;
-    while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && conc_now() < deadline)
-        usleep(1000);
-    if (r == 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, &status, 0);
-    }
-    cr_assert_neq(r, 0, "the server did not end");
-    struct stat st;
-    cr_assert_eq(fstat(fileno(s->err), &st), 0);
-    char *e = calloc(1, (size_t)st.st_size + 1);
-    cr_assert_not_null(e);
-    if (st.st_size > 0)
-        cr_assert_eq(pread(fileno(s->err), e, (size_t)st.st_size, 0), st.st_size);
-    fclose(s->err);
+    char *out, *e;
+    int status = stop_server(s, SIGTERM, &out, &e);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x\nstderr:\n%s", status,
               e);
     cr_assert_str_eq(out, want);
     cr_assert_str_empty(e, "the server wrote to stderr:\n%s", e);
     free(out);
     free(e);
-}
-
-/* The number of descriptors process pid has open. */
-static int fd_count_of(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    cr_assert_not_null(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
 }
 
 /* Waits (hang guard) until pid has at most `fds` descriptors and no child.
@@ -171,7 +67,7 @@ static void wait_settled(pid_t pid, int fds)
     int64_t deadline = conc_now() + GUARD_NS;
     pid_t kids[8];
     int n, k;
-    while ((n = fd_count_of(pid)) > fds || (k = children_of(pid, kids, 8)) != 0) {
+    while ((n = fd_count(pid)) > fds || (k = children_of(pid, kids, 8)) != 0) {
         cr_assert_lt(conc_now(), deadline, "the server keeps %d descriptors (%d before) and %d "
                      "children", n, fds, children_of(pid, kids, 8));
         usleep(1000);
@@ -180,45 +76,9 @@ static void wait_settled(pid_t pid, int fds)
 
 /* ------------------------------------------------- the test's own sockets */
 
-static int tcp_connect(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
-                 strerror(errno));
-    return fd;
-}
-
-static void send_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        cr_assert_gt(k, 0, "send: %s", strerror(errno));
-        c += k;
-        n -= (size_t)k;
-    }
-}
-
 static void send_str(int fd, const char *s)
 {
     send_all(fd, s, strlen(s));
-}
-
-/* Receives exactly n bytes (hang guard). */
-static void recv_exact(int fd, void *p, size_t n)
-{
-    char *c = p;
-    while (n > 0) {
-        struct pollfd pf = { .fd = fd, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "no reply (%zu bytes missing)", n);
-        ssize_t k = recv(fd, c, n, 0);
-        cr_assert_gt(k, 0, "recv: %s", k == 0 ? "end of stream" : strerror(errno));
-        c += k;
-        n -= (size_t)k;
-    }
 }
 
 /* Receives one line (byte by byte, so nothing after it is taken) into
@@ -251,16 +111,6 @@ static void expect_prefix(int fd, const char *prefix)
     recv_line(fd, line, sizeof line);
     cr_assert_eq(strncmp(line, prefix, strlen(prefix)), 0, "want '%s...', got '%s'", prefix,
                  line);
-}
-
-/* Waits until fd's peer closed it: recv gives 0 (hang guard). */
-static void expect_eof(int fd)
-{
-    struct pollfd pf = { .fd = fd, .events = POLLIN };
-    cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "the connection was never closed");
-    char c;
-    ssize_t k = recv(fd, &c, 1, 0);
-    cr_assert(k == 0 || (k < 0 && errno == ECONNRESET), "recv gave %zd", k);
 }
 
 /* ------------------------------------------------------------- hotline */
@@ -313,7 +163,7 @@ Test(hotline, client_dialog, .timeout = 120)
 Test(hotline, byte_by_byte, .timeout = 60)
 {
     struct srv s = start_hotline();
-    int base = fd_count_of(s.pid);
+    int base = fd_count(s.pid);
     int fd = tcp_connect(s.port);
     expect_line(fd, GREETING);
     send_str(fd, "0\r\n");                      /* a CRLF line */
@@ -353,7 +203,7 @@ Test(hotline, byte_by_byte, .timeout = 60)
 Test(hotline, callers_at_once, .timeout = 120)
 {
     struct srv s = start_hotline();
-    int base = fd_count_of(s.pid);
+    int base = fd_count(s.pid);
     enum { N = 50 };
     int fd[N];
     for (int i = 0; i < N; i++)
@@ -614,7 +464,7 @@ static int ftp_settled_base(struct srv *s)
         cr_assert_lt(conc_now(), deadline, "the first session's process stays");
         usleep(1000);
     }
-    return fd_count_of(s->pid);
+    return fd_count(s->pid);
 }
 
 /* The round trips with ftp-client: ls, get (small, empty, 3 MB, in a

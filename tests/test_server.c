@@ -35,6 +35,13 @@
 
 #define GUARD 20.0
 
+/* A test of one model: Test(server, name) runs fn(model, workers). */
+#define MODEL_TEST(name, fn, model, workers)                                                  \
+    Test(server, name, .timeout = 60)                                                          \
+    {                                                                                          \
+        fn(model, workers);                                                                    \
+    }
+
 /* ------------------------------------------------------------ handlers */
 
 static void upper(char *p, size_t n)
@@ -370,45 +377,14 @@ static void concurrent_clients(conc_server_model model, int workers)
     no_children();
 }
 
-Test(server, sync_serves_clients_in_turn, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_SYNC, 0);
-}
-
-Test(server, threading_serves_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_THREADING, 0);
-}
-
-Test(server, forking_serves_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_FORKING, 0);
-}
-
-Test(server, prefork_serves_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_PREFORK, 2);
-}
-
-Test(server, coroutine_serves_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_COROUTINE, 1);
-}
-
-Test(server, coroutine_hubs_serve_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_COROUTINE, 3);
-}
-
-Test(server, reactor_serves_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_REACTOR, 1);
-}
-
-Test(server, reactor_loops_serve_concurrent_clients, .timeout = 60)
-{
-    concurrent_clients(CONC_SERVER_REACTOR, 2);
-}
+MODEL_TEST(sync_serves_clients_in_turn, concurrent_clients, CONC_SERVER_SYNC, 0)
+MODEL_TEST(threading_serves_concurrent_clients, concurrent_clients, CONC_SERVER_THREADING, 0)
+MODEL_TEST(forking_serves_concurrent_clients, concurrent_clients, CONC_SERVER_FORKING, 0)
+MODEL_TEST(prefork_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK, 2)
+MODEL_TEST(coroutine_serves_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 1)
+MODEL_TEST(coroutine_hubs_serve_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 3)
+MODEL_TEST(reactor_serves_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 1)
+MODEL_TEST(reactor_loops_serve_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 2)
 
 static void silent_clients(void *arg)
 {
@@ -436,30 +412,11 @@ static void silent_client(conc_server_model model, int workers)
     no_children();
 }
 
-Test(server, threading_silent_client, .timeout = 60)
-{
-    silent_client(CONC_SERVER_THREADING, 0);
-}
-
-Test(server, forking_silent_client, .timeout = 60)
-{
-    silent_client(CONC_SERVER_FORKING, 0);
-}
-
-Test(server, prefork_silent_client, .timeout = 60)
-{
-    silent_client(CONC_SERVER_PREFORK, 1);
-}
-
-Test(server, coroutine_silent_client, .timeout = 60)
-{
-    silent_client(CONC_SERVER_COROUTINE, 1);
-}
-
-Test(server, reactor_silent_client, .timeout = 60)
-{
-    silent_client(CONC_SERVER_REACTOR, 1);
-}
+MODEL_TEST(threading_silent_client, silent_client, CONC_SERVER_THREADING, 0)
+MODEL_TEST(forking_silent_client, silent_client, CONC_SERVER_FORKING, 0)
+MODEL_TEST(prefork_silent_client, silent_client, CONC_SERVER_PREFORK, 1)
+MODEL_TEST(coroutine_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
+MODEL_TEST(reactor_silent_client, silent_client, CONC_SERVER_REACTOR, 1)
 
 static void resetting_clients(void *arg)
 {
@@ -498,30 +455,11 @@ static void resets(conc_server_model model, int workers)
     no_children();
 }
 
-Test(server, sync_resets, .timeout = 60)
-{
-    resets(CONC_SERVER_SYNC, 0);
-}
-
-Test(server, threading_resets, .timeout = 60)
-{
-    resets(CONC_SERVER_THREADING, 0);
-}
-
-Test(server, forking_resets, .timeout = 60)
-{
-    resets(CONC_SERVER_FORKING, 0);
-}
-
-Test(server, coroutine_resets, .timeout = 60)
-{
-    resets(CONC_SERVER_COROUTINE, 1);
-}
-
-Test(server, reactor_resets, .timeout = 60)
-{
-    resets(CONC_SERVER_REACTOR, 1);
-}
+MODEL_TEST(sync_resets, resets, CONC_SERVER_SYNC, 0)
+MODEL_TEST(threading_resets, resets, CONC_SERVER_THREADING, 0)
+MODEL_TEST(forking_resets, resets, CONC_SERVER_FORKING, 0)
+MODEL_TEST(coroutine_resets, resets, CONC_SERVER_COROUTINE, 1)
+MODEL_TEST(reactor_resets, resets, CONC_SERVER_REACTOR, 1)
 
 /* Shutdown while a request is in flight: serve_forever waits for it, and
  * the client is still answered after the shutdown was asked. */
@@ -590,30 +528,11 @@ static void shutdown_while_busy(conc_server_model model, int workers)
     no_children();
 }
 
-Test(server, threading_shutdown_while_busy, .timeout = 60)
-{
-    shutdown_while_busy(CONC_SERVER_THREADING, 0);
-}
-
-Test(server, forking_shutdown_while_busy, .timeout = 60)
-{
-    shutdown_while_busy(CONC_SERVER_FORKING, 0);
-}
-
-Test(server, coroutine_shutdown_while_busy, .timeout = 60)
-{
-    shutdown_while_busy(CONC_SERVER_COROUTINE, 2);
-}
-
-Test(server, reactor_shutdown_while_busy, .timeout = 60)
-{
-    shutdown_while_busy(CONC_SERVER_REACTOR, 1);
-}
-
-Test(server, prefork_shutdown_while_busy, .timeout = 60)
-{
-    shutdown_while_busy(CONC_SERVER_PREFORK, 1);
-}
+MODEL_TEST(threading_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_THREADING, 0)
+MODEL_TEST(forking_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_FORKING, 0)
+MODEL_TEST(coroutine_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE, 2)
+MODEL_TEST(reactor_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_REACTOR, 1)
+MODEL_TEST(prefork_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_PREFORK, 1)
 
 static void cut_off_client(void *arg)
 {

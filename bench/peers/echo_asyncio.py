@@ -12,7 +12,11 @@ it at once and buffers what the socket does not take (the faster of
 asyncio's two interfaces).  Runs until killed.
 """
 import asyncio
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import echo_port, echo_ready  # noqa: E402
 
 
 class Upper(asyncio.Protocol):
@@ -28,19 +32,14 @@ async def serve(port):
     server = await loop.create_server(Upper, "127.0.0.1", port, backlog=1024,
                                       reuse_address=True)
     port = server.sockets[0].getsockname()[1]
-    print("listening on 127.0.0.1:%d" % port, flush=True)
+    echo_ready(port)
     async with server:
         await server.serve_forever()
 
 
 def main(argv):
-    try:
-        (port,) = argv
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        print("usage: echo_asyncio.py PORT", file=sys.stderr)
+    port = echo_port(argv)
+    if port is None:
         return 2
     asyncio.run(serve(port))
     return 0

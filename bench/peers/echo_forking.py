@@ -18,18 +18,13 @@ import signal
 import socketserver
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import echo_port, echo_ready, echo_upper  # noqa: E402
+
 
 class Upper(socketserver.BaseRequestHandler):
     def handle(self):
-        recv, sendall = self.request.recv, self.request.sendall
-        try:
-            while True:
-                data = recv(16384)
-                if not data:
-                    break
-                sendall(data.upper())
-        except OSError:
-            pass                        # a reset: the connection is over
+        echo_upper(self.request.recv, self.request.sendall)
 
 
 class Server(socketserver.ForkingTCPServer):
@@ -39,13 +34,8 @@ class Server(socketserver.ForkingTCPServer):
 
 
 def main(argv):
-    try:
-        (port,) = argv
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        print("usage: echo_forking.py PORT", file=sys.stderr)
+    port = echo_port(argv)
+    if port is None:
         return 2
     server = Server(("127.0.0.1", port), Upper)
 
@@ -60,7 +50,7 @@ def main(argv):
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    print("listening on 127.0.0.1:%d" % server.server_address[1], flush=True)
+    echo_ready(server.server_address[1])
     server.serve_forever()
     return 0
 

@@ -12,17 +12,16 @@ gevent module it says so on stderr and exits 3 before any ready line
 (bench_echo checks for the module first and reports the peer as skipped).
 Runs until killed.
 """
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import echo_port, echo_ready, echo_upper  # noqa: E402
 
 
 def main(argv):
-    try:
-        (port,) = argv
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        print("usage: echo_gevent.py PORT", file=sys.stderr)
+    port = echo_port(argv)
+    if port is None:
         return 2
     try:
         from gevent.server import StreamServer
@@ -31,21 +30,14 @@ def main(argv):
         return 3
 
     def handle(sock, _address):
-        recv, sendall = sock.recv, sock.sendall
         try:
-            while True:
-                data = recv(16384)
-                if not data:
-                    break
-                sendall(data.upper())
-        except OSError:
-            pass                        # a reset: the connection is over
+            echo_upper(sock.recv, sock.sendall)
         finally:
             sock.close()
 
     server = StreamServer(("127.0.0.1", port), handle, backlog=1024)
     server.init_socket()
-    print("listening on 127.0.0.1:%d" % server.server_port, flush=True)
+    echo_ready(server.server_port)
     server.serve_forever()
     return 0
 

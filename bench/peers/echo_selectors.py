@@ -10,19 +10,18 @@ Listens on 127.0.0.1 with a backlog of 1024 and prints
 at once; what the socket does not take waits for EVENT_WRITE (reading pauses
 meanwhile).  Runs until killed.
 """
+import os
 import selectors
 import socket
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peerlib import echo_port, echo_ready  # noqa: E402
+
 
 def main(argv):
-    try:
-        (port,) = argv
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        print("usage: echo_selectors.py PORT", file=sys.stderr)
+    port = echo_port(argv)
+    if port is None:
         return 2
     sel = selectors.DefaultSelector()
     server = socket.socket()
@@ -53,7 +52,7 @@ def main(argv):
             del pending[c]
             sel.modify(c, selectors.EVENT_READ, True)
 
-    print("listening on 127.0.0.1:%d" % server.getsockname()[1], flush=True)
+    echo_ready(server.getsockname()[1])
     while True:
         for key, _ in sel.select():
             s = key.fileobj

@@ -18,6 +18,10 @@ Unavailable when the system cannot run it (VALUE "skipped").
 The coroutine peers (coro_greenlet.py, coro_gevent.py) use parse_loose(),
 best_of() and skip_all(): their runs return ns per operation, or None for a
 wrong result, and they report the best repetition.
+
+The echo peers (echo_*.py) take their port with echo_port(), serve a
+blocking connection with echo_upper() and print their ready line with
+echo_ready().
 """
 import os
 import sys
@@ -205,3 +209,35 @@ def skip_all(error, package, system, units):
     print(f"{prog}: {error} (install {package})", file=sys.stderr)
     for m, unit in units.items():
         print(f"{m}\t{system}\tskipped\t{unit}")
+
+
+def echo_port(argv):
+    """The echo peers' command line: one PORT (0 to 65535; 0: the kernel
+    picks one).  Returns the port, or None after the usage line on stderr."""
+    try:
+        (port,) = argv
+        port = int(port)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        print("usage: %s PORT" % os.path.basename(sys.argv[0]), file=sys.stderr)
+        return None
+    return port
+
+
+def echo_upper(recv, sendall):
+    """Send back whatever recv() gives, upper-cased, until the peer closes
+    or resets the connection."""
+    try:
+        while True:
+            data = recv(16384)
+            if not data:
+                break
+            sendall(data.upper())
+    except OSError:
+        pass                        # a reset: the connection is over
+
+
+def echo_ready(port):
+    """The ready line bench_echo waits for."""
+    print("listening on 127.0.0.1:%d" % port, flush=True)

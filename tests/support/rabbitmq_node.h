@@ -1,0 +1,44 @@
+/*
+ * rabbitmq_node.h - the private RabbitMQ node the broker tests talk to
+ * (scripts/rabbitmq.sh, started by ctest's rabbitmq fixture): its AMQP URL
+ * and running the script's other commands (stop, start, ...) on it.
+ */
+#ifndef CONC_TEST_RABBITMQ_NODE_H
+#define CONC_TEST_RABBITMQ_NODE_H
+
+#include <criterion/criterion.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef CONC_RABBITMQ_SCRIPT
+#error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
+#endif
+#ifndef CONC_RABBITMQ_DIR
+#error "CONC_RABBITMQ_DIR must name the private node's directory"
+#endif
+
+static char url[256];           /* the node's URL, after read_url */
+
+/* Reads the running node's URL into url (fails the test without a node). */
+static inline void read_url(void)
+{
+    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' url '" CONC_RABBITMQ_DIR "'", "r");
+    cr_assert_not_null(p);
+    cr_assert_not_null(fgets(url, sizeof url, p), "no node: run the tests through ctest");
+    pclose(p);
+    url[strcspn(url, "\n")] = '\0';
+    cr_assert(strncmp(url, "amqp://", 7) == 0, "odd url %s", url);
+}
+
+/* Runs `rabbitmq.sh what DIR` on the node; fails the test if it fails. */
+static inline void node(const char *what)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "sh '%s' %s '%s' >/dev/null", CONC_RABBITMQ_SCRIPT, what,
+             CONC_RABBITMQ_DIR);
+    cr_assert_eq(system(cmd), 0, "rabbitmq.sh %s failed", what);
+}
+
+#endif
