@@ -226,6 +226,132 @@ static inline conc_greenlet *handoff_take(struct hub *h)
     return n;
 }
 
+/* ---------------------------------------------------------- fd records */
+
+/*
+ * A descriptor that coroutines wait on stays in the hub's epoll set between
+ * waits, as Go's netpoller keeps it: one record per descriptor number, with
+ * at most one reader and one writer parked on it.  The registration is
+ * one-shot: an event disables it, and the next wait re-arms it with one
+ * EPOLL_CTL_MOD instead of the EPOLL_CTL_ADD and EPOLL_CTL_DEL around each
+ * wait.
+ *
+ * Closed descriptors are forgotten lazily.  Closing a file's last
+ * descriptor takes it out of every epoll set; a new file that reuses the
+ * number is not in the set, so the MOD fails with ENOENT and the record
+ * adds it again.  When the old file lives on (a dup, a forked child's
+ * copy), its registration stays until that copy closes and may still
+ * report once: every ADD takes a new generation, stored in the event's
+ * data with the number, and an event of an older generation is dropped.
+ * A second reader (or writer) of one descriptor, or a waiter of both
+ * directions at once, takes the older path: a copy of the descriptor
+ * registered for that wait alone.
+ */
+struct hub_fdrec {
+    conc_greenlet *rd, *wr;     /* parked on POLLIN-like / POLLOUT events */
+    uint32_t gen;               /* of the newest registration (31 bits) */
+    uint8_t added;              /* added to the epoll set once at least */
+};
+
+#define REG_RECORD (-2)                 /* g->regfd: parked through a record */
+#define REC_TAG (1ull << 63)            /* event data: record, not a greenlet */
+#define REC_MAX_FD (1 << 24)            /* larger numbers take the older path */
+#define REC_ALWAYS (EPOLLERR | EPOLLHUP)
+
+static inline uint64_t rec_data(int fd, uint32_t gen)
+{
+    return REC_TAG | ((uint64_t)(gen & 0x7fffffffu) << 32) | (uint32_t)fd;
+}
+
+/* The record of fd, the table grown to hold it; NULL without memory. */
+static struct hub_fdrec *fdrec_get(struct hub *h, int fd)
+{
+    size_t i = (size_t)fd;
+    if (likely(i < h->nfdrec))
+        return &h->fdrec[i];
+    size_t n = h->nfdrec ? h->nfdrec : 64;
+    while (n <= i)
+        n *= 2;
+    struct hub_fdrec *t = realloc(h->fdrec, n * sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t + h->nfdrec, 0, (n - h->nfdrec) * sizeof *t);
+    h->fdrec = t;
+    h->nfdrec = n;
+    return &t[i];
+}
+
+static inline uint32_t rec_want(const struct hub_fdrec *r)
+{
+    uint32_t e = 0;
+    if (r->rd)
+        e |= (uint32_t)(uint16_t)r->rd->events;
+    if (r->wr)
+        e |= (uint32_t)(uint16_t)r->wr->events;
+    return e;
+}
+
+/* Arms fd's registration for what its waiters want.  Returns 0 or -errno
+ * (EPERM: a regular file, which epoll refuses). */
+static int fdrec_arm(struct hub *h, int fd, struct hub_fdrec *r)
+{
+    /* Always a call, even if the registration looks armed still (after a
+     * timeout): the number may be another file's by now. */
+    struct epoll_event ev = { .events = rec_want(r) | EPOLLONESHOT };
+    if (r->added) {
+        ev.data.u64 = rec_data(fd, r->gen);
+        if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+            return 0;
+        if (errno != ENOENT)
+            return -errno;
+        /* closed since, and the number reused: a new file */
+    }
+    r->gen = (r->gen + 1) & 0x7fffffffu;
+    ev.data.u64 = rec_data(fd, r->gen);
+    if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        if (errno != EEXIST)
+            return -errno;
+        /* added by an earlier record of this number (a reused table) */
+        if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) != 0)
+            return -errno;
+    }
+    r->added = 1;
+    return 0;
+}
+
+/* g, parked through its fd's record, leaves it (woken, timed out, killed).
+ * The registration stays: a later event finds nobody and is dropped. */
+static void fdrec_leave(struct hub *h, conc_greenlet *g)
+{
+    struct hub_fdrec *r = &h->fdrec[g->fd];
+    if (r->rd == g)
+        r->rd = NULL;
+    else if (r->wr == g)
+        r->wr = NULL;
+}
+
+static void make_ready(struct hub *h, conc_greenlet *g, int rc);
+
+/* An event of fd's registration, of generation gen. */
+static void fdrec_event(struct hub *h, int fd, uint32_t gen, uint32_t revents)
+{
+    if ((size_t)fd >= h->nfdrec)
+        return;
+    struct hub_fdrec *r = &h->fdrec[fd];
+    if (r->gen != gen)
+        return;                 /* an older file's, which kept the number */
+    conc_greenlet *g = r->rd;
+    if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
+        make_ready(h, g, 0);
+    g = r->wr;
+    if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
+        make_ready(h, g, 0);
+    if ((r->rd || r->wr) && fdrec_arm(h, fd, r) != 0) {
+        /* Closed while waited on: as with a registration of its own, the
+         * waiter stays until its deadline or a kill. */
+    }
+}
+
 /* Makes a parked g ready; its blocking call will return rc. */
 static void make_ready(struct hub *h, conc_greenlet *g, int rc)
 {
@@ -239,9 +365,13 @@ static void make_ready(struct hub *h, conc_greenlet *g, int rc)
         g->jpprev = NULL;
         g->jnext = NULL;
     } else if (g->wait_kind == W_FD) {
-        epoll_ctl(h->epfd, EPOLL_CTL_DEL, g->regfd, NULL);
-        if (g->regfd != g->fd)
-            close(g->regfd);
+        if (g->regfd == REG_RECORD) {
+            fdrec_leave(h, g);
+        } else {
+            epoll_ctl(h->epfd, EPOLL_CTL_DEL, g->regfd, NULL);
+            if (g->regfd != g->fd)
+                close(g->regfd);
+        }
         h->nfd--;
     }
     g->wait_kind = W_NONE;
@@ -691,6 +821,12 @@ static void poll_events(struct hub *h, int timeout_ms)
     struct epoll_event ev[64];
     int n = epoll_wait(h->epfd, ev, 64, timeout_ms);
     for (int i = 0; i < n; i++) {
+        if (ev[i].data.u64 & REC_TAG) {
+            uint64_t d = ev[i].data.u64;
+            fdrec_event(h, (int)(uint32_t)d, (uint32_t)(d >> 32) & 0x7fffffffu,
+                        ev[i].events);
+            continue;
+        }
         conc_greenlet *g = ev[i].data.ptr;
         if (!g) {
             uint64_t v;
@@ -903,28 +1039,53 @@ static int hub_wait_fd(int fd, short events, int64_t deadline)
     return r;
 }
 
+/* Parks g on fd through its record.  Returns what park returns, 1 when
+ * the record cannot take it (its slot is taken, the events go both ways,
+ * no memory), or -errno. */
+static int fdrec_wait(struct hub *h, conc_greenlet *g, int fd, short events,
+                      int64_t deadline)
+{
+    uint32_t e = (uint32_t)(uint16_t)events;
+    if (fd < 0 || fd >= REC_MAX_FD || ((e & EPOLLOUT) && (e & ~(uint32_t)EPOLLOUT)))
+        return 1;
+    struct hub_fdrec *r = fdrec_get(h, fd);
+    if (!r)
+        return 1;
+    conc_greenlet **slot = (e & EPOLLOUT) ? &r->wr : &r->rd;
+    if (*slot)
+        return 1;
+    g->fd = fd;
+    g->events = events;
+    *slot = g;
+    int rc = fdrec_arm(h, fd, r);
+    if (rc != 0) {
+        *slot = NULL;
+        return rc == -EPERM ? 0 : rc;   /* a regular file: always ready */
+    }
+    g->regfd = REG_RECORD;
+    g->wait_kind = W_FD;
+    h->nfd++;
+    if (deadline != CONC_NO_DEADLINE)
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
+    return park(h, g);
+}
+
 static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short events,
                             int64_t deadline)
 {
+    int rr = fdrec_wait(h, g, fd, events, deadline);
+    if (rr != 1)
+        return rr;
     struct epoll_event ev = { .events = (uint32_t)(uint16_t)events | EPOLLONESHOT,
                               .data.ptr = g };
-    int reg = fd;
+    /* Never fd itself: its number belongs to its record. */
+    int reg = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (reg < 0)
+        return -errno;
     if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, reg, &ev) != 0) {
         int e = errno;
-        if (e == EEXIST) {      /* another coroutine waits on fd: use a copy */
-            reg = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-            if (reg < 0)
-                return -errno;
-            if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, reg, &ev) != 0) {
-                e = errno;
-                close(reg);
-                return -e;
-            }
-        } else if (e == EPERM) {
-            return 0;           /* a regular file: always ready */
-        } else {
-            return e == EBADF ? -EBADF : -e;
-        }
+        close(reg);
+        return e == EPERM ? 0 : -e;     /* EPERM: a regular file, always ready */
     }
     g->fd = fd;
     g->regfd = reg;
@@ -1147,6 +1308,7 @@ int conc_hub_free(void)
                                            keep it a while */
     close(h->epfd);
     close(h->evfd);
+    free(h->fdrec);
     free(h->heap);
     free(h->main.timeouts);
     free(h);

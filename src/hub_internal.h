@@ -23,6 +23,7 @@ enum { W_JOIN = 16 };           /* in conc_greenlet_join, for a greenlet of its 
 #define HUB_STACK (256u * 1024u)
 
 struct hub;
+struct hub_fdrec;
 
 /* A greenlet's `done` word is 0, then GL_DONE once finished.  Whoever waits
  * for it from outside its hub (a plain thread, a coroutine of another hub)
@@ -98,6 +99,9 @@ struct hub {
                                    length): a list, O(1) each way */
     int epfd, evfd;
     size_t nfd;                 /* descriptors registered for waiters */
+    struct hub_fdrec *fdrec;    /* indexed by descriptor (src/hub.c, "fd
+                                   records"), nfdrec entries */
+    size_t nfdrec;
     conc_greenlet *remote;      /* atomic: woken by other threads, newest
                                    first (pushed with a compare-and-swap,
                                    taken whole with an exchange) */

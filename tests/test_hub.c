@@ -19,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1052,5 +1054,168 @@ Test(hub, sleeping_greenlet_costs_one_page, .timeout = 30)
     for (long i = 0; i < n; i++)
         conc_greenlet_free(g[i]);
     free(g);
+    cr_assert_eq(conc_hub_free(), 0);
+}
+
+/* ----------------------------------------------------- descriptor reuse */
+
+/* A socket pair whose first end takes number want (the lowest free one
+ * after a close; moved there otherwise). */
+static void pair_at(int want, int sv[2])
+{
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    if (sv[1] == want) {
+        int t = sv[0];
+        sv[0] = sv[1];
+        sv[1] = t;
+    }
+    if (sv[0] != want) {
+        cr_assert_eq(dup3(sv[0], want, O_CLOEXEC), want);
+        close(sv[0]);
+        sv[0] = want;
+    }
+}
+
+/* The hub keeps a descriptor in its epoll set between waits; a closed
+ * number taken by a new socket must be waited on as that socket, and the
+ * old file, kept open by a copy, must not wake its waiter. */
+static void *reuse_body(void *arg)
+{
+    (void)arg;
+    int a[2], b[2], c[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
+    int n = a[0];
+    /* Registered, then left armed by a timeout. */
+    cr_assert_eq(conc_fd_wait(n, POLLIN, 0.02), -ETIMEDOUT);
+    int copy = fcntl(n, F_DUPFD_CLOEXEC, 0);
+    cr_assert_geq(copy, 0);
+    close(n);                           /* the old file lives on in copy */
+    pair_at(n, b);
+    /* The old file becomes readable: its registration may report, but
+     * for a number that now names another socket. */
+    cr_assert_eq(write(a[1], "o", 1), 1);
+    cr_assert_eq(conc_fd_wait(n, POLLIN, 0.1), -ETIMEDOUT);
+    cr_assert_eq(write(b[1], "n", 1), 1);
+    cr_assert_eq(conc_fd_wait(n, POLLIN, 5.0), 0);
+    char ch = 0;
+    cr_assert_eq(read(n, &ch, 1), 1);
+    cr_assert_eq(ch, 'n');
+    cr_assert_eq(read(copy, &ch, 1), 1);
+    cr_assert_eq(ch, 'o');
+    /* Again without a copy: the close takes the old registration away. */
+    cr_assert_eq(conc_fd_wait(n, POLLIN, 0.02), -ETIMEDOUT);
+    close(n);
+    pair_at(n, c);
+    cr_assert_eq(write(c[1], "m", 1), 1);
+    cr_assert_eq(conc_fd_wait(n, POLLIN, 5.0), 0);
+    cr_assert_eq(read(n, &ch, 1), 1);
+    cr_assert_eq(ch, 'm');
+    cr_assert_eq(conc_fd_wait(n, POLLIN, 0.02), -ETIMEDOUT);
+    /* Writable at once, readable never. */
+    cr_assert_eq(conc_fd_wait(n, POLLOUT, 5.0), 0);
+    close(copy);
+    close(a[1]);
+    close(b[1]);
+    close(c[0]);
+    close(c[1]);
+    return NULL;
+}
+
+Test(hub, fd_number_reused, .timeout = 30)
+{
+    conc_greenlet *g;
+    cr_assert_eq(conc_greenlet_spawn(&g, reuse_body, NULL, NULL), 0);
+    cr_assert_eq(conc_greenlet_join(g, 20.0), 0);
+    void *v = (void *)1;
+    cr_assert_eq(conc_greenlet_result(g, &v), 0);
+    conc_greenlet_free(g);
+    cr_assert_eq(conc_hub_free(), 0);
+}
+
+struct dir_waiter {
+    int fd;
+    short events;
+    char name;
+};
+
+static void *dir_wait(void *arg)
+{
+    struct dir_waiter *w = arg;
+    int r = conc_fd_wait(w->fd, w->events, 10.0);
+    if (r == 0)
+        logc(w->name);
+    return (void *)(intptr_t)r;
+}
+
+/* Fills fd's way out until a write would block. */
+static size_t fill(int fd)
+{
+    static char junk[4096];
+    size_t total = 0;
+    for (;;) {
+        ssize_t k = send(fd, junk, sizeof junk, MSG_DONTWAIT);
+        if (k < 0) {
+            cr_assert_eq(errno, EAGAIN);
+            return total;
+        }
+        total += (size_t)k;
+    }
+}
+
+static void drain(int fd, size_t total)
+{
+    static char junk[4096];
+    while (total > 0) {
+        ssize_t k = recv(fd, junk, total < sizeof junk ? total : sizeof junk, 0);
+        cr_assert_gt(k, 0);
+        total -= (size_t)k;
+    }
+}
+
+/* One greenlet reads and one writes the same socket: each is woken by its
+ * own direction only, in either order. */
+Test(hub, reader_and_writer_of_one_socket, .timeout = 30)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    for (int round = 0; round < 2; round++) {
+        loglen = 0;
+        logbuf[0] = '\0';
+        size_t full = fill(sv[0]);
+        cr_assert_gt(full, 0);
+        struct dir_waiter rd = { sv[0], POLLIN, 'r' }, wr = { sv[0], POLLOUT, 'w' };
+        conc_greenlet *r, *w;
+        cr_assert_eq(conc_greenlet_spawn(&r, dir_wait, &rd, NULL), 0);
+        cr_assert_eq(conc_greenlet_spawn(&w, dir_wait, &wr, NULL), 0);
+        conc_greenlet *first = round == 0 ? r : w, *second = round == 0 ? w : r;
+        /* Both run until they park. */
+        cr_assert_eq(conc_greenlet_join(first, 0.05), -ETIMEDOUT);
+        cr_assert_eq(conc_greenlet_join(second, 0.0), -EAGAIN);
+        cr_assert_str_eq(logbuf, "");
+        if (round == 0)
+            cr_assert_eq(write(sv[1], "x", 1), 1);
+        else
+            drain(sv[1], full);
+        cr_assert_eq(conc_greenlet_join(first, 5.0), 0);
+        cr_assert_eq(conc_greenlet_join(second, 0.05), -ETIMEDOUT);
+        cr_assert_str_eq(logbuf, round == 0 ? "r" : "w");
+        if (round == 0)
+            drain(sv[1], full);
+        else
+            cr_assert_eq(write(sv[1], "x", 1), 1);
+        cr_assert_eq(conc_greenlet_join(second, 5.0), 0);
+        cr_assert_str_eq(logbuf, round == 0 ? "rw" : "wr");
+        void *v = (void *)1;
+        cr_assert_eq(conc_greenlet_result(r, &v), 0);
+        cr_assert_eq((intptr_t)v, 0);
+        cr_assert_eq(conc_greenlet_result(w, &v), 0);
+        cr_assert_eq((intptr_t)v, 0);
+        char ch;
+        cr_assert_eq(read(sv[0], &ch, 1), 1);
+        conc_greenlet_free(r);
+        conc_greenlet_free(w);
+    }
+    close(sv[0]);
+    close(sv[1]);
     cr_assert_eq(conc_hub_free(), 0);
 }
