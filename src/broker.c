@@ -33,28 +33,6 @@
 #define DEFAULT_MAX_MESSAGE ((size_t)128 << 20)
 #define CLOSE_BOUND_NS (NS / 2)
 
-int bk_deadline(double timeout, int64_t *deadline, bool *poll)
-{
-    *poll = false;
-    if (timeout == CONC_FOREVER) {
-        *deadline = CONC_NO_DEADLINE;
-        return 0;
-    }
-    if (isnan(timeout) || timeout < 0)
-        return -EINVAL;
-    if (timeout == 0) {
-        *poll = true;
-        *deadline = 0;
-        return 0;
-    }
-    return conc_deadline(timeout, deadline) ? -EINVAL : 0;
-}
-
-int bk_code(bool poll, int r)
-{
-    return poll && r == -ETIMEDOUT ? -EAGAIN : r;
-}
-
 /* The errno for a rabbitmq-c status code. */
 int bk_status_err(int status)
 {
@@ -835,9 +813,9 @@ int conc_broker_flush(conc_broker *b, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (bk_deadline(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return bk_code(poll, conc_broker_flush_until(b, deadline));
+    return conc__timeout_code(poll, conc_broker_flush_until(b, deadline));
 }
 
 uint64_t conc_broker_reconnects(const conc_broker *b)

@@ -241,15 +241,6 @@ static int bx_declare(amqp_connection_state_t c, const char *queue, int max_deli
     return bx_reply(amqp_get_rpc_reply(c), false);
 }
 
-/* A deadline from a timeout in seconds (0 and CONC_FOREVER allowed). */
-static int bx_deadline(double timeout, int64_t *deadline, bool *poll)
-{
-    *poll = timeout == 0;
-    if (timeout != timeout || (timeout < 0 && timeout != CONC_FOREVER))
-        return -EINVAL;
-    return conc_deadline(timeout, deadline) ? -EINVAL : 0;
-}
-
 /* An integer field of a table (any of AMQP's integer kinds). */
 static bool bx_table_int(const amqp_table_t *t, const char *key, int64_t *out)
 {
@@ -987,12 +978,9 @@ int conc_broker_worker_run(conc_broker_worker *w, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (bx_deadline(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    if (poll)
-        deadline = 0;
-    int r = conc_broker_worker_run_until(w, deadline);
-    return poll && r == -ETIMEDOUT ? -EAGAIN : r;
+    return (int)conc__timeout_code(poll, conc_broker_worker_run_until(w, deadline));
 }
 
 int conc_broker_worker_stop(conc_broker_worker *w)

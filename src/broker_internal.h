@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "conc/broker.h"
+#include "internal.h"
 #include "wait_source.h"
 
 #define BK_HIDDEN __attribute__((visibility("hidden")))
@@ -123,8 +124,6 @@ BK_HIDDEN int bk_ctl_ready(conc_broker *b, int64_t deadline);
 BK_HIDDEN int bk_pub_ready(conc_broker *b, int64_t deadline);
 BK_HIDDEN void bk_lost(conc_broker *b, int err);
 BK_HIDDEN int bk_status_err(int status);
-BK_HIDDEN int bk_deadline(double timeout, int64_t *deadline, bool *poll);
-BK_HIDDEN int bk_code(bool poll, int r);
 
 /* broker_queue.c */
 BK_HIDDEN int bk_queue_declare(conc_broker_queue *q, int64_t deadline);

@@ -448,7 +448,7 @@ int conc_broker_queue_new(conc_broker_queue **out, conc_broker *b, const char *n
 {
     int64_t deadline;
     bool poll;
-    if (!out || !b || !name_ok(name, false) || bk_deadline(timeout, &deadline, &poll))
+    if (!out || !b || !name_ok(name, false) || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     conc_broker_queue *q;
     int r = queue_make(&q, b, opts);
@@ -462,7 +462,7 @@ int conc_broker_queue_new(conc_broker_queue **out, conc_broker *b, const char *n
     while (again(b, r, lim, &tries));
     if (r < 0) {
         queue_release(q);
-        return bk_code(poll, r);
+        return conc__timeout_code(poll, r);
     }
     link_queue(q);
     *out = q;
@@ -477,7 +477,7 @@ int conc_broker_subscribe(conc_broker_queue **out, conc_broker *b, const char *e
     bool poll;
     if (!out || !b || !name_ok(exchange, false) || (n && !patterns) ||
         (kind != CONC_BROKER_FANOUT && kind != CONC_BROKER_TOPIC &&
-         kind != CONC_BROKER_DIRECT) || bk_deadline(timeout, &deadline, &poll) || n > 1024)
+         kind != CONC_BROKER_DIRECT) || conc__timeout_parse(timeout, &deadline, &poll) || n > 1024)
         return -EINVAL;
     for (size_t i = 0; i < n; i++)
         if (!name_ok(patterns[i], true))
@@ -530,7 +530,7 @@ int conc_broker_subscribe(conc_broker_queue **out, conc_broker *b, const char *e
     }
     if (r < 0) {
         queue_release(q);
-        return bk_code(poll, r);
+        return conc__timeout_code(poll, r);
     }
     link_queue(q);
     *out = q;
@@ -556,14 +556,14 @@ int conc_broker_queue_delete(conc_broker_queue *q, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (!q || bk_deadline(timeout, &deadline, &poll))
+    if (!q || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     conc_broker *b = q->b;
     amqp_queue_delete_t d = { .queue = amqp_cstring_bytes(q->name) };
     int r = ctl_rpc(b, AMQP_QUEUE_DELETE_METHOD, &d, AMQP_QUEUE_DELETE_OK_METHOD,
                     setup_limit(b, deadline));
     conc_broker_queue_free(q);
-    return bk_code(poll, r);
+    return conc__timeout_code(poll, r);
 }
 
 const char *conc_broker_queue_name(const conc_broker_queue *q)
@@ -674,9 +674,9 @@ int conc_broker_queue_put(conc_broker_queue *q, const void *data, size_t len, do
 {
     int64_t deadline;
     bool poll;
-    if (bk_deadline(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return bk_code(poll, conc_broker_queue_put_until(q, data, len, deadline));
+    return conc__timeout_code(poll, conc_broker_queue_put_until(q, data, len, deadline));
 }
 
 int conc_broker_queue_put_async(conc_broker_queue *q, const void *data, size_t len,
@@ -684,9 +684,9 @@ int conc_broker_queue_put_async(conc_broker_queue *q, const void *data, size_t l
 {
     int64_t deadline;
     bool poll;
-    if (!q || (!data && len) || bk_deadline(timeout, &deadline, &poll))
+    if (!q || (!data && len) || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return bk_code(poll, publish(q->b, "", q->name, data ? data : "", len, !q->opts.transient,
+    return conc__timeout_code(poll, publish(q->b, "", q->name, data ? data : "", len, !q->opts.transient,
                                  false, deadline));
 }
 
@@ -697,7 +697,7 @@ int conc_broker_exchange_declare(conc_broker *b, const char *name,
     bool poll;
     if (!b || !name_ok(name, false) || strncmp(name, "amq.", 4) == 0 ||
         (kind != CONC_BROKER_FANOUT && kind != CONC_BROKER_TOPIC &&
-         kind != CONC_BROKER_DIRECT) || bk_deadline(timeout, &deadline, &poll))
+         kind != CONC_BROKER_DIRECT) || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     struct bk_exchange e = { .kind = kind, .transient = transient };
     strcpy(e.name, name);
@@ -708,7 +708,7 @@ int conc_broker_exchange_declare(conc_broker *b, const char *name,
     while (again(b, r, lim, &tries));
     if (r == 0)
         r = remember_exchange(b, name, kind, transient);
-    return bk_code(poll, r);
+    return conc__timeout_code(poll, r);
 }
 
 static int publish_args(conc_broker *b, const char *exchange, const char *topic,
@@ -716,7 +716,7 @@ static int publish_args(conc_broker *b, const char *exchange, const char *topic,
                         bool *poll)
 {
     if (!b || !name_ok(exchange, false) || !name_ok(topic, true) || (!data && len) ||
-        bk_deadline(timeout, deadline, poll))
+        conc__timeout_parse(timeout, deadline, poll))
         return -EINVAL;
     return 0;
 }
@@ -729,7 +729,7 @@ int conc_broker_publish(conc_broker *b, const char *exchange, const char *topic,
     int r = publish_args(b, exchange, topic, data, len, timeout, &deadline, &poll);
     if (r < 0)
         return r;
-    return bk_code(poll, publish(b, exchange, topic, data ? data : "", len, true, true, deadline));
+    return conc__timeout_code(poll, publish(b, exchange, topic, data ? data : "", len, true, true, deadline));
 }
 
 int conc_broker_publish_async(conc_broker *b, const char *exchange, const char *topic,
@@ -740,7 +740,7 @@ int conc_broker_publish_async(conc_broker *b, const char *exchange, const char *
     int r = publish_args(b, exchange, topic, data, len, timeout, &deadline, &poll);
     if (r < 0)
         return r;
-    return bk_code(poll, publish(b, exchange, topic, data ? data : "", len, true, false,
+    return conc__timeout_code(poll, publish(b, exchange, topic, data ? data : "", len, true, false,
                                  deadline));
 }
 
@@ -758,9 +758,9 @@ static int props_call(conc_broker *b, const char *exchange, const char *topic,
     if (!b || !name_ok(exchange, true) || !name_ok(topic, true) || (!data && len) ||
         (pr.correlation_id && !name_ok(pr.correlation_id, true)) ||
         (pr.reply_to && !name_ok(pr.reply_to, true)) || !(pr.expiration >= 0) ||
-        pr.expiration > 1e9 || bk_deadline(timeout, &deadline, &poll))
+        pr.expiration > 1e9 || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return bk_code(poll, publish_full(b, exchange, topic, data ? data : "", len, !pr.transient,
+    return conc__timeout_code(poll, publish_full(b, exchange, topic, data ? data : "", len, !pr.transient,
                                       &pr, wait, deadline));
 }
 
@@ -924,9 +924,9 @@ int conc_broker_queue_get(conc_broker_queue *q, conc_broker_msg *out, double tim
 {
     int64_t deadline;
     bool poll;
-    if (bk_deadline(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
-    return bk_code(poll, conc_broker_queue_get_until(q, out, deadline));
+    return conc__timeout_code(poll, conc_broker_queue_get_until(q, out, deadline));
 }
 
 int conc_broker_queue_get_nowait(conc_broker_queue *q, conc_broker_msg *out)
@@ -1001,7 +1001,7 @@ int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout)
 {
     int64_t deadline;
     bool poll;
-    if (!q || bk_deadline(timeout, &deadline, &poll))
+    if (!q || conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     conc_broker *b = q->b;
     amqp_queue_declare_t d = {
@@ -1012,7 +1012,7 @@ int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout)
     int r = ctl_rpc(b, AMQP_QUEUE_DECLARE_METHOD, &d, AMQP_QUEUE_DECLARE_OK_METHOD,
                     setup_limit(b, deadline));
     if (r < 0)
-        return bk_code(poll, r);
+        return conc__timeout_code(poll, r);
     return (int64_t)b->got_count;
 }
 

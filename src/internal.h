@@ -62,9 +62,6 @@ static inline uint64_t conc__owner_id(void)
  * into it across a wait. */
 CONC_HIDDEN bool conc__coro_stack_copied(void);
 
-/* Converts a timeout (seconds) into a deadline; see conc_deadline. */
-CONC_HIDDEN int conc__timeout_deadline(double timeout, int64_t *deadline);
-
 /* writev(2) that never raises SIGPIPE in the calling thread: a write to a
  * pipe whose reader is gone fails with EPIPE (errno) instead (pipe.c). */
 struct iovec;
@@ -72,7 +69,9 @@ CONC_HIDDEN ssize_t conc__writev_nosigpipe(int fd, const struct iovec *iov, int 
 
 /*
  * The one parser of the timeout argument of the public calls (docs/design.md,
- * "Time").  Every seconds form is its _until form behind these helpers:
+ * "Time"), in libconc and in the libraries beside it (libconc_remote,
+ * libconc_broker: it calls only libconc's exported conc_deadline).  Every
+ * seconds form is its _until form behind these helpers:
  *
  *     int64_t deadline;
  *     bool poll;
@@ -106,7 +105,7 @@ static inline int conc__timeout_parse(double timeout, int64_t *deadline, bool *p
         *deadline = CONC_NO_DEADLINE;
     else if (k == CONC__TIMEOUT_POLL)
         *deadline = 0;
-    else if (k < 0 || conc__timeout_deadline(timeout, deadline))
+    else if (k < 0 || conc_deadline(timeout, deadline))
         return -EINVAL;
     return 0;
 }

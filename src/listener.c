@@ -57,26 +57,6 @@
 
 _Static_assert(CHALLENGE_LEN <= CONC_LISTENER_HANDSHAKE_MAX, "challenge fits");
 
-/* ------------------------------------------------------------- time */
-
-/* A seconds timeout as a deadline and a poll flag (the rule of
- * src/internal.h, through the public conc_deadline: this library links
- * libconc's exported calls only). */
-static int timeout_parse(double timeout, int64_t *deadline, bool *poll)
-{
-    int k = conc__timeout_kind(timeout);
-    *poll = k == CONC__TIMEOUT_POLL;
-    if (k < 0)
-        return -EINVAL;
-    if (k == CONC__TIMEOUT_FOREVER)
-        *deadline = CONC_NO_DEADLINE;
-    else if (k == CONC__TIMEOUT_POLL)
-        *deadline = 0;
-    else if (conc_deadline(timeout, deadline) < 0)
-        return -EINVAL;
-    return 0;
-}
-
 static int sodium_ready(void)
 {
     /* sodium_init is safe to call from several threads and more than once. */
@@ -171,7 +151,7 @@ CONC_API int conc_conn_deliver_challenge(conc_conn *c, const void *key, size_t k
 {
     int64_t deadline;
     bool poll;
-    if (timeout_parse(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return (int)conc__timeout_code(poll, conc_conn_deliver_challenge_until(c, key, keylen,
                                                                            deadline));
@@ -182,7 +162,7 @@ CONC_API int conc_conn_answer_challenge(conc_conn *c, const void *key, size_t ke
 {
     int64_t deadline;
     bool poll;
-    if (timeout_parse(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return (int)conc__timeout_code(poll, conc_conn_answer_challenge_until(c, key, keylen,
                                                                           deadline));
@@ -668,7 +648,7 @@ CONC_API int conc_listener_accept(conc_listener *l, conc_conn **out, double time
 {
     int64_t deadline;
     bool poll;
-    if (timeout_parse(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return (int)conc__timeout_code(poll, conc_listener_accept_until(l, out, deadline));
 }
@@ -1094,7 +1074,7 @@ CONC_API int conc_client_connect(conc_conn **out, const char *address,
 {
     int64_t deadline;
     bool poll;
-    if (timeout_parse(timeout, &deadline, &poll))
+    if (conc__timeout_parse(timeout, &deadline, &poll))
         return -EINVAL;
     return (int)conc__timeout_code(poll, conc_client_connect_until(out, address, opts,
                                                                    deadline));

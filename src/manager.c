@@ -30,6 +30,7 @@
 #include "conc/process.h"
 #include "conc/sync.h"
 #include "conc/time.h"
+#include "internal.h"
 #include "manager_internal.h"
 #include "manager_wire.h"
 
@@ -76,28 +77,6 @@ struct ans {
 };
 
 /* ------------------------------------------------------------- helpers */
-
-static int timeout_parse(double t, int64_t *deadline, bool *poll)
-{
-    *poll = false;
-    if (t == CONC_FOREVER || (isinf(t) && t > 0)) {
-        *deadline = CONC_NO_DEADLINE;
-        return 0;
-    }
-    if (t == 0) {
-        *poll = true;
-        *deadline = 0;
-        return 0;
-    }
-    if (!(t > 0))
-        return -EINVAL;
-    return conc_deadline(t, deadline);
-}
-
-static int poll_code(bool poll, int r)
-{
-    return poll && r == -ETIMEDOUT ? -EAGAIN : r;
-}
 
 static int64_t time_left(int64_t deadline)
 {
@@ -1184,9 +1163,9 @@ int conc_proxy_queue_put(conc_proxy *p, const void *data, size_t len, double tim
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
-    return poll_code(poll, conc_proxy_queue_put_until(p, data, len, d));
+    return conc__timeout_code(poll, conc_proxy_queue_put_until(p, data, len, d));
 }
 
 int conc_proxy_queue_get_until(conc_proxy *p, void **out, size_t *len, int64_t deadline)
@@ -1202,9 +1181,9 @@ int conc_proxy_queue_get(conc_proxy *p, void **out, size_t *len, double timeout)
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
-    return poll_code(poll, conc_proxy_queue_get_until(p, out, len, d));
+    return conc__timeout_code(poll, conc_proxy_queue_get_until(p, out, len, d));
 }
 
 ssize_t conc_proxy_queue_qsize(conc_proxy *p)
@@ -1234,9 +1213,9 @@ int conc_proxy_queue_join(conc_proxy *p, double timeout)
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
-    return poll_code(poll, conc_proxy_queue_join_until(p, d));
+    return conc__timeout_code(poll, conc_proxy_queue_join_until(p, d));
 }
 
 /* ----------------------------------------------------- acquire, release */
@@ -1259,9 +1238,9 @@ int conc_proxy_acquire(conc_proxy *p, double timeout)
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
-    return poll_code(poll, conc_proxy_acquire_until(p, d));
+    return conc__timeout_code(poll, conc_proxy_acquire_until(p, d));
 }
 
 int conc_proxy_release(conc_proxy *p)
@@ -1306,9 +1285,9 @@ int conc_proxy_event_wait(conc_proxy *p, double timeout)
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
-    return poll_code(poll, conc_proxy_event_wait_until(p, d));
+    return conc__timeout_code(poll, conc_proxy_event_wait_until(p, d));
 }
 
 /* ------------------------------------------------------------- Condition */
@@ -1324,7 +1303,7 @@ int conc_proxy_cond_wait(conc_proxy *p, double timeout)
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
     return conc_proxy_cond_wait_until(p, d);       /* Python: False, also for 0 */
 }
@@ -1356,7 +1335,7 @@ int conc_proxy_barrier_wait(conc_proxy *p, double timeout)
 {
     int64_t d;
     bool poll;
-    if (timeout_parse(timeout, &d, &poll))
+    if (conc__timeout_parse(timeout, &d, &poll))
         return -EINVAL;
     return conc_proxy_barrier_wait_until(p, d);
 }

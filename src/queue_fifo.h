@@ -49,7 +49,7 @@ static inline void conc__limit_until(struct conc__limit *l, int64_t deadline)
 static inline int conc__limit_resolve(struct conc__limit *l)
 {
     if (!l->resolved) {
-        if (conc__timeout_deadline(l->timeout, &l->deadline))
+        if (conc_deadline(l->timeout, &l->deadline))
             return -EINVAL;
         l->resolved = true;
     }

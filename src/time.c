@@ -37,11 +37,6 @@ int conc_deadline(double timeout, int64_t *out)
     return 0;
 }
 
-int conc__timeout_deadline(double timeout, int64_t *deadline)
-{
-    return conc_deadline(timeout, deadline);
-}
-
 double conc_remaining(int64_t deadline)
 {
     if (deadline == CONC_NO_DEADLINE)
