@@ -91,7 +91,7 @@ static long inflight(conc_server *s)
 
 /* ------------------------------------------------------------- handler */
 
-int conc__server_run_handler(conc_server *s, conc_server_request *req)
+int conc__server_run_hooks(conc_server *s, conc_server_request *req)
 {
     int rc = s->h.setup ? s->h.setup(req) : 0;
     if (rc >= 0) {
@@ -103,6 +103,12 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     } else if (s->h.handle_error) {
         s->h.handle_error(req, rc);
     }
+    return rc < 0 ? rc : 0;
+}
+
+int conc__server_run_handler(conc_server *s, conc_server_request *req)
+{
+    int rc = conc__server_run_hooks(s, req);
     if (rc < 0)
         atomic_fetch_add(&s->st->failed, 1);
     else
@@ -110,7 +116,7 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     return rc < 0 ? rc : 0;
 }
 
-static void init_request(conc_server *s, conc_server_request *req, conc_socket *c,
+void conc__server_init_request(conc_server *s, conc_server_request *req, conc_socket *c,
                          const conc_sockaddr *peer, const void *data, size_t len)
 {
     memset(req, 0, sizeof *req);
@@ -127,7 +133,7 @@ void conc__server_serve_entered(conc_server *s, conc_socket *c, const conc_socka
                                 const void *data, size_t len, struct conc__server_slot *slot)
 {
     conc_server_request req;
-    init_request(s, &req, c, peer, data, len);
+    conc__server_init_request(s, &req, c, peer, data, len);
     conc__server_run_handler(s, &req);
     unlink_slot(s, slot);
     if (c)
@@ -230,17 +236,8 @@ static int child_main(const void *arg, size_t len)
     if (s->fd >= 0 && (!j->c || conc_socket_fd(j->c) != s->fd) && s->type == SOCK_STREAM)
         close(s->fd);
     conc_server_request req;
-    init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
-    int rc = s->h.setup ? s->h.setup(&req) : 0;
-    if (rc >= 0) {
-        rc = s->h.handle(&req);
-        if (rc < 0 && s->h.handle_error)
-            s->h.handle_error(&req, rc);
-        if (s->h.finish)
-            s->h.finish(&req);
-    } else if (s->h.handle_error) {
-        s->h.handle_error(&req, rc);
-    }
+    conc__server_init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
+    int rc = conc__server_run_hooks(s, &req);
     if (j->c)
         conc_socket_close(j->c);
     return rc < 0 ? 1 : 0;
@@ -274,6 +271,25 @@ static int start_child(conc_server *s, conc_socket *c, const conc_sockaddr *peer
     free(j);                        /* the child has its copy */
     if (rc < 0)
         return rc;
+    k->p[k->n++] = p;
+    atomic_fetch_add(&s->st->active, 1);
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->inflight++;
+    conc_lock_release(&s->mu);
+    return 0;
+}
+
+int conc__server_add_kid(conc_server *s, struct conc_process *p)
+{
+    struct conc__server_kids *k = kids_of(s);
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 16;
+        conc_process **np = realloc(k->p, cap * sizeof *np);
+        if (!np)
+            return -ENOMEM;
+        k->p = np;
+        k->cap = cap;
+    }
     k->p[k->n++] = p;
     atomic_fetch_add(&s->st->active, 1);
     conc_lock_acquire(&s->mu, CONC_FOREVER);
@@ -708,7 +724,9 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
     }
     int64_t stop_at = conc_now();
     if (waits_on_close(s)) {
-        if (s->o.model == CONC_SERVER_FORKING)
+        /* PREFORK: the workers are gone; a handle_request's worker may be
+         * left */
+        if (s->o.model == CONC_SERVER_FORKING || s->o.model == CONC_SERVER_PREFORK)
             drain_kids(s, stop_at);
         else
             conc__server_drain(s, stop_at);
@@ -729,11 +747,20 @@ int conc_server_handle_request_until(conc_server *s, int64_t deadline)
         return -EINVAL;
     if (!s->sock)
         return -EPIPE;
-    if (s->o.model == CONC_SERVER_PREFORK || s->o.model == CONC_SERVER_REACTOR)
-        return -EOPNOTSUPP;
     int expected = 0;
     if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
         return -EBUSY;
+    if (s->o.model == CONC_SERVER_REACTOR || s->o.model == CONC_SERVER_PREFORK) {
+        int r;
+        if (s->o.model == CONC_SERVER_REACTOR) {
+            r = conc__server_reactor_one(s, deadline);
+        } else {
+            reap_ended(s);
+            r = conc__server_prefork_one(s, deadline);
+        }
+        atomic_store(&s->serving, 0);
+        return r;
+    }
     size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
     unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
     int rc = 0;

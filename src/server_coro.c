@@ -246,6 +246,8 @@ struct rloop {
     size_t nconns;
     size_t wmax;
     bool listening;
+    bool one;                       /* handle_request: one request */
+    bool taken;                     /* one: the request came */
     struct conc_server_conn *dead;  /* freed after the batch */
 };
 
@@ -433,7 +435,7 @@ static void reactor_accept(struct rloop *l)
     conc_server *s = l->s;
     size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (lim && l->nconns >= lim) {
+        if ((lim && l->nconns >= lim) || (l->one && l->taken)) {
             set_listening(l, false);
             return;
         }
@@ -446,6 +448,7 @@ static void reactor_accept(struct rloop *l)
                 conc_sleep(0.001);
             return;
         }
+        l->taken = true;
         atomic_fetch_add(&s->st->accepted, 1);
         if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
             atomic_fetch_add(&s->st->refused, 1);
@@ -532,9 +535,12 @@ static void free_dead(struct rloop *l)
     }
 }
 
-int conc__server_reactor_loop(conc_server *s, int extra_fd)
+/* The reactor loop: until a shutdown (stopfd, extra_fd), or with one
+ * until one request was taken and has ended (-ETIMEDOUT when none came by
+ * until). */
+static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
 {
-    struct rloop l = { .s = s };
+    struct rloop l = { .s = s, .one = one };
     l.conns.next = l.conns.prev = &l.conns;
     l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;
     size_t bufsize = s->o.read_size ? s->o.read_size : 65536;
@@ -549,17 +555,23 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
     /* every connection is unregistered before its descriptor is closed */
     conc_selector_set_check_files(l.sel, false);
     set_listening(&l, true);
-    conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
-    if (extra_fd >= 0)
-        conc_selector_register(l.sel, extra_fd, CONC_EVENT_READ, &extra_tag);
+    if (!one) {
+        conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
+        if (extra_fd >= 0)
+            conc_selector_register(l.sel, extra_fd, CONC_EVENT_READ, &extra_tag);
+    }
     bool stopping = false;
     int64_t deadline = CONC_NO_DEADLINE;
     size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
     rc = 0;
     for (;;) {
-        if (stopping && l.nconns == 0)
+        if ((stopping || (one && l.taken)) && l.nconns == 0)
             break;
-        int n = conc_selector_select_until(l.sel, ev, 256, deadline);
+        int n = conc_selector_select_until(l.sel, ev, 256, one && !l.taken ? until : deadline);
+        if (n == -ETIMEDOUT && one && !l.taken) {
+            rc = -ETIMEDOUT;
+            break;
+        }
         if (n == -ETIMEDOUT) {
             /* the shutdown timeout passed: close what is left */
             while (l.conns.next != &l.conns)
@@ -601,4 +613,14 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
     free(buf);
     free(ev);
     return rc;
+}
+
+int conc__server_reactor_loop(conc_server *s, int extra_fd)
+{
+    return reactor_run(s, extra_fd, false, CONC_NO_DEADLINE);
+}
+
+int conc__server_reactor_one(conc_server *s, int64_t deadline)
+{
+    return reactor_run(s, -1, true, deadline);
 }

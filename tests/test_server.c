@@ -1159,7 +1159,7 @@ static void handle_one_then_close(conc_server_model model)
     cr_assert_eq(pipe(b.down), 0);
     pid_t pid = client_proc(busy_client, &b);
     cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
-    if (model == CONC_SERVER_FORKING) {
+    if (model == CONC_SERVER_FORKING || model == CONC_SERVER_PREFORK) {
         hs_recv(b.up[0]);
         hs_send(b.down[1]);
         client_proc_wait(pid);
@@ -1196,4 +1196,66 @@ Test(server, coroutine_handle_request_then_close, .timeout = 60)
 Test(server, forking_handle_request_then_close, .timeout = 60)
 {
     handle_one_then_close(CONC_SERVER_FORKING);
+}
+
+Test(server, prefork_handle_request_then_close, .timeout = 60)
+{
+    handle_one_then_close(CONC_SERVER_PREFORK);
+}
+
+static void one_exchange(void *arg)
+{
+    int fd = dial(arg);
+    exchange(fd, "one request, then the end", 3);
+    close(fd);
+}
+
+/* handle_request of the models that serve with loops or workers: nothing
+ * waiting gives -EAGAIN / -ETIMEDOUT (no worker left behind); one client
+ * is served.  REACTOR returns once the connection has ended, PREFORK once
+ * a worker took it (close waits for the worker). */
+static void handle_request_model(conc_server_model model)
+{
+    int fds = base_fds();
+    atomic_store(&setups, 0);
+    atomic_store(&finishes, 0);
+    conc_server *s = make(model, SOCK_STREAM, 2);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    cr_assert_eq(conc_server_handle_request(s, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_server_handle_request_until(s, conc_now() + 10000000), -ETIMEDOUT);
+    no_children();
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 0);
+    pid_t pid = client_proc(one_exchange, s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    if (model == CONC_SERVER_REACTOR) {
+        cr_assert_eq(st.finished, 1);
+        cr_assert_eq(st.active, 0);
+    }
+    client_proc_wait(pid);
+    /* nothing more is taken once the request was */
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    cr_assert_eq(conc_server_close(s), 0);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    cr_assert_eq(st.active, 0);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EPIPE);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, reactor_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_REACTOR);
+}
+
+Test(server, prefork_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_PREFORK);
 }

@@ -325,13 +325,26 @@ CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
 
 /*
  * conc_server_handle_request - handle_request(): wait for one request and
- * serve it with the server's model (the thread, child or greenlet is
- * started and the call returns; SYNC serves it before returning).  timeout
- * as in conc/time.h (CONC_FOREVER: none).  Returns 0 once a request was
- * taken (also when verify_request refused it); -EAGAIN (timeout 0) or
- * -ETIMEDOUT when none came (Python's handle_timeout); -EPIPE when closed;
- * -EBUSY while serve_forever runs; -EOPNOTSUPP for the PREFORK and REACTOR
- * models; -EINVAL.
+ * serve it with the server's model.  timeout (as in conc/time.h,
+ * CONC_FOREVER: none) bounds the wait for the request, not its serving.
+ *   SYNC       serves it before returning
+ *   THREADING, FORKING, COROUTINE  start its thread, child or greenlet (of
+ *              the calling thread's hub) and return
+ *   PREFORK    forks one worker, which waits for the request itself (the
+ *              process exists before the request comes, as the model
+ *              promises), takes it, tells the parent and serves it; the
+ *              call returns once the worker took it, and the worker is
+ *              then one of the server's children, waited for by
+ *              conc_server_close (as FORKING's child is).  When none came
+ *              the worker exits and nothing is left behind
+ *   REACTOR    runs the loop in the calling thread (one loop, whatever
+ *              `workers` says) until one connection was accepted and has
+ *              ended (on_close ran), or one datagram was handled
+ * Returns 0 once a request was taken (also when verify_request refused it);
+ * -EAGAIN (timeout 0) or -ETIMEDOUT when none came (Python's
+ * handle_timeout); -EPIPE when closed; -EBUSY while serve_forever runs;
+ * -ECHILD when a PREFORK worker died before it said; the errors of fork
+ * (-EAGAIN, -ENOMEM); -EINVAL.
  */
 CONC_API int conc_server_handle_request(conc_server *s, double timeout);
 CONC_API int conc_server_handle_request_until(conc_server *s, int64_t deadline);
