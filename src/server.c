@@ -571,11 +571,9 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         o.model = CONC_SERVER_REACTOR;
         if (type != SOCK_STREAM)
             return -EOPNOTSUPP;
-    } else if (o.model == CONC_SERVER_REACTOR) {
-        return -EINVAL;
+    } else if (o.model == CONC_SERVER_REACTOR && type != SOCK_DGRAM) {
+        return -EINVAL;             /* a stream reactor has callbacks */
     }
-    if (o.model == CONC_SERVER_PREFORK && type != SOCK_STREAM)
-        return -EOPNOTSUPP;
     int family = addr->u.sa.sa_family;
     if (addr->len < sizeof(sa_family_t))
         return -EINVAL;

@@ -490,6 +490,31 @@ static void reactor_accept(struct rloop *l)
     }
 }
 
+/* A datagram server's loop: reads the datagrams waiting and serves each
+ * in the loop's thread. */
+static void reactor_datagrams(struct rloop *l, unsigned char *buf, size_t cap)
+{
+    conc_server *s = l->s;
+    for (int i = 0; i < ACCEPT_BATCH && !(l->one && l->taken); i++) {
+        conc_sockaddr peer;
+        memset(&peer, 0, sizeof peer);
+        peer.len = sizeof peer.u;
+        ssize_t n = recvfrom(s->fd, buf, cap, MSG_DONTWAIT, &peer.u.sa, &peer.len);
+        if (n < 0) {
+            if (errno == EINTR || errno == ECONNREFUSED)
+                continue;
+            return;                 /* EAGAIN: another loop took it */
+        }
+        l->taken = true;
+        atomic_fetch_add(&s->st->accepted, 1);
+        if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+            atomic_fetch_add(&s->st->refused, 1);
+            continue;
+        }
+        conc__server_serve_datagram(s, &peer, buf, (size_t)n);
+    }
+}
+
 static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned ev,
                           unsigned char *buf, size_t bufsize)
 {
@@ -544,6 +569,8 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     l.conns.next = l.conns.prev = &l.conns;
     l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;
     size_t bufsize = s->o.read_size ? s->o.read_size : 65536;
+    if (s->type == SOCK_DGRAM)
+        bufsize = s->o.max_datagram ? s->o.max_datagram : 8192;
     unsigned char *buf = malloc(bufsize);
     conc_selector_event *ev = malloc(256 * sizeof *ev);
     int rc = buf && ev ? conc_selector_new(&l.sel, CONC_SELECTOR_EPOLL) : -ENOMEM;
@@ -586,7 +613,11 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
         for (int i = 0; i < n; i++) {
             void *d = ev[i].key.data;
             if (d == &listener_tag) {
-                if (!stopping)
+                if (stopping)
+                    continue;
+                if (s->type == SOCK_DGRAM)
+                    reactor_datagrams(&l, buf, bufsize);
+                else
                     reactor_accept(&l);
             } else if (d == &stop_tag || d == &extra_tag) {
                 if (!stopping) {

@@ -150,8 +150,9 @@ static conc_server *make(conc_server_model model, int type, int workers)
     o.workers = workers;
     o.request_queue_size = 64;
     conc_server *s = NULL;
-    int rc = model == CONC_SERVER_REACTOR ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
-                                          : conc_server_new(&s, type, &a, &echo_handler, &o);
+    int rc = model == CONC_SERVER_REACTOR && type == SOCK_STREAM
+                 ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
+                 : conc_server_new(&s, type, &a, &echo_handler, &o);
     cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
     return s;
 }
@@ -786,6 +787,106 @@ Test(server, unix_datagram_threading, .timeout = 60)
     datagram_server(CONC_SERVER_THREADING, true);
 }
 
+Test(server, udp_prefork, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_PREFORK, false);
+}
+
+Test(server, unix_datagram_prefork, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_PREFORK, true);
+}
+
+Test(server, udp_reactor, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_REACTOR, false);
+}
+
+Test(server, unix_datagram_reactor, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_REACTOR, true);
+}
+
+/* Answers with the pid of the process that serves: a datagram with a
+ * datagram, a connection with its first line, then closes. */
+static int pid_handle(conc_server_request *req)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    if (req->data)
+        return (int)conc_socket_sendto(req->sock, buf, (size_t)n, 0, &req->peer) < 0 ? -EIO : 0;
+    return conc_socket_sendall(req->sock, buf, (size_t)n, 0, NULL);
+}
+
+/* Prefork with reuse_port: each worker has a socket of its own in the
+ * port's group, and the kernel spreads the clients (each from a port of
+ * its own) over them: both workers answer, every client is answered. */
+static void prefork_reuse_port(int type)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 2;
+    o.reuse_port = true;
+    o.request_queue_size = 64;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, type, &a, &(conc_server_handler){ .handle = pid_handle },
+                                 &o), 0);
+    conc_server_address(s, &a);
+    struct running r;
+    start(&r, s);
+    conc_server_stats st;
+    do {
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.workers < 2);
+    pid_t kids[8];
+    cr_assert_eq(children(kids, 8), 2);
+    int seen[2] = { 0, 0 };
+    int answered = 0;
+    /* a worker binds its socket once it runs: until both have answered,
+     * new clients (new ports, new hashes) keep coming */
+    for (int round = 0; round < 200 && !(seen[0] && seen[1]); round++) {
+        for (int i = 0; i < 16; i++) {
+            int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+            cr_assert_geq(fd, 0);
+            guard(fd);
+            cr_assert_eq(connect(fd, &a.u.sa, a.len), 0, "connect: %s", strerror(errno));
+            if (type == SOCK_DGRAM)
+                cr_assert_eq(send(fd, "who", 3, 0), 3);
+            char buf[32] = "";
+            ssize_t n = recv_retry(fd, buf, sizeof buf - 1, 0);
+            cr_assert_gt(n, 0, "no answer: %s", strerror(errno));
+            int pid = atoi(buf);
+            cr_assert(pid == kids[0] || pid == kids[1], "answered by %d", pid);
+            seen[pid == kids[1]]++;
+            answered++;
+            close(fd);
+        }
+    }
+    cr_assert(seen[0] && seen[1], "one worker served every client (%d, %d)", seen[0], seen[1]);
+    stop(&r);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, (uint64_t)answered);
+    cr_assert_eq(st.finished, (uint64_t)answered);
+    cr_assert_eq(st.workers, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, prefork_reuse_port_udp, .timeout = 60)
+{
+    prefork_reuse_port(SOCK_DGRAM);
+}
+
+Test(server, prefork_reuse_port_tcp, .timeout = 60)
+{
+    prefork_reuse_port(SOCK_STREAM);
+}
+
 Test(server, unix_stream_server, .timeout = 60)
 {
     int fds = base_fds();
@@ -879,8 +980,6 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.model = CONC_SERVER_REACTOR;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
-    o.model = CONC_SERVER_PREFORK;
-    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EOPNOTSUPP);
     o.model = CONC_SERVER_THREADING;
     o.shutdown_timeout = -1;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
@@ -1258,4 +1357,49 @@ Test(server, reactor_handle_request, .timeout = 60)
 Test(server, prefork_handle_request, .timeout = 60)
 {
     handle_request_model(CONC_SERVER_PREFORK);
+}
+
+/* handle_request of a datagram server: one datagram is served. */
+static void handle_datagram(conc_server_model model)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_DGRAM, 2);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    conc_sockaddr a;
+    conc_server_address(s, &a);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    cr_assert_eq(connect(fd, &a.u.sa, a.len), 0);
+    cr_assert_eq(send(fd, "ping me", 7, 0), 7);
+    cr_assert_eq(send(fd, "and me", 6, 0), 6);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    char buf[16] = "";
+    cr_assert_eq(recv_retry(fd, buf, sizeof buf, 0), 7);
+    cr_assert_eq(memcmp(buf, "PING ME", 7), 0);
+    /* one request each: the second datagram waits for the next call */
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    cr_assert_eq(recv_retry(fd, buf, sizeof buf, 0), 6);
+    cr_assert_eq(memcmp(buf, "AND ME", 6), 0);
+    close(fd);
+    cr_assert_eq(conc_server_close(s), 0);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2);
+    cr_assert_eq(st.finished, 2);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, reactor_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_REACTOR);
+}
+
+Test(server, prefork_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_PREFORK);
 }

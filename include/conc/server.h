@@ -27,19 +27,36 @@
  *                          pidfds and reaped as they end, none is left
  *                          behind by conc_server_close
  *   CONC_SERVER_PREFORK    `workers` processes started up front share the
- *                          listening socket; each serves its connections
- *                          with a coroutine per connection (as the coroutine
- *                          model does in one hub).  A worker that dies is
- *                          reported (conc_server_stats.worker_restarts, the
- *                          on_worker_exit hook) and replaced.  Stream
- *                          servers only.
+ *                          server's socket (with reuse_port on an Internet
+ *                          address: the first serves it, each other binds a
+ *                          socket of its own to the same address, and the
+ *                          kernel spreads the clients over them); each
+ *                          serves its connections with a coroutine per
+ *                          connection (as the coroutine model does in one
+ *                          hub), a datagram server each datagram in a
+ *                          greenlet.  A worker that dies is reported
+ *                          (conc_server_stats.worker_restarts, the
+ *                          on_worker_exit hook) and replaced.  Why
+ *                          coroutines in each worker: the model field names
+ *                          one model, and of the others a worker could run,
+ *                          SYNC would let one slow client stop its worker,
+ *                          threads or children per request would undo what
+ *                          forking up front saves, and callbacks would need
+ *                          the reactor's handler; a hub per worker keeps
+ *                          the blocking handler and serves thousands of
+ *                          connections per process.
  *   CONC_SERVER_COROUTINE  a greenlet (conc/hub.h) per connection or
  *                          datagram, `workers` hubs each in a thread of its
  *                          own (gevent's StreamServer); the handler's conc
  *                          calls park only its greenlet
  *   CONC_SERVER_REACTOR    callbacks on a readiness loop, no stack per
- *                          connection: see conc_server_new_reactor; stream
- *                          servers only
+ *                          connection: see conc_server_new_reactor.  A
+ *                          datagram server of this model is made with
+ *                          conc_server_new(SOCK_DGRAM): the loop runs the
+ *                          handler's hooks for each datagram in its thread,
+ *                          so they must not block (req->sock does not: a
+ *                          reply the socket cannot take at once gives
+ *                          -EAGAIN)
  * A model other than SYNC never lets a slow or silent client hold up the
  * others.
  *
@@ -219,7 +236,8 @@ typedef struct conc_server_opts {
     bool allow_reuse_address;   /* SO_REUSEADDR before bind (Python's
                                    allow_reuse_address, off by default) */
     bool reuse_port;            /* SO_REUSEPORT before bind (Python's
-                                   allow_reuse_port) */
+                                   allow_reuse_port); PREFORK: a socket per
+                                   worker (see the models) */
     int request_queue_size;     /* listen() backlog; 0: 5, Python's */
     int workers;                /* PREFORK: processes; COROUTINE, REACTOR:
                                    loops, each in a thread of its own;
@@ -275,10 +293,9 @@ typedef struct conc_server_opts {
  * Unix socket file the server made is removed by conc_server_close.
  * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
  * handler, a handler without handle, another type, a negative count, a
- * bad timeout or model, CONC_SERVER_REACTOR (conc_server_new_reactor takes
- * it); -EOPNOTSUPP for a datagram server with the PREFORK model;
- * -EAFNOSUPPORT; -EADDRINUSE; -EACCES; -EMFILE; -ENOMEM.  The handler
- * struct is copied.
+ * bad timeout or model, CONC_SERVER_REACTOR with SOCK_STREAM
+ * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
+ * -EMFILE; -ENOMEM.  The handler struct is copied.
  */
 CONC_API int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
                              const conc_server_handler *handler, const conc_server_opts *opts);
