@@ -16,6 +16,7 @@
 #include "conc/cpool.h"
 #include "conc/hub.h"
 #include "conc/selector.h"
+#include "conc/time.h"
 #include "conc/wait.h"
 #include "server.h"
 
@@ -233,6 +234,7 @@ struct conc_server_conn {
     unsigned char *wbuf;
     size_t woff, wlen, wcap;        /* wbuf[woff .. woff + wlen) to send */
     unsigned events;                /* registered for */
+    int64_t last;                   /* idle_timeout: last sign of life */
     bool closing, dead, paused;
     int err;
     struct conc__server_slot slot;
@@ -245,6 +247,7 @@ struct rloop {
     struct conc_server_conn conns;  /* list head */
     size_t nconns;
     size_t wmax;
+    int64_t idle;                   /* idle_timeout in ns; 0: none */
     bool listening;
     bool one;                       /* handle_request: one request */
     bool taken;                     /* one: the request came */
@@ -481,10 +484,11 @@ static void reactor_accept(struct rloop *l)
         }
         c->events = CONC_EVENT_READ;
         conc__server_enter(s, &c->slot, fd);
-        c->next = l->conns.next;
-        c->prev = &l->conns;
-        l->conns.next->prev = c;
-        l->conns.next = c;
+        c->last = l->idle ? conc_now() : 0;
+        c->prev = l->conns.prev;    /* the newest last: oldest first */
+        c->next = &l->conns;
+        l->conns.prev->next = c;
+        l->conns.prev = c;
         l->nconns++;
         conn_settle(c);             /* on_accept may have written or closed */
     }
@@ -515,6 +519,31 @@ static void reactor_datagrams(struct rloop *l, unsigned char *buf, size_t cap)
     }
 }
 
+/* c showed a sign of life: it moves to the end of the list, which stays
+ * ordered by c->last. */
+static void conn_touch(struct rloop *l, struct conc_server_conn *c)
+{
+    c->last = conc_now();
+    if (l->conns.prev == c)
+        return;
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    c->prev = l->conns.prev;
+    c->next = &l->conns;
+    l->conns.prev->next = c;
+    l->conns.prev = c;
+}
+
+/* Closes the connections idle for idle_timeout (the oldest first). */
+static void expire_idle(struct rloop *l)
+{
+    if (!l->idle || l->conns.next == &l->conns)
+        return;
+    int64_t now = conc_now();
+    while (l->conns.next != &l->conns && l->conns.next->last + l->idle <= now)
+        conn_end(l->conns.next, -ETIMEDOUT);
+}
+
 static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned ev,
                           unsigned char *buf, size_t bufsize)
 {
@@ -522,11 +551,14 @@ static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned 
     if (c->dead)
         return;
     if (ev & CONC_EVENT_WRITE) {
+        size_t before = c->wlen;
         int rc = conn_flush(c);
         if (rc < 0) {
             conn_end(c, rc);
             return;
         }
+        if (l->idle && c->wlen < before)
+            conn_touch(l, c);
         if (!c->wlen && c->paused) {
             c->paused = false;
             if (s->rh.on_drain)
@@ -536,6 +568,8 @@ static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned 
     if ((ev & CONC_EVENT_READ) && !c->paused && !c->closing) {
         ssize_t n = recv(c->fd, buf, bufsize, MSG_DONTWAIT);
         if (n > 0) {
+            if (l->idle)
+                conn_touch(l, c);
             if (s->rh.on_data(c, buf, (size_t)n, s->rh.user) < 0)
                 c->closing = true;
         } else if (n == 0) {
@@ -566,6 +600,9 @@ static void free_dead(struct rloop *l)
 static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
 {
     struct rloop l = { .s = s, .one = one };
+    l.idle = s->o.idle_timeout > 0 ? (int64_t)(s->o.idle_timeout * 1e9) : 0;
+    if (l.idle <= 0 && s->o.idle_timeout > 0)
+        l.idle = 1;
     l.conns.next = l.conns.prev = &l.conns;
     l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;
     size_t bufsize = s->o.read_size ? s->o.read_size : 65536;
@@ -594,7 +631,22 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     for (;;) {
         if ((stopping || (one && l.taken)) && l.nconns == 0)
             break;
-        int n = conc_selector_select_until(l.sel, ev, 256, one && !l.taken ? until : deadline);
+        int64_t wait_until = one && !l.taken ? until : deadline;
+        /* the oldest connection's idle time runs out first */
+        bool idle_first = false;
+        if (l.idle && l.conns.next != &l.conns) {
+            int64_t e = l.conns.next->last + l.idle;
+            if (e < wait_until) {
+                wait_until = e;
+                idle_first = true;
+            }
+        }
+        int n = conc_selector_select_until(l.sel, ev, 256, wait_until);
+        if (n == -ETIMEDOUT && idle_first) {
+            expire_idle(&l);
+            free_dead(&l);
+            continue;
+        }
         if (n == -ETIMEDOUT && one && !l.taken) {
             rc = -ETIMEDOUT;
             break;
@@ -633,6 +685,7 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
                 reactor_event(&l, d, ev[i].events, buf, bufsize);
             }
         }
+        expire_idle(&l);            /* also while others keep the loop busy */
         free_dead(&l);
         if (!stopping && !l.listening && (!lim || l.nconns < lim))
             set_listening(&l, true);

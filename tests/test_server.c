@@ -16,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -985,6 +986,12 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.model = CONC_SERVER_THREADING;
     cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o.model = CONC_SERVER_REACTOR;
+    o.shutdown_timeout = 0;
+    o.idle_timeout = -1;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o.idle_timeout = NAN;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
     conc_server_reactor_handler rnone = { 0 };
     cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
     cr_assert_null(s);
@@ -1402,4 +1409,87 @@ Test(server, reactor_handle_request_datagram, .timeout = 60)
 Test(server, prefork_handle_request_datagram, .timeout = 60)
 {
     handle_datagram(CONC_SERVER_PREFORK);
+}
+
+/* ------------------------------------------------------ idle timeout */
+
+static _Atomic int idle_closes, other_closes;
+
+static void idle_close(conc_server_conn *c, int err, void *user)
+{
+    (void)c;
+    (void)user;
+    atomic_fetch_add(err == -ETIMEDOUT ? &idle_closes : &other_closes, 1);
+}
+
+/* A reactor connection that sends nothing for idle_timeout is closed and
+ * on_close gets -ETIMEDOUT, also while another client keeps the loop busy;
+ * the busy one is not closed. */
+Test(server, reactor_idle_timeout_closes_silent_connections, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&idle_closes, 0);
+    atomic_store(&other_closes, 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.idle_timeout = 1.0;
+    conc_server_reactor_handler h = reactor_handler;
+    h.on_close = idle_close;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    struct running r;
+    start(&r, s);
+    int silent = dial(s);
+    exchange(silent, "a word, then silence", 4);
+    int busy = dial(s);
+    int64_t guard_at = conc_now() + (int64_t)(GUARD * 1e9);
+    int rounds = 0;
+    for (;;) {
+        exchange(busy, "still talking", 5);
+        rounds++;
+        struct pollfd p = { .fd = silent, .events = POLLIN };
+        if (poll(&p, 1, 0) == 1)
+            break;
+        cr_assert_lt(conc_now(), guard_at, "the silent connection was never closed");
+    }
+    char c;
+    cr_assert_eq(recv_retry(silent, &c, 1, 0), 0);     /* closed: the end of the stream */
+    close(silent);
+    cr_assert_eq(atomic_load(&idle_closes), 1);
+    exchange(busy, "and the talker is still served", 3);
+    close(busy);
+    stop(&r);
+    cr_assert_eq(atomic_load(&idle_closes), 1);
+    cr_assert_eq(atomic_load(&other_closes), 1);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* handle_request ends when its idle connection is closed. */
+Test(server, reactor_handle_request_idle_timeout, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&idle_closes, 0);
+    atomic_store(&other_closes, 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.idle_timeout = 0.01;
+    conc_server_reactor_handler h = reactor_handler;
+    h.on_close = idle_close;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    int fd = dial(s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    cr_assert_eq(atomic_load(&idle_closes), 1);
+    char c;
+    cr_assert_eq(recv_retry(fd, &c, 1, 0), 0);
+    close(fd);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
 }

@@ -181,7 +181,9 @@ typedef struct conc_server_conn conc_server_conn;
  *   on_drain   the write buffer emptied after it had passed
  *              write_buffer_max (the back-pressure was lifted); may be NULL
  *   on_close   the connection ended: err 0 when the peer closed or the
- *              handler asked, else the error (-ECONNRESET...); may be NULL
+ *              handler asked, -ETIMEDOUT when it was idle for idle_timeout,
+ *              -ECANCELED when the shutdown timeout cut it off, else the
+ *              error (-ECONNRESET...); may be NULL
  * Back-pressure: conc_server_conn_write buffers what the socket does not
  * take at once; while more than write_buffer_max bytes wait, the loop
  * stops reading that connection (on_data is not called) until they drain.
@@ -272,6 +274,12 @@ typedef struct conc_server_opts {
                                    (status as conc_process_exitcode: the exit
                                    code, or -signal); it is replaced */
     void *user;                 /* given to service_actions, on_worker_exit */
+    double idle_timeout;        /* REACTOR: seconds a connection may stay
+                                   idle (nothing arrived from it and none of
+                                   its buffered output was taken) before it
+                                   is closed, on_close getting -ETIMEDOUT;
+                                   0: no limit.  The other models have
+                                   request_timeout for it */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
 
