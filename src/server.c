@@ -5,6 +5,7 @@
  * server_coro.c.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -554,7 +555,11 @@ static void close_fds(int a, int b)
         close(b);
 }
 
-static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
+/* adopt >= 0: the server takes that socket over (checked by adopt_check:
+ * of type `type`, bound to *addr, listening for a stream) instead of
+ * making one; nothing fails after it is taken, so on failure it is still
+ * the caller's, unchanged. */
+static int server_create(conc_server **out, int type, const conc_sockaddr *addr, int adopt,
                          const conc_server_opts *opts, bool reactor)
 {
     conc_server_opts o;
@@ -609,6 +614,15 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         rc = -errno;
         goto fail;
     }
+    if (adopt >= 0) {
+        rc = conc_socket_from_fd(&s->sock, adopt);
+        if (rc < 0) {
+            s->sock = NULL;
+            goto fail;
+        }
+        s->addr = *addr;            /* the socket file, if any, is not ours */
+        goto adopted;
+    }
     rc = conc_socket_new(&s->sock, family, type, 0);
     if (rc < 0)
         goto fail;
@@ -639,6 +653,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         goto fail;
     if (family == AF_UNIX && s->unlink_path && s->addr.len <= sizeof(sa_family_t))
         s->addr = *addr;
+adopted:
     conc_socket_set_timeout(s->sock, 0);
     s->fd = conc_socket_fd(s->sock);
     *out = s;
@@ -662,7 +677,7 @@ int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
     if (!out || !handler || !handler->handle)
         return -EINVAL;
     conc_server *s;
-    int rc = server_create(&s, type, addr, opts, false);
+    int rc = server_create(&s, type, addr, -1, opts, false);
     if (rc < 0)
         return rc;
     s->h = *handler;
@@ -677,7 +692,95 @@ int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
     if (!out || !handler || !handler->on_data)
         return -EINVAL;
     conc_server *s;
-    int rc = server_create(&s, SOCK_STREAM, addr, opts, true);
+    int rc = server_create(&s, SOCK_STREAM, addr, -1, opts, true);
+    if (rc < 0)
+        return rc;
+    s->rh = *handler;
+    *out = s;
+    return 0;
+}
+
+/* What a socket to adopt must be: open, a socket, of a family and type a
+ * server serves, bound, listening when a stream, in the SO_REUSEPORT
+ * group when reuse_port asks for one.  Its type into *type, its address
+ * into *addr.  Nothing is changed. */
+static int adopt_check(int fd, const conc_server_opts *opts, int *type, conc_sockaddr *addr)
+{
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int v = 0, dom = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0)
+        return -errno;              /* -ENOTSOCK */
+    if (v != SOCK_STREAM && v != SOCK_DGRAM)
+        return -EINVAL;
+    len = sizeof dom;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &len) < 0)
+        return -errno;
+    if (dom != AF_INET && dom != AF_INET6 && dom != AF_UNIX)
+        return -EAFNOSUPPORT;
+    memset(addr, 0, sizeof *addr);
+    addr->len = sizeof addr->u;
+    if (getsockname(fd, &addr->u.sa, &addr->len) < 0)
+        return -errno;
+    bool bound = dom == AF_UNIX ? addr->len > sizeof(sa_family_t)
+                                : conc_sockaddr_port(addr) > 0;
+    if (!bound)
+        return -EINVAL;             /* server_bind first */
+    if (v == SOCK_STREAM) {
+        int on = 0;
+        len = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0)
+            return -errno;
+        if (!on)
+            return -EINVAL;         /* server_activate (listen) first */
+    }
+    if (opts && opts->reuse_port) {
+        int on = 0;
+        len = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, &len) < 0)
+            return -errno;
+        if (!on)
+            return -EINVAL;         /* too late to join a group */
+    }
+    *type = v;
+    return 0;
+}
+
+int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
+                       const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->handle)
+        return -EINVAL;
+    int type;
+    conc_sockaddr addr;
+    int rc = adopt_check(fd, opts, &type, &addr);
+    if (rc < 0)
+        return rc;
+    conc_server *s;
+    rc = server_create(&s, type, &addr, fd, opts, false);
+    if (rc < 0)
+        return rc;
+    s->h = *handler;
+    *out = s;
+    return 0;
+}
+
+int conc_server_new_reactor_fd(conc_server **out, int fd,
+                               const conc_server_reactor_handler *handler,
+                               const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->on_data)
+        return -EINVAL;
+    int type;
+    conc_sockaddr addr;
+    int rc = adopt_check(fd, opts, &type, &addr);
+    if (rc < 0)
+        return rc;
+    if (type != SOCK_STREAM)
+        return -EINVAL;             /* conc_server_new_fd serves datagrams */
+    conc_server *s;
+    rc = server_create(&s, SOCK_STREAM, &addr, fd, opts, true);
     if (rc < 0)
         return rc;
     s->rh = *handler;

@@ -1493,3 +1493,173 @@ Test(server, reactor_handle_request_idle_timeout, .timeout = 60)
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
 }
+
+/* ------------------------------------------------ adopting a socket */
+
+/* Python's bind_and_activate=False: the socket is made, bound and set
+ * listening by hand, then served; the server closes it. */
+Test(server, adopt_a_listening_socket, .timeout = 60)
+{
+    int fds = base_fds();
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    int one = 1;
+    cr_assert_eq(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    cr_assert_eq(bind(lfd, &a.u.sa, a.len), 0);
+    cr_assert_eq(listen(lfd, 16), 0);
+    conc_sockaddr bound;
+    bound.len = sizeof bound.u;
+    cr_assert_eq(getsockname(lfd, &bound.u.sa, &bound.len), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_fd(&s, lfd, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_fd(s), lfd);
+    cr_assert_eq(conc_server_socket_type(s), SOCK_STREAM);
+    conc_sockaddr got;
+    cr_assert_eq(conc_server_address(s, &got), 0);
+    cr_assert_eq(conc_sockaddr_port(&got), conc_sockaddr_port(&bound));
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "served on a socket made by hand", 4);
+    close(fd);
+    stop(&r);
+    conc_server_free(s);            /* closes lfd */
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A reactor on an adopted listener, and a reactor datagram server on an
+ * adopted Unix datagram socket, whose file the server leaves alone. */
+Test(server, adopt_sockets_for_the_reactor, .timeout = 60)
+{
+    int fds = base_fds();
+    int lfd = socket(AF_INET6, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET6, "::1", 0);
+    if (bind(lfd, &a.u.sa, a.len) < 0) {    /* no IPv6 loopback here */
+        close(lfd);
+        lfd = socket(AF_INET, SOCK_STREAM, 0);
+        conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+        cr_assert_eq(bind(lfd, &a.u.sa, a.len), 0);
+    }
+    cr_assert_eq(listen(lfd, 16), 0);
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor_fd(&s, lfd, &reactor_handler, NULL), 0);
+    cr_assert_eq(conc_server_get_model(s), CONC_SERVER_REACTOR);
+    pid_t pid = client_proc(one_exchange, s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    client_proc_wait(pid);
+    conc_server_free(s);
+
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/conc-server-test-%d-adopt.sock", (int)getpid());
+    unlink(path);
+    int dfd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    conc_sockaddr ua;
+    conc_sockaddr_unix(&ua, path, 0);
+    cr_assert_eq(bind(dfd, &ua.u.sa, ua.len), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_REACTOR;
+    cr_assert_eq(conc_server_new_fd(&s, dfd, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_socket_type(s), SOCK_DGRAM);
+    int cfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    char cpath[108];
+    snprintf(cpath, sizeof cpath, "%.90s.client", path);
+    unlink(cpath);
+    conc_sockaddr ca;
+    conc_sockaddr_unix(&ca, cpath, 0);
+    cr_assert_eq(bind(cfd, &ca.u.sa, ca.len), 0);
+    guard(cfd);
+    cr_assert_eq(sendto(cfd, "adopted", 7, 0, &ua.u.sa, ua.len), 7);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    char buf[16];
+    cr_assert_eq(recv_retry(cfd, buf, sizeof buf, 0), 7);
+    cr_assert_eq(memcmp(buf, "ADOPTED", 7), 0);
+    conc_server_free(s);
+    cr_assert_eq(access(path, F_OK), 0, "the caller's socket file was removed");
+    close(cfd);
+    unlink(cpath);
+    unlink(path);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* A socket that cannot be served is refused with its reason, and stays
+ * the caller's: open, flags unchanged. */
+static void refused_fd(int fd, int want, const conc_server_opts *o, bool reactor)
+{
+    int fl = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    conc_server *s = NULL;
+    int rc = reactor ? conc_server_new_reactor_fd(&s, fd, &reactor_handler, o)
+                     : conc_server_new_fd(&s, fd, &echo_handler, o);
+    cr_assert_eq(rc, want, "fd %d: %s, want %s", fd, conc_strerror(rc), conc_strerror(want));
+    cr_assert_null(s);
+    if (fd >= 0 && want != -EBADF) {
+        cr_assert_eq(fcntl(fd, F_GETFL), fl, "fd %d changed", fd);
+        cr_assert_geq(fcntl(fd, F_GETFD), 0, "fd %d closed", fd);
+    }
+}
+
+Test(server, adopt_refuses_bad_sockets, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    refused_fd(-1, -EBADF, NULL, false);
+    refused_fd(-1, -EBADF, NULL, true);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    close(p[1]);
+    refused_fd(p[1], -EBADF, NULL, false);          /* a closed number */
+    refused_fd(p[0], -ENOTSOCK, NULL, false);       /* a pipe */
+    refused_fd(p[0], -ENOTSOCK, NULL, true);
+    int sp[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp), 0);
+    refused_fd(sp[0], -EINVAL, NULL, false);        /* another type */
+    int unbound = socket(AF_INET, SOCK_STREAM, 0);
+    refused_fd(unbound, -EINVAL, NULL, false);
+    int quiet = socket(AF_INET, SOCK_STREAM, 0);    /* bound, not listening */
+    cr_assert_eq(bind(quiet, &a.u.sa, a.len), 0);
+    refused_fd(quiet, -EINVAL, NULL, false);
+    refused_fd(quiet, -EINVAL, NULL, true);
+    int udp_unbound = socket(AF_INET, SOCK_DGRAM, 0);
+    refused_fd(udp_unbound, -EINVAL, NULL, false);
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    cr_assert_eq(bind(udp, &a.u.sa, a.len), 0);
+    refused_fd(udp, -EINVAL, NULL, true);           /* the stream reactor */
+    int lst = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(bind(lst, &a.u.sa, a.len), 0);
+    cr_assert_eq(listen(lst, 4), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.reuse_port = true;                            /* not in a group */
+    refused_fd(lst, -EINVAL, &o, false);
+    o.reuse_port = false;
+    o.model = CONC_SERVER_REACTOR;                  /* a stream needs callbacks */
+    refused_fd(lst, -EINVAL, &o, false);
+    o.model = CONC_SERVER_THREADING;                /* not a reactor model */
+    refused_fd(lst, -EINVAL, &o, true);
+    int nl = socket(AF_NETLINK, SOCK_DGRAM, 0);
+    if (nl >= 0) {
+        refused_fd(nl, -EAFNOSUPPORT, NULL, false);
+        close(nl);
+    }
+    conc_server *s;
+    cr_assert_eq(conc_server_new_fd(NULL, lst, &echo_handler, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new_fd(&s, lst, NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new_reactor_fd(&s, lst, NULL, NULL), -EINVAL);
+    /* and the same listener, good, is served */
+    cr_assert_eq(conc_server_new_fd(&s, lst, &echo_handler, NULL), 0);
+    conc_server_free(s);
+    close(p[0]);
+    close(sp[0]);
+    close(sp[1]);
+    close(unbound);
+    close(quiet);
+    close(udp_unbound);
+    close(udp);
+    cr_assert_eq(count_fds(), fds);
+}

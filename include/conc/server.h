@@ -319,6 +319,41 @@ CONC_API int conc_server_new_reactor(conc_server **out, const conc_sockaddr *add
                                      const conc_server_opts *opts);
 
 /*
+ * conc_server_new_fd - a server on a socket the caller made and bound:
+ * Python's Server(addr, Handler, bind_and_activate=False) followed by
+ * server_bind and server_activate done by hand (socket, setsockopt, bind,
+ * listen), or a socket handed over by a service manager (systemd's
+ * LISTEN_FDS, from descriptor 3 on; inetd's 0).  fd must be an AF_INET,
+ * AF_INET6 or AF_UNIX socket of type SOCK_STREAM (listening) or SOCK_DGRAM,
+ * bound to an address; its type decides the server's, and the model and
+ * options are those of conc_server_new, except the ones that only matter
+ * to bind and listen (allow_reuse_address, request_queue_size) which are
+ * the caller's business.  With reuse_port (PREFORK's socket per worker)
+ * fd must have SO_REUSEPORT on.  On success the server owns fd (made
+ * O_NONBLOCK and close-on-exec; conc_server_close closes it and leaves a
+ * Unix socket file alone, since the server did not make it); on failure it
+ * stays the caller's, unchanged.  Returns 0 and stores the handle in *out;
+ * -EBADF for a negative or closed fd; -ENOTSOCK when fd is not a socket;
+ * -EAFNOSUPPORT for another family; -EINVAL for another type (such as
+ * SOCK_SEQPACKET), an unbound socket, a stream socket that is not
+ * listening, reuse_port without SO_REUSEPORT on fd, and the -EINVAL cases
+ * of conc_server_new; -ENOMEM.
+ */
+CONC_API int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
+                                const conc_server_opts *opts);
+
+/*
+ * conc_server_new_reactor_fd - conc_server_new_reactor on a listening
+ * stream socket the caller made, as conc_server_new_fd takes it over.
+ * Returns as conc_server_new_fd; -EINVAL also for a datagram socket
+ * (conc_server_new_fd serves datagrams with the REACTOR model) and a
+ * handler without on_data.
+ */
+CONC_API int conc_server_new_reactor_fd(conc_server **out, int fd,
+                                        const conc_server_reactor_handler *handler,
+                                        const conc_server_opts *opts);
+
+/*
  * conc_server_close - server_close(): stop serving if still serving (as
  * conc_server_shutdown_wait), wait for the requests in flight (unless
  * daemon_threads or no_block_on_close; bounded by shutdown_timeout), close
