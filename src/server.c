@@ -576,7 +576,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
             return -EINVAL;
         o.model = CONC_SERVER_REACTOR;
         if (type != SOCK_STREAM)
-            return -EOPNOTSUPP;
+            return -EINVAL;
     } else if (o.model == CONC_SERVER_REACTOR && type != SOCK_DGRAM) {
         return -EINVAL;             /* a stream reactor has callbacks */
     }

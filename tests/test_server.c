@@ -4,9 +4,12 @@
  * pieces); a silent client does not hold up the others; clients that reset
  * mid-request; shutdown while busy lets the request in flight finish;
  * shutdown from a signal handler and from another thread; a killed
- * prefork worker is replaced; UDP, Unix stream and Unix datagram servers;
- * handle_request and its timeout; bad arguments.  Every test checks that
- * the descriptor count is back to its start and no child is left.
+ * prefork worker is replaced; UDP, Unix stream and Unix datagram servers
+ * in every model (prefork with a socket per worker too); handle_request
+ * and its timeout in every model; the reactor's idle timeout; sockets
+ * made by hand and handed over, and those refused; bad arguments.  Every
+ * test checks that the descriptor count is back to its start and no child
+ * is left.
  *
  * Nothing waits a fixed time: a peer that must be blocked first is waited
  * for through its state in /proc (support/task_state.h) or a counter.
@@ -1337,7 +1340,7 @@ static void handle_request_model(conc_server_model model)
     cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.accepted, 1);
-    if (model == CONC_SERVER_REACTOR) {
+    if (model == CONC_SERVER_REACTOR || model == CONC_SERVER_SYNC) {
         cr_assert_eq(st.finished, 1);
         cr_assert_eq(st.active, 0);
     }
@@ -1662,4 +1665,36 @@ Test(server, adopt_refuses_bad_sockets, .timeout = 60)
     close(udp_unbound);
     close(udp);
     cr_assert_eq(count_fds(), fds);
+}
+
+/* handle_request in the other models (COROUTINE's greenlet runs when its
+ * thread waits in conc, as coroutine_handle_request_then_close shows). */
+Test(server, sync_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_SYNC);
+}
+
+Test(server, threading_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_THREADING);
+}
+
+Test(server, forking_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_FORKING);
+}
+
+Test(server, sync_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_SYNC);
+}
+
+Test(server, threading_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_THREADING);
+}
+
+Test(server, forking_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_FORKING);
 }

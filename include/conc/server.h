@@ -30,7 +30,10 @@
  *                          server's socket (with reuse_port on an Internet
  *                          address: the first serves it, each other binds a
  *                          socket of its own to the same address, and the
- *                          kernel spreads the clients over them); each
+ *                          kernel spreads the clients over them; a
+ *                          connection still in the backlog of a worker's
+ *                          own socket when that worker ends is reset by
+ *                          the kernel, Linux's SO_REUSEPORT rule); each
  *                          serves its connections with a coroutine per
  *                          connection (as the coroutine model does in one
  *                          hub), a datagram server each datagram in a
