@@ -600,8 +600,11 @@ static void free_dead(struct rloop *l)
 static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
 {
     struct rloop l = { .s = s, .one = one };
-    l.idle = s->o.idle_timeout > 0 ? (int64_t)(s->o.idle_timeout * 1e9) : 0;
-    if (l.idle <= 0 && s->o.idle_timeout > 0)
+    /* beyond 4e9 s (126 years) there is no limit, and last + idle cannot
+     * overflow */
+    double it = s->o.idle_timeout;
+    l.idle = it > 0 && it < 4e9 ? (int64_t)(it * 1e9) : 0;
+    if (l.idle <= 0 && it > 0 && it < 4e9)
         l.idle = 1;
     l.conns.next = l.conns.prev = &l.conns;
     l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;

@@ -1551,7 +1551,9 @@ Test(server, adopt_sockets_for_the_reactor, .timeout = 60)
     }
     cr_assert_eq(listen(lfd, 16), 0);
     conc_server *s;
-    cr_assert_eq(conc_server_new_reactor_fd(&s, lfd, &reactor_handler, NULL), 0);
+    conc_server_opts io = CONC_SERVER_OPTS_INIT;
+    io.idle_timeout = INFINITY;                     /* no limit */
+    cr_assert_eq(conc_server_new_reactor_fd(&s, lfd, &reactor_handler, &io), 0);
     cr_assert_eq(conc_server_get_model(s), CONC_SERVER_REACTOR);
     pid_t pid = client_proc(one_exchange, s);
     cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
