@@ -282,8 +282,7 @@ typedef struct conc_server_opts {
                                    its buffered output was taken) before it
                                    is closed, on_close getting -ETIMEDOUT;
                                    0 (or INFINITY): no limit.  The other
-                                   models have
-                                   request_timeout for it */
+                                   models have request_timeout for it */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
 
