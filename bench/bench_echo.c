@@ -20,17 +20,19 @@
  *                                    reaped (cutime + cstime of
  *                                    /proc/PID/stat); and every process
  *                                    below it still there (found by the
- *                                    parent field of /proc/ * /stat: utime +
- *                                    stime + cutime + cstime, a zombie
- *                                    too).  A child that ends in the window
- *                                    moves from the last term to its
- *                                    parent's cutime with the same total,
- *                                    so the forking servers' children
- *                                    (conc-forking, python-forking) and the
- *                                    prefork workers count in full.  The
- *                                    child terms are in clock ticks
- *                                    (10 ms at USER_HZ 100), fine over a
- *                                    window of thousands of requests
+ *                                    parent field of /proc/ * /stat, a
+ *                                    zombie too): its threads' schedstat
+ *                                    and its own cutime + cstime.  A child
+ *                                    that ends in the window moves from the
+ *                                    last term to its parent's cutime with
+ *                                    the same total (the kernel adds the
+ *                                    child's runtime in ns), so the forking
+ *                                    servers' children (conc-forking,
+ *                                    python-forking) and the prefork
+ *                                    workers count in full.  cutime is in
+ *                                    clock ticks (10 ms at USER_HZ 100),
+ *                                    read twice per window: fine over
+ *                                    thousands of requests
  *   idle_conn_rss                    the server's resident memory per idle
  *                                    connection, in bytes: VmRSS of
  *                                    /proc/PID/status before connecting N
@@ -544,9 +546,11 @@ static int proc_stat(pid_t pid, pid_t *ppid, unsigned long long *own,
     return 0;
 }
 
-/* The CPU time, in ticks, of every process below pid that is still there
- * (zombies too), each with the children it reaped. */
-static unsigned long long descendants_ticks(pid_t pid)
+/* The CPU time, in ns, of every process below pid that is still there
+ * (zombies too): its threads (schedstat, in ns: a child's utime + stime
+ * in ticks would lose up to a tick each, which a hundred short-lived
+ * children turn into nothing) and the children it reaped (in ticks). */
+static int64_t descendants_ns(pid_t pid)
 {
     DIR *d = opendir("/proc");
     if (!d)
@@ -554,7 +558,7 @@ static unsigned long long descendants_ticks(pid_t pid)
     size_t n = 0, cap = 0;
     struct pinfo {
         pid_t pid, ppid;
-        unsigned long long ticks;
+        unsigned long long own, reaped;
         bool below;
     } *ps = NULL;
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
@@ -572,7 +576,7 @@ static unsigned long long descendants_ticks(pid_t pid)
                 break;
             ps = np;
         }
-        ps[n++] = (struct pinfo){ q, pp, own + reaped, pp == pid };
+        ps[n++] = (struct pinfo){ q, pp, own, reaped, pp == pid };
     }
     closedir(d);
     /* grandchildren and below: until nothing more is found */
@@ -588,17 +592,20 @@ static unsigned long long descendants_ticks(pid_t pid)
                 }
         }
     }
-    unsigned long long sum = 0;
-    for (size_t i = 0; i < n; i++)
-        if (ps[i].below)
-            sum += ps[i].ticks;
+    int64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!ps[i].below)
+            continue;
+        int64_t threads = server_threads_ns(ps[i].pid);
+        sum += (threads > 0 ? threads : ticks_ns(ps[i].own)) + ticks_ns(ps[i].reaped);
+    }
     free(ps);
     return sum;
 }
 
 /* The CPU time of the server, in ns, or -1: its threads (schedstat, in
- * ns), the children it reaped and the processes below it still there (in
- * ticks); see echo_cpu at the top. */
+ * ns), the children it reaped (in ticks) and the processes below it still
+ * there; see echo_cpu at the top. */
 static int64_t server_cpu_ns(pid_t pid)
 {
     pid_t pp;
@@ -608,7 +615,7 @@ static int64_t server_cpu_ns(pid_t pid)
     int64_t threads = server_threads_ns(pid);
     if (threads < 0)
         return -1;
-    return threads + ticks_ns(reaped + descendants_ticks(pid));
+    return threads + ticks_ns(reaped) + descendants_ns(pid);
 }
 
 /* The CPU time all threads of process pid have used, in ns, or -1. */
