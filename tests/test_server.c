@@ -1700,3 +1700,98 @@ Test(server, forking_handle_request_datagram, .timeout = 60)
 {
     handle_datagram(CONC_SERVER_FORKING);
 }
+
+/* A prefork handle_request whose worker is killed before a request came
+ * reports it (-ECHILD) instead of waiting, and leaves nothing behind. */
+struct hr_call {
+    conc_server *s;
+    int rc;
+};
+
+static void *hr_main(void *arg)
+{
+    struct hr_call *c = arg;
+    c->rc = conc_server_handle_request(c->s, GUARD);
+    return NULL;
+}
+
+Test(server, prefork_handle_request_worker_killed, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make(CONC_SERVER_PREFORK, SOCK_STREAM, 1);
+    struct hr_call c = { .s = s, .rc = 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, hr_main, &c), 0);
+    pid_t kids[4];
+    int n;
+    while ((n = children(kids, 4)) == 0)
+        conc_sleep(0.001);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(c.rc, -ECHILD, "%s", conc_strerror(c.rc));
+    no_children();
+    /* and the server still serves */
+    pid_t pid = client_proc(one_exchange, s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    client_proc_wait(pid);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* With reuse_port, a killed worker's replacement binds a socket of its
+ * own again: both workers answer after it. */
+Test(server, prefork_reuse_port_worker_replaced, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 2;
+    o.reuse_port = true;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &(conc_server_handler){ .handle = pid_handle },
+                                 &o), 0);
+    conc_server_address(s, &a);
+    struct running r;
+    start(&r, s);
+    conc_server_stats st;
+    do {
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.workers < 2);
+    for (int life = 0; life < 2; life++) {
+        pid_t kids[8];
+        cr_assert_eq(children(kids, 8), 2);
+        int seen[2] = { 0, 0 };
+        for (int round = 0; round < 200 && !(seen[0] && seen[1]); round++) {
+            for (int i = 0; i < 16; i++) {
+                int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+                guard(fd);
+                cr_assert_eq(connect(fd, &a.u.sa, a.len), 0);
+                cr_assert_eq(send(fd, "who", 3, 0), 3);
+                char buf[32] = "";
+                cr_assert_gt(recv_retry(fd, buf, sizeof buf - 1, 0), 0);
+                int pid = atoi(buf);
+                cr_assert(pid == kids[0] || pid == kids[1], "answered by %d", pid);
+                seen[pid == kids[1]]++;
+                close(fd);
+            }
+        }
+        cr_assert(seen[0] && seen[1], "life %d: one worker served every client", life);
+        if (life == 0) {
+            /* both workers are equal here: kill either, its slot is refilled */
+            cr_assert_eq(kill(kids[1], SIGKILL), 0);
+            do {
+                conc_sleep(0.001);
+                conc_server_get_stats(s, &st);
+            } while (st.worker_restarts < 1 || st.workers < 2);
+        }
+    }
+    stop(&r);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
