@@ -5,7 +5,9 @@
  * mid-request; shutdown while busy lets the request in flight finish;
  * shutdown from a signal handler and from another thread; a killed
  * prefork worker is replaced; UDP, Unix stream and Unix datagram servers;
- * handle_request and its timeout; bad arguments.  Every test checks that
+ * handle_request and its timeout; bad arguments.  The coroutine model on
+ * copied stacks (conc_server_opts.stack) passes the same tests, and its
+ * handlers are seen to run on one shared stack per hub.  Every test checks that
  * the descriptor count is back to its start and no child is left.
  *
  * Nothing waits a fixed time: a peer that must be blocked first is waited
@@ -42,7 +44,36 @@
         fn(model, workers);                                                                    \
     }
 
+/* A test of the coroutine or prefork model with its greenlets on copied
+ * stacks (make() passes stack_mode to the server). */
+static int stack_mode;
+
+#define COPIED_TEST(name, fn, model, workers)                                                 \
+    Test(server, name, .timeout = 60)                                                          \
+    {                                                                                          \
+        stack_mode = CONC_STACK_COPIED;                                                        \
+        fn(model, workers);                                                                    \
+    }
+
 /* ------------------------------------------------------------ handlers */
+
+/* The stack frames the setups of one run ran in: handlers on one copied
+ * stack all run at the same address, handlers on stacks of their own at
+ * as many addresses as there are handlers at once. */
+enum { MAX_FRAMES = 64 };
+static _Atomic uintptr_t frames[MAX_FRAMES];
+static _Atomic int nframes;
+
+static void note_frame(uintptr_t f)
+{
+    int n = atomic_load(&nframes);
+    for (int i = 0; i < n && i < MAX_FRAMES; i++)
+        if (atomic_load(&frames[i]) == f)
+            return;
+    int k = atomic_fetch_add(&nframes, 1);
+    if (k < MAX_FRAMES)
+        atomic_store(&frames[k], f);
+}
 
 static void upper(char *p, size_t n)
 {
@@ -56,6 +87,7 @@ static _Atomic int setups, finishes;
 static int echo_setup(conc_server_request *req)
 {
     atomic_fetch_add(&setups, 1);
+    note_frame((uintptr_t)__builtin_frame_address(0));
     req->state = req;               /* handle and finish see it */
     return 0;
 }
@@ -149,6 +181,7 @@ static conc_server *make(conc_server_model model, int type, int workers)
     o.model = model;
     o.workers = workers;
     o.request_queue_size = 64;
+    o.stack = stack_mode;
     conc_server *s = NULL;
     int rc = model == CONC_SERVER_REACTOR ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
                                           : conc_server_new(&s, type, &a, &echo_handler, &o);
@@ -354,6 +387,7 @@ static void concurrent_clients(conc_server_model model, int workers)
     int fds = base_fds();
     atomic_store(&setups, 0);
     atomic_store(&finishes, 0);
+    atomic_store(&nframes, 0);
     conc_server *s = make(model, SOCK_STREAM, workers);
     struct clients_arg ca = { s, model != CONC_SERVER_SYNC };
     pid_t clients = client_proc(many_clients, &ca);
@@ -372,6 +406,16 @@ static void concurrent_clients(conc_server_model model, int workers)
         cr_assert_eq(atomic_load(&setups), N);
         cr_assert_eq(atomic_load(&finishes), N);
     }
+    if (model == CONC_SERVER_COROUTINE) {
+        /* N handlers at once: on stacks of their own, N frames; on copied
+         * stacks, one per hub (a loop's greenlets share its stack) */
+        int frames_seen = atomic_load(&nframes);
+        if (stack_mode == CONC_STACK_COPIED)
+            cr_assert(frames_seen >= 1 && frames_seen <= workers, "%d frames, %d hubs",
+                      frames_seen, workers);
+        else if (stack_mode == CONC_STACK_OWN)
+            cr_assert_eq(frames_seen, N);
+    }
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
     no_children();
@@ -383,6 +427,19 @@ MODEL_TEST(forking_serves_concurrent_clients, concurrent_clients, CONC_SERVER_FO
 MODEL_TEST(prefork_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK, 2)
 MODEL_TEST(coroutine_serves_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(coroutine_hubs_serve_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 3)
+COPIED_TEST(coroutine_copied_serves_concurrent_clients, concurrent_clients,
+            CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_hubs_serve_concurrent_clients, concurrent_clients,
+            CONC_SERVER_COROUTINE, 3)
+COPIED_TEST(prefork_copied_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK,
+            2)
+
+Test(server, coroutine_own_stacks_serve_concurrent_clients, .timeout = 60)
+{
+    stack_mode = CONC_STACK_OWN;
+    concurrent_clients(CONC_SERVER_COROUTINE, 1);
+}
+
 MODEL_TEST(reactor_serves_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 1)
 MODEL_TEST(reactor_loops_serve_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 2)
 
@@ -416,6 +473,7 @@ MODEL_TEST(threading_silent_client, silent_client, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_silent_client, silent_client, CONC_SERVER_FORKING, 0)
 MODEL_TEST(prefork_silent_client, silent_client, CONC_SERVER_PREFORK, 1)
 MODEL_TEST(coroutine_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_silent_client, silent_client, CONC_SERVER_REACTOR, 1)
 
 static void resetting_clients(void *arg)
@@ -459,6 +517,7 @@ MODEL_TEST(sync_resets, resets, CONC_SERVER_SYNC, 0)
 MODEL_TEST(threading_resets, resets, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_resets, resets, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_resets, resets, CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_resets, resets, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_resets, resets, CONC_SERVER_REACTOR, 1)
 
 /* Shutdown while a request is in flight: serve_forever waits for it, and
@@ -531,6 +590,8 @@ static void shutdown_while_busy(conc_server_model model, int workers)
 MODEL_TEST(threading_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE, 2)
+COPIED_TEST(coroutine_copied_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE,
+            2)
 MODEL_TEST(reactor_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_REACTOR, 1)
 MODEL_TEST(prefork_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_PREFORK, 1)
 
@@ -886,6 +947,12 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.model = CONC_SERVER_THREADING;
     cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_COROUTINE;
+    o.stack = 3;                    /* neither CONC_STACK_OWN nor CONC_STACK_COPIED */
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.stack = -1;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     conc_server_reactor_handler rnone = { 0 };
     cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
     cr_assert_null(s);
