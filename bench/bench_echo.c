@@ -22,11 +22,12 @@
  *                                    and parked in its next recv), divided
  *                                    by N; N = 100000 (--quick: 1000), fewer
  *                                    when RLIMIT_NOFILE's hard limit is lower
- *                                    (said on stderr); run first, before the
- *                                    load, for the servers that keep no
- *                                    thread or process per connection
- *                                    (conc-coroutine, the one conc is judged
- *                                    by here, conc-epoll, conc-reactor,
+ *                                    and cannot be raised (said on stderr);
+ *                                    run first, before the load, for the
+ *                                    servers that keep no thread or process
+ *                                    per connection (conc-coroutine, the one
+ *                                    conc is judged by here, in both stack
+ *                                    modes, conc-epoll, conc-reactor,
  *                                    epoll-c, libuv, go, gevent)
  *
  * The load generator is this program: one thread, one epoll set, a closed
@@ -48,7 +49,8 @@
  * ("listening on 127.0.0.1:PORT").  Each round runs every server once, a
  * different one first each round; a figure is the median of the rounds
  * (--reps).  RLIMIT_NOFILE is raised to its hard limit for 1000 connections
- * (the servers inherit it).
+ * (the servers inherit it), and the hard limit itself first, for
+ * idle_conn_rss's N, up to fs.nr_open (with CAP_SYS_RESOURCE, as root).
  *
  * Systems:
  *   conc-epoll, conc-select, conc-poll   echo-upper-server --model M: one
@@ -61,6 +63,10 @@
  *   conc-prefork, conc-coroutine,        one worker process with a greenlet
  *   conc-reactor                         per connection, one hub, one
  *                                        callback loop (--workers 1)
+ *   conc-coroutine-own,                  conc-coroutine with --stack own,
+ *   conc-coroutine-copied                --stack copied: each greenlet on a
+ *                                        stack of its own, or on the hub's
+ *                                        shared stack, copied while parked
  *   conc-prefork-w2, conc-coroutine-w2,  the same with --workers 2: pinned,
  *   conc-reactor-w2                      the two share the server's CPU;
  *                                        with --no-pin they spread over the
