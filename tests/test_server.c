@@ -608,17 +608,16 @@ static void cut_off_client(void *arg)
 }
 
 /* With a shutdown timeout, a client that never closes is cut off. */
-Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+static void cut_off(const conc_server_model *models, size_t n)
 {
     int fds = base_fds();
-    conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
-                                   CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+    for (size_t i = 0; i < n; i++) {
         conc_sockaddr a;
         conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
         conc_server_opts o = CONC_SERVER_OPTS_INIT;
         o.model = models[i];
         o.shutdown_timeout = 0.05;
+        o.stack = stack_mode;
         conc_server *s;
         cr_assert_eq(models[i] == CONC_SERVER_REACTOR
                          ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
@@ -642,6 +641,21 @@ Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
     }
     cr_assert_eq(count_fds(), fds);
     no_children();
+}
+
+Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    const conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
+                                         CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
+    cut_off(models, sizeof models / sizeof models[0]);
+}
+
+/* A handler parked in recv on a copied stack is cut off the same way. */
+Test(server, coroutine_copied_shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
+    const conc_server_model models[] = { CONC_SERVER_COROUTINE, CONC_SERVER_PREFORK };
+    cut_off(models, sizeof models / sizeof models[0]);
 }
 
 /* ------------------------------------------------------------- signals */
@@ -781,6 +795,7 @@ static void datagram_server(conc_server_model model, bool unix_family)
     }
     conc_server_opts o = CONC_SERVER_OPTS_INIT;
     o.model = model;
+    o.stack = stack_mode;
     conc_server *s;
     cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), 0);
     struct running r;
@@ -839,6 +854,12 @@ Test(server, udp_forking, .timeout = 60)
 
 Test(server, udp_coroutine, .timeout = 60)
 {
+    datagram_server(CONC_SERVER_COROUTINE, false);
+}
+
+Test(server, udp_coroutine_copied, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
     datagram_server(CONC_SERVER_COROUTINE, false);
 }
 
@@ -1257,6 +1278,14 @@ static void handle_one_then_close(conc_server_model model)
 
 Test(server, coroutine_handle_request_then_close, .timeout = 60)
 {
+    handle_one_then_close(CONC_SERVER_COROUTINE);
+}
+
+/* handle_request's greenlet in the calling thread's hub, on its copied
+ * stack */
+Test(server, coroutine_copied_handle_request_then_close, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
     handle_one_then_close(CONC_SERVER_COROUTINE);
 }
 
