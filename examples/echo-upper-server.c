@@ -58,10 +58,11 @@
  *                coroutine, reactor: loops, each in a thread (default 1)
  *   --stack MODE coroutine, prefork: where each client's greenlet keeps its
  *                stack: "own" (a stack of its own: nothing is copied when
- *                it waits, an idle client holds a page or two) or "copied"
- *                (its hub's shared stack, copied out while it waits: an
- *                idle client holds about 2 KiB); default: the library's
- *                (CONC_SERVER_STACK).  Either way the greenlet reads into a
+ *                it waits, an idle client holds a 4 KiB page and its
+ *                objects, about 4.4 KB) or "copied" (its hub's shared
+ *                stack, copied out while it waits: an idle client holds
+ *                about 1.7 KB); default: the library's (CONC_SERVER_STACK,
+ *                own).  Either way the greenlet reads into a
  *                buffer of its thread's, not one on its stack, so a client
  *                waiting for its next request holds no buffer.
  *
