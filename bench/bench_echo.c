@@ -41,11 +41,12 @@
  *                                    and parked in its next recv), divided
  *                                    by N; N = 100000 (--quick: 1000), fewer
  *                                    when RLIMIT_NOFILE's hard limit is lower
- *                                    (said on stderr); run first, before the
- *                                    load, for the servers that keep no
- *                                    thread or process per connection
- *                                    (conc-coroutine, the one conc is judged
- *                                    by here, conc-epoll, conc-reactor,
+ *                                    and cannot be raised (said on stderr);
+ *                                    run first, before the load, for the
+ *                                    servers that keep no thread or process
+ *                                    per connection (conc-coroutine, the one
+ *                                    conc is judged by here, in both stack
+ *                                    modes, conc-epoll, conc-reactor,
  *                                    epoll-c, libuv, go, gevent)
  *
  * The load generator is this program: one thread, one epoll set, a closed
@@ -67,7 +68,8 @@
  * ("listening on 127.0.0.1:PORT").  Each round runs every server once, a
  * different one first each round; a figure is the median of the rounds
  * (--reps).  RLIMIT_NOFILE is raised to its hard limit for 1000 connections
- * (the servers inherit it).
+ * (the servers inherit it), and the hard limit itself first, for
+ * idle_conn_rss's N, up to fs.nr_open (with CAP_SYS_RESOURCE, as root).
  *
  * Systems:
  *   conc-epoll, conc-select, conc-poll   echo-upper-server --model M: one
@@ -80,6 +82,10 @@
  *   conc-prefork, conc-coroutine,        one worker process with a greenlet
  *   conc-reactor                         per connection, one hub, one
  *                                        callback loop (--workers 1)
+ *   conc-coroutine-own,                  conc-coroutine with --stack own,
+ *   conc-coroutine-copied                --stack copied: each greenlet on a
+ *                                        stack of its own, or on the hub's
+ *                                        shared stack, copied while parked
  *   conc-prefork-w2, conc-coroutine-w2,  the same with --workers 2: pinned,
  *   conc-reactor-w2                      the two share the server's CPU;
  *                                        with --no-pin they spread over the
@@ -156,7 +162,7 @@ struct server {
     const char *system;
     bool is_conc;
     int max_conns;              /* the most connections it serves at once */
-    char *argv[8];
+    char *argv[10];
     const char *skip;           /* why it cannot run, or NULL */
     char skip_buf[160];
     pid_t pid;                  /* > 0 while it runs */
@@ -167,6 +173,8 @@ struct server {
 };
 
 static char tmp_dir[64];        /* the Go peer's build directory, or "" */
+static long nofile_hard;        /* RLIMIT_NOFILE's hard limit, as raised */
+static char nofile_why[128] = "the kernel's fs.nr_open is lower";
 
 static void set_skip(struct server *s, const char *fmt, const char *arg)
 {
@@ -456,6 +464,10 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
             return -1;
         }
         if (n > PER_SOURCE) {
+            /* the port is chosen at connect (the 4-tuple is then unique),
+             * not at bind, where it would be unique per source address */
+            int one = 1;
+            setsockopt(cl[i].fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
             struct sockaddr_in src = { .sin_family = AF_INET };
             src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + (uint32_t)(i / PER_SOURCE));
             if (bind(cl[i].fd, (struct sockaddr *)&src, sizeof src) < 0) {
@@ -473,14 +485,18 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
             return -1;
         }
     }
-    /* Wait until each is connected (or refused). */
+    /* Wait until each is connected (or refused).  The guard is on progress,
+     * not on the whole: with 100000 connections the listen backlog
+     * overflows and the kernel's SYN retries (1 s, 3 s, ...) bring the
+     * rest in over longer than one STALL_NS. */
     int left = n;
     int64_t deadline = bench_now() + STALL_NS;
     struct epoll_event evs[1024];
     while (left > 0) {
         int64_t ms = (deadline - bench_now()) / 1000000;
         if (ms <= 0) {
-            snprintf(why, whylen, "%d of %d connections not established after 10 s", left, n);
+            snprintf(why, whylen, "%d of %d connections not established, none for 10 s", left,
+                     n);
             return -1;
         }
         int k = epoll_wait(ep, evs, 1024, (int)ms);
@@ -496,6 +512,7 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
             struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
             epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
             left--;
+            deadline = bench_now() + STALL_NS;
         }
     }
     return 0;
@@ -901,12 +918,14 @@ static int idle_run(const struct server *s, int n, double *bytes, char *why, siz
  * connection; conc-coroutine first (the others are compared against it). */
 static void run_idle(struct server *sv, int nsv, int fd_room)
 {
-    static const char *const systems[] = { "conc-coroutine", "conc-epoll", "conc-reactor",
-                                           "epoll-c", "libuv", "go", "gevent" };
+    static const char *const systems[] = { "conc-coroutine", "conc-coroutine-own",
+                                           "conc-coroutine-copied", "conc-epoll",
+                                           "conc-reactor", "epoll-c", "libuv", "go", "gevent" };
     int n = bench_quick() ? 1000 : 100000;
     if (n > fd_room) {
         fprintf(stderr, "bench_echo: idle_conn_rss with %d connections, not %d: "
-                "RLIMIT_NOFILE's hard limit leaves room for no more\n", fd_room, n);
+                "RLIMIT_NOFILE's hard limit is %ld and could not be raised (%s)\n", fd_room, n,
+                nofile_hard, nofile_why);
         n = fd_room;
     }
     for (size_t j = 0; j < BENCH_ARRAY_LEN(systems); j++)
@@ -1067,14 +1086,33 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
     free(failed);
 }
 
-/* Raises RLIMIT_NOFILE's soft limit to the hard one; returns how many
+/* Raises RLIMIT_NOFILE's hard limit to what idle_conn_rss needs (with
+ * CAP_SYS_RESOURCE, as root normally has; at most fs.nr_open, the kernel's
+ * bound), then the soft limit to the hard one; returns how many
  * connections fit (the load generator and each server need one descriptor
- * per connection and a few more). */
+ * per connection and a few more; the servers inherit the limit). */
 static int raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
+    rlim_t need = (bench_quick() ? 1000 : 100000) + 1024;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        long long nr_open = 0;
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        if (f) {
+            if (fscanf(f, "%lld", &nr_open) != 1)
+                nr_open = 0;
+            fclose(f);
+        }
+        rlim_t want = nr_open > 0 && (rlim_t)nr_open < need ? (rlim_t)nr_open : need;
+        struct rlimit up = { want, want };
+        if (want > rl.rlim_max && setrlimit(RLIMIT_NOFILE, &up) < 0)
+            snprintf(nofile_why, sizeof nofile_why, "setrlimit: %s%s", strerror(errno),
+                     errno == EPERM ? ", the process lacks CAP_SYS_RESOURCE" : "");
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    nofile_hard = rl.rlim_max == RLIM_INFINITY ? -1 : (long)rl.rlim_max;
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max;
         if (want == RLIM_INFINITY || want > 1u << 20)
@@ -1096,15 +1134,17 @@ int main(int argc, char **argv)
                metrics, BENCH_ARRAY_LEN(metrics));
     int fd_room = raise_nofile();
 
-    /* The models and their --workers (prefork, coroutine, reactor). */
+    /* The models and their --workers (prefork, coroutine, reactor) and
+     * --stack (coroutine: both stack modes, by name). */
     static const struct {
-        const char *model, *workers;
+        const char *model, *workers, *stack;
     } models[] = {
-        { "epoll", NULL },     { "select", NULL },    { "poll", NULL },
-        { "nonblocking", NULL }, { "sync", NULL },    { "threading", NULL },
-        { "forking", NULL },   { "prefork", "1" },    { "coroutine", "1" },
-        { "reactor", "1" },    { "prefork", "2" },    { "coroutine", "2" },
-        { "reactor", "2" },
+        { "epoll", NULL, NULL },     { "select", NULL, NULL },    { "poll", NULL, NULL },
+        { "nonblocking", NULL, NULL }, { "sync", NULL, NULL },    { "threading", NULL, NULL },
+        { "forking", NULL, NULL },   { "prefork", "1", NULL },    { "coroutine", "1", NULL },
+        { "coroutine", "1", "own" }, { "coroutine", "1", "copied" },
+        { "reactor", "1", NULL },    { "prefork", "2", NULL },    { "coroutine", "2", NULL },
+        { "reactor", "2", NULL },
     };
     struct server sv[24];
     int nsv = 0;
@@ -1112,20 +1152,28 @@ int main(int argc, char **argv)
     static char conc_systems[BENCH_ARRAY_LEN(models)][32];
     for (size_t i = 0; i < BENCH_ARRAY_LEN(models); i++) {
         struct server *s = &sv[nsv++];
-        const char *w = models[i].workers;
+        const char *w = models[i].workers, *st = models[i].stack;
         if (w && strcmp(w, "1") != 0)
             snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s-w%s", models[i].model, w);
+        else if (st)
+            snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s-%s", models[i].model, st);
         else
             snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s", models[i].model);
         s->system = conc_systems[i];
         s->is_conc = true;
         s->max_conns = strcmp(models[i].model, "sync") == 0 ? 1 : 1000000;
-        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i].model, "0", NULL, NULL, NULL };
+        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i].model, "0",
+                      NULL, NULL, NULL, NULL, NULL };
+        int na = 3;
         if (w) {
-            a[3] = "--workers";
-            a[4] = (char *)w;
-            a[5] = "0";
+            a[na++] = "--workers";
+            a[na++] = (char *)w;
         }
+        if (st) {
+            a[na++] = "--stack";
+            a[na++] = (char *)st;
+        }
+        a[na] = "0";
         memcpy(s->argv, a, sizeof a);
         if (!CONC_ECHO_SERVER[0])
             set_skip(s, "%s", "the example echo-upper-server was not built "

@@ -53,12 +53,15 @@ static void gjob_drop(struct conc__server_job *j)
     free(j);
 }
 
+/* A connection's greenlet: the server's stack size and stack mode (its
+ * own stack, or the hub's shared one, copied out while it is parked). */
 static void spawn_opts(conc_server *s, conc_spawn_opts *so, conc_coro_opts *co)
 {
     *co = (conc_coro_opts)CONC_CORO_OPTS_INIT;
     co->stack_size = s->o.stack_size;
     *so = (conc_spawn_opts)CONC_SPAWN_OPTS_INIT;
     so->coro = co;
+    so->stack = s->o.stack ? s->o.stack : CONC_SERVER_STACK;
 }
 
 int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
@@ -146,8 +149,12 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
                                                                : CONC_CPOOL_UNBOUNDED);
     if (rc < 0)
         return rc;
+    /* The acceptor runs between every two connections: a stack of its own
+     * spares it the copies of a shared one. */
     conc_greenlet *acc;
-    rc = conc_greenlet_spawn(&acc, acceptor_main, &l, NULL);
+    rc = conc_greenlet_spawn(&acc, acceptor_main, &l,
+                             &(conc_spawn_opts){ .size = sizeof(conc_spawn_opts),
+                                                 .stack = CONC_STACK_OWN });
     if (rc < 0) {
         conc_cpool_free(l.pool);
         return rc;

@@ -7,9 +7,11 @@
  * prefork worker is replaced; UDP, Unix stream and Unix datagram servers
  * in every model (prefork with a socket per worker too); handle_request
  * and its timeout in every model; the reactor's idle timeout; sockets
- * made by hand and handed over, and those refused; bad arguments.  Every
- * test checks that the descriptor count is back to its start and no child
- * is left.
+ * made by hand and handed over, and those refused; bad arguments.  The
+ * coroutine model on copied stacks (conc_server_opts.stack) passes the
+ * same tests, and its handlers are seen to run on one shared stack per
+ * hub.  Every test checks that the descriptor count is back to its start
+ * and no child is left.
  *
  * Nothing waits a fixed time: a peer that must be blocked first is waited
  * for through its state in /proc (support/task_state.h) or a counter.
@@ -46,7 +48,36 @@
         fn(model, workers);                                                                    \
     }
 
+/* A test of the coroutine or prefork model with its greenlets on copied
+ * stacks (make() passes stack_mode to the server). */
+static int stack_mode;
+
+#define COPIED_TEST(name, fn, model, workers)                                                 \
+    Test(server, name, .timeout = 60)                                                          \
+    {                                                                                          \
+        stack_mode = CONC_STACK_COPIED;                                                        \
+        fn(model, workers);                                                                    \
+    }
+
 /* ------------------------------------------------------------ handlers */
+
+/* The stack frames the setups of one run ran in: handlers on one copied
+ * stack all run at the same address, handlers on stacks of their own at
+ * as many addresses as there are handlers at once. */
+enum { MAX_FRAMES = 64 };
+static _Atomic uintptr_t frames[MAX_FRAMES];
+static _Atomic int nframes;
+
+static void note_frame(uintptr_t f)
+{
+    int n = atomic_load(&nframes);
+    for (int i = 0; i < n && i < MAX_FRAMES; i++)
+        if (atomic_load(&frames[i]) == f)
+            return;
+    int k = atomic_fetch_add(&nframes, 1);
+    if (k < MAX_FRAMES)
+        atomic_store(&frames[k], f);
+}
 
 static void upper(char *p, size_t n)
 {
@@ -60,6 +91,7 @@ static _Atomic int setups, finishes;
 static int echo_setup(conc_server_request *req)
 {
     atomic_fetch_add(&setups, 1);
+    note_frame((uintptr_t)__builtin_frame_address(0));
     req->state = req;               /* handle and finish see it */
     return 0;
 }
@@ -153,6 +185,7 @@ static conc_server *make(conc_server_model model, int type, int workers)
     o.model = model;
     o.workers = workers;
     o.request_queue_size = 64;
+    o.stack = stack_mode;
     conc_server *s = NULL;
     int rc = model == CONC_SERVER_REACTOR && type == SOCK_STREAM
                  ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
@@ -359,6 +392,7 @@ static void concurrent_clients(conc_server_model model, int workers)
     int fds = base_fds();
     atomic_store(&setups, 0);
     atomic_store(&finishes, 0);
+    atomic_store(&nframes, 0);
     conc_server *s = make(model, SOCK_STREAM, workers);
     struct clients_arg ca = { s, model != CONC_SERVER_SYNC };
     pid_t clients = client_proc(many_clients, &ca);
@@ -377,6 +411,16 @@ static void concurrent_clients(conc_server_model model, int workers)
         cr_assert_eq(atomic_load(&setups), N);
         cr_assert_eq(atomic_load(&finishes), N);
     }
+    if (model == CONC_SERVER_COROUTINE) {
+        /* N handlers at once: on stacks of their own, N frames; on copied
+         * stacks, one per hub (a loop's greenlets share its stack) */
+        int frames_seen = atomic_load(&nframes);
+        if (stack_mode == CONC_STACK_COPIED)
+            cr_assert(frames_seen >= 1 && frames_seen <= workers, "%d frames, %d hubs",
+                      frames_seen, workers);
+        else if (stack_mode == CONC_STACK_OWN)
+            cr_assert_eq(frames_seen, N);
+    }
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
     no_children();
@@ -388,6 +432,19 @@ MODEL_TEST(forking_serves_concurrent_clients, concurrent_clients, CONC_SERVER_FO
 MODEL_TEST(prefork_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK, 2)
 MODEL_TEST(coroutine_serves_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(coroutine_hubs_serve_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 3)
+COPIED_TEST(coroutine_copied_serves_concurrent_clients, concurrent_clients,
+            CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_hubs_serve_concurrent_clients, concurrent_clients,
+            CONC_SERVER_COROUTINE, 3)
+COPIED_TEST(prefork_copied_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK,
+            2)
+
+Test(server, coroutine_own_stacks_serve_concurrent_clients, .timeout = 60)
+{
+    stack_mode = CONC_STACK_OWN;
+    concurrent_clients(CONC_SERVER_COROUTINE, 1);
+}
+
 MODEL_TEST(reactor_serves_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 1)
 MODEL_TEST(reactor_loops_serve_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 2)
 
@@ -421,6 +478,7 @@ MODEL_TEST(threading_silent_client, silent_client, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_silent_client, silent_client, CONC_SERVER_FORKING, 0)
 MODEL_TEST(prefork_silent_client, silent_client, CONC_SERVER_PREFORK, 1)
 MODEL_TEST(coroutine_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_silent_client, silent_client, CONC_SERVER_REACTOR, 1)
 
 static void resetting_clients(void *arg)
@@ -464,6 +522,7 @@ MODEL_TEST(sync_resets, resets, CONC_SERVER_SYNC, 0)
 MODEL_TEST(threading_resets, resets, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_resets, resets, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_resets, resets, CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_resets, resets, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_resets, resets, CONC_SERVER_REACTOR, 1)
 
 /* Shutdown while a request is in flight: serve_forever waits for it, and
@@ -536,6 +595,8 @@ static void shutdown_while_busy(conc_server_model model, int workers)
 MODEL_TEST(threading_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE, 2)
+COPIED_TEST(coroutine_copied_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE,
+            2)
 MODEL_TEST(reactor_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_REACTOR, 1)
 MODEL_TEST(prefork_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_PREFORK, 1)
 
@@ -552,17 +613,16 @@ static void cut_off_client(void *arg)
 }
 
 /* With a shutdown timeout, a client that never closes is cut off. */
-Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+static void cut_off(const conc_server_model *models, size_t n)
 {
     int fds = base_fds();
-    conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
-                                   CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+    for (size_t i = 0; i < n; i++) {
         conc_sockaddr a;
         conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
         conc_server_opts o = CONC_SERVER_OPTS_INIT;
         o.model = models[i];
         o.shutdown_timeout = 0.05;
+        o.stack = stack_mode;
         conc_server *s;
         cr_assert_eq(models[i] == CONC_SERVER_REACTOR
                          ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
@@ -586,6 +646,21 @@ Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
     }
     cr_assert_eq(count_fds(), fds);
     no_children();
+}
+
+Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    const conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
+                                         CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
+    cut_off(models, sizeof models / sizeof models[0]);
+}
+
+/* A handler parked in recv on a copied stack is cut off the same way. */
+Test(server, coroutine_copied_shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
+    const conc_server_model models[] = { CONC_SERVER_COROUTINE, CONC_SERVER_PREFORK };
+    cut_off(models, sizeof models / sizeof models[0]);
 }
 
 /* ------------------------------------------------------------- signals */
@@ -725,6 +800,7 @@ static void datagram_server(conc_server_model model, bool unix_family)
     }
     conc_server_opts o = CONC_SERVER_OPTS_INIT;
     o.model = model;
+    o.stack = stack_mode;
     conc_server *s;
     cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), 0);
     struct running r;
@@ -783,6 +859,12 @@ Test(server, udp_forking, .timeout = 60)
 
 Test(server, udp_coroutine, .timeout = 60)
 {
+    datagram_server(CONC_SERVER_COROUTINE, false);
+}
+
+Test(server, udp_coroutine_copied, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
     datagram_server(CONC_SERVER_COROUTINE, false);
 }
 
@@ -995,6 +1077,12 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
     o.idle_timeout = NAN;
     cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_COROUTINE;
+    o.stack = 3;                    /* neither CONC_STACK_OWN nor CONC_STACK_COPIED */
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.stack = -1;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     conc_server_reactor_handler rnone = { 0 };
     cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
     cr_assert_null(s);
@@ -1299,6 +1387,14 @@ static void handle_one_then_close(conc_server_model model)
 
 Test(server, coroutine_handle_request_then_close, .timeout = 60)
 {
+    handle_one_then_close(CONC_SERVER_COROUTINE);
+}
+
+/* handle_request's greenlet in the calling thread's hub, on its copied
+ * stack */
+Test(server, coroutine_copied_handle_request_then_close, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
     handle_one_then_close(CONC_SERVER_COROUTINE);
 }
 

@@ -82,6 +82,23 @@
  * (request_queue_size) until a connection ends, and the kernel refuses or
  * drops those beyond the backlog.  Nothing is accepted only to be closed.
  *
+ * Stacks (COROUTINE and PREFORK, conc_server_opts.stack): each
+ * connection's greenlet runs either on a stack of its own
+ * (CONC_STACK_OWN: a parked handler holds the stack pages it touched,
+ * 4 KiB at the least) or on its hub's shared stack (CONC_STACK_COPIED:
+ * when it parks, the part of the stack it used is copied to the heap, so
+ * an idle connection costs its objects and those bytes, about 2 KiB in
+ * all; each park and resume costs the two copies).  The rule for handlers
+ * on copied stacks: while a handler is parked (in any conc call that
+ * waits), nothing may read or write its stack variables: no other
+ * greenlet, thread or signal handler is given a pointer to a local of a
+ * handler that then waits.  Hand them heap memory instead.  Keep large
+ * buffers off the stack too, or out of the frames that wait: a 16 KiB
+ * buffer on the stack of a parked handler is 16 KiB copied per park and
+ * kept per idle connection.  The library's own paths follow the rule.
+ * docs/server.md gives the measurements behind the default,
+ * CONC_SERVER_STACK.
+ *
  * Errors: every call returns 0 (or a count) on success and a negative
  * errno, as in conc/errors.h: -EINVAL for a NULL server or bad argument,
  * -EPIPE for a server that was closed (conc_server_close), and the codes
@@ -99,6 +116,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/socket.h"
 #include "conc/time.h"
@@ -283,8 +301,18 @@ typedef struct conc_server_opts {
                                    is closed, on_close getting -ETIMEDOUT;
                                    0 (or INFINITY): no limit.  The other
                                    models have request_timeout for it */
+    int stack;                  /* COROUTINE, PREFORK: where each
+                                   connection's greenlet keeps its stack
+                                   (conc/hub.h; the names in conc/common.h):
+                                   CONC_STACK_OWN or CONC_STACK_COPIED;
+                                   0: CONC_SERVER_STACK (see "Stacks"
+                                   above) */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
+
+/* Where COROUTINE and PREFORK greenlets keep their stacks when
+ * conc_server_opts.stack is 0 (see "Stacks" above). */
+#define CONC_SERVER_STACK CONC_STACK_OWN
 
 /* Python's request_queue_size and ForkingMixIn.max_children. */
 #define CONC_SERVER_QUEUE_SIZE 5
