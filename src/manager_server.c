@@ -1,18 +1,29 @@
 /*
- * manager_server.c - the manager's server: the objects it owns and a thread
- * per connection that runs the connection's requests on them.
+ * manager_server.c - the manager's server: the objects it owns and one
+ * greenlet per connection that runs the connection's requests on them, all
+ * in the hub (conc/hub.h) of the thread that runs the server.
+ *
+ * The hub's one epoll loop is the server's loop: a connection's greenlet
+ * parks while its socket has no request, and one epoll_wait hands the hub
+ * every connection that became ready, whose requests then run one after
+ * the other without a context switch (a request that does not wait runs
+ * to its answer without parking; the answer goes out in one write).  The
+ * accept loop is the thread's main coroutine.
  *
  * Each object has a Lock (mu) that guards its state and a Condition (cv)
  * that every change of the state notifies; a request that must wait (a get
- * on an empty Queue, an acquire of a held Lock) waits on cv in slices of
- * SLICE_NS, and between slices looks whether its client is still there and
- * whether the server stops.  So a client that dies while it waits frees its
- * thread within a slice, and a shutdown never waits for a blocked request.
+ * on an empty Queue, an acquire of a held Lock) parks its greenlet on cv in
+ * slices of SLICE_NS (a timer of the hub, no thread), and between slices
+ * looks whether its client is still there and whether the server stops.
+ * So a client that dies while it waits frees its greenlet within a slice,
+ * and a shutdown never waits for a blocked request.  The other connections
+ * are served meanwhile: only the waiting greenlet is parked.
  *
  * Holdings: a connection counts what it acquired of each Lock, RLock,
  * Semaphore and Condition; when it ends, whatever it still holds is
  * released and the waiters notified.  Owners are connection serials, not
- * threads: the release runs on the connection's own thread anyway.
+ * coroutines: a Lock (not an RLock) may be released by any connection, as
+ * threading.Lock by any thread.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -28,6 +39,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include "conc/hub.h"
 #include "conc/pipe.h"
 #include "conc/sync.h"
 #include "conc/time.h"
@@ -40,7 +52,7 @@
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
 #define ARRAY_BYTES_MAX ((int64_t)64 << 20) /* an Array's bytes in all */
-#define STACK_SIZE ((size_t)1 << 20) /* a connection thread's stack, guard page included */
+#define STACK_SIZE ((size_t)256 << 10) /* a connection greenlet's stack (user callbacks run on it) */
 
 struct item {
     uint8_t *p;                     /* malloc'd, at least 1 byte */
@@ -112,13 +124,12 @@ struct conn {
     conc_conn *c;
     int fd;
     uint64_t serial;
-    pthread_t th;
-    void *stack;                    /* STACK_SIZE bytes, mapped here */
+    conc_greenlet *g;               /* runs conn_main */
     struct conn *next;
     struct hold *holds;
     size_t nholds, capholds;
     struct obj *last;               /* the object of the last request */
-    int done;                       /* atomic: the thread ended */
+    int done;                       /* atomic: the greenlet ended */
 };
 
 struct conc__mgr_server {
@@ -287,7 +298,9 @@ static int wait_slice(struct conn *cn, struct obj *o, int64_t deadline)
         return -ECONNRESET;
     int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
     conc_cond_wait_until(&o->cv, &o->mu, until);
-    return 0;
+    /* Looked at again after the wait: what woke it (a message, a released
+     * lock) must not go to a client that died meanwhile. */
+    return conn_gone(cn) ? -ECONNRESET : 0;
 }
 
 static int64_t req_deadline(const struct conc__mgr_req *r)
@@ -948,6 +961,15 @@ static int op_release(struct conn *cn, struct obj *o, const struct conc__mgr_req
         conc_cond_notify_all(&o->cv);
         return 0;
     }
+    if (o->type == CONC_PROXY_LOCK && o->owner && o->owner != cn->serial) {
+        /* threading.Lock: any connection may release a held Lock.  The
+         * holder's own count stays; it is given back only while the
+         * holder still owns the Lock (hold_release_all). */
+        o->owner = 0;
+        o->depth = 0;
+        conc_cond_notify_all(&o->cv);
+        return 0;
+    }
     if (o->owner != cn->serial)
         return -EPERM;
     hold_sub(cn, o, 1);
@@ -1266,8 +1288,8 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
         if (all || __atomic_load_n(&cn->done, __ATOMIC_ACQUIRE)) {
             if (all)
                 shutdown(cn->fd, SHUT_RDWR);
-            pthread_join(cn->th, NULL);
-            munmap(cn->stack, STACK_SIZE);
+            conc_greenlet_join(cn->g, CONC_FOREVER);
+            conc_greenlet_free(cn->g);
             conc_conn_free(cn->c);
             *pp = cn->next;
             s->nconns--;
@@ -1278,35 +1300,16 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
     }
 }
 
-/*
- * Starts cn's thread on a stack of its own mapping.  A started server is a
- * fork of its program, whose other threads' stacks glibc keeps for reuse in
- * the child: a thread made on one of them has the pthread_t of a thread of
- * the parent, which ThreadSanitizer takes for a thread that exists twice.
- * A stack mapped here never has a parent thread's address.
- */
-static int conn_thread(struct conn *cn)
+/* Starts cn's greenlet in the calling thread's hub. */
+static int conn_spawn(struct conn *cn)
 {
-    void *st = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-    if (st == MAP_FAILED)
-        return -ENOMEM;
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    mprotect(st, page, PROT_NONE);                  /* the guard page */
-    pthread_attr_t at;
-    int e = pthread_attr_init(&at);
-    if (!e) {
-        e = pthread_attr_setstack(&at, (char *)st + page, STACK_SIZE - page);
-        if (!e)
-            e = pthread_create(&cn->th, &at, conn_main, cn);
-        pthread_attr_destroy(&at);
-    }
-    if (e) {
-        munmap(st, STACK_SIZE);
-        return -e;
-    }
-    cn->stack = st;
-    return 0;
+    conc_coro_opts co = CONC_CORO_OPTS_INIT;
+    co.stack_size = STACK_SIZE;
+    co.name = "conc-manager-conn";
+    conc_spawn_opts so = CONC_SPAWN_OPTS_INIT;
+    so.coro = &co;
+    so.stack = CONC_STACK_OWN;
+    return conc_greenlet_spawn(&cn->g, conn_main, cn, &so);
 }
 
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
@@ -1367,14 +1370,8 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
-        /* A blocking socket: the connection's thread then waits in recv()
-         * itself, one system call where a non-blocking one costs three
-         * (conc_conn uses MSG_DONTWAIT wherever it must not block). */
-        int fl = fcntl(cn->fd, F_GETFL);
-        if (fl >= 0 && (fl & O_NONBLOCK))
-            fcntl(cn->fd, F_SETFL, fl & ~O_NONBLOCK);
         cn->serial = ++s->next_serial;
-        if (conn_thread(cn)) {
+        if (conn_spawn(cn)) {
             conc_conn_free(c);
             free(cn);
             continue;
@@ -1385,6 +1382,9 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
     }
     conc_listener_close(s->l);
     conn_reap(s, true);
+    /* The hub made for the connections goes with them (a hub the thread
+     * had before, with greenlets of its own still running, stays). */
+    conc_hub_free();
     return 0;
 }
 

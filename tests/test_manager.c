@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <dirent.h>
 
 #include "conc.h"
 #include "support/fd_count.h"
@@ -346,8 +347,8 @@ Test(manager, lock_rlock_semaphores, .timeout = 60)
     cr_expect_eq(conc_proxy_acquire(lk, 0), -EDEADLK);
     cr_expect_eq(conc_proxy_acquire(lk2, 0), -EAGAIN);
     cr_expect_eq(conc_proxy_acquire(lk2, 0.02), -ETIMEDOUT);
-    cr_expect_eq(conc_proxy_release(lk2), -EPERM);
     cr_expect_eq(conc_proxy_release(lk), 0);
+    cr_expect_eq(conc_proxy_release(lk), -EPERM);               /* nobody holds it */
     cr_expect_eq(conc_proxy_acquire(lk2, 0), 0);
     cr_expect_eq(conc_proxy_release(lk2), 0);
 
@@ -387,6 +388,54 @@ Test(manager, lock_rlock_semaphores, .timeout = 60)
     conc_proxy_free(rl2);
     conc_proxy_free(s);
     conc_proxy_free(bs);
+    conc_manager_free(m);
+}
+
+/* threading.Lock: a Lock held by one connection may be released by
+ * another, which wakes a waiter; the first holder's end then gives back
+ * nothing it no longer holds.  An RLock stays its owner's. */
+struct acq_arg {
+    conc_proxy *lk;
+    int r;
+};
+
+static void *acquirer(void *arg)
+{
+    struct acq_arg *a = arg;
+    a->r = conc_proxy_acquire(a->lk, GUARD);
+    return NULL;
+}
+
+Test(manager, lock_released_by_another_connection, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *lk = make(m, CONC_PROXY_LOCK, 0, 0), *other, *waiter;
+    cr_assert_eq(conc_proxy_dup(&other, lk), 0);
+    cr_assert_eq(conc_proxy_dup(&waiter, lk), 0);
+    cr_assert_eq(conc_proxy_acquire(lk, 0), 0);
+    struct acq_arg a = { waiter, 1 };
+    pid_t tid;
+    pthread_t th = spawn_tid(acquirer, &a, &tid);
+    wait_thread_blocked(tid, GUARD);                            /* parked on the held Lock */
+    cr_expect_eq(conc_proxy_release(other), 0);                 /* not its holder: allowed */
+    pthread_join(th, NULL);
+    cr_expect_eq(a.r, 0, "the waiter got the lock: %d", a.r);
+    cr_expect_eq(conc_proxy_acquire(lk, 0), -EAGAIN);           /* the waiter holds it */
+    conc_proxy_free(lk);                                        /* held nothing: frees nothing */
+    cr_expect_eq(conc_proxy_acquire(other, 0), -EAGAIN);
+    conc_proxy_free(waiter);                                    /* the holder ends: released */
+    cr_expect_eq(conc_proxy_acquire(other, GUARD), 0);
+    cr_expect_eq(conc_proxy_release(other), 0);
+
+    conc_proxy *rl = make(m, CONC_PROXY_RLOCK, 0, 0), *rl2;
+    cr_assert_eq(conc_proxy_dup(&rl2, rl), 0);
+    cr_expect_eq(conc_proxy_acquire(rl, 0), 0);
+    cr_expect_eq(conc_proxy_release(rl2), -EPERM);              /* an RLock is its owner's */
+    cr_expect_eq(conc_proxy_acquire(rl2, 0), -EAGAIN);
+    cr_expect_eq(conc_proxy_release(rl), 0);
+    conc_proxy_free(rl);
+    conc_proxy_free(rl2);
+    conc_proxy_free(other);
     conc_manager_free(m);
 }
 
@@ -705,9 +754,11 @@ static int worker_main(const void *arg, size_t len)
     return 0;
 }
 
-Test(manager, many_processes_exact_results, .timeout = 120)
+/* PROCS processes, each ROUNDS times: with a Lock, count += 1 in a dict,
+ * and append its own item to a list; then every count and item is there,
+ * once. */
+static void run_workers_exact(conc_manager *m)
 {
-    conc_manager *m = started(NULL);
     struct worker w = { make(m, CONC_PROXY_DICT, 0, 0), make(m, CONC_PROXY_LOCK, 0, 0),
                         make(m, CONC_PROXY_LIST, 0, 0), 0 };
     int64_t zero = 0;
@@ -753,6 +804,155 @@ Test(manager, many_processes_exact_results, .timeout = 120)
     conc_proxy_free(w.d);
     conc_proxy_free(w.lk);
     conc_proxy_free(w.l);
+}
+
+Test(manager, many_processes_exact_results, .timeout = 120)
+{
+    conc_manager *m = started(NULL);
+    run_workers_exact(m);
+    conc_manager_free(m);
+}
+
+/* The threads of a process. */
+static int threads_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+struct parked {
+    conc_proxy *p;
+    int kind;                           /* 0 Queue.get, 1 Event.wait, 2 Lock.acquire, 3 Condition.wait */
+    int r;                              /* atomic: 1 until the call ends */
+    int held;                           /* atomic: the Condition's lock was taken */
+    char got[8];
+};
+
+static void *parked_main(void *arg)
+{
+    struct parked *a = arg;
+    void *v;
+    size_t n;
+    int r;
+    switch (a->kind) {
+    case 0:
+        r = conc_proxy_queue_get(a->p, &v, &n, GUARD);
+        if (!r) {
+            snprintf(a->got, sizeof a->got, "%.*s", (int)n, (const char *)v);
+            free(v);
+        }
+        break;
+    case 1:
+        r = conc_proxy_event_wait(a->p, GUARD);
+        break;
+    case 2:
+        r = conc_proxy_acquire(a->p, GUARD);
+        break;
+    default:
+        r = conc_proxy_acquire(a->p, GUARD);
+        __atomic_store_n(&a->held, 1, __ATOMIC_RELEASE);
+        if (!r)
+            r = conc_proxy_cond_wait(a->p, GUARD);
+        if (!r)
+            r = conc_proxy_release(a->p);
+        break;
+    }
+    __atomic_store_n(&a->r, r, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* The server serves from one thread: while four clients are parked in
+ * Queue.get, Event.wait, Lock.acquire and Condition.wait, eight processes
+ * get exact results; then each parked call ends with what satisfied it. */
+Test(manager, others_served_while_calls_are_parked, .timeout = 120)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *q = make(m, CONC_PROXY_QUEUE, 0, 0), *ev = make(m, CONC_PROXY_EVENT, 0, 0);
+    conc_proxy *lk = make(m, CONC_PROXY_LOCK, 0, 0), *cv = make(m, CONC_PROXY_CONDITION, 0, 0);
+    conc_proxy *mine[4] = { q, ev, lk, cv };
+    cr_assert_eq(conc_proxy_acquire(lk, 0), 0);
+    struct parked a[4];
+    pthread_t th[4];
+    pid_t tid[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (struct parked){ NULL, i, 1, 0, "" };
+        cr_assert_eq(conc_proxy_dup(&a[i].p, mine[i]), 0);
+        th[i] = spawn_tid(parked_main, &a[i], &tid[i]);
+    }
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (!__atomic_load_n(&a[3].held, __ATOMIC_ACQUIRE)) {
+        cr_assert_lt(conc_now(), end, "the Condition's lock was never taken");
+        usleep(1000);
+    }
+    for (int i = 0; i < 4; i++)
+        wait_thread_blocked(tid[i], GUARD);
+    /* This takes the Condition's lock once its waiter has released it in
+     * wait: the waiter is then on the Condition's list. */
+    cr_assert_eq(conc_proxy_acquire(cv, GUARD), 0);
+    cr_expect_eq(threads_of(conc_manager_pid(m)), 1, "one thread serves every connection");
+    run_workers_exact(m);
+    cr_expect_eq(threads_of(conc_manager_pid(m)), 1);
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(__atomic_load_n(&a[i].r, __ATOMIC_ACQUIRE), 1, "call %d still parked", i);
+    cr_expect_eq(conc_proxy_queue_put(q, "late", 4, 0), 0);
+    cr_expect_eq(conc_proxy_event_set(ev), 0);
+    cr_expect_eq(conc_proxy_release(lk), 0);
+    cr_expect_eq(conc_proxy_cond_notify(cv, 1), 0);
+    cr_expect_eq(conc_proxy_release(cv), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(a[i].r, 0, "call %d: %d", i, a[i].r);
+        conc_proxy_free(a[i].p);
+        conc_proxy_free(mine[i]);
+    }
+    cr_expect_str_eq(a[0].got, "late");
+    conc_manager_free(m);
+}
+
+/* A client killed while parked in Queue.get takes nothing with it: the
+ * next message goes to a live client. */
+static int getter_main(const void *arg, size_t len)
+{
+    conc_proxy *q;
+    if (len != sizeof q)
+        return 90;
+    memcpy(&q, arg, sizeof q);
+    void *v;
+    size_t n;
+    conc_proxy_queue_get(q, &v, &n, CONC_FOREVER);
+    return 91;                          /* never gets here: killed first */
+}
+
+Test(manager, client_killed_while_parked_in_get, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *q = make(m, CONC_PROXY_QUEUE, 0, 0);
+    conc_process *p;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    cr_assert_eq(conc_process_new(&p, getter_main, &q, sizeof q, &po), 0);
+    cr_assert_eq(conc_process_start(p), 0);
+    wait_proc_blocked(conc_process_pid(p), GUARD);
+    cr_expect_eq(conc_proxy_queue_qsize(q), 0);
+    cr_assert_eq(conc_process_kill(p), 0);
+    cr_assert_eq(conc_process_join(p, GUARD), 0);
+    conc_process_free(p);
+    cr_expect_eq(conc_proxy_queue_put(q, "one", 3, 0), 0);
+    void *v;
+    size_t n;
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, GUARD), 0);
+    expect_bytes(v, n, "one");
+    free(v);
+    cr_expect_eq(conc_proxy_queue_qsize(q), 0);
+    conc_proxy_free(q);
     conc_manager_free(m);
 }
 

@@ -28,8 +28,11 @@
  * Proxies (conc_proxy): conc_manager_create makes an object in the server
  * (or finds the named one) and returns a proxy to it.  Each proxy has its
  * own connection, so a proxy blocked in Queue.get or Lock.acquire does not
- * hold up the others; the server serves each connection on a thread of its
- * own, so one client's blocking call never holds up another client.  One
+ * hold up the others.  The server serves every connection from one epoll
+ * loop (the hub of conc/hub.h in the thread that runs it): a connection is
+ * a greenlet, and a call that must wait parks only its greenlet, so one
+ * client's blocking call never holds up another client, and no thread is
+ * made per connection.  One
  * proxy runs one call at a time: calls from several threads on one proxy
  * take turns (a thread that must notify a Condition another thread waits
  * on through the same proxy needs a proxy of its own: conc_proxy_dup).
@@ -144,8 +147,11 @@ typedef enum conc_proxy_type {
  * conc_manager_type - a type the program registers (BaseManager.register):
  * C callbacks the server calls.  They run in the server process (a started
  * manager's child is a fork of the program, so the function pointers are
- * valid there), on the thread of the calling connection; the server runs
- * one call on an object at a time.
+ * valid there), in the greenlet of the calling connection, in the server's
+ * one thread; the server runs one call on an object at a time.  A callback
+ * that blocks the thread in the kernel holds up every client; the blocking
+ * calls of conc (locks, queues, sleeps, descriptor waits) park only the
+ * connection's greenlet.
  *   create   make an object from the creation argument (arg, len); store it
  *            in *obj and return 0, or return a negative errno (the client's
  *            conc_manager_create_user returns it).
@@ -215,7 +221,8 @@ CONC_API int conc_manager_start(conc_manager *m);
 
 /*
  * conc_manager_serve_forever - Server.serve_forever(): run the server in
- * the calling thread until a client calls conc_manager_shutdown on its
+ * the calling thread (its connections are greenlets of the thread's hub,
+ * which is freed afterwards when nothing else of it runs) until a client calls conc_manager_shutdown on its
  * handle (or another thread of this process calls it on m).  Returns 0
  * after the shutdown, every connection closed and every object freed;
  * -EINVAL for NULL or a manager without an address; -EALREADY when
@@ -445,10 +452,12 @@ CONC_API int conc_proxy_queue_join_until(conc_proxy *p, int64_t deadline);
  * holds already (it would wait for itself for ever). */
 CONC_API int conc_proxy_acquire(conc_proxy *p, double timeout);
 CONC_API int conc_proxy_acquire_until(conc_proxy *p, int64_t deadline);
-/* release().  Returns 0; -EPERM when the connection does not hold the
- * Lock, RLock or Condition (a Lock is released by its holder only, unlike
- * threading.Lock: the server must know who holds it); -EOVERFLOW for a
- * BoundedSemaphore released above its value. */
+/* release().  A Lock may be released by any connection, as threading.Lock
+ * by any thread (the holder's connection then holds nothing); an RLock or
+ * a Condition only by the connection that holds it.  Returns 0; -EPERM for
+ * a Lock nobody holds (RuntimeError), or an RLock or Condition the
+ * connection does not hold; -EOVERFLOW for a BoundedSemaphore released
+ * above its value. */
 CONC_API int conc_proxy_release(conc_proxy *p);
 
 /* ---- Event ------------------------------------------------------------- */
