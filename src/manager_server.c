@@ -80,6 +80,7 @@ struct obj {
     int type;
     char *name;                     /* NULL: unnamed */
     uint64_t n, size;               /* the creation parameters */
+    char tc;                        /* a Value's or Array's typecode, or 0 */
     const struct conc__mgr_type *ut;
     void *uobj;
     conc_lock mu;
@@ -433,18 +434,36 @@ static int params_check(int64_t type, int64_t n, int64_t size)
 
 static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, struct out *out)
 {
-    struct conc__mgr_str name;
+    struct conc__mgr_str name, tcs = { 0 };
     size_t pos = 0;
-    if (r->nargs != 1 || conc__mgr_next(r->args, r->args_len, &pos, &name) || !name_ok(&name))
+    if (r->nargs < 1 || r->nargs > 2 || conc__mgr_next(r->args, r->args_len, &pos, &name) ||
+        !name_ok(&name))
         return -EINVAL;
+    char tc = 0;
+    if (r->nargs == 2) {
+        /* a typecode: one of the known ones, whose item size the Value's
+         * size or the Array's item size is */
+        if (conc__mgr_next(r->args, r->args_len, &pos, &tcs) || tcs.len != 1)
+            return -EINVAL;
+        tc = (char)tcs.p[0];
+        size_t isz = conc__mgr_typecode_size(tc);
+        if (!isz || (r->a == CONC_PROXY_VALUE ? (uint64_t)r->b != isz
+                                              : r->a != CONC_PROXY_ARRAY || (uint64_t)r->c != isz))
+            return -EINVAL;
+    }
     int e = params_check(r->a, r->b, r->c);
     if (e)
         return e;
     conc_lock_acquire(&s->tmu, CONC_FOREVER);
     struct obj *o = name.len ? obj_named(s, &name) : NULL;
     if (o) {
-        e = o->type == r->a && o->n == (uint64_t)r->b && o->size == (uint64_t)r->c ? 0 : -EEXIST;
+        e = o->type == r->a && o->n == (uint64_t)r->b && o->size == (uint64_t)r->c &&
+                    o->tc == tc
+                ? 0
+                : -EEXIST;
         out->value = (int64_t)o->id;
+        if (!e && tc)
+            out_str(out, &tc, 1);
         conc_lock_release(&s->tmu);
         return e;
     }
@@ -454,6 +473,7 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
         goto done;
     o->n = (uint64_t)r->b;
     o->size = (uint64_t)r->c;
+    o->tc = tc;
     if (o->type == CONC_PROXY_VALUE || o->type == CONC_PROXY_ARRAY) {
         size_t bytes = o->type == CONC_PROXY_VALUE ? o->n : o->n * o->size;
         o->bytes = calloc(1, bytes);
@@ -465,6 +485,8 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
     e = obj_add(s, o);
     if (!e) {
         out->value = (int64_t)o->id;
+        if (tc)
+            out_str(out, &tc, 1);
         o = NULL;
     }
 done:
@@ -1191,6 +1213,8 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     cn->last = o;
     if (r->op == CONC__MGR_OPEN) {
         out->value = (int64_t)o->id;
+        if (o->tc)
+            out_str(out, &o->tc, 1);
         return o->type;
     }
     if (!op_fits(r->op, o->type))

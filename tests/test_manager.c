@@ -260,6 +260,107 @@ Test(manager, namespace_value_array, .timeout = 60)
     conc_manager_free(m);
 }
 
+/* Value and Array with typecodes, as multiprocessing.sharedctypes: typed
+ * get and set, range checks, the typecode kept by the server for every
+ * proxy to the object. */
+Test(manager, typed_value_and_array, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *vi, *vd, *vc, *vb, *aQ, *ad, *bad;
+    cr_assert_eq(conc_manager_value(m, &vi, "vi", 'i'), 0);
+    cr_assert_eq(conc_manager_value(m, &vd, NULL, 'd'), 0);
+    cr_assert_eq(conc_manager_value(m, &vc, NULL, 'c'), 0);
+    cr_assert_eq(conc_manager_value(m, &vb, NULL, 'b'), 0);
+    cr_assert_eq(conc_manager_array(m, &aQ, NULL, 'Q', 3), 0);
+    cr_assert_eq(conc_manager_array(m, &ad, "ad", 'f', 4), 0);
+    cr_expect_eq(conc_proxy_typecode(vi), 'i');
+    cr_expect_eq(conc_proxy_typecode(ad), 'f');
+    cr_expect_eq(conc_proxy_kind(ad), CONC_PROXY_ARRAY);
+
+    int64_t x = 99;
+    double d = 1;
+    cr_expect_eq(conc_proxy_value_get_int(vi, &x), 0);
+    cr_expect_eq(x, 0);
+    cr_expect_eq(conc_proxy_value_set_int(vi, -7), 0);
+    cr_expect_eq(conc_proxy_value_get_int(vi, &x), 0);
+    cr_expect_eq(x, -7);
+    cr_expect_eq(conc_proxy_value_set_int(vi, INT32_MAX), 0);
+    cr_expect_eq(conc_proxy_value_set_int(vi, (int64_t)INT32_MAX + 1), -ERANGE);
+    cr_expect_eq(conc_proxy_value_set_int(vi, (int64_t)INT32_MIN - 1), -ERANGE);
+    cr_expect_eq(conc_proxy_value_get_int(vi, &x), 0);
+    cr_expect_eq(x, INT32_MAX);
+    int32_t raw;                                                /* the bytes, as before */
+    cr_expect_eq(conc_proxy_value_get(vi, &raw, sizeof raw), 4);
+    cr_expect_eq(raw, INT32_MAX);
+    cr_expect_eq(conc_proxy_value_set_float(vi, 1.5), -EINVAL); /* TypeError */
+    cr_expect_eq(conc_proxy_value_get_float(vi, &d), -EINVAL);
+
+    cr_expect_eq(conc_proxy_value_set_float(vd, -2.25), 0);
+    cr_expect_eq(conc_proxy_value_get_float(vd, &d), 0);
+    cr_expect(d == -2.25, "%g", d);
+    cr_expect_eq(conc_proxy_value_set_int(vd, 3), 0);           /* an int into a double */
+    cr_expect_eq(conc_proxy_value_get_float(vd, &d), 0);
+    cr_expect(d == 3.0, "%g", d);
+    cr_expect_eq(conc_proxy_value_get_int(vd, &x), -EINVAL);
+
+    cr_expect_eq(conc_proxy_value_set_int(vc, 'z'), 0);
+    cr_expect_eq(conc_proxy_value_set_int(vc, 256), -ERANGE);
+    cr_expect_eq(conc_proxy_value_get_int(vc, &x), 0);
+    cr_expect_eq(x, 'z');
+    cr_expect_eq(conc_proxy_value_set_int(vb, -128), 0);
+    cr_expect_eq(conc_proxy_value_set_int(vb, 128), -ERANGE);
+    cr_expect_eq(conc_proxy_value_get_int(vb, &x), 0);
+    cr_expect_eq(x, -128);
+
+    cr_expect_eq(conc_proxy_array_len(aQ), 3);
+    cr_expect_eq(conc_proxy_array_set_int(aQ, 0, INT64_MAX), 0);
+    cr_expect_eq(conc_proxy_array_set_int(aQ, -1, 5), 0);
+    cr_expect_eq(conc_proxy_array_set_int(aQ, 1, -1), -ERANGE);  /* unsigned */
+    cr_expect_eq(conc_proxy_array_set_int(aQ, 3, 1), -ERANGE);   /* IndexError */
+    uint64_t big = UINT64_MAX;
+    cr_expect_eq(conc_proxy_array_set(aQ, 1, &big, sizeof big), 0);
+    cr_expect_eq(conc_proxy_array_get_int(aQ, 1, &x), -EOVERFLOW);
+    cr_expect_eq(conc_proxy_array_get_int(aQ, 0, &x), 0);
+    cr_expect_eq(x, INT64_MAX);
+    cr_expect_eq(conc_proxy_array_get_int(aQ, 2, &x), 0);
+    cr_expect_eq(x, 5);
+
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(conc_proxy_array_set_float(ad, i, i + 0.5), 0);
+    cr_expect_eq(conc_proxy_array_get_float(ad, -1, &d), 0);
+    cr_expect(d == 3.5, "%g", d);
+
+    /* Another proxy to the same objects has their typecodes. */
+    conc_proxy *vi2, *ad2;
+    cr_assert_eq(conc_proxy_dup(&vi2, vi), 0);
+    cr_expect_eq(conc_proxy_typecode(vi2), 'i');
+    cr_expect_eq(conc_proxy_value_get_int(vi2, &x), 0);
+    cr_expect_eq(x, INT32_MAX);
+    cr_assert_eq(conc_manager_array(m, &ad2, "ad", 'f', 4), 0);  /* found by name */
+    cr_expect_eq(conc_proxy_id(ad2), conc_proxy_id(ad));
+    cr_expect_eq(conc_proxy_array_get_float(ad2, 1, &d), 0);
+    cr_expect(d == 1.5, "%g", d);
+    cr_expect_eq(conc_manager_array(m, &bad, "ad", 'd', 4), -EEXIST);
+    cr_expect_eq(conc_manager_value(m, &bad, "vi", 'I'), -EEXIST);
+    cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_VALUE, "vi", 4, 0), -EEXIST);
+
+    /* Untyped proxies and bad typecodes. */
+    conc_proxy *raw8 = make(m, CONC_PROXY_VALUE, 8, 0);
+    cr_expect_eq(conc_proxy_typecode(raw8), 0);
+    cr_expect_eq(conc_proxy_value_get_int(raw8, &x), -EINVAL);
+    cr_expect_eq(conc_proxy_value_set_float(raw8, 1), -EINVAL);
+    cr_expect_eq(conc_proxy_value_get_int(vi, NULL), -EINVAL);
+    cr_expect_eq(conc_proxy_array_get_int(vi, 0, &x), -EINVAL);  /* a Value, not an Array */
+    cr_expect_eq(conc_manager_value(m, &bad, NULL, 'x'), -EINVAL);
+    cr_expect_eq(conc_manager_value(m, &bad, NULL, 0), -EINVAL);
+    cr_expect_eq(conc_manager_array(m, &bad, NULL, 'i', 0), -EINVAL);
+    cr_expect_eq(conc_proxy_typecode(NULL), 0);
+    conc_proxy *all[] = { vi, vd, vc, vb, aQ, ad, vi2, ad2, raw8 };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        conc_proxy_free(all[i]);
+    conc_manager_free(m);
+}
+
 /* ------------------------------------------------------------ queues */
 
 struct q_arg {

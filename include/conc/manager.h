@@ -298,6 +298,30 @@ CONC_API int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_t
                                  const char *name, uint64_t n, uint64_t size);
 
 /*
+ * conc_manager_value, conc_manager_array - SyncManager.Value(typecode, 0)
+ * and SyncManager.Array(typecode, n): a Value or an Array of n items of a
+ * typecode of multiprocessing.sharedctypes (array module letters), zero at
+ * first:
+ *   'c' char (1 byte)          'b' signed char     'B' unsigned char
+ *   'h' short    'H' unsigned short    'i' int     'I' unsigned int
+ *   'l' long     'L' unsigned long     'q' long long   'Q' unsigned long long
+ *   'f' float    'd' double
+ * with this machine's C sizes; the server keeps the typecode, so every
+ * proxy to the object (conc_manager_open, conc_proxy_dup, the same name)
+ * has it (conc_proxy_typecode).  The typed calls below read and write
+ * items as numbers (stored little-endian, so machines of either byte order
+ * agree); the byte calls (conc_proxy_value_get, ...) still see the bytes.
+ * name as for conc_manager_create.  Returns 0; -EINVAL for an unknown
+ * typecode, n 0 or too large (as conc_manager_create); -EEXIST when the
+ * named object exists with another type, size or typecode; the errors of
+ * conc_manager_create.
+ */
+CONC_API int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name,
+                                char typecode);
+CONC_API int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name,
+                                char typecode, uint64_t n);
+
+/*
  * conc_manager_create_user - make an object of a registered type (its
  * create callback gets arg, len) or, with a name, find the one made with
  * that name before.  Returns 0; -ENOENT when the server has no type
@@ -321,6 +345,10 @@ CONC_API uint64_t conc_proxy_id(const conc_proxy *p);
 
 /* conc_proxy_kind - the object's type; 0 for NULL. */
 CONC_API conc_proxy_type conc_proxy_kind(const conc_proxy *p);
+
+/* conc_proxy_typecode - a typed Value's or Array's typecode ('i', 'd',
+ * ...); 0 for an untyped one, any other object, or NULL. */
+CONC_API char conc_proxy_typecode(const conc_proxy *p);
 
 /*
  * conc_proxy_dup - a second proxy to the same object, with a connection of
@@ -420,6 +448,33 @@ CONC_API ssize_t conc_proxy_array_get(conc_proxy *p, int64_t index, void *buf, s
 /* a[index] = data: len must be the item size (else -EINVAL).  Returns 0;
  * -ERANGE. */
 CONC_API int conc_proxy_array_set(conc_proxy *p, int64_t index, const void *data, size_t len);
+
+/* ---- typed Value and Array (conc_manager_value, conc_manager_array) -----
+ * Integer calls on an integer typecode ('c' counts as the byte 0 to 255),
+ * float calls on 'f' and 'd'; an integer may also be set into 'f' or 'd'
+ * (converted, as Python does).  Errors besides the common ones: -EINVAL
+ * for an untyped proxy, a NULL out, a float call on an integer typecode or
+ * an integer get on a float one; -ERANGE for a value the type cannot hold
+ * (Python's ctypes would wrap it silently) or an Array index out of range;
+ * -EOVERFLOW when an unsigned 'L' or 'Q' item is above INT64_MAX.
+ */
+
+/* v.value as an integer into *out.  Returns 0. */
+CONC_API int conc_proxy_value_get_int(conc_proxy *p, int64_t *out);
+/* v.value = x.  Returns 0. */
+CONC_API int conc_proxy_value_set_int(conc_proxy *p, int64_t x);
+/* v.value as a double into *out ('f' and 'd').  Returns 0. */
+CONC_API int conc_proxy_value_get_float(conc_proxy *p, double *out);
+/* v.value = x ('f' rounds to float).  Returns 0. */
+CONC_API int conc_proxy_value_set_float(conc_proxy *p, double x);
+/* a[index] as an integer (a negative index counts from the end).  Returns 0. */
+CONC_API int conc_proxy_array_get_int(conc_proxy *p, int64_t index, int64_t *out);
+/* a[index] = x.  Returns 0. */
+CONC_API int conc_proxy_array_set_int(conc_proxy *p, int64_t index, int64_t x);
+/* a[index] as a double ('f' and 'd').  Returns 0. */
+CONC_API int conc_proxy_array_get_float(conc_proxy *p, int64_t index, double *out);
+/* a[index] = x ('f' rounds to float).  Returns 0. */
+CONC_API int conc_proxy_array_set_float(conc_proxy *p, int64_t index, double x);
 
 /* ---- Queue, JoinableQueue ---------------------------------------------- */
 
