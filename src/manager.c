@@ -93,9 +93,26 @@ static int dial(const conc_manager *m, conc_conn **out)
     o.authkey = m->authkey;
     o.authkey_len = m->authkey_len;
     o.max_message = m->max_message;
-    int e = conc_client_connect(out, m->addr, &o, CONNECT_TIMEOUT);
+    int64_t deadline;
+    int e = conc_deadline(CONNECT_TIMEOUT, &deadline);
+    if (!e)
+        e = conc_client_connect_until(out, m->addr, &o, deadline);
     if (e)
-        return e;
+        /* With a key, a handshake the server does not take part in is a
+         * server without a key: it spoke first, with its hello. */
+        return e == -ECONNABORTED && m->authkey ? -EACCES : e;
+    /* The server's hello; a challenge instead is a server with a key. */
+    char hello[64];
+    ssize_t n = conc_conn_recv_bytes_until(*out, hello, sizeof hello, deadline);
+    if (n != (ssize_t)CONC__MGR_HELLO_LEN || memcmp(hello, CONC__MGR_HELLO, (size_t)n) != 0) {
+        conc_conn_free(*out);
+        *out = NULL;
+        if (n == -ETIMEDOUT || n == -ENOMEM)
+            return (int)n;
+        if (n == -EPIPE || n == -ECONNRESET)
+            return -ECONNRESET;
+        return !m->authkey && n >= 0 && memchr(hello, '#', 1) ? -EACCES : -EPROTO;
+    }
     /* A blocking socket: a plain thread then waits for its answer in recv()
      * itself (one system call instead of three); a coroutine's receive
      * still parks, conc_conn passing MSG_DONTWAIT where it must not block. */

@@ -1265,7 +1265,9 @@ static void *conn_main(void *arg)
 {
     struct conn *cn = arg;
     struct out out = { 0 };
-    for (;;) {
+    bool hello = conc_conn_send_bytes(cn->c, CONC__MGR_HELLO, CONC__MGR_HELLO_LEN,
+                                      CONC_FOREVER) == 0;
+    while (hello) {
         void *buf;
         size_t len;
         if (conc_conn_recv_alloc(cn->c, &buf, &len, CONC_FOREVER))

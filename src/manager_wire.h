@@ -1,7 +1,8 @@
 /* manager_wire.h - the manager's messages (src/manager_wire.c); not installed.
  *
  * Every request and answer travels as one conc_conn message (an 8-byte
- * length, then the bytes).  All integers are little-endian.
+ * length, then the bytes).  All integers are little-endian.  The server
+ * speaks first: CONC__MGR_HELLO.
  *
  * Request: a 48-byte head, then nargs byte strings, each a u32 length and
  * its bytes, filling the message exactly.
@@ -25,6 +26,13 @@
 #include <stdint.h>
 
 #define CONC__MGR_VERSION 1
+
+/* The server's first message on every connection, right after the authkey
+ * handshake (or at once without a key), before any request.  A client with
+ * a key that gets it where a challenge should be knows that the server has
+ * no key; a client without one that gets a challenge knows that it has. */
+#define CONC__MGR_HELLO "#CONC-MANAGER-1#"
+#define CONC__MGR_HELLO_LEN (sizeof CONC__MGR_HELLO - 1)
 #define CONC__MGR_REQ_HEAD 48
 #define CONC__MGR_ANS_HEAD 16
 

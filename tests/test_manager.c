@@ -1434,10 +1434,20 @@ static size_t raw_str(uint8_t *buf, size_t pos, uint32_t len, const char *s, siz
 
 /* Sends msg on a new raw connection; returns what the next receive gives
  * (the connection closed: -EPIPE or -ECONNRESET). */
-static int send_raw(const char *addr, const void *msg, size_t len)
+/* A connection to a keyless server, past its hello (its first message). */
+static conc_conn *raw_connect(const char *addr)
 {
     conc_conn *c;
     cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    char hello[64];
+    ssize_t n = conc_conn_recv_bytes(c, hello, sizeof hello, GUARD);
+    cr_assert(n > 0 && memcmp(hello, "#CONC-MANAGER-", 14) == 0, "the hello: %zd", n);
+    return c;
+}
+
+static int send_raw(const char *addr, const void *msg, size_t len)
+{
+    conc_conn *c = raw_connect(addr);
     cr_assert_eq(conc_conn_send_bytes(c, msg, len, GUARD), 0);
     void *ans;
     size_t alen;
@@ -1502,8 +1512,7 @@ Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
     int e = send_raw(addr, b, n);
     cr_expect(e == -EPIPE || e == -ECONNRESET, "oversized: %d", e);
     /* A length prefix that promises a gigabyte, then nothing. */
-    conc_conn *c;
-    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    conc_conn *c = raw_connect(addr);
     int fd = conc_conn_fd(c);
     uint64_t huge = (uint64_t)1 << 30;
     cr_assert_eq(write(fd, &huge, sizeof huge), (ssize_t)sizeof huge);
@@ -1515,7 +1524,7 @@ Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
 
     /* Well-formed but wrong for the op or the object: an error answer, the
      * connection stays. */
-    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    c = raw_connect(addr);
     int32_t st;
     n = raw_req(b, 1, 7, 0, 0, id, -1);                 /* dict get without a key */
     cr_assert_eq(conc_conn_send_bytes(c, b, n, GUARD), 0);
@@ -1839,6 +1848,30 @@ Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
     cr_assert_eq(conc_manager_new(&c, &o), 0);
     cr_expect_eq(conc_manager_connect(c), 0);
     conc_manager_free(c);
+    conc_manager_free(m);
+}
+
+/* A client with a key and a server without one: the server's hello comes
+ * where the challenge should, and the client fails at once (not after the
+ * 10 s handshake limit). */
+Test(manager, keyed_client_to_keyless_server_fails_fast, .timeout = 60)
+{
+    char path[128];
+    tmp_path(path, sizeof path, "nokey");
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.address = path;
+    conc_manager *m = started(&o);
+    conc_manager_opts co = o;
+    co.authkey = "k1";
+    co.authkey_len = 2;
+    conc_manager *c;
+    cr_assert_eq(conc_manager_new(&c, &co), 0);
+    cr_expect_eq(conc_manager_connect(c), -EACCES);           /* not -ETIMEDOUT after 10 s */
+    conc_manager_free(c);
+    conc_proxy *d;
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, NULL, 0, 0), 0);  /* still serves */
+    cr_expect_eq(conc_proxy_dict_len(d), 0);
+    conc_proxy_free(d);
     conc_manager_free(m);
 }
 

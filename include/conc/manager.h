@@ -237,11 +237,11 @@ CONC_API int conc_manager_serve_forever(conc_manager *m);
  * the manager's address.  Returns 0; -EINVAL for NULL or no address;
  * -EALREADY when started, served or connected before; -ENOENT or
  * -ECONNREFUSED when nothing listens there; -EACCES when the authkey
- * handshake fails (a wrong key, or a server that has a key and this handle
- * none: without a key, any peer that does not answer like a manager); -ETIMEDOUT when the server does not answer the handshake within
- * 10 s (also when this handle has a key and the server none: it waits for
- * a request while this side waits for a challenge); -EPROTO when the peer
- * does not speak this protocol or version; the errors of connect(2).
+ * handshake fails (a wrong key, a server that has a key and this handle
+ * none, or this handle a key and the server none: the server speaks first,
+ * so either case is told at once); -ETIMEDOUT when the server does not
+ * answer within 10 s; -EPROTO when the peer does not speak this protocol
+ * or version; the errors of connect(2).
  */
 CONC_API int conc_manager_connect(conc_manager *m);
 
