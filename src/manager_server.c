@@ -30,6 +30,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -43,7 +44,9 @@
 #include "conc/pipe.h"
 #include "conc/sync.h"
 #include "conc/time.h"
+#include "conc/wait.h"
 #include "manager_internal.h"
+#include "pipe.h"             /* buffered(): what a connection read ahead */
 #include "manager_wire.h"
 
 #define SLICE_NS 50000000LL         /* a waiting request looks around every 50 ms */
@@ -1270,6 +1273,11 @@ static void *conn_main(void *arg)
     while (hello) {
         void *buf;
         size_t len;
+        /* A client waits for each answer, so the next request is seldom
+         * there yet: park on the socket first (nothing read ahead) rather
+         * than try a read that finds nothing. */
+        if (!buffered(cn->c) && conc_fd_wait_until(cn->fd, POLLIN, CONC_NO_DEADLINE) < 0)
+            break;
         if (conc_conn_recv_alloc(cn->c, &buf, &len, CONC_FOREVER))
             break;
         struct conc__mgr_req r;
