@@ -1072,8 +1072,17 @@ static int op_cond(struct conn *cn, struct obj *o, const struct conc__mgr_req *r
                 }
             break;
         }
-    if (e == -ECONNRESET)
+    if (e == -ECONNRESET) {
+        /* A notify that reached a client gone meanwhile goes to the next
+         * waiter: notify(n) wakes n live waiters where it can. */
+        if (me.notified && o->whead) {
+            struct waiter *w = o->whead;
+            o->whead = w->next;
+            w->notified = true;
+            conc_cond_notify_all(&o->cv);
+        }
         return e;
+    }
     while (o->owner)                    /* take the lock back, however long */
         if (wait_slice(cn, o, CONC_NO_DEADLINE))
             return -ECONNRESET;
@@ -1123,6 +1132,8 @@ static int op_barrier(struct conn *cn, struct obj *o, const struct conc__mgr_req
         if (o->broken)
             return -EPIPE;
         int e = wait_slice(cn, o, deadline);
+        if (e && o->gen != g)           /* it tripped (or was reset) as this one ended */
+            return o->reset_gen == g ? -EPIPE : (int)idx;
         if (e) {
             o->broken = true;
             conc_cond_notify_all(&o->cv);
