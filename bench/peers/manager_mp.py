@@ -16,6 +16,10 @@ bench_manager.c, every one in ops/s, one client process unless said:
   manager_queue_putget  put(item) + get() on a manager Queue (one op)
   manager_dict_set_c8   8 client processes setting keys of one dict at
                         once, total ops/s
+  manager_c8_server_cpus  CPUs: the manager process's CPU time per second
+                        of wall time during manager_dict_set_c8
+  manager_c8_client_cpus  CPUs: the 8 clients' CPU time per second of wall
+                        time, the same way
 
 The manager runs in its own process (SyncManager.start()), with an authkey,
 as bench_manager's conc manager does.  A wrong result (a lost item, a dict
@@ -125,10 +129,27 @@ def c8_worker(slot, d, count, barrier, times):
     times[2 * slot + 1] = now()
 
 
-def dict_set_c8(transport):
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu():
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def dict_set_c8(transport, cpus=None):
+    """The c8 body; cpus, when given, names the CPU figure the body returns
+    instead of the time: "server" or "client" (returned as n * 1e9 / CPUs,
+    so that peerlib's ops/s conversion prints the CPUs)."""
     def body(n):
         m = manager(transport)
         d = m.dict()
+        server_pid = m._process.pid
+        s0, c0, w0 = proc_cpu(server_pid), children_cpu(), now()
         ctx = multiprocessing.get_context("fork")
         barrier = ctx.Barrier(CLIENTS)
         times = ctx.RawArray("q", 2 * CLIENTS)
@@ -146,6 +167,10 @@ def dict_set_c8(transport):
         if len(d) != want:
             raise WrongResult("dict has %d keys, expected %d" % (len(d), want))
         ns = max(times[1::2]) - min(times[0::2])
+        if cpus:
+            wall = (now() - w0) / 1e9
+            used = proc_cpu(server_pid) - s0 if cpus == "server" else children_cpu() - c0
+            return n * 1e9 / max(used / wall, 1e-9)
         return ns * n / (CLIENTS * per)
     return body
 
@@ -160,6 +185,8 @@ for _t in ("unix", "tcp"):
         (_s, "manager_lock", lock(_t), "ops/s", 10000, "median"),
         (_s, "manager_queue_putget", queue_putget(_t), "ops/s", 10000, "median"),
         (_s, "manager_dict_set_c8", dict_set_c8(_t), "ops/s", 40000, "median"),
+        (_s, "manager_c8_server_cpus", dict_set_c8(_t, "server"), "CPUs", 40000, "median"),
+        (_s, "manager_c8_client_cpus", dict_set_c8(_t, "client"), "CPUs", 40000, "median"),
     ]
 
 
