@@ -19,10 +19,11 @@
  *   manager_dict_set_c8   ops/s in total, 8 forked client processes setting
  *                         keys of one dict at once
  *   manager_c8_server_cpus  CPUs: the server process's CPU time (user +
- *                         system, /proc) per second of wall time during
- *                         manager_dict_set_c8 (median of its runs)
- *   manager_c8_client_cpus  CPUs: the 8 client processes' CPU time per
- *                         second of wall time, the same way
+ *                         system, /proc) per second of wall time while the
+ *                         clients of manager_dict_set_c8 run their loops
+ *                         (over all its runs)
+ *   manager_c8_client_cpus  CPUs: the 8 client processes' CPU time in their
+ *                         loops per second of wall time, the same way
  *
  * Systems: conc-unix and conc-tcp (the manager started as a child with an
  * authkey, conc_manager_start), python-unix and python-tcp
@@ -348,46 +349,41 @@ static double proc_cpu(pid_t pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static double children_cpu(void)
+/* CPU seconds the calling process has used. */
+static double self_cpu(void)
 {
     struct rusage ru;
-    getrusage(RUSAGE_CHILDREN, &ru);
+    getrusage(RUSAGE_SELF, &ru);
     return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
            (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-/* The CPU figures of each run of manager_dict_set_c8 (server, clients). */
-#define CPU_RUNS 64
-static double c8_cpus[2][CPU_RUNS];
-static int c8_runs;
+/* CPU seconds of the server and of the clients while the clients ran their
+ * loops, and the wall seconds of those loops, summed over the runs of
+ * manager_dict_set_c8 (the long runs weigh the most; a short calibration
+ * run is below the clock tick of the kernel's CPU figures). */
+static double c8_cpu[2], c8_wall;
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Records the medians of the CPU figures gathered since the last call. */
+/* Records the CPUs used over the runs since the last call. */
 static void record_c8_cpus(const char *system)
 {
     static const char *const names[2] = { "manager_c8_server_cpus", "manager_c8_client_cpus" };
     for (int k = 0; k < 2; k++) {
         if (!bench_enabled(names[k], system))
             continue;
-        if (!c8_runs) {
+        if (c8_wall <= 0)
             bench_skip(names[k], system, "CPUs", "manager_dict_set_c8 did not run");
-            continue;
-        }
-        qsort(c8_cpus[k], (size_t)c8_runs, sizeof(double), cmp_double);
-        bench_record(names[k], system, c8_cpus[k][c8_runs / 2], "CPUs");
+        else
+            bench_record(names[k], system, c8_cpu[k] / c8_wall, "CPUs");
     }
-    c8_runs = 0;
+    c8_cpu[0] = c8_cpu[1] = c8_wall = 0;
 }
 
 /* What the 8 client processes share: a barrier and their start/end times. */
 struct c8_area {
-    pthread_barrier_t start;
+    pthread_barrier_t start;        /* the clients and the parent */
     int64_t times[2 * CLIENTS];
+    double cpu[CLIENTS];            /* each client's CPU seconds in its loop */
 };
 
 static int64_t dict_set_c8_conc(void *arg, long iters)
@@ -406,13 +402,12 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
     pthread_barrierattr_t ba;
     pthread_barrierattr_init(&ba);
     pthread_barrierattr_setpshared(&ba, PTHREAD_PROCESS_SHARED);
-    pthread_barrier_init(&a->start, &ba, CLIENTS);
+    pthread_barrier_init(&a->start, &ba, CLIENTS + 1);
     pthread_barrierattr_destroy(&ba);
     long per = iters / CLIENTS > 0 ? iters / CLIENTS : 1;
     pid_t self = getpid(), pids[CLIENTS];
     pid_t server = conc_manager_pid(t->m);
-    double s0 = proc_cpu(server), c0 = children_cpu();
-    int64_t w0 = bench_now();
+    double s0 = -1;
     int started = 0;
     for (; started < CLIENTS; started++) {
         pids[started] = fork();
@@ -429,6 +424,7 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
             if (conc_proxy_dict_len(d) < 0)
                 _exit(2);
             pthread_barrier_wait(&a->start);
+            double cpu0 = self_cpu();
             int64_t t0 = bench_now();
             for (long i = 0; i < per; i++) {
                 memcpy(key, keys[i & (NKEYS - 1)], 16);
@@ -438,10 +434,18 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
             }
             a->times[2 * slot] = t0;
             a->times[2 * slot + 1] = bench_now();
+            a->cpu[slot] = self_cpu() - cpu0;
             _exit(0);
         }
     }
     bool ok = started == CLIENTS;
+    if (ok) {
+        pthread_barrier_wait(&a->start);            /* the clients start their loops */
+        s0 = proc_cpu(server);
+    } else {
+        for (int i = 0; i < started; i++)           /* they would wait for the rest */
+            kill(pids[i], SIGKILL);
+    }
     for (int i = 0; i < started; i++) {
         int st;
         while (waitpid(pids[i], &st, 0) < 0 && errno == EINTR)
@@ -463,11 +467,12 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
                 hi = a->times[2 * i + 1] > hi ? a->times[2 * i + 1] : hi;
             }
             ns = (int64_t)((double)(hi - lo) * (double)iters / (double)(CLIENTS * per));
-            double wall = (double)(bench_now() - w0) / 1e9, s1 = proc_cpu(server);
-            if (c8_runs < CPU_RUNS && s0 >= 0 && s1 >= 0 && wall > 0) {
-                c8_cpus[0][c8_runs] = (s1 - s0) / wall;
-                c8_cpus[1][c8_runs] = (children_cpu() - c0) / wall;
-                c8_runs++;
+            double wall = (double)(hi - lo) / 1e9, s1 = proc_cpu(server);
+            if (s0 >= 0 && s1 >= 0 && wall > 0) {
+                c8_cpu[0] += s1 - s0;
+                for (int i = 0; i < CLIENTS; i++)
+                    c8_cpu[1] += a->cpu[i];
+                c8_wall += wall;
             }
         }
     } else if (!r) {
@@ -501,7 +506,7 @@ static void run_conc(void)
                   bench_iters(1000000, 10000), BENCH_MEDIAN);
         bench_run("manager_queue_putget", t->system, queue_conc, t,
                   bench_iters(1000000, 10000), BENCH_MEDIAN);
-        c8_runs = 0;
+        c8_cpu[0] = c8_cpu[1] = c8_wall = 0;
         bench_run("manager_dict_set_c8", t->system, dict_set_c8_conc, t,
                   bench_iters(4000000, 40000), BENCH_MEDIAN);
         record_c8_cpus(t->system);
