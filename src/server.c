@@ -21,6 +21,7 @@
 #include "conc/thread.h"
 #include "conc/wait.h"
 #include "server.h"
+#include "socket.h"
 
 #define DEFAULT_DATAGRAM 8192
 
@@ -170,6 +171,13 @@ static void *thread_main(void *arg)
 {
     struct conc__server_job *j = arg;
     conc_server *s = j->s;
+    /* The thread owns its connection: with no request timeout its reads
+     * and writes sleep in the kernel's recv and send (one system call
+     * each, as Python's blocking request socket), not in a poll between
+     * two non-blocking tries.  A shutdown(2) from the drain still ends
+     * them. */
+    if (j->c && s->o.request_timeout <= 0)
+        conc__socket_block_fd(j->c);
     conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
     free(j);
     server_release(s);

@@ -5,7 +5,12 @@
  * tries the operation, and when the kernel says EAGAIN it waits for the
  * descriptor through the wait layer (conc__wait_fd: a greenlet parks, a
  * thread sleeps in ppoll) until the deadline, then tries again.  The
- * timeout only decides the deadline.  EINTR from the operation is retried
+ * timeout only decides the deadline.  The one exception is a socket a
+ * plain thread owns (conc__socket_block_fd: a threading server's
+ * connection): its descriptor blocks, a call without a deadline from a
+ * thread without a hub sleeps in the operation itself, and every other
+ * call passes MSG_DONTWAIT or first makes the descriptor non-blocking
+ * again (unblock), so what the caller sees is the same.  EINTR from the operation is retried
  * at once; an interrupted wait returns 0 from the wait layer and the loop
  * tries again with the same deadline, so a signal never shortens or
  * stretches a call.
@@ -66,6 +71,54 @@ int conc_socket_set_default_timeout(double timeout)
 double conc_socket_default_timeout(void)
 {
     return load_default();
+}
+
+/* ------------------------------------------------- blocking descriptors */
+
+int conc__socket_block_fd(conc_socket *s)
+{
+    if (!s || s->fd < 0)
+        return -EBADF;
+    int fl = fcntl(s->fd, F_GETFL);
+    if (fl < 0)
+        return -errno;
+    /* The flag first: a descriptor that blocks is never taken for a
+     * non-blocking one (the reverse only costs an EAGAIN and a wait). */
+    atomic_store_explicit(&s->fd_blocks, true, memory_order_relaxed);
+    if ((fl & O_NONBLOCK) && fcntl(s->fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        atomic_store_explicit(&s->fd_blocks, false, memory_order_relaxed);
+        return -e;
+    }
+    return 0;
+}
+
+/* True when a call on s until deadline may sleep in the operation: the
+ * descriptor blocks, there is no deadline and the caller is a plain
+ * thread (a greenlet must park through its hub instead). */
+static inline bool may_block(const conc_socket *s, int64_t deadline)
+{
+    return deadline == CONC_NO_DEADLINE && !conc__wait_ops &&
+           atomic_load_explicit(&s->fd_blocks, memory_order_relaxed);
+}
+
+/* The flags of a recv or send family call: MSG_DONTWAIT unless it may
+ * block. */
+static inline int op_flags(const conc_socket *s, int flags, int64_t deadline)
+{
+    return may_block(s, deadline) ? flags : flags | MSG_DONTWAIT;
+}
+
+/* Makes s's descriptor non-blocking again before a call that takes no
+ * flags (accept, connect, sendfile, detach). */
+static void unblock(conc_socket *s)
+{
+    if (!atomic_load_explicit(&s->fd_blocks, memory_order_relaxed))
+        return;
+    int fl = fcntl(s->fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(s->fd, F_SETFL, fl | O_NONBLOCK);
+    atomic_store_explicit(&s->fd_blocks, false, memory_order_relaxed);
 }
 
 /* ----------------------------------------------------------- lifecycle */
@@ -209,6 +262,10 @@ int conc_socket_dup(conc_socket *s, conc_socket **out)
     int r = wrap(out, d, s->timeout);
     if (r < 0)
         close(d);
+    else            /* the same open file: blocking if s's is */
+        atomic_store_explicit(&(*out)->fd_blocks,
+                              atomic_load_explicit(&s->fd_blocks, memory_order_relaxed),
+                              memory_order_relaxed);
     return r;
 }
 
@@ -230,6 +287,7 @@ int conc_socket_detach(conc_socket *s)
     int fd = s->fd;
     if (fd < 0)
         return -EBADF;
+    unblock(s);
     s->fd = -1;
     return fd;
 }
@@ -445,6 +503,7 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
+    unblock(s);
     int waited = 0;
     for (;;) {
         conc_sockaddr a;
@@ -510,6 +569,7 @@ int conc_socket_connect_until(conc_socket *s, const conc_sockaddr *addr, int64_t
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
+    unblock(s);
     int64_t pause = 50000;
     int waited = 0;
     for (;;) {
@@ -566,7 +626,7 @@ ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
         return -EBADF;
     int waited = 0;
     for (;;) {
-        ssize_t n = recvmsg(s->fd, msg, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        ssize_t n = recvmsg(s->fd, msg, op_flags(s, flags, deadline) | MSG_CMSG_CLOEXEC);
         if (n >= 0)
             return n;
         ssize_t e = op_err();
@@ -593,7 +653,7 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
         memset(from, 0, sizeof *from);
     size_t got = 0;
     bool all = (flags & MSG_WAITALL) && s->type == SOCK_STREAM && !(flags & MSG_PEEK);
-    int fl = (flags & ~MSG_WAITALL) | MSG_DONTWAIT;
+    int fl = op_flags(s, flags & ~MSG_WAITALL, deadline);
     int waited = 0;
     for (;;) {
         ssize_t n;
@@ -731,7 +791,7 @@ ssize_t conc_socket_sendmsg_until(conc_socket *s, const struct msghdr *msg, int 
         return -EBADF;
     int waited = 0;
     for (;;) {
-        ssize_t n = sendmsg(s->fd, msg, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t n = sendmsg(s->fd, msg, op_flags(s, flags, deadline) | MSG_NOSIGNAL);
         if (n >= 0)
             return n;
         ssize_t e = op_err();
@@ -762,10 +822,10 @@ static ssize_t send_common(conc_socket *s, const void *buf, size_t len, int flag
     if (s->fd < 0)
         return -EBADF;
     int waited = 0;
+    int fl = op_flags(s, flags, deadline) | MSG_NOSIGNAL;
     for (;;) {
-        ssize_t n = to ? sendto(s->fd, buf, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL,
-                                &to->u.sa, to->len)
-                       : send(s->fd, buf, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t n = to ? sendto(s->fd, buf, len, fl, &to->u.sa, to->len)
+                       : send(s->fd, buf, len, fl);
         if (n >= 0)
             return n;
         ssize_t e = op_err();
@@ -965,6 +1025,8 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
         return -EBADF;
     if (in_fd < 0)
         return -EBADF;
+    if (!may_block(s, deadline))
+        unblock(s);
     int r = 0, waited = 0;
     for (;;) {
         size_t want = SENDFILE_CHUNK;
@@ -982,6 +1044,8 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
         if (n == 0)
             break;                              /* the end of the file */
         int e = op_err();
+        if (e == -EINTR)
+            continue;                           /* a blocking descriptor */
         if (e == -EAGAIN) {
             /* The socket is full, or (a non-blocking input) nothing to
              * read: wait for the socket, the usual case. */
