@@ -6,8 +6,8 @@
  * descriptor through the wait layer (conc__wait_fd: a greenlet parks, a
  * thread sleeps in ppoll) until the deadline, then tries again.  The
  * timeout only decides the deadline.  The one exception is a socket a
- * plain thread owns (conc__socket_block_fd: a threading server's
- * connection): its descriptor blocks, a call without a deadline from a
+ * plain thread owns (a threading server's connection, accepted by
+ * conc__socket_accept_now): its descriptor blocks, a call without a deadline from a
  * thread without a hub sleeps in the operation itself, and every other
  * call passes MSG_DONTWAIT or first makes the descriptor non-blocking
  * again (unblock), so what the caller sees is the same.  EINTR from the operation is retried
@@ -74,24 +74,6 @@ double conc_socket_default_timeout(void)
 }
 
 /* ------------------------------------------------- blocking descriptors */
-
-int conc__socket_block_fd(conc_socket *s)
-{
-    if (!s || s->fd < 0)
-        return -EBADF;
-    int fl = fcntl(s->fd, F_GETFL);
-    if (fl < 0)
-        return -errno;
-    /* The flag first: a descriptor that blocks is never taken for a
-     * non-blocking one (the reverse only costs an EAGAIN and a wait). */
-    atomic_store_explicit(&s->fd_blocks, true, memory_order_relaxed);
-    if ((fl & O_NONBLOCK) && fcntl(s->fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
-        int e = errno;
-        atomic_store_explicit(&s->fd_blocks, false, memory_order_relaxed);
-        return -e;
-    }
-    return 0;
-}
 
 /* True when a call on s until deadline may sleep in the operation: the
  * descriptor blocks, there is no deadline and the caller is a plain
@@ -496,6 +478,44 @@ int conc_socket_shutdown(conc_socket *s, int how)
 
 /* ------------------------------------------------------ accept, connect */
 
+/* One accept4 on s (non-blocking); the connection's descriptor blocks
+ * when `blocks` (fd_blocks in socket.h).  Returns 0 or -errno. */
+static int accept_once(conc_socket *s, conc_socket **out, conc_sockaddr *peer, bool blocks)
+{
+    conc_sockaddr a;
+    memset(&a, 0, sizeof a);
+    socklen_t len = sizeof a.u;
+    int fd = accept4(s->fd, &a.u.sa, &len, blocks ? SOCK_CLOEXEC : SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return op_err();
+    /* The connection has the listener's family, type and protocol: no
+     * need to ask the kernel. */
+    conc_socket *c = malloc(sizeof *c);
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type, .proto = s->proto,
+                        .timeout = load_default(), .fd_blocks = blocks };
+    *out = c;
+    if (peer) {
+        a.len = len < sizeof a.u ? len : sizeof a.u;
+        *peer = a;
+    }
+    return 0;
+}
+
+int conc__socket_accept_now(conc_socket *s, conc_socket **out, conc_sockaddr *peer,
+                            bool blocks)
+{
+    if (!s || !out)
+        return -EINVAL;
+    if (s->fd < 0)
+        return -EBADF;
+    unblock(s);
+    return accept_once(s, out, peer, blocks);
+}
+
 int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *peer,
                              int64_t deadline)
 {
@@ -506,28 +526,9 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
     unblock(s);
     int waited = 0;
     for (;;) {
-        conc_sockaddr a;
-        memset(&a, 0, sizeof a);
-        socklen_t len = sizeof a.u;
-        int fd = accept4(s->fd, &a.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-            /* The connection has the listener's family, type and
-             * protocol: no need to ask the kernel. */
-            conc_socket *c = malloc(sizeof *c);
-            if (!c) {
-                close(fd);
-                return -ENOMEM;
-            }
-            *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type,
-                                .proto = s->proto, .timeout = load_default() };
-            *out = c;
-            if (peer) {
-                a.len = len < sizeof a.u ? len : sizeof a.u;
-                *peer = a;
-            }
+        int e = accept_once(s, out, peer, false);
+        if (e == 0)
             return 0;
-        }
-        int e = op_err();
         if (e == -EINTR || e == -ECONNABORTED || e == -EPROTO)
             continue;
         if (e != -EAGAIN)
