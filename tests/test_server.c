@@ -1521,3 +1521,49 @@ Test(server, threading_shutdown_timeout_ends_a_blocked_send, .timeout = 60)
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
 }
+
+/* conc_socket_detach gives a non-blocking descriptor, as socket.h says,
+ * also from a copy of a threading request's socket (conc_socket_dup); the
+ * request's socket, whose open file is then non-blocking too, still
+ * serves its client. */
+static _Atomic int detached_flags = -1;
+
+static int detach_handle(conc_server_request *req)
+{
+    conc_socket *copy;
+    int rc = conc_socket_dup(req->sock, &copy);
+    if (rc < 0)
+        return rc;
+    int fd = conc_socket_detach(copy);
+    conc_socket_free(copy);
+    if (fd < 0)
+        return fd;
+    atomic_store(&detached_flags, fcntl(fd, F_GETFL));
+    close(fd);
+    return echo_handle(req);
+}
+
+static const conc_server_handler detach_handler = {
+    .setup = echo_setup, .handle = detach_handle, .finish = echo_finish,
+};
+
+Test(server, threading_detached_copy_is_non_blocking, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&detach_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "served after a copy was detached", 4);
+    int fl = atomic_load(&detached_flags);
+    cr_assert(fl >= 0 && (fl & O_NONBLOCK), "detached flags %#x", fl);
+    exchange(fd, "and still served", 2);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
