@@ -5,8 +5,10 @@
  * mid-request; shutdown while busy lets the request in flight finish;
  * shutdown from a signal handler and from another thread; a killed
  * prefork worker is replaced; UDP, Unix stream and Unix datagram servers;
- * handle_request and its timeout; bad arguments.  Every test checks that
- * the descriptor count is back to its start and no child is left.
+ * handle_request and its timeout; bad arguments; the threading model's
+ * blocking request socket (deadlines, a handler's hub, signals, a detached
+ * copy and shutdown_timeout still behave).  Every test checks that the
+ * descriptor count is back to its start and no child is left.
  *
  * Nothing waits a fixed time: a peer that must be blocked first is waited
  * for through its state in /proc (support/task_state.h) or a counter.
