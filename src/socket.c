@@ -7,13 +7,13 @@
  * thread sleeps in ppoll) until the deadline, then tries again.  The
  * timeout only decides the deadline.  The one exception is a socket a
  * plain thread owns (a threading server's connection, accepted by
- * conc__socket_accept_now): its descriptor blocks, a call without a deadline from a
- * thread without a hub sleeps in the operation itself, and every other
- * call passes MSG_DONTWAIT or first makes the descriptor non-blocking
- * again (unblock), so what the caller sees is the same.  EINTR from the operation is retried
- * at once; an interrupted wait returns 0 from the wait layer and the loop
- * tries again with the same deadline, so a signal never shortens or
- * stretches a call.
+ * conc__socket_accept_now): its descriptor blocks, a call without a
+ * deadline from a thread without a hub sleeps in the operation itself,
+ * and every other call passes MSG_DONTWAIT or first makes the descriptor
+ * non-blocking again (unblock), so what the caller sees is the same.
+ * EINTR from the operation is retried at once; an interrupted wait
+ * returns 0 from the wait layer and the loop tries again with the same
+ * deadline, so a signal never shortens or stretches a call.
  *
  * Addresses and the resolver calls are in socket_addr.c.
  */
