@@ -22,6 +22,7 @@
 #include "conc/thread.h"
 #include "conc/wait.h"
 #include "server.h"
+#include "socket.h"
 
 #define DEFAULT_DATAGRAM 8192
 
@@ -63,10 +64,15 @@ static void count_out(conc_server *s)
     conc_lock_acquire(&s->mu, CONC_FOREVER);
     s->inflight--;
     conc_cond_notify_all(&s->cv);
+    /* Only a loop at the connection limit waits for slotfd (it said so
+     * under mu, before it waited): no write for every request. */
+    bool wake_loop = s->loop_waits_slot;
     conc_lock_release(&s->mu);
-    uint64_t one = 1;
-    ssize_t w = write(s->slotfd, &one, sizeof one);
-    (void)w;
+    if (wake_loop) {
+        uint64_t one = 1;
+        ssize_t w = write(s->slotfd, &one, sizeof one);
+        (void)w;
+    }
 }
 
 void conc__server_leave(conc_server *s, struct conc__server_slot *slot)
@@ -82,12 +88,15 @@ void conc__server_leave_close(conc_server *s, struct conc__server_slot *slot, in
     count_out(s);
 }
 
-static long inflight(conc_server *s)
+/* True when lim (> 0) requests are in flight; the accepting loop then
+ * waits for slotfd, which count_out writes from then on. */
+static bool at_limit(conc_server *s, long lim)
 {
     conc_lock_acquire(&s->mu, CONC_FOREVER);
-    long n = s->inflight;
+    bool full = s->inflight >= lim;
+    s->loop_waits_slot = full;
     conc_lock_release(&s->mu);
-    return n;
+    return full;
 }
 
 /* ------------------------------------------------------------- handler */
@@ -419,6 +428,17 @@ static int dispatch(conc_server *s, conc_socket *c, const conc_sockaddr *peer, c
     }
 }
 
+/* True when the model hands each connection to a thread of its own that
+ * reads and writes it with no deadline: its descriptor then blocks, as
+ * Python's request socket, and the thread sleeps in the kernel's recv and
+ * send themselves (one system call each), not in a poll between two
+ * non-blocking tries.  Deadlines, greenlets and the drain's shutdown(2)
+ * still work (socket.h). */
+static bool blocking_conns(const conc_server *s)
+{
+    return s->o.model == CONC_SERVER_THREADING && !(s->o.request_timeout > 0);
+}
+
 /* Takes one waiting request (non-blocking) and serves it.  Returns 1 when
  * one was taken, 0 when none was waiting, or an error. */
 static int take_one(conc_server *s, unsigned char *buf)
@@ -427,7 +447,7 @@ static int take_one(conc_server *s, unsigned char *buf)
     memset(&peer, 0, sizeof peer);
     if (s->type == SOCK_STREAM) {
         conc_socket *c;
-        int rc = conc_socket_accept(s->sock, &c, &peer);
+        int rc = conc__socket_accept_now(s->sock, &c, &peer, blocking_conns(s));
         if (rc == -EAGAIN || rc == -ECONNABORTED || rc == -EPROTO || rc == -EINTR)
             return 0;
         if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
@@ -503,7 +523,7 @@ static int basic_loop(conc_server *s, double poll_interval)
             w = nw;
             wcap = need + 16;
         }
-        bool full = lim > 0 && inflight(s) >= lim;
+        bool full = lim > 0 && at_limit(s, lim);
         memset(w, 0, need * sizeof *w);
         w[0].kind = CONC_WAIT_FD;
         w[0].u.fd = s->stopfd;

@@ -47,6 +47,9 @@ struct conc_server {
     conc_cond cv;                       /* a request ended */
     struct conc__server_slot slots;     /* list head */
     long inflight;                      /* requests of this process in flight */
+    bool loop_waits_slot;               /* the accepting loop is at the
+                                           connection limit: wake it through
+                                           slotfd when a request ends (mu) */
     struct conc__server_kids {          /* FORKING's children (the serving
                                            thread's and close's) */
         struct conc_process **p;

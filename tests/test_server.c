@@ -7,7 +7,9 @@
  * prefork worker is replaced; UDP, Unix stream and Unix datagram servers
  * in every model (prefork with a socket per worker too); handle_request
  * and its timeout in every model; the reactor's idle timeout; sockets
- * made by hand and handed over, and those refused; bad arguments.  The
+ * made by hand and handed over, and those refused; bad arguments; the
+ * threading model's blocking request socket (deadlines, a handler's hub,
+ * signals, a detached copy and shutdown_timeout still behave).  The
  * coroutine model on copied stacks (conc_server_opts.stack) passes the
  * same tests, and its handlers are seen to run on one shared stack per
  * hub.  Every test checks that the descriptor count is back to its start
@@ -29,7 +31,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -1890,4 +1894,372 @@ Test(server, prefork_reuse_port_worker_replaced, .timeout = 60)
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
     no_children();
+}
+
+/* ------------------------------------------- threading: blocking reads */
+
+/* The threading model's request socket (no request_timeout) has a blocking
+ * descriptor, as Python's: the thread sleeps in recv and send themselves.
+ * With a request_timeout it stays non-blocking and the timeout holds. */
+static _Atomic int probe_flags = -1;
+
+static int flags_handle(conc_server_request *req)
+{
+    atomic_store(&probe_flags, fcntl(conc_socket_fd(req->sock), F_GETFL));
+    return echo_handle(req);
+}
+
+static const conc_server_handler flags_handler = {
+    .setup = echo_setup, .handle = flags_handle, .finish = echo_finish,
+};
+
+static int silent_timeout_handle(conc_server_request *req)
+{
+    atomic_store(&probe_flags, fcntl(conc_socket_fd(req->sock), F_GETFL));
+    char c;
+    return (int)conc_socket_recv(req->sock, &c, 1, 0);
+}
+
+static const conc_server_handler silent_timeout_handler = { .handle = silent_timeout_handle };
+
+static conc_server *make_threading(const conc_server_handler *h, double request_timeout,
+                                   double shutdown_timeout)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.request_timeout = request_timeout;
+    o.shutdown_timeout = shutdown_timeout;
+    conc_server *s;
+    int rc = conc_server_new(&s, SOCK_STREAM, &a, h, &o);
+    cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
+    return s;
+}
+
+Test(server, threading_request_socket_blocks_as_pythons, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&flags_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "a blocking request socket", 4);
+    int fl = atomic_load(&probe_flags);
+    cr_assert_geq(fl, 0);
+    cr_assert_eq(fl & O_NONBLOCK, 0, "the request's descriptor is non-blocking");
+    exchange(fd, "served by blocking reads", 3);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+
+    /* request_timeout: the descriptor stays non-blocking, a silent client
+     * times out */
+    atomic_store(&probe_flags, -1);
+    s = make_threading(&silent_timeout_handler, 0.05, 0);
+    start(&r, s);
+    fd = dial(s);
+    char c;
+    cr_assert_eq(recv_retry(fd, &c, 1, 0), 0, "the timed-out request is not closed");
+    close(fd);
+    stop(&r);
+    fl = atomic_load(&probe_flags);
+    cr_assert(fl >= 0 && (fl & O_NONBLOCK), "flags %#x", fl);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.failed, 1);
+    cr_assert_eq(st.finished, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A handler's calls that must not block still do not on the blocking
+ * descriptor: a non-blocking recv, a recv with a deadline, a sendfile with
+ * a deadline to a client that reads nothing. */
+enum { SF_SIZE = 64 << 20 };
+static _Atomic long nb_recv = 1, dl_recv = 1, dl_sendfile = 1;
+static _Atomic long dl_sent = -1;
+static _Atomic int probe_done;
+
+static int deadlines_handle(conc_server_request *req)
+{
+    char buf[16];
+    cr_assert_eq(conc_socket_set_timeout(req->sock, 0), 0);
+    atomic_store(&nb_recv, (long)conc_socket_recv(req->sock, buf, sizeof buf, 0));
+    cr_assert_eq(conc_socket_set_timeout(req->sock, CONC_FOREVER), 0);
+    atomic_store(&dl_recv, (long)conc_socket_recv_until(req->sock, buf, sizeof buf, 0,
+                                                        conc_now() + 20000000));
+    int mfd = memfd_create("sendfile-source", MFD_CLOEXEC);
+    int rc = mfd >= 0 && ftruncate(mfd, SF_SIZE) == 0 ? 0 : -errno;
+    size_t sent = 0;
+    if (rc == 0)
+        rc = conc_socket_sendfile_until(req->sock, mfd, 0, SF_SIZE, &sent,
+                                        conc_now() + 50000000);
+    if (mfd >= 0)
+        close(mfd);
+    atomic_store(&dl_sendfile, rc);
+    atomic_store(&dl_sent, (long)sent);
+    atomic_store(&probe_done, 1);
+    return 0;
+}
+
+static const conc_server_handler deadlines_handler = { .handle = deadlines_handle };
+
+Test(server, threading_calls_with_deadlines_do_not_block, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&deadlines_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (!atomic_load(&probe_done)) {
+        cr_assert_lt(conc_now(), end, "the handler hangs");
+        conc_sleep(0.001);
+    }
+    close(fd);
+    stop(&r);
+    cr_assert_eq(atomic_load(&nb_recv), -EAGAIN);
+    cr_assert_eq(atomic_load(&dl_recv), -ETIMEDOUT);
+    cr_assert_eq(atomic_load(&dl_sendfile), -ETIMEDOUT, "sendfile: %s",
+                 conc_strerror((int)atomic_load(&dl_sendfile)));
+    long sent = atomic_load(&dl_sent);
+    cr_assert(sent > 0 && sent < SF_SIZE, "sent %ld", sent);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A handler that runs a hub in its thread: a greenlet's recv parks the
+ * greenlet, not the thread, so another greenlet of the thread runs (it
+ * sends the ping the client waits for before it sends anything). */
+struct hub_req {
+    conc_server_request *req;
+    conc_event reading;
+};
+
+static void *hub_reader(void *arg)
+{
+    struct hub_req *h = arg;
+    char buf[64];
+    conc_event_set(&h->reading);
+    ssize_t n = conc_socket_recv(h->req->sock, buf, sizeof buf, 0);
+    if (n <= 0)
+        return (void *)(intptr_t)(n < 0 ? n : -EPROTO);
+    upper(buf, (size_t)n);
+    return (void *)(intptr_t)conc_socket_sendall(h->req->sock, buf, (size_t)n, 0, NULL);
+}
+
+static void *hub_pinger(void *arg)
+{
+    struct hub_req *h = arg;
+    int rc = conc_event_wait(&h->reading, GUARD);
+    if (rc == 0)
+        rc = conc_socket_sendall(h->req->sock, "ping", 4, 0, NULL);
+    return (void *)(intptr_t)rc;
+}
+
+static int hub_handle(conc_server_request *req)
+{
+    struct hub_req h = { .req = req };
+    conc_event_init(&h.reading, 0);
+    conc_greenlet *g[2];
+    int rc = conc_greenlet_spawn(&g[0], hub_reader, &h, NULL);
+    if (rc < 0)
+        return rc;
+    rc = conc_greenlet_spawn(&g[1], hub_pinger, &h, NULL);
+    if (rc < 0) {
+        conc_greenlet_kill(g[0]);
+        conc_greenlet_free(g[0]);
+        return rc;
+    }
+    rc = conc_greenlet_joinall(g, 2, GUARD);
+    for (int i = 0; i < 2; i++) {
+        void *res = NULL;
+        if (rc == 0 && conc_greenlet_result(g[i], &res) == 0 && (intptr_t)res < 0)
+            rc = (int)(intptr_t)res;
+        conc_greenlet_free(g[i]);
+    }
+    conc_hub_free();
+    return rc;
+}
+
+static const conc_server_handler hub_handler = { .handle = hub_handle };
+
+Test(server, threading_handler_hub_parks_greenlets_not_the_thread, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&hub_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    char buf[8];
+    read_exact(fd, buf, 4);
+    cr_assert_eq(memcmp(buf, "ping", 4), 0);
+    cr_assert_eq(send(fd, "pong", 4, MSG_NOSIGNAL), 4);
+    read_exact(fd, buf, 4);
+    cr_assert_eq(memcmp(buf, "PONG", 4), 0);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A signal to a request thread asleep in its blocking recv does not end
+ * the read: the handler gets the bytes sent after it. */
+static _Atomic pid_t handler_tid;
+static _Atomic int usr2_seen;
+
+static void on_usr2(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&usr2_seen, 1);
+}
+
+static int tid_setup(conc_server_request *req)
+{
+    atomic_store(&handler_tid, gettid());
+    return echo_setup(req);
+}
+
+static const conc_server_handler tid_echo_handler = {
+    .setup = tid_setup, .handle = echo_handle, .finish = echo_finish,
+};
+
+static pid_t wait_handler_tid(void)
+{
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    pid_t tid;
+    while ((tid = atomic_load(&handler_tid)) == 0) {
+        cr_assert_lt(conc_now(), end, "no request thread");
+        conc_sleep(0.001);
+    }
+    return tid;
+}
+
+Test(server, threading_blocked_recv_outlives_a_signal, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&handler_tid, 0);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;        /* no SA_RESTART: recv says EINTR */
+    cr_assert_eq(sigaction(SIGUSR2, &sa, &old), 0);
+    conc_server *s = make_threading(&tid_echo_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    pid_t tid = wait_handler_tid();
+    wait_thread_blocked(tid, GUARD);
+    cr_assert_eq(syscall(SYS_tgkill, getpid(), tid, SIGUSR2), 0);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (atomic_load(&usr2_seen) == 0) {
+        cr_assert_lt(conc_now(), end, "the signal never came");
+        conc_sleep(0.001);
+    }
+    wait_thread_blocked(tid, GUARD);
+    exchange(fd, "sent after the signal", 6);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    sigaction(SIGUSR2, &old, NULL);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* shutdown_timeout ends a request thread asleep in a blocking send to a
+ * client that reads nothing (the send says -EPIPE). */
+static _Atomic int flood_rc = 1;
+
+static int flood_handle(conc_server_request *req)
+{
+    atomic_store(&handler_tid, gettid());
+    size_t n = 1 << 20;
+    char *buf = calloc(1, n);
+    if (!buf)
+        return -ENOMEM;
+    int rc = 0;
+    while (rc == 0)
+        rc = conc_socket_sendall(req->sock, buf, n, 0, NULL);
+    free(buf);
+    atomic_store(&flood_rc, rc);
+    return 0;
+}
+
+static const conc_server_handler flood_handler = { .handle = flood_handle };
+
+Test(server, threading_shutdown_timeout_ends_a_blocked_send, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&handler_tid, 0);
+    conc_server *s = make_threading(&flood_handler, 0, 0.05);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    pid_t tid = wait_handler_tid();
+    wait_thread_blocked(tid, GUARD);
+    stop(&r);                       /* cut off after 0.05 s */
+    cr_assert_eq(atomic_load(&flood_rc), -EPIPE, "sendall: %s",
+                 conc_strerror(atomic_load(&flood_rc)));
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.active, 0);
+    close(fd);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* conc_socket_detach gives a non-blocking descriptor, as socket.h says,
+ * also from a copy of a threading request's socket (conc_socket_dup); the
+ * request's socket, whose open file is then non-blocking too, still
+ * serves its client. */
+static _Atomic int detached_flags = -1;
+
+static int detach_handle(conc_server_request *req)
+{
+    conc_socket *copy;
+    int rc = conc_socket_dup(req->sock, &copy);
+    if (rc < 0)
+        return rc;
+    int fd = conc_socket_detach(copy);
+    conc_socket_free(copy);
+    if (fd < 0)
+        return fd;
+    atomic_store(&detached_flags, fcntl(fd, F_GETFL));
+    close(fd);
+    return echo_handle(req);
+}
+
+static const conc_server_handler detach_handler = {
+    .setup = echo_setup, .handle = detach_handle, .finish = echo_finish,
+};
+
+Test(server, threading_detached_copy_is_non_blocking, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&detach_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "served after a copy was detached", 4);
+    int fl = atomic_load(&detached_flags);
+    cr_assert(fl >= 0 && (fl & O_NONBLOCK), "detached flags %#x", fl);
+    exchange(fd, "and still served", 2);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
 }

@@ -20,7 +20,11 @@
  *   CONC_SERVER_THREADING  a thread per request (ThreadingMixIn), with
  *                          daemon_threads and block_on_close as in Python;
  *                          the server counts its threads instead of keeping
- *                          a list that grows with every request
+ *                          a list that grows with every request.  Without a
+ *                          request_timeout the request's socket has a
+ *                          blocking descriptor, as Python's: the thread
+ *                          sleeps in recv and send themselves (one system
+ *                          call each); see conc/socket.h
  *   CONC_SERVER_FORKING    a child process per request (ForkingMixIn), at
  *                          most max_children at once (the next request waits
  *                          in the backlog); children are supervised with
