@@ -106,8 +106,10 @@ struct obj {
     /* Lock, RLock, Condition: the holder's connection serial (0: free) */
     uint64_t owner;
     uint64_t depth;
-    /* Semaphore */
+    /* Semaphore: its counter, and the acquires no release has matched
+     * yet (what the ends of the connections may give back in all) */
     uint64_t value;
+    uint64_t held;
     /* Event */
     bool flag;
     /* Condition */
@@ -262,10 +264,15 @@ static void hold_release_all(struct conn *cn)
             }
             break;
         case CONC_PROXY_SEMAPHORE:
-            o->value += k;
-            break;
         case CONC_PROXY_BOUNDED_SEMAPHORE:
-            o->value = o->value + k > o->n ? o->n : o->value + k;
+            /* A release by any connection matches an acquire: what others
+             * gave back already is not given back twice. */
+            if (k > o->held)
+                k = o->held;
+            o->held -= k;
+            o->value += k;
+            if (o->type == CONC_PROXY_BOUNDED_SEMAPHORE && o->value > o->n)
+                o->value = o->n;
             break;
         default:
             break;
@@ -955,6 +962,7 @@ static int op_acquire(struct conn *cn, struct obj *o, const struct conc__mgr_req
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         o->value--;
+        o->held++;
         hold_add(cn, o, 1);
         return 0;
     }
@@ -982,6 +990,8 @@ static int op_release(struct conn *cn, struct obj *o, const struct conc__mgr_req
         if (o->type == CONC_PROXY_BOUNDED_SEMAPHORE && o->value >= o->n)
             return -EOVERFLOW;
         o->value++;
+        if (o->held)
+            o->held--;
         hold_sub(cn, o, 1);
         conc_cond_notify_all(&o->cv);
         return 0;

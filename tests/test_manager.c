@@ -540,6 +540,30 @@ Test(manager, lock_released_by_another_connection, .timeout = 60)
     conc_manager_free(m);
 }
 
+/* A Semaphore used to signal (one connection releases, another acquires):
+ * a connection's end gives back only its acquires no release matched.
+ * The consumer takes the one initial permit and three the producer gave:
+ * its end gives back one permit, not four (the counter would otherwise
+ * grow by every acquire the connection ever made). */
+Test(manager, semaphore_ends_give_back_only_unmatched_acquires, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *s = make(m, CONC_PROXY_SEMAPHORE, 1, 0), *cons;
+    cr_assert_eq(conc_proxy_dup(&cons, s), 0);
+    cr_expect_eq(conc_proxy_acquire(cons, 0), 0);              /* the initial permit */
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(conc_proxy_release(s), 0);                /* the producer signals */
+        cr_expect_eq(conc_proxy_acquire(cons, 0), 0);          /* the consumer takes it */
+    }
+    cr_expect_eq(conc_proxy_acquire(s, 0), -EAGAIN);
+    conc_proxy_free(cons);
+    cr_expect_eq(conc_proxy_acquire(s, GUARD), 0);             /* the consumer's end gave one */
+    cr_expect_eq(conc_proxy_acquire(s, 0), -EAGAIN, "one permit given back, no more");
+    cr_expect_eq(conc_proxy_release(s), 0);
+    conc_proxy_free(s);
+    conc_manager_free(m);
+}
+
 /* A lock held by a proxy that is freed is released: the server knows who
  * holds it. */
 Test(manager, freed_proxy_releases_its_lock, .timeout = 60)

@@ -512,7 +512,9 @@ CONC_API int conc_proxy_acquire_until(conc_proxy *p, int64_t deadline);
  * a Condition only by the connection that holds it.  Returns 0; -EPERM for
  * a Lock nobody holds (RuntimeError), or an RLock or Condition the
  * connection does not hold; -EOVERFLOW for a BoundedSemaphore released
- * above its value. */
+ * above its value.  A Semaphore's release by any connection matches an
+ * acquire: a connection that ends gives back only the acquires of its own
+ * that no release matched yet. */
 CONC_API int conc_proxy_release(conc_proxy *p);
 
 /* ---- Event ------------------------------------------------------------- */
