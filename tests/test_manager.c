@@ -1878,6 +1878,59 @@ Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
 /* A client with a key and a server without one: the server's hello comes
  * where the challenge should, and the client fails at once (not after the
  * 10 s handshake limit). */
+/* A keyless server that is not a manager of this version: its first
+ * message (another version's hello, an empty one) gives -EPROTO; only a
+ * keyed server's challenge means -EACCES (a key is missing). */
+struct odd_server {
+    conc_listener *l;
+    const char *first;
+    int rc;
+};
+
+static void *odd_server_main(void *arg)
+{
+    struct odd_server *o = arg;
+    conc_conn *c;
+    o->rc = conc_listener_accept(o->l, &c, GUARD);
+    if (o->rc)
+        return NULL;
+    o->rc = conc_conn_send_bytes(c, o->first, strlen(o->first), GUARD);
+    char b[64];
+    if (!o->rc)
+        conc_conn_recv_bytes(c, b, sizeof b, GUARD);    /* until the client goes */
+    conc_conn_free(c);
+    return NULL;
+}
+
+static int connect_to_odd_server(const char *first)
+{
+    char path[128];
+    tmp_path(path, sizeof path, "odd");
+    struct odd_server o = { NULL, first, 1 };
+    cr_assert_eq(conc_listener_new(&o.l, path, NULL), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, odd_server_main, &o), 0);
+    conc_manager_opts mo = CONC_MANAGER_OPTS_INIT;
+    mo.address = path;
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, &mo), 0);
+    int e = conc_manager_connect(m);
+    conc_manager_free(m);
+    pthread_join(t, NULL);
+    cr_expect_eq(o.rc, 0);
+    conc_listener_free(o.l);
+    unlink(path);
+    return e;
+}
+
+Test(manager, keyless_client_to_an_odd_server_gets_eproto, .timeout = 60)
+{
+    cr_expect_eq(connect_to_odd_server("#CONC-MANAGER-9#"), -EPROTO);  /* another version */
+    cr_expect_eq(connect_to_odd_server(""), -EPROTO);
+    cr_expect_eq(connect_to_odd_server("#CONC-CHALLENGE-1#0123456789abcdef0123456789abcdef"),
+                 -EACCES);                                  /* what a keyed server says */
+}
+
 Test(manager, keyed_client_to_keyless_server_fails_fast, .timeout = 60)
 {
     char path[128];
