@@ -1355,7 +1355,9 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
     }
 }
 
-/* Starts cn's greenlet in the calling thread's hub. */
+/* Starts cn's greenlet in the calling thread's hub, on a stack of its own:
+ * a parked request keeps records on its stack that other greenlets write
+ * (a Condition waiter, op_cond), which a copied stack would not allow. */
 static int conn_spawn(struct conn *cn)
 {
     conc_coro_opts co = CONC_CORO_OPTS_INIT;

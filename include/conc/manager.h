@@ -147,7 +147,8 @@ typedef enum conc_proxy_type {
  * conc_manager_type - a type the program registers (BaseManager.register):
  * C callbacks the server calls.  They run in the server process (a started
  * manager's child is a fork of the program, so the function pointers are
- * valid there), in the greenlet of the calling connection, in the server's
+ * valid there), in the greenlet of the calling connection (on a stack of
+ * its own of 256 KiB: keep large buffers on the heap), in the server's
  * one thread; the server runs one call on an object at a time.  A callback
  * that blocks the thread in the kernel holds up every client; the blocking
  * calls of conc (locks, queues, sleeps, descriptor waits) park only the
