@@ -287,14 +287,15 @@ static void hold_release_all(struct conn *cn)
 
 /* ------------------------------------------------------------- waiting */
 
-/* Whether the client of cn has gone (its end of the socket is closed). */
+/* Whether the client of cn has gone (its end of the socket is closed or
+ * reset), also when bytes it sent are still unread (a request sent after
+ * the one that waits): POLLRDHUP tells the peer's close before them. */
 static bool conn_gone(const struct conn *cn)
 {
-    char b;
-    ssize_t r = recv(cn->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r > 0)
+    struct pollfd p = { .fd = cn->fd, .events = POLLRDHUP };
+    if (poll(&p, 1, 0) <= 0)
         return false;
-    return r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
 /* One slice of a wait on o (o->mu held): returns 0 when the caller should

@@ -1456,8 +1456,6 @@ static size_t raw_str(uint8_t *buf, size_t pos, uint32_t len, const char *s, siz
     return pos + 4 + have;
 }
 
-/* Sends msg on a new raw connection; returns what the next receive gives
- * (the connection closed: -EPIPE or -ECONNRESET). */
 /* A connection to a keyless server, past its hello (its first message). */
 static conc_conn *raw_connect(const char *addr)
 {
@@ -1469,6 +1467,8 @@ static conc_conn *raw_connect(const char *addr)
     return c;
 }
 
+/* Sends msg on a new raw connection; returns what the next receive gives
+ * (the connection closed: -EPIPE or -ECONNRESET). */
 static int send_raw(const char *addr, const void *msg, size_t len)
 {
     conc_conn *c = raw_connect(addr);
@@ -1878,6 +1878,36 @@ Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
 /* A client with a key and a server without one: the server's hello comes
  * where the challenge should, and the client fails at once (not after the
  * 10 s handshake limit). */
+/* A client that goes away while a request of its waits, with a later
+ * request of its still unread (a client that sends ahead, then dies), is
+ * seen gone all the same: its Barrier wait ends (breaking the Barrier, as
+ * any waiter that goes does) instead of waiting for a partner for ever. */
+Test(manager, client_gone_with_a_request_unread_is_noticed, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    char addr[256];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *b = make(m, CONC_PROXY_BARRIER, 2, 0);
+    conc_conn *raw = raw_connect(addr);
+    uint8_t req[48];
+    raw_req(req, 1, 41, 0, 0, conc_proxy_id(b), -1);          /* B_WAIT, no timeout */
+    cr_assert_eq(conc_conn_send_bytes(raw, req, sizeof req, GUARD), 0);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (conc_proxy_barrier_n_waiting(b) < 1)                /* its wait is parked */
+        cr_assert_lt(conc_now(), end, "the raw wait never arrived");
+    raw_req(req, 1, 1, 0, 0, 0, -1);                           /* PING, sent ahead */
+    cr_assert_eq(conc_conn_send_bytes(raw, req, sizeof req, GUARD), 0);
+    conc_conn_free(raw);
+    end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (conc_proxy_barrier_broken(b) != 1) {
+        cr_assert_lt(conc_now(), end, "the gone client's wait never ended");
+        usleep(1000);
+    }
+    cr_expect_eq(conc_proxy_barrier_n_waiting(b), 0);
+    conc_proxy_free(b);
+    conc_manager_free(m);
+}
+
 /* A keyless server that is not a manager of this version: its first
  * message (another version's hello, an empty one) gives -EPROTO; only a
  * keyed server's challenge means -EACCES (a key is missing). */
