@@ -111,7 +111,14 @@ static int dial(const conc_manager *m, conc_conn **out)
             return (int)n;
         if (n == -EPIPE || n == -ECONNRESET)
             return -ECONNRESET;
-        return !m->authkey && n >= 0 && memchr(hello, '#', 1) ? -EACCES : -EPROTO;
+        /* Only a challenge says "a server with a key"; anything else (an
+         * empty message, another version's hello) is not a manager this
+         * client speaks with. */
+        return !m->authkey && n >= (ssize_t)CONC__MGR_CHALLENGE_START_LEN &&
+                       memcmp(hello, CONC__MGR_CHALLENGE_START,
+                              CONC__MGR_CHALLENGE_START_LEN) == 0
+                   ? -EACCES
+                   : -EPROTO;
     }
     /* A blocking socket: a plain thread then waits for its answer in recv()
      * itself (one system call instead of three); a coroutine's receive

@@ -106,8 +106,10 @@ struct obj {
     /* Lock, RLock, Condition: the holder's connection serial (0: free) */
     uint64_t owner;
     uint64_t depth;
-    /* Semaphore */
+    /* Semaphore: its counter, and the acquires no release has matched
+     * yet (what the ends of the connections may give back in all) */
     uint64_t value;
+    uint64_t held;
     /* Event */
     bool flag;
     /* Condition */
@@ -262,10 +264,15 @@ static void hold_release_all(struct conn *cn)
             }
             break;
         case CONC_PROXY_SEMAPHORE:
-            o->value += k;
-            break;
         case CONC_PROXY_BOUNDED_SEMAPHORE:
-            o->value = o->value + k > o->n ? o->n : o->value + k;
+            /* A release by any connection matches an acquire: what others
+             * gave back already is not given back twice. */
+            if (k > o->held)
+                k = o->held;
+            o->held -= k;
+            o->value += k;
+            if (o->type == CONC_PROXY_BOUNDED_SEMAPHORE && o->value > o->n)
+                o->value = o->n;
             break;
         default:
             break;
@@ -280,14 +287,15 @@ static void hold_release_all(struct conn *cn)
 
 /* ------------------------------------------------------------- waiting */
 
-/* Whether the client of cn has gone (its end of the socket is closed). */
+/* Whether the client of cn has gone (its end of the socket is closed or
+ * reset), also when bytes it sent are still unread (a request sent after
+ * the one that waits): POLLRDHUP tells the peer's close before them. */
 static bool conn_gone(const struct conn *cn)
 {
-    char b;
-    ssize_t r = recv(cn->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r > 0)
+    struct pollfd p = { .fd = cn->fd, .events = POLLRDHUP };
+    if (poll(&p, 1, 0) <= 0)
         return false;
-    return r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
 /* One slice of a wait on o (o->mu held): returns 0 when the caller should
@@ -955,6 +963,7 @@ static int op_acquire(struct conn *cn, struct obj *o, const struct conc__mgr_req
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         o->value--;
+        o->held++;
         hold_add(cn, o, 1);
         return 0;
     }
@@ -982,6 +991,8 @@ static int op_release(struct conn *cn, struct obj *o, const struct conc__mgr_req
         if (o->type == CONC_PROXY_BOUNDED_SEMAPHORE && o->value >= o->n)
             return -EOVERFLOW;
         o->value++;
+        if (o->held)
+            o->held--;
         hold_sub(cn, o, 1);
         conc_cond_notify_all(&o->cv);
         return 0;
@@ -1345,7 +1356,9 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
     }
 }
 
-/* Starts cn's greenlet in the calling thread's hub. */
+/* Starts cn's greenlet in the calling thread's hub, on a stack of its own:
+ * a parked request keeps records on its stack that other greenlets write
+ * (a Condition waiter, op_cond), which a copied stack would not allow. */
 static int conn_spawn(struct conn *cn)
 {
     conc_coro_opts co = CONC_CORO_OPTS_INIT;

@@ -33,6 +33,10 @@
  * no key; a client without one that gets a challenge knows that it has. */
 #define CONC__MGR_HELLO "#CONC-MANAGER-1#"
 #define CONC__MGR_HELLO_LEN (sizeof CONC__MGR_HELLO - 1)
+/* How the challenge of a keyed server (conc/listener.h's handshake)
+ * begins: a client without a key that gets it knows the server has one. */
+#define CONC__MGR_CHALLENGE_START "#CONC-CHALLENGE-"
+#define CONC__MGR_CHALLENGE_START_LEN (sizeof CONC__MGR_CHALLENGE_START - 1)
 #define CONC__MGR_REQ_HEAD 48
 #define CONC__MGR_ANS_HEAD 16
 

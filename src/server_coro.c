@@ -697,7 +697,9 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
         }
         expire_idle(&l);            /* also while others keep the loop busy */
         free_dead(&l);
-        if (!stopping && !l.listening && (!lim || l.nconns < lim))
+        /* handle_request's listener stays out once its request came: a
+         * connection waiting in the backlog would wake the loop at once */
+        if (!stopping && !l.listening && !(one && l.taken) && (!lim || l.nconns < lim))
             set_listening(&l, true);
     }
     while (l.conns.next != &l.conns)

@@ -540,6 +540,30 @@ Test(manager, lock_released_by_another_connection, .timeout = 60)
     conc_manager_free(m);
 }
 
+/* A Semaphore used to signal (one connection releases, another acquires):
+ * a connection's end gives back only its acquires no release matched.
+ * The consumer takes the one initial permit and three the producer gave:
+ * its end gives back one permit, not four (the counter would otherwise
+ * grow by every acquire the connection ever made). */
+Test(manager, semaphore_ends_give_back_only_unmatched_acquires, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *s = make(m, CONC_PROXY_SEMAPHORE, 1, 0), *cons;
+    cr_assert_eq(conc_proxy_dup(&cons, s), 0);
+    cr_expect_eq(conc_proxy_acquire(cons, 0), 0);              /* the initial permit */
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(conc_proxy_release(s), 0);                /* the producer signals */
+        cr_expect_eq(conc_proxy_acquire(cons, 0), 0);          /* the consumer takes it */
+    }
+    cr_expect_eq(conc_proxy_acquire(s, 0), -EAGAIN);
+    conc_proxy_free(cons);
+    cr_expect_eq(conc_proxy_acquire(s, GUARD), 0);             /* the consumer's end gave one */
+    cr_expect_eq(conc_proxy_acquire(s, 0), -EAGAIN, "one permit given back, no more");
+    cr_expect_eq(conc_proxy_release(s), 0);
+    conc_proxy_free(s);
+    conc_manager_free(m);
+}
+
 /* A lock held by a proxy that is freed is released: the server knows who
  * holds it. */
 Test(manager, freed_proxy_releases_its_lock, .timeout = 60)
@@ -1432,8 +1456,6 @@ static size_t raw_str(uint8_t *buf, size_t pos, uint32_t len, const char *s, siz
     return pos + 4 + have;
 }
 
-/* Sends msg on a new raw connection; returns what the next receive gives
- * (the connection closed: -EPIPE or -ECONNRESET). */
 /* A connection to a keyless server, past its hello (its first message). */
 static conc_conn *raw_connect(const char *addr)
 {
@@ -1445,6 +1467,8 @@ static conc_conn *raw_connect(const char *addr)
     return c;
 }
 
+/* Sends msg on a new raw connection; returns what the next receive gives
+ * (the connection closed: -EPIPE or -ECONNRESET). */
 static int send_raw(const char *addr, const void *msg, size_t len)
 {
     conc_conn *c = raw_connect(addr);
@@ -1854,6 +1878,89 @@ Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
 /* A client with a key and a server without one: the server's hello comes
  * where the challenge should, and the client fails at once (not after the
  * 10 s handshake limit). */
+/* A client that goes away while a request of its waits, with a later
+ * request of its still unread (a client that sends ahead, then dies), is
+ * seen gone all the same: its Barrier wait ends (breaking the Barrier, as
+ * any waiter that goes does) instead of waiting for a partner for ever. */
+Test(manager, client_gone_with_a_request_unread_is_noticed, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    char addr[256];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *b = make(m, CONC_PROXY_BARRIER, 2, 0);
+    conc_conn *raw = raw_connect(addr);
+    uint8_t req[48];
+    raw_req(req, 1, 41, 0, 0, conc_proxy_id(b), -1);          /* B_WAIT, no timeout */
+    cr_assert_eq(conc_conn_send_bytes(raw, req, sizeof req, GUARD), 0);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (conc_proxy_barrier_n_waiting(b) < 1)                /* its wait is parked */
+        cr_assert_lt(conc_now(), end, "the raw wait never arrived");
+    raw_req(req, 1, 1, 0, 0, 0, -1);                           /* PING, sent ahead */
+    cr_assert_eq(conc_conn_send_bytes(raw, req, sizeof req, GUARD), 0);
+    conc_conn_free(raw);
+    end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (conc_proxy_barrier_broken(b) != 1) {
+        cr_assert_lt(conc_now(), end, "the gone client's wait never ended");
+        usleep(1000);
+    }
+    cr_expect_eq(conc_proxy_barrier_n_waiting(b), 0);
+    conc_proxy_free(b);
+    conc_manager_free(m);
+}
+
+/* A keyless server that is not a manager of this version: its first
+ * message (another version's hello, an empty one) gives -EPROTO; only a
+ * keyed server's challenge means -EACCES (a key is missing). */
+struct odd_server {
+    conc_listener *l;
+    const char *first;
+    int rc;
+};
+
+static void *odd_server_main(void *arg)
+{
+    struct odd_server *o = arg;
+    conc_conn *c;
+    o->rc = conc_listener_accept(o->l, &c, GUARD);
+    if (o->rc)
+        return NULL;
+    o->rc = conc_conn_send_bytes(c, o->first, strlen(o->first), GUARD);
+    char b[64];
+    if (!o->rc)
+        conc_conn_recv_bytes(c, b, sizeof b, GUARD);    /* until the client goes */
+    conc_conn_free(c);
+    return NULL;
+}
+
+static int connect_to_odd_server(const char *first)
+{
+    char path[128];
+    tmp_path(path, sizeof path, "odd");
+    struct odd_server o = { NULL, first, 1 };
+    cr_assert_eq(conc_listener_new(&o.l, path, NULL), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, odd_server_main, &o), 0);
+    conc_manager_opts mo = CONC_MANAGER_OPTS_INIT;
+    mo.address = path;
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, &mo), 0);
+    int e = conc_manager_connect(m);
+    conc_manager_free(m);
+    pthread_join(t, NULL);
+    cr_expect_eq(o.rc, 0);
+    conc_listener_free(o.l);
+    unlink(path);
+    return e;
+}
+
+Test(manager, keyless_client_to_an_odd_server_gets_eproto, .timeout = 60)
+{
+    cr_expect_eq(connect_to_odd_server("#CONC-MANAGER-9#"), -EPROTO);  /* another version */
+    cr_expect_eq(connect_to_odd_server(""), -EPROTO);
+    cr_expect_eq(connect_to_odd_server("#CONC-CHALLENGE-1#0123456789abcdef0123456789abcdef"),
+                 -EACCES);                                  /* what a keyed server says */
+}
+
 Test(manager, keyed_client_to_keyless_server_fails_fast, .timeout = 60)
 {
     char path[128];

@@ -1597,6 +1597,47 @@ Test(server, reactor_handle_request_idle_timeout, .timeout = 60)
     cr_assert_eq(count_fds(), fds);
 }
 
+/* handle_request of the reactor model: once its one connection is taken,
+ * another waiting in the backlog does not keep the loop awake (the
+ * listener stays out of the loop until the call returns): the loop sleeps
+ * while the connection it serves is silent, and the other connection is
+ * left to the next call. */
+struct one_call {
+    conc_server *s;
+    int rc;
+};
+
+static void *handle_one_main(void *arg)
+{
+    struct one_call *c = arg;
+    c->rc = conc_server_handle_request(c->s, GUARD);
+    return NULL;
+}
+
+Test(server, reactor_handle_request_sleeps_with_a_connection_waiting, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make(CONC_SERVER_REACTOR, SOCK_STREAM, 1);
+    int first = dial(s), second = dial(s);          /* both in the backlog */
+    struct one_call c = { s, 1 };
+    pid_t tid;
+    pthread_t t = spawn_tid(handle_one_main, &c, &tid);
+    exchange(first, "taken and answered", 6);       /* the loop took the first */
+    cr_expect(await_task_blocked(getpid(), tid, 10.0),
+              "the loop never slept while a second connection waited");
+    close(first);
+    pthread_join(t, NULL);
+    cr_assert_eq(c.rc, 0);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(conc_server_close(s), 0);
+    conc_server_free(s);
+    close(second);
+    cr_assert_eq(count_fds(), fds);
+}
+
 /* ------------------------------------------------ adopting a socket */
 
 /* Python's bind_and_activate=False: the socket is made, bound and set

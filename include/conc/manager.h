@@ -147,7 +147,8 @@ typedef enum conc_proxy_type {
  * conc_manager_type - a type the program registers (BaseManager.register):
  * C callbacks the server calls.  They run in the server process (a started
  * manager's child is a fork of the program, so the function pointers are
- * valid there), in the greenlet of the calling connection, in the server's
+ * valid there), in the greenlet of the calling connection (on a stack of
+ * its own of 256 KiB: keep large buffers on the heap), in the server's
  * one thread; the server runs one call on an object at a time.  A callback
  * that blocks the thread in the kernel holds up every client; the blocking
  * calls of conc (locks, queues, sleeps, descriptor waits) park only the
@@ -512,7 +513,9 @@ CONC_API int conc_proxy_acquire_until(conc_proxy *p, int64_t deadline);
  * a Condition only by the connection that holds it.  Returns 0; -EPERM for
  * a Lock nobody holds (RuntimeError), or an RLock or Condition the
  * connection does not hold; -EOVERFLOW for a BoundedSemaphore released
- * above its value. */
+ * above its value.  A Semaphore's release by any connection matches an
+ * acquire: a connection that ends gives back only the acquires of its own
+ * that no release matched yet. */
 CONC_API int conc_proxy_release(conc_proxy *p);
 
 /* ---- Event ------------------------------------------------------------- */
