@@ -732,6 +732,19 @@ static void q_push_front(conc_pool *p, struct conc__pool_task *t)
     p->qhead = t;
 }
 
+/* Puts t into the queue right after a (which is in it). */
+static void q_insert_after(conc_pool *p, struct conc__pool_task *a, struct conc__pool_task *t)
+{
+    p->qlen++;
+    t->prev = a;
+    t->next = a->next;
+    if (a->next)
+        a->next->prev = t;
+    else
+        p->qtail = t;
+    a->next = t;
+}
+
 static void q_unlink(conc_pool *p, struct conc__pool_task *t)
 {
     p->qlen--;
@@ -1254,67 +1267,56 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
      * with the tasks it never started, so that a dead worker fails only the
      * task it was running.  Its count is checked: it cannot exceed what it
      * held. */
-    pthread_mutex_lock(&p->mu);
-    for (struct conc__pool_task *u = w->head; u; u = u->next)
-        u->worker = NULL;       /* a cancel no longer looks at its gate */
-    pthread_mutex_unlock(&p->mu);
     uint32_t ran = __atomic_load_n(&w->sh->started, __ATOMIC_ACQUIRE) - w->answered;
     if (ran > w->nout)
         ran = w->nout;
-    struct conc__pool_task *again = NULL, *again_tail = NULL;
+    /* Under mu, in one step: each task leaves the worker (a cancel no
+     * longer looks at its gate) and is either settled below or back at the
+     * head of the queue, in its order, QUEUED at once: a cancel from now on
+     * takes it back, even from a callback of the task that failed. */
+    struct conc__pool_task *settle = NULL, **settle_end = &settle, *after = NULL;
+    struct conc__pool_task *failed = NULL;  /* the one it was running, when it fails */
     uint32_t k = 0;
+    pthread_mutex_lock(&p->mu);
     for (struct conc__pool_task *u = w->head, *nx; u; u = nx) {
         nx = u->next;
-        u->next = NULL;
+        u->next = u->prev = NULL;
+        u->worker = NULL;
         bool running = ++k == ran;
-        if (fail_status == -EPIPE ||
-            (running && (fail_status != -ECHILD || u->tries >= p->o.retries))) {
-            task_fail(u, fail_status,
-                      fail_status == -EPIPE ? CONC__POOL_TERMINATED : running ? code : 0);
-            continue;
-        }
-        if (u->started && !u->told &&
-            __atomic_load_n(&w->sh->gate[u->ord % GATE_N], __ATOMIC_ACQUIRE) ==
-                (u->ord | GATE_CLOSED)) {
-            /* Cancelled while it held it: it does not run elsewhere. */
-            task_fail(u, -ECANCELED, 0);
+        bool fails = fail_status == -EPIPE ||
+                     (running && (fail_status != -ECHILD || u->tries >= p->o.retries));
+        if (fails && running)
+            failed = u;
+        /* A task cancelled while the worker held it is not run elsewhere. */
+        if (fails || (u->started && !u->told &&
+                      __atomic_load_n(&w->sh->gate[u->ord % GATE_N], __ATOMIC_ACQUIRE) ==
+                          (u->ord | GATE_CLOSED))) {
+            *settle_end = u;
+            settle_end = &u->next;
             continue;
         }
         if (running)
             u->tries++;
-        if (again_tail)
-            again_tail->next = u;
+        st_relaxed(&u->state, CONC__TASK_QUEUED);
+        if (after)
+            q_insert_after(p, after, u);
         else
-            again = u;
-        again_tail = u;
+            q_push_front(p, u);
+        after = u;
     }
+    w->head = w->tail = NULL;
+    w->nout = 0;
+    pthread_mutex_unlock(&p->mu);
     worker_release(w);
-    if (again) {
-        pthread_mutex_lock(&p->mu);
-        struct conc__pool_task *list[64], **arr = list;
-        size_t n = 0, cap = 64;
-        for (struct conc__pool_task *u = again; u; u = u->next)
-            n++;
-        if (n > cap && !(arr = malloc(n * sizeof *arr)))
-            arr = NULL;
-        if (arr) {
-            n = 0;
-            for (struct conc__pool_task *u = again; u; u = u->next)
-                arr[n++] = u;
-            for (size_t i = n; i-- > 0;) {
-                arr[i]->worker = NULL;
-                q_push_front(p, arr[i]);
-            }
-            if (arr != list)
-                free(arr);
-        } else {
-            for (struct conc__pool_task *u = again, *nx; u; u = nx) {
-                nx = u->next;
-                u->worker = NULL;
-                q_push_back(p, u);
-            }
-        }
-        pthread_mutex_unlock(&p->mu);
+    for (struct conc__pool_task *u = settle, *nx; u; u = nx) {
+        nx = u->next;
+        u->next = NULL;
+        if (fail_status == -EPIPE)
+            task_fail(u, -EPIPE, CONC__POOL_TERMINATED);
+        else if (u == failed)
+            task_fail(u, fail_status, code);
+        else
+            task_fail(u, -ECANCELED, 0);
     }
 }
 
