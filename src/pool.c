@@ -599,9 +599,7 @@ struct conc_pool {
     int evfd;
     int epfd;                   /* the pool's thread waits on it */
     uint32_t wake_pending;
-    uint32_t finished;          /* futex word: the pool's thread ended */
     pthread_t thread;
-    bool thread_started, joined;
     struct worker *w;           /* the pool's thread's */
     int nw;
     int start_err;
@@ -1476,8 +1474,7 @@ static void *pool_thread(void *arg)
             worker_end(p, w, -EPIPE);
     }
     fail_queue(p, -EPIPE);
-    st_release(&p->finished, 1);
-    conc__wake(&p->finished, INT_MAX, 0);
+    conc__pool_live_add(&p->e, -1);
     return NULL;
 }
 
@@ -1684,6 +1681,17 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
 
 /* ------------------------------------------------------------- public API */
 
+static void pool_stop(struct conc__pool_engine *e, bool terminate)
+{
+    conc_pool *p = (conc_pool *)e;
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    if (terminate)
+        p->terminating = true;
+    pthread_mutex_unlock(&p->mu);
+    wake_thread(p);
+}
+
 static void pool_destroy(conc_pool *p)
 {
     for (int i = 0; i < p->nw; i++)
@@ -1726,6 +1734,7 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     p->e.submit = pool_submit;
     p->e.cancel = pool_cancel;
     p->e.begun = pool_begun;
+    p->e.stop = pool_stop;
     p->e.workers = o.processes;
     p->e.process = true;
     conc_start_method m = o.method ? o.method : conc_process_start_method();
@@ -1765,13 +1774,14 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    conc__pool_live_add(&p->e, 1);
     int e = pthread_create(&p->thread, NULL, pool_thread, p);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e) {
+        conc__pool_live_add(&p->e, -1);
         r = -e;
         goto fail_workers;
     }
-    p->thread_started = true;
     *out = p;
     return 0;
 fail_workers:
@@ -1787,65 +1797,11 @@ fail:
     return r;
 }
 
-int conc_pool_close(conc_pool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->closed = true;
-    pthread_mutex_unlock(&p->mu);
-    wake_thread(p);
-    return 0;
-}
-
-int conc_pool_terminate(conc_pool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->terminating = true;
-    p->closed = true;
-    pthread_mutex_unlock(&p->mu);
-    wake_thread(p);
-    return 0;
-}
-
-int conc_pool_join_until(conc_pool *p, int64_t deadline)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    bool stopping = p->closed;
-    pthread_mutex_unlock(&p->mu);
-    if (!stopping)
-        return -EBUSY;
-    if (conc__pool_in_callback(&p->e))
-        return -EDEADLK;
-    while (!ld_acquire(&p->finished)) {
-        int r = conc__wait(&p->finished, 0, deadline, 0);
-        if (r < 0 && r != -EAGAIN)
-            return ld_acquire(&p->finished) ? 0 : r;
-    }
-    return 0;
-}
-
-int conc_pool_join(conc_pool *p, double timeout)
-{
-    int64_t deadline;
-    bool poll;
-    if (conc__timeout_parse(timeout, &deadline, &poll))
-        return -EINVAL;
-    return (int)conc__timeout_code(poll, conc_pool_join_until(p, deadline));
-}
-
 void conc_pool_free(conc_pool *p)
 {
     if (!p)
         return;
-    conc_pool_terminate(p);
-    while (!ld_acquire(&p->finished))
-        conc__wait(&p->finished, 0, CONC_NO_DEADLINE, 0);
-    if (p->thread_started)
-        pthread_join(p->thread, NULL);
+    conc__pool_end(&p->e);
+    pthread_join(p->thread, NULL);
     pool_destroy(p);
 }

@@ -89,13 +89,21 @@ struct conc__pool_task {
  * before the item that would take it over. */
 #define CONC__POOL_CHUNK_BYTES ((uint64_t)CONC_POOL_ARG_MAX * 2)
 
-/* The two engines behind one interface. */
+/* The two engines behind one interface.  Their lifecycle is one: close and
+ * terminate set `stopping` and call stop; the engine's threads (a process
+ * pool's thread, a thread pool's workers) count themselves in `live` and
+ * the last one out wakes the joiners. */
 struct conc__pool_engine {
     int (*submit)(struct conc__pool_engine *e, struct conc__pool_task *t);
     int (*cancel)(struct conc__pool_engine *e, struct conc__pool_task *t);
     bool (*begun)(struct conc__pool_engine *e, struct conc__pool_task *t);  /* may be NULL */
+    /* close (terminate false) or terminate: no more submits; with
+     * terminate, what is queued fails with -EPIPE */
+    void (*stop)(struct conc__pool_engine *e, bool terminate);
     int workers;
     bool process;               /* conc_pool: items are bytes */
+    uint32_t stopping;          /* close or terminate was called */
+    uint32_t live;              /* futex word: the engine's threads running */
 };
 
 /*
@@ -145,6 +153,27 @@ CONC_HIDDEN int conc__pool_cancel(struct conc__pool_engine *e, struct conc__pool
  * queue or held ahead, and for a thread pool's (it calls started).
  */
 CONC_HIDDEN bool conc__pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
+ * conc__pool_stop - close (terminate false) or terminate e.  Returns 0;
+ * -EINVAL for NULL.
+ */
+CONC_HIDDEN int conc__pool_stop(struct conc__pool_engine *e, bool terminate);
+
+/*
+ * conc__pool_join_until - wait until e's threads ended (after close or
+ * terminate).  Returns 0; -EBUSY before close or terminate; -EDEADLK from
+ * one of e's callbacks; -ETIMEDOUT; -ECANCELED (a killed coroutine);
+ * -EINVAL for NULL.  conc__pool_join takes a timeout in seconds.
+ */
+CONC_HIDDEN int conc__pool_join_until(struct conc__pool_engine *e, int64_t deadline);
+CONC_HIDDEN int conc__pool_join(struct conc__pool_engine *e, double timeout);
+
+/* conc__pool_live_add - count n threads of e in (n > 0) or out (n < 0; the
+ * last one out wakes the joiners).  conc__pool_end: terminate e and wait
+ * until its threads ended (free). */
+CONC_HIDDEN void conc__pool_live_add(struct conc__pool_engine *e, int n);
+CONC_HIDDEN void conc__pool_end(struct conc__pool_engine *e);
 
 /* The engine of each pool kind (NULL for NULL). */
 CONC_HIDDEN struct conc__pool_engine *conc__pool_engine(conc_pool *p);

@@ -18,10 +18,9 @@ struct conc_threadpool {
     conc_threadpool_opts o;
     pthread_mutex_t mu;
     struct conc__pool_task *qhead, *qtail;     /* under mu */
-    bool closed, terminating;                  /* under mu */
+    bool closed;                               /* under mu */
     unsigned sleepers;                         /* under mu */
     uint32_t qword;             /* futex word: bumped under mu on news */
-    uint32_t live;              /* futex word: workers still running */
     pthread_t *threads;
     int n;
 };
@@ -168,9 +167,32 @@ static void *tp_worker(void *arg)
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
-    __atomic_sub_fetch(&p->live, 1, __ATOMIC_ACQ_REL);
-    conc__wake(&p->live, INT_MAX, 0);
+    conc__pool_live_add(&p->e, -1);
     return NULL;
+}
+
+/* Close: the workers run the queue out and end; terminate: the queue
+ * fails with -EPIPE, and each worker ends after the task it runs. */
+static void tp_stop(struct conc__pool_engine *e, bool terminate)
+{
+    conc_threadpool *p = (conc_threadpool *)e;
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    struct conc__pool_task *q = NULL;
+    if (terminate) {
+        q = p->qhead;
+        p->qhead = p->qtail = NULL;
+    }
+    __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&p->mu);
+    conc__wake(&p->qword, INT_MAX, 0);
+    for (struct conc__pool_task *t = q, *nx; t; t = nx) {
+        nx = t->next;
+        t->next = t->prev = NULL;
+        struct conc__pool_outcome one = { -EPIPE, CONC__POOL_TERMINATED, NULL, 0 };
+        st_release(&t->state, CONC__TASK_DONE);
+        t->done(t, &one, 1);
+    }
 }
 
 int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
@@ -195,6 +217,7 @@ int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
     p->o = o;
     p->e.submit = tp_submit;
     p->e.cancel = tp_cancel;
+    p->e.stop = tp_stop;
     p->e.workers = o.threads;
     p->e.process = false;
     sigset_t all, old;
@@ -202,10 +225,10 @@ int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int err = 0;
     for (int i = 0; i < o.threads; i++) {
-        __atomic_add_fetch(&p->live, 1, __ATOMIC_ACQ_REL);
+        conc__pool_live_add(&p->e, 1);
         int e = pthread_create(&p->threads[i], NULL, tp_worker, p);
         if (e) {
-            __atomic_sub_fetch(&p->live, 1, __ATOMIC_ACQ_REL);
+            conc__pool_live_add(&p->e, -1);
             err = -e;
             break;
         }
@@ -220,75 +243,11 @@ int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
     return 0;
 }
 
-int conc_threadpool_close(conc_threadpool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->closed = true;
-    __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&p->mu);
-    conc__wake(&p->qword, INT_MAX, 0);
-    return 0;
-}
-
-int conc_threadpool_terminate(conc_threadpool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->closed = true;
-    p->terminating = true;
-    struct conc__pool_task *q = p->qhead;
-    p->qhead = p->qtail = NULL;
-    __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&p->mu);
-    conc__wake(&p->qword, INT_MAX, 0);
-    for (struct conc__pool_task *t = q, *nx; t; t = nx) {
-        nx = t->next;
-        t->next = t->prev = NULL;
-        struct conc__pool_outcome one = { -EPIPE, CONC__POOL_TERMINATED, NULL, 0 };
-        st_release(&t->state, CONC__TASK_DONE);
-        t->done(t, &one, 1);
-    }
-    return 0;
-}
-
-int conc_threadpool_join_until(conc_threadpool *p, int64_t deadline)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    bool stopping = p->closed;
-    pthread_mutex_unlock(&p->mu);
-    if (!stopping)
-        return -EBUSY;
-    if (conc__pool_in_callback(&p->e))
-        return -EDEADLK;
-    for (;;) {
-        uint32_t v = __atomic_load_n(&p->live, __ATOMIC_ACQUIRE);
-        if (v == 0)
-            return 0;
-        int r = conc__wait(&p->live, v, deadline, 0);
-        if (r < 0 && r != -EAGAIN)
-            return __atomic_load_n(&p->live, __ATOMIC_ACQUIRE) == 0 ? 0 : r;
-    }
-}
-
-int conc_threadpool_join(conc_threadpool *p, double timeout)
-{
-    int64_t deadline;
-    bool poll;
-    if (conc__timeout_parse(timeout, &deadline, &poll))
-        return -EINVAL;
-    return (int)conc__timeout_code(poll, conc_threadpool_join_until(p, deadline));
-}
-
 void conc_threadpool_free(conc_threadpool *p)
 {
     if (!p)
         return;
-    conc_threadpool_terminate(p);
+    conc__pool_end(&p->e);
     for (int i = 0; i < p->n; i++)
         pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);
