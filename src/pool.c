@@ -389,9 +389,6 @@ static int worker_slot(struct wctx *c)
     return 0;
 }
 
-/* How long the worker sleeps before it looks whether its pool is gone. */
-#define IDLE_CHECK_NS 1000000000
-
 /* Waits until the socket may have something to read, serving slot calls
  * and sending held results meanwhile.  -1 when the worker must end. */
 static int worker_idle(struct wctx *c)
@@ -421,15 +418,13 @@ static int worker_idle(struct wctx *c)
             continue;
         }
         /* No spin: an idle worker gives its CPU away at once (the caller
-         * it waits for may need it). */
-        int r = conc__park_wait(&sh->door, key, conc_now() + IDLE_CHECK_NS,
-                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
-        if (r == -ETIMEDOUT) {
-            /* Its end shows on the socket (readable: the read sees it). */
-            struct pollfd pf = { c->fd, POLLIN, 0 };
-            if (poll(&pf, 1, 0) > 0)
-                return 0;
-        }
+         * it waits for may need it).  No timer either (a timed sleep arms
+         * one per call, a tenth of a round trip): whatever the pool wants
+         * from it wakes it (a slot call, a write to its socket, its EXIT
+         * frame), the pool ends it by killing it, and it dies with the
+         * pool's process (a daemon, PR_SET_PDEATHSIG). */
+        conc__park_wait(&sh->door, key, CONC_NO_DEADLINE,
+                        CONC__WAIT_SHARED | CONC__WAIT_ONE | CONC__PARK_NOSPIN, 0);
     }
 }
 
@@ -1335,6 +1330,17 @@ static void fail_queue(conc_pool *p, int status)
 
 #define EVENTS_MAX 64
 
+/* Tells the caller of apply that has w (sleeping on its slot) to look at
+ * w's socket and pidfd. */
+static void worker_alert(struct worker *w)
+{
+    struct wshared *sh = w->sh;
+    if (sh) {
+        __atomic_store_n(&sh->alert, 1, __ATOMIC_SEQ_CST);
+        conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
+    }
+}
+
 static void *pool_thread(void *arg)
 {
     conc_pool *p = arg;
@@ -1435,11 +1441,7 @@ static void *pool_thread(void *arg)
                 /* A caller of apply has it: one that sleeps on its slot
                  * looks at the socket and the pidfd when told. */
                 skipped++;
-                struct wshared *sh = w->sh;
-                if (sh) {
-                    __atomic_store_n(&sh->alert, 1, __ATOMIC_SEQ_CST);
-                    conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
-                }
+                worker_alert(w);
                 continue;
             }
             if (!w->proc)
@@ -1468,6 +1470,7 @@ static void *pool_thread(void *arg)
         struct worker *w = &p->w[i];
         while (!worker_acquire(w)) {
             conc_process_kill(w->proc);
+            worker_alert(w);
             conc__sleep_until(conc_now() + 1000000);
         }
         if (w->proc)
@@ -1520,13 +1523,12 @@ static int direct_socket(struct worker *w)
     }
 }
 
-/* How long a caller sleeps on the slot before it looks at the worker's
- * pidfd itself (the pool's thread tells it sooner). */
-#define SLOT_CHECK_NS 100000000
-
 /* Posts t (one item, in w's slot) and sleeps until the worker answers
  * (done ran) or ends (the pool's thread settles t).  Always 0: a thread
- * is never cancelled. */
+ * is never cancelled.  The pool's thread watches the worker's socket and
+ * pidfd meanwhile, and while the caller has the worker, raises its alert
+ * and wakes it for whatever they report, again and again until the caller
+ * gives the worker back: the caller's sleep needs no timer of its own. */
 static int direct_slot(struct worker *w, struct conc__pool_task *t)
 {
     struct wshared *sh = w->sh;
@@ -1558,10 +1560,8 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
         /* No spin either: two processes that spin for each other on a
          * loaded machine often share one CPU, and each hand-over then waits
          * for the spinner's slice to end. */
-        int r = conc__park_wait(&sh->answer, key, conc_now() + SLOT_CHECK_NS,
-                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
-        if (r == -ETIMEDOUT)
-            __atomic_store_n(&sh->alert, 1, __ATOMIC_RELAXED);
+        conc__park_wait(&sh->answer, key, CONC_NO_DEADLINE,
+                        CONC__WAIT_SHARED | CONC__WAIT_ONE | CONC__PARK_NOSPIN, 0);
     }
     uint32_t mode = ld_relaxed(&sh->mode), rlen = ld_relaxed(&sh->res_len);
     int32_t st = ld_relaxed(&sh->status);
