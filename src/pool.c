@@ -584,8 +584,7 @@ struct conc_pool {
     bool fork_method;
     pthread_mutex_t mu;
     /* under mu */
-    struct conc__pool_task *qhead, *qtail;
-    size_t qlen;
+    struct conc__pool_queue q;
     struct fnent *fns;
     uint32_t nfns, capfns;
     uint32_t init_idx;
@@ -682,14 +681,7 @@ int conc__pool_task_prepare(struct conc__pool_task *t, conc_pool_fn fn,
             memcpy(b + off, items[i].arg, l);
         off += l;
     }
-    t->fn = (void *)fn;
-    t->buf = b;
-    t->buflen = total;
-    t->nitems = (uint32_t)n;
-    t->state = CONC__TASK_NEW;
-    t->tries = 0;
-    t->next = t->prev = NULL;
-    t->worker = NULL;
+    conc__pool_task_init(t, (void *)fn, b, total, (uint32_t)n);
     return 0;
 }
 
@@ -701,57 +693,6 @@ void conc__pool_task_release(struct conc__pool_task *t)
     t->buf = NULL;
 }
 
-static void q_push_back(conc_pool *p, struct conc__pool_task *t)
-{
-    p->qlen++;
-    t->next = NULL;
-    t->prev = p->qtail;
-    if (p->qtail)
-        p->qtail->next = t;
-    else
-        p->qhead = t;
-    p->qtail = t;
-}
-
-static void q_push_front(conc_pool *p, struct conc__pool_task *t)
-{
-    p->qlen++;
-    t->prev = NULL;
-    t->next = p->qhead;
-    if (p->qhead)
-        p->qhead->prev = t;
-    else
-        p->qtail = t;
-    p->qhead = t;
-}
-
-/* Puts t into the queue right after a (which is in it). */
-static void q_insert_after(conc_pool *p, struct conc__pool_task *a, struct conc__pool_task *t)
-{
-    p->qlen++;
-    t->prev = a;
-    t->next = a->next;
-    if (a->next)
-        a->next->prev = t;
-    else
-        p->qtail = t;
-    a->next = t;
-}
-
-static void q_unlink(conc_pool *p, struct conc__pool_task *t)
-{
-    p->qlen--;
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        p->qhead = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
-    else
-        p->qtail = t->prev;
-    t->next = t->prev = NULL;
-}
-
 static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_pool *p = (conc_pool *)e;
@@ -759,24 +700,17 @@ static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
     /* The state under mu: a cancel may come before the submit. */
-    int state = ld_relaxed(&t->state);
-    if (state != CONC__TASK_NEW) {
-        pthread_mutex_unlock(&p->mu);
-        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
-    }
-    if (p->closed || p->terminating) {
-        pthread_mutex_unlock(&p->mu);
-        return -EPIPE;
-    }
     uint32_t idx;
-    int r = fn_index(p, t->fn, &idx);
+    int r = conc__pool_admit(t, p->closed);
+    if (r == 0)
+        r = fn_index(p, t->fn, &idx);
     if (r) {
         pthread_mutex_unlock(&p->mu);
         return r;
     }
     memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
     st_relaxed(&t->state, CONC__TASK_QUEUED);
-    q_push_back(p, t);
+    conc__pool_q_push_back(&p->q, t);
     pthread_mutex_unlock(&p->mu);
     wake_thread(p);
     return 0;
@@ -785,18 +719,11 @@ static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 static int pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_pool *p = (conc_pool *)e;
-    int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    int state = ld_relaxed(&t->state);
+    /* In the queue, or new (submit refuses it then), or held by a worker: */
+    int r = conc__pool_take_back(&p->q, t);
     struct worker *w = t->worker;
-    if (state == CONC__TASK_NEW) {
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);    /* submit refuses it */
-        r = 0;
-    } else if (state == CONC__TASK_QUEUED) {
-        q_unlink(p, t);
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);
-        r = 0;
-    } else if (state == CONC__TASK_SENT && t->started && w && w->sh) {
+    if (r && ld_relaxed(&t->state) == CONC__TASK_SENT && t->started && w && w->sh) {
         /* A worker holds it: close its gate unless the worker took it.
          * (The worker's pages stay mapped while it holds the task: its end
          * takes mu before it lets the tasks go.) */
@@ -979,8 +906,8 @@ static int worker_start(conc_pool *p, struct worker *w)
 /* Hands queued tasks to w while it has room; under mu. */
 static void dispatch(conc_pool *p, struct worker *w, size_t depth)
 {
-    while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
-        struct conc__pool_task *t = p->qhead;
+    while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->q.head) {
+        struct conc__pool_task *t = p->q.head;
         uint32_t idx;
         memcpy(&idx, t->buf + sizeof(struct frame), sizeof idx);
         bool ok = true;
@@ -991,7 +918,7 @@ static void dispatch(conc_pool *p, struct worker *w, size_t depth)
         }
         if (!ok)
             return;             /* out of memory: try again later */
-        q_unlink(p, t);
+        conc__pool_q_unlink(&p->q, t);
         st_relaxed(&t->state, CONC__TASK_SENT);
         /* A task whose start is reported waits at its gate (open: 0 or an
          * older number) until the worker begins it. */
@@ -1291,10 +1218,7 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
         if (running)
             u->tries++;
         st_relaxed(&u->state, CONC__TASK_QUEUED);
-        if (after)
-            q_insert_after(p, after, u);
-        else
-            q_push_front(p, u);
+        conc__pool_q_insert_after(&p->q, after, u);
         after = u;
     }
     w->head = w->tail = NULL;
@@ -1317,9 +1241,7 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
 static void fail_queue(conc_pool *p, int status)
 {
     pthread_mutex_lock(&p->mu);
-    struct conc__pool_task *q = p->qhead;
-    p->qhead = p->qtail = NULL;
-    p->qlen = 0;
+    struct conc__pool_task *q = conc__pool_q_take_all(&p->q);
     pthread_mutex_unlock(&p->mu);
     for (struct conc__pool_task *t = q, *nx; t; t = nx) {
         nx = t->next;
@@ -1357,13 +1279,13 @@ static void *pool_thread(void *arg)
             owned[i] = worker_acquire(&p->w[i]);
         /* Level by level: every idle worker gets a task before any gets a
          * second one. */
-        size_t depth = p->qlen / (size_t)p->nw;
+        size_t depth = p->q.len / (size_t)p->nw;
         depth = depth < PIPELINE ? PIPELINE : depth > PIPELINE_MAX ? PIPELINE_MAX : depth;
-        for (size_t level = 1; level <= depth && p->qhead && !term; level++)
+        for (size_t level = 1; level <= depth && p->q.head && !term; level++)
             for (int i = 0; i < p->nw; i++)
                 if (owned[i] && p->w[i].proc)
                     dispatch(p, &p->w[i], level);
-        bool queue_empty = p->qhead == NULL;
+        bool queue_empty = p->q.head == NULL;
         pthread_mutex_unlock(&p->mu);
         if (term)
             break;
@@ -1589,7 +1511,7 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
         return -EAGAIN;
     conc_pool *p = (conc_pool *)e;
     pthread_mutex_lock(&p->mu);
-    if (p->closed || p->qhead) {
+    if (p->closed || p->q.head) {
         pthread_mutex_unlock(&p->mu);
         return -EAGAIN;
     }
@@ -1672,7 +1594,7 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     /* Tasks queued while we had it, or a close, wait for the pool's
      * thread. */
     pthread_mutex_lock(&p->mu);
-    bool queued = p->qhead != NULL || p->closed;
+    bool queued = p->q.head != NULL || p->closed;
     pthread_mutex_unlock(&p->mu);
     if (!idle || queued)
         wake_thread(p);

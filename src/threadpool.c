@@ -17,7 +17,7 @@ struct conc_threadpool {
     struct conc__pool_engine e;
     conc_threadpool_opts o;
     pthread_mutex_t mu;
-    struct conc__pool_task *qhead, *qtail;     /* under mu */
+    struct conc__pool_queue q;                 /* under mu */
     bool closed;                               /* under mu */
     unsigned sleepers;                         /* under mu */
     uint32_t qword;             /* futex word: bumped under mu on news */
@@ -48,14 +48,7 @@ int conc__pool_task_prepare_ptr(struct conc__pool_task *t, conc_threadpool_fn fn
     void **args = (void **)b;
     for (size_t i = 0; i < n; i++)
         args[i] = (void *)items[i].arg;
-    t->fn = (void *)fn;
-    t->buf = b;
-    t->buflen = sz;
-    t->nitems = (uint32_t)n;
-    t->state = CONC__TASK_NEW;
-    t->tries = 0;
-    t->next = t->prev = NULL;
-    t->worker = NULL;
+    conc__pool_task_init(t, (void *)fn, b, sz, (uint32_t)n);
     return 0;
 }
 
@@ -66,22 +59,12 @@ static int tp_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
     /* The state under mu: a cancel may come before the submit. */
-    int state = ld_relaxed(&t->state);
-    if (state != CONC__TASK_NEW) {
+    int r = conc__pool_admit(t, p->closed);
+    if (r) {
         pthread_mutex_unlock(&p->mu);
-        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
+        return r;
     }
-    if (p->closed) {
-        pthread_mutex_unlock(&p->mu);
-        return -EPIPE;
-    }
-    t->next = NULL;
-    t->prev = p->qtail;
-    if (p->qtail)
-        p->qtail->next = t;
-    else
-        p->qhead = t;
-    p->qtail = t;
+    conc__pool_q_push_back(&p->q, t);
     st_relaxed(&t->state, CONC__TASK_QUEUED);
     bool wake = p->sleepers > 0;
     if (wake)
@@ -95,24 +78,8 @@ static int tp_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 static int tp_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_threadpool *p = (conc_threadpool *)e;
-    int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    if (ld_relaxed(&t->state) == CONC__TASK_NEW) {
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);
-        r = 0;
-    } else if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
-        if (t->prev)
-            t->prev->next = t->next;
-        else
-            p->qhead = t->next;
-        if (t->next)
-            t->next->prev = t->prev;
-        else
-            p->qtail = t->prev;
-        t->next = t->prev = NULL;
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);
-        r = 0;
-    }
+    int r = conc__pool_take_back(&p->q, t);
     pthread_mutex_unlock(&p->mu);
     return r;
 }
@@ -142,7 +109,7 @@ static void *tp_worker(void *arg)
         p->o.initializer(p->o.initarg);
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->qhead && !p->closed) {
+        while (!p->q.head && !p->closed) {
             uint32_t w = __atomic_load_n(&p->qword, __ATOMIC_ACQUIRE);
             p->sleepers++;
             pthread_mutex_unlock(&p->mu);
@@ -150,15 +117,10 @@ static void *tp_worker(void *arg)
             pthread_mutex_lock(&p->mu);
             p->sleepers--;
         }
-        struct conc__pool_task *t = p->qhead;
+        struct conc__pool_task *t = p->q.head;
         if (!t)
             break;
-        p->qhead = t->next;
-        if (p->qhead)
-            p->qhead->prev = NULL;
-        else
-            p->qtail = NULL;
-        t->next = t->prev = NULL;
+        conc__pool_q_unlink(&p->q, t);
         st_relaxed(&t->state, CONC__TASK_SENT);
         pthread_mutex_unlock(&p->mu);
         if (t->started)
@@ -180,8 +142,7 @@ static void tp_stop(struct conc__pool_engine *e, bool terminate)
     p->closed = true;
     struct conc__pool_task *q = NULL;
     if (terminate) {
-        q = p->qhead;
-        p->qhead = p->qtail = NULL;
+        q = conc__pool_q_take_all(&p->q);
     }
     __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&p->mu);
