@@ -1524,6 +1524,10 @@ static int pool_owner(const void *arg, size_t len)
     if (len != sizeof fd)
         return 1;
     memcpy(&fd, arg, sizeof fd);
+    /* A program started in the background by a shell without job control
+     * has SIGINT ignored, and an ignored signal stays ignored across exec
+     * (so in this spawned process too): the test's SIGINT must end it. */
+    signal(SIGINT, SIG_DFL);
     conc_pool *p;
     if (conc_pool_new(&p, &(conc_pool_opts){ .size = sizeof(conc_pool_opts), .processes = 2,
                                               .method = CONC_START_FORKSERVER }))
@@ -1563,8 +1567,21 @@ Test(pool, workers_end_with_their_parent, .timeout = 120)
     close(fds[0]);
     /* Two workers; with forkserver its server process is a child too. */
     cr_assert_geq(n, 2);
-    kill(conc_process_pid(owner), SIGINT);
-    cr_assert_eq(conc_process_join(owner, GUARD), 0);
+    cr_assert_eq(kill(conc_process_pid(owner), SIGINT), 0);
+    if (conc_process_join(owner, GUARD) != 0) {
+        /* Say why it lives on: the signal ignored, or blocked. */
+        char path[64], line[128], why[256] = "";
+        snprintf(path, sizeof path, "/proc/%d/status", (int)conc_process_pid(owner));
+        FILE *f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f))
+            if (!strncmp(line, "SigIgn", 6) || !strncmp(line, "SigBlk", 6) ||
+                !strncmp(line, "SigPnd", 6) || !strncmp(line, "ShdPnd", 6))
+                strncat(why, line, sizeof why - strlen(why) - 1);
+        if (f)
+            fclose(f);
+        conc_process_kill(owner);
+        cr_assert_fail("the owner outlived SIGINT: %s", why);
+    }
     int code = 0;
     cr_assert_eq(conc_process_exitcode(owner, &code), 0);
     cr_assert_eq(code, -SIGINT);
