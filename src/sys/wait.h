@@ -20,6 +20,12 @@
 /* conc__wake: wake up to n in each backend (threads in the kernel,
  * coroutines parked by hubs), not n in all. */
 #define CONC__WAKE_EACH 0x2u
+/* conc__wait, with CONC__WAIT_SHARED: only one thread at a time ever sleeps
+ * on the word, so no wake-up meant for it can go to another sleeper that
+ * dies with it (why shared sleeps are cut in slices, wait.c): the sleep
+ * lasts until the deadline in one piece, with no kernel timer when there
+ * is none (a timed sleep arms one per call). */
+#define CONC__WAIT_ONE 0x4u
 
 /*
  * A thread running a coroutine hub installs its wait operations here; a NULL
