@@ -906,3 +906,65 @@ Test(broker_executor, broker_restarted_under_load_every_future_once)
     conc_broker_executor_free(ex);
     delete_queues(q);
 }
+
+/* Runs rabbitmqctl ARGS on the node; fails the test if it fails. */
+static void ctl(const char *args)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "sh '%s' ctl '%s' %s >/dev/null", CONC_RABBITMQ_SCRIPT,
+             CONC_RABBITMQ_DIR, args);
+    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
+}
+
+/* The broker drops every connection (as a lost network does) while tasks
+ * run: both sides connect again at once and every future completes once. */
+Test(broker_executor, connections_dropped_under_load_every_future_once)
+{
+    char q[128];
+    qname(q, sizeof q, "dropped");
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    enum { N = 400 };
+    conc_future *fs[N];
+    for (uint64_t i = 0; i < N / 2; i++)
+        fs[i] = submit_u64(ex, "square", i);
+    ctl("close_all_connections dropped-by-test");
+    for (uint64_t i = N / 2; i < N; i++)
+        fs[i] = submit_u64(ex, "square", i);
+    for (uint64_t i = 0; i < N; i++) {
+        cr_assert_eq(result_u64(fs[i]), i * i, "task %" PRIu64, i);
+        conc_future_free(fs[i]);
+    }
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    cr_assert_geq(conc_broker_executor_reconnects(ex), 1);
+    cr_assert_geq(conc_broker_worker_reconnects(wt.w), 1);
+    cr_assert_geq(wthread_stop(&wt), N);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* The reply queue vanished while the client was away (here: deleted under
+ * it): the futures of tasks the broker had confirmed fail with -EPIPE, as
+ * their results are lost; the client goes on with a new reply queue. */
+Test(broker_executor, reply_queue_gone_fails_confirmed_futures)
+{
+    char q[128];
+    qname(q, sizeof q, "replygone");
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *a = submit_u64(ex, "square", 4);
+    cr_assert_eq(wait_count(q, 1), 1);     /* confirmed: in the queue */
+    raw_delete(conc_broker_executor_reply_queue(ex));
+    expect_error(a, -EPIPE, 0);
+    conc_future_free(a);
+    cr_assert_geq(conc_broker_executor_reconnects(ex), 1);
+    cr_assert_eq(raw_count(conc_broker_executor_reply_queue(ex)), 0);
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    conc_future *b = submit_u64(ex, "square", 5);
+    cr_assert_eq(result_u64(b), 25);
+    conc_future_free(b);
+    cr_assert_eq(wthread_stop(&wt), 2);     /* the orphan ran too */
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
