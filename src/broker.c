@@ -18,6 +18,9 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include "conc/hub.h"
@@ -284,10 +287,32 @@ static int connect_once(conc_broker *b, int64_t deadline)
     return err;
 }
 
+/* Holds back (on) or lets go (off) the connection's partial TCP segments:
+ * a stream of async publishes is sent in full segments, fewer of them for
+ * the broker to read. */
+void bk_cork(conc_broker *b, bool on)
+{
+    if (b->corked == on || b->fd < 0)
+        return;
+    int v = on;
+    setsockopt(b->fd, IPPROTO_TCP, TCP_CORK, &v, sizeof v);
+    b->corked = on;
+}
+
+/* Before the connection waits for the broker: what it holds back goes out
+ * (corked publishes, batched acknowledgements). */
+void bk_before_wait(conc_broker *b)
+{
+    for (conc_broker_queue *q = b->queues; q && b->c; q = q->next)
+        bk_queue_flush_acks(q);
+    bk_cork(b, false);
+}
+
 /* Forgets the connection: local deliveries are dropped (the broker gives
  * them again), waiting puts learn their confirmations are lost. */
 void bk_lost(conc_broker *b, int err)
 {
+    b->corked = false;
     if (b->c) {
         amqp_destroy_connection(b->c);
         b->c = NULL;
@@ -563,6 +588,9 @@ int bk_pump(conc_broker *b, int64_t deadline)
             if (slice < until)
                 until = slice;
         }
+        bk_before_wait(b);
+        if (!b->c)
+            return b->last_err ? b->last_err : -ECONNRESET;
         int r = conc_fd_wait_until(b->fd, POLLIN, until);
         if (r == -ECANCELED)
             return r;
@@ -754,6 +782,7 @@ void conc_broker_free(conc_broker *b)
     while (b->queues)
         conc_broker_queue_free(b->queues);
     if (b->c) {
+        bk_cork(b, false);
         /* A polite close, bounded: the reply is awaited briefly. */
         amqp_connection_close_t cl = { .reply_code = 200,
                                        .reply_text = amqp_cstring_bytes("bye") };
