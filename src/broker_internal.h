@@ -105,6 +105,10 @@ struct conc_broker {
     int async_err;                          /* and why */
     bool poll_call;                         /* the call has timeout 0: one
                                                connection attempt at most */
+    /* Async publishes framed here (rabbitmq-c encodes their methods and
+     * properties) and sent many to one send(), plain TCP only. */
+    unsigned char *obuf;
+    size_t olen, ocap;
     bool corked;                            /* TCP_CORK set on fd: a stream
                                                of async publishes goes out
                                                in full segments until the
@@ -135,6 +139,13 @@ BK_HIDDEN void bk_lost(conc_broker *b, int err);
 BK_HIDDEN int bk_status_err(int status);
 BK_HIDDEN void bk_cork(conc_broker *b, bool on);
 BK_HIDDEN void bk_before_wait(conc_broker *b);
+BK_HIDDEN int bk_out_flush(conc_broker *b);
+BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
+                             amqp_bytes_t key, const amqp_basic_properties_t *p,
+                             amqp_bytes_t body);
+/* The largest body an async publish frames itself: one body frame below
+ * the smallest frame_max (4096). */
+#define BK_OBUF_BODY_MAX 4000
 
 /* broker_queue.c */
 BK_HIDDEN int bk_queue_declare(conc_broker_queue *q, int64_t deadline);

@@ -647,10 +647,20 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
             p.expiration = amqp_cstring_bytes(expiration);
         }
         amqp_bytes_t body = { .len = len, .bytes = (void *)data };
-        if (!wait)
+        int st;
+        if (!wait && !b->ssl && len <= BK_OBUF_BODY_MAX) {
+            /* Framed into the connection's buffer: many to one send. */
             bk_cork(b, true);
-        int st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
+            st = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange),
+                                amqp_cstring_bytes(key), &p, body);
+        } else {
+            if (b->olen && bk_out_flush(b) < 0)
+                continue;
+            if (!wait)
+                bk_cork(b, true);
+            st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
                                     amqp_cstring_bytes(key), 0, 0, &p, body);
+        }
         if (st != AMQP_STATUS_OK) {
             /* Not sent whole: the broker drops a partial message. */
             bk_lost(b, bk_status_err(st));
