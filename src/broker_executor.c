@@ -849,7 +849,10 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* The reply queue expired while the client was away: the results of the
- * tasks the broker had confirmed are lost; fail their futures. */
+ * tasks the broker had confirmed are lost; fail their futures.  Called
+ * while the connection is down (no confirmation comes meanwhile); a task
+ * is in the table and not in the unconfirmed list only once confirmed,
+ * since submit adds it to both under conn_lock. */
 static void bx_fail_confirmed(conc_broker_executor *ex)
 {
     pthread_mutex_lock(&ex->conn_lock);
@@ -861,24 +864,26 @@ static void bx_fail_confirmed(conc_broker_executor *ex)
     if (ids)
         for (struct bx_task *t = ex->uhead; t; t = t->next)
             ids[n++] = t->id;
-    pthread_mutex_unlock(&ex->conn_lock);
-    if (!ids)
-        return;
-    qsort(ids, n, sizeof *ids, cmp_u64);
-    for (;;) {
-        conc_future *f = NULL;
-        pthread_mutex_lock(&ex->lock);
-        for (size_t i = 0; i < ex->cap && !f; i++) {
-            uint64_t id = ex->slots[i].id;
-            if (id && !bsearch(&id, ids, n, sizeof *ids, cmp_u64))
-                f = bx_table_take(ex, id);
-        }
-        pthread_mutex_unlock(&ex->lock);
-        if (!f)
-            break;
-        conc_future_set_exception(f, -EPIPE, 0);
-        conc_future_free(f);
+    qsort(ids, ids ? n : 0, sizeof *ids, cmp_u64);
+    struct bx_slot *lostf = NULL;
+    size_t nl = 0;
+    pthread_mutex_lock(&ex->lock);
+    if (ids && ex->count)
+        lostf = malloc(ex->count * sizeof *lostf);
+    for (size_t i = 0; lostf && i < ex->cap; i++) {
+        uint64_t id = ex->slots[i].id;
+        if (id && !bsearch(&id, ids, n, sizeof *ids, cmp_u64))
+            lostf[nl++] = ex->slots[i];
     }
+    for (size_t i = 0; i < nl; i++)
+        bx_table_take(ex, lostf[i].id);
+    pthread_mutex_unlock(&ex->lock);
+    pthread_mutex_unlock(&ex->conn_lock);
+    for (size_t i = 0; i < nl; i++) {
+        conc_future_set_exception(lostf[i].f, -EPIPE, 0);
+        conc_future_free(lostf[i].f);
+    }
+    free(lostf);
     free(ids);
 }
 
@@ -898,6 +903,8 @@ static int bx_reconnect(conc_broker_executor *ex)
         bool gone = false;
         int r = bx_client_setup(ex, &c, true, &gone);
         if (r == 0) {
+            if (gone)
+                bx_fail_confirmed(ex);
             pthread_mutex_lock(&ex->conn_lock);
             ex->conn = c;
             ex->sockfd = amqp_get_sockfd(c);
@@ -910,8 +917,6 @@ static int bx_reconnect(conc_broker_executor *ex)
             }
             pthread_mutex_unlock(&ex->conn_lock);
             __atomic_fetch_add(&ex->reconnects, 1, __ATOMIC_RELAXED);
-            if (gone)
-                bx_fail_confirmed(ex);
             return 0;
         }
         if (give_up != CONC_NO_DEADLINE && bx_now() >= give_up)
@@ -1125,24 +1130,18 @@ int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn, const 
         return r;
     }
     conc_future_ref(f);     /* the table's */
+    /* The table and the unconfirmed list take the task under conn_lock
+     * together (bx_fail_confirmed counts on it). */
+    bool wake = false;
+    pthread_mutex_lock(&ex->conn_lock);
     pthread_mutex_lock(&ex->lock);
-    r = ex->broken;
+    r = ex->broken ? ex->broken : ex->dead ? -EPIPE : 0;
     if (!r) {
         t->id = ++ex->next_id;
         r = bx_table_put(ex, t->id, f);
     }
     pthread_mutex_unlock(&ex->lock);
-    if (r) {
-        free(t);
-        conc_future_free(f);
-        conc_future_free(f);
-        return r;
-    }
-    uint64_t id = t->id;
-    bool wake = false;
-    pthread_mutex_lock(&ex->conn_lock);
-    bool dead = ex->dead;
-    if (!dead) {
+    if (!r) {
         if (ex->utail)
             ex->utail->next = t;
         else
@@ -1158,15 +1157,11 @@ int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn, const 
         }
     }
     pthread_mutex_unlock(&ex->conn_lock);
-    if (dead) {
+    if (r) {
         free(t);
-        pthread_mutex_lock(&ex->lock);
-        conc_future *mine = bx_table_take(ex, id);
-        pthread_mutex_unlock(&ex->lock);
-        if (mine)
-            conc_future_free(mine);
         conc_future_free(f);
-        return -EPIPE;
+        conc_future_free(f);
+        return r;
     }
     if (wake) {
         uint64_t one = 1;

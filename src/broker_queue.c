@@ -650,7 +650,6 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
         int st;
         if (!wait && !b->ssl && len <= BK_OBUF_BODY_MAX) {
             /* Framed into the connection's buffer: many to one send. */
-            bk_cork(b, true);
             st = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange),
                                 amqp_cstring_bytes(key), &p, body);
         } else {
