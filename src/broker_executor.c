@@ -1523,7 +1523,8 @@ static void bx_worker_drop(conc_broker_worker *w)
 
 /*
  * Starts the worker's consumer, connecting first when the connection is
- * down, with a growing pause between attempts (0.1 s doubling to 5 s).
+ * down, with a growing pause between attempts (0.1 s doubling to 5 s; to
+ * 1 s on the first start).
  * RabbitMQ 3.10 may close the connection with INTERNAL_ERROR when a
  * consumer comes while a quorum queue just declared (by this client or
  * another) is still starting, which is retried the same way: the first
@@ -1593,7 +1594,10 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
             return 1;
         if (r == -ECANCELED)
             return r;
-        pause = pause * 2 > BX_RETRY_MAX ? BX_RETRY_MAX : pause * 2;
+        /* The first start retries a quorum queue still starting: it comes
+         * within a second or so. */
+        double most = w->ever_consumed ? BX_RETRY_MAX : 1.0;
+        pause = pause * 2 > most ? most : pause * 2;
     }
 }
 
@@ -1654,8 +1658,10 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
             }
             if (r == -ENOMEM || r == -ECANCELED)
                 return r;
+            if (r == -EACCES || r == -EEXIST)
+                return r;       /* refused: a later run tries again */
             if (r) {
-                if (w->reconnect_timeout < 0 || r != -EPIPE)
+                if (w->reconnect_timeout < 0)
                     w->broken = -EPIPE;
                 return -EPIPE;
             }
