@@ -70,6 +70,14 @@ double conc_socket_default_timeout(void)
 
 /* ----------------------------------------------------------- lifecycle */
 
+/* Handle keys (struct conc_socket): 0 is none. */
+static uint64_t last_key;
+
+static inline uint64_t new_key(void)
+{
+    return __atomic_add_fetch(&last_key, 1, __ATOMIC_RELAXED);
+}
+
 /* Makes the handle around an open descriptor (already non-blocking and
  * close-on-exec).  Reads family, type and protocol from it. */
 static int wrap(conc_socket **out, int fd, double timeout)
@@ -89,6 +97,7 @@ static int wrap(conc_socket **out, int fd, double timeout)
         s->proto = v;
     s->fd = fd;
     s->timeout = timeout;
+    s->key = new_key();
     *out = s;
     return 0;
 }
@@ -217,6 +226,7 @@ int conc_socket_close(conc_socket *s)
     if (!s)
         return -EINVAL;
     if (s->fd >= 0) {
+        conc__wait_fd_close(s->fd);
         close(s->fd);           /* the descriptor is gone whatever it says */
         s->fd = -1;
     }
@@ -324,6 +334,24 @@ static int wait_ready(int fd, short events, int64_t deadline, int *waited)
         return -ETIMEDOUT;
     (*waited)++;
     return conc__wait_fd(fd, events, deadline);
+}
+
+/*
+ * wait_ready for s itself, after its operation said EAGAIN: the loops
+ * below try again after every 0, so a hub may wait edge-triggered
+ * (conc__wait_io).  Not for a datagram or sequenced-packet socket's way
+ * out: a Unix one becomes writable when its peer's queue drains, which
+ * reaches the waiter only through a poll made while the queue is full (a
+ * level wait's).  Nor for POLLPRI: the key goes only with POLLIN or POLLOUT.
+ */
+static int wait_sock(conc_socket *s, short events, int64_t deadline, int *waited)
+{
+    if (*waited && deadline != CONC_NO_DEADLINE && conc_now() >= deadline)
+        return -ETIMEDOUT;
+    (*waited)++;
+    if (events == POLLIN || (events == POLLOUT && s->type == SOCK_STREAM))
+        return conc__wait_io(s->fd, s->key, events, deadline);
+    return conc__wait_fd(s->fd, events, deadline);
 }
 
 int conc__socket_wait(conc_socket *s, short events, int64_t deadline)
@@ -460,7 +488,8 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
                 return -ENOMEM;
             }
             *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type,
-                                .proto = s->proto, .timeout = load_default() };
+                                .proto = s->proto, .timeout = load_default(),
+                                .key = new_key() };
             *out = c;
             if (peer) {
                 a.len = len < sizeof a.u ? len : sizeof a.u;
@@ -473,7 +502,7 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, POLLIN, deadline, &waited);
+        int w = wait_sock(s, POLLIN, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -530,7 +559,7 @@ int conc_socket_connect_until(conc_socket *s, const conc_sockaddr *addr, int64_t
     }
     /* In progress: writable once it is decided; SO_ERROR tells how. */
     for (;;) {
-        int w = wait_ready(s->fd, POLLOUT, deadline, &waited);
+        int w = wait_sock(s, POLLOUT, deadline, &waited);
         if (w < 0)
             return w;
         struct pollfd p = { .fd = s->fd, .events = POLLOUT };
@@ -574,7 +603,7 @@ ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
+        int w = wait_sock(s, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -618,7 +647,7 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
             continue;
         if (e != -EAGAIN)
             return got ? (ssize_t)got : e;
-        int w = wait_ready(s->fd, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
+        int w = wait_sock(s, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
         if (w < 0)
             return got ? (ssize_t)got : w;
     }
@@ -739,7 +768,7 @@ ssize_t conc_socket_sendmsg_until(conc_socket *s, const struct msghdr *msg, int 
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, POLLOUT, deadline, &waited);
+        int w = wait_sock(s, POLLOUT, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -773,7 +802,7 @@ static ssize_t send_common(conc_socket *s, const void *buf, size_t len, int flag
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, POLLOUT, deadline, &waited);
+        int w = wait_sock(s, POLLOUT, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -984,7 +1013,9 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
         int e = op_err();
         if (e == -EAGAIN) {
             /* The socket is full, or (a non-blocking input) nothing to
-             * read: wait for the socket, the usual case. */
+             * read: wait for the socket, the usual case.  A level wait:
+             * this EAGAIN may be the input's, with the socket writable
+             * all along and no edge to come. */
             r = wait_ready(s->fd, POLLOUT, deadline, &waited);
             if (r < 0)
                 break;

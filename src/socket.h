@@ -9,6 +9,8 @@ struct conc_socket {
     int fd;                 /* -1 once closed or detached */
     int family, type, proto;
     double timeout;         /* CONC_FOREVER, 0 or seconds (checked) */
+    uint64_t key;           /* names this handle to the wait layer
+                               (conc__wait_io): unique in the process */
 };
 
 /* Wraps an open descriptor (non-blocking, close-on-exec already) with the
