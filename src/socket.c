@@ -339,10 +339,10 @@ static int wait_ready(int fd, short events, int64_t deadline, int *waited)
 /*
  * wait_ready for s itself, after its operation said EAGAIN: the loops
  * below try again after every 0, so a hub may wait edge-triggered
- * (conc__wait_io).  Not for a datagram or sequenced-packet socket's way
- * out: a Unix one becomes writable when its peer's queue drains, which
- * reaches the waiter only through a poll made while the queue is full (a
- * level wait's).  Nor for POLLPRI: the key goes only with POLLIN or POLLOUT.
+ * (conc__wait_io).  Not for POLLPRI (urgent data), and not for the way
+ * out of a datagram or sequenced-packet socket: those rarely wait, and a
+ * Unix one's room is its receiver's queue, whose draining the kernel
+ * relays to the sender's waiters; a level wait asks the socket afresh.
  */
 static int wait_sock(conc_socket *s, short events, int64_t deadline, int *waited)
 {

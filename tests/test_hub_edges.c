@@ -827,8 +827,8 @@ static void *dgram_send_body(void *arg)
 
 /* A Unix datagram sender blocked on its receiver's full queue (the
  * receiver bound, not connected back, so its queue length is what blocks)
- * is woken when the receiver reads: a level wait, as no edge of the
- * sender's own socket comes then. */
+ * is woken when the receiver reads, a wake-up the kernel relays from the
+ * receiver's queue to the sender's waiters. */
 Test(hub_edges, unix_datagram_sender_blocked, .timeout = 60)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
