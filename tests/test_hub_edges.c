@@ -7,9 +7,9 @@
  * recv and send), a peer writing many small pieces, a writer blocked on a
  * full buffer, a reader and a writer of one socket, a timeout or a kill
  * and then a new wait, a number reused by a new socket while the old file
- * lives on in a copy, a dup'd socket closed, a level wait (conc_fd_wait)
- * on a socket registered edge-triggered, Unix datagrams, and sockets
- * shared between two hubs and a plain thread.  The registration itself is
+ * lives on in a copy (a dup, a forked child's), a dup'd socket closed, a
+ * level wait (conc_fd_wait) on a socket registered edge-triggered, Unix
+ * datagrams, and sockets shared between two hubs and a plain thread.  The registration itself is
  * read from /proc/self/fdinfo of the process's epoll instances.
  *
  * Criterion runs every test in its own process.
@@ -32,9 +32,11 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/fork_sanitizers.h"
 
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 #define SANITIZED 1
@@ -607,14 +609,14 @@ static char wait_then_send(conc_socket *s, conc_socket *peer, char c)
  * socket while the old file lives on in a copy, so the old registration
  * stays in the hub's epoll set: the new socket must be registered as
  * itself (a wait on the old registration would never wake), and the old
- * file's edges must not count as the new one's.  Three ways to close: the
- * socket layer's close (which takes the registration away first), a close
- * behind its back (conc_socket_detach, close), and the same file taken
- * over by a new handle.
+ * file's edges must not count as the new one's.  Four ways: the socket
+ * layer's close (which takes the registration away first), a close behind
+ * its back (conc_socket_detach, close), the same file taken over by a new
+ * handle, and the socket layer's close with the copy in a forked child.
  */
 Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
 {
-    for (int how = 0; how < 3; how++) {
+    for (int how = 0; how < 4; how++) {
         conc_socket *a, *b;
         pair(&a, &b);
         int n = conc_socket_fd(a);
@@ -624,7 +626,25 @@ Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
         int copy = fcntl(n, F_DUPFD_CLOEXEC, 0);
         cr_assert_geq(copy, 0);
         conc_socket *c, *d;
-        if (how == 0) {
+        int gate[2] = { -1, -1 };
+        pid_t child = -1;
+        if (how == 3) {
+            /* The child holds copies of everything until the gate closes. */
+            cr_assert_eq(pipe2(gate, O_CLOEXEC), 0);
+            child = fork();
+            cr_assert_geq(child, 0);
+            if (child == 0) {
+                close(gate[1]);
+                char ch;
+                while (read(gate[0], &ch, 1) < 0 && errno == EINTR) {
+                }
+                _exit(0);
+            }
+            close(gate[0]);
+            close(copy);
+            copy = -1;
+        }
+        if (how == 0 || how == 3) {
             cr_assert_eq(conc_socket_close(a), 0);
             /* Taken out of the hub's set, though the file lives on. */
             cr_assert_eq(registrations(n, NULL), 0);
@@ -651,7 +671,7 @@ Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
         cr_assert_eq(wait_then_send(c, d, 'n'), 'n');
         cr_assert_eq((intptr_t)in_greenlet(recv_short_timeout_body, c), -ETIMEDOUT);
         cr_assert_eq(wait_then_send(c, d, 'm'), 'm');
-        if (b) {
+        if (b && copy >= 0) {
             char ch = 0;
             cr_assert_eq(read(copy, &ch, 1), 1);
             cr_assert_eq(ch, 'o');
@@ -659,7 +679,14 @@ Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
         uint32_t ev = 0;
         cr_assert_eq(registrations(n, &ev), how == 1 ? 2 : 1);
         cr_assert_eq(ev & EDGE_MASK, EDGE_MASK, "events 0x%x", ev);
-        close(copy);
+        if (copy >= 0)
+            close(copy);
+        if (child > 0) {
+            close(gate[1]);
+            int st = -1;
+            cr_assert_eq(waitpid(child, &st, 0), child);
+            cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        }
         conc_socket_free(a);
         conc_socket_free(b);
         conc_socket_free(c);
