@@ -5,6 +5,7 @@
  * server_coro.c.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -91,7 +92,7 @@ static long inflight(conc_server *s)
 
 /* ------------------------------------------------------------- handler */
 
-int conc__server_run_handler(conc_server *s, conc_server_request *req)
+int conc__server_run_hooks(conc_server *s, conc_server_request *req)
 {
     int rc = s->h.setup ? s->h.setup(req) : 0;
     if (rc >= 0) {
@@ -103,6 +104,12 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     } else if (s->h.handle_error) {
         s->h.handle_error(req, rc);
     }
+    return rc < 0 ? rc : 0;
+}
+
+int conc__server_run_handler(conc_server *s, conc_server_request *req)
+{
+    int rc = conc__server_run_hooks(s, req);
     if (rc < 0)
         atomic_fetch_add(&s->st->failed, 1);
     else
@@ -110,7 +117,7 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     return rc < 0 ? rc : 0;
 }
 
-static void init_request(conc_server *s, conc_server_request *req, conc_socket *c,
+void conc__server_init_request(conc_server *s, conc_server_request *req, conc_socket *c,
                          const conc_sockaddr *peer, const void *data, size_t len)
 {
     memset(req, 0, sizeof *req);
@@ -127,7 +134,7 @@ void conc__server_serve_entered(conc_server *s, conc_socket *c, const conc_socka
                                 const void *data, size_t len, struct conc__server_slot *slot)
 {
     conc_server_request req;
-    init_request(s, &req, c, peer, data, len);
+    conc__server_init_request(s, &req, c, peer, data, len);
     conc__server_run_handler(s, &req);
     unlink_slot(s, slot);
     if (c)
@@ -230,17 +237,8 @@ static int child_main(const void *arg, size_t len)
     if (s->fd >= 0 && (!j->c || conc_socket_fd(j->c) != s->fd) && s->type == SOCK_STREAM)
         close(s->fd);
     conc_server_request req;
-    init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
-    int rc = s->h.setup ? s->h.setup(&req) : 0;
-    if (rc >= 0) {
-        rc = s->h.handle(&req);
-        if (rc < 0 && s->h.handle_error)
-            s->h.handle_error(&req, rc);
-        if (s->h.finish)
-            s->h.finish(&req);
-    } else if (s->h.handle_error) {
-        s->h.handle_error(&req, rc);
-    }
+    conc__server_init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
+    int rc = conc__server_run_hooks(s, &req);
     if (j->c)
         conc_socket_close(j->c);
     return rc < 0 ? 1 : 0;
@@ -274,6 +272,25 @@ static int start_child(conc_server *s, conc_socket *c, const conc_sockaddr *peer
     free(j);                        /* the child has its copy */
     if (rc < 0)
         return rc;
+    k->p[k->n++] = p;
+    atomic_fetch_add(&s->st->active, 1);
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->inflight++;
+    conc_lock_release(&s->mu);
+    return 0;
+}
+
+int conc__server_add_kid(conc_server *s, struct conc_process *p)
+{
+    struct conc__server_kids *k = kids_of(s);
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 16;
+        conc_process **np = realloc(k->p, cap * sizeof *np);
+        if (!np)
+            return -ENOMEM;
+        k->p = np;
+        k->cap = cap;
+    }
     k->p[k->n++] = p;
     atomic_fetch_add(&s->st->active, 1);
     conc_lock_acquire(&s->mu, CONC_FOREVER);
@@ -538,7 +555,11 @@ static void close_fds(int a, int b)
         close(b);
 }
 
-static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
+/* adopt >= 0: the server takes that socket over (checked by adopt_check:
+ * of type `type`, bound to *addr, listening for a stream) instead of
+ * making one; nothing fails after it is taken, so on failure it is still
+ * the caller's, unchanged. */
+static int server_create(conc_server **out, int type, const conc_sockaddr *addr, int adopt,
                          const conc_server_opts *opts, bool reactor)
 {
     conc_server_opts o;
@@ -547,19 +568,19 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         return -EINVAL;
     if ((unsigned)o.model > CONC_SERVER_REACTOR || o.request_queue_size < 0 || o.workers < 0 ||
         o.max_children < 0 || o.max_connections < 0 || isnan(o.shutdown_timeout) ||
-        o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0)
+        o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0 ||
+        isnan(o.idle_timeout) || o.idle_timeout < 0 ||
+        (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
         return -EINVAL;
     if (reactor) {
         if (o.model != CONC_SERVER_SYNC && o.model != CONC_SERVER_REACTOR)
             return -EINVAL;
         o.model = CONC_SERVER_REACTOR;
         if (type != SOCK_STREAM)
-            return -EOPNOTSUPP;
-    } else if (o.model == CONC_SERVER_REACTOR) {
-        return -EINVAL;
+            return -EINVAL;
+    } else if (o.model == CONC_SERVER_REACTOR && type != SOCK_DGRAM) {
+        return -EINVAL;             /* a stream reactor has callbacks */
     }
-    if (o.model == CONC_SERVER_PREFORK && type != SOCK_STREAM)
-        return -EOPNOTSUPP;
     int family = addr->u.sa.sa_family;
     if (addr->len < sizeof(sa_family_t))
         return -EINVAL;
@@ -594,6 +615,15 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         rc = -errno;
         goto fail;
     }
+    if (adopt >= 0) {
+        rc = conc_socket_from_fd(&s->sock, adopt);
+        if (rc < 0) {
+            s->sock = NULL;
+            goto fail;
+        }
+        s->addr = *addr;            /* the socket file, if any, is not ours */
+        goto adopted;
+    }
     rc = conc_socket_new(&s->sock, family, type, 0);
     if (rc < 0)
         goto fail;
@@ -624,6 +654,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         goto fail;
     if (family == AF_UNIX && s->unlink_path && s->addr.len <= sizeof(sa_family_t))
         s->addr = *addr;
+adopted:
     conc_socket_set_timeout(s->sock, 0);
     s->fd = conc_socket_fd(s->sock);
     *out = s;
@@ -647,7 +678,7 @@ int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
     if (!out || !handler || !handler->handle)
         return -EINVAL;
     conc_server *s;
-    int rc = server_create(&s, type, addr, opts, false);
+    int rc = server_create(&s, type, addr, -1, opts, false);
     if (rc < 0)
         return rc;
     s->h = *handler;
@@ -662,7 +693,95 @@ int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
     if (!out || !handler || !handler->on_data)
         return -EINVAL;
     conc_server *s;
-    int rc = server_create(&s, SOCK_STREAM, addr, opts, true);
+    int rc = server_create(&s, SOCK_STREAM, addr, -1, opts, true);
+    if (rc < 0)
+        return rc;
+    s->rh = *handler;
+    *out = s;
+    return 0;
+}
+
+/* What a socket to adopt must be: open, a socket, of a family and type a
+ * server serves, bound, listening when a stream, in the SO_REUSEPORT
+ * group when reuse_port asks for one.  Its type into *type, its address
+ * into *addr.  Nothing is changed. */
+static int adopt_check(int fd, const conc_server_opts *opts, int *type, conc_sockaddr *addr)
+{
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int v = 0, dom = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0)
+        return -errno;              /* -ENOTSOCK */
+    if (v != SOCK_STREAM && v != SOCK_DGRAM)
+        return -EINVAL;
+    len = sizeof dom;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &len) < 0)
+        return -errno;
+    if (dom != AF_INET && dom != AF_INET6 && dom != AF_UNIX)
+        return -EAFNOSUPPORT;
+    memset(addr, 0, sizeof *addr);
+    addr->len = sizeof addr->u;
+    if (getsockname(fd, &addr->u.sa, &addr->len) < 0)
+        return -errno;
+    bool bound = dom == AF_UNIX ? addr->len > sizeof(sa_family_t)
+                                : conc_sockaddr_port(addr) > 0;
+    if (!bound)
+        return -EINVAL;             /* server_bind first */
+    if (v == SOCK_STREAM) {
+        int on = 0;
+        len = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0)
+            return -errno;
+        if (!on)
+            return -EINVAL;         /* server_activate (listen) first */
+    }
+    if (opts && opts->reuse_port) {
+        int on = 0;
+        len = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, &len) < 0)
+            return -errno;
+        if (!on)
+            return -EINVAL;         /* too late to join a group */
+    }
+    *type = v;
+    return 0;
+}
+
+int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
+                       const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->handle)
+        return -EINVAL;
+    int type;
+    conc_sockaddr addr;
+    int rc = adopt_check(fd, opts, &type, &addr);
+    if (rc < 0)
+        return rc;
+    conc_server *s;
+    rc = server_create(&s, type, &addr, fd, opts, false);
+    if (rc < 0)
+        return rc;
+    s->h = *handler;
+    *out = s;
+    return 0;
+}
+
+int conc_server_new_reactor_fd(conc_server **out, int fd,
+                               const conc_server_reactor_handler *handler,
+                               const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->on_data)
+        return -EINVAL;
+    int type;
+    conc_sockaddr addr;
+    int rc = adopt_check(fd, opts, &type, &addr);
+    if (rc < 0)
+        return rc;
+    if (type != SOCK_STREAM)
+        return -EINVAL;             /* conc_server_new_fd serves datagrams */
+    conc_server *s;
+    rc = server_create(&s, SOCK_STREAM, &addr, fd, opts, true);
     if (rc < 0)
         return rc;
     s->rh = *handler;
@@ -708,7 +827,9 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
     }
     int64_t stop_at = conc_now();
     if (waits_on_close(s)) {
-        if (s->o.model == CONC_SERVER_FORKING)
+        /* PREFORK: the workers are gone; a handle_request's worker may be
+         * left */
+        if (s->o.model == CONC_SERVER_FORKING || s->o.model == CONC_SERVER_PREFORK)
             drain_kids(s, stop_at);
         else
             conc__server_drain(s, stop_at);
@@ -729,11 +850,20 @@ int conc_server_handle_request_until(conc_server *s, int64_t deadline)
         return -EINVAL;
     if (!s->sock)
         return -EPIPE;
-    if (s->o.model == CONC_SERVER_PREFORK || s->o.model == CONC_SERVER_REACTOR)
-        return -EOPNOTSUPP;
     int expected = 0;
     if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
         return -EBUSY;
+    if (s->o.model == CONC_SERVER_REACTOR || s->o.model == CONC_SERVER_PREFORK) {
+        int r;
+        if (s->o.model == CONC_SERVER_REACTOR) {
+            r = conc__server_reactor_one(s, deadline);
+        } else {
+            reap_ended(s);
+            r = conc__server_prefork_one(s, deadline);
+        }
+        atomic_store(&s->serving, 0);
+        return r;
+    }
     size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
     unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
     int rc = 0;
