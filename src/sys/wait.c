@@ -218,6 +218,24 @@ int conc__wait_fd(int fd, short events, int64_t deadline)
     return errno == EINTR ? 0 : -errno;
 }
 
+int conc__wait_io(int fd, uint64_t key, short events, int64_t deadline)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->wait_io)
+        return ops->wait_io(fd, key, events, deadline);
+    return conc__wait_fd(fd, events, deadline);
+}
+
+void conc__wait_fd_close(int fd)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->fd_close) {
+        int e = errno;
+        ops->fd_close(fd);
+        errno = e;
+    }
+}
+
 int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
 {
     const struct conc__wait_ops *ops = conc__wait_ops;
