@@ -52,11 +52,14 @@ struct coro_thread;
 struct conc_coro {
     conc__ctx ctx;              /* saved context while not running */
     struct coro_thread *thread; /* owner */
+    uintptr_t key;              /* what conc__coro_tls.fast equals when a
+                                   switch to it may take the plain path:
+                                   its thread's state, or 1 for a coroutine
+                                   every switch to which takes the full path
+                                   (an unguarded or a copied stack); set
+                                   once, when it is made */
     conc__stack stack;          /* hi NULL: a main coroutine, or released */
     uint8_t state;              /* CORO_*, accessed atomically (relaxed) */
-    uint8_t detour;             /* not 0: every switch to it takes the full
-                                   path (an unguarded or a copied stack);
-                                   set once, when it is made */
     uint8_t unguarded;          /* the stack's zone is a canary, not a guard */
     uint8_t is_main;
     uint8_t embedded;           /* lives at the top of its own stack, which
@@ -88,11 +91,6 @@ struct conc_coro {
 
 struct coro_thread {
     conc_coro main;             /* first: freeing main frees the thread state */
-    conc_coro *current;
-    uint8_t slow;               /* not 0 (or more often than needed) while a
-                                   dead coroutine's stack waits to be given
-                                   back or the current coroutine's stack is
-                                   unguarded: its switches take the full path */
     conc__stack_cache cache;    /* free stacks, no lock */
     conc__stack zombie;         /* hi not NULL: the stack of a coroutine that
                                    died on this thread, not yet given back */
@@ -273,7 +271,7 @@ static uintptr_t fault_sp(const void *uc)
 static void segv_handler(int sig, siginfo_t *si, void *uc)
 {
     struct coro_thread *t = conc__coro_tls.thread;
-    conc_coro *c = t ? t->current : NULL;
+    conc_coro *c = t ? conc__coro_tls.current : NULL;
     if (c && c->stack.hi) {
         const char *lo = c->stack.lo, *base = conc__stack_base(&c->stack);
         const char *addr = si->si_addr;
@@ -409,7 +407,7 @@ static void release_copied(conc_coro *c)
 bool conc__coro_stack_copied(void)
 {
     struct coro_thread *t = conc__coro_tls.thread;
-    return t && t->current->shared != NULL;
+    return t && conc__coro_tls.current->shared != NULL;
 }
 
 size_t conc__coro_saved_bytes(const conc_coro *c)
@@ -501,6 +499,8 @@ static void thread_end(void *p)
     reap(t);
     conc__stack_cache_drain(&t->cache);
     conc__coro_tls.thread = NULL;
+    conc__coro_tls.current = NULL;
+    conc__coro_tls.fast = 0;
     if (t->altstack) {
         stack_t cur;
         if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == t->altstack) {
@@ -533,7 +533,9 @@ static __attribute__((noinline)) struct coro_thread *thread_init(void)
 #if CONC_SAN_THREAD
     m->tsan_fiber = __tsan_get_current_fiber();
 #endif
-    t->current = m;
+    m->key = (uintptr_t)t;
+    conc__coro_tls.current = m;
+    conc__coro_tls.fast = (uintptr_t)t;
     if (pthread_setspecific(thread_key, t) != 0) {
         free(t);
         return NULL;
@@ -548,6 +550,13 @@ static inline struct coro_thread *thread_get(void)
     return likely(t != NULL) ? t : thread_init();
 }
 
+/* Whether the switches of this thread (t, the caller's) take the full path
+ * (conc__coro_tls.fast). */
+static inline void set_slow(struct coro_thread *t, bool slow)
+{
+    conc__coro_tls.fast = (uintptr_t)t | slow;
+}
+
 /* -------------------------------------------------------------- switching */
 
 /* Everything before the machine switch from self (which becomes
@@ -557,9 +566,10 @@ static inline struct coro_thread *thread_get(void)
 static inline __attribute__((always_inline)) void switch_marks(struct coro_thread *t, conc_coro *self, conc_coro *to,
                                  uint8_t self_state)
 {
+    (void)t;
     set_state(self, self_state);
     set_state(to, CORO_RUNNING);
-    t->current = to;
+    conc__coro_tls.current = to;
     conc__coro_tls.owner = to->owner;
 #if CONC_SAN_ADDRESS
     t->prev = self;
@@ -603,7 +613,7 @@ static inline __attribute__((always_inline)) void after_switch(struct coro_threa
 void conc__coro_entry(void *value)
 {
     struct coro_thread *t = conc__coro_tls.thread;
-    conc_coro *self = t->current;
+    conc_coro *self = conc__coro_tls.current;
 #if CONC_SAN_ADDRESS
     after_switch(t, self);
 #endif
@@ -613,7 +623,7 @@ void conc__coro_entry(void *value)
     while (state_of(p) == CORO_DEAD)
         p = p->parent;              /* main is never dead */
     reap(t);
-    t->slow = 1;                /* set again below if this stack goes back
+    set_slow(t, 1);             /* set again below if this stack goes back
                                    later; p's stack may be unguarded */
     before_switch(t, self, p, CORO_DEAD);
     if (self->shared) {         /* its frames need no copy any more (the next
@@ -624,7 +634,7 @@ void conc__coro_entry(void *value)
     if (self->embedded)         /* the stack goes with the object */
         goto gone;
     t->zombie = self->stack;
-    t->slow = 1;
+    set_slow(t, 1);
     t->zombie_sp = __builtin_frame_address(0);
     self->stack.hi = NULL;
 gone:
@@ -648,7 +658,7 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
         return -EINVAL;
     if (unlikely(target->thread != t))
         return -EPERM;
-    conc_coro *self = t->current;
+    conc_coro *self = conc__coro_tls.current;
     if (unlikely(target == self)) {
         if (out)
             *out = value;
@@ -664,7 +674,7 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
             return rc;
     }
     reap(t);
-    t->slow = target->unguarded;    /* the zombie went with reap */
+    set_slow(t, target->unguarded);     /* the zombie went with reap */
     before_switch(t, self, target, CORO_SUSPENDED);
 #if CONC_SAN_ADDRESS || CONC_SAN_THREAD
     /* Not a tail call: the sanitizers' bookkeeping (ASan's finishing call,
@@ -708,27 +718,27 @@ static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *targe
  * callee-saved register to keep, so no frame at all.  Anything else takes
  * the full path, out of line.
  */
-static inline __attribute__((always_inline)) bool switch_is_plain(const struct coro_thread *t,
-                                                                  const conc_coro *target)
+static inline __attribute__((always_inline)) bool switch_is_plain(const conc_coro *target)
 {
-    /* t NULL (no state yet) fails the thread test: a coroutine always has
-     * one.  New or suspended (even states) means neither dead nor the
-     * caller, the thread's only running coroutine; detour 0 means a guarded
-     * stack of its own, so t->slow stays 0 after the switch.  (Not one
-     * 16-bit load for state and detour: the state byte was often stored a
-     * moment ago, and a wider load than that store waits for it to reach
-     * the cache, which doubled the hub's yield.) */
-    return likely(target != NULL && target->thread == t && !(state_of(target) & 1)
-                  && !target->detour && !t->slow);
+    /* One comparison for three conditions: the key is the target's thread
+     * state (not 1: a guarded stack of its own), and conc__coro_tls.fast is
+     * the caller's (0 before the thread has one, its low bit set while the
+     * thread's switches take the full path).  New or suspended (even
+     * states) means neither dead nor the caller, the thread's only running
+     * coroutine.  (Not one 16-bit load for the state and another byte: the
+     * state byte was often stored a moment ago, and a wider load than that
+     * store waits for it to reach the cache, which doubled the hub's
+     * yield.) */
+    return likely(target != NULL && target->key == conc__coro_tls.fast
+                  && !(state_of(target) & 1));
 }
 
 int conc_coro_switch(conc_coro *target, void *value, void **out)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
-    struct coro_thread *t = conc__coro_tls.thread;
-    if (switch_is_plain(t, target)) {
-        conc_coro *self = t->current;
-        switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
+    if (switch_is_plain(target)) {
+        conc_coro *self = conc__coro_tls.current;
+        switch_marks(NULL, self, target, CORO_SUSPENDED);   /* fast stays */
         return conc__ctx_switch_to(&target->ctx, value, out, &self->ctx);
     }
     return coro_switch_slow(target, value, out);
@@ -740,10 +750,9 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
 int conc__coro_switch_same_site(conc_coro *target)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
-    struct coro_thread *t = conc__coro_tls.thread;
-    if (switch_is_plain(t, target)) {
-        conc_coro *self = t->current;
-        switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
+    if (switch_is_plain(target)) {
+        conc_coro *self = conc__coro_tls.current;
+        switch_marks(NULL, self, target, CORO_SUSPENDED);   /* fast stays */
         return conc__ctx_switch_same_site(&self->ctx, &target->ctx, NULL, NULL);
     }
     return coro_switch_same_site_slow(target);
@@ -828,7 +837,7 @@ coro_init(struct coro_thread *t, conc_coro *c, const conc__stack *s, char *top, 
     c->stack = *s;
     c->state = CORO_NEW;
     c->unguarded = !s->guarded;
-    c->detour = c->unguarded;
+    c->key = c->unguarded ? 1 : (uintptr_t)t;
     c->refs = 1;
     c->fn = fn;
     c->arg = arg;
@@ -885,7 +894,7 @@ int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_o
         free(c);
         return rc;
     }
-    coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, t->current,
+    coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, conc__coro_tls.current,
               o.name);
     *out = c;
     return 0;
@@ -927,7 +936,7 @@ int conc__coro_new_embedded(conc_coro **out, conc_coro_fn fn, size_t stack_size,
     c->tsan_fiber = NULL;
 #endif
     coro_init(t, c, &s, top, (size_t)(top - conc__stack_base(&s)), fn, top + head,
-              parent ? parent : t->current, name);
+              parent ? parent : conc__coro_tls.current, name);
     *extra_out = top + head;
     *out = c;
     return 0;
@@ -981,8 +990,8 @@ int conc__coro_new_copied(conc_coro **out, conc_coro_fn fn, struct conc__shstack
     __atomic_add_fetch(&ss->refs, 1, __ATOMIC_RELAXED);
     char *top = ss->s.hi;
     coro_init(t, c, &ss->s, top, (size_t)(top - conc__stack_base(&ss->s)), fn, (char *)c + head,
-              parent ? parent : t->current, name);
-    c->detour = 1;              /* its switches may copy frames */
+              parent ? parent : conc__coro_tls.current, name);
+    c->key = 1;                 /* its switches may copy frames */
     *extra_out = (char *)c + head;
     *out = c;
     return 0;
@@ -1024,7 +1033,7 @@ int conc_coro_free(conc_coro *c)
 conc_coro *conc_coro_current(void)
 {
     struct coro_thread *t = thread_get();
-    return t ? t->current : NULL;
+    return t ? conc__coro_tls.current : NULL;
 }
 
 conc_coro *conc_coro_main(void)

@@ -49,6 +49,13 @@ struct conc__coro_tls {
     uint64_t owner;             /* conc__owner_id() */
     struct coro_thread *thread; /* src/coro.c's state, NULL before the
                                    first coroutine call */
+    struct conc_coro *current;  /* the running coroutine (with thread) */
+    uintptr_t fast;             /* thread, with bit 0 set (or more often
+                                   than needed) while a dead coroutine's
+                                   stack waits to be given back or the
+                                   current coroutine's stack is unguarded:
+                                   then its switches take the full path
+                                   (src/coro.c) */
 };
 extern __thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec")));
 static inline uint64_t conc__owner_id(void)
