@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "conc/coro.h"
+#include "arch/coro_abi.h"
 #include "arch/ctx.h"
 #include "coro_stack.h"
 #include "sys/san.h"
@@ -698,13 +699,39 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
 #endif
 }
 
-#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+#if CONC_CORO_SWITCH_ASM
+/* conc_coro_switch's full path; its common case is assembly
+ * (switch_x86_64.S), which knows these offsets and values. */
+_Static_assert(offsetof(conc_coro, ctx) == CONC__CORO_CTX, "coro_abi.h: ctx");
+_Static_assert(offsetof(conc_coro, key) == CONC__CORO_KEY, "coro_abi.h: key");
+_Static_assert(offsetof(conc_coro, state) == CONC__CORO_STATE, "coro_abi.h: state");
+_Static_assert(offsetof(conc_coro, owner) == CONC__CORO_OWNER, "coro_abi.h: owner");
+_Static_assert(CORO_RUNNING == CONC__CORO_RUNNING && CORO_SUSPENDED == CONC__CORO_SUSPENDED,
+               "coro_abi.h: states");
+_Static_assert(offsetof(struct conc__coro_tls, owner) == CONC__TLS_OWNER
+                   && offsetof(struct conc__coro_tls, current) == CONC__TLS_CURRENT
+                   && offsetof(struct conc__coro_tls, fast) == CONC__TLS_FAST,
+               "coro_abi.h: thread-local block");
+_Static_assert(sizeof(((conc_coro *)0)->key) == 8 && sizeof(((conc_coro *)0)->state) == 1
+                   && sizeof(((conc_coro *)0)->owner) == 8,
+               "coro_abi.h: sizes");
+CONC_HIDDEN __attribute__((noinline)) int conc__coro_switch_slow(conc_coro *target, void *value,
+                                                                 void **out);
+int conc__coro_switch_slow(conc_coro *target, void *value, void **out)
+{
+    return coro_switch_full(target, value, out, false);
+}
+#endif
+
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD && !CONC_CORO_SWITCH_ASM
 static __attribute__((noinline)) int coro_switch_slow(conc_coro *target, void *value,
                                                       void **out)
 {
     return coro_switch_full(target, value, out, false);
 }
+#endif
 
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
 static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *target)
 {
     return coro_switch_full(target, NULL, NULL, true);
@@ -733,6 +760,7 @@ static inline __attribute__((always_inline)) bool switch_is_plain(const conc_cor
                   && !(state_of(target) & 1));
 }
 
+#if !CONC_CORO_SWITCH_ASM
 int conc_coro_switch(conc_coro *target, void *value, void **out)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
@@ -746,6 +774,7 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
     return coro_switch_full(target, value, out, false);
 #endif
 }
+#endif
 
 int conc__coro_switch_same_site(conc_coro *target)
 {

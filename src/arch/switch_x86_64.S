@@ -57,6 +57,8 @@
  * (the CFA is rsp + 0 after the frame's pops), which the CFI says for the
  * push's one-instruction window, so that an unwinder that stops there
  * (perf, a profiler's signal) still finds the return address. */
+#include "coro_abi.h"
+
 #define RET_TO_R11 .cfi_remember_state; pushq %r11; .cfi_adjust_cfa_offset 8; \
 	.cfi_offset %rip, -8; ret; .cfi_restore_state
 
@@ -75,18 +77,11 @@
 
 	.text
 
-/* The switch; same_site 1 makes the variant for switches between
- * coroutines that usually continue where the caller would return.  from,
- * to, value and out name the registers of the arguments (conc__ctx_switch_to
- * takes them in another order); value reaches the target in rdx. */
-.macro	CTX_SWITCH name, same_site, from=%rdi, to=%rsi, value=%rdx, out=%rcx
-	.p2align 4
-	.globl	\name
-	.hidden	\name
-	.type	\name, @function
-\name:
-	.cfi_startproc
-	ENDBR
+/* The machine switch, from the first push to the jump; same_site 1 makes
+ * the variant for switches between coroutines that usually continue where
+ * the caller would return.  from, to, value and out name the registers of
+ * the arguments; value reaches the target in rdx. */
+.macro	SWITCH_BODY same_site, from, to, value, out
 	.if \same_site
 	movq	(%rsp), %r10		/* our return address */
 	.endif
@@ -155,9 +150,21 @@
 	SAME_SITE_CONTINUE
 	.endif
 	CONTINUE_AT_R11
+.endm
+
+/* A switch function: from, to, value and out name the registers of its
+ * arguments (conc__ctx_switch_to takes them in another order). */
+.macro	CTX_SWITCH name, same_site, from=%rdi, to=%rsi, value=%rdx, out=%rcx
+	.p2align 4
+	.globl	\name
+	.hidden	\name
+	.type	\name, @function
+\name:
+	.cfi_startproc
+	ENDBR
+	SWITCH_BODY \same_site, \from, \to, \value, \out
 	.cfi_endproc
 	.size	\name, .-\name
-
 .endm
 
 	CTX_SWITCH conc__ctx_switch, 0
@@ -165,6 +172,53 @@
 /* conc__ctx_switch_to(to, value, out, from): conc_coro_switch's own
  * arguments (target, value, out) stay where they came, only from is added. */
 	CTX_SWITCH conc__ctx_switch_to, 0, %rcx, %rdi, %rsi, %rdx
+
+#if CONC_CORO_SWITCH_ASM
+/*
+ * int conc_coro_switch(conc_coro *target, void *value, void **out)
+ *   rdi = target, rsi = value, rdx = out.  The common case of coro.c's
+ *   switch in assembly, straight into the machine switch: every operation
+ *   here costs about as much as one of the switch's own (ldmxcsr and fldcw
+ *   keep the processor from overlapping two switches), and C spent seven
+ *   more (the jump between the two functions, register moves, a split
+ *   test).  The common case: the thread's state made, a target of this
+ *   thread with a guarded stack of its own while no chore is pending (its
+ *   key equals conc__coro_tls.fast: see coro.c), new or suspended (an even
+ *   state: neither dead nor the caller).  Then: the caller becomes
+ *   suspended, the target running and current, the owner identity the
+ *   target's, and the machine switch continues it.  Anything else (NULL
+ *   included) goes to conc__coro_switch_slow with the arguments untouched.
+ *   The thread-local block is reached through the initial-exec offset,
+ *   as C reaches it.
+ */
+	.p2align 4
+	.globl	conc_coro_switch
+	.type	conc_coro_switch, @function
+conc_coro_switch:
+	.cfi_startproc
+	ENDBR
+	testq	%rdi, %rdi
+	jz	.Lswitch_slow
+	movq	conc__coro_tls@gottpoff(%rip), %rax
+	movq	%fs:CONC__TLS_FAST(%rax), %r8
+	cmpq	%r8, CONC__CORO_KEY(%rdi)
+	jne	.Lswitch_slow
+	testb	$1, CONC__CORO_STATE(%rdi)
+	jnz	.Lswitch_slow
+	movq	%fs:CONC__TLS_CURRENT(%rax), %rcx	/* self */
+	movb	$CONC__CORO_SUSPENDED, CONC__CORO_STATE(%rcx)
+	movb	$CONC__CORO_RUNNING, CONC__CORO_STATE(%rdi)
+	movq	%rdi, %fs:CONC__TLS_CURRENT(%rax)
+	movq	CONC__CORO_OWNER(%rdi), %r8
+	movq	%r8, %fs:CONC__TLS_OWNER(%rax)
+	.cfi_remember_state
+	SWITCH_BODY 0, %rcx, %rdi, %rsi, %rdx	/* ctx is the first member */
+	.cfi_restore_state
+.Lswitch_slow:
+	jmp	conc__coro_switch_slow
+	.cfi_endproc
+	.size	conc_coro_switch, .-conc_coro_switch
+#endif
 
 /* conc__ctx_make(conc__ctx *c, void *lo, void *hi): rdi = c, rdx = hi. */
 	.p2align 4
