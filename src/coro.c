@@ -51,6 +51,9 @@ _Static_assert(!(CORO_NEW & 1) && !(CORO_SUSPENDED & 1) && (CORO_RUNNING & 1) &&
 struct coro_thread;
 
 struct conc_coro {
+    uint64_t owner;             /* lock-owner identity; 0 for main.  First:
+                                   conc__owner_id() reads it through
+                                   conc__coro_tls.current */
     conc__ctx ctx;              /* saved context while not running */
     struct coro_thread *thread; /* owner */
     uintptr_t key;              /* what conc__coro_tls.fast equals when a
@@ -72,7 +75,6 @@ struct conc_coro {
     char *saved;                /* copied: its frames while another owns the
                                    shared stack */
     uint32_t saved_len, saved_cap;
-    uint64_t owner;             /* lock-owner identity; 0 for main */
     conc_coro *parent;          /* holds a reference (unless weak_parent);
                                    NULL for main */
     conc_coro_fn fn;
@@ -123,7 +125,16 @@ static int report_state;
 static unsigned long coro_seq;
 static uint64_t coro_owner_seq;
 
-__thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec")));
+/* What conc__coro_tls.current points at while the thread has no coroutine
+ * state: an owner identity of 0 (a thread's own stack), all that
+ * conc__owner_id() reads there. */
+static const uint64_t no_coro_owner = 0;
+_Static_assert(offsetof(conc_coro, owner) == 0, "conc__owner_id() reads the first member");
+#define NO_CORO ((conc_coro *)(uintptr_t)&no_coro_owner)
+
+__thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec"))) = {
+    .current = NO_CORO,
+};
 
 static inline uint8_t state_of(const conc_coro *c)
 {
@@ -500,7 +511,7 @@ static void thread_end(void *p)
     reap(t);
     conc__stack_cache_drain(&t->cache);
     conc__coro_tls.thread = NULL;
-    conc__coro_tls.current = NULL;
+    conc__coro_tls.current = NO_CORO;
     conc__coro_tls.fast = 0;
     if (t->altstack) {
         stack_t cur;
@@ -570,8 +581,7 @@ static inline __attribute__((always_inline)) void switch_marks(struct coro_threa
     (void)t;
     set_state(self, self_state);
     set_state(to, CORO_RUNNING);
-    conc__coro_tls.current = to;
-    conc__coro_tls.owner = to->owner;
+    conc__coro_tls.current = to;        /* and so conc__owner_id() */
 #if CONC_SAN_ADDRESS
     t->prev = self;
     __sanitizer_start_switch_fiber(self_state == CORO_DEAD ? NULL : &self->asan_fake,
@@ -705,15 +715,12 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
 _Static_assert(offsetof(conc_coro, ctx) == CONC__CORO_CTX, "coro_abi.h: ctx");
 _Static_assert(offsetof(conc_coro, key) == CONC__CORO_KEY, "coro_abi.h: key");
 _Static_assert(offsetof(conc_coro, state) == CONC__CORO_STATE, "coro_abi.h: state");
-_Static_assert(offsetof(conc_coro, owner) == CONC__CORO_OWNER, "coro_abi.h: owner");
 _Static_assert(CORO_RUNNING == CONC__CORO_RUNNING && CORO_SUSPENDED == CONC__CORO_SUSPENDED,
                "coro_abi.h: states");
-_Static_assert(offsetof(struct conc__coro_tls, owner) == CONC__TLS_OWNER
-                   && offsetof(struct conc__coro_tls, current) == CONC__TLS_CURRENT
+_Static_assert(offsetof(struct conc__coro_tls, current) == CONC__TLS_CURRENT
                    && offsetof(struct conc__coro_tls, fast) == CONC__TLS_FAST,
                "coro_abi.h: thread-local block");
-_Static_assert(sizeof(((conc_coro *)0)->key) == 8 && sizeof(((conc_coro *)0)->state) == 1
-                   && sizeof(((conc_coro *)0)->owner) == 8,
+_Static_assert(sizeof(((conc_coro *)0)->key) == 8 && sizeof(((conc_coro *)0)->state) == 1,
                "coro_abi.h: sizes");
 CONC_HIDDEN __attribute__((noinline)) int conc__coro_switch_slow(conc_coro *target, void *value,
                                                                  void **out);

@@ -26,19 +26,17 @@
 #define CONC_CORO_SWITCH_ASM 0
 #endif
 
-/* struct conc_coro (coro.c): the saved context (its stack pointer) first */
-#define CONC__CORO_CTX 0
-#define CONC__CORO_KEY 16       /* uintptr_t key */
-#define CONC__CORO_STATE 56     /* uint8_t state */
-#define CONC__CORO_OWNER 96     /* uint64_t owner */
+/* struct conc_coro (coro.c) */
+#define CONC__CORO_CTX 8        /* conc__ctx ctx: the saved stack pointer */
+#define CONC__CORO_KEY 24       /* uintptr_t key */
+#define CONC__CORO_STATE 64     /* uint8_t state */
 
 /* its states */
 #define CONC__CORO_RUNNING 1
 #define CONC__CORO_SUSPENDED 2
 
 /* struct conc__coro_tls (internal.h) */
-#define CONC__TLS_OWNER 0
-#define CONC__TLS_CURRENT 16
-#define CONC__TLS_FAST 24
+#define CONC__TLS_CURRENT 8
+#define CONC__TLS_FAST 16
 
 #endif

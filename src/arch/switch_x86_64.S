@@ -81,7 +81,7 @@
  * the variant for switches between coroutines that usually continue where
  * the caller would return.  from, to, value and out name the registers of
  * the arguments; value reaches the target in rdx. */
-.macro	SWITCH_BODY same_site, from, to, value, out
+.macro	SWITCH_BODY same_site, from, to, value, out, ctx=0
 	.if \same_site
 	movq	(%rsp), %r10		/* our return address */
 	.endif
@@ -112,8 +112,8 @@
 	.ifnc \value, %rdx
 	movq	\value, %rdx
 	.endif
-	movq	%rsp, (\from)		/* from->sp */
-	movq	(\to), %rsp		/* continue on the target's stack; its
+	movq	%rsp, \ctx(\from)	/* from->sp */
+	movq	\ctx(\to), %rsp		/* continue on the target's stack; its
 					   frame has the layout described above,
 					   so the CFI stays valid */
 	ldmxcsr	(%rsp)
@@ -185,13 +185,13 @@
  *   thread with a guarded stack of its own while no chore is pending (its
  *   key equals conc__coro_tls.fast: see coro.c), new or suspended (an even
  *   state: neither dead nor the caller).  Then: the caller becomes
- *   suspended, the target running and current, the owner identity the
- *   target's, and the machine switch continues it.  Anything else (NULL
+ *   suspended, the target running and current (which makes its owner
+ *   identity conc__owner_id()'s), and the machine switch continues it.  Anything else (NULL
  *   included) goes to conc__coro_switch_slow with the arguments untouched.
  *   The thread-local block is reached through the initial-exec offset,
  *   as C reaches it.
  */
-	.p2align 4
+	.p2align 6
 	.globl	conc_coro_switch
 	.type	conc_coro_switch, @function
 conc_coro_switch:
@@ -209,10 +209,8 @@ conc_coro_switch:
 	movb	$CONC__CORO_SUSPENDED, CONC__CORO_STATE(%rcx)
 	movb	$CONC__CORO_RUNNING, CONC__CORO_STATE(%rdi)
 	movq	%rdi, %fs:CONC__TLS_CURRENT(%rax)
-	movq	CONC__CORO_OWNER(%rdi), %r8
-	movq	%r8, %fs:CONC__TLS_OWNER(%rax)
 	.cfi_remember_state
-	SWITCH_BODY 0, %rcx, %rdi, %rsi, %rdx	/* ctx is the first member */
+	SWITCH_BODY 0, %rcx, %rdi, %rsi, %rdx, CONC__CORO_CTX
 	.cfi_restore_state
 .Lswitch_slow:
 	jmp	conc__coro_switch_slow
