@@ -28,8 +28,8 @@
 
 /* struct conc_coro (coro.c) */
 #define CONC__CORO_CTX 8        /* conc__ctx ctx: the saved stack pointer */
-#define CONC__CORO_KEY 24       /* uintptr_t key */
-#define CONC__CORO_STATE 64     /* uint8_t state */
+#define CONC__CORO_KEY 32       /* uintptr_t key */
+#define CONC__CORO_STATE 72     /* uint8_t state */
 
 /* its states */
 #define CONC__CORO_RUNNING 1
