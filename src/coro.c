@@ -427,6 +427,44 @@ size_t conc__coro_saved_bytes(const conc_coro *c)
     return c && c->shared ? c->saved_len : 0;
 }
 
+#if CONC_SAN_ADDRESS
+/* A copied coroutine's frames take their poisoning along (the redzones
+ * between its locals): after the frames, in the same buffer, one byte per
+ * 8-byte granule says how many of its first bytes are addressable. */
+#define SHADOW_EXTRA(cap) ((cap) / 8)
+
+static void shadow_save(conc_coro *o, char *sp, size_t len)
+{
+    uint8_t *sh = (uint8_t *)o->saved + o->saved_cap;
+    for (size_t i = 0; i < len / 8; i++) {
+        char *g = sp + 8 * i;
+        char *p = __asan_region_is_poisoned(g, 8);
+        sh[i] = p ? (uint8_t)(p - g) : 8;
+    }
+}
+
+/* Poisons again what was poisoned when the frames were copied out (runs of
+ * wholly poisoned granules in one call). */
+static void shadow_restore(const conc_coro *to, char *sp, size_t len)
+{
+    const uint8_t *sh = (const uint8_t *)to->saved + to->saved_cap;
+    size_t n = len / 8;
+    for (size_t i = 0; i < n;) {
+        if (sh[i] == 8) {
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < n && sh[j] == 0)
+            j++;
+        __asan_poison_memory_region(sp + 8 * i + sh[i], 8 * (j - i) - sh[i]);
+        i = j;
+    }
+}
+#else
+#define SHADOW_EXTRA(cap) 0
+#endif
+
 /* Makes the shared stack hold `to`'s frames (called on another stack). */
 static __attribute__((noinline)) int shared_take(conc_coro *to)
 {
@@ -440,13 +478,14 @@ static __attribute__((noinline)) int shared_take(conc_coro *to)
         size_t len = (size_t)(hi - sp);     /* a multiple of 8: sp is aligned */
         if (len > o->saved_cap) {
             size_t cap = (len + 15) & ~(size_t)15;
-            char *b = realloc(o->saved, cap);
+            char *b = realloc(o->saved, cap + SHADOW_EXTRA(cap));
             if (!b)
                 return -ENOMEM;
             o->saved = b;
             o->saved_cap = (uint32_t)cap;
         }
 #if CONC_SAN_ADDRESS
+        shadow_save(o, sp, len);
         /* the redzones of frames that are not running: not an access */
         __asan_unpoison_memory_region(sp, len);
 #endif
@@ -463,6 +502,9 @@ static __attribute__((noinline)) int shared_take(conc_coro *to)
         __asan_unpoison_memory_region(sp, to->saved_len);
 #endif
         memcpy(sp, to->saved, to->saved_len);
+#if CONC_SAN_ADDRESS
+        shadow_restore(to, sp, to->saved_len);
+#endif
         /* A parked coroutine keeps only what it used: a big buffer left by
          * a deep moment goes back (the next park allocates what it needs). */
         if (to->saved_cap > 4096) {
