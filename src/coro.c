@@ -794,6 +794,7 @@ static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *targe
  * callee-saved register to keep, so no frame at all.  Anything else takes
  * the full path, out of line.
  */
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
 static inline __attribute__((always_inline)) bool switch_is_plain(const conc_coro *target)
 {
     /* One comparison for three conditions: the key is the target's thread
@@ -808,6 +809,7 @@ static inline __attribute__((always_inline)) bool switch_is_plain(const conc_cor
     return likely(target != NULL && target->key == conc__coro_tls.fast
                   && !(state_of(target) & 1));
 }
+#endif
 
 #if !CONC_CORO_SWITCH_ASM
 int conc_coro_switch(conc_coro *target, void *value, void **out)
