@@ -8,12 +8,31 @@
  *                                    connections
  *   echo_p50_c1000, echo_p99_c1000   the median and 99th percentile of the
  *                                    latency at 1000 connections, in us
- *   echo_cpu_c100, echo_cpu_c1000    the server's CPU time per request (all
- *                                    its threads, /proc/PID/task/ * /schedstat),
- *                                    in ns: what the server itself costs,
- *                                    which the request rate shows only when
- *                                    the server, not the load generator, is
- *                                    the bottleneck
+ *   echo_cpu_c100, echo_cpu_c1000    the server's CPU time per request, in
+ *                                    ns, its child processes included: what
+ *                                    the server itself costs, which the
+ *                                    request rate shows only when the
+ *                                    server, not the load generator, is the
+ *                                    bottleneck.  Read at the start and the
+ *                                    end of the window as the sum of: the
+ *                                    server's threads (/proc/PID/task/ *
+ *                                    /schedstat, in ns); the children it has
+ *                                    reaped (cutime + cstime of
+ *                                    /proc/PID/stat); and every process
+ *                                    below it still there (found by the
+ *                                    parent field of /proc/ * /stat, a
+ *                                    zombie too): its threads' schedstat
+ *                                    and its own cutime + cstime.  A child
+ *                                    that ends in the window moves from the
+ *                                    last term to its parent's cutime with
+ *                                    the same total (the kernel adds the
+ *                                    child's runtime in ns), so the forking
+ *                                    servers' children (conc-forking,
+ *                                    python-forking) and the prefork
+ *                                    workers count in full.  cutime is in
+ *                                    clock ticks (10 ms at USER_HZ 100),
+ *                                    read twice per window: fine over
+ *                                    thousands of requests
  *   idle_conn_rss                    the server's resident memory per idle
  *                                    connection, in bytes: VmRSS of
  *                                    /proc/PID/status before connecting N
@@ -22,11 +41,12 @@
  *                                    and parked in its next recv), divided
  *                                    by N; N = 100000 (--quick: 1000), fewer
  *                                    when RLIMIT_NOFILE's hard limit is lower
- *                                    (said on stderr); run first, before the
- *                                    load, for the servers that keep no
- *                                    thread or process per connection
- *                                    (conc-coroutine, the one conc is judged
- *                                    by here, conc-epoll, conc-reactor,
+ *                                    and cannot be raised (said on stderr);
+ *                                    run first, before the load, for the
+ *                                    servers that keep no thread or process
+ *                                    per connection (conc-coroutine, the one
+ *                                    conc is judged by here, in both stack
+ *                                    modes, conc-epoll, conc-reactor,
  *                                    epoll-c, libuv, go, gevent)
  *
  * The load generator is this program: one thread, one epoll set, a closed
@@ -48,7 +68,8 @@
  * ("listening on 127.0.0.1:PORT").  Each round runs every server once, a
  * different one first each round; a figure is the median of the rounds
  * (--reps).  RLIMIT_NOFILE is raised to its hard limit for 1000 connections
- * (the servers inherit it).
+ * (the servers inherit it), and the hard limit itself first, for
+ * idle_conn_rss's N, up to fs.nr_open (with CAP_SYS_RESOURCE, as root).
  *
  * Systems:
  *   conc-epoll, conc-select, conc-poll   echo-upper-server --model M: one
@@ -61,6 +82,10 @@
  *   conc-prefork, conc-coroutine,        one worker process with a greenlet
  *   conc-reactor                         per connection, one hub, one
  *                                        callback loop (--workers 1)
+ *   conc-coroutine-own,                  conc-coroutine with --stack own,
+ *   conc-coroutine-copied                --stack copied: each greenlet on a
+ *                                        stack of its own, or on the hub's
+ *                                        shared stack, copied while parked
  *   conc-prefork-w2, conc-coroutine-w2,  the same with --workers 2: pinned,
  *   conc-reactor-w2                      the two share the server's CPU;
  *                                        with --no-pin they spread over the
@@ -137,7 +162,7 @@ struct server {
     const char *system;
     bool is_conc;
     int max_conns;              /* the most connections it serves at once */
-    char *argv[8];
+    char *argv[10];
     const char *skip;           /* why it cannot run, or NULL */
     char skip_buf[160];
     pid_t pid;                  /* > 0 while it runs */
@@ -148,6 +173,8 @@ struct server {
 };
 
 static char tmp_dir[64];        /* the Go peer's build directory, or "" */
+static long nofile_hard;        /* RLIMIT_NOFILE's hard limit, as raised */
+static char nofile_why[128] = "the kernel's fs.nr_open is lower";
 
 static void set_skip(struct server *s, const char *fmt, const char *arg)
 {
@@ -437,6 +464,10 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
             return -1;
         }
         if (n > PER_SOURCE) {
+            /* the port is chosen at connect (the 4-tuple is then unique),
+             * not at bind, where it would be unique per source address */
+            int one = 1;
+            setsockopt(cl[i].fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
             struct sockaddr_in src = { .sin_family = AF_INET };
             src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + (uint32_t)(i / PER_SOURCE));
             if (bind(cl[i].fd, (struct sockaddr *)&src, sizeof src) < 0) {
@@ -454,14 +485,18 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
             return -1;
         }
     }
-    /* Wait until each is connected (or refused). */
+    /* Wait until each is connected (or refused).  The guard is on progress,
+     * not on the whole: with 100000 connections the listen backlog
+     * overflows and the kernel's SYN retries (1 s, 3 s, ...) bring the
+     * rest in over longer than one STALL_NS. */
     int left = n;
     int64_t deadline = bench_now() + STALL_NS;
     struct epoll_event evs[1024];
     while (left > 0) {
         int64_t ms = (deadline - bench_now()) / 1000000;
         if (ms <= 0) {
-            snprintf(why, whylen, "%d of %d connections not established after 10 s", left, n);
+            snprintf(why, whylen, "%d of %d connections not established, none for 10 s", left,
+                     n);
             return -1;
         }
         int k = epoll_wait(ep, evs, 1024, (int)ms);
@@ -477,13 +512,131 @@ static int connect_all(struct client *cl, int n, int port, int ep, char *why, si
             struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
             epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
             left--;
+            deadline = bench_now() + STALL_NS;
         }
     }
     return 0;
 }
 
-/* The CPU time all threads of process pid have used, in ns, or -1. */
+static int64_t server_threads_ns(pid_t pid);
+
+/* Clock ticks (USER_HZ) in ns. */
+static int64_t ticks_ns(unsigned long long t)
+{
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0)
+        hz = 100;
+    return (int64_t)(t * (1000000000ULL / (unsigned long long)hz));
+}
+
+/* From /proc/PID/stat: the parent, the process's own CPU time (utime +
+ * stime) and that of the children it reaped (cutime + cstime), in ticks.
+ * Returns 0, or -1 when it is gone. */
+static int proc_stat(pid_t pid, pid_t *ppid, unsigned long long *own,
+                     unsigned long long *reaped)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');    /* the name may hold anything */
+    if (!p)
+        return -1;
+    char state;
+    int pp;
+    unsigned long long ut, st;
+    long long cut, cst;
+    /* state ppid pgrp session tty tpgid flags minflt cminflt majflt
+     * cmajflt utime stime cutime cstime */
+    if (sscanf(p + 1, " %c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %lld %lld", &state,
+               &pp, &ut, &st, &cut, &cst) != 6)
+        return -1;
+    *ppid = pp;
+    *own = ut + st;
+    *reaped = (unsigned long long)(cut > 0 ? cut : 0) + (unsigned long long)(cst > 0 ? cst : 0);
+    return 0;
+}
+
+/* The CPU time, in ns, of every process below pid that is still there
+ * (zombies too): its threads (schedstat, in ns: a child's utime + stime
+ * in ticks would lose up to a tick each, which a hundred short-lived
+ * children turn into nothing) and the children it reaped (in ticks). */
+static int64_t descendants_ns(pid_t pid)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    size_t n = 0, cap = 0;
+    struct pinfo {
+        pid_t pid, ppid;
+        unsigned long long own, reaped;
+        bool below;
+    } *ps = NULL;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        pid_t q = (pid_t)atoi(e->d_name);
+        pid_t pp;
+        unsigned long long own, reaped;
+        if (q == pid || proc_stat(q, &pp, &own, &reaped) < 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 256;
+            struct pinfo *np = realloc(ps, cap * sizeof *np);
+            if (!np)
+                break;
+            ps = np;
+        }
+        ps[n++] = (struct pinfo){ q, pp, own, reaped, pp == pid };
+    }
+    closedir(d);
+    /* grandchildren and below: until nothing more is found */
+    for (bool grew = true; grew;) {
+        grew = false;
+        for (size_t i = 0; i < n; i++) {
+            if (ps[i].below)
+                continue;
+            for (size_t j = 0; j < n; j++)
+                if (ps[j].below && ps[j].pid == ps[i].ppid) {
+                    ps[i].below = grew = true;
+                    break;
+                }
+        }
+    }
+    int64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!ps[i].below)
+            continue;
+        int64_t threads = server_threads_ns(ps[i].pid);
+        sum += (threads > 0 ? threads : ticks_ns(ps[i].own)) + ticks_ns(ps[i].reaped);
+    }
+    free(ps);
+    return sum;
+}
+
+/* The CPU time of the server, in ns, or -1: its threads (schedstat, in
+ * ns), the children it reaped (in ticks) and the processes below it still
+ * there; see echo_cpu at the top. */
 static int64_t server_cpu_ns(pid_t pid)
+{
+    pid_t pp;
+    unsigned long long own, reaped;
+    if (proc_stat(pid, &pp, &own, &reaped) < 0)
+        return -1;
+    int64_t threads = server_threads_ns(pid);
+    if (threads < 0)
+        return -1;
+    return threads + ticks_ns(reaped) + descendants_ns(pid);
+}
+
+/* The CPU time all threads of process pid have used, in ns, or -1. */
+static int64_t server_threads_ns(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
@@ -765,12 +918,14 @@ static int idle_run(const struct server *s, int n, double *bytes, char *why, siz
  * connection; conc-coroutine first (the others are compared against it). */
 static void run_idle(struct server *sv, int nsv, int fd_room)
 {
-    static const char *const systems[] = { "conc-coroutine", "conc-epoll", "conc-reactor",
-                                           "epoll-c", "libuv", "go", "gevent" };
+    static const char *const systems[] = { "conc-coroutine", "conc-coroutine-own",
+                                           "conc-coroutine-copied", "conc-epoll",
+                                           "conc-reactor", "epoll-c", "libuv", "go", "gevent" };
     int n = bench_quick() ? 1000 : 100000;
     if (n > fd_room) {
         fprintf(stderr, "bench_echo: idle_conn_rss with %d connections, not %d: "
-                "RLIMIT_NOFILE's hard limit leaves room for no more\n", fd_room, n);
+                "RLIMIT_NOFILE's hard limit is %ld and could not be raised (%s)\n", fd_room, n,
+                nofile_hard, nofile_why);
         n = fd_room;
     }
     for (size_t j = 0; j < BENCH_ARRAY_LEN(systems); j++)
@@ -931,14 +1086,33 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
     free(failed);
 }
 
-/* Raises RLIMIT_NOFILE's soft limit to the hard one; returns how many
+/* Raises RLIMIT_NOFILE's hard limit to what idle_conn_rss needs (with
+ * CAP_SYS_RESOURCE, as root normally has; at most fs.nr_open, the kernel's
+ * bound), then the soft limit to the hard one; returns how many
  * connections fit (the load generator and each server need one descriptor
- * per connection and a few more). */
+ * per connection and a few more; the servers inherit the limit). */
 static int raise_nofile(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0;
+    rlim_t need = (bench_quick() ? 1000 : 100000) + 1024;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+        long long nr_open = 0;
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        if (f) {
+            if (fscanf(f, "%lld", &nr_open) != 1)
+                nr_open = 0;
+            fclose(f);
+        }
+        rlim_t want = nr_open > 0 && (rlim_t)nr_open < need ? (rlim_t)nr_open : need;
+        struct rlimit up = { want, want };
+        if (want > rl.rlim_max && setrlimit(RLIMIT_NOFILE, &up) < 0)
+            snprintf(nofile_why, sizeof nofile_why, "setrlimit: %s%s", strerror(errno),
+                     errno == EPERM ? ", the process lacks CAP_SYS_RESOURCE" : "");
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    nofile_hard = rl.rlim_max == RLIM_INFINITY ? -1 : (long)rl.rlim_max;
     if (rl.rlim_cur < rl.rlim_max) {
         rlim_t want = rl.rlim_max;
         if (want == RLIM_INFINITY || want > 1u << 20)
@@ -960,15 +1134,17 @@ int main(int argc, char **argv)
                metrics, BENCH_ARRAY_LEN(metrics));
     int fd_room = raise_nofile();
 
-    /* The models and their --workers (prefork, coroutine, reactor). */
+    /* The models and their --workers (prefork, coroutine, reactor) and
+     * --stack (coroutine: both stack modes, by name). */
     static const struct {
-        const char *model, *workers;
+        const char *model, *workers, *stack;
     } models[] = {
-        { "epoll", NULL },     { "select", NULL },    { "poll", NULL },
-        { "nonblocking", NULL }, { "sync", NULL },    { "threading", NULL },
-        { "forking", NULL },   { "prefork", "1" },    { "coroutine", "1" },
-        { "reactor", "1" },    { "prefork", "2" },    { "coroutine", "2" },
-        { "reactor", "2" },
+        { "epoll", NULL, NULL },     { "select", NULL, NULL },    { "poll", NULL, NULL },
+        { "nonblocking", NULL, NULL }, { "sync", NULL, NULL },    { "threading", NULL, NULL },
+        { "forking", NULL, NULL },   { "prefork", "1", NULL },    { "coroutine", "1", NULL },
+        { "coroutine", "1", "own" }, { "coroutine", "1", "copied" },
+        { "reactor", "1", NULL },    { "prefork", "2", NULL },    { "coroutine", "2", NULL },
+        { "reactor", "2", NULL },
     };
     struct server sv[24];
     int nsv = 0;
@@ -976,20 +1152,28 @@ int main(int argc, char **argv)
     static char conc_systems[BENCH_ARRAY_LEN(models)][32];
     for (size_t i = 0; i < BENCH_ARRAY_LEN(models); i++) {
         struct server *s = &sv[nsv++];
-        const char *w = models[i].workers;
+        const char *w = models[i].workers, *st = models[i].stack;
         if (w && strcmp(w, "1") != 0)
             snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s-w%s", models[i].model, w);
+        else if (st)
+            snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s-%s", models[i].model, st);
         else
             snprintf(conc_systems[i], sizeof conc_systems[i], "conc-%s", models[i].model);
         s->system = conc_systems[i];
         s->is_conc = true;
         s->max_conns = strcmp(models[i].model, "sync") == 0 ? 1 : 1000000;
-        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i].model, "0", NULL, NULL, NULL };
+        char *a[] = { CONC_ECHO_SERVER, "--model", (char *)models[i].model, "0",
+                      NULL, NULL, NULL, NULL, NULL };
+        int na = 3;
         if (w) {
-            a[3] = "--workers";
-            a[4] = (char *)w;
-            a[5] = "0";
+            a[na++] = "--workers";
+            a[na++] = (char *)w;
         }
+        if (st) {
+            a[na++] = "--stack";
+            a[na++] = (char *)st;
+        }
+        a[na] = "0";
         memcpy(s->argv, a, sizeof a);
         if (!CONC_ECHO_SERVER[0])
             set_skip(s, "%s", "the example echo-upper-server was not built "

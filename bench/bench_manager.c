@@ -18,6 +18,12 @@
  *                         (one op, two round trips)
  *   manager_dict_set_c8   ops/s in total, 8 forked client processes setting
  *                         keys of one dict at once
+ *   manager_c8_server_cpus  CPUs: the server process's CPU time (user +
+ *                         system, /proc) per second of wall time while the
+ *                         clients of manager_dict_set_c8 run their loops
+ *                         (over all its runs)
+ *   manager_c8_client_cpus  CPUs: the 8 client processes' CPU time in their
+ *                         loops per second of wall time, the same way
  *
  * Systems: conc-unix and conc-tcp (the manager started as a child with an
  * authkey, conc_manager_start), python-unix and python-tcp
@@ -41,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -63,6 +70,8 @@ static const bench_metric metrics[] = {
     { "manager_lock", "ops/s", "acquire + release of a manager Lock, one client" },
     { "manager_queue_putget", "ops/s", "put + get on a manager Queue, one client" },
     { "manager_dict_set_c8", "ops/s", "d[key] = value, 8 client processes, in total" },
+    { "manager_c8_server_cpus", "CPUs", "the server's CPU use during manager_dict_set_c8" },
+    { "manager_c8_client_cpus", "CPUs", "the 8 clients' CPU use during manager_dict_set_c8" },
 };
 
 static char keys[NKEYS][16];
@@ -191,7 +200,7 @@ static int64_t rtt_raw(void *arg, long iters)
 
 static const char *const conc_metrics[] = {
     "manager_dict_set", "manager_dict_get", "manager_lock", "manager_queue_putget",
-    "manager_dict_set_c8", NULL,
+    "manager_dict_set_c8", "manager_c8_server_cpus", "manager_c8_client_cpus", NULL,
 };
 
 #ifdef CONC_BENCH_HAVE_MANAGER
@@ -318,10 +327,63 @@ static int64_t queue_conc(void *arg, long iters)
     return r ? r : ns;
 }
 
+/* CPU seconds a process has used (user + system), from /proc; -1 when it
+ * cannot be read. */
+static double proc_cpu(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long ut, st;
+    /* after the name: state is field 3, utime 14, stime 15 */
+    for (int field = 2; p && field < 14; field++)
+        p = strchr(p + 1, ' ');
+    if (!p || sscanf(p, " %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds the calling process has used. */
+static double self_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* CPU seconds of the server and of the clients while the clients ran their
+ * loops, and the wall seconds of those loops, summed over the runs of
+ * manager_dict_set_c8 (the long runs weigh the most; a short calibration
+ * run is below the clock tick of the kernel's CPU figures). */
+static double c8_cpu[2], c8_wall;
+
+/* Records the CPUs used over the runs since the last call. */
+static void record_c8_cpus(const char *system)
+{
+    static const char *const names[2] = { "manager_c8_server_cpus", "manager_c8_client_cpus" };
+    for (int k = 0; k < 2; k++) {
+        if (!bench_enabled(names[k], system))
+            continue;
+        if (c8_wall <= 0)
+            bench_skip(names[k], system, "CPUs", "manager_dict_set_c8 did not run");
+        else
+            bench_record(names[k], system, c8_cpu[k] / c8_wall, "CPUs");
+    }
+    c8_cpu[0] = c8_cpu[1] = c8_wall = 0;
+}
+
 /* What the 8 client processes share: a barrier and their start/end times. */
 struct c8_area {
-    pthread_barrier_t start;
+    pthread_barrier_t start;        /* the clients and the parent */
     int64_t times[2 * CLIENTS];
+    double cpu[CLIENTS];            /* each client's CPU seconds in its loop */
 };
 
 static int64_t dict_set_c8_conc(void *arg, long iters)
@@ -340,10 +402,12 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
     pthread_barrierattr_t ba;
     pthread_barrierattr_init(&ba);
     pthread_barrierattr_setpshared(&ba, PTHREAD_PROCESS_SHARED);
-    pthread_barrier_init(&a->start, &ba, CLIENTS);
+    pthread_barrier_init(&a->start, &ba, CLIENTS + 1);
     pthread_barrierattr_destroy(&ba);
     long per = iters / CLIENTS > 0 ? iters / CLIENTS : 1;
     pid_t self = getpid(), pids[CLIENTS];
+    pid_t server = conc_manager_pid(t->m);
+    double s0 = -1;
     int started = 0;
     for (; started < CLIENTS; started++) {
         pids[started] = fork();
@@ -360,6 +424,7 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
             if (conc_proxy_dict_len(d) < 0)
                 _exit(2);
             pthread_barrier_wait(&a->start);
+            double cpu0 = self_cpu();
             int64_t t0 = bench_now();
             for (long i = 0; i < per; i++) {
                 memcpy(key, keys[i & (NKEYS - 1)], 16);
@@ -369,10 +434,18 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
             }
             a->times[2 * slot] = t0;
             a->times[2 * slot + 1] = bench_now();
+            a->cpu[slot] = self_cpu() - cpu0;
             _exit(0);
         }
     }
     bool ok = started == CLIENTS;
+    if (ok) {
+        pthread_barrier_wait(&a->start);            /* the clients start their loops */
+        s0 = proc_cpu(server);
+    } else {
+        for (int i = 0; i < started; i++)           /* they would wait for the rest */
+            kill(pids[i], SIGKILL);
+    }
     for (int i = 0; i < started; i++) {
         int st;
         while (waitpid(pids[i], &st, 0) < 0 && errno == EINTR)
@@ -394,6 +467,13 @@ static int64_t dict_set_c8_conc(void *arg, long iters)
                 hi = a->times[2 * i + 1] > hi ? a->times[2 * i + 1] : hi;
             }
             ns = (int64_t)((double)(hi - lo) * (double)iters / (double)(CLIENTS * per));
+            double wall = (double)(hi - lo) / 1e9, s1 = proc_cpu(server);
+            if (s0 >= 0 && s1 >= 0 && wall > 0) {
+                c8_cpu[0] += s1 - s0;
+                for (int i = 0; i < CLIENTS; i++)
+                    c8_cpu[1] += a->cpu[i];
+                c8_wall += wall;
+            }
         }
     } else if (!r) {
         fprintf(stderr, "bench_manager: %s: a client process failed\n", t->system);
@@ -426,8 +506,10 @@ static void run_conc(void)
                   bench_iters(1000000, 10000), BENCH_MEDIAN);
         bench_run("manager_queue_putget", t->system, queue_conc, t,
                   bench_iters(1000000, 10000), BENCH_MEDIAN);
+        c8_cpu[0] = c8_cpu[1] = c8_wall = 0;
         bench_run("manager_dict_set_c8", t->system, dict_set_c8_conc, t,
                   bench_iters(4000000, 40000), BENCH_MEDIAN);
+        record_c8_cpus(t->system);
         conc_manager_free(t->m);
         t->m = NULL;
     }

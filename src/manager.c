@@ -62,6 +62,7 @@ struct conc_proxy {
     conc_manager *m;
     uint64_t id;
     conc_proxy_type type;
+    char tc;                        /* a Value's or Array's typecode, or 0 */
     conc_conn *c;
     int fd;                         /* c's descriptor, for the fork handler */
     unsigned gen;                   /* fork_gen when c was opened */
@@ -92,9 +93,26 @@ static int dial(const conc_manager *m, conc_conn **out)
     o.authkey = m->authkey;
     o.authkey_len = m->authkey_len;
     o.max_message = m->max_message;
-    int e = conc_client_connect(out, m->addr, &o, CONNECT_TIMEOUT);
+    int64_t deadline;
+    int e = conc_deadline(CONNECT_TIMEOUT, &deadline);
+    if (!e)
+        e = conc_client_connect_until(out, m->addr, &o, deadline);
     if (e)
-        return e;
+        /* With a key, a handshake the server does not take part in is a
+         * server without a key: it spoke first, with its hello. */
+        return e == -ECONNABORTED && m->authkey ? -EACCES : e;
+    /* The server's hello; a challenge instead is a server with a key. */
+    char hello[64];
+    ssize_t n = conc_conn_recv_bytes_until(*out, hello, sizeof hello, deadline);
+    if (n != (ssize_t)CONC__MGR_HELLO_LEN || memcmp(hello, CONC__MGR_HELLO, (size_t)n) != 0) {
+        conc_conn_free(*out);
+        *out = NULL;
+        if (n == -ETIMEDOUT || n == -ENOMEM)
+            return (int)n;
+        if (n == -EPIPE || n == -ECONNRESET)
+            return -ECONNRESET;
+        return !m->authkey && n >= 0 && memchr(hello, '#', 1) ? -EACCES : -EPROTO;
+    }
     /* A blocking socket: a plain thread then waits for its answer in recv()
      * itself (one system call instead of three); a coroutine's receive
      * still parks, conc_conn passing MSG_DONTWAIT where it must not block. */
@@ -718,11 +736,26 @@ static bool name_arg(const char *name, struct conc__mgr_str *s)
     return !name || (s->len >= 1 && s->len <= CONC_MANAGER_NAME_MAX);
 }
 
-int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_type type,
-                        const char *name, uint64_t n, uint64_t size)
+/* The typecode an answer to CREATE or OPEN carries (0: none), or -EPROTO
+ * for one that is not a known typecode of a Value or Array. */
+static int answer_tc(const struct ans *res, conc_proxy_type type)
 {
-    struct conc__mgr_str s;
-    if (!m || !out || type < CONC_PROXY_DICT || type >= CONC_PROXY_USER || !name_arg(name, &s) ||
+    if (!res->a.nargs)
+        return 0;
+    struct conc__mgr_str t;
+    size_t pos = 0;
+    if (res->a.nargs != 1 || conc__mgr_next(res->a.args, res->a.args_len, &pos, &t) ||
+        t.len != 1 || !conc__mgr_typecode_size(t.p[0]) ||
+        (type != CONC_PROXY_VALUE && type != CONC_PROXY_ARRAY))
+        return -EPROTO;
+    return t.p[0];
+}
+
+static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
+                      const char *name, uint64_t n, uint64_t size, char tc)
+{
+    struct conc__mgr_str s[2] = { { 0 }, { (const uint8_t *)&tc, 1 } };
+    if (!m || !out || type < CONC_PROXY_DICT || type >= CONC_PROXY_USER || !name_arg(name, &s[0]) ||
         n > INT64_MAX || size > INT64_MAX)
         return -EINVAL;
     conc_proxy *p;
@@ -732,19 +765,47 @@ int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_type type,
     struct conc__mgr_req r = { .op = CONC__MGR_CREATE, .timeout = -1, .a = type,
                                .b = (int64_t)n, .c = (int64_t)size };
     struct ans res;
-    e = rpc(p, &r, &s, 1, &res);
+    e = rpc(p, &r, s, tc ? 2 : 1, &res);
     if (!e && res.a.value <= 0)
         e = -EPROTO;
-    if (!e)
+    if (!e) {
         p->id = (uint64_t)res.a.value;
+        int t = answer_tc(&res, type);
+        if (t < 0 || t != tc)
+            e = -EPROTO;
+    }
     free(res.buf);
     if (e) {
         conc_proxy_free(p);
         return e > 0 ? -EPROTO : e;
     }
     p->type = type;
+    p->tc = tc;
     *out = p;
     return 0;
+}
+
+int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_type type,
+                        const char *name, uint64_t n, uint64_t size)
+{
+    return create_obj(m, out, type, name, n, size, 0);
+}
+
+int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name, char typecode)
+{
+    size_t isz = conc__mgr_typecode_size(typecode);
+    if (!isz)
+        return -EINVAL;
+    return create_obj(m, out, CONC_PROXY_VALUE, name, isz, 0, typecode);
+}
+
+int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name, char typecode,
+                       uint64_t n)
+{
+    size_t isz = conc__mgr_typecode_size(typecode);
+    if (!isz)
+        return -EINVAL;
+    return create_obj(m, out, CONC_PROXY_ARRAY, name, n, isz, typecode);
 }
 
 int conc_manager_create_user(conc_manager *m, conc_proxy **out, const char *typeid,
@@ -786,14 +847,21 @@ int conc_manager_open(conc_manager *m, conc_proxy **out, uint64_t id)
     if (e)
         return e;
     p->id = id;
-    e = rpc_simple(p, CONC__MGR_OPEN, CONC_NO_DEADLINE, 0, NULL);
+    struct conc__mgr_req r = { .op = CONC__MGR_OPEN, .id = id, .timeout = -1 };
+    struct ans res;
+    e = rpc(p, &r, NULL, 0, &res);
     if (e >= 0 && (e < CONC_PROXY_DICT || e > CONC_PROXY_USER))
         e = -EPROTO;
+    int tc = e >= 0 ? answer_tc(&res, (conc_proxy_type)e) : 0;
+    free(res.buf);
+    if (e >= 0 && tc < 0)
+        e = tc;
     if (e < 0) {
         conc_proxy_free(p);
         return e;
     }
     p->type = (conc_proxy_type)e;
+    p->tc = (char)tc;
     *out = p;
     return 0;
 }
@@ -806,6 +874,11 @@ uint64_t conc_proxy_id(const conc_proxy *p)
 conc_proxy_type conc_proxy_kind(const conc_proxy *p)
 {
     return p ? p->type : 0;
+}
+
+char conc_proxy_typecode(const conc_proxy *p)
+{
+    return p ? p->tc : 0;
 }
 
 int conc_proxy_dup(conc_proxy **out, conc_proxy *p)
@@ -1137,6 +1210,183 @@ int conc_proxy_array_set(conc_proxy *p, int64_t index, const void *data, size_t 
     if (!check(p, CONC_PROXY_ARRAY))
         return -EINVAL;
     return bytes_set(p, CONC__MGR_A_SET, index, data, len);
+}
+
+/* ------------------------------------------------ typed Value and Array */
+
+static bool tc_float(char tc)
+{
+    return tc == 'f' || tc == 'd';
+}
+
+static bool tc_signed(char tc)
+{
+    return tc == 'b' || tc == 'h' || tc == 'i' || tc == 'l' || tc == 'q';
+}
+
+/* Item bytes (little-endian, isz of them) as a number. */
+static uint64_t le_get(const uint8_t *b, size_t isz)
+{
+    uint64_t v = 0;
+    for (size_t i = isz; i-- > 0;)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static void le_put(uint8_t *b, size_t isz, uint64_t v)
+{
+    for (size_t i = 0; i < isz; i++, v >>= 8)
+        b[i] = (uint8_t)v;
+}
+
+/* The typed item of a Value (op V_GET) or an Array (A_GET at index). */
+static int typed_get(conc_proxy *p, conc_proxy_type t, int64_t index, uint8_t b[8])
+{
+    if (!check(p, t) || !p->tc)
+        return -EINVAL;
+    size_t isz = conc__mgr_typecode_size(p->tc);
+    ssize_t n = bytes_get(p, t == CONC_PROXY_VALUE ? CONC__MGR_V_GET : CONC__MGR_A_GET, index, b,
+                          8);
+    if (n < 0)
+        return (int)n;
+    return (size_t)n == isz ? 0 : -EPROTO;
+}
+
+static int typed_set(conc_proxy *p, conc_proxy_type t, int64_t index, const uint8_t b[8])
+{
+    return bytes_set(p, t == CONC_PROXY_VALUE ? CONC__MGR_V_SET : CONC__MGR_A_SET, index, b,
+                     conc__mgr_typecode_size(p->tc));
+}
+
+/* A float ('f') or double ('d') item as its IEEE 754 bits, little-endian. */
+static void float_put(uint8_t b[8], char tc, double v)
+{
+    if (tc == 'f') {
+        float f = (float)v;
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        le_put(b, 4, u);
+    } else {
+        uint64_t u;
+        memcpy(&u, &v, sizeof u);
+        le_put(b, 8, u);
+    }
+}
+
+static double float_get(const uint8_t b[8], char tc)
+{
+    if (tc == 'f') {
+        uint32_t u = (uint32_t)le_get(b, 4);
+        float f;
+        memcpy(&f, &u, sizeof f);
+        return f;
+    }
+    uint64_t u = le_get(b, 8);
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
+static int get_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t *out)
+{
+    uint8_t b[8];
+    if (!out)
+        return -EINVAL;
+    if (p && tc_float(p->tc))
+        return -EINVAL;
+    int e = typed_get(p, t, index, b);
+    if (e)
+        return e;
+    size_t isz = conc__mgr_typecode_size(p->tc);
+    uint64_t v = le_get(b, isz);
+    if (tc_signed(p->tc) && isz < 8 && (v >> (8 * isz - 1)) & 1)
+        v |= ~(uint64_t)0 << (8 * isz);             /* sign-extend */
+    else if (!tc_signed(p->tc) && v > INT64_MAX)
+        return -EOVERFLOW;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int set_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t v)
+{
+    if (!check(p, t) || !p->tc)
+        return -EINVAL;
+    uint8_t b[8];
+    if (tc_float(p->tc)) {                          /* Python converts an int too */
+        float_put(b, p->tc, (double)v);
+        return typed_set(p, t, index, b);
+    }
+    size_t isz = conc__mgr_typecode_size(p->tc);
+    unsigned bits = (unsigned)(8 * isz);
+    if (tc_signed(p->tc)) {
+        if (bits < 64 && (v < -((int64_t)1 << (bits - 1)) || v >= (int64_t)1 << (bits - 1)))
+            return -ERANGE;
+    } else if (v < 0 || (bits < 64 && (uint64_t)v >> bits)) {
+        return -ERANGE;
+    }
+    le_put(b, isz, (uint64_t)v);
+    return typed_set(p, t, index, b);
+}
+
+static int get_float(conc_proxy *p, conc_proxy_type t, int64_t index, double *out)
+{
+    uint8_t b[8];
+    if (!out || (p && p->tc && !tc_float(p->tc)))
+        return -EINVAL;
+    int e = typed_get(p, t, index, b);
+    if (e)
+        return e;
+    *out = float_get(b, p->tc);
+    return 0;
+}
+
+static int set_float(conc_proxy *p, conc_proxy_type t, int64_t index, double v)
+{
+    if (!check(p, t) || !tc_float(p->tc))
+        return -EINVAL;
+    uint8_t b[8];
+    float_put(b, p->tc, v);
+    return typed_set(p, t, index, b);
+}
+
+int conc_proxy_value_get_int(conc_proxy *p, int64_t *out)
+{
+    return get_int(p, CONC_PROXY_VALUE, 0, out);
+}
+
+int conc_proxy_value_set_int(conc_proxy *p, int64_t v)
+{
+    return set_int(p, CONC_PROXY_VALUE, 0, v);
+}
+
+int conc_proxy_value_get_float(conc_proxy *p, double *out)
+{
+    return get_float(p, CONC_PROXY_VALUE, 0, out);
+}
+
+int conc_proxy_value_set_float(conc_proxy *p, double v)
+{
+    return set_float(p, CONC_PROXY_VALUE, 0, v);
+}
+
+int conc_proxy_array_get_int(conc_proxy *p, int64_t index, int64_t *out)
+{
+    return get_int(p, CONC_PROXY_ARRAY, index, out);
+}
+
+int conc_proxy_array_set_int(conc_proxy *p, int64_t index, int64_t v)
+{
+    return set_int(p, CONC_PROXY_ARRAY, index, v);
+}
+
+int conc_proxy_array_get_float(conc_proxy *p, int64_t index, double *out)
+{
+    return get_float(p, CONC_PROXY_ARRAY, index, out);
+}
+
+int conc_proxy_array_set_float(conc_proxy *p, int64_t index, double v)
+{
+    return set_float(p, CONC_PROXY_ARRAY, index, v);
 }
 
 /* ----------------------------------------------------------------- Queue */

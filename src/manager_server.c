@@ -1,24 +1,36 @@
 /*
- * manager_server.c - the manager's server: the objects it owns and a thread
- * per connection that runs the connection's requests on them.
+ * manager_server.c - the manager's server: the objects it owns and one
+ * greenlet per connection that runs the connection's requests on them, all
+ * in the hub (conc/hub.h) of the thread that runs the server.
+ *
+ * The hub's one epoll loop is the server's loop: a connection's greenlet
+ * parks while its socket has no request, and one epoll_wait hands the hub
+ * every connection that became ready, whose requests then run one after
+ * the other without a context switch (a request that does not wait runs
+ * to its answer without parking; the answer goes out in one write).  The
+ * accept loop is the thread's main coroutine.
  *
  * Each object has a Lock (mu) that guards its state and a Condition (cv)
  * that every change of the state notifies; a request that must wait (a get
- * on an empty Queue, an acquire of a held Lock) waits on cv in slices of
- * SLICE_NS, and between slices looks whether its client is still there and
- * whether the server stops.  So a client that dies while it waits frees its
- * thread within a slice, and a shutdown never waits for a blocked request.
+ * on an empty Queue, an acquire of a held Lock) parks its greenlet on cv in
+ * slices of SLICE_NS (a timer of the hub, no thread), and between slices
+ * looks whether its client is still there and whether the server stops.
+ * So a client that dies while it waits frees its greenlet within a slice,
+ * and a shutdown never waits for a blocked request.  The other connections
+ * are served meanwhile: only the waiting greenlet is parked.
  *
  * Holdings: a connection counts what it acquired of each Lock, RLock,
  * Semaphore and Condition; when it ends, whatever it still holds is
  * released and the waiters notified.  Owners are connection serials, not
- * threads: the release runs on the connection's own thread anyway.
+ * coroutines: a Lock (not an RLock) may be released by any connection, as
+ * threading.Lock by any thread.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -28,10 +40,13 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include "conc/hub.h"
 #include "conc/pipe.h"
 #include "conc/sync.h"
 #include "conc/time.h"
+#include "conc/wait.h"
 #include "manager_internal.h"
+#include "pipe.h"             /* buffered(): what a connection read ahead */
 #include "manager_wire.h"
 
 #define SLICE_NS 50000000LL         /* a waiting request looks around every 50 ms */
@@ -40,7 +55,7 @@
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
 #define ARRAY_BYTES_MAX ((int64_t)64 << 20) /* an Array's bytes in all */
-#define STACK_SIZE ((size_t)1 << 20) /* a connection thread's stack, guard page included */
+#define STACK_SIZE ((size_t)256 << 10) /* a connection greenlet's stack (user callbacks run on it) */
 
 struct item {
     uint8_t *p;                     /* malloc'd, at least 1 byte */
@@ -68,6 +83,7 @@ struct obj {
     int type;
     char *name;                     /* NULL: unnamed */
     uint64_t n, size;               /* the creation parameters */
+    char tc;                        /* a Value's or Array's typecode, or 0 */
     const struct conc__mgr_type *ut;
     void *uobj;
     conc_lock mu;
@@ -112,13 +128,12 @@ struct conn {
     conc_conn *c;
     int fd;
     uint64_t serial;
-    pthread_t th;
-    void *stack;                    /* STACK_SIZE bytes, mapped here */
+    conc_greenlet *g;               /* runs conn_main */
     struct conn *next;
     struct hold *holds;
     size_t nholds, capholds;
     struct obj *last;               /* the object of the last request */
-    int done;                       /* atomic: the thread ended */
+    int done;                       /* atomic: the greenlet ended */
 };
 
 struct conc__mgr_server {
@@ -287,7 +302,9 @@ static int wait_slice(struct conn *cn, struct obj *o, int64_t deadline)
         return -ECONNRESET;
     int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
     conc_cond_wait_until(&o->cv, &o->mu, until);
-    return 0;
+    /* Looked at again after the wait: what woke it (a message, a released
+     * lock) must not go to a client that died meanwhile. */
+    return conn_gone(cn) ? -ECONNRESET : 0;
 }
 
 static int64_t req_deadline(const struct conc__mgr_req *r)
@@ -420,18 +437,36 @@ static int params_check(int64_t type, int64_t n, int64_t size)
 
 static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, struct out *out)
 {
-    struct conc__mgr_str name;
+    struct conc__mgr_str name, tcs = { 0 };
     size_t pos = 0;
-    if (r->nargs != 1 || conc__mgr_next(r->args, r->args_len, &pos, &name) || !name_ok(&name))
+    if (r->nargs < 1 || r->nargs > 2 || conc__mgr_next(r->args, r->args_len, &pos, &name) ||
+        !name_ok(&name))
         return -EINVAL;
+    char tc = 0;
+    if (r->nargs == 2) {
+        /* a typecode: one of the known ones, whose item size the Value's
+         * size or the Array's item size is */
+        if (conc__mgr_next(r->args, r->args_len, &pos, &tcs) || tcs.len != 1)
+            return -EINVAL;
+        tc = (char)tcs.p[0];
+        size_t isz = conc__mgr_typecode_size(tc);
+        if (!isz || (r->a == CONC_PROXY_VALUE ? (uint64_t)r->b != isz
+                                              : r->a != CONC_PROXY_ARRAY || (uint64_t)r->c != isz))
+            return -EINVAL;
+    }
     int e = params_check(r->a, r->b, r->c);
     if (e)
         return e;
     conc_lock_acquire(&s->tmu, CONC_FOREVER);
     struct obj *o = name.len ? obj_named(s, &name) : NULL;
     if (o) {
-        e = o->type == r->a && o->n == (uint64_t)r->b && o->size == (uint64_t)r->c ? 0 : -EEXIST;
+        e = o->type == r->a && o->n == (uint64_t)r->b && o->size == (uint64_t)r->c &&
+                    o->tc == tc
+                ? 0
+                : -EEXIST;
         out->value = (int64_t)o->id;
+        if (!e && tc)
+            out_str(out, &tc, 1);
         conc_lock_release(&s->tmu);
         return e;
     }
@@ -441,6 +476,7 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
         goto done;
     o->n = (uint64_t)r->b;
     o->size = (uint64_t)r->c;
+    o->tc = tc;
     if (o->type == CONC_PROXY_VALUE || o->type == CONC_PROXY_ARRAY) {
         size_t bytes = o->type == CONC_PROXY_VALUE ? o->n : o->n * o->size;
         o->bytes = calloc(1, bytes);
@@ -452,6 +488,8 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
     e = obj_add(s, o);
     if (!e) {
         out->value = (int64_t)o->id;
+        if (tc)
+            out_str(out, &tc, 1);
         o = NULL;
     }
 done:
@@ -948,6 +986,15 @@ static int op_release(struct conn *cn, struct obj *o, const struct conc__mgr_req
         conc_cond_notify_all(&o->cv);
         return 0;
     }
+    if (o->type == CONC_PROXY_LOCK && o->owner && o->owner != cn->serial) {
+        /* threading.Lock: any connection may release a held Lock.  The
+         * holder's own count stays; it is given back only while the
+         * holder still owns the Lock (hold_release_all). */
+        o->owner = 0;
+        o->depth = 0;
+        conc_cond_notify_all(&o->cv);
+        return 0;
+    }
     if (o->owner != cn->serial)
         return -EPERM;
     hold_sub(cn, o, 1);
@@ -1025,8 +1072,17 @@ static int op_cond(struct conn *cn, struct obj *o, const struct conc__mgr_req *r
                 }
             break;
         }
-    if (e == -ECONNRESET)
+    if (e == -ECONNRESET) {
+        /* A notify that reached a client gone meanwhile goes to the next
+         * waiter: notify(n) wakes n live waiters where it can. */
+        if (me.notified && o->whead) {
+            struct waiter *w = o->whead;
+            o->whead = w->next;
+            w->notified = true;
+            conc_cond_notify_all(&o->cv);
+        }
         return e;
+    }
     while (o->owner)                    /* take the lock back, however long */
         if (wait_slice(cn, o, CONC_NO_DEADLINE))
             return -ECONNRESET;
@@ -1076,6 +1132,8 @@ static int op_barrier(struct conn *cn, struct obj *o, const struct conc__mgr_req
         if (o->broken)
             return -EPIPE;
         int e = wait_slice(cn, o, deadline);
+        if (e && o->gen != g)           /* it tripped (or was reset) as this one ended */
+            return o->reset_gen == g ? -EPIPE : (int)idx;
         if (e) {
             o->broken = true;
             conc_cond_notify_all(&o->cv);
@@ -1169,6 +1227,8 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     cn->last = o;
     if (r->op == CONC__MGR_OPEN) {
         out->value = (int64_t)o->id;
+        if (o->tc)
+            out_str(out, &o->tc, 1);
         return o->type;
     }
     if (!op_fits(r->op, o->type))
@@ -1219,9 +1279,16 @@ static void *conn_main(void *arg)
 {
     struct conn *cn = arg;
     struct out out = { 0 };
-    for (;;) {
+    bool hello = conc_conn_send_bytes(cn->c, CONC__MGR_HELLO, CONC__MGR_HELLO_LEN,
+                                      CONC_FOREVER) == 0;
+    while (hello) {
         void *buf;
         size_t len;
+        /* A client waits for each answer, so the next request is seldom
+         * there yet: park on the socket first (nothing read ahead) rather
+         * than try a read that finds nothing. */
+        if (!buffered(cn->c) && conc_fd_wait_until(cn->fd, POLLIN, CONC_NO_DEADLINE) < 0)
+            break;
         if (conc_conn_recv_alloc(cn->c, &buf, &len, CONC_FOREVER))
             break;
         struct conc__mgr_req r;
@@ -1266,8 +1333,8 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
         if (all || __atomic_load_n(&cn->done, __ATOMIC_ACQUIRE)) {
             if (all)
                 shutdown(cn->fd, SHUT_RDWR);
-            pthread_join(cn->th, NULL);
-            munmap(cn->stack, STACK_SIZE);
+            conc_greenlet_join(cn->g, CONC_FOREVER);
+            conc_greenlet_free(cn->g);
             conc_conn_free(cn->c);
             *pp = cn->next;
             s->nconns--;
@@ -1278,35 +1345,16 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
     }
 }
 
-/*
- * Starts cn's thread on a stack of its own mapping.  A started server is a
- * fork of its program, whose other threads' stacks glibc keeps for reuse in
- * the child: a thread made on one of them has the pthread_t of a thread of
- * the parent, which ThreadSanitizer takes for a thread that exists twice.
- * A stack mapped here never has a parent thread's address.
- */
-static int conn_thread(struct conn *cn)
+/* Starts cn's greenlet in the calling thread's hub. */
+static int conn_spawn(struct conn *cn)
 {
-    void *st = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
-    if (st == MAP_FAILED)
-        return -ENOMEM;
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    mprotect(st, page, PROT_NONE);                  /* the guard page */
-    pthread_attr_t at;
-    int e = pthread_attr_init(&at);
-    if (!e) {
-        e = pthread_attr_setstack(&at, (char *)st + page, STACK_SIZE - page);
-        if (!e)
-            e = pthread_create(&cn->th, &at, conn_main, cn);
-        pthread_attr_destroy(&at);
-    }
-    if (e) {
-        munmap(st, STACK_SIZE);
-        return -e;
-    }
-    cn->stack = st;
-    return 0;
+    conc_coro_opts co = CONC_CORO_OPTS_INIT;
+    co.stack_size = STACK_SIZE;
+    co.name = "conc-manager-conn";
+    conc_spawn_opts so = CONC_SPAWN_OPTS_INIT;
+    so.coro = &co;
+    so.stack = CONC_STACK_OWN;
+    return conc_greenlet_spawn(&cn->g, conn_main, cn, &so);
 }
 
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
@@ -1367,14 +1415,8 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
-        /* A blocking socket: the connection's thread then waits in recv()
-         * itself, one system call where a non-blocking one costs three
-         * (conc_conn uses MSG_DONTWAIT wherever it must not block). */
-        int fl = fcntl(cn->fd, F_GETFL);
-        if (fl >= 0 && (fl & O_NONBLOCK))
-            fcntl(cn->fd, F_SETFL, fl & ~O_NONBLOCK);
         cn->serial = ++s->next_serial;
-        if (conn_thread(cn)) {
+        if (conn_spawn(cn)) {
             conc_conn_free(c);
             free(cn);
             continue;
@@ -1385,6 +1427,9 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
     }
     conc_listener_close(s->l);
     conn_reap(s, true);
+    /* The hub made for the connections goes with them (a hub the thread
+     * had before, with greenlets of its own still running, stays). */
+    conc_hub_free();
     return 0;
 }
 

@@ -138,3 +138,24 @@ void conc__mgr_ans_write_head(uint8_t *buf, int32_t status, uint32_t nargs, int6
     put32(buf + 4, nargs);
     put64(buf + 8, (uint64_t)value);
 }
+
+size_t conc__mgr_typecode_size(int tc)
+{
+    switch (tc) {
+    case 'c': case 'b': case 'B':
+        return 1;
+    case 'h': case 'H':
+        return sizeof(short);
+    case 'i': case 'I':
+        return sizeof(int);
+    case 'l': case 'L':
+        return sizeof(long);
+    case 'q': case 'Q':
+        return sizeof(long long);
+    case 'f':
+        return sizeof(float);
+    case 'd':
+        return sizeof(double);
+    }
+    return 0;
+}

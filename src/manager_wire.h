@@ -1,7 +1,8 @@
 /* manager_wire.h - the manager's messages (src/manager_wire.c); not installed.
  *
  * Every request and answer travels as one conc_conn message (an 8-byte
- * length, then the bytes).  All integers are little-endian.
+ * length, then the bytes).  All integers are little-endian.  The server
+ * speaks first: CONC__MGR_HELLO.
  *
  * Request: a 48-byte head, then nargs byte strings, each a u32 length and
  * its bytes, filling the message exactly.
@@ -25,15 +26,25 @@
 #include <stdint.h>
 
 #define CONC__MGR_VERSION 1
+
+/* The server's first message on every connection, right after the authkey
+ * handshake (or at once without a key), before any request.  A client with
+ * a key that gets it where a challenge should be knows that the server has
+ * no key; a client without one that gets a challenge knows that it has. */
+#define CONC__MGR_HELLO "#CONC-MANAGER-1#"
+#define CONC__MGR_HELLO_LEN (sizeof CONC__MGR_HELLO - 1)
 #define CONC__MGR_REQ_HEAD 48
 #define CONC__MGR_ANS_HEAD 16
 
 enum conc__mgr_op {
     CONC__MGR_PING = 1,
     CONC__MGR_SHUTDOWN,
-    CONC__MGR_CREATE,        /* a type, b n, c size; arg0 name ("" none) */
+    CONC__MGR_CREATE,        /* a type, b n, c size; arg0 name ("" none), arg1 (may be
+                                absent) a Value's or Array's typecode, one byte; the
+                                answer carries the typecode as its one string */
     CONC__MGR_CREATE_USER,   /* arg0 typeid, arg1 name, arg2 argument */
-    CONC__MGR_OPEN,          /* id */
+    CONC__MGR_OPEN,          /* id; answer: status type, value id, the typecode (if
+                                any) as its one string */
     CONC__MGR_D_SET,         /* arg0 key, arg1 value */
     CONC__MGR_D_GET,         /* arg0 key */
     CONC__MGR_D_DEL,         /* arg0 key */
@@ -124,6 +135,12 @@ void conc__mgr_req_write(uint8_t *buf, const struct conc__mgr_req *r,
 
 /* Writes an answer head; the strings follow with conc__mgr_put_str. */
 void conc__mgr_ans_write_head(uint8_t *buf, int32_t status, uint32_t nargs, int64_t value);
+
+/* The size in bytes of an item of a Value or Array typecode (as
+ * multiprocessing.sharedctypes: c b B h H i I l L q Q f d, with this
+ * machine's C sizes), or 0 for any other byte.  Typed items are stored
+ * little-endian, so machines of either byte order agree. */
+size_t conc__mgr_typecode_size(int tc);
 
 /* Writes one string at buf + *pos and moves *pos past it. */
 void conc__mgr_put_str(uint8_t *buf, size_t *pos, const void *p, size_t len);

@@ -5,6 +5,7 @@
  * server_coro.c.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -21,6 +22,7 @@
 #include "conc/thread.h"
 #include "conc/wait.h"
 #include "server.h"
+#include "socket.h"
 
 #define DEFAULT_DATAGRAM 8192
 
@@ -62,10 +64,15 @@ static void count_out(conc_server *s)
     conc_lock_acquire(&s->mu, CONC_FOREVER);
     s->inflight--;
     conc_cond_notify_all(&s->cv);
+    /* Only a loop at the connection limit waits for slotfd (it said so
+     * under mu, before it waited): no write for every request. */
+    bool wake_loop = s->loop_waits_slot;
     conc_lock_release(&s->mu);
-    uint64_t one = 1;
-    ssize_t w = write(s->slotfd, &one, sizeof one);
-    (void)w;
+    if (wake_loop) {
+        uint64_t one = 1;
+        ssize_t w = write(s->slotfd, &one, sizeof one);
+        (void)w;
+    }
 }
 
 void conc__server_leave(conc_server *s, struct conc__server_slot *slot)
@@ -81,17 +88,20 @@ void conc__server_leave_close(conc_server *s, struct conc__server_slot *slot, in
     count_out(s);
 }
 
-static long inflight(conc_server *s)
+/* True when lim (> 0) requests are in flight; the accepting loop then
+ * waits for slotfd, which count_out writes from then on. */
+static bool at_limit(conc_server *s, long lim)
 {
     conc_lock_acquire(&s->mu, CONC_FOREVER);
-    long n = s->inflight;
+    bool full = s->inflight >= lim;
+    s->loop_waits_slot = full;
     conc_lock_release(&s->mu);
-    return n;
+    return full;
 }
 
 /* ------------------------------------------------------------- handler */
 
-int conc__server_run_handler(conc_server *s, conc_server_request *req)
+int conc__server_run_hooks(conc_server *s, conc_server_request *req)
 {
     int rc = s->h.setup ? s->h.setup(req) : 0;
     if (rc >= 0) {
@@ -103,6 +113,12 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     } else if (s->h.handle_error) {
         s->h.handle_error(req, rc);
     }
+    return rc < 0 ? rc : 0;
+}
+
+int conc__server_run_handler(conc_server *s, conc_server_request *req)
+{
+    int rc = conc__server_run_hooks(s, req);
     if (rc < 0)
         atomic_fetch_add(&s->st->failed, 1);
     else
@@ -110,7 +126,7 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     return rc < 0 ? rc : 0;
 }
 
-static void init_request(conc_server *s, conc_server_request *req, conc_socket *c,
+void conc__server_init_request(conc_server *s, conc_server_request *req, conc_socket *c,
                          const conc_sockaddr *peer, const void *data, size_t len)
 {
     memset(req, 0, sizeof *req);
@@ -127,7 +143,7 @@ void conc__server_serve_entered(conc_server *s, conc_socket *c, const conc_socka
                                 const void *data, size_t len, struct conc__server_slot *slot)
 {
     conc_server_request req;
-    init_request(s, &req, c, peer, data, len);
+    conc__server_init_request(s, &req, c, peer, data, len);
     conc__server_run_handler(s, &req);
     unlink_slot(s, slot);
     if (c)
@@ -230,17 +246,8 @@ static int child_main(const void *arg, size_t len)
     if (s->fd >= 0 && (!j->c || conc_socket_fd(j->c) != s->fd) && s->type == SOCK_STREAM)
         close(s->fd);
     conc_server_request req;
-    init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
-    int rc = s->h.setup ? s->h.setup(&req) : 0;
-    if (rc >= 0) {
-        rc = s->h.handle(&req);
-        if (rc < 0 && s->h.handle_error)
-            s->h.handle_error(&req, rc);
-        if (s->h.finish)
-            s->h.finish(&req);
-    } else if (s->h.handle_error) {
-        s->h.handle_error(&req, rc);
-    }
+    conc__server_init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
+    int rc = conc__server_run_hooks(s, &req);
     if (j->c)
         conc_socket_close(j->c);
     return rc < 0 ? 1 : 0;
@@ -274,6 +281,25 @@ static int start_child(conc_server *s, conc_socket *c, const conc_sockaddr *peer
     free(j);                        /* the child has its copy */
     if (rc < 0)
         return rc;
+    k->p[k->n++] = p;
+    atomic_fetch_add(&s->st->active, 1);
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->inflight++;
+    conc_lock_release(&s->mu);
+    return 0;
+}
+
+int conc__server_add_kid(conc_server *s, struct conc_process *p)
+{
+    struct conc__server_kids *k = kids_of(s);
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? 2 * k->cap : 16;
+        conc_process **np = realloc(k->p, cap * sizeof *np);
+        if (!np)
+            return -ENOMEM;
+        k->p = np;
+        k->cap = cap;
+    }
     k->p[k->n++] = p;
     atomic_fetch_add(&s->st->active, 1);
     conc_lock_acquire(&s->mu, CONC_FOREVER);
@@ -402,6 +428,17 @@ static int dispatch(conc_server *s, conc_socket *c, const conc_sockaddr *peer, c
     }
 }
 
+/* True when the model hands each connection to a thread of its own that
+ * reads and writes it with no deadline: its descriptor then blocks, as
+ * Python's request socket, and the thread sleeps in the kernel's recv and
+ * send themselves (one system call each), not in a poll between two
+ * non-blocking tries.  Deadlines, greenlets and the drain's shutdown(2)
+ * still work (socket.h). */
+static bool blocking_conns(const conc_server *s)
+{
+    return s->o.model == CONC_SERVER_THREADING && !(s->o.request_timeout > 0);
+}
+
 /* Takes one waiting request (non-blocking) and serves it.  Returns 1 when
  * one was taken, 0 when none was waiting, or an error. */
 static int take_one(conc_server *s, unsigned char *buf)
@@ -410,7 +447,7 @@ static int take_one(conc_server *s, unsigned char *buf)
     memset(&peer, 0, sizeof peer);
     if (s->type == SOCK_STREAM) {
         conc_socket *c;
-        int rc = conc_socket_accept(s->sock, &c, &peer);
+        int rc = conc__socket_accept_now(s->sock, &c, &peer, blocking_conns(s));
         if (rc == -EAGAIN || rc == -ECONNABORTED || rc == -EPROTO || rc == -EINTR)
             return 0;
         if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
@@ -486,7 +523,7 @@ static int basic_loop(conc_server *s, double poll_interval)
             w = nw;
             wcap = need + 16;
         }
-        bool full = lim > 0 && inflight(s) >= lim;
+        bool full = lim > 0 && at_limit(s, lim);
         memset(w, 0, need * sizeof *w);
         w[0].kind = CONC_WAIT_FD;
         w[0].u.fd = s->stopfd;
@@ -538,7 +575,11 @@ static void close_fds(int a, int b)
         close(b);
 }
 
-static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
+/* adopt >= 0: the server takes that socket over (checked by adopt_check:
+ * of type `type`, bound to *addr, listening for a stream) instead of
+ * making one; nothing fails after it is taken, so on failure it is still
+ * the caller's, unchanged. */
+static int server_create(conc_server **out, int type, const conc_sockaddr *addr, int adopt,
                          const conc_server_opts *opts, bool reactor)
 {
     conc_server_opts o;
@@ -547,19 +588,19 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         return -EINVAL;
     if ((unsigned)o.model > CONC_SERVER_REACTOR || o.request_queue_size < 0 || o.workers < 0 ||
         o.max_children < 0 || o.max_connections < 0 || isnan(o.shutdown_timeout) ||
-        o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0)
+        o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0 ||
+        isnan(o.idle_timeout) || o.idle_timeout < 0 ||
+        (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
         return -EINVAL;
     if (reactor) {
         if (o.model != CONC_SERVER_SYNC && o.model != CONC_SERVER_REACTOR)
             return -EINVAL;
         o.model = CONC_SERVER_REACTOR;
         if (type != SOCK_STREAM)
-            return -EOPNOTSUPP;
-    } else if (o.model == CONC_SERVER_REACTOR) {
-        return -EINVAL;
+            return -EINVAL;
+    } else if (o.model == CONC_SERVER_REACTOR && type != SOCK_DGRAM) {
+        return -EINVAL;             /* a stream reactor has callbacks */
     }
-    if (o.model == CONC_SERVER_PREFORK && type != SOCK_STREAM)
-        return -EOPNOTSUPP;
     int family = addr->u.sa.sa_family;
     if (addr->len < sizeof(sa_family_t))
         return -EINVAL;
@@ -594,6 +635,15 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         rc = -errno;
         goto fail;
     }
+    if (adopt >= 0) {
+        rc = conc_socket_from_fd(&s->sock, adopt);
+        if (rc < 0) {
+            s->sock = NULL;
+            goto fail;
+        }
+        s->addr = *addr;            /* the socket file, if any, is not ours */
+        goto adopted;
+    }
     rc = conc_socket_new(&s->sock, family, type, 0);
     if (rc < 0)
         goto fail;
@@ -624,6 +674,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         goto fail;
     if (family == AF_UNIX && s->unlink_path && s->addr.len <= sizeof(sa_family_t))
         s->addr = *addr;
+adopted:
     conc_socket_set_timeout(s->sock, 0);
     s->fd = conc_socket_fd(s->sock);
     *out = s;
@@ -647,7 +698,7 @@ int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
     if (!out || !handler || !handler->handle)
         return -EINVAL;
     conc_server *s;
-    int rc = server_create(&s, type, addr, opts, false);
+    int rc = server_create(&s, type, addr, -1, opts, false);
     if (rc < 0)
         return rc;
     s->h = *handler;
@@ -662,7 +713,95 @@ int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
     if (!out || !handler || !handler->on_data)
         return -EINVAL;
     conc_server *s;
-    int rc = server_create(&s, SOCK_STREAM, addr, opts, true);
+    int rc = server_create(&s, SOCK_STREAM, addr, -1, opts, true);
+    if (rc < 0)
+        return rc;
+    s->rh = *handler;
+    *out = s;
+    return 0;
+}
+
+/* What a socket to adopt must be: open, a socket, of a family and type a
+ * server serves, bound, listening when a stream, in the SO_REUSEPORT
+ * group when reuse_port asks for one.  Its type into *type, its address
+ * into *addr.  Nothing is changed. */
+static int adopt_check(int fd, const conc_server_opts *opts, int *type, conc_sockaddr *addr)
+{
+    if (fd < 0 || fcntl(fd, F_GETFD) < 0)
+        return -EBADF;
+    int v = 0, dom = 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) < 0)
+        return -errno;              /* -ENOTSOCK */
+    if (v != SOCK_STREAM && v != SOCK_DGRAM)
+        return -EINVAL;
+    len = sizeof dom;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &len) < 0)
+        return -errno;
+    if (dom != AF_INET && dom != AF_INET6 && dom != AF_UNIX)
+        return -EAFNOSUPPORT;
+    memset(addr, 0, sizeof *addr);
+    addr->len = sizeof addr->u;
+    if (getsockname(fd, &addr->u.sa, &addr->len) < 0)
+        return -errno;
+    bool bound = dom == AF_UNIX ? addr->len > sizeof(sa_family_t)
+                                : conc_sockaddr_port(addr) > 0;
+    if (!bound)
+        return -EINVAL;             /* server_bind first */
+    if (v == SOCK_STREAM) {
+        int on = 0;
+        len = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0)
+            return -errno;
+        if (!on)
+            return -EINVAL;         /* server_activate (listen) first */
+    }
+    if (opts && opts->reuse_port) {
+        int on = 0;
+        len = sizeof on;
+        if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, &len) < 0)
+            return -errno;
+        if (!on)
+            return -EINVAL;         /* too late to join a group */
+    }
+    *type = v;
+    return 0;
+}
+
+int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
+                       const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->handle)
+        return -EINVAL;
+    int type;
+    conc_sockaddr addr;
+    int rc = adopt_check(fd, opts, &type, &addr);
+    if (rc < 0)
+        return rc;
+    conc_server *s;
+    rc = server_create(&s, type, &addr, fd, opts, false);
+    if (rc < 0)
+        return rc;
+    s->h = *handler;
+    *out = s;
+    return 0;
+}
+
+int conc_server_new_reactor_fd(conc_server **out, int fd,
+                               const conc_server_reactor_handler *handler,
+                               const conc_server_opts *opts)
+{
+    if (!out || !handler || !handler->on_data)
+        return -EINVAL;
+    int type;
+    conc_sockaddr addr;
+    int rc = adopt_check(fd, opts, &type, &addr);
+    if (rc < 0)
+        return rc;
+    if (type != SOCK_STREAM)
+        return -EINVAL;             /* conc_server_new_fd serves datagrams */
+    conc_server *s;
+    rc = server_create(&s, SOCK_STREAM, &addr, fd, opts, true);
     if (rc < 0)
         return rc;
     s->rh = *handler;
@@ -708,7 +847,9 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
     }
     int64_t stop_at = conc_now();
     if (waits_on_close(s)) {
-        if (s->o.model == CONC_SERVER_FORKING)
+        /* PREFORK: the workers are gone; a handle_request's worker may be
+         * left */
+        if (s->o.model == CONC_SERVER_FORKING || s->o.model == CONC_SERVER_PREFORK)
             drain_kids(s, stop_at);
         else
             conc__server_drain(s, stop_at);
@@ -729,11 +870,20 @@ int conc_server_handle_request_until(conc_server *s, int64_t deadline)
         return -EINVAL;
     if (!s->sock)
         return -EPIPE;
-    if (s->o.model == CONC_SERVER_PREFORK || s->o.model == CONC_SERVER_REACTOR)
-        return -EOPNOTSUPP;
     int expected = 0;
     if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
         return -EBUSY;
+    if (s->o.model == CONC_SERVER_REACTOR || s->o.model == CONC_SERVER_PREFORK) {
+        int r;
+        if (s->o.model == CONC_SERVER_REACTOR) {
+            r = conc__server_reactor_one(s, deadline);
+        } else {
+            reap_ended(s);
+            r = conc__server_prefork_one(s, deadline);
+        }
+        atomic_store(&s->serving, 0);
+        return r;
+    }
     size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
     unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
     int rc = 0;

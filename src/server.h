@@ -47,6 +47,9 @@ struct conc_server {
     conc_cond cv;                       /* a request ended */
     struct conc__server_slot slots;     /* list head */
     long inflight;                      /* requests of this process in flight */
+    bool loop_waits_slot;               /* the accepting loop is at the
+                                           connection limit: wake it through
+                                           slotfd when a request ends (mu) */
     struct conc__server_kids {          /* FORKING's children (the serving
                                            thread's and close's) */
         struct conc_process **p;
@@ -63,6 +66,18 @@ CONC_HIDDEN void conc__server_leave_close(conc_server *s, struct conc__server_sl
 
 /* Runs setup/handle/finish for one request; returns 0 or the error. */
 CONC_HIDDEN int conc__server_run_handler(conc_server *s, conc_server_request *req);
+/* The same without counting it finished or failed (a child process, whose
+ * exit code is counted by the parent). */
+CONC_HIDDEN int conc__server_run_hooks(conc_server *s, conc_server_request *req);
+/* Fills req for a connection c (NULL: the server's socket) or a datagram. */
+CONC_HIDDEN void conc__server_init_request(conc_server *s, conc_server_request *req,
+                                           conc_socket *c, const conc_sockaddr *peer,
+                                           const void *data, size_t len);
+/* Takes over p, a started child serving one request (counted in: active,
+ * in flight); it is reaped, counted by its exit code (0: finished), as the
+ * FORKING model's children are.  Returns 0 or -ENOMEM (p stays the
+ * caller's). */
+CONC_HIDDEN int conc__server_add_kid(conc_server *s, struct conc_process *p);
 
 /* Serves one accepted connection fd (owned, non-blocking) in the calling
  * thread or greenlet, counting it in and out. */
@@ -120,6 +135,14 @@ CONC_HIDDEN int conc__server_run_loops(conc_server *s, int (*loop)(conc_server *
                                        int extra_fd);
 /* The prefork model's serve_forever. */
 CONC_HIDDEN int conc__server_prefork(conc_server *s, double poll_interval);
+/* handle_request of the prefork model: a worker forked now waits for one
+ * request until deadline and serves it; returns 0 once it took one (the
+ * worker is then one of the server's children), -ETIMEDOUT, or an error. */
+CONC_HIDDEN int conc__server_prefork_one(conc_server *s, int64_t deadline);
+/* handle_request of the reactor model: runs the loop in the calling thread
+ * until one connection was taken and has ended, or one datagram was
+ * handled; -ETIMEDOUT when none came by deadline. */
+CONC_HIDDEN int conc__server_reactor_one(conc_server *s, int64_t deadline);
 
 /* True once a shutdown was asked. */
 static inline bool conc__server_stop_asked(const conc_server *s)

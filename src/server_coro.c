@@ -16,6 +16,7 @@
 #include "conc/cpool.h"
 #include "conc/hub.h"
 #include "conc/selector.h"
+#include "conc/time.h"
 #include "conc/wait.h"
 #include "server.h"
 
@@ -52,12 +53,15 @@ static void gjob_drop(struct conc__server_job *j)
     free(j);
 }
 
+/* A connection's greenlet: the server's stack size and stack mode (its
+ * own stack, or the hub's shared one, copied out while it is parked). */
 static void spawn_opts(conc_server *s, conc_spawn_opts *so, conc_coro_opts *co)
 {
     *co = (conc_coro_opts)CONC_CORO_OPTS_INIT;
     co->stack_size = s->o.stack_size;
     *so = (conc_spawn_opts)CONC_SPAWN_OPTS_INIT;
     so->coro = co;
+    so->stack = s->o.stack ? s->o.stack : CONC_SERVER_STACK;
 }
 
 int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
@@ -145,8 +149,12 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
                                                                : CONC_CPOOL_UNBOUNDED);
     if (rc < 0)
         return rc;
+    /* The acceptor runs between every two connections: a stack of its own
+     * spares it the copies of a shared one. */
     conc_greenlet *acc;
-    rc = conc_greenlet_spawn(&acc, acceptor_main, &l, NULL);
+    rc = conc_greenlet_spawn(&acc, acceptor_main, &l,
+                             &(conc_spawn_opts){ .size = sizeof(conc_spawn_opts),
+                                                 .stack = CONC_STACK_OWN });
     if (rc < 0) {
         conc_cpool_free(l.pool);
         return rc;
@@ -233,6 +241,7 @@ struct conc_server_conn {
     unsigned char *wbuf;
     size_t woff, wlen, wcap;        /* wbuf[woff .. woff + wlen) to send */
     unsigned events;                /* registered for */
+    int64_t last;                   /* idle_timeout: last sign of life */
     bool closing, dead, paused;
     int err;
     struct conc__server_slot slot;
@@ -245,7 +254,10 @@ struct rloop {
     struct conc_server_conn conns;  /* list head */
     size_t nconns;
     size_t wmax;
+    int64_t idle;                   /* idle_timeout in ns; 0: none */
     bool listening;
+    bool one;                       /* handle_request: one request */
+    bool taken;                     /* one: the request came */
     struct conc_server_conn *dead;  /* freed after the batch */
 };
 
@@ -433,7 +445,7 @@ static void reactor_accept(struct rloop *l)
     conc_server *s = l->s;
     size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (lim && l->nconns >= lim) {
+        if ((lim && l->nconns >= lim) || (l->one && l->taken)) {
             set_listening(l, false);
             return;
         }
@@ -446,6 +458,7 @@ static void reactor_accept(struct rloop *l)
                 conc_sleep(0.001);
             return;
         }
+        l->taken = true;
         atomic_fetch_add(&s->st->accepted, 1);
         if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
             atomic_fetch_add(&s->st->refused, 1);
@@ -478,13 +491,64 @@ static void reactor_accept(struct rloop *l)
         }
         c->events = CONC_EVENT_READ;
         conc__server_enter(s, &c->slot, fd);
-        c->next = l->conns.next;
-        c->prev = &l->conns;
-        l->conns.next->prev = c;
-        l->conns.next = c;
+        c->last = l->idle ? conc_now() : 0;
+        c->prev = l->conns.prev;    /* the newest last: oldest first */
+        c->next = &l->conns;
+        l->conns.prev->next = c;
+        l->conns.prev = c;
         l->nconns++;
         conn_settle(c);             /* on_accept may have written or closed */
     }
+}
+
+/* A datagram server's loop: reads the datagrams waiting and serves each
+ * in the loop's thread. */
+static void reactor_datagrams(struct rloop *l, unsigned char *buf, size_t cap)
+{
+    conc_server *s = l->s;
+    for (int i = 0; i < ACCEPT_BATCH && !(l->one && l->taken); i++) {
+        conc_sockaddr peer;
+        memset(&peer, 0, sizeof peer);
+        peer.len = sizeof peer.u;
+        ssize_t n = recvfrom(s->fd, buf, cap, MSG_DONTWAIT, &peer.u.sa, &peer.len);
+        if (n < 0) {
+            if (errno == EINTR || errno == ECONNREFUSED)
+                continue;
+            return;                 /* EAGAIN: another loop took it */
+        }
+        l->taken = true;
+        atomic_fetch_add(&s->st->accepted, 1);
+        if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+            atomic_fetch_add(&s->st->refused, 1);
+            continue;
+        }
+        conc__server_serve_datagram(s, &peer, buf, (size_t)n);
+    }
+}
+
+/* c showed a sign of life: it moves to the end of the list, which stays
+ * ordered by c->last. */
+static void conn_touch(struct rloop *l, struct conc_server_conn *c)
+{
+    c->last = conc_now();
+    if (l->conns.prev == c)
+        return;
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    c->prev = l->conns.prev;
+    c->next = &l->conns;
+    l->conns.prev->next = c;
+    l->conns.prev = c;
+}
+
+/* Closes the connections idle for idle_timeout (the oldest first). */
+static void expire_idle(struct rloop *l)
+{
+    if (!l->idle || l->conns.next == &l->conns)
+        return;
+    int64_t now = conc_now();
+    while (l->conns.next != &l->conns && l->conns.next->last + l->idle <= now)
+        conn_end(l->conns.next, -ETIMEDOUT);
 }
 
 static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned ev,
@@ -494,11 +558,14 @@ static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned 
     if (c->dead)
         return;
     if (ev & CONC_EVENT_WRITE) {
+        size_t before = c->wlen;
         int rc = conn_flush(c);
         if (rc < 0) {
             conn_end(c, rc);
             return;
         }
+        if (l->idle && c->wlen < before)
+            conn_touch(l, c);
         if (!c->wlen && c->paused) {
             c->paused = false;
             if (s->rh.on_drain)
@@ -508,6 +575,8 @@ static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned 
     if ((ev & CONC_EVENT_READ) && !c->paused && !c->closing) {
         ssize_t n = recv(c->fd, buf, bufsize, MSG_DONTWAIT);
         if (n > 0) {
+            if (l->idle)
+                conn_touch(l, c);
             if (s->rh.on_data(c, buf, (size_t)n, s->rh.user) < 0)
                 c->closing = true;
         } else if (n == 0) {
@@ -532,12 +601,23 @@ static void free_dead(struct rloop *l)
     }
 }
 
-int conc__server_reactor_loop(conc_server *s, int extra_fd)
+/* The reactor loop: until a shutdown (stopfd, extra_fd), or with one
+ * until one request was taken and has ended (-ETIMEDOUT when none came by
+ * until). */
+static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
 {
-    struct rloop l = { .s = s };
+    struct rloop l = { .s = s, .one = one };
+    /* beyond 4e9 s (126 years) there is no limit, and last + idle cannot
+     * overflow */
+    double it = s->o.idle_timeout;
+    l.idle = it > 0 && it < 4e9 ? (int64_t)(it * 1e9) : 0;
+    if (l.idle <= 0 && it > 0 && it < 4e9)
+        l.idle = 1;
     l.conns.next = l.conns.prev = &l.conns;
     l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;
     size_t bufsize = s->o.read_size ? s->o.read_size : 65536;
+    if (s->type == SOCK_DGRAM)
+        bufsize = s->o.max_datagram ? s->o.max_datagram : 8192;
     unsigned char *buf = malloc(bufsize);
     conc_selector_event *ev = malloc(256 * sizeof *ev);
     int rc = buf && ev ? conc_selector_new(&l.sel, CONC_SELECTOR_EPOLL) : -ENOMEM;
@@ -549,17 +629,38 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
     /* every connection is unregistered before its descriptor is closed */
     conc_selector_set_check_files(l.sel, false);
     set_listening(&l, true);
-    conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
-    if (extra_fd >= 0)
-        conc_selector_register(l.sel, extra_fd, CONC_EVENT_READ, &extra_tag);
+    if (!one) {
+        conc_selector_register(l.sel, s->stopfd, CONC_EVENT_READ, &stop_tag);
+        if (extra_fd >= 0)
+            conc_selector_register(l.sel, extra_fd, CONC_EVENT_READ, &extra_tag);
+    }
     bool stopping = false;
     int64_t deadline = CONC_NO_DEADLINE;
     size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
     rc = 0;
     for (;;) {
-        if (stopping && l.nconns == 0)
+        if ((stopping || (one && l.taken)) && l.nconns == 0)
             break;
-        int n = conc_selector_select_until(l.sel, ev, 256, deadline);
+        int64_t wait_until = one && !l.taken ? until : deadline;
+        /* the oldest connection's idle time runs out first */
+        bool idle_first = false;
+        if (l.idle && l.conns.next != &l.conns) {
+            int64_t e = l.conns.next->last + l.idle;
+            if (e < wait_until) {
+                wait_until = e;
+                idle_first = true;
+            }
+        }
+        int n = conc_selector_select_until(l.sel, ev, 256, wait_until);
+        if (n == -ETIMEDOUT && idle_first) {
+            expire_idle(&l);
+            free_dead(&l);
+            continue;
+        }
+        if (n == -ETIMEDOUT && one && !l.taken) {
+            rc = -ETIMEDOUT;
+            break;
+        }
         if (n == -ETIMEDOUT) {
             /* the shutdown timeout passed: close what is left */
             while (l.conns.next != &l.conns)
@@ -574,7 +675,11 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
         for (int i = 0; i < n; i++) {
             void *d = ev[i].key.data;
             if (d == &listener_tag) {
-                if (!stopping)
+                if (stopping)
+                    continue;
+                if (s->type == SOCK_DGRAM)
+                    reactor_datagrams(&l, buf, bufsize);
+                else
                     reactor_accept(&l);
             } else if (d == &stop_tag || d == &extra_tag) {
                 if (!stopping) {
@@ -590,6 +695,7 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
                 reactor_event(&l, d, ev[i].events, buf, bufsize);
             }
         }
+        expire_idle(&l);            /* also while others keep the loop busy */
         free_dead(&l);
         if (!stopping && !l.listening && (!lim || l.nconns < lim))
             set_listening(&l, true);
@@ -601,4 +707,14 @@ int conc__server_reactor_loop(conc_server *s, int extra_fd)
     free(buf);
     free(ev);
     return rc;
+}
+
+int conc__server_reactor_loop(conc_server *s, int extra_fd)
+{
+    return reactor_run(s, extra_fd, false, CONC_NO_DEADLINE);
+}
+
+int conc__server_reactor_one(conc_server *s, int64_t deadline)
+{
+    return reactor_run(s, -1, true, deadline);
 }

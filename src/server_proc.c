@@ -1,6 +1,8 @@
 /*
  * server_proc.c - the prefork model: `workers` processes, forked up front,
- * share the listening socket and each serve it with the coroutine loop.
+ * share the listening socket (or, with reuse_port, bind one each) and each
+ * serve it with the coroutine loop (a datagram server: a greenlet per
+ * datagram).
  * The parent supervises them (pidfds, through conc_process): a worker that
  * ends while the server runs is reported and replaced.  The workers watch
  * the read end of a pipe whose write end only the parent holds: when the
@@ -8,18 +10,99 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "conc/hub.h"
 #include "conc/process.h"
 #include "conc/wait.h"
+#include "conc/time.h"
 #include "server.h"
 
 struct worker_arg {
     conc_server *s;
     int rfd, wfd;
+    int slot;                       /* 0 .. workers - 1 */
 };
+
+/* A datagram worker: reads the shared socket (or its own) and serves each
+ * datagram in a greenlet of its hub, until the parent stops or dies. */
+static int dgram_loop(conc_server *s, int extra_fd)
+{
+    size_t cap = s->o.max_datagram ? s->o.max_datagram : 8192;
+    unsigned char *buf = malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    int rc = 0;
+    while (rc == 0 && !conc__server_stop_asked(s)) {
+        conc_waitable w[3] = {
+            { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
+            { .kind = CONC_WAIT_FD, .u.fd = extra_fd },
+            { .kind = CONC_WAIT_FD, .u.fd = s->fd },
+        };
+        int r = conc_wait(w, 3, CONC_FOREVER);
+        if (r < 0) {
+            if (r != -EINTR)
+                rc = r;
+            continue;
+        }
+        if (w[0].ready || w[1].ready)
+            break;
+        for (int i = 0; i < 64; i++) {
+            conc_sockaddr peer;
+            memset(&peer, 0, sizeof peer);
+            ssize_t n = conc_socket_recvfrom(s->sock, buf, cap, 0, &peer);
+            if (n == -EINTR || n == -ECONNREFUSED)
+                continue;
+            if (n < 0) {
+                if (n != -EAGAIN)
+                    rc = (int)n;
+                break;
+            }
+            atomic_fetch_add(&s->st->accepted, 1);
+            if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+                atomic_fetch_add(&s->st->refused, 1);
+                continue;
+            }
+            if (conc__server_spawn(s, NULL, &peer, buf, (size_t)n) < 0)
+                atomic_fetch_add(&s->st->failed, 1);
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+/* With reuse_port on an Internet address, each worker but the first binds
+ * a socket of its own to the server's address (the first serves the
+ * server's socket, which the kernel counts in the group too): the kernel
+ * then spreads connections or datagrams over the workers.  Returns 0 or
+ * an error. */
+static int own_socket(conc_server *s)
+{
+    int family = s->addr.u.sa.sa_family;
+    conc_socket *sock;
+    int rc = conc_socket_new(&sock, family, s->type, 0);
+    if (rc < 0)
+        return rc;
+    if ((s->o.allow_reuse_address &&
+         (rc = conc_socket_setsockopt_int(sock, SOL_SOCKET, SO_REUSEADDR, 1)) < 0) ||
+        (rc = conc_socket_setsockopt_int(sock, SOL_SOCKET, SO_REUSEPORT, 1)) < 0 ||
+        (rc = conc_socket_bind(sock, &s->addr)) < 0 ||
+        (s->type == SOCK_STREAM &&
+         (rc = conc_socket_listen(sock, s->o.request_queue_size ? s->o.request_queue_size
+                                                                : CONC_SERVER_QUEUE_SIZE)) < 0)) {
+        conc_socket_free(sock);
+        return rc;
+    }
+    conc_socket_set_timeout(sock, 0);
+    conc_socket_free(s->sock);      /* this process's copy of the shared one */
+    s->sock = sock;
+    s->fd = conc_socket_fd(sock);
+    return 0;
+}
 
 static int worker_main(const void *arg, size_t len)
 {
@@ -27,20 +110,35 @@ static int worker_main(const void *arg, size_t len)
     struct worker_arg a;
     memcpy(&a, arg, sizeof a);
     close(a.wfd);
-    a.s->owner = getpid();          /* its own drain, no socket file */
-    a.s->unlink_path = false;
-    int rc = conc__server_coro_loop(a.s, a.rfd);
-    conc__server_drain(a.s, conc_now());
+    conc_server *s = a.s;
+    s->owner = getpid();            /* its own drain, no socket file */
+    s->unlink_path = false;
+    int family = s->addr.u.sa.sa_family;
+    if (a.slot > 0 && s->o.reuse_port && (family == AF_INET || family == AF_INET6) &&
+        own_socket(s) < 0)
+        return 1;
+    int rc;
+    if (s->type == SOCK_DGRAM) {
+        rc = dgram_loop(s, a.rfd);
+        conc__server_drain(s, conc_now());
+        conc_hub_free();
+    } else {
+        rc = conc__server_coro_loop(s, a.rfd);
+        conc__server_drain(s, conc_now());
+    }
     return rc < 0 ? 1 : 0;
 }
 
-static int start_worker(conc_server *s, const struct worker_arg *a, conc_process **out)
+static int start_worker(conc_server *s, const struct worker_arg *tmpl, int slot,
+                        conc_process **out)
 {
+    struct worker_arg a = *tmpl;
+    a.slot = slot;
     conc_process_opts po = CONC_PROCESS_OPTS_INIT;
     po.method = CONC_START_FORK;
     po.daemon = CONC_DAEMON;
     conc_process *p;
-    int rc = conc_process_new(&p, worker_main, a, sizeof *a, &po);
+    int rc = conc_process_new(&p, worker_main, &a, sizeof a, &po);
     if (rc < 0)
         return rc;
     rc = conc_process_start(p);
@@ -66,7 +164,7 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     conc_waitable *ws = calloc((size_t)n + 1, sizeof *ws);
     int rc = w && ws ? 0 : -ENOMEM;
     for (int i = 0; i < n && rc == 0; i++)
-        rc = start_worker(s, &a, &w[i]);
+        rc = start_worker(s, &a, i, &w[i]);
     int64_t step = (int64_t)(poll_interval * 1e9);
     if (step <= 0)
         step = 1;
@@ -105,7 +203,7 @@ int conc__server_prefork(conc_server *s, double poll_interval)
             atomic_fetch_add(&s->st->restarts, 1);
             if (s->o.on_worker_exit)
                 s->o.on_worker_exit(s, pid, code, s->o.user);
-            r = start_worker(s, &a, &w[i]);
+            r = start_worker(s, &a, i, &w[i]);
             if (r < 0) {
                 rc = r;
                 break;
@@ -134,4 +232,166 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     free(w);
     free(ws);
     return rc;
+}
+
+/* ---------------------------------------------------- handle_request */
+
+/* What a handle_request worker tells the parent, once. */
+enum { ONE_TAKEN = 0, ONE_REFUSED = 1 };
+
+struct one_arg {
+    conc_server *s;
+    int rfd, wfd;
+    int64_t deadline;
+};
+
+static void one_report(int fd, int32_t res)
+{
+    ssize_t w;
+    do
+        w = write(fd, &res, sizeof res);
+    while (w < 0 && errno == EINTR);
+    close(fd);
+}
+
+/* A handle_request worker: waits for one request until the deadline,
+ * tells the parent it took it (or why not), serves it and exits with 0
+ * (finished) or 1 (failed), which the parent counts. */
+static int one_main(const void *arg, size_t len)
+{
+    (void)len;
+    struct one_arg a;
+    memcpy(&a, arg, sizeof a);
+    close(a.rfd);
+    conc_server *s = a.s;
+    s->owner = getpid();
+    s->unlink_path = false;
+    size_t cap = s->o.max_datagram ? s->o.max_datagram : 8192;
+    unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
+    if (s->type == SOCK_DGRAM && !buf) {
+        one_report(a.wfd, -ENOMEM);
+        return 1;
+    }
+    conc_sockaddr peer;
+    memset(&peer, 0, sizeof peer);
+    conc_socket *c = NULL;
+    ssize_t n = 0;
+    for (;;) {
+        int rc = conc_fd_wait_until(s->fd, POLLIN, a.deadline);
+        if (rc < 0) {
+            one_report(a.wfd, rc);
+            free(buf);
+            return 0;
+        }
+        if (s->type == SOCK_STREAM) {
+            rc = conc_socket_accept(s->sock, &c, &peer);
+            if (rc == 0)
+                break;
+            if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
+                one_report(a.wfd, rc);
+                return 0;
+            }
+        } else {
+            n = conc_socket_recvfrom(s->sock, buf, cap, 0, &peer);
+            if (n >= 0)
+                break;
+            if (n != -EAGAIN && n != -EINTR && n != -ECONNREFUSED) {
+                one_report(a.wfd, (int32_t)n);
+                free(buf);
+                return 0;
+            }
+        }
+        /* another process took it, or it went away: wait again */
+    }
+    atomic_fetch_add(&s->st->accepted, 1);
+    if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+        atomic_fetch_add(&s->st->refused, 1);
+        if (c)
+            conc_socket_free(c);
+        free(buf);
+        one_report(a.wfd, ONE_REFUSED);
+        return 0;
+    }
+    one_report(a.wfd, ONE_TAKEN);
+    if (c) {
+        close(s->fd);               /* the listener stays the parent's */
+        conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
+                                                             : CONC_FOREVER);
+    }
+    conc_server_request req;
+    conc__server_init_request(s, &req, c, &peer, buf, (size_t)n);
+    int rc = conc__server_run_hooks(s, &req);
+    if (c)
+        conc_socket_close(c);
+    free(buf);
+    return rc < 0 ? 1 : 0;
+}
+
+int conc__server_prefork_one(conc_server *s, int64_t deadline)
+{
+    /* Past the deadline with nothing waiting: no worker to fork. */
+    if (deadline != CONC_NO_DEADLINE && conc_now() >= deadline) {
+        int r = conc_fd_wait_until(s->fd, POLLIN, deadline);
+        if (r < 0)
+            return r;
+    }
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0)
+        return -errno;
+    struct one_arg a = { .s = s, .rfd = pfd[0], .wfd = pfd[1], .deadline = deadline };
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    po.daemon = CONC_NOT_DAEMON;
+    conc_process *p;
+    int rc = conc_process_new(&p, one_main, &a, sizeof a, &po);
+    if (rc == 0) {
+        rc = conc_process_start(p);
+        if (rc < 0)
+            conc_process_free(p);
+    }
+    close(pfd[1]);
+    if (rc < 0) {
+        close(pfd[0]);
+        return rc;
+    }
+    int32_t res = 0;
+    ssize_t got;
+    for (;;) {
+        rc = conc_fd_wait_until(pfd[0], POLLIN, CONC_NO_DEADLINE);
+        if (rc < 0 && rc != -EINTR) {
+            /* this thread cannot wait (a cancelled greenlet): the worker
+             * is stopped below */
+            break;
+        }
+        got = read(pfd[0], &res, sizeof res);
+        if (got == (ssize_t)sizeof res)
+            break;
+        if (got == 0) {             /* it died before it could say */
+            rc = -ECHILD;
+            break;
+        }
+        if (got < 0 && errno != EINTR && errno != EAGAIN) {
+            rc = -errno;
+            break;
+        }
+    }
+    close(pfd[0]);
+    if (rc == 0 && res == ONE_TAKEN) {
+        if (conc__server_add_kid(s, p) == 0)
+            return 0;
+        /* no room to keep it: wait for it here instead */
+        conc_process_join(p, CONC_FOREVER);
+        int code = -1;
+        conc_process_exitcode(p, &code);
+        atomic_fetch_add(code == 0 ? &s->st->finished : &s->st->failed, 1);
+        conc_process_free(p);
+        return 0;
+    }
+    if (rc < 0 && rc != -ECHILD)
+        conc_process_kill(p);
+    conc_process_join(p, CONC_FOREVER);
+    conc_process_free(p);
+    if (rc < 0)
+        return rc;
+    return res == ONE_REFUSED ? 0 : res;
 }

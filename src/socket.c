@@ -5,10 +5,15 @@
  * tries the operation, and when the kernel says EAGAIN it waits for the
  * descriptor through the wait layer (conc__wait_fd: a greenlet parks, a
  * thread sleeps in ppoll) until the deadline, then tries again.  The
- * timeout only decides the deadline.  EINTR from the operation is retried
- * at once; an interrupted wait returns 0 from the wait layer and the loop
- * tries again with the same deadline, so a signal never shortens or
- * stretches a call.
+ * timeout only decides the deadline.  The one exception is a socket a
+ * plain thread owns (a threading server's connection, accepted by
+ * conc__socket_accept_now): its descriptor blocks, a call without a
+ * deadline from a thread without a hub sleeps in the operation itself,
+ * and every other call passes MSG_DONTWAIT or first makes the descriptor
+ * non-blocking again (unblock), so what the caller sees is the same.
+ * EINTR from the operation is retried at once; an interrupted wait
+ * returns 0 from the wait layer and the loop tries again with the same
+ * deadline, so a signal never shortens or stretches a call.
  *
  * Addresses and the resolver calls are in socket_addr.c.
  */
@@ -66,6 +71,36 @@ int conc_socket_set_default_timeout(double timeout)
 double conc_socket_default_timeout(void)
 {
     return load_default();
+}
+
+/* ------------------------------------------------- blocking descriptors */
+
+/* True when a call on s until deadline may sleep in the operation: the
+ * descriptor blocks, there is no deadline and the caller is a plain
+ * thread (a greenlet must park through its hub instead). */
+static inline bool may_block(const conc_socket *s, int64_t deadline)
+{
+    return deadline == CONC_NO_DEADLINE && !conc__wait_ops &&
+           atomic_load_explicit(&s->fd_blocks, memory_order_relaxed);
+}
+
+/* The flags of a recv or send family call: MSG_DONTWAIT unless it may
+ * block. */
+static inline int op_flags(const conc_socket *s, int flags, int64_t deadline)
+{
+    return may_block(s, deadline) ? flags : flags | MSG_DONTWAIT;
+}
+
+/* Makes s's descriptor non-blocking again before a call that takes no
+ * flags (accept, connect, sendfile, detach). */
+static void unblock(conc_socket *s)
+{
+    if (!atomic_load_explicit(&s->fd_blocks, memory_order_relaxed))
+        return;
+    int fl = fcntl(s->fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(s->fd, F_SETFL, fl | O_NONBLOCK);
+    atomic_store_explicit(&s->fd_blocks, false, memory_order_relaxed);
 }
 
 /* ----------------------------------------------------------- lifecycle */
@@ -209,6 +244,10 @@ int conc_socket_dup(conc_socket *s, conc_socket **out)
     int r = wrap(out, d, s->timeout);
     if (r < 0)
         close(d);
+    else            /* the same open file: blocking if s's is */
+        atomic_store_explicit(&(*out)->fd_blocks,
+                              atomic_load_explicit(&s->fd_blocks, memory_order_relaxed),
+                              memory_order_relaxed);
     return r;
 }
 
@@ -230,6 +269,7 @@ int conc_socket_detach(conc_socket *s)
     int fd = s->fd;
     if (fd < 0)
         return -EBADF;
+    unblock(s);
     s->fd = -1;
     return fd;
 }
@@ -438,6 +478,44 @@ int conc_socket_shutdown(conc_socket *s, int how)
 
 /* ------------------------------------------------------ accept, connect */
 
+/* One accept4 on s (non-blocking); the connection's descriptor blocks
+ * when `blocks` (fd_blocks in socket.h).  Returns 0 or -errno. */
+static int accept_once(conc_socket *s, conc_socket **out, conc_sockaddr *peer, bool blocks)
+{
+    conc_sockaddr a;
+    memset(&a, 0, sizeof a);
+    socklen_t len = sizeof a.u;
+    int fd = accept4(s->fd, &a.u.sa, &len, blocks ? SOCK_CLOEXEC : SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return op_err();
+    /* The connection has the listener's family, type and protocol: no
+     * need to ask the kernel. */
+    conc_socket *c = malloc(sizeof *c);
+    if (!c) {
+        close(fd);
+        return -ENOMEM;
+    }
+    *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type, .proto = s->proto,
+                        .timeout = load_default(), .fd_blocks = blocks };
+    *out = c;
+    if (peer) {
+        a.len = len < sizeof a.u ? len : sizeof a.u;
+        *peer = a;
+    }
+    return 0;
+}
+
+int conc__socket_accept_now(conc_socket *s, conc_socket **out, conc_sockaddr *peer,
+                            bool blocks)
+{
+    if (!s || !out)
+        return -EINVAL;
+    if (s->fd < 0)
+        return -EBADF;
+    unblock(s);
+    return accept_once(s, out, peer, blocks);
+}
+
 int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *peer,
                              int64_t deadline)
 {
@@ -445,30 +523,12 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
+    unblock(s);
     int waited = 0;
     for (;;) {
-        conc_sockaddr a;
-        memset(&a, 0, sizeof a);
-        socklen_t len = sizeof a.u;
-        int fd = accept4(s->fd, &a.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-            /* The connection has the listener's family, type and
-             * protocol: no need to ask the kernel. */
-            conc_socket *c = malloc(sizeof *c);
-            if (!c) {
-                close(fd);
-                return -ENOMEM;
-            }
-            *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type,
-                                .proto = s->proto, .timeout = load_default() };
-            *out = c;
-            if (peer) {
-                a.len = len < sizeof a.u ? len : sizeof a.u;
-                *peer = a;
-            }
+        int e = accept_once(s, out, peer, false);
+        if (e == 0)
             return 0;
-        }
-        int e = op_err();
         if (e == -EINTR || e == -ECONNABORTED || e == -EPROTO)
             continue;
         if (e != -EAGAIN)
@@ -510,6 +570,7 @@ int conc_socket_connect_until(conc_socket *s, const conc_sockaddr *addr, int64_t
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
+    unblock(s);
     int64_t pause = 50000;
     int waited = 0;
     for (;;) {
@@ -566,7 +627,7 @@ ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
         return -EBADF;
     int waited = 0;
     for (;;) {
-        ssize_t n = recvmsg(s->fd, msg, flags | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        ssize_t n = recvmsg(s->fd, msg, op_flags(s, flags, deadline) | MSG_CMSG_CLOEXEC);
         if (n >= 0)
             return n;
         ssize_t e = op_err();
@@ -593,7 +654,7 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
         memset(from, 0, sizeof *from);
     size_t got = 0;
     bool all = (flags & MSG_WAITALL) && s->type == SOCK_STREAM && !(flags & MSG_PEEK);
-    int fl = (flags & ~MSG_WAITALL) | MSG_DONTWAIT;
+    int fl = op_flags(s, flags & ~MSG_WAITALL, deadline);
     int waited = 0;
     for (;;) {
         ssize_t n;
@@ -731,7 +792,7 @@ ssize_t conc_socket_sendmsg_until(conc_socket *s, const struct msghdr *msg, int 
         return -EBADF;
     int waited = 0;
     for (;;) {
-        ssize_t n = sendmsg(s->fd, msg, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t n = sendmsg(s->fd, msg, op_flags(s, flags, deadline) | MSG_NOSIGNAL);
         if (n >= 0)
             return n;
         ssize_t e = op_err();
@@ -762,10 +823,10 @@ static ssize_t send_common(conc_socket *s, const void *buf, size_t len, int flag
     if (s->fd < 0)
         return -EBADF;
     int waited = 0;
+    int fl = op_flags(s, flags, deadline) | MSG_NOSIGNAL;
     for (;;) {
-        ssize_t n = to ? sendto(s->fd, buf, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL,
-                                &to->u.sa, to->len)
-                       : send(s->fd, buf, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t n = to ? sendto(s->fd, buf, len, fl, &to->u.sa, to->len)
+                       : send(s->fd, buf, len, fl);
         if (n >= 0)
             return n;
         ssize_t e = op_err();
@@ -965,6 +1026,8 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
         return -EBADF;
     if (in_fd < 0)
         return -EBADF;
+    if (!may_block(s, deadline))
+        unblock(s);
     int r = 0, waited = 0;
     for (;;) {
         size_t want = SENDFILE_CHUNK;
@@ -982,6 +1045,8 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
         if (n == 0)
             break;                              /* the end of the file */
         int e = op_err();
+        if (e == -EINTR)
+            continue;                           /* a blocking descriptor */
         if (e == -EAGAIN) {
             /* The socket is full, or (a non-blocking input) nothing to
              * read: wait for the socket, the usual case. */

@@ -2,6 +2,8 @@
 #ifndef CONC_SRC_SOCKET_H
 #define CONC_SRC_SOCKET_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include "conc/socket.h"
 #include "internal.h"
 
@@ -9,6 +11,16 @@ struct conc_socket {
     int fd;                 /* -1 once closed or detached */
     int family, type, proto;
     double timeout;         /* CONC_FOREVER, 0 or seconds (checked) */
+    /* The descriptor may be in blocking mode, for a plain thread that owns
+     * the socket (a threading server's connection, conc__socket_accept_now):
+     * a call with no deadline from a thread without a hub then sleeps in
+     * the kernel's recv or send itself, one system call instead of a
+     * non-blocking try, a poll and a second try.  What callers see stays
+     * the same: the recv and send families pass MSG_DONTWAIT whenever they
+     * must not block (a deadline, a greenlet), and the calls that take no
+     * flags (accept, connect, a sendfile that must not block, detach) make
+     * the descriptor non-blocking again first.  false: O_NONBLOCK. */
+    _Atomic bool fd_blocks;
 };
 
 /* Wraps an open descriptor (non-blocking, close-on-exec already) with the
@@ -18,5 +30,13 @@ CONC_HIDDEN int conc__socket_wrap(conc_socket **out, int fd);
 /* Waits until s's descriptor reports one of events, until deadline:
  * 0 (ready or interrupted: try again), -ETIMEDOUT, -ECANCELED, -EBADF. */
 CONC_HIDDEN int conc__socket_wait(conc_socket *s, short events, int64_t deadline);
+
+/* One accept on listener s, without waiting (-EAGAIN when no connection
+ * waits; -EINTR, -ECONNABORTED and -EPROTO are returned, not retried).
+ * With `blocks` the connection's descriptor is made in blocking mode
+ * (fd_blocks above).
+ * Returns 0 (*out and, unless NULL, *peer set) or -errno. */
+CONC_HIDDEN int conc__socket_accept_now(conc_socket *s, conc_socket **out,
+                                        conc_sockaddr *peer, bool blocks);
 
 #endif

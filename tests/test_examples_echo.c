@@ -43,10 +43,13 @@ static const char *const models[] = { "sync", "select", "poll", "epoll", "nonblo
 static const char *const loop_models[] = { "select", "poll", "epoll", "nonblocking" };
 #define NMODELS (sizeof models / sizeof models[0])
 #define NLOOP (sizeof loop_models / sizeof loop_models[0])
-/* The models of conc/server.h, each with the --workers it is run with. */
-static const char *const lib_models[][2] = {
-    { "threading", NULL }, { "forking", NULL },  { "prefork", "2" },   { "prefork", "1" },
-    { "coroutine", "1" },  { "coroutine", "3" }, { "reactor", "1" },   { "reactor", "2" },
+/* The models of conc/server.h, each with the --workers and the --stack it
+ * is run with. */
+static const char *const lib_models[][3] = {
+    { "threading", NULL, NULL }, { "forking", NULL, NULL },    { "prefork", "2", NULL },
+    { "prefork", "1", NULL },    { "prefork", "1", "copied" }, { "coroutine", "1", NULL },
+    { "coroutine", "3", NULL },  { "coroutine", "1", "own" },  { "coroutine", "1", "copied" },
+    { "coroutine", "2", "copied" }, { "reactor", "1", NULL },  { "reactor", "2", NULL },
 };
 #define NLIB (sizeof lib_models / sizeof lib_models[0])
 
@@ -526,6 +529,9 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
         { "--host", "", "0", NULL },
         { "--model", NULL },
         { "--port", "1", NULL },
+        { "--model", "coroutine", "--stack", "shared", "0", NULL },
+        { "--stack", "copied", "0", NULL },
+        { "--model", "reactor", "--stack", "own", "0", NULL },
     };
     const char *const needle[] = {
         "missing PORT", "PORT wants a whole number from 0 to 65535, not 'abc'",
@@ -534,6 +540,9 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
         "coroutine or reactor, not 'fork'",
         "--model wants", "--host wants", "option '--model' needs a value",
         "unknown option '--port'",
+        "--stack wants own or copied, not 'shared'",
+        "--stack is for the coroutine and prefork models, not 'epoll'",
+        "--stack is for the coroutine and prefork models, not 'reactor'",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_refused("echo-upper-server", bad[i]);
@@ -573,6 +582,7 @@ Test(echo_upper, help_lists_every_model, .timeout = 30)
         cr_assert_not_null(strstr(r.out, line), "%s missing from:\n%s", name, r.out);
     }
     cr_assert_not_null(strstr(r.out, "--workers N"), "%s", r.out);
+    cr_assert_not_null(strstr(r.out, "--stack MODE"), "%s", r.out);
     run_free(&r);
 }
 
@@ -890,12 +900,17 @@ Test(udp_upper, sigint_and_bad_command_lines, .timeout = 60)
 
 static struct srv start_lib_model(size_t m)
 {
-    const char *args[6] = { "--model", lib_models[m][0], "0", NULL };
+    const char *args[8] = { "--model", lib_models[m][0], NULL };
+    int na = 2;
     if (lib_models[m][1]) {
-        args[2] = "--workers";
-        args[3] = lib_models[m][1];
-        args[4] = "0";
+        args[na++] = "--workers";
+        args[na++] = lib_models[m][1];
     }
+    if (lib_models[m][2]) {
+        args[na++] = "--stack";
+        args[na++] = lib_models[m][2];
+    }
+    args[na] = "0";
     struct srv s = start_server("echo-upper-server", args);
     char want[128];
     snprintf(want, sizeof want, "echo-upper-server: listening on 127.0.0.1:%d (model %s)",

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <dirent.h>
 
 #include "conc.h"
 #include "support/fd_count.h"
@@ -259,6 +260,107 @@ Test(manager, namespace_value_array, .timeout = 60)
     conc_manager_free(m);
 }
 
+/* Value and Array with typecodes, as multiprocessing.sharedctypes: typed
+ * get and set, range checks, the typecode kept by the server for every
+ * proxy to the object. */
+Test(manager, typed_value_and_array, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *vi, *vd, *vc, *vb, *aQ, *ad, *bad;
+    cr_assert_eq(conc_manager_value(m, &vi, "vi", 'i'), 0);
+    cr_assert_eq(conc_manager_value(m, &vd, NULL, 'd'), 0);
+    cr_assert_eq(conc_manager_value(m, &vc, NULL, 'c'), 0);
+    cr_assert_eq(conc_manager_value(m, &vb, NULL, 'b'), 0);
+    cr_assert_eq(conc_manager_array(m, &aQ, NULL, 'Q', 3), 0);
+    cr_assert_eq(conc_manager_array(m, &ad, "ad", 'f', 4), 0);
+    cr_expect_eq(conc_proxy_typecode(vi), 'i');
+    cr_expect_eq(conc_proxy_typecode(ad), 'f');
+    cr_expect_eq(conc_proxy_kind(ad), CONC_PROXY_ARRAY);
+
+    int64_t x = 99;
+    double d = 1;
+    cr_expect_eq(conc_proxy_value_get_int(vi, &x), 0);
+    cr_expect_eq(x, 0);
+    cr_expect_eq(conc_proxy_value_set_int(vi, -7), 0);
+    cr_expect_eq(conc_proxy_value_get_int(vi, &x), 0);
+    cr_expect_eq(x, -7);
+    cr_expect_eq(conc_proxy_value_set_int(vi, INT32_MAX), 0);
+    cr_expect_eq(conc_proxy_value_set_int(vi, (int64_t)INT32_MAX + 1), -ERANGE);
+    cr_expect_eq(conc_proxy_value_set_int(vi, (int64_t)INT32_MIN - 1), -ERANGE);
+    cr_expect_eq(conc_proxy_value_get_int(vi, &x), 0);
+    cr_expect_eq(x, INT32_MAX);
+    int32_t raw;                                                /* the bytes, as before */
+    cr_expect_eq(conc_proxy_value_get(vi, &raw, sizeof raw), 4);
+    cr_expect_eq(raw, INT32_MAX);
+    cr_expect_eq(conc_proxy_value_set_float(vi, 1.5), -EINVAL); /* TypeError */
+    cr_expect_eq(conc_proxy_value_get_float(vi, &d), -EINVAL);
+
+    cr_expect_eq(conc_proxy_value_set_float(vd, -2.25), 0);
+    cr_expect_eq(conc_proxy_value_get_float(vd, &d), 0);
+    cr_expect(d == -2.25, "%g", d);
+    cr_expect_eq(conc_proxy_value_set_int(vd, 3), 0);           /* an int into a double */
+    cr_expect_eq(conc_proxy_value_get_float(vd, &d), 0);
+    cr_expect(d == 3.0, "%g", d);
+    cr_expect_eq(conc_proxy_value_get_int(vd, &x), -EINVAL);
+
+    cr_expect_eq(conc_proxy_value_set_int(vc, 'z'), 0);
+    cr_expect_eq(conc_proxy_value_set_int(vc, 256), -ERANGE);
+    cr_expect_eq(conc_proxy_value_get_int(vc, &x), 0);
+    cr_expect_eq(x, 'z');
+    cr_expect_eq(conc_proxy_value_set_int(vb, -128), 0);
+    cr_expect_eq(conc_proxy_value_set_int(vb, 128), -ERANGE);
+    cr_expect_eq(conc_proxy_value_get_int(vb, &x), 0);
+    cr_expect_eq(x, -128);
+
+    cr_expect_eq(conc_proxy_array_len(aQ), 3);
+    cr_expect_eq(conc_proxy_array_set_int(aQ, 0, INT64_MAX), 0);
+    cr_expect_eq(conc_proxy_array_set_int(aQ, -1, 5), 0);
+    cr_expect_eq(conc_proxy_array_set_int(aQ, 1, -1), -ERANGE);  /* unsigned */
+    cr_expect_eq(conc_proxy_array_set_int(aQ, 3, 1), -ERANGE);   /* IndexError */
+    uint64_t big = UINT64_MAX;
+    cr_expect_eq(conc_proxy_array_set(aQ, 1, &big, sizeof big), 0);
+    cr_expect_eq(conc_proxy_array_get_int(aQ, 1, &x), -EOVERFLOW);
+    cr_expect_eq(conc_proxy_array_get_int(aQ, 0, &x), 0);
+    cr_expect_eq(x, INT64_MAX);
+    cr_expect_eq(conc_proxy_array_get_int(aQ, 2, &x), 0);
+    cr_expect_eq(x, 5);
+
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(conc_proxy_array_set_float(ad, i, i + 0.5), 0);
+    cr_expect_eq(conc_proxy_array_get_float(ad, -1, &d), 0);
+    cr_expect(d == 3.5, "%g", d);
+
+    /* Another proxy to the same objects has their typecodes. */
+    conc_proxy *vi2, *ad2;
+    cr_assert_eq(conc_proxy_dup(&vi2, vi), 0);
+    cr_expect_eq(conc_proxy_typecode(vi2), 'i');
+    cr_expect_eq(conc_proxy_value_get_int(vi2, &x), 0);
+    cr_expect_eq(x, INT32_MAX);
+    cr_assert_eq(conc_manager_array(m, &ad2, "ad", 'f', 4), 0);  /* found by name */
+    cr_expect_eq(conc_proxy_id(ad2), conc_proxy_id(ad));
+    cr_expect_eq(conc_proxy_array_get_float(ad2, 1, &d), 0);
+    cr_expect(d == 1.5, "%g", d);
+    cr_expect_eq(conc_manager_array(m, &bad, "ad", 'd', 4), -EEXIST);
+    cr_expect_eq(conc_manager_value(m, &bad, "vi", 'I'), -EEXIST);
+    cr_expect_eq(conc_manager_create(m, &bad, CONC_PROXY_VALUE, "vi", 4, 0), -EEXIST);
+
+    /* Untyped proxies and bad typecodes. */
+    conc_proxy *raw8 = make(m, CONC_PROXY_VALUE, 8, 0);
+    cr_expect_eq(conc_proxy_typecode(raw8), 0);
+    cr_expect_eq(conc_proxy_value_get_int(raw8, &x), -EINVAL);
+    cr_expect_eq(conc_proxy_value_set_float(raw8, 1), -EINVAL);
+    cr_expect_eq(conc_proxy_value_get_int(vi, NULL), -EINVAL);
+    cr_expect_eq(conc_proxy_array_get_int(vi, 0, &x), -EINVAL);  /* a Value, not an Array */
+    cr_expect_eq(conc_manager_value(m, &bad, NULL, 'x'), -EINVAL);
+    cr_expect_eq(conc_manager_value(m, &bad, NULL, 0), -EINVAL);
+    cr_expect_eq(conc_manager_array(m, &bad, NULL, 'i', 0), -EINVAL);
+    cr_expect_eq(conc_proxy_typecode(NULL), 0);
+    conc_proxy *all[] = { vi, vd, vc, vb, aQ, ad, vi2, ad2, raw8 };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        conc_proxy_free(all[i]);
+    conc_manager_free(m);
+}
+
 /* ------------------------------------------------------------ queues */
 
 struct q_arg {
@@ -346,8 +448,8 @@ Test(manager, lock_rlock_semaphores, .timeout = 60)
     cr_expect_eq(conc_proxy_acquire(lk, 0), -EDEADLK);
     cr_expect_eq(conc_proxy_acquire(lk2, 0), -EAGAIN);
     cr_expect_eq(conc_proxy_acquire(lk2, 0.02), -ETIMEDOUT);
-    cr_expect_eq(conc_proxy_release(lk2), -EPERM);
     cr_expect_eq(conc_proxy_release(lk), 0);
+    cr_expect_eq(conc_proxy_release(lk), -EPERM);               /* nobody holds it */
     cr_expect_eq(conc_proxy_acquire(lk2, 0), 0);
     cr_expect_eq(conc_proxy_release(lk2), 0);
 
@@ -387,6 +489,54 @@ Test(manager, lock_rlock_semaphores, .timeout = 60)
     conc_proxy_free(rl2);
     conc_proxy_free(s);
     conc_proxy_free(bs);
+    conc_manager_free(m);
+}
+
+/* threading.Lock: a Lock held by one connection may be released by
+ * another, which wakes a waiter; the first holder's end then gives back
+ * nothing it no longer holds.  An RLock stays its owner's. */
+struct acq_arg {
+    conc_proxy *lk;
+    int r;
+};
+
+static void *acquirer(void *arg)
+{
+    struct acq_arg *a = arg;
+    a->r = conc_proxy_acquire(a->lk, GUARD);
+    return NULL;
+}
+
+Test(manager, lock_released_by_another_connection, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *lk = make(m, CONC_PROXY_LOCK, 0, 0), *other, *waiter;
+    cr_assert_eq(conc_proxy_dup(&other, lk), 0);
+    cr_assert_eq(conc_proxy_dup(&waiter, lk), 0);
+    cr_assert_eq(conc_proxy_acquire(lk, 0), 0);
+    struct acq_arg a = { waiter, 1 };
+    pid_t tid;
+    pthread_t th = spawn_tid(acquirer, &a, &tid);
+    wait_thread_blocked(tid, GUARD);                            /* parked on the held Lock */
+    cr_expect_eq(conc_proxy_release(other), 0);                 /* not its holder: allowed */
+    pthread_join(th, NULL);
+    cr_expect_eq(a.r, 0, "the waiter got the lock: %d", a.r);
+    cr_expect_eq(conc_proxy_acquire(lk, 0), -EAGAIN);           /* the waiter holds it */
+    conc_proxy_free(lk);                                        /* held nothing: frees nothing */
+    cr_expect_eq(conc_proxy_acquire(other, 0), -EAGAIN);
+    conc_proxy_free(waiter);                                    /* the holder ends: released */
+    cr_expect_eq(conc_proxy_acquire(other, GUARD), 0);
+    cr_expect_eq(conc_proxy_release(other), 0);
+
+    conc_proxy *rl = make(m, CONC_PROXY_RLOCK, 0, 0), *rl2;
+    cr_assert_eq(conc_proxy_dup(&rl2, rl), 0);
+    cr_expect_eq(conc_proxy_acquire(rl, 0), 0);
+    cr_expect_eq(conc_proxy_release(rl2), -EPERM);              /* an RLock is its owner's */
+    cr_expect_eq(conc_proxy_acquire(rl2, 0), -EAGAIN);
+    cr_expect_eq(conc_proxy_release(rl), 0);
+    conc_proxy_free(rl);
+    conc_proxy_free(rl2);
+    conc_proxy_free(other);
     conc_manager_free(m);
 }
 
@@ -705,9 +855,11 @@ static int worker_main(const void *arg, size_t len)
     return 0;
 }
 
-Test(manager, many_processes_exact_results, .timeout = 120)
+/* PROCS processes, each ROUNDS times: with a Lock, count += 1 in a dict,
+ * and append its own item to a list; then every count and item is there,
+ * once. */
+static void run_workers_exact(conc_manager *m)
 {
-    conc_manager *m = started(NULL);
     struct worker w = { make(m, CONC_PROXY_DICT, 0, 0), make(m, CONC_PROXY_LOCK, 0, 0),
                         make(m, CONC_PROXY_LIST, 0, 0), 0 };
     int64_t zero = 0;
@@ -753,6 +905,155 @@ Test(manager, many_processes_exact_results, .timeout = 120)
     conc_proxy_free(w.d);
     conc_proxy_free(w.lk);
     conc_proxy_free(w.l);
+}
+
+Test(manager, many_processes_exact_results, .timeout = 120)
+{
+    conc_manager *m = started(NULL);
+    run_workers_exact(m);
+    conc_manager_free(m);
+}
+
+/* The threads of a process. */
+static int threads_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+struct parked {
+    conc_proxy *p;
+    int kind;                           /* 0 Queue.get, 1 Event.wait, 2 Lock.acquire, 3 Condition.wait */
+    int r;                              /* atomic: 1 until the call ends */
+    int held;                           /* atomic: the Condition's lock was taken */
+    char got[8];
+};
+
+static void *parked_main(void *arg)
+{
+    struct parked *a = arg;
+    void *v;
+    size_t n;
+    int r;
+    switch (a->kind) {
+    case 0:
+        r = conc_proxy_queue_get(a->p, &v, &n, GUARD);
+        if (!r) {
+            snprintf(a->got, sizeof a->got, "%.*s", (int)n, (const char *)v);
+            free(v);
+        }
+        break;
+    case 1:
+        r = conc_proxy_event_wait(a->p, GUARD);
+        break;
+    case 2:
+        r = conc_proxy_acquire(a->p, GUARD);
+        break;
+    default:
+        r = conc_proxy_acquire(a->p, GUARD);
+        __atomic_store_n(&a->held, 1, __ATOMIC_RELEASE);
+        if (!r)
+            r = conc_proxy_cond_wait(a->p, GUARD);
+        if (!r)
+            r = conc_proxy_release(a->p);
+        break;
+    }
+    __atomic_store_n(&a->r, r, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* The server serves from one thread: while four clients are parked in
+ * Queue.get, Event.wait, Lock.acquire and Condition.wait, eight processes
+ * get exact results; then each parked call ends with what satisfied it. */
+Test(manager, others_served_while_calls_are_parked, .timeout = 120)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *q = make(m, CONC_PROXY_QUEUE, 0, 0), *ev = make(m, CONC_PROXY_EVENT, 0, 0);
+    conc_proxy *lk = make(m, CONC_PROXY_LOCK, 0, 0), *cv = make(m, CONC_PROXY_CONDITION, 0, 0);
+    conc_proxy *mine[4] = { q, ev, lk, cv };
+    cr_assert_eq(conc_proxy_acquire(lk, 0), 0);
+    struct parked a[4];
+    pthread_t th[4];
+    pid_t tid[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (struct parked){ NULL, i, 1, 0, "" };
+        cr_assert_eq(conc_proxy_dup(&a[i].p, mine[i]), 0);
+        th[i] = spawn_tid(parked_main, &a[i], &tid[i]);
+    }
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (!__atomic_load_n(&a[3].held, __ATOMIC_ACQUIRE)) {
+        cr_assert_lt(conc_now(), end, "the Condition's lock was never taken");
+        usleep(1000);
+    }
+    for (int i = 0; i < 4; i++)
+        wait_thread_blocked(tid[i], GUARD);
+    /* This takes the Condition's lock once its waiter has released it in
+     * wait: the waiter is then on the Condition's list. */
+    cr_assert_eq(conc_proxy_acquire(cv, GUARD), 0);
+    cr_expect_eq(threads_of(conc_manager_pid(m)), 1, "one thread serves every connection");
+    run_workers_exact(m);
+    cr_expect_eq(threads_of(conc_manager_pid(m)), 1);
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(__atomic_load_n(&a[i].r, __ATOMIC_ACQUIRE), 1, "call %d still parked", i);
+    cr_expect_eq(conc_proxy_queue_put(q, "late", 4, 0), 0);
+    cr_expect_eq(conc_proxy_event_set(ev), 0);
+    cr_expect_eq(conc_proxy_release(lk), 0);
+    cr_expect_eq(conc_proxy_cond_notify(cv, 1), 0);
+    cr_expect_eq(conc_proxy_release(cv), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(a[i].r, 0, "call %d: %d", i, a[i].r);
+        conc_proxy_free(a[i].p);
+        conc_proxy_free(mine[i]);
+    }
+    cr_expect_str_eq(a[0].got, "late");
+    conc_manager_free(m);
+}
+
+/* A client killed while parked in Queue.get takes nothing with it: the
+ * next message goes to a live client. */
+static int getter_main(const void *arg, size_t len)
+{
+    conc_proxy *q;
+    if (len != sizeof q)
+        return 90;
+    memcpy(&q, arg, sizeof q);
+    void *v;
+    size_t n;
+    conc_proxy_queue_get(q, &v, &n, CONC_FOREVER);
+    return 91;                          /* never gets here: killed first */
+}
+
+Test(manager, client_killed_while_parked_in_get, .timeout = 60)
+{
+    conc_manager *m = started(NULL);
+    conc_proxy *q = make(m, CONC_PROXY_QUEUE, 0, 0);
+    conc_process *p;
+    conc_process_opts po = CONC_PROCESS_OPTS_INIT;
+    po.method = CONC_START_FORK;
+    cr_assert_eq(conc_process_new(&p, getter_main, &q, sizeof q, &po), 0);
+    cr_assert_eq(conc_process_start(p), 0);
+    wait_proc_blocked(conc_process_pid(p), GUARD);
+    cr_expect_eq(conc_proxy_queue_qsize(q), 0);
+    cr_assert_eq(conc_process_kill(p), 0);
+    cr_assert_eq(conc_process_join(p, GUARD), 0);
+    conc_process_free(p);
+    cr_expect_eq(conc_proxy_queue_put(q, "one", 3, 0), 0);
+    void *v;
+    size_t n;
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, GUARD), 0);
+    expect_bytes(v, n, "one");
+    free(v);
+    cr_expect_eq(conc_proxy_queue_qsize(q), 0);
+    conc_proxy_free(q);
     conc_manager_free(m);
 }
 
@@ -1133,10 +1434,20 @@ static size_t raw_str(uint8_t *buf, size_t pos, uint32_t len, const char *s, siz
 
 /* Sends msg on a new raw connection; returns what the next receive gives
  * (the connection closed: -EPIPE or -ECONNRESET). */
-static int send_raw(const char *addr, const void *msg, size_t len)
+/* A connection to a keyless server, past its hello (its first message). */
+static conc_conn *raw_connect(const char *addr)
 {
     conc_conn *c;
     cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    char hello[64];
+    ssize_t n = conc_conn_recv_bytes(c, hello, sizeof hello, GUARD);
+    cr_assert(n > 0 && memcmp(hello, "#CONC-MANAGER-", 14) == 0, "the hello: %zd", n);
+    return c;
+}
+
+static int send_raw(const char *addr, const void *msg, size_t len)
+{
+    conc_conn *c = raw_connect(addr);
     cr_assert_eq(conc_conn_send_bytes(c, msg, len, GUARD), 0);
     void *ans;
     size_t alen;
@@ -1201,8 +1512,7 @@ Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
     int e = send_raw(addr, b, n);
     cr_expect(e == -EPIPE || e == -ECONNRESET, "oversized: %d", e);
     /* A length prefix that promises a gigabyte, then nothing. */
-    conc_conn *c;
-    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    conc_conn *c = raw_connect(addr);
     int fd = conc_conn_fd(c);
     uint64_t huge = (uint64_t)1 << 30;
     cr_assert_eq(write(fd, &huge, sizeof huge), (ssize_t)sizeof huge);
@@ -1214,7 +1524,7 @@ Test(manager, malformed_requests_close_only_their_connection, .timeout = 60)
 
     /* Well-formed but wrong for the op or the object: an error answer, the
      * connection stays. */
-    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    c = raw_connect(addr);
     int32_t st;
     n = raw_req(b, 1, 7, 0, 0, id, -1);                 /* dict get without a key */
     cr_assert_eq(conc_conn_send_bytes(c, b, n, GUARD), 0);
@@ -1538,6 +1848,30 @@ Test(manager, unix_authkey_on_the_server_only, .timeout = 60)
     cr_assert_eq(conc_manager_new(&c, &o), 0);
     cr_expect_eq(conc_manager_connect(c), 0);
     conc_manager_free(c);
+    conc_manager_free(m);
+}
+
+/* A client with a key and a server without one: the server's hello comes
+ * where the challenge should, and the client fails at once (not after the
+ * 10 s handshake limit). */
+Test(manager, keyed_client_to_keyless_server_fails_fast, .timeout = 60)
+{
+    char path[128];
+    tmp_path(path, sizeof path, "nokey");
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.address = path;
+    conc_manager *m = started(&o);
+    conc_manager_opts co = o;
+    co.authkey = "k1";
+    co.authkey_len = 2;
+    conc_manager *c;
+    cr_assert_eq(conc_manager_new(&c, &co), 0);
+    cr_expect_eq(conc_manager_connect(c), -EACCES);           /* not -ETIMEDOUT after 10 s */
+    conc_manager_free(c);
+    conc_proxy *d;
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, NULL, 0, 0), 0);  /* still serves */
+    cr_expect_eq(conc_proxy_dict_len(d), 0);
+    conc_proxy_free(d);
     conc_manager_free(m);
 }
 

@@ -4,9 +4,16 @@
  * pieces); a silent client does not hold up the others; clients that reset
  * mid-request; shutdown while busy lets the request in flight finish;
  * shutdown from a signal handler and from another thread; a killed
- * prefork worker is replaced; UDP, Unix stream and Unix datagram servers;
- * handle_request and its timeout; bad arguments.  Every test checks that
- * the descriptor count is back to its start and no child is left.
+ * prefork worker is replaced; UDP, Unix stream and Unix datagram servers
+ * in every model (prefork with a socket per worker too); handle_request
+ * and its timeout in every model; the reactor's idle timeout; sockets
+ * made by hand and handed over, and those refused; bad arguments; the
+ * threading model's blocking request socket (deadlines, a handler's hub,
+ * signals, a detached copy and shutdown_timeout still behave).  The
+ * coroutine model on copied stacks (conc_server_opts.stack) passes the
+ * same tests, and its handlers are seen to run on one shared stack per
+ * hub.  Every test checks that the descriptor count is back to its start
+ * and no child is left.
  *
  * Nothing waits a fixed time: a peer that must be blocked first is waited
  * for through its state in /proc (support/task_state.h) or a counter.
@@ -16,6 +23,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -23,7 +31,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -42,7 +52,36 @@
         fn(model, workers);                                                                    \
     }
 
+/* A test of the coroutine or prefork model with its greenlets on copied
+ * stacks (make() passes stack_mode to the server). */
+static int stack_mode;
+
+#define COPIED_TEST(name, fn, model, workers)                                                 \
+    Test(server, name, .timeout = 60)                                                          \
+    {                                                                                          \
+        stack_mode = CONC_STACK_COPIED;                                                        \
+        fn(model, workers);                                                                    \
+    }
+
 /* ------------------------------------------------------------ handlers */
+
+/* The stack frames the setups of one run ran in: handlers on one copied
+ * stack all run at the same address, handlers on stacks of their own at
+ * as many addresses as there are handlers at once. */
+enum { MAX_FRAMES = 64 };
+static _Atomic uintptr_t frames[MAX_FRAMES];
+static _Atomic int nframes;
+
+static void note_frame(uintptr_t f)
+{
+    int n = atomic_load(&nframes);
+    for (int i = 0; i < n && i < MAX_FRAMES; i++)
+        if (atomic_load(&frames[i]) == f)
+            return;
+    int k = atomic_fetch_add(&nframes, 1);
+    if (k < MAX_FRAMES)
+        atomic_store(&frames[k], f);
+}
 
 static void upper(char *p, size_t n)
 {
@@ -56,6 +95,7 @@ static _Atomic int setups, finishes;
 static int echo_setup(conc_server_request *req)
 {
     atomic_fetch_add(&setups, 1);
+    note_frame((uintptr_t)__builtin_frame_address(0));
     req->state = req;               /* handle and finish see it */
     return 0;
 }
@@ -149,9 +189,11 @@ static conc_server *make(conc_server_model model, int type, int workers)
     o.model = model;
     o.workers = workers;
     o.request_queue_size = 64;
+    o.stack = stack_mode;
     conc_server *s = NULL;
-    int rc = model == CONC_SERVER_REACTOR ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
-                                          : conc_server_new(&s, type, &a, &echo_handler, &o);
+    int rc = model == CONC_SERVER_REACTOR && type == SOCK_STREAM
+                 ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
+                 : conc_server_new(&s, type, &a, &echo_handler, &o);
     cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
     return s;
 }
@@ -354,6 +396,7 @@ static void concurrent_clients(conc_server_model model, int workers)
     int fds = base_fds();
     atomic_store(&setups, 0);
     atomic_store(&finishes, 0);
+    atomic_store(&nframes, 0);
     conc_server *s = make(model, SOCK_STREAM, workers);
     struct clients_arg ca = { s, model != CONC_SERVER_SYNC };
     pid_t clients = client_proc(many_clients, &ca);
@@ -372,6 +415,16 @@ static void concurrent_clients(conc_server_model model, int workers)
         cr_assert_eq(atomic_load(&setups), N);
         cr_assert_eq(atomic_load(&finishes), N);
     }
+    if (model == CONC_SERVER_COROUTINE) {
+        /* N handlers at once: on stacks of their own, N frames; on copied
+         * stacks, one per hub (a loop's greenlets share its stack) */
+        int frames_seen = atomic_load(&nframes);
+        if (stack_mode == CONC_STACK_COPIED)
+            cr_assert(frames_seen >= 1 && frames_seen <= workers, "%d frames, %d hubs",
+                      frames_seen, workers);
+        else if (stack_mode == CONC_STACK_OWN)
+            cr_assert_eq(frames_seen, N);
+    }
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
     no_children();
@@ -383,6 +436,19 @@ MODEL_TEST(forking_serves_concurrent_clients, concurrent_clients, CONC_SERVER_FO
 MODEL_TEST(prefork_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK, 2)
 MODEL_TEST(coroutine_serves_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(coroutine_hubs_serve_concurrent_clients, concurrent_clients, CONC_SERVER_COROUTINE, 3)
+COPIED_TEST(coroutine_copied_serves_concurrent_clients, concurrent_clients,
+            CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_hubs_serve_concurrent_clients, concurrent_clients,
+            CONC_SERVER_COROUTINE, 3)
+COPIED_TEST(prefork_copied_serves_concurrent_clients, concurrent_clients, CONC_SERVER_PREFORK,
+            2)
+
+Test(server, coroutine_own_stacks_serve_concurrent_clients, .timeout = 60)
+{
+    stack_mode = CONC_STACK_OWN;
+    concurrent_clients(CONC_SERVER_COROUTINE, 1);
+}
+
 MODEL_TEST(reactor_serves_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 1)
 MODEL_TEST(reactor_loops_serve_concurrent_clients, concurrent_clients, CONC_SERVER_REACTOR, 2)
 
@@ -416,6 +482,7 @@ MODEL_TEST(threading_silent_client, silent_client, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_silent_client, silent_client, CONC_SERVER_FORKING, 0)
 MODEL_TEST(prefork_silent_client, silent_client, CONC_SERVER_PREFORK, 1)
 MODEL_TEST(coroutine_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_silent_client, silent_client, CONC_SERVER_REACTOR, 1)
 
 static void resetting_clients(void *arg)
@@ -459,6 +526,7 @@ MODEL_TEST(sync_resets, resets, CONC_SERVER_SYNC, 0)
 MODEL_TEST(threading_resets, resets, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_resets, resets, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_resets, resets, CONC_SERVER_COROUTINE, 1)
+COPIED_TEST(coroutine_copied_resets, resets, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_resets, resets, CONC_SERVER_REACTOR, 1)
 
 /* Shutdown while a request is in flight: serve_forever waits for it, and
@@ -531,6 +599,8 @@ static void shutdown_while_busy(conc_server_model model, int workers)
 MODEL_TEST(threading_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_THREADING, 0)
 MODEL_TEST(forking_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE, 2)
+COPIED_TEST(coroutine_copied_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_COROUTINE,
+            2)
 MODEL_TEST(reactor_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_REACTOR, 1)
 MODEL_TEST(prefork_shutdown_while_busy, shutdown_while_busy, CONC_SERVER_PREFORK, 1)
 
@@ -547,17 +617,16 @@ static void cut_off_client(void *arg)
 }
 
 /* With a shutdown timeout, a client that never closes is cut off. */
-Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+static void cut_off(const conc_server_model *models, size_t n)
 {
     int fds = base_fds();
-    conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
-                                   CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+    for (size_t i = 0; i < n; i++) {
         conc_sockaddr a;
         conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
         conc_server_opts o = CONC_SERVER_OPTS_INIT;
         o.model = models[i];
         o.shutdown_timeout = 0.05;
+        o.stack = stack_mode;
         conc_server *s;
         cr_assert_eq(models[i] == CONC_SERVER_REACTOR
                          ? conc_server_new_reactor(&s, &a, &reactor_handler, &o)
@@ -581,6 +650,21 @@ Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
     }
     cr_assert_eq(count_fds(), fds);
     no_children();
+}
+
+Test(server, shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    const conc_server_model models[] = { CONC_SERVER_THREADING, CONC_SERVER_COROUTINE,
+                                         CONC_SERVER_REACTOR, CONC_SERVER_FORKING };
+    cut_off(models, sizeof models / sizeof models[0]);
+}
+
+/* A handler parked in recv on a copied stack is cut off the same way. */
+Test(server, coroutine_copied_shutdown_timeout_cuts_off_idle_clients, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
+    const conc_server_model models[] = { CONC_SERVER_COROUTINE, CONC_SERVER_PREFORK };
+    cut_off(models, sizeof models / sizeof models[0]);
 }
 
 /* ------------------------------------------------------------- signals */
@@ -720,6 +804,7 @@ static void datagram_server(conc_server_model model, bool unix_family)
     }
     conc_server_opts o = CONC_SERVER_OPTS_INIT;
     o.model = model;
+    o.stack = stack_mode;
     conc_server *s;
     cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), 0);
     struct running r;
@@ -781,9 +866,115 @@ Test(server, udp_coroutine, .timeout = 60)
     datagram_server(CONC_SERVER_COROUTINE, false);
 }
 
+Test(server, udp_coroutine_copied, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
+    datagram_server(CONC_SERVER_COROUTINE, false);
+}
+
 Test(server, unix_datagram_threading, .timeout = 60)
 {
     datagram_server(CONC_SERVER_THREADING, true);
+}
+
+Test(server, udp_prefork, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_PREFORK, false);
+}
+
+Test(server, unix_datagram_prefork, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_PREFORK, true);
+}
+
+Test(server, udp_reactor, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_REACTOR, false);
+}
+
+Test(server, unix_datagram_reactor, .timeout = 60)
+{
+    datagram_server(CONC_SERVER_REACTOR, true);
+}
+
+/* Answers with the pid of the process that serves: a datagram with a
+ * datagram, a connection with its first line, then closes. */
+static int pid_handle(conc_server_request *req)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    if (req->data)
+        return (int)conc_socket_sendto(req->sock, buf, (size_t)n, 0, &req->peer) < 0 ? -EIO : 0;
+    return conc_socket_sendall(req->sock, buf, (size_t)n, 0, NULL);
+}
+
+/* Prefork with reuse_port: each worker has a socket of its own in the
+ * port's group, and the kernel spreads the clients (each from a port of
+ * its own) over them: both workers answer, every client is answered. */
+static void prefork_reuse_port(int type)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 2;
+    o.reuse_port = true;
+    o.request_queue_size = 64;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, type, &a, &(conc_server_handler){ .handle = pid_handle },
+                                 &o), 0);
+    conc_server_address(s, &a);
+    struct running r;
+    start(&r, s);
+    conc_server_stats st;
+    do {
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.workers < 2);
+    pid_t kids[8];
+    cr_assert_eq(children(kids, 8), 2);
+    int seen[2] = { 0, 0 };
+    int answered = 0;
+    /* a worker binds its socket once it runs: until both have answered,
+     * new clients (new ports, new hashes) keep coming */
+    for (int round = 0; round < 200 && !(seen[0] && seen[1]); round++) {
+        for (int i = 0; i < 16; i++) {
+            int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+            cr_assert_geq(fd, 0);
+            guard(fd);
+            cr_assert_eq(connect(fd, &a.u.sa, a.len), 0, "connect: %s", strerror(errno));
+            if (type == SOCK_DGRAM)
+                cr_assert_eq(send(fd, "who", 3, 0), 3);
+            char buf[32] = "";
+            ssize_t n = recv_retry(fd, buf, sizeof buf - 1, 0);
+            cr_assert_gt(n, 0, "no answer: %s", strerror(errno));
+            int pid = atoi(buf);
+            cr_assert(pid == kids[0] || pid == kids[1], "answered by %d", pid);
+            seen[pid == kids[1]]++;
+            answered++;
+            close(fd);
+        }
+    }
+    cr_assert(seen[0] && seen[1], "one worker served every client (%d, %d)", seen[0], seen[1]);
+    stop(&r);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, (uint64_t)answered);
+    cr_assert_eq(st.finished, (uint64_t)answered);
+    cr_assert_eq(st.workers, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, prefork_reuse_port_udp, .timeout = 60)
+{
+    prefork_reuse_port(SOCK_DGRAM);
+}
+
+Test(server, prefork_reuse_port_tcp, .timeout = 60)
+{
+    prefork_reuse_port(SOCK_STREAM);
 }
 
 Test(server, unix_stream_server, .timeout = 60)
@@ -879,13 +1070,23 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.model = CONC_SERVER_REACTOR;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
-    o.model = CONC_SERVER_PREFORK;
-    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EOPNOTSUPP);
     o.model = CONC_SERVER_THREADING;
     o.shutdown_timeout = -1;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.model = CONC_SERVER_THREADING;
     cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o.model = CONC_SERVER_REACTOR;
+    o.shutdown_timeout = 0;
+    o.idle_timeout = -1;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o.idle_timeout = NAN;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
+    o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_COROUTINE;
+    o.stack = 3;                    /* neither CONC_STACK_OWN nor CONC_STACK_COPIED */
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.stack = -1;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     conc_server_reactor_handler rnone = { 0 };
     cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
     cr_assert_null(s);
@@ -1159,7 +1360,7 @@ static void handle_one_then_close(conc_server_model model)
     cr_assert_eq(pipe(b.down), 0);
     pid_t pid = client_proc(busy_client, &b);
     cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
-    if (model == CONC_SERVER_FORKING) {
+    if (model == CONC_SERVER_FORKING || model == CONC_SERVER_PREFORK) {
         hs_recv(b.up[0]);
         hs_send(b.down[1]);
         client_proc_wait(pid);
@@ -1193,7 +1394,872 @@ Test(server, coroutine_handle_request_then_close, .timeout = 60)
     handle_one_then_close(CONC_SERVER_COROUTINE);
 }
 
+/* handle_request's greenlet in the calling thread's hub, on its copied
+ * stack */
+Test(server, coroutine_copied_handle_request_then_close, .timeout = 60)
+{
+    stack_mode = CONC_STACK_COPIED;
+    handle_one_then_close(CONC_SERVER_COROUTINE);
+}
+
 Test(server, forking_handle_request_then_close, .timeout = 60)
 {
     handle_one_then_close(CONC_SERVER_FORKING);
+}
+
+Test(server, prefork_handle_request_then_close, .timeout = 60)
+{
+    handle_one_then_close(CONC_SERVER_PREFORK);
+}
+
+static void one_exchange(void *arg)
+{
+    int fd = dial(arg);
+    exchange(fd, "one request, then the end", 3);
+    close(fd);
+}
+
+/* handle_request of the models that serve with loops or workers: nothing
+ * waiting gives -EAGAIN / -ETIMEDOUT (no worker left behind); one client
+ * is served.  REACTOR returns once the connection has ended, PREFORK once
+ * a worker took it (close waits for the worker). */
+static void handle_request_model(conc_server_model model)
+{
+    int fds = base_fds();
+    atomic_store(&setups, 0);
+    atomic_store(&finishes, 0);
+    conc_server *s = make(model, SOCK_STREAM, 2);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    cr_assert_eq(conc_server_handle_request(s, 0.01), -ETIMEDOUT);
+    cr_assert_eq(conc_server_handle_request_until(s, conc_now() + 10000000), -ETIMEDOUT);
+    no_children();
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 0);
+    pid_t pid = client_proc(one_exchange, s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    if (model == CONC_SERVER_REACTOR || model == CONC_SERVER_SYNC) {
+        cr_assert_eq(st.finished, 1);
+        cr_assert_eq(st.active, 0);
+    }
+    client_proc_wait(pid);
+    /* nothing more is taken once the request was */
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    cr_assert_eq(conc_server_close(s), 0);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    cr_assert_eq(st.active, 0);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EPIPE);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, reactor_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_REACTOR);
+}
+
+Test(server, prefork_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_PREFORK);
+}
+
+/* handle_request of a datagram server: one datagram is served. */
+static void handle_datagram(conc_server_model model)
+{
+    int fds = base_fds();
+    conc_server *s = make(model, SOCK_DGRAM, 2);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN);
+    conc_sockaddr a;
+    conc_server_address(s, &a);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    cr_assert_eq(connect(fd, &a.u.sa, a.len), 0);
+    cr_assert_eq(send(fd, "ping me", 7, 0), 7);
+    cr_assert_eq(send(fd, "and me", 6, 0), 6);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    char buf[16] = "";
+    cr_assert_eq(recv_retry(fd, buf, sizeof buf, 0), 7);
+    cr_assert_eq(memcmp(buf, "PING ME", 7), 0);
+    /* one request each: the second datagram waits for the next call */
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 1);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    cr_assert_eq(recv_retry(fd, buf, sizeof buf, 0), 6);
+    cr_assert_eq(memcmp(buf, "AND ME", 6), 0);
+    close(fd);
+    cr_assert_eq(conc_server_close(s), 0);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2);
+    cr_assert_eq(st.finished, 2);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+Test(server, reactor_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_REACTOR);
+}
+
+Test(server, prefork_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_PREFORK);
+}
+
+/* ------------------------------------------------------ idle timeout */
+
+static _Atomic int idle_closes, other_closes;
+
+static void idle_close(conc_server_conn *c, int err, void *user)
+{
+    (void)c;
+    (void)user;
+    atomic_fetch_add(err == -ETIMEDOUT ? &idle_closes : &other_closes, 1);
+}
+
+/* A reactor connection that sends nothing for idle_timeout is closed and
+ * on_close gets -ETIMEDOUT, also while another client keeps the loop busy;
+ * the busy one is not closed. */
+Test(server, reactor_idle_timeout_closes_silent_connections, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&idle_closes, 0);
+    atomic_store(&other_closes, 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.idle_timeout = 1.0;
+    conc_server_reactor_handler h = reactor_handler;
+    h.on_close = idle_close;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    struct running r;
+    start(&r, s);
+    int silent = dial(s);
+    exchange(silent, "a word, then silence", 4);
+    int busy = dial(s);
+    int64_t guard_at = conc_now() + (int64_t)(GUARD * 1e9);
+    int rounds = 0;
+    for (;;) {
+        exchange(busy, "still talking", 5);
+        rounds++;
+        struct pollfd p = { .fd = silent, .events = POLLIN };
+        if (poll(&p, 1, 0) == 1)
+            break;
+        cr_assert_lt(conc_now(), guard_at, "the silent connection was never closed");
+    }
+    char c;
+    cr_assert_eq(recv_retry(silent, &c, 1, 0), 0);     /* closed: the end of the stream */
+    close(silent);
+    cr_assert_eq(atomic_load(&idle_closes), 1);
+    exchange(busy, "and the talker is still served", 3);
+    close(busy);
+    stop(&r);
+    cr_assert_eq(atomic_load(&idle_closes), 1);
+    cr_assert_eq(atomic_load(&other_closes), 1);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* handle_request ends when its idle connection is closed. */
+Test(server, reactor_handle_request_idle_timeout, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&idle_closes, 0);
+    atomic_store(&other_closes, 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.idle_timeout = 0.01;
+    conc_server_reactor_handler h = reactor_handler;
+    h.on_close = idle_close;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    int fd = dial(s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    cr_assert_eq(atomic_load(&idle_closes), 1);
+    char c;
+    cr_assert_eq(recv_retry(fd, &c, 1, 0), 0);
+    close(fd);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* ------------------------------------------------ adopting a socket */
+
+/* Python's bind_and_activate=False: the socket is made, bound and set
+ * listening by hand, then served; the server closes it. */
+Test(server, adopt_a_listening_socket, .timeout = 60)
+{
+    int fds = base_fds();
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    int one = 1;
+    cr_assert_eq(setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    cr_assert_eq(bind(lfd, &a.u.sa, a.len), 0);
+    cr_assert_eq(listen(lfd, 16), 0);
+    conc_sockaddr bound;
+    bound.len = sizeof bound.u;
+    cr_assert_eq(getsockname(lfd, &bound.u.sa, &bound.len), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_fd(&s, lfd, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_fd(s), lfd);
+    cr_assert_eq(conc_server_socket_type(s), SOCK_STREAM);
+    conc_sockaddr got;
+    cr_assert_eq(conc_server_address(s, &got), 0);
+    cr_assert_eq(conc_sockaddr_port(&got), conc_sockaddr_port(&bound));
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "served on a socket made by hand", 4);
+    close(fd);
+    stop(&r);
+    conc_server_free(s);            /* closes lfd */
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A reactor on an adopted listener, and a reactor datagram server on an
+ * adopted Unix datagram socket, whose file the server leaves alone. */
+Test(server, adopt_sockets_for_the_reactor, .timeout = 60)
+{
+    int fds = base_fds();
+    int lfd = socket(AF_INET6, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET6, "::1", 0);
+    if (bind(lfd, &a.u.sa, a.len) < 0) {    /* no IPv6 loopback here */
+        close(lfd);
+        lfd = socket(AF_INET, SOCK_STREAM, 0);
+        conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+        cr_assert_eq(bind(lfd, &a.u.sa, a.len), 0);
+    }
+    cr_assert_eq(listen(lfd, 16), 0);
+    conc_server *s;
+    conc_server_opts io = CONC_SERVER_OPTS_INIT;
+    io.idle_timeout = INFINITY;                     /* no limit */
+    cr_assert_eq(conc_server_new_reactor_fd(&s, lfd, &reactor_handler, &io), 0);
+    cr_assert_eq(conc_server_get_model(s), CONC_SERVER_REACTOR);
+    pid_t pid = client_proc(one_exchange, s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    client_proc_wait(pid);
+    conc_server_free(s);
+
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/conc-server-test-%d-adopt.sock", (int)getpid());
+    unlink(path);
+    int dfd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    conc_sockaddr ua;
+    conc_sockaddr_unix(&ua, path, 0);
+    cr_assert_eq(bind(dfd, &ua.u.sa, ua.len), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_REACTOR;
+    cr_assert_eq(conc_server_new_fd(&s, dfd, &echo_handler, &o), 0);
+    cr_assert_eq(conc_server_socket_type(s), SOCK_DGRAM);
+    int cfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    char cpath[108];
+    snprintf(cpath, sizeof cpath, "%.90s.client", path);
+    unlink(cpath);
+    conc_sockaddr ca;
+    conc_sockaddr_unix(&ca, cpath, 0);
+    cr_assert_eq(bind(cfd, &ca.u.sa, ca.len), 0);
+    guard(cfd);
+    cr_assert_eq(sendto(cfd, "adopted", 7, 0, &ua.u.sa, ua.len), 7);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    char buf[16];
+    cr_assert_eq(recv_retry(cfd, buf, sizeof buf, 0), 7);
+    cr_assert_eq(memcmp(buf, "ADOPTED", 7), 0);
+    conc_server_free(s);
+    cr_assert_eq(access(path, F_OK), 0, "the caller's socket file was removed");
+    close(cfd);
+    unlink(cpath);
+    unlink(path);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* A socket that cannot be served is refused with its reason, and stays
+ * the caller's: open, flags unchanged. */
+static void refused_fd(int fd, int want, const conc_server_opts *o, bool reactor)
+{
+    int fl = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    conc_server *s = NULL;
+    int rc = reactor ? conc_server_new_reactor_fd(&s, fd, &reactor_handler, o)
+                     : conc_server_new_fd(&s, fd, &echo_handler, o);
+    cr_assert_eq(rc, want, "fd %d: %s, want %s", fd, conc_strerror(rc), conc_strerror(want));
+    cr_assert_null(s);
+    if (fd >= 0 && want != -EBADF) {
+        cr_assert_eq(fcntl(fd, F_GETFL), fl, "fd %d changed", fd);
+        cr_assert_geq(fcntl(fd, F_GETFD), 0, "fd %d closed", fd);
+    }
+}
+
+Test(server, adopt_refuses_bad_sockets, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    refused_fd(-1, -EBADF, NULL, false);
+    refused_fd(-1, -EBADF, NULL, true);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    close(p[1]);
+    refused_fd(p[1], -EBADF, NULL, false);          /* a closed number */
+    refused_fd(p[0], -ENOTSOCK, NULL, false);       /* a pipe */
+    refused_fd(p[0], -ENOTSOCK, NULL, true);
+    int sp[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp), 0);
+    refused_fd(sp[0], -EINVAL, NULL, false);        /* another type */
+    int unbound = socket(AF_INET, SOCK_STREAM, 0);
+    refused_fd(unbound, -EINVAL, NULL, false);
+    int quiet = socket(AF_INET, SOCK_STREAM, 0);    /* bound, not listening */
+    cr_assert_eq(bind(quiet, &a.u.sa, a.len), 0);
+    refused_fd(quiet, -EINVAL, NULL, false);
+    refused_fd(quiet, -EINVAL, NULL, true);
+    int udp_unbound = socket(AF_INET, SOCK_DGRAM, 0);
+    refused_fd(udp_unbound, -EINVAL, NULL, false);
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    cr_assert_eq(bind(udp, &a.u.sa, a.len), 0);
+    refused_fd(udp, -EINVAL, NULL, true);           /* the stream reactor */
+    int lst = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(bind(lst, &a.u.sa, a.len), 0);
+    cr_assert_eq(listen(lst, 4), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.reuse_port = true;                            /* not in a group */
+    refused_fd(lst, -EINVAL, &o, false);
+    o.reuse_port = false;
+    o.model = CONC_SERVER_REACTOR;                  /* a stream needs callbacks */
+    refused_fd(lst, -EINVAL, &o, false);
+    o.model = CONC_SERVER_THREADING;                /* not a reactor model */
+    refused_fd(lst, -EINVAL, &o, true);
+    int nl = socket(AF_NETLINK, SOCK_DGRAM, 0);
+    if (nl >= 0) {
+        refused_fd(nl, -EAFNOSUPPORT, NULL, false);
+        close(nl);
+    }
+    conc_server *s;
+    cr_assert_eq(conc_server_new_fd(NULL, lst, &echo_handler, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new_fd(&s, lst, NULL, NULL), -EINVAL);
+    cr_assert_eq(conc_server_new_reactor_fd(&s, lst, NULL, NULL), -EINVAL);
+    /* and the same listener, good, is served */
+    cr_assert_eq(conc_server_new_fd(&s, lst, &echo_handler, NULL), 0);
+    conc_server_free(s);
+    close(p[0]);
+    close(sp[0]);
+    close(sp[1]);
+    close(unbound);
+    close(quiet);
+    close(udp_unbound);
+    close(udp);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* handle_request in the other models (COROUTINE's greenlet runs when its
+ * thread waits in conc, as coroutine_handle_request_then_close shows). */
+Test(server, sync_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_SYNC);
+}
+
+Test(server, threading_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_THREADING);
+}
+
+Test(server, forking_handle_request, .timeout = 60)
+{
+    handle_request_model(CONC_SERVER_FORKING);
+}
+
+Test(server, sync_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_SYNC);
+}
+
+Test(server, threading_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_THREADING);
+}
+
+Test(server, forking_handle_request_datagram, .timeout = 60)
+{
+    handle_datagram(CONC_SERVER_FORKING);
+}
+
+/* A prefork handle_request whose worker is killed before a request came
+ * reports it (-ECHILD) instead of waiting, and leaves nothing behind. */
+struct hr_call {
+    conc_server *s;
+    int rc;
+};
+
+static void *hr_main(void *arg)
+{
+    struct hr_call *c = arg;
+    c->rc = conc_server_handle_request(c->s, GUARD);
+    return NULL;
+}
+
+Test(server, prefork_handle_request_worker_killed, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make(CONC_SERVER_PREFORK, SOCK_STREAM, 1);
+    struct hr_call c = { .s = s, .rc = 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, hr_main, &c), 0);
+    pid_t kids[4];
+    int n;
+    while ((n = children(kids, 4)) == 0)
+        conc_sleep(0.001);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(c.rc, -ECHILD, "%s", conc_strerror(c.rc));
+    no_children();
+    /* and the server still serves */
+    pid_t pid = client_proc(one_exchange, s);
+    cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
+    client_proc_wait(pid);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* With reuse_port, a killed worker's replacement binds a socket of its
+ * own again: both workers answer after it. */
+Test(server, prefork_reuse_port_worker_replaced, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 2;
+    o.reuse_port = true;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &(conc_server_handler){ .handle = pid_handle },
+                                 &o), 0);
+    conc_server_address(s, &a);
+    struct running r;
+    start(&r, s);
+    conc_server_stats st;
+    do {
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.workers < 2);
+    for (int life = 0; life < 2; life++) {
+        pid_t kids[8];
+        cr_assert_eq(children(kids, 8), 2);
+        int seen[2] = { 0, 0 };
+        for (int round = 0; round < 200 && !(seen[0] && seen[1]); round++) {
+            for (int i = 0; i < 16; i++) {
+                int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+                guard(fd);
+                cr_assert_eq(connect(fd, &a.u.sa, a.len), 0);
+                cr_assert_eq(send(fd, "who", 3, 0), 3);
+                char buf[32] = "";
+                cr_assert_gt(recv_retry(fd, buf, sizeof buf - 1, 0), 0);
+                int pid = atoi(buf);
+                cr_assert(pid == kids[0] || pid == kids[1], "answered by %d", pid);
+                seen[pid == kids[1]]++;
+                close(fd);
+            }
+        }
+        cr_assert(seen[0] && seen[1], "life %d: one worker served every client", life);
+        if (life == 0) {
+            /* both workers are equal here: kill either, its slot is refilled */
+            cr_assert_eq(kill(kids[1], SIGKILL), 0);
+            do {
+                conc_sleep(0.001);
+                conc_server_get_stats(s, &st);
+            } while (st.worker_restarts < 1 || st.workers < 2);
+        }
+    }
+    stop(&r);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+/* ------------------------------------------- threading: blocking reads */
+
+/* The threading model's request socket (no request_timeout) has a blocking
+ * descriptor, as Python's: the thread sleeps in recv and send themselves.
+ * With a request_timeout it stays non-blocking and the timeout holds. */
+static _Atomic int probe_flags = -1;
+
+static int flags_handle(conc_server_request *req)
+{
+    atomic_store(&probe_flags, fcntl(conc_socket_fd(req->sock), F_GETFL));
+    return echo_handle(req);
+}
+
+static const conc_server_handler flags_handler = {
+    .setup = echo_setup, .handle = flags_handle, .finish = echo_finish,
+};
+
+static int silent_timeout_handle(conc_server_request *req)
+{
+    atomic_store(&probe_flags, fcntl(conc_socket_fd(req->sock), F_GETFL));
+    char c;
+    return (int)conc_socket_recv(req->sock, &c, 1, 0);
+}
+
+static const conc_server_handler silent_timeout_handler = { .handle = silent_timeout_handle };
+
+static conc_server *make_threading(const conc_server_handler *h, double request_timeout,
+                                   double shutdown_timeout)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.request_timeout = request_timeout;
+    o.shutdown_timeout = shutdown_timeout;
+    conc_server *s;
+    int rc = conc_server_new(&s, SOCK_STREAM, &a, h, &o);
+    cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
+    return s;
+}
+
+Test(server, threading_request_socket_blocks_as_pythons, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&flags_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "a blocking request socket", 4);
+    int fl = atomic_load(&probe_flags);
+    cr_assert_geq(fl, 0);
+    cr_assert_eq(fl & O_NONBLOCK, 0, "the request's descriptor is non-blocking");
+    exchange(fd, "served by blocking reads", 3);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+
+    /* request_timeout: the descriptor stays non-blocking, a silent client
+     * times out */
+    atomic_store(&probe_flags, -1);
+    s = make_threading(&silent_timeout_handler, 0.05, 0);
+    start(&r, s);
+    fd = dial(s);
+    char c;
+    cr_assert_eq(recv_retry(fd, &c, 1, 0), 0, "the timed-out request is not closed");
+    close(fd);
+    stop(&r);
+    fl = atomic_load(&probe_flags);
+    cr_assert(fl >= 0 && (fl & O_NONBLOCK), "flags %#x", fl);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.failed, 1);
+    cr_assert_eq(st.finished, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A handler's calls that must not block still do not on the blocking
+ * descriptor: a non-blocking recv, a recv with a deadline, a sendfile with
+ * a deadline to a client that reads nothing. */
+enum { SF_SIZE = 64 << 20 };
+static _Atomic long nb_recv = 1, dl_recv = 1, dl_sendfile = 1;
+static _Atomic long dl_sent = -1;
+static _Atomic int probe_done;
+
+static int deadlines_handle(conc_server_request *req)
+{
+    char buf[16];
+    cr_assert_eq(conc_socket_set_timeout(req->sock, 0), 0);
+    atomic_store(&nb_recv, (long)conc_socket_recv(req->sock, buf, sizeof buf, 0));
+    cr_assert_eq(conc_socket_set_timeout(req->sock, CONC_FOREVER), 0);
+    atomic_store(&dl_recv, (long)conc_socket_recv_until(req->sock, buf, sizeof buf, 0,
+                                                        conc_now() + 20000000));
+    int mfd = memfd_create("sendfile-source", MFD_CLOEXEC);
+    int rc = mfd >= 0 && ftruncate(mfd, SF_SIZE) == 0 ? 0 : -errno;
+    size_t sent = 0;
+    if (rc == 0)
+        rc = conc_socket_sendfile_until(req->sock, mfd, 0, SF_SIZE, &sent,
+                                        conc_now() + 50000000);
+    if (mfd >= 0)
+        close(mfd);
+    atomic_store(&dl_sendfile, rc);
+    atomic_store(&dl_sent, (long)sent);
+    atomic_store(&probe_done, 1);
+    return 0;
+}
+
+static const conc_server_handler deadlines_handler = { .handle = deadlines_handle };
+
+Test(server, threading_calls_with_deadlines_do_not_block, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&deadlines_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (!atomic_load(&probe_done)) {
+        cr_assert_lt(conc_now(), end, "the handler hangs");
+        conc_sleep(0.001);
+    }
+    close(fd);
+    stop(&r);
+    cr_assert_eq(atomic_load(&nb_recv), -EAGAIN);
+    cr_assert_eq(atomic_load(&dl_recv), -ETIMEDOUT);
+    cr_assert_eq(atomic_load(&dl_sendfile), -ETIMEDOUT, "sendfile: %s",
+                 conc_strerror((int)atomic_load(&dl_sendfile)));
+    long sent = atomic_load(&dl_sent);
+    cr_assert(sent > 0 && sent < SF_SIZE, "sent %ld", sent);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A handler that runs a hub in its thread: a greenlet's recv parks the
+ * greenlet, not the thread, so another greenlet of the thread runs (it
+ * sends the ping the client waits for before it sends anything). */
+struct hub_req {
+    conc_server_request *req;
+    conc_event reading;
+};
+
+static void *hub_reader(void *arg)
+{
+    struct hub_req *h = arg;
+    char buf[64];
+    conc_event_set(&h->reading);
+    ssize_t n = conc_socket_recv(h->req->sock, buf, sizeof buf, 0);
+    if (n <= 0)
+        return (void *)(intptr_t)(n < 0 ? n : -EPROTO);
+    upper(buf, (size_t)n);
+    return (void *)(intptr_t)conc_socket_sendall(h->req->sock, buf, (size_t)n, 0, NULL);
+}
+
+static void *hub_pinger(void *arg)
+{
+    struct hub_req *h = arg;
+    int rc = conc_event_wait(&h->reading, GUARD);
+    if (rc == 0)
+        rc = conc_socket_sendall(h->req->sock, "ping", 4, 0, NULL);
+    return (void *)(intptr_t)rc;
+}
+
+static int hub_handle(conc_server_request *req)
+{
+    struct hub_req h = { .req = req };
+    conc_event_init(&h.reading, 0);
+    conc_greenlet *g[2];
+    int rc = conc_greenlet_spawn(&g[0], hub_reader, &h, NULL);
+    if (rc < 0)
+        return rc;
+    rc = conc_greenlet_spawn(&g[1], hub_pinger, &h, NULL);
+    if (rc < 0) {
+        conc_greenlet_kill(g[0]);
+        conc_greenlet_free(g[0]);
+        return rc;
+    }
+    rc = conc_greenlet_joinall(g, 2, GUARD);
+    for (int i = 0; i < 2; i++) {
+        void *res = NULL;
+        if (rc == 0 && conc_greenlet_result(g[i], &res) == 0 && (intptr_t)res < 0)
+            rc = (int)(intptr_t)res;
+        conc_greenlet_free(g[i]);
+    }
+    conc_hub_free();
+    return rc;
+}
+
+static const conc_server_handler hub_handler = { .handle = hub_handle };
+
+Test(server, threading_handler_hub_parks_greenlets_not_the_thread, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&hub_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    char buf[8];
+    read_exact(fd, buf, 4);
+    cr_assert_eq(memcmp(buf, "ping", 4), 0);
+    cr_assert_eq(send(fd, "pong", 4, MSG_NOSIGNAL), 4);
+    read_exact(fd, buf, 4);
+    cr_assert_eq(memcmp(buf, "PONG", 4), 0);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* A signal to a request thread asleep in its blocking recv does not end
+ * the read: the handler gets the bytes sent after it. */
+static _Atomic pid_t handler_tid;
+static _Atomic int usr2_seen;
+
+static void on_usr2(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&usr2_seen, 1);
+}
+
+static int tid_setup(conc_server_request *req)
+{
+    atomic_store(&handler_tid, gettid());
+    return echo_setup(req);
+}
+
+static const conc_server_handler tid_echo_handler = {
+    .setup = tid_setup, .handle = echo_handle, .finish = echo_finish,
+};
+
+static pid_t wait_handler_tid(void)
+{
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    pid_t tid;
+    while ((tid = atomic_load(&handler_tid)) == 0) {
+        cr_assert_lt(conc_now(), end, "no request thread");
+        conc_sleep(0.001);
+    }
+    return tid;
+}
+
+Test(server, threading_blocked_recv_outlives_a_signal, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&handler_tid, 0);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;        /* no SA_RESTART: recv says EINTR */
+    cr_assert_eq(sigaction(SIGUSR2, &sa, &old), 0);
+    conc_server *s = make_threading(&tid_echo_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    pid_t tid = wait_handler_tid();
+    wait_thread_blocked(tid, GUARD);
+    cr_assert_eq(syscall(SYS_tgkill, getpid(), tid, SIGUSR2), 0);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (atomic_load(&usr2_seen) == 0) {
+        cr_assert_lt(conc_now(), end, "the signal never came");
+        conc_sleep(0.001);
+    }
+    wait_thread_blocked(tid, GUARD);
+    exchange(fd, "sent after the signal", 6);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    sigaction(SIGUSR2, &old, NULL);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* shutdown_timeout ends a request thread asleep in a blocking send to a
+ * client that reads nothing (the send says -EPIPE). */
+static _Atomic int flood_rc = 1;
+
+static int flood_handle(conc_server_request *req)
+{
+    atomic_store(&handler_tid, gettid());
+    size_t n = 1 << 20;
+    char *buf = calloc(1, n);
+    if (!buf)
+        return -ENOMEM;
+    int rc = 0;
+    while (rc == 0)
+        rc = conc_socket_sendall(req->sock, buf, n, 0, NULL);
+    free(buf);
+    atomic_store(&flood_rc, rc);
+    return 0;
+}
+
+static const conc_server_handler flood_handler = { .handle = flood_handle };
+
+Test(server, threading_shutdown_timeout_ends_a_blocked_send, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&handler_tid, 0);
+    conc_server *s = make_threading(&flood_handler, 0, 0.05);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    pid_t tid = wait_handler_tid();
+    wait_thread_blocked(tid, GUARD);
+    stop(&r);                       /* cut off after 0.05 s */
+    cr_assert_eq(atomic_load(&flood_rc), -EPIPE, "sendall: %s",
+                 conc_strerror(atomic_load(&flood_rc)));
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.active, 0);
+    close(fd);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* conc_socket_detach gives a non-blocking descriptor, as socket.h says,
+ * also from a copy of a threading request's socket (conc_socket_dup); the
+ * request's socket, whose open file is then non-blocking too, still
+ * serves its client. */
+static _Atomic int detached_flags = -1;
+
+static int detach_handle(conc_server_request *req)
+{
+    conc_socket *copy;
+    int rc = conc_socket_dup(req->sock, &copy);
+    if (rc < 0)
+        return rc;
+    int fd = conc_socket_detach(copy);
+    conc_socket_free(copy);
+    if (fd < 0)
+        return fd;
+    atomic_store(&detached_flags, fcntl(fd, F_GETFL));
+    close(fd);
+    return echo_handle(req);
+}
+
+static const conc_server_handler detach_handler = {
+    .setup = echo_setup, .handle = detach_handle, .finish = echo_finish,
+};
+
+Test(server, threading_detached_copy_is_non_blocking, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_server *s = make_threading(&detach_handler, 0, 0);
+    struct running r;
+    start(&r, s);
+    int fd = dial(s);
+    exchange(fd, "served after a copy was detached", 4);
+    int fl = atomic_load(&detached_flags);
+    cr_assert(fl >= 0 && (fl & O_NONBLOCK), "detached flags %#x", fl);
+    exchange(fd, "and still served", 2);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
 }

@@ -16,6 +16,11 @@ bench_manager.c, every one in ops/s, one client process unless said:
   manager_queue_putget  put(item) + get() on a manager Queue (one op)
   manager_dict_set_c8   8 client processes setting keys of one dict at
                         once, total ops/s
+  manager_c8_server_cpus  CPUs: the manager process's CPU time per second
+                        of wall time while the clients of
+                        manager_dict_set_c8 run their loops
+  manager_c8_client_cpus  CPUs: the 8 clients' CPU time in their loops per
+                        second of wall time
 
 The manager runs in its own process (SyncManager.start()), with an authkey,
 as bench_manager's conc manager does.  A wrong result (a lost item, a dict
@@ -27,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peerlib import WrongResult, now, pin  # noqa: E402
@@ -113,32 +119,49 @@ def queue_putget(transport):
     return body
 
 
-def c8_worker(slot, d, count, barrier, times):
+def c8_worker(slot, d, count, barrier, times, cpus):
     pin(slot)
     keys = KEYS
     tag = b"%d" % slot
     barrier.wait()
+    c0 = time.process_time()
     t0 = now()
     for i in range(count):
         d[keys[i & 63] + tag] = VALUE
     times[2 * slot] = t0
     times[2 * slot + 1] = now()
+    cpus[slot] = time.process_time() - c0
 
 
-def dict_set_c8(transport):
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used, from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dict_set_c8(transport, cpus=None):
+    """The c8 body; cpus, when given, names the CPU figure the body returns
+    instead of the time: "server" or "client", the CPU seconds per second of
+    the clients' loops (returned as n * 1e9 / CPUs, so that peerlib's ops/s
+    conversion prints the CPUs)."""
     def body(n):
         m = manager(transport)
         d = m.dict()
         ctx = multiprocessing.get_context("fork")
-        barrier = ctx.Barrier(CLIENTS)
+        barrier = ctx.Barrier(CLIENTS + 1)
         times = ctx.RawArray("q", 2 * CLIENTS)
+        used = ctx.RawArray("d", CLIENTS)
         per = max(n // CLIENTS, 1)
-        procs = [ctx.Process(target=c8_worker, args=(s, d, per, barrier, times))
+        procs = [ctx.Process(target=c8_worker, args=(s, d, per, barrier, times, used))
                  for s in range(CLIENTS)]
         for p in procs:
             p.start()
+        barrier.wait()
+        s0 = proc_cpu(m._process.pid)
         for p in procs:
             p.join()
+        s1 = proc_cpu(m._process.pid)
         for p in procs:
             if p.exitcode != 0:
                 raise WrongResult("client exit code %r" % p.exitcode)
@@ -146,6 +169,9 @@ def dict_set_c8(transport):
         if len(d) != want:
             raise WrongResult("dict has %d keys, expected %d" % (len(d), want))
         ns = max(times[1::2]) - min(times[0::2])
+        if cpus:
+            cpu = s1 - s0 if cpus == "server" else sum(used)
+            return n * 1e9 / max(cpu / (ns / 1e9), 1e-9)
         return ns * n / (CLIENTS * per)
     return body
 
@@ -160,6 +186,8 @@ for _t in ("unix", "tcp"):
         (_s, "manager_lock", lock(_t), "ops/s", 10000, "median"),
         (_s, "manager_queue_putget", queue_putget(_t), "ops/s", 10000, "median"),
         (_s, "manager_dict_set_c8", dict_set_c8(_t), "ops/s", 40000, "median"),
+        (_s, "manager_c8_server_cpus", dict_set_c8(_t, "server"), "CPUs", 40000, "median"),
+        (_s, "manager_c8_client_cpus", dict_set_c8(_t, "client"), "CPUs", 40000, "median"),
     ]
 
 

@@ -65,6 +65,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "conc/common.h"
 #include "conc/coro.h"
 #include "conc/errors.h"
 #include "conc/time.h"
@@ -112,9 +113,7 @@ typedef struct conc_spawn_opts {
  *                    spawn asking for a bigger stack than that gets a stack
  *                    of its own.
  */
-#define CONC_STACK_HUB    0
-#define CONC_STACK_OWN    1
-#define CONC_STACK_COPIED 2
+/* CONC_STACK_HUB (0), CONC_STACK_OWN, CONC_STACK_COPIED: conc/common.h */
 
 /* conc reads a field only when size covers it, so the struct can grow;
  * CONC_SPAWN_OPTS_INIT fills size.  The coroutine options are referenced,

@@ -28,8 +28,11 @@
  * Proxies (conc_proxy): conc_manager_create makes an object in the server
  * (or finds the named one) and returns a proxy to it.  Each proxy has its
  * own connection, so a proxy blocked in Queue.get or Lock.acquire does not
- * hold up the others; the server serves each connection on a thread of its
- * own, so one client's blocking call never holds up another client.  One
+ * hold up the others.  The server serves every connection from one epoll
+ * loop (the hub of conc/hub.h in the thread that runs it): a connection is
+ * a greenlet, and a call that must wait parks only its greenlet, so one
+ * client's blocking call never holds up another client, and no thread is
+ * made per connection.  One
  * proxy runs one call at a time: calls from several threads on one proxy
  * take turns (a thread that must notify a Condition another thread waits
  * on through the same proxy needs a proxy of its own: conc_proxy_dup).
@@ -144,8 +147,11 @@ typedef enum conc_proxy_type {
  * conc_manager_type - a type the program registers (BaseManager.register):
  * C callbacks the server calls.  They run in the server process (a started
  * manager's child is a fork of the program, so the function pointers are
- * valid there), on the thread of the calling connection; the server runs
- * one call on an object at a time.
+ * valid there), in the greenlet of the calling connection, in the server's
+ * one thread; the server runs one call on an object at a time.  A callback
+ * that blocks the thread in the kernel holds up every client; the blocking
+ * calls of conc (locks, queues, sleeps, descriptor waits) park only the
+ * connection's greenlet.
  *   create   make an object from the creation argument (arg, len); store it
  *            in *obj and return 0, or return a negative errno (the client's
  *            conc_manager_create_user returns it).
@@ -215,7 +221,8 @@ CONC_API int conc_manager_start(conc_manager *m);
 
 /*
  * conc_manager_serve_forever - Server.serve_forever(): run the server in
- * the calling thread until a client calls conc_manager_shutdown on its
+ * the calling thread (its connections are greenlets of the thread's hub,
+ * which is freed afterwards when nothing else of it runs) until a client calls conc_manager_shutdown on its
  * handle (or another thread of this process calls it on m).  Returns 0
  * after the shutdown, every connection closed and every object freed;
  * -EINVAL for NULL or a manager without an address; -EALREADY when
@@ -230,11 +237,11 @@ CONC_API int conc_manager_serve_forever(conc_manager *m);
  * the manager's address.  Returns 0; -EINVAL for NULL or no address;
  * -EALREADY when started, served or connected before; -ENOENT or
  * -ECONNREFUSED when nothing listens there; -EACCES when the authkey
- * handshake fails (a wrong key, or a server that has a key and this handle
- * none: without a key, any peer that does not answer like a manager); -ETIMEDOUT when the server does not answer the handshake within
- * 10 s (also when this handle has a key and the server none: it waits for
- * a request while this side waits for a challenge); -EPROTO when the peer
- * does not speak this protocol or version; the errors of connect(2).
+ * handshake fails (a wrong key, a server that has a key and this handle
+ * none, or this handle a key and the server none: the server speaks first,
+ * so either case is told at once); -ETIMEDOUT when the server does not
+ * answer within 10 s; -EPROTO when the peer does not speak this protocol
+ * or version; the errors of connect(2).
  */
 CONC_API int conc_manager_connect(conc_manager *m);
 
@@ -291,6 +298,30 @@ CONC_API int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_t
                                  const char *name, uint64_t n, uint64_t size);
 
 /*
+ * conc_manager_value, conc_manager_array - SyncManager.Value(typecode, 0)
+ * and SyncManager.Array(typecode, n): a Value or an Array of n items of a
+ * typecode of multiprocessing.sharedctypes (array module letters), zero at
+ * first:
+ *   'c' char (1 byte)          'b' signed char     'B' unsigned char
+ *   'h' short    'H' unsigned short    'i' int     'I' unsigned int
+ *   'l' long     'L' unsigned long     'q' long long   'Q' unsigned long long
+ *   'f' float    'd' double
+ * with this machine's C sizes; the server keeps the typecode, so every
+ * proxy to the object (conc_manager_open, conc_proxy_dup, the same name)
+ * has it (conc_proxy_typecode).  The typed calls below read and write
+ * items as numbers (stored little-endian, so machines of either byte order
+ * agree); the byte calls (conc_proxy_value_get, ...) still see the bytes.
+ * name as for conc_manager_create.  Returns 0; -EINVAL for an unknown
+ * typecode, n 0 or too large (as conc_manager_create); -EEXIST when the
+ * named object exists with another type, size or typecode; the errors of
+ * conc_manager_create.
+ */
+CONC_API int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name,
+                                char typecode);
+CONC_API int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name,
+                                char typecode, uint64_t n);
+
+/*
  * conc_manager_create_user - make an object of a registered type (its
  * create callback gets arg, len) or, with a name, find the one made with
  * that name before.  Returns 0; -ENOENT when the server has no type
@@ -314,6 +345,10 @@ CONC_API uint64_t conc_proxy_id(const conc_proxy *p);
 
 /* conc_proxy_kind - the object's type; 0 for NULL. */
 CONC_API conc_proxy_type conc_proxy_kind(const conc_proxy *p);
+
+/* conc_proxy_typecode - a typed Value's or Array's typecode ('i', 'd',
+ * ...); 0 for an untyped one, any other object, or NULL. */
+CONC_API char conc_proxy_typecode(const conc_proxy *p);
 
 /*
  * conc_proxy_dup - a second proxy to the same object, with a connection of
@@ -414,6 +449,33 @@ CONC_API ssize_t conc_proxy_array_get(conc_proxy *p, int64_t index, void *buf, s
  * -ERANGE. */
 CONC_API int conc_proxy_array_set(conc_proxy *p, int64_t index, const void *data, size_t len);
 
+/* ---- typed Value and Array (conc_manager_value, conc_manager_array) -----
+ * Integer calls on an integer typecode ('c' counts as the byte 0 to 255),
+ * float calls on 'f' and 'd'; an integer may also be set into 'f' or 'd'
+ * (converted, as Python does).  Errors besides the common ones: -EINVAL
+ * for an untyped proxy, a NULL out, a float call on an integer typecode or
+ * an integer get on a float one; -ERANGE for a value the type cannot hold
+ * (Python's ctypes would wrap it silently) or an Array index out of range;
+ * -EOVERFLOW when an unsigned 'L' or 'Q' item is above INT64_MAX.
+ */
+
+/* v.value as an integer into *out.  Returns 0. */
+CONC_API int conc_proxy_value_get_int(conc_proxy *p, int64_t *out);
+/* v.value = x.  Returns 0. */
+CONC_API int conc_proxy_value_set_int(conc_proxy *p, int64_t x);
+/* v.value as a double into *out ('f' and 'd').  Returns 0. */
+CONC_API int conc_proxy_value_get_float(conc_proxy *p, double *out);
+/* v.value = x ('f' rounds to float).  Returns 0. */
+CONC_API int conc_proxy_value_set_float(conc_proxy *p, double x);
+/* a[index] as an integer (a negative index counts from the end).  Returns 0. */
+CONC_API int conc_proxy_array_get_int(conc_proxy *p, int64_t index, int64_t *out);
+/* a[index] = x.  Returns 0. */
+CONC_API int conc_proxy_array_set_int(conc_proxy *p, int64_t index, int64_t x);
+/* a[index] as a double ('f' and 'd').  Returns 0. */
+CONC_API int conc_proxy_array_get_float(conc_proxy *p, int64_t index, double *out);
+/* a[index] = x ('f' rounds to float).  Returns 0. */
+CONC_API int conc_proxy_array_set_float(conc_proxy *p, int64_t index, double x);
+
 /* ---- Queue, JoinableQueue ---------------------------------------------- */
 
 /* q.put(data, timeout): waits while the queue is full.  Returns 0;
@@ -445,10 +507,12 @@ CONC_API int conc_proxy_queue_join_until(conc_proxy *p, int64_t deadline);
  * holds already (it would wait for itself for ever). */
 CONC_API int conc_proxy_acquire(conc_proxy *p, double timeout);
 CONC_API int conc_proxy_acquire_until(conc_proxy *p, int64_t deadline);
-/* release().  Returns 0; -EPERM when the connection does not hold the
- * Lock, RLock or Condition (a Lock is released by its holder only, unlike
- * threading.Lock: the server must know who holds it); -EOVERFLOW for a
- * BoundedSemaphore released above its value. */
+/* release().  A Lock may be released by any connection, as threading.Lock
+ * by any thread (the holder's connection then holds nothing); an RLock or
+ * a Condition only by the connection that holds it.  Returns 0; -EPERM for
+ * a Lock nobody holds (RuntimeError), or an RLock or Condition the
+ * connection does not hold; -EOVERFLOW for a BoundedSemaphore released
+ * above its value. */
 CONC_API int conc_proxy_release(conc_proxy *p);
 
 /* ---- Event ------------------------------------------------------------- */

@@ -20,26 +20,50 @@
  *   CONC_SERVER_THREADING  a thread per request (ThreadingMixIn), with
  *                          daemon_threads and block_on_close as in Python;
  *                          the server counts its threads instead of keeping
- *                          a list that grows with every request
+ *                          a list that grows with every request.  Without a
+ *                          request_timeout the request's socket has a
+ *                          blocking descriptor, as Python's: the thread
+ *                          sleeps in recv and send themselves (one system
+ *                          call each); see conc/socket.h
  *   CONC_SERVER_FORKING    a child process per request (ForkingMixIn), at
  *                          most max_children at once (the next request waits
  *                          in the backlog); children are supervised with
  *                          pidfds and reaped as they end, none is left
  *                          behind by conc_server_close
  *   CONC_SERVER_PREFORK    `workers` processes started up front share the
- *                          listening socket; each serves its connections
- *                          with a coroutine per connection (as the coroutine
- *                          model does in one hub).  A worker that dies is
- *                          reported (conc_server_stats.worker_restarts, the
- *                          on_worker_exit hook) and replaced.  Stream
- *                          servers only.
+ *                          server's socket (with reuse_port on an Internet
+ *                          address: the first serves it, each other binds a
+ *                          socket of its own to the same address, and the
+ *                          kernel spreads the clients over them; a
+ *                          connection still in the backlog of a worker's
+ *                          own socket when that worker ends is reset by
+ *                          the kernel, Linux's SO_REUSEPORT rule); each
+ *                          serves its connections with a coroutine per
+ *                          connection (as the coroutine model does in one
+ *                          hub), a datagram server each datagram in a
+ *                          greenlet.  A worker that dies is reported
+ *                          (conc_server_stats.worker_restarts, the
+ *                          on_worker_exit hook) and replaced.  Why
+ *                          coroutines in each worker: the model field names
+ *                          one model, and of the others a worker could run,
+ *                          SYNC would let one slow client stop its worker,
+ *                          threads or children per request would undo what
+ *                          forking up front saves, and callbacks would need
+ *                          the reactor's handler; a hub per worker keeps
+ *                          the blocking handler and serves thousands of
+ *                          connections per process.
  *   CONC_SERVER_COROUTINE  a greenlet (conc/hub.h) per connection or
  *                          datagram, `workers` hubs each in a thread of its
  *                          own (gevent's StreamServer); the handler's conc
  *                          calls park only its greenlet
  *   CONC_SERVER_REACTOR    callbacks on a readiness loop, no stack per
- *                          connection: see conc_server_new_reactor; stream
- *                          servers only
+ *                          connection: see conc_server_new_reactor.  A
+ *                          datagram server of this model is made with
+ *                          conc_server_new(SOCK_DGRAM): the loop runs the
+ *                          handler's hooks for each datagram in its thread,
+ *                          so they must not block (req->sock does not: a
+ *                          reply the socket cannot take at once gives
+ *                          -EAGAIN)
  * A model other than SYNC never lets a slow or silent client hold up the
  * others.
  *
@@ -62,6 +86,23 @@
  * (request_queue_size) until a connection ends, and the kernel refuses or
  * drops those beyond the backlog.  Nothing is accepted only to be closed.
  *
+ * Stacks (COROUTINE and PREFORK, conc_server_opts.stack): each
+ * connection's greenlet runs either on a stack of its own
+ * (CONC_STACK_OWN: a parked handler holds the stack pages it touched,
+ * 4 KiB at the least) or on its hub's shared stack (CONC_STACK_COPIED:
+ * when it parks, the part of the stack it used is copied to the heap, so
+ * an idle connection costs its objects and those bytes, about 2 KiB in
+ * all; each park and resume costs the two copies).  The rule for handlers
+ * on copied stacks: while a handler is parked (in any conc call that
+ * waits), nothing may read or write its stack variables: no other
+ * greenlet, thread or signal handler is given a pointer to a local of a
+ * handler that then waits.  Hand them heap memory instead.  Keep large
+ * buffers off the stack too, or out of the frames that wait: a 16 KiB
+ * buffer on the stack of a parked handler is 16 KiB copied per park and
+ * kept per idle connection.  The library's own paths follow the rule.
+ * docs/server.md gives the measurements behind the default,
+ * CONC_SERVER_STACK.
+ *
  * Errors: every call returns 0 (or a count) on success and a negative
  * errno, as in conc/errors.h: -EINVAL for a NULL server or bad argument,
  * -EPIPE for a server that was closed (conc_server_close), and the codes
@@ -79,6 +120,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "conc/common.h"
 #include "conc/errors.h"
 #include "conc/socket.h"
 #include "conc/time.h"
@@ -164,7 +206,9 @@ typedef struct conc_server_conn conc_server_conn;
  *   on_drain   the write buffer emptied after it had passed
  *              write_buffer_max (the back-pressure was lifted); may be NULL
  *   on_close   the connection ended: err 0 when the peer closed or the
- *              handler asked, else the error (-ECONNRESET...); may be NULL
+ *              handler asked, -ETIMEDOUT when it was idle for idle_timeout,
+ *              -ECANCELED when the shutdown timeout cut it off, else the
+ *              error (-ECONNRESET...); may be NULL
  * Back-pressure: conc_server_conn_write buffers what the socket does not
  * take at once; while more than write_buffer_max bytes wait, the loop
  * stops reading that connection (on_data is not called) until they drain.
@@ -219,7 +263,8 @@ typedef struct conc_server_opts {
     bool allow_reuse_address;   /* SO_REUSEADDR before bind (Python's
                                    allow_reuse_address, off by default) */
     bool reuse_port;            /* SO_REUSEPORT before bind (Python's
-                                   allow_reuse_port) */
+                                   allow_reuse_port); PREFORK: a socket per
+                                   worker (see the models) */
     int request_queue_size;     /* listen() backlog; 0: 5, Python's */
     int workers;                /* PREFORK: processes; COROUTINE, REACTOR:
                                    loops, each in a thread of its own;
@@ -254,8 +299,24 @@ typedef struct conc_server_opts {
                                    (status as conc_process_exitcode: the exit
                                    code, or -signal); it is replaced */
     void *user;                 /* given to service_actions, on_worker_exit */
+    double idle_timeout;        /* REACTOR: seconds a connection may stay
+                                   idle (nothing arrived from it and none of
+                                   its buffered output was taken) before it
+                                   is closed, on_close getting -ETIMEDOUT;
+                                   0 (or INFINITY): no limit.  The other
+                                   models have request_timeout for it */
+    int stack;                  /* COROUTINE, PREFORK: where each
+                                   connection's greenlet keeps its stack
+                                   (conc/hub.h; the names in conc/common.h):
+                                   CONC_STACK_OWN or CONC_STACK_COPIED;
+                                   0: CONC_SERVER_STACK (see "Stacks"
+                                   above) */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
+
+/* Where COROUTINE and PREFORK greenlets keep their stacks when
+ * conc_server_opts.stack is 0 (see "Stacks" above). */
+#define CONC_SERVER_STACK CONC_STACK_OWN
 
 /* Python's request_queue_size and ForkingMixIn.max_children. */
 #define CONC_SERVER_QUEUE_SIZE 5
@@ -275,10 +336,9 @@ typedef struct conc_server_opts {
  * Unix socket file the server made is removed by conc_server_close.
  * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
  * handler, a handler without handle, another type, a negative count, a
- * bad timeout or model, CONC_SERVER_REACTOR (conc_server_new_reactor takes
- * it); -EOPNOTSUPP for a datagram server with the PREFORK model;
- * -EAFNOSUPPORT; -EADDRINUSE; -EACCES; -EMFILE; -ENOMEM.  The handler
- * struct is copied.
+ * bad timeout or model, CONC_SERVER_REACTOR with SOCK_STREAM
+ * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
+ * -EMFILE; -ENOMEM.  The handler struct is copied.
  */
 CONC_API int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
                              const conc_server_handler *handler, const conc_server_opts *opts);
@@ -292,6 +352,41 @@ CONC_API int conc_server_new(conc_server **out, int type, const conc_sockaddr *a
 CONC_API int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
                                      const conc_server_reactor_handler *handler,
                                      const conc_server_opts *opts);
+
+/*
+ * conc_server_new_fd - a server on a socket the caller made and bound:
+ * Python's Server(addr, Handler, bind_and_activate=False) followed by
+ * server_bind and server_activate done by hand (socket, setsockopt, bind,
+ * listen), or a socket handed over by a service manager (systemd's
+ * LISTEN_FDS, from descriptor 3 on; inetd's 0).  fd must be an AF_INET,
+ * AF_INET6 or AF_UNIX socket of type SOCK_STREAM (listening) or SOCK_DGRAM,
+ * bound to an address; its type decides the server's, and the model and
+ * options are those of conc_server_new, except the ones that only matter
+ * to bind and listen (allow_reuse_address, request_queue_size) which are
+ * the caller's business.  With reuse_port (PREFORK's socket per worker)
+ * fd must have SO_REUSEPORT on.  On success the server owns fd (made
+ * O_NONBLOCK and close-on-exec; conc_server_close closes it and leaves a
+ * Unix socket file alone, since the server did not make it); on failure it
+ * stays the caller's, unchanged.  Returns 0 and stores the handle in *out;
+ * -EBADF for a negative or closed fd; -ENOTSOCK when fd is not a socket;
+ * -EAFNOSUPPORT for another family; -EINVAL for another type (such as
+ * SOCK_SEQPACKET), an unbound socket, a stream socket that is not
+ * listening, reuse_port without SO_REUSEPORT on fd, and the -EINVAL cases
+ * of conc_server_new; -ENOMEM.
+ */
+CONC_API int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
+                                const conc_server_opts *opts);
+
+/*
+ * conc_server_new_reactor_fd - conc_server_new_reactor on a listening
+ * stream socket the caller made, as conc_server_new_fd takes it over.
+ * Returns as conc_server_new_fd; -EINVAL also for a datagram socket
+ * (conc_server_new_fd serves datagrams with the REACTOR model) and a
+ * handler without on_data.
+ */
+CONC_API int conc_server_new_reactor_fd(conc_server **out, int fd,
+                                        const conc_server_reactor_handler *handler,
+                                        const conc_server_opts *opts);
 
 /*
  * conc_server_close - server_close(): stop serving if still serving (as
@@ -325,13 +420,26 @@ CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
 
 /*
  * conc_server_handle_request - handle_request(): wait for one request and
- * serve it with the server's model (the thread, child or greenlet is
- * started and the call returns; SYNC serves it before returning).  timeout
- * as in conc/time.h (CONC_FOREVER: none).  Returns 0 once a request was
- * taken (also when verify_request refused it); -EAGAIN (timeout 0) or
- * -ETIMEDOUT when none came (Python's handle_timeout); -EPIPE when closed;
- * -EBUSY while serve_forever runs; -EOPNOTSUPP for the PREFORK and REACTOR
- * models; -EINVAL.
+ * serve it with the server's model.  timeout (as in conc/time.h,
+ * CONC_FOREVER: none) bounds the wait for the request, not its serving.
+ *   SYNC       serves it before returning
+ *   THREADING, FORKING, COROUTINE  start its thread, child or greenlet (of
+ *              the calling thread's hub) and return
+ *   PREFORK    forks one worker, which waits for the request itself (the
+ *              process exists before the request comes, as the model
+ *              promises), takes it, tells the parent and serves it; the
+ *              call returns once the worker took it, and the worker is
+ *              then one of the server's children, waited for by
+ *              conc_server_close (as FORKING's child is).  When none came
+ *              the worker exits and nothing is left behind
+ *   REACTOR    runs the loop in the calling thread (one loop, whatever
+ *              `workers` says) until one connection was accepted and has
+ *              ended (on_close ran), or one datagram was handled
+ * Returns 0 once a request was taken (also when verify_request refused it);
+ * -EAGAIN (timeout 0) or -ETIMEDOUT when none came (Python's
+ * handle_timeout); -EPIPE when closed; -EBUSY while serve_forever runs;
+ * -ECHILD when a PREFORK worker died before it said; the errors of fork
+ * (-EAGAIN, -ENOMEM); -EINVAL.
  */
 CONC_API int conc_server_handle_request(conc_server *s, double timeout);
 CONC_API int conc_server_handle_request_until(conc_server *s, int64_t deadline);

@@ -36,7 +36,15 @@
  * The descriptor: conc keeps every socket's descriptor in O_NONBLOCK mode
  * (the waiting is conc's, whatever the timeout) and close-on-exec.  A
  * descriptor handed to conc_socket_from_fd or conc_socket_attach is made
- * O_NONBLOCK too, which every copy of it shares.
+ * O_NONBLOCK too, which every copy of it shares.  One exception: the
+ * connection a threading server (conc/server.h) hands to its request
+ * thread, when it has no request timeout, has a blocking descriptor, as
+ * Python's request socket has: a call with no deadline from a thread
+ * without a hub then sleeps in the kernel's recv or send itself, one
+ * system call instead of a try, a poll and a second try.  The calls behave
+ * the same: those that must not block (timeout 0 or a deadline, a
+ * greenlet's) pass MSG_DONTWAIT, and accept, connect, a sendfile that must
+ * not block and conc_socket_detach make the descriptor O_NONBLOCK again.
  *
  * Errors: every call returns 0 (or a count, length or descriptor) on
  * success and a negative errno on failure, as in conc/errors.h.  Codes
