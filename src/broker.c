@@ -155,6 +155,22 @@ static int login_err(amqp_rpc_reply_t r)
     }
 }
 
+/* Logs in with PLAIN, asking to be told when the broker cancels a consumer
+ * (its queue was deleted) besides rabbitmq-c's own capabilities. */
+amqp_rpc_reply_t conc__broker_login(amqp_connection_state_t c, const char *vhost, int frame_max,
+                                    int heartbeat, const char *user, const char *pass)
+{
+    amqp_table_entry_t cap = { .key = amqp_cstring_bytes("consumer_cancel_notify"),
+                               .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
+                                          .value = { .boolean = 1 } } };
+    amqp_table_entry_t prop = { .key = amqp_cstring_bytes("capabilities"),
+                                .value = { .kind = AMQP_FIELD_KIND_TABLE,
+                                           .value = { .table = { 1, &cap } } } };
+    amqp_table_t props = { 1, &prop };
+    return amqp_login_with_properties(c, vhost, 0, frame_max, heartbeat, &props,
+                                      AMQP_SASL_METHOD_PLAIN, user, pass);
+}
+
 /* Connects and logs in (blocking, within j->budget); runs on the caller's
  * thread or on an offload worker. */
 static void *connect_run(void *arg)
@@ -208,18 +224,8 @@ static void *connect_run(void *arg)
         tv.tv_usec = 1000;
     amqp_set_handshake_timeout(c, &tv);
     amqp_set_rpc_timeout(c, &tv);
-    /* Asks to be told when the broker cancels a consumer (its queue was
-     * deleted), besides rabbitmq-c's own capabilities. */
-    amqp_table_entry_t cap = { .key = amqp_cstring_bytes("consumer_cancel_notify"),
-                               .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
-                                          .value = { .boolean = 1 } } };
-    amqp_table_entry_t prop = { .key = amqp_cstring_bytes("capabilities"),
-                                .value = { .kind = AMQP_FIELD_KIND_TABLE,
-                                           .value = { .table = { 1, &cap } } } };
-    amqp_table_t props = { 1, &prop };
-    amqp_rpc_reply_t r = amqp_login_with_properties(c, j->vhost, 0, AMQP_DEFAULT_FRAME_SIZE,
-                                                    j->heartbeat, &props,
-                                                    AMQP_SASL_METHOD_PLAIN, j->user, j->pass);
+    amqp_rpc_reply_t r = conc__broker_login(c, j->vhost, AMQP_DEFAULT_FRAME_SIZE, j->heartbeat,
+                                            j->user, j->pass);
     int err = login_err(r);
     if (err) {
         amqp_destroy_connection(c);

@@ -60,6 +60,7 @@
 
 #include "conc/broker_executor.h"
 #include "conc/wait.h"
+#include "broker_internal.h"
 #include "internal.h"
 
 #define BX_CHANNEL 1
@@ -270,17 +271,11 @@ static int bx_connect(amqp_connection_state_t *out, const struct bx_cfg *cfg, in
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
     }
-    /* Asks to be told when the broker cancels a consumer (its queue was
-     * deleted: the client then connects again and declares it again). */
-    amqp_table_entry_t cap = { .key = amqp_cstring_bytes("consumer_cancel_notify"),
-                               .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
-                                          .value = { .boolean = 1 } } };
-    amqp_table_entry_t prop = { .key = amqp_cstring_bytes("capabilities"),
-                                .value = { .kind = AMQP_FIELD_KIND_TABLE,
-                                           .value = { .table = { 1, &cap } } } };
-    amqp_table_t props = { 1, &prop };
-    r = bx_reply(amqp_login_with_properties(c, info.vhost, 0, 131072, cfg->heartbeat, &props,
-                                            AMQP_SASL_METHOD_PLAIN, info.user, info.password),
+    /* conc__broker_login asks to be told when the broker cancels a consumer
+     * (its queue was deleted: the client then connects again and declares
+     * it again). */
+    r = bx_reply(conc__broker_login(c, info.vhost, 131072, cfg->heartbeat, info.user,
+                                    info.password),
                  true);
     if (r)
         goto out;

@@ -156,4 +156,11 @@ BK_HIDDEN void bk_queue_channel_closed(conc_broker_queue *q, int err);
 BK_HIDDEN void bk_queue_reset(conc_broker_queue *q);
 BK_HIDDEN void bk_queue_flush_acks(conc_broker_queue *q);
 
+/* Logs in to the broker on c with PLAIN and the given limits, asking for
+ * consumer cancel notices besides rabbitmq-c's own capabilities (broker.c;
+ * the executor's connections use it too). */
+BK_HIDDEN amqp_rpc_reply_t conc__broker_login(amqp_connection_state_t c, const char *vhost,
+                                              int frame_max, int heartbeat, const char *user,
+                                              const char *pass);
+
 #endif /* CONC_BROKER_INTERNAL_H */

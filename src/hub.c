@@ -1132,7 +1132,13 @@ static void hub_yield(void)
 static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short events,
                             int64_t deadline);
 
-static int hub_wait_fd(int fd, short events, int64_t deadline)
+static int io_wait_busy(struct hub *h, conc_greenlet *g, int fd, uint64_t key, short events,
+                        int64_t deadline);
+
+/* A greenlet's wait on a descriptor: one-shot level (key 0, hub_wait_fd)
+ * or edge-triggered after an EAGAIN (hub_wait_io).  A plain thread, and a
+ * wait whose deadline has passed, poll instead. */
+static int hub_wait_desc(int fd, uint64_t key, short events, int64_t deadline)
 {
     struct hub *h = tls_hub;
     conc_greenlet *g = gl_self(h);
@@ -1146,9 +1152,15 @@ static int hub_wait_fd(int fd, short events, int64_t deadline)
     if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
         PLAIN(conc__wait_fd(fd, events, deadline));  /* a ready fd wins */
     busy_enter();
-    int r = hub_wait_fd_busy(h, g, fd, events, deadline);
+    int r = key ? io_wait_busy(h, g, fd, key, events, deadline)
+                : hub_wait_fd_busy(h, g, fd, events, deadline);
     busy_leave();
     return r;
+}
+
+static int hub_wait_fd(int fd, short events, int64_t deadline)
+{
+    return hub_wait_desc(fd, 0, events, deadline);
 }
 
 /* Parks g, just put in a slot of its fd's record. */
@@ -1256,21 +1268,7 @@ static int io_wait_busy(struct hub *h, conc_greenlet *g, int fd, uint64_t key, s
 
 static int hub_wait_io(int fd, uint64_t key, short events, int64_t deadline)
 {
-    struct hub *h = tls_hub;
-    conc_greenlet *g = gl_self(h);
-    if (!g)
-        PLAIN(conc__wait_fd(fd, events, deadline));
-    if (g->cancel_pending) {
-        g->cancel_pending = 0;
-        return -ECANCELED;
-    }
-    deadline = eff_deadline(g, deadline);
-    if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
-        PLAIN(conc__wait_fd(fd, events, deadline));  /* a ready fd wins */
-    busy_enter();
-    int r = io_wait_busy(h, g, fd, key, events, deadline);
-    busy_leave();
-    return r;
+    return hub_wait_desc(fd, key, events, deadline);
 }
 
 /* The socket layer closes fd: its registration in this thread's hub goes
