@@ -898,6 +898,9 @@ static int bx_reconnect(conc_broker_executor *ex)
         bool gone = false;
         int r = bx_client_setup(ex, &c, true, &gone);
         if (r == 0) {
+            /* counted before the futures below fail, so a caller woken by
+             * one of them sees the reconnection */
+            __atomic_fetch_add(&ex->reconnects, 1, __ATOMIC_RELAXED);
             if (gone)
                 bx_fail_confirmed(ex);
             pthread_mutex_lock(&ex->conn_lock);
@@ -911,7 +914,6 @@ static int bx_reconnect(conc_broker_executor *ex)
                     ex->lost = true;
             }
             pthread_mutex_unlock(&ex->conn_lock);
-            __atomic_fetch_add(&ex->reconnects, 1, __ATOMIC_RELAXED);
             return 0;
         }
         if (give_up != CONC_NO_DEADLINE && bx_now() >= give_up)
