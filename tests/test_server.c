@@ -1087,6 +1087,18 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.stack = -1;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    /* a datagram buffer no loop could be given */
+    o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.max_datagram = SIZE_MAX / 2;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EINVAL);
+    o.max_datagram = CONC_SERVER_MAX_DATAGRAM + 1;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EINVAL);
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.max_datagram = CONC_SERVER_MAX_DATAGRAM;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), 0);
+    conc_server_free(s);
+    s = NULL;
     conc_server_reactor_handler rnone = { 0 };
     cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
     cr_assert_null(s);

@@ -290,7 +290,8 @@ typedef struct conc_server_opts {
     size_t write_buffer_max;    /* REACTOR: back-pressure mark; 0: 1 MiB */
     size_t max_datagram;        /* datagram servers: the largest datagram
                                    read, longer ones are cut; 0: 8192
-                                   (Python's max_packet_size) */
+                                   (Python's max_packet_size); at most
+                                   CONC_SERVER_MAX_DATAGRAM */
     void (*service_actions)(conc_server *server, void *user);
                                 /* called by serve_forever at least every
                                    poll_interval (Python's service_actions) */
@@ -321,6 +322,11 @@ typedef struct conc_server_opts {
 /* Python's request_queue_size and ForkingMixIn.max_children. */
 #define CONC_SERVER_QUEUE_SIZE 5
 #define CONC_SERVER_MAX_CHILDREN 40
+/* The largest conc_server_opts.max_datagram (16 MiB): more than any
+ * datagram Linux carries by default (64 KiB on UDP, the socket's send
+ * buffer on a Unix socket), and a buffer each loop, worker or request
+ * can still be given. */
+#define CONC_SERVER_MAX_DATAGRAM ((size_t)16 << 20)
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
 
@@ -336,7 +342,8 @@ typedef struct conc_server_opts {
  * Unix socket file the server made is removed by conc_server_close.
  * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
  * handler, a handler without handle, another type, a negative count, a
- * bad timeout or model, CONC_SERVER_REACTOR with SOCK_STREAM
+ * max_datagram above CONC_SERVER_MAX_DATAGRAM, a bad timeout or model,
+ * CONC_SERVER_REACTOR with SOCK_STREAM
  * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
  * -EMFILE; -ENOMEM.  The handler struct is copied.
  */
