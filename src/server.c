@@ -637,9 +637,19 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         goto fail;
     }
     if (adopt >= 0) {
+        /* conc_socket_from_fd makes the descriptor non-blocking and
+         * close-on-exec before it wraps it: a failure after that gives the
+         * caller back its flags as they were */
+        int fl = fcntl(adopt, F_GETFL), fdfl = fcntl(adopt, F_GETFD);
+        if (fl < 0 || fdfl < 0) {
+            rc = -errno;
+            goto fail;
+        }
         rc = conc_socket_from_fd(&s->sock, adopt);
         if (rc < 0) {
             s->sock = NULL;
+            fcntl(adopt, F_SETFL, fl);
+            fcntl(adopt, F_SETFD, fdfl);
             goto fail;
         }
         s->addr = *addr;            /* the socket file, if any, is not ours */
