@@ -354,26 +354,28 @@ int conc__server_prefork_one(conc_server *s, int64_t deadline)
         close(pfd[0]);
         return rc;
     }
+    /* The worker's word: a wait that returns 0 without it (interrupted,
+     * or woken for nothing) reads nothing from the non-blocking end and
+     * waits again; rc stays 0 until an error ends the wait. */
     int32_t res = 0;
-    ssize_t got;
-    for (;;) {
+    if (fcntl(pfd[0], F_SETFL, O_NONBLOCK) < 0)
+        rc = -errno;
+    while (rc == 0) {
         rc = conc_fd_wait_until(pfd[0], POLLIN, CONC_NO_DEADLINE);
-        if (rc < 0 && rc != -EINTR) {
+        if (rc < 0) {
             /* this thread cannot wait (a cancelled greenlet): the worker
              * is stopped below */
             break;
         }
-        got = read(pfd[0], &res, sizeof res);
+        ssize_t got = read(pfd[0], &res, sizeof res);
         if (got == (ssize_t)sizeof res)
             break;
-        if (got == 0) {             /* it died before it could say */
+        if (got == 0)               /* it died before it could say */
             rc = -ECHILD;
-            break;
-        }
-        if (got < 0 && errno != EINTR && errno != EAGAIN) {
+        else if (got > 0)           /* a 4-byte pipe write is atomic */
+            rc = -EPROTO;
+        else if (errno != EINTR && errno != EAGAIN)
             rc = -errno;
-            break;
-        }
     }
     close(pfd[0]);
     if (rc == 0 && res == ONE_TAKEN) {
