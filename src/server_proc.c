@@ -2,7 +2,7 @@
  * server_proc.c - the prefork model: `workers` processes, forked up front,
  * share the listening socket (or, with reuse_port, bind one each) and each
  * serve it with the coroutine loop (a datagram server: a greenlet per
- * datagram).
+ * datagram, at most max_connections at once in each worker).
  * The parent supervises them (pidfds, through conc_process): a worker that
  * ends while the server runs is reported and replaced.  The workers watch
  * the read end of a pipe whose write end only the parent holds: when the
@@ -27,53 +27,6 @@ struct worker_arg {
     int rfd, wfd;
     int slot;                       /* 0 .. workers - 1 */
 };
-
-/* A datagram worker: reads the shared socket (or its own) and serves each
- * datagram in a greenlet of its hub, until the parent stops or dies. */
-static int dgram_loop(conc_server *s, int extra_fd)
-{
-    size_t cap = s->o.max_datagram ? s->o.max_datagram : 8192;
-    unsigned char *buf = malloc(cap);
-    if (!buf)
-        return -ENOMEM;
-    int rc = 0;
-    while (rc == 0 && !conc__server_stop_asked(s)) {
-        conc_waitable w[3] = {
-            { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
-            { .kind = CONC_WAIT_FD, .u.fd = extra_fd },
-            { .kind = CONC_WAIT_FD, .u.fd = s->fd },
-        };
-        int r = conc_wait(w, 3, CONC_FOREVER);
-        if (r < 0) {
-            if (r != -EINTR)
-                rc = r;
-            continue;
-        }
-        if (w[0].ready || w[1].ready)
-            break;
-        for (int i = 0; i < 64; i++) {
-            conc_sockaddr peer;
-            memset(&peer, 0, sizeof peer);
-            ssize_t n = conc_socket_recvfrom(s->sock, buf, cap, 0, &peer);
-            if (n == -EINTR || n == -ECONNREFUSED)
-                continue;
-            if (n < 0) {
-                if (n != -EAGAIN)
-                    rc = (int)n;
-                break;
-            }
-            atomic_fetch_add(&s->st->accepted, 1);
-            if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
-                atomic_fetch_add(&s->st->refused, 1);
-                continue;
-            }
-            if (conc__server_spawn(s, NULL, &peer, buf, (size_t)n) < 0)
-                atomic_fetch_add(&s->st->failed, 1);
-        }
-    }
-    free(buf);
-    return rc;
-}
 
 /* With reuse_port on an Internet address, each worker but the first binds
  * a socket of its own to the server's address (the first serves the
@@ -117,15 +70,10 @@ static int worker_main(const void *arg, size_t len)
     if (a.slot > 0 && s->o.reuse_port && (family == AF_INET || family == AF_INET6) &&
         own_socket(s) < 0)
         return 1;
-    int rc;
-    if (s->type == SOCK_DGRAM) {
-        rc = dgram_loop(s, a.rfd);
-        conc__server_drain(s, conc_now());
-        conc_hub_free();
-    } else {
-        rc = conc__server_coro_loop(s, a.rfd);
-        conc__server_drain(s, conc_now());
-    }
+    /* a datagram server too: a pool of greenlets, max_connections at
+     * most, serves what this worker reads */
+    int rc = conc__server_coro_loop(s, a.rfd);
+    conc__server_drain(s, conc_now());
     return rc < 0 ? 1 : 0;
 }
 

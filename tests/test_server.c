@@ -790,6 +790,80 @@ Test(server, prefork_killed_worker_is_replaced, .timeout = 60)
 
 /* -------------------------------------------------------- datagrams */
 
+/* Handlers of a prefork datagram server, counted in memory its workers
+ * share; each waits for go. */
+struct dgram_limit {
+    _Atomic int inflight, most, served;
+    conc_event go;
+};
+static struct dgram_limit *dlim;
+
+static int held_datagram(conc_server_request *req)
+{
+    (void)req;
+    int now = atomic_fetch_add(&dlim->inflight, 1) + 1;
+    int most = atomic_load(&dlim->most);
+    while (now > most && !atomic_compare_exchange_weak(&dlim->most, &most, now)) {
+    }
+    int rc = conc_event_wait(&dlim->go, 30);
+    atomic_fetch_sub(&dlim->inflight, 1);
+    atomic_fetch_add(&dlim->served, 1);
+    return rc;
+}
+
+/* max_connections bounds the datagrams a prefork worker serves at once:
+ * with two handlers waiting, the worker reads no further datagram until
+ * one ends (it used to start a greenlet for each datagram it read). */
+Test(server, prefork_datagrams_keep_max_connections, .timeout = 60)
+{
+    int fds = base_fds();
+    dlim = mmap(NULL, sizeof *dlim, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(dlim, MAP_FAILED);
+    memset(dlim, 0, sizeof *dlim);
+    conc_event_init(&dlim->go, CONC_SYNC_SHARED);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 1;
+    o.max_connections = 2;
+    conc_server_handler h = { .handle = held_datagram };
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &h, &o), 0);
+    conc_sockaddr sa;
+    conc_server_address(s, &sa);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    /* all six wait in the socket before the worker reads any */
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(sendto(fd, "x", 1, 0, &sa.u.sa, sa.len), 1);
+    struct running r;
+    start(&r, s);
+    while (atomic_load(&dlim->inflight) < 2)
+        conc_sleep(0.001);
+    pid_t kids[4];
+    cr_assert_eq(children(kids, 4), 1);
+    wait_proc_blocked(kids[0], 30);
+    cr_assert_eq(atomic_load(&dlim->inflight), 2);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2);
+    conc_event_set(&dlim->go);
+    while (atomic_load(&dlim->served) < 6)
+        conc_sleep(0.001);
+    cr_assert_eq(atomic_load(&dlim->most), 2);
+    close(fd);
+    stop(&r);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 6);
+    cr_assert_eq(st.finished, 6);
+    conc_server_free(s);
+    munmap(dlim, sizeof *dlim);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+
 static void datagram_server(conc_server_model model, bool unix_family)
 {
     int fds = base_fds();

@@ -79,11 +79,12 @@
  * are waited for as long as they take, as in Python.  A handler that
  * loops may ask conc_server_stopping.
  *
- * Connection limit: max_connections > 0 bounds the connections served at
- * once (with several workers: per worker process with PREFORK, per loop
- * with COROUTINE and REACTOR).  At the limit the server stops
- * accepting: further clients wait in the listen backlog
- * (request_queue_size) until a connection ends, and the kernel refuses or
+ * Connection limit: max_connections > 0 bounds the connections (of a
+ * datagram server: the datagrams) served at once (with several workers:
+ * per worker process with PREFORK, per loop with COROUTINE and REACTOR).
+ * At the limit the server stops accepting (reading datagrams): further
+ * clients wait in the listen backlog (request_queue_size; datagrams in
+ * the socket's receive buffer) until a connection ends, and the kernel refuses or
  * drops those beyond the backlog.  Nothing is accepted only to be closed.
  *
  * Stacks (COROUTINE and PREFORK, conc_server_opts.stack): each
