@@ -50,6 +50,10 @@ struct conc_server {
     bool loop_waits_slot;               /* the accepting loop is at the
                                            connection limit: wake it through
                                            slotfd when a request ends (mu) */
+    _Atomic int *worker_ready;          /* a PREFORK worker's: set to 1
+                                           once its loop serves (memory
+                                           the parent shares); NULL
+                                           elsewhere */
     struct conc__server_kids {          /* FORKING's children (the serving
                                            thread's and close's) */
         struct conc_process **p;

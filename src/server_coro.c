@@ -191,6 +191,8 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
         free(l.buf);
         return rc;
     }
+    if (s->worker_ready)
+        atomic_store(s->worker_ready, 1);
     conc_waitable w[2] = {
         { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
         { .kind = CONC_WAIT_FD, .u.fd = extra_fd },

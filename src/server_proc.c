@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,10 +23,18 @@
 #include "conc/time.h"
 #include "server.h"
 
+/* What a worker tells the parent through memory they share: whether its
+ * loop started serving, or the error that kept it from it. */
+struct worker_state {
+    _Atomic int ready;
+    _Atomic int err;
+};
+
 struct worker_arg {
     conc_server *s;
     int rfd, wfd;
     int slot;                       /* 0 .. workers - 1 */
+    struct worker_state *ws;        /* ws[slot] is this worker's */
 };
 
 /* With reuse_port on an Internet address, each worker but the first binds
@@ -66,14 +75,20 @@ static int worker_main(const void *arg, size_t len)
     conc_server *s = a.s;
     s->owner = getpid();            /* its own drain, no socket file */
     s->unlink_path = false;
+    struct worker_state *me = &a.ws[a.slot];
+    s->worker_ready = &me->ready;
     int family = s->addr.u.sa.sa_family;
-    if (a.slot > 0 && s->o.reuse_port && (family == AF_INET || family == AF_INET6) &&
-        own_socket(s) < 0)
-        return 1;
+    int rc = 0;
+    if (a.slot > 0 && s->o.reuse_port && (family == AF_INET || family == AF_INET6))
+        rc = own_socket(s);
     /* a datagram server too: a pool of greenlets, max_connections at
      * most, serves what this worker reads */
-    int rc = conc__server_coro_loop(s, a.rfd);
-    conc__server_drain(s, conc_now());
+    if (rc == 0)
+        rc = conc__server_coro_loop(s, a.rfd);
+    if (rc < 0 && !atomic_load(&me->ready))
+        atomic_store(&me->err, rc);
+    if (atomic_load(&me->ready))
+        conc__server_drain(s, conc_now());
     return rc < 0 ? 1 : 0;
 }
 
@@ -82,6 +97,8 @@ static int start_worker(conc_server *s, const struct worker_arg *tmpl, int slot,
 {
     struct worker_arg a = *tmpl;
     a.slot = slot;
+    atomic_store(&a.ws[slot].ready, 0);
+    atomic_store(&a.ws[slot].err, 0);
     conc_process_opts po = CONC_PROCESS_OPTS_INIT;
     po.method = CONC_START_FORK;
     po.daemon = CONC_DAEMON;
@@ -99,6 +116,14 @@ static int start_worker(conc_server *s, const struct worker_arg *tmpl, int slot,
     return 0;
 }
 
+/* The wait before a worker that failed to start (the fails-th time in a
+ * row) is replaced: 0.1 s, doubling, at most 5 s. */
+static int64_t start_backoff(int fails)
+{
+    int64_t ns = (int64_t)100000000 << (fails > 6 ? 6 : fails - 1);
+    return ns > (int64_t)5000000000 ? (int64_t)5000000000 : ns;
+}
+
 int conc__server_prefork(conc_server *s, double poll_interval)
 {
     int n = s->o.workers > 0 ? s->o.workers : conc_process_cpu_count();
@@ -108,9 +133,16 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     if (pipe2(pfd, O_CLOEXEC) < 0)
         return -errno;
     struct worker_arg a = { .s = s, .rfd = pfd[0], .wfd = pfd[1] };
+    size_t shared = (size_t)n * sizeof *a.ws;
+    a.ws = mmap(NULL, shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (a.ws == MAP_FAILED)
+        a.ws = NULL;
     conc_process **w = calloc((size_t)n, sizeof *w);
     conc_waitable *ws = calloc((size_t)n + 1, sizeof *ws);
-    int rc = w && ws ? 0 : -ENOMEM;
+    int *slot_of = calloc((size_t)n + 1, sizeof *slot_of);
+    int *fails = calloc((size_t)n, sizeof *fails);
+    int64_t *due = calloc((size_t)n, sizeof *due);    /* a slot's restart */
+    int rc = a.ws && w && ws && slot_of && fails && due ? 0 : -ENOMEM;
     for (int i = 0; i < n && rc == 0; i++)
         rc = start_worker(s, &a, i, &w[i]);
     int64_t step = (int64_t)(poll_interval * 1e9);
@@ -121,15 +153,32 @@ int conc__server_prefork(conc_server *s, double poll_interval)
         memset(ws, 0, ((size_t)n + 1) * sizeof *ws);
         ws[0].kind = CONC_WAIT_FD;
         ws[0].u.fd = s->stopfd;
+        size_t m = 1;
+        int64_t until = next;
         for (int i = 0; i < n; i++) {
-            ws[i + 1].kind = CONC_WAIT_PROCESS;
-            ws[i + 1].u.process = w[i];
+            if (w[i]) {
+                ws[m].kind = CONC_WAIT_PROCESS;
+                ws[m].u.process = w[i];
+                slot_of[m++] = i;
+            } else if (due[i] < until) {
+                until = due[i];
+            }
         }
-        int r = conc_wait_until(ws, (size_t)n + 1, next);
+        int r = conc_wait_until(ws, m, until);
         if (r == -ETIMEDOUT) {
-            if (s->o.service_actions)
-                s->o.service_actions(s, s->o.user);
-            next = conc_now() + step;
+            int64_t now = conc_now();
+            for (int i = 0; i < n && rc == 0; i++) {
+                if (w[i] || due[i] > now)
+                    continue;
+                rc = start_worker(s, &a, i, &w[i]);
+                if (rc == 0)
+                    atomic_fetch_add(&s->st->restarts, 1);
+            }
+            if (now >= next) {
+                if (s->o.service_actions)
+                    s->o.service_actions(s, s->o.user);
+                next = conc_now() + step;
+            }
             continue;
         }
         if (r < 0) {
@@ -138,8 +187,9 @@ int conc__server_prefork(conc_server *s, double poll_interval)
         }
         if (ws[0].ready)
             break;
-        for (int i = 0; i < n; i++) {
-            if (!ws[i + 1].ready || conc_process_is_alive(w[i]))
+        for (size_t j = 1; j < m && rc == 0; j++) {
+            int i = slot_of[j];
+            if (!ws[j].ready || conc_process_is_alive(w[i]))
                 continue;
             pid_t pid = conc_process_pid(w[i]);
             int code = -1;
@@ -148,14 +198,26 @@ int conc__server_prefork(conc_server *s, double poll_interval)
             conc_process_free(w[i]);
             w[i] = NULL;
             atomic_fetch_sub(&s->st->workers, 1);
-            atomic_fetch_add(&s->st->restarts, 1);
             if (s->o.on_worker_exit)
                 s->o.on_worker_exit(s, pid, code, s->o.user);
-            r = start_worker(s, &a, i, &w[i]);
-            if (r < 0) {
-                rc = r;
-                break;
+            if (atomic_load(&a.ws[i].ready)) {
+                /* it served: replaced at once */
+                fails[i] = 0;
+                rc = start_worker(s, &a, i, &w[i]);
+                if (rc == 0)
+                    atomic_fetch_add(&s->st->restarts, 1);
+                continue;
             }
+            /* It ended before its loop served (a socket of its own it
+             * could not bind, memory, or killed): replaced after a wait
+             * that doubles each time, and after
+             * CONC_SERVER_WORKER_START_FAILURES in a row the server stops
+             * with the error. */
+            int err = atomic_load(&a.ws[i].err);
+            if (++fails[i] >= CONC_SERVER_WORKER_START_FAILURES)
+                rc = err < 0 ? err : -ECHILD;
+            else
+                due[i] = conc_now() + start_backoff(fails[i]);
         }
     }
     /* Stop: the workers see the pipe's end, finish their connections
@@ -177,8 +239,13 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     close(pfd[0]);
     /* What the workers counted as in flight ended with them. */
     atomic_store(&s->st->active, 0);
+    if (a.ws)
+        munmap(a.ws, shared);
     free(w);
     free(ws);
+    free(slot_of);
+    free(fails);
+    free(due);
     return rc;
 }
 

@@ -788,6 +788,71 @@ Test(server, prefork_killed_worker_is_replaced, .timeout = 60)
     no_children();
 }
 
+static _Atomic int start_exits;
+
+static void count_exit(conc_server *s, pid_t pid, int status, void *user)
+{
+    (void)s;
+    (void)pid;
+    (void)status;
+    (void)user;
+    atomic_fetch_add(&start_exits, 1);
+}
+
+/* A prefork worker that can never start serving (with reuse_port, the
+ * socket of its own cannot join a group whose first socket another user
+ * made: -EADDRINUSE) is replaced after growing waits, and the
+ * CONC_SERVER_WORKER_START_FAILURES-th failure in a row ends
+ * serve_forever with its error (it used to fork it again at once, for
+ * ever). */
+Test(server, prefork_worker_that_cannot_start_stops_the_server, .timeout = 60)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root, to make the socket as another user than the server's");
+    int fds = base_fds();
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    int one = 1;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one), 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    cr_assert_eq(bind(fd, &a.u.sa, a.len), 0);
+    cr_assert_eq(listen(fd, 5), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        alarm(30);                  /* hang guard of the child */
+        if (setresuid(65534, 65534, 65534) != 0)
+            _exit(2);
+        conc_server_opts o = CONC_SERVER_OPTS_INIT;
+        o.model = CONC_SERVER_PREFORK;
+        o.workers = 2;
+        o.reuse_port = true;
+        o.on_worker_exit = count_exit;
+        conc_server *s;
+        if (conc_server_new_fd(&s, fd, &echo_handler, &o) != 0)
+            _exit(3);
+        int rc = conc_server_serve_forever(s, 0.5);
+        conc_server_stats st;
+        conc_server_get_stats(s, &st);
+        conc_server_free(s);
+        int exits = atomic_load(&start_exits);
+        if (rc != -EADDRINUSE || exits != CONC_SERVER_WORKER_START_FAILURES ||
+            st.worker_restarts != CONC_SERVER_WORKER_START_FAILURES - 1 || st.workers != 0) {
+            fprintf(stderr, "rc %d exits %d restarts %llu workers %llu\n", rc, exits,
+                    (unsigned long long)st.worker_restarts, (unsigned long long)st.workers);
+            _exit(4);
+        }
+        _exit(0);
+    }
+    close(fd);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child ended with %#x", status);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
 /* -------------------------------------------------------- datagrams */
 
 /* Handlers of a prefork datagram server, counted in memory its workers
