@@ -6,7 +6,11 @@
  *            switch back and forth, passing a value; a round trip is two
  *            switches.  conc (conc_coro_switch), ucontext (glibc
  *            swapcontext), boost (Boost.Context's fcontext jump_fcontext,
- *            the fastest layer of Boost.Context), greenlet (g.switch)
+ *            the fastest layer of Boost.Context, called in this process,
+ *            conc and boost taking turns), greenlet (g.switch)
+ *   switch_ratio  conc's switch time over Boost.Context's: the median and
+ *            the upper quartile (conc-q3) of the rounds' ratios (target
+ *            <= 1.1)
  *   create   ns to create a coroutine, switch into it, let its function
  *            return a value to the creator and free it (a short-lived task):
  *            conc (pooled stacks), ucontext and boost (64 KiB stacks from
@@ -48,13 +52,14 @@
  * the hub's shared stack, a parked greenlet's frames copied out).
  *
  * Self-checks, reported as FAILED: the values that come back (switch: the
- * last value echoed; create: the sum of the return values).  Boost runs as
- * the C++ program bench/peers/coro_boost.cpp, built by CMake when
+ * last value echoed; create: the sum of the return values).  Boost's create
+ * runs as the C++ program bench/peers/coro_boost.cpp, built by CMake when
  * Boost.Context is installed (libboost-context-dev; `make bench` installs
- * it); greenlet as bench/peers/coro_greenlet.py (python3-greenlet).  A peer
+ * it), which then also links bench_coro for the switch; greenlet as bench/peers/coro_greenlet.py (python3-greenlet).  A peer
  * that is missing is reported as skipped.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <malloc.h>
@@ -62,6 +67,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -71,9 +77,13 @@
 #ifndef CONC_BOOST_PEER
 #define CONC_BOOST_PEER ""
 #endif
+#ifndef CONC_BENCH_BOOST_CONTEXT
+#define CONC_BENCH_BOOST_CONTEXT 0
+#endif
 
 static const bench_metric metrics[] = {
     { "switch", "ns", "one switch (a round trip main -> coroutine -> main is two), with a value" },
+    { "switch_ratio", "x", "conc's switch over Boost.Context's, in turns: median round (conc), upper quartile (conc-q3)" },
     { "create", "ns", "create a coroutine, switch in, it returns a value, free it" },
     { "spawn_join", "ns", "spawn + join + free a greenlet that returns at once (target: conc <= 60 ns)" },
     { "yield", "ns", "one conc_sleep(0) / gevent.sleep(0), two greenlets taking turns" },
@@ -88,6 +98,16 @@ static const bench_metric metrics[] = {
 #define PEER_STACK (64 * 1024)
 
 /* ----------------------------------------------------------------- switch */
+
+/* The switch loops' clock: the calling thread's CPU time, so that time
+ * spent descheduled on a busy machine counts for no side (the loops make no
+ * system call but ucontext's sigprocmask, whose kernel time counts too). */
+static int64_t switch_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 /* Echoes every value back to the main coroutine, forever. */
 static void *echo(void *arg, void *value)
@@ -108,10 +128,10 @@ static int64_t switch_conc(void *arg, long iters)
         return rc;
     void *v = NULL;
     conc_coro_switch(c, NULL, &v);           /* start it */
-    int64_t t0 = bench_now();
+    int64_t t0 = switch_clock();
     for (long i = 0; i < rounds; i++)
         conc_coro_switch(c, (void *)(uintptr_t)i, &v);
-    int64_t ns = bench_now() - t0;
+    int64_t ns = switch_clock() - t0;
     conc_coro_free(c);                      /* suspended: discarded */
     if ((uintptr_t)v != (uintptr_t)(rounds - 1)) {
         fprintf(stderr, "bench_coro: switch: conc echoed %lu, expected %ld\n",
@@ -120,6 +140,49 @@ static int64_t switch_conc(void *arg, long iters)
     }
     return (int64_t)((double)ns * (double)iters / (double)(2 * rounds));
 }
+
+#if CONC_BENCH_BOOST_CONTEXT
+/* Boost.Context's fcontext layer, called from C: jump_fcontext and
+ * make_fcontext are assembly with C linkage, and transfer_t (two pointers)
+ * comes back in rax:rdx (x86-64) or x0:x1 (aarch64) in C as in C++.  The
+ * library is the system's shared one, linked as a C++ program links it. */
+typedef struct boost_transfer {
+    void *fctx;
+    void *data;
+} boost_transfer;
+extern boost_transfer jump_fcontext(void *to, void *vp);
+extern void *make_fcontext(void *sp, size_t size, void (*fn)(boost_transfer));
+
+/* Echoes every value back to whoever jumped to it, forever. */
+static void boost_echo(boost_transfer t)
+{
+    for (;;)
+        t = jump_fcontext(t.fctx, t.data);
+}
+
+/* The same loop as switch_conc: main and one context jump back and forth. */
+static int64_t switch_boost(void *arg, long iters)
+{
+    (void)arg;
+    long rounds = iters / 2 > 0 ? iters / 2 : 1;
+    char *stack = malloc(PEER_STACK);
+    if (!stack)
+        return -ENOMEM;
+    boost_transfer t = jump_fcontext(make_fcontext(stack + PEER_STACK, PEER_STACK, boost_echo),
+                                     NULL);                         /* start it */
+    int64_t t0 = switch_clock();
+    for (long i = 0; i < rounds; i++)
+        t = jump_fcontext(t.fctx, (void *)(uintptr_t)i);
+    int64_t ns = switch_clock() - t0;
+    free(stack);
+    if ((uintptr_t)t.data != (uintptr_t)(rounds - 1)) {
+        fprintf(stderr, "bench_coro: switch: boost echoed %lu, expected %ld\n",
+                (unsigned long)(uintptr_t)t.data, rounds - 1);
+        return WRONG_RESULT;
+    }
+    return (int64_t)((double)ns * (double)iters / (double)(2 * rounds));
+}
+#endif
 
 static ucontext_t uc_main, uc_co;
 static void *volatile uc_value;
@@ -143,16 +206,121 @@ static int64_t switch_ucontext(void *arg, long iters)
     uc_co.uc_link = NULL;
     makecontext(&uc_co, uc_echo, 0);
     swapcontext(&uc_main, &uc_co);          /* start it */
-    int64_t t0 = bench_now();
+    int64_t t0 = switch_clock();
     for (long i = 0; i < rounds; i++) {
         uc_value = (void *)(uintptr_t)i;
         swapcontext(&uc_main, &uc_co);
     }
-    int64_t ns = bench_now() - t0;
+    int64_t ns = switch_clock() - t0;
     free(stack);
     if ((uintptr_t)uc_value != (uintptr_t)(rounds - 1))
         return WRONG_RESULT;
     return (int64_t)((double)ns * (double)iters / (double)(2 * rounds));
+}
+
+/* Orders doubles, for the medians. */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/*
+ * switch: conc and Boost.Context in turns in this process, on one pinned
+ * CPU, timed in thread CPU time: 4 x --reps + 1 short rounds (a busy
+ * machine disturbs fewer of them), the same number of switches for both
+ * (they are within a few per cent of each other), each round starting with
+ * the other one.  Recorded: each one's median round, and switch_ratio: the
+ * median and the upper quartile of the rounds' conc/boost ratios.  ucontext (about
+ * 30 times slower) runs alone afterwards.
+ */
+static void switch_compare(void)
+{
+    static const struct {
+        const char *system;
+        bench_body body;
+    } sys[] = {
+        { "conc", switch_conc },
+#if CONC_BENCH_BOOST_CONTEXT
+        { "boost", switch_boost },
+#endif
+    };
+    enum { N_SYS = BENCH_ARRAY_LEN(sys) };
+    bool on[N_SYS];
+    int n_on = 0;
+    for (size_t s = 0; s < N_SYS; s++)
+        n_on += on[s] = bench_enabled("switch", sys[s].system);
+    if (!CONC_BENCH_BOOST_CONTEXT) {
+        bench_skip("switch", "boost", NULL, "Boost.Context was not found when configuring "
+                   "(install libboost-context-dev, or run make bench)");
+        bench_skip("switch_ratio", "conc", NULL, "no Boost.Context to compare with");
+    }
+    if (n_on > 0) {
+        cpu_set_t before;
+        bool pinned = sched_getaffinity(0, sizeof before, &before) == 0 && bench_pin_self(0) == 0;
+        int rounds = 4 * bench_reps() + 1;
+        long iters = bench_iters(6000000, 200000);
+        double (*ns)[N_SYS] = calloc((size_t)rounds, sizeof *ns);
+        double *ratio = calloc((size_t)rounds, sizeof *ratio);
+        bool ok[N_SYS];
+        for (size_t s = 0; s < N_SYS; s++) {
+            ok[s] = on[s];
+            if (on[s] && ns) {
+                int64_t w = sys[s].body(NULL, iters / 10);       /* warm-up */
+                if (w < 0) {
+                    bench_fail("switch", sys[s].system, "error %d (%s)", (int)w,
+                               strerror((int)-w));
+                    ok[s] = false;
+                }
+            }
+        }
+        for (int r = 0; ns && ratio && r < rounds; r++) {
+            for (size_t k = 0; k < N_SYS; k++) {
+                size_t s = (k + (size_t)r) % N_SYS;
+                if (!ok[s])
+                    continue;
+                int64_t t = sys[s].body(NULL, iters);
+                if (t < 0) {
+                    bench_fail("switch", sys[s].system, "error %d (%s)", (int)t,
+                               strerror((int)-t));
+                    ok[s] = false;
+                    continue;
+                }
+                ns[r][s] = (double)t / (double)iters;
+            }
+            if (N_SYS > 1 && ok[0] && ok[N_SYS - 1])
+                ratio[r] = ns[r][0] / ns[r][N_SYS - 1];
+        }
+        double *col = calloc((size_t)rounds, sizeof *col);
+        for (size_t s = 0; s < N_SYS && col && ns && ratio; s++) {
+            if (!ok[s])
+                continue;
+            for (int r = 0; r < rounds; r++)
+                col[r] = ns[r][s];
+            bench_record("switch", sys[s].system, median_of(col, rounds), "ns");
+        }
+        if (N_SYS > 1 && ok[0] && ok[N_SYS - 1] && ratio) {
+            bench_record("switch_ratio", "conc", median_of(ratio, rounds), "x");
+            /* sorted by median_of: the upper quartile (one round that the
+             * host disturbed would make a maximum meaningless) */
+            bench_record("switch_ratio", "conc-q3", ratio[(3 * (rounds - 1) + 3) / 4], "x");
+        }
+        if (!ns || !ratio || !col)
+            bench_fail("switch", "conc", "out of memory");
+        free(col);
+        free(ratio);
+        free(ns);
+        if (pinned)
+            sched_setaffinity(0, sizeof before, &before);
+    }
+    bench_run("switch", "ucontext", switch_ucontext, NULL, bench_iters(100000000, 2000000),
+              BENCH_MEDIAN);
 }
 
 /* ----------------------------------------------------------------- create */
@@ -646,14 +814,16 @@ static void skip_all(const char *system, const char *const which[], const char *
 
 static void run_boost(void)
 {
+    /* switch runs in this process (switch_compare). */
+    static const char *const peer_metrics[] = { "create", NULL };
     if (CONC_BOOST_PEER[0] == '\0') {
-        skip_all("boost", coro_metrics,
+        skip_all("boost", peer_metrics,
                  "Boost.Context was not found when configuring "
                  "(install libboost-context-dev, or run make bench)");
         return;
     }
     run_peer("boost", CONC_BOOST_PEER, NULL, NULL,
-             bench_scale() * (bench_quick() ? 0.1 : 1.0), coro_metrics);
+             bench_scale() * (bench_quick() ? 0.1 : 1.0), peer_metrics);
 }
 
 static void run_greenlet(void)
@@ -737,11 +907,7 @@ int main(int argc, char **argv)
         rss_conc("rss_per_sleeping_1m", "conc-copied", 1000000);
     }
 
-    static const bench_case sw[] = {
-        { "conc", switch_conc, NULL },
-        { "ucontext", switch_ucontext, NULL },
-    };
-    bench_compare("switch", sw, BENCH_ARRAY_LEN(sw), bench_iters(100000000, 2000000), BENCH_BEST);
+    switch_compare();
 
     static const bench_case cr[] = {
         { "conc", create_conc, NULL },

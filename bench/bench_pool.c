@@ -17,7 +17,11 @@
  *                                the result back and forth through a shared
  *                                page, each side sleeping on a futex(2) word
  *                                until the other wakes it: what a round trip
- *                                between two processes costs at least
+ *                                between two processes costs at least.
+ *                                Both sides compare alike: neither spins
+ *                                before it sleeps (conc's slot does not,
+ *                                nor does the floor), and neither arms a
+ *                                timer for its sleep
  *   pool_apply_async             apply_async(square, i) n times, then get()
  *                                each
  *   threadpool_executor_submit   ThreadPoolExecutor: submit(square, i) n

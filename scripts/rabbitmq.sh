@@ -96,11 +96,21 @@ ctl() {
 }
 
 # Kills the process group recorded in FILE (TERM, then KILL), then forgets it.
+# Succeeds when the process group recorded in FILE is still this node's: its
+# leader carries DIR's marker in its environment (a number alone could have
+# been reused by an unrelated group since).
+group_ours() {
+  [ -f "$1" ] || return 1
+  pg=$(cat "$1")
+  case "$pg" in ''|*[!0-9]*) return 1 ;; esac
+  { tr '\0' '\n' < "/proc/$pg/environ"; } 2>/dev/null | grep -qx "CONC_RABBITMQ_DIR=$dir"
+}
+
 kill_group() {
   [ -f "$1" ] || return 0
   pg=$(cat "$1")
   case "$pg" in ''|*[!0-9]*) rm -f "$1"; return 0 ;; esac
-  if /bin/kill -s 0 -- "-$pg" 2>/dev/null; then
+  if group_ours "$1"; then
     /bin/kill -s TERM -- "-$pg" 2>/dev/null || true
     i=0
     while /bin/kill -s 0 -- "-$pg" 2>/dev/null && [ $i -lt 100 ]; do
@@ -128,10 +138,16 @@ case "$cmd" in
 start)
   if [ -f "$state" ]; then
     . "$state"
-    if [ -f "$dir/group.pid" ] && /bin/kill -s 0 -- "-$(cat "$dir/group.pid")" 2>/dev/null; then
+    # A node already running is reused only when it answers; one that is
+    # half gone (stopping, crashed with its epmd alive) is stopped first.
+    if group_ours "$dir/group.pid"; then
       load_env
-      print_url
-      exit 0
+      if ctl --timeout 15 await_startup > "$dir/log/await.out" 2>&1; then
+        print_url
+        exit 0
+      fi
+      kill_group "$dir/group.pid"
+      . "$state"
     fi
     ports_free "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT" "$CTL_PORT" ${TLS_PORT:-} || {
       set -- $(free_ports 5)

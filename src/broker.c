@@ -18,6 +18,9 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include "conc/hub.h"
@@ -284,10 +287,135 @@ static int connect_once(conc_broker *b, int64_t deadline)
     return err;
 }
 
+/* Holds back (on) or lets go (off) the connection's partial TCP segments:
+ * a stream of async publishes is sent in full segments, fewer of them for
+ * the broker to read. */
+void bk_cork(conc_broker *b, bool on)
+{
+    if (b->corked == on || b->fd < 0)
+        return;
+    int v = on;
+    setsockopt(b->fd, IPPROTO_TCP, TCP_CORK, &v, sizeof v);
+    b->corked = on;
+}
+
+/* ---- async publishes, framed in a buffer ---- */
+
+#define OBUF_SEND 32768         /* send once this much is framed */
+#define OBUF_SEND_NS (30 * NS)  /* a bound on waiting for room to send */
+
+static void put_be(unsigned char *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+/* Sends what the buffer holds (all of it, in order, before any other frame
+ * of the connection).  Returns 0, or the error that took the connection
+ * down. */
+int bk_out_flush(conc_broker *b)
+{
+    size_t off = 0;
+    int64_t until = conc_now() + OBUF_SEND_NS;
+    while (off < b->olen && b->c) {
+        ssize_t n = send(b->fd, b->obuf + off, b->olen - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            int r = conc_fd_wait_until(b->fd, POLLOUT, until);
+            if (r == 0 || r == -EINTR)
+                continue;
+        }
+        b->olen = 0;
+        bk_lost(b, -ECONNRESET);
+        return -ECONNRESET;
+    }
+    b->olen = 0;
+    return b->c ? 0 : (b->last_err ? b->last_err : -ECONNRESET);
+}
+
+/* Frames one publish (method, header, body: one frame each) into the
+ * buffer, rabbitmq-c encoding the method and the properties; sends the
+ * buffer once it is full enough.  Returns an AMQP_STATUS code. */
+int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
+                   const amqp_basic_properties_t *p, amqp_bytes_t body)
+{
+    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + body.len;
+    if (b->ocap - b->olen < need) {
+        size_t cap = b->ocap ? b->ocap : 65536;
+        while (cap - b->olen < need)
+            cap *= 2;
+        unsigned char *n = realloc(b->obuf, cap);
+        if (!n)
+            return AMQP_STATUS_NO_MEMORY;
+        b->obuf = n;
+        b->ocap = cap;
+    }
+    unsigned char *f = b->obuf + b->olen;
+    /* The basic.publish method frame. */
+    amqp_basic_publish_t m = { .exchange = exchange, .routing_key = key };
+    put_be(f, AMQP_FRAME_METHOD, 1);
+    put_be(f + 1, ch, 2);
+    put_be(f + 7, AMQP_BASIC_PUBLISH_METHOD, 4);
+    amqp_bytes_t enc = { .len = b->ocap - b->olen - 12, .bytes = f + 11 };
+    int n = amqp_encode_method(AMQP_BASIC_PUBLISH_METHOD, &m, enc);
+    if (n < 0)
+        return n;
+    size_t plen = 4 + (size_t)n;
+    put_be(f + 3, plen, 4);
+    f[7 + plen] = AMQP_FRAME_END;
+    f += 8 + plen;
+    /* The content header frame. */
+    put_be(f, AMQP_FRAME_HEADER, 1);
+    put_be(f + 1, ch, 2);
+    put_be(f + 7, AMQP_BASIC_CLASS, 2);
+    put_be(f + 9, 0, 2);
+    put_be(f + 11, body.len, 8);
+    enc.bytes = f + 19;
+    enc.len = (size_t)(b->obuf + b->ocap - f) - 20;
+    n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)p, enc);
+    if (n < 0)
+        return n;
+    plen = 12 + (size_t)n;
+    put_be(f + 3, plen, 4);
+    f[7 + plen] = AMQP_FRAME_END;
+    f += 8 + plen;
+    /* The body frame (none for an empty body). */
+    if (body.len) {
+        put_be(f, AMQP_FRAME_BODY, 1);
+        put_be(f + 1, ch, 2);
+        put_be(f + 3, body.len, 4);
+        memcpy(f + 7, body.bytes, body.len);
+        f[7 + body.len] = AMQP_FRAME_END;
+        f += 8 + body.len;
+    }
+    b->olen = (size_t)(f - b->obuf);
+    if (b->olen >= OBUF_SEND && bk_out_flush(b) < 0)
+        return AMQP_STATUS_SOCKET_ERROR;
+    return AMQP_STATUS_OK;
+}
+
+/* Before the connection waits for the broker: what it holds back goes out
+ * (framed and corked publishes, batched acknowledgements). */
+void bk_before_wait(conc_broker *b)
+{
+    if (b->olen)
+        bk_out_flush(b);
+    for (conc_broker_queue *q = b->queues; q && b->c; q = q->next)
+        bk_queue_flush_acks(q);
+    bk_cork(b, false);
+}
+
 /* Forgets the connection: local deliveries are dropped (the broker gives
  * them again), waiting puts learn their confirmations are lost. */
 void bk_lost(conc_broker *b, int err)
 {
+    b->corked = false;
+    b->olen = 0;
     if (b->c) {
         amqp_destroy_connection(b->c);
         b->c = NULL;
@@ -426,6 +554,7 @@ static void confirm_settle(conc_broker *b, uint64_t tag, bool multiple, bool nac
 static void channel_closed(conc_broker *b, uint16_t ch, int err)
 {
     if (ch == BK_CH_PUB) {
+        b->olen = 0;        /* the broker drops what comes on it now */
         /* A publish meets no precondition but the broker's own message
          * size limit (max_message_size). */
         if (err == -EEXIST)
@@ -563,6 +692,9 @@ int bk_pump(conc_broker *b, int64_t deadline)
             if (slice < until)
                 until = slice;
         }
+        bk_before_wait(b);
+        if (!b->c)
+            return b->last_err ? b->last_err : -ECONNRESET;
         int r = conc_fd_wait_until(b->fd, POLLIN, until);
         if (r == -ECANCELED)
             return r;
@@ -580,6 +712,11 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
 {
     if (!b->c)
         return b->last_err ? b->last_err : -ENOTCONN;
+    if (b->olen) {
+        int r = bk_out_flush(b);
+        if (r < 0)
+            return r;
+    }
     int st = amqp_send_method(b->c, ch, id, args);
     if (st != AMQP_STATUS_OK) {
         int r = bk_status_err(st);
@@ -656,6 +793,7 @@ static void broker_release(conc_broker *b)
     free(b->key);
     free(b->win);
     free(b->nacked);
+    free(b->obuf);
     struct bk_exchange *e = b->exchanges;
     while (e) {
         struct bk_exchange *n = e->next;
@@ -753,7 +891,10 @@ void conc_broker_free(conc_broker *b)
         return;
     while (b->queues)
         conc_broker_queue_free(b->queues);
+    if (b->c && b->olen)
+        bk_out_flush(b);
     if (b->c) {
+        bk_cork(b, false);
         /* A polite close, bounded: the reply is awaited briefly. */
         amqp_connection_close_t cl = { .reply_code = 200,
                                        .reply_text = amqp_cstring_bytes("bye") };

@@ -3,11 +3,11 @@
  * (conc/broker_executor.h), through rabbitmq-c.
  *
  * Wire format (AMQP 0-9-1 messages on the default exchange):
- *   task    to the work queue, persistent; properties: type = the function
- *           name, correlation_id = the task id (the client's sequence
- *           number in decimal), reply_to = the client's reply queue; body =
- *           the argument bytes.
- *   result  to reply_to, transient; properties: correlation_id = the
+ *   task    to the work queue, persistent, mandatory; properties: type =
+ *           the function name, correlation_id = the task id (the client's
+ *           sequence number in decimal), reply_to = the client's reply
+ *           queue; body = the argument bytes.
+ *   result  to reply_to, persistent; properties: correlation_id = the
  *           task's; headers: "conc-error" (int, 0 or a negative errno) and,
  *           with an error, "conc-detail" (int); body = the result bytes
  *           (empty with an error).
@@ -16,13 +16,26 @@
  * out of range fails its future with -EPROTO; a task without a reply queue
  * or an id is dead-lettered.
  *
+ * Nothing confirmed is lost.  Both sides publish in confirm mode.  A
+ * client keeps each task it sent until the broker confirmed it, and sends
+ * the unconfirmed ones again on a new connection (a task that reached the
+ * queue anyway runs twice; its second result is dropped by id).  Its reply
+ * queue is durable and not exclusive, named by the client, and expires
+ * (x-expires) once no client has used it for result_expires seconds, so
+ * results sent while the client was away wait for it, and results for a
+ * client that is gone for good do not pile up.  Results are taken with
+ * acknowledgements (one basic.ack with multiple=true per batch read), so a
+ * result in flight when the connection drops is delivered again.  A worker
+ * acknowledges a task only once the broker confirmed the task's result.
+ *
  * The executor's connection is shared by the submitting threads and its
  * result thread under conn_lock.  The result thread never holds the lock
- * while it sleeps: it waits for the socket (or its stop descriptor) through
- * conc_wait, then takes the lock and reads what came without waiting.  The
+ * while it sleeps: it waits for the socket (or its stop or wake
+ * descriptors) through conc_wait, then takes the lock and reads what came
+ * without waiting.  It also makes the connection again after a loss.  The
  * pending tasks (id -> future) are an open-addressing table under `lock`,
  * which is never held while a future is finished (its callbacks may
- * submit).
+ * submit); neither is conn_lock.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,11 +49,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <amqp.h>
 #include <amqp_framing.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
 #include "conc/broker_executor.h"
@@ -48,6 +63,7 @@
 #include "internal.h"
 
 #define BX_CHANNEL 1
+#define BX_PROBE_CHANNEL 2      /* the passive look at the reply queue */
 #define BX_QUEUE_NAME_MAX 200
 /* The longest sleep between two looks at the connection's heartbeats. */
 #define BX_SLICE_NS (2 * 1000000000LL)
@@ -57,6 +73,17 @@
 #define BX_HEARTBEAT 30
 #define BX_ERR_KEY "conc-error"
 #define BX_DETAIL_KEY "conc-detail"
+/* Pauses between reconnection attempts: from the first, doubling, up to
+ * the last. */
+#define BX_RETRY_MIN 0.1
+#define BX_RETRY_MAX 5.0
+/* A reply queue's life without its client, by default (seconds). */
+#define BX_RESULT_EXPIRES 300.0
+/* Results read before their acknowledgement is sent at the latest. */
+#define BX_ACK_BATCH 256
+/* How long a worker waits for the confirmations of the results it sent
+ * before run returns. */
+#define BX_DRAIN_NS (10 * 1000000000LL)
 
 /* ------------------------------------------------------------ connection */
 
@@ -86,6 +113,10 @@ static int bx_status(int status)
     case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED: return -EHOSTUNREACH;
     case AMQP_STATUS_BAD_URL:
     case AMQP_STATUS_INVALID_PARAMETER: return -EINVAL;
+    case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
+    case AMQP_STATUS_SSL_PEER_VERIFY_FAILED: return -EKEYREJECTED;
+    case AMQP_STATUS_SSL_ERROR:
+    case AMQP_STATUS_SSL_CONNECTION_FAILED: return -ECONNREFUSED;
     default: return -EPIPE;
     }
 }
@@ -98,7 +129,8 @@ static int bx_reply(amqp_rpc_reply_t r, bool login)
     case AMQP_RESPONSE_NORMAL:
         return 0;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        if (login && r.library_error == AMQP_STATUS_CONNECTION_CLOSED)
+        if (login && (r.library_error == AMQP_STATUS_CONNECTION_CLOSED ||
+                      r.library_error == AMQP_STATUS_SOCKET_CLOSED))
             return -EACCES;
         return bx_status(r.library_error);
     case AMQP_RESPONSE_SERVER_EXCEPTION: {
@@ -111,6 +143,7 @@ static int bx_reply(amqp_rpc_reply_t r, bool login)
         case AMQP_ACCESS_REFUSED:
         case AMQP_NOT_ALLOWED: return -EACCES;
         case AMQP_PRECONDITION_FAILED: return -EEXIST;
+        case AMQP_NOT_FOUND: return -ENOENT;
         default: return -EPROTO;
         }
     }
@@ -119,20 +152,67 @@ static int bx_reply(amqp_rpc_reply_t r, bool login)
     }
 }
 
-/* Connects, logs in (with AMQP heartbeats every `heartbeat` seconds, or
- * none for 0) and opens the channel. */
-static int bx_connect(amqp_connection_state_t *out, const char *url, int heartbeat,
-                      int64_t deadline)
+/* Where and how a client or worker connects (kept for reconnecting). */
+struct bx_cfg {
+    char *url;
+    char *cacert, *cert, *key;
+    bool insecure;
+    int heartbeat;              /* seconds, 0: none (TCP keepalives) */
+    double connect_timeout;     /* seconds */
+};
+
+static void bx_cfg_free(struct bx_cfg *c)
 {
-    size_t ulen = strlen(url);
-    char *copy = malloc(ulen + 1);
+    free(c->url);
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+}
+
+static int bx_cfg_init(struct bx_cfg *c, const char *url, const char *cacert, const char *cert,
+                       const char *key, bool insecure, int heartbeat, double connect_timeout)
+{
+    memset(c, 0, sizeof *c);
+    c->url = strdup(url);
+    c->cacert = cacert ? strdup(cacert) : NULL;
+    c->cert = cert ? strdup(cert) : NULL;
+    c->key = key ? strdup(key) : NULL;
+    c->insecure = insecure;
+    c->heartbeat = heartbeat;
+    c->connect_timeout = connect_timeout ? connect_timeout : 10.0;
+    if (!c->url || (cacert && !c->cacert) || (cert && !c->cert) || (key && !c->key)) {
+        bx_cfg_free(c);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Checks a URL without connecting: -EINVAL when it does not parse. */
+static int bx_check_url(const char *url)
+{
+    char *copy = strdup(url);
     if (!copy)
         return -ENOMEM;
-    memcpy(copy, url, ulen + 1);
     struct amqp_connection_info info;
     amqp_default_connection_info(&info);
-    if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK || info.ssl || !info.host ||
-        info.port <= 0 || info.port > 65535) {
+    int r = amqp_parse_url(copy, &info) != AMQP_STATUS_OK || !info.host || !*info.host ||
+            info.port <= 0 || info.port > 65535 ? -EINVAL : 0;
+    free(copy);
+    return r;
+}
+
+/* Connects (TCP, or TLS for amqps:// with the server's certificate and
+ * host name verified unless insecure), logs in (with AMQP heartbeats
+ * every cfg->heartbeat seconds, or none for 0) and opens the channel. */
+static int bx_connect(amqp_connection_state_t *out, const struct bx_cfg *cfg, int64_t deadline)
+{
+    char *copy = strdup(cfg->url);
+    if (!copy)
+        return -ENOMEM;
+    struct amqp_connection_info info;
+    amqp_default_connection_info(&info);
+    if (amqp_parse_url(copy, &info) != AMQP_STATUS_OK || !info.host || info.port <= 0 ||
+        info.port > 65535) {
         free(copy);
         return -EINVAL;
     }
@@ -142,10 +222,31 @@ static int bx_connect(amqp_connection_state_t *out, const char *url, int heartbe
         info.vhost = "/";
     int r = 0;
     amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = c ? amqp_tcp_socket_new(c) : NULL;
-    if (!s) {
+    amqp_socket_t *s = NULL;
+    if (!c) {
         r = -ENOMEM;
         goto out;
+    }
+    if (info.ssl) {
+        s = amqp_ssl_socket_new(c);
+        if (!s) {
+            r = -EPROTONOSUPPORT;
+            goto out;
+        }
+        amqp_ssl_socket_set_verify_peer(s, !cfg->insecure);
+        amqp_ssl_socket_set_verify_hostname(s, !cfg->insecure);
+        if ((cfg->cacert && amqp_ssl_socket_set_cacert(s, cfg->cacert) != AMQP_STATUS_OK) ||
+            (cfg->cert && cfg->key &&
+             amqp_ssl_socket_set_key(s, cfg->cert, cfg->key) != AMQP_STATUS_OK)) {
+            r = -EPROTONOSUPPORT;
+            goto out;
+        }
+    } else {
+        s = amqp_tcp_socket_new(c);
+        if (!s) {
+            r = -ENOMEM;
+            goto out;
+        }
     }
     struct timeval tv = bx_tv(deadline);
     errno = 0;
@@ -161,7 +262,7 @@ static int bx_connect(amqp_connection_state_t *out, const char *url, int heartbe
     tv = bx_tv(deadline);
     amqp_set_handshake_timeout(c, &tv);
     amqp_set_rpc_timeout(c, &tv);
-    if (!heartbeat) {
+    if (!cfg->heartbeat) {
         /* No AMQP heartbeats: TCP keepalives find a peer that is gone. */
         int fd = amqp_get_sockfd(c), on = 1, idle = 30, intvl = 10, cnt = 3;
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
@@ -169,8 +270,18 @@ static int bx_connect(amqp_connection_state_t *out, const char *url, int heartbe
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
     }
-    r = bx_reply(amqp_login(c, info.vhost, 0, 131072, heartbeat, AMQP_SASL_METHOD_PLAIN,
-                            info.user, info.password), true);
+    /* Asks to be told when the broker cancels a consumer (its queue was
+     * deleted: the client then connects again and declares it again). */
+    amqp_table_entry_t cap = { .key = amqp_cstring_bytes("consumer_cancel_notify"),
+                               .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
+                                          .value = { .boolean = 1 } } };
+    amqp_table_entry_t prop = { .key = amqp_cstring_bytes("capabilities"),
+                                .value = { .kind = AMQP_FIELD_KIND_TABLE,
+                                           .value = { .table = { 1, &cap } } } };
+    amqp_table_t props = { 1, &prop };
+    r = bx_reply(amqp_login_with_properties(c, info.vhost, 0, 131072, cfg->heartbeat, &props,
+                                            AMQP_SASL_METHOD_PLAIN, info.user, info.password),
+                 true);
     if (r)
         goto out;
     amqp_channel_open(c, BX_CHANNEL);
@@ -241,6 +352,13 @@ static int bx_declare(amqp_connection_state_t c, const char *queue, int max_deli
     return bx_reply(amqp_get_rpc_reply(c), false);
 }
 
+/* Puts the channel in confirm mode. */
+static int bx_confirm_select(amqp_connection_state_t c)
+{
+    amqp_confirm_select(c, BX_CHANNEL);
+    return bx_reply(amqp_get_rpc_reply(c), false);
+}
+
 /* An integer field of a table (any of AMQP's integer kinds). */
 static bool bx_table_int(const amqp_table_t *t, const char *key, int64_t *out)
 {
@@ -286,10 +404,20 @@ static bool bx_parse_id(amqp_bytes_t b, uint64_t *out)
     return v != 0;
 }
 
+/* What a look at the connection found besides a delivery. */
+struct bx_event {
+    amqp_method_number_t id;    /* 0: nothing; basic.ack, basic.nack or
+                                   basic.return */
+    uint64_t tag;
+    bool multiple;
+    uint64_t returned_id;       /* basic.return: the task id, or 0 */
+};
+
 /* One look at the connection without waiting.  Returns 1 with a delivery
- * in *env, 0 when nothing (or only a frame of no interest) was there, or a
- * negative code when the connection or channel is gone. */
-static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env)
+ * in *env, 2 with a confirmation or a returned message in *ev, 0 when
+ * nothing (or only a frame of no interest) was there, or a negative code
+ * when the connection or channel is gone. */
+static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, struct bx_event *ev)
 {
     struct timeval zero = { 0, 0 };
     amqp_maybe_release_buffers(c);
@@ -302,36 +430,97 @@ static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env)
         return 0;
     if (r.library_error != AMQP_STATUS_UNEXPECTED_STATE)
         return bx_status(r.library_error) == -ENOMEM ? -ENOMEM : -EPIPE;
-    /* Another frame: a close of the channel or connection ends us, any
-     * other (a basic.ack, a consumer cancel...) is read and dropped. */
+    /* Another frame: a confirmation or a returned message is reported, a
+     * close of the channel or connection ends us, any other is dropped. */
     amqp_frame_t f;
     if (amqp_simple_wait_frame_noblock(c, &f, &zero) != AMQP_STATUS_OK)
         return -EPIPE;
-    if (f.frame_type == AMQP_FRAME_METHOD &&
-        (f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
-         f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
-         f.payload.method.id == AMQP_BASIC_CANCEL_METHOD))
+    if (f.frame_type != AMQP_FRAME_METHOD)
+        return 0;
+    switch (f.payload.method.id) {
+    case AMQP_CHANNEL_CLOSE_METHOD:
+    case AMQP_CONNECTION_CLOSE_METHOD:
+    case AMQP_BASIC_CANCEL_METHOD:
         return -EPIPE;
-    return 0;
+    case AMQP_BASIC_ACK_METHOD: {
+        const amqp_basic_ack_t *a = f.payload.method.decoded;
+        *ev = (struct bx_event){ .id = AMQP_BASIC_ACK_METHOD, .tag = a->delivery_tag,
+                                 .multiple = a->multiple };
+        return f.channel == BX_CHANNEL ? 2 : 0;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+        const amqp_basic_nack_t *a = f.payload.method.decoded;
+        *ev = (struct bx_event){ .id = AMQP_BASIC_NACK_METHOD, .tag = a->delivery_tag,
+                                 .multiple = a->multiple };
+        return f.channel == BX_CHANNEL ? 2 : 0;
+    }
+    case AMQP_BASIC_RETURN_METHOD: {
+        /* Its header and body follow at once. */
+        amqp_message_t m;
+        amqp_rpc_reply_t rr = amqp_read_message(c, f.channel, &m, 0);
+        if (rr.reply_type != AMQP_RESPONSE_NORMAL)
+            return -EPIPE;
+        uint64_t id = 0;
+        if (!(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
+            !bx_parse_id(m.properties.correlation_id, &id))
+            id = 0;
+        amqp_destroy_message(&m);
+        *ev = (struct bx_event){ .id = AMQP_BASIC_RETURN_METHOD, .returned_id = id };
+        return 2;
+    }
+    default:
+        return 0;
+    }
 }
 
-/* Waits until the socket has data (or stopfd is readable: returns 1), or
- * the deadline passes (-ETIMEDOUT), at most one slice; 0 when the socket
- * is ready or the slice ended. */
-static int bx_wait(int sockfd, int stopfd, int64_t deadline)
+/* Waits until the socket has data (0), the stop descriptor is readable
+ * (1), the wake descriptor is (2, read), or the deadline passes
+ * (-ETIMEDOUT); at most one slice (0 when it ends). */
+static int bx_wait(int sockfd, int stopfd, int wakefd, int64_t deadline)
 {
     int64_t slice = bx_now() + BX_SLICE_NS;
     bool last = deadline <= slice;
-    conc_waitable w[2] = {
+    conc_waitable w[3] = {
         { .kind = CONC_WAIT_FD, .u.fd = sockfd, .events = POLLIN },
         { .kind = CONC_WAIT_FD, .u.fd = stopfd, .events = POLLIN },
+        { .kind = CONC_WAIT_FD, .u.fd = wakefd, .events = POLLIN },
     };
-    int r = conc_wait_until(w, 2, last ? deadline : slice);
-    if (r > 0)
-        return w[1].ready ? 1 : 0;
+    size_t n = wakefd >= 0 ? 3 : 2;
+    int r = conc_wait_until(sockfd >= 0 ? w : w + 1, sockfd >= 0 ? n : n - 1,
+                            last ? deadline : slice);
+    if (r > 0) {
+        if (w[1].ready)
+            return 1;
+        if (wakefd >= 0 && w[2].ready) {
+            uint64_t v;
+            if (read(wakefd, &v, sizeof v) < 0) {
+                /* Nothing to read: someone else took it. */
+            }
+            return 2;
+        }
+        return 0;
+    }
     if (r == -ETIMEDOUT)
         return last ? -ETIMEDOUT : 0;
     return r;
+}
+
+/* A pause between reconnection attempts: 1 when the stop descriptor
+ * became readable, 0 after the pause. */
+static int bx_pause(int stopfd, double seconds, int64_t deadline)
+{
+    int64_t until = bx_now() + (int64_t)(seconds * 1e9);
+    if (deadline != CONC_NO_DEADLINE && deadline < until)
+        until = deadline;
+    for (;;) {
+        int r = bx_wait(-1, stopfd, -1, until);
+        if (r == 1)
+            return 1;
+        if (r == -ETIMEDOUT || bx_now() >= until)
+            return 0;
+        if (r < 0)
+            return r;
+    }
 }
 
 /* ---------------------------------------------------------------- executor */
@@ -341,11 +530,37 @@ struct bx_slot {
     conc_future *f;
 };
 
+/* A task the broker has not confirmed yet (kept to be sent again). */
+struct bx_task {
+    struct bx_task *next;
+    uint64_t id;
+    uint64_t seq;           /* its confirm sequence number on the current
+                               connection; 0: not sent on it */
+    size_t len;
+    size_t fnlen;
+    char bytes[];           /* the function name, '\0', the argument */
+};
+
+/* A future to fail once the locks are released. */
+struct bx_fail {
+    uint64_t id;
+    int err;
+};
+
 struct conc_broker_executor {
-    pthread_mutex_t conn_lock;
-    amqp_connection_state_t conn;
+    pthread_mutex_t conn_lock;  /* conn, pub_seq, the unconfirmed tasks */
+    amqp_connection_state_t conn;   /* NULL while down */
     int sockfd;
+    bool lost;              /* a publish failed: the result thread makes
+                               the connection again */
+    bool dead;              /* given up: no task is taken any more */
+    uint64_t pub_seq;
+    struct bx_task *uhead, *utail;
+    struct bx_fail *fails;  /* result thread only */
+    size_t nfails, fails_cap;
+
     int stopfd;
+    int wakefd;
     pthread_t reader;
 
     pthread_mutex_t lock;   /* slots, count, next_id, broken */
@@ -355,6 +570,11 @@ struct conc_broker_executor {
     uint64_t next_id;
     int broken;             /* 0, or the code later submits get */
 
+    struct bx_cfg cfg;
+    int max_deliveries;
+    double result_expires;
+    double reconnect_timeout;
+    uint64_t reconnects;    /* atomic */
     char queue[BX_QUEUE_NAME_MAX + 1];
     char reply[256];
 };
@@ -425,9 +645,32 @@ static conc_future *bx_table_take(conc_broker_executor *ex, uint64_t id)
     return f;
 }
 
-/* Marks the executor broken with err and fails every pending future. */
+/* Fails the future of task id with err, when it is still pending. */
+static void bx_fail_one(conc_broker_executor *ex, uint64_t id, int err)
+{
+    pthread_mutex_lock(&ex->lock);
+    conc_future *f = bx_table_take(ex, id);
+    pthread_mutex_unlock(&ex->lock);
+    if (f) {
+        conc_future_set_exception(f, err, 0);
+        conc_future_free(f);
+    }
+}
+
+/* Marks the executor broken with err, forgets the unconfirmed tasks and
+ * fails every pending future. */
 static void bx_fail_all(conc_broker_executor *ex, int err)
 {
+    pthread_mutex_lock(&ex->conn_lock);
+    ex->dead = true;
+    struct bx_task *t = ex->uhead;
+    ex->uhead = ex->utail = NULL;
+    pthread_mutex_unlock(&ex->conn_lock);
+    while (t) {
+        struct bx_task *n = t->next;
+        free(t);
+        t = n;
+    }
     pthread_mutex_lock(&ex->lock);
     if (!ex->broken)
         ex->broken = err;
@@ -444,6 +687,69 @@ static void bx_fail_all(conc_broker_executor *ex, int err)
         }
     }
     free(slots);
+}
+
+/* Publishes a task on the current connection (conn_lock held). */
+static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
+{
+    char cid[24];
+    snprintf(cid, sizeof cid, "%" PRIu64, t->id);
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TYPE_FLAG;
+    p.content_type = amqp_cstring_bytes("application/octet-stream");
+    p.delivery_mode = 2;
+    p.correlation_id = amqp_cstring_bytes(cid);
+    p.reply_to = amqp_cstring_bytes(ex->reply);
+    p.type = (amqp_bytes_t){ .len = t->fnlen, .bytes = (void *)t->bytes };
+    amqp_bytes_t body = { .len = t->len, .bytes = (void *)(t->bytes + t->fnlen + 1) };
+    return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
+                              amqp_cstring_bytes(ex->queue), 1, 0, &p, body);
+}
+
+static void bx_add_fail(conc_broker_executor *ex, uint64_t id, int err)
+{
+    if (ex->nfails == ex->fails_cap) {
+        size_t cap = ex->fails_cap ? ex->fails_cap * 2 : 16;
+        struct bx_fail *n = realloc(ex->fails, cap * sizeof *n);
+        if (!n)
+            return;     /* the future then waits for a result */
+        ex->fails = n;
+        ex->fails_cap = cap;
+    }
+    ex->fails[ex->nfails++] = (struct bx_fail){ .id = id, .err = err };
+}
+
+/* A confirmation (conn_lock held): the tasks it settles are forgotten; a
+ * negative one fails their futures with -EIO (after the lock). */
+static void bx_settle(conc_broker_executor *ex, const struct bx_event *ev)
+{
+    if (ev->id == AMQP_BASIC_RETURN_METHOD) {
+        /* Unroutable: the work queue is gone.  Its ack follows. */
+        if (ev->returned_id)
+            bx_add_fail(ex, ev->returned_id, -ENOENT);
+        return;
+    }
+    bool nack = ev->id == AMQP_BASIC_NACK_METHOD;
+    struct bx_task *prev = NULL, *t = ex->uhead;
+    while (t && t->seq && t->seq <= ev->tag) {
+        struct bx_task *next = t->next;
+        if (ev->multiple || t->seq == ev->tag) {
+            if (prev)
+                prev->next = next;
+            else
+                ex->uhead = next;
+            if (ex->utail == t)
+                ex->utail = prev;
+            if (nack)
+                bx_add_fail(ex, t->id, -EIO);
+            free(t);
+        } else {
+            prev = t;
+        }
+        t = next;
+    }
 }
 
 /* A result message: finish its future, or drop it. */
@@ -479,87 +785,299 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
     conc_future_free(f);
 }
 
+/* Connects and sets up a client: the work queues, the reply queue (first
+ * looked at passively when `again`: *gone tells that it expired while the
+ * client was away), its consumer, confirm mode. */
+static int bx_client_setup(conc_broker_executor *ex, amqp_connection_state_t *out, bool again,
+                           bool *gone)
+{
+    int64_t deadline;
+    conc_deadline(ex->cfg.connect_timeout, &deadline);
+    amqp_connection_state_t c = NULL;
+    int r = bx_connect(&c, &ex->cfg, deadline);
+    if (r)
+        return r;
+    r = bx_declare(c, ex->queue, ex->max_deliveries);
+    if (r)
+        goto fail;
+    if (again) {
+        amqp_channel_open(c, BX_PROBE_CHANNEL);
+        r = bx_reply(amqp_get_rpc_reply(c), false);
+        if (r)
+            goto fail;
+        amqp_queue_declare(c, BX_PROBE_CHANNEL, amqp_cstring_bytes(ex->reply), 1, 0, 0, 0,
+                           amqp_empty_table);
+        r = bx_reply(amqp_get_rpc_reply(c), false);
+        if (r == -ENOENT) {
+            /* The broker closed the probe channel: say it is closed. */
+            amqp_channel_close_ok_t ok = { 0 };
+            amqp_send_method(c, BX_PROBE_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+            *gone = true;
+        } else if (r) {
+            goto fail;
+        } else {
+            amqp_channel_close(c, BX_PROBE_CHANNEL, AMQP_REPLY_SUCCESS);
+        }
+    }
+    amqp_table_entry_t e = { .key = amqp_cstring_bytes("x-expires"),
+                             .value = { .kind = AMQP_FIELD_KIND_I64,
+                                        .value.i64 = (int64_t)(ex->result_expires * 1000) } };
+    amqp_table_t args = { .num_entries = 1, .entries = &e };
+    amqp_queue_declare(c, BX_CHANNEL, amqp_cstring_bytes(ex->reply), 0, 1, 0, 0, args);
+    r = bx_reply(amqp_get_rpc_reply(c), false);
+    if (r)
+        goto fail;
+    amqp_basic_consume(c, BX_CHANNEL, amqp_cstring_bytes(ex->reply), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    r = bx_reply(amqp_get_rpc_reply(c), false);
+    if (r)
+        goto fail;
+    r = bx_confirm_select(c);
+    if (r)
+        goto fail;
+    *out = c;
+    return 0;
+fail:
+    bx_close(c);
+    return r;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The reply queue expired while the client was away: the results of the
+ * tasks the broker had confirmed are lost; fail their futures.  Called
+ * while the connection is down (no confirmation comes meanwhile); a task
+ * is in the table and not in the unconfirmed list only once confirmed,
+ * since submit adds it to both under conn_lock. */
+static void bx_fail_confirmed(conc_broker_executor *ex)
+{
+    pthread_mutex_lock(&ex->conn_lock);
+    size_t n = 0;
+    for (struct bx_task *t = ex->uhead; t; t = t->next)
+        n++;
+    uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    n = 0;
+    if (ids)
+        for (struct bx_task *t = ex->uhead; t; t = t->next)
+            ids[n++] = t->id;
+    qsort(ids, ids ? n : 0, sizeof *ids, cmp_u64);
+    struct bx_slot *lostf = NULL;
+    size_t nl = 0;
+    pthread_mutex_lock(&ex->lock);
+    if (ids && ex->count)
+        lostf = malloc(ex->count * sizeof *lostf);
+    for (size_t i = 0; lostf && i < ex->cap; i++) {
+        uint64_t id = ex->slots[i].id;
+        if (id && !bsearch(&id, ids, n, sizeof *ids, cmp_u64))
+            lostf[nl++] = ex->slots[i];
+    }
+    for (size_t i = 0; i < nl; i++)
+        bx_table_take(ex, lostf[i].id);
+    pthread_mutex_unlock(&ex->lock);
+    pthread_mutex_unlock(&ex->conn_lock);
+    for (size_t i = 0; i < nl; i++) {
+        conc_future_set_exception(lostf[i].f, -EPIPE, 0);
+        conc_future_free(lostf[i].f);
+    }
+    free(lostf);
+    free(ids);
+}
+
+/* Makes the connection again after a loss, with a back-off, and sends the
+ * unconfirmed tasks again.  Returns 0 once up, 1 when the executor is
+ * being freed, or a negative code after reconnect_timeout. */
+static int bx_reconnect(conc_broker_executor *ex)
+{
+    if (ex->reconnect_timeout < 0)
+        return -EPIPE;
+    int64_t give_up = CONC_NO_DEADLINE;
+    if (ex->reconnect_timeout > 0)
+        conc_deadline(ex->reconnect_timeout, &give_up);
+    double pause = BX_RETRY_MIN;
+    for (;;) {
+        amqp_connection_state_t c = NULL;
+        bool gone = false;
+        int r = bx_client_setup(ex, &c, true, &gone);
+        if (r == 0) {
+            if (gone)
+                bx_fail_confirmed(ex);
+            pthread_mutex_lock(&ex->conn_lock);
+            ex->conn = c;
+            ex->sockfd = amqp_get_sockfd(c);
+            ex->lost = false;
+            ex->pub_seq = 0;
+            for (struct bx_task *t = ex->uhead; t && !ex->lost; t = t->next) {
+                t->seq = ++ex->pub_seq;
+                if (bx_publish_task(ex, t) != AMQP_STATUS_OK)
+                    ex->lost = true;
+            }
+            pthread_mutex_unlock(&ex->conn_lock);
+            __atomic_fetch_add(&ex->reconnects, 1, __ATOMIC_RELAXED);
+            return 0;
+        }
+        if (give_up != CONC_NO_DEADLINE && bx_now() >= give_up)
+            return -EPIPE;
+        if (bx_pause(ex->stopfd, pause, give_up) == 1)
+            return 1;
+        pause = pause * 2 > BX_RETRY_MAX ? BX_RETRY_MAX : pause * 2;
+    }
+}
+
+/* Forgets a lost connection: every unconfirmed task is to be sent again. */
+static void bx_drop(conc_broker_executor *ex)
+{
+    pthread_mutex_lock(&ex->conn_lock);
+    if (ex->conn)
+        amqp_destroy_connection(ex->conn);
+    ex->conn = NULL;
+    ex->sockfd = -1;
+    for (struct bx_task *t = ex->uhead; t; t = t->next)
+        t->seq = 0;
+    pthread_mutex_unlock(&ex->conn_lock);
+}
+
+/* Reads results and confirmations while the connection lasts.  Returns 1
+ * when the executor is being freed, -EPIPE when the connection is lost. */
+static int bx_pump(conc_broker_executor *ex)
+{
+    uint64_t ack_tag = 0;       /* the last result read, not acknowledged */
+    unsigned unacked = 0;
+    for (;;) {
+        pthread_mutex_lock(&ex->conn_lock);
+        if (ex->lost) {
+            pthread_mutex_unlock(&ex->conn_lock);
+            return -EPIPE;
+        }
+        bool buffered = amqp_data_in_buffer(ex->conn) || amqp_frames_enqueued(ex->conn);
+        if ((!buffered && ack_tag) || unacked >= BX_ACK_BATCH) {
+            if (amqp_basic_ack(ex->conn, BX_CHANNEL, ack_tag, 1) != AMQP_STATUS_OK)
+                ex->lost = true;
+            ack_tag = 0;
+            unacked = 0;
+        }
+        int sockfd = ex->sockfd;
+        pthread_mutex_unlock(&ex->conn_lock);
+        if (!buffered) {
+            int w = bx_wait(sockfd, ex->stopfd, ex->wakefd, CONC_NO_DEADLINE);
+            if (w == 1)
+                return 1;
+            if (w == 2)
+                continue;   /* a submit saw the connection fail */
+            if (w < 0 && w != -ETIMEDOUT)
+                return -EPIPE;
+        }
+        amqp_envelope_t env;
+        struct bx_event ev = { 0 };
+        pthread_mutex_lock(&ex->conn_lock);
+        int r = bx_poll_message(ex->conn, &env, &ev);
+        if (r == 2)
+            bx_settle(ex, &ev);
+        pthread_mutex_unlock(&ex->conn_lock);
+        for (size_t i = 0; i < ex->nfails; i++)
+            bx_fail_one(ex, ex->fails[i].id, ex->fails[i].err);
+        ex->nfails = 0;
+        if (r == 1) {
+            bx_on_result(ex, &env);
+            ack_tag = env.delivery_tag;
+            unacked++;
+            amqp_destroy_envelope(&env);
+        } else if (r < 0 && r != -ENOMEM) {
+            return -EPIPE;
+        }
+    }
+}
+
 static void *bx_reader(void *arg)
 {
     conc_broker_executor *ex = arg;
-    int err = 0;
+    /* rabbitmq-c takes an interrupted wait for a lost connection: this
+     * thread takes no signals. */
+    sigset_t old;
+    bx_hold_signals(&old);
     for (;;) {
-        pthread_mutex_lock(&ex->conn_lock);
-        bool buffered = amqp_data_in_buffer(ex->conn) || amqp_frames_enqueued(ex->conn);
-        pthread_mutex_unlock(&ex->conn_lock);
-        if (!buffered) {
-            int w = bx_wait(ex->sockfd, ex->stopfd, CONC_NO_DEADLINE);
-            if (w == 1)
-                return NULL;        /* freed */
-            if (w < 0 && w != -ETIMEDOUT) {
-                err = -EPIPE;
-                break;
-            }
-        }
-        amqp_envelope_t env;
-        pthread_mutex_lock(&ex->conn_lock);
-        int r = bx_poll_message(ex->conn, &env);
-        pthread_mutex_unlock(&ex->conn_lock);
-        if (r == 1) {
-            bx_on_result(ex, &env);
-            amqp_destroy_envelope(&env);
-        } else if (r < 0 && r != -ENOMEM) {
-            err = r;
+        if (bx_pump(ex) == 1)
+            return NULL;
+        bx_drop(ex);
+        int r = bx_reconnect(ex);
+        if (r == 1)
+            return NULL;
+        if (r < 0)
             break;
-        }
     }
-    bx_fail_all(ex, err);
+    bx_fail_all(ex, -EPIPE);
     return NULL;
+}
+
+/* A reply queue name of the client's own: "<queue>.reply.<16 hex>". */
+static int bx_reply_name(char *buf, size_t size, const char *queue)
+{
+    uint64_t v = 0;
+    size_t got = 0;
+    while (got < sizeof v) {
+        ssize_t n = getrandom((char *)&v + got, sizeof v - got, 0);
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    snprintf(buf, size, "%s.reply.%016" PRIx64, queue, v);
+    return 0;
 }
 
 int conc_broker_executor_new(conc_broker_executor **out, const char *url,
                              const conc_broker_executor_opts *opts)
 {
     conc_broker_executor_opts o;
-    CONC__OPTS_COPY(&o, opts, sizeof o);
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_broker_executor_opts, connect_timeout));
     if (!out || !url)
         return -EINVAL;
     const char *queue = o.queue ? o.queue : CONC_BROKER_DEFAULT_QUEUE;
     if (!*queue || strlen(queue) > BX_QUEUE_NAME_MAX || o.max_deliveries < 0 ||
-        o.connect_timeout < 0 || o.connect_timeout != o.connect_timeout)
+        o.connect_timeout < 0 || o.connect_timeout != o.connect_timeout ||
+        o.result_expires < 0 || o.result_expires != o.result_expires ||
+        o.result_expires > 86400.0 * 365 || o.reconnect_timeout != o.reconnect_timeout)
         return -EINVAL;
     int64_t deadline;
     if (conc_deadline(o.connect_timeout ? o.connect_timeout : 10.0, &deadline))
         return -EINVAL;
+    int r = bx_check_url(url);
+    if (r)
+        return r;
     conc_broker_executor *ex = calloc(1, sizeof *ex);
     if (!ex)
         return -ENOMEM;
     strcpy(ex->queue, queue);
-    ex->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (ex->stopfd < 0) {
-        int e = -errno;
+    ex->max_deliveries = o.max_deliveries ? o.max_deliveries : 3;
+    ex->result_expires = o.result_expires ? o.result_expires : BX_RESULT_EXPIRES;
+    if (ex->result_expires < 0.001)
+        ex->result_expires = 0.001;
+    ex->reconnect_timeout = o.reconnect_timeout;
+    ex->stopfd = ex->wakefd = -1;
+    r = bx_cfg_init(&ex->cfg, url, o.cacert, o.cert, o.key, o.insecure, BX_HEARTBEAT,
+                    o.connect_timeout);
+    if (r) {
         free(ex);
-        return e;
+        return r;
+    }
+    r = bx_reply_name(ex->reply, sizeof ex->reply, queue);
+    if (r)
+        goto fail_cfg;
+    ex->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    ex->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ex->stopfd < 0 || ex->wakefd < 0) {
+        r = -errno;
+        goto fail_cfg;
     }
     sigset_t old;
     bx_hold_signals(&old);
-    int r = bx_connect(&ex->conn, url, BX_HEARTBEAT, deadline);
+    r = bx_client_setup(ex, &ex->conn, false, NULL);
+    bx_release_signals(&old);
     if (r)
-        goto fail;
-    r = bx_declare(ex->conn, queue, o.max_deliveries ? o.max_deliveries : 3);
-    if (r)
-        goto fail;
-    amqp_queue_declare_ok_t *ok = amqp_queue_declare(ex->conn, BX_CHANNEL, amqp_empty_bytes, 0,
-                                                     0, 1, 1, amqp_empty_table);
-    r = bx_reply(amqp_get_rpc_reply(ex->conn), false);
-    if (r)
-        goto fail;
-    if (!ok || ok->queue.len == 0 || ok->queue.len >= sizeof ex->reply) {
-        r = -EPROTO;
-        goto fail;
-    }
-    memcpy(ex->reply, ok->queue.bytes, ok->queue.len);
-    ex->reply[ok->queue.len] = '\0';
-    amqp_basic_consume(ex->conn, BX_CHANNEL, amqp_cstring_bytes(ex->reply), amqp_empty_bytes, 0,
-                       1, 1, amqp_empty_table);
-    r = bx_reply(amqp_get_rpc_reply(ex->conn), false);
-    if (r)
-        goto fail;
+        goto fail_cfg;
     ex->sockfd = amqp_get_sockfd(ex->conn);
     pthread_mutex_init(&ex->conn_lock, NULL);
     pthread_mutex_init(&ex->lock, NULL);
@@ -567,15 +1085,20 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     if (r) {
         pthread_mutex_destroy(&ex->conn_lock);
         pthread_mutex_destroy(&ex->lock);
-        goto fail;
+        bx_hold_signals(&old);
+        amqp_queue_delete(ex->conn, BX_CHANNEL, amqp_cstring_bytes(ex->reply), 0, 0);
+        bx_close(ex->conn);
+        bx_release_signals(&old);
+        goto fail_cfg;
     }
-    bx_release_signals(&old);
     *out = ex;
     return 0;
-fail:
-    bx_close(ex->conn);
-    bx_release_signals(&old);
-    close(ex->stopfd);
+fail_cfg:
+    if (ex->stopfd >= 0)
+        close(ex->stopfd);
+    if (ex->wakefd >= 0)
+        close(ex->wakefd);
+    bx_cfg_free(&ex->cfg);
     free(ex);
     return r;
 }
@@ -590,51 +1113,60 @@ int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn, const 
         return -EINVAL;
     if (len > CONC_BROKER_TASK_MAX)
         return -EMSGSIZE;
+    struct bx_task *t = malloc(sizeof *t + flen + 1 + len);
+    if (!t)
+        return -ENOMEM;
+    t->next = NULL;
+    t->seq = 0;
+    t->len = len;
+    t->fnlen = flen;
+    memcpy(t->bytes, fn, flen + 1);
+    if (len)
+        memcpy(t->bytes + flen + 1, data, len);
     conc_future *f;
     int r = conc_future_new(&f, NULL);
-    if (r)
+    if (r) {
+        free(t);
         return r;
+    }
     conc_future_ref(f);     /* the table's */
+    /* The table and the unconfirmed list take the task under conn_lock
+     * together (bx_fail_confirmed counts on it). */
+    bool wake = false;
+    pthread_mutex_lock(&ex->conn_lock);
     pthread_mutex_lock(&ex->lock);
-    uint64_t id = 0;
-    r = ex->broken;
+    r = ex->broken ? ex->broken : ex->dead ? -EPIPE : 0;
     if (!r) {
-        id = ++ex->next_id;
-        r = bx_table_put(ex, id, f);
+        t->id = ++ex->next_id;
+        r = bx_table_put(ex, t->id, f);
     }
     pthread_mutex_unlock(&ex->lock);
+    if (!r) {
+        if (ex->utail)
+            ex->utail->next = t;
+        else
+            ex->uhead = t;
+        ex->utail = t;
+        if (ex->conn && !ex->lost) {
+            t->seq = ++ex->pub_seq;
+            if (bx_publish_task(ex, t) != AMQP_STATUS_OK) {
+                /* Kept: sent again on the next connection. */
+                ex->lost = true;
+                wake = true;
+            }
+        }
+    }
+    pthread_mutex_unlock(&ex->conn_lock);
     if (r) {
+        free(t);
         conc_future_free(f);
         conc_future_free(f);
         return r;
     }
-    char cid[24];
-    snprintf(cid, sizeof cid, "%" PRIu64, id);
-    amqp_basic_properties_t p;
-    memset(&p, 0, sizeof p);
-    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
-               AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TYPE_FLAG;
-    p.content_type = amqp_cstring_bytes("application/octet-stream");
-    p.delivery_mode = 2;
-    p.correlation_id = amqp_cstring_bytes(cid);
-    p.reply_to = amqp_cstring_bytes(ex->reply);
-    p.type = amqp_cstring_bytes(fn);
-    amqp_bytes_t body = { .len = len, .bytes = (void *)data };
-    pthread_mutex_lock(&ex->conn_lock);
-    int st = amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
-                                amqp_cstring_bytes(ex->queue), 0, 0, &p, body);
-    pthread_mutex_unlock(&ex->conn_lock);
-    if (st != AMQP_STATUS_OK) {
-        r = bx_status(st) == -ENOMEM ? -ENOMEM : -EPIPE;
-        pthread_mutex_lock(&ex->lock);
-        conc_future *mine = bx_table_take(ex, id);
-        pthread_mutex_unlock(&ex->lock);
-        if (mine)
-            conc_future_free(mine);
-        conc_future_free(f);
-        if (r == -EPIPE)
-            bx_fail_all(ex, -EPIPE);
-        return r;
+    if (wake) {
+        uint64_t one = 1;
+        while (write(ex->wakefd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
     }
     *out = f;
     return 0;
@@ -656,6 +1188,11 @@ const char *conc_broker_executor_reply_queue(const conc_broker_executor *ex)
     return ex ? ex->reply : "";
 }
 
+uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex)
+{
+    return ex ? __atomic_load_n(&ex->reconnects, __ATOMIC_RELAXED) : 0;
+}
+
 void conc_broker_executor_free(conc_broker_executor *ex)
 {
     if (!ex)
@@ -666,12 +1203,22 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     pthread_join(ex->reader, NULL);
     sigset_t old;
     bx_hold_signals(&old);
-    bx_close(ex->conn);
+    if (ex->conn) {
+        /* Results still to come are dropped with the reply queue. */
+        struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+        amqp_set_rpc_timeout(ex->conn, &tv);
+        amqp_queue_delete(ex->conn, BX_CHANNEL, amqp_cstring_bytes(ex->reply), 0, 0);
+        bx_close(ex->conn);
+        ex->conn = NULL;
+    }
     bx_release_signals(&old);
     bx_fail_all(ex, -EPIPE);
     close(ex->stopfd);
+    close(ex->wakefd);
     pthread_mutex_destroy(&ex->conn_lock);
     pthread_mutex_destroy(&ex->lock);
+    free(ex->fails);
+    bx_cfg_free(&ex->cfg);
     free(ex);
 }
 
@@ -684,19 +1231,40 @@ struct bx_fn {
     void *arg;
 };
 
+/* A task whose result waits for the broker's confirmation before the task
+ * is settled. */
+struct bx_unsettled {
+    uint64_t seq;           /* the result's confirm sequence number */
+    uint64_t tag;           /* the task's delivery tag */
+    bool dead;              /* settle by dead-lettering it (nack) */
+};
+
+/* A task delivered while run was returning, run by the next run. */
+struct bx_ahead {
+    struct bx_ahead *next;
+    amqp_envelope_t env;
+};
+
 struct conc_broker_worker {
-    amqp_connection_state_t conn;
+    amqp_connection_state_t conn;   /* NULL while down */
+    struct bx_ahead *ahead, *ahead_tail;
     int sockfd;
     int stopfd;
     int running;            /* atomic: 1 while run runs */
     int broken;
     bool consuming;
+    bool ever_consumed;
     int prefetch;
     int max_deliveries;
+    double reconnect_timeout;
     uint64_t tasks;         /* atomic */
+    uint64_t reconnects;    /* atomic */
+    uint64_t pub_seq;
+    struct bx_unsettled *uns;   /* in sequence order */
+    size_t nuns, uns_cap;
     struct bx_fn *fns;
     size_t nfns;
-    char *url;              /* for connecting again (bx_start_consumer) */
+    struct bx_cfg cfg;
     char queue[BX_QUEUE_NAME_MAX + 1];
 };
 
@@ -704,38 +1272,42 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
                            const conc_broker_worker_opts *opts)
 {
     conc_broker_worker_opts o;
-    CONC__OPTS_COPY(&o, opts, sizeof o);
+    CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_broker_worker_opts, connect_timeout));
     if (!out || !url)
         return -EINVAL;
     const char *queue = o.queue ? o.queue : CONC_BROKER_DEFAULT_QUEUE;
     if (!*queue || strlen(queue) > BX_QUEUE_NAME_MAX || o.max_deliveries < 0 ||
         o.prefetch < 0 || o.prefetch > 65535 || o.connect_timeout < 0 ||
-        o.connect_timeout != o.connect_timeout)
+        o.connect_timeout != o.connect_timeout || o.reconnect_timeout != o.reconnect_timeout)
         return -EINVAL;
     int64_t deadline;
     if (conc_deadline(o.connect_timeout ? o.connect_timeout : 10.0, &deadline))
         return -EINVAL;
+    int r = bx_check_url(url);
+    if (r)
+        return r;
     conc_broker_worker *w = calloc(1, sizeof *w);
     if (!w)
         return -ENOMEM;
     strcpy(w->queue, queue);
-    w->url = strdup(url);
-    if (!w->url) {
-        free(w);
-        return -ENOMEM;
-    }
     w->prefetch = o.prefetch ? o.prefetch : 1;
     w->max_deliveries = o.max_deliveries ? o.max_deliveries : 3;
+    w->reconnect_timeout = o.reconnect_timeout;
+    r = bx_cfg_init(&w->cfg, url, o.cacert, o.cert, o.key, o.insecure, 0, o.connect_timeout);
+    if (r) {
+        free(w);
+        return r;
+    }
     w->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (w->stopfd < 0) {
         int e = -errno;
-        free(w->url);
+        bx_cfg_free(&w->cfg);
         free(w);
         return e;
     }
     sigset_t old;
     bx_hold_signals(&old);
-    int r = bx_connect(&w->conn, url, 0, deadline);
+    r = bx_connect(&w->conn, &w->cfg, deadline);
     if (!r)
         r = bx_declare(w->conn, queue, w->max_deliveries);
     if (r)
@@ -743,7 +1315,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     bx_release_signals(&old);
     if (r) {
         close(w->stopfd);
-        free(w->url);
+        bx_cfg_free(&w->cfg);
         free(w);
         return r;
     }
@@ -781,10 +1353,21 @@ int conc_broker_worker_register(conc_broker_worker *w, const char *name, conc_br
     return 0;
 }
 
-/* Sends a task's result (or error) to its client. */
-static int bx_send_result(conc_broker_worker *w, const amqp_basic_properties_t *task, int err,
-                          int detail, const void *data, size_t len)
+/* Sends a task's result (or error) to its client; the task is settled
+ * (acknowledged, or dead-lettered when `dead`) once the broker confirmed
+ * the result. */
+static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int err,
+                          int detail, const void *data, size_t len, bool dead)
 {
+    if (w->nuns == w->uns_cap) {
+        size_t cap = w->uns_cap ? w->uns_cap * 2 : 16;
+        struct bx_unsettled *n = realloc(w->uns, cap * sizeof *n);
+        if (!n)
+            return -ENOMEM;
+        w->uns = n;
+        w->uns_cap = cap;
+    }
+    const amqp_basic_properties_t *task = &env->message.properties;
     amqp_table_entry_t e[2];
     e[0].key = amqp_cstring_bytes(BX_ERR_KEY);
     e[0].value.kind = AMQP_FIELD_KIND_I32;
@@ -797,18 +1380,54 @@ static int bx_send_result(conc_broker_worker *w, const amqp_basic_properties_t *
     p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
                AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
     p.content_type = amqp_cstring_bytes("application/octet-stream");
-    p.delivery_mode = 1;
+    p.delivery_mode = 2;
     p.correlation_id = task->correlation_id;
     p.headers.num_entries = err ? 2 : 1;
     p.headers.entries = e;
     amqp_bytes_t body = { .len = err ? 0 : len, .bytes = err ? NULL : (void *)data };
     int st = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
                                 body);
-    return st == AMQP_STATUS_OK ? 0 : -EPIPE;
+    if (st != AMQP_STATUS_OK)
+        return -EPIPE;
+    w->uns[w->nuns++] = (struct bx_unsettled){ .seq = ++w->pub_seq, .tag = env->delivery_tag,
+                                               .dead = dead };
+    return 0;
 }
 
-/* Runs one delivered task and settles it.  Returns 0, or -EPIPE when the
- * connection failed. */
+/* A confirmation of results: settles their tasks.  A result the broker
+ * refused gives its task back to be run again. */
+static int bx_worker_settle(conc_broker_worker *w, const struct bx_event *ev)
+{
+    if (ev->id != AMQP_BASIC_ACK_METHOD && ev->id != AMQP_BASIC_NACK_METHOD)
+        return 0;
+    bool nack = ev->id == AMQP_BASIC_NACK_METHOD;
+    size_t keep = 0;
+    int r = 0;
+    for (size_t i = 0; i < w->nuns; i++) {
+        struct bx_unsettled *u = &w->uns[i];
+        bool hit = ev->multiple ? u->seq <= ev->tag : u->seq == ev->tag;
+        if (!hit || r) {
+            w->uns[keep++] = *u;
+            continue;
+        }
+        int st;
+        if (nack)
+            st = amqp_basic_nack(w->conn, BX_CHANNEL, u->tag, 0, 1);
+        else if (u->dead)
+            st = amqp_basic_nack(w->conn, BX_CHANNEL, u->tag, 0, 0);
+        else
+            st = amqp_basic_ack(w->conn, BX_CHANNEL, u->tag, 0);
+        if (st != AMQP_STATUS_OK)
+            r = -EPIPE;
+        else if (!nack && !u->dead)
+            __atomic_fetch_add(&w->tasks, 1, __ATOMIC_RELAXED);
+    }
+    w->nuns = keep;
+    return r;
+}
+
+/* Runs one delivered task and sends its result.  Returns 0, -ENOMEM, or
+ * -EPIPE when the connection failed. */
 static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
@@ -823,10 +1442,8 @@ static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
         bx_table_int(&p->headers, "x-delivery-count", &count);
     if (count >= w->max_deliveries) {
         /* Its workers died max_deliveries times: do not run it again. */
-        int r = bx_send_result(w, p, -ECHILD, count > INT_MAX ? INT_MAX : (int)count, NULL, 0);
-        if (r)
-            return r;
-        return amqp_basic_nack(w->conn, BX_CHANNEL, env->delivery_tag, 0, 0) ? -EPIPE : 0;
+        return bx_send_result(w, env, -ECHILD, count > INT_MAX ? INT_MAX : (int)count, NULL, 0,
+                              true);
     }
     const struct bx_fn *fn = NULL;
     if (p->_flags & AMQP_BASIC_TYPE_FLAG) {
@@ -852,14 +1469,9 @@ static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
             err = -EMSGSIZE;
         }
     }
-    int r = bx_send_result(w, p, err, 0, res, res ? rlen : 0);
+    int r = bx_send_result(w, env, err, 0, res, res ? rlen : 0, false);
     free(res);
-    if (r)
-        return r;
-    if (amqp_basic_ack(w->conn, BX_CHANNEL, env->delivery_tag, 0))
-        return -EPIPE;
-    __atomic_fetch_add(&w->tasks, 1, __ATOMIC_RELAXED);
-    return 0;
+    return r;
 }
 
 /* Reads the stop descriptor: true when a stop was asked for. */
@@ -869,11 +1481,14 @@ static bool bx_stopped(conc_broker_worker *w)
     return read(w->stopfd, &v, sizeof v) == (ssize_t)sizeof v;
 }
 
-/* basic.qos and basic.consume on the work queue. */
+/* basic.qos, confirm mode and basic.consume on the work queue. */
 static int bx_consume(conc_broker_worker *w)
 {
     amqp_basic_qos(w->conn, BX_CHANNEL, 0, (uint16_t)w->prefetch, 0);
     int r = bx_reply(amqp_get_rpc_reply(w->conn), false);
+    if (r)
+        return r;
+    r = bx_confirm_select(w->conn);
     if (r)
         return r;
     amqp_basic_consume(w->conn, BX_CHANNEL, amqp_cstring_bytes(w->queue), amqp_empty_bytes, 0,
@@ -881,84 +1496,230 @@ static int bx_consume(conc_broker_worker *w)
     return bx_reply(amqp_get_rpc_reply(w->conn), false);
 }
 
+static void bx_ahead_clear(conc_broker_worker *w)
+{
+    while (w->ahead) {
+        struct bx_ahead *a = w->ahead;
+        w->ahead = a->next;
+        amqp_destroy_envelope(&a->env);
+        free(a);
+    }
+    w->ahead_tail = NULL;
+}
+
+/* Forgets a lost connection: the tasks delivered and not settled go back
+ * to the queue in the broker, to be delivered again. */
+static void bx_worker_drop(conc_broker_worker *w)
+{
+    if (w->conn)
+        amqp_destroy_connection(w->conn);
+    w->conn = NULL;
+    w->sockfd = -1;
+    w->consuming = false;
+    w->nuns = 0;
+    w->pub_seq = 0;
+    bx_ahead_clear(w);
+}
+
 /*
- * Starts the worker's consumer.  RabbitMQ 3.10 may close the connection
- * with INTERNAL_ERROR when a consumer comes while a quorum queue just
- * declared (by this client or another) is still starting: then connect
- * again and retry, with a growing pause (0.1 s doubling to 1 s), for
- * BX_CONSUME_RETRY_S seconds at most.
+ * Starts the worker's consumer, connecting first when the connection is
+ * down, with a growing pause between attempts (0.1 s doubling to 5 s; to
+ * 1 s on the first start).
+ * RabbitMQ 3.10 may close the connection with INTERNAL_ERROR when a
+ * consumer comes while a quorum queue just declared (by this client or
+ * another) is still starting, which is retried the same way: the first
+ * start keeps trying for BX_CONSUME_RETRY_S seconds at least, a start
+ * after a lost connection until the deadline (or reconnect_timeout).
+ * Returns 0 when consuming, 1 when a stop came, -EPIPE when the time ran
+ * out, or -EACCES, -EEXIST, -ENOMEM.
  */
 #define BX_CONSUME_RETRY_S 20.0
-static int bx_start_consumer(conc_broker_worker *w)
+static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
 {
-    sigset_t old;
-    bx_hold_signals(&old);
-    int64_t until;
-    conc_deadline(BX_CONSUME_RETRY_S, &until);
-    double pause = 0.1;
-    int r = bx_consume(w);
-    while (r && r != -ENOMEM && r != -EACCES && r != -EEXIST && bx_now() < until) {
-        bx_close(w->conn);
-        w->conn = NULL;
-        conc_sleep(pause);
-        pause = pause * 2 > 1.0 ? 1.0 : pause * 2;
-        int64_t deadline;
-        conc_deadline(10.0, &deadline);
-        r = bx_connect(&w->conn, w->url, 0, deadline);
+    int64_t until = deadline;
+    if (!w->ever_consumed) {
+        int64_t first;
+        conc_deadline(BX_CONSUME_RETRY_S, &first);
+        if (until < first)
+            until = first;
+    } else if (w->reconnect_timeout < 0) {
+        return -EPIPE;
+    } else if (w->reconnect_timeout > 0) {
+        int64_t give_up;
+        conc_deadline(w->reconnect_timeout, &give_up);
+        if (give_up < until)
+            until = give_up;
+    }
+    double pause = BX_RETRY_MIN;
+    for (;;) {
+        sigset_t old;
+        bx_hold_signals(&old);
+        int r = 0;
+        bool fresh = false;
+        if (!w->conn) {
+            int64_t cd;
+            conc_deadline(w->cfg.connect_timeout, &cd);
+            r = bx_connect(&w->conn, &w->cfg, cd);
+            if (!r)
+                r = bx_declare(w->conn, w->queue, w->max_deliveries);
+            if (r && w->conn) {
+                bx_close(w->conn);
+                w->conn = NULL;
+            }
+            fresh = !r;
+        }
         if (!r)
-            r = bx_declare(w->conn, w->queue, w->max_deliveries);
+            r = bx_consume(w);
+        bx_release_signals(&old);
         if (!r) {
             w->sockfd = amqp_get_sockfd(w->conn);
-            r = bx_consume(w);
+            w->consuming = true;
+            if (fresh)      /* new made the first connection */
+                __atomic_fetch_add(&w->reconnects, 1, __ATOMIC_RELAXED);
+            w->ever_consumed = true;
+            return 0;
+        }
+        if (r == -ENOMEM || r == -EACCES || r == -EEXIST)
+            return r;
+        if (w->conn) {
+            bx_hold_signals(&old);
+            bx_close(w->conn);
+            bx_release_signals(&old);
+        }
+        w->conn = NULL;
+        if (until != CONC_NO_DEADLINE && bx_now() >= until)
+            return -EPIPE;
+        r = bx_pause(w->stopfd, pause, until);
+        if (r == 1)
+            return 1;
+        if (r == -ECANCELED)
+            return r;
+        /* The first start retries a quorum queue still starting: it comes
+         * within a second or so. */
+        double most = w->ever_consumed ? BX_RETRY_MAX : 1.0;
+        pause = pause * 2 > most ? most : pause * 2;
+    }
+}
+
+/* Waits (bounded) for the confirmations of the results sent, settling
+ * their tasks.  Tasks delivered meanwhile (prefetch) are kept for the next
+ * run. */
+static void bx_drain(conc_broker_worker *w)
+{
+    int64_t until = bx_now() + BX_DRAIN_NS;
+    while (w->nuns && w->conn) {
+        if (!amqp_data_in_buffer(w->conn) && !amqp_frames_enqueued(w->conn)) {
+            int r = conc_fd_wait_until(w->sockfd, POLLIN, until);
+            if (r == -ETIMEDOUT || r == -ECANCELED)
+                return;
+            if (r < 0) {
+                bx_worker_drop(w);
+                return;
+            }
+        }
+        amqp_envelope_t env;
+        struct bx_event ev = { 0 };
+        int r = bx_poll_message(w->conn, &env, &ev);
+        if (r == 1) {
+            struct bx_ahead *a = malloc(sizeof *a);
+            if (!a) {
+                amqp_destroy_envelope(&env);
+                bx_worker_drop(w);
+                return;
+            }
+            a->env = env;
+            a->next = NULL;
+            if (w->ahead_tail)
+                w->ahead_tail->next = a;
+            else
+                w->ahead = a;
+            w->ahead_tail = a;
+        } else if (r == 2) {
+            r = bx_worker_settle(w, &ev);
+        }
+        if (r < 0) {
+            bx_worker_drop(w);
+            return;
         }
     }
-    bx_release_signals(&old);
-    return r;
 }
 
 static int bx_run(conc_broker_worker *w, int64_t deadline)
 {
     if (w->broken)
         return w->broken;
-    if (!w->consuming) {
-        int r = bx_start_consumer(w);
-        if (r == -ENOMEM)
-            return r;
-        if (r) {
-            w->broken = -EPIPE;
-            return -EPIPE;
-        }
-        w->consuming = true;
-    }
+    int ret;
     for (;;) {
-        if (bx_stopped(w))
-            return 0;
-        if (!amqp_data_in_buffer(w->conn) && !amqp_frames_enqueued(w->conn)) {
-            int r = bx_wait(w->sockfd, w->stopfd, deadline);
+        if (!w->consuming) {
+            int r = bx_start_consumer(w, deadline);
             if (r == 1) {
                 bx_stopped(w);
                 return 0;
             }
-            if (r == -ETIMEDOUT || r == -ECANCELED || r == -ENOMEM)
+            if (r == -ENOMEM || r == -ECANCELED)
                 return r;
-            if (r < 0) {
-                w->broken = -EPIPE;
+            if (r == -EACCES || r == -EEXIST)
+                return r;       /* refused: a later run tries again */
+            if (r) {
+                if (w->reconnect_timeout < 0)
+                    w->broken = -EPIPE;
                 return -EPIPE;
             }
         }
+        if (bx_stopped(w)) {
+            ret = 0;
+            break;
+        }
+        if (w->ahead) {
+            struct bx_ahead *a = w->ahead;
+            w->ahead = a->next;
+            if (!w->ahead)
+                w->ahead_tail = NULL;
+            int r = bx_on_task(w, &a->env);
+            amqp_destroy_envelope(&a->env);
+            free(a);
+            if (r == -ENOMEM) {
+                ret = r;
+                break;
+            }
+            if (r < 0)
+                bx_worker_drop(w);
+            continue;
+        }
+        if (!amqp_data_in_buffer(w->conn) && !amqp_frames_enqueued(w->conn)) {
+            int r = bx_wait(w->sockfd, w->stopfd, -1, deadline);
+            if (r == 1) {
+                bx_stopped(w);
+                ret = 0;
+                break;
+            }
+            if (r == -ETIMEDOUT || r == -ECANCELED || r == -ENOMEM) {
+                ret = r;
+                break;
+            }
+            if (r < 0) {
+                bx_worker_drop(w);
+                continue;
+            }
+        }
         amqp_envelope_t env;
-        int r = bx_poll_message(w->conn, &env);
+        struct bx_event ev = { 0 };
+        int r = bx_poll_message(w->conn, &env, &ev);
         if (r == 1) {
             r = bx_on_task(w, &env);
             amqp_destroy_envelope(&env);
+        } else if (r == 2) {
+            r = bx_worker_settle(w, &ev);
         }
-        if (r == -ENOMEM)
-            return r;
-        if (r < 0) {
-            w->broken = -EPIPE;
-            return -EPIPE;
+        if (r == -ENOMEM) {
+            ret = r;
+            break;
         }
+        if (r < 0)
+            bx_worker_drop(w);     /* made again at the top */
     }
+    bx_drain(w);
+    return ret;
 }
 
 int conc_broker_worker_run_until(conc_broker_worker *w, int64_t deadline)
@@ -1000,18 +1761,25 @@ uint64_t conc_broker_worker_tasks(const conc_broker_worker *w)
     return w ? __atomic_load_n(&w->tasks, __ATOMIC_RELAXED) : 0;
 }
 
+uint64_t conc_broker_worker_reconnects(const conc_broker_worker *w)
+{
+    return w ? __atomic_load_n(&w->reconnects, __ATOMIC_RELAXED) : 0;
+}
+
 void conc_broker_worker_free(conc_broker_worker *w)
 {
     if (!w)
         return;
     sigset_t old;
     bx_hold_signals(&old);
+    bx_ahead_clear(w);
     bx_close(w->conn);
     bx_release_signals(&old);
     close(w->stopfd);
     for (size_t i = 0; i < w->nfns; i++)
         free(w->fns[i].name);
     free(w->fns);
-    free(w->url);
+    free(w->uns);
+    bx_cfg_free(&w->cfg);
     free(w);
 }

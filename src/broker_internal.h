@@ -67,6 +67,11 @@ struct conc_broker_queue {
     uint64_t *taken;                        /* delivery tags taken, not done */
     uint64_t *taken_epoch;
     size_t ntaken, taken_cap;
+    /* task_done's acknowledgements, sent in batches: every delivery of
+     * the channel up to ack_tag is done (one basic.ack, multiple=true). */
+    uint64_t ack_tag;
+    uint64_t ack_when;                      /* its channel's stamp */
+    unsigned ack_n;                         /* done, not yet sent */
 };
 
 struct conc_broker {
@@ -100,6 +105,14 @@ struct conc_broker {
     int async_err;                          /* and why */
     bool poll_call;                         /* the call has timeout 0: one
                                                connection attempt at most */
+    /* Async publishes framed here (rabbitmq-c encodes their methods and
+     * properties) and sent many to one send(), plain TCP only. */
+    unsigned char *obuf;
+    size_t olen, ocap;
+    bool corked;                            /* TCP_CORK set on fd: a stream
+                                               of async publishes goes out
+                                               in full segments until the
+                                               connection next waits */
     uint64_t async_gen, async_upto;         /* the async puts to flush */
     bool async_pending;
     /* A reply awaited on some channel (one at a time). */
@@ -124,6 +137,15 @@ BK_HIDDEN int bk_ctl_ready(conc_broker *b, int64_t deadline);
 BK_HIDDEN int bk_pub_ready(conc_broker *b, int64_t deadline);
 BK_HIDDEN void bk_lost(conc_broker *b, int err);
 BK_HIDDEN int bk_status_err(int status);
+BK_HIDDEN void bk_cork(conc_broker *b, bool on);
+BK_HIDDEN void bk_before_wait(conc_broker *b);
+BK_HIDDEN int bk_out_flush(conc_broker *b);
+BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
+                             amqp_bytes_t key, const amqp_basic_properties_t *p,
+                             amqp_bytes_t body);
+/* The largest body an async publish frames itself: one body frame below
+ * the smallest frame_max (4096). */
+#define BK_OBUF_BODY_MAX 4000
 
 /* broker_queue.c */
 BK_HIDDEN int bk_queue_declare(conc_broker_queue *q, int64_t deadline);
@@ -132,5 +154,6 @@ BK_HIDDEN int bk_exchange_declare_one(conc_broker *b, const struct bk_exchange *
 BK_HIDDEN void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f);
 BK_HIDDEN void bk_queue_channel_closed(conc_broker_queue *q, int err);
 BK_HIDDEN void bk_queue_reset(conc_broker_queue *q);
+BK_HIDDEN void bk_queue_flush_acks(conc_broker_queue *q);
 
 #endif /* CONC_BROKER_INTERNAL_H */

@@ -94,8 +94,23 @@ static void drop_local(conc_broker_queue *q)
     q->partial = NULL;
 }
 
+/* Sends the batched acknowledgement of the deliveries task_done finished
+ * (when their channel still lives: else the broker has them back). */
+void bk_queue_flush_acks(conc_broker_queue *q)
+{
+    conc_broker *b = q->b;
+    if (!q->ack_n)
+        return;
+    q->ack_n = 0;
+    if (!b->c || !q->chan_open || q->ack_when != (q->cgen | (b->epoch << 32)))
+        return;
+    if (amqp_basic_ack(b->c, q->channel, q->ack_tag, 1) != AMQP_STATUS_OK)
+        bk_lost(b, -ECONNRESET);
+}
+
 void bk_queue_reset(conc_broker_queue *q)
 {
+    q->ack_n = 0;
     drop_local(q);
     q->chan_open = false;
     q->consuming = false;
@@ -542,6 +557,7 @@ void conc_broker_queue_free(conc_broker_queue *q)
     if (!q)
         return;
     conc_broker *b = q->b;
+    bk_queue_flush_acks(q);
     if (b->c && q->chan_open) {
         /* Closing the channel gives back what was taken and not done. */
         amqp_channel_close_t cl = { .reply_code = 200, .reply_text = amqp_cstring_bytes("") };
@@ -631,8 +647,19 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
             p.expiration = amqp_cstring_bytes(expiration);
         }
         amqp_bytes_t body = { .len = len, .bytes = (void *)data };
-        int st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
+        int st;
+        if (!wait && !b->ssl && len <= BK_OBUF_BODY_MAX) {
+            /* Framed into the connection's buffer: many to one send. */
+            st = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange),
+                                amqp_cstring_bytes(key), &p, body);
+        } else {
+            if (b->olen && bk_out_flush(b) < 0)
+                continue;
+            if (!wait)
+                bk_cork(b, true);
+            st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
                                     amqp_cstring_bytes(key), 0, 0, &p, body);
+        }
         if (st != AMQP_STATUS_OK) {
             /* Not sent whole: the broker drops a partial message. */
             bk_lost(b, bk_status_err(st));
@@ -883,6 +910,9 @@ int conc_broker_queue_get_until(conc_broker_queue *q, conc_broker_msg *out, int6
                 return r;
             continue;
         }
+        /* Nothing here: the broker sends more once it has the
+         * acknowledgements. */
+        bk_queue_flush_acks(q);
         if (q->cancelled)
             return -ENOENT;
         int r = queue_ready(q, !poll, lim);
@@ -955,6 +985,22 @@ static int settle(conc_broker_queue *q, size_t i, bool ack, bool requeue)
     /* A message of a connection or channel since lost is back in the
      * queue already. */
     if (!b->c || !q->chan_open || when != (q->cgen | (b->epoch << 32)))
+        return 0;
+    if (ack && i == 0) {
+        /* The oldest taken: every earlier delivery of the channel is done.
+         * One acknowledgement (multiple=true) covers a batch of them; it
+         * goes out after prefetch/2 of them, when the handle runs out of
+         * delivered messages, or before the connection waits. */
+        q->ack_tag = tag;
+        q->ack_when = when;
+        q->ack_n++;
+        unsigned batch = q->opts.prefetch / 2 ? q->opts.prefetch / 2 : 1;
+        if (q->ack_n >= batch)
+            bk_queue_flush_acks(q);
+        return 0;
+    }
+    bk_queue_flush_acks(q);
+    if (!b->c)
         return 0;
     int st = ack ? amqp_basic_ack(b->c, q->channel, tag, 0)
                  : amqp_basic_reject(b->c, q->channel, tag, requeue);
@@ -1035,6 +1081,9 @@ static int wait_check(void *obj, int *fd)
         return r;
     if (q->head)
         return 1;
+    bk_before_wait(b);
+    if (!b->c)
+        return -ECONNRESET;
     *fd = b->fd;
     return 0;
 }

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "conc/coro.h"
+#include "arch/coro_abi.h"
 #include "arch/ctx.h"
 #include "coro_stack.h"
 #include "sys/san.h"
@@ -50,13 +51,19 @@ _Static_assert(!(CORO_NEW & 1) && !(CORO_SUSPENDED & 1) && (CORO_RUNNING & 1) &&
 struct coro_thread;
 
 struct conc_coro {
+    uint64_t owner;             /* lock-owner identity; 0 for main.  First:
+                                   conc__owner_id() reads it through
+                                   conc__coro_tls.current */
     conc__ctx ctx;              /* saved context while not running */
     struct coro_thread *thread; /* owner */
+    uintptr_t key;              /* what conc__coro_tls.fast equals when a
+                                   switch to it may take the plain path:
+                                   its thread's state, or 1 for a coroutine
+                                   every switch to which takes the full path
+                                   (an unguarded or a copied stack); set
+                                   once, when it is made */
     conc__stack stack;          /* hi NULL: a main coroutine, or released */
     uint8_t state;              /* CORO_*, accessed atomically (relaxed) */
-    uint8_t detour;             /* not 0: every switch to it takes the full
-                                   path (an unguarded or a copied stack);
-                                   set once, when it is made */
     uint8_t unguarded;          /* the stack's zone is a canary, not a guard */
     uint8_t is_main;
     uint8_t embedded;           /* lives at the top of its own stack, which
@@ -68,7 +75,6 @@ struct conc_coro {
     char *saved;                /* copied: its frames while another owns the
                                    shared stack */
     uint32_t saved_len, saved_cap;
-    uint64_t owner;             /* lock-owner identity; 0 for main */
     conc_coro *parent;          /* holds a reference (unless weak_parent);
                                    NULL for main */
     conc_coro_fn fn;
@@ -88,11 +94,6 @@ struct conc_coro {
 
 struct coro_thread {
     conc_coro main;             /* first: freeing main frees the thread state */
-    conc_coro *current;
-    uint8_t slow;               /* not 0 (or more often than needed) while a
-                                   dead coroutine's stack waits to be given
-                                   back or the current coroutine's stack is
-                                   unguarded: its switches take the full path */
     conc__stack_cache cache;    /* free stacks, no lock */
     conc__stack zombie;         /* hi not NULL: the stack of a coroutine that
                                    died on this thread, not yet given back */
@@ -124,7 +125,16 @@ static int report_state;
 static unsigned long coro_seq;
 static uint64_t coro_owner_seq;
 
-__thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec")));
+/* What conc__coro_tls.current points at while the thread has no coroutine
+ * state: an owner identity of 0 (a thread's own stack), all that
+ * conc__owner_id() reads there. */
+static const uint64_t no_coro_owner = 0;
+_Static_assert(offsetof(conc_coro, owner) == 0, "conc__owner_id() reads the first member");
+#define NO_CORO ((conc_coro *)(uintptr_t)&no_coro_owner)
+
+__thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec"))) = {
+    .current = NO_CORO,
+};
 
 static inline uint8_t state_of(const conc_coro *c)
 {
@@ -273,7 +283,7 @@ static uintptr_t fault_sp(const void *uc)
 static void segv_handler(int sig, siginfo_t *si, void *uc)
 {
     struct coro_thread *t = conc__coro_tls.thread;
-    conc_coro *c = t ? t->current : NULL;
+    conc_coro *c = t ? conc__coro_tls.current : NULL;
     if (c && c->stack.hi) {
         const char *lo = c->stack.lo, *base = conc__stack_base(&c->stack);
         const char *addr = si->si_addr;
@@ -409,13 +419,51 @@ static void release_copied(conc_coro *c)
 bool conc__coro_stack_copied(void)
 {
     struct coro_thread *t = conc__coro_tls.thread;
-    return t && t->current->shared != NULL;
+    return t && conc__coro_tls.current->shared != NULL;
 }
 
 size_t conc__coro_saved_bytes(const conc_coro *c)
 {
     return c && c->shared ? c->saved_len : 0;
 }
+
+#if CONC_SAN_ADDRESS
+/* A copied coroutine's frames take their poisoning along (the redzones
+ * between its locals): after the frames, in the same buffer, one byte per
+ * 8-byte granule says how many of its first bytes are addressable. */
+#define SHADOW_EXTRA(cap) ((cap) / 8)
+
+static void shadow_save(conc_coro *o, char *sp, size_t len)
+{
+    uint8_t *sh = (uint8_t *)o->saved + o->saved_cap;
+    for (size_t i = 0; i < len / 8; i++) {
+        char *g = sp + 8 * i;
+        char *p = __asan_region_is_poisoned(g, 8);
+        sh[i] = p ? (uint8_t)(p - g) : 8;
+    }
+}
+
+/* Poisons again what was poisoned when the frames were copied out (runs of
+ * wholly poisoned granules in one call). */
+static void shadow_restore(const conc_coro *to, char *sp, size_t len)
+{
+    const uint8_t *sh = (const uint8_t *)to->saved + to->saved_cap;
+    size_t n = len / 8;
+    for (size_t i = 0; i < n;) {
+        if (sh[i] == 8) {
+            i++;
+            continue;
+        }
+        size_t j = i + 1;
+        while (j < n && sh[j] == 0)
+            j++;
+        __asan_poison_memory_region(sp + 8 * i + sh[i], 8 * (j - i) - sh[i]);
+        i = j;
+    }
+}
+#else
+#define SHADOW_EXTRA(cap) 0
+#endif
 
 /* Makes the shared stack hold `to`'s frames (called on another stack). */
 static __attribute__((noinline)) int shared_take(conc_coro *to)
@@ -430,13 +478,14 @@ static __attribute__((noinline)) int shared_take(conc_coro *to)
         size_t len = (size_t)(hi - sp);     /* a multiple of 8: sp is aligned */
         if (len > o->saved_cap) {
             size_t cap = (len + 15) & ~(size_t)15;
-            char *b = realloc(o->saved, cap);
+            char *b = realloc(o->saved, cap + SHADOW_EXTRA(cap));
             if (!b)
                 return -ENOMEM;
             o->saved = b;
             o->saved_cap = (uint32_t)cap;
         }
 #if CONC_SAN_ADDRESS
+        shadow_save(o, sp, len);
         /* the redzones of frames that are not running: not an access */
         __asan_unpoison_memory_region(sp, len);
 #endif
@@ -453,6 +502,9 @@ static __attribute__((noinline)) int shared_take(conc_coro *to)
         __asan_unpoison_memory_region(sp, to->saved_len);
 #endif
         memcpy(sp, to->saved, to->saved_len);
+#if CONC_SAN_ADDRESS
+        shadow_restore(to, sp, to->saved_len);
+#endif
         /* A parked coroutine keeps only what it used: a big buffer left by
          * a deep moment goes back (the next park allocates what it needs). */
         if (to->saved_cap > 4096) {
@@ -501,6 +553,8 @@ static void thread_end(void *p)
     reap(t);
     conc__stack_cache_drain(&t->cache);
     conc__coro_tls.thread = NULL;
+    conc__coro_tls.current = NO_CORO;
+    conc__coro_tls.fast = 0;
     if (t->altstack) {
         stack_t cur;
         if (sigaltstack(NULL, &cur) == 0 && cur.ss_sp == t->altstack) {
@@ -533,7 +587,9 @@ static __attribute__((noinline)) struct coro_thread *thread_init(void)
 #if CONC_SAN_THREAD
     m->tsan_fiber = __tsan_get_current_fiber();
 #endif
-    t->current = m;
+    m->key = (uintptr_t)t;
+    conc__coro_tls.current = m;
+    conc__coro_tls.fast = (uintptr_t)t;
     if (pthread_setspecific(thread_key, t) != 0) {
         free(t);
         return NULL;
@@ -548,6 +604,13 @@ static inline struct coro_thread *thread_get(void)
     return likely(t != NULL) ? t : thread_init();
 }
 
+/* Whether the switches of this thread (t, the caller's) take the full path
+ * (conc__coro_tls.fast). */
+static inline void set_slow(struct coro_thread *t, bool slow)
+{
+    conc__coro_tls.fast = (uintptr_t)t | slow;
+}
+
 /* -------------------------------------------------------------- switching */
 
 /* Everything before the machine switch from self (which becomes
@@ -557,10 +620,10 @@ static inline struct coro_thread *thread_get(void)
 static inline __attribute__((always_inline)) void switch_marks(struct coro_thread *t, conc_coro *self, conc_coro *to,
                                  uint8_t self_state)
 {
+    (void)t;
     set_state(self, self_state);
     set_state(to, CORO_RUNNING);
-    t->current = to;
-    conc__coro_tls.owner = to->owner;
+    conc__coro_tls.current = to;        /* and so conc__owner_id() */
 #if CONC_SAN_ADDRESS
     t->prev = self;
     __sanitizer_start_switch_fiber(self_state == CORO_DEAD ? NULL : &self->asan_fake,
@@ -603,7 +666,7 @@ static inline __attribute__((always_inline)) void after_switch(struct coro_threa
 void conc__coro_entry(void *value)
 {
     struct coro_thread *t = conc__coro_tls.thread;
-    conc_coro *self = t->current;
+    conc_coro *self = conc__coro_tls.current;
 #if CONC_SAN_ADDRESS
     after_switch(t, self);
 #endif
@@ -613,7 +676,7 @@ void conc__coro_entry(void *value)
     while (state_of(p) == CORO_DEAD)
         p = p->parent;              /* main is never dead */
     reap(t);
-    t->slow = 1;                /* set again below if this stack goes back
+    set_slow(t, 1);             /* set again below if this stack goes back
                                    later; p's stack may be unguarded */
     before_switch(t, self, p, CORO_DEAD);
     if (self->shared) {         /* its frames need no copy any more (the next
@@ -624,7 +687,7 @@ void conc__coro_entry(void *value)
     if (self->embedded)         /* the stack goes with the object */
         goto gone;
     t->zombie = self->stack;
-    t->slow = 1;
+    set_slow(t, 1);
     t->zombie_sp = __builtin_frame_address(0);
     self->stack.hi = NULL;
 gone:
@@ -648,7 +711,7 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
         return -EINVAL;
     if (unlikely(target->thread != t))
         return -EPERM;
-    conc_coro *self = t->current;
+    conc_coro *self = conc__coro_tls.current;
     if (unlikely(target == self)) {
         if (out)
             *out = value;
@@ -664,7 +727,7 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
             return rc;
     }
     reap(t);
-    t->slow = target->unguarded;    /* the zombie went with reap */
+    set_slow(t, target->unguarded);     /* the zombie went with reap */
     before_switch(t, self, target, CORO_SUSPENDED);
 #if CONC_SAN_ADDRESS || CONC_SAN_THREAD
     /* Not a tail call: the sanitizers' bookkeeping (ASan's finishing call,
@@ -688,13 +751,36 @@ static inline __attribute__((always_inline)) int coro_switch_full(conc_coro *tar
 #endif
 }
 
-#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+#if CONC_CORO_SWITCH_ASM
+/* conc_coro_switch's full path; its common case is assembly
+ * (switch_x86_64.S), which knows these offsets and values. */
+_Static_assert(offsetof(conc_coro, ctx) == CONC__CORO_CTX, "coro_abi.h: ctx");
+_Static_assert(offsetof(conc_coro, key) == CONC__CORO_KEY, "coro_abi.h: key");
+_Static_assert(offsetof(conc_coro, state) == CONC__CORO_STATE, "coro_abi.h: state");
+_Static_assert(CORO_RUNNING == CONC__CORO_RUNNING && CORO_SUSPENDED == CONC__CORO_SUSPENDED,
+               "coro_abi.h: states");
+_Static_assert(offsetof(struct conc__coro_tls, current) == CONC__TLS_CURRENT
+                   && offsetof(struct conc__coro_tls, fast) == CONC__TLS_FAST,
+               "coro_abi.h: thread-local block");
+_Static_assert(sizeof(((conc_coro *)0)->key) == 8 && sizeof(((conc_coro *)0)->state) == 1,
+               "coro_abi.h: sizes");
+CONC_HIDDEN __attribute__((noinline)) int conc__coro_switch_slow(conc_coro *target, void *value,
+                                                                 void **out);
+int conc__coro_switch_slow(conc_coro *target, void *value, void **out)
+{
+    return coro_switch_full(target, value, out, false);
+}
+#endif
+
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD && !CONC_CORO_SWITCH_ASM
 static __attribute__((noinline)) int coro_switch_slow(conc_coro *target, void *value,
                                                       void **out)
 {
     return coro_switch_full(target, value, out, false);
 }
+#endif
 
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
 static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *target)
 {
     return coro_switch_full(target, NULL, NULL, true);
@@ -708,27 +794,30 @@ static __attribute__((noinline)) int coro_switch_same_site_slow(conc_coro *targe
  * callee-saved register to keep, so no frame at all.  Anything else takes
  * the full path, out of line.
  */
-static inline __attribute__((always_inline)) bool switch_is_plain(const struct coro_thread *t,
-                                                                  const conc_coro *target)
+#if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
+static inline __attribute__((always_inline)) bool switch_is_plain(const conc_coro *target)
 {
-    /* t NULL (no state yet) fails the thread test: a coroutine always has
-     * one.  New or suspended (even states) means neither dead nor the
-     * caller, the thread's only running coroutine; detour 0 means a guarded
-     * stack of its own, so t->slow stays 0 after the switch.  (Not one
-     * 16-bit load for state and detour: the state byte was often stored a
-     * moment ago, and a wider load than that store waits for it to reach
-     * the cache, which doubled the hub's yield.) */
-    return likely(target != NULL && target->thread == t && !(state_of(target) & 1)
-                  && !target->detour && !t->slow);
+    /* One comparison for three conditions: the key is the target's thread
+     * state (not 1: a guarded stack of its own), and conc__coro_tls.fast is
+     * the caller's (0 before the thread has one, its low bit set while the
+     * thread's switches take the full path).  New or suspended (even
+     * states) means neither dead nor the caller, the thread's only running
+     * coroutine.  (Not one 16-bit load for the state and another byte: the
+     * state byte was often stored a moment ago, and a wider load than that
+     * store waits for it to reach the cache, which doubled the hub's
+     * yield.) */
+    return likely(target != NULL && target->key == conc__coro_tls.fast
+                  && !(state_of(target) & 1));
 }
+#endif
 
+#if !CONC_CORO_SWITCH_ASM
 int conc_coro_switch(conc_coro *target, void *value, void **out)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
-    struct coro_thread *t = conc__coro_tls.thread;
-    if (switch_is_plain(t, target)) {
-        conc_coro *self = t->current;
-        switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
+    if (switch_is_plain(target)) {
+        conc_coro *self = conc__coro_tls.current;
+        switch_marks(NULL, self, target, CORO_SUSPENDED);   /* fast stays */
         return conc__ctx_switch_to(&target->ctx, value, out, &self->ctx);
     }
     return coro_switch_slow(target, value, out);
@@ -736,14 +825,14 @@ int conc_coro_switch(conc_coro *target, void *value, void **out)
     return coro_switch_full(target, value, out, false);
 #endif
 }
+#endif
 
 int conc__coro_switch_same_site(conc_coro *target)
 {
 #if !CONC_SAN_ADDRESS && !CONC_SAN_THREAD
-    struct coro_thread *t = conc__coro_tls.thread;
-    if (switch_is_plain(t, target)) {
-        conc_coro *self = t->current;
-        switch_marks(t, self, target, CORO_SUSPENDED);   /* slow 0: guarded */
+    if (switch_is_plain(target)) {
+        conc_coro *self = conc__coro_tls.current;
+        switch_marks(NULL, self, target, CORO_SUSPENDED);   /* fast stays */
         return conc__ctx_switch_same_site(&self->ctx, &target->ctx, NULL, NULL);
     }
     return coro_switch_same_site_slow(target);
@@ -828,7 +917,7 @@ coro_init(struct coro_thread *t, conc_coro *c, const conc__stack *s, char *top, 
     c->stack = *s;
     c->state = CORO_NEW;
     c->unguarded = !s->guarded;
-    c->detour = c->unguarded;
+    c->key = c->unguarded ? 1 : (uintptr_t)t;
     c->refs = 1;
     c->fn = fn;
     c->arg = arg;
@@ -885,7 +974,7 @@ int conc_coro_new(conc_coro **out, conc_coro_fn fn, void *arg, const conc_coro_o
         free(c);
         return rc;
     }
-    coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, t->current,
+    coro_init(t, c, &s, s.hi, (size_t)(s.hi - conc__stack_base(&s)), fn, arg, conc__coro_tls.current,
               o.name);
     *out = c;
     return 0;
@@ -927,7 +1016,7 @@ int conc__coro_new_embedded(conc_coro **out, conc_coro_fn fn, size_t stack_size,
     c->tsan_fiber = NULL;
 #endif
     coro_init(t, c, &s, top, (size_t)(top - conc__stack_base(&s)), fn, top + head,
-              parent ? parent : t->current, name);
+              parent ? parent : conc__coro_tls.current, name);
     *extra_out = top + head;
     *out = c;
     return 0;
@@ -981,8 +1070,8 @@ int conc__coro_new_copied(conc_coro **out, conc_coro_fn fn, struct conc__shstack
     __atomic_add_fetch(&ss->refs, 1, __ATOMIC_RELAXED);
     char *top = ss->s.hi;
     coro_init(t, c, &ss->s, top, (size_t)(top - conc__stack_base(&ss->s)), fn, (char *)c + head,
-              parent ? parent : t->current, name);
-    c->detour = 1;              /* its switches may copy frames */
+              parent ? parent : conc__coro_tls.current, name);
+    c->key = 1;                 /* its switches may copy frames */
     *extra_out = (char *)c + head;
     *out = c;
     return 0;
@@ -1024,7 +1113,7 @@ int conc_coro_free(conc_coro *c)
 conc_coro *conc_coro_current(void)
 {
     struct coro_thread *t = thread_get();
-    return t ? t->current : NULL;
+    return t ? conc__coro_tls.current : NULL;
 }
 
 conc_coro *conc_coro_main(void)

@@ -152,7 +152,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&ex->mu);
     }
     ex->idle--;
-out:
+out:;
     /* The last one out wakes the joiners; free joins the threads, so the
      * wake-up after the unlock still finds the executor. */
     bool last = __atomic_sub_fetch(&ex->alive, 1, __ATOMIC_RELEASE) == 0;

@@ -231,32 +231,64 @@ static inline conc_greenlet *handoff_take(struct hub *h)
 /*
  * A descriptor that coroutines wait on stays in the hub's epoll set between
  * waits, as Go's netpoller keeps it: one record per descriptor number, with
- * at most one reader and one writer parked on it.  The registration is
- * one-shot: an event disables it, and the next wait re-arms it with one
- * EPOLL_CTL_MOD instead of the EPOLL_CTL_ADD and EPOLL_CTL_DEL around each
- * wait.
+ * at most one reader and one writer parked on it.  A record is in one of two
+ * modes.
+ *
+ * Edge-triggered, for sockets waited on by the socket layer (conc__wait_io:
+ * an operation said EAGAIN, then it waits).  The socket is registered once
+ * for EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, and a wait makes no
+ * epoll_ctl at all.  An edge that finds nobody parked for its direction
+ * sets the record's read-ready or write-ready flag; a wait that finds its
+ * flag set clears it and returns at once (the caller tries the operation
+ * again); a wait that finds it clear parks.  A flag is cleared only there,
+ * after the operation said EAGAIN, so no edge is lost: data that arrives
+ * after the EAGAIN queues an edge in the kernel, which this thread takes
+ * only in its loop, that is after the waiter parked, and which then wakes
+ * it.  (A flag set by an edge whose data an earlier operation already took
+ * costs one more try, never a lost wake-up.)  The record remembers which
+ * socket it registered (its key, unique per socket handle for the life of
+ * the process): a socket with another key, a new file that reuses the
+ * number, registers again (EPOLL_CTL_MOD, or EPOLL_CTL_ADD when the number
+ * now names another file) with its flags cleared.
+ *
+ * One-shot, for every other wait (conc_fd_wait, pipes, eventfds, pidfds,
+ * an event mask the edge mode does not carry): an event disables the
+ * registration, and the next wait re-arms it with one EPOLL_CTL_MOD.  Such
+ * a wait on a record in edge mode makes the same one EPOLL_CTL_MOD, with
+ * the edge mode's events: the kernel then reports the descriptor at once if
+ * it is ready now, which gives the wait its level semantics, and finds out
+ * whether the number still names the registered file.
  *
  * Closed descriptors are forgotten lazily.  Closing a file's last
  * descriptor takes it out of every epoll set; a new file that reuses the
  * number is not in the set, so the MOD fails with ENOENT and the record
  * adds it again.  When the old file lives on (a dup, a forked child's
  * copy), its registration stays until that copy closes and may still
- * report once: every ADD takes a new generation, stored in the event's
- * data with the number, and an event of an older generation is dropped.
+ * report: every ADD takes a new generation, stored in the event's data with
+ * the number, and an event of an older generation is dropped.  The socket
+ * layer's close takes the registration out of the closing thread's hub
+ * first (conc__wait_fd_close), so a copy that lives on sends it nothing.
  * A second reader (or writer) of one descriptor, or a waiter of both
  * directions at once, takes the older path: a copy of the descriptor
  * registered for that wait alone.
  */
 struct hub_fdrec {
     conc_greenlet *rd, *wr;     /* parked on POLLIN-like / POLLOUT events */
+    uint64_t key;               /* edge mode: the socket registered */
     uint32_t gen;               /* of the newest registration (31 bits) */
     uint8_t added;              /* added to the epoll set once at least */
+    uint8_t edge;               /* registered edge-triggered, for key */
+    uint8_t rready, wready;     /* edge mode: an edge nobody took since the
+                                   last EAGAIN of that direction */
 };
 
 #define REG_RECORD (-2)                 /* g->regfd: parked through a record */
 #define REC_TAG (1ull << 63)            /* event data: record, not a greenlet */
 #define REC_MAX_FD (1 << 24)            /* larger numbers take the older path */
 #define REC_ALWAYS (EPOLLERR | EPOLLHUP)
+#define EDGE_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define EDGE_RD (EPOLLIN | EPOLLRDHUP | REC_ALWAYS)     /* sets rready */
+#define EDGE_WR (EPOLLOUT | REC_ALWAYS)                 /* sets wready */
 
 static inline uint64_t rec_data(int fd, uint32_t gen)
 {
@@ -291,13 +323,20 @@ static inline uint32_t rec_want(const struct hub_fdrec *r)
     return e;
 }
 
-/* Arms fd's registration for what its waiters want.  Returns 0 or -errno
- * (EPERM: a regular file, which epoll refuses). */
-static int fdrec_arm(struct hub *h, int fd, struct hub_fdrec *r)
+/* Whether a waiter for events e fits a record in edge mode: its events are
+ * among those registered, in one direction. */
+static inline bool edge_fits(uint32_t e)
 {
-    /* Always a call, even if the registration looks armed still (after a
-     * timeout): the number may be another file's by now. */
-    struct epoll_event ev = { .events = rec_want(r) | EPOLLONESHOT };
+    return e && ((e & ~(uint32_t)(EPOLLIN | EPOLLRDHUP)) == 0 || e == EPOLLOUT);
+}
+
+/* Sets fd's registration to events: EPOLL_CTL_MOD, or EPOLL_CTL_ADD with a
+ * new generation when the number is not in the set (never added, or closed
+ * since and reused: a new file).  Returns 0, or -errno (EPERM: a regular
+ * file, which epoll refuses). */
+static int fdrec_register(struct hub *h, int fd, struct hub_fdrec *r, uint32_t events)
+{
+    struct epoll_event ev = { .events = events };
     if (r->added) {
         ev.data.u64 = rec_data(fd, r->gen);
         if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
@@ -319,8 +358,62 @@ static int fdrec_arm(struct hub *h, int fd, struct hub_fdrec *r)
     return 0;
 }
 
+/* Leaves edge mode: the record forgets its socket and its flags. */
+static inline void fdrec_forget(struct hub_fdrec *r)
+{
+    r->edge = 0;
+    r->key = 0;
+    r->rready = r->wready = 0;
+}
+
+/* Arms fd's registration for what its waiters want.  Returns 0 or -errno
+ * (EPERM: a regular file, which epoll refuses). */
+static int fdrec_arm(struct hub *h, int fd, struct hub_fdrec *r)
+{
+    /* Always a call, even if the registration looks armed still (after a
+     * timeout): the number may be another file's by now. */
+    if (r->edge) {
+        /* Edge mode: the same events again.  The kernel reports the
+         * descriptor at once if it is ready now (level semantics for this
+         * wait); ENOENT says the number names another file by now, which
+         * gets a one-shot registration of its own. */
+        struct epoll_event ev = { .events = EDGE_EVENTS, .data.u64 = rec_data(fd, r->gen) };
+        if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+            return 0;
+        if (errno != ENOENT)
+            return -errno;
+        fdrec_forget(r);
+        r->added = 0;
+    }
+    return fdrec_register(h, fd, r, rec_want(r) | EPOLLONESHOT);
+}
+
+/* Registers fd edge-triggered for the socket key.  Returns 0, 1 when the
+ * record cannot take edge mode (a waiter parked on it wants events that
+ * mode does not carry), or -errno. */
+static int fdrec_edge(struct hub *h, int fd, struct hub_fdrec *r, uint64_t key)
+{
+    if ((r->rd && !edge_fits((uint32_t)(uint16_t)r->rd->events))
+        || (r->wr && !edge_fits((uint32_t)(uint16_t)r->wr->events)))
+        return 1;
+    if (r->edge) {
+        /* Another socket's registration: the number may name another file
+         * (ENOENT: added again, with a new generation). */
+        fdrec_forget(r);
+    }
+    int rc = fdrec_register(h, fd, r, EDGE_EVENTS);
+    if (rc != 0)
+        return rc;
+    /* Whatever is ready now, the registration just reported: no flag. */
+    r->edge = 1;
+    r->key = key;
+    r->rready = r->wready = 0;
+    return 0;
+}
+
 /* g, parked through its fd's record, leaves it (woken, timed out, killed).
- * The registration stays: a later event finds nobody and is dropped. */
+ * The registration stays: a later event finds nobody and is dropped (one-
+ * shot mode) or sets the flag of its direction (edge mode). */
 static void fdrec_leave(struct hub *h, conc_greenlet *g)
 {
     struct hub_fdrec *r = &h->fdrec[g->fd];
@@ -340,6 +433,25 @@ static void fdrec_event(struct hub *h, int fd, uint32_t gen, uint32_t revents)
     struct hub_fdrec *r = &h->fdrec[fd];
     if (r->gen != gen)
         return;                 /* an older file's, which kept the number */
+    if (r->edge) {
+        /* Nothing to re-arm.  A parked waiter takes its direction's edge;
+         * with nobody to take it, the edge sets the flag. */
+        conc_greenlet *g = r->rd;
+        if (revents & EDGE_RD) {
+            if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
+                make_ready(h, g, 0);
+            else
+                r->rready = 1;
+        }
+        g = r->wr;
+        if (revents & EDGE_WR) {
+            if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
+                make_ready(h, g, 0);
+            else
+                r->wready = 1;
+        }
+        return;
+    }
     conc_greenlet *g = r->rd;
     if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
         make_ready(h, g, 0);
@@ -1039,6 +1151,17 @@ static int hub_wait_fd(int fd, short events, int64_t deadline)
     return r;
 }
 
+/* Parks g, just put in a slot of its fd's record. */
+static int fdrec_park(struct hub *h, conc_greenlet *g, int64_t deadline)
+{
+    g->regfd = REG_RECORD;
+    g->wait_kind = W_FD;
+    h->nfd++;
+    if (deadline != CONC_NO_DEADLINE)
+        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
+    return park(h, g);
+}
+
 /* Parks g on fd through its record.  Returns what park returns, 1 when
  * the record cannot take it (its slot is taken, the events go both ways,
  * no memory), or -errno. */
@@ -1052,7 +1175,7 @@ static int fdrec_wait(struct hub *h, conc_greenlet *g, int fd, short events,
     if (!r)
         return 1;
     conc_greenlet **slot = (e & EPOLLOUT) ? &r->wr : &r->rd;
-    if (*slot)
+    if (*slot || (r->edge && !edge_fits(e)))
         return 1;
     g->fd = fd;
     g->events = events;
@@ -1062,12 +1185,7 @@ static int fdrec_wait(struct hub *h, conc_greenlet *g, int fd, short events,
         *slot = NULL;
         return rc == -EPERM ? 0 : rc;   /* a regular file: always ready */
     }
-    g->regfd = REG_RECORD;
-    g->wait_kind = W_FD;
-    h->nfd++;
-    if (deadline != CONC_NO_DEADLINE)
-        conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
-    return park(h, g);
+    return fdrec_park(h, g, deadline);
 }
 
 static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short events,
@@ -1095,6 +1213,84 @@ static int hub_wait_fd_busy(struct hub *h, conc_greenlet *g, int fd, short event
     if (deadline != CONC_NO_DEADLINE)
         conc__hub_timer_arm(h, g, deadline, -ETIMEDOUT);
     return park(h, g);
+}
+
+/*
+ * A socket's wait after its operation said EAGAIN (conc__wait_io): through
+ * its record in edge mode (see "fd records"), without an epoll_ctl once
+ * registered.  Returns 0 to try the operation again, -ETIMEDOUT,
+ * -ECANCELED, or -errno.
+ */
+static int io_wait_busy(struct hub *h, conc_greenlet *g, int fd, uint64_t key, short events,
+                        int64_t deadline)
+{
+    uint32_t e = (uint32_t)(uint16_t)events;
+    if (fd < 0 || fd >= REC_MAX_FD || !key || (e != EPOLLIN && e != EPOLLOUT))
+        return hub_wait_fd_busy(h, g, fd, events, deadline);
+    struct hub_fdrec *r = fdrec_get(h, fd);
+    if (!r)
+        return hub_wait_fd_busy(h, g, fd, events, deadline);
+    if (unlikely(!r->edge || r->key != key)) {
+        int rc = fdrec_edge(h, fd, r, key);
+        if (rc == -EPERM)
+            return 0;                   /* not pollable: always ready */
+        if (rc != 0)                    /* 1: a waiter that needs one-shot */
+            return hub_wait_fd_busy(h, g, fd, events, deadline);
+    }
+    uint8_t *ready = e == EPOLLOUT ? &r->wready : &r->rready;
+    if (*ready) {
+        /* An edge came since the last EAGAIN of this direction: try the
+         * operation again instead of parking.  Cleared here, after an
+         * EAGAIN, and nowhere else. */
+        *ready = 0;
+        return 0;
+    }
+    conc_greenlet **slot = e == EPOLLOUT ? &r->wr : &r->rd;
+    if (*slot)                          /* a second waiter of this direction */
+        return hub_wait_fd_busy(h, g, fd, events, deadline);
+    g->fd = fd;
+    g->events = events;
+    *slot = g;
+    return fdrec_park(h, g, deadline);
+}
+
+static int hub_wait_io(int fd, uint64_t key, short events, int64_t deadline)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        PLAIN(conc__wait_fd(fd, events, deadline));
+    if (g->cancel_pending) {
+        g->cancel_pending = 0;
+        return -ECANCELED;
+    }
+    deadline = eff_deadline(g, deadline);
+    if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
+        PLAIN(conc__wait_fd(fd, events, deadline));  /* a ready fd wins */
+    busy_enter();
+    int r = io_wait_busy(h, g, fd, key, events, deadline);
+    busy_leave();
+    return r;
+}
+
+/* The socket layer closes fd: its registration in this thread's hub goes
+ * first, so that a copy of the file that lives on (a dup, a forked child's)
+ * reports nothing to it.  A record with a waiter keeps it (the waiter stays
+ * until its deadline or a kill, as with a number closed behind the hub's
+ * back); a signal handler that interrupted the hub leaves it too. */
+static void hub_fd_close(int fd)
+{
+    struct hub *h = tls_hub;
+    if (!h || fd < 0 || (size_t)fd >= h->nfdrec || __atomic_load_n(&tls_busy, __ATOMIC_RELAXED))
+        return;
+    busy_enter();
+    struct hub_fdrec *r = &h->fdrec[fd];
+    if (r->added && !r->rd && !r->wr) {
+        epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL);
+        r->added = 0;
+        fdrec_forget(r);
+    }
+    busy_leave();
 }
 
 /* poll() without waiting.  Returns how many entries are ready, 0 (also
@@ -1191,6 +1387,8 @@ static const struct conc__wait_ops hub_ops = {
     .yield = hub_yield,
     .wait_fd = hub_wait_fd,
     .wait_fds = hub_wait_fds,
+    .wait_io = hub_wait_io,
+    .fd_close = hub_fd_close,
 };
 
 /* ------------------------------------------------------------- the hub */

@@ -38,22 +38,31 @@ static inline pid_t conc__tid(void)
     return likely(t) ? t : conc__tid_slow();
 }
 
-/* Who owns the locks the calling code takes (src/sync.c): 0 for a thread's
- * own stack (a plain thread, or a thread's main coroutine), else the running
- * coroutine's serial number, unique in the process.  Kept current by every
- * coroutine switch (src/coro.c). */
 struct coro_thread;
 /* The coroutine layer's per-thread words, in one block so that a switch
- * finds both through one thread-pointer offset. */
+ * finds them through one thread-pointer offset. */
 struct conc__coro_tls {
-    uint64_t owner;             /* conc__owner_id() */
     struct coro_thread *thread; /* src/coro.c's state, NULL before the
                                    first coroutine call */
+    struct conc_coro *current;  /* the running coroutine; without thread, a
+                                   stand-in whose owner identity is 0 */
+    uintptr_t fast;             /* thread, with bit 0 set (or more often
+                                   than needed) while a dead coroutine's
+                                   stack waits to be given back or the
+                                   current coroutine's stack is unguarded:
+                                   then its switches take the full path
+                                   (src/coro.c) */
 };
 extern __thread struct conc__coro_tls conc__coro_tls __attribute__((tls_model("initial-exec")));
+/* Who owns the locks the calling code takes (src/sync.c): 0 for a thread's
+ * own stack (a plain thread, or a thread's main coroutine), else the running
+ * coroutine's serial number, unique in the process: the first member of
+ * the running coroutine (src/coro.c), so that a switch, which sets
+ * conc__coro_tls.current anyway, keeps it current without a store of its
+ * own. */
 static inline uint64_t conc__owner_id(void)
 {
-    return conc__coro_tls.owner;
+    return *(const uint64_t *)(const void *)conc__coro_tls.current;
 }
 
 /* True when the calling code runs on a hub's shared stack (a greenlet

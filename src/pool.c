@@ -389,9 +389,6 @@ static int worker_slot(struct wctx *c)
     return 0;
 }
 
-/* How long the worker sleeps before it looks whether its pool is gone. */
-#define IDLE_CHECK_NS 1000000000
-
 /* Waits until the socket may have something to read, serving slot calls
  * and sending held results meanwhile.  -1 when the worker must end. */
 static int worker_idle(struct wctx *c)
@@ -421,15 +418,13 @@ static int worker_idle(struct wctx *c)
             continue;
         }
         /* No spin: an idle worker gives its CPU away at once (the caller
-         * it waits for may need it). */
-        int r = conc__park_wait(&sh->door, key, conc_now() + IDLE_CHECK_NS,
-                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
-        if (r == -ETIMEDOUT) {
-            /* Its end shows on the socket (readable: the read sees it). */
-            struct pollfd pf = { c->fd, POLLIN, 0 };
-            if (poll(&pf, 1, 0) > 0)
-                return 0;
-        }
+         * it waits for may need it).  No timer either (a timed sleep arms
+         * one per call, a tenth of a round trip): whatever the pool wants
+         * from it wakes it (a slot call, a write to its socket, its EXIT
+         * frame), the pool ends it by killing it, and it dies with the
+         * pool's process (a daemon, PR_SET_PDEATHSIG). */
+        conc__park_wait(&sh->door, key, CONC_NO_DEADLINE,
+                        CONC__WAIT_SHARED | CONC__WAIT_ONE | CONC__PARK_NOSPIN, 0);
     }
 }
 
@@ -589,8 +584,7 @@ struct conc_pool {
     bool fork_method;
     pthread_mutex_t mu;
     /* under mu */
-    struct conc__pool_task *qhead, *qtail;
-    size_t qlen;
+    struct conc__pool_queue q;
     struct fnent *fns;
     uint32_t nfns, capfns;
     uint32_t init_idx;
@@ -599,9 +593,7 @@ struct conc_pool {
     int evfd;
     int epfd;                   /* the pool's thread waits on it */
     uint32_t wake_pending;
-    uint32_t finished;          /* futex word: the pool's thread ended */
     pthread_t thread;
-    bool thread_started, joined;
     struct worker *w;           /* the pool's thread's */
     int nw;
     int start_err;
@@ -689,14 +681,7 @@ int conc__pool_task_prepare(struct conc__pool_task *t, conc_pool_fn fn,
             memcpy(b + off, items[i].arg, l);
         off += l;
     }
-    t->fn = (void *)fn;
-    t->buf = b;
-    t->buflen = total;
-    t->nitems = (uint32_t)n;
-    t->state = CONC__TASK_NEW;
-    t->tries = 0;
-    t->next = t->prev = NULL;
-    t->worker = NULL;
+    conc__pool_task_init(t, (void *)fn, b, total, (uint32_t)n);
     return 0;
 }
 
@@ -708,44 +693,6 @@ void conc__pool_task_release(struct conc__pool_task *t)
     t->buf = NULL;
 }
 
-static void q_push_back(conc_pool *p, struct conc__pool_task *t)
-{
-    p->qlen++;
-    t->next = NULL;
-    t->prev = p->qtail;
-    if (p->qtail)
-        p->qtail->next = t;
-    else
-        p->qhead = t;
-    p->qtail = t;
-}
-
-static void q_push_front(conc_pool *p, struct conc__pool_task *t)
-{
-    p->qlen++;
-    t->prev = NULL;
-    t->next = p->qhead;
-    if (p->qhead)
-        p->qhead->prev = t;
-    else
-        p->qtail = t;
-    p->qhead = t;
-}
-
-static void q_unlink(conc_pool *p, struct conc__pool_task *t)
-{
-    p->qlen--;
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        p->qhead = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
-    else
-        p->qtail = t->prev;
-    t->next = t->prev = NULL;
-}
-
 static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_pool *p = (conc_pool *)e;
@@ -753,24 +700,17 @@ static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
     /* The state under mu: a cancel may come before the submit. */
-    int state = ld_relaxed(&t->state);
-    if (state != CONC__TASK_NEW) {
-        pthread_mutex_unlock(&p->mu);
-        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
-    }
-    if (p->closed || p->terminating) {
-        pthread_mutex_unlock(&p->mu);
-        return -EPIPE;
-    }
     uint32_t idx;
-    int r = fn_index(p, t->fn, &idx);
+    int r = conc__pool_admit(t, p->closed);
+    if (r == 0)
+        r = fn_index(p, t->fn, &idx);
     if (r) {
         pthread_mutex_unlock(&p->mu);
         return r;
     }
     memcpy(t->buf + sizeof(struct frame), &idx, sizeof idx);
     st_relaxed(&t->state, CONC__TASK_QUEUED);
-    q_push_back(p, t);
+    conc__pool_q_push_back(&p->q, t);
     pthread_mutex_unlock(&p->mu);
     wake_thread(p);
     return 0;
@@ -779,18 +719,11 @@ static int pool_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 static int pool_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_pool *p = (conc_pool *)e;
-    int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    int state = ld_relaxed(&t->state);
+    /* In the queue, or new (submit refuses it then), or held by a worker: */
+    int r = conc__pool_take_back(&p->q, t);
     struct worker *w = t->worker;
-    if (state == CONC__TASK_NEW) {
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);    /* submit refuses it */
-        r = 0;
-    } else if (state == CONC__TASK_QUEUED) {
-        q_unlink(p, t);
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);
-        r = 0;
-    } else if (state == CONC__TASK_SENT && t->started && w && w->sh) {
+    if (r && ld_relaxed(&t->state) == CONC__TASK_SENT && t->started && w && w->sh) {
         /* A worker holds it: close its gate unless the worker took it.
          * (The worker's pages stay mapped while it holds the task: its end
          * takes mu before it lets the tasks go.) */
@@ -973,8 +906,8 @@ static int worker_start(conc_pool *p, struct worker *w)
 /* Hands queued tasks to w while it has room; under mu. */
 static void dispatch(conc_pool *p, struct worker *w, size_t depth)
 {
-    while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->qhead) {
-        struct conc__pool_task *t = p->qhead;
+    while (w->proc && !w->want_exit && w->nout < depth && w->quota > 0 && p->q.head) {
+        struct conc__pool_task *t = p->q.head;
         uint32_t idx;
         memcpy(&idx, t->buf + sizeof(struct frame), sizeof idx);
         bool ok = true;
@@ -985,7 +918,7 @@ static void dispatch(conc_pool *p, struct worker *w, size_t depth)
         }
         if (!ok)
             return;             /* out of memory: try again later */
-        q_unlink(p, t);
+        conc__pool_q_unlink(&p->q, t);
         st_relaxed(&t->state, CONC__TASK_SENT);
         /* A task whose start is reported waits at its gate (open: 0 or an
          * older number) until the worker begins it. */
@@ -1254,67 +1187,53 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
      * with the tasks it never started, so that a dead worker fails only the
      * task it was running.  Its count is checked: it cannot exceed what it
      * held. */
-    pthread_mutex_lock(&p->mu);
-    for (struct conc__pool_task *u = w->head; u; u = u->next)
-        u->worker = NULL;       /* a cancel no longer looks at its gate */
-    pthread_mutex_unlock(&p->mu);
     uint32_t ran = __atomic_load_n(&w->sh->started, __ATOMIC_ACQUIRE) - w->answered;
     if (ran > w->nout)
         ran = w->nout;
-    struct conc__pool_task *again = NULL, *again_tail = NULL;
+    /* Under mu, in one step: each task leaves the worker (a cancel no
+     * longer looks at its gate) and is either settled below or back at the
+     * head of the queue, in its order, QUEUED at once: a cancel from now on
+     * takes it back, even from a callback of the task that failed. */
+    struct conc__pool_task *settle = NULL, **settle_end = &settle, *after = NULL;
+    struct conc__pool_task *failed = NULL;  /* the one it was running, when it fails */
     uint32_t k = 0;
+    pthread_mutex_lock(&p->mu);
     for (struct conc__pool_task *u = w->head, *nx; u; u = nx) {
         nx = u->next;
-        u->next = NULL;
+        u->next = u->prev = NULL;
+        u->worker = NULL;
         bool running = ++k == ran;
-        if (fail_status == -EPIPE ||
-            (running && (fail_status != -ECHILD || u->tries >= p->o.retries))) {
-            task_fail(u, fail_status,
-                      fail_status == -EPIPE ? CONC__POOL_TERMINATED : running ? code : 0);
-            continue;
-        }
-        if (u->started && !u->told &&
-            __atomic_load_n(&w->sh->gate[u->ord % GATE_N], __ATOMIC_ACQUIRE) ==
-                (u->ord | GATE_CLOSED)) {
-            /* Cancelled while it held it: it does not run elsewhere. */
-            task_fail(u, -ECANCELED, 0);
+        bool fails = fail_status == -EPIPE ||
+                     (running && (fail_status != -ECHILD || u->tries >= p->o.retries));
+        if (fails && running)
+            failed = u;
+        /* A task cancelled while the worker held it is not run elsewhere. */
+        if (fails || (u->started && !u->told &&
+                      __atomic_load_n(&w->sh->gate[u->ord % GATE_N], __ATOMIC_ACQUIRE) ==
+                          (u->ord | GATE_CLOSED))) {
+            *settle_end = u;
+            settle_end = &u->next;
             continue;
         }
         if (running)
             u->tries++;
-        if (again_tail)
-            again_tail->next = u;
-        else
-            again = u;
-        again_tail = u;
+        st_relaxed(&u->state, CONC__TASK_QUEUED);
+        conc__pool_q_insert_after(&p->q, after, u);
+        after = u;
     }
+    w->head = w->tail = NULL;
+    w->nout = 0;
+    pthread_mutex_unlock(&p->mu);
     worker_release(w);
-    if (again) {
-        pthread_mutex_lock(&p->mu);
-        struct conc__pool_task *list[64], **arr = list;
-        size_t n = 0, cap = 64;
-        for (struct conc__pool_task *u = again; u; u = u->next)
-            n++;
-        if (n > cap && !(arr = malloc(n * sizeof *arr)))
-            arr = NULL;
-        if (arr) {
-            n = 0;
-            for (struct conc__pool_task *u = again; u; u = u->next)
-                arr[n++] = u;
-            for (size_t i = n; i-- > 0;) {
-                arr[i]->worker = NULL;
-                q_push_front(p, arr[i]);
-            }
-            if (arr != list)
-                free(arr);
-        } else {
-            for (struct conc__pool_task *u = again, *nx; u; u = nx) {
-                nx = u->next;
-                u->worker = NULL;
-                q_push_back(p, u);
-            }
-        }
-        pthread_mutex_unlock(&p->mu);
+    for (struct conc__pool_task *u = settle, *nx; u; u = nx) {
+        nx = u->next;
+        u->next = NULL;
+        if (fail_status == -EPIPE)
+            task_fail(u, -EPIPE, CONC__POOL_TERMINATED);
+        else if (u == failed)
+            task_fail(u, fail_status, code);
+        else
+            task_fail(u, -ECANCELED, 0);
     }
 }
 
@@ -1322,9 +1241,7 @@ static void worker_end(conc_pool *p, struct worker *w, int fail_status)
 static void fail_queue(conc_pool *p, int status)
 {
     pthread_mutex_lock(&p->mu);
-    struct conc__pool_task *q = p->qhead;
-    p->qhead = p->qtail = NULL;
-    p->qlen = 0;
+    struct conc__pool_task *q = conc__pool_q_take_all(&p->q);
     pthread_mutex_unlock(&p->mu);
     for (struct conc__pool_task *t = q, *nx; t; t = nx) {
         nx = t->next;
@@ -1334,6 +1251,17 @@ static void fail_queue(conc_pool *p, int status)
 }
 
 #define EVENTS_MAX 64
+
+/* Tells the caller of apply that has w (sleeping on its slot) to look at
+ * w's socket and pidfd. */
+static void worker_alert(struct worker *w)
+{
+    struct wshared *sh = w->sh;
+    if (sh) {
+        __atomic_store_n(&sh->alert, 1, __ATOMIC_SEQ_CST);
+        conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
+    }
+}
 
 static void *pool_thread(void *arg)
 {
@@ -1351,13 +1279,13 @@ static void *pool_thread(void *arg)
             owned[i] = worker_acquire(&p->w[i]);
         /* Level by level: every idle worker gets a task before any gets a
          * second one. */
-        size_t depth = p->qlen / (size_t)p->nw;
+        size_t depth = p->q.len / (size_t)p->nw;
         depth = depth < PIPELINE ? PIPELINE : depth > PIPELINE_MAX ? PIPELINE_MAX : depth;
-        for (size_t level = 1; level <= depth && p->qhead && !term; level++)
+        for (size_t level = 1; level <= depth && p->q.head && !term; level++)
             for (int i = 0; i < p->nw; i++)
                 if (owned[i] && p->w[i].proc)
                     dispatch(p, &p->w[i], level);
-        bool queue_empty = p->qhead == NULL;
+        bool queue_empty = p->q.head == NULL;
         pthread_mutex_unlock(&p->mu);
         if (term)
             break;
@@ -1435,11 +1363,7 @@ static void *pool_thread(void *arg)
                 /* A caller of apply has it: one that sleeps on its slot
                  * looks at the socket and the pidfd when told. */
                 skipped++;
-                struct wshared *sh = w->sh;
-                if (sh) {
-                    __atomic_store_n(&sh->alert, 1, __ATOMIC_SEQ_CST);
-                    conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
-                }
+                worker_alert(w);
                 continue;
             }
             if (!w->proc)
@@ -1468,14 +1392,14 @@ static void *pool_thread(void *arg)
         struct worker *w = &p->w[i];
         while (!worker_acquire(w)) {
             conc_process_kill(w->proc);
+            worker_alert(w);
             conc__sleep_until(conc_now() + 1000000);
         }
         if (w->proc)
             worker_end(p, w, -EPIPE);
     }
     fail_queue(p, -EPIPE);
-    st_release(&p->finished, 1);
-    conc__wake(&p->finished, INT_MAX, 0);
+    conc__pool_live_add(&p->e, -1);
     return NULL;
 }
 
@@ -1521,13 +1445,12 @@ static int direct_socket(struct worker *w)
     }
 }
 
-/* How long a caller sleeps on the slot before it looks at the worker's
- * pidfd itself (the pool's thread tells it sooner). */
-#define SLOT_CHECK_NS 100000000
-
 /* Posts t (one item, in w's slot) and sleeps until the worker answers
  * (done ran) or ends (the pool's thread settles t).  Always 0: a thread
- * is never cancelled. */
+ * is never cancelled.  The pool's thread watches the worker's socket and
+ * pidfd meanwhile, and while the caller has the worker, raises its alert
+ * and wakes it for whatever they report, again and again until the caller
+ * gives the worker back: the caller's sleep needs no timer of its own. */
 static int direct_slot(struct worker *w, struct conc__pool_task *t)
 {
     struct wshared *sh = w->sh;
@@ -1559,10 +1482,8 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
         /* No spin either: two processes that spin for each other on a
          * loaded machine often share one CPU, and each hand-over then waits
          * for the spinner's slice to end. */
-        int r = conc__park_wait(&sh->answer, key, conc_now() + SLOT_CHECK_NS,
-                                CONC__WAIT_SHARED | CONC__PARK_NOSPIN, 0);
-        if (r == -ETIMEDOUT)
-            __atomic_store_n(&sh->alert, 1, __ATOMIC_RELAXED);
+        conc__park_wait(&sh->answer, key, CONC_NO_DEADLINE,
+                        CONC__WAIT_SHARED | CONC__WAIT_ONE | CONC__PARK_NOSPIN, 0);
     }
     uint32_t mode = ld_relaxed(&sh->mode), rlen = ld_relaxed(&sh->res_len);
     int32_t st = ld_relaxed(&sh->status);
@@ -1590,7 +1511,7 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
         return -EAGAIN;
     conc_pool *p = (conc_pool *)e;
     pthread_mutex_lock(&p->mu);
-    if (p->closed || p->qhead) {
+    if (p->closed || p->q.head) {
         pthread_mutex_unlock(&p->mu);
         return -EAGAIN;
     }
@@ -1673,7 +1594,7 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
     /* Tasks queued while we had it, or a close, wait for the pool's
      * thread. */
     pthread_mutex_lock(&p->mu);
-    bool queued = p->qhead != NULL || p->closed;
+    bool queued = p->q.head != NULL || p->closed;
     pthread_mutex_unlock(&p->mu);
     if (!idle || queued)
         wake_thread(p);
@@ -1681,6 +1602,17 @@ int conc__pool_run_direct(struct conc__pool_engine *e, struct conc__pool_task *t
 }
 
 /* ------------------------------------------------------------- public API */
+
+static void pool_stop(struct conc__pool_engine *e, bool terminate)
+{
+    conc_pool *p = (conc_pool *)e;
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    if (terminate)
+        p->terminating = true;
+    pthread_mutex_unlock(&p->mu);
+    wake_thread(p);
+}
 
 static void pool_destroy(conc_pool *p)
 {
@@ -1724,6 +1656,7 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     p->e.submit = pool_submit;
     p->e.cancel = pool_cancel;
     p->e.begun = pool_begun;
+    p->e.stop = pool_stop;
     p->e.workers = o.processes;
     p->e.process = true;
     conc_start_method m = o.method ? o.method : conc_process_start_method();
@@ -1763,13 +1696,14 @@ int conc_pool_new(conc_pool **out, const conc_pool_opts *opts)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    conc__pool_live_add(&p->e, 1);
     int e = pthread_create(&p->thread, NULL, pool_thread, p);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e) {
+        conc__pool_live_add(&p->e, -1);
         r = -e;
         goto fail_workers;
     }
-    p->thread_started = true;
     *out = p;
     return 0;
 fail_workers:
@@ -1785,65 +1719,11 @@ fail:
     return r;
 }
 
-int conc_pool_close(conc_pool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->closed = true;
-    pthread_mutex_unlock(&p->mu);
-    wake_thread(p);
-    return 0;
-}
-
-int conc_pool_terminate(conc_pool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->terminating = true;
-    p->closed = true;
-    pthread_mutex_unlock(&p->mu);
-    wake_thread(p);
-    return 0;
-}
-
-int conc_pool_join_until(conc_pool *p, int64_t deadline)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    bool stopping = p->closed;
-    pthread_mutex_unlock(&p->mu);
-    if (!stopping)
-        return -EBUSY;
-    if (conc__pool_in_callback(&p->e))
-        return -EDEADLK;
-    while (!ld_acquire(&p->finished)) {
-        int r = conc__wait(&p->finished, 0, deadline, 0);
-        if (r < 0 && r != -EAGAIN)
-            return ld_acquire(&p->finished) ? 0 : r;
-    }
-    return 0;
-}
-
-int conc_pool_join(conc_pool *p, double timeout)
-{
-    int64_t deadline;
-    bool poll;
-    if (conc__timeout_parse(timeout, &deadline, &poll))
-        return -EINVAL;
-    return (int)conc__timeout_code(poll, conc_pool_join_until(p, deadline));
-}
-
 void conc_pool_free(conc_pool *p)
 {
     if (!p)
         return;
-    conc_pool_terminate(p);
-    while (!ld_acquire(&p->finished))
-        conc__wait(&p->finished, 0, CONC_NO_DEADLINE, 0);
-    if (p->thread_started)
-        pthread_join(p->thread, NULL);
+    conc__pool_end(&p->e);
+    pthread_join(p->thread, NULL);
     pool_destroy(p);
 }

@@ -31,6 +31,7 @@
 #ifndef CONC_POOL_INTERNAL_H
 #define CONC_POOL_INTERNAL_H
 
+#include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -72,6 +73,66 @@ struct conc__pool_task {
     bool told;                  /* started was called */
 };
 
+/* A queue of tasks, oldest first, linked through next/prev; each engine
+ * keeps one under its lock. */
+struct conc__pool_queue {
+    struct conc__pool_task *head, *tail;
+    size_t len;
+};
+
+static inline void conc__pool_q_push_back(struct conc__pool_queue *q, struct conc__pool_task *t)
+{
+    q->len++;
+    t->next = NULL;
+    t->prev = q->tail;
+    if (q->tail)
+        q->tail->next = t;
+    else
+        q->head = t;
+    q->tail = t;
+}
+
+/* Puts t first (a is NULL) or right after a, which is in q. */
+static inline void conc__pool_q_insert_after(struct conc__pool_queue *q,
+                                             struct conc__pool_task *a,
+                                             struct conc__pool_task *t)
+{
+    q->len++;
+    t->prev = a;
+    t->next = a ? a->next : q->head;
+    if (t->next)
+        t->next->prev = t;
+    else
+        q->tail = t;
+    if (a)
+        a->next = t;
+    else
+        q->head = t;
+}
+
+static inline void conc__pool_q_unlink(struct conc__pool_queue *q, struct conc__pool_task *t)
+{
+    q->len--;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        q->head = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    else
+        q->tail = t->prev;
+    t->next = t->prev = NULL;
+}
+
+/* Empties q; returns its tasks, still linked through next. */
+static inline struct conc__pool_task *conc__pool_q_take_all(struct conc__pool_queue *q)
+{
+    struct conc__pool_task *all = q->head;
+    q->head = q->tail = NULL;
+    q->len = 0;
+    return all;
+}
+
 /* The exitcode of an outcome that terminate dropped. */
 #define CONC__POOL_TERMINATED INT_MIN
 
@@ -82,20 +143,70 @@ struct conc__pool_task {
 #define CONC__TASK_DONE 3
 #define CONC__TASK_CANCELLED 4
 
-/* The largest number of items in one task (a chunk). */
+/* The engine's part of a task both prepares fill alike: a new task of n
+ * items of fn, its frame or argument array in buf. */
+static inline void conc__pool_task_init(struct conc__pool_task *t, void *fn, unsigned char *buf,
+                                        size_t buflen, uint32_t n)
+{
+    t->fn = fn;
+    t->buf = buf;
+    t->buflen = buflen;
+    t->nitems = n;
+    t->state = CONC__TASK_NEW;
+    t->tries = 0;
+    t->next = t->prev = NULL;
+    t->worker = NULL;
+}
+
+/*
+ * What submit and cancel of both engines decide alike, under the engine's
+ * lock.  conc__pool_admit: whether t may be queued (0); -ECANCELED when
+ * it was cancelled before its submit, -EINVAL when it is not new, -EPIPE
+ * when the engine is closed.  conc__pool_take_back: a task no worker has
+ * (new, or queued in q: taken out) becomes CANCELLED (0); -EBUSY when a
+ * worker has it or it is done.
+ */
+static inline int conc__pool_admit(const struct conc__pool_task *t, bool closed)
+{
+    int state = __atomic_load_n(&t->state, __ATOMIC_RELAXED);
+    if (state != CONC__TASK_NEW)
+        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
+    return closed ? -EPIPE : 0;
+}
+
+static inline int conc__pool_take_back(struct conc__pool_queue *q, struct conc__pool_task *t)
+{
+    int state = __atomic_load_n(&t->state, __ATOMIC_RELAXED);
+    if (state == CONC__TASK_QUEUED)
+        conc__pool_q_unlink(q, t);
+    else if (state != CONC__TASK_NEW)
+        return -EBUSY;
+    __atomic_store_n(&t->state, CONC__TASK_CANCELLED, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* The largest number of items in one task (a chunk). *//* The largest number of items in one task (a chunk). */
 #define CONC__POOL_CHUNK_MAX (1u << 20)
 
 /* The most argument bytes one process task carries: map cuts a chunk
  * before the item that would take it over. */
 #define CONC__POOL_CHUNK_BYTES ((uint64_t)CONC_POOL_ARG_MAX * 2)
 
-/* The two engines behind one interface. */
+/* The two engines behind one interface.  Their lifecycle is one: close and
+ * terminate set `stopping` and call stop; the engine's threads (a process
+ * pool's thread, a thread pool's workers) count themselves in `live` and
+ * the last one out wakes the joiners. */
 struct conc__pool_engine {
     int (*submit)(struct conc__pool_engine *e, struct conc__pool_task *t);
     int (*cancel)(struct conc__pool_engine *e, struct conc__pool_task *t);
     bool (*begun)(struct conc__pool_engine *e, struct conc__pool_task *t);  /* may be NULL */
+    /* close (terminate false) or terminate: no more submits; with
+     * terminate, what is queued fails with -EPIPE */
+    void (*stop)(struct conc__pool_engine *e, bool terminate);
     int workers;
     bool process;               /* conc_pool: items are bytes */
+    uint32_t stopping;          /* close or terminate was called */
+    uint32_t live;              /* futex word: the engine's threads running */
 };
 
 /*
@@ -145,6 +256,27 @@ CONC_HIDDEN int conc__pool_cancel(struct conc__pool_engine *e, struct conc__pool
  * queue or held ahead, and for a thread pool's (it calls started).
  */
 CONC_HIDDEN bool conc__pool_begun(struct conc__pool_engine *e, struct conc__pool_task *t);
+
+/*
+ * conc__pool_stop - close (terminate false) or terminate e.  Returns 0;
+ * -EINVAL for NULL.
+ */
+CONC_HIDDEN int conc__pool_stop(struct conc__pool_engine *e, bool terminate);
+
+/*
+ * conc__pool_join_until - wait until e's threads ended (after close or
+ * terminate).  Returns 0; -EBUSY before close or terminate; -EDEADLK from
+ * one of e's callbacks; -ETIMEDOUT; -ECANCELED (a killed coroutine);
+ * -EINVAL for NULL.  conc__pool_join takes a timeout in seconds.
+ */
+CONC_HIDDEN int conc__pool_join_until(struct conc__pool_engine *e, int64_t deadline);
+CONC_HIDDEN int conc__pool_join(struct conc__pool_engine *e, double timeout);
+
+/* conc__pool_live_add - count n threads of e in (n > 0) or out (n < 0; the
+ * last one out wakes the joiners).  conc__pool_end: terminate e and wait
+ * until its threads ended (free). */
+CONC_HIDDEN void conc__pool_live_add(struct conc__pool_engine *e, int n);
+CONC_HIDDEN void conc__pool_end(struct conc__pool_engine *e);
 
 /* The engine of each pool kind (NULL for NULL). */
 CONC_HIDDEN struct conc__pool_engine *conc__pool_engine(conc_pool *p);

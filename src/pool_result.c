@@ -1,7 +1,8 @@
 /*
  * pool_result.c - what both pools share above their engines: AsyncResult
  * (apply_async, map_async), the blocking apply and map, and the imap
- * iterators, with callbacks and progress.
+ * iterators, with callbacks and progress; close, terminate and join of
+ * both (one lifecycle over the engine).
  */
 #include <errno.h>
 #include <limits.h>
@@ -575,6 +576,106 @@ int conc_pool_apply(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len, 
     conc_pool_result_free(r);
     return err;
 }
+
+/* ------------------------------------------ close, terminate and join */
+
+int conc__pool_stop(struct conc__pool_engine *e, bool terminate)
+{
+    if (!e)
+        return -EINVAL;
+    /* Before the engine hears of it: a join that sees the word waits for
+     * threads that are about to end. */
+    __atomic_store_n(&e->stopping, 1, __ATOMIC_RELEASE);
+    e->stop(e, terminate);
+    return 0;
+}
+
+void conc__pool_live_add(struct conc__pool_engine *e, int n)
+{
+    if (__atomic_add_fetch(&e->live, (uint32_t)n, __ATOMIC_ACQ_REL) == 0)
+        conc__wake(&e->live, INT_MAX, 0);
+}
+
+/* Waits until no thread of e runs; 0, or the wait's error. */
+static int live_wait(struct conc__pool_engine *e, int64_t deadline)
+{
+    for (;;) {
+        uint32_t v = __atomic_load_n(&e->live, __ATOMIC_ACQUIRE);
+        if (v == 0)
+            return 0;
+        int r = conc__wait(&e->live, v, deadline, 0);
+        if (r < 0 && r != -EAGAIN)
+            return __atomic_load_n(&e->live, __ATOMIC_ACQUIRE) == 0 ? 0 : r;
+    }
+}
+
+int conc__pool_join_until(struct conc__pool_engine *e, int64_t deadline)
+{
+    if (!e)
+        return -EINVAL;
+    if (!__atomic_load_n(&e->stopping, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    if (conc__pool_in_callback(e))
+        return -EDEADLK;
+    return live_wait(e, deadline);
+}
+
+int conc__pool_join(struct conc__pool_engine *e, double timeout)
+{
+    int64_t deadline;
+    bool poll;
+    if (conc__timeout_parse(timeout, &deadline, &poll))
+        return -EINVAL;
+    return (int)conc__timeout_code(poll, conc__pool_join_until(e, deadline));
+}
+
+void conc__pool_end(struct conc__pool_engine *e)
+{
+    conc__pool_stop(e, true);
+    live_wait(e, CONC_NO_DEADLINE);
+}
+
+int conc_pool_close(conc_pool *p)
+{
+    return conc__pool_stop(conc__pool_engine(p), false);
+}
+
+int conc_pool_terminate(conc_pool *p)
+{
+    return conc__pool_stop(conc__pool_engine(p), true);
+}
+
+int conc_pool_join_until(conc_pool *p, int64_t deadline)
+{
+    return conc__pool_join_until(conc__pool_engine(p), deadline);
+}
+
+int conc_pool_join(conc_pool *p, double timeout)
+{
+    return conc__pool_join(conc__pool_engine(p), timeout);
+}
+
+int conc_threadpool_close(conc_threadpool *p)
+{
+    return conc__pool_stop(conc__threadpool_engine(p), false);
+}
+
+int conc_threadpool_terminate(conc_threadpool *p)
+{
+    return conc__pool_stop(conc__threadpool_engine(p), true);
+}
+
+int conc_threadpool_join_until(conc_threadpool *p, int64_t deadline)
+{
+    return conc__pool_join_until(conc__threadpool_engine(p), deadline);
+}
+
+int conc_threadpool_join(conc_threadpool *p, double timeout)
+{
+    return conc__pool_join(conc__threadpool_engine(p), timeout);
+}
+
+/* ------------------------------------------------------------- map */
 
 int conc_pool_map_async(conc_pool *p, conc_pool_fn fn, const conc_pool_item *items, size_t n,
                         const conc_pool_task_opts *opts, conc_pool_result **out)

@@ -105,6 +105,14 @@ static void unblock(conc_socket *s)
 
 /* ----------------------------------------------------------- lifecycle */
 
+/* Handle keys (struct conc_socket): 0 is none. */
+static uint64_t last_key;
+
+static inline uint64_t new_key(void)
+{
+    return __atomic_add_fetch(&last_key, 1, __ATOMIC_RELAXED);
+}
+
 /* Makes the handle around an open descriptor (already non-blocking and
  * close-on-exec).  Reads family, type and protocol from it. */
 static int wrap(conc_socket **out, int fd, double timeout)
@@ -124,6 +132,7 @@ static int wrap(conc_socket **out, int fd, double timeout)
         s->proto = v;
     s->fd = fd;
     s->timeout = timeout;
+    s->key = new_key();
     *out = s;
     return 0;
 }
@@ -256,6 +265,7 @@ int conc_socket_close(conc_socket *s)
     if (!s)
         return -EINVAL;
     if (s->fd >= 0) {
+        conc__wait_fd_close(s->fd);
         close(s->fd);           /* the descriptor is gone whatever it says */
         s->fd = -1;
     }
@@ -364,6 +374,24 @@ static int wait_ready(int fd, short events, int64_t deadline, int *waited)
         return -ETIMEDOUT;
     (*waited)++;
     return conc__wait_fd(fd, events, deadline);
+}
+
+/*
+ * wait_ready for s itself, after its operation said EAGAIN: the loops
+ * below try again after every 0, so a hub may wait edge-triggered
+ * (conc__wait_io).  Not for POLLPRI (urgent data), and not for the way
+ * out of a datagram or sequenced-packet socket: those rarely wait, and a
+ * Unix one's room is its receiver's queue, whose draining the kernel
+ * relays to the sender's waiters; a level wait asks the socket afresh.
+ */
+static int wait_sock(conc_socket *s, short events, int64_t deadline, int *waited)
+{
+    if (*waited && deadline != CONC_NO_DEADLINE && conc_now() >= deadline)
+        return -ETIMEDOUT;
+    (*waited)++;
+    if (events == POLLIN || (events == POLLOUT && s->type == SOCK_STREAM))
+        return conc__wait_io(s->fd, s->key, events, deadline);
+    return conc__wait_fd(s->fd, events, deadline);
 }
 
 int conc__socket_wait(conc_socket *s, short events, int64_t deadline)
@@ -496,7 +524,8 @@ static int accept_once(conc_socket *s, conc_socket **out, conc_sockaddr *peer, b
         return -ENOMEM;
     }
     *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type, .proto = s->proto,
-                        .timeout = load_default(), .fd_blocks = blocks };
+                        .timeout = load_default(), .fd_blocks = blocks,
+                        .key = new_key() };
     *out = c;
     if (peer) {
         a.len = len < sizeof a.u ? len : sizeof a.u;
@@ -533,7 +562,7 @@ int conc_socket_accept_until(conc_socket *s, conc_socket **out, conc_sockaddr *p
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, POLLIN, deadline, &waited);
+        int w = wait_sock(s, POLLIN, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -591,7 +620,7 @@ int conc_socket_connect_until(conc_socket *s, const conc_sockaddr *addr, int64_t
     }
     /* In progress: writable once it is decided; SO_ERROR tells how. */
     for (;;) {
-        int w = wait_ready(s->fd, POLLOUT, deadline, &waited);
+        int w = wait_sock(s, POLLOUT, deadline, &waited);
         if (w < 0)
             return w;
         struct pollfd p = { .fd = s->fd, .events = POLLOUT };
@@ -635,7 +664,7 @@ ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
+        int w = wait_sock(s, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -679,7 +708,7 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
             continue;
         if (e != -EAGAIN)
             return got ? (ssize_t)got : e;
-        int w = wait_ready(s->fd, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
+        int w = wait_sock(s, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
         if (w < 0)
             return got ? (ssize_t)got : w;
     }
@@ -800,7 +829,7 @@ ssize_t conc_socket_sendmsg_until(conc_socket *s, const struct msghdr *msg, int 
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, POLLOUT, deadline, &waited);
+        int w = wait_sock(s, POLLOUT, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -834,7 +863,7 @@ static ssize_t send_common(conc_socket *s, const void *buf, size_t len, int flag
             continue;
         if (e != -EAGAIN)
             return e;
-        int w = wait_ready(s->fd, POLLOUT, deadline, &waited);
+        int w = wait_sock(s, POLLOUT, deadline, &waited);
         if (w < 0)
             return w;
     }
@@ -1049,7 +1078,9 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
             continue;                           /* a blocking descriptor */
         if (e == -EAGAIN) {
             /* The socket is full, or (a non-blocking input) nothing to
-             * read: wait for the socket, the usual case. */
+             * read: wait for the socket, the usual case.  A level wait:
+             * this EAGAIN may be the input's, with the socket writable
+             * all along and no edge to come. */
             r = wait_ready(s->fd, POLLOUT, deadline, &waited);
             if (r < 0)
                 break;

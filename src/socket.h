@@ -21,6 +21,8 @@ struct conc_socket {
      * flags (accept, connect, a sendfile that must not block, detach) make
      * the descriptor non-blocking again first.  false: O_NONBLOCK. */
     _Atomic bool fd_blocks;
+    uint64_t key;           /* names this handle to the wait layer
+                               (conc__wait_io): unique in the process */
 };
 
 /* Wraps an open descriptor (non-blocking, close-on-exec already) with the

@@ -17,11 +17,10 @@ struct conc_threadpool {
     struct conc__pool_engine e;
     conc_threadpool_opts o;
     pthread_mutex_t mu;
-    struct conc__pool_task *qhead, *qtail;     /* under mu */
-    bool closed, terminating;                  /* under mu */
+    struct conc__pool_queue q;                 /* under mu */
+    bool closed;                               /* under mu */
     unsigned sleepers;                         /* under mu */
     uint32_t qword;             /* futex word: bumped under mu on news */
-    uint32_t live;              /* futex word: workers still running */
     pthread_t *threads;
     int n;
 };
@@ -49,14 +48,7 @@ int conc__pool_task_prepare_ptr(struct conc__pool_task *t, conc_threadpool_fn fn
     void **args = (void **)b;
     for (size_t i = 0; i < n; i++)
         args[i] = (void *)items[i].arg;
-    t->fn = (void *)fn;
-    t->buf = b;
-    t->buflen = sz;
-    t->nitems = (uint32_t)n;
-    t->state = CONC__TASK_NEW;
-    t->tries = 0;
-    t->next = t->prev = NULL;
-    t->worker = NULL;
+    conc__pool_task_init(t, (void *)fn, b, sz, (uint32_t)n);
     return 0;
 }
 
@@ -67,22 +59,12 @@ static int tp_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
         return -EINVAL;
     pthread_mutex_lock(&p->mu);
     /* The state under mu: a cancel may come before the submit. */
-    int state = ld_relaxed(&t->state);
-    if (state != CONC__TASK_NEW) {
+    int r = conc__pool_admit(t, p->closed);
+    if (r) {
         pthread_mutex_unlock(&p->mu);
-        return state == CONC__TASK_CANCELLED ? -ECANCELED : -EINVAL;
+        return r;
     }
-    if (p->closed) {
-        pthread_mutex_unlock(&p->mu);
-        return -EPIPE;
-    }
-    t->next = NULL;
-    t->prev = p->qtail;
-    if (p->qtail)
-        p->qtail->next = t;
-    else
-        p->qhead = t;
-    p->qtail = t;
+    conc__pool_q_push_back(&p->q, t);
     st_relaxed(&t->state, CONC__TASK_QUEUED);
     bool wake = p->sleepers > 0;
     if (wake)
@@ -96,24 +78,8 @@ static int tp_submit(struct conc__pool_engine *e, struct conc__pool_task *t)
 static int tp_cancel(struct conc__pool_engine *e, struct conc__pool_task *t)
 {
     conc_threadpool *p = (conc_threadpool *)e;
-    int r = -EBUSY;
     pthread_mutex_lock(&p->mu);
-    if (ld_relaxed(&t->state) == CONC__TASK_NEW) {
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);
-        r = 0;
-    } else if (ld_relaxed(&t->state) == CONC__TASK_QUEUED) {
-        if (t->prev)
-            t->prev->next = t->next;
-        else
-            p->qhead = t->next;
-        if (t->next)
-            t->next->prev = t->prev;
-        else
-            p->qtail = t->prev;
-        t->next = t->prev = NULL;
-        st_relaxed(&t->state, CONC__TASK_CANCELLED);
-        r = 0;
-    }
+    int r = conc__pool_take_back(&p->q, t);
     pthread_mutex_unlock(&p->mu);
     return r;
 }
@@ -143,7 +109,7 @@ static void *tp_worker(void *arg)
         p->o.initializer(p->o.initarg);
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->qhead && !p->closed) {
+        while (!p->q.head && !p->closed) {
             uint32_t w = __atomic_load_n(&p->qword, __ATOMIC_ACQUIRE);
             p->sleepers++;
             pthread_mutex_unlock(&p->mu);
@@ -151,15 +117,10 @@ static void *tp_worker(void *arg)
             pthread_mutex_lock(&p->mu);
             p->sleepers--;
         }
-        struct conc__pool_task *t = p->qhead;
+        struct conc__pool_task *t = p->q.head;
         if (!t)
             break;
-        p->qhead = t->next;
-        if (p->qhead)
-            p->qhead->prev = NULL;
-        else
-            p->qtail = NULL;
-        t->next = t->prev = NULL;
+        conc__pool_q_unlink(&p->q, t);
         st_relaxed(&t->state, CONC__TASK_SENT);
         pthread_mutex_unlock(&p->mu);
         if (t->started)
@@ -168,9 +129,31 @@ static void *tp_worker(void *arg)
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
-    __atomic_sub_fetch(&p->live, 1, __ATOMIC_ACQ_REL);
-    conc__wake(&p->live, INT_MAX, 0);
+    conc__pool_live_add(&p->e, -1);
     return NULL;
+}
+
+/* Close: the workers run the queue out and end; terminate: the queue
+ * fails with -EPIPE, and each worker ends after the task it runs. */
+static void tp_stop(struct conc__pool_engine *e, bool terminate)
+{
+    conc_threadpool *p = (conc_threadpool *)e;
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    struct conc__pool_task *q = NULL;
+    if (terminate) {
+        q = conc__pool_q_take_all(&p->q);
+    }
+    __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&p->mu);
+    conc__wake(&p->qword, INT_MAX, 0);
+    for (struct conc__pool_task *t = q, *nx; t; t = nx) {
+        nx = t->next;
+        t->next = t->prev = NULL;
+        struct conc__pool_outcome one = { -EPIPE, CONC__POOL_TERMINATED, NULL, 0 };
+        st_release(&t->state, CONC__TASK_DONE);
+        t->done(t, &one, 1);
+    }
 }
 
 int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
@@ -195,6 +178,7 @@ int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
     p->o = o;
     p->e.submit = tp_submit;
     p->e.cancel = tp_cancel;
+    p->e.stop = tp_stop;
     p->e.workers = o.threads;
     p->e.process = false;
     sigset_t all, old;
@@ -202,10 +186,10 @@ int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int err = 0;
     for (int i = 0; i < o.threads; i++) {
-        __atomic_add_fetch(&p->live, 1, __ATOMIC_ACQ_REL);
+        conc__pool_live_add(&p->e, 1);
         int e = pthread_create(&p->threads[i], NULL, tp_worker, p);
         if (e) {
-            __atomic_sub_fetch(&p->live, 1, __ATOMIC_ACQ_REL);
+            conc__pool_live_add(&p->e, -1);
             err = -e;
             break;
         }
@@ -220,75 +204,11 @@ int conc_threadpool_new(conc_threadpool **out, const conc_threadpool_opts *opts)
     return 0;
 }
 
-int conc_threadpool_close(conc_threadpool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->closed = true;
-    __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&p->mu);
-    conc__wake(&p->qword, INT_MAX, 0);
-    return 0;
-}
-
-int conc_threadpool_terminate(conc_threadpool *p)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    p->closed = true;
-    p->terminating = true;
-    struct conc__pool_task *q = p->qhead;
-    p->qhead = p->qtail = NULL;
-    __atomic_add_fetch(&p->qword, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&p->mu);
-    conc__wake(&p->qword, INT_MAX, 0);
-    for (struct conc__pool_task *t = q, *nx; t; t = nx) {
-        nx = t->next;
-        t->next = t->prev = NULL;
-        struct conc__pool_outcome one = { -EPIPE, CONC__POOL_TERMINATED, NULL, 0 };
-        st_release(&t->state, CONC__TASK_DONE);
-        t->done(t, &one, 1);
-    }
-    return 0;
-}
-
-int conc_threadpool_join_until(conc_threadpool *p, int64_t deadline)
-{
-    if (!p)
-        return -EINVAL;
-    pthread_mutex_lock(&p->mu);
-    bool stopping = p->closed;
-    pthread_mutex_unlock(&p->mu);
-    if (!stopping)
-        return -EBUSY;
-    if (conc__pool_in_callback(&p->e))
-        return -EDEADLK;
-    for (;;) {
-        uint32_t v = __atomic_load_n(&p->live, __ATOMIC_ACQUIRE);
-        if (v == 0)
-            return 0;
-        int r = conc__wait(&p->live, v, deadline, 0);
-        if (r < 0 && r != -EAGAIN)
-            return __atomic_load_n(&p->live, __ATOMIC_ACQUIRE) == 0 ? 0 : r;
-    }
-}
-
-int conc_threadpool_join(conc_threadpool *p, double timeout)
-{
-    int64_t deadline;
-    bool poll;
-    if (conc__timeout_parse(timeout, &deadline, &poll))
-        return -EINVAL;
-    return (int)conc__timeout_code(poll, conc_threadpool_join_until(p, deadline));
-}
-
 void conc_threadpool_free(conc_threadpool *p)
 {
     if (!p)
         return;
-    conc_threadpool_terminate(p);
+    conc__pool_end(&p->e);
     for (int i = 0; i < p->n; i++)
         pthread_join(p->threads[i], NULL);
     pthread_mutex_destroy(&p->mu);

@@ -393,6 +393,78 @@ Test(coro, foreign_thread_is_eperm, .timeout = 30)
     cr_assert_eq(conc_coro_free(f.mine), 0);
 }
 
+/* ------------------------------------------- lock owner per coroutine */
+
+/* The lock-owner identity (what an RLock records) is the running
+ * coroutine's: every switch changes it, the fast one included, and a
+ * thread that never made a coroutine has its own. */
+struct owned {
+    conc_rlock *l;
+    conc_coro *back;
+    int acquired, owned_in_a, released_in_b, owned_in_b, owned_again, depth_again, released;
+};
+
+static void *owner_a(void *arg, void *value)
+{
+    (void)value;
+    struct owned *o = arg;
+    o->acquired = conc_rlock_acquire(o->l, 0);
+    o->owned_in_a = conc_rlock_is_owned(o->l);
+    csw(o->back, NULL);                             /* to main */
+    o->owned_again = conc_rlock_is_owned(o->l);
+    o->depth_again = (int)conc_rlock_depth(o->l);
+    o->released = conc_rlock_release(o->l);
+    return NULL;
+}
+
+static void *owner_b(void *arg, void *value)
+{
+    (void)value;
+    struct owned *o = arg;
+    o->owned_in_b = conc_rlock_is_owned(o->l);
+    o->released_in_b = conc_rlock_release(o->l);
+    return NULL;
+}
+
+static void *plain_thread_owns(void *arg)
+{
+    conc_rlock *l = arg;
+    /* No coroutine state in this thread: its identity is the thread's. */
+    intptr_t bad = conc_rlock_acquire(l, 0) != 0 || !conc_rlock_is_owned(l)
+                   || conc_rlock_release(l) != 0 || conc_rlock_is_owned(l);
+    return (void *)bad;
+}
+
+Test(coro, lock_owner_follows_the_running_coroutine, .timeout = 30)
+{
+    conc_rlock l;
+    cr_assert_eq(conc_rlock_init(&l, 0), 0);
+    struct owned o = { .l = &l, .back = conc_coro_main(),
+                       .owned_in_b = -1, .released_in_b = 1, .owned_again = -1 };
+    conc_coro *a = make(owner_a, &o, NULL), *b = make(owner_b, &o, NULL);
+    sw(a, NULL);
+    cr_assert_eq(o.acquired, 0);
+    cr_assert_eq(o.owned_in_a, 1);
+    cr_assert_not(conc_rlock_is_owned(&l), "main is not the coroutine that took it");
+    cr_assert_eq(conc_rlock_release(&l), -EPERM);
+    sw(b, NULL);
+    cr_assert_eq(o.owned_in_b, 0, "another coroutine of the thread does not own it");
+    cr_assert_eq(o.released_in_b, -EPERM);
+    sw(a, NULL);
+    cr_assert_eq(o.owned_again, 1, "the owner again once it runs again");
+    cr_assert_eq(o.depth_again, 1);
+    cr_assert_eq(o.released, 0);
+    cr_assert(conc_coro_dead(a) && conc_coro_dead(b));
+    /* A thread without coroutine state. */
+    pthread_t th;
+    void *bad = (void *)1;
+    cr_assert_eq(pthread_create(&th, NULL, plain_thread_owns, &l), 0);
+    cr_assert_eq(pthread_join(th, &bad), 0);
+    cr_assert_null(bad);
+    cr_assert_eq(conc_coro_free(a), 0);
+    cr_assert_eq(conc_coro_free(b), 0);
+}
+
 /* ------------------------------------------- many threads at once */
 
 #define THREADS 4

@@ -413,3 +413,66 @@ Test(coro_copied, overflow_still_reported, .timeout = 60)
     cr_assert_not_null(strstr(err, "conc: stack overflow in coroutine 'diver'"), "stderr:\n%s",
                        err);
 }
+
+/* ------------------------------------------------ ASan: restored frames */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN 1
+#endif
+#endif
+
+#ifdef ASAN
+static volatile int past_end = 24;  /* one past buf: the compiler cannot see it */
+
+/* Parks while another copied greenlet runs (its frames are copied out and
+ * back), then writes one byte past a local array. */
+static void *overrun_after_park(void *arg)
+{
+    (void)arg;
+    char buf[24];
+    memset(buf, 'x', sizeof buf);
+    char *volatile q = buf;             /* out of UBSan's bounds check */
+    conc_sleep(0.02);
+    q[past_end] = 'y';
+    return (void *)(intptr_t)buf[0];
+}
+
+Test(coro_copied, asan_sees_restored_frames, .timeout = 60)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(p[1], STDERR_FILENO);
+        close(p[0]);
+        close(p[1]);
+        conc_spawn_opts so = CONC_SPAWN_OPTS_INIT;
+        so.stack = CONC_STACK_COPIED;
+        conc_greenlet *a, *b;
+        if (conc_greenlet_spawn(&a, overrun_after_park, NULL, &so) != 0
+            || conc_greenlet_spawn(&b, quiet_sleeper, NULL, &so) != 0)
+            _exit(3);
+        conc_greenlet_join(a, CONC_FOREVER);
+        _exit(0);                       /* not seen: the test fails */
+    }
+    close(p[1]);
+    char err[16384];
+    size_t n = 0;
+    ssize_t k;
+    while ((k = read(p[0], err + n, sizeof err - 1 - n)) > 0)
+        n += (size_t)k;
+    err[n] = '\0';
+    close(p[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(!(WIFEXITED(status) && WEXITSTATUS(status) == 0),
+              "the overrun after the frames came back went unseen (status %#x)", status);
+    cr_assert_not_null(strstr(err, "ERROR: AddressSanitizer"), "stderr:\n%s", err);
+    cr_assert_not_null(strstr(err, "overrun_after_park"), "stderr:\n%s", err);
+}
+#endif

@@ -1024,6 +1024,67 @@ Test(executor, processes_cancel_calls_held_but_not_begun)
     munmap(sh, sizeof *sh);
 }
 
+/* Calls a worker held when it was killed go back to the queue as they
+ * were before it got them: PENDING, and cancel takes them back at once,
+ * here from the done callback of the call that failed, which the pool runs
+ * while it puts them back (they kept the state "handed to a worker" until
+ * a worker got them again, and cancel gave -EBUSY). */
+enum { REQ = 20 };
+static conc_future *requeued[REQ];
+static int requeued_cancel[REQ];
+static conc_future_status requeued_state[REQ];
+
+static void cancel_every_other(conc_future *f, void *arg)
+{
+    (void)f;
+    (void)arg;
+    for (int i = 0; i < REQ; i++) {
+        requeued_state[i] = conc_future_state(requeued[i]);
+        requeued_cancel[i] = i % 2 == 0 ? conc_future_cancel(requeued[i]) : 1;
+    }
+}
+
+Test(executor, processes_calls_of_a_killed_worker_can_be_cancelled)
+{
+    sh = shared_new();
+    marks = marks_new();
+    conc_executor *ex = mk_procs(1);
+    conc_future *victim;
+    cr_assert_eq(conc_executor_submit_bytes(ex, report_and_wait, NULL, 0, &victim), 0);
+    for (long i = 0; i < REQ; i++)
+        requeued[i] = submit_long(ex, mark_square, i);
+    cr_assert_eq(conc_future_add_done_callback(victim, cancel_every_other, NULL), 0);
+    WAIT_FOR(__atomic_load_n(&sh->pid, __ATOMIC_SEQ_CST) != 0);
+    pid_t pid = sh->pid;
+    wait_proc_blocked(pid, BLOCKED_GUARD);
+    WAIT_FOR(conc_future_running(victim));
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    int err = 0, detail = 0;
+    cr_assert_eq(conc_future_exception(victim, &err, &detail, 60.0), 0);
+    cr_assert_eq(err, -ECHILD);
+    cr_assert_eq(detail, -SIGKILL);
+    cr_assert_eq(conc_executor_shutdown(ex, true, false), 0);
+    for (int i = 0; i < REQ; i++) {
+        cr_assert_eq(requeued_state[i], CONC_FUTURE_PENDING, "call %d", i);
+        cr_assert(conc_future_done(requeued[i]));
+        if (i % 2 == 0) {
+            cr_assert_eq(requeued_cancel[i], 0, "cancel of call %d: %s", i,
+                         conc_errname(requeued_cancel[i]));
+            cr_assert(conc_future_cancelled(requeued[i]));
+            cr_assert_eq(conc_future_result(requeued[i], NULL, NULL, 0), -ECANCELED);
+            cr_assert_eq(__atomic_load_n(&marks[i], __ATOMIC_SEQ_CST), 0, "cancelled call %d ran", i);
+        } else {
+            cr_assert_eq(square_of(requeued[i]), (long)i * i);
+            cr_assert_eq(__atomic_load_n(&marks[i], __ATOMIC_SEQ_CST), 1, "call %d", i);
+        }
+        conc_future_free(requeued[i]);
+    }
+    conc_future_free(victim);
+    cr_assert_eq(conc_executor_free(ex), 0);
+    munmap(marks, MARKS * sizeof *marks);
+    munmap(sh, sizeof *sh);
+}
+
 struct racer {
     conc_executor *ex;
     conc_future *fs[64];

@@ -973,6 +973,88 @@ Test(pool, terminate_releases_every_waiter, .timeout = 120)
     cr_assert_eq(count_fds(), base, "descriptors leaked");
 }
 
+struct blocked_apply {
+    conc_pool *p;
+    int status;
+};
+
+/* Blocks for good on the one byte 'x'; squares anything else. */
+static int block_on_x(const void *arg, size_t len, void **result, size_t *rlen)
+{
+    if (len == 1 && *(const char *)arg == 'x')
+        block_forever(arg, len, result, rlen);
+    return square(arg, len, result, rlen);
+}
+
+static void *apply_block_thread(void *arg)
+{
+    struct blocked_apply *a = arg;
+    void *res = NULL;
+    size_t len = 0;
+    a->status = conc_pool_apply(a->p, block_on_x, "x", 1, &res, &len);
+    free(res);
+    return NULL;
+}
+
+/* Waits until every other thread of this process sleeps (the pool's
+ * thread among them: it has given its idle workers back by then). */
+static void wait_other_threads_blocked(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    pid_t self = (pid_t)gettid();
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (tid > 0 && tid != self)
+            wait_thread_blocked(tid, GUARD);
+    }
+    closedir(d);
+}
+
+/* Threads in a blocking apply talk to idle workers themselves, sleeping
+ * with no timer on the slot; terminate kills those workers and the pool's
+ * thread wakes each caller, whose apply gives -EPIPE. */
+Test(pool, terminate_releases_callers_of_apply, .timeout = 120)
+{
+    int base = count_fds();
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    /* Both workers ready and knowing the function (a worker that does
+     * not gets it on its socket first): each apply below takes one of
+     * them and goes through its slot. */
+    int64_t args[8];
+    conc_pool_item items[8];
+    for (int i = 0; i < 8; i++) {
+        args[i] = i;
+        items[i] = (conc_pool_item){ &args[i], sizeof args[i] };
+    }
+    conc_pool_task_opts to = CONC_POOL_TASK_OPTS_INIT;
+    to.chunksize = 1;
+    conc_pool_result *r;
+    cr_assert_eq(conc_pool_map(p, block_on_x, items, 8, &to, &r), 0);
+    conc_pool_result_free(r);
+    wait_other_threads_blocked();
+    enum { W = 2 };
+    struct blocked_apply a[W];
+    pthread_t t[W];
+    pid_t tids[W];
+    for (int i = 0; i < W; i++) {
+        a[i] = (struct blocked_apply){ p, 1 };
+        t[i] = spawn_tid(apply_block_thread, &a[i], &tids[i]);
+    }
+    for (int i = 0; i < W; i++)
+        wait_thread_blocked(tids[i], GUARD);
+    cr_assert_eq(conc_pool_terminate(p), 0);
+    for (int i = 0; i < W; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(a[i].status, -EPIPE, "caller %d: %s", i, conc_errname(a[i].status));
+    }
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    conc_pool_free(p);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    cr_assert_eq(count_fds(), base, "descriptors leaked");
+}
+
 Test(pool, terminate_runs_no_callback_for_dropped_tasks, .timeout = 120)
 {
     /* As Python: the tasks terminate drops (the running one, killed, and
@@ -1442,6 +1524,10 @@ static int pool_owner(const void *arg, size_t len)
     if (len != sizeof fd)
         return 1;
     memcpy(&fd, arg, sizeof fd);
+    /* A program started in the background by a shell without job control
+     * has SIGINT ignored, and an ignored signal stays ignored across exec
+     * (so in this spawned process too): the test's SIGINT must end it. */
+    signal(SIGINT, SIG_DFL);
     conc_pool *p;
     if (conc_pool_new(&p, &(conc_pool_opts){ .size = sizeof(conc_pool_opts), .processes = 2,
                                               .method = CONC_START_FORKSERVER }))
@@ -1481,8 +1567,21 @@ Test(pool, workers_end_with_their_parent, .timeout = 120)
     close(fds[0]);
     /* Two workers; with forkserver its server process is a child too. */
     cr_assert_geq(n, 2);
-    kill(conc_process_pid(owner), SIGINT);
-    cr_assert_eq(conc_process_join(owner, GUARD), 0);
+    cr_assert_eq(kill(conc_process_pid(owner), SIGINT), 0);
+    if (conc_process_join(owner, GUARD) != 0) {
+        /* Say why it lives on: the signal ignored, or blocked. */
+        char path[64], line[128], why[256] = "";
+        snprintf(path, sizeof path, "/proc/%d/status", (int)conc_process_pid(owner));
+        FILE *f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f))
+            if (!strncmp(line, "SigIgn", 6) || !strncmp(line, "SigBlk", 6) ||
+                !strncmp(line, "SigPnd", 6) || !strncmp(line, "ShdPnd", 6))
+                strncat(why, line, sizeof why - strlen(why) - 1);
+        if (f)
+            fclose(f);
+        conc_process_kill(owner);
+        cr_assert_fail("the owner outlived SIGINT: %s", why);
+    }
     int code = 0;
     cr_assert_eq(conc_process_exitcode(owner, &code), 0);
     cr_assert_eq(code, -SIGINT);

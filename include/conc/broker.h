@@ -247,8 +247,11 @@ CONC_API int conc_broker_queue_put_until(conc_broker_queue *q, const void *data,
  * conc_broker_queue_put_async - send a put without waiting for the
  * broker's confirmation: the confirmations of a stream of puts come back
  * while later ones are sent, and conc_broker_flush waits for them all (the
- * way to put a stream quickly).  Returns 0 once the message is handed to
- * the connection; -EMSGSIZE; the connection's errors (the message was not
+ * way to put a stream quickly).  Small messages are batched: a message may
+ * stay in the connection's buffer until the next call on the connection
+ * that waits for the broker (conc_broker_flush, a put, a get that waits,
+ * ...) or until 32 KiB are buffered.  Returns 0 once the message is handed
+ * to the connection; -EMSGSIZE; the connection's errors (the message was not
  * sent); -ETIMEDOUT when the connection could not be (re)made in time;
  * -EINVAL.
  */

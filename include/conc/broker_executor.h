@@ -8,19 +8,29 @@
  *   - A work queue (a durable quorum queue, "conc.tasks" unless named),
  *     shared by every client and worker that name it.  A task is one
  *     persistent message: the function name, the argument bytes, the task
- *     id and the client's reply queue.
+ *     id and the client's reply queue.  A client sends tasks with publisher
+ *     confirms, pipelined: submit returns once the task is handed to the
+ *     connection, the broker's confirmations come back while more tasks are
+ *     sent, and the client keeps each task until its confirmation came.  A
+ *     task the broker refuses (a negative confirmation) fails its future
+ *     with -EIO; one it cannot route (the work queue was deleted) with
+ *     -ENOENT.
  *   - Workers (conc_broker_worker_*) register functions by name and take
  *     tasks from the work queue, at most `prefetch` unacknowledged at a
- *     time.  A worker acknowledges a task after it has sent the task's
- *     result, so a worker that dies mid-task (kill -9, a lost machine)
- *     gives the task back and the broker delivers it to another worker.
- *   - Each client (conc_broker_executor_*) has its own reply queue, made
- *     by the broker, exclusive to the client's connection and deleted with
- *     it: results for a client that is gone are dropped by the broker, they
- *     do not pile up.  A result names its task by id (the AMQP correlation
- *     id); the client completes each future once and drops a second result
- *     for the same task (a task run again after its worker died between
- *     sending the result and acknowledging it).
+ *     time.  A worker acknowledges a task once the broker has confirmed the
+ *     task's result, so a worker that dies mid-task (kill -9, a lost
+ *     machine) gives the task back and the broker delivers it to another
+ *     worker.
+ *   - Each client (conc_broker_executor_*) has its own reply queue,
+ *     "<work queue>.reply.<16 hex digits>", durable and not exclusive, so
+ *     that results sent while the client is away (a broker restart, a lost
+ *     network) wait for it; it expires (x-expires) once no client used it
+ *     for result_expires seconds, so results for a client that is gone do
+ *     not pile up, and conc_broker_executor_free deletes it.  A result
+ *     names its task by id (the AMQP correlation id); the client completes
+ *     each future once and drops a second result for the same task (a task
+ *     run again after its worker died between sending the result and
+ *     acknowledging it, or a task sent again after a reconnection).
  *   - A task that has been delivered max_deliveries times (each time its
  *     worker died: a task that kills workers) is not run again: the next
  *     worker to receive it moves it to the dead-letter queue
@@ -40,8 +50,12 @@
  *   -ECHILD     the task was dead-lettered after killing workers (detail:
  *               deliveries)
  *   -EMSGSIZE   the result was larger than CONC_BROKER_TASK_MAX
- *   -EPIPE      the client's connection to the broker was lost, or the
- *               executor was freed, before the result came
+ *   -EIO        the broker refused the task (a negative confirmation)
+ *   -ENOENT     (also) the broker could not route the task: no work queue
+ *   -EPIPE      the client's connection to the broker was lost for longer
+ *               than reconnect_timeout, its reply queue expired while it
+ *               was away, or the executor was freed, before the result
+ *               came
  * A future can be cancelled (conc_future_cancel) until its result comes;
  * the task still runs, its result is dropped.
  *
@@ -56,13 +70,29 @@
  * Connections.  Each executor and each worker has its own AMQP connection,
  * from a URL amqp://user:password@host:port/vhost (the defaults guest,
  * guest, localhost, 5672 and "/" as in rabbitmq-c's amqp_parse_url; an
- * empty vhost, "amqp://host/", is "/" too).  The executor's connection
- * has AMQP heartbeats (30 s), answered by its result thread; a worker's
- * has none, since a task may run longer than the broker waits for one,
- * and TCP keepalives find a broker that is gone instead.  The
- * connection does not come back after a broker restart: the executor then
- * fails its unfinished futures with -EPIPE and later submits give -EPIPE;
- * a worker's run returns -EPIPE.  Make a new one.
+ * empty vhost, "amqp://host/", is "/" too), or amqps://... (port 5671) for
+ * TLS, the server's certificate and host name verified against opts.cacert
+ * (or the system's CAs) unless opts.insecure, with an optional client
+ * certificate (opts.cert, opts.key), as conc/broker.h does.  The
+ * executor's connection has AMQP heartbeats (30 s), answered by its result
+ * thread; a worker's has none, since a task may run longer than the broker
+ * waits for one, and TCP keepalives find a broker that is gone instead.
+ *
+ * Reconnection.  A lost connection (a broker restart, a lost network) is
+ * made again with a back-off (0.1 s doubling to 5 s between attempts),
+ * declaring the queues again.  The executor's result thread does it for
+ * as long as opts.reconnect_timeout allows (0: for ever); meanwhile
+ * submit keeps taking tasks, and once connected again the client sends
+ * every task the broker had not confirmed (in the order submitted) and
+ * takes the results that waited in its reply queue: every future
+ * completes, once.  When the reply queue expired while the client was
+ * away, the futures of the tasks already confirmed fail with -EPIPE (their
+ * results are lost).  When reconnect_timeout passes, or is negative (no
+ * reconnection), the executor fails its unfinished futures with -EPIPE and
+ * later submits give -EPIPE.  A worker's run makes its connection again
+ * until its own timeout (and reconnect_timeout) runs out, then gives
+ * -EPIPE; the task it ran when the connection was lost is delivered again
+ * by the broker, to it or to another worker.
  *
  * Python reference: concurrent.futures.Executor.submit and Future, with
  * the call named by a string (as Celery and RQ do) and its argument and
@@ -103,6 +133,18 @@ typedef struct conc_broker_executor_opts {
                                0: 3 */
     double connect_timeout; /* seconds for connecting, logging in and
                                declaring the queues; 0: 10 */
+    /* Fields added after the first version (read when size covers them). */
+    double result_expires;  /* seconds the reply queue outlives its last
+                               use by the client; 0: 300 */
+    double reconnect_timeout;   /* seconds to keep making a lost connection
+                                   again before failing the unfinished
+                                   futures; 0: for ever; < 0: never
+                                   reconnect */
+    const char *cacert;     /* amqps: CA certificates (PEM file) that verify
+                               the server; NULL: the system's */
+    const char *cert;       /* amqps: a client certificate (PEM), or NULL */
+    const char *key;        /* amqps: its key (PEM) */
+    bool insecure;          /* amqps: do not verify the server (tests) */
 } conc_broker_executor_opts;
 
 #define CONC_BROKER_EXECUTOR_OPTS_INIT { .size = sizeof(conc_broker_executor_opts) }
@@ -110,10 +152,13 @@ typedef struct conc_broker_executor_opts {
 /*
  * conc_broker_executor_new - connect to the broker at url, declare the work
  * queue and its dead-letter queue (if they are not there yet), make the
- * client's reply queue and start the thread that receives results.
- * Returns 0 and sets *out; -EINVAL for a NULL out or url, a url that does
- * not parse (or amqps://, which the executor does not speak), a queue name
- * longer than 200 bytes, max_deliveries < 0 or a bad connect_timeout;
+ * client's reply queue and start the thread that receives results (and
+ * reconnects).  Returns 0 and sets *out; -EINVAL for a NULL out or url, a
+ * url that does not parse, a queue name longer than 200 bytes,
+ * max_deliveries < 0, a bad connect_timeout, result_expires or
+ * reconnect_timeout; -EPROTONOSUPPORT when the TLS setup fails (a
+ * certificate file that does not load); -EKEYREJECTED when the server's
+ * certificate is not accepted (unknown CA, wrong host name);
  * -ECONNREFUSED when nothing listens there; -EHOSTUNREACH when the host
  * name does not resolve; -EACCES for a wrong user or password, or a vhost
  * the user may not use; -ETIMEDOUT when the broker did not answer in time;
@@ -128,12 +173,15 @@ CONC_API int conc_broker_executor_new(conc_broker_executor **out, const char *ur
  * conc_broker_executor_submit - Executor.submit(fn, arg): send a task that
  * calls the function registered under the name fn with the len bytes at
  * data (NULL with len 0 for none).  Returns at once (it waits for no
- * worker); *out gets a new PENDING future that the caller frees
- * (conc_future_free), finished when the result comes (see the top of this
- * file for what it gives).
+ * worker, nor for the broker's confirmation); *out gets a new PENDING
+ * future that the caller frees (conc_future_free), finished when the
+ * result comes (see the top of this file for what it gives).  While the
+ * connection is down the task waits in the client and is sent once it is
+ * back.  The argument bytes are copied.
  * Returns 0; -EINVAL for a NULL ex, fn or out, an empty fn or one longer
  * than CONC_BROKER_NAME_MAX, NULL data with len > 0; -EMSGSIZE when len
- * passes CONC_BROKER_TASK_MAX; -EPIPE when the connection is lost; -ENOMEM.
+ * passes CONC_BROKER_TASK_MAX; -EPIPE when the executor gave up
+ * reconnecting; -ENOMEM.
  */
 CONC_API int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn,
                                          const void *data, size_t len, conc_future **out);
@@ -142,13 +190,17 @@ CONC_API int conc_broker_executor_submit(conc_broker_executor *ex, const char *f
  * result (0 for NULL). */
 CONC_API size_t conc_broker_executor_pending(const conc_broker_executor *ex);
 
-/* conc_broker_executor_reply_queue - the name of the client's reply queue,
- * made by the broker (valid until the executor is freed); "" for NULL. */
+/* conc_broker_executor_reply_queue - the name of the client's reply queue
+ * (valid until the executor is freed); "" for NULL. */
 CONC_API const char *conc_broker_executor_reply_queue(const conc_broker_executor *ex);
 
+/* conc_broker_executor_reconnects - how many times the executor made its
+ * connection again after a loss (0 for NULL). */
+CONC_API uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex);
+
 /*
- * conc_broker_executor_free - close the connection (the broker deletes the
- * reply queue: results still to come are dropped), stop the result thread
+ * conc_broker_executor_free - stop the result thread, delete the reply
+ * queue (results still to come are dropped), close the connection
  * and fail every unfinished future with -EPIPE (their owners still hold
  * them).  Tasks already sent stay in the work queue and are still run.
  * Wait for the futures first (conc_future_wait_many) to have their results.
@@ -181,6 +233,15 @@ typedef struct conc_broker_worker_opts {
     int prefetch;           /* tasks delivered and not yet acknowledged, at
                                most (AMQP basic.qos); 0: 1 */
     double connect_timeout; /* as conc_broker_executor_opts; 0: 10 */
+    /* Fields added after the first version (read when size covers them). */
+    double reconnect_timeout;   /* seconds one run keeps making a lost
+                                   connection again (its own timeout bounds
+                                   it too); 0: no other bound; < 0: never
+                                   reconnect (-EPIPE for good) */
+    const char *cacert;     /* amqps: as conc_broker_executor_opts */
+    const char *cert;
+    const char *key;
+    bool insecure;
 } conc_broker_worker_opts;
 
 #define CONC_BROKER_WORKER_OPTS_INIT { .size = sizeof(conc_broker_worker_opts) }
@@ -209,13 +270,18 @@ CONC_API int conc_broker_worker_register(conc_broker_worker *w, const char *name
  * at a time, until conc_broker_worker_stop, or until the timeout.  Each
  * task's result (or error: -ENOENT for a name nobody registered) goes to
  * its client's reply queue before the task is acknowledged.
+ * Before returning it waits (10 s at most) for the broker to confirm the
+ * results sent and acknowledges their tasks.
  * Returns 0 after a stop (a task that was running has finished and been
- * acknowledged; the others delivered to this worker go back to the queue
- * when it is freed); -ETIMEDOUT when the timeout passed (-EAGAIN for
- * timeout 0 after running what was there at once); -EPIPE when the
- * connection was lost; -EBUSY when another thread runs it; -ECANCELED when
- * the calling coroutine was killed; -EINVAL for NULL w or a bad timeout;
- * -ENOMEM.  It may be called again after any of these but -EPIPE.
+ * acknowledged; the others delivered to this worker are run by the next
+ * run, or go back to the queue when it is freed); -ETIMEDOUT when the
+ * timeout passed (-EAGAIN for timeout 0 after running what was there at
+ * once); -EPIPE when the connection was lost and could not be made again
+ * in time (see Reconnection above); -EACCES or -EEXIST when a
+ * reconnection was refused; -EBUSY when another thread runs it;
+ * -ECANCELED when the calling coroutine was killed; -EINVAL for NULL w or
+ * a bad timeout; -ENOMEM.  It may be called again after any of these
+ * (after -EPIPE only when reconnect_timeout is not negative).
  */
 CONC_API int conc_broker_worker_run(conc_broker_worker *w, double timeout);
 CONC_API int conc_broker_worker_run_until(conc_broker_worker *w, int64_t deadline);
@@ -230,6 +296,10 @@ CONC_API int conc_broker_worker_stop(conc_broker_worker *w);
 /* conc_broker_worker_tasks - how many tasks this worker has run and
  * acknowledged (0 for NULL). */
 CONC_API uint64_t conc_broker_worker_tasks(const conc_broker_worker *w);
+
+/* conc_broker_worker_reconnects - how many times the worker made its
+ * connection again after a loss (0 for NULL). */
+CONC_API uint64_t conc_broker_worker_reconnects(const conc_broker_worker *w);
 
 /*
  * conc_broker_worker_free - close the connection (the tasks delivered to

@@ -29,10 +29,11 @@
  * call's future alone with -ECHILD (the detail is the worker's exit code,
  * or minus the signal); the executor replaces the worker and goes on, where
  * Python's ProcessPoolExecutor breaks for every caller.  A process
- * executor's future is RUNNING once its call was handed to a worker, which
- * may be before the worker begins it (the pool sends calls ahead while its
- * queue is long, as Python's call queue holds one more than the workers):
- * from then cancel fails with -EBUSY, as for a call that started.
+ * executor's future is RUNNING once a worker begins its call, not when the
+ * call is handed to the worker (the pool sends calls ahead while its queue
+ * is long): until then cancel takes it back (the worker skips it), from
+ * then cancel fails with -EBUSY.  The calls a dead worker held but had not
+ * begun go back to the queue, PENDING, and can be cancelled at once.
  *
  * Lifecycle: conc_executor_new, any number of submits and maps,
  * conc_executor_shutdown (no more submits; optionally cancel what has not

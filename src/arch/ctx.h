@@ -11,11 +11,12 @@
  * for the fallback.
  *
  * The assembly versions save exactly what the ABI makes callee-saved, on the
- * stack being left, and keep only the stack pointer in the conc__ctx:
+ * stack being left, and keep the stack pointer in the conc__ctx:
  *   x86-64   rbx, rbp, r12-r15, rsp, MXCSR (its control bits: rounding,
  *            flush-to-zero, denormals-are-zero, exception masks; and its
- *            status flags, which go along) and the x87 control word, loaded
- *            at every switch (reading them to compare costs more).
+ *            status flags, which go along) and the x87 control word, these
+ *            two in the conc__ctx, loaded at every switch (reading them to
+ *            compare costs more).
  *   aarch64  x19-x29, lr (x30), sp, d8-d15 and FPCR, which is written only
  *            when the target's differs from the current one (msr fpcr can
  *            be slow; mrs reads it straight into a register).
@@ -24,12 +25,20 @@
 #define CONC_ARCH_CTX_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "../internal.h"
 
 #if defined(CONC_CTX_UCONTEXT)
 #include <ucontext.h>
 typedef struct conc__ctx {
     ucontext_t uc;
+} conc__ctx;
+#elif defined(__x86_64__)
+typedef struct conc__ctx {
+    void *sp;               /* the saved stack pointer of a suspended context */
+    uint32_t mxcsr;         /* its MXCSR and x87 control word: loaded from */
+    uint16_t fpcw;          /* here with sp's cache line, they take no */
+    uint16_t unused;        /* stack slot to make and release */
 } conc__ctx;
 #else
 typedef struct conc__ctx {

@@ -8,24 +8,28 @@
  *   conc__ctx_switch stores it in its own pending *out (unless NULL) and
  *   returns 0; a fresh context calls conc__coro_entry(value).
  *
- * A suspended context is its stack pointer; the stack holds, upwards:
+ * A suspended context is its stack pointer and, beside it in the
+ * conc__ctx, its MXCSR (4 bytes) and x87 control word (2 bytes); the stack
+ * holds, upwards:
  *
- *   sp+0   MXCSR (4 bytes), x87 control word (2 bytes), 2 unused bytes
- *   sp+8   out
- *   sp+16  r15
- *   sp+24  r14
- *   sp+32  r13
- *   sp+40  r12
- *   sp+48  rbx
- *   sp+56  rbp
- *   sp+64  return address
+ *   sp+0   out
+ *   sp+8   r15
+ *   sp+16  r14
+ *   sp+24  r13
+ *   sp+32  r12
+ *   sp+40  rbx
+ *   sp+48  rbp
+ *   sp+56  return address
  *
  * Only the callee-saved registers of the ABI are kept: the caller of
  * conc__ctx_switch has saved everything else, as for any call.  MXCSR's
  * control bits (6-15) and the x87 control word are callee-saved too: each
  * context keeps its own, stored on the way out and loaded on the way in,
- * always.  MXCSR's status flags (0-5) travel with them (the ABI lets a
- * call change them, so each context sees the flags it raised itself).
+ * always (Boost.Context's jump_fcontext does the same).  MXCSR's status
+ * flags (0-5) travel with them (the ABI lets a call change them, so each
+ * context sees the flags it raised itself).  Kept in the conc__ctx, whose
+ * stack pointer the switch reads anyway, they need no stack slot to make
+ * and release.
  * Loading unconditionally is cheaper than comparing first: the comparison
  * needs the current state in a register, and the only way there is a load
  * from the stmxcsr's own store, which some processors (AMD Zen) do not
@@ -46,10 +50,12 @@
  * off).
  *
  * A fresh context (conc__ctx_make) is the same frame with zeroed registers,
- * out = NULL, the creator's floating-point control state and
- * conc__ctx_start as return address: the first switch to it continues in
- * conc__ctx_start, which calls conc__coro_entry(value) with a 16-byte
- * aligned stack.  The CFI marks conc__ctx_start as the outermost frame (rip
+ * out pointing at the out slot itself, the creator's floating-point control
+ * state and conc__ctx_start as return address: the first switch to it
+ * stores its value in that slot and continues in conc__ctx_start, which
+ * reads it back and calls conc__coro_entry(value) with a 16-byte aligned
+ * stack.  (So no register convention carries the value: each switch
+ * function stores it from wherever its caller passed it.)  The CFI marks conc__ctx_start as the outermost frame (rip
  * undefined) and rbp is 0, so debuggers and unwinders stop there.
  */
 
@@ -57,6 +63,8 @@
  * (the CFA is rsp + 0 after the frame's pops), which the CFI says for the
  * push's one-instruction window, so that an unwinder that stops there
  * (perf, a profiler's signal) still finds the return address. */
+#include "coro_abi.h"
+
 #define RET_TO_R11 .cfi_remember_state; pushq %r11; .cfi_adjust_cfa_offset 8; \
 	.cfi_offset %rip, -8; ret; .cfi_restore_state
 
@@ -75,18 +83,11 @@
 
 	.text
 
-/* The switch; same_site 1 makes the variant for switches between
- * coroutines that usually continue where the caller would return.  from,
- * to, value and out name the registers of the arguments (conc__ctx_switch_to
- * takes them in another order); value reaches the target in rdx. */
-.macro	CTX_SWITCH name, same_site, from=%rdi, to=%rsi, value=%rdx, out=%rcx
-	.p2align 4
-	.globl	\name
-	.hidden	\name
-	.type	\name, @function
-\name:
-	.cfi_startproc
-	ENDBR
+/* The machine switch, from the first push to the jump; same_site 1 makes
+ * the variant for switches between coroutines that usually continue where
+ * the caller would return.  from, to, value and out name the registers of
+ * the arguments; the target receives value through its out. */
+.macro	SWITCH_BODY same_site, from, to, value, out, ctx=0
 	.if \same_site
 	movq	(%rsp), %r10		/* our return address */
 	.endif
@@ -110,22 +111,16 @@
 	.cfi_rel_offset %r15, 0
 	pushq	\out			/* out */
 	.cfi_adjust_cfa_offset 8
-	subq	$8, %rsp
-	.cfi_adjust_cfa_offset 8
-	stmxcsr	(%rsp)
-	fnstcw	4(%rsp)
-	.ifnc \value, %rdx
-	movq	\value, %rdx
-	.endif
-	movq	%rsp, (\from)		/* from->sp */
-	movq	(\to), %rsp		/* continue on the target's stack; its
+	stmxcsr	\ctx+8(\from)		/* from->mxcsr */
+	fnstcw	\ctx+12(\from)		/* from->fpcw */
+	movq	%rsp, \ctx(\from)	/* from->sp */
+	movq	\ctx(\to), %rsp		/* continue on the target's stack; its
 					   frame has the layout described above,
 					   so the CFI stays valid */
-	ldmxcsr	(%rsp)
-	fldcw	4(%rsp)
-	movq	8(%rsp), %rcx		/* the target's out */
-	addq	$16, %rsp
-	.cfi_adjust_cfa_offset -16
+	ldmxcsr	\ctx+8(\to)
+	fldcw	\ctx+12(\to)
+	popq	%rcx			/* the target's out */
+	.cfi_adjust_cfa_offset -8
 	popq	%r15
 	.cfi_adjust_cfa_offset -8
 	.cfi_restore %r15
@@ -149,15 +144,27 @@
 	.cfi_register %rip, %r11
 	testq	%rcx, %rcx
 	jz	1f
-	movq	%rdx, (%rcx)		/* *out = value */
+	movq	\value, (%rcx)		/* *out = value */
 1:	xorl	%eax, %eax		/* returns 0 */
 	.if \same_site
 	SAME_SITE_CONTINUE
 	.endif
 	CONTINUE_AT_R11
+.endm
+
+/* A switch function: from, to, value and out name the registers of its
+ * arguments (conc__ctx_switch_to takes them in another order). */
+.macro	CTX_SWITCH name, same_site, from=%rdi, to=%rsi, value=%rdx, out=%rcx
+	.p2align 4
+	.globl	\name
+	.hidden	\name
+	.type	\name, @function
+\name:
+	.cfi_startproc
+	ENDBR
+	SWITCH_BODY \same_site, \from, \to, \value, \out
 	.cfi_endproc
 	.size	\name, .-\name
-
 .endm
 
 	CTX_SWITCH conc__ctx_switch, 0
@@ -165,6 +172,51 @@
 /* conc__ctx_switch_to(to, value, out, from): conc_coro_switch's own
  * arguments (target, value, out) stay where they came, only from is added. */
 	CTX_SWITCH conc__ctx_switch_to, 0, %rcx, %rdi, %rsi, %rdx
+
+#if CONC_CORO_SWITCH_ASM
+/*
+ * int conc_coro_switch(conc_coro *target, void *value, void **out)
+ *   rdi = target, rsi = value, rdx = out.  The common case of coro.c's
+ *   switch in assembly, straight into the machine switch: every operation
+ *   here costs about as much as one of the switch's own (ldmxcsr and fldcw
+ *   keep the processor from overlapping two switches: sixteen nops
+ *   anywhere in the path add about 10% to it), and C spent seven more (the
+ *   jump between the two functions, register moves, a split test).  The common case: the thread's state made, a target of this
+ *   thread with a guarded stack of its own while no chore is pending (its
+ *   key equals conc__coro_tls.fast: see coro.c), new or suspended (an even
+ *   state: neither dead nor the caller).  Then: the caller becomes
+ *   suspended, the target running and current (which makes its owner
+ *   identity conc__owner_id()'s), and the machine switch continues it.  Anything else (NULL
+ *   included) goes to conc__coro_switch_slow with the arguments untouched.
+ *   The thread-local block is reached through the initial-exec offset,
+ *   as C reaches it.
+ */
+	.p2align 6
+	.globl	conc_coro_switch
+	.type	conc_coro_switch, @function
+conc_coro_switch:
+	.cfi_startproc
+	ENDBR
+	testq	%rdi, %rdi
+	jz	.Lswitch_slow
+	movq	conc__coro_tls@gottpoff(%rip), %rax
+	movq	%fs:CONC__TLS_FAST(%rax), %r8
+	cmpq	%r8, CONC__CORO_KEY(%rdi)
+	jne	.Lswitch_slow
+	testb	$1, CONC__CORO_STATE(%rdi)
+	jnz	.Lswitch_slow
+	movq	%fs:CONC__TLS_CURRENT(%rax), %rcx	/* self */
+	movb	$CONC__CORO_SUSPENDED, CONC__CORO_STATE(%rcx)
+	movb	$CONC__CORO_RUNNING, CONC__CORO_STATE(%rdi)
+	movq	%rdi, %fs:CONC__TLS_CURRENT(%rax)
+	.cfi_remember_state
+	SWITCH_BODY 0, %rcx, %rdi, %rsi, %rdx, CONC__CORO_CTX
+	.cfi_restore_state
+.Lswitch_slow:
+	jmp	conc__coro_switch_slow
+	.cfi_endproc
+	.size	conc_coro_switch, .-conc_coro_switch
+#endif
 
 /* conc__ctx_make(conc__ctx *c, void *lo, void *hi): rdi = c, rdx = hi. */
 	.p2align 4
@@ -175,34 +227,38 @@ conc__ctx_make:
 	.cfi_startproc
 	ENDBR
 	andq	$-16, %rdx
-	leaq	-72(%rdx), %rax		/* the frame; after the switch's pops,
+	leaq	-64(%rdx), %rax		/* the frame; after the switch's pops,
 					   rsp = hi (16-byte aligned) */
-	stmxcsr	(%rax)
-	fnstcw	4(%rax)
-	movw	$0, 6(%rax)
+	stmxcsr	8(%rdi)			/* c->mxcsr */
+	fnstcw	12(%rdi)		/* c->fpcw */
+	movw	$0, 14(%rdi)
 	xorl	%ecx, %ecx
-	movq	%rcx, 8(%rax)		/* out */
-	movq	%rcx, 16(%rax)		/* r15 */
-	movq	%rcx, 24(%rax)		/* r14 */
-	movq	%rcx, 32(%rax)		/* r13 */
-	movq	%rcx, 40(%rax)		/* r12 */
-	movq	%rcx, 48(%rax)		/* rbx */
-	movq	%rcx, 56(%rax)		/* rbp: end of the frame-pointer chain */
+	movq	%rax, 0(%rax)		/* out: the value lands in this very
+					   slot, where conc__ctx_start reads it */
+	movq	%rcx, 8(%rax)		/* r15 */
+	movq	%rcx, 16(%rax)		/* r14 */
+	movq	%rcx, 24(%rax)		/* r13 */
+	movq	%rcx, 32(%rax)		/* r12 */
+	movq	%rcx, 40(%rax)		/* rbx */
+	movq	%rcx, 48(%rax)		/* rbp: end of the frame-pointer chain */
 	leaq	conc__ctx_start(%rip), %rcx
-	movq	%rcx, 64(%rax)		/* return address */
-	movq	%rax, (%rdi)
+	movq	%rcx, 56(%rax)		/* return address */
+	movq	%rax, (%rdi)		/* c->sp */
 	ret
 	.cfi_endproc
 	.size	conc__ctx_make, .-conc__ctx_make
 
-/* The first code of a fresh context: rdx holds the value of the switch. */
+/* The first code of a fresh context: the switch stored its value in the
+ * frame's out slot, which conc__ctx_make pointed at itself. */
 	.p2align 4
 	.type	conc__ctx_start, @function
 conc__ctx_start:
 	.cfi_startproc
 	.cfi_undefined %rip
 	ENDBR
-	movq	%rdx, %rdi
+	movq	-64(%rsp), %rdi		/* the value, stored in the out slot
+					   just popped (the red zone: nothing
+					   else writes there meanwhile) */
 	call	conc__coro_entry@PLT
 	ud2				/* conc__coro_entry never returns */
 	.cfi_endproc

@@ -41,9 +41,9 @@ int conc__park_sleep(struct conc__park *p, uint32_t key, int64_t deadline, unsig
     }
     int r = 0;
     if (conc__park_seq(p) == key) {
-        unsigned wf = flags & CONC__WAIT_SHARED;
+        unsigned wf = flags & (CONC__WAIT_SHARED | CONC__WAIT_ONE);
         int64_t until = deadline;
-        if (wf) {
+        if (wf == CONC__WAIT_SHARED) {
             /* Between processes a claimed sleeper may be killed before it
              * takes what it was woken for, and nothing moves the sequence
              * again for the others: a shared sleep ends after a slice, and

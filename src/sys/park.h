@@ -179,7 +179,9 @@ static inline void conc__park_cancel(struct conc__park *p, uint32_t key)
         ;
 }
 
-/* Flags of conc__park_wait, beside CONC__WAIT_SHARED. */
+/* Flags of conc__park_wait, beside CONC__WAIT_SHARED and CONC__WAIT_ONE (a
+ * shared spot only one thread at a time sleeps on: its sleep is not cut in
+ * slices, see sys/wait.h). */
 #define CONC__PARK_NOSPIN 0x100u    /* sleep at once (the caller spun) */
 
 /*

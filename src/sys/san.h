@@ -38,6 +38,8 @@ void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, 
 void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
                                      size_t *size_old);
 void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+void __asan_poison_memory_region(void const volatile *addr, size_t size);
+void *__asan_region_is_poisoned(void *beg, size_t size);
 #endif
 #if CONC_SAN_THREAD
 void *__tsan_get_current_fiber(void);

@@ -99,7 +99,11 @@ static inline void to_timespec(int64_t ns, struct timespec *ts)
  * its caller (who re-checks its condition) as soon as the word changed, and
  * sleeps on while it holds the value it slept on.  A lost wake-up then costs
  * a stall of at most about a second, never a hang; an idle waiter costs one
- * system call a second.
+ * system call a second.  The one exception is a word only one thread at a
+ * time ever sleeps on (CONC__WAIT_ONE): no other sleeper can take its
+ * wake-up, so it sleeps until its deadline in one piece, and with no
+ * deadline the kernel arms no timer for it (a tenth of a round trip between
+ * two processes on a futex).
  */
 #define SHARED_SLICE_MIN_NS 20000000
 #define SHARED_SLICE_MAX_NS 1000000000
@@ -125,7 +129,8 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
     const struct conc__wait_ops *ops = conc__wait_ops;
     if (unlikely(ops != NULL))
         return ops->wait(word, expect, deadline, flags);
-    if (flags & CONC__WAIT_SHARED)
+    bool shared = flags & CONC__WAIT_SHARED;
+    if (shared && !(flags & CONC__WAIT_ONE))
         return wait_shared(word, expect, deadline);
     struct timespec ts, *abs = NULL;
     if (deadline != CONC_NO_DEADLINE) {
@@ -133,6 +138,10 @@ int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline, unsigned flags
             deadline = 0;
         to_timespec(deadline, &ts);
         abs = &ts;
+    }
+    if (shared) {
+        int r = conc__futex_wait_abs(word, expect, abs, false);
+        return r == -EINTR ? 0 : r;
     }
     wait_atfork_register();
     __atomic_fetch_add(&kernel_sleepers, 1, __ATOMIC_SEQ_CST);
@@ -207,6 +216,24 @@ int conc__wait_fd(int fd, short events, int64_t deadline)
     if (r == 0)
         return -ETIMEDOUT;
     return errno == EINTR ? 0 : -errno;
+}
+
+int conc__wait_io(int fd, uint64_t key, short events, int64_t deadline)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->wait_io)
+        return ops->wait_io(fd, key, events, deadline);
+    return conc__wait_fd(fd, events, deadline);
+}
+
+void conc__wait_fd_close(int fd)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->fd_close) {
+        int e = errno;
+        ops->fd_close(fd);
+        errno = e;
+    }
 }
 
 int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)

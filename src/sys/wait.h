@@ -20,6 +20,12 @@
 /* conc__wake: wake up to n in each backend (threads in the kernel,
  * coroutines parked by hubs), not n in all. */
 #define CONC__WAKE_EACH 0x2u
+/* conc__wait, with CONC__WAIT_SHARED: only one thread at a time ever sleeps
+ * on the word, so no wake-up meant for it can go to another sleeper that
+ * dies with it (why shared sleeps are cut in slices, wait.c): the sleep
+ * lasts until the deadline in one piece, with no kernel timer when there
+ * is none (a timed sleep arms one per call). */
+#define CONC__WAIT_ONE 0x4u
 
 /*
  * A thread running a coroutine hub installs its wait operations here; a NULL
@@ -32,6 +38,9 @@ struct conc__wait_ops {
     int (*wait_fd)(int fd, short events, int64_t deadline);  /* NULL: poll() */
     /* NULL: ppoll() */
     int (*wait_fds)(struct pollfd *fds, unsigned long n, int64_t deadline);
+    /* NULL: wait_fd */
+    int (*wait_io)(int fd, uint64_t key, short events, int64_t deadline);
+    void (*fd_close)(int fd);   /* NULL: nothing to forget */
 };
 extern __thread const struct conc__wait_ops *conc__wait_ops
     __attribute__((tls_model("initial-exec")));
@@ -57,6 +66,27 @@ CONC_HIDDEN int conc__wait(uint32_t *word, uint32_t expect, int64_t deadline,
  * coroutine was killed, another -errno from poll.
  */
 CONC_HIDDEN int conc__wait_fd(int fd, short events, int64_t deadline);
+
+/*
+ * conc__wait_io - conc__wait_fd for the socket layer's try-then-wait loop:
+ * fd is a socket, key names its handle (never 0, never reused in the
+ * process: a new handle around a reused number has a new key), events is
+ * POLLIN or POLLOUT, and the caller calls it only after its operation on
+ * fd said EAGAIN (or EINPROGRESS), and tries the operation again after
+ * every return of 0 until it says EAGAIN again.  Under that contract a hub
+ * keeps the socket registered edge-triggered between waits and makes no
+ * system call to wait (src/hub.c, "fd records"); other events, and plain
+ * threads, wait as conc__wait_fd.  Returns what conc__wait_fd returns.
+ */
+CONC_HIDDEN int conc__wait_io(int fd, uint64_t key, short events, int64_t deadline);
+
+/*
+ * conc__wait_fd_close - the owner of fd is about to close it: the calling
+ * thread's hub, if any, forgets its registration (a copy of the file that
+ * lives on, a dup or a forked child's, would otherwise still report to
+ * it).  Keeps errno.
+ */
+CONC_HIDDEN void conc__wait_fd_close(int fd);
 
 /*
  * conc__wait_fds - wait until one of the n descriptors reports one of its
