@@ -43,6 +43,7 @@
 #include "conc/sync.h"
 #include "conc/wait.h"
 #include "internal.h"
+#include "listener_internal.h"
 
 #define CHALLENGE_TAG "#CONC-CHALLENGE-1#"
 #define TAG_LEN (sizeof CHALLENGE_TAG - 1)
@@ -1019,8 +1020,8 @@ static int map_hs_error(int r)
     return r == -EPIPE || r == -ECONNRESET ? -ECONNABORTED : r;
 }
 
-CONC_API int conc_client_connect_until(conc_conn **out, const char *address,
-                                       const conc_client_opts *opts, int64_t deadline)
+int conc__client_connect_until(conc_conn **out, const char *address,
+                               const conc_client_opts *opts, int64_t deadline)
 {
     conc_client_opts o;
     CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_client_opts, max_message));
@@ -1060,13 +1061,19 @@ CONC_API int conc_client_connect_until(conc_conn **out, const char *address,
             r = conc_conn_deliver_challenge_until(c, o.authkey, o.authkey_len, deadline);
         if (r) {
             conc_conn_free(c);
-            return map_hs_error(r);
+            return r;
         }
     }
     if (o.max_message)
         conc_conn_set_max_size(c, o.max_message);
     *out = c;
     return 0;
+}
+
+CONC_API int conc_client_connect_until(conc_conn **out, const char *address,
+                                       const conc_client_opts *opts, int64_t deadline)
+{
+    return map_hs_error(conc__client_connect_until(out, address, opts, deadline));
 }
 
 CONC_API int conc_client_connect(conc_conn **out, const char *address,

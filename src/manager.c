@@ -31,6 +31,7 @@
 #include "conc/sync.h"
 #include "conc/time.h"
 #include "internal.h"
+#include "listener_internal.h"
 #include "manager_internal.h"
 #include "manager_wire.h"
 
@@ -96,7 +97,9 @@ static int dial(const conc_manager *m, conc_conn **out)
     int64_t deadline;
     int e = conc_deadline(CONNECT_TIMEOUT, &deadline);
     if (!e)
-        e = conc_client_connect_until(out, m->addr, &o, deadline);
+        e = conc__client_connect_until(out, m->addr, &o, deadline);
+    if (e == -EPIPE || e == -ECONNRESET)
+        return -ECONNRESET;         /* gone, or dropped us, mid-handshake */
     if (e)
         /* With a key, a handshake the server does not take part in is a
          * server without a key: it spoke first, with its hello. */

@@ -587,7 +587,8 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
     if (!out || !addr || (type != SOCK_STREAM && type != SOCK_DGRAM))
         return -EINVAL;
     if ((unsigned)o.model > CONC_SERVER_REACTOR || o.request_queue_size < 0 || o.workers < 0 ||
-        o.max_children < 0 || o.max_connections < 0 || isnan(o.shutdown_timeout) ||
+        o.max_children < 0 || o.max_connections < 0 || o.max_datagram > CONC_SERVER_MAX_DATAGRAM ||
+        isnan(o.shutdown_timeout) ||
         o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0 ||
         isnan(o.idle_timeout) || o.idle_timeout < 0 ||
         (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
@@ -636,9 +637,19 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         goto fail;
     }
     if (adopt >= 0) {
+        /* conc_socket_from_fd makes the descriptor non-blocking and
+         * close-on-exec before it wraps it: a failure after that gives the
+         * caller back its flags as they were */
+        int fl = fcntl(adopt, F_GETFL), fdfl = fcntl(adopt, F_GETFD);
+        if (fl < 0 || fdfl < 0) {
+            rc = -errno;
+            goto fail;
+        }
         rc = conc_socket_from_fd(&s->sock, adopt);
         if (rc < 0) {
             s->sock = NULL;
+            fcntl(adopt, F_SETFL, fl);
+            fcntl(adopt, F_SETFD, fdfl);
             goto fail;
         }
         s->addr = *addr;            /* the socket file, if any, is not ours */

@@ -50,6 +50,10 @@ struct conc_server {
     bool loop_waits_slot;               /* the accepting loop is at the
                                            connection limit: wake it through
                                            slotfd when a request ends (mu) */
+    _Atomic int *worker_ready;          /* a PREFORK worker's: set to 1
+                                           once its loop serves (memory
+                                           the parent shares); NULL
+                                           elsewhere */
     struct conc__server_kids {          /* FORKING's children (the serving
                                            thread's and close's) */
         struct conc_process **p;
@@ -125,8 +129,10 @@ CONC_HIDDEN void conc__server_force(conc_server *s);
 CONC_HIDDEN int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
                                    const void *data, size_t len);
 
-/* The coroutine loop: serves the listener with greenlets in the calling
- * thread until stopfd or extra_fd (>= 0; POLLIN or a hang-up) is ready. */
+/* The coroutine loop: serves the listener (connections, or datagrams
+ * with PREFORK) with greenlets in the calling thread, max_connections at
+ * most at once, until stopfd or extra_fd (>= 0; POLLIN or a hang-up) is
+ * ready. */
 CONC_HIDDEN int conc__server_coro_loop(conc_server *s, int extra_fd);
 /* The reactor loop, the same way. */
 CONC_HIDDEN int conc__server_reactor_loop(conc_server *s, int extra_fd);

@@ -86,10 +86,29 @@ int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer
 struct cloop {
     conc_server *s;
     conc_cpool *pool;
+    unsigned char *buf;             /* a datagram server's read buffer */
+    size_t cap;
 };
 
-/* The acceptor greenlet: takes connections and spawns a member of the
- * pool for each (parking while the pool is full: max_connections). */
+/* Takes one connection (c) or datagram (into l->buf, *len); 0, -EAGAIN
+ * when none is waiting, or another error. */
+static int take(struct cloop *l, conc_socket **c, conc_sockaddr *peer, size_t *len)
+{
+    conc_server *s = l->s;
+    memset(peer, 0, sizeof *peer);
+    if (s->type == SOCK_STREAM)
+        return conc_socket_accept(s->sock, c, peer);
+    *c = NULL;
+    ssize_t n = conc_socket_recvfrom(s->sock, l->buf, l->cap, 0, peer);
+    if (n < 0)
+        return (int)n;
+    *len = (size_t)n;
+    return 0;
+}
+
+/* The acceptor greenlet: takes connections (or datagrams) and spawns a
+ * member of the pool for each (parking while the pool is full:
+ * max_connections). */
 static void *acceptor_main(void *arg)
 {
     struct cloop *l = arg;
@@ -106,7 +125,8 @@ static void *acceptor_main(void *arg)
         for (int i = 0; i < ACCEPT_BATCH && !conc_cpool_full(l->pool); i++) {
             conc_socket *c;
             conc_sockaddr peer;
-            rc = conc_socket_accept(s->sock, &c, &peer);
+            size_t len = 0;
+            rc = take(l, &c, &peer, &len);
             if (rc == -EAGAIN)
                 break;
             if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
@@ -119,18 +139,21 @@ static void *acceptor_main(void *arg)
             atomic_fetch_add(&s->st->accepted, 1);
             if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
                 atomic_fetch_add(&s->st->refused, 1);
-                conc_socket_free(c);
+                if (c)
+                    conc_socket_free(c);
                 continue;
             }
-            conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
-                                                                 : CONC_FOREVER);
-            struct conc__server_job *j = gjob_new(s, c, &peer, NULL, 0);
+            if (c)
+                conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
+                                                                     : CONC_FOREVER);
+            struct conc__server_job *j = gjob_new(s, c, &peer, l->buf, len);
             conc_greenlet *g;
             rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
             if (rc < 0) {
                 if (j)
                     gjob_drop(j);
-                conc_socket_free(c);
+                if (c)
+                    conc_socket_free(c);
                 atomic_fetch_add(&s->st->failed, 1);
                 if (rc == -ECANCELED)
                     return NULL;
@@ -145,10 +168,18 @@ static void *acceptor_main(void *arg)
 int conc__server_coro_loop(conc_server *s, int extra_fd)
 {
     struct cloop l = { .s = s };
+    if (s->type == SOCK_DGRAM) {
+        l.cap = s->o.max_datagram ? s->o.max_datagram : 8192;
+        l.buf = malloc(l.cap);
+        if (!l.buf)
+            return -ENOMEM;
+    }
     int rc = conc_cpool_new(&l.pool, s->o.max_connections > 0 ? (size_t)s->o.max_connections
                                                                : CONC_CPOOL_UNBOUNDED);
-    if (rc < 0)
+    if (rc < 0) {
+        free(l.buf);
         return rc;
+    }
     /* The acceptor runs between every two connections: a stack of its own
      * spares it the copies of a shared one. */
     conc_greenlet *acc;
@@ -157,8 +188,11 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
                                                  .stack = CONC_STACK_OWN });
     if (rc < 0) {
         conc_cpool_free(l.pool);
+        free(l.buf);
         return rc;
     }
+    if (s->worker_ready)
+        atomic_store(s->worker_ready, 1);
     conc_waitable w[2] = {
         { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
         { .kind = CONC_WAIT_FD, .u.fd = extra_fd },
@@ -179,6 +213,7 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
     }
     conc_cpool_free(l.pool);
     conc_hub_free();
+    free(l.buf);
     return rc;
 }
 

@@ -2,7 +2,7 @@
  * server_proc.c - the prefork model: `workers` processes, forked up front,
  * share the listening socket (or, with reuse_port, bind one each) and each
  * serve it with the coroutine loop (a datagram server: a greenlet per
- * datagram).
+ * datagram, at most max_connections at once in each worker).
  * The parent supervises them (pidfds, through conc_process): a worker that
  * ends while the server runs is reported and replaced.  The workers watch
  * the read end of a pipe whose write end only the parent holds: when the
@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,58 +23,19 @@
 #include "conc/time.h"
 #include "server.h"
 
+/* What a worker tells the parent through memory they share: whether its
+ * loop started serving, or the error that kept it from it. */
+struct worker_state {
+    _Atomic int ready;
+    _Atomic int err;
+};
+
 struct worker_arg {
     conc_server *s;
     int rfd, wfd;
     int slot;                       /* 0 .. workers - 1 */
+    struct worker_state *ws;        /* ws[slot] is this worker's */
 };
-
-/* A datagram worker: reads the shared socket (or its own) and serves each
- * datagram in a greenlet of its hub, until the parent stops or dies. */
-static int dgram_loop(conc_server *s, int extra_fd)
-{
-    size_t cap = s->o.max_datagram ? s->o.max_datagram : 8192;
-    unsigned char *buf = malloc(cap);
-    if (!buf)
-        return -ENOMEM;
-    int rc = 0;
-    while (rc == 0 && !conc__server_stop_asked(s)) {
-        conc_waitable w[3] = {
-            { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
-            { .kind = CONC_WAIT_FD, .u.fd = extra_fd },
-            { .kind = CONC_WAIT_FD, .u.fd = s->fd },
-        };
-        int r = conc_wait(w, 3, CONC_FOREVER);
-        if (r < 0) {
-            if (r != -EINTR)
-                rc = r;
-            continue;
-        }
-        if (w[0].ready || w[1].ready)
-            break;
-        for (int i = 0; i < 64; i++) {
-            conc_sockaddr peer;
-            memset(&peer, 0, sizeof peer);
-            ssize_t n = conc_socket_recvfrom(s->sock, buf, cap, 0, &peer);
-            if (n == -EINTR || n == -ECONNREFUSED)
-                continue;
-            if (n < 0) {
-                if (n != -EAGAIN)
-                    rc = (int)n;
-                break;
-            }
-            atomic_fetch_add(&s->st->accepted, 1);
-            if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
-                atomic_fetch_add(&s->st->refused, 1);
-                continue;
-            }
-            if (conc__server_spawn(s, NULL, &peer, buf, (size_t)n) < 0)
-                atomic_fetch_add(&s->st->failed, 1);
-        }
-    }
-    free(buf);
-    return rc;
-}
 
 /* With reuse_port on an Internet address, each worker but the first binds
  * a socket of its own to the server's address (the first serves the
@@ -113,19 +75,20 @@ static int worker_main(const void *arg, size_t len)
     conc_server *s = a.s;
     s->owner = getpid();            /* its own drain, no socket file */
     s->unlink_path = false;
+    struct worker_state *me = &a.ws[a.slot];
+    s->worker_ready = &me->ready;
     int family = s->addr.u.sa.sa_family;
-    if (a.slot > 0 && s->o.reuse_port && (family == AF_INET || family == AF_INET6) &&
-        own_socket(s) < 0)
-        return 1;
-    int rc;
-    if (s->type == SOCK_DGRAM) {
-        rc = dgram_loop(s, a.rfd);
-        conc__server_drain(s, conc_now());
-        conc_hub_free();
-    } else {
+    int rc = 0;
+    if (a.slot > 0 && s->o.reuse_port && (family == AF_INET || family == AF_INET6))
+        rc = own_socket(s);
+    /* a datagram server too: a pool of greenlets, max_connections at
+     * most, serves what this worker reads */
+    if (rc == 0)
         rc = conc__server_coro_loop(s, a.rfd);
+    if (rc < 0 && !atomic_load(&me->ready))
+        atomic_store(&me->err, rc);
+    if (atomic_load(&me->ready))
         conc__server_drain(s, conc_now());
-    }
     return rc < 0 ? 1 : 0;
 }
 
@@ -134,6 +97,8 @@ static int start_worker(conc_server *s, const struct worker_arg *tmpl, int slot,
 {
     struct worker_arg a = *tmpl;
     a.slot = slot;
+    atomic_store(&a.ws[slot].ready, 0);
+    atomic_store(&a.ws[slot].err, 0);
     conc_process_opts po = CONC_PROCESS_OPTS_INIT;
     po.method = CONC_START_FORK;
     po.daemon = CONC_DAEMON;
@@ -151,6 +116,14 @@ static int start_worker(conc_server *s, const struct worker_arg *tmpl, int slot,
     return 0;
 }
 
+/* The wait before a worker that failed to start (the fails-th time in a
+ * row) is replaced: 0.1 s, doubling, at most 5 s. */
+static int64_t start_backoff(int fails)
+{
+    int64_t ns = (int64_t)100000000 << (fails > 6 ? 6 : fails - 1);
+    return ns > (int64_t)5000000000 ? (int64_t)5000000000 : ns;
+}
+
 int conc__server_prefork(conc_server *s, double poll_interval)
 {
     int n = s->o.workers > 0 ? s->o.workers : conc_process_cpu_count();
@@ -160,9 +133,16 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     if (pipe2(pfd, O_CLOEXEC) < 0)
         return -errno;
     struct worker_arg a = { .s = s, .rfd = pfd[0], .wfd = pfd[1] };
+    size_t shared = (size_t)n * sizeof *a.ws;
+    a.ws = mmap(NULL, shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (a.ws == MAP_FAILED)
+        a.ws = NULL;
     conc_process **w = calloc((size_t)n, sizeof *w);
     conc_waitable *ws = calloc((size_t)n + 1, sizeof *ws);
-    int rc = w && ws ? 0 : -ENOMEM;
+    int *slot_of = calloc((size_t)n + 1, sizeof *slot_of);
+    int *fails = calloc((size_t)n, sizeof *fails);
+    int64_t *due = calloc((size_t)n, sizeof *due);    /* a slot's restart */
+    int rc = a.ws && w && ws && slot_of && fails && due ? 0 : -ENOMEM;
     for (int i = 0; i < n && rc == 0; i++)
         rc = start_worker(s, &a, i, &w[i]);
     int64_t step = (int64_t)(poll_interval * 1e9);
@@ -173,15 +153,32 @@ int conc__server_prefork(conc_server *s, double poll_interval)
         memset(ws, 0, ((size_t)n + 1) * sizeof *ws);
         ws[0].kind = CONC_WAIT_FD;
         ws[0].u.fd = s->stopfd;
+        size_t m = 1;
+        int64_t until = next;
         for (int i = 0; i < n; i++) {
-            ws[i + 1].kind = CONC_WAIT_PROCESS;
-            ws[i + 1].u.process = w[i];
+            if (w[i]) {
+                ws[m].kind = CONC_WAIT_PROCESS;
+                ws[m].u.process = w[i];
+                slot_of[m++] = i;
+            } else if (due[i] < until) {
+                until = due[i];
+            }
         }
-        int r = conc_wait_until(ws, (size_t)n + 1, next);
+        int r = conc_wait_until(ws, m, until);
         if (r == -ETIMEDOUT) {
-            if (s->o.service_actions)
-                s->o.service_actions(s, s->o.user);
-            next = conc_now() + step;
+            int64_t now = conc_now();
+            for (int i = 0; i < n && rc == 0; i++) {
+                if (w[i] || due[i] > now)
+                    continue;
+                rc = start_worker(s, &a, i, &w[i]);
+                if (rc == 0)
+                    atomic_fetch_add(&s->st->restarts, 1);
+            }
+            if (now >= next) {
+                if (s->o.service_actions)
+                    s->o.service_actions(s, s->o.user);
+                next = conc_now() + step;
+            }
             continue;
         }
         if (r < 0) {
@@ -190,8 +187,9 @@ int conc__server_prefork(conc_server *s, double poll_interval)
         }
         if (ws[0].ready)
             break;
-        for (int i = 0; i < n; i++) {
-            if (!ws[i + 1].ready || conc_process_is_alive(w[i]))
+        for (size_t j = 1; j < m && rc == 0; j++) {
+            int i = slot_of[j];
+            if (!ws[j].ready || conc_process_is_alive(w[i]))
                 continue;
             pid_t pid = conc_process_pid(w[i]);
             int code = -1;
@@ -200,14 +198,26 @@ int conc__server_prefork(conc_server *s, double poll_interval)
             conc_process_free(w[i]);
             w[i] = NULL;
             atomic_fetch_sub(&s->st->workers, 1);
-            atomic_fetch_add(&s->st->restarts, 1);
             if (s->o.on_worker_exit)
                 s->o.on_worker_exit(s, pid, code, s->o.user);
-            r = start_worker(s, &a, i, &w[i]);
-            if (r < 0) {
-                rc = r;
-                break;
+            if (atomic_load(&a.ws[i].ready)) {
+                /* it served: replaced at once */
+                fails[i] = 0;
+                rc = start_worker(s, &a, i, &w[i]);
+                if (rc == 0)
+                    atomic_fetch_add(&s->st->restarts, 1);
+                continue;
             }
+            /* It ended before its loop served (a socket of its own it
+             * could not bind, memory, or killed): replaced after a wait
+             * that doubles each time, and after
+             * CONC_SERVER_WORKER_START_FAILURES in a row the server stops
+             * with the error. */
+            int err = atomic_load(&a.ws[i].err);
+            if (++fails[i] >= CONC_SERVER_WORKER_START_FAILURES)
+                rc = err < 0 ? err : -ECHILD;
+            else
+                due[i] = conc_now() + start_backoff(fails[i]);
         }
     }
     /* Stop: the workers see the pipe's end, finish their connections
@@ -229,8 +239,13 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     close(pfd[0]);
     /* What the workers counted as in flight ended with them. */
     atomic_store(&s->st->active, 0);
+    if (a.ws)
+        munmap(a.ws, shared);
     free(w);
     free(ws);
+    free(slot_of);
+    free(fails);
+    free(due);
     return rc;
 }
 
@@ -354,26 +369,28 @@ int conc__server_prefork_one(conc_server *s, int64_t deadline)
         close(pfd[0]);
         return rc;
     }
+    /* The worker's word: a wait that returns 0 without it (interrupted,
+     * or woken for nothing) reads nothing from the non-blocking end and
+     * waits again; rc stays 0 until an error ends the wait. */
     int32_t res = 0;
-    ssize_t got;
-    for (;;) {
+    if (fcntl(pfd[0], F_SETFL, O_NONBLOCK) < 0)
+        rc = -errno;
+    while (rc == 0) {
         rc = conc_fd_wait_until(pfd[0], POLLIN, CONC_NO_DEADLINE);
-        if (rc < 0 && rc != -EINTR) {
+        if (rc < 0) {
             /* this thread cannot wait (a cancelled greenlet): the worker
              * is stopped below */
             break;
         }
-        got = read(pfd[0], &res, sizeof res);
+        ssize_t got = read(pfd[0], &res, sizeof res);
         if (got == (ssize_t)sizeof res)
             break;
-        if (got == 0) {             /* it died before it could say */
+        if (got == 0)               /* it died before it could say */
             rc = -ECHILD;
-            break;
-        }
-        if (got < 0 && errno != EINTR && errno != EAGAIN) {
+        else if (got > 0)           /* a 4-byte pipe write is atomic */
+            rc = -EPROTO;
+        else if (errno != EINTR && errno != EAGAIN)
             rc = -errno;
-            break;
-        }
     }
     close(pfd[0]);
     if (rc == 0 && res == ONE_TAKEN) {

@@ -1924,6 +1924,10 @@ static void *odd_server_main(void *arg)
     o->rc = conc_listener_accept(o->l, &c, GUARD);
     if (o->rc)
         return NULL;
+    if (!o->first) {                /* drops the client at once */
+        conc_conn_free(c);
+        return NULL;
+    }
     o->rc = conc_conn_send_bytes(c, o->first, strlen(o->first), GUARD);
     char b[64];
     if (!o->rc)
@@ -1932,7 +1936,7 @@ static void *odd_server_main(void *arg)
     return NULL;
 }
 
-static int connect_to_odd_server(const char *first)
+static int connect_to_odd_server_with(const char *first, const char *key)
 {
     char path[128];
     tmp_path(path, sizeof path, "odd");
@@ -1942,6 +1946,8 @@ static int connect_to_odd_server(const char *first)
     cr_assert_eq(pthread_create(&t, NULL, odd_server_main, &o), 0);
     conc_manager_opts mo = CONC_MANAGER_OPTS_INIT;
     mo.address = path;
+    mo.authkey = key;
+    mo.authkey_len = key ? strlen(key) : 0;
     conc_manager *m;
     cr_assert_eq(conc_manager_new(&m, &mo), 0);
     int e = conc_manager_connect(m);
@@ -1951,6 +1957,23 @@ static int connect_to_odd_server(const char *first)
     conc_listener_free(o.l);
     unlink(path);
     return e;
+}
+
+static int connect_to_odd_server(const char *first)
+{
+    return connect_to_odd_server_with(first, NULL);
+}
+
+/* A keyed client whose server goes away during the handshake (before its
+ * challenge, or before its verdict) hears -ECONNRESET, as a keyless one
+ * does: -EACCES is kept for a refusal (it used to get -EACCES for both). */
+Test(manager, keyed_client_to_a_server_gone_mid_handshake_gets_econnreset, .timeout = 60)
+{
+    cr_expect_eq(connect_to_odd_server_with(NULL, "k1"), -ECONNRESET);
+    cr_expect_eq(connect_to_odd_server_with("#CONC-CHALLENGE-1#0123456789abcdef0123456789abcdef",
+                                            "k1"),
+                 -ECONNRESET);      /* the client answered; no verdict came */
+    cr_expect_eq(connect_to_odd_server(NULL), -ECONNRESET);
 }
 
 Test(manager, keyless_client_to_an_odd_server_gets_eproto, .timeout = 60)

@@ -788,7 +788,146 @@ Test(server, prefork_killed_worker_is_replaced, .timeout = 60)
     no_children();
 }
 
+static _Atomic int start_exits;
+
+static void count_exit(conc_server *s, pid_t pid, int status, void *user)
+{
+    (void)s;
+    (void)pid;
+    (void)status;
+    (void)user;
+    atomic_fetch_add(&start_exits, 1);
+}
+
+/* A prefork worker that can never start serving (with reuse_port, the
+ * socket of its own cannot join a group whose first socket another user
+ * made: -EADDRINUSE) is replaced after growing waits, and the
+ * CONC_SERVER_WORKER_START_FAILURES-th failure in a row ends
+ * serve_forever with its error (it used to fork it again at once, for
+ * ever). */
+Test(server, prefork_worker_that_cannot_start_stops_the_server, .timeout = 60)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root, to make the socket as another user than the server's");
+    int fds = base_fds();
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    int one = 1;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one), 0);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    cr_assert_eq(bind(fd, &a.u.sa, a.len), 0);
+    cr_assert_eq(listen(fd, 5), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        alarm(30);                  /* hang guard of the child */
+        if (setresuid(65534, 65534, 65534) != 0)
+            _exit(2);
+        conc_server_opts o = CONC_SERVER_OPTS_INIT;
+        o.model = CONC_SERVER_PREFORK;
+        o.workers = 2;
+        o.reuse_port = true;
+        o.on_worker_exit = count_exit;
+        conc_server *s;
+        if (conc_server_new_fd(&s, fd, &echo_handler, &o) != 0)
+            _exit(3);
+        int rc = conc_server_serve_forever(s, 0.5);
+        conc_server_stats st;
+        conc_server_get_stats(s, &st);
+        conc_server_free(s);
+        int exits = atomic_load(&start_exits);
+        if (rc != -EADDRINUSE || exits != CONC_SERVER_WORKER_START_FAILURES ||
+            st.worker_restarts != CONC_SERVER_WORKER_START_FAILURES - 1 || st.workers != 0) {
+            fprintf(stderr, "rc %d exits %d restarts %llu workers %llu\n", rc, exits,
+                    (unsigned long long)st.worker_restarts, (unsigned long long)st.workers);
+            _exit(4);
+        }
+        _exit(0);
+    }
+    close(fd);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child ended with %#x", status);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
 /* -------------------------------------------------------- datagrams */
+
+/* Handlers of a prefork datagram server, counted in memory its workers
+ * share; each waits for go. */
+struct dgram_limit {
+    _Atomic int inflight, most, served;
+    conc_event go;
+};
+static struct dgram_limit *dlim;
+
+static int held_datagram(conc_server_request *req)
+{
+    (void)req;
+    int now = atomic_fetch_add(&dlim->inflight, 1) + 1;
+    int most = atomic_load(&dlim->most);
+    while (now > most && !atomic_compare_exchange_weak(&dlim->most, &most, now)) {
+    }
+    int rc = conc_event_wait(&dlim->go, 30);
+    atomic_fetch_sub(&dlim->inflight, 1);
+    atomic_fetch_add(&dlim->served, 1);
+    return rc;
+}
+
+/* max_connections bounds the datagrams a prefork worker serves at once:
+ * with two handlers waiting, the worker reads no further datagram until
+ * one ends (it used to start a greenlet for each datagram it read). */
+Test(server, prefork_datagrams_keep_max_connections, .timeout = 60)
+{
+    int fds = base_fds();
+    dlim = mmap(NULL, sizeof *dlim, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(dlim, MAP_FAILED);
+    memset(dlim, 0, sizeof *dlim);
+    conc_event_init(&dlim->go, CONC_SYNC_SHARED);
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 1;
+    o.max_connections = 2;
+    conc_server_handler h = { .handle = held_datagram };
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &h, &o), 0);
+    conc_sockaddr sa;
+    conc_server_address(s, &sa);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    guard(fd);
+    /* all six wait in the socket before the worker reads any */
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(sendto(fd, "x", 1, 0, &sa.u.sa, sa.len), 1);
+    struct running r;
+    start(&r, s);
+    while (atomic_load(&dlim->inflight) < 2)
+        conc_sleep(0.001);
+    pid_t kids[4];
+    cr_assert_eq(children(kids, 4), 1);
+    wait_proc_blocked(kids[0], 30);
+    cr_assert_eq(atomic_load(&dlim->inflight), 2);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2);
+    conc_event_set(&dlim->go);
+    while (atomic_load(&dlim->served) < 6)
+        conc_sleep(0.001);
+    cr_assert_eq(atomic_load(&dlim->most), 2);
+    close(fd);
+    stop(&r);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 6);
+    cr_assert_eq(st.finished, 6);
+    conc_server_free(s);
+    munmap(dlim, sizeof *dlim);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
 
 static void datagram_server(conc_server_model model, bool unix_family)
 {
@@ -1087,6 +1226,18 @@ Test(server, bad_arguments, .timeout = 60)
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o.stack = -1;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    /* a datagram buffer no loop could be given */
+    o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_PREFORK;
+    o.max_datagram = SIZE_MAX / 2;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EINVAL);
+    o.max_datagram = CONC_SERVER_MAX_DATAGRAM + 1;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), -EINVAL);
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.max_datagram = CONC_SERVER_MAX_DATAGRAM;
+    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &echo_handler, &o), 0);
+    conc_server_free(s);
+    s = NULL;
     conc_server_reactor_handler rnone = { 0 };
     cr_assert_eq(conc_server_new_reactor(&s, &a, &rnone, NULL), -EINVAL);
     cr_assert_null(s);

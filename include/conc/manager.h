@@ -241,8 +241,9 @@ CONC_API int conc_manager_serve_forever(conc_manager *m);
  * handshake fails (a wrong key, a server that has a key and this handle
  * none, or this handle a key and the server none: the server speaks first,
  * so either case is told at once); -ETIMEDOUT when the server does not
- * answer within 10 s; -EPROTO when the peer does not speak this protocol
- * or version; the errors of connect(2).
+ * answer within 10 s; -ECONNRESET when the server closed the connection
+ * (died, or dropped it) before the handshake ended; -EPROTO when the peer
+ * does not speak this protocol or version; the errors of connect(2).
  */
 CONC_API int conc_manager_connect(conc_manager *m);
 

@@ -42,8 +42,16 @@
  *                          connection (as the coroutine model does in one
  *                          hub), a datagram server each datagram in a
  *                          greenlet.  A worker that dies is reported
- *                          (conc_server_stats.worker_restarts, the
- *                          on_worker_exit hook) and replaced.  Why
+ *                          (the on_worker_exit hook) and replaced
+ *                          (conc_server_stats.worker_restarts): at once
+ *                          when its loop had started serving; when it
+ *                          ended before (a socket of its own it could not
+ *                          bind, memory short, killed), after a wait of
+ *                          0.1 s that doubles with each such failure of
+ *                          its slot in a row (at most 5 s), and the
+ *                          CONC_SERVER_WORKER_START_FAILURES-th in a row
+ *                          stops the server: serve_forever returns that
+ *                          worker's error.  Why
  *                          coroutines in each worker: the model field names
  *                          one model, and of the others a worker could run,
  *                          SYNC would let one slow client stop its worker,
@@ -79,11 +87,12 @@
  * are waited for as long as they take, as in Python.  A handler that
  * loops may ask conc_server_stopping.
  *
- * Connection limit: max_connections > 0 bounds the connections served at
- * once (with several workers: per worker process with PREFORK, per loop
- * with COROUTINE and REACTOR).  At the limit the server stops
- * accepting: further clients wait in the listen backlog
- * (request_queue_size) until a connection ends, and the kernel refuses or
+ * Connection limit: max_connections > 0 bounds the connections (of a
+ * datagram server: the datagrams) served at once (with several workers:
+ * per worker process with PREFORK, per loop with COROUTINE and REACTOR).
+ * At the limit the server stops accepting (reading datagrams): further
+ * clients wait in the listen backlog (request_queue_size; datagrams in
+ * the socket's receive buffer) until a connection ends, and the kernel refuses or
  * drops those beyond the backlog.  Nothing is accepted only to be closed.
  *
  * Stacks (COROUTINE and PREFORK, conc_server_opts.stack): each
@@ -290,14 +299,17 @@ typedef struct conc_server_opts {
     size_t write_buffer_max;    /* REACTOR: back-pressure mark; 0: 1 MiB */
     size_t max_datagram;        /* datagram servers: the largest datagram
                                    read, longer ones are cut; 0: 8192
-                                   (Python's max_packet_size) */
+                                   (Python's max_packet_size); at most
+                                   CONC_SERVER_MAX_DATAGRAM */
     void (*service_actions)(conc_server *server, void *user);
                                 /* called by serve_forever at least every
                                    poll_interval (Python's service_actions) */
     void (*on_worker_exit)(conc_server *server, pid_t pid, int status, void *user);
                                 /* PREFORK: a worker ended while serving
                                    (status as conc_process_exitcode: the exit
-                                   code, or -signal); it is replaced */
+                                   code, or -signal); it is replaced (after
+                                   a wait when it had not started serving,
+                                   see the models) */
     void *user;                 /* given to service_actions, on_worker_exit */
     double idle_timeout;        /* REACTOR: seconds a connection may stay
                                    idle (nothing arrived from it and none of
@@ -321,6 +333,14 @@ typedef struct conc_server_opts {
 /* Python's request_queue_size and ForkingMixIn.max_children. */
 #define CONC_SERVER_QUEUE_SIZE 5
 #define CONC_SERVER_MAX_CHILDREN 40
+/* The largest conc_server_opts.max_datagram (16 MiB): more than any
+ * datagram Linux carries by default (64 KiB on UDP, the socket's send
+ * buffer on a Unix socket), and a buffer each loop, worker or request
+ * can still be given. */
+#define CONC_SERVER_MAX_DATAGRAM ((size_t)16 << 20)
+/* PREFORK: the failures in a row of one worker's slot to start serving
+ * (see the models) after which serve_forever gives up with the error. */
+#define CONC_SERVER_WORKER_START_FAILURES 5
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
 
@@ -336,7 +356,8 @@ typedef struct conc_server_opts {
  * Unix socket file the server made is removed by conc_server_close.
  * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
  * handler, a handler without handle, another type, a negative count, a
- * bad timeout or model, CONC_SERVER_REACTOR with SOCK_STREAM
+ * max_datagram above CONC_SERVER_MAX_DATAGRAM, a bad timeout or model,
+ * CONC_SERVER_REACTOR with SOCK_STREAM
  * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
  * -EMFILE; -ENOMEM.  The handler struct is copied.
  */
@@ -414,7 +435,10 @@ CONC_API void conc_server_free(conc_server *s);
  * shutdown; -EINVAL for NULL or a poll_interval that is not > 0; -EBUSY
  * when the server is being served already; -EPIPE when closed; an error
  * that ended the server (-ENOMEM, or the error of its worker threads or
- * processes failing to start).
+ * processes failing to start: with PREFORK, a worker that ended before
+ * its loop served CONC_SERVER_WORKER_START_FAILURES times in a row gives
+ * its error, such as -EADDRINUSE for a socket of its own it could not
+ * bind, or -ECHILD when it was killed).
  */
 CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
 
