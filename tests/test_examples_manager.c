@@ -25,10 +25,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "conc.h"
-#include "support/run_example.h"
-
 #define GUARD_MS 60000          /* hang guard for every wait here */
+
+#include "conc.h"
+#include "support/example_server.h"
 
 /* ------------------------------------------------------ manager-counter */
 
@@ -52,9 +52,7 @@ Test(examples_manager, manager_counter_exact, .timeout = 300)
 /* ------------------------------------------------- queue server, client */
 
 struct qsrv {
-    pid_t pid;
-    int out;
-    FILE *err;
+    struct srv srv;             /* the process, its stdout and stderr */
     char addr[320];
     char key[64];
 };
@@ -71,46 +69,14 @@ static void write_file(const char *path, const char *text)
  * and reads its ready line "serving on ADDR". */
 static struct qsrv start_qserver(const char *address)
 {
-    struct qsrv s = { .err = tmpfile() };
-    cr_assert_not_null(s.err);
+    struct qsrv s;
     snprintf(s.key, sizeof s.key, "/tmp/conc-qkey-%d", (int)getpid());
     write_file(s.key, "secret\n");
     const char *args[] = { "--address", address, "--authkey-file", s.key, NULL };
-    char path[512];
-    const char *argv[32];
-    example_argv("queue-server", args, path, sizeof path, argv);
-    int p[2];
-    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-    fflush(NULL);
-    s.pid = fork();
-    cr_assert_geq(s.pid, 0);
-    if (s.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);       /* a failed test leaves no server */
-        dup2(p[1], STDOUT_FILENO);
-        dup2(fileno(s.err), STDERR_FILENO);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    s.out = p[0];
-    char line[300];
-    size_t len = 0;
-    while (!memchr(line, '\n', len)) {
-        struct pollfd pf = { .fd = s.out, .events = POLLIN };
-        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "queue-server: no ready line");
-        cr_assert_lt(len, sizeof line - 1);
-        ssize_t n = read(s.out, line + len, 1);
-        cr_assert_eq(n, 1, "queue-server ended before its ready line");
-        len++;
-    }
-    line[len - 1] = 0;
+    s.srv = spawn_server("queue-server", args);
+    const char *line = s.srv.ready;
     cr_assert_eq(strncmp(line, "serving on ", 11), 0, "ready line '%s'", line);
-    snprintf(s.addr, sizeof s.addr, "%s", line + 11);
+    snprintf(s.addr, sizeof s.addr, "%.300s", line + 11);
     return s;
 }
 
@@ -118,20 +84,20 @@ static struct qsrv start_qserver(const char *address)
 static void stop_qserver(struct qsrv *s, int sig)
 {
     pid_t kids[8];
-    int nk = children_of(s->pid, kids, 8);
+    int nk = children_of(s->srv.pid, kids, 8);
     cr_assert_eq(nk, 1, "queue-server runs its manager as one child");
-    cr_assert_eq(kill(s->pid, sig), 0);
+    cr_assert_eq(kill(s->srv.pid, sig), 0);
     int status;
-    cr_assert_eq(waitpid(s->pid, &status, 0), s->pid);
+    cr_assert_eq(waitpid(s->srv.pid, &status, 0), s->srv.pid);
     char err[512] = "";
-    ssize_t n = pread(fileno(s->err), err, sizeof err - 1, 0);
+    ssize_t n = pread(fileno(s->srv.err), err, sizeof err - 1, 0);
     err[n > 0 ? n : 0] = 0;
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x, stderr: %s", status,
               err);
     cr_expect_str_empty(err);
     cr_expect_eq(kill(kids[0], 0), -1, "the manager process is gone");
-    close(s->out);
-    fclose(s->err);
+    close(s->srv.out);
+    fclose(s->srv.err);
     unlink(s->key);
 }
 

@@ -41,9 +41,9 @@ struct srv {
     char ready[256];            /* the ready line, without its newline */
 };
 
-/* Starts a server example and reads its ready line ("... listening on
- * HOST:PORT ..."), with the default signal dispositions. */
-static inline struct srv start_server(const char *name, const char *const *args)
+/* Starts a server example with the default signal dispositions and reads
+ * its first line (into s.ready, without its newline); s.port is left 0. */
+static inline struct srv spawn_server(const char *name, const char *const *args)
 {
     char path[512];
     const char *argv[32];
@@ -80,6 +80,14 @@ static inline struct srv start_server(const char *name, const char *const *args)
         len++;
     }
     s.ready[len - 1] = '\0';
+    return s;
+}
+
+/* Starts a server example and reads its ready line ("... listening on
+ * HOST:PORT ..."), with the default signal dispositions. */
+static inline struct srv start_server(const char *name, const char *const *args)
+{
+    struct srv s = spawn_server(name, args);
     const char *at = strstr(s.ready, "listening on ");
     cr_assert_not_null(at, "%s: ready line '%s'", name, s.ready);
     const char *end = strchr(at + 13, ' '), *colon = NULL;
