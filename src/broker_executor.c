@@ -202,6 +202,24 @@ static int bx_check_url(const char *url)
     return r;
 }
 
+/* The options an executor and a worker share: the work queue's name (the
+ * default when NULL), max_deliveries, the connect and reconnect timeouts
+ * (*deadline: the connect's, 10 s when 0), then the URL.  0, -EINVAL or
+ * the URL's error. */
+static int bx_check_common(const char *url, const char *queue_opt, int max_deliveries,
+                           double connect_timeout, double reconnect_timeout,
+                           const char **queue, int64_t *deadline)
+{
+    const char *q = queue_opt ? queue_opt : CONC_BROKER_DEFAULT_QUEUE;
+    if (!*q || strlen(q) > BX_QUEUE_NAME_MAX || max_deliveries < 0 || connect_timeout < 0 ||
+        connect_timeout != connect_timeout || reconnect_timeout != reconnect_timeout)
+        return -EINVAL;
+    if (conc_deadline(connect_timeout ? connect_timeout : 10.0, deadline))
+        return -EINVAL;
+    *queue = q;
+    return bx_check_url(url);
+}
+
 /* Connects (TCP, or TLS for amqps:// with the server's certificate and
  * host name verified unless insecure), logs in (with AMQP heartbeats
  * every cfg->heartbeat seconds, or none for 0) and opens the channel. */
@@ -1032,16 +1050,13 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_broker_executor_opts, connect_timeout));
     if (!out || !url)
         return -EINVAL;
-    const char *queue = o.queue ? o.queue : CONC_BROKER_DEFAULT_QUEUE;
-    if (!*queue || strlen(queue) > BX_QUEUE_NAME_MAX || o.max_deliveries < 0 ||
-        o.connect_timeout < 0 || o.connect_timeout != o.connect_timeout ||
-        o.result_expires < 0 || o.result_expires != o.result_expires ||
-        o.result_expires > 86400.0 * 365 || o.reconnect_timeout != o.reconnect_timeout)
+    if (o.result_expires < 0 || o.result_expires != o.result_expires ||
+        o.result_expires > 86400.0 * 365)
         return -EINVAL;
+    const char *queue;
     int64_t deadline;
-    if (conc_deadline(o.connect_timeout ? o.connect_timeout : 10.0, &deadline))
-        return -EINVAL;
-    int r = bx_check_url(url);
+    int r = bx_check_common(url, o.queue, o.max_deliveries, o.connect_timeout,
+                            o.reconnect_timeout, &queue, &deadline);
     if (r)
         return r;
     conc_broker_executor *ex = calloc(1, sizeof *ex);
@@ -1272,15 +1287,12 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     CONC__OPTS_COPY(&o, opts, CONC__OPTS_V1(conc_broker_worker_opts, connect_timeout));
     if (!out || !url)
         return -EINVAL;
-    const char *queue = o.queue ? o.queue : CONC_BROKER_DEFAULT_QUEUE;
-    if (!*queue || strlen(queue) > BX_QUEUE_NAME_MAX || o.max_deliveries < 0 ||
-        o.prefetch < 0 || o.prefetch > 65535 || o.connect_timeout < 0 ||
-        o.connect_timeout != o.connect_timeout || o.reconnect_timeout != o.reconnect_timeout)
+    if (o.prefetch < 0 || o.prefetch > 65535)
         return -EINVAL;
+    const char *queue;
     int64_t deadline;
-    if (conc_deadline(o.connect_timeout ? o.connect_timeout : 10.0, &deadline))
-        return -EINVAL;
-    int r = bx_check_url(url);
+    int r = bx_check_common(url, o.queue, o.max_deliveries, o.connect_timeout,
+                            o.reconnect_timeout, &queue, &deadline);
     if (r)
         return r;
     conc_broker_worker *w = calloc(1, sizeof *w);
