@@ -218,6 +218,34 @@ static bool conn_fatal(int e)
     return e == -EPIPE || e == -ECONNRESET;
 }
 
+/* Whether an answer's status (and count, and number of strings) is one
+ * that op can have: a server is not taken at its word for a count below 0,
+ * a status a call never returns, or a dict's items as an odd number of
+ * strings.  Returns the status, or -EPROTO. */
+static int answer_check(int op, const struct conc__mgr_ans *a)
+{
+    if (a->status < 0)
+        return a->status;                   /* an errno (ans_parse checked it) */
+    switch (op) {
+    case CONC__MGR_OPEN:                    /* the type (its caller checks it) */
+    case CONC__MGR_B_WAIT:                  /* the caller's index */
+    case CONC__MGR_CALL:                    /* what the type's callback returned */
+        return a->status;
+    case CONC__MGR_D_SETDEFAULT:            /* 1: it set the default */
+        return a->status <= 1 ? a->status : -EPROTO;
+    case CONC__MGR_B_INFO:                  /* the parties */
+        return a->status >= 1 ? a->status : -EPROTO;
+    case CONC__MGR_D_LEN:
+    case CONC__MGR_L_LEN:
+    case CONC__MGR_A_LEN:
+    case CONC__MGR_Q_SIZE:
+        return a->status == 0 && a->value >= 0 ? 0 : -EPROTO;
+    case CONC__MGR_D_ITEMS:                 /* key, value, key, value, ... */
+        return a->status == 0 && a->nargs % 2 == 0 ? 0 : -EPROTO;
+    }
+    return a->status == 0 ? 0 : -EPROTO;
+}
+
 /* Runs one request on p's connection.  Returns the answer's status (and
  * keeps the answer in *res, free res->buf) or a local error. */
 static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_str *s, size_t n,
@@ -270,7 +298,7 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
         if (!conn_fatal(e) && e != -EPROTO && e != -EMSGSIZE && e != -ENOMEM)
             e = -ECONNRESET;
     } else {
-        e = res->a.status;
+        e = answer_check(r->op, &res->a);
     }
 unlock:
     conc_lock_release(&p->mu);

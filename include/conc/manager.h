@@ -71,7 +71,9 @@
  * NULL proxy or pointer argument, or a call on a proxy of another type;
  * -ECONNRESET or -EPIPE when the server is gone (the proxy stays broken);
  * -EMSGSIZE when the request would be larger than the message size;
- * -EPROTO when the server's answer is malformed; -ENOMEM.
+ * -EPROTO when the server's answer is malformed or not one the call can
+ * have (a count below 0, a status other than the ones documented, a
+ * dict's items as an odd number of strings); -ENOMEM.
  *
  * Python reference: multiprocessing.managers (SyncManager, BaseManager,
  * BaseProxy).  Python's exceptions become codes: KeyError -ENOENT,
