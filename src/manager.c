@@ -260,6 +260,8 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
     if (!buf)
         return -ENOMEM;
     r->nargs = (uint32_t)n;
+    if (r->op != CONC__MGR_CREATE)
+        r->c = (int64_t)p->m->max_message;  /* the largest answer this end takes */
     conc__mgr_req_write(buf, r, s, n);
     int e = conc_lock_acquire(&p->mu, CONC_FOREVER);
     if (e)

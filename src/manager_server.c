@@ -161,6 +161,7 @@ struct out {
     int32_t status;
     int64_t value;
     bool nomem;
+    size_t limit;                   /* the largest answer the client takes */
 };
 
 static bool stopping(const struct conc__mgr_server *s)
@@ -191,6 +192,14 @@ static void out_str(struct out *o, const void *p, size_t len)
     }
     conc__mgr_put_str(o->buf, &o->len, p, len);
     o->nargs++;
+}
+
+/* Whether a string of len bytes still fits the client's answer limit: an
+ * op that takes something out (a pop, a Queue.get) asks first, so that an
+ * answer the client could not take leaves the item where it was. */
+static bool fits(const struct out *o, size_t len)
+{
+    return len <= o->limit && o->len + 4 <= o->limit - len;
 }
 
 static uint64_t hash_bytes(const uint8_t *p, size_t len)
@@ -681,6 +690,8 @@ static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out
         i = kv_find(o, &a0, hash_bytes(a0.p, a0.len));
         if (i < 0)
             return -ENOENT;
+        if (!fits(out, o->kv[i].v.len))
+            return -EMSGSIZE;
         out_str(out, o->kv[i].v.p, o->kv[i].v.len);
         if (r->op == CONC__MGR_D_POP && !out->nomem)
             kv_remove(o, (size_t)i);
@@ -812,6 +823,8 @@ static int op_list(struct obj *o, const struct conc__mgr_req *r, struct out *out
     case CONC__MGR_L_POP:
         if (py_index(r->a, o->nli, &at))
             return -ERANGE;
+        if (!fits(out, o->li[at].len))
+            return -EMSGSIZE;
         out_str(out, o->li[at].p, o->li[at].len);
         if (out->nomem)
             return -ENOMEM;
@@ -905,6 +918,8 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         struct qmsg *m = o->qhead;
+        if (!fits(out, m->len))
+            return -EMSGSIZE;           /* it stays first in the queue */
         out_str(out, m->data, m->len);
         if (out->nomem)
             return -ENOMEM;
@@ -1311,13 +1326,18 @@ static void *conn_main(void *arg)
         out.nargs = 0;
         out.value = 0;
         out.nomem = false;
+        /* c of every op but CREATE is the client's own message size: no
+         * answer is larger (0, from an older client: the server's). */
+        out.limit = cn->s->max_message;
+        if (r.op != CONC__MGR_CREATE && r.c > 0 && (uint64_t)r.c < out.limit)
+            out.limit = (size_t)r.c;
         if (!out.buf) {
             out.buf = malloc(256);
             out.cap = out.buf ? 256 : 0;
         }
         int e = out.buf ? dispatch(cn, &r, &out) : -ENOMEM;
         free(buf);
-        if (out.nomem || !out.buf || out.len > cn->s->max_message) {
+        if (out.nomem || !out.buf || out.len > out.limit) {
             if (!out.buf)
                 break;
             e = out.nomem ? -ENOMEM : -EMSGSIZE;

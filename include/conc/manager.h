@@ -56,7 +56,11 @@
  * Objects live in the server until it shuts down.  Byte keys and values
  * cross the process boundary; every message is at most the manager's
  * message size (CONC_MANAGER_MSG_MAX unless set): a larger request fails
- * with -EMSGSIZE before it is sent.  The server checks every field of
+ * with -EMSGSIZE before it is sent, and an answer larger than this
+ * handle's message size (a value another client with a larger one
+ * stored) is -EMSGSIZE from the server, which then takes nothing out: a
+ * Queue.get, a list's or a dict's pop leaves the message or the item in
+ * place for a client that can take it, and the proxy stays usable.  The server checks every field of
  * every request; a malformed or oversized one closes only the connection
  * that sent it.
  *
@@ -70,7 +74,8 @@
  * Errors common to every proxy call (not repeated below): -EINVAL for a
  * NULL proxy or pointer argument, or a call on a proxy of another type;
  * -ECONNRESET or -EPIPE when the server is gone (the proxy stays broken);
- * -EMSGSIZE when the request would be larger than the message size;
+ * -EMSGSIZE when the request or its answer would be larger than the
+ * message size (see above: nothing is taken out then);
  * -EPROTO when the server's answer is malformed or not one the call can
  * have (a count below 0, a status other than the ones documented, a
  * dict's items as an odd number of strings); -ENOMEM.
@@ -570,7 +575,8 @@ CONC_API int conc_proxy_barrier_broken(conc_proxy *p);
  * in a malloc'd buffer (*out, free it; may be NULL when out is NULL: the
  * answer is then dropped) and its length in *out_len (may be NULL).
  * Returns what the type's call callback returned (>= 0), or its negative
- * code; the common errors.
+ * code; the common errors (-EMSGSIZE for an answer larger than this
+ * handle's message size comes after the callback ran).
  */
 CONC_API int conc_proxy_call(conc_proxy *p, const char *method, const void *arg, size_t len,
                              void **out, size_t *out_len);
