@@ -110,8 +110,10 @@ struct obj {
      * yet (what the ends of the connections may give back in all) */
     uint64_t value;
     uint64_t held;
-    /* Event */
+    /* Event: the flag, and the sets so far (a waiter that saw none while
+     * it waited was not woken by one, even when the flag is down again) */
     bool flag;
+    uint64_t sets;
     /* Condition */
     struct waiter *whead;
     /* Barrier */
@@ -1040,6 +1042,7 @@ static int op_event(struct conn *cn, struct obj *o, const struct conc__mgr_req *
     switch (r->op) {
     case CONC__MGR_E_SET:
         o->flag = true;
+        o->sets++;
         conc_cond_notify_all(&o->cv);
         return 0;
     case CONC__MGR_E_CLEAR:
@@ -1049,8 +1052,11 @@ static int op_event(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out->value = o->flag;
         return 0;
     case CONC__MGR_E_WAIT: {
+        /* threading.Event: a set() wakes every waiter of that moment,
+         * also when a clear() came before the waiter looked again. */
         int64_t deadline = req_deadline(r);
-        while (!o->flag)
+        uint64_t sets = o->sets;
+        while (!o->flag && o->sets == sets)
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         return 0;

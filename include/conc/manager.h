@@ -533,7 +533,9 @@ CONC_API int conc_proxy_event_set(conc_proxy *p);
 CONC_API int conc_proxy_event_clear(conc_proxy *p);
 /* e.is_set().  Returns 1 or 0. */
 CONC_API int conc_proxy_event_is_set(conc_proxy *p);
-/* e.wait(timeout).  Returns 0 once set; -EAGAIN / -ETIMEDOUT (False). */
+/* e.wait(timeout).  Returns 0 once set (a set() wakes every waiter of
+ * that moment, also when a clear() follows at once, as threading.Event);
+ * -EAGAIN / -ETIMEDOUT (False). */
 CONC_API int conc_proxy_event_wait(conc_proxy *p, double timeout);
 CONC_API int conc_proxy_event_wait_until(conc_proxy *p, int64_t deadline);
 

@@ -1,0 +1,134 @@
+/*
+ * test_manager_semantics.c - conc/manager.h where its objects must do what
+ * Python's do (threading's objects in a SyncManager's server):
+ *   - Event.set() wakes every waiter that waits at that moment, also when
+ *     clear() follows at once (a "pulse"): threading.Event.wait returns True
+ *     to them; it must not miss the set because the flag was down again by
+ *     the time the waiter looked.
+ *
+ * Criterion runs every test in its own process.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conc.h"
+#include "support/task_state.h"
+
+/* Children of this test never report leaks (a started manager's server is
+ * a fork of it that exits without freeing what the test made). */
+static pid_t test_pid;
+
+__attribute__((constructor)) static void remember_test_pid(void)
+{
+    test_pid = getpid();
+}
+
+int __lsan_is_turned_off(void);
+int __lsan_is_turned_off(void)
+{
+    return getpid() != test_pid;
+}
+
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+    return "atexit_sleep_ms=0:die_after_fork=0";
+}
+
+#define GUARD 30.0                      /* a hang guard, never reached when correct */
+#define WAIT_LIMIT 5.0                  /* a waiter that missed the set gives up here */
+
+/* A request as src/manager_wire.h lays it out: a 48-byte head, no strings. */
+static size_t raw_req(uint8_t *buf, uint8_t op, uint64_t id)
+{
+    memset(buf, 0, 48);
+    buf[0] = 1;
+    buf[1] = op;
+    memcpy(buf + 8, &id, 8);
+    int64_t none = -1;
+    memcpy(buf + 16, &none, 8);
+    return 48;
+}
+
+enum { OP_E_SET = 35, OP_E_CLEAR = 36 };   /* src/manager_wire.h */
+
+struct waiter {
+    conc_proxy *e;
+    int r;
+};
+
+static void *event_waiter(void *arg)
+{
+    struct waiter *w = arg;
+    w->r = conc_proxy_event_wait(w->e, WAIT_LIMIT);
+    return NULL;
+}
+
+Test(manager_semantics, event_pulse_wakes_the_waiters, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *e;
+    cr_assert_eq(conc_manager_create(m, &e, CONC_PROXY_EVENT, "e", 0, 0), 0);
+
+    enum { N = 3 };
+    struct waiter w[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(conc_proxy_dup(&w[i].e, e), 0);
+        w[i].r = 1;
+        pid_t tid;
+        t[i] = spawn_tid(event_waiter, &w[i], &tid);
+        wait_thread_blocked(tid, GUARD);            /* its request is sent */
+    }
+    /* One more round trip: the server has taken the waits by now. */
+    cr_expect_eq(conc_proxy_event_is_set(e), 0);
+
+    /* set() and clear() in one write: the server reads both at once and
+     * runs them one after the other, before any waiter looks again. */
+    conc_conn *c;
+    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    char hello[64];
+    cr_assert_gt(conc_conn_recv_bytes(c, hello, sizeof hello, GUARD), 0);
+    uint8_t set[48], clear[48];
+    raw_req(set, OP_E_SET, conc_proxy_id(e));
+    raw_req(clear, OP_E_CLEAR, conc_proxy_id(e));
+    uint8_t both[2 * (8 + 48)];
+    uint64_t len = 48;
+    memcpy(both, &len, 8);
+    memcpy(both + 8, set, 48);
+    memcpy(both + 56, &len, 8);
+    memcpy(both + 64, clear, 48);
+    int fd = conc_conn_fd(c);
+    cr_assert_eq(write(fd, both, sizeof both), (ssize_t)sizeof both);
+    for (int i = 0; i < 2; i++) {
+        void *ans;
+        size_t alen;
+        cr_assert_eq(conc_conn_recv_alloc(c, &ans, &alen, GUARD), 0);
+        int32_t st;
+        memcpy(&st, ans, 4);
+        free(ans);
+        cr_expect_eq(st, 0);
+    }
+    conc_conn_free(c);
+
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(w[i].r, 0, "waiter %d: %d (it missed the set)", i, w[i].r);
+        conc_proxy_free(w[i].e);
+    }
+    cr_expect_eq(conc_proxy_event_is_set(e), 0);    /* cleared */
+    /* A wait that starts after the pulse waits for the next set. */
+    cr_expect_eq(conc_proxy_event_wait(e, 0), -EAGAIN);
+    conc_proxy_free(e);
+    conc_manager_free(m);
+}
