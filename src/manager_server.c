@@ -937,16 +937,14 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out->value = (int64_t)o->qlen;
         return 0;
     case CONC__MGR_Q_TASK_DONE:
-        if (o->type != CONC_PROXY_JOINABLE_QUEUE)
-            return -EINVAL;
+        /* Both types: a SyncManager's Queue and JoinableQueue are both a
+         * queue.Queue, with task_done and join. */
         if (!o->unfinished)
             return -EOVERFLOW;
         if (--o->unfinished == 0)
             conc_cond_notify_all(&o->cv);
         return 0;
     case CONC__MGR_Q_JOIN:
-        if (o->type != CONC_PROXY_JOINABLE_QUEUE)
-            return -EINVAL;
         while (o->unfinished)
             if ((e = wait_slice(cn, o, deadline)))
                 return e;

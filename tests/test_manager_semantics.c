@@ -132,3 +132,49 @@ Test(manager_semantics, event_pulse_wakes_the_waiters, .timeout = 60)
     conc_proxy_free(e);
     conc_manager_free(m);
 }
+
+struct joiner {
+    conc_proxy *q;
+    int r;
+};
+
+static void *queue_joiner(void *arg)
+{
+    struct joiner *j = arg;
+    j->r = conc_proxy_queue_join(j->q, GUARD);
+    return NULL;
+}
+
+Test(manager_semantics, plain_queue_has_task_done_and_join, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, NULL, 0, 0), 0);
+    cr_expect_eq(conc_proxy_queue_join(q, 0), 0);           /* nothing put yet */
+    cr_expect_eq(conc_proxy_queue_task_done(q), -EOVERFLOW); /* ValueError */
+    cr_assert_eq(conc_proxy_queue_put(q, "a", 1, GUARD), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "b", 1, GUARD), 0);
+    cr_expect_eq(conc_proxy_queue_join(q, 0), -EAGAIN);
+
+    struct joiner j = { .r = 1 };
+    cr_assert_eq(conc_proxy_dup(&j.q, q), 0);
+    pid_t tid;
+    pthread_t t = spawn_tid(queue_joiner, &j, &tid);
+    wait_thread_blocked(tid, GUARD);
+    void *v;
+    size_t n;
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(conc_proxy_queue_get(q, &v, &n, GUARD), 0);
+        free(v);
+        cr_expect_eq(__atomic_load_n(&j.r, __ATOMIC_ACQUIRE), 1, "join returned early");
+        cr_expect_eq(conc_proxy_queue_task_done(q), 0);
+    }
+    pthread_join(t, NULL);
+    cr_expect_eq(j.r, 0);
+    cr_expect_eq(conc_proxy_queue_task_done(q), -EOVERFLOW);
+    conc_proxy_free(j.q);
+    conc_proxy_free(q);
+    conc_manager_free(m);
+}

@@ -500,10 +500,12 @@ CONC_API int conc_proxy_queue_get_until(conc_proxy *p, void **out, size_t *len,
                                         int64_t deadline);
 /* q.qsize().  Returns the number of messages. */
 CONC_API ssize_t conc_proxy_queue_qsize(conc_proxy *p);
-/* JoinableQueue.task_done().  Returns 0; -EOVERFLOW when called more often
- * than messages were put (ValueError); -EINVAL on a plain Queue. */
+/* JoinableQueue.task_done() (a plain Queue has it too: a SyncManager's
+ * Queue and JoinableQueue are both a queue.Queue).  Returns 0; -EOVERFLOW
+ * when called more often than messages were put (ValueError). */
 CONC_API int conc_proxy_queue_task_done(conc_proxy *p);
-/* JoinableQueue.join(): waits until every message put was task_done.
+/* JoinableQueue.join() (a plain Queue's too): waits until every message
+ * put was task_done.
  * Returns 0; -EAGAIN / -ETIMEDOUT. */
 CONC_API int conc_proxy_queue_join(conc_proxy *p, double timeout);
 CONC_API int conc_proxy_queue_join_until(conc_proxy *p, int64_t deadline);
