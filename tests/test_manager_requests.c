@@ -17,6 +17,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,7 +63,8 @@ enum {
     OP_C_NOTIFY, OP_B_WAIT, OP_B_ABORT, OP_B_RESET, OP_B_INFO, OP_CALL, OP_END
 };
 
-static uint64_t rng;
+static __thread uint64_t rng;        /* each thread its own sequence */
+static int64_t max_wait_ns = 200000; /* the longest timeout a request gets */
 
 static uint64_t next(void)
 {
@@ -224,7 +226,7 @@ static size_t random_request(uint8_t *buf, uint64_t nids)
     buf[1] = (uint8_t)op;
     put32(buf + 4, nargs);
     put64(buf + 8, id);
-    int64_t timeout = below(2) ? 0 : (int64_t)below(200000);
+    int64_t timeout = below(2) ? 0 : (int64_t)below((uint64_t)max_wait_ns);
     if (!waits(op) && below(2))
         timeout = -1;
     put64(buf + 16, (uint64_t)timeout);
@@ -263,7 +265,7 @@ static size_t random_request(uint8_t *buf, uint64_t nids)
             buf[1] = OP_PING;
         int64_t t;
         memcpy(&t, buf + 16, 8);
-        if (waits(buf[1]) && (t < 0 || t > 200000))
+        if (waits(buf[1]) && (t < 0 || t > max_wait_ns))
             put64(buf + 16, 0);
     }
     return pos;
@@ -415,4 +417,118 @@ Test(manager_requests, random_requests_seed_2, .timeout = 300)
 Test(manager_requests, random_requests_seed_3, .timeout = 300)
 {
     run_seed(0x2545f4914f6cdd1dull);
+}
+
+/* ------------------------------------------ many connections at once */
+
+enum { CHAOS_CONNS = 6, CHAOS_ROUNDS = 1500 };
+
+struct chaos {
+    const char *addr;
+    uint64_t seed, nobj;
+    int failed;                         /* a line number, or 0 */
+};
+
+/* One client: random requests (waits up to 20 ms, so that others act
+ * while it is parked), and now and then its connection dropped with a
+ * request unanswered, or closed right after a request.  Reports through
+ * failed (no asserts outside the test's thread). */
+static void *chaos_client(void *arg)
+{
+    struct chaos *ch = arg;
+    rng = ch->seed;
+    conc_conn *c = NULL;
+    uint8_t req[2048];
+    for (int round = 0; round < CHAOS_ROUNDS && !ch->failed; round++) {
+        if (!c) {
+            if (conc_client_connect(&c, ch->addr, NULL, GUARD)) {
+                ch->failed = __LINE__;
+                break;
+            }
+            char hello[64];
+            if (conc_conn_recv_bytes(c, hello, sizeof hello, GUARD) <= 0) {
+                ch->failed = __LINE__;
+                break;
+            }
+        }
+        size_t len = random_request(req, ch->nobj + 2);
+        if (conc_conn_send_bytes(c, req, len, GUARD)) {
+            conc_conn_free(c);
+            c = NULL;
+            continue;
+        }
+        if (!below(40)) {               /* gone with its request unanswered */
+            conc_conn_free(c);
+            c = NULL;
+            continue;
+        }
+        void *ans;
+        size_t alen;
+        int e = conc_conn_recv_alloc(c, &ans, &alen, GUARD);
+        if (e) {
+            if (e != -EPIPE && e != -ECONNRESET)
+                ch->failed = __LINE__;
+            conc_conn_free(c);
+            c = NULL;
+            continue;
+        }
+        int32_t status;
+        memcpy(&status, ans, 4);
+        free(ans);
+        if (alen < 16 || status < -4095)
+            ch->failed = __LINE__;
+    }
+    conc_conn_free(c);
+    return NULL;
+}
+
+/* Clients that come and go while others wait on the same objects: the
+ * server stays up, and once every connection has ended nobody holds a
+ * Lock, an RLock or a Condition, and no BoundedSemaphore is above its
+ * value. */
+Test(manager_requests, many_connections_coming_and_going, .timeout = 300)
+{
+    conc_manager *m;
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.max_message = 1 << 16;
+    cr_assert_eq(conc_manager_new(&m, &o), 0);
+    cr_assert_eq(conc_manager_register(m, "Echo", &echo_type), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *keep[32];
+    uint64_t nobj = make_objects(m, keep, 16);
+    max_wait_ns = 20000000;
+
+    struct chaos ch[CHAOS_CONNS];
+    pthread_t t[CHAOS_CONNS];
+    for (int i = 0; i < CHAOS_CONNS; i++) {
+        ch[i] = (struct chaos){ .addr = addr, .seed = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 7),
+                                .nobj = nobj };
+        cr_assert_eq(pthread_create(&t[i], NULL, chaos_client, &ch[i]), 0);
+    }
+    for (int i = 0; i < CHAOS_CONNS; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(ch[i].failed, 0, "client %d failed at line %d", i, ch[i].failed);
+    }
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, 0), 0, "the server process is gone");
+    /* Every holder has gone: the locks are free (the server notices a
+     * client's end within its wait slice; the guard only bounds a hang). */
+    cr_expect_eq(conc_proxy_acquire(keep[7], GUARD), 0, "the Lock is still held");
+    cr_expect_eq(conc_proxy_acquire(keep[8], GUARD), 0, "the RLock is still held");
+    cr_expect_eq(conc_proxy_acquire(keep[12], GUARD), 0, "the Condition is still held");
+    cr_expect_eq(conc_proxy_release(keep[7]), 0);
+    cr_expect_eq(conc_proxy_release(keep[8]), 0);
+    cr_expect_eq(conc_proxy_release(keep[12]), 0);
+    cr_expect_eq(conc_proxy_release(keep[10]), -EOVERFLOW, "the BoundedSemaphore is not full");
+    /* Still serving every type. */
+    cr_expect_eq(conc_proxy_list_append(keep[1], "z", 1), 0);
+    void *out = NULL;
+    size_t out_len = 0;
+    cr_expect_eq(conc_proxy_call(keep[15], "echo", "hi", 2, &out, &out_len), 2);
+    free(out);
+    for (uint64_t i = 0; i < nobj; i++)
+        conc_proxy_free(keep[i]);
+    conc_manager_free(m);
 }
