@@ -127,6 +127,7 @@ static int dial(const conc_manager *m, conc_conn **out)
      * itself (one system call instead of three); a coroutine's receive
      * still parks, conc_conn passing MSG_DONTWAIT where it must not block. */
     int fd = conc_conn_fd(*out);
+    conc__mgr_keepalive(fd);            /* a server machine that vanishes */
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0 && (fl & O_NONBLOCK))
         fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);

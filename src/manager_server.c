@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1414,6 +1416,21 @@ void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
     s->take_sigterm = true;
 }
 
+void conc__mgr_keepalive(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return;
+    int on = 1, idle = CONC__MGR_KEEPALIVE_IDLE, intvl = CONC__MGR_KEEPALIVE_INTVL,
+        cnt = CONC__MGR_KEEPALIVE_CNT;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+}
+
 /* Whether a SIGTERM (blocked, pending) asks the server to stop: takes it. */
 static bool sigterm_pending(void)
 {
@@ -1452,6 +1469,7 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
+        conc__mgr_keepalive(cn->fd);    /* a client machine that vanishes */
         cn->serial = ++s->next_serial;
         if (conn_spawn(cn)) {
             conc_conn_free(c);

@@ -48,7 +48,11 @@
  * BrokenBarrierError).
  *
  * Faults: once the server is gone (killed, shut down) every proxy call
- * fails at once with -ECONNRESET or -EPIPE; none hangs.  A proxy does not
+ * fails at once with -ECONNRESET or -EPIPE; none hangs.  Over TCP, a
+ * machine that vanishes without closing its connections (power lost, the
+ * network cut) is noticed by TCP keepalives, which both ends arm, within
+ * about 30 s: the server then releases what that client held, and the
+ * proxy's call fails with -ECONNRESET.  A proxy does not
  * reconnect by itself: make the manager handle again (conc_manager_connect)
  * and the proxies again (conc_manager_create with the object's name) when
  * a server was restarted.
