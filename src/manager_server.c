@@ -1458,8 +1458,16 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);
         if (e == -EPIPE)
             break;
-        if (e)
-            continue;                   /* a timeout, a failed handshake, no descriptors */
+        if (e == -ETIMEDOUT || e == -ECONNABORTED || e == -EACCES)
+            continue;                   /* no client, or a failed handshake */
+        if (e) {
+            /* Out of descriptors or memory: the accept did not wait.  Let
+             * the connections run (those that end give their descriptors
+             * back) before the next try; trying again at once would keep
+             * this loop from ever letting them run. */
+            conc_sleep(ACCEPT_SLICE);
+            continue;
+        }
         struct conn *cn = calloc(1, sizeof *cn);
         if (!cn || s->nconns >= MAX_CONNS || conc_conn_set_max_size(c, s->max_message)) {
             free(cn);
