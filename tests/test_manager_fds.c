@@ -159,3 +159,9 @@ Test(manager_fds, out_of_descriptors_the_server_serves_whom_it_has, .timeout = 1
     key = NULL;
     out_of_descriptors();
 }
+
+Test(manager_fds, out_of_descriptors_with_an_authkey, .timeout = 120)
+{
+    key = "secret";
+    out_of_descriptors();
+}
