@@ -28,7 +28,12 @@
  * Proxies (conc_proxy): conc_manager_create makes an object in the server
  * (or finds the named one) and returns a proxy to it.  Each proxy has its
  * own connection, so a proxy blocked in Queue.get or Lock.acquire does not
- * hold up the others.  The server serves every connection from one epoll
+ * hold up the others (a server serves at most 1024 connections at once:
+ * one past that is closed at once, and the call that made it fails with
+ * -ECONNRESET; a server out of descriptors leaves the next connection
+ * waiting until one is free, up to the 10 s a connection is given
+ * (-ETIMEDOUT), and serves the others meanwhile).  The server
+ * serves every connection from one epoll
  * loop (the hub of conc/hub.h in the thread that runs it): a connection is
  * a greenlet, and a call that must wait parks only its greenlet, so one
  * client's blocking call never holds up another client, and no thread is
