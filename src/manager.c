@@ -38,6 +38,7 @@
 #define CONNECT_TIMEOUT 10.0        /* connect and handshake */
 #define START_TIMEOUT 30.0          /* the child reports it listens */
 #define STOP_GRACE 1.0              /* a started server gets to exit by itself */
+#define ANSWER_GRACE_NS (10 * (int64_t)1000000000) /* a timed call's answer may come this late */
 
 enum { ST_NEW, ST_STARTED, ST_SERVING, ST_CONNECTED, ST_SHUT };
 
@@ -288,13 +289,35 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
     }
     e = conc_conn_send_bytes(p->c, buf, size, CONC_FOREVER);
     if (!e) {
+        /* The server keeps the call's time limit; an answer that has not
+         * come ANSWER_GRACE_NS after it is from a server that does not run
+         * (stopped, its thread held up): the call gives up, and the proxy,
+         * whose answer could still come, is broken; its connection is
+         * closed, so the server releases what it held when it runs again.
+         * A call without a limit waits as long as the connection lives, and
+         * so does Condition.wait, which takes the lock back however long
+         * another client holds it. */
+        int64_t until = CONC_NO_DEADLINE;
+        if (r->timeout >= 0 && r->op != CONC__MGR_C_WAIT) {
+            int64_t now = conc_now();
+            until = r->timeout < CONC_NO_DEADLINE - now - ANSWER_GRACE_NS
+                        ? now + r->timeout + ANSWER_GRACE_NS
+                        : CONC_NO_DEADLINE;
+        }
         size_t len;
-        e = conc_conn_recv_alloc(p->c, &res->buf, &len, CONC_FOREVER);
+        e = until == CONC_NO_DEADLINE
+                ? conc_conn_recv_alloc(p->c, &res->buf, &len, CONC_FOREVER)
+                : conc_conn_recv_alloc_until(p->c, &res->buf, &len, until);
         if (!e && conc__mgr_ans_parse(res->buf, len, &res->a)) {
             free(res->buf);
             res->buf = NULL;
             e = -EPROTO;
         }
+    }
+    if (e == -ETIMEDOUT) {              /* no answer within the grace */
+        conc_conn *old = p->c;
+        proxy_set_conn(p, NULL);
+        conc_conn_free(old);
     }
     if (e) {
         p->broken = true;               /* the stream is out of step or gone */

@@ -5,12 +5,18 @@
  *     clear() follows at once (a "pulse"): threading.Event.wait returns True
  *     to them; it must not miss the set because the flag was down again by
  *     the time the waiter looked.
+ *   - A SyncManager's Queue is a queue.Queue: it has task_done and join,
+ *     as its JoinableQueue does.
+ * and where they do better than Python's:
+ *   - A call with a timeout returns, also when the server does not run
+ *     (where Python's proxy waits for ever).
  *
  * Criterion runs every test in its own process.
  */
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,5 +182,74 @@ Test(manager_semantics, plain_queue_has_task_done_and_join, .timeout = 60)
     cr_expect_eq(conc_proxy_queue_task_done(q), -EOVERFLOW);
     conc_proxy_free(j.q);
     conc_proxy_free(q);
+    conc_manager_free(m);
+}
+
+/* A server that does not answer at all (stopped, or its thread held up):
+ * a call with a timeout gives up some time after it (10 s), with
+ * -ECONNRESET, and its proxy is broken (the answer could still come);
+ * the call does not wait for ever.  Other proxies work again once the
+ * server runs. */
+struct getter {
+    conc_proxy *q;
+    int r;
+};
+
+static void *timed_getter(void *arg)
+{
+    struct getter *g = arg;
+    void *v = NULL;
+    size_t n;
+    int r = conc_proxy_queue_get(g->q, &v, &n, 0.2);
+    free(v);
+    __atomic_store_n(&g->r, r, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void *timed_acquirer(void *arg)
+{
+    struct getter *g = arg;
+    __atomic_store_n(&g->r, conc_proxy_acquire(g->q, 0.2), __ATOMIC_RELEASE);
+    return NULL;
+}
+
+Test(manager_semantics, a_timed_call_to_a_stopped_server_gives_up, .timeout = 90)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q, *d, *lk, *lk2;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, "d", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &lk, CONC_PROXY_LOCK, "l", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &lk2, CONC_PROXY_LOCK, "l", 0, 0), 0);
+    cr_assert_eq(conc_proxy_acquire(lk, 5.0), 0);
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    struct getter g = { .q = q, .r = 1 }, a = { .q = lk, .r = 1 };
+    pthread_t t, ta;
+    cr_assert_eq(pthread_create(&t, NULL, timed_getter, &g), 0);
+    cr_assert_eq(pthread_create(&ta, NULL, timed_acquirer, &a), 0);
+    /* A hang guard: the calls must end by themselves well before it. */
+    int64_t guard = conc_now() + 60 * (int64_t)1000000000;
+    while ((__atomic_load_n(&g.r, __ATOMIC_ACQUIRE) == 1 ||
+            __atomic_load_n(&a.r, __ATOMIC_ACQUIRE) == 1) &&
+           conc_now() < guard)
+        usleep(10000);
+    int r = __atomic_load_n(&g.r, __ATOMIC_ACQUIRE), ra = __atomic_load_n(&a.r, __ATOMIC_ACQUIRE);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    pthread_join(t, NULL);
+    pthread_join(ta, NULL);
+    cr_expect_eq(r, -ECONNRESET, "the timed get from a stopped server: %d", r);
+    cr_expect_eq(ra, -ECONNRESET, "the timed acquire from a stopped server: %d", ra);
+    cr_expect_eq(conc_proxy_queue_qsize(q), -EPIPE, "its proxy is broken");
+    cr_expect_eq(conc_proxy_dict_set(d, "k", 1, "v", 1), 0, "another proxy works again");
+    /* The given-up proxy's connection was closed: the Lock it held is
+     * released once the server runs. */
+    cr_expect_eq(conc_proxy_acquire(lk2, GUARD), 0);
+    conc_proxy_free(q);
+    conc_proxy_free(d);
+    conc_proxy_free(lk);
+    conc_proxy_free(lk2);
     conc_manager_free(m);
 }

@@ -57,7 +57,14 @@
  * machine that vanishes without closing its connections (power lost, the
  * network cut) is noticed by TCP keepalives, which both ends arm, within
  * about 30 s: the server then releases what that client held, and the
- * proxy's call fails with -ECONNRESET.  A proxy does not
+ * proxy's call fails with -ECONNRESET.  A server that runs no more but
+ * keeps its connections (stopped, its thread held up by a type's
+ * callback): a call with a timeout whose answer has not come 10 s after
+ * its timeout fails with -ECONNRESET, and its proxy is broken and its
+ * connection closed (the server releases what it held once it runs);
+ * calls without a timeout, and Condition.wait (which takes the lock back
+ * however long another client holds it), wait as long as the connection
+ * lives.  A proxy does not
  * reconnect by itself: make the manager handle again (conc_manager_connect)
  * and the proxies again (conc_manager_create with the object's name) when
  * a server was restarted.
