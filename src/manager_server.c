@@ -1307,6 +1307,32 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
 
 /* ---------------------------------------------------------- connections */
 
+/* The answer to a Queue.get (its one string is the message) could not be
+ * sent: the client is gone, so the message goes back to the head of the
+ * queue, where it was, instead of being lost with the client. */
+static void give_back(struct obj *o, const uint8_t *ans, size_t len)
+{
+    struct conc__mgr_str msg;
+    size_t pos = 0;
+    if (!o || len < CONC__MGR_ANS_HEAD ||
+        conc__mgr_next(ans + CONC__MGR_ANS_HEAD, len - CONC__MGR_ANS_HEAD, &pos, &msg))
+        return;
+    struct qmsg *m = malloc(sizeof *m + msg.len);
+    if (!m)
+        return;
+    m->len = msg.len;
+    if (msg.len)
+        memcpy(m->data, msg.p, msg.len);
+    conc_lock_acquire(&o->mu, CONC_FOREVER);
+    m->next = o->qhead;
+    o->qhead = m;
+    if (!o->qtail)
+        o->qtail = m;
+    o->qlen++;
+    conc_cond_notify_all(&o->cv);
+    conc_lock_release(&o->mu);
+}
+
 static void *conn_main(void *arg)
 {
     struct conn *cn = arg;
@@ -1351,8 +1377,11 @@ static void *conn_main(void *arg)
             out.nargs = 0;
         }
         conc__mgr_ans_write_head(out.buf, e, out.nargs, out.value);
-        if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER))
+        if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER)) {
+            if (r.op == CONC__MGR_Q_GET && e == 0)
+                give_back(cn->last, out.buf, out.len);
             break;
+        }
         if (e == -ECONNRESET)
             break;
     }

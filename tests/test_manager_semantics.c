@@ -10,6 +10,7 @@
  * and where they do better than Python's:
  *   - A call with a timeout returns, also when the server does not run
  *     (where Python's proxy waits for ever).
+ *   - A Queue.get whose client is gone before its answer loses no message.
  *
  * Criterion runs every test in its own process.
  */
@@ -251,5 +252,53 @@ Test(manager_semantics, a_timed_call_to_a_stopped_server_gives_up, .timeout = 90
     conc_proxy_free(d);
     conc_proxy_free(lk);
     conc_proxy_free(lk2);
+    conc_manager_free(m);
+}
+
+/* A client that sends Queue.get and is gone before its answer is written
+ * (killed, or it closed) does not take the message with it: the server,
+ * whose answer cannot be sent, puts the message back at the head of the
+ * queue, and the next get has it, in its place. */
+enum { OP_Q_GET = 29 };                 /* src/manager_wire.h */
+
+Test(manager_semantics, a_get_whose_client_is_gone_gives_the_message_back, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *q;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "first", 5, GUARD), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "second", 6, GUARD), 0);
+
+    conc_conn *c[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(conc_client_connect(&c[i], addr, NULL, GUARD), 0);
+        char hello[64];
+        cr_assert_gt(conc_conn_recv_bytes(c[i], hello, sizeof hello, GUARD), 0);
+    }
+    /* Stopped, the server reads the requests only after their clients
+     * closed: its answers cannot be sent. */
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    for (int i = 0; i < 3; i++) {
+        uint8_t get[48];
+        raw_req(get, OP_Q_GET, conc_proxy_id(q));
+        cr_assert_eq(conc_conn_send_bytes(c[i], get, sizeof get, GUARD), 0);
+        conc_conn_free(c[i]);           /* gone before the answer */
+    }
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    void *v;
+    size_t n;
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, 5.0), 0, "the first message was lost");
+    cr_expect(n == 5 && memcmp(v, "first", 5) == 0, "got '%.*s'", (int)n, (char *)v);
+    free(v);
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, 5.0), 0, "the second message was lost");
+    cr_expect(n == 6 && memcmp(v, "second", 6) == 0, "got '%.*s'", (int)n, (char *)v);
+    free(v);
+    cr_expect_eq(conc_proxy_queue_qsize(q), 0);
+    conc_proxy_free(q);
     conc_manager_free(m);
 }

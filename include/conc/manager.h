@@ -510,7 +510,9 @@ CONC_API int conc_proxy_queue_put_until(conc_proxy *p, const void *data, size_t 
                                         int64_t deadline);
 /* q.get(timeout): the oldest message in a malloc'd buffer (*out, free it;
  * not NULL for an empty message) and its length in *len.  Returns 0;
- * -EAGAIN / -ETIMEDOUT (Empty). */
+ * -EAGAIN / -ETIMEDOUT (Empty).  A get whose client the server finds gone
+ * when it answers (killed, or closed, before the answer could be written)
+ * takes nothing: the message goes back to the head of the queue. */
 CONC_API int conc_proxy_queue_get(conc_proxy *p, void **out, size_t *len, double timeout);
 CONC_API int conc_proxy_queue_get_until(conc_proxy *p, void **out, size_t *len,
                                         int64_t deadline);
