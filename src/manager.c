@@ -49,6 +49,8 @@ struct conc_manager {
     uint8_t *authkey;
     size_t authkey_len;
     size_t max_message;
+    size_t send_max;                /* the largest request: the server's
+                                       message size when it is smaller */
     int state;
     pid_t owner;                    /* the process that made the handle */
     conc_process *proc;
@@ -255,8 +257,8 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
 {
     res->buf = NULL;
     size_t size = conc__mgr_size(CONC__MGR_REQ_HEAD, s, n);
-    if (size > p->m->max_message)
-        return -EMSGSIZE;
+    if (size > p->m->max_message || (p->m->send_max && size > p->m->send_max))
+        return -EMSGSIZE;               /* the server would drop the connection */
     uint8_t small[512];
     uint8_t *buf = size <= sizeof small ? small : malloc(size);
     if (!buf)
@@ -667,8 +669,11 @@ int conc_manager_connect(conc_manager *m)
     int e = dial(m, &p.c);
     if (e)
         return e;
-    e = rpc_simple(&p, CONC__MGR_PING, CONC_NO_DEADLINE, 0, NULL);
+    int64_t server_max = 0;
+    e = rpc_simple(&p, CONC__MGR_PING, CONC_NO_DEADLINE, 0, &server_max);
     conc_conn_free(p.c);
+    if (!e && server_max >= 64 && (uint64_t)server_max < m->max_message)
+        m->send_max = (size_t)server_max;
     /* A server with a key sends a challenge where a keyless client expects
      * its answer (or drops it): the key is missing on this side. */
     if (e && !m->authkey && (e == -ECONNRESET || e == -EPIPE || e == -EPROTO))

@@ -1242,6 +1242,7 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     struct conc__mgr_server *s = cn->s;
     switch (r->op) {
     case CONC__MGR_PING:
+        out->value = (int64_t)s->max_message;   /* what a client may send */
         return 0;
     case CONC__MGR_SHUTDOWN:
         conc__mgr_server_stop(s);

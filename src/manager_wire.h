@@ -43,7 +43,7 @@
 #define CONC__MGR_ANS_HEAD 16
 
 enum conc__mgr_op {
-    CONC__MGR_PING = 1,
+    CONC__MGR_PING = 1,      /* answer: value the server's message size (0: unknown) */
     CONC__MGR_SHUTDOWN,
     CONC__MGR_CREATE,        /* a type, b n, c size; arg0 name ("" none), arg1 (may be
                                 absent) a Value's or Array's typecode, one byte; the

@@ -173,3 +173,32 @@ Test(manager_limits, listings_too_big_keep_the_proxy_usable, .timeout = 60)
     conc_proxy_free(sd);
     stop_pair(&p);
 }
+
+/* A server with a smaller message size than its client's: the client
+ * learns it when it connects, and a request the server would refuse fails
+ * with -EMSGSIZE before it is sent; the proxy stays usable (the server
+ * used to close the connection, and the call gave -ECONNRESET, as if the
+ * server had gone). */
+Test(manager_limits, requests_over_the_servers_size_fail_before_sending, .timeout = 60)
+{
+    fill_big();
+    conc_manager *m, *c;
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.max_message = SMALL_MAX;
+    cr_assert_eq(conc_manager_new(&m, &o), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_manager_opts co = CONC_MANAGER_OPTS_INIT;
+    co.address = addr;                  /* the default message size, larger */
+    cr_assert_eq(conc_manager_new(&c, &co), 0);
+    cr_assert_eq(conc_manager_connect(c), 0);
+    conc_proxy *d;
+    cr_assert_eq(conc_manager_create(c, &d, CONC_PROXY_DICT, "d", 0, 0), 0);
+    cr_expect_eq(conc_proxy_dict_set(d, "k", 1, big, sizeof big), -EMSGSIZE);
+    cr_expect_eq(conc_proxy_dict_set(d, "k", 1, "small", 5), 0, "the proxy is broken");
+    cr_expect_eq(conc_proxy_dict_len(d), 1);
+    conc_proxy_free(d);
+    conc_manager_free(c);
+    conc_manager_free(m);
+}

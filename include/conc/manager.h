@@ -267,6 +267,9 @@ CONC_API int conc_manager_serve_forever(conc_manager *m);
  * answer within 10 s; -ECONNRESET when the server closed the connection
  * (died, or dropped it) before the handshake ended; -EPROTO when the peer
  * does not speak this protocol or version; the errors of connect(2).
+ * The handle learns the server's message size: when it is smaller than
+ * the handle's, a request larger than it fails with -EMSGSIZE before it
+ * is sent (the server would close the connection).
  */
 CONC_API int conc_manager_connect(conc_manager *m);
 
