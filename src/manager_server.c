@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -110,8 +112,10 @@ struct obj {
      * yet (what the ends of the connections may give back in all) */
     uint64_t value;
     uint64_t held;
-    /* Event */
+    /* Event: the flag, and the sets so far (a waiter that saw none while
+     * it waited was not woken by one, even when the flag is down again) */
     bool flag;
+    uint64_t sets;
     /* Condition */
     struct waiter *whead;
     /* Barrier */
@@ -161,6 +165,7 @@ struct out {
     int32_t status;
     int64_t value;
     bool nomem;
+    size_t limit;                   /* the largest answer the client takes */
 };
 
 static bool stopping(const struct conc__mgr_server *s)
@@ -191,6 +196,14 @@ static void out_str(struct out *o, const void *p, size_t len)
     }
     conc__mgr_put_str(o->buf, &o->len, p, len);
     o->nargs++;
+}
+
+/* Whether a string of len bytes still fits the client's answer limit: an
+ * op that takes something out (a pop, a Queue.get) asks first, so that an
+ * answer the client could not take leaves the item where it was. */
+static bool fits(const struct out *o, size_t len)
+{
+    return len <= o->limit && o->len + 4 <= o->limit - len;
 }
 
 static uint64_t hash_bytes(const uint8_t *p, size_t len)
@@ -681,6 +694,8 @@ static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out
         i = kv_find(o, &a0, hash_bytes(a0.p, a0.len));
         if (i < 0)
             return -ENOENT;
+        if (!fits(out, o->kv[i].v.len))
+            return -EMSGSIZE;
         out_str(out, o->kv[i].v.p, o->kv[i].v.len);
         if (r->op == CONC__MGR_D_POP && !out->nomem)
             kv_remove(o, (size_t)i);
@@ -812,6 +827,8 @@ static int op_list(struct obj *o, const struct conc__mgr_req *r, struct out *out
     case CONC__MGR_L_POP:
         if (py_index(r->a, o->nli, &at))
             return -ERANGE;
+        if (!fits(out, o->li[at].len))
+            return -EMSGSIZE;
         out_str(out, o->li[at].p, o->li[at].len);
         if (out->nomem)
             return -ENOMEM;
@@ -905,6 +922,8 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         struct qmsg *m = o->qhead;
+        if (!fits(out, m->len))
+            return -EMSGSIZE;           /* it stays first in the queue */
         out_str(out, m->data, m->len);
         if (out->nomem)
             return -ENOMEM;
@@ -920,16 +939,14 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out->value = (int64_t)o->qlen;
         return 0;
     case CONC__MGR_Q_TASK_DONE:
-        if (o->type != CONC_PROXY_JOINABLE_QUEUE)
-            return -EINVAL;
+        /* Both types: a SyncManager's Queue and JoinableQueue are both a
+         * queue.Queue, with task_done and join. */
         if (!o->unfinished)
             return -EOVERFLOW;
         if (--o->unfinished == 0)
             conc_cond_notify_all(&o->cv);
         return 0;
     case CONC__MGR_Q_JOIN:
-        if (o->type != CONC_PROXY_JOINABLE_QUEUE)
-            return -EINVAL;
         while (o->unfinished)
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
@@ -1025,6 +1042,7 @@ static int op_event(struct conn *cn, struct obj *o, const struct conc__mgr_req *
     switch (r->op) {
     case CONC__MGR_E_SET:
         o->flag = true;
+        o->sets++;
         conc_cond_notify_all(&o->cv);
         return 0;
     case CONC__MGR_E_CLEAR:
@@ -1034,8 +1052,11 @@ static int op_event(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out->value = o->flag;
         return 0;
     case CONC__MGR_E_WAIT: {
+        /* threading.Event: a set() wakes every waiter of that moment,
+         * also when a clear() came before the waiter looked again. */
         int64_t deadline = req_deadline(r);
-        while (!o->flag)
+        uint64_t sets = o->sets;
+        while (!o->flag && o->sets == sets)
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         return 0;
@@ -1221,6 +1242,7 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     struct conc__mgr_server *s = cn->s;
     switch (r->op) {
     case CONC__MGR_PING:
+        out->value = (int64_t)s->max_message;   /* what a client may send */
         return 0;
     case CONC__MGR_SHUTDOWN:
         conc__mgr_server_stop(s);
@@ -1286,6 +1308,32 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
 
 /* ---------------------------------------------------------- connections */
 
+/* The answer to a Queue.get (its one string is the message) could not be
+ * sent: the client is gone, so the message goes back to the head of the
+ * queue, where it was, instead of being lost with the client. */
+static void give_back(struct obj *o, const uint8_t *ans, size_t len)
+{
+    struct conc__mgr_str msg;
+    size_t pos = 0;
+    if (!o || len < CONC__MGR_ANS_HEAD ||
+        conc__mgr_next(ans + CONC__MGR_ANS_HEAD, len - CONC__MGR_ANS_HEAD, &pos, &msg))
+        return;
+    struct qmsg *m = malloc(sizeof *m + msg.len);
+    if (!m)
+        return;
+    m->len = msg.len;
+    if (msg.len)
+        memcpy(m->data, msg.p, msg.len);
+    conc_lock_acquire(&o->mu, CONC_FOREVER);
+    m->next = o->qhead;
+    o->qhead = m;
+    if (!o->qtail)
+        o->qtail = m;
+    o->qlen++;
+    conc_cond_notify_all(&o->cv);
+    conc_lock_release(&o->mu);
+}
+
 static void *conn_main(void *arg)
 {
     struct conn *cn = arg;
@@ -1311,13 +1359,18 @@ static void *conn_main(void *arg)
         out.nargs = 0;
         out.value = 0;
         out.nomem = false;
+        /* c of every op but CREATE is the client's own message size: no
+         * answer is larger (0, from an older client: the server's). */
+        out.limit = cn->s->max_message;
+        if (r.op != CONC__MGR_CREATE && r.c > 0 && (uint64_t)r.c < out.limit)
+            out.limit = (size_t)r.c;
         if (!out.buf) {
             out.buf = malloc(256);
             out.cap = out.buf ? 256 : 0;
         }
         int e = out.buf ? dispatch(cn, &r, &out) : -ENOMEM;
         free(buf);
-        if (out.nomem || !out.buf || out.len > cn->s->max_message) {
+        if (out.nomem || !out.buf || out.len > out.limit) {
             if (!out.buf)
                 break;
             e = out.nomem ? -ENOMEM : -EMSGSIZE;
@@ -1325,8 +1378,11 @@ static void *conn_main(void *arg)
             out.nargs = 0;
         }
         conc__mgr_ans_write_head(out.buf, e, out.nargs, out.value);
-        if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER))
+        if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER)) {
+            if (r.op == CONC__MGR_Q_GET && e == 0)
+                give_back(cn->last, out.buf, out.len);
             break;
+        }
         if (e == -ECONNRESET)
             break;
     }
@@ -1390,6 +1446,21 @@ void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
     s->take_sigterm = true;
 }
 
+void conc__mgr_keepalive(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return;
+    int on = 1, idle = CONC__MGR_KEEPALIVE_IDLE, intvl = CONC__MGR_KEEPALIVE_INTVL,
+        cnt = CONC__MGR_KEEPALIVE_CNT;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+}
+
 /* Whether a SIGTERM (blocked, pending) asks the server to stop: takes it. */
 static bool sigterm_pending(void)
 {
@@ -1417,8 +1488,16 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);
         if (e == -EPIPE)
             break;
-        if (e)
-            continue;                   /* a timeout, a failed handshake, no descriptors */
+        if (e == -ETIMEDOUT || e == -ECONNABORTED || e == -EACCES)
+            continue;                   /* no client, or a failed handshake */
+        if (e) {
+            /* Out of descriptors or memory: the accept did not wait.  Let
+             * the connections run (those that end give their descriptors
+             * back) before the next try; trying again at once would keep
+             * this loop from ever letting them run. */
+            conc_sleep(ACCEPT_SLICE);
+            continue;
+        }
         struct conn *cn = calloc(1, sizeof *cn);
         if (!cn || s->nconns >= MAX_CONNS || conc_conn_set_max_size(c, s->max_message)) {
             free(cn);
@@ -1428,6 +1507,7 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
+        conc__mgr_keepalive(cn->fd);    /* a client machine that vanishes */
         cn->serial = ++s->next_serial;
         if (conn_spawn(cn)) {
             conc_conn_free(c);
