@@ -15,7 +15,14 @@
  * Sockets are left blocking: calls with a deadline use MSG_DONTWAIT and
  * wait for readiness through the wait layer; a plain thread without a
  * deadline blocks in recv()/sendmsg() itself, which is what the wait layer
- * would do for it anyway, at one system call instead of three.  A socket's
+ * would do for it anyway, at one system call instead of three, except for
+ * a receive after a short read (below): it waits in poll() for POLLIN and
+ * then reads.  A reader asleep in recv() on a Unix stream socket is woken,
+ * for nothing, each time its peer takes bytes this end sent (the kernel
+ * tells the sender there is room again, on the one queue both directions
+ * sleep on; poll() sleeps only for the events it asked for): a client that
+ * sends a request and sleeps in recv() for the answer is woken once more
+ * per call when the server reads the request.  A socket's
  * receive waits with conc__wait_io, so a coroutine's hub keeps the socket
  * registered edge-triggered and a wait costs no epoll_ctl.  That wait
  * follows a read that said EAGAIN, or a short read of a stream socket: a
@@ -363,9 +370,10 @@ static ssize_t read_some(conc_conn *c, void *p, size_t n, int64_t deadline)
 {
     bool block = may_block(c, deadline);
     /* After a short read of a stream socket the read would find nothing:
-     * wait first (see the top of the file).  A call that may not wait
-     * (a passed deadline) still reads once. */
-    bool skip = c->drained && !block && !passed(deadline);
+     * wait first (see the top of the file), also in a plain thread that
+     * could block in recv().  A call that may not wait (a passed
+     * deadline) still reads once. */
+    bool skip = c->drained && !passed(deadline);
     for (;;) {
         if (!skip) {
             ssize_t r = read_once(c, p, n, block);
@@ -379,6 +387,7 @@ static ssize_t read_some(conc_conn *c, void *p, size_t n, int64_t deadline)
             }
         }
         skip = false;
+        block = false;          /* another holder of the end may read first */
         /* Whatever the wait gives, it may have taken the edge of bytes
          * that came: the next call reads before it waits. */
         c->drained = false;

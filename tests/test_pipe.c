@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -969,6 +970,54 @@ Test(pipe, drained_receive_deadlines, .timeout = 60)
         conc_conn_free(ab[1]);
     }
     cr_assert_eq(conc_hub_free(), 0);
+}
+
+/* Answers each 16-byte request with the same 16 bytes, framed by hand:
+ * every third answer in two writes (its header, then its bytes), so the
+ * caller's receive finds half a message after a short read.  Until EOF. */
+static void *answer_body(void *arg)
+{
+    conc_conn *c = arg;
+    int fd = conc_conn_fd(c);
+    unsigned char req[16], msg[24] = { 16 };
+    for (unsigned i = 0; conc_conn_recv_bytes(c, req, sizeof req, CONC_FOREVER) == 16; i++) {
+        memcpy(msg + 8, req, 16);
+        if (i % 3 == 0) {
+            if (write(fd, msg, 8) != 8)
+                break;
+            sched_yield();
+            if (write(fd, msg + 8, 16) != 16)
+                break;
+        } else if (write(fd, msg, 24) != 24) {
+            break;
+        }
+    }
+    return NULL;
+}
+
+#define CALLS 3000
+
+/* A plain thread's request and answer without a deadline: after the short
+ * read of each answer the next receive waits in poll() first (pipe.c);
+ * every answer arrives whole and in order, also one that comes in two
+ * pieces. */
+Test(pipe, request_answer_in_plain_threads, .timeout = 60)
+{
+    conc_conn *a, *b;
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, answer_body, b), 0);
+    unsigned char req[16] = "0123456789abcdef", ans[16];
+    for (int i = 0; i < CALLS; i++) {
+        req[0] = (unsigned char)i;
+        req[1] = (unsigned char)(i >> 8);
+        cr_assert_eq(conc_conn_send_bytes(a, req, 16, CONC_FOREVER), 0);
+        cr_assert_eq(conc_conn_recv_bytes(a, ans, 16, CONC_FOREVER), 16);
+        cr_assert_eq(memcmp(req, ans, 16), 0, "call %d", i);
+    }
+    conc_conn_free(a);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    conc_conn_free(b);
 }
 
 /* ------------------------------------------------- conc_wait */
