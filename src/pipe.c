@@ -25,10 +25,10 @@
  * per call when the server reads the request.  A socket's
  * receive waits with conc__wait_io, so a coroutine's hub keeps the socket
  * registered edge-triggered and a wait costs no epoll_ctl.  That wait
- * follows a read that said EAGAIN, or a short read of a stream socket: a
- * stream read takes everything queued up to its size, so a short one
+ * follows a read that said EAGAIN, or a short read of a Unix stream
+ * socket: its read takes everything queued up to its size, so a short one
  * emptied the socket as surely as an EAGAIN, and what comes after it
- * raises an edge.  So a connection that reads one request at a time (a
+ * raises an edge.  (Not TCP: a read there stops short at urgent data.)  So a connection that reads one request at a time (a
  * server's) goes from its answer straight to the wait, without a read that
  * finds nothing.  Pipes have
  * no per-call flag and are made O_NONBLOCK.  SIGPIPE is never raised:
@@ -151,17 +151,18 @@ int conc_conn_from_fd(conc_conn **out, int fd, unsigned flags)
     if (fstat(fd, &st) < 0)
         return errno == EBADF ? -EBADF : -errno;
     bool sock = S_ISSOCK(st.st_mode);
-    int type = 0;
+    int type = 0, domain = 0;
     if (sock) {
-        socklen_t tl = sizeof type;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0)
-            type = 0;
+        socklen_t tl = sizeof type, dl = sizeof domain;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0)
+            type = domain = 0;
     } else {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
             return -errno;
     }
-    return conn_new(out, fd, flags, sock, type == SOCK_STREAM);
+    return conn_new(out, fd, flags, sock, type == SOCK_STREAM && domain == AF_UNIX);
 }
 
 int conc_conn_fd(const conc_conn *c)
@@ -369,7 +370,7 @@ static ssize_t read_once(conc_conn *c, void *p, size_t n, bool block)
 static ssize_t read_some(conc_conn *c, void *p, size_t n, int64_t deadline)
 {
     bool block = may_block(c, deadline);
-    /* After a short read of a stream socket the read would find nothing:
+    /* After a short read of a Unix stream socket the read would find nothing:
      * wait first (see the top of the file), also in a plain thread that
      * could block in recv().  A call that may not wait (a passed
      * deadline) still reads once. */
