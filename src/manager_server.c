@@ -12,12 +12,18 @@
  *
  * Each object has a Lock (mu) that guards its state and a Condition (cv)
  * that every change of the state notifies; a request that must wait (a get
- * on an empty Queue, an acquire of a held Lock) parks its greenlet on cv in
- * slices of SLICE_NS (a timer of the hub, no thread), and between slices
- * looks whether its client is still there and whether the server stops.
- * So a client that dies while it waits frees its greenlet within a slice,
- * and a shutdown never waits for a blocked request.  The other connections
- * are served meanwhile: only the waiting greenlet is parked.
+ * on an empty Queue, an acquire of a held Lock) parks its greenlet on cv
+ * until its deadline.  Meanwhile a second greenlet of the connection, its
+ * watcher, parks on the socket for the client's close (POLLRDHUP) and
+ * wakes the object's waiters when it comes; the request then sees its
+ * client gone.  (A greenlet parks on one thing at a time: a word or a
+ * descriptor.)  So a parked request costs nothing until something happens,
+ * a client that dies while it waits frees its greenlet at once, and a
+ * shutdown, which shuts every connection's socket down, never waits for a
+ * blocked request.  The watcher ends with the request.  Without memory for
+ * a watcher, the request looks around in slices of SLICE_NS instead.  The
+ * other connections are served meanwhile: only the waiting greenlets are
+ * parked.
  *
  * Holdings: a connection counts what it acquired of each Lock, RLock,
  * Semaphore and Condition; when it ends, whatever it still holds is
@@ -48,10 +54,10 @@
 #include "conc/time.h"
 #include "conc/wait.h"
 #include "manager_internal.h"
-#include "pipe.h"             /* buffered(): what a connection read ahead */
 #include "manager_wire.h"
 
-#define SLICE_NS 50000000LL         /* a waiting request looks around every 50 ms */
+#define SLICE_NS 50000000LL         /* without a watcher, a waiting request
+                                       looks around every 50 ms */
 #define ACCEPT_SLICE 0.05           /* the accept loop looks at the stop flag */
 #define MAX_CONNS 1024              /* connections served at once */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
@@ -139,6 +145,10 @@ struct conn {
     struct hold *holds;
     size_t nholds, capholds;
     struct obj *last;               /* the object of the last request */
+    conc_greenlet *watch;           /* parked for the client's close while a
+                                       request waits on wobj, or NULL */
+    struct obj *wobj;
+    bool gone;                      /* the watcher saw the client's close */
     int done;                       /* atomic: the greenlet ended */
 };
 
@@ -311,21 +321,62 @@ static bool conn_gone(const struct conn *cn)
     return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
-/* One slice of a wait on o (o->mu held): returns 0 when the caller should
- * look at the state again, -ETIMEDOUT when the deadline passed, -ECONNRESET
- * when the client is gone or the server stops. */
+/* The watcher of a connection whose request waits on cn->wobj: parks
+ * until the client's end closes, then wakes the object's waiters (the
+ * request among them).  Killed when the request is done. */
+static void *watch_main(void *arg)
+{
+    struct conn *cn = arg;
+    do
+        if (conc_fd_wait_until(cn->fd, POLLRDHUP, CONC_NO_DEADLINE) < 0)
+            return NULL;                /* killed: the request is done */
+    while (!conn_gone(cn));
+    cn->gone = true;
+    struct obj *o = cn->wobj;
+    conc_lock_acquire(&o->mu, CONC_FOREVER);
+    conc_cond_notify_all(&o->cv);
+    conc_lock_release(&o->mu);
+    return NULL;
+}
+
+/* Ends cn's watcher, if any (o->mu not held: the watcher may take it). */
+static void watch_stop(struct conn *cn)
+{
+    if (!cn->watch)
+        return;
+    conc_greenlet_kill(cn->watch);
+    conc_greenlet_join(cn->watch, CONC_FOREVER);
+    conc_greenlet_free(cn->watch);
+    cn->watch = NULL;
+}
+
+/* A wait on o (o->mu held) until something changes: returns 0 when the
+ * caller should look at the state again, -ETIMEDOUT when the deadline
+ * passed, -ECONNRESET when the client is gone or the server stops. */
 static int wait_slice(struct conn *cn, struct obj *o, int64_t deadline)
 {
     int64_t now = conc_now();
     if (now >= deadline)
         return -ETIMEDOUT;
-    if (stopping(cn->s) || conn_gone(cn))
+    if (cn->gone || stopping(cn->s) || conn_gone(cn))
         return -ECONNRESET;
-    int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
+    int64_t until = deadline;
+    if (!cn->watch) {
+        cn->wobj = o;
+        conc_coro_opts co = CONC_CORO_OPTS_INIT;
+        co.name = "conc-manager-watch";
+        conc_spawn_opts so = CONC_SPAWN_OPTS_INIT;
+        so.coro = &co;
+        if (conc_greenlet_spawn(&cn->watch, watch_main, cn, &so) != 0) {
+            cn->watch = NULL;           /* no watcher: look around in slices */
+            if (deadline - now > SLICE_NS)
+                until = now + SLICE_NS;
+        }
+    }
     conc_cond_wait_until(&o->cv, &o->mu, until);
     /* Looked at again after the wait: what woke it (a message, a released
      * lock) must not go to a client that died meanwhile. */
-    return conn_gone(cn) ? -ECONNRESET : 0;
+    return cn->gone || conn_gone(cn) ? -ECONNRESET : 0;
 }
 
 static int64_t req_deadline(const struct conc__mgr_req *r)
@@ -1303,6 +1354,7 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
         break;
     }
     conc_lock_release(&o->mu);
+    watch_stop(cn);
     return e;
 }
 
@@ -1344,10 +1396,9 @@ static void *conn_main(void *arg)
         void *buf;
         size_t len;
         /* A client waits for each answer, so the next request is seldom
-         * there yet: park on the socket first (nothing read ahead) rather
-         * than try a read that finds nothing. */
-        if (!buffered(cn->c) && conc_fd_wait_until(cn->fd, POLLIN, CONC_NO_DEADLINE) < 0)
-            break;
+         * there yet: the connection parks on its socket first when its
+         * last read emptied it (pipe.c), in the hub's edge-triggered mode,
+         * so a request costs one epoll_wait, one recv and one send. */
         if (conc_conn_recv_alloc(cn->c, &buf, &len, CONC_FOREVER))
             break;
         struct conc__mgr_req r;
