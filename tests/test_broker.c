@@ -966,3 +966,39 @@ Test(broker, batched_acknowledgements_settle_each_message_once)
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }
+
+/* A put the broker refuses (nacks) fails with -EIO and leaves the queue as
+ * it was: here a policy bounds the queue to two messages and makes the
+ * broker refuse what comes beyond them.  Waited-for puts and a stream of
+ * async puts each learn of the refusal; what was confirmed is there once,
+ * in order; a put after a get has room again. */
+Test(broker, put_refused_by_the_broker_eio)
+{
+    char name[128], policy[160];
+    qname(name, sizeof name, "full");
+    snprintf(policy, sizeof policy, "%s-bound", name);
+    bound_queue(policy, name, 2);
+    conc_broker *b = connect_ok();
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "a", 2, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(q, "b", 2, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(q, "c", 2, HANG), -EIO);
+    cr_assert_eq(conc_broker_queue_put_async(q, "d", 2, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put_async(q, "e", 2, HANG), 0);
+    cr_assert_eq(conc_broker_flush(b, HANG), -EIO);
+    cr_assert_eq(conc_broker_flush(b, 0), 0);         /* reported once */
+    cr_assert_eq(conc_broker_queue_qsize(q, HANG), 2);
+    /* The connection and its publishing channel go on. */
+    get_str(q, "a", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    cr_assert_eq(conc_broker_queue_put(q, "f", 2, HANG), 0);
+    get_str(q, "b", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    get_str(q, "f", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get_nowait(q, &m), -EAGAIN);
+    unbound_queue(policy);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    conc_broker_free(b);
+}

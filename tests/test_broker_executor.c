@@ -907,15 +907,6 @@ Test(broker_executor, broker_restarted_under_load_every_future_once)
     delete_queues(q);
 }
 
-/* Runs rabbitmqctl ARGS on the node; fails the test if it fails. */
-static void ctl(const char *args)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' ctl '%s' %s >/dev/null", CONC_RABBITMQ_SCRIPT,
-             CONC_RABBITMQ_DIR, args);
-    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
-}
-
 /* The broker drops every connection (as a lost network does) while tasks
  * run: both sides connect again at once and every future completes once. */
 Test(broker_executor, connections_dropped_under_load_every_future_once)
@@ -966,5 +957,82 @@ Test(broker_executor, reply_queue_gone_fails_confirmed_futures)
     conc_future_free(b);
     cr_assert_eq(wthread_stop(&wt), 2);     /* the orphan ran too */
     conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* A task the broker refuses (nacks) fails with -EIO and nothing else is
+ * lost or run twice: a policy bounds the work queue so that the broker
+ * refuses the tasks beyond the first few.  Each submit is followed until
+ * its fate is known (in the queue, or its future failed); once the bound
+ * is gone a worker runs exactly the tasks that were taken, each future
+ * finishing once with its own value. */
+Test(broker_executor, refused_task_fails_eio)
+{
+    enum { N = 6 };
+    char q[128], policy[160];
+    qname(q, sizeof q, "refused");
+    snprintf(policy, sizeof policy, "%s.bound", q);
+    bound_queue(policy, q, 2);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *fs[N];
+    bool refused[N];
+    long taken = 0, nrefused = 0;
+    for (uint64_t i = 0; i < N; i++) {
+        fs[i] = submit_u64(ex, "square", i + 1);
+        refused[i] = false;
+        for (int k = 0;; k++) {
+            cr_assert_lt(k, (int)(GUARD * 20), "task %d: neither queued nor refused",
+                         (int)i);
+            if (conc_future_done(fs[i])) {
+                expect_error(fs[i], -EIO, 0);
+                refused[i] = true;
+                nrefused++;
+                break;
+            }
+            if (raw_count(q) == taken + 1) {
+                taken++;
+                break;
+            }
+            usleep(20 * 1000);
+        }
+    }
+    /* A quorum queue takes one message beyond its bound at most; once
+     * full, it refuses every later one. */
+    cr_assert(taken >= 2 && taken <= 3, "taken %ld", taken);
+    cr_assert_eq(nrefused, N - taken);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(refused[i], i >= taken, "task %d", i);
+    cr_assert_eq(conc_broker_executor_pending(ex), (size_t)taken);
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    for (int i = 0; i < N; i++) {
+        if (!refused[i])
+            cr_assert_eq(result_u64(fs[i]), (uint64_t)(i + 1) * (i + 1));
+        else
+            expect_error(fs[i], -EIO, 0);
+        conc_future_free(fs[i]);
+    }
+    /* The executor goes on after a refusal: the queue has room again once
+     * the worker's acknowledgements of the tasks it ran reach the broker,
+     * and a task refused before is submitted again. */
+    int err = -EIO, tries = 0;
+    while (err == -EIO) {
+        cr_assert_lt(tries++, (int)(GUARD * 20), "still refused");
+        conc_future *f = submit_u64(ex, "square", 9);
+        cr_assert_eq(conc_future_wait(f, GUARD), 0);
+        cr_assert_eq(conc_future_exception(f, &err, NULL, 0), 0);
+        if (err == 0)
+            cr_assert_eq(result_u64(f), 81);
+        else
+            cr_assert_eq(err, -EIO);
+        conc_future_free(f);
+        if (err)
+            usleep(50 * 1000);
+    }
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    cr_assert_eq(wthread_stop(&wt), (uint64_t)taken + 1);
+    cr_assert_eq(raw_count(q), 0);
+    conc_broker_executor_free(ex);
+    unbound_queue(policy);
     delete_queues(q);
 }
