@@ -1036,3 +1036,75 @@ Test(broker_executor, refused_task_fails_eio)
     unbound_queue(policy);
     delete_queues(q);
 }
+
+/* The client is away (the broker closed its connection and lets it make
+ * no other, through a connection limit on its own user) longer than
+ * result_expires: the broker itself deletes its reply queue, with the
+ * result a worker sent meanwhile.  Back, the client fails the future of
+ * the task the broker had confirmed (-EPIPE: its result is lost), sends
+ * again the task it could not send while away (it runs and its result
+ * comes), and goes on with its reply queue declared again. */
+Test(broker_executor, reply_queue_expires_while_the_client_is_away)
+{
+    char q[128], user[64], args[256], away_url[512];
+    qname(q, sizeof q, "away");
+    snprintf(user, sizeof user, "bxaway%d", (int)getpid());
+    snprintf(args, sizeof args, "add_user '%s' pw", user);
+    ctl(args);
+    snprintf(args, sizeof args, "set_permissions -p / '%s' '.*' '.*' '.*'", user);
+    ctl(args);
+    const char *at = strchr(url, '@');
+    cr_assert_not_null(at);
+    snprintf(away_url, sizeof away_url, "amqp://%s:pw%s", user, at);
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = q;
+    o.result_expires = 1.0;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, away_url, &o), 0);
+    char reply[256];
+    snprintf(reply, sizeof reply, "%s", conc_broker_executor_reply_queue(ex));
+
+    /* Task b reaches the queue; the broker's confirmation reaches the
+     * client long before the next rabbitmqctl call has started. */
+    conc_future *b = submit_u64(ex, "square", 4);
+    cr_assert_eq(wait_count(q, 1), 1);
+    snprintf(args, sizeof args, "set_user_limits '%s' '{\"max-connections\": 0}'", user);
+    ctl(args);
+    snprintf(args, sizeof args, "close_all_user_connections '%s' away-by-test", user);
+    ctl(args);
+
+    /* A worker runs b while the client is away: the result waits in the
+     * reply queue, which nobody uses now. */
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    for (int i = 0; conc_broker_worker_tasks(wt.w) < 1; i++) {
+        cr_assert_lt(i, (int)(GUARD * 20), "the worker did not run the task");
+        usleep(50 * 1000);
+    }
+    cr_assert_not(conc_future_done(b));
+    /* Unused for result_expires, the queue goes with the result.  A look
+     * at it counts as a use: look less often than that. */
+    long n = raw_count(reply);
+    for (int i = 0; i < (int)GUARD && n != -1; i++) {
+        usleep(1500 * 1000);
+        n = raw_count(reply);
+    }
+    cr_assert_eq(n, -1, "the reply queue did not expire");
+
+    /* Submitted while away: sent once the client is back. */
+    conc_future *c = submit_u64(ex, "square", 5);
+    snprintf(args, sizeof args, "clear_user_limits '%s' max-connections", user);
+    ctl(args);
+    expect_error(b, -EPIPE, 0);
+    cr_assert_eq(result_u64(c), 25);
+    conc_future_free(b);
+    conc_future_free(c);
+    cr_assert_geq(conc_broker_executor_reconnects(ex), 1);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    cr_assert_eq(raw_count(conc_broker_executor_reply_queue(ex)), 0);
+    cr_assert_eq(wthread_stop(&wt), 2);
+    conc_broker_executor_free(ex);
+    snprintf(args, sizeof args, "delete_user '%s'", user);
+    ctl(args);
+    delete_queues(q);
+}
