@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,8 @@
 #include "conc/broker_executor.h"
 #include "conc/future.h"
 #include "conc/hub.h"
+#include "conc/time.h"
+#include "conc/wait.h"
 
 #define GUARD 60.0
 
@@ -1107,4 +1112,82 @@ Test(broker_executor, reply_queue_expires_while_the_client_is_away)
     snprintf(args, sizeof args, "delete_user '%s'", user);
     ctl(args);
     delete_queues(q);
+}
+
+/* A connect to a listener that never answers (the kernel completes the
+ * TCP connection, nobody sends the AMQP greeting) parks only its
+ * coroutine: another coroutine of the hub runs while it waits (it sees
+ * the connection arrive at the listener before the connect returned), and
+ * the connect gives up with -ETIMEDOUT at its connect_timeout. */
+struct silent {
+    const char *url;
+    int lfd;
+    bool worker;            /* conc_broker_worker_new, else executor_new */
+    int rc;
+    bool done;
+    bool seen_while_connecting;
+    int64_t took;
+};
+
+static void *silent_connect(void *arg)
+{
+    struct silent *s = arg;
+    int64_t t0 = conc_now();
+    if (s->worker) {
+        conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
+        o.connect_timeout = 0.5;
+        conc_broker_worker *w = NULL;
+        s->rc = conc_broker_worker_new(&w, s->url, &o);
+        conc_broker_worker_free(w);
+    } else {
+        conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+        o.connect_timeout = 0.5;
+        conc_broker_executor *ex = NULL;
+        s->rc = conc_broker_executor_new(&ex, s->url, &o);
+        conc_broker_executor_free(ex);
+    }
+    s->took = conc_now() - t0;
+    s->done = true;
+    return NULL;
+}
+
+static void *silent_watch(void *arg)
+{
+    struct silent *s = arg;
+    /* Ready once a connection waits in the listener's backlog. */
+    if (conc_fd_wait(s->lfd, POLLIN, GUARD) == 0)
+        s->seen_while_connecting = !s->done;
+    return NULL;
+}
+
+static void silent_listener_case(bool worker)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    cr_assert_eq(listen(lfd, 8), 0);
+    char u[128];
+    snprintf(u, sizeof u, "amqp://guest:guest@127.0.0.1:%d/", ntohs(a.sin_port));
+    struct silent s = { .url = u, .lfd = lfd, .worker = worker, .rc = 1 };
+    conc_greenlet *gc, *gw;
+    cr_assert_eq(conc_greenlet_spawn(&gc, silent_connect, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gw, silent_watch, &s, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert(s.done);
+    cr_assert_eq(s.rc, -ETIMEDOUT, "%s: %d", worker ? "worker" : "executor", s.rc);
+    cr_assert(s.seen_while_connecting, "the connect held the thread");
+    cr_assert_geq(s.took, 500000000LL, "gave up before its timeout");
+    conc_greenlet_free(gc);
+    conc_greenlet_free(gw);
+    conc_hub_free();
+    close(lfd);
+}
+
+Test(broker_executor, connect_from_a_coroutine_parks_only_the_coroutine)
+{
+    silent_listener_case(true);
+    silent_listener_case(false);
 }
