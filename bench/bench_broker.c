@@ -71,6 +71,7 @@ static const bench_metric metrics[] = {
 
 static char url[512];
 static int serial;
+static bool verbose;            /* --verbose: every run's rate on stderr */
 
 static void name_queue(char *buf, size_t size, const char *what)
 {
@@ -260,12 +261,18 @@ static void run_turns(const char *metric, bool publish, long n, struct raw_peer 
                     conc_err = t;
                 else
                     tc[kc++] = t;
+                if (verbose && t > 0)
+                    fprintf(stderr, "%s run %d: conc %.0f msg/s\n", metric, r + 1,
+                            n / (t / 1e9));
             } else if (!conc_turn && raw_on && !raw_err) {
                 int64_t t = round_raw(raw, publish);
                 if (t < 0)
                     raw_err = t;
                 else
                     tr[kr++] = t;
+                if (verbose && t > 0)
+                    fprintf(stderr, "%s run %d: raw %.0f msg/s\n", metric, r + 1,
+                            n / (t / 1e9));
             }
         }
     }
@@ -438,6 +445,8 @@ static void take_args(int *argc, char **argv, const char **node)
 {
     int o = 1;
     for (int i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--verbose") == 0 || strcmp(argv[i], "-v") == 0)
+            verbose = true;     /* and left for bench_init */
         if ((strcmp(argv[i], "--url") == 0 || strcmp(argv[i], "--node") == 0) &&
             i + 1 < *argc) {
             if (argv[i][2] == 'u')
