@@ -26,7 +26,10 @@
  * (the filling or emptying is not timed).  Their runs take turns (raw
  * first every other round) and each reports its median run, so that a
  * broker whose speed drifts (its disk, the machine's other load) treats
- * them alike.  pika runs after them and reports its best run.
+ * them alike.  pika runs after them (with a quarter of the messages: each
+ * of its publishes waits for its confirmation) and reports its median run
+ * too.  broker_rpc_rtt and broker_executor_throughput report conc's best
+ * run.
  *   broker_rpc_rtt            distributed executor round trips, one
  *                             client, one worker: submit, wait for the
  *                             result, again (conc only)
@@ -502,9 +505,8 @@ int main(int argc, char **argv)
     long n = quick ? 200 : 20000;
     long rpc = quick ? 50 : 2000;
 
-    /* Every system does the same number of operations per run and reports
-     * its best run (the peers do the same). */
-    /* conc and raw in turns; the raw peer is one process for every run. */
+    /* conc and raw in turns, the same messages each; the raw peer is one
+     * process for every run. */
     struct raw_peer raw;
     bool want_raw = bench_enabled("broker_publish_confirmed", "raw") ||
                     bench_enabled("broker_consume_ack", "raw");
