@@ -243,14 +243,18 @@ static double median_ns(int64_t *t, int k)
     return k % 2 ? (double)t[k / 2] : ((double)t[k / 2 - 1] + (double)t[k / 2]) / 2;
 }
 
-/* conc and raw in turns, bench_reps() runs each of n messages; each
- * system's median run becomes its rate. */
+/* conc and raw in turns, bench_reps() runs each (at least 7 but with
+ * --quick) of n messages; each system's median run becomes its rate.
+ * --verbose also prints the median of the rounds' conc/raw ratios (the
+ * two runs of a round see much the same machine). */
 static void run_turns(const char *metric, bool publish, long n, struct raw_peer *raw,
                       bool have_raw)
 {
     bool conc_on = bench_enabled(metric, "conc");
     bool raw_on = have_raw && bench_enabled(metric, "raw");
     int reps = bench_reps(), kc = 0, kr = 0;
+    if (!bench_quick() && reps < 7)
+        reps = 7;
     int64_t *tc = calloc((size_t)reps, sizeof *tc), *tr = calloc((size_t)reps, sizeof *tr);
     if (!tc || !tr)
         bench_die("allocating the runs' times", -ENOMEM);
@@ -278,6 +282,17 @@ static void run_turns(const char *metric, bool publish, long n, struct raw_peer 
                             n / (t / 1e9));
             }
         }
+    }
+    if (verbose && kc == reps && kr == reps) {
+        int64_t *rt = calloc((size_t)reps, sizeof *rt);
+        if (rt) {
+            /* tc and tr are still in run order here; scaled to keep order. */
+            for (int r = 0; r < reps; r++)
+                rt[r] = (int64_t)((double)tr[r] / (double)tc[r] * 1e6);
+            fprintf(stderr, "%s: median of the rounds' conc/raw ratios %.2f\n", metric,
+                    median_ns(rt, reps) / 1e6);
+        }
+        free(rt);
     }
     const char *unit = bench_metric_unit(metric);
     if (conc_on) {
