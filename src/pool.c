@@ -1472,7 +1472,10 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
             conc__park_cancel(&sh->answer, key);
             break;
         }
-        if (__atomic_exchange_n(&sh->alert, 0, __ATOMIC_SEQ_CST)) {
+        /* Read before it is taken: an exchange would write the line the
+         * worker answers on at every call, not only when alerted. */
+        if (__atomic_load_n(&sh->alert, __ATOMIC_SEQ_CST) &&
+            __atomic_exchange_n(&sh->alert, 0, __ATOMIC_SEQ_CST)) {
             conc__park_cancel(&sh->answer, key);
             struct pollfd pf[2] = { { w->fd, POLLIN, 0 }, { w->pidfd, POLLIN, 0 } };
             if (poll(pf, 2, 0) > 0 && !direct_look(w, pf))
