@@ -21,7 +21,9 @@
  *                                Both sides compare alike: neither spins
  *                                before it sleeps (conc's slot does not,
  *                                nor does the floor), and neither arms a
- *                                timer for its sleep
+ *                                timer for its sleep.  The two take turns
+ *                                within each repetition, a block of
+ *                                round trips each (rtt_compare says why)
  *   pool_apply_async             apply_async(square, i) n times, then get()
  *                                each
  *   threadpool_executor_submit   ThreadPoolExecutor: submit(square, i) n
@@ -134,49 +136,62 @@ static int64_t floor_call(floor_area *a, int64_t x)
     return a->result;
 }
 
-static int64_t rtt_floor(void *arg, long iters)
+/* A floor child, started and warmed up (it has answered calls) like a
+ * pool. */
+typedef struct floor_side {
+    floor_area *a;
+    pid_t pid;
+} floor_side;
+
+/* Ends the child; rc, or the child's failure when rc is 0. */
+static int floor_stop(floor_side *f, int rc)
 {
-    (void)arg;
-    floor_area *a = mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                         -1, 0);
-    if (a == MAP_FAILED)
-        return -errno;
-    pid_t self = getpid();
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = -errno;
-        munmap(a, sizeof *a);
-        return e;
-    }
-    if (pid == 0)
-        floor_child(a, self);
-    int64_t rc = 0;
-    for (int64_t i = 0; i < WORKERS * 4; i++)       /* warm-up, as for the pools */
-        if (floor_call(a, i) != i * i)
-            rc = WRONG_RESULT;
-    int64_t t0 = bench_now();
-    for (long i = 0; i < iters && rc == 0; i++)
-        if (floor_call(a, i) != square(i)) {
-            fprintf(stderr, "bench_pool: pool_apply_rtt/floor: result %lld for %ld\n",
-                    (long long)a->result, i);
-            rc = WRONG_RESULT;
-        }
-    int64_t ns = bench_now() - t0;
-    a->arg = INT64_MIN;
-    atomic_fetch_add_explicit(&a->req_seq, 1, memory_order_release);
-    futex_wake(&a->req_seq);
+    f->a->arg = INT64_MIN;
+    atomic_fetch_add_explicit(&f->a->req_seq, 1, memory_order_release);
+    futex_wake(&f->a->req_seq);
     int st;
-    while (waitpid(pid, &st, 0) < 0)
+    while (waitpid(f->pid, &st, 0) < 0)
         if (errno != EINTR)
             bench_die("waitpid", -errno);
-    munmap(a, sizeof *a);
+    munmap(f->a, sizeof *f->a);
     if (rc == 0 && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) {
         fprintf(stderr, "bench_pool: floor child ended with status %#x\n", st);
         rc = -EIO;
     }
-    return rc < 0 ? rc : ns;
+    return rc;
+}
+
+static int floor_start(floor_side *f)
+{
+    f->a = mmap(NULL, sizeof *f->a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (f->a == MAP_FAILED)
+        return -errno;
+    pid_t self = getpid();
+    fflush(stdout);
+    fflush(stderr);
+    f->pid = fork();
+    if (f->pid < 0) {
+        int e = -errno;
+        munmap(f->a, sizeof *f->a);
+        return e;
+    }
+    if (f->pid == 0)
+        floor_child(f->a, self);
+    for (int64_t i = 0; i < WORKERS * 4; i++)       /* warm-up, as for the pools */
+        if (floor_call(f->a, i) != i * i)
+            return floor_stop(f, WRONG_RESULT);
+    return 0;
+}
+/* Round trips from..from+n-1 through the floor; 0 or WRONG_RESULT. */
+static int floor_block(floor_side *f, long from, long n)
+{
+    for (long i = from; i < from + n; i++)
+        if (floor_call(f->a, i) != square(i)) {
+            fprintf(stderr, "bench_pool: pool_apply_rtt/floor: result %lld for %ld\n",
+                    (long long)f->a->result, i);
+            return WRONG_RESULT;
+        }
+    return 0;
 }
 
 /* ------------------------------------------------------- conc: the task */
@@ -349,16 +364,11 @@ static int64_t map_conc(void *arg, long iters)
     return rc < 0 ? rc : ns;
 }
 
-static int64_t rtt_conc(void *arg, long iters)
+/* Round trips from..from+n-1 through apply; 0 or a failure. */
+static int rtt_conc_block(conc_pool *p, long from, long n)
 {
-    (void)arg;
-    conc_pool *p;
-    int e = pool_ready(&p);
-    if (e < 0)
-        return e;
-    int64_t rc = 0;
-    int64_t t0 = bench_now();
-    for (long i = 0; i < iters && rc == 0; i++) {
+    int rc = 0;
+    for (long i = from; i < from + n && rc == 0; i++) {
         int64_t x = i;
         void *v = NULL;
         size_t len = 0;
@@ -366,9 +376,140 @@ static int64_t rtt_conc(void *arg, long iters)
         rc = check_bytes("pool_apply_rtt", i, st, v, len);
         free(v);
     }
-    int64_t ns = bench_now() - t0;
-    conc_pool_free(p);
-    return rc < 0 ? rc : ns;
+    return rc;
+}
+
+/*
+ * pool_apply_rtt: conc and the floor take turns in the same repetition, in
+ * blocks of RTT_BLOCK round trips (about a millisecond), each repetition
+ * with a new pool and a new floor child, and which of the two goes first
+ * alternates from block to block.  Repetitions of their own (as
+ * bench_compare runs them) each last a budget, and a machine shared with
+ * other work changes within one: a burst of other load, or the scheduler
+ * putting the two sides of a round trip on one CPU or on two (a round trip
+ * across two idle CPUs costs several times one on a single CPU), decided
+ * the ratio of a run more than either system did.  Taking turns this often
+ * puts both through the same stretches of the machine; the caller is the
+ * same thread for both.  The two figures come from one repetition, the one
+ * whose conc/floor ratio is the median of the repetitions' ratios (the
+ * lower of the middle two for an even count): the figures in a ratio were
+ * measured through the same stretch, where each system's own median
+ * repetition could come from different ones (with five repetitions on a
+ * loaded machine, that ratio swung twice as far).  A system measured alone
+ * gives its median repetition.
+ */
+#define RTT_BLOCK 256
+
+/* One repetition of n round trips each; ns[0] conc's time, ns[1] the
+ * floor's (a system not selected: 0).  0 or the first failure. */
+static int rtt_rep(long n, int first, bool use[2], int64_t ns[2])
+{
+    conc_pool *p = NULL;
+    floor_side f = { NULL, 0 };
+    int rc = 0;
+    ns[0] = ns[1] = 0;
+    if (use[0] && (rc = pool_ready(&p)) < 0)
+        return rc;
+    if (use[1] && (rc = floor_start(&f)) < 0) {
+        if (p)
+            conc_pool_free(p);
+        return rc;
+    }
+    for (long done = 0, k = 0; done < n && rc == 0; k++) {
+        long b = n - done < RTT_BLOCK ? n - done : RTT_BLOCK;
+        for (int j = 0; j < 2 && rc == 0; j++) {
+            int s = (int)((first + k + j) % 2);
+            if (!use[s])
+                continue;
+            int64_t t0 = bench_now();
+            rc = s == 0 ? rtt_conc_block(p, done, b) : floor_block(&f, done, b);
+            ns[s] += bench_now() - t0;
+        }
+        done += b;
+    }
+    if (p)
+        conc_pool_free(p);
+    if (use[1])
+        rc = floor_stop(&f, rc);
+    return rc;
+}
+
+static int cmp_ns(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int64_t median_ns(int64_t *t, int reps)
+{
+    qsort(t, (size_t)reps, sizeof *t, cmp_ns);
+    return reps % 2 ? t[reps / 2] : (t[reps / 2 - 1] + t[reps / 2]) / 2;
+}
+
+/* The repetition whose ratio of conc's rate to the floor's (t: conc's
+ * times, then the floor's) is the median one; the lower of the middle two
+ * for an even count. */
+static int median_pair(const int64_t *t, int reps)
+{
+    int order[reps];
+    double q[reps];
+    for (int r = 0; r < reps; r++) {
+        order[r] = r;
+        q[r] = t[r] > 0 ? (double)t[reps + r] / (double)t[r] : 0;
+    }
+    for (int i = 1; i < reps; i++)          /* a handful: insertion sort */
+        for (int j = i; j > 0 && q[order[j]] < q[order[j - 1]]; j--) {
+            int x = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = x;
+        }
+    return order[(reps - 1) / 2];
+}
+
+static void rtt_compare(long iters)
+{
+    static const char *const sys[2] = { "conc", "floor" };
+    bool use[2] = { bench_enabled("pool_apply_rtt", "conc"),
+                    bench_enabled("pool_apply_rtt", "floor") };
+    if (!use[0] && !use[1])
+        return;
+    int reps = bench_reps();
+    int64_t *t = calloc((size_t)reps * 2, sizeof *t);
+    if (!t)
+        bench_die("calloc", ENOMEM);
+    /* A hang (a lost wake-up) ends the program, as in bench_compare. */
+    alarm((unsigned)(30 * (reps + 1) * (bench_scale() > 1 ? bench_scale() : 1)));
+    /* Calibration: the slower system's speed decides n, so that its part of
+     * a repetition fits the budget (~150 ms, 15 ms with --quick). */
+    int64_t ns[2];
+    long n = iters / 100 > RTT_BLOCK ? iters / 100 : RTT_BLOCK;
+    int rc = rtt_rep(n, 0, use, ns);
+    if (rc == 0) {
+        double budget = (bench_quick() ? 15e6 : 150e6) * bench_scale();
+        double per = (double)(ns[0] > ns[1] ? ns[0] : ns[1]) / (double)n;
+        double fit = per > 0 ? budget / per : (double)iters;
+        n = fit >= (double)iters ? iters : fit < RTT_BLOCK ? RTT_BLOCK : (long)fit;
+    }
+    for (int r = 0; r < reps && rc == 0; r++) {
+        rc = rtt_rep(n, r % 2, use, ns);
+        t[r] = ns[0];
+        t[reps + r] = ns[1];
+    }
+    alarm(0);
+    int pick = rc == 0 && use[0] && use[1] ? median_pair(t, reps) : -1;
+    for (int s = 0; s < 2; s++) {
+        if (!use[s])
+            continue;
+        if (rc < 0) {
+            int e = rc < -4095 ? -EIO : rc;
+            bench_fail("pool_apply_rtt", sys[s], "error %d (%s)", e, strerror(-e));
+            continue;
+        }
+        int64_t *ts = t + (size_t)s * (size_t)reps;
+        double per = (double)(pick >= 0 ? ts[pick] : median_ns(ts, reps)) / (double)n;
+        bench_record("pool_apply_rtt", sys[s], per > 0 ? 1e9 / per : 0, "tasks/s");
+    }
+    free(t);
 }
 
 static int64_t async_conc(void *arg, long iters)
@@ -485,12 +626,7 @@ int main(int argc, char **argv)
     };
     bench_compare("pool_map_default", chunkdef, BENCH_ARRAY_LEN(chunkdef),
                   bench_iters(20000000, 2000000), BENCH_MEDIAN);
-    const bench_case rtt[] = {
-        { "conc", rtt_conc, NULL },
-        { "floor", rtt_floor, NULL },
-    };
-    bench_compare("pool_apply_rtt", rtt, BENCH_ARRAY_LEN(rtt), bench_iters(2000000, 200000),
-                  BENCH_MEDIAN);
+    rtt_compare(bench_iters(2000000, 200000));
     const bench_case async[] = {
         { "conc", async_conc, NULL },
     };

@@ -395,6 +395,16 @@ static int worker_idle(struct wctx *c)
 {
     struct wshared *sh = c->sh;
     for (;;) {
+        /* A call posted already (the usual case once woken) is served
+         * without counting in and out of the door: two read-modify-writes
+         * of the line the caller just wrote. */
+        uint32_t posted = __atomic_load_n(&sh->req, __ATOMIC_ACQUIRE);
+        if (posted != c->seen_req) {
+            c->seen_req = posted;
+            if (worker_slot(c))
+                return -1;
+            continue;
+        }
         uint32_t key = conc__park_prepare(&sh->door);
         uint32_t req = __atomic_load_n(&sh->req, __ATOMIC_SEQ_CST);
         uint32_t sock = __atomic_load_n(&sh->sock, __ATOMIC_SEQ_CST);
@@ -1467,12 +1477,19 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
     __atomic_store_n(&sh->req, seq, __ATOMIC_SEQ_CST);
     conc__park_wake(&sh->door, 1, CONC__WAIT_SHARED);
     for (;;) {
+        /* Answered already (the usual case once woken): no count in and
+         * out of the spot. */
+        if (__atomic_load_n(&sh->ans, __ATOMIC_ACQUIRE) == seq)
+            break;
         uint32_t key = conc__park_prepare(&sh->answer);
         if (__atomic_load_n(&sh->ans, __ATOMIC_SEQ_CST) == seq) {
             conc__park_cancel(&sh->answer, key);
             break;
         }
-        if (__atomic_exchange_n(&sh->alert, 0, __ATOMIC_SEQ_CST)) {
+        /* Read before it is taken: an exchange would write the line the
+         * worker answers on at every call, not only when alerted. */
+        if (__atomic_load_n(&sh->alert, __ATOMIC_SEQ_CST) &&
+            __atomic_exchange_n(&sh->alert, 0, __ATOMIC_SEQ_CST)) {
             conc__park_cancel(&sh->answer, key);
             struct pollfd pf[2] = { { w->fd, POLLIN, 0 }, { w->pidfd, POLLIN, 0 } };
             if (poll(pf, 2, 0) > 0 && !direct_look(w, pf))

@@ -545,6 +545,91 @@ int conc_pool_apply_async(conc_pool *p, conc_pool_fn fn, const void *arg, size_t
     return do_apply_async(conc__pool_engine(p), (void *)fn, arg, len, opts, false, out);
 }
 
+/*
+ * A blocking apply from a plain thread: one task on the caller's stack,
+ * handed to an idle worker by the caller itself (or queued), with no result
+ * object: its bytes are copied once, into the buffer the caller gets.  A
+ * round trip is the part of apply that callers repeat, and the result
+ * object's allocations, clock read and lock cost more user time than the
+ * rest of the caller's side together.  (A coroutine takes the result
+ * object's path: its wait can be cancelled, and a task it leaves behind
+ * must outlive its stack.)
+ *
+ * ready: 0, then APPLY_SETTLED once done ran; done that runs on another
+ * thread (the pool's thread settles the task of a worker that ended, or
+ * hands on a queued one) stores APPLY_WAKING first and wakes the caller,
+ * and touches nothing of the call after the last store, so the caller
+ * waits for that one, not the first.
+ */
+#define APPLY_WAKING 1u
+#define APPLY_SETTLED 2u
+
+struct apply_call {
+    struct conc__pool_task t;   /* first: done gets &t */
+    const char *caller;         /* the calling thread's apply_mark */
+    uint32_t ready;
+    int status;
+    void *data;
+    size_t len;
+};
+
+static __thread char apply_mark;
+
+static void apply_done(struct conc__pool_task *t, const struct conc__pool_outcome *o, uint32_t n)
+{
+    struct apply_call *a = (struct apply_call *)t;
+    int st = n >= 1 ? o[0].status : -EPROTO;
+    if (st == 0) {
+        a->data = malloc(o[0].len ? o[0].len : 1);
+        if (!a->data)
+            st = -ENOMEM;
+        else if (o[0].len)
+            memcpy(a->data, o[0].data, o[0].len);
+        a->len = o[0].len;
+    }
+    a->status = st;
+    if (a->caller == &apply_mark) {
+        st_release(&a->ready, APPLY_SETTLED);     /* the caller is this thread */
+        return;
+    }
+    __atomic_store_n(&a->ready, APPLY_WAKING, __ATOMIC_SEQ_CST);
+    conc__wake(&a->ready, INT_MAX, 0);
+    st_release(&a->ready, APPLY_SETTLED);
+}
+
+static int apply_direct(struct conc__pool_engine *e, conc_pool_fn fn, const void *arg,
+                        size_t len, void **result, size_t *result_len)
+{
+    struct apply_call a = { .caller = &apply_mark };
+    conc_pool_item it = { arg, len };
+    int err = conc__pool_task_prepare(&a.t, fn, &it, 1);
+    if (err)
+        return err;
+    a.t.done = apply_done;
+    err = conc__pool_run_direct(e, &a.t);
+    if (err == -EAGAIN && ld_relaxed(&a.t.state) == CONC__TASK_NEW)
+        err = conc__pool_submit(e, &a.t);
+    if (err && ld_relaxed(&a.t.state) == CONC__TASK_NEW) {
+        conc__pool_task_release(&a.t);
+        return err;
+    }
+    /* The task was handed on: done runs exactly once (conc/pool.h's
+     * engine promise), on this thread or another. */
+    uint32_t v;
+    while ((v = ld_acquire(&a.ready)) != APPLY_SETTLED) {
+        if (v == APPLY_WAKING)
+            conc__yield();      /* its waker is between two stores */
+        else
+            conc__wait(&a.ready, 0, CONC_NO_DEADLINE, 0);
+    }
+    conc__pool_task_release(&a.t);
+    if (a.status == 0) {
+        *result = a.data;
+        *result_len = a.len;
+    }
+    return a.status;
+}
+
 int conc_pool_apply(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len, void **result,
                     size_t *result_len)
 {
@@ -553,6 +638,8 @@ int conc_pool_apply(conc_pool *p, conc_pool_fn fn, const void *arg, size_t len, 
         return -EINVAL;
     if (e && conc__pool_in_callback(e))
         return -EDEADLK;
+    if (e && fn && !conc__wait_ops)
+        return apply_direct(e, fn, arg, len, result, result_len);
     conc_pool_result *r;
     int err = do_apply_async(e, (void *)fn, arg, len, &no_opts, true, &r);
     if (err == -ECANCELED)

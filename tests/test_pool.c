@@ -1055,6 +1055,34 @@ Test(pool, terminate_releases_callers_of_apply, .timeout = 120)
     cr_assert_eq(count_fds(), base, "descriptors leaked");
 }
 
+/* More threads in a blocking apply than workers: two talk to the workers,
+ * the others' tasks wait in the queue (each on its caller's stack) and are
+ * settled by the pool's thread; terminate releases all of them. */
+Test(pool, terminate_releases_queued_callers_of_apply, .timeout = 120)
+{
+    int base = count_fds();
+    conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
+    enum { W = 5 };
+    struct blocked_apply a[W];
+    pthread_t t[W];
+    pid_t tids[W];
+    for (int i = 0; i < W; i++) {
+        a[i] = (struct blocked_apply){ p, 1 };
+        t[i] = spawn_tid(apply_block_thread, &a[i], &tids[i]);
+    }
+    for (int i = 0; i < W; i++)
+        wait_thread_blocked(tids[i], GUARD);
+    cr_assert_eq(conc_pool_terminate(p), 0);
+    for (int i = 0; i < W; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(a[i].status, -EPIPE, "caller %d: %s", i, conc_errname(a[i].status));
+    }
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    conc_pool_free(p);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    cr_assert_eq(count_fds(), base, "descriptors leaked");
+}
+
 Test(pool, terminate_runs_no_callback_for_dropped_tasks, .timeout = 120)
 {
     /* As Python: the tasks terminate drops (the running one, killed, and
