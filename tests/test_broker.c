@@ -385,6 +385,48 @@ Test(broker, oversized_message_emsgsize)
     conc_broker_free(b);
 }
 
+/* A consumer with prefetch 1 whose size limit is below a message's: the
+ * message is refused (counted, to the dead-letter queue), and the small one
+ * behind it is still delivered. */
+Test(broker, oversized_delivery_refused_and_next_one_delivered)
+{
+    conc_broker_opts bo = CONC_BROKER_OPTS_INIT;
+    bo.max_message = 64;
+    conc_broker *b = NULL;
+    cr_assert_eq(conc_broker_new(&b, url, &bo), 0);
+    conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
+    o.prefetch = 1;
+    struct dead_pair d;
+    dead_pair_ok(&d, b, "refuse", &o);
+    /* Sent by a connection without the limit. */
+    conc_broker *pb = connect_ok();
+    conc_broker_queue *pq = queue_ok(pb, d.name, &o);
+    char big[200];
+    memset(big, 'x', sizeof big);
+    cr_assert_eq(conc_broker_queue_put(pq, big, sizeof big, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(pq, "small", 5, HANG), 0);
+    cr_assert_eq(conc_broker_queue_refused(d.q), 0);
+    get_str(d.q, "small", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(d.q), 0);
+    cr_assert_eq(conc_broker_queue_refused(d.q), 1);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get_nowait(d.q, &m), -EAGAIN);
+    /* The big one waits in the dead-letter queue, whole. */
+    conc_broker_queue *pdq = queue_ok(pb, d.dead, NULL);
+    cr_assert_eq(conc_broker_queue_get(pdq, &m, HANG), 0);
+    cr_assert_eq(m.len, sizeof big);
+    cr_assert_eq(memcmp(m.data, big, sizeof big), 0);
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_task_done(pdq), 0);
+    cr_assert_eq(conc_broker_queue_refused(pdq), 0);
+    cr_assert_eq(conc_broker_queue_refused(NULL), 0);
+    cr_assert_eq(conc_broker_queue_delete(pq, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(pdq, HANG), 0);
+    conc_broker_queue_free(d.q);
+    conc_broker_queue_free(d.dq);
+    conc_broker_free(pb);
+    conc_broker_free(b);
+}
 
 Test(broker, topic_subscriptions_match_patterns)
 {

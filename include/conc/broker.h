@@ -334,6 +334,15 @@ CONC_API int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout);
  * yet done (task_done, ack or reject).  0 for NULL. */
 CONC_API size_t conc_broker_queue_unfinished(const conc_broker_queue *q);
 
+/* conc_broker_queue_refused - how many deliveries this queue handle
+ * rejected without handing them out: a message larger than max_message
+ * (rejected without requeue: it goes to the queue's dead-letter exchange,
+ * or the broker discards it when there is none), one whose body did not
+ * match its announced size (likewise), or one the client had no memory
+ * for (requeued, delivered again).  Either way it does not hold a
+ * prefetch slot, so the messages behind it keep coming.  0 for NULL. */
+CONC_API uint64_t conc_broker_queue_refused(const conc_broker_queue *q);
+
 /* Exchange kinds for publish/subscribe. */
 typedef enum conc_broker_exchange_kind {
     CONC_BROKER_FANOUT = 0, /* every subscriber gets every message */
