@@ -1446,8 +1446,10 @@ static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
         /* Nobody to answer: to the dead-letter queue. */
         return amqp_basic_nack(w->conn, BX_CHANNEL, env->delivery_tag, 0, 0) ? -EPIPE : 0;
     }
+    /* The count is the broker's only on a redelivery: on a first delivery
+     * a quorum queue passes on whatever the publisher put in the header. */
     int64_t count = 0;
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
+    if (env->redelivered && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
         bx_table_int(&p->headers, "x-delivery-count", &count);
     if (count >= w->max_deliveries) {
         /* Its workers died max_deliveries times: do not run it again. */

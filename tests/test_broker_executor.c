@@ -593,6 +593,72 @@ Test(broker_executor, duplicate_and_malformed_results_dropped)
     delete_queues(q);
 }
 
+/* Takes one message from a queue with a raw connection (GUARD at most). */
+static void raw_get(amqp_connection_state_t c, const char *queue, amqp_message_t *m)
+{
+    amqp_rpc_reply_t r;
+    for (int tries = 0;; tries++) {
+        r = amqp_basic_get(c, 1, amqp_cstring_bytes(queue), 1);
+        cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        if (r.reply.id != AMQP_BASIC_GET_EMPTY_METHOD)
+            break;
+        cr_assert_lt(tries, (int)(GUARD * 100), "nothing came to %s", queue);
+        usleep(10 * 1000);
+    }
+    cr_assert_eq(r.reply.id, AMQP_BASIC_GET_OK_METHOD);
+    cr_assert_eq(amqp_read_message(c, 1, m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+}
+
+/* A publisher's own x-delivery-count on a task's first delivery (a quorum
+ * queue passes it on) does not make the worker take it for a task that
+ * killed its workers: the task runs. */
+Test(broker_executor, forged_delivery_count_on_a_fresh_task_runs)
+{
+    char q[128], reply[200];
+    qname(q, sizeof q, "count");
+    snprintf(reply, sizeof reply, "%s.reply.%016x", q, 0x5eedu);
+    struct wthread wt;
+    wthread_start(&wt, q, 2);
+    amqp_connection_state_t c = raw_open();
+    cr_assert_not_null(amqp_queue_declare(c, 1, amqp_cstring_bytes(reply), 0, 0, 0, 1,
+                                          amqp_empty_table));
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes("x-delivery-count");
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = 99;
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TYPE_FLAG |
+               AMQP_BASIC_HEADERS_FLAG;
+    p.correlation_id = amqp_cstring_bytes("1");
+    p.reply_to = amqp_cstring_bytes(reply);
+    p.type = amqp_cstring_bytes("square");
+    p.headers.num_entries = 1;
+    p.headers.entries = &e;
+    uint64_t x = 9;
+    amqp_bytes_t body = { .len = sizeof x, .bytes = &x };
+    cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0, &p,
+                                    body), 0);
+    amqp_message_t m;
+    raw_get(c, reply, &m);
+    int64_t err = 1;
+    cr_assert(m.properties._flags & AMQP_BASIC_HEADERS_FLAG);
+    for (int i = 0; i < m.properties.headers.num_entries; i++)
+        if (m.properties.headers.entries[i].key.len == 10 &&
+            memcmp(m.properties.headers.entries[i].key.bytes, "conc-error", 10) == 0)
+            err = m.properties.headers.entries[i].value.value.i32;
+    cr_assert_eq(err, 0, "the task failed with %d", (int)err);
+    cr_assert_eq(m.body.len, sizeof x);
+    uint64_t y;
+    memcpy(&y, m.body.bytes, sizeof y);
+    cr_assert_eq(y, 81);
+    amqp_destroy_message(&m);
+    cr_assert_eq(wthread_stop(&wt), 1);
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(reply), 0, 0);
+    raw_close(c);
+    delete_queues(q);
+}
+
 /* The client of client_gone_results_expire, when this program is run with
  * BXTEST_CLIENT_* set: submit square(6) to the queue named, write the reply
  * queue's name (and a NUL) to the descriptor named, wait to be killed. */

@@ -35,7 +35,9 @@
  *     worker died: a task that kills workers) is not run again: the next
  *     worker to receive it moves it to the dead-letter queue
  *     ("<work queue>.dead") and fails its future with -ECHILD, the detail
- *     being the number of deliveries.  The work queue's delivery limit
+ *     being the number of deliveries (the broker's count, read only on a
+ *     redelivery: a publisher's own x-delivery-count header on a first
+ *     delivery is ignored).  The work queue's delivery limit
  *     (x-delivery-limit) backs this up, so the task cannot circulate for
  *     ever.  Every client and worker of one work queue must use the same
  *     max_deliveries: the broker refuses to declare a queue with other
