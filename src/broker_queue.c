@@ -254,7 +254,9 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
                 copy_bytes(m->m.correlation_id, p->correlation_id);
             if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
                 copy_bytes(m->m.reply_to, p->reply_to);
-            if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
+            /* The broker sets the count on a redelivery; on a first
+             * delivery the header may be the publisher's own. */
+            if (m->m.redelivered && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
                 m->m.delivery_count = delivery_count(&p->headers);
         }
         m->want = (size_t)size;

@@ -274,8 +274,11 @@ typedef struct conc_broker_msg {
                                    or "" */
     char reply_to[256];         /* as published, or "" */
     uint32_t delivery_count;    /* quorum queues: how many times it was
-                                   delivered before (0 the first time);
-                                   other queues: 0 */
+                                   delivered before (0 the first time,
+                                   whatever x-delivery-count header its
+                                   publisher set: the broker's count is
+                                   read only when `redelivered`); other
+                                   queues: 0 */
 } conc_broker_msg;
 
 /* conc_broker_msg_clear - free a message's data and zero it.  NULL and a
