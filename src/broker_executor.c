@@ -4,17 +4,21 @@
  *
  * Wire format (AMQP 0-9-1 messages on the default exchange):
  *   task    to the work queue, persistent, mandatory; properties: type =
- *           the function name, correlation_id = the task id (the client's
- *           sequence number in decimal), reply_to = the client's reply
- *           queue; body = the argument bytes.
+ *           the function name, correlation_id = the task id ("<n>.<t>":
+ *           the client's sequence number n in decimal and t, 16 hex digits
+ *           of a keyed hash of n under a random key of the client's, so that
+ *           nobody who has not seen the task can name it), reply_to = the
+ *           client's reply queue ("<work queue>.reply.<16 hex digits>");
+ *           body = the argument bytes.
  *   result  to reply_to, persistent; properties: correlation_id = the
  *           task's; headers: "conc-error" (int, 0 or a negative errno) and,
  *           with an error, "conc-detail" (int); body = the result bytes
  *           (empty with an error).
  * Everything read from a message is checked before use: a result whose id
  * does not parse or names no pending task is dropped, one whose error is
- * out of range fails its future with -EPROTO; a task without a reply queue
- * or an id is dead-lettered.
+ * out of range fails its future with -EPROTO; a task without an id, or
+ * without a reply queue of the form a client makes, is dead-lettered
+ * (a worker sends results to clients' reply queues only).
  *
  * Nothing confirmed is lost.  Both sides publish in confirm mode.  A
  * client keeps each task it sent until the broker confirmed it, and sends
@@ -57,6 +61,7 @@
 #include <amqp_framing.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <sodium.h>
 
 #include "conc/broker_executor.h"
 #include "conc/wait.h"
@@ -417,6 +422,67 @@ static bool bx_parse_id(amqp_bytes_t b, uint64_t *out)
     return v != 0;
 }
 
+/* The longest task id on the wire: "<20 digits>.<16 hex digits>". */
+#define BX_CID_MAX 37
+
+/* A client's task id for sequence number n: "<n>.<keyed hash of n>". */
+static void bx_cid(const unsigned char key[crypto_shorthash_KEYBYTES], uint64_t n,
+                   char buf[BX_CID_MAX + 1])
+{
+    unsigned char in[8], h[crypto_shorthash_BYTES];
+    for (int i = 0; i < 8; i++)
+        in[i] = (unsigned char)(n >> (8 * i));
+    crypto_shorthash(h, in, sizeof in, key);
+    int k = snprintf(buf, BX_CID_MAX + 1, "%" PRIu64 ".", n);
+    sodium_bin2hex(buf + k, (size_t)(BX_CID_MAX + 1 - k), h, sizeof h);
+}
+
+/* Parses a task id of this client's (key): its sequence number, or false
+ * for one the client did not make. */
+static bool bx_parse_cid(const unsigned char key[crypto_shorthash_KEYBYTES], amqp_bytes_t b,
+                         uint64_t *out)
+{
+    const char *p = b.bytes;
+    const char *dot = b.len ? memchr(p, '.', b.len) : NULL;
+    uint64_t n;
+    if (!dot || !bx_parse_id((amqp_bytes_t){ .len = (size_t)(dot - p), .bytes = b.bytes }, &n))
+        return false;
+    char want[BX_CID_MAX + 1];
+    bx_cid(key, n, want);
+    size_t wl = strlen(want);
+    if (b.len != wl || sodium_memcmp(want, p, wl) != 0)
+        return false;
+    *out = n;
+    return true;
+}
+
+/* A task id as a worker takes it: 1 to BX_CID_MAX digits, lower-case hex
+ * digits and dots (it only sends it back). */
+static bool bx_cid_shape(amqp_bytes_t b)
+{
+    if (b.len == 0 || b.len > BX_CID_MAX)
+        return false;
+    const unsigned char *p = b.bytes;
+    for (size_t i = 0; i < b.len; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f') || p[i] == '.'))
+            return false;
+    return true;
+}
+
+/* Whether name is a reply queue a client of work queue `queue` makes:
+ * "<queue>.reply.<16 lower-case hex digits>". */
+static bool bx_reply_shape(amqp_bytes_t name, const char *queue)
+{
+    size_t ql = strlen(queue);
+    const char *p = name.bytes;
+    if (name.len != ql + 7 + 16 || memcmp(p, queue, ql) != 0 || memcmp(p + ql, ".reply.", 7) != 0)
+        return false;
+    for (size_t i = ql + 7; i < name.len; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return false;
+    return true;
+}
+
 /* What a look at the connection found besides a delivery. */
 struct bx_event {
     amqp_method_number_t id;    /* 0: nothing; basic.ack, basic.nack or
@@ -430,7 +496,8 @@ struct bx_event {
  * in *env, 2 with a confirmation or a returned message in *ev, 0 when
  * nothing (or only a frame of no interest) was there, or a negative code
  * when the connection or channel is gone. */
-static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, struct bx_event *ev)
+static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, struct bx_event *ev,
+                           const unsigned char *cid_key)
 {
     struct timeval zero = { 0, 0 };
     amqp_maybe_release_buffers(c);
@@ -474,8 +541,8 @@ static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, stru
         if (rr.reply_type != AMQP_RESPONSE_NORMAL)
             return -EPIPE;
         uint64_t id = 0;
-        if (!(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
-            !bx_parse_id(m.properties.correlation_id, &id))
+        if (!cid_key || !(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
+            !bx_parse_cid(cid_key, m.properties.correlation_id, &id))
             id = 0;
         amqp_destroy_message(&m);
         *ev = (struct bx_event){ .id = AMQP_BASIC_RETURN_METHOD, .returned_id = id };
@@ -588,6 +655,8 @@ struct conc_broker_executor {
     double result_expires;
     double reconnect_timeout;
     uint64_t reconnects;    /* atomic */
+    uint64_t rejected;      /* atomic: results dropped unread */
+    unsigned char cid_key[crypto_shorthash_KEYBYTES];
     char queue[BX_QUEUE_NAME_MAX + 1];
     char reply[256];
 };
@@ -705,8 +774,8 @@ static void bx_fail_all(conc_broker_executor *ex, int err)
 /* Publishes a task on the current connection (conn_lock held). */
 static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
 {
-    char cid[24];
-    snprintf(cid, sizeof cid, "%" PRIu64, t->id);
+    char cid[BX_CID_MAX + 1];
+    bx_cid(ex->cid_key, t->id, cid);
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof p);
     p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
@@ -770,8 +839,11 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
     uint64_t id;
-    if (!(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) || !bx_parse_id(p->correlation_id, &id))
+    if (!(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
+        !bx_parse_cid(ex->cid_key, p->correlation_id, &id)) {
+        __atomic_fetch_add(&ex->rejected, 1, __ATOMIC_RELAXED);
         return;
+    }
     pthread_mutex_lock(&ex->lock);
     conc_future *f = bx_table_take(ex, id);
     pthread_mutex_unlock(&ex->lock);
@@ -988,7 +1060,7 @@ static int bx_pump(conc_broker_executor *ex)
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
         pthread_mutex_lock(&ex->conn_lock);
-        int r = bx_poll_message(ex->conn, &env, &ev);
+        int r = bx_poll_message(ex->conn, &env, &ev, ex->cid_key);
         if (r == 2)
             bx_settle(ex, &ev);
         pthread_mutex_unlock(&ex->conn_lock);
@@ -1078,6 +1150,11 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     r = bx_reply_name(ex->reply, sizeof ex->reply, queue);
     if (r)
         goto fail_cfg;
+    if (sodium_init() < 0) {
+        r = -EIO;
+        goto fail_cfg;
+    }
+    crypto_shorthash_keygen(ex->cid_key);
     ex->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     ex->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (ex->stopfd < 0 || ex->wakefd < 0) {
@@ -1205,6 +1282,11 @@ uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex)
     return ex ? __atomic_load_n(&ex->reconnects, __ATOMIC_RELAXED) : 0;
 }
 
+uint64_t conc_broker_executor_rejected(const conc_broker_executor *ex)
+{
+    return ex ? __atomic_load_n(&ex->rejected, __ATOMIC_RELAXED) : 0;
+}
+
 void conc_broker_executor_free(conc_broker_executor *ex)
 {
     if (!ex)
@@ -1231,6 +1313,7 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     pthread_mutex_destroy(&ex->lock);
     free(ex->fails);
     bx_cfg_free(&ex->cfg);
+    sodium_memzero(ex->cid_key, sizeof ex->cid_key);
     free(ex);
 }
 
@@ -1271,6 +1354,7 @@ struct conc_broker_worker {
     double reconnect_timeout;
     uint64_t tasks;         /* atomic */
     uint64_t reconnects;    /* atomic */
+    uint64_t rejected;      /* atomic: tasks dead-lettered unrun */
     uint64_t pub_seq;
     struct bx_unsettled *uns;   /* in sequence order */
     size_t nuns, uns_cap;
@@ -1440,10 +1524,11 @@ static int bx_worker_settle(conc_broker_worker *w, const struct bx_event *ev)
 static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
-    uint64_t id;
-    if (!(p->_flags & AMQP_BASIC_REPLY_TO_FLAG) || p->reply_to.len == 0 ||
-        !(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) || !bx_parse_id(p->correlation_id, &id)) {
-        /* Nobody to answer: to the dead-letter queue. */
+    if (!(p->_flags & AMQP_BASIC_REPLY_TO_FLAG) || !bx_reply_shape(p->reply_to, w->queue) ||
+        !(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) || !bx_cid_shape(p->correlation_id)) {
+        /* Nobody to answer (or a queue no client made): to the
+         * dead-letter queue, unrun. */
+        __atomic_fetch_add(&w->rejected, 1, __ATOMIC_RELAXED);
         return amqp_basic_nack(w->conn, BX_CHANNEL, env->delivery_tag, 0, 0) ? -EPIPE : 0;
     }
     /* The count is the broker's only on a redelivery: on a first delivery
@@ -1630,7 +1715,7 @@ static void bx_drain(conc_broker_worker *w)
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
-        int r = bx_poll_message(w->conn, &env, &ev);
+        int r = bx_poll_message(w->conn, &env, &ev, NULL);
         if (r == 1) {
             struct bx_ahead *a = malloc(sizeof *a);
             if (!a) {
@@ -1715,7 +1800,7 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
-        int r = bx_poll_message(w->conn, &env, &ev);
+        int r = bx_poll_message(w->conn, &env, &ev, NULL);
         if (r == 1) {
             r = bx_on_task(w, &env);
             amqp_destroy_envelope(&env);
@@ -1775,6 +1860,11 @@ uint64_t conc_broker_worker_tasks(const conc_broker_worker *w)
 uint64_t conc_broker_worker_reconnects(const conc_broker_worker *w)
 {
     return w ? __atomic_load_n(&w->reconnects, __ATOMIC_RELAXED) : 0;
+}
+
+uint64_t conc_broker_worker_rejected(const conc_broker_worker *w)
+{
+    return w ? __atomic_load_n(&w->rejected, __ATOMIC_RELAXED) : 0;
 }
 
 void conc_broker_worker_free(conc_broker_worker *w)

@@ -582,6 +582,9 @@ Test(broker_executor, duplicate_and_malformed_results_dropped)
     expect_error(y, -EPROTO, -1);
     expect_error(z, -EPROTO, -1);
     cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    /* The two ids the client did not make were counted (in order, before
+     * z's result). */
+    cr_assert_eq(conc_broker_executor_rejected(ex), 2);
     conc_future_free(x);
     conc_future_free(y);
     conc_future_free(z);
@@ -655,6 +658,99 @@ Test(broker_executor, forged_delivery_count_on_a_fresh_task_runs)
     amqp_destroy_message(&m);
     cr_assert_eq(wthread_stop(&wt), 1);
     amqp_queue_delete(c, 1, amqp_cstring_bytes(reply), 0, 0);
+    raw_close(c);
+    delete_queues(q);
+}
+
+/* Publishes a success result (value v) with correlation id cid to queue. */
+static void forge_result(amqp_connection_state_t c, const char *queue, const char *cid,
+                         uint64_t v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes("conc-error");
+    e.value.kind = AMQP_FIELD_KIND_I32;
+    e.value.value.i32 = 0;
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.correlation_id = amqp_cstring_bytes(cid);
+    p.headers.num_entries = 1;
+    p.headers.entries = &e;
+    amqp_bytes_t body = { .len = sizeof v, .bytes = &v };
+    cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0, &p,
+                                     body), 0);
+}
+
+/* Waits (GUARD at most) until the executor counted `want` rejected results. */
+static void wait_rejected(conc_broker_executor *ex, uint64_t want)
+{
+    for (int i = 0; conc_broker_executor_rejected(ex) < want && i < (int)(GUARD * 100); i++)
+        usleep(10 * 1000);
+    cr_assert_eq(conc_broker_executor_rejected(ex), want);
+}
+
+/* Another connection of the vhost sends results to a client's reply queue
+ * (its name is in every task) for the ids a client numbering its tasks
+ * would use: they name no task of the client's, are dropped and counted,
+ * and the pending future keeps the worker's real result. */
+Test(broker_executor, forged_result_for_a_pending_task_ignored)
+{
+    char q[128];
+    qname(q, sizeof q, "forge");
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *f = submit_u64(ex, "square", 3);
+    amqp_connection_state_t c = raw_open();
+    const char *reply = conc_broker_executor_reply_queue(ex);
+    const char *guesses[] = { "1", "0", "2", "1.0000000000000000", "1.", ".1" };
+    size_t n = sizeof guesses / sizeof guesses[0];
+    for (size_t i = 0; i < n; i++)
+        forge_result(c, reply, guesses[i], 666);
+    wait_rejected(ex, n);
+    cr_assert_not(conc_future_done(f));
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    cr_assert_eq(result_u64(f), 9);
+    conc_future_free(f);
+    cr_assert_eq(wthread_stop(&wt), 1);
+    cr_assert_eq(conc_broker_executor_rejected(ex), n);
+    raw_close(c);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* A task naming as its reply queue one no client makes (here, another
+ * application's queue) is not run: the worker dead-letters it and sends
+ * nothing there; a task without an id likewise. */
+Test(broker_executor, task_with_a_foreign_reply_queue_not_run)
+{
+    char q[128], victim[160], dead[160];
+    qname(q, sizeof q, "foreign");
+    snprintf(victim, sizeof victim, "%s.victim", q);
+    snprintf(dead, sizeof dead, "%s.dead", q);
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    amqp_connection_state_t c = raw_open();
+    cr_assert_not_null(amqp_queue_declare(c, 1, amqp_cstring_bytes(victim), 0, 0, 0, 1,
+                                          amqp_empty_table));
+    char near[200];
+    snprintf(near, sizeof near, "%s.reply.%015x", q, 1u);    /* one digit short */
+    const char *replies[] = { victim, near, "" };
+    for (int i = 0; i < 3; i++) {
+        amqp_basic_properties_t p;
+        memset(&p, 0, sizeof p);
+        p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
+                   AMQP_BASIC_TYPE_FLAG;
+        p.correlation_id = amqp_cstring_bytes(i == 2 ? "" : "7");
+        p.reply_to = amqp_cstring_bytes(i == 2 ? victim : replies[i]);
+        p.type = amqp_cstring_bytes("echo");
+        cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0,
+                                        &p, amqp_cstring_bytes("spam")), 0);
+    }
+    cr_assert_eq(wait_count(dead, 3), 3);
+    cr_assert_eq(conc_broker_worker_rejected(wt.w), 3);
+    cr_assert_eq(wthread_stop(&wt), 0);
+    cr_assert_eq(raw_count(victim), 0);
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(victim), 0, 0);
     raw_close(c);
     delete_queues(q);
 }

@@ -22,12 +22,15 @@
  *     machine) gives the task back and the broker delivers it to another
  *     worker.
  *   - Each client (conc_broker_executor_*) has its own reply queue,
- *     "<work queue>.reply.<16 hex digits>", durable and not exclusive, so
- *     that results sent while the client is away (a broker restart, a lost
- *     network) wait for it; it expires (x-expires) once no client used it
+ *     "<work queue>.reply.<16 hex digits>" (random), durable and not
+ *     exclusive, so that results sent while the client is away (a broker
+ *     restart, a lost network) wait for it; it expires (x-expires) once no client used it
  *     for result_expires seconds, so results for a client that is gone do
  *     not pile up, and conc_broker_executor_free deletes it.  A result
- *     names its task by id (the AMQP correlation id); the client completes
+ *     names its task by id (the AMQP correlation id: the client's sequence
+ *     number and a keyed hash of it, so that only who saw the task can name
+ *     it; a result naming no task of the client's is dropped and counted,
+ *     conc_broker_executor_rejected); the client completes
  *     each future once and drops a second result for the same task (a task
  *     run again after its worker died between sending the result and
  *     acknowledging it, or a task sent again after a reconnection).
@@ -200,6 +203,13 @@ CONC_API const char *conc_broker_executor_reply_queue(const conc_broker_executor
  * connection again after a loss (0 for NULL). */
 CONC_API uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex);
 
+/* conc_broker_executor_rejected - how many results the executor dropped
+ * unread because they named no task it made (a task id it did not make:
+ * each id carries a keyed hash only this client knows), or, with an
+ * authkey, their tag was missing or wrong (0 for NULL).  A second result
+ * for a task of its own is not counted. */
+CONC_API uint64_t conc_broker_executor_rejected(const conc_broker_executor *ex);
+
 /*
  * conc_broker_executor_free - stop the result thread, delete the reply
  * queue (results still to come are dropped), close the connection
@@ -302,6 +312,13 @@ CONC_API uint64_t conc_broker_worker_tasks(const conc_broker_worker *w);
 /* conc_broker_worker_reconnects - how many times the worker made its
  * connection again after a loss (0 for NULL). */
 CONC_API uint64_t conc_broker_worker_reconnects(const conc_broker_worker *w);
+
+/* conc_broker_worker_rejected - how many tasks this worker moved to the
+ * dead-letter queue without running them because it could not trust them:
+ * no task id, a reply queue not of the form a client makes (a worker sends
+ * results to clients' reply queues only), or, with an authkey, a tag
+ * missing or wrong (0 for NULL). */
+CONC_API uint64_t conc_broker_worker_rejected(const conc_broker_worker *w);
 
 /*
  * conc_broker_worker_free - close the connection (the tasks delivered to
