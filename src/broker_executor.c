@@ -14,6 +14,15 @@
  *           task's; headers: "conc-error" (int, 0 or a negative errno) and,
  *           with an error, "conc-detail" (int); body = the result bytes
  *           (empty with an error).
+ * With an authkey, a task and a result also carry a header "conc-mac": the
+ * HMAC-SHA256 under the key (hex) over everything the other side acts on,
+ * each part prefixed with its length: for a task "conc-task", its id, the
+ * function name, the reply queue and the argument; for a result
+ * "conc-result", the task id, the reply queue, the error and detail (32-bit
+ * little-endian) and the body.  A task whose tag is missing or wrong is
+ * dead-lettered unrun (and, when its reply queue has a client's form,
+ * answered with an untagged -EACCES, which is the one untagged result a
+ * client with a key takes); a result whose tag is wrong is dropped.
  * Everything read from a message is checked before use: a result whose id
  * does not parse or names no pending task is dropped, one whose error is
  * out of range fails its future with -EPROTO; a task without an id, or
@@ -79,6 +88,11 @@
 #define BX_HEARTBEAT 30
 #define BX_ERR_KEY "conc-error"
 #define BX_DETAIL_KEY "conc-detail"
+#define BX_MAC_KEY "conc-mac"
+/* The longest authkey, in bytes (as the manager's). */
+#define BX_AUTHKEY_MAX 1024
+/* A tag as sent: HMAC-SHA256 in lower-case hex. */
+#define BX_MAC_HEX (2 * crypto_auth_hmacsha256_BYTES)
 /* Pauses between reconnection attempts: from the first, doubling, up to
  * the last. */
 #define BX_RETRY_MIN 0.1
@@ -483,6 +497,98 @@ static bool bx_reply_shape(amqp_bytes_t name, const char *queue)
     return true;
 }
 
+/* An authkey, ready to tag messages: HMAC-SHA256 with the key absorbed. */
+struct bx_mac {
+    bool on;
+    crypto_auth_hmacsha256_state base;
+};
+
+/* Checks and takes an authkey (NULL with 0: none).  0 or -EINVAL. */
+static int bx_mac_init(struct bx_mac *m, const void *key, size_t len)
+{
+    memset(m, 0, sizeof *m);
+    if (!key && !len)
+        return 0;
+    if (!key || len == 0 || len > BX_AUTHKEY_MAX)
+        return -EINVAL;
+    if (sodium_init() < 0)
+        return -EIO;
+    crypto_auth_hmacsha256_init(&m->base, key, len);
+    m->on = true;
+    return 0;
+}
+
+static void bx_mac_part(crypto_auth_hmacsha256_state *st, const void *p, size_t len)
+{
+    unsigned char n[8];
+    for (int i = 0; i < 8; i++)
+        n[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    crypto_auth_hmacsha256_update(st, n, sizeof n);
+    if (len)
+        crypto_auth_hmacsha256_update(st, p, len);
+}
+
+static void bx_mac_i32(crypto_auth_hmacsha256_state *st, int32_t v)
+{
+    unsigned char b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = (unsigned char)((uint32_t)v >> (8 * i));
+    bx_mac_part(st, b, sizeof b);
+}
+
+/* A task's tag: over its id, function name, reply queue and argument. */
+static void bx_mac_task(const struct bx_mac *m, amqp_bytes_t cid, amqp_bytes_t fn,
+                        amqp_bytes_t reply, amqp_bytes_t body, char hex[BX_MAC_HEX + 1])
+{
+    crypto_auth_hmacsha256_state st = m->base;
+    bx_mac_part(&st, "conc-task", 9);
+    bx_mac_part(&st, cid.bytes, cid.len);
+    bx_mac_part(&st, fn.bytes, fn.len);
+    bx_mac_part(&st, reply.bytes, reply.len);
+    bx_mac_part(&st, body.bytes, body.len);
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256_final(&st, mac);
+    sodium_bin2hex(hex, BX_MAC_HEX + 1, mac, sizeof mac);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* A result's tag: over the task id, the reply queue, error, detail, body. */
+static void bx_mac_result(const struct bx_mac *m, amqp_bytes_t cid, amqp_bytes_t reply,
+                          int32_t err, int32_t detail, amqp_bytes_t body,
+                          char hex[BX_MAC_HEX + 1])
+{
+    crypto_auth_hmacsha256_state st = m->base;
+    bx_mac_part(&st, "conc-result", 11);
+    bx_mac_part(&st, cid.bytes, cid.len);
+    bx_mac_part(&st, reply.bytes, reply.len);
+    bx_mac_i32(&st, err);
+    bx_mac_i32(&st, detail);
+    bx_mac_part(&st, body.bytes, body.len);
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256_final(&st, mac);
+    sodium_bin2hex(hex, BX_MAC_HEX + 1, mac, sizeof mac);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* Whether a message's headers carry the tag `want` (compared in constant
+ * time). */
+static bool bx_mac_ok(const amqp_basic_properties_t *p, const char want[BX_MAC_HEX + 1])
+{
+    if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        return false;
+    size_t klen = strlen(BX_MAC_KEY);
+    for (int i = 0; i < p->headers.num_entries; i++) {
+        const amqp_table_entry_t *e = &p->headers.entries[i];
+        if (e->key.len != klen || memcmp(e->key.bytes, BX_MAC_KEY, klen) != 0)
+            continue;
+        if ((e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES) ||
+            e->value.value.bytes.len != BX_MAC_HEX)
+            return false;
+        return sodium_memcmp(e->value.value.bytes.bytes, want, BX_MAC_HEX) == 0;
+    }
+    return false;
+}
+
 /* What a look at the connection found besides a delivery. */
 struct bx_event {
     amqp_method_number_t id;    /* 0: nothing; basic.ack, basic.nack or
@@ -657,6 +763,7 @@ struct conc_broker_executor {
     uint64_t reconnects;    /* atomic */
     uint64_t rejected;      /* atomic: results dropped unread */
     unsigned char cid_key[crypto_shorthash_KEYBYTES];
+    struct bx_mac mac;
     char queue[BX_QUEUE_NAME_MAX + 1];
     char reply[256];
 };
@@ -786,6 +893,17 @@ static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
     p.reply_to = amqp_cstring_bytes(ex->reply);
     p.type = (amqp_bytes_t){ .len = t->fnlen, .bytes = (void *)t->bytes };
     amqp_bytes_t body = { .len = t->len, .bytes = (void *)(t->bytes + t->fnlen + 1) };
+    char tag[BX_MAC_HEX + 1];
+    amqp_table_entry_t e;
+    if (ex->mac.on) {
+        bx_mac_task(&ex->mac, p.correlation_id, p.type, p.reply_to, body, tag);
+        e.key = amqp_cstring_bytes(BX_MAC_KEY);
+        e.value.kind = AMQP_FIELD_KIND_UTF8;
+        e.value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers.num_entries = 1;
+        p.headers.entries = &e;
+    }
     return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
                               amqp_cstring_bytes(ex->queue), 1, 0, &p, body);
 }
@@ -844,12 +962,33 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
         __atomic_fetch_add(&ex->rejected, 1, __ATOMIC_RELAXED);
         return;
     }
+    int64_t err = -EPROTO, detail = 0;
+    const amqp_bytes_t *b = &env->message.body;
+    if (ex->mac.on) {
+        /* Over the values as sent: a worker always sends an error field,
+         * and a detail field with an error. */
+        int64_t we = 0, wd = 0;
+        if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+            bx_table_int(&p->headers, BX_ERR_KEY, &we);
+            bx_table_int(&p->headers, BX_DETAIL_KEY, &wd);
+        }
+        char want[BX_MAC_HEX + 1];
+        bx_mac_result(&ex->mac, p->correlation_id, amqp_cstring_bytes(ex->reply), (int32_t)we,
+                      (int32_t)wd, *b, want);
+        if (!bx_mac_ok(p, want)) {
+            /* A worker without our key refuses the task with an untagged
+             * -EACCES; anything else untagged is dropped. */
+            if (we != -EACCES || b->len != 0) {
+                __atomic_fetch_add(&ex->rejected, 1, __ATOMIC_RELAXED);
+                return;
+            }
+        }
+    }
     pthread_mutex_lock(&ex->lock);
     conc_future *f = bx_table_take(ex, id);
     pthread_mutex_unlock(&ex->lock);
     if (!f)
         return;     /* a second result for the task, or not ours */
-    int64_t err = -EPROTO, detail = 0;
     if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
         if (!bx_table_int(&p->headers, BX_ERR_KEY, &err) || err > 0 || err < -4095)
             err = -EPROTO;
@@ -857,7 +996,6 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
             detail > INT_MAX)
             detail = 0;
     }
-    const amqp_bytes_t *b = &env->message.body;
     if (err == 0 && b->len > CONC_BROKER_TASK_MAX)
         err = -EMSGSIZE;
     if (err == 0) {
@@ -1134,6 +1272,11 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     conc_broker_executor *ex = calloc(1, sizeof *ex);
     if (!ex)
         return -ENOMEM;
+    r = bx_mac_init(&ex->mac, o.authkey, o.authkey_len);
+    if (r) {
+        free(ex);
+        return r;
+    }
     strcpy(ex->queue, queue);
     ex->max_deliveries = o.max_deliveries ? o.max_deliveries : 3;
     ex->result_expires = o.result_expires ? o.result_expires : BX_RESULT_EXPIRES;
@@ -1144,6 +1287,7 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     r = bx_cfg_init(&ex->cfg, url, o.cacert, o.cert, o.key, o.insecure, BX_HEARTBEAT,
                     o.connect_timeout);
     if (r) {
+        sodium_memzero(&ex->mac, sizeof ex->mac);
         free(ex);
         return r;
     }
@@ -1188,6 +1332,7 @@ fail_cfg:
     if (ex->wakefd >= 0)
         close(ex->wakefd);
     bx_cfg_free(&ex->cfg);
+    sodium_memzero(&ex->mac, sizeof ex->mac);
     free(ex);
     return r;
 }
@@ -1314,6 +1459,7 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     free(ex->fails);
     bx_cfg_free(&ex->cfg);
     sodium_memzero(ex->cid_key, sizeof ex->cid_key);
+    sodium_memzero(&ex->mac, sizeof ex->mac);
     free(ex);
 }
 
@@ -1355,6 +1501,7 @@ struct conc_broker_worker {
     uint64_t tasks;         /* atomic */
     uint64_t reconnects;    /* atomic */
     uint64_t rejected;      /* atomic: tasks dead-lettered unrun */
+    struct bx_mac mac;
     uint64_t pub_seq;
     struct bx_unsettled *uns;   /* in sequence order */
     size_t nuns, uns_cap;
@@ -1382,6 +1529,11 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     conc_broker_worker *w = calloc(1, sizeof *w);
     if (!w)
         return -ENOMEM;
+    r = bx_mac_init(&w->mac, o.authkey, o.authkey_len);
+    if (r) {
+        free(w);
+        return r;
+    }
     strcpy(w->queue, queue);
     w->prefetch = o.prefetch ? o.prefetch : 1;
     w->max_deliveries = o.max_deliveries ? o.max_deliveries : 3;
@@ -1395,6 +1547,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     if (w->stopfd < 0) {
         int e = -errno;
         bx_cfg_free(&w->cfg);
+        sodium_memzero(&w->mac, sizeof w->mac);
         free(w);
         return e;
     }
@@ -1409,6 +1562,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     if (r) {
         close(w->stopfd);
         bx_cfg_free(&w->cfg);
+        sodium_memzero(&w->mac, sizeof w->mac);
         free(w);
         return r;
     }
@@ -1461,7 +1615,7 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
         w->uns_cap = cap;
     }
     const amqp_basic_properties_t *task = &env->message.properties;
-    amqp_table_entry_t e[2];
+    amqp_table_entry_t e[3];
     e[0].key = amqp_cstring_bytes(BX_ERR_KEY);
     e[0].value.kind = AMQP_FIELD_KIND_I32;
     e[0].value.value.i32 = err;
@@ -1478,6 +1632,16 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
     p.headers.num_entries = err ? 2 : 1;
     p.headers.entries = e;
     amqp_bytes_t body = { .len = err ? 0 : len, .bytes = err ? NULL : (void *)data };
+    char tag[BX_MAC_HEX + 1];
+    amqp_table_entry_t *t = &e[p.headers.num_entries];
+    if (w->mac.on) {
+        bx_mac_result(&w->mac, task->correlation_id, task->reply_to, err, err ? detail : 0, body,
+                      tag);
+        t->key = amqp_cstring_bytes(BX_MAC_KEY);
+        t->value.kind = AMQP_FIELD_KIND_UTF8;
+        t->value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
+        p.headers.num_entries++;
+    }
     int st = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
                                 body);
     if (st != AMQP_STATUS_OK)
@@ -1530,6 +1694,19 @@ static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
          * dead-letter queue, unrun. */
         __atomic_fetch_add(&w->rejected, 1, __ATOMIC_RELAXED);
         return amqp_basic_nack(w->conn, BX_CHANNEL, env->delivery_tag, 0, 0) ? -EPIPE : 0;
+    }
+    if (w->mac.on) {
+        char want[BX_MAC_HEX + 1];
+        bx_mac_task(&w->mac, p->correlation_id,
+                    p->_flags & AMQP_BASIC_TYPE_FLAG ? p->type : amqp_empty_bytes, p->reply_to,
+                    env->message.body, want);
+        if (!bx_mac_ok(p, want)) {
+            /* Forged, or sent with another key: not run; its client (if
+             * it is one) learns it from an untagged -EACCES, and the task
+             * is dead-lettered once that is confirmed. */
+            __atomic_fetch_add(&w->rejected, 1, __ATOMIC_RELAXED);
+            return bx_send_result(w, env, -EACCES, 0, NULL, 0, true);
+        }
     }
     /* The count is the broker's only on a redelivery: on a first delivery
      * a quorum queue passes on whatever the publisher put in the header. */
@@ -1882,5 +2059,6 @@ void conc_broker_worker_free(conc_broker_worker *w)
     free(w->fns);
     free(w->uns);
     bx_cfg_free(&w->cfg);
+    sodium_memzero(&w->mac, sizeof w->mac);
     free(w);
 }
