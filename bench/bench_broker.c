@@ -14,13 +14,22 @@
  *   broker_publish_confirmed  persistent 100-byte messages to a durable
  *                             queue, confirmed by the broker (conc: a
  *                             stream of put_async, then flush; raw: the
- *                             same pipelined on rabbitmq-c; pika: each
- *                             publish waits for its confirmation); conc
- *                             and raw use one queue for every run and
- *                             empty it between runs (not timed)
+ *                             same pipelined on rabbitmq-c, with as many
+ *                             unconfirmed as conc's connection allows;
+ *                             pika: each publish waits for its
+ *                             confirmation)
  *   broker_consume_ack        the messages taken from the queue with
  *                             prefetch 64, each acknowledged (conc: get +
  *                             task_done)
+ * conc and raw each keep one connection and one queue for every run; a
+ * run starts with the queue empty and its consumer gone, and leaves it so
+ * (the filling or emptying is not timed).  Their runs take turns (raw
+ * first every other round) and each reports its median run, so that a
+ * broker whose speed drifts (its disk, the machine's other load) treats
+ * them alike.  pika runs after them (with a quarter of the messages: each
+ * of its publishes waits for its confirmation) and reports its median run
+ * too.  broker_rpc_rtt and broker_executor_throughput report conc's best
+ * run.
  *   broker_rpc_rtt            distributed executor round trips, one
  *                             client, one worker: submit, wait for the
  *                             result, again (conc only)
@@ -29,10 +38,13 @@
  *                             for (conc only)
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "benchlib.h"
@@ -62,24 +74,11 @@ static const bench_metric metrics[] = {
 
 static char url[512];
 static int serial;
+static bool verbose;            /* --verbose: every run's rate on stderr */
 
 static void name_queue(char *buf, size_t size, const char *what)
 {
     snprintf(buf, size, "bench.conc.%s.%d.%d", what, (int)getpid(), serial++);
-}
-
-static int open_queue(conc_broker **b, conc_broker_queue **q, const char *what)
-{
-    char name[128];
-    name_queue(name, sizeof name, what);
-    int r = conc_broker_new(b, url, NULL);
-    if (r)
-        return r;
-    conc_broker_queue_opts o = { .size = sizeof o, .prefetch = PREFETCH };
-    r = conc_broker_queue_new(q, *b, name, &o, 30.0);
-    if (r)
-        conc_broker_free(*b);
-    return r;
 }
 
 static int fill(conc_broker *b, conc_broker_queue *q, long n)
@@ -111,52 +110,206 @@ static int drain(conc_broker_queue *q, long n)
     return r;
 }
 
-/* As the raw peer does: one connection and queue for every run, each run
- * timed until the last confirmation, then emptied (not timed). */
+/* As the raw peer does: one connection and one queue for every run; a
+ * run opens a handle on the queue (not timed) and frees it at the end, so
+ * that no consumer is there while the next run publishes. */
 static conc_broker *pub_b;
-static conc_broker_queue *pub_q;
+static char pub_name[128];
 
-static int64_t publish_conc(void *arg, long n)
+static int pub_open(conc_broker_queue **q)
 {
-    (void)arg;
-    int r = 0;
-    if (!pub_b && (r = open_queue(&pub_b, &pub_q, "pub")) != 0) {
-        pub_b = NULL;
-        return r;
+    int r;
+    if (!pub_b) {
+        name_queue(pub_name, sizeof pub_name, "pub");
+        if ((r = conc_broker_new(&pub_b, url, NULL)) != 0) {
+            pub_b = NULL;
+            return r;
+        }
     }
-    int64_t t0 = bench_now();
-    r = fill(pub_b, pub_q, n);
-    int64_t t = bench_now() - t0;
-    if (!r)
-        r = drain(pub_q, n);
+    conc_broker_queue_opts o = { .size = sizeof o, .prefetch = PREFETCH };
+    return conc_broker_queue_new(q, pub_b, pub_name, &o, 30.0);
+}
+
+/* One run: `publish` times the puts until the last confirmation (then
+ * empties the queue), otherwise the gets and acknowledgements (after the
+ * queue was filled).  Returns the nanoseconds timed or an error. */
+static int64_t round_conc(bool publish, long n)
+{
+    conc_broker_queue *q;
+    int r = pub_open(&q);
+    if (r)
+        return r;
+    int64_t t0 = bench_now(), t = 0;
+    if (publish) {
+        r = fill(pub_b, q, n);
+        t = bench_now() - t0;
+        if (!r)
+            r = drain(q, n);
+    } else {
+        r = fill(pub_b, q, n);
+        t0 = bench_now();
+        if (!r)
+            r = drain(q, n);
+        t = bench_now() - t0;
+    }
+    conc_broker_queue_free(q);
     return r ? r : t;
 }
 
-static void publish_done(void)
+static void pub_done(void)
 {
     if (!pub_b)
         return;
-    conc_broker_queue_delete(pub_q, 30.0);
+    conc_broker_queue_opts o = { .size = sizeof o, .passive = true };
+    conc_broker_queue *q;
+    if (conc_broker_queue_new(&q, pub_b, pub_name, &o, 30.0) == 0)
+        conc_broker_queue_delete(q, 30.0);
     conc_broker_free(pub_b);
     pub_b = NULL;
 }
 
-static int64_t consume_conc(void *arg, long n)
+/* The raw peer in its --rounds mode: a round per line written to it. */
+struct raw_peer {
+    pid_t pid;
+    FILE *to, *from;
+};
+
+static bool raw_start(struct raw_peer *p, long n)
 {
-    (void)arg;
-    conc_broker *b;
-    conc_broker_queue *q;
-    int r = open_queue(&b, &q, "con");
-    if (r)
-        return r;
-    r = fill(b, q, n);
-    int64_t t0 = bench_now();
-    if (!r)
-        r = drain(q, n);
-    int64_t t = bench_now() - t0;
-    conc_broker_queue_delete(q, 30.0);
-    conc_broker_free(b);
-    return r ? r : t;
+    int in[2], out[2];
+    if (!CONC_BROKER_RAW_PEER[0] || pipe2(in, O_CLOEXEC) < 0)
+        return false;
+    if (pipe2(out, O_CLOEXEC) < 0) {
+        close(in[0]);
+        close(in[1]);
+        return false;
+    }
+    char ns[32];
+    snprintf(ns, sizeof ns, "%ld", n);
+    char *argv_raw[] = { (char *)CONC_BROKER_RAW_PEER, url, ns, (char *)"--rounds", NULL };
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    extern char **environ;
+    int e = posix_spawn(&p->pid, CONC_BROKER_RAW_PEER, &fa, NULL, argv_raw, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(in[0]);
+    close(out[1]);
+    p->to = e ? NULL : fdopen(in[1], "w");
+    p->from = e ? NULL : fdopen(out[0], "r");
+    if (!p->to || !p->from) {
+        if (p->to)
+            fclose(p->to);
+        else
+            close(in[1]);
+        if (p->from)
+            fclose(p->from);
+        else
+            close(out[0]);
+        if (!e)
+            waitpid(p->pid, NULL, 0);
+        return false;
+    }
+    return true;
+}
+
+static int64_t round_raw(struct raw_peer *p, bool publish)
+{
+    char line[64];
+    if (fprintf(p->to, "%s\n", publish ? "publish" : "consume") < 0 || fflush(p->to) != 0 ||
+        !fgets(line, sizeof line, p->from))
+        return -EPIPE;
+    long long t = atoll(line);
+    return t > 0 ? (int64_t)t : -EPROTO;
+}
+
+static void raw_stop(struct raw_peer *p)
+{
+    fclose(p->to);      /* end of its input: it cleans up and exits */
+    fclose(p->from);
+    waitpid(p->pid, NULL, 0);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_ns(int64_t *t, int k)
+{
+    qsort(t, (size_t)k, sizeof *t, cmp_i64);
+    return k % 2 ? (double)t[k / 2] : ((double)t[k / 2 - 1] + (double)t[k / 2]) / 2;
+}
+
+/* conc and raw in turns, bench_reps() runs each (at least 7 but with
+ * --quick) of n messages; each system's median run becomes its rate.
+ * --verbose also prints the median of the rounds' conc/raw ratios (the
+ * two runs of a round see much the same machine). */
+static void run_turns(const char *metric, bool publish, long n, struct raw_peer *raw,
+                      bool have_raw)
+{
+    bool conc_on = bench_enabled(metric, "conc");
+    bool raw_on = have_raw && bench_enabled(metric, "raw");
+    int reps = bench_reps(), kc = 0, kr = 0;
+    if (!bench_quick() && reps < 7)
+        reps = 7;
+    int64_t *tc = calloc((size_t)reps, sizeof *tc), *tr = calloc((size_t)reps, sizeof *tr);
+    if (!tc || !tr)
+        bench_die("allocating the runs' times", -ENOMEM);
+    int64_t conc_err = 0, raw_err = 0;
+    for (int r = 0; r < reps; r++) {
+        for (int side = 0; side < 2; side++) {
+            bool conc_turn = (side == 0) == (r % 2 == 0);
+            if (conc_turn && conc_on && !conc_err) {
+                int64_t t = round_conc(publish, n);
+                if (t < 0)
+                    conc_err = t;
+                else
+                    tc[kc++] = t;
+                if (verbose && t > 0)
+                    fprintf(stderr, "%s run %d: conc %.0f msg/s\n", metric, r + 1,
+                            n / (t / 1e9));
+            } else if (!conc_turn && raw_on && !raw_err) {
+                int64_t t = round_raw(raw, publish);
+                if (t < 0)
+                    raw_err = t;
+                else
+                    tr[kr++] = t;
+                if (verbose && t > 0)
+                    fprintf(stderr, "%s run %d: raw %.0f msg/s\n", metric, r + 1,
+                            n / (t / 1e9));
+            }
+        }
+    }
+    if (verbose && kc == reps && kr == reps) {
+        int64_t *rt = calloc((size_t)reps, sizeof *rt);
+        if (rt) {
+            /* tc and tr are still in run order here; scaled to keep order. */
+            for (int r = 0; r < reps; r++)
+                rt[r] = (int64_t)((double)tr[r] / (double)tc[r] * 1e6);
+            fprintf(stderr, "%s: median of the rounds' conc/raw ratios %.2f\n", metric,
+                    median_ns(rt, reps) / 1e6);
+        }
+        free(rt);
+    }
+    const char *unit = bench_metric_unit(metric);
+    if (conc_on) {
+        if (conc_err)
+            bench_fail(metric, "conc", "%s", strerror((int)-conc_err));
+        else
+            bench_record(metric, "conc", n / (median_ns(tc, kc) / 1e9), unit);
+    }
+    if (raw_on) {
+        if (raw_err)
+            bench_fail(metric, "raw", "the raw peer's round failed (%s)",
+                       strerror((int)-raw_err));
+        else
+            bench_record(metric, "raw", n / (median_ns(tr, kr) / 1e9), unit);
+    }
+    free(tc);
+    free(tr);
 }
 
 /* ------------------------------------------------------------ executor */
@@ -310,6 +463,8 @@ static void take_args(int *argc, char **argv, const char **node)
 {
     int o = 1;
     for (int i = 1; i < *argc; i++) {
+        if (strcmp(argv[i], "--verbose") == 0 || strcmp(argv[i], "-v") == 0)
+            verbose = true;     /* and left for bench_init */
         if ((strcmp(argv[i], "--url") == 0 || strcmp(argv[i], "--node") == 0) &&
             i + 1 < *argc) {
             if (argv[i][2] == 'u')
@@ -365,30 +520,32 @@ int main(int argc, char **argv)
     long n = quick ? 200 : 20000;
     long rpc = quick ? 50 : 2000;
 
-    /* Every system does the same number of operations per run and reports
-     * its best run (the peers do the same). */
-    run_fixed("broker_publish_confirmed", publish_conc, n);
-    publish_done();
-    run_fixed("broker_consume_ack", consume_conc, n);
+    /* conc and raw in turns, the same messages each; the raw peer is one
+     * process for every run. */
+    struct raw_peer raw;
+    bool want_raw = bench_enabled("broker_publish_confirmed", "raw") ||
+                    bench_enabled("broker_consume_ack", "raw");
+    bool have_raw = want_raw && raw_start(&raw, n);
+    if (want_raw && !have_raw) {
+        const char *why = CONC_BROKER_RAW_PEER[0] ? "the raw peer did not start"
+                                                  : "the raw peer was not built";
+        bench_skip("broker_publish_confirmed", "raw", NULL, why);
+        bench_skip("broker_consume_ack", "raw", NULL, why);
+    }
+    run_turns("broker_publish_confirmed", true, n, &raw, have_raw);
+    run_turns("broker_consume_ack", false, n, &raw, have_raw);
+    if (have_raw)
+        raw_stop(&raw);
+    pub_done();
     run_fixed("broker_rpc_rtt", rpc_conc, rpc);
     run_fixed("broker_executor_throughput", throughput_conc, n / 2);
 
     static const char *const peer_metrics[] = { "broker_publish_confirmed", "broker_consume_ack",
                                                 NULL };
-    char ns[32], reps[32], pika_n[32];
-    snprintf(ns, sizeof ns, "%ld", n);
+    char reps[32], pika_n[32];
     snprintf(reps, sizeof reps, "%d", bench_reps());
     /* pika waits for each confirmation: fewer messages keep its run short. */
     snprintf(pika_n, sizeof pika_n, "%ld", quick ? n : n / 4);
-    if (bench_enabled(NULL, "raw")) {
-        if (!CONC_BROKER_RAW_PEER[0]) {
-            for (int i = 0; peer_metrics[i]; i++)
-                bench_skip(peer_metrics[i], "raw", NULL, "the raw peer was not built");
-        } else {
-            char *argv_raw[] = { (char *)CONC_BROKER_RAW_PEER, url, ns, reps, NULL };
-            bench_peer_run_for("raw", peer_metrics, argv_raw, 600.0);
-        }
-    }
     if (bench_enabled(NULL, "pika")) {
         char *argv_pika[] = { (char *)bench_python(), (char *)bench_peer_path("broker_pika.py"),
                               url, pika_n, reps, NULL };

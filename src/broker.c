@@ -8,8 +8,11 @@
  * when none is there the socket is waited on through conc's wait layer
  * (conc_fd_wait_until), so a coroutine parks.  The wait wakes at half the
  * heartbeat interval to let rabbitmq-c send its heartbeats and notice the
- * broker's missing ones.  The connect and login, which rabbitmq-c does only
- * blocking, run through conc_offload when called from a coroutine.
+ * broker's missing ones.  The connect and the AMQP handshake wait the same
+ * way: the socket is connected here, without blocking, and handed to
+ * rabbitmq-c, and the handshake's methods are sent and read one by one.
+ * Only a TLS connection, whose handshake rabbitmq-c does only blocking,
+ * runs through conc_offload when called from a coroutine.
  */
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
@@ -18,10 +21,15 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "conc/hub.h"
 #include "conc/offload.h"
@@ -101,6 +109,7 @@ struct connect_job {
     int port;
     bool ssl, insecure;
     int heartbeat;
+    int frame_max;
     int64_t budget;                 /* ns for the connect plus login */
     amqp_connection_state_t c;      /* out */
     int err;                        /* out */
@@ -171,16 +180,29 @@ amqp_rpc_reply_t conc__broker_login(amqp_connection_state_t c, const char *vhost
                                       AMQP_SASL_METHOD_PLAIN, user, pass);
 }
 
-/* Connects and logs in (blocking, within j->budget); runs on the caller's
- * thread or on an offload worker. */
+/* Connects and logs in over TLS (blocking, within j->budget); runs on the
+ * caller's thread or on an offload worker.  rabbitmq-c takes a signal
+ * that interrupts its waits for a broken connection: the thread's signals
+ * are held back meanwhile. */
+static void connect_tls(struct connect_job *j);
+
 static void *connect_run(void *arg)
 {
-    struct connect_job *j = arg;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    connect_tls(arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return arg;
+}
+
+static void connect_tls(struct connect_job *j)
+{
     int64_t start = conc_now();
     amqp_connection_state_t c = amqp_new_connection();
     if (!c) {
         j->err = -ENOMEM;
-        return j;
+        return;
     }
     amqp_socket_t *s;
     if (j->ssl) {
@@ -188,7 +210,7 @@ static void *connect_run(void *arg)
         if (!s) {
             amqp_destroy_connection(c);
             j->err = -EPROTONOSUPPORT;
-            return j;
+            return;
         }
         amqp_ssl_socket_set_verify_peer(s, !j->insecure);
         amqp_ssl_socket_set_verify_hostname(s, !j->insecure);
@@ -196,14 +218,14 @@ static void *connect_run(void *arg)
             (j->cert && j->key && amqp_ssl_socket_set_key(s, j->cert, j->key) != AMQP_STATUS_OK)) {
             amqp_destroy_connection(c);
             j->err = -EPROTONOSUPPORT;
-            return j;
+            return;
         }
     } else {
         s = amqp_tcp_socket_new(c);
         if (!s) {
             amqp_destroy_connection(c);
             j->err = -ENOMEM;
-            return j;
+            return;
         }
     }
     struct timeval tv = tv_of(j->budget);
@@ -217,31 +239,359 @@ static void *connect_run(void *arg)
                      e == ETIMEDOUT || e == EADDRNOTAVAIL ? -e : -ECONNREFUSED;
         else
             j->err = bk_status_err(st);
-        return j;
+        return;
     }
     tv = tv_of(j->budget - (conc_now() - start));
     if (tv.tv_sec == 0 && tv.tv_usec == 0)
         tv.tv_usec = 1000;
     amqp_set_handshake_timeout(c, &tv);
     amqp_set_rpc_timeout(c, &tv);
-    amqp_rpc_reply_t r = conc__broker_login(c, j->vhost, AMQP_DEFAULT_FRAME_SIZE, j->heartbeat,
-                                            j->user, j->pass);
+    amqp_rpc_reply_t r = conc__broker_login(c, j->vhost, j->frame_max, j->heartbeat, j->user,
+                                            j->pass);
     int err = login_err(r);
     if (err) {
         amqp_destroy_connection(c);
         j->err = err;
-        return j;
+        return;
     }
     amqp_set_rpc_timeout(c, NULL);
     j->c = c;
     j->err = 0;
-    return j;
+    return;
 }
 
 static void connect_abandon(void *arg, void *result)
 {
     (void)result;
     job_free(arg);
+}
+
+/* ---- connecting without blocking the thread ---- */
+
+struct resolve_job {
+    char *host;
+    char port[8];
+    struct addrinfo *res;       /* out */
+    int err;                    /* out: getaddrinfo's code */
+};
+
+static void *resolve_run(void *arg)
+{
+    struct resolve_job *j = arg;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICSERV | AI_ADDRCONFIG };
+    j->err = getaddrinfo(j->host, j->port, &hints, &j->res);
+    return j;
+}
+
+static void resolve_free(struct resolve_job *j)
+{
+    if (j->res)
+        freeaddrinfo(j->res);
+    free(j->host);
+    free(j);
+}
+
+static void resolve_abandon(void *arg, void *result)
+{
+    (void)result;
+    resolve_free(arg);
+}
+
+/* The addresses of host:port.  A numeric host needs no lookup; a name is
+ * looked up (getaddrinfo only blocks) through conc_offload from a
+ * coroutine.  0, -EHOSTUNREACH, -ETIMEDOUT, -ECANCELED or -ENOMEM. */
+static int resolve(const char *host, int port, int64_t deadline, struct addrinfo **out)
+{
+    char ps[8];
+    snprintf(ps, sizeof ps, "%d", port);
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV };
+    int e = getaddrinfo(host, ps, &hints, out);
+    if (e == 0)
+        return 0;
+    if (e == EAI_MEMORY)
+        return -ENOMEM;
+    struct resolve_job *j = calloc(1, sizeof *j);
+    if (!j || !(j->host = strdup(host))) {
+        free(j);
+        return -ENOMEM;
+    }
+    memcpy(j->port, ps, sizeof ps);
+    if (conc_greenlet_current()) {
+        conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
+        oo.abandon = resolve_abandon;
+        int r = conc_offload_opts_until(resolve_run, j, NULL, deadline, &oo);
+        if (r == -EAGAIN || r == -ENOMEM || r == -EINVAL) {
+            resolve_free(j);                        /* not taken */
+            return -ENOMEM;
+        }
+        if (r < 0)
+            return r;                               /* the worker frees j */
+    } else {
+        resolve_run(j);
+    }
+    e = j->err;
+    *out = j->res;
+    j->res = NULL;
+    resolve_free(j);
+    return e == 0 ? 0 : e == EAI_MEMORY ? -ENOMEM : -EHOSTUNREACH;
+}
+
+/* A TCP connection to host:port, made within deadline with the wait
+ * parked in conc's wait layer.  Returns the socket (non-blocking,
+ * close-on-exec, TCP_NODELAY), or -ECONNREFUSED, -EHOSTUNREACH,
+ * -ENETUNREACH, -ETIMEDOUT, -ECANCELED, -ENOMEM. */
+static int tcp_connect(const char *host, int port, int64_t deadline)
+{
+    struct addrinfo *ai = NULL;
+    int err = resolve(host, port, deadline, &ai);
+    if (err)
+        return err;
+    err = -ECONNREFUSED;
+    int fd = -1;
+    for (struct addrinfo *a = ai; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            err = errno == ENOMEM || errno == ENOBUFS ? -ENOMEM : -ECONNREFUSED;
+            continue;
+        }
+        int r = connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : -errno;
+        while (r == -EINPROGRESS || r == -EINTR) {
+            r = conc_fd_wait_until(fd, POLLOUT, deadline);
+            if (r < 0)
+                break;
+            struct pollfd p = { .fd = fd, .events = POLLOUT };
+            if (poll(&p, 1, 0) == 0) {
+                r = -EINPROGRESS;   /* interrupted: wait again */
+                continue;
+            }
+            int so = 0;
+            socklen_t sl = sizeof so;
+            r = getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sl) < 0 ? -errno : -so;
+        }
+        if (r == 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            break;
+        }
+        close(fd);
+        fd = -1;
+        err = r == -EHOSTUNREACH || r == -ENETUNREACH || r == -ETIMEDOUT || r == -ECANCELED ||
+              r == -ENOMEM ? r : -ECONNREFUSED;
+        if (r == -ETIMEDOUT || r == -ECANCELED)
+            break;
+    }
+    freeaddrinfo(ai);
+    return fd >= 0 ? fd : err;
+}
+
+/* The next method on channel 0 during the handshake, waited for until
+ * deadline.  `authed`: the credentials were sent, so a close of the socket
+ * is the broker's refusal of them. */
+static int hs_next(amqp_connection_state_t c, int fd, int64_t deadline, bool authed,
+                   amqp_method_t *m)
+{
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval zero = { 0, 0 };
+        int st = amqp_simple_wait_frame_noblock(c, &f, &zero);
+        if (st == AMQP_STATUS_OK) {
+            if (f.frame_type != AMQP_FRAME_METHOD || f.channel != 0)
+                return -EPROTO;
+            *m = f.payload.method;
+            return 0;
+        }
+        if (st == AMQP_STATUS_CONNECTION_CLOSED || st == AMQP_STATUS_SOCKET_CLOSED)
+            return authed ? -EACCES : -ECONNRESET;
+        if (st != AMQP_STATUS_TIMEOUT) {
+            int r = bk_status_err(st);
+            return r == -ETIMEDOUT ? -ECONNRESET : r;
+        }
+        int r = conc_fd_wait_until(fd, POLLIN, deadline);
+        if (r < 0)
+            return r == -ETIMEDOUT || r == -ECANCELED || r == -ENOMEM ? r : -ECONNRESET;
+    }
+}
+
+/* The code of the broker's connection.close during the handshake. */
+static int hs_close_err(const amqp_method_t *m)
+{
+    uint16_t code = ((const amqp_connection_close_t *)m->decoded)->reply_code;
+    return code == 403 || code == 530 ? -EACCES : reply_err(code) ? reply_err(code) : -EPROTO;
+}
+
+static bool has_plain(amqp_bytes_t mechs)
+{
+    const char *p = mechs.bytes, *end = p + mechs.len;
+    while (p && p < end) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        size_t n = (size_t)((sp ? sp : end) - p);
+        if (n == 5 && memcmp(p, "PLAIN", 5) == 0)
+            return true;
+        p = sp ? sp + 1 : end;
+    }
+    return false;
+}
+
+static amqp_table_entry_t bool_entry(const char *key)
+{
+    return (amqp_table_entry_t){ .key = amqp_cstring_bytes(key),
+                                 .value = { .kind = AMQP_FIELD_KIND_BOOLEAN,
+                                            .value = { .boolean = 1 } } };
+}
+
+/* The AMQP handshake on c (its socket fd connected): protocol header,
+ * start / start-ok (PLAIN), tune / tune-ok, open / open-ok, each reply
+ * waited for until deadline through conc's wait layer.  The client asks
+ * to be told of a failed login by a close (not a dropped socket) and of a
+ * consumer the broker cancelled (its queue was deleted). */
+static int handshake(amqp_connection_state_t c, int fd, const struct bk_target *t,
+                     int64_t deadline)
+{
+    if (amqp_send_header(c) != AMQP_STATUS_OK)
+        return -ECONNRESET;
+    amqp_method_t m;
+    int r = hs_next(c, fd, deadline, false, &m);
+    if (r)
+        return r;
+    if (m.id != AMQP_CONNECTION_START_METHOD)
+        return m.id == AMQP_CONNECTION_CLOSE_METHOD ? hs_close_err(&m) : -EPROTO;
+    const amqp_connection_start_t *st = m.decoded;
+    if (st->version_major != 0 || st->version_minor != 9 || !has_plain(st->mechanisms))
+        return -EPROTO;
+    size_t ulen = strlen(t->user), plen = strlen(t->pass);
+    char *resp = malloc(ulen + plen + 2);
+    if (!resp)
+        return -ENOMEM;
+    resp[0] = '\0';
+    memcpy(resp + 1, t->user, ulen);
+    resp[ulen + 1] = '\0';
+    memcpy(resp + ulen + 2, t->pass, plen);
+    amqp_table_entry_t caps[3] = { bool_entry("authentication_failure_close"),
+                                   bool_entry("consumer_cancel_notify"),
+                                   bool_entry("exchange_exchange_bindings") };
+    amqp_table_entry_t props[2] = {
+        { .key = amqp_cstring_bytes("product"),
+          .value = { .kind = AMQP_FIELD_KIND_UTF8,
+                     .value = { .bytes = amqp_cstring_bytes("conc") } } },
+        { .key = amqp_cstring_bytes("capabilities"),
+          .value = { .kind = AMQP_FIELD_KIND_TABLE, .value = { .table = { 3, caps } } } },
+    };
+    amqp_connection_start_ok_t so = {
+        .client_properties = { 2, props },
+        .mechanism = amqp_cstring_bytes("PLAIN"),
+        .response = { .len = ulen + plen + 2, .bytes = resp },
+        .locale = amqp_cstring_bytes("en_US"),
+    };
+    int sst = amqp_send_method(c, 0, AMQP_CONNECTION_START_OK_METHOD, &so);
+    explicit_bzero(resp, ulen + plen + 2);
+    free(resp);
+    amqp_maybe_release_buffers(c);
+    if (sst != AMQP_STATUS_OK)
+        return -ECONNRESET;
+    r = hs_next(c, fd, deadline, true, &m);
+    if (r)
+        return r;
+    if (m.id == AMQP_CONNECTION_CLOSE_METHOD)
+        return hs_close_err(&m);
+    if (m.id != AMQP_CONNECTION_TUNE_METHOD)
+        return -EPROTO;
+    const amqp_connection_tune_t *tu = m.decoded;
+    int channel_max = tu->channel_max ? tu->channel_max : 65535;
+    int frame_max = tu->frame_max && tu->frame_max < (uint32_t)t->frame_max ? (int)tu->frame_max
+                                                                             : t->frame_max;
+    int heartbeat = tu->heartbeat && tu->heartbeat < t->heartbeat ? tu->heartbeat : t->heartbeat;
+    if (frame_max < 4096)
+        return -EPROTO;
+    amqp_maybe_release_buffers(c);
+    if (amqp_tune_connection(c, channel_max, frame_max, heartbeat) != AMQP_STATUS_OK)
+        return -ENOMEM;
+    amqp_connection_tune_ok_t tok = { .channel_max = (uint16_t)channel_max,
+                                      .frame_max = (uint32_t)frame_max,
+                                      .heartbeat = (uint16_t)heartbeat };
+    if (amqp_send_method(c, 0, AMQP_CONNECTION_TUNE_OK_METHOD, &tok) != AMQP_STATUS_OK)
+        return -ECONNRESET;
+    amqp_connection_open_t op = { .virtual_host = amqp_cstring_bytes(t->vhost),
+                                  .capabilities = amqp_empty_bytes, .insist = 1 };
+    if (amqp_send_method(c, 0, AMQP_CONNECTION_OPEN_METHOD, &op) != AMQP_STATUS_OK)
+        return -ECONNRESET;
+    r = hs_next(c, fd, deadline, true, &m);
+    if (r)
+        return r;
+    if (m.id == AMQP_CONNECTION_CLOSE_METHOD)
+        return hs_close_err(&m);
+    amqp_maybe_release_buffers(c);
+    return m.id == AMQP_CONNECTION_OPEN_OK_METHOD ? 0 : -EPROTO;
+}
+
+int conc__broker_open(const struct bk_target *t, int64_t deadline, amqp_connection_state_t *out)
+{
+    if (t->ssl) {
+        struct connect_job *j = calloc(1, sizeof *j);
+        if (!j)
+            return -ENOMEM;
+        bool fail = false;
+        j->host = dup_or_null(t->host, &fail);
+        j->user = dup_or_null(t->user, &fail);
+        j->pass = dup_or_null(t->pass, &fail);
+        j->vhost = dup_or_null(t->vhost, &fail);
+        j->cacert = dup_or_null(t->cacert, &fail);
+        j->cert = dup_or_null(t->cert, &fail);
+        j->key = dup_or_null(t->key, &fail);
+        if (fail) {
+            job_free(j);
+            return -ENOMEM;
+        }
+        j->port = t->port;
+        j->ssl = true;
+        j->insecure = t->insecure;
+        j->heartbeat = t->heartbeat;
+        j->frame_max = t->frame_max;
+        int64_t now = conc_now();
+        j->budget = deadline == CONC_NO_DEADLINE ? 3600 * NS : deadline - now;
+        if (j->budget < NS / 1000)
+            j->budget = NS / 1000;
+        if (conc_greenlet_current()) {
+            conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
+            oo.abandon = connect_abandon;
+            int r = conc_offload_opts_until(connect_run, j, NULL, now + j->budget + NS, &oo);
+            if (r == -EAGAIN || r == -ENOMEM || r == -EINVAL) {
+                job_free(j);                            /* not taken */
+                return -ENOMEM;
+            }
+            if (r < 0)
+                return r;                               /* the worker frees j */
+        } else {
+            connect_run(j);
+        }
+        int err = j->err;
+        if (!err) {
+            *out = j->c;
+            j->c = NULL;
+        }
+        job_free(j);
+        return err;
+    }
+    int fd = tcp_connect(t->host, t->port, deadline);
+    if (fd < 0)
+        return fd;
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = c ? amqp_tcp_socket_new(c) : NULL;
+    if (!s) {
+        if (c)
+            amqp_destroy_connection(c);
+        close(fd);
+        return -ENOMEM;
+    }
+    amqp_tcp_socket_set_sockfd(s, fd);      /* c owns fd now */
+    int r = handshake(c, fd, t, deadline);
+    if (r) {
+        amqp_destroy_connection(c);
+        return r;
+    }
+    *out = c;
+    return 0;
 }
 
 /* One attempt to connect, within deadline.  On success b->c is set. */
@@ -253,43 +603,15 @@ static int connect_once(conc_broker *b, int64_t deadline)
         budget = deadline - now;
     if (budget < NS / 1000)
         budget = NS / 1000;
-    struct connect_job *j = calloc(1, sizeof *j);
-    if (!j)
-        return -ENOMEM;
-    bool fail = false;
-    j->host = dup_or_null(b->host, &fail);
-    j->user = dup_or_null(b->user, &fail);
-    j->pass = dup_or_null(b->pass, &fail);
-    j->vhost = dup_or_null(b->vhost, &fail);
-    j->cacert = dup_or_null(b->cacert, &fail);
-    j->cert = dup_or_null(b->cert, &fail);
-    j->key = dup_or_null(b->key, &fail);
-    if (fail) {
-        job_free(j);
-        return -ENOMEM;
-    }
-    j->port = b->port;
-    j->ssl = b->ssl;
-    j->insecure = b->opts.insecure;
-    j->heartbeat = b->heartbeat > 0 ? (int)ceil(b->heartbeat) : 0;
-    j->budget = budget;
-    if (conc_greenlet_current()) {
-        conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
-        oo.abandon = connect_abandon;
-        void *res = NULL;
-        int r = conc_offload_opts_until(connect_run, j, &res, now + budget + NS, &oo);
-        if (r < 0)
-            return r == -EAGAIN ? -ETIMEDOUT : r;   /* the worker frees j */
-    } else {
-        connect_run(j);
-    }
-    int err = j->err;
-    if (!err) {
-        b->c = j->c;
-        j->c = NULL;
+    struct bk_target t = { .host = b->host, .vhost = b->vhost, .user = b->user,
+                           .pass = b->pass, .cacert = b->cacert, .cert = b->cert,
+                           .key = b->key, .port = b->port, .ssl = b->ssl,
+                           .insecure = b->opts.insecure,
+                           .heartbeat = b->heartbeat > 0 ? (int)ceil(b->heartbeat) : 0,
+                           .frame_max = AMQP_DEFAULT_FRAME_SIZE };
+    int err = conc__broker_open(&t, now + budget, &b->c);
+    if (!err)
         b->fd = amqp_get_sockfd(b->c);
-    }
-    job_free(j);
     return err;
 }
 

@@ -112,17 +112,6 @@ static int64_t bx_now(void)
     return conc_now();
 }
 
-/* A deadline as what rabbitmq-c takes: the time left, at least 1 ms. */
-static struct timeval bx_tv(int64_t deadline)
-{
-    int64_t left = deadline == CONC_NO_DEADLINE ? 3600 * 1000000000LL : deadline - bx_now();
-    if (left < 1000000)
-        left = 1000000;
-    struct timeval tv = { .tv_sec = left / 1000000000LL,
-                          .tv_usec = (left % 1000000000LL) / 1000 };
-    return tv;
-}
-
 /* A library status as a conc code. */
 static int bx_status(int status)
 {
@@ -138,37 +127,6 @@ static int bx_status(int status)
     case AMQP_STATUS_SSL_ERROR:
     case AMQP_STATUS_SSL_CONNECTION_FAILED: return -ECONNREFUSED;
     default: return -EPIPE;
-    }
-}
-
-/* What an RPC's reply means; `login` tells a close during the handshake
- * (the broker's answer to a wrong password) from a broken connection. */
-static int bx_reply(amqp_rpc_reply_t r, bool login)
-{
-    switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-        return 0;
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
-        if (login && (r.library_error == AMQP_STATUS_CONNECTION_CLOSED ||
-                      r.library_error == AMQP_STATUS_SOCKET_CLOSED))
-            return -EACCES;
-        return bx_status(r.library_error);
-    case AMQP_RESPONSE_SERVER_EXCEPTION: {
-        int code = 0;
-        if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD && r.reply.decoded)
-            code = ((amqp_connection_close_t *)r.reply.decoded)->reply_code;
-        else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD && r.reply.decoded)
-            code = ((amqp_channel_close_t *)r.reply.decoded)->reply_code;
-        switch (code) {
-        case AMQP_ACCESS_REFUSED:
-        case AMQP_NOT_ALLOWED: return -EACCES;
-        case AMQP_PRECONDITION_FAILED: return -EEXIST;
-        case AMQP_NOT_FOUND: return -ENOENT;
-        default: return -EPROTO;
-        }
-    }
-    default:
-        return -EPROTO;
     }
 }
 
@@ -239,9 +197,76 @@ static int bx_check_common(const char *url, const char *queue_opt, int max_deliv
     return bx_check_url(url);
 }
 
+/* The code of a channel.close or connection.close from the broker. */
+static int bx_close_code(uint16_t code)
+{
+    switch (code) {
+    case AMQP_ACCESS_REFUSED:
+    case AMQP_NOT_ALLOWED: return -EACCES;
+    case AMQP_PRECONDITION_FAILED: return -EEXIST;
+    case AMQP_NOT_FOUND: return -ENOENT;
+    default: return -EPROTO;
+    }
+}
+
+/* Sends method id on channel ch and waits until deadline for its reply
+ * (`reply` on ch), parking only the calling coroutine: rabbitmq-c reads
+ * without waiting, the socket is waited on through conc's wait layer.  A
+ * channel.close is answered and gives its code, as a connection.close
+ * does; other frames are dropped (during setup none come).  0, the
+ * broker's refusal (-EACCES, -EEXIST, -ENOENT, -EPROTO), -ETIMEDOUT,
+ * -ECANCELED, -ENOMEM or -EPIPE. */
+static int bx_call(amqp_connection_state_t c, uint16_t ch, amqp_method_number_t id, void *args,
+                   amqp_method_number_t reply, int64_t deadline)
+{
+    if (amqp_send_method(c, ch, id, args) != AMQP_STATUS_OK)
+        return -EPIPE;
+    int fd = amqp_get_sockfd(c);
+    for (;;) {
+        amqp_frame_t f;
+        struct timeval zero = { 0, 0 };
+        int st = amqp_simple_wait_frame_noblock(c, &f, &zero);
+        if (st == AMQP_STATUS_TIMEOUT) {
+            int r = conc_fd_wait_until(fd, POLLIN, deadline);
+            if (r == -ETIMEDOUT || r == -ECANCELED || r == -ENOMEM)
+                return r;
+            if (r < 0)
+                return -EPIPE;
+            continue;
+        }
+        if (st != AMQP_STATUS_OK)
+            return st == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPIPE;
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        amqp_method_number_t got = f.payload.method.id;
+        if (got == AMQP_CONNECTION_CLOSE_METHOD)
+            return bx_close_code(((amqp_connection_close_t *)f.payload.method.decoded)->reply_code);
+        if (f.channel != ch)
+            continue;
+        if (got == AMQP_CHANNEL_CLOSE_METHOD) {
+            int r = bx_close_code(((amqp_channel_close_t *)f.payload.method.decoded)->reply_code);
+            amqp_channel_close_ok_t ok = { 0 };
+            amqp_send_method(c, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+            amqp_maybe_release_buffers(c);
+            return r;
+        }
+        if (got == reply) {
+            amqp_maybe_release_buffers(c);
+            return 0;
+        }
+    }
+}
+
+static int bx_channel_open(amqp_connection_state_t c, uint16_t ch, int64_t deadline)
+{
+    amqp_channel_open_t o = { .out_of_band = amqp_empty_bytes };
+    return bx_call(c, ch, AMQP_CHANNEL_OPEN_METHOD, &o, AMQP_CHANNEL_OPEN_OK_METHOD, deadline);
+}
+
 /* Connects (TCP, or TLS for amqps:// with the server's certificate and
  * host name verified unless insecure), logs in (with AMQP heartbeats
- * every cfg->heartbeat seconds, or none for 0) and opens the channel. */
+ * every cfg->heartbeat seconds, or none for 0) and opens the channel.
+ * From a coroutine only the coroutine waits (conc__broker_open). */
 static int bx_connect(amqp_connection_state_t *out, const struct bx_cfg *cfg, int64_t deadline)
 {
     char *copy = strdup(cfg->url);
@@ -258,48 +283,16 @@ static int bx_connect(amqp_connection_state_t *out, const struct bx_cfg *cfg, in
      * take it for the default one, as pika does. */
     if (!info.vhost || !*info.vhost)
         info.vhost = "/";
-    int r = 0;
-    amqp_connection_state_t c = amqp_new_connection();
-    amqp_socket_t *s = NULL;
-    if (!c) {
-        r = -ENOMEM;
-        goto out;
-    }
-    if (info.ssl) {
-        s = amqp_ssl_socket_new(c);
-        if (!s) {
-            r = -EPROTONOSUPPORT;
-            goto out;
-        }
-        amqp_ssl_socket_set_verify_peer(s, !cfg->insecure);
-        amqp_ssl_socket_set_verify_hostname(s, !cfg->insecure);
-        if ((cfg->cacert && amqp_ssl_socket_set_cacert(s, cfg->cacert) != AMQP_STATUS_OK) ||
-            (cfg->cert && cfg->key &&
-             amqp_ssl_socket_set_key(s, cfg->cert, cfg->key) != AMQP_STATUS_OK)) {
-            r = -EPROTONOSUPPORT;
-            goto out;
-        }
-    } else {
-        s = amqp_tcp_socket_new(c);
-        if (!s) {
-            r = -ENOMEM;
-            goto out;
-        }
-    }
-    struct timeval tv = bx_tv(deadline);
-    errno = 0;
-    int st = amqp_socket_open_noblock(s, info.host, info.port, &tv);
-    if (st != AMQP_STATUS_OK) {
-        if (st == AMQP_STATUS_SOCKET_ERROR || st == AMQP_STATUS_TCP_ERROR)
-            r = errno == ETIMEDOUT ? -ETIMEDOUT
-                : errno == EHOSTUNREACH || errno == ENETUNREACH ? -errno : -ECONNREFUSED;
-        else
-            r = bx_status(st);
-        goto out;
-    }
-    tv = bx_tv(deadline);
-    amqp_set_handshake_timeout(c, &tv);
-    amqp_set_rpc_timeout(c, &tv);
+    struct bk_target t = { .host = info.host, .vhost = info.vhost, .user = info.user,
+                           .pass = info.password, .cacert = cfg->cacert, .cert = cfg->cert,
+                           .key = cfg->key, .port = info.port, .ssl = info.ssl,
+                           .insecure = cfg->insecure, .heartbeat = cfg->heartbeat,
+                           .frame_max = 131072 };
+    amqp_connection_state_t c = NULL;
+    int r = conc__broker_open(&t, deadline, &c);
+    free(copy);
+    if (r)
+        return r == -ECONNRESET ? -EPIPE : r == -ENETUNREACH ? -EHOSTUNREACH : r;
     if (!cfg->heartbeat) {
         /* No AMQP heartbeats: TCP keepalives find a peer that is gone. */
         int fd = amqp_get_sockfd(c), on = 1, idle = 30, intvl = 10, cnt = 3;
@@ -308,31 +301,18 @@ static int bx_connect(amqp_connection_state_t *out, const struct bx_cfg *cfg, in
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
     }
-    /* conc__broker_login asks to be told when the broker cancels a consumer
-     * (its queue was deleted: the client then connects again and declares
-     * it again). */
-    r = bx_reply(conc__broker_login(c, info.vhost, 131072, cfg->heartbeat, info.user,
-                                    info.password),
-                 true);
-    if (r)
-        goto out;
-    amqp_channel_open(c, BX_CHANNEL);
-    r = bx_reply(amqp_get_rpc_reply(c), false);
-out:
-    free(copy);
+    r = bx_channel_open(c, BX_CHANNEL, deadline);
     if (r) {
-        if (c)
-            amqp_destroy_connection(c);
+        amqp_destroy_connection(c);
         return r;
     }
     *out = c;
     return 0;
 }
 
-/* rabbitmq-c takes a signal that interrupts its wait for a reply for a
- * broken connection: the calls that wait for one (connecting, declaring,
- * the consumer's start, closing) run with the calling thread's signals
- * held back, and the signals are delivered after. */
+/* rabbitmq-c takes a signal that interrupts a wait of its own for a
+ * broken connection: the result thread, whose publishes may wait for room
+ * in the socket, takes no signals.  (The waits for replies are conc's.) */
 static void bx_hold_signals(sigset_t *old)
 {
     sigset_t all;
@@ -340,30 +320,41 @@ static void bx_hold_signals(sigset_t *old)
     pthread_sigmask(SIG_BLOCK, &all, old);
 }
 
-static void bx_release_signals(const sigset_t *old)
-{
-    pthread_sigmask(SIG_SETMASK, old, NULL);
-}
-
-/* Closes politely (bounded), then frees. */
+/* Closes politely (waiting a second at most for the broker's answer,
+ * parking only a calling coroutine), then frees. */
 static void bx_close(amqp_connection_state_t c)
 {
     if (!c)
         return;
-    struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
-    amqp_set_rpc_timeout(c, &tv);
-    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    int64_t until = bx_now() + 1000000000LL;
+    amqp_connection_close_t cl = { .reply_code = AMQP_REPLY_SUCCESS,
+                                   .reply_text = amqp_empty_bytes };
+    bx_call(c, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl, AMQP_CONNECTION_CLOSE_OK_METHOD, until);
     amqp_destroy_connection(c);
+}
+
+/* Deletes the client's reply queue (waiting a second at most). */
+static int bx_reply_delete(conc_broker_executor *ex);
+
+/* queue.declare of name on ch, until deadline: durable with args, or
+ * passive (only a look: -ENOENT when it is not there). */
+static int bx_queue_declare(amqp_connection_state_t c, uint16_t ch, const char *name,
+                            bool passive, amqp_table_t args, int64_t deadline)
+{
+    amqp_queue_declare_t d = { .queue = amqp_cstring_bytes(name), .passive = passive,
+                               .durable = !passive, .arguments = args };
+    return bx_call(c, ch, AMQP_QUEUE_DECLARE_METHOD, &d, AMQP_QUEUE_DECLARE_OK_METHOD,
+                   deadline);
 }
 
 /* Declares the work queue (a quorum queue that dead-letters to
  * "<queue>.dead" after max deliveries) and the dead-letter queue. */
-static int bx_declare(amqp_connection_state_t c, const char *queue, int max_deliveries)
+static int bx_declare(amqp_connection_state_t c, const char *queue, int max_deliveries,
+                      int64_t deadline)
 {
     char dead[BX_QUEUE_NAME_MAX + 8];
     snprintf(dead, sizeof dead, "%s.dead", queue);
-    amqp_queue_declare(c, BX_CHANNEL, amqp_cstring_bytes(dead), 0, 1, 0, 0, amqp_empty_table);
-    int r = bx_reply(amqp_get_rpc_reply(c), false);
+    int r = bx_queue_declare(c, BX_CHANNEL, dead, false, amqp_empty_table, deadline);
     if (r)
         return r;
     amqp_table_entry_t e[4];
@@ -380,15 +371,25 @@ static int bx_declare(amqp_connection_state_t c, const char *queue, int max_deli
     e[3].value.kind = AMQP_FIELD_KIND_I64;
     e[3].value.value.i64 = max_deliveries;
     amqp_table_t args = { .num_entries = 4, .entries = e };
-    amqp_queue_declare(c, BX_CHANNEL, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
-    return bx_reply(amqp_get_rpc_reply(c), false);
+    return bx_queue_declare(c, BX_CHANNEL, queue, false, args, deadline);
 }
 
 /* Puts the channel in confirm mode. */
-static int bx_confirm_select(amqp_connection_state_t c)
+static int bx_confirm_select(amqp_connection_state_t c, int64_t deadline)
 {
-    amqp_confirm_select(c, BX_CHANNEL);
-    return bx_reply(amqp_get_rpc_reply(c), false);
+    amqp_confirm_select_t cs = { 0 };
+    return bx_call(c, BX_CHANNEL, AMQP_CONFIRM_SELECT_METHOD, &cs,
+                   AMQP_CONFIRM_SELECT_OK_METHOD, deadline);
+}
+
+/* basic.consume on queue (acknowledged deliveries). */
+static int bx_basic_consume(amqp_connection_state_t c, const char *queue, int64_t deadline)
+{
+    amqp_basic_consume_t bc = { .queue = amqp_cstring_bytes(queue),
+                                .consumer_tag = amqp_empty_bytes,
+                                .arguments = amqp_empty_table };
+    return bx_call(c, BX_CHANNEL, AMQP_BASIC_CONSUME_METHOD, &bc, AMQP_BASIC_CONSUME_OK_METHOD,
+                   deadline);
 }
 
 /* An integer field of a table (any of AMQP's integer kinds). */
@@ -1020,42 +1021,40 @@ static int bx_client_setup(conc_broker_executor *ex, amqp_connection_state_t *ou
     int r = bx_connect(&c, &ex->cfg, deadline);
     if (r)
         return r;
-    r = bx_declare(c, ex->queue, ex->max_deliveries);
+    r = bx_declare(c, ex->queue, ex->max_deliveries, deadline);
     if (r)
         goto fail;
     if (again) {
-        amqp_channel_open(c, BX_PROBE_CHANNEL);
-        r = bx_reply(amqp_get_rpc_reply(c), false);
+        r = bx_channel_open(c, BX_PROBE_CHANNEL, deadline);
         if (r)
             goto fail;
-        amqp_queue_declare(c, BX_PROBE_CHANNEL, amqp_cstring_bytes(ex->reply), 1, 0, 0, 0,
-                           amqp_empty_table);
-        r = bx_reply(amqp_get_rpc_reply(c), false);
+        r = bx_queue_declare(c, BX_PROBE_CHANNEL, ex->reply, true, amqp_empty_table, deadline);
         if (r == -ENOENT) {
-            /* The broker closed the probe channel: say it is closed. */
-            amqp_channel_close_ok_t ok = { 0 };
-            amqp_send_method(c, BX_PROBE_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-            *gone = true;
+            *gone = true;   /* the broker closed the probe channel */
         } else if (r) {
             goto fail;
         } else {
-            amqp_channel_close(c, BX_PROBE_CHANNEL, AMQP_REPLY_SUCCESS);
+            amqp_channel_close_t cl = { .reply_code = AMQP_REPLY_SUCCESS,
+                                        .reply_text = amqp_empty_bytes };
+            r = bx_call(c, BX_PROBE_CHANNEL, AMQP_CHANNEL_CLOSE_METHOD, &cl,
+                        AMQP_CHANNEL_CLOSE_OK_METHOD, deadline);
+            if (r)
+                goto fail;
         }
     }
     amqp_table_entry_t e = { .key = amqp_cstring_bytes("x-expires"),
                              .value = { .kind = AMQP_FIELD_KIND_I64,
                                         .value.i64 = (int64_t)(ex->result_expires * 1000) } };
     amqp_table_t args = { .num_entries = 1, .entries = &e };
-    amqp_queue_declare(c, BX_CHANNEL, amqp_cstring_bytes(ex->reply), 0, 1, 0, 0, args);
-    r = bx_reply(amqp_get_rpc_reply(c), false);
+    r = bx_queue_declare(c, BX_CHANNEL, ex->reply, false, args, deadline);
     if (r)
         goto fail;
-    amqp_basic_consume(c, BX_CHANNEL, amqp_cstring_bytes(ex->reply), amqp_empty_bytes, 0, 0, 0,
-                       amqp_empty_table);
-    r = bx_reply(amqp_get_rpc_reply(c), false);
+    /* Confirm mode before the consumer: once it consumes, results may
+     * come, and no other reply is awaited after. */
+    r = bx_confirm_select(c, deadline);
     if (r)
         goto fail;
-    r = bx_confirm_select(c);
+    r = bx_basic_consume(c, ex->reply, deadline);
     if (r)
         goto fail;
     *out = c;
@@ -1237,6 +1236,13 @@ static void *bx_reader(void *arg)
     return NULL;
 }
 
+static int bx_reply_delete(conc_broker_executor *ex)
+{
+    amqp_queue_delete_t d = { .queue = amqp_cstring_bytes(ex->reply) };
+    return bx_call(ex->conn, BX_CHANNEL, AMQP_QUEUE_DELETE_METHOD, &d,
+                   AMQP_QUEUE_DELETE_OK_METHOD, bx_now() + 1000000000LL);
+}
+
 /* A reply queue name of the client's own: "<queue>.reply.<16 hex>". */
 static int bx_reply_name(char *buf, size_t size, const char *queue)
 {
@@ -1305,10 +1311,7 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
         r = -errno;
         goto fail_cfg;
     }
-    sigset_t old;
-    bx_hold_signals(&old);
     r = bx_client_setup(ex, &ex->conn, false, NULL);
-    bx_release_signals(&old);
     if (r)
         goto fail_cfg;
     ex->sockfd = amqp_get_sockfd(ex->conn);
@@ -1318,10 +1321,8 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     if (r) {
         pthread_mutex_destroy(&ex->conn_lock);
         pthread_mutex_destroy(&ex->lock);
-        bx_hold_signals(&old);
-        amqp_queue_delete(ex->conn, BX_CHANNEL, amqp_cstring_bytes(ex->reply), 0, 0);
+        bx_reply_delete(ex);
         bx_close(ex->conn);
-        bx_release_signals(&old);
         goto fail_cfg;
     }
     *out = ex;
@@ -1440,17 +1441,12 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     while (write(ex->stopfd, &one, sizeof one) < 0 && errno == EINTR)
         ;
     pthread_join(ex->reader, NULL);
-    sigset_t old;
-    bx_hold_signals(&old);
     if (ex->conn) {
         /* Results still to come are dropped with the reply queue. */
-        struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
-        amqp_set_rpc_timeout(ex->conn, &tv);
-        amqp_queue_delete(ex->conn, BX_CHANNEL, amqp_cstring_bytes(ex->reply), 0, 0);
+        bx_reply_delete(ex);
         bx_close(ex->conn);
         ex->conn = NULL;
     }
-    bx_release_signals(&old);
     bx_fail_all(ex, -EPIPE);
     close(ex->stopfd);
     close(ex->wakefd);
@@ -1551,14 +1547,11 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
         free(w);
         return e;
     }
-    sigset_t old;
-    bx_hold_signals(&old);
     r = bx_connect(&w->conn, &w->cfg, deadline);
     if (!r)
-        r = bx_declare(w->conn, queue, w->max_deliveries);
+        r = bx_declare(w->conn, queue, w->max_deliveries, deadline);
     if (r)
         bx_close(w->conn);
-    bx_release_signals(&old);
     if (r) {
         close(w->stopfd);
         bx_cfg_free(&w->cfg);
@@ -1755,18 +1748,17 @@ static bool bx_stopped(conc_broker_worker *w)
 }
 
 /* basic.qos, confirm mode and basic.consume on the work queue. */
-static int bx_consume(conc_broker_worker *w)
+static int bx_consume(conc_broker_worker *w, int64_t deadline)
 {
-    amqp_basic_qos(w->conn, BX_CHANNEL, 0, (uint16_t)w->prefetch, 0);
-    int r = bx_reply(amqp_get_rpc_reply(w->conn), false);
+    amqp_basic_qos_t qos = { .prefetch_count = (uint16_t)w->prefetch };
+    int r = bx_call(w->conn, BX_CHANNEL, AMQP_BASIC_QOS_METHOD, &qos, AMQP_BASIC_QOS_OK_METHOD,
+                    deadline);
     if (r)
         return r;
-    r = bx_confirm_select(w->conn);
+    r = bx_confirm_select(w->conn, deadline);
     if (r)
         return r;
-    amqp_basic_consume(w->conn, BX_CHANNEL, amqp_cstring_bytes(w->queue), amqp_empty_bytes, 0,
-                       0, 0, amqp_empty_table);
-    return bx_reply(amqp_get_rpc_reply(w->conn), false);
+    return bx_basic_consume(w->conn, w->queue, deadline);
 }
 
 static void bx_ahead_clear(conc_broker_worker *w)
@@ -1825,16 +1817,14 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
     }
     double pause = BX_RETRY_MIN;
     for (;;) {
-        sigset_t old;
-        bx_hold_signals(&old);
         int r = 0;
         bool fresh = false;
+        int64_t cd;
+        conc_deadline(w->cfg.connect_timeout, &cd);
         if (!w->conn) {
-            int64_t cd;
-            conc_deadline(w->cfg.connect_timeout, &cd);
             r = bx_connect(&w->conn, &w->cfg, cd);
             if (!r)
-                r = bx_declare(w->conn, w->queue, w->max_deliveries);
+                r = bx_declare(w->conn, w->queue, w->max_deliveries, cd);
             if (r && w->conn) {
                 bx_close(w->conn);
                 w->conn = NULL;
@@ -1842,8 +1832,7 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
             fresh = !r;
         }
         if (!r)
-            r = bx_consume(w);
-        bx_release_signals(&old);
+            r = bx_consume(w, cd);
         if (!r) {
             w->sockfd = amqp_get_sockfd(w->conn);
             w->consuming = true;
@@ -1852,13 +1841,10 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
             w->ever_consumed = true;
             return 0;
         }
-        if (r == -ENOMEM || r == -EACCES || r == -EEXIST)
+        if (r == -ENOMEM || r == -EACCES || r == -EEXIST || r == -ECANCELED)
             return r;
-        if (w->conn) {
-            bx_hold_signals(&old);
+        if (w->conn)
             bx_close(w->conn);
-            bx_release_signals(&old);
-        }
         w->conn = NULL;
         if (until != CONC_NO_DEADLINE && bx_now() >= until)
             return -EPIPE;
@@ -2048,11 +2034,8 @@ void conc_broker_worker_free(conc_broker_worker *w)
 {
     if (!w)
         return;
-    sigset_t old;
-    bx_hold_signals(&old);
     bx_ahead_clear(w);
     bx_close(w->conn);
-    bx_release_signals(&old);
     close(w->stopfd);
     for (size_t i = 0; i < w->nfns; i++)
         free(w->fns[i].name);

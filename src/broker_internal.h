@@ -165,4 +165,26 @@ BK_HIDDEN amqp_rpc_reply_t conc__broker_login(amqp_connection_state_t c, const c
                                               int frame_max, int heartbeat, const char *user,
                                               const char *pass);
 
+/* Where and how to connect (broker.c; the executor's connections too). */
+struct bk_target {
+    const char *host, *vhost, *user, *pass;
+    const char *cacert, *cert, *key;    /* TLS files, or NULL */
+    int port;
+    bool ssl, insecure;
+    int heartbeat;                      /* seconds asked for, 0: none */
+    int frame_max;
+};
+
+/* Connects to t and logs in (PLAIN, with consumer cancel notices) within
+ * deadline.  Every wait parks only the calling coroutine: the TCP connect
+ * and the AMQP handshake wait through conc's wait layer, a host name is
+ * looked up and a TLS connection made (rabbitmq-c does both only
+ * blocking) through conc_offload.  Returns 0 and sets *out;
+ * -ECONNREFUSED, -EHOSTUNREACH, -ENETUNREACH, -ETIMEDOUT, -ECANCELED,
+ * -EACCES (refused credentials or vhost), -EKEYREJECTED (TLS peer not
+ * trusted), -EPROTONOSUPPORT (TLS setup), -EPROTO (not AMQP 0-9-1),
+ * -ECONNRESET (dropped during the handshake), -ENOMEM. */
+BK_HIDDEN int conc__broker_open(const struct bk_target *t, int64_t deadline,
+                                amqp_connection_state_t *out);
+
 #endif /* CONC_BROKER_INTERNAL_H */

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -26,6 +27,7 @@
 #include <amqp_tcp_socket.h>
 
 #include "conc/broker.h"
+#include "conc/time.h"
 #include "conc/hub.h"
 #include "conc/wait.h"
 #include "support/rabbitmq_node.h"
@@ -1076,4 +1078,101 @@ Test(broker, batched_acknowledgements_settle_each_message_once)
     cr_assert_eq(conc_broker_queue_qsize(q, HANG), 0);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
+}
+
+/* A put the broker refuses (nacks) fails with -EIO and leaves the queue as
+ * it was: here a policy bounds the queue to two messages and makes the
+ * broker refuse what comes beyond them.  Waited-for puts and a stream of
+ * async puts each learn of the refusal; what was confirmed is there once,
+ * in order; a put after a get has room again. */
+Test(broker, put_refused_by_the_broker_eio)
+{
+    char name[128], policy[160];
+    qname(name, sizeof name, "full");
+    snprintf(policy, sizeof policy, "%s-bound", name);
+    bound_queue(policy, name, 2);
+    conc_broker *b = connect_ok();
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "a", 2, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(q, "b", 2, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(q, "c", 2, HANG), -EIO);
+    cr_assert_eq(conc_broker_queue_put_async(q, "d", 2, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put_async(q, "e", 2, HANG), 0);
+    cr_assert_eq(conc_broker_flush(b, HANG), -EIO);
+    cr_assert_eq(conc_broker_flush(b, 0), 0);         /* reported once */
+    cr_assert_eq(conc_broker_queue_qsize(q, HANG), 2);
+    /* The connection and its publishing channel go on. */
+    get_str(q, "a", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    cr_assert_eq(conc_broker_queue_put(q, "f", 2, HANG), 0);
+    get_str(q, "b", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    get_str(q, "f", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get_nowait(q, &m), -EAGAIN);
+    unbound_queue(policy);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    conc_broker_free(b);
+}
+
+/* conc_broker_new from a coroutine against a listener that never answers
+ * (the TCP connection is made by the kernel, no AMQP greeting comes):
+ * another coroutine runs while the handshake waits (it sees the connection
+ * arrive before conc_broker_new returned), and the connect gives up with
+ * -ETIMEDOUT at its connect_timeout. */
+struct silent_b {
+    char url[128];
+    int lfd;
+    int rc;
+    bool done, seen_while_connecting;
+    int64_t took;
+};
+
+static void *silent_b_connect(void *arg)
+{
+    struct silent_b *s = arg;
+    conc_broker_opts o = { .size = sizeof o, .connect_timeout = 0.5 };
+    conc_broker *b = NULL;
+    int64_t t0 = conc_now();
+    s->rc = conc_broker_new(&b, s->url, &o);
+    s->took = conc_now() - t0;
+    conc_broker_free(b);
+    s->done = true;
+    return NULL;
+}
+
+static void *silent_b_watch(void *arg)
+{
+    struct silent_b *s = arg;
+    if (conc_fd_wait(s->lfd, POLLIN, HANG) == 0)
+        s->seen_while_connecting = !s->done;
+    return NULL;
+}
+
+Test(broker, connect_from_a_coroutine_parks_only_the_coroutine)
+{
+    static struct silent_b s;
+    memset(&s, 0, sizeof s);
+    s.rc = 1;
+    s.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(s.lfd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    cr_assert_eq(bind(s.lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(getsockname(s.lfd, (struct sockaddr *)&a, &al), 0);
+    cr_assert_eq(listen(s.lfd, 8), 0);
+    snprintf(s.url, sizeof s.url, "amqp://guest:guest@127.0.0.1:%d/", ntohs(a.sin_port));
+    conc_greenlet *gc, *gw;
+    cr_assert_eq(conc_greenlet_spawn(&gc, silent_b_connect, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gw, silent_b_watch, &s, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert(s.done);
+    cr_assert_eq(s.rc, -ETIMEDOUT, "%d", s.rc);
+    cr_assert(s.seen_while_connecting, "the connect held the thread");
+    cr_assert_geq(s.took, 500000000LL, "gave up before its timeout");
+    conc_greenlet_free(gc);
+    conc_greenlet_free(gw);
+    cr_assert_eq(conc_hub_free(), 0);
+    close(s.lfd);
 }

@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +33,8 @@
 #include "conc/broker_executor.h"
 #include "conc/future.h"
 #include "conc/hub.h"
+#include "conc/time.h"
+#include "conc/wait.h"
 
 #define GUARD 60.0
 
@@ -1258,15 +1263,6 @@ Test(broker_executor, broker_restarted_under_load_every_future_once)
     delete_queues(q);
 }
 
-/* Runs rabbitmqctl ARGS on the node; fails the test if it fails. */
-static void ctl(const char *args)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' ctl '%s' %s >/dev/null", CONC_RABBITMQ_SCRIPT,
-             CONC_RABBITMQ_DIR, args);
-    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
-}
-
 /* The broker drops every connection (as a lost network does) while tasks
  * run: both sides connect again at once and every future completes once. */
 Test(broker_executor, connections_dropped_under_load_every_future_once)
@@ -1318,4 +1314,231 @@ Test(broker_executor, reply_queue_gone_fails_confirmed_futures)
     cr_assert_eq(wthread_stop(&wt), 2);     /* the orphan ran too */
     conc_broker_executor_free(ex);
     delete_queues(q);
+}
+
+/* A task the broker refuses (nacks) fails with -EIO and nothing else is
+ * lost or run twice: a policy bounds the work queue so that the broker
+ * refuses the tasks beyond the first few.  Each submit is followed until
+ * its fate is known (in the queue, or its future failed); once the bound
+ * is gone a worker runs exactly the tasks that were taken, each future
+ * finishing once with its own value. */
+Test(broker_executor, refused_task_fails_eio)
+{
+    enum { N = 6 };
+    char q[128], policy[160];
+    qname(q, sizeof q, "refused");
+    snprintf(policy, sizeof policy, "%s.bound", q);
+    bound_queue(policy, q, 2);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *fs[N];
+    bool refused[N];
+    long taken = 0, nrefused = 0;
+    for (uint64_t i = 0; i < N; i++) {
+        fs[i] = submit_u64(ex, "square", i + 1);
+        refused[i] = false;
+        for (int k = 0;; k++) {
+            cr_assert_lt(k, (int)(GUARD * 20), "task %d: neither queued nor refused",
+                         (int)i);
+            if (conc_future_done(fs[i])) {
+                expect_error(fs[i], -EIO, 0);
+                refused[i] = true;
+                nrefused++;
+                break;
+            }
+            if (raw_count(q) == taken + 1) {
+                taken++;
+                break;
+            }
+            usleep(20 * 1000);
+        }
+    }
+    /* A quorum queue takes one message beyond its bound at most; once
+     * full, it refuses every later one. */
+    cr_assert(taken >= 2 && taken <= 3, "taken %ld", taken);
+    cr_assert_eq(nrefused, N - taken);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(refused[i], i >= taken, "task %d", i);
+    cr_assert_eq(conc_broker_executor_pending(ex), (size_t)taken);
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    for (int i = 0; i < N; i++) {
+        if (!refused[i])
+            cr_assert_eq(result_u64(fs[i]), (uint64_t)(i + 1) * (i + 1));
+        else
+            expect_error(fs[i], -EIO, 0);
+        conc_future_free(fs[i]);
+    }
+    /* The executor goes on after a refusal: the queue has room again once
+     * the worker's acknowledgements of the tasks it ran reach the broker,
+     * and a task refused before is submitted again. */
+    int err = -EIO, tries = 0;
+    while (err == -EIO) {
+        cr_assert_lt(tries++, (int)(GUARD * 20), "still refused");
+        conc_future *f = submit_u64(ex, "square", 9);
+        cr_assert_eq(conc_future_wait(f, GUARD), 0);
+        cr_assert_eq(conc_future_exception(f, &err, NULL, 0), 0);
+        if (err == 0)
+            cr_assert_eq(result_u64(f), 81);
+        else
+            cr_assert_eq(err, -EIO);
+        conc_future_free(f);
+        if (err)
+            usleep(50 * 1000);
+    }
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    cr_assert_eq(wthread_stop(&wt), (uint64_t)taken + 1);
+    cr_assert_eq(raw_count(q), 0);
+    conc_broker_executor_free(ex);
+    unbound_queue(policy);
+    delete_queues(q);
+}
+
+/* The client is away (the broker closed its connection and lets it make
+ * no other, through a connection limit on its own user) longer than
+ * result_expires: the broker itself deletes its reply queue, with the
+ * result a worker sent meanwhile.  Back, the client fails the future of
+ * the task the broker had confirmed (-EPIPE: its result is lost), sends
+ * again the task it could not send while away (it runs and its result
+ * comes), and goes on with its reply queue declared again. */
+Test(broker_executor, reply_queue_expires_while_the_client_is_away)
+{
+    char q[128], user[64], args[256], away_url[512];
+    qname(q, sizeof q, "away");
+    snprintf(user, sizeof user, "bxaway%d", (int)getpid());
+    snprintf(args, sizeof args, "add_user '%s' pw", user);
+    ctl(args);
+    snprintf(args, sizeof args, "set_permissions -p / '%s' '.*' '.*' '.*'", user);
+    ctl(args);
+    const char *at = strchr(url, '@');
+    cr_assert_not_null(at);
+    snprintf(away_url, sizeof away_url, "amqp://%s:pw%s", user, at);
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = q;
+    o.result_expires = 1.0;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, away_url, &o), 0);
+    char reply[256];
+    snprintf(reply, sizeof reply, "%s", conc_broker_executor_reply_queue(ex));
+
+    /* Task b reaches the queue; the broker's confirmation reaches the
+     * client long before the next rabbitmqctl call has started. */
+    conc_future *b = submit_u64(ex, "square", 4);
+    cr_assert_eq(wait_count(q, 1), 1);
+    snprintf(args, sizeof args, "set_user_limits '%s' '{\"max-connections\": 0}'", user);
+    ctl(args);
+    snprintf(args, sizeof args, "close_all_user_connections '%s' away-by-test", user);
+    ctl(args);
+
+    /* A worker runs b while the client is away: the result waits in the
+     * reply queue, which nobody uses now. */
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    for (int i = 0; conc_broker_worker_tasks(wt.w) < 1; i++) {
+        cr_assert_lt(i, (int)(GUARD * 20), "the worker did not run the task");
+        usleep(50 * 1000);
+    }
+    cr_assert_not(conc_future_done(b));
+    /* Unused for result_expires, the queue goes with the result.  A look
+     * at it counts as a use: look less often than that. */
+    long n = raw_count(reply);
+    for (int i = 0; i < (int)GUARD && n != -1; i++) {
+        usleep(1500 * 1000);
+        n = raw_count(reply);
+    }
+    cr_assert_eq(n, -1, "the reply queue did not expire");
+
+    /* Submitted while away: sent once the client is back. */
+    conc_future *c = submit_u64(ex, "square", 5);
+    snprintf(args, sizeof args, "clear_user_limits '%s' max-connections", user);
+    ctl(args);
+    expect_error(b, -EPIPE, 0);
+    cr_assert_eq(result_u64(c), 25);
+    conc_future_free(b);
+    conc_future_free(c);
+    cr_assert_geq(conc_broker_executor_reconnects(ex), 1);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    cr_assert_eq(raw_count(conc_broker_executor_reply_queue(ex)), 0);
+    cr_assert_eq(wthread_stop(&wt), 2);
+    conc_broker_executor_free(ex);
+    snprintf(args, sizeof args, "delete_user '%s'", user);
+    ctl(args);
+    delete_queues(q);
+}
+
+/* A connect to a listener that never answers (the kernel completes the
+ * TCP connection, nobody sends the AMQP greeting) parks only its
+ * coroutine: another coroutine of the hub runs while it waits (it sees
+ * the connection arrive at the listener before the connect returned), and
+ * the connect gives up with -ETIMEDOUT at its connect_timeout. */
+struct silent {
+    const char *url;
+    int lfd;
+    bool worker;            /* conc_broker_worker_new, else executor_new */
+    int rc;
+    bool done;
+    bool seen_while_connecting;
+    int64_t took;
+};
+
+static void *silent_connect(void *arg)
+{
+    struct silent *s = arg;
+    int64_t t0 = conc_now();
+    if (s->worker) {
+        conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
+        o.connect_timeout = 0.5;
+        conc_broker_worker *w = NULL;
+        s->rc = conc_broker_worker_new(&w, s->url, &o);
+        conc_broker_worker_free(w);
+    } else {
+        conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+        o.connect_timeout = 0.5;
+        conc_broker_executor *ex = NULL;
+        s->rc = conc_broker_executor_new(&ex, s->url, &o);
+        conc_broker_executor_free(ex);
+    }
+    s->took = conc_now() - t0;
+    s->done = true;
+    return NULL;
+}
+
+static void *silent_watch(void *arg)
+{
+    struct silent *s = arg;
+    /* Ready once a connection waits in the listener's backlog. */
+    if (conc_fd_wait(s->lfd, POLLIN, GUARD) == 0)
+        s->seen_while_connecting = !s->done;
+    return NULL;
+}
+
+static void silent_listener_case(bool worker)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(lfd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    cr_assert_eq(listen(lfd, 8), 0);
+    char u[128];
+    snprintf(u, sizeof u, "amqp://guest:guest@127.0.0.1:%d/", ntohs(a.sin_port));
+    struct silent s = { .url = u, .lfd = lfd, .worker = worker, .rc = 1 };
+    conc_greenlet *gc, *gw;
+    cr_assert_eq(conc_greenlet_spawn(&gc, silent_connect, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&gw, silent_watch, &s, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    cr_assert(s.done);
+    cr_assert_eq(s.rc, -ETIMEDOUT, "%s: %d", worker ? "worker" : "executor", s.rc);
+    cr_assert(s.seen_while_connecting, "the connect held the thread");
+    cr_assert_geq(s.took, 500000000LL, "gave up before its timeout");
+    conc_greenlet_free(gc);
+    conc_greenlet_free(gw);
+    conc_hub_free();
+    close(lfd);
+}
+
+Test(broker_executor, connect_from_a_coroutine_parks_only_the_coroutine)
+{
+    silent_listener_case(true);
+    silent_listener_case(false);
 }

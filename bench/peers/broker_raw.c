@@ -3,14 +3,22 @@
  * queue, written straight on rabbitmq-c with nothing around it.
  *
  *   broker_raw URL N REPS
+ *   broker_raw URL N --rounds
  *
  * broker_publish_confirmed: N persistent 100-byte messages to a durable
- * queue in confirm mode, pipelined (at most WINDOW unconfirmed), timed
- * until the last confirmation.  broker_consume_ack: N messages put there
- * first (not timed), then consumed with prefetch PREFETCH and each
- * acknowledged.  Prints the best of REPS runs of each as
- * METRIC<TAB>raw<TAB>VALUE<TAB>msg/s.
+ * queue in confirm mode, pipelined (at most WINDOW unconfirmed, as conc's
+ * connection allows), timed until the last confirmation, then taken out
+ * again (not timed).  broker_consume_ack: N messages put there first (not
+ * timed), then consumed with prefetch PREFETCH and each acknowledged.
+ * Each run starts and ends with the queue empty.  Prints the best of REPS
+ * runs of each as METRIC<TAB>raw<TAB>VALUE<TAB>msg/s.
+ *
+ * With --rounds it runs one round per line read from standard input
+ * ("publish" or "consume") and answers each with the round's nanoseconds
+ * on a line of its own, so that bench_broker runs its rounds in turns with
+ * conc's on the same broker.
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +30,7 @@
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>
 
-#define WINDOW 1000
+#define WINDOW 4096
 #define PREFETCH 64
 #define SIZE 100
 
@@ -112,11 +120,36 @@ static void consume(long n)
     amqp_bytes_free(tag);
 }
 
+/* The --rounds loop: a round per command line, its time printed. */
+static void rounds(long n)
+{
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        int64_t t0, t;
+        if (strcmp(line, "publish\n") == 0) {
+            t0 = now();
+            publish(n);
+            t = now() - t0;
+            consume(n);
+        } else if (strcmp(line, "consume\n") == 0) {
+            publish(n);
+            t0 = now();
+            consume(n);
+            t = now() - t0;
+        } else {
+            die("reading a round's command");
+        }
+        printf("%lld\n", (long long)t);
+        fflush(stdout);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 4)
-        die("usage: broker_raw URL N REPS; parsing the command line");
-    long n = atol(argv[2]), reps = atol(argv[3]);
+        die("usage: broker_raw URL N REPS|--rounds; parsing the command line");
+    bool by_rounds = strcmp(argv[3], "--rounds") == 0;
+    long n = atol(argv[2]), reps = by_rounds ? 1 : atol(argv[3]);
     if (n <= 0 || reps <= 0)
         die("parsing N and REPS");
     struct amqp_connection_info info;
@@ -141,6 +174,10 @@ int main(int argc, char **argv)
     amqp_queue_declare(conn, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, amqp_empty_table);
     check(amqp_get_rpc_reply(conn), "queue.declare");
 
+    if (by_rounds) {
+        rounds(n);
+        reps = 0;
+    }
     double best_pub = 0, best_con = 0;
     for (long r = 0; r < reps; r++) {
         int64_t t0 = now();
@@ -158,7 +195,9 @@ int main(int argc, char **argv)
     amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(conn);
     free(url);
-    printf("broker_publish_confirmed\traw\t%.0f\tmsg/s\n", best_pub);
-    printf("broker_consume_ack\traw\t%.0f\tmsg/s\n", best_con);
+    if (!by_rounds) {
+        printf("broker_publish_confirmed\traw\t%.0f\tmsg/s\n", best_pub);
+        printf("broker_consume_ack\traw\t%.0f\tmsg/s\n", best_con);
+    }
     return 0;
 }

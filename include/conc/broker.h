@@ -33,9 +33,11 @@
  * broker that is down -ECONNREFUSED, quickly, never a hang.
  *
  * Coroutines: every wait for the broker goes through conc's wait layer:
- * called from a conc coroutine, a call parks only that coroutine.  (The
- * TCP connect and the AMQP login of a (re)connection run on a worker thread
- * through conc_offload, so they park the coroutine too.)  One exception: a
+ * called from a conc coroutine, a call parks only that coroutine.  That
+ * includes the TCP connect and the AMQP handshake of a (re)connection; a
+ * host name lookup and a TLS connection, which rabbitmq-c and the C
+ * library do only blocking, run on a worker thread through conc_offload,
+ * so they park the coroutine too.  One exception: a
  * send that finds the socket's buffer full (a large message, or a broker
  * that throttles its publishers) waits for room inside rabbitmq-c, blocking
  * the thread until the broker reads.

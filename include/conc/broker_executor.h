@@ -72,7 +72,11 @@
  * coroutine parks only the coroutine.  A worker is driven by one thread (or
  * coroutine) at a time, the one in conc_broker_worker_run, whose waits park
  * only the calling coroutine; conc_broker_worker_stop may be called from
- * any thread or a signal handler.
+ * any thread or a signal handler.  Connecting (in conc_broker_executor_new,
+ * conc_broker_worker_new and a worker's reconnection) parks only a calling
+ * coroutine too: the TCP connect, the AMQP handshake and the declarations
+ * wait through conc's wait layer (a TLS connection is made on a worker
+ * thread through conc_offload).
  *
  * Connections.  Each executor and each worker has its own AMQP connection,
  * from a URL amqp://user:password@host:port/vhost (the defaults guest,
@@ -201,7 +205,9 @@ typedef struct conc_broker_executor_opts {
  * the user may not use; -ETIMEDOUT when the broker did not answer in time;
  * -EEXIST when the work queue exists with other arguments (another
  * max_deliveries, or not a quorum queue); -EPROTO for another refusal by
- * the broker; -ENOMEM; the error of starting a thread.
+ * the broker; -EPIPE when the broker dropped the connection while it was
+ * being set up; -ECANCELED when the calling coroutine was killed; -ENOMEM;
+ * the error of starting a thread.
  */
 CONC_API int conc_broker_executor_new(conc_broker_executor **out, const char *url,
                                       const conc_broker_executor_opts *opts);
