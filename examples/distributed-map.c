@@ -6,7 +6,8 @@
  * back as futures.
  *
  *   distributed-map --url URL --tasks N [--workers W] [--kill-one] [--queue NAME]
- *   distributed-map --url URL --worker [--queue NAME]
+ *                   [--authkey-file F]
+ *   distributed-map --url URL --worker [--queue NAME] [--authkey-file F]
  *
  * The first form starts W worker processes here (default 2; 0 when the
  * workers run elsewhere, started with --worker), submits f(0) .. f(N-1),
@@ -16,7 +17,12 @@
  * right, each task counted once (a second result for a task is dropped).
  * It needs W >= 2.  The second form runs one worker until SIGINT or
  * SIGTERM.  The work queue is NAME (default distributed-map); every
- * coordinator and worker of one run must name the same one.
+ * coordinator and worker of one run must name the same one.  With
+ * --authkey-file, the file's bytes (one trailing newline dropped, 1 to 1024
+ * bytes) are the executor's and workers' authkey: tasks and results carry an
+ * HMAC-SHA256 tag, and a worker runs no task without the right one (give
+ * every coordinator and worker of the queue the same file; a worker with
+ * another key refuses the tasks, and the coordinator says so: status 1).
  *
  * A broker that is down or refuses the login is one line on stderr and
  * status 1; bad arguments are status 2.
@@ -26,6 +32,7 @@
  *       print(sum(pool.map(f, range(N))))
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -47,13 +54,19 @@ static const char *prog = "distributed-map";
 #define MAX_TASKS 1000000L
 #define MAX_WORKERS 64L
 #define GUARD 300.0
+#define AUTHKEY_MAX 1024
+
+/* --authkey-file: the key (none when authkey_len is 0). */
+static unsigned char authkey[AUTHKEY_MAX + 1];
+static size_t authkey_len;
 
 static int usage(const char *why, const char *arg)
 {
     fprintf(stderr, "%s: ", prog);
     fprintf(stderr, why, arg);
     fprintf(stderr, " (usage: %s --url URL --tasks N [--workers W] [--kill-one] [--queue NAME] "
-            "| --url URL --worker [--queue NAME])\n", prog);
+            "[--authkey-file F] | --url URL --worker [--queue NAME] [--authkey-file F])\n",
+            prog);
     return 2;
 }
 
@@ -72,6 +85,48 @@ static bool parse_long(const char *s, long min, long max, long *out)
         return false;
     *out = v;
     return true;
+}
+
+/* Reads --authkey-file into authkey: the whole file, one trailing newline
+ * dropped.  Returns 0, or says why on stderr and returns 2. */
+static int read_key(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "%s: --authkey-file %s: %s\n", prog, path, strerror(errno));
+        return 2;
+    }
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = read(fd, authkey + n, sizeof authkey - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            fprintf(stderr, "%s: --authkey-file %s: %s\n", prog, path, strerror(errno));
+            close(fd);
+            return 2;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (n == sizeof authkey) {
+            unsigned char c;
+            ssize_t more = read(fd, &c, 1);
+            if (more != 0 || authkey[n - 1] != '\n')
+                n = sizeof authkey + 1;       /* too long */
+            break;
+        }
+    }
+    close(fd);
+    if (n > 0 && n <= sizeof authkey && authkey[n - 1] == '\n')
+        n--;
+    if (n == 0 || n > AUTHKEY_MAX) {
+        fprintf(stderr, "%s: --authkey-file %s: %s\n", prog, path,
+                n ? "longer than 1024 bytes" : "empty");
+        return 2;
+    }
+    authkey_len = n;
+    return 0;
 }
 
 /* ------------------------------------------------------------- workers */
@@ -113,6 +168,8 @@ static int run_worker(const char *url, const char *queue, bool announce)
 {
     conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
     o.queue = queue;
+    o.authkey = authkey_len ? authkey : NULL;
+    o.authkey_len = authkey_len;
     int r = conc_broker_worker_new(&the_worker, url, &o);
     if (r)
         return die("connecting to the broker", r);
@@ -169,6 +226,8 @@ static int run_map(const char *url, const char *queue, long n, long nworkers, bo
     conc_broker_executor *ex = NULL;
     conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
     o.queue = queue;
+    o.authkey = authkey_len ? authkey : NULL;
+    o.authkey_len = authkey_len;
     int r = conc_broker_executor_new(&ex, url, &o);
     conc_future **fs = r ? NULL : calloc((size_t)n, sizeof *fs);
     if (r) {
@@ -221,7 +280,7 @@ static int run_map(const char *url, const char *queue, long n, long nworkers, bo
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL, *queue = "distributed-map";
+    const char *url = NULL, *queue = "distributed-map", *keyfile = NULL;
     long tasks = -1, workers = 2;
     bool kill_one = false, worker = false;
     for (int i = 1; i < argc; i++) {
@@ -231,6 +290,8 @@ int main(int argc, char **argv)
             url = argv[++i];
         } else if (strcmp(a, "--queue") == 0 && has_value) {
             queue = argv[++i];
+        } else if (strcmp(a, "--authkey-file") == 0 && has_value) {
+            keyfile = argv[++i];
         } else if (strcmp(a, "--tasks") == 0 && has_value) {
             if (!parse_long(argv[++i], 0, MAX_TASKS, &tasks))
                 return usage("--tasks wants a whole number from 0 to 1000000, not '%s'", argv[i]);
@@ -249,6 +310,8 @@ int main(int argc, char **argv)
         return usage("%s", "--url is required");
     if (!*queue || strlen(queue) > 200)
         return usage("--queue wants a name of 1 to 200 bytes, not '%s'", queue);
+    if (keyfile && read_key(keyfile))
+        return 2;
     if (worker) {
         if (tasks >= 0 || kill_one)
             return usage("%s", "--worker takes no --tasks or --kill-one");

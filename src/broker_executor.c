@@ -4,17 +4,30 @@
  *
  * Wire format (AMQP 0-9-1 messages on the default exchange):
  *   task    to the work queue, persistent, mandatory; properties: type =
- *           the function name, correlation_id = the task id (the client's
- *           sequence number in decimal), reply_to = the client's reply
- *           queue; body = the argument bytes.
+ *           the function name, correlation_id = the task id ("<n>.<t>":
+ *           the client's sequence number n in decimal and t, 16 hex digits
+ *           of a keyed hash of n under a random key of the client's, so that
+ *           nobody who has not seen the task can name it), reply_to = the
+ *           client's reply queue ("<work queue>.reply.<16 hex digits>");
+ *           body = the argument bytes.
  *   result  to reply_to, persistent; properties: correlation_id = the
  *           task's; headers: "conc-error" (int, 0 or a negative errno) and,
  *           with an error, "conc-detail" (int); body = the result bytes
  *           (empty with an error).
+ * With an authkey, a task and a result also carry a header "conc-mac": the
+ * HMAC-SHA256 under the key (hex) over everything the other side acts on,
+ * each part prefixed with its length: for a task "conc-task", its id, the
+ * function name, the reply queue and the argument; for a result
+ * "conc-result", the task id, the reply queue, the error and detail (32-bit
+ * little-endian) and the body.  A task whose tag is missing or wrong is
+ * dead-lettered unrun (and, when its reply queue has a client's form,
+ * answered with an untagged -EACCES, which is the one untagged result a
+ * client with a key takes); a result whose tag is wrong is dropped.
  * Everything read from a message is checked before use: a result whose id
  * does not parse or names no pending task is dropped, one whose error is
- * out of range fails its future with -EPROTO; a task without a reply queue
- * or an id is dead-lettered.
+ * out of range fails its future with -EPROTO; a task without an id, or
+ * without a reply queue of the form a client makes, is dead-lettered
+ * (a worker sends results to clients' reply queues only).
  *
  * Nothing confirmed is lost.  Both sides publish in confirm mode.  A
  * client keeps each task it sent until the broker confirmed it, and sends
@@ -57,6 +70,7 @@
 #include <amqp_framing.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <sodium.h>
 
 #include "conc/broker_executor.h"
 #include "conc/wait.h"
@@ -74,6 +88,11 @@
 #define BX_HEARTBEAT 30
 #define BX_ERR_KEY "conc-error"
 #define BX_DETAIL_KEY "conc-detail"
+#define BX_MAC_KEY "conc-mac"
+/* The longest authkey, in bytes (as the manager's). */
+#define BX_AUTHKEY_MAX 1024
+/* A tag as sent: HMAC-SHA256 in lower-case hex. */
+#define BX_MAC_HEX (2 * crypto_auth_hmacsha256_BYTES)
 /* Pauses between reconnection attempts: from the first, doubling, up to
  * the last. */
 #define BX_RETRY_MIN 0.1
@@ -418,6 +437,159 @@ static bool bx_parse_id(amqp_bytes_t b, uint64_t *out)
     return v != 0;
 }
 
+/* The longest task id on the wire: "<20 digits>.<16 hex digits>". */
+#define BX_CID_MAX 37
+
+/* A client's task id for sequence number n: "<n>.<keyed hash of n>". */
+static void bx_cid(const unsigned char key[crypto_shorthash_KEYBYTES], uint64_t n,
+                   char buf[BX_CID_MAX + 1])
+{
+    unsigned char in[8], h[crypto_shorthash_BYTES];
+    for (int i = 0; i < 8; i++)
+        in[i] = (unsigned char)(n >> (8 * i));
+    crypto_shorthash(h, in, sizeof in, key);
+    int k = snprintf(buf, BX_CID_MAX + 1, "%" PRIu64 ".", n);
+    sodium_bin2hex(buf + k, (size_t)(BX_CID_MAX + 1 - k), h, sizeof h);
+}
+
+/* Parses a task id of this client's (key): its sequence number, or false
+ * for one the client did not make. */
+static bool bx_parse_cid(const unsigned char key[crypto_shorthash_KEYBYTES], amqp_bytes_t b,
+                         uint64_t *out)
+{
+    const char *p = b.bytes;
+    const char *dot = b.len ? memchr(p, '.', b.len) : NULL;
+    uint64_t n;
+    if (!dot || !bx_parse_id((amqp_bytes_t){ .len = (size_t)(dot - p), .bytes = b.bytes }, &n))
+        return false;
+    char want[BX_CID_MAX + 1];
+    bx_cid(key, n, want);
+    size_t wl = strlen(want);
+    if (b.len != wl || sodium_memcmp(want, p, wl) != 0)
+        return false;
+    *out = n;
+    return true;
+}
+
+/* A task id as a worker takes it: 1 to BX_CID_MAX digits, lower-case hex
+ * digits and dots (it only sends it back). */
+static bool bx_cid_shape(amqp_bytes_t b)
+{
+    if (b.len == 0 || b.len > BX_CID_MAX)
+        return false;
+    const unsigned char *p = b.bytes;
+    for (size_t i = 0; i < b.len; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f') || p[i] == '.'))
+            return false;
+    return true;
+}
+
+/* Whether name is a reply queue a client of work queue `queue` makes:
+ * "<queue>.reply.<16 lower-case hex digits>". */
+static bool bx_reply_shape(amqp_bytes_t name, const char *queue)
+{
+    size_t ql = strlen(queue);
+    const char *p = name.bytes;
+    if (name.len != ql + 7 + 16 || memcmp(p, queue, ql) != 0 || memcmp(p + ql, ".reply.", 7) != 0)
+        return false;
+    for (size_t i = ql + 7; i < name.len; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return false;
+    return true;
+}
+
+/* An authkey, ready to tag messages: HMAC-SHA256 with the key absorbed. */
+struct bx_mac {
+    bool on;
+    crypto_auth_hmacsha256_state base;
+};
+
+/* Checks and takes an authkey (NULL with 0: none).  0 or -EINVAL. */
+static int bx_mac_init(struct bx_mac *m, const void *key, size_t len)
+{
+    memset(m, 0, sizeof *m);
+    if (!key && !len)
+        return 0;
+    if (!key || len == 0 || len > BX_AUTHKEY_MAX)
+        return -EINVAL;
+    if (sodium_init() < 0)
+        return -EIO;
+    crypto_auth_hmacsha256_init(&m->base, key, len);
+    m->on = true;
+    return 0;
+}
+
+static void bx_mac_part(crypto_auth_hmacsha256_state *st, const void *p, size_t len)
+{
+    unsigned char n[8];
+    for (int i = 0; i < 8; i++)
+        n[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    crypto_auth_hmacsha256_update(st, n, sizeof n);
+    if (len)
+        crypto_auth_hmacsha256_update(st, p, len);
+}
+
+static void bx_mac_i32(crypto_auth_hmacsha256_state *st, int32_t v)
+{
+    unsigned char b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = (unsigned char)((uint32_t)v >> (8 * i));
+    bx_mac_part(st, b, sizeof b);
+}
+
+/* A task's tag: over its id, function name, reply queue and argument. */
+static void bx_mac_task(const struct bx_mac *m, amqp_bytes_t cid, amqp_bytes_t fn,
+                        amqp_bytes_t reply, amqp_bytes_t body, char hex[BX_MAC_HEX + 1])
+{
+    crypto_auth_hmacsha256_state st = m->base;
+    bx_mac_part(&st, "conc-task", 9);
+    bx_mac_part(&st, cid.bytes, cid.len);
+    bx_mac_part(&st, fn.bytes, fn.len);
+    bx_mac_part(&st, reply.bytes, reply.len);
+    bx_mac_part(&st, body.bytes, body.len);
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256_final(&st, mac);
+    sodium_bin2hex(hex, BX_MAC_HEX + 1, mac, sizeof mac);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* A result's tag: over the task id, the reply queue, error, detail, body. */
+static void bx_mac_result(const struct bx_mac *m, amqp_bytes_t cid, amqp_bytes_t reply,
+                          int32_t err, int32_t detail, amqp_bytes_t body,
+                          char hex[BX_MAC_HEX + 1])
+{
+    crypto_auth_hmacsha256_state st = m->base;
+    bx_mac_part(&st, "conc-result", 11);
+    bx_mac_part(&st, cid.bytes, cid.len);
+    bx_mac_part(&st, reply.bytes, reply.len);
+    bx_mac_i32(&st, err);
+    bx_mac_i32(&st, detail);
+    bx_mac_part(&st, body.bytes, body.len);
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256_final(&st, mac);
+    sodium_bin2hex(hex, BX_MAC_HEX + 1, mac, sizeof mac);
+    sodium_memzero(&st, sizeof st);
+}
+
+/* Whether a message's headers carry the tag `want` (compared in constant
+ * time). */
+static bool bx_mac_ok(const amqp_basic_properties_t *p, const char want[BX_MAC_HEX + 1])
+{
+    if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
+        return false;
+    size_t klen = strlen(BX_MAC_KEY);
+    for (int i = 0; i < p->headers.num_entries; i++) {
+        const amqp_table_entry_t *e = &p->headers.entries[i];
+        if (e->key.len != klen || memcmp(e->key.bytes, BX_MAC_KEY, klen) != 0)
+            continue;
+        if ((e->value.kind != AMQP_FIELD_KIND_UTF8 && e->value.kind != AMQP_FIELD_KIND_BYTES) ||
+            e->value.value.bytes.len != BX_MAC_HEX)
+            return false;
+        return sodium_memcmp(e->value.value.bytes.bytes, want, BX_MAC_HEX) == 0;
+    }
+    return false;
+}
+
 /* What a look at the connection found besides a delivery. */
 struct bx_event {
     amqp_method_number_t id;    /* 0: nothing; basic.ack, basic.nack or
@@ -431,7 +603,8 @@ struct bx_event {
  * in *env, 2 with a confirmation or a returned message in *ev, 0 when
  * nothing (or only a frame of no interest) was there, or a negative code
  * when the connection or channel is gone. */
-static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, struct bx_event *ev)
+static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, struct bx_event *ev,
+                           const unsigned char *cid_key)
 {
     struct timeval zero = { 0, 0 };
     amqp_maybe_release_buffers(c);
@@ -475,8 +648,8 @@ static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, stru
         if (rr.reply_type != AMQP_RESPONSE_NORMAL)
             return -EPIPE;
         uint64_t id = 0;
-        if (!(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
-            !bx_parse_id(m.properties.correlation_id, &id))
+        if (!cid_key || !(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
+            !bx_parse_cid(cid_key, m.properties.correlation_id, &id))
             id = 0;
         amqp_destroy_message(&m);
         *ev = (struct bx_event){ .id = AMQP_BASIC_RETURN_METHOD, .returned_id = id };
@@ -589,6 +762,9 @@ struct conc_broker_executor {
     double result_expires;
     double reconnect_timeout;
     uint64_t reconnects;    /* atomic */
+    uint64_t rejected;      /* atomic: results dropped unread */
+    unsigned char cid_key[crypto_shorthash_KEYBYTES];
+    struct bx_mac mac;
     char queue[BX_QUEUE_NAME_MAX + 1];
     char reply[256];
 };
@@ -706,8 +882,8 @@ static void bx_fail_all(conc_broker_executor *ex, int err)
 /* Publishes a task on the current connection (conn_lock held). */
 static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
 {
-    char cid[24];
-    snprintf(cid, sizeof cid, "%" PRIu64, t->id);
+    char cid[BX_CID_MAX + 1];
+    bx_cid(ex->cid_key, t->id, cid);
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof p);
     p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
@@ -718,6 +894,17 @@ static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
     p.reply_to = amqp_cstring_bytes(ex->reply);
     p.type = (amqp_bytes_t){ .len = t->fnlen, .bytes = (void *)t->bytes };
     amqp_bytes_t body = { .len = t->len, .bytes = (void *)(t->bytes + t->fnlen + 1) };
+    char tag[BX_MAC_HEX + 1];
+    amqp_table_entry_t e;
+    if (ex->mac.on) {
+        bx_mac_task(&ex->mac, p.correlation_id, p.type, p.reply_to, body, tag);
+        e.key = amqp_cstring_bytes(BX_MAC_KEY);
+        e.value.kind = AMQP_FIELD_KIND_UTF8;
+        e.value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers.num_entries = 1;
+        p.headers.entries = &e;
+    }
     return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
                               amqp_cstring_bytes(ex->queue), 1, 0, &p, body);
 }
@@ -771,14 +958,38 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
     uint64_t id;
-    if (!(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) || !bx_parse_id(p->correlation_id, &id))
+    if (!(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
+        !bx_parse_cid(ex->cid_key, p->correlation_id, &id)) {
+        __atomic_fetch_add(&ex->rejected, 1, __ATOMIC_RELAXED);
         return;
+    }
+    int64_t err = -EPROTO, detail = 0;
+    const amqp_bytes_t *b = &env->message.body;
+    if (ex->mac.on) {
+        /* Over the values as sent: a worker always sends an error field,
+         * and a detail field with an error. */
+        int64_t we = 0, wd = 0;
+        if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
+            bx_table_int(&p->headers, BX_ERR_KEY, &we);
+            bx_table_int(&p->headers, BX_DETAIL_KEY, &wd);
+        }
+        char want[BX_MAC_HEX + 1];
+        bx_mac_result(&ex->mac, p->correlation_id, amqp_cstring_bytes(ex->reply), (int32_t)we,
+                      (int32_t)wd, *b, want);
+        if (!bx_mac_ok(p, want)) {
+            /* A worker without our key refuses the task with an untagged
+             * -EACCES; anything else untagged is dropped. */
+            if (we != -EACCES || b->len != 0) {
+                __atomic_fetch_add(&ex->rejected, 1, __ATOMIC_RELAXED);
+                return;
+            }
+        }
+    }
     pthread_mutex_lock(&ex->lock);
     conc_future *f = bx_table_take(ex, id);
     pthread_mutex_unlock(&ex->lock);
     if (!f)
         return;     /* a second result for the task, or not ours */
-    int64_t err = -EPROTO, detail = 0;
     if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
         if (!bx_table_int(&p->headers, BX_ERR_KEY, &err) || err > 0 || err < -4095)
             err = -EPROTO;
@@ -786,7 +997,6 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
             detail > INT_MAX)
             detail = 0;
     }
-    const amqp_bytes_t *b = &env->message.body;
     if (err == 0 && b->len > CONC_BROKER_TASK_MAX)
         err = -EMSGSIZE;
     if (err == 0) {
@@ -987,7 +1197,7 @@ static int bx_pump(conc_broker_executor *ex)
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
         pthread_mutex_lock(&ex->conn_lock);
-        int r = bx_poll_message(ex->conn, &env, &ev);
+        int r = bx_poll_message(ex->conn, &env, &ev, ex->cid_key);
         if (r == 2)
             bx_settle(ex, &ev);
         pthread_mutex_unlock(&ex->conn_lock);
@@ -1068,6 +1278,11 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     conc_broker_executor *ex = calloc(1, sizeof *ex);
     if (!ex)
         return -ENOMEM;
+    r = bx_mac_init(&ex->mac, o.authkey, o.authkey_len);
+    if (r) {
+        free(ex);
+        return r;
+    }
     strcpy(ex->queue, queue);
     ex->max_deliveries = o.max_deliveries ? o.max_deliveries : 3;
     ex->result_expires = o.result_expires ? o.result_expires : BX_RESULT_EXPIRES;
@@ -1078,12 +1293,18 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
     r = bx_cfg_init(&ex->cfg, url, o.cacert, o.cert, o.key, o.insecure, BX_HEARTBEAT,
                     o.connect_timeout);
     if (r) {
+        sodium_memzero(&ex->mac, sizeof ex->mac);
         free(ex);
         return r;
     }
     r = bx_reply_name(ex->reply, sizeof ex->reply, queue);
     if (r)
         goto fail_cfg;
+    if (sodium_init() < 0) {
+        r = -EIO;
+        goto fail_cfg;
+    }
+    crypto_shorthash_keygen(ex->cid_key);
     ex->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     ex->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (ex->stopfd < 0 || ex->wakefd < 0) {
@@ -1112,6 +1333,7 @@ fail_cfg:
     if (ex->wakefd >= 0)
         close(ex->wakefd);
     bx_cfg_free(&ex->cfg);
+    sodium_memzero(&ex->mac, sizeof ex->mac);
     free(ex);
     return r;
 }
@@ -1206,6 +1428,11 @@ uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex)
     return ex ? __atomic_load_n(&ex->reconnects, __ATOMIC_RELAXED) : 0;
 }
 
+uint64_t conc_broker_executor_rejected(const conc_broker_executor *ex)
+{
+    return ex ? __atomic_load_n(&ex->rejected, __ATOMIC_RELAXED) : 0;
+}
+
 void conc_broker_executor_free(conc_broker_executor *ex)
 {
     if (!ex)
@@ -1227,6 +1454,8 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     pthread_mutex_destroy(&ex->lock);
     free(ex->fails);
     bx_cfg_free(&ex->cfg);
+    sodium_memzero(ex->cid_key, sizeof ex->cid_key);
+    sodium_memzero(&ex->mac, sizeof ex->mac);
     free(ex);
 }
 
@@ -1267,6 +1496,8 @@ struct conc_broker_worker {
     double reconnect_timeout;
     uint64_t tasks;         /* atomic */
     uint64_t reconnects;    /* atomic */
+    uint64_t rejected;      /* atomic: tasks dead-lettered unrun */
+    struct bx_mac mac;
     uint64_t pub_seq;
     struct bx_unsettled *uns;   /* in sequence order */
     size_t nuns, uns_cap;
@@ -1294,6 +1525,11 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     conc_broker_worker *w = calloc(1, sizeof *w);
     if (!w)
         return -ENOMEM;
+    r = bx_mac_init(&w->mac, o.authkey, o.authkey_len);
+    if (r) {
+        free(w);
+        return r;
+    }
     strcpy(w->queue, queue);
     w->prefetch = o.prefetch ? o.prefetch : 1;
     w->max_deliveries = o.max_deliveries ? o.max_deliveries : 3;
@@ -1307,6 +1543,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     if (w->stopfd < 0) {
         int e = -errno;
         bx_cfg_free(&w->cfg);
+        sodium_memzero(&w->mac, sizeof w->mac);
         free(w);
         return e;
     }
@@ -1318,6 +1555,7 @@ int conc_broker_worker_new(conc_broker_worker **out, const char *url,
     if (r) {
         close(w->stopfd);
         bx_cfg_free(&w->cfg);
+        sodium_memzero(&w->mac, sizeof w->mac);
         free(w);
         return r;
     }
@@ -1370,7 +1608,7 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
         w->uns_cap = cap;
     }
     const amqp_basic_properties_t *task = &env->message.properties;
-    amqp_table_entry_t e[2];
+    amqp_table_entry_t e[3];
     e[0].key = amqp_cstring_bytes(BX_ERR_KEY);
     e[0].value.kind = AMQP_FIELD_KIND_I32;
     e[0].value.value.i32 = err;
@@ -1387,6 +1625,16 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
     p.headers.num_entries = err ? 2 : 1;
     p.headers.entries = e;
     amqp_bytes_t body = { .len = err ? 0 : len, .bytes = err ? NULL : (void *)data };
+    char tag[BX_MAC_HEX + 1];
+    amqp_table_entry_t *t = &e[p.headers.num_entries];
+    if (w->mac.on) {
+        bx_mac_result(&w->mac, task->correlation_id, task->reply_to, err, err ? detail : 0, body,
+                      tag);
+        t->key = amqp_cstring_bytes(BX_MAC_KEY);
+        t->value.kind = AMQP_FIELD_KIND_UTF8;
+        t->value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
+        p.headers.num_entries++;
+    }
     int st = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
                                 body);
     if (st != AMQP_STATUS_OK)
@@ -1433,14 +1681,30 @@ static int bx_worker_settle(conc_broker_worker *w, const struct bx_event *ev)
 static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
 {
     const amqp_basic_properties_t *p = &env->message.properties;
-    uint64_t id;
-    if (!(p->_flags & AMQP_BASIC_REPLY_TO_FLAG) || p->reply_to.len == 0 ||
-        !(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) || !bx_parse_id(p->correlation_id, &id)) {
-        /* Nobody to answer: to the dead-letter queue. */
+    if (!(p->_flags & AMQP_BASIC_REPLY_TO_FLAG) || !bx_reply_shape(p->reply_to, w->queue) ||
+        !(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) || !bx_cid_shape(p->correlation_id)) {
+        /* Nobody to answer (or a queue no client made): to the
+         * dead-letter queue, unrun. */
+        __atomic_fetch_add(&w->rejected, 1, __ATOMIC_RELAXED);
         return amqp_basic_nack(w->conn, BX_CHANNEL, env->delivery_tag, 0, 0) ? -EPIPE : 0;
     }
+    if (w->mac.on) {
+        char want[BX_MAC_HEX + 1];
+        bx_mac_task(&w->mac, p->correlation_id,
+                    p->_flags & AMQP_BASIC_TYPE_FLAG ? p->type : amqp_empty_bytes, p->reply_to,
+                    env->message.body, want);
+        if (!bx_mac_ok(p, want)) {
+            /* Forged, or sent with another key: not run; its client (if
+             * it is one) learns it from an untagged -EACCES, and the task
+             * is dead-lettered once that is confirmed. */
+            __atomic_fetch_add(&w->rejected, 1, __ATOMIC_RELAXED);
+            return bx_send_result(w, env, -EACCES, 0, NULL, 0, true);
+        }
+    }
+    /* The count is the broker's only on a redelivery: on a first delivery
+     * a quorum queue passes on whatever the publisher put in the header. */
     int64_t count = 0;
-    if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
+    if (env->redelivered && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
         bx_table_int(&p->headers, "x-delivery-count", &count);
     if (count >= w->max_deliveries) {
         /* Its workers died max_deliveries times: do not run it again. */
@@ -1614,7 +1878,7 @@ static void bx_drain(conc_broker_worker *w)
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
-        int r = bx_poll_message(w->conn, &env, &ev);
+        int r = bx_poll_message(w->conn, &env, &ev, NULL);
         if (r == 1) {
             struct bx_ahead *a = malloc(sizeof *a);
             if (!a) {
@@ -1699,7 +1963,7 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
-        int r = bx_poll_message(w->conn, &env, &ev);
+        int r = bx_poll_message(w->conn, &env, &ev, NULL);
         if (r == 1) {
             r = bx_on_task(w, &env);
             amqp_destroy_envelope(&env);
@@ -1761,6 +2025,11 @@ uint64_t conc_broker_worker_reconnects(const conc_broker_worker *w)
     return w ? __atomic_load_n(&w->reconnects, __ATOMIC_RELAXED) : 0;
 }
 
+uint64_t conc_broker_worker_rejected(const conc_broker_worker *w)
+{
+    return w ? __atomic_load_n(&w->rejected, __ATOMIC_RELAXED) : 0;
+}
+
 void conc_broker_worker_free(conc_broker_worker *w)
 {
     if (!w)
@@ -1773,5 +2042,6 @@ void conc_broker_worker_free(conc_broker_worker *w)
     free(w->fns);
     free(w->uns);
     bx_cfg_free(&w->cfg);
+    sodium_memzero(&w->mac, sizeof w->mac);
     free(w);
 }

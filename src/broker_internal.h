@@ -64,6 +64,8 @@ struct conc_broker_queue {
     int chan_err;                           /* why its channel was closed */
     struct bk_msg *head, *tail, *partial;   /* delivered, not yet taken */
     size_t nlocal;
+    uint64_t refused;                       /* deliveries rejected unread
+                                               (atomic) */
     uint64_t *taken;                        /* delivery tags taken, not done */
     uint64_t *taken_epoch;
     size_t ntaken, taken_cap;

@@ -178,6 +178,16 @@ static void complete(conc_broker_queue *q)
     q->nlocal++;
 }
 
+/* Rejects a delivery the client cannot take (requeued, or to the
+ * dead-letter path when it never could be taken), so that it does not hold
+ * a prefetch slot until the connection closes, and counts it. */
+static void refuse(conc_broker *b, conc_broker_queue *q, uint16_t ch, uint64_t tag,
+                   bool requeue)
+{
+    amqp_basic_reject(b->c, ch, tag, requeue);
+    __atomic_fetch_add(&q->refused, 1, __ATOMIC_RELAXED);
+}
+
 /* A delivery's frames (basic.deliver or get-ok, header, body), or a
  * consumer cancelled by the broker, on a queue's channel. */
 void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
@@ -197,9 +207,18 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
             q->get_empty = true;
             return;
         }
+        msg_free(q->partial);
+        q->partial = NULL;
+        uint64_t tag = id == AMQP_BASIC_DELIVER_METHOD
+                           ? ((amqp_basic_deliver_t *)d)->delivery_tag
+                           : ((amqp_basic_get_ok_t *)d)->delivery_tag;
         struct bk_msg *m = calloc(1, sizeof *m);
-        if (!m)
-            return;     /* never acknowledged: the broker gives it again */
+        if (!m) {
+            /* Given back at once (it would hold a prefetch slot until the
+             * connection closed); its header and body are ignored. */
+            refuse(b, q, ch, tag, true);
+            return;
+        }
         if (id == AMQP_BASIC_DELIVER_METHOD) {
             amqp_basic_deliver_t *dv = d;
             m->m.tag = dv->delivery_tag;
@@ -213,7 +232,6 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
             copy_bytes(m->m.exchange, g->exchange);
             copy_bytes(m->m.routing_key, g->routing_key);
         }
-        msg_free(q->partial);
         q->partial = m;
         return;
     }
@@ -223,8 +241,9 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
     if (f->frame_type == AMQP_FRAME_HEADER) {
         uint64_t size = f->payload.properties.body_size;
         if (size > b->opts.max_message) {
-            /* Refused: it goes to the dead-letter exchange, if any. */
-            amqp_basic_reject(b->c, ch, m->m.tag, 0);
+            /* It can never be taken here: to the dead-letter exchange, if
+             * any (requeued, it would come back for ever). */
+            refuse(b, q, ch, m->m.tag, false);
             msg_free(m);
             q->partial = NULL;
             return;
@@ -235,12 +254,15 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
                 copy_bytes(m->m.correlation_id, p->correlation_id);
             if (p->_flags & AMQP_BASIC_REPLY_TO_FLAG)
                 copy_bytes(m->m.reply_to, p->reply_to);
-            if (p->_flags & AMQP_BASIC_HEADERS_FLAG)
+            /* The broker sets the count on a redelivery; on a first
+             * delivery the header may be the publisher's own. */
+            if (m->m.redelivered && (p->_flags & AMQP_BASIC_HEADERS_FLAG))
                 m->m.delivery_count = delivery_count(&p->headers);
         }
         m->want = (size_t)size;
         m->m.data = malloc(m->want + 1);
         if (!m->m.data) {
+            refuse(b, q, ch, m->m.tag, true);      /* may fit later */
             msg_free(m);
             q->partial = NULL;
             return;
@@ -254,6 +276,9 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
     if (f->frame_type == AMQP_FRAME_BODY && m->have_header) {
         amqp_bytes_t body = f->payload.body_fragment;
         if (body.len > m->want - m->m.len) {
+            /* More body than its header announced: malformed, and it
+             * would be malformed again. */
+            refuse(b, q, ch, m->m.tag, false);
             msg_free(m);
             q->partial = NULL;
             return;
@@ -1041,6 +1066,11 @@ int conc_broker_queue_reject(conc_broker_queue *q, uint64_t tag, bool requeue)
 size_t conc_broker_queue_unfinished(const conc_broker_queue *q)
 {
     return q ? q->ntaken : 0;
+}
+
+uint64_t conc_broker_queue_refused(const conc_broker_queue *q)
+{
+    return q ? __atomic_load_n(&q->refused, __ATOMIC_RELAXED) : 0;
 }
 
 int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout)

@@ -22,6 +22,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <amqp.h>
+#include <amqp_framing.h>
+#include <amqp_tcp_socket.h>
+
 #include "conc/broker.h"
 #include "conc/time.h"
 #include "conc/hub.h"
@@ -387,6 +391,48 @@ Test(broker, oversized_message_emsgsize)
     conc_broker_free(b);
 }
 
+/* A consumer with prefetch 1 whose size limit is below a message's: the
+ * message is refused (counted, to the dead-letter queue), and the small one
+ * behind it is still delivered. */
+Test(broker, oversized_delivery_refused_and_next_one_delivered)
+{
+    conc_broker_opts bo = CONC_BROKER_OPTS_INIT;
+    bo.max_message = 64;
+    conc_broker *b = NULL;
+    cr_assert_eq(conc_broker_new(&b, url, &bo), 0);
+    conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
+    o.prefetch = 1;
+    struct dead_pair d;
+    dead_pair_ok(&d, b, "refuse", &o);
+    /* Sent by a connection without the limit. */
+    conc_broker *pb = connect_ok();
+    conc_broker_queue *pq = queue_ok(pb, d.name, &o);
+    char big[200];
+    memset(big, 'x', sizeof big);
+    cr_assert_eq(conc_broker_queue_put(pq, big, sizeof big, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(pq, "small", 5, HANG), 0);
+    cr_assert_eq(conc_broker_queue_refused(d.q), 0);
+    get_str(d.q, "small", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(d.q), 0);
+    cr_assert_eq(conc_broker_queue_refused(d.q), 1);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get_nowait(d.q, &m), -EAGAIN);
+    /* The big one waits in the dead-letter queue, whole. */
+    conc_broker_queue *pdq = queue_ok(pb, d.dead, NULL);
+    cr_assert_eq(conc_broker_queue_get(pdq, &m, HANG), 0);
+    cr_assert_eq(m.len, sizeof big);
+    cr_assert_eq(memcmp(m.data, big, sizeof big), 0);
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_task_done(pdq), 0);
+    cr_assert_eq(conc_broker_queue_refused(pdq), 0);
+    cr_assert_eq(conc_broker_queue_refused(NULL), 0);
+    cr_assert_eq(conc_broker_queue_delete(pq, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(pdq, HANG), 0);
+    conc_broker_queue_free(d.q);
+    conc_broker_queue_free(d.dq);
+    conc_broker_free(pb);
+    conc_broker_free(b);
+}
 
 Test(broker, topic_subscriptions_match_patterns)
 {
@@ -794,6 +840,71 @@ Test(broker, delivery_limit_dead_letters_a_poison_message)
     cr_assert_eq(conc_broker_queue_new(&x, b, "conc-test-bad", &bad, HANG), -EINVAL);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     cr_assert_eq(conc_broker_queue_delete(dq, HANG), 0);
+    conc_broker_free(b);
+}
+
+/* Publishes body to queue through a connection of rabbitmq-c's own, with
+ * an x-delivery-count header set by the publisher. */
+static void raw_publish_count(const char *queue, const char *body, int64_t count)
+{
+    char *copy = strdup(url);
+    struct amqp_connection_info info;
+    cr_assert_eq(amqp_parse_url(copy, &info), AMQP_STATUS_OK);
+    if (!*info.vhost)
+        info.vhost = "/";
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    cr_assert_eq(amqp_socket_open(s, info.host, info.port), AMQP_STATUS_OK);
+    cr_assert_eq(amqp_login(c, info.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, info.user,
+                            info.password).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_channel_open(c, 1);
+    cr_assert_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_confirm_select(c, 1);
+    cr_assert_eq(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes("x-delivery-count");
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = count;
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_HEADERS_FLAG;
+    p.headers.num_entries = 1;
+    p.headers.entries = &e;
+    cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0,
+                                    &p, amqp_cstring_bytes(body)), AMQP_STATUS_OK);
+    /* Its confirmation: the message is in the queue. */
+    amqp_frame_t f;
+    cr_assert_eq(amqp_simple_wait_frame(c, &f), AMQP_STATUS_OK);
+    cr_assert_eq(f.payload.method.id, AMQP_BASIC_ACK_METHOD);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+    free(copy);
+}
+
+/* A publisher's own x-delivery-count on a quorum queue's first delivery is
+ * not the count get reports: the broker's is read only on a redelivery. */
+Test(broker, forged_delivery_count_not_reported)
+{
+    char name[128];
+    qname(name, sizeof name, "fcount");
+    conc_broker *b = connect_ok();
+    conc_broker_queue_opts o = CONC_BROKER_QUEUE_OPTS_INIT;
+    o.delivery_limit = 3;
+    conc_broker_queue *q = queue_ok(b, name, &o);
+    raw_publish_count(name, "fresh", 99);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get(q, &m, HANG), 0);
+    cr_assert_str_eq((char *)m.data, "fresh");
+    cr_assert_not(m.redelivered);
+    cr_assert_eq(m.delivery_count, 0, "reported the publisher's count %u", m.delivery_count);
+    cr_assert_eq(conc_broker_queue_reject(q, m.tag, true), 0);
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_get(q, &m, HANG), 0);
+    cr_assert(m.redelivered);
+    cr_assert_eq(m.delivery_count, 1);
+    conc_broker_msg_clear(&m);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }
 

@@ -587,6 +587,9 @@ Test(broker_executor, duplicate_and_malformed_results_dropped)
     expect_error(y, -EPROTO, -1);
     expect_error(z, -EPROTO, -1);
     cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    /* The two ids the client did not make were counted (in order, before
+     * z's result). */
+    cr_assert_eq(conc_broker_executor_rejected(ex), 2);
     conc_future_free(x);
     conc_future_free(y);
     conc_future_free(z);
@@ -594,6 +597,354 @@ Test(broker_executor, duplicate_and_malformed_results_dropped)
         amqp_bytes_free(ids[i]);
     amqp_bytes_free(reply);
     raw_close(c);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* Takes one message from a queue with a raw connection (GUARD at most),
+ * acknowledged at once, or (keep) left unacknowledged: given back when the
+ * connection closes. */
+static void raw_get_keep(amqp_connection_state_t c, const char *queue, amqp_message_t *m,
+                         bool keep)
+{
+    amqp_rpc_reply_t r;
+    for (int tries = 0;; tries++) {
+        r = amqp_basic_get(c, 1, amqp_cstring_bytes(queue), !keep);
+        cr_assert_eq(r.reply_type, AMQP_RESPONSE_NORMAL);
+        if (r.reply.id != AMQP_BASIC_GET_EMPTY_METHOD)
+            break;
+        cr_assert_lt(tries, (int)(GUARD * 100), "nothing came to %s", queue);
+        usleep(10 * 1000);
+    }
+    cr_assert_eq(r.reply.id, AMQP_BASIC_GET_OK_METHOD);
+    cr_assert_eq(amqp_read_message(c, 1, m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+}
+
+static void raw_get(amqp_connection_state_t c, const char *queue, amqp_message_t *m)
+{
+    raw_get_keep(c, queue, m, false);
+}
+
+/* A publisher's own x-delivery-count on a task's first delivery (a quorum
+ * queue passes it on) does not make the worker take it for a task that
+ * killed its workers: the task runs. */
+Test(broker_executor, forged_delivery_count_on_a_fresh_task_runs)
+{
+    char q[128], reply[200];
+    qname(q, sizeof q, "count");
+    snprintf(reply, sizeof reply, "%s.reply.%016x", q, 0x5eedu);
+    struct wthread wt;
+    wthread_start(&wt, q, 2);
+    amqp_connection_state_t c = raw_open();
+    cr_assert_not_null(amqp_queue_declare(c, 1, amqp_cstring_bytes(reply), 0, 0, 0, 1,
+                                          amqp_empty_table));
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes("x-delivery-count");
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = 99;
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TYPE_FLAG |
+               AMQP_BASIC_HEADERS_FLAG;
+    p.correlation_id = amqp_cstring_bytes("1");
+    p.reply_to = amqp_cstring_bytes(reply);
+    p.type = amqp_cstring_bytes("square");
+    p.headers.num_entries = 1;
+    p.headers.entries = &e;
+    uint64_t x = 9;
+    amqp_bytes_t body = { .len = sizeof x, .bytes = &x };
+    cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0, &p,
+                                    body), 0);
+    amqp_message_t m;
+    raw_get(c, reply, &m);
+    int64_t err = 1;
+    cr_assert(m.properties._flags & AMQP_BASIC_HEADERS_FLAG);
+    for (int i = 0; i < m.properties.headers.num_entries; i++)
+        if (m.properties.headers.entries[i].key.len == 10 &&
+            memcmp(m.properties.headers.entries[i].key.bytes, "conc-error", 10) == 0)
+            err = m.properties.headers.entries[i].value.value.i32;
+    cr_assert_eq(err, 0, "the task failed with %d", (int)err);
+    cr_assert_eq(m.body.len, sizeof x);
+    uint64_t y;
+    memcpy(&y, m.body.bytes, sizeof y);
+    cr_assert_eq(y, 81);
+    amqp_destroy_message(&m);
+    cr_assert_eq(wthread_stop(&wt), 1);
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(reply), 0, 0);
+    raw_close(c);
+    delete_queues(q);
+}
+
+/* Publishes a success result (value v) with correlation id cid to queue. */
+static void forge_result(amqp_connection_state_t c, const char *queue, const char *cid,
+                         uint64_t v)
+{
+    amqp_table_entry_t e;
+    e.key = amqp_cstring_bytes("conc-error");
+    e.value.kind = AMQP_FIELD_KIND_I32;
+    e.value.value.i32 = 0;
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.correlation_id = amqp_cstring_bytes(cid);
+    p.headers.num_entries = 1;
+    p.headers.entries = &e;
+    amqp_bytes_t body = { .len = sizeof v, .bytes = &v };
+    cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 0, 0, &p,
+                                     body), 0);
+}
+
+/* Waits (GUARD at most) until the executor counted `want` rejected results. */
+static void wait_rejected(conc_broker_executor *ex, uint64_t want)
+{
+    for (int i = 0; conc_broker_executor_rejected(ex) < want && i < (int)(GUARD * 100); i++)
+        usleep(10 * 1000);
+    cr_assert_eq(conc_broker_executor_rejected(ex), want);
+}
+
+/* Another connection of the vhost sends results to a client's reply queue
+ * (its name is in every task) for the ids a client numbering its tasks
+ * would use: they name no task of the client's, are dropped and counted,
+ * and the pending future keeps the worker's real result. */
+Test(broker_executor, forged_result_for_a_pending_task_ignored)
+{
+    char q[128];
+    qname(q, sizeof q, "forge");
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *f = submit_u64(ex, "square", 3);
+    amqp_connection_state_t c = raw_open();
+    const char *reply = conc_broker_executor_reply_queue(ex);
+    const char *guesses[] = { "1", "0", "2", "1.0000000000000000", "1.", ".1" };
+    size_t n = sizeof guesses / sizeof guesses[0];
+    for (size_t i = 0; i < n; i++)
+        forge_result(c, reply, guesses[i], 666);
+    wait_rejected(ex, n);
+    cr_assert_not(conc_future_done(f));
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    cr_assert_eq(result_u64(f), 9);
+    conc_future_free(f);
+    cr_assert_eq(wthread_stop(&wt), 1);
+    cr_assert_eq(conc_broker_executor_rejected(ex), n);
+    raw_close(c);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* A task naming as its reply queue one no client makes (here, another
+ * application's queue) is not run: the worker dead-letters it and sends
+ * nothing there; a task without an id likewise. */
+Test(broker_executor, task_with_a_foreign_reply_queue_not_run)
+{
+    char q[128], victim[160], dead[160];
+    qname(q, sizeof q, "foreign");
+    snprintf(victim, sizeof victim, "%s.victim", q);
+    snprintf(dead, sizeof dead, "%s.dead", q);
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    amqp_connection_state_t c = raw_open();
+    cr_assert_not_null(amqp_queue_declare(c, 1, amqp_cstring_bytes(victim), 0, 0, 0, 1,
+                                          amqp_empty_table));
+    char near[200];
+    snprintf(near, sizeof near, "%s.reply.%015x", q, 1u);    /* one digit short */
+    const char *replies[] = { victim, near, "" };
+    for (int i = 0; i < 3; i++) {
+        amqp_basic_properties_t p;
+        memset(&p, 0, sizeof p);
+        p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
+                   AMQP_BASIC_TYPE_FLAG;
+        p.correlation_id = amqp_cstring_bytes(i == 2 ? "" : "7");
+        p.reply_to = amqp_cstring_bytes(i == 2 ? victim : replies[i]);
+        p.type = amqp_cstring_bytes("echo");
+        cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0,
+                                        &p, amqp_cstring_bytes("spam")), 0);
+    }
+    cr_assert_eq(wait_count(dead, 3), 3);
+    cr_assert_eq(conc_broker_worker_rejected(wt.w), 3);
+    cr_assert_eq(wthread_stop(&wt), 0);
+    cr_assert_eq(raw_count(victim), 0);
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(victim), 0, 0);
+    raw_close(c);
+    delete_queues(q);
+}
+
+/* ------------------------------------------------------------ authkeys */
+
+static conc_broker_executor *mk_keyed_executor(const char *queue, const char *key)
+{
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = queue;
+    o.authkey = key;
+    o.authkey_len = key ? strlen(key) : 0;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, url, &o), 0);
+    return ex;
+}
+
+static void keyed_worker_start(struct wthread *wt, const char *queue, const char *key)
+{
+    conc_broker_worker_opts o = CONC_BROKER_WORKER_OPTS_INIT;
+    o.queue = queue;
+    o.authkey = key;
+    o.authkey_len = key ? strlen(key) : 0;
+    cr_assert_eq(conc_broker_worker_new(&wt->w, url, &o), 0);
+    cr_assert_eq(conc_broker_worker_register(wt->w, "square", square, NULL), 0);
+    cr_assert_eq(conc_broker_worker_register(wt->w, "echo", echo, NULL), 0);
+    wt->rc = 1;
+    cr_assert_eq(pthread_create(&wt->t, NULL, wthread_main, wt), 0);
+}
+
+/* A header "conc-mac" (a tag of the right shape, or any string). */
+static void mac_header(amqp_table_entry_t *e, const char *hex)
+{
+    e->key = amqp_cstring_bytes("conc-mac");
+    e->value.kind = AMQP_FIELD_KIND_UTF8;
+    e->value.value.bytes = amqp_cstring_bytes(hex);
+}
+
+#define WRONG_TAG "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+Test(broker_executor, authkey_option_checked)
+{
+    conc_broker_executor_opts eo = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    conc_broker_worker_opts wo = CONC_BROKER_WORKER_OPTS_INIT;
+    conc_broker_executor *ex = NULL;
+    conc_broker_worker *w = NULL;
+    static char big[1025];
+    struct { const void *key; size_t len; } bad[] = { { "k", 0 }, { NULL, 3 }, { big, 1025 } };
+    for (int i = 0; i < 3; i++) {
+        eo.authkey = wo.authkey = bad[i].key;
+        eo.authkey_len = wo.authkey_len = bad[i].len;
+        cr_assert_eq(conc_broker_executor_new(&ex, url, &eo), -EINVAL);
+        cr_assert_eq(conc_broker_worker_new(&w, url, &wo), -EINVAL);
+    }
+    cr_assert_null(ex);
+    cr_assert_null(w);
+}
+
+/* With an authkey, a result from someone who has seen the task (it read
+ * the work queue) but lacks the key is dropped: the future keeps the real
+ * worker's result. */
+Test(broker_executor, authkey_forged_result_by_a_reader_ignored)
+{
+    char q[128];
+    qname(q, sizeof q, "keyres");
+    conc_broker_executor *ex = mk_keyed_executor(q, "sesame");
+    conc_future *f = submit_u64(ex, "square", 5);
+    amqp_connection_state_t c = raw_open();
+    amqp_message_t m;
+    raw_get_keep(c, q, &m, true);  /* given back at the close below */
+    cr_assert(m.properties._flags & AMQP_BASIC_HEADERS_FLAG, "a keyed task carries its tag");
+    char cid[64];
+    snprintf(cid, sizeof cid, "%.*s", (int)m.properties.correlation_id.len,
+             (char *)m.properties.correlation_id.bytes);
+    amqp_destroy_message(&m);
+    amqp_connection_state_t c2 = raw_open();
+    const char *reply = conc_broker_executor_reply_queue(ex);
+    forge_result(c2, reply, cid, 666);         /* untagged */
+    /* Tagged, but not under the key. */
+    amqp_table_entry_t e[2];
+    e[0].key = amqp_cstring_bytes("conc-error");
+    e[0].value.kind = AMQP_FIELD_KIND_I32;
+    e[0].value.value.i32 = 0;
+    mac_header(&e[1], WRONG_TAG);
+    amqp_basic_properties_t p;
+    memset(&p, 0, sizeof p);
+    p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.correlation_id = amqp_cstring_bytes(cid);
+    p.headers.num_entries = 2;
+    p.headers.entries = e;
+    uint64_t v = 777;
+    cr_assert_eq(amqp_basic_publish(c2, 1, amqp_empty_bytes, amqp_cstring_bytes(reply), 0, 0,
+                                    &p, (amqp_bytes_t){ .len = sizeof v, .bytes = &v }), 0);
+    wait_rejected(ex, 2);
+    cr_assert_not(conc_future_done(f));
+    raw_close(c);           /* the task goes back to the queue */
+    struct wthread wt;
+    keyed_worker_start(&wt, q, "sesame");
+    cr_assert_eq(result_u64(f), 25);
+    conc_future_free(f);
+    /* And the keyed pair goes on working. */
+    f = submit_u64(ex, "square", 6);
+    cr_assert_eq(result_u64(f), 36);
+    conc_future_free(f);
+    cr_assert_eq(wthread_stop(&wt), 2);
+    cr_assert_eq(conc_broker_executor_rejected(ex), 2);
+    raw_close(c2);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* A keyed worker runs no task whose tag is missing or wrong: each goes to
+ * the dead-letter queue, and the reply queue gets an untagged -EACCES. */
+Test(broker_executor, authkey_forged_task_not_run)
+{
+    char q[128], reply[200], dead[160];
+    qname(q, sizeof q, "keytask");
+    snprintf(reply, sizeof reply, "%s.reply.%016x", q, 0xbadu);
+    snprintf(dead, sizeof dead, "%s.dead", q);
+    struct wthread wt;
+    keyed_worker_start(&wt, q, "sesame");
+    amqp_connection_state_t c = raw_open();
+    cr_assert_not_null(amqp_queue_declare(c, 1, amqp_cstring_bytes(reply), 0, 0, 0, 1,
+                                          amqp_empty_table));
+    for (int i = 0; i < 2; i++) {
+        amqp_table_entry_t e;
+        mac_header(&e, WRONG_TAG);
+        amqp_basic_properties_t p;
+        memset(&p, 0, sizeof p);
+        p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
+                   AMQP_BASIC_TYPE_FLAG | (i ? AMQP_BASIC_HEADERS_FLAG : 0);
+        p.correlation_id = amqp_cstring_bytes(i ? "2.00" : "1.00");
+        p.reply_to = amqp_cstring_bytes(reply);
+        p.type = amqp_cstring_bytes("echo");
+        p.headers.num_entries = 1;
+        p.headers.entries = &e;
+        cr_assert_eq(amqp_basic_publish(c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0,
+                                        &p, amqp_cstring_bytes("run me")), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        amqp_message_t m;
+        raw_get(c, reply, &m);
+        cr_assert_eq(m.body.len, 0, "the task ran");
+        int64_t err = 0;
+        for (int k = 0; k < m.properties.headers.num_entries; k++)
+            if (m.properties.headers.entries[k].key.len == 10 &&
+                memcmp(m.properties.headers.entries[k].key.bytes, "conc-error", 10) == 0)
+                err = m.properties.headers.entries[k].value.value.i32;
+        cr_assert_eq(err, -EACCES);
+        amqp_destroy_message(&m);
+    }
+    cr_assert_eq(wait_count(dead, 2), 2);
+    cr_assert_eq(conc_broker_worker_rejected(wt.w), 2);
+    cr_assert_eq(wthread_stop(&wt), 0);
+    amqp_queue_delete(c, 1, amqp_cstring_bytes(reply), 0, 0);
+    raw_close(c);
+    delete_queues(q);
+}
+
+/* A client and a worker with different keys: the task is not run and its
+ * future fails with -EACCES at once, rather than waiting for ever. */
+Test(broker_executor, authkey_mismatch_fails_eacces)
+{
+    char q[128], dead[160];
+    qname(q, sizeof q, "keymis");
+    snprintf(dead, sizeof dead, "%s.dead", q);
+    conc_broker_executor *ex = mk_keyed_executor(q, "sesame");
+    struct wthread wt;
+    keyed_worker_start(&wt, q, "open sesame");
+    conc_future *f = submit_u64(ex, "square", 4);
+    expect_error(f, -EACCES, 0);
+    conc_future_free(f);
+    /* A client without a key meets the same refusal. */
+    conc_broker_executor *plain = mk_keyed_executor(q, NULL);
+    f = submit_u64(plain, "square", 4);
+    expect_error(f, -EACCES, 0);
+    conc_future_free(f);
+    cr_assert_eq(wait_count(dead, 2), 2);
+    cr_assert_eq(conc_broker_worker_rejected(wt.w), 2);
+    cr_assert_eq(wthread_stop(&wt), 0);
+    conc_broker_executor_free(plain);
     conc_broker_executor_free(ex);
     delete_queues(q);
 }

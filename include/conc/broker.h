@@ -276,8 +276,11 @@ typedef struct conc_broker_msg {
                                    or "" */
     char reply_to[256];         /* as published, or "" */
     uint32_t delivery_count;    /* quorum queues: how many times it was
-                                   delivered before (0 the first time);
-                                   other queues: 0 */
+                                   delivered before (0 the first time,
+                                   whatever x-delivery-count header its
+                                   publisher set: the broker's count is
+                                   read only when `redelivered`); other
+                                   queues: 0 */
 } conc_broker_msg;
 
 /* conc_broker_msg_clear - free a message's data and zero it.  NULL and a
@@ -335,6 +338,15 @@ CONC_API int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout);
 /* conc_broker_queue_unfinished - how many messages get took that are not
  * yet done (task_done, ack or reject).  0 for NULL. */
 CONC_API size_t conc_broker_queue_unfinished(const conc_broker_queue *q);
+
+/* conc_broker_queue_refused - how many deliveries this queue handle
+ * rejected without handing them out: a message larger than max_message
+ * (rejected without requeue: it goes to the queue's dead-letter exchange,
+ * or the broker discards it when there is none), one whose body did not
+ * match its announced size (likewise), or one the client had no memory
+ * for (requeued, delivered again).  Either way it does not hold a
+ * prefetch slot, so the messages behind it keep coming.  0 for NULL. */
+CONC_API uint64_t conc_broker_queue_refused(const conc_broker_queue *q);
 
 /* Exchange kinds for publish/subscribe. */
 typedef enum conc_broker_exchange_kind {

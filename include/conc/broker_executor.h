@@ -22,12 +22,15 @@
  *     machine) gives the task back and the broker delivers it to another
  *     worker.
  *   - Each client (conc_broker_executor_*) has its own reply queue,
- *     "<work queue>.reply.<16 hex digits>", durable and not exclusive, so
- *     that results sent while the client is away (a broker restart, a lost
- *     network) wait for it; it expires (x-expires) once no client used it
+ *     "<work queue>.reply.<16 hex digits>" (random), durable and not
+ *     exclusive, so that results sent while the client is away (a broker
+ *     restart, a lost network) wait for it; it expires (x-expires) once no client used it
  *     for result_expires seconds, so results for a client that is gone do
  *     not pile up, and conc_broker_executor_free deletes it.  A result
- *     names its task by id (the AMQP correlation id); the client completes
+ *     names its task by id (the AMQP correlation id: the client's sequence
+ *     number and a keyed hash of it, so that only who saw the task can name
+ *     it; a result naming no task of the client's is dropped and counted,
+ *     conc_broker_executor_rejected); the client completes
  *     each future once and drops a second result for the same task (a task
  *     run again after its worker died between sending the result and
  *     acknowledging it, or a task sent again after a reconnection).
@@ -35,7 +38,9 @@
  *     worker died: a task that kills workers) is not run again: the next
  *     worker to receive it moves it to the dead-letter queue
  *     ("<work queue>.dead") and fails its future with -ECHILD, the detail
- *     being the number of deliveries.  The work queue's delivery limit
+ *     being the number of deliveries (the broker's count, read only on a
+ *     redelivery: a publisher's own x-delivery-count header on a first
+ *     delivery is ignored).  The work queue's delivery limit
  *     (x-delivery-limit) backs this up, so the task cannot circulate for
  *     ever.  Every client and worker of one work queue must use the same
  *     max_deliveries: the broker refuses to declare a queue with other
@@ -50,6 +55,8 @@
  *   -ECHILD     the task was dead-lettered after killing workers (detail:
  *               deliveries)
  *   -EMSGSIZE   the result was larger than CONC_BROKER_TASK_MAX
+ *   -EACCES     a worker refused the task: its tag did not check under
+ *               the worker's authkey (see Trust)
  *   -EIO        the broker refused the task (a negative confirmation)
  *   -ENOENT     (also) the broker could not route the task: no work queue
  *   -EPIPE      the client's connection to the broker was lost for longer
@@ -97,6 +104,32 @@
  * until its own timeout (and reconnect_timeout) runs out, then gives
  * -EPIPE; the task it ran when the connection was lost is delivered again
  * by the broker, to it or to another worker.
+ *
+ * Trust.  Anyone the broker lets use the vhost can read, take, publish to
+ * and delete its queues: the broker's users and permissions decide who may
+ * talk to the executor at all, and such a user can always stop work (take
+ * or delete tasks).  Within that, without an authkey: a result completes a
+ * future only when it names the task's id, which carries a keyed hash only
+ * the client knows, so only who has seen the task (it is in the work queue)
+ * can answer it; a worker sends results only to reply queues of the form
+ * clients make, so a task cannot make it publish into another queue; but
+ * any vhost publisher can send tasks, which workers run, and anyone who
+ * reads the work queue can answer a task with a result of its own.  With
+ * an authkey (the same bytes on every client and worker, as the manager's
+ * authkey), each task and result carries an HMAC-SHA256 tag under the key
+ * over everything the other side acts on (task id, function name, reply
+ * queue and argument; task id, reply queue, error and result): a worker
+ * runs only tasks whose tag checks (compared in constant time), and a
+ * client completes a future only with a result whose tag checks.  A task
+ * whose tag is missing or wrong is moved to the dead-letter queue unrun
+ * and counted (conc_broker_worker_rejected); the worker answers it with an
+ * untagged -EACCES, which fails the future with -EACCES (the one untagged
+ * result a client with a key takes: a client and workers with different
+ * keys fail clearly instead of waiting).  A result whose tag is wrong is
+ * dropped and counted (conc_broker_executor_rejected).  A worker without a
+ * key runs every task and sends untagged results, which a client with a
+ * key drops: give every side the key.  The key is not sent; messages are
+ * not encrypted (use amqps:// for that).
  *
  * Python reference: concurrent.futures.Executor.submit and Future, with
  * the call named by a string (as Celery and RQ do) and its argument and
@@ -149,6 +182,9 @@ typedef struct conc_broker_executor_opts {
     const char *cert;       /* amqps: a client certificate (PEM), or NULL */
     const char *key;        /* amqps: its key (PEM) */
     bool insecure;          /* amqps: do not verify the server (tests) */
+    const void *authkey;    /* a secret shared with the workers (see Trust
+                               below), copied; NULL: none */
+    size_t authkey_len;     /* its length, 1 to 1024 bytes */
 } conc_broker_executor_opts;
 
 #define CONC_BROKER_EXECUTOR_OPTS_INIT { .size = sizeof(conc_broker_executor_opts) }
@@ -160,7 +196,8 @@ typedef struct conc_broker_executor_opts {
  * reconnects).  Returns 0 and sets *out; -EINVAL for a NULL out or url, a
  * url that does not parse, a queue name longer than 200 bytes,
  * max_deliveries < 0, a bad connect_timeout, result_expires or
- * reconnect_timeout; -EPROTONOSUPPORT when the TLS setup fails (a
+ * reconnect_timeout, an authkey_len of 0 with an authkey, or over 1024, or
+ * a NULL authkey with a length; -EPROTONOSUPPORT when the TLS setup fails (a
  * certificate file that does not load); -EKEYREJECTED when the server's
  * certificate is not accepted (unknown CA, wrong host name);
  * -ECONNREFUSED when nothing listens there; -EHOSTUNREACH when the host
@@ -203,6 +240,13 @@ CONC_API const char *conc_broker_executor_reply_queue(const conc_broker_executor
 /* conc_broker_executor_reconnects - how many times the executor made its
  * connection again after a loss (0 for NULL). */
 CONC_API uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex);
+
+/* conc_broker_executor_rejected - how many results the executor dropped
+ * unread because they named no task it made (a task id it did not make:
+ * each id carries a keyed hash only this client knows), or, with an
+ * authkey, their tag was missing or wrong (0 for NULL).  A second result
+ * for a task of its own is not counted. */
+CONC_API uint64_t conc_broker_executor_rejected(const conc_broker_executor *ex);
 
 /*
  * conc_broker_executor_free - stop the result thread, delete the reply
@@ -248,6 +292,9 @@ typedef struct conc_broker_worker_opts {
     const char *cert;
     const char *key;
     bool insecure;
+    const void *authkey;    /* as conc_broker_executor_opts: the same key
+                               as the clients'; NULL: none */
+    size_t authkey_len;     /* 1 to 1024 bytes */
 } conc_broker_worker_opts;
 
 #define CONC_BROKER_WORKER_OPTS_INIT { .size = sizeof(conc_broker_worker_opts) }
@@ -306,6 +353,13 @@ CONC_API uint64_t conc_broker_worker_tasks(const conc_broker_worker *w);
 /* conc_broker_worker_reconnects - how many times the worker made its
  * connection again after a loss (0 for NULL). */
 CONC_API uint64_t conc_broker_worker_reconnects(const conc_broker_worker *w);
+
+/* conc_broker_worker_rejected - how many tasks this worker moved to the
+ * dead-letter queue without running them because it could not trust them:
+ * no task id, a reply queue not of the form a client makes (a worker sends
+ * results to clients' reply queues only), or, with an authkey, a tag
+ * missing or wrong (0 for NULL). */
+CONC_API uint64_t conc_broker_worker_rejected(const conc_broker_worker *w);
 
 /*
  * conc_broker_worker_free - close the connection (the tasks delivered to
