@@ -182,12 +182,88 @@ static void server_release(conc_server *s)
 
 /* ----------------------------------------------------------- threading */
 
+/* A request thread of the THREADING model.  Once its request ended it
+ * parks on the server's idle list (at most thread_cache of them, each
+ * CONC_SERVER_THREAD_IDLE seconds at most) and serves the next request
+ * dispatch hands it, instead of ending: no thread to create and end per
+ * request.  Each holds a reference to the server. */
+struct conc__server_worker {
+    conc_server *s;
+    pthread_t tid;
+    struct conc__server_job *job;       /* the next request (mu) */
+    int quit;                           /* close took it off the list: 1,
+                                           close joins it; 2, it detaches
+                                           itself (mu) */
+    conc_cond cv;                       /* job or quit set */
+    struct conc__server_worker *prev, *next;
+};
+
+static void idle_unlink(conc_server *s, struct conc__server_worker *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        s->parked.head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+    s->parked.n--;
+}
+
+/* Parks w after its request: returns the next request handed to it, or
+ * NULL when the thread is to end (*joined: close joins it; otherwise it
+ * detaches itself). */
+static struct conc__server_job *park(conc_server *s, struct conc__server_worker *w,
+                                     bool *joined)
+{
+    *joined = false;
+    /* A hub the handler made is removed, so that the next request starts
+     * as on a new thread; one with greenlets left ends with its thread, as
+     * it did before threads were kept. */
+    if (conc_hub_free() != 0)
+        return NULL;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    if (s->parked.closed || s->parked.n >= s->parked.max) {
+        conc_lock_release(&s->mu);
+        return NULL;
+    }
+    w->job = NULL;
+    w->tid = pthread_self();
+    w->prev = NULL;
+    w->next = s->parked.head;
+    if (w->next)
+        w->next->prev = w;
+    s->parked.head = w;
+    s->parked.n++;
+    int64_t deadline = conc_now() + (int64_t)(CONC_SERVER_THREAD_IDLE * 1e9);
+    while (!w->job && !w->quit) {
+        int rc = conc_cond_wait_until(&w->cv, &s->mu, deadline);
+        if (rc == -ETIMEDOUT && !w->job && !w->quit) {
+            idle_unlink(s, w);          /* unused for too long: end */
+            break;
+        }
+    }
+    struct conc__server_job *j = w->job;
+    *joined = w->quit == 1;
+    conc_lock_release(&s->mu);
+    return j;
+}
+
 static void *thread_main(void *arg)
 {
-    struct conc__server_job *j = arg;
-    conc_server *s = j->s;
-    conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
-    free(j);
+    struct conc__server_worker *w = arg;
+    conc_server *s = w->s;
+    struct conc__server_job *j = w->job;
+    bool joined = false;
+    while (j) {
+        conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len,
+                                   &j->slot);
+        free(j);
+        j = park(s, w, &joined);
+    }
+    if (!joined)
+        pthread_detach(pthread_self());
+    free(w);
     server_release(s);
     return NULL;
 }
@@ -208,26 +284,90 @@ struct conc__server_job *conc__server_job_new(conc_server *s, conc_socket *c,
     return j;
 }
 
+/* Forgets the parked threads of the process that made the server in a
+ * child forked from it, where they do not exist (mu held). */
+static void idle_forget(conc_server *s)
+{
+    while (s->parked.head) {
+        struct conc__server_worker *w = s->parked.head;
+        idle_unlink(s, w);
+        free(w);
+        atomic_fetch_sub(&s->refs, 1);
+    }
+}
+
+/* Hands j to a parked thread; false when none is parked. */
+static bool hand_to_parked(conc_server *s, struct conc__server_job *j)
+{
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    struct conc__server_worker *w = s->parked.head;
+    if (w && getpid() != s->owner) {
+        idle_forget(s);
+        w = NULL;
+    }
+    if (w) {
+        idle_unlink(s, w);
+        w->job = j;
+        conc_cond_notify(&w->cv, 1);
+    }
+    conc_lock_release(&s->mu);
+    return w != NULL;
+}
+
+/* close: the parked threads end (close joins them) and no thread parks
+ * from now on. */
+static void idle_close(conc_server *s)
+{
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->parked.closed = true;
+    if (getpid() != s->owner)
+        idle_forget(s);
+    size_t n = (size_t)s->parked.n, k = 0;
+    pthread_t *t = n ? malloc(n * sizeof *t) : NULL;
+    while (s->parked.head && (k < n || !t)) {
+        struct conc__server_worker *w = s->parked.head;
+        idle_unlink(s, w);
+        w->quit = t ? 1 : 2;            /* no room to join it: it detaches */
+        if (t)
+            t[k++] = w->tid;
+        conc_cond_notify(&w->cv, 1);
+    }
+    conc_lock_release(&s->mu);
+    for (size_t i = 0; i < k; i++)
+        pthread_join(t[i], NULL);
+    free(t);
+}
+
 static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
                         const void *data, size_t len)
 {
     struct conc__server_job *j = conc__server_job_new(s, c, peer, data, len);
     if (!j)
         return -ENOMEM;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (s->o.stack_size)
-        pthread_attr_setstacksize(&attr, s->o.stack_size);
-    atomic_fetch_add(&s->refs, 1);
     conc__server_enter(s, &j->slot, c ? conc_socket_fd(c) : -1);
-    pthread_t t;
-    int rc = pthread_create(&t, &attr, thread_main, j);
-    pthread_attr_destroy(&attr);
+    if (hand_to_parked(s, j))
+        return 0;
+    struct conc__server_worker *w = calloc(1, sizeof *w);
+    int rc = ENOMEM;
+    if (w) {
+        w->s = s;
+        w->job = j;
+        conc_cond_init(&w->cv, 0);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        if (s->o.stack_size)
+            pthread_attr_setstacksize(&attr, s->o.stack_size);
+        atomic_fetch_add(&s->refs, 1);
+        pthread_t t;
+        rc = pthread_create(&t, &attr, thread_main, w);
+        pthread_attr_destroy(&attr);
+        if (rc != 0)
+            atomic_fetch_sub(&s->refs, 1);
+    }
     if (rc != 0) {
         unlink_slot(s, &j->slot);
         count_out(s);
-        atomic_fetch_sub(&s->refs, 1);
+        free(w);
         free(j);
         return -rc;
     }
@@ -553,7 +693,15 @@ static int basic_loop(conc_server *s, double poll_interval)
             continue;
         }
         if (w[1].ready) {
-            r = take_one(s, buf);
+            /* THREADING hands each connection on at once: it takes those
+             * waiting in the backlog one after another (up to the limit)
+             * rather than one per wait, a poll saved per connection in a
+             * burst; the others serve one per wait, as Python's. */
+            int batch = s->o.model == CONC_SERVER_THREADING && s->type == SOCK_STREAM ? 64 : 1;
+            do
+                r = take_one(s, buf);
+            while (r == 1 && --batch > 0 && !conc__server_stop_asked(s) &&
+                   !(lim > 0 && at_limit(s, lim)));
             if (r < 0) {
                 rc = r;
                 break;
@@ -590,7 +738,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         o.max_children < 0 || o.max_connections < 0 || o.max_datagram > CONC_SERVER_MAX_DATAGRAM ||
         isnan(o.shutdown_timeout) ||
         o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0 ||
-        isnan(o.idle_timeout) || o.idle_timeout < 0 ||
+        isnan(o.idle_timeout) || o.idle_timeout < 0 || o.thread_cache < -1 ||
         (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
         return -EINVAL;
     if (reactor) {
@@ -624,6 +772,8 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
     conc_event_set(&s->idle);
     s->slots.next = s->slots.prev = &s->slots;
     s->slots.fd = -1;
+    s->parked.max = o.thread_cache < 0 ? 0 : o.thread_cache ? o.thread_cache
+                                                          : CONC_SERVER_THREAD_CACHE;
     int rc = -ENOMEM;
     s->st = mmap(NULL, sizeof *s->st, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (s->st == MAP_FAILED) {
@@ -985,6 +1135,7 @@ int conc_server_close(conc_server *s)
     } else if (kids_of(s)->n) {
         reap_ended(s);
     }
+    idle_close(s);
     if (s->unlink_path && s->owner == getpid())
         unlink(s->addr.u.un.sun_path);
     conc_socket_free(s->sock);

@@ -1221,6 +1221,10 @@ Test(server, bad_arguments, .timeout = 60)
     o.idle_timeout = NAN;
     cr_assert_eq(conc_server_new_reactor(&s, &a, &reactor_handler, &o), -EINVAL);
     o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.thread_cache = -2;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
     o.model = CONC_SERVER_COROUTINE;
     o.stack = 3;                    /* neither CONC_STACK_OWN nor CONC_STACK_COPIED */
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
@@ -2453,5 +2457,183 @@ Test(server, threading_detached_copy_is_non_blocking, .timeout = 60)
     cr_assert_eq(st.finished, 1);
     cr_assert_eq(st.failed, 0);
     conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* ------------------------------------------------ kept request threads */
+
+static int count_tasks(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* Waits until the threads of the process number n. */
+static void wait_tasks(int n)
+{
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    int k;
+    while ((k = count_tasks()) != n) {
+        cr_assert_lt(conc_now(), end, "%d threads, want %d", k, n);
+        conc_sleep(0.001);
+    }
+}
+
+static conc_server *make_cached(int thread_cache)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.thread_cache = thread_cache;
+    conc_server *s;
+    int rc = conc_server_new(&s, SOCK_STREAM, &a, &tid_echo_handler, &o);
+    cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
+    return s;
+}
+
+/* One connection served and closed; returns its request thread once the
+ * request was counted out (the thread then parks or ends). */
+static pid_t serve_one(conc_server *s, long nth)
+{
+    atomic_store(&handler_tid, 0);
+    int fd = dial(s);
+    exchange(fd, "one connection", 3);
+    pid_t tid = wait_handler_tid();
+    close(fd);
+    conc_server_stats st;
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    do {
+        cr_assert_lt(conc_now(), end, "the request never ended");
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.finished < (uint64_t)nth || st.active > 0);
+    return tid;
+}
+
+/* A request thread whose request ended is parked and serves the next
+ * connection (the same kernel thread runs its handler); close ends the
+ * parked thread and waits for it.  With thread_cache -1 each request has
+ * a new thread that ends with it. */
+Test(server, threading_request_threads_are_kept_for_the_next, .timeout = 60)
+{
+    int fds = base_fds(), tasks = count_tasks();
+    conc_server *s = make_cached(0);
+    struct running r;
+    start(&r, s);
+    pid_t t1 = serve_one(s, 1);
+    wait_thread_blocked(t1, GUARD);     /* parked */
+    pid_t t2 = serve_one(s, 2);
+    cr_assert_eq(t2, t1, "the second request ran on a new thread");
+    wait_thread_blocked(t1, GUARD);
+    cr_assert_eq(count_tasks(), tasks + 2, "the serving thread and the parked one");
+    stop(&r);
+    conc_server_free(s);
+    cr_assert_eq(count_tasks(), tasks, "close left a parked thread");
+    cr_assert_eq(count_fds(), fds);
+
+    s = make_cached(-1);
+    start(&r, s);
+    t1 = serve_one(s, 1);
+    wait_tasks(tasks + 1);              /* the request's thread ended */
+    t2 = serve_one(s, 2);
+    cr_assert_neq(t2, t1);
+    stop(&r);
+    conc_server_free(s);
+    wait_tasks(tasks);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* At most thread_cache threads are kept: of three that served clients at
+ * once, one stays parked with thread_cache 1, and the next three clients
+ * have it and two new threads. */
+static _Atomic int held_in;
+static conc_event held_go;
+
+static int held_handle(conc_server_request *req)
+{
+    atomic_fetch_add(&held_in, 1);
+    int rc = conc_event_wait(&held_go, GUARD);
+    return rc < 0 ? rc : echo_handle(req);
+}
+
+static _Atomic pid_t held_tids[3];
+static _Atomic int held_n;
+
+static int held_setup(conc_server_request *req)
+{
+    int i = atomic_fetch_add(&held_n, 1);
+    if (i < 3)
+        atomic_store(&held_tids[i], gettid());
+    return echo_setup(req);
+}
+
+static const conc_server_handler held_handler = {
+    .setup = held_setup, .handle = held_handle, .finish = echo_finish,
+};
+
+static void three_at_once(conc_server *s, pid_t *tids)
+{
+    atomic_store(&held_in, 0);
+    atomic_store(&held_n, 0);
+    conc_event_clear(&held_go);
+    int fd[3];
+    for (int i = 0; i < 3; i++)
+        fd[i] = dial(s);
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (atomic_load(&held_in) < 3) {     /* three threads at once */
+        cr_assert_lt(conc_now(), end, "%d requests running", atomic_load(&held_in));
+        conc_sleep(0.001);
+    }
+    conc_event_set(&held_go);
+    for (int i = 0; i < 3; i++) {
+        exchange(fd[i], "held", 2);
+        close(fd[i]);
+        tids[i] = atomic_load(&held_tids[i]);
+    }
+    conc_server_stats st;
+    do {
+        cr_assert_lt(conc_now(), end, "the requests never ended");
+        conc_sleep(0.001);
+        conc_server_get_stats(s, &st);
+    } while (st.active > 0);
+}
+
+Test(server, threading_keeps_at_most_thread_cache_threads, .timeout = 60)
+{
+    int fds = base_fds(), tasks = count_tasks();
+    conc_event_init(&held_go, 0);
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.thread_cache = 1;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &held_handler, &o), 0);
+    struct running r;
+    start(&r, s);
+    pid_t first[3], second[3];
+    three_at_once(s, first);
+    wait_tasks(tasks + 2);              /* the serving thread, one parked */
+    three_at_once(s, second);
+    int kept = 0;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            kept += second[i] == first[j];
+    cr_assert_eq(kept, 1, "%d of the second requests' threads were kept ones", kept);
+    wait_tasks(tasks + 2);
+    stop(&r);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.finished, 6);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_tasks(), tasks);
     cr_assert_eq(count_fds(), fds);
 }

@@ -24,7 +24,21 @@
  *                          request_timeout the request's socket has a
  *                          blocking descriptor, as Python's: the thread
  *                          sleeps in recv and send themselves (one system
- *                          call each); see conc/socket.h
+ *                          call each); see conc/socket.h.  A thread whose
+ *                          request ended is kept parked (thread_cache of
+ *                          them at most, CONC_SERVER_THREAD_IDLE seconds
+ *                          each) and serves the next request instead of a
+ *                          new thread: each request still has a thread of
+ *                          its own while it runs, but a handler may find
+ *                          what an earlier request left in the thread's
+ *                          own state (_Thread_local variables, conc_local
+ *                          values, the signal mask, the thread's name).
+ *                          A hub the handler made is freed between
+ *                          requests; a thread whose hub still has
+ *                          greenlets ends instead.  close ends the parked
+ *                          threads (and waits for them); thread_cache -1
+ *                          ends each thread with its request, as Python
+ *                          does
  *   CONC_SERVER_FORKING    a child process per request (ForkingMixIn), at
  *                          most max_children at once (the next request waits
  *                          in the backlog); children are supervised with
@@ -323,6 +337,11 @@ typedef struct conc_server_opts {
                                    CONC_STACK_OWN or CONC_STACK_COPIED;
                                    0: CONC_SERVER_STACK (see "Stacks"
                                    above) */
+    int thread_cache;           /* THREADING: request threads kept parked
+                                   once their request ended, to serve the
+                                   next ones (see the models); 0:
+                                   CONC_SERVER_THREAD_CACHE; -1: none, each
+                                   thread ends with its request */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
 
@@ -341,6 +360,11 @@ typedef struct conc_server_opts {
 /* PREFORK: the failures in a row of one worker's slot to start serving
  * (see the models) after which serve_forever gives up with the error. */
 #define CONC_SERVER_WORKER_START_FAILURES 5
+/* THREADING: the request threads kept parked at most when
+ * conc_server_opts.thread_cache is 0, and the seconds one stays parked
+ * unused before it ends. */
+#define CONC_SERVER_THREAD_CACHE 256
+#define CONC_SERVER_THREAD_IDLE 10.0
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
 
@@ -355,7 +379,8 @@ typedef struct conc_server_opts {
  * listening.  Nothing is served until serve_forever or handle_request.  A
  * Unix socket file the server made is removed by conc_server_close.
  * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
- * handler, a handler without handle, another type, a negative count, a
+ * handler, a handler without handle, another type, a negative count
+ * (thread_cache below -1), a
  * max_datagram above CONC_SERVER_MAX_DATAGRAM, a bad timeout or model,
  * CONC_SERVER_REACTOR with SOCK_STREAM
  * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
