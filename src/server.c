@@ -23,6 +23,7 @@
 #include "conc/wait.h"
 #include "server.h"
 #include "socket.h"
+#include "sys/wait.h"
 
 #define DEFAULT_DATAGRAM 8192
 
@@ -183,22 +184,25 @@ static void server_release(conc_server *s)
 /* ----------------------------------------------------------- threading */
 
 /* A request thread of the THREADING model.  Once its request ended it
- * parks on the server's idle list (at most thread_cache of them, each
+ * parks on the server's list (at most thread_cache of them, each
  * CONC_SERVER_THREAD_IDLE seconds at most) and serves the next request
  * dispatch hands it, instead of ending: no thread to create and end per
- * request.  Each holds a reference to the server. */
+ * request.  Whoever takes it off the list (mu) owns it: dispatch gives it
+ * a job, close tells it to end; either then sets `go` (release) and wakes
+ * it, with one system call; the thread sleeps on `go` alone, the
+ * server's lock is not taken again to wake it.  Each holds a reference to
+ * the server. */
 struct conc__server_worker {
     conc_server *s;
     pthread_t tid;
-    struct conc__server_job *job;       /* the next request (mu) */
-    int quit;                           /* close took it off the list: 1,
-                                           close joins it; 2, it detaches
-                                           itself (mu) */
-    conc_cond cv;                       /* job or quit set */
+    struct conc__server_job *job;       /* the next request, NULL: end */
+    bool joined;                        /* with job NULL: close joins it
+                                           (else it detaches itself) */
+    uint32_t go;                        /* 1 once job and joined are set */
     struct conc__server_worker *prev, *next;
 };
 
-static void idle_unlink(conc_server *s, struct conc__server_worker *w)
+static void parked_unlink(conc_server *s, struct conc__server_worker *w)
 {
     if (w->prev)
         w->prev->next = w->next;
@@ -210,43 +214,68 @@ static void idle_unlink(conc_server *s, struct conc__server_worker *w)
     s->parked.n--;
 }
 
-/* Parks w after its request: returns the next request handed to it, or
- * NULL when the thread is to end (*joined: close joins it; otherwise it
- * detaches itself). */
-static struct conc__server_job *park(conc_server *s, struct conc__server_worker *w,
-                                     bool *joined)
+/* Hands w (off the list, owned by the caller) its next request, or none
+ * (j NULL: it ends, joined by the caller when `joined`). */
+static void parked_go(struct conc__server_worker *w, struct conc__server_job *j, bool joined)
 {
-    *joined = false;
-    /* A hub the handler made is removed, so that the next request starts
-     * as on a new thread; one with greenlets left ends with its thread, as
-     * it did before threads were kept. */
-    if (conc_hub_free() != 0)
-        return NULL;
+    w->job = j;
+    w->joined = joined;
+    __atomic_store_n(&w->go, 1, __ATOMIC_RELEASE);
+    conc__wake(&w->go, 1, 0);
+}
+
+/* The request of a thread ended (its connection closed): counts it out
+ * and, in the same hold of the lock, parks the thread when it may be kept.
+ * Returns true when parked. */
+static bool leave_and_park(conc_server *s, struct conc__server_worker *w, bool keep)
+{
+    atomic_fetch_sub(&s->st->active, 1);
     conc_lock_acquire(&s->mu, CONC_FOREVER);
-    if (s->parked.closed || s->parked.n >= s->parked.max) {
-        conc_lock_release(&s->mu);
-        return NULL;
+    s->inflight--;
+    conc_cond_notify_all(&s->cv);
+    bool wake_loop = s->loop_waits_slot;
+    keep = keep && !s->parked.closed && s->parked.n < s->parked.max;
+    if (keep) {
+        w->job = NULL;
+        w->go = 0;
+        w->tid = pthread_self();
+        w->prev = NULL;
+        w->next = s->parked.head;
+        if (w->next)
+            w->next->prev = w;
+        s->parked.head = w;
+        s->parked.n++;
     }
-    w->job = NULL;
-    w->tid = pthread_self();
-    w->prev = NULL;
-    w->next = s->parked.head;
-    if (w->next)
-        w->next->prev = w;
-    s->parked.head = w;
-    s->parked.n++;
-    int64_t deadline = conc_now() + (int64_t)(CONC_SERVER_THREAD_IDLE * 1e9);
-    while (!w->job && !w->quit) {
-        int rc = conc_cond_wait_until(&w->cv, &s->mu, deadline);
-        if (rc == -ETIMEDOUT && !w->job && !w->quit) {
-            idle_unlink(s, w);          /* unused for too long: end */
-            break;
-        }
-    }
-    struct conc__server_job *j = w->job;
-    *joined = w->quit == 1;
     conc_lock_release(&s->mu);
-    return j;
+    if (wake_loop) {
+        uint64_t one = 1;
+        ssize_t n = write(s->slotfd, &one, sizeof one);
+        (void)n;
+    }
+    return keep;
+}
+
+/* A parked thread waits to be handed a request (returned) or told to end
+ * (NULL; *joined: close joins it), or to be unused for too long (NULL). */
+static struct conc__server_job *parked_wait(conc_server *s, struct conc__server_worker *w,
+                                            bool *joined)
+{
+    int64_t deadline = conc_now() + (int64_t)(CONC_SERVER_THREAD_IDLE * 1e9);
+    *joined = false;
+    while (!__atomic_load_n(&w->go, __ATOMIC_ACQUIRE)) {
+        if (conc__wait(&w->go, 0, deadline, 0) != -ETIMEDOUT)
+            continue;
+        conc_lock_acquire(&s->mu, CONC_FOREVER);
+        bool mine = !__atomic_load_n(&w->go, __ATOMIC_ACQUIRE);
+        if (mine)
+            parked_unlink(s, w);        /* unused for too long: end */
+        conc_lock_release(&s->mu);
+        if (mine)
+            return NULL;
+        deadline = CONC_NO_DEADLINE;    /* taken meanwhile: go is coming */
+    }
+    *joined = w->joined;
+    return w->job;
 }
 
 static void *thread_main(void *arg)
@@ -256,10 +285,18 @@ static void *thread_main(void *arg)
     struct conc__server_job *j = w->job;
     bool joined = false;
     while (j) {
-        conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len,
-                                   &j->slot);
+        conc_server_request req;
+        conc__server_init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
+        conc__server_run_handler(s, &req);
+        unlink_slot(s, &j->slot);
+        if (j->c)
+            conc_socket_free(j->c);
         free(j);
-        j = park(s, w, &joined);
+        /* A hub the handler made is removed, so that the next request
+         * starts as on a new thread; one with greenlets left ends with its
+         * thread, as it did before threads were kept. */
+        bool keep = conc_hub_free() == 0;
+        j = leave_and_park(s, w, keep) ? parked_wait(s, w, &joined) : NULL;
     }
     if (!joined)
         pthread_detach(pthread_self());
@@ -286,55 +323,44 @@ struct conc__server_job *conc__server_job_new(conc_server *s, conc_socket *c,
 
 /* Forgets the parked threads of the process that made the server in a
  * child forked from it, where they do not exist (mu held). */
-static void idle_forget(conc_server *s)
+static void parked_forget(conc_server *s)
 {
     while (s->parked.head) {
         struct conc__server_worker *w = s->parked.head;
-        idle_unlink(s, w);
+        parked_unlink(s, w);
         free(w);
         atomic_fetch_sub(&s->refs, 1);
     }
 }
 
-/* Hands j to a parked thread; false when none is parked. */
-static bool hand_to_parked(conc_server *s, struct conc__server_job *j)
-{
-    conc_lock_acquire(&s->mu, CONC_FOREVER);
-    struct conc__server_worker *w = s->parked.head;
-    if (w && getpid() != s->owner) {
-        idle_forget(s);
-        w = NULL;
-    }
-    if (w) {
-        idle_unlink(s, w);
-        w->job = j;
-        conc_cond_notify(&w->cv, 1);
-    }
-    conc_lock_release(&s->mu);
-    return w != NULL;
-}
-
 /* close: the parked threads end (close joins them) and no thread parks
  * from now on. */
-static void idle_close(conc_server *s)
+static void parked_close(conc_server *s)
 {
     conc_lock_acquire(&s->mu, CONC_FOREVER);
     s->parked.closed = true;
     if (getpid() != s->owner)
-        idle_forget(s);
-    size_t n = (size_t)s->parked.n, k = 0;
+        parked_forget(s);
+    size_t n = (size_t)s->parked.n;
+    struct conc__server_worker **ws = n ? malloc(n * sizeof *ws) : NULL;
     pthread_t *t = n ? malloc(n * sizeof *t) : NULL;
-    while (s->parked.head && (k < n || !t)) {
+    size_t k = 0;
+    while (s->parked.head) {
         struct conc__server_worker *w = s->parked.head;
-        idle_unlink(s, w);
-        w->quit = t ? 1 : 2;            /* no room to join it: it detaches */
-        if (t)
-            t[k++] = w->tid;
-        conc_cond_notify(&w->cv, 1);
+        parked_unlink(s, w);
+        if (ws && t && k < n) {
+            t[k] = w->tid;
+            ws[k++] = w;
+        } else {
+            parked_go(w, NULL, false);  /* no room to join it: it detaches */
+        }
     }
     conc_lock_release(&s->mu);
     for (size_t i = 0; i < k; i++)
+        parked_go(ws[i], NULL, true);
+    for (size_t i = 0; i < k; i++)
         pthread_join(t[i], NULL);
+    free(ws);
     free(t);
 }
 
@@ -344,15 +370,33 @@ static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *pee
     struct conc__server_job *j = conc__server_job_new(s, c, peer, data, len);
     if (!j)
         return -ENOMEM;
-    conc__server_enter(s, &j->slot, c ? conc_socket_fd(c) : -1);
-    if (hand_to_parked(s, j))
+    /* Counted in (conc__server_enter) and a parked thread taken in one
+     * hold of the lock. */
+    j->slot.fd = c ? conc_socket_fd(c) : -1;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    j->slot.next = s->slots.next;
+    j->slot.prev = &s->slots;
+    s->slots.next->prev = &j->slot;
+    s->slots.next = &j->slot;
+    s->inflight++;
+    struct conc__server_worker *w = s->parked.head;
+    if (w && getpid() != s->owner) {
+        parked_forget(s);
+        w = NULL;
+    }
+    if (w)
+        parked_unlink(s, w);
+    conc_lock_release(&s->mu);
+    atomic_fetch_add(&s->st->active, 1);
+    if (w) {
+        parked_go(w, j, false);
         return 0;
-    struct conc__server_worker *w = calloc(1, sizeof *w);
+    }
+    w = calloc(1, sizeof *w);
     int rc = ENOMEM;
     if (w) {
         w->s = s;
         w->job = j;
-        conc_cond_init(&w->cv, 0);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         if (s->o.stack_size)
@@ -1135,7 +1179,7 @@ int conc_server_close(conc_server *s)
     } else if (kids_of(s)->n) {
         reap_ended(s);
     }
-    idle_close(s);
+    parked_close(s);
     if (s->unlink_path && s->owner == getpid())
         unlink(s->addr.u.un.sun_path);
     conc_socket_free(s->sock);
