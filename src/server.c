@@ -897,35 +897,6 @@ fail:
     return rc;
 }
 
-int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
-                    const conc_server_handler *handler, const conc_server_opts *opts)
-{
-    if (!out || !handler || !handler->handle)
-        return -EINVAL;
-    conc_server *s;
-    int rc = server_create(&s, type, addr, -1, opts, false);
-    if (rc < 0)
-        return rc;
-    s->h = *handler;
-    *out = s;
-    return 0;
-}
-
-int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
-                            const conc_server_reactor_handler *handler,
-                            const conc_server_opts *opts)
-{
-    if (!out || !handler || !handler->on_data)
-        return -EINVAL;
-    conc_server *s;
-    int rc = server_create(&s, SOCK_STREAM, addr, -1, opts, true);
-    if (rc < 0)
-        return rc;
-    s->rh = *handler;
-    *out = s;
-    return 0;
-}
-
 /* What a socket to adopt must be: open, a socket, of a family and type a
  * server serves, bound, listening when a stream, in the SO_REUSEPORT
  * group when reuse_port asks for one.  Its type into *type, its address
@@ -973,45 +944,60 @@ static int adopt_check(int fd, const conc_server_opts *opts, int *type, conc_soc
     return 0;
 }
 
+/* The four constructors: a server with handler h (or, reactor, rh) on a
+ * new socket of type bound to addr, or (adopt) on the socket fd, checked
+ * by adopt_check first (its type and address are then the server's). */
+static int server_open(conc_server **out, int type, const conc_sockaddr *addr, bool adopt,
+                       int fd, bool reactor, const conc_server_handler *h,
+                       const conc_server_reactor_handler *rh, const conc_server_opts *opts)
+{
+    if (!out || (reactor ? !rh || !rh->on_data : !h || !h->handle))
+        return -EINVAL;
+    conc_sockaddr own;
+    if (adopt) {
+        int rc = adopt_check(fd, opts, &type, &own);
+        if (rc < 0)
+            return rc;
+        if (reactor && type != SOCK_STREAM)
+            return -EINVAL;         /* conc_server_new_fd serves datagrams */
+        addr = &own;
+    }
+    conc_server *s = NULL;
+    int rc = server_create(&s, type, addr, adopt ? fd : -1, opts, reactor);
+    if (rc < 0)
+        return rc;
+    if (reactor)
+        s->rh = *rh;
+    else
+        s->h = *h;
+    *out = s;
+    return 0;
+}
+
+int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
+                    const conc_server_handler *handler, const conc_server_opts *opts)
+{
+    return server_open(out, type, addr, false, -1, false, handler, NULL, opts);
+}
+
+int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
+                            const conc_server_reactor_handler *handler,
+                            const conc_server_opts *opts)
+{
+    return server_open(out, SOCK_STREAM, addr, false, -1, true, NULL, handler, opts);
+}
+
 int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
                        const conc_server_opts *opts)
 {
-    if (!out || !handler || !handler->handle)
-        return -EINVAL;
-    int type;
-    conc_sockaddr addr;
-    int rc = adopt_check(fd, opts, &type, &addr);
-    if (rc < 0)
-        return rc;
-    conc_server *s;
-    rc = server_create(&s, type, &addr, fd, opts, false);
-    if (rc < 0)
-        return rc;
-    s->h = *handler;
-    *out = s;
-    return 0;
+    return server_open(out, 0, NULL, true, fd, false, handler, NULL, opts);
 }
 
 int conc_server_new_reactor_fd(conc_server **out, int fd,
                                const conc_server_reactor_handler *handler,
                                const conc_server_opts *opts)
 {
-    if (!out || !handler || !handler->on_data)
-        return -EINVAL;
-    int type;
-    conc_sockaddr addr;
-    int rc = adopt_check(fd, opts, &type, &addr);
-    if (rc < 0)
-        return rc;
-    if (type != SOCK_STREAM)
-        return -EINVAL;             /* conc_server_new_fd serves datagrams */
-    conc_server *s;
-    rc = server_create(&s, SOCK_STREAM, &addr, fd, opts, true);
-    if (rc < 0)
-        return rc;
-    s->rh = *handler;
-    *out = s;
-    return 0;
+    return server_open(out, SOCK_STREAM, NULL, true, fd, true, NULL, handler, opts);
 }
 
 static bool bad_interval(double t)

@@ -45,22 +45,23 @@
 
 #define GUARD 20.0
 
-/* A test of one model: Test(server, name) runs fn(model, workers). */
-#define MODEL_TEST(name, fn, model, workers)                                                  \
+/* A test of one model: Test(server, name) runs fn(args...), e.g. fn(model,
+ * workers). */
+#define MODEL_TEST(name, fn, ...)                                                             \
     Test(server, name, .timeout = 60)                                                          \
     {                                                                                          \
-        fn(model, workers);                                                                    \
+        fn(__VA_ARGS__);                                                                       \
     }
 
 /* A test of the coroutine or prefork model with its greenlets on copied
  * stacks (make() passes stack_mode to the server). */
 static int stack_mode;
 
-#define COPIED_TEST(name, fn, model, workers)                                                 \
+#define COPIED_TEST(name, fn, ...)                                                            \
     Test(server, name, .timeout = 60)                                                          \
     {                                                                                          \
         stack_mode = CONC_STACK_COPIED;                                                        \
-        fn(model, workers);                                                                    \
+        fn(__VA_ARGS__);                                                                       \
     }
 
 /* ------------------------------------------------------------ handlers */
@@ -985,56 +986,25 @@ static void datagram_server(conc_server_model model, bool unix_family)
     no_children();
 }
 
-Test(server, udp_sync, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_SYNC, false);
-}
+MODEL_TEST(udp_sync, datagram_server, CONC_SERVER_SYNC, false)
 
-Test(server, udp_threading, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_THREADING, false);
-}
+MODEL_TEST(udp_threading, datagram_server, CONC_SERVER_THREADING, false)
 
-Test(server, udp_forking, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_FORKING, false);
-}
+MODEL_TEST(udp_forking, datagram_server, CONC_SERVER_FORKING, false)
 
-Test(server, udp_coroutine, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_COROUTINE, false);
-}
+MODEL_TEST(udp_coroutine, datagram_server, CONC_SERVER_COROUTINE, false)
 
-Test(server, udp_coroutine_copied, .timeout = 60)
-{
-    stack_mode = CONC_STACK_COPIED;
-    datagram_server(CONC_SERVER_COROUTINE, false);
-}
+COPIED_TEST(udp_coroutine_copied, datagram_server, CONC_SERVER_COROUTINE, false)
 
-Test(server, unix_datagram_threading, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_THREADING, true);
-}
+MODEL_TEST(unix_datagram_threading, datagram_server, CONC_SERVER_THREADING, true)
 
-Test(server, udp_prefork, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_PREFORK, false);
-}
+MODEL_TEST(udp_prefork, datagram_server, CONC_SERVER_PREFORK, false)
 
-Test(server, unix_datagram_prefork, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_PREFORK, true);
-}
+MODEL_TEST(unix_datagram_prefork, datagram_server, CONC_SERVER_PREFORK, true)
 
-Test(server, udp_reactor, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_REACTOR, false);
-}
+MODEL_TEST(udp_reactor, datagram_server, CONC_SERVER_REACTOR, false)
 
-Test(server, unix_datagram_reactor, .timeout = 60)
-{
-    datagram_server(CONC_SERVER_REACTOR, true);
-}
+MODEL_TEST(unix_datagram_reactor, datagram_server, CONC_SERVER_REACTOR, true)
 
 /* Answers with the pid of the process that serves: a datagram with a
  * datagram, a connection with its first line, then closes. */
@@ -1106,15 +1076,9 @@ static void prefork_reuse_port(int type)
     no_children();
 }
 
-Test(server, prefork_reuse_port_udp, .timeout = 60)
-{
-    prefork_reuse_port(SOCK_DGRAM);
-}
+MODEL_TEST(prefork_reuse_port_udp, prefork_reuse_port, SOCK_DGRAM)
 
-Test(server, prefork_reuse_port_tcp, .timeout = 60)
-{
-    prefork_reuse_port(SOCK_STREAM);
-}
+MODEL_TEST(prefork_reuse_port_tcp, prefork_reuse_port, SOCK_STREAM)
 
 Test(server, unix_stream_server, .timeout = 60)
 {
@@ -1544,28 +1508,16 @@ static void handle_one_then_close(conc_server_model model)
     no_children();
 }
 
-Test(server, coroutine_handle_request_then_close, .timeout = 60)
-{
-    handle_one_then_close(CONC_SERVER_COROUTINE);
-}
+MODEL_TEST(coroutine_handle_request_then_close, handle_one_then_close, CONC_SERVER_COROUTINE)
 
 /* handle_request's greenlet in the calling thread's hub, on its copied
  * stack */
-Test(server, coroutine_copied_handle_request_then_close, .timeout = 60)
-{
-    stack_mode = CONC_STACK_COPIED;
-    handle_one_then_close(CONC_SERVER_COROUTINE);
-}
+COPIED_TEST(coroutine_copied_handle_request_then_close, handle_one_then_close,
+            CONC_SERVER_COROUTINE)
 
-Test(server, forking_handle_request_then_close, .timeout = 60)
-{
-    handle_one_then_close(CONC_SERVER_FORKING);
-}
+MODEL_TEST(forking_handle_request_then_close, handle_one_then_close, CONC_SERVER_FORKING)
 
-Test(server, prefork_handle_request_then_close, .timeout = 60)
-{
-    handle_one_then_close(CONC_SERVER_PREFORK);
-}
+MODEL_TEST(prefork_handle_request_then_close, handle_one_then_close, CONC_SERVER_PREFORK)
 
 static void one_exchange(void *arg)
 {
@@ -1614,15 +1566,9 @@ static void handle_request_model(conc_server_model model)
     no_children();
 }
 
-Test(server, reactor_handle_request, .timeout = 60)
-{
-    handle_request_model(CONC_SERVER_REACTOR);
-}
+MODEL_TEST(reactor_handle_request, handle_request_model, CONC_SERVER_REACTOR)
 
-Test(server, prefork_handle_request, .timeout = 60)
-{
-    handle_request_model(CONC_SERVER_PREFORK);
-}
+MODEL_TEST(prefork_handle_request, handle_request_model, CONC_SERVER_PREFORK)
 
 /* handle_request of a datagram server: one datagram is served. */
 static void handle_datagram(conc_server_model model)
@@ -1659,15 +1605,9 @@ static void handle_datagram(conc_server_model model)
     no_children();
 }
 
-Test(server, reactor_handle_request_datagram, .timeout = 60)
-{
-    handle_datagram(CONC_SERVER_REACTOR);
-}
+MODEL_TEST(reactor_handle_request_datagram, handle_datagram, CONC_SERVER_REACTOR)
 
-Test(server, prefork_handle_request_datagram, .timeout = 60)
-{
-    handle_datagram(CONC_SERVER_PREFORK);
-}
+MODEL_TEST(prefork_handle_request_datagram, handle_datagram, CONC_SERVER_PREFORK)
 
 /* ------------------------------------------------------ idle timeout */
 
@@ -1967,35 +1907,17 @@ Test(server, adopt_refuses_bad_sockets, .timeout = 60)
 
 /* handle_request in the other models (COROUTINE's greenlet runs when its
  * thread waits in conc, as coroutine_handle_request_then_close shows). */
-Test(server, sync_handle_request, .timeout = 60)
-{
-    handle_request_model(CONC_SERVER_SYNC);
-}
+MODEL_TEST(sync_handle_request, handle_request_model, CONC_SERVER_SYNC)
 
-Test(server, threading_handle_request, .timeout = 60)
-{
-    handle_request_model(CONC_SERVER_THREADING);
-}
+MODEL_TEST(threading_handle_request, handle_request_model, CONC_SERVER_THREADING)
 
-Test(server, forking_handle_request, .timeout = 60)
-{
-    handle_request_model(CONC_SERVER_FORKING);
-}
+MODEL_TEST(forking_handle_request, handle_request_model, CONC_SERVER_FORKING)
 
-Test(server, sync_handle_request_datagram, .timeout = 60)
-{
-    handle_datagram(CONC_SERVER_SYNC);
-}
+MODEL_TEST(sync_handle_request_datagram, handle_datagram, CONC_SERVER_SYNC)
 
-Test(server, threading_handle_request_datagram, .timeout = 60)
-{
-    handle_datagram(CONC_SERVER_THREADING);
-}
+MODEL_TEST(threading_handle_request_datagram, handle_datagram, CONC_SERVER_THREADING)
 
-Test(server, forking_handle_request_datagram, .timeout = 60)
-{
-    handle_datagram(CONC_SERVER_FORKING);
-}
+MODEL_TEST(forking_handle_request_datagram, handle_datagram, CONC_SERVER_FORKING)
 
 /* A prefork handle_request whose worker is killed before a request came
  * reports it (-ECHILD) instead of waiting, and leaves nothing behind. */
