@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -184,8 +185,8 @@ static void server_release(conc_server *s)
 /* ----------------------------------------------------------- threading */
 
 /* A request thread of the THREADING model.  Once its request ended it
- * parks on the server's list (at most thread_cache of them, each
- * CONC_SERVER_THREAD_IDLE seconds at most) and serves the next request
+ * parks on the server's list (at most thread_cache of them, 0: no count
+ * limit, each CONC_SERVER_THREAD_IDLE seconds unused at most) and serves the next request
  * dispatch hands it, instead of ending: no thread to create and end per
  * request.  Whoever takes it off the list (mu) owns it: dispatch gives it
  * a job, close tells it to end; either then sets `go` (release) and wakes
@@ -816,8 +817,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
     conc_event_set(&s->idle);
     s->slots.next = s->slots.prev = &s->slots;
     s->slots.fd = -1;
-    s->parked.max = o.thread_cache < 0 ? 0 : o.thread_cache ? o.thread_cache
-                                                          : CONC_SERVER_THREAD_CACHE;
+    s->parked.max = o.thread_cache < 0 ? 0 : o.thread_cache ? o.thread_cache : INT_MAX;
     int rc = -ENOMEM;
     s->st = mmap(NULL, sizeof *s->st, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (s->st == MAP_FAILED) {

@@ -26,8 +26,9 @@
  *                          sleeps in recv and send themselves (one system
  *                          call each); see conc/socket.h.  A thread whose
  *                          request ended is kept parked (thread_cache of
- *                          them at most, CONC_SERVER_THREAD_IDLE seconds
- *                          each) and serves the next request instead of a
+ *                          them at most, 0: as many as ran at once; each
+ *                          for CONC_SERVER_THREAD_IDLE seconds unused at
+ *                          most) and serves the next request instead of a
  *                          new thread: each request still has a thread of
  *                          its own while it runs, but a handler may find
  *                          what an earlier request left in the thread's
@@ -338,10 +339,13 @@ typedef struct conc_server_opts {
                                    0: CONC_SERVER_STACK (see "Stacks"
                                    above) */
     int thread_cache;           /* THREADING: request threads kept parked
-                                   once their request ended, to serve the
-                                   next ones (see the models); 0:
-                                   CONC_SERVER_THREAD_CACHE; -1: none, each
-                                   thread ends with its request */
+                                   at most once their request ended, to
+                                   serve the next ones (see the models); 0:
+                                   no count limit (never more than ran at
+                                   once, each ending after
+                                   CONC_SERVER_THREAD_IDLE seconds unused);
+                                   -1: none, each thread ends with its
+                                   request */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
 
@@ -360,10 +364,8 @@ typedef struct conc_server_opts {
 /* PREFORK: the failures in a row of one worker's slot to start serving
  * (see the models) after which serve_forever gives up with the error. */
 #define CONC_SERVER_WORKER_START_FAILURES 5
-/* THREADING: the request threads kept parked at most when
- * conc_server_opts.thread_cache is 0, and the seconds one stays parked
- * unused before it ends. */
-#define CONC_SERVER_THREAD_CACHE 256
+/* THREADING: the seconds a parked request thread stays unused before it
+ * ends. */
 #define CONC_SERVER_THREAD_IDLE 10.0
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
