@@ -63,10 +63,15 @@
  *                          ended before (a socket of its own it could not
  *                          bind, memory short, killed), after a wait of
  *                          0.1 s that doubles with each such failure of
- *                          its slot in a row (at most 5 s), and the
- *                          CONC_SERVER_WORKER_START_FAILURES-th in a row
- *                          stops the server: serve_forever returns that
- *                          worker's error.  Why
+ *                          its slot in a row (at most 5 s).  Once every
+ *                          slot has failed
+ *                          CONC_SERVER_WORKER_START_FAILURES times in a
+ *                          row the server stops: serve_forever returns
+ *                          the last worker's error; until then the others
+ *                          serve and the failing slot is tried again
+ *                          (the server runs with fewer workers, each
+ *                          failure reported to on_worker_exit, the count
+ *                          in conc_server_stats.workers).  Why
  *                          coroutines in each worker: the model field names
  *                          one model, and of the others a worker could run,
  *                          SYNC would let one slow client stop its worker,
@@ -361,7 +366,7 @@ typedef struct conc_server_opts {
  * buffer on a Unix socket), and a buffer each loop, worker or request
  * can still be given. */
 #define CONC_SERVER_MAX_DATAGRAM ((size_t)16 << 20)
-/* PREFORK: the failures in a row of one worker's slot to start serving
+/* PREFORK: the failures in a row of every worker's slot to start serving
  * (see the models) after which serve_forever gives up with the error. */
 #define CONC_SERVER_WORKER_START_FAILURES 5
 /* THREADING: the seconds a parked request thread stays unused before it
@@ -462,10 +467,10 @@ CONC_API void conc_server_free(conc_server *s);
  * shutdown; -EINVAL for NULL or a poll_interval that is not > 0; -EBUSY
  * when the server is being served already; -EPIPE when closed; an error
  * that ended the server (-ENOMEM, or the error of its worker threads or
- * processes failing to start: with PREFORK, a worker that ended before
- * its loop served CONC_SERVER_WORKER_START_FAILURES times in a row gives
- * its error, such as -EADDRINUSE for a socket of its own it could not
- * bind, or -ECHILD when it was killed).
+ * processes failing to start: with PREFORK, once the worker of every slot
+ * ended before its loop served CONC_SERVER_WORKER_START_FAILURES times in
+ * a row, the last one's error, such as -EADDRINUSE for a socket of its
+ * own it could not bind, or -ECHILD when it was killed).
  */
 CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
 
