@@ -200,6 +200,7 @@ struct conc__server_worker {
     bool joined;                        /* with job NULL: close joins it
                                            (else it detaches itself) */
     uint32_t go;                        /* 1 once job and joined are set */
+    bool listed;                        /* on the parked list (mu) */
     struct conc__server_worker *prev, *next;
 };
 
@@ -212,6 +213,7 @@ static void parked_unlink(conc_server *s, struct conc__server_worker *w)
     if (w->next)
         w->next->prev = w->prev;
     w->prev = w->next = NULL;
+    w->listed = false;
     s->parked.n--;
 }
 
@@ -245,6 +247,7 @@ static bool leave_and_park(conc_server *s, struct conc__server_worker *w, bool k
         if (w->next)
             w->next->prev = w;
         s->parked.head = w;
+        w->listed = true;
         s->parked.n++;
     }
     conc_lock_release(&s->mu);
@@ -266,14 +269,16 @@ static struct conc__server_job *parked_wait(conc_server *s, struct conc__server_
     while (!__atomic_load_n(&w->go, __ATOMIC_ACQUIRE)) {
         if (conc__wait(&w->go, 0, deadline, 0) != -ETIMEDOUT)
             continue;
+        /* Still on the list: nobody took it, it ends (unused for too
+         * long).  Off it: dispatch or close took it and sets go soon. */
         conc_lock_acquire(&s->mu, CONC_FOREVER);
-        bool mine = !__atomic_load_n(&w->go, __ATOMIC_ACQUIRE);
+        bool mine = w->listed;
         if (mine)
-            parked_unlink(s, w);        /* unused for too long: end */
+            parked_unlink(s, w);
         conc_lock_release(&s->mu);
         if (mine)
             return NULL;
-        deadline = CONC_NO_DEADLINE;    /* taken meanwhile: go is coming */
+        deadline = CONC_NO_DEADLINE;
     }
     *joined = w->joined;
     return w->job;

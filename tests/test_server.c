@@ -2581,3 +2581,29 @@ Test(server, threading_keeps_at_most_thread_cache_threads, .timeout = 60)
     cr_assert_eq(count_tasks(), tasks);
     cr_assert_eq(count_fds(), fds);
 }
+
+/* A parked thread left unused for CONC_SERVER_THREAD_IDLE seconds ends by
+ * itself (the test waits that long: the guard is longer), and the next
+ * connection gets a new thread. */
+Test(server, threading_parked_thread_ends_when_unused, .timeout = 60)
+{
+    int fds = base_fds(), tasks = count_tasks();
+    conc_server *s = make_cached(0);
+    struct running r;
+    start(&r, s);
+    pid_t t1 = serve_one(s, 1);
+    wait_thread_blocked(t1, GUARD);     /* parked */
+    cr_assert_eq(count_tasks(), tasks + 2);
+    int64_t end = conc_now() + (int64_t)((CONC_SERVER_THREAD_IDLE + GUARD) * 1e9);
+    while (task_state(getpid(), t1) != 0) {
+        cr_assert_lt(conc_now(), end, "the unused thread did not end");
+        conc_sleep(0.01);
+    }
+    cr_assert_eq(count_tasks(), tasks + 1);
+    pid_t t2 = serve_one(s, 2);
+    cr_assert_neq(t2, t1);
+    stop(&r);
+    conc_server_free(s);
+    cr_assert_eq(count_tasks(), tasks);
+    cr_assert_eq(count_fds(), fds);
+}
