@@ -186,7 +186,7 @@ static void server_release(conc_server *s)
 
 /* A request thread of the THREADING model.  Once its request ended it
  * parks on the server's list (at most thread_cache of them, 0: no count
- * limit, each CONC_SERVER_THREAD_IDLE seconds unused at most) and serves the next request
+ * limit, each thread_idle seconds unused at most) and serves the next request
  * dispatch hands it, instead of ending: no thread to create and end per
  * request.  Whoever takes it off the list (mu) owns it: dispatch gives it
  * a job, close tells it to end; either then sets `go` (release) and wakes
@@ -264,7 +264,8 @@ static bool leave_and_park(conc_server *s, struct conc__server_worker *w, bool k
 static struct conc__server_job *parked_wait(conc_server *s, struct conc__server_worker *w,
                                             bool *joined)
 {
-    int64_t deadline = conc_now() + (int64_t)(CONC_SERVER_THREAD_IDLE * 1e9);
+    double idle = s->o.thread_idle > 0 ? s->o.thread_idle : CONC_SERVER_THREAD_IDLE;
+    int64_t deadline = idle < 1e9 ? conc_now() + (int64_t)(idle * 1e9) : CONC_NO_DEADLINE;
     *joined = false;
     while (!__atomic_load_n(&w->go, __ATOMIC_ACQUIRE)) {
         if (conc__wait(&w->go, 0, deadline, 0) != -ETIMEDOUT)
@@ -789,6 +790,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         isnan(o.shutdown_timeout) ||
         o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0 ||
         isnan(o.idle_timeout) || o.idle_timeout < 0 || o.thread_cache < -1 ||
+        isnan(o.thread_idle) || o.thread_idle < 0 ||
         (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
         return -EINVAL;
     if (reactor) {

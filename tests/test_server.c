@@ -1210,6 +1210,11 @@ Test(server, bad_arguments, .timeout = 60)
     o.model = CONC_SERVER_THREADING;
     o.thread_cache = -2;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.thread_cache = 0;
+    o.thread_idle = -1;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
+    o.thread_idle = NAN;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), -EINVAL);
     o = (conc_server_opts)CONC_SERVER_OPTS_INIT;
     o.model = CONC_SERVER_COROUTINE;
     o.stack = 3;                    /* neither CONC_STACK_OWN nor CONC_STACK_COPIED */
@@ -2582,20 +2587,23 @@ Test(server, threading_keeps_at_most_thread_cache_threads, .timeout = 60)
     cr_assert_eq(count_fds(), fds);
 }
 
-/* A parked thread left unused for CONC_SERVER_THREAD_IDLE seconds ends by
- * itself (the test waits that long: the guard is longer), and the next
- * connection gets a new thread. */
+/* A parked thread left unused for thread_idle seconds ends by itself, and
+ * the next connection gets a new thread. */
 Test(server, threading_parked_thread_ends_when_unused, .timeout = 60)
 {
     int fds = base_fds(), tasks = count_tasks();
-    conc_server *s = make_cached(0);
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_THREADING;
+    o.thread_idle = 0.2;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &tid_echo_handler, &o), 0);
     struct running r;
     start(&r, s);
     pid_t t1 = serve_one(s, 1);
-    wait_thread_blocked(t1, GUARD);     /* parked */
-    cr_assert_eq(count_tasks(), tasks + 2);
-    int64_t end = conc_now() + (int64_t)((CONC_SERVER_THREAD_IDLE + GUARD) * 1e9);
-    while (task_state(getpid(), t1) != 0) {
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    while (task_state(getpid(), t1) != 0) {     /* parked, then ended */
         cr_assert_lt(conc_now(), end, "the unused thread did not end");
         conc_sleep(0.01);
     }

@@ -27,8 +27,7 @@
  *                          call each); see conc/socket.h.  A thread whose
  *                          request ended is kept parked (thread_cache of
  *                          them at most, 0: as many as ran at once; each
- *                          for CONC_SERVER_THREAD_IDLE seconds unused at
- *                          most) and serves the next request instead of a
+ *                          for thread_idle seconds unused at most) and serves the next request instead of a
  *                          new thread: each request still has a thread of
  *                          its own while it runs, but a handler may find
  *                          what an earlier request left in the thread's
@@ -347,10 +346,12 @@ typedef struct conc_server_opts {
                                    at most once their request ended, to
                                    serve the next ones (see the models); 0:
                                    no count limit (never more than ran at
-                                   once, each ending after
-                                   CONC_SERVER_THREAD_IDLE seconds unused);
-                                   -1: none, each thread ends with its
-                                   request */
+                                   once, each ending after thread_idle
+                                   seconds unused); -1: none, each thread
+                                   ends with its request */
+    double thread_idle;         /* THREADING: seconds a parked request
+                                   thread waits unused before it ends; 0:
+                                   CONC_SERVER_THREAD_IDLE */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
 
@@ -370,8 +371,8 @@ typedef struct conc_server_opts {
  * (see the models) after which serve_forever gives up with the error. */
 #define CONC_SERVER_WORKER_START_FAILURES 5
 /* THREADING: the seconds a parked request thread stays unused before it
- * ends. */
-#define CONC_SERVER_THREAD_IDLE 10.0
+ * ends when conc_server_opts.thread_idle is 0. */
+#define CONC_SERVER_THREAD_IDLE 60.0
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
 
