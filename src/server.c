@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -23,6 +24,7 @@
 #include "conc/wait.h"
 #include "server.h"
 #include "socket.h"
+#include "sys/wait.h"
 
 #define DEFAULT_DATAGRAM 8192
 
@@ -182,12 +184,130 @@ static void server_release(conc_server *s)
 
 /* ----------------------------------------------------------- threading */
 
+/* A request thread of the THREADING model.  Once its request ended it
+ * parks on the server's list (at most thread_cache of them, 0: no count
+ * limit, each thread_idle seconds unused at most) and serves the next request
+ * dispatch hands it, instead of ending: no thread to create and end per
+ * request.  Whoever takes it off the list (mu) owns it: dispatch gives it
+ * a job, close tells it to end; either then sets `go` (release) and wakes
+ * it, with one system call; the thread sleeps on `go` alone, the
+ * server's lock is not taken again to wake it.  Each holds a reference to
+ * the server. */
+struct conc__server_worker {
+    conc_server *s;
+    pthread_t tid;
+    struct conc__server_job *job;       /* the next request, NULL: end */
+    bool joined;                        /* with job NULL: close joins it
+                                           (else it detaches itself) */
+    uint32_t go;                        /* 1 once job and joined are set */
+    bool listed;                        /* on the parked list (mu) */
+    struct conc__server_worker *prev, *next;
+};
+
+static void parked_unlink(conc_server *s, struct conc__server_worker *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        s->parked.head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+    w->listed = false;
+    s->parked.n--;
+}
+
+/* Hands w (off the list, owned by the caller) its next request, or none
+ * (j NULL: it ends, joined by the caller when `joined`). */
+static void parked_go(struct conc__server_worker *w, struct conc__server_job *j, bool joined)
+{
+    w->job = j;
+    w->joined = joined;
+    __atomic_store_n(&w->go, 1, __ATOMIC_RELEASE);
+    conc__wake(&w->go, 1, 0);
+}
+
+/* The request of a thread ended (its connection closed): counts it out
+ * and, in the same hold of the lock, parks the thread when it may be kept.
+ * Returns true when parked. */
+static bool leave_and_park(conc_server *s, struct conc__server_worker *w, bool keep)
+{
+    atomic_fetch_sub(&s->st->active, 1);
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->inflight--;
+    conc_cond_notify_all(&s->cv);
+    bool wake_loop = s->loop_waits_slot;
+    keep = keep && !s->parked.closed && s->parked.n < s->parked.max;
+    if (keep) {
+        w->job = NULL;
+        w->go = 0;
+        w->tid = pthread_self();
+        w->prev = NULL;
+        w->next = s->parked.head;
+        if (w->next)
+            w->next->prev = w;
+        s->parked.head = w;
+        w->listed = true;
+        s->parked.n++;
+    }
+    conc_lock_release(&s->mu);
+    if (wake_loop) {
+        uint64_t one = 1;
+        ssize_t n = write(s->slotfd, &one, sizeof one);
+        (void)n;
+    }
+    return keep;
+}
+
+/* A parked thread waits to be handed a request (returned) or told to end
+ * (NULL; *joined: close joins it), or to be unused for too long (NULL). */
+static struct conc__server_job *parked_wait(conc_server *s, struct conc__server_worker *w,
+                                            bool *joined)
+{
+    double idle = s->o.thread_idle > 0 ? s->o.thread_idle : CONC_SERVER_THREAD_IDLE;
+    int64_t deadline = idle < 1e9 ? conc_now() + (int64_t)(idle * 1e9) : CONC_NO_DEADLINE;
+    *joined = false;
+    while (!__atomic_load_n(&w->go, __ATOMIC_ACQUIRE)) {
+        if (conc__wait(&w->go, 0, deadline, 0) != -ETIMEDOUT)
+            continue;
+        /* Still on the list: nobody took it, it ends (unused for too
+         * long).  Off it: dispatch or close took it and sets go soon. */
+        conc_lock_acquire(&s->mu, CONC_FOREVER);
+        bool mine = w->listed;
+        if (mine)
+            parked_unlink(s, w);
+        conc_lock_release(&s->mu);
+        if (mine)
+            return NULL;
+        deadline = CONC_NO_DEADLINE;
+    }
+    *joined = w->joined;
+    return w->job;
+}
+
 static void *thread_main(void *arg)
 {
-    struct conc__server_job *j = arg;
-    conc_server *s = j->s;
-    conc__server_serve_entered(s, j->c, &j->peer, j->len ? j->data : NULL, j->len, &j->slot);
-    free(j);
+    struct conc__server_worker *w = arg;
+    conc_server *s = w->s;
+    struct conc__server_job *j = w->job;
+    bool joined = false;
+    while (j) {
+        conc_server_request req;
+        conc__server_init_request(s, &req, j->c, &j->peer, j->len ? j->data : NULL, j->len);
+        conc__server_run_handler(s, &req);
+        unlink_slot(s, &j->slot);
+        if (j->c)
+            conc_socket_free(j->c);
+        free(j);
+        /* A hub the handler made is removed, so that the next request
+         * starts as on a new thread; one with greenlets left ends with its
+         * thread, as it did before threads were kept. */
+        bool keep = conc_hub_free() == 0;
+        j = leave_and_park(s, w, keep) ? parked_wait(s, w, &joined) : NULL;
+    }
+    if (!joined)
+        pthread_detach(pthread_self());
+    free(w);
     server_release(s);
     return NULL;
 }
@@ -208,26 +328,97 @@ struct conc__server_job *conc__server_job_new(conc_server *s, conc_socket *c,
     return j;
 }
 
+/* Forgets the parked threads of the process that made the server in a
+ * child forked from it, where they do not exist (mu held). */
+static void parked_forget(conc_server *s)
+{
+    while (s->parked.head) {
+        struct conc__server_worker *w = s->parked.head;
+        parked_unlink(s, w);
+        free(w);
+        atomic_fetch_sub(&s->refs, 1);
+    }
+}
+
+/* close: the parked threads end (close joins them) and no thread parks
+ * from now on. */
+static void parked_close(conc_server *s)
+{
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    s->parked.closed = true;
+    if (getpid() != s->owner)
+        parked_forget(s);
+    size_t n = (size_t)s->parked.n;
+    struct conc__server_worker **ws = n ? malloc(n * sizeof *ws) : NULL;
+    pthread_t *t = n ? malloc(n * sizeof *t) : NULL;
+    size_t k = 0;
+    while (s->parked.head) {
+        struct conc__server_worker *w = s->parked.head;
+        parked_unlink(s, w);
+        if (ws && t && k < n) {
+            t[k] = w->tid;
+            ws[k++] = w;
+        } else {
+            parked_go(w, NULL, false);  /* no room to join it: it detaches */
+        }
+    }
+    conc_lock_release(&s->mu);
+    for (size_t i = 0; i < k; i++)
+        parked_go(ws[i], NULL, true);
+    for (size_t i = 0; i < k; i++)
+        pthread_join(t[i], NULL);
+    free(ws);
+    free(t);
+}
+
 static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
                         const void *data, size_t len)
 {
     struct conc__server_job *j = conc__server_job_new(s, c, peer, data, len);
     if (!j)
         return -ENOMEM;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (s->o.stack_size)
-        pthread_attr_setstacksize(&attr, s->o.stack_size);
-    atomic_fetch_add(&s->refs, 1);
-    conc__server_enter(s, &j->slot, c ? conc_socket_fd(c) : -1);
-    pthread_t t;
-    int rc = pthread_create(&t, &attr, thread_main, j);
-    pthread_attr_destroy(&attr);
+    /* Counted in (conc__server_enter) and a parked thread taken in one
+     * hold of the lock. */
+    j->slot.fd = c ? conc_socket_fd(c) : -1;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    j->slot.next = s->slots.next;
+    j->slot.prev = &s->slots;
+    s->slots.next->prev = &j->slot;
+    s->slots.next = &j->slot;
+    s->inflight++;
+    struct conc__server_worker *w = s->parked.head;
+    if (w && getpid() != s->owner) {
+        parked_forget(s);
+        w = NULL;
+    }
+    if (w)
+        parked_unlink(s, w);
+    conc_lock_release(&s->mu);
+    atomic_fetch_add(&s->st->active, 1);
+    if (w) {
+        parked_go(w, j, false);
+        return 0;
+    }
+    w = calloc(1, sizeof *w);
+    int rc = ENOMEM;
+    if (w) {
+        w->s = s;
+        w->job = j;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        if (s->o.stack_size)
+            pthread_attr_setstacksize(&attr, s->o.stack_size);
+        atomic_fetch_add(&s->refs, 1);
+        pthread_t t;
+        rc = pthread_create(&t, &attr, thread_main, w);
+        pthread_attr_destroy(&attr);
+        if (rc != 0)
+            atomic_fetch_sub(&s->refs, 1);
+    }
     if (rc != 0) {
         unlink_slot(s, &j->slot);
         count_out(s);
-        atomic_fetch_sub(&s->refs, 1);
+        free(w);
         free(j);
         return -rc;
     }
@@ -553,7 +744,15 @@ static int basic_loop(conc_server *s, double poll_interval)
             continue;
         }
         if (w[1].ready) {
-            r = take_one(s, buf);
+            /* THREADING hands each connection on at once: it takes those
+             * waiting in the backlog one after another (up to the limit)
+             * rather than one per wait, a poll saved per connection in a
+             * burst; the others serve one per wait, as Python's. */
+            int batch = s->o.model == CONC_SERVER_THREADING && s->type == SOCK_STREAM ? 64 : 1;
+            do
+                r = take_one(s, buf);
+            while (r == 1 && --batch > 0 && !conc__server_stop_asked(s) &&
+                   !(lim > 0 && at_limit(s, lim)));
             if (r < 0) {
                 rc = r;
                 break;
@@ -590,7 +789,8 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         o.max_children < 0 || o.max_connections < 0 || o.max_datagram > CONC_SERVER_MAX_DATAGRAM ||
         isnan(o.shutdown_timeout) ||
         o.shutdown_timeout < 0 || isnan(o.request_timeout) || o.request_timeout < 0 ||
-        isnan(o.idle_timeout) || o.idle_timeout < 0 ||
+        isnan(o.idle_timeout) || o.idle_timeout < 0 || o.thread_cache < -1 ||
+        isnan(o.thread_idle) || o.thread_idle < 0 ||
         (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
         return -EINVAL;
     if (reactor) {
@@ -624,6 +824,7 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
     conc_event_set(&s->idle);
     s->slots.next = s->slots.prev = &s->slots;
     s->slots.fd = -1;
+    s->parked.max = o.thread_cache < 0 ? 0 : o.thread_cache ? o.thread_cache : INT_MAX;
     int rc = -ENOMEM;
     s->st = mmap(NULL, sizeof *s->st, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (s->st == MAP_FAILED) {
@@ -703,35 +904,6 @@ fail:
     return rc;
 }
 
-int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
-                    const conc_server_handler *handler, const conc_server_opts *opts)
-{
-    if (!out || !handler || !handler->handle)
-        return -EINVAL;
-    conc_server *s;
-    int rc = server_create(&s, type, addr, -1, opts, false);
-    if (rc < 0)
-        return rc;
-    s->h = *handler;
-    *out = s;
-    return 0;
-}
-
-int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
-                            const conc_server_reactor_handler *handler,
-                            const conc_server_opts *opts)
-{
-    if (!out || !handler || !handler->on_data)
-        return -EINVAL;
-    conc_server *s;
-    int rc = server_create(&s, SOCK_STREAM, addr, -1, opts, true);
-    if (rc < 0)
-        return rc;
-    s->rh = *handler;
-    *out = s;
-    return 0;
-}
-
 /* What a socket to adopt must be: open, a socket, of a family and type a
  * server serves, bound, listening when a stream, in the SO_REUSEPORT
  * group when reuse_port asks for one.  Its type into *type, its address
@@ -779,45 +951,60 @@ static int adopt_check(int fd, const conc_server_opts *opts, int *type, conc_soc
     return 0;
 }
 
+/* The four constructors: a server with handler h (or, reactor, rh) on a
+ * new socket of type bound to addr, or (adopt) on the socket fd, checked
+ * by adopt_check first (its type and address are then the server's). */
+static int server_open(conc_server **out, int type, const conc_sockaddr *addr, bool adopt,
+                       int fd, bool reactor, const conc_server_handler *h,
+                       const conc_server_reactor_handler *rh, const conc_server_opts *opts)
+{
+    if (!out || (reactor ? !rh || !rh->on_data : !h || !h->handle))
+        return -EINVAL;
+    conc_sockaddr own;
+    if (adopt) {
+        int rc = adopt_check(fd, opts, &type, &own);
+        if (rc < 0)
+            return rc;
+        if (reactor && type != SOCK_STREAM)
+            return -EINVAL;         /* conc_server_new_fd serves datagrams */
+        addr = &own;
+    }
+    conc_server *s = NULL;
+    int rc = server_create(&s, type, addr, adopt ? fd : -1, opts, reactor);
+    if (rc < 0)
+        return rc;
+    if (reactor)
+        s->rh = *rh;
+    else
+        s->h = *h;
+    *out = s;
+    return 0;
+}
+
+int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
+                    const conc_server_handler *handler, const conc_server_opts *opts)
+{
+    return server_open(out, type, addr, false, -1, false, handler, NULL, opts);
+}
+
+int conc_server_new_reactor(conc_server **out, const conc_sockaddr *addr,
+                            const conc_server_reactor_handler *handler,
+                            const conc_server_opts *opts)
+{
+    return server_open(out, SOCK_STREAM, addr, false, -1, true, NULL, handler, opts);
+}
+
 int conc_server_new_fd(conc_server **out, int fd, const conc_server_handler *handler,
                        const conc_server_opts *opts)
 {
-    if (!out || !handler || !handler->handle)
-        return -EINVAL;
-    int type;
-    conc_sockaddr addr;
-    int rc = adopt_check(fd, opts, &type, &addr);
-    if (rc < 0)
-        return rc;
-    conc_server *s;
-    rc = server_create(&s, type, &addr, fd, opts, false);
-    if (rc < 0)
-        return rc;
-    s->h = *handler;
-    *out = s;
-    return 0;
+    return server_open(out, 0, NULL, true, fd, false, handler, NULL, opts);
 }
 
 int conc_server_new_reactor_fd(conc_server **out, int fd,
                                const conc_server_reactor_handler *handler,
                                const conc_server_opts *opts)
 {
-    if (!out || !handler || !handler->on_data)
-        return -EINVAL;
-    int type;
-    conc_sockaddr addr;
-    int rc = adopt_check(fd, opts, &type, &addr);
-    if (rc < 0)
-        return rc;
-    if (type != SOCK_STREAM)
-        return -EINVAL;             /* conc_server_new_fd serves datagrams */
-    conc_server *s;
-    rc = server_create(&s, SOCK_STREAM, &addr, fd, opts, true);
-    if (rc < 0)
-        return rc;
-    s->rh = *handler;
-    *out = s;
-    return 0;
+    return server_open(out, SOCK_STREAM, NULL, true, fd, true, NULL, handler, opts);
 }
 
 static bool bad_interval(double t)
@@ -985,6 +1172,7 @@ int conc_server_close(conc_server *s)
     } else if (kids_of(s)->n) {
         reap_ended(s);
     }
+    parked_close(s);
     if (s->unlink_path && s->owner == getpid())
         unlink(s->addr.u.un.sun_path);
     conc_socket_free(s->sock);

@@ -54,6 +54,13 @@ struct conc_server {
                                            once its loop serves (memory
                                            the parent shares); NULL
                                            elsewhere */
+    struct conc__server_parked {          /* THREADING: request threads
+                                           parked for the next request
+                                           (mu) */
+        struct conc__server_worker *head;   /* the latest parked first */
+        int n, max;                     /* parked; at most (thread_cache) */
+        bool closed;                    /* closed: none parks any more */
+    } parked;
     struct conc__server_kids {          /* FORKING's children (the serving
                                            thread's and close's) */
         struct conc_process **p;

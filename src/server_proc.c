@@ -210,11 +210,17 @@ int conc__server_prefork(conc_server *s, double poll_interval)
             }
             /* It ended before its loop served (a socket of its own it
              * could not bind, memory, or killed): replaced after a wait
-             * that doubles each time, and after
-             * CONC_SERVER_WORKER_START_FAILURES in a row the server stops
-             * with the error. */
+             * that doubles each time (at most 5 s).  Once every slot has
+             * failed CONC_SERVER_WORKER_START_FAILURES times in a row the
+             * server stops with the error; while another slot does not,
+             * the server goes on with fewer workers and this slot is
+             * tried again (each failure reported to on_worker_exit). */
             int err = atomic_load(&a.ws[i].err);
-            if (++fails[i] >= CONC_SERVER_WORKER_START_FAILURES)
+            fails[i]++;
+            bool all_failing = true;
+            for (int k = 0; k < n && all_failing; k++)
+                all_failing = fails[k] >= CONC_SERVER_WORKER_START_FAILURES;
+            if (all_failing)
                 rc = err < 0 ? err : -ECHILD;
             else
                 due[i] = conc_now() + start_backoff(fails[i]);

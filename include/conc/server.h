@@ -24,7 +24,21 @@
  *                          request_timeout the request's socket has a
  *                          blocking descriptor, as Python's: the thread
  *                          sleeps in recv and send themselves (one system
- *                          call each); see conc/socket.h
+ *                          call each); see conc/socket.h.  A thread whose
+ *                          request ended is kept parked (thread_cache of
+ *                          them at most, 0: as many as ran at once; each
+ *                          for thread_idle seconds unused at most) and serves the next request instead of a
+ *                          new thread: each request still has a thread of
+ *                          its own while it runs, but a handler may find
+ *                          what an earlier request left in the thread's
+ *                          own state (_Thread_local variables, conc_local
+ *                          values, the signal mask, the thread's name).
+ *                          A hub the handler made is freed between
+ *                          requests; a thread whose hub still has
+ *                          greenlets ends instead.  close ends the parked
+ *                          threads (and waits for them); thread_cache -1
+ *                          ends each thread with its request, as Python
+ *                          does
  *   CONC_SERVER_FORKING    a child process per request (ForkingMixIn), at
  *                          most max_children at once (the next request waits
  *                          in the backlog); children are supervised with
@@ -48,10 +62,15 @@
  *                          ended before (a socket of its own it could not
  *                          bind, memory short, killed), after a wait of
  *                          0.1 s that doubles with each such failure of
- *                          its slot in a row (at most 5 s), and the
- *                          CONC_SERVER_WORKER_START_FAILURES-th in a row
- *                          stops the server: serve_forever returns that
- *                          worker's error.  Why
+ *                          its slot in a row (at most 5 s).  Once every
+ *                          slot has failed
+ *                          CONC_SERVER_WORKER_START_FAILURES times in a
+ *                          row the server stops: serve_forever returns
+ *                          the last worker's error; until then the others
+ *                          serve and the failing slot is tried again
+ *                          (the server runs with fewer workers, each
+ *                          failure reported to on_worker_exit, the count
+ *                          in conc_server_stats.workers).  Why
  *                          coroutines in each worker: the model field names
  *                          one model, and of the others a worker could run,
  *                          SYNC would let one slow client stop its worker,
@@ -323,6 +342,16 @@ typedef struct conc_server_opts {
                                    CONC_STACK_OWN or CONC_STACK_COPIED;
                                    0: CONC_SERVER_STACK (see "Stacks"
                                    above) */
+    int thread_cache;           /* THREADING: request threads kept parked
+                                   at most once their request ended, to
+                                   serve the next ones (see the models); 0:
+                                   no count limit (never more than ran at
+                                   once, each ending after thread_idle
+                                   seconds unused); -1: none, each thread
+                                   ends with its request */
+    double thread_idle;         /* THREADING: seconds a parked request
+                                   thread waits unused before it ends; 0:
+                                   CONC_SERVER_THREAD_IDLE */
 } conc_server_opts;
 #define CONC_SERVER_OPTS_INIT { .size = sizeof(conc_server_opts) }
 
@@ -338,9 +367,12 @@ typedef struct conc_server_opts {
  * buffer on a Unix socket), and a buffer each loop, worker or request
  * can still be given. */
 #define CONC_SERVER_MAX_DATAGRAM ((size_t)16 << 20)
-/* PREFORK: the failures in a row of one worker's slot to start serving
+/* PREFORK: the failures in a row of every worker's slot to start serving
  * (see the models) after which serve_forever gives up with the error. */
 #define CONC_SERVER_WORKER_START_FAILURES 5
+/* THREADING: the seconds a parked request thread stays unused before it
+ * ends when conc_server_opts.thread_idle is 0. */
+#define CONC_SERVER_THREAD_IDLE 60.0
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
 
@@ -355,7 +387,8 @@ typedef struct conc_server_opts {
  * listening.  Nothing is served until serve_forever or handle_request.  A
  * Unix socket file the server made is removed by conc_server_close.
  * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
- * handler, a handler without handle, another type, a negative count, a
+ * handler, a handler without handle, another type, a negative count
+ * (thread_cache below -1), a
  * max_datagram above CONC_SERVER_MAX_DATAGRAM, a bad timeout or model,
  * CONC_SERVER_REACTOR with SOCK_STREAM
  * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
@@ -435,10 +468,10 @@ CONC_API void conc_server_free(conc_server *s);
  * shutdown; -EINVAL for NULL or a poll_interval that is not > 0; -EBUSY
  * when the server is being served already; -EPIPE when closed; an error
  * that ended the server (-ENOMEM, or the error of its worker threads or
- * processes failing to start: with PREFORK, a worker that ended before
- * its loop served CONC_SERVER_WORKER_START_FAILURES times in a row gives
- * its error, such as -EADDRINUSE for a socket of its own it could not
- * bind, or -ECHILD when it was killed).
+ * processes failing to start: with PREFORK, once the worker of every slot
+ * ended before its loop served CONC_SERVER_WORKER_START_FAILURES times in
+ * a row, the last one's error, such as -EADDRINUSE for a socket of its
+ * own it could not bind, or -ECHILD when it was killed).
  */
 CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
 
