@@ -313,7 +313,7 @@ Test(socket_drain, tcp_ulp_turns_the_rule_off, .timeout = 120)
     cr_assert_geq(n, ROUNDS / 2, "%d EAGAINs in %d requests", n, ROUNDS);
     conc_socket_free(a);
     conc_socket_free(b);
-    /* the dup's own pair: the dup carries the setting, not the file */
+    /* a dup made after the setting keeps it (on a fresh connection) */
     conc_socket *c;
     tcp_pair(&a, &c);
     conc_socket_free(d);
