@@ -236,11 +236,14 @@ static inline conc_greenlet *handoff_take(struct hub *h)
  *
  * Edge-triggered, for sockets waited on by the socket layer (conc__wait_io:
  * an operation said EAGAIN, then it waits).  The socket is registered once
- * for EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, and a wait makes no
- * epoll_ctl at all.  An edge that finds nobody parked for its direction
- * sets the record's read-ready or write-ready flag; a wait that finds its
- * flag set clears it and returns at once (the caller tries the operation
- * again); a wait that finds it clear parks.  A flag is cleared only there,
+ * for EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLET, EPOLLOUT added by the first wait for
+ * room (one EPOLL_CTL_MOD), and a wait makes no epoll_ctl at all.  (Not
+ * EPOLLOUT from the start: a Unix socket raises it every time its peer
+ * reads, so a server that only ever waits to read would be woken for
+ * nothing by every answer its client takes.)  An edge that finds nobody
+ * parked for its direction sets the record's read-ready or write-ready
+ * flag; a wait that finds its flag set clears it and returns at once (the
+ * caller tries the operation again); a wait that finds it clear parks.  A flag is cleared only there,
  * after the operation said EAGAIN, so no edge is lost: data that arrives
  * after the EAGAIN queues an edge in the kernel, which this thread takes
  * only in its loop, that is after the waiter parked, and which then wakes
@@ -300,6 +303,7 @@ struct hub_fdrec {
     uint32_t gen;               /* of the newest registration (31 bits) */
     uint8_t added;              /* added to the epoll set once at least */
     uint8_t edge;               /* registered edge-triggered, for key */
+    uint8_t eout;               /* edge mode: EPOLLOUT registered too */
     uint8_t rready, wready;     /* edge mode: an edge nobody took since the
                                    last EAGAIN of that direction */
     uint8_t rdrained;           /* edge mode: a drained read, and no edge of
@@ -312,7 +316,7 @@ struct hub_fdrec {
 #define REC_TAG (1ull << 63)            /* event data: record, not a greenlet */
 #define REC_MAX_FD (1 << 24)            /* larger numbers take the older path */
 #define REC_ALWAYS (EPOLLERR | EPOLLHUP)
-#define EDGE_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET)
+#define EDGE_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLET)  /* | EPOLLOUT: eout */
 #define EDGE_RD (EPOLLIN | EPOLLRDHUP | EPOLLPRI | REC_ALWAYS)  /* sets rready */
 #define EDGE_NOSHORT (EPOLLPRI | EPOLLRDHUP | REC_ALWAYS)       /* sets noshort */
 #define EDGE_WR (EPOLLOUT | REC_ALWAYS)                 /* sets wready */
@@ -389,6 +393,7 @@ static int fdrec_register(struct hub *h, int fd, struct hub_fdrec *r, uint32_t e
 static inline void fdrec_forget(struct hub_fdrec *r)
 {
     r->edge = 0;
+    r->eout = 0;
     r->key = 0;
     r->rready = r->wready = 0;
     r->rdrained = r->noshort = 0;
@@ -405,9 +410,13 @@ static int fdrec_arm(struct hub *h, int fd, struct hub_fdrec *r)
          * descriptor at once if it is ready now (level semantics for this
          * wait); ENOENT says the number names another file by now, which
          * gets a one-shot registration of its own. */
-        struct epoll_event ev = { .events = EDGE_EVENTS, .data.u64 = rec_data(fd, r->gen) };
-        if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+        uint8_t out = r->eout || (rec_want(r) & EPOLLOUT);
+        struct epoll_event ev = { .events = EDGE_EVENTS | (out ? EPOLLOUT : 0),
+                                  .data.u64 = rec_data(fd, r->gen) };
+        if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) == 0) {
+            r->eout = out;
             return 0;
+        }
         if (errno != ENOENT)
             return -errno;
         fdrec_forget(r);
@@ -429,11 +438,13 @@ static int fdrec_edge(struct hub *h, int fd, struct hub_fdrec *r, uint64_t key)
          * (ENOENT: added again, with a new generation). */
         fdrec_forget(r);
     }
-    int rc = fdrec_register(h, fd, r, EDGE_EVENTS);
+    uint8_t out = r->wr != NULL;        /* a writer parked one-shot stays served */
+    int rc = fdrec_register(h, fd, r, EDGE_EVENTS | (out ? EPOLLOUT : 0));
     if (rc != 0)
         return rc;
     /* Whatever is ready now, the registration just reported: no flag. */
     r->edge = 1;
+    r->eout = out;
     r->key = key;
     r->rready = r->wready = 0;
     r->rdrained = r->noshort = 0;
@@ -1002,7 +1013,10 @@ static void *hub_loop(void *arg, void *value)
             /* One pass over what is ready now, then look for events. */
             for (size_t n = h->nready; n > 0 && h->rhead; n--)
                 run_one(h, dequeue(h));
-            if (h->nfd || __atomic_load_n(&h->remote, __ATOMIC_RELAXED))
+            /* Greenlets still ready: take the events that came meanwhile
+             * before their next turn.  None: the wait below takes them
+             * (a look without waiting first would be one more call). */
+            if (h->rhead && (h->nfd || __atomic_load_n(&h->remote, __ATOMIC_RELAXED)))
                 poll_events(h, 0);
             continue;
         }
@@ -1284,6 +1298,15 @@ static int io_wait_busy(struct hub *h, conc_greenlet *g, int fd, uint64_t key, s
             return 0;                   /* not pollable: always ready */
         if (rc != 0)                    /* 1: a waiter that needs one-shot */
             return hub_wait_fd_busy(h, g, fd, events, deadline);
+    }
+    if (e == EPOLLOUT && !r->eout) {
+        /* The first wait for room: EPOLLOUT joins the registration.  The
+         * kernel reports the socket at once if it has room now. */
+        struct epoll_event ev = { .events = EDGE_EVENTS | EPOLLOUT,
+                                  .data.u64 = rec_data(fd, r->gen) };
+        if (epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev) != 0)
+            return hub_wait_fd_busy(h, g, fd, events, deadline);
+        r->eout = 1;
     }
     uint8_t *ready = e == EPOLLOUT ? &r->wready : &r->rready;
     if (*ready) {

@@ -596,12 +596,17 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
         int n = epoll_wait(l->epfd, evs, 16, 0);
         if (n < 0 && errno != EINTR)
             return -errno;
+        int failed = 0;
         for (int k = 0; k < n; k++) {
             struct hs *h = evs[k].data.ptr;
             if (!h) {
+                /* An accept that failed (out of descriptors) is reported
+                 * after the handshakes of this round ran: one that ends
+                 * gives its descriptor back, which returning at once,
+                 * before them, would never let happen. */
                 int r = take_new(l, now);
                 if (r)
-                    return r;
+                    failed = r;
                 continue;
             }
             int i = pending_index(l, h);
@@ -613,6 +618,8 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
             if (r < 0)
                 return r;
         }
+        if (failed)
+            return failed;
         /* New handshakes took their first step in take_new's epoll entry:
          * they go out at the next round (EPOLLOUT is ready at once). */
         if (n > 0)

@@ -38,6 +38,7 @@
 #define CONNECT_TIMEOUT 10.0        /* connect and handshake */
 #define START_TIMEOUT 30.0          /* the child reports it listens */
 #define STOP_GRACE 1.0              /* a started server gets to exit by itself */
+#define ANSWER_GRACE_NS (10 * (int64_t)1000000000) /* a timed call's answer may come this late */
 
 enum { ST_NEW, ST_STARTED, ST_SERVING, ST_CONNECTED, ST_SHUT };
 
@@ -48,6 +49,8 @@ struct conc_manager {
     uint8_t *authkey;
     size_t authkey_len;
     size_t max_message;
+    size_t send_max;                /* the largest request: the server's
+                                       message size when it is smaller */
     int state;
     pid_t owner;                    /* the process that made the handle */
     conc_process *proc;
@@ -127,6 +130,7 @@ static int dial(const conc_manager *m, conc_conn **out)
      * itself (one system call instead of three); a coroutine's receive
      * still parks, conc_conn passing MSG_DONTWAIT where it must not block. */
     int fd = conc_conn_fd(*out);
+    conc__mgr_keepalive(fd);            /* a server machine that vanishes */
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0 && (fl & O_NONBLOCK))
         fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
@@ -218,6 +222,34 @@ static bool conn_fatal(int e)
     return e == -EPIPE || e == -ECONNRESET;
 }
 
+/* Whether an answer's status (and count, and number of strings) is one
+ * that op can have: a server is not taken at its word for a count below 0,
+ * a status a call never returns, or a dict's items as an odd number of
+ * strings.  Returns the status, or -EPROTO. */
+static int answer_check(int op, const struct conc__mgr_ans *a)
+{
+    if (a->status < 0)
+        return a->status;                   /* an errno (ans_parse checked it) */
+    switch (op) {
+    case CONC__MGR_OPEN:                    /* the type (its caller checks it) */
+    case CONC__MGR_B_WAIT:                  /* the caller's index */
+    case CONC__MGR_CALL:                    /* what the type's callback returned */
+        return a->status;
+    case CONC__MGR_D_SETDEFAULT:            /* 1: it set the default */
+        return a->status <= 1 ? a->status : -EPROTO;
+    case CONC__MGR_B_INFO:                  /* the parties */
+        return a->status >= 1 ? a->status : -EPROTO;
+    case CONC__MGR_D_LEN:
+    case CONC__MGR_L_LEN:
+    case CONC__MGR_A_LEN:
+    case CONC__MGR_Q_SIZE:
+        return a->status == 0 && a->value >= 0 ? 0 : -EPROTO;
+    case CONC__MGR_D_ITEMS:                 /* key, value, key, value, ... */
+        return a->status == 0 && a->nargs % 2 == 0 ? 0 : -EPROTO;
+    }
+    return a->status == 0 ? 0 : -EPROTO;
+}
+
 /* Runs one request on p's connection.  Returns the answer's status (and
  * keeps the answer in *res, free res->buf) or a local error. */
 static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_str *s, size_t n,
@@ -225,13 +257,15 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
 {
     res->buf = NULL;
     size_t size = conc__mgr_size(CONC__MGR_REQ_HEAD, s, n);
-    if (size > p->m->max_message)
-        return -EMSGSIZE;
+    if (size > p->m->max_message || (p->m->send_max && size > p->m->send_max))
+        return -EMSGSIZE;               /* the server would drop the connection */
     uint8_t small[512];
     uint8_t *buf = size <= sizeof small ? small : malloc(size);
     if (!buf)
         return -ENOMEM;
     r->nargs = (uint32_t)n;
+    if (r->op != CONC__MGR_CREATE)
+        r->c = (int64_t)p->m->max_message;  /* the largest answer this end takes */
     conc__mgr_req_write(buf, r, s, n);
     int e = conc_lock_acquire(&p->mu, CONC_FOREVER);
     if (e)
@@ -257,20 +291,42 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
     }
     e = conc_conn_send_bytes(p->c, buf, size, CONC_FOREVER);
     if (!e) {
+        /* The server keeps the call's time limit; an answer that has not
+         * come ANSWER_GRACE_NS after it is from a server that does not run
+         * (stopped, its thread held up): the call gives up, and the proxy,
+         * whose answer could still come, is broken; its connection is
+         * closed, so the server releases what it held when it runs again.
+         * A call without a limit waits as long as the connection lives, and
+         * so does Condition.wait, which takes the lock back however long
+         * another client holds it. */
+        int64_t until = CONC_NO_DEADLINE;
+        if (r->timeout >= 0 && r->op != CONC__MGR_C_WAIT) {
+            int64_t now = conc_now();
+            until = r->timeout < CONC_NO_DEADLINE - now - ANSWER_GRACE_NS
+                        ? now + r->timeout + ANSWER_GRACE_NS
+                        : CONC_NO_DEADLINE;
+        }
         size_t len;
-        e = conc_conn_recv_alloc(p->c, &res->buf, &len, CONC_FOREVER);
+        e = until == CONC_NO_DEADLINE
+                ? conc_conn_recv_alloc(p->c, &res->buf, &len, CONC_FOREVER)
+                : conc_conn_recv_alloc_until(p->c, &res->buf, &len, until);
         if (!e && conc__mgr_ans_parse(res->buf, len, &res->a)) {
             free(res->buf);
             res->buf = NULL;
             e = -EPROTO;
         }
     }
+    if (e == -ETIMEDOUT) {              /* no answer within the grace */
+        conc_conn *old = p->c;
+        proxy_set_conn(p, NULL);
+        conc_conn_free(old);
+    }
     if (e) {
         p->broken = true;               /* the stream is out of step or gone */
         if (!conn_fatal(e) && e != -EPROTO && e != -EMSGSIZE && e != -ENOMEM)
             e = -ECONNRESET;
     } else {
-        e = res->a.status;
+        e = answer_check(r->op, &res->a);
     }
 unlock:
     conc_lock_release(&p->mu);
@@ -613,8 +669,11 @@ int conc_manager_connect(conc_manager *m)
     int e = dial(m, &p.c);
     if (e)
         return e;
-    e = rpc_simple(&p, CONC__MGR_PING, CONC_NO_DEADLINE, 0, NULL);
+    int64_t server_max = 0;
+    e = rpc_simple(&p, CONC__MGR_PING, CONC_NO_DEADLINE, 0, &server_max);
     conc_conn_free(p.c);
+    if (!e && server_max >= 64 && (uint64_t)server_max < m->max_message)
+        m->send_max = (size_t)server_max;
     /* A server with a key sends a challenge where a keyless client expects
      * its answer (or drops it): the key is missing on this side. */
     if (e && !m->authkey && (e == -ECONNRESET || e == -EPIPE || e == -EPROTO))

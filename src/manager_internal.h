@@ -37,4 +37,15 @@ void conc__mgr_server_stop(struct conc__mgr_server *s);
 /* Frees a server that has returned from run (or never ran). */
 void conc__mgr_server_free(struct conc__mgr_server *s);
 
+/* Arms TCP keepalives on a connected TCP socket (nothing for any other):
+ * a peer machine that vanished without closing (power, network) is then
+ * noticed within about CONC__MGR_KEEPALIVE_S seconds, its connection
+ * failing as a reset one does. */
+#define CONC__MGR_KEEPALIVE_IDLE 15     /* seconds idle before the first probe */
+#define CONC__MGR_KEEPALIVE_INTVL 5     /* seconds between probes */
+#define CONC__MGR_KEEPALIVE_CNT 3       /* probes unanswered: the peer is gone */
+#define CONC__MGR_KEEPALIVE_S \
+    (CONC__MGR_KEEPALIVE_IDLE + CONC__MGR_KEEPALIVE_INTVL * CONC__MGR_KEEPALIVE_CNT)
+void conc__mgr_keepalive(int fd);
+
 #endif

@@ -12,12 +12,18 @@
  *
  * Each object has a Lock (mu) that guards its state and a Condition (cv)
  * that every change of the state notifies; a request that must wait (a get
- * on an empty Queue, an acquire of a held Lock) parks its greenlet on cv in
- * slices of SLICE_NS (a timer of the hub, no thread), and between slices
- * looks whether its client is still there and whether the server stops.
- * So a client that dies while it waits frees its greenlet within a slice,
- * and a shutdown never waits for a blocked request.  The other connections
- * are served meanwhile: only the waiting greenlet is parked.
+ * on an empty Queue, an acquire of a held Lock) parks its greenlet on cv
+ * until its deadline.  Meanwhile a second greenlet of the connection, its
+ * watcher, parks on the socket for the client's close (POLLRDHUP) and
+ * wakes the object's waiters when it comes; the request then sees its
+ * client gone.  (A greenlet parks on one thing at a time: a word or a
+ * descriptor.)  So a parked request costs nothing until something happens,
+ * a client that dies while it waits frees its greenlet at once, and a
+ * shutdown, which shuts every connection's socket down, never waits for a
+ * blocked request.  The watcher ends with the request.  Without memory for
+ * a watcher, the request looks around in slices of SLICE_NS instead.  The
+ * other connections are served meanwhile: only the waiting greenlets are
+ * parked.
  *
  * Holdings: a connection counts what it acquired of each Lock, RLock,
  * Semaphore and Condition; when it ends, whatever it still holds is
@@ -37,6 +43,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,10 +54,10 @@
 #include "conc/time.h"
 #include "conc/wait.h"
 #include "manager_internal.h"
-#include "pipe.h"             /* buffered(): what a connection read ahead */
 #include "manager_wire.h"
 
-#define SLICE_NS 50000000LL         /* a waiting request looks around every 50 ms */
+#define SLICE_NS 50000000LL         /* without a watcher, a waiting request
+                                       looks around every 50 ms */
 #define ACCEPT_SLICE 0.05           /* the accept loop looks at the stop flag */
 #define MAX_CONNS 1024              /* connections served at once */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
@@ -110,8 +118,10 @@ struct obj {
      * yet (what the ends of the connections may give back in all) */
     uint64_t value;
     uint64_t held;
-    /* Event */
+    /* Event: the flag, and the sets so far (a waiter that saw none while
+     * it waited was not woken by one, even when the flag is down again) */
     bool flag;
+    uint64_t sets;
     /* Condition */
     struct waiter *whead;
     /* Barrier */
@@ -135,6 +145,10 @@ struct conn {
     struct hold *holds;
     size_t nholds, capholds;
     struct obj *last;               /* the object of the last request */
+    conc_greenlet *watch;           /* parked for the client's close while a
+                                       request waits on wobj, or NULL */
+    struct obj *wobj;
+    bool gone;                      /* the watcher saw the client's close */
     int done;                       /* atomic: the greenlet ended */
 };
 
@@ -161,6 +175,7 @@ struct out {
     int32_t status;
     int64_t value;
     bool nomem;
+    size_t limit;                   /* the largest answer the client takes */
 };
 
 static bool stopping(const struct conc__mgr_server *s)
@@ -191,6 +206,14 @@ static void out_str(struct out *o, const void *p, size_t len)
     }
     conc__mgr_put_str(o->buf, &o->len, p, len);
     o->nargs++;
+}
+
+/* Whether a string of len bytes still fits the client's answer limit: an
+ * op that takes something out (a pop, a Queue.get) asks first, so that an
+ * answer the client could not take leaves the item where it was. */
+static bool fits(const struct out *o, size_t len)
+{
+    return len <= o->limit && o->len + 4 <= o->limit - len;
 }
 
 static uint64_t hash_bytes(const uint8_t *p, size_t len)
@@ -298,21 +321,62 @@ static bool conn_gone(const struct conn *cn)
     return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
-/* One slice of a wait on o (o->mu held): returns 0 when the caller should
- * look at the state again, -ETIMEDOUT when the deadline passed, -ECONNRESET
- * when the client is gone or the server stops. */
+/* The watcher of a connection whose request waits on cn->wobj: parks
+ * until the client's end closes, then wakes the object's waiters (the
+ * request among them).  Killed when the request is done. */
+static void *watch_main(void *arg)
+{
+    struct conn *cn = arg;
+    do
+        if (conc_fd_wait_until(cn->fd, POLLRDHUP, CONC_NO_DEADLINE) < 0)
+            return NULL;                /* killed: the request is done */
+    while (!conn_gone(cn));
+    cn->gone = true;
+    struct obj *o = cn->wobj;
+    conc_lock_acquire(&o->mu, CONC_FOREVER);
+    conc_cond_notify_all(&o->cv);
+    conc_lock_release(&o->mu);
+    return NULL;
+}
+
+/* Ends cn's watcher, if any (o->mu not held: the watcher may take it). */
+static void watch_stop(struct conn *cn)
+{
+    if (!cn->watch)
+        return;
+    conc_greenlet_kill(cn->watch);
+    conc_greenlet_join(cn->watch, CONC_FOREVER);
+    conc_greenlet_free(cn->watch);
+    cn->watch = NULL;
+}
+
+/* A wait on o (o->mu held) until something changes: returns 0 when the
+ * caller should look at the state again, -ETIMEDOUT when the deadline
+ * passed, -ECONNRESET when the client is gone or the server stops. */
 static int wait_slice(struct conn *cn, struct obj *o, int64_t deadline)
 {
     int64_t now = conc_now();
     if (now >= deadline)
         return -ETIMEDOUT;
-    if (stopping(cn->s) || conn_gone(cn))
+    if (cn->gone || stopping(cn->s) || conn_gone(cn))
         return -ECONNRESET;
-    int64_t until = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
+    int64_t until = deadline;
+    if (!cn->watch) {
+        cn->wobj = o;
+        conc_coro_opts co = CONC_CORO_OPTS_INIT;
+        co.name = "conc-manager-watch";
+        conc_spawn_opts so = CONC_SPAWN_OPTS_INIT;
+        so.coro = &co;
+        if (conc_greenlet_spawn(&cn->watch, watch_main, cn, &so) != 0) {
+            cn->watch = NULL;           /* no watcher: look around in slices */
+            if (deadline - now > SLICE_NS)
+                until = now + SLICE_NS;
+        }
+    }
     conc_cond_wait_until(&o->cv, &o->mu, until);
     /* Looked at again after the wait: what woke it (a message, a released
      * lock) must not go to a client that died meanwhile. */
-    return conn_gone(cn) ? -ECONNRESET : 0;
+    return cn->gone || conn_gone(cn) ? -ECONNRESET : 0;
 }
 
 static int64_t req_deadline(const struct conc__mgr_req *r)
@@ -681,6 +745,8 @@ static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out
         i = kv_find(o, &a0, hash_bytes(a0.p, a0.len));
         if (i < 0)
             return -ENOENT;
+        if (!fits(out, o->kv[i].v.len))
+            return -EMSGSIZE;
         out_str(out, o->kv[i].v.p, o->kv[i].v.len);
         if (r->op == CONC__MGR_D_POP && !out->nomem)
             kv_remove(o, (size_t)i);
@@ -812,6 +878,8 @@ static int op_list(struct obj *o, const struct conc__mgr_req *r, struct out *out
     case CONC__MGR_L_POP:
         if (py_index(r->a, o->nli, &at))
             return -ERANGE;
+        if (!fits(out, o->li[at].len))
+            return -EMSGSIZE;
         out_str(out, o->li[at].p, o->li[at].len);
         if (out->nomem)
             return -ENOMEM;
@@ -905,6 +973,8 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         struct qmsg *m = o->qhead;
+        if (!fits(out, m->len))
+            return -EMSGSIZE;           /* it stays first in the queue */
         out_str(out, m->data, m->len);
         if (out->nomem)
             return -ENOMEM;
@@ -920,16 +990,14 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out->value = (int64_t)o->qlen;
         return 0;
     case CONC__MGR_Q_TASK_DONE:
-        if (o->type != CONC_PROXY_JOINABLE_QUEUE)
-            return -EINVAL;
+        /* Both types: a SyncManager's Queue and JoinableQueue are both a
+         * queue.Queue, with task_done and join. */
         if (!o->unfinished)
             return -EOVERFLOW;
         if (--o->unfinished == 0)
             conc_cond_notify_all(&o->cv);
         return 0;
     case CONC__MGR_Q_JOIN:
-        if (o->type != CONC_PROXY_JOINABLE_QUEUE)
-            return -EINVAL;
         while (o->unfinished)
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
@@ -1025,6 +1093,7 @@ static int op_event(struct conn *cn, struct obj *o, const struct conc__mgr_req *
     switch (r->op) {
     case CONC__MGR_E_SET:
         o->flag = true;
+        o->sets++;
         conc_cond_notify_all(&o->cv);
         return 0;
     case CONC__MGR_E_CLEAR:
@@ -1034,8 +1103,11 @@ static int op_event(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out->value = o->flag;
         return 0;
     case CONC__MGR_E_WAIT: {
+        /* threading.Event: a set() wakes every waiter of that moment,
+         * also when a clear() came before the waiter looked again. */
         int64_t deadline = req_deadline(r);
-        while (!o->flag)
+        uint64_t sets = o->sets;
+        while (!o->flag && o->sets == sets)
             if ((e = wait_slice(cn, o, deadline)))
                 return e;
         return 0;
@@ -1221,6 +1293,7 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
     struct conc__mgr_server *s = cn->s;
     switch (r->op) {
     case CONC__MGR_PING:
+        out->value = (int64_t)s->max_message;   /* what a client may send */
         return 0;
     case CONC__MGR_SHUTDOWN:
         conc__mgr_server_stop(s);
@@ -1281,10 +1354,37 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
         break;
     }
     conc_lock_release(&o->mu);
+    watch_stop(cn);
     return e;
 }
 
 /* ---------------------------------------------------------- connections */
+
+/* The answer to a Queue.get (its one string is the message) could not be
+ * sent: the client is gone, so the message goes back to the head of the
+ * queue, where it was, instead of being lost with the client. */
+static void give_back(struct obj *o, const uint8_t *ans, size_t len)
+{
+    struct conc__mgr_str msg;
+    size_t pos = 0;
+    if (!o || len < CONC__MGR_ANS_HEAD ||
+        conc__mgr_next(ans + CONC__MGR_ANS_HEAD, len - CONC__MGR_ANS_HEAD, &pos, &msg))
+        return;
+    struct qmsg *m = malloc(sizeof *m + msg.len);
+    if (!m)
+        return;
+    m->len = msg.len;
+    if (msg.len)
+        memcpy(m->data, msg.p, msg.len);
+    conc_lock_acquire(&o->mu, CONC_FOREVER);
+    m->next = o->qhead;
+    o->qhead = m;
+    if (!o->qtail)
+        o->qtail = m;
+    o->qlen++;
+    conc_cond_notify_all(&o->cv);
+    conc_lock_release(&o->mu);
+}
 
 static void *conn_main(void *arg)
 {
@@ -1296,10 +1396,9 @@ static void *conn_main(void *arg)
         void *buf;
         size_t len;
         /* A client waits for each answer, so the next request is seldom
-         * there yet: park on the socket first (nothing read ahead) rather
-         * than try a read that finds nothing. */
-        if (!buffered(cn->c) && conc_fd_wait_until(cn->fd, POLLIN, CONC_NO_DEADLINE) < 0)
-            break;
+         * there yet: the connection parks on its socket first when its
+         * last read emptied it (pipe.c), in the hub's edge-triggered mode,
+         * so a request costs one epoll_wait, one recv and one send. */
         if (conc_conn_recv_alloc(cn->c, &buf, &len, CONC_FOREVER))
             break;
         struct conc__mgr_req r;
@@ -1311,13 +1410,18 @@ static void *conn_main(void *arg)
         out.nargs = 0;
         out.value = 0;
         out.nomem = false;
+        /* c of every op but CREATE is the client's own message size: no
+         * answer is larger (0, from an older client: the server's). */
+        out.limit = cn->s->max_message;
+        if (r.op != CONC__MGR_CREATE && r.c > 0 && (uint64_t)r.c < out.limit)
+            out.limit = (size_t)r.c;
         if (!out.buf) {
             out.buf = malloc(256);
             out.cap = out.buf ? 256 : 0;
         }
         int e = out.buf ? dispatch(cn, &r, &out) : -ENOMEM;
         free(buf);
-        if (out.nomem || !out.buf || out.len > cn->s->max_message) {
+        if (out.nomem || !out.buf || out.len > out.limit) {
             if (!out.buf)
                 break;
             e = out.nomem ? -ENOMEM : -EMSGSIZE;
@@ -1325,8 +1429,11 @@ static void *conn_main(void *arg)
             out.nargs = 0;
         }
         conc__mgr_ans_write_head(out.buf, e, out.nargs, out.value);
-        if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER))
+        if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER)) {
+            if (r.op == CONC__MGR_Q_GET && e == 0)
+                give_back(cn->last, out.buf, out.len);
             break;
+        }
         if (e == -ECONNRESET)
             break;
     }
@@ -1390,6 +1497,21 @@ void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
     s->take_sigterm = true;
 }
 
+void conc__mgr_keepalive(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+        (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+        return;
+    int on = 1, idle = CONC__MGR_KEEPALIVE_IDLE, intvl = CONC__MGR_KEEPALIVE_INTVL,
+        cnt = CONC__MGR_KEEPALIVE_CNT;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+}
+
 /* Whether a SIGTERM (blocked, pending) asks the server to stop: takes it. */
 static bool sigterm_pending(void)
 {
@@ -1417,8 +1539,16 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);
         if (e == -EPIPE)
             break;
-        if (e)
-            continue;                   /* a timeout, a failed handshake, no descriptors */
+        if (e == -ETIMEDOUT || e == -ECONNABORTED || e == -EACCES)
+            continue;                   /* no client, or a failed handshake */
+        if (e) {
+            /* Out of descriptors or memory: the accept did not wait.  Let
+             * the connections run (those that end give their descriptors
+             * back) before the next try; trying again at once would keep
+             * this loop from ever letting them run. */
+            conc_sleep(ACCEPT_SLICE);
+            continue;
+        }
         struct conn *cn = calloc(1, sizeof *cn);
         if (!cn || s->nconns >= MAX_CONNS || conc_conn_set_max_size(c, s->max_message)) {
             free(cn);
@@ -1428,6 +1558,7 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->s = s;
         cn->c = c;
         cn->fd = conc_conn_fd(c);
+        conc__mgr_keepalive(cn->fd);    /* a client machine that vanishes */
         cn->serial = ++s->next_serial;
         if (conn_spawn(cn)) {
             conc_conn_free(c);

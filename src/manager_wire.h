@@ -12,7 +12,9 @@
  *   4  u32 nargs
  *   8  u64 id       the object (0: none)
  *  16  i64 timeout  ns left, or -1: no limit
- *  24  i64 a, 32 i64 b, 40 i64 c   the op's numbers
+ *  24  i64 a, 32 i64 b, 40 i64 c   the op's numbers; c of every op but
+ *                                   CREATE is the largest answer the client
+ *                                   takes (0: the server's message size)
  *
  * Answer: a 16-byte head, then nargs byte strings as above.
  *   0  i32 status   >= 0, or a negative errno
@@ -41,7 +43,7 @@
 #define CONC__MGR_ANS_HEAD 16
 
 enum conc__mgr_op {
-    CONC__MGR_PING = 1,
+    CONC__MGR_PING = 1,      /* answer: value the server's message size (0: unknown) */
     CONC__MGR_SHUTDOWN,
     CONC__MGR_CREATE,        /* a type, b n, c size; arg0 name ("" none), arg1 (may be
                                 absent) a Value's or Array's typecode, one byte; the

@@ -15,7 +15,22 @@
  * Sockets are left blocking: calls with a deadline use MSG_DONTWAIT and
  * wait for readiness through the wait layer; a plain thread without a
  * deadline blocks in recv()/sendmsg() itself, which is what the wait layer
- * would do for it anyway, at one system call instead of three.  Pipes have
+ * would do for it anyway, at one system call instead of three, except for
+ * a receive after a short read (below): it waits in poll() for POLLIN and
+ * then reads.  A reader asleep in recv() on a Unix stream socket is woken,
+ * for nothing, each time its peer takes bytes this end sent (the kernel
+ * tells the sender there is room again, on the one queue both directions
+ * sleep on; poll() sleeps only for the events it asked for): a client that
+ * sends a request and sleeps in recv() for the answer is woken once more
+ * per call when the server reads the request.  A socket's
+ * receive waits with conc__wait_io, so a coroutine's hub keeps the socket
+ * registered edge-triggered and a wait costs no epoll_ctl.  That wait
+ * follows a read that said EAGAIN, or a short read of a Unix stream
+ * socket: its read takes everything queued up to its size, so a short one
+ * emptied the socket as surely as an EAGAIN, and what comes after it
+ * raises an edge.  (Not TCP: a read there stops short at urgent data.)  So a connection that reads one request at a time (a
+ * server's) goes from its answer straight to the wait, without a read that
+ * finds nothing.  Pipes have
  * no per-call flag and are made O_NONBLOCK.  SIGPIPE is never raised:
  * MSG_NOSIGNAL on sockets; on pipes it is blocked in the writing thread
  * around the write and, when the write fails with EPIPE, taken back with
@@ -70,7 +85,13 @@ static uint64_t get_le64(const unsigned char *p)
     return v;
 }
 
-static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock)
+/* Keys of connections' sockets for conc__wait_io: never 0, never reused,
+ * and apart from the socket layer's own keys (which count up from 1), so
+ * a number one of them closed and the other reused is registered anew. */
+#define KEY_BASE (UINT64_C(1) << 63)
+static uint64_t last_key;
+
+static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock, bool stream)
 {
     conc_conn *c = calloc(1, sizeof *c);
     if (!c)
@@ -78,6 +99,9 @@ static int conn_new(conc_conn **out, int fd, unsigned flags, bool sock)
     c->fd = fd;
     c->flags = flags;
     c->sock = sock;
+    c->stream = sock && stream;
+    if (sock)
+        c->key = KEY_BASE | __atomic_add_fetch(&last_key, 1, __ATOMIC_RELAXED);
     c->max = CONC_PIPE_MSG_MAX;
     *out = c;
     return 0;
@@ -102,9 +126,9 @@ int conc_conn_pipe(conc_conn **a, conc_conn **b, bool duplex)
         fb = CONC_CONN_WRITABLE;
     }
     conc_conn *ca, *cb;
-    if (conn_new(&ca, fds[0], fa, duplex) < 0)
+    if (conn_new(&ca, fds[0], fa, duplex, duplex) < 0)
         goto fail;
-    if (conn_new(&cb, fds[1], fb, duplex) < 0) {
+    if (conn_new(&cb, fds[1], fb, duplex, duplex) < 0) {
         free(ca);
         goto fail;
     }
@@ -127,12 +151,18 @@ int conc_conn_from_fd(conc_conn **out, int fd, unsigned flags)
     if (fstat(fd, &st) < 0)
         return errno == EBADF ? -EBADF : -errno;
     bool sock = S_ISSOCK(st.st_mode);
-    if (!sock) {
+    int type = 0, domain = 0;
+    if (sock) {
+        socklen_t tl = sizeof type, dl = sizeof domain;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0)
+            type = domain = 0;
+    } else {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
             return -errno;
     }
-    return conn_new(out, fd, flags, sock);
+    return conn_new(out, fd, flags, sock, type == SOCK_STREAM && domain == AF_UNIX);
 }
 
 int conc_conn_fd(const conc_conn *c)
@@ -170,6 +200,8 @@ int conc_conn_close(conc_conn *c)
     if (!c)
         return -EINVAL;
     if (c->fd >= 0) {
+        if (c->sock)
+            conc__wait_fd_close(c->fd);     /* a hub forgets the registration */
         close(c->fd);
         c->fd = -1;
     }
@@ -338,13 +370,30 @@ static ssize_t read_once(conc_conn *c, void *p, size_t n, bool block)
 static ssize_t read_some(conc_conn *c, void *p, size_t n, int64_t deadline)
 {
     bool block = may_block(c, deadline);
+    /* After a short read of a Unix stream socket the read would find nothing:
+     * wait first (see the top of the file), also in a plain thread that
+     * could block in recv().  A call that may not wait (a passed
+     * deadline) still reads once. */
+    bool skip = c->drained && !passed(deadline);
     for (;;) {
-        ssize_t r = read_once(c, p, n, block);
-        if (r != -EAGAIN)
-            return r;
-        if (passed(deadline))
-            return -ETIMEDOUT;
-        int w = conc__wait_fd(c->fd, POLLIN, deadline);
+        if (!skip) {
+            ssize_t r = read_once(c, p, n, block);
+            if (r != -EAGAIN) {
+                c->drained = c->stream && r > 0 && (size_t)r < n;
+                return r;
+            }
+            if (passed(deadline)) {
+                c->drained = false;
+                return -ETIMEDOUT;
+            }
+        }
+        skip = false;
+        block = false;          /* another holder of the end may read first */
+        /* Whatever the wait gives, it may have taken the edge of bytes
+         * that came: the next call reads before it waits. */
+        c->drained = false;
+        int w = c->sock ? conc__wait_io(c->fd, c->key, POLLIN, deadline)
+                        : conc__wait_fd(c->fd, POLLIN, deadline);
         if (w < 0)
             return w;
     }

@@ -18,6 +18,10 @@ struct conc_conn {
     int fd;                 /* -1 once closed */
     unsigned flags;         /* CONC_CONN_READABLE | CONC_CONN_WRITABLE */
     bool sock;              /* a socket (MSG_DONTWAIT / MSG_NOSIGNAL) */
+    bool stream;            /* a Unix stream socket: a short read empties it */
+    bool drained;           /* stream: the last read was short, and no wait
+                               returned since (pipe.c, read_some) */
+    uint64_t key;           /* sockets: the handle's key for conc__wait_io */
     bool eof;               /* the peer closed: read gave 0 */
     bool rbroken;           /* a partial message could not be kept */
     bool wbroken;           /* a timed-out send cut a message */

@@ -16,11 +16,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -777,6 +779,245 @@ Test(pipe, peer_killed_mid_message_gives_epipe, .timeout = 30)
             conc_conn_free(a);
         }
     }
+}
+
+/* ------------------------------------------- receiving in a greenlet */
+
+/*
+ * The registrations of descriptor number fd in this process's epoll
+ * instances (/proc/self/fdinfo of each lists "tfd: N events: HEX"): how
+ * many, and the events of the last in *events.
+ */
+static int epoll_registrations(int fd, uint32_t *events)
+{
+    DIR *d = opendir("/proc/self/fd");
+    cr_assert_not_null(d);
+    int found = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char path[300], target[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n <= 0)
+            continue;
+        target[n] = '\0';
+        if (strcmp(target, "anon_inode:[eventpoll]") != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%s", e->d_name);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue;
+        char line[256];
+        while (fgets(line, sizeof line, f)) {
+            int tfd;
+            unsigned ev;
+            if (sscanf(line, "tfd: %d events: %x", &tfd, &ev) == 2 && tfd == fd) {
+                found++;
+                *events = ev;
+            }
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return found;
+}
+
+#define ECHO_ROUNDS 600
+
+/* The size of message k of round i: small ones, some that fill the
+ * read-ahead buffer's end, and large ones read in many pieces. */
+static size_t echo_size(unsigned i, unsigned k)
+{
+    unsigned v = i * 7u + k * 13u;
+    if (v % 23 == 0)
+        return (size_t)300000 + v % 4099;
+    if (v % 7 == 0)
+        return (size_t)65536 - 8 - v % 5;
+    return v % 300;
+}
+
+/* Echoes every message until the peer closes. */
+static void *echo_body(void *arg)
+{
+    conc_conn *c = arg;
+    intptr_t n = 0;
+    for (;;) {
+        void *buf;
+        size_t len;
+        int r = conc_conn_recv_alloc(c, &buf, &len, CONC_FOREVER);
+        if (r == -EPIPE)
+            return (void *)n;
+        if (r)
+            return (void *)(intptr_t)(r - 1000000);
+        r = conc_conn_send_bytes(c, buf, len, CONC_FOREVER);
+        free(buf);
+        if (r)
+            return (void *)(intptr_t)(r - 2000000);
+        n++;
+    }
+}
+
+struct echo_peer {
+    conc_conn *c;
+    int rc;
+    unsigned sent;
+};
+
+/* Sends 1 to 4 messages at once, then reads their echoes and checks them. */
+static void *echo_peer_body(void *arg)
+{
+    struct echo_peer *p = arg;
+    unsigned char *buf = malloc(310000), *got = malloc(310000);
+    for (unsigned i = 0; i < ECHO_ROUNDS && p->rc == 0; i++) {
+        unsigned burst = 1 + i % 4;
+        for (unsigned k = 0; k < burst && p->rc == 0; k++) {
+            size_t n = echo_size(i, k);
+            fill(buf, n, i + k);
+            p->rc = conc_conn_send_bytes(p->c, buf, n, CONC_FOREVER);
+            p->sent++;
+        }
+        for (unsigned k = 0; k < burst && p->rc == 0; k++) {
+            size_t n = echo_size(i, k);
+            ssize_t r = conc_conn_recv_bytes(p->c, got, 310000, 20.0);
+            if (r != (ssize_t)n || !check(got, n, i + k))
+                p->rc = r < 0 ? (int)r : -EPROTO;
+        }
+    }
+    free(buf);
+    free(got);
+    conc_conn_close(p->c);
+    return NULL;
+}
+
+/* A greenlet's receive waits in the hub edge-triggered (no epoll_ctl per
+ * wait), goes from a short read straight to the wait, and loses nothing:
+ * bursts of messages in one read, messages that end at the buffer's end,
+ * messages larger than the buffer. */
+Test(pipe, greenlet_receives_edge_triggered, .timeout = 60)
+{
+    conc_conn *a, *b;
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    conc_greenlet *g;
+    cr_assert_eq(conc_greenlet_spawn(&g, echo_body, a, NULL), 0);
+    struct echo_peer p = { .c = b };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, echo_peer_body, &p), 0);
+    cr_assert_eq(conc_greenlet_join(g, 30.0), 0);
+    void *v = NULL;
+    cr_assert_eq(conc_greenlet_result(g, &v), 0);
+    conc_greenlet_free(g);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert_eq(p.rc, 0, "peer: %s", conc_strerror(p.rc));
+    cr_assert_eq((intptr_t)v, (intptr_t)p.sent);
+    /* The socket stayed registered edge-triggered (the large answers'
+     * waits for room added EPOLLOUT to it). */
+    uint32_t ev = 0;
+    int fd = conc_conn_fd(a);
+    cr_assert_eq(epoll_registrations(fd, &ev), 1);
+    cr_assert(ev & EPOLLET, "events 0x%x", ev);
+    cr_assert_not(ev & EPOLLONESHOT, "events 0x%x", ev);
+    /* Its close takes the registration out of the hub even while a copy
+     * of the socket lives on. */
+    int copy = dup(fd);
+    cr_assert_geq(copy, 0);
+    conc_conn_free(a);
+    cr_assert_eq(epoll_registrations(fd, &ev), 0);
+    close(copy);
+    conc_conn_free(b);
+    cr_assert_eq(conc_hub_free(), 0);
+}
+
+/* Deadlines after a short read (the drained path), in a greenlet or a
+ * plain thread: a try gives -EAGAIN, a short timeout -ETIMEDOUT, and a
+ * message already there is taken, by a try as by a wait.  Returns 0, or
+ * the line that failed. */
+static void *drained_deadlines_body(void *arg)
+{
+    conc_conn **ab = arg, *a = ab[0], *b = ab[1];
+    for (int i = 0; i < 200; i++) {
+        uint32_t v = (uint32_t)i, w = UINT32_MAX;
+        if (conc_conn_send_bytes(b, &v, sizeof v, 0) != 0 ||
+            conc_conn_recv_bytes(a, &w, sizeof w, 5.0) != 4 || w != v)
+            return (void *)(intptr_t)__LINE__;
+        if (i % 50 == 0 && (conc_conn_recv_bytes(a, &w, sizeof w, 0) != -EAGAIN ||
+                            conc_conn_recv_bytes(a, &w, sizeof w, 0.01) != -ETIMEDOUT))
+            return (void *)(intptr_t)__LINE__;
+        w = UINT32_MAX;
+        if (conc_conn_send_bytes(b, &v, sizeof v, 0) != 0 ||
+            conc_conn_recv_bytes(a, &w, sizeof w, i % 2 ? 0 : 5.0) != 4 || w != v)
+            return (void *)(intptr_t)__LINE__;
+    }
+    return NULL;
+}
+
+Test(pipe, drained_receive_deadlines, .timeout = 60)
+{
+    for (int in_hub = 0; in_hub < 2; in_hub++) {
+        conc_conn *ab[2];
+        cr_assert_eq(conc_conn_pipe(&ab[0], &ab[1], true), 0);
+        void *v = NULL;
+        if (in_hub) {
+            conc_greenlet *g;
+            cr_assert_eq(conc_greenlet_spawn(&g, drained_deadlines_body, ab, NULL), 0);
+            cr_assert_eq(conc_greenlet_join(g, 30.0), 0);
+            cr_assert_eq(conc_greenlet_result(g, &v), 0);
+            conc_greenlet_free(g);
+        } else {
+            v = drained_deadlines_body(ab);
+        }
+        cr_assert_null(v, "failed at line %d (in a hub: %d)", (int)(intptr_t)v, in_hub);
+        conc_conn_free(ab[0]);
+        conc_conn_free(ab[1]);
+    }
+    cr_assert_eq(conc_hub_free(), 0);
+}
+
+/* Answers each 16-byte request with the same 16 bytes, framed by hand:
+ * every third answer in two writes (its header, then its bytes), so the
+ * caller's receive finds half a message after a short read.  Until EOF. */
+static void *answer_body(void *arg)
+{
+    conc_conn *c = arg;
+    int fd = conc_conn_fd(c);
+    unsigned char req[16], msg[24] = { 16 };
+    for (unsigned i = 0; conc_conn_recv_bytes(c, req, sizeof req, CONC_FOREVER) == 16; i++) {
+        memcpy(msg + 8, req, 16);
+        if (i % 3 == 0) {
+            if (write(fd, msg, 8) != 8)
+                break;
+            sched_yield();
+            if (write(fd, msg + 8, 16) != 16)
+                break;
+        } else if (write(fd, msg, 24) != 24) {
+            break;
+        }
+    }
+    return NULL;
+}
+
+#define CALLS 3000
+
+/* A plain thread's request and answer without a deadline: after the short
+ * read of each answer the next receive waits in poll() first (pipe.c);
+ * every answer arrives whole and in order, also one that comes in two
+ * pieces. */
+Test(pipe, request_answer_in_plain_threads, .timeout = 60)
+{
+    conc_conn *a, *b;
+    cr_assert_eq(conc_conn_pipe(&a, &b, true), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, answer_body, b), 0);
+    unsigned char req[16] = "0123456789abcdef", ans[16];
+    for (int i = 0; i < CALLS; i++) {
+        req[0] = (unsigned char)i;
+        req[1] = (unsigned char)(i >> 8);
+        cr_assert_eq(conc_conn_send_bytes(a, req, 16, CONC_FOREVER), 0);
+        cr_assert_eq(conc_conn_recv_bytes(a, ans, 16, CONC_FOREVER), 16);
+        cr_assert_eq(memcmp(req, ans, 16), 0, "call %d", i);
+    }
+    conc_conn_free(a);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    conc_conn_free(b);
 }
 
 /* ------------------------------------------------- conc_wait */

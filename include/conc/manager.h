@@ -28,7 +28,12 @@
  * Proxies (conc_proxy): conc_manager_create makes an object in the server
  * (or finds the named one) and returns a proxy to it.  Each proxy has its
  * own connection, so a proxy blocked in Queue.get or Lock.acquire does not
- * hold up the others.  The server serves every connection from one epoll
+ * hold up the others (a server serves at most 1024 connections at once:
+ * one past that is closed at once, and the call that made it fails with
+ * -ECONNRESET; a server out of descriptors leaves the next connection
+ * waiting until one is free, up to the 10 s a connection is given
+ * (-ETIMEDOUT), and serves the others meanwhile).  The server
+ * serves every connection from one epoll
  * loop (the hub of conc/hub.h in the thread that runs it): a connection is
  * a greenlet, and a call that must wait parks only its greenlet, so one
  * client's blocking call never holds up another client, and no thread is
@@ -48,7 +53,18 @@
  * BrokenBarrierError).
  *
  * Faults: once the server is gone (killed, shut down) every proxy call
- * fails at once with -ECONNRESET or -EPIPE; none hangs.  A proxy does not
+ * fails at once with -ECONNRESET or -EPIPE; none hangs.  Over TCP, a
+ * machine that vanishes without closing its connections (power lost, the
+ * network cut) is noticed by TCP keepalives, which both ends arm, within
+ * about 30 s: the server then releases what that client held, and the
+ * proxy's call fails with -ECONNRESET.  A server that runs no more but
+ * keeps its connections (stopped, its thread held up by a type's
+ * callback): a call with a timeout whose answer has not come 10 s after
+ * its timeout fails with -ECONNRESET, and its proxy is broken and its
+ * connection closed (the server releases what it held once it runs);
+ * calls without a timeout, and Condition.wait (which takes the lock back
+ * however long another client holds it), wait as long as the connection
+ * lives.  A proxy does not
  * reconnect by itself: make the manager handle again (conc_manager_connect)
  * and the proxies again (conc_manager_create with the object's name) when
  * a server was restarted.
@@ -56,7 +72,11 @@
  * Objects live in the server until it shuts down.  Byte keys and values
  * cross the process boundary; every message is at most the manager's
  * message size (CONC_MANAGER_MSG_MAX unless set): a larger request fails
- * with -EMSGSIZE before it is sent.  The server checks every field of
+ * with -EMSGSIZE before it is sent, and an answer larger than this
+ * handle's message size (a value another client with a larger one
+ * stored) is -EMSGSIZE from the server, which then takes nothing out: a
+ * Queue.get, a list's or a dict's pop leaves the message or the item in
+ * place for a client that can take it, and the proxy stays usable.  The server checks every field of
  * every request; a malformed or oversized one closes only the connection
  * that sent it.
  *
@@ -70,8 +90,11 @@
  * Errors common to every proxy call (not repeated below): -EINVAL for a
  * NULL proxy or pointer argument, or a call on a proxy of another type;
  * -ECONNRESET or -EPIPE when the server is gone (the proxy stays broken);
- * -EMSGSIZE when the request would be larger than the message size;
- * -EPROTO when the server's answer is malformed; -ENOMEM.
+ * -EMSGSIZE when the request or its answer would be larger than the
+ * message size (see above: nothing is taken out then);
+ * -EPROTO when the server's answer is malformed or not one the call can
+ * have (a count below 0, a status other than the ones documented, a
+ * dict's items as an odd number of strings); -ENOMEM.
  *
  * Python reference: multiprocessing.managers (SyncManager, BaseManager,
  * BaseProxy).  Python's exceptions become codes: KeyError -ENOENT,
@@ -244,6 +267,9 @@ CONC_API int conc_manager_serve_forever(conc_manager *m);
  * answer within 10 s; -ECONNRESET when the server closed the connection
  * (died, or dropped it) before the handshake ended; -EPROTO when the peer
  * does not speak this protocol or version; the errors of connect(2).
+ * The handle learns the server's message size: when it is smaller than
+ * the handle's, a request larger than it fails with -EMSGSIZE before it
+ * is sent (the server would close the connection).
  */
 CONC_API int conc_manager_connect(conc_manager *m);
 
@@ -487,16 +513,20 @@ CONC_API int conc_proxy_queue_put_until(conc_proxy *p, const void *data, size_t 
                                         int64_t deadline);
 /* q.get(timeout): the oldest message in a malloc'd buffer (*out, free it;
  * not NULL for an empty message) and its length in *len.  Returns 0;
- * -EAGAIN / -ETIMEDOUT (Empty). */
+ * -EAGAIN / -ETIMEDOUT (Empty).  A get whose client the server finds gone
+ * when it answers (killed, or closed, before the answer could be written)
+ * takes nothing: the message goes back to the head of the queue. */
 CONC_API int conc_proxy_queue_get(conc_proxy *p, void **out, size_t *len, double timeout);
 CONC_API int conc_proxy_queue_get_until(conc_proxy *p, void **out, size_t *len,
                                         int64_t deadline);
 /* q.qsize().  Returns the number of messages. */
 CONC_API ssize_t conc_proxy_queue_qsize(conc_proxy *p);
-/* JoinableQueue.task_done().  Returns 0; -EOVERFLOW when called more often
- * than messages were put (ValueError); -EINVAL on a plain Queue. */
+/* JoinableQueue.task_done() (a plain Queue has it too: a SyncManager's
+ * Queue and JoinableQueue are both a queue.Queue).  Returns 0; -EOVERFLOW
+ * when called more often than messages were put (ValueError). */
 CONC_API int conc_proxy_queue_task_done(conc_proxy *p);
-/* JoinableQueue.join(): waits until every message put was task_done.
+/* JoinableQueue.join() (a plain Queue's too): waits until every message
+ * put was task_done.
  * Returns 0; -EAGAIN / -ETIMEDOUT. */
 CONC_API int conc_proxy_queue_join(conc_proxy *p, double timeout);
 CONC_API int conc_proxy_queue_join_until(conc_proxy *p, int64_t deadline);
@@ -526,7 +556,9 @@ CONC_API int conc_proxy_event_set(conc_proxy *p);
 CONC_API int conc_proxy_event_clear(conc_proxy *p);
 /* e.is_set().  Returns 1 or 0. */
 CONC_API int conc_proxy_event_is_set(conc_proxy *p);
-/* e.wait(timeout).  Returns 0 once set; -EAGAIN / -ETIMEDOUT (False). */
+/* e.wait(timeout).  Returns 0 once set (a set() wakes every waiter of
+ * that moment, also when a clear() follows at once, as threading.Event);
+ * -EAGAIN / -ETIMEDOUT (False). */
 CONC_API int conc_proxy_event_wait(conc_proxy *p, double timeout);
 CONC_API int conc_proxy_event_wait_until(conc_proxy *p, int64_t deadline);
 
@@ -568,7 +600,8 @@ CONC_API int conc_proxy_barrier_broken(conc_proxy *p);
  * in a malloc'd buffer (*out, free it; may be NULL when out is NULL: the
  * answer is then dropped) and its length in *out_len (may be NULL).
  * Returns what the type's call callback returned (>= 0), or its negative
- * code; the common errors.
+ * code; the common errors (-EMSGSIZE for an answer larger than this
+ * handle's message size comes after the callback ran).
  */
 CONC_API int conc_proxy_call(conc_proxy *p, const char *method, const void *arg, size_t len,
                              void **out, size_t *out_len);

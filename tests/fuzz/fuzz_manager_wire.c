@@ -8,7 +8,8 @@
  * Build (tests/CMakeLists.txt does it when clang is found):
  *   clang -g -fsanitize=fuzzer,address,undefined -Isrc \
  *         tests/fuzz/fuzz_manager_wire.c src/manager_wire.c
- * Seeds: tests/fuzz/corpus/manager_wire/.
+ * Seeds: tests/fuzz/corpus/manager_wire/ (by hand) and manager_wire_grown/
+ * (the inputs a longer run added, merged with -merge=1).
  */
 #include <stdint.h>
 #include <stdlib.h>

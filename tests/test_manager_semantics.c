@@ -1,0 +1,304 @@
+/*
+ * test_manager_semantics.c - conc/manager.h where its objects must do what
+ * Python's do (threading's objects in a SyncManager's server):
+ *   - Event.set() wakes every waiter that waits at that moment, also when
+ *     clear() follows at once (a "pulse"): threading.Event.wait returns True
+ *     to them; it must not miss the set because the flag was down again by
+ *     the time the waiter looked.
+ *   - A SyncManager's Queue is a queue.Queue: it has task_done and join,
+ *     as its JoinableQueue does.
+ * and where they do better than Python's:
+ *   - A call with a timeout returns, also when the server does not run
+ *     (where Python's proxy waits for ever).
+ *   - A Queue.get whose client is gone before its answer loses no message.
+ *
+ * Criterion runs every test in its own process.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conc.h"
+#include "support/task_state.h"
+
+/* Children of this test never report leaks (a started manager's server is
+ * a fork of it that exits without freeing what the test made). */
+static pid_t test_pid;
+
+__attribute__((constructor)) static void remember_test_pid(void)
+{
+    test_pid = getpid();
+}
+
+int __lsan_is_turned_off(void);
+int __lsan_is_turned_off(void)
+{
+    return getpid() != test_pid;
+}
+
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+    return "atexit_sleep_ms=0:die_after_fork=0";
+}
+
+#define GUARD 30.0                      /* a hang guard, never reached when correct */
+#define WAIT_LIMIT 5.0                  /* a waiter that missed the set gives up here */
+
+/* A request as src/manager_wire.h lays it out: a 48-byte head, no strings. */
+static size_t raw_req(uint8_t *buf, uint8_t op, uint64_t id)
+{
+    memset(buf, 0, 48);
+    buf[0] = 1;
+    buf[1] = op;
+    memcpy(buf + 8, &id, 8);
+    int64_t none = -1;
+    memcpy(buf + 16, &none, 8);
+    return 48;
+}
+
+enum { OP_E_SET = 35, OP_E_CLEAR = 36 };   /* src/manager_wire.h */
+
+struct waiter {
+    conc_proxy *e;
+    int r;
+};
+
+static void *event_waiter(void *arg)
+{
+    struct waiter *w = arg;
+    w->r = conc_proxy_event_wait(w->e, WAIT_LIMIT);
+    return NULL;
+}
+
+Test(manager_semantics, event_pulse_wakes_the_waiters, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *e;
+    cr_assert_eq(conc_manager_create(m, &e, CONC_PROXY_EVENT, "e", 0, 0), 0);
+
+    enum { N = 3 };
+    struct waiter w[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(conc_proxy_dup(&w[i].e, e), 0);
+        w[i].r = 1;
+        pid_t tid;
+        t[i] = spawn_tid(event_waiter, &w[i], &tid);
+        wait_thread_blocked(tid, GUARD);            /* its request is sent */
+    }
+    /* One more round trip: the server has taken the waits by now. */
+    cr_expect_eq(conc_proxy_event_is_set(e), 0);
+
+    /* set() and clear() in one write: the server reads both at once and
+     * runs them one after the other, before any waiter looks again. */
+    conc_conn *c;
+    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    char hello[64];
+    cr_assert_gt(conc_conn_recv_bytes(c, hello, sizeof hello, GUARD), 0);
+    uint8_t set[48], clear[48];
+    raw_req(set, OP_E_SET, conc_proxy_id(e));
+    raw_req(clear, OP_E_CLEAR, conc_proxy_id(e));
+    uint8_t both[2 * (8 + 48)];
+    uint64_t len = 48;
+    memcpy(both, &len, 8);
+    memcpy(both + 8, set, 48);
+    memcpy(both + 56, &len, 8);
+    memcpy(both + 64, clear, 48);
+    int fd = conc_conn_fd(c);
+    cr_assert_eq(write(fd, both, sizeof both), (ssize_t)sizeof both);
+    for (int i = 0; i < 2; i++) {
+        void *ans;
+        size_t alen;
+        cr_assert_eq(conc_conn_recv_alloc(c, &ans, &alen, GUARD), 0);
+        int32_t st;
+        memcpy(&st, ans, 4);
+        free(ans);
+        cr_expect_eq(st, 0);
+    }
+    conc_conn_free(c);
+
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(w[i].r, 0, "waiter %d: %d (it missed the set)", i, w[i].r);
+        conc_proxy_free(w[i].e);
+    }
+    cr_expect_eq(conc_proxy_event_is_set(e), 0);    /* cleared */
+    /* A wait that starts after the pulse waits for the next set. */
+    cr_expect_eq(conc_proxy_event_wait(e, 0), -EAGAIN);
+    conc_proxy_free(e);
+    conc_manager_free(m);
+}
+
+struct joiner {
+    conc_proxy *q;
+    int r;
+};
+
+static void *queue_joiner(void *arg)
+{
+    struct joiner *j = arg;
+    j->r = conc_proxy_queue_join(j->q, GUARD);
+    return NULL;
+}
+
+Test(manager_semantics, plain_queue_has_task_done_and_join, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, NULL, 0, 0), 0);
+    cr_expect_eq(conc_proxy_queue_join(q, 0), 0);           /* nothing put yet */
+    cr_expect_eq(conc_proxy_queue_task_done(q), -EOVERFLOW); /* ValueError */
+    cr_assert_eq(conc_proxy_queue_put(q, "a", 1, GUARD), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "b", 1, GUARD), 0);
+    cr_expect_eq(conc_proxy_queue_join(q, 0), -EAGAIN);
+
+    struct joiner j = { .r = 1 };
+    cr_assert_eq(conc_proxy_dup(&j.q, q), 0);
+    pid_t tid;
+    pthread_t t = spawn_tid(queue_joiner, &j, &tid);
+    wait_thread_blocked(tid, GUARD);
+    void *v;
+    size_t n;
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(conc_proxy_queue_get(q, &v, &n, GUARD), 0);
+        free(v);
+        cr_expect_eq(__atomic_load_n(&j.r, __ATOMIC_ACQUIRE), 1, "join returned early");
+        cr_expect_eq(conc_proxy_queue_task_done(q), 0);
+    }
+    pthread_join(t, NULL);
+    cr_expect_eq(j.r, 0);
+    cr_expect_eq(conc_proxy_queue_task_done(q), -EOVERFLOW);
+    conc_proxy_free(j.q);
+    conc_proxy_free(q);
+    conc_manager_free(m);
+}
+
+/* A server that does not answer at all (stopped, or its thread held up):
+ * a call with a timeout gives up some time after it (10 s), with
+ * -ECONNRESET, and its proxy is broken (the answer could still come);
+ * the call does not wait for ever.  Other proxies work again once the
+ * server runs. */
+struct getter {
+    conc_proxy *q;
+    int r;
+};
+
+static void *timed_getter(void *arg)
+{
+    struct getter *g = arg;
+    void *v = NULL;
+    size_t n;
+    int r = conc_proxy_queue_get(g->q, &v, &n, 0.2);
+    free(v);
+    __atomic_store_n(&g->r, r, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void *timed_acquirer(void *arg)
+{
+    struct getter *g = arg;
+    __atomic_store_n(&g->r, conc_proxy_acquire(g->q, 0.2), __ATOMIC_RELEASE);
+    return NULL;
+}
+
+Test(manager_semantics, a_timed_call_to_a_stopped_server_gives_up, .timeout = 90)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q, *d, *lk, *lk2;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, "d", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &lk, CONC_PROXY_LOCK, "l", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &lk2, CONC_PROXY_LOCK, "l", 0, 0), 0);
+    cr_assert_eq(conc_proxy_acquire(lk, 5.0), 0);
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    struct getter g = { .q = q, .r = 1 }, a = { .q = lk, .r = 1 };
+    pthread_t t, ta;
+    cr_assert_eq(pthread_create(&t, NULL, timed_getter, &g), 0);
+    cr_assert_eq(pthread_create(&ta, NULL, timed_acquirer, &a), 0);
+    /* A hang guard: the calls must end by themselves well before it. */
+    int64_t guard = conc_now() + 60 * (int64_t)1000000000;
+    while ((__atomic_load_n(&g.r, __ATOMIC_ACQUIRE) == 1 ||
+            __atomic_load_n(&a.r, __ATOMIC_ACQUIRE) == 1) &&
+           conc_now() < guard)
+        usleep(10000);
+    int r = __atomic_load_n(&g.r, __ATOMIC_ACQUIRE), ra = __atomic_load_n(&a.r, __ATOMIC_ACQUIRE);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    pthread_join(t, NULL);
+    pthread_join(ta, NULL);
+    cr_expect_eq(r, -ECONNRESET, "the timed get from a stopped server: %d", r);
+    cr_expect_eq(ra, -ECONNRESET, "the timed acquire from a stopped server: %d", ra);
+    cr_expect_eq(conc_proxy_queue_qsize(q), -EPIPE, "its proxy is broken");
+    cr_expect_eq(conc_proxy_dict_set(d, "k", 1, "v", 1), 0, "another proxy works again");
+    /* The given-up proxy's connection was closed: the Lock it held is
+     * released once the server runs. */
+    cr_expect_eq(conc_proxy_acquire(lk2, GUARD), 0);
+    conc_proxy_free(q);
+    conc_proxy_free(d);
+    conc_proxy_free(lk);
+    conc_proxy_free(lk2);
+    conc_manager_free(m);
+}
+
+/* A client that sends Queue.get and is gone before its answer is written
+ * (killed, or it closed) does not take the message with it: the server,
+ * whose answer cannot be sent, puts the message back at the head of the
+ * queue, and the next get has it, in its place. */
+enum { OP_Q_GET = 29 };                 /* src/manager_wire.h */
+
+Test(manager_semantics, a_get_whose_client_is_gone_gives_the_message_back, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_proxy *q;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "first", 5, GUARD), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "second", 6, GUARD), 0);
+
+    conc_conn *c[3];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(conc_client_connect(&c[i], addr, NULL, GUARD), 0);
+        char hello[64];
+        cr_assert_gt(conc_conn_recv_bytes(c[i], hello, sizeof hello, GUARD), 0);
+    }
+    /* Stopped, the server reads the requests only after their clients
+     * closed: its answers cannot be sent. */
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    for (int i = 0; i < 3; i++) {
+        uint8_t get[48];
+        raw_req(get, OP_Q_GET, conc_proxy_id(q));
+        cr_assert_eq(conc_conn_send_bytes(c[i], get, sizeof get, GUARD), 0);
+        conc_conn_free(c[i]);           /* gone before the answer */
+    }
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    void *v;
+    size_t n;
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, 5.0), 0, "the first message was lost");
+    cr_expect(n == 5 && memcmp(v, "first", 5) == 0, "got '%.*s'", (int)n, (char *)v);
+    free(v);
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, 5.0), 0, "the second message was lost");
+    cr_expect(n == 6 && memcmp(v, "second", 6) == 0, "got '%.*s'", (int)n, (char *)v);
+    free(v);
+    cr_expect_eq(conc_proxy_queue_qsize(q), 0);
+    conc_proxy_free(q);
+    conc_manager_free(m);
+}
