@@ -749,8 +749,11 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
     int waited = 0;
     if (drains && len > 0 && (deadline == CONC_NO_DEADLINE || deadline > conc_now()) &&
         conc__wait_io_empty(s->fd, s->key)) {
+        /* A timeout still tries once: data may have come before the call
+         * whose edge the hub had not taken yet (a ready socket wins over a
+         * passed deadline, as everywhere). */
         int w = wait_sock(s, POLLIN, deadline, &waited);
-        if (w < 0)
+        if (w < 0 && w != -ETIMEDOUT)
             return w;
     }
     for (;;) {
@@ -772,9 +775,9 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
             if (!drained)
                 continue;
             int w = wait_sock(s, POLLIN, deadline, &waited);
-            if (w < 0)
+            if (w < 0 && w != -ETIMEDOUT)
                 return (ssize_t)got;
-            continue;
+            continue;               /* after a timeout, one more try */
         }
         if (n >= 0)
             return all ? (ssize_t)got : n;
