@@ -12,9 +12,11 @@
  * unseen: an urgent byte whose mark stops a read short (inline and out of
  * band), the peer's FIN taken by a short read, data that arrives between a
  * short read and the wait after it, a level wait that takes the edge after
- * a short read, and floods of small pieces read with small buffers and
- * with MSG_WAITALL.  Each of these was seen to fail (a read that times out
- * with bytes or an end of file waiting) with its safeguard switched off.
+ * a short read, a read whose deadline passes before the hub takes the edge
+ * of data already there, and floods of small pieces read with small
+ * buffers and with MSG_WAITALL.  Each of these was seen to fail (a read
+ * that times out with bytes or an end of file waiting) with its safeguard
+ * switched off.
  *
  * Criterion runs every test in its own process.
  */
