@@ -236,7 +236,7 @@ static inline conc_greenlet *handoff_take(struct hub *h)
  *
  * Edge-triggered, for sockets waited on by the socket layer (conc__wait_io:
  * an operation said EAGAIN, then it waits).  The socket is registered once
- * for EPOLLIN | EPOLLRDHUP | EPOLLET, EPOLLOUT added by the first wait for
+ * for EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLET, EPOLLOUT added by the first wait for
  * room (one EPOLL_CTL_MOD), and a wait makes no epoll_ctl at all.  (Not
  * EPOLLOUT from the start: a Unix socket raises it every time its peer
  * reads, so a server that only ever waits to read would be woken for
@@ -274,6 +274,28 @@ static inline conc_greenlet *handoff_take(struct hub *h)
  * A second reader (or writer) of one descriptor, or a waiter of both
  * directions at once, takes the older path: a copy of the descriptor
  * registered for that wait alone.
+ *
+ * Drained reads.  A plain recv on a TCP stream that returns fewer bytes
+ * than asked has taken the whole receive queue (the kernel's tcp_recvmsg
+ * stops early only at an urgent mark, or with packets in the socket's
+ * backlog, which its release then queues and signals), and anything that
+ * makes the socket readable later (data, a FIN, an error, urgent data)
+ * signals the socket's waiters after it changed the socket, which queues an
+ * edge for this hub.  So the socket layer tells the hub such a read happened
+ * (conc__wait_io_drained): the record clears its read-ready flag and marks
+ * itself drained, and the socket's next read waits first (conc__wait_io_
+ * empty) instead of trying and hearing EAGAIN: the system call per request
+ * a try-then-wait loop makes and a readiness loop does not.  Any edge of the
+ * read side clears the mark.  What could make a short read stop with
+ * something still readable turns the rule off for the record's socket for
+ * good: an urgent byte (EPOLLPRI is registered for that alone), a hang-up,
+ * an error or the peer's FIN (EPOLLRDHUP: the read that took the FIN was
+ * short, and the next one says 0 without an edge); each was either in the
+ * mask of an edge this hub took before the read, or its edge is still
+ * queued in the kernel and wakes the read's wait.  The socket layer keeps
+ * out reads that may stop at a boundary (MSG_PEEK, Unix sockets, kTLS
+ * records, a socket whose urgent byte was read with MSG_OOB, whose mark no
+ * event reports any more).
  */
 struct hub_fdrec {
     conc_greenlet *rd, *wr;     /* parked on POLLIN-like / POLLOUT events */
@@ -284,14 +306,19 @@ struct hub_fdrec {
     uint8_t eout;               /* edge mode: EPOLLOUT registered too */
     uint8_t rready, wready;     /* edge mode: an edge nobody took since the
                                    last EAGAIN of that direction */
+    uint8_t rdrained;           /* edge mode: a drained read, and no edge of
+                                   the read side since */
+    uint8_t noshort;            /* edge mode: an urgent, hang-up or error
+                                   event came: no drained reads */
 };
 
 #define REG_RECORD (-2)                 /* g->regfd: parked through a record */
 #define REC_TAG (1ull << 63)            /* event data: record, not a greenlet */
 #define REC_MAX_FD (1 << 24)            /* larger numbers take the older path */
 #define REC_ALWAYS (EPOLLERR | EPOLLHUP)
-#define EDGE_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)     /* | EPOLLOUT: eout */
-#define EDGE_RD (EPOLLIN | EPOLLRDHUP | REC_ALWAYS)     /* sets rready */
+#define EDGE_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLET)  /* | EPOLLOUT: eout */
+#define EDGE_RD (EPOLLIN | EPOLLRDHUP | EPOLLPRI | REC_ALWAYS)  /* sets rready */
+#define EDGE_NOSHORT (EPOLLPRI | EPOLLRDHUP | REC_ALWAYS)       /* sets noshort */
 #define EDGE_WR (EPOLLOUT | REC_ALWAYS)                 /* sets wready */
 
 static inline uint64_t rec_data(int fd, uint32_t gen)
@@ -369,6 +396,7 @@ static inline void fdrec_forget(struct hub_fdrec *r)
     r->eout = 0;
     r->key = 0;
     r->rready = r->wready = 0;
+    r->rdrained = r->noshort = 0;
 }
 
 /* Arms fd's registration for what its waiters want.  Returns 0 or -errno
@@ -419,6 +447,7 @@ static int fdrec_edge(struct hub *h, int fd, struct hub_fdrec *r, uint64_t key)
     r->eout = out;
     r->key = key;
     r->rready = r->wready = 0;
+    r->rdrained = r->noshort = 0;
     return 0;
 }
 
@@ -448,7 +477,10 @@ static void fdrec_event(struct hub *h, int fd, uint32_t gen, uint32_t revents)
         /* Nothing to re-arm.  A parked waiter takes its direction's edge;
          * with nobody to take it, the edge sets the flag. */
         conc_greenlet *g = r->rd;
+        if (revents & EDGE_NOSHORT)
+            r->noshort = 1;
         if (revents & EDGE_RD) {
+            r->rdrained = 0;
             if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
                 make_ready(h, g, 0);
             else
@@ -939,10 +971,14 @@ static void expire_timers(struct hub *h)
     }
 }
 
+/* Events taken per epoll_wait: with many connections ready at once, one
+ * call in place of four (the reactor's batch). */
+#define POLL_BATCH 256
+
 static void poll_events(struct hub *h, int timeout_ms)
 {
-    struct epoll_event ev[64];
-    int n = epoll_wait(h->epfd, ev, 64, timeout_ms);
+    struct epoll_event ev[POLL_BATCH];
+    int n = epoll_wait(h->epfd, ev, POLL_BATCH, timeout_ms);
     for (int i = 0; i < n; i++) {
         if (ev[i].data.u64 & REC_TAG) {
             uint64_t d = ev[i].data.u64;
@@ -1314,6 +1350,37 @@ static void hub_fd_close(int fd)
     busy_leave();
 }
 
+/* The record of fd when it is in edge mode for the socket key and the
+ * calling thread may touch it (not a signal handler that interrupted the
+ * hub), else NULL. */
+static struct hub_fdrec *io_record(int fd, uint64_t key)
+{
+    struct hub *h = tls_hub;
+    if (!h || fd < 0 || (size_t)fd >= h->nfdrec || __atomic_load_n(&tls_busy, __ATOMIC_RELAXED))
+        return NULL;
+    struct hub_fdrec *r = &h->fdrec[fd];
+    return r->edge && r->key == key ? r : NULL;
+}
+
+/* A drained read of fd (see "fd records"): no read-ready flag, and the next
+ * read waits first, unless an urgent, hang-up or error event came. */
+static bool hub_io_drained(int fd, uint64_t key)
+{
+    struct hub_fdrec *r = io_record(fd, key);
+    if (!r || r->noshort)
+        return false;
+    r->rready = 0;
+    r->rdrained = 1;
+    return true;
+}
+
+/* Whether fd has had nothing to read since its last drained read. */
+static bool hub_io_empty(int fd, uint64_t key)
+{
+    struct hub_fdrec *r = io_record(fd, key);
+    return r && r->rdrained;
+}
+
 /* poll() without waiting.  Returns how many entries are ready, 0 (also
  * when interrupted), or -errno. */
 static int poll_now(struct pollfd *fds, unsigned long n)
@@ -1410,6 +1477,8 @@ static const struct conc__wait_ops hub_ops = {
     .wait_fds = hub_wait_fds,
     .wait_io = hub_wait_io,
     .fd_close = hub_fd_close,
+    .io_drained = hub_io_drained,
+    .io_empty = hub_io_empty,
 };
 
 /* ------------------------------------------------------------- the hub */

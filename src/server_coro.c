@@ -90,16 +90,19 @@ struct cloop {
     size_t cap;
 };
 
-/* Takes one connection (c) or datagram (into l->buf, *len); 0, -EAGAIN
- * when none is waiting, or another error. */
+/* Takes one connection (c) or datagram (into l->buf, *len), waiting for
+ * one as long as it takes: the socket layer tries, and after an EAGAIN
+ * the hub waits for the listening socket edge-triggered (registered once,
+ * no system call per wait).  0, -ECANCELED (killed), or another error. */
 static int take(struct cloop *l, conc_socket **c, conc_sockaddr *peer, size_t *len)
 {
     conc_server *s = l->s;
     memset(peer, 0, sizeof *peer);
     if (s->type == SOCK_STREAM)
-        return conc_socket_accept(s->sock, c, peer);
+        return conc_socket_accept_until(s->sock, c, peer, CONC_NO_DEADLINE);
     *c = NULL;
-    ssize_t n = conc_socket_recvfrom(s->sock, l->buf, l->cap, 0, peer);
+    ssize_t n = conc_socket_recvfrom_until(s->sock, l->buf, l->cap, 0, peer,
+                                           CONC_NO_DEADLINE);
     if (n < 0)
         return (int)n;
     *len = (size_t)n;
@@ -108,7 +111,8 @@ static int take(struct cloop *l, conc_socket **c, conc_sockaddr *peer, size_t *l
 
 /* The acceptor greenlet: takes connections (or datagrams) and spawns a
  * member of the pool for each (parking while the pool is full:
- * max_connections). */
+ * max_connections), and lets the others run after every ACCEPT_BATCH
+ * taken without a wait. */
 static void *acceptor_main(void *arg)
 {
     struct cloop *l = arg;
@@ -116,51 +120,51 @@ static void *acceptor_main(void *arg)
     conc_spawn_opts so;
     conc_coro_opts co;
     spawn_opts(s, &so, &co);
-    for (;;) {
+    for (int taken = 0;; taken++) {
         if (conc_cpool_full(l->pool) && conc_cpool_wait_available(l->pool, CONC_FOREVER) < 0)
             break;
-        int rc = conc_fd_wait(s->fd, POLLIN, CONC_FOREVER);
-        if (rc == -ECANCELED || rc == -EBADF)
-            break;
-        for (int i = 0; i < ACCEPT_BATCH && !conc_cpool_full(l->pool); i++) {
-            conc_socket *c;
-            conc_sockaddr peer;
-            size_t len = 0;
-            rc = take(l, &c, &peer, &len);
-            if (rc == -EAGAIN)
+        if (taken == ACCEPT_BATCH) {
+            taken = 0;
+            if (conc_sleep(0) == -ECANCELED)
                 break;
-            if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
-                if (conc_sleep(0.01) == -ECANCELED)
-                    return NULL;
-                break;
-            }
-            if (rc < 0)
-                continue;
-            atomic_fetch_add(&s->st->accepted, 1);
-            if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
-                atomic_fetch_add(&s->st->refused, 1);
-                if (c)
-                    conc_socket_free(c);
-                continue;
-            }
-            if (c)
-                conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
-                                                                     : CONC_FOREVER);
-            struct conc__server_job *j = gjob_new(s, c, &peer, l->buf, len);
-            conc_greenlet *g;
-            rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
-            if (rc < 0) {
-                if (j)
-                    gjob_drop(j);
-                if (c)
-                    conc_socket_free(c);
-                atomic_fetch_add(&s->st->failed, 1);
-                if (rc == -ECANCELED)
-                    return NULL;
-                continue;
-            }
-            conc_greenlet_free(g);
         }
+        conc_socket *c;
+        conc_sockaddr peer;
+        size_t len = 0;
+        int rc = take(l, &c, &peer, &len);
+        if (rc == -ECANCELED || rc == -EBADF || rc == -ENOTSOCK || rc == -EINVAL)
+            break;              /* killed, or the socket cannot serve */
+        if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
+            if (conc_sleep(0.01) == -ECANCELED)
+                return NULL;
+            continue;
+        }
+        if (rc < 0)
+            continue;
+        atomic_fetch_add(&s->st->accepted, 1);
+        if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
+            atomic_fetch_add(&s->st->refused, 1);
+            if (c)
+                conc_socket_free(c);
+            continue;
+        }
+        if (c)
+            conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
+                                                                 : CONC_FOREVER);
+        struct conc__server_job *j = gjob_new(s, c, &peer, l->buf, len);
+        conc_greenlet *g;
+        rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
+        if (rc < 0) {
+            if (j)
+                gjob_drop(j);
+            if (c)
+                conc_socket_free(c);
+            atomic_fetch_add(&s->st->failed, 1);
+            if (rc == -ECANCELED)
+                return NULL;
+            continue;
+        }
+        conc_greenlet_free(g);
     }
     return NULL;
 }

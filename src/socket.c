@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -113,9 +115,28 @@ static inline uint64_t new_key(void)
     return __atomic_add_fetch(&last_key, 1, __ATOMIC_RELAXED);
 }
 
+/* Whether a short plain read of a socket of this family, type and
+ * protocol takes its whole receive queue (the drains field of socket.h):
+ * TCP, before any upper layer protocol. */
+static inline bool tcp_stream(int family, int type, int proto)
+{
+    return (family == AF_INET || family == AF_INET6) && type == SOCK_STREAM &&
+           proto == IPPROTO_TCP;
+}
+
+/* Whether the TCP socket fd, made elsewhere, has no upper layer protocol
+ * (TCP_ULP reads back an empty name). */
+static bool no_ulp(int fd)
+{
+    char name[32];
+    socklen_t len = sizeof name;
+    return getsockopt(fd, IPPROTO_TCP, TCP_ULP, name, &len) == 0 && (len == 0 || name[0] == 0);
+}
+
 /* Makes the handle around an open descriptor (already non-blocking and
- * close-on-exec).  Reads family, type and protocol from it. */
-static int wrap(conc_socket **out, int fd, double timeout)
+ * close-on-exec).  Reads family, type and protocol from it; `fresh` says
+ * the descriptor was just made here (no upper layer protocol to ask for). */
+static int wrap_fd(conc_socket **out, int fd, double timeout, bool fresh)
 {
     conc_socket *s = calloc(1, sizeof *s);
     if (!s)
@@ -133,13 +154,20 @@ static int wrap(conc_socket **out, int fd, double timeout)
     s->fd = fd;
     s->timeout = timeout;
     s->key = new_key();
+    if (tcp_stream(s->family, s->type, s->proto) && (fresh || no_ulp(fd)))
+        atomic_store_explicit(&s->drains, true, memory_order_relaxed);
     *out = s;
     return 0;
 }
 
+static int wrap(conc_socket **out, int fd, double timeout)
+{
+    return wrap_fd(out, fd, timeout, true);
+}
+
 int conc__socket_wrap(conc_socket **out, int fd)
 {
-    return wrap(out, fd, load_default());
+    return wrap_fd(out, fd, load_default(), false);
 }
 
 #define TYPE_FLAGS (SOCK_NONBLOCK | SOCK_CLOEXEC)
@@ -251,12 +279,16 @@ int conc_socket_dup(conc_socket *s, conc_socket **out)
     if (d < 0)
         return -errno;
     int r = wrap(out, d, s->timeout);
-    if (r < 0)
+    if (r < 0) {
         close(d);
-    else            /* the same open file: blocking if s's is */
+    } else {        /* the same open file: blocking if s's is, draining if s's does */
         atomic_store_explicit(&(*out)->fd_blocks,
                               atomic_load_explicit(&s->fd_blocks, memory_order_relaxed),
                               memory_order_relaxed);
+        atomic_store_explicit(&(*out)->drains,
+                              atomic_load_explicit(&s->drains, memory_order_relaxed),
+                              memory_order_relaxed);
+    }
     return r;
 }
 
@@ -466,6 +498,8 @@ int conc_socket_setsockopt(conc_socket *s, int level, int name, const void *valu
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
+    if (level == IPPROTO_TCP && name == TCP_ULP)   /* reads may stop at its records */
+        atomic_store_explicit(&s->drains, false, memory_order_relaxed);
     return setsockopt(s->fd, level, name, value, len) == 0 ? 0 : -errno;
 }
 
@@ -525,7 +559,8 @@ static int accept_once(conc_socket *s, conc_socket **out, conc_sockaddr *peer, b
     }
     *c = (conc_socket){ .fd = fd, .family = s->family, .type = s->type, .proto = s->proto,
                         .timeout = load_default(), .fd_blocks = blocks,
-                        .key = new_key() };
+                        .key = new_key(),
+                        .drains = tcp_stream(s->family, s->type, s->proto) };
     *out = c;
     if (peer) {
         a.len = len < sizeof a.u ? len : sizeof a.u;
@@ -647,6 +682,22 @@ int conc_socket_connect(conc_socket *s, const conc_sockaddr *addr)
 
 #define BAD_FLAGS MSG_DONTWAIT
 
+/* A read of urgent data out of band: the mark it leaves stops later reads
+ * with no event to say so (the drains field of socket.h). */
+static void oob_read(conc_socket *s)
+{
+    if (atomic_load_explicit(&s->drains, memory_order_relaxed))
+        atomic_store_explicit(&s->drains, false, memory_order_relaxed);
+}
+
+/* Whether a read of s with these flags that returns fewer bytes than asked
+ * has taken the whole receive queue (plain reads of a TCP stream). */
+static inline bool read_drains(const conc_socket *s, int flags)
+{
+    return (flags & ~MSG_WAITALL) == 0 &&
+           atomic_load_explicit(&s->drains, memory_order_relaxed);
+}
+
 ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
                                   int64_t deadline)
 {
@@ -654,6 +705,8 @@ ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
+    if (flags & MSG_OOB)
+        oob_read(s);
     int waited = 0;
     for (;;) {
         ssize_t n = recvmsg(s->fd, msg, op_flags(s, flags, deadline) | MSG_CMSG_CLOEXEC);
@@ -671,7 +724,13 @@ ssize_t conc_socket_recvmsg_until(conc_socket *s, struct msghdr *msg, int flags,
 }
 
 /* MSG_WAITALL on a non-blocking descriptor returns what is there: the
- * rest is gathered here, each part waited for. */
+ * rest is gathered here, each part waited for.
+ *
+ * After a read of a TCP stream that took the whole receive queue (fewer
+ * bytes than asked), a hub knows the socket has nothing to read until its
+ * next edge (src/hub.c, "fd records"): the next read that may wait waits
+ * first, and MSG_WAITALL waits for its next part at once, instead of a
+ * recv that says EAGAIN. */
 static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
                            conc_sockaddr *from, int64_t deadline)
 {
@@ -681,10 +740,22 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
         return -EBADF;
     if (from)
         memset(from, 0, sizeof *from);
+    if (flags & MSG_OOB)
+        oob_read(s);
     size_t got = 0;
     bool all = (flags & MSG_WAITALL) && s->type == SOCK_STREAM && !(flags & MSG_PEEK);
+    bool drains = read_drains(s, flags);
     int fl = op_flags(s, flags & ~MSG_WAITALL, deadline);
     int waited = 0;
+    if (drains && len > 0 && (deadline == CONC_NO_DEADLINE || deadline > conc_now()) &&
+        conc__wait_io_empty(s->fd, s->key)) {
+        /* A timeout still tries once: data may have come before the call
+         * whose edge the hub had not taken yet (a ready socket wins over a
+         * passed deadline, as everywhere). */
+        int w = wait_sock(s, POLLIN, deadline, &waited);
+        if (w < 0 && w != -ETIMEDOUT)
+            return w;
+    }
     for (;;) {
         ssize_t n;
         if (from) {
@@ -695,11 +766,18 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
         } else {
             n = recv(s->fd, (char *)buf + got, len - got, fl);
         }
+        bool drained = drains && n > 0 && (size_t)n < len - got &&
+                       conc__wait_io_drained(s->fd, s->key);
         if (n > 0 && all) {
             got += (size_t)n;
-            if (got < len)
+            if (got == len)
+                return (ssize_t)got;
+            if (!drained)
                 continue;
-            return (ssize_t)got;
+            int w = wait_sock(s, POLLIN, deadline, &waited);
+            if (w < 0 && w != -ETIMEDOUT)
+                return (ssize_t)got;
+            continue;               /* after a timeout, one more try */
         }
         if (n >= 0)
             return all ? (ssize_t)got : n;

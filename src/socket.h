@@ -23,6 +23,14 @@ struct conc_socket {
     _Atomic bool fd_blocks;
     uint64_t key;           /* names this handle to the wait layer
                                (conc__wait_io): unique in the process */
+    /* A plain recv that returns fewer bytes than asked has taken the whole
+     * receive queue (conc__wait_io_drained): a TCP stream (AF_INET or
+     * AF_INET6, IPPROTO_TCP) with no upper layer protocol (TCP_ULP: kTLS
+     * reads stop at record boundaries) and whose urgent data was never read
+     * with MSG_OOB (its mark then stops reads with no event to say so).
+     * Cleared for good by a TCP_ULP set through conc_socket_setsockopt and
+     * by a MSG_OOB read. */
+    _Atomic bool drains;
 };
 
 /* Wraps an open descriptor (non-blocking, close-on-exec already) with the

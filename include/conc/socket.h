@@ -343,7 +343,10 @@ CONC_API int conc_socket_getpeername(conc_socket *s, conc_sockaddr *out);
  * conc_socket_setsockopt - socket.setsockopt(level, name, value) with a
  * buffer of len bytes; conc_socket_setsockopt_int the integer form
  * (setsockopt(level, name, int)).  Returns 0; -ENOPROTOOPT for an unknown
- * option; -EINVAL for a bad value or length.
+ * option; -EINVAL for a bad value or length.  TCP_ULP (IPPROTO_TCP), set
+ * or only tried, also tells the socket that its reads may stop at the
+ * protocol's record boundaries: coroutine reads of it then never take a
+ * short read for an empty receive queue (conc_socket_recv).
  */
 CONC_API int conc_socket_setsockopt(conc_socket *s, int level, int name, const void *value,
                                     socklen_t len);
@@ -379,6 +382,14 @@ CONC_API int conc_socket_shutdown(conc_socket *s, int how);
  * the stream (the peer shut down or closed, or len 0); -ECONNRESET when
  * the peer reset the connection; -ENOTCONN; -EAGAIN, -ETIMEDOUT,
  * -ECANCELED (nothing received).
+ *
+ * In a greenlet, a read of a TCP stream with flags 0 or MSG_WAITALL that
+ * returns fewer bytes than asked has emptied the receive queue: the
+ * socket's next read that may wait waits for the next edge before it
+ * tries, saving the recv that would say EAGAIN.  Urgent data, the end of
+ * the stream, errors, MSG_OOB reads and TCP_ULP set through
+ * conc_socket_setsockopt turn that off for the socket (docs/socket.md,
+ * "Drained reads").
  */
 CONC_API ssize_t conc_socket_recv(conc_socket *s, void *buf, size_t len, int flags);
 CONC_API ssize_t conc_socket_recv_until(conc_socket *s, void *buf, size_t len, int flags,

@@ -236,6 +236,18 @@ void conc__wait_fd_close(int fd)
     }
 }
 
+bool conc__wait_io_drained(int fd, uint64_t key)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    return unlikely(ops != NULL) && ops->io_drained && ops->io_drained(fd, key);
+}
+
+bool conc__wait_io_empty(int fd, uint64_t key)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    return unlikely(ops != NULL) && ops->io_empty && ops->io_empty(fd, key);
+}
+
 int conc__wait_fds(struct pollfd *fds, unsigned long n, int64_t deadline)
 {
     const struct conc__wait_ops *ops = conc__wait_ops;

@@ -41,6 +41,8 @@ struct conc__wait_ops {
     /* NULL: wait_fd */
     int (*wait_io)(int fd, uint64_t key, short events, int64_t deadline);
     void (*fd_close)(int fd);   /* NULL: nothing to forget */
+    bool (*io_drained)(int fd, uint64_t key);   /* NULL: false */
+    bool (*io_empty)(int fd, uint64_t key);     /* NULL: false */
 };
 extern __thread const struct conc__wait_ops *conc__wait_ops
     __attribute__((tls_model("initial-exec")));
@@ -87,6 +89,29 @@ CONC_HIDDEN int conc__wait_io(int fd, uint64_t key, short events, int64_t deadli
  * it).  Keeps errno.
  */
 CONC_HIDDEN void conc__wait_fd_close(int fd);
+
+/*
+ * conc__wait_io_drained - the socket layer's read on fd (handle key) took
+ * the whole receive queue: a plain recv on a TCP stream that returned
+ * fewer bytes than asked, with no urgent data ever read out of band and no
+ * upper layer protocol (TCP_ULP) set through conc.  The calling thread's
+ * hub, when it has the socket registered edge-triggered for key and has
+ * never seen an urgent, hang-up or error event on it, takes note: the
+ * socket has nothing to read until its next edge, so the next read may
+ * wait first (conc__wait_io_empty) instead of trying and hearing EAGAIN.
+ * Returns true when it took note, false otherwise (plain threads, other
+ * sockets, a signal handler that interrupted the hub).
+ */
+CONC_HIDDEN bool conc__wait_io_drained(int fd, uint64_t key);
+
+/*
+ * conc__wait_io_empty - true when the calling thread's hub knows that fd
+ * (handle key) has had nothing to read since a conc__wait_io_drained that
+ * it took note of: no event of the socket came since.  The caller then
+ * calls conc__wait_io(fd, key, POLLIN, ...) before its read; the read
+ * after that wait is tried as usual.  false otherwise.
+ */
+CONC_HIDDEN bool conc__wait_io_empty(int fd, uint64_t key);
 
 /*
  * conc__wait_fds - wait until one of the n descriptors reports one of its
