@@ -528,6 +528,9 @@ MODEL_TEST(forking_resets, resets, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_resets, resets, CONC_SERVER_COROUTINE, 1)
 COPIED_TEST(coroutine_copied_resets, resets, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_resets, resets, CONC_SERVER_REACTOR, 1)
+MODEL_TEST(prefork_resets, resets, CONC_SERVER_PREFORK, 1)
+MODEL_TEST(prefork_workers_resets, resets, CONC_SERVER_PREFORK, 2)
+COPIED_TEST(prefork_copied_resets, resets, CONC_SERVER_PREFORK, 1)
 
 /* Shutdown while a request is in flight: serve_forever waits for it, and
  * the client is still answered after the shutdown was asked. */
