@@ -29,6 +29,13 @@ static void note(const char *what)
     snprintf(order + n, sizeof order - n, "%s%s", n ? " " : "", what);
 }
 
+static int setup_ok(conc_server_request *req)
+{
+    (void)req;
+    note("setup");
+    return 0;
+}
+
 static int setup_refuses(conc_server_request *req)
 {
     (void)req;
@@ -86,6 +93,18 @@ static const char *one_request(const conc_server_handler *h, conc_server_stats *
     cr_assert_eq(conc_server_get_stats(s, st), 0);
     conc_server_free(s);
     return order;
+}
+
+/* Python: setup, handle (raises), finish (in handle's `finally`), then the
+ * server's handle_error. */
+Test(server_hooks, a_failed_handle_runs_finish_then_handle_error, .timeout = 60)
+{
+    conc_server_handler h = { .setup = setup_ok, .handle = handle_fails, .finish = finish,
+                              .handle_error = handle_error };
+    conc_server_stats st;
+    cr_assert_str_eq(one_request(&h, &st), "setup handle finish error(EPROTO)");
+    cr_assert_eq(st.failed, 1);
+    cr_assert_eq(st.finished, 0);
 }
 
 /* Python: a setup that raises skips handle and finish; handle_error sees it. */
