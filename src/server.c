@@ -107,11 +107,13 @@ int conc__server_run_hooks(conc_server *s, conc_server_request *req)
 {
     int rc = s->h.setup ? s->h.setup(req) : 0;
     if (rc >= 0) {
+        /* Python's order: finish runs in handle's `finally`, then the
+         * server's handle_error sees what handle raised. */
         rc = s->h.handle(req);
-        if (rc < 0 && s->h.handle_error)
-            s->h.handle_error(req, rc);
         if (s->h.finish)
             s->h.finish(req);
+        if (rc < 0 && s->h.handle_error)
+            s->h.handle_error(req, rc);
     } else if (s->h.handle_error) {
         s->h.handle_error(req, rc);
     }

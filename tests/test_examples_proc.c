@@ -6,6 +6,8 @@
  */
 #include <criterion/criterion.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -539,14 +541,42 @@ Test(shared_counter, sigterm_to_the_parent_stops_the_adders, .timeout = 30)
     interrupt_example("shared-counter", args, 3, SIGTERM);
 }
 
+/* A pipe whose buffer is full: a write to wfd blocks until rfd is read. */
+static void full_pipe(int fds[2])
+{
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    fcntl(fds[1], F_SETPIPE_SZ, 4096);      /* the smallest; the fill works either way */
+    int fl = fcntl(fds[1], F_GETFL);
+    cr_assert_eq(fcntl(fds[1], F_SETFL, fl | O_NONBLOCK), 0);
+    char block[4096];
+    memset(block, 'x', sizeof block);
+    while (write(fds[1], block, sizeof block) > 0)
+        ;
+    cr_assert_eq(errno, EAGAIN);
+    while (write(fds[1], block, 1) > 0)     /* the last partial page */
+        ;
+    cr_assert_eq(errno, EAGAIN);
+    cr_assert_eq(fcntl(fds[1], F_SETFL, fl), 0);
+}
+
+/* The eight buyers take the lock in turn for 0.1 s each: a run ends on its
+ * own 0.8 s after it starts, and a test process kept off the CPU that long
+ * would send its SIGINT to a program that already ended (status 0).  So
+ * stdout is a full pipe: the first buyer to get a ticket blocks writing
+ * "got a ticket" while it holds the lock, the others wait for the lock, and
+ * nothing but the signal can end the run. */
 Test(ticket_grab, sigint_to_the_parent_stops_the_buyers_and_leaves_a_valid_file, .timeout = 30)
 {
     char dir[PATH_MAX], db[PATH_MAX + 16];
     tmp_dir(dir, sizeof dir);
     snprintf(db, sizeof db, "%s/db.json", dir);
     write_file(db, "{\"count\": 8}\n");
+    int out[2];
+    full_pipe(out);
     const char *args[] = { "--db", db, "--buyers", "8", NULL };
-    interrupt_example("ticket-grab", args, 8, SIGINT);
+    interrupt_example_out("ticket-grab", args, 8, SIGINT, out[1]);
+    close(out[0]);
+    close(out[1]);
     long left = count_at(db);
     cr_assert(left >= 0 && left <= 8, "count=%ld", left);
     const char *keep[] = { "db.json", NULL };

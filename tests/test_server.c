@@ -529,6 +529,9 @@ MODEL_TEST(forking_resets, resets, CONC_SERVER_FORKING, 0)
 MODEL_TEST(coroutine_resets, resets, CONC_SERVER_COROUTINE, 1)
 COPIED_TEST(coroutine_copied_resets, resets, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_resets, resets, CONC_SERVER_REACTOR, 1)
+MODEL_TEST(prefork_resets, resets, CONC_SERVER_PREFORK, 1)
+MODEL_TEST(prefork_workers_resets, resets, CONC_SERVER_PREFORK, 2)
+COPIED_TEST(prefork_copied_resets, resets, CONC_SERVER_PREFORK, 1)
 
 /* Shutdown while a request is in flight: serve_forever waits for it, and
  * the client is still answered after the shutdown was asked. */
@@ -1367,6 +1370,171 @@ Test(server, daemon_threads_are_not_waited_for, .timeout = 60)
         n = count_fds();
     } while (n > fds);
     cr_assert_eq(n, fds);
+}
+
+/* block_on_close = False (no_block_on_close): serve_forever and close do
+ * not wait for the requests in flight, whose threads or children go on
+ * serving their clients; a child let go is reaped by active_children once
+ * it ends, as in Python. */
+struct nb_arg {
+    conc_server *s;
+    int to_test, from_test;
+};
+
+/* hs_recv with a hang guard: when the test failed and left, the server's
+ * children still hold the pipe's write end, so no end of file would come;
+ * the client leaves instead, closing its connections, and they end. */
+static void hs_recv_guarded(int fd)
+{
+    struct pollfd pf = { .fd = fd, .events = POLLIN };
+    int n;
+    do
+        n = poll(&pf, 1, (int)(GUARD * 1000));
+    while (n < 0 && errno == EINTR);
+    CHECK(n == 1, "no word from the test in %g s", GUARD);
+    hs_recv(fd);
+}
+
+static void nb_client(void *arg)
+{
+    struct nb_arg *m = arg;
+    int fd = dial(m->s);
+    exchange(fd, "before the shutdown", 3);
+    hs_send(m->to_test);
+    hs_recv_guarded(m->from_test);              /* the server has been stopped */
+    exchange(fd, "still served after the stop", 4);
+    hs_send(m->to_test);
+    hs_recv_guarded(m->from_test);              /* ... and closed and freed */
+    exchange(fd, "and after the server was freed", 5);
+    close(fd);
+}
+
+static void no_block_on_close(conc_server_model model)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = model;
+    o.no_block_on_close = true;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    int to_test[2], from_test[2];
+    cr_assert_eq(pipe2(to_test, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(from_test, O_CLOEXEC), 0);
+    struct nb_arg m = { s, to_test[1], from_test[0] };
+    struct running r;
+    start(&r, s);
+    pid_t clients = client_proc(nb_client, &m);
+    hs_recv(to_test[0]);
+    stop(&r);                           /* returns with the request in flight */
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.active, 1);
+    cr_assert_eq(st.finished, 0);
+    hs_send(from_test[1]);
+    hs_recv(to_test[0]);
+    cr_assert_eq(conc_server_close(s), 0);      /* does not wait either */
+    conc_server_free(s);
+    hs_send(from_test[1]);
+    client_proc_wait(clients);
+    close(to_test[0]);
+    close(to_test[1]);
+    close(from_test[0]);
+    close(from_test[1]);
+    int64_t deadline = conc_now() + (int64_t)(GUARD * 1e9);
+    int n;
+    for (;;) {                          /* the request ends with its client */
+        n = count_fds();
+        int alive = conc_process_active_children(NULL, 0);     /* reaps */
+        if (n <= fds && alive == 0)
+            break;
+        cr_assert_lt(conc_now(), deadline, "%d descriptors (want %d), %d children", n, fds,
+                     alive);
+        conc_sleep(0.001);
+    }
+    cr_assert_eq(n, fds);
+    no_children();
+}
+
+Test(server, threading_no_block_on_close_lets_requests_run, .timeout = 60)
+{
+    no_block_on_close(CONC_SERVER_THREADING);
+}
+
+Test(server, forking_no_block_on_close_lets_children_run, .timeout = 60)
+{
+    no_block_on_close(CONC_SERVER_FORKING);
+}
+
+/* ForkingMixIn.max_children: with that many children serving, the next
+ * client waits in the backlog and is served once a child ends. */
+static void mc_clients(void *arg)
+{
+    struct nb_arg *m = arg;
+    int c1 = dial(m->s), c2 = dial(m->s);
+    exchange(c1, "first child", 3);
+    exchange(c2, "second child", 4);
+    int c3 = dial(m->s);                /* accepted by the kernel, not the server */
+    CHECK(send(c3, "third", 5, MSG_NOSIGNAL) == 5, "send: %s", strerror(errno));
+    exchange(c1, "the first is still served", 5);
+    exchange(c2, "and so is the second", 5);
+    hs_send(m->to_test);
+    hs_recv_guarded(m->from_test);
+    close(c1);                          /* its child ends: room for the third */
+    char buf[8];
+    read_exact(c3, buf, 5);
+    CHECK(memcmp(buf, "THIRD", 5) == 0, "third: '%.5s'", buf);
+    exchange(c2, "the second still is", 5);
+    close(c2);
+    close(c3);
+}
+
+Test(server, forking_max_children_makes_clients_wait, .timeout = 60)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_FORKING;
+    o.max_children = 2;
+    o.request_queue_size = 8;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
+    int to_test[2], from_test[2];
+    cr_assert_eq(pipe2(to_test, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(from_test, O_CLOEXEC), 0);
+    struct nb_arg m = { s, to_test[1], from_test[0] };
+    struct running r;
+    start(&r, s);
+    pid_t clients = client_proc(mc_clients, &m);
+    hs_recv(to_test[0]);
+    conc_server_stats st;
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 2, "%llu accepted with max_children 2",
+                 (unsigned long long)st.accepted);
+    /* A child is counted active once its start returned in the serving
+     * thread, which may come after the child already answered. */
+    int64_t deadline = conc_now() + (int64_t)(GUARD * 1e9);
+    while (conc_server_get_stats(s, &st) == 0 && st.active != 2) {
+        cr_assert_lt(conc_now(), deadline, "%llu active", (unsigned long long)st.active);
+        conc_sleep(0.001);
+    }
+    cr_assert_eq(st.accepted, 2);
+    hs_send(from_test[1]);
+    client_proc_wait(clients);
+    stop(&r);
+    conc_server_get_stats(s, &st);
+    cr_assert_eq(st.accepted, 3);
+    cr_assert_eq(st.finished, 3);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(s);
+    close(to_test[0]);
+    close(to_test[1]);
+    close(from_test[0]);
+    close(from_test[1]);
+    cr_assert_eq(count_fds(), fds);
+    no_children();
 }
 
 /* The reactor's back-pressure: a client that sends much and reads late

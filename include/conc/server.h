@@ -199,7 +199,9 @@ typedef struct conc_server_request {
  *            and is passed to handle_error
  *   finish   runs after handle (also when handle failed)
  *   handle_error  Python's server.handle_error: called with the error
- *            setup or handle returned (nothing is printed by conc)
+ *            setup or handle returned (nothing is printed by conc); after
+ *            finish when handle failed, as in Python (req->state is what
+ *            finish left there)
  *   verify_request  Python's verify_request: false refuses the client
  *            (its connection is closed at once, no hook runs; counted in
  *            conc_server_stats.refused); NULL accepts everyone
