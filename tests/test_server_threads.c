@@ -95,13 +95,16 @@ static void request(conc_server *s, uint64_t nth, int threads)
     }
 }
 
-Test(server_threads, many_requests_leave_no_thread_or_stack_behind, .timeout = 120)
+/* `cache` is opts.thread_cache; `parked` the request threads it may keep
+ * (the requests come one at a time, so the default keeps at most one). */
+static void leaves_nothing_behind(int cache, int parked)
 {
     conc_sockaddr a;
     cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
     int base = count_entries("/proc/self/task");   /* the runner's own too */
     conc_server_opts o = CONC_SERVER_OPTS_INIT;
     o.model = CONC_SERVER_THREADING;
+    o.thread_cache = cache;
     conc_server *s;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &handler, &o), 0);
     struct serving sv = { .s = s, .rc = 1 };
@@ -119,8 +122,9 @@ Test(server_threads, many_requests_leave_no_thread_or_stack_behind, .timeout = 1
         conc_server_stats st;
         cr_assert_eq(conc_server_get_stats(s, &st), 0);
         threads = count_entries("/proc/self/task");
-        if (st.active == 0 && threads <= base + 1)
-            break;                      /* those before, and the serving one */
+        if (st.active == 0 && threads <= base + 1 + parked)
+            break;                      /* those before, the serving one and
+                                           the parked ones */
         cr_assert_lt(conc_now(), deadline, "%d threads after the warm-up, %d before", threads, base);
         usleep(1000);
     }
@@ -143,4 +147,17 @@ Test(server_threads, many_requests_leave_no_thread_or_stack_behind, .timeout = 1
     cr_assert_eq(st.accepted, total);
     cr_assert_eq(st.finished, total);
     conc_server_free(s);
+}
+
+/* Python's way: a new thread per request, ended with it. */
+Test(server_threads, many_requests_leave_no_thread_or_stack_behind, .timeout = 120)
+{
+    leaves_nothing_behind(-1, 0);
+}
+
+/* The default: finished request threads are parked for the next request,
+ * never more than ran at once. */
+Test(server_threads, parked_request_threads_stay_bounded, .timeout = 120)
+{
+    leaves_nothing_behind(0, 1);
 }
