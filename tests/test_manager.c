@@ -31,24 +31,8 @@
  * their parent made), as support/fork_sanitizers.h arranges; and under TSan
  * a started manager's server, a fork of this multi-threaded test process,
  * starts its connection threads: TSan allows that with die_after_fork=0. */
-static pid_t test_pid;
-
-__attribute__((constructor)) static void remember_test_pid(void)
-{
-    test_pid = getpid();
-}
-
-int __lsan_is_turned_off(void);
-int __lsan_is_turned_off(void)
-{
-    return getpid() != test_pid;
-}
-
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "atexit_sleep_ms=0:die_after_fork=0";
-}
+#define CONC_TEST_TSAN_OPTIONS "atexit_sleep_ms=0:die_after_fork=0"
+#include "support/fork_sanitizers.h"
 #include "support/task_state.h"
 
 #define GUARD 30.0                      /* a hang guard, never reached when correct */

@@ -29,24 +29,8 @@
 
 /* Children of this test never report leaks (a started manager's server is
  * a fork of it that exits without freeing what the test made). */
-static pid_t test_pid;
-
-__attribute__((constructor)) static void remember_test_pid(void)
-{
-    test_pid = getpid();
-}
-
-int __lsan_is_turned_off(void);
-int __lsan_is_turned_off(void)
-{
-    return getpid() != test_pid;
-}
-
-const char *__tsan_default_options(void);
-const char *__tsan_default_options(void)
-{
-    return "atexit_sleep_ms=0:die_after_fork=0";
-}
+#define CONC_TEST_TSAN_OPTIONS "atexit_sleep_ms=0:die_after_fork=0"
+#include "support/fork_sanitizers.h"
 
 #define GUARD 30.0                      /* a hang guard, never reached when correct */
 #define ROUNDS 20000                    /* requests per seed */

@@ -32,10 +32,17 @@ int __lsan_is_turned_off(void)
     return getpid() != test_pid;
 }
 
+/* A file whose forked children start threads of their own (a started
+ * manager's server) defines CONC_TEST_TSAN_OPTIONS before the include, with
+ * die_after_fork=0 added. */
+#ifndef CONC_TEST_TSAN_OPTIONS
+#define CONC_TEST_TSAN_OPTIONS "atexit_sleep_ms=0"
+#endif
+
 const char *__tsan_default_options(void);
 const char *__tsan_default_options(void)
 {
-    return "atexit_sleep_ms=0";
+    return CONC_TEST_TSAN_OPTIONS;
 }
 
 #endif
