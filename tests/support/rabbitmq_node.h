@@ -14,69 +14,9 @@
 
 #ifndef CONC_RABBITMQ_SCRIPT
 #error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
-/* Runs `rabbitmqctl ARGS` on the node (ARGS as a shell would split them);
- * fails the test if it fails. */
-static inline void ctl(const char *args)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' ctl '%s' %s >/dev/null", CONC_RABBITMQ_SCRIPT,
-             CONC_RABBITMQ_DIR, args);
-    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
-}
-
-/* Bounds queue `name` (that exact name) to max_length ready messages with a
- * policy that makes the broker refuse (nack) what comes beyond them; the
- * policy is called `policy`.  unbound_queue takes it away. */
-static inline void bound_queue(const char *policy, const char *name, int max_length)
-{
-    char args[768];
-    snprintf(args, sizeof args,
-             "set_policy --apply-to queues --priority 100 '%s' '^%s$' "
-             "'{\"max-length\":%d,\"overflow\":\"reject-publish\"}'",
-             policy, name, max_length);
-    ctl(args);
-}
-
-static inline void unbound_queue(const char *policy)
-{
-    char args[300];
-    snprintf(args, sizeof args, "clear_policy '%s'", policy);
-    ctl(args);
-}
-
 #endif
 #ifndef CONC_RABBITMQ_DIR
 #error "CONC_RABBITMQ_DIR must name the private node's directory"
-/* Runs `rabbitmqctl ARGS` on the node (ARGS as a shell would split them);
- * fails the test if it fails. */
-static inline void ctl(const char *args)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "sh '%s' ctl '%s' %s >/dev/null", CONC_RABBITMQ_SCRIPT,
-             CONC_RABBITMQ_DIR, args);
-    cr_assert_eq(system(cmd), 0, "rabbitmqctl %s failed", args);
-}
-
-/* Bounds queue `name` (that exact name) to max_length ready messages with a
- * policy that makes the broker refuse (nack) what comes beyond them; the
- * policy is called `policy`.  unbound_queue takes it away. */
-static inline void bound_queue(const char *policy, const char *name, int max_length)
-{
-    char args[768];
-    snprintf(args, sizeof args,
-             "set_policy --apply-to queues --priority 100 '%s' '^%s$' "
-             "'{\"max-length\":%d,\"overflow\":\"reject-publish\"}'",
-             policy, name, max_length);
-    ctl(args);
-}
-
-static inline void unbound_queue(const char *policy)
-{
-    char args[300];
-    snprintf(args, sizeof args, "clear_policy '%s'", policy);
-    ctl(args);
-}
-
 #endif
 
 static char url[256];           /* the node's URL, after read_url */
