@@ -867,12 +867,8 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         rc = -errno;
         goto fail;
     }
-    if (o.reuse_port &&
-        setsockopt(conc_socket_fd(s->sock), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-        rc = -errno;
-        goto fail;
-    }
-    rc = conc_socket_bind(s->sock, addr);
+    rc = o.reuse_port ? conc__socket_bind_reuse_port(s->sock, addr)
+                      : conc_socket_bind(s->sock, addr);
     if (rc < 0)
         goto fail;
     if (family == AF_UNIX && addr->len > sizeof(sa_family_t) && addr->u.un.sun_path[0])

@@ -455,6 +455,24 @@ int conc_socket_bind(conc_socket *s, const conc_sockaddr *addr)
     return bind(s->fd, &addr->u.sa, addr->len) == 0 ? 0 : -errno;
 }
 
+int conc__socket_bind_reuse_port(conc_socket *s, const conc_sockaddr *addr)
+{
+    if (!s || check_addr(addr))
+        return -EINVAL;
+    if (s->fd < 0)
+        return -EBADF;
+    int one = 1;
+    int family = addr->u.sa.sa_family;
+    bool any_port = (family == AF_INET || family == AF_INET6) && conc_sockaddr_port(addr) == 0;
+    if (!any_port && setsockopt(s->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        return -errno;
+    if (bind(s->fd, &addr->u.sa, addr->len) < 0)
+        return -errno;
+    if (any_port && setsockopt(s->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        return -errno;
+    return 0;
+}
+
 int conc_socket_listen(conc_socket *s, int backlog)
 {
     if (!s)

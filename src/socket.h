@@ -49,4 +49,15 @@ CONC_HIDDEN int conc__socket_wait(conc_socket *s, short events, int64_t deadline
 CONC_HIDDEN int conc__socket_accept_now(conc_socket *s, conc_socket **out,
                                         conc_sockaddr *peer, bool blocks);
 
+/* Binds s to addr with SO_REUSEPORT set, for a server that shares its
+ * port with sockets of its own.  On an Internet address with port 0 it
+ * binds first and sets SO_REUSEPORT after: Linux lets a UDP socket with
+ * SO_REUSEPORT that binds port 0 be given the port of any SO_REUSEPORT
+ * group of the same user (it counts such a port as free), which would put
+ * a stranger's socket in the new server's group and split the datagrams
+ * between them.  Bound without it, the socket gets a port no socket holds;
+ * sockets bound later to that port (with SO_REUSEPORT) join its group as
+ * usual.  Returns 0 or -errno (of setsockopt or bind). */
+CONC_HIDDEN int conc__socket_bind_reuse_port(conc_socket *s, const conc_sockaddr *addr);
+
 #endif

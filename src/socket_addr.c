@@ -479,18 +479,18 @@ int conc_socket_create_server(conc_socket **out, const char *host, int port,
     if (r < 0)
         return r;
     r = conc_socket_setsockopt_int(s, SOL_SOCKET, SO_REUSEADDR, 1);
-    if (r == 0 && o.reuse_port) {
-        r = conc_socket_setsockopt_int(s, SOL_SOCKET, SO_REUSEPORT, 1);
-        if (r == -ENOPROTOOPT)
-            r = -ENOTSUP;
-    }
     if (r == 0 && o.family == AF_INET6) {
         r = conc_socket_setsockopt_int(s, IPPROTO_IPV6, IPV6_V6ONLY, o.dualstack_ipv6 ? 0 : 1);
         if (r < 0 && o.dualstack_ipv6)
             r = -ENOTSUP;
     }
-    if (r == 0)
+    if (r == 0 && o.reuse_port) {
+        r = conc__socket_bind_reuse_port(s, &a);
+        if (r == -ENOPROTOOPT)
+            r = -ENOTSUP;
+    } else if (r == 0) {
         r = conc_socket_bind(s, &a);
+    }
     if (r == 0 && o.type == SOCK_STREAM)
         r = conc_socket_listen(s, o.backlog ? o.backlog : CONC_SOCKET_BACKLOG);
     if (r < 0) {

@@ -293,8 +293,11 @@ typedef struct conc_server_opts {
     bool allow_reuse_address;   /* SO_REUSEADDR before bind (Python's
                                    allow_reuse_address, off by default) */
     bool reuse_port;            /* SO_REUSEPORT before bind (Python's
-                                   allow_reuse_port); PREFORK: a socket per
-                                   worker (see the models) */
+                                   allow_reuse_port; on port 0 right after
+                                   bind, so the kernel never hands out the
+                                   port of another program's group);
+                                   PREFORK: a socket per worker (see the
+                                   models) */
     int request_queue_size;     /* listen() backlog; 0: 5, Python's */
     int workers;                /* PREFORK: processes; COROUTINE, REACTOR:
                                    loops, each in a thread of its own;

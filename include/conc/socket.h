@@ -570,7 +570,10 @@ typedef struct conc_socket_server_opts {
                                listen */
     int backlog;            /* listen()'s backlog; 0: CONC_SOCKET_BACKLOG */
     bool reuse_port;        /* set SO_REUSEPORT (-ENOTSUP where the kernel
-                               lacks it) */
+                               lacks it); with port 0 it is set right
+                               after bind: Linux would give a UDP socket
+                               that has it the port of another program's
+                               group */
     bool dualstack_ipv6;    /* AF_INET6 taking IPv4 connections too
                                (IPV6_V6ONLY off); -EINVAL with AF_INET */
 } conc_socket_server_opts;
