@@ -820,10 +820,13 @@ static int answer_tc(const struct ans *res, conc_proxy_type type)
     return t.p[0];
 }
 
+/* Makes (or finds by name) an object; a typed one (tc) may carry its first
+ * value (init, every byte of it), which the server sets as it makes it. */
 static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
-                      const char *name, uint64_t n, uint64_t size, char tc)
+                      const char *name, uint64_t n, uint64_t size, char tc,
+                      const uint8_t *init, size_t init_len)
 {
-    struct conc__mgr_str s[2] = { { 0 }, { (const uint8_t *)&tc, 1 } };
+    struct conc__mgr_str s[3] = { { 0 }, { (const uint8_t *)&tc, 1 }, { init, init_len } };
     if (!m || !out || type < CONC_PROXY_DICT || type >= CONC_PROXY_USER || !name_arg(name, &s[0]) ||
         n > INT64_MAX || size > INT64_MAX)
         return -EINVAL;
@@ -834,7 +837,7 @@ static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
     struct conc__mgr_req r = { .op = CONC__MGR_CREATE, .timeout = -1, .a = type,
                                .b = (int64_t)n, .c = (int64_t)size };
     struct ans res;
-    e = rpc(p, &r, s, tc ? 2 : 1, &res);
+    e = rpc(p, &r, s, init ? 3 : tc ? 2 : 1, &res);
     if (!e && res.a.value <= 0)
         e = -EPROTO;
     if (!e) {
@@ -857,7 +860,7 @@ static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
 int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_type type,
                         const char *name, uint64_t n, uint64_t size)
 {
-    return create_obj(m, out, type, name, n, size, 0);
+    return create_obj(m, out, type, name, n, size, 0, NULL, 0);
 }
 
 int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name, char typecode)
@@ -865,7 +868,7 @@ int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name, char
     size_t isz = conc__mgr_typecode_size(typecode);
     if (!isz)
         return -EINVAL;
-    return create_obj(m, out, CONC_PROXY_VALUE, name, isz, 0, typecode);
+    return create_obj(m, out, CONC_PROXY_VALUE, name, isz, 0, typecode, NULL, 0);
 }
 
 int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name, char typecode,
@@ -874,7 +877,59 @@ int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name, char
     size_t isz = conc__mgr_typecode_size(typecode);
     if (!isz)
         return -EINVAL;
-    return create_obj(m, out, CONC_PROXY_ARRAY, name, n, isz, typecode);
+    return create_obj(m, out, CONC_PROXY_ARRAY, name, n, isz, typecode, NULL, 0);
+}
+
+static int encode_int(char tc, int64_t v, uint8_t b[8]);
+static int encode_float(char tc, double v, uint8_t b[8]);
+
+/* A typed Value or Array made with its first value: n numbers (ints or
+ * floats) encoded as the typecode's items, sent with the create request. */
+static int create_typed(conc_manager *m, conc_proxy **out, conc_proxy_type type,
+                        const char *name, char tc, const int64_t *ints, const double *floats,
+                        uint64_t n)
+{
+    size_t isz = conc__mgr_typecode_size(tc);
+    if (!isz || n == 0 || n > (uint64_t)1 << 20 || (!ints && !floats))
+        return -EINVAL;
+    uint8_t *init = malloc((size_t)n * isz);
+    if (!init)
+        return -ENOMEM;
+    int e = 0;
+    for (uint64_t i = 0; i < n && !e; i++) {
+        uint8_t b[8];
+        e = ints ? encode_int(tc, ints[i], b) : encode_float(tc, floats[i], b);
+        memcpy(init + i * isz, b, isz);
+    }
+    if (!e)
+        e = create_obj(m, out, type, name, type == CONC_PROXY_VALUE ? isz : n,
+                       type == CONC_PROXY_VALUE ? 0 : isz, tc, init, (size_t)n * isz);
+    free(init);
+    return e;
+}
+
+int conc_manager_value_int(conc_manager *m, conc_proxy **out, const char *name, char typecode,
+                           int64_t x)
+{
+    return create_typed(m, out, CONC_PROXY_VALUE, name, typecode, &x, NULL, 1);
+}
+
+int conc_manager_value_float(conc_manager *m, conc_proxy **out, const char *name,
+                             char typecode, double x)
+{
+    return create_typed(m, out, CONC_PROXY_VALUE, name, typecode, NULL, &x, 1);
+}
+
+int conc_manager_array_int(conc_manager *m, conc_proxy **out, const char *name, char typecode,
+                           const int64_t *xs, uint64_t n)
+{
+    return create_typed(m, out, CONC_PROXY_ARRAY, name, typecode, xs, NULL, n);
+}
+
+int conc_manager_array_float(conc_manager *m, conc_proxy **out, const char *name,
+                             char typecode, const double *xs, uint64_t n)
+{
+    return create_typed(m, out, CONC_PROXY_ARRAY, name, typecode, NULL, xs, n);
 }
 
 int conc_manager_create_user(conc_manager *m, conc_proxy **out, const char *typeid,
@@ -1376,25 +1431,42 @@ static int get_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t *out
     return 0;
 }
 
-static int set_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t v)
+/* An integer as an item of typecode tc: 0, or -ERANGE when tc cannot
+ * hold it (a float typecode takes it converted, as Python does). */
+static int encode_int(char tc, int64_t v, uint8_t b[8])
 {
-    if (!check(p, t) || !p->tc)
-        return -EINVAL;
-    uint8_t b[8];
-    if (tc_float(p->tc)) {                          /* Python converts an int too */
-        float_put(b, p->tc, (double)v);
-        return typed_set(p, t, index, b);
+    if (tc_float(tc)) {
+        float_put(b, tc, (double)v);
+        return 0;
     }
-    size_t isz = conc__mgr_typecode_size(p->tc);
+    size_t isz = conc__mgr_typecode_size(tc);
     unsigned bits = (unsigned)(8 * isz);
-    if (tc_signed(p->tc)) {
+    if (tc_signed(tc)) {
         if (bits < 64 && (v < -((int64_t)1 << (bits - 1)) || v >= (int64_t)1 << (bits - 1)))
             return -ERANGE;
     } else if (v < 0 || (bits < 64 && (uint64_t)v >> bits)) {
         return -ERANGE;
     }
     le_put(b, isz, (uint64_t)v);
-    return typed_set(p, t, index, b);
+    return 0;
+}
+
+/* A float as an item of 'f' or 'd': 0, or -EINVAL for another typecode. */
+static int encode_float(char tc, double v, uint8_t b[8])
+{
+    if (!tc_float(tc))
+        return -EINVAL;
+    float_put(b, tc, v);
+    return 0;
+}
+
+static int set_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t v)
+{
+    if (!check(p, t) || !p->tc)
+        return -EINVAL;
+    uint8_t b[8];
+    int e = encode_int(p->tc, v, b);
+    return e ? e : typed_set(p, t, index, b);
 }
 
 static int get_float(conc_proxy *p, conc_proxy_type t, int64_t index, double *out)
@@ -1411,10 +1483,9 @@ static int get_float(conc_proxy *p, conc_proxy_type t, int64_t index, double *ou
 
 static int set_float(conc_proxy *p, conc_proxy_type t, int64_t index, double v)
 {
-    if (!check(p, t) || !tc_float(p->tc))
-        return -EINVAL;
     uint8_t b[8];
-    float_put(b, p->tc, v);
+    if (!check(p, t) || encode_float(p->tc, v, b))
+        return -EINVAL;
     return typed_set(p, t, index, b);
 }
 

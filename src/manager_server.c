@@ -509,13 +509,13 @@ static int params_check(int64_t type, int64_t n, int64_t size)
 
 static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, struct out *out)
 {
-    struct conc__mgr_str name, tcs = { 0 };
+    struct conc__mgr_str name, tcs = { 0 }, init = { 0 };
     size_t pos = 0;
-    if (r->nargs < 1 || r->nargs > 2 || conc__mgr_next(r->args, r->args_len, &pos, &name) ||
+    if (r->nargs < 1 || r->nargs > 3 || conc__mgr_next(r->args, r->args_len, &pos, &name) ||
         !name_ok(&name))
         return -EINVAL;
     char tc = 0;
-    if (r->nargs == 2) {
+    if (r->nargs >= 2) {
         /* a typecode: one of the known ones, whose item size the Value's
          * size or the Array's item size is */
         if (conc__mgr_next(r->args, r->args_len, &pos, &tcs) || tcs.len != 1)
@@ -529,6 +529,12 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
     int e = params_check(r->a, r->b, r->c);
     if (e)
         return e;
+    if (r->nargs == 3) {
+        /* the first value of a typed Value or Array: every byte of it */
+        uint64_t bytes = r->a == CONC_PROXY_VALUE ? (uint64_t)r->b : (uint64_t)r->b * (uint64_t)r->c;
+        if (conc__mgr_next(r->args, r->args_len, &pos, &init) || init.len != bytes)
+            return -EINVAL;
+    }
     conc_lock_acquire(&s->tmu, CONC_FOREVER);
     struct obj *o = name.len ? obj_named(s, &name) : NULL;
     if (o) {
@@ -554,6 +560,8 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
         o->bytes = calloc(1, bytes);
         if (!o->bytes)
             goto done;
+        if (init.len)                   /* made with it: never seen without it */
+            memcpy(o->bytes, init.p, init.len);
     }
     if (o->type == CONC_PROXY_SEMAPHORE || o->type == CONC_PROXY_BOUNDED_SEMAPHORE)
         o->value = o->n;

@@ -46,8 +46,12 @@ enum conc__mgr_op {
     CONC__MGR_PING = 1,      /* answer: value the server's message size (0: unknown) */
     CONC__MGR_SHUTDOWN,
     CONC__MGR_CREATE,        /* a type, b n, c size; arg0 name ("" none), arg1 (may be
-                                absent) a Value's or Array's typecode, one byte; the
-                                answer carries the typecode as its one string */
+                                absent) a Value's or Array's typecode, one byte; arg2
+                                (may be absent; only after a typecode) the object's
+                                first value, exactly its bytes (items little-endian),
+                                used when the request makes the object (a named one
+                                found keeps its value); the answer carries the
+                                typecode as its one string */
     CONC__MGR_CREATE_USER,   /* arg0 typeid, arg1 name, arg2 argument */
     CONC__MGR_OPEN,          /* id; answer: status type, value id, the typecode (if
                                 any) as its one string */

@@ -286,3 +286,127 @@ Test(manager_semantics, a_get_whose_client_is_gone_gives_the_message_back, .time
     conc_proxy_free(q);
     conc_manager_free(m);
 }
+
+/* Python's m.Value('i', 5) and m.Array('i', [1, 2, 3]): a typed Value or
+ * Array made with its first value, which the server sets as it makes the
+ * object (so another process that asks for the name never sees it zero);
+ * a name found keeps the value it has. */
+Test(manager_semantics, typed_value_and_array_with_a_first_value, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *v, *v2, *vd, *vdi, *a, *af, *bad;
+    int64_t x;
+    double d;
+    cr_assert_eq(conc_manager_value_int(m, &v, "count", 'i', 5), 0);
+    cr_expect_eq(conc_proxy_typecode(v), 'i');
+    cr_expect_eq(conc_proxy_value_get_int(v, &x), 0);
+    cr_expect_eq(x, 5);
+    cr_expect_eq(conc_proxy_value_set_int(v, 6), 0);
+    /* The name is found: its value stays, the new first value is not set. */
+    cr_assert_eq(conc_manager_value_int(m, &v2, "count", 'i', 99), 0);
+    cr_expect_eq(conc_proxy_id(v2), conc_proxy_id(v));
+    cr_expect_eq(conc_proxy_value_get_int(v2, &x), 0);
+    cr_expect_eq(x, 6);
+    cr_expect_eq(conc_manager_value_int(m, &bad, "count", 'q', 1), -EEXIST);
+
+    cr_assert_eq(conc_manager_value_float(m, &vd, NULL, 'd', -2.5), 0);
+    cr_expect_eq(conc_proxy_value_get_float(vd, &d), 0);
+    cr_expect(d == -2.5, "%g", d);
+    cr_assert_eq(conc_manager_value_int(m, &vdi, NULL, 'f', 3), 0);   /* converted */
+    cr_expect_eq(conc_proxy_value_get_float(vdi, &d), 0);
+    cr_expect(d == 3.0, "%g", d);
+
+    int64_t xs[] = { 1, -2, 3 };
+    cr_assert_eq(conc_manager_array_int(m, &a, "arr", 'h', xs, 3), 0);
+    cr_expect_eq(conc_proxy_array_len(a), 3);
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(conc_proxy_array_get_int(a, i, &x), 0);
+        cr_expect_eq(x, xs[i], "item %d: %lld", i, (long long)x);
+    }
+    double fs[] = { 0.5, -1.25 };
+    cr_assert_eq(conc_manager_array_float(m, &af, NULL, 'f', fs, 2), 0);
+    cr_expect_eq(conc_proxy_array_get_float(af, 1, &d), 0);
+    cr_expect(d == -1.25, "%g", d);
+
+    /* Bad first values make nothing: the name is still free afterwards. */
+    int64_t out_of_range[] = { 1, -1 };
+    cr_expect_eq(conc_manager_array_int(m, &bad, "never", 'B', out_of_range, 2), -ERANGE);
+    cr_expect_eq(conc_manager_value_int(m, &bad, "never", 'b', 128), -ERANGE);
+    cr_expect_eq(conc_manager_value_float(m, &bad, "never", 'i', 1.5), -EINVAL);
+    cr_expect_eq(conc_manager_array_int(m, &bad, "never", 'i', NULL, 2), -EINVAL);
+    cr_expect_eq(conc_manager_array_int(m, &bad, "never", 'i', xs, 0), -EINVAL);
+    cr_expect_eq(conc_manager_value_int(m, &bad, "never", 'x', 1), -EINVAL);
+    cr_expect_eq(conc_manager_value_int(NULL, &bad, NULL, 'i', 1), -EINVAL);
+    cr_expect_eq(conc_manager_value_int(m, NULL, NULL, 'i', 1), -EINVAL);
+    conc_proxy *fresh;
+    cr_assert_eq(conc_manager_array(m, &fresh, "never", 'B', 2), 0);
+    cr_expect_eq(conc_proxy_array_get_int(fresh, 1, &x), 0);
+    cr_expect_eq(x, 0, "made fresh by the plain call: zero");
+
+    conc_proxy *all[] = { v, v2, vd, vdi, a, af, fresh };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        conc_proxy_free(all[i]);
+    conc_manager_free(m);
+}
+
+/* The server checks a first value as every other field: a CREATE whose
+ * first value is not exactly the object's bytes, or comes without a
+ * typecode, is refused with -EINVAL and the connection stays usable. */
+enum { OP_CREATE = 3 };                 /* src/manager_wire.h */
+
+static size_t put_str(uint8_t *buf, size_t pos, const void *p, uint32_t len)
+{
+    memcpy(buf + pos, &len, 4);
+    memcpy(buf + pos + 4, p, len);
+    return pos + 4 + len;
+}
+
+static int32_t create_status(conc_conn *c, int64_t type, int64_t n, int64_t size,
+                             const char *tc, const void *init, uint32_t init_len)
+{
+    uint8_t buf[256];
+    raw_req(buf, OP_CREATE, 0);
+    uint32_t nargs = tc ? (init ? 3 : 2) : 1;
+    memcpy(buf + 4, &nargs, 4);
+    memcpy(buf + 24, &type, 8);
+    memcpy(buf + 32, &n, 8);
+    memcpy(buf + 40, &size, 8);
+    size_t pos = put_str(buf, 48, "", 0);
+    if (tc)
+        pos = put_str(buf, pos, tc, (uint32_t)strlen(tc));
+    if (init)
+        pos = put_str(buf, pos, init, init_len);
+    cr_assert_eq(conc_conn_send_bytes(c, buf, pos, GUARD), 0);
+    uint8_t ans[64];
+    ssize_t got = conc_conn_recv_bytes(c, ans, sizeof ans, GUARD);
+    cr_assert_geq(got, 16, "an answer: %zd", got);
+    int32_t st;
+    memcpy(&st, ans, 4);
+    return st;
+}
+
+Test(manager_semantics, a_first_value_is_checked_by_the_server, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    conc_conn *c;
+    cr_assert_eq(conc_client_connect(&c, addr, NULL, GUARD), 0);
+    char hello[64];
+    cr_assert_gt(conc_conn_recv_bytes(c, hello, sizeof hello, GUARD), 0);
+    int32_t four = 4;
+    uint8_t eight[8] = { 0 };
+    cr_expect_eq(create_status(c, CONC_PROXY_VALUE, 4, 0, "i", &four, 4), 0);
+    cr_expect_eq(create_status(c, CONC_PROXY_VALUE, 4, 0, "i", eight, 3), -EINVAL);
+    cr_expect_eq(create_status(c, CONC_PROXY_VALUE, 4, 0, "i", eight, 8), -EINVAL);
+    cr_expect_eq(create_status(c, CONC_PROXY_ARRAY, 2, 4, "i", eight, 8), 0);
+    cr_expect_eq(create_status(c, CONC_PROXY_ARRAY, 2, 4, "i", eight, 4), -EINVAL);
+    cr_expect_eq(create_status(c, CONC_PROXY_ARRAY, 2, 4, "i", eight, 0), -EINVAL);
+    cr_expect_eq(create_status(c, CONC_PROXY_DICT, 0, 0, "i", eight, 4), -EINVAL);
+    conc_conn_free(c);
+    conc_manager_free(m);
+}

@@ -350,6 +350,31 @@ CONC_API int conc_manager_array(conc_manager *m, conc_proxy **out, const char *n
                                 char typecode, uint64_t n);
 
 /*
+ * conc_manager_value_int, conc_manager_value_float - SyncManager.Value(
+ * typecode, x): a typed Value (as conc_manager_value) whose first value is
+ * x.  conc_manager_array_int, conc_manager_array_float -
+ * SyncManager.Array(typecode, [x0, x1, ...]): a typed Array of n items
+ * whose first values are xs[0..n).  The value travels in the request that
+ * makes the object, so no proxy (no other process asking for the same
+ * name) ever sees the object without it.  When name finds an object made
+ * before, that object is returned as it is (its value is not set again).
+ * Integers go into any typecode ('f' and 'd' take them converted, as
+ * Python does), floats into 'f' and 'd' only.  Returns 0; -EINVAL for an
+ * unknown typecode, a NULL xs, n 0 or over 1048576, a float for an
+ * integer typecode; -ERANGE for a number the typecode cannot hold (nothing
+ * is made); the errors of conc_manager_value and conc_manager_array (a
+ * server older than this call refuses the request with -EINVAL).
+ */
+CONC_API int conc_manager_value_int(conc_manager *m, conc_proxy **out, const char *name,
+                                    char typecode, int64_t x);
+CONC_API int conc_manager_value_float(conc_manager *m, conc_proxy **out, const char *name,
+                                      char typecode, double x);
+CONC_API int conc_manager_array_int(conc_manager *m, conc_proxy **out, const char *name,
+                                    char typecode, const int64_t *xs, uint64_t n);
+CONC_API int conc_manager_array_float(conc_manager *m, conc_proxy **out, const char *name,
+                                      char typecode, const double *xs, uint64_t n);
+
+/*
  * conc_manager_create_user - make an object of a registered type (its
  * create callback gets arg, len) or, with a name, find the one made with
  * that name before.  Returns 0; -ENOENT when the server has no type
