@@ -244,6 +244,8 @@ static int answer_check(int op, const struct conc__mgr_ans *a)
     case CONC__MGR_A_LEN:
     case CONC__MGR_Q_SIZE:
         return a->status == 0 && a->value >= 0 ? 0 : -EPROTO;
+    case CONC__MGR_Q_INFO:                  /* the maxsize; value the qsize */
+        return a->value >= 0 ? a->status : -EPROTO;
     case CONC__MGR_D_ITEMS:                 /* key, value, key, value, ... */
         return a->status == 0 && a->nargs % 2 == 0 ? 0 : -EPROTO;
     }
@@ -1583,6 +1585,37 @@ ssize_t conc_proxy_queue_qsize(conc_proxy *p)
     int64_t v = 0;
     int e = rpc_simple(p, CONC__MGR_Q_SIZE, CONC_NO_DEADLINE, 0, &v);
     return e < 0 ? e : (ssize_t)v;
+}
+
+/* The queue's maxsize (the status) and qsize (*len) at one moment. */
+static int queue_info(conc_proxy *p, int64_t *len)
+{
+    if (!is_queue(p))
+        return -EINVAL;
+    *len = 0;
+    return rpc_simple(p, CONC__MGR_Q_INFO, CONC_NO_DEADLINE, 0, len);
+}
+
+int conc_proxy_queue_full(conc_proxy *p)
+{
+    int64_t len;
+    int max = queue_info(p, &len);
+    if (max < 0)
+        return max;
+    return max > 0 && len >= max;
+}
+
+int conc_proxy_queue_empty(conc_proxy *p)
+{
+    int64_t len;
+    int max = queue_info(p, &len);
+    return max < 0 ? max : len == 0;
+}
+
+ssize_t conc_proxy_queue_maxsize(conc_proxy *p)
+{
+    int64_t len;
+    return queue_info(p, &len);
 }
 
 int conc_proxy_queue_task_done(conc_proxy *p)

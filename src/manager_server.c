@@ -997,6 +997,9 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
     case CONC__MGR_Q_SIZE:
         out->value = (int64_t)o->qlen;
         return 0;
+    case CONC__MGR_Q_INFO:              /* full() and empty() from one look */
+        out->value = (int64_t)o->qlen;
+        return (int)o->n;               /* at most INT32_MAX (params_check) */
     case CONC__MGR_Q_TASK_DONE:
         /* Both types: a SyncManager's Queue and JoinableQueue are both a
          * queue.Queue, with task_done and join. */
@@ -1276,7 +1279,7 @@ static bool op_fits(int op, int type)
     case CONC__MGR_A_LEN: case CONC__MGR_A_GET: case CONC__MGR_A_SET:
         return type == CONC_PROXY_ARRAY;
     case CONC__MGR_Q_PUT: case CONC__MGR_Q_GET: case CONC__MGR_Q_SIZE:
-    case CONC__MGR_Q_TASK_DONE: case CONC__MGR_Q_JOIN:
+    case CONC__MGR_Q_TASK_DONE: case CONC__MGR_Q_JOIN: case CONC__MGR_Q_INFO:
         return type == CONC_PROXY_QUEUE || type == CONC_PROXY_JOINABLE_QUEUE;
     case CONC__MGR_ACQUIRE: case CONC__MGR_RELEASE:
         return type == CONC_PROXY_LOCK || type == CONC_PROXY_RLOCK ||

@@ -95,6 +95,7 @@ enum conc__mgr_op {
     CONC__MGR_B_RESET,
     CONC__MGR_B_INFO,        /* answer: status parties, value n_waiting | broken << 32 */
     CONC__MGR_CALL,          /* arg0 method, arg1 argument */
+    CONC__MGR_Q_INFO,        /* answer: status maxsize (0: no bound), value qsize */
     CONC__MGR_OP_END
 };
 

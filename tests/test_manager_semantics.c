@@ -410,3 +410,56 @@ Test(manager_semantics, a_first_value_is_checked_by_the_server, .timeout = 60)
     conc_conn_free(c);
     conc_manager_free(m);
 }
+
+/* Queue.full() and Queue.empty() (the proxy of Python's Queue has both),
+ * and the maxsize the queue was made with, as the server knows it: a
+ * proxy that found the queue by name or id sees the same bound. */
+Test(manager_semantics, queue_full_empty_and_maxsize, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q, *q2, *jq, *uq, *d;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "bounded", 2, 0), 0);
+    cr_assert_eq(conc_manager_open(m, &q2, conc_proxy_id(q)), 0);
+    cr_expect_eq(conc_proxy_queue_maxsize(q), 2);
+    cr_expect_eq(conc_proxy_queue_maxsize(q2), 2);
+    cr_expect_eq(conc_proxy_queue_empty(q), 1);
+    cr_expect_eq(conc_proxy_queue_full(q), 0);
+    cr_assert_eq(conc_proxy_queue_put(q, "a", 1, GUARD), 0);
+    cr_expect_eq(conc_proxy_queue_empty(q2), 0);
+    cr_expect_eq(conc_proxy_queue_full(q2), 0);
+    cr_assert_eq(conc_proxy_queue_put(q2, "b", 1, GUARD), 0);
+    cr_expect_eq(conc_proxy_queue_full(q), 1);
+    cr_expect_eq(conc_proxy_queue_full(q2), 1);
+    cr_expect_eq(conc_proxy_queue_put(q, "c", 1, 0), -EAGAIN, "full() agrees with put");
+    void *v;
+    size_t n;
+    cr_assert_eq(conc_proxy_queue_get(q, &v, &n, GUARD), 0);
+    free(v);
+    cr_expect_eq(conc_proxy_queue_full(q), 0);
+    cr_expect_eq(conc_proxy_queue_empty(q), 0);
+
+    cr_assert_eq(conc_manager_create(m, &jq, CONC_PROXY_JOINABLE_QUEUE, NULL, 1, 0), 0);
+    cr_expect_eq(conc_proxy_queue_maxsize(jq), 1);
+    cr_assert_eq(conc_proxy_queue_put(jq, "x", 1, GUARD), 0);
+    cr_expect_eq(conc_proxy_queue_full(jq), 1);
+
+    /* maxsize 0: no bound, never full. */
+    cr_assert_eq(conc_manager_create(m, &uq, CONC_PROXY_QUEUE, NULL, 0, 0), 0);
+    cr_expect_eq(conc_proxy_queue_maxsize(uq), 0);
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(conc_proxy_queue_put(uq, "u", 1, GUARD), 0);
+    cr_expect_eq(conc_proxy_queue_full(uq), 0);
+    cr_expect_eq(conc_proxy_queue_empty(uq), 0);
+
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, NULL, 0, 0), 0);
+    cr_expect_eq(conc_proxy_queue_full(d), -EINVAL);
+    cr_expect_eq(conc_proxy_queue_empty(d), -EINVAL);
+    cr_expect_eq(conc_proxy_queue_maxsize(d), -EINVAL);
+    cr_expect_eq(conc_proxy_queue_full(NULL), -EINVAL);
+    conc_proxy *all[] = { q, q2, jq, uq, d };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        conc_proxy_free(all[i]);
+    conc_manager_free(m);
+}

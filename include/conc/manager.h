@@ -546,6 +546,16 @@ CONC_API int conc_proxy_queue_get_until(conc_proxy *p, void **out, size_t *len,
                                         int64_t deadline);
 /* q.qsize().  Returns the number of messages. */
 CONC_API ssize_t conc_proxy_queue_qsize(conc_proxy *p);
+/* q.full(): whether the queue holds maxsize messages (never for a queue
+ * made with maxsize 0, which has no bound).  Returns 1 or 0. */
+CONC_API int conc_proxy_queue_full(conc_proxy *p);
+/* q.empty().  Returns 1 or 0. */
+CONC_API int conc_proxy_queue_empty(conc_proxy *p);
+/* q.maxsize: the bound the queue was made with (0: none), also for a proxy
+ * that did not make it (conc_manager_open, a name found).  Returns it.
+ * These three are answered by one request (a server older than them
+ * closes the connection: -ECONNRESET or -EPIPE). */
+CONC_API ssize_t conc_proxy_queue_maxsize(conc_proxy *p);
 /* JoinableQueue.task_done() (a plain Queue has it too: a SyncManager's
  * Queue and JoinableQueue are both a queue.Queue).  Returns 0; -EOVERFLOW
  * when called more often than messages were put (ValueError). */
