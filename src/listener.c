@@ -21,6 +21,7 @@
  */
 #include "conc/listener.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -189,6 +190,28 @@ static int parse_port(const char *s)
     return p <= 65535 ? p : -EINVAL;
 }
 
+/* The SERVICE of HOST:SERVICE: a port number, or a name of the services
+ * database (/etc/services: "http", "ftp") for TCP.  Returns the port;
+ * -EINVAL for an empty or malformed one (a number past 65535, a name with
+ * a space or over 64 bytes); CONC_EAI_SERVICE for a name not known. */
+static int parse_service(const char *s)
+{
+    if (!*s || all_digits(s))
+        return parse_port(s);
+    size_t n = strlen(s);
+    if (n > 64)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.' &&
+            s[i] != '+')
+            return -EINVAL;
+    struct servent se, *res = NULL;
+    char buf[1024];
+    if (getservbyname_r(s, "tcp", &se, buf, sizeof buf, &res) != 0 || !res)
+        return CONC_EAI_SERVICE;
+    return ntohs((uint16_t)res->s_port);
+}
+
 static int inet_addr_of(conc_sockaddr *out, const char *host, int port)
 {
     if (conc_sockaddr_inet(out, AF_UNSPEC, host, port) == 0)
@@ -219,13 +242,15 @@ CONC_API int conc_address_parse(conc_sockaddr *out, const char *address)
         memcpy(name + 1, address + 1, len - 1);
         return conc_sockaddr_unix(out, name, len);
     }
-    if (strchr(address, '/'))
+    /* A path has a '/' (or is a bare file name: no ':' at all); any other
+     * text with a ':' is HOST:SERVICE. */
+    if (strchr(address, '/') || !strchr(address, ':'))
         return conc_sockaddr_unix(out, address, 0);
     if (address[0] == '[') {
         const char *close = strchr(address, ']');
         if (!close || close[1] != ':')
             return -EINVAL;
-        int port = parse_port(close + 2);
+        int port = parse_service(close + 2);
         if (port < 0)
             return port;
         char host[INET6_ADDRSTRLEN + 64];
@@ -237,21 +262,20 @@ CONC_API int conc_address_parse(conc_sockaddr *out, const char *address)
         return conc_sockaddr_inet(out, AF_INET6, host, port);
     }
     const char *colon = strrchr(address, ':');
-    if (colon && (colon[1] == '\0' || all_digits(colon + 1))) {
-        int port = parse_port(colon + 1);
-        if (port < 0)
-            return port;
-        size_t hl = (size_t)(colon - address);
-        char *host = malloc(hl + 1);
-        if (!host)
-            return -ENOMEM;
-        memcpy(host, address, hl);
-        host[hl] = '\0';
-        int r = strchr(host, ':') ? -EINVAL : inet_addr_of(out, host, port);
-        free(host);
-        return r;
-    }
-    return conc_sockaddr_unix(out, address, 0);
+    size_t hl = (size_t)(colon - address);
+    if (memchr(address, ':', hl))
+        return -EINVAL;                 /* an IPv6 literal needs its brackets */
+    int port = parse_service(colon + 1);
+    if (port < 0)
+        return port;
+    char *host = malloc(hl + 1);
+    if (!host)
+        return -ENOMEM;
+    memcpy(host, address, hl);
+    host[hl] = '\0';
+    int r = inet_addr_of(out, host, port);
+    free(host);
+    return r;
 }
 
 /* ------------------------------------------------------------ listener */

@@ -428,11 +428,11 @@ static bool addr_ok(const char *a)
     return n >= 1 && n <= CONC_MANAGER_ADDR_MAX;
 }
 
-/* Whether an address is TCP: HOST:PORT without a '/' and not "@name". */
+/* Whether an address is TCP (conc_address_parse): HOST:SERVICE, any text
+ * with a ':' but no '/' that is not "@name". */
 static bool addr_tcp(const char *a)
 {
-    const char *c = strrchr(a, ':');
-    return a[0] != '@' && !strchr(a, '/') && c && c[1] >= '0' && c[1] <= '9';
+    return a[0] != '@' && !strchr(a, '/') && strchr(a, ':');
 }
 
 int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)

@@ -463,3 +463,25 @@ Test(manager_semantics, queue_full_empty_and_maxsize, .timeout = 60)
         conc_proxy_free(all[i]);
     conc_manager_free(m);
 }
+
+/* A manager's address is read as conc_address_parse reads it: HOST:SERVICE
+ * with a service name is TCP (so it needs an authkey), a text with a '/'
+ * is a path whatever follows its ':'. */
+Test(manager_semantics, a_service_name_address_is_tcp, .timeout = 60)
+{
+    conc_manager *m = NULL;
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.address = "localhost:http";
+    cr_expect_eq(conc_manager_new(&m, &o), -EINVAL, "TCP without an authkey");
+    o.address = "[::1]:http";
+    cr_expect_eq(conc_manager_new(&m, &o), -EINVAL, "TCP without an authkey");
+    o.address = "./sock:http";
+    cr_assert_eq(conc_manager_new(&m, &o), 0, "a path");
+    conc_manager_free(m);
+    o.address = "localhost:no-such-service-here";
+    o.authkey = "key";
+    o.authkey_len = 3;
+    cr_assert_eq(conc_manager_new(&m, &o), 0);
+    cr_expect_eq(conc_manager_connect(m), CONC_EAI_SERVICE);
+    conc_manager_free(m);
+}

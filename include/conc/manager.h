@@ -16,9 +16,10 @@
  *     by address (Python's BaseManager.connect).
  *
  * Addresses are the texts of conc/listener.h (conc_address_parse):
- * "HOST:PORT" or "[IPV6]:PORT" is TCP; a path ("/run/app.sock", any text
- * with a '/') is a Unix socket (mode 0600); "@name" an abstract Unix
- * socket.  With no address a started manager listens on a Unix socket in a
+ * a path ("/run/app.sock", any text with a '/', or a bare file name
+ * without a ':') is a Unix socket (mode 0600); "@name" an abstract Unix
+ * socket; any other text, "HOST:SERVICE" or "[IPV6]:SERVICE" (SERVICE a
+ * port or a service name such as "http"), is TCP.  With no address a started manager listens on a Unix socket in a
  * private directory (mode 0700, the socket 0600) that conc_manager_shutdown
  * removes.  A TCP manager needs an authkey (it refuses to start without
  * one, -EINVAL); every connection to it passes the authkey handshake of
@@ -139,7 +140,8 @@ typedef struct conc_manager_opts {
     const char *address;     /* NULL: a Unix socket in a private directory
                                 (start); required for serve_forever and
                                 connect.  "/path" Unix, "HOST:PORT" TCP
-                                (PORT 0 picks a free port when serving) */
+                                (PORT 0 picks a free port when serving;
+                                a service name, "host:http", is TCP too) */
     const void *authkey;     /* the shared secret; NULL: none (Unix only) */
     size_t authkey_len;      /* its length, 1 to 1024 bytes */
     size_t max_message;      /* 0: CONC_MANAGER_MSG_MAX; else 64 bytes to it */
