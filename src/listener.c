@@ -306,6 +306,7 @@ struct conc_listener {
     conc_lock lock;             /* one accept at a time (the pending table) */
     int fd;                     /* listening socket, -1 when closed */
     int epfd;
+    int wake_fd;                /* readable: accept ends with -EINTR; or -1 */
     bool closed;
     bool listening_watched;     /* the listening socket is in the epoll set */
     int family;
@@ -444,6 +445,9 @@ static int hs_run(conc_listener *l, struct hs *h)
         h->stage++;
     }
 }
+
+/* The epoll tag of the wake descriptor (conc__listener_set_wake). */
+static char wake_tag;
 
 /* Watch or stop watching the listening socket (full pending table). */
 static int watch_listening(conc_listener *l, bool on)
@@ -600,7 +604,7 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
 {
     if (l->closed)
         return -EPIPE;
-    if (!l->key)
+    if (!l->key && l->wake_fd < 0)
         return accept_plain(l, out, deadline);
     for (;;) {
         int64_t now = conc_now();
@@ -623,6 +627,18 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
         int failed = 0;
         for (int k = 0; k < n; k++) {
             struct hs *h = evs[k].data.ptr;
+            if ((void *)h == &wake_tag)
+                return -EINTR;          /* the handshakes go on at the next call */
+            if (!h && !l->key) {
+                int fd;
+                conc_sockaddr peer;
+                int r = accept_one(l, &fd, &peer);
+                if (r == 0)
+                    return hand_out(l, fd, &peer, out);
+                if (r != -EAGAIN)
+                    failed = r;
+                continue;
+            }
             if (!h) {
                 /* An accept that failed (out of descriptors) is reported
                  * after the handshakes of this round ran: one that ends
@@ -657,6 +673,30 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
         if (r)
             return r;
     }
+}
+
+int conc__listener_set_wake(conc_listener *l, int fd)
+{
+    if (!l || fd < 0 || l->closed || l->wake_fd >= 0)
+        return -EINVAL;
+    if (l->epfd < 0) {                  /* no authkey: a set for the two */
+        l->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (l->epfd < 0)
+            return -errno;
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
+            int e = -errno;
+            close(l->epfd);
+            l->epfd = -1;
+            return e;
+        }
+        l->listening_watched = true;
+    }
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &wake_tag };
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    l->wake_fd = fd;
+    return 0;
 }
 
 CONC_API int conc_listener_accept_until(conc_listener *l, conc_conn **out, int64_t deadline)
@@ -926,7 +966,7 @@ CONC_API int conc_listener_new(conc_listener **out, const char *address,
     conc_listener *l = calloc(1, sizeof *l);
     if (!l)
         return -ENOMEM;
-    l->fd = l->epfd = -1;
+    l->fd = l->epfd = l->wake_fd = -1;
     conc_lock_init(&l->lock, 0);
     l->owner = getpid();
     l->hs_timeout = hs_timeout;

@@ -42,7 +42,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -53,12 +56,13 @@
 #include "conc/sync.h"
 #include "conc/time.h"
 #include "conc/wait.h"
+#include "listener_internal.h"
 #include "manager_internal.h"
 #include "manager_wire.h"
 
 #define SLICE_NS 50000000LL         /* without a watcher, a waiting request
                                        looks around every 50 ms */
-#define ACCEPT_SLICE 0.05           /* the accept loop looks at the stop flag */
+#define ACCEPT_RETRY 0.05           /* out of descriptors: the next accept */
 #define MAX_CONNS 1024              /* connections served at once */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
@@ -159,6 +163,9 @@ struct conc__mgr_server {
     size_t max_message;
     int stop;                       /* atomic */
     bool take_sigterm;              /* a pending SIGTERM stops the server */
+    int bell;                       /* eventfd: stop, or a connection ended */
+    int sigfd;                      /* signalfd of SIGTERM, or -1 */
+    int wake;                       /* epoll set of both: the accept's wake */
     conc_lock tmu;                  /* guards objs */
     struct obj **objs;              /* objs[id - 1] */
     size_t nobjs, capobjs;
@@ -181,6 +188,17 @@ struct out {
 static bool stopping(const struct conc__mgr_server *s)
 {
     return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* Wakes the accept loop to look at the stop flag and the ended
+ * connections (it sleeps in its accept without a time limit otherwise:
+ * an idle server makes no system call). */
+static void ring(struct conc__mgr_server *s)
+{
+    uint64_t one = 1;
+    if (s->bell >= 0 && write(s->bell, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is full, so the loop is woken already */
+    }
 }
 
 static void out_str(struct out *o, const void *p, size_t len)
@@ -1452,6 +1470,7 @@ static void *conn_main(void *arg)
     hold_release_all(cn);
     shutdown(cn->fd, SHUT_RDWR);        /* the client sees the end at once */
     __atomic_store_n(&cn->done, 1, __ATOMIC_RELEASE);
+    ring(cn->s);                        /* the accept loop reaps it */
     return NULL;
 }
 
@@ -1494,10 +1513,30 @@ int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
     struct conc__mgr_server *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
-    s->l = l;
     s->types = types;
     s->ntypes = ntypes;
     s->max_message = max_message;
+    s->sigfd = -1;
+    /* The accept loop's wake: an epoll set of the bell (and of SIGTERM's
+     * signalfd, conc__mgr_server_take_sigterm) that the listener's accept
+     * waits on beside its socket. */
+    int e = 0;
+    s->bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->wake = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN };
+    if (s->bell < 0 || s->wake < 0 || epoll_ctl(s->wake, EPOLL_CTL_ADD, s->bell, &ev) < 0)
+        e = -errno;
+    if (!e)
+        e = conc__listener_set_wake(l, s->wake);
+    if (e) {
+        if (s->bell >= 0)
+            close(s->bell);
+        if (s->wake >= 0)
+            close(s->wake);
+        free(s);
+        return e;
+    }
+    s->l = l;
     conc_lock_init(&s->tmu, 0);
     *out = s;
     return 0;
@@ -1506,6 +1545,17 @@ int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
 void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
 {
     s->take_sigterm = true;
+    /* SIGTERM is blocked (the caller's part): its signalfd wakes the
+     * accept loop when one is pending, and the loop takes it. */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    s->sigfd = signalfd(-1, &term, SFD_NONBLOCK | SFD_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN };
+    if (s->sigfd >= 0 && epoll_ctl(s->wake, EPOLL_CTL_ADD, s->sigfd, &ev) < 0) {
+        close(s->sigfd);
+        s->sigfd = -1;
+    }
 }
 
 void conc__mgr_keepalive(int fd)
@@ -1536,28 +1586,41 @@ static bool sigterm_pending(void)
 void conc__mgr_server_stop(struct conc__mgr_server *s)
 {
     __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    ring(s);
 }
 
 int conc__mgr_server_run(struct conc__mgr_server *s)
 {
+    bool look = true;                   /* at SIGTERM: at first, and when woken */
     while (!stopping(s)) {
-        if (s->take_sigterm && sigterm_pending()) {
+        if (look && s->take_sigterm && sigterm_pending()) {
             conc__mgr_server_stop(s);
             break;
         }
+        look = false;
         conn_reap(s, false);
         conc_conn *c;
-        int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);
+        /* No time limit: ring() (a stop, an ended connection) and a
+         * pending SIGTERM end the wait through the listener's wake. */
+        int e = conc_listener_accept(s->l, &c, CONC_FOREVER);
+        if (e == -EINTR) {
+            uint64_t n;
+            if (read(s->bell, &n, sizeof n) < 0) {
+                /* EAGAIN: it was the SIGTERM */
+            }
+            look = true;
+            continue;
+        }
         if (e == -EPIPE)
             break;
         if (e == -ETIMEDOUT || e == -ECONNABORTED || e == -EACCES)
-            continue;                   /* no client, or a failed handshake */
+            continue;                   /* a failed handshake */
         if (e) {
             /* Out of descriptors or memory: the accept did not wait.  Let
              * the connections run (those that end give their descriptors
              * back) before the next try; trying again at once would keep
              * this loop from ever letting them run. */
-            conc_sleep(ACCEPT_SLICE);
+            conc_sleep(ACCEPT_RETRY);
             continue;
         }
         struct conn *cn = calloc(1, sizeof *cn);
@@ -1596,5 +1659,9 @@ void conc__mgr_server_free(struct conc__mgr_server *s)
         obj_free(s->objs[i]);
     free(s->objs);
     conc_listener_free(s->l);
+    if (s->sigfd >= 0)
+        close(s->sigfd);
+    close(s->bell);
+    close(s->wake);
     free(s);
 }

@@ -16,6 +16,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -483,5 +484,91 @@ Test(manager_semantics, a_service_name_address_is_tcp, .timeout = 60)
     o.authkey_len = 3;
     cr_assert_eq(conc_manager_new(&m, &o), 0);
     cr_expect_eq(conc_manager_connect(m), CONC_EAI_SERVICE);
+    conc_manager_free(m);
+}
+
+/* ------------------------------------------------ an idle server sleeps */
+
+/* The server's voluntary context switches (its main thread, which runs
+ * the accept loop and every connection): each wake-up from a wait is one. */
+static long server_switches(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/status", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    long n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* An idle server sleeps in its accept without a time limit: nothing wakes
+ * it while no client does anything (the accept loop looked at its stop
+ * flag every 50 ms before, waking ten times in this window); a shutdown
+ * still ends it at once. */
+Test(manager_semantics, an_idle_server_does_not_wake, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *d;
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, NULL, 0, 0), 0);
+    cr_assert_eq(conc_proxy_dict_set(d, "k", 1, "v", 1), 0);
+    pid_t pid = conc_manager_pid(m);
+    cr_assert(await_task_blocked(pid, pid, GUARD), "the server never slept");
+    long before = server_switches(pid);
+    /* An observation window, not a synchronisation: nothing may happen. */
+    struct timespec half = { 0, 500000000 };
+    nanosleep(&half, NULL);
+    long after = server_switches(pid);
+    cr_expect_leq(after - before, 1, "an idle server woke %ld times", after - before);
+    cr_expect_eq(conc_proxy_dict_len(d), 1, "and it still serves");
+    conc_proxy_free(d);
+    int64_t t0 = conc_now();
+    cr_expect_eq(conc_manager_shutdown(m), 0);
+    cr_expect_lt(conc_now() - t0, (int64_t)900000000, "the shutdown waited for a kill");
+    conc_manager_free(m);
+}
+
+/* The server's open descriptors. */
+static int server_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* A connection that ends wakes the accept loop, which frees it (and its
+ * socket) at once, not at the next client's arrival. */
+Test(manager_semantics, an_ended_connection_is_freed_without_a_new_one, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *d;
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, "d", 0, 0), 0);
+    pid_t pid = conc_manager_pid(m);
+    int base = server_fds(pid);
+    conc_proxy *p[8];
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(conc_manager_create(m, &p[i], CONC_PROXY_DICT, "d", 0, 0), 0);
+    cr_expect_eq(server_fds(pid), base + 8);
+    for (int i = 0; i < 8; i++)
+        conc_proxy_free(p[i]);
+    int64_t guard = conc_now() + (int64_t)(GUARD * 1e9);
+    while (server_fds(pid) > base && conc_now() < guard)
+        usleep(1000);
+    cr_expect_eq(server_fds(pid), base, "the ended connections' sockets are still open");
+    conc_proxy_free(d);
     conc_manager_free(m);
 }
