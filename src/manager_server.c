@@ -183,6 +183,7 @@ struct out {
     int64_t value;
     bool nomem;
     size_t limit;                   /* the largest answer the client takes */
+    size_t taken_at;                /* where a list's or dict's pop took its item */
 };
 
 static bool stopping(const struct conc__mgr_server *s)
@@ -774,8 +775,10 @@ static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out
         if (!fits(out, o->kv[i].v.len))
             return -EMSGSIZE;
         out_str(out, o->kv[i].v.p, o->kv[i].v.len);
-        if (r->op == CONC__MGR_D_POP && !out->nomem)
+        if (r->op == CONC__MGR_D_POP && !out->nomem) {
+            out->taken_at = (size_t)i;
             kv_remove(o, (size_t)i);
+        }
         return 0;
     case CONC__MGR_D_DEL:
         i = kv_find(o, &a0, hash_bytes(a0.p, a0.len));
@@ -912,6 +915,7 @@ static int op_list(struct obj *o, const struct conc__mgr_req *r, struct out *out
         free(o->li[at].p);
         memmove(&o->li[at], &o->li[at + 1], (o->nli - at - 1) * sizeof o->li[0]);
         o->nli--;
+        out->taken_at = at;
         return 0;
     case CONC__MGR_L_INSERT:
         return li_insert(o, py_bound(r->a, o->nli), &v);
@@ -1389,28 +1393,56 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
 
 /* ---------------------------------------------------------- connections */
 
-/* The answer to a Queue.get (its one string is the message) could not be
- * sent: the client is gone, so the message goes back to the head of the
- * queue, where it was, instead of being lost with the client. */
-static void give_back(struct obj *o, const uint8_t *ans, size_t len)
+/* Puts a popped dict entry back at position at (or the end): the key is
+ * not there (o->mu held).  A key set again meanwhile keeps its new value. */
+static void kv_put_back(struct obj *o, const struct conc__mgr_str *k,
+                        const struct conc__mgr_str *v, size_t at)
 {
-    struct conc__mgr_str msg;
+    if (kv_find(o, k, hash_bytes(k->p, k->len)) >= 0 || kv_set(o, k, v))
+        return;
+    if (at >= o->nkv - 1)
+        return;                         /* it was last: kv_set put it there */
+    struct kv e = o->kv[o->nkv - 1];
+    memmove(&o->kv[at + 1], &o->kv[at], (o->nkv - 1 - at) * sizeof o->kv[0]);
+    o->kv[at] = e;
+    memset(o->idx, 0, o->icap * sizeof *o->idx);
+    for (size_t j = 0; j < o->nkv; j++)
+        idx_put(o, j);
+}
+
+/* The answer to a call that took something out (a Queue.get, a list's or
+ * a dict's pop; its one string is the item) could not be sent: the client
+ * is gone, so the item goes back where it was (the head of the queue, its
+ * index in the list, its place in the dict's order) instead of being lost
+ * with the client. */
+static void give_back(struct obj *o, const struct conc__mgr_req *r, const struct out *out)
+{
+    struct conc__mgr_str item, key;
     size_t pos = 0;
-    if (!o || len < CONC__MGR_ANS_HEAD ||
-        conc__mgr_next(ans + CONC__MGR_ANS_HEAD, len - CONC__MGR_ANS_HEAD, &pos, &msg))
+    if (!o || out->len < CONC__MGR_ANS_HEAD ||
+        conc__mgr_next(out->buf + CONC__MGR_ANS_HEAD, out->len - CONC__MGR_ANS_HEAD, &pos,
+                       &item))
         return;
-    struct qmsg *m = malloc(sizeof *m + msg.len);
-    if (!m)
-        return;
-    m->len = msg.len;
-    if (msg.len)
-        memcpy(m->data, msg.p, msg.len);
     conc_lock_acquire(&o->mu, CONC_FOREVER);
-    m->next = o->qhead;
-    o->qhead = m;
-    if (!o->qtail)
-        o->qtail = m;
-    o->qlen++;
+    if (r->op == CONC__MGR_Q_GET) {
+        struct qmsg *m = malloc(sizeof *m + item.len);
+        if (m) {
+            m->len = item.len;
+            if (item.len)
+                memcpy(m->data, item.p, item.len);
+            m->next = o->qhead;
+            o->qhead = m;
+            if (!o->qtail)
+                o->qtail = m;
+            o->qlen++;
+        }
+    } else if (r->op == CONC__MGR_L_POP) {
+        li_insert(o, out->taken_at < o->nli ? out->taken_at : o->nli, &item);
+    } else {
+        pos = 0;                        /* D_POP: its one string is the key */
+        if (!conc__mgr_next(r->args, r->args_len, &pos, &key))
+            kv_put_back(o, &key, &item, out->taken_at);
+    }
     conc_cond_notify_all(&o->cv);
     conc_lock_release(&o->mu);
 }
@@ -1449,20 +1481,26 @@ static void *conn_main(void *arg)
             out.cap = out.buf ? 256 : 0;
         }
         int e = out.buf ? dispatch(cn, &r, &out) : -ENOMEM;
-        free(buf);
         if (out.nomem || !out.buf || out.len > out.limit) {
-            if (!out.buf)
+            if (!out.buf) {
+                free(buf);
                 break;
+            }
             e = out.nomem ? -ENOMEM : -EMSGSIZE;
             out.len = CONC__MGR_ANS_HEAD;
             out.nargs = 0;
         }
         conc__mgr_ans_write_head(out.buf, e, out.nargs, out.value);
+        /* The request (r points into buf) stays until the answer is out:
+         * a pop whose answer cannot be sent puts its key back. */
         if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER)) {
-            if (r.op == CONC__MGR_Q_GET && e == 0)
-                give_back(cn->last, out.buf, out.len);
+            if ((r.op == CONC__MGR_Q_GET || r.op == CONC__MGR_L_POP ||
+                 r.op == CONC__MGR_D_POP) && e == 0)
+                give_back(cn->last, &r, &out);
+            free(buf);
             break;
         }
+        free(buf);
         if (e == -ECONNRESET)
             break;
     }

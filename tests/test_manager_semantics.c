@@ -572,3 +572,104 @@ Test(manager_semantics, an_ended_connection_is_freed_without_a_new_one, .timeout
     conc_proxy_free(d);
     conc_manager_free(m);
 }
+
+/* ------------------------------------------- pops whose client is gone */
+
+enum { OP_D_POP = 13, OP_L_POP = 19 };  /* src/manager_wire.h */
+
+/* Waits until the stopped server shows state 'T'. */
+static void await_stopped(pid_t pid)
+{
+    int64_t guard = conc_now() + (int64_t)(GUARD * 1e9);
+    while (task_state(pid, pid) != 'T' && conc_now() < guard)
+        usleep(1000);
+    cr_assert_eq(task_state(pid, pid), 'T', "the server did not stop");
+}
+
+/* Sends each request on a raw connection of its own and closes it at once,
+ * while the server is stopped: the server reads them only after their
+ * clients closed, so every answer fails to be sent.  Returns once the
+ * server, running again, has ended the connections (its descriptors are
+ * back to what they were). */
+static void send_and_vanish(conc_manager *m, uint8_t (*req)[128], const size_t *len, int n)
+{
+    char addr[128];
+    cr_assert_gt(conc_manager_address(m, addr, sizeof addr), 0);
+    pid_t pid = conc_manager_pid(m);
+    int base = server_fds(pid);
+    conc_conn *c[8];
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(conc_client_connect(&c[i], addr, NULL, GUARD), 0);
+        char hello[64];
+        cr_assert_gt(conc_conn_recv_bytes(c[i], hello, sizeof hello, GUARD), 0);
+    }
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    await_stopped(pid);
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(conc_conn_send_bytes(c[i], req[i], len[i], GUARD), 0);
+        conc_conn_free(c[i]);           /* gone before the answer */
+    }
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    int64_t guard = conc_now() + (int64_t)(GUARD * 1e9);
+    while (server_fds(pid) > base && conc_now() < guard)
+        usleep(1000);
+    cr_assert_eq(server_fds(pid), base, "the server did not end the connections");
+}
+
+/* A list's or a dict's pop whose client is gone before the answer gives
+ * the item back, in its place (as a Queue.get does): nothing is lost. */
+Test(manager_semantics, a_pop_whose_client_is_gone_gives_the_item_back, .timeout = 60)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *l, *d;
+    cr_assert_eq(conc_manager_create(m, &l, CONC_PROXY_LIST, NULL, 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, NULL, 0, 0), 0);
+    const char *items[] = { "a", "b", "c", "d" };
+    for (int i = 0; i < 4; i++) {
+        cr_assert_eq(conc_proxy_list_append(l, items[i], 1), 0);
+        char k[3] = { 'k', (char)('1' + i), 0 };
+        cr_assert_eq(conc_proxy_dict_set(d, k, 2, items[i], 1), 0);
+    }
+    uint8_t req[4][128];
+    size_t len[4];
+    len[0] = raw_req(req[0], OP_L_POP, conc_proxy_id(l));
+    int64_t one = 1, last = -1;
+    memcpy(req[0] + 24, &one, 8);       /* l.pop(1): "b" */
+    len[1] = raw_req(req[1], OP_L_POP, conc_proxy_id(l));
+    memcpy(req[1] + 24, &last, 8);      /* l.pop(): "d" */
+    for (int i = 2; i < 4; i++) {       /* d.pop("k2"), d.pop("k4") */
+        len[i] = raw_req(req[i], OP_D_POP, conc_proxy_id(d));
+        uint32_t nargs = 1, klen = 2;
+        memcpy(req[i] + 4, &nargs, 4);
+        memcpy(req[i] + 48, &klen, 4);
+        memcpy(req[i] + 52, i == 2 ? "k2" : "k4", 2);
+        len[i] += 6;
+    }
+    send_and_vanish(m, req, len, 4);
+
+    conc_proxy_items *it;
+    cr_assert_eq(conc_proxy_list_slice(l, 0, INT64_MAX, &it), 0);
+    cr_expect_eq(it->count, 4, "the list lost items: %zu left", it->count);
+    for (size_t i = 0; i < it->count && i < 4; i++)
+        cr_expect(it->item[i].len == 1 && memcmp(it->item[i].data, items[i], 1) == 0,
+                  "item %zu is '%.*s', not '%s'", i, (int)it->item[i].len,
+                  (const char *)it->item[i].data, items[i]);
+    free(it);
+    cr_assert_eq(conc_proxy_dict_items(d, &it), 0);
+    cr_expect_eq(it->count, 8, "the dict lost entries: %zu strings", it->count);
+    for (size_t i = 0; i + 1 < it->count && i < 8; i += 2) {
+        char k[3] = { 'k', (char)('1' + i / 2), 0 };
+        cr_expect(it->item[i].len == 2 && memcmp(it->item[i].data, k, 2) == 0 &&
+                      it->item[i + 1].len == 1 &&
+                      memcmp(it->item[i + 1].data, items[i / 2], 1) == 0,
+                  "entry %zu is '%.*s': '%.*s'", i / 2, (int)it->item[i].len,
+                  (const char *)it->item[i].data, (int)it->item[i + 1].len,
+                  (const char *)it->item[i + 1].data);
+    }
+    free(it);
+    conc_proxy_free(l);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}

@@ -441,7 +441,11 @@ CONC_API int conc_proxy_dict_items(conc_proxy *p, conc_proxy_items **out);
  * are set in that order in one step (no other call sees half of them).
  * Returns 0. */
 CONC_API int conc_proxy_dict_update(conc_proxy *p, const conc_proxy_bytes *kv, size_t n_pairs);
-/* d.pop(key): remove key and return its value.  Returns 0; -ENOENT. */
+/* d.pop(key): remove key and return its value.  Returns 0; -ENOENT.  A
+ * pop whose client the server finds gone when it answers (killed, or
+ * closed, before the answer could be written) takes nothing: the entry
+ * goes back in its place in the order (unless the key was set again
+ * meanwhile: the new value stays). */
 CONC_API int conc_proxy_dict_pop(conc_proxy *p, const void *key, size_t key_len,
                                  void **val, size_t *val_len);
 /* d.setdefault(key, dflt): the value of key, set to dflt first when key is
@@ -464,7 +468,8 @@ CONC_API int conc_proxy_list_get(conc_proxy *p, int64_t index, void **val, size_
 /* l[index] = val.  Returns 0; -ERANGE. */
 CONC_API int conc_proxy_list_set(conc_proxy *p, int64_t index, const void *val, size_t len);
 /* l.pop(index) (l.pop() is index -1).  Returns 0; -ERANGE (also when l is
- * empty). */
+ * empty).  A pop whose client is gone when the server answers takes
+ * nothing: the item goes back at its index (as a Queue.get's message). */
 CONC_API int conc_proxy_list_pop(conc_proxy *p, int64_t index, void **val, size_t *len);
 /* l.insert(index, val): as Python, an index past either end inserts at that
  * end.  Returns 0. */
