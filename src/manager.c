@@ -49,6 +49,7 @@ struct conc_manager {
     uint8_t *authkey;
     size_t authkey_len;
     size_t max_message;
+    unsigned threads;               /* the server's; 0: one per CPU */
     size_t send_max;                /* the largest request: the server's
                                        message size when it is smaller */
     int state;
@@ -454,6 +455,8 @@ int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
         return -EINVAL;                 /* TCP without a key: anyone could talk to it */
     if (o.max_message && (o.max_message < 64 || o.max_message > CONC_MANAGER_MSG_MAX))
         return -EINVAL;
+    if (o.threads > CONC_MANAGER_THREADS_MAX)
+        return -EINVAL;
     conc_manager *m = calloc(1, sizeof *m);
     if (!m)
         return -ENOMEM;
@@ -471,6 +474,7 @@ int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
         m->authkey_len = o.authkey_len;
     }
     m->max_message = o.max_message ? o.max_message : CONC_MANAGER_MSG_MAX;
+    m->threads = o.threads;
     m->owner = getpid();
     pthread_once(&fork_once, fork_watch);
     pthread_mutex_init(&m->srv_mu, NULL);
@@ -543,6 +547,8 @@ static int server_child(const void *arg, size_t len)
     }
     if (!e)
         e = conc__mgr_server_new(&s, l, m->types, m->ntypes, m->max_message);
+    if (!e)
+        conc__mgr_server_threads(s, m->threads);
     if (!e) {                           /* before the parent hears it listens */
         signal(SIGINT, SIG_IGN);
         sigset_t term;
@@ -644,6 +650,7 @@ int conc_manager_serve_forever(conc_manager *m)
         conc_listener_free(l);
         return e;
     }
+    conc__mgr_server_threads(s, m->threads);
     char a[CONC_SOCKADDR_STRLEN];
     pthread_mutex_lock(&m->srv_mu);
     if (conc_listener_address(l, a, sizeof a) > 0 && strlen(a) <= CONC_MANAGER_ADDR_MAX)

@@ -20,6 +20,10 @@ struct conc__mgr_server;
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
                          const struct conc__mgr_type *types, size_t ntypes, size_t max_message);
 
+/* The number of threads that serve connections (0: one per CPU, at most
+ * 4; 1 whatever is asked when types are registered); before run. */
+void conc__mgr_server_threads(struct conc__mgr_server *s, unsigned n);
+
 /* Accepts and serves until conc__mgr_server_stop or a client's shutdown;
  * then ends every connection, frees every object and closes the listener.
  * The accept loop waits without a time limit (an idle server makes no

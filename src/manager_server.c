@@ -1,9 +1,14 @@
 /*
  * manager_server.c - the manager's server: the objects it owns and one
- * greenlet per connection that runs the connection's requests on them, all
- * in the hub (conc/hub.h) of the thread that runs the server.
+ * greenlet per connection that runs the connection's requests on them, in
+ * the hubs (conc/hub.h) of a fixed set of threads: the one that runs the
+ * server (its accept loop is that thread's main coroutine) and up to
+ * CONC_MANAGER_THREADS_MAX - 1 workers, to which the accept loop deals the
+ * connections in turn (a mailbox and an eventfd each).  Everything two
+ * connections share is an object, under the object's lock, or the object
+ * table, under tmu: connections of different threads meet only there.
  *
- * The hub's one epoll loop is the server's loop: a connection's greenlet
+ * A hub's one epoll loop is its thread's loop: a connection's greenlet
  * parks while its socket has no request, and one epoll_wait hands the hub
  * every connection that became ready, whose requests then run one after
  * the other without a context switch (a request that does not wait runs
@@ -64,6 +69,8 @@
                                        looks around every 50 ms */
 #define ACCEPT_RETRY 0.05           /* out of descriptors: the next accept */
 #define MAX_CONNS 1024              /* connections served at once */
+#define MAX_WORKERS CONC_MANAGER_THREADS_MAX /* threads that serve connections */
+#define DEFAULT_WORKERS 4           /* at most, one per CPU, unless set */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
 #define ARRAY_BYTES_MAX ((int64_t)64 << 20) /* an Array's bytes in all */
@@ -139,8 +146,11 @@ struct hold {
     uint64_t count;
 };
 
+struct worker;
+
 struct conn {
     struct conc__mgr_server *s;
+    struct worker *w;               /* the thread whose hub runs it */
     conc_conn *c;
     int fd;
     uint64_t serial;
@@ -156,6 +166,19 @@ struct conn {
     int done;                       /* atomic: the greenlet ended */
 };
 
+/* A thread that serves connections in its hub: the accept loop's own
+ * (w[0]) and up to MAX_WORKERS - 1 more, which get theirs by mail. */
+struct worker {
+    struct conc__mgr_server *s;
+    int idx;
+    pthread_t t;
+    int bell;                       /* eventfd: mail came, or a conn ended */
+    pthread_mutex_t mu;             /* guards mail and stop */
+    struct conn *mail;              /* new connections for it */
+    bool stop;
+    struct conn *conns;             /* only its thread touches the list */
+};
+
 struct conc__mgr_server {
     conc_listener *l;
     const struct conc__mgr_type *types;
@@ -169,8 +192,10 @@ struct conc__mgr_server {
     conc_lock tmu;                  /* guards objs */
     struct obj **objs;              /* objs[id - 1] */
     size_t nobjs, capobjs;
-    struct conn *conns;             /* only the accept loop touches the list */
-    size_t nconns;
+    struct worker w[MAX_WORKERS];
+    int nworkers;
+    unsigned threads;               /* asked for; 0: one per CPU */
+    size_t nconns;                  /* atomic */
     uint64_t next_serial;
 };
 
@@ -185,6 +210,14 @@ struct out {
     size_t limit;                   /* the largest answer the client takes */
     size_t taken_at;                /* where a list's or dict's pop took its item */
 };
+
+static void worker_ring(struct worker *w)
+{
+    uint64_t one = 1;
+    if (write(w->bell, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is full, so the worker is woken already */
+    }
+}
 
 static bool stopping(const struct conc__mgr_server *s)
 {
@@ -1508,13 +1541,17 @@ static void *conn_main(void *arg)
     hold_release_all(cn);
     shutdown(cn->fd, SHUT_RDWR);        /* the client sees the end at once */
     __atomic_store_n(&cn->done, 1, __ATOMIC_RELEASE);
-    ring(cn->s);                        /* the accept loop reaps it */
+    if (cn->w->idx == 0)
+        ring(cn->s);                    /* the accept loop reaps it */
+    else
+        worker_ring(cn->w);             /* its worker does */
     return NULL;
 }
 
-static void conn_reap(struct conc__mgr_server *s, bool all)
+static void conn_reap(struct worker *w, bool all)
 {
-    for (struct conn **pp = &s->conns; *pp;) {
+    struct conc__mgr_server *s = w->s;
+    for (struct conn **pp = &w->conns; *pp;) {
         struct conn *cn = *pp;
         if (all || __atomic_load_n(&cn->done, __ATOMIC_ACQUIRE)) {
             if (all)
@@ -1523,7 +1560,7 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
             conc_greenlet_free(cn->g);
             conc_conn_free(cn->c);
             *pp = cn->next;
-            s->nconns--;
+            __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_RELAXED);
             free(cn);
         } else {
             pp = &cn->next;
@@ -1543,6 +1580,87 @@ static int conn_spawn(struct conn *cn)
     so.coro = &co;
     so.stack = CONC_STACK_OWN;
     return conc_greenlet_spawn(&cn->g, conn_main, cn, &so);
+}
+
+/* A worker thread: serves the connections the accept loop mails it, in
+ * its own hub, until it gets stop_item; then ends them. */
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    for (;;) {
+        /* Parked on its bell in its hub (a descriptor wait, as the accept
+         * loop's): its connections run meanwhile. */
+        conc_fd_wait_until(w->bell, POLLIN, CONC_NO_DEADLINE);
+        uint64_t n;
+        if (read(w->bell, &n, sizeof n) < 0) {
+            /* EAGAIN: read by the last round */
+        }
+        pthread_mutex_lock(&w->mu);
+        struct conn *mail = w->mail;
+        bool stop = w->stop;
+        w->mail = NULL;
+        pthread_mutex_unlock(&w->mu);
+        while (mail) {
+            struct conn *cn = mail;
+            mail = cn->next;
+            if (conn_spawn(cn)) {
+                conc_conn_free(cn->c);
+                free(cn);
+                __atomic_fetch_sub(&w->s->nconns, 1, __ATOMIC_RELAXED);
+            } else {
+                cn->next = w->conns;
+                w->conns = cn;
+            }
+        }
+        if (stop)
+            break;
+        conn_reap(w, false);
+    }
+    conn_reap(w, true);
+    conc_hub_free();
+    return NULL;
+}
+
+/* Starts the worker threads: as many as asked for, or one per CPU (at
+ * most DEFAULT_WORKERS), the accept loop's thread counted; one thread in
+ * all when the program registered types, whose callbacks run in one. */
+static void workers_start(struct conc__mgr_server *s)
+{
+    s->w[0] = (struct worker){ .s = s, .idx = 0 };
+    s->nworkers = 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus > DEFAULT_WORKERS)
+        cpus = DEFAULT_WORKERS;
+    int want = s->ntypes ? 1 : s->threads ? (int)s->threads : cpus < 1 ? 1 : (int)cpus;
+    for (int i = 1; i < want; i++) {
+        struct worker *w = &s->w[i];
+        *w = (struct worker){ .s = s, .idx = i };
+        w->bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (w->bell < 0)
+            break;
+        pthread_mutex_init(&w->mu, NULL);
+        if (pthread_create(&w->t, NULL, worker_main, w)) {
+            pthread_mutex_destroy(&w->mu);
+            close(w->bell);
+            break;
+        }
+        s->nworkers++;
+    }
+}
+
+static void workers_stop(struct conc__mgr_server *s)
+{
+    for (int i = 1; i < s->nworkers; i++) {
+        struct worker *w = &s->w[i];
+        pthread_mutex_lock(&w->mu);
+        w->stop = true;
+        pthread_mutex_unlock(&w->mu);
+        worker_ring(w);
+        pthread_join(w->t, NULL);
+        pthread_mutex_destroy(&w->mu);
+        close(w->bell);
+    }
+    s->nworkers = 1;
 }
 
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
@@ -1578,6 +1696,11 @@ int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
     conc_lock_init(&s->tmu, 0);
     *out = s;
     return 0;
+}
+
+void conc__mgr_server_threads(struct conc__mgr_server *s, unsigned n)
+{
+    s->threads = n > MAX_WORKERS ? MAX_WORKERS : n;
 }
 
 void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
@@ -1630,13 +1753,14 @@ void conc__mgr_server_stop(struct conc__mgr_server *s)
 int conc__mgr_server_run(struct conc__mgr_server *s)
 {
     bool look = true;                   /* at SIGTERM: at first, and when woken */
+    workers_start(s);
     while (!stopping(s)) {
         if (look && s->take_sigterm && sigterm_pending()) {
             conc__mgr_server_stop(s);
             break;
         }
         look = false;
-        conn_reap(s, false);
+        conn_reap(&s->w[0], false);
         conc_conn *c;
         /* No time limit: ring() (a stop, an ended connection) and a
          * pending SIGTERM end the wait through the listener's wake. */
@@ -1662,7 +1786,8 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
             continue;
         }
         struct conn *cn = calloc(1, sizeof *cn);
-        if (!cn || s->nconns >= MAX_CONNS || conc_conn_set_max_size(c, s->max_message)) {
+        if (!cn || __atomic_load_n(&s->nconns, __ATOMIC_RELAXED) >= MAX_CONNS ||
+            conc_conn_set_max_size(c, s->max_message)) {
             free(cn);
             conc_conn_free(c);
             continue;
@@ -1672,17 +1797,29 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->fd = conc_conn_fd(c);
         conc__mgr_keepalive(cn->fd);    /* a client machine that vanishes */
         cn->serial = ++s->next_serial;
+        __atomic_fetch_add(&s->nconns, 1, __ATOMIC_RELAXED);
+        /* Connections are spread over the workers in turn. */
+        cn->w = &s->w[cn->serial % (uint64_t)s->nworkers];
+        if (cn->w->idx) {
+            pthread_mutex_lock(&cn->w->mu);
+            cn->next = cn->w->mail;
+            cn->w->mail = cn;
+            pthread_mutex_unlock(&cn->w->mu);
+            worker_ring(cn->w);
+            continue;
+        }
         if (conn_spawn(cn)) {
             conc_conn_free(c);
             free(cn);
+            __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_RELAXED);
             continue;
         }
-        cn->next = s->conns;
-        s->conns = cn;
-        s->nconns++;
+        cn->next = s->w[0].conns;
+        s->w[0].conns = cn;
     }
     conc_listener_close(s->l);
-    conn_reap(s, true);
+    workers_stop(s);
+    conn_reap(&s->w[0], true);
     /* The hub made for the connections goes with them (a hub the thread
      * had before, with greenlets of its own still running, stays). */
     conc_hub_free();

@@ -33,12 +33,14 @@
  * one past that is closed at once, and the call that made it fails with
  * -ECONNRESET; a server out of descriptors leaves the next connection
  * waiting until one is free, up to the 10 s a connection is given
- * (-ETIMEDOUT), and serves the others meanwhile).  The server
- * serves every connection from one epoll
- * loop (the hub of conc/hub.h in the thread that runs it): a connection is
- * a greenlet, and a call that must wait parks only its greenlet, so one
- * client's blocking call never holds up another client, and no thread is
- * made per connection.  One
+ * (-ETIMEDOUT), and serves the others meanwhile).  The server serves its
+ * connections from a fixed set of threads (opts.threads: by default one
+ * per CPU, at most 4; the thread that runs the server is one of them),
+ * each an epoll loop (the hub of conc/hub.h), the connections dealt to
+ * them in turn: a connection is a greenlet, and a call that must wait
+ * parks only its greenlet, so one client's blocking call never holds up
+ * another client, and no thread is made per connection.  An idle server
+ * makes no system call.  One
  * proxy runs one call at a time: calls from several threads on one proxy
  * take turns (a thread that must notify a Condition another thread waits
  * on through the same proxy needs a proxy of its own: conc_proxy_dup).
@@ -127,6 +129,9 @@ typedef struct conc_proxy conc_proxy;
 /* The default (and largest settable) size of one request or answer: 64 MiB. */
 #define CONC_MANAGER_MSG_MAX ((size_t)64 << 20)
 
+/* The most threads a server runs its connections in (opts.threads). */
+#define CONC_MANAGER_THREADS_MAX 16
+
 /* The longest address (a Unix socket path, or HOST:PORT). */
 #define CONC_MANAGER_ADDR_MAX 107
 
@@ -145,6 +150,12 @@ typedef struct conc_manager_opts {
     const void *authkey;     /* the shared secret; NULL: none (Unix only) */
     size_t authkey_len;      /* its length, 1 to 1024 bytes */
     size_t max_message;      /* 0: CONC_MANAGER_MSG_MAX; else 64 bytes to it */
+    unsigned threads;        /* threads the server (started or served) runs
+                                its connections in, 1 to
+                                CONC_MANAGER_THREADS_MAX; 0: one per CPU,
+                                at most 4.  One whatever is asked when
+                                types are registered (their callbacks run
+                                in one thread) */
 } conc_manager_opts;
 
 #define CONC_MANAGER_OPTS_INIT { .size = sizeof(conc_manager_opts) }
@@ -173,8 +184,10 @@ typedef enum conc_proxy_type {
  * C callbacks the server calls.  They run in the server process (a started
  * manager's child is a fork of the program, so the function pointers are
  * valid there), in the greenlet of the calling connection (on a stack of
- * its own of 256 KiB: keep large buffers on the heap), in the server's
- * one thread; the server runs one call on an object at a time.  A callback
+ * its own of 256 KiB: keep large buffers on the heap), in one thread (a
+ * server with registered types runs every connection in the thread that
+ * runs it, whatever opts.threads says); the server runs one call on an
+ * object at a time.  A callback
  * that blocks the thread in the kernel holds up every client; the blocking
  * calls of conc (locks, queues, sleeps, descriptor waits) park only the
  * connection's greenlet.
@@ -219,7 +232,8 @@ typedef struct conc_proxy_items {
  * too).  Returns 0; -EINVAL for a NULL out, an address longer than
  * CONC_MANAGER_ADDR_MAX or not of either form, a TCP address without an
  * authkey, an authkey_len of 0 with a non-NULL authkey (or over 1024), or a
- * max_message out of range; -ENOMEM.
+ * max_message out of range, threads over CONC_MANAGER_THREADS_MAX;
+ * -ENOMEM.
  */
 CONC_API int conc_manager_new(conc_manager **out, const conc_manager_opts *opts);
 
