@@ -39,6 +39,8 @@
 #define START_TIMEOUT 30.0          /* the child reports it listens */
 #define STOP_GRACE 1.0              /* a started server gets to exit by itself */
 #define ANSWER_GRACE_NS (10 * (int64_t)1000000000) /* a timed call's answer may come this late */
+#define PROBE_NS (5 * (int64_t)1000000000) /* an untimed call looks whether the
+                                              server runs this often */
 
 enum { ST_NEW, ST_STARTED, ST_SERVING, ST_CONNECTED, ST_SHUT };
 
@@ -253,6 +255,31 @@ static int answer_check(int op, const struct conc__mgr_ans *a)
     return a->status == 0 ? 0 : -EPROTO;
 }
 
+/* Whether the server of m still runs, for a call that has waited long for
+ * its answer: a new connection gets the server's hello (within
+ * CONNECT_TIMEOUT).  Only a server that does not answer is taken as not
+ * running (-ETIMEDOUT); a connection refused or dropped (a full server,
+ * one shutting down), or this process out of descriptors, says nothing of
+ * the call's connection, whose own end tells. */
+static bool server_runs(const conc_manager *m)
+{
+    conc_conn *c = NULL;
+    int e = dial(m, &c);
+    conc_conn_free(c);
+    return e != -ETIMEDOUT && e != -EAGAIN;
+}
+
+/* Waits for the answer of a call without a time limit: as long as its
+ * connection lives and the server runs (looked at every PROBE_NS). */
+static int recv_untimed(conc_proxy *p, void **buf, size_t *len)
+{
+    for (;;) {
+        int e = conc_conn_recv_alloc_until(p->c, buf, len, conc_now() + PROBE_NS);
+        if (e != -ETIMEDOUT || !server_runs(p->m))
+            return e;
+    }
+}
+
 /* Runs one request on p's connection.  Returns the answer's status (and
  * keeps the answer in *res, free res->buf) or a local error. */
 static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_str *s, size_t n,
@@ -299,9 +326,10 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
          * (stopped, its thread held up): the call gives up, and the proxy,
          * whose answer could still come, is broken; its connection is
          * closed, so the server releases what it held when it runs again.
-         * A call without a limit waits as long as the connection lives, and
-         * so does Condition.wait, which takes the lock back however long
-         * another client holds it. */
+         * A call without a limit waits as long as the connection lives and
+         * the server runs (a new connection gets its hello: recv_untimed),
+         * and so does Condition.wait, which takes the lock back however
+         * long another client holds it. */
         int64_t until = CONC_NO_DEADLINE;
         if (r->timeout >= 0 && r->op != CONC__MGR_C_WAIT) {
             int64_t now = conc_now();
@@ -311,7 +339,7 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
         }
         size_t len;
         e = until == CONC_NO_DEADLINE
-                ? conc_conn_recv_alloc(p->c, &res->buf, &len, CONC_FOREVER)
+                ? recv_untimed(p, &res->buf, &len)
                 : conc_conn_recv_alloc_until(p->c, &res->buf, &len, until);
         if (!e && conc__mgr_ans_parse(res->buf, len, &res->a)) {
             free(res->buf);

@@ -9,8 +9,12 @@
  *     as its JoinableQueue does.
  * and where they do better than Python's:
  *   - A call with a timeout returns, also when the server does not run
- *     (where Python's proxy waits for ever).
- *   - A Queue.get whose client is gone before its answer loses no message.
+ *     (where Python's proxy waits for ever); so does one without a timeout,
+ *     which looks whether the server still greets a new connection.
+ *   - A Queue.get, or a list's or dict's pop, whose client is gone before
+ *     its answer loses no message or item.
+ *   - Typed Values and Arrays made with a first value; Queue.full(); an
+ *     address with a service name; an idle server that sleeps.
  *
  * Criterion runs every test in its own process.
  */
@@ -708,5 +712,79 @@ Test(manager_semantics, a_pop_whose_client_is_gone_gives_the_item_back, .timeout
     free(it);
     conc_proxy_free(l);
     conc_proxy_free(d);
+    conc_manager_free(m);
+}
+
+/* ------------------------------------------- calls without a time limit */
+
+static void *untimed_getter(void *arg)
+{
+    struct getter *g = arg;
+    void *v = NULL;
+    size_t n = 0;
+    int r = conc_proxy_queue_get(g->q, &v, &n, CONC_FOREVER);
+    if (r == 0 && (n != 4 || memcmp(v, "late", 4) != 0))
+        r = -EBADMSG;
+    free(v);
+    __atomic_store_n(&g->r, r, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* A call without a timeout to a server that does not run any more but
+ * keeps its connections (stopped) does not wait for ever: every few
+ * seconds it looks whether the server still greets a new connection, and
+ * when it does not (10 s), the call fails with -ECONNRESET and its proxy
+ * is broken.  Other proxies work again once the server runs. */
+Test(manager_semantics, an_untimed_call_to_a_stopped_server_gives_up, .timeout = 120)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q, *d;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &d, CONC_PROXY_DICT, "d", 0, 0), 0);
+    pid_t pid = conc_manager_pid(m);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    struct getter g = { .q = q, .r = 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, untimed_getter, &g), 0);
+    int64_t guard = conc_now() + 90 * (int64_t)1000000000;
+    while (__atomic_load_n(&g.r, __ATOMIC_ACQUIRE) == 1 && conc_now() < guard)
+        usleep(10000);
+    int r = __atomic_load_n(&g.r, __ATOMIC_ACQUIRE);
+    cr_assert_eq(kill(pid, SIGCONT), 0);
+    pthread_join(t, NULL);
+    cr_expect_eq(r, -ECONNRESET, "the untimed get from a stopped server: %d", r);
+    cr_expect_eq(conc_proxy_queue_qsize(q), -EPIPE, "its proxy is broken");
+    cr_expect_eq(conc_proxy_dict_set(d, "k", 1, "v", 1), 0, "another proxy works again");
+    conc_proxy_free(q);
+    conc_proxy_free(d);
+    conc_manager_free(m);
+}
+
+/* A server that runs keeps an untimed call waiting however long: the
+ * looks at it (a new connection, greeted) do not end the call, which gets
+ * the message put after two of them. */
+Test(manager_semantics, an_untimed_call_to_a_running_server_waits, .timeout = 120)
+{
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, NULL), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *q, *q2;
+    cr_assert_eq(conc_manager_create(m, &q, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    cr_assert_eq(conc_manager_create(m, &q2, CONC_PROXY_QUEUE, "q", 0, 0), 0);
+    struct getter g = { .q = q, .r = 1 };
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, untimed_getter, &g), 0);
+    /* An observation window of two looks (5 s apart): the call waits on. */
+    int64_t until = conc_now() + 11 * (int64_t)1000000000;
+    while (conc_now() < until && __atomic_load_n(&g.r, __ATOMIC_ACQUIRE) == 1)
+        usleep(10000);
+    cr_expect_eq(__atomic_load_n(&g.r, __ATOMIC_ACQUIRE), 1, "the call ended: %d", g.r);
+    cr_assert_eq(conc_proxy_queue_put(q2, "late", 4, GUARD), 0);
+    pthread_join(t, NULL);
+    cr_expect_eq(g.r, 0, "the untimed get: %d", g.r);
+    conc_proxy_free(q);
+    conc_proxy_free(q2);
     conc_manager_free(m);
 }

@@ -67,7 +67,11 @@
  * connection closed (the server releases what it held once it runs);
  * calls without a timeout, and Condition.wait (which takes the lock back
  * however long another client holds it), wait as long as the connection
- * lives.  A proxy does not
+ * lives and the server runs: every 5 s without an answer such a call
+ * opens a new connection to the server, and when the server does not
+ * greet it within 10 s the call fails the same way (a server whose
+ * threads a registered type's callback holds up in the kernel that long
+ * counts as not running).  A proxy does not
  * reconnect by itself: make the manager handle again (conc_manager_connect)
  * and the proxies again (conc_manager_create with the object's name) when
  * a server was restarted.
