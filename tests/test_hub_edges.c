@@ -38,19 +38,11 @@
 
 #include "conc.h"
 #include "support/fork_sanitizers.h"
+#include "support/pieces.h"
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifdef SANITIZED
-#define PIECES 4000
+#if SANITIZED
 #define ROUNDS 300
 #else
-#define PIECES 40000
 #define ROUNDS 3000
 #endif
 
@@ -340,110 +332,13 @@ Test(hub_edges, space_between_eagain_and_park, .timeout = 60)
 
 /* ----------------------------------------------------- many small pieces */
 
-struct piece_writer {
-    int fd;
-    int pieces;
-};
-
-static unsigned char pat(size_t i)
-{
-    return (unsigned char)(i * 7 + i / 251);
-}
-
-static size_t pieces_total(int pieces)
-{
-    size_t t = 0;
-    for (int i = 0; i < pieces; i++)
-        t += (size_t)(i % 5) + 1;
-    return t;
-}
-
-/* A plain thread: pieces of 1 to 5 bytes, each its own write. */
-static void *piece_thread(void *arg)
-{
-    struct piece_writer *w = arg;
-    size_t off = 0;
-    for (int i = 0; i < w->pieces; i++) {
-        unsigned char buf[5];
-        size_t k = (size_t)(i % 5) + 1;
-        for (size_t j = 0; j < k; j++)
-            buf[j] = pat(off + j);
-        size_t put = 0;
-        while (put < k) {
-            ssize_t n = write(w->fd, buf + put, k - put);
-            if (n < 0 && errno == EAGAIN) {
-                struct pollfd p = { .fd = w->fd, .events = POLLOUT };
-                poll(&p, 1, 1000);
-                continue;
-            }
-            if (n <= 0)
-                return (void *)1;
-            put += (size_t)n;
-        }
-        off += k;
-        if (i % 64 == 0)
-            sched_yield();
-    }
-    return NULL;
-}
-
-struct piece_reader {
-    conc_socket *s;
-    size_t total;
-    size_t got;
-    int bad;
-};
-
-static void *piece_read_body(void *arg)
-{
-    struct piece_reader *r = arg;
-    while (r->got < r->total) {
-        unsigned char buf[3];
-        ssize_t n = conc_socket_recv(r->s, buf, sizeof buf, 0);
-        if (n <= 0)
-            return (void *)(intptr_t)(n == 0 ? -EPIPE : n);
-        for (ssize_t i = 0; i < n; i++)
-            if (buf[i] != pat(r->got + (size_t)i))
-                r->bad = 1;
-        r->got += (size_t)n;
-    }
-    return NULL;
-}
-
 /* Four sockets, each fed by a thread in many small pieces and read by a
- * greenlet with a small buffer: every byte arrives once, in order. */
+ * greenlet with a 3-byte buffer: every byte arrives once, in order. */
 Test(hub_edges, peer_writes_many_small_pieces, .timeout = 120)
 {
-    enum { N = 4 };
-    conc_socket *a[N], *b[N];
-    pthread_t t[N];
-    struct piece_writer w[N];
-    struct piece_reader r[N];
-    conc_greenlet *g[N];
-    for (int i = 0; i < N; i++) {
-        pair(&a[i], &b[i]);
-        r[i] = (struct piece_reader){ a[i], pieces_total(PIECES), 0, 0 };
-        cr_assert_eq(conc_greenlet_spawn(&g[i], piece_read_body, &r[i], NULL), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        w[i] = (struct piece_writer){ conc_socket_fd(b[i]), PIECES };
-        cr_assert_eq(pthread_create(&t[i], NULL, piece_thread, &w[i]), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        cr_assert_eq(conc_greenlet_join(g[i], 100.0), 0);
-        void *v = (void *)1;
-        cr_assert_eq(conc_greenlet_result(g[i], &v), 0);
-        cr_assert_eq((intptr_t)v, 0, "reader %d: %s", i, conc_strerror((int)(intptr_t)v));
-        cr_assert_eq(r[i].got, r[i].total);
-        cr_assert_eq(r[i].bad, 0);
-        void *tv;
-        pthread_join(t[i], &tv);
-        cr_assert_null(tv);
-        conc_greenlet_free(g[i]);
-        conc_socket_free(a[i]);
-        conc_socket_free(b[i]);
-    }
-    cr_assert_eq(conc_hub_free(), 0);
+    static const size_t sizes[4] = { 3, 3, 3, 3 };
+    static const int flags[4] = { 0 };
+    pieces_flood(4, pair, sizes, flags, 100.0);
 }
 
 /* ------------------------------------ a reader and a writer, one socket */
