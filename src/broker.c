@@ -804,7 +804,7 @@ int bk_ensure_up(conc_broker *b, int64_t deadline)
                 b->reconnects++;
             b->backoff = b->opts.retry_min;
             b->next_try = 0;
-            b->next_channel = BK_CH_FIRST_QUEUE;
+            bk_channels_reset(b);
             bool again = b->ever_up;
             b->ever_up = true;
             if (again) {
@@ -1196,7 +1196,7 @@ int conc_broker_new_until(conc_broker **out, const char *url, const conc_broker_
     b->heartbeat = o.heartbeat == 0 ? DEFAULT_HEARTBEAT : o.heartbeat < 0 ? 0 : o.heartbeat;
     b->fd = -1;
     b->backoff = o.retry_min;
-    b->next_channel = BK_CH_FIRST_QUEUE;
+    bk_channels_reset(b);
     int r = connect_once(b, deadline);
     if (r < 0) {
         broker_release(b);

@@ -20,6 +20,7 @@
 #define BK_CH_PUB 1             /* puts and publishes, in confirm mode */
 #define BK_CH_CTL 2             /* declarations, qsize, deletes */
 #define BK_CH_FIRST_QUEUE 3     /* one channel per consuming queue */
+#define BK_CH_MAX 2047          /* RabbitMQ's default channel_max */
 
 /* A message delivered by the broker and not yet taken by get. */
 struct bk_msg {
@@ -56,6 +57,9 @@ struct conc_broker_queue {
     uint16_t channel;                       /* its channel, once opened */
     uint64_t chan_epoch;                    /* connection epoch of channel */
     bool chan_open;
+    bool chan_held;                         /* the broker may hold the
+                                               channel open: its number is
+                                               not free to use again */
     uint64_t cgen;                          /* +1 at each channel opening */
     bool consuming;
     bool get_empty;                         /* basic.get-empty came */
@@ -94,7 +98,10 @@ struct conc_broker {
     double backoff;
     bool pub_open, ctl_open;
     int pub_err, ctl_err;                   /* why the channel closed */
-    uint16_t next_channel;
+    /* The queue channel numbers in use on this connection (bit n:
+     * channel n): a freed queue's number is used again, so a connection
+     * that makes and frees queues for ever never runs out. */
+    uint64_t chan_used[(BK_CH_MAX + 64) / 64];
     /* Publisher confirms on BK_CH_PUB. */
     uint64_t pub_gen;                       /* +1 whenever the channel resets */
     uint64_t pub_seq;                       /* last sequence number sent */
@@ -157,6 +164,7 @@ BK_HIDDEN void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t 
 BK_HIDDEN void bk_queue_channel_closed(conc_broker_queue *q, int err);
 BK_HIDDEN void bk_queue_reset(conc_broker_queue *q);
 BK_HIDDEN void bk_queue_flush_acks(conc_broker_queue *q);
+BK_HIDDEN void bk_channels_reset(conc_broker *b);
 
 /* Logs in to the broker on c with PLAIN and the given limits, asking for
  * consumer cancel notices besides rabbitmq-c's own capabilities (broker.c;

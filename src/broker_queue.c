@@ -22,7 +22,6 @@
 #define NS 1000000000LL
 #define DEFAULT_PREFETCH 16
 #define SIMPLE_PREFETCH 64
-#define MAX_CHANNEL 2047
 
 static int wait_check(void *obj, int *fd);
 static const struct conc__wait_source queue_source = { wait_check };
@@ -120,9 +119,47 @@ void bk_queue_reset(conc_broker_queue *q)
 void bk_queue_channel_closed(conc_broker_queue *q, int err)
 {
     bk_queue_reset(q);
+    q->chan_held = false;       /* its close-ok was sent */
     q->chan_err = err;
     if (err == -ENOENT)
         q->cancelled = true;
+}
+
+/* ---- channel numbers ---- */
+
+void bk_channels_reset(conc_broker *b)
+{
+    memset(b->chan_used, 0, sizeof b->chan_used);
+}
+
+/* A queue channel number not in use on the connection (the lowest), or 0
+ * when all the connection may open are taken. */
+static uint16_t channel_take(conc_broker *b)
+{
+    int max = b->c ? amqp_get_channel_max(b->c) : 0;
+    if (max <= 0 || max > BK_CH_MAX)
+        max = BK_CH_MAX;
+    for (int ch = BK_CH_FIRST_QUEUE; ch <= max; ch++) {
+        uint64_t bit = (uint64_t)1 << (ch % 64);
+        if (!(b->chan_used[ch / 64] & bit)) {
+            b->chan_used[ch / 64] |= bit;
+            return (uint16_t)ch;
+        }
+    }
+    return 0;
+}
+
+/* Gives q's channel number back for another queue, when the broker is
+ * known to have closed that channel on this connection. */
+static void channel_give(conc_broker_queue *q)
+{
+    conc_broker *b = q->b;
+    uint16_t ch = q->channel;
+    if (!b->c || ch < BK_CH_FIRST_QUEUE || ch > BK_CH_MAX || q->chan_epoch != b->epoch ||
+        q->chan_held)
+        return;
+    b->chan_used[ch / 64] &= ~((uint64_t)1 << (ch % 64));
+    q->channel = 0;
 }
 
 static conc_broker_queue *by_channel(conc_broker *b, uint16_t ch)
@@ -586,9 +623,11 @@ void conc_broker_queue_free(conc_broker_queue *q)
     if (b->c && q->chan_open) {
         /* Closing the channel gives back what was taken and not done. */
         amqp_channel_close_t cl = { .reply_code = 200, .reply_text = amqp_cstring_bytes("") };
-        bk_rpc(b, q->channel, AMQP_CHANNEL_CLOSE_METHOD, &cl, AMQP_CHANNEL_CLOSE_OK_METHOD,
-               conc_now() + NS);
+        if (bk_rpc(b, q->channel, AMQP_CHANNEL_CLOSE_METHOD, &cl, AMQP_CHANNEL_CLOSE_OK_METHOD,
+                   conc_now() + NS) == 0)
+            q->chan_held = false;
     }
+    channel_give(q);
     unlink_queue(q);
     queue_release(q);
 }
@@ -847,11 +886,12 @@ static int queue_ready(conc_broker_queue *q, bool consume, int64_t lim)
     }
     if (!q->chan_open) {
         if (q->chan_epoch != b->epoch || q->channel == 0) {
-            if (b->next_channel > MAX_CHANNEL)
+            q->channel = channel_take(b);
+            if (!q->channel)
                 return -EMFILE;
-            q->channel = b->next_channel++;
             q->chan_epoch = b->epoch;
         }
+        q->chan_held = true;
         r = bk_channel_open(b, q->channel, lim);
         if (r < 0)
             return r;

@@ -227,6 +227,39 @@ Test(broker, unacknowledged_message_goes_back_when_handle_freed)
     conc_broker_free(b);
 }
 
+/* A freed queue's channel number is used again: one connection makes and
+ * frees more queue handles than it has channels (RabbitMQ's channel_max,
+ * 2047), and each opens its channel; a handle that lives through it all
+ * keeps its own channel and its messages. */
+Test(broker, channels_of_freed_queues_are_used_again)
+{
+    char name[128], kept_name[140];
+    qname(name, sizeof name, "chans");
+    snprintf(kept_name, sizeof kept_name, "%s-kept", name);
+    conc_broker *b = connect_ok();
+    conc_broker_queue *kept = queue_ok(b, kept_name, NULL);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get_nowait(kept, &m), -EAGAIN);  /* opens its channel */
+    for (int i = 0; i < 2100; i++) {
+        conc_broker_queue *q = queue_ok(b, name, NULL);
+        int r = conc_broker_queue_get_nowait(q, &m);
+        cr_assert_eq(r, -EAGAIN, "handle %d: %s", i, conc_strerror(r));
+        conc_broker_queue_free(q);
+    }
+    cr_assert_eq(conc_broker_reconnects(b), 0);
+    /* A consuming handle still works, beside the one that lived through it. */
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "late", 4, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(kept, "kept", 4, HANG), 0);
+    get_str(q, "late", NULL);
+    get_str(kept, "kept", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    cr_assert_eq(conc_broker_queue_task_done(kept), 0);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(kept, HANG), 0);
+    conc_broker_free(b);
+}
+
 Test(broker, consumer_killed_before_task_done_message_redelivered)
 {
     char name[128];

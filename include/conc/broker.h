@@ -298,8 +298,11 @@ CONC_API void conc_broker_msg_clear(conc_broker_msg *m);
  * more until some are acknowledged.  Returns 0; -EAGAIN (timeout 0: nothing
  * was there at once) or -ETIMEDOUT when no message came in time; the
  * connection's errors while the broker stays unreachable; -ENOENT when the
- * queue was deleted; -EINVAL for NULL arguments or a bad timeout; -ENOMEM.
- * *out is written only on success.
+ * queue was deleted; -EMFILE when the connection has no channel left for
+ * the queue (each handle that gets has a channel of its own while it
+ * lives, up to the broker's channel_max, 2047 at most, less two; a freed
+ * handle's channel is used again); -EINVAL for NULL arguments or a bad
+ * timeout; -ENOMEM.  *out is written only on success.
  */
 CONC_API int conc_broker_queue_get(conc_broker_queue *q, conc_broker_msg *out,
                                    double timeout);
