@@ -728,14 +728,23 @@ int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_byte
 }
 
 /* Before the connection waits for the broker: what it holds back goes out
- * (framed and corked publishes, batched acknowledgements). */
-void bk_before_wait(conc_broker *b)
+ * (framed and corked publishes, batched acknowledgements, deliveries
+ * refused for want of memory whose pause is over).  Returns when the next
+ * held delivery is due (CONC_NO_DEADLINE: none), which a wait must not
+ * sleep past. */
+int64_t bk_before_wait(conc_broker *b)
 {
+    int64_t due = CONC_NO_DEADLINE;
     if (b->olen)
         bk_out_flush(b);
-    for (conc_broker_queue *q = b->queues; q && b->c; q = q->next)
+    for (conc_broker_queue *q = b->queues; q && b->c; q = q->next) {
         bk_queue_flush_acks(q);
+        int64_t d = bk_queue_release_held(q, false);
+        if (d < due)
+            due = d;
+    }
     bk_cork(b, false);
+    return due;
 }
 
 /* Forgets the connection: local deliveries are dropped (the broker gives
@@ -1020,9 +1029,11 @@ int bk_pump(conc_broker *b, int64_t deadline)
             if (slice < until)
                 until = slice;
         }
-        bk_before_wait(b);
+        int64_t due = bk_before_wait(b);
         if (!b->c)
             return b->last_err ? b->last_err : -ECONNRESET;
+        if (due < until)
+            until = due > now ? due : now;
         int r = conc_fd_wait_until(b->fd, POLLIN, until);
         if (r == -ECANCELED)
             return r;

@@ -70,6 +70,15 @@ struct conc_broker_queue {
     size_t nlocal;
     uint64_t refused;                       /* deliveries rejected unread
                                                (atomic) */
+    /* Deliveries refused for want of memory, held (each keeps its
+     * prefetch slot, so the broker does not send them straight back) and
+     * given back to the queue at held_until; the pause doubles at each
+     * such refusal in a row, up to a bound, and starts again from its
+     * least once a delivery fits. */
+    uint64_t *held;                         /* their delivery tags */
+    size_t nheld, held_cap;                 /* held_cap: the prefetch */
+    int64_t held_until;
+    int64_t held_pause;                     /* ns */
     uint64_t *taken;                        /* delivery tags taken, not done */
     uint64_t *taken_epoch;
     size_t ntaken, taken_cap;
@@ -147,7 +156,7 @@ BK_HIDDEN int bk_pub_ready(conc_broker *b, int64_t deadline);
 BK_HIDDEN void bk_lost(conc_broker *b, int err);
 BK_HIDDEN int bk_status_err(int status);
 BK_HIDDEN void bk_cork(conc_broker *b, bool on);
-BK_HIDDEN void bk_before_wait(conc_broker *b);
+BK_HIDDEN int64_t bk_before_wait(conc_broker *b);
 BK_HIDDEN int bk_out_flush(conc_broker *b);
 BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
                              amqp_bytes_t key, const amqp_basic_properties_t *p,
@@ -165,6 +174,16 @@ BK_HIDDEN void bk_queue_channel_closed(conc_broker_queue *q, int err);
 BK_HIDDEN void bk_queue_reset(conc_broker_queue *q);
 BK_HIDDEN void bk_queue_flush_acks(conc_broker_queue *q);
 BK_HIDDEN void bk_channels_reset(conc_broker *b);
+BK_HIDDEN int64_t bk_queue_release_held(conc_broker_queue *q, bool all);
+/* The pause before a delivery refused for want of memory goes back to the
+ * queue (ns): the least, doubled at each refusal in a row up to the
+ * most. */
+#define BK_HELD_PAUSE_MIN 10000000LL
+#define BK_HELD_PAUSE_MAX 1000000000LL
+/* Allocates a delivery's record and its body (malloc): a pointer so that
+ * a test linked with the static library can make it fail, to follow the
+ * no-memory path. */
+BK_HIDDEN extern void *(*bk_delivery_alloc)(size_t n);
 
 /* Logs in to the broker on c with PLAIN and the given limits, asking for
  * consumer cancel notices besides rabbitmq-c's own capabilities (broker.c;

@@ -23,6 +23,8 @@
 #define DEFAULT_PREFETCH 16
 #define SIMPLE_PREFETCH 64
 
+void *(*bk_delivery_alloc)(size_t n) = malloc;
+
 static int wait_check(void *obj, int *fd);
 static const struct conc__wait_source queue_source = { wait_check };
 
@@ -110,6 +112,7 @@ void bk_queue_flush_acks(conc_broker_queue *q)
 void bk_queue_reset(conc_broker_queue *q)
 {
     q->ack_n = 0;
+    q->nheld = 0;               /* the broker has them back */
     drop_local(q);
     q->chan_open = false;
     q->consuming = false;
@@ -225,6 +228,63 @@ static void refuse(conc_broker *b, conc_broker_queue *q, uint16_t ch, uint64_t t
     __atomic_fetch_add(&q->refused, 1, __ATOMIC_RELAXED);
 }
 
+/* Refuses a delivery the client has no memory for.  Given back at once,
+ * it would come straight back while memory stays short: it is held (its
+ * prefetch slot too, so the broker sends no more in its place once all
+ * slots are held) and given back after a pause that doubles while such
+ * refusals go on.  Given back at once only when no more can be held (a
+ * basic.get beyond the prefetch). */
+static void refuse_for_memory(conc_broker *b, conc_broker_queue *q, uint16_t ch, uint64_t tag)
+{
+    if (q->nheld >= q->held_cap) {
+        refuse(b, q, ch, tag, true);
+        return;
+    }
+    int64_t now = conc_now();
+    if (q->nheld == 0) {
+        q->held_until = now + q->held_pause;
+        q->held_pause = q->held_pause ? 2 * q->held_pause : BK_HELD_PAUSE_MIN;
+        if (q->held_pause > BK_HELD_PAUSE_MAX)
+            q->held_pause = BK_HELD_PAUSE_MAX;
+        if (q->held_until <= now)
+            q->held_until = now + BK_HELD_PAUSE_MIN;
+    }
+    q->held[q->nheld++] = tag;
+    __atomic_fetch_add(&q->refused, 1, __ATOMIC_RELAXED);
+}
+
+/* Gives the held deliveries back to the queue (basic.reject, requeued)
+ * when their pause is over, or all of them at once.  Returns when the
+ * held ones are due (CONC_NO_DEADLINE: none held). */
+int64_t bk_queue_release_held(conc_broker_queue *q, bool all)
+{
+    conc_broker *b = q->b;
+    if (!q->nheld)
+        return CONC_NO_DEADLINE;
+    if (!all && conc_now() < q->held_until)
+        return q->held_until;
+    size_t n = q->nheld;
+    q->nheld = 0;
+    if (!b->c || !q->chan_open)
+        return CONC_NO_DEADLINE;
+    for (size_t i = 0; i < n; i++)
+        if (amqp_basic_reject(b->c, q->channel, q->held[i], 1) != AMQP_STATUS_OK) {
+            bk_lost(b, -ECONNRESET);
+            break;
+        }
+    return CONC_NO_DEADLINE;
+}
+
+/* Whether a delivery older than tag is held (an acknowledgement with
+ * multiple=true up to tag would take it for done). */
+static bool held_before(const conc_broker_queue *q, uint64_t tag)
+{
+    for (size_t i = 0; i < q->nheld; i++)
+        if (q->held[i] < tag)
+            return true;
+    return false;
+}
+
 /* A delivery's frames (basic.deliver or get-ok, header, body), or a
  * consumer cancelled by the broker, on a queue's channel. */
 void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
@@ -249,13 +309,13 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
         uint64_t tag = id == AMQP_BASIC_DELIVER_METHOD
                            ? ((amqp_basic_deliver_t *)d)->delivery_tag
                            : ((amqp_basic_get_ok_t *)d)->delivery_tag;
-        struct bk_msg *m = calloc(1, sizeof *m);
+        struct bk_msg *m = bk_delivery_alloc(sizeof *m);
         if (!m) {
-            /* Given back at once (it would hold a prefetch slot until the
-             * connection closed); its header and body are ignored. */
-            refuse(b, q, ch, tag, true);
+            /* Given back later; its header and body are ignored. */
+            refuse_for_memory(b, q, ch, tag);
             return;
         }
+        memset(m, 0, sizeof *m);
         if (id == AMQP_BASIC_DELIVER_METHOD) {
             amqp_basic_deliver_t *dv = d;
             m->m.tag = dv->delivery_tag;
@@ -297,13 +357,14 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
                 m->m.delivery_count = delivery_count(&p->headers);
         }
         m->want = (size_t)size;
-        m->m.data = malloc(m->want + 1);
+        m->m.data = bk_delivery_alloc(m->want + 1);
         if (!m->m.data) {
-            refuse(b, q, ch, m->m.tag, true);      /* may fit later */
+            refuse_for_memory(b, q, ch, m->m.tag);     /* may fit later */
             msg_free(m);
             q->partial = NULL;
             return;
         }
+        q->held_pause = 0;          /* memory again: the next pause is short */
         m->have_header = true;
         ((char *)m->m.data)[m->want] = '\0';
         if (m->want == 0)
@@ -462,6 +523,7 @@ static void queue_release(conc_broker_queue *q)
     free(q->patterns);
     free(q->taken);
     free(q->taken_epoch);
+    free(q->held);
     free(q->dlx);
     free(q->dlk);
     free(q);
@@ -514,6 +576,16 @@ static int queue_make(conc_broker_queue **out, conc_broker *b, const conc_broker
     }
     if (q->opts.prefetch == 0)
         q->opts.prefetch = q->opts.simple ? SIMPLE_PREFETCH : DEFAULT_PREFETCH;
+    /* Room to hold every delivery the prefetch lets through, made now:
+     * it is needed when memory is short. */
+    q->held = malloc(q->opts.prefetch * sizeof *q->held);
+    if (!q->held) {
+        free(q->dlk);
+        free(q->dlx);
+        free(q);
+        return -ENOMEM;
+    }
+    q->held_cap = q->opts.prefetch;
     q->ws = &queue_source;
     q->b = b;
     *out = q;
@@ -976,8 +1048,10 @@ int conc_broker_queue_get_until(conc_broker_queue *q, conc_broker_msg *out, int6
             continue;
         }
         /* Nothing here: the broker sends more once it has the
-         * acknowledgements. */
+         * acknowledgements (and the held deliveries once their pause is
+         * over). */
         bk_queue_flush_acks(q);
+        bk_queue_release_held(q, false);
         if (q->cancelled)
             return -ENOENT;
         int r = queue_ready(q, !poll, lim);
@@ -1051,7 +1125,7 @@ static int settle(conc_broker_queue *q, size_t i, bool ack, bool requeue)
      * queue already. */
     if (!b->c || !q->chan_open || when != (q->cgen | (b->epoch << 32)))
         return 0;
-    if (ack && i == 0) {
+    if (ack && i == 0 && !held_before(q, tag)) {
         /* The oldest taken: every earlier delivery of the channel is done.
          * One acknowledgement (multiple=true) covers a batch of them; it
          * goes out after prefetch/2 of them, when the handle runs out of
@@ -1139,7 +1213,9 @@ static int wait_check(void *obj, int *fd)
     conc_broker_queue *q = obj;
     conc_broker *b = q->b;
     *fd = -1;
-    if (q->head)
+    /* Held deliveries: a get would wait for their pause, which the
+     * descriptor cannot tell. */
+    if (q->head || q->nheld)
         return 1;
     if (q->cancelled)
         return -ENOENT;

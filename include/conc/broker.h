@@ -343,12 +343,17 @@ CONC_API int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout);
 CONC_API size_t conc_broker_queue_unfinished(const conc_broker_queue *q);
 
 /* conc_broker_queue_refused - how many deliveries this queue handle
- * rejected without handing them out: a message larger than max_message
+ * refused without handing them out: a message larger than max_message
  * (rejected without requeue: it goes to the queue's dead-letter exchange,
  * or the broker discards it when there is none), one whose body did not
- * match its announced size (likewise), or one the client had no memory
- * for (requeued, delivered again).  Either way it does not hold a
- * prefetch slot, so the messages behind it keep coming.  0 for NULL. */
+ * match its announced size (likewise) -- neither holds a prefetch slot,
+ * so the messages behind it keep coming -- or one the client had no
+ * memory for.  That one is held, with its prefetch slot, and given back
+ * to the queue (requeued, delivered again with redelivered set) after a
+ * pause of 10 ms that doubles, up to 1 s, while such refusals go on, so
+ * that it does not come straight back while memory stays short; a get
+ * that waits gives it back when the pause is over, and conc_wait reports
+ * a handle that holds one as ready.  0 for NULL. */
 CONC_API uint64_t conc_broker_queue_refused(const conc_broker_queue *q);
 
 /* Exchange kinds for publish/subscribe. */
