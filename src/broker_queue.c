@@ -176,7 +176,8 @@ static conc_broker_queue *by_channel(conc_broker *b, uint16_t ch)
 static void copy_bytes(char *dst, amqp_bytes_t src)
 {
     size_t n = src.len < 255 ? src.len : 255;
-    memcpy(dst, src.bytes, n);
+    if (n)
+        memcpy(dst, src.bytes, n);      /* empty ones may have no bytes */
     dst[n] = '\0';
 }
 
