@@ -158,12 +158,18 @@ BK_HIDDEN int bk_status_err(int status);
 BK_HIDDEN void bk_cork(conc_broker *b, bool on);
 BK_HIDDEN int64_t bk_before_wait(conc_broker *b);
 BK_HIDDEN int bk_out_flush(conc_broker *b);
+BK_HIDDEN int bk_out_flush_until(conc_broker *b, int64_t deadline);
 BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
                              amqp_bytes_t key, const amqp_basic_properties_t *p,
-                             amqp_bytes_t body);
-/* The largest body an async publish frames itself: one body frame below
- * the smallest frame_max (4096). */
+                             amqp_bytes_t body, bool with_body);
+BK_HIDDEN int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body,
+                                int64_t deadline);
+/* The largest body a publish copies into the connection's buffer (one body
+ * frame below the smallest frame_max, 4096); a larger one is sent from the
+ * caller's bytes. */
 #define BK_OBUF_BODY_MAX 4000
+/* Async publishes are sent once this much is framed. */
+#define BK_OBUF_SEND 32768
 
 /* broker_queue.c */
 BK_HIDDEN int bk_queue_declare(conc_broker_queue *q, int64_t deadline);

@@ -37,10 +37,15 @@
  * includes the TCP connect and the AMQP handshake of a (re)connection; a
  * host name lookup and a TLS connection, which rabbitmq-c and the C
  * library do only blocking, run on a worker thread through conc_offload,
- * so they park the coroutine too.  One exception: a
- * send that finds the socket's buffer full (a large message, or a broker
- * that throttles its publishers) waits for room inside rabbitmq-c, blocking
- * the thread until the broker reads.
+ * so they park the coroutine too.  Sends do not block over plain TCP: a
+ * publish is framed here and written without blocking, and a socket found
+ * full (a large message, or a broker that throttles its publishers or
+ * stopped reading) is waited for through the wait layer until the call's
+ * deadline; a put that runs out of time while its message is going out
+ * gives -ETIMEDOUT and drops the connection (the message may have gone out
+ * cut, which the broker discards), and the next call makes it again.  One
+ * exception: over TLS (amqps://), rabbitmq-c waits for room inside its
+ * send, blocking the thread until the broker reads.
  *
  * Threads: a connection, and everything made from it, is used by one thread
  * (or one coroutine) at a time; use one connection per thread (connections
@@ -236,7 +241,9 @@ CONC_API const char *conc_broker_queue_name(const conc_broker_queue *q);
  * -ECONNRESET when the connection was lost before the confirmation (the
  * message may or may not be in the queue); the connection's errors while
  * the broker stays unreachable; -ETIMEDOUT when no confirmation came in
- * time (the message may still arrive); -EAGAIN when timeout is 0 and the
+ * time (the message may still arrive), or when the broker did not read the
+ * message in time (the connection is dropped, see Coroutines above);
+ * -EAGAIN when timeout is 0 and the
  * confirmation was not there at once; -EINVAL for a NULL q, a NULL data
  * with len > 0, or a bad timeout.
  */
