@@ -26,9 +26,10 @@
  * (the filling or emptying is not timed).  Their runs take turns (raw
  * first every other round) and each reports its median run, so that a
  * broker whose speed drifts (its disk, the machine's other load) treats
- * them alike.  pika runs after them (with a quarter of the messages: each
- * of its publishes waits for its confirmation) and reports its median run
- * too.  broker_rpc_rtt and broker_executor_throughput report conc's best
+ * them alike.  pika runs after them (publishing a quarter of the
+ * messages: each of its publishes waits for its confirmation; consuming
+ * as many as they do, the rest put there untimed) and reports its median
+ * run too.  broker_rpc_rtt and broker_executor_throughput report conc's best
  * run.
  *   broker_rpc_rtt            distributed executor round trips, one
  *                             client, one worker: submit, wait for the
@@ -542,13 +543,16 @@ int main(int argc, char **argv)
 
     static const char *const peer_metrics[] = { "broker_publish_confirmed", "broker_consume_ack",
                                                 NULL };
-    char reps[32], pika_n[32];
+    char reps[32], pika_n[32], pika_c[32];
     snprintf(reps, sizeof reps, "%d", bench_reps());
-    /* pika waits for each confirmation: fewer messages keep its run short. */
+    /* pika waits for each confirmation: fewer messages keep its publish
+     * run short; it consumes as many as conc and raw (the rest put there
+     * without confirms, not timed). */
     snprintf(pika_n, sizeof pika_n, "%ld", quick ? n : n / 4);
+    snprintf(pika_c, sizeof pika_c, "%ld", n);
     if (bench_enabled(NULL, "pika")) {
         char *argv_pika[] = { (char *)bench_python(), (char *)bench_peer_path("broker_pika.py"),
-                              url, pika_n, reps, NULL };
+                              url, pika_n, reps, pika_c, NULL };
         bench_peer_run_for("pika", peer_metrics, argv_pika, 600.0);
     }
     if (own)
