@@ -261,8 +261,10 @@ CONC_API int conc_broker_queue_put_until(conc_broker_queue *q, const void *data,
  * that waits for the broker (conc_broker_flush, a put, a get that waits,
  * ...) or until 32 KiB are buffered.  Returns 0 once the message is handed
  * to the connection; -EMSGSIZE; the connection's errors (the message was not
- * sent); -ETIMEDOUT when the connection could not be (re)made in time;
- * -EINVAL.
+ * sent); -ETIMEDOUT when the connection could not be (re)made in time, or
+ * when the broker did not read what was sent in time (the connection is
+ * dropped: conc_broker_flush then gives -ECONNRESET for the puts not yet
+ * confirmed); -EINVAL.
  */
 CONC_API int conc_broker_queue_put_async(conc_broker_queue *q, const void *data,
                                          size_t len, double timeout);
