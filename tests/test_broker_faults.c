@@ -30,6 +30,7 @@
 #include <amqp_tcp_socket.h>
 
 #include "conc/broker.h"
+#include "conc/wait.h"
 #include "broker_internal.h"
 #include "support/rabbitmq_node.h"
 
@@ -353,6 +354,17 @@ Test(broker_faults, no_memory_refusals_back_off_and_the_message_comes, .init = s
     conc_broker_msg_clear(&m);
     cr_assert_eq(conc_broker_queue_task_done(q), 0);
     cr_assert_eq(conc_broker_queue_get_nowait(q, &m), -EAGAIN);
+    /* A handle that holds a refused delivery is ready for conc_wait: a get
+     * gives it back when its pause is over, which the handle's descriptor
+     * cannot tell.  (One held, as the refusal would leave it.) */
+    conc_waitable w = { .kind = CONC_WAIT_BROKER, .u.broker_queue = q };
+    cr_assert_eq(conc_wait(&w, 1, 0), -EAGAIN);
+    q->held[0] = 1;
+    q->nheld = 1;
+    q->held_until = conc_now() + 3600LL * 1000000000;
+    cr_assert_eq(conc_wait(&w, 1, 0), 1);
+    q->nheld = 0;
+    cr_assert_eq(conc_wait(&w, 1, 0), -EAGAIN);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }
