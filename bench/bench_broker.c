@@ -21,15 +21,15 @@
  *   broker_consume_ack        the messages taken from the queue with
  *                             prefetch 64, each acknowledged (conc: get +
  *                             task_done)
- * conc and raw each keep one connection and one queue for every run; a
- * run starts with the queue empty and its consumer gone, and leaves it so
- * (the filling or emptying is not timed).  Their runs take turns (raw
- * first every other round) and each reports its median run, so that a
- * broker whose speed drifts (its disk, the machine's other load) treats
- * them alike.  pika runs after them (with a quarter of the messages: each
- * of its publishes waits for its confirmation) and reports its median run
- * too.  broker_rpc_rtt and broker_executor_throughput report conc's best
- * run.
+ * conc, raw and pika each keep one connection and one queue for every
+ * run; a run starts with the queue empty and its consumer gone, and leaves
+ * it so (the filling or emptying is not timed).  Their runs take turns
+ * (the order rotates from round to round) and each reports its median
+ * run, so that a broker whose speed drifts (its disk, the machine's other
+ * load) treats them alike.  pika publishes a quarter of the messages (each
+ * of its publishes waits for its confirmation) and consumes as many as
+ * the others (the rest put there untimed).  broker_rpc_rtt and
+ * broker_executor_throughput report conc's best run.
  *   broker_rpc_rtt            distributed executor round trips, one
  *                             client, one worker: submit, wait for the
  *                             result, again (conc only)
@@ -168,31 +168,30 @@ static void pub_done(void)
     pub_b = NULL;
 }
 
-/* The raw peer in its --rounds mode: a round per line written to it. */
+/* A peer in its --rounds mode (raw, pika): a round per line written to
+ * it, answered with the round's nanoseconds. */
 struct raw_peer {
     pid_t pid;
     FILE *to, *from;
+    long n;                     /* messages of its publish rounds */
 };
 
-static bool raw_start(struct raw_peer *p, long n)
+static bool peer_start(struct raw_peer *p, char *const argv_peer[])
 {
     int in[2], out[2];
-    if (!CONC_BROKER_RAW_PEER[0] || pipe2(in, O_CLOEXEC) < 0)
+    if (pipe2(in, O_CLOEXEC) < 0)
         return false;
     if (pipe2(out, O_CLOEXEC) < 0) {
         close(in[0]);
         close(in[1]);
         return false;
     }
-    char ns[32];
-    snprintf(ns, sizeof ns, "%ld", n);
-    char *argv_raw[] = { (char *)CONC_BROKER_RAW_PEER, url, ns, (char *)"--rounds", NULL };
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     extern char **environ;
-    int e = posix_spawn(&p->pid, CONC_BROKER_RAW_PEER, &fa, NULL, argv_raw, environ);
+    int e = posix_spawn(&p->pid, argv_peer[0], &fa, NULL, argv_peer, environ);
     posix_spawn_file_actions_destroy(&fa);
     close(in[0]);
     close(out[1]);
@@ -214,12 +213,40 @@ static bool raw_start(struct raw_peer *p, long n)
     return true;
 }
 
+static bool raw_start(struct raw_peer *p, long n)
+{
+    if (!CONC_BROKER_RAW_PEER[0])
+        return false;
+    char ns[32];
+    snprintf(ns, sizeof ns, "%ld", n);
+    char *argv_raw[] = { (char *)CONC_BROKER_RAW_PEER, url, ns, (char *)"--rounds", NULL };
+    p->n = n;
+    return peer_start(p, argv_raw);
+}
+
+/* pika publishes npub messages a round (each waits for its confirmation)
+ * and consumes n. */
+static bool pika_start(struct raw_peer *p, long npub, long n)
+{
+    char ns[32], cs[32];
+    snprintf(ns, sizeof ns, "%ld", npub);
+    snprintf(cs, sizeof cs, "%ld", n);
+    char *argv_pika[] = { (char *)bench_python(), (char *)bench_peer_path("broker_pika.py"),
+                          url, ns, (char *)"--rounds", cs, NULL };
+    p->n = npub;
+    return peer_start(p, argv_pika);
+}
+
+/* One round of the peer: its nanoseconds; -ENOENT when it says it cannot
+ * run (pika is not installed). */
 static int64_t round_raw(struct raw_peer *p, bool publish)
 {
     char line[64];
     if (fprintf(p->to, "%s\n", publish ? "publish" : "consume") < 0 || fflush(p->to) != 0 ||
         !fgets(line, sizeof line, p->from))
         return -EPIPE;
+    if (strncmp(line, "skipped", 7) == 0)
+        return -ENOENT;
     long long t = atoll(line);
     return t > 0 ? (int64_t)t : -EPROTO;
 }
@@ -243,73 +270,72 @@ static double median_ns(int64_t *t, int k)
     return k % 2 ? (double)t[k / 2] : ((double)t[k / 2 - 1] + (double)t[k / 2]) / 2;
 }
 
-/* conc and raw in turns, bench_reps() runs each (at least 7 but with
- * --quick) of n messages; each system's median run becomes its rate.
- * --verbose also prints the median of the rounds' conc/raw ratios (the
- * two runs of a round see much the same machine). */
+/* conc, raw and pika in turns, bench_reps() runs each (at least 7 but
+ * with --quick); the order rotates from round to round, and each system's
+ * median run becomes its rate.  conc and raw move n messages a run, pika
+ * as many but for its publish runs (pika->n: each waits for its
+ * confirmation).  --verbose also prints the median of the rounds' conc/raw
+ * and conc/pika ratios (the runs of a round see much the same machine). */
+enum { SYS_CONC, SYS_RAW, SYS_PIKA, NSYS };
+static const char *const sys_name[NSYS] = { "conc", "raw", "pika" };
+
 static void run_turns(const char *metric, bool publish, long n, struct raw_peer *raw,
-                      bool have_raw)
+                      bool have_raw, struct raw_peer *pika, bool have_pika)
 {
-    bool conc_on = bench_enabled(metric, "conc");
-    bool raw_on = have_raw && bench_enabled(metric, "raw");
-    int reps = bench_reps(), kc = 0, kr = 0;
+    bool on[NSYS] = { bench_enabled(metric, "conc"), have_raw && bench_enabled(metric, "raw"),
+                      have_pika && bench_enabled(metric, "pika") };
+    long msgs[NSYS] = { n, n, publish && have_pika ? pika->n : n };
+    int reps = bench_reps(), k[NSYS] = { 0 };
     if (!bench_quick() && reps < 7)
         reps = 7;
-    int64_t *tc = calloc((size_t)reps, sizeof *tc), *tr = calloc((size_t)reps, sizeof *tr);
-    if (!tc || !tr)
-        bench_die("allocating the runs' times", -ENOMEM);
-    int64_t conc_err = 0, raw_err = 0;
+    int64_t *t[NSYS], err[NSYS] = { 0 };
+    for (int i = 0; i < NSYS; i++)
+        if (!(t[i] = calloc((size_t)reps, sizeof *t[i])))
+            bench_die("allocating the runs' times", -ENOMEM);
     for (int r = 0; r < reps; r++) {
-        for (int side = 0; side < 2; side++) {
-            bool conc_turn = (side == 0) == (r % 2 == 0);
-            if (conc_turn && conc_on && !conc_err) {
-                int64_t t = round_conc(publish, n);
-                if (t < 0)
-                    conc_err = t;
-                else
-                    tc[kc++] = t;
-                if (verbose && t > 0)
-                    fprintf(stderr, "%s run %d: conc %.0f msg/s\n", metric, r + 1,
-                            n / (t / 1e9));
-            } else if (!conc_turn && raw_on && !raw_err) {
-                int64_t t = round_raw(raw, publish);
-                if (t < 0)
-                    raw_err = t;
-                else
-                    tr[kr++] = t;
-                if (verbose && t > 0)
-                    fprintf(stderr, "%s run %d: raw %.0f msg/s\n", metric, r + 1,
-                            n / (t / 1e9));
-            }
+        for (int j = 0; j < NSYS; j++) {
+            int i = (r + j) % NSYS;
+            if (!on[i] || err[i])
+                continue;
+            int64_t ns = i == SYS_CONC ? round_conc(publish, n)
+                         : round_raw(i == SYS_RAW ? raw : pika, publish);
+            if (ns < 0)
+                err[i] = ns;
+            else
+                t[i][k[i]++] = ns;
+            if (verbose && ns > 0)
+                fprintf(stderr, "%s run %d: %s %.0f msg/s\n", metric, r + 1, sys_name[i],
+                        msgs[i] / (ns / 1e9));
         }
     }
-    if (verbose && kc == reps && kr == reps) {
+    for (int i = SYS_RAW; i < NSYS && verbose; i++) {
+        if (k[SYS_CONC] != reps || k[i] != reps)
+            continue;
         int64_t *rt = calloc((size_t)reps, sizeof *rt);
-        if (rt) {
-            /* tc and tr are still in run order here; scaled to keep order. */
-            for (int r = 0; r < reps; r++)
-                rt[r] = (int64_t)((double)tr[r] / (double)tc[r] * 1e6);
-            fprintf(stderr, "%s: median of the rounds' conc/raw ratios %.2f\n", metric,
-                    median_ns(rt, reps) / 1e6);
-        }
+        if (!rt)
+            continue;
+        /* The times are still in run order here; scaled to keep order. */
+        for (int r = 0; r < reps; r++)
+            rt[r] = (int64_t)((double)t[i][r] / msgs[i] / ((double)t[SYS_CONC][r] / n) * 1e6);
+        fprintf(stderr, "%s: median of the rounds' conc/%s ratios %.2f\n", metric, sys_name[i],
+                median_ns(rt, reps) / 1e6);
         free(rt);
     }
     const char *unit = bench_metric_unit(metric);
-    if (conc_on) {
-        if (conc_err)
-            bench_fail(metric, "conc", "%s", strerror((int)-conc_err));
+    for (int i = 0; i < NSYS; i++) {
+        if (!on[i])
+            continue;
+        if (err[i] == -ENOENT && i == SYS_PIKA)
+            bench_skip(metric, "pika", NULL, "pika is not installed (Debian python3-pika)");
+        else if (err[i])
+            bench_fail(metric, sys_name[i], "%s", i == SYS_CONC
+                                                      ? strerror((int)-err[i])
+                                                      : "the peer's round failed");
         else
-            bench_record(metric, "conc", n / (median_ns(tc, kc) / 1e9), unit);
+            bench_record(metric, sys_name[i], msgs[i] / (median_ns(t[i], k[i]) / 1e9), unit);
     }
-    if (raw_on) {
-        if (raw_err)
-            bench_fail(metric, "raw", "the raw peer's round failed (%s)",
-                       strerror((int)-raw_err));
-        else
-            bench_record(metric, "raw", n / (median_ns(tr, kr) / 1e9), unit);
-    }
-    free(tc);
-    free(tr);
+    for (int i = 0; i < NSYS; i++)
+        free(t[i]);
 }
 
 /* ------------------------------------------------------------ executor */
@@ -520,9 +546,10 @@ int main(int argc, char **argv)
     long n = quick ? 200 : 20000;
     long rpc = quick ? 50 : 2000;
 
-    /* conc and raw in turns, the same messages each; the raw peer is one
-     * process for every run. */
-    struct raw_peer raw;
+    /* conc, raw and pika in turns, the same messages each (but pika's
+     * publishes: fewer, each waits for its confirmation, which keeps its
+     * runs short); each peer is one process for every run. */
+    struct raw_peer raw, pika;
     bool want_raw = bench_enabled("broker_publish_confirmed", "raw") ||
                     bench_enabled("broker_consume_ack", "raw");
     bool have_raw = want_raw && raw_start(&raw, n);
@@ -532,25 +559,23 @@ int main(int argc, char **argv)
         bench_skip("broker_publish_confirmed", "raw", NULL, why);
         bench_skip("broker_consume_ack", "raw", NULL, why);
     }
-    run_turns("broker_publish_confirmed", true, n, &raw, have_raw);
-    run_turns("broker_consume_ack", false, n, &raw, have_raw);
+    bool want_pika = bench_enabled("broker_publish_confirmed", "pika") ||
+                     bench_enabled("broker_consume_ack", "pika");
+    bool have_pika = want_pika && pika_start(&pika, quick ? n : n / 4, n);
+    if (want_pika && !have_pika) {
+        bench_skip("broker_publish_confirmed", "pika", NULL, "the pika peer did not start");
+        bench_skip("broker_consume_ack", "pika", NULL, "the pika peer did not start");
+    }
+    run_turns("broker_publish_confirmed", true, n, &raw, have_raw, &pika, have_pika);
+    run_turns("broker_consume_ack", false, n, &raw, have_raw, &pika, have_pika);
     if (have_raw)
         raw_stop(&raw);
+    if (have_pika)
+        raw_stop(&pika);
     pub_done();
     run_fixed("broker_rpc_rtt", rpc_conc, rpc);
     run_fixed("broker_executor_throughput", throughput_conc, n / 2);
 
-    static const char *const peer_metrics[] = { "broker_publish_confirmed", "broker_consume_ack",
-                                                NULL };
-    char reps[32], pika_n[32];
-    snprintf(reps, sizeof reps, "%d", bench_reps());
-    /* pika waits for each confirmation: fewer messages keep its run short. */
-    snprintf(pika_n, sizeof pika_n, "%ld", quick ? n : n / 4);
-    if (bench_enabled(NULL, "pika")) {
-        char *argv_pika[] = { (char *)bench_python(), (char *)bench_peer_path("broker_pika.py"),
-                              url, pika_n, reps, NULL };
-        bench_peer_run_for("pika", peer_metrics, argv_pika, 600.0);
-    }
     if (own)
         node_cmd("stop", own, NULL, 0);
     return bench_report();

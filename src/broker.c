@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "conc/hub.h"
@@ -627,9 +628,8 @@ void bk_cork(conc_broker *b, bool on)
     b->corked = on;
 }
 
-/* ---- async publishes, framed in a buffer ---- */
+/* ---- publishes, framed here ---- */
 
-#define OBUF_SEND 32768         /* send once this much is framed */
 #define OBUF_SEND_NS (30 * NS)  /* a bound on waiting for room to send */
 
 static void put_be(unsigned char *p, uint64_t v, int n)
@@ -638,48 +638,93 @@ static void put_be(unsigned char *p, uint64_t v, int n)
         p[i] = (unsigned char)v;
 }
 
-/* Sends what the buffer holds (all of it, in order, before any other frame
- * of the connection).  Returns 0, or the error that took the connection
- * down. */
-int bk_out_flush(conc_broker *b)
+/* Sends the n buffers of iov (changed as they go) on the connection's
+ * socket, which never blocks: when it is full (a broker that reads slowly,
+ * or not at all), the wait for room goes through conc's wait layer, so a
+ * coroutine parks, and ends at deadline.  On any error the connection is
+ * dropped: a frame may have gone out cut.  Returns 0, -ETIMEDOUT,
+ * -ECANCELED, or -ECONNRESET. */
+static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadline)
 {
-    size_t off = 0;
-    int64_t until = conc_now() + OBUF_SEND_NS;
-    while (off < b->olen && b->c) {
-        ssize_t n = send(b->fd, b->obuf + off, b->olen - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-            off += (size_t)n;
+    int r = 0;
+    while (n > 0 && b->c) {
+        if (iov->iov_len == 0) {
+            iov++;
+            n--;
             continue;
         }
-        if (n < 0 && errno == EINTR)
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        ssize_t k = sendmsg(b->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k > 0) {
+            size_t left = (size_t)k;
+            while (n > 0 && left >= iov->iov_len) {
+                left -= iov->iov_len;
+                iov++;
+                n--;
+            }
+            if (n > 0) {
+                iov->iov_base = (char *)iov->iov_base + left;
+                iov->iov_len -= left;
+            }
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int r = conc_fd_wait_until(b->fd, POLLOUT, until);
+        }
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
             if (r == 0 || r == -EINTR)
                 continue;
+            if (r != -ETIMEDOUT && r != -ECANCELED)
+                r = -ECONNRESET;
+        } else {
+            r = -ECONNRESET;
         }
-        b->olen = 0;
-        bk_lost(b, -ECONNRESET);
-        return -ECONNRESET;
+        break;
     }
-    b->olen = 0;
-    return b->c ? 0 : (b->last_err ? b->last_err : -ECONNRESET);
+    if (!b->c)
+        return b->last_err ? b->last_err : -ECONNRESET;
+    if (r < 0)
+        bk_lost(b, r == -ETIMEDOUT || r == -ECANCELED ? -ECONNRESET : r);
+    return r < 0 ? r : 0;
 }
 
-/* Frames one publish (method, header, body: one frame each) into the
- * buffer, rabbitmq-c encoding the method and the properties; sends the
- * buffer once it is full enough.  Returns an AMQP_STATUS code. */
-int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
-                   const amqp_basic_properties_t *p, amqp_bytes_t body)
+/* Sends what the buffer holds (all of it, in order, before any other frame
+ * of the connection), waiting for room until deadline.  Returns 0, or the
+ * error that took the connection down (-ETIMEDOUT and -ECANCELED too: the
+ * buffer may have gone out in part). */
+int bk_out_flush_until(conc_broker *b, int64_t deadline)
 {
-    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + body.len;
+    if (!b->olen)
+        return 0;
+    struct iovec v = { .iov_base = b->obuf, .iov_len = b->olen };
+    b->olen = 0;
+    return sendv_until(b, &v, 1, deadline);
+}
+
+int bk_out_flush(conc_broker *b)
+{
+    return bk_out_flush_until(b, conc_now() + OBUF_SEND_NS);
+}
+
+/* Frames one publish into the buffer: its method and content header
+ * (rabbitmq-c encodes the method and the properties) and, with with_body,
+ * its body frames (none for an empty body), cut at the connection's
+ * frame_max.  Returns 0, or -ENOMEM or -EPROTO with nothing added. */
+int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
+                   const amqp_basic_properties_t *p, amqp_bytes_t body, bool with_body)
+{
+    size_t fmax = (size_t)amqp_get_frame_max(b->c);
+    size_t chunk = fmax > 4096 ? fmax - 8 : 4096 - 8;
+    size_t nbody = with_body ? (body.len + chunk - 1) / chunk : 0;
+    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + (with_body ? body.len : 0) +
+                  8 * nbody;
     if (b->ocap - b->olen < need) {
         size_t cap = b->ocap ? b->ocap : 65536;
         while (cap - b->olen < need)
             cap *= 2;
         unsigned char *n = realloc(b->obuf, cap);
         if (!n)
-            return AMQP_STATUS_NO_MEMORY;
+            return -ENOMEM;
         b->obuf = n;
         b->ocap = cap;
     }
@@ -692,7 +737,7 @@ int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_byte
     amqp_bytes_t enc = { .len = b->ocap - b->olen - 12, .bytes = f + 11 };
     int n = amqp_encode_method(AMQP_BASIC_PUBLISH_METHOD, &m, enc);
     if (n < 0)
-        return n;
+        return n == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPROTO;
     size_t plen = 4 + (size_t)n;
     put_be(f + 3, plen, 4);
     f[7 + plen] = AMQP_FRAME_END;
@@ -707,35 +752,76 @@ int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_byte
     enc.len = (size_t)(b->obuf + b->ocap - f) - 20;
     n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)p, enc);
     if (n < 0)
-        return n;
+        return n == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPROTO;
     plen = 12 + (size_t)n;
     put_be(f + 3, plen, 4);
     f[7 + plen] = AMQP_FRAME_END;
     f += 8 + plen;
-    /* The body frame (none for an empty body). */
-    if (body.len) {
+    /* The body frames. */
+    for (size_t off = 0; off < (with_body ? body.len : 0); off += chunk) {
+        size_t k = body.len - off < chunk ? body.len - off : chunk;
         put_be(f, AMQP_FRAME_BODY, 1);
         put_be(f + 1, ch, 2);
-        put_be(f + 3, body.len, 4);
-        memcpy(f + 7, body.bytes, body.len);
-        f[7 + body.len] = AMQP_FRAME_END;
-        f += 8 + body.len;
+        put_be(f + 3, k, 4);
+        memcpy(f + 7, (const char *)body.bytes + off, k);
+        f[7 + k] = AMQP_FRAME_END;
+        f += 8 + k;
     }
     b->olen = (size_t)(f - b->obuf);
-    if (b->olen >= OBUF_SEND && bk_out_flush(b) < 0)
-        return AMQP_STATUS_SOCKET_ERROR;
-    return AMQP_STATUS_OK;
+    return 0;
+}
+
+/* Sends a publish's body frames straight from the caller's bytes, cut at
+ * frame_max, after what the buffer holds (its method and header), waiting
+ * for room until deadline.  Returns what sendv_until returns. */
+int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body, int64_t deadline)
+{
+    int r = bk_out_flush_until(b, deadline);
+    if (r < 0)
+        return r;
+    size_t fmax = (size_t)amqp_get_frame_max(b->c);
+    size_t chunk = fmax > 4096 ? fmax - 8 : 4096 - 8;
+    static const unsigned char end = AMQP_FRAME_END;
+    /* Up to 16 frames to a sendmsg. */
+    for (size_t off = 0; off < body.len;) {
+        unsigned char hd[16][7];
+        struct iovec v[48];
+        int nv = 0;
+        for (int i = 0; i < 16 && off < body.len; i++) {
+            size_t k = body.len - off < chunk ? body.len - off : chunk;
+            put_be(hd[i], AMQP_FRAME_BODY, 1);
+            put_be(hd[i] + 1, ch, 2);
+            put_be(hd[i] + 3, k, 4);
+            v[nv++] = (struct iovec){ .iov_base = hd[i], .iov_len = 7 };
+            v[nv++] = (struct iovec){ .iov_base = (char *)body.bytes + off, .iov_len = k };
+            v[nv++] = (struct iovec){ .iov_base = (void *)&end, .iov_len = 1 };
+            off += k;
+        }
+        r = sendv_until(b, v, nv, deadline);
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }
 
 /* Before the connection waits for the broker: what it holds back goes out
- * (framed and corked publishes, batched acknowledgements). */
-void bk_before_wait(conc_broker *b)
+ * (framed and corked publishes, batched acknowledgements, deliveries
+ * refused for want of memory whose pause is over).  Returns when the next
+ * held delivery is due (CONC_NO_DEADLINE: none), which a wait must not
+ * sleep past. */
+int64_t bk_before_wait(conc_broker *b)
 {
+    int64_t due = CONC_NO_DEADLINE;
     if (b->olen)
         bk_out_flush(b);
-    for (conc_broker_queue *q = b->queues; q && b->c; q = q->next)
+    for (conc_broker_queue *q = b->queues; q && b->c; q = q->next) {
         bk_queue_flush_acks(q);
+        int64_t d = bk_queue_release_held(q, false);
+        if (d < due)
+            due = d;
+    }
     bk_cork(b, false);
+    return due;
 }
 
 /* Forgets the connection: local deliveries are dropped (the broker gives
@@ -804,7 +890,7 @@ int bk_ensure_up(conc_broker *b, int64_t deadline)
                 b->reconnects++;
             b->backoff = b->opts.retry_min;
             b->next_try = 0;
-            b->next_channel = BK_CH_FIRST_QUEUE;
+            bk_channels_reset(b);
             bool again = b->ever_up;
             b->ever_up = true;
             if (again) {
@@ -1020,9 +1106,11 @@ int bk_pump(conc_broker *b, int64_t deadline)
             if (slice < until)
                 until = slice;
         }
-        bk_before_wait(b);
+        int64_t due = bk_before_wait(b);
         if (!b->c)
             return b->last_err ? b->last_err : -ECONNRESET;
+        if (due < until)
+            until = due > now ? due : now;
         int r = conc_fd_wait_until(b->fd, POLLIN, until);
         if (r == -ECANCELED)
             return r;
@@ -1041,9 +1129,18 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
     if (!b->c)
         return b->last_err ? b->last_err : -ENOTCONN;
     if (b->olen) {
-        int r = bk_out_flush(b);
+        int r = bk_out_flush_until(b, deadline);
         if (r < 0)
             return r;
+    }
+    /* rabbitmq-c waits for room inside its send, blocking the thread: a
+     * full socket is waited for here instead (room for a method, which is
+     * small, once the socket says it is writable). */
+    struct pollfd pw = { .fd = b->fd, .events = POLLOUT };
+    if (poll(&pw, 1, 0) == 0) {
+        int r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
+        if (r == -ETIMEDOUT || r == -ECANCELED)
+            return r;           /* nothing was sent */
     }
     int st = amqp_send_method(b->c, ch, id, args);
     if (st != AMQP_STATUS_OK) {
@@ -1196,7 +1293,7 @@ int conc_broker_new_until(conc_broker **out, const char *url, const conc_broker_
     b->heartbeat = o.heartbeat == 0 ? DEFAULT_HEARTBEAT : o.heartbeat < 0 ? 0 : o.heartbeat;
     b->fd = -1;
     b->backoff = o.retry_min;
-    b->next_channel = BK_CH_FIRST_QUEUE;
+    bk_channels_reset(b);
     int r = connect_once(b, deadline);
     if (r < 0) {
         broker_release(b);

@@ -21,8 +21,9 @@
  * "conc-result", the task id, the reply queue, the error and detail (32-bit
  * little-endian) and the body.  A task whose tag is missing or wrong is
  * dead-lettered unrun (and, when its reply queue has a client's form,
- * answered with an untagged -EACCES, which is the one untagged result a
- * client with a key takes); a result whose tag is wrong is dropped.
+ * answered with an untagged -EACCES); a result whose tag is missing or
+ * wrong is never used: it fails its task's future with -EACCES (a keyless
+ * worker's answers, or a worker's refusal of a task under another key).
  * Everything read from a message is checked before use: a result whose id
  * does not parse or names no pending task is dropped, one whose error is
  * out of range fails its future with -EPROTO; a task without an id, or
@@ -965,6 +966,7 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
     }
     int64_t err = -EPROTO, detail = 0;
     const amqp_bytes_t *b = &env->message.body;
+    bool untrusted = false;
     if (ex->mac.on) {
         /* Over the values as sent: a worker always sends an error field,
          * and a detail field with an error. */
@@ -977,12 +979,16 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
         bx_mac_result(&ex->mac, p->correlation_id, amqp_cstring_bytes(ex->reply), (int32_t)we,
                       (int32_t)wd, *b, want);
         if (!bx_mac_ok(p, want)) {
-            /* A worker without our key refuses the task with an untagged
-             * -EACCES; anything else untagged is dropped. */
-            if (we != -EACCES || b->len != 0) {
+            /* Not from a worker with our key: a worker with another key
+             * (which refuses the task with an untagged -EACCES), one
+             * without a key (which ran it and answers untagged), or
+             * someone who saw the task.  Its content is never used: the
+             * task's future fails with -EACCES, so that a client and
+             * workers whose keys differ fail clearly instead of waiting
+             * for ever.  Counted, but for a worker's refusal. */
+            if (we != -EACCES || b->len != 0)
                 __atomic_fetch_add(&ex->rejected, 1, __ATOMIC_RELAXED);
-                return;
-            }
+            untrusted = true;
         }
     }
     pthread_mutex_lock(&ex->lock);
@@ -990,6 +996,11 @@ static void bx_on_result(conc_broker_executor *ex, const amqp_envelope_t *env)
     pthread_mutex_unlock(&ex->lock);
     if (!f)
         return;     /* a second result for the task, or not ours */
+    if (untrusted) {
+        conc_future_set_exception(f, -EACCES, 0);
+        conc_future_free(f);
+        return;
+    }
     if (p->_flags & AMQP_BASIC_HEADERS_FLAG) {
         if (!bx_table_int(&p->headers, BX_ERR_KEY, &err) || err > 0 || err < -4095)
             err = -EPROTO;

@@ -20,6 +20,7 @@
 #define BK_CH_PUB 1             /* puts and publishes, in confirm mode */
 #define BK_CH_CTL 2             /* declarations, qsize, deletes */
 #define BK_CH_FIRST_QUEUE 3     /* one channel per consuming queue */
+#define BK_CH_MAX 2047          /* RabbitMQ's default channel_max */
 
 /* A message delivered by the broker and not yet taken by get. */
 struct bk_msg {
@@ -56,6 +57,9 @@ struct conc_broker_queue {
     uint16_t channel;                       /* its channel, once opened */
     uint64_t chan_epoch;                    /* connection epoch of channel */
     bool chan_open;
+    bool chan_held;                         /* the broker may hold the
+                                               channel open: its number is
+                                               not free to use again */
     uint64_t cgen;                          /* +1 at each channel opening */
     bool consuming;
     bool get_empty;                         /* basic.get-empty came */
@@ -66,6 +70,15 @@ struct conc_broker_queue {
     size_t nlocal;
     uint64_t refused;                       /* deliveries rejected unread
                                                (atomic) */
+    /* Deliveries refused for want of memory, held (each keeps its
+     * prefetch slot, so the broker does not send them straight back) and
+     * given back to the queue at held_until; the pause doubles at each
+     * such refusal in a row, up to a bound, and starts again from its
+     * least once a delivery fits. */
+    uint64_t *held;                         /* their delivery tags */
+    size_t nheld, held_cap;                 /* held_cap: the prefetch */
+    int64_t held_until;
+    int64_t held_pause;                     /* ns */
     uint64_t *taken;                        /* delivery tags taken, not done */
     uint64_t *taken_epoch;
     size_t ntaken, taken_cap;
@@ -94,7 +107,10 @@ struct conc_broker {
     double backoff;
     bool pub_open, ctl_open;
     int pub_err, ctl_err;                   /* why the channel closed */
-    uint16_t next_channel;
+    /* The queue channel numbers in use on this connection (bit n:
+     * channel n): a freed queue's number is used again, so a connection
+     * that makes and frees queues for ever never runs out. */
+    uint64_t chan_used[(BK_CH_MAX + 64) / 64];
     /* Publisher confirms on BK_CH_PUB. */
     uint64_t pub_gen;                       /* +1 whenever the channel resets */
     uint64_t pub_seq;                       /* last sequence number sent */
@@ -140,14 +156,20 @@ BK_HIDDEN int bk_pub_ready(conc_broker *b, int64_t deadline);
 BK_HIDDEN void bk_lost(conc_broker *b, int err);
 BK_HIDDEN int bk_status_err(int status);
 BK_HIDDEN void bk_cork(conc_broker *b, bool on);
-BK_HIDDEN void bk_before_wait(conc_broker *b);
+BK_HIDDEN int64_t bk_before_wait(conc_broker *b);
 BK_HIDDEN int bk_out_flush(conc_broker *b);
+BK_HIDDEN int bk_out_flush_until(conc_broker *b, int64_t deadline);
 BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
                              amqp_bytes_t key, const amqp_basic_properties_t *p,
-                             amqp_bytes_t body);
-/* The largest body an async publish frames itself: one body frame below
- * the smallest frame_max (4096). */
+                             amqp_bytes_t body, bool with_body);
+BK_HIDDEN int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body,
+                                int64_t deadline);
+/* The largest body a publish copies into the connection's buffer (one body
+ * frame below the smallest frame_max, 4096); a larger one is sent from the
+ * caller's bytes. */
 #define BK_OBUF_BODY_MAX 4000
+/* Async publishes are sent once this much is framed. */
+#define BK_OBUF_SEND 32768
 
 /* broker_queue.c */
 BK_HIDDEN int bk_queue_declare(conc_broker_queue *q, int64_t deadline);
@@ -157,6 +179,17 @@ BK_HIDDEN void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t 
 BK_HIDDEN void bk_queue_channel_closed(conc_broker_queue *q, int err);
 BK_HIDDEN void bk_queue_reset(conc_broker_queue *q);
 BK_HIDDEN void bk_queue_flush_acks(conc_broker_queue *q);
+BK_HIDDEN void bk_channels_reset(conc_broker *b);
+BK_HIDDEN int64_t bk_queue_release_held(conc_broker_queue *q, bool all);
+/* The pause before a delivery refused for want of memory goes back to the
+ * queue (ns): the least, doubled at each refusal in a row up to the
+ * most. */
+#define BK_HELD_PAUSE_MIN 10000000LL
+#define BK_HELD_PAUSE_MAX 1000000000LL
+/* Allocates a delivery's record and its body (malloc): a pointer so that
+ * a test linked with the static library can make it fail, to follow the
+ * no-memory path. */
+BK_HIDDEN extern void *(*bk_delivery_alloc)(size_t n);
 
 /* Logs in to the broker on c with PLAIN and the given limits, asking for
  * consumer cancel notices besides rabbitmq-c's own capabilities (broker.c;

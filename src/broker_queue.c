@@ -22,7 +22,8 @@
 #define NS 1000000000LL
 #define DEFAULT_PREFETCH 16
 #define SIMPLE_PREFETCH 64
-#define MAX_CHANNEL 2047
+
+void *(*bk_delivery_alloc)(size_t n) = malloc;
 
 static int wait_check(void *obj, int *fd);
 static const struct conc__wait_source queue_source = { wait_check };
@@ -111,6 +112,7 @@ void bk_queue_flush_acks(conc_broker_queue *q)
 void bk_queue_reset(conc_broker_queue *q)
 {
     q->ack_n = 0;
+    q->nheld = 0;               /* the broker has them back */
     drop_local(q);
     q->chan_open = false;
     q->consuming = false;
@@ -120,9 +122,47 @@ void bk_queue_reset(conc_broker_queue *q)
 void bk_queue_channel_closed(conc_broker_queue *q, int err)
 {
     bk_queue_reset(q);
+    q->chan_held = false;       /* its close-ok was sent */
     q->chan_err = err;
     if (err == -ENOENT)
         q->cancelled = true;
+}
+
+/* ---- channel numbers ---- */
+
+void bk_channels_reset(conc_broker *b)
+{
+    memset(b->chan_used, 0, sizeof b->chan_used);
+}
+
+/* A queue channel number not in use on the connection (the lowest), or 0
+ * when all the connection may open are taken. */
+static uint16_t channel_take(conc_broker *b)
+{
+    int max = b->c ? amqp_get_channel_max(b->c) : 0;
+    if (max <= 0 || max > BK_CH_MAX)
+        max = BK_CH_MAX;
+    for (int ch = BK_CH_FIRST_QUEUE; ch <= max; ch++) {
+        uint64_t bit = (uint64_t)1 << (ch % 64);
+        if (!(b->chan_used[ch / 64] & bit)) {
+            b->chan_used[ch / 64] |= bit;
+            return (uint16_t)ch;
+        }
+    }
+    return 0;
+}
+
+/* Gives q's channel number back for another queue, when the broker is
+ * known to have closed that channel on this connection. */
+static void channel_give(conc_broker_queue *q)
+{
+    conc_broker *b = q->b;
+    uint16_t ch = q->channel;
+    if (!b->c || ch < BK_CH_FIRST_QUEUE || ch > BK_CH_MAX || q->chan_epoch != b->epoch ||
+        q->chan_held)
+        return;
+    b->chan_used[ch / 64] &= ~((uint64_t)1 << (ch % 64));
+    q->channel = 0;
 }
 
 static conc_broker_queue *by_channel(conc_broker *b, uint16_t ch)
@@ -136,7 +176,8 @@ static conc_broker_queue *by_channel(conc_broker *b, uint16_t ch)
 static void copy_bytes(char *dst, amqp_bytes_t src)
 {
     size_t n = src.len < 255 ? src.len : 255;
-    memcpy(dst, src.bytes, n);
+    if (n)
+        memcpy(dst, src.bytes, n);      /* empty ones may have no bytes */
     dst[n] = '\0';
 }
 
@@ -188,6 +229,63 @@ static void refuse(conc_broker *b, conc_broker_queue *q, uint16_t ch, uint64_t t
     __atomic_fetch_add(&q->refused, 1, __ATOMIC_RELAXED);
 }
 
+/* Refuses a delivery the client has no memory for.  Given back at once,
+ * it would come straight back while memory stays short: it is held (its
+ * prefetch slot too, so the broker sends no more in its place once all
+ * slots are held) and given back after a pause that doubles while such
+ * refusals go on.  Given back at once only when no more can be held (a
+ * basic.get beyond the prefetch). */
+static void refuse_for_memory(conc_broker *b, conc_broker_queue *q, uint16_t ch, uint64_t tag)
+{
+    if (q->nheld >= q->held_cap) {
+        refuse(b, q, ch, tag, true);
+        return;
+    }
+    int64_t now = conc_now();
+    if (q->nheld == 0) {
+        q->held_until = now + q->held_pause;
+        q->held_pause = q->held_pause ? 2 * q->held_pause : BK_HELD_PAUSE_MIN;
+        if (q->held_pause > BK_HELD_PAUSE_MAX)
+            q->held_pause = BK_HELD_PAUSE_MAX;
+        if (q->held_until <= now)
+            q->held_until = now + BK_HELD_PAUSE_MIN;
+    }
+    q->held[q->nheld++] = tag;
+    __atomic_fetch_add(&q->refused, 1, __ATOMIC_RELAXED);
+}
+
+/* Gives the held deliveries back to the queue (basic.reject, requeued)
+ * when their pause is over, or all of them at once.  Returns when the
+ * held ones are due (CONC_NO_DEADLINE: none held). */
+int64_t bk_queue_release_held(conc_broker_queue *q, bool all)
+{
+    conc_broker *b = q->b;
+    if (!q->nheld)
+        return CONC_NO_DEADLINE;
+    if (!all && conc_now() < q->held_until)
+        return q->held_until;
+    size_t n = q->nheld;
+    q->nheld = 0;
+    if (!b->c || !q->chan_open)
+        return CONC_NO_DEADLINE;
+    for (size_t i = 0; i < n; i++)
+        if (amqp_basic_reject(b->c, q->channel, q->held[i], 1) != AMQP_STATUS_OK) {
+            bk_lost(b, -ECONNRESET);
+            break;
+        }
+    return CONC_NO_DEADLINE;
+}
+
+/* Whether a delivery older than tag is held (an acknowledgement with
+ * multiple=true up to tag would take it for done). */
+static bool held_before(const conc_broker_queue *q, uint64_t tag)
+{
+    for (size_t i = 0; i < q->nheld; i++)
+        if (q->held[i] < tag)
+            return true;
+    return false;
+}
+
 /* A delivery's frames (basic.deliver or get-ok, header, body), or a
  * consumer cancelled by the broker, on a queue's channel. */
 void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
@@ -212,13 +310,13 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
         uint64_t tag = id == AMQP_BASIC_DELIVER_METHOD
                            ? ((amqp_basic_deliver_t *)d)->delivery_tag
                            : ((amqp_basic_get_ok_t *)d)->delivery_tag;
-        struct bk_msg *m = calloc(1, sizeof *m);
+        struct bk_msg *m = bk_delivery_alloc(sizeof *m);
         if (!m) {
-            /* Given back at once (it would hold a prefetch slot until the
-             * connection closed); its header and body are ignored. */
-            refuse(b, q, ch, tag, true);
+            /* Given back later; its header and body are ignored. */
+            refuse_for_memory(b, q, ch, tag);
             return;
         }
+        memset(m, 0, sizeof *m);
         if (id == AMQP_BASIC_DELIVER_METHOD) {
             amqp_basic_deliver_t *dv = d;
             m->m.tag = dv->delivery_tag;
@@ -260,13 +358,14 @@ void bk_queue_deliver(conc_broker *b, uint16_t ch, const amqp_frame_t *f)
                 m->m.delivery_count = delivery_count(&p->headers);
         }
         m->want = (size_t)size;
-        m->m.data = malloc(m->want + 1);
+        m->m.data = bk_delivery_alloc(m->want + 1);
         if (!m->m.data) {
-            refuse(b, q, ch, m->m.tag, true);      /* may fit later */
+            refuse_for_memory(b, q, ch, m->m.tag);     /* may fit later */
             msg_free(m);
             q->partial = NULL;
             return;
         }
+        q->held_pause = 0;          /* memory again: the next pause is short */
         m->have_header = true;
         ((char *)m->m.data)[m->want] = '\0';
         if (m->want == 0)
@@ -425,6 +524,7 @@ static void queue_release(conc_broker_queue *q)
     free(q->patterns);
     free(q->taken);
     free(q->taken_epoch);
+    free(q->held);
     free(q->dlx);
     free(q->dlk);
     free(q);
@@ -477,6 +577,16 @@ static int queue_make(conc_broker_queue **out, conc_broker *b, const conc_broker
     }
     if (q->opts.prefetch == 0)
         q->opts.prefetch = q->opts.simple ? SIMPLE_PREFETCH : DEFAULT_PREFETCH;
+    /* Room to hold every delivery the prefetch lets through, made now:
+     * it is needed when memory is short. */
+    q->held = malloc(q->opts.prefetch * sizeof *q->held);
+    if (!q->held) {
+        free(q->dlk);
+        free(q->dlx);
+        free(q);
+        return -ENOMEM;
+    }
+    q->held_cap = q->opts.prefetch;
     q->ws = &queue_source;
     q->b = b;
     *out = q;
@@ -586,9 +696,11 @@ void conc_broker_queue_free(conc_broker_queue *q)
     if (b->c && q->chan_open) {
         /* Closing the channel gives back what was taken and not done. */
         amqp_channel_close_t cl = { .reply_code = 200, .reply_text = amqp_cstring_bytes("") };
-        bk_rpc(b, q->channel, AMQP_CHANNEL_CLOSE_METHOD, &cl, AMQP_CHANNEL_CLOSE_OK_METHOD,
-               conc_now() + NS);
+        if (bk_rpc(b, q->channel, AMQP_CHANNEL_CLOSE_METHOD, &cl, AMQP_CHANNEL_CLOSE_OK_METHOD,
+                   conc_now() + NS) == 0)
+            q->chan_held = false;
     }
+    channel_give(q);
     unlink_queue(q);
     queue_release(q);
 }
@@ -672,23 +784,41 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
             p.expiration = amqp_cstring_bytes(expiration);
         }
         amqp_bytes_t body = { .len = len, .bytes = (void *)data };
-        int st;
-        if (!wait && !b->ssl && len <= BK_OBUF_BODY_MAX) {
-            /* Framed into the connection's buffer: many to one send. */
-            st = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange),
-                                amqp_cstring_bytes(key), &p, body);
+        if (!b->ssl) {
+            /* Framed here and sent without blocking: a socket found full
+             * (a broker that reads slowly or not at all) is waited for
+             * through conc's wait layer, until the call's deadline.  A
+             * small message is copied into the connection's buffer (async
+             * ones go out many to one send), a larger one's body is sent
+             * from the caller's bytes. */
+            bool inline_body = len <= BK_OBUF_BODY_MAX;
+            r = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange),
+                               amqp_cstring_bytes(key), &p, body, inline_body);
+            if (r < 0)
+                return r;           /* nothing was added */
+            if (!inline_body) {
+                if (!wait)
+                    bk_cork(b, true);
+                r = bk_out_body_until(b, BK_CH_PUB, body, lim);
+            } else if (wait || b->olen >= BK_OBUF_SEND) {
+                r = bk_out_flush_until(b, lim);
+            }
+            if (r == -ETIMEDOUT || r == -ECANCELED)
+                return r;           /* the connection was dropped */
+            if (r < 0)
+                continue;           /* lost: again on a new one */
         } else {
-            if (b->olen && bk_out_flush(b) < 0)
+            if (b->olen && bk_out_flush_until(b, lim) < 0)
                 continue;
             if (!wait)
                 bk_cork(b, true);
-            st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
-                                    amqp_cstring_bytes(key), 0, 0, &p, body);
-        }
-        if (st != AMQP_STATUS_OK) {
-            /* Not sent whole: the broker drops a partial message. */
-            bk_lost(b, bk_status_err(st));
-            continue;
+            int st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
+                                        amqp_cstring_bytes(key), 0, 0, &p, body);
+            if (st != AMQP_STATUS_OK) {
+                /* Not sent whole: the broker drops a partial message. */
+                bk_lost(b, bk_status_err(st));
+                continue;
+            }
         }
         seq = ++b->pub_seq;
         gen = b->pub_gen;
@@ -847,11 +977,12 @@ static int queue_ready(conc_broker_queue *q, bool consume, int64_t lim)
     }
     if (!q->chan_open) {
         if (q->chan_epoch != b->epoch || q->channel == 0) {
-            if (b->next_channel > MAX_CHANNEL)
+            q->channel = channel_take(b);
+            if (!q->channel)
                 return -EMFILE;
-            q->channel = b->next_channel++;
             q->chan_epoch = b->epoch;
         }
+        q->chan_held = true;
         r = bk_channel_open(b, q->channel, lim);
         if (r < 0)
             return r;
@@ -936,8 +1067,10 @@ int conc_broker_queue_get_until(conc_broker_queue *q, conc_broker_msg *out, int6
             continue;
         }
         /* Nothing here: the broker sends more once it has the
-         * acknowledgements. */
+         * acknowledgements (and the held deliveries once their pause is
+         * over). */
         bk_queue_flush_acks(q);
+        bk_queue_release_held(q, false);
         if (q->cancelled)
             return -ENOENT;
         int r = queue_ready(q, !poll, lim);
@@ -1011,7 +1144,7 @@ static int settle(conc_broker_queue *q, size_t i, bool ack, bool requeue)
      * queue already. */
     if (!b->c || !q->chan_open || when != (q->cgen | (b->epoch << 32)))
         return 0;
-    if (ack && i == 0) {
+    if (ack && i == 0 && !held_before(q, tag)) {
         /* The oldest taken: every earlier delivery of the channel is done.
          * One acknowledgement (multiple=true) covers a batch of them; it
          * goes out after prefetch/2 of them, when the handle runs out of
@@ -1099,7 +1232,9 @@ static int wait_check(void *obj, int *fd)
     conc_broker_queue *q = obj;
     conc_broker *b = q->b;
     *fd = -1;
-    if (q->head)
+    /* Held deliveries: a get would wait for their pause, which the
+     * descriptor cannot tell. */
+    if (q->head || q->nheld)
         return 1;
     if (q->cancelled)
         return -ENOENT;

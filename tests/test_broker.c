@@ -227,6 +227,39 @@ Test(broker, unacknowledged_message_goes_back_when_handle_freed)
     conc_broker_free(b);
 }
 
+/* A freed queue's channel number is used again: one connection makes and
+ * frees more queue handles than it has channels (RabbitMQ's channel_max,
+ * 2047), and each opens its channel; a handle that lives through it all
+ * keeps its own channel and its messages. */
+Test(broker, channels_of_freed_queues_are_used_again)
+{
+    char name[128], kept_name[140];
+    qname(name, sizeof name, "chans");
+    snprintf(kept_name, sizeof kept_name, "%s-kept", name);
+    conc_broker *b = connect_ok();
+    conc_broker_queue *kept = queue_ok(b, kept_name, NULL);
+    conc_broker_msg m = { 0 };
+    cr_assert_eq(conc_broker_queue_get_nowait(kept, &m), -EAGAIN);  /* opens its channel */
+    for (int i = 0; i < 2100; i++) {
+        conc_broker_queue *q = queue_ok(b, name, NULL);
+        int r = conc_broker_queue_get_nowait(q, &m);
+        cr_assert_eq(r, -EAGAIN, "handle %d: %s", i, conc_strerror(r));
+        conc_broker_queue_free(q);
+    }
+    cr_assert_eq(conc_broker_reconnects(b), 0);
+    /* A consuming handle still works, beside the one that lived through it. */
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "late", 4, HANG), 0);
+    cr_assert_eq(conc_broker_queue_put(kept, "kept", 4, HANG), 0);
+    get_str(q, "late", NULL);
+    get_str(kept, "kept", NULL);
+    cr_assert_eq(conc_broker_queue_task_done(q), 0);
+    cr_assert_eq(conc_broker_queue_task_done(kept), 0);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    cr_assert_eq(conc_broker_queue_delete(kept, HANG), 0);
+    conc_broker_free(b);
+}
+
 Test(broker, consumer_killed_before_task_done_message_redelivered)
 {
     char name[128];
@@ -1016,6 +1049,108 @@ Test(broker, a_silent_broker_is_noticed_by_heartbeats)
     cr_assert_eq(conc_broker_queue_put(q, "after", 5, HANG), 0);
     cr_assert_geq(conc_broker_reconnects(b), 1);
     get_str(q, "before", NULL);
+    cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
+    conc_broker_free(b);
+}
+
+/* Sends SIGCONT to the node when this process ends or after HANG seconds,
+ * whichever comes first, so that no path leaves it stopped.  Returns the
+ * guard's pid (end it with guard_end). */
+static pid_t node_cont_guard(void)
+{
+    FILE *f = fopen(CONC_RABBITMQ_DIR "/group.pid", "r");
+    cr_assert_not_null(f);
+    int pg = 0;
+    cr_assert_eq(fscanf(f, "%d", &pg), 1);
+    fclose(f);
+    cr_assert_gt(pg, 1);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        for (int i = 0; i < (int)(HANG * 100) && getppid() == parent; i++)
+            usleep(10 * 1000);
+        kill(-pg, SIGCONT);
+        _exit(0);
+    }
+    return pid;
+}
+
+static void guard_end(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+}
+
+/* A put into a broker that stops reading: the message does not fit in the
+ * socket's buffers, and the wait for room parks only the putting
+ * coroutine (another one keeps running) and ends at the put's timeout. */
+struct stuck_state {
+    conc_broker_queue *q;
+    void *big;
+    size_t len;
+    int put_result;
+    atomic_int putting;         /* the put is under way */
+    atomic_int ticks;           /* the other coroutine's turns */
+    int ticks_during;           /* its turns while the put waited */
+};
+
+static void *stuck_putter(void *arg)
+{
+    struct stuck_state *s = arg;
+    atomic_store(&s->putting, 1);
+    s->put_result = conc_broker_queue_put(s->q, s->big, s->len, 1.0);
+    s->ticks_during = atomic_load(&s->ticks);
+    atomic_store(&s->putting, 0);
+    return NULL;
+}
+
+static void *stuck_ticker(void *arg)
+{
+    struct stuck_state *s = arg;
+    while (atomic_load(&s->putting)) {
+        atomic_fetch_add(&s->ticks, 1);
+        conc_sleep(0.01);
+    }
+    return NULL;
+}
+
+Test(broker, put_to_a_broker_that_stops_reading_parks_and_times_out)
+{
+    char name[128];
+    qname(name, sizeof name, "stuck");
+    conc_broker *b = connect_ok();
+    conc_broker_queue *q = queue_ok(b, name, NULL);
+    cr_assert_eq(conc_broker_queue_put(q, "before", 6, HANG), 0);
+    static struct stuck_state s;
+    memset(&s, 0, sizeof s);
+    s.q = q;
+    s.len = 15u << 20;      /* more than the socket buffers hold; the
+                               node takes up to 16 MiB */
+    s.big = calloc(1, s.len);
+    cr_assert_not_null(s.big);
+    pid_t guard = node_cont_guard();
+    node_signal(SIGSTOP);
+    conc_greenlet *g1, *g2;
+    cr_assert_eq(conc_greenlet_spawn(&g1, stuck_putter, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g2, stuck_ticker, &s, NULL), 0);
+    int hr = conc_hub_run();
+    node_signal(SIGCONT);
+    guard_end(guard);
+    cr_assert_eq(hr, 0);
+    cr_assert_eq(s.put_result, -ETIMEDOUT, "put: %s", conc_strerror(s.put_result));
+    cr_assert_gt(s.ticks_during, 0, "the other coroutine did not run during the put");
+    conc_greenlet_free(g1);
+    conc_greenlet_free(g2);
+    cr_assert_eq(conc_hub_free(), 0);
+    free(s.big);
+    /* The connection was given up (a message went out cut); the next call
+     * makes it again, and what was confirmed is there. */
+    cr_assert_eq(conc_broker_queue_put(q, "after", 5, HANG), 0);
+    cr_assert_geq(conc_broker_reconnects(b), 1);
+    get_str(q, "before", NULL);
+    get_str(q, "after", NULL);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
 }

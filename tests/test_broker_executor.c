@@ -823,26 +823,41 @@ Test(broker_executor, authkey_option_checked)
     cr_assert_null(w);
 }
 
+/* The correlation id of message m, into cid. */
+static void cid_of(const amqp_message_t *m, char *cid, size_t cap)
+{
+    snprintf(cid, cap, "%.*s", (int)m->properties.correlation_id.len,
+             (char *)m->properties.correlation_id.bytes);
+}
+
 /* With an authkey, a result from someone who has seen the task (it read
- * the work queue) but lacks the key is dropped: the future keeps the real
- * worker's result. */
-Test(broker_executor, authkey_forged_result_by_a_reader_ignored)
+ * the work queue) but lacks the key is never used: untagged or tagged
+ * wrong, it fails the future with -EACCES instead of completing it with
+ * its own value; the real worker's result, later, is a second one and
+ * dropped, and the keyed pair goes on working. */
+Test(broker_executor, authkey_forged_result_by_a_reader_fails_eacces)
 {
     char q[128];
     qname(q, sizeof q, "keyres");
     conc_broker_executor *ex = mk_keyed_executor(q, "sesame");
-    conc_future *f = submit_u64(ex, "square", 5);
+    conc_future *f1 = submit_u64(ex, "square", 5);
+    conc_future *f2 = submit_u64(ex, "square", 7);
     amqp_connection_state_t c = raw_open();
     amqp_message_t m;
+    char cid1[64], cid2[64];
     raw_get_keep(c, q, &m, true);  /* given back at the close below */
     cr_assert(m.properties._flags & AMQP_BASIC_HEADERS_FLAG, "a keyed task carries its tag");
-    char cid[64];
-    snprintf(cid, sizeof cid, "%.*s", (int)m.properties.correlation_id.len,
-             (char *)m.properties.correlation_id.bytes);
+    cid_of(&m, cid1, sizeof cid1);
     amqp_destroy_message(&m);
+    raw_get_keep(c, q, &m, true);
+    cid_of(&m, cid2, sizeof cid2);
+    amqp_destroy_message(&m);
+    cr_assert_str_neq(cid1, cid2);
     amqp_connection_state_t c2 = raw_open();
     const char *reply = conc_broker_executor_reply_queue(ex);
-    forge_result(c2, reply, cid, 666);         /* untagged */
+    forge_result(c2, reply, cid1, 666);         /* untagged */
+    expect_error(f1, -EACCES, 0);
+    cr_assert_not(conc_future_done(f2));
     /* Tagged, but not under the key. */
     amqp_table_entry_t e[2];
     e[0].key = amqp_cstring_bytes("conc-error");
@@ -852,26 +867,46 @@ Test(broker_executor, authkey_forged_result_by_a_reader_ignored)
     amqp_basic_properties_t p;
     memset(&p, 0, sizeof p);
     p._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
-    p.correlation_id = amqp_cstring_bytes(cid);
+    p.correlation_id = amqp_cstring_bytes(cid2);
     p.headers.num_entries = 2;
     p.headers.entries = e;
     uint64_t v = 777;
     cr_assert_eq(amqp_basic_publish(c2, 1, amqp_empty_bytes, amqp_cstring_bytes(reply), 0, 0,
                                     &p, (amqp_bytes_t){ .len = sizeof v, .bytes = &v }), 0);
-    wait_rejected(ex, 2);
-    cr_assert_not(conc_future_done(f));
-    raw_close(c);           /* the task goes back to the queue */
+    expect_error(f2, -EACCES, 0);
+    cr_assert_eq(conc_broker_executor_rejected(ex), 2);
+    conc_future_free(f1);
+    conc_future_free(f2);
+    raw_close(c);           /* the tasks go back to the queue */
     struct wthread wt;
     keyed_worker_start(&wt, q, "sesame");
-    cr_assert_eq(result_u64(f), 25);
-    conc_future_free(f);
-    /* And the keyed pair goes on working. */
-    f = submit_u64(ex, "square", 6);
+    conc_future *f = submit_u64(ex, "square", 6);
     cr_assert_eq(result_u64(f), 36);
     conc_future_free(f);
-    cr_assert_eq(wthread_stop(&wt), 2);
+    cr_assert_eq(wthread_stop(&wt), 3);
+    /* The real results of the first two came second: dropped, uncounted. */
     cr_assert_eq(conc_broker_executor_rejected(ex), 2);
     raw_close(c2);
+    conc_broker_executor_free(ex);
+    delete_queues(q);
+}
+
+/* A worker without a key runs a keyed client's task and answers untagged:
+ * the future fails with -EACCES rather than waiting for ever (and the
+ * other way round, a keyed worker refuses a keyless client's task:
+ * authkey_mismatch_fails_eacces). */
+Test(broker_executor, keyless_worker_keyed_client_fails_eacces)
+{
+    char q[128];
+    qname(q, sizeof q, "keyless");
+    conc_broker_executor *ex = mk_keyed_executor(q, "sesame");
+    struct wthread wt;
+    wthread_start(&wt, q, 0);
+    conc_future *f = submit_u64(ex, "square", 4);
+    expect_error(f, -EACCES, 0);
+    conc_future_free(f);
+    cr_assert_eq(wthread_stop(&wt), 1);     /* it ran */
+    cr_assert_eq(conc_broker_executor_rejected(ex), 1);
     conc_broker_executor_free(ex);
     delete_queues(q);
 }

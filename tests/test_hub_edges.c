@@ -37,20 +37,13 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/epoll_regs.h"
 #include "support/fork_sanitizers.h"
+#include "support/pieces.h"
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifdef SANITIZED
-#define PIECES 4000
+#if SANITIZED
 #define ROUNDS 300
 #else
-#define PIECES 40000
 #define ROUNDS 3000
 #endif
 
@@ -188,48 +181,6 @@ static void *in_greenlet(void *(*fn)(void *), void *arg)
     return v;
 }
 
-/*
- * The registrations of descriptor number fd in this process's epoll
- * instances (each instance's /proc/self/fdinfo lists "tfd: N events: HEX"):
- * how many there are, and the events of the last one in *events.
- */
-static int registrations(int fd, uint32_t *events)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int found = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[300], target[64];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t n = readlink(path, target, sizeof target - 1);
-        if (n <= 0)
-            continue;
-        target[n] = '\0';
-        if (strcmp(target, "anon_inode:[eventpoll]") != 0)
-            continue;
-        snprintf(path, sizeof path, "/proc/self/fdinfo/%s", e->d_name);
-        FILE *f = fopen(path, "re");
-        if (!f)
-            continue;
-        char line[256];
-        while (fgets(line, sizeof line, f)) {
-            int tfd;
-            unsigned ev;
-            if (sscanf(line, "tfd: %d events: %x", &tfd, &ev) == 2 && tfd == fd) {
-                found++;
-                if (events)
-                    *events = ev;
-            }
-        }
-        fclose(f);
-    }
-    closedir(d);
-    return found;
-}
-
 /* Edge mode: registered for reading from the start, EPOLLOUT only once a
  * wait for room came (a Unix socket raises EPOLLOUT at every read of its
  * peer, which would wake a hub whose greenlets only read); EPOLLPRI too: an
@@ -281,7 +232,7 @@ Test(hub_edges, data_between_eagain_and_park, .timeout = 60)
     cr_assert_eq(inj_done, r.want);     /* the wrapper really ran each time */
     cr_assert_eq(inj_bad, 0);
     uint32_t ev = 0;
-    cr_assert_eq(registrations(conc_socket_fd(a), &ev), 1);
+    cr_assert_eq(epoll_registrations(conc_socket_fd(a), &ev), 1);
     cr_assert_eq(ev & EDGE_MASK, EDGE_MASK, "events 0x%x", ev);
     cr_assert_not(ev & EPOLLOUT, "a reader's socket: events 0x%x", ev);
     conc_socket_free(a);
@@ -331,7 +282,7 @@ Test(hub_edges, space_between_eagain_and_park, .timeout = 60)
     cr_assert_eq(inj_drained, w.len);
     /* The waits for room added EPOLLOUT to the edge registration. */
     uint32_t ev = 0;
-    cr_assert_eq(registrations(conc_socket_fd(a), &ev), 1);
+    cr_assert_eq(epoll_registrations(conc_socket_fd(a), &ev), 1);
     cr_assert_eq(ev & (EDGE_MASK | EPOLLOUT), EDGE_MASK | EPOLLOUT, "events 0x%x", ev);
     conc_socket_free(a);
     conc_socket_free(b);
@@ -340,110 +291,13 @@ Test(hub_edges, space_between_eagain_and_park, .timeout = 60)
 
 /* ----------------------------------------------------- many small pieces */
 
-struct piece_writer {
-    int fd;
-    int pieces;
-};
-
-static unsigned char pat(size_t i)
-{
-    return (unsigned char)(i * 7 + i / 251);
-}
-
-static size_t pieces_total(int pieces)
-{
-    size_t t = 0;
-    for (int i = 0; i < pieces; i++)
-        t += (size_t)(i % 5) + 1;
-    return t;
-}
-
-/* A plain thread: pieces of 1 to 5 bytes, each its own write. */
-static void *piece_thread(void *arg)
-{
-    struct piece_writer *w = arg;
-    size_t off = 0;
-    for (int i = 0; i < w->pieces; i++) {
-        unsigned char buf[5];
-        size_t k = (size_t)(i % 5) + 1;
-        for (size_t j = 0; j < k; j++)
-            buf[j] = pat(off + j);
-        size_t put = 0;
-        while (put < k) {
-            ssize_t n = write(w->fd, buf + put, k - put);
-            if (n < 0 && errno == EAGAIN) {
-                struct pollfd p = { .fd = w->fd, .events = POLLOUT };
-                poll(&p, 1, 1000);
-                continue;
-            }
-            if (n <= 0)
-                return (void *)1;
-            put += (size_t)n;
-        }
-        off += k;
-        if (i % 64 == 0)
-            sched_yield();
-    }
-    return NULL;
-}
-
-struct piece_reader {
-    conc_socket *s;
-    size_t total;
-    size_t got;
-    int bad;
-};
-
-static void *piece_read_body(void *arg)
-{
-    struct piece_reader *r = arg;
-    while (r->got < r->total) {
-        unsigned char buf[3];
-        ssize_t n = conc_socket_recv(r->s, buf, sizeof buf, 0);
-        if (n <= 0)
-            return (void *)(intptr_t)(n == 0 ? -EPIPE : n);
-        for (ssize_t i = 0; i < n; i++)
-            if (buf[i] != pat(r->got + (size_t)i))
-                r->bad = 1;
-        r->got += (size_t)n;
-    }
-    return NULL;
-}
-
 /* Four sockets, each fed by a thread in many small pieces and read by a
- * greenlet with a small buffer: every byte arrives once, in order. */
+ * greenlet with a 3-byte buffer: every byte arrives once, in order. */
 Test(hub_edges, peer_writes_many_small_pieces, .timeout = 120)
 {
-    enum { N = 4 };
-    conc_socket *a[N], *b[N];
-    pthread_t t[N];
-    struct piece_writer w[N];
-    struct piece_reader r[N];
-    conc_greenlet *g[N];
-    for (int i = 0; i < N; i++) {
-        pair(&a[i], &b[i]);
-        r[i] = (struct piece_reader){ a[i], pieces_total(PIECES), 0, 0 };
-        cr_assert_eq(conc_greenlet_spawn(&g[i], piece_read_body, &r[i], NULL), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        w[i] = (struct piece_writer){ conc_socket_fd(b[i]), PIECES };
-        cr_assert_eq(pthread_create(&t[i], NULL, piece_thread, &w[i]), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        cr_assert_eq(conc_greenlet_join(g[i], 100.0), 0);
-        void *v = (void *)1;
-        cr_assert_eq(conc_greenlet_result(g[i], &v), 0);
-        cr_assert_eq((intptr_t)v, 0, "reader %d: %s", i, conc_strerror((int)(intptr_t)v));
-        cr_assert_eq(r[i].got, r[i].total);
-        cr_assert_eq(r[i].bad, 0);
-        void *tv;
-        pthread_join(t[i], &tv);
-        cr_assert_null(tv);
-        conc_greenlet_free(g[i]);
-        conc_socket_free(a[i]);
-        conc_socket_free(b[i]);
-    }
-    cr_assert_eq(conc_hub_free(), 0);
+    static const size_t sizes[4] = { 3, 3, 3, 3 };
+    static const int flags[4] = { 0 };
+    pieces_flood(4, pair, sizes, flags, 100.0);
 }
 
 /* ------------------------------------ a reader and a writer, one socket */
@@ -570,7 +424,7 @@ Test(hub_edges, timeout_or_kill_then_new_wait, .timeout = 60)
         conc_greenlet_free(g);
     }
     uint32_t ev = 0;
-    cr_assert_eq(registrations(conc_socket_fd(a), &ev), 1);
+    cr_assert_eq(epoll_registrations(conc_socket_fd(a), &ev), 1);
     cr_assert_eq(ev & EDGE_MASK, EDGE_MASK, "events 0x%x", ev);
     conc_socket_free(a);
     conc_socket_free(b);
@@ -633,7 +487,7 @@ Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
         int n = conc_socket_fd(a);
         cr_assert_eq((intptr_t)in_greenlet(recv_short_timeout_body, a), -ETIMEDOUT);
         cr_assert_eq(wait_then_send(a, b, 'a'), 'a');
-        cr_assert_eq(registrations(n, NULL), 1);
+        cr_assert_eq(epoll_registrations(n, NULL), 1);
         int copy = fcntl(n, F_DUPFD_CLOEXEC, 0);
         cr_assert_geq(copy, 0);
         conc_socket *c, *d;
@@ -658,12 +512,12 @@ Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
         if (how == 0 || how == 3) {
             cr_assert_eq(conc_socket_close(a), 0);
             /* Taken out of the hub's set, though the file lives on. */
-            cr_assert_eq(registrations(n, NULL), 0);
+            cr_assert_eq(epoll_registrations(n, NULL), 0);
             pair_at(n, &c, &d);
         } else if (how == 1) {
             cr_assert_eq(conc_socket_detach(a), n);
             close(n);
-            cr_assert_eq(registrations(n, NULL), 1);     /* the old file's */
+            cr_assert_eq(epoll_registrations(n, NULL), 1);     /* the old file's */
             pair_at(n, &c, &d);
         } else {
             /* The same file under a new handle: nothing stale, a new key. */
@@ -688,7 +542,7 @@ Test(hub_edges, fd_number_reused_by_new_socket, .timeout = 60)
             cr_assert_eq(ch, 'o');
         }
         uint32_t ev = 0;
-        cr_assert_eq(registrations(n, &ev), how == 1 ? 2 : 1);
+        cr_assert_eq(epoll_registrations(n, &ev), how == 1 ? 2 : 1);
         cr_assert_eq(ev & EDGE_MASK, EDGE_MASK, "events 0x%x", ev);
         if (copy >= 0)
             close(copy);
@@ -719,8 +573,8 @@ Test(hub_edges, dup_socket_closed, .timeout = 60)
     cr_assert_eq(conc_greenlet_spawn(&g1, recv_one_body, a, NULL), 0);
     cr_assert_eq(conc_greenlet_spawn(&g2, recv_one_body, a2, NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);
-    cr_assert_eq(registrations(n, NULL), 1);
-    cr_assert_eq(registrations(n2, NULL), 1);
+    cr_assert_eq(epoll_registrations(n, NULL), 1);
+    cr_assert_eq(epoll_registrations(n2, NULL), 1);
     /* Two bytes, one each (either may take either). */
     cr_assert_eq(conc_socket_send(b, "pq", 2, 0), 2);
     void *v1 = NULL, *v2 = NULL;
@@ -732,8 +586,8 @@ Test(hub_edges, dup_socket_closed, .timeout = 60)
     conc_greenlet_free(g1);
     conc_greenlet_free(g2);
     cr_assert_eq(conc_socket_close(a), 0);
-    cr_assert_eq(registrations(n, NULL), 0);
-    cr_assert_eq(registrations(n2, NULL), 1);
+    cr_assert_eq(epoll_registrations(n, NULL), 0);
+    cr_assert_eq(epoll_registrations(n2, NULL), 1);
     cr_assert_eq(wait_then_send(a2, b, 'r'), 'r');
     conc_socket_free(a);
     conc_socket_free(a2);
@@ -780,7 +634,7 @@ static void *level_body(void *arg)
     cr_assert_eq(conc_fd_wait(na, POLLIN, 0.02), -ETIMEDOUT);
     /* And the socket layer still waits edge-triggered afterwards. */
     uint32_t ev = 0;
-    cr_assert_eq(registrations(na, &ev), 1);
+    cr_assert_eq(epoll_registrations(na, &ev), 1);
     cr_assert_eq(ev & EDGE_MASK, EDGE_MASK, "events 0x%x", ev);
     return NULL;
 }
@@ -808,7 +662,7 @@ Test(hub_edges, pipe_waits_stay_one_shot, .timeout = 60)
     cr_assert_eq(conc_greenlet_spawn(&g, fd_wait_body, &p[0], NULL), 0);
     cr_assert_eq(conc_sleep(0), 0);
     uint32_t ev = 0;
-    cr_assert_eq(registrations(p[0], &ev), 1);
+    cr_assert_eq(epoll_registrations(p[0], &ev), 1);
     cr_assert(ev & EPOLLONESHOT, "events 0x%x", ev);
     cr_assert_not(ev & EPOLLET, "events 0x%x", ev);
     cr_assert_eq(write(p[1], "1", 1), 1);
@@ -1057,7 +911,7 @@ Test(hub_edges, coroutine_acceptor_waits_edge_triggered, .timeout = 60)
             conc_socket_free(c[i]);
     }
     uint32_t ev = 0;
-    cr_assert_eq(registrations(lfd, &ev), 1);
+    cr_assert_eq(epoll_registrations(lfd, &ev), 1);
     cr_assert_eq(ev & EDGE_MASK, EDGE_MASK, "events 0x%x", ev);
     cr_assert_not(ev & EPOLLONESHOT, "events 0x%x", ev);
     cr_assert_eq(conc_server_shutdown(s), 0);

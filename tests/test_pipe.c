@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/epoll_regs.h"
 #include "support/fd_count.h"
 
 #ifndef CONC_EXAMPLES_DIR
@@ -782,45 +783,6 @@ Test(pipe, peer_killed_mid_message_gives_epipe, .timeout = 30)
 }
 
 /* ------------------------------------------- receiving in a greenlet */
-
-/*
- * The registrations of descriptor number fd in this process's epoll
- * instances (/proc/self/fdinfo of each lists "tfd: N events: HEX"): how
- * many, and the events of the last in *events.
- */
-static int epoll_registrations(int fd, uint32_t *events)
-{
-    DIR *d = opendir("/proc/self/fd");
-    cr_assert_not_null(d);
-    int found = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        char path[300], target[64];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t n = readlink(path, target, sizeof target - 1);
-        if (n <= 0)
-            continue;
-        target[n] = '\0';
-        if (strcmp(target, "anon_inode:[eventpoll]") != 0)
-            continue;
-        snprintf(path, sizeof path, "/proc/self/fdinfo/%s", e->d_name);
-        FILE *f = fopen(path, "re");
-        if (!f)
-            continue;
-        char line[256];
-        while (fgets(line, sizeof line, f)) {
-            int tfd;
-            unsigned ev;
-            if (sscanf(line, "tfd: %d events: %x", &tfd, &ev) == 2 && tfd == fd) {
-                found++;
-                *events = ev;
-            }
-        }
-        fclose(f);
-    }
-    closedir(d);
-    return found;
-}
 
 #define ECHO_ROUNDS 600
 

@@ -1012,6 +1012,32 @@ static void wait_other_threads_blocked(void)
     closedir(d);
 }
 
+/* n threads each in a blocking apply of a task that never ends, all
+ * asleep; terminate releases every one with -EPIPE, and the pool, joined
+ * and freed, leaves no child and no descriptor beyond the `base` count. */
+static void terminate_releases(conc_pool *p, int n, int base)
+{
+    struct blocked_apply a[8];
+    pthread_t t[8];
+    pid_t tids[8];
+    cr_assert_leq(n, 8);
+    for (int i = 0; i < n; i++) {
+        a[i] = (struct blocked_apply){ p, 1 };
+        t[i] = spawn_tid(apply_block_thread, &a[i], &tids[i]);
+    }
+    for (int i = 0; i < n; i++)
+        wait_thread_blocked(tids[i], GUARD);
+    cr_assert_eq(conc_pool_terminate(p), 0);
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(a[i].status, -EPIPE, "caller %d: %s", i, conc_errname(a[i].status));
+    }
+    cr_assert_eq(conc_pool_join(p, GUARD), 0);
+    conc_pool_free(p);
+    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
+    cr_assert_eq(count_fds(), base, "descriptors leaked");
+}
+
 /* Threads in a blocking apply talk to idle workers themselves, sleeping
  * with no timer on the slot; terminate kills those workers and the pool's
  * thread wakes each caller, whose apply gives -EPIPE. */
@@ -1034,25 +1060,7 @@ Test(pool, terminate_releases_callers_of_apply, .timeout = 120)
     cr_assert_eq(conc_pool_map(p, block_on_x, items, 8, &to, &r), 0);
     conc_pool_result_free(r);
     wait_other_threads_blocked();
-    enum { W = 2 };
-    struct blocked_apply a[W];
-    pthread_t t[W];
-    pid_t tids[W];
-    for (int i = 0; i < W; i++) {
-        a[i] = (struct blocked_apply){ p, 1 };
-        t[i] = spawn_tid(apply_block_thread, &a[i], &tids[i]);
-    }
-    for (int i = 0; i < W; i++)
-        wait_thread_blocked(tids[i], GUARD);
-    cr_assert_eq(conc_pool_terminate(p), 0);
-    for (int i = 0; i < W; i++) {
-        pthread_join(t[i], NULL);
-        cr_assert_eq(a[i].status, -EPIPE, "caller %d: %s", i, conc_errname(a[i].status));
-    }
-    cr_assert_eq(conc_pool_join(p, GUARD), 0);
-    conc_pool_free(p);
-    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
-    cr_assert_eq(count_fds(), base, "descriptors leaked");
+    terminate_releases(p, 2, base);
 }
 
 /* More threads in a blocking apply than workers: two talk to the workers,
@@ -1062,25 +1070,7 @@ Test(pool, terminate_releases_queued_callers_of_apply, .timeout = 120)
 {
     int base = count_fds();
     conc_pool *p = mkpool(2, CONC_START_FORK, NULL);
-    enum { W = 5 };
-    struct blocked_apply a[W];
-    pthread_t t[W];
-    pid_t tids[W];
-    for (int i = 0; i < W; i++) {
-        a[i] = (struct blocked_apply){ p, 1 };
-        t[i] = spawn_tid(apply_block_thread, &a[i], &tids[i]);
-    }
-    for (int i = 0; i < W; i++)
-        wait_thread_blocked(tids[i], GUARD);
-    cr_assert_eq(conc_pool_terminate(p), 0);
-    for (int i = 0; i < W; i++) {
-        pthread_join(t[i], NULL);
-        cr_assert_eq(a[i].status, -EPIPE, "caller %d: %s", i, conc_errname(a[i].status));
-    }
-    cr_assert_eq(conc_pool_join(p, GUARD), 0);
-    conc_pool_free(p);
-    cr_assert_eq(conc_process_active_children(NULL, 0), 0);
-    cr_assert_eq(count_fds(), base, "descriptors leaked");
+    terminate_releases(p, 5, base);
 }
 
 Test(pool, terminate_runs_no_callback_for_dropped_tasks, .timeout = 120)

@@ -39,19 +39,8 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/pieces.h"
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifdef SANITIZED
-#define PIECES 4000
-#else
-#define PIECES 40000
-#endif
 
 #define GUARD 20.0              /* hang guard of the blocking calls that must return */
 #define STUCK 3.0               /* a read that would hang with a safeguard off */
@@ -574,76 +563,6 @@ Test(socket_drain, level_wait_takes_the_edge_after_a_short_read, .timeout = 60)
 
 /* ------------------------------------------------------------- floods */
 
-static unsigned char pat(size_t i)
-{
-    return (unsigned char)(i * 7 + i / 251);
-}
-
-static size_t pieces_total(int pieces)
-{
-    size_t t = 0;
-    for (int i = 0; i < pieces; i++)
-        t += (size_t)(i % 5) + 1;
-    return t;
-}
-
-/* A plain thread: pieces of 1 to 5 bytes, each its own send. */
-static void *piece_thread(void *arg)
-{
-    int fd = *(int *)arg;
-    size_t off = 0;
-    for (int i = 0; i < PIECES; i++) {
-        unsigned char buf[5];
-        size_t k = (size_t)(i % 5) + 1;
-        for (size_t j = 0; j < k; j++)
-            buf[j] = pat(off + j);
-        size_t put = 0;
-        while (put < k) {
-            ssize_t n = send(fd, buf + put, k - put, MSG_NOSIGNAL);
-            if (n < 0 && errno == EAGAIN) {
-                struct pollfd p = { .fd = fd, .events = POLLOUT };
-                poll(&p, 1, 1000);
-                continue;
-            }
-            if (n <= 0)
-                return (void *)1;
-            put += (size_t)n;
-        }
-        off += k;
-        if (i % 64 == 0)
-            sched_yield();
-    }
-    return NULL;
-}
-
-struct piece_reader {
-    conc_socket *s;
-    size_t total, got, bufsize;
-    int flags;
-    int bad;
-};
-
-static void *piece_read_body(void *arg)
-{
-    struct piece_reader *r = arg;
-    while (r->got < r->total) {
-        unsigned char buf[64];
-        size_t want = r->bufsize;
-        if (want > r->total - r->got)
-            want = r->total - r->got;
-        ssize_t n = conc_socket_recv(r->s, buf, want, r->flags);
-        if (n <= 0)
-            return (void *)(intptr_t)(n == 0 ? -EPIPE : n);
-        if ((r->flags & MSG_WAITALL) && (size_t)n != want)
-            r->bad = 1;
-        for (ssize_t i = 0; i < n; i++)
-            if (buf[i] != pat(r->got + (size_t)i))
-                r->bad = 1;
-        r->got += (size_t)n;
-    }
-    return NULL;
-}
-
 /* Four TCP sockets, each fed by a thread in many small pieces and read by
  * a greenlet: two with small buffers (short and full reads mixed), one
  * with a large one (short reads nearly always), one with MSG_WAITALL
@@ -651,36 +570,7 @@ static void *piece_read_body(void *arg)
  * once, in order. */
 Test(socket_drain, floods_of_small_pieces, .timeout = 180)
 {
-    enum { N = 4 };
-    static const size_t sizes[N] = { 3, 7, 64, 50 };
-    conc_socket *a[N], *b[N];
-    pthread_t t[N];
-    int fds[N];
-    struct piece_reader r[N];
-    conc_greenlet *g[N];
-    for (int i = 0; i < N; i++) {
-        tcp_pair(&a[i], &b[i]);
-        r[i] = (struct piece_reader){ a[i], pieces_total(PIECES), 0, sizes[i],
-                                      i == 3 ? MSG_WAITALL : 0, 0 };
-        cr_assert_eq(conc_greenlet_spawn(&g[i], piece_read_body, &r[i], NULL), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        fds[i] = conc_socket_fd(b[i]);
-        cr_assert_eq(pthread_create(&t[i], NULL, piece_thread, &fds[i]), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        cr_assert_eq(conc_greenlet_join(g[i], 150.0), 0);
-        void *v = (void *)1;
-        cr_assert_eq(conc_greenlet_result(g[i], &v), 0);
-        cr_assert_eq((intptr_t)v, 0, "reader %d: %s", i, conc_strerror((int)(intptr_t)v));
-        cr_assert_eq(r[i].got, r[i].total);
-        cr_assert_eq(r[i].bad, 0, "reader %d", i);
-        void *tv;
-        pthread_join(t[i], &tv);
-        cr_assert_null(tv);
-        conc_greenlet_free(g[i]);
-        conc_socket_free(a[i]);
-        conc_socket_free(b[i]);
-    }
-    cr_assert_eq(conc_hub_free(), 0);
+    static const size_t sizes[4] = { 3, 7, 64, 50 };
+    static const int flags[4] = { 0, 0, 0, MSG_WAITALL };
+    pieces_flood(4, tcp_pair, sizes, flags, 150.0);
 }

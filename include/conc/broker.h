@@ -37,10 +37,15 @@
  * includes the TCP connect and the AMQP handshake of a (re)connection; a
  * host name lookup and a TLS connection, which rabbitmq-c and the C
  * library do only blocking, run on a worker thread through conc_offload,
- * so they park the coroutine too.  One exception: a
- * send that finds the socket's buffer full (a large message, or a broker
- * that throttles its publishers) waits for room inside rabbitmq-c, blocking
- * the thread until the broker reads.
+ * so they park the coroutine too.  Sends do not block over plain TCP: a
+ * publish is framed here and written without blocking, and a socket found
+ * full (a large message, or a broker that throttles its publishers or
+ * stopped reading) is waited for through the wait layer until the call's
+ * deadline; a put that runs out of time while its message is going out
+ * gives -ETIMEDOUT and drops the connection (the message may have gone out
+ * cut, which the broker discards), and the next call makes it again.  One
+ * exception: over TLS (amqps://), rabbitmq-c waits for room inside its
+ * send, blocking the thread until the broker reads.
  *
  * Threads: a connection, and everything made from it, is used by one thread
  * (or one coroutine) at a time; use one connection per thread (connections
@@ -236,7 +241,9 @@ CONC_API const char *conc_broker_queue_name(const conc_broker_queue *q);
  * -ECONNRESET when the connection was lost before the confirmation (the
  * message may or may not be in the queue); the connection's errors while
  * the broker stays unreachable; -ETIMEDOUT when no confirmation came in
- * time (the message may still arrive); -EAGAIN when timeout is 0 and the
+ * time (the message may still arrive), or when the broker did not read the
+ * message in time (the connection is dropped, see Coroutines above);
+ * -EAGAIN when timeout is 0 and the
  * confirmation was not there at once; -EINVAL for a NULL q, a NULL data
  * with len > 0, or a bad timeout.
  */
@@ -254,8 +261,10 @@ CONC_API int conc_broker_queue_put_until(conc_broker_queue *q, const void *data,
  * that waits for the broker (conc_broker_flush, a put, a get that waits,
  * ...) or until 32 KiB are buffered.  Returns 0 once the message is handed
  * to the connection; -EMSGSIZE; the connection's errors (the message was not
- * sent); -ETIMEDOUT when the connection could not be (re)made in time;
- * -EINVAL.
+ * sent); -ETIMEDOUT when the connection could not be (re)made in time, or
+ * when the broker did not read what was sent in time (the connection is
+ * dropped: conc_broker_flush then gives -ECONNRESET for the puts not yet
+ * confirmed); -EINVAL.
  */
 CONC_API int conc_broker_queue_put_async(conc_broker_queue *q, const void *data,
                                          size_t len, double timeout);
@@ -298,8 +307,11 @@ CONC_API void conc_broker_msg_clear(conc_broker_msg *m);
  * more until some are acknowledged.  Returns 0; -EAGAIN (timeout 0: nothing
  * was there at once) or -ETIMEDOUT when no message came in time; the
  * connection's errors while the broker stays unreachable; -ENOENT when the
- * queue was deleted; -EINVAL for NULL arguments or a bad timeout; -ENOMEM.
- * *out is written only on success.
+ * queue was deleted; -EMFILE when the connection has no channel left for
+ * the queue (each handle that gets has a channel of its own while it
+ * lives, up to the broker's channel_max, 2047 at most, less two; a freed
+ * handle's channel is used again); -EINVAL for NULL arguments or a bad
+ * timeout; -ENOMEM.  *out is written only on success.
  */
 CONC_API int conc_broker_queue_get(conc_broker_queue *q, conc_broker_msg *out,
                                    double timeout);
@@ -340,12 +352,17 @@ CONC_API int64_t conc_broker_queue_qsize(conc_broker_queue *q, double timeout);
 CONC_API size_t conc_broker_queue_unfinished(const conc_broker_queue *q);
 
 /* conc_broker_queue_refused - how many deliveries this queue handle
- * rejected without handing them out: a message larger than max_message
+ * refused without handing them out: a message larger than max_message
  * (rejected without requeue: it goes to the queue's dead-letter exchange,
  * or the broker discards it when there is none), one whose body did not
- * match its announced size (likewise), or one the client had no memory
- * for (requeued, delivered again).  Either way it does not hold a
- * prefetch slot, so the messages behind it keep coming.  0 for NULL. */
+ * match its announced size (likewise) -- neither holds a prefetch slot,
+ * so the messages behind it keep coming -- or one the client had no
+ * memory for.  That one is held, with its prefetch slot, and given back
+ * to the queue (requeued, delivered again with redelivered set) after a
+ * pause of 10 ms that doubles, up to 1 s, while such refusals go on, so
+ * that it does not come straight back while memory stays short; a get
+ * that waits gives it back when the pause is over, and conc_wait reports
+ * a handle that holds one as ready.  0 for NULL. */
 CONC_API uint64_t conc_broker_queue_refused(const conc_broker_queue *q);
 
 /* Exchange kinds for publish/subscribe. */

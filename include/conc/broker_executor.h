@@ -123,13 +123,17 @@
  * client completes a future only with a result whose tag checks.  A task
  * whose tag is missing or wrong is moved to the dead-letter queue unrun
  * and counted (conc_broker_worker_rejected); the worker answers it with an
- * untagged -EACCES, which fails the future with -EACCES (the one untagged
- * result a client with a key takes: a client and workers with different
- * keys fail clearly instead of waiting).  A result whose tag is wrong is
- * dropped and counted (conc_broker_executor_rejected).  A worker without a
- * key runs every task and sends untagged results, which a client with a
- * key drops: give every side the key.  The key is not sent; messages are
- * not encrypted (use amqps:// for that).
+ * untagged -EACCES, which fails the future with -EACCES.  A result whose
+ * tag is missing or wrong is never used and counted
+ * (conc_broker_executor_rejected): when it names a task of the client's
+ * still pending, that future fails with -EACCES.  So a client and workers
+ * whose keys differ, or a worker without a key (it runs every task and
+ * sends untagged results), fail the futures clearly instead of leaving
+ * them waiting: give every side the key.  Someone who has seen a task (it
+ * read the work queue) can thus fail its future, never complete it with a
+ * value of its own; such a reader can stop work anyway, by taking the
+ * tasks.  The key is not sent; messages are not encrypted (use amqps://
+ * for that).
  *
  * Python reference: concurrent.futures.Executor.submit and Future, with
  * the call named by a string (as Celery and RQ do) and its argument and
@@ -241,11 +245,12 @@ CONC_API const char *conc_broker_executor_reply_queue(const conc_broker_executor
  * connection again after a loss (0 for NULL). */
 CONC_API uint64_t conc_broker_executor_reconnects(const conc_broker_executor *ex);
 
-/* conc_broker_executor_rejected - how many results the executor dropped
- * unread because they named no task it made (a task id it did not make:
- * each id carries a keyed hash only this client knows), or, with an
- * authkey, their tag was missing or wrong (0 for NULL).  A second result
- * for a task of its own is not counted. */
+/* conc_broker_executor_rejected - how many results the executor did not
+ * use because they named no task it made (a task id it did not make: each
+ * id carries a keyed hash only this client knows), or, with an authkey,
+ * their tag was missing or wrong (such a result fails its pending future
+ * with -EACCES; a worker's untagged -EACCES refusal is not counted) (0 for
+ * NULL).  A second result for a task of its own is not counted. */
 CONC_API uint64_t conc_broker_executor_rejected(const conc_broker_executor *ex);
 
 /*
