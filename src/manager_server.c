@@ -1583,7 +1583,7 @@ static int conn_spawn(struct conn *cn)
 }
 
 /* A worker thread: serves the connections the accept loop mails it, in
- * its own hub, until it gets stop_item; then ends them. */
+ * its own hub, until its stop flag is set; then ends them. */
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
