@@ -486,9 +486,20 @@ MODEL_TEST(coroutine_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 COPIED_TEST(coroutine_copied_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_silent_client, silent_client, CONC_SERVER_REACTOR, 1)
 
+struct resets_arg {
+    conc_server *s;
+    int go;                         /* >= 0: wait for a byte here first */
+    int go_w;                       /* the pipe's other end, closed first */
+};
+
 static void resetting_clients(void *arg)
 {
-    conc_server *s = arg;
+    struct resets_arg *ra = arg;
+    conc_server *s = ra->s;
+    if (ra->go >= 0) {
+        close(ra->go_w);            /* the test's end: its death is EOF */
+        hs_recv(ra->go);
+    }
     for (int i = 0; i < 10; i++) {
         int fd = dial(s);
         exchange(fd, "first part", 4);
@@ -503,18 +514,93 @@ static void resetting_clients(void *arg)
     close(fd);
 }
 
+static int children(pid_t *out, int cap);
+
+/* The prefork workers: this process's children but the clients'. */
+static int workers_of(pid_t clients, pid_t *out, int cap)
+{
+    pid_t all[16];
+    int n = children(all, 16), k = 0;
+    for (int i = 0; i < n && k < cap; i++)
+        if (all[i] != clients)
+            out[k++] = all[i];
+    return k;
+}
+
+/* The descriptors process pid has open. */
+static int proc_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "%s: %s", path, strerror(errno));
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 /* Clients that reset in the middle of a request: the server goes on,
- * nothing leaks. */
+ * nothing leaks, in the server's process nor in a prefork server's
+ * workers (their descriptors are counted before the resets, once they
+ * wait for clients, and after them, once they wait again). */
 static void resets(conc_server_model model, int workers)
 {
     int fds = base_fds();
     conc_server *s = make(model, SOCK_STREAM, workers);
-    pid_t clients = client_proc(resetting_clients, s);
+    bool prefork = model == CONC_SERVER_PREFORK;
+    int go[2] = { -1, -1 };
+    if (prefork)
+        cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    struct resets_arg ra = { s, go[0], go[1] };
+    pid_t clients = client_proc(resetting_clients, &ra);
+    if (prefork)
+        close(go[0]);
     struct running r;
     start(&r, s);
+    pid_t kids[8];
+    int kid_fds[8], nk = 0;
+    if (prefork) {
+        int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+        while ((nk = workers_of(clients, kids, 8)) < workers) {
+            cr_assert_lt(conc_now(), end, "the workers never started");
+            conc_sleep(0.001);
+        }
+        cr_assert_eq(nk, workers);
+        for (int i = 0; i < nk; i++) {
+            wait_proc_blocked(kids[i], GUARD);
+            kid_fds[i] = proc_fds(kids[i]);
+        }
+        hs_send(go[1]);
+        close(go[1]);
+    }
     client_proc_wait(clients);
-    stop(&r);
     conc_server_stats st;
+    if (prefork) {
+        /* every connection ended (each closes before it is counted out) */
+        int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+        for (;;) {
+            conc_server_get_stats(s, &st);
+            if (st.accepted == 11 && st.active == 0 && st.finished + st.failed == 11)
+                break;
+            cr_assert_lt(conc_now(), end, "the requests never ended");
+            conc_sleep(0.001);
+        }
+        pid_t now[8];
+        cr_assert_eq(workers_of(clients, now, 8), nk, "a worker was replaced");
+        for (int i = 0; i < nk; i++) {
+            bool same = false;
+            for (int j = 0; j < nk; j++)
+                same |= now[j] == kids[i];
+            cr_assert(same, "worker %d was replaced", (int)kids[i]);
+            wait_proc_blocked(kids[i], GUARD);
+            int n = proc_fds(kids[i]);
+            cr_assert_eq(n, kid_fds[i], "worker %d: %d descriptors before the resets, %d after",
+                         (int)kids[i], kid_fds[i], n);
+        }
+    }
+    stop(&r);
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.accepted, 11);
     cr_assert_eq(st.active, 0);
