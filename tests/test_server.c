@@ -41,6 +41,7 @@
 
 #include "conc.h"
 #include "support/fd_count.h"
+#include "support/server_test.h"
 #include "support/task_state.h"
 
 #define GUARD 20.0
@@ -82,13 +83,6 @@ static void note_frame(uintptr_t f)
     int k = atomic_fetch_add(&nframes, 1);
     if (k < MAX_FRAMES)
         atomic_store(&frames[k], f);
-}
-
-static void upper(char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] >= 'a' && p[i] <= 'z')
-            p[i] = (char)(p[i] - 'a' + 'A');
 }
 
 static _Atomic int setups, finishes;
@@ -138,16 +132,7 @@ static const conc_server_handler echo_handler = {
     .setup = echo_setup, .handle = echo_handle, .finish = echo_finish,
 };
 
-static int r_data(conc_server_conn *c, const void *data, size_t len, void *user)
-{
-    (void)user;
-    char buf[65536];
-    memcpy(buf, data, len);
-    upper(buf, len);
-    return conc_server_conn_write(c, buf, len);
-}
-
-static const conc_server_reactor_handler reactor_handler = { .on_data = r_data };
+static const conc_server_reactor_handler reactor_handler = { .on_data = upper_on_data };
 
 /* ------------------------------------------------------------- serving */
 
@@ -309,31 +294,6 @@ static void exchange(int fd, const char *msg, size_t piece)
     CHECK(strcmp(got, want) == 0, "got '%s', want '%s'", got, want);
     free(want);
     free(got);
-}
-
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* The descriptor count to come back to, taken after the first coroutine
- * stack of the process was made (its pidfd, opened once, is kept). */
-static int base_fds(void)
-{
-    conc_greenlet *g;
-    cr_assert_eq(conc_greenlet_spawn(&g, nothing, NULL, NULL), 0);
-    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
-    conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_free(), 0);
-    return count_fds();
-}
-
-static void no_children(void)
-{
-    siginfo_t si;
-    memset(&si, 0, sizeof si);
-    int rc = waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT);
-    cr_assert(rc == -1 && errno == ECHILD, "a child is left (pid %d)", (int)si.si_pid);
 }
 
 enum { N = 16, ROUNDS = 20 };
@@ -513,8 +473,6 @@ static void resetting_clients(void *arg)
     exchange(fd, "still serving after ten resets", 2);
     close(fd);
 }
-
-static int children(pid_t *out, int cap);
 
 /* The prefork workers: this process's children but the clients'. */
 static int workers_of(pid_t clients, pid_t *out, int cap)
@@ -806,32 +764,6 @@ static void on_exit_hook(conc_server *s, pid_t pid, int status, void *user)
     atomic_store(&exited_pid, pid);
     if (status == -SIGKILL)
         atomic_fetch_add(&exits, 1);
-}
-
-/* The pids of this process's children (from /proc). */
-static int children(pid_t *out, int cap)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)conc_thread_get_native_id());
-    int n = 0;
-    /* the server's thread forked them: look in every task */
-    DIR *d = opendir("/proc/self/task");
-    cr_assert_not_null(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < cap) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "/proc/self/task/%.16s/children", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        int pid;
-        while (n < cap && fscanf(f, "%d", &pid) == 1)
-            out[n++] = pid;
-        fclose(f);
-    }
-    closedir(d);
-    return n;
 }
 
 Test(server, prefork_killed_worker_is_replaced, .timeout = 60)
@@ -1635,7 +1567,7 @@ static int bp_data(conc_server_conn *c, const void *data, size_t len, void *user
     size_t p = conc_server_conn_pending(c);
     if (p > atomic_load(&max_pending))
         atomic_store(&max_pending, p);
-    return r_data(c, data, len, NULL);
+    return upper_on_data(c, data, len, NULL);
 }
 
 static void bp_drain(conc_server_conn *c, void *user)

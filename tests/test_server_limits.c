@@ -31,6 +31,7 @@
 
 #include "conc.h"
 #include "support/fd_count.h"
+#include "support/server_test.h"
 #include "support/task_state.h"
 
 #define GUARD 20.0
@@ -57,13 +58,6 @@ static void count_out(void)
 {
     atomic_fetch_sub(&tally->inflight, 1);
     atomic_fetch_add(&tally->served, 1);
-}
-
-static void upper(char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] >= 'a' && p[i] <= 'z')
-            p[i] = (char)(p[i] - 'a' + 'A');
 }
 
 /* Echoes upper-cased until the client closes, counted in and out. */
@@ -97,15 +91,6 @@ static int r_accept(conc_server_conn *c, void *user)
     return 0;
 }
 
-static int r_data(conc_server_conn *c, const void *data, size_t len, void *user)
-{
-    (void)user;
-    char buf[65536];
-    memcpy(buf, data, len);
-    upper(buf, len);
-    return conc_server_conn_write(c, buf, len);
-}
-
 static void r_close(conc_server_conn *c, int err, void *user)
 {
     (void)c;
@@ -115,7 +100,7 @@ static void r_close(conc_server_conn *c, int err, void *user)
 }
 
 static const conc_server_reactor_handler reactor_handler = {
-    .on_accept = r_accept, .on_data = r_data, .on_close = r_close,
+    .on_accept = r_accept, .on_data = upper_on_data, .on_close = r_close,
 };
 
 struct running {
@@ -153,55 +138,6 @@ static void wait_others_blocked(void)
             wait_thread_blocked(tid, GUARD);
     }
     closedir(d);
-}
-
-/* The pids of this process's children (every thread's). */
-static int children(pid_t *out, int cap)
-{
-    DIR *d = opendir("/proc/self/task");
-    cr_assert_not_null(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < cap) {
-        if (e->d_name[0] == '.')
-            continue;
-        char path[64];
-        snprintf(path, sizeof path, "/proc/self/task/%.16s/children", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        int pid;
-        while (n < cap && fscanf(f, "%d", &pid) == 1)
-            out[n++] = pid;
-        fclose(f);
-    }
-    closedir(d);
-    return n;
-}
-
-static void no_children(void)
-{
-    siginfo_t si;
-    memset(&si, 0, sizeof si);
-    int rc = waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT);
-    cr_assert(rc == -1 && errno == ECHILD, "a child is left (pid %d)", (int)si.si_pid);
-}
-
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* The descriptor count to come back to, taken after the first coroutine
- * stack of the process was made (its pidfd, opened once, is kept). */
-static int base_fds(void)
-{
-    conc_greenlet *g;
-    cr_assert_eq(conc_greenlet_spawn(&g, nothing, NULL, NULL), 0);
-    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
-    conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_free(), 0);
-    return count_fds();
 }
 
 struct stats_want {
@@ -346,35 +282,18 @@ static void limit_holds(conc_server_model model, int workers, int lim)
     no_children();
 }
 
-Test(server_limits, coroutine_two_hubs_share_max_connections, .timeout = 60)
-{
-    limit_holds(CONC_SERVER_COROUTINE, 2, 3);
-}
+#define LIMIT_TEST(name, model, workers, lim)                                                \
+    Test(server_limits, name, .timeout = 60)                                                   \
+    {                                                                                          \
+        limit_holds(model, workers, lim);                                                      \
+    }
 
-Test(server_limits, coroutine_three_hubs_limit_below_the_hubs, .timeout = 60)
-{
-    limit_holds(CONC_SERVER_COROUTINE, 3, 2);
-}
-
-Test(server_limits, coroutine_default_is_a_hub_per_cpu, .timeout = 60)
-{
-    limit_holds(CONC_SERVER_COROUTINE, 0, 3);
-}
-
-Test(server_limits, reactor_two_loops_share_max_connections, .timeout = 60)
-{
-    limit_holds(CONC_SERVER_REACTOR, 2, 3);
-}
-
-Test(server_limits, reactor_default_is_one_loop, .timeout = 60)
-{
-    limit_holds(CONC_SERVER_REACTOR, 0, 2);
-}
-
-Test(server_limits, prefork_worker_keeps_max_connections, .timeout = 60)
-{
-    limit_holds(CONC_SERVER_PREFORK, 1, 3);
-}
+LIMIT_TEST(coroutine_two_hubs_share_max_connections, CONC_SERVER_COROUTINE, 2, 3)
+LIMIT_TEST(coroutine_three_hubs_limit_below_the_hubs, CONC_SERVER_COROUTINE, 3, 2)
+LIMIT_TEST(coroutine_default_is_a_hub_per_cpu, CONC_SERVER_COROUTINE, 0, 3)
+LIMIT_TEST(reactor_two_loops_share_max_connections, CONC_SERVER_REACTOR, 2, 3)
+LIMIT_TEST(reactor_default_is_one_loop, CONC_SERVER_REACTOR, 0, 2)
+LIMIT_TEST(prefork_worker_keeps_max_connections, CONC_SERVER_PREFORK, 1, 3)
 
 /* ------------------------------------------------------------ backlog */
 
