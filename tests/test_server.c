@@ -536,16 +536,28 @@ static int workers_of(pid_t clients, pid_t *out, int cap)
     return k;
 }
 
-/* The descriptors process pid has open. */
-static int proc_fds(pid_t pid)
+/* The descriptors process pid has open (and, into what, which). */
+static int proc_fds(pid_t pid, char *what, size_t cap)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
     DIR *d = opendir(path);
     cr_assert_not_null(d, "%s: %s", path, strerror(errno));
     int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += e->d_name[0] != '.';
+    size_t used = 0;
+    if (cap)
+        what[0] = '\0';
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.')
+            continue;
+        n++;
+        char lp[96], target[64];
+        snprintf(lp, sizeof lp, "%s/%.16s", path, e->d_name);
+        ssize_t m = readlink(lp, target, sizeof target - 1);
+        target[m > 0 ? m : 0] = '\0';
+        if (used < cap)
+            used += (size_t)snprintf(what + used, cap - used, " %s=%s", e->d_name, target);
+    }
     closedir(d);
     return n;
 }
@@ -570,6 +582,7 @@ static void resets(conc_server_model model, int workers)
     start(&r, s);
     pid_t kids[8];
     int kid_fds[8], nk = 0;
+    char kid_what[8][1024];
     if (prefork) {
         int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
         while ((nk = workers_of(clients, kids, 8)) < workers) {
@@ -578,8 +591,8 @@ static void resets(conc_server_model model, int workers)
         }
         cr_assert_eq(nk, workers);
         for (int i = 0; i < nk; i++) {
-            wait_proc_blocked(kids[i], GUARD);
-            kid_fds[i] = proc_fds(kids[i]);
+            wait_proc_in_epoll(kids[i]);
+            kid_fds[i] = proc_fds(kids[i], kid_what[i], sizeof kid_what[i]);
         }
         hs_send(go[1]);
         close(go[1]);
@@ -603,10 +616,11 @@ static void resets(conc_server_model model, int workers)
             for (int j = 0; j < nk; j++)
                 same |= now[j] == kids[i];
             cr_assert(same, "worker %d was replaced", (int)kids[i]);
-            wait_proc_blocked(kids[i], GUARD);
-            int n = proc_fds(kids[i]);
-            cr_assert_eq(n, kid_fds[i], "worker %d: %d descriptors before the resets, %d after",
-                         (int)kids[i], kid_fds[i], n);
+            wait_proc_in_epoll(kids[i]);
+            char what[1024];
+            int n = proc_fds(kids[i], what, sizeof what);
+            cr_assert_eq(n, kid_fds[i], "worker %d: %d descriptors before the resets (%s), "
+                         "%d after (%s)", (int)kids[i], kid_fds[i], kid_what[i], n, what);
         }
     }
     stop(&r);

@@ -214,7 +214,7 @@ static void limit_holds(conc_server_model model, int workers, int lim)
         int nk = children(kids, 8);
         cr_assert_eq(nk, want_workers);
         for (int i = 0; i < nk; i++)
-            wait_proc_blocked(kids[i], GUARD);
+            wait_proc_in_epoll(kids[i]);
     } else {
         wait_others_blocked();
     }

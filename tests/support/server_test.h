@@ -1,8 +1,9 @@
 /*
  * server_test.h - what the server tests share: the upper-casing the echo
  * handlers do, the descriptor count to come back to once a hub has been
- * made, and the children of the test process (a forking or prefork
- * server's, found in every thread's list) and the check that none is left.
+ * made, the children of the test process (a forking or prefork server's,
+ * found in every thread's list) and the check that none is left, and the
+ * wait for a prefork worker to serve (asleep in its hub's epoll).
  */
 #ifndef CONC_TEST_SERVER_TEST_H
 #define CONC_TEST_SERVER_TEST_H
@@ -14,11 +15,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 
 #include "conc.h"
 #include "support/fd_count.h"
+#include "support/task_state.h"
 
 /* The hang guard of a wait in seconds (a test file may set its own). */
 #ifndef SERVER_TEST_GUARD
@@ -93,6 +96,36 @@ static inline int children(pid_t *out, int cap)
     }
     closedir(d);
     return n;
+}
+
+/* Waits until process pid sleeps in epoll (a prefork worker whose loop
+ * serves: every greenlet of its hub parked), not in a step of its start. */
+static inline void wait_proc_in_epoll(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    int64_t end = conc_now() + (int64_t)(SERVER_TEST_GUARD * 1e9);
+    for (;;) {
+        long nr = -1;
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fscanf(f, "%ld", &nr) != 1)
+                nr = -1;
+            fclose(f);
+        }
+        bool in_epoll = nr == SYS_epoll_pwait;
+#ifdef SYS_epoll_wait
+        in_epoll |= nr == SYS_epoll_wait;
+#endif
+#ifdef SYS_epoll_pwait2
+        in_epoll |= nr == SYS_epoll_pwait2;
+#endif
+        if (in_epoll && task_blocked(pid, pid))
+            return;
+        cr_assert_lt(conc_now(), end, "worker %d never waited in epoll (system call %ld)",
+                     (int)pid, nr);
+        conc_sleep(0.001);
+    }
 }
 
 #endif
