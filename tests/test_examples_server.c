@@ -464,7 +464,7 @@ static int ftp_settled_base(struct srv *s)
         cr_assert_lt(conc_now(), deadline, "the first session's process stays");
         usleep(1000);
     }
-    return fd_count(s->pid);
+    return settled_fd_count(s->pid);
 }
 
 /* The round trips with ftp-client: ls, get (small, empty, 3 MB, in a

@@ -168,6 +168,49 @@ static inline int fd_count(pid_t pid)
     return n;
 }
 
+/* The number of descriptors process pid has open once it has settled:
+ * every thread of it asleep (a server's loops parked, none still setting
+ * up the hub it serves from: a coroutine server starts a hub per CPU, and
+ * a hub that has not yet served anyone may still be making its epoll
+ * instance) and the count the same on two looks with every thread asleep
+ * in between (hang guard). */
+static inline int settled_fd_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    int64_t deadline = conc_now() + (int64_t)GUARD_MS * 1000000;
+    int last = -1;
+    for (;;) {
+        bool asleep = true;
+        DIR *d = opendir(path);
+        cr_assert_not_null(d);
+        for (struct dirent *e; asleep && (e = readdir(d)) != NULL;) {
+            if (e->d_name[0] == '.')
+                continue;
+            char st[64], buf[512];
+            snprintf(st, sizeof st, "/proc/%d/task/%.16s/stat", (int)pid, e->d_name);
+            int fd = open(st, O_RDONLY | O_CLOEXEC);
+            ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+            if (fd >= 0)
+                close(fd);
+            if (n <= 0)
+                continue;               /* a thread that ended */
+            buf[n] = '\0';
+            char *p = strrchr(buf, ')');
+            asleep = p && p[1] == ' ' && (p[2] == 'S' || p[2] == 'D');
+        }
+        closedir(d);
+        if (asleep) {
+            int n = fd_count(pid);
+            if (n == last)
+                return n;
+            last = n;
+        }
+        cr_assert_lt(conc_now(), deadline, "process %d never settled", (int)pid);
+        usleep(20000);
+    }
+}
+
 /* ------------------------------------------------- the test's own sockets */
 
 static inline int tcp_connect(int port)
