@@ -638,23 +638,22 @@ static void put_be(unsigned char *p, uint64_t v, int n)
         p[i] = (unsigned char)v;
 }
 
-/* Sends the n buffers of iov (changed as they go) on the connection's
- * socket, which never blocks: when it is full (a broker that reads slowly,
- * or not at all), the wait for room goes through conc's wait layer, so a
- * coroutine parks, and ends at deadline.  On any error the connection is
- * dropped: a frame may have gone out cut.  Returns 0, -ETIMEDOUT,
- * -ECANCELED, or -ECONNRESET. */
-static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadline)
+/* Sends what it can of the *n buffers at *iov on fd without waiting,
+ * moving *iov and *n past what went out.  Returns 0 once everything is
+ * out, -EAGAIN when the socket is full, -ECONNRESET when it failed. */
+int bk_send_some(int fd, struct iovec **iovp, int *np)
 {
-    int r = 0;
-    while (n > 0 && b->c) {
-        if (iov->iov_len == 0) {
+    struct iovec *iov = *iovp;
+    int n = *np, r = 0;
+    for (;;) {
+        while (n > 0 && iov->iov_len == 0) {
             iov++;
             n--;
-            continue;
         }
+        if (n == 0)
+            break;
         struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-        ssize_t k = sendmsg(b->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t k = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (k > 0) {
             size_t left = (size_t)k;
             while (n > 0 && left >= iov->iov_len) {
@@ -670,22 +669,43 @@ static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadlin
         }
         if (k < 0 && errno == EINTR)
             continue;
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
-            if (r == 0 || r == -EINTR)
-                continue;
-            if (r != -ETIMEDOUT && r != -ECANCELED)
-                r = -ECONNRESET;
-        } else {
-            r = -ECONNRESET;
-        }
+        r = k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -ECONNRESET;
         break;
     }
+    *iovp = iov;
+    *np = n;
+    return r;
+}
+
+/* Sends the n buffers of iov (changed as they go) on fd, a socket that
+ * never blocks: when it is full (a broker that reads slowly, or not at
+ * all), the wait for room goes through conc's wait layer, so a coroutine
+ * parks, and ends at deadline.  Returns 0, -ETIMEDOUT, -ECANCELED or
+ * -ECONNRESET; after an error a frame may have gone out cut, so the
+ * caller drops the connection. */
+int bk_sendv_until(int fd, struct iovec *iov, int n, int64_t deadline)
+{
+    for (;;) {
+        int r = bk_send_some(fd, &iov, &n);
+        if (r != -EAGAIN)
+            return r;
+        r = conc_fd_wait_until(fd, POLLOUT, deadline);
+        if (r == 0 || r == -EINTR)
+            continue;
+        return r == -ETIMEDOUT || r == -ECANCELED ? r : -ECONNRESET;
+    }
+}
+
+/* bk_sendv_until on the connection's socket; on any error the connection
+ * is dropped. */
+static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadline)
+{
     if (!b->c)
         return b->last_err ? b->last_err : -ECONNRESET;
+    int r = bk_sendv_until(b->fd, iov, n, deadline);
     if (r < 0)
         bk_lost(b, r == -ETIMEDOUT || r == -ECANCELED ? -ECONNRESET : r);
-    return r < 0 ? r : 0;
+    return r;
 }
 
 /* Sends what the buffer holds (all of it, in order, before any other frame
@@ -694,10 +714,10 @@ static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadlin
  * buffer may have gone out in part). */
 int bk_out_flush_until(conc_broker *b, int64_t deadline)
 {
-    if (!b->olen)
+    if (!b->out.len)
         return 0;
-    struct iovec v = { .iov_base = b->obuf, .iov_len = b->olen };
-    b->olen = 0;
+    struct iovec v = { .iov_base = b->out.buf, .iov_len = b->out.len };
+    b->out.len = 0;
     return sendv_until(b, &v, 1, deadline);
 }
 
@@ -706,69 +726,111 @@ int bk_out_flush(conc_broker *b)
     return bk_out_flush_until(b, conc_now() + OBUF_SEND_NS);
 }
 
-/* Frames one publish into the buffer: its method and content header
- * (rabbitmq-c encodes the method and the properties) and, with with_body,
- * its body frames (none for an empty body), cut at the connection's
- * frame_max.  Returns 0, or -ENOMEM or -EPROTO with nothing added. */
-int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
-                   const amqp_basic_properties_t *p, amqp_bytes_t body, bool with_body)
+/* Makes room for need more bytes in o.  0 or -ENOMEM. */
+static int out_reserve(struct bk_out *o, size_t need)
 {
-    size_t fmax = (size_t)amqp_get_frame_max(b->c);
-    size_t chunk = fmax > 4096 ? fmax - 8 : 4096 - 8;
-    size_t nbody = with_body ? (body.len + chunk - 1) / chunk : 0;
-    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + (with_body ? body.len : 0) +
-                  8 * nbody;
-    if (b->ocap - b->olen < need) {
-        size_t cap = b->ocap ? b->ocap : 65536;
-        while (cap - b->olen < need)
-            cap *= 2;
-        unsigned char *n = realloc(b->obuf, cap);
-        if (!n)
-            return -ENOMEM;
-        b->obuf = n;
-        b->ocap = cap;
-    }
-    unsigned char *f = b->obuf + b->olen;
-    /* The basic.publish method frame. */
-    amqp_basic_publish_t m = { .exchange = exchange, .routing_key = key };
+    if (o->cap - o->len >= need)
+        return 0;
+    size_t cap = o->cap ? o->cap : 65536;
+    while (cap - o->len < need)
+        cap *= 2;
+    unsigned char *n = realloc(o->buf, cap);
+    if (!n)
+        return -ENOMEM;
+    o->buf = n;
+    o->cap = cap;
+    return 0;
+}
+
+/* Frames method id (args: its decoded form) on channel ch at f, which has
+ * room for `room` bytes.  Returns the frame's length, or -ENOMEM or
+ * -EPROTO. */
+static ssize_t frame_method_at(unsigned char *f, size_t room, uint16_t ch,
+                               amqp_method_number_t id, void *args)
+{
     put_be(f, AMQP_FRAME_METHOD, 1);
     put_be(f + 1, ch, 2);
-    put_be(f + 7, AMQP_BASIC_PUBLISH_METHOD, 4);
-    amqp_bytes_t enc = { .len = b->ocap - b->olen - 12, .bytes = f + 11 };
-    int n = amqp_encode_method(AMQP_BASIC_PUBLISH_METHOD, &m, enc);
+    put_be(f + 7, id, 4);
+    amqp_bytes_t enc = { .len = room - 12, .bytes = f + 11 };
+    int n = amqp_encode_method(id, args, enc);
     if (n < 0)
         return n == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPROTO;
     size_t plen = 4 + (size_t)n;
     put_be(f + 3, plen, 4);
     f[7 + plen] = AMQP_FRAME_END;
-    f += 8 + plen;
+    return (ssize_t)(8 + plen);
+}
+
+/* Frames one method without content (an acknowledgement, a rejection)
+ * into o.  Returns 0, or -ENOMEM or -EPROTO with nothing added. */
+int bk_frame_method(struct bk_out *o, uint16_t ch, amqp_method_number_t id, void *args)
+{
+    if (out_reserve(o, 256) < 0)
+        return -ENOMEM;
+    ssize_t k = frame_method_at(o->buf + o->len, o->cap - o->len, ch, id, args);
+    if (k < 0)
+        return (int)k;
+    o->len += (size_t)k;
+    return 0;
+}
+
+/* Frames one publish into o: its method and content header (rabbitmq-c
+ * encodes the method and the properties) and, with with_body, its body
+ * frames (none for an empty body), cut at frame_max.  Returns 0, or
+ * -ENOMEM or -EPROTO with nothing added. */
+int bk_frame_publish(struct bk_out *o, size_t frame_max, uint16_t ch, amqp_bytes_t exchange,
+                     amqp_bytes_t key, bool mandatory, const amqp_basic_properties_t *p,
+                     amqp_bytes_t body, bool with_body)
+{
+    size_t chunk = frame_max > 4096 ? frame_max - 8 : 4096 - 8;
+    size_t nbody = with_body ? (body.len + chunk - 1) / chunk : 0;
+    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + (with_body ? body.len : 0) +
+                  8 * nbody;
+    if (out_reserve(o, need) < 0)
+        return -ENOMEM;
+    unsigned char *f = o->buf + o->len;
+    /* The basic.publish method frame. */
+    amqp_basic_publish_t m = { .exchange = exchange, .routing_key = key,
+                               .mandatory = mandatory };
+    ssize_t k = frame_method_at(f, o->cap - o->len, ch, AMQP_BASIC_PUBLISH_METHOD, &m);
+    if (k < 0)
+        return (int)k;
+    f += k;
     /* The content header frame. */
     put_be(f, AMQP_FRAME_HEADER, 1);
     put_be(f + 1, ch, 2);
     put_be(f + 7, AMQP_BASIC_CLASS, 2);
     put_be(f + 9, 0, 2);
     put_be(f + 11, body.len, 8);
-    enc.bytes = f + 19;
-    enc.len = (size_t)(b->obuf + b->ocap - f) - 20;
-    n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)p, enc);
+    amqp_bytes_t enc = { .len = (size_t)(o->buf + o->cap - f) - 20, .bytes = f + 19 };
+    int n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)p, enc);
     if (n < 0)
         return n == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPROTO;
-    plen = 12 + (size_t)n;
+    size_t plen = 12 + (size_t)n;
     put_be(f + 3, plen, 4);
     f[7 + plen] = AMQP_FRAME_END;
     f += 8 + plen;
     /* The body frames. */
     for (size_t off = 0; off < (with_body ? body.len : 0); off += chunk) {
-        size_t k = body.len - off < chunk ? body.len - off : chunk;
+        size_t kb = body.len - off < chunk ? body.len - off : chunk;
         put_be(f, AMQP_FRAME_BODY, 1);
         put_be(f + 1, ch, 2);
-        put_be(f + 3, k, 4);
-        memcpy(f + 7, (const char *)body.bytes + off, k);
-        f[7 + k] = AMQP_FRAME_END;
-        f += 8 + k;
+        put_be(f + 3, kb, 4);
+        memcpy(f + 7, (const char *)body.bytes + off, kb);
+        f[7 + kb] = AMQP_FRAME_END;
+        f += 8 + kb;
     }
-    b->olen = (size_t)(f - b->obuf);
+    o->len = (size_t)(f - o->buf);
     return 0;
+}
+
+/* Frames one publish into the connection's buffer (bk_frame_publish at
+ * the connection's frame_max). */
+int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
+                   const amqp_basic_properties_t *p, amqp_bytes_t body, bool with_body)
+{
+    return bk_frame_publish(&b->out, (size_t)amqp_get_frame_max(b->c), ch, exchange, key, false,
+                            p, body, with_body);
 }
 
 /* Sends a publish's body frames straight from the caller's bytes, cut at
@@ -812,7 +874,7 @@ int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body, int64_t de
 int64_t bk_before_wait(conc_broker *b)
 {
     int64_t due = CONC_NO_DEADLINE;
-    if (b->olen)
+    if (b->out.len)
         bk_out_flush(b);
     for (conc_broker_queue *q = b->queues; q && b->c; q = q->next) {
         bk_queue_flush_acks(q);
@@ -829,7 +891,7 @@ int64_t bk_before_wait(conc_broker *b)
 void bk_lost(conc_broker *b, int err)
 {
     b->corked = false;
-    b->olen = 0;
+    b->out.len = 0;
     if (b->c) {
         amqp_destroy_connection(b->c);
         b->c = NULL;
@@ -968,7 +1030,7 @@ static void confirm_settle(conc_broker *b, uint64_t tag, bool multiple, bool nac
 static void channel_closed(conc_broker *b, uint16_t ch, int err)
 {
     if (ch == BK_CH_PUB) {
-        b->olen = 0;        /* the broker drops what comes on it now */
+        b->out.len = 0;        /* the broker drops what comes on it now */
         /* A publish meets no precondition but the broker's own message
          * size limit (max_message_size). */
         if (err == -EEXIST)
@@ -1128,7 +1190,7 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
 {
     if (!b->c)
         return b->last_err ? b->last_err : -ENOTCONN;
-    if (b->olen) {
+    if (b->out.len) {
         int r = bk_out_flush_until(b, deadline);
         if (r < 0)
             return r;
@@ -1218,7 +1280,7 @@ static void broker_release(conc_broker *b)
     free(b->key);
     free(b->win);
     free(b->nacked);
-    free(b->obuf);
+    free(b->out.buf);
     struct bk_exchange *e = b->exchanges;
     while (e) {
         struct bk_exchange *n = e->next;
@@ -1316,7 +1378,7 @@ void conc_broker_free(conc_broker *b)
         return;
     while (b->queues)
         conc_broker_queue_free(b->queues);
-    if (b->c && b->olen)
+    if (b->c && b->out.len)
         bk_out_flush(b);
     if (b->c) {
         bk_cork(b, false);

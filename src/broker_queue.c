@@ -800,7 +800,7 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
                 if (!wait)
                     bk_cork(b, true);
                 r = bk_out_body_until(b, BK_CH_PUB, body, lim);
-            } else if (wait || b->olen >= BK_OBUF_SEND) {
+            } else if (wait || b->out.len >= BK_OBUF_SEND) {
                 r = bk_out_flush_until(b, lim);
             }
             if (r == -ETIMEDOUT || r == -ECANCELED)
@@ -808,7 +808,7 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
             if (r < 0)
                 continue;           /* lost: again on a new one */
         } else {
-            if (b->olen && bk_out_flush_until(b, lim) < 0)
+            if (b->out.len && bk_out_flush_until(b, lim) < 0)
                 continue;
             if (!wait)
                 bk_cork(b, true);
