@@ -94,6 +94,9 @@ static inline void node_signal(int sig)
     cr_assert_eq(kill(-node_group(), sig), 0);
 }
 
+/* (A test that puts the library's src/ first on its include path gets
+ * src/sys/wait.h for <sys/wait.h>, and goes without these two.) */
+#ifndef CONC_SYS_WAIT_H
 /* Sends SIGCONT to the node when this process ends or after `seconds`,
  * whichever comes first, so that no path leaves it stopped.  Returns the
  * guard's pid (end it with guard_end). */
@@ -118,5 +121,7 @@ static inline void guard_end(pid_t pid)
     int st;
     cr_assert_eq(waitpid(pid, &st, 0), pid);
 }
+
+#endif /* CONC_SYS_WAIT_H */
 
 #endif
