@@ -718,12 +718,34 @@ int bk_out_flush_until(conc_broker *b, int64_t deadline)
         return 0;
     struct iovec v = { .iov_base = b->out.buf, .iov_len = b->out.len };
     b->out.len = 0;
+    b->out_small = false;
     return sendv_until(b, &v, 1, deadline);
 }
 
 int bk_out_flush(conc_broker *b)
 {
     return bk_out_flush_until(b, conc_now() + OBUF_SEND_NS);
+}
+
+/* Removes the frames of channel ch from o (whole frames only: o never
+ * holds a frame in part). */
+void bk_out_drop_channel(struct bk_out *o, uint16_t ch)
+{
+    size_t in = 0, keep = 0;
+    while (in + 8 <= o->len) {
+        const unsigned char *f = o->buf + in;
+        size_t n = 8 + (size_t)(((uint32_t)f[3] << 24) | ((uint32_t)f[4] << 16) |
+                                ((uint32_t)f[5] << 8) | f[6]);
+        if (n > o->len - in)
+            break;
+        if ((((unsigned)f[1] << 8) | f[2]) != ch) {
+            if (keep != in)
+                memmove(o->buf + keep, f, n);
+            keep += n;
+        }
+        in += n;
+    }
+    o->len = keep;
 }
 
 /* Makes room for need more bytes in o.  0 or -ENOMEM. */
@@ -833,6 +855,46 @@ int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_byte
                             p, body, with_body);
 }
 
+/* Sends a small method without content (an acknowledgement, a
+ * rejection).  Over plain TCP it is framed into the connection's buffer,
+ * after what the buffer holds: with now, the buffer is sent at once
+ * (waiting for room through conc's wait layer, OBUF_SEND_NS at most);
+ * without, it goes out with the next flush (before the connection next
+ * waits, or the next request), which is what code reading the
+ * connection's frames does, since it must not drop the connection under
+ * its own feet.  Over TLS rabbitmq-c sends it, once the socket has room
+ * (with now, waited for as bk_rpc does).  Returns 0 or the error that took
+ * the connection down (with now; else nothing is dropped). */
+int bk_send_small(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args, bool now)
+{
+    if (!b->c)
+        return b->last_err ? b->last_err : -ENOTCONN;
+    if (!b->ssl) {
+        int r = bk_frame_method(&b->out, ch, id, args);
+        if (r < 0) {
+            if (now)
+                bk_lost(b, r);
+            return r;
+        }
+        if (!now)
+            b->out_small = true;
+        return now ? bk_out_flush(b) : 0;
+    }
+    if (now) {
+        struct pollfd pw = { .fd = b->fd, .events = POLLOUT };
+        if (poll(&pw, 1, 0) == 0)
+            conc_fd_wait_until(b->fd, POLLOUT, conc_now() + OBUF_SEND_NS);
+    }
+    int st = amqp_send_method(b->c, ch, id, args);
+    if (st != AMQP_STATUS_OK) {
+        int r = bk_status_err(st);
+        if (now)
+            bk_lost(b, r);
+        return r;
+    }
+    return 0;
+}
+
 /* Sends a publish's body frames straight from the caller's bytes, cut at
  * frame_max, after what the buffer holds (its method and header), waiting
  * for room until deadline.  Returns what sendv_until returns. */
@@ -874,14 +936,16 @@ int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body, int64_t de
 int64_t bk_before_wait(conc_broker *b)
 {
     int64_t due = CONC_NO_DEADLINE;
-    if (b->out.len)
-        bk_out_flush(b);
+    /* Acknowledgements and rejections are framed, then sent with the rest
+     * of the buffer. */
     for (conc_broker_queue *q = b->queues; q && b->c; q = q->next) {
         bk_queue_flush_acks(q);
         int64_t d = bk_queue_release_held(q, false);
         if (d < due)
             due = d;
     }
+    if (b->c && b->out.len)
+        bk_out_flush(b);
     bk_cork(b, false);
     return due;
 }
@@ -892,6 +956,7 @@ void bk_lost(conc_broker *b, int err)
 {
     b->corked = false;
     b->out.len = 0;
+    b->out_small = false;
     if (b->c) {
         amqp_destroy_connection(b->c);
         b->c = NULL;
@@ -1030,7 +1095,9 @@ static void confirm_settle(conc_broker *b, uint64_t tag, bool multiple, bool nac
 static void channel_closed(conc_broker *b, uint16_t ch, int err)
 {
     if (ch == BK_CH_PUB) {
-        b->out.len = 0;        /* the broker drops what comes on it now */
+        /* The broker drops what comes on it now, and after close-ok it
+         * would be an error: its framed publishes go. */
+        bk_out_drop_channel(&b->out, BK_CH_PUB);
         /* A publish meets no precondition but the broker's own message
          * size limit (max_message_size). */
         if (err == -EEXIST)
@@ -1092,8 +1159,10 @@ static int dispatch(conc_broker *b, const amqp_frame_t *f)
         amqp_channel_close_t *c = d;
         int err = reply_err(c->reply_code);
         amqp_channel_close_ok_t ok = { 0 };
-        amqp_send_method(b->c, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
         channel_closed(b, ch, err ? err : -EIO);
+        /* After what the buffer holds for other channels, sent before the
+         * channel is opened again (bk_rpc sends the buffer first). */
+        bk_send_small(b, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok, false);
         return 0;
     }
     case AMQP_CONNECTION_CLOSE_METHOD: {
@@ -1157,8 +1226,14 @@ int bk_pump(conc_broker *b, int64_t deadline)
             bk_lost(b, r);
             return r;
         }
-        if (handled)
+        if (handled) {
+            /* Acknowledgements, rejections or a close-ok framed while
+             * reading go out now (a stream of async publishes stays in the
+             * buffer, to go out many to one send). */
+            if (b->out_small && bk_out_flush(b) < 0)
+                return b->last_err ? b->last_err : -ECONNRESET;
             return 1;
+        }
         int64_t now = conc_now();
         if (now >= deadline)
             return -ETIMEDOUT;

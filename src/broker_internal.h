@@ -138,6 +138,9 @@ struct conc_broker {
     /* Async publishes framed here (rabbitmq-c encodes their methods and
      * properties) and sent many to one send(), plain TCP only. */
     struct bk_out out;
+    bool out_small;                         /* out holds an acknowledgement,
+                                               rejection or close-ok framed
+                                               while reading */
     bool corked;                            /* TCP_CORK set on fd: a stream
                                                of async publishes goes out
                                                in full segments until the
@@ -173,6 +176,8 @@ BK_HIDDEN int bk_out_flush_until(conc_broker *b, int64_t deadline);
 BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
                              amqp_bytes_t key, const amqp_basic_properties_t *p,
                              amqp_bytes_t body, bool with_body);
+BK_HIDDEN int bk_send_small(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
+                            bool now);
 BK_HIDDEN int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body,
                                 int64_t deadline);
 /* Frame building and sending on any connection (broker.c). */
@@ -182,6 +187,7 @@ BK_HIDDEN int bk_frame_publish(struct bk_out *o, size_t frame_max, uint16_t ch,
                                amqp_bytes_t exchange, amqp_bytes_t key, bool mandatory,
                                const amqp_basic_properties_t *p, amqp_bytes_t body,
                                bool with_body);
+BK_HIDDEN void bk_out_drop_channel(struct bk_out *o, uint16_t ch);
 BK_HIDDEN int bk_send_some(int fd, struct iovec **iov, int *n);
 BK_HIDDEN int bk_sendv_until(int fd, struct iovec *iov, int n, int64_t deadline);
 /* The largest body a publish copies into the connection's buffer (one body
