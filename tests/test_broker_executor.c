@@ -1752,3 +1752,104 @@ Test(broker_executor, submit_to_a_broker_that_stops_reading_parks_and_times_out)
     conc_broker_worker_free(w);
     delete_queues(q);
 }
+
+/* The first call stops the node and answers with more than the socket's
+ * buffers hold; a later one answers "ok". */
+static atomic_int stall_calls;
+
+static int stall_fn(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)arg;
+    if (atomic_fetch_add(&stall_calls, 1) == 0) {
+        node_signal(SIGSTOP);
+        *rlen = 15u << 20;
+        *result = calloc(1, *rlen);
+    } else {
+        *rlen = 2;
+        *result = malloc(2);
+        if (*result)
+            memcpy(*result, "ok", 2);
+    }
+    return *result ? 0 : -ENOMEM;
+}
+
+struct stall_state {
+    conc_broker_worker *w;
+    int run_rc;
+    atomic_int running;
+    atomic_int ticks;           /* the other coroutine's turns while the
+                                   result waited for room */
+};
+
+static void *stall_runner(void *arg)
+{
+    struct stall_state *s = arg;
+    s->run_rc = conc_broker_worker_run(s->w, 2.0);
+    atomic_store(&s->running, 0);
+    return NULL;
+}
+
+static void *stall_ticker(void *arg)
+{
+    struct stall_state *s = arg;
+    while (atomic_load(&s->running)) {
+        if (atomic_load(&stall_calls) > 0)
+            atomic_fetch_add(&s->ticks, 1);
+        conc_sleep(0.01);
+    }
+    return NULL;
+}
+
+/* A worker in a coroutine whose result the broker does not read: the
+ * result waits for room through conc's wait layer (another coroutine keeps
+ * running) until the run's timeout, which drops the connection; once the
+ * broker reads again, the task comes back, runs again, and its future
+ * completes once. */
+Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_only)
+{
+    char q[128];
+    qname(q, sizeof q, "stall");
+    atomic_store(&stall_calls, 0);
+    static struct stall_state s;
+    memset(&s, 0, sizeof s);
+    cr_assert_eq(conc_broker_worker_new(&s.w, url, &(conc_broker_worker_opts){ .queue = q }),
+                 0);
+    cr_assert_eq(conc_broker_worker_register(s.w, "stall", stall_fn, NULL), 0);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *f = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, "stall", "x", 1, &f), 0);
+    atomic_store(&s.running, 1);
+    pid_t guard = node_cont_guard(GUARD);
+    conc_greenlet *g1, *g2;
+    cr_assert_eq(conc_greenlet_spawn(&g1, stall_runner, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g2, stall_ticker, &s, NULL), 0);
+    int hr = conc_hub_run();
+    node_signal(SIGCONT);
+    guard_end(guard);
+    cr_assert_eq(hr, 0);
+    cr_assert_eq(atomic_load(&stall_calls), 1);
+    cr_assert_eq(s.run_rc, -ETIMEDOUT, "run: %s", conc_strerror(s.run_rc));
+    cr_assert_gt(atomic_load(&s.ticks), 0, "the other coroutine did not run");
+    conc_greenlet_free(g1);
+    conc_greenlet_free(g2);
+    cr_assert_eq(conc_hub_free(), 0);
+    /* The broker gives the task back; it runs again, answered once. */
+    struct wthread wt = { .w = s.w, .rc = 1 };
+    cr_assert_eq(pthread_create(&wt.t, NULL, wthread_main, &wt), 0);
+    void *v = NULL;
+    size_t len = 0;
+    int r = conc_future_result(f, &v, &len, GUARD);
+    cr_assert_eq(r, 0, "result: %s", conc_strerror(r));
+    cr_assert_eq(len, 2);
+    cr_assert_eq(memcmp(v, "ok", 2), 0);
+    cr_assert_eq(conc_broker_worker_stop(s.w), 0);
+    cr_assert_eq(pthread_join(wt.t, NULL), 0);
+    cr_assert_eq(wt.rc, 0);
+    cr_assert_eq(atomic_load(&stall_calls), 2);
+    cr_assert_eq(conc_broker_worker_tasks(s.w), 1);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    conc_future_free(f);
+    conc_broker_executor_free(ex);
+    conc_broker_worker_free(s.w);
+    delete_queues(q);
+}
