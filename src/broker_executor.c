@@ -1015,7 +1015,11 @@ static int bx_out_wait(conc_broker_executor *ex, uint64_t gen, uint64_t upto, in
         pthread_mutex_unlock(&ex->conn_lock);
         r = conc_fd_wait_until(fd, POLLOUT, until);
         pthread_mutex_lock(&ex->conn_lock);
-        if (r == -ECANCELED && !(ex->gen == gen && ex->obase + ex->osent >= upto))
+        /* Cancelled: given up only while the task is still this
+         * connection's to send (once the connection is lost, the result
+         * thread sends it again on the next one: it is submitted). */
+        if (r == -ECANCELED && ex->gen == gen && ex->conn && !ex->lost &&
+            ex->obase + ex->osent < upto)
             return r;
     }
 }
