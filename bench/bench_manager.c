@@ -26,7 +26,8 @@
  *                         loops per second of wall time, the same way
  *
  * Systems: conc-unix and conc-tcp (the manager started as a child with an
- * authkey, conc_manager_start), python-unix and python-tcp
+ * authkey, conc_manager_start, serving from its default threads: one per
+ * CPU, at most 4), python-unix and python-tcp
  * (bench/peers/manager_mp.py, SyncManager.start() with an authkey), raw for
  * the round trips.  python-unix is compared against conc-unix, python-tcp
  * against conc-tcp.  The targets: one client at least 0.67 x unix_rtt (a

@@ -54,8 +54,9 @@
  * below, serving the listening socket until a stop signal; the others are
  * a conc_server with that model.
  *
- *   --workers N  prefork: worker processes (default: one per CPU);
- *                coroutine, reactor: loops, each in a thread (default 1)
+ *   --workers N  prefork: worker processes; coroutine: hubs, each in a
+ *                thread (default for both: one per CPU); reactor: loops,
+ *                each in a thread (default 1)
  *   --stack MODE coroutine, prefork: where each client's greenlet keeps its
  *                stack: "own" (a stack of its own: nothing is copied when
  *                it waits, an idle client holds a 4 KiB page and its
@@ -674,8 +675,8 @@ static void usage(FILE *f)
         fprintf(f, "      %-12s %s\n", models[i].name, models[i].what);
     for (size_t i = 0; i < sizeof lib_models / sizeof lib_models[0]; i++)
         fprintf(f, "      %-12s %s\n", lib_models[i][0], lib_models[i][1]);
-    fprintf(f, "  --workers N   prefork: processes (default: one per CPU);\n"
-               "                coroutine, reactor: loops in threads (default 1)\n"
+    fprintf(f, "  --workers N   prefork: processes; coroutine: hubs in threads (default\n"
+               "                for both: one per CPU); reactor: loops in threads (default 1)\n"
                "  --stack MODE  coroutine, prefork: own (a stack per client) or copied\n"
                "                (one shared stack, copied out while a client waits)\n");
     fprintf(f, "SIGINT or SIGTERM stops it (exit status 0).\n");

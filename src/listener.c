@@ -21,6 +21,7 @@
  */
 #include "conc/listener.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -189,6 +190,28 @@ static int parse_port(const char *s)
     return p <= 65535 ? p : -EINVAL;
 }
 
+/* The SERVICE of HOST:SERVICE: a port number, or a name of the services
+ * database (/etc/services: "http", "ftp") for TCP.  Returns the port;
+ * -EINVAL for an empty or malformed one (a number past 65535, a name with
+ * a space or over 64 bytes); CONC_EAI_SERVICE for a name not known. */
+static int parse_service(const char *s)
+{
+    if (!*s || all_digits(s))
+        return parse_port(s);
+    size_t n = strlen(s);
+    if (n > 64)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_' && s[i] != '.' &&
+            s[i] != '+')
+            return -EINVAL;
+    struct servent se, *res = NULL;
+    char buf[1024];
+    if (getservbyname_r(s, "tcp", &se, buf, sizeof buf, &res) != 0 || !res)
+        return CONC_EAI_SERVICE;
+    return ntohs((uint16_t)res->s_port);
+}
+
 static int inet_addr_of(conc_sockaddr *out, const char *host, int port)
 {
     if (conc_sockaddr_inet(out, AF_UNSPEC, host, port) == 0)
@@ -219,13 +242,15 @@ CONC_API int conc_address_parse(conc_sockaddr *out, const char *address)
         memcpy(name + 1, address + 1, len - 1);
         return conc_sockaddr_unix(out, name, len);
     }
-    if (strchr(address, '/'))
+    /* A path has a '/' (or is a bare file name: no ':' at all); any other
+     * text with a ':' is HOST:SERVICE. */
+    if (strchr(address, '/') || !strchr(address, ':'))
         return conc_sockaddr_unix(out, address, 0);
     if (address[0] == '[') {
         const char *close = strchr(address, ']');
         if (!close || close[1] != ':')
             return -EINVAL;
-        int port = parse_port(close + 2);
+        int port = parse_service(close + 2);
         if (port < 0)
             return port;
         char host[INET6_ADDRSTRLEN + 64];
@@ -237,21 +262,20 @@ CONC_API int conc_address_parse(conc_sockaddr *out, const char *address)
         return conc_sockaddr_inet(out, AF_INET6, host, port);
     }
     const char *colon = strrchr(address, ':');
-    if (colon && (colon[1] == '\0' || all_digits(colon + 1))) {
-        int port = parse_port(colon + 1);
-        if (port < 0)
-            return port;
-        size_t hl = (size_t)(colon - address);
-        char *host = malloc(hl + 1);
-        if (!host)
-            return -ENOMEM;
-        memcpy(host, address, hl);
-        host[hl] = '\0';
-        int r = strchr(host, ':') ? -EINVAL : inet_addr_of(out, host, port);
-        free(host);
-        return r;
-    }
-    return conc_sockaddr_unix(out, address, 0);
+    size_t hl = (size_t)(colon - address);
+    if (memchr(address, ':', hl))
+        return -EINVAL;                 /* an IPv6 literal needs its brackets */
+    int port = parse_service(colon + 1);
+    if (port < 0)
+        return port;
+    char *host = malloc(hl + 1);
+    if (!host)
+        return -ENOMEM;
+    memcpy(host, address, hl);
+    host[hl] = '\0';
+    int r = inet_addr_of(out, host, port);
+    free(host);
+    return r;
 }
 
 /* ------------------------------------------------------------ listener */
@@ -282,6 +306,7 @@ struct conc_listener {
     conc_lock lock;             /* one accept at a time (the pending table) */
     int fd;                     /* listening socket, -1 when closed */
     int epfd;
+    int wake_fd;                /* readable: accept ends with -EINTR; or -1 */
     bool closed;
     bool listening_watched;     /* the listening socket is in the epoll set */
     int family;
@@ -420,6 +445,9 @@ static int hs_run(conc_listener *l, struct hs *h)
         h->stage++;
     }
 }
+
+/* The epoll tag of the wake descriptor (conc__listener_set_wake). */
+static char wake_tag;
 
 /* Watch or stop watching the listening socket (full pending table). */
 static int watch_listening(conc_listener *l, bool on)
@@ -576,7 +604,7 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
 {
     if (l->closed)
         return -EPIPE;
-    if (!l->key)
+    if (!l->key && l->wake_fd < 0)
         return accept_plain(l, out, deadline);
     for (;;) {
         int64_t now = conc_now();
@@ -599,6 +627,18 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
         int failed = 0;
         for (int k = 0; k < n; k++) {
             struct hs *h = evs[k].data.ptr;
+            if ((void *)h == &wake_tag)
+                return -EINTR;          /* the handshakes go on at the next call */
+            if (!h && !l->key) {
+                int fd;
+                conc_sockaddr peer;
+                int r = accept_one(l, &fd, &peer);
+                if (r == 0)
+                    return hand_out(l, fd, &peer, out);
+                if (r != -EAGAIN)
+                    failed = r;
+                continue;
+            }
             if (!h) {
                 /* An accept that failed (out of descriptors) is reported
                  * after the handshakes of this round ran: one that ends
@@ -633,6 +673,30 @@ static int accept_locked(conc_listener *l, conc_conn **out, int64_t deadline)
         if (r)
             return r;
     }
+}
+
+int conc__listener_set_wake(conc_listener *l, int fd)
+{
+    if (!l || fd < 0 || l->closed || l->wake_fd >= 0)
+        return -EINVAL;
+    if (l->epfd < 0) {                  /* no authkey: a set for the two */
+        l->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (l->epfd < 0)
+            return -errno;
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0) {
+            int e = -errno;
+            close(l->epfd);
+            l->epfd = -1;
+            return e;
+        }
+        l->listening_watched = true;
+    }
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &wake_tag };
+    if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    l->wake_fd = fd;
+    return 0;
 }
 
 CONC_API int conc_listener_accept_until(conc_listener *l, conc_conn **out, int64_t deadline)
@@ -902,7 +966,7 @@ CONC_API int conc_listener_new(conc_listener **out, const char *address,
     conc_listener *l = calloc(1, sizeof *l);
     if (!l)
         return -ENOMEM;
-    l->fd = l->epfd = -1;
+    l->fd = l->epfd = l->wake_fd = -1;
     conc_lock_init(&l->lock, 0);
     l->owner = getpid();
     l->hs_timeout = hs_timeout;

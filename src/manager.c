@@ -39,6 +39,8 @@
 #define START_TIMEOUT 30.0          /* the child reports it listens */
 #define STOP_GRACE 1.0              /* a started server gets to exit by itself */
 #define ANSWER_GRACE_NS (10 * (int64_t)1000000000) /* a timed call's answer may come this late */
+#define PROBE_NS (5 * (int64_t)1000000000) /* an untimed call looks whether the
+                                              server runs this often */
 
 enum { ST_NEW, ST_STARTED, ST_SERVING, ST_CONNECTED, ST_SHUT };
 
@@ -49,6 +51,7 @@ struct conc_manager {
     uint8_t *authkey;
     size_t authkey_len;
     size_t max_message;
+    unsigned threads;               /* the server's; 0: one per CPU */
     size_t send_max;                /* the largest request: the server's
                                        message size when it is smaller */
     int state;
@@ -244,10 +247,37 @@ static int answer_check(int op, const struct conc__mgr_ans *a)
     case CONC__MGR_A_LEN:
     case CONC__MGR_Q_SIZE:
         return a->status == 0 && a->value >= 0 ? 0 : -EPROTO;
+    case CONC__MGR_Q_INFO:                  /* the maxsize; value the qsize */
+        return a->value >= 0 ? a->status : -EPROTO;
     case CONC__MGR_D_ITEMS:                 /* key, value, key, value, ... */
         return a->status == 0 && a->nargs % 2 == 0 ? 0 : -EPROTO;
     }
     return a->status == 0 ? 0 : -EPROTO;
+}
+
+/* Whether the server of m still runs, for a call that has waited long for
+ * its answer: a new connection gets the server's hello (within
+ * CONNECT_TIMEOUT).  Only a server that does not answer is taken as not
+ * running (-ETIMEDOUT); a connection refused or dropped (a full server,
+ * one shutting down), or this process out of descriptors, says nothing of
+ * the call's connection, whose own end tells. */
+static bool server_runs(const conc_manager *m)
+{
+    conc_conn *c = NULL;
+    int e = dial(m, &c);
+    conc_conn_free(c);
+    return e != -ETIMEDOUT && e != -EAGAIN;
+}
+
+/* Waits for the answer of a call without a time limit: as long as its
+ * connection lives and the server runs (looked at every PROBE_NS). */
+static int recv_untimed(conc_proxy *p, void **buf, size_t *len)
+{
+    for (;;) {
+        int e = conc_conn_recv_alloc_until(p->c, buf, len, conc_now() + PROBE_NS);
+        if (e != -ETIMEDOUT || !server_runs(p->m))
+            return e;
+    }
 }
 
 /* Runs one request on p's connection.  Returns the answer's status (and
@@ -296,9 +326,10 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
          * (stopped, its thread held up): the call gives up, and the proxy,
          * whose answer could still come, is broken; its connection is
          * closed, so the server releases what it held when it runs again.
-         * A call without a limit waits as long as the connection lives, and
-         * so does Condition.wait, which takes the lock back however long
-         * another client holds it. */
+         * A call without a limit waits as long as the connection lives and
+         * the server runs (a new connection gets its hello: recv_untimed),
+         * and so does Condition.wait, which takes the lock back however
+         * long another client holds it. */
         int64_t until = CONC_NO_DEADLINE;
         if (r->timeout >= 0 && r->op != CONC__MGR_C_WAIT) {
             int64_t now = conc_now();
@@ -308,7 +339,7 @@ static int rpc(conc_proxy *p, struct conc__mgr_req *r, const struct conc__mgr_st
         }
         size_t len;
         e = until == CONC_NO_DEADLINE
-                ? conc_conn_recv_alloc(p->c, &res->buf, &len, CONC_FOREVER)
+                ? recv_untimed(p, &res->buf, &len)
                 : conc_conn_recv_alloc_until(p->c, &res->buf, &len, until);
         if (!e && conc__mgr_ans_parse(res->buf, len, &res->a)) {
             free(res->buf);
@@ -426,11 +457,11 @@ static bool addr_ok(const char *a)
     return n >= 1 && n <= CONC_MANAGER_ADDR_MAX;
 }
 
-/* Whether an address is TCP: HOST:PORT without a '/' and not "@name". */
+/* Whether an address is TCP (conc_address_parse): HOST:SERVICE, any text
+ * with a ':' but no '/' that is not "@name". */
 static bool addr_tcp(const char *a)
 {
-    const char *c = strrchr(a, ':');
-    return a[0] != '@' && !strchr(a, '/') && c && c[1] >= '0' && c[1] <= '9';
+    return a[0] != '@' && !strchr(a, '/') && strchr(a, ':');
 }
 
 int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
@@ -452,6 +483,8 @@ int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
         return -EINVAL;                 /* TCP without a key: anyone could talk to it */
     if (o.max_message && (o.max_message < 64 || o.max_message > CONC_MANAGER_MSG_MAX))
         return -EINVAL;
+    if (o.threads > CONC_MANAGER_THREADS_MAX)
+        return -EINVAL;
     conc_manager *m = calloc(1, sizeof *m);
     if (!m)
         return -ENOMEM;
@@ -469,6 +502,7 @@ int conc_manager_new(conc_manager **out, const conc_manager_opts *opts)
         m->authkey_len = o.authkey_len;
     }
     m->max_message = o.max_message ? o.max_message : CONC_MANAGER_MSG_MAX;
+    m->threads = o.threads;
     m->owner = getpid();
     pthread_once(&fork_once, fork_watch);
     pthread_mutex_init(&m->srv_mu, NULL);
@@ -541,6 +575,8 @@ static int server_child(const void *arg, size_t len)
     }
     if (!e)
         e = conc__mgr_server_new(&s, l, m->types, m->ntypes, m->max_message);
+    if (!e)
+        conc__mgr_server_threads(s, m->threads);
     if (!e) {                           /* before the parent hears it listens */
         signal(SIGINT, SIG_IGN);
         sigset_t term;
@@ -642,6 +678,7 @@ int conc_manager_serve_forever(conc_manager *m)
         conc_listener_free(l);
         return e;
     }
+    conc__mgr_server_threads(s, m->threads);
     char a[CONC_SOCKADDR_STRLEN];
     pthread_mutex_lock(&m->srv_mu);
     if (conc_listener_address(l, a, sizeof a) > 0 && strlen(a) <= CONC_MANAGER_ADDR_MAX)
@@ -820,10 +857,13 @@ static int answer_tc(const struct ans *res, conc_proxy_type type)
     return t.p[0];
 }
 
+/* Makes (or finds by name) an object; a typed one (tc) may carry its first
+ * value (init, every byte of it), which the server sets as it makes it. */
 static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
-                      const char *name, uint64_t n, uint64_t size, char tc)
+                      const char *name, uint64_t n, uint64_t size, char tc,
+                      const uint8_t *init, size_t init_len)
 {
-    struct conc__mgr_str s[2] = { { 0 }, { (const uint8_t *)&tc, 1 } };
+    struct conc__mgr_str s[3] = { { 0 }, { (const uint8_t *)&tc, 1 }, { init, init_len } };
     if (!m || !out || type < CONC_PROXY_DICT || type >= CONC_PROXY_USER || !name_arg(name, &s[0]) ||
         n > INT64_MAX || size > INT64_MAX)
         return -EINVAL;
@@ -834,7 +874,7 @@ static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
     struct conc__mgr_req r = { .op = CONC__MGR_CREATE, .timeout = -1, .a = type,
                                .b = (int64_t)n, .c = (int64_t)size };
     struct ans res;
-    e = rpc(p, &r, s, tc ? 2 : 1, &res);
+    e = rpc(p, &r, s, init ? 3 : tc ? 2 : 1, &res);
     if (!e && res.a.value <= 0)
         e = -EPROTO;
     if (!e) {
@@ -857,7 +897,7 @@ static int create_obj(conc_manager *m, conc_proxy **out, conc_proxy_type type,
 int conc_manager_create(conc_manager *m, conc_proxy **out, conc_proxy_type type,
                         const char *name, uint64_t n, uint64_t size)
 {
-    return create_obj(m, out, type, name, n, size, 0);
+    return create_obj(m, out, type, name, n, size, 0, NULL, 0);
 }
 
 int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name, char typecode)
@@ -865,7 +905,7 @@ int conc_manager_value(conc_manager *m, conc_proxy **out, const char *name, char
     size_t isz = conc__mgr_typecode_size(typecode);
     if (!isz)
         return -EINVAL;
-    return create_obj(m, out, CONC_PROXY_VALUE, name, isz, 0, typecode);
+    return create_obj(m, out, CONC_PROXY_VALUE, name, isz, 0, typecode, NULL, 0);
 }
 
 int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name, char typecode,
@@ -874,7 +914,59 @@ int conc_manager_array(conc_manager *m, conc_proxy **out, const char *name, char
     size_t isz = conc__mgr_typecode_size(typecode);
     if (!isz)
         return -EINVAL;
-    return create_obj(m, out, CONC_PROXY_ARRAY, name, n, isz, typecode);
+    return create_obj(m, out, CONC_PROXY_ARRAY, name, n, isz, typecode, NULL, 0);
+}
+
+static int encode_int(char tc, int64_t v, uint8_t b[8]);
+static int encode_float(char tc, double v, uint8_t b[8]);
+
+/* A typed Value or Array made with its first value: n numbers (ints or
+ * floats) encoded as the typecode's items, sent with the create request. */
+static int create_typed(conc_manager *m, conc_proxy **out, conc_proxy_type type,
+                        const char *name, char tc, const int64_t *ints, const double *floats,
+                        uint64_t n)
+{
+    size_t isz = conc__mgr_typecode_size(tc);
+    if (!isz || n == 0 || n > (uint64_t)1 << 20 || (!ints && !floats))
+        return -EINVAL;
+    uint8_t *init = malloc((size_t)n * isz);
+    if (!init)
+        return -ENOMEM;
+    int e = 0;
+    for (uint64_t i = 0; i < n && !e; i++) {
+        uint8_t b[8];
+        e = ints ? encode_int(tc, ints[i], b) : encode_float(tc, floats[i], b);
+        memcpy(init + i * isz, b, isz);
+    }
+    if (!e)
+        e = create_obj(m, out, type, name, type == CONC_PROXY_VALUE ? isz : n,
+                       type == CONC_PROXY_VALUE ? 0 : isz, tc, init, (size_t)n * isz);
+    free(init);
+    return e;
+}
+
+int conc_manager_value_int(conc_manager *m, conc_proxy **out, const char *name, char typecode,
+                           int64_t x)
+{
+    return create_typed(m, out, CONC_PROXY_VALUE, name, typecode, &x, NULL, 1);
+}
+
+int conc_manager_value_float(conc_manager *m, conc_proxy **out, const char *name,
+                             char typecode, double x)
+{
+    return create_typed(m, out, CONC_PROXY_VALUE, name, typecode, NULL, &x, 1);
+}
+
+int conc_manager_array_int(conc_manager *m, conc_proxy **out, const char *name, char typecode,
+                           const int64_t *xs, uint64_t n)
+{
+    return create_typed(m, out, CONC_PROXY_ARRAY, name, typecode, xs, NULL, n);
+}
+
+int conc_manager_array_float(conc_manager *m, conc_proxy **out, const char *name,
+                             char typecode, const double *xs, uint64_t n)
+{
+    return create_typed(m, out, CONC_PROXY_ARRAY, name, typecode, NULL, xs, n);
 }
 
 int conc_manager_create_user(conc_manager *m, conc_proxy **out, const char *typeid,
@@ -1376,25 +1468,42 @@ static int get_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t *out
     return 0;
 }
 
-static int set_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t v)
+/* An integer as an item of typecode tc: 0, or -ERANGE when tc cannot
+ * hold it (a float typecode takes it converted, as Python does). */
+static int encode_int(char tc, int64_t v, uint8_t b[8])
 {
-    if (!check(p, t) || !p->tc)
-        return -EINVAL;
-    uint8_t b[8];
-    if (tc_float(p->tc)) {                          /* Python converts an int too */
-        float_put(b, p->tc, (double)v);
-        return typed_set(p, t, index, b);
+    if (tc_float(tc)) {
+        float_put(b, tc, (double)v);
+        return 0;
     }
-    size_t isz = conc__mgr_typecode_size(p->tc);
+    size_t isz = conc__mgr_typecode_size(tc);
     unsigned bits = (unsigned)(8 * isz);
-    if (tc_signed(p->tc)) {
+    if (tc_signed(tc)) {
         if (bits < 64 && (v < -((int64_t)1 << (bits - 1)) || v >= (int64_t)1 << (bits - 1)))
             return -ERANGE;
     } else if (v < 0 || (bits < 64 && (uint64_t)v >> bits)) {
         return -ERANGE;
     }
     le_put(b, isz, (uint64_t)v);
-    return typed_set(p, t, index, b);
+    return 0;
+}
+
+/* A float as an item of 'f' or 'd': 0, or -EINVAL for another typecode. */
+static int encode_float(char tc, double v, uint8_t b[8])
+{
+    if (!tc_float(tc))
+        return -EINVAL;
+    float_put(b, tc, v);
+    return 0;
+}
+
+static int set_int(conc_proxy *p, conc_proxy_type t, int64_t index, int64_t v)
+{
+    if (!check(p, t) || !p->tc)
+        return -EINVAL;
+    uint8_t b[8];
+    int e = encode_int(p->tc, v, b);
+    return e ? e : typed_set(p, t, index, b);
 }
 
 static int get_float(conc_proxy *p, conc_proxy_type t, int64_t index, double *out)
@@ -1411,10 +1520,9 @@ static int get_float(conc_proxy *p, conc_proxy_type t, int64_t index, double *ou
 
 static int set_float(conc_proxy *p, conc_proxy_type t, int64_t index, double v)
 {
-    if (!check(p, t) || !tc_float(p->tc))
-        return -EINVAL;
     uint8_t b[8];
-    float_put(b, p->tc, v);
+    if (!check(p, t) || encode_float(p->tc, v, b))
+        return -EINVAL;
     return typed_set(p, t, index, b);
 }
 
@@ -1512,6 +1620,37 @@ ssize_t conc_proxy_queue_qsize(conc_proxy *p)
     int64_t v = 0;
     int e = rpc_simple(p, CONC__MGR_Q_SIZE, CONC_NO_DEADLINE, 0, &v);
     return e < 0 ? e : (ssize_t)v;
+}
+
+/* The queue's maxsize (the status) and qsize (*len) at one moment. */
+static int queue_info(conc_proxy *p, int64_t *len)
+{
+    if (!is_queue(p))
+        return -EINVAL;
+    *len = 0;
+    return rpc_simple(p, CONC__MGR_Q_INFO, CONC_NO_DEADLINE, 0, len);
+}
+
+int conc_proxy_queue_full(conc_proxy *p)
+{
+    int64_t len;
+    int max = queue_info(p, &len);
+    if (max < 0)
+        return max;
+    return max > 0 && len >= max;
+}
+
+int conc_proxy_queue_empty(conc_proxy *p)
+{
+    int64_t len;
+    int max = queue_info(p, &len);
+    return max < 0 ? max : len == 0;
+}
+
+ssize_t conc_proxy_queue_maxsize(conc_proxy *p)
+{
+    int64_t len;
+    return queue_info(p, &len);
 }
 
 int conc_proxy_queue_task_done(conc_proxy *p)

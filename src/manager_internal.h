@@ -20,15 +20,21 @@ struct conc__mgr_server;
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
                          const struct conc__mgr_type *types, size_t ntypes, size_t max_message);
 
+/* The number of threads that serve connections (0: one per CPU, at most
+ * 4; 1 whatever is asked when types are registered); before run. */
+void conc__mgr_server_threads(struct conc__mgr_server *s, unsigned n);
+
 /* Accepts and serves until conc__mgr_server_stop or a client's shutdown;
  * then ends every connection, frees every object and closes the listener.
+ * The accept loop waits without a time limit (an idle server makes no
+ * system call): a stop, a connection's end and a SIGTERM wake it.
  * Returns 0. */
 int conc__mgr_server_run(struct conc__mgr_server *s);
 
 /* Makes the server stop, as for a shutdown request, when a SIGTERM is
  * pending for the process: the caller blocks SIGTERM in every thread (the
- * started child does, before the server's threads exist); the accept loop
- * takes it with sigtimedwait between its waits. */
+ * started child does, before the server's threads exist); a signalfd of
+ * it wakes the accept loop, which takes it with sigtimedwait. */
 void conc__mgr_server_take_sigterm(struct conc__mgr_server *s);
 
 /* Asks a running server to stop (any thread; an atomic store). */

@@ -1,9 +1,14 @@
 /*
  * manager_server.c - the manager's server: the objects it owns and one
- * greenlet per connection that runs the connection's requests on them, all
- * in the hub (conc/hub.h) of the thread that runs the server.
+ * greenlet per connection that runs the connection's requests on them, in
+ * the hubs (conc/hub.h) of a fixed set of threads: the one that runs the
+ * server (its accept loop is that thread's main coroutine) and up to
+ * CONC_MANAGER_THREADS_MAX - 1 workers, to which the accept loop deals the
+ * connections in turn (a mailbox and an eventfd each).  Everything two
+ * connections share is an object, under the object's lock, or the object
+ * table, under tmu: connections of different threads meet only there.
  *
- * The hub's one epoll loop is the server's loop: a connection's greenlet
+ * A hub's one epoll loop is its thread's loop: a connection's greenlet
  * parks while its socket has no request, and one epoll_wait hands the hub
  * every connection that became ready, whose requests then run one after
  * the other without a context switch (a request that does not wait runs
@@ -42,7 +47,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -53,13 +61,16 @@
 #include "conc/sync.h"
 #include "conc/time.h"
 #include "conc/wait.h"
+#include "listener_internal.h"
 #include "manager_internal.h"
 #include "manager_wire.h"
 
 #define SLICE_NS 50000000LL         /* without a watcher, a waiting request
                                        looks around every 50 ms */
-#define ACCEPT_SLICE 0.05           /* the accept loop looks at the stop flag */
+#define ACCEPT_RETRY 0.05           /* out of descriptors: the next accept */
 #define MAX_CONNS 1024              /* connections served at once */
+#define MAX_WORKERS CONC_MANAGER_THREADS_MAX /* threads that serve connections */
+#define DEFAULT_WORKERS 4           /* at most, one per CPU, unless set */
 #define VALUE_MAX 4096u             /* a Value's size and an Array item's size */
 #define ARRAY_MAX (1u << 20)        /* items of an Array */
 #define ARRAY_BYTES_MAX ((int64_t)64 << 20) /* an Array's bytes in all */
@@ -135,8 +146,11 @@ struct hold {
     uint64_t count;
 };
 
+struct worker;
+
 struct conn {
     struct conc__mgr_server *s;
+    struct worker *w;               /* the thread whose hub runs it */
     conc_conn *c;
     int fd;
     uint64_t serial;
@@ -152,6 +166,19 @@ struct conn {
     int done;                       /* atomic: the greenlet ended */
 };
 
+/* A thread that serves connections in its hub: the accept loop's own
+ * (w[0]) and up to MAX_WORKERS - 1 more, which get theirs by mail. */
+struct worker {
+    struct conc__mgr_server *s;
+    int idx;
+    pthread_t t;
+    int bell;                       /* eventfd: mail came, or a conn ended */
+    pthread_mutex_t mu;             /* guards mail and stop */
+    struct conn *mail;              /* new connections for it */
+    bool stop;
+    struct conn *conns;             /* only its thread touches the list */
+};
+
 struct conc__mgr_server {
     conc_listener *l;
     const struct conc__mgr_type *types;
@@ -159,11 +186,16 @@ struct conc__mgr_server {
     size_t max_message;
     int stop;                       /* atomic */
     bool take_sigterm;              /* a pending SIGTERM stops the server */
+    int bell;                       /* eventfd: stop, or a connection ended */
+    int sigfd;                      /* signalfd of SIGTERM, or -1 */
+    int wake;                       /* epoll set of both: the accept's wake */
     conc_lock tmu;                  /* guards objs */
     struct obj **objs;              /* objs[id - 1] */
     size_t nobjs, capobjs;
-    struct conn *conns;             /* only the accept loop touches the list */
-    size_t nconns;
+    struct worker w[MAX_WORKERS];
+    int nworkers;
+    unsigned threads;               /* asked for; 0: one per CPU */
+    size_t nconns;                  /* atomic */
     uint64_t next_serial;
 };
 
@@ -176,11 +208,31 @@ struct out {
     int64_t value;
     bool nomem;
     size_t limit;                   /* the largest answer the client takes */
+    size_t taken_at;                /* where a list's or dict's pop took its item */
 };
+
+static void worker_ring(struct worker *w)
+{
+    uint64_t one = 1;
+    if (write(w->bell, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is full, so the worker is woken already */
+    }
+}
 
 static bool stopping(const struct conc__mgr_server *s)
 {
     return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* Wakes the accept loop to look at the stop flag and the ended
+ * connections (it sleeps in its accept without a time limit otherwise:
+ * an idle server makes no system call). */
+static void ring(struct conc__mgr_server *s)
+{
+    uint64_t one = 1;
+    if (s->bell >= 0 && write(s->bell, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is full, so the loop is woken already */
+    }
 }
 
 static void out_str(struct out *o, const void *p, size_t len)
@@ -509,13 +561,13 @@ static int params_check(int64_t type, int64_t n, int64_t size)
 
 static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, struct out *out)
 {
-    struct conc__mgr_str name, tcs = { 0 };
+    struct conc__mgr_str name, tcs = { 0 }, init = { 0 };
     size_t pos = 0;
-    if (r->nargs < 1 || r->nargs > 2 || conc__mgr_next(r->args, r->args_len, &pos, &name) ||
+    if (r->nargs < 1 || r->nargs > 3 || conc__mgr_next(r->args, r->args_len, &pos, &name) ||
         !name_ok(&name))
         return -EINVAL;
     char tc = 0;
-    if (r->nargs == 2) {
+    if (r->nargs >= 2) {
         /* a typecode: one of the known ones, whose item size the Value's
          * size or the Array's item size is */
         if (conc__mgr_next(r->args, r->args_len, &pos, &tcs) || tcs.len != 1)
@@ -529,6 +581,12 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
     int e = params_check(r->a, r->b, r->c);
     if (e)
         return e;
+    if (r->nargs == 3) {
+        /* the first value of a typed Value or Array: every byte of it */
+        uint64_t bytes = r->a == CONC_PROXY_VALUE ? (uint64_t)r->b : (uint64_t)r->b * (uint64_t)r->c;
+        if (conc__mgr_next(r->args, r->args_len, &pos, &init) || init.len != bytes)
+            return -EINVAL;
+    }
     conc_lock_acquire(&s->tmu, CONC_FOREVER);
     struct obj *o = name.len ? obj_named(s, &name) : NULL;
     if (o) {
@@ -554,6 +612,8 @@ static int op_create(struct conc__mgr_server *s, const struct conc__mgr_req *r, 
         o->bytes = calloc(1, bytes);
         if (!o->bytes)
             goto done;
+        if (init.len)                   /* made with it: never seen without it */
+            memcpy(o->bytes, init.p, init.len);
     }
     if (o->type == CONC_PROXY_SEMAPHORE || o->type == CONC_PROXY_BOUNDED_SEMAPHORE)
         o->value = o->n;
@@ -748,8 +808,10 @@ static int op_dict(struct obj *o, const struct conc__mgr_req *r, struct out *out
         if (!fits(out, o->kv[i].v.len))
             return -EMSGSIZE;
         out_str(out, o->kv[i].v.p, o->kv[i].v.len);
-        if (r->op == CONC__MGR_D_POP && !out->nomem)
+        if (r->op == CONC__MGR_D_POP && !out->nomem) {
+            out->taken_at = (size_t)i;
             kv_remove(o, (size_t)i);
+        }
         return 0;
     case CONC__MGR_D_DEL:
         i = kv_find(o, &a0, hash_bytes(a0.p, a0.len));
@@ -886,6 +948,7 @@ static int op_list(struct obj *o, const struct conc__mgr_req *r, struct out *out
         free(o->li[at].p);
         memmove(&o->li[at], &o->li[at + 1], (o->nli - at - 1) * sizeof o->li[0]);
         o->nli--;
+        out->taken_at = at;
         return 0;
     case CONC__MGR_L_INSERT:
         return li_insert(o, py_bound(r->a, o->nli), &v);
@@ -989,6 +1052,9 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
     case CONC__MGR_Q_SIZE:
         out->value = (int64_t)o->qlen;
         return 0;
+    case CONC__MGR_Q_INFO:              /* full() and empty() from one look */
+        out->value = (int64_t)o->qlen;
+        return (int)o->n;               /* at most INT32_MAX (params_check) */
     case CONC__MGR_Q_TASK_DONE:
         /* Both types: a SyncManager's Queue and JoinableQueue are both a
          * queue.Queue, with task_done and join. */
@@ -1268,7 +1334,7 @@ static bool op_fits(int op, int type)
     case CONC__MGR_A_LEN: case CONC__MGR_A_GET: case CONC__MGR_A_SET:
         return type == CONC_PROXY_ARRAY;
     case CONC__MGR_Q_PUT: case CONC__MGR_Q_GET: case CONC__MGR_Q_SIZE:
-    case CONC__MGR_Q_TASK_DONE: case CONC__MGR_Q_JOIN:
+    case CONC__MGR_Q_TASK_DONE: case CONC__MGR_Q_JOIN: case CONC__MGR_Q_INFO:
         return type == CONC_PROXY_QUEUE || type == CONC_PROXY_JOINABLE_QUEUE;
     case CONC__MGR_ACQUIRE: case CONC__MGR_RELEASE:
         return type == CONC_PROXY_LOCK || type == CONC_PROXY_RLOCK ||
@@ -1360,28 +1426,56 @@ static int dispatch(struct conn *cn, const struct conc__mgr_req *r, struct out *
 
 /* ---------------------------------------------------------- connections */
 
-/* The answer to a Queue.get (its one string is the message) could not be
- * sent: the client is gone, so the message goes back to the head of the
- * queue, where it was, instead of being lost with the client. */
-static void give_back(struct obj *o, const uint8_t *ans, size_t len)
+/* Puts a popped dict entry back at position at (or the end): the key is
+ * not there (o->mu held).  A key set again meanwhile keeps its new value. */
+static void kv_put_back(struct obj *o, const struct conc__mgr_str *k,
+                        const struct conc__mgr_str *v, size_t at)
 {
-    struct conc__mgr_str msg;
+    if (kv_find(o, k, hash_bytes(k->p, k->len)) >= 0 || kv_set(o, k, v))
+        return;
+    if (at >= o->nkv - 1)
+        return;                         /* it was last: kv_set put it there */
+    struct kv e = o->kv[o->nkv - 1];
+    memmove(&o->kv[at + 1], &o->kv[at], (o->nkv - 1 - at) * sizeof o->kv[0]);
+    o->kv[at] = e;
+    memset(o->idx, 0, o->icap * sizeof *o->idx);
+    for (size_t j = 0; j < o->nkv; j++)
+        idx_put(o, j);
+}
+
+/* The answer to a call that took something out (a Queue.get, a list's or
+ * a dict's pop; its one string is the item) could not be sent: the client
+ * is gone, so the item goes back where it was (the head of the queue, its
+ * index in the list, its place in the dict's order) instead of being lost
+ * with the client. */
+static void give_back(struct obj *o, const struct conc__mgr_req *r, const struct out *out)
+{
+    struct conc__mgr_str item, key;
     size_t pos = 0;
-    if (!o || len < CONC__MGR_ANS_HEAD ||
-        conc__mgr_next(ans + CONC__MGR_ANS_HEAD, len - CONC__MGR_ANS_HEAD, &pos, &msg))
+    if (!o || out->len < CONC__MGR_ANS_HEAD ||
+        conc__mgr_next(out->buf + CONC__MGR_ANS_HEAD, out->len - CONC__MGR_ANS_HEAD, &pos,
+                       &item))
         return;
-    struct qmsg *m = malloc(sizeof *m + msg.len);
-    if (!m)
-        return;
-    m->len = msg.len;
-    if (msg.len)
-        memcpy(m->data, msg.p, msg.len);
     conc_lock_acquire(&o->mu, CONC_FOREVER);
-    m->next = o->qhead;
-    o->qhead = m;
-    if (!o->qtail)
-        o->qtail = m;
-    o->qlen++;
+    if (r->op == CONC__MGR_Q_GET) {
+        struct qmsg *m = malloc(sizeof *m + item.len);
+        if (m) {
+            m->len = item.len;
+            if (item.len)
+                memcpy(m->data, item.p, item.len);
+            m->next = o->qhead;
+            o->qhead = m;
+            if (!o->qtail)
+                o->qtail = m;
+            o->qlen++;
+        }
+    } else if (r->op == CONC__MGR_L_POP) {
+        li_insert(o, out->taken_at < o->nli ? out->taken_at : o->nli, &item);
+    } else {
+        pos = 0;                        /* D_POP: its one string is the key */
+        if (!conc__mgr_next(r->args, r->args_len, &pos, &key))
+            kv_put_back(o, &key, &item, out->taken_at);
+    }
     conc_cond_notify_all(&o->cv);
     conc_lock_release(&o->mu);
 }
@@ -1420,20 +1514,26 @@ static void *conn_main(void *arg)
             out.cap = out.buf ? 256 : 0;
         }
         int e = out.buf ? dispatch(cn, &r, &out) : -ENOMEM;
-        free(buf);
         if (out.nomem || !out.buf || out.len > out.limit) {
-            if (!out.buf)
+            if (!out.buf) {
+                free(buf);
                 break;
+            }
             e = out.nomem ? -ENOMEM : -EMSGSIZE;
             out.len = CONC__MGR_ANS_HEAD;
             out.nargs = 0;
         }
         conc__mgr_ans_write_head(out.buf, e, out.nargs, out.value);
+        /* The request (r points into buf) stays until the answer is out:
+         * a pop whose answer cannot be sent puts its key back. */
         if (conc_conn_send_bytes(cn->c, out.buf, out.len, CONC_FOREVER)) {
-            if (r.op == CONC__MGR_Q_GET && e == 0)
-                give_back(cn->last, out.buf, out.len);
+            if ((r.op == CONC__MGR_Q_GET || r.op == CONC__MGR_L_POP ||
+                 r.op == CONC__MGR_D_POP) && e == 0)
+                give_back(cn->last, &r, &out);
+            free(buf);
             break;
         }
+        free(buf);
         if (e == -ECONNRESET)
             break;
     }
@@ -1441,12 +1541,17 @@ static void *conn_main(void *arg)
     hold_release_all(cn);
     shutdown(cn->fd, SHUT_RDWR);        /* the client sees the end at once */
     __atomic_store_n(&cn->done, 1, __ATOMIC_RELEASE);
+    if (cn->w->idx == 0)
+        ring(cn->s);                    /* the accept loop reaps it */
+    else
+        worker_ring(cn->w);             /* its worker does */
     return NULL;
 }
 
-static void conn_reap(struct conc__mgr_server *s, bool all)
+static void conn_reap(struct worker *w, bool all)
 {
-    for (struct conn **pp = &s->conns; *pp;) {
+    struct conc__mgr_server *s = w->s;
+    for (struct conn **pp = &w->conns; *pp;) {
         struct conn *cn = *pp;
         if (all || __atomic_load_n(&cn->done, __ATOMIC_ACQUIRE)) {
             if (all)
@@ -1455,7 +1560,7 @@ static void conn_reap(struct conc__mgr_server *s, bool all)
             conc_greenlet_free(cn->g);
             conc_conn_free(cn->c);
             *pp = cn->next;
-            s->nconns--;
+            __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_RELAXED);
             free(cn);
         } else {
             pp = &cn->next;
@@ -1477,24 +1582,141 @@ static int conn_spawn(struct conn *cn)
     return conc_greenlet_spawn(&cn->g, conn_main, cn, &so);
 }
 
+/* A worker thread: serves the connections the accept loop mails it, in
+ * its own hub, until its stop flag is set; then ends them. */
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    for (;;) {
+        /* Parked on its bell in its hub (a descriptor wait, as the accept
+         * loop's): its connections run meanwhile. */
+        conc_fd_wait_until(w->bell, POLLIN, CONC_NO_DEADLINE);
+        uint64_t n;
+        if (read(w->bell, &n, sizeof n) < 0) {
+            /* EAGAIN: read by the last round */
+        }
+        pthread_mutex_lock(&w->mu);
+        struct conn *mail = w->mail;
+        bool stop = w->stop;
+        w->mail = NULL;
+        pthread_mutex_unlock(&w->mu);
+        while (mail) {
+            struct conn *cn = mail;
+            mail = cn->next;
+            if (conn_spawn(cn)) {
+                conc_conn_free(cn->c);
+                free(cn);
+                __atomic_fetch_sub(&w->s->nconns, 1, __ATOMIC_RELAXED);
+            } else {
+                cn->next = w->conns;
+                w->conns = cn;
+            }
+        }
+        if (stop)
+            break;
+        conn_reap(w, false);
+    }
+    conn_reap(w, true);
+    conc_hub_free();
+    return NULL;
+}
+
+/* Starts the worker threads: as many as asked for, or one per CPU (at
+ * most DEFAULT_WORKERS), the accept loop's thread counted; one thread in
+ * all when the program registered types, whose callbacks run in one. */
+static void workers_start(struct conc__mgr_server *s)
+{
+    s->w[0] = (struct worker){ .s = s, .idx = 0 };
+    s->nworkers = 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus > DEFAULT_WORKERS)
+        cpus = DEFAULT_WORKERS;
+    int want = s->ntypes ? 1 : s->threads ? (int)s->threads : cpus < 1 ? 1 : (int)cpus;
+    for (int i = 1; i < want; i++) {
+        struct worker *w = &s->w[i];
+        *w = (struct worker){ .s = s, .idx = i };
+        w->bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (w->bell < 0)
+            break;
+        pthread_mutex_init(&w->mu, NULL);
+        if (pthread_create(&w->t, NULL, worker_main, w)) {
+            pthread_mutex_destroy(&w->mu);
+            close(w->bell);
+            break;
+        }
+        s->nworkers++;
+    }
+}
+
+static void workers_stop(struct conc__mgr_server *s)
+{
+    for (int i = 1; i < s->nworkers; i++) {
+        struct worker *w = &s->w[i];
+        pthread_mutex_lock(&w->mu);
+        w->stop = true;
+        pthread_mutex_unlock(&w->mu);
+        worker_ring(w);
+        pthread_join(w->t, NULL);
+        pthread_mutex_destroy(&w->mu);
+        close(w->bell);
+    }
+    s->nworkers = 1;
+}
+
 int conc__mgr_server_new(struct conc__mgr_server **out, conc_listener *l,
                          const struct conc__mgr_type *types, size_t ntypes, size_t max_message)
 {
     struct conc__mgr_server *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
-    s->l = l;
     s->types = types;
     s->ntypes = ntypes;
     s->max_message = max_message;
+    s->sigfd = -1;
+    /* The accept loop's wake: an epoll set of the bell (and of SIGTERM's
+     * signalfd, conc__mgr_server_take_sigterm) that the listener's accept
+     * waits on beside its socket. */
+    int e = 0;
+    s->bell = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->wake = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN };
+    if (s->bell < 0 || s->wake < 0 || epoll_ctl(s->wake, EPOLL_CTL_ADD, s->bell, &ev) < 0)
+        e = -errno;
+    if (!e)
+        e = conc__listener_set_wake(l, s->wake);
+    if (e) {
+        if (s->bell >= 0)
+            close(s->bell);
+        if (s->wake >= 0)
+            close(s->wake);
+        free(s);
+        return e;
+    }
+    s->l = l;
     conc_lock_init(&s->tmu, 0);
     *out = s;
     return 0;
 }
 
+void conc__mgr_server_threads(struct conc__mgr_server *s, unsigned n)
+{
+    s->threads = n > MAX_WORKERS ? MAX_WORKERS : n;
+}
+
 void conc__mgr_server_take_sigterm(struct conc__mgr_server *s)
 {
     s->take_sigterm = true;
+    /* SIGTERM is blocked (the caller's part): its signalfd wakes the
+     * accept loop when one is pending, and the loop takes it. */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    s->sigfd = signalfd(-1, &term, SFD_NONBLOCK | SFD_CLOEXEC);
+    struct epoll_event ev = { .events = EPOLLIN };
+    if (s->sigfd >= 0 && epoll_ctl(s->wake, EPOLL_CTL_ADD, s->sigfd, &ev) < 0) {
+        close(s->sigfd);
+        s->sigfd = -1;
+    }
 }
 
 void conc__mgr_keepalive(int fd)
@@ -1525,32 +1747,47 @@ static bool sigterm_pending(void)
 void conc__mgr_server_stop(struct conc__mgr_server *s)
 {
     __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    ring(s);
 }
 
 int conc__mgr_server_run(struct conc__mgr_server *s)
 {
+    bool look = true;                   /* at SIGTERM: at first, and when woken */
+    workers_start(s);
     while (!stopping(s)) {
-        if (s->take_sigterm && sigterm_pending()) {
+        if (look && s->take_sigterm && sigterm_pending()) {
             conc__mgr_server_stop(s);
             break;
         }
-        conn_reap(s, false);
+        look = false;
+        conn_reap(&s->w[0], false);
         conc_conn *c;
-        int e = conc_listener_accept(s->l, &c, ACCEPT_SLICE);
+        /* No time limit: ring() (a stop, an ended connection) and a
+         * pending SIGTERM end the wait through the listener's wake. */
+        int e = conc_listener_accept(s->l, &c, CONC_FOREVER);
+        if (e == -EINTR) {
+            uint64_t n;
+            if (read(s->bell, &n, sizeof n) < 0) {
+                /* EAGAIN: it was the SIGTERM */
+            }
+            look = true;
+            continue;
+        }
         if (e == -EPIPE)
             break;
         if (e == -ETIMEDOUT || e == -ECONNABORTED || e == -EACCES)
-            continue;                   /* no client, or a failed handshake */
+            continue;                   /* a failed handshake */
         if (e) {
             /* Out of descriptors or memory: the accept did not wait.  Let
              * the connections run (those that end give their descriptors
              * back) before the next try; trying again at once would keep
              * this loop from ever letting them run. */
-            conc_sleep(ACCEPT_SLICE);
+            conc_sleep(ACCEPT_RETRY);
             continue;
         }
         struct conn *cn = calloc(1, sizeof *cn);
-        if (!cn || s->nconns >= MAX_CONNS || conc_conn_set_max_size(c, s->max_message)) {
+        if (!cn || __atomic_load_n(&s->nconns, __ATOMIC_RELAXED) >= MAX_CONNS ||
+            conc_conn_set_max_size(c, s->max_message)) {
             free(cn);
             conc_conn_free(c);
             continue;
@@ -1560,17 +1797,29 @@ int conc__mgr_server_run(struct conc__mgr_server *s)
         cn->fd = conc_conn_fd(c);
         conc__mgr_keepalive(cn->fd);    /* a client machine that vanishes */
         cn->serial = ++s->next_serial;
+        __atomic_fetch_add(&s->nconns, 1, __ATOMIC_RELAXED);
+        /* Connections are spread over the workers in turn. */
+        cn->w = &s->w[cn->serial % (uint64_t)s->nworkers];
+        if (cn->w->idx) {
+            pthread_mutex_lock(&cn->w->mu);
+            cn->next = cn->w->mail;
+            cn->w->mail = cn;
+            pthread_mutex_unlock(&cn->w->mu);
+            worker_ring(cn->w);
+            continue;
+        }
         if (conn_spawn(cn)) {
             conc_conn_free(c);
             free(cn);
+            __atomic_fetch_sub(&s->nconns, 1, __ATOMIC_RELAXED);
             continue;
         }
-        cn->next = s->conns;
-        s->conns = cn;
-        s->nconns++;
+        cn->next = s->w[0].conns;
+        s->w[0].conns = cn;
     }
     conc_listener_close(s->l);
-    conn_reap(s, true);
+    workers_stop(s);
+    conn_reap(&s->w[0], true);
     /* The hub made for the connections goes with them (a hub the thread
      * had before, with greenlets of its own still running, stays). */
     conc_hub_free();
@@ -1585,5 +1834,9 @@ void conc__mgr_server_free(struct conc__mgr_server *s)
         obj_free(s->objs[i]);
     free(s->objs);
     conc_listener_free(s->l);
+    if (s->sigfd >= 0)
+        close(s->sigfd);
+    close(s->bell);
+    close(s->wake);
     free(s);
 }

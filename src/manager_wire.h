@@ -46,8 +46,12 @@ enum conc__mgr_op {
     CONC__MGR_PING = 1,      /* answer: value the server's message size (0: unknown) */
     CONC__MGR_SHUTDOWN,
     CONC__MGR_CREATE,        /* a type, b n, c size; arg0 name ("" none), arg1 (may be
-                                absent) a Value's or Array's typecode, one byte; the
-                                answer carries the typecode as its one string */
+                                absent) a Value's or Array's typecode, one byte; arg2
+                                (may be absent; only after a typecode) the object's
+                                first value, exactly its bytes (items little-endian),
+                                used when the request makes the object (a named one
+                                found keeps its value); the answer carries the
+                                typecode as its one string */
     CONC__MGR_CREATE_USER,   /* arg0 typeid, arg1 name, arg2 argument */
     CONC__MGR_OPEN,          /* id; answer: status type, value id, the typecode (if
                                 any) as its one string */
@@ -91,6 +95,7 @@ enum conc__mgr_op {
     CONC__MGR_B_RESET,
     CONC__MGR_B_INFO,        /* answer: status parties, value n_waiting | broken << 32 */
     CONC__MGR_CALL,          /* arg0 method, arg1 argument */
+    CONC__MGR_Q_INFO,        /* answer: status maxsize (0: no bound), value qsize */
     CONC__MGR_OP_END
 };
 

@@ -41,6 +41,8 @@ struct key {
     ino_t ino;
     uint32_t gen;           /* the epoll events' tag of this registration */
     bool gone;              /* the number no longer names the file */
+    bool unknown;           /* dev and ino not taken (registered or
+                               modified with the checks off) */
 };
 
 struct conc_selector {
@@ -263,7 +265,19 @@ static uint64_t ep_data(const struct key *k)
     return (uint64_t)k->gen << 32 | (uint32_t)k->k.fd;
 }
 
-/* Checks the arguments of register and modify; fills *st. */
+/* True when register and modify take no file identity: the checks are
+ * off (the caller unregisters before it closes, so no key outlives its
+ * file) and epoll refuses by itself what the fstat would (-EBADF for a
+ * closed descriptor, -EPERM for a regular file or a directory): a loop
+ * that registers each connection it accepts saves a system call on each
+ * of register and unregister. */
+static bool skip_stat(const conc_selector *s)
+{
+    return s->trust && s->epfd >= 0;
+}
+
+/* Checks the arguments of register and modify; fills *st (zeroed when
+ * skip_stat). */
 static int check_reg(const conc_selector *s, int fd, unsigned events, struct stat *st)
 {
     if (fd < 0 || events == 0 || (events & ~ALL_EVENTS))
@@ -272,6 +286,10 @@ static int check_reg(const conc_selector *s, int fd, unsigned events, struct sta
         return -EINVAL;
     if (s->closed)
         return -EBADF;
+    if (skip_stat(s)) {
+        memset(st, 0, sizeof *st);
+        return 0;
+    }
     if (fstat(fd, st) != 0)
         return -errno;
     /* What epoll refuses, every backend refuses: files are always ready. */
@@ -311,7 +329,8 @@ int conc_selector_register(conc_selector *s, int fd, unsigned events, void *data
     }
     struct key *k = &s->keys[s->nkeys];
     *k = (struct key){ .k = { .fd = fd, .events = events, .data = data },
-                       .dev = st.st_dev, .ino = st.st_ino, .gen = ++s->next_gen };
+                       .dev = st.st_dev, .ino = st.st_ino, .gen = ++s->next_gen,
+                       .unknown = skip_stat(s) };
     if (s->epfd >= 0) {
         struct epoll_event ev = { .events = ep_events(events), .data.u64 = ep_data(k) };
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
@@ -363,7 +382,8 @@ int conc_selector_modify(conc_selector *s, int fd, unsigned events, void *data)
     int r = check_reg(s, fd, events, &st);
     if (r < 0)
         return r;
-    bool was_gone = k->gone || st.st_dev != k->dev || st.st_ino != k->ino;
+    bool was_gone = k->gone ||
+                    (!skip_stat(s) && (k->unknown || st.st_dev != k->dev || st.st_ino != k->ino));
     uint32_t gen = was_gone ? ++s->next_gen : k->gen;
     if (s->epfd >= 0) {
         struct key nk = *k;
@@ -385,6 +405,7 @@ int conc_selector_modify(conc_selector *s, int fd, unsigned events, void *data)
     k->k.data = data;
     k->dev = st.st_dev;
     k->ino = st.st_ino;
+    k->unknown = skip_stat(s);
     k->gen = gen;
     k->gone = false;
     return 0;
@@ -418,7 +439,7 @@ int conc_selector_unregister(conc_selector *s, int fd, conc_selector_key *key)
         /* Only while fd still names the registered file does EPOLL_CTL_DEL
          * reach its entry; otherwise a copy elsewhere may keep it in the
          * set: rebuilt without it. */
-        if (!k->gone && same_file(k))
+        if (!k->gone && (s->trust || same_file(k)))
             purge = epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL) != 0;
         else
             purge = true;
@@ -464,6 +485,22 @@ int conc_selector_set_check_files(conc_selector *s, bool check)
         return -EINVAL;
     if (s->closed)
         return -EBADF;
+    if (check && s->trust) {
+        /* the keys taken without their file's identity get it now */
+        for (size_t i = 0; i < s->nkeys; i++) {
+            struct key *k = &s->keys[i];
+            struct stat st;
+            if (!k->unknown)
+                continue;
+            if (fstat(k->k.fd, &st) == 0) {
+                k->dev = st.st_dev;
+                k->ino = st.st_ino;
+            } else {
+                k->gone = true;
+            }
+            k->unknown = false;
+        }
+    }
     s->trust = !check;
     return 0;
 }

@@ -39,6 +39,7 @@ static struct conc__server_kids *kids_of(conc_server *s)
 void conc__server_enter(conc_server *s, struct conc__server_slot *slot, int fd)
 {
     slot->fd = fd;
+    slot->reserved = false;
     conc_lock_acquire(&s->mu, CONC_FOREVER);
     slot->next = s->slots.next;
     slot->prev = &s->slots;
@@ -80,6 +81,8 @@ static void count_out(conc_server *s)
 void conc__server_leave(conc_server *s, struct conc__server_slot *slot)
 {
     unlink_slot(s, slot);
+    if (slot->reserved)
+        conc__server_unreserve(s);
     count_out(s);
 }
 
@@ -87,7 +90,111 @@ void conc__server_leave_close(conc_server *s, struct conc__server_slot *slot, in
 {
     unlink_slot(s, slot);
     close(fd);
+    if (slot->reserved)
+        conc__server_unreserve(s);
     count_out(s);
+}
+
+/* ------------------------------------------------- the loops' limit */
+
+/* Why no wake-up is lost: reserve's compare-and-swap and unreserve's
+ * subtraction, arm's count of armed gates and unreserve's look at it are
+ * all sequentially consistent.  A loop arms its gate, then tries reserve
+ * again; a connection's end gives its room back, then looks for armed
+ * gates.  Either the loop's second try sees the room, or the end sees the
+ * armed gate and writes its eventfd. */
+bool conc__server_reserve(conc_server *s)
+{
+    long lim = s->o.max_connections;
+    if (lim <= 0)
+        return true;
+    long n = atomic_load(&s->open);
+    while (n < lim)
+        if (atomic_compare_exchange_weak(&s->open, &n, n + 1))
+            return true;
+    return false;
+}
+
+/* Disarms g (mu held); true when it was armed. */
+static bool gate_disarm(conc_server *s, struct conc__server_gate *g)
+{
+    if (!g->armed)
+        return false;
+    g->armed = false;
+    atomic_fetch_sub(&s->gates_armed, 1);
+    return true;
+}
+
+void conc__server_unreserve(conc_server *s)
+{
+    if (s->o.max_connections <= 0)
+        return;
+    atomic_fetch_sub(&s->open, 1);
+    if (atomic_load(&s->gates_armed) == 0)
+        return;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    for (struct conc__server_gate *g = s->gates; g; g = g->next) {
+        if (gate_disarm(s, g)) {
+            uint64_t one = 1;
+            ssize_t w = write(g->fd, &one, sizeof one);
+            (void)w;
+        }
+    }
+    conc_lock_release(&s->mu);
+}
+
+int conc__server_gate_open(conc_server *s, struct conc__server_gate *g)
+{
+    g->armed = false;
+    g->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (g->fd < 0)
+        return -errno;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    g->next = s->gates;
+    s->gates = g;
+    conc_lock_release(&s->mu);
+    return 0;
+}
+
+void conc__server_gate_close(conc_server *s, struct conc__server_gate *g)
+{
+    if (g->fd < 0)
+        return;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    gate_disarm(s, g);
+    for (struct conc__server_gate **pp = &s->gates; *pp; pp = &(*pp)->next)
+        if (*pp == g) {
+            *pp = g->next;
+            break;
+        }
+    conc_lock_release(&s->mu);
+    conc__wait_fd_close(g->fd);
+    close(g->fd);
+    g->fd = -1;
+}
+
+void conc__server_gate_clear(struct conc__server_gate *g)
+{
+    uint64_t v;
+    while (read(g->fd, &v, sizeof v) > 0) {
+    }
+}
+
+bool conc__server_gate_arm(conc_server *s, struct conc__server_gate *g)
+{
+    conc__server_gate_clear(g);     /* a wake-up that came too late to matter */
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    if (!g->armed) {
+        g->armed = true;
+        atomic_fetch_add(&s->gates_armed, 1);
+    }
+    conc_lock_release(&s->mu);
+    if (!conc__server_reserve(s))
+        return false;
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
+    gate_disarm(s, g);
+    conc_lock_release(&s->mu);
+    return true;
 }
 
 /* True when lim (> 0) requests are in flight; the accepting loop then
@@ -152,6 +259,8 @@ void conc__server_serve_entered(conc_server *s, conc_socket *c, const conc_socka
     unlink_slot(s, slot);
     if (c)
         conc_socket_free(c);
+    if (slot->reserved)
+        conc__server_unreserve(s);
     count_out(s);
 }
 
@@ -382,6 +491,7 @@ static int start_thread(conc_server *s, conc_socket *c, const conc_sockaddr *pee
     /* Counted in (conc__server_enter) and a parked thread taken in one
      * hold of the lock. */
     j->slot.fd = c ? conc_socket_fd(c) : -1;
+    j->slot.reserved = false;
     conc_lock_acquire(&s->mu, CONC_FOREVER);
     j->slot.next = s->slots.next;
     j->slot.prev = &s->slots;

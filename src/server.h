@@ -21,7 +21,20 @@ struct conc__server_counters {
  * shutdown timeout passes. */
 struct conc__server_slot {
     int fd;                             /* the connection; -1: none */
+    bool reserved;                      /* holds room under the server-wide
+                                           connection limit
+                                           (conc__server_reserve), given
+                                           back when the request leaves */
     struct conc__server_slot *prev, *next;
+};
+
+/* A loop (coroutine or reactor) waiting for room under the server-wide
+ * connection limit: its eventfd is written when a connection of any loop
+ * ends while it is armed. */
+struct conc__server_gate {
+    int fd;                             /* eventfd; -1: none */
+    bool armed;                         /* waiting for room (mu) */
+    struct conc__server_gate *next;     /* the server's gates (mu) */
 };
 
 struct conc_server {
@@ -50,6 +63,12 @@ struct conc_server {
     bool loop_waits_slot;               /* the accepting loop is at the
                                            connection limit: wake it through
                                            slotfd when a request ends (mu) */
+    _Atomic long open;                  /* connections holding room under
+                                           max_connections, across the
+                                           loops of this process (the
+                                           reserved ones) */
+    _Atomic int gates_armed;            /* gates waiting for room */
+    struct conc__server_gate *gates;    /* the loops' gates (mu) */
     _Atomic int *worker_ready;          /* a PREFORK worker's: set to 1
                                            once its loop serves (memory
                                            the parent shares); NULL
@@ -74,6 +93,26 @@ CONC_HIDDEN void conc__server_leave(conc_server *s, struct conc__server_slot *sl
 /* The same, closing fd between (after the slot is unlinked, before the
  * count goes down). */
 CONC_HIDDEN void conc__server_leave_close(conc_server *s, struct conc__server_slot *slot, int fd);
+
+/* The server-wide connection limit of the loops (COROUTINE, REACTOR and
+ * each PREFORK worker's): a loop takes room for a connection before it
+ * accepts one (or reads a datagram), so that the loops together never
+ * serve more than max_connections at once.  reserve returns true when it
+ * took room (always without a limit: nothing is counted then); unreserve
+ * gives it back and wakes the armed gates.  A slot whose `reserved` is set
+ * gives its room back when the request leaves. */
+CONC_HIDDEN bool conc__server_reserve(conc_server *s);
+CONC_HIDDEN void conc__server_unreserve(conc_server *s);
+/* A loop's gate: open makes its eventfd and links it (0 or -errno); close
+ * unlinks it and closes the eventfd.  arm, called when reserve said no,
+ * asks for a wake-up when room is made and tries again: true when it took
+ * room after all (the gate is then disarmed), false when the loop is to
+ * wait for the gate's fd to turn readable and then clear it
+ * (conc__server_gate_clear) and try again. */
+CONC_HIDDEN int conc__server_gate_open(conc_server *s, struct conc__server_gate *g);
+CONC_HIDDEN void conc__server_gate_close(conc_server *s, struct conc__server_gate *g);
+CONC_HIDDEN bool conc__server_gate_arm(conc_server *s, struct conc__server_gate *g);
+CONC_HIDDEN void conc__server_gate_clear(struct conc__server_gate *g);
 
 /* Runs setup/handle/finish for one request; returns 0 or the error. */
 CONC_HIDDEN int conc__server_run_handler(conc_server *s, conc_server_request *req);

@@ -15,6 +15,7 @@
 
 #include "conc/cpool.h"
 #include "conc/hub.h"
+#include "conc/process.h"
 #include "conc/selector.h"
 #include "conc/time.h"
 #include "conc/wait.h"
@@ -86,6 +87,7 @@ int conc__server_spawn(conc_server *s, conc_socket *c, const conc_sockaddr *peer
 struct cloop {
     conc_server *s;
     conc_cpool *pool;
+    struct conc__server_gate gate;  /* waits for room under max_connections */
     unsigned char *buf;             /* a datagram server's read buffer */
     size_t cap;
 };
@@ -109,10 +111,26 @@ static int take(struct cloop *l, conc_socket **c, conc_sockaddr *peer, size_t *l
     return 0;
 }
 
-/* The acceptor greenlet: takes connections (or datagrams) and spawns a
- * member of the pool for each (parking while the pool is full:
- * max_connections), and lets the others run after every ACCEPT_BATCH
- * taken without a wait. */
+/* Takes room for one more connection under the server-wide limit,
+ * parking while every loop's connections fill it.  0, or -ECANCELED
+ * (killed). */
+static int take_room(struct cloop *l)
+{
+    conc_server *s = l->s;
+    while (!conc__server_reserve(s)) {
+        if (conc__server_gate_arm(s, &l->gate))
+            return 0;
+        int rc = conc_fd_wait(l->gate.fd, POLLIN, CONC_FOREVER);
+        if (rc == -ECANCELED)
+            return rc;
+    }
+    return 0;
+}
+
+/* The acceptor greenlet: takes room under the connection limit (shared by
+ * the server's loops), then a connection (or datagram), and spawns a
+ * member of the pool for it, which gives the room back when it ends; it
+ * lets the others run after every ACCEPT_BATCH taken without a wait. */
 static void *acceptor_main(void *arg)
 {
     struct cloop *l = arg;
@@ -120,9 +138,13 @@ static void *acceptor_main(void *arg)
     conc_spawn_opts so;
     conc_coro_opts co;
     spawn_opts(s, &so, &co);
+    bool room = false;
     for (int taken = 0;; taken++) {
-        if (conc_cpool_full(l->pool) && conc_cpool_wait_available(l->pool, CONC_FOREVER) < 0)
-            break;
+        if (!room) {
+            if (take_room(l) < 0)
+                break;
+            room = true;
+        }
         if (taken == ACCEPT_BATCH) {
             taken = 0;
             if (conc_sleep(0) == -ECANCELED)
@@ -136,7 +158,7 @@ static void *acceptor_main(void *arg)
             break;              /* killed, or the socket cannot serve */
         if (rc == -EMFILE || rc == -ENFILE || rc == -ENOBUFS || rc == -ENOMEM) {
             if (conc_sleep(0.01) == -ECANCELED)
-                return NULL;
+                break;
             continue;
         }
         if (rc < 0)
@@ -152,6 +174,10 @@ static void *acceptor_main(void *arg)
             conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
                                                                  : CONC_FOREVER);
         struct conc__server_job *j = gjob_new(s, c, &peer, l->buf, len);
+        if (j) {
+            j->slot.reserved = true;    /* the room goes with the job */
+            room = false;
+        }
         conc_greenlet *g;
         rc = j ? conc_cpool_spawn(l->pool, &g, gjob_main, j, &so, CONC_FOREVER) : -ENOMEM;
         if (rc < 0) {
@@ -161,26 +187,32 @@ static void *acceptor_main(void *arg)
                 conc_socket_free(c);
             atomic_fetch_add(&s->st->failed, 1);
             if (rc == -ECANCELED)
-                return NULL;
+                break;
             continue;
         }
         conc_greenlet_free(g);
     }
+    if (room)
+        conc__server_unreserve(s);
     return NULL;
 }
 
 int conc__server_coro_loop(conc_server *s, int extra_fd)
 {
-    struct cloop l = { .s = s };
+    struct cloop l = { .s = s, .gate = { .fd = -1 } };
     if (s->type == SOCK_DGRAM) {
         l.cap = s->o.max_datagram ? s->o.max_datagram : 8192;
         l.buf = malloc(l.cap);
         if (!l.buf)
             return -ENOMEM;
     }
-    int rc = conc_cpool_new(&l.pool, s->o.max_connections > 0 ? (size_t)s->o.max_connections
-                                                               : CONC_CPOOL_UNBOUNDED);
+    /* The pool has no bound of its own: the room each connection takes
+     * (take_room) keeps the loops together within max_connections. */
+    int rc = s->o.max_connections > 0 ? conc__server_gate_open(s, &l.gate) : 0;
+    if (rc == 0)
+        rc = conc_cpool_new(&l.pool, CONC_CPOOL_UNBOUNDED);
     if (rc < 0) {
+        conc__server_gate_close(s, &l.gate);
         free(l.buf);
         return rc;
     }
@@ -192,6 +224,7 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
                                                  .stack = CONC_STACK_OWN });
     if (rc < 0) {
         conc_cpool_free(l.pool);
+        conc__server_gate_close(s, &l.gate);
         free(l.buf);
         return rc;
     }
@@ -216,6 +249,7 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
         conc_cpool_join(l.pool, CONC_FOREVER);
     }
     conc_cpool_free(l.pool);
+    conc__server_gate_close(s, &l.gate);
     conc_hub_free();
     free(l.buf);
     return rc;
@@ -231,18 +265,30 @@ struct loop_thread {
     pthread_t t;
 };
 
+/* One loop, counted in conc_server_stats.workers while it runs. */
+static int run_counted(conc_server *s, int (*loop)(conc_server *, int), int extra_fd)
+{
+    atomic_fetch_add(&s->st->workers, 1);
+    int rc = loop(s, extra_fd);
+    atomic_fetch_sub(&s->st->workers, 1);
+    return rc;
+}
+
 static void *loop_thread_main(void *arg)
 {
     struct loop_thread *lt = arg;
-    lt->rc = lt->loop(lt->s, lt->extra_fd);
+    lt->rc = run_counted(lt->s, lt->loop, lt->extra_fd);
     return NULL;
 }
 
 int conc__server_run_loops(conc_server *s, int (*loop)(conc_server *, int), int extra_fd)
 {
-    int n = s->o.workers > 0 ? s->o.workers : 1;
-    if (n == 1)
-        return loop(s, extra_fd);
+    /* COROUTINE: a hub per CPU by default (gevent's StreamServer on every
+     * core); REACTOR: one loop */
+    int n = s->o.workers > 0 ? s->o.workers
+          : s->o.model == CONC_SERVER_COROUTINE ? conc_process_cpu_count() : 1;
+    if (n <= 1)
+        return run_counted(s, loop, extra_fd);
     struct loop_thread *lt = calloc((size_t)n, sizeof *lt);
     if (!lt)
         return -ENOMEM;
@@ -257,7 +303,7 @@ int conc__server_run_loops(conc_server *s, int (*loop)(conc_server *, int), int 
         }
         started++;
     }
-    int r0 = loop(s, extra_fd);
+    int r0 = run_counted(s, loop, extra_fd);
     for (int i = 1; i <= started; i++) {
         pthread_join(lt[i].t, NULL);
         if (!rc && lt[i].rc < 0)
@@ -295,12 +341,15 @@ struct rloop {
     size_t wmax;
     int64_t idle;                   /* idle_timeout in ns; 0: none */
     bool listening;
+    struct conc__server_gate gate;  /* waits for room under max_connections */
+    bool gated;                     /* no room: the listener stays out until
+                                       the gate opens */
     bool one;                       /* handle_request: one request */
     bool taken;                     /* one: the request came */
     struct conc_server_conn *dead;  /* freed after the batch */
 };
 
-static char listener_tag, stop_tag, extra_tag;
+static char listener_tag, stop_tag, extra_tag, gate_tag;
 
 static void conn_update(struct conc_server_conn *c)
 {
@@ -482,18 +531,28 @@ static void set_listening(struct rloop *l, bool on)
 static void reactor_accept(struct rloop *l)
 {
     conc_server *s = l->s;
-    size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if ((lim && l->nconns >= lim) || (l->one && l->taken)) {
+        if (l->one && l->taken) {
             set_listening(l, false);
             return;
+        }
+        /* room under the limit the loops share, or the listener stays out
+         * until a connection of any loop ends and opens the gate */
+        if (!conc__server_reserve(s)) {
+            set_listening(l, false);
+            if (!conc__server_gate_arm(s, &l->gate)) {
+                l->gated = true;
+                return;
+            }
         }
         conc_sockaddr peer;
         memset(&peer, 0, sizeof peer);
         peer.len = sizeof peer.u;
         int fd = accept4(s->fd, &peer.u.sa, &peer.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+            int e = errno;
+            conc__server_unreserve(s);
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
                 conc_sleep(0.001);
             return;
         }
@@ -502,11 +561,13 @@ static void reactor_accept(struct rloop *l)
         if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
             atomic_fetch_add(&s->st->refused, 1);
             close(fd);
+            conc__server_unreserve(s);
             continue;
         }
         struct conc_server_conn *c = calloc(1, sizeof *c);
         if (!c) {
             close(fd);
+            conc__server_unreserve(s);
             atomic_fetch_add(&s->st->failed, 1);
             continue;
         }
@@ -517,6 +578,7 @@ static void reactor_accept(struct rloop *l)
         if (s->rh.on_accept && s->rh.on_accept(c, s->rh.user) < 0) {
             close(fd);
             free(c);
+            conc__server_unreserve(s);
             atomic_fetch_add(&s->st->refused, 1);
             continue;
         }
@@ -525,11 +587,13 @@ static void reactor_accept(struct rloop *l)
                 s->rh.on_close(c, -ENOMEM, s->rh.user);
             close(fd);
             free(c);
+            conc__server_unreserve(s);
             atomic_fetch_add(&s->st->failed, 1);
             continue;
         }
         c->events = CONC_EVENT_READ;
         conc__server_enter(s, &c->slot, fd);
+        c->slot.reserved = true;    /* conn_end gives the room back */
         c->last = l->idle ? conc_now() : 0;
         c->prev = l->conns.prev;    /* the newest last: oldest first */
         c->next = &l->conns;
@@ -645,7 +709,7 @@ static void free_dead(struct rloop *l)
  * until). */
 static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
 {
-    struct rloop l = { .s = s, .one = one };
+    struct rloop l = { .s = s, .one = one, .gate = { .fd = -1 } };
     /* beyond 4e9 s (126 years) there is no limit, and last + idle cannot
      * overflow */
     double it = s->o.idle_timeout;
@@ -660,7 +724,15 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     unsigned char *buf = malloc(bufsize);
     conc_selector_event *ev = malloc(256 * sizeof *ev);
     int rc = buf && ev ? conc_selector_new(&l.sel, CONC_SELECTOR_EPOLL) : -ENOMEM;
+    if (rc == 0 && s->o.max_connections > 0 && s->type == SOCK_STREAM) {
+        rc = conc__server_gate_open(s, &l.gate);
+        if (rc == 0)
+            rc = conc_selector_register(l.sel, l.gate.fd, CONC_EVENT_READ, &gate_tag);
+        if (rc < 0)
+            conc_selector_free(l.sel);
+    }
     if (rc < 0) {
+        conc__server_gate_close(s, &l.gate);
         free(buf);
         free(ev);
         return rc;
@@ -675,7 +747,6 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     }
     bool stopping = false;
     int64_t deadline = CONC_NO_DEADLINE;
-    size_t lim = s->o.max_connections > 0 ? (size_t)s->o.max_connections : 0;
     rc = 0;
     for (;;) {
         if ((stopping || (one && l.taken)) && l.nconns == 0)
@@ -720,6 +791,9 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
                     reactor_datagrams(&l, buf, bufsize);
                 else
                     reactor_accept(&l);
+            } else if (d == &gate_tag) {
+                conc__server_gate_clear(&l.gate);
+                l.gated = false;    /* room was made: listen again */
             } else if (d == &stop_tag || d == &extra_tag) {
                 if (!stopping) {
                     stopping = true;
@@ -738,13 +812,14 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
         free_dead(&l);
         /* handle_request's listener stays out once its request came: a
          * connection waiting in the backlog would wake the loop at once */
-        if (!stopping && !l.listening && !(one && l.taken) && (!lim || l.nconns < lim))
+        if (!stopping && !l.listening && !(one && l.taken) && !l.gated)
             set_listening(&l, true);
     }
     while (l.conns.next != &l.conns)
         conn_end(l.conns.next, -ECANCELED);
     free_dead(&l);
     conc_selector_free(l.sel);
+    conc__server_gate_close(s, &l.gate);
     free(buf);
     free(ev);
     return rc;

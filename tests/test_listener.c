@@ -516,6 +516,63 @@ Test(listener, address_parse, .timeout = 60)
     cr_assert(CONC_IS_EAI(r), "%d", r);
 }
 
+/* HOST:SERVICE is TCP whatever SERVICE is, a port or a service name; only
+ * a '/' (or a bare name without a ':') makes a path.  A service name that
+ * the services database does not know is an error, never a Unix path. */
+Test(listener, address_parse_services, .timeout = 60)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_address_parse(&a, "127.0.0.1:http"), 0);
+    cr_expect_eq(a.u.sa.sa_family, AF_INET);
+    cr_expect_eq(conc_sockaddr_port(&a), 80);
+    cr_assert_eq(conc_address_parse(&a, "localhost:http"), 0);
+    cr_expect(a.u.sa.sa_family == AF_INET || a.u.sa.sa_family == AF_INET6);
+    cr_expect_eq(conc_sockaddr_port(&a), 80);
+    cr_assert_eq(conc_address_parse(&a, "[::1]:ftp"), 0);
+    cr_expect_eq(a.u.sa.sa_family, AF_INET6);
+    cr_expect_eq(conc_sockaddr_port(&a), 21);
+    cr_assert_eq(conc_address_parse(&a, "[::1]:8080"), 0);
+    cr_expect_eq(conc_sockaddr_port(&a), 8080);
+    cr_assert_eq(conc_address_parse(&a, "localhost:5000"), 0);
+    cr_expect(a.u.sa.sa_family == AF_INET || a.u.sa.sa_family == AF_INET6);
+    cr_expect_eq(conc_sockaddr_port(&a), 5000);
+    cr_assert_eq(conc_address_parse(&a, ":https"), 0);
+    cr_expect_eq(a.u.sa.sa_family, AF_INET);
+    cr_expect_eq(conc_sockaddr_port(&a), 443);
+
+    /* Paths: a '/' anywhere, or no ':' at all. */
+    cr_assert_eq(conc_address_parse(&a, "./sock:http"), 0);
+    cr_expect_eq(a.u.sa.sa_family, AF_UNIX);
+    cr_assert_eq(conc_address_parse(&a, "dir/host:5000"), 0);
+    cr_expect_eq(a.u.sa.sa_family, AF_UNIX);
+    cr_assert_eq(conc_address_parse(&a, "plain-name"), 0);
+    cr_expect_eq(a.u.sa.sa_family, AF_UNIX);
+
+    /* Bad services and hosts: clear errors, never a path. */
+    cr_expect_eq(conc_address_parse(&a, "localhost:no-such-service-here"), CONC_EAI_SERVICE);
+    cr_expect_eq(conc_address_parse(&a, "[::1]:no-such-service-here"), CONC_EAI_SERVICE);
+    cr_expect_eq(conc_address_parse(&a, "host:a b"), -EINVAL);
+    cr_expect_eq(conc_address_parse(&a, "host:-"), CONC_EAI_SERVICE);
+    cr_expect_eq(conc_address_parse(&a, "::1:80"), -EINVAL, "IPv6 needs brackets");
+    cr_expect_eq(conc_address_parse(&a, "a:b:http"), -EINVAL);
+    cr_expect_eq(conc_address_parse(&a, "[::1]:"), -EINVAL);
+    char longsvc[80];
+    memset(longsvc, 'x', sizeof longsvc - 1);
+    memcpy(longsvc, "h:", 2);
+    longsvc[sizeof longsvc - 1] = '\0';
+    cr_expect_eq(conc_address_parse(&a, longsvc), -EINVAL);
+
+    /* A listener and a client take a service name too. */
+    conc_listener *l;
+    conc_listener_opts o = CONC_LISTENER_OPTS_INIT;
+    o.insecure = true;
+    cr_expect_eq(conc_listener_new(&l, "127.0.0.1:no-such-service-here", &o), CONC_EAI_SERVICE);
+    conc_conn *c = NULL;
+    cr_expect_eq(conc_client_connect(&c, "127.0.0.1:no-such-service-here", NULL, GUARD),
+                 CONC_EAI_SERVICE);
+    cr_expect_null(c);
+}
+
 /* ------------------------------------------------------ authentication */
 
 Test(listener, wrong_authkey_refused_on_both_sides, .timeout = 60)

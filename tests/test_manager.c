@@ -980,9 +980,12 @@ static void *parked_main(void *arg)
     return NULL;
 }
 
-/* The server serves from one thread: while four clients are parked in
- * Queue.get, Event.wait, Lock.acquire and Condition.wait, eight processes
- * get exact results; then each parked call ends with what satisfied it. */
+/* The server serves from a fixed set of threads, not a thread per
+ * connection: while four clients are parked in Queue.get, Event.wait,
+ * Lock.acquire and Condition.wait (on connections dealt to different
+ * threads), eight processes get exact results and the server's threads
+ * stay as many as before; then each parked call ends with what satisfied
+ * it, whichever thread the call that satisfied it ran in. */
 Test(manager, others_served_while_calls_are_parked, .timeout = 120)
 {
     conc_manager *m = started(NULL);
@@ -1008,9 +1011,12 @@ Test(manager, others_served_while_calls_are_parked, .timeout = 120)
     /* This takes the Condition's lock once its waiter has released it in
      * wait: the waiter is then on the Condition's list. */
     cr_assert_eq(conc_proxy_acquire(cv, GUARD), 0);
-    cr_expect_eq(threads_of(conc_manager_pid(m)), 1, "one thread serves every connection");
+    int threads = threads_of(conc_manager_pid(m));
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cr_expect(threads >= 1 && threads <= (cpus < 4 ? cpus : 4),
+              "one thread per CPU, at most 4: %d", threads);
     run_workers_exact(m);
-    cr_expect_eq(threads_of(conc_manager_pid(m)), 1);
+    cr_expect_eq(threads_of(conc_manager_pid(m)), threads, "no thread per connection");
     for (int i = 0; i < 4; i++)
         cr_expect_eq(__atomic_load_n(&a[i].r, __ATOMIC_ACQUIRE), 1, "call %d still parked", i);
     cr_expect_eq(conc_proxy_queue_put(q, "late", 4, 0), 0);
@@ -1026,6 +1032,53 @@ Test(manager, others_served_while_calls_are_parked, .timeout = 120)
     }
     cr_expect_str_eq(a[0].got, "late");
     conc_manager_free(m);
+}
+
+/* opts.threads sets the server's threads (the accept loop's counted); a
+ * server with registered types runs in one, whatever is asked. */
+static int noop_create(void **obj, const void *arg, size_t len, void *ctx)
+{
+    (void)arg, (void)len, (void)ctx;
+    *obj = NULL;
+    return 0;
+}
+
+static int noop_call(void *obj, const char *method, const void *arg, size_t len, void **out,
+                     size_t *out_len, void *ctx)
+{
+    (void)obj, (void)method, (void)arg, (void)len, (void)ctx;
+    *out = NULL;
+    *out_len = 0;
+    return 0;
+}
+
+Test(manager, server_threads_as_asked, .timeout = 60)
+{
+    for (unsigned want = 1; want <= 3; want++) {
+        conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+        o.threads = want;
+        conc_manager *m = started(&o);
+        conc_proxy *d = make(m, CONC_PROXY_DICT, 0, 0);
+        cr_expect_eq(conc_proxy_dict_set(d, "k", 1, "v", 1), 0);
+        cr_expect_eq(threads_of(conc_manager_pid(m)), (int)want);
+        conc_proxy_free(d);
+        conc_manager_free(m);
+    }
+    conc_manager_opts o = CONC_MANAGER_OPTS_INIT;
+    o.threads = 3;
+    conc_manager *m;
+    cr_assert_eq(conc_manager_new(&m, &o), 0);
+    conc_manager_type t = { .size = sizeof t, .create = noop_create, .call = noop_call };
+    cr_assert_eq(conc_manager_register(m, "noop", &t), 0);
+    cr_assert_eq(conc_manager_start(m), 0);
+    conc_proxy *u;
+    cr_assert_eq(conc_manager_create_user(m, &u, "noop", NULL, NULL, 0), 0);
+    cr_expect_eq(conc_proxy_call(u, "x", NULL, 0, NULL, NULL), 0);
+    cr_expect_eq(threads_of(conc_manager_pid(m)), 1, "registered types: one thread");
+    conc_proxy_free(u);
+    conc_manager_free(m);
+    o.threads = CONC_MANAGER_THREADS_MAX + 1;
+    cr_expect_eq(conc_manager_new(&m, &o), -EINVAL);
 }
 
 /* A client killed while parked in Queue.get takes nothing with it: the

@@ -32,7 +32,7 @@ enum {
     OP_V_GET, OP_V_SET, OP_A_LEN, OP_A_GET, OP_A_SET,
     OP_Q_PUT, OP_Q_GET, OP_Q_SIZE, OP_Q_TASK_DONE, OP_Q_JOIN,
     OP_ACQUIRE, OP_RELEASE, OP_E_SET, OP_E_CLEAR, OP_E_IS_SET, OP_E_WAIT, OP_C_WAIT,
-    OP_C_NOTIFY, OP_B_WAIT, OP_B_ABORT, OP_B_RESET, OP_B_INFO, OP_CALL, OP_END
+    OP_C_NOTIFY, OP_B_WAIT, OP_B_ABORT, OP_B_RESET, OP_B_INFO, OP_CALL, OP_Q_INFO, OP_END
 };
 #define HELLO "#CONC-MANAGER-1#"
 
@@ -199,6 +199,12 @@ Test(manager_answers, negative_counts_are_eproto, .timeout = 60)
     cr_expect_eq(conc_proxy_list_len(l), -EPROTO);
     cr_expect_eq(conc_proxy_array_len(a), -EPROTO);
     cr_expect_eq(conc_proxy_queue_qsize(q), -EPROTO);
+    answer(OP_Q_INFO, 3, 2);                          /* maxsize 3, qsize 2 */
+    cr_expect_eq(conc_proxy_queue_full(q), 0);
+    answer(OP_Q_INFO, 3, -1);
+    cr_expect_eq(conc_proxy_queue_full(q), -EPROTO);
+    answer(OP_Q_INFO, 0, INT64_MIN);
+    cr_expect_eq(conc_proxy_queue_empty(q), -EPROTO);
     /* An error status is still the error. */
     answer(OP_D_LEN, -ENOENT, 0);
     cr_expect_eq(conc_proxy_dict_len(d), -ENOENT);

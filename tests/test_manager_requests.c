@@ -44,7 +44,7 @@ enum {
     OP_V_GET, OP_V_SET, OP_A_LEN, OP_A_GET, OP_A_SET,
     OP_Q_PUT, OP_Q_GET, OP_Q_SIZE, OP_Q_TASK_DONE, OP_Q_JOIN,
     OP_ACQUIRE, OP_RELEASE, OP_E_SET, OP_E_CLEAR, OP_E_IS_SET, OP_E_WAIT, OP_C_WAIT,
-    OP_C_NOTIFY, OP_B_WAIT, OP_B_ABORT, OP_B_RESET, OP_B_INFO, OP_CALL, OP_END
+    OP_C_NOTIFY, OP_B_WAIT, OP_B_ABORT, OP_B_RESET, OP_B_INFO, OP_CALL, OP_Q_INFO, OP_END
 };
 
 static __thread uint64_t rng;        /* each thread its own sequence */

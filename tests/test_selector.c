@@ -317,6 +317,60 @@ Test(selector, check_files_off_is_the_kernel_s_way)
     close(sv[1]);
 }
 
+/* With the check off, epoll's register, modify and unregister take no
+ * fstat of their own, and refuse what they refused with it: a closed
+ * descriptor (-EBADF), a regular file or a directory (-EPERM); poll keeps
+ * its check (poll would call a file always ready). */
+Test(selector, check_files_off_still_refuses_files)
+{
+    int before = count_fds();
+    int file = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    int dir = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_geq(file, 0);
+    cr_assert_geq(dir, 0);
+    for (size_t b = 0; b < NB; b++) {
+        conc_selector *s;
+        cr_assert_eq(conc_selector_new(&s, backends[b]), 0);
+        cr_assert_eq(conc_selector_set_check_files(s, false), 0);
+        cr_expect_eq(conc_selector_register(s, file, CONC_EVENT_READ, NULL), -EPERM,
+                     "backend %d", backends[b]);
+        cr_expect_eq(conc_selector_register(s, dir, CONC_EVENT_READ, NULL), -EPERM);
+        int sv[2];
+        pair(sv);
+        int num = sv[0];
+        close(sv[0]);
+        close(sv[1]);
+        cr_expect_eq(conc_selector_register(s, num, CONC_EVENT_READ, NULL), -EBADF);
+        cr_expect_eq(conc_selector_count(s), 0);
+        pair(sv);
+        int data = 7;
+        cr_assert_eq(conc_selector_register(s, sv[0], CONC_EVENT_READ, NULL), 0);
+        cr_expect_eq(conc_selector_register(s, sv[0], CONC_EVENT_READ, NULL), -EEXIST);
+        conc_selector_event ev[2];
+        cr_expect_eq(conc_selector_select(s, ev, 2, 0), -EAGAIN);
+        cr_assert_eq(write(sv[1], "x", 1), 1);
+        cr_assert_eq(conc_selector_modify(s, sv[0], CONC_EVENT_READ | CONC_EVENT_WRITE, &data),
+                     0);
+        cr_assert_eq(conc_selector_select(s, ev, 2, 0), 1);
+        cr_expect_eq(ev[0].key.data, &data);
+        cr_expect_eq(ev[0].events, CONC_EVENT_READ | CONC_EVENT_WRITE);
+        /* back on: the key registered without a check is checked now */
+        cr_assert_eq(conc_selector_set_check_files(s, true), 0);
+        cr_assert_eq(conc_selector_select(s, ev, 2, 0), 1);
+        cr_expect_eq(ev[0].key.fd, sv[0]);
+        cr_assert_eq(conc_selector_set_check_files(s, false), 0);
+        cr_assert_eq(conc_selector_unregister(s, sv[0], NULL), 0);
+        cr_expect_eq(conc_selector_select(s, ev, 2, 0), -EAGAIN);
+        cr_expect_eq(conc_selector_count(s), 0);
+        close(sv[0]);
+        close(sv[1]);
+        conc_selector_free(s);
+    }
+    close(file);
+    close(dir);
+    cr_expect_eq(count_fds(), before);
+}
+
 /* --------------------------------------------------- the select limit */
 
 Test(selector, select_refuses_descriptors_from_1024)

@@ -41,6 +41,7 @@
 
 #include "conc.h"
 #include "support/fd_count.h"
+#include "support/server_test.h"
 #include "support/task_state.h"
 
 #define GUARD 20.0
@@ -82,13 +83,6 @@ static void note_frame(uintptr_t f)
     int k = atomic_fetch_add(&nframes, 1);
     if (k < MAX_FRAMES)
         atomic_store(&frames[k], f);
-}
-
-static void upper(char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] >= 'a' && p[i] <= 'z')
-            p[i] = (char)(p[i] - 'a' + 'A');
 }
 
 static _Atomic int setups, finishes;
@@ -138,16 +132,7 @@ static const conc_server_handler echo_handler = {
     .setup = echo_setup, .handle = echo_handle, .finish = echo_finish,
 };
 
-static int r_data(conc_server_conn *c, const void *data, size_t len, void *user)
-{
-    (void)user;
-    char buf[65536];
-    memcpy(buf, data, len);
-    upper(buf, len);
-    return conc_server_conn_write(c, buf, len);
-}
-
-static const conc_server_reactor_handler reactor_handler = { .on_data = r_data };
+static const conc_server_reactor_handler reactor_handler = { .on_data = upper_on_data };
 
 /* ------------------------------------------------------------- serving */
 
@@ -180,6 +165,57 @@ static void stop(struct running *r)
     cr_assert_eq(conc_server_shutdown_wait(r->s, GUARD), 0);
     pthread_join(r->t, NULL);
     cr_assert_eq(r->rc, 0, "serve_forever: %s", conc_strerror(r->rc));
+}
+
+/* A prefork server of type with two workers and handler h, the options
+ * of extra besides, on 127.0.0.1 (port 0), serving in r's thread once both
+ * workers are alive. */
+static void wait_workers(conc_server *s, uint64_t workers, uint64_t restarts);
+
+static conc_server *start_prefork(struct running *r, int type, const conc_server_handler *h,
+                                  const conc_server_opts *extra)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = *extra;
+    o.size = sizeof o;
+    o.model = CONC_SERVER_PREFORK;
+    o.workers = 2;
+    conc_server *s;
+    int rc = conc_server_new(&s, type, &a, h, &o);
+    cr_assert_eq(rc, 0, "new: %s", conc_strerror(rc));
+    start(r, s);
+    wait_workers(s, 2, 0);
+    return s;
+}
+
+/* Stops the server, checks how many requests finished and failed (none
+ * is left in flight) and frees it. */
+static void stop_and_free(struct running *r, uint64_t finished, uint64_t failed)
+{
+    stop(r);
+    conc_server_stats st;
+    cr_assert_eq(conc_server_get_stats(r->s, &st), 0);
+    cr_assert_eq(st.finished, finished, "%llu finished", (unsigned long long)st.finished);
+    cr_assert_eq(st.failed, failed, "%llu failed", (unsigned long long)st.failed);
+    cr_assert_eq(st.active, 0);
+    conc_server_free(r->s);
+}
+
+/* Waits until at least `workers` prefork workers are alive and at least
+ * `restarts` were replaced. */
+static void wait_workers(conc_server *s, uint64_t workers, uint64_t restarts)
+{
+    int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+    for (;;) {
+        conc_server_stats st;
+        cr_assert_eq(conc_server_get_stats(s, &st), 0);
+        if (st.workers >= workers && st.worker_restarts >= restarts)
+            return;
+        cr_assert_lt(conc_now(), end, "%llu workers, %llu restarts",
+                     (unsigned long long)st.workers, (unsigned long long)st.worker_restarts);
+        conc_sleep(0.001);
+    }
 }
 
 static conc_server *make(conc_server_model model, int type, int workers)
@@ -309,31 +345,6 @@ static void exchange(int fd, const char *msg, size_t piece)
     CHECK(strcmp(got, want) == 0, "got '%s', want '%s'", got, want);
     free(want);
     free(got);
-}
-
-static void *nothing(void *arg)
-{
-    return arg;
-}
-
-/* The descriptor count to come back to, taken after the first coroutine
- * stack of the process was made (its pidfd, opened once, is kept). */
-static int base_fds(void)
-{
-    conc_greenlet *g;
-    cr_assert_eq(conc_greenlet_spawn(&g, nothing, NULL, NULL), 0);
-    cr_assert_eq(conc_greenlet_join(g, GUARD), 0);
-    conc_greenlet_free(g);
-    cr_assert_eq(conc_hub_free(), 0);
-    return count_fds();
-}
-
-static void no_children(void)
-{
-    siginfo_t si;
-    memset(&si, 0, sizeof si);
-    int rc = waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT);
-    cr_assert(rc == -1 && errno == ECHILD, "a child is left (pid %d)", (int)si.si_pid);
 }
 
 enum { N = 16, ROUNDS = 20 };
@@ -486,9 +497,20 @@ MODEL_TEST(coroutine_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 COPIED_TEST(coroutine_copied_silent_client, silent_client, CONC_SERVER_COROUTINE, 1)
 MODEL_TEST(reactor_silent_client, silent_client, CONC_SERVER_REACTOR, 1)
 
+struct resets_arg {
+    conc_server *s;
+    int go;                         /* >= 0: wait for a byte here first */
+    int go_w;                       /* the pipe's other end, closed first */
+};
+
 static void resetting_clients(void *arg)
 {
-    conc_server *s = arg;
+    struct resets_arg *ra = arg;
+    conc_server *s = ra->s;
+    if (ra->go >= 0) {
+        close(ra->go_w);            /* the test's end: its death is EOF */
+        hs_recv(ra->go);
+    }
     for (int i = 0; i < 10; i++) {
         int fd = dial(s);
         exchange(fd, "first part", 4);
@@ -503,18 +525,105 @@ static void resetting_clients(void *arg)
     close(fd);
 }
 
+/* The prefork workers: this process's children but the clients'. */
+static int workers_of(pid_t clients, pid_t *out, int cap)
+{
+    pid_t all[16];
+    int n = children(all, 16), k = 0;
+    for (int i = 0; i < n && k < cap; i++)
+        if (all[i] != clients)
+            out[k++] = all[i];
+    return k;
+}
+
+/* The descriptors process pid has open (and, into what, which). */
+static int proc_fds(pid_t pid, char *what, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "%s: %s", path, strerror(errno));
+    int n = 0;
+    size_t used = 0;
+    if (cap)
+        what[0] = '\0';
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.')
+            continue;
+        n++;
+        char lp[96], target[64];
+        snprintf(lp, sizeof lp, "%s/%.16s", path, e->d_name);
+        ssize_t m = readlink(lp, target, sizeof target - 1);
+        target[m > 0 ? m : 0] = '\0';
+        if (used < cap)
+            used += (size_t)snprintf(what + used, cap - used, " %s=%s", e->d_name, target);
+    }
+    closedir(d);
+    return n;
+}
+
 /* Clients that reset in the middle of a request: the server goes on,
- * nothing leaks. */
+ * nothing leaks, in the server's process nor in a prefork server's
+ * workers (their descriptors are counted before the resets, once they
+ * wait for clients, and after them, once they wait again). */
 static void resets(conc_server_model model, int workers)
 {
     int fds = base_fds();
     conc_server *s = make(model, SOCK_STREAM, workers);
-    pid_t clients = client_proc(resetting_clients, s);
+    bool prefork = model == CONC_SERVER_PREFORK;
+    int go[2] = { -1, -1 };
+    if (prefork)
+        cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    struct resets_arg ra = { s, go[0], go[1] };
+    pid_t clients = client_proc(resetting_clients, &ra);
+    if (prefork)
+        close(go[0]);
     struct running r;
     start(&r, s);
+    pid_t kids[8];
+    int kid_fds[8], nk = 0;
+    char kid_what[8][1024];
+    if (prefork) {
+        int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+        while ((nk = workers_of(clients, kids, 8)) < workers) {
+            cr_assert_lt(conc_now(), end, "the workers never started");
+            conc_sleep(0.001);
+        }
+        cr_assert_eq(nk, workers);
+        for (int i = 0; i < nk; i++) {
+            wait_proc_in_epoll(kids[i]);
+            kid_fds[i] = proc_fds(kids[i], kid_what[i], sizeof kid_what[i]);
+        }
+        hs_send(go[1]);
+        close(go[1]);
+    }
     client_proc_wait(clients);
-    stop(&r);
     conc_server_stats st;
+    if (prefork) {
+        /* every connection ended (each closes before it is counted out) */
+        int64_t end = conc_now() + (int64_t)(GUARD * 1e9);
+        for (;;) {
+            conc_server_get_stats(s, &st);
+            if (st.accepted == 11 && st.active == 0 && st.finished + st.failed == 11)
+                break;
+            cr_assert_lt(conc_now(), end, "the requests never ended");
+            conc_sleep(0.001);
+        }
+        pid_t now[8];
+        cr_assert_eq(workers_of(clients, now, 8), nk, "a worker was replaced");
+        for (int i = 0; i < nk; i++) {
+            bool same = false;
+            for (int j = 0; j < nk; j++)
+                same |= now[j] == kids[i];
+            cr_assert(same, "worker %d was replaced", (int)kids[i]);
+            wait_proc_in_epoll(kids[i]);
+            char what[1024];
+            int n = proc_fds(kids[i], what, sizeof what);
+            cr_assert_eq(n, kid_fds[i], "worker %d: %d descriptors before the resets (%s), "
+                         "%d after (%s)", (int)kids[i], kid_fds[i], kid_what[i], n, what);
+        }
+    }
+    stop(&r);
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.accepted, 11);
     cr_assert_eq(st.active, 0);
@@ -722,58 +831,18 @@ static void on_exit_hook(conc_server *s, pid_t pid, int status, void *user)
         atomic_fetch_add(&exits, 1);
 }
 
-/* The pids of this process's children (from /proc). */
-static int children(pid_t *out, int cap)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)conc_thread_get_native_id());
-    int n = 0;
-    /* the server's thread forked them: look in every task */
-    DIR *d = opendir("/proc/self/task");
-    cr_assert_not_null(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && n < cap) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "/proc/self/task/%.16s/children", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        int pid;
-        while (n < cap && fscanf(f, "%d", &pid) == 1)
-            out[n++] = pid;
-        fclose(f);
-    }
-    closedir(d);
-    return n;
-}
-
 Test(server, prefork_killed_worker_is_replaced, .timeout = 60)
 {
     int fds = base_fds();
-    conc_sockaddr a;
-    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
-    conc_server_opts o = CONC_SERVER_OPTS_INIT;
-    o.model = CONC_SERVER_PREFORK;
-    o.workers = 2;
-    o.on_worker_exit = on_exit_hook;
-    conc_server *s;
-    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
     struct running r;
-    start(&r, s);
+    conc_server *s = start_prefork(&r, SOCK_STREAM, &echo_handler,
+                                   &(conc_server_opts){ .on_worker_exit = on_exit_hook });
     conc_server_stats st;
-    do {
-        conc_sleep(0.001);
-        conc_server_get_stats(s, &st);
-    } while (st.workers < 2);
     pid_t kids[8];
     int n = children(kids, 8);
     cr_assert_eq(n, 2, "%d children", n);
     cr_assert_eq(kill(kids[0], SIGKILL), 0);
-    do {
-        conc_sleep(0.001);
-        conc_server_get_stats(s, &st);
-    } while (st.worker_restarts < 1 || st.workers < 2);
+    wait_workers(s, 2, 1);
     cr_assert_eq(atomic_load(&exits), 1);
     cr_assert_eq(atomic_load(&exited_pid), kids[0]);
     pid_t now[8];
@@ -1048,24 +1117,12 @@ static int pid_handle(conc_server_request *req)
 static void prefork_reuse_port(int type)
 {
     int fds = base_fds();
-    conc_sockaddr a;
-    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
-    conc_server_opts o = CONC_SERVER_OPTS_INIT;
-    o.model = CONC_SERVER_PREFORK;
-    o.workers = 2;
-    o.reuse_port = true;
-    o.request_queue_size = 64;
-    conc_server *s;
-    cr_assert_eq(conc_server_new(&s, type, &a, &(conc_server_handler){ .handle = pid_handle },
-                                 &o), 0);
-    conc_server_address(s, &a);
     struct running r;
-    start(&r, s);
-    conc_server_stats st;
-    do {
-        conc_sleep(0.001);
-        conc_server_get_stats(s, &st);
-    } while (st.workers < 2);
+    conc_server *s = start_prefork(&r, type, &(conc_server_handler){ .handle = pid_handle },
+                                   &(conc_server_opts){ .reuse_port = true,
+                                                        .request_queue_size = 64 });
+    conc_sockaddr a;
+    conc_server_address(s, &a);
     pid_t kids[8];
     cr_assert_eq(children(kids, 8), 2);
     int seen[2] = { 0, 0 };
@@ -1092,6 +1149,7 @@ static void prefork_reuse_port(int type)
     }
     cr_assert(seen[0] && seen[1], "one worker served every client (%d, %d)", seen[0], seen[1]);
     stop(&r);
+    conc_server_stats st;
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.accepted, (uint64_t)answered);
     cr_assert_eq(st.finished, (uint64_t)answered);
@@ -1395,6 +1453,34 @@ static void hs_recv_guarded(int fd)
     hs_recv(fd);
 }
 
+/* A server serving in r's thread while clients in a process of their
+ * own (fn, given m) talk with the test over two pipes; started once the
+ * clients sent their first byte. */
+struct dialog {
+    struct running r;
+    struct nb_arg m;
+    int to_test[2], from_test[2];
+    pid_t clients;
+};
+
+static void dialog_start(struct dialog *d, conc_server *s, void (*fn)(void *))
+{
+    cr_assert_eq(pipe2(d->to_test, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(d->from_test, O_CLOEXEC), 0);
+    d->m = (struct nb_arg){ s, d->to_test[1], d->from_test[0] };
+    start(&d->r, s);
+    d->clients = client_proc(fn, &d->m);
+    hs_recv(d->to_test[0]);
+}
+
+static void dialog_close(struct dialog *d)
+{
+    close(d->to_test[0]);
+    close(d->to_test[1]);
+    close(d->from_test[0]);
+    close(d->from_test[1]);
+}
+
 static void nb_client(void *arg)
 {
     struct nb_arg *m = arg;
@@ -1419,29 +1505,20 @@ static void no_block_on_close(conc_server_model model)
     o.no_block_on_close = true;
     conc_server *s;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
-    int to_test[2], from_test[2];
-    cr_assert_eq(pipe2(to_test, O_CLOEXEC), 0);
-    cr_assert_eq(pipe2(from_test, O_CLOEXEC), 0);
-    struct nb_arg m = { s, to_test[1], from_test[0] };
-    struct running r;
-    start(&r, s);
-    pid_t clients = client_proc(nb_client, &m);
-    hs_recv(to_test[0]);
-    stop(&r);                           /* returns with the request in flight */
+    struct dialog d;
+    dialog_start(&d, s, nb_client);
+    stop(&d.r);                         /* returns with the request in flight */
     conc_server_stats st;
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.active, 1);
     cr_assert_eq(st.finished, 0);
-    hs_send(from_test[1]);
-    hs_recv(to_test[0]);
+    hs_send(d.from_test[1]);
+    hs_recv(d.to_test[0]);
     cr_assert_eq(conc_server_close(s), 0);      /* does not wait either */
     conc_server_free(s);
-    hs_send(from_test[1]);
-    client_proc_wait(clients);
-    close(to_test[0]);
-    close(to_test[1]);
-    close(from_test[0]);
-    close(from_test[1]);
+    hs_send(d.from_test[1]);
+    client_proc_wait(d.clients);
+    dialog_close(&d);
     int64_t deadline = conc_now() + (int64_t)(GUARD * 1e9);
     int n;
     for (;;) {                          /* the request ends with its client */
@@ -1501,14 +1578,8 @@ Test(server, forking_max_children_makes_clients_wait, .timeout = 60)
     o.request_queue_size = 8;
     conc_server *s;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &echo_handler, &o), 0);
-    int to_test[2], from_test[2];
-    cr_assert_eq(pipe2(to_test, O_CLOEXEC), 0);
-    cr_assert_eq(pipe2(from_test, O_CLOEXEC), 0);
-    struct nb_arg m = { s, to_test[1], from_test[0] };
-    struct running r;
-    start(&r, s);
-    pid_t clients = client_proc(mc_clients, &m);
-    hs_recv(to_test[0]);
+    struct dialog d;
+    dialog_start(&d, s, mc_clients);
     conc_server_stats st;
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.accepted, 2, "%llu accepted with max_children 2",
@@ -1521,18 +1592,15 @@ Test(server, forking_max_children_makes_clients_wait, .timeout = 60)
         conc_sleep(0.001);
     }
     cr_assert_eq(st.accepted, 2);
-    hs_send(from_test[1]);
-    client_proc_wait(clients);
-    stop(&r);
+    hs_send(d.from_test[1]);
+    client_proc_wait(d.clients);
+    stop(&d.r);
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.accepted, 3);
     cr_assert_eq(st.finished, 3);
     cr_assert_eq(st.active, 0);
     conc_server_free(s);
-    close(to_test[0]);
-    close(to_test[1]);
-    close(from_test[0]);
-    close(from_test[1]);
+    dialog_close(&d);
     cr_assert_eq(count_fds(), fds);
     no_children();
 }
@@ -1549,7 +1617,7 @@ static int bp_data(conc_server_conn *c, const void *data, size_t len, void *user
     size_t p = conc_server_conn_pending(c);
     if (p > atomic_load(&max_pending))
         atomic_store(&max_pending, p);
-    return r_data(c, data, len, NULL);
+    return upper_on_data(c, data, len, NULL);
 }
 
 static void bp_drain(conc_server_conn *c, void *user)
@@ -1815,22 +1883,30 @@ static void idle_close(conc_server_conn *c, int err, void *user)
     atomic_fetch_add(err == -ETIMEDOUT ? &idle_closes : &other_closes, 1);
 }
 
+/* A reactor server with idle_timeout t whose on_close counts the
+ * connections closed for being idle and the others. */
+static conc_server *idle_reactor(double t)
+{
+    atomic_store(&idle_closes, 0);
+    atomic_store(&other_closes, 0);
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.idle_timeout = t;
+    conc_server_reactor_handler h = reactor_handler;
+    h.on_close = idle_close;
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    return s;
+}
+
 /* A reactor connection that sends nothing for idle_timeout is closed and
  * on_close gets -ETIMEDOUT, also while another client keeps the loop busy;
  * the busy one is not closed. */
 Test(server, reactor_idle_timeout_closes_silent_connections, .timeout = 60)
 {
     int fds = base_fds();
-    atomic_store(&idle_closes, 0);
-    atomic_store(&other_closes, 0);
-    conc_sockaddr a;
-    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
-    conc_server_opts o = CONC_SERVER_OPTS_INIT;
-    o.idle_timeout = 1.0;
-    conc_server_reactor_handler h = reactor_handler;
-    h.on_close = idle_close;
-    conc_server *s;
-    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    conc_server *s = idle_reactor(1.0);
     struct running r;
     start(&r, s);
     int silent = dial(s);
@@ -1867,16 +1943,7 @@ Test(server, reactor_idle_timeout_closes_silent_connections, .timeout = 60)
 Test(server, reactor_handle_request_idle_timeout, .timeout = 60)
 {
     int fds = base_fds();
-    atomic_store(&idle_closes, 0);
-    atomic_store(&other_closes, 0);
-    conc_sockaddr a;
-    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
-    conc_server_opts o = CONC_SERVER_OPTS_INIT;
-    o.idle_timeout = 0.01;
-    conc_server_reactor_handler h = reactor_handler;
-    h.on_close = idle_close;
-    conc_server *s;
-    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
+    conc_server *s = idle_reactor(0.01);
     int fd = dial(s);
     cr_assert_eq(conc_server_handle_request(s, GUARD), 0);
     cr_assert_eq(atomic_load(&idle_closes), 1);
@@ -2158,23 +2225,11 @@ Test(server, prefork_handle_request_worker_killed, .timeout = 60)
 Test(server, prefork_reuse_port_worker_replaced, .timeout = 60)
 {
     int fds = base_fds();
-    conc_sockaddr a;
-    conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0);
-    conc_server_opts o = CONC_SERVER_OPTS_INIT;
-    o.model = CONC_SERVER_PREFORK;
-    o.workers = 2;
-    o.reuse_port = true;
-    conc_server *s;
-    cr_assert_eq(conc_server_new(&s, SOCK_DGRAM, &a, &(conc_server_handler){ .handle = pid_handle },
-                                 &o), 0);
-    conc_server_address(s, &a);
     struct running r;
-    start(&r, s);
-    conc_server_stats st;
-    do {
-        conc_sleep(0.001);
-        conc_server_get_stats(s, &st);
-    } while (st.workers < 2);
+    conc_server *s = start_prefork(&r, SOCK_DGRAM, &(conc_server_handler){ .handle = pid_handle },
+                                   &(conc_server_opts){ .reuse_port = true });
+    conc_sockaddr a;
+    conc_server_address(s, &a);
     for (int life = 0; life < 2; life++) {
         pid_t kids[8];
         cr_assert_eq(children(kids, 8), 2);
@@ -2197,10 +2252,7 @@ Test(server, prefork_reuse_port_worker_replaced, .timeout = 60)
         if (life == 0) {
             /* both workers are equal here: kill either, its slot is refilled */
             cr_assert_eq(kill(kids[1], SIGKILL), 0);
-            do {
-                conc_sleep(0.001);
-                conc_server_get_stats(s, &st);
-            } while (st.worker_restarts < 1 || st.workers < 2);
+            wait_workers(s, 2, 1);
         }
     }
     stop(&r);
@@ -2263,12 +2315,7 @@ Test(server, threading_request_socket_blocks_as_pythons, .timeout = 60)
     cr_assert_eq(fl & O_NONBLOCK, 0, "the request's descriptor is non-blocking");
     exchange(fd, "served by blocking reads", 3);
     close(fd);
-    stop(&r);
-    conc_server_stats st;
-    conc_server_get_stats(s, &st);
-    cr_assert_eq(st.finished, 1);
-    cr_assert_eq(st.failed, 0);
-    conc_server_free(s);
+    stop_and_free(&r, 1, 0);
 
     /* request_timeout: the descriptor stays non-blocking, a silent client
      * times out */
@@ -2282,6 +2329,7 @@ Test(server, threading_request_socket_blocks_as_pythons, .timeout = 60)
     stop(&r);
     fl = atomic_load(&probe_flags);
     cr_assert(fl >= 0 && (fl & O_NONBLOCK), "flags %#x", fl);
+    conc_server_stats st;
     conc_server_get_stats(s, &st);
     cr_assert_eq(st.failed, 1);
     cr_assert_eq(st.finished, 0);
@@ -2415,12 +2463,7 @@ Test(server, threading_handler_hub_parks_greenlets_not_the_thread, .timeout = 60
     read_exact(fd, buf, 4);
     cr_assert_eq(memcmp(buf, "PONG", 4), 0);
     close(fd);
-    stop(&r);
-    conc_server_stats st;
-    conc_server_get_stats(s, &st);
-    cr_assert_eq(st.finished, 1);
-    cr_assert_eq(st.failed, 0);
-    conc_server_free(s);
+    stop_and_free(&r, 1, 0);
     cr_assert_eq(count_fds(), fds);
 }
 
@@ -2479,12 +2522,7 @@ Test(server, threading_blocked_recv_outlives_a_signal, .timeout = 60)
     wait_thread_blocked(tid, GUARD);
     exchange(fd, "sent after the signal", 6);
     close(fd);
-    stop(&r);
-    conc_server_stats st;
-    conc_server_get_stats(s, &st);
-    cr_assert_eq(st.finished, 1);
-    cr_assert_eq(st.failed, 0);
-    conc_server_free(s);
+    stop_and_free(&r, 1, 0);
     sigaction(SIGUSR2, &old, NULL);
     cr_assert_eq(count_fds(), fds);
 }
@@ -2568,12 +2606,7 @@ Test(server, threading_detached_copy_is_non_blocking, .timeout = 60)
     cr_assert(fl >= 0 && (fl & O_NONBLOCK), "detached flags %#x", fl);
     exchange(fd, "and still served", 2);
     close(fd);
-    stop(&r);
-    conc_server_stats st;
-    conc_server_get_stats(s, &st);
-    cr_assert_eq(st.finished, 1);
-    cr_assert_eq(st.failed, 0);
-    conc_server_free(s);
+    stop_and_free(&r, 1, 0);
     cr_assert_eq(count_fds(), fds);
 }
 

@@ -12,13 +12,18 @@
  * conc_conn_recv_bytes, conc_conn_poll and conc_wait work on them as on a
  * Pipe, and conc_conn_free closes them.
  *
- * Addresses are text (conc_address_parse):
- *   "HOST:PORT"         TCP; HOST an IPv4 literal, a name to resolve, or
- *   "[IPV6]:PORT"       an IPv6 literal in brackets; PORT 0..65535 (0: a
- *                       free port, see conc_listener_address)
- *   "/path", "./name"   a Unix socket at that path; any text with a '/'
- *                       or without a ':PORT' suffix is a path
+ * Addresses are text (conc_address_parse), told apart in this order:
  *   "@name"             a Linux abstract Unix socket named "\0name"
+ *   "/path", "./a:b"    a Unix socket at that path: any text with a '/'
+ *   "name"              a Unix socket in the current directory: text
+ *                       without a '/' and without a ':'
+ *   "HOST:SERVICE"      TCP: any other text (it has a ':'); HOST an IPv4
+ *   "[IPV6]:SERVICE"    literal, a name to resolve, empty (every IPv4
+ *                       interface), or an IPv6 literal in brackets;
+ *                       SERVICE a port 0..65535 (0: a free port, see
+ *                       conc_listener_address) or a TCP service name of
+ *                       the services database ("localhost:http" is
+ *                       port 80)
  *                       (no file, no permissions: use an authkey)
  *   NULL                (listener only) a Unix socket in a new private
  *                       directory (mode 0700; the socket 0600), both
@@ -134,9 +139,11 @@ typedef struct conc_client_opts {
  * conc_address_parse - turn an address text (see above) into a socket
  * address.  A TCP host that is not a literal is resolved
  * (conc_socket_getaddrinfo: a greenlet parks meanwhile), the first result
- * taken.  Returns 0; -EINVAL for NULL, "" or a bad port ("h:99999",
- * "h:", "[::1" ); -ENAMETOOLONG for a path over 107 bytes; a CONC_EAI_*
- * code when the name does not resolve.
+ * taken.  Returns 0; -EINVAL for NULL, "" or a bad port or service
+ * ("h:99999", "h:", "h:a b", "[::1", "::1:80": an IPv6 literal needs its
+ * brackets); CONC_EAI_SERVICE for a service name the services database
+ * does not know ("localhost:nosuch"); -ENAMETOOLONG for a path over 107
+ * bytes; a CONC_EAI_* code when the host name does not resolve.
  */
 CONC_API int conc_address_parse(conc_sockaddr *out, const char *address);
 

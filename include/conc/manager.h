@@ -16,9 +16,10 @@
  *     by address (Python's BaseManager.connect).
  *
  * Addresses are the texts of conc/listener.h (conc_address_parse):
- * "HOST:PORT" or "[IPV6]:PORT" is TCP; a path ("/run/app.sock", any text
- * with a '/') is a Unix socket (mode 0600); "@name" an abstract Unix
- * socket.  With no address a started manager listens on a Unix socket in a
+ * a path ("/run/app.sock", any text with a '/', or a bare file name
+ * without a ':') is a Unix socket (mode 0600); "@name" an abstract Unix
+ * socket; any other text, "HOST:SERVICE" or "[IPV6]:SERVICE" (SERVICE a
+ * port or a service name such as "http"), is TCP.  With no address a started manager listens on a Unix socket in a
  * private directory (mode 0700, the socket 0600) that conc_manager_shutdown
  * removes.  A TCP manager needs an authkey (it refuses to start without
  * one, -EINVAL); every connection to it passes the authkey handshake of
@@ -32,12 +33,14 @@
  * one past that is closed at once, and the call that made it fails with
  * -ECONNRESET; a server out of descriptors leaves the next connection
  * waiting until one is free, up to the 10 s a connection is given
- * (-ETIMEDOUT), and serves the others meanwhile).  The server
- * serves every connection from one epoll
- * loop (the hub of conc/hub.h in the thread that runs it): a connection is
- * a greenlet, and a call that must wait parks only its greenlet, so one
- * client's blocking call never holds up another client, and no thread is
- * made per connection.  One
+ * (-ETIMEDOUT), and serves the others meanwhile).  The server serves its
+ * connections from a fixed set of threads (opts.threads: by default one
+ * per CPU, at most 4; the thread that runs the server is one of them),
+ * each an epoll loop (the hub of conc/hub.h), the connections dealt to
+ * them in turn: a connection is a greenlet, and a call that must wait
+ * parks only its greenlet, so one client's blocking call never holds up
+ * another client, and no thread is made per connection.  An idle server
+ * makes no system call.  One
  * proxy runs one call at a time: calls from several threads on one proxy
  * take turns (a thread that must notify a Condition another thread waits
  * on through the same proxy needs a proxy of its own: conc_proxy_dup).
@@ -64,7 +67,11 @@
  * connection closed (the server releases what it held once it runs);
  * calls without a timeout, and Condition.wait (which takes the lock back
  * however long another client holds it), wait as long as the connection
- * lives.  A proxy does not
+ * lives and the server runs: every 5 s without an answer such a call
+ * opens a new connection to the server, and when the server does not
+ * greet it within 10 s the call fails the same way (a server whose
+ * threads a registered type's callback holds up in the kernel that long
+ * counts as not running).  A proxy does not
  * reconnect by itself: make the manager handle again (conc_manager_connect)
  * and the proxies again (conc_manager_create with the object's name) when
  * a server was restarted.
@@ -126,6 +133,9 @@ typedef struct conc_proxy conc_proxy;
 /* The default (and largest settable) size of one request or answer: 64 MiB. */
 #define CONC_MANAGER_MSG_MAX ((size_t)64 << 20)
 
+/* The most threads a server runs its connections in (opts.threads). */
+#define CONC_MANAGER_THREADS_MAX 16
+
 /* The longest address (a Unix socket path, or HOST:PORT). */
 #define CONC_MANAGER_ADDR_MAX 107
 
@@ -139,10 +149,17 @@ typedef struct conc_manager_opts {
     const char *address;     /* NULL: a Unix socket in a private directory
                                 (start); required for serve_forever and
                                 connect.  "/path" Unix, "HOST:PORT" TCP
-                                (PORT 0 picks a free port when serving) */
+                                (PORT 0 picks a free port when serving;
+                                a service name, "host:http", is TCP too) */
     const void *authkey;     /* the shared secret; NULL: none (Unix only) */
     size_t authkey_len;      /* its length, 1 to 1024 bytes */
     size_t max_message;      /* 0: CONC_MANAGER_MSG_MAX; else 64 bytes to it */
+    unsigned threads;        /* threads the server (started or served) runs
+                                its connections in, 1 to
+                                CONC_MANAGER_THREADS_MAX; 0: one per CPU,
+                                at most 4.  One whatever is asked when
+                                types are registered (their callbacks run
+                                in one thread) */
 } conc_manager_opts;
 
 #define CONC_MANAGER_OPTS_INIT { .size = sizeof(conc_manager_opts) }
@@ -171,8 +188,10 @@ typedef enum conc_proxy_type {
  * C callbacks the server calls.  They run in the server process (a started
  * manager's child is a fork of the program, so the function pointers are
  * valid there), in the greenlet of the calling connection (on a stack of
- * its own of 256 KiB: keep large buffers on the heap), in the server's
- * one thread; the server runs one call on an object at a time.  A callback
+ * its own of 256 KiB: keep large buffers on the heap), in one thread (a
+ * server with registered types runs every connection in the thread that
+ * runs it, whatever opts.threads says); the server runs one call on an
+ * object at a time.  A callback
  * that blocks the thread in the kernel holds up every client; the blocking
  * calls of conc (locks, queues, sleeps, descriptor waits) park only the
  * connection's greenlet.
@@ -217,7 +236,8 @@ typedef struct conc_proxy_items {
  * too).  Returns 0; -EINVAL for a NULL out, an address longer than
  * CONC_MANAGER_ADDR_MAX or not of either form, a TCP address without an
  * authkey, an authkey_len of 0 with a non-NULL authkey (or over 1024), or a
- * max_message out of range; -ENOMEM.
+ * max_message out of range, threads over CONC_MANAGER_THREADS_MAX;
+ * -ENOMEM.
  */
 CONC_API int conc_manager_new(conc_manager **out, const conc_manager_opts *opts);
 
@@ -350,6 +370,31 @@ CONC_API int conc_manager_array(conc_manager *m, conc_proxy **out, const char *n
                                 char typecode, uint64_t n);
 
 /*
+ * conc_manager_value_int, conc_manager_value_float - SyncManager.Value(
+ * typecode, x): a typed Value (as conc_manager_value) whose first value is
+ * x.  conc_manager_array_int, conc_manager_array_float -
+ * SyncManager.Array(typecode, [x0, x1, ...]): a typed Array of n items
+ * whose first values are xs[0..n).  The value travels in the request that
+ * makes the object, so no proxy (no other process asking for the same
+ * name) ever sees the object without it.  When name finds an object made
+ * before, that object is returned as it is (its value is not set again).
+ * Integers go into any typecode ('f' and 'd' take them converted, as
+ * Python does), floats into 'f' and 'd' only.  Returns 0; -EINVAL for an
+ * unknown typecode, a NULL xs, n 0 or over 1048576, a float for an
+ * integer typecode; -ERANGE for a number the typecode cannot hold (nothing
+ * is made); the errors of conc_manager_value and conc_manager_array (a
+ * server older than this call refuses the request with -EINVAL).
+ */
+CONC_API int conc_manager_value_int(conc_manager *m, conc_proxy **out, const char *name,
+                                    char typecode, int64_t x);
+CONC_API int conc_manager_value_float(conc_manager *m, conc_proxy **out, const char *name,
+                                      char typecode, double x);
+CONC_API int conc_manager_array_int(conc_manager *m, conc_proxy **out, const char *name,
+                                    char typecode, const int64_t *xs, uint64_t n);
+CONC_API int conc_manager_array_float(conc_manager *m, conc_proxy **out, const char *name,
+                                      char typecode, const double *xs, uint64_t n);
+
+/*
  * conc_manager_create_user - make an object of a registered type (its
  * create callback gets arg, len) or, with a name, find the one made with
  * that name before.  Returns 0; -ENOENT when the server has no type
@@ -414,7 +459,11 @@ CONC_API int conc_proxy_dict_items(conc_proxy *p, conc_proxy_items **out);
  * are set in that order in one step (no other call sees half of them).
  * Returns 0. */
 CONC_API int conc_proxy_dict_update(conc_proxy *p, const conc_proxy_bytes *kv, size_t n_pairs);
-/* d.pop(key): remove key and return its value.  Returns 0; -ENOENT. */
+/* d.pop(key): remove key and return its value.  Returns 0; -ENOENT.  A
+ * pop whose client the server finds gone when it answers (killed, or
+ * closed, before the answer could be written) takes nothing: the entry
+ * goes back in its place in the order (unless the key was set again
+ * meanwhile: the new value stays). */
 CONC_API int conc_proxy_dict_pop(conc_proxy *p, const void *key, size_t key_len,
                                  void **val, size_t *val_len);
 /* d.setdefault(key, dflt): the value of key, set to dflt first when key is
@@ -437,7 +486,8 @@ CONC_API int conc_proxy_list_get(conc_proxy *p, int64_t index, void **val, size_
 /* l[index] = val.  Returns 0; -ERANGE. */
 CONC_API int conc_proxy_list_set(conc_proxy *p, int64_t index, const void *val, size_t len);
 /* l.pop(index) (l.pop() is index -1).  Returns 0; -ERANGE (also when l is
- * empty). */
+ * empty).  A pop whose client is gone when the server answers takes
+ * nothing: the item goes back at its index (as a Queue.get's message). */
 CONC_API int conc_proxy_list_pop(conc_proxy *p, int64_t index, void **val, size_t *len);
 /* l.insert(index, val): as Python, an index past either end inserts at that
  * end.  Returns 0. */
@@ -521,6 +571,16 @@ CONC_API int conc_proxy_queue_get_until(conc_proxy *p, void **out, size_t *len,
                                         int64_t deadline);
 /* q.qsize().  Returns the number of messages. */
 CONC_API ssize_t conc_proxy_queue_qsize(conc_proxy *p);
+/* q.full(): whether the queue holds maxsize messages (never for a queue
+ * made with maxsize 0, which has no bound).  Returns 1 or 0. */
+CONC_API int conc_proxy_queue_full(conc_proxy *p);
+/* q.empty().  Returns 1 or 0. */
+CONC_API int conc_proxy_queue_empty(conc_proxy *p);
+/* q.maxsize: the bound the queue was made with (0: none), also for a proxy
+ * that did not make it (conc_manager_open, a name found).  Returns it.
+ * These three are answered by one request (a server older than them
+ * closes the connection: -ECONNRESET or -EPIPE). */
+CONC_API ssize_t conc_proxy_queue_maxsize(conc_proxy *p);
 /* JoinableQueue.task_done() (a plain Queue has it too: a SyncManager's
  * Queue and JoinableQueue are both a queue.Queue).  Returns 0; -EOVERFLOW
  * when called more often than messages were put (ValueError). */

@@ -233,12 +233,17 @@ CONC_API int conc_selector_keys(const conc_selector *sel, conc_selector_key *out
  * conc_selector_set_check_files - whether select checks each descriptor it
  * is about to report against the file it was registered for (on, the
  * default: see "Closing a registered descriptor").  Turning it off saves
- * one fstat per reported descriptor; the caller then promises to
+ * one fstat per reported descriptor and, with the epoll backend, the one
+ * of each register, modify and unregister (epoll itself refuses a closed
+ * descriptor, -EBADF, and a regular file or directory, -EPERM, as the
+ * checks do); the caller then promises to
  * unregister every descriptor before closing it, and a descriptor closed
  * while registered behaves as the kernel makes it (epoll may go on
  * reporting a file kept open by a copy, poll and select watch whatever
- * the number names now).  Returns 0; -EINVAL for NULL; -EBADF when
- * closed.
+ * the number names now).  Turned back on, it checks the keys registered
+ * while it was off against the files their numbers name at that moment
+ * (a number closed meanwhile: the key is gone).  Returns 0; -EINVAL for
+ * NULL; -EBADF when closed.
  */
 CONC_API int conc_selector_set_check_files(conc_selector *sel, bool check);
 

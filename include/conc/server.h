@@ -81,8 +81,12 @@
  *                          connections per process.
  *   CONC_SERVER_COROUTINE  a greenlet (conc/hub.h) per connection or
  *                          datagram, `workers` hubs each in a thread of its
- *                          own (gevent's StreamServer); the handler's conc
- *                          calls park only its greenlet
+ *                          own, one per CPU by default (gevent's
+ *                          StreamServer on every core; the serving thread
+ *                          runs one of them); the handler's conc calls
+ *                          park only its greenlet.  A datagram server
+ *                          reads in the serving thread, whose hub runs a
+ *                          greenlet per datagram
  *   CONC_SERVER_REACTOR    callbacks on a readiness loop, no stack per
  *                          connection: see conc_server_new_reactor.  A
  *                          datagram server of this model is made with
@@ -107,12 +111,16 @@
  * loops may ask conc_server_stopping.
  *
  * Connection limit: max_connections > 0 bounds the connections (of a
- * datagram server: the datagrams) served at once (with several workers:
- * per worker process with PREFORK, per loop with COROUTINE and REACTOR).
- * At the limit the server stops accepting (reading datagrams): further
- * clients wait in the listen backlog (request_queue_size; datagrams in
- * the socket's receive buffer) until a connection ends, and the kernel refuses or
- * drops those beyond the backlog.  Nothing is accepted only to be closed.
+ * datagram server: the datagrams) served at once by the whole server:
+ * the COROUTINE hubs and REACTOR loops share one count (each takes room
+ * in it before it accepts), so more loops never raise the limit; with
+ * PREFORK it holds in each worker process.  At the limit the server stops
+ * accepting (reading datagrams): further clients wait in the listen
+ * backlog (request_queue_size; datagrams in the socket's receive buffer)
+ * until a connection ends, whichever loop it belonged to, and the kernel
+ * refuses or drops those beyond the backlog.  Nothing is accepted only to
+ * be closed, and a loop at the limit holds up no other loop's
+ * connections.
  *
  * Stacks (COROUTINE and PREFORK, conc_server_opts.stack): each
  * connection's greenlet runs either on a stack of its own
@@ -301,10 +309,14 @@ typedef struct conc_server_opts {
     int request_queue_size;     /* listen() backlog; 0: 5, Python's */
     int workers;                /* PREFORK: processes; COROUTINE, REACTOR:
                                    loops, each in a thread of its own;
-                                   0: one per CPU for PREFORK, 1 otherwise */
+                                   0: one per CPU (conc_process_cpu_count)
+                                   for PREFORK and COROUTINE, 1 for
+                                   REACTOR */
     int max_children;           /* FORKING: children at once; 0: 40, Python's */
-    int max_connections;        /* connections served at once; 0: no limit
-                                   (FORKING: max_children) */
+    int max_connections;        /* connections served at once by the
+                                   server, all its loops together (PREFORK:
+                                   by each worker); 0: no limit (FORKING:
+                                   max_children) */
     bool daemon_threads;        /* THREADING: do not wait for request threads
                                    when stopping (Python's daemon_threads) */
     bool no_block_on_close;     /* THREADING, FORKING: do not wait for
@@ -555,7 +567,9 @@ typedef struct conc_server_stats {
     uint64_t failed;            /* setup or handle returned an error, or a
                                    request's child died of a signal */
     uint64_t active;            /* requests in flight now */
-    uint64_t workers;           /* PREFORK worker processes alive */
+    uint64_t workers;           /* PREFORK: worker processes alive;
+                                   COROUTINE (stream) and REACTOR: loops
+                                   serving (threads); 0 otherwise */
     uint64_t worker_restarts;   /* PREFORK workers replaced after dying */
 } conc_server_stats;
 
