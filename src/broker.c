@@ -638,23 +638,22 @@ static void put_be(unsigned char *p, uint64_t v, int n)
         p[i] = (unsigned char)v;
 }
 
-/* Sends the n buffers of iov (changed as they go) on the connection's
- * socket, which never blocks: when it is full (a broker that reads slowly,
- * or not at all), the wait for room goes through conc's wait layer, so a
- * coroutine parks, and ends at deadline.  On any error the connection is
- * dropped: a frame may have gone out cut.  Returns 0, -ETIMEDOUT,
- * -ECANCELED, or -ECONNRESET. */
-static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadline)
+/* Sends what it can of the *n buffers at *iov on fd without waiting,
+ * moving *iov and *n past what went out.  Returns 0 once everything is
+ * out, -EAGAIN when the socket is full, -ECONNRESET when it failed. */
+int bk_send_some(int fd, struct iovec **iovp, int *np)
 {
-    int r = 0;
-    while (n > 0 && b->c) {
-        if (iov->iov_len == 0) {
+    struct iovec *iov = *iovp;
+    int n = *np, r = 0;
+    for (;;) {
+        while (n > 0 && iov->iov_len == 0) {
             iov++;
             n--;
-            continue;
         }
+        if (n == 0)
+            break;
         struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-        ssize_t k = sendmsg(b->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t k = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (k > 0) {
             size_t left = (size_t)k;
             while (n > 0 && left >= iov->iov_len) {
@@ -670,22 +669,43 @@ static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadlin
         }
         if (k < 0 && errno == EINTR)
             continue;
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
-            if (r == 0 || r == -EINTR)
-                continue;
-            if (r != -ETIMEDOUT && r != -ECANCELED)
-                r = -ECONNRESET;
-        } else {
-            r = -ECONNRESET;
-        }
+        r = k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -ECONNRESET;
         break;
     }
+    *iovp = iov;
+    *np = n;
+    return r;
+}
+
+/* Sends the n buffers of iov (changed as they go) on fd, a socket that
+ * never blocks: when it is full (a broker that reads slowly, or not at
+ * all), the wait for room goes through conc's wait layer, so a coroutine
+ * parks, and ends at deadline.  Returns 0, -ETIMEDOUT, -ECANCELED or
+ * -ECONNRESET; after an error a frame may have gone out cut, so the
+ * caller drops the connection. */
+int bk_sendv_until(int fd, struct iovec *iov, int n, int64_t deadline)
+{
+    for (;;) {
+        int r = bk_send_some(fd, &iov, &n);
+        if (r != -EAGAIN)
+            return r;
+        r = conc_fd_wait_until(fd, POLLOUT, deadline);
+        if (r == 0 || r == -EINTR)
+            continue;
+        return r == -ETIMEDOUT || r == -ECANCELED ? r : -ECONNRESET;
+    }
+}
+
+/* bk_sendv_until on the connection's socket; on any error the connection
+ * is dropped. */
+static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadline)
+{
     if (!b->c)
         return b->last_err ? b->last_err : -ECONNRESET;
+    int r = bk_sendv_until(b->fd, iov, n, deadline);
     if (r < 0)
         bk_lost(b, r == -ETIMEDOUT || r == -ECANCELED ? -ECONNRESET : r);
-    return r < 0 ? r : 0;
+    return r;
 }
 
 /* Sends what the buffer holds (all of it, in order, before any other frame
@@ -694,10 +714,11 @@ static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadlin
  * buffer may have gone out in part). */
 int bk_out_flush_until(conc_broker *b, int64_t deadline)
 {
-    if (!b->olen)
+    if (!b->out.len)
         return 0;
-    struct iovec v = { .iov_base = b->obuf, .iov_len = b->olen };
-    b->olen = 0;
+    struct iovec v = { .iov_base = b->out.buf, .iov_len = b->out.len };
+    b->out.len = 0;
+    b->out_small = false;
     return sendv_until(b, &v, 1, deadline);
 }
 
@@ -706,68 +727,171 @@ int bk_out_flush(conc_broker *b)
     return bk_out_flush_until(b, conc_now() + OBUF_SEND_NS);
 }
 
-/* Frames one publish into the buffer: its method and content header
- * (rabbitmq-c encodes the method and the properties) and, with with_body,
- * its body frames (none for an empty body), cut at the connection's
- * frame_max.  Returns 0, or -ENOMEM or -EPROTO with nothing added. */
-int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
-                   const amqp_basic_properties_t *p, amqp_bytes_t body, bool with_body)
+/* Removes the frames of channel ch from o (whole frames only: o never
+ * holds a frame in part). */
+void bk_out_drop_channel(struct bk_out *o, uint16_t ch)
 {
-    size_t fmax = (size_t)amqp_get_frame_max(b->c);
-    size_t chunk = fmax > 4096 ? fmax - 8 : 4096 - 8;
-    size_t nbody = with_body ? (body.len + chunk - 1) / chunk : 0;
-    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + (with_body ? body.len : 0) +
-                  8 * nbody;
-    if (b->ocap - b->olen < need) {
-        size_t cap = b->ocap ? b->ocap : 65536;
-        while (cap - b->olen < need)
-            cap *= 2;
-        unsigned char *n = realloc(b->obuf, cap);
-        if (!n)
-            return -ENOMEM;
-        b->obuf = n;
-        b->ocap = cap;
+    size_t in = 0, keep = 0;
+    while (in + 8 <= o->len) {
+        const unsigned char *f = o->buf + in;
+        size_t n = 8 + (size_t)(((uint32_t)f[3] << 24) | ((uint32_t)f[4] << 16) |
+                                ((uint32_t)f[5] << 8) | f[6]);
+        if (n > o->len - in)
+            break;
+        if ((((unsigned)f[1] << 8) | f[2]) != ch) {
+            if (keep != in)
+                memmove(o->buf + keep, f, n);
+            keep += n;
+        }
+        in += n;
     }
-    unsigned char *f = b->obuf + b->olen;
-    /* The basic.publish method frame. */
-    amqp_basic_publish_t m = { .exchange = exchange, .routing_key = key };
+    o->len = keep;
+}
+
+/* Makes room for need more bytes in o.  0 or -ENOMEM. */
+static int out_reserve(struct bk_out *o, size_t need)
+{
+    if (o->cap - o->len >= need)
+        return 0;
+    size_t cap = o->cap ? o->cap : 65536;
+    while (cap - o->len < need)
+        cap *= 2;
+    unsigned char *n = realloc(o->buf, cap);
+    if (!n)
+        return -ENOMEM;
+    o->buf = n;
+    o->cap = cap;
+    return 0;
+}
+
+/* Frames method id (args: its decoded form) on channel ch at f, which has
+ * room for `room` bytes.  Returns the frame's length, or -ENOMEM or
+ * -EPROTO. */
+static ssize_t frame_method_at(unsigned char *f, size_t room, uint16_t ch,
+                               amqp_method_number_t id, void *args)
+{
     put_be(f, AMQP_FRAME_METHOD, 1);
     put_be(f + 1, ch, 2);
-    put_be(f + 7, AMQP_BASIC_PUBLISH_METHOD, 4);
-    amqp_bytes_t enc = { .len = b->ocap - b->olen - 12, .bytes = f + 11 };
-    int n = amqp_encode_method(AMQP_BASIC_PUBLISH_METHOD, &m, enc);
+    put_be(f + 7, id, 4);
+    amqp_bytes_t enc = { .len = room - 12, .bytes = f + 11 };
+    int n = amqp_encode_method(id, args, enc);
     if (n < 0)
         return n == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPROTO;
     size_t plen = 4 + (size_t)n;
     put_be(f + 3, plen, 4);
     f[7 + plen] = AMQP_FRAME_END;
-    f += 8 + plen;
+    return (ssize_t)(8 + plen);
+}
+
+/* Frames one method without content (an acknowledgement, a rejection)
+ * into o.  Returns 0, or -ENOMEM or -EPROTO with nothing added. */
+int bk_frame_method(struct bk_out *o, uint16_t ch, amqp_method_number_t id, void *args)
+{
+    if (out_reserve(o, 256) < 0)
+        return -ENOMEM;
+    ssize_t k = frame_method_at(o->buf + o->len, o->cap - o->len, ch, id, args);
+    if (k < 0)
+        return (int)k;
+    o->len += (size_t)k;
+    return 0;
+}
+
+/* Frames one publish into o: its method and content header (rabbitmq-c
+ * encodes the method and the properties) and, with with_body, its body
+ * frames (none for an empty body), cut at frame_max.  Returns 0, or
+ * -ENOMEM or -EPROTO with nothing added. */
+int bk_frame_publish(struct bk_out *o, size_t frame_max, uint16_t ch, amqp_bytes_t exchange,
+                     amqp_bytes_t key, bool mandatory, const amqp_basic_properties_t *p,
+                     amqp_bytes_t body, bool with_body)
+{
+    size_t chunk = frame_max > 4096 ? frame_max - 8 : 4096 - 8;
+    size_t nbody = with_body ? (body.len + chunk - 1) / chunk : 0;
+    size_t need = 3 * 8 + 64 + exchange.len + key.len + 1024 + (with_body ? body.len : 0) +
+                  8 * nbody;
+    if (out_reserve(o, need) < 0)
+        return -ENOMEM;
+    unsigned char *f = o->buf + o->len;
+    /* The basic.publish method frame. */
+    amqp_basic_publish_t m = { .exchange = exchange, .routing_key = key,
+                               .mandatory = mandatory };
+    ssize_t k = frame_method_at(f, o->cap - o->len, ch, AMQP_BASIC_PUBLISH_METHOD, &m);
+    if (k < 0)
+        return (int)k;
+    f += k;
     /* The content header frame. */
     put_be(f, AMQP_FRAME_HEADER, 1);
     put_be(f + 1, ch, 2);
     put_be(f + 7, AMQP_BASIC_CLASS, 2);
     put_be(f + 9, 0, 2);
     put_be(f + 11, body.len, 8);
-    enc.bytes = f + 19;
-    enc.len = (size_t)(b->obuf + b->ocap - f) - 20;
-    n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)p, enc);
+    amqp_bytes_t enc = { .len = (size_t)(o->buf + o->cap - f) - 20, .bytes = f + 19 };
+    int n = amqp_encode_properties(AMQP_BASIC_CLASS, (void *)p, enc);
     if (n < 0)
         return n == AMQP_STATUS_NO_MEMORY ? -ENOMEM : -EPROTO;
-    plen = 12 + (size_t)n;
+    size_t plen = 12 + (size_t)n;
     put_be(f + 3, plen, 4);
     f[7 + plen] = AMQP_FRAME_END;
     f += 8 + plen;
     /* The body frames. */
     for (size_t off = 0; off < (with_body ? body.len : 0); off += chunk) {
-        size_t k = body.len - off < chunk ? body.len - off : chunk;
+        size_t kb = body.len - off < chunk ? body.len - off : chunk;
         put_be(f, AMQP_FRAME_BODY, 1);
         put_be(f + 1, ch, 2);
-        put_be(f + 3, k, 4);
-        memcpy(f + 7, (const char *)body.bytes + off, k);
-        f[7 + k] = AMQP_FRAME_END;
-        f += 8 + k;
+        put_be(f + 3, kb, 4);
+        memcpy(f + 7, (const char *)body.bytes + off, kb);
+        f[7 + kb] = AMQP_FRAME_END;
+        f += 8 + kb;
     }
-    b->olen = (size_t)(f - b->obuf);
+    o->len = (size_t)(f - o->buf);
+    return 0;
+}
+
+/* Frames one publish into the connection's buffer (bk_frame_publish at
+ * the connection's frame_max). */
+int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_bytes_t key,
+                   const amqp_basic_properties_t *p, amqp_bytes_t body, bool with_body)
+{
+    return bk_frame_publish(&b->out, (size_t)amqp_get_frame_max(b->c), ch, exchange, key, false,
+                            p, body, with_body);
+}
+
+/* Sends a small method without content (an acknowledgement, a
+ * rejection).  Over plain TCP it is framed into the connection's buffer,
+ * after what the buffer holds: with now, the buffer is sent at once
+ * (waiting for room through conc's wait layer, OBUF_SEND_NS at most);
+ * without, it goes out with the next flush (before the connection next
+ * waits, or the next request), which is what code reading the
+ * connection's frames does, since it must not drop the connection under
+ * its own feet.  Over TLS rabbitmq-c sends it, once the socket has room
+ * (with now, waited for as bk_rpc does).  Returns 0 or the error that took
+ * the connection down (with now; else nothing is dropped). */
+int bk_send_small(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args, bool now)
+{
+    if (!b->c)
+        return b->last_err ? b->last_err : -ENOTCONN;
+    if (!b->ssl) {
+        int r = bk_frame_method(&b->out, ch, id, args);
+        if (r < 0) {
+            if (now)
+                bk_lost(b, r);
+            return r;
+        }
+        if (!now)
+            b->out_small = true;
+        return now ? bk_out_flush(b) : 0;
+    }
+    if (now) {
+        struct pollfd pw = { .fd = b->fd, .events = POLLOUT };
+        if (poll(&pw, 1, 0) == 0)
+            conc_fd_wait_until(b->fd, POLLOUT, conc_now() + OBUF_SEND_NS);
+    }
+    int st = amqp_send_method(b->c, ch, id, args);
+    if (st != AMQP_STATUS_OK) {
+        int r = bk_status_err(st);
+        if (now)
+            bk_lost(b, r);
+        return r;
+    }
     return 0;
 }
 
@@ -812,14 +936,16 @@ int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body, int64_t de
 int64_t bk_before_wait(conc_broker *b)
 {
     int64_t due = CONC_NO_DEADLINE;
-    if (b->olen)
-        bk_out_flush(b);
+    /* Acknowledgements and rejections are framed, then sent with the rest
+     * of the buffer. */
     for (conc_broker_queue *q = b->queues; q && b->c; q = q->next) {
         bk_queue_flush_acks(q);
         int64_t d = bk_queue_release_held(q, false);
         if (d < due)
             due = d;
     }
+    if (b->c && b->out.len)
+        bk_out_flush(b);
     bk_cork(b, false);
     return due;
 }
@@ -829,7 +955,8 @@ int64_t bk_before_wait(conc_broker *b)
 void bk_lost(conc_broker *b, int err)
 {
     b->corked = false;
-    b->olen = 0;
+    b->out.len = 0;
+    b->out_small = false;
     if (b->c) {
         amqp_destroy_connection(b->c);
         b->c = NULL;
@@ -968,7 +1095,9 @@ static void confirm_settle(conc_broker *b, uint64_t tag, bool multiple, bool nac
 static void channel_closed(conc_broker *b, uint16_t ch, int err)
 {
     if (ch == BK_CH_PUB) {
-        b->olen = 0;        /* the broker drops what comes on it now */
+        /* The broker drops what comes on it now, and after close-ok it
+         * would be an error: its framed publishes go. */
+        bk_out_drop_channel(&b->out, BK_CH_PUB);
         /* A publish meets no precondition but the broker's own message
          * size limit (max_message_size). */
         if (err == -EEXIST)
@@ -1030,8 +1159,10 @@ static int dispatch(conc_broker *b, const amqp_frame_t *f)
         amqp_channel_close_t *c = d;
         int err = reply_err(c->reply_code);
         amqp_channel_close_ok_t ok = { 0 };
-        amqp_send_method(b->c, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
         channel_closed(b, ch, err ? err : -EIO);
+        /* After what the buffer holds for other channels, sent before the
+         * channel is opened again (bk_rpc sends the buffer first). */
+        bk_send_small(b, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok, false);
         return 0;
     }
     case AMQP_CONNECTION_CLOSE_METHOD: {
@@ -1095,8 +1226,14 @@ int bk_pump(conc_broker *b, int64_t deadline)
             bk_lost(b, r);
             return r;
         }
-        if (handled)
+        if (handled) {
+            /* Acknowledgements, rejections or a close-ok framed while
+             * reading go out now (a stream of async publishes stays in the
+             * buffer, to go out many to one send). */
+            if (b->out_small && bk_out_flush(b) < 0)
+                return b->last_err ? b->last_err : -ECONNRESET;
             return 1;
+        }
         int64_t now = conc_now();
         if (now >= deadline)
             return -ETIMEDOUT;
@@ -1128,7 +1265,7 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
 {
     if (!b->c)
         return b->last_err ? b->last_err : -ENOTCONN;
-    if (b->olen) {
+    if (b->out.len) {
         int r = bk_out_flush_until(b, deadline);
         if (r < 0)
             return r;
@@ -1218,7 +1355,7 @@ static void broker_release(conc_broker *b)
     free(b->key);
     free(b->win);
     free(b->nacked);
-    free(b->obuf);
+    free(b->out.buf);
     struct bk_exchange *e = b->exchanges;
     while (e) {
         struct bk_exchange *n = e->next;
@@ -1316,7 +1453,7 @@ void conc_broker_free(conc_broker *b)
         return;
     while (b->queues)
         conc_broker_queue_free(b->queues);
-    if (b->c && b->olen)
+    if (b->c && b->out.len)
         bk_out_flush(b);
     if (b->c) {
         bk_cork(b, false);

@@ -42,11 +42,22 @@
  * result in flight when the connection drops is delivered again.  A worker
  * acknowledges a task only once the broker confirmed the task's result.
  *
+ * Over plain TCP everything sent after setup (tasks, results,
+ * acknowledgements and rejections) is framed here (bk_frame_publish and
+ * bk_frame_method, shared with the broker queue) into an out-buffer and
+ * written to a socket that never blocks; a full socket is waited for
+ * through conc's wait layer.  Over TLS rabbitmq-c sends.
+ *
  * The executor's connection is shared by the submitting threads and its
- * result thread under conn_lock.  The result thread never holds the lock
- * while it sleeps: it waits for the socket (or its stop or wake
- * descriptors) through conc_wait, then takes the lock and reads what came
- * without waiting.  It also makes the connection again after a loss.  The
+ * result thread under conn_lock, which nobody holds while waiting: a
+ * submit appends its task's frames to the out-buffer, writes what the
+ * socket takes and waits for room for the rest without the lock (a
+ * coroutine of the same hub that submits meanwhile queues behind it).  The
+ * result thread waits for the socket (or its stop or wake descriptors)
+ * through conc_wait, then takes the lock, writes what is left in the
+ * out-buffer and reads what came without waiting; rabbitmq-c reads only
+ * while the out-buffer is empty, since it may send a heartbeat, which must
+ * not come between the bytes of a frame written in part.  It also makes the connection again after a loss.  The
  * pending tasks (id -> future) are an open-addressing table under `lock`,
  * which is never held while a future is finished (its callbacks may
  * submit); neither is conn_lock.
@@ -62,6 +73,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -136,6 +148,9 @@ struct bx_cfg {
     char *url;
     char *cacert, *cert, *key;
     bool insecure;
+    bool ssl;                   /* amqps: rabbitmq-c's TLS socket sends
+                                   everything (framing here writes to the
+                                   plain socket) */
     int heartbeat;              /* seconds, 0: none (TCP keepalives) */
     double connect_timeout;     /* seconds */
 };
@@ -157,6 +172,7 @@ static int bx_cfg_init(struct bx_cfg *c, const char *url, const char *cacert, co
     c->cert = cert ? strdup(cert) : NULL;
     c->key = key ? strdup(key) : NULL;
     c->insecure = insecure;
+    c->ssl = strncasecmp(url, "amqps:", 6) == 0;
     c->heartbeat = heartbeat;
     c->connect_timeout = connect_timeout ? connect_timeout : 10.0;
     if (!c->url || (cacert && !c->cacert) || (cert && !c->cert) || (key && !c->key)) {
@@ -661,15 +677,15 @@ static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, stru
     }
 }
 
-/* Waits until the socket has data (0), the stop descriptor is readable
- * (1), the wake descriptor is (2, read), or the deadline passes
+/* Waits until the socket is ready for events (0), the stop descriptor is
+ * readable (1), the wake descriptor is (2, read), or the deadline passes
  * (-ETIMEDOUT); at most one slice (0 when it ends). */
-static int bx_wait(int sockfd, int stopfd, int wakefd, int64_t deadline)
+static int bx_wait(int sockfd, short events, int stopfd, int wakefd, int64_t deadline)
 {
     int64_t slice = bx_now() + BX_SLICE_NS;
     bool last = deadline <= slice;
     conc_waitable w[3] = {
-        { .kind = CONC_WAIT_FD, .u.fd = sockfd, .events = POLLIN },
+        { .kind = CONC_WAIT_FD, .u.fd = sockfd, .events = events },
         { .kind = CONC_WAIT_FD, .u.fd = stopfd, .events = POLLIN },
         { .kind = CONC_WAIT_FD, .u.fd = wakefd, .events = POLLIN },
     };
@@ -701,7 +717,7 @@ static int bx_pause(int stopfd, double seconds, int64_t deadline)
     if (deadline != CONC_NO_DEADLINE && deadline < until)
         until = deadline;
     for (;;) {
-        int r = bx_wait(-1, stopfd, -1, until);
+        int r = bx_wait(-1, POLLIN, stopfd, -1, until);
         if (r == 1)
             return 1;
         if (r == -ETIMEDOUT || bx_now() >= until)
@@ -744,6 +760,17 @@ struct conc_broker_executor {
     bool dead;              /* given up: no task is taken any more */
     uint64_t pub_seq;
     struct bx_task *uhead, *utail;
+    /* Frames not yet sent (everything the executor sends after setup:
+     * tasks and acknowledgements).  out.buf[0..osent) is out; obase counts
+     * the bytes sent before out.buf[0] on this connection, and gen the
+     * connections, so a submit knows when its own bytes are out.  Nobody
+     * waits for room while holding conn_lock: a submit appends, sends what
+     * the socket takes, and waits for room without the lock. */
+    struct bk_out out;
+    size_t osent;
+    uint64_t obase;
+    uint64_t gen;
+    int64_t ostall;         /* out had bytes and none went out since */
     struct bx_fail *fails;  /* result thread only */
     size_t nfails, fails_cap;
 
@@ -880,7 +907,125 @@ static void bx_fail_all(conc_broker_executor *ex, int err)
     free(slots);
 }
 
-/* Publishes a task on the current connection (conn_lock held). */
+/* A bound on how long frames wait to be sent without any of their bytes
+ * going out: the connection is then taken for lost (a broker that stopped
+ * reading), and what the broker had not confirmed is sent again on a new
+ * one. */
+#define BX_STALL_NS (30 * 1000000000LL)
+/* An out-buffer larger than this is freed once it is empty. */
+#define BX_OUT_KEEP ((size_t)1 << 20)
+
+static void bx_wake(conc_broker_executor *ex)
+{
+    uint64_t one = 1;
+    while (write(ex->wakefd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+/* Before frames are added to out (conn_lock held): an empty out starts
+ * its stall clock. */
+static void bx_out_begin(conc_broker_executor *ex)
+{
+    if (ex->osent == ex->out.len)
+        ex->ostall = bx_now();
+}
+
+/* Forgets what out holds (conn_lock held; a new connection). */
+static void bx_out_clear(conc_broker_executor *ex)
+{
+    ex->out.len = 0;
+    ex->osent = 0;
+    ex->obase = 0;
+    ex->gen++;
+    if (ex->out.cap > BX_OUT_KEEP) {
+        free(ex->out.buf);
+        ex->out.buf = NULL;
+        ex->out.cap = 0;
+    }
+}
+
+/* Sends what the socket takes of out without waiting (conn_lock held).
+ * Returns 0 once out is empty, -EAGAIN while the socket is full, -EPIPE
+ * when the connection is down, failed, or stalled for BX_STALL_NS (then
+ * marked lost: the result thread makes it again, and the caller wakes
+ * it). */
+static int bx_out_push(conc_broker_executor *ex)
+{
+    if (!ex->conn || ex->lost)
+        return -EPIPE;
+    if (ex->osent < ex->out.len) {
+        struct iovec v = { .iov_base = ex->out.buf + ex->osent,
+                           .iov_len = ex->out.len - ex->osent };
+        struct iovec *iv = &v;
+        int n = 1;
+        int r = bk_send_some(ex->sockfd, &iv, &n);
+        size_t sent = n ? ex->out.len - v.iov_len : ex->out.len;
+        if (sent > ex->osent) {
+            ex->osent = sent;
+            ex->ostall = bx_now();
+        }
+        if (r == -EAGAIN && bx_now() - ex->ostall > BX_STALL_NS)
+            r = -ECONNRESET;
+        if (r == -ECONNRESET) {
+            ex->lost = true;
+            return -EPIPE;
+        }
+        if (r == -EAGAIN)
+            return r;
+    }
+    ex->obase += ex->out.len;
+    ex->out.len = ex->osent = 0;
+    if (ex->out.cap > BX_OUT_KEEP) {
+        free(ex->out.buf);
+        ex->out.buf = NULL;
+        ex->out.cap = 0;
+    }
+    return 0;
+}
+
+/* Waits until the bytes of out up to upto (counted from the start of
+ * connection gen) are sent, sending them as the socket takes them.
+ * conn_lock is held on entry and on return and released while waiting
+ * for room, which goes through conc's wait layer: a coroutine parks, and
+ * no other caller (a coroutine of the same hub, the result thread) ever
+ * waits for the lock while this one waits for the socket.  Returns 0 once
+ * they are out, 1 when the connection was lost first (its unconfirmed
+ * tasks are sent again on the next one), -ETIMEDOUT at deadline or
+ * -ECANCELED. */
+static int bx_out_wait(conc_broker_executor *ex, uint64_t gen, uint64_t upto, int64_t deadline)
+{
+    for (;;) {
+        if (ex->gen != gen || !ex->conn || ex->lost)
+            return 1;
+        if (ex->obase + ex->osent >= upto)
+            return 0;
+        int r = bx_out_push(ex);
+        if (r == -EPIPE)
+            return 1;
+        if (r == 0)
+            continue;
+        if (bx_now() >= deadline)
+            return -ETIMEDOUT;
+        /* In slices: the result thread may drop the connection (and
+         * close its socket) meanwhile. */
+        int fd = ex->sockfd;
+        int64_t until = bx_now() + BX_SLICE_NS;
+        if (deadline < until)
+            until = deadline;
+        pthread_mutex_unlock(&ex->conn_lock);
+        r = conc_fd_wait_until(fd, POLLOUT, until);
+        pthread_mutex_lock(&ex->conn_lock);
+        /* Cancelled: given up only while the task is still this
+         * connection's to send (once the connection is lost, the result
+         * thread sends it again on the next one: it is submitted). */
+        if (r == -ECANCELED && ex->gen == gen && ex->conn && !ex->lost &&
+            ex->obase + ex->osent < upto)
+            return r;
+    }
+}
+
+/* Frames a task into out for the current connection (conn_lock held).
+ * 0, or -ENOMEM or -EPROTO with nothing added. */
 static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
 {
     char cid[BX_CID_MAX + 1];
@@ -906,8 +1051,16 @@ static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
         p.headers.num_entries = 1;
         p.headers.entries = &e;
     }
-    return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
-                              amqp_cstring_bytes(ex->queue), 1, 0, &p, body);
+    if (ex->cfg.ssl) {
+        /* rabbitmq-c sends over TLS, waiting for room inside its send. */
+        return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
+                                  amqp_cstring_bytes(ex->queue), 1, 0, &p, body) ==
+                       AMQP_STATUS_OK ? 0 : -EPIPE;
+    }
+    bx_out_begin(ex);
+    return bk_frame_publish(&ex->out, (size_t)amqp_get_frame_max(ex->conn), BX_CHANNEL,
+                            amqp_empty_bytes, amqp_cstring_bytes(ex->queue), true, &p, body,
+                            true);
 }
 
 static void bx_add_fail(conc_broker_executor *ex, uint64_t id, int err)
@@ -1146,9 +1299,12 @@ static int bx_reconnect(conc_broker_executor *ex)
             ex->sockfd = amqp_get_sockfd(c);
             ex->lost = false;
             ex->pub_seq = 0;
+            bx_out_clear(ex);
+            /* Framed here, sent by the result thread's loop as the socket
+             * takes them. */
             for (struct bx_task *t = ex->uhead; t && !ex->lost; t = t->next) {
                 t->seq = ++ex->pub_seq;
-                if (bx_publish_task(ex, t) != AMQP_STATUS_OK)
+                if (bx_publish_task(ex, t) < 0)
                     ex->lost = true;
             }
             pthread_mutex_unlock(&ex->conn_lock);
@@ -1170,12 +1326,24 @@ static void bx_drop(conc_broker_executor *ex)
         amqp_destroy_connection(ex->conn);
     ex->conn = NULL;
     ex->sockfd = -1;
+    bx_out_clear(ex);
     for (struct bx_task *t = ex->uhead; t; t = t->next)
         t->seq = 0;
     pthread_mutex_unlock(&ex->conn_lock);
 }
 
-/* Reads results and confirmations while the connection lasts.  Returns 1
+/* Whether the socket has room now (rabbitmq-c may send a heartbeat while
+ * it reads, and would wait for room inside its send). */
+static bool bx_writable(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
+}
+
+/* Reads results and confirmations while the connection lasts, and sends
+ * what out holds (tasks framed by submits, acknowledgements).  rabbitmq-c
+ * reads only while out is empty, so that nothing it may send (a heartbeat)
+ * comes between the bytes of a frame that went out in part.  Returns 1
  * when the executor is being freed, -EPIPE when the connection is lost. */
 static int bx_pump(conc_broker_executor *ex)
 {
@@ -1189,25 +1357,41 @@ static int bx_pump(conc_broker_executor *ex)
         }
         bool buffered = amqp_data_in_buffer(ex->conn) || amqp_frames_enqueued(ex->conn);
         if ((!buffered && ack_tag) || unacked >= BX_ACK_BATCH) {
-            if (amqp_basic_ack(ex->conn, BX_CHANNEL, ack_tag, 1) != AMQP_STATUS_OK)
-                ex->lost = true;
+            amqp_basic_ack_t ack = { .delivery_tag = ack_tag, .multiple = 1 };
+            bx_out_begin(ex);
+            if (ex->cfg.ssl ? amqp_send_method(ex->conn, BX_CHANNEL, AMQP_BASIC_ACK_METHOD,
+                                               &ack) != AMQP_STATUS_OK
+                            : bk_frame_method(&ex->out, BX_CHANNEL, AMQP_BASIC_ACK_METHOD,
+                                              &ack) < 0)
+                ex->lost = true;    /* the results come again */
             ack_tag = 0;
             unacked = 0;
         }
+        int pr = bx_out_push(ex);
         int sockfd = ex->sockfd;
+        bool room = pr == 0 && (buffered || bx_writable(sockfd));
         pthread_mutex_unlock(&ex->conn_lock);
-        if (!buffered) {
-            int w = bx_wait(sockfd, ex->stopfd, ex->wakefd, CONC_NO_DEADLINE);
+        if (pr == -EPIPE)
+            return -EPIPE;
+        if (!room || !buffered) {
+            int w = bx_wait(sockfd, room ? POLLIN : POLLOUT, ex->stopfd, ex->wakefd,
+                            CONC_NO_DEADLINE);
             if (w == 1)
                 return 1;
-            if (w == 2)
-                continue;   /* a submit saw the connection fail */
+            if (w == 2 || !room)
+                continue;   /* a submit framed tasks, or saw the connection
+                               fail; or room to send */
             if (w < 0 && w != -ETIMEDOUT)
                 return -EPIPE;
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
         pthread_mutex_lock(&ex->conn_lock);
+        if (ex->lost || ex->out.len) {
+            /* A submit's frames may be out in part: they go first. */
+            pthread_mutex_unlock(&ex->conn_lock);
+            continue;
+        }
         int r = bx_poll_message(ex->conn, &env, &ev, ex->cid_key);
         if (r == 2)
             bx_settle(ex, &ev);
@@ -1349,8 +1533,46 @@ fail_cfg:
     return r;
 }
 
-int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn, const void *data,
-                                size_t len, conc_future **out)
+/* Takes back a task whose submit ran out of time before its bytes were
+ * all sent (conn_lock held): it leaves the unconfirmed list and the
+ * table.  Frames of its own at the end of out, none of whose bytes went
+ * out, are cut off; otherwise the connection is dropped (a frame may have
+ * gone out in part, and the broker drops a message cut short), and the
+ * result thread makes it again and sends the other unconfirmed tasks.
+ * Returns true when the result thread must be woken. */
+static bool bx_withdraw(conc_broker_executor *ex, struct bx_task *t, uint64_t gen,
+                        uint64_t start, uint64_t end)
+{
+    struct bx_task *prev = NULL;
+    for (struct bx_task *u = ex->uhead; u; prev = u, u = u->next) {
+        if (u != t)
+            continue;
+        if (prev)
+            prev->next = t->next;
+        else
+            ex->uhead = t->next;
+        if (ex->utail == t)
+            ex->utail = prev;
+        break;
+    }
+    pthread_mutex_lock(&ex->lock);
+    bx_table_take(ex, t->id);
+    pthread_mutex_unlock(&ex->lock);
+    if (ex->gen != gen || !ex->conn || ex->lost)
+        return false;
+    if (ex->obase + ex->osent <= start && ex->obase + ex->out.len == end &&
+        t->seq == ex->pub_seq) {
+        ex->out.len = (size_t)(start - ex->obase);
+        ex->pub_seq--;
+        return false;
+    }
+    ex->lost = true;
+    return true;
+}
+
+int conc_broker_executor_submit_until(conc_broker_executor *ex, const char *fn,
+                                      const void *data, size_t len, int64_t deadline,
+                                      conc_future **out)
 {
     if (!ex || !fn || !out || (!data && len))
         return -EINVAL;
@@ -1394,28 +1616,48 @@ int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn, const 
             ex->uhead = t;
         ex->utail = t;
         if (ex->conn && !ex->lost) {
+            /* Framed into out and sent as the socket takes it: a full
+             * socket is waited for without the lock, parking only a
+             * calling coroutine, until the deadline. */
+            uint64_t gen = ex->gen, start = ex->obase + ex->out.len;
             t->seq = ++ex->pub_seq;
-            if (bx_publish_task(ex, t) != AMQP_STATUS_OK) {
-                /* Kept: sent again on the next connection. */
+            r = bx_publish_task(ex, t);
+            uint64_t end = ex->obase + ex->out.len;
+            if (r == -EPIPE) {
+                /* Over TLS rabbitmq-c's send failed: kept, sent again on
+                 * the next connection. */
                 ex->lost = true;
                 wake = true;
+                r = 0;
+            } else if (r == 0) {
+                r = bx_out_wait(ex, gen, end, deadline);
+                if (r == 1) {
+                    wake = true;    /* kept: sent again on the next
+                                       connection */
+                    r = 0;
+                }
             }
+            if (r < 0)
+                wake = bx_withdraw(ex, t, gen, start, end);
         }
     }
     pthread_mutex_unlock(&ex->conn_lock);
+    if (wake)
+        bx_wake(ex);
     if (r) {
         free(t);
         conc_future_free(f);
         conc_future_free(f);
         return r;
     }
-    if (wake) {
-        uint64_t one = 1;
-        while (write(ex->wakefd, &one, sizeof one) < 0 && errno == EINTR)
-            ;
-    }
     *out = f;
     return 0;
+}
+
+int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn, const void *data,
+                                size_t len, conc_future **out)
+{
+    return conc_broker_executor_submit_until(ex, fn, data, len, CONC_NO_DEADLINE, out);
 }
 
 size_t conc_broker_executor_pending(const conc_broker_executor *ex)
@@ -1452,12 +1694,23 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     while (write(ex->stopfd, &one, sizeof one) < 0 && errno == EINTR)
         ;
     pthread_join(ex->reader, NULL);
+    if (ex->conn && ex->osent < ex->out.len) {
+        /* Frames still to send go first (a second at most): rabbitmq-c's
+         * must not come between the bytes of one. */
+        struct iovec v = { .iov_base = ex->out.buf + ex->osent,
+                           .iov_len = ex->out.len - ex->osent };
+        if (ex->lost || bk_sendv_until(ex->sockfd, &v, 1, bx_now() + 1000000000LL) < 0) {
+            amqp_destroy_connection(ex->conn);
+            ex->conn = NULL;
+        }
+    }
     if (ex->conn) {
         /* Results still to come are dropped with the reply queue. */
         bx_reply_delete(ex);
         bx_close(ex->conn);
         ex->conn = NULL;
     }
+    free(ex->out.buf);
     bx_fail_all(ex, -EPIPE);
     close(ex->stopfd);
     close(ex->wakefd);
@@ -1495,6 +1748,11 @@ struct bx_ahead {
 
 struct conc_broker_worker {
     amqp_connection_state_t conn;   /* NULL while down */
+    /* Results, acknowledgements and rejections are framed here and sent
+     * without blocking: a full socket is waited for through conc's wait
+     * layer until send_until (run's deadline), BX_STALL_NS at most. */
+    struct bk_out out;
+    int64_t send_until;
     struct bx_ahead *ahead, *ahead_tail;
     int sockfd;
     int stopfd;
@@ -1604,9 +1862,63 @@ int conc_broker_worker_register(conc_broker_worker *w, const char *name, conc_br
     return 0;
 }
 
+/* Sends what out holds, waiting for room through conc's wait layer until
+ * send_until (run's deadline, but BX_SEND_GRACE_NS from now at least, so
+ * that a run with a short timeout still finishes the task it ran) and for
+ * BX_STALL_NS at most.  Returns 0; -ETIMEDOUT when that passed,
+ * -ECANCELED, or -EPIPE (failed, or stalled): the caller drops the
+ * connection, since a frame may have gone out in part. */
+#define BX_SEND_GRACE_NS 1000000000LL
+static int bx_worker_flush(conc_broker_worker *w)
+{
+    if (!w->out.len)
+        return 0;
+    struct iovec v = { .iov_base = w->out.buf, .iov_len = w->out.len };
+    w->out.len = 0;
+    if (!w->conn)
+        return -EPIPE;
+    int64_t now = bx_now(), until = now + BX_STALL_NS;
+    int64_t want = w->send_until < now + BX_SEND_GRACE_NS ? now + BX_SEND_GRACE_NS
+                                                           : w->send_until;
+    bool stall = want > until;
+    int r = bk_sendv_until(w->sockfd, &v, 1, stall ? until : want);
+    if (r == -ETIMEDOUT && stall)
+        r = -EPIPE;
+    if (w->out.cap > BX_OUT_KEEP) {
+        free(w->out.buf);
+        w->out.buf = NULL;
+        w->out.cap = 0;
+    }
+    return r == 0 || r == -ETIMEDOUT || r == -ECANCELED ? r : -EPIPE;
+}
+
+/* Frames a method without content (an acknowledgement, a rejection) and
+ * sends it (bx_worker_flush). */
+static int bx_worker_method(conc_broker_worker *w, amqp_method_number_t id, void *args)
+{
+    if (w->cfg.ssl)
+        return amqp_send_method(w->conn, BX_CHANNEL, id, args) == AMQP_STATUS_OK ? 0 : -EPIPE;
+    int r = bk_frame_method(&w->out, BX_CHANNEL, id, args);
+    if (r < 0)
+        return r == -ENOMEM ? r : -EPIPE;
+    return bx_worker_flush(w);
+}
+
+static int bx_worker_ack(conc_broker_worker *w, uint64_t tag)
+{
+    amqp_basic_ack_t a = { .delivery_tag = tag };
+    return bx_worker_method(w, AMQP_BASIC_ACK_METHOD, &a);
+}
+
+static int bx_worker_nack(conc_broker_worker *w, uint64_t tag, bool requeue)
+{
+    amqp_basic_nack_t a = { .delivery_tag = tag, .requeue = requeue };
+    return bx_worker_method(w, AMQP_BASIC_NACK_METHOD, &a);
+}
+
 /* Sends a task's result (or error) to its client; the task is settled
  * (acknowledged, or dead-lettered when `dead`) once the broker confirmed
- * the result. */
+ * the result.  Returns 0, -ENOMEM, or bx_worker_flush's errors. */
 static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int err,
                           int detail, const void *data, size_t len, bool dead)
 {
@@ -1646,10 +1958,17 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
         t->value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
         p.headers.num_entries++;
     }
-    int st = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
-                                body);
-    if (st != AMQP_STATUS_OK)
-        return -EPIPE;
+    int r;
+    if (w->cfg.ssl)
+        r = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
+                               body) == AMQP_STATUS_OK ? 0 : -EPIPE;
+    else
+        r = bk_frame_publish(&w->out, (size_t)amqp_get_frame_max(w->conn), BX_CHANNEL,
+                             amqp_empty_bytes, task->reply_to, false, &p, body, true);
+    if (r == 0)
+        r = bx_worker_flush(w);
+    if (r < 0)
+        return r == -EPROTO ? -EPIPE : r;
     w->uns[w->nuns++] = (struct bx_unsettled){ .seq = ++w->pub_seq, .tag = env->delivery_tag,
                                                .dead = dead };
     return 0;
@@ -1673,13 +1992,13 @@ static int bx_worker_settle(conc_broker_worker *w, const struct bx_event *ev)
         }
         int st;
         if (nack)
-            st = amqp_basic_nack(w->conn, BX_CHANNEL, u->tag, 0, 1);
+            st = bx_worker_nack(w, u->tag, true);
         else if (u->dead)
-            st = amqp_basic_nack(w->conn, BX_CHANNEL, u->tag, 0, 0);
+            st = bx_worker_nack(w, u->tag, false);
         else
-            st = amqp_basic_ack(w->conn, BX_CHANNEL, u->tag, 0);
-        if (st != AMQP_STATUS_OK)
-            r = -EPIPE;
+            st = bx_worker_ack(w, u->tag);
+        if (st < 0)
+            r = st;
         else if (!nack && !u->dead)
             __atomic_fetch_add(&w->tasks, 1, __ATOMIC_RELAXED);
     }
@@ -1697,7 +2016,7 @@ static int bx_on_task(conc_broker_worker *w, amqp_envelope_t *env)
         /* Nobody to answer (or a queue no client made): to the
          * dead-letter queue, unrun. */
         __atomic_fetch_add(&w->rejected, 1, __ATOMIC_RELAXED);
-        return amqp_basic_nack(w->conn, BX_CHANNEL, env->delivery_tag, 0, 0) ? -EPIPE : 0;
+        return bx_worker_nack(w, env->delivery_tag, false);
     }
     if (w->mac.on) {
         char want[BX_MAC_HEX + 1];
@@ -1794,6 +2113,7 @@ static void bx_worker_drop(conc_broker_worker *w)
     w->consuming = false;
     w->nuns = 0;
     w->pub_seq = 0;
+    w->out.len = 0;
     bx_ahead_clear(w);
 }
 
@@ -1877,6 +2197,7 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
 static void bx_drain(conc_broker_worker *w)
 {
     int64_t until = bx_now() + BX_DRAIN_NS;
+    w->send_until = until;
     while (w->nuns && w->conn) {
         if (!amqp_data_in_buffer(w->conn) && !amqp_frames_enqueued(w->conn)) {
             int r = conc_fd_wait_until(w->sockfd, POLLIN, until);
@@ -1918,6 +2239,7 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
 {
     if (w->broken)
         return w->broken;
+    w->send_until = deadline;
     int ret;
     for (;;) {
         if (!w->consuming) {
@@ -1948,16 +2270,16 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
             int r = bx_on_task(w, &a->env);
             amqp_destroy_envelope(&a->env);
             free(a);
-            if (r == -ENOMEM) {
+            if (r < 0 && r != -ENOMEM)
+                bx_worker_drop(w);
+            if (r == -ENOMEM || r == -ETIMEDOUT || r == -ECANCELED) {
                 ret = r;
                 break;
             }
-            if (r < 0)
-                bx_worker_drop(w);
             continue;
         }
         if (!amqp_data_in_buffer(w->conn) && !amqp_frames_enqueued(w->conn)) {
-            int r = bx_wait(w->sockfd, w->stopfd, -1, deadline);
+            int r = bx_wait(w->sockfd, POLLIN, w->stopfd, -1, deadline);
             if (r == 1) {
                 bx_stopped(w);
                 ret = 0;
@@ -1981,12 +2303,12 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
         } else if (r == 2) {
             r = bx_worker_settle(w, &ev);
         }
-        if (r == -ENOMEM) {
+        if (r < 0 && r != -ENOMEM)
+            bx_worker_drop(w);     /* made again at the top */
+        if (r == -ENOMEM || r == -ETIMEDOUT || r == -ECANCELED) {
             ret = r;
             break;
         }
-        if (r < 0)
-            bx_worker_drop(w);     /* made again at the top */
     }
     bx_drain(w);
     return ret;
@@ -2052,6 +2374,7 @@ void conc_broker_worker_free(conc_broker_worker *w)
         free(w->fns[i].name);
     free(w->fns);
     free(w->uns);
+    free(w->out.buf);
     bx_cfg_free(&w->cfg);
     sodium_memzero(&w->mac, sizeof w->mac);
     free(w);

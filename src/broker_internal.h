@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "conc/broker.h"
 #include "internal.h"
@@ -89,6 +90,17 @@ struct conc_broker_queue {
     unsigned ack_n;                         /* done, not yet sent */
 };
 
+/* Frames built by conc (rabbitmq-c encodes only the methods and the
+ * properties), waiting to be sent on a socket that never blocks: the
+ * queue's connection and the executor's client and worker connections
+ * frame their publishes (and the executor its acknowledgements) here, so
+ * a full socket is waited for through conc's wait layer and never inside
+ * rabbitmq-c.  Only whole frames are added. */
+struct bk_out {
+    unsigned char *buf;
+    size_t len, cap;
+};
+
 struct conc_broker {
     amqp_connection_state_t c;              /* NULL while down */
     int fd;
@@ -125,8 +137,10 @@ struct conc_broker {
                                                connection attempt at most */
     /* Async publishes framed here (rabbitmq-c encodes their methods and
      * properties) and sent many to one send(), plain TCP only. */
-    unsigned char *obuf;
-    size_t olen, ocap;
+    struct bk_out out;
+    bool out_small;                         /* out holds an acknowledgement,
+                                               rejection or close-ok framed
+                                               while reading */
     bool corked;                            /* TCP_CORK set on fd: a stream
                                                of async publishes goes out
                                                in full segments until the
@@ -162,8 +176,20 @@ BK_HIDDEN int bk_out_flush_until(conc_broker *b, int64_t deadline);
 BK_HIDDEN int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange,
                              amqp_bytes_t key, const amqp_basic_properties_t *p,
                              amqp_bytes_t body, bool with_body);
+BK_HIDDEN int bk_send_small(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
+                            bool now);
 BK_HIDDEN int bk_out_body_until(conc_broker *b, uint16_t ch, amqp_bytes_t body,
                                 int64_t deadline);
+/* Frame building and sending on any connection (broker.c). */
+BK_HIDDEN int bk_frame_method(struct bk_out *o, uint16_t ch, amqp_method_number_t id,
+                              void *args);
+BK_HIDDEN int bk_frame_publish(struct bk_out *o, size_t frame_max, uint16_t ch,
+                               amqp_bytes_t exchange, amqp_bytes_t key, bool mandatory,
+                               const amqp_basic_properties_t *p, amqp_bytes_t body,
+                               bool with_body);
+BK_HIDDEN void bk_out_drop_channel(struct bk_out *o, uint16_t ch);
+BK_HIDDEN int bk_send_some(int fd, struct iovec **iov, int *n);
+BK_HIDDEN int bk_sendv_until(int fd, struct iovec *iov, int n, int64_t deadline);
 /* The largest body a publish copies into the connection's buffer (one body
  * frame below the smallest frame_max, 4096); a larger one is sent from the
  * caller's bytes. */

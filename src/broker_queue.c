@@ -95,8 +95,9 @@ static void drop_local(conc_broker_queue *q)
     q->partial = NULL;
 }
 
-/* Sends the batched acknowledgement of the deliveries task_done finished
- * (when their channel still lives: else the broker has them back). */
+/* Frames the batched acknowledgement of the deliveries task_done finished
+ * (when their channel still lives: else the broker has them back), sent
+ * with the connection's buffer (bk_send_small). */
 void bk_queue_flush_acks(conc_broker_queue *q)
 {
     conc_broker *b = q->b;
@@ -105,8 +106,15 @@ void bk_queue_flush_acks(conc_broker_queue *q)
     q->ack_n = 0;
     if (!b->c || !q->chan_open || q->ack_when != (q->cgen | (b->epoch << 32)))
         return;
-    if (amqp_basic_ack(b->c, q->channel, q->ack_tag, 1) != AMQP_STATUS_OK)
-        bk_lost(b, -ECONNRESET);
+    amqp_basic_ack_t a = { .delivery_tag = q->ack_tag, .multiple = 1 };
+    bk_send_small(b, q->channel, AMQP_BASIC_ACK_METHOD, &a, false);
+}
+
+/* Frames a basic.reject (bk_send_small; sent with the buffer). */
+static void reject_later(conc_broker *b, uint16_t ch, uint64_t tag, bool requeue)
+{
+    amqp_basic_reject_t a = { .delivery_tag = tag, .requeue = requeue };
+    bk_send_small(b, ch, AMQP_BASIC_REJECT_METHOD, &a, false);
 }
 
 void bk_queue_reset(conc_broker_queue *q)
@@ -225,7 +233,7 @@ static void complete(conc_broker_queue *q)
 static void refuse(conc_broker *b, conc_broker_queue *q, uint16_t ch, uint64_t tag,
                    bool requeue)
 {
-    amqp_basic_reject(b->c, ch, tag, requeue);
+    reject_later(b, ch, tag, requeue);
     __atomic_fetch_add(&q->refused, 1, __ATOMIC_RELAXED);
 }
 
@@ -269,10 +277,7 @@ int64_t bk_queue_release_held(conc_broker_queue *q, bool all)
     if (!b->c || !q->chan_open)
         return CONC_NO_DEADLINE;
     for (size_t i = 0; i < n; i++)
-        if (amqp_basic_reject(b->c, q->channel, q->held[i], 1) != AMQP_STATUS_OK) {
-            bk_lost(b, -ECONNRESET);
-            break;
-        }
+        reject_later(b, q->channel, q->held[i], true);
     return CONC_NO_DEADLINE;
 }
 
@@ -800,7 +805,7 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
                 if (!wait)
                     bk_cork(b, true);
                 r = bk_out_body_until(b, BK_CH_PUB, body, lim);
-            } else if (wait || b->olen >= BK_OBUF_SEND) {
+            } else if (wait || b->out.len >= BK_OBUF_SEND) {
                 r = bk_out_flush_until(b, lim);
             }
             if (r == -ETIMEDOUT || r == -ECANCELED)
@@ -808,7 +813,7 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
             if (r < 0)
                 continue;           /* lost: again on a new one */
         } else {
-            if (b->olen && bk_out_flush_until(b, lim) < 0)
+            if (b->out.len && bk_out_flush_until(b, lim) < 0)
                 continue;
             if (!wait)
                 bk_cork(b, true);
@@ -1035,10 +1040,9 @@ static int take(conc_broker_queue *q, conc_broker_msg *out)
     struct bk_msg *m = q->head;
     conc_broker *b = q->b;
     if (q->opts.simple) {
-        if (b->c && amqp_basic_ack(b->c, q->channel, m->m.tag, 0) != AMQP_STATUS_OK) {
-            bk_lost(b, -ECONNRESET);
+        amqp_basic_ack_t a = { .delivery_tag = m->m.tag };
+        if (b->c && bk_send_small(b, q->channel, AMQP_BASIC_ACK_METHOD, &a, true) < 0)
             return -ECONNRESET;     /* the broker gives it again */
-        }
     } else if (remember_taken(q, m->m.tag) < 0) {
         return -ENOMEM;
     }
@@ -1071,6 +1075,8 @@ int conc_broker_queue_get_until(conc_broker_queue *q, conc_broker_msg *out, int6
          * over). */
         bk_queue_flush_acks(q);
         bk_queue_release_held(q, false);
+        if (b->c && b->out.len)
+            bk_out_flush(b);
         if (q->cancelled)
             return -ENOENT;
         int r = queue_ready(q, !poll, lim);
@@ -1153,17 +1159,25 @@ static int settle(conc_broker_queue *q, size_t i, bool ack, bool requeue)
         q->ack_when = when;
         q->ack_n++;
         unsigned batch = q->opts.prefetch / 2 ? q->opts.prefetch / 2 : 1;
-        if (q->ack_n >= batch)
+        if (q->ack_n >= batch) {
             bk_queue_flush_acks(q);
+            if (b->c && b->out.len)
+                bk_out_flush(b);
+        }
         return 0;
     }
     bk_queue_flush_acks(q);
     if (!b->c)
         return 0;
-    int st = ack ? amqp_basic_ack(b->c, q->channel, tag, 0)
-                 : amqp_basic_reject(b->c, q->channel, tag, requeue);
-    if (st != AMQP_STATUS_OK)
-        bk_lost(b, bk_status_err(st));
+    /* Framed and sent at once, waiting for room through conc's wait
+     * layer (a lost connection gives the delivery back anyway). */
+    if (ack) {
+        amqp_basic_ack_t a = { .delivery_tag = tag };
+        bk_send_small(b, q->channel, AMQP_BASIC_ACK_METHOD, &a, true);
+    } else {
+        amqp_basic_reject_t a = { .delivery_tag = tag, .requeue = requeue };
+        bk_send_small(b, q->channel, AMQP_BASIC_REJECT_METHOD, &a, true);
+    }
     return 0;
 }
 

@@ -1015,17 +1015,6 @@ Test(broker, queue_deleted_under_a_consumer_enoent)
 }
 
 /* Signals the node's whole process group (the node, its epmd). */
-static void node_signal(int sig)
-{
-    FILE *f = fopen(CONC_RABBITMQ_DIR "/group.pid", "r");
-    cr_assert_not_null(f);
-    int pg = 0;
-    cr_assert_eq(fscanf(f, "%d", &pg), 1);
-    fclose(f);
-    cr_assert_gt(pg, 1);
-    cr_assert_eq(kill(-pg, sig), 0);
-}
-
 Test(broker, a_silent_broker_is_noticed_by_heartbeats)
 {
     char name[128];
@@ -1051,36 +1040,6 @@ Test(broker, a_silent_broker_is_noticed_by_heartbeats)
     get_str(q, "before", NULL);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
-}
-
-/* Sends SIGCONT to the node when this process ends or after HANG seconds,
- * whichever comes first, so that no path leaves it stopped.  Returns the
- * guard's pid (end it with guard_end). */
-static pid_t node_cont_guard(void)
-{
-    FILE *f = fopen(CONC_RABBITMQ_DIR "/group.pid", "r");
-    cr_assert_not_null(f);
-    int pg = 0;
-    cr_assert_eq(fscanf(f, "%d", &pg), 1);
-    fclose(f);
-    cr_assert_gt(pg, 1);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        for (int i = 0; i < (int)(HANG * 100) && getppid() == parent; i++)
-            usleep(10 * 1000);
-        kill(-pg, SIGCONT);
-        _exit(0);
-    }
-    return pid;
-}
-
-static void guard_end(pid_t pid)
-{
-    kill(pid, SIGKILL);
-    int st;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
 }
 
 /* A put into a broker that stops reading: the message does not fit in the
@@ -1130,7 +1089,7 @@ Test(broker, put_to_a_broker_that_stops_reading_parks_and_times_out)
                                node takes up to 16 MiB */
     s.big = calloc(1, s.len);
     cr_assert_not_null(s.big);
-    pid_t guard = node_cont_guard();
+    pid_t guard = node_cont_guard(HANG);
     node_signal(SIGSTOP);
     conc_greenlet *g1, *g2;
     cr_assert_eq(conc_greenlet_spawn(&g1, stuck_putter, &s, NULL), 0);

@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1592,4 +1593,263 @@ Test(broker_executor, connect_from_a_coroutine_parks_only_the_coroutine)
 {
     silent_listener_case(true);
     silent_listener_case(false);
+}
+
+/* ------------------------------------- a broker that stops reading */
+
+/* Counts its runs per task (by the argument's first byte) and answers
+ * with that byte. */
+static atomic_int tally_runs[8];
+
+static int tally(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)arg;
+    if (len == 0)
+        return -EINVAL;
+    unsigned char k = ((const unsigned char *)data)[0] & 7;
+    atomic_fetch_add(&tally_runs[k], 1);
+    unsigned char *y = malloc(1);
+    if (!y)
+        return -ENOMEM;
+    *y = k;
+    *result = y;
+    *rlen = 1;
+    return 0;
+}
+
+static unsigned char result_byte(conc_future *f)
+{
+    void *v = NULL;
+    size_t len = 0;
+    int r = conc_future_result(f, &v, &len, GUARD);
+    cr_assert_eq(r, 0, "result: %s", conc_strerror(r));
+    cr_assert_eq(len, 1);
+    return *(unsigned char *)v;
+}
+
+/* A submit to a broker that stops reading: a large task that does not fit
+ * in the socket's buffers, and a small one queued behind it. */
+struct full_state {
+    conc_broker_executor *ex;
+    unsigned char *big;
+    size_t len;
+    int big_rc, small_rc;
+    conc_future *small_f;
+    atomic_int busy;            /* submits under way */
+    atomic_int ticks;           /* the other coroutine's turns */
+    int ticks_during;           /* its turns while the large submit waited */
+};
+
+static void *full_big(void *arg)
+{
+    struct full_state *s = arg;
+    conc_future *f = NULL;
+    s->big_rc = conc_broker_executor_submit_until(s->ex, "tally", s->big, s->len,
+                                                  conc_now() + 1000000000LL, &f);
+    s->ticks_during = atomic_load(&s->ticks);
+    if (f)
+        conc_future_free(f);
+    atomic_fetch_sub(&s->busy, 1);
+    return NULL;
+}
+
+static void *full_small(void *arg)
+{
+    struct full_state *s = arg;
+    unsigned char k = 2;
+    /* Queued behind the large one, with no deadline: it comes back once
+     * the connection is given up, the task kept to be sent again. */
+    s->small_rc = conc_broker_executor_submit(s->ex, "tally", &k, 1, &s->small_f);
+    atomic_fetch_sub(&s->busy, 1);
+    return NULL;
+}
+
+static void *full_ticker(void *arg)
+{
+    struct full_state *s = arg;
+    while (atomic_load(&s->busy)) {
+        atomic_fetch_add(&s->ticks, 1);
+        conc_sleep(0.01);
+    }
+    return NULL;
+}
+
+/* A submit whose bytes the broker does not read waits for room through
+ * conc's wait layer: only its coroutine parks (another one keeps running,
+ * a third submits behind it on the same hub without waiting for a lock
+ * the first holds), and it ends at its deadline with -ETIMEDOUT, the task
+ * not submitted.  The connection, which carried part of a frame, is made
+ * again once the broker reads again; the task queued behind is sent
+ * again; every task runs once, the timed-out one never. */
+Test(broker_executor, submit_to_a_broker_that_stops_reading_parks_and_times_out)
+{
+    char q[128];
+    qname(q, sizeof q, "full");
+    for (int i = 0; i < 8; i++)
+        atomic_store(&tally_runs[i], 0);
+    conc_broker_worker *w = NULL;
+    cr_assert_eq(conc_broker_worker_new(&w, url, &(conc_broker_worker_opts){ .queue = q }), 0);
+    cr_assert_eq(conc_broker_worker_register(w, "tally", tally, NULL), 0);
+    struct wthread wt = { .w = w, .rc = 1 };
+    cr_assert_eq(pthread_create(&wt.t, NULL, wthread_main, &wt), 0);
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = q;
+    o.connect_timeout = 2;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, url, &o), 0);
+    unsigned char k = 1;
+    conc_future *before = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, "tally", &k, 1, &before), 0);
+    cr_assert_eq(result_byte(before), 1);
+    static struct full_state s;
+    memset(&s, 0, sizeof s);
+    s.ex = ex;
+    s.len = 15u << 20;      /* more than the socket buffers hold; the node
+                               takes up to 16 MiB */
+    s.big = calloc(1, s.len);
+    cr_assert_not_null(s.big);
+    s.big[0] = 3;
+    atomic_store(&s.busy, 2);
+    pid_t guard = node_cont_guard(GUARD);
+    node_signal(SIGSTOP);
+    conc_greenlet *g1, *g2, *g3;
+    cr_assert_eq(conc_greenlet_spawn(&g1, full_big, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g2, full_small, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g3, full_ticker, &s, NULL), 0);
+    int hr = conc_hub_run();
+    node_signal(SIGCONT);
+    guard_end(guard);
+    cr_assert_eq(hr, 0);
+    cr_assert_eq(s.big_rc, -ETIMEDOUT, "large submit: %s", conc_strerror(s.big_rc));
+    cr_assert_gt(s.ticks_during, 0, "the other coroutine did not run during the submit");
+    cr_assert_eq(s.small_rc, 0, "small submit: %s", conc_strerror(s.small_rc));
+    conc_greenlet_free(g1);
+    conc_greenlet_free(g2);
+    conc_greenlet_free(g3);
+    cr_assert_eq(conc_hub_free(), 0);
+    free(s.big);
+    /* The task behind it is sent again on the new connection and runs. */
+    cr_assert_eq(result_byte(s.small_f), 2);
+    cr_assert_geq(conc_broker_executor_reconnects(ex), 1);
+    k = 4;
+    conc_future *after = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, "tally", &k, 1, &after), 0);
+    cr_assert_eq(result_byte(after), 4);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    cr_assert_eq(atomic_load(&tally_runs[1]), 1);
+    cr_assert_eq(atomic_load(&tally_runs[2]), 1);
+    cr_assert_eq(atomic_load(&tally_runs[3]), 0, "the timed-out task ran");
+    cr_assert_eq(atomic_load(&tally_runs[4]), 1);
+    conc_future_free(before);
+    conc_future_free(s.small_f);
+    conc_future_free(after);
+    conc_broker_executor_free(ex);
+    cr_assert_eq(conc_broker_worker_stop(w), 0);
+    cr_assert_eq(pthread_join(wt.t, NULL), 0);
+    cr_assert_eq(wt.rc, 0);
+    cr_assert_eq(conc_broker_worker_tasks(w), 4 - 1);
+    cr_assert_eq(conc_broker_worker_rejected(w), 0);
+    conc_broker_worker_free(w);
+    delete_queues(q);
+}
+
+/* The first call stops the node and answers with more than the socket's
+ * buffers hold; a later one answers "ok". */
+static atomic_int stall_calls;
+
+static int stall_fn(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)arg;
+    if (atomic_fetch_add(&stall_calls, 1) == 0) {
+        node_signal(SIGSTOP);
+        *rlen = 15u << 20;
+        *result = calloc(1, *rlen);
+    } else {
+        *rlen = 2;
+        *result = malloc(2);
+        if (*result)
+            memcpy(*result, "ok", 2);
+    }
+    return *result ? 0 : -ENOMEM;
+}
+
+struct stall_state {
+    conc_broker_worker *w;
+    int run_rc;
+    atomic_int running;
+    atomic_int ticks;           /* the other coroutine's turns while the
+                                   result waited for room */
+};
+
+static void *stall_runner(void *arg)
+{
+    struct stall_state *s = arg;
+    s->run_rc = conc_broker_worker_run(s->w, 2.0);
+    atomic_store(&s->running, 0);
+    return NULL;
+}
+
+static void *stall_ticker(void *arg)
+{
+    struct stall_state *s = arg;
+    while (atomic_load(&s->running)) {
+        if (atomic_load(&stall_calls) > 0)
+            atomic_fetch_add(&s->ticks, 1);
+        conc_sleep(0.01);
+    }
+    return NULL;
+}
+
+/* A worker in a coroutine whose result the broker does not read: the
+ * result waits for room through conc's wait layer (another coroutine keeps
+ * running) until the run's timeout, which drops the connection; once the
+ * broker reads again, the task comes back, runs again, and its future
+ * completes once. */
+Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_only)
+{
+    char q[128];
+    qname(q, sizeof q, "stall");
+    atomic_store(&stall_calls, 0);
+    static struct stall_state s;
+    memset(&s, 0, sizeof s);
+    cr_assert_eq(conc_broker_worker_new(&s.w, url, &(conc_broker_worker_opts){ .queue = q }),
+                 0);
+    cr_assert_eq(conc_broker_worker_register(s.w, "stall", stall_fn, NULL), 0);
+    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_future *f = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, "stall", "x", 1, &f), 0);
+    atomic_store(&s.running, 1);
+    pid_t guard = node_cont_guard(GUARD);
+    conc_greenlet *g1, *g2;
+    cr_assert_eq(conc_greenlet_spawn(&g1, stall_runner, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g2, stall_ticker, &s, NULL), 0);
+    int hr = conc_hub_run();
+    node_signal(SIGCONT);
+    guard_end(guard);
+    cr_assert_eq(hr, 0);
+    cr_assert_eq(atomic_load(&stall_calls), 1);
+    cr_assert_eq(s.run_rc, -ETIMEDOUT, "run: %s", conc_strerror(s.run_rc));
+    cr_assert_gt(atomic_load(&s.ticks), 0, "the other coroutine did not run");
+    conc_greenlet_free(g1);
+    conc_greenlet_free(g2);
+    cr_assert_eq(conc_hub_free(), 0);
+    /* The broker gives the task back; it runs again, answered once. */
+    struct wthread wt = { .w = s.w, .rc = 1 };
+    cr_assert_eq(pthread_create(&wt.t, NULL, wthread_main, &wt), 0);
+    void *v = NULL;
+    size_t len = 0;
+    int r = conc_future_result(f, &v, &len, GUARD);
+    cr_assert_eq(r, 0, "result: %s", conc_strerror(r));
+    cr_assert_eq(len, 2);
+    cr_assert_eq(memcmp(v, "ok", 2), 0);
+    cr_assert_eq(conc_broker_worker_stop(s.w), 0);
+    cr_assert_eq(pthread_join(wt.t, NULL), 0);
+    cr_assert_eq(wt.rc, 0);
+    cr_assert_eq(atomic_load(&stall_calls), 2);
+    cr_assert_eq(conc_broker_worker_tasks(s.w), 1);
+    cr_assert_eq(conc_broker_executor_pending(ex), 0);
+    conc_future_free(f);
+    conc_broker_executor_free(ex);
+    conc_broker_worker_free(s.w);
+    delete_queues(q);
 }

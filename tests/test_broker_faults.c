@@ -30,6 +30,7 @@
 #include <amqp_tcp_socket.h>
 
 #include "conc/broker.h"
+#include "conc/hub.h"
 #include "conc/wait.h"
 #include "broker_internal.h"
 #include "support/rabbitmq_node.h"
@@ -108,6 +109,9 @@ static void fake_close(struct fake *f)
         free(f->q.partial);
     }
     free(f->q.held);
+    free(f->q.taken);
+    free(f->q.taken_epoch);
+    free(f->b.out.buf);
     amqp_destroy_connection(f->b.c);
     close(f->far);
 }
@@ -160,9 +164,13 @@ static uint64_t be(const unsigned char *p, int n)
 }
 
 /* Reads the next frame the client sent, which must be a basic.reject on
- * the queue's channel, and gives its tag and requeue flag. */
+ * the queue's channel, and gives its tag and requeue flag.  A rejection
+ * made while reading is framed into the connection's buffer, which the
+ * connection sends once it has read what came (or before it waits): sent
+ * here as it would be. */
 static void expect_reject(struct fake *f, uint64_t tag, bool requeue)
 {
+    cr_assert_eq(bk_out_flush(&f->b), 0);
     unsigned char buf[64];
     size_t have = 0;
     while (have < 7 || have < 8 + be(buf + 3, 4)) {
@@ -185,6 +193,7 @@ static void expect_reject(struct fake *f, uint64_t tag, bool requeue)
 /* Nothing more was sent. */
 static void expect_silence(struct fake *f)
 {
+    cr_assert_eq(bk_out_flush(&f->b), 0);
     struct pollfd p = { .fd = f->far, .events = POLLIN };
     cr_assert_eq(poll(&p, 1, 0), 0, "the client sent a frame");
 }
@@ -287,6 +296,141 @@ Test(broker_faults, no_memory_delivery_held_then_requeued_after_a_pause)
     cr_assert_eq(f.q.held_pause, 0);
     expect_silence(&f);
     fake_close(&f);
+}
+
+/* ---- acknowledgements and rejections into a full socket ---- */
+
+/* Fills the client's side of the socket until it takes no more; returns
+ * how many bytes went in. */
+static size_t fill_socket(struct fake *f)
+{
+    int fl = fcntl(f->far, F_GETFL);
+    cr_assert_eq(fcntl(f->far, F_SETFL, fl | O_NONBLOCK), 0);
+    static unsigned char junk[65536];
+    memset(junk, 0xAA, sizeof junk);
+    size_t total = 0;
+    for (;;) {
+        ssize_t n = send(f->b.fd, junk, sizeof junk, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0) {
+            cr_assert(errno == EAGAIN || errno == EWOULDBLOCK, "send: %d", errno);
+            return total;
+        }
+        total += (size_t)n;
+    }
+}
+
+/* A settling call into a full socket, and what the far end read. */
+struct full_ack {
+    struct fake *f;
+    uint64_t tag;
+    bool ack;                   /* task_done, else reject (requeued) */
+    int rc;
+    atomic_int busy;            /* the settling call is under way */
+    int drained_while_busy;     /* reads made while it waited */
+    unsigned char *got;
+    size_t len, cap;
+};
+
+/* Reads what the far end has, without waiting, into s->got. */
+static void drain(struct full_ack *s)
+{
+    for (;;) {
+        if (s->cap - s->len < 65536) {
+            s->cap = s->cap ? 2 * s->cap : 1 << 20;
+            s->got = realloc(s->got, s->cap);
+            cr_assert_not_null(s->got);
+        }
+        ssize_t n = read(s->f->far, s->got + s->len, s->cap - s->len);
+        if (n <= 0)
+            return;
+        s->len += (size_t)n;
+    }
+}
+
+static void *settler(void *arg)
+{
+    struct full_ack *s = arg;
+    s->rc = s->ack ? conc_broker_queue_task_done(&s->f->q)
+                   : conc_broker_queue_reject(&s->f->q, s->tag, true);
+    atomic_store(&s->busy, 0);
+    return NULL;
+}
+
+/* Runs only once the settling call parked: on a blocked thread it would
+ * never run, and the socket would stay full. */
+static void *reader(void *arg)
+{
+    struct full_ack *s = arg;
+    while (atomic_load(&s->busy)) {
+        drain(s);
+        s->drained_while_busy++;
+        conc_sleep(0.01);
+    }
+    return NULL;
+}
+
+/* task_done's acknowledgement, or a rejection, meets a socket the broker
+ * does not read: the wait for room goes through conc's wait layer, so
+ * only the calling coroutine parks; once the far end reads, the frame goes
+ * out whole, after what filled the socket. */
+static void settle_into_a_full_socket(bool ack)
+{
+    struct fake f;
+    fake_open(&f, 1024, 1);
+    deliver(&f, 7);
+    header(&f, 3);
+    body(&f, "abc", 3);
+    conc_broker_msg m;
+    cr_assert_eq(conc_broker_queue_get_nowait(&f.q, &m), 0);
+    cr_assert_eq(m.tag, 7);
+    conc_broker_msg_clear(&m);
+    expect_silence(&f);
+    size_t filled = fill_socket(&f);
+    cr_assert_gt(filled, 0);
+    static struct full_ack s;
+    memset(&s, 0, sizeof s);
+    s.f = &f;
+    s.tag = 7;
+    s.ack = ack;
+    s.rc = 1;
+    atomic_store(&s.busy, 1);
+    conc_greenlet *g1, *g2;
+    cr_assert_eq(conc_greenlet_spawn(&g1, settler, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g2, reader, &s, NULL), 0);
+    cr_assert_eq(conc_hub_run(), 0);
+    conc_greenlet_free(g1);
+    conc_greenlet_free(g2);
+    cr_assert_eq(conc_hub_free(), 0);
+    cr_assert_eq(s.rc, 0);
+    cr_assert_gt(s.drained_while_busy, 0, "the other coroutine did not run");
+    cr_assert_not_null(f.b.c, "the connection was dropped");
+    drain(&s);
+    /* The filler, then exactly one frame. */
+    cr_assert_eq(s.len, filled + 21);
+    for (size_t i = 0; i < filled; i++)
+        cr_assert_eq(s.got[i], 0xAA);
+    const unsigned char *fr = s.got + filled;
+    cr_assert_eq(fr[0], AMQP_FRAME_METHOD);
+    cr_assert_eq(be(fr + 1, 2), CH);
+    cr_assert_eq(be(fr + 3, 4), 13);
+    cr_assert_eq(be(fr + 7, 4), ack ? AMQP_BASIC_ACK_METHOD : AMQP_BASIC_REJECT_METHOD);
+    cr_assert_eq(be(fr + 11, 8), 7);
+    /* task_done's acknowledgement covers every earlier delivery
+     * (multiple); the rejection requeues. */
+    cr_assert_eq(fr[19], 1, "%s", ack ? "multiple" : "requeue");
+    cr_assert_eq(fr[20], AMQP_FRAME_END);
+    free(s.got);
+    fake_close(&f);
+}
+
+Test(broker_faults, task_done_into_a_full_socket_parks_only_its_coroutine)
+{
+    settle_into_a_full_socket(true);
+}
+
+Test(broker_faults, reject_into_a_full_socket_parks_only_its_coroutine)
+{
+    settle_into_a_full_socket(false);
 }
 
 /* No more are held than the prefetch lets through (a basic.get beyond

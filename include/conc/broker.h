@@ -43,9 +43,12 @@
  * stopped reading) is waited for through the wait layer until the call's
  * deadline; a put that runs out of time while its message is going out
  * gives -ETIMEDOUT and drops the connection (the message may have gone out
- * cut, which the broker discards), and the next call makes it again.  One
- * exception: over TLS (amqps://), rabbitmq-c waits for room inside its
- * send, blocking the thread until the broker reads.
+ * cut, which the broker discards), and the next call makes it again.
+ * Acknowledgements and rejections are framed and written the same way
+ * (task_done, ack and reject wait for room for 30 s at most, then drop the
+ * connection, and the broker gives the delivery back).  One exception:
+ * over TLS (amqps://), rabbitmq-c waits for room inside its send, blocking
+ * the thread until the broker reads.
  *
  * Threads: a connection, and everything made from it, is used by one thread
  * (or one coroutine) at a time; use one connection per thread (connections

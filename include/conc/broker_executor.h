@@ -219,19 +219,43 @@ CONC_API int conc_broker_executor_new(conc_broker_executor **out, const char *ur
 /*
  * conc_broker_executor_submit - Executor.submit(fn, arg): send a task that
  * calls the function registered under the name fn with the len bytes at
- * data (NULL with len 0 for none).  Returns at once (it waits for no
- * worker, nor for the broker's confirmation); *out gets a new PENDING
- * future that the caller frees (conc_future_free), finished when the
- * result comes (see the top of this file for what it gives).  While the
- * connection is down the task waits in the client and is sent once it is
- * back.  The argument bytes are copied.
+ * data (NULL with len 0 for none).  Returns once the task is written to
+ * the connection (it waits for no worker, nor for the broker's
+ * confirmation); *out gets a new PENDING future that the caller frees
+ * (conc_future_free), finished when the result comes (see the top of this
+ * file for what it gives).  While the connection is down the task waits in
+ * the client and is sent once it is back.  The argument bytes are copied.
+ * Sending never blocks a thread inside the library: when the socket is
+ * full (a broker that reads slowly, or not at all), submit waits for room
+ * through conc's wait layer, so from a coroutine only the coroutine waits,
+ * and it holds no lock meanwhile that another caller (another coroutine of
+ * the same hub, the result thread) would wait for.  When no byte of the
+ * connection's pending frames goes out for 30 s, the connection is taken
+ * for lost and made again (the task is kept and sent again).
  * Returns 0; -EINVAL for a NULL ex, fn or out, an empty fn or one longer
  * than CONC_BROKER_NAME_MAX, NULL data with len > 0; -EMSGSIZE when len
  * passes CONC_BROKER_TASK_MAX; -EPIPE when the executor gave up
- * reconnecting; -ENOMEM.
+ * reconnecting; -ECANCELED when the calling coroutine was killed while it
+ * waited for room (the task is not submitted); -ENOMEM.
  */
 CONC_API int conc_broker_executor_submit(conc_broker_executor *ex, const char *fn,
                                          const void *data, size_t len, conc_future **out);
+
+/*
+ * conc_broker_executor_submit_until - conc_broker_executor_submit that
+ * waits for room in the socket until deadline (an absolute CLOCK_MONOTONIC
+ * time in ns, CONC_NO_DEADLINE for none).  When the deadline passes before
+ * the task's bytes are all written it gives -ETIMEDOUT and the task is not
+ * submitted: no future is made, nothing of it runs.  Frames of its own not
+ * yet begun are taken back; when part of the task was written the
+ * connection is dropped (the broker drops a message cut short) and made
+ * again, and the other tasks the broker had not confirmed are sent again
+ * on the new one (each still completes once).  The other returns are
+ * conc_broker_executor_submit's.
+ */
+CONC_API int conc_broker_executor_submit_until(conc_broker_executor *ex, const char *fn,
+                                               const void *data, size_t len,
+                                               int64_t deadline, conc_future **out);
 
 /* conc_broker_executor_pending - how many submitted tasks wait for their
  * result (0 for NULL). */

@@ -8,9 +8,13 @@
 
 #include <criterion/criterion.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #ifndef CONC_RABBITMQ_SCRIPT
 #error "CONC_RABBITMQ_SCRIPT must name scripts/rabbitmq.sh"
@@ -70,5 +74,54 @@ static inline void unbound_queue(const char *policy)
     snprintf(args, sizeof args, "clear_policy '%s'", policy);
     ctl(args);
 }
+
+/* The node's process group (its whole Erlang VM). */
+static inline int node_group(void)
+{
+    FILE *f = fopen(CONC_RABBITMQ_DIR "/group.pid", "r");
+    cr_assert_not_null(f);
+    int pg = 0;
+    cr_assert_eq(fscanf(f, "%d", &pg), 1);
+    fclose(f);
+    cr_assert_gt(pg, 1);
+    return pg;
+}
+
+/* Sends sig to the node (SIGSTOP: a broker that stops reading and
+ * answering, as behind a lost network; SIGCONT: it goes on). */
+static inline void node_signal(int sig)
+{
+    cr_assert_eq(kill(-node_group(), sig), 0);
+}
+
+/* (A test that puts the library's src/ first on its include path gets
+ * src/sys/wait.h for <sys/wait.h>, and goes without these two.) */
+#ifndef CONC_SYS_WAIT_H
+/* Sends SIGCONT to the node when this process ends or after `seconds`,
+ * whichever comes first, so that no path leaves it stopped.  Returns the
+ * guard's pid (end it with guard_end). */
+static inline pid_t node_cont_guard(double seconds)
+{
+    int pg = node_group();
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        for (int i = 0; i < (int)(seconds * 100) && getppid() == parent; i++)
+            usleep(10 * 1000);
+        kill(-pg, SIGCONT);
+        _exit(0);
+    }
+    return pid;
+}
+
+static inline void guard_end(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+}
+
+#endif /* CONC_SYS_WAIT_H */
 
 #endif
