@@ -58,6 +58,7 @@
 #include <unistd.h>
 #include "conc/hub.h"
 #include "conc/pipe.h"
+#include "conc/process.h"
 #include "conc/sync.h"
 #include "conc/time.h"
 #include "conc/wait.h"
@@ -211,12 +212,19 @@ struct out {
     size_t taken_at;                /* where a list's or dict's pop took its item */
 };
 
-static void worker_ring(struct worker *w)
+/* Writes the eventfd bell (if there is one): its reader wakes.  EAGAIN,
+ * the counter full, means it is woken already. */
+static void bell_ring(int bell)
 {
     uint64_t one = 1;
-    if (write(w->bell, &one, sizeof one) < 0) {
-        /* EAGAIN: the counter is full, so the worker is woken already */
+    if (bell >= 0 && write(bell, &one, sizeof one) < 0) {
+        /* EAGAIN: woken already */
     }
+}
+
+static void worker_ring(struct worker *w)
+{
+    bell_ring(w->bell);
 }
 
 static bool stopping(const struct conc__mgr_server *s)
@@ -229,10 +237,7 @@ static bool stopping(const struct conc__mgr_server *s)
  * an idle server makes no system call). */
 static void ring(struct conc__mgr_server *s)
 {
-    uint64_t one = 1;
-    if (s->bell >= 0 && write(s->bell, &one, sizeof one) < 0) {
-        /* EAGAIN: the counter is full, so the loop is woken already */
-    }
+    bell_ring(s->bell);
 }
 
 static void out_str(struct out *o, const void *p, size_t len)
@@ -1628,10 +1633,10 @@ static void workers_start(struct conc__mgr_server *s)
 {
     s->w[0] = (struct worker){ .s = s, .idx = 0 };
     s->nworkers = 1;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int cpus = conc_process_cpu_count();    /* the CPUs it may run on */
     if (cpus > DEFAULT_WORKERS)
         cpus = DEFAULT_WORKERS;
-    int want = s->ntypes ? 1 : s->threads ? (int)s->threads : cpus < 1 ? 1 : (int)cpus;
+    int want = s->ntypes ? 1 : s->threads ? (int)s->threads : cpus;
     for (int i = 1; i < want; i++) {
         struct worker *w = &s->w[i];
         *w = (struct worker){ .s = s, .idx = i };
