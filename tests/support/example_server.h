@@ -28,6 +28,7 @@
 
 #include "conc.h"
 #include "support/run_example.h"
+#include "support/task_state.h"
 
 #ifndef GUARD_MS
 #define GUARD_MS 60000          /* hang guard for every wait here */
@@ -187,17 +188,9 @@ static inline int settled_fd_count(pid_t pid)
         for (struct dirent *e; asleep && (e = readdir(d)) != NULL;) {
             if (e->d_name[0] == '.')
                 continue;
-            char st[64], buf[512];
-            snprintf(st, sizeof st, "/proc/%d/task/%.16s/stat", (int)pid, e->d_name);
-            int fd = open(st, O_RDONLY | O_CLOEXEC);
-            ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-            if (fd >= 0)
-                close(fd);
-            if (n <= 0)
-                continue;               /* a thread that ended */
-            buf[n] = '\0';
-            char *p = strrchr(buf, ')');
-            asleep = p && p[1] == ' ' && (p[2] == 'S' || p[2] == 'D');
+            /* a thread that ended (state 0) holds nothing up */
+            char st = task_state(pid, (pid_t)atoi(e->d_name));
+            asleep = st == 0 || st == 'S' || st == 'D';
         }
         closedir(d);
         if (asleep) {
