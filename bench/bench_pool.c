@@ -18,10 +18,12 @@
  *                                page, each side sleeping on a futex(2) word
  *                                until the other wakes it: what a round trip
  *                                between two processes costs at least.
- *                                Both sides compare alike: neither spins
- *                                before it sleeps (conc's slot does not,
- *                                nor does the floor), and neither arms a
- *                                timer for its sleep.  The two take turns
+ *                                The floor never spins; conc's slot does,
+ *                                under the library's spin policy, when the
+ *                                other side last ran on another CPU (so on
+ *                                an idle machine conc's round trip makes no
+ *                                system call).  Neither arms a timer for
+ *                                its sleep.  The two take turns
  *                                within each repetition, a block of
  *                                round trips each (rtt_compare says why)
  *   pool_apply_async             apply_async(square, i) n times, then get()

@@ -35,6 +35,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,8 +148,10 @@ struct wshared {
     uint32_t started;
     _Alignas(64) struct conc__park door;
     uint32_t req, sock;
+    int32_t ccpu;               /* the CPU the caller posted req from */
     _Alignas(64) struct conc__park answer;
     uint32_t ans, alert;
+    int32_t wcpu;               /* the CPU the worker answered on */
     _Alignas(64) uint32_t gate[GATE_N];
     _Alignas(64) uint32_t fn_idx, arg_len;
     int32_t status;
@@ -337,6 +340,7 @@ struct wctx {
     struct wshared *sh;
     uint32_t nstarted;
     uint32_t seen_req, seen_sock;
+    bool hot;                   /* answered a slot call since it last slept */
     void **fns;
     uint32_t nfns;
     struct obuf o;              /* results not sent yet */
@@ -384,9 +388,23 @@ static int worker_slot(struct wctx *c)
     st_relaxed(&sh->status, st);
     st_relaxed(&sh->res_len, mode == SLOT_INLINE ? (uint32_t)rlen : 0);
     st_relaxed(&sh->mode, mode);
+    __atomic_store_n(&sh->wcpu, sched_getcpu(), __ATOMIC_RELAXED);
     __atomic_store_n(&sh->ans, c->seen_req, __ATOMIC_SEQ_CST);
     conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
     return 0;
+}
+
+/* Whether one side of a slot call may spin for the other, whose last CPU
+ * *peer holds: only when that is not this one.  Two processes that spin
+ * for each other on one CPU (a loaded machine, or a process confined to a
+ * CPU) hand over only when the spinner's slice ends or it yields, and then
+ * sleeping at once is faster.  The peer's CPU is a hint that may be stale
+ * (a migration since) or anything a broken peer wrote: the worst it costs
+ * is one spin of the policy's budget. */
+static bool slot_spin(const int32_t *peer)
+{
+    int me = sched_getcpu();
+    return me >= 0 && __atomic_load_n(peer, __ATOMIC_RELAXED) != me;
 }
 
 /* Waits until the socket may have something to read, serving slot calls
@@ -403,6 +421,7 @@ static int worker_idle(struct wctx *c)
             c->seen_req = posted;
             if (worker_slot(c))
                 return -1;
+            c->hot = true;
             continue;
         }
         uint32_t key = conc__park_prepare(&sh->door);
@@ -413,6 +432,7 @@ static int worker_idle(struct wctx *c)
             c->seen_req = req;
             if (worker_slot(c))
                 return -1;
+            c->hot = true;
             continue;
         }
         if (sock != c->seen_sock) {
@@ -427,14 +447,23 @@ static int worker_idle(struct wctx *c)
             c->o.len = 0;
             continue;
         }
-        /* No spin: an idle worker gives its CPU away at once (the caller
+        /* Right after answering a slot call, the worker spins (the
+         * library's spin policy) for the caller's next one, when that
+         * caller posted from another CPU (slot_spin): a caller of apply in
+         * a loop posts again within a microsecond, and a sleep there costs
+         * a wake-up on each side of every round trip, a CPU's way out of
+         * idle among them (tens of microseconds on a virtual machine).
+         * Otherwise an idle worker gives its CPU away at once (the caller
          * it waits for may need it).  No timer either (a timed sleep arms
          * one per call, a tenth of a round trip): whatever the pool wants
          * from it wakes it (a slot call, a write to its socket, its EXIT
          * frame), the pool ends it by killing it, and it dies with the
          * pool's process (a daemon, PR_SET_PDEATHSIG). */
-        conc__park_wait(&sh->door, key, CONC_NO_DEADLINE,
-                        CONC__WAIT_SHARED | CONC__WAIT_ONE | CONC__PARK_NOSPIN, 0);
+        unsigned f = CONC__WAIT_SHARED | CONC__WAIT_ONE;
+        if (!c->hot || !slot_spin(&sh->ccpu))
+            f |= CONC__PARK_NOSPIN;
+        c->hot = false;
+        conc__park_wait(&sh->door, key, CONC_NO_DEADLINE, f, 0);
     }
 }
 
@@ -1473,9 +1502,15 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
     if (alen)
         memcpy(sh->arg, t->buf + sizeof(struct frame) + 16, alen);
     __atomic_store_n(&sh->alert, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->ccpu, sched_getcpu(), __ATOMIC_RELAXED);
     uint32_t seq = ++w->req_seq;
     __atomic_store_n(&sh->req, seq, __ATOMIC_SEQ_CST);
     conc__park_wake(&sh->door, 1, CONC__WAIT_SHARED);
+    /* Spin for the answer (the library's policy) only when the worker
+     * last answered on another CPU (slot_spin). */
+    unsigned f = CONC__WAIT_SHARED | CONC__WAIT_ONE;
+    if (!slot_spin(&sh->wcpu))
+        f |= CONC__PARK_NOSPIN;
     for (;;) {
         /* Answered already (the usual case once woken): no count in and
          * out of the spot. */
@@ -1496,11 +1531,7 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
                 return 0;
             continue;
         }
-        /* No spin either: two processes that spin for each other on a
-         * loaded machine often share one CPU, and each hand-over then waits
-         * for the spinner's slice to end. */
-        conc__park_wait(&sh->answer, key, CONC_NO_DEADLINE,
-                        CONC__WAIT_SHARED | CONC__WAIT_ONE | CONC__PARK_NOSPIN, 0);
+        conc__park_wait(&sh->answer, key, CONC_NO_DEADLINE, f, 0);
     }
     uint32_t mode = ld_relaxed(&sh->mode), rlen = ld_relaxed(&sh->res_len);
     int32_t st = ld_relaxed(&sh->status);
