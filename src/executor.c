@@ -4,12 +4,18 @@
  *
  * A thread executor queues its calls as futures (linked through the
  * producer fields of struct conc_future, so a submit allocates the future
- * and, for bytes, their copy, and nothing else) under one mutex.  Workers
- * sleep on a futex word (`work`) that submit and shutdown bump; they are
- * started by submit when more calls are queued than workers are idle, up to
- * max_workers, as Python's _adjust_thread_count does.  A worker takes the
- * oldest call, moves its future to RUNNING (a cancelled one is skipped),
- * runs it and finishes the future, whose callbacks then run on the worker.
+ * and, for bytes, their copy, and nothing else).  A submit pushes its call
+ * onto the inbox with one compare-and-swap and takes no lock once every
+ * worker is started; a worker, under the executor's mutex, moves the inbox
+ * whole to the end of the queue, oldest first, and takes the oldest call
+ * (submitters and workers never wait for each other's lock; only the
+ * workers share it).  Idle workers spin on the inbox for a while, then
+ * sleep on a futex word (`work`) that a submit bumps only when one sleeps
+ * there, and shutdown always.  They are started by submit when more calls
+ * are queued than workers are idle, up to max_workers, as Python's
+ * _adjust_thread_count does.  A worker takes the oldest call, moves its
+ * future to RUNNING (a cancelled one is skipped), runs it and finishes the
+ * future, whose callbacks then run on the worker.
  *
  * The workers end once the executor is shut down and the queue is empty;
  * the last one to leave bumps `alive` to zero and wakes joiners, which wait
@@ -27,6 +33,7 @@
 #include "executor.h"
 #include "future.h"
 #include "internal.h"
+#include "sys/park.h"
 #include "sys/wait.h"
 
 /* The executor whose worker runs on this thread (NULL elsewhere). */
@@ -78,13 +85,78 @@ static void run_call(conc_future *f)
     conc_future_free(f);
 }
 
-/* Fails every queued call (ex locked): the futures go to *list. */
+#define INBOX_CLOSED ((uintptr_t)1)
+
+/* Moves the calls of the inbox to the end of the queue, oldest first (ex
+ * locked); the closed bit stays. */
+static void take_inbox(conc_executor *ex)
+{
+    uintptr_t v = __atomic_load_n(&ex->inbox, __ATOMIC_RELAXED);
+    while ((v & ~INBOX_CLOSED) &&
+           !__atomic_compare_exchange_n(&ex->inbox, &v, v & INBOX_CLOSED, true,
+                                        __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        ;
+    conc_future *in = (conc_future *)(v & ~INBOX_CLOSED), *order = NULL;
+    if (!in)
+        return;
+    conc_future *newest = in;
+    while (in) {
+        conc_future *next = in->p_next;
+        in->p_next = order;
+        order = in;
+        in = next;
+        ex->queued++;
+    }
+    if (ex->tail)
+        ex->tail->p_next = order;
+    else
+        ex->head = order;
+    ex->tail = newest;
+}
+
+/* Closes the inbox (ex locked): every later submit fails.  A push that
+ * got in first is in the inbox, which the workers still take. */
+static void close_inbox(conc_executor *ex)
+{
+    __atomic_fetch_or(&ex->inbox, INBOX_CLOSED, __ATOMIC_SEQ_CST);
+}
+
+/* Takes every queued call (ex locked): the futures go to the list
+ * returned. */
 static conc_future *take_queue(conc_executor *ex)
 {
+    take_inbox(ex);
     conc_future *list = ex->head;
     ex->head = ex->tail = NULL;
     ex->queued = 0;
     return list;
+}
+
+/* Spins, then sleeps, until the inbox is no longer empty and open, or the
+ * word moves from seen (read under mu, with the queue found empty). */
+static void wait_inbox(conc_executor *ex, uint32_t seen)
+{
+    struct conc__spin s;
+    if (conc__spin_begin(&s, CONC_NO_DEADLINE))
+        while (conc__spin_step(&s, 1))
+            if (__atomic_load_n(&ex->inbox, __ATOMIC_ACQUIRE) != 0 ||
+                __atomic_load_n(&ex->work, __ATOMIC_ACQUIRE) != seen)
+                return;
+    /* The count before the look: a submit pushes, then reads the count,
+     * and bumps the word when it is not 0. */
+    __atomic_fetch_add(&ex->sleepers, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&ex->inbox, __ATOMIC_SEQ_CST) == 0)
+        conc__wait(&ex->work, seen, CONC_NO_DEADLINE, 0);
+    __atomic_fetch_sub(&ex->sleepers, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Tells an idle worker that calls are left on the queue (ex locked): the
+ * others wait for the inbox and the word, not for the queue. */
+static void pass_on(conc_executor *ex)
+{
+    __atomic_fetch_add(&ex->work, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&ex->sleepers, __ATOMIC_SEQ_CST) > 0)
+        conc__wake(&ex->work, 1, 0);
 }
 
 /* Finishes (cancel, or fail with err) and releases the calls of a list
@@ -114,6 +186,7 @@ static void *worker_main(void *arg)
         /* BrokenThreadPool: what is queued fails, later submits fail. */
         pthread_mutex_lock(&ex->mu);
         ex->broken = true;
+        close_inbox(ex);
         conc_future *list = take_queue(ex);
         pthread_mutex_unlock(&ex->mu);
         drop_calls(list, -EPIPE);
@@ -123,6 +196,9 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_lock(&ex->mu);
     for (;;) {
+        uint32_t seen = __atomic_load_n(&ex->work, __ATOMIC_SEQ_CST);
+        if (!ex->head)
+            take_inbox(ex);
         conc_future *f = ex->head;
         if (f) {
             ex->head = f->p_next;
@@ -130,6 +206,8 @@ static void *worker_main(void *arg)
                 ex->tail = NULL;
             ex->queued--;
             ex->idle--;
+            if (ex->head && ex->idle > 0)
+                pass_on(ex);
             pthread_mutex_unlock(&ex->mu);
             f->p_next = NULL;
             run_call(f);
@@ -137,18 +215,16 @@ static void *worker_main(void *arg)
             ex->idle++;
             continue;
         }
-        if (ex->shutdown || ex->broken)
+        /* Closed and empty: no submit can push any more. */
+        uintptr_t in = __atomic_load_n(&ex->inbox, __ATOMIC_ACQUIRE);
+        if (in == INBOX_CLOSED)
             break;
-        uint32_t seen = ld_relaxed(&ex->work);
+        if (in != 0)
+            continue;
         pthread_mutex_unlock(&ex->mu);
         /* A burst of submits is caught by spinning a little; only a
-         * worker that really sleeps costs its waker a system call. */
-        if (conc__spin_while(&ex->work, seen, CONC_NO_DEADLINE) == seen) {
-            __atomic_fetch_add(&ex->sleepers, 1, __ATOMIC_SEQ_CST);
-            if (__atomic_load_n(&ex->work, __ATOMIC_SEQ_CST) == seen)
-                conc__wait(&ex->work, seen, CONC_NO_DEADLINE, 0);
-            __atomic_fetch_sub(&ex->sleepers, 1, __ATOMIC_SEQ_CST);
-        }
+         * worker that really sleeps costs its submitter a system call. */
+        wait_inbox(ex, seen);
         pthread_mutex_lock(&ex->mu);
     }
     ex->idle--;
@@ -178,41 +254,87 @@ static int start_worker(conc_executor *ex)
         __atomic_fetch_sub(&ex->alive, 1, __ATOMIC_RELAXED);
         return -r;
     }
-    ex->nthreads++;
+    __atomic_store_n(&ex->nthreads, ex->nthreads + 1, __ATOMIC_RELEASE);
     return 0;
 }
 
-/* Queues f (its p_ fields set).  0, or -EPIPE, -EAGAIN. */
+/* Pushes f onto the inbox.  0, or -EPIPE when it is closed. */
+static int push(conc_executor *ex, conc_future *f)
+{
+    uintptr_t v = __atomic_load_n(&ex->inbox, __ATOMIC_RELAXED);
+    do {
+        if (v & INBOX_CLOSED)
+            return -EPIPE;
+        f->p_next = (conc_future *)v;
+    } while (!__atomic_compare_exchange_n(&ex->inbox, &v, (uintptr_t)f, true, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_RELAXED));
+    return 0;
+}
+
+/* The number of calls in the inbox (ex locked: nobody takes any, and
+ * pushes only add in front of those counted).  Workers leave the inbox as
+ * it is until they take it whole: they wait for it, not for the queue. */
+static size_t inbox_len(conc_executor *ex)
+{
+    size_t n = 0;
+    uintptr_t v = __atomic_load_n(&ex->inbox, __ATOMIC_ACQUIRE) & ~INBOX_CLOSED;
+    for (conc_future *f = (conc_future *)v; f; f = f->p_next)
+        n++;
+    return n;
+}
+
+/* Takes f, which nobody can run, off the queue (ex locked). */
+static void unlink_call(conc_executor *ex, conc_future *f)
+{
+    conc_future **at = &ex->head, *prev = NULL;
+    while (*at && *at != f) {
+        prev = *at;
+        at = &(*at)->p_next;
+    }
+    if (!*at)
+        return;
+    *at = f->p_next;
+    if (ex->tail == f)
+        ex->tail = prev;
+    ex->queued--;
+    f->p_next = NULL;
+}
+
+/* Queues f (its p_ fields set).  0, or -EPIPE, -ENOMEM, -EAGAIN.
+ *
+ * While fewer than max_workers run, the push and the start of a worker
+ * happen under the mutex, as shutdown's closing does: a shutdown then sees
+ * the call and the worker that will run it, or refuses the call.  A worker
+ * starts when more calls are queued than workers are idle.  Once every
+ * worker runs, a submit only pushes (no lock), and wakes a worker only when
+ * one sleeps. */
 static int enqueue(conc_executor *ex, conc_future *f)
 {
-    pthread_mutex_lock(&ex->mu);
-    if (ex->shutdown || ex->broken) {
-        pthread_mutex_unlock(&ex->mu);
-        return -EPIPE;
-    }
-    f->p_next = NULL;
-    if (ex->tail)
-        ex->tail->p_next = f;
-    else
-        ex->head = f;
-    ex->tail = f;
-    ex->queued++;
-    if (ex->queued > ex->idle && ex->nthreads < (size_t)ex->max_workers) {
-        int r = start_worker(ex);
-        if (r && ex->nthreads == 0) {
-            /* Nobody could ever run it: take it back. */
-            ex->head = ex->tail = NULL;
-            ex->queued = 0;
-            pthread_mutex_unlock(&ex->mu);
-            return r == -ENOMEM ? r : -EAGAIN;
+    int r;
+    if (__atomic_load_n(&ex->nthreads, __ATOMIC_ACQUIRE) < (size_t)ex->max_workers) {
+        pthread_mutex_lock(&ex->mu);
+        r = push(ex, f);
+        if (r == 0 && ex->nthreads < (size_t)ex->max_workers &&
+            ex->queued + inbox_len(ex) > ex->idle && (r = start_worker(ex)) != 0) {
+            if (ex->nthreads == 0) {
+                /* Nobody could ever run it: take it back. */
+                take_inbox(ex);
+                unlink_call(ex, f);
+                r = r == -ENOMEM ? r : -EAGAIN;
+            } else {
+                r = 0;
+            }
         }
+        pthread_mutex_unlock(&ex->mu);
+    } else {
+        r = push(ex, f);
     }
-    __atomic_fetch_add(&ex->work, 1, __ATOMIC_SEQ_CST);
-    bool wake = __atomic_load_n(&ex->sleepers, __ATOMIC_SEQ_CST) > 0;
-    pthread_mutex_unlock(&ex->mu);
-    if (wake)
+    /* After the push, the count (wait_inbox). */
+    if (r == 0 && __atomic_load_n(&ex->sleepers, __ATOMIC_SEQ_CST) > 0) {
+        __atomic_fetch_add(&ex->work, 1, __ATOMIC_SEQ_CST);
         conc__wake(&ex->work, 1, 0);
-    return 0;
+    }
+    return r;
 }
 
 int conc_executor_new(conc_executor **out, const conc_executor_opts *opts)
@@ -372,6 +494,7 @@ int conc_executor_shutdown(conc_executor *ex, bool wait, bool cancel_futures)
     } else {
         pthread_mutex_lock(&ex->mu);
         st_release(&ex->shutdown, true);
+        close_inbox(ex);
         conc_future *list = cancel_futures ? take_queue(ex) : NULL;
         __atomic_fetch_add(&ex->work, 1, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&ex->mu);

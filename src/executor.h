@@ -28,11 +28,17 @@ struct conc_executor {
     void *drop_arg;
 
     pthread_mutex_t mu;
-    conc_future *head, *tail;   /* queued calls, linked by p_next */
-    size_t queued;
+    conc_future *head, *tail;   /* queued calls in order, linked by p_next */
+    size_t queued;              /* on that queue */
     size_t idle;                /* workers looking for work or asleep */
-    size_t nthreads;            /* started */
-    uint32_t work;              /* futex word: bumped by submit, shutdown */
+    size_t nthreads;            /* started (written under mu, read atomic) */
+    /* Calls submitted since a worker last looked, newest first, linked by
+     * p_next; bit 0 set once no submit may push any more (shutdown, a
+     * failed initializer).  A submit pushes with one compare-and-swap,
+     * without the mutex; a worker takes the whole inbox under mu and
+     * appends it to the queue oldest first. */
+    _Alignas(64) uintptr_t inbox;
+    uint32_t work;              /* futex word: bumped for sleepers, shutdown */
     uint32_t sleepers;          /* workers asleep on work */
     uint32_t alive;             /* futex word: workers not yet ended */
     bool shutdown;

@@ -714,6 +714,201 @@ Test(executor, concurrent_submitters)
     cr_assert_eq(conc_executor_free(ex), 0);
 }
 
+/* The order calls run in on one worker: each appends its argument. */
+#define ORDER_N 20000
+static intptr_t *order_log;
+static int order_len;
+
+static int log_order(void *arg, void **result)
+{
+    order_log[order_len++] = (intptr_t)arg;     /* one worker: no race */
+    *result = arg;
+    return 0;
+}
+
+Test(executor, one_worker_runs_calls_in_submission_order)
+{
+    /* Submits land in batches of every size while the worker drains them:
+     * it must still start them oldest first, each once. */
+    order_log = calloc(ORDER_N, sizeof *order_log);
+    order_len = 0;
+    conc_executor *ex = mk_threads(1);
+    conc_future **fs = calloc(ORDER_N, sizeof *fs);
+    for (intptr_t i = 0; i < ORDER_N; i++) {
+        cr_assert_eq(conc_executor_submit(ex, log_order, (void *)i, &fs[i]), 0);
+        if (i % 997 == 0)       /* let the worker catch up now and then */
+            cr_assert_eq(conc_future_result(fs[i], NULL, NULL, 60.0), 0);
+    }
+    cr_assert_eq(conc_executor_shutdown(ex, true, false), 0);
+    cr_assert_eq(order_len, ORDER_N);
+    for (intptr_t i = 0; i < ORDER_N; i++) {
+        cr_assert_eq(order_log[i], i, "call %ld ran in place %ld", (long)order_log[i], (long)i);
+        void *v;
+        cr_assert_eq(conc_future_result(fs[i], &v, NULL, 0), 0);
+        cr_assert_eq((intptr_t)v, i);
+        conc_future_free(fs[i]);
+    }
+    cr_assert_eq(conc_executor_free(ex), 0);
+    free(fs);
+    free(order_log);
+}
+
+Test(executor, an_idle_worker_takes_a_call_queued_behind_a_running_one, .timeout = 300)
+{
+    /* Two calls that each wait at the gate: the second must start on the
+     * other worker, whichever worker took both off the inbox at once. */
+    conc_executor *ex = mk_threads(2);
+    for (int round = 0; round < 300; round++) {
+        gate_reset();
+        conc_future *a, *b;
+        cr_assert_eq(conc_executor_submit(ex, gated, (void *)1, &a), 0);
+        cr_assert_eq(conc_executor_submit(ex, gated, (void *)2, &b), 0);
+        WAIT_FOR(__atomic_load_n(&started, __ATOMIC_SEQ_CST) == 2);
+        conc_event_set(&gate);
+        void *v;
+        cr_assert_eq(conc_future_result(a, &v, NULL, 60.0), 0);
+        cr_assert_eq((intptr_t)v, 1);
+        cr_assert_eq(conc_future_result(b, &v, NULL, 60.0), 0);
+        cr_assert_eq((intptr_t)v, 2);
+        cr_assert_eq(inside_max, 2, "round %d", round);
+        conc_future_free(a);
+        conc_future_free(b);
+        if (round % 3 == 0)     /* now and then with both workers asleep */
+            usleep(2000);
+    }
+    cr_assert_eq(conc_executor_free(ex), 0);
+}
+
+/* Submits until refused; counts each call that runs. */
+#define RACE_CALLS 4096
+struct thread_racer {
+    conc_executor *ex;
+    conc_future *fs[RACE_CALLS];
+    int n, refused;
+};
+static int race_ran[4][RACE_CALLS];
+
+static int count_run(void *arg, void **result)
+{
+    intptr_t k = (intptr_t)arg;
+    __atomic_add_fetch(&race_ran[k / RACE_CALLS][k % RACE_CALLS], 1, __ATOMIC_SEQ_CST);
+    *result = (void *)(k * 3);
+    return 0;
+}
+
+struct racer_slot {
+    struct thread_racer *rc;
+    int k;
+};
+
+static void *submit_until_refused(void *arg)
+{
+    struct racer_slot *sl = arg;
+    struct thread_racer *rc = sl->rc;
+    for (int i = 0; i < RACE_CALLS; i++) {
+        conc_future *f = (conc_future *)1;
+        int r = conc_executor_submit(rc->ex, count_run, (void *)(intptr_t)(sl->k * RACE_CALLS + i), &f);
+        if (r == -EPIPE) {
+            cr_assert_eq(f, (conc_future *)1, "a refused submit gave a future");
+            rc->refused = 1;
+            break;
+        }
+        cr_assert_eq(r, 0, "submit: %s", conc_errname(r));
+        rc->fs[i] = f;
+        __atomic_store_n(&rc->n, i + 1, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+/* Every call a submit accepted ends: with its result, having run once, or
+ * cancelled (when cancel) or failed -EPIPE (when broken), never run. */
+static void check_racers(struct thread_racer *rc, int nrc, bool cancel, bool broken)
+{
+    for (int k = 0; k < nrc; k++)
+        for (int i = 0; i < rc[k].n; i++) {
+            conc_future *f = rc[k].fs[i];
+            void *v = NULL;
+            int r = conc_future_result(f, &v, NULL, 60.0);
+            int ran = __atomic_load_n(&race_ran[k][i], __ATOMIC_SEQ_CST);
+            if (broken) {
+                cr_assert_eq(r, -EPIPE, "submitter %d call %d: %s", k, i, conc_errname(r));
+                cr_assert_eq(ran, 0);
+            } else if (cancel && conc_future_cancelled(f)) {
+                cr_assert_eq(ran, 0, "submitter %d: cancelled call %d ran", k, i);
+            } else {
+                cr_assert_eq(r, 0, "submitter %d call %d: %s", k, i, conc_errname(r));
+                cr_assert_eq((intptr_t)v, (intptr_t)(k * RACE_CALLS + i) * 3);
+                cr_assert_eq(ran, 1, "submitter %d call %d ran %d times", k, i, ran);
+            }
+            conc_future_free(f);
+        }
+}
+
+Test(executor, shutdown_racing_submitters_loses_no_call, .timeout = 300)
+{
+    /* Three threads submit while shutdown comes, with and without
+     * cancel_futures: a submit is either refused or its call ends, and the
+     * workers never leave a call behind (its future would wait for ever). */
+    static struct thread_racer rc[3];
+    for (int round = 0; round < 60; round++) {
+        bool cancel = round % 2;
+        memset(race_ran, 0, sizeof race_ran);
+        conc_executor *ex = mk_threads(1 + round % 3);
+        struct racer_slot sl[3];
+        pthread_t t[3];
+        for (int k = 0; k < 3; k++) {
+            memset(&rc[k], 0, sizeof rc[k]);
+            rc[k].ex = ex;
+            sl[k] = (struct racer_slot){ &rc[k], k };
+            t[k] = spawn(submit_until_refused, &sl[k]);
+        }
+        WAIT_FOR(__atomic_load_n(&rc[round % 3].n, __ATOMIC_SEQ_CST) >= 1 + round * 7);
+        cr_assert_eq(conc_executor_shutdown(ex, true, cancel), 0);
+        for (int k = 0; k < 3; k++)
+            pthread_join(t[k], NULL);
+        check_racers(rc, 3, cancel, false);
+        cr_assert_eq(conc_executor_free(ex), 0);
+    }
+}
+
+static int fail_init_slowly(const void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    sched_yield();
+    return -EIO;
+}
+
+Test(executor, failed_initializer_racing_submitters_fails_every_call, .timeout = 300)
+{
+    /* A failing initializer breaks the executor while three threads
+     * submit: every call accepted fails with -EPIPE, none is left. */
+    static struct thread_racer rc[3];
+    for (int round = 0; round < 40; round++) {
+        conc_executor_opts o = CONC_EXECUTOR_OPTS_INIT;
+        o.max_workers = 1 + round % 2;
+        o.initializer = fail_init_slowly;
+        memset(race_ran, 0, sizeof race_ran);
+        conc_executor *ex;
+        cr_assert_eq(conc_executor_new(&ex, &o), 0);
+        struct racer_slot sl[3];
+        pthread_t t[3];
+        for (int k = 0; k < 3; k++) {
+            memset(&rc[k], 0, sizeof rc[k]);
+            rc[k].ex = ex;
+            sl[k] = (struct racer_slot){ &rc[k], k };
+            t[k] = spawn(submit_until_refused, &sl[k]);
+        }
+        for (int k = 0; k < 3; k++)
+            pthread_join(t[k], NULL);
+        check_racers(rc, 3, false, true);
+        conc_future *g = (conc_future *)1;
+        WAIT_FOR(conc_executor_submit(ex, square, NULL, &g) == -EPIPE);
+        cr_assert_eq(g, (conc_future *)1);
+        cr_assert_eq(conc_executor_free(ex), 0);
+    }
+}
+
 /* ---------------------------------------------------- process executor */
 
 static conc_executor *mk_procs(int max_workers)
