@@ -820,6 +820,18 @@ static void *submit_until_refused(void *arg)
     return NULL;
 }
 
+/* Three threads that submit to ex until refused. */
+static void start_racers(conc_executor *ex, struct thread_racer *rc, struct racer_slot *sl,
+                         pthread_t *t)
+{
+    for (int k = 0; k < 3; k++) {
+        memset(&rc[k], 0, sizeof rc[k]);
+        rc[k].ex = ex;
+        sl[k] = (struct racer_slot){ &rc[k], k };
+        t[k] = spawn(submit_until_refused, &sl[k]);
+    }
+}
+
 /* Every call a submit accepted ends: with its result, having run once, or
  * cancelled (when cancel) or failed -EPIPE (when broken), never run. */
 static void check_racers(struct thread_racer *rc, int nrc, bool cancel, bool broken)
@@ -856,12 +868,7 @@ Test(executor, shutdown_racing_submitters_loses_no_call, .timeout = 300)
         conc_executor *ex = mk_threads(1 + round % 3);
         struct racer_slot sl[3];
         pthread_t t[3];
-        for (int k = 0; k < 3; k++) {
-            memset(&rc[k], 0, sizeof rc[k]);
-            rc[k].ex = ex;
-            sl[k] = (struct racer_slot){ &rc[k], k };
-            t[k] = spawn(submit_until_refused, &sl[k]);
-        }
+        start_racers(ex, rc, sl, t);
         WAIT_FOR(__atomic_load_n(&rc[round % 3].n, __ATOMIC_SEQ_CST) >= 1 + round * 7);
         cr_assert_eq(conc_executor_shutdown(ex, true, cancel), 0);
         for (int k = 0; k < 3; k++)
@@ -893,12 +900,7 @@ Test(executor, failed_initializer_racing_submitters_fails_every_call, .timeout =
         cr_assert_eq(conc_executor_new(&ex, &o), 0);
         struct racer_slot sl[3];
         pthread_t t[3];
-        for (int k = 0; k < 3; k++) {
-            memset(&rc[k], 0, sizeof rc[k]);
-            rc[k].ex = ex;
-            sl[k] = (struct racer_slot){ &rc[k], k };
-            t[k] = spawn(submit_until_refused, &sl[k]);
-        }
+        start_racers(ex, rc, sl, t);
         for (int k = 0; k < 3; k++)
             pthread_join(t[k], NULL);
         check_racers(rc, 3, false, true);
