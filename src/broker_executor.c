@@ -148,9 +148,9 @@ struct bx_cfg {
     char *url;
     char *cacert, *cert, *key;
     bool insecure;
-    bool ssl;                   /* amqps: rabbitmq-c's TLS socket sends
-                                   everything (framing here writes to the
-                                   plain socket) */
+    bool ssl;                   /* amqps: what is framed here is
+                                   encrypted into rabbitmq-c's TLS session
+                                   (bk_tls_session) */
     int heartbeat;              /* seconds, 0: none (TCP keepalives) */
     double connect_timeout;     /* seconds */
 };
@@ -958,7 +958,9 @@ static int bx_out_push(conc_broker_executor *ex)
                            .iov_len = ex->out.len - ex->osent };
         struct iovec *iv = &v;
         int n = 1;
-        int r = bk_send_some(ex->sockfd, &iv, &n);
+        short want;
+        int r = bk_send_some(ex->sockfd, ex->cfg.ssl ? bk_tls_session(ex->conn) : NULL, &iv, &n,
+                             &want);
         size_t sent = n ? ex->out.len - v.iov_len : ex->out.len;
         if (sent > ex->osent) {
             ex->osent = sent;
@@ -1050,12 +1052,6 @@ static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
         p._flags |= AMQP_BASIC_HEADERS_FLAG;
         p.headers.num_entries = 1;
         p.headers.entries = &e;
-    }
-    if (ex->cfg.ssl) {
-        /* rabbitmq-c sends over TLS, waiting for room inside its send. */
-        return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
-                                  amqp_cstring_bytes(ex->queue), 1, 0, &p, body) ==
-                       AMQP_STATUS_OK ? 0 : -EPIPE;
     }
     bx_out_begin(ex);
     return bk_frame_publish(&ex->out, (size_t)amqp_get_frame_max(ex->conn), BX_CHANNEL,
@@ -1322,8 +1318,10 @@ static int bx_reconnect(conc_broker_executor *ex)
 static void bx_drop(conc_broker_executor *ex)
 {
     pthread_mutex_lock(&ex->conn_lock);
-    if (ex->conn)
+    if (ex->conn) {
+        bk_reset_on_close(ex->sockfd);
         amqp_destroy_connection(ex->conn);
+    }
     ex->conn = NULL;
     ex->sockfd = -1;
     bx_out_clear(ex);
@@ -1359,10 +1357,7 @@ static int bx_pump(conc_broker_executor *ex)
         if ((!buffered && ack_tag) || unacked >= BX_ACK_BATCH) {
             amqp_basic_ack_t ack = { .delivery_tag = ack_tag, .multiple = 1 };
             bx_out_begin(ex);
-            if (ex->cfg.ssl ? amqp_send_method(ex->conn, BX_CHANNEL, AMQP_BASIC_ACK_METHOD,
-                                               &ack) != AMQP_STATUS_OK
-                            : bk_frame_method(&ex->out, BX_CHANNEL, AMQP_BASIC_ACK_METHOD,
-                                              &ack) < 0)
+            if (bk_frame_method(&ex->out, BX_CHANNEL, AMQP_BASIC_ACK_METHOD, &ack) < 0)
                 ex->lost = true;    /* the results come again */
             ack_tag = 0;
             unacked = 0;
@@ -1699,7 +1694,9 @@ void conc_broker_executor_free(conc_broker_executor *ex)
          * must not come between the bytes of one. */
         struct iovec v = { .iov_base = ex->out.buf + ex->osent,
                            .iov_len = ex->out.len - ex->osent };
-        if (ex->lost || bk_sendv_until(ex->sockfd, &v, 1, bx_now() + 1000000000LL) < 0) {
+        if (ex->lost ||
+            bk_sendv_until(ex->sockfd, ex->cfg.ssl ? bk_tls_session(ex->conn) : NULL, &v, 1,
+                           bx_now() + 1000000000LL) < 0) {
             amqp_destroy_connection(ex->conn);
             ex->conn = NULL;
         }
@@ -1866,8 +1863,13 @@ int conc_broker_worker_register(conc_broker_worker *w, const char *name, conc_br
  * send_until (run's deadline, but BX_SEND_GRACE_NS from now at least, so
  * that a run with a short timeout still finishes the task it ran) and for
  * BX_STALL_NS at most.  Returns 0; -ETIMEDOUT when that passed,
- * -ECANCELED, or -EPIPE (failed, or stalled): the caller drops the
- * connection, since a frame may have gone out in part. */
+ * -ECANCELED, or -EPIPE (failed, or stalled).  Over plain TCP the caller
+ * then drops the connection, since a frame may have gone out in part.
+ * Over TLS a timeout or cancel keeps what did not go out in out, to be
+ * sent first by the next run (bx_worker_kept): RabbitMQ does not notice
+ * that a TLS connection cut in the middle of a record was closed, and
+ * would hold the tasks delivered on it for ever (a worker has no
+ * heartbeats). */
 #define BX_SEND_GRACE_NS 1000000000LL
 static int bx_worker_flush(conc_broker_worker *w)
 {
@@ -1881,9 +1883,16 @@ static int bx_worker_flush(conc_broker_worker *w)
     int64_t want = w->send_until < now + BX_SEND_GRACE_NS ? now + BX_SEND_GRACE_NS
                                                            : w->send_until;
     bool stall = want > until;
-    int r = bk_sendv_until(w->sockfd, &v, 1, stall ? until : want);
+    int r = bk_sendv_until(w->sockfd, w->cfg.ssl ? bk_tls_session(w->conn) : NULL, &v, 1,
+                           stall ? until : want);
     if (r == -ETIMEDOUT && stall)
         r = -EPIPE;
+    if (w->cfg.ssl && (r == -ETIMEDOUT || r == -ECANCELED)) {
+        /* A single buffer not sent whole: v is what is left. */
+        memmove(w->out.buf, v.iov_base, v.iov_len);
+        w->out.len = v.iov_len;
+        return r;
+    }
     if (w->out.cap > BX_OUT_KEEP) {
         free(w->out.buf);
         w->out.buf = NULL;
@@ -1892,12 +1901,17 @@ static int bx_worker_flush(conc_broker_worker *w)
     return r == 0 || r == -ETIMEDOUT || r == -ECANCELED ? r : -EPIPE;
 }
 
+/* Whether error r of a send left its frames in out, to go first at the
+ * next run, with the connection kept (over TLS only: bx_worker_flush). */
+static bool bx_worker_kept(const conc_broker_worker *w, int r)
+{
+    return (r == -ETIMEDOUT || r == -ECANCELED) && w->out.len > 0;
+}
+
 /* Frames a method without content (an acknowledgement, a rejection) and
  * sends it (bx_worker_flush). */
 static int bx_worker_method(conc_broker_worker *w, amqp_method_number_t id, void *args)
 {
-    if (w->cfg.ssl)
-        return amqp_send_method(w->conn, BX_CHANNEL, id, args) == AMQP_STATUS_OK ? 0 : -EPIPE;
     int r = bk_frame_method(&w->out, BX_CHANNEL, id, args);
     if (r < 0)
         return r == -ENOMEM ? r : -EPIPE;
@@ -1958,20 +1972,16 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
         t->value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
         p.headers.num_entries++;
     }
-    int r;
-    if (w->cfg.ssl)
-        r = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
-                               body) == AMQP_STATUS_OK ? 0 : -EPIPE;
-    else
-        r = bk_frame_publish(&w->out, (size_t)amqp_get_frame_max(w->conn), BX_CHANNEL,
+    int r = bk_frame_publish(&w->out, (size_t)amqp_get_frame_max(w->conn), BX_CHANNEL,
                              amqp_empty_bytes, task->reply_to, false, &p, body, true);
     if (r == 0)
         r = bx_worker_flush(w);
-    if (r < 0)
+    if (r < 0 && !bx_worker_kept(w, r))
         return r == -EPROTO ? -EPIPE : r;
+    /* Sent, or kept to go out first at the next run. */
     w->uns[w->nuns++] = (struct bx_unsettled){ .seq = ++w->pub_seq, .tag = env->delivery_tag,
                                                .dead = dead };
-    return 0;
+    return r;
 }
 
 /* A confirmation of results: settles their tasks.  A result the broker
@@ -1999,7 +2009,7 @@ static int bx_worker_settle(conc_broker_worker *w, const struct bx_event *ev)
             st = bx_worker_ack(w, u->tag);
         if (st < 0)
             r = st;
-        else if (!nack && !u->dead)
+        if ((st == 0 || bx_worker_kept(w, st)) && !nack && !u->dead)
             __atomic_fetch_add(&w->tasks, 1, __ATOMIC_RELAXED);
     }
     w->nuns = keep;
@@ -2106,8 +2116,10 @@ static void bx_ahead_clear(conc_broker_worker *w)
  * to the queue in the broker, to be delivered again. */
 static void bx_worker_drop(conc_broker_worker *w)
 {
-    if (w->conn)
+    if (w->conn) {
+        bk_reset_on_close(w->sockfd);
         amqp_destroy_connection(w->conn);
+    }
     w->conn = NULL;
     w->sockfd = -1;
     w->consuming = false;
@@ -2196,6 +2208,8 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
  * run. */
 static void bx_drain(conc_broker_worker *w)
 {
+    if (w->out.len)
+        return;     /* kept for the next run, which sends them first */
     int64_t until = bx_now() + BX_DRAIN_NS;
     w->send_until = until;
     while (w->nuns && w->conn) {
@@ -2229,7 +2243,8 @@ static void bx_drain(conc_broker_worker *w)
             r = bx_worker_settle(w, &ev);
         }
         if (r < 0) {
-            bx_worker_drop(w);
+            if (!bx_worker_kept(w, r))
+                bx_worker_drop(w);
             return;
         }
     }
@@ -2262,6 +2277,18 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
             ret = 0;
             break;
         }
+        if (w->out.len) {
+            /* Frames an earlier run left (over TLS) go before anything
+             * else is read or sent. */
+            int r = bx_worker_flush(w);
+            if (r == -ETIMEDOUT || r == -ECANCELED) {
+                ret = r;
+                break;
+            }
+            if (r < 0)
+                bx_worker_drop(w);
+            continue;
+        }
         if (w->ahead) {
             struct bx_ahead *a = w->ahead;
             w->ahead = a->next;
@@ -2270,7 +2297,7 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
             int r = bx_on_task(w, &a->env);
             amqp_destroy_envelope(&a->env);
             free(a);
-            if (r < 0 && r != -ENOMEM)
+            if (r < 0 && r != -ENOMEM && !bx_worker_kept(w, r))
                 bx_worker_drop(w);
             if (r == -ENOMEM || r == -ETIMEDOUT || r == -ECANCELED) {
                 ret = r;
@@ -2303,7 +2330,7 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
         } else if (r == 2) {
             r = bx_worker_settle(w, &ev);
         }
-        if (r < 0 && r != -ENOMEM)
+        if (r < 0 && r != -ENOMEM && !bx_worker_kept(w, r))
             bx_worker_drop(w);     /* made again at the top */
         if (r == -ENOMEM || r == -ETIMEDOUT || r == -ECANCELED) {
             ret = r;
@@ -2368,6 +2395,12 @@ void conc_broker_worker_free(conc_broker_worker *w)
     if (!w)
         return;
     bx_ahead_clear(w);
+    if (w->out.len && w->conn) {
+        /* A frame kept in part (over TLS): no close can follow it. */
+        bk_reset_on_close(w->sockfd);
+        amqp_destroy_connection(w->conn);
+        w->conn = NULL;
+    }
     bx_close(w->conn);
     close(w->stopfd);
     for (size_t i = 0; i < w->nfns; i++)
