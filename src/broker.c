@@ -654,6 +654,7 @@ static int connect_once(conc_broker *b, int64_t deadline)
     if (!err) {
         b->fd = amqp_get_sockfd(b->c);
         b->tls = b->ssl ? bk_tls_session(b->c) : NULL;
+        b->hb_sent = conc_now();    /* the handshake's last send */
     }
     return err;
 }
@@ -820,6 +821,28 @@ void bk_reset_on_close(int fd)
     struct linger l = { .l_onoff = 1, .l_linger = 0 };
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+/* Keeps rabbitmq-c's heartbeat timer from running out inside a read
+ * (see broker_internal.h). */
+#define HB_MARGIN_NS (NS / 4)
+int bk_read_gate(amqp_connection_state_t c, int fd, int64_t *last)
+{
+    int hb = amqp_get_heartbeat(c);
+    if (hb <= 0)
+        return 1;
+    int64_t now = conc_now(), age = now - *last;
+    if (age < (int64_t)hb * NS / 2)
+        return 1;
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+        amqp_frame_t f = { .frame_type = AMQP_FRAME_HEARTBEAT, .channel = 0 };
+        if (amqp_send_frame(c, &f) != AMQP_STATUS_OK)
+            return -ECONNRESET;
+        *last = now;
+        return 1;
+    }
+    return age < (int64_t)hb * NS - HB_MARGIN_NS ? 1 : 0;
 }
 
 /* bk_sendv_until on the connection's socket; on any error the connection
@@ -1280,7 +1303,16 @@ static int dispatch(conc_broker *b, const amqp_frame_t *f)
         amqp_connection_close_t *c = d;
         int err = reply_err(c->reply_code);
         amqp_connection_close_ok_t ok = { 0 };
-        amqp_send_method(b->c, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        /* A courtesy before the connection is dropped: sent if the socket
+         * takes it now, never waited for. */
+        struct bk_out o = { 0 };
+        if (bk_frame_method(&o, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok) == 0) {
+            struct iovec v = { .iov_base = o.buf, .iov_len = o.len }, *pv = &v;
+            int n = 1;
+            short want;
+            bk_send_some(b->fd, b->tls, &pv, &n, &want);
+        }
+        free(o.buf);
         return err == -EACCES ? err : err == -EMSGSIZE ? err : -ECONNRESET;
     }
     default:
@@ -1315,6 +1347,25 @@ int bk_pump(conc_broker *b, int64_t deadline)
         return b->last_err ? b->last_err : -ENOTCONN;
     int handled = 0;
     for (;;) {
+        int g = bk_read_gate(b->c, b->fd, &b->hb_sent);
+        if (g < 0) {
+            bk_lost(b, g);
+            return g;
+        }
+        if (g == 0) {
+            /* No room for the heartbeat rabbitmq-c would send inside the
+             * read: wait for room first (through the wait layer). */
+            if (handled)
+                return 1;
+            int r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
+            if (r == -ETIMEDOUT || r == -ECANCELED)
+                return r;
+            if (r < 0) {
+                bk_lost(b, -ECONNRESET);
+                return -ECONNRESET;
+            }
+            continue;
+        }
         amqp_frame_t f;
         struct timeval zero = { 0, 0 };
         int st = amqp_simple_wait_frame_noblock(b->c, &f, &zero);
@@ -1572,9 +1623,12 @@ void conc_broker_free(conc_broker *b)
         /* A polite close, bounded: the reply is awaited briefly. */
         amqp_connection_close_t cl = { .reply_code = 200,
                                        .reply_text = amqp_cstring_bytes("bye") };
-        if (amqp_send_method(b->c, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl) == AMQP_STATUS_OK) {
-            int64_t until = conc_now() + CLOSE_BOUND_NS;
+        int64_t until = conc_now() + CLOSE_BOUND_NS;
+        if (bk_frame_method(&b->out, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl) == 0 &&
+            bk_out_flush_until(b, until) == 0) {
             for (;;) {
+                if (bk_read_gate(b->c, b->fd, &b->hb_sent) != 1)
+                    break;
                 amqp_frame_t f;
                 struct timeval zero = { 0, 0 };
                 int st = amqp_simple_wait_frame_noblock(b->c, &f, &zero);
@@ -1592,7 +1646,8 @@ void conc_broker_free(conc_broker *b)
                     break;
             }
         }
-        amqp_destroy_connection(b->c);
+        if (b->c)
+            amqp_destroy_connection(b->c);
         b->c = NULL;
     }
     broker_release(b);

@@ -142,6 +142,8 @@ struct conc_broker {
     /* Async publishes framed here (rabbitmq-c encodes their methods and
      * properties) and sent many to one send(), plain TCP only. */
     struct bk_out out;
+    int64_t hb_sent;                        /* rabbitmq-c's last send
+                                               (bk_read_gate) */
     bool out_small;                         /* out holds an acknowledgement,
                                                rejection or close-ok framed
                                                while reading */
@@ -201,6 +203,17 @@ BK_HIDDEN int bk_sendv_until(int fd, void *tls, struct iovec *iov, int n, int64_
  * ending it: a broker may keep a TLS connection whose last record came cut
  * open for ever after a plain close (with the deliveries it holds). */
 BK_HIDDEN void bk_reset_on_close(int fd);
+/* Whether a read of c (rabbitmq-c's) may go on without blocking the
+ * thread.  rabbitmq-c sends a heartbeat from inside a read once the
+ * heartbeat interval passed since its own last send (it does not see
+ * conc's), and waits for room for it with no deadline.  So conc sends
+ * them: from half the interval on, one goes through rabbitmq-c (resetting
+ * its count) when the socket fd has room, which 8 bytes then never wait
+ * for; without room a read is safe only while rabbitmq-c's own is not
+ * about to come due.  *last is when rabbitmq-c last sent (conc_now; set
+ * when the connection is made).  Returns 1 (read), 0 (wait for room
+ * first), or -ECONNRESET (the heartbeat failed). */
+BK_HIDDEN int bk_read_gate(amqp_connection_state_t c, int fd, int64_t *last);
 /* The largest body a publish copies into the connection's buffer (one body
  * frame below the smallest frame_max, 4096); a larger one is sent from the
  * caller's bytes. */
