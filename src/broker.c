@@ -654,7 +654,7 @@ static int connect_once(conc_broker *b, int64_t deadline)
     if (!err) {
         b->fd = amqp_get_sockfd(b->c);
         b->tls = b->ssl ? bk_tls_session(b->c) : NULL;
-        b->hb_sent = conc_now();    /* the handshake's last send */
+        b->hb_sent = now;           /* before any send of rabbitmq-c's */
     }
     return err;
 }

@@ -1392,6 +1392,7 @@ static int bx_reconnect(conc_broker_executor *ex)
     for (;;) {
         amqp_connection_state_t c = NULL;
         bool gone = false;
+        int64_t start = bx_now();   /* before any send of rabbitmq-c's */
         int r = bx_client_setup(ex, &c, true, &gone);
         if (r == 0) {
             /* counted before the futures below fail, so a caller woken by
@@ -1402,7 +1403,7 @@ static int bx_reconnect(conc_broker_executor *ex)
             pthread_mutex_lock(&ex->conn_lock);
             ex->conn = c;
             ex->sockfd = amqp_get_sockfd(c);
-            ex->in.hb_sent = bx_now();
+            ex->in.hb_sent = start;
             ex->lost = false;
             ex->pub_seq = 0;
             bx_out_clear(ex);
@@ -1621,11 +1622,12 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
         r = -errno;
         goto fail_cfg;
     }
+    int64_t start = bx_now();       /* before any send of rabbitmq-c's */
     r = bx_client_setup(ex, &ex->conn, false, NULL);
     if (r)
         goto fail_cfg;
     ex->sockfd = amqp_get_sockfd(ex->conn);
-    ex->in.hb_sent = bx_now();
+    ex->in.hb_sent = start;
     pthread_mutex_init(&ex->conn_lock, NULL);
     pthread_mutex_init(&ex->lock, NULL);
     r = -pthread_create(&ex->reader, NULL, bx_reader, ex);
