@@ -17,6 +17,9 @@
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 #include <errno.h>
+#include <limits.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -113,6 +116,7 @@ struct connect_job {
     int frame_max;
     int64_t budget;                 /* ns for the connect plus login */
     amqp_connection_state_t c;      /* out */
+    SSL *tls;                       /* out: c's TLS session */
     int err;                        /* out */
 };
 
@@ -181,6 +185,19 @@ amqp_rpc_reply_t conc__broker_login(amqp_connection_state_t c, const char *vhost
                                       AMQP_SASL_METHOD_PLAIN, user, pass);
 }
 
+/* Called by OpenSSL as the connection's TLS session starts its handshake:
+ * the session (which rabbitmq-c keeps to itself) is noted in the job the
+ * context names, so that conc can write its own frames into it. */
+static void tls_seen(const SSL *ssl, int where, int ret)
+{
+    (void)ret;
+    if (!(where & SSL_CB_HANDSHAKE_START))
+        return;
+    struct connect_job *j = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    if (j)
+        j->tls = (SSL *)ssl;
+}
+
 /* Connects and logs in over TLS (blocking, within j->budget); runs on the
  * caller's thread or on an offload worker.  rabbitmq-c takes a signal
  * that interrupts its waits for a broken connection: the thread's signals
@@ -213,6 +230,14 @@ static void connect_tls(struct connect_job *j)
             j->err = -EPROTONOSUPPORT;
             return;
         }
+        /* conc writes whole TLS records without waiting (a partial write
+         * returns what went out, and the bytes may move between tries);
+         * rabbitmq-c's own send loops over partial writes. */
+        SSL_CTX *ctx = amqp_ssl_socket_get_context(s);
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_app_data(ctx, j);
+        SSL_CTX_set_info_callback(ctx, tls_seen);
         amqp_ssl_socket_set_verify_peer(s, !j->insecure);
         amqp_ssl_socket_set_verify_hostname(s, !j->insecure);
         if ((j->cacert && amqp_ssl_socket_set_cacert(s, j->cacert) != AMQP_STATUS_OK) ||
@@ -232,8 +257,18 @@ static void connect_tls(struct connect_job *j)
     struct timeval tv = tv_of(j->budget);
     errno = 0;
     int st = amqp_socket_open_noblock(s, j->host, j->port, &tv);
+    int e = errno;
+    if (j->ssl) {
+        /* The session is known once the handshake started; the job may
+         * be freed before the connection, so the context keeps the
+         * session instead (bk_tls_session). */
+        SSL_CTX *ctx = amqp_ssl_socket_get_context(s);
+        SSL_CTX_set_info_callback(ctx, NULL);
+        SSL_CTX_set_app_data(ctx, j->tls);
+        if (st == AMQP_STATUS_OK && !j->tls)
+            st = AMQP_STATUS_SSL_CONNECTION_FAILED;
+    }
     if (st != AMQP_STATUS_OK) {
-        int e = errno;
         amqp_destroy_connection(c);
         if (st == AMQP_STATUS_SOCKET_ERROR || st == AMQP_STATUS_TCP_ERROR)
             j->err = e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH ||
@@ -259,6 +294,11 @@ static void connect_tls(struct connect_job *j)
     j->c = c;
     j->err = 0;
     return;
+}
+
+void *bk_tls_session(amqp_connection_state_t c)
+{
+    return SSL_CTX_get_app_data(amqp_ssl_socket_get_context(amqp_get_socket(c)));
 }
 
 static void connect_abandon(void *arg, void *result)
@@ -611,8 +651,11 @@ static int connect_once(conc_broker *b, int64_t deadline)
                            .heartbeat = b->heartbeat > 0 ? (int)ceil(b->heartbeat) : 0,
                            .frame_max = AMQP_DEFAULT_FRAME_SIZE };
     int err = conc__broker_open(&t, now + budget, &b->c);
-    if (!err)
+    if (!err) {
         b->fd = amqp_get_sockfd(b->c);
+        b->tls = b->ssl ? bk_tls_session(b->c) : NULL;
+        b->hb_sent = now;           /* before any send of rabbitmq-c's */
+    }
     return err;
 }
 
@@ -638,33 +681,111 @@ static void put_be(unsigned char *p, uint64_t v, int n)
         p[i] = (unsigned char)v;
 }
 
-/* Sends what it can of the *n buffers at *iov on fd without waiting,
- * moving *iov and *n past what went out.  Returns 0 once everything is
- * out, -EAGAIN when the socket is full, -ECONNRESET when it failed. */
-int bk_send_some(int fd, struct iovec **iovp, int *np)
+/* Moves *iov and *n past k bytes that went out. */
+static void iov_skip(struct iovec **iovp, int *np, size_t k)
 {
     struct iovec *iov = *iovp;
-    int n = *np, r = 0;
+    int n = *np;
+    while (n > 0 && k >= iov->iov_len) {
+        k -= iov->iov_len;
+        iov++;
+        n--;
+    }
+    if (n > 0) {
+        iov->iov_base = (char *)iov->iov_base + k;
+        iov->iov_len -= k;
+    }
+    *iovp = iov;
+    *np = n;
+}
+
+/* Plain bytes per TLS record at most (and per gathered write). */
+#define TLS_RECORD 16384
+
+/* bk_send_some over TLS: the bytes are encrypted into the connection's
+ * session (rabbitmq-c's, which never holds a record in part between its
+ * own calls, and reads only once conc's frames are out whole).  Small
+ * buffers are gathered into one record; a record that did not go out
+ * whole is sent first on the next call (the session keeps it: the next
+ * call offers the same bytes again, from wherever they are).  OpenSSL
+ * writes with write(2), which raises SIGPIPE on a connection the peer
+ * reset: it is held back and taken away here. */
+static int tls_send_some(SSL *ssl, struct iovec **iovp, int *np, short *want)
+{
+    sigset_t pipe, old;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    int r = 0;
     for (;;) {
-        while (n > 0 && iov->iov_len == 0) {
-            iov++;
-            n--;
+        while (*np > 0 && (*iovp)->iov_len == 0) {
+            (*iovp)++;
+            (*np)--;
         }
-        if (n == 0)
+        if (*np == 0)
             break;
-        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+        unsigned char gather[TLS_RECORD];
+        const void *p = (*iovp)->iov_base;
+        size_t len = (*iovp)->iov_len;
+        if (len < TLS_RECORD && *np > 1) {
+            len = 0;
+            for (int i = 0; i < *np && len < TLS_RECORD; i++) {
+                size_t k = (*iovp)[i].iov_len;
+                if (k > TLS_RECORD - len)
+                    k = TLS_RECORD - len;
+                memcpy(gather + len, (*iovp)[i].iov_base, k);
+                len += k;
+            }
+            p = gather;
+        } else if (len > (size_t)INT_MAX / 2) {
+            len = (size_t)INT_MAX / 2;
+        }
+        ERR_clear_error();
+        int k = SSL_write(ssl, p, (int)len);
+        if (k > 0) {
+            iov_skip(iovp, np, (size_t)k);
+            continue;
+        }
+        int e = SSL_get_error(ssl, k);
+        ERR_clear_error();
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            *want = e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN;
+            r = -EAGAIN;
+        } else {
+            r = -ECONNRESET;
+        }
+        break;
+    }
+    if (r == -ECONNRESET && !sigismember(&old, SIGPIPE)) {
+        struct timespec zero = { 0, 0 };
+        sigtimedwait(&pipe, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return r;
+}
+
+/* Sends what it can of the *n buffers at *iov on fd (over TLS: into the
+ * session tls) without waiting, moving *iov and *n past what went out.
+ * Returns 0 once everything is out, -EAGAIN when the socket is full (*want
+ * says what to wait for: POLLOUT, or POLLIN when the TLS session must read
+ * first), -ECONNRESET when it failed. */
+int bk_send_some(int fd, void *tls, struct iovec **iovp, int *np, short *want)
+{
+    *want = POLLOUT;
+    if (tls)
+        return tls_send_some(tls, iovp, np, want);
+    int r = 0;
+    for (;;) {
+        while (*np > 0 && (*iovp)->iov_len == 0) {
+            (*iovp)++;
+            (*np)--;
+        }
+        if (*np == 0)
+            break;
+        struct msghdr mh = { .msg_iov = *iovp, .msg_iovlen = (size_t)*np };
         ssize_t k = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (k > 0) {
-            size_t left = (size_t)k;
-            while (n > 0 && left >= iov->iov_len) {
-                left -= iov->iov_len;
-                iov++;
-                n--;
-            }
-            if (n > 0) {
-                iov->iov_base = (char *)iov->iov_base + left;
-                iov->iov_len -= left;
-            }
+            iov_skip(iovp, np, (size_t)k);
             continue;
         }
         if (k < 0 && errno == EINTR)
@@ -672,28 +793,56 @@ int bk_send_some(int fd, struct iovec **iovp, int *np)
         r = k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -EAGAIN : -ECONNRESET;
         break;
     }
-    *iovp = iov;
-    *np = n;
     return r;
 }
 
 /* Sends the n buffers of iov (changed as they go) on fd, a socket that
- * never blocks: when it is full (a broker that reads slowly, or not at
- * all), the wait for room goes through conc's wait layer, so a coroutine
- * parks, and ends at deadline.  Returns 0, -ETIMEDOUT, -ECANCELED or
- * -ECONNRESET; after an error a frame may have gone out cut, so the
- * caller drops the connection. */
-int bk_sendv_until(int fd, struct iovec *iov, int n, int64_t deadline)
+ * never blocks (over TLS: into the session tls): when it is full (a broker
+ * that reads slowly, or not at all), the wait for room goes through conc's
+ * wait layer, so a coroutine parks, and ends at deadline.  Returns 0,
+ * -ETIMEDOUT, -ECANCELED or -ECONNRESET; after an error a frame may have
+ * gone out cut, so the caller drops the connection. */
+int bk_sendv_until(int fd, void *tls, struct iovec *iov, int n, int64_t deadline)
 {
     for (;;) {
-        int r = bk_send_some(fd, &iov, &n);
+        short want;
+        int r = bk_send_some(fd, tls, &iov, &n, &want);
         if (r != -EAGAIN)
             return r;
-        r = conc_fd_wait_until(fd, POLLOUT, deadline);
+        r = conc_fd_wait_until(fd, want, deadline);
         if (r == 0 || r == -EINTR)
             continue;
         return r == -ETIMEDOUT || r == -ECANCELED ? r : -ECONNRESET;
     }
+}
+
+void bk_reset_on_close(int fd)
+{
+    struct linger l = { .l_onoff = 1, .l_linger = 0 };
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+/* Keeps rabbitmq-c's heartbeat timer from running out inside a read
+ * (see broker_internal.h). */
+#define HB_MARGIN_NS (NS / 4)
+int bk_read_gate(amqp_connection_state_t c, int fd, int64_t *last)
+{
+    int hb = amqp_get_heartbeat(c);
+    if (hb <= 0)
+        return 1;
+    int64_t now = conc_now(), age = now - *last;
+    if (age < (int64_t)hb * NS / 2)
+        return 1;
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+        amqp_frame_t f = { .frame_type = AMQP_FRAME_HEARTBEAT, .channel = 0 };
+        if (amqp_send_frame(c, &f) != AMQP_STATUS_OK)
+            return -ECONNRESET;
+        *last = now;
+        return 1;
+    }
+    return age < (int64_t)hb * NS - HB_MARGIN_NS ? 1 : 0;
 }
 
 /* bk_sendv_until on the connection's socket; on any error the connection
@@ -702,7 +851,7 @@ static int sendv_until(conc_broker *b, struct iovec *iov, int n, int64_t deadlin
 {
     if (!b->c)
         return b->last_err ? b->last_err : -ECONNRESET;
-    int r = bk_sendv_until(b->fd, iov, n, deadline);
+    int r = bk_sendv_until(b->fd, b->tls, iov, n, deadline);
     if (r < 0)
         bk_lost(b, r == -ETIMEDOUT || r == -ECANCELED ? -ECONNRESET : r);
     return r;
@@ -856,43 +1005,26 @@ int bk_out_publish(conc_broker *b, uint16_t ch, amqp_bytes_t exchange, amqp_byte
 }
 
 /* Sends a small method without content (an acknowledgement, a
- * rejection).  Over plain TCP it is framed into the connection's buffer,
- * after what the buffer holds: with now, the buffer is sent at once
- * (waiting for room through conc's wait layer, OBUF_SEND_NS at most);
- * without, it goes out with the next flush (before the connection next
- * waits, or the next request), which is what code reading the
- * connection's frames does, since it must not drop the connection under
- * its own feet.  Over TLS rabbitmq-c sends it, once the socket has room
- * (with now, waited for as bk_rpc does).  Returns 0 or the error that took
- * the connection down (with now; else nothing is dropped). */
+ * rejection), framed into the connection's buffer after what it holds:
+ * with now, the buffer is sent at once (waiting for room through conc's
+ * wait layer, OBUF_SEND_NS at most); without, it goes out with the next
+ * flush (before the connection next waits, or the next request), which is
+ * what code reading the connection's frames does, since it must not drop
+ * the connection under its own feet.  Returns 0 or the error that took the
+ * connection down (with now; else nothing is dropped). */
 int bk_send_small(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args, bool now)
 {
     if (!b->c)
         return b->last_err ? b->last_err : -ENOTCONN;
-    if (!b->ssl) {
-        int r = bk_frame_method(&b->out, ch, id, args);
-        if (r < 0) {
-            if (now)
-                bk_lost(b, r);
-            return r;
-        }
-        if (!now)
-            b->out_small = true;
-        return now ? bk_out_flush(b) : 0;
-    }
-    if (now) {
-        struct pollfd pw = { .fd = b->fd, .events = POLLOUT };
-        if (poll(&pw, 1, 0) == 0)
-            conc_fd_wait_until(b->fd, POLLOUT, conc_now() + OBUF_SEND_NS);
-    }
-    int st = amqp_send_method(b->c, ch, id, args);
-    if (st != AMQP_STATUS_OK) {
-        int r = bk_status_err(st);
+    int r = bk_frame_method(&b->out, ch, id, args);
+    if (r < 0) {
         if (now)
             bk_lost(b, r);
         return r;
     }
-    return 0;
+    if (!now)
+        b->out_small = true;
+    return now ? bk_out_flush(b) : 0;
 }
 
 /* Sends a publish's body frames straight from the caller's bytes, cut at
@@ -958,10 +1090,12 @@ void bk_lost(conc_broker *b, int err)
     b->out.len = 0;
     b->out_small = false;
     if (b->c) {
+        bk_reset_on_close(b->fd);
         amqp_destroy_connection(b->c);
         b->c = NULL;
     }
     b->fd = -1;
+    b->tls = NULL;
     b->last_err = err ? err : -ECONNRESET;
     b->pub_open = b->ctl_open = false;
     b->pub_err = b->last_err;
@@ -1169,7 +1303,16 @@ static int dispatch(conc_broker *b, const amqp_frame_t *f)
         amqp_connection_close_t *c = d;
         int err = reply_err(c->reply_code);
         amqp_connection_close_ok_t ok = { 0 };
-        amqp_send_method(b->c, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+        /* A courtesy before the connection is dropped: sent if the socket
+         * takes it now, never waited for. */
+        struct bk_out o = { 0 };
+        if (bk_frame_method(&o, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok) == 0) {
+            struct iovec v = { .iov_base = o.buf, .iov_len = o.len }, *pv = &v;
+            int n = 1;
+            short want;
+            bk_send_some(b->fd, b->tls, &pv, &n, &want);
+        }
+        free(o.buf);
         return err == -EACCES ? err : err == -EMSGSIZE ? err : -ECONNRESET;
     }
     default:
@@ -1204,6 +1347,25 @@ int bk_pump(conc_broker *b, int64_t deadline)
         return b->last_err ? b->last_err : -ENOTCONN;
     int handled = 0;
     for (;;) {
+        int g = bk_read_gate(b->c, b->fd, &b->hb_sent);
+        if (g < 0) {
+            bk_lost(b, g);
+            return g;
+        }
+        if (g == 0) {
+            /* No room for the heartbeat rabbitmq-c would send inside the
+             * read: wait for room first (through the wait layer). */
+            if (handled)
+                return 1;
+            int r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
+            if (r == -ETIMEDOUT || r == -ECANCELED)
+                return r;
+            if (r < 0) {
+                bk_lost(b, -ECONNRESET);
+                return -ECONNRESET;
+            }
+            continue;
+        }
         amqp_frame_t f;
         struct timeval zero = { 0, 0 };
         int st = amqp_simple_wait_frame_noblock(b->c, &f, &zero);
@@ -1270,21 +1432,22 @@ int bk_rpc(conc_broker *b, uint16_t ch, amqp_method_number_t id, void *args,
         if (r < 0)
             return r;
     }
-    /* rabbitmq-c waits for room inside its send, blocking the thread: a
-     * full socket is waited for here instead (room for a method, which is
-     * small, once the socket says it is writable). */
+    /* A full socket is waited for before anything is sent (a timeout
+     * then leaves the connection as it was); the method is framed here
+     * and written without blocking (rabbitmq-c would wait for room inside
+     * its send). */
     struct pollfd pw = { .fd = b->fd, .events = POLLOUT };
     if (poll(&pw, 1, 0) == 0) {
         int r = conc_fd_wait_until(b->fd, POLLOUT, deadline);
         if (r == -ETIMEDOUT || r == -ECANCELED)
             return r;           /* nothing was sent */
     }
-    int st = amqp_send_method(b->c, ch, id, args);
-    if (st != AMQP_STATUS_OK) {
-        int r = bk_status_err(st);
-        bk_lost(b, r);
-        return r;
-    }
+    int fr = bk_frame_method(&b->out, ch, id, args);
+    if (fr < 0)
+        return fr;              /* nothing was added */
+    fr = bk_out_flush_until(b, deadline);
+    if (fr < 0)
+        return fr;              /* the connection was dropped */
     if (!reply)
         return 0;
     uint64_t epoch = b->epoch;
@@ -1460,9 +1623,12 @@ void conc_broker_free(conc_broker *b)
         /* A polite close, bounded: the reply is awaited briefly. */
         amqp_connection_close_t cl = { .reply_code = 200,
                                        .reply_text = amqp_cstring_bytes("bye") };
-        if (amqp_send_method(b->c, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl) == AMQP_STATUS_OK) {
-            int64_t until = conc_now() + CLOSE_BOUND_NS;
+        int64_t until = conc_now() + CLOSE_BOUND_NS;
+        if (bk_frame_method(&b->out, 0, AMQP_CONNECTION_CLOSE_METHOD, &cl) == 0 &&
+            bk_out_flush_until(b, until) == 0) {
             for (;;) {
+                if (bk_read_gate(b->c, b->fd, &b->hb_sent) != 1)
+                    break;
                 amqp_frame_t f;
                 struct timeval zero = { 0, 0 };
                 int st = amqp_simple_wait_frame_noblock(b->c, &f, &zero);
@@ -1480,7 +1646,8 @@ void conc_broker_free(conc_broker *b)
                     break;
             }
         }
-        amqp_destroy_connection(b->c);
+        if (b->c)
+            amqp_destroy_connection(b->c);
         b->c = NULL;
     }
     broker_release(b);

@@ -125,32 +125,14 @@ static int64_t bx_now(void)
     return conc_now();
 }
 
-/* A library status as a conc code. */
-static int bx_status(int status)
-{
-    switch (status) {
-    case AMQP_STATUS_OK: return 0;
-    case AMQP_STATUS_NO_MEMORY: return -ENOMEM;
-    case AMQP_STATUS_TIMEOUT: return -ETIMEDOUT;
-    case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED: return -EHOSTUNREACH;
-    case AMQP_STATUS_BAD_URL:
-    case AMQP_STATUS_INVALID_PARAMETER: return -EINVAL;
-    case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED:
-    case AMQP_STATUS_SSL_PEER_VERIFY_FAILED: return -EKEYREJECTED;
-    case AMQP_STATUS_SSL_ERROR:
-    case AMQP_STATUS_SSL_CONNECTION_FAILED: return -ECONNREFUSED;
-    default: return -EPIPE;
-    }
-}
-
 /* Where and how a client or worker connects (kept for reconnecting). */
 struct bx_cfg {
     char *url;
     char *cacert, *cert, *key;
     bool insecure;
-    bool ssl;                   /* amqps: rabbitmq-c's TLS socket sends
-                                   everything (framing here writes to the
-                                   plain socket) */
+    bool ssl;                   /* amqps: what is framed here is
+                                   encrypted into rabbitmq-c's TLS session
+                                   (bk_tls_session) */
     int heartbeat;              /* seconds, 0: none (TCP keepalives) */
     double connect_timeout;     /* seconds */
 };
@@ -616,64 +598,190 @@ struct bx_event {
     uint64_t returned_id;       /* basic.return: the task id, or 0 */
 };
 
-/* One look at the connection without waiting.  Returns 1 with a delivery
- * in *env, 2 with a confirmation or a returned message in *ev, 0 when
- * nothing (or only a frame of no interest) was there, or a negative code
- * when the connection or channel is gone. */
-static int bx_poll_message(amqp_connection_state_t c, amqp_envelope_t *env, struct bx_event *ev,
-                           const unsigned char *cid_key)
+/* A message being read frame by frame, and the connection's heartbeat
+ * count (bk_read_gate).  rabbitmq-c's own readers (amqp_consume_message,
+ * amqp_read_message) wait for a message's header and body frames with no
+ * deadline once its method came, which on a slow broker would hold the
+ * executor's connection lock (and the threads of the coroutines that
+ * submit) or a worker's thread; here each look takes the frames that came
+ * and returns. */
+struct bx_in {
+    amqp_method_number_t kind;  /* 0, or the basic.deliver or basic.return
+                                   being read */
+    uint16_t channel;
+    bool have_header;
+    size_t got;                 /* body bytes so far */
+    amqp_envelope_t env;        /* its properties in env.message.pool */
+    int64_t hb_sent;            /* rabbitmq-c's last send */
+};
+
+/* Forgets a message read in part (its connection is gone). */
+static void bx_in_reset(struct bx_in *in)
 {
-    struct timeval zero = { 0, 0 };
-    amqp_maybe_release_buffers(c);
-    amqp_rpc_reply_t r = amqp_consume_message(c, env, &zero, 0);
-    if (r.reply_type == AMQP_RESPONSE_NORMAL)
-        return 1;
-    if (r.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION)
-        return -EPIPE;
-    if (r.library_error == AMQP_STATUS_TIMEOUT)
+    if (in->kind)
+        amqp_destroy_envelope(&in->env);
+    in->kind = 0;
+    in->hb_sent = bx_now();
+}
+
+/* Copies bytes b into the message's pool.  0 or -ENOMEM. */
+static int bx_in_dup(amqp_pool_t *pool, amqp_bytes_t *b)
+{
+    if (!b->len) {
+        *b = amqp_empty_bytes;
         return 0;
-    if (r.library_error != AMQP_STATUS_UNEXPECTED_STATE)
-        return bx_status(r.library_error) == -ENOMEM ? -ENOMEM : -EPIPE;
-    /* Another frame: a confirmation or a returned message is reported, a
-     * close of the channel or connection ends us, any other is dropped. */
-    amqp_frame_t f;
-    if (amqp_simple_wait_frame_noblock(c, &f, &zero) != AMQP_STATUS_OK)
-        return -EPIPE;
-    if (f.frame_type != AMQP_FRAME_METHOD)
-        return 0;
-    switch (f.payload.method.id) {
-    case AMQP_CHANNEL_CLOSE_METHOD:
-    case AMQP_CONNECTION_CLOSE_METHOD:
-    case AMQP_BASIC_CANCEL_METHOD:
-        return -EPIPE;
-    case AMQP_BASIC_ACK_METHOD: {
-        const amqp_basic_ack_t *a = f.payload.method.decoded;
-        *ev = (struct bx_event){ .id = AMQP_BASIC_ACK_METHOD, .tag = a->delivery_tag,
-                                 .multiple = a->multiple };
-        return f.channel == BX_CHANNEL ? 2 : 0;
     }
-    case AMQP_BASIC_NACK_METHOD: {
-        const amqp_basic_nack_t *a = f.payload.method.decoded;
-        *ev = (struct bx_event){ .id = AMQP_BASIC_NACK_METHOD, .tag = a->delivery_tag,
-                                 .multiple = a->multiple };
-        return f.channel == BX_CHANNEL ? 2 : 0;
+    amqp_bytes_t d;
+    amqp_pool_alloc_bytes(pool, b->len, &d);
+    if (!d.bytes)
+        return -ENOMEM;
+    memcpy(d.bytes, b->bytes, b->len);
+    *b = d;
+    return 0;
+}
+
+/* The properties of a content header, copied into the message's pool
+ * (the frame's own are released with rabbitmq-c's buffers). */
+static int bx_in_props(amqp_envelope_t *env, const amqp_basic_properties_t *src)
+{
+    amqp_basic_properties_t *p = &env->message.properties;
+    amqp_pool_t *pool = &env->message.pool;
+    *p = *src;
+    amqp_bytes_t *fields[] = { &p->content_type, &p->content_encoding, &p->correlation_id,
+                               &p->reply_to, &p->expiration, &p->message_id, &p->type,
+                               &p->user_id, &p->app_id, &p->cluster_id };
+    amqp_flags_t flags[] = { AMQP_BASIC_CONTENT_TYPE_FLAG, AMQP_BASIC_CONTENT_ENCODING_FLAG,
+                             AMQP_BASIC_CORRELATION_ID_FLAG, AMQP_BASIC_REPLY_TO_FLAG,
+                             AMQP_BASIC_EXPIRATION_FLAG, AMQP_BASIC_MESSAGE_ID_FLAG,
+                             AMQP_BASIC_TYPE_FLAG, AMQP_BASIC_USER_ID_FLAG,
+                             AMQP_BASIC_APP_ID_FLAG, AMQP_BASIC_CLUSTER_ID_FLAG };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        if (!(p->_flags & flags[i]))
+            *fields[i] = amqp_empty_bytes;
+        else if (bx_in_dup(pool, fields[i]) < 0)
+            return -ENOMEM;
     }
-    case AMQP_BASIC_RETURN_METHOD: {
-        /* Its header and body follow at once. */
-        amqp_message_t m;
-        amqp_rpc_reply_t rr = amqp_read_message(c, f.channel, &m, 0);
-        if (rr.reply_type != AMQP_RESPONSE_NORMAL)
+    p->headers = amqp_empty_table;
+    if ((src->_flags & AMQP_BASIC_HEADERS_FLAG) &&
+        amqp_table_clone(&src->headers, &p->headers, pool) != AMQP_STATUS_OK)
+        return -ENOMEM;
+    return 0;
+}
+
+/* A returned message's task id (0: not one of ours). */
+static uint64_t bx_returned_id(const amqp_basic_properties_t *p, const unsigned char *cid_key)
+{
+    uint64_t id = 0;
+    if (!cid_key || !(p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
+        !bx_parse_cid(cid_key, p->correlation_id, &id))
+        id = 0;
+    return id;
+}
+
+/* Looks at the connection without waiting, taking the frames that came.
+ * Returns 1 with a delivery in *env, 2 with a confirmation or a returned
+ * message in *ev, 0 when nothing (or only part of a message, or a frame
+ * of no interest) was there, 3 when the socket must have room before
+ * rabbitmq-c may read (bk_read_gate: wait for POLLOUT), or a negative code
+ * when the connection or channel is gone. */
+static int bx_poll_message(amqp_connection_state_t c, struct bx_in *in, amqp_envelope_t *env,
+                           struct bx_event *ev, const unsigned char *cid_key)
+{
+    for (;;) {
+        int g = bk_read_gate(c, amqp_get_sockfd(c), &in->hb_sent);
+        if (g <= 0)
+            return g == 0 ? 3 : -EPIPE;
+        struct timeval zero = { 0, 0 };
+        amqp_maybe_release_buffers(c);
+        amqp_frame_t f;
+        int st = amqp_simple_wait_frame_noblock(c, &f, &zero);
+        if (st == AMQP_STATUS_TIMEOUT)
+            return 0;
+        if (st != AMQP_STATUS_OK)
             return -EPIPE;
-        uint64_t id = 0;
-        if (!cid_key || !(m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) ||
-            !bx_parse_cid(cid_key, m.properties.correlation_id, &id))
-            id = 0;
-        amqp_destroy_message(&m);
-        *ev = (struct bx_event){ .id = AMQP_BASIC_RETURN_METHOD, .returned_id = id };
-        return 2;
-    }
-    default:
-        return 0;
+        if (in->kind && f.channel == in->channel) {
+            amqp_envelope_t *e = &in->env;
+            if (!in->have_header) {
+                if (f.frame_type != AMQP_FRAME_HEADER)
+                    return -EPIPE;
+                if (bx_in_props(e, f.payload.properties.decoded) < 0)
+                    return -EPIPE;      /* no memory: given back unread */
+                uint64_t size = f.payload.properties.body_size;
+                if (size > SIZE_MAX / 2)
+                    return -EPIPE;
+                e->message.body = size ? amqp_bytes_malloc((size_t)size) : amqp_empty_bytes;
+                if (size && !e->message.body.bytes)
+                    return -EPIPE;
+                in->have_header = true;
+                in->got = 0;
+            } else if (f.frame_type == AMQP_FRAME_BODY) {
+                amqp_bytes_t frag = f.payload.body_fragment;
+                if (frag.len > e->message.body.len - in->got)
+                    return -EPIPE;
+                memcpy((char *)e->message.body.bytes + in->got, frag.bytes, frag.len);
+                in->got += frag.len;
+            } else {
+                return -EPIPE;
+            }
+            if (in->got < e->message.body.len)
+                continue;
+            amqp_method_number_t kind = in->kind;
+            in->kind = 0;
+            if (kind == AMQP_BASIC_DELIVER_METHOD) {
+                *env = *e;
+                return 1;
+            }
+            *ev = (struct bx_event){ .id = AMQP_BASIC_RETURN_METHOD,
+                                     .returned_id = bx_returned_id(&e->message.properties,
+                                                                   cid_key) };
+            amqp_destroy_envelope(e);
+            return 2;
+        }
+        if (f.frame_type != AMQP_FRAME_METHOD)
+            continue;
+        const void *d = f.payload.method.decoded;
+        switch (f.payload.method.id) {
+        case AMQP_CHANNEL_CLOSE_METHOD:
+        case AMQP_CONNECTION_CLOSE_METHOD:
+        case AMQP_BASIC_CANCEL_METHOD:
+            return -EPIPE;
+        case AMQP_BASIC_ACK_METHOD: {
+            const amqp_basic_ack_t *a = d;
+            *ev = (struct bx_event){ .id = AMQP_BASIC_ACK_METHOD, .tag = a->delivery_tag,
+                                     .multiple = a->multiple };
+            if (f.channel == BX_CHANNEL)
+                return 2;
+            continue;
+        }
+        case AMQP_BASIC_NACK_METHOD: {
+            const amqp_basic_nack_t *a = d;
+            *ev = (struct bx_event){ .id = AMQP_BASIC_NACK_METHOD, .tag = a->delivery_tag,
+                                     .multiple = a->multiple };
+            if (f.channel == BX_CHANNEL)
+                return 2;
+            continue;
+        }
+        case AMQP_BASIC_DELIVER_METHOD:
+        case AMQP_BASIC_RETURN_METHOD: {
+            if (in->kind)
+                return -EPIPE;          /* another channel's, half read */
+            memset(&in->env, 0, sizeof in->env);
+            in->env.channel = f.channel;
+            if (f.payload.method.id == AMQP_BASIC_DELIVER_METHOD) {
+                const amqp_basic_deliver_t *dv = d;
+                in->env.delivery_tag = dv->delivery_tag;
+                in->env.redelivered = dv->redelivered;
+            }
+            init_amqp_pool(&in->env.message.pool, 4096);
+            in->kind = f.payload.method.id;
+            in->channel = f.channel;
+            in->have_header = false;
+            in->got = 0;
+            continue;
+        }
+        default:
+            continue;
+        }
     }
 }
 
@@ -754,6 +862,7 @@ struct bx_fail {
 struct conc_broker_executor {
     pthread_mutex_t conn_lock;  /* conn, pub_seq, the unconfirmed tasks */
     amqp_connection_state_t conn;   /* NULL while down */
+    struct bx_in in;            /* conn's reading (under conn_lock) */
     int sockfd;
     bool lost;              /* a publish failed: the result thread makes
                                the connection again */
@@ -958,7 +1067,9 @@ static int bx_out_push(conc_broker_executor *ex)
                            .iov_len = ex->out.len - ex->osent };
         struct iovec *iv = &v;
         int n = 1;
-        int r = bk_send_some(ex->sockfd, &iv, &n);
+        short want;
+        int r = bk_send_some(ex->sockfd, ex->cfg.ssl ? bk_tls_session(ex->conn) : NULL, &iv, &n,
+                             &want);
         size_t sent = n ? ex->out.len - v.iov_len : ex->out.len;
         if (sent > ex->osent) {
             ex->osent = sent;
@@ -1050,12 +1161,6 @@ static int bx_publish_task(conc_broker_executor *ex, const struct bx_task *t)
         p._flags |= AMQP_BASIC_HEADERS_FLAG;
         p.headers.num_entries = 1;
         p.headers.entries = &e;
-    }
-    if (ex->cfg.ssl) {
-        /* rabbitmq-c sends over TLS, waiting for room inside its send. */
-        return amqp_basic_publish(ex->conn, BX_CHANNEL, amqp_empty_bytes,
-                                  amqp_cstring_bytes(ex->queue), 1, 0, &p, body) ==
-                       AMQP_STATUS_OK ? 0 : -EPIPE;
     }
     bx_out_begin(ex);
     return bk_frame_publish(&ex->out, (size_t)amqp_get_frame_max(ex->conn), BX_CHANNEL,
@@ -1287,6 +1392,7 @@ static int bx_reconnect(conc_broker_executor *ex)
     for (;;) {
         amqp_connection_state_t c = NULL;
         bool gone = false;
+        int64_t start = bx_now();   /* before any send of rabbitmq-c's */
         int r = bx_client_setup(ex, &c, true, &gone);
         if (r == 0) {
             /* counted before the futures below fail, so a caller woken by
@@ -1297,6 +1403,7 @@ static int bx_reconnect(conc_broker_executor *ex)
             pthread_mutex_lock(&ex->conn_lock);
             ex->conn = c;
             ex->sockfd = amqp_get_sockfd(c);
+            ex->in.hb_sent = start;
             ex->lost = false;
             ex->pub_seq = 0;
             bx_out_clear(ex);
@@ -1322,8 +1429,11 @@ static int bx_reconnect(conc_broker_executor *ex)
 static void bx_drop(conc_broker_executor *ex)
 {
     pthread_mutex_lock(&ex->conn_lock);
-    if (ex->conn)
+    if (ex->conn) {
+        bk_reset_on_close(ex->sockfd);
         amqp_destroy_connection(ex->conn);
+    }
+    bx_in_reset(&ex->in);
     ex->conn = NULL;
     ex->sockfd = -1;
     bx_out_clear(ex);
@@ -1359,10 +1469,7 @@ static int bx_pump(conc_broker_executor *ex)
         if ((!buffered && ack_tag) || unacked >= BX_ACK_BATCH) {
             amqp_basic_ack_t ack = { .delivery_tag = ack_tag, .multiple = 1 };
             bx_out_begin(ex);
-            if (ex->cfg.ssl ? amqp_send_method(ex->conn, BX_CHANNEL, AMQP_BASIC_ACK_METHOD,
-                                               &ack) != AMQP_STATUS_OK
-                            : bk_frame_method(&ex->out, BX_CHANNEL, AMQP_BASIC_ACK_METHOD,
-                                              &ack) < 0)
+            if (bk_frame_method(&ex->out, BX_CHANNEL, AMQP_BASIC_ACK_METHOD, &ack) < 0)
                 ex->lost = true;    /* the results come again */
             ack_tag = 0;
             unacked = 0;
@@ -1392,10 +1499,19 @@ static int bx_pump(conc_broker_executor *ex)
             pthread_mutex_unlock(&ex->conn_lock);
             continue;
         }
-        int r = bx_poll_message(ex->conn, &env, &ev, ex->cid_key);
+        int r = bx_poll_message(ex->conn, &ex->in, &env, &ev, ex->cid_key);
         if (r == 2)
             bx_settle(ex, &ev);
         pthread_mutex_unlock(&ex->conn_lock);
+        if (r == 3) {
+            /* rabbitmq-c's heartbeat is due and the socket has no room. */
+            int w = bx_wait(sockfd, POLLOUT, ex->stopfd, ex->wakefd, CONC_NO_DEADLINE);
+            if (w == 1)
+                return 1;
+            if (w < 0 && w != -ETIMEDOUT)
+                return -EPIPE;
+            continue;
+        }
         for (size_t i = 0; i < ex->nfails; i++)
             bx_fail_one(ex, ex->fails[i].id, ex->fails[i].err);
         ex->nfails = 0;
@@ -1506,10 +1622,12 @@ int conc_broker_executor_new(conc_broker_executor **out, const char *url,
         r = -errno;
         goto fail_cfg;
     }
+    int64_t start = bx_now();       /* before any send of rabbitmq-c's */
     r = bx_client_setup(ex, &ex->conn, false, NULL);
     if (r)
         goto fail_cfg;
     ex->sockfd = amqp_get_sockfd(ex->conn);
+    ex->in.hb_sent = start;
     pthread_mutex_init(&ex->conn_lock, NULL);
     pthread_mutex_init(&ex->lock, NULL);
     r = -pthread_create(&ex->reader, NULL, bx_reader, ex);
@@ -1699,7 +1817,9 @@ void conc_broker_executor_free(conc_broker_executor *ex)
          * must not come between the bytes of one. */
         struct iovec v = { .iov_base = ex->out.buf + ex->osent,
                            .iov_len = ex->out.len - ex->osent };
-        if (ex->lost || bk_sendv_until(ex->sockfd, &v, 1, bx_now() + 1000000000LL) < 0) {
+        if (ex->lost ||
+            bk_sendv_until(ex->sockfd, ex->cfg.ssl ? bk_tls_session(ex->conn) : NULL, &v, 1,
+                           bx_now() + 1000000000LL) < 0) {
             amqp_destroy_connection(ex->conn);
             ex->conn = NULL;
         }
@@ -1720,6 +1840,7 @@ void conc_broker_executor_free(conc_broker_executor *ex)
     bx_cfg_free(&ex->cfg);
     sodium_memzero(ex->cid_key, sizeof ex->cid_key);
     sodium_memzero(&ex->mac, sizeof ex->mac);
+    bx_in_reset(&ex->in);
     free(ex);
 }
 
@@ -1748,6 +1869,7 @@ struct bx_ahead {
 
 struct conc_broker_worker {
     amqp_connection_state_t conn;   /* NULL while down */
+    struct bx_in in;                /* conn's reading */
     /* Results, acknowledgements and rejections are framed here and sent
      * without blocking: a full socket is waited for through conc's wait
      * layer until send_until (run's deadline), BX_STALL_NS at most. */
@@ -1866,8 +1988,13 @@ int conc_broker_worker_register(conc_broker_worker *w, const char *name, conc_br
  * send_until (run's deadline, but BX_SEND_GRACE_NS from now at least, so
  * that a run with a short timeout still finishes the task it ran) and for
  * BX_STALL_NS at most.  Returns 0; -ETIMEDOUT when that passed,
- * -ECANCELED, or -EPIPE (failed, or stalled): the caller drops the
- * connection, since a frame may have gone out in part. */
+ * -ECANCELED, or -EPIPE (failed, or stalled).  Over plain TCP the caller
+ * then drops the connection, since a frame may have gone out in part.
+ * Over TLS a timeout or cancel keeps what did not go out in out, to be
+ * sent first by the next run (bx_worker_kept): RabbitMQ does not notice
+ * that a TLS connection cut in the middle of a record was closed, and
+ * would hold the tasks delivered on it for ever (a worker has no
+ * heartbeats). */
 #define BX_SEND_GRACE_NS 1000000000LL
 static int bx_worker_flush(conc_broker_worker *w)
 {
@@ -1881,9 +2008,16 @@ static int bx_worker_flush(conc_broker_worker *w)
     int64_t want = w->send_until < now + BX_SEND_GRACE_NS ? now + BX_SEND_GRACE_NS
                                                            : w->send_until;
     bool stall = want > until;
-    int r = bk_sendv_until(w->sockfd, &v, 1, stall ? until : want);
+    int r = bk_sendv_until(w->sockfd, w->cfg.ssl ? bk_tls_session(w->conn) : NULL, &v, 1,
+                           stall ? until : want);
     if (r == -ETIMEDOUT && stall)
         r = -EPIPE;
+    if (w->cfg.ssl && (r == -ETIMEDOUT || r == -ECANCELED)) {
+        /* A single buffer not sent whole: v is what is left. */
+        memmove(w->out.buf, v.iov_base, v.iov_len);
+        w->out.len = v.iov_len;
+        return r;
+    }
     if (w->out.cap > BX_OUT_KEEP) {
         free(w->out.buf);
         w->out.buf = NULL;
@@ -1892,12 +2026,17 @@ static int bx_worker_flush(conc_broker_worker *w)
     return r == 0 || r == -ETIMEDOUT || r == -ECANCELED ? r : -EPIPE;
 }
 
+/* Whether error r of a send left its frames in out, to go first at the
+ * next run, with the connection kept (over TLS only: bx_worker_flush). */
+static bool bx_worker_kept(const conc_broker_worker *w, int r)
+{
+    return (r == -ETIMEDOUT || r == -ECANCELED) && w->out.len > 0;
+}
+
 /* Frames a method without content (an acknowledgement, a rejection) and
  * sends it (bx_worker_flush). */
 static int bx_worker_method(conc_broker_worker *w, amqp_method_number_t id, void *args)
 {
-    if (w->cfg.ssl)
-        return amqp_send_method(w->conn, BX_CHANNEL, id, args) == AMQP_STATUS_OK ? 0 : -EPIPE;
     int r = bk_frame_method(&w->out, BX_CHANNEL, id, args);
     if (r < 0)
         return r == -ENOMEM ? r : -EPIPE;
@@ -1958,20 +2097,16 @@ static int bx_send_result(conc_broker_worker *w, const amqp_envelope_t *env, int
         t->value.value.bytes = (amqp_bytes_t){ .len = BX_MAC_HEX, .bytes = tag };
         p.headers.num_entries++;
     }
-    int r;
-    if (w->cfg.ssl)
-        r = amqp_basic_publish(w->conn, BX_CHANNEL, amqp_empty_bytes, task->reply_to, 0, 0, &p,
-                               body) == AMQP_STATUS_OK ? 0 : -EPIPE;
-    else
-        r = bk_frame_publish(&w->out, (size_t)amqp_get_frame_max(w->conn), BX_CHANNEL,
+    int r = bk_frame_publish(&w->out, (size_t)amqp_get_frame_max(w->conn), BX_CHANNEL,
                              amqp_empty_bytes, task->reply_to, false, &p, body, true);
     if (r == 0)
         r = bx_worker_flush(w);
-    if (r < 0)
+    if (r < 0 && !bx_worker_kept(w, r))
         return r == -EPROTO ? -EPIPE : r;
+    /* Sent, or kept to go out first at the next run. */
     w->uns[w->nuns++] = (struct bx_unsettled){ .seq = ++w->pub_seq, .tag = env->delivery_tag,
                                                .dead = dead };
-    return 0;
+    return r;
 }
 
 /* A confirmation of results: settles their tasks.  A result the broker
@@ -1999,7 +2134,7 @@ static int bx_worker_settle(conc_broker_worker *w, const struct bx_event *ev)
             st = bx_worker_ack(w, u->tag);
         if (st < 0)
             r = st;
-        else if (!nack && !u->dead)
+        if ((st == 0 || bx_worker_kept(w, st)) && !nack && !u->dead)
             __atomic_fetch_add(&w->tasks, 1, __ATOMIC_RELAXED);
     }
     w->nuns = keep;
@@ -2106,8 +2241,11 @@ static void bx_ahead_clear(conc_broker_worker *w)
  * to the queue in the broker, to be delivered again. */
 static void bx_worker_drop(conc_broker_worker *w)
 {
-    if (w->conn)
+    if (w->conn) {
+        bk_reset_on_close(w->sockfd);
         amqp_destroy_connection(w->conn);
+    }
+    bx_in_reset(&w->in);
     w->conn = NULL;
     w->sockfd = -1;
     w->consuming = false;
@@ -2196,6 +2334,8 @@ static int bx_start_consumer(conc_broker_worker *w, int64_t deadline)
  * run. */
 static void bx_drain(conc_broker_worker *w)
 {
+    if (w->out.len)
+        return;     /* kept for the next run, which sends them first */
     int64_t until = bx_now() + BX_DRAIN_NS;
     w->send_until = until;
     while (w->nuns && w->conn) {
@@ -2210,7 +2350,7 @@ static void bx_drain(conc_broker_worker *w)
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
-        int r = bx_poll_message(w->conn, &env, &ev, NULL);
+        int r = bx_poll_message(w->conn, &w->in, &env, &ev, NULL);
         if (r == 1) {
             struct bx_ahead *a = malloc(sizeof *a);
             if (!a) {
@@ -2229,7 +2369,8 @@ static void bx_drain(conc_broker_worker *w)
             r = bx_worker_settle(w, &ev);
         }
         if (r < 0) {
-            bx_worker_drop(w);
+            if (!bx_worker_kept(w, r))
+                bx_worker_drop(w);
             return;
         }
     }
@@ -2262,6 +2403,18 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
             ret = 0;
             break;
         }
+        if (w->out.len) {
+            /* Frames an earlier run left (over TLS) go before anything
+             * else is read or sent. */
+            int r = bx_worker_flush(w);
+            if (r == -ETIMEDOUT || r == -ECANCELED) {
+                ret = r;
+                break;
+            }
+            if (r < 0)
+                bx_worker_drop(w);
+            continue;
+        }
         if (w->ahead) {
             struct bx_ahead *a = w->ahead;
             w->ahead = a->next;
@@ -2270,7 +2423,7 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
             int r = bx_on_task(w, &a->env);
             amqp_destroy_envelope(&a->env);
             free(a);
-            if (r < 0 && r != -ENOMEM)
+            if (r < 0 && r != -ENOMEM && !bx_worker_kept(w, r))
                 bx_worker_drop(w);
             if (r == -ENOMEM || r == -ETIMEDOUT || r == -ECANCELED) {
                 ret = r;
@@ -2296,14 +2449,14 @@ static int bx_run(conc_broker_worker *w, int64_t deadline)
         }
         amqp_envelope_t env;
         struct bx_event ev = { 0 };
-        int r = bx_poll_message(w->conn, &env, &ev, NULL);
+        int r = bx_poll_message(w->conn, &w->in, &env, &ev, NULL);
         if (r == 1) {
             r = bx_on_task(w, &env);
             amqp_destroy_envelope(&env);
         } else if (r == 2) {
             r = bx_worker_settle(w, &ev);
         }
-        if (r < 0 && r != -ENOMEM)
+        if (r < 0 && r != -ENOMEM && !bx_worker_kept(w, r))
             bx_worker_drop(w);     /* made again at the top */
         if (r == -ENOMEM || r == -ETIMEDOUT || r == -ECANCELED) {
             ret = r;
@@ -2368,7 +2521,14 @@ void conc_broker_worker_free(conc_broker_worker *w)
     if (!w)
         return;
     bx_ahead_clear(w);
+    if (w->out.len && w->conn) {
+        /* A frame kept in part (over TLS): no close can follow it. */
+        bk_reset_on_close(w->sockfd);
+        amqp_destroy_connection(w->conn);
+        w->conn = NULL;
+    }
     bx_close(w->conn);
+    bx_in_reset(&w->in);
     close(w->stopfd);
     for (size_t i = 0; i < w->nfns; i++)
         free(w->fns[i].name);

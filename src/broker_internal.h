@@ -104,6 +104,10 @@ struct bk_out {
 struct conc_broker {
     amqp_connection_state_t c;              /* NULL while down */
     int fd;
+    void *tls;                              /* amqps: the TLS session
+                                               (OpenSSL's SSL) conc writes
+                                               its frames into; NULL over
+                                               plain TCP */
     /* Where and how to connect. */
     char *host, *user, *pass, *vhost, *cacert, *cert, *key;
     int port;
@@ -138,6 +142,8 @@ struct conc_broker {
     /* Async publishes framed here (rabbitmq-c encodes their methods and
      * properties) and sent many to one send(), plain TCP only. */
     struct bk_out out;
+    int64_t hb_sent;                        /* rabbitmq-c's last send
+                                               (bk_read_gate) */
     bool out_small;                         /* out holds an acknowledgement,
                                                rejection or close-ok framed
                                                while reading */
@@ -188,8 +194,26 @@ BK_HIDDEN int bk_frame_publish(struct bk_out *o, size_t frame_max, uint16_t ch,
                                const amqp_basic_properties_t *p, amqp_bytes_t body,
                                bool with_body);
 BK_HIDDEN void bk_out_drop_channel(struct bk_out *o, uint16_t ch);
-BK_HIDDEN int bk_send_some(int fd, struct iovec **iov, int *n);
-BK_HIDDEN int bk_sendv_until(int fd, struct iovec *iov, int n, int64_t deadline);
+/* Sending on a connection's socket, fd, which never blocks: over TLS
+ * (tls: bk_tls_session, not NULL) the bytes are encrypted into that
+ * session. */
+BK_HIDDEN int bk_send_some(int fd, void *tls, struct iovec **iov, int *n, short *want);
+BK_HIDDEN int bk_sendv_until(int fd, void *tls, struct iovec *iov, int n, int64_t deadline);
+/* Makes the close of fd, a connection given up, reset it (RST) instead of
+ * ending it: a broker may keep a TLS connection whose last record came cut
+ * open for ever after a plain close (with the deliveries it holds). */
+BK_HIDDEN void bk_reset_on_close(int fd);
+/* Whether a read of c (rabbitmq-c's) may go on without blocking the
+ * thread.  rabbitmq-c sends a heartbeat from inside a read once the
+ * heartbeat interval passed since its own last send (it does not see
+ * conc's), and waits for room for it with no deadline.  So conc sends
+ * them: from half the interval on, one goes through rabbitmq-c (resetting
+ * its count) when the socket fd has room, which 8 bytes then never wait
+ * for; without room a read is safe only while rabbitmq-c's own is not
+ * about to come due.  *last is when rabbitmq-c last sent (conc_now; set
+ * when the connection is made).  Returns 1 (read), 0 (wait for room
+ * first), or -ECONNRESET (the heartbeat failed). */
+BK_HIDDEN int bk_read_gate(amqp_connection_state_t c, int fd, int64_t *last);
 /* The largest body a publish copies into the connection's buffer (one body
  * frame below the smallest frame_max, 4096); a larger one is sent from the
  * caller's bytes. */
@@ -233,6 +257,12 @@ struct bk_target {
     int heartbeat;                      /* seconds asked for, 0: none */
     int frame_max;
 };
+
+/* The TLS session (OpenSSL's SSL, rabbitmq-c's, alive as long as the
+ * connection) of c, a connection conc__broker_open made over TLS: conc
+ * writes its own frames into it (bk_send_some).  Not for a plain TCP
+ * connection. */
+BK_HIDDEN void *bk_tls_session(amqp_connection_state_t c);
 
 /* Connects to t and logs in (PLAIN, with consumer cancel notices) within
  * deadline.  Every wait parks only the calling coroutine: the TCP connect

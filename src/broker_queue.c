@@ -789,42 +789,29 @@ static int publish_full(conc_broker *b, const char *exchange, const char *key,
             p.expiration = amqp_cstring_bytes(expiration);
         }
         amqp_bytes_t body = { .len = len, .bytes = (void *)data };
-        if (!b->ssl) {
-            /* Framed here and sent without blocking: a socket found full
-             * (a broker that reads slowly or not at all) is waited for
-             * through conc's wait layer, until the call's deadline.  A
-             * small message is copied into the connection's buffer (async
-             * ones go out many to one send), a larger one's body is sent
-             * from the caller's bytes. */
-            bool inline_body = len <= BK_OBUF_BODY_MAX;
-            r = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange),
-                               amqp_cstring_bytes(key), &p, body, inline_body);
-            if (r < 0)
-                return r;           /* nothing was added */
-            if (!inline_body) {
-                if (!wait)
-                    bk_cork(b, true);
-                r = bk_out_body_until(b, BK_CH_PUB, body, lim);
-            } else if (wait || b->out.len >= BK_OBUF_SEND) {
-                r = bk_out_flush_until(b, lim);
-            }
-            if (r == -ETIMEDOUT || r == -ECANCELED)
-                return r;           /* the connection was dropped */
-            if (r < 0)
-                continue;           /* lost: again on a new one */
-        } else {
-            if (b->out.len && bk_out_flush_until(b, lim) < 0)
-                continue;
+        /* Framed here and sent without blocking (over TLS, encrypted into
+         * the connection's session by conc): a socket found full (a broker
+         * that reads slowly or not at all) is waited for through conc's
+         * wait layer, until the call's deadline.  A small message is
+         * copied into the connection's buffer (async ones go out many to
+         * one send), a larger one's body is sent from the caller's
+         * bytes. */
+        bool inline_body = len <= BK_OBUF_BODY_MAX;
+        r = bk_out_publish(b, BK_CH_PUB, amqp_cstring_bytes(exchange), amqp_cstring_bytes(key),
+                           &p, body, inline_body);
+        if (r < 0)
+            return r;               /* nothing was added */
+        if (!inline_body) {
             if (!wait)
                 bk_cork(b, true);
-            int st = amqp_basic_publish(b->c, BK_CH_PUB, amqp_cstring_bytes(exchange),
-                                        amqp_cstring_bytes(key), 0, 0, &p, body);
-            if (st != AMQP_STATUS_OK) {
-                /* Not sent whole: the broker drops a partial message. */
-                bk_lost(b, bk_status_err(st));
-                continue;
-            }
+            r = bk_out_body_until(b, BK_CH_PUB, body, lim);
+        } else if (wait || b->out.len >= BK_OBUF_SEND) {
+            r = bk_out_flush_until(b, lim);
         }
+        if (r == -ETIMEDOUT || r == -ECANCELED)
+            return r;               /* the connection was dropped */
+        if (r < 0)
+            continue;               /* lost: again on a new one */
         seq = ++b->pub_seq;
         gen = b->pub_gen;
         break;

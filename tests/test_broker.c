@@ -94,6 +94,18 @@ static void setup(void)
 
 TestSuite(broker, .init = setup, .timeout = 240);
 
+/* The node's amqps URL into buf; false when it has no TLS listener. */
+static bool tls_url(char *buf, size_t cap)
+{
+    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' tls-url '" CONC_RABBITMQ_DIR "' 2>/dev/null",
+                    "r");
+    cr_assert_not_null(p);
+    bool have = fgets(buf, (int)cap, p) != NULL;
+    pclose(p);
+    buf[strcspn(buf, "\n")] = '\0';
+    return have;
+}
+
 Test(broker, round_trip_in_order_and_task_done)
 {
     char name[128];
@@ -965,14 +977,8 @@ Test(broker, expired_messages_are_dead_lettered)
 Test(broker, amqps_verifies_the_server_certificate)
 {
     char tls[256];
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' tls-url '" CONC_RABBITMQ_DIR "' 2>/dev/null",
-                    "r");
-    cr_assert_not_null(p);
-    bool have = fgets(tls, sizeof tls, p) != NULL;
-    pclose(p);
-    if (!have)
+    if (!tls_url(tls, sizeof tls))
         cr_skip_test("the node has no TLS listener (openssl is missing)");
-    tls[strcspn(tls, "\n")] = '\0';
     /* Signed by the test CA: accepted with it, refused without it. */
     conc_broker_opts o = CONC_BROKER_OPTS_INIT;
     o.cacert = CONC_RABBITMQ_DIR "/tls/ca.pem";
@@ -1075,11 +1081,14 @@ static void *stuck_ticker(void *arg)
     return NULL;
 }
 
-Test(broker, put_to_a_broker_that_stops_reading_parks_and_times_out)
+/* The stuck put on a connection to u (o: its options). */
+static void stuck_put_on(const char *u, const conc_broker_opts *o)
 {
     char name[128];
     qname(name, sizeof name, "stuck");
-    conc_broker *b = connect_ok();
+    conc_broker *b = NULL;
+    int r = conc_broker_new(&b, u, o);
+    cr_assert_eq(r, 0, "connect %s: %s", u, conc_strerror(r));
     conc_broker_queue *q = queue_ok(b, name, NULL);
     cr_assert_eq(conc_broker_queue_put(q, "before", 6, HANG), 0);
     static struct stuck_state s;
@@ -1112,6 +1121,25 @@ Test(broker, put_to_a_broker_that_stops_reading_parks_and_times_out)
     get_str(q, "after", NULL);
     cr_assert_eq(conc_broker_queue_delete(q, HANG), 0);
     conc_broker_free(b);
+}
+
+Test(broker, put_to_a_broker_that_stops_reading_parks_and_times_out)
+{
+    stuck_put_on(url, NULL);
+}
+
+/* Over amqps the frames are encrypted by conc into the connection's TLS
+ * session and written without blocking too: the put parks only its
+ * coroutine and times out, and the queue works again after the node
+ * resumes. */
+Test(broker, put_over_tls_to_a_broker_that_stops_reading_parks_and_times_out)
+{
+    char tls[256];
+    if (!tls_url(tls, sizeof tls))
+        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    conc_broker_opts o = CONC_BROKER_OPTS_INIT;
+    o.cacert = CONC_RABBITMQ_DIR "/tls/ca.pem";
+    stuck_put_on(tls, &o);
 }
 
 /* task_done's acknowledgements go out in batches (one basic.ack with

@@ -24,6 +24,8 @@
 #include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1681,22 +1683,26 @@ static void *full_ticker(void *arg)
  * not submitted.  The connection, which carried part of a frame, is made
  * again once the broker reads again; the task queued behind is sent
  * again; every task runs once, the timed-out one never. */
-Test(broker_executor, submit_to_a_broker_that_stops_reading_parks_and_times_out)
+static void submit_full_on(const char *u, const char *cacert)
 {
     char q[128];
     qname(q, sizeof q, "full");
     for (int i = 0; i < 8; i++)
         atomic_store(&tally_runs[i], 0);
     conc_broker_worker *w = NULL;
-    cr_assert_eq(conc_broker_worker_new(&w, url, &(conc_broker_worker_opts){ .queue = q }), 0);
+    conc_broker_worker_opts wo = CONC_BROKER_WORKER_OPTS_INIT;
+    wo.queue = q;
+    wo.cacert = cacert;
+    cr_assert_eq(conc_broker_worker_new(&w, u, &wo), 0);
     cr_assert_eq(conc_broker_worker_register(w, "tally", tally, NULL), 0);
     struct wthread wt = { .w = w, .rc = 1 };
     cr_assert_eq(pthread_create(&wt.t, NULL, wthread_main, &wt), 0);
     conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
     o.queue = q;
     o.connect_timeout = 2;
+    o.cacert = cacert;
     conc_broker_executor *ex = NULL;
-    cr_assert_eq(conc_broker_executor_new(&ex, url, &o), 0);
+    cr_assert_eq(conc_broker_executor_new(&ex, u, &o), 0);
     unsigned char k = 1;
     conc_future *before = NULL;
     cr_assert_eq(conc_broker_executor_submit(ex, "tally", &k, 1, &before), 0);
@@ -1753,6 +1759,23 @@ Test(broker_executor, submit_to_a_broker_that_stops_reading_parks_and_times_out)
     delete_queues(q);
 }
 
+Test(broker_executor, submit_to_a_broker_that_stops_reading_parks_and_times_out)
+{
+    submit_full_on(url, NULL);
+}
+
+/* The same over amqps: the task's frames are encrypted by conc into the
+ * connection's TLS session and written without blocking, so the submit
+ * parks only its coroutine and times out the same way. */
+Test(broker_executor, submit_over_tls_to_a_broker_that_stops_reading_parks_and_times_out)
+{
+    char tls[256];
+    tls_url(tls, sizeof tls);
+    if (!tls[0])
+        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    submit_full_on(tls, CONC_RABBITMQ_DIR "/tls/ca.pem");
+}
+
 /* The first call stops the node and answers with more than the socket's
  * buffers hold; a later one answers "ok". */
 static atomic_int stall_calls;
@@ -1779,12 +1802,15 @@ struct stall_state {
     atomic_int running;
     atomic_int ticks;           /* the other coroutine's turns while the
                                    result waited for room */
+    bool stopped_after;         /* the node was still stopped when run
+                                   returned */
 };
 
 static void *stall_runner(void *arg)
 {
     struct stall_state *s = arg;
     s->run_rc = conc_broker_worker_run(s->w, 2.0);
+    s->stopped_after = node_stopped();
     atomic_store(&s->running, 0);
     return NULL;
 }
@@ -1805,17 +1831,23 @@ static void *stall_ticker(void *arg)
  * running) until the run's timeout, which drops the connection; once the
  * broker reads again, the task comes back, runs again, and its future
  * completes once. */
-Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_only)
+static void result_stall_on(const char *u, const char *cacert)
 {
     char q[128];
     qname(q, sizeof q, "stall");
     atomic_store(&stall_calls, 0);
     static struct stall_state s;
     memset(&s, 0, sizeof s);
-    cr_assert_eq(conc_broker_worker_new(&s.w, url, &(conc_broker_worker_opts){ .queue = q }),
-                 0);
+    conc_broker_worker_opts wo = CONC_BROKER_WORKER_OPTS_INIT;
+    wo.queue = q;
+    wo.cacert = cacert;
+    cr_assert_eq(conc_broker_worker_new(&s.w, u, &wo), 0);
     cr_assert_eq(conc_broker_worker_register(s.w, "stall", stall_fn, NULL), 0);
-    conc_broker_executor *ex = mk_executor(q, 0);
+    conc_broker_executor_opts eo = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    eo.queue = q;
+    eo.cacert = cacert;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, u, &eo), 0);
     conc_future *f = NULL;
     cr_assert_eq(conc_broker_executor_submit(ex, "stall", "x", 1, &f), 0);
     atomic_store(&s.running, 1);
@@ -1829,6 +1861,7 @@ Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_onl
     cr_assert_eq(hr, 0);
     cr_assert_eq(atomic_load(&stall_calls), 1);
     cr_assert_eq(s.run_rc, -ETIMEDOUT, "run: %s", conc_strerror(s.run_rc));
+    cr_assert(s.stopped_after, "run returned only once the node went on");
     cr_assert_gt(atomic_load(&s.ticks), 0, "the other coroutine did not run");
     conc_greenlet_free(g1);
     conc_greenlet_free(g2);
@@ -1840,16 +1873,321 @@ Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_onl
     size_t len = 0;
     int r = conc_future_result(f, &v, &len, GUARD);
     cr_assert_eq(r, 0, "result: %s", conc_strerror(r));
-    cr_assert_eq(len, 2);
-    cr_assert_eq(memcmp(v, "ok", 2), 0);
+    if (cacert) {
+        /* Over TLS the result not sent whole was kept, and the next run
+         * sent the rest first: the first run's result, the task run once
+         * (RabbitMQ would not notice a TLS connection cut in the middle of
+         * a record, nor give its task back). */
+        cr_assert_eq(len, 15u << 20);
+    } else {
+        cr_assert_eq(len, 2);
+        cr_assert_eq(memcmp(v, "ok", 2), 0);
+    }
     cr_assert_eq(conc_broker_worker_stop(s.w), 0);
     cr_assert_eq(pthread_join(wt.t, NULL), 0);
     cr_assert_eq(wt.rc, 0);
-    cr_assert_eq(atomic_load(&stall_calls), 2);
+    cr_assert_eq(atomic_load(&stall_calls), cacert ? 1 : 2);
     cr_assert_eq(conc_broker_worker_tasks(s.w), 1);
     cr_assert_eq(conc_broker_executor_pending(ex), 0);
     conc_future_free(f);
     conc_broker_executor_free(ex);
     conc_broker_worker_free(s.w);
+    delete_queues(q);
+}
+
+Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_only)
+{
+    result_stall_on(url, NULL);
+}
+
+/* The same over amqps: the worker's result is encrypted by conc into the
+ * connection's TLS session and written without blocking. */
+Test(broker_executor, result_over_tls_to_a_broker_that_stops_reading_parks_the_worker_only)
+{
+    char tls[256];
+    tls_url(tls, sizeof tls);
+    if (!tls[0])
+        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    result_stall_on(tls, CONC_RABBITMQ_DIR "/tls/ca.pem");
+}
+
+/* A relay between the executor and the node that can hold back what the
+ * broker sends: once `allow` more bytes went to the client it forwards
+ * nothing more from the broker until released (a broker that stalls in
+ * the middle of a message). */
+struct relay {
+    int lfd, cfd, bfd, wake;
+    int port, node_port;
+    pthread_t t;
+    atomic_long allow;          /* bytes still let through; < 0: all */
+    atomic_int holding;         /* bytes wait and none may go */
+    atomic_int stop;
+};
+
+static void relay_kick(struct relay *r)
+{
+    uint64_t one = 1;
+    cr_assert_eq(write(r->wake, &one, sizeof one), (ssize_t)sizeof one);
+}
+
+/* Moves up to `most` bytes from one socket to the other.  The bytes moved,
+ * or -1 when either side is done. */
+static ssize_t relay_copy(int from, int to, size_t most)
+{
+    static char buf[65536];
+    ssize_t n = read(from, buf, most < sizeof buf ? most : sizeof buf);
+    if (n <= 0)
+        return -1;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t k = write(to, buf + off, (size_t)(n - off));
+        if (k <= 0)
+            return -1;
+        off += k;
+    }
+    return n;
+}
+
+static void *relay_main(void *arg)
+{
+    struct relay *r = arg;
+    r->cfd = accept(r->lfd, NULL, NULL);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->node_port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    r->bfd = socket(AF_INET, SOCK_STREAM, 0);
+    if (r->cfd < 0 || r->bfd < 0 || connect(r->bfd, (struct sockaddr *)&a, sizeof a) < 0)
+        return NULL;
+    while (!atomic_load(&r->stop)) {
+        long allow = atomic_load(&r->allow);
+        bool held = allow == 0;
+        /* Held: the broker's side is looked at until it has more to send,
+         * which is then left unread. */
+        short bev = !held || !atomic_load(&r->holding) ? POLLIN : 0;
+        struct pollfd p[3] = { { .fd = r->cfd, .events = POLLIN },
+                               { .fd = r->bfd, .events = bev },
+                               { .fd = r->wake, .events = POLLIN } };
+        if (poll(p, 3, -1) < 0)
+            break;
+        if (p[2].revents) {
+            uint64_t v;
+            if (read(r->wake, &v, sizeof v) < 0)
+                break;
+            continue;
+        }
+        if (p[0].revents && relay_copy(r->cfd, r->bfd, 65536) < 0)
+            break;
+        if (p[1].revents) {
+            if (held) {
+                atomic_store(&r->holding, 1);
+                continue;
+            }
+            ssize_t n = relay_copy(r->bfd, r->cfd, allow < 0 ? 65536 : (size_t)allow);
+            if (n < 0)
+                break;
+            if (allow > 0)
+                atomic_fetch_sub(&r->allow, n);
+        }
+    }
+    return NULL;
+}
+
+static void relay_start(struct relay *r)
+{
+    memset(r, 0, sizeof *r);
+    const char *colon = strrchr(url, ':');
+    cr_assert_not_null(colon);
+    r->node_port = atoi(colon + 1);
+    cr_assert_gt(r->node_port, 0);
+    r->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    cr_assert_eq(bind(r->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(r->lfd, 1), 0);
+    socklen_t len = sizeof a;
+    cr_assert_eq(getsockname(r->lfd, (struct sockaddr *)&a, &len), 0);
+    r->port = ntohs(a.sin_port);
+    r->wake = eventfd(0, 0);
+    cr_assert_geq(r->wake, 0);
+    atomic_store(&r->allow, -1);
+    cr_assert_eq(pthread_create(&r->t, NULL, relay_main, r), 0);
+}
+
+/* Lets `n` more bytes from the broker through, then holds (n < 0: all). */
+static void relay_limit(struct relay *r, long n)
+{
+    atomic_store(&r->holding, 0);
+    atomic_store(&r->allow, n);
+    relay_kick(r);
+}
+
+static void relay_stop(struct relay *r)
+{
+    atomic_store(&r->stop, 1);
+    relay_kick(r);
+    cr_assert_eq(pthread_join(r->t, NULL), 0);
+    close(r->lfd);
+    close(r->cfd);
+    close(r->bfd);
+    close(r->wake);
+}
+
+/* Returns a 4 MiB result. */
+static int big_result(const void *data, size_t len, void **result, size_t *rlen, void *arg)
+{
+    (void)data, (void)len, (void)arg;
+    *rlen = 4u << 20;
+    *result = malloc(*rlen);
+    if (!*result)
+        return -ENOMEM;
+    memset(*result, 'b', *rlen);
+    return 0;
+}
+
+struct held_state {
+    conc_broker_executor *ex;
+    struct relay *relay;
+    int rc;
+    conc_future *f;
+    int held_at_return;         /* the relay still held the result back
+                                   when the submit returned */
+    atomic_int busy;
+    atomic_int ticks;
+};
+
+static void *held_submitter(void *arg)
+{
+    struct held_state *s = arg;
+    unsigned char k = 2;
+    s->rc = conc_broker_executor_submit(s->ex, "tally", &k, 1, &s->f);
+    s->held_at_return = atomic_load(&s->relay->holding);
+    atomic_store(&s->busy, 0);
+    return NULL;
+}
+
+static void *held_ticker(void *arg)
+{
+    struct held_state *s = arg;
+    while (atomic_load(&s->busy)) {
+        atomic_fetch_add(&s->ticks, 1);
+        conc_sleep(0.01);
+    }
+    return NULL;
+}
+
+struct relay_guard_arg {
+    struct relay *r;
+    int end[2];                 /* a pipe: written to end the guard */
+};
+
+static void *relay_guard(void *arg)
+{
+    /* A hang guard only: lets everything through after GUARD seconds. */
+    struct relay_guard_arg *g = arg;
+    struct pollfd p = { .fd = g->end[0], .events = POLLIN };
+    if (poll(&p, 1, (int)(GUARD * 1000)) == 0)
+        relay_limit(g->r, -1);
+    return NULL;
+}
+
+/* A result whose body the broker has not sent whole yet (it stalls in the
+ * middle of the message): the executor's result thread takes what came and
+ * goes back to waiting, holding no lock, so a coroutine that submits
+ * meanwhile gets its future at once and other coroutines of its hub keep
+ * running (rabbitmq-c's reader waited for the rest under the connection's
+ * lock, blocking the hub's thread on it). */
+Test(broker_executor, result_read_in_part_holds_no_lock)
+{
+    char q[128];
+    qname(q, sizeof q, "held");
+    for (int i = 0; i < 8; i++)
+        atomic_store(&tally_runs[i], 0);
+    static struct relay rl;
+    relay_start(&rl);
+    conc_broker_worker *w = NULL;
+    cr_assert_eq(conc_broker_worker_new(&w, url, &(conc_broker_worker_opts){ .queue = q }), 0);
+    cr_assert_eq(conc_broker_worker_register(w, "tally", tally, NULL), 0);
+    cr_assert_eq(conc_broker_worker_register(w, "big", big_result, NULL), 0);
+    struct wthread wt = { .w = w, .rc = 1 };
+    cr_assert_eq(pthread_create(&wt.t, NULL, wthread_main, &wt), 0);
+    char via[256];
+    snprintf(via, sizeof via, "amqp://guest:guest@127.0.0.1:%d/%%2f", rl.port);
+    conc_broker_executor_opts o = CONC_BROKER_EXECUTOR_OPTS_INIT;
+    o.queue = q;
+    conc_broker_executor *ex = NULL;
+    cr_assert_eq(conc_broker_executor_new(&ex, via, &o), 0);
+    unsigned char k = 1;
+    conc_future *before = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, "tally", &k, 1, &before), 0);
+    cr_assert_eq(result_byte(before), 1);
+    /* The big result's first 64 KiB reach the client, the rest waits. */
+    relay_limit(&rl, 64 * 1024);
+    conc_future *fb = NULL;
+    cr_assert_eq(conc_broker_executor_submit(ex, "big", "x", 1, &fb), 0);
+    for (int i = 0; i < (int)(GUARD * 100) && !atomic_load(&rl.holding); i++)
+        usleep(10 * 1000);      /* a hang guard on a flag, not a wait */
+    cr_assert(atomic_load(&rl.holding), "the broker never had more to send");
+    /* The executor's socket (the relay's client) has nothing left unread:
+     * its result thread took what came. */
+    struct sockaddr_in peer;
+    socklen_t plen = sizeof peer;
+    cr_assert_eq(getpeername(rl.cfd, (struct sockaddr *)&peer, &plen), 0);
+    int xfd = -1;
+    for (int fd = 0; fd < 1024 && xfd < 0; fd++) {
+        struct sockaddr_in me;
+        socklen_t mlen = sizeof me;
+        if (fd != rl.bfd && getsockname(fd, (struct sockaddr *)&me, &mlen) == 0 &&
+            me.sin_family == AF_INET && me.sin_port == peer.sin_port)
+            xfd = fd;
+    }
+    cr_assert_geq(xfd, 0, "the executor's socket was not found");
+    int unread = 1;
+    for (int i = 0; i < (int)(GUARD * 100); i++) {
+        cr_assert_eq(ioctl(xfd, FIONREAD, &unread), 0);
+        if (!unread)
+            break;
+        usleep(10 * 1000);      /* a hang guard on a count, not a wait */
+    }
+    cr_assert_eq(unread, 0);
+    static struct relay_guard_arg ga;
+    ga.r = &rl;
+    cr_assert_eq(pipe(ga.end), 0);
+    pthread_t guard;
+    cr_assert_eq(pthread_create(&guard, NULL, relay_guard, &ga), 0);
+    static struct held_state s;
+    memset(&s, 0, sizeof s);
+    s.ex = ex;
+    s.relay = &rl;
+    atomic_store(&s.busy, 1);
+    conc_greenlet *g1, *g2;
+    cr_assert_eq(conc_greenlet_spawn(&g2, held_ticker, &s, NULL), 0);
+    cr_assert_eq(conc_greenlet_spawn(&g1, held_submitter, &s, NULL), 0);
+    int hr = conc_hub_run();
+    cr_assert_eq(hr, 0);
+    cr_assert_eq(s.rc, 0, "submit: %s", conc_strerror(s.rc));
+    cr_assert(s.held_at_return, "the submit returned only once the result came whole");
+    conc_greenlet_free(g1);
+    conc_greenlet_free(g2);
+    cr_assert_eq(conc_hub_free(), 0);
+    /* The rest comes: both futures complete. */
+    relay_limit(&rl, -1);
+    void *v = NULL;
+    size_t len = 0;
+    int r = conc_future_result(fb, &v, &len, GUARD);
+    cr_assert_eq(r, 0, "big: %s", conc_strerror(r));
+    cr_assert_eq(len, 4u << 20);
+    cr_assert_eq(((unsigned char *)v)[0], 'b');
+    cr_assert_eq(((unsigned char *)v)[len - 1], 'b');
+    cr_assert_eq(result_byte(s.f), 2);
+    conc_future_free(before);
+    conc_future_free(fb);
+    conc_future_free(s.f);
+    conc_broker_executor_free(ex);
+    cr_assert_eq(write(ga.end[1], "x", 1), 1);
+    cr_assert_eq(pthread_join(guard, NULL), 0);
+    close(ga.end[0]);
+    close(ga.end[1]);
+    cr_assert_eq(conc_broker_worker_stop(w), 0);
+    cr_assert_eq(pthread_join(wt.t, NULL), 0);
+    cr_assert_eq(wt.rc, 0);
+    conc_broker_worker_free(w);
+    relay_stop(&rl);
     delete_queues(q);
 }

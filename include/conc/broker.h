@@ -37,18 +37,20 @@
  * includes the TCP connect and the AMQP handshake of a (re)connection; a
  * host name lookup and a TLS connection, which rabbitmq-c and the C
  * library do only blocking, run on a worker thread through conc_offload,
- * so they park the coroutine too.  Sends do not block over plain TCP: a
- * publish is framed here and written without blocking, and a socket found
+ * so they park the coroutine too.  Sends do not block: a publish is
+ * framed here and written without blocking (over amqps:// conc encrypts
+ * it into the connection's TLS session, rabbitmq-c's), and a socket found
  * full (a large message, or a broker that throttles its publishers or
  * stopped reading) is waited for through the wait layer until the call's
  * deadline; a put that runs out of time while its message is going out
  * gives -ETIMEDOUT and drops the connection (the message may have gone out
  * cut, which the broker discards), and the next call makes it again.
- * Acknowledgements and rejections are framed and written the same way
- * (task_done, ack and reject wait for room for 30 s at most, then drop the
- * connection, and the broker gives the delivery back).  One exception:
- * over TLS (amqps://), rabbitmq-c waits for room inside its send, blocking
- * the thread until the broker reads.
+ * Acknowledgements, rejections and requests are framed and written the
+ * same way (task_done, ack and reject wait for room for 30 s at most, then
+ * drop the connection, and the broker gives the delivery back).  RabbitMQ
+ * keeps a TLS connection cut in the middle of a record open until its
+ * heartbeats lapse (twice the heartbeat interval), with the deliveries it
+ * holds: they come back then.
  *
  * Threads: a connection, and everything made from it, is used by one thread
  * (or one coroutine) at a time; use one connection per thread (connections

@@ -76,7 +76,10 @@
  * conc_broker_worker_new and a worker's reconnection) parks only a calling
  * coroutine too: the TCP connect, the AMQP handshake and the declarations
  * wait through conc's wait layer (a TLS connection is made on a worker
- * thread through conc_offload).
+ * thread through conc_offload).  Tasks, results, acknowledgements and
+ * rejections are framed by conc and written without blocking, over TLS
+ * too (encrypted into the connection's TLS session): a full socket is
+ * waited for through the wait layer.
  *
  * Connections.  Each executor and each worker has its own AMQP connection,
  * from a URL amqp://user:password@host:port/vhost (the defaults guest,
@@ -358,7 +361,11 @@ CONC_API int conc_broker_worker_register(conc_broker_worker *w, const char *name
  * acknowledged; the others delivered to this worker are run by the next
  * run, or go back to the queue when it is freed); -ETIMEDOUT when the
  * timeout passed (-EAGAIN for timeout 0 after running what was there at
- * once); -EPIPE when the connection was lost and could not be made again
+ * once: a result still going out then, into a broker that reads slowly or
+ * not at all, is given up with the connection over plain TCP, and its task
+ * runs again; over amqps:// the rest is kept and sent first by the next
+ * run, since RabbitMQ holds a TLS connection cut in the middle of a record
+ * open, with its tasks); -EPIPE when the connection was lost and could not be made again
  * in time (see Reconnection above); -EACCES or -EEXIST when a
  * reconnection was refused; -EBUSY when another thread runs it;
  * -ECANCELED when the calling coroutine was killed; -EINVAL for NULL w or

@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,22 @@ static inline int node_group(void)
 static inline void node_signal(int sig)
 {
     cr_assert_eq(kill(-node_group(), sig), 0);
+}
+
+/* Whether the node is stopped (SIGSTOP) now: its group leader's state is
+ * T. */
+static inline bool node_stopped(void)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", node_group());
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    cr_assert_not_null(p);
+    return p[1] == ' ' && p[2] == 'T';
 }
 
 /* (A test that puts the library's src/ first on its include path gets
