@@ -20,8 +20,14 @@
 #include "conc/time.h"
 #include "conc/wait.h"
 #include "server.h"
+#include "sys/sockcall.h"
 
 #define ACCEPT_BATCH 64
+
+/* The reactor's events per wait (epoll_wait's maxevents), as many as the
+ * hand-written epoll server takes: at 1000 busy connections 256 made the
+ * loop wait 2.7 times as often (each wait a system call). */
+#define LOOP_EVENTS 1024
 
 /* ---------------------------------------------------------- coroutine */
 
@@ -395,7 +401,7 @@ static void conn_end(struct conc_server_conn *c, int err)
 static int conn_flush(struct conc_server_conn *c)
 {
     while (c->wlen) {
-        ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = conc__send_nb(c->fd, c->wbuf + c->woff, c->wlen, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return 0;
@@ -419,7 +425,7 @@ int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
     const unsigned char *p = data;
     if (!c->wlen) {
         while (len) {
-            ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            ssize_t n = conc__send_nb(c->fd, p, len, MSG_NOSIGNAL);
             if (n < 0) {
                 if (errno == EINTR)
                     continue;
@@ -676,7 +682,7 @@ static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned 
         }
     }
     if ((ev & CONC_EVENT_READ) && !c->paused && !c->closing) {
-        ssize_t n = recv(c->fd, buf, bufsize, MSG_DONTWAIT);
+        ssize_t n = conc__recv_nb(c->fd, buf, bufsize, 0);
         if (n > 0) {
             if (l->idle)
                 conn_touch(l, c);
@@ -722,7 +728,7 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     if (s->type == SOCK_DGRAM)
         bufsize = s->o.max_datagram ? s->o.max_datagram : 8192;
     unsigned char *buf = malloc(bufsize);
-    conc_selector_event *ev = malloc(256 * sizeof *ev);
+    conc_selector_event *ev = malloc(LOOP_EVENTS * sizeof *ev);
     int rc = buf && ev ? conc_selector_new(&l.sel, CONC_SELECTOR_EPOLL) : -ENOMEM;
     if (rc == 0 && s->o.max_connections > 0 && s->type == SOCK_STREAM) {
         rc = conc__server_gate_open(s, &l.gate);
@@ -761,7 +767,7 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
                 idle_first = true;
             }
         }
-        int n = conc_selector_select_until(l.sel, ev, 256, wait_until);
+        int n = conc_selector_select_until(l.sel, ev, LOOP_EVENTS, wait_until);
         if (n == -ETIMEDOUT && idle_first) {
             expire_idle(&l);
             free_dead(&l);
