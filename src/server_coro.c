@@ -534,6 +534,51 @@ static void set_listening(struct rloop *l, bool on)
     l->listening = on;
 }
 
+/* Serves fd, just accepted with room under the connection limit: a
+ * connection on the loop, or one refused (verify_request, on_accept) or
+ * failed (no memory) and closed, its room given back. */
+static void conn_open(struct rloop *l, int fd, const conc_sockaddr *peer)
+{
+    conc_server *s = l->s;
+    struct conc_server_conn *c = NULL;
+    _Atomic uint64_t *miss = &s->st->refused;
+    if (s->h.verify_request && !s->h.verify_request(s, peer, s->h.user))
+        goto out;
+    miss = &s->st->failed;
+    c = calloc(1, sizeof *c);
+    if (!c)
+        goto out;
+    c->s = s;
+    c->l = l;
+    c->fd = fd;
+    c->peer = *peer;
+    if (s->rh.on_accept && s->rh.on_accept(c, s->rh.user) < 0) {
+        miss = &s->st->refused;
+        goto out;
+    }
+    if (conc_selector_register(l->sel, fd, CONC_EVENT_READ, c) < 0) {
+        if (s->rh.on_close)
+            s->rh.on_close(c, -ENOMEM, s->rh.user);
+        goto out;
+    }
+    c->events = CONC_EVENT_READ;
+    conc__server_enter(s, &c->slot, fd);
+    c->slot.reserved = true;        /* conn_end gives the room back */
+    c->last = l->idle ? conc_now() : 0;
+    c->prev = l->conns.prev;        /* the newest last: oldest first */
+    c->next = &l->conns;
+    l->conns.prev->next = c;
+    l->conns.prev = c;
+    l->nconns++;
+    conn_settle(c);                 /* on_accept may have written or closed */
+    return;
+out:
+    close(fd);
+    free(c);
+    conc__server_unreserve(s);
+    atomic_fetch_add(miss, 1);
+}
+
 static void reactor_accept(struct rloop *l)
 {
     conc_server *s = l->s;
@@ -564,49 +609,7 @@ static void reactor_accept(struct rloop *l)
         }
         l->taken = true;
         atomic_fetch_add(&s->st->accepted, 1);
-        if (s->h.verify_request && !s->h.verify_request(s, &peer, s->h.user)) {
-            atomic_fetch_add(&s->st->refused, 1);
-            close(fd);
-            conc__server_unreserve(s);
-            continue;
-        }
-        struct conc_server_conn *c = calloc(1, sizeof *c);
-        if (!c) {
-            close(fd);
-            conc__server_unreserve(s);
-            atomic_fetch_add(&s->st->failed, 1);
-            continue;
-        }
-        c->s = s;
-        c->l = l;
-        c->fd = fd;
-        c->peer = peer;
-        if (s->rh.on_accept && s->rh.on_accept(c, s->rh.user) < 0) {
-            close(fd);
-            free(c);
-            conc__server_unreserve(s);
-            atomic_fetch_add(&s->st->refused, 1);
-            continue;
-        }
-        if (conc_selector_register(l->sel, fd, CONC_EVENT_READ, c) < 0) {
-            if (s->rh.on_close)
-                s->rh.on_close(c, -ENOMEM, s->rh.user);
-            close(fd);
-            free(c);
-            conc__server_unreserve(s);
-            atomic_fetch_add(&s->st->failed, 1);
-            continue;
-        }
-        c->events = CONC_EVENT_READ;
-        conc__server_enter(s, &c->slot, fd);
-        c->slot.reserved = true;    /* conn_end gives the room back */
-        c->last = l->idle ? conc_now() : 0;
-        c->prev = l->conns.prev;    /* the newest last: oldest first */
-        c->next = &l->conns;
-        l->conns.prev->next = c;
-        l->conns.prev = c;
-        l->nconns++;
-        conn_settle(c);             /* on_accept may have written or closed */
+        conn_open(l, fd, &peer);
     }
 }
 
