@@ -15,7 +15,9 @@
  *
  * Under the sanitizers they stay libc's: ASan's interceptors check the
  * buffer, TSan's see the ordering a socket gives (a send happens before
- * the recv that takes its bytes).
+ * the recv that takes its bytes).  So do they where the kernel has no
+ * recvfrom and sendto system calls of their own (old 32-bit x86 has only
+ * socketcall).
  *
  * Both return what the call returns; -1 with errno set on failure.
  */
@@ -30,7 +32,7 @@
 
 #include "san.h"
 
-#if CONC_SAN_ADDRESS || CONC_SAN_THREAD
+#if CONC_SAN_ADDRESS || CONC_SAN_THREAD || !defined(SYS_recvfrom) || !defined(SYS_sendto)
 #define CONC__SOCKCALL_LIBC 1
 #else
 #define CONC__SOCKCALL_LIBC 0
