@@ -8,6 +8,11 @@
  *                                    connections
  *   echo_p50_c1000, echo_p99_c1000   the median and 99th percentile of the
  *                                    latency at 1000 connections, in us
+ *   echo_ready_c1000                 ms from the start of the load until
+ *                                    each of the 1000 connections had its
+ *                                    first reply: how fast the server takes
+ *                                    on new connections (accepts them and
+ *                                    starts serving each)
  *   echo_cpu_c100, echo_cpu_c1000    the server's CPU time per request, in
  *                                    ns, its child processes included: what
  *                                    the server itself costs, which the
@@ -53,10 +58,15 @@
  * loop over C connections: each connection sends a 64-byte request (lower-
  * case letters that differ from one request to the next), waits for the
  * whole reply, checks every byte of it against the upper-cased request, and
- * sends its next request at once.  A run connects C sockets, warms up,
- * counts the replies completed during the measured window and the latency
- * of each (send to last byte), then stops sending and waits for every reply
- * still owed, so that every request of the run is answered and checked.
+ * sends its next request at once.  A run connects C sockets, sends a
+ * request on each, waits until each has had its first reply (the server
+ * has taken every connection on: echo_ready_c1000), warms up, counts the
+ * replies completed during the measured window and the latency of each
+ * (send to last byte), then stops sending and waits for every reply still
+ * owed, so that every request of the run is answered and checked.  The
+ * window thus measures the steady state: a first request that waited for
+ * its connection to be accepted or for a thread to be started for it is
+ * not in the rate or the latencies.
  * A wrong byte, a byte too many, a closed or reset connection, or 10 s
  * without any reply make the run FAILED (a server that loses requests cannot
  * score).
@@ -144,6 +154,7 @@ static const bench_metric metrics[] = {
     { "echo_c1000", "req/s", "64-byte requests, 1000 connections, closed loop" },
     { "echo_p50_c1000", "us", "median latency of a request at 1000 connections" },
     { "echo_p99_c1000", "us", "99th percentile latency of a request at 1000 connections" },
+    { "echo_ready_c1000", "ms", "until each of 1000 new connections had its first reply" },
     { "echo_cpu_c100", "ns", "server CPU time per request at 100 connections" },
     { "echo_cpu_c1000", "ns", "server CPU time per request at 1000 connections" },
     { "idle_conn_rss", "bytes", "server RSS per idle connection parked in recv, N = 100000 "
@@ -406,6 +417,7 @@ struct client {
 struct result {
     double rate;                /* replies per second in the window */
     double p50_us, p99_us;
+    double ready_ms;            /* until every connection had a reply */
     double cpu_ns;              /* server CPU per request; < 0: unknown */
     char why[192];              /* when the run failed */
 };
@@ -660,7 +672,11 @@ static int64_t server_threads_ns(pid_t pid)
     return sum;
 }
 
-/* A run: n connections, warm_ns of warm-up, window_ns measured. */
+/* The window's start before every connection has had a reply. */
+#define NOT_YET (INT64_MAX / 4)
+
+/* A run: n connections; once each has had a reply, warm_ns of warm-up,
+ * then window_ns measured. */
 static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t window_ns,
                     struct result *res)
 {
@@ -678,8 +694,8 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
     long done_in_window = 0;
     int rc = connect_all(cl, n, s->port, ep, res->why, sizeof res->why);
     int64_t now = bench_now();
-    int64_t t0 = now + warm_ns, t1 = t0 + window_ns, last_reply = now;
-    int outstanding = 0;
+    int64_t start = now, t0 = NOT_YET, t1 = t0 + window_ns, last_reply = now, last_first = now;
+    int outstanding = 0, unserved = n;      /* connections without a reply yet */
     int64_t cpu0 = -1, cpu1 = -1;
     /* The window lasts window_ns, longer when fewer than min_done replies
      * came in it (a busy machine can stall a short window): a figure is
@@ -713,6 +729,12 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
             snprintf(res->why, sizeof res->why,
                      "%d of %d requests still unanswered after 10 s without a reply",
                      outstanding, n);
+            rc = -1;
+            break;
+        }
+        if (unserved > 0 && now - last_first >= STALL_NS) {
+            snprintf(res->why, sizeof res->why,
+                     "%d of %d connections without a first reply, none for 10 s", unserved, n);
             rc = -1;
             break;
         }
@@ -777,6 +799,14 @@ static int run_load(const struct server *s, int n, int64_t warm_ns, int64_t wind
             last_reply = t;
             c->busy = false;
             outstanding--;
+            if (c->seq == 1) {
+                last_first = t;
+                if (--unserved == 0) {
+                    res->ready_ms = (double)(t - start) / 1e6;
+                    t0 = t + warm_ns;
+                    t1 = t0 + window_ns;
+                }
+            }
             if (t >= t0 && t < t1) {
                 done_in_window++;
                 if (nlat < MAX_SAMPLES)
@@ -967,20 +997,21 @@ static double median(double *v, int n)
 
 struct level {
     int conns;
-    const char *rate, *p50, *p99, *cpu;     /* metric names (NULL: not measured) */
+    const char *rate, *p50, *p99, *cpu, *ready;     /* metric names (NULL: not measured) */
 };
 
 static bool level_enabled(const struct level *l, const char *system)
 {
     return bench_enabled(l->rate, system) || (l->p50 && bench_enabled(l->p50, system)) ||
-           (l->p99 && bench_enabled(l->p99, system)) || (l->cpu && bench_enabled(l->cpu, system));
+           (l->p99 && bench_enabled(l->p99, system)) || (l->cpu && bench_enabled(l->cpu, system)) ||
+           (l->ready && bench_enabled(l->ready, system));
 }
 
 static void level_each(const struct level *l, const char *system,
                        void (*fn)(const char *metric, const char *system, const char *why))
 {
-    const char *m[] = { l->rate, l->p50, l->p99, l->cpu };
-    for (int i = 0; i < 4; i++)
+    const char *m[] = { l->rate, l->p50, l->p99, l->cpu, l->ready };
+    for (int i = 0; i < 5; i++)
         if (m[i] && bench_enabled(m[i], system))
             fn(m[i], system, NULL);
 }
@@ -1008,9 +1039,10 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
     double *p50 = calloc((size_t)(nsv * reps), sizeof *p50);
     double *p99 = calloc((size_t)(nsv * reps), sizeof *p99);
     double *cpu = calloc((size_t)(nsv * reps), sizeof *cpu);
+    double *ready = calloc((size_t)(nsv * reps), sizeof *ready);
     int *runs = calloc((size_t)nsv, sizeof *runs);
     char (*failed)[192] = calloc((size_t)nsv, sizeof *failed);
-    if (!rate || !p50 || !p99 || !cpu || !runs || !failed)
+    if (!rate || !p50 || !p99 || !cpu || !ready || !runs || !failed)
         bench_die("calloc", ENOMEM);
 
     for (int r = 0; r < reps; r++)
@@ -1029,6 +1061,7 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
             p50[k * reps + runs[k]] = res.p50_us;
             p99[k * reps + runs[k]] = res.p99_us;
             cpu[k * reps + runs[k]] = res.cpu_ns;
+            ready[k * reps + runs[k]] = res.ready_ms;
             runs[k]++;
         }
 
@@ -1065,6 +1098,8 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
                 bench_record(l->p50, s->system, median(p50 + k * reps, reps), "us");
             if (l->p99 && bench_enabled(l->p99, s->system))
                 bench_record(l->p99, s->system, median(p99 + k * reps, reps), "us");
+            if (l->ready && bench_enabled(l->ready, s->system))
+                bench_record(l->ready, s->system, median(ready + k * reps, reps), "ms");
             if (l->cpu && bench_enabled(l->cpu, s->system)) {
                 int known = 0;          /* the runs whose reading worked */
                 for (int i = 0; i < reps; i++)
@@ -1082,6 +1117,7 @@ static void run_level(const struct level *l, struct server *sv, int nsv, int fd_
     free(p50);
     free(p99);
     free(cpu);
+    free(ready);
     free(runs);
     free(failed);
 }
@@ -1242,9 +1278,10 @@ int main(int argc, char **argv)
     run_idle(sv, nsv, fd_room);
 
     static const struct level levels[] = {
-        { 1, "echo_c1", NULL, NULL, NULL },
-        { 100, "echo_c100", NULL, NULL, "echo_cpu_c100" },
-        { 1000, "echo_c1000", "echo_p50_c1000", "echo_p99_c1000", "echo_cpu_c1000" },
+        { 1, "echo_c1", NULL, NULL, NULL, NULL },
+        { 100, "echo_c100", NULL, NULL, "echo_cpu_c100", NULL },
+        { 1000, "echo_c1000", "echo_p50_c1000", "echo_p99_c1000", "echo_cpu_c1000",
+          "echo_ready_c1000" },
     };
     for (size_t i = 0; i < BENCH_ARRAY_LEN(levels); i++)
         run_level(&levels[i], sv, nsv, fd_room);

@@ -1883,21 +1883,27 @@ static void idle_close(conc_server_conn *c, int err, void *user)
     atomic_fetch_add(err == -ETIMEDOUT ? &idle_closes : &other_closes, 1);
 }
 
+/* A reactor server on 127.0.0.1 (port 0) with callbacks h and options o. */
+static conc_server *new_reactor(const conc_server_reactor_handler *h, const conc_server_opts *o)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server *s;
+    cr_assert_eq(conc_server_new_reactor(&s, &a, h, o), 0);
+    return s;
+}
+
 /* A reactor server with idle_timeout t whose on_close counts the
  * connections closed for being idle and the others. */
 static conc_server *idle_reactor(double t)
 {
     atomic_store(&idle_closes, 0);
     atomic_store(&other_closes, 0);
-    conc_sockaddr a;
-    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
     conc_server_opts o = CONC_SERVER_OPTS_INIT;
     o.idle_timeout = t;
     conc_server_reactor_handler h = reactor_handler;
     h.on_close = idle_close;
-    conc_server *s;
-    cr_assert_eq(conc_server_new_reactor(&s, &a, &h, &o), 0);
-    return s;
+    return new_reactor(&h, &o);
 }
 
 /* A reactor connection that sends nothing for idle_timeout is closed and
@@ -1992,6 +1998,60 @@ Test(server, reactor_handle_request_sleeps_with_a_connection_waiting, .timeout =
     cr_assert_eq(conc_server_close(s), 0);
     conc_server_free(s);
     close(second);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* The reactor's refusal: on_accept turns the first two connections
+ * away, the third is served.  The refused ones are closed without an
+ * on_close (they never were the loop's), counted as refused, not failed,
+ * and leave no descriptor behind. */
+static atomic_int rf_seen, rf_closes;
+
+static int rf_accept(conc_server_conn *c, void *user)
+{
+    (void)c;
+    (void)user;
+    return atomic_fetch_add(&rf_seen, 1) < 2 ? -EPERM : 0;
+}
+
+static void rf_close(conc_server_conn *c, int err, void *user)
+{
+    (void)c;
+    (void)user;
+    CHECK(err == 0, "on_close: %s", conc_strerror(err));
+    atomic_fetch_add(&rf_closes, 1);
+}
+
+Test(server, reactor_refusals_close_the_client, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&rf_seen, 0);
+    atomic_store(&rf_closes, 0);
+    conc_server_reactor_handler h = reactor_handler;
+    h.on_accept = rf_accept;
+    h.on_close = rf_close;
+    conc_server *s = new_reactor(&h, NULL);
+    struct running r;
+    start(&r, s);
+    char c;
+    for (int i = 0; i < 2; i++) {
+        int fd = dial(s);
+        cr_assert_leq(recv_retry(fd, &c, 1, 0), 0, "refused connection %d was served", i);
+        close(fd);
+    }
+    int fd = dial(s);
+    exchange(fd, "the third is served", 5);
+    close(fd);
+    stop(&r);
+    conc_server_stats st;
+    cr_assert_eq(conc_server_get_stats(s, &st), 0);
+    cr_assert_eq(st.accepted, 3);
+    cr_assert_eq(st.refused, 2);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 0);
+    cr_assert_eq(st.active, 0);
+    cr_assert_eq(atomic_load(&rf_closes), 1);
+    conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
 }
 
