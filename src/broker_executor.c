@@ -46,7 +46,8 @@
  * acknowledgements and rejections) is framed here (bk_frame_publish and
  * bk_frame_method, shared with the broker queue) into an out-buffer and
  * written to a socket that never blocks; a full socket is waited for
- * through conc's wait layer.  Over TLS rabbitmq-c sends.
+ * through conc's wait layer.  Over TLS the same frames are encrypted into
+ * the connection's TLS session (bk_send_some), under the same rules.
  *
  * The executor's connection is shared by the submitting threads and its
  * result thread under conn_lock, which nobody holds while waiting: a
