@@ -699,6 +699,16 @@ static void iov_skip(struct iovec **iovp, int *np, size_t k)
     *np = n;
 }
 
+/* Moves *iovp and *np past empty buffers; false once none is left. */
+static bool iov_next(struct iovec **iovp, int *np)
+{
+    while (*np > 0 && (*iovp)->iov_len == 0) {
+        (*iovp)++;
+        (*np)--;
+    }
+    return *np > 0;
+}
+
 /* Plain bytes per TLS record at most (and per gathered write). */
 #define TLS_RECORD 16384
 
@@ -718,11 +728,7 @@ static int tls_send_some(SSL *ssl, struct iovec **iovp, int *np, short *want)
     pthread_sigmask(SIG_BLOCK, &pipe, &old);
     int r = 0;
     for (;;) {
-        while (*np > 0 && (*iovp)->iov_len == 0) {
-            (*iovp)++;
-            (*np)--;
-        }
-        if (*np == 0)
+        if (!iov_next(iovp, np))
             break;
         unsigned char gather[TLS_RECORD];
         const void *p = (*iovp)->iov_base;
@@ -776,11 +782,7 @@ int bk_send_some(int fd, void *tls, struct iovec **iovp, int *np, short *want)
         return tls_send_some(tls, iovp, np, want);
     int r = 0;
     for (;;) {
-        while (*np > 0 && (*iovp)->iov_len == 0) {
-            (*iovp)++;
-            (*np)--;
-        }
-        if (*np == 0)
+        if (!iov_next(iovp, np))
             break;
         struct msghdr mh = { .msg_iov = *iovp, .msg_iovlen = (size_t)*np };
         ssize_t k = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);

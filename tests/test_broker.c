@@ -94,18 +94,6 @@ static void setup(void)
 
 TestSuite(broker, .init = setup, .timeout = 240);
 
-/* The node's amqps URL into buf; false when it has no TLS listener. */
-static bool tls_url(char *buf, size_t cap)
-{
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' tls-url '" CONC_RABBITMQ_DIR "' 2>/dev/null",
-                    "r");
-    cr_assert_not_null(p);
-    bool have = fgets(buf, (int)cap, p) != NULL;
-    pclose(p);
-    buf[strcspn(buf, "\n")] = '\0';
-    return have;
-}
-
 Test(broker, round_trip_in_order_and_task_done)
 {
     char name[128];
@@ -977,8 +965,7 @@ Test(broker, expired_messages_are_dead_lettered)
 Test(broker, amqps_verifies_the_server_certificate)
 {
     char tls[256];
-    if (!tls_url(tls, sizeof tls))
-        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    tls_url_or_skip(tls, sizeof tls);
     /* Signed by the test CA: accepted with it, refused without it. */
     conc_broker_opts o = CONC_BROKER_OPTS_INIT;
     o.cacert = CONC_RABBITMQ_DIR "/tls/ca.pem";
@@ -1135,8 +1122,7 @@ Test(broker, put_to_a_broker_that_stops_reading_parks_and_times_out)
 Test(broker, put_over_tls_to_a_broker_that_stops_reading_parks_and_times_out)
 {
     char tls[256];
-    if (!tls_url(tls, sizeof tls))
-        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    tls_url_or_skip(tls, sizeof tls);
     conc_broker_opts o = CONC_BROKER_OPTS_INIT;
     o.cacert = CONC_RABBITMQ_DIR "/tls/ca.pem";
     stuck_put_on(tls, &o);

@@ -1192,24 +1192,10 @@ Test(broker_executor, unroutable_task_fails_enoent)
     delete_queues(q);
 }
 
-/* The node's amqps:// URL, or "" when it has no TLS listener. */
-static void tls_url(char *buf, size_t size)
-{
-    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' tls-url '" CONC_RABBITMQ_DIR "' 2>/dev/null",
-                    "r");
-    cr_assert_not_null(p);
-    if (!fgets(buf, (int)size, p))
-        buf[0] = '\0';
-    pclose(p);
-    buf[strcspn(buf, "\n")] = '\0';
-}
-
 Test(broker_executor, amqps_verifies_the_server_and_runs_tasks)
 {
     char tls[256];
-    tls_url(tls, sizeof tls);
-    if (!tls[0])
-        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    tls_url_or_skip(tls, sizeof tls);
     char q[128];
     qname(q, sizeof q, "tls");
     /* The test CA is not among the system's: the server is refused. */
@@ -1770,9 +1756,7 @@ Test(broker_executor, submit_to_a_broker_that_stops_reading_parks_and_times_out)
 Test(broker_executor, submit_over_tls_to_a_broker_that_stops_reading_parks_and_times_out)
 {
     char tls[256];
-    tls_url(tls, sizeof tls);
-    if (!tls[0])
-        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    tls_url_or_skip(tls, sizeof tls);
     submit_full_on(tls, CONC_RABBITMQ_DIR "/tls/ca.pem");
 }
 
@@ -1905,9 +1889,7 @@ Test(broker_executor, result_to_a_broker_that_stops_reading_parks_the_worker_onl
 Test(broker_executor, result_over_tls_to_a_broker_that_stops_reading_parks_the_worker_only)
 {
     char tls[256];
-    tls_url(tls, sizeof tls);
-    if (!tls[0])
-        cr_skip_test("the node has no TLS listener (openssl is missing)");
+    tls_url_or_skip(tls, sizeof tls);
     result_stall_on(tls, CONC_RABBITMQ_DIR "/tls/ca.pem");
 }
 

@@ -37,6 +37,21 @@ static inline void read_url(void)
     cr_assert(strncmp(url, "amqp://", 7) == 0, "odd url %s", url);
 }
 
+/* The node's amqps:// URL into buf (cap bytes); skips the test when the
+ * node has no TLS listener (openssl was missing where it was set up). */
+static inline void tls_url_or_skip(char *buf, size_t cap)
+{
+    FILE *p = popen("sh '" CONC_RABBITMQ_SCRIPT "' tls-url '" CONC_RABBITMQ_DIR "' 2>/dev/null",
+                    "r");
+    cr_assert_not_null(p);
+    if (!fgets(buf, (int)cap, p))
+        buf[0] = '\0';
+    pclose(p);
+    buf[strcspn(buf, "\n")] = '\0';
+    if (!buf[0])
+        cr_skip_test("the node has no TLS listener (openssl is missing)");
+}
+
 /* Runs `rabbitmq.sh what DIR` on the node; fails the test if it fails. */
 static inline void node(const char *what)
 {
