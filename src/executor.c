@@ -185,7 +185,6 @@ static void *worker_main(void *arg)
     if (ex->init && ex->init(ex->initarg, ex->initarg_len) != 0) {
         /* BrokenThreadPool: what is queued fails, later submits fail. */
         pthread_mutex_lock(&ex->mu);
-        ex->broken = true;
         close_inbox(ex);
         conc_future *list = take_queue(ex);
         pthread_mutex_unlock(&ex->mu);

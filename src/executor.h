@@ -42,7 +42,6 @@ struct conc_executor {
     uint32_t sleepers;          /* workers asleep on work */
     uint32_t alive;             /* futex word: workers not yet ended */
     bool shutdown;
-    bool broken;                /* a thread initializer failed */
     pthread_t *threads;
 
     struct conc__executor_proc *proc;   /* process executors */
