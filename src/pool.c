@@ -340,7 +340,8 @@ struct wctx {
     struct wshared *sh;
     uint32_t nstarted;
     uint32_t seen_req, seen_sock;
-    bool hot;                   /* answered a slot call since it last slept */
+    int hot_cpu;                /* the CPU it answered a slot call on since
+                                 * it last slept, or -1 */
     void **fns;
     uint32_t nfns;
     struct obuf o;              /* results not sent yet */
@@ -388,22 +389,22 @@ static int worker_slot(struct wctx *c)
     st_relaxed(&sh->status, st);
     st_relaxed(&sh->res_len, mode == SLOT_INLINE ? (uint32_t)rlen : 0);
     st_relaxed(&sh->mode, mode);
-    __atomic_store_n(&sh->wcpu, sched_getcpu(), __ATOMIC_RELAXED);
+    c->hot_cpu = sched_getcpu();
+    __atomic_store_n(&sh->wcpu, c->hot_cpu, __ATOMIC_RELAXED);
     __atomic_store_n(&sh->ans, c->seen_req, __ATOMIC_SEQ_CST);
     conc__park_wake(&sh->answer, INT_MAX, CONC__WAIT_SHARED);
     return 0;
 }
 
-/* Whether one side of a slot call may spin for the other, whose last CPU
- * *peer holds: only when that is not this one.  Two processes that spin
+/* Whether one side of a slot call, on CPU me (-1: unknown), may spin for
+ * the other, whose last CPU *peer holds: only when that is not this one.  Two processes that spin
  * for each other on one CPU (a loaded machine, or a process confined to a
  * CPU) hand over only when the spinner's slice ends or it yields, and then
  * sleeping at once is faster.  The peer's CPU is a hint that may be stale
  * (a migration since) or anything a broken peer wrote: the worst it costs
  * is one spin of the policy's budget. */
-static bool slot_spin(const int32_t *peer)
+static bool slot_spin(const int32_t *peer, int me)
 {
-    int me = sched_getcpu();
     return me >= 0 && __atomic_load_n(peer, __ATOMIC_RELAXED) != me;
 }
 
@@ -421,7 +422,6 @@ static int worker_idle(struct wctx *c)
             c->seen_req = posted;
             if (worker_slot(c))
                 return -1;
-            c->hot = true;
             continue;
         }
         uint32_t key = conc__park_prepare(&sh->door);
@@ -432,7 +432,6 @@ static int worker_idle(struct wctx *c)
             c->seen_req = req;
             if (worker_slot(c))
                 return -1;
-            c->hot = true;
             continue;
         }
         if (sock != c->seen_sock) {
@@ -460,9 +459,9 @@ static int worker_idle(struct wctx *c)
          * frame), the pool ends it by killing it, and it dies with the
          * pool's process (a daemon, PR_SET_PDEATHSIG). */
         unsigned f = CONC__WAIT_SHARED | CONC__WAIT_ONE;
-        if (!c->hot || !slot_spin(&sh->ccpu))
+        if (!slot_spin(&sh->ccpu, c->hot_cpu))
             f |= CONC__PARK_NOSPIN;
-        c->hot = false;
+        c->hot_cpu = -1;
         conc__park_wait(&sh->door, key, CONC_NO_DEADLINE, f, 0);
     }
 }
@@ -479,7 +478,7 @@ static int worker_main(const void *arg, size_t alen)
     close(cf.started_fd);
     if (pg == MAP_FAILED)
         return 71;
-    struct wctx c = { .fd = cf.fd, .sh = pg };
+    struct wctx c = { .fd = cf.fd, .sh = pg, .hot_cpu = -1 };
     struct wreader *rd = malloc(sizeof *rd);
     if (!rd)
         return 71;
@@ -1502,14 +1501,15 @@ static int direct_slot(struct worker *w, struct conc__pool_task *t)
     if (alen)
         memcpy(sh->arg, t->buf + sizeof(struct frame) + 16, alen);
     __atomic_store_n(&sh->alert, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&sh->ccpu, sched_getcpu(), __ATOMIC_RELAXED);
+    int me = sched_getcpu();
+    __atomic_store_n(&sh->ccpu, me, __ATOMIC_RELAXED);
     uint32_t seq = ++w->req_seq;
     __atomic_store_n(&sh->req, seq, __ATOMIC_SEQ_CST);
     conc__park_wake(&sh->door, 1, CONC__WAIT_SHARED);
     /* Spin for the answer (the library's policy) only when the worker
      * last answered on another CPU (slot_spin). */
     unsigned f = CONC__WAIT_SHARED | CONC__WAIT_ONE;
-    if (!slot_spin(&sh->wcpu))
+    if (!slot_spin(&sh->wcpu, me))
         f |= CONC__PARK_NOSPIN;
     for (;;) {
         /* Answered already (the usual case once woken): no count in and
