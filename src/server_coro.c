@@ -334,9 +334,11 @@ struct conc_server_conn {
     unsigned events;                /* registered for */
     int64_t last;                   /* idle_timeout: last sign of life */
     bool closing, dead, paused;
+    bool queued;                    /* on the loop's flush list */
     int err;
     struct conc__server_slot slot;
     struct conc_server_conn *prev, *next;
+    struct conc_server_conn *qnext; /* flush list */
 };
 
 struct rloop {
@@ -353,6 +355,8 @@ struct rloop {
     bool one;                       /* handle_request: one request */
     bool taken;                     /* one: the request came */
     struct conc_server_conn *dead;  /* freed after the batch */
+    struct conc_server_conn *qhead, **qtail;  /* output to send after the
+                                                 batch, oldest first */
 };
 
 static char listener_tag, stop_tag, extra_tag, gate_tag;
@@ -416,6 +420,22 @@ static int conn_flush(struct conc_server_conn *c)
     return 0;
 }
 
+/* A write of at least this much with nothing buffered before it goes to
+ * the socket at once rather than through the buffer (the copy would cost
+ * more than the gathering saves). */
+#define WRITE_DIRECT (64 * 1024)
+
+/* Puts c on its loop's flush list, once. */
+static void conn_queue(struct conc_server_conn *c)
+{
+    if (c->queued)
+        return;
+    c->queued = true;
+    c->qnext = NULL;
+    *c->l->qtail = c;
+    c->l->qtail = &c->qnext;
+}
+
 int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
 {
     if (!c || (!data && len))
@@ -423,7 +443,7 @@ int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
     if (c->dead || c->closing || c->err)
         return -EPIPE;
     const unsigned char *p = data;
-    if (!c->wlen) {
+    if (!c->wlen && len >= WRITE_DIRECT) {
         while (len) {
             ssize_t n = conc__send_nb(c->fd, p, len, MSG_NOSIGNAL);
             if (n < 0) {
@@ -441,6 +461,8 @@ int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
         if (!len)
             return 0;
     }
+    if (!len)
+        return 0;
     if (c->woff + c->wlen + len > c->wcap) {
         if (c->woff) {
             memmove(c->wbuf, c->wbuf + c->woff, c->wlen);
@@ -464,7 +486,10 @@ int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
     c->wlen += len;
     if (c->wlen > c->l->wmax)
         c->paused = true;
-    conn_update(c);
+    /* sent after the batch, unless the socket is full (then EPOLLOUT
+     * sends it) */
+    if (!(c->events & CONC_EVENT_WRITE))
+        conn_queue(c);
     return 0;
 }
 
@@ -507,7 +532,8 @@ conc_server *conc_server_conn_server(const conc_server_conn *c)
     return c ? c->s : NULL;
 }
 
-/* After a callback: close c when it is done, or update its interest. */
+/* After a callback: close c when it is done, or update its interest
+ * (once its output waiting for the end of the batch has gone). */
 static void conn_settle(struct conc_server_conn *c)
 {
     if (c->dead)
@@ -516,6 +542,8 @@ static void conn_settle(struct conc_server_conn *c)
         conn_end(c, c->err == -EPIPE ? 0 : c->err);
         return;
     }
+    if (c->queued)
+        return;
     if (c->closing && !c->wlen) {
         conn_end(c, 0);
         return;
@@ -703,6 +731,35 @@ static void reactor_event(struct rloop *l, struct conc_server_conn *c, unsigned 
     conn_settle(c);
 }
 
+/* Sends the output the callbacks of the batch wrote, a send per
+ * connection, all after the batch's reads: the kernel's receive and
+ * transmit paths each run back to back, which costs less than
+ * alternating them per connection.  A connection whose socket is full
+ * waits for EPOLLOUT; one whose send failed ends. */
+static void flush_queued(struct rloop *l)
+{
+    while (l->qhead) {
+        struct conc_server_conn *c = l->qhead;
+        l->qhead = c->qnext;
+        if (!l->qhead)
+            l->qtail = &l->qhead;
+        c->queued = false;
+        if (c->dead)
+            continue;
+        int rc = conn_flush(c);
+        if (rc < 0) {
+            conn_end(c, rc);
+            continue;
+        }
+        if (!c->wlen && c->paused) {
+            c->paused = false;
+            if (l->s->rh.on_drain)
+                l->s->rh.on_drain(c, l->s->rh.user);  /* may queue c again */
+        }
+        conn_settle(c);
+    }
+}
+
 static void free_dead(struct rloop *l)
 {
     while (l->dead) {
@@ -726,6 +783,7 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     if (l.idle <= 0 && it > 0 && it < 4e9)
         l.idle = 1;
     l.conns.next = l.conns.prev = &l.conns;
+    l.qtail = &l.qhead;
     l.wmax = s->o.write_buffer_max ? s->o.write_buffer_max : (size_t)1 << 20;
     size_t bufsize = s->o.read_size ? s->o.read_size : 65536;
     if (s->type == SOCK_DGRAM)
@@ -817,6 +875,7 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
                 reactor_event(&l, d, ev[i].events, buf, bufsize);
             }
         }
+        flush_queued(&l);
         expire_idle(&l);            /* also while others keep the loop busy */
         free_dead(&l);
         /* handle_request's listener stays out once its request came: a

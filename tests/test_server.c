@@ -2055,6 +2055,127 @@ Test(server, reactor_refusals_close_the_client, .timeout = 60)
     cr_assert_eq(count_fds(), fds);
 }
 
+/* The reactor's gathered writes: what the callbacks write waits in the
+ * connection's buffer until the loop has run the batch's callbacks
+ * (conc_server_conn_pending shows it), and then goes out in the order
+ * of the writes, small pieces and 100 KiB blocks mixed, the greeting of
+ * on_accept first, every byte before the close a callback asks for. */
+enum { GW_BIG = 100 * 1024 };
+static atomic_int gw_bad;                   /* callbacks' checks that failed */
+static char gw_big[GW_BIG];
+
+static int gw_accept(conc_server_conn *c, void *user)
+{
+    (void)user;
+    if (conc_server_conn_write(c, "hello\n", 6) != 0 || conc_server_conn_pending(c) != 6)
+        atomic_fetch_add(&gw_bad, 1);
+    return 0;
+}
+
+/* Each byte b comes back as "<b>"; 'B' and 'D' write a 100 KiB block:
+ * behind what is buffered, or, first in their message, with nothing
+ * buffered (at once, in part or whole); 'q' writes "bye" and closes. */
+static int gw_data(conc_server_conn *c, const void *data, size_t len, void *user)
+{
+    (void)user;
+    const char *p = data;
+    size_t want = 0;
+    bool close = false;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == 'D' || p[i] == 'B') {
+            if (conc_server_conn_write(c, gw_big, GW_BIG) != 0)
+                atomic_fetch_add(&gw_bad, 1);
+            want += GW_BIG;
+            continue;
+        }
+        if (p[i] == 'q') {
+            conc_server_conn_write(c, "bye", 3);
+            close = true;
+            break;
+        }
+        char piece[3] = { '<', p[i], '>' };
+        if (conc_server_conn_write(c, piece, 3) != 0)
+            atomic_fetch_add(&gw_bad, 1);
+        want += 3;
+    }
+    /* a direct write may have gone out in part: pending counts the rest */
+    size_t pending = conc_server_conn_pending(c);
+    bool direct = p[0] == 'D' || p[0] == 'B';
+    if (!direct && !close && pending != want)
+        atomic_fetch_add(&gw_bad, 1);
+    if (direct && (pending < want - GW_BIG || pending > want))
+        atomic_fetch_add(&gw_bad, 1);
+    return close ? -1 : 0;
+}
+
+static void gw_expect(int fd, const char *sent)
+{
+    size_t n = 0;
+    for (const char *q = sent; *q; q++)
+        n += *q == 'B' || *q == 'D' ? GW_BIG : 3;
+    char *want = malloc(n), *got = malloc(n);
+    CHECK(want && got, "malloc");
+    size_t k = 0;
+    for (const char *q = sent; *q; q++) {
+        if (*q == 'B' || *q == 'D') {
+            memcpy(want + k, gw_big, GW_BIG);
+            k += GW_BIG;
+        } else {
+            memcpy(want + k, (char[3]){ '<', *q, '>' }, 3);
+            k += 3;
+        }
+    }
+    read_exact(fd, got, n);
+    CHECK(memcmp(got, want, n) == 0, "the reply to '%s' differs", sent);
+    free(want);
+    free(got);
+}
+
+static void gw_client(void *arg)
+{
+    conc_server *s = arg;
+    int fd = dial(s);
+    char hello[6];
+    read_exact(fd, hello, 6);
+    CHECK(memcmp(hello, "hello\n", 6) == 0, "no greeting");
+    static const char *const msgs[] = { "abc", "xBy", "Dz", "B", "k" };
+    for (size_t i = 0; i < sizeof msgs / sizeof *msgs; i++) {
+        CHECK(send(fd, msgs[i], strlen(msgs[i]), MSG_NOSIGNAL) == (ssize_t)strlen(msgs[i]),
+              "send: %s", strerror(errno));
+        gw_expect(fd, msgs[i]);
+    }
+    CHECK(send(fd, "mnq", 3, MSG_NOSIGNAL) == 3, "send: %s", strerror(errno));
+    char tail[16];
+    read_exact(fd, tail, 9);
+    CHECK(memcmp(tail, "<m><n>bye", 9) == 0, "the last reply differs");
+    CHECK(recv_retry(fd, tail, 1, 0) == 0, "no end of stream after the close");
+    close(fd);
+}
+
+Test(server, reactor_gathered_writes_keep_their_order, .timeout = 60)
+{
+    int fds = base_fds();
+    atomic_store(&gw_bad, 0);
+    for (size_t i = 0; i < GW_BIG; i++)
+        gw_big[i] = (char)('0' + (i * 13 + i / 251) % 64);
+    const conc_server_reactor_handler h = { .on_accept = gw_accept, .on_data = gw_data };
+    conc_server *s = new_reactor(&h, NULL);
+    struct running r;
+    start(&r, s);
+    for (int round = 0; round < 3; round++) {
+        pid_t pid = client_proc(gw_client, s);
+        client_proc_wait(pid);
+    }
+    stop(&r);
+    cr_assert_eq(atomic_load(&gw_bad), 0, "%d callback checks failed", atomic_load(&gw_bad));
+    conc_server_stats st;
+    cr_assert_eq(conc_server_get_stats(s, &st), 0);
+    cr_assert_eq(st.finished, 3);
+    cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
 /* ------------------------------------------------ adopting a socket */
 
 /* Python's bind_and_activate=False: the socket is made, bound and set
