@@ -64,11 +64,9 @@
 #include "conc/wait.h"
 #include "internal.h"
 #include "sys/futex.h"
-#include "sys/sockcall.h"
 #include "sys/wait.h"
 #include "coro_stack.h"
 #include "hub_internal.h"
-#include "socket.h"
 
 /* membarrier: 0 not registered yet, 1 registered, -1 unavailable. */
 static int barrier_state;
@@ -530,8 +528,6 @@ static void make_ready(struct hub *h, conc_greenlet *g, int rc)
                 close(g->regfd);
         }
         h->nfd--;
-    } else if (unlikely(g->wait_kind == W_SEND)) {
-        h->sends[g->regfd].g = NULL;    /* not made (see "gathered sends") */
     }
     g->wait_kind = W_NONE;
     g->wake_rc = rc;
@@ -539,23 +535,10 @@ static void make_ready(struct hub *h, conc_greenlet *g, int rc)
     enqueue(h, g);
 }
 
-static void sends_flush(struct hub *h);
-
 /* Ends a parked g's wait with rc (a timer, a kill, a deadlock).  A word
- * waiter already unlinked by a waker is left to that wake-up; a sender
- * whose send is gathered has it made first. */
+ * waiter already unlinked by a waker is left to that wake-up. */
 static void interrupt(struct hub *h, conc_greenlet *g, int rc)
 {
-    if (unlikely(g->wait_kind == W_SEND)) {
-        /* Its send is made first, and those gathered before it (their
-         * order on a shared socket), as they would have been had nothing
-         * been gathered; the kill comes at its next blocking call, as for
-         * a greenlet that runs. */
-        sends_flush(h);
-        if (rc == -ECANCELED)
-            g->cancel_pending = 1;
-        return;
-    }
     if (g->wait_kind == W_WORD) {
         struct bucket *b = bucket_of(g->word);
         bucket_lock(b);
@@ -1032,17 +1015,9 @@ static void *hub_loop(void *arg, void *value)
                 run_one(h, dequeue(h));
             /* Greenlets still ready: take the events that came meanwhile
              * before their next turn.  None: the wait below takes them
-             * (a look without waiting first would be one more call), after
-             * the pass's gathered sends and their senders' next turn. */
-            bool more = h->rhead != NULL;
-            if (h->nsends)
-                sends_flush(h);
-            if (more && (h->nfd || __atomic_load_n(&h->remote, __ATOMIC_RELAXED)))
+             * (a look without waiting first would be one more call). */
+            if (h->rhead && (h->nfd || __atomic_load_n(&h->remote, __ATOMIC_RELAXED)))
                 poll_events(h, 0);
-            continue;
-        }
-        if (unlikely(h->nsends)) {      /* gathered by a hand-off's chain */
-            sends_flush(h);
             continue;
         }
         int timeout = -1;
@@ -1406,137 +1381,6 @@ static bool hub_io_empty(int fd, uint64_t key)
     return r && r->rdrained;
 }
 
-/* ------------------------------------------------------- gathered sends */
-
-/*
- * A send on a socket of the coroutine server's connections (conc__hub_send)
- * is not made at once: its bytes are copied to the hub's buffer, and the
- * greenlet parks until the end of the loop's pass over the ready ones,
- * where the loop makes every gathered send, in the order made, each one
- * non-blocking send system call, and makes each sender ready with what its
- * call returned.  So in one pass the woken greenlets take their requests
- * (their recvs) one after the other, then the replies go out one after the
- * other: the kernel runs its receive path for all of them, then its
- * transmit path for all of them, and each path's code stays in the CPU's
- * caches (a readiness loop that answers a batch of events the same way is
- * a few per cent faster than one that answers each event at once, the same
- * system calls in another order).  A send still returns what the kernel
- * took, or its error; the caller goes on as after any send (waits for room
- * after a short one or an EAGAIN).
- *
- * The copy makes the caller's buffer free as soon as the call is made (a
- * greenlet may share it with others of its thread, which run meanwhile).
- * Whatever must follow the gathered sends on the socket comes after them:
- * a send that is not gathered, a shutdown, a close (conc__hub_send_settle
- * makes every gathered send first).  A kill of a sender makes the gathered
- * sends at once and is delivered at its next blocking call.
- */
-#define SENDBUF_MAX (1u << 20)      /* bytes gathered in one pass, at most */
-
-/* Makes every gathered send, in order, and the senders ready. */
-static void sends_flush(struct hub *h)
-{
-    size_t n = h->nsends;
-    h->nsends = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct hub_send *e = &h->sends[i];
-        conc_greenlet *g = e->g;
-        if (!g)
-            continue;
-        ssize_t r;
-        do
-            r = conc__send_nb(e->fd, h->sendbuf + e->off, e->len, e->flags);
-        while (r < 0 && errno == EINTR);
-        int rc = r >= 0 ? (int)r : errno == EWOULDBLOCK ? -EAGAIN : -errno;
-        e->g = NULL;
-        g->wait_kind = W_NONE;
-        make_ready(h, g, rc);
-    }
-    h->sendlen = 0;
-}
-
-/* Room for one more send of len bytes; false when the pass has gathered
- * enough or there is no memory. */
-static bool sends_reserve(struct hub *h, size_t len)
-{
-    if (h->sendlen + len > SENDBUF_MAX)
-        return false;
-    if (h->nsends == h->capsends) {
-        size_t cap = h->capsends ? 2 * h->capsends : 64;
-        struct hub_send *a = realloc(h->sends, cap * sizeof *a);
-        if (!a)
-            return false;
-        h->sends = a;
-        h->capsends = cap;
-    }
-    if (h->sendlen + len > h->sendcap) {
-        size_t cap = h->sendcap ? h->sendcap : 4096;
-        while (cap < h->sendlen + len)
-            cap *= 2;
-        unsigned char *b = realloc(h->sendbuf, cap);
-        if (!b)
-            return false;
-        h->sendbuf = b;
-        h->sendcap = cap;
-    }
-    return true;
-}
-
-/* The calling thread's hub when it may touch its gathered sends (not a
- * signal handler that interrupted it), else NULL. */
-static inline struct hub *sends_hub(void)
-{
-    struct hub *h = tls_hub;
-    if (!h || __atomic_load_n(&tls_busy, __ATOMIC_RELAXED))
-        return NULL;
-    return h;
-}
-
-void conc__hub_send_settle(void)
-{
-    struct hub *h = sends_hub();
-    if (likely(!h || !h->nsends))
-        return;
-    busy_enter();
-    sends_flush(h);
-    busy_leave();
-}
-
-int conc__hub_send(int fd, const void *buf, size_t len, int flags, int64_t deadline,
-                   ssize_t *out)
-{
-    struct hub *h = sends_hub();
-    conc_greenlet *g = h ? gl_self(h) : NULL;
-    if (!g)
-        return 1;
-    /* A call that may not wait (its deadline, or its greenlet's timeout,
-     * has passed) tries once and lets nothing run meanwhile, as before. */
-    deadline = eff_deadline(g, deadline);
-    bool passed = deadline != CONC_NO_DEADLINE && deadline <= conc_now();
-    busy_enter();
-    if (unlikely(passed || g->cancel_pending || len > CONC__SEND_GATHER_MAX ||
-                 !sends_reserve(h, len))) {
-        sends_flush(h);         /* what was gathered goes first */
-        busy_leave();
-        return 1;
-    }
-    struct hub_send *e = &h->sends[h->nsends];
-    e->g = g;
-    e->fd = fd;
-    g->fd = fd;
-    e->flags = flags;
-    e->off = h->sendlen;
-    e->len = len;
-    memcpy(h->sendbuf + h->sendlen, buf, len);
-    h->sendlen += len;
-    g->regfd = (int)h->nsends++;
-    g->wait_kind = W_SEND;
-    int rc = park(h, g);
-    busy_leave();
-    *out = rc;
-    return 0;
-}
-
 /* poll() without waiting.  Returns how many entries are ready, 0 (also
  * when interrupted), or -errno. */
 static int poll_now(struct pollfd *fds, unsigned long n)
@@ -1754,8 +1598,6 @@ int conc_hub_free(void)
     close(h->evfd);
     free(h->fdrec);
     free(h->heap);
-    free(h->sends);
-    free(h->sendbuf);
     free(h->main.timeouts);
     free(h);
     busy_leave();
@@ -2141,8 +1983,6 @@ static int dump_one(int fd, conc_greenlet *g, int64_t now)
             snprintf(what, sizeof what, "fds");         /* conc__wait_fds: several */
         else if (g->wait_kind == W_FD)
             snprintf(what, sizeof what, "fd %d events 0x%x", g->fd, (unsigned)g->events);
-        else if (g->wait_kind == W_SEND)
-            snprintf(what, sizeof what, "send fd %d", g->fd);
         else
             snprintf(what, sizeof what, "sleep");
         break;

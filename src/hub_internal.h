@@ -15,7 +15,7 @@
 #include "sys/park.h"
 
 enum { G_NEW, G_READY, G_RUNNING, G_PARKED, G_DEAD };
-enum { W_NONE, W_WORD, W_FD, W_SLEEP, W_SEND };
+enum { W_NONE, W_WORD, W_FD, W_SLEEP };
 enum { W_JOIN = 16 };           /* in conc_greenlet_join, for a greenlet of its hub */
 
 #define NO_INDEX ((size_t)-1)
@@ -73,23 +73,13 @@ struct conc_greenlet {
     uint32_t *word;             /* W_WORD; W_JOIN: the target's done word */
     struct conc_greenlet *wprev, *wnext;    /* bucket chain */
     struct conc_greenlet *remote_next;      /* hub's remote list */
-    int fd, regfd;              /* W_FD: the fd, and the one in epoll;
-                                   W_SEND: regfd is its entry's index in
-                                   the hub's gathered sends */
+    int fd, regfd;              /* W_FD: the fd, and the one in epoll */
     short events;
     int ntimeouts;
     int64_t *timeouts;          /* CONC_TIMEOUT_DEPTH of them, each the min
                                    with the outer; allocated at the first
                                    push, freed when the greenlet finishes
                                    (most greenlets never push one) */
-};
-
-/* A send gathered for the end of the hub's pass (conc__hub_send): its
- * bytes are copied to the hub's buffer, at off. */
-struct hub_send {
-    conc_greenlet *g;           /* parked in it; NULL once withdrawn */
-    int fd, flags;
-    size_t off, len;
 };
 
 struct hub {
@@ -125,10 +115,6 @@ struct hub {
     struct conc__shstack *shared;   /* copied greenlets' stack, or NULL */
     int stacks;                 /* conc_hub_set_stacks: CONC_STACK_OWN or
                                    CONC_STACK_COPIED */
-    struct hub_send *sends;     /* gathered sends, in the order made */
-    size_t nsends, capsends;
-    unsigned char *sendbuf;     /* their bytes */
-    size_t sendlen, sendcap;
 };
 
 /* conc__hub_wake - wakes up to n coroutines parked on word, whatever the

@@ -20,7 +20,6 @@
 #include "conc/time.h"
 #include "conc/wait.h"
 #include "server.h"
-#include "socket.h"
 #include "sys/sockcall.h"
 
 #define ACCEPT_BATCH 64
@@ -177,11 +176,9 @@ static void *acceptor_main(void *arg)
                 conc_socket_free(c);
             continue;
         }
-        if (c) {
+        if (c)
             conc_socket_set_timeout(c, s->o.request_timeout > 0 ? s->o.request_timeout
                                                                  : CONC_FOREVER);
-            conc__socket_gather_sends(c);   /* replies sent together per pass */
-        }
         struct conc__server_job *j = gjob_new(s, c, &peer, l->buf, len);
         if (j) {
             j->slot.reserved = true;    /* the room goes with the job */

@@ -105,21 +105,6 @@ static void unblock(conc_socket *s)
     atomic_store_explicit(&s->fd_blocks, false, memory_order_relaxed);
 }
 
-/* What must follow s's gathered sends (src/hub.c, "gathered sends") on
- * the socket waits for them: a send that is not gathered, a shutdown, a
- * close, a detach. */
-static inline void settle(const conc_socket *s)
-{
-    if (unlikely(s->gathers))
-        conc__hub_send_settle();
-}
-
-void conc__socket_gather_sends(conc_socket *s)
-{
-    if (s && s->type == SOCK_STREAM)
-        s->gathers = true;
-}
-
 /* ----------------------------------------------------------- lifecycle */
 
 /* Handle keys (struct conc_socket): 0 is none. */
@@ -312,7 +297,6 @@ int conc_socket_close(conc_socket *s)
     if (!s)
         return -EINVAL;
     if (s->fd >= 0) {
-        settle(s);
         conc__wait_fd_close(s->fd);
         close(s->fd);           /* the descriptor is gone whatever it says */
         s->fd = -1;
@@ -327,7 +311,6 @@ int conc_socket_detach(conc_socket *s)
     int fd = s->fd;
     if (fd < 0)
         return -EBADF;
-    settle(s);
     unblock(s);
     s->fd = -1;
     return fd;
@@ -570,7 +553,6 @@ int conc_socket_shutdown(conc_socket *s, int how)
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
-    settle(s);
     return shutdown(s->fd, how) == 0 ? 0 : -errno;
 }
 
@@ -933,7 +915,6 @@ ssize_t conc_socket_sendmsg_until(conc_socket *s, const struct msghdr *msg, int 
         return -EINVAL;
     if (s->fd < 0)
         return -EBADF;
-    settle(s);
     int waited = 0;
     for (;;) {
         ssize_t n = sendmsg(s->fd, msg, op_flags(s, flags, deadline) | MSG_NOSIGNAL);
@@ -968,30 +949,12 @@ static ssize_t send_common(conc_socket *s, const void *buf, size_t len, int flag
         return -EBADF;
     int waited = 0;
     int fl = op_flags(s, flags, deadline) | MSG_NOSIGNAL;
-    bool gather = false;
-    if (unlikely(s->gathers)) {
-        /* (A deadline of 0 or less has passed: no clock read for it.) */
-        if (!to && flags == 0 && len > 0 && len <= CONC__SEND_GATHER_MAX && deadline > 0)
-            gather = true;
-        else
-            conc__hub_send_settle();
-    }
     for (;;) {
-        ssize_t n, e;
-        if (gather) {
-            gather = false;             /* the first try only */
-            if (conc__hub_send(s->fd, buf, len, MSG_NOSIGNAL, deadline, &n) != 0)
-                continue;
-            if (n >= 0)
-                return n;
-            e = n;
-        } else {
-            n = to ? sendto(s->fd, buf, len, fl, &to->u.sa, to->len)
-                   : send(s->fd, buf, len, fl);
-            if (n >= 0)
-                return n;
-            e = op_err();
-        }
+        ssize_t n = to ? sendto(s->fd, buf, len, fl, &to->u.sa, to->len)
+                       : send(s->fd, buf, len, fl);
+        if (n >= 0)
+            return n;
+        ssize_t e = op_err();
         if (e == -EINTR)
             continue;
         if (e != -EAGAIN)
@@ -1188,7 +1151,6 @@ int conc_socket_sendfile_until(conc_socket *s, int in_fd, off_t offset, size_t c
         return -EBADF;
     if (in_fd < 0)
         return -EBADF;
-    settle(s);
     if (!may_block(s, deadline))
         unblock(s);
     int r = 0, waited = 0;

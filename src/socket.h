@@ -4,7 +4,6 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include "conc/socket.h"
 #include "internal.h"
 
@@ -32,10 +31,6 @@ struct conc_socket {
      * Cleared for good by a TCP_ULP set through conc_socket_setsockopt and
      * by a MSG_OOB read. */
     _Atomic bool drains;
-    /* Its small plain sends from a greenlet are gathered for the end of
-     * the hub's pass (conc__hub_send): a coroutine server's connection
-     * (conc__socket_gather_sends).  Set before the handle is shared. */
-    bool gathers;
 };
 
 /* Wraps an open descriptor (non-blocking, close-on-exec already) with the
@@ -64,29 +59,5 @@ CONC_HIDDEN int conc__socket_accept_now(conc_socket *s, conc_socket **out,
  * sockets bound later to that port (with SO_REUSEPORT) join its group as
  * usual.  Returns 0 or -errno (of setsockopt or bind). */
 CONC_HIDDEN int conc__socket_bind_reuse_port(conc_socket *s, const conc_sockaddr *addr);
-
-/* Makes s's small plain sends from a greenlet wait for the end of its
- * hub's pass, where the hub makes those of all its greenlets one after the
- * other (src/hub.c, "gathered sends"); what each returns stays the same.
- * For a stream socket that one handler owns (a coroutine server's
- * connection); nothing for other types. */
-CONC_HIDDEN void conc__socket_gather_sends(conc_socket *s);
-
-/* The most bytes of one gathered send. */
-#define CONC__SEND_GATHER_MAX 4096
-
-/* In src/hub.c.  conc__hub_send - from a greenlet: gathers the send of the
- * len (<= CONC__SEND_GATHER_MAX) bytes at buf (copied) on fd, with flags
- * (MSG_DONTWAIT added), parks until its hub made it, and stores in *out
- * what the send returned (bytes, or -errno: -EAGAIN when the socket had no
- * room).  Returns 0 so, or 1 when the call is not gathered (not a
- * greenlet, a call that may not wait: deadline, or the greenlet's timeout,
- * passed; too many bytes for the pass, no memory, a kill pending): the
- * sends gathered so far are then made first, and the caller sends itself.
- * conc__hub_send_settle - makes every send the calling thread's hub has
- * gathered, first: before anything that must follow them on a socket. */
-CONC_HIDDEN int conc__hub_send(int fd, const void *buf, size_t len, int flags,
-                               int64_t deadline, ssize_t *out);
-CONC_HIDDEN void conc__hub_send_settle(void);
 
 #endif
