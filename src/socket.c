@@ -36,6 +36,7 @@
 #include "conc/socket.h"
 #include "internal.h"
 #include "socket.h"
+#include "sys/sockcall.h"
 #include "sys/wait.h"
 
 /* The default timeout of new sockets, as a double's bits (atomic). */
@@ -782,7 +783,10 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
             if (n >= 0)
                 from->len = alen < sizeof from->u ? alen : sizeof from->u;
         } else {
-            n = recv(s->fd, (char *)buf + got, len - got, fl);
+            /* a call that cannot block skips glibc's cancellation
+             * switches (sys/sockcall.h) */
+            n = (fl & MSG_DONTWAIT) ? conc__recv_nb(s->fd, (char *)buf + got, len - got, fl)
+                                    : recv(s->fd, (char *)buf + got, len - got, fl);
         }
         bool drained = drains && n > 0 && (size_t)n < len - got &&
                        conc__wait_io_drained(s->fd, s->key);
@@ -950,8 +954,9 @@ static ssize_t send_common(conc_socket *s, const void *buf, size_t len, int flag
     int waited = 0;
     int fl = op_flags(s, flags, deadline) | MSG_NOSIGNAL;
     for (;;) {
-        ssize_t n = to ? sendto(s->fd, buf, len, fl, &to->u.sa, to->len)
-                       : send(s->fd, buf, len, fl);
+        ssize_t n = to                     ? sendto(s->fd, buf, len, fl, &to->u.sa, to->len)
+                    : (fl & MSG_DONTWAIT) ? conc__send_nb(s->fd, buf, len, fl)
+                                          : send(s->fd, buf, len, fl);
         if (n >= 0)
             return n;
         ssize_t e = op_err();

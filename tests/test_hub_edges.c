@@ -40,6 +40,7 @@
 #include "support/epoll_regs.h"
 #include "support/fork_sanitizers.h"
 #include "support/pieces.h"
+#include "support/sockcall_wrap.h"
 
 #if SANITIZED
 #define ROUNDS 300

@@ -40,6 +40,7 @@
 
 #include "conc.h"
 #include "support/pieces.h"
+#include "support/sockcall_wrap.h"
 
 
 #define GUARD 20.0              /* hang guard of the blocking calls that must return */
