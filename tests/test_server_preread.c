@@ -6,7 +6,9 @@
  * socket's edge, into the hub's own arena, before any greenlet of the
  * batch runs (src/hub.c, "pre-reads").  These tests check that no byte is
  * lost, duplicated or reordered by it (requests bigger than the pre-read's
- * cap, whose rest comes through the greenlet's own reads), that a reset
+ * cap, whose rest comes through the greenlet's own reads; reads that fill
+ * the handler's small buffer, which must not count as draining the
+ * socket: with that mistake the small-reads test hangs), that a reset
  * reaches the handler, and that a kill or a timeout that lands in the same
  * pass as the data keeps the bytes.
  *
@@ -127,16 +129,19 @@ static bool recv_all(int fd, void *p, size_t n)
 
 /* --------------------------------------------------------- many sizes */
 
-/* Echoes upper-cased until the client closes, through a buffer bigger
- * than the pre-read's cap (4 KiB). */
+/* Echoes upper-cased until the client closes, through a buffer of the
+ * size the handler's user pointer gives: bigger than the pre-read's cap
+ * (4 KiB), or smaller than most requests (every read fills it: none of
+ * them drains the socket). */
 static int big_echo(conc_server_request *req)
 {
-    char *buf = malloc(32768);
+    size_t cap = (size_t)(uintptr_t)req->user;
+    char *buf = malloc(cap);
     if (!buf)
         return -ENOMEM;
     int rc = 0;
     for (;;) {
-        ssize_t n = conc_socket_recv(req->sock, buf, 32768, 0);
+        ssize_t n = conc_socket_recv(req->sock, buf, cap, 0);
         if (n <= 0) {
             rc = (int)n;
             break;
@@ -150,7 +155,6 @@ static int big_echo(conc_server_request *req)
     return rc;
 }
 
-static const conc_server_handler big_echo_handler = { .handle = big_echo };
 
 #define CLIENTS 50
 #define MAX_REQ (20 * 1024)
@@ -215,12 +219,13 @@ static void *client_main(void *arg)
     return NULL;
 }
 
-static void many_sizes(int stack)
+static void many_sizes(int stack, size_t buf)
 {
     int fds = base_fds();
     struct running r;
     int port;
-    start(&r, &big_echo_handler, stack, &port);
+    conc_server_handler h = { .handle = big_echo, .user = (void *)(uintptr_t)buf };
+    start(&r, &h, stack, &port);
     static struct client cl[CLIENTS];
     pthread_t t[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
@@ -241,12 +246,17 @@ static void many_sizes(int stack)
 
 Test(server_preread, fifty_clients_every_size, .timeout = 120)
 {
-    many_sizes(CONC_STACK_OWN);
+    many_sizes(CONC_STACK_OWN, 32768);
 }
 
 Test(server_preread, fifty_clients_every_size_copied_stacks, .timeout = 120)
 {
-    many_sizes(CONC_STACK_COPIED);
+    many_sizes(CONC_STACK_COPIED, 32768);
+}
+
+Test(server_preread, fifty_clients_every_size_small_reads, .timeout = 120)
+{
+    many_sizes(CONC_STACK_OWN, 512);
 }
 
 /* -------------------------------------------------------------- reset */
