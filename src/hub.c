@@ -64,6 +64,7 @@
 #include "conc/wait.h"
 #include "internal.h"
 #include "sys/futex.h"
+#include "sys/sockcall.h"
 #include "sys/wait.h"
 #include "coro_stack.h"
 #include "hub_internal.h"
@@ -465,6 +466,58 @@ static void fdrec_leave(struct hub *h, conc_greenlet *g)
 
 static void make_ready(struct hub *h, conc_greenlet *g, int rc);
 
+/*
+ * Pre-reads.  A greenlet parked for a socket's read through conc__wait_io_
+ * read (a plain recv of a TCP stream, src/socket.c) asks the hub to make
+ * the read itself when it takes the socket's read edge: the recv runs right
+ * there, while the hub walks the batch of events, into the hub's arena, and
+ * the greenlet, made ready as usual, copies the bytes into its own buffer
+ * when it resumes (no system call).  So every read of a batch runs before
+ * any of the sends that answer them: the kernel's receive path, then its
+ * transmit path, each back to back, as a readiness loop that gathers its
+ * writes runs them.  Never into the greenlet's buffer: a copied stack is
+ * not mapped while its greenlet is parked, and handlers share buffers.
+ *
+ * The read takes at most PRE_MAX bytes, fewer if the arena has less room
+ * (none: no pre-read, the greenlet reads itself as before).  Fewer than it
+ * asked for is a drained read (see "fd records"), noted as the socket
+ * layer notes its own; as many: the greenlet's next recv tries first.  EOF
+ * and errors are staged too (the read that reports a socket's error clears
+ * it); EAGAIN and EINTR stage nothing.  A staged greenlet is ready, not
+ * parked: a timer was disarmed when it was made ready, and a kill waits for
+ * its next blocking call (cancel_pending), so the bytes always reach it.
+ * The arena is reused from its start once every staged result was taken,
+ * checked before each epoll_wait.
+ */
+#define PRE_MAX 4096u
+#define STAGE_SIZE (256u * 1024u)
+
+static void preread(struct hub *h, int fd, struct hub_fdrec *r, conc_greenlet *g)
+{
+    size_t room = STAGE_SIZE - h->staged_len;
+    size_t cap = g->prlen < room ? g->prlen : room;
+    if (!h->stage || cap == 0)
+        return;
+    unsigned char *p = h->stage + h->staged_len;
+    ssize_t n = conc__recv_nb(fd, p, cap, 0);
+    if (n < 0) {
+        int e = errno;
+        if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
+            return;
+        g->prn = -e;
+    } else {
+        g->prn = (int)n;
+        h->staged_len += (size_t)n;
+        if (n > 0 && (size_t)n < cap && !r->noshort) {
+            r->rready = 0;
+            r->rdrained = 1;
+        }
+    }
+    g->prdata = p;
+    g->staged = 1;
+    h->nstaged++;
+}
+
 /* An event of fd's registration, of generation gen. */
 static void fdrec_event(struct hub *h, int fd, uint32_t gen, uint32_t revents)
 {
@@ -481,10 +534,13 @@ static void fdrec_event(struct hub *h, int fd, uint32_t gen, uint32_t revents)
             r->noshort = 1;
         if (revents & EDGE_RD) {
             r->rdrained = 0;
-            if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS)))
+            if (g && (revents & ((uint32_t)(uint16_t)g->events | REC_ALWAYS))) {
+                if (g->prlen)
+                    preread(h, fd, r, g);
                 make_ready(h, g, 0);
-            else
+            } else {
                 r->rready = 1;
+            }
         }
         g = r->wr;
         if (revents & EDGE_WR) {
@@ -978,6 +1034,8 @@ static void expire_timers(struct hub *h)
 static void poll_events(struct hub *h, int timeout_ms)
 {
     struct epoll_event ev[POLL_BATCH];
+    if (!h->nstaged)
+        h->staged_len = 0;      /* every pre-read's bytes were taken */
     int n = epoll_wait(h->epfd, ev, POLL_BATCH, timeout_ms);
     for (int i = 0; i < n; i++) {
         if (ev[i].data.u64 & REC_TAG) {
@@ -1330,6 +1388,41 @@ static int hub_wait_io(int fd, uint64_t key, short events, int64_t deadline)
     return hub_wait_desc(fd, key, events, deadline);
 }
 
+/* hub_wait_io for POLLIN with a pre-read asked for (see "pre-reads"):
+ * returns 1 with *n the staged result, bytes copied into buf, or what
+ * hub_wait_io returns. */
+static int hub_wait_io_read(int fd, uint64_t key, void *buf, size_t len, int64_t deadline,
+                            ssize_t *n)
+{
+    struct hub *h = tls_hub;
+    conc_greenlet *g = gl_self(h);
+    if (!g)
+        PLAIN(conc__wait_fd(fd, POLLIN, deadline));
+    if (g->cancel_pending) {
+        g->cancel_pending = 0;
+        return -ECANCELED;
+    }
+    deadline = eff_deadline(g, deadline);
+    if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
+        PLAIN(conc__wait_fd(fd, POLLIN, deadline));  /* a ready fd wins */
+    busy_enter();
+    if (unlikely(!h->stage))
+        h->stage = malloc(STAGE_SIZE);  /* none: no pre-reads */
+    g->prlen = len < PRE_MAX ? (uint32_t)len : PRE_MAX;
+    int r = io_wait_busy(h, g, fd, key, POLLIN, deadline);
+    g->prlen = 0;
+    if (g->staged) {
+        g->staged = 0;
+        h->nstaged--;
+        *n = g->prn;
+        if (g->prn > 0)
+            memcpy(buf, g->prdata, (size_t)g->prn);
+        r = 1;
+    }
+    busy_leave();
+    return r;
+}
+
 /* The socket layer closes fd: its registration in this thread's hub goes
  * first, so that a copy of the file that lives on (a dup, a forked child's)
  * reports nothing to it.  A record with a waiter keeps it (the waiter stays
@@ -1476,6 +1569,7 @@ static const struct conc__wait_ops hub_ops = {
     .wait_fd = hub_wait_fd,
     .wait_fds = hub_wait_fds,
     .wait_io = hub_wait_io,
+    .wait_io_read = hub_wait_io_read,
     .fd_close = hub_fd_close,
     .io_drained = hub_io_drained,
     .io_empty = hub_io_empty,
@@ -1597,6 +1691,7 @@ int conc_hub_free(void)
     close(h->epfd);
     close(h->evfd);
     free(h->fdrec);
+    free(h->stage);
     free(h->heap);
     free(h->main.timeouts);
     free(h);
@@ -1706,6 +1801,8 @@ int conc_greenlet_spawn(conc_greenlet **out, conc_greenlet_fn fn, void *arg,
     g->wprev = g->wnext = NULL;
     g->remote_next = NULL;
     g->events = 0;
+    g->prlen = 0;
+    g->staged = 0;
     g->ntimeouts = 0;
     g->timeouts = NULL;
     gl_init(g, h);

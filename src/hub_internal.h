@@ -75,6 +75,13 @@ struct conc_greenlet {
     struct conc_greenlet *remote_next;      /* hub's remote list */
     int fd, regfd;              /* W_FD: the fd, and the one in epoll */
     short events;
+    uint32_t prlen;             /* W_FD in a record's read slot: the hub may
+                                   read up to this many bytes for it when
+                                   it takes the socket's edge (0: not) */
+    uint8_t staged;             /* a pre-read's result waits for it */
+    int prn;                    /* staged: bytes (in prdata), 0 for EOF, or
+                                   -errno */
+    const unsigned char *prdata;    /* staged: in the hub's arena */
     int ntimeouts;
     int64_t *timeouts;          /* CONC_TIMEOUT_DEPTH of them, each the min
                                    with the outer; allocated at the first
@@ -115,6 +122,10 @@ struct hub {
     struct conc__shstack *shared;   /* copied greenlets' stack, or NULL */
     int stacks;                 /* conc_hub_set_stacks: CONC_STACK_OWN or
                                    CONC_STACK_COPIED */
+    unsigned char *stage;       /* pre-reads' arena (src/hub.c, "pre-reads"),
+                                   made at the first one asked for */
+    size_t staged_len;          /* bytes of it in use */
+    size_t nstaged;             /* greenlets with a result not yet taken */
 };
 
 /* conc__hub_wake - wakes up to n coroutines parked on word, whatever the

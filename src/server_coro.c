@@ -20,6 +20,7 @@
 #include "conc/time.h"
 #include "conc/wait.h"
 #include "server.h"
+#include "socket.h"
 #include "sys/sockcall.h"
 
 #define ACCEPT_BATCH 64
@@ -106,8 +107,12 @@ static int take(struct cloop *l, conc_socket **c, conc_sockaddr *peer, size_t *l
 {
     conc_server *s = l->s;
     memset(peer, 0, sizeof *peer);
-    if (s->type == SOCK_STREAM)
-        return conc_socket_accept_until(s->sock, c, peer, CONC_NO_DEADLINE);
+    if (s->type == SOCK_STREAM) {
+        int rc = conc_socket_accept_until(s->sock, c, peer, CONC_NO_DEADLINE);
+        if (rc == 0)
+            (*c)->preread = true;       /* its reads made by the hub (src/hub.c) */
+        return rc;
+    }
     *c = NULL;
     ssize_t n = conc_socket_recvfrom_until(s->sock, l->buf, l->cap, 0, peer,
                                            CONC_NO_DEADLINE);

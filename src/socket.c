@@ -427,6 +427,18 @@ static int wait_sock(conc_socket *s, short events, int64_t deadline, int *waited
     return conc__wait_fd(s->fd, events, deadline);
 }
 
+/* wait_sock for a read of up to len bytes into buf that a hub may make
+ * itself (conc__wait_io_read): 1 with *n its result, or what wait_sock
+ * returns. */
+static int wait_sock_read(conc_socket *s, void *buf, size_t len, int64_t deadline,
+                          int *waited, ssize_t *n)
+{
+    if (*waited && deadline != CONC_NO_DEADLINE && conc_now() >= deadline)
+        return -ETIMEDOUT;
+    (*waited)++;
+    return conc__wait_io_read(s->fd, s->key, buf, len, deadline, n);
+}
+
 int conc__socket_wait(conc_socket *s, short events, int64_t deadline)
 {
     int waited = 0;
@@ -764,14 +776,20 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
     size_t got = 0;
     bool all = (flags & MSG_WAITALL) && s->type == SOCK_STREAM && !(flags & MSG_PEEK);
     bool drains = read_drains(s, flags);
+    /* a read the hub may make for us when it takes the socket's edge */
+    bool pre = drains && flags == 0 && !from && s->preread && len > 0;
     int fl = op_flags(s, flags & ~MSG_WAITALL, deadline);
     int waited = 0;
+    ssize_t staged;
     if (drains && len > 0 && (deadline == CONC_NO_DEADLINE || deadline > conc_now()) &&
         conc__wait_io_empty(s->fd, s->key)) {
         /* A timeout still tries once: data may have come before the call
          * whose edge the hub had not taken yet (a ready socket wins over a
          * passed deadline, as everywhere). */
-        int w = wait_sock(s, POLLIN, deadline, &waited);
+        int w = pre ? wait_sock_read(s, buf, len, deadline, &waited, &staged)
+                    : wait_sock(s, POLLIN, deadline, &waited);
+        if (w == 1)
+            return staged;
         if (w < 0 && w != -ETIMEDOUT)
             return w;
     }
@@ -808,7 +826,10 @@ static ssize_t recv_common(conc_socket *s, void *buf, size_t len, int flags,
             continue;
         if (e != -EAGAIN)
             return got ? (ssize_t)got : e;
-        int w = wait_sock(s, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
+        int w = pre ? wait_sock_read(s, buf, len, deadline, &waited, &staged)
+                    : wait_sock(s, (flags & MSG_OOB) ? POLLPRI : POLLIN, deadline, &waited);
+        if (w == 1)
+            return staged;      /* pre: never gathering (got is 0) */
         if (w < 0)
             return got ? (ssize_t)got : w;
     }

@@ -31,6 +31,10 @@ struct conc_socket {
      * Cleared for good by a TCP_ULP set through conc_socket_setsockopt and
      * by a MSG_OOB read. */
     _Atomic bool drains;
+    /* Plain reads that wait in a hub ask it to make the read when it takes
+     * the socket's edge (conc__wait_io_read): set by the coroutine server
+     * on the connections it accepts, before any greenlet reads them. */
+    bool preread;
 };
 
 /* Wraps an open descriptor (non-blocking, close-on-exec already) with the

@@ -226,6 +226,15 @@ int conc__wait_io(int fd, uint64_t key, short events, int64_t deadline)
     return conc__wait_fd(fd, events, deadline);
 }
 
+int conc__wait_io_read(int fd, uint64_t key, void *buf, size_t len, int64_t deadline,
+                       ssize_t *n)
+{
+    const struct conc__wait_ops *ops = conc__wait_ops;
+    if (unlikely(ops != NULL) && ops->wait_io_read)
+        return ops->wait_io_read(fd, key, buf, len, deadline, n);
+    return conc__wait_io(fd, key, POLLIN, deadline);
+}
+
 void conc__wait_fd_close(int fd)
 {
     const struct conc__wait_ops *ops = conc__wait_ops;

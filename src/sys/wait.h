@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "../internal.h"
 
 /* Flags: the word lives in memory shared between processes. */
@@ -40,6 +41,9 @@ struct conc__wait_ops {
     int (*wait_fds)(struct pollfd *fds, unsigned long n, int64_t deadline);
     /* NULL: wait_fd */
     int (*wait_io)(int fd, uint64_t key, short events, int64_t deadline);
+    /* NULL: wait_io for POLLIN */
+    int (*wait_io_read)(int fd, uint64_t key, void *buf, size_t len, int64_t deadline,
+                        ssize_t *n);
     void (*fd_close)(int fd);   /* NULL: nothing to forget */
     bool (*io_drained)(int fd, uint64_t key);   /* NULL: false */
     bool (*io_empty)(int fd, uint64_t key);     /* NULL: false */
@@ -81,6 +85,21 @@ CONC_HIDDEN int conc__wait_fd(int fd, short events, int64_t deadline);
  * threads, wait as conc__wait_fd.  Returns what conc__wait_fd returns.
  */
 CONC_HIDDEN int conc__wait_io(int fd, uint64_t key, short events, int64_t deadline);
+
+/*
+ * conc__wait_io_read - conc__wait_io(fd, key, POLLIN, deadline) for a
+ * plain recv (flags 0, no address) of a TCP stream whose short reads drain
+ * it (conc__wait_io_drained's rule), that said EAGAIN or was told to wait
+ * first (conc__wait_io_empty), of up to len bytes into buf.  A hub may make
+ * the read itself when it takes the socket's read edge, before it runs the
+ * greenlets that edge and the others of its batch made ready (src/hub.c,
+ * "pre-reads"): then it returns 1 with *n what the read returned (bytes,
+ * copied into buf, never more than len; 0 for the peer's EOF; or -errno,
+ * -ECONNRESET...), and has done the drained bookkeeping itself.  Otherwise
+ * it returns what conc__wait_io returns (0: try the read).
+ */
+CONC_HIDDEN int conc__wait_io_read(int fd, uint64_t key, void *buf, size_t len,
+                                   int64_t deadline, ssize_t *n);
 
 /*
  * conc__wait_fd_close - the owner of fd is about to close it: the calling
