@@ -404,17 +404,26 @@ static void close_pipes(void)
     close(trigger[1]);
 }
 
-Test(server_preread, kill_in_the_pass_of_the_data_keeps_the_bytes, .timeout = 60)
+/* Opens the pipes, starts a server with handler h (own stacks) and
+ * connects a client; returns the client's socket once the handler's
+ * holder greenlet has blocked the hub's thread in the pipe's read. */
+static int start_held(struct running *r, const conc_server_handler *h)
 {
-    int fds = base_fds();
     open_pipes();
-    struct running r;
     int port;
-    start(&r, &killed_handler, CONC_STACK_OWN, &port);
+    start(r, h, CONC_STACK_OWN, &port);
     int fd = dial(port);
     while (!atomic_load(&holding))
         sched_yield();
-    wait_thread_blocked(atomic_load(&r.tid), GUARD);    /* in the pipe's read */
+    wait_thread_blocked(atomic_load(&r->tid), GUARD);   /* in the pipe's read */
+    return fd;
+}
+
+Test(server_preread, kill_in_the_pass_of_the_data_keeps_the_bytes, .timeout = 60)
+{
+    int fds = base_fds();
+    struct running r;
+    int fd = start_held(&r, &killed_handler);
     cr_assert_eq(write(trigger[1], "k", 1), 1);         /* the killer's event first */
     cr_assert(send_all(fd, "hello", 5));                /* then the data's */
     cr_assert_eq(write(hold[1], "h", 1), 1);
@@ -471,14 +480,8 @@ static const conc_server_handler timed_handler = { .handle = timed_reader };
 Test(server_preread, timeout_in_the_pass_of_the_data_keeps_the_bytes, .timeout = 60)
 {
     int fds = base_fds();
-    open_pipes();
     struct running r;
-    int port;
-    start(&r, &timed_handler, CONC_STACK_OWN, &port);
-    int fd = dial(port);
-    while (!atomic_load(&holding))
-        sched_yield();
-    wait_thread_blocked(atomic_load(&r.tid), GUARD);    /* in the pipe's read */
+    int fd = start_held(&r, &timed_handler);
     cr_assert(send_all(fd, "tick", 4));
     while (conc_now() <= atomic_load(&read_deadline))   /* the timeout is due */
         conc_sleep(0.005);
