@@ -1244,9 +1244,12 @@ static int io_wait_busy(struct hub *h, conc_greenlet *g, int fd, uint64_t key, s
                         int64_t deadline);
 
 /* A greenlet's wait on a descriptor: one-shot level (key 0, hub_wait_fd)
- * or edge-triggered after an EAGAIN (hub_wait_io).  A plain thread, and a
- * wait whose deadline has passed, poll instead. */
-static int hub_wait_desc(int fd, uint64_t key, short events, int64_t deadline)
+ * or edge-triggered after an EAGAIN (hub_wait_io), the latter for POLLIN
+ * with a pre-read asked for when buf is given (hub_wait_io_read: 1 with *n
+ * the staged result, bytes copied into buf).  A plain thread, and a wait
+ * whose deadline has passed, poll instead. */
+static int hub_wait_desc(int fd, uint64_t key, short events, int64_t deadline, void *buf,
+                         size_t len, ssize_t *n)
 {
     struct hub *h = tls_hub;
     conc_greenlet *g = gl_self(h);
@@ -1260,15 +1263,33 @@ static int hub_wait_desc(int fd, uint64_t key, short events, int64_t deadline)
     if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
         PLAIN(conc__wait_fd(fd, events, deadline));  /* a ready fd wins */
     busy_enter();
-    int r = key ? io_wait_busy(h, g, fd, key, events, deadline)
-                : hub_wait_fd_busy(h, g, fd, events, deadline);
+    int r;
+    if (!key) {
+        r = hub_wait_fd_busy(h, g, fd, events, deadline);
+    } else if (!buf) {
+        r = io_wait_busy(h, g, fd, key, events, deadline);
+    } else {
+        if (unlikely(!h->stage))
+            h->stage = malloc(STAGE_SIZE);  /* none: no pre-reads */
+        g->prlen = len < PRE_MAX ? (uint32_t)len : PRE_MAX;
+        r = io_wait_busy(h, g, fd, key, events, deadline);
+        g->prlen = 0;
+        if (g->staged) {
+            g->staged = 0;
+            h->nstaged--;
+            *n = g->prn;
+            if (g->prn > 0)
+                memcpy(buf, g->prdata, (size_t)g->prn);
+            r = 1;
+        }
+    }
     busy_leave();
     return r;
 }
 
 static int hub_wait_fd(int fd, short events, int64_t deadline)
 {
-    return hub_wait_desc(fd, 0, events, deadline);
+    return hub_wait_desc(fd, 0, events, deadline, NULL, 0, NULL);
 }
 
 /* Parks g, just put in a slot of its fd's record. */
@@ -1385,7 +1406,7 @@ static int io_wait_busy(struct hub *h, conc_greenlet *g, int fd, uint64_t key, s
 
 static int hub_wait_io(int fd, uint64_t key, short events, int64_t deadline)
 {
-    return hub_wait_desc(fd, key, events, deadline);
+    return hub_wait_desc(fd, key, events, deadline, NULL, 0, NULL);
 }
 
 /* hub_wait_io for POLLIN with a pre-read asked for (see "pre-reads"):
@@ -1394,33 +1415,7 @@ static int hub_wait_io(int fd, uint64_t key, short events, int64_t deadline)
 static int hub_wait_io_read(int fd, uint64_t key, void *buf, size_t len, int64_t deadline,
                             ssize_t *n)
 {
-    struct hub *h = tls_hub;
-    conc_greenlet *g = gl_self(h);
-    if (!g)
-        PLAIN(conc__wait_fd(fd, POLLIN, deadline));
-    if (g->cancel_pending) {
-        g->cancel_pending = 0;
-        return -ECANCELED;
-    }
-    deadline = eff_deadline(g, deadline);
-    if (deadline != CONC_NO_DEADLINE && deadline <= conc_now())
-        PLAIN(conc__wait_fd(fd, POLLIN, deadline));  /* a ready fd wins */
-    busy_enter();
-    if (unlikely(!h->stage))
-        h->stage = malloc(STAGE_SIZE);  /* none: no pre-reads */
-    g->prlen = len < PRE_MAX ? (uint32_t)len : PRE_MAX;
-    int r = io_wait_busy(h, g, fd, key, POLLIN, deadline);
-    g->prlen = 0;
-    if (g->staged) {
-        g->staged = 0;
-        h->nstaged--;
-        *n = g->prn;
-        if (g->prn > 0)
-            memcpy(buf, g->prdata, (size_t)g->prn);
-        r = 1;
-    }
-    busy_leave();
-    return r;
+    return hub_wait_desc(fd, key, POLLIN, deadline, buf, len, n);
 }
 
 /* The socket layer closes fd: its registration in this thread's hub goes
