@@ -419,6 +419,17 @@ static int start_held(struct running *r, const conc_server_handler *h)
     return fd;
 }
 
+/* Ends what start_held began: the client's socket, the server (its one
+ * connection finished), the pipes. */
+static void stop_held(struct running *r, int fd)
+{
+    close(fd);
+    conc_server_stats st;
+    stop(r, &st);
+    cr_assert_eq(st.finished, 1);
+    close_pipes();
+}
+
 Test(server_preread, kill_in_the_pass_of_the_data_keeps_the_bytes, .timeout = 60)
 {
     int fds = base_fds();
@@ -436,11 +447,7 @@ Test(server_preread, kill_in_the_pass_of_the_data_keeps_the_bytes, .timeout = 60
     cr_assert_eq(memcmp(got, "hello", 5), 0);
     cr_assert_eq(atomic_load(&after_rc), -ECANCELED, "the second read: %d",
                  atomic_load(&after_rc));
-    close(fd);
-    conc_server_stats st;
-    stop(&r, &st);
-    cr_assert_eq(st.finished, 1);
-    close_pipes();
+    stop_held(&r, fd);
     cr_assert_eq(count_fds(), fds);
 }
 
@@ -496,10 +503,6 @@ Test(server_preread, timeout_in_the_pass_of_the_data_keeps_the_bytes, .timeout =
     cr_assert(first == 4 || (first == -ETIMEDOUT && atomic_load(&next_rc) == 4),
               "reads: %d then %d", first, atomic_load(&next_rc));
     cr_assert_eq(memcmp(timed_got, "tick", 4), 0);
-    close(fd);
-    conc_server_stats st;
-    stop(&r, &st);
-    cr_assert_eq(st.finished, 1);
-    close_pipes();
+    stop_held(&r, fd);
     cr_assert_eq(count_fds(), fds);
 }
