@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -363,16 +364,57 @@ static inline void raise_nofile(void)
     }
 }
 
+/* The thread that takes the stop signals (catch_stop_signals): it sleeps,
+ * with them unblocked, for as long as the process lives. */
+static inline void *stop_signal_main(void *arg)
+{
+    sigset_t *set = arg;
+    pthread_sigmask(SIG_UNBLOCK, set, NULL);
+    for (;;)
+        sleep(3600);
+    return NULL;
+}
+
 /* For a server that stops from a signal handler: on_stop runs on SIGINT and
  * SIGTERM, and SIGPIPE is ignored (a client gone mid-reply is an error
- * return, not the end of the server). */
-static inline void catch_stop_signals(void (*on_stop)(int))
+ * return, not the end of the server).  The two signals are delivered to a
+ * thread of their own, which does nothing else: the calling thread blocks
+ * them, and so does every thread it starts later (the server's handler
+ * threads, hubs and loops inherit its mask).  So a handler never runs in
+ * the middle of a request's code, on a coroutine's stack or in a thread
+ * holding a lock, and a sanitizer that holds a signal back until the code
+ * it landed on calls into its runtime (ThreadSanitizer does, per coroutine)
+ * never holds it for a coroutine that is parked.  Call it before any other
+ * thread starts.  Returns 0, or -errno. */
+static inline int catch_stop_signals(void (*on_stop)(int))
 {
+    static sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
     struct sigaction sa = { .sa_handler = on_stop };
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+        return -errno;
     signal(SIGPIPE, SIG_IGN);
+    int e = pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_t t;
+    if (!e)
+        e = pthread_create(&t, NULL, stop_signal_main, &set);
+    if (!e)
+        e = pthread_detach(t);
+    return -e;
+}
+
+/* In a process forked from a server that called catch_stop_signals (one
+ * session's): its only thread takes the stop signals again. */
+static inline void unblock_stop_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 /* A server's ready line on stdout, flushed: "prog: listening on ADDRESS

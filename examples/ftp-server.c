@@ -80,6 +80,8 @@ static volatile sig_atomic_t stop_sig;
 
 static int handle(conc_server_request *req)
 {
+    if (getpid() != main_pid)
+        unblock_stop_signals();     /* a forked session: a stop ends it */
     int rc = ftp_session(req->sock, &conf);
     /* A client that breaks the protocol or goes away is its own problem,
      * not the server's: the request ends without an error. */
@@ -154,7 +156,10 @@ int main(int argc, char **argv)
     if (open_server(&server, host, port, &h, &so, where, sizeof where))
         return 1;
     main_pid = getpid();
-    catch_stop_signals(on_stop);
+    if ((rc = catch_stop_signals(on_stop)) < 0) {
+        conc_server_free(server);
+        return die("catch_stop_signals", rc);
+    }
 
     conc_sockaddr at;
     say_listening(conc_server_address(server, &at), &at, where, "model %s",

@@ -152,7 +152,10 @@ int main(int argc, char **argv)
     char where[CONC_SOCKADDR_STRLEN];
     if (open_server(&server, host, port, &h, &so, where, sizeof where))
         return 1;
-    catch_stop_signals(on_stop);
+    if ((rc = catch_stop_signals(on_stop)) < 0) {
+        conc_server_free(server);
+        return die("catch_stop_signals", rc);
+    }
 
     conc_sockaddr at;
     say_listening(conc_server_address(server, &at), &at, where, "model %s", "threading");
