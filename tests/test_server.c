@@ -2055,8 +2055,9 @@ Test(server, reactor_refusals_close_the_client, .timeout = 60)
     cr_assert_eq(count_fds(), fds);
 }
 
-/* The reactor's gathered writes: what the callbacks write waits in the
- * connection's buffer until the loop has run the batch's callbacks
+/* The reactor's gathered writes: what the callbacks write waits (in the
+ * loop's batch area, or the connection's buffer) until the loop has run
+ * the batch's callbacks
  * (conc_server_conn_pending shows it), and then goes out in the order
  * of the writes, small pieces and 100 KiB blocks mixed, the greeting of
  * on_accept first, every byte before the close a callback asks for. */
@@ -2172,6 +2173,111 @@ Test(server, reactor_gathered_writes_keep_their_order, .timeout = 60)
     cr_assert_eq(conc_server_get_stats(s, &st), 0);
     cr_assert_eq(st.finished, 3);
     cr_assert_eq(st.failed, 0);
+    conc_server_free(s);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* Writes to other connections from a callback (a broadcast): each piece
+ * a connection is sent comes in the order it was written, whether it
+ * waited in the loop's batch area behind another connection's piece (then
+ * it moves to the connection's own buffer) or at its end; output larger
+ * than the area goes out whole and in order too. */
+enum { BC_CONNS = 3, BC_BIG = 300 * 1024 };
+static conc_server_conn *bc_conns[BC_CONNS];
+static int bc_n;
+static atomic_int bc_bad;
+static char bc_big[BC_BIG];
+
+static int bc_accept(conc_server_conn *c, void *user)
+{
+    (void)user;
+    if (bc_n == BC_CONNS)
+        return -1;
+    conc_server_conn_set_data(c, (void *)(intptr_t)bc_n);
+    bc_conns[bc_n++] = c;
+    char hi[3] = { 'h', (char)('0' + bc_n - 1), '\n' };
+    return conc_server_conn_write(c, hi, 3);
+}
+
+/* Each byte b from connection i goes to every connection as "<ib>", one
+ * piece per connection in turn; 'L' also sends the sender BC_BIG bytes
+ * in 1 KiB pieces after its piece. */
+static int bc_data(conc_server_conn *c, const void *data, size_t len, void *user)
+{
+    (void)user;
+    const char *p = data;
+    char id = (char)('0' + (int)(intptr_t)conc_server_conn_data(c));
+    size_t sent[BC_CONNS] = { 0 };
+    bool big = false;
+    for (size_t i = 0; i < len; i++) {
+        char piece[4] = { '<', id, p[i], '>' };
+        for (int k = 0; k < bc_n; k++) {
+            if (conc_server_conn_write(bc_conns[k], piece, 4) != 0)
+                atomic_fetch_add(&bc_bad, 1);
+            sent[k] += 4;
+        }
+        if (p[i] == 'L') {
+            for (size_t off = 0; off < BC_BIG; off += 1024)
+                if (conc_server_conn_write(c, bc_big + off, 1024) != 0)
+                    atomic_fetch_add(&bc_bad, 1);
+            big = true;
+        }
+    }
+    for (int k = 0; k < bc_n && !big; k++)
+        if (conc_server_conn_pending(bc_conns[k]) != sent[k])
+            atomic_fetch_add(&bc_bad, 1);
+    return 0;
+}
+
+static void bc_expect(int fd, const char *want)
+{
+    char got[64];
+    size_t n = strlen(want);
+    read_exact(fd, got, n);
+    cr_assert(memcmp(got, want, n) == 0, "got '%.*s', want '%s'", (int)n, got, want);
+}
+
+Test(server, reactor_writes_across_connections_keep_their_order, .timeout = 60)
+{
+    int fds = base_fds();
+    bc_n = 0;
+    atomic_store(&bc_bad, 0);
+    for (size_t i = 0; i < BC_BIG; i++)
+        bc_big[i] = (char)('a' + (i * 7 + i / 1021) % 26);
+    const conc_server_reactor_handler h = { .on_accept = bc_accept, .on_data = bc_data };
+    conc_server *s = new_reactor(&h, NULL);
+    struct running r;
+    start(&r, s);
+    int fd[BC_CONNS];
+    for (int k = 0; k < BC_CONNS; k++) {
+        fd[k] = dial(s);
+        char hi[4] = { 'h', (char)('0' + k), '\n', '\0' };
+        bc_expect(fd[k], hi);      /* accepted in turn: ids follow the dials */
+    }
+    static const struct { int from; const char *msg, *want; } steps[] = {
+        { 0, "abc", "<0a><0b><0c>" },
+        { 2, "xy", "<2x><2y>" },
+        { 1, "L", "<1L>" },
+        { 1, "zL", "<1z><1L>" },
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        size_t len = strlen(steps[i].msg);
+        cr_assert_eq(send(fd[steps[i].from], steps[i].msg, len, MSG_NOSIGNAL), (ssize_t)len);
+        for (int k = 0; k < BC_CONNS; k++) {
+            bc_expect(fd[k], steps[i].want);
+            if (k == steps[i].from && strchr(steps[i].msg, 'L')) {
+                char *got = malloc(BC_BIG);
+                cr_assert_not_null(got);
+                read_exact(fd[k], got, BC_BIG);
+                cr_assert(memcmp(got, bc_big, BC_BIG) == 0, "step %zu: the large reply differs", i);
+                free(got);
+            }
+        }
+    }
+    for (int k = 0; k < BC_CONNS; k++)
+        close(fd[k]);
+    stop(&r);
+    cr_assert_eq(atomic_load(&bc_bad), 0, "%d callback checks failed", atomic_load(&bc_bad));
     conc_server_free(s);
     cr_assert_eq(count_fds(), fds);
 }

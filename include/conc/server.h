@@ -260,14 +260,15 @@ typedef struct conc_server_reactor_handler {
 } conc_server_reactor_handler;
 
 /*
- * conc_server_conn_write - send len bytes on c.  The bytes are copied into
- * c's write buffer and sent when the loop has run the callbacks of the
- * events it woke for, before it waits again: one send per connection for
- * everything its callbacks wrote, and all the batch's sends after all its
- * reads (cheaper for the kernel than alternating them).  A write of 64 KiB
- * or more with nothing buffered before it goes to the socket at once
- * instead.  What the socket does not take stays buffered and is sent as
- * the client reads.  The order of the bytes is the order of the writes.
+ * conc_server_conn_write - send len bytes on c.  The bytes are copied (into
+ * an area the loop keeps for the batch's output, or into c's own buffer)
+ * and sent when the loop has run the callbacks of the events it woke for,
+ * before it waits again: one send per connection for everything its
+ * callbacks wrote, and all the batch's sends after all its reads (cheaper
+ * for the kernel than alternating them).  A write of 64 KiB or more with
+ * nothing buffered before it goes to the socket at once instead.  What the
+ * socket does not take stays in c's own buffer and is sent as the client
+ * reads.  The order of the bytes is the order of the writes.
  * A send that fails ends the connection (on_close gets the error).
  * Returns 0; -EINVAL for NULL c or NULL data with len > 0; -EPIPE when the
  * connection is closing or closed; -ENOMEM (the connection is then
