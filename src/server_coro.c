@@ -427,37 +427,40 @@ static int conn_spill(struct conc_server_conn *c)
     return 0;
 }
 
+/* Sends base[*off .. *off + *len) on fd, advancing *off and *len by what
+ * the socket took, until all went or the socket is full.  Returns 0, or
+ * -errno of a send that failed. */
+static int send_some(int fd, const unsigned char *base, size_t *off, size_t *len)
+{
+    while (*len) {
+        ssize_t n = conc__send_nb(fd, base + *off, *len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            return -errno;
+        }
+        *off += (size_t)n;
+        *len -= (size_t)n;
+    }
+    return 0;
+}
+
 /* Sends what is buffered (first what waits in the loop's batch area, then
  * the connection's own buffer); what the socket does not take stays in the
  * latter.  Returns 0, or an error that ends c. */
 static int conn_flush(struct conc_server_conn *c)
 {
-    while (c->alen) {
-        ssize_t n = conc__send_nb(c->fd, c->l->out + c->aoff, c->alen, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return conn_spill(c);
-            return -errno;
-        }
-        c->aoff += (size_t)n;
-        c->alen -= (size_t)n;
-    }
-    while (c->wlen) {
-        ssize_t n = conc__send_nb(c->fd, c->wbuf + c->woff, c->wlen, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return 0;
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        c->woff += (size_t)n;
-        c->wlen -= (size_t)n;
-    }
-    c->woff = 0;
-    return 0;
+    int rc = send_some(c->fd, c->l->out, &c->aoff, &c->alen);
+    if (rc < 0)
+        return rc;
+    if (c->alen)
+        return conn_spill(c);       /* the socket is full */
+    rc = send_some(c->fd, c->wbuf, &c->woff, &c->wlen);
+    if (rc == 0 && !c->wlen)
+        c->woff = 0;
+    return rc;
 }
 
 /* A write of at least this much with nothing buffered before it goes to
@@ -516,22 +519,14 @@ int conc_server_conn_write(conc_server_conn *c, const void *data, size_t len)
         return -EPIPE;
     const unsigned char *p = data;
     if (!c->wlen && !c->alen && len >= WRITE_DIRECT) {
-        while (len) {
-            ssize_t n = conc__send_nb(c->fd, p, len, MSG_NOSIGNAL);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK)
-                    break;
-                c->err = -errno;
-                c->closing = true;
-                return -EPIPE;
-            }
-            p += n;
-            len -= (size_t)n;
+        size_t off = 0;
+        int rc = send_some(c->fd, p, &off, &len);
+        if (rc < 0) {
+            c->err = rc;
+            c->closing = true;
+            return -EPIPE;
         }
-        if (!len)
-            return 0;
+        p += off;
     }
     if (!len)
         return 0;
