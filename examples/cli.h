@@ -262,6 +262,14 @@ static inline int server_address(const char *host, long port, int type, conc_add
     return 0;
 }
 
+/* The stop signals, SIGINT and SIGTERM, as a set. */
+static inline void stop_signal_set(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGTERM);
+}
+
 /*
  * SIGINT and SIGTERM as a descriptor, for the servers: stop_signals_fd
  * blocks both (they no longer end the process) and returns a non-blocking
@@ -274,9 +282,7 @@ static inline int server_address(const char *host, long port, int type, conc_add
 static inline int stop_signals_fd(void)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
+    stop_signal_set(&set);
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
         return -errno;
     int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -389,9 +395,7 @@ static inline void *stop_signal_main(void *arg)
 static inline int catch_stop_signals(void (*on_stop)(int))
 {
     static sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
+    stop_signal_set(&set);
     struct sigaction sa = { .sa_handler = on_stop };
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
@@ -411,9 +415,7 @@ static inline int catch_stop_signals(void (*on_stop)(int))
 static inline void unblock_stop_signals(void)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
+    stop_signal_set(&set);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
