@@ -425,13 +425,35 @@ typedef struct conc_server_opts {
  * picks one; conc_server_address tells it) and, for a stream socket,
  * listening.  Nothing is served until serve_forever or handle_request.  A
  * Unix socket file the server made is removed by conc_server_close.
- * Returns 0 and stores the handle in *out; -EINVAL for NULL out, addr or
- * handler, a handler without handle, another type, a negative count
- * (thread_cache below -1), a
- * max_datagram above CONC_SERVER_MAX_DATAGRAM, a bad timeout or model,
- * CONC_SERVER_REACTOR with SOCK_STREAM
- * (conc_server_new_reactor takes it); -EAFNOSUPPORT; -EADDRINUSE; -EACCES;
- * -EMFILE; -ENOMEM.  The handler struct is copied.
+ * Returns 0 and stores the handle in *out, or:
+ *   -EINVAL         NULL out, addr or handler, a handler without handle,
+ *                   another type, a negative count (thread_cache below
+ *                   -1), a max_datagram above CONC_SERVER_MAX_DATAGRAM, a
+ *                   bad timeout, model or stack, CONC_SERVER_REACTOR with
+ *                   SOCK_STREAM (conc_server_new_reactor takes it), an
+ *                   addr->len that cannot hold the family or is longer
+ *                   than conc_sockaddr's; bind's own -EINVAL for an
+ *                   addr->len that does not suit the family's address
+ *   -EAFNOSUPPORT   a family other than AF_INET, AF_INET6 and AF_UNIX, or
+ *                   one the kernel lacks (AF_INET6 with IPv6 disabled)
+ *   -EADDRINUSE     the address is taken: a port another socket holds
+ *                   (one in TIME_WAIT too, unless allow_reuse_address), a
+ *                   Unix path where a file exists (a socket file a server
+ *                   left behind without conc_server_close included: remove
+ *                   it first), an abstract Unix name in use
+ *   -EADDRNOTAVAIL  an Internet address that is not one of this host's
+ *   -EACCES         a port below net.ipv4.ip_unprivileged_port_start
+ *                   (1024) without CAP_NET_BIND_SERVICE; a Unix path in a
+ *                   directory the caller may not search or write
+ *   -ENOENT         a Unix path in a directory that does not exist
+ *                   (-ENOTDIR, -ELOOP, -EROFS likewise, from the path)
+ *   -EMFILE, -ENFILE  no descriptor left for the socket or the server's
+ *                   two eventfds
+ *   -ENOMEM, -ENOBUFS  memory short
+ * and any other error of socket(2), setsockopt(2), bind(2) or listen(2)
+ * as the kernel gives it.  -ENAMETOOLONG does not come from here: a Unix
+ * path too long for sun_path is refused by conc_sockaddr_unix.  The
+ * handler struct is copied.
  */
 CONC_API int conc_server_new(conc_server **out, int type, const conc_sockaddr *addr,
                              const conc_server_handler *handler, const conc_server_opts *opts);
