@@ -429,7 +429,8 @@ typedef struct conc_server_opts {
  *   -EINVAL         NULL out, addr or handler, a handler without handle,
  *                   another type, a negative count (thread_cache below
  *                   -1), a max_datagram above CONC_SERVER_MAX_DATAGRAM, a
- *                   bad timeout, model or stack, CONC_SERVER_REACTOR with
+ *                   bad timeout, model, stack or stack_size (see its
+ *                   field), CONC_SERVER_REACTOR with
  *                   SOCK_STREAM (conc_server_new_reactor takes it), an
  *                   addr->len that cannot hold the family or is longer
  *                   than conc_sockaddr's; bind's own -EINVAL for an
