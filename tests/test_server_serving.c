@@ -71,29 +71,32 @@ static conc_server *make(conc_server_model model, const conc_server_opts *extra)
     return s;
 }
 
-/* A connection to s, or a negative errno. */
-static int connect_to(conc_server *s, conc_socket **out)
+/* A connection to a, or a negative errno. */
+static int connect_to(const conc_sockaddr *a, conc_socket **out)
 {
-    conc_sockaddr a;
-    int rc = conc_server_address(s, &a);
-    if (rc < 0)
-        return rc;
-    rc = conc_socket_new(out, AF_INET, SOCK_STREAM, 0);
+    int rc = conc_socket_new(out, AF_INET, SOCK_STREAM, 0);
     if (rc < 0)
         return rc;
     conc_socket_set_timeout(*out, GUARD);
-    rc = conc_socket_connect(*out, &a);
+    rc = conc_socket_connect(*out, a);
     if (rc < 0)
         conc_socket_free(*out);
     return rc;
 }
 
-/* One request on a connection of its own: "abc" in, "ABC" expected back.
- * Returns 0 when it came, or a negative errno. */
-static int one_request(conc_server *s)
+static conc_sockaddr address_of(conc_server *s)
+{
+    conc_sockaddr a;
+    cr_assert_eq(conc_server_address(s, &a), 0);
+    return a;
+}
+
+/* One request on a connection of its own to a: "abc" in, "ABC" expected
+ * back.  Returns 0 when it came, or a negative errno. */
+static int request_to(const conc_sockaddr *a)
 {
     conc_socket *c;
-    int rc = connect_to(s, &c);
+    int rc = connect_to(a, &c);
     if (rc < 0)
         return rc;
     char buf[8] = { 0 };
@@ -111,6 +114,12 @@ static int one_request(conc_server *s)
     if (rc == 0 && memcmp(buf, "ABC", 3) != 0)
         rc = -EPROTO;
     return rc;
+}
+
+static int one_request(conc_server *s)
+{
+    conc_sockaddr a = address_of(s);
+    return request_to(&a);
 }
 
 /* ------------------------------------------------------ serving thread */
@@ -187,7 +196,7 @@ Test(server_serving, service_actions_run_in_every_model_while_idle, .timeout = 1
 }
 
 struct load {
-    conc_server *s;
+    conc_sockaddr addr;             /* the server's (taken before the load) */
     pthread_t t;
     _Atomic bool stop;
     _Atomic long served, failed;
@@ -198,7 +207,7 @@ static void *load_main(void *arg)
 {
     struct load *l = arg;
     while (!atomic_load(&l->stop)) {
-        if (one_request(l->s) == 0)
+        if (request_to(&l->addr) == 0)
             atomic_fetch_add(&l->served, 1);
         else
             atomic_fetch_add(&l->failed, 1);
@@ -221,7 +230,7 @@ Test(server_serving, service_actions_run_under_steady_load, .timeout = 120)
         conc_server *s = make(busy[i], &o);
         atomic_store(&actions, 0);
         atomic_store(&stop_after, 1000000);     /* not before the load runs */
-        struct load l = { .s = s };
+        struct load l = { .addr = address_of(s) };
         cr_assert_eq(pthread_create(&l.t, NULL, load_main, &l), 0);
         struct running r;
         start(&r, s, 0.02);
@@ -316,7 +325,8 @@ Test(server_serving, a_request_whose_thread_cannot_start_goes_to_handle_error, .
 
     /* handle_request: the connection is closed, the error returned */
     conc_socket *c;
-    cr_assert_eq(connect_to(s, &c), 0);
+    conc_sockaddr addr = address_of(s);
+    cr_assert_eq(connect_to(&addr, &c), 0);
     int rc = conc_server_handle_request(s, GUARD);
     cr_assert(rc == -EAGAIN || rc == -ENOMEM, "handle_request: %d (%s)", rc, conc_strerror(rc));
     cr_assert_eq(atomic_load(&errors_seen), 1);
