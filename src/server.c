@@ -237,6 +237,36 @@ int conc__server_run_handler(conc_server *s, conc_server_request *req)
     return rc < 0 ? rc : 0;
 }
 
+void conc__server_dispatch_failed(conc_server *s, conc_socket *c, const conc_sockaddr *peer,
+                                  const void *data, size_t len, int err)
+{
+    atomic_fetch_add(&s->st->failed, 1);
+    if (s->h.handle_error) {
+        conc_server_request req;
+        conc__server_init_request(s, &req, c, peer, data, len);
+        s->h.handle_error(&req, err);
+    }
+}
+
+int64_t conc__server_service_first(const conc_server *s)
+{
+    if (!s->o.service_actions ||
+        atomic_load(&s->serving_tid) != conc_thread_get_native_id())
+        return CONC_NO_DEADLINE;
+    return conc_now() + s->service_step;
+}
+
+void conc__server_service_due(conc_server *s, int64_t *at)
+{
+    if (*at == CONC_NO_DEADLINE || conc__server_stop_asked(s))
+        return;
+    int64_t now = conc_now();
+    if (now < *at)
+        return;
+    s->o.service_actions(s, s->o.user);
+    *at = conc_now() + s->service_step;
+}
+
 void conc__server_init_request(conc_server *s, conc_server_request *req, conc_socket *c,
                          const conc_sockaddr *peer, const void *data, size_t len)
 {
@@ -743,9 +773,12 @@ static bool blocking_conns(const conc_server *s)
 }
 
 /* Takes one waiting request (non-blocking) and serves it.  Returns 1 when
- * one was taken, 0 when none was waiting, or an error. */
-static int take_one(conc_server *s, unsigned char *buf)
+ * one was taken (*failed: 0, or the error that kept its thread, child or
+ * greenlet from starting, after handle_error saw it), 0 when none was
+ * waiting, or an error of the server's socket. */
+static int take_one(conc_server *s, unsigned char *buf, int *failed)
 {
+    *failed = 0;
     conc_sockaddr peer;
     memset(&peer, 0, sizeof peer);
     if (s->type == SOCK_STREAM) {
@@ -769,8 +802,9 @@ static int take_one(conc_server *s, unsigned char *buf)
                                                              : CONC_FOREVER);
         rc = dispatch(s, c, &peer, NULL, 0);
         if (rc < 0) {
+            conc__server_dispatch_failed(s, c, &peer, NULL, 0, rc);
             conc_socket_free(c);
-            atomic_fetch_add(&s->st->failed, 1);
+            *failed = rc;
         }
         return 1;
     }
@@ -786,8 +820,10 @@ static int take_one(conc_server *s, unsigned char *buf)
         return 1;
     }
     int rc = dispatch(s, NULL, &peer, buf, (size_t)n);
-    if (rc < 0)
-        atomic_fetch_add(&s->st->failed, 1);
+    if (rc < 0) {
+        conc__server_dispatch_failed(s, NULL, &peer, buf, (size_t)n, rc);
+        *failed = rc;
+    }
     return 1;
 }
 
@@ -810,10 +846,10 @@ static int basic_loop(conc_server *s, double poll_interval)
     struct conc__server_kids *k = kids_of(s);
     conc_waitable *w = NULL;
     size_t wcap = 0;
-    int64_t step = (int64_t)(poll_interval * 1e9);
-    if (step <= 0)
-        step = 1;
-    int64_t next = conc_now() + step;
+    (void)poll_interval;            /* s->service_step */
+    /* Python's order: service_actions after every pass of the loop, a
+     * request taken or not, and at least every poll_interval. */
+    int64_t next = conc_now() + s->service_step;
     int rc = 0;
     while (!conc__server_stop_asked(s)) {
         size_t need = 2 + k->n;
@@ -840,7 +876,7 @@ static int basic_loop(conc_server *s, double poll_interval)
         if (r == -ETIMEDOUT) {
             if (s->o.service_actions)
                 s->o.service_actions(s, s->o.user);
-            next = conc_now() + step;
+            next = conc_now() + s->service_step;
             continue;
         }
         if (r < 0) {
@@ -861,13 +897,18 @@ static int basic_loop(conc_server *s, double poll_interval)
              * rather than one per wait, a poll saved per connection in a
              * burst; the others serve one per wait, as Python's. */
             int batch = s->o.model == CONC_SERVER_THREADING && s->type == SOCK_STREAM ? 64 : 1;
+            int failed;
             do
-                r = take_one(s, buf);
+                r = take_one(s, buf, &failed);
             while (r == 1 && --batch > 0 && !conc__server_stop_asked(s) &&
                    !(lim > 0 && at_limit(s, lim)));
             if (r < 0) {
                 rc = r;
                 break;
+            }
+            if (r == 1 && s->o.service_actions && !conc__server_stop_asked(s)) {
+                s->o.service_actions(s, s->o.user);
+                next = conc_now() + s->service_step;
             }
         }
     }
@@ -904,6 +945,14 @@ static int server_create(conc_server **out, int type, const conc_sockaddr *addr,
         isnan(o.idle_timeout) || o.idle_timeout < 0 || o.thread_cache < -1 ||
         isnan(o.thread_idle) || o.thread_idle < 0 ||
         (o.stack != 0 && o.stack != CONC_STACK_OWN && o.stack != CONC_STACK_COPIED))
+        return -EINVAL;
+    /* A stack size no greenlet or thread could get would fail every
+     * request: refused here instead. */
+    bool greenlets = o.model == CONC_SERVER_COROUTINE || o.model == CONC_SERVER_PREFORK;
+    if (o.stack_size && greenlets &&
+        (o.stack_size < CONC_CORO_STACK_MIN || o.stack_size > CONC_CORO_STACK_MAX))
+        return -EINVAL;
+    if (o.stack_size && o.model == CONC_SERVER_THREADING && o.stack_size < CONC_THREAD_STACK_MIN)
         return -EINVAL;
     if (reactor) {
         if (o.model != CONC_SERVER_SYNC && o.model != CONC_SERVER_REACTOR)
@@ -1126,11 +1175,21 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
         return -EINVAL;
     if (!s->sock)
         return -EPIPE;
+    /* serving and idle change together under mu: a shutdown_wait sees
+     * either a server not serving (its request kept for the next
+     * serve_forever) or one it can wait for. */
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
     int expected = 0;
-    if (!atomic_compare_exchange_strong(&s->serving, &expected, 1))
+    if (!atomic_compare_exchange_strong(&s->serving, &expected, 1)) {
+        conc_lock_release(&s->mu);
         return -EBUSY;
+    }
     conc_event_clear(&s->idle);
     atomic_store(&s->serving_tid, conc_thread_get_native_id());
+    conc_lock_release(&s->mu);
+    s->service_step = (int64_t)(poll_interval * 1e9);
+    if (s->service_step <= 0)
+        s->service_step = 1;
     int rc;
     switch (s->o.model) {
     case CONC_SERVER_COROUTINE:
@@ -1162,11 +1221,13 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
     }
     if (s->o.model == CONC_SERVER_COROUTINE && s->type == SOCK_DGRAM)
         conc_hub_free();            /* the hub the datagrams' greenlets made */
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
     clear_fd(s->stopfd);
     atomic_store(&s->stop_req, 0);
     atomic_store(&s->serving_tid, 0);
     atomic_store(&s->serving, 0);
     conc_event_set(&s->idle);
+    conc_lock_release(&s->mu);
     return rc;
 }
 
@@ -1201,9 +1262,10 @@ int conc_server_handle_request_until(conc_server *s, int64_t deadline)
         rc = conc_fd_wait_until(s->fd, POLLIN, deadline);
         if (rc < 0)
             break;
-        rc = take_one(s, buf);
+        int failed;
+        rc = take_one(s, buf, &failed);
         if (rc == 1) {
-            rc = 0;
+            rc = failed;
             break;
         }
         if (rc == 0 && deadline != CONC_NO_DEADLINE && conc_now() >= deadline) {
@@ -1242,11 +1304,18 @@ int conc_server_shutdown_wait_until(conc_server *s, int64_t deadline)
 {
     if (!s)
         return -EINVAL;
-    if (!atomic_load(&s->serving))
-        return 0;
     if (atomic_load(&s->serving_tid) == conc_thread_get_native_id())
         return -EDEADLK;            /* it would wait for itself */
+    /* Asked under mu: a serve_forever starting meanwhile either sees it
+     * (and returns at once) or had cleared idle before, so the wait below
+     * waits for it.  Nothing serving: the request stays for the next
+     * serve_forever, as Python's flag does. */
+    conc_lock_acquire(&s->mu, CONC_FOREVER);
     conc_server_shutdown(s);
+    bool serving = !conc_event_is_set(&s->idle);
+    conc_lock_release(&s->mu);
+    if (!serving)
+        return 0;
     return conc_event_wait_until(&s->idle, deadline);
 }
 

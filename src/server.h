@@ -52,6 +52,7 @@ struct conc_server {
     _Atomic int stop_req;
     _Atomic int serving;
     _Atomic pid_t serving_tid;          /* the thread in serve_forever, or 0 */
+    int64_t service_step;               /* serve_forever's poll_interval, ns */
     _Atomic int refs;
     pid_t owner;                        /* the process that made it */
     conc_event idle;                    /* set while serve_forever does not run */
@@ -201,5 +202,22 @@ static inline bool conc__server_stop_asked(const conc_server *s)
 {
     return atomic_load_explicit(&s->stop_req, memory_order_acquire) != 0;
 }
+
+/* A request whose thread, child or greenlet could not start (err): counted
+ * as failed and shown to handle_error (with c, the connection, still open:
+ * the caller closes it). */
+CONC_HIDDEN void conc__server_dispatch_failed(conc_server *s, conc_socket *c,
+                                              const conc_sockaddr *peer, const void *data,
+                                              size_t len, int err);
+
+/* When serve_forever's service_actions next runs in the calling thread: a
+ * poll_interval from now when this thread is serve_forever's and there are
+ * service actions, else CONC_NO_DEADLINE (other loops, handle_request,
+ * PREFORK's workers). */
+CONC_HIDDEN int64_t conc__server_service_first(const conc_server *s);
+
+/* Runs service_actions when `*at` has come (then sets the next time);
+ * nothing when *at is CONC_NO_DEADLINE. */
+CONC_HIDDEN void conc__server_service_due(conc_server *s, int64_t *at);
 
 #endif

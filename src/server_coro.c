@@ -194,9 +194,12 @@ static void *acceptor_main(void *arg)
         if (rc < 0) {
             if (j)
                 gjob_drop(j);
+            if (rc != -ECANCELED)
+                conc__server_dispatch_failed(s, c, &peer, l->buf, len, rc);
+            else
+                atomic_fetch_add(&s->st->failed, 1);
             if (c)
                 conc_socket_free(c);
-            atomic_fetch_add(&s->st->failed, 1);
             if (rc == -ECANCELED)
                 break;
             continue;
@@ -245,7 +248,16 @@ int conc__server_coro_loop(conc_server *s, int extra_fd)
         { .kind = CONC_WAIT_FD, .u.fd = s->stopfd },
         { .kind = CONC_WAIT_FD, .u.fd = extra_fd },
     };
-    while ((rc = conc_wait(w, extra_fd >= 0 ? 2 : 1, CONC_FOREVER)) < 0 && rc != -ENOMEM) {
+    /* serve_forever's thread runs service_actions between its waits */
+    int64_t service_at = conc__server_service_first(s);
+    for (;;) {
+        rc = conc_wait_until(w, extra_fd >= 0 ? 2 : 1, service_at);
+        if (rc == -ETIMEDOUT) {
+            conc__server_service_due(s, &service_at);
+            continue;
+        }
+        if (rc >= 0 || rc == -ENOMEM)
+            break;
     }
     rc = rc < 0 ? rc : 0;
     int64_t stop_at = conc_now();
@@ -885,6 +897,8 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
     }
     bool stopping = false;
     int64_t deadline = CONC_NO_DEADLINE;
+    /* serve_forever's thread runs service_actions between its passes */
+    int64_t service_at = one ? CONC_NO_DEADLINE : conc__server_service_first(s);
     rc = 0;
     for (;;) {
         /* output written outside a batch (an on_close of an idle
@@ -903,7 +917,17 @@ static int reactor_run(conc_server *s, int extra_fd, bool one, int64_t until)
                 idle_first = true;
             }
         }
+        bool service_first = false;
+        if (!stopping && service_at < wait_until) {
+            wait_until = service_at;
+            service_first = true;
+            idle_first = false;
+        }
         int n = conc_selector_select_until(l.sel, ev, LOOP_EVENTS, wait_until);
+        if (!stopping)
+            conc__server_service_due(s, &service_at);
+        if (n == -ETIMEDOUT && service_first)
+            continue;
         if (n == -ETIMEDOUT && idle_first) {
             expire_idle(&l);
             free_dead(&l);

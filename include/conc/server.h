@@ -108,7 +108,9 @@
  * connections shut down (SHUT_RDWR: the handler's reads see the end of the
  * stream, its sends -EPIPE) and forked children are killed; with 0 they
  * are waited for as long as they take, as in Python.  A handler that
- * loops may ask conc_server_stopping.
+ * loops may ask conc_server_stopping.  A shutdown asked while no
+ * serve_forever runs is kept, as Python's flag is: the next serve_forever
+ * returns at once without serving, and clears it.
  *
  * Connection limit: max_connections > 0 bounds the connections (of a
  * datagram server: the datagrams) served at once by the whole server:
@@ -209,7 +211,9 @@ typedef struct conc_server_request {
  *   handle_error  Python's server.handle_error: called with the error
  *            setup or handle returned (nothing is printed by conc); after
  *            finish when handle failed, as in Python (req->state is what
- *            finish left there)
+ *            finish left there); also with the error that kept a
+ *            request's thread, child or greenlet from starting (then no
+ *            other hook ran, and the connection is closed after it)
  *   verify_request  Python's verify_request: false refuses the client
  *            (its connection is closed at once, no hook runs; counted in
  *            conc_server_stats.refused); NULL accepts everyone
@@ -338,7 +342,11 @@ typedef struct conc_server_opts {
                                    (StreamRequestHandler.timeout); 0: none */
     size_t stack_size;          /* THREADING threads, COROUTINE and PREFORK
                                    greenlets; 0: the defaults (the thread
-                                   default, CONC_CORO_STACK_DEFAULT) */
+                                   default, CONC_CORO_STACK_DEFAULT);
+                                   else at least CONC_THREAD_STACK_MIN for
+                                   threads, CONC_CORO_STACK_MIN to
+                                   CONC_CORO_STACK_MAX for greenlets
+                                   (conc_server_new: -EINVAL) */
     size_t read_size;           /* REACTOR: bytes read per call; 0: 64 KiB */
     size_t write_buffer_max;    /* REACTOR: back-pressure mark; 0: 1 MiB */
     size_t max_datagram;        /* datagram servers: the largest datagram
@@ -346,8 +354,14 @@ typedef struct conc_server_opts {
                                    (Python's max_packet_size); at most
                                    CONC_SERVER_MAX_DATAGRAM */
     void (*service_actions)(conc_server *server, void *user);
-                                /* called by serve_forever at least every
-                                   poll_interval (Python's service_actions) */
+                                /* Python's service_actions: called by
+                                   serve_forever, in its thread, at least
+                                   every poll_interval whether requests
+                                   come or not, and with SYNC, THREADING
+                                   and FORKING also after each request
+                                   taken, as Python's loop does; not during
+                                   the drain after a shutdown, nor by
+                                   handle_request */
     void (*on_worker_exit)(conc_server *server, pid_t pid, int status, void *user);
                                 /* PREFORK: a worker ended while serving
                                    (status as conc_process_exitcode: the exit
@@ -415,7 +429,8 @@ typedef struct conc_server_opts {
  *   -EINVAL         NULL out, addr or handler, a handler without handle,
  *                   another type, a negative count (thread_cache below
  *                   -1), a max_datagram above CONC_SERVER_MAX_DATAGRAM, a
- *                   bad timeout, model or stack, CONC_SERVER_REACTOR with
+ *                   bad timeout, model, stack or stack_size (see its
+ *                   field), CONC_SERVER_REACTOR with
  *                   SOCK_STREAM (conc_server_new_reactor takes it), an
  *                   addr->len that cannot hold the family or is longer
  *                   than conc_sockaddr's; bind's own -EINVAL for an
@@ -509,8 +524,8 @@ CONC_API void conc_server_free(conc_server *s);
  * conc_server_serve_forever - serve_forever(poll_interval): take and serve
  * requests until conc_server_shutdown, then finish the requests in flight
  * (see "Stopping" above) and return.  poll_interval (seconds, > 0) is how
- * often service_actions runs at the least; the shutdown itself is seen at
- * once.  A shutdown that came before the call makes it return at once
+ * often service_actions runs at the least, busy or idle; the shutdown
+ * itself is seen at once.  A shutdown that came before the call makes it return at once
  * (and clears it, so the server can be served again).  Returns 0 after a
  * shutdown; -EINVAL for NULL or a poll_interval that is not > 0; -EBUSY
  * when the server is being served already; -EPIPE when closed; an error
@@ -542,8 +557,11 @@ CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
  * Returns 0 once a request was taken (also when verify_request refused it);
  * -EAGAIN (timeout 0) or -ETIMEDOUT when none came (Python's
  * handle_timeout); -EPIPE when closed; -EBUSY while serve_forever runs;
- * -ECHILD when a PREFORK worker died before it said; the errors of fork
- * (-EAGAIN, -ENOMEM); -EINVAL.
+ * -ECHILD when a PREFORK worker died before it said; when the request's
+ * thread, child or greenlet could not start, that error (-EAGAIN,
+ * -ENOMEM, the errors of fork), after handle_error saw it and the
+ * connection was closed (serve_forever does the same and goes on
+ * serving); -EINVAL.
  */
 CONC_API int conc_server_handle_request(conc_server *s, double timeout);
 CONC_API int conc_server_handle_request_until(conc_server *s, int64_t deadline);
@@ -556,7 +574,10 @@ CONC_API int conc_server_shutdown(conc_server *s);
 
 /*
  * conc_server_shutdown_wait - Python's shutdown(): ask serve_forever to
- * stop and wait until it has returned (0 at once when nothing serves).
+ * stop and wait until it has returned.  When no serve_forever runs it
+ * returns 0 at once (where Python's blocks forever) and the request is
+ * kept: the next serve_forever returns at once (see "Stopping"), also one
+ * that was starting at the time of the call.
  * Not from a signal handler, nor from a handler (serve_forever waits for
  * the request, which would wait for serve_forever, as in Python: a handler
  * calls conc_server_shutdown).  Returns 0; -EDEADLK from the thread in
