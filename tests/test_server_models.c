@@ -19,6 +19,8 @@
  *                middle of a BIG reply to a slow reader: the reply and a
  *                request after it still complete, then serve_forever
  *                returns
+ *   unix_datagram  a Unix datagram server of each model answers two named
+ *                clients, each its own datagrams
  * The models: sync, threading, forking, prefork (one worker), coroutine
  * (one hub; greenlets on stacks of their own, and on a copied stack) and
  * reactor (one loop): with one loop the second client shares it with the
@@ -742,3 +744,83 @@ static void shutdown_while_busy(const struct model_case *m, enum fam fam)
 
 EACH_MODEL(shutdown_while_busy_tcp, shutdown_while_busy, TCP)
 EACH_MODEL(shutdown_while_busy_unix, shutdown_while_busy, UNIX)
+
+/* ------------------------------------------------------ Unix datagrams */
+
+enum { DGRAM_ROUNDS = 10 };
+
+/* A client socket bound to path (a named client, to be answered). */
+static int named_client(const char *path)
+{
+    unlink(path);
+    conc_sockaddr ca;
+    cr_assert_eq(conc_sockaddr_unix(&ca, path, 0), 0);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    guard(fd);
+    cr_assert_eq(bind(fd, &ca.u.sa, ca.len), 0, "bind %s: %s", path, strerror(errno));
+    return fd;
+}
+
+static void check_answer(int fd, const char *msg, size_t n)
+{
+    char *got = malloc(n + 1), *want = malloc(n);
+    cr_assert(got && want);
+    ssize_t m = recv_retry(fd, got, n + 1, 0);
+    cr_assert_eq(m, (ssize_t)n, "%zd bytes, not %zu: %s", m, n, strerror(errno));
+    memcpy(want, msg, n);
+    upper(want, n);
+    cr_assert_eq(memcmp(got, want, n), 0, "a wrong answer to '%.40s'", msg);
+    free(got);
+    free(want);
+}
+
+/* Two named clients, each with a datagram outstanding at once, each
+ * answered its own; then a datagram of 6000 bytes each. */
+static void unix_datagram(const struct model_case *m, int unused)
+{
+    (void)unused;
+    int fds = base_fds();
+    tally_new();
+    char path[108];
+    conc_server *s = make(m, SOCK_DGRAM, UNIX, path, sizeof path);
+    struct running r;
+    start(&r, s);
+    conc_sockaddr sa;
+    cr_assert_eq(conc_server_address(s, &sa), 0);
+    char cpath[2][108];
+    int fd[2];
+    for (int c = 0; c < 2; c++) {
+        snprintf(cpath[c], sizeof cpath[c], "%.90s.client%d", path, c);
+        fd[c] = named_client(cpath[c]);
+    }
+    for (int i = 0; i < DGRAM_ROUNDS; i++) {
+        char msg[2][64];
+        size_t n[2];
+        for (int c = 0; c < 2; c++) {
+            n[c] = (size_t)snprintf(msg[c], sizeof msg[c], "client %d, datagram %d", c, i);
+            cr_assert_eq(sendto(fd[c], msg[c], n[c], 0, &sa.u.sa, sa.len), (ssize_t)n[c]);
+        }
+        for (int c = 1; c >= 0; c--)
+            check_answer(fd[c], msg[c], n[c]);
+    }
+    static char large[6000];
+    for (size_t i = 0; i < sizeof large; i++)
+        large[i] = (char)('a' + i % 26);
+    for (int c = 0; c < 2; c++) {
+        cr_assert_eq(sendto(fd[c], large, sizeof large, 0, &sa.u.sa, sa.len),
+                     (ssize_t)sizeof large);
+        check_answer(fd[c], large, sizeof large);
+    }
+    for (int c = 0; c < 2; c++) {
+        close(fd[c]);
+        unlink(cpath[c]);
+    }
+    stop_and_check(&r, 2 * DGRAM_ROUNDS + 2, path);
+    cr_assert_eq(atomic_load(&tally->datagrams), (uint64_t)(2 * DGRAM_ROUNDS + 2));
+    tally_free();
+    cr_assert_eq(count_fds(), fds);
+    no_children();
+}
+
+EACH_MODEL(unix_datagram, unix_datagram, 0)
