@@ -439,17 +439,27 @@ static void send_all(int fd, const char *p, size_t n)
     CHECK(send(fd, p, n, MSG_NOSIGNAL) == (ssize_t)n, "send: %s", strerror(errno));
 }
 
+/* A client with a small receive buffer that asks for BIG bytes and reads
+ * the first HEAD of them: the rest of the reply is under way, mostly
+ * still in the server.  Returns its descriptor. */
+static int ask_big(struct client_arg *ca, unsigned *step)
+{
+    int fd = dial_rcvbuf(ca->s, 4096);
+    char req[32];
+    int n = snprintf(req, sizeof req, "BIG %d\n", BIG);
+    send_all(fd, req, (size_t)n);
+    *step = 0;
+    read_big(fd, 0, HEAD, step);
+    return fd;
+}
+
 /* A slow reader asks for BIG bytes; a second client comes while the
  * reply is under way. */
 static void slow_reader_client(void *arg)
 {
     struct client_arg *ca = arg;
-    int slow = dial_rcvbuf(ca->s, 4096);
-    char req[32];
-    int n = snprintf(req, sizeof req, "BIG %d\n", BIG);
-    send_all(slow, req, (size_t)n);
-    unsigned step = 0;
-    read_big(slow, 0, HEAD, &step);
+    unsigned step;
+    int slow = ask_big(ca, &step);
     /* most of the reply cannot have left the server: the other client */
     static const char waiting[] = "the fast client waits its turn\n";
     int fast = dial(ca->s);
@@ -604,12 +614,8 @@ EACH_MODEL(pieces_unix, pieces, UNIX)
 static void resetting_client(void *arg)
 {
     struct client_arg *ca = arg;
-    int fd = dial_rcvbuf(ca->s, 4096);
-    char req[32];
-    int n = snprintf(req, sizeof req, "BIG %d\n", BIG);
-    send_all(fd, req, (size_t)n);
-    unsigned step = 0;
-    read_big(fd, 0, HEAD, &step);
+    unsigned step;
+    int fd = ask_big(ca, &step);
     struct linger lg = { .l_onoff = 1, .l_linger = 0 };
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(fd);
@@ -665,12 +671,8 @@ EACH_MODEL(reset_mid_reply_unix, reset_mid_reply, UNIX)
 static void busy_client(void *arg)
 {
     struct client_arg *ca = arg;
-    int fd = dial_rcvbuf(ca->s, 4096);
-    char req[32];
-    int n = snprintf(req, sizeof req, "BIG %d\n", BIG);
-    send_all(fd, req, (size_t)n);
-    unsigned step = 0;
-    read_big(fd, 0, HEAD, &step);
+    unsigned step;
+    int fd = ask_big(ca, &step);
     hs_send(ca->up[1]);             /* the reply is under way */
     hs_recv(ca->down[0]);           /* the shutdown was asked */
     read_big(fd, HEAD, BIG, &step);
