@@ -6,7 +6,9 @@
  * ftp-client (ls, get and put round trips with the contents compared,
  * names that leave the root refused while the server keeps serving, a
  * corrupted or cut upload never stored, a corrupted download never saved,
- * many clients at once), stopping by SIGTERM (exit 0, the stop line, also
+ * nothing of an upload left by a stop or a killed session process, stale
+ * temporary files removed at start, the coroutine model's file calls made
+ * off its hubs, many clients at once), stopping by SIGTERM (exit 0, the stop line, also
  * with a call or a session still open: it is cut after the grace), the
  * descriptors and child processes of a server back to where they started,
  * and bad command lines.
