@@ -12,6 +12,7 @@
 #define CONC_EXAMPLES_FTP_SESSION_H
 
 #include <dirent.h>
+#include <poll.h>
 
 #include "ftp.h"
 
@@ -23,9 +24,10 @@
 struct ftp_conf {
     int rootfd;                 /* the root directory, O_PATH | O_DIRECTORY */
     uint64_t max_size;          /* the largest PUT accepted */
-    bool offload;               /* the blocking file calls (hashing, reading
-                                   and writing chunks, syncing and naming an
-                                   upload) on an offload worker: the
+    bool offload;               /* the blocking file calls (hashing, sending
+                                   GET's chunks with sendfile, writing an
+                                   upload's chunks, syncing and naming it)
+                                   on an offload worker: the
                                    coroutine model, whose hub serves the
                                    other sessions meanwhile */
     struct ftp_part_note *note; /* where a forked session notes a named
@@ -183,10 +185,20 @@ static int ftp_do_ls(conc_socket *c, const struct ftp_conf *conf)
     return rc;
 }
 
-/* Sends size bytes of the file fd from its start; *sent gets how many
- * went.  With sendfile (zero-copy), or when conf says so in chunks read on
- * an offload worker and sent from here: sendfile reads the disk in the
- * calling thread, which would hold up a hub's every session. */
+/*
+ * Sends size bytes of the file fd from its start with sendfile (zero-copy);
+ * *sent gets how many went.  The socket's timeout bounds the whole call,
+ * as conc_socket_sendfile's does.  When conf says so, sendfile runs on an
+ * offload worker, since its disk reads would hold up a hub's every
+ * session: one job per chunk of up to FTP_SENDFILE_CHUNK bytes, which
+ * sends what the socket takes without waiting (ftp_job_run) on a socket of
+ * its own over a duplicate of c's descriptor.  When the socket is full,
+ * the coroutine waits for room here, parked on its hub, then hands over
+ * the next job: no worker is held by a slow client, and the socket is
+ * used by the job alone while the coroutine waits for it.  A coroutine
+ * killed meanwhile leaves the job to the worker, which frees it (closing
+ * its duplicate: the connection ends once both are closed).
+ */
 static int ftp_send_file(conc_socket *c, const struct ftp_conf *conf, int fd, uint64_t size,
                          uint64_t *sent)
 {
@@ -197,22 +209,38 @@ static int ftp_send_file(conc_socket *c, const struct ftp_conf *conf, int fd, ui
         *sent = n;
         return rc;
     }
-    struct ftp_job *j = ftp_job_new(FTP_JOB_READ, fd, -1);
+    double timeout = conc_socket_timeout(c);
+    int64_t deadline;
+    int rc = conc_deadline(timeout, &deadline);
+    if (rc < 0)
+        return rc;
+    struct ftp_job *j = ftp_job_new(FTP_JOB_SENDFILE, fd, -1);
     if (!j)
         return -errno;
-    int rc = 0;
+    if ((rc = conc_socket_dup(c, &j->sock)) < 0) {
+        ftp_job_free(j);
+        return rc;
+    }
     while (rc == 0 && *sent < size) {
+        size_t want = size - *sent < FTP_SENDFILE_CHUNK ? (size_t)(size - *sent)
+                                                        : FTP_SENDFILE_CHUNK;
         j->off = *sent;
-        j->len = size - *sent < FTP_CHUNK ? (size_t)(size - *sent) : FTP_CHUNK;
+        j->len = want;
         if ((rc = ftp_job_call(&j, true)) < 0)
             break;
-        if (j->rc < 0 || j->len == 0) {
-            rc = j->rc;             /* 0: it shrank; the caller sees sent < size */
-            break;
+        *sent += j->len;
+        if (j->rc == -ETIMEDOUT || j->rc == -EAGAIN) {
+            /* The socket is full: wait for room (timeout 0, non-blocking
+             * mode, gives -EAGAIN, as conc_socket_sendfile does). */
+            rc = conc_fd_wait_until(conc_socket_fd(c), POLLOUT, deadline);
+            if (rc == -ETIMEDOUT && timeout == 0)
+                rc = -EAGAIN;
+        } else if (j->rc < 0) {
+            rc = j->rc;
+        } else if (j->len < want) {
+            break;                  /* the end of the file: it shrank; the caller sees
+                                       sent < size */
         }
-        rc = conc_socket_sendall(c, j->buf, j->len, 0, NULL);
-        if (rc == 0)
-            *sent += j->len;
     }
     if (j)
         ftp_job_free(j);

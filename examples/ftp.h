@@ -3,11 +3,12 @@
  * (docs/ftp.md describes the protocol), a line reader over a conc socket,
  * the SHA-256 of a file (libsodium's crypto_hash_sha256), the check of a
  * name a client asks for, the blocking file calls of a transfer (run in
- * place or on an offload worker: ftp_job_call), and the receiving side of a
- * transfer: written to an unnamed file in the target directory (O_TMPFILE;
- * a hidden temporary name where the file system refuses it), synced, and
- * given its final name only once its size and hash match (ftp_part_open,
- * then ftp_part_recv).
+ * place or on an offload worker: ftp_job_call; sending a chunk of a file
+ * with sendfile among them), and the receiving side of a transfer: written
+ * to an unnamed file in the target directory (O_TMPFILE; a hidden
+ * temporary name where the file system refuses it), synced, and given its
+ * final name only once its size and hash match (ftp_part_open, then
+ * ftp_part_recv).
  */
 #ifndef CONC_EXAMPLES_FTP_H
 #define CONC_EXAMPLES_FTP_H
@@ -35,6 +36,7 @@
 #define FTP_NAME_MAX 255            /* a name in GET and PUT, in bytes */
 #define FTP_SIZE_MAX (1ULL << 40)   /* the largest size the protocol carries */
 #define FTP_CHUNK 65536             /* bytes per read and write of a transfer */
+#define FTP_SENDFILE_CHUNK (1u << 20)   /* bytes at most per offloaded sendfile */
 #define FTP_HASH_HEX 64             /* a SHA-256 in lower-case hex */
 #define FTP_TMP_PREFIX ".ftp-part-" /* the temporary names of incoming files */
 
@@ -296,29 +298,37 @@ static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, cons
 /* ------------------------------------------------------ blocking file calls */
 
 /*
- * A blocking file call of a transfer - hashing and writing a chunk, reading
- * one, or storing a received file under its name - run in the calling
- * thread, or on an offload worker (conc/offload.h) while only the calling
- * coroutine parks and its hub serves the others.  The job owns all that
- * the call touches (duplicates of the descriptors, the chunk, copies of the
- * names), so that a caller that stops waiting (a killed coroutine) leaves
- * nothing the worker still uses: the worker then frees the job.
+ * A blocking file call of a transfer - hashing and writing a chunk,
+ * sending one from the file with sendfile (whose disk reads block), or
+ * storing a received file under its name - run in the calling thread, or
+ * on an offload worker (conc/offload.h) while only the calling coroutine
+ * parks and its hub serves the others.  The job owns all that the call
+ * touches (duplicates of the descriptors, a socket of its own over a
+ * duplicate of the connection's descriptor, the chunk, copies of the
+ * names), so that a caller that stops waiting (a killed coroutine, which
+ * then closes its connection) leaves nothing the worker still uses: the
+ * worker then frees the job.
  */
 enum ftp_job_op {
     FTP_JOB_WRITE,              /* hash buf[0 .. len) into hs, then write it to fd */
-    FTP_JOB_READ,               /* read up to len bytes of fd at off into buf */
+    FTP_JOB_SENDFILE,           /* send up to len bytes of fd at off on sock, as many
+                                   as go without waiting */
     FTP_JOB_STORE,              /* sync fd and give it the name base (ftp_part_recv) */
 };
 
 struct ftp_job {
     enum ftp_job_op op;
     int fd, dirfd;              /* duplicates (-1: none), closed by ftp_job_free */
+    conc_socket *sock;          /* SENDFILE: the job's own socket (conc_socket_dup of
+                                   the connection), freed by ftp_job_free */
     int rc;                     /* WRITE: 0, or the first failed write's -errno (the
-                                   writes stop, the hashing goes on); READ: the
-                                   read's -errno; STORE: 0 or -errno */
+                                   writes stop, the hashing goes on); SENDFILE: 0 (all
+                                   sent, or the end of the file), -ETIMEDOUT (the
+                                   socket is full), or the send's -errno; STORE: 0 or
+                                   -errno */
     bool named;                 /* STORE: fd already has the name tmp */
-    size_t len;                 /* WRITE: bytes in buf; READ: asked, then read */
-    uint64_t off;               /* READ: where in the file */
+    size_t len;                 /* WRITE: bytes in buf; SENDFILE: asked, then sent */
+    uint64_t off;               /* SENDFILE: where in the file */
     crypto_hash_sha256_state hs;        /* WRITE */
     char tmp[32];               /* STORE: the temporary name in dirfd */
     char base[FTP_NAME_MAX + 1];        /* STORE: the final name in dirfd */
@@ -348,6 +358,8 @@ static inline struct ftp_job *ftp_job_new(enum ftp_job_op op, int fd, int dirfd)
 
 static inline void ftp_job_free(struct ftp_job *j)
 {
+    if (j->sock)
+        conc_socket_free(j->sock);
     if (j->fd >= 0)
         close(j->fd);
     if (j->dirfd >= 0)
@@ -390,19 +402,15 @@ static inline void *ftp_job_run(void *arg)
                 off += (size_t)w;
         }
         break;
-    case FTP_JOB_READ: {
-        size_t want = j->len;
-        j->len = 0;
-        while (j->len < want) {
-            ssize_t k = pread(j->fd, j->buf + j->len, want - j->len, (off_t)(j->off + j->len));
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k < 0)
-                j->rc = -errno;
-            if (k <= 0)
-                break;              /* 0: the end of the file */
-            j->len += (size_t)k;
-        }
+    case FTP_JOB_SENDFILE: {
+        /* A deadline already passed (0): the call never waits for room.
+         * It sends what the socket takes (SIGPIPE blocked around
+         * sendfile(2): a client that is gone is -EPIPE) and says
+         * -ETIMEDOUT, with the count so far, once the socket is full; the
+         * caller waits for room on its hub, not here. */
+        size_t n = 0;
+        j->rc = conc_socket_sendfile_until(j->sock, j->fd, (off_t)j->off, j->len, &n, 0);
+        j->len = n;
         break;
     }
     case FTP_JOB_STORE:
