@@ -7,11 +7,11 @@
  * names that leave the root refused while the server keeps serving, a
  * corrupted or cut upload never stored, a corrupted download never saved,
  * nothing of an upload left by a stop or a killed session process, stale
- * temporary files removed at start, the coroutine model's file calls made
- * off its hubs, many clients at once), stopping by SIGTERM (exit 0, the stop line, also
- * with a call or a session still open: it is cut after the grace), the
- * descriptors and child processes of a server back to where they started,
- * and bad command lines.
+ * temporary files removed at start, the coroutine model's file calls and
+ * GET's sendfile made off its hubs, many clients at once), stopping by
+ * SIGTERM (exit 0, the stop line, also with a call or a session still
+ * open: it is cut after the grace), the descriptors and child processes of
+ * a server back to where they started, and bad command lines.
  *
  * Servers listen on port 0 and the port is read from their ready line, so
  * tests never race for a port; no test sleeps to synchronise (waits for a
@@ -930,6 +930,23 @@ static int thread_io(pid_t pid, const char *counter, pid_t *tids, uint64_t *vals
     return n;
 }
 
+/* The process's counter in /proc/PID/io (every thread's, those that ended
+ * too). */
+static uint64_t process_io(pid_t pid, const char *counter)
+{
+    char io[64], text[512];
+    snprintf(io, sizeof io, "/proc/%d/io", (int)pid);
+    int fd = open(io, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "%s: %s", io, strerror(errno));
+    ssize_t k = read(fd, text, sizeof text - 1);
+    close(fd);
+    cr_assert_gt(k, 0, "%s", io);
+    text[k] = '\0';
+    const char *at = strstr(text, counter);
+    cr_assert_not_null(at, "%s: no %s", io, counter);
+    return strtoull(at + strlen(counter), NULL, 10);
+}
+
 /* Checks that none of the threads (tids, with their counter at vals) that
  * are still there moved half of `bytes` or more since. */
 static void assert_threads_moved_little(pid_t pid, const char *counter, const pid_t *tids,
@@ -950,7 +967,11 @@ static void assert_threads_moved_little(pid_t pid, const char *counter, const pi
 /* In the coroutine model an upload's file writes and a download's file
  * reads are not made by the hubs' threads (they run on offload workers,
  * so that a slow disk holds up no other session): the threads the server
- * had before the transfers move few of the file's bytes. */
+ * had before the transfers move few of the file's bytes.  A download goes
+ * out with sendfile on the workers: wchar counts what write-like calls and
+ * sendfile move, not send(2) and sendmsg(2) (the server's other socket
+ * writes), so the process's wchar grows by the whole file only when
+ * sendfile sent it, and the hubs' wchar shows it was not theirs. */
 Test(ftp, coroutine_file_calls_leave_the_hubs, .timeout = 120)
 {
     struct tree t;
@@ -974,17 +995,22 @@ Test(ftp, coroutine_file_calls_leave_the_hubs, .timeout = 120)
     expect_line(fd, line);
     assert_threads_moved_little(s.pid, "wchar: ", tids, vals, n, BIG, "the upload's writes");
 
-    /* The same threads' (not the workers that came meanwhile) reads. */
-    pid_t now_t[64];
-    uint64_t now_v[64];
+    /* The same threads' (not the workers that came meanwhile) reads and
+     * writes. */
+    pid_t now_t[64], w_t[64];
+    uint64_t now_v[64], w_v[64], wvals[64];
     int m = thread_io(s.pid, "rchar: ", now_t, now_v, 64), kept = 0;
+    int mw = thread_io(s.pid, "wchar: ", w_t, w_v, 64);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < m; k++)
-            if (now_t[k] == tids[i]) {
-                tids[kept] = tids[i];
-                vals[kept++] = now_v[k];
-            }
+            for (int q = 0; q < mw; q++)
+                if (now_t[k] == tids[i] && w_t[q] == tids[i]) {
+                    tids[kept] = tids[i];
+                    vals[kept] = now_v[k];
+                    wvals[kept++] = w_v[q];
+                }
     n = kept;
+    uint64_t wall = process_io(s.pid, "wchar: ");   /* send(2) adds nothing */
     send_str(fd, "GET big.bin\n");
     snprintf(line, sizeof line, "OK %u %s", BIG, hex);
     expect_line(fd, line);
@@ -993,9 +1019,13 @@ Test(ftp, coroutine_file_calls_leave_the_hubs, .timeout = 120)
     recv_exact(fd, got, BIG);
     cr_assert_eq(memcmp(got, big, BIG), 0);
     assert_threads_moved_little(s.pid, "rchar: ", tids, vals, n, BIG, "the download's reads");
+    assert_threads_moved_little(s.pid, "wchar: ", tids, wvals, n, BIG, "the download's sends");
     free(got);
     free(big);
-    raw_quit(fd);
+    raw_quit(fd);               /* its answer comes once the last sendfile returned */
+    uint64_t wrote = process_io(s.pid, "wchar: ") - wall;
+    cr_assert_geq(wrote, BIG, "the process wrote %llu bytes for a download of %u",
+                  (unsigned long long)wrote, BIG);
     char stored[256], orig[256];
     snprintf(stored, sizeof stored, "%s/copy.bin", t.root);
     snprintf(orig, sizeof orig, "%s/big.bin", t.root);
@@ -1070,6 +1100,112 @@ Test(ftp, many_clients_forking, .timeout = 120)
 Test(ftp, many_clients_coroutine, .timeout = 120)
 {
     many_clients("coroutine");
+}
+
+/* Reads fd until its peer closes it (hang guard); returns the bytes read. */
+static size_t drain_to_eof(int fd)
+{
+    static char buf[65536];
+    size_t total = 0;
+    for (;;) {
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "the connection was never closed");
+        ssize_t k = recv(fd, buf, sizeof buf, 0);
+        if (k == 0 || (k < 0 && errno == ECONNRESET))
+            return total;
+        cr_assert_gt(k, 0, "recv: %s", strerror(errno));
+        total += (size_t)k;
+    }
+}
+
+/* A session whose receive buffer is small: what the server can send
+ * before it waits for the client is bounded by that and its send buffer
+ * (at most net.ipv4.tcp_wmem's 4 MiB by default). */
+static int ftp_raw_small(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    int small = 16384;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
+                 strerror(errno));
+    expect_line(fd, "OK ftp-server ready");
+    return fd;
+}
+
+#define HUGE (16u << 20)        /* bytes of huge.bin (zeros, sparse) */
+
+/* Clients that stop reading a download (of a file larger than the socket
+ * buffers hold) hold up no other: another client gets a whole file
+ * meanwhile.  One that then goes away ends its session, which leaves no
+ * descriptor behind (in the coroutine model: neither the sendfile job's
+ * duplicates); one still silent when the server stops is cut after the
+ * grace and the server ends cleanly (the coroutine model's session is
+ * killed while it waits for room, or while a sendfile job runs, which then
+ * ends on its worker). */
+static void silent_downloaders(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int base = ftp_settled_base(&s);
+    char p[256], hex[65], ok[128];
+    snprintf(p, sizeof p, "%s/huge.bin", t.root);
+    int hfd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    cr_assert_geq(hfd, 0, "%s: %s", p, strerror(errno));
+    cr_assert_eq(ftruncate(hfd, HUGE), 0);
+    close(hfd);
+    char *zeros = calloc(1, HUGE);
+    cr_assert_not_null(zeros);
+    sha_hex(zeros, HUGE, hex);
+    free(zeros);
+    char huge_ok[128];
+    snprintf(huge_ok, sizeof huge_ok, "OK %u %s", HUGE, hex);
+    char *want = big_data();
+    sha_hex(want, BIG, hex);
+    snprintf(ok, sizeof ok, "OK %u %s", BIG, hex);
+    char *got = malloc(BIG);
+    cr_assert_not_null(got);
+
+    int silent = ftp_raw_small(s.port);
+    send_str(silent, "GET huge.bin\n");
+    expect_line(silent, huge_ok);
+    int fd = ftp_raw(s.port);
+    send_str(fd, "GET big.bin\n");
+    expect_line(fd, ok);
+    recv_exact(fd, got, BIG);
+    cr_assert_eq(memcmp(got, want, BIG), 0, "model %s: other bytes", model);
+    raw_quit(fd);
+    close(silent);              /* gone, its download unread */
+    wait_settled(s.pid, base);
+
+    silent = ftp_raw_small(s.port);
+    send_str(silent, "GET huge.bin\n");
+    expect_line(silent, huge_ok);
+    stop_ftp(&s, 4);
+    size_t n = drain_to_eof(silent);
+    cr_assert_lt(n, HUGE, "model %s: the silent client got the whole file", model);
+    close(silent);
+    free(got);
+    free(want);
+    remove_tree(&t);
+}
+
+Test(ftp, silent_downloaders_threading, .timeout = 120)
+{
+    silent_downloaders("threading");
+}
+
+Test(ftp, silent_downloaders_forking, .timeout = 120)
+{
+    silent_downloaders("forking");
+}
+
+Test(ftp, silent_downloaders_coroutine, .timeout = 120)
+{
+    silent_downloaders("coroutine");
 }
 
 /* A server (in a thread of the test) that answers GET with a SHA-256 that
