@@ -56,7 +56,7 @@
  *
  *   --workers N  prefork: worker processes; coroutine: hubs, each in a
  *                thread (default for both: one per CPU); reactor: loops,
- *                each in a thread (default 1)
+ *                each in a thread (default 1); refused by the other models
  *   --stack MODE coroutine, prefork: where each client's greenlet keeps its
  *                stack: "own" (a stack of its own: nothing is copied when
  *                it waits, an idle client holds a 4 KiB page and its
@@ -754,6 +754,11 @@ int main(int argc, char **argv)
             return fail("--stack is for the coroutine and prefork models, not '%s'",
                         model_name);
     }
+    if (workers != 0 &&         /* given (its least value is 1) */
+        (!lib || (lib_model != CONC_SERVER_PREFORK && lib_model != CONC_SERVER_COROUTINE &&
+                  lib_model != CONC_SERVER_REACTOR)))
+        return fail("--workers is for the prefork, coroutine and reactor models, not '%s'",
+                    model_name);
 
     raise_nofile();
     struct server srv = { .sigfd = stop_signals_fd() };

@@ -176,7 +176,7 @@ static int do_get(const char *name)
     const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
     const char *problem = ftp_name_problem(base);
     struct ftp_part part;
-    int rc = ftp_part_open(&part, dirfd_out);
+    int rc = ftp_part_open(&part, dirfd_out, false, NULL);
     if (rc < 0) {                       /* the bytes come anyway: read them */
         char sink[4096];
         for (uint64_t left = size; left > 0;) {

@@ -7,9 +7,16 @@
  * over a small line protocol (docs/ftp.md): LS lists the regular files of
  * the root, GET NAME sends one (sendfile), PUT NAME SIZE SHA256 stores one,
  * QUIT ends the session.  Every file travels with its size and SHA-256
- * (libsodium); an upload is written under a temporary hidden name in its
- * directory, synced, and renamed to NAME only when its size and hash
- * match, so that a partial or corrupted upload never appears under NAME.
+ * (libsodium); an upload is written to an unnamed file in its directory
+ * (O_TMPFILE), synced, and named NAME only when its size and hash match,
+ * so that a partial or corrupted upload never appears under NAME, and an
+ * upload cut by a stop (or a session process killed) leaves nothing.
+ * Where the file system refuses O_TMPFILE the file has a temporary hidden
+ * name (".ftp-part-" and eight hex digits) from the start, removed when
+ * the upload fails or a stop signal ends a forked session; the few such
+ * names that a killed process can leave are removed when the server starts
+ * (every ".ftp-part-XXXXXXXX" regular file beneath the root, so two
+ * servers must not share a root on such a file system).
  *
  * Names are checked before any file is touched: absolute names, "..",
  * hidden names (starting with '.') and control characters are refused, and
@@ -26,11 +33,16 @@
  * Models (--model, conc/server.h):
  *   threading   a thread per connection (the default; ThreadingTCPServer)
  *   forking     a child process per connection (ForkingTCPServer)
- *   coroutine   a coroutine per connection on one hub (gevent's
- *               StreamServer): the socket calls park only the session's
- *               coroutine, and so does hashing a file for GET (it runs on
- *               an offload worker, conc/offload.h); the reads and writes
- *               of an upload's chunks are short and run on the hub
+ *   coroutine   a coroutine per connection, on one hub per CPU, each hub
+ *               in a thread of its own (gevent's StreamServer on every
+ *               core; conc_server_opts.workers left at 0): the socket
+ *               calls park only the session's coroutine, and so do the
+ *               blocking file calls, which run on an offload worker
+ *               (conc/offload.h) while the hub serves the other sessions:
+ *               hashing a file for GET and sending it with sendfile (in
+ *               chunks of up to 1 MiB that never wait for the client: the
+ *               hub waits for room between them), writing an upload's
+ *               chunks, syncing and naming it
  *
  * The server listens on H (default 127.0.0.1) and PORT (0: the kernel
  * picks one) and says where once it accepts connections:
@@ -51,6 +63,7 @@
  *               conn.send(str(os.stat(filename).st_size).encode()); conn.recv(1024)
  *               for line in open(filename, "rb"): conn.send(line)
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -59,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "conc.h"
@@ -89,12 +103,58 @@ static int handle(conc_server_request *req)
     return 0;
 }
 
+static struct ftp_part_note part_note;  /* a forked session's named upload */
+
 static void on_stop(int sig)
 {
-    if (getpid() != main_pid)
-        _exit(1);                   /* a forked session: the parent decides */
+    if (getpid() != main_pid) {     /* a forked session: the parent decides */
+        ftp_part_note_remove(&part_note);
+        _exit(1);
+    }
     stop_sig = sig;
     conc_server_shutdown(server);
+}
+
+/* Whether name is one of ftp_part_open's temporary names. */
+static bool is_part_name(const char *name)
+{
+    size_t n = strlen(FTP_TMP_PREFIX);
+    if (strncmp(name, FTP_TMP_PREFIX, n) != 0 || strlen(name) != n + 8)
+        return false;
+    for (const char *p = name + n; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+/* Removes the temporary upload files a killed server left in the
+ * directory dirfd and in the directories beneath it that a name may reach
+ * (not hidden, no symbolic link followed, at most FTP_NAME_MAX / 2 deep).
+ * Best effort: what cannot be read is left as it is. */
+static void remove_stale_parts(int dirfd, int depth)
+{
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        struct stat st;
+        if (is_part_name(e->d_name)) {
+            if (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+                unlinkat(fd, e->d_name, 0);
+        } else if (e->d_name[0] != '.' && depth < FTP_NAME_MAX / 2 &&
+                   (e->d_type == DT_DIR || e->d_type == DT_UNKNOWN)) {
+            int sub = openat(fd, e->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0) {
+                remove_stale_parts(sub, depth + 1);
+                close(sub);
+            }
+        }
+    }
+    closedir(d);
 }
 
 static void usage(FILE *f)
@@ -137,12 +197,14 @@ int main(int argc, char **argv)
     if (sodium_init() < 0)
         return fail("%s", "libsodium cannot start");
     conf.max_size = (uint64_t)max_size;
-    conf.offload_hash = model == CONC_SERVER_COROUTINE;
+    conf.offload = model == CONC_SERVER_COROUTINE;
+    conf.note = model == CONC_SERVER_FORKING ? &part_note : NULL;
     conf.rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (conf.rootfd < 0) {
         fprintf(stderr, "%s: --root '%s': %s\n", prog, root, strerror(errno));
         return 2;
     }
+    remove_stale_parts(conf.rootfd, 0);
 
     raise_nofile();                     /* a descriptor per client */
     conc_server_handler h = { .handle = handle };

@@ -5,12 +5,14 @@
  * Every name is checked (ftp_name_problem) and opened beneath the root
  * (ftp_open_beneath); a refused name or a failed command gets an "ERR"
  * line and the session goes on.  The calls block in the conc way: in a
- * coroutine they park only the coroutine.
+ * coroutine they park only the coroutine, and so do the blocking file
+ * calls when conf says so (they run on an offload worker).
  */
 #ifndef CONC_EXAMPLES_FTP_SESSION_H
 #define CONC_EXAMPLES_FTP_SESSION_H
 
 #include <dirent.h>
+#include <poll.h>
 
 #include "ftp.h"
 
@@ -22,8 +24,14 @@
 struct ftp_conf {
     int rootfd;                 /* the root directory, O_PATH | O_DIRECTORY */
     uint64_t max_size;          /* the largest PUT accepted */
-    bool offload_hash;          /* hash GET's files on an offload worker (the
-                                   coroutine model: the hub runs on meanwhile) */
+    bool offload;               /* the blocking file calls (hashing, sending
+                                   GET's chunks with sendfile, writing an
+                                   upload's chunks, syncing and naming it)
+                                   on an offload worker: the
+                                   coroutine model, whose hub serves the
+                                   other sessions meanwhile */
+    struct ftp_part_note *note; /* where a forked session notes a named
+                                   temporary file; NULL: nowhere */
 };
 
 /* A file to hash on an offload worker: the job owns its descriptor (a
@@ -55,7 +63,7 @@ static void ftp_hash_job_drop(void *arg, void *result)
 static int ftp_hash_maybe_offloaded(const struct ftp_conf *conf, int fd,
                                     unsigned char h[crypto_hash_sha256_BYTES], uint64_t *size)
 {
-    if (!conf->offload_hash)
+    if (!conf->offload)
         return ftp_hash_file(fd, h, size);
     struct ftp_hash_job *j = calloc(1, sizeof *j);
     if (!j)
@@ -177,6 +185,68 @@ static int ftp_do_ls(conc_socket *c, const struct ftp_conf *conf)
     return rc;
 }
 
+/*
+ * Sends size bytes of the file fd from its start with sendfile (zero-copy);
+ * *sent gets how many went.  The socket's timeout bounds the whole call,
+ * as conc_socket_sendfile's does.  When conf says so, sendfile runs on an
+ * offload worker, since its disk reads would hold up a hub's every
+ * session: one job per chunk of up to FTP_SENDFILE_CHUNK bytes, which
+ * sends what the socket takes without waiting (ftp_job_run) on a socket of
+ * its own over a duplicate of c's descriptor.  When the socket is full,
+ * the coroutine waits for room here, parked on its hub, then hands over
+ * the next job: no worker is held by a slow client, and the socket is
+ * used by the job alone while the coroutine waits for it.  A coroutine
+ * killed meanwhile leaves the job to the worker, which frees it (closing
+ * its duplicate: the connection ends once both are closed).
+ */
+static int ftp_send_file(conc_socket *c, const struct ftp_conf *conf, int fd, uint64_t size,
+                         uint64_t *sent)
+{
+    *sent = 0;
+    if (!conf->offload) {
+        size_t n = 0;
+        int rc = conc_socket_sendfile(c, fd, 0, (size_t)size, &n);
+        *sent = n;
+        return rc;
+    }
+    double timeout = conc_socket_timeout(c);
+    int64_t deadline;
+    int rc = conc_deadline(timeout, &deadline);
+    if (rc < 0)
+        return rc;
+    struct ftp_job *j = ftp_job_new(FTP_JOB_SENDFILE, fd, -1);
+    if (!j)
+        return -errno;
+    if ((rc = conc_socket_dup(c, &j->sock)) < 0) {
+        ftp_job_free(j);
+        return rc;
+    }
+    while (rc == 0 && *sent < size) {
+        size_t want = size - *sent < FTP_SENDFILE_CHUNK ? (size_t)(size - *sent)
+                                                        : FTP_SENDFILE_CHUNK;
+        j->off = *sent;
+        j->len = want;
+        if ((rc = ftp_job_call(&j, true)) < 0)
+            break;
+        *sent += j->len;
+        if (j->rc == -ETIMEDOUT || j->rc == -EAGAIN) {
+            /* The socket is full: wait for room (timeout 0, non-blocking
+             * mode, gives -EAGAIN, as conc_socket_sendfile does). */
+            rc = conc_fd_wait_until(conc_socket_fd(c), POLLOUT, deadline);
+            if (rc == -ETIMEDOUT && timeout == 0)
+                rc = -EAGAIN;
+        } else if (j->rc < 0) {
+            rc = j->rc;
+        } else if (j->len < want) {
+            break;                  /* the end of the file: it shrank; the caller sees
+                                       sent < size */
+        }
+    }
+    if (j)
+        ftp_job_free(j);
+    return rc;
+}
+
 /* GET NAME: "OK SIZE HASH" and the file's bytes (sendfile), or ERR. */
 static int ftp_do_get(conc_socket *c, const struct ftp_conf *conf, const char *name)
 {
@@ -202,9 +272,9 @@ static int ftp_do_get(conc_socket *c, const struct ftp_conf *conf, const char *n
     ftp_hash_hex(h, hex);
     snprintf(line, sizeof line, "OK %llu %s", (unsigned long long)size, hex);
     rc = ftp_send_line(c, line);
-    size_t sent = 0;
+    uint64_t sent = 0;
     if (rc == 0 && size > 0)
-        rc = conc_socket_sendfile(c, fd, 0, (size_t)size, &sent);
+        rc = ftp_send_file(c, conf, fd, size, &sent);
     close(fd);
     if (rc == 0 && sent != size)
         rc = -EPIPE;            /* it shrank: the stream is out of step, end it */
@@ -245,9 +315,9 @@ static int ftp_do_put(conc_socket *c, struct ftp_reader *r, const struct ftp_con
     int rc = ftp_open_parent(conf->rootfd, name, &dirfd, &base);
     if (rc < 0)
         return ftp_err(c, name, ftp_open_problem(rc));
-    /* The temporary file exists before the client is told to send. */
+    /* The file exists (unnamed) before the client is told to send. */
     struct ftp_part part;
-    rc = ftp_part_open(&part, dirfd);
+    rc = ftp_part_open(&part, dirfd, conf->offload, conf->note);
     if (rc < 0) {
         rc = ftp_err(c, name, ftp_open_problem(rc));
         if (dirfd != conf->rootfd)

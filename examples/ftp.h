@@ -2,9 +2,12 @@
  * ftp.h - what ftp-server and ftp-client share: the line protocol's limits
  * (docs/ftp.md describes the protocol), a line reader over a conc socket,
  * the SHA-256 of a file (libsodium's crypto_hash_sha256), the check of a
- * name a client asks for, and the receiving side of a transfer: written
- * under a temporary name in the target directory, synced, and renamed to
- * its final name only once its size and hash match (ftp_part_open, then
+ * name a client asks for, the blocking file calls of a transfer (run in
+ * place or on an offload worker: ftp_job_call; sending a chunk of a file
+ * with sendfile among them), and the receiving side of a transfer: written
+ * to an unnamed file in the target directory (O_TMPFILE; a hidden
+ * temporary name where the file system refuses it), synced, and given its
+ * final name only once its size and hash match (ftp_part_open, then
  * ftp_part_recv).
  */
 #ifndef CONC_EXAMPLES_FTP_H
@@ -13,6 +16,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,6 +36,7 @@
 #define FTP_NAME_MAX 255            /* a name in GET and PUT, in bytes */
 #define FTP_SIZE_MAX (1ULL << 40)   /* the largest size the protocol carries */
 #define FTP_CHUNK 65536             /* bytes per read and write of a transfer */
+#define FTP_SENDFILE_CHUNK (1u << 20)   /* bytes at most per offloaded sendfile */
 #define FTP_HASH_HEX 64             /* a SHA-256 in lower-case hex */
 #define FTP_TMP_PREFIX ".ftp-part-" /* the temporary names of incoming files */
 
@@ -289,28 +295,90 @@ static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, cons
     return 0;
 }
 
-/* ------------------------------------------------------ receiving files */
-
-/* A file being received: its temporary name in its directory. */
-struct ftp_part {
-    int dirfd, fd;
-    char tmp[32];
-};
+/* ------------------------------------------------------ blocking file calls */
 
 /*
- * Creates the temporary file of an incoming file in directory dirfd: a new
- * hidden name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL, mode
- * 0644) that nothing else uses.  Returns 0, or the open's -errno.
+ * A blocking file call of a transfer - hashing and writing a chunk,
+ * sending one from the file with sendfile (whose disk reads block), or
+ * storing a received file under its name - run in the calling thread, or
+ * on an offload worker (conc/offload.h) while only the calling coroutine
+ * parks and its hub serves the others.  The job owns all that the call
+ * touches (duplicates of the descriptors, a socket of its own over a
+ * duplicate of the connection's descriptor, the chunk, copies of the
+ * names), so that a caller that stops waiting (a killed coroutine, which
+ * then closes its connection) leaves nothing the worker still uses: the
+ * worker then frees the job.
  */
-static inline int ftp_part_open(struct ftp_part *p, int dirfd)
+enum ftp_job_op {
+    FTP_JOB_WRITE,              /* hash buf[0 .. len) into hs, then write it to fd */
+    FTP_JOB_SENDFILE,           /* send up to len bytes of fd at off on sock, as many
+                                   as go without waiting */
+    FTP_JOB_STORE,              /* sync fd and give it the name base (ftp_part_recv) */
+};
+
+struct ftp_job {
+    enum ftp_job_op op;
+    int fd, dirfd;              /* duplicates (-1: none), closed by ftp_job_free */
+    conc_socket *sock;          /* SENDFILE: the job's own socket (conc_socket_dup of
+                                   the connection), freed by ftp_job_free */
+    int rc;                     /* WRITE: 0, or the first failed write's -errno (the
+                                   writes stop, the hashing goes on); SENDFILE: 0 (all
+                                   sent, or the end of the file), -ETIMEDOUT (the
+                                   socket is full), or the send's -errno; STORE: 0 or
+                                   -errno */
+    bool named;                 /* STORE: fd already has the name tmp */
+    size_t len;                 /* WRITE: bytes in buf; SENDFILE: asked, then sent */
+    uint64_t off;               /* SENDFILE: where in the file */
+    crypto_hash_sha256_state hs;        /* WRITE */
+    char tmp[32];               /* STORE: the temporary name in dirfd */
+    char base[FTP_NAME_MAX + 1];        /* STORE: the final name in dirfd */
+    unsigned char buf[FTP_CHUNK];
+};
+
+/* A job for op with duplicates of fd and dirfd (each -1: none), or NULL
+ * with errno set. */
+static inline struct ftp_job *ftp_job_new(enum ftp_job_op op, int fd, int dirfd)
 {
-    p->dirfd = dirfd;
-    p->fd = -1;
+    struct ftp_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->op = op;
+    j->fd = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    j->dirfd = dirfd < 0 ? -1 : fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    if ((fd >= 0 && j->fd < 0) || (dirfd >= 0 && j->dirfd < 0)) {
+        int err = errno;
+        if (j->fd >= 0)
+            close(j->fd);
+        free(j);
+        errno = err;
+        return NULL;
+    }
+    return j;
+}
+
+static inline void ftp_job_free(struct ftp_job *j)
+{
+    if (j->sock)
+        conc_socket_free(j->sock);
+    if (j->fd >= 0)
+        close(j->fd);
+    if (j->dirfd >= 0)
+        close(j->dirfd);
+    free(j);
+}
+
+/* Links the unnamed file fd (O_TMPFILE) into dirfd under a new hidden name
+ * (FTP_TMP_PREFIX and eight random hex digits), written to tmp: through
+ * /proc/self/fd, else (no /proc) with AT_EMPTY_PATH.  Returns 0 or -errno. */
+static inline int ftp_link_tmpfile(int fd, int dirfd, char tmp[32])
+{
+    char proc[40];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
     for (int tries = 0; tries < 16; tries++) {
-        snprintf(p->tmp, sizeof p->tmp, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
-        p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                       0644);
-        if (p->fd >= 0)
+        snprintf(tmp, 32, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+        if (linkat(AT_FDCWD, proc, dirfd, tmp, AT_SYMLINK_FOLLOW) == 0)
+            return 0;
+        if (errno == ENOENT && linkat(fd, "", dirfd, tmp, AT_EMPTY_PATH) == 0)
             return 0;
         if (errno != EEXIST)
             return -errno;
@@ -318,78 +386,232 @@ static inline int ftp_part_open(struct ftp_part *p, int dirfd)
     return -EEXIST;
 }
 
+static inline void *ftp_job_run(void *arg)
+{
+    struct ftp_job *j = arg;
+    switch (j->op) {
+    case FTP_JOB_WRITE:
+        crypto_hash_sha256_update(&j->hs, j->buf, (unsigned long long)j->len);
+        for (size_t off = 0; off < j->len && j->rc == 0;) {
+            ssize_t w = write(j->fd, j->buf + off, j->len - off);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                j->rc = w < 0 ? -errno : -EIO;
+            else
+                off += (size_t)w;
+        }
+        break;
+    case FTP_JOB_SENDFILE: {
+        /* A deadline already passed (0): the call never waits for room.
+         * It sends what the socket takes (SIGPIPE blocked around
+         * sendfile(2): a client that is gone is -EPIPE) and says
+         * -ETIMEDOUT, with the count so far, once the socket is full; the
+         * caller waits for room on its hub, not here. */
+        size_t n = 0;
+        j->rc = conc_socket_sendfile_until(j->sock, j->fd, (off_t)j->off, j->len, &n, 0);
+        j->len = n;
+        break;
+    }
+    case FTP_JOB_STORE:
+        /* Synced, then named (an unnamed file first gets a temporary name:
+         * linkat cannot replace a file, rename can), then renamed over
+         * base in one step. */
+        if (fsync(j->fd) < 0) {
+            j->rc = -errno;
+            break;
+        }
+        if (!j->named && (j->rc = ftp_link_tmpfile(j->fd, j->dirfd, j->tmp)) < 0)
+            break;
+        if (renameat(j->dirfd, j->tmp, j->dirfd, j->base) < 0) {
+            j->rc = -errno;
+            if (!j->named)
+                unlinkat(j->dirfd, j->tmp, 0);   /* the caller knows only named ones */
+        }
+        break;
+    }
+    return j;
+}
+
+static inline void ftp_job_abandoned(void *arg, void *result)
+{
+    (void)result;
+    ftp_job_free(arg);
+}
+
 /*
- * Receives a file of `size` bytes from r into the temporary file p (which
- * it closes), hashing the bytes as they are written, then syncs it and
- * renames it to base (in the same directory) only when every byte came and
- * the SHA-256 equals want; in every other case it is removed, so that a
- * partial or corrupted transfer never appears under base.  Each read waits
- * until idle_ns after the last one (< 0: forever).  A write that fails
- * (-ENOSPC...) does not stop the reading: the stream stays in step, at the
- * end of the file's bytes.  Returns 0; -EBADMSG when the hash differs;
- * -EPIPE when the stream ended early; the socket's -errno (the stream is
- * then out of step); the file system's -errno (in step).
+ * Runs the job *jp: in the calling thread, or with offload on an offload
+ * worker.  Returns 0 once it ran (its outcome is in the job); -EAGAIN,
+ * -ENOMEM when the worker pool did not take it (it did not run, the job is
+ * still the caller's); -ECANCELED when the calling coroutine was killed
+ * while it ran: the job is then the worker's, which frees it, and *jp
+ * becomes NULL.
+ */
+static inline int ftp_job_call(struct ftp_job **jp, bool offload)
+{
+    if (!offload) {
+        ftp_job_run(*jp);
+        return 0;
+    }
+    conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
+    oo.abandon = ftp_job_abandoned;
+    int rc = conc_offload_opts_until(ftp_job_run, *jp, NULL, CONC_NO_DEADLINE, &oo);
+    if (rc < 0 && rc != -EAGAIN && rc != -EINVAL && rc != -ENOMEM)
+        *jp = NULL;             /* accepted, and runs on without us */
+    return rc;
+}
+
+/* ------------------------------------------------------ receiving files */
+
+/*
+ * Where a process that receives one file at a time (a forked session)
+ * notes the named temporary file it receives into, so that its stop
+ * signal's handler can remove it (ftp_part_note_remove) before it exits.
+ * Only the fallback of ftp_part_open has a name to note.
+ */
+struct ftp_part_note {
+    volatile sig_atomic_t set;
+    int dirfd;
+    char tmp[32];
+};
+
+/* Removes the noted temporary file, if any; async-signal-safe. */
+static inline void ftp_part_note_remove(const struct ftp_part_note *n)
+{
+    if (n->set)
+        unlinkat(n->dirfd, n->tmp, 0);
+}
+
+/* A file being received into directory dirfd. */
+struct ftp_part {
+    int dirfd, fd;
+    bool named;                 /* the fallback: fd has the name tmp */
+    bool offload;               /* its file calls on an offload worker */
+    struct ftp_part_note *note; /* where a named one is noted; NULL: nowhere */
+    char tmp[32];
+};
+
+/*
+ * Creates the file an incoming file is written to, in directory dirfd:
+ * with O_TMPFILE, so that it has no name at all until it is complete
+ * (whatever ends the process meanwhile, even SIGKILL, leaves nothing
+ * behind); where the file system refuses O_TMPFILE, under a new hidden
+ * name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL), noted in note
+ * (unless NULL) for a stop signal's handler.  Mode 0644 (less the umask).
+ * offload: ftp_part_recv's file calls run on an offload worker.  Returns
+ * 0, or the open's -errno.
+ */
+static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
+                                struct ftp_part_note *note)
+{
+    p->dirfd = dirfd;
+    p->offload = offload;
+    p->note = note;
+    p->named = false;
+    p->tmp[0] = '\0';
+    p->fd = openat(dirfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    if (p->fd >= 0)
+        return 0;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+        return -errno;
+    p->named = true;
+    for (int tries = 0; tries < 16; tries++) {
+        snprintf(p->tmp, sizeof p->tmp, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+        p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                       0644);
+        if (p->fd >= 0) {
+            if (note) {
+                note->dirfd = dirfd;
+                memcpy(note->tmp, p->tmp, sizeof note->tmp);
+                atomic_signal_fence(memory_order_seq_cst);
+                note->set = 1;
+            }
+            return 0;
+        }
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+/* Closes p's file and removes it unless it was stored (rc == 0). */
+static inline void ftp_part_end(struct ftp_part *p, int rc)
+{
+    if (p->fd >= 0)
+        close(p->fd);
+    p->fd = -1;
+    if (rc < 0 && p->named)
+        unlinkat(p->dirfd, p->tmp, 0);
+    if (p->named && p->note)
+        p->note->set = 0;
+}
+
+/*
+ * Receives a file of `size` bytes from r into p (which it closes), hashing
+ * the bytes as they are written, then syncs it and gives it the name base
+ * (in the same directory, replacing a file of that name in one step) only
+ * when every byte came and the SHA-256 equals want; in every other case it
+ * is removed, so that a partial or corrupted transfer never appears under
+ * base.  Each read waits until idle_ns after the last one (< 0: forever).
+ * A write that fails (-ENOSPC...) does not stop the reading: the stream
+ * stays in step, at the end of the file's bytes.  Returns 0; -EBADMSG when
+ * the hash differs; -EPIPE when the stream ended early; the socket's
+ * -errno (the stream is then out of step); -ECANCELED; the file system's
+ * -errno (in step).
  */
 static inline int ftp_part_recv(struct ftp_part *p, struct ftp_reader *r, const char *base,
                                 uint64_t size, const unsigned char want[crypto_hash_sha256_BYTES],
                                 int64_t idle_ns)
 {
-    unsigned char *buf = malloc(FTP_CHUNK);
-    int rc = buf ? 0 : -ENOMEM;
-    crypto_hash_sha256_state hs;
-    crypto_hash_sha256_init(&hs);
-    uint64_t got = 0;
-    int write_rc = 0;           /* a failed write: the rest is read and dropped */
-    while (rc == 0 && got < size) {
+    struct ftp_job *j = ftp_job_new(FTP_JOB_WRITE, p->fd, p->dirfd);
+    int rc = j ? 0 : -errno;
+    if (j)
+        crypto_hash_sha256_init(&j->hs);
+    for (uint64_t got = 0; rc == 0 && got < size;) {
+        /* A whole chunk (or the rest) first, then one call to write it. */
         size_t want_n = size - got < FTP_CHUNK ? (size_t)(size - got) : FTP_CHUNK;
-        int64_t deadline = idle_ns < 0 ? -1 : conc_now() + idle_ns;
-        ssize_t k = ftp_read_some(r, buf, want_n, deadline);
-        if (k == 0) {
-            rc = -EPIPE;
-            break;
-        }
-        if (k < 0) {
-            rc = (int)k;
-            break;
-        }
-        crypto_hash_sha256_update(&hs, buf, (unsigned long long)k);
-        for (ssize_t off = 0; off < k && write_rc == 0;) {
-            ssize_t w = write(p->fd, buf + off, (size_t)(k - off));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                write_rc = w < 0 ? -errno : -EIO;
+        for (j->len = 0; rc == 0 && j->len < want_n;) {
+            int64_t deadline = idle_ns < 0 ? -1 : conc_now() + idle_ns;
+            ssize_t k = ftp_read_some(r, j->buf + j->len, want_n - j->len, deadline);
+            if (k == 0)
+                rc = -EPIPE;
+            else if (k < 0)
+                rc = (int)k;
             else
-                off += w;
+                j->len += (size_t)k;
         }
-        got += (uint64_t)k;
+        if (rc == 0)
+            rc = ftp_job_call(&j, p->offload);
+        got += want_n;
     }
-    free(buf);
     if (rc == 0)
-        rc = write_rc;
-    unsigned char h[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256_final(&hs, h);
-    if (rc == 0 && sodium_memcmp(h, want, sizeof h) != 0)
-        rc = -EBADMSG;
-    if (rc == 0 && fsync(p->fd) < 0)
-        rc = -errno;
-    if (close(p->fd) < 0 && rc == 0)
-        rc = -errno;
-    p->fd = -1;
-    if (rc == 0 && renameat(p->dirfd, p->tmp, p->dirfd, base) < 0)
-        rc = -errno;
-    if (rc < 0)
-        unlinkat(p->dirfd, p->tmp, 0);
+        rc = j->rc;             /* a failed write */
+    if (rc == 0) {
+        unsigned char h[crypto_hash_sha256_BYTES];
+        crypto_hash_sha256_final(&j->hs, h);
+        if (sodium_memcmp(h, want, sizeof h) != 0)
+            rc = -EBADMSG;
+    }
+    if (rc == 0) {
+        j->op = FTP_JOB_STORE;
+        j->named = p->named;
+        memcpy(j->tmp, p->tmp, sizeof j->tmp);
+        snprintf(j->base, sizeof j->base, "%s", base);
+        rc = ftp_job_call(&j, p->offload);
+        if (rc == 0)
+            rc = j->rc;
+    }
+    if (j)
+        ftp_job_free(j);
+    ftp_part_end(p, rc);
     return rc;
 }
 
-/* Removes a temporary file that will not be received (after
- * ftp_part_open, instead of ftp_part_recv). */
+/* Removes a file that will not be received (after ftp_part_open, instead
+ * of ftp_part_recv). */
 static inline void ftp_part_drop(struct ftp_part *p)
 {
-    close(p->fd);
-    p->fd = -1;
-    unlinkat(p->dirfd, p->tmp, 0);
+    ftp_part_end(p, -ECANCELED);
 }
 
 #endif

@@ -532,6 +532,9 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
         { "--model", "coroutine", "--stack", "shared", "0", NULL },
         { "--stack", "copied", "0", NULL },
         { "--model", "reactor", "--stack", "own", "0", NULL },
+        { "--model", "threading", "--workers", "4", "0", NULL },
+        { "--model", "forking", "--workers", "1", "0", NULL },
+        { "--workers", "2", "0", NULL },
     };
     const char *const needle[] = {
         "missing PORT", "PORT wants a whole number from 0 to 65535, not 'abc'",
@@ -543,6 +546,9 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
         "--stack wants own or copied, not 'shared'",
         "--stack is for the coroutine and prefork models, not 'epoll'",
         "--stack is for the coroutine and prefork models, not 'reactor'",
+        "--workers is for the prefork, coroutine and reactor models, not 'threading'",
+        "--workers is for the prefork, coroutine and reactor models, not 'forking'",
+        "--workers is for the prefork, coroutine and reactor models, not 'epoll'",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_refused("echo-upper-server", bad[i]);

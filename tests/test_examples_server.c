@@ -6,10 +6,12 @@
  * ftp-client (ls, get and put round trips with the contents compared,
  * names that leave the root refused while the server keeps serving, a
  * corrupted or cut upload never stored, a corrupted download never saved,
- * many clients at once), stopping by SIGTERM (exit 0, the stop line, also
- * with a call or a session still open: it is cut after the grace), the
- * descriptors and child processes of a server back to where they started,
- * and bad command lines.
+ * nothing of an upload left by a stop or a killed session process, stale
+ * temporary files removed at start, the coroutine model's file calls and
+ * GET's sendfile made off its hubs, many clients at once), stopping by
+ * SIGTERM (exit 0, the stop line, also with a call or a session still
+ * open: it is cut after the grace), the descriptors and child processes of
+ * a server back to where they started, and bad command lines.
  *
  * Servers listen on port 0 and the port is read from their ready line, so
  * tests never race for a port; no test sleeps to synchronise (waits for a
@@ -625,6 +627,160 @@ Test(ftp, traversal_refused_coroutine, .timeout = 60)
     traversal_refused("coroutine");
 }
 
+/* Whether the file system of dir refuses unnamed files (O_TMPFILE): the
+ * server then gives an upload a temporary name from the start. */
+static bool tmpfile_refused(const char *dir)
+{
+    int fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
+    return fd < 0;
+}
+
+/* The names in dir, sorted, one a line (free it). */
+static char *listing(const char *dir)
+{
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    cr_assert_geq(n, 0, "%s: %s", dir, strerror(errno));
+    struct buf b = { 0 };
+    buf_add(&b, "", 0);
+    for (int i = 0; i < n; i++) {
+        buf_add(&b, names[i]->d_name, strlen(names[i]->d_name));
+        buf_add(&b, "\n", 1);
+        free(names[i]);
+    }
+    free(names);
+    return b.data;
+}
+
+/* Checks that dir holds the names of `before` (a listing), nothing new. */
+static void assert_listing(const char *dir, const char *before, const char *when)
+{
+    char *now = listing(dir);
+    cr_assert_str_eq(now, before, "%s: %s holds other names than before", when, dir);
+    free(now);
+}
+
+/* Starts a PUT of a large declared size on a new session and sends a part
+ * of it; returns the session. */
+static int start_partial_put(int port)
+{
+    int fd = ftp_raw(port);
+    char hex[65], line[512];
+    sha_hex("never sent whole", 16, hex);
+    snprintf(line, sizeof line, "PUT partial.bin 4000000 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "OK ready");
+    char *chunk = calloc(1, 300000);
+    cr_assert_not_null(chunk);
+    send_all(fd, chunk, 300000);
+    free(chunk);
+    return fd;
+}
+
+/* A server stopped (SIGTERM) while an upload comes in leaves nothing of
+ * it in the root, in each model (the forking model's session process is
+ * killed after the grace). */
+static void stop_during_put(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    char *before = listing(t.root);
+    struct srv s = start_ftp(&t, model);
+    int fd = start_partial_put(s.port);
+    stop_ftp(&s, 1);
+    expect_eof(fd);
+    close(fd);
+    assert_listing(t.root, before, model);
+    free(before);
+    remove_tree(&t);
+}
+
+Test(ftp, stop_during_put_threading, .timeout = 120)
+{
+    stop_during_put("threading");
+}
+
+Test(ftp, stop_during_put_forking, .timeout = 120)
+{
+    stop_during_put("forking");
+}
+
+Test(ftp, stop_during_put_coroutine, .timeout = 120)
+{
+    stop_during_put("coroutine");
+}
+
+/* A forked session killed with SIGKILL in the middle of an upload leaves
+ * nothing of it in the root: not by the server's next command, not after
+ * its stop. */
+Test(ftp, killed_session_during_put_forking, .timeout = 120)
+{
+    struct tree t;
+    make_tree(&t);
+    char *before = listing(t.root);
+    struct srv s = start_ftp(&t, "forking");
+    int fd = start_partial_put(s.port);
+    pid_t kids[8];
+    cr_assert_eq(children_of(s.pid, kids, 8), 1, "the session's process is not the one child");
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    expect_eof(fd);
+    close(fd);
+    int64_t deadline = conc_now() + GUARD_NS;
+    while (children_of(s.pid, kids, 8) != 0) {     /* reaped */
+        cr_assert_lt(conc_now(), deadline, "the killed session is never reaped");
+        usleep(1000);
+    }
+    fd = ftp_raw(s.port);
+    send_str(fd, "LS\n");
+    expect_line(fd, "OK 3");
+    expect_line(fd, "3145728 big.bin");
+    expect_line(fd, "0 empty");
+    expect_line(fd, "11 hello.txt");
+    assert_listing(t.root, before, "after the next command");
+    raw_quit(fd);
+    stop_ftp(&s, 2);
+    assert_listing(t.root, before, "after the stop");
+    free(before);
+    remove_tree(&t);
+}
+
+/* Temporary upload files that a killed server may leave (where the file
+ * system refuses unnamed files) are removed when a server starts on that
+ * root, in it and in its directories; other hidden names are left alone. */
+Test(ftp, stale_temporary_files_removed_at_start, .timeout = 60)
+{
+    struct tree t;
+    make_tree(&t);
+    char *before = listing(t.root);
+    const char *stale[] = { ".ftp-part-0badf00d", "sub/.ftp-part-12345678" };
+    const char *kept[] = { ".ftp-part-keep", ".ftp-part-0BADF00D", ".ftp-part-123456789" };
+    char p[512];
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", t.root, stale[i]);
+        write_file(p, "partial", 7);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", t.root, kept[i]);
+        write_file(p, "mine", 4);
+    }
+    struct srv s = start_ftp(&t, "threading");
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", t.root, stale[i]);
+        cr_assert_eq(access(p, F_OK), -1, "%s was left", stale[i]);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", t.root, kept[i]);
+        cr_assert_eq(access(p, F_OK), 0, "%s was removed", kept[i]);
+        cr_assert_eq(unlink(p), 0);
+    }
+    assert_listing(t.root, before, "the stale files");
+    stop_ftp(&s, 0);
+    free(before);
+    remove_tree(&t);
+}
+
 /* Waits (hang guard) until dir holds no temporary file. */
 static void wait_no_part(const char *dir)
 {
@@ -704,7 +860,9 @@ static void bad_uploads(const char *model)
     snprintf(line, sizeof line, "PUT cut.bin 1000 %s\n", hex);
     send_str(fd2, line);
     expect_line(fd2, "OK ready");
-    cr_assert_eq(count_prefixed(t.root, ".ftp-part-"), 1, "no temporary file while it comes");
+    /* The file it comes into has no name (O_TMPFILE), or a temporary one
+     * where the file system refuses that. */
+    cr_assert_eq(count_prefixed(t.root, ".ftp-part-"), tmpfile_refused(t.root) ? 1 : 0);
     snprintf(p, sizeof p, "%s/cut.bin", t.root);
     cr_assert_eq(access(p, F_OK), -1);
     send_str(fd2, "0123456789");
@@ -738,6 +896,142 @@ Test(ftp, bad_uploads_forking, .timeout = 120)
 Test(ftp, bad_uploads_coroutine, .timeout = 120)
 {
     bad_uploads("coroutine");
+}
+
+/* The threads of pid (at most cap) and, for each, a counter of its
+ * /proc/PID/task/TID/io ("rchar: " or "wchar: ": the bytes its read-like
+ * or write-like calls moved, sendfile's both ways). */
+static int thread_io(pid_t pid, const char *counter, pid_t *tids, uint64_t *vals, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert_not_null(d, "%s", path);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL && n < cap;) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        char io[320], text[512];
+        snprintf(io, sizeof io, "/proc/%d/task/%s/io", (int)pid, e->d_name);
+        int fd = open(io, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;               /* it ended meanwhile */
+        ssize_t k = read(fd, text, sizeof text - 1);
+        close(fd);
+        if (k <= 0)
+            continue;
+        text[k] = '\0';
+        const char *at = strstr(text, counter);
+        cr_assert_not_null(at, "%s: no %s", io, counter);
+        tids[n] = (pid_t)atoi(e->d_name);
+        vals[n++] = strtoull(at + strlen(counter), NULL, 10);
+    }
+    closedir(d);
+    return n;
+}
+
+/* The process's counter in /proc/PID/io (every thread's, those that ended
+ * too). */
+static uint64_t process_io(pid_t pid, const char *counter)
+{
+    char io[64], text[512];
+    snprintf(io, sizeof io, "/proc/%d/io", (int)pid);
+    int fd = open(io, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "%s: %s", io, strerror(errno));
+    ssize_t k = read(fd, text, sizeof text - 1);
+    close(fd);
+    cr_assert_gt(k, 0, "%s", io);
+    text[k] = '\0';
+    const char *at = strstr(text, counter);
+    cr_assert_not_null(at, "%s: no %s", io, counter);
+    return strtoull(at + strlen(counter), NULL, 10);
+}
+
+/* Checks that none of the threads (tids, with their counter at vals) that
+ * are still there moved half of `bytes` or more since. */
+static void assert_threads_moved_little(pid_t pid, const char *counter, const pid_t *tids,
+                                        const uint64_t *vals, int n, uint64_t bytes,
+                                        const char *what)
+{
+    pid_t now_t[64];
+    uint64_t now_v[64];
+    int m = thread_io(pid, counter, now_t, now_v, 64);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < m; k++)
+            if (now_t[k] == tids[i])
+                cr_assert_lt(now_v[k] - vals[i], bytes / 2,
+                             "%s: thread %d (a hub's) did it itself (%s%llu more)", what,
+                             (int)tids[i], counter, (unsigned long long)(now_v[k] - vals[i]));
+}
+
+/* In the coroutine model an upload's file writes and a download's file
+ * reads are not made by the hubs' threads (they run on offload workers,
+ * so that a slow disk holds up no other session): the threads the server
+ * had before the transfers move few of the file's bytes.  A download goes
+ * out with sendfile on the workers: wchar counts what write-like calls and
+ * sendfile move, not send(2) and sendmsg(2) (the server's other socket
+ * writes), so the process's wchar grows by the whole file only when
+ * sendfile sent it, and the hubs' wchar shows it was not theirs. */
+Test(ftp, coroutine_file_calls_leave_the_hubs, .timeout = 120)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, "coroutine");
+    ftp_settled_base(&s);               /* the hubs are all there */
+    pid_t tids[64];
+    uint64_t vals[64];
+    int n = thread_io(s.pid, "wchar: ", tids, vals, 64);
+    cr_assert_gt(n, 0);
+
+    int fd = ftp_raw(s.port);
+    char *big = big_data();
+    char hex[65], line[256];
+    sha_hex(big, BIG, hex);
+    snprintf(line, sizeof line, "PUT copy.bin %u %s\n", BIG, hex);
+    send_str(fd, line);
+    expect_line(fd, "OK ready");
+    send_all(fd, big, BIG);
+    snprintf(line, sizeof line, "OK stored %u", BIG);
+    expect_line(fd, line);
+    assert_threads_moved_little(s.pid, "wchar: ", tids, vals, n, BIG, "the upload's writes");
+
+    /* The same threads' (not the workers that came meanwhile) reads and
+     * writes. */
+    pid_t now_t[64], w_t[64];
+    uint64_t now_v[64], w_v[64], wvals[64];
+    int m = thread_io(s.pid, "rchar: ", now_t, now_v, 64), kept = 0;
+    int mw = thread_io(s.pid, "wchar: ", w_t, w_v, 64);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < m; k++)
+            for (int q = 0; q < mw; q++)
+                if (now_t[k] == tids[i] && w_t[q] == tids[i]) {
+                    tids[kept] = tids[i];
+                    vals[kept] = now_v[k];
+                    wvals[kept++] = w_v[q];
+                }
+    n = kept;
+    uint64_t wall = process_io(s.pid, "wchar: ");   /* send(2) adds nothing */
+    send_str(fd, "GET big.bin\n");
+    snprintf(line, sizeof line, "OK %u %s", BIG, hex);
+    expect_line(fd, line);
+    char *got = malloc(BIG);
+    cr_assert_not_null(got);
+    recv_exact(fd, got, BIG);
+    cr_assert_eq(memcmp(got, big, BIG), 0);
+    assert_threads_moved_little(s.pid, "rchar: ", tids, vals, n, BIG, "the download's reads");
+    assert_threads_moved_little(s.pid, "wchar: ", tids, wvals, n, BIG, "the download's sends");
+    free(got);
+    free(big);
+    raw_quit(fd);               /* its answer comes once the last sendfile returned */
+    uint64_t wrote = process_io(s.pid, "wchar: ") - wall;
+    cr_assert_geq(wrote, BIG, "the process wrote %llu bytes for a download of %u",
+                  (unsigned long long)wrote, BIG);
+    char stored[256], orig[256];
+    snprintf(stored, sizeof stored, "%s/copy.bin", t.root);
+    snprintf(orig, sizeof orig, "%s/big.bin", t.root);
+    assert_same_file(stored, orig);
+    stop_ftp(&s, 2);
+    remove_tree(&t);
 }
 
 /* 20 clients connected at once each get the greeting before any sends a
@@ -806,6 +1100,112 @@ Test(ftp, many_clients_forking, .timeout = 120)
 Test(ftp, many_clients_coroutine, .timeout = 120)
 {
     many_clients("coroutine");
+}
+
+/* Reads fd until its peer closes it (hang guard); returns the bytes read. */
+static size_t drain_to_eof(int fd)
+{
+    static char buf[65536];
+    size_t total = 0;
+    for (;;) {
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        cr_assert_gt(poll(&pf, 1, GUARD_MS), 0, "the connection was never closed");
+        ssize_t k = recv(fd, buf, sizeof buf, 0);
+        if (k == 0 || (k < 0 && errno == ECONNRESET))
+            return total;
+        cr_assert_gt(k, 0, "recv: %s", strerror(errno));
+        total += (size_t)k;
+    }
+}
+
+/* A session whose receive buffer is small: what the server can send
+ * before it waits for the client is bounded by that and its send buffer
+ * (at most net.ipv4.tcp_wmem's 4 MiB by default). */
+static int ftp_raw_small(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    int small = 16384;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
+                 strerror(errno));
+    expect_line(fd, "OK ftp-server ready");
+    return fd;
+}
+
+#define HUGE (16u << 20)        /* bytes of huge.bin (zeros, sparse) */
+
+/* Clients that stop reading a download (of a file larger than the socket
+ * buffers hold) hold up no other: another client gets a whole file
+ * meanwhile.  One that then goes away ends its session, which leaves no
+ * descriptor behind (in the coroutine model: neither the sendfile job's
+ * duplicates); one still silent when the server stops is cut after the
+ * grace and the server ends cleanly (the coroutine model's session is
+ * killed while it waits for room, or while a sendfile job runs, which then
+ * ends on its worker). */
+static void silent_downloaders(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int base = ftp_settled_base(&s);
+    char p[256], hex[65], ok[128];
+    snprintf(p, sizeof p, "%s/huge.bin", t.root);
+    int hfd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    cr_assert_geq(hfd, 0, "%s: %s", p, strerror(errno));
+    cr_assert_eq(ftruncate(hfd, HUGE), 0);
+    close(hfd);
+    char *zeros = calloc(1, HUGE);
+    cr_assert_not_null(zeros);
+    sha_hex(zeros, HUGE, hex);
+    free(zeros);
+    char huge_ok[128];
+    snprintf(huge_ok, sizeof huge_ok, "OK %u %s", HUGE, hex);
+    char *want = big_data();
+    sha_hex(want, BIG, hex);
+    snprintf(ok, sizeof ok, "OK %u %s", BIG, hex);
+    char *got = malloc(BIG);
+    cr_assert_not_null(got);
+
+    int silent = ftp_raw_small(s.port);
+    send_str(silent, "GET huge.bin\n");
+    expect_line(silent, huge_ok);
+    int fd = ftp_raw(s.port);
+    send_str(fd, "GET big.bin\n");
+    expect_line(fd, ok);
+    recv_exact(fd, got, BIG);
+    cr_assert_eq(memcmp(got, want, BIG), 0, "model %s: other bytes", model);
+    raw_quit(fd);
+    close(silent);              /* gone, its download unread */
+    wait_settled(s.pid, base);
+
+    silent = ftp_raw_small(s.port);
+    send_str(silent, "GET huge.bin\n");
+    expect_line(silent, huge_ok);
+    stop_ftp(&s, 4);
+    size_t n = drain_to_eof(silent);
+    cr_assert_lt(n, HUGE, "model %s: the silent client got the whole file", model);
+    close(silent);
+    free(got);
+    free(want);
+    remove_tree(&t);
+}
+
+Test(ftp, silent_downloaders_threading, .timeout = 120)
+{
+    silent_downloaders("threading");
+}
+
+Test(ftp, silent_downloaders_forking, .timeout = 120)
+{
+    silent_downloaders("forking");
+}
+
+Test(ftp, silent_downloaders_coroutine, .timeout = 120)
+{
+    silent_downloaders("coroutine");
 }
 
 /* A server (in a thread of the test) that answers GET with a SHA-256 that
