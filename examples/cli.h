@@ -13,6 +13,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -370,44 +371,73 @@ static inline void raise_nofile(void)
     }
 }
 
-/* The thread that takes the stop signals (catch_stop_signals): it sleeps,
- * with them unblocked, for as long as the process lives. */
+/* The thread that takes the stop signals (catch_stop_signals): it waits
+ * for them with sigwaitinfo (blocked, as in every thread) and calls the
+ * server's on_stop as a plain function, until end_stop_signals. */
+static struct {
+    pthread_t thread;
+    bool started;
+    atomic_int ending;
+    void (*on_stop)(int);
+} stop_signals;
+
 static inline void *stop_signal_main(void *arg)
 {
-    sigset_t *set = arg;
-    pthread_sigmask(SIG_UNBLOCK, set, NULL);
-    for (;;)
-        sleep(3600);
-    return NULL;
+    (void)arg;
+    sigset_t set;
+    stop_signal_set(&set);
+    for (;;) {
+        int sig = sigwaitinfo(&set, NULL);
+        if (atomic_load(&stop_signals.ending))
+            return NULL;
+        if (sig > 0)
+            stop_signals.on_stop(sig);
+    }
 }
 
-/* For a server that stops from a signal handler: on_stop runs on SIGINT and
- * SIGTERM, and SIGPIPE is ignored (a client gone mid-reply is an error
- * return, not the end of the server).  The two signals are delivered to a
- * thread of their own, which does nothing else: the calling thread blocks
- * them, and so does every thread it starts later (the server's handler
- * threads, hubs and loops inherit its mask).  So a handler never runs in
- * the middle of a request's code, on a coroutine's stack or in a thread
- * holding a lock, and a sanitizer that holds a signal back until the code
- * it landed on calls into its runtime (ThreadSanitizer does, per coroutine)
- * never holds it for a coroutine that is parked.  Call it before any other
+/* For a server that stops on a signal: on_stop runs on SIGINT and SIGTERM,
+ * and SIGPIPE is ignored (a client gone mid-reply is an error return, not
+ * the end of the server).  The calling thread blocks the two signals, and
+ * so does every thread it starts later (the server's handler threads, hubs
+ * and loops inherit its mask); a thread of their own takes them with
+ * sigwaitinfo and calls on_stop, outside any signal context.  So on_stop
+ * never interrupts a request's code, a coroutine's stack or a thread
+ * holding a lock, no sanitizer holds a signal back for a parked coroutine
+ * (ThreadSanitizer holds one until the code it landed on calls into its
+ * runtime), and end_stop_signals can tell when on_stop can no longer run.
+ * on_stop is also installed as the signals' handler, for a forked child
+ * that unblocks them (unblock_stop_signals).  Call it before any other
  * thread starts.  Returns 0, or -errno. */
 static inline int catch_stop_signals(void (*on_stop)(int))
 {
-    static sigset_t set;
+    sigset_t set;
     stop_signal_set(&set);
     struct sigaction sa = { .sa_handler = on_stop };
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
         return -errno;
     signal(SIGPIPE, SIG_IGN);
+    stop_signals.on_stop = on_stop;
+    atomic_store(&stop_signals.ending, 0);
     int e = pthread_sigmask(SIG_BLOCK, &set, NULL);
-    pthread_t t;
     if (!e)
-        e = pthread_create(&t, NULL, stop_signal_main, &set);
-    if (!e)
-        e = pthread_detach(t);
+        e = pthread_create(&stop_signals.thread, NULL, stop_signal_main, NULL);
+    stop_signals.started = e == 0;
     return -e;
+}
+
+/* Ends the thread of catch_stop_signals and waits for it: once it returns,
+ * on_stop runs no more (a call in progress has finished), so what on_stop
+ * uses may be freed.  Stop signals that come later stay pending, blocked,
+ * until the process exits. */
+static inline void end_stop_signals(void)
+{
+    if (!stop_signals.started)
+        return;
+    atomic_store(&stop_signals.ending, 1);
+    pthread_kill(stop_signals.thread, SIGTERM);
+    pthread_join(stop_signals.thread, NULL);
+    stop_signals.started = false;
 }
 
 /* In a process forked from a server that called catch_stop_signals (one

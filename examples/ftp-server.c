@@ -228,6 +228,7 @@ int main(int argc, char **argv)
                   conc_server_model_name(model));
 
     rc = conc_server_serve_forever(server, CONC_SERVER_POLL_INTERVAL);
+    end_stop_signals();             /* on_stop uses server: no call after this */
     conc_server_stats st = { 0 };
     conc_server_get_stats(server, &st);
     conc_server_free(server);

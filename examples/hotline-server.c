@@ -161,6 +161,7 @@ int main(int argc, char **argv)
     say_listening(conc_server_address(server, &at), &at, where, "model %s", "threading");
 
     rc = conc_server_serve_forever(server, CONC_SERVER_POLL_INTERVAL);
+    end_stop_signals();             /* on_stop uses server: no call after this */
     conc_server_stats st = { 0 };
     conc_server_get_stats(server, &st);
     conc_server_free(server);
