@@ -45,6 +45,12 @@
 #include "support/example_server.h"
 #define GUARD_NS (GUARD_MS * 1000000LL)
 
+/* The three Tests of a check run against each model of ftp-server. */
+#define EACH_FTP_MODEL(check, secs)                                                     \
+    Test(ftp, check##_threading, .timeout = secs) { check("threading"); }                \
+    Test(ftp, check##_forking, .timeout = secs) { check("forking"); }                    \
+    Test(ftp, check##_coroutine, .timeout = secs) { check("coroutine"); }
+
 /* ------------------------------------------------------------- servers */
 
 /* Stops the server with SIGTERM and checks the clean end: exit 0, the
@@ -533,20 +539,7 @@ static void client_round_trips(const char *model)
     remove_tree(&t);
 }
 
-Test(ftp, client_round_trips_threading, .timeout = 120)
-{
-    client_round_trips("threading");
-}
-
-Test(ftp, client_round_trips_forking, .timeout = 120)
-{
-    client_round_trips("forking");
-}
-
-Test(ftp, client_round_trips_coroutine, .timeout = 120)
-{
-    client_round_trips("coroutine");
-}
+EACH_FTP_MODEL(client_round_trips, 120)
 
 /* Every way out of the root is refused with an ERR line, nothing outside
  * is read or written, and the same session (and the server) goes on. */
@@ -612,20 +605,7 @@ static void traversal_refused(const char *model)
     remove_tree(&t);
 }
 
-Test(ftp, traversal_refused_threading, .timeout = 60)
-{
-    traversal_refused("threading");
-}
-
-Test(ftp, traversal_refused_forking, .timeout = 60)
-{
-    traversal_refused("forking");
-}
-
-Test(ftp, traversal_refused_coroutine, .timeout = 60)
-{
-    traversal_refused("coroutine");
-}
+EACH_FTP_MODEL(traversal_refused, 60)
 
 /* Whether the file system of dir refuses unnamed files (O_TMPFILE): the
  * server then gives an upload a temporary name from the start. */
@@ -697,20 +677,7 @@ static void stop_during_put(const char *model)
     remove_tree(&t);
 }
 
-Test(ftp, stop_during_put_threading, .timeout = 120)
-{
-    stop_during_put("threading");
-}
-
-Test(ftp, stop_during_put_forking, .timeout = 120)
-{
-    stop_during_put("forking");
-}
-
-Test(ftp, stop_during_put_coroutine, .timeout = 120)
-{
-    stop_during_put("coroutine");
-}
+EACH_FTP_MODEL(stop_during_put, 120)
 
 /* A forked session killed with SIGKILL in the middle of an upload leaves
  * nothing of it in the root: not by the server's next command, not after
@@ -883,20 +850,7 @@ static void bad_uploads(const char *model)
     remove_tree(&t);
 }
 
-Test(ftp, bad_uploads_threading, .timeout = 120)
-{
-    bad_uploads("threading");
-}
-
-Test(ftp, bad_uploads_forking, .timeout = 120)
-{
-    bad_uploads("forking");
-}
-
-Test(ftp, bad_uploads_coroutine, .timeout = 120)
-{
-    bad_uploads("coroutine");
-}
+EACH_FTP_MODEL(bad_uploads, 120)
 
 /* The threads of pid (at most cap) and, for each, a counter of its
  * /proc/PID/task/TID/io ("rchar: " or "wchar: ": the bytes its read-like
@@ -1087,20 +1041,7 @@ static void many_clients(const char *model)
     remove_tree(&t);
 }
 
-Test(ftp, many_clients_threading, .timeout = 120)
-{
-    many_clients("threading");
-}
-
-Test(ftp, many_clients_forking, .timeout = 120)
-{
-    many_clients("forking");
-}
-
-Test(ftp, many_clients_coroutine, .timeout = 120)
-{
-    many_clients("coroutine");
-}
+EACH_FTP_MODEL(many_clients, 120)
 
 /* Reads fd until its peer closes it (hang guard); returns the bytes read. */
 static size_t drain_to_eof(int fd)
@@ -1193,20 +1134,7 @@ static void silent_downloaders(const char *model)
     remove_tree(&t);
 }
 
-Test(ftp, silent_downloaders_threading, .timeout = 120)
-{
-    silent_downloaders("threading");
-}
-
-Test(ftp, silent_downloaders_forking, .timeout = 120)
-{
-    silent_downloaders("forking");
-}
-
-Test(ftp, silent_downloaders_coroutine, .timeout = 120)
-{
-    silent_downloaders("coroutine");
-}
+EACH_FTP_MODEL(silent_downloaders, 120)
 
 /* A server (in a thread of the test) that answers GET with a SHA-256 that
  * does not match the bytes it sends: ftp-client must save nothing. */
