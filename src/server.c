@@ -836,7 +836,7 @@ static void clear_fd(int fd)
 
 /* serve_forever of the sync, threading and forking models (and the
  * datagram coroutine server's thread). */
-static int basic_loop(conc_server *s, double poll_interval)
+static int basic_loop(conc_server *s)
 {
     size_t cap = s->o.max_datagram ? s->o.max_datagram : DEFAULT_DATAGRAM;
     unsigned char *buf = s->type == SOCK_DGRAM ? malloc(cap) : NULL;
@@ -846,7 +846,6 @@ static int basic_loop(conc_server *s, double poll_interval)
     struct conc__server_kids *k = kids_of(s);
     conc_waitable *w = NULL;
     size_t wcap = 0;
-    (void)poll_interval;            /* s->service_step */
     /* Python's order: service_actions after every pass of the loop, a
      * request taken or not, and at least every poll_interval. */
     int64_t next = conc_now() + s->service_step;
@@ -1196,7 +1195,7 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
         /* A datagram server reads in the calling thread, whose hub runs
          * a greenlet per datagram. */
         if (s->type == SOCK_DGRAM)
-            rc = basic_loop(s, poll_interval);
+            rc = basic_loop(s);
         else
             rc = conc__server_run_loops(s, conc__server_coro_loop, -1);
         break;
@@ -1204,10 +1203,10 @@ int conc_server_serve_forever(conc_server *s, double poll_interval)
         rc = conc__server_run_loops(s, conc__server_reactor_loop, -1);
         break;
     case CONC_SERVER_PREFORK:
-        rc = conc__server_prefork(s, poll_interval);
+        rc = conc__server_prefork(s);
         break;
     default:
-        rc = basic_loop(s, poll_interval);
+        rc = basic_loop(s);
         break;
     }
     int64_t stop_at = conc_now();

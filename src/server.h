@@ -187,7 +187,7 @@ CONC_HIDDEN int conc__server_reactor_loop(conc_server *s, int extra_fd);
 CONC_HIDDEN int conc__server_run_loops(conc_server *s, int (*loop)(conc_server *, int),
                                        int extra_fd);
 /* The prefork model's serve_forever. */
-CONC_HIDDEN int conc__server_prefork(conc_server *s, double poll_interval);
+CONC_HIDDEN int conc__server_prefork(conc_server *s);
 /* handle_request of the prefork model: a worker forked now waits for one
  * request until deadline and serves it; returns 0 once it took one (the
  * worker is then one of the server's children), -ETIMEDOUT, or an error. */

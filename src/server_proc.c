@@ -124,7 +124,7 @@ static int64_t start_backoff(int fails)
     return ns > (int64_t)5000000000 ? (int64_t)5000000000 : ns;
 }
 
-int conc__server_prefork(conc_server *s, double poll_interval)
+int conc__server_prefork(conc_server *s)
 {
     int n = s->o.workers > 0 ? s->o.workers : conc_process_cpu_count();
     if (n <= 0)
@@ -145,10 +145,7 @@ int conc__server_prefork(conc_server *s, double poll_interval)
     int rc = a.ws && w && ws && slot_of && fails && due ? 0 : -ENOMEM;
     for (int i = 0; i < n && rc == 0; i++)
         rc = start_worker(s, &a, i, &w[i]);
-    int64_t step = (int64_t)(poll_interval * 1e9);
-    if (step <= 0)
-        step = 1;
-    int64_t next = conc_now() + step;
+    int64_t next = conc_now() + s->service_step;
     while (rc == 0 && !conc__server_stop_asked(s)) {
         memset(ws, 0, ((size_t)n + 1) * sizeof *ws);
         ws[0].kind = CONC_WAIT_FD;
@@ -177,7 +174,7 @@ int conc__server_prefork(conc_server *s, double poll_interval)
             if (now >= next) {
                 if (s->o.service_actions)
                     s->o.service_actions(s, s->o.user);
-                next = conc_now() + step;
+                next = conc_now() + s->service_step;
             }
             continue;
         }
