@@ -34,59 +34,25 @@ struct ftp_conf {
                                    temporary file; NULL: nowhere */
 };
 
-/* A file to hash on an offload worker: the job owns its descriptor (a
- * duplicate) and itself, so that a caller that stops waiting leaves
- * nothing the worker still uses. */
-struct ftp_hash_job {
-    int fd;
-    int rc;
-    uint64_t size;
-    unsigned char h[crypto_hash_sha256_BYTES];
-};
-
-static void *ftp_hash_job_run(void *arg)
-{
-    struct ftp_hash_job *j = arg;
-    j->rc = ftp_hash_file(j->fd, j->h, &j->size);
-    close(j->fd);
-    return j;
-}
-
-static void ftp_hash_job_drop(void *arg, void *result)
-{
-    (void)result;
-    free(arg);
-}
-
-/* ftp_hash_file, on an offload worker when conf says so: the calling
- * coroutine parks and its hub serves the other sessions meanwhile. */
+/* ftp_hash_file, on an offload worker when conf says so (an FTP_JOB_HASH
+ * job): the calling coroutine parks and its hub serves the other sessions
+ * meanwhile. */
 static int ftp_hash_maybe_offloaded(const struct ftp_conf *conf, int fd,
                                     unsigned char h[crypto_hash_sha256_BYTES], uint64_t *size)
 {
     if (!conf->offload)
         return ftp_hash_file(fd, h, size);
-    struct ftp_hash_job *j = calloc(1, sizeof *j);
+    struct ftp_job *j = ftp_job_new(FTP_JOB_HASH, fd, -1);
     if (!j)
-        return -ENOMEM;
-    j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (j->fd < 0) {
-        free(j);
         return -errno;
+    int rc = ftp_job_call(&j, true);
+    if (rc == 0) {
+        memcpy(h, j->hash, sizeof j->hash);
+        *size = j->off;
+        rc = j->rc;
     }
-    conc_offload_opts oo = CONC_OFFLOAD_OPTS_INIT;
-    oo.abandon = ftp_hash_job_drop;
-    int rc = conc_offload_opts_until(ftp_hash_job_run, j, NULL, CONC_NO_DEADLINE, &oo);
-    if (rc == -EAGAIN || rc == -EINVAL || rc == -ENOMEM) {
-        close(j->fd);           /* not accepted: fn never runs */
-        free(j);
-        return rc;
-    }
-    if (rc < 0)
-        return rc;              /* it runs on, and the worker frees the job */
-    memcpy(h, j->h, sizeof j->h);
-    *size = j->size;
-    rc = j->rc;
-    free(j);
+    if (j)
+        ftp_job_free(j);            /* NULL: it runs on, and the worker frees it */
     return rc;
 }
 

@@ -297,8 +297,16 @@ static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, cons
 
 /* ------------------------------------------------------ blocking file calls */
 
+/* A new temporary name (FTP_TMP_PREFIX and eight random hex digits) in
+ * tmp. */
+static inline void ftp_tmp_name(char tmp[32])
+{
+    snprintf(tmp, 32, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+}
+
 /*
- * A blocking file call of a transfer - hashing and writing a chunk,
+ * A blocking file call of a transfer - hashing a whole file for GET,
+ * hashing and writing a chunk,
  * sending one from the file with sendfile (whose disk reads block), or
  * storing a received file under its name - run in the calling thread, or
  * on an offload worker (conc/offload.h) while only the calling coroutine
@@ -310,6 +318,8 @@ static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, cons
  * worker then frees the job.
  */
 enum ftp_job_op {
+    FTP_JOB_HASH,               /* hash all of fd (ftp_hash_file) into hash, its size
+                                   into off */
     FTP_JOB_WRITE,              /* hash buf[0 .. len) into hs, then write it to fd */
     FTP_JOB_SENDFILE,           /* send up to len bytes of fd at off on sock, as many
                                    as go without waiting */
@@ -328,7 +338,8 @@ struct ftp_job {
                                    -errno */
     bool named;                 /* STORE: fd already has the name tmp */
     size_t len;                 /* WRITE: bytes in buf; SENDFILE: asked, then sent */
-    uint64_t off;               /* SENDFILE: where in the file */
+    uint64_t off;               /* SENDFILE: where in the file; HASH: its size */
+    unsigned char hash[crypto_hash_sha256_BYTES];   /* HASH */
     crypto_hash_sha256_state hs;        /* WRITE */
     char tmp[32];               /* STORE: the temporary name in dirfd */
     char base[FTP_NAME_MAX + 1];        /* STORE: the final name in dirfd */
@@ -375,7 +386,7 @@ static inline int ftp_link_tmpfile(int fd, int dirfd, char tmp[32])
     char proc[40];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
     for (int tries = 0; tries < 16; tries++) {
-        snprintf(tmp, 32, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+        ftp_tmp_name(tmp);
         if (linkat(AT_FDCWD, proc, dirfd, tmp, AT_SYMLINK_FOLLOW) == 0)
             return 0;
         if (errno == ENOENT && linkat(fd, "", dirfd, tmp, AT_EMPTY_PATH) == 0)
@@ -390,6 +401,9 @@ static inline void *ftp_job_run(void *arg)
 {
     struct ftp_job *j = arg;
     switch (j->op) {
+    case FTP_JOB_HASH:
+        j->rc = ftp_hash_file(j->fd, j->hash, &j->off);
+        break;
     case FTP_JOB_WRITE:
         crypto_hash_sha256_update(&j->hs, j->buf, (unsigned long long)j->len);
         for (size_t off = 0; off < j->len && j->rc == 0;) {
@@ -516,7 +530,7 @@ static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
         return -errno;
     p->named = true;
     for (int tries = 0; tries < 16; tries++) {
-        snprintf(p->tmp, sizeof p->tmp, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
+        ftp_tmp_name(p->tmp);
         p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                        0644);
         if (p->fd >= 0) {
