@@ -669,19 +669,22 @@ static void reap_ended(conc_server *s)
     }
 }
 
-/* Waits for every child, killing those left when the shutdown timeout
- * (from stop_at) passes. */
+/* Waits for every child.  Those left when the shutdown timeout (from
+ * stop_at) passes get SIGTERM, and those still there a second later
+ * SIGKILL (a child that blocks or catches SIGTERM, as one forked from a
+ * program taking its stop signals with sigwait does, still ends). */
 static void drain_kids(conc_server *s, int64_t stop_at)
 {
     struct conc__server_kids *k = kids_of(s);
     int64_t deadline = s->o.shutdown_timeout > 0
         ? stop_at + (int64_t)(s->o.shutdown_timeout * 1e9) : CONC_NO_DEADLINE;
+    int sent = 0;                   /* 0: none, 1: SIGTERM, 2: SIGKILL */
     while (k->n > 0) {
         int rc = conc_process_join_until(k->p[0], deadline);
         if (rc == -ETIMEDOUT) {
             for (size_t i = 0; i < k->n; i++)
-                conc_process_kill(k->p[i]);
-            deadline = CONC_NO_DEADLINE;
+                (sent == 0 ? conc_process_terminate : conc_process_kill)(k->p[i]);
+            deadline = ++sent == 1 ? conc_now() + (int64_t)(CONC_SERVER_KILL_GRACE * 1e9) : CONC_NO_DEADLINE;
             continue;
         }
         reap_kid(s, 0);
@@ -773,12 +776,11 @@ static bool blocking_conns(const conc_server *s)
 }
 
 /* Takes one waiting request (non-blocking) and serves it.  Returns 1 when
- * one was taken (*failed: 0, or the error that kept its thread, child or
- * greenlet from starting, after handle_error saw it), 0 when none was
- * waiting, or an error of the server's socket. */
-static int take_one(conc_server *s, unsigned char *buf, int *failed)
+ * one was taken (also when its thread, child or greenlet could not start:
+ * handle_error saw that, as in Python), 0 when none was waiting, or an
+ * error of the server's socket. */
+static int take_one(conc_server *s, unsigned char *buf)
 {
-    *failed = 0;
     conc_sockaddr peer;
     memset(&peer, 0, sizeof peer);
     if (s->type == SOCK_STREAM) {
@@ -804,7 +806,6 @@ static int take_one(conc_server *s, unsigned char *buf, int *failed)
         if (rc < 0) {
             conc__server_dispatch_failed(s, c, &peer, NULL, 0, rc);
             conc_socket_free(c);
-            *failed = rc;
         }
         return 1;
     }
@@ -820,10 +821,8 @@ static int take_one(conc_server *s, unsigned char *buf, int *failed)
         return 1;
     }
     int rc = dispatch(s, NULL, &peer, buf, (size_t)n);
-    if (rc < 0) {
+    if (rc < 0)
         conc__server_dispatch_failed(s, NULL, &peer, buf, (size_t)n, rc);
-        *failed = rc;
-    }
     return 1;
 }
 
@@ -896,9 +895,8 @@ static int basic_loop(conc_server *s)
              * rather than one per wait, a poll saved per connection in a
              * burst; the others serve one per wait, as Python's. */
             int batch = s->o.model == CONC_SERVER_THREADING && s->type == SOCK_STREAM ? 64 : 1;
-            int failed;
             do
-                r = take_one(s, buf, &failed);
+                r = take_one(s, buf);
             while (r == 1 && --batch > 0 && !conc__server_stop_asked(s) &&
                    !(lim > 0 && at_limit(s, lim)));
             if (r < 0) {
@@ -1261,10 +1259,9 @@ int conc_server_handle_request_until(conc_server *s, int64_t deadline)
         rc = conc_fd_wait_until(s->fd, POLLIN, deadline);
         if (rc < 0)
             break;
-        int failed;
-        rc = take_one(s, buf, &failed);
+        rc = take_one(s, buf);
         if (rc == 1) {
-            rc = failed;
+            rc = 0;
             break;
         }
         if (rc == 0 && deadline != CONC_NO_DEADLINE && conc_now() >= deadline) {

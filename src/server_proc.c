@@ -224,11 +224,12 @@ int conc__server_prefork(conc_server *s)
         }
     }
     /* Stop: the workers see the pipe's end, finish their connections
-     * (within the shutdown timeout) and exit; those still there a second
-     * after it are killed. */
+     * (within the shutdown timeout) and exit; those still there
+     * CONC_SERVER_KILL_GRACE after it are killed. */
     close(pfd[1]);
     int64_t deadline = s->o.shutdown_timeout > 0
-        ? conc_now() + (int64_t)((s->o.shutdown_timeout + 1.0) * 1e9) : CONC_NO_DEADLINE;
+        ? conc_now() + (int64_t)((s->o.shutdown_timeout + CONC_SERVER_KILL_GRACE) * 1e9)
+        : CONC_NO_DEADLINE;
     for (int i = 0; w && i < n; i++) {
         if (!w[i])
             continue;

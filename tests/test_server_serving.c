@@ -4,12 +4,14 @@
  * every pass); a shutdown asked while nothing serves is kept for the next
  * serve_forever (Python's flag), also one racing its start; and a request
  * whose thread cannot start is shown to handle_error, its connection
- * closed, while the server goes on serving.
+ * closed, while the server goes on serving; and FORKING children past the
+ * shutdown timeout get SIGTERM, then SIGKILL.
  */
 #include <criterion/criterion.h>
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -313,7 +315,9 @@ Test(server_serving, shutdown_wait_racing_the_start_of_serve_forever, .timeout =
 
 /* THREADING with a stack no thread can get (128 TiB): each request's
  * thread fails to start; handle_error sees the error with the connection,
- * which is then closed; handle_request returns it; serve_forever goes on. */
+ * which is then closed; handle_request returns 0 (a request was taken, as
+ * Python's returns normally), so -EAGAIN and -ETIMEDOUT keep meaning that
+ * none came; serve_forever goes on. */
 Test(server_serving, a_request_whose_thread_cannot_start_goes_to_handle_error, .timeout = 120)
 {
     int fds = base_fds();
@@ -323,17 +327,21 @@ Test(server_serving, a_request_whose_thread_cannot_start_goes_to_handle_error, .
     atomic_store(&errors_seen, 0);
     atomic_store(&last_error, 0);
 
-    /* handle_request: the connection is closed, the error returned */
+    /* handle_request: the error goes to handle_error, the connection is
+     * closed, and the call says a request was taken */
     conc_socket *c;
     conc_sockaddr addr = address_of(s);
     cr_assert_eq(connect_to(&addr, &c), 0);
     int rc = conc_server_handle_request(s, GUARD);
-    cr_assert(rc == -EAGAIN || rc == -ENOMEM, "handle_request: %d (%s)", rc, conc_strerror(rc));
+    cr_assert_eq(rc, 0, "handle_request: %d (%s)", rc, conc_strerror(rc));
     cr_assert_eq(atomic_load(&errors_seen), 1);
-    cr_assert_eq(atomic_load(&last_error), rc);
+    int err = atomic_load(&last_error);
+    cr_assert(err == -EAGAIN || err == -ENOMEM, "handle_error saw %d (%s)", err, conc_strerror(err));
     char b;
     cr_assert_eq(conc_socket_recv(c, &b, 1, 0), 0, "the connection stays open");
     conc_socket_free(c);
+    cr_assert_eq(conc_server_handle_request(s, 0), -EAGAIN, "none waits now");
+    cr_assert_eq(atomic_load(&errors_seen), 1);
 
     /* serve_forever: each failure seen, the loop serves on */
     struct running r;
@@ -361,5 +369,93 @@ Test(server_serving, a_request_whose_thread_cannot_start_goes_to_handle_error, .
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &any, &once_handler, &bad), -EINVAL);
     bad.model = CONC_SERVER_THREADING;
     cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &any, &once_handler, &bad), -EINVAL);
+    cr_assert_eq(count_fds(), fds);
+}
+
+/* ------------------------------------ children past the shutdown timeout */
+
+/* FORKING handler, in the child: "T" takes SIGTERM (waited for with
+ * sigtimedwait) as its cue to answer "TERM" and end well; "D" leaves it
+ * blocked and would sleep past the guard.  Each says "in" once SIGTERM is
+ * blocked. */
+static int term_handle(conc_server_request *req)
+{
+    char what;
+    if (conc_socket_recv(req->sock, &what, 1, 0) != 1)
+        return -EPROTO;
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &term, NULL);
+    int rc = conc_socket_sendall(req->sock, "in", 2, 0, NULL);
+    if (rc < 0)
+        return rc;
+    if (what != 'T') {
+        conc_sleep(GUARD);
+        return 0;
+    }
+    struct timespec tick = { .tv_sec = 0, .tv_nsec = 10 * 1000 * 1000 };
+    for (int i = 0; i < (int)(GUARD * 100); i++)
+        if (sigtimedwait(&term, NULL, &tick) == SIGTERM)
+            return conc_socket_sendall(req->sock, "TERM", 4, 0, NULL);
+    return 0;
+}
+
+static const conc_server_handler term_handler = { .handle = term_handle };
+
+/* Reads until the end of the stream into buf (NUL-ended); the bytes read. */
+static size_t read_to_end(conc_socket *c, char *buf, size_t cap)
+{
+    size_t got = 0;
+    while (got < cap - 1) {
+        ssize_t n = conc_socket_recv(c, buf + got, cap - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    buf[got] = 0;
+    return got;
+}
+
+/* With shutdown_timeout, a FORKING child still serving gets SIGTERM (one
+ * that heeds it ends its request well) and, when that does not end it,
+ * SIGKILL a grace later: serve_forever returns, nothing is left behind. */
+Test(server_serving, forking_children_get_sigterm_then_sigkill, .timeout = 120)
+{
+    int fds = base_fds();
+    conc_sockaddr a;
+    cr_assert_eq(conc_sockaddr_inet(&a, AF_INET, "127.0.0.1", 0), 0);
+    conc_server_opts o = CONC_SERVER_OPTS_INIT;
+    o.model = CONC_SERVER_FORKING;
+    o.shutdown_timeout = 0.2;
+    conc_server *s;
+    cr_assert_eq(conc_server_new(&s, SOCK_STREAM, &a, &term_handler, &o), 0);
+    struct running r;
+    start(&r, s, 0.05);
+    conc_sockaddr at = address_of(s);
+    conc_socket *c[2];
+    const char *what[2] = { "T", "D" };
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(connect_to(&at, &c[i]), 0);
+        cr_assert_eq(conc_socket_sendall(c[i], what[i], 1, 0, NULL), 0);
+        char in[3] = { 0 };
+        cr_assert_eq(conc_socket_recv(c[i], in, 2, MSG_WAITALL), 2);
+        cr_assert_str_eq(in, "in");
+    }
+    cr_assert_eq(conc_server_shutdown_wait(s, GUARD), 0);
+    cr_assert(joined(&r), "serve_forever waits for a child that ignores SIGTERM");
+    cr_assert_eq(r.rc, 0);
+    char buf[16];
+    read_to_end(c[0], buf, sizeof buf);
+    cr_assert_str_eq(buf, "TERM", "the child heeding SIGTERM ended its request");
+    cr_assert_eq(read_to_end(c[1], buf, sizeof buf), 0, "the deaf child was killed");
+    conc_server_stats st;
+    cr_assert_eq(conc_server_get_stats(s, &st), 0);
+    cr_assert_eq(st.finished, 1);
+    cr_assert_eq(st.failed, 1);
+    for (int i = 0; i < 2; i++)
+        conc_socket_free(c[i]);
+    conc_server_free(s);
+    no_children();
     cr_assert_eq(count_fds(), fds);
 }

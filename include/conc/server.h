@@ -106,8 +106,9 @@
  * (daemon_threads, block_on_close off).  With shutdown_timeout > 0 the
  * requests still running that long after the shutdown have their
  * connections shut down (SHUT_RDWR: the handler's reads see the end of the
- * stream, its sends -EPIPE) and forked children are killed; with 0 they
- * are waited for as long as they take, as in Python.  A handler that
+ * stream, its sends -EPIPE); FORKING children still running get SIGTERM
+ * then, and SIGKILL CONC_SERVER_KILL_GRACE seconds later; with 0 they are
+ * waited for as long as they take, as in Python.  A handler that
  * loops may ask conc_server_stopping.  A shutdown asked while no
  * serve_forever runs is kept, as Python's flag is: the next serve_forever
  * returns at once without serving, and clears it.
@@ -336,8 +337,9 @@ typedef struct conc_server_opts {
                                    (Python's block_on_close = False) */
     double shutdown_timeout;    /* seconds in-flight requests get after a
                                    shutdown before their connections are
-                                   shut down and children killed; 0: no
-                                   limit (Python) */
+                                   shut down and children sent SIGTERM
+                                   (SIGKILL CONC_SERVER_KILL_GRACE later);
+                                   0: no limit (Python) */
     double request_timeout;     /* the timeout of each connection's socket
                                    (StreamRequestHandler.timeout); 0: none */
     size_t stack_size;          /* THREADING threads, COROUTINE and PREFORK
@@ -412,6 +414,10 @@ typedef struct conc_server_opts {
 /* THREADING: the seconds a parked request thread stays unused before it
  * ends when conc_server_opts.thread_idle is 0. */
 #define CONC_SERVER_THREAD_IDLE 60.0
+/* Seconds a process still serving when conc_server_opts.shutdown_timeout
+ * ran out is given before SIGKILL: a FORKING child from its SIGTERM, a
+ * PREFORK worker from the end of its own drain. */
+#define CONC_SERVER_KILL_GRACE 1.0
 /* Python's serve_forever(poll_interval=0.5). */
 #define CONC_SERVER_POLL_INTERVAL 0.5
 
@@ -554,14 +560,16 @@ CONC_API int conc_server_serve_forever(conc_server *s, double poll_interval);
  *   REACTOR    runs the loop in the calling thread (one loop, whatever
  *              `workers` says) until one connection was accepted and has
  *              ended (on_close ran), or one datagram was handled
- * Returns 0 once a request was taken (also when verify_request refused it);
- * -EAGAIN (timeout 0) or -ETIMEDOUT when none came (Python's
- * handle_timeout); -EPIPE when closed; -EBUSY while serve_forever runs;
- * -ECHILD when a PREFORK worker died before it said; when the request's
- * thread, child or greenlet could not start, that error (-EAGAIN,
- * -ENOMEM, the errors of fork), after handle_error saw it and the
- * connection was closed (serve_forever does the same and goes on
- * serving); -EINVAL.
+ * Returns 0 once a request was taken: also when verify_request refused it,
+ * and when its thread, child or greenlet could not start (handle_error
+ * then saw that error, -EAGAIN, -ENOMEM or fork's, with the connection,
+ * which was then closed, and stats.failed counts it; Python's returns
+ * normally too, and serve_forever goes on serving), so the codes below
+ * always mean that no request was taken.  -EAGAIN (timeout 0) or
+ * -ETIMEDOUT when none came (Python's handle_timeout); -EPIPE when closed;
+ * -EBUSY while serve_forever runs; -ECHILD when a PREFORK worker died
+ * before it said; a PREFORK worker that could not be forked: fork's error
+ * (the request stays in the backlog); -EINVAL.
  */
 CONC_API int conc_server_handle_request(conc_server *s, double timeout);
 CONC_API int conc_server_handle_request_until(conc_server *s, int64_t deadline);
