@@ -1047,8 +1047,9 @@ static void *fan_hold_main(void *arg)
     }
 }
 
-/* Starts holding up the opens in dir but of dir/allow; false where
- * fanotify is not allowed (it wants CAP_SYS_ADMIN). */
+/* Starts holding up the opens in dir but of dir/allow; false (errno set)
+ * where fanotify or its permission events are not there or not allowed
+ * (they want CAP_SYS_ADMIN). */
 static bool fan_hold_start(struct fan_hold *h, const char *dir, const char *allow)
 {
     memset(h, 0, sizeof *h);
@@ -1058,9 +1059,13 @@ static bool fan_hold_start(struct fan_hold *h, const char *dir, const char *allo
     char real[PATH_MAX];
     cr_assert_not_null(realpath(dir, real));
     snprintf(h->allow, sizeof h->allow, "%s/%s", real, allow);
-    cr_assert_eq(fanotify_mark(h->fan, FAN_MARK_ADD,
-                               FAN_OPEN_PERM | FAN_EVENT_ON_CHILD | FAN_ONDIR, AT_FDCWD, dir),
-                 0, "fanotify_mark: %s", strerror(errno));
+    if (fanotify_mark(h->fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD | FAN_ONDIR,
+                      AT_FDCWD, dir) < 0) {
+        int err = errno;                /* a kernel without permission events */
+        close(h->fan);
+        errno = err;
+        return false;
+    }
     cr_assert_eq(pipe2(h->stop, O_CLOEXEC), 0);
     pthread_mutex_init(&h->mu, NULL);
     cr_assert_eq(pthread_create(&h->th, NULL, fan_hold_main, h), 0);
