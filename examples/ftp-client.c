@@ -173,7 +173,7 @@ static int do_get(const char *name)
     snprintf(hex, sizeof hex, "%s", sp + 1);
     /* The local name: the last component of what was asked for, which must
      * be a plain name (the server's word on it is not taken). */
-    const char *slash = strrchr(name, '/'), *base = slash ? slash + 1 : name;
+    const char *base = ftp_base_name(name);
     const char *problem = ftp_name_problem(base);
     struct ftp_part part;
     int rc = ftp_part_open(&part, dirfd_out, false, NULL);
@@ -209,7 +209,7 @@ static int do_get(const char *name)
 
 static int do_put(const char *path)
 {
-    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    const char *base = ftp_base_name(path);
     const char *problem = ftp_name_problem(base);
     if (problem)
         return failed("put", path, problem);

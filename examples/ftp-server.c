@@ -39,10 +39,12 @@
  *               calls park only the session's coroutine, and so do the
  *               blocking file calls, which run on an offload worker
  *               (conc/offload.h) while the hub serves the other sessions:
- *               hashing a file for GET and sending it with sendfile (in
- *               chunks of up to 1 MiB that never wait for the client: the
- *               hub waits for room between them), writing an upload's
- *               chunks, syncing and naming it
+ *               listing the root for LS, opening a name beneath the root
+ *               (GET's file; PUT's directory and the unnamed file it is
+ *               written to), hashing a file for GET and sending it with
+ *               sendfile (in chunks of up to 1 MiB that never wait for the
+ *               client: the hub waits for room between them), writing an
+ *               upload's chunks, syncing and naming it
  *
  * The server listens on H (default 127.0.0.1) and PORT (0: the kernel
  * picks one) and says where once it accepts connections:

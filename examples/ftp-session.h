@@ -6,53 +6,112 @@
  * (ftp_open_beneath); a refused name or a failed command gets an "ERR"
  * line and the session goes on.  The calls block in the conc way: in a
  * coroutine they park only the coroutine, and so do the blocking file
- * calls when conf says so (they run on an offload worker).
+ * calls when conf says so: they run on an offload worker (ftp_job), from
+ * the opening of a name and the listing of the root to the storing of an
+ * upload.
  */
 #ifndef CONC_EXAMPLES_FTP_SESSION_H
 #define CONC_EXAMPLES_FTP_SESSION_H
 
-#include <dirent.h>
 #include <poll.h>
 
 #include "ftp.h"
 
 #define FTP_IDLE_NS (300LL * 1000000000LL)  /* a silent client is dropped after this */
-#define FTP_LS_MAX 10000                     /* the most entries a listing sends */
 #define FTP_DRAIN_NS 1000000000LL            /* reading what follows a line too long */
 
 /* What every session of a server shares (read-only while it serves). */
 struct ftp_conf {
     int rootfd;                 /* the root directory, O_PATH | O_DIRECTORY */
     uint64_t max_size;          /* the largest PUT accepted */
-    bool offload;               /* the blocking file calls (hashing, sending
-                                   GET's chunks with sendfile, writing an
-                                   upload's chunks, syncing and naming it)
-                                   on an offload worker: the
+    bool offload;               /* the blocking file calls (opening a name
+                                   beneath the root and the file an upload
+                                   is written to, listing the root, hashing,
+                                   sending GET's chunks with sendfile,
+                                   writing an upload's chunks, syncing and
+                                   naming it) on an offload worker: the
                                    coroutine model, whose hub serves the
                                    other sessions meanwhile */
     struct ftp_part_note *note; /* where a forked session notes a named
                                    temporary file; NULL: nowhere */
 };
 
-/* ftp_hash_file, on an offload worker when conf says so (an FTP_JOB_HASH
- * job): the calling coroutine parks and its hub serves the other sessions
- * meanwhile. */
+/*
+ * The blocking file calls of a session, each on an offload worker when
+ * conf says so (ftp_job_offload): the calling coroutine parks and its hub
+ * serves the other sessions meanwhile.  A coroutine killed meanwhile sees
+ * -ECANCELED, and the worker frees the job with what it made (the
+ * descriptor, the file, the listing).
+ */
+
+/* ftp_hash_file (an FTP_JOB_HASH job). */
 static int ftp_hash_maybe_offloaded(const struct ftp_conf *conf, int fd,
                                     unsigned char h[crypto_hash_sha256_BYTES], uint64_t *size)
 {
     if (!conf->offload)
         return ftp_hash_file(fd, h, size);
-    struct ftp_job *j = ftp_job_new(FTP_JOB_HASH, fd, -1);
-    if (!j)
-        return -errno;
-    int rc = ftp_job_call(&j, true);
-    if (rc == 0) {
+    int rc;
+    struct ftp_job *j = ftp_job_offload(FTP_JOB_HASH, fd, -1, NULL, &rc);
+    if (j) {
         memcpy(h, j->hash, sizeof j->hash);
         *size = j->off;
-        rc = j->rc;
+        ftp_job_free(j);
     }
-    if (j)
-        ftp_job_free(j);            /* NULL: it runs on, and the worker frees it */
+    return rc;
+}
+
+/* ftp_open_regular beneath the root, for GET (an FTP_JOB_OPEN job):
+ * returns the descriptor, or the open's error. */
+static int ftp_open_maybe_offloaded(const struct ftp_conf *conf, const char *name)
+{
+    if (!conf->offload)
+        return ftp_open_regular(conf->rootfd, name);
+    int rc;
+    struct ftp_job *j = ftp_job_offload(FTP_JOB_OPEN, -1, conf->rootfd, name, &rc);
+    if (j) {
+        if (rc == 0) {
+            rc = j->fd;             /* taken */
+            j->fd = -1;
+        }
+        ftp_job_free(j);
+    }
+    return rc;
+}
+
+/* ftp_part_open_beneath the root, for PUT (an FTP_JOB_CREATE job): 0 and
+ * the file in *p, or the open's error. */
+static int ftp_create_maybe_offloaded(const struct ftp_conf *conf, const char *name,
+                                      struct ftp_part *p)
+{
+    if (!conf->offload)
+        return ftp_part_open_beneath(p, conf->rootfd, name, false, conf->note);
+    int rc;
+    struct ftp_job *j = ftp_job_offload(FTP_JOB_CREATE, -1, conf->rootfd, name, &rc);
+    if (j) {
+        if (rc == 0) {
+            *p = j->part;           /* taken, its directory too */
+            j->part.fd = -1;
+            j->part.own_dir = false;
+        }
+        ftp_job_free(j);
+    }
+    return rc;
+}
+
+/* ftp_list of the root, for LS (an FTP_JOB_LIST job): 0 and the answer in
+ * *text (*len bytes, the caller's to free), or -errno. */
+static int ftp_list_maybe_offloaded(const struct ftp_conf *conf, char **text, size_t *len)
+{
+    if (!conf->offload)
+        return ftp_list(conf->rootfd, text, len);
+    int rc;
+    struct ftp_job *j = ftp_job_offload(FTP_JOB_LIST, -1, conf->rootfd, NULL, &rc);
+    if (j) {
+        *text = j->text;            /* taken */
+        *len = j->len;
+        j->text = NULL;
+        ftp_job_free(j);
+    }
     return rc;
 }
 
@@ -88,66 +147,18 @@ static const char *ftp_open_problem(int rc)
     }
 }
 
-static int ftp_cmp_names(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* LS: "OK N", then "SIZE NAME" for each regular, visible file of the root,
- * sorted by name (at most FTP_LS_MAX). */
+ * sorted by name (at most FTP_LS_MAX: ftp_list). */
 static int ftp_do_ls(conc_socket *c, const struct ftp_conf *conf)
 {
-    int dfd = openat(conf->rootfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
-    if (!d) {
-        if (dfd >= 0)
-            close(dfd);
-        return ftp_err(c, NULL, "cannot read the root");
-    }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    int rc = 0;
-    for (struct dirent *e; rc == 0 && n < FTP_LS_MAX && (e = readdir(d)) != NULL;) {
-        struct stat st;
-        if (ftp_name_problem(e->d_name) ||
-            fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
-            continue;
-        if (n == cap) {
-            char **nn = realloc(names, (cap ? cap * 2 : 64) * sizeof *nn);
-            if (!nn) {
-                rc = -ENOMEM;
-                break;
-            }
-            names = nn;
-            cap = cap ? cap * 2 : 64;
-        }
-        if (!(names[n] = strdup(e->d_name)))
-            rc = -ENOMEM;
-        else
-            n++;
-    }
-    closedir(d);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = ftp_list_maybe_offloaded(conf, &text, &len);
     if (rc == 0)
-        qsort(names, n, sizeof *names, ftp_cmp_names);
-    char line[FTP_LINE_MAX];
-    if (rc == 0) {
-        snprintf(line, sizeof line, "OK %zu", n);
-        rc = ftp_send_line(c, line);
-    } else {
-        rc = ftp_err(c, NULL, "out of memory");
-    }
-    /* The sizes now, in name order (a file may have changed meanwhile). */
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        struct stat st;
-        long long size = 0;
-        if (fstatat(conf->rootfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0)
-            size = (long long)st.st_size;
-        snprintf(line, sizeof line, "%lld %s", size, names[i]);
-        rc = ftp_send_line(c, line);
-    }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
+        rc = conc_socket_sendall(c, text, len, 0, NULL);
+    else if (rc != -ECANCELED)
+        rc = ftp_err(c, NULL, rc == -ENOMEM ? "out of memory" : "cannot read the root");
+    free(text);
     return rc;
 }
 
@@ -219,20 +230,15 @@ static int ftp_do_get(conc_socket *c, const struct ftp_conf *conf, const char *n
     const char *problem = ftp_name_problem(name);
     if (problem)
         return ftp_err(c, name, problem);
-    int fd = ftp_open_beneath(conf->rootfd, name, O_RDONLY | O_NONBLOCK, 0);
+    int fd = ftp_open_maybe_offloaded(conf, name);
     if (fd < 0)
-        return ftp_err(c, name, ftp_open_problem(fd));
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return ftp_err(c, name, "not a regular file");
-    }
+        return fd == -ECANCELED ? fd : ftp_err(c, name, ftp_open_problem(fd));
     unsigned char h[crypto_hash_sha256_BYTES];
     uint64_t size = 0;
     int rc = ftp_hash_maybe_offloaded(conf, fd, h, &size);
     if (rc < 0) {
         close(fd);
-        return ftp_err(c, name, conc_strerror(rc));
+        return rc == -ECANCELED ? rc : ftp_err(c, name, conc_strerror(rc));
     }
     char hex[FTP_HASH_HEX + 1], line[FTP_LINE_MAX];
     ftp_hash_hex(h, hex);
@@ -276,25 +282,16 @@ static int ftp_do_put(conc_socket *c, struct ftp_reader *r, const struct ftp_con
     unsigned char want[crypto_hash_sha256_BYTES];
     if (!ftp_parse_hash(hash_s, want))
         return ftp_err(c, name, "the SHA-256 wants 64 lower-case hex digits");
-    int dirfd;
-    const char *base;
-    int rc = ftp_open_parent(conf->rootfd, name, &dirfd, &base);
-    if (rc < 0)
-        return ftp_err(c, name, ftp_open_problem(rc));
     /* The file exists (unnamed) before the client is told to send. */
     struct ftp_part part;
-    rc = ftp_part_open(&part, dirfd, conf->offload, conf->note);
-    if (rc < 0) {
-        rc = ftp_err(c, name, ftp_open_problem(rc));
-        if (dirfd != conf->rootfd)
-            close(dirfd);
-        return rc;
-    }
+    int rc = ftp_create_maybe_offloaded(conf, name, &part);
+    if (rc < 0)
+        return rc == -ECANCELED ? rc : ftp_err(c, name, ftp_open_problem(rc));
     rc = ftp_send_line(c, "OK ready");
     if (rc < 0)
         ftp_part_drop(&part);
     if (rc == 0) {
-        rc = ftp_part_recv(&part, r, base, size, want, FTP_IDLE_NS);
+        rc = ftp_part_recv(&part, r, ftp_base_name(name), size, want, FTP_IDLE_NS);
         char line[FTP_LINE_MAX];
         if (rc == 0) {
             snprintf(line, sizeof line, "OK stored %llu", (unsigned long long)size);
@@ -306,8 +303,6 @@ static int ftp_do_put(conc_socket *c, struct ftp_reader *r, const struct ftp_con
             rc = ftp_err(c, name, conc_strerror(rc));   /* the file system's */
         }
     }
-    if (dirfd != conf->rootfd)
-        close(dirfd);
     return rc;
 }
 

@@ -2,9 +2,11 @@
  * ftp.h - what ftp-server and ftp-client share: the line protocol's limits
  * (docs/ftp.md describes the protocol), a line reader over a conc socket,
  * the SHA-256 of a file (libsodium's crypto_hash_sha256), the check of a
- * name a client asks for, the blocking file calls of a transfer (run in
- * place or on an offload worker: ftp_job_call; sending a chunk of a file
- * with sendfile among them), and the receiving side of a transfer: written
+ * name a client asks for and its opening beneath the root, the listing of
+ * a directory, the blocking file calls of a session (run in place or on an
+ * offload worker: ftp_job_call; opening a name, listing the root and
+ * sending a chunk of a file with sendfile among them), and the receiving
+ * side of a transfer: written
  * to an unnamed file in the target directory (O_TMPFILE; a hidden
  * temporary name where the file system refuses it), synced, and given its
  * final name only once its size and hash match (ftp_part_open, then
@@ -15,6 +17,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -34,6 +37,7 @@
 
 #define FTP_LINE_MAX 1024           /* a protocol line, its newline included */
 #define FTP_NAME_MAX 255            /* a name in GET and PUT, in bytes */
+#define FTP_LS_MAX 10000            /* the most entries a listing sends */
 #define FTP_SIZE_MAX (1ULL << 40)   /* the largest size the protocol carries */
 #define FTP_CHUNK 65536             /* bytes per read and write of a transfer */
 #define FTP_SENDFILE_CHUNK (1u << 20)   /* bytes at most per offloaded sendfile */
@@ -274,25 +278,45 @@ static inline int ftp_open_beneath(int dirfd, const char *name, int flags, mode_
     return fd < 0 ? -err : fd;
 }
 
-/* Splits name at its last '/': the directory part opened beneath rootfd
- * (O_PATH) into *dirfd (rootfd itself when there is none: then not to be
- * closed) and the last component.  Returns 0 or ftp_open_beneath's error. */
-static inline int ftp_open_parent(int rootfd, const char *name, int *dirfd, const char **base)
+/* The last component of name: what follows its last '/' (all of it when
+ * there is none). */
+static inline const char *ftp_base_name(const char *name)
 {
     const char *slash = strrchr(name, '/');
-    if (!slash) {
-        *dirfd = rootfd;
-        *base = name;
-        return 0;
+    return slash ? slash + 1 : name;
+}
+
+/* Opens the directory part of name (what comes before its last '/')
+ * beneath rootfd, O_PATH; a duplicate of rootfd when there is none.
+ * Returns the descriptor (the caller's to close), or ftp_open_beneath's
+ * error. */
+static inline int ftp_open_parent(int rootfd, const char *name)
+{
+    const char *base = ftp_base_name(name);
+    if (base == name) {
+        int fd = fcntl(rootfd, F_DUPFD_CLOEXEC, 0);
+        return fd < 0 ? -errno : fd;
     }
     char dir[FTP_NAME_MAX + 1];
-    snprintf(dir, sizeof dir, "%.*s", (int)(slash - name), name);
-    int fd = ftp_open_beneath(rootfd, dir, O_PATH | O_DIRECTORY, 0);
+    snprintf(dir, sizeof dir, "%.*s", (int)(base - 1 - name), name);
+    return ftp_open_beneath(rootfd, dir, O_PATH | O_DIRECTORY, 0);
+}
+
+/* Opens name (checked by ftp_name_problem) beneath rootfd for reading
+ * (O_NONBLOCK: a FIFO does not wait for a writer), a regular file only.
+ * Returns the descriptor, -EISDIR for anything but a regular file (a
+ * directory, a device...), or ftp_open_beneath's error. */
+static inline int ftp_open_regular(int rootfd, const char *name)
+{
+    int fd = ftp_open_beneath(rootfd, name, O_RDONLY | O_NONBLOCK, 0);
     if (fd < 0)
         return fd;
-    *dirfd = fd;
-    *base = slash + 1;
-    return 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EISDIR;
+    }
+    return fd;
 }
 
 /* ------------------------------------------------------ blocking file calls */
@@ -304,62 +328,276 @@ static inline void ftp_tmp_name(char tmp[32])
     snprintf(tmp, 32, FTP_TMP_PREFIX "%08" PRIx32, randombytes_random());
 }
 
+/* An entry of a listing. */
+struct ftp_list_entry {
+    char *name;
+    long long size;
+};
+
+static inline int ftp_list_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct ftp_list_entry *)a)->name,
+                  ((const struct ftp_list_entry *)b)->name);
+}
+
 /*
- * A blocking file call of a transfer - hashing a whole file for GET,
- * hashing and writing a chunk,
- * sending one from the file with sendfile (whose disk reads block), or
- * storing a received file under its name - run in the calling thread, or
- * on an offload worker (conc/offload.h) while only the calling coroutine
- * parks and its hub serves the others.  The job owns all that the call
- * touches (duplicates of the descriptors, a socket of its own over a
- * duplicate of the connection's descriptor, the chunk, copies of the
- * names), so that a caller that stops waiting (a killed coroutine, which
- * then closes its connection) leaves nothing the worker still uses: the
- * worker then frees the job.
+ * The answer to LS for the directory dirfd, its every line ended by '\n':
+ * "OK N", then "SIZE NAME" for each regular file whose name
+ * ftp_name_problem accepts (no hidden one: the temporary names of
+ * incoming files are hidden), sorted by name, at most FTP_LS_MAX.  On
+ * success *text (malloc'd, the caller's to free) holds *len bytes.
+ * Returns 0, -ENOMEM, or the -errno of opening the directory.
+ */
+static inline int ftp_list(int dirfd, char **text, size_t *len)
+{
+    *text = NULL;
+    *len = 0;
+    int dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!d) {
+        int err = errno;
+        if (dfd >= 0)
+            close(dfd);
+        return -err;
+    }
+    struct ftp_list_entry *es = NULL;
+    size_t n = 0, cap = 0, bytes = 32;      /* "OK N\n" */
+    int rc = 0;
+    for (struct dirent *e; rc == 0 && n < FTP_LS_MAX && (e = readdir(d)) != NULL;) {
+        struct stat st;
+        if (ftp_name_problem(e->d_name) ||
+            fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (n == cap) {
+            struct ftp_list_entry *ne = realloc(es, (cap ? cap * 2 : 64) * sizeof *ne);
+            if (!ne) {
+                rc = -ENOMEM;
+                break;
+            }
+            es = ne;
+            cap = cap ? cap * 2 : 64;
+        }
+        es[n].size = (long long)st.st_size;
+        if (!(es[n].name = strdup(e->d_name)))
+            rc = -ENOMEM;
+        else
+            bytes += strlen(es[n++].name) + 23;   /* the size's 20 digits at most, ' ', '\n' */
+    }
+    closedir(d);
+    char *t = rc == 0 ? malloc(bytes) : NULL;
+    if (t) {
+        qsort(es, n, sizeof *es, ftp_list_cmp);
+        size_t k = (size_t)snprintf(t, bytes, "OK %zu\n", n);
+        for (size_t i = 0; i < n; i++)
+            k += (size_t)snprintf(t + k, bytes - k, "%lld %s\n", es[i].size, es[i].name);
+        *text = t;
+        *len = k;
+    } else {
+        rc = -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(es[i].name);
+    free(es);
+    return rc;
+}
+
+
+/* ------------------------------------------------ files being received */
+
+/*
+ * Where a process that receives one file at a time (a forked session)
+ * notes the named temporary file it receives into, so that its stop
+ * signal's handler can remove it (ftp_part_note_remove) before it exits.
+ * Only the fallback of ftp_part_open has a name to note.
+ */
+struct ftp_part_note {
+    volatile sig_atomic_t set;
+    int dirfd;
+    char tmp[32];
+};
+
+/* Removes the noted temporary file, if any; async-signal-safe. */
+static inline void ftp_part_note_remove(const struct ftp_part_note *n)
+{
+    if (n->set)
+        unlinkat(n->dirfd, n->tmp, 0);
+}
+
+/* A file being received into directory dirfd. */
+struct ftp_part {
+    int dirfd, fd;              /* fd: -1 once closed */
+    bool own_dir;               /* dirfd is p's: ftp_part_end closes it */
+    bool named;                 /* the fallback: fd has the name tmp */
+    bool offload;               /* its file calls on an offload worker */
+    struct ftp_part_note *note; /* where a named one is noted; NULL: nowhere */
+    char tmp[32];
+};
+
+/*
+ * Creates the file an incoming file is written to, in directory dirfd:
+ * with O_TMPFILE, so that it has no name at all until it is complete
+ * (whatever ends the process meanwhile, even SIGKILL, leaves nothing
+ * behind); where the file system refuses O_TMPFILE, under a new hidden
+ * name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL), noted in note
+ * (unless NULL) for a stop signal's handler.  Mode 0644 (less the umask).
+ * offload: ftp_part_recv's file calls run on an offload worker.  dirfd
+ * stays the caller's.  Returns 0, or the open's -errno (p->fd is then -1).
+ */
+static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
+                                struct ftp_part_note *note)
+{
+    p->dirfd = dirfd;
+    p->own_dir = false;
+    p->offload = offload;
+    p->note = note;
+    p->named = false;
+    p->tmp[0] = '\0';
+    p->fd = openat(dirfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    if (p->fd >= 0)
+        return 0;
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+        return -errno;
+    p->named = true;
+    for (int tries = 0; tries < 16; tries++) {
+        ftp_tmp_name(p->tmp);
+        p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                       0644);
+        if (p->fd >= 0) {
+            if (note) {
+                note->dirfd = dirfd;
+                memcpy(note->tmp, p->tmp, sizeof note->tmp);
+                atomic_signal_fence(memory_order_seq_cst);
+                note->set = 1;
+            }
+            return 0;
+        }
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return -EEXIST;
+}
+
+/*
+ * ftp_part_open in the directory of name (checked by ftp_name_problem)
+ * beneath rootfd (ftp_open_parent), which p then owns: ftp_part_end closes
+ * it.  Returns 0, or ftp_open_parent's or the open's error (nothing is
+ * then left open).
+ */
+static inline int ftp_part_open_beneath(struct ftp_part *p, int rootfd, const char *name,
+                                        bool offload, struct ftp_part_note *note)
+{
+    int dirfd = ftp_open_parent(rootfd, name);
+    if (dirfd < 0)
+        return dirfd;
+    int rc = ftp_part_open(p, dirfd, offload, note);
+    if (rc < 0)
+        close(dirfd);
+    else
+        p->own_dir = true;
+    return rc;
+}
+
+/* Closes p's file and removes it unless it was stored (rc == 0); closes
+ * its directory too when it is p's. */
+static inline void ftp_part_end(struct ftp_part *p, int rc)
+{
+    if (p->fd >= 0)
+        close(p->fd);
+    p->fd = -1;
+    if (rc < 0 && p->named)
+        unlinkat(p->dirfd, p->tmp, 0);
+    if (p->named && p->note)
+        p->note->set = 0;
+    if (p->own_dir)
+        close(p->dirfd);
+    p->own_dir = false;
+}
+
+/* Removes a file that will not be received (after ftp_part_open or
+ * ftp_part_open_beneath, instead of ftp_part_recv). */
+static inline void ftp_part_drop(struct ftp_part *p)
+{
+    ftp_part_end(p, -ECANCELED);
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+/*
+ * A blocking file call of a session - opening a name beneath the root for
+ * GET, or the file an upload is written to for PUT, listing the root,
+ * hashing a whole file for GET, hashing and writing a chunk, sending one
+ * from the file with sendfile (whose disk reads block), or storing a
+ * received file under its name - run in the calling thread, or on an
+ * offload worker (conc/offload.h) while only the calling coroutine parks
+ * and its hub serves the others.  The job owns all that the call touches
+ * (duplicates of the descriptors, a socket of its own over a duplicate of
+ * the connection's descriptor, the chunk, copies of the names) and all
+ * that it makes (the descriptor it opens, the file being received, the
+ * listing), so that a caller that stops waiting (a killed coroutine, which
+ * then closes its connection) leaves nothing the worker still uses, and
+ * nothing behind: the worker then frees the job with all it holds.  A
+ * caller that waited to the end takes what the job made out of it (and
+ * marks it taken: fd -1, part.fd -1, text NULL) before it frees the job.
  */
 enum ftp_job_op {
+    FTP_JOB_OPEN,               /* open the regular file name beneath dirfd for
+                                   reading (ftp_open_regular) into fd */
+    FTP_JOB_CREATE,             /* make the file an upload to name is written to, in
+                                   its directory beneath dirfd (ftp_part_open_beneath,
+                                   its later file calls offloaded), into part */
+    FTP_JOB_LIST,               /* the answer to LS for dirfd (ftp_list) into text and
+                                   len */
     FTP_JOB_HASH,               /* hash all of fd (ftp_hash_file) into hash, its size
                                    into off */
     FTP_JOB_WRITE,              /* hash buf[0 .. len) into hs, then write it to fd */
     FTP_JOB_SENDFILE,           /* send up to len bytes of fd at off on sock, as many
                                    as go without waiting */
-    FTP_JOB_STORE,              /* sync fd and give it the name base (ftp_part_recv) */
+    FTP_JOB_STORE,              /* sync fd and give it the name name (ftp_part_recv) */
 };
 
 struct ftp_job {
     enum ftp_job_op op;
-    int fd, dirfd;              /* duplicates (-1: none), closed by ftp_job_free */
+    int fd, dirfd;              /* duplicates (-1: none), closed by ftp_job_free;
+                                   OPEN: fd is what it opened */
     conc_socket *sock;          /* SENDFILE: the job's own socket (conc_socket_dup of
                                    the connection), freed by ftp_job_free */
-    int rc;                     /* WRITE: 0, or the first failed write's -errno (the
-                                   writes stop, the hashing goes on); SENDFILE: 0 (all
-                                   sent, or the end of the file), -ETIMEDOUT (the
-                                   socket is full), or the send's -errno; STORE: 0 or
-                                   -errno */
+    int rc;                     /* OPEN, CREATE, LIST, STORE: 0 or -errno; WRITE: 0,
+                                   or the first failed write's -errno (the writes stop,
+                                   the hashing goes on); SENDFILE: 0 (all sent, or the
+                                   end of the file), -ETIMEDOUT (the socket is full),
+                                   or the send's -errno */
     bool named;                 /* STORE: fd already has the name tmp */
-    size_t len;                 /* WRITE: bytes in buf; SENDFILE: asked, then sent */
+    size_t len;                 /* WRITE: bytes in buf; SENDFILE: asked, then sent;
+                                   LIST: bytes in text */
     uint64_t off;               /* SENDFILE: where in the file; HASH: its size */
     unsigned char hash[crypto_hash_sha256_BYTES];   /* HASH */
     crypto_hash_sha256_state hs;        /* WRITE */
+    struct ftp_part part;       /* CREATE: the file made (part.fd -1: none), dropped
+                                   by ftp_job_free */
+    char *text;                 /* LIST: the answer, freed by ftp_job_free */
     char tmp[32];               /* STORE: the temporary name in dirfd */
-    char base[FTP_NAME_MAX + 1];        /* STORE: the final name in dirfd */
-    unsigned char buf[FTP_CHUNK];
+    char name[FTP_NAME_MAX + 1];        /* OPEN, CREATE: the name beneath dirfd;
+                                           STORE: the final name in dirfd */
+    unsigned char buf[];        /* WRITE (and STORE after it): FTP_CHUNK bytes */
 };
 
 /* A job for op with duplicates of fd and dirfd (each -1: none), or NULL
  * with errno set. */
 static inline struct ftp_job *ftp_job_new(enum ftp_job_op op, int fd, int dirfd)
 {
-    struct ftp_job *j = calloc(1, sizeof *j);
+    struct ftp_job *j = calloc(1, sizeof *j + (op == FTP_JOB_WRITE ? FTP_CHUNK : 0));
     if (!j)
         return NULL;
     j->op = op;
+    j->part.fd = -1;
     j->fd = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
     j->dirfd = dirfd < 0 ? -1 : fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
     if ((fd >= 0 && j->fd < 0) || (dirfd >= 0 && j->dirfd < 0)) {
         int err = errno;
         if (j->fd >= 0)
             close(j->fd);
+        if (j->dirfd >= 0)
+            close(j->dirfd);
         free(j);
         errno = err;
         return NULL;
@@ -371,6 +609,9 @@ static inline void ftp_job_free(struct ftp_job *j)
 {
     if (j->sock)
         conc_socket_free(j->sock);
+    if (j->part.fd >= 0)
+        ftp_part_drop(&j->part);    /* made, never taken: removed */
+    free(j->text);
     if (j->fd >= 0)
         close(j->fd);
     if (j->dirfd >= 0)
@@ -401,6 +642,20 @@ static inline void *ftp_job_run(void *arg)
 {
     struct ftp_job *j = arg;
     switch (j->op) {
+    case FTP_JOB_OPEN: {
+        int fd = ftp_open_regular(j->dirfd, j->name);
+        if (fd < 0)
+            j->rc = fd;
+        else
+            j->fd = fd;
+        break;
+    }
+    case FTP_JOB_CREATE:
+        j->rc = ftp_part_open_beneath(&j->part, j->dirfd, j->name, true, NULL);
+        break;
+    case FTP_JOB_LIST:
+        j->rc = ftp_list(j->dirfd, &j->text, &j->len);
+        break;
     case FTP_JOB_HASH:
         j->rc = ftp_hash_file(j->fd, j->hash, &j->off);
         break;
@@ -430,14 +685,14 @@ static inline void *ftp_job_run(void *arg)
     case FTP_JOB_STORE:
         /* Synced, then named (an unnamed file first gets a temporary name:
          * linkat cannot replace a file, rename can), then renamed over
-         * base in one step. */
+         * name in one step. */
         if (fsync(j->fd) < 0) {
             j->rc = -errno;
             break;
         }
         if (!j->named && (j->rc = ftp_link_tmpfile(j->fd, j->dirfd, j->tmp)) < 0)
             break;
-        if (renameat(j->dirfd, j->tmp, j->dirfd, j->base) < 0) {
+        if (renameat(j->dirfd, j->tmp, j->dirfd, j->name) < 0) {
             j->rc = -errno;
             if (!j->named)
                 unlinkat(j->dirfd, j->tmp, 0);   /* the caller knows only named ones */
@@ -475,90 +730,36 @@ static inline int ftp_job_call(struct ftp_job **jp, bool offload)
     return rc;
 }
 
-/* ------------------------------------------------------ receiving files */
-
 /*
- * Where a process that receives one file at a time (a forked session)
- * notes the named temporary file it receives into, so that its stop
- * signal's handler can remove it (ftp_part_note_remove) before it exits.
- * Only the fallback of ftp_part_open has a name to note.
+ * A new job for op (with duplicates of fd and dirfd, each -1: none, and a
+ * copy of name unless NULL) run on an offload worker while the calling
+ * coroutine parks.  Returns the job once it ran, with *rc its outcome
+ * (j->rc), for the caller to take what it made and free it
+ * (ftp_job_free); else NULL, and *rc says why: the job could not be made
+ * or handed over, or the coroutine was killed meanwhile (-ECANCELED: the
+ * worker frees the job and all it holds once it ran).
  */
-struct ftp_part_note {
-    volatile sig_atomic_t set;
-    int dirfd;
-    char tmp[32];
-};
-
-/* Removes the noted temporary file, if any; async-signal-safe. */
-static inline void ftp_part_note_remove(const struct ftp_part_note *n)
+static inline struct ftp_job *ftp_job_offload(enum ftp_job_op op, int fd, int dirfd,
+                                              const char *name, int *rc)
 {
-    if (n->set)
-        unlinkat(n->dirfd, n->tmp, 0);
-}
-
-/* A file being received into directory dirfd. */
-struct ftp_part {
-    int dirfd, fd;
-    bool named;                 /* the fallback: fd has the name tmp */
-    bool offload;               /* its file calls on an offload worker */
-    struct ftp_part_note *note; /* where a named one is noted; NULL: nowhere */
-    char tmp[32];
-};
-
-/*
- * Creates the file an incoming file is written to, in directory dirfd:
- * with O_TMPFILE, so that it has no name at all until it is complete
- * (whatever ends the process meanwhile, even SIGKILL, leaves nothing
- * behind); where the file system refuses O_TMPFILE, under a new hidden
- * name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL), noted in note
- * (unless NULL) for a stop signal's handler.  Mode 0644 (less the umask).
- * offload: ftp_part_recv's file calls run on an offload worker.  Returns
- * 0, or the open's -errno.
- */
-static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
-                                struct ftp_part_note *note)
-{
-    p->dirfd = dirfd;
-    p->offload = offload;
-    p->note = note;
-    p->named = false;
-    p->tmp[0] = '\0';
-    p->fd = openat(dirfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
-    if (p->fd >= 0)
-        return 0;
-    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
-        return -errno;
-    p->named = true;
-    for (int tries = 0; tries < 16; tries++) {
-        ftp_tmp_name(p->tmp);
-        p->fd = openat(dirfd, p->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                       0644);
-        if (p->fd >= 0) {
-            if (note) {
-                note->dirfd = dirfd;
-                memcpy(note->tmp, p->tmp, sizeof note->tmp);
-                atomic_signal_fence(memory_order_seq_cst);
-                note->set = 1;
-            }
-            return 0;
-        }
-        if (errno != EEXIST)
-            return -errno;
+    struct ftp_job *j = ftp_job_new(op, fd, dirfd);
+    if (!j) {
+        *rc = -errno;
+        return NULL;
     }
-    return -EEXIST;
+    if (name)
+        snprintf(j->name, sizeof j->name, "%s", name);
+    *rc = ftp_job_call(&j, true);
+    if (*rc == 0) {
+        *rc = j->rc;
+        return j;
+    }
+    if (j)
+        ftp_job_free(j);
+    return NULL;
 }
 
-/* Closes p's file and removes it unless it was stored (rc == 0). */
-static inline void ftp_part_end(struct ftp_part *p, int rc)
-{
-    if (p->fd >= 0)
-        close(p->fd);
-    p->fd = -1;
-    if (rc < 0 && p->named)
-        unlinkat(p->dirfd, p->tmp, 0);
-    if (p->named && p->note)
-        p->note->set = 0;
-}
+/* -------------------------------------------- receiving a file's bytes */
 
 /*
  * Receives a file of `size` bytes from r into p (which it closes), hashing
@@ -610,7 +811,7 @@ static inline int ftp_part_recv(struct ftp_part *p, struct ftp_reader *r, const 
         j->op = FTP_JOB_STORE;
         j->named = p->named;
         memcpy(j->tmp, p->tmp, sizeof j->tmp);
-        snprintf(j->base, sizeof j->base, "%s", base);
+        snprintf(j->name, sizeof j->name, "%s", base);
         rc = ftp_job_call(&j, p->offload);
         if (rc == 0)
             rc = j->rc;
@@ -619,13 +820,6 @@ static inline int ftp_part_recv(struct ftp_part *p, struct ftp_reader *r, const 
         ftp_job_free(j);
     ftp_part_end(p, rc);
     return rc;
-}
-
-/* Removes a file that will not be received (after ftp_part_open, instead
- * of ftp_part_recv). */
-static inline void ftp_part_drop(struct ftp_part *p)
-{
-    ftp_part_end(p, -ECANCELED);
 }
 
 #endif

@@ -8,7 +8,8 @@
  * corrupted or cut upload never stored, a corrupted download never saved,
  * nothing of an upload left by a stop or a killed session process, stale
  * temporary files removed at start, the coroutine model's file calls and
- * GET's sendfile made off its hubs, many clients at once), stopping by
+ * GET's sendfile made off its hubs, and its listings and opens too: held
+ * up, they hold up no other session; many clients at once), stopping by
  * SIGTERM (exit 0, the stop line, also with a call or a session still
  * open: it is cut after the grace), the descriptors and child processes of
  * a server back to where they started, and bad command lines.
@@ -32,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/fanotify.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -985,6 +988,217 @@ Test(ftp, coroutine_file_calls_leave_the_hubs, .timeout = 120)
     snprintf(orig, sizeof orig, "%s/big.bin", t.root);
     assert_same_file(stored, orig);
     stop_ftp(&s, 2);
+    remove_tree(&t);
+}
+
+/*
+ * Holds up the opens of files in a directory: a fanotify permission watch
+ * (FAN_OPEN_PERM) on it and a thread that answers each open made in it or
+ * of it (the listing's opendir of the root too) - at once for the file
+ * `allow`, and for the others only once fan_release is called (later
+ * opens are then let through at once).
+ */
+struct fan_hold {
+    int fan, stop[2];
+    char allow[2 * PATH_MAX];
+    pthread_t th;
+    pthread_mutex_t mu;
+    int held[72], nheld, seen;  /* seen: every open held so far */
+    bool released;
+};
+
+static void fan_answer(int fan, int fd)
+{
+    struct fanotify_response r = { .fd = fd, .response = FAN_ALLOW };
+    cr_assert_eq(write(fan, &r, sizeof r), (ssize_t)sizeof r);
+    close(fd);
+}
+
+static void *fan_hold_main(void *arg)
+{
+    struct fan_hold *h = arg;
+    for (;;) {
+        struct pollfd pf[2] = { { .fd = h->fan, .events = POLLIN },
+                                { .fd = h->stop[0], .events = POLLIN } };
+        if (poll(pf, 2, -1) < 0 || pf[1].revents)
+            return NULL;
+        char buf[4096] __attribute__((aligned(8)));
+        ssize_t n = read(h->fan, buf, sizeof buf);
+        if (n <= 0)
+            continue;
+        struct fanotify_event_metadata *m = (void *)buf;
+        for (; FAN_EVENT_OK(m, n); m = FAN_EVENT_NEXT(m, n)) {
+            if (m->fd < 0)
+                continue;
+            char link[64], path[PATH_MAX];
+            snprintf(link, sizeof link, "/proc/self/fd/%d", m->fd);
+            ssize_t k = readlink(link, path, sizeof path - 1);
+            path[k < 0 ? 0 : k] = '\0';
+            pthread_mutex_lock(&h->mu);
+            bool hold = !h->released && strcmp(path, h->allow) != 0 && h->nheld < 72;
+            if (hold) {
+                h->held[h->nheld++] = m->fd;
+                h->seen++;
+            }
+            pthread_mutex_unlock(&h->mu);
+            if (!hold)
+                fan_answer(h->fan, m->fd);
+        }
+    }
+}
+
+/* Starts holding up the opens in dir but of dir/allow; false (errno set)
+ * where fanotify or its permission events are not there or not allowed
+ * (they want CAP_SYS_ADMIN). */
+static bool fan_hold_start(struct fan_hold *h, const char *dir, const char *allow)
+{
+    memset(h, 0, sizeof *h);
+    h->fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, O_RDONLY | O_CLOEXEC);
+    if (h->fan < 0)
+        return false;
+    char real[PATH_MAX];
+    cr_assert_not_null(realpath(dir, real));
+    snprintf(h->allow, sizeof h->allow, "%s/%s", real, allow);
+    if (fanotify_mark(h->fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD | FAN_ONDIR,
+                      AT_FDCWD, dir) < 0) {
+        int err = errno;                /* a kernel without permission events */
+        close(h->fan);
+        errno = err;
+        return false;
+    }
+    cr_assert_eq(pipe2(h->stop, O_CLOEXEC), 0);
+    pthread_mutex_init(&h->mu, NULL);
+    cr_assert_eq(pthread_create(&h->th, NULL, fan_hold_main, h), 0);
+    return true;
+}
+
+/* Waits until `count` opens are held up (hang guard). */
+static void fan_wait_held(struct fan_hold *h, int count, const char *what)
+{
+    int64_t deadline = conc_now() + GUARD_NS;
+    for (;;) {
+        pthread_mutex_lock(&h->mu);
+        int seen = h->seen;
+        pthread_mutex_unlock(&h->mu);
+        if (seen >= count)
+            return;
+        cr_assert_lt(conc_now(), deadline, "%s never opened its file", what);
+        usleep(1000);
+    }
+}
+
+/* Lets every open held up go on, and those to come. */
+static void fan_release(struct fan_hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->released = true;
+    for (int i = 0; i < h->nheld; i++)
+        fan_answer(h->fan, h->held[i]);
+    h->nheld = 0;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void fan_hold_end(struct fan_hold *h)
+{
+    fan_release(h);
+    cr_assert_eq(write(h->stop[1], "x", 1), 1);
+    pthread_join(h->th, NULL);
+    close(h->stop[0]);
+    close(h->stop[1]);
+    close(h->fan);
+    pthread_mutex_destroy(&h->mu);
+}
+
+/* Opens n sessions, the i-th sending LS, GET big.bin or PUT up-i (one
+ * byte, "x") by turns, each held up (h) before the next is opened. */
+static void start_held_sessions(struct fan_hold *h, int port, int *fd, int n)
+{
+    char hex_x[65], line[256];
+    sha_hex("x", 1, hex_x);
+    for (int i = 0; i < n; i++) {
+        fd[i] = ftp_raw(port);          /* a hub is free to greet it */
+        if (i % 3 == 0)
+            snprintf(line, sizeof line, "LS\n");
+        else if (i % 3 == 1)
+            snprintf(line, sizeof line, "GET big.bin\n");
+        else
+            snprintf(line, sizeof line, "PUT up-%d 1 %s\n", i, hex_x);
+        send_str(fd[i], line);
+        fan_wait_held(h, i + 1, line);
+    }
+}
+
+/*
+ * In the coroutine model the listing of the root and the opening of files
+ * (GET's, and the unnamed file a PUT is written to) run on offload
+ * workers: held up (a slow disk, here a fanotify permission watch that
+ * does not answer), they hold up no other session.  More sessions are
+ * held up than the server has threads (so more than it has hubs: without
+ * the offload every hub would be stuck, and the next session would get no
+ * greeting); meanwhile another session is greeted and gets a file.  Once
+ * let go, each held-up command ends as it would have.
+ */
+Test(ftp, coroutine_slow_opens_hold_up_no_session, .timeout = 120)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, "coroutine");
+    int base = ftp_settled_base(&s);
+    pid_t tids[64];
+    uint64_t vals[64];
+    int held = thread_io(s.pid, "rchar: ", tids, vals, 64) + 1;     /* at most 65 */
+    struct fan_hold h;
+    if (!fan_hold_start(&h, t.root, "hello.txt")) {
+        int err = errno;
+        stop_ftp(&s, 1);
+        remove_tree(&t);
+        cr_skip_test("fanotify: %s", strerror(err));
+    }
+    char *big = big_data(), hex_big[65], hex_hello[65], line[256];
+    sha_hex(big, BIG, hex_big);
+    sha_hex("hello, ftp\n", 11, hex_hello);
+    int fd[72];
+    start_held_sessions(&h, s.port, fd, held);
+    int other = ftp_raw(s.port);
+    send_str(other, "GET hello.txt\n");
+    snprintf(line, sizeof line, "OK 11 %s", hex_hello);
+    expect_line(other, line);
+    char got[11];
+    recv_exact(other, got, 11);
+    cr_assert_arr_eq(got, "hello, ftp\n", 11);
+    raw_quit(other);
+
+    /* Let go: the listings first (no upload is stored before its bytes
+     * come), then the downloads and the uploads. */
+    fan_release(&h);
+    for (int i = 0; i < held; i += 3) {
+        expect_line(fd[i], "OK 3");
+        snprintf(line, sizeof line, "%u big.bin", BIG);
+        expect_line(fd[i], line);
+        expect_line(fd[i], "0 empty");
+        expect_line(fd[i], "11 hello.txt");
+    }
+    char *got_big = malloc(BIG);
+    cr_assert_not_null(got_big);
+    for (int i = 1; i < held; i += 3) {
+        snprintf(line, sizeof line, "OK %u %s", BIG, hex_big);
+        expect_line(fd[i], line);
+        recv_exact(fd[i], got_big, BIG);
+        cr_assert_eq(memcmp(got_big, big, BIG), 0);
+    }
+    for (int i = 2; i < held; i += 3) {
+        expect_line(fd[i], "OK ready");
+        send_str(fd[i], "x");
+        expect_line(fd[i], "OK stored 1");
+    }
+    for (int i = 0; i < held; i++)
+        raw_quit(fd[i]);
+    fan_hold_end(&h);
+    cr_assert_eq(count_prefixed(t.root, "up-"), held / 3);
+    wait_settled(s.pid, base);
+    stop_ftp(&s, held + 2);
+    free(got_big);
+    free(big);
     remove_tree(&t);
 }
 
