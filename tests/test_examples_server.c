@@ -44,6 +44,16 @@
 #include <sodium.h>
 
 #include "conc.h"
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
+#endif
+#endif
+#ifndef TSAN
+#define TSAN 0
+#endif
 #define GUARD_MS 60000          /* hang guard for every wait here */
 #include "support/example_server.h"
 #define GUARD_NS (GUARD_MS * 1000000LL)
@@ -769,10 +779,12 @@ Test(ftp, forked_session_leaves_the_stop_to_the_server, .timeout = 120)
     char got[11];
     recv_exact(fd, got, sizeof got);
     cr_assert_arr_eq(got, "hello, ftp\n", 11);
-    expect_eof(fd);                             /* then it ends */
-    close(fd);
+    if (!TSAN)          /* which holds a signal back from a process asleep in ppoll */
+        expect_eof(fd);                         /* the grace over, it ends */
     raw_quit(ftp_raw(s.port));                  /* the server serves on */
     stop_ftp(&s, 2);
+    expect_eof(fd);
+    close(fd);
     remove_tree(&t);
 }
 
