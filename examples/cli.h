@@ -25,9 +25,13 @@
 
 static const char *prog;        /* defined by each example */
 
-/* Parses a whole decimal integer in [min, max]. */
+/* Parses a whole decimal integer in [min, max]: digits, with a '-' before
+ * them for a negative one (no space, no '+', no other base). */
 static inline bool parse_long(const char *s, long min, long max, long *out)
 {
+    const char *d = s[0] == '-' ? s + 1 : s;
+    if (*d < '0' || *d > '9')
+        return false;
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -405,17 +409,13 @@ static inline void *stop_signal_main(void *arg)
  * holding a lock, no sanitizer holds a signal back for a parked coroutine
  * (ThreadSanitizer holds one until the code it landed on calls into its
  * runtime), and end_stop_signals can tell when on_stop can no longer run.
- * on_stop is also installed as the signals' handler, for a forked child
- * that unblocks them (unblock_stop_signals).  Call it before any other
+ * A session process the server forks inherits the blocked signals
+ * (session_takes_server_stop says how it ends).  Call it before any other
  * thread starts.  Returns 0, or -errno. */
 static inline int catch_stop_signals(void (*on_stop)(int))
 {
     sigset_t set;
     stop_signal_set(&set);
-    struct sigaction sa = { .sa_handler = on_stop };
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-        return -errno;
     signal(SIGPIPE, SIG_IGN);
     stop_signals.on_stop = on_stop;
     atomic_store(&stop_signals.ending, 0);
@@ -440,13 +440,50 @@ static inline void end_stop_signals(void)
     stop_signals.started = false;
 }
 
-/* In a process forked from a server that called catch_stop_signals (one
- * session's): its only thread takes the stop signals again. */
-static inline void unblock_stop_signals(void)
+/*
+ * In a session process forked from a server that blocked its stop signals
+ * (catch_stop_signals, stop_signals_fd), how the session ends on a stop:
+ *   - SIGINT stays blocked: a Ctrl-C reaches the whole process group, and
+ *     the server, which takes it too, decides how its sessions end (it
+ *     gives them its grace, then sends them SIGTERM);
+ *   - SIGTERM from the server (the parent) ends the session at once;
+ *   - SIGTERM from anyone else (sent to the whole group, as a service
+ *     manager does, or to this process) leaves the session the server's
+ *     grace: it ends grace_s seconds later (SIGALRM) if the server has not
+ *     ended it first.
+ * Ending runs on_end (async-signal-safe: it may remove a file), then
+ * _exit(1).  Returns 0, or -errno.
+ */
+static void (*session_end_fn)(void);
+static unsigned session_grace_s;
+
+static inline void session_stop(int sig, siginfo_t *si, void *ctx)
 {
+    (void)ctx;
+    if (sig == SIGTERM && si && si->si_pid != getppid()) {
+        alarm(session_grace_s);     /* the server's grace, then the end */
+        return;
+    }
+    if (session_end_fn)
+        session_end_fn();
+    _exit(1);
+}
+
+static inline int session_takes_server_stop(unsigned grace_s, void (*on_end)(void))
+{
+    session_end_fn = on_end;
+    session_grace_s = grace_s > 0 ? grace_s : 1;
+    struct sigaction sa = { .sa_sigaction = session_stop, .sa_flags = SA_SIGINFO };
+    sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGTERM);
+    sigaddset(&sa.sa_mask, SIGALRM);
+    if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGALRM, &sa, NULL) < 0)
+        return -errno;
     sigset_t set;
-    stop_signal_set(&set);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGALRM);
+    return -pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 /* A server's ready line on stdout, flushed: "prog: listening on ADDRESS

@@ -549,6 +549,15 @@ static int lib_handle(conc_server_request *req)
     }
 }
 
+/* FORKING's setup, in the child: SIGTERM from the server (its shutdown
+ * timeout has passed) ends the child at once; SIGINT stays blocked, as the
+ * server decides (session_takes_server_stop). */
+static int lib_child_setup(conc_server_request *req)
+{
+    (void)req;
+    return session_takes_server_stop(1, NULL);
+}
+
 /* The reactor's: each chunk upper-cased into the connection's output. */
 static int lib_data(conc_server_conn *c, const void *data, size_t len, void *user)
 {
@@ -637,7 +646,10 @@ static int open_library(conc_server **out, conc_server_model model, const char *
         const conc_server_reactor_handler h = { .on_data = lib_data };
         rc = conc_server_new_reactor(out, &ai.addr, &h, &o);
     } else {
-        const conc_server_handler h = { .handle = lib_handle };
+        const conc_server_handler h = {
+            .setup = model == CONC_SERVER_FORKING ? lib_child_setup : NULL,
+            .handle = lib_handle,
+        };
         rc = conc_server_new(out, SOCK_STREAM, &ai.addr, &h, &o);
     }
     if (rc < 0) {

@@ -94,10 +94,19 @@ static conc_server *server;
 static pid_t main_pid;
 static volatile sig_atomic_t stop_sig;
 
+static struct ftp_part_note part_note;  /* a forked session's named upload */
+
+/* A forked session ended by a stop (session_takes_server_stop): the named
+ * upload it may be writing goes with it. */
+static void end_session(void)
+{
+    ftp_part_note_remove(&part_note);
+}
+
 static int handle(conc_server_request *req)
 {
-    if (getpid() != main_pid)
-        unblock_stop_signals();     /* a forked session: a stop ends it */
+    if (getpid() != main_pid)       /* a forked session */
+        session_takes_server_stop((unsigned)STOP_GRACE_S + 1, end_session);
     int rc = ftp_session(req->sock, &conf);
     /* A client that breaks the protocol or goes away is its own problem,
      * not the server's: the request ends without an error. */
@@ -105,14 +114,8 @@ static int handle(conc_server_request *req)
     return 0;
 }
 
-static struct ftp_part_note part_note;  /* a forked session's named upload */
-
 static void on_stop(int sig)
 {
-    if (getpid() != main_pid) {     /* a forked session: the parent decides */
-        ftp_part_note_remove(&part_note);
-        _exit(1);
-    }
     stop_sig = sig;
     conc_server_shutdown(server);
 }
@@ -131,9 +134,11 @@ static bool is_part_name(const char *name)
 
 /* Removes the temporary upload files a killed server left in the
  * directory dirfd and in the directories beneath it that a name may reach
- * (not hidden, no symbolic link followed, at most FTP_NAME_MAX / 2 deep).
- * Best effort: what cannot be read is left as it is. */
-static void remove_stale_parts(int dirfd, int depth)
+ * (not hidden, no symbolic link followed, at most FTP_NAME_MAX / 2 deep),
+ * on the root's file system dev only: a file system mounted beneath the
+ * root (/proc under a root of /) is not walked.  Best effort: what cannot
+ * be read is left as it is. */
+static void remove_stale_parts(int dirfd, dev_t dev, int depth)
 {
     int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     DIR *d = fd < 0 ? NULL : fdopendir(fd);
@@ -150,10 +155,10 @@ static void remove_stale_parts(int dirfd, int depth)
         } else if (e->d_name[0] != '.' && depth < FTP_NAME_MAX / 2 &&
                    (e->d_type == DT_DIR || e->d_type == DT_UNKNOWN)) {
             int sub = openat(fd, e->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub >= 0) {
-                remove_stale_parts(sub, depth + 1);
+            if (sub >= 0 && fstat(sub, &st) == 0 && st.st_dev == dev)
+                remove_stale_parts(sub, dev, depth + 1);
+            if (sub >= 0)
                 close(sub);
-            }
         }
     }
     closedir(d);
@@ -206,7 +211,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: --root '%s': %s\n", prog, root, strerror(errno));
         return 2;
     }
-    remove_stale_parts(conf.rootfd, 0);
+    struct stat root_st;
+    if (fstat(conf.rootfd, &root_st) == 0)
+        remove_stale_parts(conf.rootfd, root_st.st_dev, 0);
 
     raise_nofile();                     /* a descriptor per client */
     conc_server_handler h = { .handle = handle };

@@ -79,6 +79,7 @@ static int handle(conc_server_request *req)
     char buf[LINE_MAX_BYTES + 1];
     size_t have = 0;
     bool skipping = false;          /* inside an over-long line */
+    bool hung_up = false;
     if (say(s, GREETING) < 0)
         return 0;
     for (;;) {
@@ -91,9 +92,16 @@ static int handle(conc_server_request *req)
             continue;
         }
         if (!nl) {
+            if (hung_up)
+                return 0;
             ssize_t n = conc_socket_recv(s, buf + have, LINE_MAX_BYTES - have, 0);
-            if (n <= 0)
+            if (n < 0 || (n == 0 && (have == 0 || skipping)))
                 return 0;           /* hung up (or reset) */
+            if (n == 0) {           /* a last line without its newline: */
+                hung_up = true;     /* answered, as Python's readline */
+                buf[have++] = '\n';  /* gives it at the end */
+                continue;
+            }
             have += (size_t)n;
             continue;
         }

@@ -535,6 +535,9 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
         { "--model", "threading", "--workers", "4", "0", NULL },
         { "--model", "forking", "--workers", "1", "0", NULL },
         { "--workers", "2", "0", NULL },
+        { " 5", NULL },
+        { "+5", NULL },
+        { "--workers", "+2", "--model", "prefork", "0", NULL },
     };
     const char *const needle[] = {
         "missing PORT", "PORT wants a whole number from 0 to 65535, not 'abc'",
@@ -549,6 +552,9 @@ Test(echo_upper, bad_command_lines, .timeout = 60)
         "--workers is for the prefork, coroutine and reactor models, not 'threading'",
         "--workers is for the prefork, coroutine and reactor models, not 'forking'",
         "--workers is for the prefork, coroutine and reactor models, not 'epoll'",
+        "PORT wants a whole number from 0 to 65535, not ' 5'",
+        "not '+5'",
+        "--workers wants a whole number",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_refused("echo-upper-server", bad[i]);

@@ -44,6 +44,16 @@
 #include <sodium.h>
 
 #include "conc.h"
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
+#endif
+#endif
+#ifndef TSAN
+#define TSAN 0
+#endif
 #define GUARD_MS 60000          /* hang guard for every wait here */
 #include "support/example_server.h"
 #define GUARD_NS (GUARD_MS * 1000000LL)
@@ -195,6 +205,14 @@ Test(hotline, byte_by_byte, .timeout = 60)
     expect_line(fd, GOODBYE);
     expect_eof(fd);
     close(fd);
+    /* A last line cut by the hang-up (no newline) is answered. */
+    fd = tcp_connect(s.port);
+    expect_line(fd, GREETING);
+    send_str(fd, "0");
+    cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+    expect_line(fd, OPERATOR);
+    expect_eof(fd);
+    close(fd);
     /* A caller that hangs up without a word, and one that resets. */
     fd = tcp_connect(s.port);
     expect_line(fd, GREETING);
@@ -205,7 +223,7 @@ Test(hotline, byte_by_byte, .timeout = 60)
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     close(fd);
     wait_settled(s.pid, base);
-    stop_clean(&s, "hotline-server: stopped by SIGTERM after 3 calls\n");
+    stop_clean(&s, "hotline-server: stopped by SIGTERM after 4 calls\n");
 }
 
 /* 50 callers connected at once each get the greeting before any of them
@@ -713,6 +731,60 @@ Test(ftp, killed_session_during_put_forking, .timeout = 120)
     stop_ftp(&s, 2);
     assert_listing(t.root, before, "after the stop");
     free(before);
+    remove_tree(&t);
+}
+
+/* The signal mask bits of sig in /proc/PID/status's line `field`
+ * ("SigBlk:", "SigCgt:"). */
+static bool proc_sig_set(pid_t pid, const char *field, int sig)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    unsigned long long mask = 0;
+    bool found = false;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, strlen(field)) == 0)
+            found = sscanf(line + strlen(field), "%llx", &mask) == 1;
+    fclose(f);
+    cr_assert(found, "no %s in %s", field, path);
+    return (mask >> (sig - 1)) & 1;
+}
+
+/* A forked session leaves SIGINT to the server (a Ctrl-C reaches the whole
+ * process group, and the server gives its sessions their grace): one sent
+ * to it ends nothing.  A SIGTERM from anyone but the server leaves it the
+ * server's grace too, then ends it; the server serves on. */
+Test(ftp, forked_session_leaves_the_stop_to_the_server, .timeout = 120)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, "forking");
+    int fd = ftp_raw(s.port);
+    pid_t kids[8];
+    cr_assert_eq(children_of(s.pid, kids, 8), 1, "the session's process is not the one child");
+    cr_assert(proc_sig_set(kids[0], "SigBlk:", SIGINT), "SIGINT is not blocked");
+    cr_assert(!proc_sig_set(kids[0], "SigBlk:", SIGTERM), "SIGTERM is blocked");
+    cr_assert(proc_sig_set(kids[0], "SigCgt:", SIGTERM), "SIGTERM is not caught");
+    cr_assert_eq(kill(kids[0], SIGINT), 0);
+    send_str(fd, "LS\n");
+    expect_line(fd, "OK 3");
+    expect_line(fd, "3145728 big.bin");
+    expect_line(fd, "0 empty");
+    expect_line(fd, "11 hello.txt");
+    cr_assert_eq(kill(kids[0], SIGTERM), 0);   /* not the server's: a grace */
+    send_str(fd, "GET hello.txt\n");
+    expect_prefix(fd, "OK 11 ");
+    char got[11];
+    recv_exact(fd, got, sizeof got);
+    cr_assert_arr_eq(got, "hello, ftp\n", 11);
+    if (!TSAN)          /* which holds a signal back from a process asleep in ppoll */
+        expect_eof(fd);                         /* the grace over, it ends */
+    raw_quit(ftp_raw(s.port));                  /* the server serves on */
+    stop_ftp(&s, 2);
+    expect_eof(fd);
+    close(fd);
     remove_tree(&t);
 }
 
