@@ -6,7 +6,8 @@
  * Connects to ftp-server and runs the commands read from standard input,
  * one a line (with an "ftp> " prompt when it is a terminal):
  *
- *   ls          the server's files: one "SIZE NAME" line each
+ *   ls          the server's files: one "SIZE NAME" line each (a note on
+ *               stderr when the server cut its listing)
  *   get NAME    fetch NAME (a name under the server's root, "sub/x.txt")
  *               into DIR (default: the current directory) under its last
  *               component; prints "got NAME: SIZE bytes, sha256 HEX"
@@ -24,10 +25,12 @@
  * A command that fails (a name the server refuses, a missing local file,
  * a checksum mismatch) says so in one line on stderr, "ftp-client: get
  * ../x: '..' leaves the root", and the next command runs; the exit status
- * is then 1.  A lost connection or a server that breaks the protocol ends
- * the client at once (exit 1).  --timeout S bounds the connect and each
- * wait for the server (default 60 s).  Exit status 0 when every command
- * succeeded; 2 for a bad command line.
+ * is then 1.  What the server sends is printed with every byte a terminal
+ * could take for a command escaped ("\x1b").  A lost connection or a
+ * server that breaks the protocol ends the client at once (exit 1).
+ * --timeout S bounds the connect and each wait for the server (default
+ * 60 s).  Exit status 0 when every command succeeded; 2 for a bad command
+ * line.
  *
  * Python original (the tutorial's client, abridged):
  *   client = socket.socket(); client.connect(("localhost", 9999))
@@ -92,21 +95,38 @@ static void send_line(const char *text)
         lost_exit("connection lost", rc);
 }
 
-/* A reply that is neither "OK ..." nor "ERR ...". */
-static __attribute__((noreturn)) void bad_reply(const char *line)
+/* Text to print, escaped (ftp_escape: what the server sends may hold
+ * bytes a terminal would take for commands) into out. */
+#define SHOWN_MAX (4 * FTP_LINE_MAX + 1)
+static const char *shown(const char *text, char out[SHOWN_MAX])
 {
-    fprintf(stderr, "%s: unexpected reply from the server: '%.200s'\n", prog, line);
+    return ftp_escape(text, strlen(text), out, SHOWN_MAX);
+}
+
+/* A reply that is not what the protocol says: "unexpected reply from the
+ * server: WHAT 'TEXT'" (WHAT: the part that is wrong, or NULL for the
+ * whole line). */
+static __attribute__((noreturn)) void bad_reply(const char *what, const char *text)
+{
+    char out[SHOWN_MAX];
+    fprintf(stderr, "%s: unexpected reply from the server: %s%s'%.200s'\n", prog,
+            what ? what : "", what ? " " : "", shown(text, out));
     exit(1);
 }
 
-/* A command failed: "prog: what: why" on stderr; returns 1.  A server's
- * "ERR NAME: why" is said without its NAME, which the line names already. */
+/* A command failed: "prog: what: why" on stderr (escaped); returns 1.  A
+ * server's "ERR NAME: why" is said without its NAME, which the line names
+ * already. */
 static int failed(const char *cmd, const char *arg, const char *why)
 {
-    size_t n = strlen(arg);
-    if (strncmp(why, arg, n) == 0 && strncmp(why + n, ": ", 2) == 0)
-        why += n + 2;
-    fprintf(stderr, "%s: %s %s: %s\n", prog, cmd, arg, why);
+    char a[SHOWN_MAX], w[SHOWN_MAX];
+    shown(arg, a);
+    shown(why, w);
+    size_t n = strlen(a);
+    const char *rest = w;
+    if (strncmp(w, a, n) == 0 && strncmp(w + n, ": ", 2) == 0)
+        rest += n + 2;
+    fprintf(stderr, "%s: %s %s: %s\n", prog, cmd, a, rest);
     return 1;
 }
 
@@ -123,7 +143,7 @@ static char *ok_or_err(char *line, char **err)
         *err = line + 4;
         return NULL;
     }
-    bad_reply(line);
+    bad_reply(NULL, line);
     return NULL;
 }
 
@@ -133,21 +153,35 @@ static int do_ls(void)
     char *err, *rest = ok_or_err(reply(), &err);
     if (!rest)
         return failed("ls", "", err);
+    /* "N", or "N MORE" when the listing was cut */
     uint64_t n;
+    char *more = strchr(rest, ' ');
+    if (more) {
+        if (strcmp(more, " MORE") != 0)
+            bad_reply("a listing's count", rest);
+        *more = '\0';
+    }
     if (!ftp_parse_size(rest, LS_MAX, &n))
-        bad_reply(rest);
+        bad_reply("a listing's count", rest);
     for (uint64_t i = 0; i < n; i++) {
         char *line = reply();
         char *sp = strchr(line, ' ');
         uint64_t size;
         if (!sp)
-            bad_reply(line);
+            bad_reply("a listing's line", line);
         *sp = '\0';
-        if (!ftp_parse_size(line, FTP_SIZE_MAX, &size) || ftp_name_problem(sp + 1))
-            bad_reply(sp + 1);
-        printf("%llu %s\n", (unsigned long long)size, sp + 1);
+        if (!ftp_parse_size(line, FTP_SIZE_MAX, &size))
+            bad_reply("a size", line);
+        if (ftp_name_problem(sp + 1))
+            bad_reply("a name", sp + 1);
+        char out[SHOWN_MAX];
+        printf("%llu %s\n", (unsigned long long)size, shown(sp + 1, out));
     }
     fflush(stdout);
+    if (more)
+        fprintf(stderr, "%s: ls: the listing was cut: the server has more files than the "
+                        "%llu it sent (the first by name)\n",
+                prog, (unsigned long long)n);
     return 0;
 }
 
@@ -165,10 +199,12 @@ static int do_get(const char *name)
     uint64_t size;
     unsigned char hash[crypto_hash_sha256_BYTES];
     if (!sp)
-        bad_reply(rest);
+        bad_reply("an answer to GET", rest);
     *sp = '\0';
-    if (!ftp_parse_size(rest, FTP_SIZE_MAX, &size) || !ftp_parse_hash(sp + 1, hash))
-        bad_reply(sp + 1);
+    if (!ftp_parse_size(rest, FTP_SIZE_MAX, &size))
+        bad_reply("a size", rest);
+    if (!ftp_parse_hash(sp + 1, hash))
+        bad_reply("a SHA-256", sp + 1);
     char hex[FTP_HASH_HEX + 1];
     snprintf(hex, sizeof hex, "%s", sp + 1);
     /* The local name: the last component of what was asked for, which must
@@ -292,9 +328,9 @@ int main(int argc, char **argv)
         lost_exit(what, rc);
     conc_socket_set_timeout(sock, timeout);
     rd.sock = sock;
-    char *err, *greeting = ok_or_err(reply(), &err);
+    char *err, *greeting = ok_or_err(reply(), &err), out[SHOWN_MAX];
     if (!greeting)
-        lost_exit(err, 0);
+        lost_exit(shown(err, out), 0);
 
     int status = 0;
     char *in = NULL;

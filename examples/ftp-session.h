@@ -3,8 +3,9 @@
  * line protocol (docs/ftp.md) on a connected conc socket, answered until
  * the client quits, closes, breaks the protocol or stays silent too long.
  * Every name is checked (ftp_name_problem) and opened beneath the root
- * (ftp_open_beneath); a refused name or a failed command gets an "ERR"
- * line and the session goes on.  The calls block in the conc way: in a
+ * (ftp_open_beneath); a refused name, a line holding a control character
+ * or a failed command gets an "ERR" line (the names it echoes escaped:
+ * ftp_escape) and the session goes on.  The calls block in the conc way: in a
  * coroutine they park only the coroutine, and so do the blocking file
  * calls when conf says so: they run on an offload worker (ftp_job), from
  * the opening of a name and the listing of the root to the storing of an
@@ -115,15 +116,45 @@ static int ftp_list_maybe_offloaded(const struct ftp_conf *conf, char **text, si
     return rc;
 }
 
-/* "ERR NAME: why" */
-static int ftp_err(conc_socket *c, const char *name, const char *why)
+/* "ERR NAME: why", NAME the n bytes at name (NULL: "ERR why"), escaped
+ * (ftp_escape: a name echoed carries no control character) and cut to
+ * 600 bytes at most. */
+static int ftp_err_n(conc_socket *c, const char *name, size_t n, const char *why)
 {
-    char line[FTP_LINE_MAX];
+    char line[FTP_LINE_MAX], shown[601];
     if (name)
-        snprintf(line, sizeof line, "ERR %.300s: %s", name, why);
+        snprintf(line, sizeof line, "ERR %s: %s", ftp_escape(name, n, shown, sizeof shown),
+                 why);
     else
         snprintf(line, sizeof line, "ERR %s", why);
     return ftp_send_line(c, line);
+}
+
+/* "ERR NAME: why" (ftp_err_n) */
+static int ftp_err(conc_socket *c, const char *name, const char *why)
+{
+    return ftp_err_n(c, name, name ? strlen(name) : 0, why);
+}
+
+/* The answer to a line of n bytes that holds a control character (a NUL
+ * among them): "ERR NAME: control characters are refused" for GET NAME and
+ * PUT NAME SIZE SHA256 (NAME escaped), else "ERR control characters are
+ * refused". */
+static int ftp_refuse_line(conc_socket *c, const char *line, size_t n)
+{
+    const char *why = "control characters are refused";
+    if (n <= 4 || (memcmp(line, "GET ", 4) != 0 && memcmp(line, "PUT ", 4) != 0))
+        return ftp_err(c, NULL, why);
+    const char *name = line + 4;
+    size_t len = n - 4;
+    for (int field = 0; line[0] == 'P' && field < 2; field++) {
+        while (len > 0 && name[len - 1] != ' ')     /* SHA256, then SIZE */
+            len--;
+        if (len == 0)
+            return ftp_err(c, NULL, why);
+        len--;
+    }
+    return ftp_err_n(c, name, len, why);
 }
 
 /* Why opening a name beneath the root failed, for its ERR line. */
@@ -136,7 +167,7 @@ static const char *ftp_open_problem(int rc)
     case -ENOTDIR:
         return "no such file (or a symbolic link that is refused)";
     case -ENOENT:
-        return "no such file";
+        return "no such file or directory";
     case -EACCES:
     case -EPERM:
         return "permission denied";
@@ -147,8 +178,8 @@ static const char *ftp_open_problem(int rc)
     }
 }
 
-/* LS: "OK N", then "SIZE NAME" for each regular, visible file of the root,
- * sorted by name (at most FTP_LS_MAX: ftp_list). */
+/* LS: "OK N" ("OK N MORE" when cut), then "SIZE NAME" for each regular,
+ * visible file of the root, sorted by name (the first FTP_LS_MAX: ftp_list). */
 static int ftp_do_ls(conc_socket *c, const struct ftp_conf *conf)
 {
     char *text = NULL;
@@ -341,6 +372,10 @@ static int ftp_session(conc_socket *c, const struct ftp_conf *conf)
         if (n < 0) {
             rc = n;
             break;
+        }
+        if (ftp_text_problem(line, (size_t)n)) {
+            rc = ftp_refuse_line(c, line, (size_t)n);
+            continue;
         }
         char *arg = strchr(line, ' ');
         if (arg)

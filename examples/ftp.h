@@ -57,14 +57,17 @@ struct ftp_reader {
  * Reads the next line, waiting until deadline (a conc_now() time, or -1
  * for none).  On success the line (its '\n' and a '\r' before it removed,
  * NUL-terminated) is at *line until the next call, and its length is
- * returned.  -EPIPE when the stream ended before a line began; -EPROTO
- * when it ended inside one; -EMSGSIZE when no newline came within
- * FTP_LINE_MAX bytes; the socket's errors (-ECONNRESET, -ETIMEDOUT...).
+ * returned (the line may hold a NUL byte of its own: ftp_text_problem).
+ * -EPIPE when the stream ended before a line began; -EPROTO when it ended
+ * inside one; -EMSGSIZE when no newline came within FTP_LINE_MAX bytes (the
+ * newline included), however the bytes came in; the socket's errors
+ * (-ECONNRESET, -ETIMEDOUT...).
  */
 static inline int ftp_read_line(struct ftp_reader *r, char **line, int64_t deadline)
 {
     for (;;) {
-        char *nl = memchr(r->buf + r->start, '\n', r->end - r->start);
+        size_t avail = r->end - r->start;
+        char *nl = memchr(r->buf + r->start, '\n', avail < FTP_LINE_MAX ? avail : FTP_LINE_MAX);
         if (nl) {
             char *p = r->buf + r->start;
             size_t n = (size_t)(nl - p);
@@ -75,7 +78,7 @@ static inline int ftp_read_line(struct ftp_reader *r, char **line, int64_t deadl
             *line = p;
             return (int)n;
         }
-        if (r->end - r->start >= FTP_LINE_MAX)
+        if (avail >= FTP_LINE_MAX)
             return -EMSGSIZE;
         if (r->start > 0) {                 /* room at the end for more */
             memmove(r->buf, r->buf + r->start, r->end - r->start);
@@ -116,6 +119,74 @@ static inline int ftp_send_line(conc_socket *s, const char *text)
     if (n < 0 || (size_t)n >= sizeof line)
         return -EMSGSIZE;
     return conc_socket_sendall(s, line, (size_t)n, 0, NULL);
+}
+
+/* ------------------------------------------------------------ text shown */
+
+/* Whether text[0 .. n) holds a control character (a NUL, a '\r'... or
+ * DEL): what no line of the protocol may hold. */
+static inline bool ftp_text_problem(const char *text, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)text[i] < 0x20 || text[i] == 0x7f)
+            return true;
+    return false;
+}
+
+/* The length of the UTF-8 sequence at s[0 .. n) that a terminal shows as
+ * it is: 1 for a printable ASCII byte, 2 to 4 for a well-formed sequence
+ * of a character that is not a control (C1: U+0080 to U+009F); 0 for
+ * what must be escaped. */
+static inline size_t ftp_shown_len(const unsigned char *s, size_t n)
+{
+    if (s[0] >= 0x20 && s[0] < 0x7f)
+        return 1;
+    size_t len = s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+                 : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    if (len == 0 || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((len == 2 && s[0] == 0xc2 && s[1] < 0xa0) ||      /* C1 controls */
+        (len == 3 && s[0] == 0xe0 && s[1] < 0xa0) ||      /* overlong */
+        (len == 3 && s[0] == 0xed && s[1] >= 0xa0) ||     /* surrogates */
+        (len == 4 && s[0] == 0xf0 && s[1] < 0x90) ||      /* overlong */
+        (len == 4 && s[0] == 0xf4 && s[1] >= 0x90))       /* past U+10FFFF */
+        return 0;
+    return len;
+}
+
+/*
+ * Writes text[0 .. n) to out (cap bytes, NUL-terminated) with every byte
+ * a terminal could take for a command escaped as "\xHH": control
+ * characters (a NUL, ESC, '\r'...), DEL, and bytes that are not part of
+ * well-formed UTF-8 or that encode a C1 control.  What does not fit is
+ * left off (never half an escape or half a character).  Returns out.
+ */
+static inline char *ftp_escape(const char *text, size_t n, char *out, size_t cap)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = ftp_shown_len(s + i, n - i);
+        if (len == 0) {
+            if (k + 4 >= cap)
+                break;
+            snprintf(out + k, cap - k, "\\x%02x", s[i]);
+            k += 4;
+            i++;
+        } else {
+            if (k + len >= cap)
+                break;
+            memcpy(out + k, s + i, len);
+            k += len;
+            i += len;
+        }
+    }
+    if (cap > 0)
+        out[k] = '\0';
+    return out;
 }
 
 /* ------------------------------------------------------------- numbers */
@@ -340,13 +411,35 @@ static inline int ftp_list_cmp(const void *a, const void *b)
                   ((const struct ftp_list_entry *)b)->name);
 }
 
+/* Moves es[i] down the max-heap es[0 .. n) (by name) to its place. */
+static inline void ftp_list_sift(struct ftp_list_entry *es, size_t n, size_t i)
+{
+    for (;;) {
+        size_t big = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && ftp_list_cmp(&es[l], &es[big]) > 0)
+            big = l;
+        if (r < n && ftp_list_cmp(&es[r], &es[big]) > 0)
+            big = r;
+        if (big == i)
+            return;
+        struct ftp_list_entry t = es[i];
+        es[i] = es[big];
+        es[big] = t;
+        i = big;
+    }
+}
+
 /*
  * The answer to LS for the directory dirfd, its every line ended by '\n':
- * "OK N", then "SIZE NAME" for each regular file whose name
+ * "OK N" (or "OK N MORE" when the directory holds more than FTP_LS_MAX
+ * such files), then "SIZE NAME" for each regular file whose name
  * ftp_name_problem accepts (no hidden one: the temporary names of
- * incoming files are hidden), sorted by name, at most FTP_LS_MAX.  On
- * success *text (malloc'd, the caller's to free) holds *len bytes.
- * Returns 0, -ENOMEM, or the -errno of opening the directory.
+ * incoming files are hidden): the first FTP_LS_MAX by name (strcmp),
+ * sorted.  The selection keeps FTP_LS_MAX entries at most however many
+ * the directory holds (a max-heap by name whose greatest goes when a
+ * smaller name comes).  On success *text (malloc'd, the caller's to free)
+ * holds *len bytes.  Returns 0, -ENOMEM, or the -errno of opening the
+ * directory.
  */
 static inline int ftp_list(int dirfd, char **text, size_t *len)
 {
@@ -361,33 +454,59 @@ static inline int ftp_list(int dirfd, char **text, size_t *len)
         return -err;
     }
     struct ftp_list_entry *es = NULL;
-    size_t n = 0, cap = 0, bytes = 32;      /* "OK N\n" */
+    size_t n = 0, cap = 0;
+    bool more = false;
     int rc = 0;
-    for (struct dirent *e; rc == 0 && n < FTP_LS_MAX && (e = readdir(d)) != NULL;) {
+    for (struct dirent *e; rc == 0 && (e = readdir(d)) != NULL;) {
         struct stat st;
         if (ftp_name_problem(e->d_name) ||
             fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
             continue;
+        if (n == FTP_LS_MAX) {          /* full: it replaces the greatest, or goes */
+            more = true;
+            if (strcmp(e->d_name, es[0].name) >= 0)
+                continue;
+            char *name = strdup(e->d_name);
+            if (!name) {
+                rc = -ENOMEM;
+                break;
+            }
+            free(es[0].name);
+            es[0].name = name;
+            es[0].size = (long long)st.st_size;
+            ftp_list_sift(es, n, 0);
+            continue;
+        }
         if (n == cap) {
-            struct ftp_list_entry *ne = realloc(es, (cap ? cap * 2 : 64) * sizeof *ne);
+            size_t ncap = cap ? cap * 2 : 64;
+            if (ncap > FTP_LS_MAX)
+                ncap = FTP_LS_MAX;
+            struct ftp_list_entry *ne = realloc(es, ncap * sizeof *ne);
             if (!ne) {
                 rc = -ENOMEM;
                 break;
             }
             es = ne;
-            cap = cap ? cap * 2 : 64;
+            cap = ncap;
         }
         es[n].size = (long long)st.st_size;
-        if (!(es[n].name = strdup(e->d_name)))
+        if (!(es[n].name = strdup(e->d_name))) {
             rc = -ENOMEM;
-        else
-            bytes += strlen(es[n++].name) + 23;   /* the size's 20 digits at most, ' ', '\n' */
+            break;
+        }
+        n++;
+        if (n == FTP_LS_MAX)            /* the heap, from here on */
+            for (size_t i = n / 2; i-- > 0;)
+                ftp_list_sift(es, n, i);
     }
     closedir(d);
+    size_t bytes = 32;                  /* "OK N MORE\n" */
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(es[i].name) + 23;   /* the size's 20 digits at most, ' ', '\n' */
     char *t = rc == 0 ? malloc(bytes) : NULL;
     if (t) {
         qsort(es, n, sizeof *es, ftp_list_cmp);
-        size_t k = (size_t)snprintf(t, bytes, "OK %zu\n", n);
+        size_t k = (size_t)snprintf(t, bytes, "OK %zu%s\n", n, more ? " MORE" : "");
         for (size_t i = 0; i < n; i++)
             k += (size_t)snprintf(t + k, bytes - k, "%lld %s\n", es[i].size, es[i].name);
         *text = t;
@@ -441,7 +560,8 @@ struct ftp_part {
  * name (FTP_TMP_PREFIX and eight random hex digits, O_EXCL), noted in note
  * (unless NULL) for a stop signal's handler.  Mode 0644 (less the umask).
  * offload: ftp_part_recv's file calls run on an offload worker.  dirfd
- * stays the caller's.  Returns 0, or the open's -errno (p->fd is then -1).
+ * stays the caller's.  Returns 0, -ENOENT when the directory was removed,
+ * or the open's -errno (p->fd is then -1).
  */
 static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
                                 struct ftp_part_note *note)
@@ -455,8 +575,12 @@ static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
     p->fd = openat(dirfd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
     if (p->fd >= 0)
         return 0;
-    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
-        return -errno;
+    int err = errno;
+    struct stat st;
+    if (fstat(dirfd, &st) == 0 && st.st_nlink == 0)
+        return -ENOENT;         /* removed (O_TMPFILE says EPERM there) */
+    if (err != EOPNOTSUPP && err != EISDIR && err != EINVAL)
+        return -err;
     p->named = true;
     for (int tries = 0; tries < 16; tries++) {
         ftp_tmp_name(p->tmp);
@@ -478,18 +602,44 @@ static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
 }
 
 /*
+ * Whether an upload may be stored under name (checked by ftp_name_problem)
+ * beneath rootfd: when nothing has that name, or a regular file (which it
+ * would replace).  What the name leads to is opened (O_PATH) with
+ * ftp_open_beneath, so a symbolic link is followed only where it stays
+ * beneath the root.  Returns 0; -EISDIR for a directory or any other file
+ * that is not regular (a FIFO, a socket, a device; a symbolic link where
+ * every one is refused); or ftp_open_beneath's error.
+ */
+static inline int ftp_target_problem(int rootfd, const char *name)
+{
+    int fd = ftp_open_beneath(rootfd, name, O_PATH, 0);
+    if (fd == -ENOENT)
+        return 0;
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    int rc = fstat(fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EISDIR;
+    close(fd);
+    return rc;
+}
+
+/*
  * ftp_part_open in the directory of name (checked by ftp_name_problem)
  * beneath rootfd (ftp_open_parent), which p then owns: ftp_part_end closes
- * it.  Returns 0, or ftp_open_parent's or the open's error (nothing is
+ * it; first, name is checked (ftp_target_problem).  Returns 0, or
+ * ftp_target_problem's, ftp_open_parent's or the open's error (nothing is
  * then left open).
  */
 static inline int ftp_part_open_beneath(struct ftp_part *p, int rootfd, const char *name,
                                         bool offload, struct ftp_part_note *note)
 {
+    int rc = ftp_target_problem(rootfd, name);
+    if (rc < 0)
+        return rc;
     int dirfd = ftp_open_parent(rootfd, name);
     if (dirfd < 0)
         return dirfd;
-    int rc = ftp_part_open(p, dirfd, offload, note);
+    rc = ftp_part_open(p, dirfd, offload, note);
     if (rc < 0)
         close(dirfd);
     else
@@ -542,9 +692,10 @@ static inline void ftp_part_drop(struct ftp_part *p)
 enum ftp_job_op {
     FTP_JOB_OPEN,               /* open the regular file name beneath dirfd for
                                    reading (ftp_open_regular) into fd */
-    FTP_JOB_CREATE,             /* make the file an upload to name is written to, in
-                                   its directory beneath dirfd (ftp_part_open_beneath,
-                                   its later file calls offloaded), into part */
+    FTP_JOB_CREATE,             /* check name beneath dirfd and make the file an
+                                   upload to it is written to, in its directory
+                                   (ftp_part_open_beneath, its later file calls
+                                   offloaded), into part */
     FTP_JOB_LIST,               /* the answer to LS for dirfd (ftp_list) into text and
                                    len */
     FTP_JOB_HASH,               /* hash all of fd (ftp_hash_file) into hash, its size

@@ -1274,6 +1274,272 @@ Test(ftp, coroutine_slow_opens_hold_up_no_session, .timeout = 120)
     remove_tree(&t);
 }
 
+/* ------------------------------------------ ftp: the protocol's edges */
+
+#define LS_MORE 10050           /* files made beyond the three of make_tree */
+
+/* A listing of more than 10000 files is the first 10000 by name, and says
+ * it was cut ("OK 10000 MORE"); ftp-client prints them and a note. */
+static void listing_cut_first_by_name(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    for (int i = LS_MORE - 1; i >= 0; i--) {    /* the greatest names first */
+        char p[256];
+        snprintf(p, sizeof p, "%s/f%05d", t.root, i);
+        write_file(p, "", 0);
+    }
+    struct srv s = start_ftp(&t, model);
+    int fd = ftp_raw(s.port);
+    send_str(fd, "LS\n");
+    expect_line(fd, "OK 10000 MORE");
+    expect_line(fd, "3145728 big.bin");
+    expect_line(fd, "0 empty");
+    for (int i = 0; i < 10000 - 2; i++) {      /* then f00000 .. f09997 */
+        char want[32];
+        snprintf(want, sizeof want, "0 f%05d", i);
+        expect_line(fd, want);
+    }
+    raw_quit(fd);
+
+    char port[16];
+    snprintf(port, sizeof port, "%d", s.port);
+    const char *args[] = { "--dir", t.local, "127.0.0.1", port, NULL };
+    struct run r = run_example_input("ftp-client", args, "ls\n");
+    cr_assert(exited_with(&r, 0), "model %s: status %#x\n%s", model, r.status, r.err);
+    cr_assert_str_eq(r.err, "ftp-client: ls: the listing was cut: the server has more files "
+                            "than the 10000 it sent (the first by name)\n");
+    const char *head = "3145728 big.bin\n0 empty\n0 f00000\n";
+    cr_assert_eq(strncmp(r.out, head, strlen(head)), 0, "%.200s", r.out);
+    size_t n = strlen(r.out);
+    cr_assert(n > 9 && strcmp(r.out + n - 9, "0 f09997\n") == 0, "%s", r.out + n - 9);
+    run_free(&r);
+    stop_ftp(&s, 2);
+    remove_tree(&t);
+}
+
+EACH_FTP_MODEL(listing_cut_first_by_name, 120)
+
+/* A line is at most 1024 bytes with its newline, however it comes in: one
+ * longer, sent in one write with its newline, gets "ERR line too long"
+ * and ends the session; one of 1024 is read as a line. */
+static void line_limit_in_one_write(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    char line[2048];
+    int fd = ftp_raw(s.port);
+    memcpy(line, "GET ", 4);
+    memset(line + 4, 'a', 1019);
+    line[1023] = '\n';                          /* 1024 bytes */
+    send_all(fd, line, 1024);
+    expect_prefix(fd, "ERR aaaa");              /* the name is too long */
+    memset(line + 4, 'a', 1020);
+    line[1024] = '\n';                          /* 1025 bytes */
+    send_all(fd, line, 1025);
+    expect_line(fd, "ERR line too long");
+    expect_eof(fd);
+    close(fd);
+    fd = ftp_raw(s.port);
+    memset(line + 4, 'a', 2036);
+    line[2040] = '\n';
+    send_all(fd, line, 2041);
+    expect_line(fd, "ERR line too long");
+    expect_eof(fd);
+    close(fd);
+    stop_ftp(&s, 2);
+    remove_tree(&t);
+}
+
+EACH_FTP_MODEL(line_limit_in_one_write, 60)
+
+/* A line that holds a control character (a NUL among them) is refused
+ * with an ERR line, the name it echoes escaped, and the session goes on. */
+static void control_characters_refused(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int fd = ftp_raw(s.port);
+    send_all(fd, "GET hello.txt\0junk\n", 19);
+    expect_line(fd, "ERR hello.txt\\x00junk: control characters are refused");
+    send_str(fd, "GET a\rb\n");
+    expect_line(fd, "ERR a\\x0db: control characters are refused");
+    char hex[65], line[512];
+    sha_hex("hello", 5, hex);
+    snprintf(line, sizeof line, "PUT x\x1b[2J 5 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "ERR x\\x1b[2J: control characters are refused");
+    send_all(fd, "LS\0\n", 4);
+    expect_line(fd, "ERR control characters are refused");
+    /* Not control characters: UTF-8 is echoed as it is, a stray byte
+     * escaped. */
+    send_str(fd, "GET \xc3\xbc\xff\n");
+    expect_line(fd, "ERR \xc3\xbc\\xff: no such file or directory");
+    send_str(fd, "GET hello.txt\n");
+    expect_prefix(fd, "OK 11 ");
+    char got[11];
+    recv_exact(fd, got, 11);
+    cr_assert_arr_eq(got, "hello, ftp\n", 11);
+    raw_quit(fd);
+    cr_assert_eq(count_prefixed(t.root, "x"), 0);
+    stop_ftp(&s, 1);
+    remove_tree(&t);
+}
+
+EACH_FTP_MODEL(control_characters_refused, 60)
+
+/* PUT to a name that is a directory, a FIFO or a link out of the root is
+ * refused at once (no "OK ready"), nothing is replaced, and the session
+ * stays in step; an upload into a directory is still stored. */
+static void put_to_what_is_no_file(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    char p[256];
+    snprintf(p, sizeof p, "%s/pipe", t.root);
+    cr_assert_eq(mkfifo(p, 0644), 0);
+    struct srv s = start_ftp(&t, model);
+    int fd = ftp_raw(s.port);
+    char hex[65], line[512];
+    sha_hex("hello", 5, hex);
+    const char *const bad[][2] = {
+        { "sub", "ERR sub: not a regular file" },
+        { "pipe", "ERR pipe: not a regular file" },
+        { "dir-out", "ERR dir-out: " },
+        { "link-out", "ERR link-out: " },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(line, sizeof line, "PUT %s 5 %s\n", bad[i][0], hex);
+        send_str(fd, line);
+        expect_prefix(fd, bad[i][1]);
+    }
+    struct stat st;
+    cr_assert_eq(lstat(p, &st), 0);
+    cr_assert(S_ISFIFO(st.st_mode), "model %s: the FIFO was replaced", model);
+    snprintf(p, sizeof p, "%s/link-out", t.root);
+    cr_assert_eq(lstat(p, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode), "model %s: the link was replaced", model);
+    snprintf(p, sizeof p, "%s/secret.txt", t.outside);
+    size_t n;
+    char *secret = read_file(p, &n);
+    cr_assert(secret && n == 7 && memcmp(secret, "secret\n", 7) == 0);
+    free(secret);
+    snprintf(line, sizeof line, "PUT sub/up.txt 5 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "OK ready");
+    send_str(fd, "hello");
+    expect_line(fd, "OK stored 5");
+    send_str(fd, "LS\n");
+    expect_line(fd, "OK 3");
+    expect_line(fd, "3145728 big.bin");
+    expect_line(fd, "0 empty");
+    expect_line(fd, "11 hello.txt");
+    raw_quit(fd);
+    stop_ftp(&s, 1);
+    remove_tree(&t);
+}
+
+EACH_FTP_MODEL(put_to_what_is_no_file, 60)
+
+/* With its root removed while it runs, the server answers PUT and GET with
+ * "no such file or directory". */
+static void root_removed(const char *model)
+{
+    struct tree t;
+    make_tree(&t);
+    struct srv s = start_ftp(&t, model);
+    int rfd = open(t.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_geq(rfd, 0);
+    rm_tree_at(rfd);
+    cr_assert_eq(rmdir(t.root), 0);
+    int fd = ftp_raw(s.port);
+    char hex[65], line[512];
+    sha_hex("hello", 5, hex);
+    snprintf(line, sizeof line, "PUT n 5 %s\n", hex);
+    send_str(fd, line);
+    expect_line(fd, "ERR n: no such file or directory");
+    send_str(fd, "GET hello.txt\n");
+    expect_line(fd, "ERR hello.txt: no such file or directory");
+    raw_quit(fd);
+    stop_ftp(&s, 1);
+    remove_tree(&t);
+}
+
+EACH_FTP_MODEL(root_removed, 60)
+
+/* A listening socket on a port of the loopback the kernel picks, written
+ * to port, for a fake server in a thread of the test. */
+static int fake_listen(char port[16])
+{
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(lfd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    cr_assert_eq(listen(lfd, 4), 0);
+    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+    snprintf(port, 16, "%d", ntohs(a.sin_port));
+    return lfd;
+}
+
+/* A server (in a thread of the test) that answers each expected line with
+ * its reply, then closes. */
+struct fake_script {
+    int lfd;
+    const char *const (*steps)[2];      /* { line expected, reply } */
+    size_t n;
+};
+
+static void *fake_script_main(void *arg)
+{
+    struct fake_script *f = arg;
+    int c = accept(f->lfd, NULL, NULL);
+    cr_assert_geq(c, 0);
+    send_str(c, "OK ftp-server ready\n");
+    for (size_t i = 0; i < f->n; i++) {
+        char line[512];
+        recv_line(c, line, sizeof line);
+        cr_assert_str_eq(line, f->steps[i][0]);
+        send_str(c, f->steps[i][1]);
+    }
+    close(c);
+    return NULL;
+}
+
+/* ftp-client escapes what it prints of the server's lines (names, ERR
+ * text), and a bad size in an answer to GET is named as such. */
+Test(ftp, client_escapes_what_the_server_sends, .timeout = 60)
+{
+    struct tree t;
+    make_tree(&t);
+    char bad_size[128], hex[65];
+    sha_hex("x", 1, hex);
+    snprintf(bad_size, sizeof bad_size, "OK 99999999999999999999999 %s\n", hex);
+    const char *const steps[][2] = {
+        { "GET x", "ERR x: \x1b]0;owned\x07 nope\r\n" },
+        { "LS", "OK 1\n5 a\xc2\x9b" "b\n" },
+        { "GET y", bad_size },
+    };
+    char port[16];
+    struct fake_script f = { fake_listen(port), steps, 3 };
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, fake_script_main, &f), 0);
+    const char *args[] = { "--dir", t.local, "127.0.0.1", port, NULL };
+    struct run r = run_example_input("ftp-client", args, "get x\nls\nget y\n");
+    pthread_join(th, NULL);
+    close(f.lfd);
+    cr_assert(exited_with(&r, 1), "status %#x\n%s", r.status, r.err);
+    cr_assert_str_eq(r.out, "5 a\\xc2\\x9bb\n");
+    cr_assert_str_eq(r.err, "ftp-client: get x: \\x1b]0;owned\\x07 nope\n"
+                            "ftp-client: unexpected reply from the server: a size "
+                            "'99999999999999999999999'\n");
+    run_free(&r);
+    remove_tree(&t);
+}
+
 /* 20 clients connected at once each get the greeting before any sends a
  * command, then fetch big.bin interleaved, read in turns. */
 static void many_clients(const char *model)
@@ -1454,17 +1720,10 @@ Test(ftp, client_detects_a_corrupted_download, .timeout = 60)
 {
     struct tree t;
     make_tree(&t);
-    fake_lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    cr_assert_eq(bind(fake_lfd, (struct sockaddr *)&a, sizeof a), 0);
-    cr_assert_eq(listen(fake_lfd, 4), 0);
-    cr_assert_eq(getsockname(fake_lfd, (struct sockaddr *)&a, &len), 0);
+    char port[16];
+    fake_lfd = fake_listen(port);
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, fake_ftp, NULL), 0);
-    char port[16];
-    snprintf(port, sizeof port, "%d", ntohs(a.sin_port));
     const char *args[] = { "--dir", t.local, "127.0.0.1", port, NULL };
     struct run r = run_example_input("ftp-client", args, "get data.txt\nget data.txt\n");
     pthread_join(th, NULL);
