@@ -15,20 +15,26 @@
  * name (".ftp-part-" and eight hex digits) from the start, removed when
  * the upload fails or a stop signal ends a forked session; the few such
  * names that a killed process can leave are removed when the server starts
- * (every ".ftp-part-XXXXXXXX" regular file beneath the root, so two
- * servers must not share a root on such a file system).
+ * (every ".ftp-part-XXXXXXXX" regular file beneath the root, on the root's
+ * file system, so two servers must not share a root on such a file
+ * system).
  *
  * Names are checked before any file is touched: absolute names, "..",
- * hidden names (starting with '.') and control characters are refused, and
- * every name is opened beneath the root (openat2 with RESOLVE_BENEATH where
- * the kernel has it, else a walk that follows no symbolic link), so that a
- * symbolic link pointing out of the root is refused too.  A refused name
- * or a failed command gets an "ERR NAME: why" line and the session goes
- * on; the server keeps serving every other client meanwhile.
+ * hidden names (starting with '.') and lines holding control characters
+ * (a NUL among them) are refused, and every name is opened beneath the
+ * root (openat2 with RESOLVE_BENEATH where the kernel has it, else a walk
+ * that follows no symbolic link), so that a symbolic link pointing out of
+ * the root is refused too; PUT over a directory or another file that is
+ * not a regular one is refused before any byte is sent.  A refused name
+ * or a failed command gets an "ERR NAME: why" line (the name's unprintable
+ * bytes escaped as \xHH) and the session goes on; the server keeps
+ * serving every other client meanwhile.
  *
- * Limits: a protocol line is at most 1024 bytes (a longer one ends the
- * session), a name 255 bytes, an upload --max-size bytes (default 1 GiB),
- * a listing 10000 files; a client silent for 300 s is dropped.
+ * Limits: a protocol line is at most 1024 bytes with its newline (a longer
+ * one ends the session, however its bytes arrive), a name 255 bytes, an
+ * upload --max-size bytes (default 1 GiB), a listing the first 10000 files
+ * by name ("OK 10000 MORE" when there are more); a client silent for
+ * 300 s is dropped.
  *
  * Models (--model, conc/server.h):
  *   threading   a thread per connection (the default; ThreadingTCPServer)
@@ -52,8 +58,11 @@
  *   ftp-server: listening on 127.0.0.1:PORT (model threading)
  *
  * SIGINT or SIGTERM stops it: no new connection is taken, the sessions in
- * flight get 2 s to end (then their connections are shut down), and it
- * prints "ftp-server: stopped by SIGTERM after N connections" and exits 0.
+ * flight get 2 s to end (then their connections are shut down; a forked
+ * session gets SIGTERM), and it prints "ftp-server: stopped by SIGTERM
+ * after N connections" and exits 0.  A forked session leaves SIGINT to the
+ * server and ends at once only on the server's SIGTERM, so a Ctrl-C or a
+ * SIGTERM sent to the whole process group gives it the same 2 s.
  *
  * Python original (the tutorial's server, abridged):
  *   server = socket.socket(); server.bind(("localhost", 9999)); server.listen()
