@@ -27,16 +27,6 @@
 #include "support/overflow.h"
 
 #include "support/sanitized.h"
-#if defined(__SANITIZE_THREAD__)
-#define TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TSAN 1
-#endif
-#endif
-#ifndef TSAN
-#define TSAN 0
-#endif
 
 /* ------------------------------------------------------------ helpers */
 

@@ -31,20 +31,9 @@
 #include <unistd.h>
 
 #include "conc.h"
+#include "support/sanitized.h"
 #include "support/wait_helpers.h"
 
-/* ThreadSanitizer cannot start threads in the child of a multi-threaded
- * process: the fork tests check less there. */
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-#ifndef UNDER_TSAN
-#define UNDER_TSAN 0
-#endif
 
 static char logbuf[256];
 static size_t loglen;
@@ -692,7 +681,7 @@ Test(offload, fork_child_has_no_workers, .timeout = 30)
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         int bad = conc_offload_get_stats(&st) != 0 || st.workers != 0 || st.queued != 0;
-        if (UNDER_TSAN)
+        if (TSAN)
             _exit(bad);
         bad |= conc_offload(add_one, (void *)5, &r, CONC_FOREVER) != 0 || r != (void *)6;
         conc_offload_get_stats(&st);
@@ -719,7 +708,7 @@ Test(offload, exit_while_a_call_runs, .timeout = 30)
 {
     /* A process exits normally while a worker is still inside a call: the
      * exit does not wait for it. */
-    if (UNDER_TSAN)
+    if (TSAN)
         cr_skip_test("ThreadSanitizer cannot start threads in a forked child");
     pid_t pid = fork();
     cr_assert_geq(pid, 0);

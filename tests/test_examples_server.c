@@ -44,16 +44,7 @@
 #include <sodium.h>
 
 #include "conc.h"
-#if defined(__SANITIZE_THREAD__)
-#define TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TSAN 1
-#endif
-#endif
-#ifndef TSAN
-#define TSAN 0
-#endif
+#include "support/sanitized.h"
 #define GUARD_MS 60000          /* hang guard for every wait here */
 #include "support/example_server.h"
 #define GUARD_NS (GUARD_MS * 1000000LL)
