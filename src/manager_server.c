@@ -89,6 +89,7 @@ struct kv {
 
 struct qmsg {
     struct qmsg *next;
+    uint64_t seq;                   /* its place in the order of the puts */
     size_t len;
     uint8_t data[];
 };
@@ -120,8 +121,9 @@ struct obj {
     /* Value, Array */
     uint8_t *bytes;
     /* Queue, JoinableQueue */
-    struct qmsg *qhead, *qtail;
+    struct qmsg *qhead, *qtail;     /* in the order of seq */
     size_t qlen;
+    uint64_t qseq;                  /* the next put's seq */
     uint64_t unfinished;
     /* Lock, RLock, Condition: the holder's connection serial (0: free) */
     uint64_t owner;
@@ -210,6 +212,7 @@ struct out {
     bool nomem;
     size_t limit;                   /* the largest answer the client takes */
     size_t taken_at;                /* where a list's or dict's pop took its item */
+    uint64_t taken_seq;             /* the seq of the message a get took */
 };
 
 /* Writes the eventfd bell (if there is one): its reader wakes.  EAGAIN,
@@ -1023,6 +1026,7 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         if (!m)
             return -ENOMEM;
         m->next = NULL;
+        m->seq = o->qseq++;
         m->len = v.len;
         if (v.len)
             memcpy(m->data, v.p, v.len);
@@ -1046,6 +1050,7 @@ static int op_queue(struct conn *cn, struct obj *o, const struct conc__mgr_req *
         out_str(out, m->data, m->len);
         if (out->nomem)
             return -ENOMEM;
+        out->taken_seq = m->seq;
         o->qhead = m->next;
         if (!o->qhead)
             o->qtail = NULL;
@@ -1450,7 +1455,7 @@ static void kv_put_back(struct obj *o, const struct conc__mgr_str *k,
 
 /* The answer to a call that took something out (a Queue.get, a list's or
  * a dict's pop; its one string is the item) could not be sent: the client
- * is gone, so the item goes back where it was (the head of the queue, its
+ * is gone, so the item goes back where it was (its place in the queue, its
  * index in the list, its place in the dict's order) instead of being lost
  * with the client. */
 static void give_back(struct obj *o, const struct conc__mgr_req *r, const struct out *out)
@@ -1463,14 +1468,22 @@ static void give_back(struct obj *o, const struct conc__mgr_req *r, const struct
         return;
     conc_lock_acquire(&o->mu, CONC_FOREVER);
     if (r->op == CONC__MGR_Q_GET) {
+        /* Back to its place by seq: gets given back by several
+         * connections at once (each took the head in turn) keep the
+         * order of their puts, whichever gives back first.  Only the
+         * messages given back meanwhile can be ahead of it. */
         struct qmsg *m = malloc(sizeof *m + item.len);
         if (m) {
+            m->seq = out->taken_seq;
             m->len = item.len;
             if (item.len)
                 memcpy(m->data, item.p, item.len);
-            m->next = o->qhead;
-            o->qhead = m;
-            if (!o->qtail)
+            struct qmsg **at = &o->qhead;
+            while (*at && (*at)->seq < m->seq)
+                at = &(*at)->next;
+            m->next = *at;
+            *at = m;
+            if (!m->next)
                 o->qtail = m;
             o->qlen++;
         }
