@@ -670,24 +670,30 @@ static void reap_ended(conc_server *s)
 }
 
 /* Waits for every child.  Those left when the shutdown timeout (from
- * stop_at) passes get SIGTERM, and those still there a second later
- * SIGKILL (a child that blocks or catches SIGTERM, as one forked from a
- * program taking its stop signals with sigwait does, still ends). */
+ * stop_at) passes get SIGTERM, and those still there
+ * CONC_SERVER_KILL_GRACE later SIGKILL (a child that blocks or catches
+ * SIGTERM, as one forked from a program taking its stop signals with
+ * sigwait does, still ends). */
 static void drain_kids(conc_server *s, int64_t stop_at)
 {
     struct conc__server_kids *k = kids_of(s);
     int64_t deadline = s->o.shutdown_timeout > 0
         ? stop_at + (int64_t)(s->o.shutdown_timeout * 1e9) : CONC_NO_DEADLINE;
-    int sent = 0;                   /* 0: none, 1: SIGTERM, 2: SIGKILL */
+    bool termed = false;            /* SIGTERM sent: the next is SIGKILL */
     while (k->n > 0) {
-        int rc = conc_process_join_until(k->p[0], deadline);
-        if (rc == -ETIMEDOUT) {
-            for (size_t i = 0; i < k->n; i++)
-                (sent == 0 ? conc_process_terminate : conc_process_kill)(k->p[i]);
-            deadline = ++sent == 1 ? conc_now() + (int64_t)(CONC_SERVER_KILL_GRACE * 1e9) : CONC_NO_DEADLINE;
+        if (conc_process_join_until(k->p[0], deadline) != -ETIMEDOUT) {
+            reap_kid(s, 0);
             continue;
         }
-        reap_kid(s, 0);
+        for (size_t i = 0; i < k->n; i++) {
+            if (termed)
+                conc_process_kill(k->p[i]);
+            else
+                conc_process_terminate(k->p[i]);
+        }
+        deadline = termed ? CONC_NO_DEADLINE
+                          : conc_now() + (int64_t)(CONC_SERVER_KILL_GRACE * 1e9);
+        termed = true;
     }
 }
 
