@@ -473,16 +473,14 @@ static inline int session_takes_server_stop(unsigned grace_s, void (*on_end)(voi
 {
     session_end_fn = on_end;
     session_grace_s = grace_s > 0 ? grace_s : 1;
-    struct sigaction sa = { .sa_sigaction = session_stop, .sa_flags = SA_SIGINFO };
-    sigemptyset(&sa.sa_mask);
-    sigaddset(&sa.sa_mask, SIGTERM);
-    sigaddset(&sa.sa_mask, SIGALRM);
-    if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGALRM, &sa, NULL) < 0)
-        return -errno;
-    sigset_t set;
+    sigset_t set;                   /* what ends the session */
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGALRM);
+    struct sigaction sa = { .sa_sigaction = session_stop, .sa_mask = set,
+                            .sa_flags = SA_SIGINFO };
+    if (sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGALRM, &sa, NULL) < 0)
+        return -errno;
     return -pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
