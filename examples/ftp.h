@@ -373,13 +373,12 @@ static inline int ftp_open_parent(int rootfd, const char *name)
     return ftp_open_beneath(rootfd, dir, O_PATH | O_DIRECTORY, 0);
 }
 
-/* Opens name (checked by ftp_name_problem) beneath rootfd for reading
- * (O_NONBLOCK: a FIFO does not wait for a writer), a regular file only.
- * Returns the descriptor, -EISDIR for anything but a regular file (a
- * directory, a device...), or ftp_open_beneath's error. */
-static inline int ftp_open_regular(int rootfd, const char *name)
+/* Opens name (checked by ftp_name_problem) beneath rootfd with flags, a
+ * regular file only.  Returns the descriptor, -EISDIR for anything but a
+ * regular file (a directory, a device...), or ftp_open_beneath's error. */
+static inline int ftp_open_regular_as(int rootfd, const char *name, int flags)
 {
-    int fd = ftp_open_beneath(rootfd, name, O_RDONLY | O_NONBLOCK, 0);
+    int fd = ftp_open_beneath(rootfd, name, flags, 0);
     if (fd < 0)
         return fd;
     struct stat st;
@@ -388,6 +387,13 @@ static inline int ftp_open_regular(int rootfd, const char *name)
         return -EISDIR;
     }
     return fd;
+}
+
+/* ftp_open_regular_as for reading (O_NONBLOCK: a FIFO does not wait for a
+ * writer). */
+static inline int ftp_open_regular(int rootfd, const char *name)
+{
+    return ftp_open_regular_as(rootfd, name, O_RDONLY | O_NONBLOCK);
 }
 
 /* ------------------------------------------------------ blocking file calls */
@@ -605,22 +611,18 @@ static inline int ftp_part_open(struct ftp_part *p, int dirfd, bool offload,
  * Whether an upload may be stored under name (checked by ftp_name_problem)
  * beneath rootfd: when nothing has that name, or a regular file (which it
  * would replace).  What the name leads to is opened (O_PATH) with
- * ftp_open_beneath, so a symbolic link is followed only where it stays
+ * ftp_open_regular_as, so a symbolic link is followed only where it stays
  * beneath the root.  Returns 0; -EISDIR for a directory or any other file
  * that is not regular (a FIFO, a socket, a device; a symbolic link where
  * every one is refused); or ftp_open_beneath's error.
  */
 static inline int ftp_target_problem(int rootfd, const char *name)
 {
-    int fd = ftp_open_beneath(rootfd, name, O_PATH, 0);
-    if (fd == -ENOENT)
-        return 0;
+    int fd = ftp_open_regular_as(rootfd, name, O_PATH);
     if (fd < 0)
-        return fd;
-    struct stat st;
-    int rc = fstat(fd, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EISDIR;
+        return fd == -ENOENT ? 0 : fd;
     close(fd);
-    return rc;
+    return 0;
 }
 
 /*
